@@ -1,0 +1,375 @@
+//! `pgan report RUN_DIR`: turns a training run directory into one
+//! self-contained HTML file.
+//!
+//! This crate owns reading a run directory written by the trainer
+//! (`metrics.jsonl`, `config.toml`, `log.txt`, `samples/*.png`; see [`run`]),
+//! the summary numbers ([`stats`]), the training-curve charts drawn to SVG
+//! with plotters ([`charts`]) and the HTML page ([`html`]). The page needs
+//! nothing from the network to be viewed: CSS is inline, charts are inline
+//! `<svg>`, sample sheets are `data:` URIs, and there is no script.
+//!
+//! Policy for imperfect input: a missing run directory or `metrics.jsonl`
+//! and a malformed metrics line are errors ([`ReportError`]); an empty
+//! `metrics.jsonl` (no tick written yet), missing config, log or samples,
+//! and NaN/inf values all still produce a report, with notices saying what
+//! is missing.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), pgan_report::ReportError> {
+//! let run = std::path::Path::new("runs/emoji-64");
+//! let summary = pgan_report::write_report(run, &pgan_report::default_output_path(run))?;
+//! println!("wrote {} ({} bytes)", summary.path.display(), summary.bytes);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod charts;
+pub mod error;
+pub mod html;
+pub mod run;
+pub mod stats;
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+pub use error::{ReportError, Result};
+pub use run::RunData;
+
+/// File name of the report inside the run directory, when the caller does
+/// not choose another output path.
+pub const REPORT_FILE: &str = "report.html";
+
+/// `RUN_DIR/report.html`.
+pub fn default_output_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(REPORT_FILE)
+}
+
+/// A rendered report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The run's name (its directory name).
+    pub run_name: String,
+    /// The whole HTML page.
+    pub html: String,
+    /// Number of metrics lines (ticks) read.
+    pub ticks: usize,
+    /// Number of charts drawn.
+    pub charts: usize,
+    /// Notices shown at the top of the page (missing files, charts left out,
+    /// non-finite values).
+    pub notices: Vec<String>,
+}
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone)]
+pub struct ReportSummary {
+    /// The output file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Number of ticks in the report.
+    pub ticks: usize,
+    /// Number of charts in the report.
+    pub charts: usize,
+    /// The report's notices.
+    pub notices: Vec<String>,
+}
+
+/// Reads `run_dir` and renders the report in memory.
+pub fn build_report(run_dir: &Path) -> Result<Report> {
+    let data = RunData::load(run_dir)?;
+    let segments = run::segments(&data.ticks);
+    let stats = stats::compute(&data.ticks, &segments);
+    let (charts, chart_notices) = charts::draw_all(&data.ticks, &segments)?;
+
+    let mut notices = Vec::new();
+    if data.ticks.is_empty() {
+        notices.push(
+            "no ticks yet: metrics.jsonl is empty (the trainer has not finished its first tick)"
+                .to_string(),
+        );
+    } else {
+        notices.extend(chart_notices);
+        let without_kimg = data.ticks.iter().filter(|t| t.kimg().is_none()).count();
+        if without_kimg > 0 {
+            notices.push(format!(
+                "{without_kimg} tick(s) have no finite kimg and are not in the charts"
+            ));
+        }
+    }
+    if stats.non_finite > 0 {
+        notices.push(format!(
+            "{} non-finite value(s) (NaN/inf) in metrics.jsonl, not drawn: {}",
+            stats.non_finite,
+            stats.non_finite_keys.join(", ")
+        ));
+    }
+    if data.config.is_none() {
+        notices.push("no config.toml in the run directory".to_string());
+    }
+    if data.log.is_none() {
+        notices.push("no log.txt in the run directory".to_string());
+    }
+    if data.latest_sample.is_none() {
+        notices.push("no sample sheets in samples/".to_string());
+    }
+
+    let html = html::render(&html::Page {
+        run: &data,
+        stats: &stats,
+        charts: &charts,
+        notices: &notices,
+    });
+    Ok(Report {
+        run_name: data.name,
+        html,
+        ticks: data.ticks.len(),
+        charts: charts.len(),
+        notices,
+    })
+}
+
+/// Builds the report for `run_dir` and writes it to `out` atomically: the
+/// page goes to a temporary file next to `out`, which is then renamed over
+/// it, so a browser never sees half a report.
+pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportSummary> {
+    let report = build_report(run_dir)?;
+    write_atomic(out, report.html.as_bytes())?;
+    Ok(ReportSummary {
+        path: out.to_path_buf(),
+        bytes: report.html.len() as u64,
+        ticks: report.ticks,
+        charts: report.charts,
+        notices: report.notices,
+    })
+}
+
+fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| REPORT_FILE.to_string());
+    let tmp = out.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, out)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ReportError::io(out, e)
+    })
+}
+
+#[cfg(test)]
+mod fixture;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_run() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("emoji-16");
+        fixture::write_run(&run, None);
+        (dir, run)
+    }
+
+    #[test]
+    fn full_report_from_fixture() {
+        let (_dir, run) = fixture_run();
+        let report = build_report(&run).unwrap();
+        let h = &report.html;
+        assert_eq!(report.run_name, "emoji-16");
+        assert_eq!(report.ticks, fixture::TICKS);
+        // losses, penalty, D outputs, grads, SWD, MS-SSIM, speed
+        assert_eq!(report.charts, 7);
+        assert_eq!(h.matches("<svg").count(), 7);
+        assert!(h.starts_with("<!DOCTYPE html>"));
+        assert!(h.contains("<title>pgan report — emoji-16</title>"));
+
+        // Latest sample (tick-000040), the timeline, and nothing else embedded.
+        let latest = fs::read(run.join("samples/tick-000040.png")).unwrap();
+        assert!(
+            h.contains(&html::png_data_uri(&latest)),
+            "latest sample not embedded"
+        );
+        let older = fs::read(run.join("samples/tick-000020.png")).unwrap();
+        assert!(!h.contains(&html::png_data_uri(&older)));
+        let timeline = fs::read(run.join("samples/timeline.png")).unwrap();
+        assert!(h.contains(&html::png_data_uri(&timeline)));
+        assert_eq!(h.matches("data:image/png;base64,").count(), 2);
+        assert!(h.contains("latest of 2"));
+
+        // Config verbatim but escaped.
+        assert!(
+            h.contains("loss = &quot;wgan-gp&quot;   # &lt;lambda&gt; = 10 &amp; drift = 0.001")
+        );
+        assert!(!h.contains("<lambda>"));
+
+        // Stage boundary markers: every chart labels 4², 8², 16² and shades
+        // the two fade phases.
+        let svgs: Vec<&str> = h.split("<svg").skip(1).collect();
+        for svg in &svgs {
+            let texts = charts::inspect::texts(svg);
+            for label in ["4²", "8²", "16²"] {
+                assert!(
+                    texts.iter().any(|t| t == label),
+                    "{label} missing in {texts:?}"
+                );
+            }
+            assert_eq!(
+                charts::inspect::boundary_xs(svg).len(),
+                4,
+                "4 boundaries per chart"
+            );
+        }
+        assert!(h.contains("<span class=\"sw roll\"></span>rollback"));
+
+        // Summary and per-resolution table.
+        assert!(h.contains("<th>kimg</th><td>10.00</td>"));
+        assert!(h.contains("16×16 (stable)"));
+        assert!(h.contains("<td>8×8</td><td>fade → stable</td>"));
+        assert!(h.contains("<th>rollbacks</th><td>1</td>"));
+
+        // NaN noted, not drawn.
+        assert!(h.contains("Grad/G/norm: 1 non-finite value(s) not drawn: line 30 (kimg 7.5)"));
+        assert!(report
+            .notices
+            .iter()
+            .any(|n| n.contains("1 non-finite value(s)")));
+
+        // Log tail: last 50 lines, alerts highlighted, escaped.
+        assert!(h.contains("last 50 of 72 line(s)"));
+        assert!(h.contains("<span class=\"warn\">[  42.0s] WARN D loss spiked"));
+        assert!(h.contains("<span class=\"warn\">[  44.8s] ERROR NaN alarm"));
+        assert!(h.contains("&lt;ok&gt;"));
+        assert!(!h.contains("tick   1 kimg"), "only the tail");
+
+        // Self-contained: nothing fetched.
+        // (the only URL is the SVG namespace, which is a name, not a fetch)
+        let without_ns = h.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+        assert!(!without_ns.contains("http://") && !without_ns.contains("https://"));
+        assert!(!h.contains("<script"));
+        assert!(!h.contains("<link"));
+    }
+
+    #[test]
+    fn write_report_is_atomic_and_reports_size() {
+        let (dir, run) = fixture_run();
+        let out = dir.path().join("out.html");
+        fs::write(&out, "old").unwrap();
+        let summary = write_report(&run, &out).unwrap();
+        let written = fs::read_to_string(&out).unwrap();
+        assert_eq!(summary.bytes, written.len() as u64);
+        assert_eq!(summary.charts, 7);
+        assert_eq!(summary.ticks, fixture::TICKS);
+        assert!(written.contains("<svg"));
+        // no temp file left behind
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(default_output_path(&run), run.join("report.html"));
+    }
+
+    #[test]
+    fn write_into_missing_folder_names_the_path() {
+        let (dir, run) = fixture_run();
+        let out = dir.path().join("no/such/dir/report.html");
+        let err = write_report(&run, &out).unwrap_err();
+        assert!(err.to_string().contains("no/such/dir/report.html"), "{err}");
+    }
+
+    #[test]
+    fn malformed_line_is_an_error_naming_the_line() {
+        let (_dir, run) = fixture_run();
+        let mut text = fixture::metrics_jsonl();
+        text.push_str("{\"tick\":41,\"kimg\":10.25,\n");
+        fs::write(run.join("metrics.jsonl"), text).unwrap();
+        let err = build_report(&run).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 41"), "{msg}");
+        assert!(msg.contains("metrics.jsonl"), "{msg}");
+    }
+
+    #[test]
+    fn missing_dir_and_missing_metrics_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build_report(&dir.path().join("absent")).unwrap_err();
+        assert!(matches!(err, ReportError::MissingRunDir(_)));
+        assert!(err.to_string().contains("absent"));
+        let err = build_report(dir.path()).unwrap_err();
+        assert!(matches!(err, ReportError::MissingMetrics(_)), "{err}");
+    }
+
+    #[test]
+    fn empty_metrics_still_gives_a_report_with_a_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("metrics.jsonl"), "\n").unwrap();
+        let report = build_report(dir.path()).unwrap();
+        assert_eq!(report.ticks, 0);
+        assert_eq!(report.charts, 0);
+        assert!(!report.html.contains("<svg"));
+        assert!(report.html.contains("no ticks yet"));
+        assert!(report.notices[0].starts_with("no ticks yet"));
+        assert!(report.notices.iter().any(|n| n.contains("no config.toml")));
+        assert!(report.notices.iter().any(|n| n.contains("no log.txt")));
+        assert!(report
+            .notices
+            .iter()
+            .any(|n| n.contains("no sample sheets")));
+        assert!(report.html.contains("no sample sheets in samples/ yet"));
+    }
+
+    #[test]
+    fn long_run_stays_small_and_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for i in 1..=5000 {
+            let res = 4u32 << (i * 5 / 5001);
+            let phase = if i % 1000 < 300 { "fade" } else { "stable" };
+            text.push_str(&format!(
+                "{{\"tick\":{i},\"kimg\":{},\"resolution\":{res},\"phase\":\"{phase}\",\
+                 \"Loss/D\":{},\"Loss/G\":{},\"Speed/img_per_s\":{}}}\n",
+                i as f64 * 2.0,
+                (i as f64).sin(),
+                (i as f64).cos(),
+                1e4 / f64::from(res),
+            ));
+        }
+        fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
+        let start = std::time::Instant::now();
+        let report = build_report(dir.path()).unwrap();
+        let took = start.elapsed();
+        assert_eq!(report.ticks, 5000);
+        assert_eq!(report.charts, 2);
+        assert!(report.html.len() < 2_000_000, "{} bytes", report.html.len());
+        assert!(took.as_secs_f64() < 5.0, "{took:?}");
+    }
+
+    /// Writes a demo report to /tmp/pgan-report-demo/report.html (sample
+    /// sheets made from the bundled emoji) for looking at in a browser:
+    /// `cargo test -p pgan-report -- --ignored demo_report`.
+    #[test]
+    #[ignore]
+    fn demo_report() {
+        let run = Path::new("/tmp/pgan-report-demo");
+        let _ = fs::remove_dir_all(run);
+        let emoji = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/emoji");
+        fixture::write_run(run, emoji.is_dir().then_some(emoji.as_path()));
+        let s = write_report(run, &default_output_path(run)).unwrap();
+        eprintln!(
+            "wrote {} ({} bytes, {} charts)",
+            s.path.display(),
+            s.bytes,
+            s.charts
+        );
+    }
+}

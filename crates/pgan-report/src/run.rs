@@ -1,0 +1,582 @@
+//! Reading a training run directory: `metrics.jsonl`, `config.toml`,
+//! `log.txt` and the sample sheets under `samples/`.
+//!
+//! Only `metrics.jsonl` is required; every other file is optional and its
+//! absence becomes a notice in the report.
+//!
+//! # `metrics.jsonl`
+//!
+//! One flat JSON object per line (one line per tick). Blank lines are
+//! skipped; any other line that is not a JSON object is an error
+//! ([`ReportError::MalformedLine`]) naming the file and the 1-based line
+//! number: a report silently built from part of the run would be misleading.
+//! Within an object:
+//!
+//! * numbers are kept as `f64`, booleans as `1.0`/`0.0`;
+//! * `null` is read as a non-finite value (NaN), because `serde_json`
+//!   writes NaN and infinities as `null` (keys that were simply not measured
+//!   on a tick should be left out of that line instead);
+//! * the strings `"NaN"`, `"inf"`, `"-inf"`, `"Infinity"`, ... and the bare
+//!   tokens `NaN`, `Infinity`, `-Infinity` (written by Python's `json`) are
+//!   read as the corresponding non-finite `f64`;
+//! * other strings (such as `"phase":"fade"`) are kept as text;
+//! * nested arrays and objects and unknown keys are tolerated and ignored by
+//!   the charts.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ReportError, Result};
+
+/// How many lines from the end of `log.txt` the report shows.
+pub const LOG_TAIL_LINES: usize = 50;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tick {
+    /// 1-based line number in `metrics.jsonl`.
+    pub line: usize,
+    numbers: BTreeMap<String, f64>,
+    text: BTreeMap<String, String>,
+}
+
+impl Tick {
+    /// The numeric value of `key`, which may be NaN or infinite.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.numbers.get(key).copied()
+    }
+
+    /// The numeric value of `key` if it is present and finite.
+    pub fn finite(&self, key: &str) -> Option<f64> {
+        self.get(key).filter(|v| v.is_finite())
+    }
+
+    /// The text value of `key` (for string-valued keys such as `phase`).
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.text.get(key).map(String::as_str)
+    }
+
+    /// Training progress in thousands of real images shown (`kimg`), if finite.
+    pub fn kimg(&self) -> Option<f64> {
+        self.finite("kimg")
+    }
+
+    /// Output resolution (side length in pixels) at this tick.
+    pub fn resolution(&self) -> Option<u32> {
+        self.finite("resolution")
+            .filter(|r| *r >= 1.0 && *r <= f64::from(u32::MAX))
+            .map(|r| r.round() as u32)
+    }
+
+    /// Growth stage index at this tick.
+    pub fn stage(&self) -> Option<i64> {
+        self.finite("stage").map(|s| s.round() as i64)
+    }
+
+    /// Training phase at this tick (`"fade"`, `"stable"`, ...).
+    pub fn phase(&self) -> Option<&str> {
+        self.text("phase")
+    }
+
+    /// Keys whose numeric value on this line is NaN or infinite.
+    pub fn non_finite_keys(&self) -> impl Iterator<Item = &str> {
+        self.numbers
+            .iter()
+            .filter(|(_, v)| !v.is_finite())
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// Builds a tick from a parsed JSON object.
+    fn from_object(line: usize, obj: serde_json::Map<String, serde_json::Value>) -> Tick {
+        use serde_json::Value;
+        let mut tick = Tick {
+            line,
+            ..Tick::default()
+        };
+        for (key, value) in obj {
+            match value {
+                Value::Number(n) => {
+                    if let Some(v) = n.as_f64() {
+                        tick.numbers.insert(key, v);
+                    }
+                }
+                Value::Bool(b) => {
+                    tick.numbers.insert(key, if b { 1.0 } else { 0.0 });
+                }
+                Value::Null => {
+                    tick.numbers.insert(key, f64::NAN);
+                }
+                Value::String(s) => match non_finite_from_str(&s) {
+                    Some(v) => {
+                        tick.numbers.insert(key, v);
+                    }
+                    None => {
+                        tick.text.insert(key, s);
+                    }
+                },
+                Value::Array(_) | Value::Object(_) => {}
+            }
+        }
+        tick
+    }
+}
+
+/// Parses the spellings of NaN and infinity that trainers write as strings.
+fn non_finite_from_str(s: &str) -> Option<f64> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "nan" | "-nan" | "+nan" => Some(f64::NAN),
+        "inf" | "+inf" | "infinity" | "+infinity" => Some(f64::INFINITY),
+        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// Quotes the bare `NaN`, `Infinity` and `-Infinity` tokens that Python's
+/// `json` module writes, so that `serde_json` accepts the line. Text inside
+/// JSON strings is left alone.
+fn quote_bare_non_finite(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.contains("NaN") && !line.contains("Infinity") {
+        return line.into();
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = line;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+            out.push(c);
+            rest = &rest[1..];
+            continue;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
+        if let Some(t) = token {
+            out.push('"');
+            out.push_str(t);
+            out.push('"');
+            rest = &rest[t.len()..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out.into()
+}
+
+/// Parses the text of a `metrics.jsonl` file; `path` only names the file in
+/// errors.
+pub fn parse_metrics(text: &str, path: &Path) -> Result<Vec<Tick>> {
+    let mut ticks = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let malformed = |message: String| ReportError::MalformedLine {
+            path: path.to_path_buf(),
+            line: line_no,
+            message,
+        };
+        let value: serde_json::Value = serde_json::from_str(&quote_bare_non_finite(line))
+            .map_err(|e| malformed(e.to_string()))?;
+        match value {
+            serde_json::Value::Object(obj) => ticks.push(Tick::from_object(line_no, obj)),
+            other => {
+                let kind = match other {
+                    serde_json::Value::Array(_) => "an array",
+                    serde_json::Value::String(_) => "a string",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::Bool(_) => "a boolean",
+                    _ => "null",
+                };
+                return Err(malformed(format!("expected a JSON object, found {kind}")));
+            }
+        }
+    }
+    Ok(ticks)
+}
+
+/// A run of consecutive ticks with the same resolution and phase: the unit
+/// that the charts mark with boundary lines and bands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Resolution of these ticks, if logged.
+    pub resolution: Option<u32>,
+    /// Phase of these ticks (`"fade"`, `"stable"`), if logged.
+    pub phase: Option<String>,
+    /// Stage index of the first tick, if logged.
+    pub stage: Option<i64>,
+    /// kimg where the segment starts: the previous segment's last kimg
+    /// (ticks log the kimg reached at their end), or the first tick's kimg.
+    pub start_kimg: f64,
+    /// kimg of the segment's last tick.
+    pub end_kimg: f64,
+    /// Indices into the tick list.
+    pub ticks: Range<usize>,
+}
+
+impl Segment {
+    /// True for a fade-in phase (the new layer is being blended in).
+    pub fn is_fade(&self) -> bool {
+        self.phase
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case("fade") || p.eq_ignore_ascii_case("fade-in"))
+    }
+
+    /// Short label: `"16×16"`, or `"16×16 fade"`.
+    pub fn label(&self) -> String {
+        let res = match self.resolution {
+            Some(r) => format!("{r}×{r}"),
+            None => "?".to_string(),
+        };
+        match &self.phase {
+            Some(p) if self.is_fade() => format!("{res} {p}"),
+            _ => res,
+        }
+    }
+}
+
+/// Splits the ticks that have a finite `kimg` into [`Segment`]s wherever the
+/// resolution or the phase changes. Ticks without a finite kimg are skipped.
+pub fn segments(ticks: &[Tick]) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for (i, t) in ticks.iter().enumerate() {
+        let Some(kimg) = t.kimg() else { continue };
+        let (res, phase) = (t.resolution(), t.phase().map(str::to_string));
+        match out.last_mut() {
+            Some(s) if s.resolution == res && s.phase == phase => {
+                s.end_kimg = kimg;
+                s.ticks.end = i + 1;
+            }
+            prev => {
+                let start = prev.map_or(kimg, |p| p.end_kimg.min(kimg));
+                out.push(Segment {
+                    resolution: res,
+                    phase,
+                    stage: t.stage(),
+                    start_kimg: start,
+                    end_kimg: kimg,
+                    ticks: i..i + 1,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// An image file read into memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The file's bytes (PNG).
+    pub bytes: Vec<u8>,
+}
+
+impl ImageFile {
+    /// The file name, for captions.
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The last lines of `log.txt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogTail {
+    /// At most [`LOG_TAIL_LINES`] lines, oldest first.
+    pub lines: Vec<String>,
+    /// How many lines the whole log has.
+    pub total_lines: usize,
+}
+
+/// Everything the report shows, read from a run directory.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// The run directory as given.
+    pub dir: PathBuf,
+    /// The run's name: the directory's final component.
+    pub name: String,
+    /// `config.toml`, verbatim.
+    pub config: Option<String>,
+    /// Tail of `log.txt`.
+    pub log: Option<LogTail>,
+    /// The parsed `metrics.jsonl`.
+    pub ticks: Vec<Tick>,
+    /// The latest sample sheet (`samples/*.png` sorted by name, last one,
+    /// `timeline.png` excluded).
+    pub latest_sample: Option<ImageFile>,
+    /// How many sample sheets there are.
+    pub sample_count: usize,
+    /// `samples/timeline.png`.
+    pub timeline: Option<ImageFile>,
+}
+
+/// File name of the growth timeline image inside `samples/`.
+pub const TIMELINE_FILE: &str = "timeline.png";
+
+impl RunData {
+    /// Reads a run directory. Fails if the directory or `metrics.jsonl` is
+    /// missing, or if a metrics line is malformed.
+    pub fn load(dir: &Path) -> Result<RunData> {
+        if !dir.is_dir() {
+            return Err(ReportError::MissingRunDir(dir.to_path_buf()));
+        }
+        let metrics_path = dir.join("metrics.jsonl");
+        let metrics = match fs::read(&metrics_path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReportError::MissingMetrics(metrics_path));
+            }
+            Err(e) => return Err(ReportError::io(&metrics_path, e)),
+        };
+        let ticks = parse_metrics(&metrics, &metrics_path)?;
+
+        let config = read_optional_text(&dir.join("config.toml"))?;
+        let log = read_optional_text(&dir.join("log.txt"))?.map(|text| {
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(LOG_TAIL_LINES);
+            LogTail {
+                lines: all[from..].iter().map(|l| l.to_string()).collect(),
+                total_lines: all.len(),
+            }
+        });
+
+        let samples_dir = dir.join("samples");
+        let mut sheets = list_pngs(&samples_dir)?;
+        let timeline_pos = sheets.iter().position(|p| {
+            p.file_name()
+                .is_some_and(|n| n.eq_ignore_ascii_case(TIMELINE_FILE))
+        });
+        let timeline = match timeline_pos {
+            Some(i) => Some(read_image(sheets.remove(i))?),
+            None => None,
+        };
+        let sample_count = sheets.len();
+        let latest_sample = match sheets.pop() {
+            Some(p) => Some(read_image(p)?),
+            None => None,
+        };
+
+        Ok(RunData {
+            dir: dir.to_path_buf(),
+            name: run_name(dir),
+            config,
+            log,
+            ticks,
+            latest_sample,
+            sample_count,
+            timeline,
+        })
+    }
+}
+
+/// The directory's last component, resolving `.` and `..` when possible.
+fn run_name(dir: &Path) -> String {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(dir)
+        .filter(|n| n != "." && n != "..")
+        .or_else(|| dir.canonicalize().ok().and_then(|p| named(&p)))
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+fn read_optional_text(path: &Path) -> Result<Option<String>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReportError::io(path, e)),
+    }
+}
+
+/// `*.png` files directly in `dir`, sorted by file name; empty if `dir` is missing.
+fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ReportError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ReportError::io(dir, e))?;
+        let path = entry.path();
+        let is_png = path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("png"));
+        if is_png && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(out)
+}
+
+fn read_image(path: PathBuf) -> Result<ImageFile> {
+    let bytes = fs::read(&path).map_err(|e| ReportError::io(&path, e))?;
+    Ok(ImageFile { path, bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Tick>> {
+        parse_metrics(text, Path::new("run/metrics.jsonl"))
+    }
+
+    #[test]
+    fn parses_numbers_text_and_tolerates_unknown_keys() {
+        let ticks = parse(
+            "{\"tick\":1,\"kimg\":0.5,\"resolution\":4,\"phase\":\"stable\",\"Loss/D\":-0.8,\
+             \"weird\":[1,2],\"nested\":{\"a\":1},\"Event/rollback\":true}\n\n\
+             {\"tick\":2,\"kimg\":1.0}\n",
+        )
+        .unwrap();
+        assert_eq!(ticks.len(), 2);
+        let t = &ticks[0];
+        assert_eq!(t.line, 1);
+        assert_eq!(t.kimg(), Some(0.5));
+        assert_eq!(t.resolution(), Some(4));
+        assert_eq!(t.phase(), Some("stable"));
+        assert_eq!(t.get("Loss/D"), Some(-0.8));
+        assert_eq!(t.get("Event/rollback"), Some(1.0));
+        assert_eq!(t.get("weird"), None);
+        // blank line skipped, line numbers stay those of the file
+        assert_eq!(ticks[1].line, 3);
+        assert_eq!(ticks[1].resolution(), None);
+    }
+
+    #[test]
+    fn reads_every_spelling_of_non_finite() {
+        let ticks = parse(
+            r#"{"a":NaN,"b":Infinity,"c":-Infinity,"d":null,"e":"nan","f":"-inf","g":"NaN in a string","h":1}"#,
+        )
+        .unwrap();
+        let t = &ticks[0];
+        assert!(t.get("a").unwrap().is_nan());
+        assert_eq!(t.get("b"), Some(f64::INFINITY));
+        assert_eq!(t.get("c"), Some(f64::NEG_INFINITY));
+        assert!(t.get("d").unwrap().is_nan());
+        assert!(t.get("e").unwrap().is_nan());
+        assert_eq!(t.get("f"), Some(f64::NEG_INFINITY));
+        assert_eq!(t.text("g"), Some("NaN in a string"));
+        assert_eq!(t.finite("a"), None);
+        assert_eq!(t.finite("h"), Some(1.0));
+        let bad: Vec<&str> = t.non_finite_keys().collect();
+        assert_eq!(bad, ["a", "b", "c", "d", "e", "f"]);
+    }
+
+    #[test]
+    fn quoting_leaves_strings_alone() {
+        let s = r#"{"msg":"say \"NaN\" Infinity","x":NaN}"#;
+        assert_eq!(
+            quote_bare_non_finite(s),
+            r#"{"msg":"say \"NaN\" Infinity","x":"NaN"}"#
+        );
+        assert_eq!(quote_bare_non_finite("{\"x\":1}"), "{\"x\":1}");
+    }
+
+    #[test]
+    fn malformed_line_names_file_and_line() {
+        let err = parse("{\"tick\":1}\n{\"tick\":2}\n{\"tick\":3,\n").unwrap_err();
+        match &err {
+            ReportError::MalformedLine { line, path, .. } => {
+                assert_eq!(*line, 3);
+                assert_eq!(path, Path::new("run/metrics.jsonl"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains("line 3"), "{err}");
+
+        let err = parse("{}\n[1,2]\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(err.to_string().contains("found an array"), "{err}");
+    }
+
+    #[test]
+    fn segments_split_on_resolution_and_phase() {
+        let mut text = String::new();
+        let rows = [
+            (0.5, 4, "stable"),
+            (1.0, 4, "stable"),
+            (1.5, 8, "fade"),
+            (2.0, 8, "fade"),
+            (2.5, 8, "stable"),
+            (3.0, 16, "fade"),
+        ];
+        for (k, r, p) in rows {
+            text.push_str(&format!(
+                "{{\"kimg\":{k},\"resolution\":{r},\"phase\":\"{p}\"}}\n"
+            ));
+        }
+        text.push_str("{\"resolution\":16}\n"); // no kimg: skipped
+        let ticks = parse(&text).unwrap();
+        let segs = segments(&ticks);
+        let labels: Vec<String> = segs.iter().map(Segment::label).collect();
+        assert_eq!(labels, ["4×4", "8×8 fade", "8×8", "16×16 fade"]);
+        assert_eq!(segs[1].start_kimg, 1.0);
+        assert_eq!(segs[1].end_kimg, 2.0);
+        assert_eq!(segs[1].ticks, 2..4);
+        assert!(segs[1].is_fade() && !segs[2].is_fade());
+        assert_eq!(segs[0].start_kimg, 0.5);
+    }
+
+    #[test]
+    fn load_reads_optional_files_and_picks_latest_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("my-run");
+        fs::create_dir_all(run.join("samples")).unwrap();
+        fs::write(run.join("metrics.jsonl"), "{\"kimg\":1}\n").unwrap();
+        let log: String = (1..=80).map(|i| format!("line {i}\n")).collect();
+        fs::write(run.join("log.txt"), log).unwrap();
+        for name in [
+            "tick-000010.png",
+            "tick-000002.png",
+            "timeline.png",
+            "notes.txt",
+        ] {
+            fs::write(run.join("samples").join(name), name.as_bytes()).unwrap();
+        }
+        let data = RunData::load(&run).unwrap();
+        assert_eq!(data.name, "my-run");
+        assert_eq!(data.config, None);
+        let log = data.log.unwrap();
+        assert_eq!(log.total_lines, 80);
+        assert_eq!(log.lines.len(), LOG_TAIL_LINES);
+        assert_eq!(log.lines[0], "line 31");
+        assert_eq!(data.sample_count, 2);
+        assert_eq!(data.latest_sample.unwrap().name(), "tick-000010.png");
+        assert_eq!(data.timeline.unwrap().bytes, b"timeline.png");
+    }
+
+    #[test]
+    fn load_errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = RunData::load(&missing).unwrap_err();
+        assert!(matches!(err, ReportError::MissingRunDir(_)));
+        assert!(err.to_string().contains("nope"));
+
+        let err = RunData::load(dir.path()).unwrap_err();
+        assert!(matches!(err, ReportError::MissingMetrics(_)));
+        assert!(err.to_string().contains("metrics.jsonl"), "{err}");
+    }
+}

@@ -1,0 +1,139 @@
+//! Choosing the compute backend at run time: `cpu` (burn's flex, always present), `wgpu` and
+//! `cuda` (cargo features). Asking for a backend that is not compiled in, or that has no device,
+//! is a clear error instead of a panic deep inside a driver.
+
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::config::BackendKind;
+use crate::error::{Result, TrainError};
+
+/// Work that runs on whichever backend the user chose.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on backend `B` and `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// The backends this binary was built with.
+pub fn compiled_backends() -> Vec<BackendKind> {
+    let mut out = vec![BackendKind::Cpu];
+    if cfg!(feature = "wgpu") {
+        out.push(BackendKind::Wgpu);
+    }
+    if cfg!(feature = "cuda") {
+        out.push(BackendKind::Cuda);
+    }
+    out
+}
+
+/// Runs `job` on the backend `kind`, device `index`.
+pub fn dispatch<J: BackendJob>(kind: BackendKind, index: usize, job: J) -> Result<J::Output> {
+    match kind {
+        BackendKind::Cpu => {
+            type B = burn::backend::Autodiff<burn::backend::Flex>;
+            job.run::<B>(Default::default())
+        }
+        BackendKind::Wgpu => run_wgpu(index, job),
+        BackendKind::Cuda => run_cuda(index, job),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn run_wgpu<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
+    use burn::backend::wgpu::{Wgpu, WgpuDevice};
+    type B = burn::backend::Autodiff<Wgpu>;
+    // Index 0 is wgpu's preferred adapter (a discrete GPU if there is one, else e.g. lavapipe);
+    // other indices name the n-th discrete GPU.
+    let device = if index == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(index) };
+    probe::<B>(&device, "wgpu")?;
+    job.run::<B>(device)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn run_wgpu<J: BackendJob>(_index: usize, _job: J) -> Result<J::Output> {
+    Err(not_compiled("wgpu"))
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
+    use burn::backend::cuda::{Cuda, CudaDevice};
+    type B = burn::backend::Autodiff<Cuda>;
+    if !pgan_model::cuda_available() {
+        return Err(TrainError::Backend {
+            backend: "cuda".into(),
+            message: "no CUDA device or driver found on this machine".into(),
+        });
+    }
+    let device = CudaDevice::new(index);
+    probe::<B>(&device, "cuda")?;
+    job.run::<B>(device)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<J: BackendJob>(_index: usize, _job: J) -> Result<J::Output> {
+    Err(not_compiled("cuda"))
+}
+
+#[allow(dead_code)]
+fn not_compiled(name: &str) -> TrainError {
+    TrainError::Backend {
+        backend: name.into(),
+        message: format!(
+            "not compiled into this binary (it has: {}); rebuild with `cargo build --release --features {name}`",
+            compiled_backends().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Touches the device once, turning a driver panic into an error.
+#[allow(dead_code)]
+fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
+    let device = device.clone();
+    let result = std::panic::catch_unwind(move || {
+        let t = burn::tensor::Tensor::<B, 1>::ones([4], &device);
+        let v: f32 = t.sum().into_scalar().into();
+        v
+    });
+    match result {
+        Ok(v) if (v - 4.0).abs() < 1e-6 => Ok(()),
+        Ok(v) => Err(TrainError::Backend {
+            backend: name.into(),
+            message: format!("device self-test computed {v} instead of 4"),
+        }),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            Err(TrainError::Backend { backend: name.into(), message: format!("no usable device: {why}") })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sum;
+    impl BackendJob for Sum {
+        type Output = f32;
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f32> {
+            Ok(burn::tensor::Tensor::<B, 1>::ones([3], &device).sum().into_scalar().into())
+        }
+    }
+
+    #[test]
+    fn cpu_is_always_available() {
+        assert_eq!(dispatch(BackendKind::Cpu, 0, Sum).unwrap(), 3.0);
+        assert!(compiled_backends().contains(&BackendKind::Cpu));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_backend_not_compiled_in_is_a_clear_error() {
+        let err = dispatch(BackendKind::Cuda, 0, Sum).unwrap_err().to_string();
+        assert!(err.contains("not compiled") && err.contains("--features cuda"), "{err}");
+    }
+}

@@ -1,0 +1,529 @@
+//! `TrainConfig`: every knob of a run, read from a TOML file in `configs/`, overridden by CLI flags,
+//! validated once, and saved resolved as `RUN_DIR/config.toml`.
+//!
+//! Defaults live in one place, the `Default` impls below; every section rejects unknown keys so a
+//! typo in a config file is an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// The whole configuration of a training run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Run-level settings: seed, output, ticks, checkpoints, samples, backend.
+    pub run: RunConfig,
+    /// Dataset and augmentation.
+    pub data: DataConfig,
+    /// Network widths and maximum resolution.
+    pub model: ModelSection,
+    /// Resolution schedule, minibatch and learning-rate tables.
+    pub schedule: ScheduleConfig,
+    /// GAN loss and its penalty.
+    pub loss: LossConfig,
+    /// Adam settings shared by G and D.
+    pub optim: OptimConfig,
+    /// Exponential moving average of the generator weights.
+    pub ema: EmaConfig,
+    /// Metrics computed during training.
+    pub eval: EvalConfig,
+    /// Warnings for the known GAN failure modes.
+    pub alarms: AlarmConfig,
+    /// What to do when a loss or weight goes NaN/Inf.
+    pub recovery: RecoveryConfig,
+}
+
+/// Run-level settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Seed for weight init, latents, sampling order and penalties.
+    pub seed: u64,
+    /// Parent folder of run directories (`NNNNN-<desc>/` is created inside).
+    pub out_dir: PathBuf,
+    /// Optional description appended to the run directory name.
+    pub desc: Option<String>,
+    /// `cpu`, `wgpu` or `cuda`.
+    pub backend: BackendKind,
+    /// Device index for `wgpu`/`cuda`.
+    pub device: usize,
+    /// Length of a tick (one status line, one metrics.jsonl row) in kimg.
+    pub tick_kimg: f64,
+    /// Write a checkpoint every this many ticks.
+    pub checkpoint_ticks: u64,
+    /// Keep this many most recent checkpoints.
+    pub keep_checkpoints: usize,
+    /// Write a sample grid every this many ticks.
+    pub sample_ticks: u64,
+    /// Sample grid rows.
+    pub sample_rows: usize,
+    /// Sample grid columns.
+    pub sample_cols: usize,
+    /// Cells of the sample grid are upscaled (nearest) to at least this many pixels.
+    pub sample_cell_px: u32,
+    /// Show a terminal progress bar.
+    pub progress: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            out_dir: PathBuf::from("runs"),
+            desc: None,
+            backend: BackendKind::Cpu,
+            device: 0,
+            // Official ProGAN: tick_kimg_base = 160 on 8 GPUs; a smaller tick suits one device.
+            tick_kimg: 20.0,
+            checkpoint_ticks: 5,
+            keep_checkpoints: 3,
+            sample_ticks: 1,
+            sample_rows: 6,
+            sample_cols: 8,
+            sample_cell_px: 64,
+            progress: true,
+        }
+    }
+}
+
+/// Which compute backend runs the training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// burn's `flex` CPU backend (always compiled in).
+    Cpu,
+    /// burn's wgpu backend (cargo feature `wgpu`).
+    Wgpu,
+    /// burn's CUDA backend (cargo feature `cuda`).
+    Cuda,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown backend '{other}' (expected cpu, wgpu or cuda)")),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// Dataset and augmentation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// The `.pgan` pyramid made by `pgan prepare`.
+    pub path: Option<PathBuf>,
+    /// Random horizontal flips of the reals (official ProGAN `mirror_augment`).
+    pub mirror: bool,
+}
+
+/// Network configuration: a preset plus optional overrides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// `paper` (fmap_base 8192, fmap_max 512, latent 512) or `cpu-small` (2048, 128, 128).
+    pub preset: ModelPreset,
+    /// Final resolution (power of two, 4..=1024).
+    pub resolution: u32,
+    /// Overrides the preset's latent size.
+    pub latent_dim: Option<usize>,
+    /// Overrides the preset's `fmap_base`.
+    pub fmap_base: Option<usize>,
+    /// Overrides the preset's `fmap_decay`.
+    pub fmap_decay: Option<f64>,
+    /// Overrides the preset's `fmap_max`.
+    pub fmap_max: Option<usize>,
+    /// Minibatch-stddev group size (0 or 1 switches the layer off).
+    pub mbstd_group_size: Option<usize>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            preset: ModelPreset::Paper,
+            resolution: 512,
+            latent_dim: None,
+            fmap_base: None,
+            fmap_decay: None,
+            fmap_max: None,
+            mbstd_group_size: None,
+        }
+    }
+}
+
+/// Named network-width presets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelPreset {
+    /// The paper's widths.
+    Paper,
+    /// Narrow networks for CPU runs.
+    CpuSmall,
+}
+
+/// Resolution schedule (official ProGAN `TrainingSchedule` semantics).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Resolution training starts at.
+    pub start_resolution: u32,
+    /// kimg to stabilize each resolution.
+    pub lod_training_kimg: f64,
+    /// kimg to fade in each new resolution.
+    pub lod_transition_kimg: f64,
+    /// Length of the whole run in kimg.
+    pub total_kimg: f64,
+    /// Minibatch per resolution, keys are resolutions (`"4" = 128`).
+    pub minibatch: BTreeMap<String, usize>,
+    /// Minibatch for resolutions missing from the table.
+    pub minibatch_default: usize,
+    /// Learning rate per resolution (G and D).
+    pub lr: BTreeMap<String, f64>,
+    /// Learning rate for resolutions missing from the table.
+    pub lr_default: f64,
+    /// Reset Adam's moments whenever a fade starts or ends (official `reset_opt_for_new_lod`).
+    pub reset_optimizer: bool,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            start_resolution: 4,
+            // Official ProGAN defaults (train.py `sched` and `train`).
+            lod_training_kimg: 600.0,
+            lod_transition_kimg: 600.0,
+            total_kimg: 15000.0,
+            minibatch: BTreeMap::new(),
+            minibatch_default: 16,
+            lr: BTreeMap::new(),
+            lr_default: 0.001,
+            reset_optimizer: true,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// Minibatch size at `resolution`.
+    pub fn batch_for(&self, resolution: u32) -> usize {
+        self.minibatch.get(&resolution.to_string()).copied().unwrap_or(self.minibatch_default)
+    }
+
+    /// Learning rate at `resolution`.
+    pub fn lr_for(&self, resolution: u32) -> f64 {
+        self.lr.get(&resolution.to_string()).copied().unwrap_or(self.lr_default)
+    }
+}
+
+/// The GAN loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// `wgan-gp` (paper default) or `logistic-r1`.
+    pub kind: LossKind,
+    /// WGAN-GP weight λ (Gulrajani et al. 2017; ProGAN uses 10).
+    pub gp_lambda: f32,
+    /// Drift penalty ε·D(real)² (ProGAN section A.1: ε = 0.001).
+    pub drift_epsilon: f32,
+    /// R1 weight γ (Mescheder et al. 2018).
+    pub r1_gamma: f32,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self { kind: LossKind::WganGp, gp_lambda: 10.0, drift_epsilon: 0.001, r1_gamma: 10.0 }
+    }
+}
+
+/// Which GAN objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// Wasserstein loss + gradient penalty + drift (the paper's).
+    WganGp,
+    /// Non-saturating logistic loss + R1 penalty on reals.
+    LogisticR1,
+}
+
+/// Adam, shared by G and D (ProGAN: β1 = 0, β2 = 0.99, ε = 1e-8).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator epsilon (burn's default is 1e-5; the paper uses 1e-8).
+    pub epsilon: f32,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self { beta1: 0.0, beta2: 0.99, epsilon: 1e-8 }
+    }
+}
+
+/// Generator weight averaging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmaConfig {
+    /// Per-step decay (official ProGAN `G_smoothing` = 0.999).
+    pub beta: f64,
+    /// If set, the decay is derived per step from a half-life in kimg instead.
+    pub half_life_kimg: Option<f64>,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        Self { beta: 0.999, half_life_kimg: None }
+    }
+}
+
+impl EmaConfig {
+    /// The decay to use for one step that shows `batch` images.
+    pub fn beta_for_batch(&self, batch: usize) -> f64 {
+        match self.half_life_kimg {
+            Some(h) if h > 0.0 => 0.5f64.powf(batch as f64 / (h * 1000.0)),
+            _ => self.beta,
+        }
+    }
+}
+
+/// Metrics computed during training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many kimg (0 switches it off).
+    pub every_kimg: f64,
+    /// Generated and real images per evaluation.
+    pub num_images: usize,
+    /// Random pairs for MS-SSIM diversity.
+    pub msssim_pairs: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { every_kimg: 0.0, num_images: 256, msssim_pairs: 128 }
+    }
+}
+
+/// Thresholds of the failure-mode warnings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmConfig {
+    /// Warn when |D(real) − D(fake)| averaged over a tick exceeds this (imbalance/divergence).
+    pub max_d_gap: f64,
+    /// Warn when the generator's gradient norm averaged over a tick falls below this.
+    pub min_g_grad_norm: f64,
+    /// Collapse alarm: generated-pair MS-SSIM exceeds the reals' by more than this.
+    pub msssim_margin: f64,
+    /// Collapse alarm: SWD rises to more than this factor of the best value seen at the same
+    /// resolution.
+    pub swd_jump_factor: f64,
+}
+
+impl Default for AlarmConfig {
+    fn default() -> Self {
+        Self { max_d_gap: 100.0, min_g_grad_norm: 1e-6, msssim_margin: 0.15, swd_jump_factor: 2.0 }
+    }
+}
+
+/// NaN/Inf handling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Stop after this many rollbacks without a successful checkpoint in between.
+    pub max_consecutive_failures: u32,
+    /// Learning-rate multiplier applied after each rollback.
+    pub lr_factor: f64,
+    /// How long (kimg) the reduced learning rate lasts.
+    pub cooldown_kimg: f64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self { max_consecutive_failures: 3, lr_factor: 0.5, cooldown_kimg: 10.0 }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            action: "read config",
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            TrainError::Config { message, .. } => TrainError::Config { path: Some(path.into()), message },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| TrainError::Config { path: None, message: e.to_string() })
+    }
+
+    /// The resolved config as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig always serialises")
+    }
+
+    /// Checks every value; the message says which key is wrong and why.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| Err(TrainError::Config { path: None, message });
+        let is_res = |r: u32| r.is_power_of_two() && (4..=1024).contains(&r);
+        let m = &self.model;
+        if !is_res(m.resolution) {
+            return bad(format!("model.resolution {} must be a power of two in 4..=1024", m.resolution));
+        }
+        let s = &self.schedule;
+        if !is_res(s.start_resolution) || s.start_resolution > m.resolution {
+            return bad(format!(
+                "schedule.start_resolution {} must be a power of two in 4..={}",
+                s.start_resolution, m.resolution
+            ));
+        }
+        for (name, v) in [
+            ("schedule.lod_training_kimg", s.lod_training_kimg),
+            ("schedule.lod_transition_kimg", s.lod_transition_kimg),
+            ("schedule.total_kimg", s.total_kimg),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} {v} must be a non-negative number"));
+            }
+        }
+        if s.total_kimg <= 0.0 {
+            return bad("schedule.total_kimg must be positive".into());
+        }
+        for (key, &batch) in &s.minibatch {
+            match key.parse::<u32>() {
+                Ok(r) if is_res(r) => {}
+                _ => return bad(format!("schedule.minibatch key '{key}' is not a resolution")),
+            }
+            if batch == 0 {
+                return bad(format!("schedule.minibatch at {key} must be at least 1"));
+            }
+        }
+        if s.minibatch_default == 0 {
+            return bad("schedule.minibatch_default must be at least 1".into());
+        }
+        for (key, &lr) in &s.lr {
+            match key.parse::<u32>() {
+                Ok(r) if is_res(r) => {}
+                _ => return bad(format!("schedule.lr key '{key}' is not a resolution")),
+            }
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(format!("schedule.lr at {key} must be positive"));
+            }
+        }
+        if !(s.lr_default.is_finite() && s.lr_default > 0.0) {
+            return bad("schedule.lr_default must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.ema.beta) {
+            return bad(format!("ema.beta {} must be in [0, 1)", self.ema.beta));
+        }
+        if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
+            return bad("optim.beta1 and optim.beta2 must be in [0, 1)".into());
+        }
+        if self.loss.gp_lambda < 0.0 || self.loss.r1_gamma < 0.0 || self.loss.drift_epsilon < 0.0 {
+            return bad("loss weights must be non-negative".into());
+        }
+        let r = &self.run;
+        if !(r.tick_kimg.is_finite() && r.tick_kimg > 0.0) {
+            return bad(format!("run.tick_kimg {} must be positive", r.tick_kimg));
+        }
+        if r.checkpoint_ticks == 0 || r.keep_checkpoints == 0 {
+            return bad("run.checkpoint_ticks and run.keep_checkpoints must be at least 1".into());
+        }
+        if r.sample_rows == 0 || r.sample_cols == 0 {
+            return bad("run.sample_rows and run.sample_cols must be at least 1".into());
+        }
+        if !(self.recovery.lr_factor > 0.0 && self.recovery.lr_factor <= 1.0) {
+            return bad("recovery.lr_factor must be in (0, 1]".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bundled_config_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = TrainConfig::from_toml_file(&path).unwrap();
+                config.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "expected the three bundled configs in {}", dir.display());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = TrainConfig::from_toml_str("[schedule]\nlod_trainig_kimg = 3\n").unwrap_err();
+        assert!(err.to_string().contains("lod_trainig_kimg"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_an_error() {
+        assert!(TrainConfig::from_toml_str("[run\nseed = 1").is_err());
+        let err = TrainConfig::from_toml_str("[run]\nseed = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("seed"), "{err}");
+    }
+
+    #[test]
+    fn the_resolved_config_round_trips_through_toml() {
+        let mut config = TrainConfig::default();
+        config.schedule.minibatch.insert("8".into(), 32);
+        config.data.path = Some("x.pgan".into());
+        let back = TrainConfig::from_toml_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        let mut config = TrainConfig::default();
+        config.model.resolution = 48;
+        assert!(config.validate().unwrap_err().to_string().contains("model.resolution"));
+        let mut config = TrainConfig::default();
+        config.schedule.minibatch.insert("7".into(), 4);
+        assert!(config.validate().unwrap_err().to_string().contains("'7'"));
+        let mut config = TrainConfig::default();
+        config.schedule.start_resolution = 1024;
+        config.model.resolution = 64;
+        assert!(config.validate().unwrap_err().to_string().contains("start_resolution"));
+    }
+
+    #[test]
+    fn half_life_overrides_the_per_step_beta() {
+        let ema = EmaConfig { beta: 0.9, half_life_kimg: Some(10.0) };
+        let beta = ema.beta_for_batch(16);
+        // 625 steps of 16 images = 10 kimg halve the weight of the old average.
+        assert!((beta.powi(625) - 0.5).abs() < 1e-9);
+        assert_eq!(EmaConfig::default().beta_for_batch(16), 0.999);
+    }
+}

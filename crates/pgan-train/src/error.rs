@@ -1,0 +1,78 @@
+//! The trainer's error type: every message says what failed and where (file, key, resolution).
+
+use std::path::PathBuf;
+
+/// Errors from configuring, running, checkpointing or rendering a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A config file or value is wrong.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Config {
+        /// The config file, when the error came from one.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A filesystem operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done (`read config`, `write checkpoint`, ...).
+        action: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The dataset cannot be used with this config.
+    #[error("dataset {}: {message}", path.display())]
+    Dataset {
+        /// The `.pgan` file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading the dataset failed.
+    #[error(transparent)]
+    Data(#[from] pgan_data::DataError),
+    /// A checkpoint is missing, corrupt or does not match the config.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The requested backend is not usable.
+    #[error("backend {backend}: {message}")]
+    Backend {
+        /// `cpu`, `wgpu` or `cuda`.
+        backend: String,
+        /// Why it cannot be used.
+        message: String,
+    },
+    /// Training diverged and could not be recovered.
+    #[error("training diverged: {0}")]
+    Diverged(String),
+    /// A metric could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] pgan_metrics::MetricsError),
+    /// Writing an image failed.
+    #[error("cannot write image {}: {message}", path.display())]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Result with [`TrainError`].
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Shorthand for an [`TrainError::Io`] mapper: `.map_err(io_err(path, "write"))`.
+pub(crate) fn io_err<'a>(
+    path: &'a std::path::Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
+    move |source| TrainError::Io { path: path.to_path_buf(), action, source }
+}

@@ -1,0 +1,292 @@
+//! Evaluating a generator against its dataset with the metrics crate: SWD against reals,
+//! MS-SSIM diversity of generated and of real pairs. Used during training (small samples) and
+//! by `pgan eval`.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use pgan_data::{BatchSampler, PyramidReader};
+use pgan_metrics::{pairwise_ms_ssim, sliced_wasserstein, ImageSet, SwdConfig, SwdReport};
+use pgan_model::{Generator, ModelConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::schedule::Phase;
+
+/// How much to evaluate.
+#[derive(Clone, Debug)]
+pub struct EvalSettings {
+    /// Generated images (and as many reals).
+    pub num_images: usize,
+    /// Random pairs for MS-SSIM.
+    pub msssim_pairs: usize,
+    /// Seed for latents, real sampling and the metrics' randomness.
+    pub seed: u64,
+    /// Generator minibatch.
+    pub batch: usize,
+}
+
+/// Results of one evaluation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalReport {
+    /// SWD per level and mean (×1e3), generated vs real; `None` below 16x16.
+    pub swd: Option<SwdReport>,
+    /// Mean SWD (copy of `swd.mean`).
+    pub swd_mean: Option<f64>,
+    /// Mean MS-SSIM of random generated pairs (higher = less diverse).
+    pub msssim_fake: Option<f64>,
+    /// Mean MS-SSIM of random real pairs (the reference).
+    pub msssim_real: Option<f64>,
+}
+
+impl EvalReport {
+    /// Flat `Metrics/...` keys for `metrics.jsonl`.
+    pub fn rows(&self) -> Vec<(&'static str, f64)> {
+        let mut out = Vec::new();
+        if let Some(v) = self.swd_mean {
+            out.push(("Metrics/swd", v));
+        }
+        if let Some(v) = self.msssim_fake {
+            out.push(("Metrics/msssim_fake", v));
+        }
+        if let Some(v) = self.msssim_real {
+            out.push(("Metrics/msssim_real", v));
+        }
+        out
+    }
+}
+
+/// Smallest resolution the SWD's Laplacian pyramid and 7x7 descriptors are computed at.
+pub const MIN_SWD_RESOLUTION: u32 = 16;
+
+/// Evaluates `g` at the schedule position `phase` against the dataset's level at the same
+/// resolution.
+pub fn evaluate_generator<B: Backend>(
+    g: &Generator<B>,
+    model: &ModelConfig,
+    reader: &PyramidReader,
+    phase: &Phase,
+    settings: &EvalSettings,
+    device: &B::Device,
+) -> Result<EvalReport> {
+    let fakes = generate(g, model, phase.stage, phase.alpha, settings.num_images, settings.seed, settings.batch, None, device);
+    let reals = real_images(reader, phase.resolution, settings.num_images, settings.seed)?;
+    let mut report = EvalReport::default();
+    if phase.resolution >= MIN_SWD_RESOLUTION {
+        let swd = sliced_wasserstein(&reals, &fakes, &SwdConfig { seed: settings.seed, ..SwdConfig::default() })?;
+        report.swd_mean = Some(swd.mean);
+        report.swd = Some(swd);
+    }
+    if settings.msssim_pairs > 0 {
+        report.msssim_fake = Some(pairwise_ms_ssim(&fakes, settings.msssim_pairs, settings.seed)?.mean);
+        report.msssim_real = Some(pairwise_ms_ssim(&reals, settings.msssim_pairs, settings.seed)?.mean);
+    }
+    Ok(report)
+}
+
+/// `n` generated images from seeded latents, in batches; `truncation` resamples latent
+/// components beyond ±ψ.
+#[allow(clippy::too_many_arguments)]
+pub fn generate<B: Backend>(
+    g: &Generator<B>,
+    model: &ModelConfig,
+    stage: usize,
+    alpha: f32,
+    n: usize,
+    seed: u64,
+    batch: usize,
+    truncation: Option<f32>,
+    device: &B::Device,
+) -> ImageSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (c, res) = (model.num_channels, crate::schedule::resolution_of(stage) as usize);
+    let mut data = Vec::with_capacity(n * c * res * res);
+    let mut done = 0;
+    while done < n {
+        let b = batch.max(1).min(n - done);
+        let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
+        let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
+        let images = g.forward(z, stage, alpha);
+        data.extend(images.into_data().convert::<f32>().to_vec::<f32>().expect("f32 images"));
+        done += b;
+    }
+    ImageSet { data, n, c, h: res, w: res }
+}
+
+/// Normal latents; with `truncation = Some(ψ)`, components beyond ±ψ are redrawn.
+pub fn latent_values(rng: &mut ChaCha8Rng, count: usize, truncation: Option<f32>) -> Vec<f32> {
+    (0..count)
+        .map(|_| loop {
+            let v: f32 = rng.sample(StandardNormal);
+            match truncation {
+                Some(psi) if v.abs() > psi => continue,
+                _ => break v,
+            }
+        })
+        .collect()
+}
+
+/// `n` reals (without mirroring) at `resolution`, in a seeded order.
+pub fn real_images(reader: &PyramidReader, resolution: u32, n: usize, seed: u64) -> Result<ImageSet> {
+    let mut sampler = BatchSampler::new(reader.len(), seed, false);
+    let batch = sampler.next_batch(reader, resolution, n, None)?;
+    let [n, c, h, w] = batch.shape;
+    Ok(ImageSet { data: batch.data, n, c, h, w })
+}
+
+/// A `pgan eval` request: a checkpoint measured against a dataset and/or a mode spec.
+#[derive(Clone, Debug)]
+pub struct EvalRequest {
+    /// The checkpoint folder.
+    pub checkpoint: std::path::PathBuf,
+    /// The dataset for SWD and real MS-SSIM (optional when only modes are measured).
+    pub data: Option<std::path::PathBuf>,
+    /// Generated images (and as many reals).
+    pub num_images: usize,
+    /// Random pairs for MS-SSIM.
+    pub msssim_pairs: usize,
+    /// `modes.json` from `pgan synth`.
+    pub modes: Option<std::path::PathBuf>,
+    /// Truncation ψ.
+    pub truncation: Option<f32>,
+    /// Seed for latents and metrics.
+    pub seed: u64,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+/// Everything `pgan eval` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct FullEvalReport {
+    /// The checkpoint measured.
+    pub checkpoint: std::path::PathBuf,
+    /// kimg at the checkpoint.
+    pub kimg: f64,
+    /// Resolution of the generated images.
+    pub resolution: u32,
+    /// Generated images used.
+    pub num_images: usize,
+    /// SWD generated vs real (×1e3, per level and mean).
+    pub swd: Option<SwdReport>,
+    /// SWD between two disjoint halves of the reals: the noise floor.
+    pub swd_real_floor: Option<SwdReport>,
+    /// Mean MS-SSIM of generated pairs.
+    pub msssim_fake: Option<f64>,
+    /// Mean MS-SSIM of real pairs.
+    pub msssim_real: Option<f64>,
+    /// Mode coverage against a synthetic mode spec.
+    pub modes: Option<pgan_metrics::CoverageReport>,
+}
+
+impl std::fmt::Display for FullEvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "checkpoint {} ({:.1} kimg, {}x{}, {} images)", self.checkpoint.display(), self.kimg, self.resolution, self.resolution, self.num_images)?;
+        if let Some(swd) = &self.swd {
+            writeln!(f, "{:<28} {:>10} {:>12}", "SWD x1e3 (level)", "gen-real", "real-real")?;
+            for (i, (res, v)) in swd.levels.iter().enumerate() {
+                let floor = self.swd_real_floor.as_ref().and_then(|r| r.levels.get(i)).map(|l| format!("{:.2}", l.1)).unwrap_or_default();
+                writeln!(f, "{:<28} {:>10.2} {:>12}", format!("  {res}x{res}"), v, floor)?;
+            }
+            let floor = self.swd_real_floor.as_ref().map(|r| format!("{:.2}", r.mean)).unwrap_or_default();
+            writeln!(f, "{:<28} {:>10.2} {:>12}", "  mean", swd.mean, floor)?;
+        }
+        if let (Some(fake), Some(real)) = (self.msssim_fake, self.msssim_real) {
+            writeln!(f, "MS-SSIM (lower = more diverse): generated {fake:.4}, real {real:.4}")?;
+        } else if let Some(fake) = self.msssim_fake {
+            writeln!(f, "MS-SSIM (lower = more diverse): generated {fake:.4}")?;
+        }
+        if let Some(modes) = &self.modes {
+            write!(f, "{modes}")?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::backend::BackendJob for EvalRequest {
+    type Output = FullEvalReport;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<FullEvalReport> {
+        run_eval::<B::InnerBackend>(&self, &device)
+    }
+}
+
+fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<FullEvalReport> {
+    let loaded = crate::render::load_generator::<B>(&request.checkpoint, false, device)?;
+    let resolution = crate::schedule::resolution_of(loaded.state.stage);
+    let say = |m: &str| {
+        if request.progress {
+            eprintln!("{m}");
+        }
+    };
+    say(&format!("generating {} images at {resolution}x{resolution}", request.num_images));
+    let fakes = generate(&loaded.generator, &loaded.model, loaded.state.stage, loaded.state.alpha, request.num_images, request.seed, 64, request.truncation, device);
+    let mut report = FullEvalReport {
+        checkpoint: request.checkpoint.clone(),
+        kimg: loaded.state.images_shown as f64 / 1000.0,
+        resolution,
+        num_images: request.num_images,
+        swd: None,
+        swd_real_floor: None,
+        msssim_fake: None,
+        msssim_real: None,
+        modes: None,
+    };
+    if request.msssim_pairs > 0 {
+        say("MS-SSIM of generated pairs");
+        report.msssim_fake = Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
+    }
+    if let Some(path) = &request.data {
+        let reader = PyramidReader::open(path)?;
+        if reader.resolution() < resolution {
+            return Err(crate::error::TrainError::Dataset {
+                path: path.clone(),
+                message: format!("its resolution {} is below the checkpoint's {resolution}", reader.resolution()),
+            });
+        }
+        // Two disjoint draws of reals: one to compare with, one for the noise floor.
+        let reals = real_images(&reader, resolution, 2 * request.num_images, request.seed)?;
+        let (a, b) = split_half(&reals);
+        if resolution >= MIN_SWD_RESOLUTION {
+            let cfg = SwdConfig { seed: request.seed, ..SwdConfig::default() };
+            say("SWD generated vs real");
+            report.swd = Some(sliced_wasserstein(&a, &fakes, &cfg)?);
+            say("SWD real vs real (noise floor)");
+            report.swd_real_floor = Some(sliced_wasserstein(&a, &b, &cfg)?);
+        }
+        if request.msssim_pairs > 0 {
+            say("MS-SSIM of real pairs");
+            report.msssim_real = Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
+        }
+    }
+    if let Some(spec) = &request.modes {
+        say("classifying modes");
+        let classifier = pgan_metrics::ModeClassifier::from_spec_file(spec)?;
+        report.modes = Some(pgan_metrics::coverage(&classifier, &fakes)?);
+    }
+    Ok(report)
+}
+
+/// The first and second half of an image set.
+fn split_half(set: &ImageSet) -> (ImageSet, ImageSet) {
+    let half = set.n / 2;
+    let per = set.c * set.h * set.w;
+    let a = ImageSet { data: set.data[..half * per].to_vec(), n: half, c: set.c, h: set.h, w: set.w };
+    let b = ImageSet { data: set.data[half * per..2 * half * per].to_vec(), n: half, c: set.c, h: set.h, w: set.w };
+    (a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_bounds_every_latent_component() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let v = latent_values(&mut rng, 10_000, Some(0.5));
+        assert!(v.iter().all(|x| x.abs() <= 0.5));
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let v = latent_values(&mut rng, 10_000, None);
+        assert!(v.iter().any(|x| x.abs() > 2.0));
+    }
+}

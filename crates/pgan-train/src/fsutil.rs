@@ -1,0 +1,93 @@
+//! Atomic writes: nothing the user already has is replaced by a half-written file.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temp path beside `path` (same folder, so the final rename stays on one filesystem).
+pub(crate) fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{unique}", std::process::id()))
+}
+
+/// Writes a file through `fill`, syncs it and renames it over `path`; on any error the temp file
+/// is removed and `path` is untouched.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = temp_beside(path);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        fill(&mut file)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes bytes atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| io::Write::write_all(f, bytes))
+}
+
+/// Builds a folder through `fill` under a temp name and renames it to `path` when complete.
+pub(crate) fn write_dir_atomic<E>(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+    io_error: impl Fn(io::Error) -> E,
+) -> Result<(), E> {
+    let tmp = temp_beside(path);
+    std::fs::create_dir_all(&tmp).map_err(&io_error)?;
+    let result = fill(&tmp).and_then(|()| {
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(&io_error)?;
+        }
+        std::fs::rename(&tmp, path).map_err(&io_error)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.txt");
+        write_atomic(&path, b"old").unwrap();
+        let err = write_atomic_with(&path, |_| Err(io::Error::other("disk full")));
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_folder_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt");
+        let r: Result<(), io::Error> = write_dir_atomic(
+            &path,
+            |tmp| {
+                std::fs::write(tmp.join("a"), b"1")?;
+                Err(io::Error::other("boom"))
+            },
+            |e| e,
+        );
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_dir_atomic(&path, |tmp| std::fs::write(tmp.join("a"), b"1"), |e| e).unwrap();
+        assert_eq!(std::fs::read(path.join("a")).unwrap(), b"1");
+    }
+}

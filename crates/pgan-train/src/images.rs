@@ -1,0 +1,164 @@
+//! Turning generator output into viewable pictures: NCHW floats in [-1, 1] → RGB images, grids,
+//! nearest-neighbour upscaling, and atomic PNG/GIF writes.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use image::codecs::gif::{GifEncoder, Repeat};
+use image::{Delay, Frame, Rgb, RgbImage, RgbaImage};
+
+use crate::error::{Result, TrainError};
+use crate::fsutil::write_atomic_with;
+
+/// Host copy of an image batch: NCHW floats.
+#[derive(Clone, Debug)]
+pub struct HostImages {
+    /// Values, NCHW.
+    pub data: Vec<f32>,
+    /// `[n, c, h, w]`.
+    pub shape: [usize; 4],
+}
+
+impl HostImages {
+    /// Copies a batch from any backend.
+    pub fn from_tensor<B: Backend>(images: Tensor<B, 4>) -> Self {
+        let dims = images.dims();
+        let data = images.into_data().convert::<f32>().to_vec::<f32>().expect("f32 tensor data");
+        Self { data, shape: dims }
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// True when the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.shape[0] == 0
+    }
+
+    /// Image `i` as 8-bit RGB (grey is repeated over the three channels).
+    pub fn to_rgb(&self, i: usize) -> RgbImage {
+        let [_, c, h, w] = self.shape;
+        let plane = h * w;
+        let base = i * c * plane;
+        let to_u8 = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+        RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let p = y as usize * w + x as usize;
+            let ch = |k: usize| to_u8(self.data[base + k.min(c - 1) * plane + p]);
+            Rgb([ch(0), ch(1), ch(2)])
+        })
+    }
+
+    /// All images as RGB.
+    pub fn to_rgb_all(&self) -> Vec<RgbImage> {
+        (0..self.len()).map(|i| self.to_rgb(i)).collect()
+    }
+}
+
+/// Tiles `images` row-major into a `rows x cols` grid with a `gap`-pixel border.
+pub fn grid(images: &[RgbImage], rows: usize, cols: usize, gap: u32) -> RgbImage {
+    let (w, h) = images.first().map(|im| im.dimensions()).unwrap_or((1, 1));
+    let width = cols as u32 * (w + gap) + gap;
+    let height = rows as u32 * (h + gap) + gap;
+    let mut out = RgbImage::from_pixel(width, height, Rgb([32, 32, 32]));
+    for (k, im) in images.iter().take(rows * cols).enumerate() {
+        let x = gap + (k % cols) as u32 * (w + gap);
+        let y = gap + (k / cols) as u32 * (h + gap);
+        image::imageops::replace(&mut out, im, x as i64, y as i64);
+    }
+    out
+}
+
+/// Nearest-neighbour upscale so that each `cell`-pixel image becomes at least `min_px` wide.
+pub fn upscale_cells(images: Vec<RgbImage>, min_px: u32) -> Vec<RgbImage> {
+    images
+        .into_iter()
+        .map(|im| {
+            let factor = min_px.div_ceil(im.width().max(1)).max(1);
+            if factor == 1 {
+                im
+            } else {
+                image::imageops::resize(
+                    &im,
+                    im.width() * factor,
+                    im.height() * factor,
+                    image::imageops::FilterType::Nearest,
+                )
+            }
+        })
+        .collect()
+}
+
+/// Writes a PNG atomically (temp file + rename).
+pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    write_atomic_with(path, |file| {
+        image
+            .write_to(&mut BufWriter::new(file), image::ImageFormat::Png)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .map_err(|e| TrainError::Image { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Writes an endlessly looping animated GIF atomically.
+pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
+    write_atomic_with(path, |file: &mut File| {
+        let mut encoder = GifEncoder::new_with_speed(BufWriter::new(file), 10);
+        encoder.set_repeat(Repeat::Infinite).map_err(|e| std::io::Error::other(e.to_string()))?;
+        for im in frames {
+            let rgba: RgbaImage = image::DynamicImage::ImageRgb8(im.clone()).to_rgba8();
+            let frame = Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(delay_ms, 1));
+            encoder.encode_frame(frame).map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| TrainError::Image { path: path.to_path_buf(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_map_to_bytes_and_grey_repeats() {
+        let images = HostImages { data: vec![-1.0, 0.0, 1.0, 2.0], shape: [1, 1, 2, 2] };
+        let im = images.to_rgb(0);
+        assert_eq!(im.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(im.get_pixel(1, 0).0, [128, 128, 128]);
+        assert_eq!(im.get_pixel(0, 1).0, [255, 255, 255]);
+        assert_eq!(im.get_pixel(1, 1).0, [255, 255, 255], "clamped");
+    }
+
+    #[test]
+    fn grid_places_cells_row_major() {
+        let cells: Vec<RgbImage> =
+            (0..6u8).map(|k| RgbImage::from_pixel(2, 2, Rgb([k * 10, 0, 0]))).collect();
+        let g = grid(&cells, 2, 3, 1);
+        assert_eq!(g.dimensions(), (3 * 3 + 1, 2 * 3 + 1));
+        assert_eq!(g.get_pixel(1, 1).0[0], 0);
+        assert_eq!(g.get_pixel(1 + 3 * 2, 1).0[0], 20);
+        assert_eq!(g.get_pixel(1, 1 + 3).0[0], 30);
+        assert_eq!(g.get_pixel(0, 0).0, [32, 32, 32], "gap colour");
+    }
+
+    #[test]
+    fn pngs_and_gifs_are_written_and_decodable() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames: Vec<RgbImage> =
+            (0..3u8).map(|k| RgbImage::from_pixel(4, 4, Rgb([k * 80, 10, 10]))).collect();
+        let up = upscale_cells(frames.clone(), 16);
+        assert_eq!(up[0].dimensions(), (16, 16));
+        let png = dir.path().join("a.png");
+        save_png(&up[0], &png).unwrap();
+        assert_eq!(image::open(&png).unwrap().width(), 16);
+        let gif = dir.path().join("a.gif");
+        save_gif(&frames, 100, &gif).unwrap();
+        let bytes = std::fs::read(&gif).unwrap();
+        assert_eq!(&bytes[..3], b"GIF");
+        // No temp files are left beside the outputs.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+}

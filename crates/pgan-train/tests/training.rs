@@ -1,0 +1,225 @@
+//! End-to-end training on the CPU backend with tiny networks: growth through a fade-in, exact
+//! resume, NaN rollback, and the errors a user meets first.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::Tensor;
+use pgan_train::checkpoint::{self, list_checkpoints};
+use pgan_train::config::TrainConfig;
+use pgan_train::render::load_generator;
+use pgan_train::{train, TrainError, TrainOptions};
+
+/// A folder of small coloured-square PNGs and its 8x8 pyramid.
+fn tiny_dataset(dir: &Path, resolution: u32) -> PathBuf {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for k in 0..24u32 {
+        let colour = [(k * 37 % 256) as u8, (k * 91 % 256) as u8, (k * 53 % 256) as u8];
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            if (x / 4 + y / 4 + k) % 2 == 0 {
+                image::Rgb(colour)
+            } else {
+                image::Rgb([255 - colour[0], 40, 200])
+            }
+        });
+        img.save(images.join(format!("{k:03}.png"))).unwrap();
+    }
+    let out = dir.join("tiny.pgan");
+    let options = pgan_data::PrepareOptions {
+        input_dir: images,
+        output: out.clone(),
+        resolution,
+        channels: 3,
+        fit: pgan_data::Fit::CenterCrop,
+        background: [0, 0, 0],
+        min_size: None,
+        shuffle_seed: None,
+        force: false,
+        progress: false,
+    };
+    pgan_data::prepare(&options).unwrap();
+    out
+}
+
+/// 4x4 stable, fade to 8x8, 8x8 stable: 32 images per phase, batch 4.
+fn tiny_config(data: &Path, out_dir: &Path) -> TrainConfig {
+    let text = format!(
+        r#"
+[run]
+seed = 3
+out_dir = "{out}"
+tick_kimg = 0.016
+checkpoint_ticks = 2
+keep_checkpoints = 50
+sample_rows = 2
+sample_cols = 2
+progress = false
+[data]
+path = "{data}"
+mirror = true
+[model]
+preset = "cpu-small"
+resolution = 8
+latent_dim = 8
+fmap_base = 16
+fmap_max = 8
+[schedule]
+lod_training_kimg = 0.032
+lod_transition_kimg = 0.032
+total_kimg = 0.128
+minibatch_default = 4
+"#,
+        out = out_dir.display(),
+        data = data.display()
+    );
+    let config = TrainConfig::from_toml_str(&text).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+fn weights(ckpt: &Path, raw: bool) -> Vec<f32> {
+    let loaded = load_generator::<Flex>(ckpt, raw, &Default::default()).unwrap();
+    // A deterministic probe of every weight: the generator's output on fixed latents.
+    let z = Tensor::<Flex, 2>::ones([2, loaded.model.latent_dim], &Default::default());
+    loaded.generator.forward(z, loaded.state.stage, loaded.state.alpha).into_data().to_vec().unwrap()
+}
+
+fn record_bytes(ckpt: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mpk"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn grows_through_a_fade_and_writes_the_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("runs"));
+    let summary = train(TrainOptions::new(config)).unwrap();
+    assert!(!summary.interrupted);
+    assert_eq!(summary.images_shown, 128);
+    let run = &summary.run_dir;
+    for file in ["config.toml", "log.txt", "metrics.jsonl", "reals.png"] {
+        assert!(run.join(file).is_file(), "missing {file}");
+    }
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 8, "one row per 16-image tick");
+    let phases: Vec<(u64, String)> = rows
+        .iter()
+        .map(|r| (r["resolution"].as_u64().unwrap(), r["phase"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(phases.contains(&(4, "stable".into())));
+    assert!(phases.contains(&(8, "fade".into())));
+    assert!(phases.contains(&(8, "stable".into())));
+    for key in ["Loss/D", "Loss/G", "Loss/D/penalty", "D/real", "D/fake", "Grad/G/norm", "Speed/img_per_s"] {
+        assert!(rows.iter().all(|r| r[key].as_f64().is_some_and(f64::is_finite)), "{key}");
+    }
+    let alphas: Vec<f64> = rows.iter().filter(|r| r["phase"] == "fade").map(|r| r["alpha"].as_f64().unwrap()).collect();
+    assert!(alphas.windows(2).all(|w| w[0] < w[1]), "alpha rises during the fade: {alphas:?}");
+    let sample = summary.latest_sample.unwrap();
+    assert_eq!(image::open(&sample).unwrap().width(), 2 * 64 + 3 * 2, "2 cells of 8px upscaled to 64 + gaps");
+    assert!(!list_checkpoints(run).unwrap().is_empty());
+}
+
+#[test]
+fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+
+    let config = tiny_config(&data, &dir.path().join("a"));
+    let straight = train(TrainOptions::new(config)).unwrap();
+
+    // Stop in the middle of the fade-in (kimg 0.044 of the 0.032–0.064 fade), then resume.
+    let config = tiny_config(&data, &dir.path().join("b"));
+    let mut first = TrainOptions::new(config.clone());
+    first.stop_after_kimg = Some(0.044);
+    let stopped = train(first).unwrap();
+    assert!(stopped.interrupted);
+    assert_eq!(stopped.images_shown, 44);
+    let state = checkpoint::read_state(&stopped.checkpoint).unwrap();
+    assert!(state.alpha > 0.0 && state.alpha < 1.0, "stopped mid-fade, alpha {}", state.alpha);
+    let mut second = TrainOptions::new(config);
+    second.resume = Some(stopped.run_dir.clone());
+    let resumed = train(second).unwrap();
+    assert_eq!(resumed.run_dir, stopped.run_dir);
+    assert_eq!(resumed.images_shown, straight.images_shown);
+
+    assert_eq!(record_bytes(&resumed.checkpoint), record_bytes(&straight.checkpoint));
+    assert_eq!(weights(&resumed.checkpoint, true), weights(&straight.checkpoint, true));
+    assert_eq!(weights(&resumed.checkpoint, false), weights(&straight.checkpoint, false));
+}
+
+#[test]
+fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    options.inject_nan_at_steps = vec![10];
+    let summary = train(options).unwrap();
+    assert_eq!(summary.rollbacks, 1);
+    assert_eq!(summary.images_shown, 128);
+    let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
+    assert!(log.contains("rolled back"), "{log}");
+    assert!(weights(&summary.checkpoint, true).iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn repeated_nans_stop_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    // Step counters are restored on rollback, so the same steps fail again and again.
+    options.inject_nan_at_steps = (0..200).collect();
+    options.config.recovery.max_consecutive_failures = 2;
+    let err = train(options).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged(_)), "{err}");
+    assert!(err.to_string().contains("learning rate"), "{err}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+
+    // Missing dataset: the error names the file.
+    let mut config = tiny_config(&data, &dir.path().join("runs"));
+    config.data.path = Some(dir.path().join("nope.pgan"));
+    let err = train(TrainOptions::new(config)).unwrap_err().to_string();
+    assert!(err.contains("nope.pgan"), "{err}");
+
+    // Dataset resolution below the model's.
+    let mut config = tiny_config(&data, &dir.path().join("runs"));
+    config.model.resolution = 16;
+    let err = train(TrainOptions::new(config)).unwrap_err().to_string();
+    assert!(err.contains("below") && err.contains("16"), "{err}");
+
+    // Resume from a corrupted checkpoint.
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    options.stop_after_kimg = Some(0.016);
+    let stopped = train(options).unwrap();
+    let victim = stopped.checkpoint.join("generator.mpk");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    options.resume = Some(stopped.run_dir.clone());
+    let err = train(options).unwrap_err().to_string();
+    assert!(err.contains("generator.mpk") && err.contains("corrupt"), "{err}");
+
+    // A run directory without checkpoints.
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    options.resume = Some(dir.path().to_path_buf());
+    let err = train(options).unwrap_err().to_string();
+    assert!(err.contains("no checkpoint"), "{err}");
+}

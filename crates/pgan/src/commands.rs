@@ -1,0 +1,314 @@
+//! One function per subcommand: turn flags into library options (errors name the flag), call the
+//! library, print a short summary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context, Result};
+use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainOptions};
+
+use crate::seeds::parse_seeds;
+use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Prepare(args) => prepare(args),
+        Command::Info { file } => info(&file),
+        Command::Verify { file } => verify(&file),
+        Command::Train(args) => train(args),
+        Command::Render(args) => render(args),
+        Command::Eval(args) => eval(args),
+        Command::Synth(args) => synth(args),
+        Command::Report { run_dir, out } => report(&run_dir, out),
+    }
+}
+
+fn prepare(args: PrepareArgs) -> Result<ExitCode> {
+    let background = parse_hex_colour(&args.background).context("--background")?;
+    let options = pgan_data::PrepareOptions {
+        input_dir: args.input_dir.clone(),
+        output: args.output.clone(),
+        resolution: args.resolution,
+        channels: args.channels,
+        fit: match args.fit {
+            FitArg::CenterCrop => pgan_data::Fit::CenterCrop,
+            FitArg::Pad => pgan_data::Fit::Pad,
+            FitArg::Stretch => pgan_data::Fit::Stretch,
+        },
+        background,
+        min_size: args.min_size,
+        shuffle_seed: args.shuffle_seed,
+        force: args.force,
+        progress: !args.quiet,
+    };
+    let summary = pgan_data::prepare(&options)
+        .with_context(|| format!("cannot prepare {}", args.output.display()))?;
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(file: &Path) -> Result<ExitCode> {
+    let reader = pgan_data::PyramidReader::open(file)?;
+    println!("{}", reader.describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(file: &Path) -> Result<ExitCode> {
+    let reader = pgan_data::PyramidReader::open(file)?;
+    let report = reader.verify()?;
+    println!("{report}");
+    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The config a `train` invocation means: a resumed run's own config.toml, else --config (or
+/// the defaults), then the flags on top.
+fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut config = match (&args.resume, &args.config) {
+        (Some(resume), _) => {
+            let ckpt = pgan_train::checkpoint::resolve_checkpoint(resume).context("--resume")?;
+            let run_dir = pgan_train::checkpoint::run_dir_of(&ckpt)
+                .with_context(|| format!("--resume: {} is not inside a run directory", ckpt.display()))?;
+            TrainConfig::from_toml_file(&run_dir.join(pgan_train::run_dir::CONFIG_FILE))
+                .context("--resume")?
+        }
+        (None, Some(path)) => TrainConfig::from_toml_file(path).context("--config")?,
+        (None, None) => TrainConfig::default(),
+    };
+    if args.resume.is_some() && args.config.is_some() {
+        bail!("--config cannot be combined with --resume: a run continues with its own config.toml (override single values with flags)");
+    }
+    if let Some(v) = &args.data {
+        config.data.path = Some(v.clone());
+    }
+    if let Some(v) = &args.out_dir {
+        config.run.out_dir = v.clone();
+    }
+    if let Some(v) = &args.desc {
+        config.run.desc = Some(v.clone());
+    }
+    if let Some(v) = &args.backend {
+        config.run.backend = v.parse::<BackendKind>().map_err(anyhow::Error::msg).context("--backend")?;
+    }
+    if let Some(v) = args.device {
+        config.run.device = v;
+    }
+    if let Some(v) = args.seed {
+        config.run.seed = v;
+    }
+    if let Some(v) = args.total_kimg {
+        if !(v > 0.0) {
+            bail!("--total-kimg must be positive");
+        }
+        config.schedule.total_kimg = v;
+    }
+    if let Some(v) = args.resolution {
+        config.model.resolution = v;
+    }
+    if let Some(v) = args.phase_kimg {
+        if !(v >= 0.0) {
+            bail!("--phase-kimg must be non-negative");
+        }
+        config.schedule.lod_training_kimg = v;
+        config.schedule.lod_transition_kimg = v;
+    }
+    if let Some(v) = args.batch {
+        if v == 0 {
+            bail!("--batch must be at least 1");
+        }
+        config.schedule.minibatch.clear();
+        config.schedule.minibatch_default = v;
+    }
+    if let Some(v) = args.lr {
+        if !(v > 0.0) {
+            bail!("--lr must be positive");
+        }
+        config.schedule.lr.clear();
+        config.schedule.lr_default = v;
+    }
+    if let Some(v) = &args.loss {
+        config.loss.kind = match v.as_str() {
+            "wgan-gp" => pgan_train::config::LossKind::WganGp,
+            "logistic-r1" => pgan_train::config::LossKind::LogisticR1,
+            other => bail!("--loss: unknown loss '{other}' (expected wgan-gp or logistic-r1)"),
+        };
+    }
+    if let Some(v) = args.mbstd_group {
+        config.model.mbstd_group_size = Some(v);
+    }
+    if args.mirror {
+        config.data.mirror = true;
+    }
+    if args.no_mirror {
+        config.data.mirror = false;
+    }
+    if let Some(v) = args.eval_every_kimg {
+        config.eval.every_kimg = v;
+    }
+    if let Some(v) = args.tick_kimg {
+        config.run.tick_kimg = v;
+    }
+    if args.no_progress {
+        config.run.progress = false;
+    }
+    config.validate()?;
+    if config.data.path.is_none() {
+        bail!("no dataset: pass --data FILE.pgan (made by `pgan prepare`) or set data.path in the config");
+    }
+    Ok(config)
+}
+
+fn train(args: TrainArgs) -> Result<ExitCode> {
+    let config = resolve_train_config(&args)?;
+    if args.dry_run {
+        let data = config.data.path.as_ref().expect("checked above");
+        let reader = pgan_data::PyramidReader::open(data).context("--data")?;
+        let model = pgan_train::plan::resolve_model(&config.model, reader.channels());
+        println!("{}", config.to_toml());
+        println!("{}", pgan_train::plan::describe(&config, &model));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut options = TrainOptions::new(config);
+    options.resume = args.resume.clone();
+    options.stop_after_kimg = args.stop_after_kimg;
+    options.interactive = true;
+    let stop = options.stop.clone();
+    // First Ctrl-C: checkpoint and exit cleanly; a second one aborts at once.
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: writing a checkpoint, then exiting (Ctrl-C again to abort)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let summary = pgan_train::train(options)?;
+    println!("run directory: {}", summary.run_dir.display());
+    println!("checkpoint:    {}", summary.checkpoint.display());
+    if let Some(sample) = &summary.latest_sample {
+        println!("sample sheet:  {}", sample.display());
+    }
+    if summary.interrupted {
+        println!("stopped early; continue with: pgan train --resume {}", summary.run_dir.display());
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(args: RenderArgs) -> Result<ExitCode> {
+    let seeds = parse_seeds(&args.seeds).map_err(anyhow::Error::msg).context("--seeds")?;
+    let backend = args.backend.parse::<BackendKind>().map_err(anyhow::Error::msg).context("--backend")?;
+    if let Some(psi) = args.truncation {
+        if !(psi > 0.0) {
+            bail!("--truncation must be positive");
+        }
+    }
+    if args.rows == 0 || args.cols == 0 {
+        bail!("--rows and --cols must be at least 1");
+    }
+    let kind = match (args.interpolate, args.timeline) {
+        (Some(_), true) => bail!("--interpolate and --timeline cannot be combined"),
+        (Some(steps), false) => {
+            if seeds.len() < 2 {
+                bail!("--interpolate needs at least two --seeds");
+            }
+            RenderKind::Interpolation { steps, gif: !args.no_gif }
+        }
+        (None, true) => RenderKind::Timeline,
+        (None, false) => RenderKind::Sheet { rows: args.rows, cols: args.cols },
+    };
+    let request = RenderRequest {
+        source: args.source,
+        out: args.out,
+        seeds,
+        truncation: args.truncation,
+        raw_generator: args.raw,
+        cell_px: args.cell_px,
+        kind,
+    };
+    let output = pgan_train::render(request, backend, args.device)?;
+    for file in &output.files {
+        println!("wrote {} ({}x{} from {})", file.display(), output.resolution, output.resolution, output.checkpoint.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let backend = args.backend.parse::<BackendKind>().map_err(anyhow::Error::msg).context("--backend")?;
+    if args.num < 2 {
+        bail!("--num must be at least 2");
+    }
+    let ckpt = pgan_train::checkpoint::resolve_checkpoint(&args.source)?;
+    let data = match &args.data {
+        Some(d) => Some(d.clone()),
+        None => pgan_train::checkpoint::run_dir_of(&ckpt)
+            .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE))
+            .filter(|p| p.is_file())
+            .and_then(|p| TrainConfig::from_toml_file(&p).ok())
+            .and_then(|c| c.data.path),
+    };
+    let request = pgan_train::eval::EvalRequest {
+        checkpoint: ckpt,
+        data,
+        num_images: args.num,
+        msssim_pairs: args.pairs,
+        modes: args.modes.clone(),
+        truncation: args.truncation,
+        seed: args.seed,
+        progress: true,
+    };
+    let report = pgan_train::dispatch(backend, args.device, request)?;
+    println!("{report}");
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("--json: cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn synth(args: SynthArgs) -> Result<ExitCode> {
+    let summary = pgan_metrics::synth(&args.out_dir, args.modes, args.resolution, args.count, args.seed)?;
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+    let out = out.unwrap_or_else(|| run_dir.join("report.html"));
+    let summary = pgan_report::write_report(run_dir, &out)?;
+    println!(
+        "wrote {} ({} ticks, {} charts, {} KiB)",
+        summary.path.display(),
+        summary.ticks,
+        summary.charts,
+        summary.bytes / 1024
+    );
+    for notice in &summary.notices {
+        println!("note: {notice}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `RRGGBB` (optionally with a leading `#`) to bytes.
+fn parse_hex_colour(text: &str) -> Result<[u8; 3]> {
+    let hex = text.trim_start_matches('#');
+    if hex.len() != 6 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("'{text}' is not a colour like ffffff or #202020");
+    }
+    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).expect("checked hex digits");
+    Ok([byte(0), byte(2), byte(4)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_colours() {
+        assert_eq!(parse_hex_colour("#ff8000").unwrap(), [255, 128, 0]);
+        assert_eq!(parse_hex_colour("000000").unwrap(), [0, 0, 0]);
+        assert!(parse_hex_colour("fff").is_err());
+        assert!(parse_hex_colour("gg0000").is_err());
+    }
+}

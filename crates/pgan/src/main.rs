@@ -1,0 +1,264 @@
+//! `pgan`: the command line over the pgan library crates. Parsing and flag-level checks live
+//! here; all the work is done by `pgan-data`, `pgan-train`, `pgan-metrics` and `pgan-report`.
+
+mod commands;
+mod seeds;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Progressive-growing GANs (ProGAN) in Rust: prepare a dataset once, train from 4x4 up to
+/// 512x512, resume after crashes, measure and render what was learned.
+#[derive(Parser, Debug)]
+#[command(name = "pgan", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Turn a folder of images into one memory-mapped multi-resolution pyramid (.pgan).
+    Prepare(PrepareArgs),
+    /// Print a .pgan file's header and manifest.
+    Info {
+        /// The .pgan file.
+        file: PathBuf,
+    },
+    /// Recompute a .pgan file's checksums.
+    Verify {
+        /// The .pgan file.
+        file: PathBuf,
+    },
+    /// Train (or resume) a progressive GAN.
+    Train(TrainArgs),
+    /// Render sample sheets, interpolations or a growth timeline from a checkpoint.
+    Render(RenderArgs),
+    /// Measure a checkpoint: SWD, MS-SSIM diversity, mode coverage.
+    Eval(EvalArgs),
+    /// Make a synthetic dataset with K known modes (the mode-collapse benchmark).
+    Synth(SynthArgs),
+    /// Write a self-contained HTML report of a run.
+    Report {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Output file (default RUN_DIR/report.html).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PrepareArgs {
+    /// Folder of images (searched recursively).
+    input_dir: PathBuf,
+    /// Output .pgan file.
+    output: PathBuf,
+    /// Top resolution (power of two, 4..=1024).
+    #[arg(long, default_value_t = 512)]
+    resolution: u32,
+    /// 3 for RGB, 1 for greyscale.
+    #[arg(long, default_value_t = 3)]
+    channels: u8,
+    /// What to do with non-square images.
+    #[arg(long, value_enum, default_value_t = FitArg::CenterCrop)]
+    fit: FitArg,
+    /// Background for transparent pixels and padding, as RRGGBB hex.
+    #[arg(long, default_value = "000000")]
+    background: String,
+    /// Skip images whose shorter side is below this (instead of upscaling them).
+    #[arg(long)]
+    min_size: Option<u32>,
+    /// Store images in an order shuffled with this seed.
+    #[arg(long)]
+    shuffle_seed: Option<u64>,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FitArg {
+    CenterCrop,
+    Pad,
+    Stretch,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// TOML config (see configs/); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset made by `pgan prepare` (overrides data.path).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Continue a run: its directory (latest checkpoint) or one checkpoint folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Parent folder of run directories (overrides run.out_dir).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Run name suffix (overrides run.desc).
+    #[arg(long)]
+    desc: Option<String>,
+    /// cpu, wgpu or cuda (overrides run.backend).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Device index (overrides run.device).
+    #[arg(long)]
+    device: Option<usize>,
+    /// Random seed (overrides run.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Length of the run (overrides schedule.total_kimg).
+    #[arg(long)]
+    total_kimg: Option<f64>,
+    /// Final resolution (overrides model.resolution).
+    #[arg(long)]
+    resolution: Option<u32>,
+    /// kimg per resolution to stabilize and to fade in (overrides both lod_*_kimg).
+    #[arg(long)]
+    phase_kimg: Option<f64>,
+    /// Minibatch at every resolution (replaces the minibatch table).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Learning rate at every resolution (replaces the lr table).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// wgan-gp or logistic-r1 (overrides loss.kind).
+    #[arg(long)]
+    loss: Option<String>,
+    /// Minibatch-stddev group size; 0 switches the layer off (overrides model.mbstd_group_size).
+    #[arg(long)]
+    mbstd_group: Option<usize>,
+    /// Random horizontal flips of the reals.
+    #[arg(long, overrides_with = "no_mirror")]
+    mirror: bool,
+    /// No flips.
+    #[arg(long)]
+    no_mirror: bool,
+    /// Evaluate SWD and MS-SSIM every this many kimg (overrides eval.every_kimg; 0 = off).
+    #[arg(long)]
+    eval_every_kimg: Option<f64>,
+    /// Tick length in kimg (overrides run.tick_kimg).
+    #[arg(long)]
+    tick_kimg: Option<f64>,
+    /// Stop with a checkpoint after this many kimg (continue later with --resume).
+    #[arg(long)]
+    stop_after_kimg: Option<f64>,
+    /// Print the resolved config and schedule, then exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress bar (log lines still print).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+struct RenderArgs {
+    /// A checkpoint folder or a run directory (its latest checkpoint).
+    source: PathBuf,
+    /// Output PNG (an interpolation also writes a .gif beside it).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seeds: a range `0-47` or a list `3,14,15`.
+    #[arg(long, default_value = "0-47")]
+    seeds: String,
+    /// Sheet rows.
+    #[arg(long, default_value_t = 6)]
+    rows: usize,
+    /// Sheet columns.
+    #[arg(long, default_value_t = 8)]
+    cols: usize,
+    /// Truncation ψ: latent components beyond ±ψ are resampled.
+    #[arg(long)]
+    truncation: Option<f32>,
+    /// Interpolate through the seeds with this many frames per pair (PNG strip + GIF).
+    #[arg(long)]
+    interpolate: Option<usize>,
+    /// With --interpolate: skip the GIF.
+    #[arg(long)]
+    no_gif: bool,
+    /// The same seeds through every checkpoint of the run, one row each.
+    #[arg(long)]
+    timeline: bool,
+    /// Use the raw generator instead of the EMA generator.
+    #[arg(long)]
+    raw: bool,
+    /// Upscale each image to at least this many pixels.
+    #[arg(long, default_value_t = 64)]
+    cell_px: u32,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Device index.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// A checkpoint folder or a run directory (its latest checkpoint).
+    source: PathBuf,
+    /// The dataset to compare with (default: the run's data.path).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Generated images (and as many reals); the paper uses 16384.
+    #[arg(long, default_value_t = 2048)]
+    num: usize,
+    /// Random pairs for MS-SSIM.
+    #[arg(long, default_value_t = 512)]
+    pairs: usize,
+    /// Mode spec (modes.json from `pgan synth`): report mode coverage.
+    #[arg(long)]
+    modes: Option<PathBuf>,
+    /// Truncation ψ for the generated images.
+    #[arg(long)]
+    truncation: Option<f32>,
+    /// Seed for latents and metric randomness.
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Device index.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    /// Output folder (created; must be empty).
+    out_dir: PathBuf,
+    /// Number of modes K.
+    #[arg(long, default_value_t = 64)]
+    modes: usize,
+    /// Image resolution.
+    #[arg(long, default_value_t = 32)]
+    resolution: u32,
+    /// Number of images.
+    #[arg(long, default_value_t = 6400)]
+    count: usize,
+    /// Seed for the within-mode variation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

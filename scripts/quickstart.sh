@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The README's main job on the bundled emoji faces, CPU only:
+# prepare -> train (configs/cpu-quick.toml, 4x4 up to 32x32) -> render -> report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release -p pgan
+pgan=target/release/pgan
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then pgan="$CARGO_TARGET_DIR/release/pgan"; fi
+
+mkdir -p runs
+"$pgan" prepare data/emoji runs/emoji.pgan --resolution 32 --background ffffff --force
+"$pgan" train --config configs/cpu-quick.toml --data runs/emoji.pgan --out-dir runs/quickstart "$@"
+run=$(ls -d runs/quickstart/*/ | sort | tail -n 1)
+"$pgan" render "$run" --out "$run/sheet.png" --seeds 0-47 --rows 6 --cols 8
+"$pgan" render "$run" --out "$run/interpolation.png" --seeds 1,2,3,4 --interpolate 8
+"$pgan" render "$run" --out "$run/samples/timeline.png" --seeds 0-7 --timeline
+"$pgan" report "$run"
+echo
+echo "sample sheet:   ${run}sheet.png"
+echo "interpolation:  ${run}interpolation.png (+ .gif)"
+echo "report:         ${run}report.html"
