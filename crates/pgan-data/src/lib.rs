@@ -1,1 +1,31 @@
-//! placeholder
+//! Data side of pgan: everything between a folder of images and the
+//! `f32` minibatches the trainer consumes.
+//!
+//! * [`prepare`] ingests a folder (PNG, JPEG, WebP, BMP, GIF, TIFF) into one
+//!   `.pgan` file holding every ProGAN resolution level (4x4 .. top) as
+//!   contiguous, 4096-byte-aligned `[N, H, W, C]` u8 blocks with CRC-32s and a
+//!   JSON manifest. The layout is specified in `docs/FORMAT.md`.
+//! * [`PyramidReader`] memory-maps such a file, validates it and gives
+//!   zero-copy access to levels and images.
+//! * [`BatchSampler`] draws deterministic, resumable, optionally mirrored and
+//!   cross-faded batches as NCHW `f32` in `[-1, 1]`.
+#![warn(missing_docs)]
+
+mod error;
+pub mod format;
+mod ingest;
+mod manifest;
+pub mod pyramid;
+mod reader;
+mod resize;
+mod sampler;
+mod shuffle;
+mod writer;
+
+pub use error::{DataError, Result};
+pub use format::Header;
+pub use ingest::{has_image_extension, Fit, IMAGE_EXTENSIONS};
+pub use manifest::{Manifest, ManifestOptions};
+pub use reader::{LevelCheck, PyramidReader, VerifyReport};
+pub use sampler::{fade_between, hwc_to_chw_f32, Batch, BatchSampler};
+pub use writer::{prepare, report_path, PrepareOptions, PrepareSummary};

@@ -1,1 +1,29 @@
-//! placeholder
+//! GAN evaluation without downloaded networks, on plain `f32` image arrays (no burn):
+//!
+//! * [`swd`]: sliced Wasserstein distance on Laplacian-pyramid patch descriptors, with the
+//!   parameters of ProGAN's official `metrics/sliced_wasserstein.py`, batch-streamable through
+//!   [`SwdAccumulator`];
+//! * [`msssim`]: multi-scale SSIM between pairs of generated images, the diversity measure
+//!   (higher mean MS-SSIM among generated pairs = less diverse);
+//! * [`mod@synth`]: a synthetic dataset with K known, clearly distinct modes (shape x colour x
+//!   position), written as PNGs plus labels and a spec;
+//! * [`modes`]: a prototype classifier for that spec and mode-coverage statistics.
+//!
+//! Images are exchanged as [`ImageSet`] (NCHW, values in [-1, 1]).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod image_set;
+pub mod modes;
+pub mod msssim;
+pub mod pyramid;
+pub mod resample;
+pub mod swd;
+pub mod synth;
+
+pub use error::{MetricsError, Result};
+pub use image_set::ImageSet;
+pub use modes::{coverage, CoverageReport, ModeClassifier};
+pub use msssim::{ms_ssim, pairwise_ms_ssim, MsSsimReport};
+pub use swd::{sliced_wasserstein, SwdAccumulator, SwdConfig, SwdReport};
+pub use synth::{synth, ModeSpec, SynthSummary};

@@ -1,1 +1,42 @@
-//! placeholder
+//! ProGAN networks (Karras et al. 2018, "Progressive Growing of GANs for
+//! Improved Quality, Stability, and Variation"; official code
+//! <https://github.com/tkarras/progressive_growing_of_gans>), written for burn.
+//!
+//! This crate owns:
+//! - [`ModelConfig`]: network size, the paper and CPU presets, stage ↔ resolution;
+//! - [`Generator`] and [`Discriminator`], built with every block up to the
+//!   final resolution so the checkpoint layout never changes, with the
+//!   fade-in of a new resolution controlled by `(stage, alpha)`;
+//! - the layers: equalized learning rate ([`equalized`]), pixel norm,
+//!   minibatch stddev, resampling, each with a forward-mode derivative (JVP);
+//! - [`penalty`]: WGAN-GP and R1 penalties whose parameter gradients are
+//!   exact without double backward.
+//!
+//! Losses, optimisers, data and the training schedule live elsewhere.
+
+#![warn(missing_docs)]
+
+pub mod blocks;
+pub mod config;
+pub mod discriminator;
+pub mod equalized;
+pub mod functional;
+pub mod generator;
+pub mod minibatch_stddev;
+pub mod penalty;
+pub mod pixel_norm;
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "cuda")]
+pub use cuda::cuda_available;
+
+pub use config::ModelConfig;
+pub use discriminator::Discriminator;
+pub use generator::Generator;
+pub use penalty::Penalty;
+
+#[cfg(test)]
+pub(crate) mod test_utils;
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_parity;

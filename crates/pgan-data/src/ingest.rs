@@ -1,0 +1,486 @@
+//! Finding and decoding source images: the folder walk, decoding with EXIF
+//! orientation, colour conversion, fitting to a square and resizing to the
+//! top-level resolution.
+
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, ImageReader};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::resize::{resample, Rect};
+
+/// How a non-square image is made square.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fit {
+    /// Keep the centred square of side `min(width, height)` (ProGAN's choice for CelebA-HQ / LSUN).
+    #[default]
+    CenterCrop,
+    /// Scale the longer side to the resolution and pad the rest with the background colour.
+    Pad,
+    /// Scale each axis independently (distorts the aspect ratio).
+    Stretch,
+}
+
+impl std::str::FromStr for Fit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "center-crop" | "crop" => Ok(Fit::CenterCrop),
+            "pad" => Ok(Fit::Pad),
+            "stretch" => Ok(Fit::Stretch),
+            other => Err(format!(
+                "unknown fit mode {other:?} (expected center-crop, pad or stretch)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Fit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fit::CenterCrop => "center-crop",
+            Fit::Pad => "pad",
+            Fit::Stretch => "stretch",
+        })
+    }
+}
+
+/// File extensions (lower case) that are treated as images. Anything else is ignored.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "jpe", "jfif", "webp", "bmp", "gif", "tif", "tiff",
+];
+
+/// Does `path` have one of [`IMAGE_EXTENSIONS`] (case-insensitive)?
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Result of walking the input folder.
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    /// Image files, sorted by path.
+    pub images: Vec<PathBuf>,
+    /// Number of files ignored because of their extension.
+    pub ignored: usize,
+}
+
+/// Recursively list image files under `dir`, sorted so that the output does
+/// not depend on directory iteration order. Symlinked folders are not
+/// followed (avoids cycles); symlinked files are.
+pub(crate) fn walk(dir: &Path) -> Result<Walk> {
+    let mut out = Walk::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| DataError::io("cannot read folder", &d, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| DataError::io("cannot read folder", &d, e))?;
+            let path = entry.path();
+            let ty = entry
+                .file_type()
+                .map_err(|e| DataError::io("cannot stat", &path, e))?;
+            if ty.is_dir() {
+                stack.push(path);
+            } else if has_image_extension(&path) {
+                out.images.push(path);
+            } else {
+                out.ignored += 1;
+            }
+        }
+    }
+    out.images.sort();
+    Ok(out)
+}
+
+/// What ingestion needs to know about the target.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Target {
+    pub resolution: u32,
+    pub channels: u8,
+    pub fit: Fit,
+    pub background: [u8; 3],
+    pub min_size: Option<u32>,
+}
+
+/// A decoded, fitted, resized top-level image.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// `resolution x resolution x channels` bytes.
+    pub top: Vec<u8>,
+    /// True when the source had to be enlarged.
+    pub upscaled: bool,
+}
+
+/// Decode `path` honouring EXIF orientation. GIFs yield their first frame.
+pub(crate) fn decode(path: &Path) -> std::result::Result<DynamicImage, String> {
+    // Reading the whole file first is ~20% faster than decoding through a
+    // BufReader (the JPEG decoder buffers the entire stream anyway).
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".into());
+    }
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes));
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    // Sniff the content so that a PNG saved as .jpg still decodes.
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| format!("cannot read orientation: {e}"))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
+    img.apply_orientation(orientation);
+    if img.width() == 0 || img.height() == 0 {
+        return Err(format!(
+            "image has no pixels ({}x{})",
+            img.width(),
+            img.height()
+        ));
+    }
+    Ok(img)
+}
+
+/// Convert to interleaved 8-bit RGB or luma, compositing alpha onto `bg`.
+pub(crate) fn to_channels(img: DynamicImage, channels: u8, bg: [u8; 3]) -> Vec<u8> {
+    let img = if img.color().has_alpha() {
+        DynamicImage::ImageRgb8(composite(&img, bg))
+    } else {
+        img
+    };
+    match channels {
+        1 => img.into_luma8().into_raw(),
+        _ => img.into_rgb8().into_raw(),
+    }
+}
+
+/// Straight-alpha "over" compositing onto an opaque background, rounded to nearest.
+fn composite(img: &DynamicImage, bg: [u8; 3]) -> image::RgbImage {
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = Vec::with_capacity(w as usize * h as usize * 3);
+    for px in rgba.as_raw().chunks_exact(4) {
+        let a = px[3] as u32;
+        for c in 0..3 {
+            out.push(((px[c] as u32 * a + bg[c] as u32 * (255 - a) + 127) / 255) as u8);
+        }
+    }
+    image::RgbImage::from_raw(w, h, out).expect("buffer sized for the image")
+}
+
+/// Luma of the background colour, with the same Rec. 709 weights the
+/// `image` crate uses for RGB -> luma.
+fn background_luma(bg: [u8; 3]) -> u8 {
+    ((bg[0] as u32 * 2126 + bg[1] as u32 * 7152 + bg[2] as u32 * 722) / 10000) as u8
+}
+
+/// Decode and fit one image to the target. Errors are human-readable reasons
+/// (the caller adds the path).
+pub(crate) fn load(path: &Path, t: &Target) -> std::result::Result<Loaded, String> {
+    let img = decode(path)?;
+    let (w, h) = (img.width(), img.height());
+    if let Some(min) = t.min_size {
+        if w.min(h) < min {
+            return Err(format!(
+                "too small: {w}x{h}, shorter side below --min-size {min}"
+            ));
+        }
+    }
+    let pixels = to_channels(img, t.channels, t.background);
+    Ok(fit(&pixels, w as usize, h as usize, t))
+}
+
+/// Fit interleaved pixels of a `w x h` image into the target square.
+pub(crate) fn fit(pixels: &[u8], w: usize, h: usize, t: &Target) -> Loaded {
+    let res = t.resolution as usize;
+    let c = t.channels as usize;
+    match t.fit {
+        Fit::CenterCrop => {
+            let side = w.min(h);
+            let rect = Rect {
+                x: (w - side) / 2,
+                y: (h - side) / 2,
+                w: side,
+                h: side,
+            };
+            Loaded {
+                top: resample(pixels, w, c, rect, res, res),
+                upscaled: side < res,
+            }
+        }
+        Fit::Stretch => {
+            let rect = Rect { x: 0, y: 0, w, h };
+            Loaded {
+                top: resample(pixels, w, c, rect, res, res),
+                upscaled: w < res || h < res,
+            }
+        }
+        Fit::Pad => {
+            let long = w.max(h);
+            // Scaled size of each side, at least one pixel.
+            let scaled = |s: usize| ((s * res + long / 2) / long).clamp(1, res);
+            let (nw, nh) = (scaled(w), scaled(h));
+            let inner = resample(pixels, w, c, Rect { x: 0, y: 0, w, h }, nw, nh);
+            let fill: Vec<u8> = if c == 1 {
+                vec![background_luma(t.background)]
+            } else {
+                t.background.to_vec()
+            };
+            let mut top: Vec<u8> = fill.iter().copied().cycle().take(res * res * c).collect();
+            let (x0, y0) = ((res - nw) / 2, (res - nh) / 2);
+            for (y, row) in inner.chunks_exact(nw * c).enumerate() {
+                let at = ((y0 + y) * res + x0) * c;
+                top[at..at + nw * c].copy_from_slice(row);
+            }
+            Loaded {
+                top,
+                upscaled: long < res,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use image::{ImageEncoder, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+
+    /// A deterministic noisy gradient, like a small photo.
+    pub(crate) fn photo(w: u32, h: u32, seed: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let n =
+                (x.wrapping_mul(73856093) ^ y.wrapping_mul(19349663) ^ seed.wrapping_mul(83492791))
+                    % 32;
+            Rgb([
+                ((x * 255 / w.max(1)) as u8).wrapping_add(n as u8),
+                (y * 255 / h.max(1)) as u8,
+                (seed * 40 % 256) as u8,
+            ])
+        })
+    }
+
+    fn target(res: u32, channels: u8, fit: Fit) -> Target {
+        Target {
+            resolution: res,
+            channels,
+            fit,
+            background: [0, 0, 0],
+            min_size: None,
+        }
+    }
+
+    #[test]
+    fn walk_is_recursive_sorted_and_ignores_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("b/c")).unwrap();
+        for p in [
+            "z.png",
+            "a.JPG",
+            "b/c/x.webp",
+            "b/y.gif",
+            "notes.txt",
+            "b/c/readme",
+        ] {
+            std::fs::write(dir.path().join(p), b"x").unwrap();
+        }
+        let w = walk(dir.path()).unwrap();
+        let rel: Vec<_> = w
+            .images
+            .iter()
+            .map(|p| p.strip_prefix(dir.path()).unwrap().to_path_buf())
+            .collect();
+        let want: Vec<PathBuf> = ["a.JPG", "b/c/x.webp", "b/y.gif", "z.png"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(rel, want);
+        assert_eq!(w.ignored, 2);
+    }
+
+    #[test]
+    fn decodes_every_supported_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = photo(40, 30, 1);
+        for (ext, fmt) in [
+            ("png", ImageFormat::Png),
+            ("jpg", ImageFormat::Jpeg),
+            ("webp", ImageFormat::WebP),
+            ("bmp", ImageFormat::Bmp),
+            ("gif", ImageFormat::Gif),
+            ("tiff", ImageFormat::Tiff),
+        ] {
+            let p = dir.path().join(format!("i.{ext}"));
+            img.save_with_format(&p, fmt).unwrap();
+            let d = decode(&p).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            assert_eq!((d.width(), d.height()), (40, 30), "{ext}");
+            let l = load(&p, &target(16, 3, Fit::CenterCrop)).unwrap();
+            assert_eq!(l.top.len(), 16 * 16 * 3);
+        }
+    }
+
+    #[test]
+    fn greyscale_and_16bit_are_expanded_or_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.png");
+        image::GrayImage::from_pixel(9, 7, image::Luma([77]))
+            .save(&p)
+            .unwrap();
+        let rgb = load(&p, &target(4, 3, Fit::Stretch)).unwrap();
+        assert!(rgb.top.iter().all(|&v| v == 77));
+        let grey = load(&p, &target(4, 1, Fit::Stretch)).unwrap();
+        assert_eq!(grey.top, vec![77; 16]);
+        let p16 = dir.path().join("g16.png");
+        image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
+            5,
+            5,
+            image::Rgb([65535u16, 0, 32896]),
+        )
+        .save(&p16)
+        .unwrap();
+        let l = load(&p16, &target(4, 3, Fit::Stretch)).unwrap();
+        assert_eq!(&l.top[..3], &[255, 0, 128]);
+    }
+
+    #[test]
+    fn alpha_is_composited_onto_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        RgbaImage::from_pixel(8, 8, Rgba([255, 0, 0, 128]))
+            .save(&p)
+            .unwrap();
+        let mut t = target(4, 3, Fit::CenterCrop);
+        t.background = [0, 0, 255];
+        let l = load(&p, &t).unwrap();
+        // 255*128/255 = 128 red; 255*127/255 = 127 blue.
+        assert_eq!(&l.top[..3], &[128, 0, 127]);
+        let transparent = dir.path().join("t.png");
+        RgbaImage::from_pixel(8, 8, Rgba([9, 9, 9, 0]))
+            .save(&transparent)
+            .unwrap();
+        t.background = [10, 20, 30];
+        assert_eq!(&load(&transparent, &t).unwrap().top[..3], &[10, 20, 30]);
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // A 4x2 JPEG with EXIF orientation 6 (rotate 90 CW) must come out 2x4.
+        let img = RgbImage::from_fn(32, 16, |x, _| {
+            if x < 16 {
+                Rgb([255, 255, 255])
+            } else {
+                Rgb([0, 0, 0])
+            }
+        });
+        let mut jpeg = Vec::new();
+        {
+            let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95);
+            enc.set_exif_metadata(exif_orientation(6)).unwrap();
+            enc.encode_image(&img).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.jpg");
+        std::fs::write(&p, jpeg).unwrap();
+        let d = decode(&p).unwrap().into_rgb8();
+        assert_eq!(d.dimensions(), (16, 32));
+        // Rotated clockwise: the white left half is now on top.
+        assert!(d.get_pixel(8, 4)[0] > 200 && d.get_pixel(8, 28)[0] < 50);
+    }
+
+    /// Minimal little-endian TIFF/EXIF block with a single Orientation tag.
+    fn exif_orientation(value: u16) -> Vec<u8> {
+        let mut e = b"II*\0".to_vec();
+        e.extend_from_slice(&8u32.to_le_bytes()); // IFD0 offset
+        e.extend_from_slice(&1u16.to_le_bytes()); // one entry
+        e.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+        e.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+        e.extend_from_slice(&1u32.to_le_bytes()); // count
+        e.extend_from_slice(&value.to_le_bytes());
+        e.extend_from_slice(&[0, 0]);
+        e.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+        e
+    }
+
+    #[test]
+    fn bad_files_give_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("e.png");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(decode(&empty).unwrap_err().contains("empty file"));
+        let junk = dir.path().join("j.jpg");
+        std::fs::write(&junk, b"this is not a jpeg at all").unwrap();
+        assert!(decode(&junk).is_err());
+        let mut png = Vec::new();
+        photo(64, 64, 2)
+            .write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let trunc = dir.path().join("t.png");
+        std::fs::write(&trunc, &png[..png.len() / 2]).unwrap();
+        assert!(decode(&trunc).is_err());
+    }
+
+    #[test]
+    fn min_size_skips_and_upscale_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.png");
+        photo(10, 12, 3).save(&p).unwrap();
+        let mut t = target(16, 3, Fit::CenterCrop);
+        assert!(load(&p, &t).unwrap().upscaled);
+        t.min_size = Some(11);
+        assert!(load(&p, &t).unwrap_err().contains("too small: 10x12"));
+        t.resolution = 8;
+        t.min_size = None;
+        assert!(!load(&p, &t).unwrap().upscaled);
+    }
+
+    #[test]
+    fn pad_centres_the_image_on_background() {
+        // 8x4 white image padded into 8x8 on blue: rows 0-1 and 6-7 are blue.
+        let px = vec![255u8; 8 * 4 * 3];
+        let t = Target {
+            resolution: 8,
+            channels: 3,
+            fit: Fit::Pad,
+            background: [0, 0, 255],
+            min_size: None,
+        };
+        let l = fit(&px, 8, 4, &t);
+        let at = |x: usize, y: usize| &l.top[(y * 8 + x) * 3..(y * 8 + x) * 3 + 3];
+        assert_eq!(at(3, 0), &[0, 0, 255]);
+        assert_eq!(at(3, 7), &[0, 0, 255]);
+        assert_eq!(at(3, 3), &[255, 255, 255]);
+        assert!(!l.upscaled);
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle() {
+        // 12x4: left 4 columns red, middle 4 green, right 4 blue -> crop is green.
+        let mut px = Vec::new();
+        for _y in 0..4 {
+            for x in 0..12 {
+                px.extend_from_slice(match x / 4 {
+                    0 => &[255, 0, 0],
+                    1 => &[0, 255, 0],
+                    _ => &[0, 0, 255],
+                });
+            }
+        }
+        let l = fit(&px, 12, 4, &target(4, 3, Fit::CenterCrop));
+        assert!(l.top.chunks(3).all(|p| p == [0, 255, 0]), "{:?}", l.top);
+    }
+
+    #[test]
+    fn fit_parses_and_displays() {
+        for f in [Fit::CenterCrop, Fit::Pad, Fit::Stretch] {
+            assert_eq!(f.to_string().parse::<Fit>().unwrap(), f);
+        }
+        assert!("squash".parse::<Fit>().is_err());
+    }
+}

@@ -1,0 +1,461 @@
+//! `PyramidReader`: zero-copy, validated access to a `.pgan` file through a
+//! read-only memory map.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{DataError, Result};
+use crate::format::{self, Header, MAX_LEVELS};
+use crate::manifest::Manifest;
+
+/// An open pyramid file. Cheap to share across threads (`&PyramidReader` is `Sync`).
+#[derive(Debug)]
+pub struct PyramidReader {
+    path: PathBuf,
+    map: Mmap,
+    header: Header,
+    manifest: Manifest,
+}
+
+/// Checksum result for one level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelCheck {
+    /// Level resolution.
+    pub resolution: u32,
+    /// Checksum recorded in the header.
+    pub stored: u32,
+    /// Checksum of the bytes in the file.
+    pub computed: u32,
+}
+
+impl LevelCheck {
+    /// Do the checksums agree?
+    pub fn ok(&self) -> bool {
+        self.stored == self.computed
+    }
+}
+
+/// Outcome of [`PyramidReader::verify`]: one entry per level, 4x4 first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The verified file.
+    pub path: PathBuf,
+    /// Per-level results.
+    pub levels: Vec<LevelCheck>,
+}
+
+impl VerifyReport {
+    /// True when every level's checksum matches.
+    pub fn ok(&self) -> bool {
+        self.levels.iter().all(LevelCheck::ok)
+    }
+
+    /// The first mismatch as an error, for callers that must fail on corruption.
+    pub fn into_result(self) -> Result<VerifyReport> {
+        match self.levels.iter().find(|l| !l.ok()) {
+            Some(l) => Err(DataError::ChecksumMismatch {
+                path: self.path.clone(),
+                resolution: l.resolution,
+                stored: l.stored,
+                computed: l.computed,
+            }),
+            None => Ok(self),
+        }
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for l in &self.levels {
+            let status = if l.ok() {
+                "ok".to_string()
+            } else {
+                format!("MISMATCH (computed {:#010x})", l.computed)
+            };
+            writeln!(
+                f,
+                "level {0:>4}x{0:<4} crc32 {1:#010x} {status}",
+                l.resolution, l.stored
+            )?;
+        }
+        let bad = self.levels.iter().filter(|l| !l.ok()).count();
+        if bad == 0 {
+            write!(
+                f,
+                "{}: all {} levels ok",
+                self.path.display(),
+                self.levels.len()
+            )
+        } else {
+            write!(
+                f,
+                "{}: {bad} of {} levels corrupt",
+                self.path.display(),
+                self.levels.len()
+            )
+        }
+    }
+}
+
+impl PyramidReader {
+    /// Open and validate a pyramid file: magic, version, header checksum,
+    /// level sizes, alignment and bounds, and the manifest. Level checksums
+    /// are only checked by [`verify`](Self::verify) (they require reading everything).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| DataError::io("cannot open", &path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| DataError::io("cannot stat", &path, e))?
+            .len();
+        if file_len == 0 {
+            return Err(DataError::invalid(&path, "empty file (0 bytes)"));
+        }
+        // SAFETY: the map is read-only. Like every mmap-based reader, we rely on
+        // the file not being truncated or rewritten by another process while
+        // open; `prepare` never modifies a file in place (it renames a new one).
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|e| DataError::io("cannot memory-map", &path, e))?;
+        let prefix = &map[..map.len().min(format::header_len(MAX_LEVELS))];
+        let header = Header::parse(prefix, map.len() as u64, &path)?;
+        let manifest = parse_manifest(&map, &header, &path)?;
+        Ok(PyramidReader {
+            path,
+            map,
+            header,
+            manifest,
+        })
+    }
+
+    /// The file this reader was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Top-level resolution.
+    pub fn resolution(&self) -> u32 {
+        self.header.resolution
+    }
+
+    /// Channels per pixel (1 or 3).
+    pub fn channels(&self) -> usize {
+        self.header.channels as usize
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.header.count as usize
+    }
+
+    /// True when the file holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.header.count == 0
+    }
+
+    /// Available resolutions: 4, 8, ..., `resolution()`.
+    pub fn levels(&self) -> Vec<u32> {
+        self.header.levels.iter().map(|l| l.resolution).collect()
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The JSON manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Whole level as `[N, H, W, C]` bytes, without copying.
+    pub fn level(&self, resolution: u32) -> Result<&[u8]> {
+        let entry = self.entry(resolution)?;
+        // Bounds were validated against the map length in `open`.
+        Ok(&self.map[entry.offset as usize..(entry.offset + entry.length) as usize])
+    }
+
+    /// One image as `[H, W, C]` bytes, without copying.
+    pub fn image(&self, resolution: u32, index: usize) -> Result<&[u8]> {
+        if index >= self.len() {
+            return Err(DataError::request(
+                &self.path,
+                format!(
+                    "image index {index} out of range (file has {} images)",
+                    self.len()
+                ),
+            ));
+        }
+        let level = self.level(resolution)?;
+        let n = format::image_bytes(resolution, self.header.channels) as usize;
+        Ok(&level[index * n..(index + 1) * n])
+    }
+
+    fn entry(&self, resolution: u32) -> Result<&format::LevelEntry> {
+        self.header
+            .levels
+            .iter()
+            .find(|l| l.resolution == resolution)
+            .ok_or_else(|| {
+                DataError::request(
+                    &self.path,
+                    format!(
+                        "no {resolution}x{resolution} level (available: {:?})",
+                        self.levels()
+                    ),
+                )
+            })
+    }
+
+    /// Recompute every level's CRC-32 and fail with
+    /// [`DataError::ChecksumMismatch`] (naming the level and file) on the
+    /// first mismatch. Use [`check_levels`](Self::check_levels) for the
+    /// per-level report without failing.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.check_levels().into_result()
+    }
+
+    /// Recompute every level's CRC-32 and report each level, mismatches included.
+    pub fn check_levels(&self) -> VerifyReport {
+        use rayon::prelude::*;
+        let levels = self
+            .header
+            .levels
+            .par_iter()
+            .map(|l| {
+                let bytes = &self.map[l.offset as usize..(l.offset + l.length) as usize];
+                LevelCheck {
+                    resolution: l.resolution,
+                    stored: l.crc32,
+                    computed: crc32fast::hash(bytes),
+                }
+            })
+            .collect();
+        VerifyReport {
+            path: self.path.clone(),
+            levels,
+        }
+    }
+}
+
+fn parse_manifest(map: &[u8], header: &Header, path: &Path) -> Result<Manifest> {
+    let m = header.manifest;
+    let bytes = &map[m.offset as usize..(m.offset + m.length) as usize];
+    if crc32fast::hash(bytes) != m.crc32 {
+        return Err(DataError::invalid(
+            path,
+            "corrupt manifest: checksum mismatch",
+        ));
+    }
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| DataError::invalid(path, format!("corrupt manifest: {e}")))?;
+    if manifest.files.len() as u64 != header.count {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "manifest lists {} files but the header says {} images",
+                manifest.files.len(),
+                header.count
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Human-readable summary for `pgan info`.
+impl fmt::Display for PyramidReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.header;
+        let m = &self.manifest;
+        writeln!(f, "file:        {}", self.path.display())?;
+        writeln!(
+            f,
+            "format:      pgan pyramid v{} ({} bytes)",
+            h.version,
+            self.map.len()
+        )?;
+        writeln!(f, "images:      {}", h.count)?;
+        writeln!(
+            f,
+            "resolution:  {0}x{0}, {1} channel{2}",
+            h.resolution,
+            h.channels,
+            if h.channels == 1 { "" } else { "s" }
+        )?;
+        writeln!(f, "levels:")?;
+        for l in &h.levels {
+            writeln!(
+                f,
+                "  {0:>4}x{0:<4} offset {1:>12} length {2:>12} crc32 {3:#010x}",
+                l.resolution, l.offset, l.length, l.crc32
+            )?;
+        }
+        let o = &m.options;
+        writeln!(f, "source:      {}", m.input_dir)?;
+        writeln!(
+            f,
+            "prepared:    fit {}, background {:?}, min size {}, order {}",
+            o.fit,
+            o.background,
+            o.min_size.map_or("none".to_string(), |s| s.to_string()),
+            o.shuffle_seed
+                .map_or("path".to_string(), |s| format!("shuffled (seed {s})")),
+        )?;
+        writeln!(
+            f,
+            "skipped:     {} files, {} upscaled",
+            m.skipped, m.upscaled
+        )?;
+        write!(
+            f,
+            "written by:  pgan-data {} at unix time {}",
+            m.pgan_version, m.created_unix
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::writer::{prepare, PrepareOptions};
+
+    /// A valid pyramid of 3 images at 16x16 in a temp dir.
+    pub(crate) fn sample_file() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        std::fs::create_dir(&input).unwrap();
+        for i in 0..3 {
+            crate::ingest::tests::photo(24 + i, 20, i)
+                .save(input.join(format!("{i}.png")))
+                .unwrap();
+        }
+        let path = dir.path().join("s.pgan");
+        prepare(&PrepareOptions::new(&input, &path, 16)).unwrap();
+        (dir, path)
+    }
+
+    fn open_err(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.pgan");
+        std::fs::write(&p, bytes).unwrap();
+        let e = PyramidReader::open(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.pgan"), "error must name the file: {e}");
+        e
+    }
+
+    #[test]
+    fn accessors_and_zero_copy_slices() {
+        let (_d, path) = sample_file();
+        let r = PyramidReader::open(&path).unwrap();
+        assert_eq!(r.path(), path);
+        assert!(!r.is_empty());
+        assert_eq!(r.level(8).unwrap().len(), 3 * 8 * 8 * 3);
+        let level = r.level(16).unwrap();
+        assert_eq!(r.image(16, 2).unwrap(), &level[2 * 768..3 * 768]);
+        assert_eq!(
+            r.image(16, 2).unwrap().as_ptr(),
+            level[2 * 768..].as_ptr(),
+            "no copy"
+        );
+        assert!(r
+            .level(32)
+            .unwrap_err()
+            .to_string()
+            .contains("no 32x32 level"));
+        assert!(r
+            .image(16, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+        let info = r.to_string();
+        assert!(
+            info.contains("images:      3")
+                && info.contains("16x16")
+                && info.contains("center-crop"),
+            "{info}"
+        );
+        assert_eq!(r.header().levels.len(), 3);
+    }
+
+    #[test]
+    fn rejects_empty_random_foreign_truncated_files() {
+        assert!(open_err(b"").contains("empty file"));
+        let mut state = 99u64;
+        let random: Vec<u8> = (0..10_000)
+            .map(|_| {
+                state = crate::shuffle::mix64(state);
+                state as u8
+            })
+            .collect();
+        assert!(open_err(&random).contains("bad magic"));
+        assert!(open_err(b"\x89PNG\r\n\x1a\n").contains("not a pgan pyramid file"));
+
+        let (_d, path) = sample_file();
+        let good = std::fs::read(&path).unwrap();
+        for cut in [4, 20, 100, 5000, good.len() - 1] {
+            let e = open_err(&good[..cut]);
+            assert!(e.contains("truncated"), "cut at {cut}: {e}");
+        }
+        let mut v2 = good.clone();
+        v2[8] = 2;
+        assert!(open_err(&v2).contains("unsupported format version 2"));
+    }
+
+    #[test]
+    fn every_flipped_header_byte_or_manifest_byte_is_an_error() {
+        let (_d, path) = sample_file();
+        let good = std::fs::read(&path).unwrap();
+        let hlen = crate::format::header_len(3);
+        for i in 0..hlen {
+            let mut b = good.clone();
+            b[i] ^= 0x01;
+            open_err(&b);
+        }
+        let r = PyramidReader::open(&path).unwrap();
+        let m = r.header().manifest;
+        let mut b = good.clone();
+        b[m.offset as usize + 5] ^= 0x20;
+        assert!(open_err(&b).contains("corrupt manifest"));
+    }
+
+    #[test]
+    fn verify_detects_a_flipped_pixel() {
+        let (_d, path) = sample_file();
+        let r = PyramidReader::open(&path).unwrap();
+        let report = r.verify().unwrap();
+        assert!(report.ok() && report.to_string().contains("all 3 levels ok"));
+        let off = r.header().levels[1].offset as usize + 7;
+        drop(r);
+        let mut b = std::fs::read(&path).unwrap();
+        b[off] ^= 0xFF;
+        std::fs::write(&path, &b).unwrap();
+        let r = PyramidReader::open(&path).unwrap();
+        let e = r.verify().unwrap_err().to_string();
+        assert!(
+            e.contains("level 8x8 checksum mismatch") && e.contains("s.pgan"),
+            "{e}"
+        );
+        let report = r.check_levels();
+        assert_eq!(
+            report.levels.iter().map(LevelCheck::ok).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
+        assert!(report.to_string().contains("1 of 3 levels corrupt"));
+    }
+
+    #[test]
+    fn size_is_close_to_four_thirds_of_the_top_level() {
+        let (_d, path) = sample_file();
+        let r = PyramidReader::open(&path).unwrap();
+        let top = r.level(16).unwrap().len() as u64;
+        let file = std::fs::metadata(&path).unwrap().len();
+        // Tiny files are dominated by 4 KiB alignment; check the layout math instead.
+        let (levels, end) = Header::plan_levels(16, 3, 10_000);
+        let data: u64 = levels.iter().map(|l| l.length).sum();
+        assert!(end as f64 <= data as f64 * 1.01);
+        assert!(data * 3 <= 4 * 10_000 * 768);
+        assert!(file > top);
+    }
+}

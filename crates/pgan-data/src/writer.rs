@@ -1,0 +1,958 @@
+//! `prepare`: turn a folder of images into one `.pgan` pyramid file.
+//!
+//! Pipeline: walk (sorted) -> optional shuffle -> chunks of images decoded
+//! and fitted in parallel -> each chunk's levels appended to the output at
+//! their final positions. Memory is bounded by the chunk size, never by the
+//! dataset size.
+//!
+//! The file is sized for every candidate image up front. Files that fail to
+//! decode leave the tail of each level's region unused; at the end the levels
+//! are slid down over those gaps (only when something was skipped), the
+//! manifest and header are written, the file is synced and atomically renamed
+//! into place. Until that rename the data lives in a hidden temporary file
+//! next to the output, removed on any error.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rayon::prelude::*;
+
+use crate::error::{DataError, Result};
+use crate::format::{self, Header, LevelEntry, Section, FORMAT_VERSION};
+use crate::ingest::{self, Fit, Target};
+use crate::manifest::{Manifest, ManifestOptions};
+use crate::pyramid::build_levels;
+
+/// Options of [`prepare`]. Build with [`PrepareOptions::new`] and adjust fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrepareOptions {
+    /// Folder scanned recursively for images.
+    pub input_dir: PathBuf,
+    /// The `.pgan` file to create.
+    pub output: PathBuf,
+    /// Top-level resolution: a power of two in 4..=1024.
+    pub resolution: u32,
+    /// 3 for RGB (default) or 1 for luma.
+    pub channels: u8,
+    /// How non-square images are made square (default: centre crop).
+    pub fit: Fit,
+    /// Colour that transparent pixels are composited onto, and the padding
+    /// colour for [`Fit::Pad`]. Default black, which is also what a decoder
+    /// that drops alpha shows for the (usually black) transparent pixels.
+    pub background: [u8; 3],
+    /// Skip images whose shorter side is below this; without it smaller
+    /// images are upscaled and counted as warnings.
+    pub min_size: Option<u32>,
+    /// Store images in an order shuffled by this seed instead of path order.
+    pub shuffle_seed: Option<u64>,
+    /// Overwrite `output` if it exists.
+    pub force: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl PrepareOptions {
+    /// Defaults: RGB, centre crop, black background, no min size, path order, no force, no progress.
+    pub fn new(input_dir: impl Into<PathBuf>, output: impl Into<PathBuf>, resolution: u32) -> Self {
+        PrepareOptions {
+            input_dir: input_dir.into(),
+            output: output.into(),
+            resolution,
+            channels: 3,
+            fit: Fit::CenterCrop,
+            background: [0, 0, 0],
+            min_size: None,
+            shuffle_seed: None,
+            force: false,
+            progress: false,
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            resolution: self.resolution,
+            channels: self.channels,
+            fit: self.fit,
+            background: self.background,
+            min_size: self.min_size,
+        }
+    }
+}
+
+/// What [`prepare`] did.
+#[derive(Clone, Debug)]
+pub struct PrepareSummary {
+    /// The file written.
+    pub output: PathBuf,
+    /// The report listing skipped and upscaled files.
+    pub report: PathBuf,
+    /// Images stored.
+    pub written: usize,
+    /// Files with an image extension that were skipped, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Stored images that were smaller than the resolution and upscaled (warnings).
+    pub upscaled: Vec<PathBuf>,
+    /// Files ignored because their extension is not an image extension.
+    pub ignored: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// `written / elapsed`.
+    pub images_per_sec: f64,
+    /// Size of the output file.
+    pub bytes: u64,
+    /// Top-level resolution.
+    pub resolution: u32,
+    /// Channels stored.
+    pub channels: u8,
+}
+
+impl fmt::Display for PrepareSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "wrote {} images ({res}x{res}, {} channel{}) to {}: {:.1} MiB in {:.1} s ({:.0} images/s)",
+            self.written,
+            self.channels,
+            if self.channels == 1 { "" } else { "s" },
+            self.output.display(),
+            self.bytes as f64 / (1024.0 * 1024.0),
+            self.elapsed.as_secs_f64(),
+            self.images_per_sec,
+            res = self.resolution,
+        )?;
+        if !self.skipped.is_empty() {
+            writeln!(
+                f,
+                "skipped {} files (reasons in {})",
+                self.skipped.len(),
+                self.report.display()
+            )?;
+        }
+        if !self.upscaled.is_empty() {
+            writeln!(
+                f,
+                "warning: {} images smaller than {} were upscaled",
+                self.upscaled.len(),
+                self.resolution
+            )?;
+        }
+        if self.ignored > 0 {
+            writeln!(f, "ignored {} non-image files", self.ignored)?;
+        }
+        Ok(())
+    }
+}
+
+/// Prepare a pyramid file from a folder of images. See the module docs.
+pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
+    prepare_with_limit(opts, None)
+}
+
+/// [`prepare`] with an optional cap on bytes written, used by tests to
+/// simulate a full disk.
+pub(crate) fn prepare_with_limit(
+    opts: &PrepareOptions,
+    write_limit: Option<u64>,
+) -> Result<PrepareSummary> {
+    let start = Instant::now();
+    validate_options(opts)?;
+    check_input(&opts.input_dir)?;
+    check_output(opts)?;
+    let walk = ingest::walk(&opts.input_dir)?;
+    if walk.images.is_empty() {
+        return Err(if walk.ignored == 0 {
+            DataError::EmptyInput(opts.input_dir.clone())
+        } else {
+            DataError::NoImages {
+                dir: opts.input_dir.clone(),
+                ignored: walk.ignored,
+            }
+        });
+    }
+    let mut candidates = walk.images;
+    if let Some(seed) = opts.shuffle_seed {
+        // A shuffled candidate list restricted to the survivors is still a
+        // uniformly shuffled survivor list, so this is the stored order.
+        crate::shuffle::shuffle(&mut candidates, seed);
+    }
+
+    let tmp_path = temp_path(&opts.output);
+    let file = File::create_new(&tmp_path).map_err(|e| DataError::OutputUnwritable {
+        path: opts.output.clone(),
+        reason: format!("cannot create temporary file {}: {e}", tmp_path.display()),
+    })?;
+    let guard = TempGuard {
+        path: tmp_path.clone(),
+        armed: true,
+    };
+    let mut sink = Sink {
+        file,
+        limit: write_limit,
+        written: 0,
+    };
+    let io_err = |e: io::Error| DataError::io("cannot write", &opts.output, e);
+
+    let outcome = write_levels(opts, &candidates, &mut sink).map_err(io_err)?;
+    if outcome.stored.is_empty() {
+        return Err(nothing_decodable(&opts.input_dir, &outcome.skipped));
+    }
+    let bytes = finish_file(opts, &mut sink, &outcome).map_err(io_err)?;
+    drop(sink);
+    guard.commit(&opts.output)?;
+
+    let elapsed = start.elapsed();
+    let summary = PrepareSummary {
+        report: report_path(&opts.output),
+        output: opts.output.clone(),
+        written: outcome.stored.len(),
+        skipped: outcome.skipped,
+        upscaled: outcome.upscaled,
+        ignored: walk.ignored,
+        elapsed,
+        images_per_sec: outcome.stored.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        bytes,
+        resolution: opts.resolution,
+        channels: opts.channels,
+    };
+    write_report(&summary)?;
+    Ok(summary)
+}
+
+fn validate_options(opts: &PrepareOptions) -> Result<()> {
+    if !format::valid_resolution(opts.resolution) {
+        return Err(DataError::InvalidOption(format!(
+            "resolution {} must be a power of two between {} and {}",
+            opts.resolution,
+            format::MIN_RESOLUTION,
+            format::MAX_RESOLUTION
+        )));
+    }
+    if opts.channels != 1 && opts.channels != 3 {
+        return Err(DataError::InvalidOption(format!(
+            "channels {} must be 1 (luma) or 3 (RGB)",
+            opts.channels
+        )));
+    }
+    if opts.min_size == Some(0) {
+        return Err(DataError::InvalidOption(
+            "min size must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_input(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(DataError::MissingInput(dir.to_path_buf()))
+        }
+        Err(e) => Err(DataError::io("cannot access input folder", dir, e)),
+        Ok(m) if !m.is_dir() => Err(DataError::InputNotADir(dir.to_path_buf())),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn check_output(opts: &PrepareOptions) -> Result<()> {
+    let out = &opts.output;
+    let unwritable = |reason: String| DataError::OutputUnwritable {
+        path: out.clone(),
+        reason,
+    };
+    if out.file_name().is_none() {
+        return Err(unwritable("not a file name".into()));
+    }
+    if out.is_dir() {
+        return Err(unwritable("it is a folder".into()));
+    }
+    if out.exists() && !opts.force {
+        return Err(DataError::OutputExists(out.clone()));
+    }
+    let parent = parent_dir(out);
+    if !parent.is_dir() {
+        return Err(unwritable(format!(
+            "folder {} does not exist",
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Hidden temporary name in the output's folder, so the final rename stays on one filesystem.
+fn temp_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parent_dir(output).join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Path of the text report written beside `output`.
+pub fn report_path(output: &Path) -> PathBuf {
+    let mut s = output.as_os_str().to_owned();
+    s.push(".report.txt");
+    PathBuf::from(s)
+}
+
+fn nothing_decodable(dir: &Path, skipped: &[(PathBuf, String)]) -> DataError {
+    const SHOWN: usize = 3;
+    let mut examples: Vec<String> = skipped
+        .iter()
+        .take(SHOWN)
+        .map(|(p, why)| format!("{}: {why}", p.strip_prefix(dir).unwrap_or(p).display()))
+        .collect();
+    if skipped.len() > SHOWN {
+        examples.push(format!("and {} more", skipped.len() - SHOWN));
+    }
+    DataError::NothingDecodable {
+        dir: dir.to_path_buf(),
+        skipped: skipped.len(),
+        examples: examples.join("; "),
+    }
+}
+
+/// Removes the temporary file on drop unless committed.
+struct TempGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempGuard {
+    fn commit(mut self, output: &Path) -> Result<()> {
+        std::fs::rename(&self.path, output).map_err(|e| DataError::OutputUnwritable {
+            path: output.to_path_buf(),
+            reason: format!("cannot rename {} into place: {e}", self.path.display()),
+        })?;
+        self.armed = false;
+        // Persist the rename itself; best effort (not all platforms can sync a folder).
+        if let Ok(d) = File::open(parent_dir(output)) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The output file plus an optional byte budget (simulated full disk).
+struct Sink {
+    file: File,
+    limit: Option<u64>,
+    written: u64,
+}
+
+impl Sink {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if let Some(limit) = self.limit {
+            if self.written + buf.len() as u64 > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device (simulated)",
+                ));
+            }
+        }
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.read_exact(buf)
+    }
+}
+
+/// Result of the decode-and-write phase.
+struct Outcome {
+    /// Stored files in stored order.
+    stored: Vec<PathBuf>,
+    skipped: Vec<(PathBuf, String)>,
+    upscaled: Vec<PathBuf>,
+    /// Levels as laid out for all candidates, with their running checksums.
+    capacity_levels: Vec<LevelEntry>,
+    crcs: Vec<u32>,
+}
+
+/// One candidate after decoding: its levels and whether it was upscaled, or why it was skipped.
+type Processed = std::result::Result<(Vec<Vec<u8>>, bool), String>;
+
+/// Images per parallel chunk: enough to keep every core busy, small enough
+/// that a chunk's decoded levels stay within ~256 MiB.
+fn chunk_size(resolution: u32, channels: u8) -> usize {
+    const BUDGET: u64 = 256 << 20;
+    // Levels sum to 4/3 of the top level; x2 for the decode/resize buffers.
+    let per_image = format::image_bytes(resolution, channels as u32) * 8 / 3;
+    let threads = rayon::current_num_threads();
+    ((BUDGET / per_image.max(1)) as usize).clamp(2 * threads, 256.max(2 * threads))
+}
+
+fn progress_bar(opts: &PrepareOptions, len: usize) -> indicatif::ProgressBar {
+    if !opts.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({per_sec}, ETA {eta})",
+    )
+    .expect("valid progress template");
+    bar.set_style(style);
+    bar
+}
+
+fn write_levels(
+    opts: &PrepareOptions,
+    candidates: &[PathBuf],
+    sink: &mut Sink,
+) -> io::Result<Outcome> {
+    let target = opts.target();
+    let channels = opts.channels as u32;
+    let (capacity_levels, end) =
+        Header::plan_levels(opts.resolution, channels, candidates.len() as u64);
+    sink.file.set_len(end)?;
+    let mut hashers: Vec<crc32fast::Hasher> = capacity_levels
+        .iter()
+        .map(|_| crc32fast::Hasher::new())
+        .collect();
+    let mut out = Outcome {
+        stored: Vec::new(),
+        skipped: Vec::new(),
+        upscaled: Vec::new(),
+        capacity_levels,
+        crcs: vec![],
+    };
+    let bar = progress_bar(opts, candidates.len());
+
+    for chunk in candidates.chunks(chunk_size(opts.resolution, opts.channels)) {
+        let results: Vec<Processed> = chunk
+            .par_iter()
+            .map(|path| {
+                let r = ingest::load(path, &target).map(|l| {
+                    (
+                        build_levels(&l.top, opts.resolution, channels as usize),
+                        l.upscaled,
+                    )
+                });
+                bar.inc(1);
+                r
+            })
+            .collect();
+        let first = out.stored.len() as u64;
+        let mut survivors = Vec::with_capacity(results.len());
+        for (path, r) in chunk.iter().zip(results) {
+            match r {
+                Ok((levels, upscaled)) => {
+                    if upscaled {
+                        out.upscaled.push(path.clone());
+                    }
+                    out.stored.push(path.clone());
+                    survivors.push(levels);
+                }
+                Err(reason) => out.skipped.push((path.clone(), reason)),
+            }
+        }
+        for (l, entry) in out.capacity_levels.iter().enumerate() {
+            let img = format::image_bytes(entry.resolution, channels);
+            let block: Vec<u8> = survivors
+                .iter()
+                .flat_map(|s| s[l].iter().copied())
+                .collect();
+            hashers[l].update(&block);
+            sink.write_at(entry.offset + first * img, &block)?;
+        }
+    }
+    bar.finish_and_clear();
+    out.crcs = hashers.into_iter().map(|h| h.finalize()).collect();
+    Ok(out)
+}
+
+/// Compact the levels if anything was skipped, then write manifest and
+/// header, trim and sync. Returns the final file size.
+fn finish_file(opts: &PrepareOptions, sink: &mut Sink, out: &Outcome) -> io::Result<u64> {
+    let channels = opts.channels as u32;
+    let count = out.stored.len() as u64;
+    let (mut levels, end) = Header::plan_levels(opts.resolution, channels, count);
+    for ((level, old), crc) in levels.iter_mut().zip(&out.capacity_levels).zip(&out.crcs) {
+        level.crc32 = *crc;
+        if level.offset != old.offset {
+            move_down(sink, old.offset, level.offset, level.length)?;
+        }
+    }
+    let manifest =
+        serde_json::to_vec_pretty(&build_manifest(opts, out)).map_err(io::Error::other)?;
+    sink.write_at(end, &manifest)?;
+    let header = Header {
+        version: FORMAT_VERSION,
+        resolution: opts.resolution,
+        channels,
+        count,
+        levels,
+        manifest: Section {
+            offset: end,
+            length: manifest.len() as u64,
+            crc32: crc32fast::hash(&manifest),
+        },
+    };
+    sink.write_at(0, &header.to_bytes())?;
+    let total = end + manifest.len() as u64;
+    sink.file.set_len(total)?;
+    sink.file.sync_all()?;
+    Ok(total)
+}
+
+/// Copy `len` bytes from `from` to `to <= from`, front to back. Each read
+/// completes before the write that could overlap it, so overlap is safe.
+fn move_down(sink: &mut Sink, from: u64, to: u64, len: u64) -> io::Result<()> {
+    debug_assert!(to <= from);
+    let mut buf = vec![0u8; (8 << 20).min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        sink.read_at(from + done, &mut buf[..n])?;
+        sink.write_at(to + done, &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn build_manifest(opts: &PrepareOptions, out: &Outcome) -> Manifest {
+    let created_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let files = out
+        .stored
+        .iter()
+        .map(|p| relative_name(&opts.input_dir, p))
+        .collect();
+    Manifest {
+        pgan_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix,
+        input_dir: opts.input_dir.display().to_string(),
+        options: ManifestOptions {
+            resolution: opts.resolution,
+            channels: opts.channels,
+            fit: opts.fit,
+            background: opts.background,
+            min_size: opts.min_size,
+            shuffle_seed: opts.shuffle_seed,
+        },
+        skipped: out.skipped.len(),
+        upscaled: out.upscaled.len(),
+        files,
+    }
+}
+
+/// `path` relative to `dir`, `/`-separated on every platform.
+fn relative_name(dir: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn write_report(s: &PrepareSummary) -> Result<()> {
+    let mut text = String::new();
+    text.push_str(&format!(
+        "# pgan prepare report for {}\n",
+        s.output.display()
+    ));
+    text.push_str(&s.to_string());
+    text.push_str(&format!("\n# skipped ({})\n", s.skipped.len()));
+    for (p, why) in &s.skipped {
+        text.push_str(&format!("{}\t{why}\n", p.display()));
+    }
+    text.push_str(&format!("\n# upscaled ({})\n", s.upscaled.len()));
+    for p in &s.upscaled {
+        text.push_str(&format!("{}\n", p.display()));
+    }
+    std::fs::write(&s.report, text).map_err(|e| DataError::io("cannot write report", &s.report, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::tests::photo;
+    use crate::reader::PyramidReader;
+    use image::ImageFormat;
+
+    /// A folder with `n` valid PNGs of varying size, plus extras from `extra`.
+    fn folder(n: u32, extra: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            photo(20 + i * 3, 17 + i, i)
+                .save(dir.path().join(format!("img{i:03}.png")))
+                .unwrap();
+        }
+        for (name, bytes) in extra {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        dir
+    }
+
+    fn out_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn prepare_writes_a_readable_pyramid() {
+        let input = folder(5, &[("notes.txt", b"hello")]);
+        let out = out_dir();
+        let path = out.path().join("d.pgan");
+        let s = prepare(&PrepareOptions::new(input.path(), &path, 16)).unwrap();
+        assert_eq!((s.written, s.skipped.len(), s.ignored), (5, 0, 1));
+        assert_eq!(s.bytes, std::fs::metadata(&path).unwrap().len());
+        assert!(
+            s.to_string().contains("wrote 5 images (16x16, 3 channels)"),
+            "{s}"
+        );
+        let r = PyramidReader::open(&path).unwrap();
+        assert_eq!((r.len(), r.resolution(), r.channels()), (5, 16, 3));
+        assert_eq!(r.levels(), vec![4, 8, 16]);
+        assert_eq!(
+            r.manifest().files,
+            vec![
+                "img000.png",
+                "img001.png",
+                "img002.png",
+                "img003.png",
+                "img004.png"
+            ]
+        );
+        r.verify().unwrap();
+        // Stored pixels are exactly what ingestion + pyramid produce.
+        let t = PrepareOptions::new(input.path(), &path, 16).target();
+        let loaded = ingest::load(&input.path().join("img003.png"), &t).unwrap();
+        let levels = build_levels(&loaded.top, 16, 3);
+        for (res, want) in [4, 8, 16].iter().zip(&levels) {
+            assert_eq!(r.image(*res, 3).unwrap(), &want[..]);
+        }
+        assert!(report_path(&path).exists());
+        assert_eq!(
+            leftovers(out.path()).len(),
+            2,
+            "only output and report: {:?}",
+            leftovers(out.path())
+        );
+    }
+
+    #[test]
+    fn every_format_and_bad_file_kind_in_one_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = photo(33, 21, 9);
+        for (ext, fmt) in [
+            ("png", ImageFormat::Png),
+            ("jpg", ImageFormat::Jpeg),
+            ("webp", ImageFormat::WebP),
+            ("bmp", ImageFormat::Bmp),
+            ("gif", ImageFormat::Gif),
+            ("tif", ImageFormat::Tiff),
+        ] {
+            img.save_with_format(dir.path().join(format!("ok.{ext}")), fmt)
+                .unwrap();
+        }
+        image::GrayImage::from_pixel(12, 30, image::Luma([40]))
+            .save(dir.path().join("grey.png"))
+            .unwrap();
+        image::RgbaImage::from_pixel(7, 9, image::Rgba([1, 2, 3, 4]))
+            .save(dir.path().join("rgba.png"))
+            .unwrap();
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        std::fs::write(dir.path().join("truncated.png"), &png[..png.len() / 3]).unwrap();
+        std::fs::write(dir.path().join("zero.jpg"), b"").unwrap();
+        std::fs::write(
+            dir.path().join("corrupt.webp"),
+            b"RIFF\x10\0\0\0WEBPjunkjunk",
+        )
+        .unwrap();
+
+        let out = out_dir();
+        let path = out.path().join("all.pgan");
+        let s = prepare(&PrepareOptions::new(dir.path(), &path, 32)).unwrap();
+        assert_eq!(s.written, 8);
+        let mut skipped: Vec<String> = s
+            .skipped
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        skipped.sort();
+        assert_eq!(skipped, vec!["corrupt.webp", "truncated.png", "zero.jpg"]);
+        assert!(s.skipped.iter().any(|(_, why)| why.contains("empty file")));
+        assert_eq!(s.upscaled.len(), 8, "all sources are smaller than 32");
+        let report = std::fs::read_to_string(report_path(&path)).unwrap();
+        assert!(
+            report.contains("truncated.png") && report.contains("zero.jpg"),
+            "{report}"
+        );
+        // Skips forced the compaction path: the file must still be valid and exact.
+        let r = PyramidReader::open(&path).unwrap();
+        r.verify().unwrap();
+        assert_eq!(r.len(), 8);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), s.bytes);
+        let t = PrepareOptions::new(dir.path(), &path, 32).target();
+        for (i, name) in r.manifest().files.iter().enumerate() {
+            let levels = build_levels(
+                &ingest::load(&dir.path().join(name), &t).unwrap().top,
+                32,
+                3,
+            );
+            for (res, want) in r.levels().into_iter().zip(&levels) {
+                assert_eq!(r.image(res, i).unwrap(), &want[..], "{name} at {res}");
+            }
+        }
+    }
+
+    #[test]
+    fn luma_output_has_one_channel() {
+        let input = folder(2, &[]);
+        let out = out_dir();
+        let mut o = PrepareOptions::new(input.path(), out.path().join("g.pgan"), 8);
+        o.channels = 1;
+        prepare(&o).unwrap();
+        let r = PyramidReader::open(&o.output).unwrap();
+        assert_eq!(r.channels(), 1);
+        assert_eq!(r.level(8).unwrap().len(), 2 * 64);
+    }
+
+    #[test]
+    fn shuffle_seed_permutes_stored_order_deterministically() {
+        let input = folder(12, &[]);
+        let out = out_dir();
+        let run = |name: &str, seed: Option<u64>| {
+            let mut o = PrepareOptions::new(input.path(), out.path().join(name), 8);
+            o.shuffle_seed = seed;
+            prepare(&o).unwrap();
+            PyramidReader::open(&o.output)
+                .unwrap()
+                .manifest()
+                .files
+                .clone()
+        };
+        let plain = run("a.pgan", None);
+        let s1 = run("b.pgan", Some(3));
+        let s2 = run("c.pgan", Some(3));
+        assert_eq!(s1, s2);
+        assert_ne!(s1, plain);
+        let mut sorted = s1.clone();
+        sorted.sort();
+        assert_eq!(sorted, plain);
+    }
+
+    #[test]
+    fn input_errors() {
+        let out = out_dir();
+        let o = |dir: &Path| PrepareOptions::new(dir, out.path().join("x.pgan"), 8);
+        let missing = out.path().join("nope");
+        assert!(matches!(
+            prepare(&o(&missing)),
+            Err(DataError::MissingInput(_))
+        ));
+        let file = out.path().join("file.png");
+        std::fs::write(&file, b"x").unwrap();
+        let e = prepare(&o(&file)).unwrap_err();
+        assert!(matches!(e, DataError::InputNotADir(_)), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = prepare(&o(empty.path())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("input folder {} is empty", empty.path().display())
+        );
+        let texts = folder(0, &[("a.txt", b"x")]);
+        assert!(matches!(
+            prepare(&o(texts.path())),
+            Err(DataError::NoImages { ignored: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn nothing_decodable_is_fatal_and_leaves_nothing() {
+        let input = folder(
+            0,
+            &[
+                ("a.png", b""),
+                ("b.jpg", b"garbage"),
+                ("c.gif", b"GIF89a"),
+                ("d.bmp", b"BM"),
+            ],
+        );
+        let out = out_dir();
+        let e = prepare(&PrepareOptions::new(
+            input.path(),
+            out.path().join("x.pgan"),
+            8,
+        ))
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "no decodable image in {} (4 files skipped: a.png: empty file",
+                input.path().display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("and 1 more"), "{msg}");
+        assert!(
+            leftovers(out.path()).is_empty(),
+            "{:?}",
+            leftovers(out.path())
+        );
+    }
+
+    #[test]
+    fn min_size_filters_everything_is_fatal() {
+        let input = folder(2, &[]);
+        let out = out_dir();
+        let mut o = PrepareOptions::new(input.path(), out.path().join("x.pgan"), 8);
+        o.min_size = Some(1000);
+        let e = prepare(&o).unwrap_err().to_string();
+        assert!(e.contains("too small"), "{e}");
+    }
+
+    #[test]
+    fn option_errors() {
+        let input = folder(1, &[]);
+        let out = out_dir();
+        for res in [0, 2, 6, 100, 2048] {
+            let e = prepare(&PrepareOptions::new(
+                input.path(),
+                out.path().join("x.pgan"),
+                res,
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("resolution {res} must be a power of two")),
+                "{e}"
+            );
+        }
+        let mut o = PrepareOptions::new(input.path(), out.path().join("x.pgan"), 8);
+        o.channels = 4;
+        assert!(prepare(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("channels 4 must be 1"));
+    }
+
+    #[test]
+    fn output_errors() {
+        let input = folder(1, &[]);
+        let out = out_dir();
+        let no_parent = out.path().join("missing/dir/x.pgan");
+        let e = prepare(&PrepareOptions::new(input.path(), &no_parent, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot write output") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = prepare(&PrepareOptions::new(input.path(), out.path(), 8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it is a folder"), "{e}");
+
+        let path = out.path().join("x.pgan");
+        std::fs::write(&path, b"precious").unwrap();
+        let mut o = PrepareOptions::new(input.path(), &path, 8);
+        assert!(matches!(prepare(&o), Err(DataError::OutputExists(_))));
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        o.force = true;
+        prepare(&o).unwrap();
+        PyramidReader::open(&path).unwrap();
+    }
+
+    #[test]
+    fn disk_full_mid_write_leaves_no_file() {
+        // 60 good + 40 empty files at 8x8: the 4x4 region shrinks below one
+        // page, so the 8x8 level must be moved down (compaction).
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..60 {
+            photo(9 + i % 5, 8 + i % 3, i)
+                .save(dir.path().join(format!("g{i:02}.png")))
+                .unwrap();
+        }
+        for i in 0..40 {
+            std::fs::write(dir.path().join(format!("z{i:02}.png")), b"").unwrap();
+        }
+        let out = out_dir();
+        let path = out.path().join("x.pgan");
+        let opts = PrepareOptions::new(dir.path(), &path, 8);
+        let ok_dir = out_dir();
+        let good = prepare(&PrepareOptions {
+            output: ok_dir.path().join("ok.pgan"),
+            ..opts.clone()
+        })
+        .unwrap();
+        let r = PyramidReader::open(&good.output).unwrap();
+        assert_eq!(
+            r.header().levels[1].offset,
+            8192,
+            "compaction moved the 8x8 level"
+        );
+        r.verify().unwrap();
+
+        let levels = 60 * (48 + 192);
+        let moved = 60 * 192;
+        let manifest = r.header().manifest.length;
+        // Inside the level data, inside the compaction, on the manifest, on the header.
+        for limit in [
+            100,
+            10_000,
+            levels + 5000,
+            levels + moved + 5,
+            levels + moved + manifest + 5,
+        ] {
+            let e = prepare_with_limit(&opts, Some(limit)).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("cannot write")
+                    && msg.contains("no space left")
+                    && msg.contains("x.pgan"),
+                "{msg}"
+            );
+            assert!(
+                leftovers(out.path()).is_empty(),
+                "limit {limit}: {:?}",
+                leftovers(out.path())
+            );
+        }
+        // Exactly enough room succeeds, so each limit above failed mid-way.
+        let total = levels + moved + manifest + format::header_len(2) as u64;
+        prepare_with_limit(&opts, Some(total)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap().len() as u64, good.bytes);
+    }
+
+    #[test]
+    fn chunking_bounds_memory() {
+        let threads = rayon::current_num_threads();
+        assert_eq!(chunk_size(16, 3), 256.max(2 * threads));
+        assert!(
+            chunk_size(1024, 3) as u64 * format::image_bytes(1024, 3) * 8 / 3 <= (256 << 20)
+                || chunk_size(1024, 3) == 2 * threads
+        );
+    }
+}

@@ -1,0 +1,561 @@
+//! A synthetic dataset with K known, clearly distinct modes: the benchmark for mode collapse.
+//!
+//! Each mode is a (shape, colour, position) triple: one of 6 filled or outlined shapes, one of
+//! 8 colours (the corners of the RGB cube, maximally far apart) on a mid-grey background, in one
+//! of the 4 image quadrants, so at most `6 * 8 * 4 = 192` modes ([`MAX_MODES`]). For K modes the
+//! numbers of positions, colours and shapes are grown in turn (position, colour, shape, ...)
+//! until their product reaches K, and the first K combinations of
+//! `id = (shape * colours + colour) * positions + position` are used; K = 64 gives
+//! 4 shapes x 4 colours x 4 positions.
+//!
+//! Within a mode, images vary a little: the shape is moved by up to `resolution / 32` pixels
+//! (so +-1 px at 32x32, +-2 px at 64x64, sub-pixel steps), scaled by +-10 %, its colour darkened
+//! by up to 10 %, and every pixel gets Gaussian noise (sigma 2 % of full range) before 8-bit
+//! quantisation. Shapes are antialiased with 4x4 supersampling.
+//!
+//! Use 32x32 or more: there [`crate::modes::ModeClassifier`] labelled every one of 1,920 fresh
+//! samples of K = 192 (and of K = 64 at 64x64 and 128x128) correctly. At 16x16 a shape is ~5 px
+//! wide and square/disc/ring start to blur together (about 90 % correct for K = 32..192); at the
+//! minimum resolution 8 shapes cannot be told apart and modes differ only by colour and position.
+//!
+//! [`synth`] writes `00000.png`, `00001.png`, ..., `labels.json` (file -> mode id) and
+//! `modes.json` (the [`ModeSpec`]: K, resolution, seed, variation parameters and the mode table),
+//! from which [`crate::modes::ModeClassifier`] re-renders each mode's prototype.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{MetricsError, Result};
+
+/// Largest supported K (6 shapes x 8 colours x 4 positions).
+pub const MAX_MODES: usize = 192;
+/// Smallest supported resolution.
+pub const MIN_RESOLUTION: u32 = 8;
+/// Background colour (mid grey).
+pub const BACKGROUND: [u8; 3] = [128, 128, 128];
+/// The colours, in the order they are taken: the 8 corners of the RGB cube.
+pub const COLOURS: [(&str, [u8; 3]); 8] = [
+    ("red", [255, 0, 0]),
+    ("green", [0, 255, 0]),
+    ("blue", [0, 0, 255]),
+    ("yellow", [255, 255, 0]),
+    ("cyan", [0, 255, 255]),
+    ("magenta", [255, 0, 255]),
+    ("white", [255, 255, 255]),
+    ("black", [0, 0, 0]),
+];
+/// Quadrant centres as fractions of the image size, `(x, y)`: top-left, top-right,
+/// bottom-left, bottom-right.
+pub const QUADRANT_CENTRES: [[f32; 2]; 4] =
+    [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]];
+
+/// A mode's shape; coordinates are in units of the shape's half-size, `v` pointing down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Filled square, half-side 0.8.
+    Square,
+    /// Filled disc, radius 0.7.
+    Disc,
+    /// Filled upward triangle.
+    Triangle,
+    /// Upright plus sign, arms 0.5 wide.
+    Cross,
+    /// Annulus, radii 0.6 to 0.95.
+    Ring,
+    /// Diagonal cross (an X) inside the square of half-side 0.8.
+    Saltire,
+}
+
+impl Shape {
+    /// All shapes, in the order they are taken.
+    pub const ALL: [Shape; 6] = [
+        Shape::Square,
+        Shape::Disc,
+        Shape::Triangle,
+        Shape::Cross,
+        Shape::Ring,
+        Shape::Saltire,
+    ];
+
+    /// Whether the point `(u, v)` lies inside the shape (which fits in `[-1, 1]^2`).
+    pub fn contains(self, u: f32, v: f32) -> bool {
+        let (au, av) = (u.abs(), v.abs());
+        match self {
+            Shape::Square => au <= 0.8 && av <= 0.8,
+            Shape::Disc => u * u + v * v <= 0.49,
+            Shape::Triangle => v <= 0.8 && au <= 0.95 * (v + 0.95) / 1.75,
+            Shape::Cross => (au <= 0.25 && av <= 0.95) || (av <= 0.25 && au <= 0.95),
+            Shape::Ring => {
+                let r2 = u * u + v * v;
+                (0.36..=0.9025).contains(&r2)
+            }
+            Shape::Saltire => {
+                au <= 0.8 && av <= 0.8 && ((u - v).abs() <= 0.35 || (u + v).abs() <= 0.35)
+            }
+        }
+    }
+}
+
+/// One mode of the dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeParams {
+    /// Mode id (index in the table).
+    pub id: usize,
+    /// Shape.
+    pub shape: Shape,
+    /// Colour name.
+    pub colour_name: String,
+    /// Colour, RGB.
+    pub colour: [u8; 3],
+    /// Quadrant: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
+    pub quadrant: usize,
+    /// Shape centre `(x, y)` as fractions of the image size.
+    pub centre: [f32; 2],
+}
+
+/// Everything needed to re-render the dataset's modes (`modes.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeSpec {
+    /// Number of modes K.
+    pub modes: usize,
+    /// Image side in pixels.
+    pub resolution: u32,
+    /// Seed the images were drawn with.
+    pub seed: u64,
+    /// Background colour, RGB.
+    pub background: [u8; 3],
+    /// Nominal shape half-size as a fraction of the resolution.
+    pub half_size: f32,
+    /// Largest centre displacement per axis, pixels.
+    pub jitter_px: f32,
+    /// Largest relative size change.
+    pub size_jitter: f32,
+    /// Largest relative darkening of the shape colour.
+    pub brightness_jitter: f32,
+    /// Per-pixel Gaussian noise sigma as a fraction of full range.
+    pub pixel_noise: f32,
+    /// The modes.
+    pub table: Vec<ModeParams>,
+}
+
+/// Random within-mode variation of one image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Variation {
+    /// Horizontal displacement, pixels.
+    pub dx: f32,
+    /// Vertical displacement, pixels.
+    pub dy: f32,
+    /// Size factor.
+    pub scale: f32,
+    /// Colour factor (1 = nominal).
+    pub brightness: f32,
+}
+
+impl Variation {
+    /// No variation: the mode's prototype.
+    pub const NONE: Variation = Variation {
+        dx: 0.0,
+        dy: 0.0,
+        scale: 1.0,
+        brightness: 1.0,
+    };
+}
+
+/// Number of (positions, colours, shapes) used for `k` modes (see the module docs).
+pub fn factor_counts(k: usize) -> (usize, usize, usize) {
+    let limits = [QUADRANT_CENTRES.len(), COLOURS.len(), Shape::ALL.len()];
+    let mut counts = [1usize; 3];
+    let mut turn = 0;
+    while counts.iter().product::<usize>() < k {
+        if counts[turn] < limits[turn] {
+            counts[turn] += 1;
+        }
+        turn = (turn + 1) % 3;
+    }
+    (counts[0], counts[1], counts[2])
+}
+
+impl ModeSpec {
+    /// The spec for `modes` modes at `resolution` (validated: `1..=192` modes, resolution >= 8).
+    pub fn new(modes: usize, resolution: u32, seed: u64) -> Result<Self> {
+        if modes == 0 || modes > MAX_MODES {
+            return Err(MetricsError::InvalidArgument(format!(
+                "{modes} modes requested; the design supports 1 to {MAX_MODES} (6 shapes x 8 colours x 4 positions)"
+            )));
+        }
+        if resolution < MIN_RESOLUTION {
+            return Err(MetricsError::InvalidArgument(format!(
+                "resolution {resolution} is below the minimum {MIN_RESOLUTION}"
+            )));
+        }
+        let (np, nc, _) = factor_counts(modes);
+        let table = (0..modes)
+            .map(|id| {
+                let (shape, colour, quadrant) = (id / (nc * np), (id / np) % nc, id % np);
+                ModeParams {
+                    id,
+                    shape: Shape::ALL[shape],
+                    colour_name: COLOURS[colour].0.to_string(),
+                    colour: COLOURS[colour].1,
+                    quadrant,
+                    centre: QUADRANT_CENTRES[quadrant],
+                }
+            })
+            .collect();
+        Ok(ModeSpec {
+            modes,
+            resolution,
+            seed,
+            background: BACKGROUND,
+            half_size: 0.15,
+            jitter_px: resolution as f32 / 32.0,
+            size_jitter: 0.1,
+            brightness_jitter: 0.1,
+            pixel_noise: 0.02,
+            table,
+        })
+    }
+
+    /// Reads a `modes.json`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| MetricsError::io(path, e))?;
+        let spec: ModeSpec = serde_json::from_str(&text).map_err(|source| MetricsError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if spec.table.len() != spec.modes || spec.resolution < MIN_RESOLUTION {
+            return Err(MetricsError::InvalidArgument(format!(
+                "{}: table has {} entries for {} modes at resolution {}",
+                path.display(),
+                spec.table.len(),
+                spec.modes,
+                spec.resolution
+            )));
+        }
+        Ok(spec)
+    }
+
+    /// Draws a within-mode variation.
+    pub fn sample_variation<R: Rng + ?Sized>(&self, rng: &mut R) -> Variation {
+        let j = self.jitter_px;
+        Variation {
+            dx: rng.random_range(-j..=j),
+            dy: rng.random_range(-j..=j),
+            scale: rng.random_range(1.0 - self.size_jitter..=1.0 + self.size_jitter),
+            brightness: rng.random_range(1.0 - self.brightness_jitter..=1.0),
+        }
+    }
+
+    /// Antialiased coverage of `shape` centred at pixel coordinates `(cx, cy)` with half-size
+    /// `r` pixels, as `(pixel index, alpha)` for pixels with non-zero coverage (4x4 samples).
+    pub fn shape_alpha(&self, shape: Shape, cx: f32, cy: f32, r: f32) -> Vec<(usize, f32)> {
+        let res = self.resolution as usize;
+        const SS: usize = 4;
+        let lo = |c: f32| ((c - r).floor().max(0.0)) as usize;
+        let hi = |c: f32| ((c + r).ceil().max(0.0) as usize).min(res);
+        let mut out = Vec::new();
+        for py in lo(cy)..hi(cy) {
+            for px in lo(cx)..hi(cx) {
+                let mut hits = 0;
+                for sy in 0..SS {
+                    let v = (py as f32 + (sy as f32 + 0.5) / SS as f32 - cy) / r;
+                    for sx in 0..SS {
+                        let u = (px as f32 + (sx as f32 + 0.5) / SS as f32 - cx) / r;
+                        hits += shape.contains(u, v) as usize;
+                    }
+                }
+                if hits > 0 {
+                    out.push((py * res + px, hits as f32 / (SS * SS) as f32));
+                }
+            }
+        }
+        out
+    }
+
+    /// Pixel geometry of `mode` under `var`: centre `(cx, cy)` and half-size, in pixels.
+    pub fn geometry(&self, mode: usize, var: &Variation) -> (f32, f32, f32) {
+        let m = &self.table[mode];
+        let res = self.resolution as f32;
+        (
+            m.centre[0] * res + var.dx,
+            m.centre[1] * res + var.dy,
+            self.half_size * res * var.scale,
+        )
+    }
+
+    /// Renders `mode` under `var` without noise: CHW RGB, values in [0, 1].
+    pub fn render(&self, mode: usize, var: &Variation) -> Vec<f32> {
+        let res = self.resolution as usize;
+        let m = &self.table[mode];
+        let (cx, cy, r) = self.geometry(mode, var);
+        let mut img = vec![0.0f32; 3 * res * res];
+        for ch in 0..3 {
+            img[ch * res * res..(ch + 1) * res * res].fill(self.background[ch] as f32 / 255.0);
+        }
+        for (p, a) in self.shape_alpha(m.shape, cx, cy, r) {
+            for ch in 0..3 {
+                let bg = self.background[ch] as f32 / 255.0;
+                let fg = m.colour[ch] as f32 / 255.0 * var.brightness;
+                img[ch * res * res + p] = bg + a * (fg - bg);
+            }
+        }
+        img
+    }
+}
+
+/// What [`synth`] wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SynthSummary {
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Number of modes.
+    pub modes: usize,
+    /// Image side.
+    pub resolution: u32,
+    /// Images written.
+    pub count: usize,
+    /// Fewest images of any mode.
+    pub min_per_mode: usize,
+    /// Most images of any mode.
+    pub max_per_mode: usize,
+    /// (positions, colours, shapes) in use.
+    pub factors: (usize, usize, usize),
+    /// The spec file.
+    pub spec_path: PathBuf,
+    /// The labels file.
+    pub labels_path: PathBuf,
+}
+
+impl fmt::Display for SynthSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "wrote {} images of {}x{} to {} ({} modes = {} shapes x {} colours x {} positions, {}-{} images per mode)",
+            self.count,
+            self.resolution,
+            self.resolution,
+            self.out_dir.display(),
+            self.modes,
+            self.factors.2,
+            self.factors.1,
+            self.factors.0,
+            self.min_per_mode,
+            self.max_per_mode
+        )?;
+        write!(
+            f,
+            "spec {}, labels {}",
+            self.spec_path.display(),
+            self.labels_path.display()
+        )
+    }
+}
+
+/// One entry of `labels.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    /// File name inside the dataset directory.
+    pub file: String,
+    /// Mode id.
+    pub mode: usize,
+}
+
+/// Renders one dataset image: `mode` with a variation and pixel noise from `rng`, HWC RGB bytes.
+pub fn render_sample<R: Rng + ?Sized>(spec: &ModeSpec, mode: usize, rng: &mut R) -> Vec<u8> {
+    let var = spec.sample_variation(rng);
+    let img = spec.render(mode, &var);
+    let res = spec.resolution as usize;
+    let noise = Normal::new(0.0f32, spec.pixel_noise).expect("finite sigma");
+    let mut out = vec![0u8; 3 * res * res];
+    for p in 0..res * res {
+        for ch in 0..3 {
+            let v = img[ch * res * res + p] + noise.sample(rng);
+            out[p * 3 + ch] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// Writes a K-mode dataset of `count` PNGs (modes assigned round-robin, then shuffled, so every
+/// mode has `floor(count/K)` or `ceil(count/K)` images) plus `labels.json` and `modes.json` into
+/// `out_dir`, which must be absent or empty. Deterministic for a given seed.
+pub fn synth(
+    out_dir: &Path,
+    modes: usize,
+    resolution: u32,
+    count: usize,
+    seed: u64,
+) -> Result<SynthSummary> {
+    let spec = ModeSpec::new(modes, resolution, seed)?;
+    if count == 0 {
+        return Err(MetricsError::InvalidArgument(
+            "count must be positive".into(),
+        ));
+    }
+    if out_dir.exists() {
+        let mut entries = std::fs::read_dir(out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
+        if entries.next().is_some() {
+            return Err(MetricsError::OutputNotEmpty(out_dir.to_path_buf()));
+        }
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
+    let mut assignment: Vec<usize> = (0..count).map(|i| i % modes).collect();
+    assignment.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let digits = (count - 1).to_string().len().max(5);
+    let names: Vec<String> = (0..count).map(|i| format!("{i:0digits$}.png")).collect();
+    (0..count).into_par_iter().try_for_each(|i| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(i as u64 + 1);
+        let bytes = render_sample(&spec, assignment[i], &mut rng);
+        let path = out_dir.join(&names[i]);
+        image::save_buffer(
+            &path,
+            &bytes,
+            resolution,
+            resolution,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|source| MetricsError::Image { path, source })
+    })?;
+    let labels: Vec<Label> = names
+        .into_iter()
+        .zip(&assignment)
+        .map(|(file, &mode)| Label { file, mode })
+        .collect();
+    let labels_path = write_json(&out_dir.join("labels.json"), &labels)?;
+    let spec_path = write_json(&out_dir.join("modes.json"), &spec)?;
+    let mut per_mode = vec![0usize; modes];
+    for &m in &assignment {
+        per_mode[m] += 1;
+    }
+    Ok(SynthSummary {
+        out_dir: out_dir.to_path_buf(),
+        modes,
+        resolution,
+        count,
+        min_per_mode: per_mode.iter().copied().min().unwrap_or(0),
+        max_per_mode: per_mode.iter().copied().max().unwrap_or(0),
+        factors: factor_counts(modes),
+        spec_path,
+        labels_path,
+    })
+}
+
+/// Reads a dataset's `labels.json`.
+pub fn load_labels(path: impl AsRef<Path>) -> Result<Vec<Label>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| MetricsError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| MetricsError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<PathBuf> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| MetricsError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(path, text).map_err(|e| MetricsError::io(path, e))?;
+    Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factors_follow_the_design() {
+        assert_eq!(factor_counts(64), (4, 4, 4));
+        assert_eq!(factor_counts(192), (4, 8, 6));
+        assert_eq!(factor_counts(1), (1, 1, 1));
+        assert_eq!(factor_counts(10), (3, 2, 2));
+        let spec = ModeSpec::new(64, 32, 0).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for m in &spec.table {
+            assert!(
+                seen.insert((m.shape, m.colour, m.quadrant)),
+                "duplicate mode {m:?}"
+            );
+        }
+        assert_eq!(seen.len(), 64);
+        assert!(ModeSpec::new(193, 32, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("1 to 192"));
+        assert!(ModeSpec::new(0, 32, 0).is_err());
+        assert!(ModeSpec::new(4, 7, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("below the minimum 8"));
+    }
+
+    #[test]
+    fn shapes_fit_their_box_and_differ() {
+        let spec = ModeSpec::new(1, 64, 0).unwrap();
+        let masks: Vec<Vec<f32>> = Shape::ALL
+            .iter()
+            .map(|&s| {
+                let mut m = vec![0.0; 64 * 64];
+                for (p, a) in spec.shape_alpha(s, 32.0, 32.0, 20.0) {
+                    m[p] = a;
+                }
+                m
+            })
+            .collect();
+        for (i, a) in masks.iter().enumerate() {
+            let area: f32 = a.iter().sum();
+            assert!(area > 100.0, "{:?} too small: {area}", Shape::ALL[i]);
+            for b in &masks[i + 1..] {
+                let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum();
+                assert!(
+                    diff > 0.3 * area,
+                    "{:?} too similar to another shape",
+                    Shape::ALL[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn synth_writes_images_labels_and_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        let summary = synth(&out, 8, 16, 20, 3).unwrap();
+        assert_eq!(
+            (summary.count, summary.min_per_mode, summary.max_per_mode),
+            (20, 2, 3)
+        );
+        assert!(summary.to_string().contains("wrote 20 images of 16x16"));
+        let labels = load_labels(&summary.labels_path).unwrap();
+        assert_eq!(labels.len(), 20);
+        assert_eq!(labels[0].file, "00000.png");
+        let img = image::open(out.join(&labels[3].file)).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (16, 16));
+        assert_eq!(
+            ModeSpec::load(&summary.spec_path).unwrap(),
+            ModeSpec::new(8, 16, 3).unwrap()
+        );
+        // Deterministic: a second run gives the same bytes.
+        let out2 = dir.path().join("ds2");
+        synth(&out2, 8, 16, 20, 3).unwrap();
+        assert_eq!(
+            std::fs::read(out.join("00007.png")).unwrap(),
+            std::fs::read(out2.join("00007.png")).unwrap()
+        );
+        // Refuses a non-empty directory.
+        assert!(matches!(
+            synth(&out, 8, 16, 20, 3),
+            Err(MetricsError::OutputNotEmpty(_))
+        ));
+    }
+}

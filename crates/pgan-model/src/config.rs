@@ -1,0 +1,225 @@
+//! [`ModelConfig`]: the size of the generator and discriminator.
+
+use burn::config::Config;
+use burn::tensor::backend::Backend;
+
+use crate::discriminator::Discriminator;
+use crate::generator::Generator;
+
+/// Smallest supported resolution (the 4x4 base block).
+pub const MIN_RESOLUTION: u32 = 4;
+/// Largest supported resolution (the paper's 1024x1024 CelebA-HQ network).
+pub const MAX_RESOLUTION: u32 = 1024;
+
+/// Size of a progressive GAN.
+///
+/// Channel widths follow the official ProGAN code (`networks.py`, `G_paper` /
+/// `D_paper`): `nf(s) = min(fmap_base / 2^(s * fmap_decay), fmap_max)` where
+/// `s = log2(res) - 1`. With the paper preset this gives 512 feature maps at
+/// 4²–32², then 256, 128, 64, 32 and 16 at 64²…1024².
+///
+/// *Stages* count the resolutions from the bottom: stage 0 is 4x4 and stage
+/// `k` is `4·2^k` pixels on a side.
+///
+/// Serialised with serde (every field is required when deserialising).
+#[derive(Config, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Final (largest) image resolution: a power of two in `4..=1024`.
+    pub resolution: u32,
+    /// Number of image channels: 3 (RGB) or 1 (grayscale).
+    #[config(default = 3)]
+    pub num_channels: usize,
+    /// Dimension of the latent vector fed to the generator.
+    #[config(default = 512)]
+    pub latent_dim: usize,
+    /// Overall multiplier for the number of feature maps (`fmap_base` in the official code).
+    #[config(default = 8192)]
+    pub fmap_base: usize,
+    /// log2 feature map reduction when doubling the resolution (`fmap_decay`).
+    #[config(default = 1.0)]
+    pub fmap_decay: f64,
+    /// Maximum number of feature maps in any layer (`fmap_max`).
+    #[config(default = 512)]
+    pub fmap_max: usize,
+    /// Group size of the discriminator's minibatch-stddev layer; 0 or 1 disables the layer.
+    #[config(default = 4)]
+    pub mbstd_group_size: usize,
+}
+
+impl ModelConfig {
+    /// The paper's network (Karras et al. 2018, Table 2) for the given final resolution.
+    pub fn paper(resolution: u32) -> Self {
+        Self::new(resolution)
+    }
+
+    /// A narrow network that trains on a CPU: `fmap_base` 2048, `fmap_max` 128, latent 128.
+    pub fn cpu_small(resolution: u32) -> Self {
+        Self::new(resolution)
+            .with_fmap_base(2048)
+            .with_fmap_max(128)
+            .with_latent_dim(128)
+    }
+
+    /// Checks every field, with a message that names the bad value.
+    pub fn validate(&self) -> Result<(), String> {
+        let r = self.resolution;
+        if !r.is_power_of_two() || !(MIN_RESOLUTION..=MAX_RESOLUTION).contains(&r) {
+            return Err(format!(
+                "model.resolution must be a power of two in {MIN_RESOLUTION}..={MAX_RESOLUTION}, got {r}"
+            ));
+        }
+        if self.num_channels != 1 && self.num_channels != 3 {
+            return Err(format!(
+                "model.num_channels must be 1 or 3, got {}",
+                self.num_channels
+            ));
+        }
+        if self.latent_dim == 0 {
+            return Err("model.latent_dim must be at least 1".into());
+        }
+        if self.fmap_max == 0 || self.fmap_base == 0 {
+            return Err(format!(
+                "model.fmap_base and model.fmap_max must be at least 1, got {} and {}",
+                self.fmap_base, self.fmap_max
+            ));
+        }
+        if !self.fmap_decay.is_finite() || self.fmap_decay < 0.0 {
+            return Err(format!(
+                "model.fmap_decay must be finite and >= 0, got {}",
+                self.fmap_decay
+            ));
+        }
+        // The narrowest layer sits at the top resolution; it must keep at least one map.
+        let narrowest = self.nf_official(r.trailing_zeros() as usize - 1);
+        if narrowest == 0 {
+            return Err(format!(
+                "model.fmap_base {} with fmap_decay {} leaves no feature maps at {r}x{r}",
+                self.fmap_base, self.fmap_decay
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of stages: `log2(resolution) - 1` (4x4 is stage 0).
+    pub fn num_stages(&self) -> usize {
+        self.resolution.trailing_zeros() as usize - 1
+    }
+
+    /// Index of the last stage (the full resolution).
+    pub fn max_stage(&self) -> usize {
+        self.num_stages() - 1
+    }
+
+    /// Resolution of a stage: `4 · 2^stage`.
+    pub fn stage_resolution(&self, stage: usize) -> u32 {
+        MIN_RESOLUTION << stage
+    }
+
+    /// The stage that outputs `resolution` pixels on a side, if it is a valid
+    /// resolution of this model.
+    pub fn stage_for_resolution(&self, resolution: u32) -> Option<usize> {
+        if resolution.is_power_of_two() && (MIN_RESOLUTION..=self.resolution).contains(&resolution)
+        {
+            Some(resolution.trailing_zeros() as usize - 2)
+        } else {
+            None
+        }
+    }
+
+    /// `nf(s)` exactly as in the official code, `s = log2(res) - 1`.
+    pub fn nf_official(&self, s: usize) -> usize {
+        let width = self.fmap_base as f64 / 2f64.powf(s as f64 * self.fmap_decay);
+        (width as usize).min(self.fmap_max)
+    }
+
+    /// Feature maps of the blocks at `stage` (`nf(stage + 1)`).
+    pub fn stage_channels(&self, stage: usize) -> usize {
+        self.nf_official(stage + 1)
+    }
+
+    /// Whether the discriminator has a minibatch-stddev layer.
+    pub fn mbstd_enabled(&self) -> bool {
+        self.mbstd_group_size > 1
+    }
+
+    /// Builds the generator with every block up to the full resolution.
+    ///
+    /// # Panics
+    /// If [`validate`](Self::validate) fails.
+    pub fn init_generator<B: Backend>(&self, device: &B::Device) -> Generator<B> {
+        self.validate().unwrap_or_else(|e| panic!("{e}"));
+        Generator::new(self, device)
+    }
+
+    /// Builds the discriminator with every block up to the full resolution.
+    ///
+    /// # Panics
+    /// If [`validate`](Self::validate) fails.
+    pub fn init_discriminator<B: Backend>(&self, device: &B::Device) -> Discriminator<B> {
+        self.validate().unwrap_or_else(|e| panic!("{e}"));
+        Discriminator::new(self, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_widths_match_table_2() {
+        let c = ModelConfig::paper(1024);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.num_stages(), 9);
+        let widths: Vec<usize> = (0..c.num_stages()).map(|s| c.stage_channels(s)).collect();
+        assert_eq!(widths, [512, 512, 512, 512, 256, 128, 64, 32, 16]);
+        assert_eq!(c.nf_official(0), 512);
+    }
+
+    #[test]
+    fn stages_and_resolutions() {
+        let c = ModelConfig::cpu_small(32);
+        assert_eq!(c.num_stages(), 4);
+        assert_eq!(c.max_stage(), 3);
+        for s in 0..c.num_stages() {
+            let r = c.stage_resolution(s);
+            assert_eq!(c.stage_for_resolution(r), Some(s));
+        }
+        assert_eq!(c.stage_resolution(0), 4);
+        assert_eq!(c.stage_resolution(3), 32);
+        assert_eq!(c.stage_for_resolution(64), None);
+        assert_eq!(c.stage_for_resolution(12), None);
+        assert_eq!(c.stage_channels(0), 128);
+        assert_eq!(c.stage_channels(3), 128); // 2048 / 2^4
+        assert_eq!(ModelConfig::cpu_small(64).stage_channels(4), 64);
+    }
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        for bad in [0, 2, 12, 2048] {
+            let e = ModelConfig::paper(bad).validate().unwrap_err();
+            assert!(e.contains("resolution"), "{e}");
+        }
+        let e = ModelConfig::paper(64)
+            .with_num_channels(2)
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("num_channels"), "{e}");
+        assert!(ModelConfig::paper(64)
+            .with_latent_dim(0)
+            .validate()
+            .is_err());
+        assert!(ModelConfig::paper(1024)
+            .with_fmap_base(64)
+            .validate()
+            .is_err());
+        assert!(ModelConfig::paper(4).validate().is_ok());
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let c = ModelConfig::cpu_small(32).with_mbstd_group_size(2);
+        let text = toml::to_string(&c).unwrap();
+        let back: ModelConfig = toml::from_str(&text).unwrap();
+        assert_eq!(c, back);
+    }
+}

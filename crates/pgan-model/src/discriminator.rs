@@ -1,0 +1,265 @@
+//! The progressive discriminator (critic).
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::blocks::{DiscriminatorDownBlock, DiscriminatorOutputBlock};
+use crate::config::ModelConfig;
+use crate::equalized::{EqualizedConv2d, EqualizedConv2dConfig};
+use crate::functional::{downsample2x, downsample2x_jvp, lerp, lerp_jvp, lrelu, lrelu_jvp};
+
+/// ProGAN discriminator with every block up to the full resolution.
+#[derive(Module, Debug)]
+pub struct Discriminator<B: Backend> {
+    /// `from_rgb[k]`: 1x1 convolution (+ lrelu) from an image to stage `k`'s maps.
+    pub from_rgb: Vec<EqualizedConv2d<B>>,
+    /// `blocks[k - 1]` takes stage `k`'s maps down to stage `k - 1`.
+    pub blocks: Vec<DiscriminatorDownBlock<B>>,
+    /// 4x4 block: minibatch stddev, conv, two dense layers.
+    pub output: DiscriminatorOutputBlock<B>,
+    /// Image channels.
+    pub num_channels: usize,
+}
+
+impl<B: Backend> Discriminator<B> {
+    pub(crate) fn new(config: &ModelConfig, device: &B::Device) -> Self {
+        let stages = config.num_stages();
+        Self {
+            from_rgb: (0..stages)
+                .map(|s| {
+                    EqualizedConv2dConfig::new([config.num_channels, config.stage_channels(s)], 1)
+                        .init(device)
+                })
+                .collect(),
+            blocks: (1..stages)
+                .map(|s| {
+                    DiscriminatorDownBlock::new(
+                        config.stage_channels(s),
+                        config.stage_channels(s - 1),
+                        device,
+                    )
+                })
+                .collect(),
+            output: DiscriminatorOutputBlock::new(
+                config.stage_channels(0),
+                config.nf_official(0),
+                config.mbstd_group_size,
+                device,
+            ),
+            num_channels: config.num_channels,
+        }
+    }
+
+    /// Number of stages (resolutions) the discriminator was built with.
+    pub fn num_stages(&self) -> usize {
+        self.from_rgb.len()
+    }
+
+    fn check_input(&self, images: &Tensor<B, 4>, stage: usize) {
+        assert!(
+            stage < self.num_stages(),
+            "discriminator stage {stage} out of range (the model has {} stages)",
+            self.num_stages()
+        );
+        let res = 4usize << stage;
+        let [_, c, h, w] = images.dims();
+        assert!(
+            c == self.num_channels && h == res && w == res,
+            "discriminator at stage {stage} expects [N, {}, {res}, {res}] images, got [N, {c}, {h}, {w}]",
+            self.num_channels
+        );
+    }
+
+    /// Scores images at `stage`'s resolution.
+    ///
+    /// While fading in `stage` (`alpha < 1`) the input path is
+    /// `lerp(fromRGB[stage-1](avgpool2(x)), block[stage](fromRGB[stage](x)), alpha)`.
+    /// `alpha >= 1` runs the plain network; stage 0 ignores `alpha`.
+    ///
+    /// # Shapes
+    /// - images: `[N, num_channels, 4·2^stage, 4·2^stage]`
+    /// - output: `[N, 1]`
+    pub fn forward(&self, images: Tensor<B, 4>, stage: usize, alpha: f32) -> Tensor<B, 2> {
+        self.check_input(&images, stage);
+        let mut x = lrelu(self.from_rgb[stage].forward(images.clone()));
+        if stage > 0 {
+            x = self.blocks[stage - 1].forward(x);
+            if alpha < 1.0 {
+                let old = lrelu(self.from_rgb[stage - 1].forward(downsample2x(images)));
+                x = lerp(old, x, alpha);
+            }
+            for block in self.blocks[..stage - 1].iter().rev() {
+                x = block.forward(x);
+            }
+        }
+        self.output.forward(x)
+    }
+
+    /// [`forward`](Self::forward) and its directional derivative along
+    /// `tangent`, i.e. `(D(x), J_D(x)·tangent)`, by forward-mode
+    /// differentiation through every layer.
+    ///
+    /// On an autodiff backend the result stays differentiable with respect
+    /// to the parameters, which is how [`crate::penalty`] gets the parameter
+    /// gradient of a gradient penalty without double backward.
+    ///
+    /// # Shapes
+    /// - images, tangent: `[N, num_channels, 4·2^stage, 4·2^stage]`
+    /// - outputs: `[N, 1]` each
+    pub fn forward_jvp(
+        &self,
+        images: Tensor<B, 4>,
+        tangent: Tensor<B, 4>,
+        stage: usize,
+        alpha: f32,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        self.check_input(&images, stage);
+        assert_eq!(
+            images.dims(),
+            tangent.dims(),
+            "tangent must match the images' shape"
+        );
+        let (x, dx) = self.from_rgb[stage].forward_jvp(images.clone(), tangent.clone());
+        let (mut x, mut dx) = lrelu_jvp(x, dx);
+        if stage > 0 {
+            (x, dx) = self.blocks[stage - 1].forward_jvp(x, dx);
+            if alpha < 1.0 {
+                let (small, d_small) = downsample2x_jvp(images, tangent);
+                let (old, d_old) = self.from_rgb[stage - 1].forward_jvp(small, d_small);
+                let old = lrelu_jvp(old, d_old);
+                (x, dx) = lerp_jvp(old, (x, dx), alpha);
+            }
+            for block in self.blocks[..stage - 1].iter().rev() {
+                (x, dx) = block.forward_jvp(x, dx);
+            }
+        }
+        self.output.forward_jvp(x, dx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::*;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+    use burn::tensor::Tensor;
+
+    fn tiny_discriminator<B: burn::tensor::backend::Backend>(
+        resolution: u32,
+        seed: u64,
+    ) -> Discriminator<B> {
+        reseed(
+            tiny_config(resolution).init_discriminator::<B>(&Default::default()),
+            seed,
+        )
+    }
+
+    #[test]
+    fn output_shapes_at_every_stage_and_alpha() {
+        let device = Default::default();
+        let d = tiny_discriminator::<TestBackend>(16, 1);
+        for stage in 0..3 {
+            let r = 4 << stage;
+            for n in [4, 5] {
+                let x = randn::<TestBackend, 4>([n, 3, r, r], stage as u64, &device);
+                for alpha in [0.0, 0.3, 1.0] {
+                    let scores = d.forward(x.clone(), stage, alpha);
+                    assert_eq!(scores.dims(), [n, 1]);
+                    assert!(to_vec(scores).iter().all(|v| v.is_finite()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "expects [N, 3, 8, 8] images")]
+    fn rejects_images_of_the_wrong_resolution() {
+        let d = tiny_discriminator::<TestBackend>(16, 1);
+        let x = Tensor::<TestBackend, 4>::zeros([2, 3, 16, 16], &Default::default());
+        d.forward(x, 1, 1.0);
+    }
+
+    #[test]
+    fn fade_in_starts_at_the_smaller_network_on_pooled_images() {
+        let device = Default::default();
+        let d = tiny_discriminator::<TestBackend>(16, 2);
+        for stage in 1..3 {
+            let r = 4 << stage;
+            let x = randn::<TestBackend, 4>([4, 3, r, r], 10 + stage as u64, &device);
+            let faded = to_vec(d.forward(x.clone(), stage, 0.0));
+            let small = to_vec(d.forward(downsample2x(x.clone()), stage - 1, 1.0));
+            assert_close(
+                &faded,
+                &small,
+                1e-5,
+                1e-5,
+                &format!("alpha 0 at stage {stage}"),
+            );
+            let full = to_vec(d.forward(x, stage, 1.0));
+            assert!(full.iter().zip(&small).any(|(a, b)| (a - b).abs() > 1e-3));
+        }
+    }
+
+    /// `Σ w·J_D(x)·v` from forward mode must equal `⟨∇x Σ w·D(x), v⟩` from reverse mode.
+    #[test]
+    fn jvp_matches_reverse_mode() {
+        type AB = TestAutodiffBackend;
+        let device = Default::default();
+        for (group, seed) in [(2, 1), (4, 2), (0, 3)] {
+            let d = reseed(
+                tiny_config(16)
+                    .with_mbstd_group_size(group)
+                    .init_discriminator::<AB>(&device),
+                seed,
+            );
+            for (stage, alpha) in [(0, 1.0), (1, 0.5), (2, 0.25), (2, 1.0)] {
+                let r = 4 << stage;
+                let x = randn::<AB, 4>([4, 3, r, r], 100 + seed, &device);
+                let v = randn::<AB, 4>([4, 3, r, r], 200 + seed, &device);
+                let w = randn::<AB, 2>([4, 1], 300 + seed, &device);
+
+                let (y, dy) = d.forward_jvp(x.clone(), v.clone(), stage, alpha);
+                assert_close(
+                    &to_vec(y),
+                    &to_vec(d.forward(x.clone(), stage, alpha)),
+                    1e-6,
+                    1e-5,
+                    "primal",
+                );
+                let forward_mode = to_vec((dy * w.clone()).sum())[0];
+
+                let x = x.require_grad();
+                let grads = (d.forward(x.clone(), stage, alpha) * w).sum().backward();
+                let reverse_mode = to_vec((x.grad(&grads).unwrap() * v.inner()).sum())[0];
+                assert!(
+                    (forward_mode - reverse_mode).abs() <= 1e-4 * (1.0 + reverse_mode.abs()),
+                    "group {group} stage {stage} alpha {alpha}: {forward_mode} vs {reverse_mode}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn paper_parameter_count_at_1024() {
+        let d = ModelConfig::paper(1024).init_discriminator::<TestBackend>(&Default::default());
+        // 9 fromRGB, 17 conv3x3 (+1 mbstd input map), dense 8192→512, dense 512→1
+        assert_eq!(d.num_params(), 23_087_249);
+        assert_eq!((d.num_params() as f64 / 1e5).round() / 10.0, 23.1);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let device = Default::default();
+        let dir = tempfile::tempdir().unwrap();
+        let d = tiny_discriminator::<TestBackend>(8, 5);
+        let x = randn::<TestBackend, 4>([4, 3, 8, 8], 6, &device);
+        let expected = to_vec(d.forward(x.clone(), 1, 0.4));
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        d.save_file(dir.path().join("d"), &recorder).unwrap();
+        let loaded = tiny_discriminator::<TestBackend>(8, 77)
+            .load_file(dir.path().join("d"), &recorder, &device)
+            .unwrap();
+        assert_eq!(to_vec(loaded.forward(x, 1, 0.4)), expected);
+    }
+}
