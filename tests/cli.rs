@@ -53,7 +53,7 @@ sample_rows = 2
 sample_cols = 3
 [model]
 preset = "cpu-small"
-resolution = 8
+resolution = 16
 latent_dim = 8
 fmap_base = 16
 fmap_max = 8
@@ -74,9 +74,11 @@ fn prepare_train_render_eval_report() {
     let images = image_folder(dir.path());
     let data = dir.path().join("tiny.pgan");
 
-    let out = run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "8", "--quiet"]));
+    let out = run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "16", "--quiet"]));
     assert!(out.contains("20"), "summary counts the written images: {out}");
-    assert!(out.contains("broken.png"), "summary names the skipped file: {out}");
+    assert!(out.contains("skipped 1"), "summary counts the skipped file: {out}");
+    let report = std::fs::read_to_string(dir.path().join("tiny.pgan.report.txt")).unwrap();
+    assert!(report.contains("broken.png"), "the report names the skipped file: {report}");
     let info = run_ok(pgan().arg("info").arg(&data));
     assert!(info.contains("8"), "{info}");
     run_ok(pgan().arg("verify").arg(&data));
@@ -85,7 +87,7 @@ fn prepare_train_render_eval_report() {
     std::fs::write(&config, CONFIG).unwrap();
     let runs = dir.path().join("runs");
     let dry = run_ok(pgan().args(["train", "--dry-run", "--config"]).arg(&config).arg("--data").arg(&data));
-    assert!(dry.contains("fade") && dry.contains("8x8"), "{dry}");
+    assert!(dry.contains("fade") && dry.contains("16x16"), "{dry}");
 
     let out = run_ok(
         pgan().args(["train", "--no-progress", "--config"]).arg(&config).arg("--data").arg(&data).arg("--out-dir").arg(&runs),
@@ -124,13 +126,13 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let images = image_folder(dir.path());
     let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "8", "--quiet"]));
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "16", "--quiet"]));
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let runs = dir.path().join("runs");
 
     // A long run, interrupted once the first tick is logged.
-    let mut child = pgan()
+    let child = pgan()
         .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
         .arg(&config)
         .arg("--data")
@@ -206,7 +208,7 @@ fn a_backend_that_is_not_compiled_in_says_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
     let images = image_folder(dir.path());
     let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "8", "--quiet"]));
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "16", "--quiet"]));
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let err = run_err(

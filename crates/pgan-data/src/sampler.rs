@@ -159,6 +159,11 @@ impl BatchSampler {
         Ok(())
     }
 
+    /// Number of images in the dataset this sampler draws from.
+    pub fn num_images(&self) -> usize {
+        self.num_images
+    }
+
     /// Total images handed out so far (across epochs).
     pub fn images_drawn(&self) -> u64 {
         self.drawn

@@ -2,6 +2,7 @@
 //! `cuda` (cargo features). Asking for a backend that is not compiled in, or that has no device,
 //! is a clear error instead of a panic deep inside a driver.
 
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::config::BackendKind;
@@ -90,11 +91,11 @@ fn not_compiled(name: &str) -> TrainError {
 #[allow(dead_code)]
 fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
     let device = device.clone();
-    let result = std::panic::catch_unwind(move || {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let t = burn::tensor::Tensor::<B, 1>::ones([4], &device);
-        let v: f32 = t.sum().into_scalar().into();
+        let v: f32 = t.sum().into_scalar().elem::<f32>();
         v
-    });
+    }));
     match result {
         Ok(v) if (v - 4.0).abs() < 1e-6 => Ok(()),
         Ok(v) => Err(TrainError::Backend {
@@ -120,7 +121,7 @@ mod tests {
     impl BackendJob for Sum {
         type Output = f32;
         fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f32> {
-            Ok(burn::tensor::Tensor::<B, 1>::ones([3], &device).sum().into_scalar().into())
+            Ok(burn::tensor::Tensor::<B, 1>::ones([3], &device).sum().into_scalar().elem::<f32>())
         }
     }
 

@@ -79,7 +79,7 @@ pub fn evaluate_generator<B: Backend>(
         report.swd_mean = Some(swd.mean);
         report.swd = Some(swd);
     }
-    if settings.msssim_pairs > 0 {
+    if settings.msssim_pairs > 0 && phase.resolution as usize >= pgan_metrics::msssim::MIN_SIZE {
         report.msssim_fake = Some(pairwise_ms_ssim(&fakes, settings.msssim_pairs, settings.seed)?.mean);
         report.msssim_real = Some(pairwise_ms_ssim(&reals, settings.msssim_pairs, settings.seed)?.mean);
     }
@@ -232,7 +232,8 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         msssim_real: None,
         modes: None,
     };
-    if request.msssim_pairs > 0 {
+    let msssim = request.msssim_pairs > 0 && resolution as usize >= pgan_metrics::msssim::MIN_SIZE;
+    if msssim {
         say("MS-SSIM of generated pairs");
         report.msssim_fake = Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
     }
@@ -254,7 +255,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             say("SWD real vs real (noise floor)");
             report.swd_real_floor = Some(sliced_wasserstein(&a, &b, &cfg)?);
         }
-        if request.msssim_pairs > 0 {
+        if msssim {
             say("MS-SSIM of real pairs");
             report.msssim_real = Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
         }

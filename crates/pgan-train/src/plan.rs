@@ -53,7 +53,7 @@ pub fn memory_estimate_mib(model: &ModelConfig, params: (usize, usize), resoluti
     for s in 0..=stage {
         let r = resolution_of(s) as f64;
         // Two convs per block, each keeping its input and pre-activation.
-        activations += 4.0 * model.nf(s) as f64 * r * r;
+        activations += 4.0 * model.stage_channels(s) as f64 * r * r;
     }
     // G forward + D on reals, fakes and the penalty's interpolates (primal + tangent).
     let per_image = activations * 6.0;
@@ -99,7 +99,7 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
             format!("{:.1} – {:.1}", row.start_kimg, row.end_kimg),
             row.batch,
             row.lr,
-            model.nf(row.stage),
+            model.stage_channels(row.stage),
             memory_estimate_mib(model, params, row.resolution, row.batch)
         );
     }

@@ -13,6 +13,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::optim::adaptor::OptimizerAdaptor;
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -169,8 +170,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map_err(io_err(&config_path, "write"))?;
         let mut log = RunLog::open(&run_dir, options.interactive)?;
 
-        B::seed(&device, config.run.seed);
-        let nets = fresh_nets::<B>(&model, &config, &device);
+        let nets = fresh_nets::<B>(&model, &config, &device, Some(config.run.seed));
         let state = TrainState {
             version: checkpoint::CHECKPOINT_VERSION,
             images_shown: 0,
@@ -376,7 +376,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let fakes = self.nets.g.forward(latents, stage, alpha);
         let scores = self.nets.d.clone().no_grad().forward(fakes, stage, alpha);
         let loss_g = generator_loss(&self.config.loss, scores);
-        let loss_g_value: f32 = loss_g.clone().detach().into_scalar().into();
+        let loss_g_value: f32 = loss_g.clone().detach().into_scalar().elem::<f32>();
         let grads = GradientsParams::from_grads(loss_g.backward(), &self.nets.g);
         let g_grad_norm = grad_norm(&self.nets.g, &grads);
         let g = self.nets.g.clone();
@@ -618,7 +618,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         let d = &self.device;
-        let fresh = fresh_nets::<B>(&self.model, &self.config, d);
+        let fresh = fresh_nets::<B>(&self.model, &self.config, d, None);
         let g = checkpoint::load_module(fresh.g, ckpt, checkpoint::GENERATOR, d)?;
         let disc = checkpoint::load_module(fresh.d, ckpt, checkpoint::DISCRIMINATOR, d)?;
         let g_ema = checkpoint::load_module(fresh.g_ema, ckpt, checkpoint::GENERATOR_EMA, d)?;
@@ -677,16 +677,43 @@ fn adam(config: &TrainConfig) -> AdamConfig {
         .with_epsilon(config.optim.epsilon)
 }
 
-fn fresh_nets<B: AutodiffBackend>(model: &ModelConfig, config: &TrainConfig, device: &B::Device) -> Nets<B> {
-    let g: Generator<B> = model.init_generator(device);
+/// Newly initialised networks; with a seed, the backend RNG is seeded first. The backend RNG is
+/// process-global, so every initialisation holds one lock: the initial weights stay a pure
+/// function of the seed even with other runs in the same process.
+fn fresh_nets<B: AutodiffBackend>(
+    model: &ModelConfig,
+    config: &TrainConfig,
+    device: &B::Device,
+    seed: Option<u64>,
+) -> Nets<B> {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(seed) = seed {
+        B::seed(device, seed);
+    }
+    // burn initialises parameters lazily, on first use: force it here, inside the lock.
+    let g: Generator<B> = materialize(model.init_generator(device));
+    let d: Discriminator<B> = materialize(model.init_discriminator(device));
     let g_ema = g.valid();
     Nets {
         g,
-        d: model.init_discriminator(device),
+        d,
         g_ema,
         optim_g: adam(config).init(),
         optim_d: adam(config).init(),
     }
+}
+
+/// Touches every parameter so lazily initialised ones draw their values now.
+fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
 }
 
 fn finite_or_null(v: f64) -> Value {
@@ -717,7 +744,7 @@ fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &Gradi
     let mut v = SumSquares::<B> { grads, total: None };
     module.visit(&mut v);
     v.total.map_or(0.0, |t| {
-        let s: f32 = t.into_scalar().into();
+        let s: f32 = t.into_scalar().elem::<f32>();
         s.sqrt()
     })
 }
@@ -740,7 +767,7 @@ fn params_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
     let mut c = Check::<B> { ok: None };
     module.visit(&mut c);
     c.ok.is_none_or(|t| {
-        let v: f32 = t.into_scalar().into();
+        let v: f32 = t.into_scalar().elem::<f32>();
         v.is_finite()
     })
 }
