@@ -19,8 +19,14 @@ fn main() {
         .unwrap_or_else(|_| "cpu".into())
         .parse()
         .expect("PGAN_BENCH_BACKEND is cpu, wgpu or cuda");
-    let max_res: u32 = std::env::var("PGAN_BENCH_MAX_RES").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
-    let steps: u64 = std::env::var("PGAN_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let max_res: u32 = std::env::var("PGAN_BENCH_MAX_RES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let steps: u64 = std::env::var("PGAN_BENCH_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let data = synthetic_dataset(dir.path(), max_res);
@@ -28,7 +34,11 @@ fn main() {
     while res <= max_res {
         // The CPU-sized config of the issue: fmap_base 2048, fmap_max 128, latent 128, batch 16;
         // --paper: the paper's widths at batch 4 (GPU).
-        let (preset, batch) = if paper { ("paper", 4usize) } else { ("cpu-small", 16usize) };
+        let (preset, batch) = if paper {
+            ("paper", 4usize)
+        } else {
+            ("cpu-small", 16usize)
+        };
         let tick_images = steps * batch as u64;
         let text = format!(
             r#"
@@ -57,7 +67,8 @@ minibatch_default = {batch}
         );
         let config = TrainConfig::from_toml_str(&text).expect("bench config");
         let summary = train(TrainOptions::new(config)).expect("training run");
-        let metrics = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).expect("metrics");
+        let metrics =
+            std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).expect("metrics");
         // The second tick: kernels compiled, caches warm.
         let row: serde_json::Value =
             serde_json::from_str(metrics.lines().nth(1).expect("two ticks")).expect("json row");

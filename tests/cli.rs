@@ -17,12 +17,21 @@ fn run_ok(cmd: &mut Command) -> String {
 
 fn run_err(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{cmd:?} should fail with exit 2:\n{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{cmd:?} should fail with exit 2:\n{}",
+        text(&out)
+    );
     text(&out)
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Small images in mixed formats and sizes, one of them corrupt.
@@ -74,11 +83,24 @@ fn prepare_train_render_eval_report() {
     let images = image_folder(dir.path());
     let data = dir.path().join("tiny.pgan");
 
-    let out = run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "16", "--quiet"]));
-    assert!(out.contains("20"), "summary counts the written images: {out}");
-    assert!(out.contains("skipped 1"), "summary counts the skipped file: {out}");
+    let out = run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+    assert!(
+        out.contains("20"),
+        "summary counts the written images: {out}"
+    );
+    assert!(
+        out.contains("skipped 1"),
+        "summary counts the skipped file: {out}"
+    );
     let report = std::fs::read_to_string(dir.path().join("tiny.pgan.report.txt")).unwrap();
-    assert!(report.contains("broken.png"), "the report names the skipped file: {report}");
+    assert!(
+        report.contains("broken.png"),
+        "the report names the skipped file: {report}"
+    );
     let info = run_ok(pgan().arg("info").arg(&data));
     assert!(info.contains("8"), "{info}");
     run_ok(pgan().arg("verify").arg(&data));
@@ -86,39 +108,102 @@ fn prepare_train_render_eval_report() {
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let runs = dir.path().join("runs");
-    let dry = run_ok(pgan().args(["train", "--dry-run", "--config"]).arg(&config).arg("--data").arg(&data));
+    let dry = run_ok(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data),
+    );
     assert!(dry.contains("fade") && dry.contains("16x16"), "{dry}");
 
     let out = run_ok(
-        pgan().args(["train", "--no-progress", "--config"]).arg(&config).arg("--data").arg(&data).arg("--out-dir").arg(&runs),
+        pgan()
+            .args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(&runs),
     );
     assert!(out.contains("sample sheet"), "{out}");
-    let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert!(metrics.contains("Metrics/msssim_fake"), "evaluation ran during training: {metrics}");
+    assert!(
+        metrics.contains("Metrics/msssim_fake"),
+        "evaluation ran during training: {metrics}"
+    );
 
     let sheet = dir.path().join("sheet.png");
-    run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&sheet).args(["--seeds", "0-3", "--rows", "2", "--cols", "2", "--truncation", "0.7"]));
+    run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .args([
+                "--seeds",
+                "0-3",
+                "--rows",
+                "2",
+                "--cols",
+                "2",
+                "--truncation",
+                "0.7",
+            ]),
+    );
     assert!(image::open(&sheet).is_ok());
     let interp = dir.path().join("interp.png");
-    run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&interp).args(["--seeds", "1,2,3", "--interpolate", "4"]));
+    run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&interp)
+            .args(["--seeds", "1,2,3", "--interpolate", "4"]),
+    );
     assert!(image::open(&interp).is_ok());
     assert!(image::open(interp.with_extension("gif")).is_ok());
     let timeline = dir.path().join("timeline.png");
-    run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&timeline).args(["--seeds", "0-2", "--timeline"]));
+    run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&timeline)
+            .args(["--seeds", "0-2", "--timeline"]),
+    );
     let checkpoints = std::fs::read_dir(run.join("checkpoints")).unwrap().count() as u32;
     let tl = image::open(&timeline).unwrap();
-    assert!(tl.height() > tl.width() / 3 * checkpoints.min(3) / 2, "one row per checkpoint");
+    assert!(
+        tl.height() > tl.width() / 3 * checkpoints.min(3) / 2,
+        "one row per checkpoint"
+    );
 
     let json = dir.path().join("eval.json");
-    let out = run_ok(pgan().arg("eval").arg(&run).args(["--num", "16", "--pairs", "8", "--json"]).arg(&json));
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "16", "--pairs", "8", "--json"])
+            .arg(&json),
+    );
     assert!(out.contains("MS-SSIM"), "{out}");
-    let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(parsed["msssim_fake"].as_f64().is_some());
 
     let out = run_ok(pgan().arg("report").arg(&run));
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("data:image/png;base64"), "{out}");
+    assert!(
+        html.contains("<svg") && html.contains("data:image/png;base64"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -126,7 +211,11 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let images = image_folder(dir.path());
     let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "16", "--quiet"]));
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let runs = dir.path().join("runs");
@@ -145,22 +234,47 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
         .unwrap();
     let start = Instant::now();
     let run = loop {
-        assert!(start.elapsed() < Duration::from_secs(120), "no tick within 2 minutes");
-        let found = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path());
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no tick within 2 minutes"
+        );
+        let found = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path());
         if let Some(run) = found {
-            if std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1) {
+            if std::fs::read_to_string(run.join("metrics.jsonl"))
+                .is_ok_and(|m| m.lines().count() >= 1)
+            {
                 break run;
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    assert!(text(&out).contains("--resume"), "tells how to continue: {}", text(&out));
+    assert!(
+        text(&out).contains("--resume"),
+        "tells how to continue: {}",
+        text(&out)
+    );
 
-    let out = run_ok(pgan().args(["train", "--no-progress", "--total-kimg", "0.064", "--resume"]).arg(&run));
+    let out = run_ok(
+        pgan()
+            .args([
+                "train",
+                "--no-progress",
+                "--total-kimg",
+                "0.064",
+                "--resume",
+            ])
+            .arg(&run),
+    );
     assert!(out.contains("checkpoint"), "{out}");
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("resumed") && log.contains("finished"), "{log}");
@@ -171,12 +285,22 @@ fn bad_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");
 
-    let err = run_err(pgan().arg("prepare").arg(&missing).arg(dir.path().join("x.pgan")));
+    let err = run_err(
+        pgan()
+            .arg("prepare")
+            .arg(&missing)
+            .arg(dir.path().join("x.pgan")),
+    );
     assert!(err.contains("missing"), "{err}");
 
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let err = run_err(pgan().arg("prepare").arg(&empty).arg(dir.path().join("x.pgan")));
+    let err = run_err(
+        pgan()
+            .arg("prepare")
+            .arg(&empty)
+            .arg(dir.path().join("x.pgan")),
+    );
     assert!(err.contains("empty"), "{err}");
 
     let garbage = dir.path().join("garbage.pgan");
@@ -184,21 +308,40 @@ fn bad_input_gets_a_clear_error() {
     let err = run_err(pgan().arg("info").arg(&garbage));
     assert!(err.contains("garbage.pgan"), "{err}");
 
-    let err = run_err(pgan().args(["train", "--data"]).arg(dir.path().join("nope.pgan")));
+    let err = run_err(
+        pgan()
+            .args(["train", "--data"])
+            .arg(dir.path().join("nope.pgan")),
+    );
     assert!(err.contains("nope.pgan"), "{err}");
 
     let bad_toml = dir.path().join("bad.toml");
     std::fs::write(&bad_toml, "[schedule]\nlod_trainig_kimg = 3\n").unwrap();
     let err = run_err(pgan().args(["train", "--config"]).arg(&bad_toml));
-    assert!(err.contains("bad.toml") && err.contains("lod_trainig_kimg"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("lod_trainig_kimg"),
+        "{err}"
+    );
 
     let err = run_err(pgan().args(["train", "--backend", "tpu"]));
     assert!(err.contains("--backend"), "{err}");
 
-    let err = run_err(pgan().args(["render"]).arg(&missing).arg("--out").arg(dir.path().join("x.png")));
+    let err = run_err(
+        pgan()
+            .args(["render"])
+            .arg(&missing)
+            .arg("--out")
+            .arg(dir.path().join("x.png")),
+    );
     assert!(err.contains("missing"), "{err}");
 
-    let err = run_err(pgan().args(["render", "."]).arg("--out").arg("x.png").args(["--seeds", "9-1"]));
+    let err = run_err(
+        pgan()
+            .args(["render", "."])
+            .arg("--out")
+            .arg("x.png")
+            .args(["--seeds", "9-1"]),
+    );
     assert!(err.contains("--seeds"), "{err}");
 }
 
@@ -208,11 +351,21 @@ fn a_backend_that_is_not_compiled_in_says_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
     let images = image_folder(dir.path());
     let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args(["--resolution", "16", "--quiet"]));
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let err = run_err(
-        pgan().args(["train", "--backend", "cuda", "--config"]).arg(&config).arg("--data").arg(&data).arg("--out-dir").arg(dir.path()),
+        pgan()
+            .args(["train", "--backend", "cuda", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(dir.path()),
     );
     assert!(err.contains("--features cuda"), "{err}");
 }

@@ -99,9 +99,19 @@ mod tests {
     fn collapse_is_reported_from_msssim_and_swd_jumps() {
         let alarms = Alarms::new(AlarmConfig::default());
         let mut best = BTreeMap::new();
-        let fine = EvalReport { swd_mean: Some(10.0), msssim_fake: Some(0.2), msssim_real: Some(0.2), ..Default::default() };
+        let fine = EvalReport {
+            swd_mean: Some(10.0),
+            msssim_fake: Some(0.2),
+            msssim_real: Some(0.2),
+            ..Default::default()
+        };
         assert!(alarms.check_eval(&fine, 16, &mut best).is_empty());
-        let collapsed = EvalReport { swd_mean: Some(25.0), msssim_fake: Some(0.9), msssim_real: Some(0.2), ..Default::default() };
+        let collapsed = EvalReport {
+            swd_mean: Some(25.0),
+            msssim_fake: Some(0.9),
+            msssim_real: Some(0.2),
+            ..Default::default()
+        };
         assert_eq!(alarms.check_eval(&collapsed, 16, &mut best).len(), 2);
         assert_eq!(best[&16], 10.0);
     }

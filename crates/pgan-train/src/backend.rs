@@ -2,8 +2,8 @@
 //! `cuda` (cargo features). Asking for a backend that is not compiled in, or that has no device,
 //! is a clear error instead of a panic deep inside a driver.
 
-use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
 
 use crate::config::BackendKind;
 use crate::error::{Result, TrainError};
@@ -46,7 +46,11 @@ fn run_wgpu<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
     type B = burn::backend::Autodiff<Wgpu>;
     // Index 0 is wgpu's preferred adapter (a discrete GPU if there is one, else e.g. lavapipe);
     // other indices name the n-th discrete GPU.
-    let device = if index == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(index) };
+    let device = if index == 0 {
+        WgpuDevice::DefaultDevice
+    } else {
+        WgpuDevice::DiscreteGpu(index)
+    };
     probe::<B>(&device, "wgpu")?;
     job.run::<B>(device)
 }
@@ -108,7 +112,10 @@ fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown error".into());
-            Err(TrainError::Backend { backend: name.into(), message: format!("no usable device: {why}") })
+            Err(TrainError::Backend {
+                backend: name.into(),
+                message: format!("no usable device: {why}"),
+            })
         }
     }
 }
@@ -121,7 +128,10 @@ mod tests {
     impl BackendJob for Sum {
         type Output = f32;
         fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f32> {
-            Ok(burn::tensor::Tensor::<B, 1>::ones([3], &device).sum().into_scalar().elem::<f32>())
+            Ok(burn::tensor::Tensor::<B, 1>::ones([3], &device)
+                .sum()
+                .into_scalar()
+                .elem::<f32>())
         }
     }
 
@@ -135,6 +145,9 @@ mod tests {
     #[test]
     fn a_backend_not_compiled_in_is_a_clear_error() {
         let err = dispatch(BackendKind::Cuda, 0, Sum).unwrap_err().to_string();
-        assert!(err.contains("not compiled") && err.contains("--features cuda"), "{err}");
+        assert!(
+            err.contains("not compiled") && err.contains("--features cuda"),
+            "{err}"
+        );
     }
 }

@@ -85,10 +85,12 @@ pub fn checkpoint_name(images_shown: u64) -> String {
 
 /// Saves a module under `dir/stem.mpk`.
 pub fn save_module<B: Backend, M: Module<B>>(module: M, dir: &Path, stem: &str) -> Result<()> {
-    module.save_file(dir.join(stem), &CheckpointRecorder::new()).map_err(|e| TrainError::Checkpoint {
-        path: dir.join(format!("{stem}.mpk")),
-        message: format!("cannot save: {e}"),
-    })
+    module
+        .save_file(dir.join(stem), &CheckpointRecorder::new())
+        .map_err(|e| TrainError::Checkpoint {
+            path: dir.join(format!("{stem}.mpk")),
+            message: format!("cannot save: {e}"),
+        })
 }
 
 /// Loads `dir/stem.mpk` into `module` (which fixes the structure and ids).
@@ -98,22 +100,22 @@ pub fn load_module<B: Backend, M: Module<B>>(
     stem: &str,
     device: &B::Device,
 ) -> Result<M> {
-    module.load_file(dir.join(stem), &CheckpointRecorder::new(), device).map_err(|e| {
-        TrainError::Checkpoint {
+    module
+        .load_file(dir.join(stem), &CheckpointRecorder::new(), device)
+        .map_err(|e| TrainError::Checkpoint {
             path: dir.join(format!("{stem}.mpk")),
             message: format!("cannot load: {e}"),
-        }
-    })
+        })
 }
 
 /// Saves any record (optimizer state) under `dir/stem.mpk`.
 pub fn save_record<B: Backend, R: Record<B>>(record: R, dir: &Path, stem: &str) -> Result<()> {
-    Recorder::<B>::record(&CheckpointRecorder::new(), record, dir.join(stem)).map(|_| ()).map_err(
-        |e| TrainError::Checkpoint {
+    Recorder::<B>::record(&CheckpointRecorder::new(), record, dir.join(stem))
+        .map(|_| ())
+        .map_err(|e| TrainError::Checkpoint {
             path: dir.join(format!("{stem}.mpk")),
             message: format!("cannot save: {e}"),
-        },
-    )
+        })
 }
 
 /// Loads a record saved by [`save_record`].
@@ -140,7 +142,11 @@ pub fn write_checkpoint(
     let root = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&root).map_err(crate::error::io_err(&root, "create"))?;
     let path = root.join(checkpoint_name(state.images_shown));
-    let io = |source| TrainError::Io { path: path.clone(), action: "write checkpoint", source };
+    let io = |source| TrainError::Io {
+        path: path.clone(),
+        action: "write checkpoint",
+        source,
+    };
     write_dir_atomic(
         &path,
         |tmp| {
@@ -157,12 +163,16 @@ pub fn write_checkpoint(
 
 /// Reads and checks `state.json` and the checksums of every record file.
 pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
-    let bad = |message: String| TrainError::Checkpoint { path: checkpoint.to_path_buf(), message };
+    let bad = |message: String| TrainError::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        message,
+    };
     if !checkpoint.is_dir() {
         return Err(bad("not found (expected a checkpoint folder)".into()));
     }
     let state_path = checkpoint.join(STATE_FILE);
-    let text = std::fs::read(&state_path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}")))?;
+    let text =
+        std::fs::read(&state_path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}")))?;
     let state: TrainState =
         serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE} is corrupt: {e}")))?;
     if state.version != CHECKPOINT_VERSION {
@@ -195,7 +205,9 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_dir()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ckpt-"))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("ckpt-"))
         })
         .collect();
     found.sort();
@@ -214,12 +226,14 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
             message: "not found".into(),
         });
     }
-    list_checkpoints(path)?.pop().ok_or_else(|| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message: format!(
-            "no checkpoint in this folder (expected {CHECKPOINTS_DIR}/ckpt-*/{STATE_FILE})"
-        ),
-    })
+    list_checkpoints(path)?
+        .pop()
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!(
+                "no checkpoint in this folder (expected {CHECKPOINTS_DIR}/ckpt-*/{STATE_FILE})"
+            ),
+        })
 }
 
 /// The run directory a checkpoint folder belongs to.
@@ -242,7 +256,11 @@ fn checksums(dir: &Path) -> Result<BTreeMap<String, u32>> {
     let mut sums = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(crate::error::io_err(dir, "list"))? {
         let path = entry.map_err(crate::error::io_err(dir, "list"))?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if name == STATE_FILE || !path.is_file() {
             continue;
         }

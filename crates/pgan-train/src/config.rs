@@ -109,7 +109,9 @@ impl std::str::FromStr for BackendKind {
             "cpu" => Ok(Self::Cpu),
             "wgpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown backend '{other}' (expected cpu, wgpu or cuda)")),
+            other => Err(format!(
+                "unknown backend '{other}' (expected cpu, wgpu or cuda)"
+            )),
         }
     }
 }
@@ -222,12 +224,18 @@ impl Default for ScheduleConfig {
 impl ScheduleConfig {
     /// Minibatch size at `resolution`.
     pub fn batch_for(&self, resolution: u32) -> usize {
-        self.minibatch.get(&resolution.to_string()).copied().unwrap_or(self.minibatch_default)
+        self.minibatch
+            .get(&resolution.to_string())
+            .copied()
+            .unwrap_or(self.minibatch_default)
     }
 
     /// Learning rate at `resolution`.
     pub fn lr_for(&self, resolution: u32) -> f64 {
-        self.lr.get(&resolution.to_string()).copied().unwrap_or(self.lr_default)
+        self.lr
+            .get(&resolution.to_string())
+            .copied()
+            .unwrap_or(self.lr_default)
     }
 }
 
@@ -247,7 +255,12 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self { kind: LossKind::WganGp, gp_lambda: 10.0, drift_epsilon: 0.001, r1_gamma: 10.0 }
+        Self {
+            kind: LossKind::WganGp,
+            gp_lambda: 10.0,
+            drift_epsilon: 0.001,
+            r1_gamma: 10.0,
+        }
     }
 }
 
@@ -275,7 +288,11 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { beta1: 0.0, beta2: 0.99, epsilon: 1e-8 }
+        Self {
+            beta1: 0.0,
+            beta2: 0.99,
+            epsilon: 1e-8,
+        }
     }
 }
 
@@ -291,7 +308,10 @@ pub struct EmaConfig {
 
 impl Default for EmaConfig {
     fn default() -> Self {
-        Self { beta: 0.999, half_life_kimg: None }
+        Self {
+            beta: 0.999,
+            half_life_kimg: None,
+        }
     }
 }
 
@@ -319,7 +339,11 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every_kimg: 0.0, num_images: 256, msssim_pairs: 128 }
+        Self {
+            every_kimg: 0.0,
+            num_images: 256,
+            msssim_pairs: 128,
+        }
     }
 }
 
@@ -340,7 +364,12 @@ pub struct AlarmConfig {
 
 impl Default for AlarmConfig {
     fn default() -> Self {
-        Self { max_d_gap: 100.0, min_g_grad_norm: 1e-6, msssim_margin: 0.15, swd_jump_factor: 2.0 }
+        Self {
+            max_d_gap: 100.0,
+            min_g_grad_norm: 1e-6,
+            msssim_margin: 0.15,
+            swd_jump_factor: 2.0,
+        }
     }
 }
 
@@ -358,7 +387,11 @@ pub struct RecoveryConfig {
 
 impl Default for RecoveryConfig {
     fn default() -> Self {
-        Self { max_consecutive_failures: 3, lr_factor: 0.5, cooldown_kimg: 10.0 }
+        Self {
+            max_consecutive_failures: 3,
+            lr_factor: 0.5,
+            cooldown_kimg: 10.0,
+        }
     }
 }
 
@@ -371,14 +404,20 @@ impl TrainConfig {
             source,
         })?;
         Self::from_toml_str(&text).map_err(|e| match e {
-            TrainError::Config { message, .. } => TrainError::Config { path: Some(path.into()), message },
+            TrainError::Config { message, .. } => TrainError::Config {
+                path: Some(path.into()),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parses TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| TrainError::Config { path: None, message: e.to_string() })
+        toml::from_str(text).map_err(|e| TrainError::Config {
+            path: None,
+            message: e.to_string(),
+        })
     }
 
     /// The resolved config as TOML text.
@@ -388,11 +427,19 @@ impl TrainConfig {
 
     /// Checks every value; the message says which key is wrong and why.
     pub fn validate(&self) -> Result<()> {
-        let bad = |message: String| Err(TrainError::Config { path: None, message });
+        let bad = |message: String| {
+            Err(TrainError::Config {
+                path: None,
+                message,
+            })
+        };
         let is_res = |r: u32| r.is_power_of_two() && (4..=1024).contains(&r);
         let m = &self.model;
         if !is_res(m.resolution) {
-            return bad(format!("model.resolution {} must be a power of two in 4..=1024", m.resolution));
+            return bad(format!(
+                "model.resolution {} must be a power of two in 4..=1024",
+                m.resolution
+            ));
         }
         let s = &self.schedule;
         if !is_res(s.start_resolution) || s.start_resolution > m.resolution {
@@ -416,7 +463,11 @@ impl TrainConfig {
         for (key, &batch) in &s.minibatch {
             match key.parse::<u32>() {
                 Ok(r) if is_res(r) => {}
-                _ => return bad(format!("schedule.minibatch key '{key}' is not a resolution")),
+                _ => {
+                    return bad(format!(
+                        "schedule.minibatch key '{key}' is not a resolution"
+                    ))
+                }
             }
             if batch == 0 {
                 return bad(format!("schedule.minibatch at {key} must be at least 1"));
@@ -475,11 +526,17 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = TrainConfig::from_toml_file(&path).unwrap();
-                config.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                config
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 seen += 1;
             }
         }
-        assert!(seen >= 3, "expected the three bundled configs in {}", dir.display());
+        assert!(
+            seen >= 3,
+            "expected the three bundled configs in {}",
+            dir.display()
+        );
     }
 
     #[test]
@@ -508,19 +565,30 @@ mod tests {
     fn validation_names_the_bad_key() {
         let mut config = TrainConfig::default();
         config.model.resolution = 48;
-        assert!(config.validate().unwrap_err().to_string().contains("model.resolution"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("model.resolution"));
         let mut config = TrainConfig::default();
         config.schedule.minibatch.insert("7".into(), 4);
         assert!(config.validate().unwrap_err().to_string().contains("'7'"));
         let mut config = TrainConfig::default();
         config.schedule.start_resolution = 1024;
         config.model.resolution = 64;
-        assert!(config.validate().unwrap_err().to_string().contains("start_resolution"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("start_resolution"));
     }
 
     #[test]
     fn half_life_overrides_the_per_step_beta() {
-        let ema = EmaConfig { beta: 0.9, half_life_kimg: Some(10.0) };
+        let ema = EmaConfig {
+            beta: 0.9,
+            half_life_kimg: Some(10.0),
+        };
         let beta = ema.beta_for_batch(16);
         // 625 steps of 16 images = 10 kimg halve the weight of the old average.
         assert!((beta.powi(625) - 0.5).abs() < 1e-9);

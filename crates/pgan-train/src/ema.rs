@@ -18,9 +18,14 @@ where
     M: AutodiffModule<B>,
 {
     let current = model.valid();
-    let mut collector = FlatParams::<B::InnerBackend> { params: HashMap::new() };
+    let mut collector = FlatParams::<B::InnerBackend> {
+        params: HashMap::new(),
+    };
     current.visit(&mut collector);
-    let mut mapper = Lerp { source: collector.params, beta };
+    let mut mapper = Lerp {
+        source: collector.params,
+        beta,
+    };
     ema.map(&mut mapper)
 }
 
@@ -78,7 +83,10 @@ mod tests {
         let ema = live.valid();
         // Change the live weights to a known value.
         let target = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32; 6], [3, 2]), &device);
-        let live = Linear { weight: Param::initialized(live.weight.id, target), ..live };
+        let live = Linear {
+            weight: Param::initialized(live.weight.id, target),
+            ..live
+        };
         let before = weights(&ema);
         let ema = update_ema::<B, _>(ema, &live, 0.75);
         for (b, a) in before.iter().zip(weights(&ema)) {

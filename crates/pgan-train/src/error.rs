@@ -74,5 +74,9 @@ pub(crate) fn io_err<'a>(
     path: &'a std::path::Path,
     action: &'static str,
 ) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
-    move |source| TrainError::Io { path: path.to_path_buf(), action, source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
 }

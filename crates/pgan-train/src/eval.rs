@@ -71,17 +71,36 @@ pub fn evaluate_generator<B: Backend>(
     settings: &EvalSettings,
     device: &B::Device,
 ) -> Result<EvalReport> {
-    let fakes = generate(g, model, phase.stage, phase.alpha, settings.num_images, settings.seed, settings.batch, None, device);
+    let fakes = generate(
+        g,
+        model,
+        phase.stage,
+        phase.alpha,
+        settings.num_images,
+        settings.seed,
+        settings.batch,
+        None,
+        device,
+    );
     let reals = real_images(reader, phase.resolution, settings.num_images, settings.seed)?;
     let mut report = EvalReport::default();
     if phase.resolution >= MIN_SWD_RESOLUTION {
-        let swd = sliced_wasserstein(&reals, &fakes, &SwdConfig { seed: settings.seed, ..SwdConfig::default() })?;
+        let swd = sliced_wasserstein(
+            &reals,
+            &fakes,
+            &SwdConfig {
+                seed: settings.seed,
+                ..SwdConfig::default()
+            },
+        )?;
         report.swd_mean = Some(swd.mean);
         report.swd = Some(swd);
     }
     if settings.msssim_pairs > 0 && phase.resolution as usize >= pgan_metrics::msssim::MIN_SIZE {
-        report.msssim_fake = Some(pairwise_ms_ssim(&fakes, settings.msssim_pairs, settings.seed)?.mean);
-        report.msssim_real = Some(pairwise_ms_ssim(&reals, settings.msssim_pairs, settings.seed)?.mean);
+        report.msssim_fake =
+            Some(pairwise_ms_ssim(&fakes, settings.msssim_pairs, settings.seed)?.mean);
+        report.msssim_real =
+            Some(pairwise_ms_ssim(&reals, settings.msssim_pairs, settings.seed)?.mean);
     }
     Ok(report)
 }
@@ -101,7 +120,10 @@ pub fn generate<B: Backend>(
     device: &B::Device,
 ) -> ImageSet {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (c, res) = (model.num_channels, crate::schedule::resolution_of(stage) as usize);
+    let (c, res) = (
+        model.num_channels,
+        crate::schedule::resolution_of(stage) as usize,
+    );
     let mut data = Vec::with_capacity(n * c * res * res);
     let mut done = 0;
     while done < n {
@@ -109,10 +131,22 @@ pub fn generate<B: Backend>(
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
         let images = g.forward(z, stage, alpha);
-        data.extend(images.into_data().convert::<f32>().to_vec::<f32>().expect("f32 images"));
+        data.extend(
+            images
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 images"),
+        );
         done += b;
     }
-    ImageSet { data, n, c, h: res, w: res }
+    ImageSet {
+        data,
+        n,
+        c,
+        h: res,
+        w: res,
+    }
 }
 
 /// Normal latents; with `truncation = Some(ψ)`, components beyond ±ψ are redrawn.
@@ -129,11 +163,22 @@ pub fn latent_values(rng: &mut ChaCha8Rng, count: usize, truncation: Option<f32>
 }
 
 /// `n` reals (without mirroring) at `resolution`, in a seeded order.
-pub fn real_images(reader: &PyramidReader, resolution: u32, n: usize, seed: u64) -> Result<ImageSet> {
+pub fn real_images(
+    reader: &PyramidReader,
+    resolution: u32,
+    n: usize,
+    seed: u64,
+) -> Result<ImageSet> {
     let mut sampler = BatchSampler::new(reader.len(), seed, false);
     let batch = sampler.next_batch(reader, resolution, n, None)?;
     let [n, c, h, w] = batch.shape;
-    Ok(ImageSet { data: batch.data, n, c, h, w })
+    Ok(ImageSet {
+        data: batch.data,
+        n,
+        c,
+        h,
+        w,
+    })
 }
 
 /// A `pgan eval` request: a checkpoint measured against a dataset and/or a mode spec.
@@ -182,18 +227,48 @@ pub struct FullEvalReport {
 
 impl std::fmt::Display for FullEvalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "checkpoint {} ({:.1} kimg, {}x{}, {} images)", self.checkpoint.display(), self.kimg, self.resolution, self.resolution, self.num_images)?;
+        writeln!(
+            f,
+            "checkpoint {} ({:.1} kimg, {}x{}, {} images)",
+            self.checkpoint.display(),
+            self.kimg,
+            self.resolution,
+            self.resolution,
+            self.num_images
+        )?;
         if let Some(swd) = &self.swd {
-            writeln!(f, "{:<28} {:>10} {:>12}", "SWD x1e3 (level)", "gen-real", "real-real")?;
+            writeln!(
+                f,
+                "{:<28} {:>10} {:>12}",
+                "SWD x1e3 (level)", "gen-real", "real-real"
+            )?;
             for (i, (res, v)) in swd.levels.iter().enumerate() {
-                let floor = self.swd_real_floor.as_ref().and_then(|r| r.levels.get(i)).map(|l| format!("{:.2}", l.1)).unwrap_or_default();
-                writeln!(f, "{:<28} {:>10.2} {:>12}", format!("  {res}x{res}"), v, floor)?;
+                let floor = self
+                    .swd_real_floor
+                    .as_ref()
+                    .and_then(|r| r.levels.get(i))
+                    .map(|l| format!("{:.2}", l.1))
+                    .unwrap_or_default();
+                writeln!(
+                    f,
+                    "{:<28} {:>10.2} {:>12}",
+                    format!("  {res}x{res}"),
+                    v,
+                    floor
+                )?;
             }
-            let floor = self.swd_real_floor.as_ref().map(|r| format!("{:.2}", r.mean)).unwrap_or_default();
+            let floor = self
+                .swd_real_floor
+                .as_ref()
+                .map(|r| format!("{:.2}", r.mean))
+                .unwrap_or_default();
             writeln!(f, "{:<28} {:>10.2} {:>12}", "  mean", swd.mean, floor)?;
         }
         if let (Some(fake), Some(real)) = (self.msssim_fake, self.msssim_real) {
-            writeln!(f, "MS-SSIM (lower = more diverse): generated {fake:.4}, real {real:.4}")?;
+            writeln!(
+                f,
+                "MS-SSIM (lower = more diverse): generated {fake:.4}, real {real:.4}"
+            )?;
         } else if let Some(fake) = self.msssim_fake {
             writeln!(f, "MS-SSIM (lower = more diverse): generated {fake:.4}")?;
         }
@@ -206,7 +281,10 @@ impl std::fmt::Display for FullEvalReport {
 
 impl crate::backend::BackendJob for EvalRequest {
     type Output = FullEvalReport;
-    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<FullEvalReport> {
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<FullEvalReport> {
         run_eval::<B::InnerBackend>(&self, &device)
     }
 }
@@ -219,8 +297,21 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             eprintln!("{m}");
         }
     };
-    say(&format!("generating {} images at {resolution}x{resolution}", request.num_images));
-    let fakes = generate(&loaded.generator, &loaded.model, loaded.state.stage, loaded.state.alpha, request.num_images, request.seed, 64, request.truncation, device);
+    say(&format!(
+        "generating {} images at {resolution}x{resolution}",
+        request.num_images
+    ));
+    let fakes = generate(
+        &loaded.generator,
+        &loaded.model,
+        loaded.state.stage,
+        loaded.state.alpha,
+        request.num_images,
+        request.seed,
+        64,
+        request.truncation,
+        device,
+    );
     let mut report = FullEvalReport {
         checkpoint: request.checkpoint.clone(),
         kimg: loaded.state.images_shown as f64 / 1000.0,
@@ -235,21 +326,28 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     let msssim = request.msssim_pairs > 0 && resolution as usize >= pgan_metrics::msssim::MIN_SIZE;
     if msssim {
         say("MS-SSIM of generated pairs");
-        report.msssim_fake = Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
+        report.msssim_fake =
+            Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
     }
     if let Some(path) = &request.data {
         let reader = PyramidReader::open(path)?;
         if reader.resolution() < resolution {
             return Err(crate::error::TrainError::Dataset {
                 path: path.clone(),
-                message: format!("its resolution {} is below the checkpoint's {resolution}", reader.resolution()),
+                message: format!(
+                    "its resolution {} is below the checkpoint's {resolution}",
+                    reader.resolution()
+                ),
             });
         }
         // Two disjoint draws of reals: one to compare with, one for the noise floor.
         let reals = real_images(&reader, resolution, 2 * request.num_images, request.seed)?;
         let (a, b) = split_half(&reals);
         if resolution >= MIN_SWD_RESOLUTION {
-            let cfg = SwdConfig { seed: request.seed, ..SwdConfig::default() };
+            let cfg = SwdConfig {
+                seed: request.seed,
+                ..SwdConfig::default()
+            };
             say("SWD generated vs real");
             report.swd = Some(sliced_wasserstein(&a, &fakes, &cfg)?);
             say("SWD real vs real (noise floor)");
@@ -257,7 +355,8 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         }
         if msssim {
             say("MS-SSIM of real pairs");
-            report.msssim_real = Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
+            report.msssim_real =
+                Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
         }
     }
     if let Some(spec) = &request.modes {
@@ -272,8 +371,20 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
 fn split_half(set: &ImageSet) -> (ImageSet, ImageSet) {
     let half = set.n / 2;
     let per = set.c * set.h * set.w;
-    let a = ImageSet { data: set.data[..half * per].to_vec(), n: half, c: set.c, h: set.h, w: set.w };
-    let b = ImageSet { data: set.data[half * per..2 * half * per].to_vec(), n: half, c: set.c, h: set.h, w: set.w };
+    let a = ImageSet {
+        data: set.data[..half * per].to_vec(),
+        n: half,
+        c: set.c,
+        h: set.h,
+        w: set.w,
+    };
+    let b = ImageSet {
+        data: set.data[half * per..2 * half * per].to_vec(),
+        n: half,
+        c: set.c,
+        h: set.h,
+        w: set.w,
+    };
     (a, b)
 }
 

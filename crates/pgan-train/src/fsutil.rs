@@ -9,7 +9,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A temp path beside `path` (same folder, so the final rename stays on one filesystem).
 pub(crate) fn temp_beside(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.tmp-{}-{unique}", std::process::id()))
 }

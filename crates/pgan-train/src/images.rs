@@ -26,7 +26,11 @@ impl HostImages {
     /// Copies a batch from any backend.
     pub fn from_tensor<B: Backend>(images: Tensor<B, 4>) -> Self {
         let dims = images.dims();
-        let data = images.into_data().convert::<f32>().to_vec::<f32>().expect("f32 tensor data");
+        let data = images
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 tensor data");
         Self { data, shape: dims }
     }
 
@@ -100,22 +104,32 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
             .write_to(&mut BufWriter::new(file), image::ImageFormat::Png)
             .map_err(|e| std::io::Error::other(e.to_string()))
     })
-    .map_err(|e| TrainError::Image { path: path.to_path_buf(), message: e.to_string() })
+    .map_err(|e| TrainError::Image {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes an endlessly looping animated GIF atomically.
 pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
     write_atomic_with(path, |file: &mut File| {
         let mut encoder = GifEncoder::new_with_speed(BufWriter::new(file), 10);
-        encoder.set_repeat(Repeat::Infinite).map_err(|e| std::io::Error::other(e.to_string()))?;
+        encoder
+            .set_repeat(Repeat::Infinite)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         for im in frames {
             let rgba: RgbaImage = image::DynamicImage::ImageRgb8(im.clone()).to_rgba8();
             let frame = Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(delay_ms, 1));
-            encoder.encode_frame(frame).map_err(|e| std::io::Error::other(e.to_string()))?;
+            encoder
+                .encode_frame(frame)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         Ok(())
     })
-    .map_err(|e| TrainError::Image { path: path.to_path_buf(), message: e.to_string() })
+    .map_err(|e| TrainError::Image {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -124,7 +138,10 @@ mod tests {
 
     #[test]
     fn floats_map_to_bytes_and_grey_repeats() {
-        let images = HostImages { data: vec![-1.0, 0.0, 1.0, 2.0], shape: [1, 1, 2, 2] };
+        let images = HostImages {
+            data: vec![-1.0, 0.0, 1.0, 2.0],
+            shape: [1, 1, 2, 2],
+        };
         let im = images.to_rgb(0);
         assert_eq!(im.get_pixel(0, 0).0, [0, 0, 0]);
         assert_eq!(im.get_pixel(1, 0).0, [128, 128, 128]);
@@ -134,8 +151,9 @@ mod tests {
 
     #[test]
     fn grid_places_cells_row_major() {
-        let cells: Vec<RgbImage> =
-            (0..6u8).map(|k| RgbImage::from_pixel(2, 2, Rgb([k * 10, 0, 0]))).collect();
+        let cells: Vec<RgbImage> = (0..6u8)
+            .map(|k| RgbImage::from_pixel(2, 2, Rgb([k * 10, 0, 0])))
+            .collect();
         let g = grid(&cells, 2, 3, 1);
         assert_eq!(g.dimensions(), (3 * 3 + 1, 2 * 3 + 1));
         assert_eq!(g.get_pixel(1, 1).0[0], 0);
@@ -147,8 +165,9 @@ mod tests {
     #[test]
     fn pngs_and_gifs_are_written_and_decodable() {
         let dir = tempfile::tempdir().unwrap();
-        let frames: Vec<RgbImage> =
-            (0..3u8).map(|k| RgbImage::from_pixel(4, 4, Rgb([k * 80, 10, 10]))).collect();
+        let frames: Vec<RgbImage> = (0..3u8)
+            .map(|k| RgbImage::from_pixel(4, 4, Rgb([k * 80, 10, 10])))
+            .collect();
         let up = upscale_cells(frames.clone(), 16);
         assert_eq!(up[0].dimensions(), (16, 16));
         let png = dir.path().join("a.png");

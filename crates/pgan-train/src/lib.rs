@@ -40,7 +40,10 @@ pub use training_loop::{RunSummary, TrainOptions};
 
 impl BackendJob for TrainOptions {
     type Output = RunSummary;
-    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Result<RunSummary> {
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<RunSummary> {
         training_loop::train_on::<B>(self, device)
     }
 }

@@ -56,7 +56,10 @@ pub fn discriminator_loss<B: AutodiffBackend>(
     let (adversarial, drift, pen) = match config.kind {
         LossKind::WganGp => {
             let pen = penalty::wgan_gp(d, reals, fakes, mix, stage, alpha, config.gp_lambda);
-            let drift = real_scores.powf_scalar(2.0).mean().mul_scalar(config.drift_epsilon);
+            let drift = real_scores
+                .powf_scalar(2.0)
+                .mean()
+                .mul_scalar(config.drift_epsilon);
             (fake_mean.clone() - real_mean.clone(), Some(drift), pen)
         }
         LossKind::LogisticR1 => {
@@ -75,7 +78,9 @@ pub fn discriminator_loss<B: AutodiffBackend>(
             loss.clone().detach(),
             real_mean.detach(),
             fake_mean.detach(),
-            drift.map(|d| d.detach()).unwrap_or_else(|| loss.zeros_like().detach()),
+            drift
+                .map(|d| d.detach())
+                .unwrap_or_else(|| loss.zeros_like().detach()),
             pen.surrogate.clone().detach(),
         ],
         0,
@@ -97,7 +102,10 @@ pub fn discriminator_loss<B: AutodiffBackend>(
 }
 
 /// The generator loss on scores `D(G(z))`.
-pub fn generator_loss<B: AutodiffBackend>(config: &LossConfig, fake_scores: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn generator_loss<B: AutodiffBackend>(
+    config: &LossConfig,
+    fake_scores: Tensor<B, 2>,
+) -> Tensor<B, 1> {
     match config.kind {
         LossKind::WganGp => fake_scores.mean().neg(),
         LossKind::LogisticR1 => softplus(fake_scores.neg(), 1.0).mean(),

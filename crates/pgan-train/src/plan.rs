@@ -46,7 +46,12 @@ pub fn parameter_counts(model: &ModelConfig) -> (usize, usize) {
 /// A rough upper estimate of device memory for one training step at `resolution` with `batch`
 /// images: weights, EMA and Adam moments, plus activations kept for backward (forward G and D,
 /// the penalty's extra passes), 4 bytes per value.
-pub fn memory_estimate_mib(model: &ModelConfig, params: (usize, usize), resolution: u32, batch: usize) -> f64 {
+pub fn memory_estimate_mib(
+    model: &ModelConfig,
+    params: (usize, usize),
+    resolution: u32,
+    batch: usize,
+) -> f64 {
     let weights = (params.0 * 4 + params.1 * 3) as f64; // G, G_ema, 2 moments; D and 2 moments
     let stage = crate::schedule::stage_of(resolution);
     let mut activations = 0f64;

@@ -89,14 +89,28 @@ pub struct LoadedGenerator<B: Backend> {
 }
 
 /// Loads the EMA (or raw) generator of a checkpoint folder.
-pub fn load_generator<B: Backend>(ckpt: &Path, raw: bool, device: &B::Device) -> Result<LoadedGenerator<B>> {
+pub fn load_generator<B: Backend>(
+    ckpt: &Path,
+    raw: bool,
+    device: &B::Device,
+) -> Result<LoadedGenerator<B>> {
     let state = checkpoint::read_state(ckpt)?;
-    let model: ModelConfig = serde_json::from_value(state.model.clone()).map_err(|e| {
-        TrainError::Checkpoint { path: ckpt.to_path_buf(), message: format!("unreadable model configuration: {e}") }
-    })?;
-    let stem = if raw { checkpoint::GENERATOR } else { checkpoint::GENERATOR_EMA };
+    let model: ModelConfig =
+        serde_json::from_value(state.model.clone()).map_err(|e| TrainError::Checkpoint {
+            path: ckpt.to_path_buf(),
+            message: format!("unreadable model configuration: {e}"),
+        })?;
+    let stem = if raw {
+        checkpoint::GENERATOR
+    } else {
+        checkpoint::GENERATOR_EMA
+    };
     let generator = checkpoint::load_module(model.init_generator::<B>(device), ckpt, stem, device)?;
-    Ok(LoadedGenerator { generator, model, state })
+    Ok(LoadedGenerator {
+        generator,
+        model,
+        state,
+    })
 }
 
 /// The latent of a seed.
@@ -108,26 +122,41 @@ pub fn latent_for_seed(seed: u64, dim: usize, truncation: Option<f32>) -> Vec<f3
 /// they are (anti)parallel.
 pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    let cos = (a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b))).clamp(-1.0, 1.0);
+    let cos =
+        (a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b))).clamp(-1.0, 1.0);
     let omega = cos.acos();
     let (wa, wb) = if omega.sin().abs() < 1e-6 {
         (1.0 - t, t)
     } else {
-        (((1.0 - t) * omega).sin() / omega.sin(), (t * omega).sin() / omega.sin())
+        (
+            ((1.0 - t) * omega).sin() / omega.sin(),
+            (t * omega).sin() / omega.sin(),
+        )
     };
     a.iter().zip(b).map(|(x, y)| wa * x + wb * y).collect()
 }
 
-fn generate_rows<B: Backend>(loaded: &LoadedGenerator<B>, latents: Vec<f32>, device: &B::Device) -> HostImages {
+fn generate_rows<B: Backend>(
+    loaded: &LoadedGenerator<B>,
+    latents: Vec<f32>,
+    device: &B::Device,
+) -> HostImages {
     let dim = loaded.model.latent_dim;
     let n = latents.len() / dim;
     let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [n, dim]), device);
-    HostImages::from_tensor(loaded.generator.forward(z, loaded.state.stage, loaded.state.alpha))
+    HostImages::from_tensor(
+        loaded
+            .generator
+            .forward(z, loaded.state.stage, loaded.state.alpha),
+    )
 }
 
 fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<RenderOutput> {
     if request.seeds.is_empty() {
-        return Err(TrainError::Config { path: None, message: "no seeds to render".into() });
+        return Err(TrainError::Config {
+            path: None,
+            message: "no seeds to render".into(),
+        });
     }
     if let Some(parent) = request.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(crate::error::io_err(parent, "create"))?;
@@ -137,19 +166,35 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             let ckpt = checkpoint::resolve_checkpoint(&request.source)?;
             let loaded = load_generator::<B>(&ckpt, request.raw_generator, device)?;
             let dim = loaded.model.latent_dim;
-            let seeds: Vec<u64> = request.seeds.iter().copied().cycle().take(rows * cols).collect();
-            let latents = seeds.iter().flat_map(|&s| latent_for_seed(s, dim, request.truncation)).collect();
+            let seeds: Vec<u64> = request
+                .seeds
+                .iter()
+                .copied()
+                .cycle()
+                .take(rows * cols)
+                .collect();
+            let latents = seeds
+                .iter()
+                .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
+                .collect();
             let images = generate_rows(&loaded, latents, device);
             let cells = upscale_cells(images.to_rgb_all(), request.cell_px);
             save_png(&grid(&cells, *rows, *cols, 2), &request.out)?;
-            Ok(RenderOutput { files: vec![request.out.clone()], resolution: images.shape[2] as u32, checkpoint: ckpt })
+            Ok(RenderOutput {
+                files: vec![request.out.clone()],
+                resolution: images.shape[2] as u32,
+                checkpoint: ckpt,
+            })
         }
         RenderKind::Interpolation { steps, gif } => {
             let ckpt = checkpoint::resolve_checkpoint(&request.source)?;
             let loaded = load_generator::<B>(&ckpt, request.raw_generator, device)?;
             let dim = loaded.model.latent_dim;
-            let keys: Vec<Vec<f32>> =
-                request.seeds.iter().map(|&s| latent_for_seed(s, dim, request.truncation)).collect();
+            let keys: Vec<Vec<f32>> = request
+                .seeds
+                .iter()
+                .map(|&s| latent_for_seed(s, dim, request.truncation))
+                .collect();
             let steps = (*steps).max(2);
             let mut latents = Vec::new();
             let mut frames = 0;
@@ -170,7 +215,11 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 save_gif(&cells, 80, &gif_path)?;
                 files.push(gif_path);
             }
-            Ok(RenderOutput { files, resolution: images.shape[2] as u32, checkpoint: ckpt })
+            Ok(RenderOutput {
+                files,
+                resolution: images.shape[2] as u32,
+                checkpoint: ckpt,
+            })
         }
         RenderKind::Timeline => {
             let run_dir = if request.source.join(checkpoint::CHECKPOINTS_DIR).is_dir() {
@@ -180,10 +229,13 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 checkpoint::run_dir_of(&ckpt).unwrap_or(request.source.clone())
             };
             let ckpts = checkpoint::list_checkpoints(&run_dir)?;
-            let newest = ckpts.last().cloned().ok_or_else(|| TrainError::Checkpoint {
-                path: run_dir.clone(),
-                message: "no checkpoints to draw a timeline from".into(),
-            })?;
+            let newest = ckpts
+                .last()
+                .cloned()
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: run_dir.clone(),
+                    message: "no checkpoints to draw a timeline from".into(),
+                })?;
             let cols = request.seeds.len();
             let mut rows = Vec::new();
             let mut final_res = 4;
@@ -191,17 +243,28 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 let loaded = load_generator::<B>(ckpt, request.raw_generator, device)?;
                 let dim = loaded.model.latent_dim;
                 final_res = loaded.model.resolution;
-                let latents =
-                    request.seeds.iter().flat_map(|&s| latent_for_seed(s, dim, request.truncation)).collect();
+                let latents = request
+                    .seeds
+                    .iter()
+                    .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
+                    .collect();
                 rows.push(generate_rows(&loaded, latents, device).to_rgb_all());
             }
             // Every row is upscaled to the same cell size so resolutions line up.
             let cell = request.cell_px.max(final_res);
-            let cells: Vec<_> = rows.into_iter().flat_map(|r| upscale_cells(r, cell)).map(|im| {
-                image::imageops::resize(&im, cell, cell, image::imageops::FilterType::Nearest)
-            }).collect();
+            let cells: Vec<_> = rows
+                .into_iter()
+                .flat_map(|r| upscale_cells(r, cell))
+                .map(|im| {
+                    image::imageops::resize(&im, cell, cell, image::imageops::FilterType::Nearest)
+                })
+                .collect();
             save_png(&grid(&cells, ckpts.len(), cols, 2), &request.out)?;
-            Ok(RenderOutput { files: vec![request.out.clone()], resolution: final_res, checkpoint: newest })
+            Ok(RenderOutput {
+                files: vec![request.out.clone()],
+                resolution: final_res,
+                checkpoint: newest,
+            })
         }
     }
 }
@@ -209,7 +272,9 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
 /// Writes the growth timeline of a run to `RUN_DIR/samples/timeline.png` (used by the trainer's
 /// caller and `pgan report`).
 pub fn timeline_path(run_dir: &Path) -> PathBuf {
-    run_dir.join(crate::run_dir::SAMPLES_DIR).join("timeline.png")
+    run_dir
+        .join(crate::run_dir::SAMPLES_DIR)
+        .join("timeline.png")
 }
 
 #[cfg(test)]

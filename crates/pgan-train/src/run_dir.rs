@@ -23,12 +23,25 @@ pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
     let next = std::fs::read_dir(out_dir)
         .map_err(io_err(out_dir, "list"))?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.split('-').next()?.parse::<u32>().ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .split('-')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
         .max()
         .map_or(0, |n| n + 1);
     let desc: String = desc
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let dir = out_dir.join(format!("{next:05}-{desc}"));
     std::fs::create_dir_all(dir.join(SAMPLES_DIR)).map_err(io_err(&dir, "create"))?;
@@ -47,9 +60,17 @@ impl RunLog {
     /// Opens `run_dir/log.txt` for appending.
     pub fn open(run_dir: &Path, echo: bool) -> Result<Self> {
         let path = run_dir.join(LOG_FILE);
-        let file =
-            OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path, "open"))?;
-        Ok(Self { path, file, bar: None, echo })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        Ok(Self {
+            path,
+            file,
+            bar: None,
+            echo,
+        })
     }
 
     /// Routes terminal output through `bar` so lines don't tear it.
@@ -73,14 +94,21 @@ impl RunLog {
     }
 
     fn line(&mut self, level: &str, message: &str) {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let stamp = format_utc(secs);
         // A failing log write must not kill a multi-day run; it is reported once on stderr.
         if let Err(e) = writeln!(self.file, "{stamp} {level} {message}") {
             eprintln!("warning: cannot write {}: {e}", self.path.display());
         }
         if self.echo {
-            let text = if level == "WARN" { format!("warning: {message}") } else { message.to_string() };
+            let text = if level == "WARN" {
+                format!("warning: {message}")
+            } else {
+                message.to_string()
+            };
             match &self.bar {
                 Some(bar) if !bar.is_hidden() => bar.println(text),
                 _ => eprintln!("{text}"),
@@ -103,7 +131,12 @@ fn format_utc(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -81,7 +81,11 @@ impl StageSchedule {
     pub fn new(config: ScheduleConfig, max_resolution: u32) -> Self {
         let start_stage = stage_of(config.start_resolution);
         let max_stage = stage_of(max_resolution);
-        Self { config, start_stage, max_stage }
+        Self {
+            config,
+            start_stage,
+            max_stage,
+        }
     }
 
     /// The highest stage this schedule grows to.
@@ -108,16 +112,30 @@ impl StageSchedule {
         let growth_steps = self.max_stage - self.start_stage;
 
         // Which stabilize+fade period are we in, and how far into it.
-        let period_index = if period > 0.0 { (kimg / period).floor() as usize } else { growth_steps };
+        let period_index = if period > 0.0 {
+            (kimg / period).floor() as usize
+        } else {
+            growth_steps
+        };
         let into = kimg - period_index as f64 * period;
 
         let (stage, alpha, kind, index) = if period_index >= growth_steps {
             (self.max_stage, 1.0, PhaseKind::Stable, 2 * growth_steps)
         } else if into < train || fade <= 0.0 {
-            (self.start_stage + period_index, 1.0, PhaseKind::Stable, 2 * period_index)
+            (
+                self.start_stage + period_index,
+                1.0,
+                PhaseKind::Stable,
+                2 * period_index,
+            )
         } else {
             let alpha = ((into - train) / fade).clamp(0.0, 1.0) as f32;
-            (self.start_stage + period_index + 1, alpha, PhaseKind::Fade, 2 * period_index + 1)
+            (
+                self.start_stage + period_index + 1,
+                alpha,
+                PhaseKind::Fade,
+                2 * period_index + 1,
+            )
         };
         let resolution = resolution_of(stage);
         Phase {
@@ -143,7 +161,11 @@ impl StageSchedule {
                 rows.push(self.row(PhaseKind::Fade, stage, start, start + fade));
                 start += fade;
             }
-            let end = if stage == self.max_stage { total.max(start) } else { start + train };
+            let end = if stage == self.max_stage {
+                total.max(start)
+            } else {
+                start + train
+            };
             rows.push(self.row(PhaseKind::Stable, stage, start, end));
             start = end;
         }
@@ -196,11 +218,17 @@ mod tests {
     fn stabilizes_then_fades_like_the_official_schedule() {
         let s = schedule(10.0, 10.0, 32);
         let p = s.at(0);
-        assert_eq!((p.stage, p.resolution, p.kind, p.alpha), (0, 4, PhaseKind::Stable, 1.0));
+        assert_eq!(
+            (p.stage, p.resolution, p.kind, p.alpha),
+            (0, 4, PhaseKind::Stable, 1.0)
+        );
         let p = s.at(9_999);
         assert_eq!((p.stage, p.kind), (0, PhaseKind::Stable));
         let p = s.at(10_000);
-        assert_eq!((p.stage, p.resolution, p.kind, p.alpha), (1, 8, PhaseKind::Fade, 0.0));
+        assert_eq!(
+            (p.stage, p.resolution, p.kind, p.alpha),
+            (1, 8, PhaseKind::Fade, 0.0)
+        );
         let p = s.at(15_000);
         assert_eq!((p.stage, p.kind), (1, PhaseKind::Fade));
         assert!((p.alpha - 0.5).abs() < 1e-6);

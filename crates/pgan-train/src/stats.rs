@@ -33,12 +33,18 @@ impl TickStats {
 
     /// The mean of `key` over the tick, if it was reported.
     pub fn mean(&self, key: &str) -> Option<f64> {
-        self.sums.get(key).filter(|(_, n)| *n > 0).map(|(s, n)| s / *n as f64)
+        self.sums
+            .get(key)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| s / *n as f64)
     }
 
     /// Every mean, by key.
     pub fn means(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
-        self.sums.iter().filter(|(_, (_, n))| *n > 0).map(|(k, (s, n))| (*k, s / *n as f64))
+        self.sums
+            .iter()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(k, (s, n))| (*k, s / *n as f64))
     }
 }
 
@@ -64,7 +70,9 @@ impl MetricsWriter {
     pub fn write(&mut self, row: &Map<String, Value>) -> Result<()> {
         let mut line = serde_json::to_string(row).expect("a JSON map serialises");
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(io_err(&self.path, "append to"))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(io_err(&self.path, "append to"))?;
         self.file.flush().map_err(io_err(&self.path, "flush"))
     }
 }
@@ -73,7 +81,9 @@ impl MetricsWriter {
 /// checkpoint has no duplicated ticks).
 pub fn truncate_after(run_dir: &Path, images_shown: u64) -> Result<()> {
     let path = run_dir.join(METRICS_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
     let limit = images_shown as f64 / 1000.0 + 1e-9;
     let kept: String = text
         .lines()

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::tensor::ElementConversion;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ElementConversion;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pgan_data::{BatchSampler, PyramidReader};
@@ -97,7 +97,10 @@ struct Nets<B: AutodiffBackend> {
 }
 
 /// Runs (or resumes) training on backend `B`.
-pub fn train_on<B: AutodiffBackend>(options: TrainOptions, device: B::Device) -> Result<RunSummary> {
+pub fn train_on<B: AutodiffBackend>(
+    options: TrainOptions,
+    device: B::Device,
+) -> Result<RunSummary> {
     Trainer::<B>::start(options, device)?.run()
 }
 
@@ -142,7 +145,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         if reader.is_empty() {
-            return Err(TrainError::Dataset { path: data_path, message: "holds no images".into() });
+            return Err(TrainError::Dataset {
+                path: data_path,
+                message: "holds no images".into(),
+            });
         }
         let model = crate::plan::resolve_model(&config.model, reader.channels());
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
@@ -158,10 +164,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             Some(path) => {
                 let ckpt = checkpoint::resolve_checkpoint(path)?;
-                let run_dir = checkpoint::run_dir_of(&ckpt).ok_or_else(|| TrainError::Checkpoint {
-                    path: ckpt.clone(),
-                    message: "is not inside a run directory's checkpoints/ folder".into(),
-                })?;
+                let run_dir =
+                    checkpoint::run_dir_of(&ckpt).ok_or_else(|| TrainError::Checkpoint {
+                        path: ckpt.clone(),
+                        message: "is not inside a run directory's checkpoints/ folder".into(),
+                    })?;
                 (run_dir, Some(ckpt))
             }
         };
@@ -192,8 +199,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Fixed latents for the sample grids, independent of the training RNG.
         let mut sample_rng = ChaCha8Rng::seed_from_u64(config.run.seed ^ 0x9e37_79b9_7f4a_7c15);
         let sample_count = config.run.sample_rows * config.run.sample_cols;
-        let sample_latents: Vec<f32> =
-            (0..sample_count * model.latent_dim).map(|_| sample_rng.sample(StandardNormal)).collect();
+        let sample_latents: Vec<f32> = (0..sample_count * model.latent_dim)
+            .map(|_| sample_rng.sample(StandardNormal))
+            .collect();
 
         let metrics = crate::stats::MetricsWriter::open(&run_dir)?;
         let alarms = Alarms::new(config.alarms.clone());
@@ -250,7 +258,10 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     fn run(mut self) -> Result<RunSummary> {
         let total_images = (self.config.schedule.total_kimg * 1000.0).round() as u64;
-        let stop_after = self.options.stop_after_kimg.map(|k| (k * 1000.0).round() as u64);
+        let stop_after = self
+            .options
+            .stop_after_kimg
+            .map(|k| (k * 1000.0).round() as u64);
         let bar = self.progress_bar(total_images);
         self.log.attach(bar.clone());
         let mut session_start = Instant::now();
@@ -322,11 +333,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.log.info(format!(
             "{how} at {:.3} kimg; checkpoint {}",
             self.state.images_shown as f64 / 1000.0,
-            self.last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            self.last_checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         ));
         Ok(RunSummary {
             run_dir: self.run_dir.clone(),
-            checkpoint: self.last_checkpoint.clone().expect("a checkpoint was written"),
+            checkpoint: self
+                .last_checkpoint
+                .clone()
+                .expect("a checkpoint was written"),
             images_shown: self.state.images_shown,
             interrupted,
             latest_sample: self.latest_sample.clone(),
@@ -352,18 +369,31 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
-        let batch = self.state.sampler.next_batch(&self.reader, phase.resolution, n, fade)?;
-        let reals = Tensor::<B, 4>::from_data(TensorData::new(batch.data, batch.shape), &self.device);
+        let batch = self
+            .state
+            .sampler
+            .next_batch(&self.reader, phase.resolution, n, fade)?;
+        let reals =
+            Tensor::<B, 4>::from_data(TensorData::new(batch.data, batch.shape), &self.device);
 
         // D step: fakes from the current G without building G's graph.
         let latents = self.latents(n);
         let fakes = self.nets.g.valid().forward(latents, stage, alpha);
         let fakes = Tensor::<B, 4>::from_inner(fakes);
         let mix = self.uniform(n);
-        let (mut loss_d, d_stats) =
-            discriminator_loss(&self.config.loss, &self.nets.d, reals, fakes, mix, stage, alpha);
+        let (mut loss_d, d_stats) = discriminator_loss(
+            &self.config.loss,
+            &self.nets.d,
+            reals,
+            fakes,
+            mix,
+            stage,
+            alpha,
+        );
         if self.options.inject_nan_at_steps.contains(&self.state.step) {
-            self.options.inject_nan_at_steps.retain(|&s| s != self.state.step);
+            self.options
+                .inject_nan_at_steps
+                .retain(|&s| s != self.state.step);
             loss_d = loss_d.mul_scalar(f32::NAN);
         }
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.nets.d);
@@ -383,7 +413,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.nets.g = self.nets.optim_g.step(lr, g, grads);
 
         let d_loss = d_stats.loss;
-        let healthy = [d_loss, loss_g_value, d_grad_norm, g_grad_norm].iter().all(|v| v.is_finite());
+        let healthy = [d_loss, loss_g_value, d_grad_norm, g_grad_norm]
+            .iter()
+            .all(|v| v.is_finite());
         self.state.step += 1;
         if !healthy {
             self.log.warn(format!(
@@ -434,7 +466,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let img_per_s = tick_images as f64 / seconds.max(1e-9);
         put("Speed/img_per_s", finite_or_null(img_per_s));
-        put("Speed/sec_per_kimg", finite_or_null(1000.0 / img_per_s.max(1e-9)));
+        put(
+            "Speed/sec_per_kimg",
+            finite_or_null(1000.0 / img_per_s.max(1e-9)),
+        );
         if let Some(mib) = peak_rss_mib() {
             put("Mem/peak_rss_mb", mib.into());
         }
@@ -446,19 +481,31 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Optional evaluation (SWD and MS-SSIM diversity) on a small sample.
         let eval_every = self.config.eval.every_kimg;
         let tick_start_kimg = kimg - tick_images as f64 / 1000.0;
-        if eval_every > 0.0 && (kimg / eval_every).floor() > (tick_start_kimg / eval_every).floor() {
+        if eval_every > 0.0 && (kimg / eval_every).floor() > (tick_start_kimg / eval_every).floor()
+        {
             let settings = EvalSettings {
                 num_images: self.config.eval.num_images,
                 msssim_pairs: self.config.eval.msssim_pairs,
                 seed: self.config.run.seed.wrapping_add(self.state.tick),
                 batch: phase.batch.max(8),
             };
-            match evaluate_generator(&self.nets.g_ema, &self.model, &self.reader, phase, &settings, &self.device) {
+            match evaluate_generator(
+                &self.nets.g_ema,
+                &self.model,
+                &self.reader,
+                phase,
+                &settings,
+                &self.device,
+            ) {
                 Ok(report) => {
                     for (key, value) in report.rows() {
                         row.insert(key.to_string(), finite_or_null(value));
                     }
-                    warnings.extend(self.alarms.check_eval(&report, phase.resolution, &mut self.state.best_swd));
+                    warnings.extend(self.alarms.check_eval(
+                        &report,
+                        phase.resolution,
+                        &mut self.state.best_swd,
+                    ));
                 }
                 Err(e) => self.log.warn(format!("evaluation skipped: {e}")),
             }
@@ -509,7 +556,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Latents ~ N(0, I) from the checkpointed host RNG, on the inner backend.
     fn latents(&mut self, n: usize) -> Tensor<B::InnerBackend, 2> {
         let dim = self.model.latent_dim;
-        let values: Vec<f32> = (0..n * dim).map(|_| self.state.rng.sample(StandardNormal)).collect();
+        let values: Vec<f32> = (0..n * dim)
+            .map(|_| self.state.rng.sample(StandardNormal))
+            .collect();
         Tensor::from_data(TensorData::new(values, [n, dim]), &self.device)
     }
 
@@ -545,10 +594,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             TensorData::new(self.sample_latents.clone(), [n, self.model.latent_dim]),
             &self.device,
         );
-        let images = HostImages::from_tensor(self.nets.g_ema.forward(latents, phase.stage, phase.alpha));
+        let images =
+            HostImages::from_tensor(self.nets.g_ema.forward(latents, phase.stage, phase.alpha));
         let cells = upscale_cells(images.to_rgb_all(), self.config.run.sample_cell_px);
-        let sheet = grid(&cells, self.config.run.sample_rows, self.config.run.sample_cols, 2);
-        let path = self.run_dir.join(SAMPLES_DIR).join(format!("tick-{:06}.png", self.state.tick));
+        let sheet = grid(
+            &cells,
+            self.config.run.sample_rows,
+            self.config.run.sample_cols,
+            2,
+        );
+        let path = self
+            .run_dir
+            .join(SAMPLES_DIR)
+            .join(format!("tick-{:06}.png", self.state.tick));
         save_png(&sheet, &path)?;
         self.latest_sample = Some(path);
         Ok(())
@@ -560,9 +618,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         let res = self.model.resolution;
         let mut sampler = BatchSampler::new(self.reader.len(), self.config.run.seed, false);
         let batch = sampler.next_batch(&self.reader, res, n, None)?;
-        let images = HostImages { data: batch.data, shape: batch.shape };
+        let images = HostImages {
+            data: batch.data,
+            shape: batch.shape,
+        };
         let cells = upscale_cells(images.to_rgb_all(), self.config.run.sample_cell_px);
-        let sheet = grid(&cells, self.config.run.sample_rows, self.config.run.sample_cols, 2);
+        let sheet = grid(
+            &cells,
+            self.config.run.sample_rows,
+            self.config.run.sample_cols,
+            2,
+        );
         save_png(&sheet, &self.run_dir.join("reals.png"))
     }
 
@@ -622,9 +688,23 @@ impl<B: AutodiffBackend> Trainer<B> {
         let g = checkpoint::load_module(fresh.g, ckpt, checkpoint::GENERATOR, d)?;
         let disc = checkpoint::load_module(fresh.d, ckpt, checkpoint::DISCRIMINATOR, d)?;
         let g_ema = checkpoint::load_module(fresh.g_ema, ckpt, checkpoint::GENERATOR_EMA, d)?;
-        let optim_g = fresh.optim_g.load_record(checkpoint::load_record::<B, _>(ckpt, checkpoint::OPTIM_G, d)?);
-        let optim_d = fresh.optim_d.load_record(checkpoint::load_record::<B, _>(ckpt, checkpoint::OPTIM_D, d)?);
-        self.nets = Nets { g, d: disc, g_ema, optim_g, optim_d };
+        let optim_g = fresh.optim_g.load_record(checkpoint::load_record::<B, _>(
+            ckpt,
+            checkpoint::OPTIM_G,
+            d,
+        )?);
+        let optim_d = fresh.optim_d.load_record(checkpoint::load_record::<B, _>(
+            ckpt,
+            checkpoint::OPTIM_D,
+            d,
+        )?);
+        self.nets = Nets {
+            g,
+            d: disc,
+            g_ema,
+            optim_g,
+            optim_d,
+        };
         self.state = state;
         Ok(())
     }
@@ -645,9 +725,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
             )));
         }
-        let ckpt = checkpoint::list_checkpoints(&self.run_dir)?.pop().ok_or_else(|| {
-            TrainError::Diverged("no checkpoint to roll back to".into())
-        })?;
+        let ckpt = checkpoint::list_checkpoints(&self.run_dir)?
+            .pop()
+            .ok_or_else(|| TrainError::Diverged("no checkpoint to roll back to".into()))?;
         self.load_checkpoint(&ckpt)?;
         self.state.consecutive_failures = failures;
         self.state.lr_multiplier = multiplier;
@@ -663,7 +743,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.config.recovery.cooldown_kimg
         ));
         let mut row = Map::new();
-        row.insert("kimg".into(), (self.state.images_shown as f64 / 1000.0).into());
+        row.insert(
+            "kimg".into(),
+            (self.state.images_shown as f64 / 1000.0).into(),
+        );
         row.insert("Event/rollback".into(), failures.into());
         self.metrics.write(&row)?;
         Ok(())

@@ -15,7 +15,11 @@ fn tiny_dataset(dir: &Path, resolution: u32) -> PathBuf {
     let images = dir.join("images");
     std::fs::create_dir_all(&images).unwrap();
     for k in 0..24u32 {
-        let colour = [(k * 37 % 256) as u8, (k * 91 % 256) as u8, (k * 53 % 256) as u8];
+        let colour = [
+            (k * 37 % 256) as u8,
+            (k * 91 % 256) as u8,
+            (k * 53 % 256) as u8,
+        ];
         let img = image::RgbImage::from_fn(16, 16, |x, y| {
             if (x / 4 + y / 4 + k) % 2 == 0 {
                 image::Rgb(colour)
@@ -82,7 +86,12 @@ fn weights(ckpt: &Path, raw: bool) -> Vec<f32> {
     let loaded = load_generator::<Flex>(ckpt, raw, &Default::default()).unwrap();
     // A deterministic probe of every weight: the generator's output on fixed latents.
     let z = Tensor::<Flex, 2>::ones([2, loaded.model.latent_dim], &Default::default());
-    loaded.generator.forward(z, loaded.state.stage, loaded.state.alpha).into_data().to_vec().unwrap()
+    loaded
+        .generator
+        .forward(z, loaded.state.stage, loaded.state.alpha)
+        .into_data()
+        .to_vec()
+        .unwrap()
 }
 
 /// Every parameter value of G, D and G_ema, in visiting order (parameter ids are random per run
@@ -92,7 +101,8 @@ fn parameter_values(ckpt: &Path) -> Vec<f32> {
     struct Collect(Vec<f32>);
     impl ModuleVisitor<Flex> for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
-            self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
+            self.0
+                .extend(param.val().into_data().to_vec::<f32>().unwrap());
         }
     }
     let device = Default::default();
@@ -100,11 +110,17 @@ fn parameter_values(ckpt: &Path) -> Vec<f32> {
     let model: pgan_model::ModelConfig = serde_json::from_value(state.model).unwrap();
     let mut c = Collect(Vec::new());
     for stem in [checkpoint::GENERATOR, checkpoint::GENERATOR_EMA] {
-        let g = checkpoint::load_module(model.init_generator::<Flex>(&device), ckpt, stem, &device).unwrap();
+        let g = checkpoint::load_module(model.init_generator::<Flex>(&device), ckpt, stem, &device)
+            .unwrap();
         g.visit(&mut c);
     }
-    let d = checkpoint::load_module(model.init_discriminator::<Flex>(&device), ckpt, checkpoint::DISCRIMINATOR, &device)
-        .unwrap();
+    let d = checkpoint::load_module(
+        model.init_discriminator::<Flex>(&device),
+        ckpt,
+        checkpoint::DISCRIMINATOR,
+        &device,
+    )
+    .unwrap();
     d.visit(&mut c);
     c.0
 }
@@ -129,18 +145,46 @@ fn grows_through_a_fade_and_writes_the_run_directory() {
     assert_eq!(rows.len(), 8, "one row per 16-image tick");
     let phases: Vec<(u64, String)> = rows
         .iter()
-        .map(|r| (r["resolution"].as_u64().unwrap(), r["phase"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["resolution"].as_u64().unwrap(),
+                r["phase"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert!(phases.contains(&(4, "stable".into())));
     assert!(phases.contains(&(8, "fade".into())));
     assert!(phases.contains(&(8, "stable".into())));
-    for key in ["Loss/D", "Loss/G", "Loss/D/penalty", "D/real", "D/fake", "Grad/G/norm", "Speed/img_per_s"] {
-        assert!(rows.iter().all(|r| r[key].as_f64().is_some_and(f64::is_finite)), "{key}");
+    for key in [
+        "Loss/D",
+        "Loss/G",
+        "Loss/D/penalty",
+        "D/real",
+        "D/fake",
+        "Grad/G/norm",
+        "Speed/img_per_s",
+    ] {
+        assert!(
+            rows.iter()
+                .all(|r| r[key].as_f64().is_some_and(f64::is_finite)),
+            "{key}"
+        );
     }
-    let alphas: Vec<f64> = rows.iter().filter(|r| r["phase"] == "fade").map(|r| r["alpha"].as_f64().unwrap()).collect();
-    assert!(alphas.windows(2).all(|w| w[0] < w[1]), "alpha rises during the fade: {alphas:?}");
+    let alphas: Vec<f64> = rows
+        .iter()
+        .filter(|r| r["phase"] == "fade")
+        .map(|r| r["alpha"].as_f64().unwrap())
+        .collect();
+    assert!(
+        alphas.windows(2).all(|w| w[0] < w[1]),
+        "alpha rises during the fade: {alphas:?}"
+    );
     let sample = summary.latest_sample.unwrap();
-    assert_eq!(image::open(&sample).unwrap().width(), 2 * 64 + 3 * 2, "2 cells of 8px upscaled to 64 + gaps");
+    assert_eq!(
+        image::open(&sample).unwrap().width(),
+        2 * 64 + 3 * 2,
+        "2 cells of 8px upscaled to 64 + gaps"
+    );
     assert!(!list_checkpoints(run).unwrap().is_empty());
 }
 
@@ -160,18 +204,34 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     assert!(stopped.interrupted);
     assert_eq!(stopped.images_shown, 44);
     let state = checkpoint::read_state(&stopped.checkpoint).unwrap();
-    assert!(state.alpha > 0.0 && state.alpha < 1.0, "stopped mid-fade, alpha {}", state.alpha);
+    assert!(
+        state.alpha > 0.0 && state.alpha < 1.0,
+        "stopped mid-fade, alpha {}",
+        state.alpha
+    );
     let mut second = TrainOptions::new(config);
     second.resume = Some(stopped.run_dir.clone());
     let resumed = train(second).unwrap();
     assert_eq!(resumed.run_dir, stopped.run_dir);
     assert_eq!(resumed.images_shown, straight.images_shown);
 
-    let (a, b) = (parameter_values(&resumed.checkpoint), parameter_values(&straight.checkpoint));
+    let (a, b) = (
+        parameter_values(&resumed.checkpoint),
+        parameter_values(&straight.checkpoint),
+    );
     assert_eq!(a.len(), b.len());
-    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "weights differ after resume");
-    assert_eq!(weights(&resumed.checkpoint, true), weights(&straight.checkpoint, true));
-    assert_eq!(weights(&resumed.checkpoint, false), weights(&straight.checkpoint, false));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "weights differ after resume"
+    );
+    assert_eq!(
+        weights(&resumed.checkpoint, true),
+        weights(&straight.checkpoint, true)
+    );
+    assert_eq!(
+        weights(&resumed.checkpoint, false),
+        weights(&straight.checkpoint, false)
+    );
 }
 
 #[test]
@@ -185,7 +245,9 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
     assert_eq!(summary.images_shown, 128);
     let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
     assert!(log.contains("rolled back"), "{log}");
-    assert!(weights(&summary.checkpoint, true).iter().all(|v| v.is_finite()));
+    assert!(weights(&summary.checkpoint, true)
+        .iter()
+        .all(|v| v.is_finite()));
 }
 
 #[test]
@@ -230,11 +292,47 @@ fn bad_inputs_are_clear_errors() {
     let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
     options.resume = Some(stopped.run_dir.clone());
     let err = train(options).unwrap_err().to_string();
-    assert!(err.contains("generator.mpk") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("generator.mpk") && err.contains("corrupt"),
+        "{err}"
+    );
 
     // A run directory without checkpoints.
     let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
     options.resume = Some(dir.path().to_path_buf());
     let err = train(options).unwrap_err().to_string();
     assert!(err.contains("no checkpoint"), "{err}");
+}
+
+/// A short run on wgpu (Mesa's lavapipe in CI): the whole loop, checkpoint and samples.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_short_run_trains_on_wgpu() {
+    // Kernel autotuning on a software rasteriser takes minutes per shape.
+    std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal");
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut config = tiny_config(&data, &dir.path().join("runs"));
+    config.run.backend = pgan_train::BackendKind::Wgpu;
+    config.schedule.lod_training_kimg = 0.008;
+    config.schedule.lod_transition_kimg = 0.008;
+    config.schedule.total_kimg = 0.024;
+    config.run.tick_kimg = 0.008;
+    match train(TrainOptions::new(config)) {
+        Ok(summary) => {
+            assert_eq!(summary.images_shown, 24);
+            assert!(summary.latest_sample.is_some());
+            assert!(weights(&summary.checkpoint, false)
+                .iter()
+                .all(|v| v.is_finite()));
+        }
+        Err(TrainError::Backend { message, .. })
+            if std::env::var_os("PGAN_REQUIRE_WGPU").is_none() =>
+        {
+            eprintln!(
+                "skipping: no wgpu device ({message}); set PGAN_REQUIRE_WGPU=1 to fail instead"
+            );
+        }
+        Err(e) => panic!("wgpu training failed: {e}"),
+    }
 }

@@ -60,7 +60,10 @@ fn verify(file: &Path) -> Result<ExitCode> {
     let report = reader.check_levels();
     println!("{report}");
     if !report.ok() {
-        anyhow::bail!("{} is corrupt: a level's checksum does not match", file.display());
+        anyhow::bail!(
+            "{} is corrupt: a level's checksum does not match",
+            file.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -71,8 +74,9 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut config = match (&args.resume, &args.config) {
         (Some(resume), _) => {
             let ckpt = pgan_train::checkpoint::resolve_checkpoint(resume).context("--resume")?;
-            let run_dir = pgan_train::checkpoint::run_dir_of(&ckpt)
-                .with_context(|| format!("--resume: {} is not inside a run directory", ckpt.display()))?;
+            let run_dir = pgan_train::checkpoint::run_dir_of(&ckpt).with_context(|| {
+                format!("--resume: {} is not inside a run directory", ckpt.display())
+            })?;
             TrainConfig::from_toml_file(&run_dir.join(pgan_train::run_dir::CONFIG_FILE))
                 .context("--resume")?
         }
@@ -92,7 +96,10 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         config.run.desc = Some(v.clone());
     }
     if let Some(v) = &args.backend {
-        config.run.backend = v.parse::<BackendKind>().map_err(anyhow::Error::msg).context("--backend")?;
+        config.run.backend = v
+            .parse::<BackendKind>()
+            .map_err(anyhow::Error::msg)
+            .context("--backend")?;
     }
     if let Some(v) = args.device {
         config.run.device = v;
@@ -193,15 +200,24 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         println!("sample sheet:  {}", sample.display());
     }
     if summary.interrupted {
-        println!("stopped early; continue with: pgan train --resume {}", summary.run_dir.display());
+        println!(
+            "stopped early; continue with: pgan train --resume {}",
+            summary.run_dir.display()
+        );
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn render(args: RenderArgs) -> Result<ExitCode> {
-    let seeds = parse_seeds(&args.seeds).map_err(anyhow::Error::msg).context("--seeds")?;
-    let backend = args.backend.parse::<BackendKind>().map_err(anyhow::Error::msg).context("--backend")?;
+    let seeds = parse_seeds(&args.seeds)
+        .map_err(anyhow::Error::msg)
+        .context("--seeds")?;
+    let backend = args
+        .backend
+        .parse::<BackendKind>()
+        .map_err(anyhow::Error::msg)
+        .context("--backend")?;
     if let Some(psi) = args.truncation {
         if !(psi > 0.0) {
             bail!("--truncation must be positive");
@@ -216,10 +232,16 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             if seeds.len() < 2 {
                 bail!("--interpolate needs at least two --seeds");
             }
-            RenderKind::Interpolation { steps, gif: !args.no_gif }
+            RenderKind::Interpolation {
+                steps,
+                gif: !args.no_gif,
+            }
         }
         (None, true) => RenderKind::Timeline,
-        (None, false) => RenderKind::Sheet { rows: args.rows, cols: args.cols },
+        (None, false) => RenderKind::Sheet {
+            rows: args.rows,
+            cols: args.cols,
+        },
     };
     let request = RenderRequest {
         source: args.source,
@@ -232,13 +254,23 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
     };
     let output = pgan_train::render(request, backend, args.device)?;
     for file in &output.files {
-        println!("wrote {} ({}x{} from {})", file.display(), output.resolution, output.resolution, output.checkpoint.display());
+        println!(
+            "wrote {} ({}x{} from {})",
+            file.display(),
+            output.resolution,
+            output.resolution,
+            output.checkpoint.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn eval(args: EvalArgs) -> Result<ExitCode> {
-    let backend = args.backend.parse::<BackendKind>().map_err(anyhow::Error::msg).context("--backend")?;
+    let backend = args
+        .backend
+        .parse::<BackendKind>()
+        .map_err(anyhow::Error::msg)
+        .context("--backend")?;
     if args.num < 2 {
         bail!("--num must be at least 2");
     }
@@ -265,14 +297,21 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     println!("{report}");
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("--json: cannot write {}", path.display()))?;
+        std::fs::write(path, json)
+            .with_context(|| format!("--json: cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn synth(args: SynthArgs) -> Result<ExitCode> {
-    let summary = pgan_metrics::synth(&args.out_dir, args.modes, args.resolution, args.count, args.seed)?;
+    let summary = pgan_metrics::synth(
+        &args.out_dir,
+        args.modes,
+        args.resolution,
+        args.count,
+        args.seed,
+    )?;
     println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }

@@ -6,8 +6,14 @@ pub fn parse_seeds(spec: &str) -> Result<Vec<u64>, String> {
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
-                let a: u64 = a.trim().parse().map_err(|_| format!("'{part}' is not a seed range like 0-47"))?;
-                let b: u64 = b.trim().parse().map_err(|_| format!("'{part}' is not a seed range like 0-47"))?;
+                let a: u64 = a
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("'{part}' is not a seed range like 0-47"))?;
+                let b: u64 = b
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("'{part}' is not a seed range like 0-47"))?;
                 if b < a {
                     return Err(format!("seed range '{part}' runs backwards"));
                 }
@@ -16,7 +22,10 @@ pub fn parse_seeds(spec: &str) -> Result<Vec<u64>, String> {
                 }
                 out.extend(a..=b);
             }
-            None => out.push(part.parse().map_err(|_| format!("'{part}' is not a seed"))?),
+            None => out.push(
+                part.parse()
+                    .map_err(|_| format!("'{part}' is not a seed"))?,
+            ),
         }
     }
     if out.is_empty() {
