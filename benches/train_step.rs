@@ -5,6 +5,8 @@
 //! cargo bench -p pgan-train --bench train_step                          # CPU-sized config
 //! PGAN_BENCH_BACKEND=cuda cargo bench -p pgan-train --features cuda --bench train_step -- --paper
 //! ```
+//! Environment: `PGAN_BENCH_BACKEND` (cpu|wgpu|cuda), `PGAN_BENCH_MAX_RES` (default 32),
+//! `PGAN_BENCH_STEPS` (timed steps per resolution, default 20), `PGAN_BENCH_BATCH`.
 //! Prints one JSON line per resolution.
 
 use std::path::Path;
@@ -34,11 +36,16 @@ fn main() {
     while res <= max_res {
         // The CPU-sized config of the issue: fmap_base 2048, fmap_max 128, latent 128, batch 16;
         // --paper: the paper's widths at batch 4 (GPU).
-        let (preset, batch) = if paper {
+        let (preset, default_batch) = if paper {
             ("paper", 4usize)
         } else {
             ("cpu-small", 16usize)
         };
+        // PGAN_BENCH_BATCH: e.g. the official 1-GPU minibatch instead of the issue's batch 4.
+        let batch: usize = std::env::var("PGAN_BENCH_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_batch);
         let tick_images = steps * batch as u64;
         let text = format!(
             r#"

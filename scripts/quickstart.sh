@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p pgan
-pgan=target/release/pgan
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then pgan="$CARGO_TARGET_DIR/release/pgan"; fi
+# The dev profile compiles dependencies with opt-level 2 (see Cargo.toml), so this shares one
+# build with the test suite instead of compiling burn a second time for release.
+cargo build -p pgan
+pgan="${CARGO_TARGET_DIR:-target}/debug/pgan"
 
 mkdir -p runs
 "$pgan" prepare data/emoji runs/emoji.pgan --resolution 32 --background ffffff --force

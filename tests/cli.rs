@@ -198,6 +198,40 @@ fn prepare_train_render_eval_report() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(parsed["msssim_fake"].as_f64().is_some());
 
+    // Export: a safetensors file whose header lists every parameter of the EMA generator.
+    let exported = dir.path().join("g_ema.safetensors");
+    let out = run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+    let bytes = std::fs::read(&exported).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let header = header.as_object().unwrap();
+    assert_eq!(header["__metadata__"]["pgan.network"], "g_ema");
+    let mut params = 0u64;
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        assert_eq!(info["dtype"], "F32", "{name}");
+        params += info["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .product::<u64>();
+    }
+    assert!(
+        out.contains(&format!(
+            "{} tensors, {params} parameters",
+            header.len() - 1
+        )),
+        "{out}"
+    );
+    let err = run_err(
+        pgan()
+            .arg("export")
+            .arg(dir.path())
+            .arg("--out")
+            .arg(dir.path().join("x.safetensors")),
+    );
+    assert!(err.contains("no checkpoint"), "{err}");
+
     let out = run_ok(pgan().arg("report").arg(&run));
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(

@@ -196,4 +196,39 @@ mod tests {
             .unwrap();
         assert_eq!(to_vec(loaded.forward(z, 1, 0.7)), expected);
     }
+
+    #[test]
+    fn safetensors_round_trip() {
+        use burn_store::{ModuleSnapshot, SafetensorsStore};
+        let device = Default::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.safetensors");
+        let g = tiny_generator(8, 5);
+        let z = randn::<TestBackend, 2>([2, 8], 6, &device);
+        let expected = to_vec(g.forward(z.clone(), 1, 0.7));
+
+        g.save_into(&mut SafetensorsStore::from_file(&path))
+            .unwrap();
+        let mut loaded = tiny_generator(8, 97);
+        assert_ne!(to_vec(loaded.forward(z.clone(), 1, 0.7)), expected);
+        let result = loaded
+            .load_from(&mut SafetensorsStore::from_file(&path))
+            .unwrap();
+        assert!(result.missing.is_empty() && result.errors.is_empty());
+        assert_eq!(result.applied.len(), count_tensors(&g));
+        assert_eq!(to_vec(loaded.forward(z, 1, 0.7)), expected);
+
+        // A file made for another architecture is refused, not half-applied.
+        let mut wider = tiny_config(8)
+            .with_fmap_max(16)
+            .init_generator::<TestBackend>(&device);
+        assert!(wider
+            .load_from(&mut SafetensorsStore::from_file(&path))
+            .is_err());
+    }
+
+    fn count_tensors(g: &Generator<TestBackend>) -> usize {
+        use burn_store::ModuleSnapshot;
+        g.collect(None, None, false).len()
+    }
 }

@@ -21,6 +21,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Render(args) => render(args),
         Command::Eval(args) => eval(args),
         Command::Synth(args) => synth(args),
+        Command::Export { source, out, net } => export(&source, net, &out),
         Command::Report { run_dir, out } => report(&run_dir, out),
     }
 }
@@ -313,6 +314,19 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
         args.seed,
     )?;
     println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitCode> {
+    let summary = pgan_train::export_safetensors(source, net, out)?;
+    println!(
+        "wrote {} ({} tensors, {} parameters, {} KiB) from {}",
+        summary.path.display(),
+        summary.tensors,
+        summary.parameters,
+        summary.bytes / 1024,
+        summary.checkpoint.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -40,6 +40,17 @@ enum Command {
     Eval(EvalArgs),
     /// Make a synthetic dataset with K known modes (the mode-collapse benchmark).
     Synth(SynthArgs),
+    /// Write one network of a checkpoint as a .safetensors file (for PyTorch, JAX, ...).
+    Export {
+        /// A checkpoint folder or a run directory (its latest checkpoint).
+        source: PathBuf,
+        /// Output .safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// g-ema (the generator to sample from), g or d.
+        #[arg(long, default_value = "g-ema")]
+        net: pgan_train::ExportNet,
+    },
     /// Write a self-contained HTML report of a run.
     Report {
         /// The run directory.
