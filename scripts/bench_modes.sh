@@ -9,7 +9,9 @@
 # Environment: PGAN (binary; default: build the dev profile), PGAN_BACKEND (cpu|wgpu|cuda),
 # PGAN_MODES (K, default 64), PGAN_KIMG (total kimg; default cpu-quick's), PGAN_PHASE_KIMG
 # (kimg per stabilize/fade phase; default cpu-quick's), PGAN_MBSTD ("4 0": group sizes to try),
-# PGAN_EVAL_NUM (generated images classified, default 2048), PGAN_WORK (scratch folder).
+# PGAN_EVAL_NUM (generated images classified, default 2048), PGAN_RES (dataset and final
+# resolution, default 32), PGAN_WORK (scratch folder). The variants train side by side (each
+# mostly uses one core on the CPU backend).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,28 +21,39 @@ if [ -z "${PGAN:-}" ]; then
 fi
 backend="${PGAN_BACKEND:-cpu}"
 modes="${PGAN_MODES:-64}"
+res="${PGAN_RES:-32}"
 work="${PGAN_WORK:-$(mktemp -d)}"
 mkdir -p "$work"
 
-extra=()
+extra=(--resolution "$res")
 if [ -n "${PGAN_KIMG:-}" ]; then extra+=(--total-kimg "$PGAN_KIMG"); fi
 if [ -n "${PGAN_PHASE_KIMG:-}" ]; then extra+=(--phase-kimg "$PGAN_PHASE_KIMG"); fi
 
-if [ ! -f "$work/synth/modes.json" ]; then
-    "$PGAN" synth "$work/synth" --modes "$modes" --resolution 32 --count $((modes * 100)) --seed 0 >&2
+synth="$work/synth-$modes-$res"
+if [ ! -f "$synth/modes.json" ]; then
+    "$PGAN" synth "$synth" --modes "$modes" --resolution "$res" --count $((modes * 100)) --seed 0 >&2
 fi
-"$PGAN" prepare "$work/synth" "$work/synth.pgan" --resolution 32 --force >&2
+"$PGAN" prepare "$synth" "$synth.pgan" --resolution "$res" --force >&2
 
-for group in ${PGAN_MBSTD:-4 0}; do
+groups=(${PGAN_MBSTD:-4 0})
+for group in "${groups[@]}"; do
     out="$work/runs-mbstd$group"
     rm -rf "$out"
-    start=$(date +%s)
-    "$PGAN" train --config configs/cpu-quick.toml --data "$work/synth.pgan" --out-dir "$out" \
-        --backend "$backend" --mbstd-group "$group" --eval-every-kimg 0 --no-progress \
-        "${extra[@]}" >"$work/train-mbstd$group.log" 2>&1
-    secs=$(($(date +%s) - start))
+    (
+        start=$(date +%s)
+        "$PGAN" train --config configs/cpu-quick.toml --data "$synth.pgan" --out-dir "$out" \
+            --backend "$backend" --mbstd-group "$group" --eval-every-kimg 0 --no-progress \
+            "${extra[@]}" >"$work/train-mbstd$group.log" 2>&1
+        echo $(($(date +%s) - start)) >"$work/train-mbstd$group.seconds"
+    ) &
+done
+wait
+
+for group in "${groups[@]}"; do
+    out="$work/runs-mbstd$group"
+    secs=$(cat "$work/train-mbstd$group.seconds")
     run=$(ls -d "$out"/*/ | sort | tail -n 1)
-    "$PGAN" eval "$run" --modes "$work/synth/modes.json" --num "${PGAN_EVAL_NUM:-2048}" \
+    "$PGAN" eval "$run" --modes "$synth/modes.json" --num "${PGAN_EVAL_NUM:-2048}" \
         --pairs 256 --backend "$backend" --json "$work/eval-mbstd$group.json" >&2
     "$PGAN" render "$run" --out "$work/sheet-mbstd$group.png" --seeds 0-63 --rows 8 --cols 8 \
         --backend "$backend" >&2

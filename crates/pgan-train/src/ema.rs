@@ -53,8 +53,12 @@ impl<B: Backend> ModuleMapper<B> for Lerp<B> {
         let updated = match self.source.remove(&id) {
             Some(flat) => {
                 let current: Tensor<B, D> = flat.reshape(ema.shape());
-                // ema + (1 - beta) * (current - ema), i.e. lerp towards the live weights.
-                ema.clone().add((current - ema).mul_scalar(1.0 - self.beta))
+                // beta * ema + (1 - beta) * current: written as two products rather than
+                // ema + (1 - beta) * (current - ema) so beta = 0 copies the live weights exactly
+                // (the difference form rounds, and the test of that flaked).
+                current
+                    .mul_scalar(1.0 - self.beta)
+                    .add(ema.mul_scalar(self.beta))
             }
             // A parameter the live model does not have cannot be averaged: keep it.
             None => ema,
