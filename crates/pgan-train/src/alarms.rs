@@ -45,21 +45,31 @@ impl Alarms {
         out
     }
 
-    /// Warnings raised by an evaluation; updates the best SWD seen per resolution.
+    /// Warnings raised by an evaluation; updates the best SWD and MS-SSIM seen per resolution.
+    ///
+    /// The MS-SSIM alarm needs diversity to have *dropped*: generated pairs more alike than real
+    /// ones by `msssim_margin`, and more alike than at this resolution's most diverse evaluation
+    /// by the same margin. A generator early in a stage is always less diverse than the data;
+    /// warning about that on every fresh run would teach users to ignore the alarm.
     pub fn check_eval(
         &self,
         report: &EvalReport,
         resolution: u32,
         best_swd: &mut BTreeMap<u32, f64>,
+        best_msssim: &mut BTreeMap<u32, f64>,
     ) -> Vec<String> {
         let mut out = Vec::new();
         if let (Some(fake), Some(real)) = (report.msssim_fake, report.msssim_real) {
-            if fake > real + self.config.msssim_margin {
+            let best = best_msssim.entry(resolution).or_insert(fake);
+            let margin = self.config.msssim_margin;
+            if fake > real + margin && fake > *best + margin {
                 out.push(format!(
-                    "mode collapse suspected: generated pairs have MS-SSIM {fake:.3}, real pairs \
-                     {real:.3} (diversity has dropped)"
+                    "mode collapse suspected: generated pairs' MS-SSIM rose from {best:.3} to \
+                     {fake:.3} at {resolution}x{resolution}, real pairs {real:.3} (diversity has \
+                     dropped)"
                 ));
             }
+            *best = best.min(fake);
         }
         if let Some(swd) = report.swd_mean {
             let best = best_swd.entry(resolution).or_insert(swd);
@@ -98,21 +108,62 @@ mod tests {
     #[test]
     fn collapse_is_reported_from_msssim_and_swd_jumps() {
         let alarms = Alarms::new(AlarmConfig::default());
-        let mut best = BTreeMap::new();
+        let (mut best, mut best_msssim) = (BTreeMap::new(), BTreeMap::new());
         let fine = EvalReport {
             swd_mean: Some(10.0),
             msssim_fake: Some(0.2),
             msssim_real: Some(0.2),
             ..Default::default()
         };
-        assert!(alarms.check_eval(&fine, 16, &mut best).is_empty());
+        assert!(alarms
+            .check_eval(&fine, 16, &mut best, &mut best_msssim)
+            .is_empty());
         let collapsed = EvalReport {
             swd_mean: Some(25.0),
             msssim_fake: Some(0.9),
             msssim_real: Some(0.2),
             ..Default::default()
         };
-        assert_eq!(alarms.check_eval(&collapsed, 16, &mut best).len(), 2);
+        assert_eq!(
+            alarms
+                .check_eval(&collapsed, 16, &mut best, &mut best_msssim)
+                .len(),
+            2
+        );
         assert_eq!(best[&16], 10.0);
+        assert_eq!(best_msssim[&16], 0.2);
+    }
+
+    #[test]
+    fn a_generator_that_is_not_yet_diverse_is_not_a_collapse() {
+        let alarms = Alarms::new(AlarmConfig::default());
+        let (mut best, mut best_msssim) = (BTreeMap::new(), BTreeMap::new());
+        let early = |fake| EvalReport {
+            msssim_fake: Some(fake),
+            msssim_real: Some(0.14),
+            ..Default::default()
+        };
+        // First evaluation at 16x16: far less diverse than the reals, but nothing has dropped.
+        assert!(alarms
+            .check_eval(&early(0.45), 16, &mut best, &mut best_msssim)
+            .is_empty());
+        // Improving, then slipping back a little: still no alarm.
+        assert!(alarms
+            .check_eval(&early(0.35), 16, &mut best, &mut best_msssim)
+            .is_empty());
+        assert!(alarms
+            .check_eval(&early(0.45), 16, &mut best, &mut best_msssim)
+            .is_empty());
+        // A new resolution starts its own memory; a real drop there is reported.
+        assert!(alarms
+            .check_eval(&early(0.30), 32, &mut best, &mut best_msssim)
+            .is_empty());
+        let warnings = alarms.check_eval(&early(0.60), 32, &mut best, &mut best_msssim);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("rose from 0.300 to 0.600"),
+            "{}",
+            warnings[0]
+        );
     }
 }

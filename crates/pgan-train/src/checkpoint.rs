@@ -71,6 +71,10 @@ pub struct TrainState {
     pub elapsed_s: f64,
     /// Best SWD seen per resolution (collapse alarm memory).
     pub best_swd: BTreeMap<u32, f64>,
+    /// Lowest (most diverse) generated-pair MS-SSIM seen per resolution (collapse alarm memory;
+    /// absent in checkpoints written before it existed).
+    #[serde(default)]
+    pub best_msssim: BTreeMap<u32, f64>,
     /// Model configuration the records were made with (JSON of `ModelConfig`).
     pub model: serde_json::Value,
     /// CRC32 of every record file, by file name.

@@ -355,7 +355,8 @@ pub struct AlarmConfig {
     pub max_d_gap: f64,
     /// Warn when the generator's gradient norm averaged over a tick falls below this.
     pub min_g_grad_norm: f64,
-    /// Collapse alarm: generated-pair MS-SSIM exceeds the reals' by more than this.
+    /// Collapse alarm: generated-pair MS-SSIM exceeds both the reals' and its own lowest value
+    /// at the same resolution by more than this.
     pub msssim_margin: f64,
     /// Collapse alarm: SWD rises to more than this factor of the best value seen at the same
     /// resolution.

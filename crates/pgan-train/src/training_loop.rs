@@ -193,6 +193,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             consecutive_failures: 0,
             elapsed_s: 0.0,
             best_swd: Default::default(),
+            best_msssim: Default::default(),
             model: serde_json::to_value(&model).expect("model config serialises"),
             files: Default::default(),
         };
@@ -505,6 +506,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         &report,
                         phase.resolution,
                         &mut self.state.best_swd,
+                        &mut self.state.best_msssim,
                     ));
                 }
                 Err(e) => self.log.warn(format!("evaluation skipped: {e}")),
