@@ -1,18 +1,13 @@
-//! Separable Lanczos-3 resampling of interleaved 8-bit images.
+//! Lanczos-3 resampling of interleaved 8-bit images, with an optional source crop.
 //!
-//! `image::imageops::resize` converts every pixel to `Rgba<f32>` and is the
-//! bottleneck of ingestion, so this module implements the same filter with
-//! precomputed per-column/per-row weight tables over raw `u8` buffers.
-//!
-//! The kernel is `sinc(x) * sinc(x / 3)` for `|x| < 3` (Lanczos with a = 3,
-//! see Duchon, "Lanczos filtering in one and two dimensions", 1979). When
-//! shrinking, the kernel is stretched by the scale factor so it acts as an
-//! anti-aliasing low-pass filter; this is the same convention as Pillow's
-//! `Image.resize(..., LANCZOS)` (libImaging/Resample.c), so results are close
-//! to Pillow's but not bit-identical (Pillow uses fixed-point accumulation).
+//! The work is done by `fast_image_resize` (SIMD, fixed-point convolution). Its Lanczos-3 filter
+//! is stretched by the scale factor when shrinking, so it acts as an anti-aliasing low-pass
+//! filter: the same convention as Pillow's `Image.resize(..., LANCZOS)` (libImaging/Resample.c).
+//! `image::imageops::resize` would convert every pixel to `Rgba<f32>` first and is several times
+//! slower.
 
-/// Half-width of the Lanczos-3 kernel in source pixels at scale 1.
-const SUPPORT: f64 = 3.0;
+use fast_image_resize::images::{CroppedImage, Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 /// A rectangle of the source image, in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,83 +18,8 @@ pub(crate) struct Rect {
     pub h: usize,
 }
 
-fn sinc(x: f64) -> f64 {
-    if x == 0.0 {
-        1.0
-    } else {
-        let px = std::f64::consts::PI * x;
-        px.sin() / px
-    }
-}
-
-fn lanczos3(x: f64) -> f64 {
-    if x.abs() < SUPPORT {
-        sinc(x) * sinc(x / SUPPORT)
-    } else {
-        0.0
-    }
-}
-
-/// Normalised filter taps for every output coordinate along one axis.
-struct Taps {
-    /// First source index (absolute) read by output `i`.
-    start: Vec<usize>,
-    /// Number of taps actually used by output `i`.
-    count: Vec<usize>,
-    /// `stride` weights per output; entries past `count[i]` are zero.
-    weights: Vec<f32>,
-    stride: usize,
-}
-
-impl Taps {
-    /// Taps mapping the source span `[origin, origin + src_len)` onto `dst_len` outputs.
-    fn new(origin: usize, src_len: usize, dst_len: usize) -> Taps {
-        let scale = src_len as f64 / dst_len as f64;
-        let filter_scale = scale.max(1.0);
-        let support = SUPPORT * filter_scale;
-        let stride = (support * 2.0).ceil() as usize + 1;
-        let mut t = Taps {
-            start: Vec::with_capacity(dst_len),
-            count: Vec::with_capacity(dst_len),
-            weights: vec![0.0; dst_len * stride],
-            stride,
-        };
-        for i in 0..dst_len {
-            // Pixel centres are at integer + 0.5 in both coordinate systems.
-            let center = (i as f64 + 0.5) * scale;
-            let lo = ((center - support).floor().max(0.0) as usize).min(src_len - 1);
-            let hi = ((center + support).ceil() as usize)
-                .min(src_len)
-                .max(lo + 1);
-            let n = (hi - lo).min(stride);
-            let row = &mut t.weights[i * stride..i * stride + n];
-            let mut sum = 0.0;
-            for (k, w) in row.iter_mut().enumerate() {
-                let v = lanczos3(((lo + k) as f64 + 0.5 - center) / filter_scale);
-                *w = v as f32;
-                sum += v;
-            }
-            // Clamping at the borders drops taps; renormalise so flat areas stay flat.
-            if sum != 0.0 {
-                row.iter_mut().for_each(|w| *w = (*w as f64 / sum) as f32);
-            }
-            t.start.push(origin + lo);
-            t.count.push(n);
-        }
-        t
-    }
-
-    fn get(&self, i: usize) -> (usize, &[f32]) {
-        let n = self.count[i];
-        (
-            self.start[i],
-            &self.weights[i * self.stride..i * self.stride + n],
-        )
-    }
-}
-
-/// Resample `rect` of `src` (`src_w` pixels wide, `C` interleaved channels)
-/// to `dst_w x dst_h`, rounding to nearest and clamping to 0..=255.
+/// Resample `rect` of `src` (`src_w` pixels wide, `channels` interleaved 8-bit channels: 1, 3
+/// or 4, the fourth treated as an ordinary channel) to `dst_w x dst_h`.
 pub(crate) fn resample(
     src: &[u8],
     src_w: usize,
@@ -108,66 +28,37 @@ pub(crate) fn resample(
     dst_w: usize,
     dst_h: usize,
 ) -> Vec<u8> {
-    match channels {
-        1 => resample_c::<1>(src, src_w, rect, dst_w, dst_h),
-        3 => resample_c::<3>(src, src_w, rect, dst_w, dst_h),
-        4 => resample_c::<4>(src, src_w, rect, dst_w, dst_h),
+    let pixel_type = match channels {
+        1 => PixelType::U8,
+        3 => PixelType::U8x3,
+        4 => PixelType::U8x4,
         c => unreachable!("resample called with {c} channels"),
-    }
-}
-
-fn resample_c<const C: usize>(
-    src: &[u8],
-    src_w: usize,
-    rect: Rect,
-    dst_w: usize,
-    dst_h: usize,
-) -> Vec<u8> {
+    };
     assert!(rect.w > 0 && rect.h > 0 && rect.x + rect.w <= src_w);
-    assert!(src.len() >= (rect.y + rect.h) * src_w * C);
-    let htaps = Taps::new(rect.x, rect.w, dst_w);
-    let vtaps = Taps::new(rect.y, rect.h, dst_h);
-
-    // Horizontal pass: only the rows the vertical pass will read.
-    let row_lo = vtaps.start.first().copied().unwrap_or(rect.y);
-    let row_hi = (0..dst_h)
-        .map(|i| vtaps.start[i] + vtaps.count[i])
-        .max()
-        .unwrap_or(row_lo);
-    let tmp_row = dst_w * C;
-    let mut tmp = vec![0f32; (row_hi - row_lo) * tmp_row];
-    for (y, out) in (row_lo..row_hi).zip(tmp.chunks_exact_mut(tmp_row)) {
-        let line = &src[y * src_w * C..(y + 1) * src_w * C];
-        for (x, px_out) in out.chunks_exact_mut(C).enumerate() {
-            let (start, ws) = htaps.get(x);
-            let mut acc = [0f32; C];
-            for (w, px) in ws.iter().zip(line[start * C..].chunks_exact(C)) {
-                for c in 0..C {
-                    acc[c] += w * px[c] as f32;
-                }
-            }
-            px_out.copy_from_slice(&acc);
-        }
-    }
-
-    // Vertical pass: accumulate whole rows so the inner loop vectorises.
-    let mut dst = vec![0u8; dst_w * dst_h * C];
-    let mut acc = vec![0f32; tmp_row];
-    for (y, out) in dst.chunks_exact_mut(tmp_row).enumerate() {
-        let (start, ws) = vtaps.get(y);
-        acc.fill(0.0);
-        for (k, &w) in ws.iter().enumerate() {
-            let r = start + k - row_lo;
-            let line = &tmp[r * tmp_row..(r + 1) * tmp_row];
-            for (a, &v) in acc.iter_mut().zip(line) {
-                *a += w * v;
-            }
-        }
-        for (o, &a) in out.iter_mut().zip(&acc) {
-            *o = (a + 0.5).clamp(0.0, 255.0) as u8;
-        }
-    }
-    dst
+    let src_h = src.len() / (src_w * channels);
+    assert!(rect.y + rect.h <= src_h, "crop rectangle outside the image");
+    // u8 pixel types have no alignment requirement and the size was checked above, so these
+    // constructors cannot fail.
+    let whole = ImageRef::new(src_w as u32, src_h as u32, src, pixel_type)
+        .expect("buffer holds the whole image");
+    // A cropped view, not `ResizeOptions::crop`: the latter lets the filter read pixels outside
+    // the box, and a centre crop must look exactly like crop-then-resize.
+    let source = CroppedImage::new(
+        &whole,
+        rect.x as u32,
+        rect.y as u32,
+        rect.w as u32,
+        rect.h as u32,
+    )
+    .expect("crop rectangle checked above");
+    let mut dst = Image::new(dst_w as u32, dst_h as u32, pixel_type);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .use_alpha(false);
+    Resizer::new()
+        .resize(&source, &mut dst, &options)
+        .expect("source and destination share one pixel type");
+    dst.into_vec()
 }
 
 #[cfg(test)]
