@@ -50,20 +50,9 @@ impl BackendJob for TrainOptions {
     }
 }
 
-/// Trains (or resumes) on the backend named in the config.
-///
-/// Runs in one process take turns: burn 0.21's autodiff keeps every graph in one process-global
-/// registry whose cleanup after each backward pass also visits other threads' graphs, and two
-/// trainings on different threads were measured to diverge at the bit level (the CI failure of
-/// `a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit`, reproduced here with
-/// `RAYON_NUM_THREADS=1`, so not a parallel-reduction effect). Exact resume matters more than
-/// running two trainings side by side in one process.
+/// Trains (or resumes) on the backend named in the config. Runs in one process take turns (see
+/// [`training_loop::train_on`]).
 pub fn train(options: TrainOptions) -> Result<RunSummary> {
-    static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    // A panic in another training poisons the lock but leaves nothing shared half-written.
-    let _turn = ONE_TRAINING_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
     let (kind, device) = (options.config.run.backend, options.config.run.device);
     dispatch(kind, device, options)
 }

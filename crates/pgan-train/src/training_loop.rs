@@ -97,10 +97,22 @@ struct Nets<B: AutodiffBackend> {
 }
 
 /// Runs (or resumes) training on backend `B`.
+///
+/// Runs in one process take turns: burn 0.21's autodiff keeps every graph in one process-global
+/// registry whose cleanup after each backward pass also visits other threads' graphs, and two
+/// trainings on different threads were measured to diverge at the bit level (the CI failure of
+/// `a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit`, reproduced with
+/// `RAYON_NUM_THREADS=1`, so not a parallel-reduction effect). The same turn also keeps the
+/// process-global backend RNG to one run between seeding and initialisation.
 pub fn train_on<B: AutodiffBackend>(
     options: TrainOptions,
     device: B::Device,
 ) -> Result<RunSummary> {
+    static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A panic in another training poisons the lock but leaves nothing shared half-written.
+    let _turn = ONE_TRAINING_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     Trainer::<B>::start(options, device)?.run()
 }
 
@@ -763,20 +775,18 @@ fn adam(config: &TrainConfig) -> AdamConfig {
 }
 
 /// Newly initialised networks; with a seed, the backend RNG is seeded first. The backend RNG is
-/// process-global, so every initialisation holds one lock: the initial weights stay a pure
-/// function of the seed even with other runs in the same process.
+/// process-global; [`train_on`] runs one training per process at a time, so nothing else draws
+/// from it between the seed and the last parameter.
 fn fresh_nets<B: AutodiffBackend>(
     model: &ModelConfig,
     config: &TrainConfig,
     device: &B::Device,
     seed: Option<u64>,
 ) -> Nets<B> {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(seed) = seed {
         B::seed(device, seed);
     }
-    // burn initialises parameters lazily, on first use: force it here, inside the lock.
+    // burn initialises parameters lazily, on first use: force it here, right after the seed.
     let g: Generator<B> = materialize(model.init_generator(device));
     let d: Discriminator<B> = materialize(model.init_discriminator(device));
     let g_ema = g.valid();
