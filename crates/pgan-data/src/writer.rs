@@ -1,9 +1,9 @@
 //! `prepare`: turn a folder of images into one `.pgan` pyramid file.
 //!
 //! Pipeline: walk (sorted) -> optional shuffle -> chunks of images decoded
-//! and fitted in parallel -> each chunk's levels appended to the output at
-//! their final positions. Memory is bounded by the chunk size, never by the
-//! dataset size.
+//! and fitted in parallel -> a writer thread appends each chunk's levels at
+//! their final positions while the next chunk decodes. Memory is bounded by
+//! the chunk size (three chunks alive at most), never by the dataset size.
 //!
 //! The file is sized for every candidate image up front. Files that fail to
 //! decode leave the tail of each level's region unused; at the end the levels
@@ -372,6 +372,28 @@ impl Sink {
         Ok(())
     }
 
+    /// Writes `parts` back to back from `offset`; small parts are gathered
+    /// into 1 MiB writes instead of one system call each. Returns the bytes written.
+    fn write_run_at(&mut self, offset: u64, parts: &[&[u8]]) -> io::Result<u64> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if let Some(limit) = self.limit {
+            if self.written + len > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device (simulated)",
+                ));
+            }
+        }
+        self.file.seek(SeekFrom::Start(offset))?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, &self.file);
+        for p in parts {
+            out.write_all(p)?;
+        }
+        out.flush()?;
+        self.written += len;
+        Ok(len)
+    }
+
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.seek(SeekFrom::Start(offset))?;
         self.file.read_exact(buf)
@@ -392,15 +414,25 @@ struct Outcome {
 /// One candidate after decoding: its levels and whether it was upscaled, or why it was skipped.
 type Processed = std::result::Result<(Vec<Vec<u8>>, bool), String>;
 
+/// Bytes of decoded pyramids one chunk may hold. Up to three chunks are alive
+/// at once (one decoding, one queued, one being written), so the pipeline
+/// stays within ~3 x this budget whatever the dataset size.
+const CHUNK_BUDGET: u64 = 96 << 20;
+
 /// Images per parallel chunk: enough to keep every core busy, small enough
-/// that a chunk's decoded levels stay within ~256 MiB.
+/// that a chunk's decoded levels stay within [`CHUNK_BUDGET`].
 fn chunk_size(resolution: u32, channels: u8) -> usize {
-    const BUDGET: u64 = 256 << 20;
     // Levels sum to 4/3 of the top level; x2 for the decode/resize buffers.
     let per_image = format::image_bytes(resolution, channels as u32) * 8 / 3;
     let threads = rayon::current_num_threads();
-    ((BUDGET / per_image.max(1)) as usize).clamp(2 * threads, 256.max(2 * threads))
+    ((CHUNK_BUDGET / per_image.max(1)) as usize).clamp(2 * threads, 256.max(2 * threads))
 }
+
+/// Flush written pages to disk once this many bytes are unsynced. The flush
+/// runs on the writer thread while the next chunk decodes, so the final
+/// `sync_all` (needed before the rename makes the file visible) finds little
+/// left to do instead of stalling on the whole file at the end.
+const SYNC_EVERY: u64 = 64 << 20;
 
 fn progress_bar(opts: &PrepareOptions, len: usize) -> indicatif::ProgressBar {
     if !opts.progress {
@@ -415,6 +447,16 @@ fn progress_bar(opts: &PrepareOptions, len: usize) -> indicatif::ProgressBar {
     bar
 }
 
+/// The decoded survivors of one chunk, ready to write: the stored index of the
+/// first one, then each image's levels (largest first).
+struct DecodedChunk {
+    first: u64,
+    images: Vec<Vec<Vec<u8>>>,
+}
+
+/// Decode chunks in parallel on the rayon pool while a writer thread appends
+/// the previous chunk to the file: decoding is CPU-bound and writing mostly
+/// waits on the disk, so the two overlap instead of taking turns.
 fn write_levels(
     opts: &PrepareOptions,
     candidates: &[PathBuf],
@@ -425,60 +467,86 @@ fn write_levels(
     let (capacity_levels, end) =
         Header::plan_levels(opts.resolution, channels, candidates.len() as u64);
     sink.file.set_len(end)?;
-    let mut hashers: Vec<crc32fast::Hasher> = capacity_levels
-        .iter()
-        .map(|_| crc32fast::Hasher::new())
-        .collect();
     let mut out = Outcome {
         stored: Vec::new(),
         skipped: Vec::new(),
         upscaled: Vec::new(),
-        capacity_levels,
+        capacity_levels: capacity_levels.clone(),
         crcs: vec![],
     };
     let bar = progress_bar(opts, candidates.len());
 
-    for chunk in candidates.chunks(chunk_size(opts.resolution, opts.channels)) {
-        let results: Vec<Processed> = chunk
-            .par_iter()
-            .map(|path| {
-                let r = ingest::load(path, &target).map(|l| {
-                    (
-                        build_levels(&l.top, opts.resolution, channels as usize),
-                        l.upscaled,
-                    )
-                });
-                bar.inc(1);
-                r
-            })
-            .collect();
-        let first = out.stored.len() as u64;
-        let mut survivors = Vec::with_capacity(results.len());
-        for (path, r) in chunk.iter().zip(results) {
-            match r {
-                Ok((levels, upscaled)) => {
-                    if upscaled {
-                        out.upscaled.push(path.clone());
+    let crcs = std::thread::scope(|scope| {
+        // Capacity 1: at most one decoded chunk waits while another is written.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<DecodedChunk>(1);
+        let writer = scope.spawn(|| write_chunks(sink, &capacity_levels, channels, rx));
+        for chunk in candidates.chunks(chunk_size(opts.resolution, opts.channels)) {
+            let results: Vec<Processed> = chunk
+                .par_iter()
+                .map(|path| {
+                    let r = ingest::load(path, &target).map(|l| {
+                        (
+                            build_levels(&l.top, opts.resolution, channels as usize),
+                            l.upscaled,
+                        )
+                    });
+                    bar.inc(1);
+                    r
+                })
+                .collect();
+            let first = out.stored.len() as u64;
+            let mut images = Vec::with_capacity(results.len());
+            for (path, r) in chunk.iter().zip(results) {
+                match r {
+                    Ok((levels, upscaled)) => {
+                        if upscaled {
+                            out.upscaled.push(path.clone());
+                        }
+                        out.stored.push(path.clone());
+                        images.push(levels);
                     }
-                    out.stored.push(path.clone());
-                    survivors.push(levels);
+                    Err(reason) => out.skipped.push((path.clone(), reason)),
                 }
-                Err(reason) => out.skipped.push((path.clone(), reason)),
+            }
+            if tx.send(DecodedChunk { first, images }).is_err() {
+                break; // the writer stopped on an error, which join() returns
             }
         }
-        for (l, entry) in out.capacity_levels.iter().enumerate() {
+        drop(tx);
+        writer.join().expect("prepare writer thread panicked")
+    })?;
+    bar.finish_and_clear();
+    out.crcs = crcs;
+    Ok(out)
+}
+
+/// The writer thread: puts every chunk's levels at their final offsets,
+/// keeps each level's running CRC-32 and syncs every [`SYNC_EVERY`] bytes.
+/// Returns the CRCs once the sender hangs up.
+fn write_chunks(
+    sink: &mut Sink,
+    levels: &[LevelEntry],
+    channels: u32,
+    rx: std::sync::mpsc::Receiver<DecodedChunk>,
+) -> io::Result<Vec<u32>> {
+    let mut hashers: Vec<crc32fast::Hasher> =
+        levels.iter().map(|_| crc32fast::Hasher::new()).collect();
+    let mut unsynced = 0u64;
+    for chunk in rx {
+        for (l, entry) in levels.iter().enumerate() {
             let img = format::image_bytes(entry.resolution, channels);
-            let block: Vec<u8> = survivors
-                .iter()
-                .flat_map(|s| s[l].iter().copied())
-                .collect();
-            hashers[l].update(&block);
-            sink.write_at(entry.offset + first * img, &block)?;
+            let parts: Vec<&[u8]> = chunk.images.iter().map(|i| i[l].as_slice()).collect();
+            for p in &parts {
+                hashers[l].update(p);
+            }
+            unsynced += sink.write_run_at(entry.offset + chunk.first * img, &parts)?;
+        }
+        if unsynced >= SYNC_EVERY {
+            sink.file.sync_data()?;
+            unsynced = 0;
         }
     }
-    bar.finish_and_clear();
-    out.crcs = hashers.into_iter().map(|h| h.finalize()).collect();
-    Ok(out)
+    Ok(hashers.into_iter().map(|h| h.finalize()).collect())
 }
 
 /// Compact the levels if anything was skipped, then write manifest and
@@ -951,7 +1019,7 @@ mod tests {
         let threads = rayon::current_num_threads();
         assert_eq!(chunk_size(16, 3), 256.max(2 * threads));
         assert!(
-            chunk_size(1024, 3) as u64 * format::image_bytes(1024, 3) * 8 / 3 <= (256 << 20)
+            chunk_size(1024, 3) as u64 * format::image_bytes(1024, 3) * 8 / 3 <= CHUNK_BUDGET
                 || chunk_size(1024, 3) == 2 * threads
         );
     }
