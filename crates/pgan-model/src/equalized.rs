@@ -11,9 +11,10 @@ use core::f64::consts::SQRT_2;
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv2d, linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::linear;
 use burn::tensor::Tensor;
+
+use crate::flex_conv::conv2d_same;
 
 /// Configuration of an [`EqualizedConv2d`].
 #[derive(Config, Debug)]
@@ -61,10 +62,6 @@ impl EqualizedConv2dConfig {
 }
 
 impl<B: Backend> EqualizedConv2d<B> {
-    fn options(&self) -> ConvOptions<2> {
-        ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1)
-    }
-
     fn scaled_weight(&self) -> Tensor<B, 4> {
         self.weight.val().mul_scalar(self.scale)
     }
@@ -75,12 +72,7 @@ impl<B: Backend> EqualizedConv2d<B> {
     /// - x: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H, W]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        conv2d(
-            x,
-            self.scaled_weight(),
-            Some(self.bias.val()),
-            self.options(),
-        )
+        conv2d_same(x, self.scaled_weight(), Some(self.bias.val()), self.padding)
     }
 
     /// Forward pass and its directional derivative along `dx`: the layer is
@@ -91,8 +83,8 @@ impl<B: Backend> EqualizedConv2d<B> {
     /// - outputs: `[N, C_out, H, W]` each
     pub fn forward_jvp(&self, x: Tensor<B, 4>, dx: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let w = self.scaled_weight();
-        let y = conv2d(x, w.clone(), Some(self.bias.val()), self.options());
-        let dy = conv2d(dx, w, None, self.options());
+        let y = conv2d_same(x, w.clone(), Some(self.bias.val()), self.padding);
+        let dy = conv2d_same(dx, w, None, self.padding);
         (y, dy)
     }
 }

@@ -20,6 +20,7 @@ pub mod blocks;
 pub mod config;
 pub mod discriminator;
 pub mod equalized;
+pub mod flex_conv;
 pub mod functional;
 pub mod generator;
 pub mod minibatch_stddev;
