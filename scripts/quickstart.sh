@@ -11,8 +11,8 @@ pgan="${CARGO_TARGET_DIR:-target}/debug/pgan"
 
 mkdir -p runs
 "$pgan" prepare data/emoji runs/emoji.pgan --resolution 32 --background ffffff --force
-# Training to 16x16 takes about 5 minutes on two cores; 32x32 (PGAN_QUICK_RES=32
-# PGAN_QUICK_KIMG=7) about 20 more, because a 32x32 step costs ~4x a 16x16 one on the CPU.
+# Training to 16x16 takes about 2 minutes on two cores; 32x32 (PGAN_QUICK_RES=32
+# PGAN_QUICK_KIMG=7) much longer, because a 32x32 step costs ~4x a 16x16 one on the CPU.
 "$pgan" train --config configs/cpu-quick.toml --data runs/emoji.pgan --out-dir runs/quickstart \
     --resolution "${PGAN_QUICK_RES:-16}" --total-kimg "${PGAN_QUICK_KIMG:-5}" "$@"
 run=$(ls -d runs/quickstart/*/ | sort | tail -n 1)
