@@ -358,18 +358,7 @@ struct Sink {
 
 impl Sink {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        if let Some(limit) = self.limit {
-            if self.written + buf.len() as u64 > limit {
-                return Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    "no space left on device (simulated)",
-                ));
-            }
-        }
-        self.file.seek(SeekFrom::Start(offset))?;
-        self.file.write_all(buf)?;
-        self.written += buf.len() as u64;
-        Ok(())
+        self.write_run_at(offset, &[buf]).map(|_| ())
     }
 
     /// Writes `parts` back to back from `offset`; small parts are gathered
