@@ -374,7 +374,8 @@ impl Sink {
             }
         }
         self.file.seek(SeekFrom::Start(offset))?;
-        let mut out = io::BufWriter::with_capacity(1 << 20, &self.file);
+        // Never larger than the run: single writes (header, manifest) allocate no 1 MiB buffer.
+        let mut out = io::BufWriter::with_capacity((len as usize).min(1 << 20), &self.file);
         for p in parts {
             out.write_all(p)?;
         }
