@@ -61,6 +61,7 @@ for group in "${groups[@]}"; do
 import json, sys
 report = json.load(open(sys.argv[1]))
 cov = report["modes"]
+real = report.get("modes_real") or {}
 print(json.dumps({
     "bench": "mode_coverage",
     "mbstd_group": int(sys.argv[2]),
@@ -74,6 +75,14 @@ print(json.dumps({
     "unrecognised": cov["unrecognised"],
     "samples": cov["samples"],
     "histogram": cov["histogram"],
+    "msssim_fake": report.get("msssim_fake"),
+    "msssim_real": report.get("msssim_real"),
+    "swd_mean": (report.get("swd") or {}).get("mean"),
+    "swd_real_floor": (report.get("swd_real_floor") or {}).get("mean"),
+    # The same classifier on as many reals: the ceiling at this resolution.
+    "real_covered": real.get("covered"),
+    "real_unrecognised": real.get("unrecognised"),
+    "real_kl_to_uniform": real.get("kl_to_uniform"),
 }))
 EOF
 done

@@ -223,6 +223,9 @@ pub struct FullEvalReport {
     pub msssim_real: Option<f64>,
     /// Mode coverage against a synthetic mode spec.
     pub modes: Option<pgan_metrics::CoverageReport>,
+    /// The same classification of as many reals: what a perfect generator would score with this
+    /// classifier at this resolution (its ceiling; below 32x32 some shapes blur together).
+    pub modes_real: Option<pgan_metrics::CoverageReport>,
 }
 
 impl std::fmt::Display for FullEvalReport {
@@ -273,6 +276,11 @@ impl std::fmt::Display for FullEvalReport {
             writeln!(f, "MS-SSIM (lower = more diverse): generated {fake:.4}")?;
         }
         if let Some(modes) = &self.modes {
+            writeln!(f, "generated images:")?;
+            write!(f, "{modes}")?;
+        }
+        if let Some(modes) = &self.modes_real {
+            writeln!(f, "reals (the classifier's ceiling):")?;
             write!(f, "{modes}")?;
         }
         Ok(())
@@ -322,6 +330,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         msssim_fake: None,
         msssim_real: None,
         modes: None,
+        modes_real: None,
     };
     let msssim = request.msssim_pairs > 0 && resolution as usize >= pgan_metrics::msssim::MIN_SIZE;
     if msssim {
@@ -329,6 +338,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.msssim_fake =
             Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
     }
+    let mut reals_for_modes = None;
     if let Some(path) = &request.data {
         let reader = PyramidReader::open(path)?;
         if reader.resolution() < resolution {
@@ -358,11 +368,15 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             report.msssim_real =
                 Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
         }
+        reals_for_modes = Some(a);
     }
     if let Some(spec) = &request.modes {
         say("classifying modes");
         let classifier = pgan_metrics::ModeClassifier::from_spec_file(spec)?;
         report.modes = Some(pgan_metrics::coverage(&classifier, &fakes)?);
+        if let Some(reals) = &reals_for_modes {
+            report.modes_real = Some(pgan_metrics::coverage(&classifier, reals)?);
+        }
     }
     Ok(report)
 }
