@@ -259,11 +259,13 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
     ]));
     assert!(out.contains("8 modes"), "{out}");
     let data = dir.path().join("synth.pgan");
-    run_ok(pgan().arg("prepare").arg(&synth).arg(&data).args([
-        "--resolution",
-        "16",
-        "--quiet",
-    ]));
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(&synth)
+            .arg(&data)
+            .args(["--resolution", "16", "--quiet"]),
+    );
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let runs = dir.path().join("runs");
