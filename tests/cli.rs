@@ -53,6 +53,27 @@ fn image_folder(dir: &Path) -> PathBuf {
     images
 }
 
+/// `pgan train --no-progress` of `config` on `data` into `runs`; returns its output and the one
+/// run directory it made there.
+fn train_tiny(config: &Path, data: &Path, runs: &Path) -> (String, PathBuf) {
+    let out = run_ok(
+        pgan()
+            .args(["train", "--no-progress", "--config"])
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .arg("--out-dir")
+            .arg(runs),
+    );
+    let run = std::fs::read_dir(runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    (out, run)
+}
+
 const CONFIG: &str = r#"
 [run]
 seed = 5
@@ -117,22 +138,8 @@ fn prepare_train_render_eval_report() {
     );
     assert!(dry.contains("fade") && dry.contains("16x16"), "{dry}");
 
-    let out = run_ok(
-        pgan()
-            .args(["train", "--no-progress", "--config"])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out-dir")
-            .arg(&runs),
-    );
+    let (out, run) = train_tiny(&config, &data, &runs);
     assert!(out.contains("sample sheet"), "{out}");
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(
         metrics.contains("Metrics/msssim_fake"),
@@ -268,22 +275,7 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
     );
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let runs = dir.path().join("runs");
-    run_ok(
-        pgan()
-            .args(["train", "--no-progress", "--config"])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out-dir")
-            .arg(&runs),
-    );
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"));
     let json = dir.path().join("modes.json");
     let out = run_ok(
         pgan()
