@@ -252,7 +252,7 @@ pub struct CoverageReport {
     pub unrecognised: usize,
     /// All samples classified.
     pub samples: usize,
-    /// KL(generated || uniform) in nats over the recognised samples: 0 for a perfectly uniform
+    /// KL(histogram || uniform) in nats over the recognised samples: 0 for a perfectly uniform
     /// spread, `ln K` when all land in one mode; NaN when nothing was recognised.
     pub kl_to_uniform: f64,
     /// `covered / modes`.
@@ -329,7 +329,7 @@ impl fmt::Display for CoverageReport {
         writeln!(f, "unrecognised        {:>6}", self.unrecognised)?;
         writeln!(
             f,
-            "KL(gen || uniform)  {:>9.4} nats (ln K = {:.4})",
+            "KL(hist || uniform) {:>9.4} nats (ln K = {:.4})",
             self.kl_to_uniform,
             (self.modes as f64).ln()
         )?;
