@@ -276,7 +276,7 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"));
-    let json = dir.path().join("modes.json");
+    let json = dir.path().join("eval.json");
     let out = run_ok(
         pgan()
             .arg("eval")
