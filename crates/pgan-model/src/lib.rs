@@ -18,6 +18,7 @@
 
 pub mod blocks;
 pub mod config;
+pub mod cpu_conv;
 pub mod discriminator;
 pub mod equalized;
 pub mod flex_conv;

@@ -318,9 +318,12 @@ mod tests {
             nonzero >= 4,
             "{kind:?}: too few nonzero gradients: {rows:?}"
         );
+        // The absolute floor is the f32 noise of a central difference at h = 2e-4: a change of
+        // summation order in the convolutions alone (cpu_conv.rs's gemm vs burn-flex's) moves
+        // the smallest elements by ~1e-4 of the largest gradient.
         for (target, index, ad, fd) in &rows {
             assert!(
-                (ad - fd).abs() <= 2e-2 * ad.abs() + 1e-4 * scale,
+                (ad - fd).abs() <= 2e-2 * ad.abs() + 2e-4 * scale,
                 "{kind:?} stage {stage} alpha {alpha} mbstd {mbstd}: param {target}[{index}]: surrogate grad {ad} vs finite difference {fd}\n{rows:?}"
             );
         }
