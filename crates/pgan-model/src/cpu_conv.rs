@@ -50,7 +50,11 @@ impl ConvShape {
     }
 
     fn check(&self, x: &[f32], weight: &[f32]) {
-        assert!(self.k % 2 == 1, "conv2d_same needs an odd kernel, got {}", self.k);
+        assert!(
+            self.k % 2 == 1,
+            "conv2d_same needs an odd kernel, got {}",
+            self.k
+        );
         assert_eq!(x.len(), self.n * self.c_in * self.hw(), "input size");
         assert_eq!(weight.len(), self.c_out * self.taps(), "weight size");
     }
@@ -273,7 +277,9 @@ mod tests {
 
     /// A deterministic pseudo-random fill in [-1, 1).
     fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {
                 state = state
@@ -329,14 +335,63 @@ mod tests {
     }
 
     const SHAPES: [ConvShape; 7] = [
-        ConvShape { n: 2, c_in: 3, c_out: 5, h: 7, w: 7, k: 3 },
-        ConvShape { n: 3, c_in: 4, c_out: 2, h: 4, w: 6, k: 1 },
-        ConvShape { n: 1, c_in: 2, c_out: 3, h: 5, w: 5, k: 5 },
-        ConvShape { n: 5, c_in: 8, c_out: 16, h: 8, w: 8, k: 3 },
-        ConvShape { n: 1, c_in: 16, c_out: 4, h: 2, w: 2, k: 3 },
-        ConvShape { n: 4, c_in: 3, c_out: 3, h: 1, w: 1, k: 3 },
+        ConvShape {
+            n: 2,
+            c_in: 3,
+            c_out: 5,
+            h: 7,
+            w: 7,
+            k: 3,
+        },
+        ConvShape {
+            n: 3,
+            c_in: 4,
+            c_out: 2,
+            h: 4,
+            w: 6,
+            k: 1,
+        },
+        ConvShape {
+            n: 1,
+            c_in: 2,
+            c_out: 3,
+            h: 5,
+            w: 5,
+            k: 5,
+        },
+        ConvShape {
+            n: 5,
+            c_in: 8,
+            c_out: 16,
+            h: 8,
+            w: 8,
+            k: 3,
+        },
+        ConvShape {
+            n: 1,
+            c_in: 16,
+            c_out: 4,
+            h: 2,
+            w: 2,
+            k: 3,
+        },
+        ConvShape {
+            n: 4,
+            c_in: 3,
+            c_out: 3,
+            h: 1,
+            w: 1,
+            k: 3,
+        },
         // A kernel wider than the image: shifts past both edges.
-        ConvShape { n: 2, c_in: 3, c_out: 2, h: 2, w: 3, k: 5 },
+        ConvShape {
+            n: 2,
+            c_in: 3,
+            c_out: 2,
+            h: 2,
+            w: 3,
+            k: 5,
+        },
     ];
 
     #[test]
@@ -410,14 +465,27 @@ mod tests {
     /// Batches smaller than the thread pool take the multi-threaded-gemm path: same numbers.
     #[test]
     fn one_image_on_many_threads_matches() {
-        let s = ConvShape { n: 1, c_in: 32, c_out: 48, h: 12, w: 12, k: 3 };
+        let s = ConvShape {
+            n: 1,
+            c_in: 32,
+            c_out: 48,
+            h: 12,
+            w: 12,
+            k: 3,
+        };
         let x = fill(s.n * s.c_in * s.hw(), 9);
         let w = fill(s.c_out * s.taps(), 10);
         let r = fill(s.n * s.c_out * s.hw(), 11);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
         let (y, dw) = pool.install(|| (forward(s, &x, &w, None), weight_grad(s, &x, &r)));
         assert_close("forward", &y, &direct(s, &x, &w, None));
-        let serial = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let serial = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let dw_serial = serial.install(|| weight_grad(s, &x, &r));
         let dw_serial: Vec<f64> = dw_serial.iter().map(|&v| v as f64).collect();
         assert_close("weight grad", &dw, &dw_serial);

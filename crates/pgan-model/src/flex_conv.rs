@@ -135,7 +135,10 @@ impl Backward<Flex, 3> for SameConvBackward {
         }
         if let Some(node) = node_b {
             let db = cpu_conv::bias_grad(s, &g);
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(db, [s.c_out])));
+            grads.register::<Flex>(
+                node.id,
+                FlexTensor::from_data(TensorData::new(db, [s.c_out])),
+            );
         }
     }
 }
