@@ -69,8 +69,8 @@ pub fn conv2d_same<B: Backend>(
     )
 }
 
-/// Moves a value between two spellings of the same type (checked by the `TypeId` test above).
-fn cast<T: 'static, U: 'static>(value: T) -> U {
+/// Moves a value between two spellings of the same type (callers check with `TypeId` first).
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> U {
     *(Box::new(value) as Box<dyn Any>)
         .downcast::<U>()
         .unwrap_or_else(|_| unreachable!("conv2d_same: backend types checked by TypeId"))
@@ -182,7 +182,7 @@ fn flex_conv(
 }
 
 /// A contiguous `f32` copy-or-view of a tensor.
-fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(crate) fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(

@@ -4,17 +4,47 @@
 //! (resampling, lerp) apply themselves to the tangent; the nonlinear ones
 //! spell out their derivative.
 
+use core::any::TypeId;
+
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::leaky_relu as burn_leaky_relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::Tensor;
+
+use crate::flex_conv::cast;
+use crate::flex_pointwise;
 
 /// Negative slope of every leaky ReLU in ProGAN (official code: `leaky_relu(x, 0.2)`).
 pub const LRELU_SLOPE: f64 = 0.2;
 
 /// Leaky ReLU with slope 0.2.
 pub fn lrelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if let Some(y) = cpu_lrelu_gate(x.clone(), x.clone()) {
+        return y;
+    }
     burn_leaky_relu(x, LRELU_SLOPE)
+}
+
+/// `t · (x > 0 ? 1 : 0.2)` as one fused op on the CPU backends (`flex_pointwise.rs`); `None`
+/// on the others.
+fn cpu_lrelu_gate<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    t: Tensor<B, D>,
+) -> Option<Tensor<B, D>> {
+    let slope = LRELU_SLOPE as f32;
+    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
+        let y = flex_pointwise::lrelu_gate_autodiff::<D>(cast(x), cast(t), slope);
+        return Some(cast(y));
+    }
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        return Some(cast(flex_pointwise::lrelu_gate_flex::<D>(
+            cast(x),
+            cast(t),
+            slope,
+        )));
+    }
+    None
 }
 
 /// Leaky ReLU and its JVP: `dy = dx · (x > 0 ? 1 : 0.2)`.
@@ -22,6 +52,9 @@ pub fn lrelu_jvp<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     dx: Tensor<B, D>,
 ) -> (Tensor<B, D>, Tensor<B, D>) {
+    if let Some(dy) = cpu_lrelu_gate(x.clone(), dx.clone()) {
+        return (lrelu(x), dy);
+    }
     let negative = x.clone().lower_equal_elem(0.0);
     let dy = dx.clone().mask_where(negative, dx.mul_scalar(LRELU_SLOPE));
     (lrelu(x), dy)

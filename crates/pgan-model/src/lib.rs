@@ -22,6 +22,7 @@ pub mod cpu_conv;
 pub mod discriminator;
 pub mod equalized;
 pub mod flex_conv;
+mod flex_pointwise;
 pub mod functional;
 pub mod generator;
 pub mod minibatch_stddev;
