@@ -8,7 +8,8 @@
 #
 # Environment: PGAN (binary; default: build the dev profile), PGAN_BACKEND (cpu|wgpu|cuda),
 # PGAN_MODES (K, default 64), PGAN_KIMG (total kimg; default cpu-quick's), PGAN_PHASE_KIMG
-# (kimg per stabilize/fade phase; default cpu-quick's), PGAN_MBSTD ("4 0": group sizes to try),
+# (kimg per stabilize/fade phase; default cpu-quick's), PGAN_EMA_KIMG (EMA half-life in kimg;
+# default cpu-quick's 1), PGAN_MBSTD ("4 0": group sizes to try),
 # PGAN_EVAL_NUM (generated images classified, default 2048), PGAN_RES (dataset and final
 # resolution, default 32), PGAN_WORK (scratch folder). The variants train side by side (each
 # mostly uses one core on the CPU backend).
@@ -28,6 +29,7 @@ mkdir -p "$work"
 extra=(--resolution "$res")
 if [ -n "${PGAN_KIMG:-}" ]; then extra+=(--total-kimg "$PGAN_KIMG"); fi
 if [ -n "${PGAN_PHASE_KIMG:-}" ]; then extra+=(--phase-kimg "$PGAN_PHASE_KIMG"); fi
+if [ -n "${PGAN_EMA_KIMG:-}" ]; then extra+=(--ema-half-life-kimg "$PGAN_EMA_KIMG"); fi
 
 synth="$work/synth-$modes-$res"
 if [ ! -f "$synth/modes.json" ]; then

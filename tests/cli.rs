@@ -137,6 +137,18 @@ fn prepare_train_render_eval_report() {
             .arg(&data),
     );
     assert!(dry.contains("fade") && dry.contains("16x16"), "{dry}");
+    let ema = run_ok(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .args(["--ema-half-life-kimg", "7.5"]),
+    );
+    assert!(
+        ema.contains("half_life_kimg = 7.5"),
+        "the flag overrides [ema]: {ema}"
+    );
 
     let (out, run) = train_tiny(&config, &data, &runs);
     assert!(out.contains("sample sheet"), "{out}");

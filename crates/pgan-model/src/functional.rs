@@ -13,7 +13,7 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::Tensor;
 
 use crate::flex_conv::cast;
-use crate::flex_pointwise;
+use crate::{flex_pointwise, flex_resample};
 
 /// Negative slope of every leaky ReLU in ProGAN (official code: `leaky_relu(x, 0.2)`).
 pub const LRELU_SLOPE: f64 = 0.2;
@@ -66,6 +66,13 @@ pub fn lrelu_jvp<B: Backend, const D: usize>(
 /// - x: `[N, C, H, W]`
 /// - output: `[N, C, 2H, 2W]`
 pub fn upsample2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    // One fused op on the CPU backends (flex_resample.rs).
+    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
+        return cast(flex_resample::upsample2x_autodiff(cast(x)));
+    }
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        return cast(flex_resample::upsample2x_flex(cast(x)));
+    }
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h, 1, w, 1])
         .expand([n, c, h, 2, w, 2])
@@ -86,6 +93,13 @@ pub fn upsample2x_jvp<B: Backend>(
 /// - x: `[N, C, H, W]` with even `H`, `W`
 /// - output: `[N, C, H/2, W/2]`
 pub fn downsample2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    // One fused op on the CPU backends (flex_resample.rs).
+    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
+        return cast(flex_resample::downsample2x_autodiff(cast(x)));
+    }
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        return cast(flex_resample::downsample2x_flex(cast(x)));
+    }
     avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false)
 }
 

@@ -23,6 +23,7 @@ pub mod discriminator;
 pub mod equalized;
 pub mod flex_conv;
 mod flex_pointwise;
+mod flex_resample;
 pub mod functional;
 pub mod generator;
 pub mod minibatch_stddev;

@@ -148,6 +148,12 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = args.mbstd_group {
         config.model.mbstd_group_size = Some(v);
     }
+    if let Some(v) = args.ema_half_life_kimg {
+        if !(v >= 0.0) {
+            bail!("--ema-half-life-kimg must be non-negative");
+        }
+        config.ema.half_life_kimg = (v > 0.0).then_some(v);
+    }
     if args.mirror {
         config.data.mirror = true;
     }

@@ -147,6 +147,10 @@ struct TrainArgs {
     /// Minibatch-stddev group size; 0 switches the layer off (overrides model.mbstd_group_size).
     #[arg(long)]
     mbstd_group: Option<usize>,
+    /// Half-life of the EMA generator in kimg (overrides ema.half_life_kimg; 0 = ema.beta per
+    /// step). Also on --resume: the average continues from its current weights.
+    #[arg(long)]
+    ema_half_life_kimg: Option<f64>,
     /// Random horizontal flips of the reals.
     #[arg(long, overrides_with = "no_mirror")]
     mirror: bool,
