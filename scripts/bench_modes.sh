@@ -77,6 +77,8 @@ print(json.dumps({
     "unrecognised": cov["unrecognised"],
     "samples": cov["samples"],
     "histogram": cov["histogram"],
+    # Share of the recognised samples per shape / colour / position (1.0 = uniform).
+    "attributes": {a["attribute"]: dict(a["shares"]) for a in cov.get("attributes", [])},
     "msssim_fake": report.get("msssim_fake"),
     "msssim_real": report.get("msssim_real"),
     "swd_mean": (report.get("swd") or {}).get("mean"),

@@ -313,6 +313,15 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
     assert_eq!(real["covered"], 8, "{real}");
     assert!(real["unrecognised"].as_u64().unwrap() <= 6, "{real}");
     assert!(real["kl_to_uniform"].as_f64().unwrap() < 0.1, "{real}");
+    // ... and split by attribute, the reals sit near the uniform share for every value.
+    let attributes = real["attributes"].as_array().unwrap();
+    assert_eq!(attributes.len(), 3, "{real}");
+    for a in attributes {
+        for share in a["shares"].as_array().unwrap() {
+            let s = share[1].as_f64().unwrap();
+            assert!((0.5..=1.5).contains(&s), "{a}");
+        }
+    }
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub mod synth;
 
 pub use error::{MetricsError, Result};
 pub use image_set::ImageSet;
-pub use modes::{coverage, CoverageReport, ModeClassifier};
+pub use modes::{coverage, AttributeShares, CoverageReport, ModeClassifier};
 pub use msssim::{ms_ssim, pairwise_ms_ssim, MsSsimReport};
 pub use swd::{sliced_wasserstein, SwdAccumulator, SwdConfig, SwdReport};
 pub use synth::{synth, ModeSpec, SynthSummary};

@@ -257,6 +257,62 @@ pub struct CoverageReport {
     pub kl_to_uniform: f64,
     /// `covered / modes`.
     pub coverage_fraction: f64,
+    /// The recognised samples split by each attribute of the modes (shape, colour, position),
+    /// so a skewed histogram says *what* is over- or under-produced. Empty when the report was
+    /// built without the spec.
+    #[serde(default)]
+    pub attributes: Vec<AttributeShares>,
+}
+
+/// How the recognised samples split over the values of one mode attribute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttributeShares {
+    /// `shape`, `colour` or `position`.
+    pub attribute: String,
+    /// Each value with its share of the recognised samples relative to a uniform spread over
+    /// the modes (1.0 = as many as a uniform generator would draw; 0.5 = half as many).
+    pub shares: Vec<(String, f64)>,
+}
+
+/// Splits a histogram by the shape, colour and position of each mode in `spec`'s table.
+fn attribute_shares(spec: &ModeSpec, histogram: &[usize]) -> Vec<AttributeShares> {
+    let recognised: usize = histogram.iter().sum();
+    if recognised == 0 || spec.table.len() != histogram.len() {
+        return Vec::new();
+    }
+    let attributes: [(&str, fn(&crate::synth::ModeParams) -> String); 3] = [
+        ("shape", |m| format!("{:?}", m.shape).to_lowercase()),
+        ("colour", |m| m.colour_name.clone()),
+        ("position", |m| format!("q{}", m.quadrant)),
+    ];
+    attributes
+        .iter()
+        .map(|(attribute, value_of)| {
+            // (value, modes with it, samples of those modes), in table order.
+            let mut groups: Vec<(String, usize, usize)> = Vec::new();
+            for (mode, &count) in spec.table.iter().zip(histogram) {
+                let value = value_of(mode);
+                match groups.iter_mut().find(|g| g.0 == value) {
+                    Some(g) => {
+                        g.1 += 1;
+                        g.2 += count;
+                    }
+                    None => groups.push((value, 1, count)),
+                }
+            }
+            let shares = groups
+                .into_iter()
+                .map(|(value, modes, samples)| {
+                    let expected = recognised as f64 * modes as f64 / histogram.len() as f64;
+                    (value, samples as f64 / expected)
+                })
+                .collect();
+            AttributeShares {
+                attribute: attribute.to_string(),
+                shares,
+            }
+        })
+        .collect()
 }
 
 /// Classifies every image (in parallel) and summarises. A mode counts as covered when at least
@@ -272,7 +328,9 @@ pub fn coverage(classifier: &ModeClassifier, images: &ImageSet) -> Result<Covera
                 .map(|c| c.mode)
         })
         .collect::<Result<_>>()?;
-    Ok(CoverageReport::from_labels(classifier.spec.modes, &labels))
+    let mut report = CoverageReport::from_labels(classifier.spec.modes, &labels);
+    report.attributes = attribute_shares(&classifier.spec, &report.histogram);
+    Ok(report)
 }
 
 impl CoverageReport {
@@ -312,6 +370,7 @@ impl CoverageReport {
             samples: labels.len(),
             kl_to_uniform,
             coverage_fraction: covered as f64 / modes.max(1) as f64,
+            attributes: Vec::new(),
         }
     }
 }
@@ -333,6 +392,17 @@ impl fmt::Display for CoverageReport {
             self.kl_to_uniform,
             (self.modes as f64).ln()
         )?;
+        if !self.attributes.is_empty() {
+            writeln!(f, "share by attribute (1.00 = uniform):")?;
+            for a in &self.attributes {
+                let cells: Vec<String> = a
+                    .shares
+                    .iter()
+                    .map(|(value, share)| format!("{value} {share:.2}"))
+                    .collect();
+                writeln!(f, "  {:<9} {}", a.attribute, cells.join("  "))?;
+            }
+        }
         writeln!(f, "samples per mode:")?;
         for (row, chunk) in self.histogram.chunks(8).enumerate() {
             let cells: Vec<String> = chunk
@@ -444,6 +514,38 @@ mod tests {
         assert!((r.kl_to_uniform - (16f64).ln()).abs() < 1e-12);
         let text = r.to_string();
         assert!(text.contains("modes covered            1 / 16"), "{text}");
+        // Everything in mode 9: its shape, colour and position hold all the samples.
+        let m9 = &spec.table[9];
+        for a in &r.attributes {
+            // Shares are relative to the modes that have the value: K / (those modes) for the
+            // one value that holds everything, zero for the rest.
+            let nonzero: Vec<_> = a.shares.iter().filter(|(_, s)| *s > 0.0).collect();
+            assert_eq!(nonzero.len(), 1, "{a:?}");
+            let (top, share) = nonzero[0];
+            assert!(*share >= 1.0, "{a:?}");
+            let want = match a.attribute.as_str() {
+                "shape" => format!("{:?}", m9.shape).to_lowercase(),
+                "colour" => m9.colour_name.clone(),
+                _ => format!("q{}", m9.quadrant),
+            };
+            assert_eq!(top, &want, "{a:?}");
+        }
+        assert_eq!(r.attributes.len(), 3);
+        assert!(text.contains("share by attribute"), "{text}");
+    }
+
+    #[test]
+    fn attribute_shares_of_a_uniform_set_are_one() {
+        let spec = ModeSpec::new(16, 32, 3).unwrap();
+        let shares = attribute_shares(&spec, &[5; 16]);
+        assert_eq!(shares.len(), 3);
+        for a in &shares {
+            assert!(
+                a.shares.iter().all(|(_, s)| (s - 1.0).abs() < 1e-12),
+                "{a:?}"
+            );
+        }
+        assert!(attribute_shares(&spec, &[0; 16]).is_empty());
     }
 
     #[test]
