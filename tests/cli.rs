@@ -149,6 +149,18 @@ fn prepare_train_render_eval_report() {
         ema.contains("half_life_kimg = 7.5"),
         "the flag overrides [ema]: {ema}"
     );
+    let bad = run_err(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .args(["--ema-half-life-kimg=-1"]),
+    );
+    assert!(
+        bad.contains("--ema-half-life-kimg must be non-negative"),
+        "{bad}"
+    );
 
     let (out, run) = train_tiny(&config, &data, &runs);
     assert!(out.contains("sample sheet"), "{out}");
