@@ -12,6 +12,8 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::winograd;
+
 /// Sizes of one convolution: input `[n, c_in, h, w]`, kernel `[c_out, c_in, k, k]` with odd `k`,
 /// padding `k / 2`, output `[n, c_out, h, w]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,13 @@ impl ConvShape {
     /// Rows of the im2col matrix (the gemm's contraction length).
     fn taps(&self) -> usize {
         self.c_in * self.k * self.k
+    }
+
+    /// Row pitch of the im2col matrix, in floats: `H·W` plus one cache line. gemm reads the
+    /// matrix one row after another for a strip of pixels; with a pitch of exactly `H·W`
+    /// (4 KiB at 32x32) those reads fall in the same few L1 sets and evict each other.
+    fn pitch(&self) -> usize {
+        self.hw() + 16
     }
 
     /// The same sizes for the input gradient: a convolution from `c_out` back to `c_in` channels.
@@ -75,7 +84,8 @@ fn images_in_parallel(n: usize) -> bool {
 fn im2col(s: &ConvShape, image: &[f32], cols: &mut [f32]) {
     let (h, w, k, hw) = (s.h as isize, s.w as isize, s.k, s.hw());
     let pad = (k / 2) as isize;
-    for (r, row) in cols.chunks_exact_mut(hw).enumerate() {
+    for (r, row) in cols.chunks_exact_mut(s.pitch()).enumerate() {
+        let row = &mut row[..hw];
         let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
         let plane = &image[c * hw..][..hw];
         let (dy, dx) = (ky as isize - pad, kx as isize - pad);
@@ -111,6 +121,9 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     if let Some(b) = bias {
         assert_eq!(b.len(), s.c_out, "bias size");
     }
+    if winograd::applies(&s) {
+        return winograd::forward(s, x, weight, bias);
+    }
     let (hw, taps) = (s.hw(), s.taps());
     let mut y = vec![0f32; s.n * s.c_out * hw];
     if y.is_empty() {
@@ -119,20 +132,20 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     let one_image = |cols: &mut Vec<f32>, i: usize, out: &mut [f32], par: Parallelism| {
         let image = &x[i * s.c_in * hw..][..s.c_in * hw];
         // A 1x1 kernel's im2col matrix is the image itself.
-        let rhs: &[f32] = if s.k == 1 {
-            image
+        let (rhs, pitch): (&[f32], usize) = if s.k == 1 {
+            (image, hw)
         } else {
-            cols.resize(taps * hw, 0.0);
+            cols.resize(taps * s.pitch(), 0.0);
             im2col(&s, image, cols);
-            &cols[..]
+            (&cols[..], s.pitch())
         };
         if let Some(b) = bias {
             for (row, &v) in out.chunks_exact_mut(hw).zip(b) {
                 row.fill(v);
             }
         }
-        // SAFETY: out is [c_out, hw], weight [c_out, taps], rhs [taps, hw], all row-major and
-        // sized as the strides say (checked above); the three do not overlap.
+        // SAFETY: out is [c_out, hw], weight [c_out, taps], rhs [taps, hw] with row pitch `pitch`,
+        // all row-major and sized as the strides say (checked above); the three do not overlap.
         unsafe {
             gemm(
                 s.c_out,
@@ -147,7 +160,7 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
                 taps as isize,
                 rhs.as_ptr(),
                 1,
-                hw as isize,
+                pitch as isize,
                 1.0,
                 1.0,
                 false,
@@ -176,6 +189,11 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
 /// `∂L/∂x` from `∂L/∂y`: the output gradient convolved with the kernel transposed (in ↔ out)
 /// and flipped, the same padding.
 pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32]) -> Vec<f32> {
+    if winograd::applies(&s) {
+        assert_eq!(grad.len(), s.n * s.c_out * s.hw(), "output gradient size");
+        assert_eq!(weight.len(), s.c_out * s.taps(), "weight size");
+        return winograd::input_grad(s, grad, weight);
+    }
     let k = s.k;
     let mut flipped = vec![0f32; weight.len()];
     for o in 0..s.c_out {
@@ -197,22 +215,25 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (hw, taps) = (s.hw(), s.taps());
     assert_eq!(x.len(), s.n * s.c_in * hw, "input size");
     assert_eq!(grad.len(), s.n * s.c_out * hw, "output gradient size");
+    if winograd::applies(&s) {
+        return winograd::weight_grad(s, x, grad);
+    }
     // Images [start, end) accumulated into one [c_out, taps] matrix.
     let accumulate = |start: usize, end: usize, par: Parallelism| {
         let mut dw = vec![0f32; s.c_out * taps];
         let mut cols = Vec::new();
         for i in start..end {
             let image = &x[i * s.c_in * hw..][..s.c_in * hw];
-            let rhs: &[f32] = if s.k == 1 {
-                image
+            let (rhs, pitch): (&[f32], usize) = if s.k == 1 {
+                (image, hw)
             } else {
-                cols.resize(taps * hw, 0.0);
+                cols.resize(taps * s.pitch(), 0.0);
                 im2col(&s, image, &mut cols);
-                &cols
+                (&cols[..], s.pitch())
             };
             let g = &grad[i * s.c_out * hw..][..s.c_out * hw];
             // SAFETY: dw is [c_out, taps] row-major; g is [c_out, hw] row-major; rhs is
-            // [taps, hw] row-major, read as its transpose [hw, taps] (column stride hw).
+            // [taps, hw] (row pitch `pitch`), read as its transpose [hw, taps].
             unsafe {
                 gemm(
                     s.c_out,
@@ -226,7 +247,7 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
                     1,
                     hw as isize,
                     rhs.as_ptr(),
-                    hw as isize,
+                    pitch as isize,
                     1,
                     1.0,
                     1.0,

@@ -29,6 +29,7 @@ pub mod generator;
 pub mod minibatch_stddev;
 pub mod penalty;
 pub mod pixel_norm;
+mod winograd;
 
 #[cfg(feature = "cuda")]
 mod cuda;
