@@ -1,5 +1,7 @@
-//! The stride-1 "same" convolution on the CPU as im2col + gemm, one image at a time, on NCHW
-//! `f32` slices: the kernels behind [`crate::flex_conv`].
+//! The stride-1 "same" convolution on the CPU, on NCHW `f32` slices: the kernels behind
+//! [`crate::flex_conv`]. 3x3 kernels on even-sized images (every ProGAN 3x3 layer) go to
+//! [`crate::winograd`]; the rest (1x1, odd sizes, other kernels) run as im2col + gemm, one image
+//! at a time.
 //!
 //! Why one image at a time: the im2col matrix of one image (`[C_in·k·k, H·W]`, 1.2 MB for 128
 //! channels at 16x16) stays in L2, and in that layout gemm's operands need no repacking and its
@@ -43,8 +45,9 @@ impl ConvShape {
     }
 
     /// Row pitch of the im2col matrix, in floats: `H·W` plus one cache line. gemm reads the
-    /// matrix one row after another for a strip of pixels; with a pitch of exactly `H·W`
-    /// (4 KiB at 32x32) those reads fall in the same few L1 sets and evict each other.
+    /// matrix one row after another for a strip of pixels; with a pitch of exactly `H·W` (a
+    /// power of two for square power-of-two images) those reads fall in the same few L1 sets
+    /// and evict each other.
     fn pitch(&self) -> usize {
         self.hw() + 16
     }
@@ -190,8 +193,7 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
 /// and flipped, the same padding.
 pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32]) -> Vec<f32> {
     if winograd::applies(&s) {
-        assert_eq!(grad.len(), s.n * s.c_out * s.hw(), "output gradient size");
-        assert_eq!(weight.len(), s.c_out * s.taps(), "weight size");
+        s.transposed().check(grad, weight);
         return winograd::input_grad(s, grad, weight);
     }
     let k = s.k;
@@ -266,16 +268,25 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
     if !images_in_parallel(s.n) {
         return accumulate(0, s.n, Parallelism::Rayon(0));
     }
-    // One contiguous run of images per thread, then a sum of the per-thread matrices.
-    let parts = rayon::current_num_threads().min(s.n);
+    sum_over_threads(s.n, |start, end| accumulate(start, end, Parallelism::None))
+}
+
+/// `accumulate(start, end)` on one contiguous run of `[0, items)` per thread, in parallel, then
+/// the element-wise sum of the results (in a fixed order for a given thread count, so runs
+/// repeat bit for bit). `items` must be at least 1.
+pub(crate) fn sum_over_threads(
+    items: usize,
+    accumulate: impl Fn(usize, usize) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let parts = rayon::current_num_threads().min(items);
     (0..parts)
         .into_par_iter()
-        .map(|p| accumulate(p * s.n / parts, (p + 1) * s.n / parts, Parallelism::None))
+        .map(|p| accumulate(p * items / parts, (p + 1) * items / parts))
         .reduce_with(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })
-        .expect("at least one image")
+        .expect("at least one item")
 }
 
 /// `∂L/∂b`: the output gradient summed over batch and pixels.

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::cpu_conv::ConvShape;
+use crate::cpu_conv::{sum_over_threads, ConvShape};
 
 /// Positions of the 4x4 transformed tile.
 const P: usize = 16;
@@ -30,7 +30,7 @@ const MAX_CHUNK: usize = 128;
 /// Whether [`forward`] and [`weight_grad`] handle this shape: a 3x3 kernel on an image of even
 /// height and width (every ProGAN layer from 4x4 up).
 pub fn applies(s: &ConvShape) -> bool {
-    s.k == 3 && s.h % 2 == 0 && s.w % 2 == 0 && s.h > 0 && s.w > 0
+    s.k == 3 && s.h.is_multiple_of(2) && s.w.is_multiple_of(2) && s.h > 0 && s.w > 0
 }
 
 /// How the tiles are cut into chunks: whole rows of tiles (`w/2` tiles each), over all images.
@@ -325,6 +325,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The element `offset` floats in (a method, so closures capture the whole `SharedOut`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `y = conv(x, weight) + bias` for a shape [`applies`] accepts; NCHW / OIHW, row-major.
 pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let u = transform_filters(&s, |o, c| {
@@ -363,7 +370,6 @@ fn forward_transformed(s: ConvShape, x: &[f32], u: &[f32], bias: Option<&[f32]>)
     let out = SharedOut(y.as_mut_ptr());
     (0..t.chunks()).into_par_iter().for_each(|chunk| {
         with_scratch(|v, m| {
-            let out = out;
             let rows = t.range(chunk);
             let nt = (rows.1 - rows.0) * tw;
             v.resize(ci, nt);
@@ -407,8 +413,8 @@ fn forward_transformed(s: ConvShape, x: &[f32], u: &[f32], bias: Option<&[f32]>)
                     // and only this tile row writes them.
                     let (line0, line1) = unsafe {
                         (
-                            std::slice::from_raw_parts_mut(out.0.add(plane), w),
-                            std::slice::from_raw_parts_mut(out.0.add(plane + w), w),
+                            std::slice::from_raw_parts_mut(out.at(plane), w),
+                            std::slice::from_raw_parts_mut(out.at(plane + w), w),
                         )
                     };
                     for k in 0..tw {
@@ -484,16 +490,7 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let du = if matches!(par, Parallelism::Rayon(_)) {
         accumulate(0, chunks)
     } else {
-        // One contiguous run of chunks per thread, then a sum of the per-thread matrices.
-        let parts = rayon::current_num_threads().min(chunks);
-        (0..parts)
-            .into_par_iter()
-            .map(|q| accumulate(q * chunks / parts, (q + 1) * chunks / parts))
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            })
-            .expect("at least one chunk")
+        sum_over_threads(chunks, accumulate)
     };
     // ∂g = Gᵀ ∂U G.
     let mut dw = vec![0f32; co * ci * 9];
@@ -501,13 +498,11 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
         for c in 0..ci {
             let at = |a: usize, b: usize| du[((a * 4 + b) * co + o) * ci + c];
             // Gᵀ ∂U: 3 rows of 4.
-            let mut gu = [[0f32; 4]; 3];
-            for b in 0..4 {
-                let (u0, u1, u2, u3) = (at(0, b), at(1, b), at(2, b), at(3, b));
-                gu[0][b] = u0 + 0.5 * (u1 + u2);
-                gu[1][b] = 0.5 * (u1 - u2);
-                gu[2][b] = 0.5 * (u1 + u2) + u3;
-            }
+            let gu: [[f32; 4]; 3] = [
+                std::array::from_fn(|b| at(0, b) + 0.5 * (at(1, b) + at(2, b))),
+                std::array::from_fn(|b| 0.5 * (at(1, b) - at(2, b))),
+                std::array::from_fn(|b| 0.5 * (at(1, b) + at(2, b)) + at(3, b)),
+            ];
             let g = &mut dw[(o * ci + c) * 9..][..9];
             for (ky, r) in gu.iter().enumerate() {
                 g[ky * 3] = r[0] + 0.5 * (r[1] + r[2]);
