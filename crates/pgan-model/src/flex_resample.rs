@@ -28,7 +28,7 @@ fn repeat2x2(x: &FlexTensor, scale: f32) -> FlexTensor {
     if !y.is_empty() {
         y.par_chunks_mut(4 * h * w)
             .zip(xs.par_chunks(h * w))
-            .for_each(|(y, x)| {
+            .for_each(move |(y, x)| {
                 for (pair, row) in y.chunks_exact_mut(4 * w).zip(x.chunks_exact(w)) {
                     let (top, bottom) = pair.split_at_mut(2 * w);
                     for (out, &v) in top.chunks_exact_mut(2).zip(row) {
@@ -56,7 +56,7 @@ fn pool2x2(x: &FlexTensor, scale: f32) -> FlexTensor {
     if !y.is_empty() {
         y.par_chunks_mut(ho * wo)
             .zip(xs.par_chunks(h * w))
-            .for_each(|(y, x)| {
+            .for_each(move |(y, x)| {
                 for (out, pair) in y.chunks_exact_mut(wo).zip(x.chunks_exact(2 * w)) {
                     let (top, bottom) = pair.split_at(w);
                     for ((o, t), b) in out

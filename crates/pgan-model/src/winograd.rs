@@ -116,32 +116,28 @@ impl Blocks {
         self.data[p * self.stride..].as_mut_ptr()
     }
 
-    /// The `len` tiles from `at` of channel `c`, in each of the 16 blocks.
-    fn rows_mut(&mut self, c: usize, at: usize, len: usize) -> [&mut [f32]; P] {
-        let offset = c * self.tiles + at;
+    /// Channel `c`'s row of tiles in each of the 16 blocks.
+    fn channel_mut(&mut self, c: usize) -> [&mut [f32]; P] {
+        let (offset, len) = (c * self.tiles, self.tiles);
         let mut blocks = self.data.chunks_exact_mut(self.stride);
         std::array::from_fn(|_| {
             let block = blocks.next().expect("16 blocks");
             &mut block[offset..][..len]
         })
     }
-
-    /// The same, read-only.
-    fn rows(&self, c: usize, at: usize, len: usize) -> [&[f32]; P] {
-        let offset = c * self.tiles + at;
-        std::array::from_fn(|p| &self.data[p * self.stride + offset..][..len])
-    }
 }
 
-/// `U[p][o][c] = (G g_{o,c} Gᵀ)[p]`, `[16, C_out, C_in]`, with
-/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
-/// `kernel(o, c)` is the 3x3 kernel from input channel `c` to output channel `o`, row-major.
-fn transform_filters(s: &ConvShape, kernel: impl Fn(usize, usize) -> [f32; 9]) -> Vec<f32> {
+/// `U[p][o][c] = (G g_{o,c} Gᵀ)[p]`, `[16, C_out, C_in]`, from OIHW `weight`, with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`. One output channel at a time into a
+/// `[16, C_in]` buffer, then copied out row by row: writing `U` in `(o, c)` order directly is 16
+/// streams a power of two apart, which share one L1 set.
+fn transform_filters(s: &ConvShape, weight: &[f32]) -> Vec<f32> {
     let (co, ci) = (s.c_out, s.c_in);
     let mut u = vec![0f32; P * co * ci];
+    let mut rows = vec![0f32; P * ci];
     for o in 0..co {
         for c in 0..ci {
-            let g = kernel(o, c);
+            let g = &weight[(o * ci + c) * 9..][..9];
             // G g: 4 rows of 3.
             let mut gg = [[0f32; 3]; 4];
             for x in 0..3 {
@@ -159,70 +155,93 @@ fn transform_filters(s: &ConvShape, kernel: impl Fn(usize, usize) -> [f32; 9]) -
                     row[2],
                 ];
                 for (b, v) in t.into_iter().enumerate() {
-                    u[((a * 4 + b) * co + o) * ci + c] = v;
+                    rows[(a * 4 + b) * ci + c] = v;
                 }
             }
+        }
+        for (p, row) in rows.chunks_exact(ci).enumerate() {
+            u[(p * co + o) * ci..][..ci].copy_from_slice(row);
         }
     }
     u
 }
 
-/// One image row split into its even and odd columns of the zero-padded row (padded column
-/// `2k` is image column `2k − 1`): `even[k] = x[2k − 1]`, `odd[k] = x[2k]`, `k ∈ [0, w/2]`.
-fn split_row(plane: &[f32], w: usize, y: isize, even: &mut [f32], odd: &mut [f32]) {
-    let tw = w / 2;
-    if y < 0 || y as usize * w >= plane.len() {
-        even.fill(0.0);
-        odd.fill(0.0);
-        return;
-    }
-    let row = &plane[y as usize * w..][..w];
-    even[0] = 0.0;
-    odd[tw] = 0.0;
-    for ((pair, o), e) in row.chunks_exact(2).zip(&mut odd[..tw]).zip(&mut even[1..]) {
-        *o = pair[0];
-        *e = pair[1];
+/// The left operands of the 16 products: `U` as [`transform_filters`] returns it, or read as the
+/// transformed filters of the flipped, transposed kernel (the input gradient). Flipping a 3x3
+/// kernel reverses `G`'s columns, which swaps its rows 0 and 3 (`G J = Π G`), so
+/// `G flip(g) Gᵀ = Π (G g Gᵀ) Πᵀ`: position `(a, b)` of the flipped kernel is position
+/// `(σa, σb)` of the original, `σ = (3 1 2 0)`; the in ↔ out transposition is a change of strides.
+#[derive(Clone, Copy)]
+struct Filters<'a> {
+    u: &'a [f32],
+    flipped_transposed: bool,
+}
+
+impl Filters<'_> {
+    /// `(pointer, column stride, row stride)` of `U[p]` as a `[rows, cols]` matrix, where the
+    /// product has `rows` outputs and `cols` inputs.
+    fn lhs(&self, p: usize, rows: usize, cols: usize) -> (*const f32, isize, isize) {
+        if self.flipped_transposed {
+            const SIGMA: [usize; 4] = [3, 1, 2, 0];
+            let q = SIGMA[p / 4] * 4 + SIGMA[p % 4];
+            // Stored as [16, cols, rows] (the forward's [C_out, C_in]).
+            (self.u[q * rows * cols..].as_ptr(), rows as isize, 1)
+        } else {
+            (self.u[p * rows * cols..].as_ptr(), 1, cols as isize)
+        }
     }
 }
 
-/// `Bᵀ d` on whole rows: `t = (d0 − d2, d1 + d2, d2 − d1, d1 − d3)`, element-wise.
-fn rows_times_bt(d: &[f32], t: &mut [f32], len: usize) {
-    let (d0, d1, d2, d3) = (
-        &d[..len],
-        &d[len..2 * len],
-        &d[2 * len..3 * len],
-        &d[3 * len..4 * len],
-    );
-    let (t0, rest) = t.split_at_mut(len);
-    let (t1, rest) = rest.split_at_mut(len);
-    let (t2, t3) = rest.split_at_mut(len);
-    let t3 = &mut t3[..len];
-    for k in 0..len {
-        t0[k] = d0[k] - d2[k];
-        t1[k] = d1[k] + d2[k];
-        t2[k] = d2[k] - d1[k];
-        t3[k] = d1[k] - d3[k];
+/// `(x0, x1, x2, x3) ← (x0 − x2, x1 + x2, x2 − x1, x1 − x3)` element-wise: `Bᵀ` applied along
+/// one axis of the 4x4 patches of a row of tiles, in place.
+fn bt_in_place(x0: &mut [f32], x1: &mut [f32], x2: &mut [f32], x3: &mut [f32]) {
+    for (((a, b), c), d) in x0.iter_mut().zip(x1.iter_mut()).zip(x2.iter_mut()).zip(x3) {
+        let (p0, p1, p2, p3) = (*a, *b, *c, *d);
+        *a = p0 - p2;
+        *b = p1 + p2;
+        *c = p2 - p1;
+        *d = p1 - p3;
     }
 }
 
-/// `· B` on a row of tiles, from the row's even and odd columns (`tw + 1` each): tile `k`'s
-/// columns are `(e[k], o[k], e[k + 1], o[k + 1])`.
-fn row_times_b(e: &[f32], o: &[f32], out: [&mut [f32]; 4], tw: usize) {
-    let (e0, e1, o0, o1) = (&e[..tw], &e[1..=tw], &o[..tw], &o[1..=tw]);
-    let [b0, b1, b2, b3] = out;
-    let (b0, b1, b2, b3) = (&mut b0[..tw], &mut b1[..tw], &mut b2[..tw], &mut b3[..tw]);
-    for k in 0..tw {
-        b0[k] = e0[k] - e1[k];
-        b1[k] = o0[k] + e1[k];
-        b2[k] = e1[k] - o0[k];
-        b3[k] = o0[k] - o1[k];
+/// `(x0, x1) ← (x0 + x1 + x2, x1 − x2 − x3)` element-wise: `Aᵀ` along one axis, in place.
+fn at_in_place(x0: &mut [f32], x1: &mut [f32], x2: &[f32], x3: &[f32]) {
+    for (((a, b), &c), &d) in x0.iter_mut().zip(x1.iter_mut()).zip(x2).zip(x3) {
+        let (p0, p1) = (*a, *b);
+        *a = p0 + p1 + c;
+        *b = p1 - c - d;
     }
+}
+
+/// `(x0, x1, x2, x3) ← (x0, x0 + x1, x0 − x1, −x1)` element-wise: `A` along one axis, in place.
+fn a_in_place(x0: &mut [f32], x1: &mut [f32], x2: &mut [f32], x3: &mut [f32]) {
+    for (((a, b), c), d) in x0.iter_mut().zip(x1.iter_mut()).zip(x2.iter_mut()).zip(x3) {
+        let (p0, p1) = (*a, *b);
+        *b = p0 + p1;
+        *c = p0 - p1;
+        *d = -p1;
+    }
+}
+
+/// The 16 rows of one channel as named slices, for the in-place steps above.
+macro_rules! sixteen {
+    ($rows:expr) => {{
+        let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15] = $rows;
+        [
+            [r0, r1, r2, r3],
+            [r4, r5, r6, r7],
+            [r8, r9, r10, r11],
+            [r12, r13, r14, r15],
+        ]
+    }};
 }
 
 /// `V[p][c][j] = (Bᵀ d B)[p]` for the tile rows `[r0, r1)` of `x`, with
 /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; `d` is the 4x4 patch at
-/// `(2·ty − 1, 2·tx − 1)`, zero outside the image. A whole row of tiles at a time: `Bᵀ d` is
-/// four element-wise row combinations, `· B` the same on even and odd columns.
+/// `(2·ty − 1, 2·tx − 1)`, zero outside the image. Per channel, the patches of all the chunk's
+/// tiles are first copied into `V` (element `(q, b)` of tile `j` at `V[4q + b][c][j]`), then
+/// transformed in place along whole rows of tiles: every arithmetic step is one long
+/// element-wise loop, which vectorises even when an image row holds only 2 tiles.
 fn transform_inputs(
     s: &ConvShape,
     t: &Tiling,
@@ -230,47 +249,55 @@ fn transform_inputs(
     (r0, r1): (usize, usize),
     v: &mut Blocks,
 ) {
-    let (w, hw, ci, tw) = (s.w, s.h * s.w, s.c_in, t.tw);
-    let len = tw + 1;
-    let mut even = vec![0f32; 4 * len];
-    let mut odd = vec![0f32; 4 * len];
-    let mut te = vec![0f32; 4 * len];
-    let mut to = vec![0f32; 4 * len];
+    let (h, w, hw, ci, tw) = (s.h, s.w, s.h * s.w, s.c_in, t.tw);
     for c in 0..ci {
+        let mut d = sixteen!(v.channel_mut(c));
         for r in r0..r1 {
             let (image, ty) = (r / t.th, r % t.th);
             let plane = &x[(image * ci + c) * hw..][..hw];
-            for q in 0..4 {
-                let y = 2 * ty as isize - 1 + q as isize;
-                split_row(
-                    plane,
-                    w,
-                    y,
-                    &mut even[q * len..][..len],
-                    &mut odd[q * len..][..len],
+            let at = (r - r0) * tw;
+            for (q, [d0, d1, d2, d3]) in d.iter_mut().enumerate() {
+                let (d0, d1, d2, d3) = (
+                    &mut d0[at..at + tw],
+                    &mut d1[at..at + tw],
+                    &mut d2[at..at + tw],
+                    &mut d3[at..at + tw],
                 );
+                // Patch row q of tile row ty is image row 2·ty − 1 + q.
+                let y = (2 * ty + q).wrapping_sub(1);
+                if y >= h {
+                    for row in [d0, d1, d2, d3] {
+                        row.fill(0.0);
+                    }
+                    continue;
+                }
+                // Patch columns 2k − 1, 2k, 2k + 1, 2k + 2 of tile k (plain loops: at 4 or 8
+                // pixels a row, `copy_from_slice` is a call to memmove per row).
+                let row = &plane[y * w..][..w];
+                for k in 0..tw {
+                    d0[k] = if k > 0 { row[2 * k - 1] } else { 0.0 };
+                    d1[k] = row[2 * k];
+                    d2[k] = row[2 * k + 1];
+                    d3[k] = if k + 1 < tw { row[2 * k + 2] } else { 0.0 };
+                }
             }
-            rows_times_bt(&even, &mut te, len);
-            rows_times_bt(&odd, &mut to, len);
-            let [o0, o1, o2, o3, o4, o5, o6, o7, o8, o9, o10, o11, o12, o13, o14, o15] =
-                v.rows_mut(c, (r - r0) * tw, tw);
-            for (a, out) in [
-                [o0, o1, o2, o3],
-                [o4, o5, o6, o7],
-                [o8, o9, o10, o11],
-                [o12, o13, o14, o15],
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                row_times_b(&te[a * len..][..len], &to[a * len..][..len], out, tw);
-            }
+        }
+        // Bᵀ d: down each patch column b ...
+        for b in 0..4 {
+            let [q0, q1, q2, q3] = &mut d;
+            bt_in_place(q0[b], q1[b], q2[b], q3[b]);
+        }
+        // ... then (Bᵀ d) B: along each row a.
+        for [e0, e1, e2, e3] in &mut d {
+            bt_in_place(e0, e1, e2, e3);
         }
     }
 }
 
 /// `∂M[p][o][j] = (A ∂Y Aᵀ)[p]` for the tile rows `[r0, r1)` of the output gradient, with
-/// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`.
+/// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`: each tile's 2x2 block copied to positions
+/// `(0, 0), (0, 1), (1, 0), (1, 1)`, then `A` applied in place down both columns and along all
+/// four rows, as in [`transform_inputs`].
 fn transform_output_grads(
     s: &ConvShape,
     t: &Tiling,
@@ -280,22 +307,26 @@ fn transform_output_grads(
 ) {
     let (w, hw, co, tw) = (s.w, s.h * s.w, s.c_out, t.tw);
     for o in 0..co {
+        let mut d = sixteen!(dm.channel_mut(o));
         for r in r0..r1 {
             let (image, ty) = (r / t.th, r % t.th);
             let plane = &grad[(image * co + o) * hw..][..hw];
-            let (y0, y1) = (&plane[2 * ty * w..][..w], &plane[(2 * ty + 1) * w..][..w]);
-            let out = dm.rows_mut(o, (r - r0) * tw, tw);
-            for k in 0..tw {
-                let (e0, o0, e1, o1) = (y0[2 * k], y0[2 * k + 1], y1[2 * k], y1[2 * k + 1]);
-                // A ∂Y: 4 rows of 2, then each row (qe, qo) · Aᵀ.
-                let ay = [[e0, o0], [e0 + e1, o0 + o1], [e0 - e1, o0 - o1], [-e1, -o1]];
-                for (a, [qe, qo]) in ay.into_iter().enumerate() {
-                    out[a * 4][k] = qe;
-                    out[a * 4 + 1][k] = qe + qo;
-                    out[a * 4 + 2][k] = qe - qo;
-                    out[a * 4 + 3][k] = -qo;
+            let at = (r - r0) * tw;
+            for (q, [e, od, _, _]) in d.iter_mut().take(2).enumerate() {
+                let row = &plane[(2 * ty + q) * w..][..w];
+                let (e, od) = (&mut e[at..at + tw], &mut od[at..at + tw]);
+                for ((pair, e), od) in row.chunks_exact(2).zip(e.iter_mut()).zip(od.iter_mut()) {
+                    *e = pair[0];
+                    *od = pair[1];
                 }
             }
+        }
+        for b in 0..2 {
+            let [q0, q1, q2, q3] = &mut d;
+            a_in_place(q0[b], q1[b], q2[b], q3[b]);
+        }
+        for [e0, e1, e2, e3] in &mut d {
+            a_in_place(e0, e1, e2, e3);
         }
     }
 }
@@ -334,31 +365,33 @@ impl SharedOut {
 
 /// `y = conv(x, weight) + bias` for a shape [`applies`] accepts; NCHW / OIHW, row-major.
 pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let u = transform_filters(&s, |o, c| {
-        weight[(o * s.c_in + c) * 9..][..9]
-            .try_into()
-            .expect("9 taps")
-    });
-    forward_transformed(s, x, &u, bias)
+    let u = transform_filters(&s, weight);
+    let filters = Filters {
+        u: &u,
+        flipped_transposed: false,
+    };
+    forward_transformed(s, x, filters, bias)
 }
 
 /// `∂L/∂x` from `∂L/∂y` for a shape [`applies`] accepts: the forward pass from `c_out` back to
-/// `c_in` channels with the kernel transposed (in ↔ out) and flipped, folded into the filter
-/// transform.
+/// `c_in` channels with the kernel transposed (in ↔ out) and flipped, read from the forward's
+/// transformed filters ([`Filters`]).
 pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32]) -> Vec<f32> {
-    let t = s.transposed();
-    let u = transform_filters(&t, |o, c| {
-        let mut g: [f32; 9] = weight[(c * s.c_in + o) * 9..][..9]
-            .try_into()
-            .expect("9 taps");
-        g.reverse();
-        g
-    });
-    forward_transformed(t, grad, &u, None)
+    let u = transform_filters(&s, weight);
+    let filters = Filters {
+        u: &u,
+        flipped_transposed: true,
+    };
+    forward_transformed(s.transposed(), grad, filters, None)
 }
 
-/// The forward pass with the filters already transformed (`U`, `[16, C_out, C_in]`).
-fn forward_transformed(s: ConvShape, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// The forward pass with the filters already transformed.
+fn forward_transformed(
+    s: ConvShape,
+    x: &[f32],
+    filters: Filters<'_>,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     debug_assert!(applies(&s));
     let (co, ci, w, hw) = (s.c_out, s.c_in, s.w, s.h * s.w);
     let mut y = vec![0f32; s.n * co * hw];
@@ -376,8 +409,9 @@ fn forward_transformed(s: ConvShape, x: &[f32], u: &[f32], bias: Option<&[f32]>)
             m.resize(co, nt);
             transform_inputs(&s, &t, x, rows, v);
             for p in 0..P {
-                // SAFETY: M[p] is [co, nt], U[p] [co, ci], V[p] [ci, nt], row-major, inside
-                // their buffers (`Blocks::resize`); none overlap.
+                let (lhs, lhs_cs, lhs_rs) = filters.lhs(p, co, ci);
+                // SAFETY: M[p] is [co, nt], U[p] [co, ci] (strides from `Filters::lhs`), V[p]
+                // [ci, nt], row-major, inside their buffers (`Blocks::resize`); none overlap.
                 unsafe {
                     gemm(
                         co,
@@ -387,9 +421,9 @@ fn forward_transformed(s: ConvShape, x: &[f32], u: &[f32], bias: Option<&[f32]>)
                         1,
                         nt as isize,
                         false,
-                        u.as_ptr().add(p * co * ci),
-                        1,
-                        ci as isize,
+                        lhs,
+                        lhs_cs,
+                        lhs_rs,
                         v.block(p),
                         1,
                         nt as isize,
@@ -402,12 +436,23 @@ fn forward_transformed(s: ConvShape, x: &[f32], u: &[f32], bias: Option<&[f32]>)
                     );
                 }
             }
-            // Y = Aᵀ M A, with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]: a row of tiles at a time.
+            // Y = Aᵀ M A, with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], in place on M: down each
+            // column, then along the first two rows; Y's 2x2 tile is then at positions
+            // (0, 0), (0, 1), (1, 0), (1, 1).
             for o in 0..co {
                 let b0 = bias.map_or(0.0, |b| b[o]);
+                let [mut r0, mut r1, r2, r3] = sixteen!(m.channel_mut(o));
+                for b in 0..4 {
+                    at_in_place(&mut r0[b], &mut r1[b], &r2[b], &r3[b]);
+                }
+                for [e0, e1, e2, e3] in [&mut r0, &mut r1] {
+                    at_in_place(e0, e1, e2, e3);
+                }
+                let [y00, y01, ..] = &r0;
+                let [y10, y11, ..] = &r1;
                 for r in rows.0..rows.1 {
                     let (image, ty) = (r / t.th, r % t.th);
-                    let mm = m.rows(o, (r - rows.0) * tw, tw);
+                    let at = (r - rows.0) * tw;
                     let plane = (image * co + o) * hw + 2 * ty * w;
                     // SAFETY: output rows 2ty and 2ty + 1 of plane (image, o) lie inside y,
                     // and only this tile row writes them.
@@ -417,16 +462,15 @@ fn forward_transformed(s: ConvShape, x: &[f32], u: &[f32], bias: Option<&[f32]>)
                             std::slice::from_raw_parts_mut(out.at(plane + w), w),
                         )
                     };
-                    for k in 0..tw {
-                        let at = |p: usize| mm[p][k];
-                        // The two rows of Aᵀ M, then each · A.
-                        let r0: [f32; 4] = std::array::from_fn(|b| at(b) + at(4 + b) + at(8 + b));
-                        let r1: [f32; 4] =
-                            std::array::from_fn(|b| at(4 + b) - at(8 + b) - at(12 + b));
-                        line0[2 * k] = r0[0] + r0[1] + r0[2] + b0;
-                        line0[2 * k + 1] = r0[1] - r0[2] - r0[3] + b0;
-                        line1[2 * k] = r1[0] + r1[1] + r1[2] + b0;
-                        line1[2 * k + 1] = r1[1] - r1[2] - r1[3] + b0;
+                    for (k, (top, bottom)) in line0
+                        .chunks_exact_mut(2)
+                        .zip(line1.chunks_exact_mut(2))
+                        .enumerate()
+                    {
+                        top[0] = y00[at + k] + b0;
+                        top[1] = y01[at + k] + b0;
+                        bottom[0] = y10[at + k] + b0;
+                        bottom[1] = y11[at + k] + b0;
                     }
                 }
             }
@@ -492,11 +536,16 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
     } else {
         sum_over_threads(chunks, accumulate)
     };
-    // ∂g = Gᵀ ∂U G.
+    // ∂g = Gᵀ ∂U G, one output channel at a time from a `[16, C_in]` copy of its rows of ∂U
+    // (reading ∂U in `(o, c)` order directly is 16 streams in one L1 set).
     let mut dw = vec![0f32; co * ci * 9];
+    let mut rows = vec![0f32; P * ci];
     for o in 0..co {
+        for (p, row) in rows.chunks_exact_mut(ci).enumerate() {
+            row.copy_from_slice(&du[(p * co + o) * ci..][..ci]);
+        }
         for c in 0..ci {
-            let at = |a: usize, b: usize| du[((a * 4 + b) * co + o) * ci + c];
+            let at = |a: usize, b: usize| rows[(a * 4 + b) * ci + c];
             // Gᵀ ∂U: 3 rows of 4.
             let gu: [[f32; 4]; 3] = [
                 std::array::from_fn(|b| at(0, b) + 0.5 * (at(1, b) + at(2, b))),

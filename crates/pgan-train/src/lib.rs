@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adam;
 pub mod alarms;
 pub mod backend;
 pub mod checkpoint;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use burn::tensor::{Tensor, TensorData};
@@ -24,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::{Map, Value};
 
+use crate::adam::FusedAdam;
 use crate::alarms::Alarms;
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
@@ -84,8 +85,8 @@ pub struct RunSummary {
     pub rollbacks: u32,
 }
 
-type GOptim<B> = OptimizerAdaptor<Adam, Generator<B>, B>;
-type DOptim<B> = OptimizerAdaptor<Adam, Discriminator<B>, B>;
+type GOptim<B> = OptimizerAdaptor<FusedAdam, Generator<B>, B>;
+type DOptim<B> = OptimizerAdaptor<FusedAdam, Discriminator<B>, B>;
 
 /// The networks and their optimizers.
 struct Nets<B: AutodiffBackend> {
@@ -767,11 +768,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-fn adam(config: &TrainConfig) -> AdamConfig {
-    AdamConfig::new()
-        .with_beta_1(config.optim.beta1)
-        .with_beta_2(config.optim.beta2)
-        .with_epsilon(config.optim.epsilon)
+fn adam(config: &TrainConfig) -> FusedAdam {
+    let o = &config.optim;
+    FusedAdam::new(o.beta1, o.beta2, o.epsilon)
 }
 
 /// Newly initialised networks; with a seed, the backend RNG is seeded first. The backend RNG is
