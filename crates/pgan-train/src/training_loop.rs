@@ -5,11 +5,13 @@
 //! alarms, optionally samples, evaluation and a checkpoint. NaN/Inf losses roll the run back to
 //! the last checkpoint with a reduced learning rate.
 
+use core::any::TypeId;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use burn::backend::Flex;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
@@ -114,7 +116,25 @@ pub fn train_on<B: AutodiffBackend>(
     let _turn = ONE_TRAINING_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    Trainer::<B>::start(options, device)?.run()
+    let run = move || Trainer::<B>::start(options, device)?.run();
+    if TypeId::of::<B::InnerBackend>() == TypeId::of::<Flex>() {
+        on_a_rayon_thread(run)
+    } else {
+        run()
+    }
+}
+
+/// Runs `f` on a thread of rayon's global pool. The CPU kernels (flex's and `pgan-model`'s)
+/// are rayon parallel loops: called from a thread outside the pool, each one parks the caller,
+/// wakes the pool and wakes the caller again when done, and a 4x4 step is hundreds of such ops
+/// of a few tens of µs. Called from a pool thread, the caller runs its share of each loop and
+/// the other threads steal the rest.
+fn on_a_rayon_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    // `scope` from outside the pool runs its body on a pool thread and waits for it.
+    rayon::scope(|_| f())
 }
 
 struct Trainer<B: AutodiffBackend> {
