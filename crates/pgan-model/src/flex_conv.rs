@@ -69,11 +69,13 @@ pub fn conv2d_same<B: Backend>(
     )
 }
 
-/// Moves a value between two spellings of the same type (callers check with `TypeId` first).
-pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> U {
+/// Moves a value between two spellings of the same type, e.g. `Tensor<B, D>` and
+/// `Tensor<Flex, D>` once `TypeId` has shown `B` is `Flex` (callers check first). Also used by
+/// `pgan-train`'s fused Adam.
+pub fn cast<T: 'static, U: 'static>(value: T) -> U {
     *(Box::new(value) as Box<dyn Any>)
         .downcast::<U>()
-        .unwrap_or_else(|_| unreachable!("conv2d_same: backend types checked by TypeId"))
+        .unwrap_or_else(|_| unreachable!("cast: types checked by TypeId"))
 }
 
 fn conv_shape(x: &FlexTensor, weight: &FlexTensor) -> ConvShape {

@@ -9,7 +9,7 @@
 //! keeps burn's [`AdamState`] as its state: optimizer records and checkpoints are the same
 //! either way.
 
-use core::any::{Any, TypeId};
+use core::any::TypeId;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
@@ -20,6 +20,7 @@ use burn::optim::{
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use pgan_model::flex_conv::cast;
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -169,13 +170,6 @@ fn dense(t: FlexTensor) -> FlexTensor {
     } else {
         t.to_contiguous()
     }
-}
-
-/// Moves a value between two spellings of the same type (the caller checks with `TypeId`).
-fn cast<T: 'static, U: 'static>(value: T) -> U {
-    *(Box::new(value) as Box<dyn Any>)
-        .downcast::<U>()
-        .unwrap_or_else(|_| unreachable!("FusedAdam: backend type checked by TypeId"))
 }
 
 #[cfg(test)]
