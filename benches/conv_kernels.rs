@@ -77,19 +77,19 @@ fn main() {
             (
                 "forward",
                 Box::new(|| {
-                    std::hint::black_box(cpu_conv::forward(s, &x, &w, Some(&b)));
+                    std::hint::black_box(cpu_conv::forward(s, &x, &w, 1.0, Some(&b)));
                 }),
             ),
             (
                 "input_grad",
                 Box::new(|| {
-                    std::hint::black_box(cpu_conv::input_grad(s, &g, &w));
+                    std::hint::black_box(cpu_conv::input_grad(s, &g, &w, 1.0));
                 }),
             ),
             (
                 "weight_grad",
                 Box::new(|| {
-                    std::hint::black_box(cpu_conv::weight_grad(s, &x, &g));
+                    std::hint::black_box(cpu_conv::weight_grad(s, &x, &g, 1.0));
                 }),
             ),
         ];

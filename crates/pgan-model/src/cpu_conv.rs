@@ -118,14 +118,22 @@ fn im2col(s: &ConvShape, image: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// `y = conv(x, weight) + bias`, all NCHW / OIHW, row-major.
-pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// `y = conv(x, scale · weight) + bias`, all NCHW / OIHW, row-major. `scale` is the equalized
+/// learning rate's run-time constant, applied inside the products (gemm's `beta`, or the
+/// Winograd filter transform) instead of as a separate pass over the weights.
+pub fn forward(
+    s: ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    scale: f32,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     s.check(x, weight);
     if let Some(b) = bias {
         assert_eq!(b.len(), s.c_out, "bias size");
     }
     if winograd::applies(&s) {
-        return winograd::forward(s, x, weight, bias);
+        return winograd::forward(s, x, weight, scale, bias);
     }
     let (hw, taps) = (s.hw(), s.taps());
     let mut y = vec![0f32; s.n * s.c_out * hw];
@@ -165,7 +173,7 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
                 1,
                 pitch as isize,
                 1.0,
-                1.0,
+                scale,
                 false,
                 false,
                 false,
@@ -189,12 +197,12 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     y
 }
 
-/// `∂L/∂x` from `∂L/∂y`: the output gradient convolved with the kernel transposed (in ↔ out)
-/// and flipped, the same padding.
-pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32]) -> Vec<f32> {
+/// `∂L/∂x` from `∂L/∂y` of `conv(x, scale · weight)`: the output gradient convolved with the
+/// kernel transposed (in ↔ out) and flipped, the same padding.
+pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32], scale: f32) -> Vec<f32> {
     if winograd::applies(&s) {
         s.transposed().check(grad, weight);
-        return winograd::input_grad(s, grad, weight);
+        return winograd::input_grad(s, grad, weight, scale);
     }
     let k = s.k;
     let mut flipped = vec![0f32; weight.len()];
@@ -208,17 +216,17 @@ pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32]) -> Vec<f32> {
             }
         }
     }
-    forward(s.transposed(), grad, &flipped, None)
+    forward(s.transposed(), grad, &flipped, scale, None)
 }
 
-/// `∂L/∂w` (`[C_out, C_in, k, k]`) from the input and `∂L/∂y`: per image
-/// `∂L/∂y_i [C_out, H·W] × im2col(x_i)ᵀ`, summed over the batch.
-pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
+/// `∂L/∂w` (`[C_out, C_in, k, k]`) of `conv(x, scale · w)` from the input and `∂L/∂y`: per
+/// image `scale · ∂L/∂y_i [C_out, H·W] × im2col(x_i)ᵀ`, summed over the batch.
+pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32], scale: f32) -> Vec<f32> {
     let (hw, taps) = (s.hw(), s.taps());
     assert_eq!(x.len(), s.n * s.c_in * hw, "input size");
     assert_eq!(grad.len(), s.n * s.c_out * hw, "output gradient size");
     if winograd::applies(&s) {
-        return winograd::weight_grad(s, x, grad);
+        return winograd::weight_grad(s, x, grad, scale);
     }
     // Images [start, end) accumulated into one [c_out, taps] matrix.
     let accumulate = |start: usize, end: usize, par: Parallelism| {
@@ -252,7 +260,7 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
                     pitch as isize,
                     1,
                     1.0,
-                    1.0,
+                    scale,
                     false,
                     false,
                     false,
@@ -426,20 +434,24 @@ mod tests {
         },
     ];
 
+    /// An equalized-learning-rate scale that is not 1, so a kernel that drops it fails.
+    const SCALE: f32 = 0.37;
+
     #[test]
     fn forward_matches_the_definition() {
         for (t, s) in SHAPES.into_iter().enumerate() {
             let x = fill(s.n * s.c_in * s.hw(), 1 + t as u64);
             let w = fill(s.c_out * s.taps(), 100 + t as u64);
+            let scaled: Vec<f32> = w.iter().map(|v| v * SCALE).collect();
             let b = fill(s.c_out, 200 + t as u64);
             assert_close(
                 &format!("{s:?} with bias"),
-                &forward(s, &x, &w, Some(&b)),
-                &direct(s, &x, &w, Some(&b)),
+                &forward(s, &x, &w, SCALE, Some(&b)),
+                &direct(s, &x, &scaled, Some(&b)),
             );
             assert_close(
                 &format!("{s:?}"),
-                &forward(s, &x, &w, None),
+                &forward(s, &x, &w, 1.0, None),
                 &direct(s, &x, &w, None),
             );
         }
@@ -479,8 +491,8 @@ mod tests {
                                         let xi = ((i * s.c_in + c) * s.h + sy as usize) * s.w
                                             + sx as usize;
                                         let wi = ((o * s.c_in + c) * s.k + ky) * s.k + kx;
-                                        dx[xi] += g * w[wi] as f64;
-                                        dw[wi] += g * x[xi] as f64;
+                                        dx[xi] += g * (w[wi] * SCALE) as f64;
+                                        dw[wi] += g * x[xi] as f64 * SCALE as f64;
                                     }
                                 }
                             }
@@ -488,8 +500,8 @@ mod tests {
                     }
                 }
             }
-            assert_close(&format!("dx {s:?}"), &input_grad(s, &r, &w), &dx);
-            assert_close(&format!("dw {s:?}"), &weight_grad(s, &x, &r), &dw);
+            assert_close(&format!("dx {s:?}"), &input_grad(s, &r, &w, SCALE), &dx);
+            assert_close(&format!("dw {s:?}"), &weight_grad(s, &x, &r, SCALE), &dw);
             assert_close(&format!("db {s:?}"), &bias_grad(s, &r), &db);
         }
     }
@@ -512,13 +524,13 @@ mod tests {
             .num_threads(4)
             .build()
             .unwrap();
-        let (y, dw) = pool.install(|| (forward(s, &x, &w, None), weight_grad(s, &x, &r)));
+        let (y, dw) = pool.install(|| (forward(s, &x, &w, 1.0, None), weight_grad(s, &x, &r, 1.0)));
         assert_close("forward", &y, &direct(s, &x, &w, None));
         let serial = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        let dw_serial = serial.install(|| weight_grad(s, &x, &r));
+        let dw_serial = serial.install(|| weight_grad(s, &x, &r, 1.0));
         let dw_serial: Vec<f64> = dw_serial.iter().map(|&v| v as f64).collect();
         assert_close("weight grad", &dw, &dw_serial);
     }

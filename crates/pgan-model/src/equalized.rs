@@ -62,17 +62,21 @@ impl EqualizedConv2dConfig {
 }
 
 impl<B: Backend> EqualizedConv2d<B> {
-    fn scaled_weight(&self) -> Tensor<B, 4> {
-        self.weight.val().mul_scalar(self.scale)
-    }
-
-    /// `y = conv(x, w · scale) + b`.
+    /// `y = conv(x, w · scale) + b`. The scale is applied inside the convolution
+    /// ([`conv2d_same`]), so on the CPU the raw weight tensor is what the op sees and the
+    /// transformed filters computed from it can be reused across the step's passes.
     ///
     /// # Shapes
     /// - x: `[N, C_in, H, W]`
     /// - output: `[N, C_out, H, W]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        conv2d_same(x, self.scaled_weight(), Some(self.bias.val()), self.padding)
+        conv2d_same(
+            x,
+            self.weight.val(),
+            self.scale,
+            Some(self.bias.val()),
+            self.padding,
+        )
     }
 
     /// Forward pass and its directional derivative along `dx`: the layer is
@@ -82,9 +86,15 @@ impl<B: Backend> EqualizedConv2d<B> {
     /// - x, dx: `[N, C_in, H, W]`
     /// - outputs: `[N, C_out, H, W]` each
     pub fn forward_jvp(&self, x: Tensor<B, 4>, dx: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let w = self.scaled_weight();
-        let y = conv2d_same(x, w.clone(), Some(self.bias.val()), self.padding);
-        let dy = conv2d_same(dx, w, None, self.padding);
+        let w = self.weight.val();
+        let y = conv2d_same(
+            x,
+            w.clone(),
+            self.scale,
+            Some(self.bias.val()),
+            self.padding,
+        );
+        let dy = conv2d_same(dx, w, self.scale, None, self.padding);
         (y, dy)
     }
 }

@@ -13,8 +13,13 @@
 //! - weight gradient: per image `∂L/∂y_i [C_out, H·W] × im2col(x_i)ᵀ`, summed over the batch;
 //! - bias gradient: the output gradient summed over batch and pixels.
 //!
+//! The equalized learning rate's weight scale is an argument of the op, applied inside the
+//! products: the op's weight is then the parameter tensor itself, whose Winograd-transformed
+//! filters [`crate::filter_cache`] keeps across the step's many passes.
+//!
 //! [`conv2d_same`] takes this path only when the backend is exactly `Flex` or `Autodiff<Flex>`
-//! (a `TypeId` check); every other backend, the GPU ones included, keeps burn's `conv2d`.
+//! (a `TypeId` check); every other backend, the GPU ones included, keeps burn's `conv2d` on
+//! `weight · scale`.
 
 use core::any::{Any, TypeId};
 
@@ -30,11 +35,12 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
 use crate::cpu_conv::{self, ConvShape};
+use crate::{filter_cache, winograd};
 
 /// The autodiff CPU backend the custom op is written for.
 type CpuAutodiff = Autodiff<Flex>;
 
-/// Stride-1 convolution with `padding = k / 2` ("same" for odd `k`).
+/// Stride-1 convolution of `x` with `weight · scale`, `padding = k / 2` ("same" for odd `k`).
 ///
 /// # Shapes
 /// - x: `[N, C_in, H, W]`, weight: `[C_out, C_in, k, k]`, bias: `[C_out]`
@@ -42,13 +48,14 @@ type CpuAutodiff = Autodiff<Flex>;
 pub fn conv2d_same<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
+    scale: f32,
     bias: Option<Tensor<B, 1>>,
     padding: usize,
 ) -> Tensor<B, 4> {
     let [_, _, kh, kw] = weight.dims();
     let same = kh == kw && kh == 2 * padding + 1;
     if same && TypeId::of::<B>() == TypeId::of::<CpuAutodiff>() {
-        let y = flex_conv(cast(x), cast(weight), bias.map(cast));
+        let y = flex_conv(cast(x), cast(weight), scale, bias.map(cast));
         return cast(y);
     }
     if same && TypeId::of::<B>() == TypeId::of::<Flex>() {
@@ -56,11 +63,17 @@ pub fn conv2d_same<B: Backend>(
         let weight: Tensor<Flex, 4> = cast(weight);
         let y = forward(
             x.into_primitive().tensor(),
-            weight.into_primitive().tensor(),
+            &weight.into_primitive().tensor(),
+            scale,
             bias.map(|b| cast::<_, Tensor<Flex, 1>>(b).into_primitive().tensor()),
         );
         return cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)));
     }
+    let weight = if scale == 1.0 {
+        weight
+    } else {
+        weight.mul_scalar(scale)
+    };
     conv2d(
         x,
         weight,
@@ -95,19 +108,36 @@ fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// A contiguous view of the weight, the one the filter cache can key on.
+fn dense(weight: &FlexTensor) -> FlexTensor {
+    if weight.as_slice::<f32>().is_some() {
+        weight.clone()
+    } else {
+        tensor(contiguous(weight).into_owned(), weight.shape().dims::<4>())
+    }
+}
+
 /// The forward convolution on flex tensors.
-fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
-    let s = conv_shape(&x, &weight);
+fn forward(x: FlexTensor, weight: &FlexTensor, scale: f32, bias: Option<FlexTensor>) -> FlexTensor {
+    let weight = &dense(weight);
+    let s = conv_shape(&x, weight);
     let bias = bias.as_ref().map(contiguous);
-    let y = cpu_conv::forward(s, &contiguous(&x), &contiguous(&weight), bias.as_deref());
+    let x = contiguous(&x);
+    let y = if winograd::applies(&s) {
+        let u = filter_cache::transformed(&s, weight, scale);
+        winograd::forward_with_filters(s, &x, &u, bias.as_deref())
+    } else {
+        cpu_conv::forward(s, &x, &contiguous(weight), scale, bias.as_deref())
+    };
     tensor(y, [s.n, s.c_out, s.h, s.w])
 }
 
-/// State kept for the backward pass: the forward's input and weight.
+/// State kept for the backward pass: the forward's input, (contiguous) weight and scale.
 #[derive(Debug, Clone)]
 struct SameConvState {
     x: FlexTensor,
     weight: FlexTensor,
+    scale: f32,
 }
 
 #[derive(Debug)]
@@ -124,15 +154,20 @@ impl Backward<Flex, 3> for SameConvBackward {
     ) {
         let [node_x, node_w, node_b] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let SameConvState { x, weight } = ops.state;
+        let SameConvState { x, weight, scale } = ops.state;
         let s = conv_shape(&x, &weight);
         let g = contiguous(&grad);
         if let Some(node) = node_x {
-            let dx = cpu_conv::input_grad(s, &g, &contiguous(&weight));
+            let dx = if winograd::applies(&s) {
+                let u = filter_cache::transformed(&s, &weight, scale);
+                winograd::input_grad_with_filters(s, &g, &u)
+            } else {
+                cpu_conv::input_grad(s, &g, &contiguous(&weight), scale)
+            };
             grads.register::<Flex>(node.id, tensor(dx, [s.n, s.c_in, s.h, s.w]));
         }
         if let Some(node) = node_w {
-            let dw = cpu_conv::weight_grad(s, &contiguous(&x), &g);
+            let dw = cpu_conv::weight_grad(s, &contiguous(&x), &g, scale);
             grads.register::<Flex>(node.id, tensor(dw, [s.c_out, s.c_in, s.k, s.k]));
         }
         if let Some(node) = node_b {
@@ -148,6 +183,7 @@ impl Backward<Flex, 3> for SameConvBackward {
 fn flex_conv(
     x: Tensor<CpuAutodiff, 4>,
     weight: Tensor<CpuAutodiff, 4>,
+    scale: f32,
     bias: Option<Tensor<CpuAutodiff, 1>>,
 ) -> Tensor<CpuAutodiff, 4> {
     let x = x.into_primitive().tensor();
@@ -168,16 +204,18 @@ fn flex_conv(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
+            let weight = dense(&w.primitive);
             let state = SameConvState {
                 x: x.primitive.clone(),
-                weight: w.primitive.clone(),
+                weight: weight.clone(),
+                scale,
             };
             let bias = has_bias.then_some(b.primitive);
-            prep.finish(state, forward(x.primitive, w.primitive, bias))
+            prep.finish(state, forward(x.primitive, &weight, scale, bias))
         }
         OpsKind::UnTracked(prep) => {
             let bias = has_bias.then_some(b.primitive);
-            prep.finish(forward(x.primitive, w.primitive, bias))
+            prep.finish(forward(x.primitive, &w.primitive, scale, bias))
         }
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -201,7 +239,11 @@ mod tests {
     use super::*;
     use burn::tensor::Distribution;
 
-    /// Gradients of `Σ y·r` (r random) through this op and through burn's own conv2d.
+    /// A weight scale that is not 1 (the equalized learning rate's), so dropping it fails.
+    const SCALE: f32 = 0.6;
+
+    /// Gradients of `Σ y·r` (r random) through this op and through burn's own conv2d on the
+    /// scaled weight.
     fn grads_both_ways(
         n: usize,
         c_in: usize,
@@ -235,11 +277,11 @@ mod tests {
             );
             let bias_arg = bias.then(|| b.clone());
             let y = if fast {
-                conv2d_same(x.clone(), w.clone(), bias_arg, k / 2)
+                conv2d_same(x.clone(), w.clone(), SCALE, bias_arg, k / 2)
             } else {
                 conv2d(
                     x.clone(),
-                    w.clone(),
+                    w.clone().mul_scalar(SCALE),
                     bias_arg,
                     ConvOptions::new([1, 1], [k / 2; 2], [1, 1], 1),
                 )
@@ -293,10 +335,11 @@ mod tests {
             Some(b.clone()),
             ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
         );
-        let plain = conv2d_same(x.clone(), w.clone(), Some(b.clone()), 1);
+        let plain = conv2d_same(x.clone(), w.clone(), 1.0, Some(b.clone()), 1);
         let tracked = conv2d_same(
             Tensor::<CpuAutodiff, 4>::from_inner(x),
             Tensor::<CpuAutodiff, 4>::from_inner(w),
+            1.0,
             Some(Tensor::<CpuAutodiff, 1>::from_inner(b)),
             1,
         )

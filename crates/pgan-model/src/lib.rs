@@ -21,6 +21,7 @@ pub mod config;
 pub mod cpu_conv;
 pub mod discriminator;
 pub mod equalized;
+mod filter_cache;
 pub mod flex_conv;
 mod flex_pointwise;
 mod flex_resample;

@@ -130,8 +130,9 @@ impl Blocks {
 /// `U[p][o][c] = (G g_{o,c} Gᵀ)[p]`, `[16, C_out, C_in]`, from OIHW `weight`, with
 /// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`. One output channel at a time into a
 /// `[16, C_in]` buffer, then copied out row by row: writing `U` in `(o, c)` order directly is 16
-/// streams a power of two apart, which share one L1 set.
-fn transform_filters(s: &ConvShape, weight: &[f32]) -> Vec<f32> {
+/// streams a power of two apart, which share one L1 set. `scale` multiplies the kernel (the
+/// equalized learning rate's run-time constant), so the scaled weights are never materialised.
+pub(crate) fn transform_filters(s: &ConvShape, weight: &[f32], scale: f32) -> Vec<f32> {
     let (co, ci) = (s.c_out, s.c_in);
     let mut u = vec![0f32; P * co * ci];
     let mut rows = vec![0f32; P * ci];
@@ -155,7 +156,7 @@ fn transform_filters(s: &ConvShape, weight: &[f32]) -> Vec<f32> {
                     row[2],
                 ];
                 for (b, v) in t.into_iter().enumerate() {
-                    rows[(a * 4 + b) * ci + c] = v;
+                    rows[(a * 4 + b) * ci + c] = scale * v;
                 }
             }
         }
@@ -363,11 +364,27 @@ impl SharedOut {
     }
 }
 
-/// `y = conv(x, weight) + bias` for a shape [`applies`] accepts; NCHW / OIHW, row-major.
-pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let u = transform_filters(&s, weight);
+/// `y = conv(x, scale · weight) + bias` for a shape [`applies`] accepts; NCHW / OIHW, row-major.
+pub fn forward(
+    s: ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    scale: f32,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    forward_with_filters(s, x, &transform_filters(&s, weight, scale), bias)
+}
+
+/// [`forward`] with the filters already transformed by [`transform_filters`] (which
+/// [`crate::filter_cache`] keeps per weight tensor).
+pub(crate) fn forward_with_filters(
+    s: ConvShape,
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let filters = Filters {
-        u: &u,
+        u,
         flipped_transposed: false,
     };
     forward_transformed(s, x, filters, bias)
@@ -376,10 +393,14 @@ pub fn forward(s: ConvShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
 /// `∂L/∂x` from `∂L/∂y` for a shape [`applies`] accepts: the forward pass from `c_out` back to
 /// `c_in` channels with the kernel transposed (in ↔ out) and flipped, read from the forward's
 /// transformed filters ([`Filters`]).
-pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32]) -> Vec<f32> {
-    let u = transform_filters(&s, weight);
+pub fn input_grad(s: ConvShape, grad: &[f32], weight: &[f32], scale: f32) -> Vec<f32> {
+    input_grad_with_filters(s, grad, &transform_filters(&s, weight, scale))
+}
+
+/// [`input_grad`] from the forward's transformed filters `u`.
+pub(crate) fn input_grad_with_filters(s: ConvShape, grad: &[f32], u: &[f32]) -> Vec<f32> {
     let filters = Filters {
-        u: &u,
+        u,
         flipped_transposed: true,
     };
     forward_transformed(s.transposed(), grad, filters, None)
@@ -479,8 +500,9 @@ fn forward_transformed(
     y
 }
 
-/// `∂L/∂w` (`[C_out, C_in, 3, 3]`) from the input and `∂L/∂y`, for a shape [`applies`] accepts.
-pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
+/// `∂L/∂w` (`[C_out, C_in, 3, 3]`) of `conv(x, scale · w)` from the input and `∂L/∂y`, for a
+/// shape [`applies`] accepts.
+pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32], scale: f32) -> Vec<f32> {
     debug_assert!(applies(&s));
     let (co, ci) = (s.c_out, s.c_in);
     let t = Tiling::new(&s);
@@ -518,7 +540,7 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32]) -> Vec<f32> {
                             nt as isize,
                             1,
                             1.0,
-                            1.0,
+                            scale,
                             false,
                             false,
                             false,
