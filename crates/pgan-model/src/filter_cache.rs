@@ -114,7 +114,7 @@ pub(crate) fn hits() -> u64 {
 mod tests {
     use super::*;
     use burn::backend::Flex;
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+    use burn::tensor::{Distribution, Tensor};
 
     fn shape(c: usize) -> ConvShape {
         ConvShape {

@@ -102,10 +102,16 @@ impl Blocks {
         }
     }
 
+    /// Lays the blocks out for `channels` rows of `tiles` each. The buffer only grows: every
+    /// element a call reads is first written by the transforms, and shrinking it would make the
+    /// next, wider layer zero-fill the regrown part again.
     fn resize(&mut self, channels: usize, tiles: usize) {
         self.tiles = tiles;
         self.stride = channels * tiles + 16;
-        self.data.resize(P * self.stride, 0.0);
+        let len = P * self.stride;
+        if self.data.len() < len {
+            self.data.resize(len, 0.0);
+        }
     }
 
     fn block(&self, p: usize) -> *const f32 {
@@ -239,10 +245,10 @@ macro_rules! sixteen {
 
 /// `V[p][c][j] = (Bᵀ d B)[p]` for the tile rows `[r0, r1)` of `x`, with
 /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`; `d` is the 4x4 patch at
-/// `(2·ty − 1, 2·tx − 1)`, zero outside the image. Per channel, the patches of all the chunk's
-/// tiles are first copied into `V` (element `(q, b)` of tile `j` at `V[4q + b][c][j]`), then
-/// transformed in place along whole rows of tiles: every arithmetic step is one long
-/// element-wise loop, which vectorises even when an image row holds only 2 tiles.
+/// `(2·ty − 1, 2·tx − 1)`, zero outside the image. Per channel, each patch row `q` is copied
+/// into `V` already multiplied by `B` (`d B`: element `(q, b)` of tile `j` at `V[4q + b][c][j]`),
+/// then `Bᵀ` is applied in place down the patch columns along whole rows of tiles: one long
+/// element-wise loop per column, which vectorises even when an image row holds only 2 tiles.
 fn transform_inputs(
     s: &ConvShape,
     t: &Tiling,
@@ -272,25 +278,25 @@ fn transform_inputs(
                     }
                     continue;
                 }
-                // Patch columns 2k − 1, 2k, 2k + 1, 2k + 2 of tile k (plain loops: at 4 or 8
-                // pixels a row, `copy_from_slice` is a call to memmove per row).
+                // Patch columns (p0, p1, p2, p3) = 2k − 1, 2k, 2k + 1, 2k + 2 of tile k, times B
+                // on the way in: (p0 − p2, p1 + p2, p2 − p1, p1 − p3), as `bt_in_place` does,
+                // which saves a pass over V.
                 let row = &plane[y * w..][..w];
                 for k in 0..tw {
-                    d0[k] = if k > 0 { row[2 * k - 1] } else { 0.0 };
-                    d1[k] = row[2 * k];
-                    d2[k] = row[2 * k + 1];
-                    d3[k] = if k + 1 < tw { row[2 * k + 2] } else { 0.0 };
+                    let p0 = if k > 0 { row[2 * k - 1] } else { 0.0 };
+                    let (p1, p2) = (row[2 * k], row[2 * k + 1]);
+                    let p3 = if k + 1 < tw { row[2 * k + 2] } else { 0.0 };
+                    d0[k] = p0 - p2;
+                    d1[k] = p1 + p2;
+                    d2[k] = p2 - p1;
+                    d3[k] = p1 - p3;
                 }
             }
         }
-        // Bᵀ d: down each patch column b ...
+        // Bᵀ (d B): down each patch column b.
         for b in 0..4 {
             let [q0, q1, q2, q3] = &mut d;
             bt_in_place(q0[b], q1[b], q2[b], q3[b]);
-        }
-        // ... then (Bᵀ d) B: along each row a.
-        for [e0, e1, e2, e3] in &mut d {
-            bt_in_place(e0, e1, e2, e3);
         }
     }
 }
