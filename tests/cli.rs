@@ -410,6 +410,124 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     assert!(log.contains("resumed") && log.contains("finished"), "{log}");
 }
 
+/// The tensor bytes of a `.safetensors` file (what follows its JSON header), which hold every
+/// weight; the header's metadata map has no fixed key order.
+fn safetensors_data(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + header_len..].to_vec()
+}
+
+#[test]
+fn a_run_killed_mid_way_and_resumed_ends_bit_identical_to_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    let data = dir.path().join("tiny.pgan");
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    // Through both fades to 16x16 and on (checkpoints every 16-image tick).
+    let total = ["--total-kimg", "0.4"];
+    let train = |runs: &Path| {
+        let mut cmd = pgan();
+        cmd.args(["train", "--no-progress"])
+            .args(total)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(runs);
+        cmd
+    };
+    let straight_runs = dir.path().join("straight");
+    run_ok(&mut train(&straight_runs));
+
+    // The same run, killed with SIGKILL (no handler, no final checkpoint) once a few
+    // checkpoints exist, wherever it is then: maybe in the middle of writing the next one.
+    let killed_runs = dir.path().join("killed");
+    let mut child = train(&killed_runs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let run = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no third checkpoint within 2 minutes"
+        );
+        let run = std::fs::read_dir(&killed_runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path());
+        let checkpoints = run.as_ref().map_or(0, |run| {
+            std::fs::read_dir(run.join("checkpoints")).map_or(0, |d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("ckpt-")
+                })
+                .count()
+            })
+        });
+        if checkpoints >= 3 {
+            break run.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        None,
+        "the run ended before it was killed ({status}); lengthen it"
+    );
+
+    let out = run_ok(
+        pgan()
+            .args(["train", "--no-progress", "--resume"])
+            .arg(&run),
+    );
+    assert!(out.contains("finished"), "{out}");
+    let leftovers: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("ckpt-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp folders left: {leftovers:?}");
+
+    let straight = std::fs::read_dir(&straight_runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for net in ["g", "d", "g-ema"] {
+        let export = |run: &Path, name: &str| {
+            let out = dir.path().join(format!("{name}-{net}.safetensors"));
+            run_ok(
+                pgan()
+                    .arg("export")
+                    .arg(run)
+                    .args(["--net", net, "--out"])
+                    .arg(&out),
+            );
+            safetensors_data(&out)
+        };
+        assert!(
+            export(&run, "resumed") == export(&straight, "straight"),
+            "{net}: weights differ between the killed-and-resumed and the uninterrupted run"
+        );
+    }
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

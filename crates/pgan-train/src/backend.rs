@@ -120,6 +120,30 @@ fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
     }
 }
 
+/// Bytes that the GPU runtime's memory pool holds on `device`: `(in use, reserved)`. `None` on
+/// the CPU backend, whose memory is the process's own (`Mem/peak_rss_mb`).
+pub fn device_memory<D: 'static>(device: &D) -> Option<(u64, u64)> {
+    #[allow(unused_variables)]
+    let device = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = device.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        use cubecl::Runtime;
+        let usage = cubecl::wgpu::WgpuRuntime::client(device)
+            .memory_usage()
+            .ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(device) = device.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        use cubecl::Runtime;
+        let usage = cubecl::cuda::CudaRuntime::client(device)
+            .memory_usage()
+            .ok()?;
+        return Some((usage.bytes_in_use, usage.bytes_reserved));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +163,8 @@ mod tests {
     fn cpu_is_always_available() {
         assert_eq!(dispatch(BackendKind::Cpu, 0, Sum).unwrap(), 3.0);
         assert!(compiled_backends().contains(&BackendKind::Cpu));
+        let cpu: burn::backend::flex::FlexDevice = Default::default();
+        assert_eq!(device_memory(&cpu), None, "the CPU has no device pool");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -246,12 +246,25 @@ pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
     (parent.file_name()? == CHECKPOINTS_DIR).then(|| parent.parent().map(Path::to_path_buf))?
 }
 
-/// Deletes all but the newest `keep` checkpoints.
+/// Deletes all but the newest `keep` checkpoints, and the half-written temp folders of a process
+/// that was killed while writing one (only one process trains a run at a time, and this one's
+/// own temp folder has just been renamed into place).
 pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(run_dir)?;
     let excess = all.len().saturating_sub(keep);
     for old in &all[..excess] {
         std::fs::remove_dir_all(old).map_err(crate::error::io_err(old, "remove old checkpoint"))?;
+    }
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    for entry in std::fs::read_dir(&root).map_err(crate::error::io_err(&root, "list"))? {
+        let path = entry.map_err(crate::error::io_err(&root, "list"))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(".ckpt-") && name.contains(".tmp-") && path.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(crate::error::io_err(
+                &path,
+                "remove a stale temp checkpoint",
+            ))?;
+        }
     }
     Ok(())
 }
@@ -277,4 +290,36 @@ fn checksums(dir: &Path) -> Result<BTreeMap<String, u32>> {
 /// `FileRecorder` extension of [`CheckpointRecorder`], for messages.
 pub fn record_extension() -> &'static str {
     <CheckpointRecorder as FileRecorder<burn::backend::Flex>>::file_extension()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_and_removes_a_killed_writers_temp_folders() {
+        let run = tempfile::tempdir().unwrap();
+        let root = run.path().join(CHECKPOINTS_DIR);
+        for images in [16, 32, 48] {
+            std::fs::create_dir_all(root.join(checkpoint_name(images))).unwrap();
+        }
+        let stale = root.join(format!(".{}.tmp-4242-0", checkpoint_name(64)));
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("generator.mpk"), b"half").unwrap();
+
+        prune(run.path(), 2).unwrap();
+        let left: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!stale.exists(), "{left:?}");
+        assert_eq!(
+            list_checkpoints(run.path()).unwrap(),
+            vec![
+                root.join(checkpoint_name(32)),
+                root.join(checkpoint_name(48))
+            ]
+        );
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
 }

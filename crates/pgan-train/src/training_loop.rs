@@ -54,6 +54,9 @@ pub struct TrainOptions {
     pub interactive: bool,
     /// Fault injection for tests: poison the D loss with NaN at these steps.
     pub inject_nan_at_steps: Vec<u64>,
+    /// Fault injection for tests: after these steps, poison one weight of G_ema with NaN. No
+    /// loss reads G_ema, so only the end-of-tick weight check can find it.
+    pub inject_nan_weights_at_steps: Vec<u64>,
 }
 
 impl TrainOptions {
@@ -66,6 +69,7 @@ impl TrainOptions {
             stop_after_kimg: None,
             interactive: false,
             inject_nan_at_steps: Vec::new(),
+            inject_nan_weights_at_steps: Vec::new(),
         }
     }
 }
@@ -155,6 +159,8 @@ struct Trainer<B: AutodiffBackend> {
     last_checkpoint: Option<PathBuf>,
     latest_sample: Option<PathBuf>,
     rollbacks: u32,
+    /// The most bytes the GPU runtime's pool has reserved at a tick end of this process.
+    peak_device_reserved: u64,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -260,6 +266,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_checkpoint: None,
             latest_sample: None,
             rollbacks: 0,
+            peak_device_reserved: 0,
         };
         match resume_from {
             Some(ckpt) => {
@@ -317,6 +324,13 @@ impl<B: AutodiffBackend> Trainer<B> {
 
             // One D step and one G step on a minibatch of reals.
             let healthy = self.step(&phase)?;
+            // Non-finite weights are looked for once a tick (a read-back of every parameter,
+            // which on a GPU waits for the queue); the losses and gradient norms every step.
+            let tick_len = (self.config.run.tick_kimg * 1000.0) as u64;
+            let images_after = self.state.images_shown + phase.batch as u64;
+            let tick_ends =
+                images_after >= (self.state.tick + 1) * tick_len || images_after >= total_images;
+            let healthy = healthy && (!tick_ends || self.weights_finite());
             if !healthy {
                 self.rollback()?;
                 session_start = Instant::now();
@@ -329,7 +343,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             tick_images += phase.batch as u64;
             bar.set_position(self.state.images_shown.min(total_images));
             bar.set_message(format!(
-                "{}x{} {} α={:.2} {:.1}/{:.0} kimg",
+                "stage {} {}x{} {} α={:.2} {:.1}/{:.0} kimg",
+                phase.stage,
                 phase.resolution,
                 phase.resolution,
                 phase.kind,
@@ -339,10 +354,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             ));
 
             // End of a tick: statistics, samples, evaluation, alarms, checkpoint.
-            let tick_len = (self.config.run.tick_kimg * 1000.0) as u64;
-            if self.state.images_shown >= (self.state.tick + 1) * tick_len
-                || self.state.images_shown >= total_images
-            {
+            if tick_ends {
                 let seconds = tick_start.elapsed().as_secs_f64();
                 self.state.elapsed_s += session_start.elapsed().as_secs_f64();
                 session_start = Instant::now();
@@ -401,6 +413,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// One D step and one G step; false when a loss came out NaN/Inf.
     fn step(&mut self, phase: &Phase) -> Result<bool> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
+        let step = self.state.step;
         let lr = phase.lr * self.lr_multiplier();
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
         let batch = self
@@ -424,10 +437,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             stage,
             alpha,
         );
-        if self.options.inject_nan_at_steps.contains(&self.state.step) {
-            self.options
-                .inject_nan_at_steps
-                .retain(|&s| s != self.state.step);
+        if take_injection(&mut self.options.inject_nan_at_steps, step) {
             loss_d = loss_d.mul_scalar(f32::NAN);
         }
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.nets.d);
@@ -465,6 +475,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let beta = self.config.ema.beta_for_batch(n);
         let ema = std::mem::replace(&mut self.nets.g_ema, self.nets.g.valid());
         self.nets.g_ema = update_ema::<B, _>(ema, &self.nets.g, beta);
+        if take_injection(&mut self.options.inject_nan_weights_at_steps, step) {
+            self.nets.g_ema = poison_first_parameter(self.nets.g_ema.clone());
+        }
 
         let t = &mut self.tick;
         t.report("Loss/D", d_loss as f64);
@@ -506,6 +519,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         if let Some(mib) = peak_rss_mib() {
             put("Mem/peak_rss_mb", mib.into());
+        }
+        // On a GPU: the runtime's pool now, and the most it has held at any tick end of this
+        // process (pools keep their pages, so that is close to the true peak).
+        if let Some((in_use, reserved)) = crate::backend::device_memory(&self.device) {
+            let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+            self.peak_device_reserved = self.peak_device_reserved.max(reserved);
+            put("Mem/device_in_use_mb", mib(in_use).into());
+            put("Mem/device_reserved_mb", mib(reserved).into());
+            put(
+                "Mem/device_peak_reserved_mb",
+                mib(self.peak_device_reserved).into(),
+            );
         }
         put("time_s", self.state.elapsed_s.into());
 
@@ -578,6 +603,20 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.save_checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Whether every weight of G, D and G_ema is finite; logs the finding when not.
+    fn weights_finite(&mut self) -> bool {
+        let nets = &self.nets;
+        let finite = params_finite(&nets.g) && params_finite(&nets.d) && params_finite(&nets.g_ema);
+        if !finite {
+            self.log.warn(format!(
+                "non-finite weights at step {} ({:.3} kimg) with finite losses",
+                self.state.step,
+                self.state.images_shown as f64 / 1000.0
+            ));
+        }
+        finite
     }
 
     fn lr_multiplier(&self) -> f64 {
@@ -747,7 +786,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Back to the last checkpoint with a smaller learning rate, or give up.
     fn rollback(&mut self) -> Result<()> {
         let failures = self.state.consecutive_failures + 1;
-        let multiplier = self.state.lr_multiplier * self.config.recovery.lr_factor;
+        // Compounds only while a reduced rate is still in force: a failure long after the
+        // last cooldown ended starts again from the configured rate.
+        let multiplier = self.lr_multiplier() * self.config.recovery.lr_factor;
         let max = self.config.recovery.max_consecutive_failures;
         if failures > max {
             return Err(TrainError::Diverged(format!(
@@ -864,6 +905,34 @@ fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &Gradi
 }
 
 /// True when every parameter is finite.
+/// Whether a fault is to be injected at `step`; each fires once (the step counter is restored
+/// by a rollback, so the same step comes round again).
+fn take_injection(steps: &mut Vec<u64>, step: u64) -> bool {
+    let hit = steps.contains(&step);
+    steps.retain(|&s| s != step);
+    hit
+}
+
+/// `module` with its first float parameter set to NaN (fault injection).
+fn poison_first_parameter<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Poison {
+        done: bool,
+    }
+    impl<B: Backend> burn::module::ModuleMapper<B> for Poison {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<B, D>>,
+        ) -> burn::module::Param<Tensor<B, D>> {
+            if self.done {
+                return param;
+            }
+            self.done = true;
+            param.map(|tensor| tensor.mul_scalar(f32::NAN))
+        }
+    }
+    module.map(&mut Poison { done: false })
+}
+
 fn params_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
     struct Check<B: Backend> {
         ok: Option<Tensor<B, 1>>,

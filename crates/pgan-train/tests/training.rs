@@ -251,6 +251,113 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
 }
 
 #[test]
+fn non_finite_weights_with_finite_losses_roll_back_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    // G_ema goes NaN after step 9; no loss reads it, so the end-of-tick check (after step 11)
+    // is what must find it.
+    options.inject_nan_weights_at_steps = vec![9];
+    let summary = train(options).unwrap();
+    assert_eq!(summary.rollbacks, 1);
+    assert_eq!(summary.images_shown, 128);
+    let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains("non-finite weights") && log.contains("rolled back"),
+        "{log}"
+    );
+    assert!(parameter_values(&summary.checkpoint)
+        .iter()
+        .all(|v| v.is_finite()));
+}
+
+#[test]
+fn a_failure_after_the_cooldown_starts_again_from_the_configured_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    // Checkpoints every 32 images (8 steps of 4). Step 10 rolls back to image 32 and lowers the
+    // rate until image 48; step 25 fails long after that, so it halves the full rate again.
+    options.config.recovery.cooldown_kimg = 0.016;
+    options.inject_nan_at_steps = vec![10, 25];
+    let summary = train(options).unwrap();
+    assert_eq!(summary.rollbacks, 2);
+    let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
+    assert_eq!(log.matches("learning rate x0.5 ").count(), 2, "{log}");
+    assert!(!log.contains("x0.25"), "{log}");
+}
+
+#[test]
+fn only_the_last_checkpoints_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut config = tiny_config(&data, &dir.path().join("runs"));
+    config.run.keep_checkpoints = 2;
+    let summary = train(TrainOptions::new(config)).unwrap();
+    let kept: Vec<u64> = list_checkpoints(&summary.run_dir)
+        .unwrap()
+        .iter()
+        .map(|c| checkpoint::read_state(c).unwrap().images_shown)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![96, 128],
+        "checkpoints every 32 images, the last two kept"
+    );
+    let entries = std::fs::read_dir(summary.run_dir.join(checkpoint::CHECKPOINTS_DIR))
+        .unwrap()
+        .count();
+    assert_eq!(entries, 2, "no temp folders left behind");
+}
+
+#[test]
+fn the_optimizer_reset_at_each_phase_changes_the_run_and_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut runs = Vec::new();
+    for (name, reset) in [("reset", true), ("keep", false)] {
+        let mut config = tiny_config(&data, &dir.path().join(name));
+        config.schedule.reset_optimizer = reset;
+        let summary = train(TrainOptions::new(config)).unwrap();
+        runs.push(parameter_values(&summary.checkpoint));
+    }
+    assert_eq!(runs[0].len(), runs[1].len());
+    assert_ne!(
+        runs[0], runs[1],
+        "Adam's moments carried over the phases or not"
+    );
+}
+
+#[test]
+fn logistic_r1_trains_through_a_fade() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut config = tiny_config(&data, &dir.path().join("runs"));
+    config.loss.kind = pgan_train::config::LossKind::LogisticR1;
+    config.loss.r1_gamma = 1.0;
+    let summary = train(TrainOptions::new(config)).unwrap();
+    assert_eq!(summary.images_shown, 128);
+    assert_eq!(summary.rollbacks, 0);
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(summary.run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert!(rows.iter().any(|r| r["phase"] == "fade"));
+    for r in &rows {
+        // Softplus losses are positive; the R1 term is a squared norm.
+        let loss_d = r["Loss/D"].as_f64().unwrap();
+        let penalty = r["Loss/D/penalty"].as_f64().unwrap();
+        assert!(loss_d.is_finite() && loss_d > 0.0, "{r}");
+        assert!(penalty.is_finite() && penalty > 0.0, "{r}");
+    }
+    assert!(parameter_values(&summary.checkpoint)
+        .iter()
+        .all(|v| v.is_finite()));
+}
+
+#[test]
 fn repeated_nans_stop_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);
@@ -325,6 +432,17 @@ fn a_short_run_trains_on_wgpu() {
             assert!(weights(&summary.checkpoint, false)
                 .iter()
                 .all(|v| v.is_finite()));
+            // The GPU runtime's memory pool is reported per tick.
+            let metrics = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
+            for line in metrics.lines() {
+                let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                let reserved = row["Mem/device_reserved_mb"].as_f64();
+                let peak = row["Mem/device_peak_reserved_mb"].as_f64();
+                assert!(
+                    reserved.is_some_and(|r| r > 0.0) && peak >= reserved,
+                    "device memory in {row}"
+                );
+            }
         }
         Err(TrainError::Backend { message, .. })
             if std::env::var_os("PGAN_REQUIRE_WGPU").is_none() =>
