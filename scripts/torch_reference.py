@@ -229,14 +229,20 @@ def d_step(G, D, opt_d, reals, latent, alpha):
     opt_d.step()
 
 
-def g_step(G, D, opt_g, n, latent, alpha, device):
+def g_step(G, D, opt_g, n, latent, alpha, device, freeze_d=True):
     z = torch.randn(n, latent, device=device)
+    # pgan's G step runs D without parameter gradients (burn's `no_grad()`);
+    # stylegan2-ada-pytorch does the same with requires_grad_(False). Without
+    # freezing (--no-freeze-d, the comparison before 2026-12-03) PyTorch also
+    # computes D's weight gradients here and then throws them away.
+    if freeze_d:
+        D.requires_grad_(False)
     loss = -D(G(z, alpha), alpha).mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
-    # D's parameters got gradients too; they are cleared by opt_d.zero_grad
-    # before its next step, as in an ordinary alternating loop.
+    if freeze_d:
+        D.requires_grad_(True)
 
 
 def count_params(m):
@@ -263,7 +269,7 @@ def bench(args, resolution, device):
         d_step(G, D, opt_d, reals, args.latent, alpha)
         sync(device)
         t1 = time.perf_counter()
-        g_step(G, D, opt_g, args.batch, args.latent, alpha, device)
+        g_step(G, D, opt_g, args.batch, args.latent, alpha, device, args.freeze_d)
         sync(device)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
@@ -290,6 +296,7 @@ def bench(args, resolution, device):
         "fmap_max": args.fmap_max,
         "latent": args.latent,
         "alpha": alpha,
+        "freeze_d_in_g_step": args.freeze_d,
         "steps": args.steps,
         "ms_per_step": round(ms, 3),
         "d_ms": round(1000.0 * d_tot / args.steps, 3),
@@ -318,6 +325,8 @@ def main():
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--alpha", type=float, default=1.0,
                    help="fade-in weight of the newest block; < 1 also runs the lower-res branch")
+    p.add_argument("--no-freeze-d", dest="freeze_d", action="store_false",
+                   help="compute D's parameter gradients in the G step too (unlike pgan)")
     p.add_argument("--per-resolution", action="store_true",
                    help="one line per resolution 4, 8, ... up to --resolution")
     p.add_argument("--count-only", action="store_true",
