@@ -362,25 +362,9 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let run = loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no tick within 2 minutes"
-        );
-        let found = std::fs::read_dir(&runs)
-            .ok()
-            .and_then(|mut d| d.next())
-            .map(|e| e.unwrap().path());
-        if let Some(run) = found {
-            if std::fs::read_to_string(run.join("metrics.jsonl"))
-                .is_ok_and(|m| m.lines().count() >= 1)
-            {
-                break run;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let run = wait_for_run(&runs, "a first tick", |run| {
+        std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
+    });
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -408,6 +392,26 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     assert!(out.contains("checkpoint"), "{out}");
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("resumed") && log.contains("finished"), "{log}");
+}
+
+/// The run directory a background `pgan train` makes in `runs`, once `ready` holds for it
+/// (polled every 5 ms, for at most 2 minutes).
+fn wait_for_run(runs: &Path, what: &str, ready: impl Fn(&Path) -> bool) -> PathBuf {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no {what} within 2 minutes"
+        );
+        let run = std::fs::read_dir(runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path());
+        if let Some(run) = run.filter(|run| ready(run)) {
+            return run;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The tensor bytes of a `.safetensors` file (what follows its JSON header), which hold every
@@ -455,33 +459,19 @@ fn a_run_killed_mid_way_and_resumed_ends_bit_identical_to_an_uninterrupted_one()
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let run = loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no third checkpoint within 2 minutes"
-        );
-        let run = std::fs::read_dir(&killed_runs)
-            .ok()
-            .and_then(|mut d| d.next())
-            .map(|e| e.unwrap().path());
-        let checkpoints = run.as_ref().map_or(0, |run| {
-            std::fs::read_dir(run.join("checkpoints")).map_or(0, |d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with("ckpt-")
-                })
-                .count()
+    let run = wait_for_run(&killed_runs, "a third checkpoint", |run| {
+        std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("ckpt-")
             })
-        });
-        if checkpoints >= 3 {
-            break run.unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+            .count()
+                >= 3
+        })
+    });
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert_eq!(
