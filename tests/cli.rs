@@ -137,6 +137,14 @@ fn prepare_train_render_eval_report() {
             .arg(&data),
     );
     assert!(dry.contains("fade") && dry.contains("16x16"), "{dry}");
+    assert!(
+        dry.contains("parameters: G ") && dry.contains("wgan-gp (lambda 10"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("0.048 – 0.064") && dry.contains("total: 0.064 kimg (64 images shown)"),
+        "{dry}"
+    );
     let ema = run_ok(
         pgan()
             .args(["train", "--dry-run", "--config"])
@@ -561,6 +569,30 @@ fn bad_input_gets_a_clear_error() {
         "{err}"
     );
 
+    // A dataset prepared below the config's resolution: the model would need levels it lacks.
+    let images = image_folder(dir.path());
+    let small = dir.path().join("small.pgan");
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&small).args([
+        "--resolution",
+        "8",
+        "--quiet",
+    ]));
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let err = run_err(
+        pgan()
+            .args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&small)
+            .arg("--out-dir")
+            .arg(dir.path().join("runs")),
+    );
+    assert!(
+        err.contains("small.pgan") && err.contains("below the config's model.resolution 16x16"),
+        "{err}"
+    );
+
     let err = run_err(pgan().args(["train", "--backend", "tpu"]));
     assert!(err.contains("--backend"), "{err}");
 
@@ -606,4 +638,44 @@ fn a_backend_that_is_not_compiled_in_says_how_to_get_it() {
             .arg(dir.path()),
     );
     assert!(err.contains("--features cuda"), "{err}");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_wgpu_device_that_does_not_exist_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    let data = dir.path().join("tiny.pgan");
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let err = run_err(
+        pgan()
+            .args([
+                "train",
+                "--no-progress",
+                "--backend",
+                "wgpu",
+                "--device",
+                "7",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(dir.path().join("runs")),
+    );
+    assert!(
+        err.contains("no usable device") && err.contains("--device"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "the driver's panic leaks out: {err}"
+    );
 }

@@ -92,14 +92,32 @@ fn not_compiled(name: &str) -> TrainError {
 }
 
 /// Touches the device once, turning a driver panic into an error.
+///
+/// cubecl initialises a device on its own server thread: when that fails (no adapter at the
+/// requested index, no driver), the informative panic is on that thread and the caller only sees
+/// a closed channel. A temporary panic hook keeps the first panic message of any thread, so the
+/// error says what the driver said, and nothing is printed as a crash.
 #[allow(dead_code)]
 fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    let first_panic: Arc<Mutex<Option<String>>> = Arc::default();
+    let previous_hook = std::panic::take_hook();
+    {
+        let first_panic = first_panic.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            let mut slot = first_panic.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(panic_text(info.payload()));
+            }
+        }));
+    }
     let device = device.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let t = burn::tensor::Tensor::<B, 1>::ones([4], &device);
         let v: f32 = t.sum().into_scalar().elem::<f32>();
         v
     }));
+    std::panic::set_hook(previous_hook);
     match result {
         Ok(v) if (v - 4.0).abs() < 1e-6 => Ok(()),
         Ok(v) => Err(TrainError::Backend {
@@ -107,17 +125,38 @@ fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
             message: format!("device self-test computed {v} instead of 4"),
         }),
         Err(panic) => {
-            let why = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown error".into());
+            let why = first_panic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| panic_text(&*panic));
             Err(TrainError::Backend {
                 backend: name.into(),
-                message: format!("no usable device: {why}"),
+                message: format!("no usable device ({why}); {}", device_hint(name)),
             })
         }
     }
+}
+
+/// What `--device` means for each backend, for the no-device error.
+#[allow(dead_code)]
+fn device_hint(name: &str) -> &'static str {
+    match name {
+        "wgpu" => {
+            "--device 0 is wgpu's preferred adapter (a software one such as Mesa's lavapipe \
+                   if there is no GPU), --device N > 0 the N-th discrete GPU"
+        }
+        _ => "--device N is the N-th device the driver lists, from 0 (see nvidia-smi)",
+    }
+}
+
+#[allow(dead_code)]
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".into())
 }
 
 /// Bytes that the GPU runtime's memory pool holds on `device`: `(in use, reserved)`. `None` on

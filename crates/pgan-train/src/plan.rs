@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use pgan_model::ModelConfig;
 
-use crate::config::{ModelPreset, ModelSection, TrainConfig};
+use crate::config::{LossKind, ModelPreset, ModelSection, TrainConfig};
 use crate::schedule::{resolution_of, StageSchedule};
 
 /// The model configuration a config section describes, for a dataset with `channels` channels.
@@ -69,6 +69,13 @@ pub fn memory_estimate_mib(
 pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
     let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
     let params = parameter_counts(model);
+    let rows = schedule.rows();
+    // Enough decimals that a short test schedule (0.016 kimg phases) does not print as zeros.
+    let kimg_decimals = if config.schedule.total_kimg < 10.0 {
+        3
+    } else {
+        1
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -81,32 +88,132 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
         model.fmap_max,
         model.mbstd_group_size
     );
+    let loss = match config.loss.kind {
+        LossKind::WganGp => format!(
+            "wgan-gp (lambda {}, drift {})",
+            config.loss.gp_lambda, config.loss.drift_epsilon
+        ),
+        LossKind::LogisticR1 => format!("logistic + R1 (gamma {})", config.loss.r1_gamma),
+    };
     let _ = writeln!(
         out,
-        "parameters: G {:.2}M, D {:.2}M   loss: {:?}   backend: {}",
-        params.0 as f64 / 1e6,
-        params.1 as f64 / 1e6,
-        config.loss.kind,
-        config.run.backend
+        "parameters: G {}, D {}   loss: {loss}   backend: {} (device {})",
+        thousands(params.0),
+        thousands(params.1),
+        config.run.backend,
+        config.run.device
     );
     let _ = writeln!(
         out,
         "{:<7} {:>5} {:>9} {:>19} {:>6} {:>8} {:>8} {:>10}",
         "phase", "stage", "res", "kimg", "batch", "lr", "channels", "mem (MiB)"
     );
-    for row in schedule.rows() {
+    for row in &rows {
+        let mem = memory_estimate_mib(model, params, row.resolution, row.batch);
         let _ = writeln!(
             out,
-            "{:<7} {:>5} {:>9} {:>19} {:>6} {:>8} {:>8} {:>10.0}",
+            "{:<7} {:>5} {:>9} {:>19} {:>6} {:>8} {:>8} {:>10}",
             row.kind.to_string(),
             row.stage,
             format!("{0}x{0}", row.resolution),
-            format!("{:.1} – {:.1}", row.start_kimg, row.end_kimg),
+            format!(
+                "{:.p$} – {:.p$}",
+                row.start_kimg,
+                row.end_kimg,
+                p = kimg_decimals
+            ),
             row.batch,
             row.lr,
             model.stage_channels(row.stage),
-            memory_estimate_mib(model, params, row.resolution, row.batch)
+            if mem < 10.0 {
+                format!("{mem:.2}")
+            } else {
+                format!("{mem:.0}")
+            }
         );
     }
+    let _ = writeln!(
+        out,
+        "total: {:.p$} kimg ({} images shown)",
+        config.schedule.total_kimg,
+        thousands((config.schedule.total_kimg * 1000.0).round() as usize),
+        p = kimg_decimals
+    );
     out
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(23_086_795), "23,086,795");
+    }
+
+    #[test]
+    fn the_plan_lists_every_phase_with_its_numbers() {
+        let mut config: TrainConfig = toml::from_str(
+            "[model]\npreset = \"cpu-small\"\nresolution = 16\nfmap_base = 16\nfmap_max = 8\n\
+             [schedule]\nlod_training_kimg = 0.016\nlod_transition_kimg = 0.016\n\
+             total_kimg = 0.064\nminibatch_default = 4\n[schedule.minibatch]\n16 = 2\n",
+        )
+        .unwrap();
+        config.run.backend = crate::config::BackendKind::Cpu;
+        let model = resolve_model(&config.model, 3);
+        let (g, d) = parameter_counts(&model);
+        let plan = describe(&config, &model);
+        assert!(
+            plan.contains(&format!("G {}, D {}", thousands(g), thousands(d))),
+            "{plan}"
+        );
+        let rows: Vec<Vec<&str>> = plan
+            .lines()
+            .filter(|l| l.starts_with("stable") || l.starts_with("fade"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        // phase stage res start – end batch lr channels mem
+        let summary: Vec<(&str, &str, &str, &str, &str)> = rows
+            .iter()
+            .map(|r| (r[0], r[2], r[3], r[5], r[6]))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("stable", "4x4", "0.000", "0.016", "4"),
+                ("fade", "8x8", "0.016", "0.032", "4"),
+                ("stable", "8x8", "0.032", "0.048", "4"),
+                ("fade", "16x16", "0.048", "0.064", "2"),
+            ],
+            "{plan}"
+        );
+        for r in &rows {
+            assert_eq!(r[7], "0.001", "{plan}");
+        }
+        let channels: Vec<usize> = rows.iter().map(|r| r[8].parse().unwrap()).collect();
+        assert_eq!(channels, vec![8, 4, 4, 2], "{plan}");
+        let mem: Vec<f64> = rows.iter().map(|r| r[9].parse().unwrap()).collect();
+        assert!(mem.iter().all(|&m| m > 0.0), "{plan}");
+        assert!(mem[2] > mem[0], "a larger stage needs more memory: {plan}");
+        assert!(
+            plan.contains("total: 0.064 kimg (64 images shown)"),
+            "{plan}"
+        );
+    }
 }
