@@ -74,6 +74,20 @@ fn train_tiny(config: &Path, data: &Path, runs: &Path) -> (String, PathBuf) {
     (out, run)
 }
 
+/// `image_folder` prepared at 16x16 as `dir/tiny.pgan`, and `CONFIG` written to `dir/tiny.toml`.
+fn tiny_dataset_and_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let images = image_folder(dir);
+    let data = dir.join("tiny.pgan");
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    (data, config)
+}
+
 const CONFIG: &str = r#"
 [run]
 seed = 5
@@ -347,15 +361,7 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let images = image_folder(dir.path());
-    let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
-        "--resolution",
-        "16",
-        "--quiet",
-    ]));
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
     let runs = dir.path().join("runs");
 
     // A long run, interrupted once the first tick is logged.
@@ -433,15 +439,7 @@ fn safetensors_data(path: &Path) -> Vec<u8> {
 #[test]
 fn a_run_killed_mid_way_and_resumed_ends_bit_identical_to_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let images = image_folder(dir.path());
-    let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
-        "--resolution",
-        "16",
-        "--quiet",
-    ]));
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
     // Through both fades to 16x16 and on (checkpoints every 16-image tick).
     let total = ["--total-kimg", "0.4"];
     let train = |runs: &Path| {
@@ -619,15 +617,7 @@ fn bad_input_gets_a_clear_error() {
 #[test]
 fn a_backend_that_is_not_compiled_in_says_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
-    let images = image_folder(dir.path());
-    let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
-        "--resolution",
-        "16",
-        "--quiet",
-    ]));
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
     let err = run_err(
         pgan()
             .args(["train", "--backend", "cuda", "--config"])
@@ -644,15 +634,7 @@ fn a_backend_that_is_not_compiled_in_says_how_to_get_it() {
 #[test]
 fn a_wgpu_device_that_does_not_exist_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let images = image_folder(dir.path());
-    let data = dir.path().join("tiny.pgan");
-    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
-        "--resolution",
-        "16",
-        "--quiet",
-    ]));
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
     let err = run_err(
         pgan()
             .args([
