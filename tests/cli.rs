@@ -661,3 +661,502 @@ fn a_wgpu_device_that_does_not_exist_is_a_clear_error_not_a_panic() {
         "the driver's panic leaks out: {err}"
     );
 }
+
+// =============================================================================================
+// Data and prepare reliability (issue 22): bad and special files, signals, exit codes, datasets
+// that change under a reader. Kept in one block, apart from the training tests above.
+// =============================================================================================
+
+/// Runs `cmd` and returns its exit code (None: killed by a signal) and output; a command still
+/// running after `secs` is killed and fails the test (it hangs).
+fn run_within(cmd: &mut Command, secs: u64) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(secs) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("{cmd:?} hangs (killed after {secs} s):\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), text(&out))
+}
+
+/// Makes a FIFO (named pipe) at `path`.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
+}
+
+/// Names in `dir` that start with `prefix` (temp files left behind).
+fn names_starting(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// A PNG of a few dozen bytes whose header declares `w x h` pixels of `colour` (2 RGB, 6 RGBA)
+/// at `depth` bits: a decompression bomb.
+fn bomb_png(w: u32, h: u32, colour: u8, depth: u8) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    // A zlib stream holding a few zero bytes (one stored block).
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0, 0, 0, 1,
+        ],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[test]
+fn prepare_skips_decompression_bombs_with_a_reason_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    std::fs::write(images.join("bomb.png"), bomb_png(100_000, 100_000, 2, 8)).unwrap();
+    // Under the pixel limit, over the decoder's memory limit: 144 MP of 16-bit RGBA (1.1 GiB).
+    std::fs::write(images.join("deep.png"), bomb_png(12_000, 12_000, 6, 16)).unwrap();
+    let data = dir.path().join("b.pgan");
+    let mut child = pgan()
+        .arg("prepare")
+        .arg(&images)
+        .arg(&data)
+        .args(["--resolution", "8", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait4 reaps this very child and returns its own peak memory (not the other tests').
+    let pid = child.id() as libc::pid_t;
+    let start = Instant::now();
+    let (status, rusage) = loop {
+        let mut status = 0;
+        // SAFETY: zeroed rusage is a valid out-parameter.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our child; WNOHANG returns 0 while it runs.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut rusage) };
+        if rc == pid {
+            break (status, rusage);
+        }
+        assert_eq!(rc, 0, "wait4 failed");
+        if start.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("prepare hangs on a decompression bomb");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "prepare failed (wait status {status}):\n{out}"
+    );
+    // ru_maxrss is in KiB on Linux.
+    let peak = rusage.ru_maxrss as u64 * 1024;
+    assert!(peak < 1 << 30, "peak memory {} MiB", peak >> 20);
+    assert!(
+        out.contains("skipped 3 files")
+            && out.contains("note: 1 images have more than 178956970 pixels (--max-pixels)"),
+        "{out}"
+    );
+    let report = std::fs::read_to_string(dir.path().join("b.pgan.report.txt")).unwrap();
+    assert!(
+        report.contains("bomb.png\ttoo many pixels: 100000x100000 is 10000000000 pixels")
+            && report.contains("deep.png\ttoo large to decode: 12000x12000"),
+        "{report}"
+    );
+    assert!(names_starting(dir.path(), ".b.pgan").is_empty());
+    let err = run_err(
+        pgan()
+            .arg("prepare")
+            .arg(&images)
+            .arg(dir.path().join("c.pgan"))
+            .args(["--max-pixels", "0"]),
+    );
+    assert!(err.contains("--max-pixels must be at least 1"), "{err}");
+}
+
+#[test]
+fn special_files_are_skipped_by_prepare_and_refused_by_readers_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    mkfifo(&images.join("x.png"));
+    std::os::unix::fs::symlink("/dev/zero", images.join("zero.jpg")).unwrap();
+    let data = dir.path().join("d.pgan");
+    let (code, out) = run_within(
+        pgan()
+            .arg("prepare")
+            .arg(&images)
+            .arg(&data)
+            .args(["--resolution", "8", "--quiet"]),
+        60,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let report = std::fs::read_to_string(dir.path().join("d.pgan.report.txt")).unwrap();
+    assert!(
+        report.contains("x.png\tnot a regular file (a FIFO)")
+            && report.contains("zero.jpg\tnot a regular file (a character device)"),
+        "{report}"
+    );
+
+    let fifo = dir.path().join("fifo.pgan");
+    mkfifo(&fifo);
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let runs = dir.path().join("runs");
+    let mut info = pgan();
+    info.arg("info").arg(&fifo);
+    let mut verify = pgan();
+    verify.arg("verify").arg(&fifo);
+    let mut dry_run = pgan();
+    dry_run
+        .args(["train", "--dry-run", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&fifo);
+    let mut train = pgan();
+    train
+        .args(["train", "--no-progress", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&fifo)
+        .arg("--out-dir")
+        .arg(&runs);
+    let mut commands = [info, verify, dry_run, train];
+    for cmd in &mut commands {
+        let (code, out) = run_within(cmd, 60);
+        assert_eq!(code, Some(2), "{cmd:?}:\n{out}");
+        assert!(
+            out.contains(&format!("{} is a FIFO, not a regular file", fifo.display())),
+            "{cmd:?}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn prepare_force_replaces_regular_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    let fifo = dir.path().join("pipe.pgan");
+    mkfifo(&fifo);
+    let link = dir.path().join("link.pgan");
+    std::fs::write(dir.path().join("target.pgan"), b"keep").unwrap();
+    std::os::unix::fs::symlink("target.pgan", &link).unwrap();
+    for (out, kind) in [(&fifo, "a FIFO"), (&link, "a symbolic link")] {
+        let err = run_err(pgan().arg("prepare").arg(&images).arg(out).args([
+            "--resolution",
+            "8",
+            "--quiet",
+            "--force",
+        ]));
+        assert!(
+            err.contains(&format!("it is {kind}, not a regular file")),
+            "{err}"
+        );
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(
+        std::fs::read(dir.path().join("target.pgan")).unwrap(),
+        b"keep"
+    );
+    // A regular file is replaced.
+    let file = dir.path().join("file.pgan");
+    std::fs::write(&file, b"old").unwrap();
+    run_ok(pgan().arg("prepare").arg(&images).arg(&file).args([
+        "--resolution",
+        "8",
+        "--quiet",
+        "--force",
+    ]));
+    run_ok(pgan().arg("verify").arg(&file));
+}
+
+#[test]
+fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    let data = dir.path().join("v.pgan");
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(&images)
+            .arg(&data)
+            .args(["--resolution", "8", "--quiet"]),
+    );
+    let out = run_ok(pgan().arg("verify").arg(&data));
+    assert!(out.contains("all 2 levels ok"), "{out}");
+    let good = std::fs::read(&data).unwrap();
+    // A pixel of the 8x8 level (the second page after the header) and a header byte.
+    for (at, what) in [(8192 + 5, "MISMATCH"), (13, "corrupt header")] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        let path = dir.path().join("bad.pgan");
+        std::fs::write(&path, &bad).unwrap();
+        let (code, out) = run_within(pgan().arg("verify").arg(&path), 60);
+        assert_eq!(code, Some(1), "{what}:\n{out}");
+        assert!(out.contains(what) && out.contains("bad.pgan"), "{out}");
+    }
+    let (code, out) = run_within(pgan().arg("verify").arg(dir.path().join("none.pgan")), 60);
+    assert_eq!(code, Some(2), "{out}");
+    let (code, out) = run_within(pgan().arg("verify").arg(dir.path()), 60);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("is a folder, not a regular file"), "{out}");
+    let (code, _) = run_within(pgan().arg("verify"), 60);
+    assert_eq!(code, Some(2), "usage error");
+}
+
+#[test]
+fn prepare_removes_its_temporary_file_on_sigterm_and_sigint_and_stale_ones_at_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // Slow enough to be caught mid-way: 120 copies (hard links) of a 1500x1500 noise PNG.
+    let images = dir.path().join("big");
+    std::fs::create_dir(&images).unwrap();
+    let mut state = 1u32;
+    let noise = image::RgbImage::from_fn(1500, 1500, |_, _| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        image::Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
+    });
+    noise.save(images.join("000.png")).unwrap();
+    for k in 1..120 {
+        std::fs::hard_link(images.join("000.png"), images.join(format!("{k:03}.png"))).unwrap();
+    }
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let data = out_dir.join("s.pgan");
+    for signal in ["-TERM", "-INT"] {
+        let child = pgan()
+            .arg("prepare")
+            .arg(&images)
+            .arg(&data)
+            .args(["--resolution", "8", "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while names_starting(&out_dir, ".s.pgan.tmp-").is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no temporary file"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{signal}: {}", text(&out));
+        assert!(text(&out).contains("was not written"), "{}", text(&out));
+        let left = std::fs::read_dir(&out_dir).unwrap().count();
+        assert_eq!(left, 0, "{signal}: files left in the output folder");
+    }
+    // A run killed without a chance to clean up (SIGKILL) leaves its temporary file; the next
+    // run for the same output removes it (its process is gone) and says so.
+    let mut child = pgan()
+        .arg("prepare")
+        .arg(&images)
+        .arg(&data)
+        .args(["--resolution", "8", "--quiet"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while names_starting(&out_dir, ".s.pgan.tmp-").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no temporary file"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(names_starting(&out_dir, ".s.pgan.tmp-").len(), 1);
+    let small = image_folder(dir.path());
+    let out =
+        run_ok(
+            pgan()
+                .arg("prepare")
+                .arg(&small)
+                .arg(&data)
+                .args(["--resolution", "8", "--quiet"]),
+        );
+    assert!(
+        out.contains("removed 1 temporary files left by interrupted runs"),
+        "{out}"
+    );
+    assert!(names_starting(&out_dir, ".s.pgan").is_empty());
+}
+
+#[test]
+fn prepare_keeps_the_dataset_when_only_the_report_fails_and_a_stale_report_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    // The report's name is taken by a folder: the report cannot be written.
+    let data = dir.path().join("r.pgan");
+    std::fs::create_dir(dir.path().join("r.pgan.report.txt")).unwrap();
+    let out = run_ok(pgan().arg("prepare").arg(&images).arg(&data).args([
+        "--resolution",
+        "8",
+        "--quiet",
+    ]));
+    assert!(
+        out.contains("warning: the report") && out.contains("the dataset is complete"),
+        "{out}"
+    );
+    assert!(out.contains("skipped 1 files (the first: "), "{out}");
+    run_ok(pgan().arg("verify").arg(&data));
+    // An empty report left by an earlier run is replaced, never in the way.
+    let data = dir.path().join("e.pgan");
+    std::fs::write(dir.path().join("e.pgan.report.txt"), b"").unwrap();
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(&images)
+            .arg(&data)
+            .args(["--resolution", "8", "--quiet"]),
+    );
+    let report = std::fs::read_to_string(dir.path().join("e.pgan.report.txt")).unwrap();
+    assert!(report.contains("broken.png"), "{report}");
+    assert!(names_starting(dir.path(), ".").is_empty());
+}
+
+#[test]
+fn info_shows_names_that_are_not_utf8_exactly() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let img = image::RgbImage::from_pixel(9, 9, image::Rgb([1, 2, 3]));
+    img.save(images.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png")))
+        .unwrap();
+    img.save(images.join("plain.png")).unwrap();
+    let data = dir.path().join("n.pgan");
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(&images)
+            .arg(&data)
+            .args(["--resolution", "8", "--quiet"]),
+    );
+    let info = run_ok(pgan().arg("info").arg(&data));
+    assert!(
+        info.contains("files:       caf\\xE9.png, plain.png"),
+        "{info}"
+    );
+}
+
+#[test]
+fn train_refuses_a_dataset_whose_levels_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    // One pixel of the 8x8 level (the page after the 4x4 level's) flipped.
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[8192 + 100] ^= 0x10;
+    std::fs::write(&data, &bytes).unwrap();
+    let runs = dir.path().join("runs");
+    let err = run_err(
+        pgan()
+            .args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(&runs),
+    );
+    assert!(
+        err.contains("tiny.pgan") && err.contains("level 8x8 checksum mismatch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let copy = dir.path().join("copy.pgan");
+    std::fs::copy(&data, &copy).unwrap();
+    let runs = dir.path().join("runs");
+    let child = pgan()
+        .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&copy)
+        .arg("--out-dir")
+        .arg(&runs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = wait_for_run(&runs, "a first checkpoint", |run| {
+        std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))
+        })
+    });
+    // Keep only the header page: every level is gone from under the trainer's map.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "error: dataset file {} changed while in use",
+            copy.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    // The last checkpoint loads.
+    let exported = dir.path().join("g.safetensors");
+    run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+}

@@ -56,6 +56,10 @@ pub enum DataError {
         examples: String,
     },
 
+    /// Preparation was cancelled (a signal); the temporary file was removed.
+    #[error("interrupted: {0} was not written")]
+    Interrupted(PathBuf),
+
     /// The output file exists and `force` was not set.
     #[error("output {0} already exists (use --force to overwrite)")]
     OutputExists(PathBuf),
@@ -67,6 +71,15 @@ pub enum DataError {
         path: PathBuf,
         /// Why not.
         reason: String,
+    },
+
+    /// The path is a FIFO, device, socket or folder: only regular files are read.
+    #[error("{path} is {kind}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is ("a FIFO", "a character device", ...).
+        kind: &'static str,
     },
 
     /// A pyramid file is malformed (truncated, foreign, wrong version, corrupt).

@@ -2,12 +2,14 @@
 //! orientation, colour conversion, fitting to a square and resizing to the
 //! top-level resolution.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
+use crate::files::{open_regular, OpenError};
 use crate::resize::{resample, Rect};
 
 /// How a non-square image is made square.
@@ -104,6 +106,8 @@ pub(crate) struct Target {
     pub fit: Fit,
     pub background: [u8; 3],
     pub min_size: Option<u32>,
+    /// Images with more pixels than this are refused before decoding.
+    pub max_pixels: u64,
 }
 
 /// A decoded, fitted, resized top-level image.
@@ -115,30 +119,53 @@ pub(crate) struct Loaded {
     pub upscaled: bool,
 }
 
-/// Decode `path` honouring EXIF orientation. GIFs yield their first frame.
-pub(crate) fn decode(path: &Path) -> std::result::Result<DynamicImage, String> {
-    // Reading the whole file first is ~20% faster than decoding through a
-    // BufReader (the JPEG decoder buffers the entire stream anyway).
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.is_empty() {
+/// Default most pixels one source image may have: Pillow's decompression-bomb error threshold,
+/// `2 * Image.MAX_IMAGE_PIXELS` with `MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3`
+/// (89,478,485 pixels, where Pillow starts to warn; `PIL/Image.py`).
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * (1024 * 1024 * 1024 / 4 / 3);
+
+/// Source files up to this size are read into memory whole before decoding (faster: the JPEG
+/// decoder buffers the entire stream anyway); larger ones are streamed, so a huge file costs no
+/// memory of its own.
+const READ_WHOLE_MAX: u64 = 256 << 20;
+
+/// The most bytes one image's decoder may allocate: an 8-bit RGBA image at the pixel limit
+/// (at least 64 MiB, so that small limits do not starve a decoder's own buffers). With
+/// [`READ_WHOLE_MAX`] this bounds one bad file's memory to under 1 GB at the default limit.
+pub(crate) fn alloc_limit(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(4).max(64 << 20)
+}
+
+/// Decode `path` honouring EXIF orientation. GIFs yield their first frame. The header is read
+/// first: images over `max_pixels` pixels, or whose decoded buffer would exceed
+/// [`alloc_limit`], are refused before any pixel memory is allocated (decompression bombs).
+/// Only regular files are opened.
+pub(crate) fn decode(path: &Path, max_pixels: u64) -> std::result::Result<DynamicImage, String> {
+    let (file, meta) = open_regular(path).map_err(|e| match e {
+        OpenError::NotRegular(kind) => format!("not a regular file ({kind})"),
+        OpenError::Io(e) => format!("cannot read: {e}"),
+    })?;
+    if meta.len() == 0 {
         return Err("empty file (0 bytes)".into());
     }
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes));
-    if let Ok(format) = image::ImageFormat::from_path(path) {
-        reader.set_format(format);
-    }
-    // Sniff the content so that a PNG saved as .jpg still decodes.
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| format!("cannot decode: {e}"))?;
-    let orientation = decoder
-        .orientation()
-        .map_err(|e| format!("cannot read orientation: {e}"))?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
-    img.apply_orientation(orientation);
+    let img = if meta.len() <= READ_WHOLE_MAX {
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        (&file)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        decode_from(std::io::Cursor::new(&bytes[..]), path, max_pixels)
+    } else {
+        decode_from(std::io::BufReader::new(&file), path, max_pixels)
+    };
+    let img = match img {
+        Err(Undecodable::Unsupported(reason)) if is_tiff(path) => {
+            // The `image` crate refuses some TIFF layouts that common tools read (grey + alpha).
+            drop(file);
+            crate::tiff_fallback::decode(path, max_pixels).map_err(|_| reason)?
+        }
+        Err(Undecodable::Unsupported(reason) | Undecodable::Other(reason)) => return Err(reason),
+        Ok(img) => img,
+    };
     if img.width() == 0 || img.height() == 0 {
         return Err(format!(
             "image has no pixels ({}x{})",
@@ -149,10 +176,82 @@ pub(crate) fn decode(path: &Path) -> std::result::Result<DynamicImage, String> {
     Ok(img)
 }
 
+/// Why a stream did not decode; `Unsupported` may still be readable another way.
+enum Undecodable {
+    Unsupported(String),
+    Other(String),
+}
+
+fn is_tiff(path: &Path) -> bool {
+    image::ImageFormat::from_path(path).is_ok_and(|f| f == image::ImageFormat::Tiff)
+}
+
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    source: R,
+    path: &Path,
+    max_pixels: u64,
+) -> std::result::Result<DynamicImage, Undecodable> {
+    let other = Undecodable::Other;
+    let mut reader = ImageReader::new(source);
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    // Sniff the content so that a PNG saved as .jpg still decodes.
+    let mut reader = reader
+        .with_guessed_format()
+        .map_err(|e| other(format!("cannot read: {e}")))?;
+    let max_alloc = alloc_limit(max_pixels);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_alloc);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Unsupported(_) => {
+            Undecodable::Unsupported(format!("cannot decode: {e}"))
+        }
+        e => other(format!("cannot decode: {e}")),
+    })?;
+    check_size(decoder.dimensions(), decoder.total_bytes(), max_pixels).map_err(other)?;
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| other(format!("cannot read orientation: {e}")))?;
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| other(format!("cannot decode: {e}")))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Start of the skip reason of an image over the pixel limit.
+pub(crate) const TOO_MANY_PIXELS: &str = "too many pixels";
+
+/// Refuses an image whose header declares more than `max_pixels` pixels, or whose decoded
+/// buffer would need more than [`alloc_limit`] bytes, before anything is allocated for it.
+pub(crate) fn check_size(
+    (w, h): (u32, u32),
+    decoded_bytes: u64,
+    max_pixels: u64,
+) -> std::result::Result<(), String> {
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(format!(
+            "{TOO_MANY_PIXELS}: {w}x{h} is {pixels} pixels, over the limit of {max_pixels} \
+             (a decompression bomb, or a very large image)"
+        ));
+    }
+    let max_alloc = alloc_limit(max_pixels);
+    if decoded_bytes > max_alloc {
+        return Err(format!(
+            "too large to decode: {w}x{h} needs {} MiB, over the limit of {} MiB per image",
+            decoded_bytes >> 20,
+            max_alloc >> 20
+        ));
+    }
+    Ok(())
+}
+
 /// Convert to interleaved 8-bit RGB or luma, compositing alpha onto `bg`.
 pub(crate) fn to_channels(img: DynamicImage, channels: u8, bg: [u8; 3]) -> Vec<u8> {
     let img = if img.color().has_alpha() {
-        DynamicImage::ImageRgb8(composite(&img, bg))
+        DynamicImage::ImageRgb8(composite(img, bg))
     } else {
         img
     };
@@ -163,8 +262,9 @@ pub(crate) fn to_channels(img: DynamicImage, channels: u8, bg: [u8; 3]) -> Vec<u
 }
 
 /// Straight-alpha "over" compositing onto an opaque background, rounded to nearest.
-fn composite(img: &DynamicImage, bg: [u8; 3]) -> image::RgbImage {
-    let rgba = img.to_rgba8();
+fn composite(img: DynamicImage, bg: [u8; 3]) -> image::RgbImage {
+    // By value: an RGBA8 image is used in place instead of copied.
+    let rgba = img.into_rgba8();
     let (w, h) = rgba.dimensions();
     let mut out = Vec::with_capacity(w as usize * h as usize * 3);
     for px in rgba.as_raw().chunks_exact(4) {
@@ -185,7 +285,7 @@ fn background_luma(bg: [u8; 3]) -> u8 {
 /// Decode and fit one image to the target. Errors are human-readable reasons
 /// (the caller adds the path).
 pub(crate) fn load(path: &Path, t: &Target) -> std::result::Result<Loaded, String> {
-    let img = decode(path)?;
+    let img = decode(path, t.max_pixels)?;
     let (w, h) = (img.width(), img.height());
     if let Some(min) = t.min_size {
         if w.min(h) < min {
@@ -274,6 +374,7 @@ pub(crate) mod tests {
             fit,
             background: [0, 0, 0],
             min_size: None,
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 
@@ -319,7 +420,7 @@ pub(crate) mod tests {
         ] {
             let p = dir.path().join(format!("i.{ext}"));
             img.save_with_format(&p, fmt).unwrap();
-            let d = decode(&p).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            let d = decode(&p, DEFAULT_MAX_PIXELS).unwrap_or_else(|e| panic!("{ext}: {e}"));
             assert_eq!((d.width(), d.height()), (40, 30), "{ext}");
             let l = load(&p, &target(16, 3, Fit::CenterCrop)).unwrap();
             assert_eq!(l.top.len(), 16 * 16 * 3);
@@ -388,7 +489,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("o.jpg");
         std::fs::write(&p, jpeg).unwrap();
-        let d = decode(&p).unwrap().into_rgb8();
+        let d = decode(&p, DEFAULT_MAX_PIXELS).unwrap().into_rgb8();
         assert_eq!(d.dimensions(), (16, 32));
         // Rotated clockwise: the white left half is now on top.
         assert!(d.get_pixel(8, 4)[0] > 200 && d.get_pixel(8, 28)[0] < 50);
@@ -413,17 +514,120 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("e.png");
         std::fs::write(&empty, b"").unwrap();
-        assert!(decode(&empty).unwrap_err().contains("empty file"));
+        assert!(decode(&empty, DEFAULT_MAX_PIXELS)
+            .unwrap_err()
+            .contains("empty file"));
         let junk = dir.path().join("j.jpg");
         std::fs::write(&junk, b"this is not a jpeg at all").unwrap();
-        assert!(decode(&junk).is_err());
+        assert!(decode(&junk, DEFAULT_MAX_PIXELS).is_err());
         let mut png = Vec::new();
         photo(64, 64, 2)
             .write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png)
             .unwrap();
         let trunc = dir.path().join("t.png");
         std::fs::write(&trunc, &png[..png.len() / 2]).unwrap();
-        assert!(decode(&trunc).is_err());
+        assert!(decode(&trunc, DEFAULT_MAX_PIXELS).is_err());
+    }
+
+    /// A PNG whose header declares `w x h` pixels of `colour` (2 RGB, 6 RGBA) at `depth` bits,
+    /// followed by one tiny IDAT: a decompression bomb of a few hundred bytes.
+    pub(crate) fn bomb_png(w: u32, h: u32, colour: u8, depth: u8) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let start = out.len();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            let crc = crc32fast::hash(&out[start..]);
+            out.extend_from_slice(&crc.to_be_bytes());
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
+        chunk(&mut png, b"IHDR", &ihdr);
+        // zlib stream of a few zero bytes (stored block): filter byte + a few pixels.
+        chunk(
+            &mut png,
+            b"IDAT",
+            &[
+                0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0x00, 0x00, 0x00, 0x01,
+            ],
+        );
+        chunk(&mut png, b"IEND", &[]);
+        png
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb.png");
+        let png = bomb_png(100_000, 100_000, 2, 8);
+        assert!(png.len() < 100, "{} bytes", png.len());
+        std::fs::write(&p, &png).unwrap();
+        let e = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(
+            e.starts_with(
+                "too many pixels: 100000x100000 is 10000000000 pixels, over the limit of 178956970"
+            ),
+            "{e}"
+        );
+        // Under the pixel limit but over the decoder's memory limit: 144 MP of 16-bit RGBA.
+        std::fs::write(&p, bomb_png(12_000, 12_000, 6, 16)).unwrap();
+        let e = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(
+            e.starts_with(
+                "too large to decode: 12000x12000 needs 1098 MiB, over the limit of 682 MiB"
+            ),
+            "{e}"
+        );
+        // The limit is the caller's: an ordinary 40x30 image over a limit of 1000 pixels.
+        photo(40, 30, 1).save(&p).unwrap();
+        assert!(decode(&p, 1199)
+            .unwrap_err()
+            .starts_with("too many pixels: 40x30"));
+        assert!(decode(&p, 1200).is_ok());
+        assert_eq!(DEFAULT_MAX_PIXELS, 178_956_970);
+    }
+
+    #[test]
+    fn special_files_are_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.png");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // On a thread, so that a regression (open blocks for a writer) fails instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(decode(&fifo, DEFAULT_MAX_PIXELS)).unwrap());
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("decoding a FIFO hangs")
+            .unwrap_err();
+        assert_eq!(e, "not a regular file (a FIFO)");
+        let dev = decode(Path::new("/dev/zero"), DEFAULT_MAX_PIXELS).unwrap_err();
+        assert_eq!(dev, "not a regular file (a character device)");
+    }
+
+    #[test]
+    fn grey_alpha_tiff_is_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("la.tiff");
+        crate::tiff_fallback::tests::write_grey_alpha_tiff(&p, 6, 4, |i| {
+            [100, if i % 2 == 0 { 255 } else { 0 }]
+        });
+        let mut t = target(4, 3, Fit::Stretch);
+        t.background = [0, 0, 200];
+        let l = load(&p, &t).unwrap();
+        assert_eq!(l.top.len(), 4 * 4 * 3);
+        // Half the pixels opaque grey 100, half transparent over blue 200: a mix of both.
+        assert!(
+            l.top
+                .chunks(3)
+                .all(|px| px[0] > 20 && px[0] < 100 && px[2] > 20),
+            "{:?}",
+            l.top
+        );
     }
 
     #[test]
@@ -450,6 +654,7 @@ pub(crate) mod tests {
             fit: Fit::Pad,
             background: [0, 0, 255],
             min_size: None,
+            max_pixels: DEFAULT_MAX_PIXELS,
         };
         let l = fit(&px, 8, 4, &t);
         let at = |x: usize, y: usize| &l.top[(y * 8 + x) * 3..(y * 8 + x) * 3 + 3];

@@ -12,20 +12,25 @@
 #![warn(missing_docs)]
 
 mod error;
+mod files;
 pub mod format;
 mod ingest;
 mod manifest;
+mod map_guard;
 pub mod pyramid;
 mod reader;
 mod resize;
 mod sampler;
 mod shuffle;
+mod tiff_fallback;
 mod writer;
 
 pub use error::{DataError, Result};
 pub use format::Header;
-pub use ingest::{has_image_extension, Fit, IMAGE_EXTENSIONS};
-pub use manifest::{Manifest, ManifestOptions};
+pub use ingest::{has_image_extension, Fit, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS};
+pub use manifest::{escape_name, unescape_name, Manifest, ManifestOptions};
 pub use reader::{LevelCheck, PyramidReader, VerifyReport};
 pub use sampler::{fade_between, hwc_to_chw_f32, Batch, BatchSampler};
-pub use writer::{prepare, report_path, PrepareOptions, PrepareSummary};
+pub use writer::{
+    prepare, prepare_cancellable, report_path, temp_path, PrepareOptions, PrepareSummary,
+};

@@ -16,14 +16,16 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
+use crate::files::{file_kind, process_alive};
 use crate::format::{self, Header, LevelEntry, Section, FORMAT_VERSION};
 use crate::ingest::{self, Fit, Target};
-use crate::manifest::{Manifest, ManifestOptions};
+use crate::manifest::{escape_name, Manifest, ManifestOptions};
 use crate::pyramid::build_levels;
 
 /// Options of [`prepare`]. Build with [`PrepareOptions::new`] and adjust fields.
@@ -48,6 +50,9 @@ pub struct PrepareOptions {
     pub min_size: Option<u32>,
     /// Store images in an order shuffled by this seed instead of path order.
     pub shuffle_seed: Option<u64>,
+    /// Skip images with more pixels than this (read from the header, before decoding):
+    /// decompression bombs. Default [`DEFAULT_MAX_PIXELS`](crate::DEFAULT_MAX_PIXELS).
+    pub max_pixels: u64,
     /// Overwrite `output` if it exists.
     pub force: bool,
     /// Show a progress bar on stderr.
@@ -66,6 +71,7 @@ impl PrepareOptions {
             background: [0, 0, 0],
             min_size: None,
             shuffle_seed: None,
+            max_pixels: ingest::DEFAULT_MAX_PIXELS,
             force: false,
             progress: false,
         }
@@ -78,6 +84,7 @@ impl PrepareOptions {
             fit: self.fit,
             background: self.background,
             min_size: self.min_size,
+            max_pixels: self.max_pixels,
         }
     }
 }
@@ -93,6 +100,8 @@ pub struct PrepareSummary {
     pub written: usize,
     /// Files with an image extension that were skipped, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// How many of `skipped` have more pixels than [`PrepareOptions::max_pixels`].
+    pub over_pixel_limit: usize,
     /// Stored images that were smaller than the resolution and upscaled (warnings).
     pub upscaled: Vec<PathBuf>,
     /// Files ignored because their extension is not an image extension.
@@ -107,6 +116,12 @@ pub struct PrepareSummary {
     pub resolution: u32,
     /// Channels stored.
     pub channels: u8,
+    /// Temporary files of earlier runs for this output, killed before they could remove them,
+    /// that this run removed.
+    pub removed_stale: Vec<PathBuf>,
+    /// Why the text report could not be written, if it could not. The dataset is complete
+    /// either way: the report is written after it, and only describes it.
+    pub report_error: Option<String>,
 }
 
 impl fmt::Display for PrepareSummary {
@@ -124,12 +139,23 @@ impl fmt::Display for PrepareSummary {
             res = self.resolution,
         )?;
         if !self.skipped.is_empty() {
-            writeln!(
-                f,
-                "skipped {} files (reasons in {})",
-                self.skipped.len(),
-                self.report.display()
-            )?;
+            match &self.report_error {
+                None => writeln!(
+                    f,
+                    "skipped {} files (reasons in {})",
+                    self.skipped.len(),
+                    self.report.display()
+                )?,
+                Some(_) => {
+                    let (path, why) = &self.skipped[0];
+                    writeln!(
+                        f,
+                        "skipped {} files (the first: {}: {why})",
+                        self.skipped.len(),
+                        path.display()
+                    )?
+                }
+            }
         }
         if !self.upscaled.is_empty() {
             writeln!(
@@ -142,25 +168,48 @@ impl fmt::Display for PrepareSummary {
         if self.ignored > 0 {
             writeln!(f, "ignored {} non-image files", self.ignored)?;
         }
+        if !self.removed_stale.is_empty() {
+            writeln!(
+                f,
+                "removed {} temporary files left by interrupted runs",
+                self.removed_stale.len()
+            )?;
+        }
+        if let Some(e) = &self.report_error {
+            writeln!(
+                f,
+                "warning: the report {} could not be written ({e}); the dataset is complete",
+                self.report.display()
+            )?;
+        }
         Ok(())
     }
 }
 
 /// Prepare a pyramid file from a folder of images. See the module docs.
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary> {
-    prepare_with_limit(opts, None)
+    prepare_cancellable(opts, &AtomicBool::new(false))
 }
 
-/// [`prepare`] with an optional cap on bytes written, used by tests to
+/// [`prepare`] that stops as soon as `cancel` is set (from a signal handler, say): it then
+/// removes its temporary file and returns [`DataError::Interrupted`], leaving no output.
+pub fn prepare_cancellable(opts: &PrepareOptions, cancel: &AtomicBool) -> Result<PrepareSummary> {
+    prepare_with_limit(opts, None, cancel)
+}
+
+/// [`prepare_cancellable`] with an optional cap on bytes written, used by tests to
 /// simulate a full disk.
 pub(crate) fn prepare_with_limit(
     opts: &PrepareOptions,
     write_limit: Option<u64>,
+    cancel: &AtomicBool,
 ) -> Result<PrepareSummary> {
     let start = Instant::now();
     validate_options(opts)?;
     check_input(&opts.input_dir)?;
     check_output(opts)?;
+    let mut removed_stale = remove_stale_temps(&opts.output);
+    removed_stale.extend(remove_stale_temps(&report_path(&opts.output)));
     let walk = ingest::walk(&opts.input_dir)?;
     if walk.images.is_empty() {
         return Err(if walk.ignored == 0 {
@@ -195,12 +244,19 @@ pub(crate) fn prepare_with_limit(
     };
     let io_err = |e: io::Error| DataError::io("cannot write", &opts.output, e);
 
-    let outcome = write_levels(opts, &candidates, &mut sink).map_err(io_err)?;
+    let interrupted = || DataError::Interrupted(opts.output.clone());
+    let outcome = write_levels(opts, &candidates, &mut sink, cancel).map_err(io_err)?;
+    if cancel.load(Ordering::SeqCst) {
+        return Err(interrupted());
+    }
     if outcome.stored.is_empty() {
         return Err(nothing_decodable(&opts.input_dir, &outcome.skipped));
     }
     let bytes = finish_file(opts, &mut sink, &outcome).map_err(io_err)?;
     drop(sink);
+    if cancel.load(Ordering::SeqCst) {
+        return Err(interrupted());
+    }
     guard.commit(&opts.output)?;
 
     let elapsed = start.elapsed();
@@ -208,6 +264,11 @@ pub(crate) fn prepare_with_limit(
         report: report_path(&opts.output),
         output: opts.output.clone(),
         written: outcome.stored.len(),
+        over_pixel_limit: outcome
+            .skipped
+            .iter()
+            .filter(|(_, why)| why.starts_with(ingest::TOO_MANY_PIXELS))
+            .count(),
         skipped: outcome.skipped,
         upscaled: outcome.upscaled,
         ignored: walk.ignored,
@@ -216,8 +277,13 @@ pub(crate) fn prepare_with_limit(
         bytes,
         resolution: opts.resolution,
         channels: opts.channels,
+        removed_stale,
+        report_error: None,
     };
-    write_report(&summary)?;
+    let mut summary = summary;
+    if let Err(e) = write_report(&summary) {
+        summary.report_error = Some(e.to_string());
+    }
     Ok(summary)
 }
 
@@ -235,6 +301,11 @@ fn validate_options(opts: &PrepareOptions) -> Result<()> {
             "channels {} must be 1 (luma) or 3 (RGB)",
             opts.channels
         )));
+    }
+    if opts.max_pixels == 0 {
+        return Err(DataError::InvalidOption(
+            "max pixels must be at least 1".into(),
+        ));
     }
     if opts.min_size == Some(0) {
         return Err(DataError::InvalidOption(
@@ -267,8 +338,18 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
     if out.is_dir() {
         return Err(unwritable("it is a folder".into()));
     }
-    if out.exists() && !opts.force {
-        return Err(DataError::OutputExists(out.clone()));
+    // The final rename replaces whatever has the output's name: only ever a regular file (a
+    // device node, FIFO, socket or symlink there is something else the user has).
+    if let Ok(meta) = std::fs::symlink_metadata(out) {
+        if !meta.file_type().is_file() {
+            return Err(unwritable(format!(
+                "it is {}, not a regular file (only regular files are replaced)",
+                file_kind(&meta.file_type())
+            )));
+        }
+        if !opts.force {
+            return Err(DataError::OutputExists(out.clone()));
+        }
     }
     let parent = parent_dir(out);
     if !parent.is_dir() {
@@ -287,13 +368,55 @@ fn parent_dir(p: &Path) -> PathBuf {
     }
 }
 
-/// Hidden temporary name in the output's folder, so the final rename stays on one filesystem.
-fn temp_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    parent_dir(output).join(format!(".{name}.tmp-{}", std::process::id()))
+/// The hidden temporary file this process writes `output` to before renaming it into place:
+/// `.<name>.tmp-<pid>` in the output's folder, so the final rename stays on one filesystem.
+/// Public so that a signal handler can remove it when it must exit at once.
+pub fn temp_path(output: &Path) -> PathBuf {
+    temp_path_for(output, std::process::id())
+}
+
+fn temp_path_for(output: &Path, pid: u32) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(output.file_name().unwrap_or_default());
+    name.push(format!(".tmp-{pid}"));
+    parent_dir(output).join(name)
+}
+
+/// Removes the temporary files that runs for `output` left when they were killed (SIGKILL, an
+/// abort, a power cut): `.<name>.tmp-<pid>` whose process no longer exists. A live process's
+/// file is another preparation still running and is kept. Best effort; returns what it removed.
+fn remove_stale_temps(output: &Path) -> Vec<PathBuf> {
+    let Some(name) = output.file_name() else {
+        return Vec::new();
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp-");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir(parent_dir(output)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .as_encoded_bytes()
+            .strip_prefix(prefix)
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && pid != std::process::id() && !process_alive(pid) {
+            let path = entry.path();
+            if std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+    }
+    removed
 }
 
 /// Path of the text report written beside `output`.
@@ -451,6 +574,7 @@ fn write_levels(
     opts: &PrepareOptions,
     candidates: &[PathBuf],
     sink: &mut Sink,
+    cancel: &AtomicBool,
 ) -> io::Result<Outcome> {
     let target = opts.target();
     let channels = opts.channels as u32;
@@ -471,10 +595,17 @@ fn write_levels(
         let (tx, rx) = std::sync::mpsc::sync_channel::<DecodedChunk>(1);
         let writer = scope.spawn(|| write_chunks(sink, &capacity_levels, channels, rx));
         for chunk in candidates.chunks(chunk_size(opts.resolution, opts.channels)) {
+            if cancel.load(Ordering::SeqCst) {
+                break;
+            }
             let results: Vec<Processed> = chunk
                 .par_iter()
                 .map(|path| {
-                    let r = ingest::load(path, &target).map(|l| {
+                    if cancel.load(Ordering::Relaxed) {
+                        // The caller discards everything: stop decoding at once.
+                        return Err(String::new());
+                    }
+                    let r = load_caught(path, &target).map(|l| {
                         (
                             build_levels(&l.top, opts.resolution, channels as usize),
                             l.upscaled,
@@ -508,6 +639,19 @@ fn write_levels(
     bar.finish_and_clear();
     out.crcs = crcs;
     Ok(out)
+}
+
+/// [`ingest::load`], with a panic inside a decoder turned into a skip reason: one malformed
+/// file must not take the whole preparation (and its temporary file) down.
+fn load_caught(path: &Path, target: &Target) -> std::result::Result<ingest::Loaded, String> {
+    std::panic::catch_unwind(|| ingest::load(path, target)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("the decoder crashed: {what}"))
+    })
 }
 
 /// The writer thread: puts every chunk's levels at their final offsets,
@@ -601,7 +745,7 @@ fn build_manifest(opts: &PrepareOptions, out: &Outcome) -> Manifest {
     Manifest {
         pgan_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix,
-        input_dir: opts.input_dir.display().to_string(),
+        input_dir: shown(&opts.input_dir),
         options: ManifestOptions {
             resolution: opts.resolution,
             channels: opts.channels,
@@ -613,16 +757,23 @@ fn build_manifest(opts: &PrepareOptions, out: &Outcome) -> Manifest {
         skipped: out.skipped.len(),
         upscaled: out.upscaled.len(),
         files,
+        escaped_names: true,
     }
 }
 
-/// `path` relative to `dir`, `/`-separated on every platform.
+/// `path` relative to `dir`, `/`-separated on every platform, [`escape_name`]d so that a name
+/// that is not UTF-8 is kept exactly.
 fn relative_name(dir: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(dir).unwrap_or(path);
     rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
+        .map(|c| escape_name(c.as_os_str().as_encoded_bytes()))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// A path as text for the report: [`escape_name`]d, so every name is shown and unambiguous.
+fn shown(path: &Path) -> String {
+    escape_name(path.as_os_str().as_encoded_bytes())
 }
 
 fn write_report(s: &PrepareSummary) -> Result<()> {
@@ -634,13 +785,30 @@ fn write_report(s: &PrepareSummary) -> Result<()> {
     text.push_str(&s.to_string());
     text.push_str(&format!("\n# skipped ({})\n", s.skipped.len()));
     for (p, why) in &s.skipped {
-        text.push_str(&format!("{}\t{why}\n", p.display()));
+        text.push_str(&format!("{}\t{why}\n", shown(p)));
     }
     text.push_str(&format!("\n# upscaled ({})\n", s.upscaled.len()));
     for p in &s.upscaled {
-        text.push_str(&format!("{}\n", p.display()));
+        text.push_str(&format!("{}\n", shown(p)));
     }
-    std::fs::write(&s.report, text).map_err(|e| DataError::io("cannot write report", &s.report, e))
+    write_atomic(&s.report, text.as_bytes())
+        .map_err(|e| DataError::io("cannot write report", &s.report, e))
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`: a reader sees
+/// the old file or the complete new one, never an empty or partial one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -984,7 +1152,7 @@ mod tests {
             levels + moved + 5,
             levels + moved + manifest + 5,
         ] {
-            let e = prepare_with_limit(&opts, Some(limit)).unwrap_err();
+            let e = prepare_with_limit(&opts, Some(limit), &AtomicBool::new(false)).unwrap_err();
             let msg = e.to_string();
             assert!(
                 msg.contains("cannot write")
@@ -1000,8 +1168,159 @@ mod tests {
         }
         // Exactly enough room succeeds, so each limit above failed mid-way.
         let total = levels + moved + manifest + format::header_len(2) as u64;
-        prepare_with_limit(&opts, Some(total)).unwrap();
+        prepare_with_limit(&opts, Some(total), &AtomicBool::new(false)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap().len() as u64, good.bytes);
+    }
+
+    /// A pid that no process has: a child that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed_live_ones_kept() {
+        let input = folder(2, &[]);
+        let out = out_dir();
+        let path = out.path().join("x.pgan");
+        let dead = dead_pid();
+        let live = std::os::unix::process::parent_id();
+        let stale = temp_path_for(&path, dead);
+        let stale_report = temp_path_for(&report_path(&path), dead);
+        let running = temp_path_for(&path, live);
+        let other = out.path().join(format!(".y.pgan.tmp-{dead}"));
+        for p in [&stale, &stale_report, &running, &other] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        let s = prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
+        let mut removed = s.removed_stale.clone();
+        removed.sort();
+        let mut want = vec![stale.clone(), stale_report.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(s
+            .to_string()
+            .contains("removed 2 temporary files left by interrupted runs"));
+        assert!(!stale.exists() && !stale_report.exists());
+        assert!(running.exists(), "a live process's temporary file is kept");
+        assert!(other.exists(), "another output's temporary file is kept");
+    }
+
+    #[test]
+    fn a_cancelled_prepare_leaves_nothing() {
+        let input = folder(3, &[]);
+        let out = out_dir();
+        let path = out.path().join("x.pgan");
+        let cancel = AtomicBool::new(true);
+        let e =
+            prepare_cancellable(&PrepareOptions::new(input.path(), &path, 8), &cancel).unwrap_err();
+        assert!(matches!(e, DataError::Interrupted(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("interrupted: {} was not written", path.display())
+        );
+        assert!(
+            leftovers(out.path()).is_empty(),
+            "{:?}",
+            leftovers(out.path())
+        );
+    }
+
+    #[test]
+    fn a_report_that_cannot_be_written_is_a_warning_and_a_stale_one_is_replaced() {
+        let input = folder(2, &[("bad.png", b"")]);
+        let out = out_dir();
+        // A stale, empty report from an earlier failed run is simply replaced.
+        let path = out.path().join("x.pgan");
+        std::fs::write(report_path(&path), b"").unwrap();
+        let s = prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
+        assert!(s.report_error.is_none());
+        let report = std::fs::read_to_string(report_path(&path)).unwrap();
+        assert!(report.contains("bad.png\tempty file"), "{report}");
+        // A report path that cannot be written (a folder): the dataset is kept and valid.
+        let path = out.path().join("y.pgan");
+        std::fs::create_dir(report_path(&path)).unwrap();
+        let s = prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
+        let e = s.report_error.clone().unwrap();
+        assert!(
+            e.contains("cannot write report") && e.contains("y.pgan.report.txt"),
+            "{e}"
+        );
+        let shown = s.to_string();
+        assert!(
+            shown.contains("warning: the report")
+                && shown.contains("the dataset is complete")
+                && shown.contains("skipped 1 files (the first: "),
+            "{shown}"
+        );
+        PyramidReader::open(&path).unwrap().verify().unwrap();
+        let mut left = leftovers(out.path());
+        left.sort();
+        assert_eq!(
+            left,
+            ["x.pgan", "x.pgan.report.txt", "y.pgan", "y.pgan.report.txt"],
+            "no temporary file is left"
+        );
+    }
+
+    #[test]
+    fn force_refuses_what_is_not_a_regular_file() {
+        let input = folder(1, &[]);
+        let out = out_dir();
+        let fifo = out.path().join("p.pgan");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut o = PrepareOptions::new(input.path(), &fifo, 8);
+        o.force = true;
+        let e = prepare(&o).unwrap_err().to_string();
+        assert!(e.contains("it is a FIFO, not a regular file"), "{e}");
+        assert_eq!(leftovers(out.path()), ["p.pgan"]);
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_kept_exactly() {
+        use std::os::unix::ffi::OsStrExt;
+        let input = folder(1, &[]);
+        let latin1: &[u8] = b"caf\xe9 \\ 1.png";
+        std::fs::create_dir(input.path().join(std::ffi::OsStr::from_bytes(b"d\xff"))).unwrap();
+        photo(9, 9, 1)
+            .save(
+                input
+                    .path()
+                    .join(std::ffi::OsStr::from_bytes(b"d\xff"))
+                    .join(std::ffi::OsStr::from_bytes(latin1)),
+            )
+            .unwrap();
+        let out = out_dir();
+        let path = out.path().join("n.pgan");
+        prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
+        let r = PyramidReader::open(&path).unwrap();
+        let m = r.manifest();
+        assert!(m.escaped_names);
+        assert_eq!(m.files, ["d\\xFF/caf\\xE9 \\\\ 1.png", "img000.png"]);
+        let bytes = m.file_name_bytes(0).unwrap();
+        assert_eq!(bytes, b"d\xff/caf\xe9 \\ 1.png");
+        assert!(input
+            .path()
+            .join(std::ffi::OsStr::from_bytes(&bytes))
+            .is_file());
+        assert!(
+            r.to_string()
+                .contains("files:       d\\xFF/caf\\xE9 \\\\ 1.png, img000.png"),
+            "{r}"
+        );
+
+        // A manifest written before names were escaped is read verbatim.
+        let mut old: serde_json::Value = serde_json::to_value(m).unwrap();
+        old.as_object_mut().unwrap().remove("escaped_names");
+        old["files"] = serde_json::json!(["a\\x41.png", "b.png"]);
+        let old: Manifest = serde_json::from_value(old).unwrap();
+        assert!(!old.escaped_names);
+        assert_eq!(old.file_name_bytes(0).unwrap(), b"a\\x41.png");
+        assert_eq!(old.file_name_bytes(2), None);
     }
 
     #[test]

@@ -189,6 +189,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 message: "holds no images".into(),
             });
         }
+        // A corrupt level would be trained on silently: check the ones this run reads.
+        reader.verify_levels_up_to(config.model.resolution)?;
         let model = crate::plan::resolve_model(&config.model, reader.channels());
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
 

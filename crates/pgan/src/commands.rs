@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainOptions};
@@ -41,12 +42,41 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
         background,
         min_size: args.min_size,
         shuffle_seed: args.shuffle_seed,
+        max_pixels: args.max_pixels,
         force: args.force,
         progress: !args.quiet,
     };
-    let summary = pgan_data::prepare(&options)
-        .with_context(|| format!("cannot prepare {}", args.output.display()))?;
+    if args.max_pixels == 0 {
+        bail!("--max-pixels must be at least 1");
+    }
+    // First Ctrl-C or SIGTERM: stop, remove the temporary file, exit. A second one exits at once
+    // (removing the temporary file itself).
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let temp = pgan_data::temp_path(&args.output);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&temp);
+            eprintln!("\ninterrupted twice: temporary file removed, exiting");
+            std::process::exit(EXIT_INTERRUPTED.into());
+        }
+        eprintln!("\ninterrupt: stopping and removing the temporary file (again to exit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let summary = match pgan_data::prepare_cancellable(&options, &cancel) {
+        Err(err @ pgan_data::DataError::Interrupted(_)) => {
+            eprintln!("{err}");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        other => other.with_context(|| format!("cannot prepare {}", args.output.display()))?,
+    };
     println!("{summary}");
+    if summary.over_pixel_limit > 0 {
+        println!(
+            "note: {} images have more than {} pixels (--max-pixels); raise it to include them",
+            summary.over_pixel_limit, args.max_pixels
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -56,15 +86,31 @@ fn info(file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Exit code of `verify` for a file whose contents are damaged (README: 1 = corrupt, 2 = the
+/// file could not be read or the command line is wrong).
+const EXIT_CORRUPT: u8 = 1;
+
 fn verify(file: &Path) -> Result<ExitCode> {
-    let reader = pgan_data::PyramidReader::open(file)?;
+    let reader = match pgan_data::PyramidReader::open(file) {
+        Ok(reader) => reader,
+        // A damaged header or manifest is corruption; a file that cannot be opened is not.
+        Err(err @ pgan_data::DataError::InvalidFile { .. }) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(EXIT_CORRUPT));
+        }
+        Err(err) => return Err(err.into()),
+    };
     let report = reader.check_levels();
     println!("{report}");
     if !report.ok() {
-        anyhow::bail!(
-            "{} is corrupt: a level's checksum does not match",
+        eprintln!(
+            "error: {} is corrupt: a level's checksum does not match",
             file.display()
         );
+        return Ok(ExitCode::from(EXIT_CORRUPT));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -85,7 +85,11 @@ struct PrepareArgs {
     /// Store images in an order shuffled with this seed.
     #[arg(long)]
     shuffle_seed: Option<u64>,
-    /// Overwrite the output if it exists.
+    /// Skip images with more pixels than this, read from their header before decoding (guards
+    /// against decompression bombs; the default is Pillow's limit).
+    #[arg(long, default_value_t = pgan_data::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Overwrite the output if it is a regular file that exists.
     #[arg(long)]
     force: bool,
     /// No progress bar.
