@@ -42,6 +42,22 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A render or evaluation asks for something out of range (a size, a count, a value).
+    #[error("{0}")]
+    Request(String),
+    /// Another process is training in this run directory.
+    #[error(
+        "run directory {} is in use by another pgan train ({}); wait for it to finish, or stop \
+         it (Ctrl-C writes a checkpoint), before training in it",
+        path.display(),
+        pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"))
+    )]
+    RunInUse {
+        /// The run directory.
+        path: PathBuf,
+        /// The owner's process id, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
     /// The requested backend is not usable.
     #[error("backend {backend}: {message}")]
     Backend {

@@ -58,12 +58,18 @@ impl MetricsWriter {
     /// Opens (appending) `run_dir/metrics.jsonl`.
     pub fn open(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path, "open"))?;
+        let file = open_append(&path)?;
         Ok(Self { path, file })
+    }
+
+    /// Drops rows written after `images_shown` (used on resume and after a rollback so a run
+    /// continued from an older checkpoint has no duplicated ticks). The trimmed copy is renamed
+    /// over the file and the append handle reopened on it: a handle opened before the rename
+    /// would keep writing to the replaced file, and every later row would be lost.
+    pub fn truncate_after(&mut self, images_shown: u64) -> Result<()> {
+        truncate_after(&self.path, images_shown)?;
+        self.file = open_append(&self.path)?;
+        Ok(())
     }
 
     /// Writes one row.
@@ -77,11 +83,17 @@ impl MetricsWriter {
     }
 }
 
-/// Drops rows written after `images_shown` (used on resume so a run continued from an older
-/// checkpoint has no duplicated ticks).
-pub fn truncate_after(run_dir: &Path, images_shown: u64) -> Result<()> {
-    let path = run_dir.join(METRICS_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(path, "open"))
+}
+
+/// Rewrites `path` (a `metrics.jsonl`) atomically without the rows after `images_shown`.
+fn truncate_after(path: &Path, images_shown: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
     let limit = images_shown as f64 / 1000.0 + 1e-9;
@@ -95,7 +107,7 @@ pub fn truncate_after(run_dir: &Path, images_shown: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))
+    crate::fsutil::write_atomic(path, kept.as_bytes()).map_err(io_err(path, "rewrite"))
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -129,8 +141,34 @@ mod tests {
             row.insert("kimg".into(), Value::from(k as f64));
             w.write(&row).unwrap();
         }
-        truncate_after(dir.path(), 2_000).unwrap();
+        w.truncate_after(2_000).unwrap();
         let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
         assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn rows_written_after_a_truncation_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = MetricsWriter::open(dir.path()).unwrap();
+        let row = |k: f64| {
+            let mut row = Map::new();
+            row.insert("kimg".into(), Value::from(k));
+            row
+        };
+        for k in 1..=3 {
+            w.write(&row(k as f64)).unwrap();
+        }
+        w.truncate_after(1_000).unwrap();
+        w.write(&row(2.5)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+        let kimgs: Vec<f64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["kimg"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(kimgs, vec![1.0, 2.5]);
     }
 }

@@ -35,9 +35,9 @@ use crate::error::{io_err, Result, TrainError};
 use crate::eval::{evaluate_generator, EvalSettings};
 use crate::images::{grid, save_png, upscale_cells, HostImages};
 use crate::loss::{discriminator_loss, generator_loss};
-use crate::run_dir::{create_run_dir, RunLog, CONFIG_FILE, SAMPLES_DIR};
+use crate::run_dir::{create_run_dir, RunLock, RunLog, CONFIG_FILE, SAMPLES_DIR};
 use crate::schedule::{Phase, PhaseKind, StageSchedule};
-use crate::stats::{peak_rss_mib, truncate_after, MetricsWriter, TickStats};
+use crate::stats::{peak_rss_mib, MetricsWriter, TickStats};
 
 /// Everything `pgan train` decides before the loop starts.
 #[derive(Clone, Debug)]
@@ -54,6 +54,9 @@ pub struct TrainOptions {
     pub interactive: bool,
     /// Fault injection for tests: poison the D loss with NaN at these steps.
     pub inject_nan_at_steps: Vec<u64>,
+    /// Continue a resumed run on a dataset other than the one its checkpoint was trained on
+    /// (`--data-changed-ok`); without it that is an error.
+    pub data_changed_ok: bool,
     /// Fault injection for tests: after these steps, poison one weight of G_ema with NaN. No
     /// loss reads G_ema, so only the end-of-tick weight check can find it.
     pub inject_nan_weights_at_steps: Vec<u64>,
@@ -70,6 +73,7 @@ impl TrainOptions {
             interactive: false,
             inject_nan_at_steps: Vec::new(),
             inject_nan_weights_at_steps: Vec::new(),
+            data_changed_ok: false,
         }
     }
 }
@@ -142,6 +146,8 @@ fn on_a_rayon_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 struct Trainer<B: AutodiffBackend> {
+    /// Ownership of the run directory, for the trainer's life.
+    _lock: RunLock,
     options: TrainOptions,
     config: TrainConfig,
     model: ModelConfig,
@@ -193,6 +199,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
 
         // A new run directory, or the one the checkpoint lives in.
+        let mut resume_warnings = Vec::new();
         let (run_dir, resume_from) = match &options.resume {
             None => {
                 let desc = config.run.desc.clone().unwrap_or_else(|| {
@@ -202,7 +209,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 (create_run_dir(&config.run.out_dir, &desc)?, None)
             }
             Some(path) => {
-                let ckpt = checkpoint::resolve_checkpoint(path)?;
+                let found = checkpoint::find_checkpoint(path)?;
+                resume_warnings = found.warnings();
+                let ckpt = found.path;
                 let run_dir =
                     checkpoint::run_dir_of(&ckpt).ok_or_else(|| TrainError::Checkpoint {
                         path: ckpt.clone(),
@@ -211,10 +220,19 @@ impl<B: AutodiffBackend> Trainer<B> {
                 (run_dir, Some(ckpt))
             }
         };
-        let config_path = run_dir.join(CONFIG_FILE);
-        crate::fsutil::write_atomic(&config_path, config.to_toml().as_bytes())
-            .map_err(io_err(&config_path, "write"))?;
+        // Before anything is written: a second trainer in this folder stops here.
+        let lock = RunLock::acquire(&run_dir)?;
+        // A resume rewrites the run's config only once its checkpoint has been accepted.
+        if resume_from.is_none() {
+            write_config(&run_dir, &config)?;
+        }
         let mut log = RunLog::open(&run_dir, options.interactive)?;
+        for warning in resume_warnings {
+            log.warn(warning);
+        }
+        if !lock.is_held() {
+            log.warn("this filesystem has no file locks: nothing stops a second trainer here");
+        }
 
         let nets = fresh_nets::<B>(&model, &config, &device, Some(config.run.seed));
         let state = TrainState {
@@ -235,6 +253,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             best_msssim: Default::default(),
             model: serde_json::to_value(&model).expect("model config serialises"),
             files: Default::default(),
+            dataset: Some(checkpoint::DatasetFingerprint::of(&reader)),
+            checksum: None,
         };
         // Fixed latents for the sample grids, independent of the training RNG.
         let mut sample_rng = ChaCha8Rng::seed_from_u64(config.run.seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -246,6 +266,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let metrics = crate::stats::MetricsWriter::open(&run_dir)?;
         let alarms = Alarms::new(config.alarms.clone());
         let mut trainer = Self {
+            _lock: lock,
             options,
             config,
             model,
@@ -271,7 +292,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         match resume_from {
             Some(ckpt) => {
                 trainer.load_checkpoint(&ckpt)?;
-                truncate_after(&trainer.run_dir, trainer.state.images_shown)?;
+                write_config(&trainer.run_dir, &trainer.config)?;
+                let images_shown = trainer.state.images_shown;
+                trainer.metrics.truncate_after(images_shown)?;
                 trainer.log.info(format!(
                     "resumed {} at {:.3} kimg (tick {})",
                     ckpt.display(),
@@ -735,7 +758,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     fn load_checkpoint(&mut self, ckpt: &Path) -> Result<()> {
-        let state = checkpoint::read_state(ckpt)?;
+        let mut state = checkpoint::read_state(ckpt)?;
         let expected = serde_json::to_value(&self.model).expect("model config serialises");
         if state.model != expected {
             return Err(TrainError::Checkpoint {
@@ -746,16 +769,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ),
             });
         }
-        if state.sampler.num_images() != self.reader.len() {
-            return Err(TrainError::Checkpoint {
-                path: ckpt.to_path_buf(),
-                message: format!(
-                    "was trained on a dataset of {} images, {} has {}",
-                    state.sampler.num_images(),
-                    self.reader.path().display(),
-                    self.reader.len()
-                ),
-            });
+        let (len, mirror) = (self.reader.len(), self.config.data.mirror);
+        let seed = self.config.run.seed ^ state.images_shown;
+        let fresh_sampler = || BatchSampler::new(len, seed, mirror);
+        let changed_ok = self.options.data_changed_ok;
+        for warning in
+            checkpoint::adopt_dataset(&mut state, ckpt, &self.reader, changed_ok, fresh_sampler)?
+        {
+            self.log.warn(warning);
         }
         let d = &self.device;
         let fresh = fresh_nets::<B>(&self.model, &self.config, d, None);
@@ -801,16 +822,19 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
             )));
         }
-        let ckpt = checkpoint::list_checkpoints(&self.run_dir)?
-            .pop()
-            .ok_or_else(|| TrainError::Diverged("no checkpoint to roll back to".into()))?;
+        let found = checkpoint::find_checkpoint(&self.run_dir)
+            .map_err(|e| TrainError::Diverged(format!("no checkpoint to roll back to: {e}")))?;
+        for warning in found.warnings() {
+            self.log.warn(warning);
+        }
+        let ckpt = found.path;
         self.load_checkpoint(&ckpt)?;
         self.state.consecutive_failures = failures;
         self.state.lr_multiplier = multiplier;
         self.state.cooldown_until =
             self.state.images_shown + (self.config.recovery.cooldown_kimg * 1000.0) as u64;
         self.rollbacks += 1;
-        truncate_after(&self.run_dir, self.state.images_shown)?;
+        self.metrics.truncate_after(self.state.images_shown)?;
         self.log.warn(format!(
             "rolled back to {} ({:.3} kimg); learning rate x{} for {} kimg (failure {failures} of {max})",
             ckpt.display(),
@@ -827,6 +851,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.metrics.write(&row)?;
         Ok(())
     }
+}
+
+/// Writes the resolved config as `RUN_DIR/config.toml`.
+fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
+    let path = run_dir.join(CONFIG_FILE);
+    crate::fsutil::write_atomic(&path, config.to_toml().as_bytes()).map_err(io_err(&path, "write"))
 }
 
 fn adam(config: &TrainConfig) -> FusedAdam {
