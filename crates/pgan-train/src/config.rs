@@ -511,6 +511,47 @@ impl TrainConfig {
         if !(self.recovery.lr_factor > 0.0 && self.recovery.lr_factor <= 1.0) {
             return bad("recovery.lr_factor must be in (0, 1]".into());
         }
+        if let Err(e) = crate::limits::sheet_size(
+            r.sample_rows,
+            r.sample_cols,
+            m.resolution,
+            r.sample_cell_px,
+            2,
+        ) {
+            return bad(format!(
+                "run.sample_rows, sample_cols and sample_cell_px: {e}"
+            ));
+        }
+        self.check_mbstd_group()
+    }
+
+    /// The minibatch-stddev layer splits each minibatch into groups of `min(group, batch)`
+    /// images, which must divide it (the official code's `minibatch_stddev_layer` takes
+    /// `tf.minimum(group_size, batch)` and cannot reshape otherwise). Rather than quietly train
+    /// with a smaller group than `config.toml` says, a group that does not divide the minibatch
+    /// of every resolution the run trains at is an error.
+    fn check_mbstd_group(&self) -> Result<()> {
+        let group = crate::plan::resolve_model(&self.model, 3).mbstd_group_size;
+        if group <= 1 {
+            return Ok(());
+        }
+        let mut resolution = self.schedule.start_resolution;
+        while resolution <= self.model.resolution {
+            let batch = self.schedule.batch_for(resolution);
+            let used = group.min(batch);
+            if batch % used != 0 {
+                return Err(TrainError::Config {
+                    path: None,
+                    message: format!(
+                        "model.mbstd_group_size {group} does not divide the minibatch {batch} \
+                         at {resolution}x{resolution}: the minibatch-stddev layer needs groups \
+                         of equal size. Use a group size that divides every minibatch (or 0 to \
+                         switch the layer off), or change the minibatch"
+                    ),
+                });
+            }
+            resolution *= 2;
+        }
         Ok(())
     }
 }
@@ -582,6 +623,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("start_resolution"));
+    }
+
+    #[test]
+    fn an_mbstd_group_that_does_not_divide_a_minibatch_is_refused() {
+        let mut config = TrainConfig::default();
+        config.model.resolution = 16;
+        config.model.mbstd_group_size = Some(7);
+        config.schedule.minibatch_default = 16;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("mbstd_group_size 7 does not divide the minibatch 16 at 4x4"),
+            "{err}"
+        );
+        // min(group, batch) is used, as in the official code: a minibatch below the group is
+        // one group.
+        config.model.mbstd_group_size = Some(4);
+        config.schedule.minibatch.insert("16".into(), 2);
+        config.validate().unwrap();
+        config.schedule.minibatch.insert("8".into(), 6);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("minibatch 6 at 8x8"), "{err}");
+        config.model.mbstd_group_size = Some(0);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_sample_grid_beyond_the_pixel_limit_is_refused() {
+        let mut config = TrainConfig::default();
+        config.run.sample_cell_px = u32::MAX;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("sample_cell_px"), "{err}");
     }
 
     #[test]

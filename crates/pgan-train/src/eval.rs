@@ -226,6 +226,26 @@ pub struct FullEvalReport {
     /// The same classification of as many reals: what a perfect generator would score with this
     /// classifier at this resolution (its ceiling; below 32x32 some shapes blur together).
     pub modes_real: Option<pgan_metrics::CoverageReport>,
+    /// Each metric that could not be measured, and why.
+    pub unmeasured: Vec<Unmeasured>,
+}
+
+/// A metric `pgan eval` could not measure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unmeasured {
+    /// The JSON key of the metric (`swd`, `msssim_real`, `modes.kl_to_uniform`...).
+    pub metric: String,
+    /// Why it is missing.
+    pub reason: String,
+}
+
+impl FullEvalReport {
+    fn unmeasured(&mut self, metric: &str, reason: impl Into<String>) {
+        self.unmeasured.push(Unmeasured {
+            metric: metric.to_string(),
+            reason: reason.into(),
+        });
+    }
 }
 
 impl std::fmt::Display for FullEvalReport {
@@ -283,6 +303,9 @@ impl std::fmt::Display for FullEvalReport {
             writeln!(f, "reals (the classifier's ceiling):")?;
             write!(f, "{modes}")?;
         }
+        for u in &self.unmeasured {
+            writeln!(f, "not measured: {}: {}", u.metric, u.reason)?;
+        }
         Ok(())
     }
 }
@@ -298,6 +321,9 @@ impl crate::backend::BackendJob for EvalRequest {
 }
 
 fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<FullEvalReport> {
+    if let Some(psi) = request.truncation {
+        crate::limits::check_truncation(psi).map_err(crate::error::TrainError::Request)?;
+    }
     let loaded = crate::render::load_generator::<B>(&request.checkpoint, false, device)?;
     let resolution = crate::schedule::resolution_of(loaded.state.stage);
     let say = |m: &str| {
@@ -331,8 +357,21 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         msssim_real: None,
         modes: None,
         modes_real: None,
+        unmeasured: Vec::new(),
     };
-    let msssim = request.msssim_pairs > 0 && resolution as usize >= pgan_metrics::msssim::MIN_SIZE;
+    let min_msssim = pgan_metrics::msssim::MIN_SIZE;
+    let msssim = request.msssim_pairs > 0 && resolution as usize >= min_msssim;
+    let msssim_reason = if request.msssim_pairs == 0 {
+        "no pairs requested (--pairs 0)".to_string()
+    } else {
+        format!(
+            "MS-SSIM needs images of at least {min_msssim}x{min_msssim} (five scales); the \
+             checkpoint generates {resolution}x{resolution}"
+        )
+    };
+    if !msssim {
+        report.unmeasured("msssim_fake", msssim_reason.clone());
+    }
     if msssim {
         say("MS-SSIM of generated pairs");
         report.msssim_fake =
@@ -362,13 +401,29 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             report.swd = Some(sliced_wasserstein(&a, &fakes, &cfg)?);
             say("SWD real vs real (noise floor)");
             report.swd_real_floor = Some(sliced_wasserstein(&a, &b, &cfg)?);
+        } else {
+            report.unmeasured(
+                "swd",
+                format!(
+                    "SWD needs images of at least {MIN_SWD_RESOLUTION}x{MIN_SWD_RESOLUTION} (its \
+                     Laplacian pyramid and 7x7 descriptors); the checkpoint generates \
+                     {resolution}x{resolution}"
+                ),
+            );
         }
         if msssim {
             say("MS-SSIM of real pairs");
             report.msssim_real =
                 Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
+        } else {
+            report.unmeasured("msssim_real", msssim_reason);
         }
         reals_for_modes = Some(a);
+    } else {
+        let reason = "no dataset to compare with: pass --data FILE.pgan (the run's config.toml \
+                      names none that exists)";
+        report.unmeasured("swd", reason);
+        report.unmeasured("msssim_real", reason);
     }
     if let Some(spec) = &request.modes {
         say("classifying modes");
@@ -376,6 +431,16 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.modes = Some(pgan_metrics::coverage(&classifier, &fakes)?);
         if let Some(reals) = &reals_for_modes {
             report.modes_real = Some(pgan_metrics::coverage(&classifier, reals)?);
+        }
+        let no_histogram: Vec<&str> =
+            [("modes", &report.modes), ("modes_real", &report.modes_real)]
+                .into_iter()
+                .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.kl_to_uniform.is_finite()))
+                .map(|(key, _)| key)
+                .collect();
+        for key in no_histogram {
+            let reason = "no image was recognised as any mode, so there is no histogram";
+            report.unmeasured(&format!("{key}.kl_to_uniform"), reason);
         }
     }
     Ok(report)
