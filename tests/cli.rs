@@ -661,3 +661,383 @@ fn a_wgpu_device_that_does_not_exist_is_a_clear_error_not_a_panic() {
         "the driver's panic leaks out: {err}"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Issue 22, train/render/eval side: nothing lost, nothing hangs, nothing crashes.
+// ------------------------------------------------------------------------------------------
+
+/// `pgan train --no-progress` with the tiny config and dataset, plus `extra` flags.
+fn train_cmd(config: &Path, data: &Path, runs: &Path, extra: &[&str]) -> Command {
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--config"])
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .arg("--out-dir")
+        .arg(runs)
+        .args(extra);
+    cmd
+}
+
+/// `pgan train --no-progress --resume run`, plus `extra` flags.
+fn resume_cmd(run: &Path, extra: &[&str]) -> Command {
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--resume"])
+        .arg(run)
+        .args(extra);
+    cmd
+}
+
+/// The `kimg` of every row of a run's metrics.jsonl.
+fn metrics_kimg(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kimg"].as_f64())
+        .collect()
+}
+
+/// The checkpoint folders of a run, oldest first.
+fn checkpoints(run: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ckpt-")
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn a_requested_stop_exits_0_and_the_resumed_run_keeps_writing_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    let out = run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--stop-after-kimg", "0.032"],
+    ));
+    assert!(out.contains("--resume"), "tells how to continue: {out}");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let before = metrics_kimg(&run);
+    assert_eq!(before.last().copied(), Some(0.032), "{before:?}");
+
+    run_ok(&mut resume_cmd(&run, &[]));
+    let after = metrics_kimg(&run);
+    assert!(after.len() > before.len(), "{before:?} -> {after:?}");
+    assert_eq!(after.last().copied(), Some(0.064), "{after:?}");
+}
+
+#[test]
+fn a_run_folder_has_one_trainer_and_new_runs_get_their_own_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+
+    // Two new runs started at once in one --out-dir: two folders with their own numbers.
+    let runs = dir.path().join("runs");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            train_cmd(&config, &data, &runs, &["--stop-after-kimg", "0.016"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut made: Vec<String> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["00000-tiny-16", "00001-tiny-16"]);
+
+    // A second trainer in a folder that one is training in is refused, naming the owner.
+    let long_runs = dir.path().join("long");
+    let mut owner = train_cmd(&config, &data, &long_runs, &["--total-kimg", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = wait_for_run(&long_runs, "a first tick", |run| {
+        std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
+    });
+    let config_before = std::fs::read(run.join("config.toml")).unwrap();
+    let err = run_err(&mut resume_cmd(&run, &["--total-kimg", "2000"]));
+    assert!(
+        err.contains(&format!(
+            "is in use by another pgan train (pid {})",
+            owner.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("config.toml")).unwrap(),
+        config_before,
+        "the refused trainer wrote into the run"
+    );
+
+    // The OS drops the lock with its owner, however it ends: no stale lock after kill -9.
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let out = run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.016"]));
+    assert!(out.contains("checkpoint"), "{out}");
+}
+
+#[test]
+fn resuming_on_another_dataset_needs_data_changed_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    // The same images in another order: same size and resolution, other bytes.
+    let other = dir.path().join("other.pgan");
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(dir.path().join("images"))
+            .arg(&other)
+            .args(["--resolution", "16", "--quiet", "--shuffle-seed", "3"]),
+    );
+    let runs = dir.path().join("runs");
+    run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--stop-after-kimg", "0.016"],
+    ));
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let resume_on_other = |extra: &[&str]| {
+        let mut cmd = resume_cmd(&run, &["--total-kimg", "0.032", "--data"]);
+        cmd.arg(&other).args(extra);
+        cmd
+    };
+    let err = run_err(&mut resume_on_other(&[]));
+    assert!(
+        err.contains("was trained on another dataset") && err.contains("--data-changed-ok"),
+        "{err}"
+    );
+    let out = run_ok(&mut resume_on_other(&["--data-changed-ok"]));
+    assert!(out.contains("continuing on another dataset"), "{out}");
+    // The checkpoints from now on record the new dataset: no flag needed to go on with it.
+    run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.048"]));
+}
+
+#[test]
+fn corrupt_or_edited_latest_checkpoints_fall_back_to_the_newest_intact_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    let (_, run) = train_tiny(&config, &data, &runs);
+    let ckpts = checkpoints(&run);
+    assert_eq!(ckpts.len(), 3, "{ckpts:?}");
+    // The newest: a record corrupted on disk. The one before: its state.json edited by hand.
+    let record = ckpts[2].join("generator_ema.mpk");
+    let mut bytes = std::fs::read(&record).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&record, bytes).unwrap();
+    let state = ckpts[1].join("state.json");
+    let edited =
+        std::fs::read_to_string(&state)
+            .unwrap()
+            .replacen("\"position\": ", "\"position\": 1", 1);
+    std::fs::write(&state, edited).unwrap();
+
+    let name = |c: &Path| c.file_name().unwrap().to_string_lossy().into_owned();
+    let warned = |out: &str| {
+        out.contains(&format!("skipped checkpoint {}", ckpts[2].display()))
+            && out.contains("generator_ema.mpk is corrupt")
+            && out.contains("state.json was changed after it was written")
+            && out.contains(&format!(
+                "using the newest intact checkpoint, {}",
+                ckpts[0].display()
+            ))
+    };
+    let sheet = dir.path().join("sheet.png");
+    let out = run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .args(["--rows", "1", "--cols", "2"]),
+    );
+    assert!(warned(&out) && out.contains(&name(&ckpts[0])), "{out}");
+    let out = run_ok(
+        pgan()
+            .arg("export")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("g.safetensors")),
+    );
+    assert!(warned(&out), "{out}");
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "16", "--pairs", "8"]),
+    );
+    assert!(warned(&out), "{out}");
+
+    // Named explicitly, the edited checkpoint is an error, not a panic.
+    let err = run_err(&mut resume_cmd(&ckpts[1], &[]));
+    assert!(
+        err.contains("state.json was changed after it was written"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Resuming the run continues from the intact one, and says so in the log.
+    run_ok(&mut resume_cmd(&run, &[]));
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(warned(&log), "{log}");
+}
+
+#[test]
+fn out_of_range_sizes_seeds_and_truncations_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let render = |args: &[&str]| {
+        run_err(
+            pgan()
+                .args(["render", "."])
+                .arg("--out")
+                .arg(dir.path().join("x.png"))
+                .args(args),
+        )
+    };
+    for args in [
+        &["--rows", "100000", "--cols", "100000"][..],
+        &["--rows", "100000"],
+        &["--cell-px", "100000"],
+        &["--cell-px", "4294967295"],
+        &["--seeds", "0-9", "--interpolate", "1000000"],
+    ] {
+        let err = render(args);
+        assert!(
+            err.contains("above the limit of 256 megapixels"),
+            "{args:?}: {err}"
+        );
+    }
+    let err = render(&["--seeds", "0-47", "--rows", "1", "--cols", "1"]);
+    assert!(err.contains("48 seeds do not fit a 1 x 1 sheet"), "{err}");
+    for psi in ["0", "-1", "NaN"] {
+        let flag = format!("--truncation={psi}");
+        for err in [render(&[&flag]), run_err(pgan().args(["eval", ".", &flag]))] {
+            assert!(
+                err.contains("--truncation") && err.contains("at least 0.05"),
+                "{psi}: {err}"
+            );
+        }
+    }
+    let err = run_err(
+        pgan()
+            .arg("synth")
+            .arg(dir.path().join("s"))
+            .args(["--resolution", "100000"]),
+    );
+    assert!(err.contains("above the maximum 1024"), "{err}");
+    assert!(!dir.path().join("s").exists());
+}
+
+#[test]
+fn an_mbstd_group_that_does_not_divide_the_minibatch_is_an_error() {
+    let err = run_err(pgan().args([
+        "train",
+        "--dry-run",
+        "--data",
+        "x.pgan",
+        "--mbstd-group",
+        "7",
+        "--batch",
+        "16",
+    ]));
+    assert!(
+        err.contains("model.mbstd_group_size 7 does not divide the minibatch 16 at 4x4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    // Every command that writes a file creates the folders above it.
+    let data = dir.path().join("new/data/tiny.pgan");
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let runs = dir.path().join("runs");
+    run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--resolution", "8", "--total-kimg", "0.032"],
+    ));
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+
+    let json = dir.path().join("new/eval/eval.json");
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "8", "--pairs", "4", "--json"])
+            .arg(&json),
+    );
+    assert!(
+        out.contains("not measured: swd: SWD needs images of at least 16x16")
+            && out.contains("generates 8x8")
+            && out.contains("not measured: msssim_fake"),
+        "{out}"
+    );
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let unmeasured: Vec<&str> = parsed["unmeasured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        unmeasured,
+        ["msssim_fake", "swd", "msssim_real"],
+        "{parsed}"
+    );
+
+    let exported = dir.path().join("new/export/g.safetensors");
+    run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+    assert!(exported.is_file());
+    let report = dir.path().join("new/report/r.html");
+    run_ok(pgan().arg("report").arg(&run).arg("--out").arg(&report));
+    assert!(report.is_file());
+    let sheet = dir.path().join("new/render/s.png");
+    run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&sheet));
+    assert!(sheet.is_file());
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainOptions};
 
+use crate::paths::{checkpoint_of, create_parent_dirs};
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
@@ -44,6 +45,7 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
         force: args.force,
         progress: !args.quiet,
     };
+    create_parent_dirs(&args.output, "OUTPUT")?;
     let summary = pgan_data::prepare(&options)
         .with_context(|| format!("cannot prepare {}", args.output.display()))?;
     println!("{summary}");
@@ -186,11 +188,16 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         println!("{}", pgan_train::plan::describe(&config, &model));
         return Ok(ExitCode::SUCCESS);
     }
+    if args.data_changed_ok && args.resume.is_none() {
+        bail!("--data-changed-ok only applies with --resume");
+    }
     let mut options = TrainOptions::new(config);
     options.resume = args.resume.clone();
+    options.data_changed_ok = args.data_changed_ok;
     options.stop_after_kimg = args.stop_after_kimg;
     options.interactive = true;
     let stop = options.stop.clone();
+    let signalled = options.stop.clone();
     // First Ctrl-C: checkpoint and exit cleanly; a second one aborts at once.
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
@@ -211,27 +218,60 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             "stopped early; continue with: pgan train --resume {}",
             summary.run_dir.display()
         );
-        return Ok(ExitCode::from(130));
+        // 130 is the shell's code for Ctrl-C; a stop asked for with --stop-after-kimg succeeded.
+        if signalled.load(Ordering::SeqCst) {
+            return Ok(ExitCode::from(130));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn render(args: RenderArgs) -> Result<ExitCode> {
-    let seeds = parse_seeds(&args.seeds)
-        .map_err(anyhow::Error::msg)
-        .context("--seeds")?;
     let backend = args
         .backend
         .parse::<BackendKind>()
         .map_err(anyhow::Error::msg)
         .context("--backend")?;
     if let Some(psi) = args.truncation {
-        if !(psi > 0.0) {
-            bail!("--truncation must be positive");
-        }
+        pgan_train::limits::check_truncation(psi)
+            .map_err(anyhow::Error::msg)
+            .context("--truncation")?;
     }
     if args.rows == 0 || args.cols == 0 {
         bail!("--rows and --cols must be at least 1");
+    }
+    let sheet = args.interpolate.is_none() && !args.timeline;
+    if sheet {
+        // At the smallest image size (4x4): a grid too large for it is too large for any
+        // checkpoint, and is refused before a seed per cell is listed.
+        pgan_train::limits::sheet_size(args.rows, args.cols, 4, args.cell_px, 2)
+            .map_err(anyhow::Error::msg)
+            .context("--rows/--cols/--cell-px")?;
+    }
+    let seeds = match &args.seeds {
+        Some(spec) => parse_seeds(spec)
+            .map_err(anyhow::Error::msg)
+            .context("--seeds")?,
+        None if sheet => (0..(args.rows * args.cols) as u64).collect(),
+        None => (0..48).collect(),
+    };
+    if let Some(steps) = args.interpolate {
+        // As for a sheet: a strip too wide at 4x4 is too wide at any size.
+        let frames = (seeds.len().saturating_sub(1))
+            .saturating_mul(steps.max(2))
+            .saturating_add(1);
+        pgan_train::limits::sheet_size(1, frames, 4, args.cell_px, 2)
+            .map_err(anyhow::Error::msg)
+            .context("--interpolate/--cell-px")?;
+    }
+    if sheet && seeds.len() > args.rows * args.cols {
+        bail!(
+            "--seeds: {} seeds do not fit a {} x {} sheet; pass --rows and --cols with at least \
+             as many cells, or fewer seeds",
+            seeds.len(),
+            args.rows,
+            args.cols
+        );
     }
     let kind = match (args.interpolate, args.timeline) {
         (Some(_), true) => bail!("--interpolate and --timeline cannot be combined"),
@@ -250,8 +290,15 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             cols: args.cols,
         },
     };
+    create_parent_dirs(&args.out, "--out")?;
+    // A timeline draws every checkpoint of the run; the others draw one.
+    let source = if args.timeline {
+        args.source
+    } else {
+        checkpoint_of(&args.source)?
+    };
     let request = RenderRequest {
-        source: args.source,
+        source,
         out: args.out,
         seeds,
         truncation: args.truncation,
@@ -260,6 +307,9 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         kind,
     };
     let output = pgan_train::render(request, backend, args.device)?;
+    for warning in &output.warnings {
+        eprintln!("warning: {warning}");
+    }
     for file in &output.files {
         println!(
             "wrote {} ({}x{} from {})",
@@ -281,7 +331,12 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     if args.num < 2 {
         bail!("--num must be at least 2");
     }
-    let ckpt = pgan_train::checkpoint::resolve_checkpoint(&args.source)?;
+    if let Some(psi) = args.truncation {
+        pgan_train::limits::check_truncation(psi)
+            .map_err(anyhow::Error::msg)
+            .context("--truncation")?;
+    }
+    let ckpt = checkpoint_of(&args.source)?;
     let data = match &args.data {
         Some(d) => Some(d.clone()),
         None => pgan_train::checkpoint::run_dir_of(&ckpt)
@@ -304,7 +359,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     println!("{report}");
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json)
+        create_parent_dirs(path, "--json")?;
+        pgan_train::fsutil::write_atomic(path, json.as_bytes())
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }
@@ -324,7 +380,9 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
 }
 
 fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitCode> {
-    let summary = pgan_train::export_safetensors(source, net, out)?;
+    let ckpt = checkpoint_of(source)?;
+    create_parent_dirs(out, "--out")?;
+    let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
     println!(
         "wrote {} ({} tensors, {} parameters, {} KiB) from {}",
         summary.path.display(),
@@ -337,6 +395,9 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitC
 }
 
 fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+    if let Some(out) = &out {
+        create_parent_dirs(out, "--out")?;
+    }
     let out = out.unwrap_or_else(|| run_dir.join("report.html"));
     let summary = pgan_report::write_report(run_dir, &out)?;
     println!(

@@ -2,6 +2,7 @@
 //! here; all the work is done by `pgan-data`, `pgan-train`, `pgan-metrics` and `pgan-report`.
 
 mod commands;
+mod paths;
 mod seeds;
 
 use std::path::PathBuf;
@@ -163,9 +164,14 @@ struct TrainArgs {
     /// Tick length in kimg (overrides run.tick_kimg).
     #[arg(long)]
     tick_kimg: Option<f64>,
-    /// Stop with a checkpoint after this many kimg (continue later with --resume).
+    /// Stop with a checkpoint after this many kimg (continue later with --resume); exits 0.
     #[arg(long)]
     stop_after_kimg: Option<f64>,
+    /// With --resume and --data: continue the run on a dataset other than the one it was
+    /// trained on (without it, a different file is an error; the checkpoint records which
+    /// dataset it was trained on).
+    #[arg(long)]
+    data_changed_ok: bool,
     /// Print the resolved config and schedule, then exit.
     #[arg(long)]
     dry_run: bool,
@@ -181,9 +187,10 @@ struct RenderArgs {
     /// Output PNG (an interpolation also writes a .gif beside it).
     #[arg(long)]
     out: PathBuf,
-    /// Seeds: a range `0-47` or a list `3,14,15`.
-    #[arg(long, default_value = "0-47")]
-    seeds: String,
+    /// Seeds: a range `0-47` or a list `3,14,15` (default: one per sheet cell, 0-47 for
+    /// --interpolate and --timeline). More seeds than rows x cols is an error.
+    #[arg(long)]
+    seeds: Option<String>,
     /// Sheet rows.
     #[arg(long, default_value_t = 6)]
     rows: usize,
@@ -238,7 +245,7 @@ struct EvalArgs {
     /// Seed for latents and metric randomness.
     #[arg(long, default_value_t = 123)]
     seed: u64,
-    /// Also write the results as JSON here.
+    /// Also write the results as JSON here (missing folders are created).
     #[arg(long)]
     json: Option<PathBuf>,
     /// cpu, wgpu or cuda.
@@ -272,8 +279,53 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+/// `err` and its causes joined by ": ", leaving out a cause whose text the message already
+/// holds: the library errors name their source in their own text (`cannot write X: No space
+/// left on device (os error 28)`), so printing the chain as is would say it twice.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn an_os_error_is_printed_once_with_its_file() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let err = Err::<(), _>(pgan_train::TrainError::Io {
+            path: "runs/x/checkpoints/generator.mpk".into(),
+            action: "write checkpoint record",
+            source: full,
+        })
+        .context("cannot train")
+        .unwrap_err();
+        let text = error_chain(&err);
+        assert_eq!(
+            text,
+            "cannot train: cannot write checkpoint record runs/x/checkpoints/generator.mpk: \
+             No space left on device (os error 28)"
+        );
+        // A cause the message does not already hold is kept.
+        let err = anyhow::Error::new(std::io::Error::other("disk gone")).context("--json");
+        assert_eq!(error_chain(&err), "--json: disk gone");
     }
 }
