@@ -36,8 +36,8 @@ use crate::{MetricsError, Result};
 
 /// Largest supported K (6 shapes x 8 colours x 4 positions).
 pub const MAX_MODES: usize = 192;
-/// Largest supported resolution: the largest `pgan prepare` makes.
-pub const MAX_RESOLUTION: u32 = 1024;
+/// Largest supported resolution: the largest a dataset holds.
+pub const MAX_RESOLUTION: u32 = pgan_spec::resolution::MAX_RESOLUTION;
 /// Smallest supported resolution.
 pub const MIN_RESOLUTION: u32 = 8;
 /// Background colour (mid grey).

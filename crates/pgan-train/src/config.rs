@@ -434,11 +434,11 @@ impl TrainConfig {
                 message,
             })
         };
-        let is_res = |r: u32| r.is_power_of_two() && (4..=1024).contains(&r);
+        use pgan_spec::resolution::{is_supported as is_res, MAX_RESOLUTION, MIN_RESOLUTION};
         let m = &self.model;
         if !is_res(m.resolution) {
             return bad(format!(
-                "model.resolution {} must be a power of two in 4..=1024",
+                "model.resolution {} must be a power of two in {MIN_RESOLUTION}..={MAX_RESOLUTION}",
                 m.resolution
             ));
         }
@@ -531,7 +531,7 @@ impl TrainConfig {
     /// with a smaller group than `config.toml` says, a group that does not divide the minibatch
     /// of every resolution the run trains at is an error.
     fn check_mbstd_group(&self) -> Result<()> {
-        let group = crate::plan::resolve_model(&self.model, 3).mbstd_group_size;
+        let group = crate::plan::resolve_model(&self.model, 3)?.mbstd_group_size;
         if group <= 1 {
             return Ok(());
         }

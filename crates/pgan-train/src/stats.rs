@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::error::{io_err, Result};
 
 /// Name of the metrics file inside a run directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
+pub use pgan_spec::metrics::METRICS_FILE;
 
 /// Running sums of the values reported during one tick.
 #[derive(Debug, Default)]
@@ -21,8 +21,9 @@ pub struct TickStats {
 }
 
 impl TickStats {
-    /// Adds one observation of `key`; non-finite values are counted under `<key>/nonfinite`
-    /// instead of poisoning the average.
+    /// Adds one observation of `key`. A non-finite value is left out of the average and not
+    /// counted anywhere: the loop rolls back as soon as a loss or gradient norm is non-finite,
+    /// and only reports the values of healthy steps.
     pub fn report(&mut self, key: &'static str, value: f64) {
         if value.is_finite() {
             let entry = self.sums.entry(key).or_default();
@@ -58,17 +59,21 @@ impl MetricsWriter {
     /// Opens (appending) `run_dir/metrics.jsonl`.
     pub fn open(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
-        let file = open_append(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
         Ok(Self { path, file })
     }
 
-    /// Drops rows written after `images_shown` (used on resume and after a rollback so a run
-    /// continued from an older checkpoint has no duplicated ticks). The trimmed copy is renamed
-    /// over the file and the append handle reopened on it: a handle opened before the rename
-    /// would keep writing to the replaced file, and every later row would be lost.
+    /// Drops the rows written after `images_shown` (see [`truncate_after`]) and appends to the
+    /// rewritten file from now on: the rewrite replaces the file, and a handle to the old one
+    /// would write where nobody reads.
     pub fn truncate_after(&mut self, images_shown: u64) -> Result<()> {
-        truncate_after(&self.path, images_shown)?;
-        self.file = open_append(&self.path)?;
+        let run_dir = self.path.parent().unwrap_or(Path::new("."));
+        truncate_after(run_dir, images_shown)?;
+        *self = Self::open(run_dir)?;
         Ok(())
     }
 
@@ -83,17 +88,11 @@ impl MetricsWriter {
     }
 }
 
-fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err(path, "open"))
-}
-
-/// Rewrites `path` (a `metrics.jsonl`) atomically without the rows after `images_shown`.
-fn truncate_after(path: &Path, images_shown: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
+/// Drops rows written after `images_shown` (used on resume so a run continued from an older
+/// checkpoint has no duplicated ticks).
+pub fn truncate_after(run_dir: &Path, images_shown: u64) -> Result<()> {
+    let path = run_dir.join(METRICS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());
     };
     let limit = images_shown as f64 / 1000.0 + 1e-9;
@@ -107,7 +106,7 @@ fn truncate_after(path: &Path, images_shown: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::fsutil::write_atomic(path, kept.as_bytes()).map_err(io_err(path, "rewrite"))
+    crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -141,34 +140,19 @@ mod tests {
             row.insert("kimg".into(), Value::from(k as f64));
             w.write(&row).unwrap();
         }
-        w.truncate_after(2_000).unwrap();
+        truncate_after(dir.path(), 2_000).unwrap();
         let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
         assert_eq!(text.lines().count(), 2);
-    }
 
-    #[test]
-    fn rows_written_after_a_truncation_reach_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = MetricsWriter::open(dir.path()).unwrap();
-        let row = |k: f64| {
-            let mut row = Map::new();
-            row.insert("kimg".into(), Value::from(k));
-            row
-        };
-        for k in 1..=3 {
-            w.write(&row(k as f64)).unwrap();
-        }
+        // Through the writer, later rows land in the rewritten file.
         w.truncate_after(1_000).unwrap();
-        w.write(&row(2.5)).unwrap();
+        let mut row = Map::new();
+        row.insert("kimg".into(), Value::from(1.5));
+        w.write(&row).unwrap();
         let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
-        let kimgs: Vec<f64> = text
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap()["kimg"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(kimgs, vec![1.0, 2.5]);
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            ["{\"kimg\":1.0}", "{\"kimg\":1.5}"]
+        );
     }
 }
