@@ -117,7 +117,7 @@ pub(crate) struct Loaded {
 
 /// Decode `path` honouring EXIF orientation. GIFs yield their first frame.
 pub(crate) fn decode(path: &Path) -> std::result::Result<DynamicImage, String> {
-    // Reading the whole file first is ~20% faster than decoding through a
+    // Reading the whole file first is faster than decoding through a
     // BufReader (the JPEG decoder buffers the entire stream anyway).
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if bytes.is_empty() {

@@ -548,7 +548,7 @@ mod tests {
             assert!(!chart.series.is_empty(), "{} has no series", chart.title);
             for (series, _) in chart.series {
                 assert!(
-                    key::WRITTEN.contains(series),
+                    key::is_written(series),
                     "{}: the trainer never writes {series}",
                     chart.title
                 );

@@ -5,7 +5,7 @@
 //! ```
 //! use pgan_spec::{metrics, resolution};
 //! assert!(resolution::is_supported(256) && !resolution::is_supported(96));
-//! assert!(metrics::WRITTEN.contains(&metrics::LOSS_D));
+//! assert!(metrics::is_written(metrics::LOSS_D));
 //! ```
 #![warn(missing_docs)]
 
