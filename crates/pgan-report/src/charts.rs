@@ -74,6 +74,12 @@ pub const CHARTS: &[ChartSpec] = &[
         optional: true,
     },
     ChartSpec {
+        title: "Fréchet Inception Distance",
+        y_desc: "FID (lower is better)",
+        series: &[("Metrics/fid", "FID")],
+        optional: true,
+    },
+    ChartSpec {
         title: "MS-SSIM between samples",
         y_desc: "MS-SSIM",
         series: &[

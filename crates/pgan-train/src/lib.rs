@@ -25,6 +25,7 @@ pub mod eval;
 pub mod export;
 mod fsutil;
 pub mod images;
+pub mod inception_metrics;
 pub mod loss;
 pub mod plan;
 pub mod render;

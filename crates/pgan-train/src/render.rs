@@ -58,6 +58,9 @@ pub struct RenderRequest {
     pub cell_px: u32,
     /// What to draw.
     pub kind: RenderKind,
+    /// Also write the latents fed to the generator (sheet cells in row-major order, or the
+    /// interpolation frames) as an `[n, latent_dim]` float32 `.npy` file here.
+    pub save_latents: Option<PathBuf>,
 }
 
 /// Files written by a render.
@@ -136,6 +139,16 @@ pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| wa * x + wb * y).collect()
 }
 
+/// Writes `latents` (`n × dim`) as a float32 `.npy` file if the request asks for one.
+fn save_latents(request: &RenderRequest, latents: &[f32], dim: usize) -> Result<()> {
+    let Some(path) = &request.save_latents else {
+        return Ok(());
+    };
+    let shape = [(latents.len() / dim) as u64, dim as u64];
+    crate::fsutil::write_npy_f32(path, latents, &shape)
+        .map_err(crate::error::io_err(path, "write latents"))
+}
+
 fn generate_rows<B: Backend>(
     loaded: &LoadedGenerator<B>,
     latents: Vec<f32>,
@@ -173,10 +186,11 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 .cycle()
                 .take(rows * cols)
                 .collect();
-            let latents = seeds
+            let latents: Vec<f32> = seeds
                 .iter()
                 .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
                 .collect();
+            save_latents(request, &latents, dim)?;
             let images = generate_rows(&loaded, latents, device);
             let cells = upscale_cells(images.to_rgb_all(), request.cell_px);
             save_png(&grid(&cells, *rows, *cols, 2), &request.out)?;
@@ -206,6 +220,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             }
             latents.extend(keys.last().expect("at least one seed").iter());
             frames += 1;
+            save_latents(request, &latents, dim)?;
             let images = generate_rows(&loaded, latents, device);
             let cells = upscale_cells(images.to_rgb_all(), request.cell_px);
             save_png(&grid(&cells, 1, frames, 2), &request.out)?;
