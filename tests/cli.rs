@@ -575,6 +575,16 @@ fn bad_input_gets_a_clear_error() {
         "8",
         "--quiet",
     ]));
+    // Preparing onto an existing file: the library says what, the CLI names the flag.
+    let err = run_err(pgan().args(["prepare"]).arg(&images).arg(&small).args([
+        "--resolution",
+        "8",
+        "--quiet",
+    ]));
+    assert!(
+        err.contains("small.pgan") && err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let err = run_err(
@@ -587,7 +597,9 @@ fn bad_input_gets_a_clear_error() {
             .arg(dir.path().join("runs")),
     );
     assert!(
-        err.contains("small.pgan") && err.contains("below the config's model.resolution 16x16"),
+        err.contains("small.pgan")
+            && err.contains("below the config's model.resolution 16x16")
+            && err.contains("--resolution 16"),
         "{err}"
     );
 
@@ -685,8 +697,6 @@ fn ramp_folder(dir: &Path, name: &str, count: u32, variant: u32) -> PathBuf {
 #[test]
 fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, config) = tiny_dataset_and_config(dir.path());
-    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"));
     let weights = dir.path().join("inception.safetensors");
     pgan_inception::InceptionWeights::synthetic(3)
         .save(&weights, "test stand-in")
@@ -699,6 +709,41 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "16",
         "--quiet",
     ]));
+
+    // Training with FID every 0.032 kimg: missing weights stop it before the first step;
+    // with them, metrics.jsonl and the report carry FID.
+    let config = dir.path().join("fid.toml");
+    std::fs::write(&config, format!("{CONFIG}fid_every_kimg = 0.032\nfid_num = 4\n")).unwrap();
+    let train = |weights: &Path| {
+        let mut cmd = pgan();
+        cmd.args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&reals)
+            .arg("--out-dir")
+            .arg(dir.path().join("runs"))
+            .env("PGAN_INCEPTION", weights);
+        cmd
+    };
+    let err = run_err(&mut train(&dir.path().join("absent.safetensors")));
+    assert!(
+        err.contains("absent.safetensors") && err.contains("scripts/fetch-inception.sh"),
+        "{err}"
+    );
+    assert!(!dir.path().join("runs").exists(), "no run directory for a run that never started");
+    run_ok(&mut train(&weights));
+    let run = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let fids = metrics.matches("\"Metrics/fid\":").count();
+    assert_eq!(fids, 2, "FID at 0.032 and 0.064 kimg: {metrics}");
+    run_ok(pgan().arg("report").arg(&run));
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("Fréchet Inception Distance"));
 
     let json = dir.path().join("fid.json");
     let eval = |extra: &[&str]| {

@@ -21,24 +21,22 @@ pub mod config;
 pub mod cpu_conv;
 pub mod discriminator;
 pub mod equalized;
+mod error;
 mod filter_cache;
 pub mod flex_conv;
 mod flex_pointwise;
 mod flex_resample;
 pub mod functional;
 pub mod generator;
+pub mod kernels;
 pub mod minibatch_stddev;
 pub mod penalty;
 pub mod pixel_norm;
 mod winograd;
 
-#[cfg(feature = "cuda")]
-mod cuda;
-#[cfg(feature = "cuda")]
-pub use cuda::cuda_available;
-
 pub use config::ModelConfig;
 pub use discriminator::Discriminator;
+pub use error::ModelConfigError;
 pub use generator::Generator;
 pub use penalty::Penalty;
 

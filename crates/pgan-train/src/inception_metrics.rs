@@ -31,7 +31,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
 use crate::error::{io_err, Result, TrainError};
-use crate::eval::latent_values;
+use crate::latents::latent_values;
 
 /// Images per Inception forward pass.
 pub const INCEPTION_BATCH: usize = 32;
@@ -429,7 +429,7 @@ pub fn generated_features<B: Backend>(
 /// image of the request's dataset (at the generator's resolution) or image folder.
 pub fn evaluate_checkpoint<B: Backend>(
     request: &crate::eval::EvalRequest,
-    loaded: &crate::render::LoadedGenerator<B>,
+    loaded: &crate::checkpoint::LoadedGenerator<B>,
     device: &B::Device,
 ) -> Result<FeatureMetricsReport> {
     let data = request.data.as_ref().ok_or_else(|| TrainError::Config {
