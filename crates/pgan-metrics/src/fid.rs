@@ -255,12 +255,26 @@ mod tests {
             fa.extend([z[0], 2.0 * z[1]]);
             fb.extend([1.0 + 2.0 * z[2], z[3]]);
         }
-        let d = frechet_distance(
-            &FeatureStats::from_features(&fa, 2).unwrap(),
-            &FeatureStats::from_features(&fb, 2).unwrap(),
-        )
-        .unwrap();
-        assert!((d - 3.0).abs() < 0.1, "{d}");
+        let (sa, sb) = (
+            FeatureStats::from_features(&fa, 2).unwrap(),
+            FeatureStats::from_features(&fb, 2).unwrap(),
+        );
+        let d = frechet_distance(&sa, &sb).unwrap();
+        // Exactly, from the sample statistics: for a 2x2 M = Σ₁Σ₂ with eigenvalues λ ≥ 0,
+        // tr M^½ = √(tr M + 2√det M).
+        let (p, q) = (&sa.cov, &sb.cov);
+        let m = [
+            p[0] * q[0] + p[1] * q[2],
+            p[0] * q[1] + p[1] * q[3],
+            p[2] * q[0] + p[3] * q[2],
+            p[2] * q[1] + p[3] * q[3],
+        ];
+        let trace_sqrt = (m[0] + m[3] + 2.0 * (m[0] * m[3] - m[1] * m[2]).sqrt()).sqrt();
+        let mean_term: f64 = sa.mean.iter().zip(&sb.mean).map(|(x, y)| (x - y).powi(2)).sum();
+        let exact = mean_term + p[0] + p[3] + q[0] + q[3] - 2.0 * trace_sqrt;
+        assert!((d - exact).abs() < 1e-9, "{d} vs {exact}");
+        // And the sample statistics are near the distribution's: 3 up to sampling noise.
+        assert!((d - 3.0).abs() < 0.2, "{d}");
     }
 
     #[test]
