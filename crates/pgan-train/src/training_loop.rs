@@ -177,7 +177,7 @@ struct Trainer<B: AutodiffBackend> {
     /// Test-only fault injection ([`faults`]); `None` in every real run.
     faults: Option<Faults>,
     /// The Inception network and the reals' features when `eval.fid_every_kimg` is on.
-    fid: Option<crate::inception_metrics::TrainingFid<B>>,
+    fid: Option<crate::inception_metrics::TrainingFid<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
