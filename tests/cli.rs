@@ -1053,3 +1053,244 @@ fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
     run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&sheet));
     assert!(sheet.is_file());
 }
+
+/// `count` 16x16 PNGs of smooth colour ramps (distinct per `variant`) in `dir/name/`.
+fn ramp_folder(dir: &Path, name: &str, count: u32, variant: u32) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    for k in 0..count {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([
+                (x * 15 + k * 11) as u8,
+                (y * 15 + variant * 60) as u8,
+                ((x + y) * 7 + k * 30) as u8,
+            ])
+        });
+        img.save(folder.join(format!("{k:02}.png"))).unwrap();
+    }
+    folder
+}
+
+/// FID/KID/precision-recall end to end with network-shaped stand-in weights (the real ones are
+/// a download CI does not make): a checkpoint against a dataset (features cached beside it and
+/// reused), two image sets without a checkpoint, and the errors around them.
+#[test]
+fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("inception.safetensors");
+    pgan_inception::InceptionWeights::synthetic(3)
+        .save(&weights, "test stand-in")
+        .unwrap();
+    // Five reals keep the network's work small: the metrics compare all of them.
+    let reals_dir = ramp_folder(dir.path(), "reals", 5, 0);
+    let reals = dir.path().join("reals.pgan");
+    run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&reals).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+
+    // Training with FID every 0.032 kimg: missing weights stop it before the first step;
+    // with them, metrics.jsonl and the report carry FID.
+    let config = dir.path().join("fid.toml");
+    std::fs::write(&config, format!("{CONFIG}fid_every_kimg = 0.032\nfid_num = 4\n")).unwrap();
+    let train = |weights: &Path| {
+        let mut cmd = pgan();
+        cmd.args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&reals)
+            .arg("--out-dir")
+            .arg(dir.path().join("runs"))
+            .env("PGAN_INCEPTION", weights);
+        cmd
+    };
+    let err = run_err(&mut train(&dir.path().join("absent.safetensors")));
+    assert!(
+        err.contains("absent.safetensors") && err.contains("scripts/fetch-inception.sh"),
+        "{err}"
+    );
+    assert!(!dir.path().join("runs").exists(), "no run directory for a run that never started");
+    run_ok(&mut train(&weights));
+    let run = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let fids = metrics.matches("\"Metrics/fid\":").count();
+    assert_eq!(fids, 2, "FID at 0.032 and 0.064 kimg: {metrics}");
+    run_ok(pgan().arg("report").arg(&run));
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("Fréchet Inception Distance"));
+
+    let json = dir.path().join("fid.json");
+    let eval = |extra: &[&str]| {
+        let mut cmd = pgan();
+        cmd.arg("eval")
+            .arg(&run)
+            .args(["--fid", "--kid", "--pr", "--num", "4", "--real"])
+            .arg(&reals)
+            .arg("--inception")
+            .arg(&weights)
+            .args(extra);
+        cmd
+    };
+    let out = run_ok(eval(&[]).arg("--json").arg(&json));
+    assert!(out.contains("FID") && out.contains("precision"), "{out}");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let fid = parsed["fid"].as_f64().expect("fid in the JSON");
+    assert!(fid.is_finite() && fid > 0.0, "{parsed}");
+    assert!(parsed["kid"].as_f64().is_some(), "{parsed}");
+    for key in ["precision", "recall"] {
+        let v = parsed[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
+    assert_eq!(parsed["num_real_features"].as_u64(), Some(5));
+    let cache = dir.path().join("reals.pgan.fid-16.safetensors");
+    assert!(cache.is_file(), "real features cached beside the dataset");
+
+    // The second evaluation reads the cache and gives the same FID.
+    let out = run_ok(&mut eval(&[]));
+    assert!(out.contains("real features from"), "{out}");
+    assert!(out.contains(&format!("FID {fid:.4}")), "{out}");
+
+    // Two image sets without a checkpoint: the dataset against a folder, then against itself.
+    let fakes = ramp_folder(dir.path(), "fakes", 4, 2);
+    let compare = |fake: &Path| {
+        let mut cmd = pgan();
+        cmd.args(["eval", "--fid", "--real"])
+            .arg(&reals)
+            .arg("--fake")
+            .arg(fake)
+            .arg("--inception")
+            .arg(&weights);
+        cmd
+    };
+    let out = run_ok(&mut compare(&fakes));
+    assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
+    let out = run_ok(&mut compare(&reals));
+    let same: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FID "))
+        .expect("FID line")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(same.abs() < 1e-3, "a set against itself: {out}");
+
+    // Errors: missing and corrupt weights, too few images, a dataset below the checkpoint.
+    let missing = dir.path().join("nowhere.safetensors");
+    let err = run_err(compare(&fakes).arg("--inception").arg(&missing));
+    assert!(
+        err.contains("nowhere.safetensors") && err.contains("scripts/fetch-inception.sh"),
+        "{err}"
+    );
+    let corrupt = dir.path().join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"not weights").unwrap();
+    let err = run_err(compare(&fakes).arg("--inception").arg(&corrupt));
+    assert!(err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"), "{err}");
+    let err = run_err(&mut eval(&[]).args(["--num", "3"]));
+    assert!(err.contains("has 3 images") && err.contains("at least 4"), "{err}");
+    let small = dir.path().join("reals8.pgan");
+    run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&small).args([
+        "--resolution",
+        "8",
+        "--quiet",
+    ]));
+    let err = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--fid", "--num", "4", "--real"])
+            .arg(&small)
+            .arg("--inception")
+            .arg(&weights),
+    );
+    assert!(err.contains("below the checkpoint's 16"), "{err}");
+    let err = run_err(pgan().args(["eval", "--real"]).arg(&reals).arg("--fake").arg(&fakes));
+    assert!(err.contains("--fid, --kid or --pr"), "{err}");
+    // A TorchScript file that is not the Inception network.
+    let tiny_ts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pgan-inception/testdata/tiny_torchscript.pt");
+    let err = run_err(
+        pgan()
+            .arg("convert-inception")
+            .arg(&tiny_ts)
+            .arg("--out")
+            .arg(dir.path().join("x.safetensors")),
+    );
+    assert!(err.contains("tiny_torchscript.pt") && err.contains("net.layers"), "{err}");
+}
+
+/// `scripts/pgan_torch.py` draws what `pgan render` draws for the latents it saved. Runs when
+/// Python can import torch, numpy and PIL; says it skipped otherwise.
+#[test]
+fn exported_generator_in_pytorch_matches_pgan_render() {
+    let probe = Command::new("python3")
+        .args(["-c", "import torch, numpy, PIL"])
+        .output();
+    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+        eprintln!("skipped: python3 cannot import torch, numpy and PIL (pip install -r scripts/requirements-bench.txt)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"));
+    let sheet = dir.path().join("sheet.png");
+    let latents = dir.path().join("z.npy");
+    run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .args(["--seeds", "0-5", "--rows", "1", "--cols", "6", "--cell-px", "1"])
+            .arg("--save-latents")
+            .arg(&latents),
+    );
+    let exported = dir.path().join("g_ema.safetensors");
+    run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
+    // Sheet cells sit at (2 + k·(r + 2), 2): the grid's 2-pixel gap.
+    let check = r#"
+import sys
+import numpy as np, torch
+from PIL import Image
+sys.path.insert(0, sys.argv[1])
+from pgan_torch import load_generator, to_uint8
+g = load_generator(sys.argv[2])
+z = np.load(sys.argv[3])
+assert z.dtype == np.float32 and z.shape == (6, g.latent_dim), (z.dtype, z.shape)
+ours = to_uint8(g(torch.from_numpy(z)))
+sheet = np.asarray(Image.open(sys.argv[4]).convert("RGB")).astype(int)
+r = ours.shape[1]
+worst = max(
+    int(np.abs(sheet[2 : 2 + r, 2 + k * (r + 2) : 2 + k * (r + 2) + r] - ours[k].astype(int)).max())
+    for k in range(len(z))
+)
+print("resolution", r, "max_diff", worst)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(&scripts)
+        .arg(&exported)
+        .arg(&latents)
+        .arg(&sheet)
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    let worst: u32 = printed
+        .split("max_diff")
+        .nth(1)
+        .expect("max_diff printed")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(printed.contains("resolution 16"), "{printed}");
+    assert!(worst <= 1, "pixels differ by up to {worst}/255: {printed}");
+}

@@ -76,6 +76,12 @@ pub const CHARTS: &[ChartSpec] = &[
         optional: true,
     },
     ChartSpec {
+        title: "Fréchet Inception Distance",
+        y_desc: "FID (lower is better)",
+        series: &[(key::FID, "FID")],
+        optional: true,
+    },
+    ChartSpec {
         title: "MS-SSIM between samples",
         y_desc: "MS-SSIM",
         series: &[(key::MSSSIM_FAKE, "fake"), (key::MSSSIM_REAL, "real")],

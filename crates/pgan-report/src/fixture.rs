@@ -92,6 +92,9 @@ pub fn metrics_jsonl() -> String {
                 0.3 + 0.05 * noise(i, 11),
             );
         }
+        if i % 10 == 0 {
+            let _ = write!(s, ",\"Metrics/fid\":{:.3}", 300.0 / (1.0 + i as f64 / 10.0));
+        }
         if i == 31 {
             s.push_str(",\"Event/rollback\":1");
         }

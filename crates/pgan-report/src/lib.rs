@@ -186,9 +186,10 @@ mod tests {
         let h = &report.html;
         assert_eq!(report.run_name, "emoji-16");
         assert_eq!(report.ticks, fixture::TICKS);
-        // losses, penalty, D outputs, grads, SWD, MS-SSIM, speed
-        assert_eq!(report.charts, 7);
-        assert_eq!(h.matches("<svg").count(), 7);
+        // losses, penalty, D outputs, grads, SWD, FID, MS-SSIM, speed
+        assert_eq!(report.charts, 8);
+        assert_eq!(h.matches("<svg").count(), 8);
+        assert!(h.contains("Fréchet Inception Distance"));
         assert!(h.starts_with("<!DOCTYPE html>"));
         assert!(h.contains("<title>pgan report — emoji-16</title>"));
 
@@ -266,7 +267,7 @@ mod tests {
         let summary = write_report(&run, &out).unwrap();
         let written = fs::read_to_string(&out).unwrap();
         assert_eq!(summary.bytes, written.len() as u64);
-        assert_eq!(summary.charts, 7);
+        assert_eq!(summary.charts, 8);
         assert_eq!(summary.ticks, fixture::TICKS);
         assert!(written.contains("<svg"));
         // no temp file left behind

@@ -66,6 +66,9 @@ pub const SWD: &str = "Metrics/swd";
 pub const MSSSIM_FAKE: &str = "Metrics/msssim_fake";
 /// Mean MS-SSIM of random real pairs (the reference).
 pub const MSSSIM_REAL: &str = "Metrics/msssim_real";
+/// Fréchet Inception Distance of `eval.fid_num` generated images against every real image of
+/// the current resolution.
+pub const FID: &str = "Metrics/fid";
 /// Alarms raised at this tick.
 pub const ALARM_COUNT: &str = "Alarm/count";
 /// Set on the row written when the run rolled back to a checkpoint: the failure's number in a row.
@@ -106,6 +109,8 @@ pub const ON_GPU: &[&str] = &[
 /// Written on tick rows with an evaluation (`eval.every_kimg`): SWD from 16x16, MS-SSIM from
 /// the metric's smallest size.
 pub const ON_EVAL: &[&str] = &[SWD, MSSSIM_FAKE, MSSSIM_REAL];
+/// Written on tick rows with a FID (`eval.fid_every_kimg`).
+pub const ON_FID: &[&str] = &[FID];
 /// Written on tick rows that raised alarms.
 pub const ON_ALARM: &[&str] = &[ALARM_COUNT];
 /// The row written at a rollback: [`KIMG`] (where the run went back to) and [`ROLLBACK`].
@@ -117,6 +122,7 @@ pub const GROUPS: &[&[&str]] = &[
     WHEN_KNOWN,
     ON_GPU,
     ON_EVAL,
+    ON_FID,
     ON_ALARM,
     ON_ROLLBACK,
 ];
@@ -137,6 +143,6 @@ mod tests {
         let len = all.len();
         all.dedup();
         assert_eq!(all.len(), len - 1, "only KIMG is listed twice");
-        assert!(is_written(ROLLBACK) && is_written(SWD) && !is_written("Metrics/swd_real"));
+        assert!(is_written(ROLLBACK) && is_written(SWD) && is_written(FID) && !is_written("Metrics/swd_real"));
     }
 }

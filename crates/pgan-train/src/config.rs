@@ -335,6 +335,12 @@ pub struct EvalConfig {
     pub num_images: usize,
     /// Random pairs for MS-SSIM diversity.
     pub msssim_pairs: usize,
+    /// Compute FID every this many kimg (0 switches it off); needs the Inception weights
+    /// (`scripts/fetch-inception.sh`, or `PGAN_INCEPTION`).
+    pub fid_every_kimg: f64,
+    /// Generated images per FID, against every real image of the current resolution (0
+    /// switches it off).
+    pub fid_num: usize,
 }
 
 impl Default for EvalConfig {
@@ -343,7 +349,16 @@ impl Default for EvalConfig {
             every_kimg: 0.0,
             num_images: 256,
             msssim_pairs: 128,
+            fid_every_kimg: 0.0,
+            fid_num: 5000,
         }
+    }
+}
+
+impl EvalConfig {
+    /// True when FID is computed during training.
+    pub fn fid_enabled(&self) -> bool {
+        self.fid_every_kimg > 0.0 && self.fid_num > 0
     }
 }
 
@@ -460,6 +475,19 @@ impl TrainConfig {
         }
         if s.total_kimg <= 0.0 {
             return bad("schedule.total_kimg must be positive".into());
+        }
+        let e = &self.eval;
+        if !(e.fid_every_kimg.is_finite() && e.fid_every_kimg >= 0.0) {
+            return bad(format!(
+                "eval.fid_every_kimg {} must be a non-negative number",
+                e.fid_every_kimg
+            ));
+        }
+        if e.fid_enabled() && e.fid_num < 2 {
+            return bad(format!(
+                "eval.fid_num {} must be at least 2 (a covariance needs two images) or 0 (off)",
+                e.fid_num
+            ));
         }
         for (key, &batch) in &s.minibatch {
             match key.parse::<u32>() {

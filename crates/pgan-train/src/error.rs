@@ -92,6 +92,9 @@ pub enum TrainError {
     /// A metric could not be computed.
     #[error(transparent)]
     Metrics(#[from] pgan_metrics::MetricsError),
+    /// The Inception network (FID, KID, precision/recall) could not be loaded or run.
+    #[error(transparent)]
+    Inception(#[from] pgan_inception::InceptionError),
     /// Writing an image failed.
     #[error("cannot write image {}: {message}", path.display())]
     Image {

@@ -189,6 +189,11 @@ pub struct EvalRequest {
     pub seed: u64,
     /// Print progress to stderr.
     pub progress: bool,
+    /// FID / KID / precision-recall against every image of `data` (a `.pgan` file or a
+    /// folder), over `num_images` generated images.
+    pub feature_metrics: crate::inception_metrics::FeatureMetrics,
+    /// The Inception weights file (used when `feature_metrics` asks for anything).
+    pub inception: std::path::PathBuf,
 }
 
 /// Everything `pgan eval` measured.
@@ -215,6 +220,16 @@ pub struct FullEvalReport {
     /// The same classification of as many reals: what a perfect generator would score with this
     /// classifier at this resolution (its ceiling; below 32x32 some shapes blur together).
     pub modes_real: Option<pgan_metrics::CoverageReport>,
+    /// FID against every image of the dataset.
+    pub fid: Option<f64>,
+    /// KID (StyleGAN2-ADA's subsets).
+    pub kid: Option<f64>,
+    /// Precision (k = 3) on the Inception features.
+    pub precision: Option<f64>,
+    /// Recall (k = 3) on the Inception features.
+    pub recall: Option<f64>,
+    /// Reals behind FID/KID/precision/recall.
+    pub num_real_features: Option<usize>,
     /// Each metric that could not be measured, and why.
     pub unmeasured: Vec<Unmeasured>,
 }
@@ -295,6 +310,17 @@ impl std::fmt::Display for FullEvalReport {
         for u in &self.unmeasured {
             writeln!(f, "not measured: {}: {}", u.metric, u.reason)?;
         }
+        if let Some(num_real) = self.num_real_features {
+            let features = crate::inception_metrics::FeatureMetricsReport {
+                fid: self.fid,
+                kid: self.kid,
+                precision: self.precision,
+                recall: self.recall,
+                num_real,
+                num_fake: self.num_images,
+            };
+            writeln!(f, "{features}")?;
+        }
         Ok(())
     }
 }
@@ -320,6 +346,37 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             eprintln!("{m}");
         }
     };
+    let mut report = FullEvalReport {
+        checkpoint: request.checkpoint.clone(),
+        kimg: loaded.state.images_shown as f64 / 1000.0,
+        resolution,
+        num_images: request.num_images,
+        swd: None,
+        swd_real_floor: None,
+        msssim_fake: None,
+        msssim_real: None,
+        modes: None,
+        modes_real: None,
+        fid: None,
+        kid: None,
+        precision: None,
+        recall: None,
+        num_real_features: None,
+        unmeasured: Vec::new(),
+    };
+    if request.feature_metrics.any() {
+        let features = crate::inception_metrics::evaluate_checkpoint(request, &loaded, device)?;
+        report.fid = features.fid;
+        report.kid = features.kid;
+        report.precision = features.precision;
+        report.recall = features.recall;
+        report.num_real_features = Some(features.num_real);
+        // The Inception metrics stream their images; SWD and MS-SSIM hold all of them in
+        // memory, which a 50k-image FID cannot afford: they run in their own `pgan eval`.
+        if request.modes.is_none() {
+            return Ok(report);
+        }
+    }
     say(&format!(
         "generating {} images at {resolution}x{resolution}",
         request.num_images
@@ -335,19 +392,6 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         request.truncation,
         device,
     );
-    let mut report = FullEvalReport {
-        checkpoint: request.checkpoint.clone(),
-        kimg: loaded.state.images_shown as f64 / 1000.0,
-        resolution,
-        num_images: request.num_images,
-        swd: None,
-        swd_real_floor: None,
-        msssim_fake: None,
-        msssim_real: None,
-        modes: None,
-        modes_real: None,
-        unmeasured: Vec::new(),
-    };
     let min_msssim = pgan_metrics::msssim::MIN_SIZE;
     let msssim = request.msssim_pairs > 0 && resolution as usize >= min_msssim;
     let msssim_reason = if request.msssim_pairs == 0 {
@@ -367,7 +411,9 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
     }
     let mut reals_for_modes = None;
-    if let Some(path) = &request.data {
+    // SWD, MS-SSIM and modes compare with a .pgan dataset; an image folder is for the
+    // Inception metrics only.
+    if let Some(path) = request.data.as_ref().filter(|p| !p.is_dir()) {
         let reader = PyramidReader::open(path)?;
         if reader.resolution() < resolution {
             return Err(crate::error::TrainError::Dataset {

@@ -25,6 +25,7 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod images;
+pub mod inception_metrics;
 pub mod latents;
 pub mod limits;
 pub mod loss;

@@ -56,6 +56,9 @@ pub struct RenderRequest {
     pub cell_px: u32,
     /// What to draw.
     pub kind: RenderKind,
+    /// Also write the latents fed to the generator (sheet cells in row-major order, or the
+    /// interpolation frames) as an `[n, latent_dim]` float32 `.npy` file here.
+    pub save_latents: Option<PathBuf>,
 }
 
 /// Files written by a render.
@@ -76,6 +79,16 @@ impl BackendJob for RenderRequest {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RenderOutput> {
         render::<B::InnerBackend>(&self, &device)
     }
+}
+
+/// Writes `latents` (`n × dim`) as a float32 `.npy` file if the request asks for one.
+fn save_latents(request: &RenderRequest, latents: &[f32], dim: usize) -> Result<()> {
+    let Some(path) = &request.save_latents else {
+        return Ok(());
+    };
+    let shape = [(latents.len() / dim) as u64, dim as u64];
+    crate::fsutil::write_npy_f32(path, latents, &shape)
+        .map_err(crate::error::io_err(path, "write latents"))
 }
 
 /// Images a render generates per forward pass: memory stays bounded however many it draws.
@@ -146,6 +159,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 .iter()
                 .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
                 .collect();
+            save_latents(request, &latents, dim)?;
             let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
             save_png(&grid(&cells, *rows, *cols, 2), &request.out)?;
             Ok(RenderOutput {
@@ -178,6 +192,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 }
             }
             latents.extend(keys.last().expect("at least one seed").iter());
+            save_latents(request, &latents, dim)?;
             let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
             save_png(&grid(&cells, 1, frames, 2), &request.out)?;
             let mut files = vec![request.out.clone()];

@@ -182,6 +182,8 @@ struct Trainer<B: AutodiffBackend> {
     peak_device_reserved: u64,
     /// Test-only fault injection ([`faults`]); `None` in every real run.
     faults: Option<Faults>,
+    /// The Inception network and the reals' features when `eval.fid_every_kimg` is on.
+    fid: Option<crate::inception_metrics::TrainingFid<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -208,6 +210,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let model = crate::plan::resolve_model(&config.model, reader.channels())?;
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
+
+        // Loaded before the run directory exists, so missing weights stop the run at once.
+        let fid = if config.eval.fid_enabled() {
+            let weights = pgan_inception::resolve_weights_path(None);
+            Some(crate::inception_metrics::TrainingFid::new(
+                &weights,
+                config.eval.fid_num,
+                &device,
+            )?)
+        } else {
+            None
+        };
 
         // A new run directory, or the one the checkpoint lives in.
         let mut resume_warnings = Vec::new();
@@ -295,6 +309,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             rollbacks: 0,
             peak_device_reserved: 0,
             faults,
+            fid,
         };
         match resume_from {
             Some(ckpt) => {

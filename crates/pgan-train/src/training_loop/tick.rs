@@ -26,8 +26,11 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         let mut row = self.tick_row(phase, img_per_s);
         let mut warnings = self.alarms.check_tick(&self.tick.stats);
-        if self.eval_due() {
+        if self.due(self.config.eval.every_kimg) {
             self.evaluate(phase, &mut row, &mut warnings);
+        }
+        if self.fid.is_some() && self.due(self.config.eval.fid_every_kimg) {
+            self.measure_fid(phase, &mut row);
         }
         for w in &warnings {
             self.log.warn(format!("alarm: {w}"));
@@ -97,9 +100,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         row
     }
 
-    /// Whether this tick crossed a multiple of `eval.every_kimg`.
-    fn eval_due(&self) -> bool {
-        let every = self.config.eval.every_kimg;
+    /// Whether this tick crossed a multiple of `every` kimg (never when `every` is 0).
+    fn due(&self, every: f64) -> bool {
         let kimg = self.state.images_shown as f64 / 1000.0;
         let tick_start_kimg = kimg - self.tick.images as f64 / 1000.0;
         every > 0.0 && (kimg / every).floor() > (tick_start_kimg / every).floor()
@@ -139,6 +141,26 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ));
             }
             Err(e) => self.log.warn(format!("evaluation skipped: {e}")),
+        }
+    }
+
+    /// FID of G_ema (`eval.fid_num` images) against every real of the phase's resolution, into
+    /// the row. A failure is logged and training goes on.
+    fn measure_fid(&mut self, phase: &Phase, row: &mut Map<String, Value>) {
+        let Some(fid) = self.fid.as_mut() else {
+            return;
+        };
+        let seed = self.config.run.seed.wrapping_add(self.state.tick);
+        match fid.measure(
+            &self.nets.g_ema,
+            &self.model,
+            &self.reader,
+            phase,
+            seed,
+            &self.device,
+        ) {
+            Ok(value) => put(row, key::FID, finite_or_null(value)),
+            Err(e) => self.log.warn(format!("FID skipped: {e}")),
         }
     }
 
