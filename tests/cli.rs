@@ -575,6 +575,16 @@ fn bad_input_gets_a_clear_error() {
         "8",
         "--quiet",
     ]));
+    // Preparing onto an existing file: the library says what, the CLI names the flag.
+    let err = run_err(pgan().args(["prepare"]).arg(&images).arg(&small).args([
+        "--resolution",
+        "8",
+        "--quiet",
+    ]));
+    assert!(
+        err.contains("small.pgan") && err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let err = run_err(
@@ -587,7 +597,9 @@ fn bad_input_gets_a_clear_error() {
             .arg(dir.path().join("runs")),
     );
     assert!(
-        err.contains("small.pgan") && err.contains("below the config's model.resolution 16x16"),
+        err.contains("small.pgan")
+            && err.contains("below the config's model.resolution 16x16")
+            && err.contains("--resolution 16"),
         "{err}"
     );
 
@@ -660,6 +672,627 @@ fn a_wgpu_device_that_does_not_exist_is_a_clear_error_not_a_panic() {
         !err.contains("panicked"),
         "the driver's panic leaks out: {err}"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// Issue 22, train/render/eval side: nothing lost, nothing hangs, nothing crashes.
+// ------------------------------------------------------------------------------------------
+
+/// `pgan train --no-progress` with the tiny config and dataset, plus `extra` flags.
+fn train_cmd(config: &Path, data: &Path, runs: &Path, extra: &[&str]) -> Command {
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--config"])
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .arg("--out-dir")
+        .arg(runs)
+        .args(extra);
+    cmd
+}
+
+/// `pgan train --no-progress --resume run`, plus `extra` flags.
+fn resume_cmd(run: &Path, extra: &[&str]) -> Command {
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--resume"])
+        .arg(run)
+        .args(extra);
+    cmd
+}
+
+/// The `kimg` of every row of a run's metrics.jsonl.
+fn metrics_kimg(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kimg"].as_f64())
+        .collect()
+}
+
+/// The checkpoint folders of a run, oldest first.
+fn checkpoints(run: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ckpt-")
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn a_requested_stop_exits_0_and_the_resumed_run_keeps_writing_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    let out = run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--stop-after-kimg", "0.032"],
+    ));
+    assert!(out.contains("--resume"), "tells how to continue: {out}");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let before = metrics_kimg(&run);
+    assert_eq!(before.last().copied(), Some(0.032), "{before:?}");
+
+    run_ok(&mut resume_cmd(&run, &[]));
+    let after = metrics_kimg(&run);
+    assert!(after.len() > before.len(), "{before:?} -> {after:?}");
+    assert_eq!(after.last().copied(), Some(0.064), "{after:?}");
+}
+
+#[test]
+fn a_run_folder_has_one_trainer_and_new_runs_get_their_own_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+
+    // Two new runs started at once in one --out-dir: two folders with their own numbers.
+    let runs = dir.path().join("runs");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            train_cmd(&config, &data, &runs, &["--stop-after-kimg", "0.016"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut made: Vec<String> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["00000-tiny-16", "00001-tiny-16"]);
+
+    // A second trainer in a folder that one is training in is refused, naming the owner.
+    let long_runs = dir.path().join("long");
+    let mut owner = train_cmd(&config, &data, &long_runs, &["--total-kimg", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = wait_for_run(&long_runs, "a first tick", |run| {
+        std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
+    });
+    let config_before = std::fs::read(run.join("config.toml")).unwrap();
+    let err = run_err(&mut resume_cmd(&run, &["--total-kimg", "2000"]));
+    assert!(
+        err.contains(&format!(
+            "is in use by another pgan train (pid {})",
+            owner.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("config.toml")).unwrap(),
+        config_before,
+        "the refused trainer wrote into the run"
+    );
+
+    // The OS drops the lock with its owner, however it ends: no stale lock after kill -9.
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let out = run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.016"]));
+    assert!(out.contains("checkpoint"), "{out}");
+}
+
+#[test]
+fn resuming_on_another_dataset_needs_data_changed_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    // The same images in another order: same size and resolution, other bytes.
+    let other = dir.path().join("other.pgan");
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(dir.path().join("images"))
+            .arg(&other)
+            .args(["--resolution", "16", "--quiet", "--shuffle-seed", "3"]),
+    );
+    let runs = dir.path().join("runs");
+    run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--stop-after-kimg", "0.016"],
+    ));
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let resume_on_other = |extra: &[&str]| {
+        let mut cmd = resume_cmd(&run, &["--total-kimg", "0.032", "--data"]);
+        cmd.arg(&other).args(extra);
+        cmd
+    };
+    let err = run_err(&mut resume_on_other(&[]));
+    assert!(
+        err.contains("was trained on another dataset") && err.contains("--data-changed-ok"),
+        "{err}"
+    );
+    let out = run_ok(&mut resume_on_other(&["--data-changed-ok"]));
+    assert!(out.contains("continuing on another dataset"), "{out}");
+    // The checkpoints from now on record the new dataset: no flag needed to go on with it.
+    run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.048"]));
+}
+
+#[test]
+fn corrupt_or_edited_latest_checkpoints_fall_back_to_the_newest_intact_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    let (_, run) = train_tiny(&config, &data, &runs);
+    let ckpts = checkpoints(&run);
+    assert_eq!(ckpts.len(), 3, "{ckpts:?}");
+    // The newest: a record corrupted on disk. The one before: its state.json edited by hand.
+    let record = ckpts[2].join("generator_ema.mpk");
+    let mut bytes = std::fs::read(&record).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&record, bytes).unwrap();
+    let state = ckpts[1].join("state.json");
+    let edited =
+        std::fs::read_to_string(&state)
+            .unwrap()
+            .replacen("\"position\": ", "\"position\": 1", 1);
+    std::fs::write(&state, edited).unwrap();
+
+    let name = |c: &Path| c.file_name().unwrap().to_string_lossy().into_owned();
+    let warned = |out: &str| {
+        out.contains(&format!("skipped checkpoint {}", ckpts[2].display()))
+            && out.contains("generator_ema.mpk is corrupt")
+            && out.contains("state.json was changed after it was written")
+            && out.contains(&format!(
+                "using the newest intact checkpoint, {}",
+                ckpts[0].display()
+            ))
+    };
+    let sheet = dir.path().join("sheet.png");
+    let out = run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .args(["--rows", "1", "--cols", "2"]),
+    );
+    assert!(warned(&out) && out.contains(&name(&ckpts[0])), "{out}");
+    let out = run_ok(
+        pgan()
+            .arg("export")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("g.safetensors")),
+    );
+    assert!(warned(&out), "{out}");
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "16", "--pairs", "8"]),
+    );
+    assert!(warned(&out), "{out}");
+
+    // Named explicitly, the edited checkpoint is an error, not a panic.
+    let err = run_err(&mut resume_cmd(&ckpts[1], &[]));
+    assert!(
+        err.contains("state.json was changed after it was written"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Resuming the run continues from the intact one, and says so in the log.
+    run_ok(&mut resume_cmd(&run, &[]));
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(warned(&log), "{log}");
+}
+
+#[test]
+fn out_of_range_sizes_seeds_and_truncations_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let render = |args: &[&str]| {
+        run_err(
+            pgan()
+                .args(["render", "."])
+                .arg("--out")
+                .arg(dir.path().join("x.png"))
+                .args(args),
+        )
+    };
+    for args in [
+        &["--rows", "100000", "--cols", "100000"][..],
+        &["--rows", "100000"],
+        &["--cell-px", "100000"],
+        &["--cell-px", "4294967295"],
+        &["--seeds", "0-9", "--interpolate", "1000000"],
+    ] {
+        let err = render(args);
+        assert!(
+            err.contains("above the limit of 256 megapixels"),
+            "{args:?}: {err}"
+        );
+    }
+    let err = render(&["--seeds", "0-47", "--rows", "1", "--cols", "1"]);
+    assert!(err.contains("48 seeds do not fit a 1 x 1 sheet"), "{err}");
+    for psi in ["0", "-1", "NaN"] {
+        let flag = format!("--truncation={psi}");
+        for err in [render(&[&flag]), run_err(pgan().args(["eval", ".", &flag]))] {
+            assert!(
+                err.contains("--truncation") && err.contains("at least 0.05"),
+                "{psi}: {err}"
+            );
+        }
+    }
+    let err = run_err(
+        pgan()
+            .arg("synth")
+            .arg(dir.path().join("s"))
+            .args(["--resolution", "100000"]),
+    );
+    assert!(err.contains("above the maximum 1024"), "{err}");
+    assert!(!dir.path().join("s").exists());
+}
+
+#[test]
+fn an_mbstd_group_that_does_not_divide_the_minibatch_is_an_error() {
+    let err = run_err(pgan().args([
+        "train",
+        "--dry-run",
+        "--data",
+        "x.pgan",
+        "--mbstd-group",
+        "7",
+        "--batch",
+        "16",
+    ]));
+    assert!(
+        err.contains("model.mbstd_group_size 7 does not divide the minibatch 16 at 4x4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = image_folder(dir.path());
+    // Every command that writes a file creates the folders above it.
+    let data = dir.path().join("new/data/tiny.pgan");
+    run_ok(pgan().args(["prepare"]).arg(&images).arg(&data).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let runs = dir.path().join("runs");
+    run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--resolution", "8", "--total-kimg", "0.032"],
+    ));
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+
+    let json = dir.path().join("new/eval/eval.json");
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "8", "--pairs", "4", "--json"])
+            .arg(&json),
+    );
+    assert!(
+        out.contains("not measured: swd: SWD needs images of at least 16x16")
+            && out.contains("generates 8x8")
+            && out.contains("not measured: msssim_fake"),
+        "{out}"
+    );
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let unmeasured: Vec<&str> = parsed["unmeasured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        unmeasured,
+        ["msssim_fake", "swd", "msssim_real"],
+        "{parsed}"
+    );
+
+    let exported = dir.path().join("new/export/g.safetensors");
+    run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+    assert!(exported.is_file());
+    let report = dir.path().join("new/report/r.html");
+    run_ok(pgan().arg("report").arg(&run).arg("--out").arg(&report));
+    assert!(report.is_file());
+    let sheet = dir.path().join("new/render/s.png");
+    run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&sheet));
+    assert!(sheet.is_file());
+}
+
+/// `count` 16x16 PNGs of smooth colour ramps (distinct per `variant`) in `dir/name/`.
+fn ramp_folder(dir: &Path, name: &str, count: u32, variant: u32) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    for k in 0..count {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([
+                (x * 15 + k * 11) as u8,
+                (y * 15 + variant * 60) as u8,
+                ((x + y) * 7 + k * 30) as u8,
+            ])
+        });
+        img.save(folder.join(format!("{k:02}.png"))).unwrap();
+    }
+    folder
+}
+
+/// FID/KID/precision-recall end to end with network-shaped stand-in weights (the real ones are
+/// a download CI does not make): a checkpoint against a dataset (features cached beside it and
+/// reused), two image sets without a checkpoint, and the errors around them.
+#[test]
+fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("inception.safetensors");
+    pgan_inception::InceptionWeights::synthetic(3)
+        .save(&weights, "test stand-in")
+        .unwrap();
+    // Five reals keep the network's work small: the metrics compare all of them.
+    let reals_dir = ramp_folder(dir.path(), "reals", 5, 0);
+    let reals = dir.path().join("reals.pgan");
+    run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&reals).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+
+    // Training with FID every 0.032 kimg: missing weights stop it before the first step;
+    // with them, metrics.jsonl and the report carry FID.
+    let config = dir.path().join("fid.toml");
+    std::fs::write(&config, format!("{CONFIG}fid_every_kimg = 0.032\nfid_num = 4\n")).unwrap();
+    let train = |weights: &Path| {
+        let mut cmd = pgan();
+        cmd.args(["train", "--no-progress", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&reals)
+            .arg("--out-dir")
+            .arg(dir.path().join("runs"))
+            .env("PGAN_INCEPTION", weights);
+        cmd
+    };
+    let err = run_err(&mut train(&dir.path().join("absent.safetensors")));
+    assert!(
+        err.contains("absent.safetensors") && err.contains("scripts/fetch-inception.sh"),
+        "{err}"
+    );
+    assert!(!dir.path().join("runs").exists(), "no run directory for a run that never started");
+    run_ok(&mut train(&weights));
+    let run = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let fids = metrics.matches("\"Metrics/fid\":").count();
+    assert_eq!(fids, 2, "FID at 0.032 and 0.064 kimg: {metrics}");
+    run_ok(pgan().arg("report").arg(&run));
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("Fréchet Inception Distance"));
+
+    let json = dir.path().join("fid.json");
+    let eval = |extra: &[&str]| {
+        let mut cmd = pgan();
+        cmd.arg("eval")
+            .arg(&run)
+            .args(["--fid", "--kid", "--pr", "--num", "4", "--real"])
+            .arg(&reals)
+            .arg("--inception")
+            .arg(&weights)
+            .args(extra);
+        cmd
+    };
+    let out = run_ok(eval(&[]).arg("--json").arg(&json));
+    assert!(out.contains("FID") && out.contains("precision"), "{out}");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let fid = parsed["fid"].as_f64().expect("fid in the JSON");
+    assert!(fid.is_finite() && fid > 0.0, "{parsed}");
+    assert!(parsed["kid"].as_f64().is_some(), "{parsed}");
+    for key in ["precision", "recall"] {
+        let v = parsed[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
+    assert_eq!(parsed["num_real_features"].as_u64(), Some(5));
+    let cache = dir.path().join("reals.pgan.fid-16.safetensors");
+    assert!(cache.is_file(), "real features cached beside the dataset");
+
+    // The second evaluation reads the cache and gives the same FID.
+    let out = run_ok(&mut eval(&[]));
+    assert!(out.contains("real features from"), "{out}");
+    assert!(out.contains(&format!("FID {fid:.4}")), "{out}");
+
+    // Two image sets without a checkpoint: the dataset against a folder, then against itself.
+    let fakes = ramp_folder(dir.path(), "fakes", 4, 2);
+    let compare = |fake: &Path| {
+        let mut cmd = pgan();
+        cmd.args(["eval", "--fid", "--real"])
+            .arg(&reals)
+            .arg("--fake")
+            .arg(fake)
+            .arg("--inception")
+            .arg(&weights);
+        cmd
+    };
+    let out = run_ok(&mut compare(&fakes));
+    assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
+    let out = run_ok(&mut compare(&reals));
+    let same: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FID "))
+        .expect("FID line")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(same.abs() < 1e-3, "a set against itself: {out}");
+
+    // Errors: missing and corrupt weights, too few images, a dataset below the checkpoint.
+    let missing = dir.path().join("nowhere.safetensors");
+    let err = run_err(compare(&fakes).arg("--inception").arg(&missing));
+    assert!(
+        err.contains("nowhere.safetensors") && err.contains("scripts/fetch-inception.sh"),
+        "{err}"
+    );
+    let corrupt = dir.path().join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"not weights").unwrap();
+    let err = run_err(compare(&fakes).arg("--inception").arg(&corrupt));
+    assert!(err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"), "{err}");
+    let err = run_err(&mut eval(&[]).args(["--num", "3"]));
+    assert!(err.contains("has 3 images") && err.contains("at least 4"), "{err}");
+    let small = dir.path().join("reals8.pgan");
+    run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&small).args([
+        "--resolution",
+        "8",
+        "--quiet",
+    ]));
+    let err = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--fid", "--num", "4", "--real"])
+            .arg(&small)
+            .arg("--inception")
+            .arg(&weights),
+    );
+    assert!(err.contains("below the checkpoint's 16"), "{err}");
+    let err = run_err(pgan().args(["eval", "--real"]).arg(&reals).arg("--fake").arg(&fakes));
+    assert!(err.contains("--fid, --kid or --pr"), "{err}");
+    // A TorchScript file that is not the Inception network.
+    let tiny_ts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pgan-inception/testdata/tiny_torchscript.pt");
+    let err = run_err(
+        pgan()
+            .arg("convert-inception")
+            .arg(&tiny_ts)
+            .arg("--out")
+            .arg(dir.path().join("x.safetensors")),
+    );
+    assert!(err.contains("tiny_torchscript.pt") && err.contains("net.layers"), "{err}");
+}
+
+/// `scripts/pgan_torch.py` draws what `pgan render` draws for the latents it saved. Runs when
+/// Python can import torch, numpy and PIL; says it skipped otherwise.
+#[test]
+fn exported_generator_in_pytorch_matches_pgan_render() {
+    let probe = Command::new("python3")
+        .args(["-c", "import torch, numpy, PIL"])
+        .output();
+    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+        eprintln!("skipped: python3 cannot import torch, numpy and PIL (pip install -r scripts/requirements-bench.txt)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"));
+    let sheet = dir.path().join("sheet.png");
+    let latents = dir.path().join("z.npy");
+    run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .args(["--seeds", "0-5", "--rows", "1", "--cols", "6", "--cell-px", "1"])
+            .arg("--save-latents")
+            .arg(&latents),
+    );
+    let exported = dir.path().join("g_ema.safetensors");
+    run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
+    // Sheet cells sit at (2 + k·(r + 2), 2): the grid's 2-pixel gap.
+    let check = r#"
+import sys
+import numpy as np, torch
+from PIL import Image
+sys.path.insert(0, sys.argv[1])
+from pgan_torch import load_generator, to_uint8
+g = load_generator(sys.argv[2])
+z = np.load(sys.argv[3])
+assert z.dtype == np.float32 and z.shape == (6, g.latent_dim), (z.dtype, z.shape)
+ours = to_uint8(g(torch.from_numpy(z)))
+sheet = np.asarray(Image.open(sys.argv[4]).convert("RGB")).astype(int)
+r = ours.shape[1]
+worst = max(
+    int(np.abs(sheet[2 : 2 + r, 2 + k * (r + 2) : 2 + k * (r + 2) + r] - ours[k].astype(int)).max())
+    for k in range(len(z))
+)
+print("resolution", r, "max_diff", worst)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(check)
+        .arg(&scripts)
+        .arg(&exported)
+        .arg(&latents)
+        .arg(&sheet)
+        .output()
+        .unwrap();
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    let worst: u32 = printed
+        .split("max_diff")
+        .nth(1)
+        .expect("max_diff printed")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(printed.contains("resolution 16"), "{printed}");
+    assert!(worst <= 1, "pixels differ by up to {worst}/255: {printed}");
 }
 
 // =============================================================================================

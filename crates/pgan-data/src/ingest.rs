@@ -290,7 +290,7 @@ pub(crate) fn load(path: &Path, t: &Target) -> std::result::Result<Loaded, Strin
     if let Some(min) = t.min_size {
         if w.min(h) < min {
             return Err(format!(
-                "too small: {w}x{h}, shorter side below --min-size {min}"
+                "too small: {w}x{h}, shorter side below the minimum size {min}"
             ));
         }
     }

@@ -386,12 +386,19 @@ impl fmt::Display for CoverageReport {
         )?;
         writeln!(f, "samples             {:>6}", self.samples)?;
         writeln!(f, "unrecognised        {:>6}", self.unrecognised)?;
-        writeln!(
-            f,
-            "KL(hist || uniform) {:>9.4} nats (ln K = {:.4})",
-            self.kl_to_uniform,
-            (self.modes as f64).ln()
-        )?;
+        if self.kl_to_uniform.is_finite() {
+            writeln!(
+                f,
+                "KL(hist || uniform) {:>9.4} nats (ln K = {:.4})",
+                self.kl_to_uniform,
+                (self.modes as f64).ln()
+            )?;
+        } else {
+            writeln!(
+                f,
+                "KL(hist || uniform)   not measured: no sample was recognised as any mode"
+            )?;
+        }
         if !self.attributes.is_empty() {
             writeln!(f, "share by attribute (1.00 = uniform):")?;
             for a in &self.attributes {
@@ -557,9 +564,13 @@ mod tests {
         );
         let want = (2.0 / 3.0) * (8.0f64 / 3.0).ln() + (1.0 / 3.0) * (4.0f64 / 3.0).ln();
         assert!((r.kl_to_uniform - want).abs() < 1e-12);
-        assert!(CoverageReport::from_labels(4, &[None])
-            .kl_to_uniform
-            .is_nan());
+        let none = CoverageReport::from_labels(4, &[None]);
+        assert!(none.kl_to_uniform.is_nan());
+        let text = none.to_string();
+        assert!(
+            text.contains("not measured: no sample was recognised") && !text.contains("NaN"),
+            "{text}"
+        );
     }
 
     #[test]

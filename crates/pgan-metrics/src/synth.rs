@@ -36,6 +36,8 @@ use crate::{MetricsError, Result};
 
 /// Largest supported K (6 shapes x 8 colours x 4 positions).
 pub const MAX_MODES: usize = 192;
+/// Largest supported resolution: the largest a dataset holds.
+pub const MAX_RESOLUTION: u32 = pgan_spec::resolution::MAX_RESOLUTION;
 /// Smallest supported resolution.
 pub const MIN_RESOLUTION: u32 = 8;
 /// Background colour (mid grey).
@@ -194,6 +196,12 @@ impl ModeSpec {
         if resolution < MIN_RESOLUTION {
             return Err(MetricsError::InvalidArgument(format!(
                 "resolution {resolution} is below the minimum {MIN_RESOLUTION}"
+            )));
+        }
+        if resolution > MAX_RESOLUTION {
+            return Err(MetricsError::InvalidArgument(format!(
+                "resolution {resolution} is above the maximum {MAX_RESOLUTION} (the largest \
+                 a .pgan dataset holds)"
             )));
         }
         let (np, nc, _) = factor_counts(modes);
@@ -497,6 +505,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("below the minimum 8"));
+        assert!(ModeSpec::new(4, 100_000, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("above the maximum 1024"));
     }
 
     #[test]

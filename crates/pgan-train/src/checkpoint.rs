@@ -7,17 +7,24 @@
 //! checkpoints are pruned to the last K.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
-use burn::tensor::backend::Backend;
-use pgan_data::BatchSampler;
+use burn::optim::Optimizer;
+use burn::record::{
+    BurnRecord, FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder,
+};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use pgan_data::{BatchSampler, PyramidReader};
+use pgan_model::{Generator, ModelConfig};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, TrainError};
+use crate::error::{io_err, Result, TrainError};
 use crate::fsutil::{write_atomic, write_dir_atomic};
+use crate::nets::Nets;
 
 /// Version of the checkpoint layout; bumped on incompatible changes.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -80,6 +87,159 @@ pub struct TrainState {
     /// CRC32 of every record file, by file name.
     #[serde(default)]
     pub files: BTreeMap<String, u32>,
+    /// The dataset the run trains on (absent in checkpoints written before it was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetFingerprint>,
+    /// CRC32 of this state as compact JSON without this field: a `state.json` edited by hand no
+    /// longer matches it (absent in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<u32>,
+}
+
+/// What identifies a `.pgan` dataset: the CRC-32 of its header (which holds every level's and
+/// the manifest's CRC-32), its image count and each level's CRC-32. Two files with the same
+/// size and resolution but other images differ here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetFingerprint {
+    /// CRC-32 of the header bytes.
+    pub header_crc32: u32,
+    /// Number of images.
+    pub images: u64,
+    /// CRC-32 of each level's bytes, by resolution.
+    pub levels: BTreeMap<u32, u32>,
+}
+
+impl DatasetFingerprint {
+    /// The fingerprint of an open dataset (from its header; no image bytes are read).
+    pub fn of(reader: &PyramidReader) -> Self {
+        let header = reader.header();
+        Self {
+            header_crc32: crc32fast::hash(&header.to_bytes()),
+            images: header.count,
+            levels: header
+                .levels
+                .iter()
+                .map(|l| (l.resolution, l.crc32))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} images, header crc32 {:#010x}",
+            self.images, self.header_crc32
+        )
+    }
+}
+
+/// Largest `images_shown` a state may hold: kimg is kept as an `f64`, exact below 2^53.
+const MAX_IMAGES_SHOWN: u64 = 1 << 53;
+
+impl TrainState {
+    /// The checksum of this state's content (everything but [`TrainState::checksum`]).
+    fn content_checksum(&self) -> u32 {
+        let mut plain = self.clone();
+        plain.checksum = None;
+        crc32fast::hash(&serde_json::to_vec(&plain).expect("state serialises"))
+    }
+
+    /// Checks every field a resume, render or rollback relies on; the message names the field.
+    /// A hand-edited `state.json` whose checksum was removed still has to pass this.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let images = self.images_shown;
+        if images > MAX_IMAGES_SHOWN {
+            return Err(format!(
+                "images_shown {images} is beyond any real run (2^53)"
+            ));
+        }
+        // Every step shows at least one image and every tick takes at least one step.
+        if self.step > images {
+            return Err(format!(
+                "step {} is more than images_shown {images} (a step shows at least one image)",
+                self.step
+            ));
+        }
+        if self.tick > self.step {
+            return Err(format!(
+                "tick {} is more than step {} (a tick takes at least one step)",
+                self.tick, self.step
+            ));
+        }
+        let resolution = self
+            .model
+            .get("resolution")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|r| u32::try_from(r).ok())
+            .filter(|&r| pgan_spec::resolution::is_supported(r))
+            .ok_or_else(|| {
+                format!(
+                    "model.resolution {} is not a resolution",
+                    self.model["resolution"]
+                )
+            })?;
+        let max_stage = resolution.trailing_zeros() as usize - 2;
+        if self.stage > max_stage {
+            return Err(format!(
+                "stage {} is beyond the model's last stage {max_stage} ({resolution}x{resolution})",
+                self.stage
+            ));
+        }
+        // Phases alternate stable and fade: at most two per stage.
+        if self.phase_index > 2 * max_stage {
+            return Err(format!(
+                "phase_index {} is beyond the schedule's last phase {}",
+                self.phase_index,
+                2 * max_stage
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(format!("alpha {} is not in [0, 1]", self.alpha));
+        }
+        let sampler = &self.sampler;
+        if sampler.num_images() == 0 {
+            return Err("sampler.num_images is 0".into());
+        }
+        if sampler.position() >= sampler.num_images() {
+            return Err(format!(
+                "sampler.position {} is not below sampler.num_images {}",
+                sampler.position(),
+                sampler.num_images()
+            ));
+        }
+        if !(self.lr_multiplier.is_finite()
+            && self.lr_multiplier > 0.0
+            && self.lr_multiplier <= 1.0)
+        {
+            return Err(format!(
+                "lr_multiplier {} is not in (0, 1]",
+                self.lr_multiplier
+            ));
+        }
+        if !(self.elapsed_s.is_finite() && self.elapsed_s >= 0.0) {
+            return Err(format!("elapsed_s {} is not a duration", self.elapsed_s));
+        }
+        for (name, map) in [
+            ("best_swd", &self.best_swd),
+            ("best_msssim", &self.best_msssim),
+        ] {
+            if let Some((res, v)) = map.iter().find(|(_, v)| !v.is_finite()) {
+                return Err(format!("{name} at {res} is {v}"));
+            }
+        }
+        if let Some(d) = &self.dataset {
+            if d.images != sampler.num_images() as u64 {
+                return Err(format!(
+                    "dataset.images {} differs from sampler.num_images {}",
+                    d.images,
+                    sampler.num_images()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Folder name of the checkpoint taken after `images_shown` images.
@@ -89,12 +249,7 @@ pub fn checkpoint_name(images_shown: u64) -> String {
 
 /// Saves a module under `dir/stem.mpk`.
 pub fn save_module<B: Backend, M: Module<B>>(module: M, dir: &Path, stem: &str) -> Result<()> {
-    module
-        .save_file(dir.join(stem), &CheckpointRecorder::new())
-        .map_err(|e| TrainError::Checkpoint {
-            path: dir.join(format!("{stem}.mpk")),
-            message: format!("cannot save: {e}"),
-        })
+    save_record::<B, _>(module.into_record(), dir, stem)
 }
 
 /// Loads `dir/stem.mpk` into `module` (which fixes the structure and ids).
@@ -112,14 +267,63 @@ pub fn load_module<B: Backend, M: Module<B>>(
         })
 }
 
-/// Saves any record (optimizer state) under `dir/stem.mpk`.
+/// Saves any record (module or optimizer state) under `dir/stem.mpk`, byte for byte what
+/// [`CheckpointRecorder`] writes, and synced. The encoder is driven here rather than by burn's
+/// recorder because the recorder turns a failed write into an opaque string; here a full disk
+/// is an [`TrainError::Io`] naming the file and the OS error.
 pub fn save_record<B: Backend, R: Record<B>>(record: R, dir: &Path, stem: &str) -> Result<()> {
-    Recorder::<B>::record(&CheckpointRecorder::new(), record, dir.join(stem))
-        .map(|_| ())
-        .map_err(|e| TrainError::Checkpoint {
-            path: dir.join(format!("{stem}.mpk")),
-            message: format!("cannot save: {e}"),
-        })
+    let path = dir.join(format!("{stem}.{}", record_extension()));
+    let item =
+        BurnRecord::<_, B>::new::<CheckpointRecorder>(record.into_item::<FullPrecisionSettings>());
+    let file = File::create(&path).map_err(io_err(&path, "create checkpoint record"))?;
+    let file = encode_record(BufWriter::new(file), &item, &path)?
+        .into_inner()
+        .map_err(|e| io_err(&path, "write checkpoint record")(e.into_error()))?;
+    file.sync_all()
+        .map_err(io_err(&path, "sync checkpoint record"))
+}
+
+/// Writes `item` as named MessagePack into `writer` and flushes it. An I/O failure comes back
+/// as itself (not as the encoder's "invalid value write").
+fn encode_record<W: Write>(writer: W, item: &impl Serialize, path: &Path) -> Result<W> {
+    /// Keeps the first I/O error the encoder met; the encoder only passes its kind on.
+    struct KeepIoError<W> {
+        inner: W,
+        error: Option<io::Error>,
+    }
+    impl<W: Write> KeepIoError<W> {
+        fn keep(&mut self, e: io::Error) -> io::Error {
+            let kind = e.kind();
+            self.error.get_or_insert(e);
+            io::Error::from(kind)
+        }
+    }
+    impl<W: Write> Write for KeepIoError<W> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.inner.write(buf).map_err(|e| self.keep(e))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush().map_err(|e| self.keep(e))
+        }
+    }
+    let mut writer = KeepIoError {
+        inner: writer,
+        error: None,
+    };
+    let encoded = rmp_serde::encode::write_named(&mut writer, item);
+    let result = match encoded {
+        Ok(()) => writer
+            .flush()
+            .map_err(io_err(path, "write checkpoint record")),
+        Err(e) => Err(match writer.error.take() {
+            Some(source) => io_err(path, "write checkpoint record")(source),
+            None => TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!("cannot encode: {e}"),
+            },
+        }),
+    };
+    result.map(|()| writer.inner)
 }
 
 /// Loads a record saved by [`save_record`].
@@ -157,8 +361,10 @@ pub fn write_checkpoint(
             fill(tmp)?;
             let mut state = state.clone();
             state.files = checksums(tmp)?;
+            state.checksum = Some(state.content_checksum());
             let json = serde_json::to_vec_pretty(&state).expect("state serialises");
-            write_atomic(&tmp.join(STATE_FILE), &json).map_err(io)
+            let state_path = tmp.join(STATE_FILE);
+            write_atomic(&state_path, &json).map_err(io_err(&state_path, "write checkpoint state"))
         },
         io,
     )?;
@@ -185,6 +391,18 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
             state.version
         )));
     }
+    if let Some(stored) = state.checksum {
+        let actual = state.content_checksum();
+        if stored != actual {
+            return Err(bad(format!(
+                "{STATE_FILE} was changed after it was written (checksum {actual:#010x}, \
+                 stored {stored:#010x}); pgan does not resume from edited state"
+            )));
+        }
+    }
+    state
+        .validate()
+        .map_err(|m| bad(format!("{STATE_FILE} is invalid: {m}")))?;
     let actual = checksums(checkpoint)?;
     for (name, crc) in &state.files {
         match actual.get(name) {
@@ -218,11 +436,40 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Resolves a `--resume`/render argument: a checkpoint folder, or a run directory (its latest
-/// checkpoint).
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+/// A checkpoint found by [`find_checkpoint`], and the newer ones it passed over.
+#[derive(Debug)]
+pub struct FoundCheckpoint {
+    /// The checkpoint folder.
+    pub path: PathBuf,
+    /// Newer checkpoints of the run that failed their checks, newest first, with why.
+    pub skipped: Vec<TrainError>,
+}
+
+impl FoundCheckpoint {
+    /// One warning per skipped checkpoint, naming it, why, and the one used instead.
+    pub fn warnings(&self) -> Vec<String> {
+        self.skipped
+            .iter()
+            .map(|e| {
+                format!(
+                    "skipped {e}; using the newest intact checkpoint, {}",
+                    self.path.display()
+                )
+            })
+            .collect()
+    }
+}
+
+/// Resolves a `--resume`/render/eval/export argument. A checkpoint folder is used as given (its
+/// errors are the caller's to see); a run directory means its newest checkpoint that passes
+/// [`read_state`] (state and record checksums), so a checkpoint corrupted on disk falls back to
+/// the one before it, listed in [`FoundCheckpoint::skipped`].
+pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
     if path.join(STATE_FILE).is_file() {
-        return Ok(path.to_path_buf());
+        return Ok(FoundCheckpoint {
+            path: path.to_path_buf(),
+            skipped: Vec::new(),
+        });
     }
     if !path.exists() {
         return Err(TrainError::Checkpoint {
@@ -230,14 +477,97 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
             message: "not found".into(),
         });
     }
-    list_checkpoints(path)?
-        .pop()
-        .ok_or_else(|| TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            message: format!(
-                "no checkpoint in this folder (expected {CHECKPOINTS_DIR}/ckpt-*/{STATE_FILE})"
-            ),
-        })
+    let all = list_checkpoints(path)?;
+    let mut skipped = Vec::new();
+    for ckpt in all.iter().rev() {
+        match read_state(ckpt) {
+            Ok(_) => {
+                return Ok(FoundCheckpoint {
+                    path: ckpt.clone(),
+                    skipped,
+                })
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    let message = if skipped.is_empty() {
+        format!("no checkpoint in this folder (expected {CHECKPOINTS_DIR}/ckpt-*/{STATE_FILE})")
+    } else {
+        let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        format!(
+            "no intact checkpoint in this folder: {}",
+            reasons.join("; ")
+        )
+    };
+    Err(TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// [`find_checkpoint`] without the list of skipped checkpoints.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    find_checkpoint(path).map(|found| found.path)
+}
+
+/// Checks that a checkpoint's run was trained on `reader`'s dataset before it is continued on
+/// it, and records the dataset in `state` for the checkpoints to come. A different dataset is
+/// an error unless `changed_ok` (`--data-changed-ok`); with it, a different image count starts
+/// the sampler's order afresh. Returns warnings for the log.
+pub fn adopt_dataset(
+    state: &mut TrainState,
+    ckpt: &Path,
+    reader: &PyramidReader,
+    changed_ok: bool,
+    fresh_sampler: impl FnOnce() -> BatchSampler,
+) -> Result<Vec<String>> {
+    let current = DatasetFingerprint::of(reader);
+    let data = reader.path().display();
+    let mut warnings = Vec::new();
+    let hint = "pass --data-changed-ok to continue the run on it anyway";
+    match &state.dataset {
+        None => warnings.push(format!(
+            "checkpoint {} has no dataset fingerprint (written before pgan stored one): cannot \
+             check that {data} is the dataset it was trained on",
+            ckpt.display()
+        )),
+        Some(stored) if *stored != current => {
+            if !changed_ok {
+                return Err(TrainError::Checkpoint {
+                    path: ckpt.to_path_buf(),
+                    message: format!(
+                        "was trained on another dataset ({stored}) than {data} ({current}); {hint}"
+                    ),
+                });
+            }
+            warnings.push(format!(
+                "continuing on another dataset ({data}, {current}) than checkpoint {} was \
+                 trained on ({stored}), as --data-changed-ok allows",
+                ckpt.display()
+            ));
+        }
+        Some(_) => {}
+    }
+    if state.sampler.num_images() != reader.len() {
+        if !changed_ok {
+            return Err(TrainError::Checkpoint {
+                path: ckpt.to_path_buf(),
+                message: format!(
+                    "was trained on a dataset of {} images, {data} has {}; {hint}",
+                    state.sampler.num_images(),
+                    reader.len()
+                ),
+            });
+        }
+        warnings.push(format!(
+            "{data} has {} images, the checkpoint's dataset {}: the sampling order starts afresh",
+            reader.len(),
+            state.sampler.num_images()
+        ));
+        state.sampler = fresh_sampler();
+    }
+    state.dataset = Some(current);
+    Ok(warnings)
 }
 
 /// The run directory a checkpoint folder belongs to.
@@ -292,9 +622,288 @@ pub fn record_extension() -> &'static str {
     <CheckpointRecorder as FileRecorder<burn::backend::Flex>>::file_extension()
 }
 
+/// Writes the checkpoint of a training run at `state.images_shown`: G, D, G_ema, both
+/// optimizers' moments and the state. The one place a training checkpoint is written.
+pub(crate) fn save_training<B: AutodiffBackend>(
+    run_dir: &Path,
+    state: &TrainState,
+    nets: &Nets<B>,
+) -> Result<PathBuf> {
+    write_checkpoint(run_dir, state, |dir| {
+        save_module(nets.g.clone(), dir, GENERATOR)?;
+        save_module(nets.d.clone(), dir, DISCRIMINATOR)?;
+        save_module(nets.g_ema.clone(), dir, GENERATOR_EMA)?;
+        save_record::<B, _>(nets.optim_g.to_record(), dir, OPTIM_G)?;
+        save_record::<B, _>(nets.optim_d.to_record(), dir, OPTIM_D)?;
+        Ok(())
+    })
+}
+
+/// Reads the networks and optimizers of a training checkpoint into `fresh` ones (which fix
+/// the structure and parameter ids); the caller has checked the state with [`read_state`].
+pub(crate) fn load_training<B: AutodiffBackend>(
+    ckpt: &Path,
+    fresh: Nets<B>,
+    device: &B::Device,
+) -> Result<Nets<B>> {
+    Ok(Nets {
+        g: load_module(fresh.g, ckpt, GENERATOR, device)?,
+        d: load_module(fresh.d, ckpt, DISCRIMINATOR, device)?,
+        g_ema: load_module(fresh.g_ema, ckpt, GENERATOR_EMA, device)?,
+        optim_g: fresh
+            .optim_g
+            .load_record(load_record::<B, _>(ckpt, OPTIM_G, device)?),
+        optim_d: fresh
+            .optim_d
+            .load_record(load_record::<B, _>(ckpt, OPTIM_D, device)?),
+    })
+}
+
+/// A generator restored from a checkpoint, with where in the schedule it was saved.
+pub struct LoadedGenerator<B: Backend> {
+    /// The network.
+    pub generator: Generator<B>,
+    /// Its configuration.
+    pub model: ModelConfig,
+    /// The checkpoint's state (stage, alpha, kimg...).
+    pub state: TrainState,
+}
+
+/// Loads the EMA (or, with `raw`, the raw) generator of a checkpoint folder, for rendering,
+/// evaluation and export.
+pub fn load_generator<B: Backend>(
+    ckpt: &Path,
+    raw: bool,
+    device: &B::Device,
+) -> Result<LoadedGenerator<B>> {
+    let state = read_state(ckpt)?;
+    let model: ModelConfig =
+        serde_json::from_value(state.model.clone()).map_err(|e| TrainError::Checkpoint {
+            path: ckpt.to_path_buf(),
+            message: format!("unreadable model configuration: {e}"),
+        })?;
+    model.validate().map_err(|e| TrainError::Checkpoint {
+        path: ckpt.to_path_buf(),
+        message: format!("its model configuration cannot build a network: {e}"),
+    })?;
+    let stem = if raw { GENERATOR } else { GENERATOR_EMA };
+    let generator = load_module(model.init_generator::<B>(device), ckpt, stem, device)?;
+    Ok(LoadedGenerator {
+        generator,
+        model,
+        state,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    /// A plausible state after 64 images of a 16x16 run over 256 images.
+    fn a_state() -> TrainState {
+        TrainState {
+            version: CHECKPOINT_VERSION,
+            images_shown: 64,
+            tick: 4,
+            step: 16,
+            phase_index: 1,
+            stage: 1,
+            alpha: 0.5,
+            rng: ChaCha8Rng::seed_from_u64(1),
+            sampler: BatchSampler::new(256, 1, false),
+            lr_multiplier: 1.0,
+            cooldown_until: 0,
+            consecutive_failures: 0,
+            elapsed_s: 1.5,
+            best_swd: BTreeMap::from([(16, 12.5)]),
+            best_msssim: BTreeMap::new(),
+            model: serde_json::to_value(pgan_model::ModelConfig::cpu_small(16)).unwrap(),
+            files: BTreeMap::new(),
+            dataset: None,
+            checksum: None,
+        }
+    }
+
+    /// A checkpoint of `a_state` at `images` images, with one small record file.
+    fn write_one(run: &Path, images: u64) -> PathBuf {
+        let state = TrainState {
+            images_shown: images,
+            ..a_state()
+        };
+        write_checkpoint(run, &state, |dir| {
+            std::fs::write(dir.join("generator_ema.mpk"), images.to_le_bytes()).unwrap();
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    /// Rewrites a checkpoint's `state.json` through `edit`.
+    fn edit_state(ckpt: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = ckpt.join(STATE_FILE);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn an_edited_state_is_refused_and_every_field_is_validated() {
+        let run = tempfile::tempdir().unwrap();
+        let ckpt = write_one(run.path(), 64);
+        let state = read_state(&ckpt).unwrap();
+        assert!(state.checksum.is_some());
+
+        edit_state(&ckpt, |j| j["sampler"]["position"] = 257.into());
+        let err = read_state(&ckpt).unwrap_err().to_string();
+        assert!(
+            err.contains("state.json was changed after it was written"),
+            "{err}"
+        );
+
+        // Without the checksum (as in a checkpoint from before it), the fields still have to
+        // make sense: this position made the sampler index out of bounds.
+        edit_state(&ckpt, |j| {
+            j.as_object_mut().unwrap().remove("checksum");
+        });
+        let err = read_state(&ckpt).unwrap_err().to_string();
+        assert!(
+            err.contains("sampler.position 257 is not below sampler.num_images 256"),
+            "{err}"
+        );
+        for (key, value, said) in [
+            (
+                "tick",
+                serde_json::json!(u64::MAX),
+                "tick 18446744073709551615",
+            ),
+            ("stage", serde_json::json!(9), "stage 9 is beyond"),
+            ("alpha", serde_json::json!(1.5), "alpha 1.5"),
+            ("lr_multiplier", serde_json::json!(0.0), "lr_multiplier 0"),
+            ("phase_index", serde_json::json!(40), "phase_index 40"),
+        ] {
+            let ckpt = write_one(run.path(), 80);
+            edit_state(&ckpt, |j| {
+                j.as_object_mut().unwrap().remove("checksum");
+                j[key] = value;
+            });
+            let err = read_state(&ckpt).unwrap_err().to_string();
+            assert!(err.contains(said), "{key}: {err}");
+        }
+        // An untouched state without a checksum (an older checkpoint) is accepted.
+        let ckpt = write_one(run.path(), 96);
+        edit_state(&ckpt, |j| {
+            j.as_object_mut().unwrap().remove("checksum");
+        });
+        read_state(&ckpt).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one() {
+        let run = tempfile::tempdir().unwrap();
+        let ckpts: Vec<PathBuf> = [16, 32, 48].map(|i| write_one(run.path(), i)).into();
+        std::fs::write(ckpts[2].join("generator_ema.mpk"), b"bitrot!!").unwrap();
+        let found = find_checkpoint(run.path()).unwrap();
+        assert_eq!(found.path, ckpts[1]);
+        let warnings = found.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains(&checkpoint_name(48))
+                && warnings[0].contains("generator_ema.mpk is corrupt")
+                && warnings[0].contains(&format!(
+                    "using the newest intact checkpoint, {}",
+                    ckpts[1].display()
+                )),
+            "{}",
+            warnings[0]
+        );
+        // A checkpoint folder named explicitly is taken as given.
+        assert_eq!(find_checkpoint(&ckpts[2]).unwrap().path, ckpts[2]);
+        // With none intact, the error lists each one and why.
+        for c in &ckpts[..2] {
+            std::fs::remove_file(c.join(STATE_FILE)).unwrap();
+        }
+        let err = find_checkpoint(run.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("no intact checkpoint") && err.contains(&checkpoint_name(16)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn records_are_written_as_burns_recorder_writes_them_and_a_full_disk_names_the_file() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let g = pgan_model::ModelConfig::cpu_small(8)
+            .with_latent_dim(8)
+            .with_fmap_base(16)
+            .with_fmap_max(8)
+            .init_generator::<B>(&device);
+        let dir = tempfile::tempdir().unwrap();
+        // Loaded back, the parameters are concrete (burn draws lazy ones per clone).
+        save_module(g.clone(), dir.path(), GENERATOR).unwrap();
+        let g = load_module(g, dir.path(), GENERATOR, &device).unwrap();
+        save_module(g.clone(), dir.path(), GENERATOR).unwrap();
+        let theirs = dir.path().join("burn");
+        g.clone()
+            .save_file(theirs.join(GENERATOR), &CheckpointRecorder::new())
+            .unwrap();
+        let name = format!("{GENERATOR}.mpk");
+        let (ours, burns) = (
+            std::fs::read(dir.path().join(&name)).unwrap(),
+            std::fs::read(theirs.join(&name)).unwrap(),
+        );
+        let first_diff = ours.iter().zip(&burns).position(|(a, b)| a != b);
+        assert!(
+            ours == burns,
+            "lengths {} {}, first difference at {first_diff:?}: {:?} vs {:?}",
+            ours.len(),
+            burns.len(),
+            String::from_utf8_lossy(&ours[first_diff.unwrap_or(0).saturating_sub(40)..][..80]),
+            String::from_utf8_lossy(&burns[first_diff.unwrap_or(0).saturating_sub(40)..][..80])
+        );
+        load_module(g.clone(), dir.path(), GENERATOR, &device).unwrap();
+
+        // The encoder meets the OS error itself: it is kept, not turned into a string.
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(28))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let path = Path::new("run/checkpoints/x/generator.mpk");
+        let item = BurnRecord::<_, B>::new::<CheckpointRecorder>(
+            g.clone().into_record().into_item::<FullPrecisionSettings>(),
+        );
+        let err = encode_record(Full, &item, path).err().unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, TrainError::Io { source, .. } if source.raw_os_error() == Some(28)),
+            "{text}"
+        );
+        assert!(
+            text.contains("run/checkpoints/x/generator.mpk")
+                && text.contains("No space left on device")
+                && !text.contains("MessagePack"),
+            "{text}"
+        );
+
+        // The same through a real full device, where Linux has one.
+        if Path::new("/dev/full").exists() {
+            let full = tempfile::tempdir().unwrap();
+            std::os::unix::fs::symlink("/dev/full", full.path().join(&name)).unwrap();
+            let text = save_module(g, full.path(), GENERATOR)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains(&name) && text.contains("No space left on device"),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn prune_keeps_the_newest_and_removes_a_killed_writers_temp_folders() {

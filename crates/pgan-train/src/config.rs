@@ -335,6 +335,12 @@ pub struct EvalConfig {
     pub num_images: usize,
     /// Random pairs for MS-SSIM diversity.
     pub msssim_pairs: usize,
+    /// Compute FID every this many kimg (0 switches it off); needs the Inception weights
+    /// (`scripts/fetch-inception.sh`, or `PGAN_INCEPTION`).
+    pub fid_every_kimg: f64,
+    /// Generated images per FID, against every real image of the current resolution (0
+    /// switches it off).
+    pub fid_num: usize,
 }
 
 impl Default for EvalConfig {
@@ -343,7 +349,16 @@ impl Default for EvalConfig {
             every_kimg: 0.0,
             num_images: 256,
             msssim_pairs: 128,
+            fid_every_kimg: 0.0,
+            fid_num: 5000,
         }
+    }
+}
+
+impl EvalConfig {
+    /// True when FID is computed during training.
+    pub fn fid_enabled(&self) -> bool {
+        self.fid_every_kimg > 0.0 && self.fid_num > 0
     }
 }
 
@@ -434,11 +449,11 @@ impl TrainConfig {
                 message,
             })
         };
-        let is_res = |r: u32| r.is_power_of_two() && (4..=1024).contains(&r);
+        use pgan_spec::resolution::{is_supported as is_res, MAX_RESOLUTION, MIN_RESOLUTION};
         let m = &self.model;
         if !is_res(m.resolution) {
             return bad(format!(
-                "model.resolution {} must be a power of two in 4..=1024",
+                "model.resolution {} must be a power of two in {MIN_RESOLUTION}..={MAX_RESOLUTION}",
                 m.resolution
             ));
         }
@@ -460,6 +475,19 @@ impl TrainConfig {
         }
         if s.total_kimg <= 0.0 {
             return bad("schedule.total_kimg must be positive".into());
+        }
+        let e = &self.eval;
+        if !(e.fid_every_kimg.is_finite() && e.fid_every_kimg >= 0.0) {
+            return bad(format!(
+                "eval.fid_every_kimg {} must be a non-negative number",
+                e.fid_every_kimg
+            ));
+        }
+        if e.fid_enabled() && e.fid_num < 2 {
+            return bad(format!(
+                "eval.fid_num {} must be at least 2 (a covariance needs two images) or 0 (off)",
+                e.fid_num
+            ));
         }
         for (key, &batch) in &s.minibatch {
             match key.parse::<u32>() {
@@ -510,6 +538,47 @@ impl TrainConfig {
         }
         if !(self.recovery.lr_factor > 0.0 && self.recovery.lr_factor <= 1.0) {
             return bad("recovery.lr_factor must be in (0, 1]".into());
+        }
+        if let Err(e) = crate::limits::sheet_size(
+            r.sample_rows,
+            r.sample_cols,
+            m.resolution,
+            r.sample_cell_px,
+            2,
+        ) {
+            return bad(format!(
+                "run.sample_rows, sample_cols and sample_cell_px: {e}"
+            ));
+        }
+        self.check_mbstd_group()
+    }
+
+    /// The minibatch-stddev layer splits each minibatch into groups of `min(group, batch)`
+    /// images, which must divide it (the official code's `minibatch_stddev_layer` takes
+    /// `tf.minimum(group_size, batch)` and cannot reshape otherwise). Rather than quietly train
+    /// with a smaller group than `config.toml` says, a group that does not divide the minibatch
+    /// of every resolution the run trains at is an error.
+    fn check_mbstd_group(&self) -> Result<()> {
+        let group = crate::plan::resolve_model(&self.model, 3)?.mbstd_group_size;
+        if group <= 1 {
+            return Ok(());
+        }
+        let mut resolution = self.schedule.start_resolution;
+        while resolution <= self.model.resolution {
+            let batch = self.schedule.batch_for(resolution);
+            let used = group.min(batch);
+            if batch % used != 0 {
+                return Err(TrainError::Config {
+                    path: None,
+                    message: format!(
+                        "model.mbstd_group_size {group} does not divide the minibatch {batch} \
+                         at {resolution}x{resolution}: the minibatch-stddev layer needs groups \
+                         of equal size. Use a group size that divides every minibatch (or 0 to \
+                         switch the layer off), or change the minibatch"
+                    ),
+                });
+            }
+            resolution *= 2;
         }
         Ok(())
     }
@@ -582,6 +651,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("start_resolution"));
+    }
+
+    #[test]
+    fn an_mbstd_group_that_does_not_divide_a_minibatch_is_refused() {
+        let mut config = TrainConfig::default();
+        config.model.resolution = 16;
+        config.model.mbstd_group_size = Some(7);
+        config.schedule.minibatch_default = 16;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("mbstd_group_size 7 does not divide the minibatch 16 at 4x4"),
+            "{err}"
+        );
+        // min(group, batch) is used, as in the official code: a minibatch below the group is
+        // one group.
+        config.model.mbstd_group_size = Some(4);
+        config.schedule.minibatch.insert("16".into(), 2);
+        config.validate().unwrap();
+        config.schedule.minibatch.insert("8".into(), 6);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("minibatch 6 at 8x8"), "{err}");
+        config.model.mbstd_group_size = Some(0);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_sample_grid_beyond_the_pixel_limit_is_refused() {
+        let mut config = TrainConfig::default();
+        config.run.sample_cell_px = u32::MAX;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("sample_cell_px"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,22 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A render or evaluation asks for something out of range (a size, a count, a value).
+    #[error("{0}")]
+    Request(String),
+    /// Another process is training in this run directory.
+    #[error(
+        "run directory {} is in use by another pgan train ({}); wait for it to finish, or stop \
+         it (Ctrl-C writes a checkpoint), before training in it",
+        path.display(),
+        pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"))
+    )]
+    RunInUse {
+        /// The run directory.
+        path: PathBuf,
+        /// The owner's process id, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
     /// The requested backend is not usable.
     #[error("backend {backend}: {message}")]
     Backend {
@@ -50,12 +66,35 @@ pub enum TrainError {
         /// Why it cannot be used.
         message: String,
     },
+    /// The backend is compiled in but has no device at this index, or its driver failed.
+    #[error("backend {backend}: no usable device {index} ({reason})")]
+    NoDevice {
+        /// `wgpu` or `cuda`.
+        backend: String,
+        /// The device index asked for.
+        index: usize,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The dataset's top level is below the resolution the model trains to.
+    #[error("dataset {}: its resolution {dataset}x{dataset} is below the config's model.resolution {model}x{model}", path.display())]
+    DatasetBelowModel {
+        /// The `.pgan` file.
+        path: PathBuf,
+        /// Its top resolution.
+        dataset: u32,
+        /// The config's `model.resolution`.
+        model: u32,
+    },
     /// Training diverged and could not be recovered.
     #[error("training diverged: {0}")]
     Diverged(String),
     /// A metric could not be computed.
     #[error(transparent)]
     Metrics(#[from] pgan_metrics::MetricsError),
+    /// The Inception network (FID, KID, precision/recall) could not be loaded or run.
+    #[error(transparent)]
+    Inception(#[from] pgan_inception::InceptionError),
     /// Writing an image failed.
     #[error("cannot write image {}: {message}", path.display())]
     Image {

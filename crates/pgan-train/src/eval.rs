@@ -7,12 +7,14 @@ use burn::tensor::{Tensor, TensorData};
 use pgan_data::{BatchSampler, PyramidReader};
 use pgan_metrics::{pairwise_ms_ssim, sliced_wasserstein, ImageSet, SwdConfig, SwdReport};
 use pgan_model::{Generator, ModelConfig};
-use rand::{Rng, SeedableRng};
+use pgan_spec::metrics as key;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 use serde::Serialize;
 
+use crate::checkpoint::load_generator;
 use crate::error::Result;
+use crate::latents::latent_values;
 use crate::schedule::Phase;
 
 /// How much to evaluate.
@@ -46,13 +48,13 @@ impl EvalReport {
     pub fn rows(&self) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
         if let Some(v) = self.swd_mean {
-            out.push(("Metrics/swd", v));
+            out.push((key::SWD, v));
         }
         if let Some(v) = self.msssim_fake {
-            out.push(("Metrics/msssim_fake", v));
+            out.push((key::MSSSIM_FAKE, v));
         }
         if let Some(v) = self.msssim_real {
-            out.push(("Metrics/msssim_real", v));
+            out.push((key::MSSSIM_REAL, v));
         }
         out
     }
@@ -149,19 +151,6 @@ pub fn generate<B: Backend>(
     }
 }
 
-/// Normal latents; with `truncation = Some(ψ)`, components beyond ±ψ are redrawn.
-pub fn latent_values(rng: &mut ChaCha8Rng, count: usize, truncation: Option<f32>) -> Vec<f32> {
-    (0..count)
-        .map(|_| loop {
-            let v: f32 = rng.sample(StandardNormal);
-            match truncation {
-                Some(psi) if v.abs() > psi => continue,
-                _ => break v,
-            }
-        })
-        .collect()
-}
-
 /// `n` reals (without mirroring) at `resolution`, in a seeded order.
 pub fn real_images(
     reader: &PyramidReader,
@@ -200,6 +189,11 @@ pub struct EvalRequest {
     pub seed: u64,
     /// Print progress to stderr.
     pub progress: bool,
+    /// FID / KID / precision-recall against every image of `data` (a `.pgan` file or a
+    /// folder), over `num_images` generated images.
+    pub feature_metrics: crate::inception_metrics::FeatureMetrics,
+    /// The Inception weights file (used when `feature_metrics` asks for anything).
+    pub inception: std::path::PathBuf,
 }
 
 /// Everything `pgan eval` measured.
@@ -226,6 +220,36 @@ pub struct FullEvalReport {
     /// The same classification of as many reals: what a perfect generator would score with this
     /// classifier at this resolution (its ceiling; below 32x32 some shapes blur together).
     pub modes_real: Option<pgan_metrics::CoverageReport>,
+    /// FID against every image of the dataset.
+    pub fid: Option<f64>,
+    /// KID (StyleGAN2-ADA's subsets).
+    pub kid: Option<f64>,
+    /// Precision (k = 3) on the Inception features.
+    pub precision: Option<f64>,
+    /// Recall (k = 3) on the Inception features.
+    pub recall: Option<f64>,
+    /// Reals behind FID/KID/precision/recall.
+    pub num_real_features: Option<usize>,
+    /// Each metric that could not be measured, and why.
+    pub unmeasured: Vec<Unmeasured>,
+}
+
+/// A metric `pgan eval` could not measure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unmeasured {
+    /// The JSON key of the metric (`swd`, `msssim_real`, `modes.kl_to_uniform`...).
+    pub metric: String,
+    /// Why it is missing.
+    pub reason: String,
+}
+
+impl FullEvalReport {
+    fn unmeasured(&mut self, metric: &str, reason: impl Into<String>) {
+        self.unmeasured.push(Unmeasured {
+            metric: metric.to_string(),
+            reason: reason.into(),
+        });
+    }
 }
 
 impl std::fmt::Display for FullEvalReport {
@@ -283,6 +307,20 @@ impl std::fmt::Display for FullEvalReport {
             writeln!(f, "reals (the classifier's ceiling):")?;
             write!(f, "{modes}")?;
         }
+        for u in &self.unmeasured {
+            writeln!(f, "not measured: {}: {}", u.metric, u.reason)?;
+        }
+        if let Some(num_real) = self.num_real_features {
+            let features = crate::inception_metrics::FeatureMetricsReport {
+                fid: self.fid,
+                kid: self.kid,
+                precision: self.precision,
+                recall: self.recall,
+                num_real,
+                num_fake: self.num_images,
+            };
+            writeln!(f, "{features}")?;
+        }
         Ok(())
     }
 }
@@ -298,13 +336,47 @@ impl crate::backend::BackendJob for EvalRequest {
 }
 
 fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<FullEvalReport> {
-    let loaded = crate::render::load_generator::<B>(&request.checkpoint, false, device)?;
+    if let Some(psi) = request.truncation {
+        crate::limits::check_truncation(psi).map_err(crate::error::TrainError::Request)?;
+    }
+    let loaded = load_generator::<B>(&request.checkpoint, false, device)?;
     let resolution = crate::schedule::resolution_of(loaded.state.stage);
     let say = |m: &str| {
         if request.progress {
             eprintln!("{m}");
         }
     };
+    let mut report = FullEvalReport {
+        checkpoint: request.checkpoint.clone(),
+        kimg: loaded.state.images_shown as f64 / 1000.0,
+        resolution,
+        num_images: request.num_images,
+        swd: None,
+        swd_real_floor: None,
+        msssim_fake: None,
+        msssim_real: None,
+        modes: None,
+        modes_real: None,
+        fid: None,
+        kid: None,
+        precision: None,
+        recall: None,
+        num_real_features: None,
+        unmeasured: Vec::new(),
+    };
+    if request.feature_metrics.any() {
+        let features = crate::inception_metrics::evaluate_checkpoint(request, &loaded, device)?;
+        report.fid = features.fid;
+        report.kid = features.kid;
+        report.precision = features.precision;
+        report.recall = features.recall;
+        report.num_real_features = Some(features.num_real);
+        // The Inception metrics stream their images; SWD and MS-SSIM hold all of them in
+        // memory, which a 50k-image FID cannot afford: they run in their own `pgan eval`.
+        if request.modes.is_none() {
+            return Ok(report);
+        }
+    }
     say(&format!(
         "generating {} images at {resolution}x{resolution}",
         request.num_images
@@ -320,26 +392,28 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         request.truncation,
         device,
     );
-    let mut report = FullEvalReport {
-        checkpoint: request.checkpoint.clone(),
-        kimg: loaded.state.images_shown as f64 / 1000.0,
-        resolution,
-        num_images: request.num_images,
-        swd: None,
-        swd_real_floor: None,
-        msssim_fake: None,
-        msssim_real: None,
-        modes: None,
-        modes_real: None,
+    let min_msssim = pgan_metrics::msssim::MIN_SIZE;
+    let msssim = request.msssim_pairs > 0 && resolution as usize >= min_msssim;
+    let msssim_reason = if request.msssim_pairs == 0 {
+        "no pairs requested (--pairs 0)".to_string()
+    } else {
+        format!(
+            "MS-SSIM needs images of at least {min_msssim}x{min_msssim} (five scales); the \
+             checkpoint generates {resolution}x{resolution}"
+        )
     };
-    let msssim = request.msssim_pairs > 0 && resolution as usize >= pgan_metrics::msssim::MIN_SIZE;
+    if !msssim {
+        report.unmeasured("msssim_fake", msssim_reason.clone());
+    }
     if msssim {
         say("MS-SSIM of generated pairs");
         report.msssim_fake =
             Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
     }
     let mut reals_for_modes = None;
-    if let Some(path) = &request.data {
+    // SWD, MS-SSIM and modes compare with a .pgan dataset; an image folder is for the
+    // Inception metrics only.
+    if let Some(path) = request.data.as_ref().filter(|p| !p.is_dir()) {
         let reader = PyramidReader::open(path)?;
         if reader.resolution() < resolution {
             return Err(crate::error::TrainError::Dataset {
@@ -362,13 +436,29 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             report.swd = Some(sliced_wasserstein(&a, &fakes, &cfg)?);
             say("SWD real vs real (noise floor)");
             report.swd_real_floor = Some(sliced_wasserstein(&a, &b, &cfg)?);
+        } else {
+            report.unmeasured(
+                "swd",
+                format!(
+                    "SWD needs images of at least {MIN_SWD_RESOLUTION}x{MIN_SWD_RESOLUTION} (its \
+                     Laplacian pyramid and 7x7 descriptors); the checkpoint generates \
+                     {resolution}x{resolution}"
+                ),
+            );
         }
         if msssim {
             say("MS-SSIM of real pairs");
             report.msssim_real =
                 Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
+        } else {
+            report.unmeasured("msssim_real", msssim_reason);
         }
         reals_for_modes = Some(a);
+    } else {
+        let reason = "no dataset to compare with: pass --data FILE.pgan (the run's config.toml \
+                      names none that exists)";
+        report.unmeasured("swd", reason);
+        report.unmeasured("msssim_real", reason);
     }
     if let Some(spec) = &request.modes {
         say("classifying modes");
@@ -376,6 +466,16 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.modes = Some(pgan_metrics::coverage(&classifier, &fakes)?);
         if let Some(reals) = &reals_for_modes {
             report.modes_real = Some(pgan_metrics::coverage(&classifier, reals)?);
+        }
+        let no_histogram: Vec<&str> =
+            [("modes", &report.modes), ("modes_real", &report.modes_real)]
+                .into_iter()
+                .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.kl_to_uniform.is_finite()))
+                .map(|(key, _)| key)
+                .collect();
+        for key in no_histogram {
+            let reason = "no image was recognised as any mode, so there is no histogram";
+            report.unmeasured(&format!("{key}.kl_to_uniform"), reason);
         }
     }
     Ok(report)
@@ -400,19 +500,4 @@ fn split_half(set: &ImageSet) -> (ImageSet, ImageSet) {
         w: set.w,
     };
     (a, b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncation_bounds_every_latent_component() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let v = latent_values(&mut rng, 10_000, Some(0.5));
-        assert!(v.iter().all(|x| x.abs() <= 0.5));
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let v = latent_values(&mut rng, 10_000, None);
-        assert!(v.iter().any(|x| x.abs() > 2.0));
-    }
 }

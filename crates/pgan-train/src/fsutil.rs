@@ -36,6 +36,20 @@ pub fn write_atomic_with(
     result
 }
 
+/// Writes `values` as a float32 NumPy `.npy` file of `shape`, atomically.
+pub(crate) fn write_npy_f32(path: &Path, values: &[f32], shape: &[u64]) -> io::Result<()> {
+    use npyz::WriterBuilder;
+    let mut bytes = Vec::new();
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut bytes)
+        .begin_nd()?;
+    writer.extend(values.iter().copied())?;
+    writer.finish()?;
+    write_atomic(path, &bytes)
+}
+
 /// Writes bytes atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |f| io::Write::write_all(f, bytes))

@@ -49,7 +49,6 @@ impl HostImages {
         let [_, c, h, w] = self.shape;
         let plane = h * w;
         let base = i * c * plane;
-        let to_u8 = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
         RgbImage::from_fn(w as u32, h as u32, |x, y| {
             let p = y as usize * w + x as usize;
             let ch = |k: usize| to_u8(self.data[base + k.min(c - 1) * plane + p]);
@@ -61,6 +60,11 @@ impl HostImages {
     pub fn to_rgb_all(&self) -> Vec<RgbImage> {
         (0..self.len()).map(|i| self.to_rgb(i)).collect()
     }
+}
+
+/// A value in [-1, 1] as an 8-bit pixel, as every PNG pgan writes quantises it.
+pub fn to_u8(v: f32) -> u8 {
+    ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
 }
 
 /// Tiles `images` row-major into a `rows x cols` grid with a `gap`-pixel border.

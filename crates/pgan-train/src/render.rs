@@ -9,16 +9,14 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use pgan_model::{Generator, ModelConfig};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::backend::BackendJob;
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, load_generator, LoadedGenerator};
 use crate::error::{Result, TrainError};
-use crate::eval::latent_values;
 use crate::images::{grid, save_gif, save_png, upscale_cells, HostImages};
+use crate::latents::{latent_for_seed, slerp};
+use crate::limits;
 
 /// What to render.
 #[derive(Clone, Debug)]
@@ -58,6 +56,9 @@ pub struct RenderRequest {
     pub cell_px: u32,
     /// What to draw.
     pub kind: RenderKind,
+    /// Also write the latents fed to the generator (sheet cells in row-major order, or the
+    /// interpolation frames) as an `[n, latent_dim]` float32 `.npy` file here.
+    pub save_latents: Option<PathBuf>,
 }
 
 /// Files written by a render.
@@ -69,6 +70,8 @@ pub struct RenderOutput {
     pub resolution: u32,
     /// The checkpoint (the newest one for a timeline).
     pub checkpoint: PathBuf,
+    /// Checkpoints a timeline left out because they failed their checks, with why.
+    pub warnings: Vec<String>,
 }
 
 impl BackendJob for RenderRequest {
@@ -78,93 +81,72 @@ impl BackendJob for RenderRequest {
     }
 }
 
-/// A generator restored from a checkpoint, with where in the schedule it was saved.
-pub struct LoadedGenerator<B: Backend> {
-    /// The network.
-    pub generator: Generator<B>,
-    /// Its configuration.
-    pub model: ModelConfig,
-    /// The checkpoint's state (stage, alpha, kimg...).
-    pub state: TrainState,
-}
-
-/// Loads the EMA (or raw) generator of a checkpoint folder.
-pub fn load_generator<B: Backend>(
-    ckpt: &Path,
-    raw: bool,
-    device: &B::Device,
-) -> Result<LoadedGenerator<B>> {
-    let state = checkpoint::read_state(ckpt)?;
-    let model: ModelConfig =
-        serde_json::from_value(state.model.clone()).map_err(|e| TrainError::Checkpoint {
-            path: ckpt.to_path_buf(),
-            message: format!("unreadable model configuration: {e}"),
-        })?;
-    let stem = if raw {
-        checkpoint::GENERATOR
-    } else {
-        checkpoint::GENERATOR_EMA
+/// Writes `latents` (`n × dim`) as a float32 `.npy` file if the request asks for one.
+fn save_latents(request: &RenderRequest, latents: &[f32], dim: usize) -> Result<()> {
+    let Some(path) = &request.save_latents else {
+        return Ok(());
     };
-    let generator = checkpoint::load_module(model.init_generator::<B>(device), ckpt, stem, device)?;
-    Ok(LoadedGenerator {
-        generator,
-        model,
-        state,
-    })
+    let shape = [(latents.len() / dim) as u64, dim as u64];
+    crate::fsutil::write_npy_f32(path, latents, &shape)
+        .map_err(crate::error::io_err(path, "write latents"))
 }
 
-/// The latent of a seed.
-pub fn latent_for_seed(seed: u64, dim: usize, truncation: Option<f32>) -> Vec<f32> {
-    latent_values(&mut ChaCha8Rng::seed_from_u64(seed), dim, truncation)
-}
+/// Images a render generates per forward pass: memory stays bounded however many it draws.
+const RENDER_BATCH: usize = 32;
 
-/// Spherical interpolation between two latents (Shoemake 1985), falling back to linear when
-/// they are (anti)parallel.
-pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    let cos =
-        (a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b))).clamp(-1.0, 1.0);
-    let omega = cos.acos();
-    let (wa, wb) = if omega.sin().abs() < 1e-6 {
-        (1.0 - t, t)
-    } else {
-        (
-            ((1.0 - t) * omega).sin() / omega.sin(),
-            (t * omega).sin() / omega.sin(),
-        )
-    };
-    a.iter().zip(b).map(|(x, y)| wa * x + wb * y).collect()
-}
-
+/// The generator's images for `latents` (`latent_dim` values each), as 8-bit RGB.
 fn generate_rows<B: Backend>(
     loaded: &LoadedGenerator<B>,
-    latents: Vec<f32>,
+    latents: &[f32],
     device: &B::Device,
-) -> HostImages {
+) -> Vec<image::RgbImage> {
     let dim = loaded.model.latent_dim;
-    let n = latents.len() / dim;
-    let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [n, dim]), device);
-    HostImages::from_tensor(
-        loaded
-            .generator
-            .forward(z, loaded.state.stage, loaded.state.alpha),
-    )
+    latents
+        .chunks(RENDER_BATCH * dim)
+        .flat_map(|chunk| {
+            let z = Tensor::<B, 2>::from_data(
+                TensorData::new(chunk.to_vec(), [chunk.len() / dim, dim]),
+                device,
+            );
+            HostImages::from_tensor(loaded.generator.forward(
+                z,
+                loaded.state.stage,
+                loaded.state.alpha,
+            ))
+            .to_rgb_all()
+        })
+        .collect()
+}
+
+/// The side of the images a loaded generator draws.
+fn image_px<B: Backend>(loaded: &LoadedGenerator<B>) -> u32 {
+    crate::schedule::resolution_of(loaded.state.stage)
 }
 
 fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<RenderOutput> {
     if request.seeds.is_empty() {
-        return Err(TrainError::Config {
-            path: None,
-            message: "no seeds to render".into(),
-        });
+        return Err(TrainError::Request("no seeds to render".into()));
+    }
+    if let Some(psi) = request.truncation {
+        limits::check_truncation(psi).map_err(TrainError::Request)?;
     }
     if let Some(parent) = request.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(crate::error::io_err(parent, "create"))?;
     }
     match &request.kind {
         RenderKind::Sheet { rows, cols } => {
+            let cells = rows.checked_mul(*cols).unwrap_or(usize::MAX);
+            if request.seeds.len() > cells {
+                return Err(TrainError::Request(format!(
+                    "{} seeds do not fit a {rows} x {cols} sheet ({cells} cells): give more rows \
+                     or columns, or fewer seeds",
+                    request.seeds.len()
+                )));
+            }
             let ckpt = checkpoint::resolve_checkpoint(&request.source)?;
             let loaded = load_generator::<B>(&ckpt, request.raw_generator, device)?;
+            let size = limits::sheet_size(*rows, *cols, image_px(&loaded), request.cell_px, 2)
+                .map_err(TrainError::Request)?;
             let dim = loaded.model.latent_dim;
             let seeds: Vec<u64> = request
                 .seeds
@@ -173,17 +155,18 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 .cycle()
                 .take(rows * cols)
                 .collect();
-            let latents = seeds
+            let latents: Vec<f32> = seeds
                 .iter()
                 .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
                 .collect();
-            let images = generate_rows(&loaded, latents, device);
-            let cells = upscale_cells(images.to_rgb_all(), request.cell_px);
+            save_latents(request, &latents, dim)?;
+            let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
             save_png(&grid(&cells, *rows, *cols, 2), &request.out)?;
             Ok(RenderOutput {
                 files: vec![request.out.clone()],
-                resolution: images.shape[2] as u32,
+                resolution: image_px(&loaded),
                 checkpoint: ckpt,
+                warnings: Vec::new(),
             })
         }
         RenderKind::Interpolation { steps, gif } => {
@@ -196,18 +179,21 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 .map(|&s| latent_for_seed(s, dim, request.truncation))
                 .collect();
             let steps = (*steps).max(2);
-            let mut latents = Vec::new();
-            let mut frames = 0;
+            let frames = (keys.len() - 1)
+                .checked_mul(steps)
+                .and_then(|f| f.checked_add(1))
+                .unwrap_or(usize::MAX);
+            let size = limits::sheet_size(1, frames, image_px(&loaded), request.cell_px, 2)
+                .map_err(TrainError::Request)?;
+            let mut latents = Vec::with_capacity(frames * dim);
             for pair in keys.windows(2) {
                 for k in 0..steps {
                     latents.extend(slerp(&pair[0], &pair[1], k as f32 / steps as f32));
-                    frames += 1;
                 }
             }
             latents.extend(keys.last().expect("at least one seed").iter());
-            frames += 1;
-            let images = generate_rows(&loaded, latents, device);
-            let cells = upscale_cells(images.to_rgb_all(), request.cell_px);
+            save_latents(request, &latents, dim)?;
+            let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
             save_png(&grid(&cells, 1, frames, 2), &request.out)?;
             let mut files = vec![request.out.clone()];
             if *gif {
@@ -217,8 +203,9 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             }
             Ok(RenderOutput {
                 files,
-                resolution: images.shape[2] as u32,
+                resolution: image_px(&loaded),
                 checkpoint: ckpt,
+                warnings: Vec::new(),
             })
         }
         RenderKind::Timeline => {
@@ -228,30 +215,43 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 let ckpt = checkpoint::resolve_checkpoint(&request.source)?;
                 checkpoint::run_dir_of(&ckpt).unwrap_or(request.source.clone())
             };
-            let ckpts = checkpoint::list_checkpoints(&run_dir)?;
-            let newest = ckpts
-                .last()
-                .cloned()
-                .ok_or_else(|| TrainError::Checkpoint {
-                    path: run_dir.clone(),
-                    message: "no checkpoints to draw a timeline from".into(),
-                })?;
+            // A checkpoint that fails its checks is left out of the timeline, with a warning.
+            let mut warnings = Vec::new();
+            let mut ckpts = Vec::new();
+            for ckpt in checkpoint::list_checkpoints(&run_dir)? {
+                match checkpoint::read_state(&ckpt) {
+                    Ok(state) => ckpts.push((ckpt, state)),
+                    Err(e) => warnings.push(format!("left out of the timeline: {e}")),
+                }
+            }
+            let (newest, newest_state) =
+                ckpts
+                    .last()
+                    .cloned()
+                    .ok_or_else(|| TrainError::Checkpoint {
+                        path: run_dir.clone(),
+                        message: "no intact checkpoints to draw a timeline from".into(),
+                    })?;
+            let final_res = newest_state
+                .model
+                .get("resolution")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(4) as u32;
             let cols = request.seeds.len();
+            // Every row is upscaled to the same cell size so resolutions line up.
+            let cell = request.cell_px.max(final_res);
+            limits::sheet_size(ckpts.len(), cols, cell, cell, 2).map_err(TrainError::Request)?;
             let mut rows = Vec::new();
-            let mut final_res = 4;
-            for ckpt in &ckpts {
+            for (ckpt, _) in &ckpts {
                 let loaded = load_generator::<B>(ckpt, request.raw_generator, device)?;
                 let dim = loaded.model.latent_dim;
-                final_res = loaded.model.resolution;
-                let latents = request
+                let latents: Vec<f32> = request
                     .seeds
                     .iter()
                     .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
                     .collect();
-                rows.push(generate_rows(&loaded, latents, device).to_rgb_all());
+                rows.push(generate_rows(&loaded, &latents, device));
             }
-            // Every row is upscaled to the same cell size so resolutions line up.
-            let cell = request.cell_px.max(final_res);
             let cells: Vec<_> = rows
                 .into_iter()
                 .flat_map(|r| upscale_cells(r, cell))
@@ -264,6 +264,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 files: vec![request.out.clone()],
                 resolution: final_res,
                 checkpoint: newest,
+                warnings,
             })
         }
     }
@@ -275,26 +276,4 @@ pub fn timeline_path(run_dir: &Path) -> PathBuf {
     run_dir
         .join(crate::run_dir::SAMPLES_DIR)
         .join("timeline.png")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slerp_hits_its_ends_and_keeps_the_norm_of_orthogonal_unit_vectors() {
-        let a = [1.0, 0.0];
-        let b = [0.0, 1.0];
-        assert_eq!(slerp(&a, &b, 0.0), vec![1.0, 0.0]);
-        let end = slerp(&a, &b, 1.0);
-        assert!((end[0]).abs() < 1e-6 && (end[1] - 1.0).abs() < 1e-6);
-        let mid = slerp(&a, &b, 0.5);
-        assert!(((mid[0] * mid[0] + mid[1] * mid[1]).sqrt() - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn a_seed_always_means_the_same_latent() {
-        assert_eq!(latent_for_seed(42, 16, None), latent_for_seed(42, 16, None));
-        assert_ne!(latent_for_seed(42, 16, None), latent_for_seed(43, 16, None));
-    }
 }

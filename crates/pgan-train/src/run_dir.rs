@@ -1,14 +1,14 @@
 //! The run directory: `OUT_DIR/NNNNN-<desc>/` with `config.toml`, `log.txt`, `metrics.jsonl`,
 //! `samples/` and `checkpoints/`, and the log that writes to both the terminal and `log.txt`.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use indicatif::ProgressBar;
 
-use crate::error::{io_err, Result};
+use crate::error::{io_err, Result, TrainError};
 
 /// Name of the resolved config inside a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -17,10 +17,41 @@ pub const LOG_FILE: &str = "log.txt";
 /// Folder of sample grids inside a run directory.
 pub const SAMPLES_DIR: &str = "samples";
 
+/// Name of the lock file a trainer holds in its run directory (it holds the owner's pid).
+pub const LOCK_FILE: &str = "train.lock";
+
 /// Creates `out_dir/NNNNN-desc`, numbered one past the highest existing run.
+///
+/// Two trainers starting at once in one `out_dir` would both see the same highest number, so
+/// the listing and the creation happen under an OS lock on `out_dir` itself (no lock file among
+/// the runs), and a run folder is only ever created new (`create_dir`, never reused).
 pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir, "create"))?;
-    let next = std::fs::read_dir(out_dir)
+    // Where a folder cannot be opened for locking (not Unix), `create_dir` alone still keeps
+    // two runs out of one folder.
+    let _numbering = File::open(out_dir).ok().filter(|dir| dir.lock().is_ok());
+    let desc = sanitize_desc(desc);
+    let mut last_error = None;
+    for _ in 0..100 {
+        let next = highest_run_number(out_dir)?.map_or(0, |n| n + 1);
+        let dir = out_dir.join(format!("{next:05}-{desc}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                std::fs::create_dir(dir.join(SAMPLES_DIR)).map_err(io_err(&dir, "create"))?;
+                return Ok(dir);
+            }
+            // Made by a process that does not take the lock: the next listing counts it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
+            Err(e) => return Err(io_err(&dir, "create")(e)),
+        }
+    }
+    Err(io_err(out_dir, "create a new run folder in")(
+        last_error.unwrap_or_else(|| std::io::Error::other("no free run number")),
+    ))
+}
+
+fn highest_run_number(out_dir: &Path) -> Result<Option<u32>> {
+    Ok(std::fs::read_dir(out_dir)
         .map_err(io_err(out_dir, "list"))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -31,10 +62,11 @@ pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
                 .parse::<u32>()
                 .ok()
         })
-        .max()
-        .map_or(0, |n| n + 1);
-    let desc: String = desc
-        .chars()
+        .max())
+}
+
+fn sanitize_desc(desc: &str) -> String {
+    desc.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -42,10 +74,64 @@ pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
                 '_'
             }
         })
-        .collect();
-    let dir = out_dir.join(format!("{next:05}-{desc}"));
-    std::fs::create_dir_all(dir.join(SAMPLES_DIR)).map_err(io_err(&dir, "create"))?;
-    Ok(dir)
+        .collect()
+}
+
+/// A run directory owned by this process: an OS advisory lock (`flock`) on
+/// `RUN_DIR/train.lock`, held as long as this value lives. The OS drops it when the process
+/// ends, however it ends (kill -9 included), so a lock is never stale; the file stays behind
+/// (deleting it would let a second trainer lock a fresh file while the first holds the old one).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+    held: bool,
+}
+
+impl RunLock {
+    /// Takes the run directory's lock, or fails with [`TrainError::RunInUse`] naming the pid
+    /// of the process that holds it.
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut owner = String::new();
+                let _ = file.read_to_string(&mut owner);
+                return Err(TrainError::RunInUse {
+                    path: run_dir.to_path_buf(),
+                    pid: owner.trim().parse().ok(),
+                });
+            }
+            // A filesystem without advisory locks: train unlocked (the caller says so).
+            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                return Ok(Self {
+                    _file: file,
+                    held: false,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err(&path, "lock")(e)),
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.flush())
+            .map_err(io_err(&path, "write"))?;
+        Ok(Self {
+            _file: file,
+            held: true,
+        })
+    }
+
+    /// False when the filesystem has no advisory locks, so nothing keeps a second trainer out.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
 }
 
 /// Log lines go to `log.txt` (timestamped) and to the terminal above the progress bar.
@@ -151,6 +237,48 @@ mod tests {
         assert!(a.ends_with("00000-emoji-32"));
         assert!(b.ends_with("00001-a_b_c"));
         assert!(b.join(SAMPLES_DIR).is_dir());
+    }
+
+    #[test]
+    fn runs_created_at_once_get_distinct_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::sync::Barrier::new(8);
+        let made: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|k| {
+                    let (out, start) = (dir.path(), &start);
+                    s.spawn(move || {
+                        start.wait();
+                        create_run_dir(out, &format!("d{}", k % 2)).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut numbers: Vec<String> = made
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy()[..5].to_string())
+            .collect();
+        numbers.sort();
+        numbers.dedup();
+        assert_eq!(numbers.len(), 8, "{made:?}");
+    }
+
+    #[test]
+    fn a_second_owner_of_a_run_directory_is_refused_with_the_first_ones_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RunLock::acquire(dir.path()).unwrap();
+        assert!(first.is_held());
+        let err = RunLock::acquire(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "in use by another pgan train (pid {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(first);
+        RunLock::acquire(dir.path()).unwrap();
     }
 
     #[test]

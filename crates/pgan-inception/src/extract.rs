@@ -1,0 +1,235 @@
+//! From 8-bit images to `pool3` features: the reference resize to 299x299 (two matrix products
+//! on the backend, see [`crate::resize`]), `pixel / 128 - 1`, the network.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::error::{InceptionError, Result};
+use crate::network::{InceptionV3, FEATURE_DIM, INPUT_SIZE};
+use crate::resize::resize_weights;
+use crate::weights::InceptionWeights;
+
+/// Name of the preprocessing, recorded with cached statistics: a change to it must not reuse
+/// features computed the old way.
+pub const RESIZE_MODE: &str = "tf-bilinear-299";
+
+/// A batch of 8-bit images, `[n, height, width, channels]` (the layout of a `.pgan` level and
+/// of decoded PNG rows); 1 channel is repeated to RGB.
+#[derive(Clone, Copy, Debug)]
+pub struct Images8<'a> {
+    /// `n * height * width * channels` bytes.
+    pub pixels: &'a [u8],
+    /// Number of images.
+    pub n: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+}
+
+impl Images8<'_> {
+    fn validate(&self) -> Result<()> {
+        if self.channels != 1 && self.channels != 3 {
+            return Err(InceptionError::Input(format!(
+                "images must have 1 or 3 channels, got {}",
+                self.channels
+            )));
+        }
+        if self.height == 0 || self.width == 0 {
+            return Err(InceptionError::Input(format!(
+                "image size {}x{} is empty",
+                self.width, self.height
+            )));
+        }
+        let want = self.n * self.height * self.width * self.channels;
+        if self.pixels.len() != want {
+            return Err(InceptionError::Input(format!(
+                "{} bytes for {} images of {}x{}x{} (expected {want})",
+                self.pixels.len(),
+                self.n,
+                self.width,
+                self.height,
+                self.channels
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The network on a device, with its preprocessing.
+#[derive(Clone, Debug)]
+pub struct FeatureExtractor<B: Backend> {
+    net: InceptionV3<B>,
+    device: B::Device,
+    weights_checksum: u32,
+}
+
+impl<B: Backend> FeatureExtractor<B> {
+    /// The network with `weights` on `device`.
+    pub fn new(weights: &InceptionWeights, device: &B::Device) -> Self {
+        FeatureExtractor {
+            net: InceptionV3::new(weights, device),
+            device: device.clone(),
+            weights_checksum: weights.checksum,
+        }
+    }
+
+    /// Loads the weights file at `path` (see [`InceptionWeights::load`]).
+    pub fn load(path: &std::path::Path, device: &B::Device) -> Result<Self> {
+        Ok(Self::new(&InceptionWeights::load(path)?, device))
+    }
+
+    /// CRC-32 of the weights' values (names the weights in cached statistics).
+    pub fn weights_checksum(&self) -> u32 {
+        self.weights_checksum
+    }
+
+    /// The network's input for `images`: resized to 299x299 as the reference does (skipped
+    /// when they already are 299x299, as the reference skips it) and scaled to
+    /// `pixel / 128 - 1`.
+    ///
+    /// # Shapes
+    /// `n` images → `[n, 3, 299, 299]`.
+    pub fn preprocess(&self, images: Images8<'_>) -> Result<Tensor<B, 4>> {
+        images.validate()?;
+        let Images8 {
+            n,
+            height: h,
+            width: w,
+            channels: c,
+            ..
+        } = images;
+        if n == 0 {
+            return Err(InceptionError::Input("no images".into()));
+        }
+        let values: Vec<f32> = images.pixels.iter().map(|&v| v as f32).collect();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(values, [n, h, w, c]), &self.device)
+            .permute([0, 3, 1, 2]);
+        let x = if c == 1 { x.repeat_dim(1, 3) } else { x };
+        let s = INPUT_SIZE;
+        let x = if h == s && w == s {
+            x
+        } else {
+            let along = |src: usize| {
+                // The [dst, src] matrix, transposed to [src, dst] for a right product.
+                let m = resize_weights(src, s);
+                Tensor::<B, 2>::from_data(TensorData::new(m, [s, src]), &self.device)
+                    .transpose()
+            };
+            // Rows: [n·3·h, w] · Rxᵀ → [n·3, h, 299]; columns: the same on the transpose.
+            let x = x.reshape([n * 3 * h, w]).matmul(along(w));
+            let x = x.reshape([n * 3, h, s]).swap_dims(1, 2).reshape([n * 3 * s, h]);
+            let x = x.matmul(along(h));
+            x.reshape([n * 3, s, s]).swap_dims(1, 2).reshape([n, 3, s, s])
+        };
+        Ok(x.sub_scalar(128.0).div_scalar(128.0))
+    }
+
+    /// `pool3` features of one batch of images: `n * 2048` values, image by image.
+    pub fn features(&self, images: Images8<'_>) -> Result<Vec<f32>> {
+        let n = images.n;
+        let x = self.preprocess(images)?;
+        let features = self.net.forward(x);
+        let values = features
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| InceptionError::Input(format!("reading features back: {e:?}")))?;
+        debug_assert_eq!(values.len(), n * FEATURE_DIM);
+        Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::{synthetic_weights, TestBackend};
+
+    fn extractor() -> FeatureExtractor<TestBackend> {
+        // Preprocessing only: the network's weights do not matter here.
+        FeatureExtractor::new(&synthetic_weights(5), &Default::default())
+    }
+
+    #[test]
+    fn preprocessing_resizes_separably_and_scales_to_the_network_range() {
+        // One 2x2 RGB image; each output pixel is the bilinear blend of the TF-legacy source
+        // coordinates j·2/299.
+        let pixels: Vec<u8> = vec![0, 10, 20, 128, 138, 148, 64, 74, 84, 255, 245, 235];
+        let x = extractor()
+            .preprocess(Images8 {
+                pixels: &pixels,
+                n: 1,
+                height: 2,
+                width: 2,
+                channels: 3,
+            })
+            .unwrap();
+        assert_eq!(x.dims(), [1, 3, 299, 299]);
+        let got = x.into_data().to_vec::<f32>().unwrap();
+        let wy = resize_weights(2, 299);
+        for (ch, (y, xx)) in [(0usize, (0usize, 0usize)), (1, (100, 200)), (2, (298, 150))] {
+            let px = |r: usize, c: usize| pixels[(r * 2 + c) * 3 + ch] as f64;
+            let mut want = 0.0;
+            for r in 0..2 {
+                for c in 0..2 {
+                    want += wy[y * 2 + r] as f64 * wy[xx * 2 + c] as f64 * px(r, c);
+                }
+            }
+            let want = want / 128.0 - 1.0;
+            let g = got[ch * 299 * 299 + y * 299 + xx] as f64;
+            assert!((g - want).abs() < 1e-5, "ch {ch} ({y}, {xx}): {g} vs {want}");
+        }
+        // The corner is the source pixel itself: 0 → -1.
+        assert_eq!(got[0], -1.0);
+    }
+
+    #[test]
+    fn grey_images_are_repeated_to_rgb_and_299_is_not_resized() {
+        let side = 299;
+        let pixels: Vec<u8> = (0..side * side).map(|i| (i % 251) as u8).collect();
+        let x = extractor()
+            .preprocess(Images8 {
+                pixels: &pixels,
+                n: 1,
+                height: side,
+                width: side,
+                channels: 1,
+            })
+            .unwrap();
+        let got = x.into_data().to_vec::<f32>().unwrap();
+        for ch in 0..3 {
+            for i in [0usize, 1000, side * side - 1] {
+                assert_eq!(got[ch * side * side + i], pixels[i] as f32 / 128.0 - 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_batches_are_errors_not_panics() {
+        let e = extractor();
+        let err = e
+            .preprocess(Images8 {
+                pixels: &[0; 10],
+                n: 1,
+                height: 2,
+                width: 2,
+                channels: 3,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10 bytes") && err.contains("expected 12"), "{err}");
+        let err = e
+            .preprocess(Images8 {
+                pixels: &[0; 8],
+                n: 1,
+                height: 2,
+                width: 2,
+                channels: 2,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 or 3 channels"), "{err}");
+    }
+}

@@ -1,0 +1,781 @@
+//! FID, KID and precision/recall through the Inception network (`pgan-inception`): features of
+//! a dataset's reals (cached beside the dataset), of generated images and of image folders,
+//! and the metrics of `pgan-metrics` over them.
+//!
+//! Reals are every image of the dataset level at the generator's resolution, as StyleGAN2-ADA's
+//! `fid50k_full` uses the whole dataset. Generated images are quantised to 8 bits exactly as
+//! `pgan render` writes them, so the metrics of an in-process generator equal those of its
+//! rendered PNGs.
+//!
+//! The real features and their mean and covariance are cached in
+//! `<dataset>.fid-<res>.safetensors`, keyed by the level's CRC-32 from the dataset header, the
+//! image count, the resize mode and the CRC-32 of the weights' values: a second evaluation skips
+//! the reals, and a re-prepared dataset (or other weights) recomputes them. The file is written
+//! to a temp name and renamed; if the dataset's folder is read-only the cache is skipped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use pgan_data::PyramidReader;
+use pgan_inception::{FeatureExtractor, Images8, FEATURE_DIM, RESIZE_MODE};
+use pgan_metrics::{
+    frechet_distance, kernel_inception_distance, precision_recall, FeatureStats, KidConfig,
+};
+use pgan_model::{Generator, ModelConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use safetensors::tensor::{Dtype, TensorView};
+use serde::Serialize;
+
+use crate::error::{io_err, Result, TrainError};
+use crate::latents::latent_values;
+
+/// Images per Inception forward pass.
+pub const INCEPTION_BATCH: usize = 32;
+
+/// Which of the feature metrics to compute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeatureMetrics {
+    /// Fréchet Inception Distance.
+    pub fid: bool,
+    /// Kernel Inception Distance.
+    pub kid: bool,
+    /// Improved precision and recall (k = 3).
+    pub pr: bool,
+}
+
+impl FeatureMetrics {
+    /// True when any metric is asked for.
+    pub fn any(&self) -> bool {
+        self.fid || self.kid || self.pr
+    }
+
+    /// The fewest images per set the chosen metrics need (a covariance needs 2 vectors,
+    /// k-nearest-neighbour balls need k + 1).
+    pub fn min_images(&self) -> usize {
+        if self.pr {
+            pgan_metrics::precision_recall::DEFAULT_K + 1
+        } else {
+            2
+        }
+    }
+}
+
+/// The feature metrics of one comparison.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FeatureMetricsReport {
+    /// FID (lower is better).
+    pub fid: Option<f64>,
+    /// KID (lower is better; ×1e3 is the usual display).
+    pub kid: Option<f64>,
+    /// Share of generated images inside the real manifold.
+    pub precision: Option<f64>,
+    /// Share of real images inside the generated manifold.
+    pub recall: Option<f64>,
+    /// Real (reference) images measured.
+    pub num_real: usize,
+    /// Generated (compared) images measured.
+    pub num_fake: usize,
+}
+
+impl std::fmt::Display for FeatureMetricsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Inception features: {} real, {} generated",
+            self.num_real, self.num_fake
+        )?;
+        if let Some(v) = self.fid {
+            write!(f, "\nFID {v:.4}")?;
+        }
+        if let Some(v) = self.kid {
+            write!(f, "\nKID x1e3 {:.4}", v * 1e3)?;
+        }
+        if let (Some(p), Some(r)) = (self.precision, self.recall) {
+            write!(f, "\nprecision {p:.4}, recall {r:.4} (k = 3)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Feature vectors of a set of images (`count × 2048`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Features {
+    /// Row-major values.
+    pub values: Vec<f32>,
+    /// Number of images.
+    pub count: usize,
+}
+
+/// Features with their mean and covariance (computed once, cached for reals).
+#[derive(Clone, Debug)]
+pub struct FeatureSet {
+    /// The vectors.
+    pub features: Features,
+    /// Their statistics.
+    pub stats: FeatureStats,
+}
+
+impl FeatureSet {
+    /// Computes the statistics of `features`.
+    pub fn new(features: Features) -> Result<Self> {
+        let stats = FeatureStats::from_features(&features.values, FEATURE_DIM)?;
+        Ok(FeatureSet { features, stats })
+    }
+}
+
+/// The chosen metrics of `fake` against `real`.
+pub fn compare(
+    real: &FeatureSet,
+    fake: &FeatureSet,
+    which: FeatureMetrics,
+    seed: u64,
+) -> Result<FeatureMetricsReport> {
+    let mut report = FeatureMetricsReport {
+        num_real: real.features.count,
+        num_fake: fake.features.count,
+        ..Default::default()
+    };
+    if which.fid {
+        report.fid = Some(frechet_distance(&real.stats, &fake.stats)?);
+    }
+    if which.kid {
+        let config = KidConfig {
+            seed,
+            ..KidConfig::default()
+        };
+        report.kid = Some(kernel_inception_distance(
+            &real.features.values,
+            &fake.features.values,
+            FEATURE_DIM,
+            &config,
+        )?);
+    }
+    if which.pr {
+        let pr = precision_recall(
+            &real.features.values,
+            &fake.features.values,
+            FEATURE_DIM,
+            pgan_metrics::precision_recall::DEFAULT_K,
+        )?;
+        report.precision = Some(pr.precision);
+        report.recall = Some(pr.recall);
+    }
+    Ok(report)
+}
+
+fn too_few(what: &str, have: usize, need: usize) -> TrainError {
+    TrainError::Metrics(pgan_metrics::MetricsError::InvalidArgument(format!(
+        "{what} has {have} images; the requested metrics need at least {need}"
+    )))
+}
+
+fn progress_bar(show: bool, len: usize, label: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<22} {bar:30} {pos}/{len} images  {per_sec}  eta {eta}")
+            .expect("static template"),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}
+
+/// Where the real features of `dataset` at `resolution` are cached.
+pub fn cache_path(dataset: &Path, resolution: u32) -> PathBuf {
+    let name = dataset
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dataset.with_file_name(format!("{name}.fid-{resolution}.safetensors"))
+}
+
+/// Format tag of the cache file.
+const CACHE_FORMAT: &str = "pgan-inception-features-1";
+
+/// What a cache file must match to be used.
+fn cache_key(
+    reader: &PyramidReader,
+    resolution: u32,
+    weights_crc: u32,
+) -> Result<HashMap<String, String>> {
+    let level = reader
+        .header()
+        .levels
+        .iter()
+        .find(|l| l.resolution == resolution)
+        .ok_or_else(|| TrainError::Dataset {
+            path: reader.path().to_path_buf(),
+            message: format!("no {resolution}x{resolution} level"),
+        })?;
+    Ok([
+        ("format", CACHE_FORMAT.to_owned()),
+        ("level_crc32", format!("{:08x}", level.crc32)),
+        ("count", reader.len().to_string()),
+        ("resolution", resolution.to_string()),
+        ("resize", RESIZE_MODE.to_owned()),
+        ("weights_crc32", format!("{weights_crc:08x}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect())
+}
+
+/// The cached real features if the file exists and matches `key`; why not otherwise.
+fn load_cache(
+    path: &Path,
+    key: &HashMap<String, String>,
+) -> std::result::Result<FeatureSet, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("unreadable ({e})"))?;
+    let stored = meta.metadata().clone().unwrap_or_default();
+    for (k, v) in key {
+        if stored.get(k) != Some(v) {
+            return Err(format!(
+                "stale ({k} is {}, now {v})",
+                stored.get(k).map(String::as_str).unwrap_or("missing")
+            ));
+        }
+    }
+    let file =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("unreadable ({e})"))?;
+    let tensor = |name: &str, dtype: Dtype, shape: &[usize]| {
+        let view = file.tensor(name).map_err(|e| format!("{name}: {e}"))?;
+        if view.dtype() != dtype || view.shape() != shape {
+            return Err(format!("{name} has the wrong type or shape"));
+        }
+        Ok(view.data().to_vec())
+    };
+    let count: usize = key["count"].parse().map_err(|_| "bad count".to_owned())?;
+    let f32s = |b: Vec<u8>| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let f64s = |b: Vec<u8>| -> Vec<f64> {
+        b.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    };
+    let d = FEATURE_DIM;
+    let features = Features {
+        values: f32s(tensor("features", Dtype::F32, &[count, d])?),
+        count,
+    };
+    let stats = FeatureStats {
+        count,
+        mean: f64s(tensor("mean", Dtype::F64, &[d])?),
+        cov: f64s(tensor("cov", Dtype::F64, &[d, d])?),
+    };
+    stats.validate().map_err(|e| e.to_string())?;
+    Ok(FeatureSet { features, stats })
+}
+
+fn save_cache(path: &Path, key: HashMap<String, String>, set: &FeatureSet) -> Result<()> {
+    let d = FEATURE_DIM;
+    let features: Vec<u8> = set
+        .features
+        .values
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let mean: Vec<u8> = set.stats.mean.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let cov: Vec<u8> = set.stats.cov.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = |dtype, shape: Vec<usize>, bytes| {
+        TensorView::new(dtype, shape, bytes).expect("shape and byte length agree")
+    };
+    let tensors = [
+        (
+            "features",
+            view(Dtype::F32, vec![set.features.count, d], &features),
+        ),
+        ("mean", view(Dtype::F64, vec![d], &mean)),
+        ("cov", view(Dtype::F64, vec![d, d], &cov)),
+    ];
+    let bytes = safetensors::serialize(tensors, Some(key)).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        action: "serialise feature cache",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    crate::fsutil::write_atomic(path, &bytes).map_err(io_err(path, "write feature cache"))
+}
+
+/// Features of every image of `reader`'s level at `resolution`, from the cache beside the
+/// dataset when it is current (see the module docs), else computed and cached.
+pub fn dataset_features<B: Backend>(
+    extractor: &FeatureExtractor<B>,
+    reader: &PyramidReader,
+    resolution: u32,
+    min_images: usize,
+    progress: bool,
+) -> Result<FeatureSet> {
+    if reader.len() < min_images {
+        return Err(too_few(
+            &format!("dataset {}", reader.path().display()),
+            reader.len(),
+            min_images,
+        ));
+    }
+    let key = cache_key(reader, resolution, extractor.weights_checksum())?;
+    let path = cache_path(reader.path(), resolution);
+    let say = |m: String| {
+        if progress {
+            eprintln!("{m}");
+        }
+    };
+    match load_cache(&path, &key) {
+        Ok(set) => {
+            say(format!("real features from {}", path.display()));
+            return Ok(set);
+        }
+        Err(why) if path.exists() => say(format!("recomputing {}: {why}", path.display())),
+        Err(_) => {}
+    }
+    let level = reader.level(resolution)?;
+    let (n, c, side) = (reader.len(), reader.channels(), resolution as usize);
+    let per = side * side * c;
+    let bar = progress_bar(progress, n, &format!("inception reals {side}x{side}"));
+    let mut values = Vec::with_capacity(n * FEATURE_DIM);
+    for start in (0..n).step_by(INCEPTION_BATCH) {
+        let b = INCEPTION_BATCH.min(n - start);
+        values.extend(extractor.features(Images8 {
+            pixels: &level[start * per..(start + b) * per],
+            n: b,
+            height: side,
+            width: side,
+            channels: c,
+        })?);
+        bar.inc(b as u64);
+    }
+    bar.finish_and_clear();
+    let set = FeatureSet::new(Features { values, count: n })?;
+    if let Err(e) = save_cache(&path, key, &set) {
+        say(format!("not caching the real features: {e}"));
+    }
+    Ok(set)
+}
+
+/// `pgan render`'s 8-bit quantisation of images in [-1, 1], NCHW → NHWC.
+pub fn quantise_nchw(values: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<u8> {
+    let mut out = vec![0u8; values.len()];
+    let plane = h * w;
+    for i in 0..n {
+        for ch in 0..c {
+            let src = &values[(i * c + ch) * plane..(i * c + ch + 1) * plane];
+            for (p, v) in src.iter().enumerate() {
+                out[(i * plane + p) * c + ch] = crate::images::to_u8(*v);
+            }
+        }
+    }
+    out
+}
+
+/// Features of `n` images from `g` at `(stage, alpha)`, drawn from the same latent stream as
+/// [`crate::eval::generate`] with `seed`, generated and measured batch by batch (memory stays
+/// at one batch).
+#[allow(clippy::too_many_arguments)]
+pub fn generated_features<B: Backend>(
+    extractor: &FeatureExtractor<B>,
+    g: &Generator<B>,
+    model: &ModelConfig,
+    stage: usize,
+    alpha: f32,
+    n: usize,
+    seed: u64,
+    truncation: Option<f32>,
+    device: &B::Device,
+    progress: bool,
+) -> Result<FeatureSet> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (c, side) = (
+        model.num_channels,
+        crate::schedule::resolution_of(stage) as usize,
+    );
+    let bar = progress_bar(progress, n, &format!("inception generated {side}x{side}"));
+    let mut values = Vec::with_capacity(n * FEATURE_DIM);
+    let mut done = 0;
+    while done < n {
+        let b = INCEPTION_BATCH.min(n - done);
+        let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
+        let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
+        let images = g
+            .forward(z, stage, alpha)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 images");
+        let pixels = quantise_nchw(&images, b, c, side, side);
+        values.extend(extractor.features(Images8 {
+            pixels: &pixels,
+            n: b,
+            height: side,
+            width: side,
+            channels: c,
+        })?);
+        done += b;
+        bar.inc(b as u64);
+    }
+    bar.finish_and_clear();
+    FeatureSet::new(Features { values, count: n })
+}
+
+/// `pgan eval --fid/--kid/--pr` of a loaded checkpoint: its generated images against every
+/// image of the request's dataset (at the generator's resolution) or image folder.
+pub fn evaluate_checkpoint<B: Backend>(
+    request: &crate::eval::EvalRequest,
+    loaded: &crate::checkpoint::LoadedGenerator<B>,
+    device: &B::Device,
+) -> Result<FeatureMetricsReport> {
+    let data = request.data.as_ref().ok_or_else(|| TrainError::Config {
+        path: None,
+        message: "FID, KID and precision/recall need a dataset or image folder to compare with"
+            .into(),
+    })?;
+    let need = request.feature_metrics.min_images();
+    if request.num_images < need {
+        return Err(too_few("the generated set", request.num_images, need));
+    }
+    let resolution = crate::schedule::resolution_of(loaded.state.stage);
+    let extractor = FeatureExtractor::<B>::load(&request.inception, device)?;
+    let real = if data.is_dir() {
+        folder_features(&extractor, data, need, request.progress)?
+    } else {
+        let reader = PyramidReader::open(data)?;
+        if reader.resolution() < resolution {
+            return Err(TrainError::Dataset {
+                path: data.clone(),
+                message: format!(
+                    "its resolution {} is below the checkpoint's {resolution}",
+                    reader.resolution()
+                ),
+            });
+        }
+        dataset_features(&extractor, &reader, resolution, need, request.progress)?
+    };
+    let fake = generated_features(
+        &extractor,
+        &loaded.generator,
+        &loaded.model,
+        loaded.state.stage,
+        loaded.state.alpha,
+        request.num_images,
+        request.seed,
+        request.truncation,
+        device,
+        request.progress,
+    )?;
+    compare(&real, &fake, request.feature_metrics, request.seed)
+}
+
+/// FID during training (`eval.fid_every_kimg`, `eval.fid_num`): the network, loaded once, and
+/// the reals' features of each resolution (from the dataset's cache files after the first
+/// time).
+pub struct TrainingFid<B: Backend> {
+    extractor: FeatureExtractor<B>,
+    reals: HashMap<u32, FeatureSet>,
+    num_images: usize,
+}
+
+impl<B: Backend> TrainingFid<B> {
+    /// Loads the weights at `weights` (a missing or corrupt file is an error naming it).
+    pub fn new(weights: &Path, num_images: usize, device: &B::Device) -> Result<Self> {
+        Ok(TrainingFid {
+            extractor: FeatureExtractor::load(weights, device)?,
+            reals: HashMap::new(),
+            num_images,
+        })
+    }
+
+    /// FID of `g` at `phase` (`num_images` generated images from `seed`) against every real
+    /// image of `reader` at the phase's resolution.
+    pub fn measure(
+        &mut self,
+        g: &Generator<B>,
+        model: &ModelConfig,
+        reader: &PyramidReader,
+        phase: &crate::schedule::Phase,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<f64> {
+        let resolution = phase.resolution;
+        if !self.reals.contains_key(&resolution) {
+            let set = dataset_features(&self.extractor, reader, resolution, 2, false)?;
+            self.reals.insert(resolution, set);
+        }
+        let fake = generated_features(
+            &self.extractor,
+            g,
+            model,
+            phase.stage,
+            phase.alpha,
+            self.num_images,
+            seed,
+            None,
+            device,
+            false,
+        )?;
+        Ok(frechet_distance(&self.reals[&resolution].stats, &fake.stats)?)
+    }
+}
+
+/// Image file extensions read from folders (those `pgan prepare` reads).
+const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
+
+/// Every image file under `dir` (recursive), sorted by path.
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).map_err(io_err(&folder, "read folder"))? {
+            let path = entry.map_err(io_err(&folder, "read folder"))?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Features of every image under `dir` (decoded to RGB, any size: each is resized to 299x299),
+/// in sorted path order; batches hold consecutive images of one size.
+pub fn folder_features<B: Backend>(
+    extractor: &FeatureExtractor<B>,
+    dir: &Path,
+    min_images: usize,
+    progress: bool,
+) -> Result<FeatureSet> {
+    let files = image_files(dir)?;
+    if files.len() < min_images {
+        return Err(too_few(
+            &format!("image folder {}", dir.display()),
+            files.len(),
+            min_images,
+        ));
+    }
+    let bar = progress_bar(progress, files.len(), "inception images");
+    let mut values = Vec::with_capacity(files.len() * FEATURE_DIM);
+    let mut batch: Vec<u8> = Vec::new();
+    let mut batch_size = (0u32, 0u32);
+    let mut in_batch = 0usize;
+    let mut flush = |batch: &mut Vec<u8>, in_batch: &mut usize, (w, h): (u32, u32)| -> Result<()> {
+        if *in_batch > 0 {
+            values.extend(extractor.features(Images8 {
+                pixels: batch,
+                n: *in_batch,
+                height: h as usize,
+                width: w as usize,
+                channels: 3,
+            })?);
+            bar.inc(*in_batch as u64);
+        }
+        batch.clear();
+        *in_batch = 0;
+        Ok(())
+    };
+    for file in &files {
+        let image = image::open(file)
+            .map_err(|e| TrainError::Image {
+                path: file.clone(),
+                message: format!("cannot decode: {e}"),
+            })?
+            .to_rgb8();
+        let size = image.dimensions();
+        if size != batch_size || in_batch == INCEPTION_BATCH {
+            flush(&mut batch, &mut in_batch, batch_size)?;
+            batch_size = size;
+        }
+        batch.extend_from_slice(image.as_raw());
+        in_batch += 1;
+    }
+    flush(&mut batch, &mut in_batch, batch_size)?;
+    bar.finish_and_clear();
+    let count = files.len();
+    FeatureSet::new(Features { values, count })
+}
+
+/// A set of images to measure: a `.pgan` dataset (its top level) or a folder of images.
+pub fn set_features<B: Backend>(
+    extractor: &FeatureExtractor<B>,
+    path: &Path,
+    min_images: usize,
+    progress: bool,
+) -> Result<FeatureSet> {
+    if path.is_dir() {
+        folder_features(extractor, path, min_images, progress)
+    } else {
+        let reader = PyramidReader::open(path)?;
+        dataset_features(extractor, &reader, reader.resolution(), min_images, progress)
+    }
+}
+
+/// `pgan eval --real A --fake B`: two image sets compared without a checkpoint.
+#[derive(Clone, Debug)]
+pub struct CompareRequest {
+    /// The reference set (`.pgan` file or image folder).
+    pub real: PathBuf,
+    /// The set measured against it.
+    pub fake: PathBuf,
+    /// Which metrics.
+    pub metrics: FeatureMetrics,
+    /// The Inception weights file.
+    pub inception: PathBuf,
+    /// Seed of KID's subsets.
+    pub seed: u64,
+    /// Progress bars on stderr.
+    pub progress: bool,
+    /// Also write each set's features as `<prefix>-real.npy` and `<prefix>-fake.npy`
+    /// (`[n, 2048]` float32, in the sets' order).
+    pub save_features: Option<PathBuf>,
+}
+
+/// Writes `features` as an `[n, 2048]` float32 `.npy` file.
+pub fn save_features_npy(path: &Path, features: &Features) -> Result<()> {
+    let shape = [features.count as u64, FEATURE_DIM as u64];
+    crate::fsutil::write_npy_f32(path, &features.values, &shape)
+        .map_err(io_err(path, "write features"))
+}
+
+impl crate::backend::BackendJob for CompareRequest {
+    type Output = FeatureMetricsReport;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<FeatureMetricsReport> {
+        let extractor = FeatureExtractor::<B::InnerBackend>::load(&self.inception, &device)?;
+        let need = self.metrics.min_images();
+        let real = set_features(&extractor, &self.real, need, self.progress)?;
+        let fake = set_features(&extractor, &self.fake, need, self.progress)?;
+        if let Some(prefix) = &self.save_features {
+            let with = |suffix: &str| {
+                let mut name = prefix.as_os_str().to_owned();
+                name.push(suffix);
+                PathBuf::from(name)
+            };
+            save_features_npy(&with("-real.npy"), &real.features)?;
+            save_features_npy(&with("-fake.npy"), &fake.features)?;
+        }
+        compare(&real, &fake, self.metrics, self.seed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantisation_matches_the_png_writer_and_interleaves_channels() {
+        // 1 image, 2 channels... of 3: RGB planes of 2 pixels.
+        let values = [-1.0, 1.0, 0.0, 0.002, 0.5, -0.5];
+        let out = quantise_nchw(&values, 1, 3, 1, 2);
+        let q = crate::images::to_u8;
+        assert_eq!(out, [q(-1.0), q(0.0), q(0.5), q(1.0), q(0.002), q(-0.5)]);
+        assert_eq!(out[..2], [0, 128]);
+    }
+
+    type B = burn::backend::Flex;
+
+    /// `count` 8x8 PNGs whose colours depend on `variant`, prepared into `name.pgan`.
+    fn dataset(dir: &Path, name: &str, count: u32, variant: u32) -> PathBuf {
+        let images = dir.join(format!("{name}-images"));
+        std::fs::create_dir_all(&images).unwrap();
+        for k in 0..count {
+            let img = image::RgbImage::from_fn(8, 8, |x, y| {
+                image::Rgb([(k * 40 + x * 9) as u8, (variant * 70 + y * 20) as u8, 90])
+            });
+            img.save(images.join(format!("{k:02}.png"))).unwrap();
+        }
+        let out = dir.join(format!("{name}.pgan"));
+        let mut options = pgan_data::PrepareOptions::new(&images, &out, 8);
+        options.force = true;
+        pgan_data::prepare(&options).unwrap();
+        out
+    }
+
+    /// One test for the whole cache life cycle, since every miss runs the full network.
+    #[test]
+    fn real_features_are_cached_and_recomputed_when_the_dataset_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dataset(dir.path(), "d", 2, 0);
+        let extractor =
+            FeatureExtractor::<B>::new(&pgan_inception::InceptionWeights::synthetic(1), &Default::default());
+        let reader = PyramidReader::open(&path).unwrap();
+        let first = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        let cache = cache_path(&path, 8);
+        assert!(cache.is_file());
+        assert_eq!(first.features.count, 2);
+
+        // A hit returns the stored values without touching the network; prove it by
+        // changing a stored feature and seeing the change come back.
+        let key = cache_key(&reader, 8, extractor.weights_checksum()).unwrap();
+        let mut marked = first.clone();
+        marked.features.values[0] = 1234.5;
+        save_cache(&cache, key, &marked).unwrap();
+        let hit = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        assert_eq!(hit.features.values[0], 1234.5);
+        assert_eq!(hit.stats, first.stats);
+
+        // The 4x4 level has its own cache.
+        let small = dataset_features(&extractor, &reader, 4, 2, false).unwrap();
+        assert_ne!(small.features.values[..FEATURE_DIM], first.features.values[..FEATURE_DIM]);
+        drop(reader);
+
+        // Re-prepared with other images: the level checksum differs, the cache is stale.
+        let changed = dataset(dir.path(), "d", 2, 1);
+        let reader = PyramidReader::open(&changed).unwrap();
+        let key = cache_key(&reader, 8, extractor.weights_checksum()).unwrap();
+        let why = load_cache(&cache, &key).unwrap_err();
+        assert!(why.contains("stale (level_crc32"), "{why}");
+        let fresh = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        assert_ne!(fresh.features.values[0], 1234.5);
+        assert_ne!(fresh.stats.mean, first.stats.mean);
+        // ...and the rewritten cache now matches the new dataset.
+        assert!(load_cache(&cache, &key).is_ok());
+
+        // Other weights do not reuse it either.
+        let key = cache_key(&reader, 8, 7).unwrap();
+        assert!(load_cache(&cache, &key).unwrap_err().contains("weights_crc32"));
+
+        // A damaged cache file is recomputed, not trusted.
+        std::fs::write(&cache, b"garbage").unwrap();
+        let again = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        assert_eq!(again.features, fresh.features);
+    }
+
+    #[test]
+    fn too_few_images_for_the_metric_is_an_error_naming_the_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dataset(dir.path(), "three", 3, 0);
+        let extractor =
+            FeatureExtractor::<B>::new(&pgan_inception::InceptionWeights::synthetic(1), &Default::default());
+        let reader = PyramidReader::open(&path).unwrap();
+        let pr = FeatureMetrics {
+            pr: true,
+            ..Default::default()
+        };
+        let err = dataset_features(&extractor, &reader, 8, pr.min_images(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("three.pgan has 3 images") && err.contains("at least 4"), "{err}");
+    }
+
+    #[test]
+    fn cache_path_sits_beside_the_dataset() {
+        assert_eq!(
+            cache_path(Path::new("/d/faces.pgan"), 64),
+            Path::new("/d/faces.pgan.fid-64.safetensors")
+        );
+    }
+}

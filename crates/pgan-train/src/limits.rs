@@ -1,0 +1,129 @@
+//! Bounds checked before anything is allocated or drawn: the size of a rendered sheet or
+//! sample grid (checked arithmetic, one pixel limit) and the truncation ψ, whose rejection
+//! sampling never ends for ψ ≤ 0 and takes ~1/(0.8 ψ) draws per component for small ψ.
+
+/// The most pixels one rendered image (sheet, strip, timeline, sample grid) may have: 2^28
+/// (16384 x 16384), 768 MiB as 8-bit RGB.
+pub const MAX_SHEET_PIXELS: u64 = 1 << 28;
+
+/// Smallest truncation ψ: about 25 normal draws per latent component at ψ = 0.05.
+pub const MIN_TRUNCATION: f32 = 0.05;
+
+/// Checks a truncation ψ: a finite number of at least [`MIN_TRUNCATION`].
+pub fn check_truncation(psi: f32) -> Result<(), String> {
+    if psi.is_finite() && psi >= MIN_TRUNCATION {
+        Ok(())
+    } else {
+        Err(format!(
+            "truncation {psi} must be a number of at least {MIN_TRUNCATION} (latent components \
+             beyond ±ψ are redrawn, so a smaller ψ never or hardly ever finishes)"
+        ))
+    }
+}
+
+/// Pixel dimensions of a grid of `rows x cols` cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SheetSize {
+    /// Side of one cell: the image side times the nearest-neighbour upscale factor.
+    pub cell: u32,
+    /// Width of the whole sheet.
+    pub width: u32,
+    /// Height of the whole sheet.
+    pub height: u32,
+}
+
+/// The size of a `rows x cols` grid of `image_px`-pixel images, each upscaled by a whole factor
+/// to at least `min_cell_px` pixels, with a `gap`-pixel border (the layout of
+/// [`crate::images::grid`] after [`crate::images::upscale_cells`]); an error when it overflows
+/// or exceeds [`MAX_SHEET_PIXELS`].
+pub fn sheet_size(
+    rows: usize,
+    cols: usize,
+    image_px: u32,
+    min_cell_px: u32,
+    gap: u32,
+) -> Result<SheetSize, String> {
+    let too_big = |w: Option<u64>, h: Option<u64>| {
+        let show = |v: Option<u64>| v.map_or_else(|| "(overflow)".to_string(), |v| v.to_string());
+        format!(
+            "a {rows} x {cols} grid of {image_px}-pixel images upscaled to at least {min_cell_px} \
+             pixels would be {} x {} pixels, above the limit of {} megapixels; use fewer \
+             rows, columns, frames or seeds, or a smaller cell size",
+            show(w),
+            show(h),
+            MAX_SHEET_PIXELS >> 20
+        )
+    };
+    if rows == 0 || cols == 0 || image_px == 0 {
+        return Err(format!(
+            "an empty grid ({rows} x {cols} of {image_px}-pixel images)"
+        ));
+    }
+    let image_px = u64::from(image_px);
+    let factor = u64::from(min_cell_px).div_ceil(image_px).max(1);
+    let cell = image_px.checked_mul(factor);
+    let side = |n: usize| {
+        cell?
+            .checked_add(u64::from(gap))?
+            .checked_mul(u64::try_from(n).ok()?)?
+            .checked_add(u64::from(gap))
+    };
+    let (width, height) = (side(cols), side(rows));
+    match (cell, width, height) {
+        (Some(cell), Some(w), Some(h))
+            if w.checked_mul(h).is_some_and(|p| p <= MAX_SHEET_PIXELS) =>
+        {
+            // Below the pixel limit every side fits in u32.
+            Ok(SheetSize {
+                cell: cell as u32,
+                width: w as u32,
+                height: h as u32,
+            })
+        }
+        _ => Err(too_big(width, height)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sheet_sizes_match_the_grid_layout() {
+        let size = sheet_size(6, 8, 16, 64, 2).unwrap();
+        assert_eq!(size.cell, 64);
+        assert_eq!((size.width, size.height), (8 * 66 + 2, 6 * 66 + 2));
+        // The upscale is a whole factor: 24 -> 48 for at least 40.
+        assert_eq!(sheet_size(1, 1, 24, 40, 2).unwrap().cell, 48);
+        assert_eq!(sheet_size(1, 1, 64, 8, 2).unwrap().cell, 64);
+        let images: Vec<image::RgbImage> = (0..6).map(|_| image::RgbImage::new(16, 16)).collect();
+        let grid = crate::images::grid(&crate::images::upscale_cells(images, 40), 2, 3, 2);
+        let size = sheet_size(2, 3, 16, 40, 2).unwrap();
+        assert_eq!(grid.dimensions(), (size.width, size.height));
+    }
+
+    #[test]
+    fn huge_or_overflowing_sheets_are_refused() {
+        for (rows, cols, px, cell) in [
+            (100_000, 100_000, 16, 64),
+            (1, 1, 16, 100_000),
+            (1, 1, 16, u32::MAX),
+            (1, 1_000_000, 16, 64),
+            (usize::MAX, usize::MAX, 1024, u32::MAX),
+        ] {
+            let err = sheet_size(rows, cols, px, cell, 2).unwrap_err();
+            assert!(err.contains("above the limit of 256 megapixels"), "{err}");
+        }
+        assert!(sheet_size(0, 3, 16, 64, 2).is_err());
+    }
+
+    #[test]
+    fn truncation_must_be_a_usable_number() {
+        for psi in [0.0, -1.0, f32::NAN, f32::INFINITY, 0.01] {
+            assert!(check_truncation(psi).is_err(), "{psi}");
+        }
+        for psi in [0.05, 0.7, 2.0] {
+            check_truncation(psi).unwrap();
+        }
+    }
+}
