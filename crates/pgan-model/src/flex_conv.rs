@@ -18,7 +18,8 @@
 //! filters [`crate::filter_cache`] keeps across the step's many passes.
 //!
 //! [`conv2d_same`] takes this path only when the backend is exactly `Flex` or `Autodiff<Flex>`
-//! (a `TypeId` check); every other backend, the GPU ones included, keeps burn's `conv2d` on
+//! (a `TypeId` check); on burn's cubecl backends (wgpu, CUDA) it takes `pgan-cube`'s
+//! implicit-GEMM op (`gpu_conv.rs`); every other backend keeps burn's `conv2d` on
 //! `weight · scale`.
 
 use core::any::{Any, TypeId};
@@ -68,6 +69,12 @@ pub fn conv2d_same<B: Backend>(
             bias.map(|b| cast::<_, Tensor<Flex, 1>>(b).into_primitive().tensor()),
         );
         return cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)));
+    }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if same {
+        if let Some(gemm) = crate::gpu_conv::gemm_for::<B>() {
+            return crate::gpu_conv::conv2d_same(x, weight, scale, bias, gemm);
+        }
     }
     let weight = if scale == 1.0 {
         weight

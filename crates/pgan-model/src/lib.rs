@@ -26,6 +26,8 @@ pub mod flex_conv;
 mod flex_pointwise;
 mod flex_resample;
 pub mod functional;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gpu_conv;
 pub mod generator;
 pub mod minibatch_stddev;
 pub mod penalty;

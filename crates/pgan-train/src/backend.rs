@@ -40,10 +40,37 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, index: usize, job: J) -> Resul
     }
 }
 
+/// The environment variable that turns burn's operation fusion off on the GPU backends.
+pub const FUSION_ENV: &str = "PGAN_GPU_FUSION";
+
+/// Whether the GPU backends run with burn's fusion (`PGAN_GPU_FUSION`, default on), after
+/// checking `PGAN_GPU_CONV` too: both are read once per process, so a typo is an error here
+/// rather than a silently different benchmark.
+///
+/// Fusion stays the default: it merges the step's many elementwise passes (leaky ReLU, pixel
+/// norm, the losses, Adam), and the conv op works under it (as a custom operation in the
+/// fusion stream, a fusion barrier like burn's own conv2d); `scripts/gpu_check.sh` measures
+/// both.
+#[allow(dead_code)]
+fn gpu_settings(backend: &str) -> Result<bool> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    pgan_cube::ConvChoice::from_env().map_err(|e| TrainError::Backend {
+        backend: backend.into(),
+        message: e.to_string(),
+    })?;
+    match std::env::var(FUSION_ENV).as_deref().map(str::trim) {
+        Err(_) | Ok("") | Ok("on") | Ok("1") | Ok("true") => Ok(true),
+        Ok("off") | Ok("0") | Ok("false") => Ok(false),
+        Ok(other) => Err(TrainError::Backend {
+            backend: backend.into(),
+            message: format!("{FUSION_ENV}={other:?}: expected `on` or `off`"),
+        }),
+    }
+}
+
 #[cfg(feature = "wgpu")]
 fn run_wgpu<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
-    use burn::backend::wgpu::{Wgpu, WgpuDevice};
-    type B = burn::backend::Autodiff<Wgpu>;
+    use burn::backend::wgpu::WgpuDevice;
     // Index 0 is wgpu's preferred adapter (a discrete GPU if there is one, else e.g. lavapipe);
     // other indices name the n-th discrete GPU.
     let device = if index == 0 {
@@ -51,8 +78,15 @@ fn run_wgpu<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
     } else {
         WgpuDevice::DiscreteGpu(index)
     };
-    probe::<B>(&device, "wgpu")?;
-    job.run::<B>(device)
+    if gpu_settings("wgpu")? {
+        type B = burn::backend::Autodiff<pgan_cube::WgpuFused>;
+        probe::<B>(&device, "wgpu")?;
+        job.run::<B>(device)
+    } else {
+        type B = burn::backend::Autodiff<pgan_cube::WgpuPlain>;
+        probe::<B>(&device, "wgpu")?;
+        job.run::<B>(device)
+    }
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -62,8 +96,8 @@ fn run_wgpu<J: BackendJob>(_index: usize, _job: J) -> Result<J::Output> {
 
 #[cfg(feature = "cuda")]
 fn run_cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
-    use burn::backend::cuda::{Cuda, CudaDevice};
-    type B = burn::backend::Autodiff<Cuda>;
+    use burn::backend::cuda::CudaDevice;
+    type B = burn::backend::Autodiff<pgan_cube::CudaFused>;
     if !pgan_model::cuda_available() {
         return Err(TrainError::Backend {
             backend: "cuda".into(),
@@ -71,8 +105,14 @@ fn run_cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
         });
     }
     let device = CudaDevice::new(index);
-    probe::<B>(&device, "cuda")?;
-    job.run::<B>(device)
+    if gpu_settings("cuda")? {
+        probe::<B>(&device, "cuda")?;
+        job.run::<B>(device)
+    } else {
+        type Plain = burn::backend::Autodiff<pgan_cube::CudaPlain>;
+        probe::<Plain>(&device, "cuda")?;
+        job.run::<Plain>(device)
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -183,6 +223,36 @@ pub fn device_memory<D: 'static>(device: &D) -> Option<(u64, u64)> {
     None
 }
 
+/// Returns the GPU pool's unused pages on backend `kind`, device `index`, to the driver (a no-op
+/// on the CPU), so that the next run's `Mem/device_peak_reserved_mb` starts from what is still
+/// in use rather than from the pages an earlier run left in the pool (the benchmark's
+/// per-resolution peaks).
+pub fn release_device_memory(kind: BackendKind, index: usize) {
+    #[allow(unused_variables)]
+    let index = index;
+    match kind {
+        BackendKind::Cpu => {}
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            use cubecl::Runtime;
+            let device = if index == 0 {
+                burn::backend::wgpu::WgpuDevice::DefaultDevice
+            } else {
+                burn::backend::wgpu::WgpuDevice::DiscreteGpu(index)
+            };
+            cubecl::wgpu::WgpuRuntime::client(&device).memory_cleanup();
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            use cubecl::Runtime;
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            cubecl::cuda::CudaRuntime::client(&device).memory_cleanup();
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +274,19 @@ mod tests {
         assert!(compiled_backends().contains(&BackendKind::Cpu));
         let cpu: burn::backend::flex::FlexDevice = Default::default();
         assert_eq!(device_memory(&cpu), None, "the CPU has no device pool");
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn a_bad_fusion_setting_is_a_clear_error() {
+        // Only this test of this binary touches a GPU backend, so the variable races with nothing.
+        std::env::set_var(FUSION_ENV, "maybe");
+        let err = dispatch(BackendKind::Wgpu, 0, Sum).unwrap_err().to_string();
+        std::env::remove_var(FUSION_ENV);
+        assert!(
+            err.contains("PGAN_GPU_FUSION") && err.contains("maybe") && err.contains("`off`"),
+            "{err}"
+        );
     }
 
     #[cfg(not(feature = "cuda"))]
