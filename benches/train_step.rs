@@ -150,7 +150,9 @@ kind = "wgan-gp"
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         let counts_before = pgan_cube::launch_counts();
         let config = TrainConfig::from_toml_str(&text).expect("bench config");
-        match train(TrainOptions::new(config)) {
+        let result = train(TrainOptions::new(config));
+        let trained = result.is_ok();
+        match result {
             Ok(summary) => {
                 let metrics = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl"))
                     .expect("metrics");
@@ -174,8 +176,6 @@ kind = "wgan-gp"
             }
             Err(e) => row["error"] = e.to_string().into(),
         }
-        // Per-resolution peaks: the next run starts from an empty pool.
-        pgan_train::backend::release_device_memory(backend, 0);
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         {
             let after = pgan_cube::launch_counts();
@@ -183,6 +183,11 @@ kind = "wgan-gp"
             row["conv_fallback_passes"] = (after.fallback - counts_before.fallback).into();
         }
         println!("{row}");
+        // Per-resolution peaks: the next run starts from an empty pool (only after a run that
+        // reached the device: without one, touching the runtime would panic in the driver).
+        if trained {
+            pgan_train::backend::release_device_memory(backend, 0);
+        }
     }
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     for reason in pgan_cube::fallback_reasons() {

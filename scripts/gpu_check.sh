@@ -13,10 +13,17 @@
 #      scripts/gpu_check.sh --dry-run [--bin PATH]
 #    runs this same script end to end on the CPU backend and wgpu on Mesa's lavapipe, at 4x4 and
 #    8x8 with a small network, into /tmp/pgan-gpu-dry-run/ (no GPU, no time budget).
+#    Run it in the checkout the device session sends (the tool sends the session's own repo), after
+#    the last code change: the binary is what gets measured (.gpu/bin/build.txt says its commit).
 # 2. On the device (the `run` tool; the device has no Rust toolchain), from the repository root:
 #      command:   bash scripts/gpu_check.sh
 #      carry:     [".gpu", ".gl"]
 #      timeout_s: 560
+#    PyTorch is not carried: the device image's python3 has it (torch 2.11 + CUDA 13 when the
+#    device notes were taken) and the script records its version; without it the pytorch rows are
+#    missing and the log says why. NVRTC (cubecl's CUDA compiler) is found in the CUDA toolkit or
+#    PyTorch's bundled nvidia libraries; Vulkan's loader comes from the carried .gl packages when
+#    the image has none.
 #    The run stops starting contenders once its budget (PGAN_GPU_BUDGET_S, default 460 s, the
 #    kernels' JIT compilation and autotuning included) is spent, and always writes what it has.
 #    What comes back in $OUT: gpu-<date>-<gpu>.json and .md, cubecl-cache.tar.gz (cubecl's
@@ -63,17 +70,20 @@ if [ "$MODE" = prepare ]; then
   set -e
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/pgan-ci-target}
   log "building the train_step bench (profile bench, features cuda,wgpu)"
+  build_log=$(mktemp /tmp/pgan-gpu-build.XXXXXX)
   exe=$(cargo bench -p pgan-train --features cuda,wgpu --bench train_step --no-run \
-          --message-format=json 2>/dev/null \
+          --message-format=json 2>"$build_log" \
         | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "train_step":
         print(m["executable"])' | tail -1)
-  [ -x "$exe" ] || { echo "error: no train_step binary came out of the build" >&2; exit 1; }
+  [ -x "$exe" ] || { tail -n 40 "$build_log" >&2; echo "error: the build made no train_step binary (log: $build_log)" >&2; exit 1; }
   mkdir -p .gpu/bin .gpu/cache
   strip -o .gpu/bin/train_step "$exe"
   gzip -9 -f .gpu/bin/train_step
+  # What the packed binary was built from, reported with the device's results.
+  echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- crates benches Cargo.toml Cargo.lock || echo ' +uncommitted changes') $(date -u +%Y-%m-%dT%H:%MZ)" > .gpu/bin/build.txt
   log "packed $(du -h .gpu/bin/train_step.gz | cut -f1) from $exe"
   if ! ls .gl/*.deb >/dev/null 2>&1; then
     # The device image may lack the Vulkan loader (see the device tool's README).
@@ -145,9 +155,11 @@ fi
 # What the machine has: GPU, driver, PyTorch (the device image ships PyTorch with CUDA in its
 # python3; nothing can be installed there).
 ENV_JSON=$WORK/environment.json
-python3 - "$MODE" > "$ENV_JSON" <<'EOF'
+BUILD=$(cat .gpu/bin/build.txt 2>/dev/null || echo "${BIN} (not packed by --prepare)")
+python3 - "$MODE" "$BUILD" > "$ENV_JSON" <<'EOF'
 import json, platform, shutil, subprocess, sys
-env = {"mode": sys.argv[1], "host": platform.node(), "cpus": __import__("os").cpu_count()}
+env = {"mode": sys.argv[1], "pgan_build": sys.argv[2], "host": platform.node(),
+       "cpus": __import__("os").cpu_count()}
 if shutil.which("nvidia-smi"):
     q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                         "--format=csv,noheader"], capture_output=True, text=True)
