@@ -1,8 +1,8 @@
-//! The CPU convolution kernels of `pgan_model::cpu_conv` alone, at the 3x3 128→128 layer shape
+//! The CPU convolution kernels of `pgan_flex::cpu_conv` alone, at the 3x3 128→128 layer shape
 //! of the CPU-sized config (batch 16) at each resolution: forward, input gradient and weight
 //! gradient, in ms and GFLOP/s (2·N·C_out·C_in·9·H·W flops per pass).
 //!
-//! `cargo bench -p pgan-model --bench conv_kernels`
+//! `cargo bench -p pgan-flex --bench conv_kernels`
 //!
 //! Environment: `PGAN_BENCH_BATCH` (default 16), `PGAN_BENCH_CHANNELS` (default 128),
 //! `PGAN_BENCH_RESOLUTIONS` (default `4,8,16,32`). Prints one
@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgan_model::cpu_conv::{self, ConvShape};
+use pgan_flex::cpu_conv::{self, ConvShape};
 
 /// Median wall time of `f` in ms, after one warm-up call; at least 5 runs, more while under
 /// ~1 s in total (at most 50).

@@ -575,6 +575,16 @@ fn bad_input_gets_a_clear_error() {
         "8",
         "--quiet",
     ]));
+    // Preparing onto an existing file: the library says what, the CLI names the flag.
+    let err = run_err(pgan().args(["prepare"]).arg(&images).arg(&small).args([
+        "--resolution",
+        "8",
+        "--quiet",
+    ]));
+    assert!(
+        err.contains("small.pgan") && err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let err = run_err(
@@ -587,7 +597,9 @@ fn bad_input_gets_a_clear_error() {
             .arg(dir.path().join("runs")),
     );
     assert!(
-        err.contains("small.pgan") && err.contains("below the config's model.resolution 16x16"),
+        err.contains("small.pgan")
+            && err.contains("below the config's model.resolution 16x16")
+            && err.contains("--resolution 16"),
         "{err}"
     );
 

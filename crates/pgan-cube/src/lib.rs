@@ -4,10 +4,9 @@
 //!
 //! burn 0.21's `conv2d` on a cubecl backend runs every pass through its autotuner (or, with
 //! autotune off, through `ConvStrategy::Direct`, an untiled kernel without tensor cores, and
-//! `conv_weight_backward_fallback` for the weight gradient). This crate does what `pgan-model`'s
-//! CPU op (`flex_conv`) does for the CPU: one op, forward, input gradient and weight gradient,
-//! with the equalized learning rate's scale folded into the kernels' operand copies
-//! ([`kernels`]).
+//! `conv_weight_backward_fallback` for the weight gradient). This crate does what `pgan-flex`'s
+//! conv op does for the CPU: one op, forward, input gradient and weight gradient, with the
+//! equalized learning rate's scale folded into the kernels' operand copies ([`kernels`]).
 //!
 //! Backends. [`GemmConvBackend`] is implemented for `CubeBackend<R, ..>` (any cubecl runtime)
 //! and for `Fusion<CubeBackend<R, ..>>`, burn's default GPU backends (`burn::backend::Wgpu`,

@@ -57,7 +57,7 @@ pub enum DataError {
     },
 
     /// The output file exists and `force` was not set.
-    #[error("output {0} already exists (use --force to overwrite)")]
+    #[error("output {0} already exists")]
     OutputExists(PathBuf),
 
     /// The output cannot be created where requested.

@@ -27,12 +27,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Every level starts at a multiple of this many bytes (one page on common
 /// systems), so a level can be mapped and read without straddling a page.
 pub const ALIGN: u64 = 4096;
-/// Smallest pyramid level, as in ProGAN (training starts at 4x4).
-pub const MIN_RESOLUTION: u32 = 4;
-/// Largest supported top level (ProGAN's CelebA-HQ maximum).
-pub const MAX_RESOLUTION: u32 = 1024;
+/// Smallest pyramid level and largest top level: the resolutions every pgan crate supports.
+pub use pgan_spec::resolution::{MAX_RESOLUTION, MIN_RESOLUTION};
 /// Upper bound on `num_levels` (4, 8, ..., 1024).
-pub const MAX_LEVELS: u32 = 9;
+pub const MAX_LEVELS: u32 = MAX_RESOLUTION.trailing_zeros() - 1;
 
 /// Size of the fixed prefix before the level table.
 const PREFIX_LEN: usize = 32;
@@ -53,7 +51,7 @@ pub fn num_levels_for(resolution: u32) -> u32 {
 
 /// Is `resolution` a supported top-level resolution?
 pub fn valid_resolution(resolution: u32) -> bool {
-    resolution.is_power_of_two() && (MIN_RESOLUTION..=MAX_RESOLUTION).contains(&resolution)
+    pgan_spec::resolution::is_supported(resolution)
 }
 
 /// Round `x` up to the next multiple of [`ALIGN`].

@@ -117,7 +117,7 @@ pub(crate) struct Loaded {
 
 /// Decode `path` honouring EXIF orientation. GIFs yield their first frame.
 pub(crate) fn decode(path: &Path) -> std::result::Result<DynamicImage, String> {
-    // Reading the whole file first is ~20% faster than decoding through a
+    // Reading the whole file first is faster than decoding through a
     // BufReader (the JPEG decoder buffers the entire stream anyway).
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if bytes.is_empty() {
@@ -190,7 +190,7 @@ pub(crate) fn load(path: &Path, t: &Target) -> std::result::Result<Loaded, Strin
     if let Some(min) = t.min_size {
         if w.min(h) < min {
             return Err(format!(
-                "too small: {w}x{h}, shorter side below --min-size {min}"
+                "too small: {w}x{h}, shorter side below the minimum size {min}"
             ));
         }
     }

@@ -4,12 +4,11 @@ use burn::config::Config;
 use burn::tensor::backend::Backend;
 
 use crate::discriminator::Discriminator;
+use crate::error::ModelConfigError;
 use crate::generator::Generator;
 
-/// Smallest supported resolution (the 4x4 base block).
-pub const MIN_RESOLUTION: u32 = 4;
-/// Largest supported resolution (the paper's 1024x1024 CelebA-HQ network).
-pub const MAX_RESOLUTION: u32 = 1024;
+/// The 4x4 base block and the paper's 1024x1024 network: the resolutions every pgan crate supports.
+pub use pgan_spec::resolution::{MAX_RESOLUTION, MIN_RESOLUTION};
 
 /// Size of a progressive GAN.
 ///
@@ -60,42 +59,35 @@ impl ModelConfig {
             .with_latent_dim(128)
     }
 
-    /// Checks every field, with a message that names the bad value.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every field; the error names the field and the bad value.
+    pub fn validate(&self) -> Result<(), ModelConfigError> {
         let r = self.resolution;
-        if !r.is_power_of_two() || !(MIN_RESOLUTION..=MAX_RESOLUTION).contains(&r) {
-            return Err(format!(
-                "model.resolution must be a power of two in {MIN_RESOLUTION}..={MAX_RESOLUTION}, got {r}"
-            ));
+        if !pgan_spec::resolution::is_supported(r) {
+            return Err(ModelConfigError::Resolution(r));
         }
         if self.num_channels != 1 && self.num_channels != 3 {
-            return Err(format!(
-                "model.num_channels must be 1 or 3, got {}",
-                self.num_channels
-            ));
+            return Err(ModelConfigError::Channels(self.num_channels));
         }
         if self.latent_dim == 0 {
-            return Err("model.latent_dim must be at least 1".into());
+            return Err(ModelConfigError::LatentDim);
         }
         if self.fmap_max == 0 || self.fmap_base == 0 {
-            return Err(format!(
-                "model.fmap_base and model.fmap_max must be at least 1, got {} and {}",
-                self.fmap_base, self.fmap_max
-            ));
+            return Err(ModelConfigError::FeatureMaps {
+                base: self.fmap_base,
+                max: self.fmap_max,
+            });
         }
         if !self.fmap_decay.is_finite() || self.fmap_decay < 0.0 {
-            return Err(format!(
-                "model.fmap_decay must be finite and >= 0, got {}",
-                self.fmap_decay
-            ));
+            return Err(ModelConfigError::FmapDecay(self.fmap_decay));
         }
         // The narrowest layer sits at the top resolution; it must keep at least one map.
         let narrowest = self.nf_official(r.trailing_zeros() as usize - 1);
         if narrowest == 0 {
-            return Err(format!(
-                "model.fmap_base {} with fmap_decay {} leaves no feature maps at {r}x{r}",
-                self.fmap_base, self.fmap_decay
-            ));
+            return Err(ModelConfigError::NoFeatureMaps {
+                base: self.fmap_base,
+                decay: self.fmap_decay,
+                resolution: r,
+            });
         }
         Ok(())
     }
@@ -197,21 +189,22 @@ mod tests {
     fn validate_rejects_bad_values() {
         for bad in [0, 2, 12, 2048] {
             let e = ModelConfig::paper(bad).validate().unwrap_err();
-            assert!(e.contains("resolution"), "{e}");
+            assert_eq!(e, ModelConfigError::Resolution(bad));
+            assert!(e.to_string().starts_with("resolution "), "{e}");
         }
         let e = ModelConfig::paper(64)
             .with_num_channels(2)
             .validate()
             .unwrap_err();
-        assert!(e.contains("num_channels"), "{e}");
+        assert_eq!(e, ModelConfigError::Channels(2));
         assert!(ModelConfig::paper(64)
             .with_latent_dim(0)
             .validate()
             .is_err());
-        assert!(ModelConfig::paper(1024)
-            .with_fmap_base(64)
-            .validate()
-            .is_err());
+        assert!(matches!(
+            ModelConfig::paper(1024).with_fmap_base(64).validate(),
+            Err(ModelConfigError::NoFeatureMaps { .. })
+        ));
         assert!(ModelConfig::paper(4).validate().is_ok());
     }
 

@@ -243,9 +243,9 @@ mod tests {
     #[test]
     fn paper_parameter_count_at_1024() {
         let d = ModelConfig::paper(1024).init_discriminator::<TestBackend>(&Default::default());
-        // 9 fromRGB, 17 conv3x3 (+1 mbstd input map), dense 8192→512, dense 512→1
+        // 9 fromRGB, 17 conv3x3 (+1 mbstd input map), dense 8192→512, dense 512→1 (Table 2 of
+        // the paper: 23.1M)
         assert_eq!(d.num_params(), 23_087_249);
-        assert_eq!((d.num_params() as f64 / 1e5).round() / 10.0, 23.1);
     }
 
     #[test]

@@ -11,10 +11,11 @@ use core::f64::consts::SQRT_2;
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
-use crate::flex_conv::conv2d_same;
+use crate::kernels;
 
 /// Configuration of an [`EqualizedConv2d`].
 #[derive(Config, Debug)]
@@ -97,6 +98,37 @@ impl<B: Backend> EqualizedConv2d<B> {
         let dy = conv2d_same(dx, w, self.scale, None, self.padding);
         (y, dy)
     }
+}
+
+/// Stride-1 convolution of `x` with `weight · scale`, `padding = k / 2` ("same" for odd `k`):
+/// the backend's own kernel where it has one ([`kernels::conv2d_same`]), else burn's `conv2d`
+/// on the scaled weight.
+///
+/// # Shapes
+/// - x: `[N, C_in, H, W]`, weight: `[C_out, C_in, k, k]`, bias: `[C_out]`
+/// - output: `[N, C_out, H, W]`
+pub fn conv2d_same<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    scale: f32,
+    bias: Option<Tensor<B, 1>>,
+    padding: usize,
+) -> Tensor<B, 4> {
+    let (x, weight, bias) = match kernels::conv2d_same(x, weight, scale, bias, padding) {
+        Ok(y) => return y,
+        Err(inputs) => inputs,
+    };
+    let weight = if scale == 1.0 {
+        weight
+    } else {
+        weight.mul_scalar(scale)
+    };
+    conv2d(
+        x,
+        weight,
+        bias,
+        ConvOptions::new([1, 1], [padding; 2], [1, 1], 1),
+    )
 }
 
 /// Configuration of an [`EqualizedLinear`].

@@ -4,47 +4,27 @@
 //! (resampling, lerp) apply themselves to the tangent; the nonlinear ones
 //! spell out their derivative.
 
-use core::any::TypeId;
-
-use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::leaky_relu as burn_leaky_relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::Tensor;
 
-use crate::flex_conv::cast;
-use crate::{flex_pointwise, flex_resample};
+use crate::kernels;
 
 /// Negative slope of every leaky ReLU in ProGAN (official code: `leaky_relu(x, 0.2)`).
 pub const LRELU_SLOPE: f64 = 0.2;
 
 /// Leaky ReLU with slope 0.2.
 pub fn lrelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if let Some(y) = cpu_lrelu_gate(x.clone(), x.clone()) {
-        return y;
+    // One fused op where the backend has one (kernels.rs).
+    match kernels::lrelu_gate(x.clone(), x, LRELU_SLOPE as f32) {
+        Ok(y) => y,
+        Err((x, copy)) => {
+            // The second handle goes first, so burn's op may reuse `x`'s buffer.
+            drop(copy);
+            burn_leaky_relu(x, LRELU_SLOPE)
+        }
     }
-    burn_leaky_relu(x, LRELU_SLOPE)
-}
-
-/// `t · (x > 0 ? 1 : 0.2)` as one fused op on the CPU backends (`flex_pointwise.rs`); `None`
-/// on the others.
-fn cpu_lrelu_gate<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    t: Tensor<B, D>,
-) -> Option<Tensor<B, D>> {
-    let slope = LRELU_SLOPE as f32;
-    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
-        let y = flex_pointwise::lrelu_gate_autodiff::<D>(cast(x), cast(t), slope);
-        return Some(cast(y));
-    }
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        return Some(cast(flex_pointwise::lrelu_gate_flex::<D>(
-            cast(x),
-            cast(t),
-            slope,
-        )));
-    }
-    None
 }
 
 /// Leaky ReLU and its JVP: `dy = dx · (x > 0 ? 1 : 0.2)`.
@@ -52,12 +32,15 @@ pub fn lrelu_jvp<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     dx: Tensor<B, D>,
 ) -> (Tensor<B, D>, Tensor<B, D>) {
-    if let Some(dy) = cpu_lrelu_gate(x.clone(), dx.clone()) {
-        return (lrelu(x), dy);
+    match kernels::lrelu_gate(x.clone(), dx, LRELU_SLOPE as f32) {
+        Ok(dy) => (lrelu(x), dy),
+        Err((copy, dx)) => {
+            drop(copy);
+            let negative = x.clone().lower_equal_elem(0.0);
+            let dy = dx.clone().mask_where(negative, dx.mul_scalar(LRELU_SLOPE));
+            (lrelu(x), dy)
+        }
     }
-    let negative = x.clone().lower_equal_elem(0.0);
-    let dy = dx.clone().mask_where(negative, dx.mul_scalar(LRELU_SLOPE));
-    (lrelu(x), dy)
 }
 
 /// Nearest-neighbour 2x upsampling (`upscale2d` in the official code).
@@ -66,13 +49,11 @@ pub fn lrelu_jvp<B: Backend, const D: usize>(
 /// - x: `[N, C, H, W]`
 /// - output: `[N, C, 2H, 2W]`
 pub fn upsample2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    // One fused op on the CPU backends (flex_resample.rs).
-    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
-        return cast(flex_resample::upsample2x_autodiff(cast(x)));
-    }
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        return cast(flex_resample::upsample2x_flex(cast(x)));
-    }
+    // One fused op where the backend has one (kernels.rs).
+    let x = match kernels::upsample2x(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h, 1, w, 1])
         .expand([n, c, h, 2, w, 2])
@@ -93,13 +74,11 @@ pub fn upsample2x_jvp<B: Backend>(
 /// - x: `[N, C, H, W]` with even `H`, `W`
 /// - output: `[N, C, H/2, W/2]`
 pub fn downsample2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    // One fused op on the CPU backends (flex_resample.rs).
-    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
-        return cast(flex_resample::downsample2x_autodiff(cast(x)));
-    }
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        return cast(flex_resample::downsample2x_flex(cast(x)));
-    }
+    // One fused op where the backend has one (kernels.rs).
+    let x = match kernels::downsample2x(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false)
 }
 

@@ -171,7 +171,6 @@ mod tests {
         let g = ModelConfig::paper(1024).init_generator::<TestBackend>(&Default::default());
         // dense 512→8192, 17 conv3x3, 9 toRGB (Table 2 of the paper: 23.1M)
         assert_eq!(g.num_params(), 23_086_795);
-        assert_eq!((g.num_params() as f64 / 1e5).round() / 10.0, 23.1);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - the layers: equalized learning rate ([`equalized`]), pixel norm,
 //!   minibatch stddev, resampling, each with a forward-mode derivative (JVP);
 //! - [`penalty`]: WGAN-GP and R1 penalties whose parameter gradients are
-//!   exact without double backward.
+//!   exact without double backward;
+//! - [`kernels`]: the one dispatch point to a backend's own kernels (`pgan-flex` on the CPU,
+//!   also for the trainer's Adam step); the layers stay generic over `B: Backend`.
 //!
 //! Losses, optimisers, data and the training schedule live elsewhere.
 
@@ -18,29 +20,19 @@
 
 pub mod blocks;
 pub mod config;
-pub mod cpu_conv;
 pub mod discriminator;
 pub mod equalized;
-mod filter_cache;
-pub mod flex_conv;
-mod flex_pointwise;
-mod flex_resample;
+mod error;
 pub mod functional;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod gpu_conv;
 pub mod generator;
+pub mod kernels;
 pub mod minibatch_stddev;
 pub mod penalty;
 pub mod pixel_norm;
-mod winograd;
-
-#[cfg(feature = "cuda")]
-mod cuda;
-#[cfg(feature = "cuda")]
-pub use cuda::cuda_available;
 
 pub use config::ModelConfig;
 pub use discriminator::Discriminator;
+pub use error::ModelConfigError;
 pub use generator::Generator;
 pub use penalty::Penalty;
 

@@ -216,7 +216,7 @@ mod tests {
 
     /// The f32 noise of a central difference of `P` at h = 2e-4, relative to the largest
     /// gradient: a change of summation order in the convolutions alone moves the FD of a
-    /// near-zero gradient element by ~1e-4 of it (cpu_conv.rs's gemm vs burn-flex's; the
+    /// near-zero gradient element by ~1e-4 of it (pgan-flex's gemm vs burn-flex's; the
     /// Winograd input gradient read from the forward's transformed filters). Both the smoothness
     /// check and the comparison use it, so an element is not rejected as "straddling a kink" for
     /// noise the comparison itself accepts.

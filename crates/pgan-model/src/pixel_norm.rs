@@ -1,13 +1,9 @@
 //! Pixelwise feature vector normalisation (Karras et al. 2018, §4.2).
 
-use core::any::TypeId;
-
-use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::flex_conv::cast;
-use crate::flex_pointwise;
+use crate::kernels;
 
 /// `epsilon` of the official `pixel_norm`.
 pub const PIXEL_NORM_EPS: f64 = 1e-8;
@@ -19,19 +15,15 @@ pub const PIXEL_NORM_EPS: f64 = 1e-8;
 /// - x: `[N, C, ...]` (also used on latents `[N, D]`)
 /// - output: same as `x`
 pub fn pixel_norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    // One fused op on the CPU backends (flex_pointwise.rs).
-    let eps = PIXEL_NORM_EPS as f32;
-    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
-        return cast(flex_pointwise::pixel_norm_autodiff::<D>(cast(x), eps));
+    // One fused op where the backend has one (kernels.rs).
+    match kernels::pixel_norm(x, PIXEL_NORM_EPS as f32) {
+        Ok(y) => y,
+        Err(x) => pixel_norm_ops(x),
     }
-    if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        return cast(flex_pointwise::pixel_norm_flex::<D>(cast(x), eps));
-    }
-    pixel_norm_ops(x)
 }
 
-/// [`pixel_norm`] written with burn's tensor ops (every backend but the CPU ones).
-pub(crate) fn pixel_norm_ops<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+/// [`pixel_norm`] written with burn's tensor ops (every backend without its own kernel).
+fn pixel_norm_ops<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let r = rms(x.clone());
     x / r
 }

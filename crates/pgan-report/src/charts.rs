@@ -7,6 +7,9 @@
 //! NaN and infinite values are not drawn: the line is broken there and the
 //! chart carries a note listing where they were. Ticks with
 //! `"Event/rollback"` set are marked with a red line.
+//!
+//! The series keys are the trainer's own ([`pgan_spec::metrics`]); a test checks that every
+//! series is a key the trainer writes.
 
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
@@ -18,8 +21,10 @@ use crate::run::{Segment, Tick};
 /// Pixel size of each chart's SVG (the page scales it to its column width).
 pub const CHART_SIZE: (u32, u32) = (720, 320);
 
+use pgan_spec::metrics as key;
+
 /// Key marking a tick on which the trainer rolled back to a checkpoint.
-pub const ROLLBACK_KEY: &str = "Event/rollback";
+pub const ROLLBACK_KEY: &str = key::ROLLBACK;
 
 /// What one chart plots.
 #[derive(Debug, Clone, Copy)]
@@ -40,52 +45,46 @@ pub const CHARTS: &[ChartSpec] = &[
     ChartSpec {
         title: "Losses",
         y_desc: "loss",
-        series: &[("Loss/D", "D loss"), ("Loss/G", "G loss")],
+        series: &[(key::LOSS_D, "D loss"), (key::LOSS_G, "G loss")],
         optional: false,
     },
     ChartSpec {
         title: "Gradient penalty and drift",
         y_desc: "loss term",
         series: &[
-            ("Loss/D/penalty", "gradient penalty"),
-            ("Loss/D/drift", "drift"),
+            (key::LOSS_D_PENALTY, "gradient penalty"),
+            (key::LOSS_D_DRIFT, "drift"),
         ],
         optional: false,
     },
     ChartSpec {
         title: "Discriminator outputs",
         y_desc: "mean D(x)",
-        series: &[("D/real", "D(real)"), ("D/fake", "D(fake)")],
+        series: &[(key::D_REAL, "D(real)"), (key::D_FAKE, "D(fake)")],
         optional: false,
     },
     ChartSpec {
         title: "Gradient norms",
         y_desc: "L2 norm",
-        series: &[("Grad/G/norm", "G"), ("Grad/D/norm", "D")],
+        series: &[(key::GRAD_G_NORM, "G"), (key::GRAD_D_NORM, "D")],
         optional: false,
     },
     ChartSpec {
         title: "Sliced Wasserstein distance",
         y_desc: "SWD (lower is better)",
-        series: &[
-            ("Metrics/swd", "fake vs real"),
-            ("Metrics/swd_real", "real vs real"),
-        ],
+        series: &[(key::SWD, "fake vs real")],
         optional: true,
     },
     ChartSpec {
         title: "MS-SSIM between samples",
         y_desc: "MS-SSIM",
-        series: &[
-            ("Metrics/msssim_fake", "fake"),
-            ("Metrics/msssim_real", "real"),
-        ],
+        series: &[(key::MSSSIM_FAKE, "fake"), (key::MSSSIM_REAL, "real")],
         optional: true,
     },
     ChartSpec {
         title: "Training speed",
         y_desc: "images / s",
-        series: &[("Speed/img_per_s", "images/s")],
+        series: &[(key::IMG_PER_S, "images/s")],
         optional: false,
     },
 ];
@@ -540,6 +539,27 @@ mod tests {
         assert!(chart.notes[1].contains("line 4"));
         assert_eq!(chart.legend.len(), 2);
         assert_eq!(chart.legend[0].points, 3);
+    }
+
+    /// A series whose key the trainer never writes would be an empty chart line in every report.
+    #[test]
+    fn every_chart_series_is_a_key_the_trainer_writes() {
+        for chart in CHARTS {
+            assert!(!chart.series.is_empty(), "{} has no series", chart.title);
+            for (series, _) in chart.series {
+                assert!(
+                    key::is_written(series),
+                    "{}: the trainer never writes {series}",
+                    chart.title
+                );
+                // A chart shown on every report must have data on every healthy tick.
+                assert!(
+                    chart.optional || key::EVERY_TICK.contains(series),
+                    "{}: {series} is not written every tick, so the chart must be optional",
+                    chart.title
+                );
+            }
+        }
     }
 
     #[test]

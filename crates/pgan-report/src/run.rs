@@ -60,24 +60,25 @@ impl Tick {
 
     /// Training progress in thousands of real images shown (`kimg`), if finite.
     pub fn kimg(&self) -> Option<f64> {
-        self.finite("kimg")
+        self.finite(pgan_spec::metrics::KIMG)
     }
 
     /// Output resolution (side length in pixels) at this tick.
     pub fn resolution(&self) -> Option<u32> {
-        self.finite("resolution")
+        self.finite(pgan_spec::metrics::RESOLUTION)
             .filter(|r| *r >= 1.0 && *r <= f64::from(u32::MAX))
             .map(|r| r.round() as u32)
     }
 
     /// Growth stage index at this tick.
     pub fn stage(&self) -> Option<i64> {
-        self.finite("stage").map(|s| s.round() as i64)
+        self.finite(pgan_spec::metrics::STAGE)
+            .map(|s| s.round() as i64)
     }
 
     /// Training phase at this tick (`"fade"`, `"stable"`, ...).
     pub fn phase(&self) -> Option<&str> {
-        self.text("phase")
+        self.text(pgan_spec::metrics::PHASE)
     }
 
     /// Keys whose numeric value on this line is NaN or infinite.
@@ -341,7 +342,7 @@ impl RunData {
         if !dir.is_dir() {
             return Err(ReportError::MissingRunDir(dir.to_path_buf()));
         }
-        let metrics_path = dir.join("metrics.jsonl");
+        let metrics_path = dir.join(pgan_spec::metrics::METRICS_FILE);
         let metrics = match fs::read(&metrics_path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

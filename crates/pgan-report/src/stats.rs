@@ -3,14 +3,9 @@
 
 use crate::run::{Segment, Tick};
 
-/// Key of the wall-clock seconds since the start of training.
-const TIME: &str = "time_s";
-/// Key of the throughput.
-const IMG_PER_S: &str = "Speed/img_per_s";
-/// Key of the seconds per kimg.
-const SEC_PER_KIMG: &str = "Speed/sec_per_kimg";
-/// Key of peak resident memory.
-const PEAK_RSS: &str = "Mem/peak_rss_mb";
+use pgan_spec::metrics::{
+    IMG_PER_S, KIMG, PEAK_RSS_MB as PEAK_RSS, SEC_PER_KIMG, TICK, TIME_S as TIME,
+};
 
 /// One row of the per-resolution table.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +88,7 @@ pub fn compute(ticks: &[Tick], segments: &[Segment]) -> RunStats {
     }
     non_finite_keys.sort();
 
-    let kimg = latest(ticks, "kimg");
+    let kimg = latest(ticks, KIMG);
     let elapsed_s = latest(ticks, TIME);
     let avg_img_per_s = match (kimg, elapsed_s) {
         (Some(k), Some(t)) if t > 0.0 => Some(k * 1000.0 / t),
@@ -102,7 +97,7 @@ pub fn compute(ticks: &[Tick], segments: &[Segment]) -> RunStats {
 
     RunStats {
         ticks: ticks.len(),
-        last_tick: latest(ticks, "tick").map(|v| v.round() as i64),
+        last_tick: latest(ticks, TICK).map(|v| v.round() as i64),
         kimg,
         resolution: ticks.iter().rev().find_map(Tick::resolution),
         stage: ticks.iter().rev().find_map(Tick::stage),
@@ -115,7 +110,10 @@ pub fn compute(ticks: &[Tick], segments: &[Segment]) -> RunStats {
         peak_rss_mb: max(ticks.iter().filter_map(|t| t.finite(PEAK_RSS))),
         rollbacks: ticks
             .iter()
-            .filter(|t| t.finite("Event/rollback").is_some_and(|v| v != 0.0))
+            .filter(|t| {
+                t.finite(pgan_spec::metrics::ROLLBACK)
+                    .is_some_and(|v| v != 0.0)
+            })
             .count(),
         non_finite,
         non_finite_keys,

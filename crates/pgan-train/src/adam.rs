@@ -1,38 +1,22 @@
 //! Adam (Kingma & Ba 2015) for G and D: burn's own [`Adam`] on every backend, with the update
-//! of each parameter as one fused, multi-threaded pass on the CPU backend (`Flex`).
-//!
-//! burn's `Adam` writes the update as ~13 element-wise tensor ops per parameter (two moments,
-//! the bias-corrected step, the subtraction), and flex runs each of them as a separate pass on
-//! one thread. At 4x4 and 8x8 that was a visible share of a CPU training step, where the
-//! convolutions are small (docs/BENCHMARKS.md). [`FusedAdam`] computes the same expressions, in
-//! the same order and in `f32`, so its result equals burn's bit for bit (a test checks it), and
-//! keeps burn's [`AdamState`] as its state: optimizer records and checkpoints are the same
-//! either way.
+//! of each parameter as one fused, multi-threaded pass where the backend has one
+//! (`pgan_model::kernels::adam_step`, `pgan-flex` on the CPU). The fused pass computes the same
+//! expressions, in the same order and in `f32`, so its result equals burn's bit for bit (a test
+//! checks it), and [`FusedAdam`] keeps burn's [`AdamState`] as its state: optimizer records and
+//! checkpoints are the same either way.
 
-use core::any::TypeId;
-
-use burn::backend::flex::FlexTensor;
-use burn::backend::Flex;
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{
-    Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, SimpleOptimizer,
-};
+use burn::optim::{Adam, AdamConfig, AdamState, LearningRate, SimpleOptimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
-use pgan_model::flex_conv::cast;
-use rayon::prelude::*;
-
-/// Elements per parallel task.
-const CHUNK: usize = 1 << 14;
+use burn::tensor::Tensor;
+use pgan_model::kernels::{self, AdamParams};
 
 /// Adam without weight decay or AMSGrad (what ProGAN uses: β1 0, β2 0.99, ε 1e-8).
 #[derive(Clone)]
 pub struct FusedAdam {
-    beta_1: f32,
-    beta_2: f32,
-    epsilon: f32,
-    /// The same optimizer as burn writes it, for every backend but `Flex`.
+    params: AdamParams,
+    /// The same optimizer as burn writes it, for backends without a fused step.
     burn: Adam,
 }
 
@@ -45,9 +29,11 @@ impl FusedAdam {
             .with_epsilon(epsilon)
             .build();
         Self {
-            beta_1,
-            beta_2,
-            epsilon,
+            params: AdamParams {
+                beta_1,
+                beta_2,
+                epsilon,
+            },
             burn,
         }
     }
@@ -55,67 +41,6 @@ impl FusedAdam {
     /// The optimizer for a whole module (burn's adaptor: per-parameter state by `ParamId`).
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
         OptimizerAdaptor::from(self)
-    }
-
-    /// One step on a CPU parameter: both moments and the parameter updated in place.
-    fn step_flex(
-        &self,
-        lr: LearningRate,
-        param: FlexTensor,
-        grad: FlexTensor,
-        state: Option<AdaptiveMomentumState<Flex, 1>>,
-    ) -> (FlexTensor, AdaptiveMomentumState<Flex, 1>) {
-        let shape = param.shape();
-        let n = shape.num_elements();
-        let mut param = dense(param);
-        let grad = dense(grad);
-        let g = &grad.storage::<f32>()[..n];
-        let (time, first, mut m1, mut m2) = match state {
-            Some(s) => (
-                s.time + 1,
-                false,
-                dense(s.moment_1.into_primitive().tensor()),
-                dense(s.moment_2.into_primitive().tensor()),
-            ),
-            None => {
-                let zeros = || FlexTensor::from_data(TensorData::new(vec![0f32; n], shape.clone()));
-                (1, true, zeros(), zeros())
-            }
-        };
-        // The scalars exactly as burn's `AdaptiveMomentum::transform` computes them.
-        let (b1, b2) = (self.beta_1, self.beta_2);
-        let (f1, f2) = (1.0 - b1, 1.0 - b2);
-        let bc2 = (1.0 - b2.powi(time as i32)).sqrt();
-        let factor = bc2 / (1.0 - b1.powi(time as i32));
-        let eps = self.epsilon * bc2;
-        let lr = lr as f32;
-        let p = &mut param.storage_mut::<f32>()[..n];
-        let m1s = &mut m1.storage_mut::<f32>()[..n];
-        let m2s = &mut m2.storage_mut::<f32>()[..n];
-        p.par_chunks_mut(CHUNK)
-            .zip(m1s.par_chunks_mut(CHUNK))
-            .zip(m2s.par_chunks_mut(CHUNK))
-            .zip(g.par_chunks(CHUNK))
-            // `move`: the scalars are the closure's own, not reloaded after every store.
-            .for_each(move |(((p, m1), m2), g)| {
-                for (((p, m1), m2), &g) in p.iter_mut().zip(m1).zip(m2).zip(g) {
-                    // burn: m1·β1 + g·(1 − β1); on the first step g·(1 − β1) alone.
-                    let (new1, new2) = if first {
-                        (g * f1, (g * g) * f2)
-                    } else {
-                        (*m1 * b1 + g * f1, *m2 * b2 + (g * g) * f2)
-                    };
-                    *m1 = new1;
-                    *m2 = new2;
-                    let update = (new1 * factor) / (new2.sqrt() + eps);
-                    *p -= update * lr;
-                }
-            });
-        let to_tensor =
-            |t: FlexTensor| Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(t));
-        // The moments keep the parameter's shape; the rank is restored by the caller.
-        let state = AdaptiveMomentumState::new(time, to_tensor(m1), to_tensor(m2));
-        (param, state)
     }
 }
 
@@ -129,33 +54,12 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
         grad: Tensor<B, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let fused = TypeId::of::<B>() == TypeId::of::<Flex>()
-            && tensor.dtype() == DType::F32
-            && grad.dtype() == DType::F32;
-        if !fused {
-            return SimpleOptimizer::<B>::step(&self.burn, lr, tensor, grad, state);
+        match kernels::adam_step(self.params, lr, tensor, grad, state) {
+            Ok((tensor, state)) => (tensor, Some(state)),
+            Err((tensor, grad, state)) => {
+                SimpleOptimizer::<B>::step(&self.burn, lr, tensor, grad, state)
+            }
         }
-        let dims = tensor.shape();
-        let flat = |t: Tensor<B, D>| -> FlexTensor {
-            let n = t.shape().num_elements();
-            cast::<_, Tensor<Flex, D>>(t)
-                .reshape([n])
-                .into_primitive()
-                .tensor()
-        };
-        let flat_state = state.map(|s| {
-            let m = s.momentum;
-            AdaptiveMomentumState::new(
-                m.time,
-                Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(flat(m.moment_1))),
-                Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(flat(m.moment_2))),
-            )
-        });
-        let (param, m) = self.step_flex(lr, flat(tensor), flat(grad), flat_state);
-        let back = |t: Tensor<Flex, 1>| cast::<_, Tensor<B, D>>(t.reshape::<D, _>(dims.clone()));
-        let param = back(Tensor::from_primitive(TensorPrimitive::Float(param)));
-        let momentum = AdaptiveMomentumState::new(m.time, back(m.moment_1), back(m.moment_2));
-        (param, Some(AdamState::new(momentum)))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
@@ -163,19 +67,10 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
     }
 }
 
-/// The tensor with its elements in row-major order from the start of its buffer.
-fn dense(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Autodiff;
+    use burn::backend::{Autodiff, Flex};
     use burn::module::{Module, Param};
     use burn::optim::{GradientsParams, Optimizer};
     use burn::tensor::Distribution;

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use pgan_spec::metrics as key;
+
 use crate::config::AlarmConfig;
 use crate::eval::EvalReport;
 use crate::stats::TickStats;
@@ -23,7 +25,7 @@ impl Alarms {
     /// Warnings raised by one tick's averages.
     pub fn check_tick(&self, tick: &TickStats) -> Vec<String> {
         let mut out = Vec::new();
-        if let (Some(real), Some(fake)) = (tick.mean("D/real"), tick.mean("D/fake")) {
+        if let (Some(real), Some(fake)) = (tick.mean(key::D_REAL), tick.mean(key::D_FAKE)) {
             let gap = real - fake;
             if gap.abs() > self.config.max_d_gap {
                 out.push(format!(
@@ -33,7 +35,7 @@ impl Alarms {
                 ));
             }
         }
-        if let Some(norm) = tick.mean("Grad/G/norm") {
+        if let Some(norm) = tick.mean(key::GRAD_G_NORM) {
             if norm < self.config.min_g_grad_norm {
                 out.push(format!(
                     "generator gradient norm {norm:.2e} is below {:.0e}: vanishing gradients, \

@@ -3,7 +3,6 @@
 //! is a clear error instead of a panic deep inside a driver.
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
 
 use crate::config::BackendKind;
 use crate::error::{Result, TrainError};
@@ -58,10 +57,16 @@ fn gpu_settings(backend: &str) -> Result<bool> {
         backend: backend.into(),
         message: e.to_string(),
     })?;
-    match std::env::var(FUSION_ENV).as_deref().map(str::trim) {
-        Err(_) | Ok("") | Ok("on") | Ok("1") | Ok("true") => Ok(true),
-        Ok("off") | Ok("0") | Ok("false") => Ok(false),
-        Ok(other) => Err(TrainError::Backend {
+    fusion_setting(std::env::var(FUSION_ENV).ok().as_deref(), backend)
+}
+
+/// Parses a `PGAN_GPU_FUSION` value (`None` when unset).
+#[allow(dead_code)]
+fn fusion_setting(value: Option<&str>, backend: &str) -> Result<bool> {
+    match value.map(str::trim) {
+        None | Some("") | Some("on") | Some("1") | Some("true") => Ok(true),
+        Some("off") | Some("0") | Some("false") => Ok(false),
+        Some(other) => Err(TrainError::Backend {
             backend: backend.into(),
             message: format!("{FUSION_ENV}={other:?}: expected `on` or `off`"),
         }),
@@ -80,11 +85,11 @@ fn run_wgpu<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
     };
     if gpu_settings("wgpu")? {
         type B = burn::backend::Autodiff<pgan_cube::WgpuFused>;
-        probe::<B>(&device, "wgpu")?;
+        probe::<B>(&device, "wgpu", index)?;
         job.run::<B>(device)
     } else {
         type B = burn::backend::Autodiff<pgan_cube::WgpuPlain>;
-        probe::<B>(&device, "wgpu")?;
+        probe::<B>(&device, "wgpu", index)?;
         job.run::<B>(device)
     }
 }
@@ -98,7 +103,9 @@ fn run_wgpu<J: BackendJob>(_index: usize, _job: J) -> Result<J::Output> {
 fn run_cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
     use burn::backend::cuda::CudaDevice;
     type B = burn::backend::Autodiff<pgan_cube::CudaFused>;
-    if !pgan_model::cuda_available() {
+    // cubecl loads libcuda lazily and panics inside its loader when the driver is missing: look
+    // for the driver's files first, so that no driver code runs on a machine without one.
+    if !cuda_driver_files_present() {
         return Err(TrainError::Backend {
             backend: "cuda".into(),
             message: "no CUDA device or driver found on this machine".into(),
@@ -106,11 +113,11 @@ fn run_cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
     }
     let device = CudaDevice::new(index);
     if gpu_settings("cuda")? {
-        probe::<B>(&device, "cuda")?;
+        probe::<B>(&device, "cuda", index)?;
         job.run::<B>(device)
     } else {
         type Plain = burn::backend::Autodiff<pgan_cube::CudaPlain>;
-        probe::<Plain>(&device, "cuda")?;
+        probe::<Plain>(&device, "cuda", index)?;
         job.run::<Plain>(device)
     }
 }
@@ -120,7 +127,43 @@ fn run_cuda<J: BackendJob>(_index: usize, _job: J) -> Result<J::Output> {
     Err(not_compiled("cuda"))
 }
 
-#[allow(dead_code)]
+/// Whether an NVIDIA device node and a `libcuda.so` on the usual library paths exist.
+#[cfg(feature = "cuda")]
+fn cuda_driver_files_present() -> bool {
+    use std::path::Path;
+    let node = ["/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !node {
+        return false;
+    }
+    let mut dirs: Vec<String> = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    dirs.extend(
+        [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib",
+            "/usr/local/cuda/lib64",
+            "/usr/local/cuda/compat",
+            "/usr/lib/wsl/lib",
+            "/usr/local/nvidia/lib64",
+        ]
+        .map(str::to_owned),
+    );
+    dirs.iter().any(|d| {
+        ["libcuda.so", "libcuda.so.1"]
+            .iter()
+            .any(|lib| Path::new(d).join(lib).exists())
+    })
+}
+
+#[cfg(not(all(feature = "wgpu", feature = "cuda")))]
 fn not_compiled(name: &str) -> TrainError {
     TrainError::Backend {
         backend: name.into(),
@@ -137,8 +180,9 @@ fn not_compiled(name: &str) -> TrainError {
 /// requested index, no driver), the informative panic is on that thread and the caller only sees
 /// a closed channel. A temporary panic hook keeps the first panic message of any thread, so the
 /// error says what the driver said, and nothing is printed as a crash.
-#[allow(dead_code)]
-fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probe<B: AutodiffBackend>(device: &B::Device, name: &str, index: usize) -> Result<()> {
+    use burn::tensor::ElementConversion;
     use std::sync::{Arc, Mutex};
     let first_panic: Arc<Mutex<Option<String>>> = Arc::default();
     let previous_hook = std::panic::take_hook();
@@ -165,32 +209,21 @@ fn probe<B: AutodiffBackend>(device: &B::Device, name: &str) -> Result<()> {
             message: format!("device self-test computed {v} instead of 4"),
         }),
         Err(panic) => {
-            let why = first_panic
+            let reason = first_panic
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 .unwrap_or_else(|| panic_text(&*panic));
-            Err(TrainError::Backend {
+            Err(TrainError::NoDevice {
                 backend: name.into(),
-                message: format!("no usable device ({why}); {}", device_hint(name)),
+                index,
+                reason,
             })
         }
     }
 }
 
-/// What `--device` means for each backend, for the no-device error.
-#[allow(dead_code)]
-fn device_hint(name: &str) -> &'static str {
-    match name {
-        "wgpu" => {
-            "--device 0 is wgpu's preferred adapter (a software one such as Mesa's lavapipe \
-                   if there is no GPU), --device N > 0 the N-th discrete GPU"
-        }
-        _ => "--device N is the N-th device the driver lists, from 0 (see nvidia-smi)",
-    }
-}
-
-#[allow(dead_code)]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<String>()
@@ -256,6 +289,7 @@ pub fn release_device_memory(kind: BackendKind, index: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::ElementConversion;
 
     struct Sum;
     impl BackendJob for Sum {
@@ -271,22 +305,31 @@ mod tests {
     #[test]
     fn cpu_is_always_available() {
         assert_eq!(dispatch(BackendKind::Cpu, 0, Sum).unwrap(), 3.0);
-        assert!(compiled_backends().contains(&BackendKind::Cpu));
         let cpu: burn::backend::flex::FlexDevice = Default::default();
         assert_eq!(device_memory(&cpu), None, "the CPU has no device pool");
     }
 
-    #[cfg(feature = "wgpu")]
     #[test]
-    fn a_bad_fusion_setting_is_a_clear_error() {
-        // Only this test of this binary touches a GPU backend, so the variable races with nothing.
-        std::env::set_var(FUSION_ENV, "maybe");
-        let err = dispatch(BackendKind::Wgpu, 0, Sum).unwrap_err().to_string();
-        std::env::remove_var(FUSION_ENV);
+    fn fusion_settings_parse_and_a_bad_one_is_a_clear_error() {
+        assert!(fusion_setting(None, "wgpu").unwrap());
+        assert!(fusion_setting(Some("on"), "wgpu").unwrap());
+        assert!(!fusion_setting(Some(" off "), "cuda").unwrap());
+        let err = fusion_setting(Some("maybe"), "wgpu").unwrap_err().to_string();
         assert!(
             err.contains("PGAN_GPU_FUSION") && err.contains("maybe") && err.contains("`off`"),
             "{err}"
         );
+    }
+
+    /// Without the driver's files, no driver code runs; with them, the probe answers either way.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn a_machine_without_the_cuda_driver_is_an_error_not_a_panic() {
+        let result = dispatch(BackendKind::Cuda, 0, Sum);
+        if !cuda_driver_files_present() {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("no CUDA device or driver"), "{err}");
+        }
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -10,14 +10,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
+use burn::optim::Optimizer;
 use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use pgan_data::BatchSampler;
+use pgan_model::{Generator, ModelConfig};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::fsutil::{write_atomic, write_dir_atomic};
+use crate::nets::Nets;
 
 /// Version of the checkpoint layout; bumped on incompatible changes.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -290,6 +293,79 @@ fn checksums(dir: &Path) -> Result<BTreeMap<String, u32>> {
 /// `FileRecorder` extension of [`CheckpointRecorder`], for messages.
 pub fn record_extension() -> &'static str {
     <CheckpointRecorder as FileRecorder<burn::backend::Flex>>::file_extension()
+}
+
+/// Writes the checkpoint of a training run at `state.images_shown`: G, D, G_ema, both
+/// optimizers' moments and the state. The one place a training checkpoint is written.
+pub(crate) fn save_training<B: AutodiffBackend>(
+    run_dir: &Path,
+    state: &TrainState,
+    nets: &Nets<B>,
+) -> Result<PathBuf> {
+    write_checkpoint(run_dir, state, |dir| {
+        save_module(nets.g.clone(), dir, GENERATOR)?;
+        save_module(nets.d.clone(), dir, DISCRIMINATOR)?;
+        save_module(nets.g_ema.clone(), dir, GENERATOR_EMA)?;
+        save_record::<B, _>(nets.optim_g.to_record(), dir, OPTIM_G)?;
+        save_record::<B, _>(nets.optim_d.to_record(), dir, OPTIM_D)?;
+        Ok(())
+    })
+}
+
+/// Reads the networks and optimizers of a training checkpoint into `fresh` ones (which fix
+/// the structure and parameter ids); the caller has checked the state with [`read_state`].
+pub(crate) fn load_training<B: AutodiffBackend>(
+    ckpt: &Path,
+    fresh: Nets<B>,
+    device: &B::Device,
+) -> Result<Nets<B>> {
+    Ok(Nets {
+        g: load_module(fresh.g, ckpt, GENERATOR, device)?,
+        d: load_module(fresh.d, ckpt, DISCRIMINATOR, device)?,
+        g_ema: load_module(fresh.g_ema, ckpt, GENERATOR_EMA, device)?,
+        optim_g: fresh
+            .optim_g
+            .load_record(load_record::<B, _>(ckpt, OPTIM_G, device)?),
+        optim_d: fresh
+            .optim_d
+            .load_record(load_record::<B, _>(ckpt, OPTIM_D, device)?),
+    })
+}
+
+/// A generator restored from a checkpoint, with where in the schedule it was saved.
+pub struct LoadedGenerator<B: Backend> {
+    /// The network.
+    pub generator: Generator<B>,
+    /// Its configuration.
+    pub model: ModelConfig,
+    /// The checkpoint's state (stage, alpha, kimg...).
+    pub state: TrainState,
+}
+
+/// Loads the EMA (or, with `raw`, the raw) generator of a checkpoint folder, for rendering,
+/// evaluation and export.
+pub fn load_generator<B: Backend>(
+    ckpt: &Path,
+    raw: bool,
+    device: &B::Device,
+) -> Result<LoadedGenerator<B>> {
+    let state = read_state(ckpt)?;
+    let model: ModelConfig =
+        serde_json::from_value(state.model.clone()).map_err(|e| TrainError::Checkpoint {
+            path: ckpt.to_path_buf(),
+            message: format!("unreadable model configuration: {e}"),
+        })?;
+    model.validate().map_err(|e| TrainError::Checkpoint {
+        path: ckpt.to_path_buf(),
+        message: format!("its model configuration cannot build a network: {e}"),
+    })?;
+    let stem = if raw { GENERATOR } else { GENERATOR_EMA };
+    let generator = load_module(model.init_generator::<B>(device), ckpt, stem, device)?;
+    Ok(LoadedGenerator {
+        generator,
+        model,
+        state,
+    })
 }
 
 #[cfg(test)]

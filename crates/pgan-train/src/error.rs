@@ -50,6 +50,26 @@ pub enum TrainError {
         /// Why it cannot be used.
         message: String,
     },
+    /// The backend is compiled in but has no device at this index, or its driver failed.
+    #[error("backend {backend}: no usable device {index} ({reason})")]
+    NoDevice {
+        /// `wgpu` or `cuda`.
+        backend: String,
+        /// The device index asked for.
+        index: usize,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The dataset's top level is below the resolution the model trains to.
+    #[error("dataset {}: its resolution {dataset}x{dataset} is below the config's model.resolution {model}x{model}", path.display())]
+    DatasetBelowModel {
+        /// The `.pgan` file.
+        path: PathBuf,
+        /// Its top resolution.
+        dataset: u32,
+        /// The config's `model.resolution`.
+        model: u32,
+    },
     /// Training diverged and could not be recovered.
     #[error("training diverged: {0}")]
     Diverged(String),

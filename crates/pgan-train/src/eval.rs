@@ -7,12 +7,14 @@ use burn::tensor::{Tensor, TensorData};
 use pgan_data::{BatchSampler, PyramidReader};
 use pgan_metrics::{pairwise_ms_ssim, sliced_wasserstein, ImageSet, SwdConfig, SwdReport};
 use pgan_model::{Generator, ModelConfig};
-use rand::{Rng, SeedableRng};
+use pgan_spec::metrics as key;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 use serde::Serialize;
 
+use crate::checkpoint::load_generator;
 use crate::error::Result;
+use crate::latents::latent_values;
 use crate::schedule::Phase;
 
 /// How much to evaluate.
@@ -46,13 +48,13 @@ impl EvalReport {
     pub fn rows(&self) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
         if let Some(v) = self.swd_mean {
-            out.push(("Metrics/swd", v));
+            out.push((key::SWD, v));
         }
         if let Some(v) = self.msssim_fake {
-            out.push(("Metrics/msssim_fake", v));
+            out.push((key::MSSSIM_FAKE, v));
         }
         if let Some(v) = self.msssim_real {
-            out.push(("Metrics/msssim_real", v));
+            out.push((key::MSSSIM_REAL, v));
         }
         out
     }
@@ -147,19 +149,6 @@ pub fn generate<B: Backend>(
         h: res,
         w: res,
     }
-}
-
-/// Normal latents; with `truncation = Some(ψ)`, components beyond ±ψ are redrawn.
-pub fn latent_values(rng: &mut ChaCha8Rng, count: usize, truncation: Option<f32>) -> Vec<f32> {
-    (0..count)
-        .map(|_| loop {
-            let v: f32 = rng.sample(StandardNormal);
-            match truncation {
-                Some(psi) if v.abs() > psi => continue,
-                _ => break v,
-            }
-        })
-        .collect()
 }
 
 /// `n` reals (without mirroring) at `resolution`, in a seeded order.
@@ -298,7 +287,7 @@ impl crate::backend::BackendJob for EvalRequest {
 }
 
 fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<FullEvalReport> {
-    let loaded = crate::render::load_generator::<B>(&request.checkpoint, false, device)?;
+    let loaded = load_generator::<B>(&request.checkpoint, false, device)?;
     let resolution = crate::schedule::resolution_of(loaded.state.stage);
     let say = |m: &str| {
         if request.progress {
@@ -400,19 +389,4 @@ fn split_half(set: &ImageSet) -> (ImageSet, ImageSet) {
         w: set.w,
     };
     (a, b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncation_bounds_every_latent_component() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let v = latent_values(&mut rng, 10_000, Some(0.5));
-        assert!(v.iter().all(|x| x.abs() <= 0.5));
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let v = latent_values(&mut rng, 10_000, None);
-        assert!(v.iter().any(|x| x.abs() > 2.0));
-    }
 }

@@ -14,9 +14,8 @@ use burn::module::Module;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use serde::Serialize;
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, load_generator, TrainState};
 use crate::error::{Result, TrainError};
-use crate::render::load_generator;
 
 /// Which network of a checkpoint to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

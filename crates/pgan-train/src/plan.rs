@@ -6,10 +6,12 @@ use std::fmt::Write as _;
 use pgan_model::ModelConfig;
 
 use crate::config::{LossKind, ModelPreset, ModelSection, TrainConfig};
+use crate::error::{Result, TrainError};
 use crate::schedule::{resolution_of, StageSchedule};
 
-/// The model configuration a config section describes, for a dataset with `channels` channels.
-pub fn resolve_model(section: &ModelSection, channels: usize) -> ModelConfig {
+/// The model configuration a config section describes, for a dataset with `channels` channels;
+/// an error names the `model.` key that cannot build a network.
+pub fn resolve_model(section: &ModelSection, channels: usize) -> Result<ModelConfig> {
     let mut model = match section.preset {
         ModelPreset::Paper => ModelConfig::paper(section.resolution),
         ModelPreset::CpuSmall => ModelConfig::cpu_small(section.resolution),
@@ -30,7 +32,13 @@ pub fn resolve_model(section: &ModelSection, channels: usize) -> ModelConfig {
     if let Some(v) = section.mbstd_group_size {
         model.mbstd_group_size = v;
     }
-    model
+    // Every `ModelConfigError` message starts with the field's name: prefixed with the config
+    // section, it names the key.
+    model.validate().map_err(|e| TrainError::Config {
+        path: None,
+        message: format!("model.{e}"),
+    })?;
+    Ok(model)
 }
 
 /// Parameter counts of G and D (all blocks, as stored in checkpoints).
@@ -176,7 +184,7 @@ mod tests {
         )
         .unwrap();
         config.run.backend = crate::config::BackendKind::Cpu;
-        let model = resolve_model(&config.model, 3);
+        let model = resolve_model(&config.model, 3).unwrap();
         let (g, d) = parameter_counts(&model);
         let plan = describe(&config, &model);
         assert!(

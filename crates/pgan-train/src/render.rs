@@ -9,16 +9,13 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use pgan_model::{Generator, ModelConfig};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::backend::BackendJob;
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, load_generator, LoadedGenerator};
 use crate::error::{Result, TrainError};
-use crate::eval::latent_values;
 use crate::images::{grid, save_gif, save_png, upscale_cells, HostImages};
+use crate::latents::{latent_for_seed, slerp};
 
 /// What to render.
 #[derive(Clone, Debug)]
@@ -76,64 +73,6 @@ impl BackendJob for RenderRequest {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RenderOutput> {
         render::<B::InnerBackend>(&self, &device)
     }
-}
-
-/// A generator restored from a checkpoint, with where in the schedule it was saved.
-pub struct LoadedGenerator<B: Backend> {
-    /// The network.
-    pub generator: Generator<B>,
-    /// Its configuration.
-    pub model: ModelConfig,
-    /// The checkpoint's state (stage, alpha, kimg...).
-    pub state: TrainState,
-}
-
-/// Loads the EMA (or raw) generator of a checkpoint folder.
-pub fn load_generator<B: Backend>(
-    ckpt: &Path,
-    raw: bool,
-    device: &B::Device,
-) -> Result<LoadedGenerator<B>> {
-    let state = checkpoint::read_state(ckpt)?;
-    let model: ModelConfig =
-        serde_json::from_value(state.model.clone()).map_err(|e| TrainError::Checkpoint {
-            path: ckpt.to_path_buf(),
-            message: format!("unreadable model configuration: {e}"),
-        })?;
-    let stem = if raw {
-        checkpoint::GENERATOR
-    } else {
-        checkpoint::GENERATOR_EMA
-    };
-    let generator = checkpoint::load_module(model.init_generator::<B>(device), ckpt, stem, device)?;
-    Ok(LoadedGenerator {
-        generator,
-        model,
-        state,
-    })
-}
-
-/// The latent of a seed.
-pub fn latent_for_seed(seed: u64, dim: usize, truncation: Option<f32>) -> Vec<f32> {
-    latent_values(&mut ChaCha8Rng::seed_from_u64(seed), dim, truncation)
-}
-
-/// Spherical interpolation between two latents (Shoemake 1985), falling back to linear when
-/// they are (anti)parallel.
-pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    let cos =
-        (a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b))).clamp(-1.0, 1.0);
-    let omega = cos.acos();
-    let (wa, wb) = if omega.sin().abs() < 1e-6 {
-        (1.0 - t, t)
-    } else {
-        (
-            ((1.0 - t) * omega).sin() / omega.sin(),
-            (t * omega).sin() / omega.sin(),
-        )
-    };
-    a.iter().zip(b).map(|(x, y)| wa * x + wb * y).collect()
 }
 
 fn generate_rows<B: Backend>(
@@ -275,26 +214,4 @@ pub fn timeline_path(run_dir: &Path) -> PathBuf {
     run_dir
         .join(crate::run_dir::SAMPLES_DIR)
         .join("timeline.png")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slerp_hits_its_ends_and_keeps_the_norm_of_orthogonal_unit_vectors() {
-        let a = [1.0, 0.0];
-        let b = [0.0, 1.0];
-        assert_eq!(slerp(&a, &b, 0.0), vec![1.0, 0.0]);
-        let end = slerp(&a, &b, 1.0);
-        assert!((end[0]).abs() < 1e-6 && (end[1] - 1.0).abs() < 1e-6);
-        let mid = slerp(&a, &b, 0.5);
-        assert!(((mid[0] * mid[0] + mid[1] * mid[1]).sqrt() - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn a_seed_always_means_the_same_latent() {
-        assert_eq!(latent_for_seed(42, 16, None), latent_for_seed(42, 16, None));
-        assert_ne!(latent_for_seed(42, 16, None), latent_for_seed(43, 16, None));
-    }
 }

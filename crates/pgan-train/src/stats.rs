@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::error::{io_err, Result};
 
 /// Name of the metrics file inside a run directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
+pub use pgan_spec::metrics::METRICS_FILE;
 
 /// Running sums of the values reported during one tick.
 #[derive(Debug, Default)]
@@ -21,8 +21,9 @@ pub struct TickStats {
 }
 
 impl TickStats {
-    /// Adds one observation of `key`; non-finite values are counted under `<key>/nonfinite`
-    /// instead of poisoning the average.
+    /// Adds one observation of `key`. A non-finite value is left out of the average and not
+    /// counted anywhere: the loop rolls back as soon as a loss or gradient norm is non-finite,
+    /// and only reports the values of healthy steps.
     pub fn report(&mut self, key: &'static str, value: f64) {
         if value.is_finite() {
             let entry = self.sums.entry(key).or_default();
@@ -64,6 +65,16 @@ impl MetricsWriter {
             .open(&path)
             .map_err(io_err(&path, "open"))?;
         Ok(Self { path, file })
+    }
+
+    /// Drops the rows written after `images_shown` (see [`truncate_after`]) and appends to the
+    /// rewritten file from now on: the rewrite replaces the file, and a handle to the old one
+    /// would write where nobody reads.
+    pub fn truncate_after(&mut self, images_shown: u64) -> Result<()> {
+        let run_dir = self.path.parent().unwrap_or(Path::new("."));
+        truncate_after(run_dir, images_shown)?;
+        *self = Self::open(run_dir)?;
+        Ok(())
     }
 
     /// Writes one row.
@@ -132,5 +143,16 @@ mod tests {
         truncate_after(dir.path(), 2_000).unwrap();
         let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
         assert_eq!(text.lines().count(), 2);
+
+        // Through the writer, later rows land in the rewritten file.
+        w.truncate_after(1_000).unwrap();
+        let mut row = Map::new();
+        row.insert("kimg".into(), Value::from(1.5));
+        w.write(&row).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            ["{\"kimg\":1.0}", "{\"kimg\":1.5}"]
+        );
     }
 }

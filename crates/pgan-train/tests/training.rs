@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
+use pgan_train::checkpoint::load_generator;
 use pgan_train::checkpoint::{self, list_checkpoints};
 use pgan_train::config::TrainConfig;
-use pgan_train::render::load_generator;
+use pgan_train::training_loop::faults::Faults;
+use pgan_train::training_loop::train_with_faults;
 use pgan_train::{train, TrainError, TrainOptions};
 
 /// A folder of small coloured-square PNGs and its 8x8 pyramid.
@@ -155,6 +157,20 @@ fn grows_through_a_fade_and_writes_the_run_directory() {
     assert!(phases.contains(&(4, "stable".into())));
     assert!(phases.contains(&(8, "fade".into())));
     assert!(phases.contains(&(8, "stable".into())));
+    // The trainer writes the keys pgan-spec lists, which are the ones the report charts.
+    use pgan_spec::metrics::{is_written, EVERY_TICK};
+    for row in &rows {
+        let row = row.as_object().unwrap();
+        for key in row.keys() {
+            assert!(is_written(key), "{key} is not in pgan_spec::metrics");
+        }
+        for key in EVERY_TICK {
+            assert!(
+                row.get(*key).is_some_and(|v| !v.is_null()),
+                "{key} missing from a tick row"
+            );
+        }
+    }
     for key in [
         "Loss/D",
         "Loss/G",
@@ -214,6 +230,15 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     let resumed = train(second).unwrap();
     assert_eq!(resumed.run_dir, stopped.run_dir);
     assert_eq!(resumed.images_shown, straight.images_shown);
+    // The resumed session's ticks are in metrics.jsonl too, once each.
+    let kimgs = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kimg"].to_string())
+            .collect()
+    };
+    assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
 
     let (a, b) = (
         parameter_values(&resumed.checkpoint),
@@ -238,13 +263,26 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
 fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);
-    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
-    options.inject_nan_at_steps = vec![10];
-    let summary = train(options).unwrap();
+    let options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    let faults = Faults {
+        nan_loss_at_steps: vec![10],
+        ..Faults::default()
+    };
+    let summary = train_with_faults(options, faults).unwrap();
     assert_eq!(summary.rollbacks, 1);
     assert_eq!(summary.images_shown, 128);
     let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
     assert!(log.contains("rolled back"), "{log}");
+    // The rollback row the report marks: back to the checkpoint at 32 images, failure 1.
+    let metrics = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
+    let rollback: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get(pgan_spec::metrics::ROLLBACK).is_some())
+        .collect();
+    assert_eq!(rollback.len(), 1, "{metrics}");
+    assert_eq!(rollback[0][pgan_spec::metrics::KIMG], 0.032);
+    assert_eq!(rollback[0][pgan_spec::metrics::ROLLBACK], 1);
     assert!(weights(&summary.checkpoint, true)
         .iter()
         .all(|v| v.is_finite()));
@@ -254,11 +292,14 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
 fn non_finite_weights_with_finite_losses_roll_back_too() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);
-    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    let options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
     // G_ema goes NaN after step 9; no loss reads it, so the end-of-tick check (after step 11)
     // is what must find it.
-    options.inject_nan_weights_at_steps = vec![9];
-    let summary = train(options).unwrap();
+    let faults = Faults {
+        nan_weights_at_steps: vec![9],
+        ..Faults::default()
+    };
+    let summary = train_with_faults(options, faults).unwrap();
     assert_eq!(summary.rollbacks, 1);
     assert_eq!(summary.images_shown, 128);
     let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
@@ -279,8 +320,11 @@ fn a_failure_after_the_cooldown_starts_again_from_the_configured_rate() {
     // Checkpoints every 32 images (8 steps of 4). Step 10 rolls back to image 32 and lowers the
     // rate until image 48; step 25 fails long after that, so it halves the full rate again.
     options.config.recovery.cooldown_kimg = 0.016;
-    options.inject_nan_at_steps = vec![10, 25];
-    let summary = train(options).unwrap();
+    let faults = Faults {
+        nan_loss_at_steps: vec![10, 25],
+        ..Faults::default()
+    };
+    let summary = train_with_faults(options, faults).unwrap();
     assert_eq!(summary.rollbacks, 2);
     let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
     assert_eq!(log.matches("learning rate x0.5 ").count(), 2, "{log}");
@@ -363,9 +407,12 @@ fn repeated_nans_stop_with_advice() {
     let data = tiny_dataset(dir.path(), 8);
     let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
     // Step counters are restored on rollback, so the same steps fail again and again.
-    options.inject_nan_at_steps = (0..200).collect();
+    let faults = Faults {
+        nan_loss_at_steps: (0..200).collect(),
+        ..Faults::default()
+    };
     options.config.recovery.max_consecutive_failures = 2;
-    let err = train(options).unwrap_err();
+    let err = train_with_faults(options, faults).unwrap_err();
     assert!(matches!(err, TrainError::Diverged(_)), "{err}");
     assert!(err.to_string().contains("learning rate"), "{err}");
 }

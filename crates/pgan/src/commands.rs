@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
-use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainOptions};
+use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
@@ -45,6 +45,12 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
         progress: !args.quiet,
     };
     let summary = pgan_data::prepare(&options)
+        .map_err(|e| match e {
+            pgan_data::DataError::OutputExists(_) => {
+                anyhow::anyhow!("{e}; pass --force to overwrite it")
+            }
+            e => e.into(),
+        })
         .with_context(|| format!("cannot prepare {}", args.output.display()))?;
     println!("{summary}");
     Ok(ExitCode::SUCCESS)
@@ -181,7 +187,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if args.dry_run {
         let data = config.data.path.as_ref().expect("checked above");
         let reader = pgan_data::PyramidReader::open(data).context("--data")?;
-        let model = pgan_train::plan::resolve_model(&config.model, reader.channels());
+        let model = pgan_train::plan::resolve_model(&config.model, reader.channels())?;
         println!("{}", config.to_toml());
         println!("{}", pgan_train::plan::describe(&config, &model));
         return Ok(ExitCode::SUCCESS);
@@ -200,7 +206,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         eprintln!("\ninterrupt: writing a checkpoint, then exiting (Ctrl-C again to abort)");
     })
     .context("cannot install the Ctrl-C handler")?;
-    let summary = pgan_train::train(options)?;
+    let summary = pgan_train::train(options).map_err(with_flag_hint)?;
     println!("run directory: {}", summary.run_dir.display());
     println!("checkpoint:    {}", summary.checkpoint.display());
     if let Some(sample) = &summary.latest_sample {
@@ -259,7 +265,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         cell_px: args.cell_px,
         kind,
     };
-    let output = pgan_train::render(request, backend, args.device)?;
+    let output = pgan_train::render(request, backend, args.device).map_err(with_flag_hint)?;
     for file in &output.files {
         println!(
             "wrote {} ({}x{} from {})",
@@ -300,7 +306,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         seed: args.seed,
         progress: true,
     };
-    let report = pgan_train::dispatch(backend, args.device, request)?;
+    let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
     println!("{report}");
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
@@ -350,6 +356,25 @@ fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
         println!("note: {notice}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A library error with the flag that fixes it, where one flag does (the libraries name no flags).
+fn with_flag_hint(err: TrainError) -> anyhow::Error {
+    let hint = match &err {
+        TrainError::NoDevice { backend, .. } if backend == "wgpu" => {
+            "--device 0 is wgpu's preferred adapter (a software one such as Mesa's lavapipe if \
+             there is no GPU), --device N > 0 the N-th discrete GPU"
+                .to_string()
+        }
+        TrainError::NoDevice { .. } => {
+            "--device N is the N-th device the driver lists, from 0 (see nvidia-smi)".to_string()
+        }
+        TrainError::DatasetBelowModel { model, .. } => format!(
+            "prepare it again with `pgan prepare --resolution {model}`, or train at a lower --resolution"
+        ),
+        _ => return err.into(),
+    };
+    anyhow::anyhow!("{err}; {hint}")
 }
 
 /// `RRGGBB` (optionally with a leading `#`) to bytes.

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::cpu_conv::{sum_over_threads, ConvShape};
+use crate::shape::{sum_over_threads, ConvShape};
 
 /// Positions of the 4x4 transformed tile.
 const P: usize = 16;

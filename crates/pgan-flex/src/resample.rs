@@ -5,20 +5,19 @@
 //! materialises element by element through a strided iterator, with a summing reduction as its
 //! backward; the pooling and its backward are flex's generic 3-D pooling kernels. Both maps are
 //! linear and each is the other's adjoint up to a factor 4, so two plane-parallel kernels
-//! cover the four passes. Other backends keep the tensor-op versions in [`crate::functional`].
+//! cover the four passes. Other backends keep pgan-model's tensor-op versions.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::flex_conv::contiguous;
-
-type CpuAutodiff = Autodiff<Flex>;
+use crate::tensors::contiguous;
+use crate::tensors::CpuAutodiff;
 
 /// `[N, C, H, W]` → `[N, C, 2H, 2W]`, each pixel repeated 2x2 and multiplied by `scale`.
 fn repeat2x2(x: &FlexTensor, scale: f32) -> FlexTensor {
@@ -137,22 +136,22 @@ fn resample_flex(x: Tensor<Flex, 4>, which: Resample) -> Tensor<Flex, 4> {
 }
 
 /// Nearest 2x upsampling on `Autodiff<Flex>`.
-pub(crate) fn upsample2x_autodiff(x: Tensor<CpuAutodiff, 4>) -> Tensor<CpuAutodiff, 4> {
+pub fn upsample2x_autodiff(x: Tensor<CpuAutodiff, 4>) -> Tensor<CpuAutodiff, 4> {
     resample_autodiff(x, Resample::Up)
 }
 
 /// Nearest 2x upsampling on `Flex`.
-pub(crate) fn upsample2x_flex(x: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
+pub fn upsample2x_flex(x: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
     resample_flex(x, Resample::Up)
 }
 
 /// 2x2 average pooling on `Autodiff<Flex>`.
-pub(crate) fn downsample2x_autodiff(x: Tensor<CpuAutodiff, 4>) -> Tensor<CpuAutodiff, 4> {
+pub fn downsample2x_autodiff(x: Tensor<CpuAutodiff, 4>) -> Tensor<CpuAutodiff, 4> {
     resample_autodiff(x, Resample::Down)
 }
 
 /// 2x2 average pooling on `Flex`.
-pub(crate) fn downsample2x_flex(x: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
+pub fn downsample2x_flex(x: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
     resample_flex(x, Resample::Down)
 }
 

@@ -1,11 +1,11 @@
-//! The "same" convolutions on burn's CPU backend (`Flex`, and `Autodiff<Flex>` with its own
-//! backward pass), computed by [`crate::cpu_conv`]'s per-image im2col + gemm kernels.
+//! The stride-1 "same" convolution of the equalized layers as a custom op on burn's CPU backend
+//! (`Flex`, and `Autodiff<Flex>` with its own backward pass), computed by
+//! [`crate::cpu_conv`]'s per-image im2col + gemm kernels and [`crate::winograd`].
 //!
-//! burn 0.21's default convolution backward is slow on flex, and the convolutions are most of a
-//! CPU training step (docs/BENCHMARKS.md, "Training step vs PyTorch"): burn computes the weight
-//! gradient as a convolution with the batch as channels and the output gradient as the
-//! "kernel", which flex runs as one gemm per output channel with 9 output columns. This op
-//! computes every product the way the forward is computed:
+//! burn 0.21's default convolution backward is slow on flex: it computes the weight gradient as
+//! a convolution with the batch as channels and the output gradient as the "kernel", which flex
+//! runs as one gemm per output channel with 9 output columns. This op computes every product the
+//! way the forward is computed:
 //!
 //! - forward: per image, `w [C_out, C_in·k·k] × im2col(x_i) [C_in·k·k, H·W]` + bias;
 //! - input gradient: an ordinary stride-1 convolution of the output gradient with the kernel
@@ -16,86 +16,38 @@
 //! The equalized learning rate's weight scale is an argument of the op, applied inside the
 //! products: the op's weight is then the parameter tensor itself, whose Winograd-transformed
 //! filters [`crate::filter_cache`] keeps across the step's many passes.
-//!
-//! [`conv2d_same`] takes this path only when the backend is exactly `Flex` or `Autodiff<Flex>`
-//! (a `TypeId` check); on burn's cubecl backends (wgpu, CUDA) it takes `pgan-cube`'s
-//! implicit-GEMM op (`gpu_conv.rs`); every other backend keeps burn's `conv2d` on
-//! `weight · scale`.
-
-use core::any::{Any, TypeId};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::Backend;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
 use crate::cpu_conv::{self, ConvShape};
+use crate::tensors::CpuAutodiff;
+use crate::tensors::{contiguous, dense};
 use crate::{filter_cache, winograd};
 
-/// The autodiff CPU backend the custom op is written for.
-type CpuAutodiff = Autodiff<Flex>;
-
-/// Stride-1 convolution of `x` with `weight · scale`, `padding = k / 2` ("same" for odd `k`).
+/// Convolution of `x` with `weight · scale`, stride 1, padding `k / 2`, on `Flex`.
 ///
 /// # Shapes
-/// - x: `[N, C_in, H, W]`, weight: `[C_out, C_in, k, k]`, bias: `[C_out]`
+/// - x: `[N, C_in, H, W]`, weight: `[C_out, C_in, k, k]` with odd `k`, bias: `[C_out]`
 /// - output: `[N, C_out, H, W]`
-pub fn conv2d_same<B: Backend>(
-    x: Tensor<B, 4>,
-    weight: Tensor<B, 4>,
+pub fn conv2d_same_flex(
+    x: Tensor<Flex, 4>,
+    weight: Tensor<Flex, 4>,
     scale: f32,
-    bias: Option<Tensor<B, 1>>,
-    padding: usize,
-) -> Tensor<B, 4> {
-    let [_, _, kh, kw] = weight.dims();
-    let same = kh == kw && kh == 2 * padding + 1;
-    if same && TypeId::of::<B>() == TypeId::of::<CpuAutodiff>() {
-        let y = flex_conv(cast(x), cast(weight), scale, bias.map(cast));
-        return cast(y);
-    }
-    if same && TypeId::of::<B>() == TypeId::of::<Flex>() {
-        let x: Tensor<Flex, 4> = cast(x);
-        let weight: Tensor<Flex, 4> = cast(weight);
-        let y = forward(
-            x.into_primitive().tensor(),
-            &weight.into_primitive().tensor(),
-            scale,
-            bias.map(|b| cast::<_, Tensor<Flex, 1>>(b).into_primitive().tensor()),
-        );
-        return cast(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)));
-    }
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    if same {
-        if let Some(gemm) = crate::gpu_conv::gemm_for::<B>() {
-            return crate::gpu_conv::conv2d_same(x, weight, scale, bias, gemm);
-        }
-    }
-    let weight = if scale == 1.0 {
-        weight
-    } else {
-        weight.mul_scalar(scale)
-    };
-    conv2d(
-        x,
-        weight,
-        bias,
-        ConvOptions::new([1, 1], [padding; 2], [1, 1], 1),
-    )
-}
-
-/// Moves a value between two spellings of the same type, e.g. `Tensor<B, D>` and
-/// `Tensor<Flex, D>` once `TypeId` has shown `B` is `Flex` (callers check first). Also used by
-/// `pgan-train`'s fused Adam.
-pub fn cast<T: 'static, U: 'static>(value: T) -> U {
-    *(Box::new(value) as Box<dyn Any>)
-        .downcast::<U>()
-        .unwrap_or_else(|_| unreachable!("cast: types checked by TypeId"))
+    bias: Option<Tensor<Flex, 1>>,
+) -> Tensor<Flex, 4> {
+    let y = forward(
+        x.into_primitive().tensor(),
+        &weight.into_primitive().tensor(),
+        scale,
+        bias.map(|b| b.into_primitive().tensor()),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
 fn conv_shape(x: &FlexTensor, weight: &FlexTensor) -> ConvShape {
@@ -115,18 +67,9 @@ fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// A contiguous view of the weight, the one the filter cache can key on.
-fn dense(weight: &FlexTensor) -> FlexTensor {
-    if weight.as_slice::<f32>().is_some() {
-        weight.clone()
-    } else {
-        tensor(contiguous(weight).into_owned(), weight.shape().dims::<4>())
-    }
-}
-
 /// The forward convolution on flex tensors.
 fn forward(x: FlexTensor, weight: &FlexTensor, scale: f32, bias: Option<FlexTensor>) -> FlexTensor {
-    let weight = &dense(weight);
+    let weight = &dense(weight.clone());
     let s = conv_shape(&x, weight);
     let bias = bias.as_ref().map(contiguous);
     let x = contiguous(&x);
@@ -187,7 +130,8 @@ impl Backward<Flex, 3> for SameConvBackward {
     }
 }
 
-fn flex_conv(
+/// [`conv2d_same_flex`] on `Autodiff<Flex>`, with the backward pass described above.
+pub fn conv2d_same_autodiff(
     x: Tensor<CpuAutodiff, 4>,
     weight: Tensor<CpuAutodiff, 4>,
     scale: f32,
@@ -211,7 +155,7 @@ fn flex_conv(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let weight = dense(&w.primitive);
+            let weight = dense(w.primitive.clone());
             let state = SameConvState {
                 x: x.primitive.clone(),
                 weight: weight.clone(),
@@ -228,22 +172,11 @@ fn flex_conv(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// A contiguous `f32` copy-or-view of a tensor.
-pub(crate) fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(
-            t.clone()
-                .into_data()
-                .into_vec::<f32>()
-                .expect("conv2d_same works on f32 tensors"),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
     use burn::tensor::Distribution;
 
     /// A weight scale that is not 1 (the equalized learning rate's), so dropping it fails.
@@ -284,7 +217,7 @@ mod tests {
             );
             let bias_arg = bias.then(|| b.clone());
             let y = if fast {
-                conv2d_same(x.clone(), w.clone(), SCALE, bias_arg, k / 2)
+                conv2d_same_autodiff(x.clone(), w.clone(), SCALE, bias_arg)
             } else {
                 conv2d(
                     x.clone(),
@@ -342,13 +275,12 @@ mod tests {
             Some(b.clone()),
             ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
         );
-        let plain = conv2d_same(x.clone(), w.clone(), 1.0, Some(b.clone()), 1);
-        let tracked = conv2d_same(
+        let plain = conv2d_same_flex(x.clone(), w.clone(), 1.0, Some(b.clone()));
+        let tracked = conv2d_same_autodiff(
             Tensor::<CpuAutodiff, 4>::from_inner(x),
             Tensor::<CpuAutodiff, 4>::from_inner(w),
             1.0,
             Some(Tensor::<CpuAutodiff, 1>::from_inner(b)),
-            1,
         )
         .inner();
         let tolerance = burn::tensor::Tolerance::<f32>::default();
@@ -358,5 +290,24 @@ mod tests {
         tracked
             .into_data()
             .assert_approx_eq::<f32>(&reference.into_data(), tolerance);
+    }
+
+    #[test]
+    fn the_convolution_op_reuses_filters_across_passes() {
+        use crate::filter_cache::hits;
+        type AB = CpuAutodiff;
+        let dev = Default::default();
+        let x = Tensor::<AB, 4>::random([2, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev)
+            .require_grad();
+        let w = Tensor::<AB, 4>::random([6, 4, 3, 3], Distribution::Normal(0.0, 1.0), &dev)
+            .require_grad();
+        let before = hits();
+        // Forward twice with the same weight tensor, then a backward through both (two input
+        // gradients): one transform, three reuses.
+        let y = conv2d_same_autodiff(x.clone(), w.clone(), 0.3, None)
+            + conv2d_same_autodiff(x.clone().mul_scalar(2.0), w.clone(), 0.3, None);
+        let grads = y.sum().backward();
+        assert!(x.grad(&grads).is_some() && w.grad(&grads).is_some());
+        assert_eq!(hits(), before + 3);
     }
 }

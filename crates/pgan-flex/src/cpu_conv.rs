@@ -1,5 +1,5 @@
 //! The stride-1 "same" convolution on the CPU, on NCHW `f32` slices: the kernels behind
-//! [`crate::flex_conv`]. 3x3 kernels on even-sized images (every ProGAN 3x3 layer) go to
+//! [`crate::conv`]. 3x3 kernels on even-sized images (every ProGAN 3x3 layer) go to
 //! [`crate::winograd`]; the rest (1x1, odd sizes, other kernels) run as im2col + gemm, one image
 //! at a time.
 //!
@@ -7,70 +7,16 @@
 //! channels at 16x16) stays in L2, and in that layout gemm's operands need no repacking and its
 //! output goes straight into the NCHW result. burn-flex's own conv works on NHWC tiles: it
 //! repacks the weights for every tile and scatters every tile back into NCHW, and it builds its
-//! im2col on one thread (docs/BENCHMARKS.md, "Profile of a CPU step"). Images run in parallel
+//! im2col on one thread. Images run in parallel
 //! (rayon), each gemm on one thread; a batch smaller than the thread pool parallelises inside
 //! gemm instead.
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::shape::sum_over_threads;
+pub use crate::shape::ConvShape;
 use crate::winograd;
-
-/// Sizes of one convolution: input `[n, c_in, h, w]`, kernel `[c_out, c_in, k, k]` with odd `k`,
-/// padding `k / 2`, output `[n, c_out, h, w]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvShape {
-    /// Images in the batch.
-    pub n: usize,
-    /// Input channels.
-    pub c_in: usize,
-    /// Output channels.
-    pub c_out: usize,
-    /// Height of input and output.
-    pub h: usize,
-    /// Width of input and output.
-    pub w: usize,
-    /// Kernel size (odd).
-    pub k: usize,
-}
-
-impl ConvShape {
-    fn hw(&self) -> usize {
-        self.h * self.w
-    }
-
-    /// Rows of the im2col matrix (the gemm's contraction length).
-    fn taps(&self) -> usize {
-        self.c_in * self.k * self.k
-    }
-
-    /// Row pitch of the im2col matrix, in floats: `H·W` plus one cache line. gemm reads the
-    /// matrix one row after another for a strip of pixels; with a pitch of exactly `H·W` (a
-    /// power of two for square power-of-two images) those reads fall in the same few L1 sets
-    /// and evict each other.
-    fn pitch(&self) -> usize {
-        self.hw() + 16
-    }
-
-    /// The same sizes for the input gradient: a convolution from `c_out` back to `c_in` channels.
-    pub fn transposed(self) -> Self {
-        Self {
-            c_in: self.c_out,
-            c_out: self.c_in,
-            ..self
-        }
-    }
-
-    fn check(&self, x: &[f32], weight: &[f32]) {
-        assert!(
-            self.k % 2 == 1,
-            "conv2d_same needs an odd kernel, got {}",
-            self.k
-        );
-        assert_eq!(x.len(), self.n * self.c_in * self.hw(), "input size");
-        assert_eq!(weight.len(), self.c_out * self.taps(), "weight size");
-    }
-}
 
 /// Whether to run images in parallel (each gemm on one thread) or one after another with a
 /// multi-threaded gemm.
@@ -277,24 +223,6 @@ pub fn weight_grad(s: ConvShape, x: &[f32], grad: &[f32], scale: f32) -> Vec<f32
         return accumulate(0, s.n, Parallelism::Rayon(0));
     }
     sum_over_threads(s.n, |start, end| accumulate(start, end, Parallelism::None))
-}
-
-/// `accumulate(start, end)` on one contiguous run of `[0, items)` per thread, in parallel, then
-/// the element-wise sum of the results (in a fixed order for a given thread count, so runs
-/// repeat bit for bit). `items` must be at least 1.
-pub(crate) fn sum_over_threads(
-    items: usize,
-    accumulate: impl Fn(usize, usize) -> Vec<f32> + Sync,
-) -> Vec<f32> {
-    let parts = rayon::current_num_threads().min(items);
-    (0..parts)
-        .into_par_iter()
-        .map(|p| accumulate(p * items / parts, (p + 1) * items / parts))
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        })
-        .expect("at least one item")
 }
 
 /// `∂L/∂b`: the output gradient summed over batch and pixels.

@@ -3,23 +3,21 @@
 //!
 //! Written with burn's tensor ops, a leaky ReLU is a comparison, a scale and a `mask_where`
 //! forward and as many passes again backward, and a pixel norm is six element-wise passes with
-//! broadcasting each way; flex runs each pass on one thread (docs/BENCHMARKS.md, "Profile of a
-//! CPU step"). Here each is one parallel pass forward and one backward. Other backends keep the
-//! tensor-op versions in [`crate::functional`] and [`crate::pixel_norm`] (a `TypeId` check, as
-//! in [`crate::flex_conv`]).
+//! broadcasting each way; flex runs each pass on one thread. Here each is one parallel pass
+//! forward and one backward. Other backends keep pgan-model's tensor-op versions (its
+//! `kernels` module routes between the two).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::flex_conv::contiguous;
-
-type CpuAutodiff = Autodiff<Flex>;
+use crate::tensors::contiguous;
+use crate::tensors::CpuAutodiff;
 
 /// Elements per parallel task of the element-wise gate.
 const CHUNK: usize = 1 << 14;
@@ -27,7 +25,7 @@ const CHUNK: usize = 1 << 14;
 /// `t · (x > 0 ? 1 : slope)` element by element: the leaky ReLU is `gate(x, x)` and its JVP
 /// `gate(x, dx)`. The gradient flows into `t` only (the gate is piecewise constant in `x`,
 /// so for `gate(x, x)` that is the whole derivative).
-pub(crate) fn lrelu_gate_autodiff<const D: usize>(
+pub fn lrelu_gate_autodiff<const D: usize>(
     x: Tensor<CpuAutodiff, D>,
     t: Tensor<CpuAutodiff, D>,
     slope: f32,
@@ -47,7 +45,7 @@ pub(crate) fn lrelu_gate_autodiff<const D: usize>(
 }
 
 /// [`lrelu_gate_autodiff`] without autodiff.
-pub(crate) fn lrelu_gate_flex<const D: usize>(
+pub fn lrelu_gate_flex<const D: usize>(
     x: Tensor<Flex, D>,
     t: Tensor<Flex, D>,
     slope: f32,
@@ -72,7 +70,7 @@ fn gate(x: &FlexTensor, t: &FlexTensor, slope: f32) -> FlexTensor {
         .for_each(move |(o, (x, t))| {
             for ((o, &x), &t) in o.iter_mut().zip(x).zip(t) {
                 // A select of the factor, not a branch: the sign of x is random, and the
-                // branch form compiled to scalar code that mispredicted (11 % of an 8x8 step).
+                // branch form compiled to scalar code that mispredicted.
                 // t · 1 is t exactly, so the values are the same.
                 let factor = if x > 0.0 { 1.0 } else { slope };
                 *o = t * factor;
@@ -114,7 +112,7 @@ fn nc_rest(x: &FlexTensor) -> (usize, usize, usize) {
 
 /// `y = x · r⁻¹`, `r = sqrt(mean_c(x²) + eps)`, with the backward
 /// `∂L/∂x = r⁻¹ · (g − y · mean_c(y·g))`.
-pub(crate) fn pixel_norm_autodiff<const D: usize>(
+pub fn pixel_norm_autodiff<const D: usize>(
     x: Tensor<CpuAutodiff, D>,
     eps: f32,
 ) -> Tensor<CpuAutodiff, D> {
@@ -138,7 +136,7 @@ pub(crate) fn pixel_norm_autodiff<const D: usize>(
 }
 
 /// [`pixel_norm_autodiff`] without autodiff.
-pub(crate) fn pixel_norm_flex<const D: usize>(x: Tensor<Flex, D>, eps: f32) -> Tensor<Flex, D> {
+pub fn pixel_norm_flex<const D: usize>(x: Tensor<Flex, D>, eps: f32) -> Tensor<Flex, D> {
     let (y, _) = pixel_norm_forward(&x.into_primitive().tensor(), eps);
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
@@ -305,20 +303,22 @@ mod tests {
         );
     }
 
+    /// `x / sqrt(mean_c(x²) + eps)` in burn's tensor ops.
+    fn pixel_norm_ops<const D: usize>(x: Tensor<CpuAutodiff, D>) -> Tensor<CpuAutodiff, D> {
+        let r = x.clone().powi_scalar(2).mean_dim(1).add_scalar(1e-8).sqrt();
+        x / r
+    }
+
     #[test]
     fn pixel_norm_matches_the_tensor_op_version() {
-        let eps = crate::pixel_norm::PIXEL_NORM_EPS as f32;
+        let eps = 1e-8;
         both_ways(
             [3, 7, 4, 2],
             |x| pixel_norm_autodiff(x, eps),
-            crate::pixel_norm::pixel_norm_ops,
+            pixel_norm_ops,
         );
         // Latents [N, D].
-        both_ways(
-            [5, 16],
-            |x| pixel_norm_autodiff(x, eps),
-            crate::pixel_norm::pixel_norm_ops,
-        );
+        both_ways([5, 16], |x| pixel_norm_autodiff(x, eps), pixel_norm_ops);
     }
 
     #[test]

@@ -1,0 +1,27 @@
+//! The fast paths of burn's CPU backend (`Flex`, and `Autodiff<Flex>` with their own backward
+//! passes) for the ops a ProGAN step spends its time in, each a function on concrete flex
+//! types:
+//!
+//! - [`conv`]: the equalized layers' stride-1 "same" convolution, forward and backward, with
+//!   the weight scale applied inside the products; 3x3 kernels on even-sized images as
+//!   Winograd F(2x2, 3x3) (`winograd.rs`, filters cached per weight tensor), the rest as
+//!   per-image im2col + gemm ([`cpu_conv`]);
+//! - [`pointwise`]: leaky ReLU (and its JVP's gate) and pixel norm, one parallel pass each way;
+//! - [`resample`]: nearest 2x upsampling and 2x2 average pooling, one parallel pass each way;
+//! - [`adam`]: Adam's update of one parameter in one pass, bit for bit burn's.
+//!
+//! Nothing here decides which backend runs: `pgan-model`'s `kernels` module is the one place
+//! that asks "is this `Flex`?" and routes here or to burn's generic ops.
+#![warn(missing_docs)]
+
+pub mod adam;
+pub mod conv;
+pub mod cpu_conv;
+mod filter_cache;
+pub mod pointwise;
+pub mod resample;
+mod shape;
+mod tensors;
+mod winograd;
+
+pub use tensors::CpuAutodiff;

@@ -1,0 +1,13 @@
+//! What pgan's crates agree on, in one place with no dependencies: the resolutions a dataset and
+//! a network can have ([`resolution`]), and the keys the trainer writes to a run's
+//! `metrics.jsonl` and the report reads back ([`metrics`]).
+//!
+//! ```
+//! use pgan_spec::{metrics, resolution};
+//! assert!(resolution::is_supported(256) && !resolution::is_supported(96));
+//! assert!(metrics::is_written(metrics::LOSS_D));
+//! ```
+#![warn(missing_docs)]
+
+pub mod metrics;
+pub mod resolution;

@@ -1,0 +1,200 @@
+//! The end of a tick, in order: the metrics row (schedule position, the tick's averages, speed,
+//! memory), the evaluation when one is due, the alarms, then the outputs: the row appended to
+//! `metrics.jsonl`, the status line, the sample grid and the checkpoint when they are due.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use pgan_spec::metrics as key;
+use serde_json::{Map, Value};
+
+use super::{Tick, Trainer};
+use crate::error::Result;
+use crate::eval::{evaluate_generator, EvalSettings};
+use crate::images::{grid, save_png, upscale_cells, HostImages};
+use crate::run_dir::SAMPLES_DIR;
+use crate::schedule::Phase;
+use crate::stats::peak_rss_mib;
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Closes the tick whose last step was just taken at `phase`, and starts the next.
+    pub(super) fn end_tick(&mut self, phase: &Phase) -> Result<()> {
+        // The steps' speed excludes the evaluation and outputs below; the run's time includes them.
+        let seconds = self.tick.started.elapsed().as_secs_f64();
+        self.tick.stop_clock(&mut self.state.elapsed_s);
+        self.state.tick += 1;
+        let img_per_s = self.tick.images as f64 / seconds.max(1e-9);
+
+        let mut row = self.tick_row(phase, img_per_s);
+        let mut warnings = self.alarms.check_tick(&self.tick.stats);
+        if self.eval_due() {
+            self.evaluate(phase, &mut row, &mut warnings);
+        }
+        for w in &warnings {
+            self.log.warn(format!("alarm: {w}"));
+        }
+        if !warnings.is_empty() {
+            put(&mut row, key::ALARM_COUNT, warnings.len());
+            if let Some(bar) = self.log.bar() {
+                bar.set_prefix(format!("⚠ {}", warnings[0]));
+            }
+        }
+        self.metrics.write(&row)?;
+        self.log.info(self.status_line(phase, img_per_s));
+
+        if self.state.tick % self.config.run.sample_ticks.max(1) == 0 {
+            self.save_samples(phase)?;
+        }
+        if self.state.tick % self.config.run.checkpoint_ticks == 0 {
+            self.end_healthy_stretch();
+            self.save_checkpoint()?;
+        }
+        self.tick = Tick {
+            session_mark: self.tick.session_mark,
+            ..Tick::start()
+        };
+        Ok(())
+    }
+
+    /// The tick's row of `metrics.jsonl` before evaluation and alarms.
+    fn tick_row(&mut self, phase: &Phase, img_per_s: f64) -> Map<String, Value> {
+        let mut row = Map::new();
+        put(&mut row, key::TICK, self.state.tick);
+        put(&mut row, key::KIMG, self.state.images_shown as f64 / 1000.0);
+        put(&mut row, key::STAGE, phase.stage);
+        put(&mut row, key::RESOLUTION, phase.resolution);
+        put(&mut row, key::PHASE, phase.kind.to_string());
+        put(&mut row, key::ALPHA, phase.alpha as f64);
+        put(&mut row, key::BATCH, phase.batch);
+        let lr = phase.lr * self.lr_multiplier();
+        put(&mut row, key::LR_G, lr);
+        put(&mut row, key::LR_D, lr);
+        for (name, mean) in self.tick.stats.means() {
+            put(&mut row, name, finite_or_null(mean));
+        }
+        put(&mut row, key::IMG_PER_S, finite_or_null(img_per_s));
+        put(
+            &mut row,
+            key::SEC_PER_KIMG,
+            finite_or_null(1000.0 / img_per_s.max(1e-9)),
+        );
+        if let Some(mib) = peak_rss_mib() {
+            put(&mut row, key::PEAK_RSS_MB, mib);
+        }
+        // On a GPU: the runtime's pool now, and the most it has held at any tick end of this
+        // process (pools keep their pages, so that is close to the true peak).
+        if let Some((in_use, reserved)) = crate::backend::device_memory(&self.device) {
+            let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+            self.peak_device_reserved = self.peak_device_reserved.max(reserved);
+            put(&mut row, key::DEVICE_IN_USE_MB, mib(in_use));
+            put(&mut row, key::DEVICE_RESERVED_MB, mib(reserved));
+            put(
+                &mut row,
+                key::DEVICE_PEAK_RESERVED_MB,
+                mib(self.peak_device_reserved),
+            );
+        }
+        put(&mut row, key::TIME_S, self.state.elapsed_s);
+        row
+    }
+
+    /// Whether this tick crossed a multiple of `eval.every_kimg`.
+    fn eval_due(&self) -> bool {
+        let every = self.config.eval.every_kimg;
+        let kimg = self.state.images_shown as f64 / 1000.0;
+        let tick_start_kimg = kimg - self.tick.images as f64 / 1000.0;
+        every > 0.0 && (kimg / every).floor() > (tick_start_kimg / every).floor()
+    }
+
+    /// SWD and MS-SSIM diversity of G_ema on a small sample, into the row; their alarms into
+    /// `warnings`. A failed evaluation is logged and training goes on.
+    fn evaluate(
+        &mut self,
+        phase: &Phase,
+        row: &mut Map<String, Value>,
+        warnings: &mut Vec<String>,
+    ) {
+        let settings = EvalSettings {
+            num_images: self.config.eval.num_images,
+            msssim_pairs: self.config.eval.msssim_pairs,
+            seed: self.config.run.seed.wrapping_add(self.state.tick),
+            batch: phase.batch.max(8),
+        };
+        match evaluate_generator(
+            &self.nets.g_ema,
+            &self.model,
+            &self.reader,
+            phase,
+            &settings,
+            &self.device,
+        ) {
+            Ok(report) => {
+                for (name, value) in report.rows() {
+                    put(row, name, finite_or_null(value));
+                }
+                warnings.extend(self.alarms.check_eval(
+                    &report,
+                    phase.resolution,
+                    &mut self.state.best_swd,
+                    &mut self.state.best_msssim,
+                ));
+            }
+            Err(e) => self.log.warn(format!("evaluation skipped: {e}")),
+        }
+    }
+
+    /// The one line per tick in `log.txt`.
+    fn status_line(&self, phase: &Phase, img_per_s: f64) -> String {
+        let mean = |name| self.tick.stats.mean(name).unwrap_or(f64::NAN);
+        format!(
+            "tick {:<4} kimg {:<8.1} {}x{} {:<6} α {:.2}  Loss/D {:>8.3}  Loss/G {:>8.3}  D(real) {:>7.3}  D(fake) {:>7.3}  {:>6.1} img/s",
+            self.state.tick,
+            self.state.images_shown as f64 / 1000.0,
+            phase.resolution,
+            phase.resolution,
+            phase.kind.to_string(),
+            phase.alpha,
+            mean(key::LOSS_D),
+            mean(key::LOSS_G),
+            mean(key::D_REAL),
+            mean(key::D_FAKE),
+            img_per_s
+        )
+    }
+
+    /// G_ema on the fixed sample latents, as `samples/tick-NNNNNN.png`.
+    fn save_samples(&mut self, phase: &Phase) -> Result<()> {
+        let n = self.config.run.sample_rows * self.config.run.sample_cols;
+        let latents = Tensor::<B::InnerBackend, 2>::from_data(
+            TensorData::new(self.sample_latents.clone(), [n, self.model.latent_dim]),
+            &self.device,
+        );
+        let images =
+            HostImages::from_tensor(self.nets.g_ema.forward(latents, phase.stage, phase.alpha));
+        let cells = upscale_cells(images.to_rgb_all(), self.config.run.sample_cell_px);
+        let sheet = grid(
+            &cells,
+            self.config.run.sample_rows,
+            self.config.run.sample_cols,
+            2,
+        );
+        let path = self
+            .run_dir
+            .join(SAMPLES_DIR)
+            .join(format!("tick-{:06}.png", self.state.tick));
+        save_png(&sheet, &path)?;
+        self.latest_sample = Some(path);
+        Ok(())
+    }
+}
+
+fn put(row: &mut Map<String, Value>, name: &str, value: impl Into<Value>) {
+    row.insert(name.to_string(), value.into());
+}
+
+fn finite_or_null(v: f64) -> Value {
+    if v.is_finite() {
+        Value::from(v)
+    } else {
+        Value::Null
+    }
+}
