@@ -19,6 +19,9 @@ Examples
         --fmap-base 2048 --fmap-max 128 --latent 128 --steps 20 --warmup 3 --threads 2
     # one line per resolution 4, 8, 16, 32
     python3 scripts/torch_reference.py ... --per-resolution
+    # the GPU comparison of scripts/gpu_check.sh: paper networks, gpu-256.toml's minibatches
+    python3 scripts/torch_reference.py --device cuda --fmap-base 8192 --fmap-max 512 \
+        --latent 512 --resolutions 4,8,16,32,64,128,256,512 --minibatch-from configs/gpu-256.toml
     # parameter counts of the full paper network (Table 2: 23.1M each)
     python3 scripts/torch_reference.py --fmap-base 8192 --fmap-max 512 --latent 512 \
         --resolution 1024 --count-only
@@ -276,6 +279,9 @@ def bench(args, resolution, device):
 
     for _ in range(args.warmup):
         one_step()
+    if device.type == "cuda":
+        # Peak memory of the timed steps alone (the warm-up's cuDNN workspace trials excluded).
+        torch.cuda.reset_peak_memory_stats(device)
     load_before = os.getloadavg()[0]
     d_times, g_times = [], []
     for _ in range(args.steps):
@@ -285,6 +291,19 @@ def bench(args, resolution, device):
     d_tot, g_tot = sum(d_times), sum(g_times)
     ms = 1000.0 * (d_tot + g_tot) / args.steps
     step_ms = [1000.0 * (d + g) for d, g in zip(d_times, g_times)]
+    cuda = {}
+    if device.type == "cuda":
+        mib = 1024.0 * 1024.0
+        cuda = {
+            "gpu": torch.cuda.get_device_name(device),
+            "max_memory_allocated_mb": round(torch.cuda.max_memory_allocated(device) / mib, 1),
+            "max_memory_reserved_mb": round(torch.cuda.max_memory_reserved(device) / mib, 1),
+            # PyTorch's defaults, recorded: TF32 in cuDNN convolutions, not in matmuls.
+            "tf32_conv": torch.backends.cudnn.allow_tf32,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn": torch.backends.cudnn.version(),
+        }
     return {
         "impl": "pytorch",
         "torch": torch.__version__,
@@ -309,6 +328,7 @@ def bench(args, resolution, device):
         # 1-minute load average (host-wide) shows whether they did.
         "ms_per_step_median": round(statistics.median(step_ms), 3),
         "loadavg_1m": round(load_before, 2),
+        **cuda,
     }
 
 
@@ -329,6 +349,11 @@ def main():
                    help="compute D's parameter gradients in the G step too (unlike pgan)")
     p.add_argument("--per-resolution", action="store_true",
                    help="one line per resolution 4, 8, ... up to --resolution")
+    p.add_argument("--resolutions", type=str, default=None,
+                   help="comma list of resolutions, one line each (instead of --resolution)")
+    p.add_argument("--minibatch-from", type=str, default=None, metavar="CONFIG",
+                   help="a pgan training config: the minibatch per resolution from its "
+                        "[schedule] minibatch table and minibatch_default (instead of --batch)")
     p.add_argument("--count-only", action="store_true",
                    help="print parameter counts of G and D and exit")
     args = p.parse_args()
@@ -360,8 +385,24 @@ def main():
 
     resolutions = ([2 ** r for r in range(2, res_log2 + 1)] if args.per_resolution
                    else [args.resolution])
+    if args.resolutions:
+        resolutions = [int(r) for r in args.resolutions.split(",")]
+        for r in resolutions:
+            if r < 4 or r & (r - 1):
+                p.error(f"--resolutions: {r} is not a power of two >= 4")
+    batches = {}
+    if args.minibatch_from:
+        import tomllib
+        with open(args.minibatch_from, "rb") as f:
+            schedule = tomllib.load(f).get("schedule", {})
+        default = int(schedule.get("minibatch_default", args.batch))
+        table = {int(k): int(v) for k, v in schedule.get("minibatch", {}).items()}
+        batches = {r: table.get(r, default) for r in resolutions}
     for res in resolutions:
+        args.batch = batches.get(res, args.batch)
         print(json.dumps(bench(args, res, device)), flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

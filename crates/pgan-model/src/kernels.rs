@@ -11,8 +11,13 @@
 //! The check is a `TypeId` comparison of the backend type, resolved per monomorphised function,
 //! followed by a move of the value between the two spellings of the same type ([`cast`]).
 //!
+//! On burn's cubecl GPU backends (wgpu and CUDA, with or without burn's fusion; built with the
+//! `wgpu`/`cuda` features) the convolution takes `pgan-cube`'s implicit-GEMM autodiff op, unless
+//! `PGAN_GPU_CONV=autotune` asks for burn's own `conv2d`; their other ops are burn's generic ones.
+//!
 //! Set `PGAN_GENERIC_KERNELS=1` to send every op to the generic path on the CPU too: that is
-//! the path the GPU backends run, and `scripts/test.sh` runs pgan-model's tests once that way.
+//! the path the GPU backends run for everything but the convolution, and `scripts/test.sh` runs
+//! pgan-model's tests once that way.
 
 use core::any::{Any, TypeId};
 use std::sync::OnceLock;
@@ -92,6 +97,12 @@ pub fn conv2d_same<B: Backend>(
 ) -> Result<Tensor<B, 4>, ConvInputs<B>> {
     let [_, _, kh, kw] = weight.dims();
     let same = kh == kw && kh == 2 * padding + 1;
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if same {
+        if let Some(gemm) = gpu::conv_gemm::<B>() {
+            return Ok(gpu::conv2d_same(x, weight, scale, bias, gemm));
+        }
+    }
     match route::<B>() {
         Route::FlexAutodiff if same => Ok(cast(conv::conv2d_same_autodiff(
             cast(x),
@@ -196,4 +207,90 @@ pub fn adam_step<B: Backend, const D: usize>(
     let param = back(Tensor::from_primitive(TensorPrimitive::Float(param)));
     let momentum = AdaptiveMomentumState::new(m.time, back(m.moment_1), back(m.moment_2));
     Ok((param, AdamState::new(momentum)))
+}
+
+/// The cubecl GPU backends' branches (`pgan-cube`), one per concrete backend type.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gpu {
+    use core::any::TypeId;
+
+    use burn::backend::Autodiff;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+    use pgan_cube::{ConvChoice, Gemm};
+
+    use super::cast;
+
+    /// Calls `$body!(T)` for each concrete GPU backend type `T` compiled in: burn's `Wgpu` and
+    /// `Cuda` (with fusion) and the same runtimes without fusion (`PGAN_GPU_FUSION=off`).
+    macro_rules! for_each_gpu_backend {
+        ($body:ident) => {
+            #[cfg(feature = "wgpu")]
+            {
+                $body!(pgan_cube::WgpuFused);
+                $body!(pgan_cube::WgpuPlain);
+            }
+            #[cfg(feature = "cuda")]
+            {
+                $body!(pgan_cube::CudaFused);
+                $body!(pgan_cube::CudaPlain);
+            }
+        };
+    }
+
+    /// The implicit GEMM to run on backend `B`: `None` unless `B` is one of the cubecl backends
+    /// (plain or autodiff) and `PGAN_GPU_CONV` chooses pgan-cube's op (the default; an invalid
+    /// value, which the trainer reports as an error before it starts, also means the default).
+    pub(super) fn conv_gemm<B: Backend>() -> Option<Gemm> {
+        let b = TypeId::of::<B>();
+        let mut cube = false;
+        macro_rules! check {
+            ($t:ty) => {
+                cube |= b == TypeId::of::<$t>() || b == TypeId::of::<Autodiff<$t>>();
+            };
+        }
+        for_each_gpu_backend!(check);
+        if !cube {
+            return None;
+        }
+        match ConvChoice::from_env().unwrap_or_default() {
+            ConvChoice::Autotune => None,
+            ConvChoice::ImplicitGemm { algorithm, tile } => Some(Gemm { algorithm, tile }),
+        }
+    }
+
+    /// pgan-cube's op on `B`, which [`conv_gemm`] has shown is a cubecl backend.
+    pub(super) fn conv2d_same<B: Backend>(
+        x: Tensor<B, 4>,
+        weight: Tensor<B, 4>,
+        scale: f32,
+        bias: Option<Tensor<B, 1>>,
+        gemm: Gemm,
+    ) -> Tensor<B, 4> {
+        let b = TypeId::of::<B>();
+        macro_rules! run {
+            ($t:ty) => {
+                if b == TypeId::of::<Autodiff<$t>>() {
+                    return cast(pgan_cube::conv2d_same_tracked::<$t>(
+                        cast(x),
+                        cast(weight),
+                        scale,
+                        bias.map(cast),
+                        gemm,
+                    ));
+                }
+                if b == TypeId::of::<$t>() {
+                    return cast(pgan_cube::conv2d_same::<$t>(
+                        cast(x),
+                        cast(weight),
+                        scale,
+                        bias.map(cast),
+                        gemm,
+                    ));
+                }
+            };
+        }
+        for_each_gpu_backend!(run);
+        unreachable!("kernels::gpu::conv2d_same on a backend conv_gemm did not accept")
+    }
 }

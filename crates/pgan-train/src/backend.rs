@@ -39,10 +39,43 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, index: usize, job: J) -> Resul
     }
 }
 
+/// The environment variable that turns burn's operation fusion off on the GPU backends.
+pub const FUSION_ENV: &str = "PGAN_GPU_FUSION";
+
+/// Whether the GPU backends run with burn's fusion (`PGAN_GPU_FUSION`, default on), after
+/// checking `PGAN_GPU_CONV` too: both are read once per process, so a typo is an error here
+/// rather than a silently different benchmark.
+///
+/// Fusion stays the default: it merges the step's many elementwise passes (leaky ReLU, pixel
+/// norm, the losses, Adam), and the conv op works under it (as a custom operation in the
+/// fusion stream, a fusion barrier like burn's own conv2d); `scripts/gpu_check.sh` measures
+/// both.
+#[allow(dead_code)]
+fn gpu_settings(backend: &str) -> Result<bool> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    pgan_cube::ConvChoice::from_env().map_err(|e| TrainError::Backend {
+        backend: backend.into(),
+        message: e.to_string(),
+    })?;
+    fusion_setting(std::env::var(FUSION_ENV).ok().as_deref(), backend)
+}
+
+/// Parses a `PGAN_GPU_FUSION` value (`None` when unset).
+#[allow(dead_code)]
+fn fusion_setting(value: Option<&str>, backend: &str) -> Result<bool> {
+    match value.map(str::trim) {
+        None | Some("") | Some("on") | Some("1") | Some("true") => Ok(true),
+        Some("off") | Some("0") | Some("false") => Ok(false),
+        Some(other) => Err(TrainError::Backend {
+            backend: backend.into(),
+            message: format!("{FUSION_ENV}={other:?}: expected `on` or `off`"),
+        }),
+    }
+}
+
 #[cfg(feature = "wgpu")]
 fn run_wgpu<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
-    use burn::backend::wgpu::{Wgpu, WgpuDevice};
-    type B = burn::backend::Autodiff<Wgpu>;
+    use burn::backend::wgpu::WgpuDevice;
     // Index 0 is wgpu's preferred adapter (a discrete GPU if there is one, else e.g. lavapipe);
     // other indices name the n-th discrete GPU.
     let device = if index == 0 {
@@ -50,8 +83,15 @@ fn run_wgpu<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
     } else {
         WgpuDevice::DiscreteGpu(index)
     };
-    probe::<B>(&device, "wgpu", index)?;
-    job.run::<B>(device)
+    if gpu_settings("wgpu")? {
+        type B = burn::backend::Autodiff<pgan_cube::WgpuFused>;
+        probe::<B>(&device, "wgpu", index)?;
+        job.run::<B>(device)
+    } else {
+        type B = burn::backend::Autodiff<pgan_cube::WgpuPlain>;
+        probe::<B>(&device, "wgpu", index)?;
+        job.run::<B>(device)
+    }
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -61,8 +101,8 @@ fn run_wgpu<J: BackendJob>(_index: usize, _job: J) -> Result<J::Output> {
 
 #[cfg(feature = "cuda")]
 fn run_cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
-    use burn::backend::cuda::{Cuda, CudaDevice};
-    type B = burn::backend::Autodiff<Cuda>;
+    use burn::backend::cuda::CudaDevice;
+    type B = burn::backend::Autodiff<pgan_cube::CudaFused>;
     // cubecl loads libcuda lazily and panics inside its loader when the driver is missing: look
     // for the driver's files first, so that no driver code runs on a machine without one.
     if !cuda_driver_files_present() {
@@ -72,8 +112,14 @@ fn run_cuda<J: BackendJob>(index: usize, job: J) -> Result<J::Output> {
         });
     }
     let device = CudaDevice::new(index);
-    probe::<B>(&device, "cuda", index)?;
-    job.run::<B>(device)
+    if gpu_settings("cuda")? {
+        probe::<B>(&device, "cuda", index)?;
+        job.run::<B>(device)
+    } else {
+        type Plain = burn::backend::Autodiff<pgan_cube::CudaPlain>;
+        probe::<Plain>(&device, "cuda", index)?;
+        job.run::<Plain>(device)
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -210,6 +256,36 @@ pub fn device_memory<D: 'static>(device: &D) -> Option<(u64, u64)> {
     None
 }
 
+/// Returns the GPU pool's unused pages on backend `kind`, device `index`, to the driver (a no-op
+/// on the CPU), so that the next run's `Mem/device_peak_reserved_mb` starts from what is still
+/// in use rather than from the pages an earlier run left in the pool (the benchmark's
+/// per-resolution peaks).
+pub fn release_device_memory(kind: BackendKind, index: usize) {
+    #[allow(unused_variables)]
+    let index = index;
+    match kind {
+        BackendKind::Cpu => {}
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            use cubecl::Runtime;
+            let device = if index == 0 {
+                burn::backend::wgpu::WgpuDevice::DefaultDevice
+            } else {
+                burn::backend::wgpu::WgpuDevice::DiscreteGpu(index)
+            };
+            cubecl::wgpu::WgpuRuntime::client(&device).memory_cleanup();
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            use cubecl::Runtime;
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            cubecl::cuda::CudaRuntime::client(&device).memory_cleanup();
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +307,18 @@ mod tests {
         assert_eq!(dispatch(BackendKind::Cpu, 0, Sum).unwrap(), 3.0);
         let cpu: burn::backend::flex::FlexDevice = Default::default();
         assert_eq!(device_memory(&cpu), None, "the CPU has no device pool");
+    }
+
+    #[test]
+    fn fusion_settings_parse_and_a_bad_one_is_a_clear_error() {
+        assert!(fusion_setting(None, "wgpu").unwrap());
+        assert!(fusion_setting(Some("on"), "wgpu").unwrap());
+        assert!(!fusion_setting(Some(" off "), "cuda").unwrap());
+        let err = fusion_setting(Some("maybe"), "wgpu").unwrap_err().to_string();
+        assert!(
+            err.contains("PGAN_GPU_FUSION") && err.contains("maybe") && err.contains("`off`"),
+            "{err}"
+        );
     }
 
     /// Without the driver's files, no driver code runs; with them, the probe answers either way.

@@ -472,9 +472,17 @@ fn a_short_run_trains_on_wgpu() {
     config.schedule.lod_transition_kimg = 0.008;
     config.schedule.total_kimg = 0.024;
     config.run.tick_kimg = 0.008;
-    match train(TrainOptions::new(config)) {
+    let convs_before = pgan_cube::launch_counts();
+    match train(TrainOptions::new(config.clone())) {
         Ok(summary) => {
             assert_eq!(summary.images_shown, 24);
+            // The equalized convs went through pgan-cube's op (its implicit GEMM, or on
+            // lavapipe the counted fallback), not burn's conv2d.
+            let convs = pgan_cube::launch_counts();
+            assert!(
+                convs.gemm + convs.fallback > convs_before.gemm + convs_before.fallback,
+                "no conv pass went through pgan-cube"
+            );
             assert!(summary.latest_sample.is_some());
             assert!(weights(&summary.checkpoint, false)
                 .iter()
@@ -499,5 +507,18 @@ fn a_short_run_trains_on_wgpu() {
             );
         }
         Err(e) => panic!("wgpu training failed: {e}"),
+    }
+
+    // The same loop on burn's wgpu backend without fusion (PGAN_GPU_FUSION=off), one tick.
+    // Only this test reads the variable, so setting it here races with nothing.
+    std::env::set_var("PGAN_GPU_FUSION", "off");
+    config.schedule.total_kimg = 0.008;
+    config.run.out_dir = dir.path().join("runs-unfused");
+    let result = train(TrainOptions::new(config));
+    std::env::remove_var("PGAN_GPU_FUSION");
+    match result {
+        Ok(summary) => assert_eq!(summary.images_shown, 8),
+        Err(TrainError::Backend { .. }) if std::env::var_os("PGAN_REQUIRE_WGPU").is_none() => {}
+        Err(e) => panic!("wgpu training without fusion failed: {e}"),
     }
 }

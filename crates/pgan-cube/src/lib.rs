@@ -1,0 +1,51 @@
+//! The equalized-lr convolution on burn's GPU backends (cubecl: wgpu and CUDA), as a custom
+//! autodiff op whose three passes run cubek's implicit-GEMM (tensor-core) kernels chosen
+//! explicitly, never burn's direct convolution or its weight-gradient fallback kernel.
+//!
+//! burn 0.21's `conv2d` on a cubecl backend runs every pass through its autotuner (or, with
+//! autotune off, through `ConvStrategy::Direct`, an untiled kernel without tensor cores, and
+//! `conv_weight_backward_fallback` for the weight gradient). This crate does what `pgan-flex`'s
+//! conv op does for the CPU: one op, forward, input gradient and weight gradient, with the
+//! equalized learning rate's scale folded into the kernels' operand copies ([`kernels`]).
+//!
+//! Backends. [`GemmConvBackend`] is implemented for `CubeBackend<R, ..>` (any cubecl runtime)
+//! and for `Fusion<CubeBackend<R, ..>>`, burn's default GPU backends (`burn::backend::Wgpu`,
+//! `burn::backend::Cuda`): there each pass is registered as a custom operation in the fusion
+//! stream, which runs it on the `CubeBackend` handles when the stream is flushed (a fusion
+//! barrier, as burn's own `conv2d` is). [`conv2d_same`] and [`conv2d_same_tracked`] are the entry
+//! points; `pgan-model`'s backend dispatch picks them for the concrete types below.
+//!
+//! Without the `wgpu` or `cuda` feature the crate holds only [`ConvChoice`], the run-time choice.
+
+#![warn(missing_docs)]
+
+pub mod choice;
+pub use choice::{ConvChoice, ConvChoiceError, GemmAlgorithm, TileKind, CONV_ENV};
+
+#[cfg(feature = "gpu")]
+mod autodiff;
+#[cfg(feature = "gpu")]
+mod fusion;
+#[cfg(feature = "gpu")]
+pub mod kernels;
+
+#[cfg(feature = "gpu")]
+pub use autodiff::{conv2d_same, conv2d_same_tracked, GemmConvBackend};
+#[cfg(feature = "gpu")]
+pub use kernels::{fallback_reasons, launch_counts, Gemm, LaunchCounts};
+
+/// burn's wgpu backend with operation fusion (`burn::backend::Wgpu`).
+#[cfg(feature = "wgpu")]
+pub type WgpuFused = burn::backend::Wgpu;
+/// burn's wgpu backend without operation fusion.
+#[cfg(feature = "wgpu")]
+pub type WgpuPlain = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+/// burn's CUDA backend with operation fusion (`burn::backend::Cuda`).
+#[cfg(feature = "cuda")]
+pub type CudaFused = burn::backend::Cuda;
+/// burn's CUDA backend without operation fusion.
+#[cfg(feature = "cuda")]
+pub type CudaPlain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+#[cfg(all(test, feature = "wgpu"))]
+mod tests;

@@ -1,0 +1,428 @@
+#!/usr/bin/env bash
+# One prepared GPU run: pgan's training step (CUDA and wgpu/Vulkan, with the convolution and
+# fusion choices to compare) against the PyTorch reference on the same GPU, per resolution, with
+# the paper networks, WGAN-GP + drift, and configs/gpu-256.toml's minibatch per resolution
+# (512x512 at that config's default, 16). Writes gpu-<date>-<gpu>.json (one row per resolution
+# and contender: batch, ms/step, img/s, ratio to PyTorch, peak memory) and a markdown table.
+#
+# 1. Here, on the CPU machine (Rust toolchain; ~25 min the first time, holding the build lock):
+#      scripts/gpu_check.sh --prepare
+#    builds the train_step bench with `--profile bench --features cuda,wgpu`, strips it into
+#    .gpu/bin/train_step.gz, fetches the Vulkan loader packages into .gl/ (the device image may
+#    lack them), and then proves the packed binary with a dry run (below).
+#      scripts/gpu_check.sh --dry-run [--bin PATH]
+#    runs this same script end to end on the CPU backend and wgpu on Mesa's lavapipe, at 4x4 and
+#    8x8 with a small network, into /tmp/pgan-gpu-dry-run/ (no GPU, no time budget).
+#    Run it in the checkout the device session sends (the tool sends the session's own repo), after
+#    the last code change: the binary is what gets measured (.gpu/bin/build.txt says its commit).
+# 2. On the device (the `run` tool; the device has no Rust toolchain), from the repository root:
+#      command:   bash scripts/gpu_check.sh
+#      carry:     [".gpu", ".gl"]
+#      timeout_s: 560
+#    PyTorch is not carried: the device image's python3 has it (torch 2.11 + CUDA 13 when the
+#    device notes were taken) and the script records its version; without it the pytorch rows are
+#    missing and the log says why. NVRTC (cubecl's CUDA compiler) is found in the CUDA toolkit or
+#    PyTorch's bundled nvidia libraries; Vulkan's loader comes from the carried .gl packages when
+#    the image has none.
+#    The run stops starting contenders once its budget (PGAN_GPU_BUDGET_S, default 460 s, the
+#    kernels' JIT compilation and autotuning included) is spent, and always writes what it has.
+#    What comes back in $OUT: gpu-<date>-<gpu>.json and .md, cubecl-cache.tar.gz (cubecl's
+#    autotune results and compiled kernels, to carry next time) and gpu_check.log.
+# 3. Here again:  scripts/gpu_check.sh --collect FILES_AT
+#    copies the JSON and table into docs/bench/ and the cache into .gpu/cache/, so the next
+#    device run starts with the kernels tuned and compiled.
+#
+# Contenders, in priority order (the budget cuts from the end):
+#   pytorch                  scripts/torch_reference.py --device cuda (cuDNN, TF32 convolutions:
+#                            PyTorch's defaults)
+#   pgan-cuda                PGAN_GPU_CONV=implicit-gemm (pgan-cube's op), fusion on: the default
+#   pgan-cuda-autotune       PGAN_GPU_CONV=autotune (burn's conv2d and its autotuner)
+#   pgan-wgpu                wgpu on Vulkan; its WGSL compiler has no tensor-core path, so the
+#                            op's passes fall back to burn's autotuned kernels (counted in the rows)
+#   pgan-cuda-nofusion       PGAN_GPU_FUSION=off
+#   pgan-cuda-<algorithm>    other implicit-GEMM algorithms / tile kinds, 64x64 to 256x256 only
+# Environment: PGAN_GPU_BUDGET_S, PGAN_GPU_STEPS (timed steps per resolution, default 10; the
+# warm-up tick has as many), PGAN_GPU_RESOLUTIONS (default 256,128,64,32,16,8,4,512: largest
+# first so a cut budget loses the small ones), PGAN_GPU_CONTENDERS (a space list to run instead).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+MODE=device
+BIN=""
+COLLECT_FROM=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prepare) MODE=prepare ;;
+    --dry-run) MODE=dry-run ;;
+    --collect) MODE=collect; COLLECT_FROM=${2:?--collect needs the folder the device files are in}; shift ;;
+    --bin) BIN=${2:?--bin needs a path}; shift ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" >&2; }
+
+# --- --prepare: build, strip, pack, fetch the Vulkan loader, dry-run -------------------------
+if [ "$MODE" = prepare ]; then
+  set -e
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/pgan-ci-target}
+  log "building the train_step bench (profile bench, features cuda,wgpu)"
+  build_log=$(mktemp /tmp/pgan-gpu-build.XXXXXX)
+  exe=$(cargo bench -p pgan-train --features cuda,wgpu --bench train_step --no-run \
+          --message-format=json 2>"$build_log" \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "train_step":
+        print(m["executable"])' | tail -1)
+  [ -x "$exe" ] || { tail -n 40 "$build_log" >&2; echo "error: the build made no train_step binary (log: $build_log)" >&2; exit 1; }
+  mkdir -p .gpu/bin .gpu/cache
+  strip -o .gpu/bin/train_step "$exe"
+  gzip -9 -f .gpu/bin/train_step
+  # What the packed binary was built from, reported with the device's results.
+  echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- crates benches Cargo.toml Cargo.lock || echo ' +uncommitted changes') $(date -u +%Y-%m-%dT%H:%MZ)" > .gpu/bin/build.txt
+  log "packed $(du -h .gpu/bin/train_step.gz | cut -f1) from $exe"
+  if ! ls .gl/*.deb >/dev/null 2>&1; then
+    # The device image may lack the Vulkan loader (see the device tool's README).
+    mkdir -p .gl /tmp/amd64/partial
+    o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    apt-get $o update >/dev/null
+    (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+  fi
+  size=$(du -cm .gpu .gl | tail -1 | cut -f1)
+  log "carry size: ${size} MiB (.gpu + .gl; the limit is 64 MiB with the working tree)"
+  [ "$size" -lt 56 ] || { echo "error: .gpu + .gl are ${size} MiB, too close to the 64 MiB carry limit" >&2; exit 1; }
+  set +e
+  exec "$0" --dry-run
+fi
+
+# --- --collect: bring the device's files into the repository -------------------------------
+if [ "$MODE" = collect ]; then
+  set -e
+  mkdir -p docs/bench .gpu/cache
+  n=0
+  for f in "$COLLECT_FROM"/gpu-*.json "$COLLECT_FROM"/gpu-*.md; do
+    [ -f "$f" ] && { cp "$f" docs/bench/; n=$((n + 1)); log "docs/bench/$(basename "$f")"; }
+  done
+  if [ -f "$COLLECT_FROM/cubecl-cache.tar.gz" ]; then
+    cp "$COLLECT_FROM/cubecl-cache.tar.gz" .gpu/cache/
+    log ".gpu/cache/cubecl-cache.tar.gz (carried by the next run)"
+  fi
+  [ "$n" -gt 0 ] || { echo "error: no gpu-*.json or gpu-*.md in $COLLECT_FROM" >&2; exit 1; }
+  exit 0
+fi
+
+# --- device run or dry run --------------------------------------------------------------------
+START=$(date +%s)
+if [ "$MODE" = dry-run ]; then
+  # Outside .gpu, which is carried to the device.
+  OUTDIR=${PGAN_GPU_DRY_RUN_OUT:-/tmp/pgan-gpu-dry-run}
+  rm -rf "$OUTDIR"
+  BUDGET=${PGAN_GPU_BUDGET_S:-100000}
+  STEPS=${PGAN_GPU_STEPS:-2}
+  RESOLUTIONS=${PGAN_GPU_RESOLUTIONS:-8,4}
+  MAIN_RES=$RESOLUTIONS
+  EXTRA_RES=8
+else
+  OUTDIR=${OUT:?OUT is not set: run this through the device tool, or use --dry-run here}
+  BUDGET=${PGAN_GPU_BUDGET_S:-460}
+  STEPS=${PGAN_GPU_STEPS:-10}
+  RESOLUTIONS=${PGAN_GPU_RESOLUTIONS:-256,128,64,32,16,8,4,512}
+  MAIN_RES=$RESOLUTIONS
+  EXTRA_RES=256,128,64
+fi
+mkdir -p "$OUTDIR"
+WORK=$(mktemp -d /tmp/pgan-gpu-check.XXXXXX)
+LOG=$OUTDIR/gpu_check.log
+exec 2> >(tee -a "$LOG" >&2)
+remaining() { echo $((BUDGET - ($(date +%s) - START))); }
+
+# The binary: the packed bench build (or --bin).
+if [ -z "$BIN" ]; then
+  if [ -f .gpu/bin/train_step.gz ]; then
+    gunzip -c .gpu/bin/train_step.gz > "$WORK/train_step" && chmod +x "$WORK/train_step"
+    BIN=$WORK/train_step
+  else
+    echo "error: .gpu/bin/train_step.gz is missing: run scripts/gpu_check.sh --prepare here first (and carry .gpu)" >&2
+    exit 2
+  fi
+fi
+[ -x "$BIN" ] || { echo "error: $BIN is not an executable train_step bench binary" >&2; exit 2; }
+
+# What the machine has: GPU, driver, PyTorch (the device image ships PyTorch with CUDA in its
+# python3; nothing can be installed there).
+ENV_JSON=$WORK/environment.json
+BUILD=$(cat .gpu/bin/build.txt 2>/dev/null || echo "${BIN} (not packed by --prepare)")
+python3 - "$MODE" "$BUILD" > "$ENV_JSON" <<'EOF'
+import json, platform, shutil, subprocess, sys
+env = {"mode": sys.argv[1], "pgan_build": sys.argv[2], "host": platform.node(),
+       "cpus": __import__("os").cpu_count()}
+if shutil.which("nvidia-smi"):
+    q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                        "--format=csv,noheader"], capture_output=True, text=True)
+    if q.returncode == 0 and q.stdout.strip():
+        name, driver, mem = [s.strip() for s in q.stdout.splitlines()[0].split(",")]
+        env.update(gpu=name, driver=driver, gpu_memory=mem)
+    else:
+        env["nvidia_smi_error"] = (q.stderr or q.stdout).strip()[:300]
+try:
+    import torch
+    env["torch"] = torch.__version__
+    env["torch_cuda"] = torch.version.cuda
+    env["cuda_available"] = torch.cuda.is_available()
+    if torch.cuda.is_available():
+        env["cudnn"] = torch.backends.cudnn.version()
+except Exception as e:  # noqa: BLE001 - reported, not fatal
+    env["torch_error"] = repr(e)[:300]
+print(json.dumps(env))
+EOF
+log "environment: $(cat "$ENV_JSON")"
+
+if [ "$MODE" = device ]; then
+  python3 -c 'import json,sys; e=json.load(open(sys.argv[1])); sys.exit(0 if e.get("cuda_available") else 1)' "$ENV_JSON" \
+    || log "warning: PyTorch sees no CUDA device; its rows will be missing"
+  # Vulkan loader for wgpu: carried .deb packages when the image has none.
+  if ! ldconfig -p 2>/dev/null | grep -q libvulkan.so.1; then
+    if ls .gl/*.deb >/dev/null 2>&1; then
+      for f in .gl/*.deb; do dpkg -x "$f" /; done
+      ldconfig
+      log "unpacked the carried Vulkan loader (.gl)"
+    else
+      log "warning: no libvulkan and no .gl packages carried: the wgpu rows will fail"
+    fi
+  fi
+  if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    export VK_ICD_FILENAMES=$VK_DRIVER_FILES
+  fi
+  # cubecl compiles CUDA kernels with NVRTC, loaded at run time: the toolkit's and PyTorch's
+  # bundled copies, wherever this image keeps them.
+  nvrtc_dirs=$(python3 - <<'EOF'
+import glob, os, site
+dirs = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+for sp in site.getsitepackages():
+    dirs += glob.glob(os.path.join(sp, "nvidia", "*", "lib")) + glob.glob(os.path.join(sp, "nvidia", "cu*", "lib"))
+print(":".join(d for d in dirs if glob.glob(os.path.join(d, "libnvrtc.so*"))))
+EOF
+)
+  export LD_LIBRARY_PATH=${nvrtc_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  log "NVRTC from: ${nvrtc_dirs:-(not found; cubecl will search the default paths)}"
+fi
+
+# cubecl's autotune results and compiled kernels, kept between runs: a cubecl.toml in the
+# contenders' working directory points both caches at one folder, seeded from the carried tar.
+CACHE=$WORK/cubecl-cache
+mkdir -p "$CACHE"
+if [ -f .gpu/cache/cubecl-cache.tar.gz ]; then
+  tar -xzf .gpu/cache/cubecl-cache.tar.gz -C "$CACHE" && log "seeded the cubecl cache from .gpu/cache"
+fi
+cat > "$WORK/cubecl.toml" <<EOF
+[autotune]
+level = "balanced"
+cache = { file = "$CACHE" }
+
+[compilation]
+cache = { file = "$CACHE" }
+EOF
+if [ "$MODE" = dry-run ]; then
+  # A software rasteriser takes minutes per shape at higher levels.
+  sed -i 's/level = "balanced"/level = "minimal"/' "$WORK/cubecl.toml"
+fi
+
+# --- contenders --------------------------------------------------------------------------------
+ROWS=$WORK/rows.jsonl
+: > "$ROWS"
+if [ "$MODE" = dry-run ]; then
+  PRESET_ARGS=()
+  TORCH_NET=(--device cpu --fmap-base 2048 --fmap-max 128 --latent 128 --threads 2)
+  BATCH_ENV=(PGAN_BENCH_BATCH=8)
+  TORCH_BATCH=(--batch 8)
+  GPU=wgpu   # lavapipe stands in for the CUDA contenders' code paths
+  DEFAULT_CONTENDERS="pytorch pgan-cpu pgan-$GPU pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
+else
+  PRESET_ARGS=(--paper)
+  TORCH_NET=(--device cuda --fmap-base 8192 --fmap-max 512 --latent 512)
+  BATCH_ENV=(PGAN_BENCH_MINIBATCH_FROM="$ROOT/configs/gpu-256.toml")
+  TORCH_BATCH=(--minibatch-from "$ROOT/configs/gpu-256.toml")
+  GPU=cuda
+  DEFAULT_CONTENDERS="pytorch pgan-cuda pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
+fi
+CONTENDERS=${PGAN_GPU_CONTENDERS:-$DEFAULT_CONTENDERS}
+
+# Tags each JSON line of a contender's output and appends it to $ROWS.
+collect() {
+  python3 - "$1" "$2" >> "$ROWS" <<'EOF'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+for line in open(path, errors="replace"):
+    line = line.strip()
+    if line.startswith("{"):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        row["contender"] = name
+        print(json.dumps(row))
+EOF
+}
+
+run_contender() {
+  local name=$1 left cap
+  left=$(remaining)
+  if [ "$left" -lt 40 ]; then
+    log "skip $name: ${left}s of the budget left"
+    echo "{\"contender\": \"$name\", \"skipped\": \"budget\"}" >> "$ROWS"
+    return
+  fi
+  # No one contender may take the whole budget: the first pgan one also pays for compiling the
+  # shared kernels (cached for the rest), the autotune one for tuning every conv shape.
+  case "$name" in
+    pytorch) cap=120 ;;
+    pgan-cuda|pgan-cpu|pgan-wgpu) cap=200 ;;
+    *) cap=120 ;;
+  esac
+  [ "$MODE" = dry-run ] && cap=1800
+  cap=$(( cap < left - 20 ? cap : left - 20 ))
+  local out=$WORK/$name.jsonl err=$WORK/$name.err
+  local res=$MAIN_RES
+  local envs=(PGAN_BENCH_STEPS="$STEPS" "${BATCH_ENV[@]}")
+  log "run $name (limit ${cap}s)"
+  local t0
+  t0=$(date +%s)
+  case "$name" in
+    pytorch)
+      (cd "$WORK" && timeout "$cap" python3 "$ROOT/scripts/torch_reference.py" "${TORCH_NET[@]}" \
+         "${TORCH_BATCH[@]}" --resolutions "$res" --steps "$STEPS" --warmup 3) > "$out" 2> "$err"
+      ;;
+    pgan-*)
+      local rest=${name#pgan-} backend conv=implicit-gemm fusion=on
+      backend=${rest%%-*}
+      rest=${rest#"$backend"}
+      rest=${rest#-}
+      case "$rest" in
+        "") ;;
+        autotune) conv=autotune ;;
+        nofusion) fusion=off ;;
+        *) conv="implicit-gemm:${rest%-*}:${rest##*-}"; res=$EXTRA_RES ;;
+      esac
+      (cd "$WORK" && timeout "$cap" env "${envs[@]}" PGAN_BENCH_BACKEND="$backend" \
+         PGAN_BENCH_RESOLUTIONS="$res" PGAN_GPU_CONV="$conv" PGAN_GPU_FUSION="$fusion" \
+         "$BIN" "${PRESET_ARGS[@]}") > "$out" 2> "$err"
+      ;;
+    *) log "unknown contender $name"; return ;;
+  esac
+  local rc=$?
+  log "$name: exit $rc after $(( $(date +%s) - t0 ))s"
+  collect "$name" "$out"
+  if [ "$rc" -ne 0 ]; then
+    echo "{\"contender\": \"$name\", \"exit\": $rc, \"stderr_tail\": $(tail -c 600 "$err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}" >> "$ROWS"
+  fi
+  { echo "--- $name stderr (tail)"; tail -n 30 "$err"; } >> "$LOG"
+}
+
+for c in $CONTENDERS; do
+  run_contender "$c"
+done
+
+# --- results ------------------------------------------------------------------------------------
+(cd "$CACHE" && tar -czf "$OUTDIR/cubecl-cache.tar.gz" .) && log "cubecl cache: $(du -h "$OUTDIR/cubecl-cache.tar.gz" | cut -f1)"
+python3 - "$ROWS" "$ENV_JSON" "$OUTDIR" "$STEPS" "$CONTENDERS" "$MODE" <<'EOF'
+import datetime, json, re, sys
+rows_path, env_path, outdir, steps, contenders, mode = sys.argv[1:7]
+env = json.load(open(env_path))
+raw = [json.loads(l) for l in open(rows_path) if l.strip()]
+torch = {r["resolution"]: r for r in raw if r.get("contender") == "pytorch" and "resolution" in r}
+rows, notes = [], []
+for r in raw:
+    if "resolution" not in r:
+        notes.append(r)
+        continue
+    is_torch = r["contender"] == "pytorch"
+    row = {
+        "resolution": r["resolution"],
+        "contender": r["contender"],
+        "batch": r.get("batch"),
+        "ms_per_step": r.get("ms_per_step"),
+        "img_per_s": r.get("img_per_s"),
+    }
+    t = torch.get(r["resolution"])
+    if (not is_torch and t and r.get("ms_per_step") and t.get("ms_per_step")
+            and t.get("batch") == r.get("batch")):
+        row["ratio_to_pytorch"] = round(r["ms_per_step"] / t["ms_per_step"], 3)
+    if is_torch:
+        row["peak_memory_mb"] = r.get("max_memory_allocated_mb")
+        row["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if "max_memory_allocated_mb" in r else None
+        row["reserved_memory_mb"] = r.get("max_memory_reserved_mb")
+        for k in ("tf32_conv", "tf32_matmul", "cudnn_benchmark", "d_ms", "g_ms"):
+            if k in r:
+                row[k] = r[k]
+    else:
+        row["peak_memory_mb"] = r.get("device_peak_reserved_mb")
+        row["peak_memory_kind"] = "cubecl pool, peak reserved at tick ends" if "device_peak_reserved_mb" in r else None
+        for k in ("backend", "conv", "fusion", "conv_gemm_passes", "conv_fallback_passes", "peak_rss_mb"):
+            if k in r:
+                row[k] = r[k]
+    if "error" in r:
+        row["error"] = r["error"]
+    rows.append(row)
+rows.sort(key=lambda x: (x["resolution"], contenders.split().index(x["contender"]) if x["contender"] in contenders.split() else 99))
+gpu = env.get("gpu") or ("cpu-dry-run" if env.get("mode") == "dry-run" else "unknown-gpu")
+slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+doc = {
+    "bench": "gpu_check",
+    "date": date,
+    "gpu": gpu,
+    "driver": env.get("driver"),
+    "torch": env.get("torch"),
+    "torch_cuda": env.get("torch_cuda"),
+    "cudnn": env.get("cudnn"),
+    "steps_timed": int(steps),
+    "what": "one training step: D step with the exact WGAN-GP penalty and drift, G step, EMA "
+            "(pgan: the whole loop incl. data; PyTorch: the two optimizer steps on random reals); "
+            "paper networks; minibatch per resolution from configs/gpu-256.toml",
+    "command": "bash scripts/gpu_check.sh  (run tool, carry .gpu .gl)",
+    "environment": env,
+    "rows": rows,
+    "notes": notes,
+}
+base = f"{outdir}/gpu-{date}-{slug}"
+with open(base + ".json", "w") as f:
+    json.dump(doc, f, indent=1)
+
+def fmt(v, nd=1):
+    return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+lines = [f"GPU: {gpu}, driver {env.get('driver')}, PyTorch {env.get('torch')} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')}), {date}, {steps} timed steps per row.", "",
+         "| res | contender | batch | ms/step | img/s | vs PyTorch | peak MiB | conv passes gemm/fallback |",
+         "|---|---|---|---|---|---|---|---|"]
+for r in rows:
+    if "error" in r:
+        lines.append(f"| {r['resolution']}² | {r['contender']} | {fmt(r['batch'])} | error: {r['error'][:80]} | | | | |")
+        continue
+    ratio = r.get("ratio_to_pytorch")
+    passes = (f"{r['conv_gemm_passes']}/{r['conv_fallback_passes']}"
+              if "conv_gemm_passes" in r else "")
+    lines.append(f"| {r['resolution']}² | {r['contender']} | {fmt(r['batch'])} | {fmt(r['ms_per_step'])} | "
+                 f"{fmt(r['img_per_s'])} | {'' if ratio is None else f'{ratio:.2f}x'} | "
+                 f"{fmt(r.get('peak_memory_mb'), 0)} | {passes} |")
+for n in notes:
+    lines.append(f"\nnote: {json.dumps(n)[:400]}")
+with open(base + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+print(f"\nwrote {base}.json and .md")
+if mode == "dry-run":
+    # The dry run proves the script: every contender must have produced rows, none an error.
+    bad = [r for r in rows if "error" in r] + notes
+    missing = [c for c in contenders.split() if not any(r["contender"] == c for r in rows)]
+    if bad or missing:
+        sys.exit(f"dry run failed: errors {bad}, contenders without rows {missing}")
+EOF
+status=$?
+log "done in $(( $(date +%s) - START ))s"
+rm -rf "$WORK"
+exit $status
