@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use pgan_data::test_files::bomb_png;
+
 fn pgan() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgan"))
 }
@@ -1339,35 +1341,6 @@ fn names_starting(dir: &Path, prefix: &str) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(prefix))
         .collect()
-}
-
-/// A PNG of a few dozen bytes whose header declares `w x h` pixels of `colour` (2 RGB, 6 RGBA)
-/// at `depth` bits: a decompression bomb.
-fn bomb_png(w: u32, h: u32, colour: u8, depth: u8) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32fast::hash(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &ihdr);
-    // A zlib stream holding a few zero bytes (one stored block).
-    chunk(
-        &mut png,
-        b"IDAT",
-        &[
-            0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0, 0, 0, 1,
-        ],
-    );
-    chunk(&mut png, b"IEND", &[]);
-    png
 }
 
 #[test]
