@@ -32,18 +32,7 @@ fn tiny_dataset(dir: &Path, resolution: u32) -> PathBuf {
         img.save(images.join(format!("{k:03}.png"))).unwrap();
     }
     let out = dir.join("tiny.pgan");
-    let options = pgan_data::PrepareOptions {
-        input_dir: images,
-        output: out.clone(),
-        resolution,
-        channels: 3,
-        fit: pgan_data::Fit::CenterCrop,
-        background: [0, 0, 0],
-        min_size: None,
-        shuffle_seed: None,
-        force: false,
-        progress: false,
-    };
+    let options = pgan_data::PrepareOptions::new(images, out.clone(), resolution);
     pgan_data::prepare(&options).unwrap();
     out
 }
