@@ -210,7 +210,11 @@ fn synthetic_dataset(dir: &Path, resolution: u32) -> std::path::PathBuf {
         img.save(images.join(format!("{k}.png"))).unwrap();
     }
     let out = dir.join("bench.pgan");
-    pgan_data::prepare(&pgan_data::PrepareOptions::new(images, out.clone(), resolution))
+    pgan_data::prepare(&pgan_data::PrepareOptions::new(
+        images,
+        out.clone(),
+        resolution,
+    ))
     .expect("prepare");
     out
 }

@@ -1095,7 +1095,11 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     // Training with FID every 0.032 kimg: missing weights stop it before the first step;
     // with them, metrics.jsonl and the report carry FID.
     let config = dir.path().join("fid.toml");
-    std::fs::write(&config, format!("{CONFIG}fid_every_kimg = 0.032\nfid_num = 4\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{CONFIG}fid_every_kimg = 0.032\nfid_num = 4\n"),
+    )
+    .unwrap();
     let train = |weights: &Path| {
         let mut cmd = pgan();
         cmd.args(["train", "--no-progress", "--config"])
@@ -1112,7 +1116,10 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         err.contains("absent.safetensors") && err.contains("scripts/fetch-inception.sh"),
         "{err}"
     );
-    assert!(!dir.path().join("runs").exists(), "no run directory for a run that never started");
+    assert!(
+        !dir.path().join("runs").exists(),
+        "no run directory for a run that never started"
+    );
     run_ok(&mut train(&weights));
     let run = std::fs::read_dir(dir.path().join("runs"))
         .unwrap()
@@ -1193,9 +1200,15 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let corrupt = dir.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not weights").unwrap();
     let err = run_err(compare(&fakes).arg("--inception").arg(&corrupt));
-    assert!(err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"), "{err}");
+    assert!(
+        err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"),
+        "{err}"
+    );
     let err = run_err(&mut eval(&[]).args(["--num", "3"]));
-    assert!(err.contains("has 3 images") && err.contains("at least 4"), "{err}");
+    assert!(
+        err.contains("has 3 images") && err.contains("at least 4"),
+        "{err}"
+    );
     let small = dir.path().join("reals8.pgan");
     run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&small).args([
         "--resolution",
@@ -1212,7 +1225,13 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
             .arg(&weights),
     );
     assert!(err.contains("below the checkpoint's 16"), "{err}");
-    let err = run_err(pgan().args(["eval", "--real"]).arg(&reals).arg("--fake").arg(&fakes));
+    let err = run_err(
+        pgan()
+            .args(["eval", "--real"])
+            .arg(&reals)
+            .arg("--fake")
+            .arg(&fakes),
+    );
     assert!(err.contains("--fid, --kid or --pr"), "{err}");
     // A TorchScript file that is not the Inception network.
     let tiny_ts = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1224,7 +1243,10 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
             .arg("--out")
             .arg(dir.path().join("x.safetensors")),
     );
-    assert!(err.contains("tiny_torchscript.pt") && err.contains("net.layers"), "{err}");
+    assert!(
+        err.contains("tiny_torchscript.pt") && err.contains("net.layers"),
+        "{err}"
+    );
 }
 
 /// `scripts/pgan_torch.py` draws what `pgan render` draws for the latents it saved. Runs when
@@ -1249,7 +1271,16 @@ fn exported_generator_in_pytorch_matches_pgan_render() {
             .arg(&run)
             .arg("--out")
             .arg(&sheet)
-            .args(["--seeds", "0-5", "--rows", "1", "--cols", "6", "--cell-px", "1"])
+            .args([
+                "--seeds",
+                "0-5",
+                "--rows",
+                "1",
+                "--cols",
+                "6",
+                "--cell-px",
+                "1",
+            ])
             .arg("--save-latents")
             .arg(&latents),
     );

@@ -52,6 +52,14 @@ pub const GRAD_G_NORM: &str = "Grad/G/norm";
 pub const IMG_PER_S: &str = "Speed/img_per_s";
 /// Seconds per 1000 images over the tick.
 pub const SEC_PER_KIMG: &str = "Speed/sec_per_kimg";
+/// Peers training data-parallel (`run.devices`, times the nodes).
+pub const PEERS: &str = "Peers/count";
+/// Seconds per step on a peer, mean over the tick and the peers.
+pub const PEER_STEP_S: &str = "Peers/step_s";
+/// Seconds per step on the slowest peer of each step, mean over the tick.
+pub const PEER_STEP_S_SLOWEST: &str = "Peers/step_s_slowest";
+/// Seconds per step a peer spent in the gradient all-reduce, mean over the tick and the peers.
+pub const PEER_ALLREDUCE_S: &str = "Peers/allreduce_s";
 /// Peak resident memory of the training process, MiB (Linux).
 pub const PEAK_RSS_MB: &str = "Mem/peak_rss_mb";
 /// GPU pool memory in use at the tick end, MiB.
@@ -106,6 +114,8 @@ pub const ON_GPU: &[&str] = &[
     DEVICE_RESERVED_MB,
     DEVICE_PEAK_RESERVED_MB,
 ];
+/// Written on tick rows of data-parallel runs (more than one peer).
+pub const ON_PEERS: &[&str] = &[PEERS, PEER_STEP_S, PEER_STEP_S_SLOWEST, PEER_ALLREDUCE_S];
 /// Written on tick rows with an evaluation (`eval.every_kimg`): SWD from 16x16, MS-SSIM from
 /// the metric's smallest size.
 pub const ON_EVAL: &[&str] = &[SWD, MSSSIM_FAKE, MSSSIM_REAL];
@@ -121,6 +131,7 @@ pub const GROUPS: &[&[&str]] = &[
     EVERY_TICK,
     WHEN_KNOWN,
     ON_GPU,
+    ON_PEERS,
     ON_EVAL,
     ON_FID,
     ON_ALARM,
@@ -143,6 +154,11 @@ mod tests {
         let len = all.len();
         all.dedup();
         assert_eq!(all.len(), len - 1, "only KIMG is listed twice");
-        assert!(is_written(ROLLBACK) && is_written(SWD) && is_written(FID) && !is_written("Metrics/swd_real"));
+        assert!(
+            is_written(ROLLBACK)
+                && is_written(SWD)
+                && is_written(FID)
+                && !is_written("Metrics/swd_real")
+        );
     }
 }

@@ -314,7 +314,9 @@ mod tests {
         assert!(fusion_setting(None, "wgpu").unwrap());
         assert!(fusion_setting(Some("on"), "wgpu").unwrap());
         assert!(!fusion_setting(Some(" off "), "cuda").unwrap());
-        let err = fusion_setting(Some("maybe"), "wgpu").unwrap_err().to_string();
+        let err = fusion_setting(Some("maybe"), "wgpu")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("PGAN_GPU_FUSION") && err.contains("maybe") && err.contains("`off`"),
             "{err}"

@@ -90,6 +90,9 @@ pub struct TrainState {
     /// The dataset the run trains on (absent in checkpoints written before it was stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetFingerprint>,
+    /// Data-parallel peers the run trained with (absent: one device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<usize>,
     /// CRC32 of this state as compact JSON without this field: a `state.json` edited by hand no
     /// longer matches it (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -721,6 +724,7 @@ mod tests {
             model: serde_json::to_value(pgan_model::ModelConfig::cpu_small(16)).unwrap(),
             files: BTreeMap::new(),
             dataset: None,
+            peers: None,
             checksum: None,
         }
     }

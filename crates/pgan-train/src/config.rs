@@ -51,6 +51,10 @@ pub struct RunConfig {
     pub backend: BackendKind,
     /// Device index for `wgpu`/`cuda`.
     pub device: usize,
+    /// Data-parallel training: one peer per listed device index (`--devices 0,1`), the
+    /// minibatch split evenly between them. Empty or one entry: one device (`run.device`).
+    /// On the CPU every index is the same CPU.
+    pub devices: Vec<usize>,
     /// Length of a tick (one status line, one metrics.jsonl row) in kimg.
     pub tick_kimg: f64,
     /// Write a checkpoint every this many ticks.
@@ -77,6 +81,7 @@ impl Default for RunConfig {
             desc: None,
             backend: BackendKind::Cpu,
             device: 0,
+            devices: Vec::new(),
             // Official ProGAN: tick_kimg_base = 160 on 8 GPUs; a smaller tick suits one device.
             tick_kimg: 20.0,
             checkpoint_ticks: 5,
@@ -550,6 +555,7 @@ impl TrainConfig {
                 "run.sample_rows, sample_cols and sample_cell_px: {e}"
             ));
         }
+        crate::distributed::check_batches(self)?;
         self.check_mbstd_group()
     }
 
@@ -565,7 +571,8 @@ impl TrainConfig {
         }
         let mut resolution = self.schedule.start_resolution;
         while resolution <= self.model.resolution {
-            let batch = self.schedule.batch_for(resolution);
+            // Each data-parallel peer groups its own share of the minibatch.
+            let batch = self.schedule.batch_for(resolution) / crate::distributed::peer_count(self);
             let used = group.min(batch);
             if batch % used != 0 {
                 return Err(TrainError::Config {

@@ -95,6 +95,14 @@ pub enum TrainError {
     /// The Inception network (FID, KID, precision/recall) could not be loaded or run.
     #[error(transparent)]
     Inception(#[from] pgan_inception::InceptionError),
+    /// A data-parallel peer or node failed, or the collective between them did.
+    #[error("peer {peer}: {message}")]
+    Peer {
+        /// Which peer or node (`1`, `node 1`, ...).
+        peer: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Writing an image failed.
     #[error("cannot write image {}: {message}", path.display())]
     Image {

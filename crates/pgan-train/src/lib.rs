@@ -19,6 +19,7 @@ pub mod alarms;
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+mod distributed;
 pub mod ema;
 mod error;
 pub mod eval;

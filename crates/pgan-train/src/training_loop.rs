@@ -29,6 +29,7 @@ use crate::alarms::Alarms;
 use crate::backend::{dispatch, BackendJob};
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
+use crate::distributed::Peers;
 use crate::error::{io_err, Result, TrainError};
 use crate::images::{grid, save_png, upscale_cells, HostImages};
 use crate::latents::latent_values;
@@ -40,7 +41,7 @@ use crate::stats::{MetricsWriter, TickStats};
 #[doc(hidden)]
 pub mod faults;
 mod recovery;
-mod step;
+pub(crate) mod step;
 mod tick;
 
 use faults::Faults;
@@ -133,8 +134,11 @@ fn train_with_faults_on<B: AutodiffBackend>(
     let _turn = ONE_TRAINING_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
+    // Peers block in all-reduces waiting for each other: none of them runs on a rayon thread,
+    // which the others' parallel loops could be waiting for.
+    let one_peer = crate::distributed::peer_count(&options.config) == 1;
     let run = move || Trainer::<B>::start(options, faults, device)?.run();
-    if pgan_model::kernels::is_cpu::<B::InnerBackend>() {
+    if one_peer && pgan_model::kernels::is_cpu::<B::InnerBackend>() {
         on_a_rayon_thread(run)
     } else {
         run()
@@ -184,6 +188,8 @@ struct Trainer<B: AutodiffBackend> {
     faults: Option<Faults>,
     /// The Inception network and the reals' features when `eval.fid_every_kimg` is on.
     fid: Option<crate::inception_metrics::TrainingFid<B::InnerBackend>>,
+    /// The data-parallel peers (`run.devices`); the networks above are peer 0's.
+    peers: Peers<B>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -282,6 +288,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             model: serde_json::to_value(&model).expect("model config serialises"),
             files: Default::default(),
             dataset: Some(checkpoint::DatasetFingerprint::of(&reader)),
+            peers: crate::distributed::peers_to_record(&config),
             checksum: None,
         };
         let mut sample_rng = ChaCha8Rng::seed_from_u64(config.run.seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -312,6 +319,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             peak_device_reserved: 0,
             faults,
             fid,
+            peers: Peers::single(),
         };
         match resume_from {
             Some(ckpt) => {
@@ -340,6 +348,19 @@ impl<B: AutodiffBackend> Trainer<B> {
                 // A checkpoint at kimg 0 gives the NaN rollback somewhere to go from the start.
                 trainer.save_checkpoint()?;
             }
+        }
+        let ckpt = trainer
+            .last_checkpoint
+            .clone()
+            .expect("a checkpoint to start from");
+        trainer.peers = Peers::start(&trainer.config, &trainer.model, &ckpt, &trainer.device)?;
+        if trainer.peers.count() > 1 {
+            trainer.log.info(format!(
+                "{} peers on devices {:?}, {} per device",
+                trainer.peers.count(),
+                trainer.config.run.devices,
+                trainer.config.schedule.minibatch_default / trainer.peers.count()
+            ));
         }
         Ok(trainer)
     }
@@ -449,6 +470,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         ));
         if self.config.schedule.reset_optimizer {
             self.nets.reset_optimizers(&self.config.optim);
+            self.peers.reset_optimizers(&self.config.optim);
         }
         self.state.phase_index = phase.index;
     }
@@ -500,8 +522,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         {
             self.log.warn(warning);
         }
+        if let Some(warning) = crate::distributed::peers_changed(&mut state, &self.config) {
+            self.log.warn(warning);
+        }
         let fresh = Nets::fresh(&self.model, &self.config.optim, &self.device, None);
         self.nets = checkpoint::load_training(ckpt, fresh, &self.device)?;
+        self.peers.restored(ckpt)?;
         self.state = state;
         Ok(())
     }

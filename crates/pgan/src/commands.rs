@@ -170,6 +170,9 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
             .map_err(anyhow::Error::msg)
             .context("--backend")?;
     }
+    if let Some(v) = args.devices.clone() {
+        config.run.devices = v;
+    }
     if let Some(v) = args.device {
         config.run.device = v;
     }
@@ -442,7 +445,10 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let source = args.source.as_ref().context("give a checkpoint or --fake")?;
+    let source = args
+        .source
+        .as_ref()
+        .context("give a checkpoint or --fake")?;
     let ckpt = checkpoint_of(source)?;
     let data = match &args.data {
         Some(d) => Some(d.clone()),

@@ -138,6 +138,10 @@ struct TrainArgs {
     /// Device index (overrides run.device).
     #[arg(long)]
     device: Option<usize>,
+    /// Data-parallel training, one peer per device: `0,1,2,3` (overrides run.devices). The
+    /// minibatch is split evenly over them; on the CPU every index is the same CPU.
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<usize>>,
     /// Random seed (overrides run.seed).
     #[arg(long)]
     seed: Option<u64>,

@@ -11,15 +11,18 @@ use pgan_spec::metrics as key;
 use rand::Rng;
 
 use super::Trainer;
+use crate::config::LossConfig;
 use crate::ema::update_ema;
 use crate::error::Result;
 use crate::latents::latent_values;
-use crate::loss::{discriminator_loss, generator_loss};
+use crate::loss::{discriminator_loss, generator_loss, DiscriminatorStats};
+use crate::nets::Nets;
 use crate::schedule::{Phase, PhaseKind};
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// One D step, one G step and the EMA update; false when a loss or a gradient norm came out
-    /// NaN/Inf (the caller rolls back).
+    /// NaN/Inf (the caller rolls back). The host draws the minibatch and every random number
+    /// of the step; each peer ([`distributed`](crate::distributed)) trains on its share.
     pub(super) fn step(&mut self, phase: &Phase) -> Result<bool> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
@@ -28,40 +31,29 @@ impl<B: AutodiffBackend> Trainer<B> {
             .state
             .sampler
             .next_batch(&self.reader, phase.resolution, n, fade)?;
-        let reals =
-            Tensor::<B, 4>::from_data(TensorData::new(batch.data, batch.shape), &self.device);
-
-        // D step: fakes from the current G without building G's graph.
-        let latents = self.latents(n);
-        let fakes = self.nets.g.valid().forward(latents, stage, alpha);
-        let fakes = Tensor::<B, 4>::from_inner(fakes);
-        let mix = self.uniform(n);
-        let (loss_d, d_stats) = discriminator_loss(
-            &self.config.loss,
-            &self.nets.d,
-            reals,
-            fakes,
+        let dim = self.model.latent_dim;
+        // Drawn in the order the single-device step always drew them.
+        let latents_d = latent_values(&mut self.state.rng, n * dim, None);
+        let mix: Vec<f32> = (0..n).map(|_| self.state.rng.random::<f32>()).collect();
+        let latents_g = latent_values(&mut self.state.rng, n * dim, None);
+        let inputs = StepInputs {
+            reals: batch.data,
+            reals_shape: batch.shape,
+            latents_d,
             mix,
+            latents_g,
+            latent_dim: dim,
             stage,
             alpha,
-        );
-        let grads = GradientsParams::from_grads(loss_d.backward(), &self.nets.d);
-        let d_grad_norm = grad_norm(&self.nets.d, &grads);
-        let d = self.nets.d.clone();
-        self.nets.d = self.nets.optim_d.step(lr, d, grads);
+            lr,
+        };
+        let out = self
+            .peers
+            .step(&mut self.nets, &inputs, &self.config.loss, &self.device)?;
 
-        // G step: D's parameters are frozen so only G's gradients are computed.
-        let latents = Tensor::<B, 2>::from_inner(self.latents(n));
-        let fakes = self.nets.g.forward(latents, stage, alpha);
-        let scores = self.nets.d.clone().no_grad().forward(fakes, stage, alpha);
-        let loss_g = generator_loss(&self.config.loss, scores);
-        let loss_g_value: f32 = loss_g.clone().detach().into_scalar().elem::<f32>();
-        let grads = GradientsParams::from_grads(loss_g.backward(), &self.nets.g);
-        let g_grad_norm = grad_norm(&self.nets.g, &grads);
-        let g = self.nets.g.clone();
-        self.nets.g = self.nets.optim_g.step(lr, g, grads);
-
-        let d_loss = d_stats.loss;
+        let d_stats = out.d_stats;
+        let (d_loss, loss_g_value) = (d_stats.loss, out.loss_g);
+        let (d_grad_norm, g_grad_norm) = (out.d_grad_norm, out.g_grad_norm);
         let healthy = [d_loss, loss_g_value, d_grad_norm, g_grad_norm]
             .iter()
             .all(|v| v.is_finite());
@@ -91,21 +83,148 @@ impl<B: AutodiffBackend> Trainer<B> {
         t.report(key::D_FAKE, d_stats.fake_score as f64);
         t.report(key::GRAD_D_NORM, d_grad_norm as f64);
         t.report(key::GRAD_G_NORM, g_grad_norm as f64);
+        self.peers.report_timings(t);
         Ok(true)
     }
+}
 
-    /// Latents ~ N(0, I) from the checkpointed host RNG, on the inner backend.
-    fn latents(&mut self, n: usize) -> Tensor<B::InnerBackend, 2> {
-        let dim = self.model.latent_dim;
-        let values = latent_values(&mut self.state.rng, n * dim, None);
-        Tensor::from_data(TensorData::new(values, [n, dim]), &self.device)
+/// Everything one step trains on, drawn on the host for the whole (global) minibatch.
+#[derive(Clone, Debug)]
+pub(crate) struct StepInputs {
+    /// The reals, NCHW.
+    pub reals: Vec<f32>,
+    pub reals_shape: [usize; 4],
+    /// Latents of the D step's fakes, `n * latent_dim`.
+    pub latents_d: Vec<f32>,
+    /// WGAN-GP interpolation factors, one per sample.
+    pub mix: Vec<f32>,
+    /// Latents of the G step.
+    pub latents_g: Vec<f32>,
+    pub latent_dim: usize,
+    pub stage: usize,
+    pub alpha: f32,
+    pub lr: f64,
+}
+
+impl StepInputs {
+    /// Samples in this minibatch.
+    pub fn batch(&self) -> usize {
+        self.reals_shape[0]
     }
 
-    /// WGAN-GP interpolation factors ~ U[0, 1), one per sample.
-    fn uniform(&mut self, n: usize) -> Tensor<B, 4> {
-        let values: Vec<f32> = (0..n).map(|_| self.state.rng.random::<f32>()).collect();
-        Tensor::from_data(TensorData::new(values, [n, 1, 1, 1]), &self.device)
+    /// Peer `rank`'s share of `peers`: the contiguous `batch / peers` samples from
+    /// `rank * batch / peers` on (the config check makes `peers` divide every batch).
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    pub fn share(&self, rank: usize, peers: usize) -> StepInputs {
+        let per = self.batch() / peers;
+        let image = self.reals.len() / self.batch();
+        let dim = self.latent_dim;
+        let rows = rank * per..(rank + 1) * per;
+        let part = |v: &[f32], width: usize| v[rows.start * width..rows.end * width].to_vec();
+        let [_, c, h, w] = self.reals_shape;
+        StepInputs {
+            reals: part(&self.reals, image),
+            reals_shape: [per, c, h, w],
+            latents_d: part(&self.latents_d, dim),
+            mix: part(&self.mix, 1),
+            latents_g: part(&self.latents_g, dim),
+            latent_dim: dim,
+            stage: self.stage,
+            alpha: self.alpha,
+            lr: self.lr,
+        }
     }
+}
+
+/// What one peer's step measured (host values).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PeerStepOutput {
+    pub d_stats: DiscriminatorStats,
+    pub loss_g: f32,
+    /// Norms of the gradients the optimizers applied (after the all-reduce).
+    pub d_grad_norm: f32,
+    pub g_grad_norm: f32,
+    /// Seconds the whole step took on this peer, and of those, in the gradient all-reduce.
+    pub step_s: f64,
+    pub sync_s: f64,
+}
+
+/// Makes the gradients of a backward pass the ones every peer applies (the all-reduced mean
+/// over peers); [`NoSync`] for one device.
+pub(crate) trait GradSync {
+    fn sync<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+        module: &M,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams>;
+}
+
+/// One device: the gradients stay as they are.
+pub(crate) struct NoSync;
+
+impl GradSync for NoSync {
+    fn sync<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+        _module: &M,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams> {
+        Ok(grads)
+    }
+}
+
+/// One peer's D step and G step on `inputs` (its share), with the gradients made common by
+/// `sync` before each optimizer step. The EMA is the caller's (peer 0's) business.
+pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
+    nets: &mut Nets<B>,
+    inputs: &StepInputs,
+    loss: &LossConfig,
+    device: &B::Device,
+    sync: &S,
+) -> Result<PeerStepOutput> {
+    let started = std::time::Instant::now();
+    let (stage, alpha, n, lr) = (inputs.stage, inputs.alpha, inputs.batch(), inputs.lr);
+    let dim = inputs.latent_dim;
+    let reals = Tensor::<B, 4>::from_data(
+        TensorData::new(inputs.reals.clone(), inputs.reals_shape),
+        device,
+    );
+
+    // D step: fakes from the current G without building G's graph.
+    let latents = Tensor::<B::InnerBackend, 2>::from_data(
+        TensorData::new(inputs.latents_d.clone(), [n, dim]),
+        device,
+    );
+    let fakes = nets.g.valid().forward(latents, stage, alpha);
+    let fakes = Tensor::<B, 4>::from_inner(fakes);
+    let mix = Tensor::from_data(TensorData::new(inputs.mix.clone(), [n, 1, 1, 1]), device);
+    let (loss_d, d_stats) = discriminator_loss(loss, &nets.d, reals, fakes, mix, stage, alpha);
+    let grads = GradientsParams::from_grads(loss_d.backward(), &nets.d);
+    let grads = sync.sync(&nets.d, grads)?;
+    let d_grad_norm = grad_norm(&nets.d, &grads);
+    let d = nets.d.clone();
+    nets.d = nets.optim_d.step(lr, d, grads);
+
+    // G step: D's parameters are frozen so only G's gradients are computed.
+    let latents =
+        Tensor::<B, 2>::from_data(TensorData::new(inputs.latents_g.clone(), [n, dim]), device);
+    let fakes = nets.g.forward(latents, stage, alpha);
+    let scores = nets.d.clone().no_grad().forward(fakes, stage, alpha);
+    let loss_g = generator_loss(loss, scores);
+    let loss_g_value: f32 = loss_g.clone().detach().into_scalar().elem::<f32>();
+    let grads = GradientsParams::from_grads(loss_g.backward(), &nets.g);
+    let grads = sync.sync(&nets.g, grads)?;
+    let g_grad_norm = grad_norm(&nets.g, &grads);
+    let g = nets.g.clone();
+    nets.g = nets.optim_g.step(lr, g, grads);
+
+    Ok(PeerStepOutput {
+        d_stats,
+        loss_g: loss_g_value,
+        d_grad_norm,
+        g_grad_norm,
+        step_s: started.elapsed().as_secs_f64(),
+        sync_s: 0.0,
+    })
 }
 
 /// L2 norm of a module's gradients.

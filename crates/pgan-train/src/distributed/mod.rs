@@ -1,0 +1,232 @@
+//! Data-parallel training: one peer per device (`run.devices`), each with its own G, D and
+//! Adam state, each training on its share of every minibatch; the gradients are all-reduced
+//! (mean over peers) before every optimizer step, so every peer applies the same update.
+//!
+//! The trainer's own networks are peer 0's: its EMA, samples, evaluation, metrics and
+//! checkpoints are the run's. The other peers are replicas loaded from the same checkpoint as
+//! peer 0 (the kimg-0 checkpoint of a new run, the resumed or rolled-back one otherwise), so all
+//! peers start every stretch of training from identical weights and optimizer moments.
+//!
+//! The host draws the whole minibatch and every random number of a step once (the sampler and
+//! the RNG stay in the checkpoint as for one device); peer `r` of `P` takes the contiguous
+//! samples `r·N/P .. (r+1)·N/P`. With the minibatch-stddev groups inside each share (or off),
+//! `P` peers of `N/P` samples compute the same mean gradients as one device of `N` samples.
+//!
+//! Peers are threads of this process, one per device, each calling burn-collective's
+//! `all_reduce` (the `collective` cargo feature). burn 0.21's autodiff keeps its graphs in a
+//! process-global registry; the replicas never share a parameter tensor with peer 0 (they are
+//! loaded from the checkpoint file), so their graphs stay apart, and
+//! `tests::two_peers_on_threads_match_one_device_with_the_whole_batch` checks the result.
+
+use std::path::Path;
+
+use burn::tensor::backend::AutodiffBackend;
+use pgan_model::ModelConfig;
+use pgan_spec::metrics as key;
+
+use crate::checkpoint::TrainState;
+use crate::config::{LossConfig, OptimConfig, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::nets::Nets;
+use crate::stats::TickStats;
+use crate::training_loop::step::{peer_step, NoSync, PeerStepOutput, StepInputs};
+
+#[cfg(feature = "collective")]
+mod collective;
+
+/// The peers of a run: just peer 0 (the trainer's networks) on one device, or peer 0 plus the
+/// replicas with the `collective` feature.
+pub(crate) struct Peers<B: AutodiffBackend> {
+    #[cfg(feature = "collective")]
+    group: Option<collective::PeerGroup<B>>,
+    /// The last step's output of every peer (timings for the tick row).
+    last: Vec<PeerStepOutput>,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> Peers<B> {
+    /// One device: the trainer's networks only.
+    pub fn single() -> Self {
+        Self {
+            #[cfg(feature = "collective")]
+            group: None,
+            last: Vec::new(),
+            _backend: std::marker::PhantomData,
+        }
+    }
+
+    /// The peers `config.run.devices` asks for, the replicas loaded from `ckpt` (the checkpoint
+    /// peer 0's networks come from).
+    pub fn start(
+        config: &TrainConfig,
+        model: &ModelConfig,
+        ckpt: &Path,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let count = peer_count(config);
+        if count <= 1 {
+            return Ok(Self::single());
+        }
+        #[cfg(feature = "collective")]
+        {
+            let group = collective::PeerGroup::start(config, model, ckpt, device)?;
+            Ok(Self {
+                group: Some(group),
+                ..Self::single()
+            })
+        }
+        #[cfg(not(feature = "collective"))]
+        {
+            let _ = (model, ckpt, device);
+            Err(TrainError::Config {
+                path: None,
+                message: format!(
+                    "run.devices asks for {count} peers, but this pgan was built without \
+                     data-parallel training (cargo feature `collective`)"
+                ),
+            })
+        }
+    }
+
+    /// Peers training (1 on one device).
+    pub fn count(&self) -> usize {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &self.group {
+            return group.count();
+        }
+        1
+    }
+
+    /// One training step on every peer; the returned losses and scores are means over the
+    /// peers (each a mean over its equal share, so the minibatch's means), the gradient norms
+    /// those of the all-reduced gradients.
+    pub fn step(
+        &mut self,
+        nets: &mut Nets<B>,
+        inputs: &StepInputs,
+        loss: &LossConfig,
+        device: &B::Device,
+    ) -> Result<PeerStepOutput> {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &mut self.group {
+            self.last = group.step(nets, inputs, loss, device)?;
+            return Ok(mean_over_peers(&self.last));
+        }
+        let out = peer_step(nets, inputs, loss, device, &NoSync)?;
+        self.last = vec![out];
+        Ok(out)
+    }
+
+    /// Reports the last step's per-peer timings (data-parallel runs only).
+    pub fn report_timings(&self, stats: &mut TickStats) {
+        if self.last.len() <= 1 {
+            return;
+        }
+        let n = self.last.len() as f64;
+        let slowest = self.last.iter().map(|o| o.step_s).fold(0.0, f64::max);
+        stats.report(key::PEERS, n);
+        stats.report(
+            key::PEER_STEP_S,
+            self.last.iter().map(|o| o.step_s).sum::<f64>() / n,
+        );
+        stats.report(key::PEER_STEP_S_SLOWEST, slowest);
+        stats.report(
+            key::PEER_ALLREDUCE_S,
+            self.last.iter().map(|o| o.sync_s).sum::<f64>() / n,
+        );
+    }
+
+    /// After peer 0 restored `ckpt` (a resume or a rollback): the replicas load it too.
+    pub fn restored(&mut self, ckpt: &Path) -> Result<()> {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &mut self.group {
+            return group.load(ckpt);
+        }
+        let _ = ckpt;
+        Ok(())
+    }
+
+    /// After peer 0 reset its optimizers at a new phase: the replicas reset theirs.
+    pub fn reset_optimizers(&mut self, optim: &OptimConfig) {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &mut self.group {
+            group.reset_optimizers(optim);
+        }
+        let _ = optim;
+    }
+}
+
+/// Peers a config asks for: the number of `run.devices` (at least 1).
+pub(crate) fn peer_count(config: &TrainConfig) -> usize {
+    config.run.devices.len().max(1)
+}
+
+/// What a checkpoint records of the peers: their number when more than one.
+pub(crate) fn peers_to_record(config: &TrainConfig) -> Option<usize> {
+    Some(peer_count(config)).filter(|&n| n > 1)
+}
+
+/// A resume with another number of peers than the checkpoint was trained with is allowed:
+/// the host still draws the same global minibatches and random numbers, so what changes is
+/// which samples share a minibatch-stddev group (each peer groups its own share) and the
+/// order in which gradients are summed. Updates `state` to the new count and says so.
+pub(crate) fn peers_changed(state: &mut TrainState, config: &TrainConfig) -> Option<String> {
+    let (was, now) = (state.peers.unwrap_or(1), peer_count(config));
+    state.peers = peers_to_record(config);
+    (was != now).then(|| {
+        format!(
+            "the checkpoint was trained on {was} peer(s) and this session runs {now}: the \
+             minibatches and their order stay the same, but each peer now takes 1/{now} of \
+             every minibatch, so the minibatch-stddev groups and the order in which gradients \
+             are summed change; the run will not match one continued on {was} peer(s)"
+        )
+    })
+}
+
+/// Checks that the minibatch of every resolution the run trains at splits evenly over the peers.
+pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
+    let peers = peer_count(config);
+    if peers <= 1 {
+        return Ok(());
+    }
+    let mut resolution = config.schedule.start_resolution;
+    while resolution <= config.model.resolution {
+        let batch = config.schedule.batch_for(resolution);
+        resolution *= 2;
+        if batch % peers != 0 {
+            return Err(TrainError::Config {
+                path: None,
+                message: format!(
+                    "the minibatch of {batch} at {resolution}x{resolution} does not divide over \
+                     {peers} devices (run.devices): the global minibatch is split evenly, so \
+                     make it a multiple of {peers}",
+                    resolution = resolution / 2
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The mean of the peers' losses and scores; the gradient norms are peer 0's (every peer
+/// applied the same all-reduced gradients).
+#[allow(dead_code)]
+fn mean_over_peers(outs: &[PeerStepOutput]) -> PeerStepOutput {
+    let n = outs.len() as f32;
+    let mean = |f: &dyn Fn(&PeerStepOutput) -> f32| outs.iter().map(f).sum::<f32>() / n;
+    let mut out = outs[0];
+    out.d_stats.loss = mean(&|o| o.d_stats.loss);
+    out.d_stats.penalty = mean(&|o| o.d_stats.penalty);
+    out.d_stats.penalty_grad_norm = mean(&|o| o.d_stats.penalty_grad_norm);
+    out.d_stats.drift = mean(&|o| o.d_stats.drift);
+    out.d_stats.real_score = mean(&|o| o.d_stats.real_score);
+    out.d_stats.fake_score = mean(&|o| o.d_stats.fake_score);
+    out.loss_g = mean(&|o| o.loss_g);
+    // A non-finite value on any peer makes the step unhealthy for all.
+    for o in outs {
+        if !(o.d_grad_norm.is_finite() && o.g_grad_norm.is_finite()) {
+            out.d_grad_norm = f32::NAN;
+        }
+    }
+    out
+}
