@@ -39,6 +39,10 @@ if [ -z "$model_tests" ]; then
 fi
 (cd crates/pgan-model && PGAN_GENERIC_KERNELS=1 "$model_tests" --skip wgpu_forward_matches_flex)
 
+# Data-parallel training (burn-collective, cargo feature `collective`): its own feature set, so
+# only the crates that use it are built again with it.
+cargo test -p pgan-train --features collective --test data_parallel
+
 cargo check -p pgan --features cuda
 if [ "$skip_wgpu" = 1 ]; then
   echo "all tests passed; the wgpu tests were skipped (PGAN_SKIP_WGPU=1)"
