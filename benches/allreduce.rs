@@ -69,7 +69,8 @@ fn main() {
                                     ReduceOperation::Mean,
                                 )
                                 .unwrap();
-                                let out = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out));
+                                let out =
+                                    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(out));
                                 // Wait for the result as the optimizer step would.
                                 let _ = out.slice(0..1).into_data();
                             }

@@ -1797,3 +1797,62 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
     let exported = dir.path().join("g.safetensors");
     run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
 }
+
+/// `pgan train --devices 0,1`: two peers (threads on the CPU) train a run through a fade-in,
+/// and a minibatch that does not split over the devices is a clear error.
+#[cfg(feature = "collective")]
+#[test]
+fn two_devices_train_a_run_and_a_minibatch_that_does_not_split_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--devices", "0,1", "--total-kimg", "0.032"],
+    ));
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(
+        log.contains("2 peers on devices [0, 1], 2 per device"),
+        "{log}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kimg"], 0.032);
+    assert_eq!(last["Peers/count"], 2.0);
+    assert!(last["Peers/step_s"].as_f64().unwrap() > 0.0);
+
+    let err = run_err(pgan().args([
+        "train",
+        "--dry-run",
+        "--data",
+        "x.pgan",
+        "--devices",
+        "0,1,2",
+        "--batch",
+        "16",
+    ]));
+    assert!(
+        err.contains("the minibatch of 16 at 4x4 does not divide over 3 devices"),
+        "{err}"
+    );
+}
+
+/// Without the `collective` feature, `--devices` with more than one device says how to build it.
+#[cfg(not(feature = "collective"))]
+#[test]
+fn several_devices_without_the_collective_feature_say_how_to_get_it() {
+    let err = run_err(pgan().args(["train", "--dry-run", "--data", "x.pgan", "--devices", "0,1"]));
+    assert!(
+        err.contains("built without data-parallel training")
+            && err.contains("--features collective"),
+        "{err}"
+    );
+}

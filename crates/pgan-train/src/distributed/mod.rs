@@ -77,14 +77,10 @@ impl<B: AutodiffBackend> Peers<B> {
         }
         #[cfg(not(feature = "collective"))]
         {
+            // Refuses several devices in this build (as `TrainConfig::validate` did).
             let _ = (model, ckpt, device);
-            Err(TrainError::Config {
-                path: None,
-                message: format!(
-                    "run.devices asks for {count} peers, but this pgan was built without \
-                     data-parallel training (cargo feature `collective`)"
-                ),
-            })
+            check_batches(config)?;
+            Ok(Self::single())
         }
     }
 
@@ -183,11 +179,21 @@ pub(crate) fn peers_changed(state: &mut TrainState, config: &TrainConfig) -> Opt
     })
 }
 
-/// Checks that the minibatch of every resolution the run trains at splits evenly over the peers.
+/// Checks that this build can train on several peers and that the minibatch of every
+/// resolution the run trains at splits evenly over them.
 pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
     let peers = peer_count(config);
     if peers <= 1 {
         return Ok(());
+    }
+    if !cfg!(feature = "collective") {
+        return Err(TrainError::Config {
+            path: None,
+            message: format!(
+                "run.devices asks for {peers} peers, but this pgan was built without \
+                 data-parallel training: build it with `--features collective`"
+            ),
+        });
     }
     let mut resolution = config.schedule.start_resolution;
     while resolution <= config.model.resolution {
