@@ -1161,16 +1161,17 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
 
     // Two image sets without a checkpoint: the dataset against a folder, then against itself.
     let fakes = ramp_folder(dir.path(), "fakes", 4, 2);
-    let compare = |fake: &Path| {
+    let compare_with = |fake: &Path, weights: &Path| {
         let mut cmd = pgan();
         cmd.args(["eval", "--fid", "--real"])
             .arg(&reals)
             .arg("--fake")
             .arg(fake)
             .arg("--inception")
-            .arg(&weights);
+            .arg(weights);
         cmd
     };
+    let compare = |fake: &Path| compare_with(fake, &weights);
     let out = run_ok(&mut compare(&fakes));
     assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
     let out = run_ok(&mut compare(&reals));
@@ -1185,14 +1186,14 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
 
     // Errors: missing and corrupt weights, too few images, a dataset below the checkpoint.
     let missing = dir.path().join("nowhere.safetensors");
-    let err = run_err(compare(&fakes).arg("--inception").arg(&missing));
+    let err = run_err(&mut compare_with(&fakes, &missing));
     assert!(
         err.contains("nowhere.safetensors") && err.contains("scripts/fetch-inception.sh"),
         "{err}"
     );
     let corrupt = dir.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not weights").unwrap();
-    let err = run_err(compare(&fakes).arg("--inception").arg(&corrupt));
+    let err = run_err(&mut compare_with(&fakes, &corrupt));
     assert!(err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"), "{err}");
     let err = run_err(&mut eval(&[]).args(["--num", "3"]));
     assert!(err.contains("has 3 images") && err.contains("at least 4"), "{err}");
