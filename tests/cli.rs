@@ -1768,3 +1768,115 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
     let exported = dir.path().join("g.safetensors");
     run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
 }
+#[test]
+fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let remedies = [
+        "--loss",
+        "minimax",
+        "--real-label",
+        "0.9",
+        "--instance-noise",
+        "0.2",
+        "--instance-noise-kimg",
+        "0.032",
+        "--lr-g-mult",
+        "0.5",
+        "--lr-d-mult",
+        "2",
+        "--d-steps",
+        "2",
+    ];
+    let dry = run_ok(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .args(remedies),
+    );
+    for said in [
+        "kind = \"minimax\"",
+        "real_label = 0.9",
+        "d_steps = 2",
+        "loss: minimax (saturating, no penalty), real label 0.9",
+        "updates: lr x G 0.5 x D 2 (times the lr column), 2 D steps per G step   \
+         instance noise: sigma 0.2 -> 0 over 0.032 kimg",
+    ] {
+        assert!(dry.contains(said), "'{said}' missing from:\n{dry}");
+    }
+
+    let runs = dir.path().join("runs");
+    run_ok(
+        pgan()
+            .args([
+                "train",
+                "--no-progress",
+                "--total-kimg",
+                "0.032",
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(&runs)
+            .args(remedies),
+    );
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("lr_d_mult = 2.0") && saved.contains("sigma = 0.2"),
+        "{saved}"
+    );
+    let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 2, "two ticks of 16 images:\n{rows}");
+
+    for (flags, said) in [
+        (
+            &["--loss", "hinge"][..],
+            "--loss: unknown loss 'hinge' (expected wgan-gp, logistic-r1, non-saturating, minimax)",
+        ),
+        (
+            &["--real-label", "0"][..],
+            "--real-label 0 must be in (0, 1]",
+        ),
+        (
+            &["--instance-noise=-1"][..],
+            "--instance-noise -1 must be a non-negative sigma",
+        ),
+        (
+            &["--instance-noise", "0.1"][..],
+            "instance_noise.anneal_kimg must be positive",
+        ),
+        (&["--lr-g-mult", "0"][..], "--lr-g-mult 0 must be positive"),
+        (
+            &["--lr-d-mult=-1"][..],
+            "--lr-d-mult -1 must be positive",
+        ),
+        (&["--d-steps", "0"][..], "--d-steps must be at least 1"),
+        (
+            &["--real-label", "0.9"][..],
+            "loss.real_label 0.9 applies to the logistic losses",
+        ),
+    ] {
+        let err = run_err(
+            pgan()
+                .args(["train", "--dry-run", "--config"])
+                .arg(&config)
+                .arg("--data")
+                .arg(&data)
+                .args(flags),
+        );
+        assert!(
+            err.contains(said),
+            "{flags:?}: '{said}' missing from:\n{err}"
+        );
+    }
+}

@@ -13,9 +13,12 @@ use rand::Rng;
 use super::Trainer;
 use crate::ema::update_ema;
 use crate::error::Result;
+use crate::instance_noise::{add_noise, sigma_at};
 use crate::latents::latent_values;
 use crate::loss::{discriminator_loss, generator_loss};
 use crate::schedule::{Phase, PhaseKind};
+
+mod ttur;
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// One D step, one G step and the EMA update; false when a loss or a gradient norm came out
@@ -23,6 +26,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub(super) fn step(&mut self, phase: &Phase) -> Result<bool> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
+        let sigma = sigma_at(&self.config.instance_noise, self.state.images_shown);
+        // TTUR: the D updates beyond the first (`optim.d_steps`), each on its own reals.
+        for _ in 1..self.config.optim.d_steps {
+            if !self.extra_d_step(phase, lr, sigma)? {
+                self.state.step += 1;
+                return Ok(false);
+            }
+        }
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
         let batch = self
             .state
@@ -30,11 +41,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             .next_batch(&self.reader, phase.resolution, n, fade)?;
         let reals =
             Tensor::<B, 4>::from_data(TensorData::new(batch.data, batch.shape), &self.device);
+        let reals = add_noise(reals, sigma, &mut self.state.rng);
 
         // D step: fakes from the current G without building G's graph.
         let latents = self.latents(n);
         let fakes = self.nets.g.valid().forward(latents, stage, alpha);
         let fakes = Tensor::<B, 4>::from_inner(fakes);
+        let fakes = add_noise(fakes, sigma, &mut self.state.rng);
         let mix = self.uniform(n);
         let (loss_d, d_stats) = discriminator_loss(
             &self.config.loss,
@@ -48,18 +61,25 @@ impl<B: AutodiffBackend> Trainer<B> {
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.nets.d);
         let d_grad_norm = grad_norm(&self.nets.d, &grads);
         let d = self.nets.d.clone();
-        self.nets.d = self.nets.optim_d.step(lr, d, grads);
+        self.nets.d = self
+            .nets
+            .optim_d
+            .step(lr * self.config.optim.lr_d_mult, d, grads);
 
         // G step: D's parameters are frozen so only G's gradients are computed.
         let latents = Tensor::<B, 2>::from_inner(self.latents(n));
         let fakes = self.nets.g.forward(latents, stage, alpha);
+        let fakes = add_noise(fakes, sigma, &mut self.state.rng);
         let scores = self.nets.d.clone().no_grad().forward(fakes, stage, alpha);
         let loss_g = generator_loss(&self.config.loss, scores);
         let loss_g_value: f32 = loss_g.clone().detach().into_scalar().elem::<f32>();
         let grads = GradientsParams::from_grads(loss_g.backward(), &self.nets.g);
         let g_grad_norm = grad_norm(&self.nets.g, &grads);
         let g = self.nets.g.clone();
-        self.nets.g = self.nets.optim_g.step(lr, g, grads);
+        self.nets.g = self
+            .nets
+            .optim_g
+            .step(lr * self.config.optim.lr_g_mult, g, grads);
 
         let d_loss = d_stats.loss;
         let healthy = [d_loss, loss_g_value, d_grad_norm, g_grad_norm]
@@ -77,7 +97,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
 
         // EMA of G's weights (per-step decay, or from a half-life in kimg).
-        let beta = self.config.ema.beta_for_batch(n);
+        let beta = self
+            .config
+            .ema
+            .beta_for_batch(n * self.config.optim.d_steps as usize);
         let ema = std::mem::replace(&mut self.nets.g_ema, self.nets.g.valid());
         self.nets.g_ema = update_ema::<B, _>(ema, &self.nets.g, beta);
 
