@@ -1128,17 +1128,18 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     assert!(html.contains("Fréchet Inception Distance"));
 
     let json = dir.path().join("fid.json");
-    let eval = |extra: &[&str]| {
+    let eval_num = |num: &str, extra: &[&str]| {
         let mut cmd = pgan();
         cmd.arg("eval")
             .arg(&run)
-            .args(["--fid", "--kid", "--pr", "--num", "4", "--real"])
+            .args(["--fid", "--kid", "--pr", "--num", num, "--real"])
             .arg(&reals)
             .arg("--inception")
             .arg(&weights)
             .args(extra);
         cmd
     };
+    let eval = |extra: &[&str]| eval_num("4", extra);
     let out = run_ok(eval(&[]).arg("--json").arg(&json));
     assert!(out.contains("FID") && out.contains("precision"), "{out}");
     let parsed: serde_json::Value =
@@ -1195,7 +1196,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     std::fs::write(&corrupt, b"not weights").unwrap();
     let err = run_err(&mut compare_with(&fakes, &corrupt));
     assert!(err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"), "{err}");
-    let err = run_err(&mut eval(&[]).args(["--num", "3"]));
+    let err = run_err(&mut eval_num("3", &[]));
     assert!(err.contains("has 3 images") && err.contains("at least 4"), "{err}");
     let small = dir.path().join("reals8.pgan");
     run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&small).args([

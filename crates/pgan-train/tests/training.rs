@@ -432,8 +432,10 @@ fn bad_inputs_are_clear_errors() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&victim, bytes).unwrap();
+    // Named explicitly it is an error (given the run directory, resume falls back to the newest
+    // intact checkpoint instead: `checkpoint.rs` and the CLI tests cover that).
     let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
-    options.resume = Some(stopped.run_dir.clone());
+    options.resume = Some(stopped.checkpoint.clone());
     let err = train(options).unwrap_err().to_string();
     assert!(
         err.contains("generator.mpk") && err.contains("corrupt"),
