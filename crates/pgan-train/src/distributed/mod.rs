@@ -195,6 +195,25 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
             ),
         });
     }
+    // The extra D updates run on peer 0's networks only, and feature matching's term is not
+    // linear in the minibatch's mean features: neither splits over peers yet.
+    if config.optim.d_steps > 1 {
+        return Err(TrainError::Config {
+            path: None,
+            message: format!(
+                "optim.d_steps {} is not supported with several devices (run.devices) yet",
+                config.optim.d_steps
+            ),
+        });
+    }
+    if config.loss.feature_matching > 0.0 {
+        return Err(TrainError::Config {
+            path: None,
+            message: "loss.feature_matching is not supported with several devices \
+                      (run.devices) yet"
+                .into(),
+        });
+    }
     let mut resolution = config.schedule.start_resolution;
     while resolution <= config.model.resolution {
         let batch = config.schedule.batch_for(resolution);

@@ -14,10 +14,14 @@ use super::Trainer;
 use crate::config::LossConfig;
 use crate::ema::update_ema;
 use crate::error::Result;
+use crate::instance_noise::{add_noise, sigma_at};
 use crate::latents::latent_values;
 use crate::loss::{discriminator_loss, generator_loss, DiscriminatorStats};
 use crate::nets::Nets;
 use crate::schedule::{Phase, PhaseKind};
+
+mod feature_matching;
+mod ttur;
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// One D step, one G step and the EMA update; false when a loss or a gradient norm came out
@@ -26,26 +30,45 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub(super) fn step(&mut self, phase: &Phase) -> Result<bool> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
+        let sigma = sigma_at(&self.config.instance_noise, self.state.images_shown);
+        // TTUR: the D updates beyond the first (`optim.d_steps`), each on its own reals
+        // (one device only: the config refuses d_steps > 1 with several).
+        for _ in 1..self.config.optim.d_steps {
+            if !self.extra_d_step(phase, lr, sigma)? {
+                self.state.step += 1;
+                return Ok(false);
+            }
+        }
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
         let batch = self
             .state
             .sampler
             .next_batch(&self.reader, phase.resolution, n, fade)?;
         let dim = self.model.latent_dim;
+        let image_len: usize = batch.shape.iter().product();
         // Drawn in the order the single-device step always drew them.
-        let latents_d = latent_values(&mut self.state.rng, n * dim, None);
-        let mix: Vec<f32> = (0..n).map(|_| self.state.rng.random::<f32>()).collect();
-        let latents_g = latent_values(&mut self.state.rng, n * dim, None);
+        let rng = &mut self.state.rng;
+        let noise_reals = noise_values(sigma, image_len, rng);
+        let latents_d = latent_values(rng, n * dim, None);
+        let noise_fakes_d = noise_values(sigma, image_len, rng);
+        let mix: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+        let latents_g = latent_values(rng, n * dim, None);
+        let noise_fakes_g = noise_values(sigma, image_len, rng);
         let inputs = StepInputs {
             reals: batch.data,
             reals_shape: batch.shape,
+            noise_reals,
             latents_d,
+            noise_fakes_d,
             mix,
             latents_g,
+            noise_fakes_g,
             latent_dim: dim,
             stage,
             alpha,
-            lr,
+            lr_d: lr * self.config.optim.lr_d_mult,
+            lr_g: lr * self.config.optim.lr_g_mult,
+            feature_matching: self.config.loss.feature_matching,
         };
         let out = self
             .peers
@@ -69,7 +92,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
 
         // EMA of G's weights (per-step decay, or from a half-life in kimg).
-        let beta = self.config.ema.beta_for_batch(n);
+        let beta = self
+            .config
+            .ema
+            .beta_for_batch(n * self.config.optim.d_steps as usize);
         let ema = std::mem::replace(&mut self.nets.g_ema, self.nets.g.valid());
         self.nets.g_ema = update_ema::<B, _>(ema, &self.nets.g, beta);
 
@@ -86,6 +112,19 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.peers.report_timings(t);
         Ok(true)
     }
+
+    /// Latents ~ N(0, I) from the checkpointed host RNG, on the inner backend.
+    fn latents(&mut self, n: usize) -> Tensor<B::InnerBackend, 2> {
+        let dim = self.model.latent_dim;
+        let values = latent_values(&mut self.state.rng, n * dim, None);
+        Tensor::from_data(TensorData::new(values, [n, dim]), &self.device)
+    }
+
+    /// WGAN-GP interpolation factors ~ U[0, 1), one per sample.
+    fn uniform(&mut self, n: usize) -> Tensor<B, 4> {
+        let values: Vec<f32> = (0..n).map(|_| self.state.rng.random::<f32>()).collect();
+        Tensor::from_data(TensorData::new(values, [n, 1, 1, 1]), &self.device)
+    }
 }
 
 /// Everything one step trains on, drawn on the host for the whole (global) minibatch.
@@ -94,6 +133,11 @@ pub(crate) struct StepInputs {
     /// The reals, NCHW.
     pub reals: Vec<f32>,
     pub reals_shape: [usize; 4],
+    /// Instance noise (σ·N(0, 1), the shape of `reals`) added to the reals, to the D step's
+    /// fakes and to the G step's fakes; `None` when σ is 0.
+    pub noise_reals: Option<Vec<f32>>,
+    pub noise_fakes_d: Option<Vec<f32>>,
+    pub noise_fakes_g: Option<Vec<f32>>,
     /// Latents of the D step's fakes, `n * latent_dim`.
     pub latents_d: Vec<f32>,
     /// WGAN-GP interpolation factors, one per sample.
@@ -103,7 +147,11 @@ pub(crate) struct StepInputs {
     pub latent_dim: usize,
     pub stage: usize,
     pub alpha: f32,
-    pub lr: f64,
+    /// The learning rates of the D and G updates (schedule x cooldown x TTUR multipliers).
+    pub lr_d: f64,
+    pub lr_g: f64,
+    /// `loss.feature_matching`'s weight (0: off).
+    pub feature_matching: f32,
 }
 
 impl StepInputs {
@@ -122,16 +170,22 @@ impl StepInputs {
         let rows = rank * per..(rank + 1) * per;
         let part = |v: &[f32], width: usize| v[rows.start * width..rows.end * width].to_vec();
         let [_, c, h, w] = self.reals_shape;
+        let noise = |v: &Option<Vec<f32>>| v.as_deref().map(|v| part(v, image));
         StepInputs {
             reals: part(&self.reals, image),
             reals_shape: [per, c, h, w],
+            noise_reals: noise(&self.noise_reals),
+            noise_fakes_d: noise(&self.noise_fakes_d),
+            noise_fakes_g: noise(&self.noise_fakes_g),
             latents_d: part(&self.latents_d, dim),
             mix: part(&self.mix, 1),
             latents_g: part(&self.latents_g, dim),
             latent_dim: dim,
             stage: self.stage,
             alpha: self.alpha,
-            lr: self.lr,
+            lr_d: self.lr_d,
+            lr_g: self.lr_g,
+            feature_matching: self.feature_matching,
         }
     }
 }
@@ -182,40 +236,57 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     sync: &S,
 ) -> Result<PeerStepOutput> {
     let started = std::time::Instant::now();
-    let (stage, alpha, n, lr) = (inputs.stage, inputs.alpha, inputs.batch(), inputs.lr);
+    let (stage, alpha, n) = (inputs.stage, inputs.alpha, inputs.batch());
     let dim = inputs.latent_dim;
-    let reals = Tensor::<B, 4>::from_data(
-        TensorData::new(inputs.reals.clone(), inputs.reals_shape),
-        device,
-    );
+    let shape = inputs.reals_shape;
+    // x + σ·N(0, 1), as `instance_noise::add_noise` forms it.
+    let noisy = |x: Tensor<B, 4>, noise: &Option<Vec<f32>>| match noise {
+        Some(values) => x + Tensor::from_data(TensorData::new(values.clone(), shape), device),
+        None => x,
+    };
+    let reals = Tensor::<B, 4>::from_data(TensorData::new(inputs.reals.clone(), shape), device);
+    let reals = noisy(reals, &inputs.noise_reals);
+    let matching_reals = (inputs.feature_matching > 0.0).then(|| reals.clone());
 
     // D step: fakes from the current G without building G's graph.
     let latents = Tensor::<B::InnerBackend, 2>::from_data(
         TensorData::new(inputs.latents_d.clone(), [n, dim]),
         device,
     );
-    let fakes = nets.g.valid().forward(latents, stage, alpha);
-    let fakes = Tensor::<B, 4>::from_inner(fakes);
+    let fakes = Tensor::<B, 4>::from_inner(nets.g.valid().forward(latents, stage, alpha));
+    let fakes = noisy(fakes, &inputs.noise_fakes_d);
     let mix = Tensor::from_data(TensorData::new(inputs.mix.clone(), [n, 1, 1, 1]), device);
     let (loss_d, d_stats) = discriminator_loss(loss, &nets.d, reals, fakes, mix, stage, alpha);
     let grads = GradientsParams::from_grads(loss_d.backward(), &nets.d);
     let grads = sync.sync(&nets.d, grads)?;
     let d_grad_norm = grad_norm(&nets.d, &grads);
     let d = nets.d.clone();
-    nets.d = nets.optim_d.step(lr, d, grads);
+    nets.d = nets.optim_d.step(inputs.lr_d, d, grads);
 
     // G step: D's parameters are frozen so only G's gradients are computed.
     let latents =
         Tensor::<B, 2>::from_data(TensorData::new(inputs.latents_g.clone(), [n, dim]), device);
     let fakes = nets.g.forward(latents, stage, alpha);
-    let scores = nets.d.clone().no_grad().forward(fakes, stage, alpha);
-    let loss_g = generator_loss(loss, scores);
+    let fakes = noisy(fakes, &inputs.noise_fakes_g);
+    let d_frozen = nets.d.clone().no_grad();
+    let (scores, matching) = feature_matching::g_scores(
+        inputs.feature_matching,
+        &d_frozen,
+        fakes,
+        matching_reals,
+        stage,
+        alpha,
+    );
+    let mut loss_g = generator_loss(loss, scores);
+    if let Some(term) = matching {
+        loss_g = loss_g + term;
+    }
     let loss_g_value: f32 = loss_g.clone().detach().into_scalar().elem::<f32>();
     let grads = GradientsParams::from_grads(loss_g.backward(), &nets.g);
     let grads = sync.sync(&nets.g, grads)?;
     let g_grad_norm = grad_norm(&nets.g, &grads);
     let g = nets.g.clone();
-    nets.g = nets.optim_g.step(lr, g, grads);
+    nets.g = nets.optim_g.step(inputs.lr_g, g, grads);
 
     Ok(PeerStepOutput {
         d_stats,
@@ -225,6 +296,19 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
         step_s: started.elapsed().as_secs_f64(),
         sync_s: 0.0,
     })
+}
+
+/// Instance noise σ·N(0, 1) for `count` values from the step's RNG, drawn as
+/// `instance_noise::add_noise` draws it; nothing (and no draw) when σ is 0.
+fn noise_values(sigma: f32, count: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Option<Vec<f32>> {
+    if sigma == 0.0 {
+        return None;
+    }
+    let mut values = latent_values(rng, count, None);
+    for v in &mut values {
+        *v *= sigma;
+    }
+    Some(values)
 }
 
 /// L2 norm of a module's gradients.
