@@ -285,7 +285,12 @@ fn save_cache(path: &Path, key: HashMap<String, String>, set: &FeatureSet) -> Re
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    let mean: Vec<u8> = set.stats.mean.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mean: Vec<u8> = set
+        .stats
+        .mean
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let cov: Vec<u8> = set.stats.cov.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = |dtype, shape: Vec<usize>, bytes| {
         TensorView::new(dtype, shape, bytes).expect("shape and byte length agree")
@@ -404,12 +409,7 @@ pub fn generated_features<B: Backend>(
         let b = INCEPTION_BATCH.min(n - done);
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
-        let images = g
-            .forward(z, stage, alpha)
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 images");
+        let images = crate::host_read::read_f32s(g.forward(z, stage, alpha));
         let pixels = quantise_nchw(&images, b, c, side, side);
         values.extend(extractor.features(Images8 {
             pixels: &pixels,
@@ -520,7 +520,10 @@ impl<B: Backend> TrainingFid<B> {
             device,
             false,
         )?;
-        Ok(frechet_distance(&self.reals[&resolution].stats, &fake.stats)?)
+        Ok(frechet_distance(
+            &self.reals[&resolution].stats,
+            &fake.stats,
+        )?)
     }
 }
 
@@ -617,7 +620,13 @@ pub fn set_features<B: Backend>(
         folder_features(extractor, path, min_images, progress)
     } else {
         let reader = PyramidReader::open(path)?;
-        dataset_features(extractor, &reader, reader.resolution(), min_images, progress)
+        dataset_features(
+            extractor,
+            &reader,
+            reader.resolution(),
+            min_images,
+            progress,
+        )
     }
 }
 
@@ -709,8 +718,10 @@ mod tests {
     fn real_features_are_cached_and_recomputed_when_the_dataset_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dataset(dir.path(), "d", 2, 0);
-        let extractor =
-            FeatureExtractor::<B>::new(&pgan_inception::InceptionWeights::synthetic(1), &Default::default());
+        let extractor = FeatureExtractor::<B>::new(
+            &pgan_inception::InceptionWeights::synthetic(1),
+            &Default::default(),
+        );
         let reader = PyramidReader::open(&path).unwrap();
         let first = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
         let cache = cache_path(&path, 8);
@@ -729,7 +740,10 @@ mod tests {
 
         // The 4x4 level has its own cache.
         let small = dataset_features(&extractor, &reader, 4, 2, false).unwrap();
-        assert_ne!(small.features.values[..FEATURE_DIM], first.features.values[..FEATURE_DIM]);
+        assert_ne!(
+            small.features.values[..FEATURE_DIM],
+            first.features.values[..FEATURE_DIM]
+        );
         drop(reader);
 
         // Re-prepared with other images: the level checksum differs, the cache is stale.
@@ -746,7 +760,9 @@ mod tests {
 
         // Other weights do not reuse it either.
         let key = cache_key(&reader, 8, 7).unwrap();
-        assert!(load_cache(&cache, &key).unwrap_err().contains("weights_crc32"));
+        assert!(load_cache(&cache, &key)
+            .unwrap_err()
+            .contains("weights_crc32"));
 
         // A damaged cache file is recomputed, not trusted.
         std::fs::write(&cache, b"garbage").unwrap();
@@ -758,8 +774,10 @@ mod tests {
     fn too_few_images_for_the_metric_is_an_error_naming_the_set() {
         let dir = tempfile::tempdir().unwrap();
         let path = dataset(dir.path(), "three", 3, 0);
-        let extractor =
-            FeatureExtractor::<B>::new(&pgan_inception::InceptionWeights::synthetic(1), &Default::default());
+        let extractor = FeatureExtractor::<B>::new(
+            &pgan_inception::InceptionWeights::synthetic(1),
+            &Default::default(),
+        );
         let reader = PyramidReader::open(&path).unwrap();
         let pr = FeatureMetrics {
             pr: true,
@@ -768,7 +786,10 @@ mod tests {
         let err = dataset_features(&extractor, &reader, 8, pr.min_images(), false)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("three.pgan has 3 images") && err.contains("at least 4"), "{err}");
+        assert!(
+            err.contains("three.pgan has 3 images") && err.contains("at least 4"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod error;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod host_read;
 pub mod images;
 pub mod inception_metrics;
 pub mod latents;

@@ -1,13 +1,15 @@
 //! One training step (Karras et al. 2018, sec. 3 and appendix A.1): a D step on a minibatch of
 //! reals and of fakes from the current G, then a G step through D with D's weights frozen, then
 //! the EMA of G's weights. The D and G losses are formed in [`loss`](crate::loss).
+//!
+//! A step reads nothing back from the device: its losses, penalty, scores and gradient norms
+//! go into the tick's [`StepValues`](crate::stats::StepValues) as device tensors, and the tick's
+//! end reads them and checks them for NaN/Inf (`recovery.rs`).
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
 use burn::tensor::{Tensor, TensorData};
-use pgan_spec::metrics as key;
 use rand::Rng;
 
 use super::Trainer;
@@ -16,11 +18,12 @@ use crate::error::Result;
 use crate::latents::latent_values;
 use crate::loss::{discriminator_loss, generator_loss};
 use crate::schedule::{Phase, PhaseKind};
+use crate::stats::StepPosition;
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// One D step, one G step and the EMA update; false when a loss or a gradient norm came out
-    /// NaN/Inf (the caller rolls back).
-    pub(super) fn step(&mut self, phase: &Phase) -> Result<bool> {
+    /// One D step, one G step and the EMA update. Its values join the tick's, unread: a NaN/Inf
+    /// among them is found at the tick's end, which rolls back over the whole tick.
+    pub(super) fn step(&mut self, phase: &Phase) -> Result<()> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
@@ -46,7 +49,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             alpha,
         );
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.nets.d);
-        let d_grad_norm = grad_norm(&self.nets.d, &grads);
+        let d_grad_norm = grad_norm(&self.nets.d, &grads, &self.device);
         let d = self.nets.d.clone();
         self.nets.d = self.nets.optim_d.step(lr, d, grads);
 
@@ -55,43 +58,37 @@ impl<B: AutodiffBackend> Trainer<B> {
         let fakes = self.nets.g.forward(latents, stage, alpha);
         let scores = self.nets.d.clone().no_grad().forward(fakes, stage, alpha);
         let loss_g = generator_loss(&self.config.loss, scores);
-        let loss_g_value: f32 = loss_g.clone().detach().into_scalar().elem::<f32>();
+        let loss_g_value = loss_g.clone().inner();
         let grads = GradientsParams::from_grads(loss_g.backward(), &self.nets.g);
-        let g_grad_norm = grad_norm(&self.nets.g, &grads);
+        let g_grad_norm = grad_norm(&self.nets.g, &grads, &self.device);
         let g = self.nets.g.clone();
         self.nets.g = self.nets.optim_g.step(lr, g, grads);
 
-        let d_loss = d_stats.loss;
-        let healthy = [d_loss, loss_g_value, d_grad_norm, g_grad_norm]
-            .iter()
-            .all(|v| v.is_finite());
-        self.state.step += 1;
-        if !healthy {
-            self.log.warn(format!(
-                "non-finite values at step {} ({:.3} kimg): Loss/D {d_loss}, Loss/G {loss_g_value}, \
-                 grad norms D {d_grad_norm} G {g_grad_norm}",
-                self.state.step,
-                self.state.images_shown as f64 / 1000.0
-            ));
-            return Ok(false);
-        }
-
-        // EMA of G's weights (per-step decay, or from a half-life in kimg).
+        // EMA of G's weights (per-step decay, or from a half-life in kimg). A non-finite step
+        // poisons it too, but the tick's end rolls all three networks back together.
         let beta = self.config.ema.beta_for_batch(n);
         let ema = std::mem::replace(&mut self.nets.g_ema, self.nets.g.valid());
         self.nets.g_ema = update_ema::<B, _>(ema, &self.nets.g, beta);
 
-        let t = &mut self.tick.stats;
-        t.report(key::LOSS_D, d_loss as f64);
-        t.report(key::LOSS_G, loss_g_value as f64);
-        t.report(key::LOSS_D_PENALTY, d_stats.penalty as f64);
-        t.report(key::LOSS_D_DRIFT, d_stats.drift as f64);
-        t.report(key::PENALTY_GRAD_NORM, d_stats.penalty_grad_norm as f64);
-        t.report(key::D_REAL, d_stats.real_score as f64);
-        t.report(key::D_FAKE, d_stats.fake_score as f64);
-        t.report(key::GRAD_D_NORM, d_grad_norm as f64);
-        t.report(key::GRAD_G_NORM, g_grad_norm as f64);
-        Ok(true)
+        let at = StepPosition {
+            step: self.state.step + 1,
+            images_shown: self.state.images_shown,
+        };
+        self.state.step += 1;
+        // In the order of `stats::STEP_KEYS`.
+        let values = [
+            d_stats.loss,
+            loss_g_value,
+            d_stats.penalty,
+            d_stats.drift,
+            d_stats.penalty_grad_norm,
+            d_stats.real_score,
+            d_stats.fake_score,
+            d_grad_norm,
+            g_grad_norm,
+        ];
+        self.tick.steps.push(values, at);
+        Ok(())
     }
 
     /// Latents ~ N(0, I) from the checkpointed host RNG, on the inner backend.
@@ -108,8 +105,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-/// L2 norm of a module's gradients.
-fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f32 {
+/// L2 norm of a module's gradients, as a device tensor of shape `[1]`.
+fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 1> {
     struct SumSquares<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
         total: Option<Tensor<B::InnerBackend, 1>>,
@@ -127,8 +128,6 @@ fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &Gradi
     }
     let mut v = SumSquares::<B> { grads, total: None };
     module.visit(&mut v);
-    v.total.map_or(0.0, |t| {
-        let s: f32 = t.into_scalar().elem::<f32>();
-        s.sqrt()
-    })
+    v.total
+        .map_or_else(|| Tensor::zeros([1], device), Tensor::sqrt)
 }
