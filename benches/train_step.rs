@@ -210,18 +210,11 @@ fn synthetic_dataset(dir: &Path, resolution: u32) -> std::path::PathBuf {
         img.save(images.join(format!("{k}.png"))).unwrap();
     }
     let out = dir.join("bench.pgan");
-    pgan_data::prepare(&pgan_data::PrepareOptions {
-        input_dir: images,
-        output: out.clone(),
+    pgan_data::prepare(&pgan_data::PrepareOptions::new(
+        images,
+        out.clone(),
         resolution,
-        channels: 3,
-        fit: pgan_data::Fit::CenterCrop,
-        background: [0, 0, 0],
-        min_size: None,
-        shuffle_seed: None,
-        force: false,
-        progress: false,
-    })
+    ))
     .expect("prepare");
     out
 }

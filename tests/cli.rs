@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use pgan_data::test_files::bomb_png;
+
 fn pgan() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgan"))
 }
@@ -1126,17 +1128,18 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     assert!(html.contains("Fréchet Inception Distance"));
 
     let json = dir.path().join("fid.json");
-    let eval = |extra: &[&str]| {
+    let eval_num = |num: &str, extra: &[&str]| {
         let mut cmd = pgan();
         cmd.arg("eval")
             .arg(&run)
-            .args(["--fid", "--kid", "--pr", "--num", "4", "--real"])
+            .args(["--fid", "--kid", "--pr", "--num", num, "--real"])
             .arg(&reals)
             .arg("--inception")
             .arg(&weights)
             .args(extra);
         cmd
     };
+    let eval = |extra: &[&str]| eval_num("4", extra);
     let out = run_ok(eval(&[]).arg("--json").arg(&json));
     assert!(out.contains("FID") && out.contains("precision"), "{out}");
     let parsed: serde_json::Value =
@@ -1159,16 +1162,17 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
 
     // Two image sets without a checkpoint: the dataset against a folder, then against itself.
     let fakes = ramp_folder(dir.path(), "fakes", 4, 2);
-    let compare = |fake: &Path| {
+    let compare_with = |fake: &Path, weights: &Path| {
         let mut cmd = pgan();
         cmd.args(["eval", "--fid", "--real"])
             .arg(&reals)
             .arg("--fake")
             .arg(fake)
             .arg("--inception")
-            .arg(&weights);
+            .arg(weights);
         cmd
     };
+    let compare = |fake: &Path| compare_with(fake, &weights);
     let out = run_ok(&mut compare(&fakes));
     assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
     let out = run_ok(&mut compare(&reals));
@@ -1183,16 +1187,16 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
 
     // Errors: missing and corrupt weights, too few images, a dataset below the checkpoint.
     let missing = dir.path().join("nowhere.safetensors");
-    let err = run_err(compare(&fakes).arg("--inception").arg(&missing));
+    let err = run_err(&mut compare_with(&fakes, &missing));
     assert!(
         err.contains("nowhere.safetensors") && err.contains("scripts/fetch-inception.sh"),
         "{err}"
     );
     let corrupt = dir.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not weights").unwrap();
-    let err = run_err(compare(&fakes).arg("--inception").arg(&corrupt));
+    let err = run_err(&mut compare_with(&fakes, &corrupt));
     assert!(err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"), "{err}");
-    let err = run_err(&mut eval(&[]).args(["--num", "3"]));
+    let err = run_err(&mut eval_num("3", &[]));
     assert!(err.contains("has 3 images") && err.contains("at least 4"), "{err}");
     let small = dir.path().join("reals8.pgan");
     run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&small).args([
@@ -1339,35 +1343,6 @@ fn names_starting(dir: &Path, prefix: &str) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(prefix))
         .collect()
-}
-
-/// A PNG of a few dozen bytes whose header declares `w x h` pixels of `colour` (2 RGB, 6 RGBA)
-/// at `depth` bits: a decompression bomb.
-fn bomb_png(w: u32, h: u32, colour: u8, depth: u8) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32fast::hash(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
-    chunk(&mut png, b"IHDR", &ihdr);
-    // A zlib stream holding a few zero bytes (one stored block).
-    chunk(
-        &mut png,
-        b"IDAT",
-        &[
-            0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0, 0, 0, 1,
-        ],
-    );
-    chunk(&mut png, b"IEND", &[]);
-    png
 }
 
 #[test]
@@ -1792,4 +1767,116 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
     // The last checkpoint loads.
     let exported = dir.path().join("g.safetensors");
     run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+}
+#[test]
+fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let remedies = [
+        "--loss",
+        "minimax",
+        "--real-label",
+        "0.9",
+        "--instance-noise",
+        "0.2",
+        "--instance-noise-kimg",
+        "0.032",
+        "--lr-g-mult",
+        "0.5",
+        "--lr-d-mult",
+        "2",
+        "--d-steps",
+        "2",
+    ];
+    let dry = run_ok(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .args(remedies),
+    );
+    for said in [
+        "kind = \"minimax\"",
+        "real_label = 0.9",
+        "d_steps = 2",
+        "loss: minimax (saturating, no penalty), real label 0.9",
+        "updates: lr x G 0.5 x D 2 (times the lr column), 2 D steps per G step   \
+         instance noise: sigma 0.2 -> 0 over 0.032 kimg",
+    ] {
+        assert!(dry.contains(said), "'{said}' missing from:\n{dry}");
+    }
+
+    let runs = dir.path().join("runs");
+    run_ok(
+        pgan()
+            .args([
+                "train",
+                "--no-progress",
+                "--total-kimg",
+                "0.032",
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(&runs)
+            .args(remedies),
+    );
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("lr_d_mult = 2.0") && saved.contains("sigma = 0.2"),
+        "{saved}"
+    );
+    let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 2, "two ticks of 16 images:\n{rows}");
+
+    for (flags, said) in [
+        (
+            &["--loss", "hinge"][..],
+            "--loss: unknown loss 'hinge' (expected wgan-gp, logistic-r1, non-saturating, minimax)",
+        ),
+        (
+            &["--real-label", "0"][..],
+            "--real-label 0 must be in (0, 1]",
+        ),
+        (
+            &["--instance-noise=-1"][..],
+            "--instance-noise -1 must be a non-negative sigma",
+        ),
+        (
+            &["--instance-noise", "0.1"][..],
+            "instance_noise.anneal_kimg must be positive",
+        ),
+        (&["--lr-g-mult", "0"][..], "--lr-g-mult 0 must be positive"),
+        (
+            &["--lr-d-mult=-1"][..],
+            "--lr-d-mult -1 must be positive",
+        ),
+        (&["--d-steps", "0"][..], "--d-steps must be at least 1"),
+        (
+            &["--real-label", "0.9"][..],
+            "loss.real_label 0.9 applies to the logistic losses",
+        ),
+    ] {
+        let err = run_err(
+            pgan()
+                .args(["train", "--dry-run", "--config"])
+                .arg(&config)
+                .arg("--data")
+                .arg(&data)
+                .args(flags),
+        );
+        assert!(
+            err.contains(said),
+            "{flags:?}: '{said}' missing from:\n{err}"
+        );
+    }
 }

@@ -49,3 +49,38 @@ pub type CudaPlain = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i3
 
 #[cfg(all(test, feature = "wgpu"))]
 mod tests;
+
+/// Test support shared with the crates above (pgan-model's wgpu parity test).
+#[cfg(feature = "wgpu")]
+#[doc(hidden)]
+pub mod testing {
+    use burn::backend::wgpu::WgpuDevice;
+    use burn::tensor::Tensor;
+
+    /// The default wgpu device after one op on it computed 1 + 2 = 3; `None` (with a note) when
+    /// no adapter exists, unless `PGAN_REQUIRE_WGPU` is set, which makes that a panic: CI sets
+    /// it so that the wgpu tests cannot pass having tested nothing.
+    pub fn wgpu_device() -> Option<WgpuDevice> {
+        // cubecl reads its global config (autotune level included) once, at the first runtime
+        // use: keep autotuning short on a software rasteriser.
+        std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal");
+        let probe = std::panic::catch_unwind(|| {
+            let device = WgpuDevice::default();
+            let sum: f32 = Tensor::<crate::WgpuFused, 1>::from_floats([1.0, 2.0], &device)
+                .sum()
+                .into_scalar();
+            (device, sum)
+        });
+        match probe {
+            Ok((device, 3.0)) => Some(device),
+            Ok((_, sum)) => panic!("wgpu device computes 1 + 2 = {sum}"),
+            Err(_) if std::env::var_os("PGAN_REQUIRE_WGPU").is_some() => {
+                panic!("PGAN_REQUIRE_WGPU is set but no wgpu adapter could be created")
+            }
+            Err(_) => {
+                eprintln!("note: no wgpu adapter, skipping (set PGAN_REQUIRE_WGPU to fail instead)");
+                None
+            }
+        }
+    }
+}

@@ -7,7 +7,6 @@
 //! channels-last views, the scale folded into the operand copies, the bias sum), and on a GPU
 //! with tensor cores the kernels themselves.
 
-use burn::backend::wgpu::WgpuDevice;
 use burn::backend::Autodiff;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -19,29 +18,7 @@ use crate::{GemmAlgorithm, TileKind, WgpuFused, WgpuPlain};
 /// A weight scale that is not 1 (the equalized learning rate's), so dropping it fails.
 const SCALE: f32 = 0.37;
 
-fn device() -> Option<WgpuDevice> {
-    // cubecl reads its config once, at the first runtime use: keep autotuning short on a
-    // software rasteriser.
-    std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal");
-    let probe = std::panic::catch_unwind(|| {
-        let device = WgpuDevice::default();
-        let sum: f32 = Tensor::<WgpuFused, 1>::from_floats([1.0, 2.0], &device)
-            .sum()
-            .into_scalar();
-        (device, sum)
-    });
-    match probe {
-        Ok((device, 3.0)) => Some(device),
-        Ok((_, sum)) => panic!("wgpu device computes 1 + 2 = {sum}"),
-        Err(_) if std::env::var_os("PGAN_REQUIRE_WGPU").is_some() => {
-            panic!("PGAN_REQUIRE_WGPU is set but no wgpu adapter could be created")
-        }
-        Err(_) => {
-            eprintln!("note: no wgpu adapter, skipping (set PGAN_REQUIRE_WGPU to fail instead)");
-            None
-        }
-    }
-}
+use crate::testing::wgpu_device as device;
 
 /// Deterministic values in [-1, 1) (splitmix64), so the tests do not race on a backend RNG.
 fn values(n: usize, seed: u64) -> Vec<f32> {

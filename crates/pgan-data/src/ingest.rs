@@ -529,40 +529,11 @@ pub(crate) mod tests {
         assert!(decode(&trunc, DEFAULT_MAX_PIXELS).is_err());
     }
 
-    /// A PNG whose header declares `w x h` pixels of `colour` (2 RGB, 6 RGBA) at `depth` bits,
-    /// followed by one tiny IDAT: a decompression bomb of a few hundred bytes.
-    pub(crate) fn bomb_png(w: u32, h: u32, colour: u8, depth: u8) -> Vec<u8> {
-        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            let start = out.len();
-            out.extend_from_slice(kind);
-            out.extend_from_slice(data);
-            let crc = crc32fast::hash(&out[start..]);
-            out.extend_from_slice(&crc.to_be_bytes());
-        }
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&w.to_be_bytes());
-        ihdr.extend_from_slice(&h.to_be_bytes());
-        ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
-        chunk(&mut png, b"IHDR", &ihdr);
-        // zlib stream of a few zero bytes (stored block): filter byte + a few pixels.
-        chunk(
-            &mut png,
-            b"IDAT",
-            &[
-                0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0x00, 0x00, 0x00, 0x01,
-            ],
-        );
-        chunk(&mut png, b"IEND", &[]);
-        png
-    }
-
     #[test]
     fn decompression_bombs_are_refused_from_the_header() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bomb.png");
-        let png = bomb_png(100_000, 100_000, 2, 8);
+        let png = crate::test_files::bomb_png(100_000, 100_000, 2, 8);
         assert!(png.len() < 100, "{} bytes", png.len());
         std::fs::write(&p, &png).unwrap();
         let e = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();
@@ -573,7 +544,7 @@ pub(crate) mod tests {
             "{e}"
         );
         // Under the pixel limit but over the decoder's memory limit: 144 MP of 16-bit RGBA.
-        std::fs::write(&p, bomb_png(12_000, 12_000, 6, 16)).unwrap();
+        std::fs::write(&p, crate::test_files::bomb_png(12_000, 12_000, 6, 16)).unwrap();
         let e = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();
         assert!(
             e.starts_with(

@@ -22,6 +22,8 @@ mod reader;
 mod resize;
 mod sampler;
 mod shuffle;
+#[doc(hidden)]
+pub mod test_files;
 mod tiff_fallback;
 mod writer;
 

@@ -4,36 +4,11 @@
 //! adapter the test prints a note and passes, unless `PGAN_REQUIRE_WGPU` is
 //! set, in which case the missing device is a failure.
 
-use burn::backend::wgpu::{Wgpu, WgpuDevice};
+use burn::backend::wgpu::Wgpu;
 use burn::tensor::Tensor;
 
 use crate::test_utils::*;
-
-/// Creates the default wgpu device and runs one op on it; `None` if no adapter.
-fn wgpu_device() -> Option<WgpuDevice> {
-    // cubecl reads its global config (autotune level included) once, on the
-    // first runtime use, so this must come before any wgpu tensor exists.
-    // Minimal autotuning keeps the test fast on a software rasteriser.
-    std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal");
-    let probe = std::panic::catch_unwind(|| {
-        let device = WgpuDevice::default();
-        let sum: f32 = Tensor::<Wgpu, 1>::from_floats([1.0, 2.0], &device)
-            .sum()
-            .into_scalar();
-        (device, sum)
-    });
-    match probe {
-        Ok((device, 3.0)) => Some(device),
-        Ok((_, sum)) => panic!("wgpu device computes 1 + 2 = {sum}"),
-        Err(_) if std::env::var_os("PGAN_REQUIRE_WGPU").is_some() => {
-            panic!("PGAN_REQUIRE_WGPU is set but no wgpu adapter could be created")
-        }
-        Err(_) => {
-            eprintln!("note: no wgpu/Vulkan adapter, skipping the wgpu parity test (set PGAN_REQUIRE_WGPU to make this fail)");
-            None
-        }
-    }
-}
+use pgan_cube::testing::wgpu_device;
 
 #[test]
 fn wgpu_forward_matches_flex() {

@@ -25,6 +25,8 @@ pub struct TrainConfig {
     pub schedule: ScheduleConfig,
     /// GAN loss and its penalty.
     pub loss: LossConfig,
+    /// Gaussian noise on the discriminator's inputs, annealed to zero.
+    pub instance_noise: InstanceNoiseConfig,
     /// Adam settings shared by G and D.
     pub optim: OptimConfig,
     /// Exponential moving average of the generator weights.
@@ -243,7 +245,7 @@ impl ScheduleConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
-    /// `wgan-gp` (paper default) or `logistic-r1`.
+    /// `wgan-gp` (paper default), `logistic-r1`, `non-saturating` or `minimax`.
     pub kind: LossKind,
     /// WGAN-GP weight λ (Gulrajani et al. 2017; ProGAN uses 10).
     pub gp_lambda: f32,
@@ -251,6 +253,9 @@ pub struct LossConfig {
     pub drift_epsilon: f32,
     /// R1 weight γ (Mescheder et al. 2018).
     pub r1_gamma: f32,
+    /// Target of the reals in the logistic D losses (`logistic-r1`, `non-saturating`,
+    /// `minimax`); below 1 it is one-sided label smoothing (Salimans et al. 2016).
+    pub real_label: f32,
 }
 
 impl Default for LossConfig {
@@ -260,6 +265,7 @@ impl Default for LossConfig {
             gp_lambda: 10.0,
             drift_epsilon: 0.001,
             r1_gamma: 10.0,
+            real_label: 1.0,
         }
     }
 }
@@ -272,6 +278,51 @@ pub enum LossKind {
     WganGp,
     /// Non-saturating logistic loss + R1 penalty on reals.
     LogisticR1,
+    /// The non-saturating ("modified minimax") logistic loss without a penalty: G maximises
+    /// log D(G(z)) (Goodfellow et al. 2014, section 3).
+    NonSaturating,
+    /// The original, saturating minimax loss: G minimises log(1 − D(G(z))), whose gradient
+    /// vanishes when D rejects the fakes confidently (Goodfellow et al. 2014, eq. 1).
+    Minimax,
+}
+
+impl LossKind {
+    /// The config spelling of each kind, in the order the docs list them.
+    pub const NAMES: [&'static str; 4] = ["wgan-gp", "logistic-r1", "non-saturating", "minimax"];
+
+    /// True for the losses on D's logits (sigmoid cross-entropy), which `loss.real_label`
+    /// applies to.
+    pub fn is_logistic(self) -> bool {
+        !matches!(self, Self::WganGp)
+    }
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "wgan-gp" => Ok(Self::WganGp),
+            "logistic-r1" => Ok(Self::LogisticR1),
+            "non-saturating" => Ok(Self::NonSaturating),
+            "minimax" => Ok(Self::Minimax),
+            other => Err(format!(
+                "unknown loss '{other}' (expected {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Instance noise (Sønderby et al. 2017; Arjovsky & Bottou 2017): `N(0, σ²)` added to every
+/// image D sees, reals and fakes alike, in the D and the G step, with σ falling linearly from
+/// `sigma` at kimg 0 to 0 at `anneal_kimg`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceNoiseConfig {
+    /// σ at the start of the run, in pixel units (images are in [-1, 1]); 0 switches it off.
+    pub sigma: f64,
+    /// kimg over which σ falls to 0 (must be positive when `sigma` is).
+    pub anneal_kimg: f64,
 }
 
 /// Adam, shared by G and D (ProGAN: β1 = 0, β2 = 0.99, ε = 1e-8).
@@ -284,6 +335,13 @@ pub struct OptimConfig {
     pub beta2: f32,
     /// Denominator epsilon (burn's default is 1e-5; the paper uses 1e-8).
     pub epsilon: f32,
+    /// The generator's learning rate is the schedule's times this (TTUR, Heusel et al. 2017).
+    pub lr_g_mult: f64,
+    /// The discriminator's learning rate is the schedule's times this.
+    pub lr_d_mult: f64,
+    /// Discriminator updates per generator update, each on its own minibatch of reals (official
+    /// ProGAN `D_repeats`: every D step counts its reals as shown).
+    pub d_steps: u32,
 }
 
 impl Default for OptimConfig {
@@ -292,6 +350,9 @@ impl Default for OptimConfig {
             beta1: 0.0,
             beta2: 0.99,
             epsilon: 1e-8,
+            lr_g_mult: 1.0,
+            lr_d_mult: 1.0,
+            d_steps: 1,
         }
     }
 }
@@ -526,6 +587,7 @@ impl TrainConfig {
         if self.loss.gp_lambda < 0.0 || self.loss.r1_gamma < 0.0 || self.loss.drift_epsilon < 0.0 {
             return bad("loss weights must be non-negative".into());
         }
+        self.validate_remedies()?;
         let r = &self.run;
         if !(r.tick_kimg.is_finite() && r.tick_kimg > 0.0) {
             return bad(format!("run.tick_kimg {} must be positive", r.tick_kimg));
@@ -551,6 +613,63 @@ impl TrainConfig {
             ));
         }
         self.check_mbstd_group()
+    }
+
+    /// The keys of the GAN remedies: label smoothing, instance noise, TTUR.
+    fn validate_remedies(&self) -> Result<()> {
+        let bad = |message: String| {
+            Err(TrainError::Config {
+                path: None,
+                message,
+            })
+        };
+        let l = &self.loss;
+        if !(l.real_label > 0.0 && l.real_label <= 1.0) {
+            return bad(format!(
+                "loss.real_label {} must be in (0, 1] (1 is no label smoothing)",
+                l.real_label
+            ));
+        }
+        if l.real_label != 1.0 && !l.kind.is_logistic() {
+            return bad(format!(
+                "loss.real_label {} applies to the logistic losses (logistic-r1, non-saturating, \
+                 minimax), not to wgan-gp: set it to 1 or change loss.kind",
+                l.real_label
+            ));
+        }
+        let n = &self.instance_noise;
+        if !(n.sigma.is_finite() && n.sigma >= 0.0) {
+            return bad(format!(
+                "instance_noise.sigma {} must be a non-negative number (0 is off)",
+                n.sigma
+            ));
+        }
+        if !(n.anneal_kimg.is_finite() && n.anneal_kimg >= 0.0) {
+            return bad(format!(
+                "instance_noise.anneal_kimg {} must be a non-negative number",
+                n.anneal_kimg
+            ));
+        }
+        if n.sigma > 0.0 && n.anneal_kimg == 0.0 {
+            return bad(format!(
+                "instance_noise.anneal_kimg must be positive when instance_noise.sigma is {} \
+                 (sigma falls to 0 over anneal_kimg)",
+                n.sigma
+            ));
+        }
+        let o = &self.optim;
+        for (name, v) in [
+            ("optim.lr_g_mult", o.lr_g_mult),
+            ("optim.lr_d_mult", o.lr_d_mult),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} {v} must be positive"));
+            }
+        }
+        if o.d_steps == 0 {
+            return bad("optim.d_steps must be at least 1 (D updates per G update)".into());
+        }
+        Ok(())
     }
 
     /// The minibatch-stddev layer splits each minibatch into groups of `min(group, batch)`
@@ -682,6 +801,101 @@ mod tests {
         config.run.sample_cell_px = u32::MAX;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("sample_cell_px"), "{err}");
+    }
+
+    #[test]
+    fn remedy_keys_default_to_todays_training_and_old_configs_still_load() {
+        // A run folder's config.toml from before these keys existed.
+        let old = "[loss]\nkind = \"wgan-gp\"\ngp_lambda = 10.0\n[optim]\nbeta1 = 0.0\n";
+        let config = TrainConfig::from_toml_str(old).unwrap();
+        assert_eq!(config.loss.real_label, 1.0);
+        assert_eq!(config.instance_noise, InstanceNoiseConfig::default());
+        assert_eq!(config.instance_noise.sigma, 0.0);
+        assert_eq!((config.optim.lr_g_mult, config.optim.lr_d_mult), (1.0, 1.0));
+        assert_eq!(config.optim.d_steps, 1);
+        config.validate().unwrap();
+        let text = "[loss]\nkind = \"non-saturating\"\nreal_label = 0.9\n\
+                    [instance_noise]\nsigma = 0.1\nanneal_kimg = 5\n\
+                    [optim]\nlr_g_mult = 0.5\nlr_d_mult = 2\nd_steps = 3\n";
+        let config = TrainConfig::from_toml_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.loss.kind, LossKind::NonSaturating);
+        assert_eq!(config.optim.d_steps, 3);
+        assert_eq!(
+            TrainConfig::from_toml_str(&config.to_toml()).unwrap(),
+            config
+        );
+        let minimax = TrainConfig::from_toml_str("[loss]\nkind = \"minimax\"\n").unwrap();
+        assert_eq!(minimax.loss.kind, LossKind::Minimax);
+    }
+
+    #[test]
+    fn bad_remedy_keys_are_refused_with_their_name() {
+        let err = TrainConfig::from_toml_str("[loss]\nkind = \"hinge\"\n").unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("hinge") && err.contains("non-saturating"),
+            "{err}"
+        );
+        assert_eq!(
+            "saturating".parse::<LossKind>().unwrap_err(),
+            "unknown loss 'saturating' (expected wgan-gp, logistic-r1, non-saturating, minimax)"
+        );
+        for (edit, said) in [
+            (
+                (|c: &mut TrainConfig| c.instance_noise.sigma = -0.1) as fn(&mut TrainConfig),
+                "instance_noise.sigma -0.1 must be a non-negative number",
+            ),
+            (
+                |c| c.instance_noise.sigma = f64::NAN,
+                "instance_noise.sigma NaN",
+            ),
+            (
+                |c| c.instance_noise.sigma = 0.1,
+                "instance_noise.anneal_kimg must be positive when instance_noise.sigma is 0.1",
+            ),
+            (
+                |c| c.instance_noise.anneal_kimg = -1.0,
+                "instance_noise.anneal_kimg -1 must be a non-negative number",
+            ),
+            (
+                |c| c.optim.lr_g_mult = 0.0,
+                "optim.lr_g_mult 0 must be positive",
+            ),
+            (
+                |c| c.optim.lr_d_mult = -2.0,
+                "optim.lr_d_mult -2 must be positive",
+            ),
+            (|c| c.optim.d_steps = 0, "optim.d_steps must be at least 1"),
+            (
+                |c| c.loss.real_label = 0.0,
+                "loss.real_label 0 must be in (0, 1]",
+            ),
+            (
+                |c| c.loss.real_label = 1.5,
+                "loss.real_label 1.5 must be in (0, 1]",
+            ),
+            (
+                |c| c.loss.real_label = 0.9,
+                "loss.real_label 0.9 applies to the logistic losses",
+            ),
+        ] {
+            let mut config = TrainConfig::default();
+            edit(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(said), "expected '{said}' in: {err}");
+        }
+        // Smoothing is allowed with every logistic loss.
+        for kind in [
+            LossKind::LogisticR1,
+            LossKind::NonSaturating,
+            LossKind::Minimax,
+        ] {
+            let mut config = TrainConfig::default();
+            config.loss.kind = kind;
+            config.loss.real_label = 0.9;
+            config.validate().unwrap();
+        }
     }
 
     #[test]

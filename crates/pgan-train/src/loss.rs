@@ -6,6 +6,9 @@
 //!   G minimises −D(fake) (Gulrajani et al. 2017; ProGAN appendix A.1, ε = 0.001).
 //! - Non-saturating logistic + R1: D minimises softplus(D(fake)) + softplus(−D(real)) + γ/2·‖∇D(real)‖²,
 //!   G minimises softplus(−D(fake)) (Goodfellow et al. 2014; Mescheder et al. 2018).
+//! - Non-saturating and minimax (no penalty): the same D loss; G minimises softplus(−D(fake))
+//!   or, in the original saturating game, −softplus(D(fake)). `loss.real_label` smooths the reals'
+//!   target of every logistic D loss. The derivations are in [`logistic`](crate::logistic).
 //!
 //! Penalties use the model crate's exact first-order method (forward-mode JVP), since burn's
 //! autodiff cannot differentiate a gradient.
@@ -16,6 +19,7 @@ use burn::tensor::Tensor;
 use pgan_model::{penalty, Discriminator};
 
 use crate::config::{LossConfig, LossKind};
+use crate::logistic;
 
 /// Scalars of one discriminator step, for statistics and NaN checks: device tensors of shape
 /// `[1]`, read by the trainer once a tick (never inside a step).
@@ -65,8 +69,18 @@ pub fn discriminator_loss<B: AutodiffBackend>(
         }
         LossKind::LogisticR1 => {
             let pen = penalty::r1(d, reals, stage, alpha, config.r1_gamma);
-            let adv = softplus(fake_scores, 1.0).mean() + softplus(real_scores.neg(), 1.0).mean();
+            let adv = logistic::discriminator_loss(real_scores, fake_scores, config.real_label);
             (adv, None, pen)
+        }
+        LossKind::NonSaturating | LossKind::Minimax => {
+            let adv = logistic::discriminator_loss(real_scores, fake_scores, config.real_label);
+            let zero = adv.clone().inner().zeros_like();
+            let none = penalty::Penalty {
+                surrogate: adv.zeros_like(),
+                value: zero.clone(),
+                grad_norm: zero,
+            };
+            (adv, None, none)
         }
     };
     let mut loss = adversarial + pen.surrogate.clone();
@@ -94,5 +108,7 @@ pub fn generator_loss<B: AutodiffBackend>(
     match config.kind {
         LossKind::WganGp => fake_scores.mean().neg(),
         LossKind::LogisticR1 => softplus(fake_scores.neg(), 1.0).mean(),
+        LossKind::NonSaturating => logistic::non_saturating_generator_loss(fake_scores),
+        LossKind::Minimax => logistic::minimax_generator_loss(fake_scores),
     }
 }

@@ -102,6 +102,13 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
             config.loss.gp_lambda, config.loss.drift_epsilon
         ),
         LossKind::LogisticR1 => format!("logistic + R1 (gamma {})", config.loss.r1_gamma),
+        LossKind::NonSaturating => "non-saturating (no penalty)".into(),
+        LossKind::Minimax => "minimax (saturating, no penalty)".into(),
+    };
+    let loss = if config.loss.real_label != 1.0 {
+        format!("{loss}, real label {}", config.loss.real_label)
+    } else {
+        loss
     };
     let _ = writeln!(
         out,
@@ -111,6 +118,7 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
         config.run.backend,
         config.run.device
     );
+    let _ = writeln!(out, "{}", describe_updates(config));
     let _ = writeln!(
         out,
         "{:<7} {:>5} {:>9} {:>19} {:>6} {:>8} {:>8} {:>10}",
@@ -148,6 +156,25 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
         p = kimg_decimals
     );
     out
+}
+
+/// The update rule beside the schedule's table: learning-rate multipliers, D updates per G
+/// update, instance noise.
+fn describe_updates(config: &TrainConfig) -> String {
+    let o = &config.optim;
+    let noise = &config.instance_noise;
+    let noise = if noise.sigma > 0.0 {
+        format!("sigma {} -> 0 over {} kimg", noise.sigma, noise.anneal_kimg)
+    } else {
+        "off".into()
+    };
+    format!(
+        "updates: lr x G {} x D {} (times the lr column), {} D step{} per G step   instance noise: {noise}",
+        o.lr_g_mult,
+        o.lr_d_mult,
+        o.d_steps,
+        if o.d_steps == 1 { "" } else { "s" }
+    )
 }
 
 /// `1234567` as `1,234,567`.
@@ -221,6 +248,47 @@ mod tests {
         assert!(mem[2] > mem[0], "a larger stage needs more memory: {plan}");
         assert!(
             plan.contains("total: 0.064 kimg (64 images shown)"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains(
+                "updates: lr x G 1 x D 1 (times the lr column), 1 D step per G step   \
+                 instance noise: off"
+            ),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn the_plan_shows_the_remedies() {
+        let mut config = TrainConfig::default();
+        config.model.resolution = 8;
+        config.loss.kind = LossKind::Minimax;
+        config.loss.real_label = 0.9;
+        config.optim.lr_g_mult = 0.5;
+        config.optim.lr_d_mult = 2.0;
+        config.optim.d_steps = 3;
+        config.instance_noise.sigma = 0.1;
+        config.instance_noise.anneal_kimg = 5.0;
+        config.model.preset = ModelPreset::CpuSmall;
+        let model = resolve_model(&config.model, 3).unwrap();
+        let plan = describe(&config, &model);
+        assert!(
+            plan.contains("loss: minimax (saturating, no penalty), real label 0.9"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains(
+                "updates: lr x G 0.5 x D 2 (times the lr column), 3 D steps per G step   \
+                 instance noise: sigma 0.1 -> 0 over 5 kimg"
+            ),
+            "{plan}"
+        );
+        config.loss.kind = LossKind::NonSaturating;
+        config.loss.real_label = 1.0;
+        let plan = describe(&config, &model);
+        assert!(
+            plan.contains("loss: non-saturating (no penalty)   "),
             "{plan}"
         );
     }

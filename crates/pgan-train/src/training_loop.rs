@@ -390,7 +390,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             // The steps' losses and gradient norms and the weights are checked for NaN/Inf once
             // a tick, in one read (a read waits for the device's queue).
             let tick_len = (self.config.run.tick_kimg * 1000.0) as u64;
-            let images_after = self.state.images_shown + phase.batch as u64;
+            // Every D update counts its reals as shown (official ProGAN `D_repeats`).
+            let shown = phase.batch as u64 * self.config.optim.d_steps as u64;
+            let images_after = self.state.images_shown + shown;
             let tick_ends =
                 images_after >= (self.state.tick + 1) * tick_len || images_after >= total_images;
             if tick_ends && !self.tick_values_healthy() {
@@ -399,7 +401,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             self.state.images_shown = images_after;
             self.set_position();
-            self.tick.add_images(phase.batch as u64);
+            self.tick.add_images(shown);
             bar.set_position(self.state.images_shown.min(total_images));
             bar.set_message(format!(
                 "stage {} {}x{} {} α={:.2} {:.1}/{:.0} kimg",

@@ -207,11 +207,45 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         config.schedule.lr_default = v;
     }
     if let Some(v) = &args.loss {
-        config.loss.kind = match v.as_str() {
-            "wgan-gp" => pgan_train::config::LossKind::WganGp,
-            "logistic-r1" => pgan_train::config::LossKind::LogisticR1,
-            other => bail!("--loss: unknown loss '{other}' (expected wgan-gp or logistic-r1)"),
-        };
+        config.loss.kind = v
+            .parse::<pgan_train::config::LossKind>()
+            .map_err(anyhow::Error::msg)
+            .context("--loss")?;
+    }
+    if let Some(v) = args.real_label {
+        if !(v > 0.0 && v <= 1.0) {
+            bail!("--real-label {v} must be in (0, 1] (1 is no label smoothing)");
+        }
+        config.loss.real_label = v;
+    }
+    if let Some(v) = args.instance_noise {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("--instance-noise {v} must be a non-negative sigma (0 is off)");
+        }
+        config.instance_noise.sigma = v;
+    }
+    if let Some(v) = args.instance_noise_kimg {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("--instance-noise-kimg {v} must be positive");
+        }
+        config.instance_noise.anneal_kimg = v;
+    }
+    for (flag, value, key) in [
+        ("--lr-g-mult", args.lr_g_mult, &mut config.optim.lr_g_mult),
+        ("--lr-d-mult", args.lr_d_mult, &mut config.optim.lr_d_mult),
+    ] {
+        if let Some(v) = value {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{flag} {v} must be positive");
+            }
+            *key = v;
+        }
+    }
+    if let Some(v) = args.d_steps {
+        if v == 0 {
+            bail!("--d-steps must be at least 1 (D updates per G update)");
+        }
+        config.optim.d_steps = v;
     }
     if let Some(v) = args.mbstd_group {
         config.model.mbstd_group_size = Some(v);

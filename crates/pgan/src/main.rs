@@ -156,9 +156,29 @@ struct TrainArgs {
     /// Learning rate at every resolution (replaces the lr table).
     #[arg(long)]
     lr: Option<f64>,
-    /// wgan-gp or logistic-r1 (overrides loss.kind).
+    /// wgan-gp, logistic-r1, non-saturating or minimax (overrides loss.kind).
     #[arg(long)]
     loss: Option<String>,
+    /// Reals' target in the logistic losses, in (0, 1]; below 1 is one-sided label smoothing
+    /// (overrides loss.real_label).
+    #[arg(long)]
+    real_label: Option<f32>,
+    /// Instance noise: σ of the Gaussian noise on D's inputs at the start, 0 = off (overrides
+    /// instance_noise.sigma).
+    #[arg(long)]
+    instance_noise: Option<f64>,
+    /// kimg over which the instance noise falls to 0 (overrides instance_noise.anneal_kimg).
+    #[arg(long)]
+    instance_noise_kimg: Option<f64>,
+    /// Generator learning rate multiplier (overrides optim.lr_g_mult).
+    #[arg(long)]
+    lr_g_mult: Option<f64>,
+    /// Discriminator learning rate multiplier (overrides optim.lr_d_mult).
+    #[arg(long)]
+    lr_d_mult: Option<f64>,
+    /// Discriminator updates per generator update (overrides optim.d_steps).
+    #[arg(long)]
+    d_steps: Option<u32>,
     /// Minibatch-stddev group size; 0 switches the layer off (overrides model.mbstd_group_size).
     #[arg(long)]
     mbstd_group: Option<usize>,

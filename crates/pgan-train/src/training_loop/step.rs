@@ -15,10 +15,13 @@ use rand::Rng;
 use super::Trainer;
 use crate::ema::update_ema;
 use crate::error::Result;
+use crate::instance_noise::{add_noise, sigma_at};
 use crate::latents::latent_values;
 use crate::loss::{discriminator_loss, generator_loss};
 use crate::schedule::{Phase, PhaseKind};
 use crate::stats::StepPosition;
+
+mod ttur;
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// One D step, one G step and the EMA update. Its values join the tick's, unread: a NaN/Inf
@@ -26,6 +29,18 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub(super) fn step(&mut self, phase: &Phase) -> Result<()> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
+        let sigma = sigma_at(&self.config.instance_noise, self.state.images_shown);
+        // TTUR: the D updates beyond the first (`optim.d_steps`), each on its own reals; their
+        // finiteness flags (0 or NaN) join D's gradient norm, so a NaN in any of them makes the
+        // step unhealthy at the tick's end.
+        let mut extra_d_flags = None;
+        for _ in 1..self.config.optim.d_steps {
+            let flag = self.extra_d_step(phase, lr, sigma)?;
+            extra_d_flags = Some(match extra_d_flags {
+                Some(sum) => sum + flag,
+                None => flag,
+            });
+        }
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
         let batch = self
             .state
@@ -33,11 +48,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             .next_batch(&self.reader, phase.resolution, n, fade)?;
         let reals =
             Tensor::<B, 4>::from_data(TensorData::new(batch.data, batch.shape), &self.device);
+        let reals = add_noise(reals, sigma, &mut self.state.rng);
 
         // D step: fakes from the current G without building G's graph.
         let latents = self.latents(n);
         let fakes = self.nets.g.valid().forward(latents, stage, alpha);
         let fakes = Tensor::<B, 4>::from_inner(fakes);
+        let fakes = add_noise(fakes, sigma, &mut self.state.rng);
         let mix = self.uniform(n);
         let (loss_d, d_stats) = discriminator_loss(
             &self.config.loss,
@@ -49,24 +66,38 @@ impl<B: AutodiffBackend> Trainer<B> {
             alpha,
         );
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.nets.d);
-        let d_grad_norm = grad_norm(&self.nets.d, &grads, &self.device);
+        let mut d_grad_norm = grad_norm(&self.nets.d, &grads, &self.device);
+        if let Some(flags) = extra_d_flags {
+            // Adding 0 leaves a finite norm as it is.
+            d_grad_norm = d_grad_norm + flags;
+        }
         let d = self.nets.d.clone();
-        self.nets.d = self.nets.optim_d.step(lr, d, grads);
+        self.nets.d = self
+            .nets
+            .optim_d
+            .step(lr * self.config.optim.lr_d_mult, d, grads);
 
         // G step: D's parameters are frozen so only G's gradients are computed.
         let latents = Tensor::<B, 2>::from_inner(self.latents(n));
         let fakes = self.nets.g.forward(latents, stage, alpha);
+        let fakes = add_noise(fakes, sigma, &mut self.state.rng);
         let scores = self.nets.d.clone().no_grad().forward(fakes, stage, alpha);
         let loss_g = generator_loss(&self.config.loss, scores);
         let loss_g_value = loss_g.clone().inner();
         let grads = GradientsParams::from_grads(loss_g.backward(), &self.nets.g);
         let g_grad_norm = grad_norm(&self.nets.g, &grads, &self.device);
         let g = self.nets.g.clone();
-        self.nets.g = self.nets.optim_g.step(lr, g, grads);
+        self.nets.g = self
+            .nets
+            .optim_g
+            .step(lr * self.config.optim.lr_g_mult, g, grads);
 
         // EMA of G's weights (per-step decay, or from a half-life in kimg). A non-finite step
         // poisons it too, but the tick's end rolls all three networks back together.
-        let beta = self.config.ema.beta_for_batch(n);
+        let beta = self
+            .config
+            .ema
+            .beta_for_batch(n * self.config.optim.d_steps as usize);
         let ema = std::mem::replace(&mut self.nets.g_ema, self.nets.g.valid());
         self.nets.g_ema = update_ema::<B, _>(ema, &self.nets.g, beta);
 

@@ -1,0 +1,30 @@
+//! Crafted input files shared by the tests of this crate and the CLI's end-to-end tests.
+
+/// A PNG whose header declares `w x h` pixels of `colour` (2 RGB, 6 RGBA) at `depth` bits,
+/// followed by one tiny IDAT: a decompression bomb of a few hundred bytes.
+pub fn bomb_png(w: u32, h: u32, colour: u8, depth: u8) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    // zlib stream of a few zero bytes (stored block): filter byte + a few pixels.
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0x00, 0x00, 0x00, 0x01,
+        ],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
