@@ -367,9 +367,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 || stop_after.is_some_and(|s| self.state.images_shown >= s)
             {
                 // The steps since the last tick end are unchecked: a NaN among them goes back to
-                // the last checkpoint before stopping, never into the stop's checkpoint.
+                // the last checkpoint (and training resumes from there up to the stop), never
+                // into the stop's checkpoint.
                 if !self.tick.steps.is_empty() && !self.tick_values_healthy() {
                     self.rollback()?;
+                    continue;
                 }
                 interrupted = true;
                 break;
