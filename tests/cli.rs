@@ -1767,8 +1767,7 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
     // The last checkpoint loads.
     let exported = dir.path().join("g.safetensors");
     run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
-}
-#[test]
+}#[test]
 fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
@@ -1777,6 +1776,8 @@ fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
         "minimax",
         "--real-label",
         "0.9",
+        "--feature-matching",
+        "0.5",
         "--instance-noise",
         "0.2",
         "--instance-noise-kimg",
@@ -1800,7 +1801,8 @@ fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
         "kind = \"minimax\"",
         "real_label = 0.9",
         "d_steps = 2",
-        "loss: minimax (saturating, no penalty), real label 0.9",
+        "feature_matching = 0.5",
+        "loss: minimax (saturating, no penalty), real label 0.9, feature matching 0.5",
         "updates: lr x G 0.5 x D 2 (times the lr column), 2 D steps per G step   \
          instance noise: sigma 0.2 -> 0 over 0.032 kimg",
     ] {
@@ -1857,9 +1859,10 @@ fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
         ),
         (&["--lr-g-mult", "0"][..], "--lr-g-mult 0 must be positive"),
         (
-            &["--lr-d-mult=-1"][..],
-            "--lr-d-mult -1 must be positive",
+            &["--feature-matching=-1"][..],
+            "--feature-matching -1 must be a non-negative weight",
         ),
+        (&["--lr-d-mult=-1"][..], "--lr-d-mult -1 must be positive"),
         (&["--d-steps", "0"][..], "--d-steps must be at least 1"),
         (
             &["--real-label", "0.9"][..],

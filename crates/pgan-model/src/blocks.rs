@@ -150,14 +150,22 @@ impl<B: Backend> DiscriminatorOutputBlock<B> {
     /// - x: `[N, C, 4, 4]`
     /// - output: `[N, 1]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.output.forward(self.features(x))
+    }
+
+    /// The last hidden layer, the input of `output`.
+    ///
+    /// # Shapes
+    /// - x: `[N, C, 4, 4]`
+    /// - output: `[N, nf(0)]`
+    pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = if self.mbstd_group_size > 1 {
             minibatch_stddev(x, self.mbstd_group_size)
         } else {
             x
         };
         let x = lrelu(self.conv.forward(x));
-        let x = lrelu(self.dense.forward(x.flatten(1, 3)));
-        self.output.forward(x)
+        lrelu(self.dense.forward(x.flatten(1, 3)))
     }
 
     /// [`forward`](Self::forward) and its JVP along `dx`.

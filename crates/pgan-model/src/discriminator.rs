@@ -81,6 +81,27 @@ impl<B: Backend> Discriminator<B> {
     /// - images: `[N, num_channels, 4·2^stage, 4·2^stage]`
     /// - output: `[N, 1]`
     pub fn forward(&self, images: Tensor<B, 4>, stage: usize, alpha: f32) -> Tensor<B, 2> {
+        self.output.forward(self.to_4x4(images, stage, alpha))
+    }
+
+    /// [`forward`](Self::forward)'s scores and the last hidden layer's features, the input of the
+    /// final dense layer (what feature matching compares, Salimans et al. 2016), from one pass.
+    ///
+    /// # Shapes
+    /// - images: `[N, num_channels, 4·2^stage, 4·2^stage]`
+    /// - outputs: scores `[N, 1]`, features `[N, nf(0)]`
+    pub fn forward_with_features(
+        &self,
+        images: Tensor<B, 4>,
+        stage: usize,
+        alpha: f32,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let features = self.output.features(self.to_4x4(images, stage, alpha));
+        (self.output.output.forward(features.clone()), features)
+    }
+
+    /// The network up to the 4x4 output block: `[N, C(0), 4, 4]`.
+    fn to_4x4(&self, images: Tensor<B, 4>, stage: usize, alpha: f32) -> Tensor<B, 4> {
         self.check_input(&images, stage);
         let mut x = lrelu(self.from_rgb[stage].forward(images.clone()));
         if stage > 0 {
@@ -93,7 +114,7 @@ impl<B: Backend> Discriminator<B> {
                 x = block.forward(x);
             }
         }
-        self.output.forward(x)
+        x
     }
 
     /// [`forward`](Self::forward) and its directional derivative along
@@ -153,6 +174,33 @@ mod tests {
             tiny_config(resolution).init_discriminator::<B>(&Default::default()),
             seed,
         )
+    }
+
+    #[test]
+    fn features_are_the_input_of_the_last_dense_layer() {
+        type B = burn::backend::Flex;
+        let d = tiny_discriminator::<B>(8, 3);
+        let device = Default::default();
+        let images = Tensor::<B, 4>::random(
+            [4, 3, 8, 8],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let scores = d.forward(images.clone(), 1, 0.5);
+        let (again, features) = d.forward_with_features(images, 1, 0.5);
+        assert_eq!(features.dims()[0], 4);
+        assert_eq!(features.dims()[1], d.output.output.weight.val().dims()[0]);
+        // One pass gives the same scores, and the scores are the last layer on the features.
+        let s: Vec<f32> = scores.into_data().to_vec().unwrap();
+        assert_eq!(again.into_data().to_vec::<f32>().unwrap(), s);
+        let from_features: Vec<f32> = d
+            .output
+            .output
+            .forward(features)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(from_features, s);
     }
 
     #[test]

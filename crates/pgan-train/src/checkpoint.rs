@@ -90,8 +90,8 @@ pub struct TrainState {
     /// The dataset the run trains on (absent in checkpoints written before it was stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetFingerprint>,
-    /// CRC32 of this state as compact JSON without this field: a `state.json` edited by hand no
-    /// longer matches it (absent in checkpoints written before it existed).
+    /// CRC-32 of `state.json`'s bytes before this member (the last one): a `state.json` edited
+    /// by hand no longer matches it (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<u32>,
 }
@@ -139,11 +139,16 @@ impl std::fmt::Display for DatasetFingerprint {
 const MAX_IMAGES_SHOWN: u64 = 1 << 53;
 
 impl TrainState {
-    /// The checksum of this state's content (everything but [`TrainState::checksum`]).
-    fn content_checksum(&self) -> u32 {
-        let mut plain = self.clone();
-        plain.checksum = None;
-        crc32fast::hash(&serde_json::to_vec(&plain).expect("state serialises"))
+    /// `state.json` as written: pretty JSON, with the checksum of everything before it as the
+    /// last member. The checksum is over those bytes, not over the values read back: serde_json
+    /// (without its `float_roundtrip` feature, which would rebuild all of burn) may read an `f64`
+    /// back one ULP off, and a checksum of the re-serialised values then fails at random.
+    fn to_json_with_checksum(&self) -> Vec<u8> {
+        let mut state = self.clone();
+        state.checksum = None;
+        let plain = serde_json::to_vec_pretty(&state).expect("state serialises");
+        state.checksum = Some(crc32fast::hash(&plain));
+        serde_json::to_vec_pretty(&state).expect("state serialises")
     }
 
     /// Checks every field a resume, render or rollback relies on; the message names the field.
@@ -360,8 +365,7 @@ pub fn write_checkpoint(
             fill(tmp)?;
             let mut state = state.clone();
             state.files = checksums(tmp)?;
-            state.checksum = Some(state.content_checksum());
-            let json = serde_json::to_vec_pretty(&state).expect("state serialises");
+            let json = state.to_json_with_checksum();
             let state_path = tmp.join(STATE_FILE);
             write_atomic(&state_path, &json).map_err(io_err(&state_path, "write checkpoint state"))
         },
@@ -391,7 +395,7 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         )));
     }
     if let Some(stored) = state.checksum {
-        let actual = state.content_checksum();
+        let actual = checksum_before_last_member(&text);
         if stored != actual {
             return Err(bad(format!(
                 "{STATE_FILE} was changed after it was written (checksum {actual:#010x}, \
@@ -413,6 +417,19 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         }
     }
     Ok(state)
+}
+
+/// CRC-32 of `state.json`'s `text` without its last member, the checksum (what
+/// [`TrainState::to_json_with_checksum`] hashed); 0 when there is none, which no stored checksum
+/// of a real file matches.
+fn checksum_before_last_member(text: &[u8]) -> u32 {
+    const LAST: &[u8] = b",\n  \"checksum\": ";
+    let Some(cut) = text.windows(LAST.len()).rposition(|w| w == LAST) else {
+        return 0;
+    };
+    let mut plain = text[..cut].to_vec();
+    plain.extend_from_slice(b"\n}");
+    crc32fast::hash(&plain)
 }
 
 /// All checkpoint folders of a run, oldest first.
@@ -744,6 +761,26 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         edit(&mut json);
         std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn states_with_any_float_values_read_back_with_their_checksum() {
+        // Floats whose shortest decimal form serde_json may read back one ULP off: the checksum
+        // is over the written bytes, so none of them reads as edited.
+        let run = tempfile::tempdir().unwrap();
+        let mut bits = 0x9E37_79B9_7F4A_7C15_u64;
+        for k in 0..300 {
+            bits = bits.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let state = TrainState {
+                images_shown: 64 + k,
+                elapsed_s: (bits >> 11) as f64 / (1u64 << 53) as f64 * 1e5,
+                best_swd: BTreeMap::from([(16, f64::from_bits(bits >> 2))]),
+                ..a_state()
+            };
+            let ckpt = write_checkpoint(run.path(), &state, |_| Ok(())).unwrap();
+            let read = read_state(&ckpt).unwrap_or_else(|e| panic!("{}: {e}", state.elapsed_s));
+            assert!(read.checksum.is_some());
+        }
     }
 
     #[test]

@@ -256,6 +256,10 @@ pub struct LossConfig {
     /// Target of the reals in the logistic D losses (`logistic-r1`, `non-saturating`,
     /// `minimax`); below 1 it is one-sided label smoothing (Salimans et al. 2016).
     pub real_label: f32,
+    /// Weight of the feature-matching term added to G's loss (Salimans et al. 2016), the
+    /// squared distance between the reals' and the fakes' mean features in D's last hidden
+    /// layer; 0 switches it off.
+    pub feature_matching: f32,
 }
 
 impl Default for LossConfig {
@@ -266,6 +270,7 @@ impl Default for LossConfig {
             drift_epsilon: 0.001,
             r1_gamma: 10.0,
             real_label: 1.0,
+            feature_matching: 0.0,
         }
     }
 }
@@ -637,6 +642,12 @@ impl TrainConfig {
                 l.real_label
             ));
         }
+        if !(l.feature_matching.is_finite() && l.feature_matching >= 0.0) {
+            return bad(format!(
+                "loss.feature_matching {} must be a non-negative weight (0 is off)",
+                l.feature_matching
+            ));
+        }
         let n = &self.instance_noise;
         if !(n.sigma.is_finite() && n.sigma >= 0.0) {
             return bad(format!(
@@ -867,6 +878,10 @@ mod tests {
                 "optim.lr_d_mult -2 must be positive",
             ),
             (|c| c.optim.d_steps = 0, "optim.d_steps must be at least 1"),
+            (
+                |c| c.loss.feature_matching = -1.0,
+                "loss.feature_matching -1 must be a non-negative weight",
+            ),
             (
                 |c| c.loss.real_label = 0.0,
                 "loss.real_label 0 must be in (0, 1]",

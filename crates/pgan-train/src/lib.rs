@@ -23,6 +23,7 @@ pub mod ema;
 mod error;
 pub mod eval;
 pub mod export;
+pub mod feature_matching;
 pub mod fsutil;
 pub mod host_read;
 pub mod images;

@@ -110,6 +110,11 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
     } else {
         loss
     };
+    let loss = if config.loss.feature_matching > 0.0 {
+        format!("{loss}, feature matching {}", config.loss.feature_matching)
+    } else {
+        loss
+    };
     let _ = writeln!(
         out,
         "parameters: G {}, D {}   loss: {loss}   backend: {} (device {})",
@@ -289,6 +294,12 @@ mod tests {
         let plan = describe(&config, &model);
         assert!(
             plan.contains("loss: non-saturating (no penalty)   "),
+            "{plan}"
+        );
+        config.loss.feature_matching = 0.5;
+        let plan = describe(&config, &model);
+        assert!(
+            plan.contains("loss: non-saturating (no penalty), feature matching 0.5   "),
             "{plan}"
         );
     }

@@ -218,6 +218,12 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         }
         config.loss.real_label = v;
     }
+    if let Some(v) = args.feature_matching {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("--feature-matching {v} must be a non-negative weight (0 is off)");
+        }
+        config.loss.feature_matching = v;
+    }
     if let Some(v) = args.instance_noise {
         if !(v.is_finite() && v >= 0.0) {
             bail!("--instance-noise {v} must be a non-negative sigma (0 is off)");

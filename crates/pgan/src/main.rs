@@ -163,6 +163,10 @@ struct TrainArgs {
     /// (overrides loss.real_label).
     #[arg(long)]
     real_label: Option<f32>,
+    /// Weight of the feature-matching term in G's loss, 0 = off (overrides
+    /// loss.feature_matching).
+    #[arg(long)]
+    feature_matching: Option<f32>,
     /// Instance noise: σ of the Gaussian noise on D's inputs at the start, 0 = off (overrides
     /// instance_noise.sigma).
     #[arg(long)]

@@ -21,6 +21,7 @@ use crate::loss::{discriminator_loss, generator_loss};
 use crate::schedule::{Phase, PhaseKind};
 use crate::stats::StepPosition;
 
+mod feature_matching;
 mod ttur;
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -49,6 +50,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let reals =
             Tensor::<B, 4>::from_data(TensorData::new(batch.data, batch.shape), &self.device);
         let reals = add_noise(reals, sigma, &mut self.state.rng);
+        let matching_reals = (self.config.loss.feature_matching > 0.0).then(|| reals.clone());
 
         // D step: fakes from the current G without building G's graph.
         let latents = self.latents(n);
@@ -81,8 +83,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         let latents = Tensor::<B, 2>::from_inner(self.latents(n));
         let fakes = self.nets.g.forward(latents, stage, alpha);
         let fakes = add_noise(fakes, sigma, &mut self.state.rng);
-        let scores = self.nets.d.clone().no_grad().forward(fakes, stage, alpha);
-        let loss_g = generator_loss(&self.config.loss, scores);
+        let d_frozen = self.nets.d.clone().no_grad();
+        let (scores, matching) = self.g_scores(&d_frozen, fakes, matching_reals, stage, alpha);
+        let mut loss_g = generator_loss(&self.config.loss, scores);
+        if let Some(term) = matching {
+            loss_g = loss_g + term;
+        }
         let loss_g_value = loss_g.clone().inner();
         let grads = GradientsParams::from_grads(loss_g.backward(), &self.nets.g);
         let g_grad_norm = grad_norm(&self.nets.g, &grads, &self.device);
