@@ -10,10 +10,13 @@
 //!
 //! Cost: one forward + input-only backward for `g`, then one JVP pass
 //! (about two forwards) and its backward.
+//!
+//! Nothing here reads the device: `P` and the mean gradient norm stay device tensors, which the
+//! trainer reads once a tick with the rest of its statistics.
 
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
 
 use crate::discriminator::Discriminator;
 
@@ -25,10 +28,10 @@ const NORM_FLOOR: f32 = 1e-12;
 pub struct Penalty<B: AutodiffBackend> {
     /// Add to the D loss: `∇θ surrogate = ∇θ penalty`. Shape `[1]`.
     pub surrogate: Tensor<B, 1>,
-    /// The penalty `P` itself, for logging.
-    pub value: f32,
-    /// Mean over the batch of `‖∇x D(x̂)_i‖`.
-    pub grad_norm: f32,
+    /// The penalty `P` itself, for logging. Shape `[1]`, on the device.
+    pub value: Tensor<B::InnerBackend, 1>,
+    /// Mean over the batch of `‖∇x D(x̂)_i‖`. Shape `[1]`, on the device.
+    pub grad_norm: Tensor<B::InnerBackend, 1>,
 }
 
 /// WGAN-GP (Gulrajani et al. 2017): `λ · mean_i (‖∇x D(x̂)_i‖ − 1)²` on
@@ -62,8 +65,8 @@ pub fn wgan_gp<B: AutodiffBackend>(
     let v = g * coef;
     Penalty {
         surrogate: surrogate(d, x_hat, v, stage, alpha),
-        value: value.into_scalar().elem(),
-        grad_norm: norms.mean().into_scalar().elem(),
+        value,
+        grad_norm: norms.mean(),
     }
 }
 
@@ -87,8 +90,8 @@ pub fn r1<B: AutodiffBackend>(
     let v = g.mul_scalar(gamma / n);
     Penalty {
         surrogate: surrogate(d, reals, v, stage, alpha),
-        value: value.into_scalar().elem(),
-        grad_norm: sq_norms.sqrt().mean().into_scalar().elem(),
+        value,
+        grad_norm: sq_norms.sqrt().mean(),
     }
 }
 
@@ -257,12 +260,13 @@ mod tests {
 
         let p = penalty(&d);
         let (p_direct, norm_direct) = direct_penalty(&d, point.clone(), stage, alpha, kind);
+        let value = to_vec(p.value.clone())[0] as f64;
         assert!(
-            (p.value as f64 - p_direct).abs() <= 1e-4 * p_direct.abs().max(1.0),
-            "{kind:?}: value {} vs {p_direct}",
-            p.value
+            (value - p_direct).abs() <= 1e-4 * p_direct.abs().max(1.0),
+            "{kind:?}: value {value} vs {p_direct}"
         );
-        assert!((p.grad_norm as f64 - norm_direct).abs() <= 1e-4 * norm_direct.max(1.0));
+        let grad_norm = to_vec(p.grad_norm.clone())[0] as f64;
+        assert!((grad_norm - norm_direct).abs() <= 1e-4 * norm_direct.max(1.0));
         let grads = p.surrogate.backward();
 
         let mut sizes = Sizes(Vec::new());
@@ -358,7 +362,7 @@ mod tests {
         let fakes = randn::<AB, 4>([4, 3, 8, 8], 5, &device);
         let mix = Tensor::<AB, 4>::full([4, 1, 1, 1], 0.5, &device);
         let gp = wgan_gp(&d, reals.clone(), fakes.clone(), mix, 1, 0.5, 10.0);
-        assert!(gp.value > 0.0 && gp.grad_norm > 0.0);
+        assert!(to_vec(gp.value.clone())[0] > 0.0 && to_vec(gp.grad_norm.clone())[0] > 0.0);
         assert_eq!(gp.surrogate.dims(), [1]);
         let loss = d.forward(fakes, 1, 0.5).mean() - d.forward(reals, 1, 0.5).mean() + gp.surrogate;
         let grads = loss.backward();

@@ -182,7 +182,6 @@ fn not_compiled(name: &str) -> TrainError {
 /// error says what the driver said, and nothing is printed as a crash.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn probe<B: AutodiffBackend>(device: &B::Device, name: &str, index: usize) -> Result<()> {
-    use burn::tensor::ElementConversion;
     use std::sync::{Arc, Mutex};
     let first_panic: Arc<Mutex<Option<String>>> = Arc::default();
     let previous_hook = std::panic::take_hook();
@@ -198,8 +197,7 @@ fn probe<B: AutodiffBackend>(device: &B::Device, name: &str, index: usize) -> Re
     let device = device.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let t = burn::tensor::Tensor::<B, 1>::ones([4], &device);
-        let v: f32 = t.sum().into_scalar().elem::<f32>();
-        v
+        crate::host_read::read_scalar(t.sum())
     }));
     std::panic::set_hook(previous_hook);
     match result {

@@ -281,8 +281,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
 /// is an [`TrainError::Io`] naming the file and the OS error.
 pub fn save_record<B: Backend, R: Record<B>>(record: R, dir: &Path, stem: &str) -> Result<()> {
     let path = dir.join(format!("{stem}.{}", record_extension()));
-    let item =
-        BurnRecord::<_, B>::new::<CheckpointRecorder>(record.into_item::<FullPrecisionSettings>());
+    let item = BurnRecord::<_, B>::new::<CheckpointRecorder>(crate::host_read::record_item(record));
     let file = File::create(&path).map_err(io_err(&path, "create checkpoint record"))?;
     let file = encode_record(BufWriter::new(file), &item, &path)?
         .into_inner()

@@ -133,13 +133,7 @@ pub fn generate<B: Backend>(
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
         let images = g.forward(z, stage, alpha);
-        data.extend(
-            images
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32 images"),
-        );
+        data.extend(crate::host_read::read_f32s(images));
         done += b;
     }
     ImageSet {

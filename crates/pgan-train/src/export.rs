@@ -120,6 +120,8 @@ fn serialize<M: Module<Flex>>(
             "pgan.weight_scale",
             "equalized learning rate: multiply each weight by gain/sqrt(fan_in) at run time",
         );
+    // burn-store reads every weight here.
+    crate::host_read::count_read();
     module
         .save_into(&mut store)
         .map_err(|e| failed(format!("cannot serialize {}: {e}", net.name())))?;

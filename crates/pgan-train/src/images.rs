@@ -26,11 +26,7 @@ impl HostImages {
     /// Copies a batch from any backend.
     pub fn from_tensor<B: Backend>(images: Tensor<B, 4>) -> Self {
         let dims = images.dims();
-        let data = images
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 tensor data");
+        let data = crate::host_read::read_f32s(images);
         Self { data, shape: dims }
     }
 

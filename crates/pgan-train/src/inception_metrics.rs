@@ -409,12 +409,7 @@ pub fn generated_features<B: Backend>(
         let b = INCEPTION_BATCH.min(n - done);
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
-        let images = g
-            .forward(z, stage, alpha)
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 images");
+        let images = crate::host_read::read_f32s(g.forward(z, stage, alpha));
         let pixels = quantise_nchw(&images, b, c, side, side);
         values.extend(extractor.features(Images8 {
             pixels: &pixels,

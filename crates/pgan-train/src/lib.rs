@@ -26,6 +26,7 @@ pub mod eval;
 pub mod export;
 pub mod feature_matching;
 pub mod fsutil;
+pub mod host_read;
 pub mod images;
 pub mod inception_metrics;
 pub mod instance_noise;

@@ -14,28 +14,29 @@
 //! autodiff cannot differentiate a gradient.
 
 use burn::tensor::activation::softplus;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use pgan_model::{penalty, Discriminator};
 
 use crate::config::{LossConfig, LossKind};
 use crate::logistic;
 
-/// Scalars of one discriminator step (host values, for statistics and NaN checks).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DiscriminatorStats {
+/// Scalars of one discriminator step, for statistics and NaN checks: device tensors of shape
+/// `[1]`, read by the trainer once a tick (never inside a step).
+#[derive(Clone, Debug)]
+pub struct DiscriminatorStats<B: Backend> {
     /// The full D loss (including penalty and drift).
-    pub loss: f32,
+    pub loss: Tensor<B, 1>,
     /// The penalty value P (not its surrogate).
-    pub penalty: f32,
+    pub penalty: Tensor<B, 1>,
     /// Mean ‖∇x D‖ at the penalty's sample points.
-    pub penalty_grad_norm: f32,
-    /// Drift term ε·mean D(real)² (WGAN-GP only).
-    pub drift: f32,
+    pub penalty_grad_norm: Tensor<B, 1>,
+    /// Drift term ε·mean D(real)² (WGAN-GP only; 0 otherwise).
+    pub drift: Tensor<B, 1>,
     /// Mean D(real).
-    pub real_score: f32,
+    pub real_score: Tensor<B, 1>,
     /// Mean D(fake).
-    pub fake_score: f32,
+    pub fake_score: Tensor<B, 1>,
 }
 
 /// The discriminator loss for one minibatch. `fakes` must already be detached from G; `mix`
@@ -49,7 +50,7 @@ pub fn discriminator_loss<B: AutodiffBackend>(
     mix: Tensor<B, 4>,
     stage: usize,
     alpha: f32,
-) -> (Tensor<B, 1>, DiscriminatorStats) {
+) -> (Tensor<B, 1>, DiscriminatorStats<B::InnerBackend>) {
     // Scores of reals and fakes in separate passes, as the official code does (the
     // minibatch-stddev statistics then describe one kind of image at a time).
     let real_scores = d.forward(reals.clone(), stage, alpha); // [N, 1]
@@ -73,10 +74,11 @@ pub fn discriminator_loss<B: AutodiffBackend>(
         }
         LossKind::NonSaturating | LossKind::Minimax => {
             let adv = logistic::discriminator_loss(real_scores, fake_scores, config.real_label);
+            let zero = adv.clone().inner().zeros_like();
             let none = penalty::Penalty {
                 surrogate: adv.zeros_like(),
-                value: 0.0,
-                grad_norm: 0.0,
+                value: zero.clone(),
+                grad_norm: zero,
             };
             (adv, None, none)
         }
@@ -85,31 +87,15 @@ pub fn discriminator_loss<B: AutodiffBackend>(
     if let Some(drift) = drift.clone() {
         loss = loss + drift;
     }
-    // One host read for every scalar of the step.
-    let scalars = Tensor::cat(
-        vec![
-            loss.clone().detach(),
-            real_mean.detach(),
-            fake_mean.detach(),
-            drift
-                .map(|d| d.detach())
-                .unwrap_or_else(|| loss.zeros_like().detach()),
-            pen.surrogate.clone().detach(),
-        ],
-        0,
-    )
-    .into_data()
-    .convert::<f32>()
-    .to_vec::<f32>()
-    .expect("f32 scalars");
+    // Values only (`inner`: no graph), left on the device.
     let stats = DiscriminatorStats {
         // The logged loss includes the penalty's value, not its surrogate's.
-        loss: scalars[0] - scalars[4] + pen.value,
+        loss: loss.clone().inner() - pen.surrogate.inner() + pen.value.clone(),
         penalty: pen.value,
         penalty_grad_norm: pen.grad_norm,
-        drift: scalars[3],
-        real_score: scalars[1],
-        fake_score: scalars[2],
+        drift: drift.map_or_else(|| real_mean.clone().inner().zeros_like(), |d| d.inner()),
+        real_score: real_mean.inner(),
+        fake_score: fake_mean.inner(),
     };
     (loss, stats)
 }

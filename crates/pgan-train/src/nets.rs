@@ -5,7 +5,7 @@
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
 use pgan_model::{Discriminator, Generator, ModelConfig};
 
 use crate::adam::FusedAdam;
@@ -74,8 +74,14 @@ fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
     module
 }
 
-/// True when every parameter of `module` is finite.
+/// True when every parameter of `module` is finite (one read).
 pub(crate) fn params_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
+    params_finite_flag(module).is_none_or(|flag| crate::host_read::read_scalar(flag).is_finite())
+}
+
+/// A device value that is 0 when every parameter of `module` is finite and NaN otherwise (sums
+/// of such flags keep the meaning); `None` for a module without parameters. Nothing is read.
+pub(crate) fn params_finite_flag<B: Backend, M: Module<B>>(module: &M) -> Option<Tensor<B, 1>> {
     struct Check<B: Backend> {
         ok: Option<Tensor<B, 1>>,
     }
@@ -91,8 +97,5 @@ pub(crate) fn params_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
     }
     let mut c = Check::<B> { ok: None };
     module.visit(&mut c);
-    c.ok.is_none_or(|t| {
-        let v: f32 = t.into_scalar().elem::<f32>();
-        v.is_finite()
-    })
+    c.ok
 }

@@ -1,12 +1,20 @@
 //! Per-tick statistics: values reported under slash keys (`Loss/D`, `D/real`, ...) are averaged
 //! over a tick and appended as one flat JSON object per line to `RUN_DIR/metrics.jsonl`
 //! (the layout `pgan report` reads).
+//!
+//! A training step's values ([`STEP_KEYS`]) stay on the device in [`StepValues`] until the
+//! tick's end, which reads them all at once (a read inside a step would stall a GPU's queue
+//! every step) and only then reports them to [`TickStats`]: the tick's means are those of the
+//! same per-step values as before, summed on the host in the same order.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use pgan_spec::metrics as key;
 use serde_json::{Map, Value};
 
 use crate::error::{io_err, Result};
@@ -22,8 +30,8 @@ pub struct TickStats {
 
 impl TickStats {
     /// Adds one observation of `key`. A non-finite value is left out of the average and not
-    /// counted anywhere: the loop rolls back as soon as a loss or gradient norm is non-finite,
-    /// and only reports the values of healthy steps.
+    /// counted anywhere: the loop rolls back when a loss or gradient norm of the tick's steps is
+    /// non-finite, and only reports the values of ticks whose steps were all healthy.
     pub fn report(&mut self, key: &'static str, value: f64) {
         if value.is_finite() {
             let entry = self.sums.entry(key).or_default();
@@ -46,6 +54,137 @@ impl TickStats {
             .iter()
             .filter(|(_, (_, n))| *n > 0)
             .map(|(k, (s, n))| (*k, s / *n as f64))
+    }
+}
+
+/// What one training step measures, in the order of its values in [`StepValues`].
+pub const STEP_KEYS: [&str; 9] = [
+    key::LOSS_D,
+    key::LOSS_G,
+    key::LOSS_D_PENALTY,
+    key::LOSS_D_DRIFT,
+    key::PENALTY_GRAD_NORM,
+    key::D_REAL,
+    key::D_FAKE,
+    key::GRAD_D_NORM,
+    key::GRAD_G_NORM,
+];
+
+/// The values of [`STEP_KEYS`] that must be finite for a step to count as healthy: both losses
+/// and both gradient norms (the others enter the D loss or are diagnostics of the penalty).
+const CHECKED_KEYS: [&str; 4] = [key::LOSS_D, key::LOSS_G, key::GRAD_D_NORM, key::GRAD_G_NORM];
+
+/// Pending rows are joined into one tensor every this many steps, which bounds the number of
+/// small device tensors a long tick holds.
+const JOIN_EVERY: usize = 256;
+
+/// Where the run stood at a step: the step's number (counted after it) and the images shown
+/// before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPosition {
+    /// `TrainState::step` after the step.
+    pub step: u64,
+    /// `TrainState::images_shown` before the step.
+    pub images_shown: u64,
+}
+
+/// The values of a tick's steps, kept on the device until [`read`](Self::read) at the tick's
+/// end. Pushing a step does not wait for the device.
+#[derive(Debug)]
+pub struct StepValues<B: Backend> {
+    /// Rows of `STEP_KEYS.len()` values each, possibly several rows joined into one tensor.
+    pending: Vec<Tensor<B, 1>>,
+    /// The position of every step pushed, in order (host values).
+    positions: Vec<StepPosition>,
+}
+
+impl<B: Backend> Default for StepValues<B> {
+    fn default() -> Self {
+        Self {
+            pending: Vec::new(),
+            positions: Vec::new(),
+        }
+    }
+}
+
+/// One step's values, read back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepRow {
+    /// Where the step was taken.
+    pub at: StepPosition,
+    /// Its values, in the order of [`STEP_KEYS`].
+    pub values: [f32; STEP_KEYS.len()],
+}
+
+impl StepRow {
+    /// The value of `key` (one of [`STEP_KEYS`]).
+    pub fn get(&self, key: &str) -> Option<f32> {
+        STEP_KEYS
+            .iter()
+            .position(|k| *k == key)
+            .map(|i| self.values[i])
+    }
+
+    /// Whether the losses and gradient norms are all finite.
+    pub fn is_healthy(&self) -> bool {
+        CHECKED_KEYS
+            .iter()
+            .all(|k| self.get(k).is_some_and(f32::is_finite))
+    }
+}
+
+impl<B: Backend> StepValues<B> {
+    /// Adds a step's values (shape `[1]` each, in the order of [`STEP_KEYS`]) without reading
+    /// them.
+    pub fn push(&mut self, values: [Tensor<B, 1>; STEP_KEYS.len()], at: StepPosition) {
+        self.pending.push(Tensor::cat(values.into(), 0));
+        self.positions.push(at);
+        if self.pending.len() >= JOIN_EVERY {
+            let joined = Tensor::cat(std::mem::take(&mut self.pending), 0);
+            self.pending.push(joined);
+        }
+    }
+
+    /// Steps pushed since the last read.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Whether no step was pushed since the last read.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// Reads every step's values and the values of `extra` in one device→host read, and empties
+    /// the accumulator.
+    pub fn read(&mut self, extra: Option<Tensor<B, 1>>) -> (Vec<StepRow>, Vec<f32>) {
+        let positions = std::mem::take(&mut self.positions);
+        let mut parts = std::mem::take(&mut self.pending);
+        parts.extend(extra);
+        if parts.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let values = crate::host_read::read_f32s(Tensor::cat(parts, 0));
+        let width = STEP_KEYS.len();
+        let (steps, extra) = values.split_at(positions.len() * width);
+        let rows = positions
+            .into_iter()
+            .zip(steps.chunks_exact(width))
+            .map(|(at, v)| StepRow {
+                at,
+                values: v.try_into().expect("one row per step"),
+            })
+            .collect();
+        (rows, extra.to_vec())
+    }
+}
+
+impl TickStats {
+    /// Adds every value of a step.
+    pub fn report_step(&mut self, row: &StepRow) {
+        for (&name, value) in STEP_KEYS.iter().zip(row.values) {
+            self.report(name, value as f64);
+        }
     }
 }
 
@@ -129,6 +268,64 @@ mod tests {
         s.report("Loss/D", f64::NAN);
         assert_eq!(s.mean("Loss/D"), Some(2.0));
         assert_eq!(s.mean("Loss/G"), None);
+    }
+
+    #[test]
+    fn step_values_come_back_in_order_with_the_extra_values_in_one_read() {
+        use burn::backend::Flex;
+        let device = Default::default();
+        let mut values = StepValues::<Flex>::default();
+        // More steps than JOIN_EVERY, so joined and single rows are read together.
+        let steps = JOIN_EVERY as u64 + 3;
+        for s in 0..steps {
+            let value =
+                |k: usize| Tensor::<Flex, 1>::from_floats([(s * 10 + k as u64) as f32], &device);
+            let at = StepPosition {
+                step: s + 1,
+                images_shown: 4 * s,
+            };
+            values.push(std::array::from_fn(value), at);
+        }
+        assert_eq!(values.len(), steps as usize);
+        let before = crate::host_read::reads_on_this_thread();
+        let extra = Tensor::<Flex, 1>::from_floats([0.5, f32::NAN], &device);
+        let (rows, extra) = values.read(Some(extra));
+        assert_eq!(crate::host_read::reads_on_this_thread() - before, 1);
+        assert!(values.is_empty());
+        assert_eq!(rows.len(), steps as usize);
+        for (s, row) in rows.iter().enumerate() {
+            assert_eq!(row.at.step, s as u64 + 1);
+            assert_eq!(row.at.images_shown, 4 * s as u64);
+            assert_eq!(row.get(key::LOSS_G), Some((s * 10 + 1) as f32));
+            assert!(row.is_healthy());
+        }
+        assert_eq!(extra[0], 0.5);
+        assert!(extra[1].is_nan());
+
+        let mut tick = TickStats::default();
+        tick.report_step(&rows[0]);
+        tick.report_step(&rows[1]);
+        assert_eq!(tick.mean(key::GRAD_G_NORM), Some(13.0));
+    }
+
+    #[test]
+    fn a_step_is_unhealthy_when_a_loss_or_gradient_norm_is_not_finite() {
+        let at = StepPosition {
+            step: 1,
+            images_shown: 0,
+        };
+        let mut row = StepRow {
+            at,
+            values: [1.0; STEP_KEYS.len()],
+        };
+        assert!(row.is_healthy());
+        for (i, name) in STEP_KEYS.iter().enumerate() {
+            let mut bad = row;
+            bad.values[i] = f32::INFINITY;
+            assert_eq!(bad.is_healthy(), !CHECKED_KEYS.contains(name), "{name}");
+        }
+        row.values[0] = f32::NAN;
+        assert!(!row.is_healthy());
     }
 
     #[test]

@@ -6,19 +6,22 @@
 //!   the G step and the EMA update;
 //! - `tick.rs`: the end of a tick, in order: the metrics row, the evaluation, the alarms, then
 //!   the outputs (status line, sample grid, checkpoint);
-//! - `recovery.rs`: NaN/Inf in a loss or a weight rolls the run back to the last checkpoint
-//!   with a reduced learning rate for a cooldown;
+//! - `recovery.rs`: NaN/Inf in a loss or a weight, found at the tick's end, rolls the run back
+//!   to the last checkpoint with a reduced learning rate for a cooldown;
 //! - `faults.rs`: fault injection for tests (`train_with_faults`, hidden from the docs).
 //!
 //! A checkpoint is written by `checkpoint::save_training` (called from `save_checkpoint` here)
 //! and read back by `checkpoint::load_training` (`restore`).
+//!
+//! Steps read nothing from the device: what they measure waits on the device until the tick's
+//! end reads it in one go (`stats::StepValues`; every read is counted by `host_read`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pgan_data::{BatchSampler, PyramidReader};
 use pgan_model::ModelConfig;
@@ -36,7 +39,7 @@ use crate::latents::latent_values;
 use crate::nets::{params_finite, Nets};
 use crate::run_dir::{create_run_dir, RunLock, RunLog, CONFIG_FILE};
 use crate::schedule::{Phase, StageSchedule};
-use crate::stats::{MetricsWriter, TickStats};
+use crate::stats::{MetricsWriter, StepValues, TickStats};
 
 #[doc(hidden)]
 pub mod faults;
@@ -124,12 +127,14 @@ pub fn train_with_faults(options: TrainOptions, faults: Faults) -> Result<RunSum
     dispatch(kind, device, Job(options, faults))
 }
 
+/// Held by the training in progress of this process (see [`train_on`]).
+static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn train_with_faults_on<B: AutodiffBackend>(
     options: TrainOptions,
     faults: Option<Faults>,
     device: B::Device,
 ) -> Result<RunSummary> {
-    static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     // A panic in another training poisons the lock but leaves nothing shared half-written.
     let _turn = ONE_TRAINING_AT_A_TIME
         .lock()
@@ -177,7 +182,7 @@ struct Trainer<B: AutodiffBackend> {
     /// Fixed latents of the sample grids, independent of the training RNG.
     sample_latents: Vec<f32>,
     /// The tick in progress: its timers and the values reported so far.
-    tick: Tick,
+    tick: Tick<B::InnerBackend>,
     alarms: Alarms,
     last_checkpoint: Option<PathBuf>,
     latest_sample: Option<PathBuf>,
@@ -366,7 +371,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// The loop: steps until `total_kimg` (or a stop), a tick end every `tick_kimg`, a rollback
-    /// whenever a step or a tick end finds NaN/Inf.
+    /// whenever a tick end finds NaN/Inf in its steps' values or in the weights.
     fn run(mut self) -> Result<RunSummary> {
         let total_images = (self.config.schedule.total_kimg * 1000.0).round() as u64;
         let stop_after = self
@@ -382,6 +387,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             if self.options.stop.load(Ordering::SeqCst)
                 || stop_after.is_some_and(|s| self.state.images_shown >= s)
             {
+                // The steps since the last tick end are unchecked: a NaN among them goes back to
+                // the last checkpoint (and training resumes from there up to the stop), never
+                // into the stop's checkpoint.
+                if !self.tick.steps.is_empty() && !self.tick_values_healthy() {
+                    self.rollback()?;
+                    continue;
+                }
                 interrupted = true;
                 break;
             }
@@ -394,19 +406,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             if let Some(faults) = &mut self.faults {
                 faults.before_step(self.state.step, &mut self.nets);
             }
-            let healthy = self.step(&phase)?;
-            if let Some(faults) = self.faults.as_mut().filter(|_| healthy) {
+            self.step(&phase)?;
+            if let Some(faults) = &mut self.faults {
                 faults.after_step(self.state.step - 1, &mut self.nets);
             }
-            // Non-finite weights are looked for once a tick (a read-back of every parameter,
-            // which on a GPU waits for the queue); the losses and gradient norms every step.
+            // The steps' losses and gradient norms and the weights are checked for NaN/Inf once
+            // a tick, in one read (a read waits for the device's queue).
             let tick_len = (self.config.run.tick_kimg * 1000.0) as u64;
             // Every D update counts its reals as shown (official ProGAN `D_repeats`).
             let shown = phase.batch as u64 * self.config.optim.d_steps as u64;
             let images_after = self.state.images_shown + shown;
             let tick_ends =
                 images_after >= (self.state.tick + 1) * tick_len || images_after >= total_images;
-            if !healthy || (tick_ends && !self.weights_finite()) {
+            if tick_ends && !self.tick_values_healthy() {
                 self.rollback()?;
                 continue;
             }
@@ -581,10 +593,12 @@ fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
     crate::fsutil::write_atomic(&path, config.to_toml().as_bytes()).map_err(io_err(&path, "write"))
 }
 
-/// The tick in progress: the values reported by its steps and its clock. A rollback drops it
-/// whole (the restored checkpoint carries the run's training time).
-struct Tick {
-    /// Values reported by the steps of this tick.
+/// The tick in progress: the values of its steps and its clock. A rollback drops it whole (the
+/// restored checkpoint carries the run's training time).
+struct Tick<B: Backend> {
+    /// The steps' values, on the device until the tick's end reads them.
+    pub steps: StepValues<B>,
+    /// The steps' values once read (the tick's means for `metrics.jsonl` and the alarms).
     pub stats: TickStats,
     /// Images trained on in this tick.
     images: u64,
@@ -594,11 +608,12 @@ struct Tick {
     session_mark: Instant,
 }
 
-impl Tick {
+impl<B: Backend> Tick<B> {
     /// A tick starting now.
     pub fn start() -> Self {
         let now = Instant::now();
         Self {
+            steps: StepValues::default(),
             stats: TickStats::default(),
             images: 0,
             started: now,
@@ -615,5 +630,91 @@ impl Tick {
     pub fn stop_clock(&mut self, elapsed_s: &mut f64) {
         *elapsed_s += self.session_mark.elapsed().as_secs_f64();
         self.session_mark = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use pgan_spec::metrics as key;
+
+    /// A 4x4 step of tiny networks on 8 prepared 8x8 images, in a run under `dir`.
+    fn tiny_trainer(dir: &Path) -> Trainer<Autodiff<Flex>> {
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        for k in 0..8u32 {
+            let img = image::RgbImage::from_fn(8, 8, |x, y| {
+                image::Rgb([(k * 30 + x * 9) as u8, (y * 25) as u8, 90])
+            });
+            img.save(images.join(format!("{k}.png"))).unwrap();
+        }
+        let data = dir.join("tiny.pgan");
+        pgan_data::prepare(&pgan_data::PrepareOptions::new(&images, &data, 8)).unwrap();
+        let text = format!(
+            r#"
+[run]
+seed = 1
+out_dir = "{out}"
+tick_kimg = 0.016
+sample_rows = 1
+sample_cols = 1
+progress = false
+[data]
+path = "{data}"
+[model]
+preset = "cpu-small"
+resolution = 8
+latent_dim = 8
+fmap_base = 16
+fmap_max = 8
+[schedule]
+lod_training_kimg = 0.032
+lod_transition_kimg = 0.032
+total_kimg = 0.064
+minibatch_default = 4
+"#,
+            out = dir.join("runs").display(),
+            data = data.display()
+        );
+        let config = TrainConfig::from_toml_str(&text).unwrap();
+        Trainer::start(TrainOptions::new(config), None, Default::default()).unwrap()
+    }
+
+    /// Issue 21: a step leaves everything it measures on the device; the tick's end reads it
+    /// (and the weights' finiteness) in one read.
+    #[test]
+    fn a_training_step_reads_nothing_back_from_the_device() {
+        let _turn = ONE_TRAINING_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = tiny_trainer(dir.path());
+        let phase = trainer.schedule.at(trainer.state.images_shown);
+
+        let before = crate::host_read::reads_on_this_thread();
+        for _ in 0..3 {
+            trainer.step(&phase).unwrap();
+        }
+        assert_eq!(
+            crate::host_read::reads_on_this_thread(),
+            before,
+            "device reads inside training steps"
+        );
+        assert_eq!(trainer.tick.steps.len(), 3);
+
+        assert!(trainer.tick_values_healthy());
+        assert_eq!(crate::host_read::reads_on_this_thread(), before + 1);
+        assert!(trainer.tick.steps.is_empty());
+        // The values read are the steps' own: finite, a positive gradient norm, the three steps
+        // averaged.
+        let stats = &trainer.tick.stats;
+        for name in crate::stats::STEP_KEYS {
+            let mean = stats
+                .mean(name)
+                .unwrap_or_else(|| panic!("{name} not reported"));
+            assert!(mean.is_finite(), "{name} = {mean}");
+        }
+        assert!(stats.mean(key::GRAD_D_NORM).unwrap() > 0.0);
     }
 }

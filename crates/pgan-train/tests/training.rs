@@ -278,6 +278,34 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
 }
 
 #[test]
+fn a_stop_mid_tick_after_a_nan_rolls_back_instead_of_checkpointing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut options = TrainOptions::new(tiny_config(&data, &dir.path().join("runs")));
+    // Ticks are 4 steps of 4 images. Step 1 goes NaN and the run stops after step 2, before
+    // the tick's end has read the steps' values: the stop must read them and roll back to the
+    // checkpoint at 0 images rather than write one of NaN weights; training then gets to the
+    // stop again (the fault fires once) and checkpoints healthy weights there.
+    options.stop_after_kimg = Some(0.008);
+    let faults = Faults {
+        nan_loss_at_steps: vec![1],
+        ..Faults::default()
+    };
+    let summary = train_with_faults(options, faults).unwrap();
+    assert!(summary.interrupted);
+    assert_eq!(summary.rollbacks, 1);
+    assert_eq!(summary.images_shown, 8);
+    let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains("non-finite values at step 2 (0.004 kimg)"),
+        "{log}"
+    );
+    assert!(parameter_values(&summary.checkpoint)
+        .iter()
+        .all(|v| v.is_finite()));
+}
+
+#[test]
 fn non_finite_weights_with_finite_losses_roll_back_too() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);

@@ -97,7 +97,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         inputs: &StepInputs,
         loss: &LossConfig,
         device: &B::Device,
-    ) -> Result<Vec<PeerStepOutput>> {
+    ) -> Result<Vec<PeerStepOutput<B>>> {
         let count = self.count();
         let shares: Vec<StepInputs> = (0..count).map(|r| inputs.share(r, count)).collect();
         std::thread::scope(|s| {
@@ -157,7 +157,7 @@ fn run_peer<B: AutodiffBackend>(
     share: &StepInputs,
     loss: &LossConfig,
     device: &B::Device,
-) -> Result<PeerStepOutput> {
+) -> Result<PeerStepOutput<B>> {
     let sync = CollectiveSync {
         peer: PeerId(rank as u32),
         seconds: Cell::new(0.0),

@@ -21,6 +21,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use pgan_model::ModelConfig;
 use pgan_spec::metrics as key;
 
@@ -39,8 +40,8 @@ mod collective;
 pub(crate) struct Peers<B: AutodiffBackend> {
     #[cfg(feature = "collective")]
     group: Option<collective::PeerGroup<B>>,
-    /// The last step's output of every peer (timings for the tick row).
-    last: Vec<PeerStepOutput>,
+    /// The last step's (step, all-reduce) seconds of every peer, for the tick row.
+    last: Vec<(f64, f64)>,
     _backend: std::marker::PhantomData<B>,
 }
 
@@ -102,14 +103,15 @@ impl<B: AutodiffBackend> Peers<B> {
         inputs: &StepInputs,
         loss: &LossConfig,
         device: &B::Device,
-    ) -> Result<PeerStepOutput> {
+    ) -> Result<PeerStepOutput<B>> {
         #[cfg(feature = "collective")]
         if let Some(group) = &mut self.group {
-            self.last = group.step(nets, inputs, loss, device)?;
-            return Ok(mean_over_peers(&self.last));
+            let outs = group.step(nets, inputs, loss, device)?;
+            self.last = outs.iter().map(|o| (o.step_s, o.sync_s)).collect();
+            return Ok(mean_over_peers::<B>(outs, device));
         }
         let out = peer_step(nets, inputs, loss, device, &NoSync)?;
-        self.last = vec![out];
+        self.last = vec![(out.step_s, out.sync_s)];
         Ok(out)
     }
 
@@ -119,16 +121,16 @@ impl<B: AutodiffBackend> Peers<B> {
             return;
         }
         let n = self.last.len() as f64;
-        let slowest = self.last.iter().map(|o| o.step_s).fold(0.0, f64::max);
+        let slowest = self.last.iter().map(|o| o.0).fold(0.0, f64::max);
         stats.report(key::PEERS, n);
         stats.report(
             key::PEER_STEP_S,
-            self.last.iter().map(|o| o.step_s).sum::<f64>() / n,
+            self.last.iter().map(|o| o.0).sum::<f64>() / n,
         );
         stats.report(key::PEER_STEP_S_SLOWEST, slowest);
         stats.report(
             key::PEER_ALLREDUCE_S,
-            self.last.iter().map(|o| o.sync_s).sum::<f64>() / n,
+            self.last.iter().map(|o| o.1).sum::<f64>() / n,
         );
     }
 
@@ -233,25 +235,29 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// The mean of the peers' losses and scores; the gradient norms are peer 0's (every peer
-/// applied the same all-reduced gradients).
+/// The mean of the peers' losses and scores (on peer 0's device, nothing read back); the
+/// gradient norms are peer 0's: every peer applied the same all-reduced gradients, so a NaN on
+/// any peer is in them too.
 #[allow(dead_code)]
-fn mean_over_peers(outs: &[PeerStepOutput]) -> PeerStepOutput {
+fn mean_over_peers<B: AutodiffBackend>(
+    outs: Vec<PeerStepOutput<B>>,
+    device: &B::Device,
+) -> PeerStepOutput<B> {
     let n = outs.len() as f32;
-    let mean = |f: &dyn Fn(&PeerStepOutput) -> f32| outs.iter().map(f).sum::<f32>() / n;
-    let mut out = outs[0];
-    out.d_stats.loss = mean(&|o| o.d_stats.loss);
-    out.d_stats.penalty = mean(&|o| o.d_stats.penalty);
-    out.d_stats.penalty_grad_norm = mean(&|o| o.d_stats.penalty_grad_norm);
-    out.d_stats.drift = mean(&|o| o.d_stats.drift);
-    out.d_stats.real_score = mean(&|o| o.d_stats.real_score);
-    out.d_stats.fake_score = mean(&|o| o.d_stats.fake_score);
-    out.loss_g = mean(&|o| o.loss_g);
-    // A non-finite value on any peer makes the step unhealthy for all.
-    for o in outs {
-        if !(o.d_grad_norm.is_finite() && o.g_grad_norm.is_finite()) {
-            out.d_grad_norm = f32::NAN;
-        }
-    }
+    let mean = |f: &dyn Fn(&PeerStepOutput<B>) -> Tensor<B::InnerBackend, 1>| {
+        outs.iter()
+            .map(|o| f(o).to_device(device))
+            .reduce(|a, b| a + b)
+            .expect("at least one peer")
+            .div_scalar(n)
+    };
+    let mut out = outs[0].clone();
+    out.d_stats.loss = mean(&|o| o.d_stats.loss.clone());
+    out.d_stats.penalty = mean(&|o| o.d_stats.penalty.clone());
+    out.d_stats.penalty_grad_norm = mean(&|o| o.d_stats.penalty_grad_norm.clone());
+    out.d_stats.drift = mean(&|o| o.d_stats.drift.clone());
+    out.d_stats.real_score = mean(&|o| o.d_stats.real_score.clone());
+    out.d_stats.fake_score = mean(&|o| o.d_stats.fake_score.clone());
+    out.loss_g = mean(&|o| o.loss_g.clone());
     out
 }

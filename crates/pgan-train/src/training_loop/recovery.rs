@@ -1,9 +1,15 @@
-//! Recovery from NaN/Inf: a non-finite loss or gradient norm (every step) or weight (every tick
-//! end) sends the run back to its last checkpoint with the learning rate multiplied by
-//! `recovery.lr_factor` for `recovery.cooldown_kimg`, measured in images shown (the run's own
-//! clock, saved in every checkpoint). `recovery.max_consecutive_failures` rollbacks without a
-//! healthy checkpoint in between stop the run with advice.
+//! Recovery from NaN/Inf: a non-finite loss or gradient norm of any step of a tick, or a
+//! non-finite weight, sends the run back to its last checkpoint with the learning rate
+//! multiplied by `recovery.lr_factor` for `recovery.cooldown_kimg`, measured in images shown
+//! (the run's own clock, saved in every checkpoint). `recovery.max_consecutive_failures`
+//! rollbacks without a healthy checkpoint in between stop the run with advice.
+//!
+//! Both are found at the tick's end, in the one read of the tick's values (a step reads
+//! nothing). Checkpoints are only written at tick ends that found the tick healthy, so the
+//! checkpoint restored is the one a check after every step would have restored; the failure is
+//! dated to the first non-finite step, so the learning-rate cooldown is computed as then.
 
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use pgan_spec::metrics as key;
 use serde_json::Map;
@@ -11,7 +17,7 @@ use serde_json::Map;
 use super::{Tick, Trainer};
 use crate::checkpoint;
 use crate::error::{Result, TrainError};
-use crate::nets::params_finite;
+use crate::nets::params_finite_flag;
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// The learning-rate multiplier now: reduced until the cooldown after a rollback ends.
@@ -31,18 +37,48 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
-    /// Whether every weight of G, D and G_ema is finite; logs the finding when not.
-    pub(super) fn weights_finite(&mut self) -> bool {
+    /// Reads the values of the tick's steps and a finiteness flag of every weight of G, D and
+    /// G_ema (one read), and reports the values to the tick's statistics when all are finite.
+    /// When not, logs the finding and returns false; a non-finite step also moves the run's
+    /// position back to that step, where the rollback counts from.
+    pub(super) fn tick_values_healthy(&mut self) -> bool {
         let nets = &self.nets;
-        let finite = params_finite(&nets.g) && params_finite(&nets.d) && params_finite(&nets.g_ema);
-        if !finite {
+        let weights = [
+            params_finite_flag(&nets.g.valid()),
+            params_finite_flag(&nets.d.valid()),
+            params_finite_flag(&nets.g_ema),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a + b);
+        let (rows, weights) = self.tick.steps.read(weights);
+        if let Some(bad) = rows.iter().find(|r| !r.is_healthy()) {
+            self.state.step = bad.at.step;
+            self.state.images_shown = bad.at.images_shown;
+            let value = |name| bad.get(name).unwrap_or(f32::NAN);
+            self.log.warn(format!(
+                "non-finite values at step {} ({:.3} kimg): Loss/D {}, Loss/G {}, grad norms D {} G {}",
+                self.state.step,
+                self.state.images_shown as f64 / 1000.0,
+                value(key::LOSS_D),
+                value(key::LOSS_G),
+                value(key::GRAD_D_NORM),
+                value(key::GRAD_G_NORM),
+            ));
+            return false;
+        }
+        if weights.iter().any(|w| !w.is_finite()) {
             self.log.warn(format!(
                 "non-finite weights at step {} ({:.3} kimg) with finite losses",
                 self.state.step,
                 self.state.images_shown as f64 / 1000.0
             ));
+            return false;
         }
-        finite
+        for row in &rows {
+            self.tick.stats.report_step(row);
+        }
+        true
     }
 
     /// Back to the last checkpoint with a smaller learning rate, or give up. The tick in

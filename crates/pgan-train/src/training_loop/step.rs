@@ -1,13 +1,15 @@
 //! One training step (Karras et al. 2018, sec. 3 and appendix A.1): a D step on a minibatch of
 //! reals and of fakes from the current G, then a G step through D with D's weights frozen, then
 //! the EMA of G's weights. The D and G losses are formed in [`loss`](crate::loss).
+//!
+//! A step reads nothing back from the device: its losses, penalty, scores and gradient norms
+//! go into the tick's [`StepValues`](crate::stats::StepValues) as device tensors, and the tick's
+//! end reads them and checks them for NaN/Inf (`recovery.rs`).
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
 use burn::tensor::{Tensor, TensorData};
-use pgan_spec::metrics as key;
 use rand::Rng;
 
 use super::Trainer;
@@ -19,25 +21,28 @@ use crate::latents::latent_values;
 use crate::loss::{discriminator_loss, generator_loss, DiscriminatorStats};
 use crate::nets::Nets;
 use crate::schedule::{Phase, PhaseKind};
+use crate::stats::StepPosition;
 
 mod feature_matching;
 mod ttur;
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// One D step, one G step and the EMA update; false when a loss or a gradient norm came out
-    /// NaN/Inf (the caller rolls back). The host draws the minibatch and every random number
+    /// One D step, one G step and the EMA update, nothing read back: the losses and gradient
+    /// norms stay on the device until the tick's end. The host draws the minibatch and every random number
     /// of the step; each peer ([`distributed`](crate::distributed)) trains on its share.
-    pub(super) fn step(&mut self, phase: &Phase) -> Result<bool> {
+    pub(super) fn step(&mut self, phase: &Phase) -> Result<()> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
         let sigma = sigma_at(&self.config.instance_noise, self.state.images_shown);
         // TTUR: the D updates beyond the first (`optim.d_steps`), each on its own reals
         // (one device only: the config refuses d_steps > 1 with several).
+        let mut extra_d_flags = None;
         for _ in 1..self.config.optim.d_steps {
-            if !self.extra_d_step(phase, lr, sigma)? {
-                self.state.step += 1;
-                return Ok(false);
-            }
+            let flag = self.extra_d_step(phase, lr, sigma)?;
+            extra_d_flags = Some(match extra_d_flags {
+                Some(sum) => sum + flag,
+                None => flag,
+            });
         }
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
         let batch = self
@@ -74,21 +79,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             .peers
             .step(&mut self.nets, &inputs, &self.config.loss, &self.device)?;
 
-        let d_stats = out.d_stats;
-        let (d_loss, loss_g_value) = (d_stats.loss, out.loss_g);
-        let (d_grad_norm, g_grad_norm) = (out.d_grad_norm, out.g_grad_norm);
-        let healthy = [d_loss, loss_g_value, d_grad_norm, g_grad_norm]
-            .iter()
-            .all(|v| v.is_finite());
-        self.state.step += 1;
-        if !healthy {
-            self.log.warn(format!(
-                "non-finite values at step {} ({:.3} kimg): Loss/D {d_loss}, Loss/G {loss_g_value}, \
-                 grad norms D {d_grad_norm} G {g_grad_norm}",
-                self.state.step,
-                self.state.images_shown as f64 / 1000.0
-            ));
-            return Ok(false);
+        // TTUR's extra D updates' finiteness flags join the D gradient norm (0 or NaN).
+        let mut d_grad_norm = out.d_grad_norm;
+        if let Some(flags) = extra_d_flags {
+            d_grad_norm = d_grad_norm + flags;
         }
 
         // EMA of G's weights (per-step decay, or from a half-life in kimg).
@@ -99,18 +93,26 @@ impl<B: AutodiffBackend> Trainer<B> {
         let ema = std::mem::replace(&mut self.nets.g_ema, self.nets.g.valid());
         self.nets.g_ema = update_ema::<B, _>(ema, &self.nets.g, beta);
 
-        let t = &mut self.tick.stats;
-        t.report(key::LOSS_D, d_loss as f64);
-        t.report(key::LOSS_G, loss_g_value as f64);
-        t.report(key::LOSS_D_PENALTY, d_stats.penalty as f64);
-        t.report(key::LOSS_D_DRIFT, d_stats.drift as f64);
-        t.report(key::PENALTY_GRAD_NORM, d_stats.penalty_grad_norm as f64);
-        t.report(key::D_REAL, d_stats.real_score as f64);
-        t.report(key::D_FAKE, d_stats.fake_score as f64);
-        t.report(key::GRAD_D_NORM, d_grad_norm as f64);
-        t.report(key::GRAD_G_NORM, g_grad_norm as f64);
-        self.peers.report_timings(t);
-        Ok(true)
+        let at = StepPosition {
+            step: self.state.step + 1,
+            images_shown: self.state.images_shown,
+        };
+        self.state.step += 1;
+        let d_stats = out.d_stats;
+        let values = [
+            d_stats.loss,
+            out.loss_g,
+            d_stats.penalty,
+            d_stats.drift,
+            d_stats.penalty_grad_norm,
+            d_stats.real_score,
+            d_stats.fake_score,
+            d_grad_norm,
+            out.g_grad_norm,
+        ];
+        self.tick.steps.push(values, at);
+        self.peers.report_timings(&mut self.tick.stats);
+        Ok(())
     }
 
     /// Latents ~ N(0, I) from the checkpointed host RNG, on the inner backend.
@@ -190,14 +192,15 @@ impl StepInputs {
     }
 }
 
-/// What one peer's step measured (host values).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PeerStepOutput {
-    pub d_stats: DiscriminatorStats,
-    pub loss_g: f32,
+/// What one peer's step measured: device tensors of shape `[1]` on the peer's device, and its
+/// host timings.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerStepOutput<B: AutodiffBackend> {
+    pub d_stats: DiscriminatorStats<B::InnerBackend>,
+    pub loss_g: Tensor<B::InnerBackend, 1>,
     /// Norms of the gradients the optimizers applied (after the all-reduce).
-    pub d_grad_norm: f32,
-    pub g_grad_norm: f32,
+    pub d_grad_norm: Tensor<B::InnerBackend, 1>,
+    pub g_grad_norm: Tensor<B::InnerBackend, 1>,
     /// Seconds the whole step took on this peer, and of those, in the gradient all-reduce.
     pub step_s: f64,
     pub sync_s: f64,
@@ -234,7 +237,7 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     loss: &LossConfig,
     device: &B::Device,
     sync: &S,
-) -> Result<PeerStepOutput> {
+) -> Result<PeerStepOutput<B>> {
     let started = std::time::Instant::now();
     let (stage, alpha, n) = (inputs.stage, inputs.alpha, inputs.batch());
     let dim = inputs.latent_dim;
@@ -259,7 +262,7 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     let (loss_d, d_stats) = discriminator_loss(loss, &nets.d, reals, fakes, mix, stage, alpha);
     let grads = GradientsParams::from_grads(loss_d.backward(), &nets.d);
     let grads = sync.sync(&nets.d, grads)?;
-    let d_grad_norm = grad_norm(&nets.d, &grads);
+    let d_grad_norm = grad_norm(&nets.d, &grads, device);
     let d = nets.d.clone();
     nets.d = nets.optim_d.step(inputs.lr_d, d, grads);
 
@@ -281,10 +284,10 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     if let Some(term) = matching {
         loss_g = loss_g + term;
     }
-    let loss_g_value: f32 = loss_g.clone().detach().into_scalar().elem::<f32>();
+    let loss_g_value = loss_g.clone().inner();
     let grads = GradientsParams::from_grads(loss_g.backward(), &nets.g);
     let grads = sync.sync(&nets.g, grads)?;
-    let g_grad_norm = grad_norm(&nets.g, &grads);
+    let g_grad_norm = grad_norm(&nets.g, &grads, device);
     let g = nets.g.clone();
     nets.g = nets.optim_g.step(inputs.lr_g, g, grads);
 
@@ -311,8 +314,12 @@ fn noise_values(sigma: f32, count: usize, rng: &mut rand_chacha::ChaCha8Rng) -> 
     Some(values)
 }
 
-/// L2 norm of a module's gradients.
-fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f32 {
+/// L2 norm of a module's gradients, as a device tensor of shape `[1]`.
+fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 1> {
     struct SumSquares<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
         total: Option<Tensor<B::InnerBackend, 1>>,
@@ -330,8 +337,6 @@ fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &Gradi
     }
     let mut v = SumSquares::<B> { grads, total: None };
     module.visit(&mut v);
-    v.total.map_or(0.0, |t| {
-        let s: f32 = t.into_scalar().elem::<f32>();
-        s.sqrt()
-    })
+    v.total
+        .map_or_else(|| Tensor::zeros([1], device), Tensor::sqrt)
 }

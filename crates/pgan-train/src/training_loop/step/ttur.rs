@@ -2,7 +2,7 @@
 //! harder than G, as in the official ProGAN's `D_repeats` and WGAN's n_critic). Each is the D
 //! half of [`step`](super): its own minibatch of reals, fakes from the current G, instance noise
 //! and the penalty; its statistics are not logged (the step's last D update, the regular one,
-//! is).
+//! is), only checked for NaN/Inf at the tick's end with the step's (nothing is read here).
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -15,9 +15,14 @@ use crate::loss::discriminator_loss;
 use crate::schedule::{Phase, PhaseKind};
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// One D update at learning rate `lr · optim.lr_d_mult` with instance noise `sigma`; false
-    /// when its loss or gradient norm came out NaN/Inf.
-    pub(super) fn extra_d_step(&mut self, phase: &Phase, lr: f64, sigma: f32) -> Result<bool> {
+    /// One D update at learning rate `lr · optim.lr_d_mult` with instance noise `sigma`. Returns
+    /// a device flag, `[1]`: 0 when its loss and gradient norm are finite, NaN when not.
+    pub(super) fn extra_d_step(
+        &mut self,
+        phase: &Phase,
+        lr: f64,
+        sigma: f32,
+    ) -> Result<Tensor<B::InnerBackend, 1>> {
         let (stage, alpha, n) = (phase.stage, phase.alpha, phase.batch);
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
         let batch = self
@@ -41,12 +46,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             alpha,
         );
         let grads = GradientsParams::from_grads(loss.backward(), &self.nets.d);
-        let norm = grad_norm(&self.nets.d, &grads);
+        let norm = grad_norm(&self.nets.d, &grads, &self.device);
         let d = self.nets.d.clone();
         self.nets.d = self
             .nets
             .optim_d
             .step(lr * self.config.optim.lr_d_mult, d, grads);
-        Ok(stats.loss.is_finite() && norm.is_finite())
+        // x · 0 is 0 for finite x and NaN for NaN or ±Inf.
+        Ok((stats.loss + norm).mul_scalar(0.0))
     }
 }
