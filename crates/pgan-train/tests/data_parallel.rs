@@ -2,38 +2,14 @@
 //! all-reduce): two peers with half the minibatch each train like one device with all of it,
 //! and a two-peer run resumes exactly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use burn::backend::Flex;
-use burn::tensor::Tensor;
-use pgan_train::checkpoint::{self, list_checkpoints};
+use pgan_train::checkpoint::list_checkpoints;
 use pgan_train::config::TrainConfig;
 use pgan_train::{train, TrainOptions};
 
-/// A folder of small coloured-square PNGs and its pyramid up to `resolution`.
-fn tiny_dataset(dir: &Path, resolution: u32) -> PathBuf {
-    let images = dir.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for k in 0..24u32 {
-        let colour = [
-            (k * 37 % 256) as u8,
-            (k * 91 % 256) as u8,
-            (k * 53 % 256) as u8,
-        ];
-        let img = image::RgbImage::from_fn(16, 16, |x, y| {
-            if (x / 4 + y / 4 + k) % 2 == 0 {
-                image::Rgb(colour)
-            } else {
-                image::Rgb([255 - colour[0], 40, 200])
-            }
-        });
-        img.save(images.join(format!("{k:03}.png"))).unwrap();
-    }
-    let out = dir.join("tiny.pgan");
-    let options = pgan_data::PrepareOptions::new(images, out.clone(), resolution);
-    pgan_data::prepare(&options).unwrap();
-    out
-}
+mod common;
+use common::{parameter_values, tiny_dataset};
 
 /// A tiny run; `extra` is appended to the TOML (sections override nothing above them, so it
 /// only adds keys).
@@ -65,36 +41,6 @@ fmap_max = 8
     let config = TrainConfig::from_toml_str(&text).unwrap();
     config.validate().unwrap();
     config
-}
-
-/// Every parameter value of G, D and G_ema of a checkpoint, in visiting order.
-fn parameter_values(ckpt: &Path) -> Vec<f32> {
-    use burn::module::{Module, ModuleVisitor, Param};
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor<Flex> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
-            self.0
-                .extend(param.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let device = Default::default();
-    let state = checkpoint::read_state(ckpt).unwrap();
-    let model: pgan_model::ModelConfig = serde_json::from_value(state.model).unwrap();
-    let mut c = Collect(Vec::new());
-    for stem in [checkpoint::GENERATOR, checkpoint::GENERATOR_EMA] {
-        let g = checkpoint::load_module(model.init_generator::<Flex>(&device), ckpt, stem, &device)
-            .unwrap();
-        g.visit(&mut c);
-    }
-    let d = checkpoint::load_module(
-        model.init_discriminator::<Flex>(&device),
-        ckpt,
-        checkpoint::DISCRIMINATOR,
-        &device,
-    )
-    .unwrap();
-    d.visit(&mut c);
-    c.0
 }
 
 /// The weight change of a run's single step: its last checkpoint minus its first (kimg 0).
