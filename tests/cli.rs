@@ -57,6 +57,16 @@ fn image_folder(dir: &Path) -> PathBuf {
 
 /// `pgan train --no-progress` of `config` on `data` into `runs`; returns its output and the one
 /// run directory it made there.
+/// The first run folder `pgan train` made under `runs` (the only one in most tests).
+fn first_run(runs: &Path) -> PathBuf {
+    std::fs::read_dir(runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
 fn train_tiny(config: &Path, data: &Path, runs: &Path) -> (String, PathBuf) {
     let out = run_ok(
         pgan()
@@ -67,12 +77,7 @@ fn train_tiny(config: &Path, data: &Path, runs: &Path) -> (String, PathBuf) {
             .arg("--out-dir")
             .arg(runs),
     );
-    let run = std::fs::read_dir(runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(runs);
     (out, run)
 }
 
@@ -501,12 +506,7 @@ fn a_run_killed_mid_way_and_resumed_ends_bit_identical_to_an_uninterrupted_one()
         .collect();
     assert!(leftovers.is_empty(), "temp folders left: {leftovers:?}");
 
-    let straight = std::fs::read_dir(&straight_runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let straight = first_run(&straight_runs);
     for net in ["g", "d", "g-ema"] {
         let export = |run: &Path, name: &str| {
             let out = dir.path().join(format!("{name}-{net}.safetensors"));
@@ -739,12 +739,7 @@ fn a_requested_stop_exits_0_and_the_resumed_run_keeps_writing_metrics() {
         &["--stop-after-kimg", "0.032"],
     ));
     assert!(out.contains("--resume"), "tells how to continue: {out}");
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(&runs);
     let before = metrics_kimg(&run);
     assert_eq!(before.last().copied(), Some(0.032), "{before:?}");
 
@@ -833,12 +828,7 @@ fn resuming_on_another_dataset_needs_data_changed_ok() {
         &runs,
         &["--stop-after-kimg", "0.016"],
     ));
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(&runs);
     let resume_on_other = |extra: &[&str]| {
         let mut cmd = resume_cmd(&run, &["--total-kimg", "0.032", "--data"]);
         cmd.arg(&other).args(extra);
@@ -1010,12 +1000,7 @@ fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
         &runs,
         &["--resolution", "8", "--total-kimg", "0.032"],
     ));
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(&runs);
 
     let json = dir.path().join("new/eval/eval.json");
     let out = run_ok(
@@ -1121,12 +1106,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "no run directory for a run that never started"
     );
     run_ok(&mut train(&weights));
-    let run = std::fs::read_dir(dir.path().join("runs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(&dir.path().join("runs"));
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let fids = metrics.matches("\"Metrics/fid\":").count();
     assert_eq!(fids, 2, "FID at 0.032 and 0.064 kimg: {metrics}");
@@ -1851,12 +1831,7 @@ fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
             .arg(&runs)
             .args(remedies),
     );
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(&runs);
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(
         saved.contains("lr_d_mult = 2.0") && saved.contains("sigma = 0.2"),
@@ -1923,12 +1898,7 @@ fn two_devices_train_a_run_and_a_minibatch_that_does_not_split_is_an_error() {
         &runs,
         &["--devices", "0,1", "--total-kimg", "0.032"],
     ));
-    let run = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(&runs);
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(
         log.contains("2 peers on devices [0, 1], 2 per device"),
