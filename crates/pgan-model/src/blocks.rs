@@ -9,7 +9,7 @@ use crate::equalized::{
     EqualizedConv2d, EqualizedConv2dConfig, EqualizedLinear, EqualizedLinearConfig, GAIN_RELU,
 };
 use crate::functional::{downsample2x, downsample2x_jvp, lrelu, lrelu_jvp, upsample2x};
-use crate::minibatch_stddev::{minibatch_stddev, minibatch_stddev_jvp};
+use crate::minibatch_stddev::{minibatch_stddev_jvp, minibatch_stddev_per_kind};
 use crate::pixel_norm::pixel_norm;
 
 /// Generator 4x4 block: latent → dense → 4x4 maps → conv 3x3.
@@ -159,8 +159,19 @@ impl<B: Backend> DiscriminatorOutputBlock<B> {
     /// - x: `[N, C, 4, 4]`
     /// - output: `[N, nf(0)]`
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.features_per_kind(x, 1)
+    }
+
+    /// [`features`](Self::features) of a batch of `kinds` equal parts, the minibatch-stddev
+    /// statistics of each part taken over that part alone
+    /// ([`minibatch_stddev_per_kind`]).
+    ///
+    /// # Shapes
+    /// - x: `[kinds·N, C, 4, 4]`
+    /// - output: `[kinds·N, nf(0)]`
+    pub fn features_per_kind(&self, x: Tensor<B, 4>, kinds: usize) -> Tensor<B, 2> {
         let x = if self.mbstd_group_size > 1 {
-            minibatch_stddev(x, self.mbstd_group_size)
+            minibatch_stddev_per_kind(x, self.mbstd_group_size, kinds)
         } else {
             x
         };

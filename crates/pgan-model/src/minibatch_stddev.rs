@@ -54,6 +54,34 @@ pub fn minibatch_stddev<B: Backend>(x: Tensor<B, 4>, group_size: usize) -> Tenso
     Tensor::cat(vec![x, broadcast_feature(feature, g, [n, h, w])], 1)
 }
 
+/// [`minibatch_stddev`] over a batch of `kinds` equal parts (e.g. reals then fakes), each part's
+/// groups formed and its statistics taken over that part alone: the same values as one
+/// [`minibatch_stddev`] call per part, so that scoring several kinds of images in one batch
+/// leaves every image's extra feature map as it would be in a batch of its own kind.
+///
+/// # Shapes
+/// - x: `[kinds·N, C, H, W]` (`kinds` must divide the batch)
+/// - output: `[kinds·N, C + 1, H, W]`
+pub fn minibatch_stddev_per_kind<B: Backend>(
+    x: Tensor<B, 4>,
+    group_size: usize,
+    kinds: usize,
+) -> Tensor<B, 4> {
+    let total = x.dims()[0];
+    assert!(
+        kinds >= 1 && total.is_multiple_of(kinds),
+        "a batch of {total} cannot be split into {kinds} equal kinds"
+    );
+    if kinds == 1 {
+        return minibatch_stddev(x, group_size);
+    }
+    let n = total / kinds;
+    let parts = (0..kinds)
+        .map(|k| minibatch_stddev(x.clone().narrow(0, k * n, n), group_size))
+        .collect();
+    Tensor::cat(parts, 0)
+}
+
 /// [`minibatch_stddev`] and its JVP.
 ///
 /// With `d = x - mean_g(x)` and `s = sqrt(mean_g(d²) + eps)`:
@@ -154,6 +182,25 @@ mod tests {
                 1e-5,
                 &format!("n={n} group={group}"),
             );
+        }
+    }
+
+    /// Two kinds in one batch get exactly the extra maps each kind gets on its own, which one
+    /// plain call over the joint batch does not give.
+    #[test]
+    fn per_kind_statistics_equal_separate_calls() {
+        let device = Default::default();
+        for (n, group) in [(4, 2), (6, 4), (5, 4)] {
+            let a = randn::<TestBackend, 4>([n, 3, 2, 2], 30 + n as u64, &device);
+            let b = randn::<TestBackend, 4>([n, 3, 2, 2], 40 + n as u64, &device).mul_scalar(3.0);
+            let joint = Tensor::cat(vec![a.clone(), b.clone()], 0);
+            let separate = to_vec(Tensor::cat(
+                vec![minibatch_stddev(a, group), minibatch_stddev(b, group)],
+                0,
+            ));
+            let per_kind = to_vec(minibatch_stddev_per_kind(joint.clone(), group, 2));
+            assert_eq!(per_kind, separate, "n={n} group={group}");
+            assert_ne!(to_vec(minibatch_stddev(joint, group)), separate);
         }
     }
 

@@ -51,10 +51,17 @@ pub fn discriminator_loss<B: AutodiffBackend>(
     stage: usize,
     alpha: f32,
 ) -> (Tensor<B, 1>, DiscriminatorStats<B::InnerBackend>) {
-    // Scores of reals and fakes in separate passes, as the official code does (the
-    // minibatch-stddev statistics then describe one kind of image at a time).
-    let real_scores = d.forward(reals.clone(), stage, alpha); // [N, 1]
-    let fake_scores = d.forward(fakes.clone(), stage, alpha); // [N, 1]
+    // Reals and fakes in one pass (each layer runs once on 2N images), the minibatch-stddev
+    // statistics per kind: the scores the official code's two separate passes give.
+    let n = reals.dims()[0];
+    let scores = d.forward_per_kind(
+        Tensor::cat(vec![reals.clone(), fakes.clone()], 0),
+        2,
+        stage,
+        alpha,
+    ); // [2N, 1]
+    let real_scores = scores.clone().narrow(0, 0, n); // [N, 1]
+    let fake_scores = scores.narrow(0, n, n); // [N, 1]
     let real_mean = real_scores.clone().mean();
     let fake_mean = fake_scores.clone().mean();
 
@@ -110,5 +117,118 @@ pub fn generator_loss<B: AutodiffBackend>(
         LossKind::LogisticR1 => softplus(fake_scores.neg(), 1.0).mean(),
         LossKind::NonSaturating => logistic::non_saturating_generator_loss(fake_scores),
         LossKind::Minimax => logistic::minimax_generator_loss(fake_scores),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Distribution;
+    use pgan_model::ModelConfig;
+
+    type AB = Autodiff<Flex>;
+
+    /// Every float parameter's gradient, flattened, in visiting order (empty where none).
+    struct Grads<'a> {
+        grads: &'a <AB as AutodiffBackend>::Gradients,
+        out: Vec<Vec<f32>>,
+    }
+    impl ModuleVisitor<AB> for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            let g = param.val().grad(self.grads);
+            self.out.push(g.map_or_else(Vec::new, |g| g.into_data().to_vec().unwrap()));
+        }
+    }
+
+    fn gradients(d: &Discriminator<AB>, loss: Tensor<AB, 1>) -> Vec<Vec<f32>> {
+        let grads = loss.backward();
+        let mut visitor = Grads {
+            grads: &grads,
+            out: Vec::new(),
+        };
+        d.visit(&mut visitor);
+        visitor.out
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 + 1e-4 * scale,
+                "{what}: element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// The D loss with reals and fakes scored in one batch (minibatch stddev per kind) equals,
+    /// with every parameter gradient, the loss formed from two separate passes as the official
+    /// code runs them: for each loss kind, during a fade-in and at a plain stage.
+    #[test]
+    fn one_batch_of_reals_and_fakes_gives_the_separate_passes_loss_and_gradients() {
+        let device = Default::default();
+        let config = ModelConfig::new(16)
+            .with_latent_dim(8)
+            .with_fmap_base(32)
+            .with_fmap_max(8)
+            .with_mbstd_group_size(2);
+        <AB as Backend>::seed(&device, 5);
+        let d = config.init_discriminator::<AB>(&device);
+        let normal = Distribution::Normal(0.0, 1.0);
+        for kind in [LossKind::WganGp, LossKind::LogisticR1, LossKind::NonSaturating] {
+            let loss = LossConfig {
+                kind,
+                ..LossConfig::default()
+            };
+            for (stage, alpha) in [(1, 0.5), (2, 1.0)] {
+                let r = 4 << stage;
+                let reals = Tensor::<AB, 4>::random([4, 3, r, r], normal, &device);
+                let fakes = Tensor::<AB, 4>::random([4, 3, r, r], normal, &device).mul_scalar(0.5);
+                let mix = Tensor::<AB, 4>::random([4, 1, 1, 1], Distribution::Default, &device);
+                let what = format!("{kind:?} stage {stage} alpha {alpha}");
+
+                let (batched, stats) = discriminator_loss(
+                    &loss,
+                    &d,
+                    reals.clone(),
+                    fakes.clone(),
+                    mix.clone(),
+                    stage,
+                    alpha,
+                );
+
+                // One graph at a time: a backward frees the graph it ran.
+                let batched_value = batched.clone().into_data().to_vec::<f32>().unwrap();
+                assert!(stats.real_score.into_data().to_vec::<f32>().unwrap()[0].is_finite());
+                let ours = gradients(&d, batched);
+                let real_scores = d.forward(reals.clone(), stage, alpha);
+                let fake_scores = d.forward(fakes.clone(), stage, alpha);
+                let separate = match kind {
+                    LossKind::WganGp => {
+                        let pen = penalty::wgan_gp(&d, reals, fakes, mix, stage, alpha, 10.0);
+                        fake_scores.mean() - real_scores.clone().mean()
+                            + real_scores.powf_scalar(2.0).mean().mul_scalar(0.001)
+                            + pen.surrogate
+                    }
+                    LossKind::LogisticR1 => {
+                        let pen = penalty::r1(&d, reals, stage, alpha, 10.0);
+                        logistic::discriminator_loss(real_scores, fake_scores, 1.0) + pen.surrogate
+                    }
+                    _ => logistic::discriminator_loss(real_scores, fake_scores, 1.0),
+                };
+                let separate_value = separate.clone().into_data().to_vec::<f32>().unwrap();
+                close(&batched_value, &separate_value, &format!("{what}: loss"));
+                let theirs = gradients(&d, separate);
+                assert_eq!(ours.len(), theirs.len());
+                let mut nonzero = 0;
+                for (t, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                    close(a, b, &format!("{what}: parameter {t}"));
+                    nonzero += usize::from(b.iter().any(|v| *v != 0.0));
+                }
+                assert!(nonzero >= 6, "{what}: only {nonzero} parameters have gradients");
+            }
+        }
     }
 }
