@@ -94,6 +94,9 @@ fn main() {
     } else {
         ("cpu-small", 16usize)
     };
+    // `run.precision`: f32 (default) or bf16 (cuda only; elsewhere the row carries the
+    // library's refusal).
+    let precision = std::env::var("PGAN_BENCH_PRECISION").unwrap_or_else(|_| "f32".into());
     let conv = std::env::var("PGAN_GPU_CONV").unwrap_or_else(|_| "default".into());
     let fusion = std::env::var("PGAN_GPU_FUSION").unwrap_or_else(|_| "default".into());
 
@@ -115,6 +118,7 @@ fn main() {
 seed = 1
 out_dir = "{out}"
 backend = "{backend}"
+precision = "{precision}"
 tick_kimg = {tick}
 checkpoint_ticks = 1000
 sample_ticks = 1000
@@ -145,6 +149,7 @@ kind = "wgan-gp"
             "steps": steps,
             "conv": conv,
             "fusion": fusion,
+            "precision": precision,
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         });
         #[cfg(any(feature = "wgpu", feature = "cuda"))]

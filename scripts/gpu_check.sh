@@ -36,6 +36,9 @@
 #   pytorch                  scripts/torch_reference.py --device cuda (cuDNN, TF32 convolutions:
 #                            PyTorch's defaults)
 #   pgan-cuda                PGAN_GPU_CONV=implicit-gemm (pgan-cube's op), fusion on: the default
+#   pgan-cuda-bf16           the same with run.precision = "bf16" (bf16 conv inputs, f32
+#                            accumulation); its ratio is to PyTorch's f32 (TF32) row. In the dry
+#                            run pgan-wgpu-bf16 must be refused by the config check instead.
 #   pgan-cuda-autotune       PGAN_GPU_CONV=autotune (burn's conv2d and its autotuner)
 #   pgan-wgpu                wgpu on Vulkan; its WGSL compiler has no tensor-core path, so the
 #                            op's passes fall back to burn's autotuned kernels (counted in the rows)
@@ -241,14 +244,14 @@ if [ "$MODE" = dry-run ]; then
   BATCH_ENV=(PGAN_BENCH_BATCH=8)
   TORCH_BATCH=(--batch 8)
   GPU=wgpu   # lavapipe stands in for the CUDA contenders' code paths
-  DEFAULT_CONTENDERS="pytorch pgan-cpu pgan-$GPU pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
+  DEFAULT_CONTENDERS="pytorch pgan-cpu pgan-$GPU pgan-$GPU-bf16 pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
 else
   PRESET_ARGS=(--paper)
   TORCH_NET=(--device cuda --fmap-base 8192 --fmap-max 512 --latent 512)
   BATCH_ENV=(PGAN_BENCH_MINIBATCH_FROM="$ROOT/configs/gpu-256.toml")
   TORCH_BATCH=(--minibatch-from "$ROOT/configs/gpu-256.toml")
   GPU=cuda
-  DEFAULT_CONTENDERS="pytorch pgan-cuda pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
+  DEFAULT_CONTENDERS="pytorch pgan-cuda pgan-cuda-bf16 pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
 fi
 CONTENDERS=${PGAN_GPU_CONTENDERS:-$DEFAULT_CONTENDERS}
 
@@ -298,18 +301,20 @@ run_contender() {
          "${TORCH_BATCH[@]}" --resolutions "$res" --steps "$STEPS" --warmup 3) > "$out" 2> "$err"
       ;;
     pgan-*)
-      local rest=${name#pgan-} backend conv=implicit-gemm fusion=on
+      local rest=${name#pgan-} backend conv=implicit-gemm fusion=on precision=f32
       backend=${rest%%-*}
       rest=${rest#"$backend"}
       rest=${rest#-}
       case "$rest" in
         "") ;;
         autotune) conv=autotune ;;
+        bf16) precision=bf16 ;;
         nofusion) fusion=off ;;
         *) conv="implicit-gemm:${rest%-*}:${rest##*-}"; res=$EXTRA_RES ;;
       esac
       (cd "$WORK" && timeout "$cap" env "${envs[@]}" PGAN_BENCH_BACKEND="$backend" \
          PGAN_BENCH_RESOLUTIONS="$res" PGAN_GPU_CONV="$conv" PGAN_GPU_FUSION="$fusion" \
+         PGAN_BENCH_PRECISION="$precision" \
          "$BIN" "${PRESET_ARGS[@]}") > "$out" 2> "$err"
       ;;
     *) log "unknown contender $name"; return ;;
@@ -362,7 +367,7 @@ for r in raw:
     else:
         row["peak_memory_mb"] = r.get("device_peak_reserved_mb")
         row["peak_memory_kind"] = "cubecl pool, peak reserved at tick ends" if "device_peak_reserved_mb" in r else None
-        for k in ("backend", "conv", "fusion", "conv_gemm_passes", "conv_fallback_passes", "peak_rss_mb"):
+        for k in ("backend", "conv", "fusion", "precision", "conv_gemm_passes", "conv_fallback_passes", "peak_rss_mb"):
             if k in r:
                 row[k] = r[k]
     if "error" in r:
@@ -417,7 +422,11 @@ print("\n".join(lines))
 print(f"\nwrote {base}.json and .md")
 if mode == "dry-run":
     # The dry run proves the script: every contender must have produced rows, none an error.
-    bad = [r for r in rows if "error" in r] + notes
+    # ...except bf16 on wgpu, which the config check must refuse (naming the option).
+    refused = [r for r in rows if r["contender"].endswith("-bf16") and "error" in r]
+    wrongly = [r for r in refused if "run.precision" not in r["error"]]
+    accepted = [r for r in rows if r["contender"].endswith("-bf16") and "error" not in r]
+    bad = [r for r in rows if "error" in r and r not in refused] + notes + wrongly + accepted
     missing = [c for c in contenders.split() if not any(r["contender"] == c for r in rows)]
     if bad or missing:
         sys.exit(f"dry run failed: errors {bad}, contenders without rows {missing}")

@@ -627,6 +627,41 @@ fn bad_input_gets_a_clear_error() {
     assert!(err.contains("--seeds"), "{err}");
 }
 
+/// bf16 on the CPU (and on wgpu where it is compiled in) stops before any run folder exists,
+/// naming the option, the backend and the flags that fix it.
+#[test]
+fn bf16_on_a_backend_without_it_is_refused_with_the_flag_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    let mut backends = vec!["cpu"];
+    if cfg!(feature = "wgpu") {
+        backends.push("wgpu");
+    }
+    for backend in backends {
+        let err = run_err(&mut train_cmd(
+            &config,
+            &data,
+            &runs,
+            &["--backend", backend, "--precision", "bf16"],
+        ));
+        assert!(
+            err.contains("run.precision")
+                && err.contains(&format!("backend {backend}"))
+                && err.contains("--precision f32")
+                && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(!runs.exists() || first_run_absent(&runs), "a run folder was made");
+    }
+    let err = run_err(&mut train_cmd(&config, &data, &runs, &["--precision", "fp8"]));
+    assert!(err.contains("--precision") && err.contains("f32 or bf16"), "{err}");
+}
+
+fn first_run_absent(runs: &Path) -> bool {
+    std::fs::read_dir(runs).map_or(true, |mut d| d.next().is_none())
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn a_backend_that_is_not_compiled_in_says_how_to_get_it() {

@@ -81,6 +81,43 @@ impl Default for ConvChoice {
     }
 }
 
+/// The element type of the implicit GEMM's operands (`run.precision` in pgan's config).
+///
+/// `Bf16` casts both operands of every convolution pass (forward: input and weight; input
+/// gradient: output gradient and weight; weight gradient: input and output gradient) to bf16
+/// in the copies the kernels read anyway, and accumulates and writes in f32 (cubek's
+/// `MatmulElems::from_globals` with an f32 output accumulates in f32). Weights, their
+/// gradients and everything outside the convolutions stay f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ConvPrecision {
+    /// f32 operands (TF32 tensor cores where cubek picks them).
+    #[default]
+    F32,
+    /// bf16 operands, f32 accumulation and outputs.
+    Bf16,
+}
+
+/// The process-wide operand precision the GPU convolution uses; set once by the trainer at
+/// startup, after its config check (only CUDA accepts bf16 there).
+static PRECISION_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the operand precision of every later GPU convolution in this process.
+pub fn set_conv_precision(precision: ConvPrecision) {
+    PRECISION_BF16.store(
+        precision == ConvPrecision::Bf16,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The operand precision of the GPU convolution ([`set_conv_precision`]; f32 unless set).
+pub fn conv_precision() -> ConvPrecision {
+    if PRECISION_BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        ConvPrecision::Bf16
+    } else {
+        ConvPrecision::F32
+    }
+}
+
 /// A `PGAN_GPU_CONV` value that names no convolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvChoiceError(String);

@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::cast;
 use burn_cubecl::kernel::conv::{
     conv_data_backward, conv_forward_nhwc, conv_weight_backward, ConvStrategy,
 };
@@ -39,7 +40,7 @@ use cubek::convolution::{
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::std::InputBinding;
 
-use crate::choice::{GemmAlgorithm, TileKind};
+use crate::choice::{ConvPrecision, GemmAlgorithm, TileKind};
 
 /// The implicit GEMM to launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,12 +49,18 @@ pub struct Gemm {
     pub algorithm: GemmAlgorithm,
     /// Tile kind.
     pub tile: TileKind,
+    /// Operand element type (f32 accumulation either way).
+    pub precision: ConvPrecision,
 }
 
 impl Default for Gemm {
     fn default() -> Self {
         match crate::ConvChoice::default() {
-            crate::ConvChoice::ImplicitGemm { algorithm, tile } => Gemm { algorithm, tile },
+            crate::ConvChoice::ImplicitGemm { algorithm, tile } => Gemm {
+                algorithm,
+                tile,
+                precision: ConvPrecision::F32,
+            },
             crate::ConvChoice::Autotune => unreachable!("the default is an implicit GEMM"),
         }
     }
@@ -190,12 +197,23 @@ fn binding<R: CubeRuntime>(t: CubeTensor<R>) -> InputBinding<R> {
     InputBinding::new(t.binding(), dtype.into())
 }
 
-fn elems<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> MatmulElems {
+/// The GEMM's element types: the operands' own, the output (and so the accumulator) `out`'s.
+fn elems<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>, out: DType) -> MatmulElems {
     MatmulElems::from_globals(&MatmulGlobalElems {
         lhs: lhs.dtype.into(),
         rhs: rhs.dtype.into(),
-        out: lhs.dtype.into(),
+        out: out.into(),
     })
+}
+
+/// A GEMM operand in `gemm`'s precision: `t` itself for f32, else a contiguous bf16 copy in
+/// `t`'s logical order (burn's cast kernel reads strided views, so a permuted NHWC view becomes
+/// a channels-last bf16 tensor in one pass).
+fn operand<R: CubeRuntime>(t: &CubeTensor<R>, gemm: Gemm) -> CubeTensor<R> {
+    match gemm.precision {
+        ConvPrecision::F32 => t.clone(),
+        ConvPrecision::Bf16 => cast(t.clone(), DType::BF16),
+    }
 }
 
 /// `permuted · scale` into a fresh tensor laid out in `permuted`'s logical order (row-major, rows
@@ -249,13 +267,14 @@ pub fn forward<R: CubeRuntime>(
                 Shape::new([n, h, w, c_out]),
                 x_hwc.dtype,
             );
-            let dtypes = elems(&x_hwc, &weight_hwc);
+            let (input, weight) = (operand(&x_hwc, gemm), operand(&weight_hwc, gemm));
+            let dtypes = elems(&input, &weight, x_hwc.dtype);
             launch_ref::<R, 2>(
                 &gemm.strategy(),
                 &x_hwc.client.clone(),
                 ConvolutionInputs::Forward {
-                    input: binding(x_hwc.clone()),
-                    weight: binding(weight_hwc.clone()),
+                    input: binding(input),
+                    weight: binding(weight),
                     bias: bias.clone().map(binding),
                     out: out.clone().binding(),
                 },
@@ -303,13 +322,14 @@ pub fn input_grad<R: CubeRuntime>(
                 Shape::new([n, h, w, c_in]),
                 grad_hwc.dtype,
             );
-            let dtypes = elems(&grad_hwc, &weight_hwc);
+            let (out_grad, weights) = (operand(&grad_hwc, gemm), operand(&weight_hwc, gemm));
+            let dtypes = elems(&out_grad, &weights, grad_hwc.dtype);
             launch_ref::<R, 2>(
                 &gemm.strategy(),
                 &grad_hwc.client.clone(),
                 ConvolutionInputs::BackwardData {
-                    out_grad: binding(grad_hwc.clone()),
-                    weights: binding(weight_hwc.clone()),
+                    out_grad: binding(out_grad),
+                    weights: binding(weights),
                     in_grad: in_grad.clone().binding(),
                 },
                 args(k),
@@ -361,13 +381,14 @@ pub fn weight_grad<R: CubeRuntime>(
                 Shape::new([c_out, k, k, c_in]),
                 x_hwc.dtype,
             );
-            let dtypes = elems(&x_hwc, &grad_hwc);
+            let (input, out_grad) = (operand(&x_hwc, gemm), operand(&grad_hwc, gemm));
+            let dtypes = elems(&input, &out_grad, x_hwc.dtype);
             launch_ref::<R, 2>(
                 &gemm.strategy(),
                 &x_hwc.client.clone(),
                 ConvolutionInputs::BackwardWeight {
-                    input: binding(x_hwc.clone()),
-                    out_grad: binding(grad_hwc.clone()),
+                    input: binding(input),
+                    out_grad: binding(out_grad),
                     weight_grad: weight_grad.clone().binding(),
                 },
                 args(k),

@@ -20,7 +20,10 @@
 #![warn(missing_docs)]
 
 pub mod choice;
-pub use choice::{ConvChoice, ConvChoiceError, GemmAlgorithm, TileKind, CONV_ENV};
+pub use choice::{
+    conv_precision, set_conv_precision, ConvChoice, ConvChoiceError, ConvPrecision, GemmAlgorithm,
+    TileKind, CONV_ENV,
+};
 
 #[cfg(feature = "gpu")]
 mod autodiff;

@@ -139,6 +139,7 @@ fn op_matches_burns_conv2d_with_and_without_fusion() {
     let other = Gemm {
         algorithm: GemmAlgorithm::SimpleSyncStrided,
         tile: TileKind::Mma,
+        precision: crate::ConvPrecision::F32,
     };
     check_backend::<WgpuFused>(&device, "fused mma", other, &shapes[..1]);
     let counts = launch_counts();

@@ -67,6 +67,13 @@ pub fn generic_only() -> bool {
     *GENERIC.get_or_init(|| std::env::var_os(GENERIC_KERNELS_ENV).is_some_and(|v| v != "0"))
 }
 
+/// Whether `B`'s convolution is pgan-flex's CPU op (`Flex`, `Autodiff<Flex>`, unless
+/// [`GENERIC_KERNELS_ENV`] is set): the layers shape their calls for it where that helps (one
+/// call per operand rather than one batched call).
+pub fn has_own_conv<B: Backend>() -> bool {
+    route::<B>() != Route::Generic
+}
+
 /// Whether `B` is burn's CPU backend, `Flex` (the trainer runs its loop on a rayon thread then,
 /// whichever kernels the ops use).
 pub fn is_cpu<B: Backend>() -> bool {
@@ -255,7 +262,11 @@ mod gpu {
         }
         match ConvChoice::from_env().unwrap_or_default() {
             ConvChoice::Autotune => None,
-            ConvChoice::ImplicitGemm { algorithm, tile } => Some(Gemm { algorithm, tile }),
+            ConvChoice::ImplicitGemm { algorithm, tile } => Some(Gemm {
+                algorithm,
+                tile,
+                precision: pgan_cube::conv_precision(),
+            }),
         }
     }
 

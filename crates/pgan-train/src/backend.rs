@@ -60,6 +60,34 @@ fn gpu_settings(backend: &str) -> Result<bool> {
     fusion_setting(std::env::var(FUSION_ENV).ok().as_deref(), backend)
 }
 
+/// Sets the convolutions' operand type for this process (`run.precision`, which the config
+/// check has already limited to f32 on every backend but cuda). bf16 runs in pgan-cube's
+/// implicit-GEMM op, so `PGAN_GPU_CONV=autotune` (burn's f32 `conv2d`) cannot honour it.
+pub fn apply_precision(precision: crate::config::Precision, backend: BackendKind) -> Result<()> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use crate::config::Precision;
+        if precision == Precision::Bf16
+            && pgan_cube::ConvChoice::from_env() == Ok(pgan_cube::ConvChoice::Autotune)
+        {
+            return Err(TrainError::Backend {
+                backend: backend.to_string(),
+                message: format!(
+                    "run.precision = \"bf16\" runs in pgan-cube's implicit-GEMM convolution, \
+                     but {}=autotune asks for burn's f32 conv2d",
+                    pgan_cube::CONV_ENV
+                ),
+            });
+        }
+        pgan_cube::set_conv_precision(match precision {
+            Precision::F32 => pgan_cube::ConvPrecision::F32,
+            Precision::Bf16 => pgan_cube::ConvPrecision::Bf16,
+        });
+    }
+    let _ = (precision, backend);
+    Ok(())
+}
+
 /// Parses a `PGAN_GPU_FUSION` value (`None` when unset).
 #[allow(dead_code)]
 fn fusion_setting(value: Option<&str>, backend: &str) -> Result<bool> {

@@ -51,6 +51,10 @@ pub struct RunConfig {
     pub desc: Option<String>,
     /// `cpu`, `wgpu` or `cuda`.
     pub backend: BackendKind,
+    /// Operand type of the convolutions: `f32` (default) or `bf16` (bf16 inputs, f32
+    /// accumulation and outputs; weights, Adam state, EMA, losses and penalty norms stay f32).
+    /// `bf16` needs the `cuda` backend.
+    pub precision: Precision,
     /// Device index for `wgpu`/`cuda`.
     pub device: usize,
     /// Data-parallel training: one peer per listed device index (`--devices 0,1`), the
@@ -82,6 +86,7 @@ impl Default for RunConfig {
             out_dir: PathBuf::from("runs"),
             desc: None,
             backend: BackendKind::Cpu,
+            precision: Precision::F32,
             device: 0,
             devices: Vec::new(),
             // Official ProGAN: tick_kimg_base = 160 on 8 GPUs; a smaller tick suits one device.
@@ -129,6 +134,37 @@ impl std::fmt::Display for BackendKind {
             Self::Cpu => "cpu",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// The convolutions' operand type (`run.precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// bf16 convolution inputs with f32 accumulation (cuda only).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision '{other}' (expected f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
         })
     }
 }
@@ -599,6 +635,12 @@ impl TrainConfig {
         }
         self.validate_remedies()?;
         let r = &self.run;
+        if r.precision == Precision::Bf16 && r.backend != BackendKind::Cuda {
+            return Err(TrainError::PrecisionUnsupported {
+                precision: r.precision.to_string(),
+                backend: r.backend.to_string(),
+            });
+        }
         if !(r.tick_kimg.is_finite() && r.tick_kimg > 0.0) {
             return bad(format!("run.tick_kimg {} must be positive", r.tick_kimg));
         }
@@ -766,6 +808,37 @@ mod tests {
         config.data.path = Some("x.pgan".into());
         let back = TrainConfig::from_toml_str(&config.to_toml()).unwrap();
         assert_eq!(back, config);
+    }
+
+    /// bf16 is refused on the backends without bf16 convolutions, with a typed error naming
+    /// the option and the backend; cuda accepts it, and the key parses from TOML.
+    #[test]
+    fn bf16_needs_the_cuda_backend() {
+        for backend in [BackendKind::Cpu, BackendKind::Wgpu] {
+            let mut config = TrainConfig::default();
+            config.run.backend = backend;
+            config.run.precision = Precision::Bf16;
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(&err, TrainError::PrecisionUnsupported { backend: b, precision: p }
+                    if *b == backend.to_string() && p == "bf16"),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("run.precision") && text.contains(&backend.to_string()), "{text}");
+            config.run.precision = Precision::F32;
+            config.validate().unwrap();
+        }
+        let mut config = TrainConfig::default();
+        config.run.backend = BackendKind::Cuda;
+        config.run.precision = Precision::Bf16;
+        config.validate().unwrap();
+        let parsed =
+            TrainConfig::from_toml_str("[run]\nbackend = \"cuda\"\nprecision = \"bf16\"\n").unwrap();
+        assert_eq!(parsed.run.precision, Precision::Bf16);
+        assert!(TrainConfig::from_toml_str("[run]\nprecision = \"fp16\"\n").is_err());
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("half".parse::<Precision>().unwrap_err().contains("f32 or bf16"));
     }
 
     #[test]

@@ -58,6 +58,17 @@ pub enum TrainError {
         /// The owner's process id, as it wrote it into the lock file.
         pid: Option<u32>,
     },
+    /// `run.precision` asks for an operand type the chosen backend's convolutions lack.
+    #[error(
+        "run.precision = \"{precision}\" is not available on backend {backend}: bf16 \
+         convolutions run only on cuda (pgan-cube's implicit GEMM); {backend} trains in f32"
+    )]
+    PrecisionUnsupported {
+        /// The precision asked for (`bf16`).
+        precision: String,
+        /// `cpu`, `wgpu` or `cuda`.
+        backend: String,
+    },
     /// The requested backend is not usable.
     #[error("backend {backend}: {message}")]
     Backend {

@@ -201,6 +201,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn start(options: TrainOptions, faults: Option<Faults>, device: B::Device) -> Result<Self> {
         let config = options.config.clone();
         config.validate()?;
+        crate::backend::apply_precision(config.run.precision, config.run.backend)?;
         let data_path = config.data.path.clone().ok_or_else(|| TrainError::Config {
             path: None,
             message: "no dataset: set data.path in the config or pass one".into(),

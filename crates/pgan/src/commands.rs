@@ -170,6 +170,12 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
             .map_err(anyhow::Error::msg)
             .context("--backend")?;
     }
+    if let Some(v) = &args.precision {
+        config.run.precision = v
+            .parse::<pgan_train::config::Precision>()
+            .map_err(anyhow::Error::msg)
+            .context("--precision")?;
+    }
     if let Some(v) = args.devices.clone() {
         config.run.devices = v;
     }
@@ -280,7 +286,7 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if args.no_progress {
         config.run.progress = false;
     }
-    config.validate()?;
+    config.validate().map_err(with_flag_hint)?;
     if config.data.path.is_none() {
         bail!("no dataset: pass --data FILE.pgan (made by `pgan prepare`) or set data.path in the config");
     }
@@ -578,6 +584,10 @@ fn with_flag_hint(err: TrainError) -> anyhow::Error {
         }
         TrainError::NoDevice { .. } => {
             "--device N is the N-th device the driver lists, from 0 (see nvidia-smi)".to_string()
+        }
+        TrainError::PrecisionUnsupported { .. } => {
+            "train with --precision f32 (the default), or with --backend cuda on an NVIDIA GPU"
+                .to_string()
         }
         TrainError::DatasetBelowModel { model, .. } => format!(
             "prepare it again with `pgan prepare --resolution {model}`, or train at a lower --resolution"

@@ -135,6 +135,10 @@ struct TrainArgs {
     /// cpu, wgpu or cuda (overrides run.backend).
     #[arg(long)]
     backend: Option<String>,
+    /// Convolution operand type: f32, or bf16 (bf16 inputs, f32 accumulation; cuda only)
+    /// (overrides run.precision).
+    #[arg(long)]
+    precision: Option<String>,
     /// Device index (overrides run.device).
     #[arg(long)]
     device: Option<usize>,
