@@ -86,8 +86,37 @@ impl<B: Backend> EqualizedConv2d<B> {
     /// # Shapes
     /// - x, dx: `[N, C_in, H, W]`
     /// - outputs: `[N, C_out, H, W]` each
+    ///
+    /// Where the backend has no CPU kernel of its own (the GPU backends, and the CPU with
+    /// `PGAN_GENERIC_KERNELS`), primal and tangent go through one convolution of `[x; dx]`
+    /// (batch `2N`, the same weight): one launch per pass instead of two, forward and backward,
+    /// and one weight-gradient GEMM over both. pgan-flex's CPU conv keeps two calls: they share
+    /// its cached filter transform already, and the concatenation would only add a copy.
     pub fn forward_jvp(&self, x: Tensor<B, 4>, dx: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        self.forward_jvp_with(x, dx, !kernels::has_own_conv::<B>())
+    }
+
+    /// [`forward_jvp`](Self::forward_jvp), batched into one convolution or not.
+    pub(crate) fn forward_jvp_with(
+        &self,
+        x: Tensor<B, 4>,
+        dx: Tensor<B, 4>,
+        batched: bool,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let w = self.weight.val();
+        if batched {
+            let n = x.dims()[0];
+            let both = conv2d_same(
+                Tensor::cat(vec![x, dx], 0),
+                w,
+                self.scale,
+                None,
+                self.padding,
+            );
+            let c_out = both.dims()[1];
+            let y = both.clone().narrow(0, 0, n) + self.bias.val().reshape([1, c_out, 1, 1]);
+            return (y, both.narrow(0, n, n));
+        }
         let y = conv2d_same(
             x,
             w.clone(),
@@ -200,6 +229,40 @@ pub const GAIN_RELU: f64 = SQRT_2;
 mod tests {
     use super::*;
     use crate::test_utils::*;
+
+    /// The JVP through one convolution of `[x; dx]` gives the two-call values and the same
+    /// parameter and input gradients (on the autodiff CPU backend, so both paths run through
+    /// pgan-flex's conv op and its backward).
+    #[test]
+    fn batched_jvp_conv_equals_two_convolutions() {
+        type AB = TestAutodiffBackend;
+        let device = Default::default();
+        for (k, c_in, c_out) in [(3, 3, 4), (1, 5, 3)] {
+            let layer = reseed(
+                EqualizedConv2dConfig::new([c_in, c_out], k).init::<AB>(&device),
+                k as u64,
+            );
+            let x = randn::<AB, 4>([3, c_in, 5, 5], 1, &device).require_grad();
+            let dx = randn::<AB, 4>([3, c_in, 5, 5], 2, &device);
+            let wy = randn::<AB, 4>([3, c_out, 5, 5], 3, &device);
+            let wdy = randn::<AB, 4>([3, c_out, 5, 5], 4, &device);
+            let run = |batched: bool| {
+                let (y, dy) = layer.forward_jvp_with(x.clone(), dx.clone(), batched);
+                let values = (to_vec(y.clone()), to_vec(dy.clone()));
+                let grads = ((y * wy.clone()).sum() + (dy * wdy.clone()).sum()).backward();
+                let g = |t: Tensor<AB, 4>| to_vec(t.grad(&grads).expect("gradient"));
+                let gb = to_vec(layer.bias.val().grad(&grads).expect("bias gradient"));
+                (values, g(layer.weight.val()), gb, g(x.clone()))
+            };
+            let (batched, separate) = (run(true), run(false));
+            let what = format!("k {k}");
+            assert_close(&batched.0 .0, &separate.0 .0, 1e-5, 1e-5, &format!("{what}: y"));
+            assert_close(&batched.0 .1, &separate.0 .1, 1e-5, 1e-5, &format!("{what}: dy"));
+            assert_close(&batched.1, &separate.1, 1e-5, 1e-5, &format!("{what}: dL/dw"));
+            assert_close(&batched.2, &separate.2, 1e-5, 1e-5, &format!("{what}: dL/db"));
+            assert_close(&batched.3, &separate.3, 1e-5, 1e-5, &format!("{what}: dL/dx"));
+        }
+    }
 
     #[test]
     fn runtime_scale_is_he_constant() {
