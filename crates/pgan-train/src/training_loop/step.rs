@@ -14,7 +14,7 @@ use rand::Rng;
 
 use super::Trainer;
 use crate::config::LossConfig;
-use crate::ema::update_ema;
+use crate::ema::update_generator_ema;
 use crate::error::Result;
 use crate::instance_noise::{add_noise, sigma_at};
 use crate::latents::latent_values;
@@ -91,7 +91,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .ema
             .beta_for_batch(n * self.config.optim.d_steps as usize);
         let ema = std::mem::replace(&mut self.nets.g_ema, self.nets.g.valid());
-        self.nets.g_ema = update_ema::<B, _>(ema, &self.nets.g, beta);
+        self.nets.g_ema = update_generator_ema::<B>(ema, &self.nets.g, beta, stage);
 
         let at = StepPosition {
             step: self.state.step + 1,
