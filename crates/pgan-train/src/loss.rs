@@ -51,17 +51,41 @@ pub fn discriminator_loss<B: AutodiffBackend>(
     stage: usize,
     alpha: f32,
 ) -> (Tensor<B, 1>, DiscriminatorStats<B::InnerBackend>) {
-    // Reals and fakes in one pass (each layer runs once on 2N images), the minibatch-stddev
-    // statistics per kind: the scores the official code's two separate passes give.
-    let n = reals.dims()[0];
-    let scores = d.forward_per_kind(
-        Tensor::cat(vec![reals.clone(), fakes.clone()], 0),
-        2,
-        stage,
-        alpha,
-    ); // [2N, 1]
-    let real_scores = scores.clone().narrow(0, 0, n); // [N, 1]
-    let fake_scores = scores.narrow(0, n, n); // [N, 1]
+    let batched = !pgan_model::kernels::has_own_conv::<B>();
+    discriminator_loss_with(config, d, reals, fakes, mix, stage, alpha, batched)
+}
+
+/// [`discriminator_loss`] with the reals and fakes scored in one batch (`batched`) or in two
+/// passes. One batch (each layer runs once on 2N images, the minibatch-stddev statistics per
+/// kind) gives the scores of the official code's two passes with half the launches, which is
+/// what the GPU backends take. The CPU keeps two passes: pgan-flex's conv has no launch cost to
+/// save, and the joint batch was no faster there in the step benchmark (docs/bench-log.md).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn discriminator_loss_with<B: AutodiffBackend>(
+    config: &LossConfig,
+    d: &Discriminator<B>,
+    reals: Tensor<B, 4>,
+    fakes: Tensor<B, 4>,
+    mix: Tensor<B, 4>,
+    stage: usize,
+    alpha: f32,
+    batched: bool,
+) -> (Tensor<B, 1>, DiscriminatorStats<B::InnerBackend>) {
+    let (real_scores, fake_scores) = if batched {
+        let n = reals.dims()[0];
+        let scores = d.forward_per_kind(
+            Tensor::cat(vec![reals.clone(), fakes.clone()], 0),
+            2,
+            stage,
+            alpha,
+        ); // [2N, 1]
+        (scores.clone().narrow(0, 0, n), scores.narrow(0, n, n))
+    } else {
+        (
+            d.forward(reals.clone(), stage, alpha),
+            d.forward(fakes.clone(), stage, alpha),
+        )
+    };
     let real_mean = real_scores.clone().mean();
     let fake_mean = fake_scores.clone().mean();
 
@@ -189,7 +213,7 @@ mod tests {
                 let mix = Tensor::<AB, 4>::random([4, 1, 1, 1], Distribution::Default, &device);
                 let what = format!("{kind:?} stage {stage} alpha {alpha}");
 
-                let (batched, stats) = discriminator_loss(
+                let (batched, stats) = discriminator_loss_with(
                     &loss,
                     &d,
                     reals.clone(),
@@ -197,6 +221,7 @@ mod tests {
                     mix.clone(),
                     stage,
                     alpha,
+                    true,
                 );
 
                 // One graph at a time: a backward frees the graph it ran.
