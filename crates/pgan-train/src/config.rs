@@ -37,6 +37,8 @@ pub struct TrainConfig {
     pub alarms: AlarmConfig,
     /// What to do when a loss or weight goes NaN/Inf.
     pub recovery: RecoveryConfig,
+    /// Training on several machines (nodes), joined through `pgan orchestrator`.
+    pub nodes: NodesConfig,
 }
 
 /// Run-level settings.
@@ -482,6 +484,95 @@ impl Default for RecoveryConfig {
     }
 }
 
+/// Training on several machines: `count` nodes, each running `pgan train` with its own rank
+/// and its own copy of the dataset, all-reducing gradients through burn-collective once
+/// `orchestrator` (a `pgan orchestrator`) has seen them all join.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// Nodes taking part (1: this machine only).
+    pub count: usize,
+    /// This node's rank, `0..count`; every rank exactly once.
+    pub rank: usize,
+    /// `HOST:PORT` of the `pgan orchestrator` all nodes join.
+    pub orchestrator: Option<String>,
+    /// `HOST:PORT` where this node serves its gradient slices to the others (burn-collective's
+    /// tensor data service). Default: the address this machine reaches the orchestrator from,
+    /// port orchestrator's + 1 + rank.
+    pub address: Option<String>,
+    /// Seconds to wait for all nodes to join (and pass the join check) before giving up.
+    pub join_timeout_s: f64,
+    /// Seconds a node waits in one gradient all-reduce for the others before it declares a
+    /// node lost and stops. Must exceed the longest gap between two steps of the slowest node
+    /// (a tick end's evaluation and checkpoint included).
+    pub peer_timeout_s: f64,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            rank: 0,
+            orchestrator: None,
+            address: None,
+            join_timeout_s: 300.0,
+            peer_timeout_s: 50.0,
+        }
+    }
+}
+
+impl NodesConfig {
+    /// Whether the run spans several nodes.
+    pub fn several(&self) -> bool {
+        self.count > 1
+    }
+
+    /// Checks the keys; the message names the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| {
+            Err(TrainError::Config {
+                path: None,
+                message,
+            })
+        };
+        if self.count == 0 {
+            return bad("nodes.count must be at least 1".into());
+        }
+        if self.rank >= self.count {
+            return bad(format!(
+                "nodes.rank {} must be below nodes.count {} (ranks are 0..{})",
+                self.rank, self.count, self.count
+            ));
+        }
+        for (name, v) in [
+            ("nodes.join_timeout_s", self.join_timeout_s),
+            ("nodes.peer_timeout_s", self.peer_timeout_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} {v} must be a positive number of seconds"));
+            }
+        }
+        if self.several() && self.orchestrator.is_none() {
+            return bad(format!(
+                "nodes.count {} needs nodes.orchestrator (--orchestrator HOST:PORT of a running \
+                 `pgan orchestrator`)",
+                self.count
+            ));
+        }
+        for (name, v) in [
+            ("nodes.orchestrator", &self.orchestrator),
+            ("nodes.address", &self.address),
+        ] {
+            if let Some(v) = v {
+                if crate::distributed::split_host_port(v).is_none() {
+                    return bad(format!("{name} '{v}' is not HOST:PORT"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TrainConfig {
     /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
@@ -622,6 +713,7 @@ impl TrainConfig {
                 "run.sample_rows, sample_cols and sample_cell_px: {e}"
             ));
         }
+        self.nodes.validate()?;
         crate::distributed::check_batches(self)?;
         self.check_mbstd_group()
     }

@@ -358,13 +358,35 @@ impl<B: AutodiffBackend> Trainer<B> {
             .last_checkpoint
             .clone()
             .expect("a checkpoint to start from");
-        trainer.peers = Peers::start(&trainer.config, &trainer.model, &ckpt, &trainer.device)?;
-        if trainer.peers.count() > 1 {
+        let dataset = checkpoint::DatasetFingerprint::of(&trainer.reader);
+        trainer.peers = Peers::start(
+            &trainer.config,
+            &trainer.model,
+            &ckpt,
+            &dataset,
+            &trainer.nets,
+            &trainer.device,
+        )?;
+        if trainer.peers.count() > 1 && !trainer.config.nodes.several() {
             trainer.log.info(format!(
                 "{} peers on devices {:?}, {} per device",
                 trainer.peers.count(),
                 trainer.config.run.devices,
                 trainer.config.schedule.minibatch_default / trainer.peers.count()
+            ));
+        }
+        let nodes = &trainer.config.nodes;
+        if nodes.several() {
+            trainer.log.info(format!(
+                "node {} of {} joined (orchestrator {}): {} peers in all, {} images per peer \
+                 per minibatch of {}",
+                nodes.rank,
+                nodes.count,
+                nodes.orchestrator.as_deref().unwrap_or_default(),
+                crate::distributed::peer_count(&trainer.config),
+                trainer.config.schedule.minibatch_default
+                    / crate::distributed::peer_count(&trainer.config),
+                trainer.config.schedule.minibatch_default
             ));
         }
         Ok(trainer)
@@ -390,7 +412,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 // The steps since the last tick end are unchecked: a NaN among them goes back to
                 // the last checkpoint (and training resumes from there up to the stop), never
                 // into the stop's checkpoint.
-                if !self.tick.steps.is_empty() && !self.tick_values_healthy() {
+                if !self.tick.steps.is_empty() && !self.healthy_everywhere()? {
                     self.rollback()?;
                     continue;
                 }
@@ -418,7 +440,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let images_after = self.state.images_shown + shown;
             let tick_ends =
                 images_after >= (self.state.tick + 1) * tick_len || images_after >= total_images;
-            if tick_ends && !self.tick_values_healthy() {
+            if tick_ends && !self.healthy_everywhere()? {
                 self.rollback()?;
                 continue;
             }
@@ -474,6 +496,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             latest_sample: self.latest_sample.clone(),
             rollbacks: self.rollbacks,
         })
+    }
+
+    /// This tick's values are healthy here and on every other node (several nodes roll back
+    /// together or not at all).
+    fn healthy_everywhere(&mut self) -> Result<bool> {
+        let healthy = self.tick_values_healthy();
+        self.peers.all_healthy(healthy)
     }
 
     /// A new fade or stable phase: optionally reset Adam (official `reset_opt_for_new_lod`).
