@@ -150,20 +150,50 @@ fn run_dir(runs: &Path) -> PathBuf {
         .path()
 }
 
-/// Waits for `child` for at most `limit`; kills it and fails if it runs longer.
-fn finish(mut child: Child, limit: Duration, what: &str) -> (Output, Duration) {
+/// A started `pgan` process whose output is read as it comes (a full pipe would block it).
+struct Running {
+    child: Child,
+    out: std::thread::JoinHandle<Vec<u8>>,
+    err: std::thread::JoinHandle<Vec<u8>>,
+}
+
+fn start(mut cmd: Command) -> Running {
+    let mut child = cmd.spawn().unwrap();
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    Running { child, out, err }
+}
+
+/// Waits for a process for at most `limit`; kills it and fails if it runs longer.
+fn finish(mut run: Running, limit: Duration, what: &str) -> (Output, Duration) {
     let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return (child.wait_with_output().unwrap(), started.elapsed());
+    let status = loop {
+        if let Some(status) = run.child.try_wait().unwrap() {
+            break status;
         }
         if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("{what} still running after {limit:?}:\n{}", text(&out));
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            let out = String::from_utf8_lossy(&run.out.join().unwrap()).into_owned();
+            let err = String::from_utf8_lossy(&run.err.join().unwrap()).into_owned();
+            panic!("{what} still running after {limit:?}:\n{out}{err}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let took = started.elapsed();
+    let output = Output {
+        status,
+        stdout: run.out.join().unwrap(),
+        stderr: run.err.join().unwrap(),
+    };
+    (output, took)
 }
 
 /// The checkpoint folders of a run, oldest first.
@@ -217,8 +247,8 @@ fn two_nodes_train_through_a_fade_in_to_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
     let cluster = Cluster::start(dir.path());
-    let a = cluster.node(0, &config, &[]).spawn().unwrap();
-    let b = cluster.node(1, &config, &[]).spawn().unwrap();
+    let a = start(cluster.node(0, &config, &[]));
+    let b = start(cluster.node(1, &config, &[]));
     let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
     let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
     assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
@@ -272,8 +302,8 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
     let interrupted_at;
     {
         let cluster = Cluster::start(dir.path());
-        let a = cluster.node(0, &long, &[]).spawn().unwrap();
-        let mut b = cluster.node(1, &long, &[]).spawn().unwrap();
+        let a = start(cluster.node(0, &long, &[]));
+        let mut b = start(cluster.node(1, &long, &[]));
         // Kill node 1 once it has written its third checkpoint.
         let runs1 = dir.path().join("runs1");
         let started = Instant::now();
@@ -290,12 +320,12 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
                 started.elapsed() < Duration::from_secs(120),
                 "node 1 wrote no checkpoints"
             );
-            assert!(b.try_wait().unwrap().is_none(), "node 1 ended early");
+            assert!(b.child.try_wait().unwrap().is_none(), "node 1 ended early");
             std::thread::sleep(Duration::from_millis(2));
         }
-        b.kill().unwrap();
+        b.child.kill().unwrap();
         let killed = Instant::now();
-        let out_b = b.wait_with_output().unwrap();
+        let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
         let (out_a, _) = finish(a, Duration::from_secs(90), "node 0 after node 1 was killed");
         let detected = killed.elapsed();
         let said = text(&out_a);
@@ -325,22 +355,23 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
     let name = common.file_name().unwrap().to_owned();
     assert!(interrupted_at >= 3 && names1.len() < 49, "{names1:?}");
 
-    // Resume both on a fresh orchestrator (the old one still counts the killed node).
+    // Resume both on a fresh orchestrator (the old one is gone with its cluster).
     {
         let cluster = Cluster::start(dir.path());
         let resume = |rank: usize, run: &Path| {
             let ckpt = run.join("checkpoints").join(&name);
             let ckpt = ckpt.to_str().unwrap().to_string();
-            cluster
-                .node(rank, &long, &["--resume", &ckpt])
-                .spawn()
-                .unwrap()
+            start(cluster.node(rank, &long, &["--resume", &ckpt]))
         };
         let (a, b) = (resume(0, &run0), resume(1, &run1));
         let (out_a, _) = finish(a, Duration::from_secs(180), "resumed node 0");
         let (out_b, _) = finish(b, Duration::from_secs(180), "resumed node 1");
-        assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
-        assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
+        assert!(
+            out_a.status.success() && out_b.status.success(),
+            "node 0:\n{}\nnode 1:\n{}",
+            text(&out_a),
+            text(&out_b)
+        );
     }
 
     // The same run, uninterrupted, in another folder.
@@ -350,8 +381,8 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
     dataset(&straight, "node1");
     {
         let cluster = Cluster::start(&straight);
-        let a = cluster.node(0, &long, &[]).spawn().unwrap();
-        let b = cluster.node(1, &long, &[]).spawn().unwrap();
+        let a = start(cluster.node(0, &long, &[]));
+        let b = start(cluster.node(1, &long, &[]));
         let (out_a, _) = finish(a, Duration::from_secs(180), "straight node 0");
         let (out_b, _) = finish(b, Duration::from_secs(180), "straight node 1");
         assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
@@ -377,8 +408,8 @@ fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let port = free_port();
-    let child = pgan()
-        .args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
         .args(["--orchestrator", &format!("127.0.0.1:{port}")])
         .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
         .args(["--join-timeout", "3"])
@@ -389,10 +420,8 @@ fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
         .arg("--out-dir")
         .arg(dir.path().join("runs0"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (out, took) = finish(child, Duration::from_secs(60), "a node with no orchestrator");
+        .stderr(Stdio::piped());
+    let (out, took) = finish(start(cmd), Duration::from_secs(60), "a node with no orchestrator");
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
@@ -410,8 +439,8 @@ fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
     let cluster = Cluster::start(dir.path());
-    let a = cluster.node(0, &config, &[]).spawn().unwrap();
-    let b = cluster.node(1, &config, &["--lr", "0.002"]).spawn().unwrap();
+    let a = start(cluster.node(0, &config, &[]));
+    let b = start(cluster.node(1, &config, &["--lr", "0.002"]));
     for (rank, child) in [(0, a), (1, b)] {
         let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
         let said = text(&out);
@@ -441,8 +470,8 @@ fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let cluster = Cluster::start(dir.path());
-    let a = cluster.node(0, &config, &[]).spawn().unwrap();
-    let b = cluster.node(1, &config, &[]).spawn().unwrap();
+    let a = start(cluster.node(0, &config, &[]));
+    let b = start(cluster.node(1, &config, &[]));
     for (rank, child) in [(0, a), (1, b)] {
         let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
         let said = text(&out);

@@ -57,6 +57,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         let first = config.nodes.rank * local;
         let total = super::peer_count(config);
         let link = if config.nodes.several() {
+            super::nodes::quiet_websocket_logs();
             Some(NodeLink::of(config)?)
         } else {
             None

@@ -509,6 +509,14 @@ pub(super) fn all_reduce_watched<B: Backend>(
     }
 }
 
+/// burn-communication's websocket servers install a global tracing subscriber that prints
+/// every tensor transfer (INFO) on stdout unless one is installed already: install a silent
+/// one first (errors reach the user through pgan's own messages).
+pub(super) fn quiet_websocket_logs() {
+    let silent = tracing_core::Dispatch::new(tracing_core::subscriber::NoSubscriber::default());
+    let _ = tracing_core::dispatcher::set_global_default(silent);
+}
+
 /// The tokio runtime of the gradient ring (one per process).
 fn ring_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
@@ -559,6 +567,7 @@ impl Ring {
     /// Serves this node's slices on `port` (already checked free); `watch.addresses` are every
     /// node's ring address by rank.
     pub fn start(port: u16, watch: Watch, join_timeout: Duration) -> Result<Self> {
+        quiet_websocket_logs();
         use burn_communication::data_service::{TensorDataServer, TensorDataService};
         use burn_communication::ProtocolServer;
         let cancel = tokio_util::sync::CancellationToken::new();
