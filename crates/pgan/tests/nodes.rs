@@ -421,7 +421,11 @@ fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
         .arg(dir.path().join("runs0"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (out, took) = finish(start(cmd), Duration::from_secs(60), "a node with no orchestrator");
+    let (out, took) = finish(
+        start(cmd),
+        Duration::from_secs(60),
+        "a node with no orchestrator",
+    );
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(

@@ -105,9 +105,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                 })?;
         }
         drop(tx);
-        let deadline = link
-            .as_ref()
-            .map(|l| Instant::now() + l.join_timeout);
+        let deadline = link.as_ref().map(|l| Instant::now() + l.join_timeout);
         for _ in 0..local {
             let result = match deadline {
                 None => rx.recv().map_err(|_| TrainError::Peer {
@@ -167,9 +165,9 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         for rank in self.first..self.first + local {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let _ = tx.send(burn_collective::finish_collective::<B::InnerBackend>(PeerId(
-                    rank as u32,
-                )));
+                let _ = tx.send(burn_collective::finish_collective::<B::InnerBackend>(
+                    PeerId(rank as u32),
+                ));
             });
         }
         drop(tx);
@@ -177,7 +175,9 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         for _ in 0..local {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(collective_error(self.first, "leaving the orchestrator", e)),
+                Ok(Err(e)) => {
+                    return Err(collective_error(self.first, "leaving the orchestrator", e))
+                }
                 Err(_) => return Err(link.join_timed_out()),
             }
         }
@@ -232,18 +232,16 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             orchestrator: link.orchestrator.clone(),
         }));
         let gathered = self.join_all_gather(mine.slot_vector(link.rank, link.count))?;
-        let nodes = JoinInfo::from_gathered(&gathered, link.count).map_err(|m| TrainError::Peer {
-            peer: format!("node {}", link.rank),
-            message: format!("join check: {m}"),
-        })?;
+        let nodes =
+            JoinInfo::from_gathered(&gathered, link.count).map_err(|m| TrainError::Peer {
+                peer: format!("node {}", link.rank),
+                message: format!("join check: {m}"),
+            })?;
         let differences = super::nodes::join_differences(&nodes);
         if !differences.is_empty() {
             return Err(TrainError::Peer {
                 peer: format!("node {}", link.rank),
-                message: format!(
-                    "join check refused the run: {}",
-                    differences.join("; ")
-                ),
+                message: format!("join check refused the run: {}", differences.join("; ")),
             });
         }
         Ok(Watch {
@@ -266,8 +264,14 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             let (watch, device, rank) = (watch.clone(), replica.device.clone(), replica.rank);
             handles.push(std::thread::spawn(move || {
                 let zeros = Tensor::<B::InnerBackend, 1>::zeros([n], &device);
-                all_reduce_watched(PeerId(rank as u32), zeros, ReduceOperation::Sum, &watch, what)
-                    .map(|_| ())
+                all_reduce_watched(
+                    PeerId(rank as u32),
+                    zeros,
+                    ReduceOperation::Sum,
+                    &watch,
+                    what,
+                )
+                .map(|_| ())
             }));
         }
         let tensor = Tensor::<B::InnerBackend, 1>::from_floats(values.as_slice(), &self.device);
@@ -316,9 +320,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         device: &B::Device,
     ) -> Result<Vec<PeerStepOutput<B>>> {
         let (count, first, total) = (self.count(), self.first, self.total);
-        let shares: Vec<StepInputs> = (0..count)
-            .map(|r| inputs.share(first + r, total))
-            .collect();
+        let shares: Vec<StepInputs> = (0..count).map(|r| inputs.share(first + r, total)).collect();
         let ring = self.ring.as_deref().map(|ring| NodeRing {
             ring,
             local: count,
@@ -450,7 +452,8 @@ impl NodeRing<'_> {
         let rank = peer.0 as usize;
         let local_zero = rank % self.local == 0;
         let device = flat.device();
-        let float = |t: B::FloatTensorPrimitive| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+        let float =
+            |t: B::FloatTensorPrimitive| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
         let node_sum = if self.local > 1 {
             float(
                 burn_collective::all_reduce::<B>(

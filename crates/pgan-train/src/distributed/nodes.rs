@@ -56,7 +56,10 @@ impl NodeLink {
     /// The link `config.nodes` describes; checks that this node's data port is free.
     pub fn of(config: &TrainConfig) -> Result<Self> {
         let n = &config.nodes;
-        let orchestrator = n.orchestrator.clone().expect("validated: several nodes have one");
+        let orchestrator = n
+            .orchestrator
+            .clone()
+            .expect("validated: several nodes have one");
         let (orch_host, orch_port) = split_host_port(&orchestrator).expect("validated HOST:PORT");
         let (host, port) = match &n.address {
             Some(a) => {
@@ -72,7 +75,10 @@ impl NodeLink {
             }
         };
         let ring_port = port.checked_add(1).ok_or_else(|| {
-            node_error(n.rank, format!("nodes.address port {port} leaves no port after it for the gradient ring"))
+            node_error(
+                n.rank,
+                format!("nodes.address port {port} leaves no port after it for the gradient ring"),
+            )
         })?;
         // burn-collective (and burn-communication) bind 0.0.0.0:port inside their runtime and
         // only log a failure there, after which the other nodes cannot reach this one: check
@@ -131,7 +137,9 @@ impl NodeLink {
 }
 
 fn ws(host_port: &str) -> burn_communication::Address {
-    format!("ws://{host_port}").parse().expect("Address parsing never fails")
+    format!("ws://{host_port}")
+        .parse()
+        .expect("Address parsing never fails")
 }
 
 fn node_error(rank: usize, message: String) -> TrainError {
@@ -149,7 +157,12 @@ fn local_ip_towards(host: &str, port: u16, rank: usize) -> Result<String> {
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| node_error(rank, format!("cannot resolve the orchestrator host '{host}'")))?;
+        .ok_or_else(|| {
+            node_error(
+                rank,
+                format!("cannot resolve the orchestrator host '{host}'"),
+            )
+        })?;
     let bind: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -453,7 +466,10 @@ impl Watch {
                 alive.join(", ")
             )
         } else {
-            format!("the other nodes (orchestrator {}) are unknown", self.orchestrator)
+            format!(
+                "the other nodes (orchestrator {}) are unknown",
+                self.orchestrator
+            )
         };
         TrainError::Peer {
             peer: format!("node {}", self.rank),
@@ -632,16 +648,27 @@ impl Ring {
                     .await;
                 // A download from a node that is gone panics inside burn-communication (a
                 // closed stream): on its own task, the panic is an error here.
-                let got = tokio::spawn(async move { service.download_tensor(prev, id.into()).await })
-                    .await
-                    .map_err(|e| format!("the download from node {} failed: {e}", (rank + nodes - 1) % nodes))?;
+                let got =
+                    tokio::spawn(async move { service.download_tensor(prev, id.into()).await })
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "the download from node {} failed: {e}",
+                                (rank + nodes - 1) % nodes
+                            )
+                        })?;
                 let got = got.ok_or_else(|| {
                     format!("node {} closed the connection", (rank + nodes - 1) % nodes)
                 })?;
                 got.to_vec::<f32>()
                     .ok()
                     .filter(|v| v.len() == len)
-                    .ok_or_else(|| format!("node {} sent a slice of another size", (rank + nodes - 1) % nodes))
+                    .ok_or_else(|| {
+                        format!(
+                            "node {} sent a slice of another size",
+                            (rank + nodes - 1) % nodes
+                        )
+                    })
             }
         };
         let result = ring_runtime().block_on(async {
@@ -733,8 +760,14 @@ mod tests {
             .collect();
         assert_eq!(JoinInfo::from_gathered(&sum, 2).unwrap(), nodes);
         let diffs = join_differences(&nodes);
-        assert!(diffs.iter().any(|d| d.contains("node 1's config")), "{diffs:?}");
-        assert!(diffs.iter().any(|d| d.contains("12000000.123 kimg")), "{diffs:?}");
+        assert!(
+            diffs.iter().any(|d| d.contains("node 1's config")),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs.iter().any(|d| d.contains("12000000.123 kimg")),
+            "{diffs:?}"
+        );
         // A rank given twice leaves another rank empty.
         let twice: Vec<f32> = nodes[0]
             .slot_vector(0, 2)
