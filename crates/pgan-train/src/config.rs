@@ -163,6 +163,13 @@ pub struct ModelSection {
     pub fmap_max: Option<usize>,
     /// Minibatch-stddev group size (0 or 1 switches the layer off).
     pub mbstd_group_size: Option<usize>,
+    /// D's minibatch layer: `stddev` (the default, the paper's), `discrimination`
+    /// (Salimans et al. 2016) or `none`.
+    pub minibatch: Option<pgan_model::Minibatch>,
+    /// Minibatch discrimination's number of kernels B (default 100, the reference code's).
+    pub mbdisc_kernels: Option<usize>,
+    /// Minibatch discrimination's kernel dimension C (default 5, the reference code's).
+    pub mbdisc_kernel_dim: Option<usize>,
 }
 
 impl Default for ModelSection {
@@ -175,6 +182,9 @@ impl Default for ModelSection {
             fmap_decay: None,
             fmap_max: None,
             mbstd_group_size: None,
+            minibatch: None,
+            mbdisc_kernels: None,
+            mbdisc_kernel_dim: None,
         }
     }
 }
@@ -787,7 +797,7 @@ impl TrainConfig {
     /// with a smaller group than `config.toml` says, a group that does not divide the minibatch
     /// of every resolution the run trains at is an error.
     fn check_mbstd_group(&self) -> Result<()> {
-        let group = crate::plan::resolve_model(&self.model, 3)?.mbstd_group_size;
+        let group = crate::plan::resolve_model(&self.model, 3)?.effective_mbstd_group_size();
         if group <= 1 {
             return Ok(());
         }
@@ -903,6 +913,53 @@ mod tests {
         assert!(err.contains("minibatch 6 at 8x8"), "{err}");
         config.model.mbstd_group_size = Some(0);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_minibatch_layer_keys_parse_and_are_validated() {
+        use pgan_model::Minibatch;
+        let text = "[model]\nresolution = 16\nminibatch = \"discrimination\"\n\
+                    mbdisc_kernels = 8\nmbdisc_kernel_dim = 3\n";
+        let config = TrainConfig::from_toml_str(text).unwrap();
+        config.validate().unwrap();
+        let model = crate::plan::resolve_model(&config.model, 3).unwrap();
+        assert_eq!(model.minibatch, Minibatch::Discrimination);
+        assert_eq!(model.mbdisc_shape(), Some((8, 3)));
+        assert_eq!(
+            TrainConfig::from_toml_str(&config.to_toml()).unwrap(),
+            config
+        );
+        // absent: the paper's minibatch stddev, with the reference code's B and C
+        let model = crate::plan::resolve_model(&TrainConfig::default().model, 3).unwrap();
+        assert_eq!(model.minibatch, Minibatch::Stddev);
+        assert_eq!((model.mbdisc_kernels, model.mbdisc_kernel_dim), (100, 5));
+        let err = TrainConfig::from_toml_str("[model]\nminibatch = \"batchnorm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batchnorm") && err.contains("discrimination"),
+            "{err}"
+        );
+        for (b, c) in [(0, 5), (100, 0)] {
+            let mut config = TrainConfig::default();
+            config.model.minibatch = Some(Minibatch::Discrimination);
+            config.model.mbdisc_kernels = Some(b);
+            config.model.mbdisc_kernel_dim = Some(c);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("model.mbdisc_kernels and mbdisc_kernel_dim must be at least 1"),
+                "{err}"
+            );
+        }
+        // Without minibatch stddev, a group size that divides no minibatch does not matter.
+        let mut config = TrainConfig::default();
+        config.model.resolution = 16;
+        config.model.mbstd_group_size = Some(7);
+        assert!(config.validate().is_err());
+        for kind in [Minibatch::Discrimination, Minibatch::None] {
+            config.model.minibatch = Some(kind);
+            config.validate().unwrap();
+        }
     }
 
     #[test]

@@ -546,13 +546,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// rollback), after checking that it fits the model and the dataset.
     fn restore(&mut self, ckpt: &Path) -> Result<()> {
         let mut state = checkpoint::read_state(ckpt)?;
-        let expected = serde_json::to_value(&self.model).expect("model config serialises");
-        if state.model != expected {
+        let made_with = checkpoint::model_config(&state, ckpt)?;
+        if made_with != self.model {
             return Err(TrainError::Checkpoint {
                 path: ckpt.to_path_buf(),
                 message: format!(
-                    "was made with a different model configuration ({}) than the config asks for ({})",
-                    state.model, expected
+                    "was made with a different model than the config asks for: {}",
+                    checkpoint::model_differences(&made_with, &self.model)
                 ),
             });
         }

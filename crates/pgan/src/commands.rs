@@ -278,6 +278,13 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = args.mbstd_group {
         config.model.mbstd_group_size = Some(v);
     }
+    if let Some(v) = &args.minibatch {
+        config.model.minibatch = Some(
+            v.parse::<pgan_model::Minibatch>()
+                .map_err(anyhow::Error::msg)
+                .context("--minibatch")?,
+        );
+    }
     if let Some(v) = args.ema_half_life_kimg {
         if !(v >= 0.0) {
             bail!("--ema-half-life-kimg must be non-negative");

@@ -218,6 +218,10 @@ struct TrainArgs {
     /// Minibatch-stddev group size; 0 switches the layer off (overrides model.mbstd_group_size).
     #[arg(long)]
     mbstd_group: Option<usize>,
+    /// D's minibatch layer: stddev, discrimination (Salimans et al. 2016) or none (overrides
+    /// model.minibatch).
+    #[arg(long)]
+    minibatch: Option<String>,
     /// Half-life of the EMA generator in kimg (overrides ema.half_life_kimg; 0 = ema.beta per
     /// step). Also on --resume: the average continues from its current weights.
     #[arg(long)]
