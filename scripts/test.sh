@@ -40,8 +40,10 @@ fi
 (cd crates/pgan-model && PGAN_GENERIC_KERNELS=1 "$model_tests" --skip wgpu_forward_matches_flex)
 
 # Data-parallel training (burn-collective, cargo feature `collective`): its own feature set, so
-# only the crates that use it are built again with it.
-cargo test -p pgan-train --features collective --test data_parallel
+# only the crates that use it are built again with it. --lib: pgan-train's unit tests with it
+# (the join check's); data_parallel: several devices in one process; nodes: `pgan orchestrator`
+# and two `pgan train --nodes 2` processes on 127.0.0.1.
+cargo test -p pgan-train -p pgan --features collective --lib --test data_parallel --test nodes
 
 cargo check -p pgan --features cuda
 if [ "$skip_wgpu" = 1 ]; then

@@ -1217,9 +1217,15 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let corrupt = dir.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not weights").unwrap();
     let err = run_err(&mut compare_with(&fakes, &corrupt));
-    assert!(err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"), "{err}");
+    assert!(
+        err.contains("corrupt inception weights") && err.contains("corrupt.safetensors"),
+        "{err}"
+    );
     let err = run_err(&mut eval_num("3", &[]));
-    assert!(err.contains("has 3 images") && err.contains("at least 4"), "{err}");
+    assert!(
+        err.contains("has 3 images") && err.contains("at least 4"),
+        "{err}"
+    );
     let small = dir.path().join("reals8.pgan");
     run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&small).args([
         "--resolution",
@@ -1807,7 +1813,8 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
     // The last checkpoint loads.
     let exported = dir.path().join("g.safetensors");
     run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
-}#[test]
+}
+#[test]
 fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
@@ -1828,6 +1835,8 @@ fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
         "2",
         "--d-steps",
         "2",
+        "--minibatch",
+        "discrimination",
     ];
     let dry = run_ok(
         pgan()
@@ -1842,6 +1851,8 @@ fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
         "real_label = 0.9",
         "d_steps = 2",
         "feature_matching = 0.5",
+        "minibatch = \"discrimination\"",
+        "minibatch layer: discrimination (100 kernels x 5 dims)",
         "loss: minimax (saturating, no penalty), real label 0.9, feature matching 0.5",
         "updates: lr x G 0.5 x D 2 (times the lr column), 2 D steps per G step   \
          instance noise: sigma 0.2 -> 0 over 0.032 kimg",
@@ -1899,6 +1910,10 @@ fn remedy_flags_reach_the_plan_and_a_run_and_bad_values_name_the_flag() {
         ),
         (&["--lr-d-mult=-1"][..], "--lr-d-mult -1 must be positive"),
         (&["--d-steps", "0"][..], "--d-steps must be at least 1"),
+        (
+            &["--minibatch", "batchnorm"][..],
+            "--minibatch: unknown minibatch layer 'batchnorm' (expected stddev, discrimination, none)",
+        ),
         (
             &["--real-label", "0.9"][..],
             "loss.real_label 0.9 applies to the logistic losses",

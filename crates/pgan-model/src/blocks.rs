@@ -9,6 +9,7 @@ use crate::equalized::{
     EqualizedConv2d, EqualizedConv2dConfig, EqualizedLinear, EqualizedLinearConfig, GAIN_RELU,
 };
 use crate::functional::{downsample2x, downsample2x_jvp, lrelu, lrelu_jvp, upsample2x};
+use crate::minibatch_discrimination::{MinibatchDiscrimination, MinibatchDiscriminationConfig};
 use crate::minibatch_stddev::{minibatch_stddev_jvp, minibatch_stddev_per_kind};
 use crate::pixel_norm::pixel_norm;
 
@@ -114,35 +115,48 @@ impl<B: Backend> DiscriminatorDownBlock<B> {
     }
 }
 
-/// Discriminator 4x4 block: minibatch stddev → conv 3x3 → dense → dense to one score.
+/// Discriminator 4x4 block: minibatch stddev → conv 3x3 → dense → (minibatch discrimination)
+/// → dense to one score.
 #[derive(Module, Debug)]
 pub struct DiscriminatorOutputBlock<B: Backend> {
     /// 3x3 convolution `C (+1 with minibatch stddev) → C`.
     pub conv: EqualizedConv2d<B>,
     /// Dense `C·4·4 → nf(0)`.
     pub dense: EqualizedLinear<B>,
-    /// Dense `nf(0) → 1` with gain 1 (linear output).
+    /// Dense `nf(0) (+B with minibatch discrimination) → 1` with gain 1 (linear output).
     pub output: EqualizedLinear<B>,
     /// Minibatch-stddev group size; `<= 1` means the layer is absent.
     pub mbstd_group_size: usize,
+    /// Minibatch discrimination on the dense layer's features, before `output` (absent in
+    /// records written before it existed, which had none).
+    pub minibatch_discrimination: Option<MinibatchDiscrimination<B>>,
 }
 
 impl<B: Backend> DiscriminatorOutputBlock<B> {
-    /// Builds the block.
+    /// Builds the block; `mbdisc` is minibatch discrimination's `(B, C)`, if any.
     pub fn new(
         channels: usize,
         dense_features: usize,
         mbstd_group_size: usize,
+        mbdisc: Option<(usize, usize)>,
         device: &B::Device,
     ) -> Self {
         let extra = usize::from(mbstd_group_size > 1);
+        let minibatch_discrimination = mbdisc.map(|(kernels, kernel_dim)| {
+            MinibatchDiscriminationConfig::new(dense_features)
+                .with_kernels(kernels)
+                .with_kernel_dim(kernel_dim)
+                .init(device)
+        });
+        let appended = mbdisc.map_or(0, |(kernels, _)| kernels);
         Self {
             conv: EqualizedConv2dConfig::new([channels + extra, channels], 3).init(device),
             dense: EqualizedLinearConfig::new(channels * 16, dense_features).init(device),
-            output: EqualizedLinearConfig::new(dense_features, 1)
+            output: EqualizedLinearConfig::new(dense_features + appended, 1)
                 .with_gain(1.0)
                 .init(device),
             mbstd_group_size,
+            minibatch_discrimination,
         }
     }
 
@@ -150,10 +164,42 @@ impl<B: Backend> DiscriminatorOutputBlock<B> {
     /// - x: `[N, C, 4, 4]`
     /// - output: `[N, 1]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.output.forward(self.features(x))
+        self.score(self.features(x))
     }
 
-    /// The last hidden layer, the input of `output`.
+    /// The scores of [`features`](Self::features): minibatch discrimination (when on), then
+    /// `output`. With minibatch discrimination every score depends on the whole batch.
+    ///
+    /// # Shapes
+    /// - features: `[N, nf(0)]`
+    /// - output: `[N, 1]`
+    pub fn score(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.minibatch_discrimination {
+            Some(mbdisc) => self.output.forward(mbdisc.forward(features)),
+            None => self.output.forward(features),
+        }
+    }
+
+    /// [`score`](Self::score) of a batch of `kinds` equal parts, minibatch discrimination (when
+    /// on) comparing each sample only with the samples of its own part.
+    ///
+    /// # Shapes
+    /// - features: `[kinds·N, nf(0)]`
+    /// - output: `[kinds·N, 1]`
+    pub fn score_per_kind(&self, features: Tensor<B, 2>, kinds: usize) -> Tensor<B, 2> {
+        match &self.minibatch_discrimination {
+            Some(_) if kinds > 1 => {
+                let n = features.dims()[0] / kinds;
+                let parts = (0..kinds)
+                    .map(|k| self.score(features.clone().narrow(0, k * n, n)))
+                    .collect();
+                Tensor::cat(parts, 0)
+            }
+            _ => self.score(features),
+        }
+    }
+
+    /// The last hidden layer: the input of `output`, or of minibatch discrimination when on.
     ///
     /// # Shapes
     /// - x: `[N, C, 4, 4]`
@@ -190,6 +236,53 @@ impl<B: Backend> DiscriminatorOutputBlock<B> {
         let (x, dx) = lrelu_jvp(x, dx);
         let (x, dx) = self.dense.forward_jvp(x.flatten(1, 3), dx.flatten(1, 3));
         let (x, dx) = lrelu_jvp(x, dx);
+        let (x, dx) = match &self.minibatch_discrimination {
+            Some(mbdisc) => mbdisc.forward_jvp(x, dx),
+            None => (x, dx),
+        };
         self.output.forward_jvp(x, dx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::*;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+
+    /// The output block as it was before minibatch discrimination existed.
+    #[derive(Module, Debug)]
+    struct OutputBlockBeforeMinibatchDiscrimination<B: Backend> {
+        conv: EqualizedConv2d<B>,
+        dense: EqualizedLinear<B>,
+        output: EqualizedLinear<B>,
+        mbstd_group_size: usize,
+    }
+
+    #[test]
+    fn records_written_before_minibatch_discrimination_still_load() {
+        let device = Default::default();
+        let dir = tempfile::tempdir().unwrap();
+        let new = reseed(
+            DiscriminatorOutputBlock::<TestBackend>::new(8, 8, 2, None, &device),
+            1,
+        );
+        let old = OutputBlockBeforeMinibatchDiscrimination {
+            conv: new.conv.clone(),
+            dense: new.dense.clone(),
+            output: new.output.clone(),
+            mbstd_group_size: 2,
+        };
+        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        old.save_file(dir.path().join("old"), &recorder).unwrap();
+        let loaded = reseed(
+            DiscriminatorOutputBlock::<TestBackend>::new(8, 8, 2, None, &device),
+            2,
+        )
+        .load_file(dir.path().join("old"), &recorder, &device)
+        .unwrap();
+        assert!(loaded.minibatch_discrimination.is_none());
+        let x = randn::<TestBackend, 4>([4, 8, 4, 4], 3, &device);
+        assert_eq!(to_vec(loaded.forward(x.clone())), to_vec(new.forward(x)));
     }
 }

@@ -43,9 +43,70 @@ pub struct ModelConfig {
     /// Group size of the discriminator's minibatch-stddev layer; 0 or 1 disables the layer.
     #[config(default = 4)]
     pub mbstd_group_size: usize,
+    /// What the discriminator's 4x4 block learns about the whole minibatch: minibatch stddev
+    /// (the paper's), minibatch discrimination (Salimans et al. 2016) or nothing.
+    /// Checkpoints written before this key existed are `stddev` (see [`Self::KEYS_ADDED_LATER`]).
+    #[config(default = "Minibatch::Stddev")]
+    pub minibatch: Minibatch,
+    /// Minibatch discrimination's number of kernels `B` (the reference code's 100).
+    #[config(default = 100)]
+    pub mbdisc_kernels: usize,
+    /// Minibatch discrimination's kernel dimension `C` (the reference code's 5).
+    #[config(default = 5)]
+    pub mbdisc_kernel_dim: usize,
+}
+
+/// The discriminator's minibatch layer (`model.minibatch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Minibatch {
+    /// Minibatch standard deviation (Karras et al. 2018, §3), group size `mbstd_group_size`.
+    Stddev,
+    /// Minibatch discrimination (Salimans et al. 2016, §3.2), `mbdisc_kernels` ×
+    /// `mbdisc_kernel_dim`.
+    Discrimination,
+    /// No minibatch layer.
+    None,
+}
+
+impl Minibatch {
+    /// The config spelling of each kind.
+    pub const NAMES: [&'static str; 3] = ["stddev", "discrimination", "none"];
+}
+
+impl std::fmt::Display for Minibatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stddev => "stddev",
+            Self::Discrimination => "discrimination",
+            Self::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for Minibatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stddev" => Ok(Self::Stddev),
+            "discrimination" => Ok(Self::Discrimination),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "unknown minibatch layer '{other}' (expected {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 impl ModelConfig {
+    /// Keys added to the serialised config after checkpoints were first written. Their
+    /// defaults rebuild the networks those checkpoints hold (`minibatch = "stddev"`), so a
+    /// reader of an old `state.json` fills them in from [`ModelConfig::new`] before
+    /// deserialising (every key is required otherwise).
+    pub const KEYS_ADDED_LATER: [&'static str; 3] =
+        ["minibatch", "mbdisc_kernels", "mbdisc_kernel_dim"];
+
     /// The paper's network (Karras et al. 2018, Table 2) for the given final resolution.
     pub fn paper(resolution: u32) -> Self {
         Self::new(resolution)
@@ -79,6 +140,14 @@ impl ModelConfig {
         }
         if !self.fmap_decay.is_finite() || self.fmap_decay < 0.0 {
             return Err(ModelConfigError::FmapDecay(self.fmap_decay));
+        }
+        if self.minibatch == Minibatch::Discrimination
+            && (self.mbdisc_kernels == 0 || self.mbdisc_kernel_dim == 0)
+        {
+            return Err(ModelConfigError::MinibatchDiscrimination {
+                kernels: self.mbdisc_kernels,
+                kernel_dim: self.mbdisc_kernel_dim,
+            });
         }
         // The narrowest layer sits at the top resolution; it must keep at least one map.
         let narrowest = self.nf_official(r.trailing_zeros() as usize - 1);
@@ -131,7 +200,22 @@ impl ModelConfig {
 
     /// Whether the discriminator has a minibatch-stddev layer.
     pub fn mbstd_enabled(&self) -> bool {
-        self.mbstd_group_size > 1
+        self.minibatch == Minibatch::Stddev && self.mbstd_group_size > 1
+    }
+
+    /// The minibatch-stddev group size the discriminator uses: 0 when the layer is absent.
+    pub fn effective_mbstd_group_size(&self) -> usize {
+        if self.mbstd_enabled() {
+            self.mbstd_group_size
+        } else {
+            0
+        }
+    }
+
+    /// `(B, C)` of the discriminator's minibatch-discrimination layer, if it has one.
+    pub fn mbdisc_shape(&self) -> Option<(usize, usize)> {
+        (self.minibatch == Minibatch::Discrimination)
+            .then_some((self.mbdisc_kernels, self.mbdisc_kernel_dim))
     }
 
     /// Builds the generator with every block up to the full resolution.
@@ -214,5 +298,44 @@ mod tests {
         let text = toml::to_string(&c).unwrap();
         let back: ModelConfig = toml::from_str(&text).unwrap();
         assert_eq!(c, back);
+        let c = c
+            .with_minibatch(Minibatch::Discrimination)
+            .with_mbdisc_kernels(7);
+        let back: ModelConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn minibatch_kinds_parse_and_validate() {
+        for name in Minibatch::NAMES {
+            let kind: Minibatch = name.parse().unwrap();
+            assert_eq!(kind.to_string(), name);
+        }
+        assert_eq!(
+            "batchnorm".parse::<Minibatch>().unwrap_err(),
+            "unknown minibatch layer 'batchnorm' (expected stddev, discrimination, none)"
+        );
+        let disc = ModelConfig::paper(16).with_minibatch(Minibatch::Discrimination);
+        disc.validate().unwrap();
+        assert_eq!(disc.mbdisc_shape(), Some((100, 5)));
+        assert!(!disc.mbstd_enabled());
+        for (b, c) in [(0, 5), (100, 0)] {
+            let e = disc
+                .clone()
+                .with_mbdisc_kernels(b)
+                .with_mbdisc_kernel_dim(c)
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().starts_with("mbdisc_kernels"), "{e}");
+            assert!(e.to_string().contains(&format!("{b} and {c}")), "{e}");
+        }
+        // B and C only matter with the layer on.
+        ModelConfig::paper(16)
+            .with_mbdisc_kernels(0)
+            .validate()
+            .unwrap();
+        let none = ModelConfig::paper(16).with_minibatch(Minibatch::None);
+        assert!(!none.mbstd_enabled() && none.mbdisc_shape().is_none());
+        assert_eq!(none.effective_mbstd_group_size(), 0);
     }
 }

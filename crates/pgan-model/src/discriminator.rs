@@ -44,7 +44,8 @@ impl<B: Backend> Discriminator<B> {
             output: DiscriminatorOutputBlock::new(
                 config.stage_channels(0),
                 config.nf_official(0),
-                config.mbstd_group_size,
+                config.effective_mbstd_group_size(),
+                config.mbdisc_shape(),
                 device,
             ),
             num_channels: config.num_channels,
@@ -101,12 +102,12 @@ impl<B: Backend> Discriminator<B> {
     ) -> Tensor<B, 2> {
         let x = self.to_4x4(images, stage, alpha);
         self.output
-            .output
-            .forward(self.output.features_per_kind(x, kinds))
+            .score_per_kind(self.output.features_per_kind(x, kinds), kinds)
     }
 
     /// [`forward`](Self::forward)'s scores and the last hidden layer's features, the input of the
     /// final dense layer (what feature matching compares, Salimans et al. 2016), from one pass.
+    /// With minibatch discrimination they are its input, before the batch's `o(x)` is appended.
     ///
     /// # Shapes
     /// - images: `[N, num_channels, 4·2^stage, 4·2^stage]`
@@ -118,7 +119,7 @@ impl<B: Backend> Discriminator<B> {
         alpha: f32,
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let features = self.output.features(self.to_4x4(images, stage, alpha));
-        (self.output.output.forward(features.clone()), features)
+        (self.output.score(features.clone()), features)
     }
 
     /// The network up to the 4x4 output block: `[N, C(0), 4, 4]`.
@@ -229,10 +230,18 @@ mod tests {
     #[test]
     fn batched_kinds_score_as_separate_passes() {
         let device = Default::default();
-        for group in [4, 0] {
+        use crate::config::Minibatch;
+        for (group, minibatch) in [
+            (4, Minibatch::Stddev),
+            (0, Minibatch::Stddev),
+            (4, Minibatch::Discrimination),
+        ] {
             let d = reseed(
                 tiny_config(16)
                     .with_mbstd_group_size(group)
+                    .with_minibatch(minibatch)
+                    .with_mbdisc_kernels(4)
+                    .with_mbdisc_kernel_dim(3)
                     .init_discriminator::<TestBackend>(&device),
                 7,
             );
@@ -254,7 +263,7 @@ mod tests {
                     &separate,
                     1e-5,
                     1e-5,
-                    &format!("group {group} stage {stage} alpha {alpha}"),
+                    &format!("{minibatch} group {group} stage {stage} alpha {alpha}"),
                 );
             }
         }
@@ -311,13 +320,18 @@ mod tests {
     fn jvp_matches_reverse_mode() {
         type AB = TestAutodiffBackend;
         let device = Default::default();
-        for (group, seed) in [(2, 1), (4, 2), (0, 3)] {
-            let d = reseed(
-                tiny_config(16)
-                    .with_mbstd_group_size(group)
-                    .init_discriminator::<AB>(&device),
-                seed,
-            );
+        let discrimination = tiny_config(16)
+            .with_minibatch(crate::Minibatch::Discrimination)
+            .with_mbdisc_kernels(4)
+            .with_mbdisc_kernel_dim(3);
+        for (config, seed) in [
+            (tiny_config(16).with_mbstd_group_size(2), 1),
+            (tiny_config(16).with_mbstd_group_size(4), 2),
+            (tiny_config(16).with_mbstd_group_size(0), 3),
+            (discrimination, 4),
+        ] {
+            let (group, layer) = (config.mbstd_group_size, config.minibatch);
+            let d = reseed(config.init_discriminator::<AB>(&device), seed);
             for (stage, alpha) in [(0, 1.0), (1, 0.5), (2, 0.25), (2, 1.0)] {
                 let r = 4 << stage;
                 let x = randn::<AB, 4>([4, 3, r, r], 100 + seed, &device);
@@ -339,7 +353,7 @@ mod tests {
                 let reverse_mode = to_vec((x.grad(&grads).unwrap() * v.inner()).sum())[0];
                 assert!(
                     (forward_mode - reverse_mode).abs() <= 1e-4 * (1.0 + reverse_mode.abs()),
-                    "group {group} stage {stage} alpha {alpha}: {forward_mode} vs {reverse_mode}"
+                    "{layer} group {group} stage {stage} alpha {alpha}: {forward_mode} vs {reverse_mode}"
                 );
             }
         }
@@ -351,6 +365,38 @@ mod tests {
         // 9 fromRGB, 17 conv3x3 (+1 mbstd input map), dense 8192→512, dense 512→1 (Table 2 of
         // the paper: 23.1M)
         assert_eq!(d.num_params(), 23_087_249);
+    }
+
+    #[test]
+    fn the_minibatch_layer_sets_the_parameter_count_and_couples_the_scores() {
+        use crate::Minibatch;
+        let device = Default::default();
+        let count = |c: ModelConfig| c.init_discriminator::<TestBackend>(&device).num_params();
+        let base = tiny_config(8).with_mbstd_group_size(0);
+        let stddev = count(base.clone().with_mbstd_group_size(2));
+        let none = count(base.clone().with_minibatch(Minibatch::None));
+        // stddev adds one input map to the 4x4 conv: 3x3 weights per output map (8 of them)
+        assert_eq!(stddev - none, 9 * 8);
+        assert_eq!(count(base.clone()), none);
+        // discrimination: T is nf(0)·B·C, the output layer reads B more inputs
+        let (b, c) = (4, 3);
+        let disc = base
+            .with_minibatch(Minibatch::Discrimination)
+            .with_mbdisc_kernels(b)
+            .with_mbdisc_kernel_dim(c);
+        assert_eq!(count(disc.clone()) - none, 8 * b * c + b);
+        // every score depends on the whole batch: changing image 1 moves image 0's score
+        let d = reseed(disc.init_discriminator::<TestBackend>(&device), 9);
+        let x = randn::<TestBackend, 4>([4, 3, 8, 8], 10, &device).mul_scalar(0.3);
+        let moved = x.clone().slice_assign(
+            [1..2, 0..3, 0..8, 0..8],
+            randn::<TestBackend, 4>([1, 3, 8, 8], 11, &device),
+        );
+        let (a, b) = (
+            to_vec(d.forward(x, 1, 1.0)),
+            to_vec(d.forward(moved, 1, 1.0)),
+        );
+        assert!((a[0] - b[0]).abs() > 1e-6, "{a:?} vs {b:?}");
     }
 
     #[test]

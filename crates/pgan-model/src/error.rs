@@ -37,4 +37,12 @@ pub enum ModelConfigError {
         /// The top resolution.
         resolution: u32,
     },
+    /// Minibatch discrimination with no kernels or kernels of no dimension.
+    #[error("mbdisc_kernels and mbdisc_kernel_dim must be at least 1 with minibatch = \"discrimination\", got {kernels} and {kernel_dim}")]
+    MinibatchDiscrimination {
+        /// `mbdisc_kernels`.
+        kernels: usize,
+        /// `mbdisc_kernel_dim`.
+        kernel_dim: usize,
+    },
 }

@@ -8,7 +8,7 @@
 //!   final resolution so the checkpoint layout never changes, with the
 //!   fade-in of a new resolution controlled by `(stage, alpha)`;
 //! - the layers: equalized learning rate ([`equalized`]), pixel norm,
-//!   minibatch stddev, resampling, each with a forward-mode derivative (JVP);
+//!   minibatch stddev, minibatch discrimination, resampling, each with a forward-mode derivative (JVP);
 //! - [`penalty`]: WGAN-GP and R1 penalties whose parameter gradients are
 //!   exact without double backward;
 //! - [`kernels`]: the one dispatch point to a backend's own kernels (`pgan-flex` on the CPU,
@@ -26,11 +26,12 @@ mod error;
 pub mod functional;
 pub mod generator;
 pub mod kernels;
+pub mod minibatch_discrimination;
 pub mod minibatch_stddev;
 pub mod penalty;
 pub mod pixel_norm;
 
-pub use config::ModelConfig;
+pub use config::{Minibatch, ModelConfig};
 pub use discriminator::Discriminator;
 pub use error::ModelConfigError;
 pub use generator::Generator;

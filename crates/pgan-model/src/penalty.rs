@@ -228,13 +228,20 @@ mod tests {
     /// Checks `∇θ surrogate` against central differences of `P` for one
     /// element of every parameter tensor of a small discriminator.
     fn check_parameter_gradient(kind: Kind, stage: usize, alpha: f32, mbstd: usize, seed: u64) {
+        let config = tiny_config(8).with_mbstd_group_size(mbstd);
+        check_parameter_gradient_of(kind, stage, alpha, config, seed);
+    }
+
+    fn check_parameter_gradient_of(
+        kind: Kind,
+        stage: usize,
+        alpha: f32,
+        config: crate::ModelConfig,
+        seed: u64,
+    ) {
         let device = Default::default();
-        let d = reseed(
-            tiny_config(8)
-                .with_mbstd_group_size(mbstd)
-                .init_discriminator::<AB>(&device),
-            seed,
-        );
+        let mbstd = format!("{} {}", config.minibatch, config.mbstd_group_size);
+        let d = reseed(config.init_discriminator::<AB>(&device), seed);
         let r = 4 << stage;
         let reals = randn::<AB, 4>([4, 3, r, r], seed + 1, &device);
         let fakes = randn::<AB, 4>([4, 3, r, r], seed + 2, &device).mul_scalar(0.5);
@@ -352,6 +359,20 @@ mod tests {
     fn r1_parameter_gradient_matches_finite_differences() {
         check_parameter_gradient(Kind::R1(10.0), 1, 0.5, 2, 21);
         check_parameter_gradient(Kind::R1(1.0), 1, 1.0, 0, 22);
+    }
+
+    /// The penalty through minibatch discrimination, whose `o(x)` couples the batch: `T` is
+    /// among the parameter tensors checked.
+    #[test]
+    fn penalties_through_minibatch_discrimination_match_finite_differences() {
+        let config = tiny_config(8)
+            .with_minibatch(crate::Minibatch::Discrimination)
+            .with_mbdisc_kernels(3)
+            .with_mbdisc_kernel_dim(2);
+        // The L1 distances add kinks to ∇x D (where two samples' M rows cross); like the
+        // lrelu kinks, the check skips elements that straddle one.
+        check_parameter_gradient_of(Kind::WganGp(10.0), 1, 0.5, config.clone(), 11);
+        check_parameter_gradient_of(Kind::R1(10.0), 0, 1.0, config, 32);
     }
 
     #[test]

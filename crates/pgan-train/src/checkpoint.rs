@@ -678,6 +678,51 @@ pub(crate) fn load_training<B: AutodiffBackend>(
     })
 }
 
+/// The model configuration a checkpoint's records were made with. Keys added to
+/// [`ModelConfig`] since (`ModelConfig::KEYS_ADDED_LATER`) are filled in with the defaults that
+/// rebuild the networks of the time, so older checkpoints keep loading.
+pub fn model_config(state: &TrainState, ckpt: &Path) -> Result<ModelConfig> {
+    let unreadable = |message: String| TrainError::Checkpoint {
+        path: ckpt.to_path_buf(),
+        message: format!("unreadable model configuration: {message}"),
+    };
+    let mut stored = state.model.clone();
+    let Some(keys) = stored.as_object_mut() else {
+        return Err(unreadable(format!(
+            "expected an object, got {}",
+            state.model
+        )));
+    };
+    let defaults = serde_json::to_value(ModelConfig::new(pgan_spec::resolution::MIN_RESOLUTION))
+        .expect("model config serialises");
+    for key in ModelConfig::KEYS_ADDED_LATER {
+        if !keys.contains_key(key) {
+            keys.insert(key.to_string(), defaults[key].clone());
+        }
+    }
+    serde_json::from_value(stored).map_err(|e| unreadable(e.to_string()))
+}
+
+/// Where two model configurations differ, as `key: a vs b` pairs (for the error that refuses
+/// to resume a checkpoint with another model).
+pub fn model_differences(checkpoint: &ModelConfig, config: &ModelConfig) -> String {
+    let (a, b) = (
+        serde_json::to_value(checkpoint).expect("model config serialises"),
+        serde_json::to_value(config).expect("model config serialises"),
+    );
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return String::new();
+    };
+    a.iter()
+        .filter(|(key, value)| b.get(*key) != Some(*value))
+        .map(|(key, value)| {
+            let other = b.get(key).map_or("(absent)".to_string(), |v| v.to_string());
+            format!("model.{key} = {value} in the checkpoint, {other} in the config")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A generator restored from a checkpoint, with where in the schedule it was saved.
 pub struct LoadedGenerator<B: Backend> {
     /// The network.
@@ -696,11 +741,7 @@ pub fn load_generator<B: Backend>(
     device: &B::Device,
 ) -> Result<LoadedGenerator<B>> {
     let state = read_state(ckpt)?;
-    let model: ModelConfig =
-        serde_json::from_value(state.model.clone()).map_err(|e| TrainError::Checkpoint {
-            path: ckpt.to_path_buf(),
-            message: format!("unreadable model configuration: {e}"),
-        })?;
+    let model = model_config(&state, ckpt)?;
     model.validate().map_err(|e| TrainError::Checkpoint {
         path: ckpt.to_path_buf(),
         message: format!("its model configuration cannot build a network: {e}"),

@@ -37,6 +37,8 @@ pub struct TrainConfig {
     pub alarms: AlarmConfig,
     /// What to do when a loss or weight goes NaN/Inf.
     pub recovery: RecoveryConfig,
+    /// Training on several machines (nodes), joined through `pgan orchestrator`.
+    pub nodes: NodesConfig,
 }
 
 /// Run-level settings.
@@ -197,6 +199,13 @@ pub struct ModelSection {
     pub fmap_max: Option<usize>,
     /// Minibatch-stddev group size (0 or 1 switches the layer off).
     pub mbstd_group_size: Option<usize>,
+    /// D's minibatch layer: `stddev` (the default, the paper's), `discrimination`
+    /// (Salimans et al. 2016) or `none`.
+    pub minibatch: Option<pgan_model::Minibatch>,
+    /// Minibatch discrimination's number of kernels B (default 100, the reference code's).
+    pub mbdisc_kernels: Option<usize>,
+    /// Minibatch discrimination's kernel dimension C (default 5, the reference code's).
+    pub mbdisc_kernel_dim: Option<usize>,
 }
 
 impl Default for ModelSection {
@@ -209,6 +218,9 @@ impl Default for ModelSection {
             fmap_decay: None,
             fmap_max: None,
             mbstd_group_size: None,
+            minibatch: None,
+            mbdisc_kernels: None,
+            mbdisc_kernel_dim: None,
         }
     }
 }
@@ -518,6 +530,95 @@ impl Default for RecoveryConfig {
     }
 }
 
+/// Training on several machines: `count` nodes, each running `pgan train` with its own rank
+/// and its own copy of the dataset, all-reducing gradients through burn-collective once
+/// `orchestrator` (a `pgan orchestrator`) has seen them all join.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// Nodes taking part (1: this machine only).
+    pub count: usize,
+    /// This node's rank, `0..count`; every rank exactly once.
+    pub rank: usize,
+    /// `HOST:PORT` of the `pgan orchestrator` all nodes join.
+    pub orchestrator: Option<String>,
+    /// `HOST:PORT` where this node serves its gradient slices to the others (burn-collective's
+    /// tensor data service). Default: the address this machine reaches the orchestrator from,
+    /// port orchestrator's + 1 + rank.
+    pub address: Option<String>,
+    /// Seconds to wait for all nodes to join (and pass the join check) before giving up.
+    pub join_timeout_s: f64,
+    /// Seconds a node waits in one gradient all-reduce for the others before it declares a
+    /// node lost and stops. Must exceed the longest gap between two steps of the slowest node
+    /// (a tick end's evaluation and checkpoint included).
+    pub peer_timeout_s: f64,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            rank: 0,
+            orchestrator: None,
+            address: None,
+            join_timeout_s: 300.0,
+            peer_timeout_s: 50.0,
+        }
+    }
+}
+
+impl NodesConfig {
+    /// Whether the run spans several nodes.
+    pub fn several(&self) -> bool {
+        self.count > 1
+    }
+
+    /// Checks the keys; the message names the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| {
+            Err(TrainError::Config {
+                path: None,
+                message,
+            })
+        };
+        if self.count == 0 {
+            return bad("nodes.count must be at least 1".into());
+        }
+        if self.rank >= self.count {
+            return bad(format!(
+                "nodes.rank {} must be below nodes.count {} (ranks are 0..{})",
+                self.rank, self.count, self.count
+            ));
+        }
+        for (name, v) in [
+            ("nodes.join_timeout_s", self.join_timeout_s),
+            ("nodes.peer_timeout_s", self.peer_timeout_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} {v} must be a positive number of seconds"));
+            }
+        }
+        if self.several() && self.orchestrator.is_none() {
+            return bad(format!(
+                "nodes.count {} needs nodes.orchestrator (--orchestrator HOST:PORT of a running \
+                 `pgan orchestrator`)",
+                self.count
+            ));
+        }
+        for (name, v) in [
+            ("nodes.orchestrator", &self.orchestrator),
+            ("nodes.address", &self.address),
+        ] {
+            if let Some(v) = v {
+                if crate::distributed::split_host_port(v).is_none() {
+                    return bad(format!("{name} '{v}' is not HOST:PORT"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TrainConfig {
     /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
@@ -664,6 +765,7 @@ impl TrainConfig {
                 "run.sample_rows, sample_cols and sample_cell_px: {e}"
             ));
         }
+        self.nodes.validate()?;
         crate::distributed::check_batches(self)?;
         self.check_mbstd_group()
     }
@@ -737,7 +839,7 @@ impl TrainConfig {
     /// with a smaller group than `config.toml` says, a group that does not divide the minibatch
     /// of every resolution the run trains at is an error.
     fn check_mbstd_group(&self) -> Result<()> {
-        let group = crate::plan::resolve_model(&self.model, 3)?.mbstd_group_size;
+        let group = crate::plan::resolve_model(&self.model, 3)?.effective_mbstd_group_size();
         if group <= 1 {
             return Ok(());
         }
@@ -884,6 +986,53 @@ mod tests {
         assert!(err.contains("minibatch 6 at 8x8"), "{err}");
         config.model.mbstd_group_size = Some(0);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_minibatch_layer_keys_parse_and_are_validated() {
+        use pgan_model::Minibatch;
+        let text = "[model]\nresolution = 16\nminibatch = \"discrimination\"\n\
+                    mbdisc_kernels = 8\nmbdisc_kernel_dim = 3\n";
+        let config = TrainConfig::from_toml_str(text).unwrap();
+        config.validate().unwrap();
+        let model = crate::plan::resolve_model(&config.model, 3).unwrap();
+        assert_eq!(model.minibatch, Minibatch::Discrimination);
+        assert_eq!(model.mbdisc_shape(), Some((8, 3)));
+        assert_eq!(
+            TrainConfig::from_toml_str(&config.to_toml()).unwrap(),
+            config
+        );
+        // absent: the paper's minibatch stddev, with the reference code's B and C
+        let model = crate::plan::resolve_model(&TrainConfig::default().model, 3).unwrap();
+        assert_eq!(model.minibatch, Minibatch::Stddev);
+        assert_eq!((model.mbdisc_kernels, model.mbdisc_kernel_dim), (100, 5));
+        let err = TrainConfig::from_toml_str("[model]\nminibatch = \"batchnorm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batchnorm") && err.contains("discrimination"),
+            "{err}"
+        );
+        for (b, c) in [(0, 5), (100, 0)] {
+            let mut config = TrainConfig::default();
+            config.model.minibatch = Some(Minibatch::Discrimination);
+            config.model.mbdisc_kernels = Some(b);
+            config.model.mbdisc_kernel_dim = Some(c);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("model.mbdisc_kernels and mbdisc_kernel_dim must be at least 1"),
+                "{err}"
+            );
+        }
+        // Without minibatch stddev, a group size that divides no minibatch does not matter.
+        let mut config = TrainConfig::default();
+        config.model.resolution = 16;
+        config.model.mbstd_group_size = Some(7);
+        assert!(config.validate().is_err());
+        for kind in [Minibatch::Discrimination, Minibatch::None] {
+            config.model.minibatch = Some(kind);
+            config.validate().unwrap();
+        }
     }
 
     #[test]

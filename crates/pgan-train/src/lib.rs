@@ -44,6 +44,9 @@ pub mod training_loop;
 
 pub use backend::{compiled_backends, dispatch, BackendJob};
 pub use config::{BackendKind, TrainConfig};
+/// `pgan orchestrator`: burn-collective's global orchestrator, which the nodes of a run join.
+#[cfg(feature = "collective")]
+pub use distributed::run_orchestrator;
 pub use error::{Result, TrainError};
 pub use export::{export_safetensors, ExportNet, ExportSummary};
 pub use render::{RenderKind, RenderOutput, RenderRequest};

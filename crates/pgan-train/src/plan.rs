@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use pgan_model::ModelConfig;
+use pgan_model::{Minibatch, ModelConfig};
 
 use crate::config::{LossKind, ModelPreset, ModelSection, TrainConfig};
 use crate::error::{Result, TrainError};
@@ -31,6 +31,15 @@ pub fn resolve_model(section: &ModelSection, channels: usize) -> Result<ModelCon
     }
     if let Some(v) = section.mbstd_group_size {
         model.mbstd_group_size = v;
+    }
+    if let Some(v) = section.minibatch {
+        model.minibatch = v;
+    }
+    if let Some(v) = section.mbdisc_kernels {
+        model.mbdisc_kernels = v;
+    }
+    if let Some(v) = section.mbdisc_kernel_dim {
+        model.mbdisc_kernel_dim = v;
     }
     // Every `ModelConfigError` message starts with the field's name: prefixed with the config
     // section, it names the key.
@@ -87,14 +96,14 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "model: {}x{} x{} channels, latent {}, fmap_base {}, fmap_max {}, mbstd group {}",
+        "model: {}x{} x{} channels, latent {}, fmap_base {}, fmap_max {}, minibatch layer: {}",
         model.resolution,
         model.resolution,
         model.num_channels,
         model.latent_dim,
         model.fmap_base,
         model.fmap_max,
-        model.mbstd_group_size
+        describe_minibatch(model)
     );
     let loss = match config.loss.kind {
         LossKind::WganGp => format!(
@@ -161,6 +170,21 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
         p = kimg_decimals
     );
     out
+}
+
+/// D's minibatch layer as the dry run prints it.
+fn describe_minibatch(model: &ModelConfig) -> String {
+    match model.minibatch {
+        Minibatch::Stddev if model.mbstd_enabled() => {
+            format!("stddev (group {})", model.mbstd_group_size)
+        }
+        Minibatch::Stddev => format!("none (stddev group {})", model.mbstd_group_size),
+        Minibatch::Discrimination => format!(
+            "discrimination ({} kernels x {} dims)",
+            model.mbdisc_kernels, model.mbdisc_kernel_dim
+        ),
+        Minibatch::None => "none".into(),
+    }
 }
 
 /// The update rule beside the schedule's table: learning-rate multipliers, D updates per G

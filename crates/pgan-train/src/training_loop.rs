@@ -359,13 +359,35 @@ impl<B: AutodiffBackend> Trainer<B> {
             .last_checkpoint
             .clone()
             .expect("a checkpoint to start from");
-        trainer.peers = Peers::start(&trainer.config, &trainer.model, &ckpt, &trainer.device)?;
-        if trainer.peers.count() > 1 {
+        let dataset = checkpoint::DatasetFingerprint::of(&trainer.reader);
+        trainer.peers = Peers::start(
+            &trainer.config,
+            &trainer.model,
+            &ckpt,
+            &dataset,
+            &trainer.nets,
+            &trainer.device,
+        )?;
+        if trainer.peers.count() > 1 && !trainer.config.nodes.several() {
             trainer.log.info(format!(
                 "{} peers on devices {:?}, {} per device",
                 trainer.peers.count(),
                 trainer.config.run.devices,
                 trainer.config.schedule.minibatch_default / trainer.peers.count()
+            ));
+        }
+        let nodes = &trainer.config.nodes;
+        if nodes.several() {
+            trainer.log.info(format!(
+                "node {} of {} joined (orchestrator {}): {} peers in all, {} images per peer \
+                 per minibatch of {}",
+                nodes.rank,
+                nodes.count,
+                nodes.orchestrator.as_deref().unwrap_or_default(),
+                crate::distributed::peer_count(&trainer.config),
+                trainer.config.schedule.minibatch_default
+                    / crate::distributed::peer_count(&trainer.config),
+                trainer.config.schedule.minibatch_default
             ));
         }
         Ok(trainer)
@@ -391,7 +413,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 // The steps since the last tick end are unchecked: a NaN among them goes back to
                 // the last checkpoint (and training resumes from there up to the stop), never
                 // into the stop's checkpoint.
-                if !self.tick.steps.is_empty() && !self.tick_values_healthy() {
+                if !self.tick.steps.is_empty() && !self.healthy_everywhere()? {
                     self.rollback()?;
                     continue;
                 }
@@ -419,7 +441,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let images_after = self.state.images_shown + shown;
             let tick_ends =
                 images_after >= (self.state.tick + 1) * tick_len || images_after >= total_images;
-            if tick_ends && !self.tick_values_healthy() {
+            if tick_ends && !self.healthy_everywhere()? {
                 self.rollback()?;
                 continue;
             }
@@ -477,6 +499,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         })
     }
 
+    /// This tick's values are healthy here and on every other node (several nodes roll back
+    /// together or not at all).
+    fn healthy_everywhere(&mut self) -> Result<bool> {
+        let healthy = self.tick_values_healthy();
+        self.peers.all_healthy(healthy)
+    }
+
     /// A new fade or stable phase: optionally reset Adam (official `reset_opt_for_new_lod`).
     fn enter_phase(&mut self, phase: &Phase) {
         self.log.info(format!(
@@ -518,13 +547,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// rollback), after checking that it fits the model and the dataset.
     fn restore(&mut self, ckpt: &Path) -> Result<()> {
         let mut state = checkpoint::read_state(ckpt)?;
-        let expected = serde_json::to_value(&self.model).expect("model config serialises");
-        if state.model != expected {
+        let made_with = checkpoint::model_config(&state, ckpt)?;
+        if made_with != self.model {
             return Err(TrainError::Checkpoint {
                 path: ckpt.to_path_buf(),
                 message: format!(
-                    "was made with a different model configuration ({}) than the config asks for ({})",
-                    state.model, expected
+                    "was made with a different model than the config asks for: {}",
+                    checkpoint::model_differences(&made_with, &self.model)
                 ),
             });
         }

@@ -514,7 +514,7 @@ fn adam_updates(ckpt: &Path, discriminator: bool) -> usize {
     }
     let device = Default::default();
     let state = checkpoint::read_state(ckpt).unwrap();
-    let model: pgan_model::ModelConfig = serde_json::from_value(state.model).unwrap();
+    let model = checkpoint::model_config(&state, ckpt).unwrap();
     let (stem, optim) = if discriminator {
         (checkpoint::DISCRIMINATOR, checkpoint::OPTIM_D)
     } else {
@@ -619,9 +619,9 @@ fn feature_matching_changes_the_generator_step_and_zero_weight_does_not() {
 }
 
 /// Every remedy at once (non-saturating loss with label smoothing, feature matching, instance
-/// noise annealed within the run, TTUR multipliers, two D steps), then the minimax loss: both
-/// train through a fade, and a run stopped mid-fade and resumed ends bit-identical to an
-/// uninterrupted one.
+/// noise annealed within the run, TTUR multipliers, two D steps, minibatch discrimination), then
+/// the minimax loss: both train through a fade, and a run stopped mid-fade and resumed ends
+/// bit-identical to an uninterrupted one.
 #[test]
 fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
     use pgan_train::config::LossKind;
@@ -637,6 +637,9 @@ fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
         config.optim.lr_g_mult = 0.5;
         config.optim.lr_d_mult = 2.0;
         config.optim.d_steps = 2;
+        config.model.minibatch = Some(pgan_model::Minibatch::Discrimination);
+        config.model.mbdisc_kernels = Some(6);
+        config.model.mbdisc_kernel_dim = Some(3);
         config.validate().unwrap();
         config
     };
@@ -645,6 +648,11 @@ fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
     assert_eq!(straight.rollbacks, 0);
     let state = checkpoint::read_state(&straight.checkpoint).unwrap();
     assert_eq!(state.step, 128 / 8, "two D minibatches of 4 per G step");
+    let model = checkpoint::model_config(&state, &straight.checkpoint).unwrap();
+    assert_eq!(model.mbdisc_shape(), Some((6, 3)));
+    assert!(parameter_values(&straight.checkpoint)
+        .iter()
+        .all(|v| v.is_finite()));
     let rows: Vec<serde_json::Value> =
         std::fs::read_to_string(straight.run_dir.join("metrics.jsonl"))
             .unwrap()
@@ -689,4 +697,52 @@ fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
         // The minimax G loss log(1 − D(G(z))) is negative.
         assert!(r["Loss/G"].as_f64().unwrap() < 0.0, "{r}");
     }
+}
+
+/// A checkpoint written before `model.minibatch` existed (its `state.json` has no minibatch keys
+/// and no checksum) resumes and renders as minibatch stddev; a config asking for another minibatch
+/// layer is refused with the key named.
+#[test]
+fn checkpoints_from_before_the_minibatch_key_load_and_a_changed_layer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let mut config = tiny_config(&data, &dir.path().join("runs"));
+    config.schedule.total_kimg = 0.032;
+    let first = train(TrainOptions::new(config.clone())).unwrap();
+    let state_path = first.checkpoint.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let keys = state.as_object_mut().unwrap();
+    keys.remove("checksum");
+    let model = keys["model"].as_object_mut().unwrap();
+    for key in pgan_model::ModelConfig::KEYS_ADDED_LATER {
+        assert!(model.remove(key).is_some(), "{key}");
+    }
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+
+    let loaded = checkpoint::load_generator::<burn::backend::Flex>(
+        &first.checkpoint,
+        false,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(loaded.model.minibatch, pgan_model::Minibatch::Stddev);
+
+    let mut other = config.clone();
+    other.model.minibatch = Some(pgan_model::Minibatch::Discrimination);
+    let mut options = TrainOptions::new(other);
+    options.resume = Some(first.run_dir.clone());
+    let err = train(options).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "model.minibatch = \"stddev\" in the checkpoint, \"discrimination\" in the config"
+        ),
+        "{err}"
+    );
+
+    config.schedule.total_kimg = 0.064;
+    let mut options = TrainOptions::new(config);
+    options.resume = Some(first.run_dir.clone());
+    let resumed = train(options).unwrap();
+    assert_eq!(resumed.images_shown, 64);
 }

@@ -25,6 +25,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Synth(args) => synth(args),
         Command::Export { source, out, net } => export(&source, net, &out),
         Command::Report { run_dir, out } => report(&run_dir, out),
+        Command::Orchestrator { port } => orchestrator(port),
         Command::ConvertInception { torchscript, out } => convert_inception(&torchscript, out),
     }
 }
@@ -182,6 +183,24 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = args.device {
         config.run.device = v;
     }
+    if let Some(v) = args.nodes {
+        config.nodes.count = v;
+    }
+    if let Some(v) = args.node_rank {
+        config.nodes.rank = v;
+    }
+    if let Some(v) = &args.orchestrator {
+        config.nodes.orchestrator = Some(v.clone());
+    }
+    if let Some(v) = &args.node_address {
+        config.nodes.address = Some(v.clone());
+    }
+    if let Some(v) = args.join_timeout {
+        config.nodes.join_timeout_s = v;
+    }
+    if let Some(v) = args.peer_timeout {
+        config.nodes.peer_timeout_s = v;
+    }
     if let Some(v) = args.seed {
         config.run.seed = v;
     }
@@ -265,6 +284,13 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(v) = args.mbstd_group {
         config.model.mbstd_group_size = Some(v);
     }
+    if let Some(v) = &args.minibatch {
+        config.model.minibatch = Some(
+            v.parse::<pgan_model::Minibatch>()
+                .map_err(anyhow::Error::msg)
+                .context("--minibatch")?,
+        );
+    }
     if let Some(v) = args.ema_half_life_kimg {
         if !(v >= 0.0) {
             bail!("--ema-half-life-kimg must be non-negative");
@@ -291,6 +317,21 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         bail!("no dataset: pass --data FILE.pgan (made by `pgan prepare`) or set data.path in the config");
     }
     Ok(config)
+}
+
+/// `pgan orchestrator --port P`: serves until Ctrl-C or SIGTERM.
+fn orchestrator(port: u16) -> Result<ExitCode> {
+    #[cfg(feature = "collective")]
+    {
+        println!("pgan orchestrator listening on port {port} (Ctrl-C to stop)");
+        pgan_train::run_orchestrator(port).context("--port")?;
+        Ok(ExitCode::SUCCESS)
+    }
+    #[cfg(not(feature = "collective"))]
+    {
+        let _ = port;
+        bail!("this pgan was built without data-parallel training: build it with `--features collective` for `pgan orchestrator`")
+    }
 }
 
 fn train(args: TrainArgs) -> Result<ExitCode> {

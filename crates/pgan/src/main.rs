@@ -62,6 +62,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run the orchestrator that the nodes of a several-machine training join
+    /// (`pgan train --nodes N --node-rank R --orchestrator HOST:PORT`); stops on Ctrl-C.
+    Orchestrator {
+        /// Port to listen on (all interfaces).
+        #[arg(long)]
+        port: u16,
+    },
     /// Write a self-contained HTML report of a run.
     Report {
         /// The run directory.
@@ -146,6 +153,27 @@ struct TrainArgs {
     /// minibatch is split evenly over them; on the CPU every index is the same CPU.
     #[arg(long, value_delimiter = ',')]
     devices: Option<Vec<usize>>,
+    /// Train on this many machines (overrides nodes.count); each runs `pgan train` with its own
+    /// --node-rank, all joining --orchestrator. Needs `--features collective`.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This machine's rank, 0..--nodes (overrides nodes.rank).
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// HOST:PORT of the running `pgan orchestrator` (overrides nodes.orchestrator).
+    #[arg(long)]
+    orchestrator: Option<String>,
+    /// HOST:PORT the other nodes reach this one at (overrides nodes.address; default: this
+    /// machine's address towards the orchestrator, port orchestrator's + 1 + rank).
+    #[arg(long)]
+    node_address: Option<String>,
+    /// Seconds to wait for every node to join (overrides nodes.join_timeout_s).
+    #[arg(long)]
+    join_timeout: Option<f64>,
+    /// Seconds a node waits for the others in one all-reduce before it stops, naming the lost
+    /// node (overrides nodes.peer_timeout_s).
+    #[arg(long)]
+    peer_timeout: Option<f64>,
     /// Random seed (overrides run.seed).
     #[arg(long)]
     seed: Option<u64>,
@@ -194,6 +222,10 @@ struct TrainArgs {
     /// Minibatch-stddev group size; 0 switches the layer off (overrides model.mbstd_group_size).
     #[arg(long)]
     mbstd_group: Option<usize>,
+    /// D's minibatch layer: stddev, discrimination (Salimans et al. 2016) or none (overrides
+    /// model.minibatch).
+    #[arg(long)]
+    minibatch: Option<String>,
     /// Half-life of the EMA generator in kimg (overrides ema.half_life_kimg; 0 = ema.beta per
     /// step). Also on --resume: the average continues from its current weights.
     #[arg(long)]

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
@@ -12,7 +13,8 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use pgan_model::ModelConfig;
 
-use crate::checkpoint;
+use super::nodes::{all_reduce_watched, JoinInfo, NodeLink, Ring, Watch};
+use crate::checkpoint::{self, DatasetFingerprint};
 use crate::config::{LossConfig, OptimConfig, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::nets::Nets;
@@ -30,63 +32,282 @@ pub(super) struct PeerGroup<B: AutodiffBackend> {
     replicas: Vec<Replica<B>>,
     model: ModelConfig,
     optim: OptimConfig,
+    /// Global index of this node's peer 0 (`rank · devices`), and the peers of all nodes.
+    first: usize,
+    total: usize,
+    /// Several nodes: the join's watchdog, then the gradient ring between the nodes.
+    watch: Option<Arc<Watch>>,
+    ring: Option<Arc<Ring>>,
+    /// Peer 0's device (for the all-reduces of host values).
+    device: B::Device,
 }
 
 impl<B: AutodiffBackend> PeerGroup<B> {
-    /// Registers `config.run.devices` peers with the collective and loads the replicas from
-    /// `ckpt`.
+    /// Registers this node's `config.run.devices` peers with the collective (on several nodes:
+    /// joins the orchestrator and runs the join check) and loads the replicas from `ckpt`.
     pub fn start(
         config: &TrainConfig,
         model: &ModelConfig,
         ckpt: &Path,
+        dataset: &DatasetFingerprint,
+        nets: &Nets<B>,
         device: &B::Device,
     ) -> Result<Self> {
-        let indices = &config.run.devices;
-        let count = indices.len();
-        let mut replicas: Vec<Replica<B>> = Vec::with_capacity(count - 1);
-        for (rank, &index) in indices.iter().enumerate().skip(1) {
+        let local = super::local_peer_count(config);
+        let first = config.nodes.rank * local;
+        let total = super::peer_count(config);
+        let link = if config.nodes.several() {
+            super::nodes::quiet_websocket_logs();
+            Some(NodeLink::of(config)?)
+        } else {
+            None
+        };
+        let mut replicas: Vec<Replica<B>> = Vec::with_capacity(local - 1);
+        for (rank, &index) in config.run.devices.iter().enumerate().skip(1) {
             let device = device_at::<B>(device, index);
             let fresh = Nets::fresh(model, &config.optim, &device, None);
             let nets = checkpoint::load_training(ckpt, fresh, &device)?;
-            replicas.push(Replica { rank, nets, device });
+            replicas.push(Replica {
+                rank: first + rank,
+                nets,
+                device,
+            });
         }
         // A previous training of this process may have left peers registered.
-        burn_collective::reset_collective::<B::InnerBackend>();
-        let collective = CollectiveConfig::default().with_num_devices(count);
+        reset_quietly::<B>();
+        let mut collective = CollectiveConfig::default().with_num_devices(local);
+        if let Some(link) = &link {
+            collective = link.collective(collective);
+        }
         let mut devices: Vec<B::Device> = vec![device.clone()];
         devices.extend(replicas.iter().map(|r| r.device.clone()));
-        // `register` returns once every peer has registered: one thread each.
-        std::thread::scope(|s| {
-            let handles: Vec<_> = devices
-                .into_iter()
-                .enumerate()
-                .map(|(rank, device)| {
-                    let collective = collective.clone();
-                    s.spawn(move || {
-                        burn_collective::register::<B::InnerBackend>(
-                            PeerId(rank as u32),
-                            device,
-                            collective,
-                        )
-                        .map_err(|e| collective_error(rank, "register", e))
-                    })
+        // `register` returns once every peer (of every node) has registered: one thread each.
+        // Detached threads, waited for with a deadline: burn-collective retries an unreachable
+        // orchestrator for ever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (local_rank, device) in devices.into_iter().enumerate() {
+            let (tx, collective) = (tx.clone(), collective.clone());
+            let rank = first + local_rank;
+            std::thread::Builder::new()
+                .name(format!("pgan-register-{rank}"))
+                .spawn(move || {
+                    let result = burn_collective::register::<B::InnerBackend>(
+                        PeerId(rank as u32),
+                        device,
+                        collective,
+                    )
+                    .map_err(|e| collective_error(rank, "register", e));
+                    let _ = tx.send(result);
                 })
-                .collect();
-            for handle in handles {
-                join(handle)??;
+                .map_err(|e| TrainError::Peer {
+                    peer: rank.to_string(),
+                    message: format!("cannot start a thread: {e}"),
+                })?;
+        }
+        drop(tx);
+        let deadline = link.as_ref().map(|l| Instant::now() + l.join_timeout);
+        for _ in 0..local {
+            let result = match deadline {
+                None => rx.recv().map_err(|_| TrainError::Peer {
+                    peer: "thread".into(),
+                    message: "a register thread panicked".into(),
+                })?,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(link.as_ref().expect("deadline").join_timed_out());
+                        }
+                    }
+                }
+            };
+            if let (Err(e), Some(link)) = (&result, &link) {
+                return Err(TrainError::Peer {
+                    peer: format!("node {}", link.rank),
+                    message: format!(
+                        "joining the orchestrator at {} failed ({e}): every node must start \
+                         with the same --nodes",
+                        link.orchestrator
+                    ),
+                });
             }
-            Ok::<_, TrainError>(())
-        })?;
-        Ok(Self {
+            result?;
+        }
+        let mut group = Self {
             replicas,
             model: model.clone(),
             optim: config.optim.clone(),
+            first,
+            total,
+            watch: None,
+            ring: None,
+            device: device.clone(),
+        };
+        if let Some(link) = link {
+            let watch = group.join_check(config, &link, ckpt, dataset, nets)?;
+            group.leave_orchestrator(&link, local)?;
+            group.ring = Some(Arc::new(Ring::start(
+                link.ring_port,
+                watch,
+                link.join_timeout,
+            )?));
+        }
+        Ok(group)
+    }
+
+    /// After the join: every local peer unregisters (the last one takes the node off the
+    /// orchestrator, which is then free for the next run), and the peers of this node register
+    /// again for local all-reduces only (burn-collective's global all-reduce works once per
+    /// process: see [`Ring`]).
+    fn leave_orchestrator(&self, link: &NodeLink, local: usize) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for rank in self.first..self.first + local {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(burn_collective::finish_collective::<B::InnerBackend>(
+                    PeerId(rank as u32),
+                ));
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + link.join_timeout;
+        for _ in 0..local {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(collective_error(self.first, "leaving the orchestrator", e))
+                }
+                Err(_) => return Err(link.join_timed_out()),
+            }
+        }
+        reset_quietly::<B>();
+        if local > 1 {
+            let collective = CollectiveConfig::default().with_num_devices(local);
+            let mut devices = vec![self.device.clone()];
+            devices.extend(self.replicas.iter().map(|r| r.device.clone()));
+            std::thread::scope(|s| {
+                let handles: Vec<_> = devices
+                    .into_iter()
+                    .enumerate()
+                    .map(|(r, device)| {
+                        let collective = collective.clone();
+                        let rank = self.first + r;
+                        s.spawn(move || {
+                            burn_collective::register::<B::InnerBackend>(
+                                PeerId(rank as u32),
+                                device,
+                                collective,
+                            )
+                            .map_err(|e| collective_error(rank, "register", e))
+                        })
+                    })
+                    .collect();
+                for handle in handles {
+                    join(handle)??;
+                }
+                Ok::<_, TrainError>(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Gathers every node's [`JoinInfo`] (one all-reduce) and refuses to train unless they
+    /// agree; keeps the nodes' addresses for the watchdog.
+    fn join_check(
+        &mut self,
+        config: &TrainConfig,
+        link: &NodeLink,
+        ckpt: &Path,
+        dataset: &DatasetFingerprint,
+        nets: &Nets<B>,
+    ) -> Result<Watch> {
+        let state = checkpoint::read_state(ckpt)?;
+        let weights = super::nodes::weight_values(nets);
+        let mine = JoinInfo::new(config, dataset, &state, &weights, &link.ring_address);
+        self.watch = Some(Arc::new(Watch {
+            rank: link.rank,
+            timeout: link.join_timeout,
+            addresses: Vec::new(),
+            orchestrator: link.orchestrator.clone(),
+        }));
+        let gathered = self.join_all_gather(mine.slot_vector(link.rank, link.count))?;
+        let nodes =
+            JoinInfo::from_gathered(&gathered, link.count).map_err(|m| TrainError::Peer {
+                peer: format!("node {}", link.rank),
+                message: format!("join check: {m}"),
+            })?;
+        let differences = super::nodes::join_differences(&nodes);
+        if !differences.is_empty() {
+            return Err(TrainError::Peer {
+                peer: format!("node {}", link.rank),
+                message: format!("join check refused the run: {}", differences.join("; ")),
+            });
+        }
+        Ok(Watch {
+            rank: link.rank,
+            timeout: link.peer_timeout,
+            addresses: nodes.into_iter().map(|n| n.address).collect(),
+            orchestrator: link.orchestrator.clone(),
         })
     }
 
-    /// Peers, peer 0 included.
+    /// The join check's all-gather: the sum over all nodes of `values` (this node's peer 0
+    /// gives them, its other peers zeros; every local peer must take part), through
+    /// burn-collective's global all-reduce.
+    fn join_all_gather(&self, values: Vec<f32>) -> Result<Vec<f32>> {
+        let what = "join check";
+        let watch = self.watch.clone().expect("several nodes have a watch");
+        let n = values.len();
+        let mut handles = Vec::new();
+        for replica in &self.replicas {
+            let (watch, device, rank) = (watch.clone(), replica.device.clone(), replica.rank);
+            handles.push(std::thread::spawn(move || {
+                let zeros = Tensor::<B::InnerBackend, 1>::zeros([n], &device);
+                all_reduce_watched(
+                    PeerId(rank as u32),
+                    zeros,
+                    ReduceOperation::Sum,
+                    &watch,
+                    what,
+                )
+                .map(|_| ())
+            }));
+        }
+        let tensor = Tensor::<B::InnerBackend, 1>::from_floats(values.as_slice(), &self.device);
+        let reduced = all_reduce_watched(
+            PeerId(self.first as u32),
+            tensor,
+            ReduceOperation::Sum,
+            &watch,
+            what,
+        )?;
+        for handle in handles {
+            handle.join().map_err(|_| TrainError::Peer {
+                peer: "thread".into(),
+                message: format!("a {what} thread panicked"),
+            })??;
+        }
+        Ok(crate::host_read::read_f32s(reduced))
+    }
+
+    /// Whether every node found its tick healthy (several nodes), else `healthy`.
+    pub fn all_healthy(&mut self, healthy: bool) -> Result<bool> {
+        let Some(ring) = &self.ring else {
+            return Ok(healthy);
+        };
+        let sick = ring.sum(vec![if healthy { 0.0 } else { 1.0 }], "tick health check")?;
+        Ok(sick[0] == 0.0)
+    }
+
+    /// Peers of this node, peer 0 included.
     pub fn count(&self) -> usize {
         self.replicas.len() + 1
+    }
+
+    /// Peers of all nodes.
+    pub fn total(&self) -> usize {
+        self.total
     }
 
     /// One step on every peer, each on its share of `inputs`; every peer's output, peer 0's
@@ -98,8 +319,14 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         loss: &LossConfig,
         device: &B::Device,
     ) -> Result<Vec<PeerStepOutput<B>>> {
-        let count = self.count();
-        let shares: Vec<StepInputs> = (0..count).map(|r| inputs.share(r, count)).collect();
+        let (count, first, total) = (self.count(), self.first, self.total);
+        let shares: Vec<StepInputs> = (0..count).map(|r| inputs.share(first + r, total)).collect();
+        let ring = self.ring.as_deref().map(|ring| NodeRing {
+            ring,
+            local: count,
+            total,
+        });
+        let ring = ring.as_ref();
         std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .replicas
@@ -113,12 +340,13 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                             share,
                             loss,
                             &replica.device,
+                            ring,
                         )
                     })
                 })
                 .collect();
-            let first = run_peer(0, nets, &shares[0], loss, device);
-            let mut outs = vec![first];
+            let out = run_peer(first, nets, &shares[0], loss, device, ring);
+            let mut outs = vec![out];
             for handle in handles {
                 outs.push(join(handle).and_then(|r| r));
             }
@@ -145,8 +373,16 @@ impl<B: AutodiffBackend> PeerGroup<B> {
 
 impl<B: AutodiffBackend> Drop for PeerGroup<B> {
     fn drop(&mut self) {
-        burn_collective::reset_collective::<B::InnerBackend>();
+        reset_quietly::<B>();
     }
+}
+
+/// `reset_collective`, which panics when burn-collective's local server has died (a lost node
+/// panics it): that is the error being reported already.
+fn reset_quietly<B: AutodiffBackend>() {
+    let _ = std::panic::catch_unwind(|| {
+        burn_collective::reset_collective::<B::InnerBackend>();
+    });
 }
 
 /// One peer's step with its all-reduce time. A failed peer resets the collective so the
@@ -157,10 +393,12 @@ fn run_peer<B: AutodiffBackend>(
     share: &StepInputs,
     loss: &LossConfig,
     device: &B::Device,
+    ring: Option<&NodeRing<'_>>,
 ) -> Result<PeerStepOutput<B>> {
     let sync = CollectiveSync {
         peer: PeerId(rank as u32),
         seconds: Cell::new(0.0),
+        ring,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         peer_step(nets, share, loss, device, &sync)
@@ -177,7 +415,7 @@ fn run_peer<B: AutodiffBackend>(
             Ok(out)
         }
         Err(e) => {
-            burn_collective::reset_collective::<B::InnerBackend>();
+            reset_quietly::<B>();
             Err(e)
         }
     }
@@ -186,13 +424,71 @@ fn run_peer<B: AutodiffBackend>(
 /// Peer `peer`'s side of the gradient all-reduce: every gradient of the module, flattened into
 /// one vector in the module's parameter order (the same on every peer), one all-reduce (mean),
 /// and back.
-struct CollectiveSync {
+struct CollectiveSync<'a> {
     peer: PeerId,
     /// Seconds spent in the all-reduce so far.
     seconds: Cell<f64>,
+    /// Several nodes: the ring between them.
+    ring: Option<&'a NodeRing<'a>>,
 }
 
-impl GradSync for CollectiveSync {
+/// The ring between the nodes, as a step's peers see it.
+struct NodeRing<'a> {
+    ring: &'a Ring,
+    /// Peers on this node, and on all nodes.
+    local: usize,
+    total: usize,
+}
+
+impl NodeRing<'_> {
+    /// The mean over all peers of all nodes: a local sum (burn-collective, in-process), this
+    /// node's peer 0 sums the nodes' sums over the ring, and hands the result to its other
+    /// peers (a local broadcast).
+    fn mean<B: burn::tensor::backend::Backend>(
+        &self,
+        peer: PeerId,
+        flat: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>> {
+        let rank = peer.0 as usize;
+        let local_zero = rank % self.local == 0;
+        let device = flat.device();
+        let float =
+            |t: B::FloatTensorPrimitive| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+        let node_sum = if self.local > 1 {
+            float(
+                burn_collective::all_reduce::<B>(
+                    peer,
+                    flat.into_primitive().tensor(),
+                    ReduceOperation::Sum,
+                )
+                .map_err(|e| collective_error(rank, "local gradient all-reduce", e))?,
+            )
+        } else {
+            flat
+        };
+        let total_sum = if local_zero {
+            let values = crate::host_read::read_f32s(node_sum);
+            let summed = self.ring.sum(values, "gradient all-reduce")?;
+            Some(Tensor::<B, 1>::from_floats(summed.as_slice(), &device))
+        } else {
+            None
+        };
+        let total_sum = if self.local > 1 {
+            float(
+                burn_collective::broadcast::<B>(
+                    peer,
+                    total_sum.map(|t| t.into_primitive().tensor()),
+                )
+                .map_err(|e| collective_error(rank, "local broadcast", e))?,
+            )
+        } else {
+            total_sum.expect("one peer per node is its peer 0")
+        };
+        Ok(total_sum.div_scalar(self.total as f32))
+    }
+}
+
+impl GradSync for CollectiveSync<'_> {
     fn sync<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         module: &M,
@@ -210,15 +506,20 @@ impl GradSync for CollectiveSync {
         }
         let flat = Tensor::cat(parts, 0);
         let started = Instant::now();
-        let reduced = burn_collective::all_reduce::<B::InnerBackend>(
-            self.peer,
-            flat.into_primitive().tensor(),
-            ReduceOperation::Mean,
-        )
-        .map_err(|e| collective_error(self.peer.0 as usize, "gradient all-reduce", e))?;
+        let reduced = match self.ring {
+            Some(ring) => ring.mean(self.peer, flat)?,
+            None => {
+                let reduced = burn_collective::all_reduce::<B::InnerBackend>(
+                    self.peer,
+                    flat.into_primitive().tensor(),
+                    ReduceOperation::Mean,
+                )
+                .map_err(|e| collective_error(self.peer.0 as usize, "gradient all-reduce", e))?;
+                Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(reduced))
+            }
+        };
         self.seconds
             .set(self.seconds.get() + started.elapsed().as_secs_f64());
-        let reduced = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(reduced));
         let mut unflatten = Unflatten::<B> {
             grads: &mut grads,
             reduced,

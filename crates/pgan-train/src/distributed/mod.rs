@@ -17,6 +17,14 @@
 //! process-global registry; the replicas never share a parameter tensor with peer 0 (they are
 //! loaded from the checkpoint file), so their graphs stay apart, and
 //! `tests::two_peers_on_threads_match_one_device_with_the_whole_batch` checks the result.
+//!
+//! Several machines (`nodes.count`, `pgan train --nodes`): every node runs this same loop on
+//! its own copy of the dataset and draws the same global minibatch (same seed, same sampler
+//! state); node `k`'s local peer `r` is global peer `k·D + r` of `N·D` (every node has the
+//! same number `D` of devices) and takes that share. The all-reduce then spans all nodes
+//! (`nodes.rs`: join, join check and watchdog). Every node writes its own run directory:
+//! identical weights, samples and checkpoints (the losses in `metrics.jsonl` are the node's
+//! own peers' means), so each node can resume from its own disk.
 
 use std::path::Path;
 
@@ -25,7 +33,7 @@ use burn::tensor::Tensor;
 use pgan_model::ModelConfig;
 use pgan_spec::metrics as key;
 
-use crate::checkpoint::TrainState;
+use crate::checkpoint::{DatasetFingerprint, TrainState};
 use crate::config::{LossConfig, OptimConfig, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::nets::Nets;
@@ -34,6 +42,10 @@ use crate::training_loop::step::{peer_step, NoSync, PeerStepOutput, StepInputs};
 
 #[cfg(feature = "collective")]
 mod collective;
+#[cfg(feature = "collective")]
+mod nodes;
+#[cfg(feature = "collective")]
+pub use nodes::run_orchestrator;
 
 /// The peers of a run: just peer 0 (the trainer's networks) on one device, or peer 0 plus the
 /// replicas with the `collective` feature.
@@ -58,10 +70,14 @@ impl<B: AutodiffBackend> Peers<B> {
 
     /// The peers `config.run.devices` asks for, the replicas loaded from `ckpt` (the checkpoint
     /// peer 0's networks come from).
+    /// On several nodes this is the join: it waits for the other nodes and refuses to train
+    /// unless they all have the same config, `dataset` and starting state.
     pub fn start(
         config: &TrainConfig,
         model: &ModelConfig,
         ckpt: &Path,
+        dataset: &DatasetFingerprint,
+        nets: &Nets<B>,
         device: &B::Device,
     ) -> Result<Self> {
         let count = peer_count(config);
@@ -70,7 +86,7 @@ impl<B: AutodiffBackend> Peers<B> {
         }
         #[cfg(feature = "collective")]
         {
-            let group = collective::PeerGroup::start(config, model, ckpt, device)?;
+            let group = collective::PeerGroup::start(config, model, ckpt, dataset, nets, device)?;
             Ok(Self {
                 group: Some(group),
                 ..Self::single()
@@ -79,7 +95,7 @@ impl<B: AutodiffBackend> Peers<B> {
         #[cfg(not(feature = "collective"))]
         {
             // Refuses several devices in this build (as `TrainConfig::validate` did).
-            let _ = (model, ckpt, device);
+            let _ = (model, ckpt, dataset, nets, device);
             check_batches(config)?;
             Ok(Self::single())
         }
@@ -115,14 +131,16 @@ impl<B: AutodiffBackend> Peers<B> {
         Ok(out)
     }
 
-    /// Reports the last step's per-peer timings (data-parallel runs only).
+    /// Reports the last step's per-peer timings of this node (data-parallel runs only), and
+    /// the peers of the whole run.
     pub fn report_timings(&self, stats: &mut TickStats) {
-        if self.last.len() <= 1 {
+        let total = self.total();
+        if total <= 1 || self.last.is_empty() {
             return;
         }
         let n = self.last.len() as f64;
         let slowest = self.last.iter().map(|o| o.0).fold(0.0, f64::max);
-        stats.report(key::PEERS, n);
+        stats.report(key::PEERS, total as f64);
         stats.report(
             key::PEER_STEP_S,
             self.last.iter().map(|o| o.0).sum::<f64>() / n,
@@ -132,6 +150,26 @@ impl<B: AutodiffBackend> Peers<B> {
             key::PEER_ALLREDUCE_S,
             self.last.iter().map(|o| o.1).sum::<f64>() / n,
         );
+    }
+
+    /// Peers of the whole run (every node's).
+    fn total(&self) -> usize {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &self.group {
+            return group.total();
+        }
+        1
+    }
+
+    /// Whether every node's tick end found its values healthy (`healthy` is this node's
+    /// verdict): a rollback on one node only would leave the nodes apart, so on several nodes
+    /// the verdicts are all-reduced and one unhealthy node rolls them all back.
+    pub fn all_healthy(&mut self, healthy: bool) -> Result<bool> {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &mut self.group {
+            return group.all_healthy(healthy);
+        }
+        Ok(healthy)
     }
 
     /// After peer 0 restored `ckpt` (a resume or a rollback): the replicas load it too.
@@ -154,9 +192,22 @@ impl<B: AutodiffBackend> Peers<B> {
     }
 }
 
-/// Peers a config asks for: the number of `run.devices` (at least 1).
+/// Peers of the whole run: this node's devices (`run.devices`, at least 1) times the nodes.
 pub(crate) fn peer_count(config: &TrainConfig) -> usize {
+    local_peer_count(config) * config.nodes.count.max(1)
+}
+
+/// Peers on this node: the number of `run.devices` (at least 1).
+pub(crate) fn local_peer_count(config: &TrainConfig) -> usize {
     config.run.devices.len().max(1)
+}
+
+/// `HOST:PORT` split at its last colon (`[v6]:port` keeps its brackets); `None` when there is
+/// no port or no host.
+pub(crate) fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty() && !host.contains("://")).then_some((host, port))
 }
 
 /// What a checkpoint records of the peers: their number when more than one.
@@ -188,11 +239,25 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
     if peers <= 1 {
         return Ok(());
     }
+    let what = if config.nodes.several() {
+        format!(
+            "{} nodes x {} device(s) (nodes.count, run.devices)",
+            config.nodes.count,
+            local_peer_count(config)
+        )
+    } else {
+        "devices (run.devices)".to_string()
+    };
+    let over = if config.nodes.several() {
+        format!("{peers} peers ({what})")
+    } else {
+        format!("{peers} {what}")
+    };
     if !cfg!(feature = "collective") {
         return Err(TrainError::Config {
             path: None,
             message: format!(
-                "run.devices asks for {peers} peers, but this pgan was built without \
+                "{what} ask for {peers} peers, but this pgan was built without \
                  data-parallel training: build it with `--features collective`"
             ),
         });
@@ -203,7 +268,7 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
         return Err(TrainError::Config {
             path: None,
             message: format!(
-                "optim.d_steps {} is not supported with several devices (run.devices) yet",
+                "optim.d_steps {} is not supported with several {what} yet",
                 config.optim.d_steps
             ),
         });
@@ -211,9 +276,7 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
     if config.loss.feature_matching > 0.0 {
         return Err(TrainError::Config {
             path: None,
-            message: "loss.feature_matching is not supported with several devices \
-                      (run.devices) yet"
-                .into(),
+            message: format!("loss.feature_matching is not supported with several {what} yet"),
         });
     }
     let mut resolution = config.schedule.start_resolution;
@@ -225,8 +288,8 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
                 path: None,
                 message: format!(
                     "the minibatch of {batch} at {resolution}x{resolution} does not divide over \
-                     {peers} devices (run.devices): the global minibatch is split evenly, so \
-                     make it a multiple of {peers}",
+                     {over}: the global minibatch is split evenly, so make it a multiple of \
+                     {peers}",
                     resolution = resolution / 2
                 ),
             });

@@ -44,7 +44,7 @@ pub fn parameter_values(ckpt: &Path) -> Vec<f32> {
     }
     let device = Default::default();
     let state = checkpoint::read_state(ckpt).unwrap();
-    let model: pgan_model::ModelConfig = serde_json::from_value(state.model).unwrap();
+    let model = checkpoint::model_config(&state, ckpt).unwrap();
     let mut c = Collect(Vec::new());
     for stem in [checkpoint::GENERATOR, checkpoint::GENERATOR_EMA] {
         let g = checkpoint::load_module(model.init_generator::<Flex>(&device), ckpt, stem, &device)

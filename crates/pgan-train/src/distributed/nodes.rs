@@ -1,0 +1,795 @@
+//! Several machines (nodes): each runs `pgan train` with its rank; burn-collective's global
+//! orchestrator (`pgan orchestrator`) introduces them, then every gradient all-reduce sums over
+//! all peers of all nodes (a local tree reduce, a ring between the nodes, over websockets).
+//!
+//! burn-collective 0.21 leaves three things to its user, which pgan adds here:
+//! - **Join timeout.** A node retries the orchestrator forever (burn-collective
+//!   `global/node/worker.rs`, `connect_with_retry(.., None, ..)`: no retry limit), and `register`
+//!   returns only once all nodes registered. pgan registers on helper threads and gives up after
+//!   `nodes.join_timeout_s`.
+//! - **Join check.** Global broadcast and reduce are `unimplemented!` (`global/node/base.rs`),
+//!   so node 0 cannot hand its config to the others. Instead every node all-reduces (sums) a
+//!   vector in which it fills only its own slot: the sum is every node's slot, an all-gather.
+//!   Each slot holds the node's config hash, dataset fingerprint, checkpoint state, device
+//!   count and address, and every node compares them all and refuses with the same message.
+//!   The values are integers below 2^16 with one contributor per slot, so the f32 sum is exact.
+//! - **Watchdog.** A global all-reduce has no timeout: a node whose peer died either panics
+//!   inside burn-collective's runtime (a websocket read of a reset connection; the local
+//!   server's channel then closes and `all_reduce` returns `LocalServerMissing`) or waits for
+//!   ever (`global/node/sync.rs` waits for a sync message that never comes). pgan runs each
+//!   all-reduce on a helper thread and waits at most `nodes.peer_timeout_s`; on an error or a
+//!   timeout it probes the other nodes' data ports over TCP to name the one that is gone (a dead
+//!   process's port refuses connections; a hung one still accepts).
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+
+use crate::checkpoint::{DatasetFingerprint, TrainState};
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+
+use super::split_host_port;
+
+/// This node's place among the nodes: where the orchestrator is and where this node serves
+/// its tensor slices.
+#[derive(Clone, Debug)]
+pub(super) struct NodeLink {
+    pub rank: usize,
+    pub count: usize,
+    pub orchestrator: String,
+    /// `host:port` of this node's burn-collective data service (used by the join), and the
+    /// port after it, of the gradient ring.
+    pub address: String,
+    pub port: u16,
+    pub ring_address: String,
+    pub ring_port: u16,
+    pub join_timeout: Duration,
+    pub peer_timeout: Duration,
+}
+
+impl NodeLink {
+    /// The link `config.nodes` describes; checks that this node's data port is free.
+    pub fn of(config: &TrainConfig) -> Result<Self> {
+        let n = &config.nodes;
+        let orchestrator = n
+            .orchestrator
+            .clone()
+            .expect("validated: several nodes have one");
+        let (orch_host, orch_port) = split_host_port(&orchestrator).expect("validated HOST:PORT");
+        let (host, port) = match &n.address {
+            Some(a) => {
+                let (h, p) = split_host_port(a).expect("validated HOST:PORT");
+                (h.to_string(), p)
+            }
+            None => {
+                let port = u16::try_from(orch_port as usize + 1 + 2 * n.rank)
+                    .ok()
+                    .filter(|p| *p < u16::MAX)
+                    .ok_or_else(|| node_error(n.rank, "the default ports (orchestrator's + 1 + 2·rank and the next) are beyond 65535: set nodes.address (--node-address HOST:PORT)".into()))?;
+                (local_ip_towards(orch_host, orch_port, n.rank)?, port)
+            }
+        };
+        let ring_port = port.checked_add(1).ok_or_else(|| {
+            node_error(
+                n.rank,
+                format!("nodes.address port {port} leaves no port after it for the gradient ring"),
+            )
+        })?;
+        // burn-collective (and burn-communication) bind 0.0.0.0:port inside their runtime and
+        // only log a failure there, after which the other nodes cannot reach this one: check
+        // first.
+        for p in [port, ring_port] {
+            std::net::TcpListener::bind(("0.0.0.0", p)).map_err(|e| {
+                node_error(
+                    n.rank,
+                    format!(
+                        "cannot listen on port {p} for the other nodes ({e}): a node uses the \
+                         port of --node-address HOST:PORT and the one after it; choose free ones"
+                    ),
+                )
+            })?;
+        }
+        Ok(Self {
+            rank: n.rank,
+            count: n.count,
+            orchestrator: format!("{orch_host}:{orch_port}"),
+            address: format!("{host}:{port}"),
+            port,
+            ring_address: format!("{host}:{ring_port}"),
+            ring_port,
+            join_timeout: Duration::from_secs_f64(n.join_timeout_s),
+            peer_timeout: Duration::from_secs_f64(n.peer_timeout_s),
+        })
+    }
+
+    /// `config` with this node's global parameters.
+    pub fn collective(&self, config: CollectiveConfig) -> CollectiveConfig {
+        config
+            .with_num_nodes(self.count as u32)
+            .with_global_address(ws(&self.orchestrator))
+            .with_node_address(ws(&self.address))
+            .with_data_service_port(self.port)
+    }
+
+    /// The error of a join that did not complete in time.
+    pub fn join_timed_out(&self) -> TrainError {
+        node_error(
+            self.rank,
+            format!(
+                "not all {} nodes joined the orchestrator at {} within {:.0} s \
+                 (nodes.join_timeout_s, --join-timeout): is `pgan orchestrator --port {}` \
+                 running there and reachable, and did every node start with --nodes {} and its \
+                 own --node-rank? An orchestrator that saw a run fail keeps the vanished nodes \
+                 registered: restart it before a new run",
+                self.count,
+                self.orchestrator,
+                self.join_timeout.as_secs_f64(),
+                split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+                self.count
+            ),
+        )
+    }
+}
+
+fn ws(host_port: &str) -> burn_communication::Address {
+    format!("ws://{host_port}")
+        .parse()
+        .expect("Address parsing never fails")
+}
+
+fn node_error(rank: usize, message: String) -> TrainError {
+    TrainError::Peer {
+        peer: format!("node {rank}"),
+        message,
+    }
+}
+
+/// The address this machine reaches `host:port` from (the interface its route uses): what the
+/// other nodes, which reach the same orchestrator, can reach this node at. A UDP `connect`
+/// sends nothing; it only picks the route.
+fn local_ip_towards(host: &str, port: u16, rank: usize) -> Result<String> {
+    let target = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            node_error(
+                rank,
+                format!("cannot resolve the orchestrator host '{host}'"),
+            )
+        })?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = std::net::UdpSocket::bind(bind)
+        .and_then(|s| s.connect(target).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| {
+            node_error(
+                rank,
+                format!(
+                    "cannot find this machine's address towards the orchestrator {host}:{port} \
+                     ({e}): set --node-address HOST:PORT"
+                ),
+            )
+        })?;
+    Ok(match socket.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    })
+}
+
+/// What every node must agree on before training, and what names it in messages.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct JoinInfo {
+    pub devices: u32,
+    pub config_hash: u32,
+    pub dataset_images: u32,
+    pub dataset_crc: u32,
+    /// Images shown at the checkpoint this node starts from.
+    pub images_shown: u64,
+    /// CRC-32 of what continues the run: the weights' values (G, D, G_ema), the step
+    /// counters, the host RNG and the sampler position. Adam's moments are not read: equal
+    /// weights at an equal step of the same config come from the same run. (The record files
+    /// cannot be compared as bytes: they hold burn's parameter ids, random per process.)
+    pub state_crc: u32,
+    pub address: String,
+}
+
+/// Values per node slot: present, devices, 3 CRCs and the image count (2 values each),
+/// images shown (4), address length and bytes.
+const MAX_ADDRESS: usize = 64;
+const SLOT: usize = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS;
+
+impl JoinInfo {
+    pub fn new(
+        config: &TrainConfig,
+        dataset: &DatasetFingerprint,
+        state: &TrainState,
+        weights: &[f32],
+        address: &str,
+    ) -> Self {
+        Self {
+            devices: super::local_peer_count(config) as u32,
+            config_hash: config_hash(config),
+            dataset_images: dataset.images as u32,
+            dataset_crc: crc32fast::hash(
+                serde_json::to_string(dataset)
+                    .expect("a fingerprint serialises")
+                    .as_bytes(),
+            ),
+            images_shown: state.images_shown,
+            state_crc: state_crc(state, weights),
+            address: address.to_string(),
+        }
+    }
+
+    /// The all-gather vector with this node's slot filled.
+    pub fn slot_vector(&self, rank: usize, nodes: usize) -> Vec<f32> {
+        let mut v = vec![0.0f32; SLOT * nodes];
+        let slot = &mut v[rank * SLOT..(rank + 1) * SLOT];
+        let mut at = 0;
+        let mut put = |x: u32| {
+            slot[at] = x as f32;
+            at += 1;
+        };
+        put(1);
+        put(self.devices);
+        for x in [
+            self.config_hash,
+            self.dataset_images,
+            self.dataset_crc,
+            self.state_crc,
+        ] {
+            put(x >> 16);
+            put(x & 0xffff);
+        }
+        for k in (0..4).rev() {
+            put(((self.images_shown >> (16 * k)) & 0xffff) as u32);
+        }
+        let bytes = &self.address.as_bytes()[..self.address.len().min(MAX_ADDRESS)];
+        put(bytes.len() as u32);
+        for &b in bytes {
+            put(b as u32);
+        }
+        v
+    }
+
+    /// Every node's info from the summed vector; `Err` names a rank claimed twice or by none.
+    pub fn from_gathered(v: &[f32], nodes: usize) -> std::result::Result<Vec<Self>, String> {
+        let mut out = Vec::with_capacity(nodes);
+        for rank in 0..nodes {
+            let slot = &v[rank * SLOT..(rank + 1) * SLOT];
+            let mut at = 0;
+            let mut get = || {
+                let x = slot[at] as u32;
+                at += 1;
+                x
+            };
+            let present = get();
+            if present != 1 {
+                return Err(if present == 0 {
+                    format!(
+                        "no node joined with --node-rank {rank} (another rank was given twice): \
+                         give each node its own rank 0..{nodes}"
+                    )
+                } else {
+                    format!(
+                        "{present} nodes joined with --node-rank {rank}: give each node its own \
+                         rank 0..{nodes}"
+                    )
+                });
+            }
+            let devices = get();
+            let mut pair = || (get() << 16) | get();
+            let (config_hash, dataset_images, dataset_crc, state_crc) =
+                (pair(), pair(), pair(), pair());
+            let mut images_shown = 0u64;
+            for _ in 0..4 {
+                images_shown = (images_shown << 16) | get() as u64;
+            }
+            let len = (get() as usize).min(MAX_ADDRESS);
+            let address: Vec<u8> = (0..len).map(|_| get() as u8).collect();
+            out.push(Self {
+                devices,
+                config_hash,
+                dataset_images,
+                dataset_crc,
+                images_shown,
+                state_crc,
+                address: String::from_utf8_lossy(&address).into_owned(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// What differs between the nodes, against node 0, one line per difference (empty: all agree).
+pub(super) fn join_differences(nodes: &[JoinInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    let first = &nodes[0];
+    for (rank, n) in nodes.iter().enumerate().skip(1) {
+        if n.config_hash != first.config_hash {
+            out.push(format!(
+                "node {rank}'s config (hash {:#010x}) differs from node 0's ({:#010x}): every \
+                 node must train with the same config (only paths, device indices and the \
+                 nodes.rank/address/timeouts may differ)",
+                n.config_hash, first.config_hash
+            ));
+        }
+        if (n.dataset_images, n.dataset_crc) != (first.dataset_images, first.dataset_crc) {
+            out.push(format!(
+                "node {rank}'s dataset ({} images, fingerprint {:#010x}) differs from node 0's \
+                 ({} images, fingerprint {:#010x}): every node needs an identical copy of the \
+                 .pgan file",
+                n.dataset_images, n.dataset_crc, first.dataset_images, first.dataset_crc
+            ));
+        }
+        if n.devices != first.devices {
+            out.push(format!(
+                "node {rank} trains on {} device(s), node 0 on {}: every node needs the same \
+                 number of --devices (the minibatch is split evenly over all peers)",
+                n.devices, first.devices
+            ));
+        }
+        if n.images_shown != first.images_shown {
+            out.push(format!(
+                "node {rank} starts from its checkpoint at {:.3} kimg, node 0 from {:.3} kimg: \
+                 resume every node from the same checkpoint (pass --resume RUN_DIR/checkpoints/\
+                 ckpt-... of one that every node has)",
+                n.images_shown as f64 / 1000.0,
+                first.images_shown as f64 / 1000.0
+            ));
+        } else if n.state_crc != first.state_crc {
+            out.push(format!(
+                "node {rank}'s starting state at {:.3} kimg (crc32 {:#010x} of its weights, \
+                 optimizer, RNG and sampler) differs from node 0's ({:#010x}): the nodes start \
+                 from different checkpoints, or this backend's weight initialisation is not \
+                 reproducible from the seed",
+                n.images_shown as f64 / 1000.0,
+                n.state_crc,
+                first.state_crc
+            ));
+        }
+    }
+    out
+}
+
+/// CRC-32 of the config with what may differ between nodes blanked: paths, device indices,
+/// this node's rank, addresses and timeouts. The pgan version is hashed in too.
+pub(super) fn config_hash(config: &TrainConfig) -> u32 {
+    let mut c = config.clone();
+    c.run.out_dir = Default::default();
+    c.run.desc = None;
+    c.run.device = 0;
+    c.run.devices = vec![0; c.run.devices.len()];
+    c.run.progress = true;
+    c.data.path = None;
+    c.nodes.rank = 0;
+    c.nodes.orchestrator = None;
+    c.nodes.address = None;
+    c.nodes.join_timeout_s = 0.0;
+    c.nodes.peer_timeout_s = 0.0;
+    let text = format!("pgan {}\n{}", env!("CARGO_PKG_VERSION"), c.to_toml());
+    crc32fast::hash(text.as_bytes())
+}
+
+/// CRC-32 of what continues a run from a checkpoint (see [`JoinInfo::state_crc`]), without
+/// what legitimately differs between nodes (training seconds, the evaluation memory).
+pub(super) fn state_crc(state: &TrainState, weights: &[f32]) -> u32 {
+    let key = serde_json::json!({
+        "images_shown": state.images_shown,
+        "tick": state.tick,
+        "step": state.step,
+        "phase_index": state.phase_index,
+        "rng": state.rng,
+        "sampler": state.sampler,
+        "lr_multiplier": state.lr_multiplier,
+        "cooldown_until": state.cooldown_until,
+    });
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key.to_string().as_bytes());
+    for w in weights {
+        hasher.update(&w.to_bits().to_le_bytes());
+    }
+    hasher.finalize()
+}
+
+/// Every weight of G, D and G_ema in visiting order, read in one go.
+pub(super) fn weight_values<B: burn::tensor::backend::AutodiffBackend>(
+    nets: &crate::nets::Nets<B>,
+) -> Vec<f32> {
+    use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+    struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let t = param.val();
+            let n = t.shape().num_elements();
+            self.0.push(t.reshape([n]));
+        }
+    }
+    let mut c = Collect::<B::InnerBackend>(Vec::new());
+    nets.g.valid().visit(&mut c);
+    nets.d.valid().visit(&mut c);
+    nets.g_ema.visit(&mut c);
+    if c.0.is_empty() {
+        return Vec::new();
+    }
+    crate::host_read::read_f32s(Tensor::cat(c.0, 0))
+}
+
+/// How long a node waits in an all-reduce, and who the other nodes are (to name a lost one).
+#[derive(Clone, Debug)]
+pub(super) struct Watch {
+    pub rank: usize,
+    pub timeout: Duration,
+    /// Every node's data address by rank (empty before the join check has gathered them).
+    pub addresses: Vec<String>,
+    pub orchestrator: String,
+}
+
+impl Watch {
+    /// The error after `what` failed (`cause`) or timed out (`cause` None): which nodes are
+    /// gone, from a TCP probe of their data ports.
+    pub fn lost(&self, what: &str, cause: Option<String>) -> TrainError {
+        let how = match cause {
+            None => format!(
+                "no answer within {:.0} s (nodes.peer_timeout_s, --peer-timeout)",
+                self.timeout.as_secs_f64()
+            ),
+            Some(e) => format!("failed ({e})"),
+        };
+        let mut gone = Vec::new();
+        let mut alive = Vec::new();
+        for (rank, address) in self.addresses.iter().enumerate() {
+            if rank == self.rank {
+                continue;
+            }
+            match probe(address) {
+                Ok(()) => alive.push(format!("node {rank} ({address})")),
+                Err(e) => gone.push(format!("node {rank} ({address}): {e}")),
+            }
+        }
+        let verdict = if !gone.is_empty() {
+            format!("lost {}", gone.join("; "))
+        } else if !alive.is_empty() {
+            format!(
+                "{} still accept(s) connections but did not take part: hung, or stopped by \
+                 Ctrl-C",
+                alive.join(", ")
+            )
+        } else {
+            format!(
+                "the other nodes (orchestrator {}) are unknown",
+                self.orchestrator
+            )
+        };
+        TrainError::Peer {
+            peer: format!("node {}", self.rank),
+            message: format!(
+                "{what}: {how}; {verdict}. This node stops; its last checkpoint stays valid: \
+                 restart `pgan orchestrator`, then resume every node with --resume"
+            ),
+        }
+    }
+}
+
+/// Whether something listens at `host:port`.
+fn probe(address: &str) -> std::result::Result<(), String> {
+    let addrs: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .collect();
+    let mut last = String::from("no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+/// `burn_collective::all_reduce` on a helper thread, waited for at most `watch.timeout`. A
+/// call that does not return in time is left blocked on its thread (burn-collective cannot
+/// cancel it); the node stops with an error, and the process's exit ends the thread.
+pub(super) fn all_reduce_watched<B: Backend>(
+    peer: PeerId,
+    tensor: Tensor<B, 1>,
+    op: ReduceOperation,
+    watch: &Watch,
+    what: &str,
+) -> Result<Tensor<B, 1>> {
+    let (tx, rx) = mpsc::channel();
+    let primitive = tensor.into_primitive().tensor();
+    std::thread::Builder::new()
+        .name(format!("pgan-allreduce-{}", peer.0))
+        .spawn(move || {
+            let _ = tx.send(burn_collective::all_reduce::<B>(peer, primitive, op));
+        })
+        .map_err(|e| watch.lost(what, Some(format!("cannot start a thread: {e}"))))?;
+    match rx.recv_timeout(watch.timeout) {
+        Ok(Ok(reduced)) => Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced))),
+        Ok(Err(e)) => Err(watch.lost(what, Some(format!("{e:?}")))),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(watch.lost(what, None)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(watch.lost(what, Some("the all-reduce thread panicked".into())))
+        }
+    }
+}
+
+/// burn-communication's websocket servers install a global tracing subscriber that prints
+/// every tensor transfer (INFO) on stdout unless one is installed already: install a silent
+/// one first (errors reach the user through pgan's own messages).
+pub(super) fn quiet_websocket_logs() {
+    let silent = tracing_core::Dispatch::new(tracing_core::subscriber::NoSubscriber::default());
+    let _ = tracing_core::dispatcher::set_global_default(silent);
+}
+
+/// The tokio runtime of the gradient ring (one per process).
+fn ring_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    })
+}
+
+/// The gradient all-reduce between nodes after the join: a ring over the nodes in rank order on
+/// burn-communication's websocket tensor data service (what burn-collective's own global ring
+/// uses underneath).
+///
+/// Why not burn-collective's global all-reduce: in 0.21 only the first one of a process
+/// completes. Every global strategy ends with `SyncService::sync` (`global/node/sync.rs`),
+/// which waits until its list of synced nodes equals the node list, then clears a *copy* of
+/// the list (`let mut syncing_peers = self.syncing_peers.lock().unwrap().to_vec(); ...
+/// syncing_peers.clear()`), so the shared list keeps the first sync's entries and no later
+/// sync can ever match: the second all-reduce waits for ever (measured: the join check's
+/// all-reduce passes, the first gradient all-reduce hangs). pgan therefore uses the
+/// orchestrator and one global all-reduce (the join check) to introduce the nodes and gather
+/// their ring addresses, unregisters from it, and reduces gradients over this ring.
+///
+/// Transfer ids count up identically on every node (every node runs the same all-reduces in
+/// the same order), so no sync step is needed: a download waits for the one tensor it names.
+/// Each slice is summed in ring order and then copied, so every node gets the same bits.
+pub(super) struct Ring {
+    rank: usize,
+    prev: burn_communication::Address,
+    count: usize,
+    /// Only `expose_data` and `download_tensor` are used, which do not touch the backend
+    /// type: the values travel as host data whatever the training's backend.
+    service: std::sync::Arc<
+        burn_communication::data_service::TensorDataService<
+            burn::backend::Flex,
+            burn_communication::websocket::WebSocket,
+        >,
+    >,
+    cancel: tokio_util::sync::CancellationToken,
+    next_op: std::sync::atomic::AtomicU64,
+    pub watch: Watch,
+}
+
+impl Ring {
+    /// Serves this node's slices on `port` (already checked free); `watch.addresses` are every
+    /// node's ring address by rank.
+    pub fn start(port: u16, watch: Watch, join_timeout: Duration) -> Result<Self> {
+        quiet_websocket_logs();
+        use burn_communication::data_service::{TensorDataServer, TensorDataService};
+        use burn_communication::ProtocolServer;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let service = std::sync::Arc::new(TensorDataService::new(cancel.clone()));
+        let server = burn_communication::websocket::WsServer::new(port)
+            .route_tensor_data_service(service.clone());
+        let stop = cancel.clone();
+        ring_runtime().spawn(async move {
+            let _ = server.serve(async move { stop.cancelled().await }).await;
+        });
+        // A download handler that checks for its tensor just before it is exposed misses the
+        // exposure's wake-up (`get_exposed_tensor_bytes` in burn-communication's
+        // data_service.rs creates its `notified()` future after releasing the lock), and two
+        // nodes missing each other's at once wait for ever. Waking the handlers every few
+        // milliseconds makes them look again.
+        let (notify, stop) = (service.new_tensor_notify.clone(), cancel.clone());
+        ring_runtime().spawn(async move {
+            while !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                notify.notify_waiters();
+            }
+        });
+        let count = watch.addresses.len();
+        let prev_address = watch.addresses[(watch.rank + count - 1) % count].clone();
+        // burn-communication panics when a download cannot connect: wait until the node
+        // before this one serves its ring (it may still be leaving the orchestrator).
+        let deadline = std::time::Instant::now() + join_timeout;
+        while probe(&prev_address).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(watch.lost("starting the gradient ring", None));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            rank: watch.rank,
+            prev: ws(&prev_address),
+            count,
+            service,
+            cancel,
+            next_op: std::sync::atomic::AtomicU64::new(0),
+            watch,
+        })
+    }
+
+    /// The sum of `values` over all nodes (`what` names the all-reduce in errors).
+    pub fn sum(&self, mut values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
+        let (n, nodes, rank) = (values.len(), self.count, self.rank);
+        let per = n.div_ceil(nodes).max(1);
+        values.resize(per * nodes, 0.0);
+        let mut slices: Vec<Vec<f32>> = values.chunks(per).map(<[f32]>::to_vec).collect();
+        let op = self
+            .next_op
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = op * 2 * nodes as u64;
+        let exchange = |send: Vec<f32>, id: u64| {
+            let service = self.service.clone();
+            let prev = self.prev.clone();
+            async move {
+                let len = send.len();
+                service
+                    .expose_data(burn::tensor::TensorData::new(send, [len]), 1, id.into())
+                    .await;
+                // A download from a node that is gone panics inside burn-communication (a
+                // closed stream): on its own task, the panic is an error here.
+                let got =
+                    tokio::spawn(async move { service.download_tensor(prev, id.into()).await })
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "the download from node {} failed: {e}",
+                                (rank + nodes - 1) % nodes
+                            )
+                        })?;
+                let got = got.ok_or_else(|| {
+                    format!("node {} closed the connection", (rank + nodes - 1) % nodes)
+                })?;
+                got.to_vec::<f32>()
+                    .ok()
+                    .filter(|v| v.len() == len)
+                    .ok_or_else(|| {
+                        format!(
+                            "node {} sent a slice of another size",
+                            (rank + nodes - 1) % nodes
+                        )
+                    })
+            }
+        };
+        let result = ring_runtime().block_on(async {
+            tokio::time::timeout(self.watch.timeout, async {
+                // Reduce-scatter: after it, this node holds the sum of slice rank+1.
+                for step in 0..nodes - 1 {
+                    let send = (rank + nodes - step) % nodes;
+                    let recv = (rank + 2 * nodes - step - 1) % nodes;
+                    let got = exchange(slices[send].clone(), base + step as u64).await?;
+                    for (mine, theirs) in slices[recv].iter_mut().zip(got) {
+                        *mine += theirs;
+                    }
+                }
+                // All-gather: the summed slices go round.
+                for step in 0..nodes - 1 {
+                    let send = (rank + 1 + nodes - step) % nodes;
+                    let recv = (rank + nodes - step) % nodes;
+                    let id = base + (nodes + step) as u64;
+                    slices[recv] = exchange(slices[send].clone(), id).await?;
+                }
+                // Until the next node has taken this node's last slice: a node that returned
+                // earlier could exit (at the run's end) before serving it.
+                while !self.service.exposed_tensors.lock().await.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok::<_, String>(())
+            })
+            .await
+        });
+        match result {
+            Err(_) => return Err(self.watch.lost(what, None)),
+            Ok(Err(e)) => return Err(self.watch.lost(what, Some(e))),
+            Ok(Ok(())) => {}
+        }
+        let mut out = slices.concat();
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Runs burn-collective's global orchestrator on `port` until Ctrl-C or SIGTERM.
+pub fn run_orchestrator(port: u16) -> Result<()> {
+    // burn-collective only logs a failed bind and returns: check it first for a clear error.
+    std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| TrainError::Peer {
+        peer: "orchestrator".into(),
+        message: format!("cannot listen on port {port}: {e}"),
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Peer {
+            peer: "orchestrator".into(),
+            message: format!("cannot start its runtime: {e}"),
+        })?;
+    runtime.block_on(burn_collective::start_global_orchestrator(port));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(config_hash: u32, images_shown: u64) -> JoinInfo {
+        JoinInfo {
+            devices: 2,
+            config_hash,
+            dataset_images: 70_000,
+            dataset_crc: 0xdead_beef,
+            images_shown,
+            state_crc: 0x1234_5678,
+            address: "10.0.0.7:7001".into(),
+        }
+    }
+
+    #[test]
+    fn the_summed_slot_vectors_give_back_every_node_exactly() {
+        let nodes = [info(0xffff_ffff, 12_000_000_123), info(7, 0)];
+        let sum: Vec<f32> = nodes[0]
+            .slot_vector(0, 2)
+            .iter()
+            .zip(nodes[1].slot_vector(1, 2))
+            .map(|(a, b)| a + b)
+            .collect();
+        assert_eq!(JoinInfo::from_gathered(&sum, 2).unwrap(), nodes);
+        let diffs = join_differences(&nodes);
+        assert!(
+            diffs.iter().any(|d| d.contains("node 1's config")),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs.iter().any(|d| d.contains("12000000.123 kimg")),
+            "{diffs:?}"
+        );
+        // A rank given twice leaves another rank empty.
+        let twice: Vec<f32> = nodes[0]
+            .slot_vector(0, 2)
+            .iter()
+            .zip(nodes[1].slot_vector(0, 2))
+            .map(|(a, b)| a + b)
+            .collect();
+        let err = JoinInfo::from_gathered(&twice, 2).unwrap_err();
+        assert!(err.contains("2 nodes joined with --node-rank 0"), "{err}");
+    }
+
+    #[test]
+    fn the_config_hash_ignores_what_may_differ_between_nodes_only() {
+        let base = TrainConfig::default();
+        let mut other = base.clone();
+        other.nodes.rank = 3;
+        other.run.out_dir = "/elsewhere".into();
+        other.run.devices = vec![2, 3];
+        let mut same_count = base.clone();
+        same_count.run.devices = vec![0, 1];
+        assert_eq!(config_hash(&other), config_hash(&same_count));
+        other.schedule.total_kimg += 1.0;
+        assert_ne!(config_hash(&other), config_hash(&same_count));
+    }
+}

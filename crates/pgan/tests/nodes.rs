@@ -1,0 +1,488 @@
+//! Training on several machines, played on 127.0.0.1: `pgan orchestrator` and two `pgan train`
+//! processes (`--nodes 2 --node-rank 0|1`), each with its own copy of the dataset and its own
+//! run directory. They train through a fade-in to identical weights; a node killed with
+//! SIGKILL makes the other stop within the watchdog's time naming it, and the run resumed from
+//! the nodes' common checkpoint ends where an uninterrupted run does; a node with no
+//! orchestrator gives up after its join timeout; nodes with different configs are refused.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn pgan() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgan"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A port nothing listens on now (the OS picks it; it is free again once the probe closes).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A port that is free with the one after it (a node listens on both).
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// 8 small images prepared at 8x8 as `dir/<name>.pgan` (each node gets its own copy).
+fn dataset(dir: &Path, name: &str) -> PathBuf {
+    let images = dir.join(format!("{name}-images"));
+    std::fs::create_dir_all(&images).unwrap();
+    for k in 0..8u32 {
+        let img = image::RgbImage::from_fn(8, 8, |x, y| {
+            image::Rgb([(k * 30 + x * 9) as u8, (y * 25) as u8, 90])
+        });
+        img.save(images.join(format!("{k}.png"))).unwrap();
+    }
+    let data = dir.join(format!("{name}.pgan"));
+    let out = pgan()
+        .args(["prepare", "--resolution", "8", "--quiet"])
+        .arg(&images)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    data
+}
+
+/// 4x4 stable, fade to 8x8, 8x8 stable: 16 images a phase, minibatch 4 (2 per node), a tick
+/// (and a checkpoint) every 8 images.
+const CONFIG: &str = r#"
+[run]
+seed = 5
+tick_kimg = 0.008
+checkpoint_ticks = 1
+keep_checkpoints = 50
+sample_rows = 1
+sample_cols = 2
+[data]
+mirror = true
+[model]
+preset = "cpu-small"
+resolution = 8
+latent_dim = 8
+fmap_base = 16
+fmap_max = 8
+[schedule]
+lod_training_kimg = 0.016
+lod_transition_kimg = 0.016
+total_kimg = 0.048
+minibatch_default = 4
+"#;
+
+struct Cluster {
+    dir: PathBuf,
+    orchestrator: Child,
+    port: u16,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let orchestrator = pgan()
+            .args(["orchestrator", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+            orchestrator,
+            port,
+        }
+    }
+
+    /// `pgan train` as node `rank` of 2, its dataset copy and run folder under `dir/node<rank>`.
+    fn node(&self, rank: usize, config: &Path, extra: &[&str]) -> Command {
+        let mut cmd = pgan();
+        cmd.args(["train", "--no-progress", "--nodes", "2"])
+            .args(["--node-rank", &rank.to_string()])
+            .args(["--orchestrator", &format!("127.0.0.1:{}", self.port)])
+            .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
+            .args(["--join-timeout", "60", "--peer-timeout", "20"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !extra.contains(&"--resume") {
+            let data = self.dir.join(format!("node{rank}.pgan"));
+            cmd.arg("--config")
+                .arg(config)
+                .arg("--data")
+                .arg(&data)
+                .arg("--out-dir")
+                .arg(self.dir.join(format!("runs{rank}")));
+        }
+        cmd
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.orchestrator.kill();
+        let _ = self.orchestrator.wait();
+    }
+}
+
+/// The one run folder under `runs`.
+fn run_dir(runs: &Path) -> PathBuf {
+    std::fs::read_dir(runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// A started `pgan` process whose output is read as it comes (a full pipe would block it).
+struct Running {
+    child: Child,
+    out: std::thread::JoinHandle<Vec<u8>>,
+    err: std::thread::JoinHandle<Vec<u8>>,
+}
+
+fn start(mut cmd: Command) -> Running {
+    let mut child = cmd.spawn().unwrap();
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    Running { child, out, err }
+}
+
+/// Waits for a process for at most `limit`; kills it and fails if it runs longer.
+fn finish(mut run: Running, limit: Duration, what: &str) -> (Output, Duration) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = run.child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            let out = String::from_utf8_lossy(&run.out.join().unwrap()).into_owned();
+            let err = String::from_utf8_lossy(&run.err.join().unwrap()).into_owned();
+            panic!("{what} still running after {limit:?}:\n{out}{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let output = Output {
+        status,
+        stdout: run.out.join().unwrap(),
+        stderr: run.err.join().unwrap(),
+    };
+    (output, took)
+}
+
+/// The checkpoint folders of a run, oldest first.
+fn checkpoints(run: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    all.retain(|p| p.join("state.json").exists());
+    all.sort();
+    all
+}
+
+/// G's, D's and G_ema's weights in a checkpoint, as `pgan export` writes them: each file's
+/// tensor table and data bytes, without its metadata map (whose order varies). The record
+/// files themselves hold burn's parameter ids, which are random per process.
+fn weights(ckpt: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
+    ["g", "d", "g-ema"]
+        .iter()
+        .map(|net| {
+            let out = ckpt.with_extension(format!("{net}.safetensors"));
+            let done = pgan()
+                .arg("export")
+                .arg(ckpt)
+                .arg("--out")
+                .arg(&out)
+                .args(["--net", net])
+                .output()
+                .unwrap();
+            assert!(done.status.success(), "{}", text(&done));
+            let bytes = std::fs::read(&out).unwrap();
+            let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let mut table: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+            table.as_object_mut().unwrap().remove("__metadata__");
+            (table, bytes[8 + len..].to_vec())
+        })
+        .collect()
+}
+
+fn setup(dir: &Path) -> PathBuf {
+    dataset(dir, "node0");
+    dataset(dir, "node1");
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    config
+}
+
+/// Two nodes train through the fade-in and end with byte-identical checkpoints (weights and
+/// Adam moments), equal to each other's at every tick.
+#[test]
+fn two_nodes_train_through_a_fade_in_to_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    let a = start(cluster.node(0, &config, &[]));
+    let b = start(cluster.node(1, &config, &[]));
+    let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
+    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+    assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
+    assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
+
+    let (run0, run1) = (
+        run_dir(&dir.path().join("runs0")),
+        run_dir(&dir.path().join("runs1")),
+    );
+    let log = std::fs::read_to_string(run0.join("log.txt")).unwrap();
+    assert!(log.contains("node 0 of 2 joined"), "{log}");
+    let (c0, c1) = (checkpoints(&run0), checkpoints(&run1));
+    // kimg 0 and six ticks of 8 images (two through the fade, kimg 0.016-0.032).
+    assert_eq!(c0.len(), 7, "{c0:?}");
+    assert_eq!(c0.len(), c1.len());
+    for (x, y) in c0.iter().zip(&c1) {
+        assert_eq!(x.file_name(), y.file_name());
+    }
+    // Mid-fade (kimg 0.024) and at the end.
+    for k in [3, 6] {
+        assert!(
+            weights(&c0[k]) == weights(&c1[k]),
+            "{} and {} differ",
+            c0[k].display(),
+            c1[k].display()
+        );
+    }
+    // Training changed the weights, and the metrics count both nodes' peers.
+    assert!(weights(&c0[0]) != weights(&c0[6]));
+    let metrics = std::fs::read_to_string(run0.join("metrics.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(row["Peers/count"], 2.0);
+    assert_eq!(row["kimg"], 0.048);
+}
+
+/// Node 1 is killed (SIGKILL) mid-run: node 0 stops with an error naming node 1 within the
+/// peer timeout. Both resume from their latest common checkpoint on a fresh orchestrator and
+/// end byte-identical to an uninterrupted two-node run.
+#[test]
+fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    // A longer run, so that the kill lands inside it: 48 ticks.
+    let long = dir.path().join("long.toml");
+    std::fs::write(
+        &long,
+        CONFIG.replace("total_kimg = 0.048", "total_kimg = 0.384"),
+    )
+    .unwrap();
+
+    let interrupted_at;
+    {
+        let cluster = Cluster::start(dir.path());
+        let a = start(cluster.node(0, &long, &[]));
+        let mut b = start(cluster.node(1, &long, &[]));
+        // Kill node 1 once it has written its third checkpoint.
+        let runs1 = dir.path().join("runs1");
+        let started = Instant::now();
+        loop {
+            let enough = std::fs::read_dir(&runs1)
+                .ok()
+                .and_then(|mut d| d.next())
+                .map(|run| checkpoints(&run.unwrap().path()).len() >= 3)
+                .unwrap_or(false);
+            if enough {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "node 1 wrote no checkpoints"
+            );
+            assert!(b.child.try_wait().unwrap().is_none(), "node 1 ended early");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        b.child.kill().unwrap();
+        let killed = Instant::now();
+        let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
+        let (out_a, _) = finish(a, Duration::from_secs(90), "node 0 after node 1 was killed");
+        let detected = killed.elapsed();
+        let said = text(&out_a);
+        assert_eq!(out_a.status.code(), Some(2), "node 0:\n{said}");
+        assert!(said.contains("lost node 1 (127.0.0.1:"), "node 0:\n{said}");
+        assert!(detected < Duration::from_secs(60), "took {detected:?}");
+        interrupted_at = checkpoints(&run_dir(&runs1)).len();
+        assert!(
+            !text(&out_b).contains("finished at"),
+            "node 1 finished before the kill"
+        );
+    }
+    let (run0, run1) = (
+        run_dir(&dir.path().join("runs0")),
+        run_dir(&dir.path().join("runs1")),
+    );
+    // The latest checkpoint both nodes have (one may have written one more before it stopped).
+    let names1: Vec<_> = checkpoints(&run1)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    let common = checkpoints(&run0)
+        .into_iter()
+        .filter(|p| names1.contains(&p.file_name().unwrap().to_owned()))
+        .last()
+        .unwrap();
+    let name = common.file_name().unwrap().to_owned();
+    assert!(interrupted_at >= 3 && names1.len() < 49, "{names1:?}");
+
+    // Resume both on a fresh orchestrator (the old one is gone with its cluster).
+    {
+        let cluster = Cluster::start(dir.path());
+        let resume = |rank: usize, run: &Path| {
+            let ckpt = run.join("checkpoints").join(&name);
+            let ckpt = ckpt.to_str().unwrap().to_string();
+            start(cluster.node(rank, &long, &["--resume", &ckpt]))
+        };
+        let (a, b) = (resume(0, &run0), resume(1, &run1));
+        let (out_a, _) = finish(a, Duration::from_secs(180), "resumed node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(180), "resumed node 1");
+        assert!(
+            out_a.status.success() && out_b.status.success(),
+            "node 0:\n{}\nnode 1:\n{}",
+            text(&out_a),
+            text(&out_b)
+        );
+    }
+
+    // The same run, uninterrupted, in another folder.
+    let straight = dir.path().join("straight");
+    std::fs::create_dir_all(&straight).unwrap();
+    dataset(&straight, "node0");
+    dataset(&straight, "node1");
+    {
+        let cluster = Cluster::start(&straight);
+        let a = start(cluster.node(0, &long, &[]));
+        let b = start(cluster.node(1, &long, &[]));
+        let (out_a, _) = finish(a, Duration::from_secs(180), "straight node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(180), "straight node 1");
+        assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
+        assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
+    }
+    let last = |run: &Path| checkpoints(run).last().unwrap().clone();
+    let reference = last(&run_dir(&straight.join("runs0")));
+    for run in [&run0, &run1] {
+        let resumed = last(run);
+        assert_eq!(resumed.file_name(), reference.file_name());
+        assert!(
+            weights(&resumed) == weights(&reference),
+            "{} differs from the uninterrupted run",
+            resumed.display()
+        );
+    }
+}
+
+/// `--nodes 2` with nothing listening at the orchestrator's address: a clear error once the
+/// join timeout has passed, exit 2.
+#[test]
+fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let port = free_port();
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
+        .args(["--orchestrator", &format!("127.0.0.1:{port}")])
+        .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
+        .args(["--join-timeout", "3"])
+        .arg("--config")
+        .arg(dir.path().join("tiny.toml"))
+        .arg("--data")
+        .arg(dir.path().join("node0.pgan"))
+        .arg("--out-dir")
+        .arg(dir.path().join("runs0"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (out, took) = finish(
+        start(cmd),
+        Duration::from_secs(60),
+        "a node with no orchestrator",
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("not all 2 nodes joined the orchestrator at 127.0.0.1:")
+            && said.contains("within 3 s"),
+        "{said}"
+    );
+    assert!(took >= Duration::from_secs(3), "gave up after {took:?}");
+}
+
+/// Nodes whose configs differ (another learning rate) are refused at the join, on both nodes,
+/// naming the config; so are nodes with different datasets.
+#[test]
+fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    let a = start(cluster.node(0, &config, &[]));
+    let b = start(cluster.node(1, &config, &["--lr", "0.002"]));
+    for (rank, child) in [(0, a), (1, b)] {
+        let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
+        assert!(
+            said.contains("join check refused the run: node 1's config (hash"),
+            "node {rank}:\n{said}"
+        );
+    }
+
+    // Node 1's copy of the dataset holds other images.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let images = other.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for k in 0..8u32 {
+        image::RgbImage::from_fn(8, 8, |x, _| image::Rgb([(k * 7 + x) as u8, 3, 200]))
+            .save(images.join(format!("{k}.png")))
+            .unwrap();
+    }
+    let out = pgan()
+        .args(["prepare", "--resolution", "8", "--quiet"])
+        .arg(&images)
+        .arg(dir.path().join("node1.pgan"))
+        .arg("--force")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let cluster = Cluster::start(dir.path());
+    let a = start(cluster.node(0, &config, &[]));
+    let b = start(cluster.node(1, &config, &[]));
+    for (rank, child) in [(0, a), (1, b)] {
+        let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
+        assert!(
+            said.contains("node 1's dataset (8 images, fingerprint"),
+            "node {rank}:\n{said}"
+        );
+    }
+}
