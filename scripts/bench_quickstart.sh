@@ -24,11 +24,12 @@ fid=()
 if [ "${PGAN_FID:-0}" = 1 ]; then fid=(--fid); fi
 "$pgan" eval "$run" --num 1024 --pairs 256 --json "$run/eval-bench.json" "${fid[@]}" > /dev/null
 python3 - "$run/eval-bench.json" "$start" "$end" "$train_s" "$(nproc)" <<'PY' | tee -a docs/bench/quickstart.jsonl
-import json, sys, datetime, platform
+import json, sys, datetime
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 e = json.load(open(sys.argv[1]))
 print(json.dumps({
     "bench": "quickstart", "date": datetime.date.today().isoformat(),
-    "cpus": int(sys.argv[5]), "cpu": platform.processor() or platform.machine(),
+    "cpus": int(sys.argv[5]), "cpu": cpu,
     "config": "configs/quickstart.toml", "kimg": e["kimg"], "resolution": e["resolution"],
     "wall_s_total": round(float(sys.argv[3]) - float(sys.argv[2]), 1),
     "train_s": None if sys.argv[4] == "null" else round(float(sys.argv[4]), 1),
