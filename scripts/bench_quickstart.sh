@@ -12,10 +12,11 @@ cd "$(dirname "$0")/.."
 
 cargo build -q -p pgan
 pgan="${CARGO_TARGET_DIR:-target}/debug/pgan"
-rm -rf runs/quickstart
+mkdir -p runs
 start=$(date +%s.%N)
 bash scripts/quickstart.sh --no-progress > runs/quickstart.log 2>&1
 end=$(date +%s.%N)
+# quickstart.sh makes a new numbered run folder next to earlier ones: the newest is this one.
 run=$(ls -d runs/quickstart/*/ | sort | tail -n 1)
 # Training alone, from the run's own metrics (wall seconds at the last tick).
 train_s=$(python3 -c 'import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; print(rows[-1]["time_s"])' "$run/metrics.jsonl")
