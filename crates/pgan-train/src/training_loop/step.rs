@@ -13,6 +13,8 @@ use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 
 use super::Trainer;
+use pgan_data::Batch;
+
 use crate::config::LossConfig;
 use crate::ema::update_generator_ema;
 use crate::error::Result;
@@ -45,10 +47,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
-        let batch = self
-            .state
+        let mut batch = std::mem::take(&mut self.reals_buffer);
+        self.state
             .sampler
-            .next_batch(&self.reader, phase.resolution, n, fade)?;
+            .next_batch_into(&self.reader, phase.resolution, n, fade, &mut batch)?;
         let dim = self.model.latent_dim;
         let image_len: usize = batch.shape.iter().product();
         // Drawn in the order the single-device step always drew them.
@@ -78,6 +80,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         let out = self
             .peers
             .step(&mut self.nets, &inputs, &self.config.loss, &self.device)?;
+        self.reals_buffer = Batch {
+            data: inputs.reals,
+            shape: inputs.reals_shape,
+        };
 
         // TTUR's extra D updates' finiteness flags join the D gradient norm (0 or NaN).
         let mut d_grad_norm = out.d_grad_norm;
