@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """Aggregates scripts/bench_remedies.sh's runs: per variant and seed the eval figures and the
 alarms found in the run's log; per variant mean ± sd over seeds. Writes one JSON file, prints
-one JSON line per run and the Markdown table of docs/BENCHMARKS.md."""
+one JSON line per run and the Markdown table of docs/BENCHMARKS.md.
+
+Each run is also classed by its outcome, from the final evaluation's mode count (the mode
+classifier is independent of the alarms, which watch SWD and MS-SSIM during training):
+collapsed below half the modes, healthy from three quarters up, partial between. The
+alarm-vs-outcome table says whether the alarms fired on the runs that failed and stayed silent
+on those that did not."""
 
 import argparse
 import json
@@ -17,6 +23,25 @@ ALARMS = {
     "vanishing-gradient": re.compile(r"alarm: generator gradient norm"),
     "divergence": re.compile(r"alarm: D\(real\) - D\(fake\)"),
 }
+
+
+TICK = re.compile(r"INFO tick\s+\d+\s+kimg\s+([0-9.]+)")
+
+
+def alarm_kimg(log):
+    """{alarm: [kimg, ...]}: an alarm line is logged just before the line of the tick whose
+    end raised it, so it is dated by the next tick line's kimg."""
+    fired, pending = {}, []
+    for line in log.splitlines():
+        for name, pattern in ALARMS.items():
+            if pattern.search(line):
+                pending.append(name)
+        tick = TICK.search(line)
+        if tick and pending:
+            for name in pending:
+                fired.setdefault(name, []).append(float(tick.group(1)))
+            pending = []
+    return fired
 
 
 def run_result(folder):
@@ -38,7 +63,19 @@ def run_result(folder):
         "train_seconds": round(end - start, 1),
         "alarms": sorted(name for name, pattern in ALARMS.items() if pattern.search(log)),
         "alarm_lines": [l for l in log.splitlines() if "alarm:" in l],
+        "alarm_kimg": alarm_kimg(log),
     }
+
+
+def outcome(run):
+    covered, modes = run["modes_covered"], run["modes"]
+    if covered is None or not modes:
+        return "unknown"
+    if covered < modes / 2:
+        return "collapsed"
+    if covered >= 0.75 * modes:
+        return "healthy"
+    return "partial"
 
 
 def stats(values):
@@ -77,9 +114,16 @@ def main():
             folder = os.path.join(args.work, entry)
             run = {"seed": int(m.group(1)), **run_result(folder)}
             run["flags"] = open(os.path.join(folder, "flags")).read().strip()
+            run["outcome"] = outcome(run)
+            # Still firing at the run's final evaluation: a collapse that has not recovered, not
+            # a transient one early in a stage.
+            run["alarms_at_end"] = sorted(
+                a for a, ks in run["alarm_kimg"].items() if any(k >= run["kimg"] - 1e-6 for k in ks)
+            )
             print(json.dumps({"bench": "remedies", "variant": name, **run}))
             runs.append(run)
         fired = sorted({a for r in runs for a in r["alarms"]})
+        late = sorted({a for r in runs for a in r["alarms_at_end"]})
         variants.append({
             "variant": name,
             "role": role,
@@ -91,8 +135,21 @@ def main():
             "msssim_fake": stats([r["msssim_fake"] for r in runs]),
             "train_seconds": stats([r["train_seconds"] for r in runs]),
             "alarms_fired": {a: sum(a in r["alarms"] for r in runs) for a in fired},
+            "alarms_fired_at_end": {a: sum(a in r["alarms_at_end"] for r in runs) for a in late},
             "runs": runs,
         })
+    all_runs = [r for v in variants for r in v["runs"]]
+    alarm_vs_outcome = {}
+    for kind in ("collapsed", "partial", "healthy", "unknown"):
+        runs = [r for r in all_runs if r["outcome"] == kind]
+        if runs:
+            alarm_vs_outcome[kind] = {
+                "runs": len(runs),
+                "any_alarm": sum(bool(r["alarms"]) for r in runs),
+                "any_alarm_at_end": sum(bool(r["alarms_at_end"]) for r in runs),
+                **{a: sum(a in r["alarms"] for r in runs) for a in ALARMS},
+                **{a + "_at_end": sum(a in r["alarms_at_end"] for r in runs) for a in ALARMS},
+            }
     result = {
         "bench": "remedies",
         "date": date.today().isoformat(),
@@ -102,6 +159,8 @@ def main():
         "kimg": args.kimg,
         "parallel_runs": args.jobs,
         "wall_seconds": args.wall_seconds,
+        "outcome_rule": "collapsed: modes covered < K/2; healthy: >= 3K/4; partial: between",
+        "alarm_vs_outcome": alarm_vs_outcome,
         "variants": variants,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -111,15 +170,26 @@ def main():
         f.write("\n")
     os.replace(tmp, args.out)
 
-    print("| setup | role | modes covered (of %d) | KL to uniform | SWD ×1e3 | MS-SSIM gen | train s | alarms fired (runs) |" % args.modes, file=sys.stderr)
+    print("| setup | role | modes covered (of %d) | KL to uniform | SWD ×1e3 | MS-SSIM gen | train s | alarms fired, runs (still at the final evaluation) |" % args.modes, file=sys.stderr)
     print("|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for v in variants:
-        alarms = ", ".join(f"{a} {n}/{len(v['runs'])}" for a, n in v["alarms_fired"].items()) or "none"
+        alarms = ", ".join(
+            f"{a} {n}/{len(v['runs'])} ({v['alarms_fired_at_end'].get(a, 0)})"
+            for a, n in v["alarms_fired"].items()
+        ) or "none"
         print(
             f"| {v['variant']} | {v['role']} | {fmt(v['modes_covered'], 1)} | {fmt(v['kl_to_uniform'], 2)} "
             f"| {fmt(v['swd_x1e3'], 0)} | {fmt(v['msssim_fake'], 3)} | {fmt(v['train_seconds'], 0)} | {alarms} |",
             file=sys.stderr,
         )
+    print(file=sys.stderr)
+    print("| outcome (final mode count) | runs | any alarm (still at the final evaluation) | "
+          + " | ".join(ALARMS) + " |", file=sys.stderr)
+    print("|---|---|---|" + "---|" * len(ALARMS), file=sys.stderr)
+    for kind, row in alarm_vs_outcome.items():
+        cells = " | ".join(f"{row[a]} ({row[a + '_at_end']})" for a in ALARMS)
+        print(f"| {kind} | {row['runs']} | {row['any_alarm']} ({row['any_alarm_at_end']}) | {cells} |",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
