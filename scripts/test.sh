@@ -24,6 +24,13 @@ else
   # A wgpu test that finds no device fails instead of passing with a note.
   export PGAN_REQUIRE_WGPU=1
 fi
+# Formatting first (seconds): rustfmt's defaults, no config file.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "note: rustfmt is not installed, formatting not checked (rustup component add rustfmt)" >&2
+fi
+
 # Kernel autotuning on a software rasteriser takes minutes per shape: keep it minimal.
 export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 

@@ -652,10 +652,21 @@ fn bf16_on_a_backend_without_it_is_refused_with_the_flag_to_fix_it() {
                 && !err.contains("panicked"),
             "{err}"
         );
-        assert!(!runs.exists() || first_run_absent(&runs), "a run folder was made");
+        assert!(
+            !runs.exists() || first_run_absent(&runs),
+            "a run folder was made"
+        );
     }
-    let err = run_err(&mut train_cmd(&config, &data, &runs, &["--precision", "fp8"]));
-    assert!(err.contains("--precision") && err.contains("f32 or bf16"), "{err}");
+    let err = run_err(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--precision", "fp8"],
+    ));
+    assert!(
+        err.contains("--precision") && err.contains("f32 or bf16"),
+        "{err}"
+    );
 }
 
 fn first_run_absent(runs: &Path) -> bool {

@@ -43,8 +43,14 @@ const ALGORITHMS: [(GemmAlgorithm, &str); 9] = [
     (GemmAlgorithm::SimpleAsyncCyclic, "simple_async_cyclic"),
     (GemmAlgorithm::SimpleAsyncStrided, "simple_async_strided"),
     (GemmAlgorithm::SimpleAsyncTma, "simple_async_tma"),
-    (GemmAlgorithm::SpecializedAsyncCyclic, "specialized_async_cyclic"),
-    (GemmAlgorithm::SpecializedAsyncStrided, "specialized_async_strided"),
+    (
+        GemmAlgorithm::SpecializedAsyncCyclic,
+        "specialized_async_cyclic",
+    ),
+    (
+        GemmAlgorithm::SpecializedAsyncStrided,
+        "specialized_async_strided",
+    ),
     (GemmAlgorithm::SpecializedTma, "specialized_tma"),
 ];
 

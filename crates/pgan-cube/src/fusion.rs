@@ -15,7 +15,8 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorI
 use crate::autodiff::GemmConvBackend;
 use crate::kernels::Gemm;
 
-type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+type Handles<B> =
+    HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
 /// Which pass a custom operation runs, with its non-tensor arguments.
 #[derive(Debug, Clone, Copy)]

@@ -228,7 +228,10 @@ fn scaled_copy<R: CubeRuntime>(
     permuted: CubeTensor<R>,
     scale: f32,
 ) -> CubeTensor<R> {
-    debug_assert!(!t.can_mut(), "a second reference must keep the multiply out of place");
+    debug_assert!(
+        !t.can_mut(),
+        "a second reference must keep the multiply out of place"
+    );
     let dtype = permuted.dtype;
     mul_scalar(permuted, InputScalar::new(scale, dtype))
 }

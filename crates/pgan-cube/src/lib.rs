@@ -81,7 +81,9 @@ pub mod testing {
                 panic!("PGAN_REQUIRE_WGPU is set but no wgpu adapter could be created")
             }
             Err(_) => {
-                eprintln!("note: no wgpu adapter, skipping (set PGAN_REQUIRE_WGPU to fail instead)");
+                eprintln!(
+                    "note: no wgpu adapter, skipping (set PGAN_REQUIRE_WGPU to fail instead)"
+                );
                 None
             }
         }

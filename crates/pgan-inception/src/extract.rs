@@ -115,14 +115,18 @@ impl<B: Backend> FeatureExtractor<B> {
             let along = |src: usize| {
                 // The [dst, src] matrix, transposed to [src, dst] for a right product.
                 let m = resize_weights(src, s);
-                Tensor::<B, 2>::from_data(TensorData::new(m, [s, src]), &self.device)
-                    .transpose()
+                Tensor::<B, 2>::from_data(TensorData::new(m, [s, src]), &self.device).transpose()
             };
             // Rows: [n·3·h, w] · Rxᵀ → [n·3, h, 299]; columns: the same on the transpose.
             let x = x.reshape([n * 3 * h, w]).matmul(along(w));
-            let x = x.reshape([n * 3, h, s]).swap_dims(1, 2).reshape([n * 3 * s, h]);
+            let x = x
+                .reshape([n * 3, h, s])
+                .swap_dims(1, 2)
+                .reshape([n * 3 * s, h]);
             let x = x.matmul(along(h));
-            x.reshape([n * 3, s, s]).swap_dims(1, 2).reshape([n, 3, s, s])
+            x.reshape([n * 3, s, s])
+                .swap_dims(1, 2)
+                .reshape([n, 3, s, s])
         };
         Ok(x.sub_scalar(128.0).div_scalar(128.0))
     }
@@ -179,7 +183,10 @@ mod tests {
             }
             let want = want / 128.0 - 1.0;
             let g = got[ch * 299 * 299 + y * 299 + xx] as f64;
-            assert!((g - want).abs() < 1e-5, "ch {ch} ({y}, {xx}): {g} vs {want}");
+            assert!(
+                (g - want).abs() < 1e-5,
+                "ch {ch} ({y}, {xx}): {g} vs {want}"
+            );
         }
         // The corner is the source pixel itself: 0 → -1.
         assert_eq!(got[0], -1.0);
@@ -219,7 +226,10 @@ mod tests {
             })
             .unwrap_err()
             .to_string();
-        assert!(err.contains("10 bytes") && err.contains("expected 12"), "{err}");
+        assert!(
+            err.contains("10 bytes") && err.contains("expected 12"),
+            "{err}"
+        );
         let err = e
             .preprocess(Images8 {
                 pixels: &[0; 8],

@@ -75,9 +75,16 @@ mod tests {
                 let row = &m[j * src..(j + 1) * src];
                 let sum: f32 = row.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-6, "row {j} sums to {sum}");
-                let coord: f64 = row.iter().enumerate().map(|(i, w)| i as f64 * *w as f64).sum();
+                let coord: f64 = row
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| i as f64 * *w as f64)
+                    .sum();
                 let want = (j as f64 * src as f64 / 299.0).min((src - 1) as f64);
-                assert!((coord - want).abs() < 1e-4, "src {src} row {j}: {coord} vs {want}");
+                assert!(
+                    (coord - want).abs() < 1e-4,
+                    "src {src} row {j}: {coord} vs {want}"
+                );
             }
         }
     }

@@ -198,7 +198,10 @@ mod tests {
         let not_zip = dir.path().join("text.pt");
         std::fs::write(&not_zip, b"hello").unwrap();
         let err = read_torchscript_tensors(&not_zip).unwrap_err().to_string();
-        assert!(err.contains("text.pt") && err.contains("not a zip"), "{err}");
+        assert!(
+            err.contains("text.pt") && err.contains("not a zip"),
+            "{err}"
+        );
 
         // Flip bytes inside the stored data of one tensor: the zip CRC check fails.
         let bytes = std::fs::read(TINY).unwrap();

@@ -33,7 +33,9 @@ pub fn resolve_weights_path(explicit: Option<&Path>) -> PathBuf {
     if let Some(path) = std::env::var_os(WEIGHTS_ENV).filter(|v| !v.is_empty()) {
         return PathBuf::from(path);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache").join("pgan").join(WEIGHTS_FILE_NAME)
 }
 
@@ -250,10 +252,7 @@ impl InceptionWeights {
                 }
                 Ok(tensor.values)
             };
-            let weight = take(
-                "weight",
-                vec![spec.out_channels, spec.in_channels, kh, kw],
-            )?;
+            let weight = take("weight", vec![spec.out_channels, spec.in_channels, kh, kw])?;
             let beta = take("beta", vec![spec.out_channels])?;
             let mean = take("mean", vec![spec.out_channels])?;
             let var = take("var", vec![spec.out_channels])?;
@@ -348,7 +347,10 @@ impl InceptionWeights {
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
             if view.dtype() != Dtype::F32 {
-                return Err(corrupt(format!("tensor {name} is {:?}, not F32", view.dtype())));
+                return Err(corrupt(format!(
+                    "tensor {name} is {:?}, not F32",
+                    view.dtype()
+                )));
             }
             let values = view
                 .data()
@@ -454,7 +456,12 @@ mod tests {
         assert_eq!(loaded.checksum, weights.checksum);
         assert_ne!(loaded.checksum, synthetic_weights(2).checksum);
         for spec in &CONV_LAYERS {
-            assert_eq!(loaded.layer(spec.name), weights.layer(spec.name), "{}", spec.name);
+            assert_eq!(
+                loaded.layer(spec.name),
+                weights.layer(spec.name),
+                "{}",
+                spec.name
+            );
         }
     }
 
@@ -471,7 +478,10 @@ mod tests {
         let garbage = dir.path().join("garbage.safetensors");
         std::fs::write(&garbage, b"\x08\0\0\0\0\0\0\0{}junk").unwrap();
         let err = InceptionWeights::load(&garbage).unwrap_err().to_string();
-        assert!(err.contains("corrupt") && err.contains("garbage.safetensors"), "{err}");
+        assert!(
+            err.contains("corrupt") && err.contains("garbage.safetensors"),
+            "{err}"
+        );
 
         // A valid safetensors file holding something else.
         let other = dir.path().join("other.safetensors");
@@ -488,7 +498,10 @@ mod tests {
         let cut = dir.path().join("cut.safetensors");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
         let err = InceptionWeights::load(&cut).unwrap_err().to_string();
-        assert!(err.contains("corrupt") && err.contains("cut.safetensors"), "{err}");
+        assert!(
+            err.contains("corrupt") && err.contains("cut.safetensors"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -48,7 +48,8 @@ impl FeatureStats {
         let mut cov = Mat::<f64>::zeros(dim, dim);
         for chunk in features.chunks(CHUNK_ROWS * dim) {
             let rows = chunk.len() / dim;
-            let centred = Mat::<f64>::from_fn(rows, dim, |i, j| chunk[i * dim + j] as f64 - mean[j]);
+            let centred =
+                Mat::<f64>::from_fn(rows, dim, |i, j| chunk[i * dim + j] as f64 - mean[j]);
             faer::linalg::matmul::matmul(
                 cov.as_mut(),
                 Accum::Add,
@@ -99,7 +100,12 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
             b.dim()
         )));
     }
-    let mean_term: f64 = a.mean.iter().zip(&b.mean).map(|(x, y)| (x - y).powi(2)).sum();
+    let mean_term: f64 = a
+        .mean
+        .iter()
+        .zip(&b.mean)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum();
     let cov_a = MatRef::from_row_major_slice(&a.cov, d, d);
     let cov_b = MatRef::from_row_major_slice(&b.cov, d, d);
     let trace = |m: MatRef<'_, f64>| (0..d).map(|i| m[(i, i)]).sum::<f64>();
@@ -191,7 +197,9 @@ mod tests {
     fn covariance_is_the_same_across_chunk_boundaries() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let n = CHUNK_ROWS + 37;
-        let f: Vec<f32> = (0..n * 3).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+        let f: Vec<f32> = (0..n * 3)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
         let s = FeatureStats::from_features(&f, 3).unwrap();
         let mut naive = [0.0f64; 9];
         for row in f.chunks_exact(3) {
@@ -270,7 +278,12 @@ mod tests {
             p[2] * q[1] + p[3] * q[3],
         ];
         let trace_sqrt = (m[0] + m[3] + 2.0 * (m[0] * m[3] - m[1] * m[2]).sqrt()).sqrt();
-        let mean_term: f64 = sa.mean.iter().zip(&sb.mean).map(|(x, y)| (x - y).powi(2)).sum();
+        let mean_term: f64 = sa
+            .mean
+            .iter()
+            .zip(&sb.mean)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum();
         let exact = mean_term + p[0] + p[3] + q[0] + q[3] - 2.0 * trace_sqrt;
         assert!((d - exact).abs() < 1e-9, "{d} vs {exact}");
         // And the sample statistics are near the distribution's: 3 up to sampling noise.
@@ -279,9 +292,13 @@ mod tests {
 
     #[test]
     fn too_few_or_mismatched_features_are_errors() {
-        let err = FeatureStats::from_features(&[1.0, 2.0], 2).unwrap_err().to_string();
+        let err = FeatureStats::from_features(&[1.0, 2.0], 2)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least 2"), "{err}");
-        let err = FeatureStats::from_features(&[1.0, 2.0, 3.0], 2).unwrap_err().to_string();
+        let err = FeatureStats::from_features(&[1.0, 2.0, 3.0], 2)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("3 feature values"), "{err}");
         let a = stats(vec![0.0; 2], vec![1.0, 0.0, 0.0, 1.0]);
         let b = stats(vec![0.0; 3], rotated([1.0; 3], 0.0));

@@ -53,7 +53,9 @@ pub fn kernel_inception_distance(
         )));
     }
     if config.num_subsets == 0 {
-        return Err(MetricsError::InvalidArgument("KID needs at least one subset".into()));
+        return Err(MetricsError::InvalidArgument(
+            "KID needs at least one subset".into(),
+        ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut total = 0.0f64;
@@ -145,7 +147,10 @@ mod tests {
         };
         // Real = y, generated = x.
         let got = kernel_inception_distance(&y, &x, dim, &config).unwrap();
-        assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
     }
 
     #[test]
@@ -163,14 +168,18 @@ mod tests {
         let b = gaussian(600, dim, 0.3, 6);
         let shifted = kernel_inception_distance(&a, &b, dim, &config).unwrap();
         assert!(shifted > 0.1, "{shifted}");
-        assert!(same.abs() < shifted / 10.0, "same {same} vs shifted {shifted}");
+        assert!(
+            same.abs() < shifted / 10.0,
+            "same {same} vs shifted {shifted}"
+        );
     }
 
     #[test]
     fn fewer_than_two_vectors_is_an_error() {
-        let err = kernel_inception_distance(&[1.0, 2.0], &[1.0, 2.0, 3.0, 4.0], 2, &KidConfig::default())
-            .unwrap_err()
-            .to_string();
+        let err =
+            kernel_inception_distance(&[1.0, 2.0], &[1.0, 2.0, 3.0, 4.0], 2, &KidConfig::default())
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("at least 2"), "{err}");
     }
 }

@@ -32,7 +32,7 @@ pub use fid::{frechet_distance, FeatureStats};
 pub use image_set::ImageSet;
 pub use kid::{kernel_inception_distance, KidConfig};
 pub use modes::{coverage, AttributeShares, CoverageReport, ModeClassifier};
-pub use precision_recall::{precision_recall, PrecisionRecall};
 pub use msssim::{ms_ssim, pairwise_ms_ssim, MsSsimReport};
+pub use precision_recall::{precision_recall, PrecisionRecall};
 pub use swd::{sliced_wasserstein, SwdAccumulator, SwdConfig, SwdReport};
 pub use synth::{synth, ModeSpec, SynthSummary};

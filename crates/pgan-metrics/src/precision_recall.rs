@@ -33,7 +33,12 @@ pub struct PrecisionRecall {
 
 /// Precision and recall of `fake` against `real` (`n × dim` row-major each) with
 /// neighbourhood size `k`.
-pub fn precision_recall(real: &[f32], fake: &[f32], dim: usize, k: usize) -> Result<PrecisionRecall> {
+pub fn precision_recall(
+    real: &[f32],
+    fake: &[f32],
+    dim: usize,
+    k: usize,
+) -> Result<PrecisionRecall> {
     let n_real = count_rows(real, dim)?;
     let n_fake = count_rows(fake, dim)?;
     if k == 0 || n_real <= k || n_fake <= k {

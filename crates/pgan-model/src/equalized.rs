@@ -256,11 +256,41 @@ mod tests {
             };
             let (batched, separate) = (run(true), run(false));
             let what = format!("k {k}");
-            assert_close(&batched.0 .0, &separate.0 .0, 1e-5, 1e-5, &format!("{what}: y"));
-            assert_close(&batched.0 .1, &separate.0 .1, 1e-5, 1e-5, &format!("{what}: dy"));
-            assert_close(&batched.1, &separate.1, 1e-5, 1e-5, &format!("{what}: dL/dw"));
-            assert_close(&batched.2, &separate.2, 1e-5, 1e-5, &format!("{what}: dL/db"));
-            assert_close(&batched.3, &separate.3, 1e-5, 1e-5, &format!("{what}: dL/dx"));
+            assert_close(
+                &batched.0 .0,
+                &separate.0 .0,
+                1e-5,
+                1e-5,
+                &format!("{what}: y"),
+            );
+            assert_close(
+                &batched.0 .1,
+                &separate.0 .1,
+                1e-5,
+                1e-5,
+                &format!("{what}: dy"),
+            );
+            assert_close(
+                &batched.1,
+                &separate.1,
+                1e-5,
+                1e-5,
+                &format!("{what}: dL/dw"),
+            );
+            assert_close(
+                &batched.2,
+                &separate.2,
+                1e-5,
+                1e-5,
+                &format!("{what}: dL/db"),
+            );
+            assert_close(
+                &batched.3,
+                &separate.3,
+                1e-5,
+                1e-5,
+                &format!("{what}: dL/dx"),
+            );
         }
     }
 

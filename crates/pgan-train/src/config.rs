@@ -157,7 +157,9 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown precision '{other}' (expected f32 or bf16)")),
+            other => Err(format!(
+                "unknown precision '{other}' (expected f32 or bf16)"
+            )),
         }
     }
 }
@@ -927,7 +929,10 @@ mod tests {
                 "{err:?}"
             );
             let text = err.to_string();
-            assert!(text.contains("run.precision") && text.contains(&backend.to_string()), "{text}");
+            assert!(
+                text.contains("run.precision") && text.contains(&backend.to_string()),
+                "{text}"
+            );
             config.run.precision = Precision::F32;
             config.validate().unwrap();
         }
@@ -936,11 +941,15 @@ mod tests {
         config.run.precision = Precision::Bf16;
         config.validate().unwrap();
         let parsed =
-            TrainConfig::from_toml_str("[run]\nbackend = \"cuda\"\nprecision = \"bf16\"\n").unwrap();
+            TrainConfig::from_toml_str("[run]\nbackend = \"cuda\"\nprecision = \"bf16\"\n")
+                .unwrap();
         assert_eq!(parsed.run.precision, Precision::Bf16);
         assert!(TrainConfig::from_toml_str("[run]\nprecision = \"fp16\"\n").is_err());
         assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
-        assert!("half".parse::<Precision>().unwrap_err().contains("f32 or bf16"));
+        assert!("half"
+            .parse::<Precision>()
+            .unwrap_err()
+            .contains("f32 or bf16"));
     }
 
     #[test]

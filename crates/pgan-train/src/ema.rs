@@ -160,7 +160,8 @@ mod tests {
         struct All(Vec<Vec<f32>>);
         impl<BB: Backend> ModuleVisitor<BB> for All {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<BB, D>>) {
-                self.0.push(param.val().into_data().to_vec::<f32>().unwrap());
+                self.0
+                    .push(param.val().into_data().to_vec::<f32>().unwrap());
             }
         }
         let mut all = All(Vec::new());
@@ -210,10 +211,16 @@ mod tests {
             }
             for t in 0..grown.len() {
                 if skipped[t] {
-                    assert_eq!(grown[t], before[t], "stage {stage}: parameter {t} was averaged");
+                    assert_eq!(
+                        grown[t], before[t],
+                        "stage {stage}: parameter {t} was averaged"
+                    );
                 } else {
                     assert_eq!(grown[t], full[t], "stage {stage}: parameter {t}");
-                    assert_ne!(grown[t], before[t], "stage {stage}: parameter {t} did not move");
+                    assert_ne!(
+                        grown[t], before[t],
+                        "stage {stage}: parameter {t} did not move"
+                    );
                 }
             }
             assert!(live_values.iter().zip(&before).all(|(a, b)| a != b));

@@ -162,7 +162,8 @@ mod tests {
     impl ModuleVisitor<AB> for Grads<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
             let g = param.val().grad(self.grads);
-            self.out.push(g.map_or_else(Vec::new, |g| g.into_data().to_vec().unwrap()));
+            self.out
+                .push(g.map_or_else(Vec::new, |g| g.into_data().to_vec().unwrap()));
         }
     }
 
@@ -201,7 +202,11 @@ mod tests {
         <AB as Backend>::seed(&device, 5);
         let d = config.init_discriminator::<AB>(&device);
         let normal = Distribution::Normal(0.0, 1.0);
-        for kind in [LossKind::WganGp, LossKind::LogisticR1, LossKind::NonSaturating] {
+        for kind in [
+            LossKind::WganGp,
+            LossKind::LogisticR1,
+            LossKind::NonSaturating,
+        ] {
             let loss = LossConfig {
                 kind,
                 ..LossConfig::default()
@@ -252,7 +257,10 @@ mod tests {
                     close(a, b, &format!("{what}: parameter {t}"));
                     nonzero += usize::from(b.iter().any(|v| *v != 0.0));
                 }
-                assert!(nonzero >= 6, "{what}: only {nonzero} parameters have gradients");
+                assert!(
+                    nonzero >= 6,
+                    "{what}: only {nonzero} parameters have gradients"
+                );
             }
         }
     }
