@@ -17,7 +17,7 @@ use crate::reader::PyramidReader;
 use crate::shuffle::{mix64, permutation};
 
 /// f32 NCHW, values in [-1, 1]
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     /// `shape[0] * shape[1] * shape[2] * shape[3]` values, NCHW order.
     pub data: Vec<f32>,

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pgan_data::{Batch, BatchSampler, PyramidReader};
+use pgan_data::{BatchSampler, PyramidReader};
 use pgan_model::ModelConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -195,10 +195,6 @@ struct Trainer<B: AutodiffBackend> {
     fid: Option<crate::inception_metrics::TrainingFid<B::InnerBackend>>,
     /// The data-parallel peers (`run.devices`); the networks above are peer 0's.
     peers: Peers<B>,
-    /// The step's reals, filled in place by the sampler every step: a fresh buffer would cost
-    /// a zeroed mapping and its page faults per step at high resolutions (16 x 512² x 3 f32 is
-    /// 50 MB; `next_batch_into` in BENCHMARKS' loader table).
-    reals_buffer: Batch,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -330,7 +326,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             faults,
             fid,
             peers: Peers::single(),
-            reals_buffer: Batch::default(),
         };
         match resume_from {
             Some(ckpt) => {

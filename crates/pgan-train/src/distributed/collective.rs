@@ -320,7 +320,10 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         device: &B::Device,
     ) -> Result<Vec<PeerStepOutput<B>>> {
         let (count, first, total) = (self.count(), self.first, self.total);
-        let shares: Vec<StepInputs> = (0..count).map(|r| inputs.share(first + r, total)).collect();
+        let mut shares: Vec<StepInputs> =
+            (0..count).map(|r| inputs.share(first + r, total)).collect();
+        let others = shares.split_off(1);
+        let own = shares.pop().expect("peer 0's share");
         let ring = self.ring.as_deref().map(|ring| NodeRing {
             ring,
             local: count,
@@ -331,7 +334,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             let handles: Vec<_> = self
                 .replicas
                 .iter_mut()
-                .zip(&shares[1..])
+                .zip(others)
                 .map(|(replica, share)| {
                     s.spawn(move || {
                         run_peer(
@@ -345,7 +348,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                     })
                 })
                 .collect();
-            let out = run_peer(first, nets, &shares[0], loss, device, ring);
+            let out = run_peer(first, nets, own, loss, device, ring);
             let mut outs = vec![out];
             for handle in handles {
                 outs.push(join(handle).and_then(|r| r));
@@ -390,7 +393,7 @@ fn reset_quietly<B: AutodiffBackend>() {
 fn run_peer<B: AutodiffBackend>(
     rank: usize,
     nets: &mut Nets<B>,
-    share: &StepInputs,
+    share: StepInputs,
     loss: &LossConfig,
     device: &B::Device,
     ring: Option<&NodeRing<'_>>,

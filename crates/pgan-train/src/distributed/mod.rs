@@ -116,13 +116,13 @@ impl<B: AutodiffBackend> Peers<B> {
     pub fn step(
         &mut self,
         nets: &mut Nets<B>,
-        inputs: &StepInputs,
+        inputs: StepInputs,
         loss: &LossConfig,
         device: &B::Device,
     ) -> Result<PeerStepOutput<B>> {
         #[cfg(feature = "collective")]
         if let Some(group) = &mut self.group {
-            let outs = group.step(nets, inputs, loss, device)?;
+            let outs = group.step(nets, &inputs, loss, device)?;
             self.last = outs.iter().map(|o| (o.step_s, o.sync_s)).collect();
             return Ok(mean_over_peers::<B>(outs, device));
         }

@@ -13,8 +13,6 @@ use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 
 use super::Trainer;
-use pgan_data::Batch;
-
 use crate::config::LossConfig;
 use crate::ema::update_generator_ema;
 use crate::error::Result;
@@ -47,10 +45,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         let fade = (phase.kind == PhaseKind::Fade).then_some(alpha);
-        let mut batch = std::mem::take(&mut self.reals_buffer);
-        self.state
+        let batch = self
+            .state
             .sampler
-            .next_batch_into(&self.reader, phase.resolution, n, fade, &mut batch)?;
+            .next_batch(&self.reader, phase.resolution, n, fade)?;
         let dim = self.model.latent_dim;
         let image_len: usize = batch.shape.iter().product();
         // Drawn in the order the single-device step always drew them.
@@ -79,11 +77,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let out = self
             .peers
-            .step(&mut self.nets, &inputs, &self.config.loss, &self.device)?;
-        self.reals_buffer = Batch {
-            data: inputs.reals,
-            shape: inputs.reals_shape,
-        };
+            .step(&mut self.nets, inputs, &self.config.loss, &self.device)?;
 
         // TTUR's extra D updates' finiteness flags join the D gradient norm (0 or NaN).
         let mut d_grad_norm = out.d_grad_norm;
@@ -237,49 +231,62 @@ impl GradSync for NoSync {
 
 /// One peer's D step and G step on `inputs` (its share), with the gradients made common by
 /// `sync` before each optimizer step. The EMA is the caller's (peer 0's) business.
+///
+/// `inputs` is taken by value: its host vectors become the step's tensors without a copy.
 pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     nets: &mut Nets<B>,
-    inputs: &StepInputs,
+    inputs: StepInputs,
     loss: &LossConfig,
     device: &B::Device,
     sync: &S,
 ) -> Result<PeerStepOutput<B>> {
     let started = std::time::Instant::now();
-    let (stage, alpha, n) = (inputs.stage, inputs.alpha, inputs.batch());
-    let dim = inputs.latent_dim;
-    let shape = inputs.reals_shape;
+    let n = inputs.batch();
+    let StepInputs {
+        reals,
+        reals_shape: shape,
+        noise_reals,
+        latents_d,
+        noise_fakes_d,
+        mix,
+        latents_g,
+        noise_fakes_g,
+        latent_dim: dim,
+        stage,
+        alpha,
+        lr_d,
+        lr_g,
+        feature_matching,
+    } = inputs;
     // x + σ·N(0, 1), as `instance_noise::add_noise` forms it.
-    let noisy = |x: Tensor<B, 4>, noise: &Option<Vec<f32>>| match noise {
-        Some(values) => x + Tensor::from_data(TensorData::new(values.clone(), shape), device),
+    let noisy = |x: Tensor<B, 4>, noise: Option<Vec<f32>>| match noise {
+        Some(values) => x + Tensor::from_data(TensorData::new(values, shape), device),
         None => x,
     };
-    let reals = Tensor::<B, 4>::from_data(TensorData::new(inputs.reals.clone(), shape), device);
-    let reals = noisy(reals, &inputs.noise_reals);
-    let matching_reals = (inputs.feature_matching > 0.0).then(|| reals.clone());
+    let reals = Tensor::<B, 4>::from_data(TensorData::new(reals, shape), device);
+    let reals = noisy(reals, noise_reals);
+    let matching_reals = (feature_matching > 0.0).then(|| reals.clone());
 
     // D step: fakes from the current G without building G's graph.
-    let latents = Tensor::<B::InnerBackend, 2>::from_data(
-        TensorData::new(inputs.latents_d.clone(), [n, dim]),
-        device,
-    );
+    let latents =
+        Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(latents_d, [n, dim]), device);
     let fakes = Tensor::<B, 4>::from_inner(nets.g.valid().forward(latents, stage, alpha));
-    let fakes = noisy(fakes, &inputs.noise_fakes_d);
-    let mix = Tensor::from_data(TensorData::new(inputs.mix.clone(), [n, 1, 1, 1]), device);
+    let fakes = noisy(fakes, noise_fakes_d);
+    let mix = Tensor::from_data(TensorData::new(mix, [n, 1, 1, 1]), device);
     let (loss_d, d_stats) = discriminator_loss(loss, &nets.d, reals, fakes, mix, stage, alpha);
     let grads = GradientsParams::from_grads(loss_d.backward(), &nets.d);
     let grads = sync.sync(&nets.d, grads)?;
     let d_grad_norm = grad_norm(&nets.d, &grads, device);
     let d = nets.d.clone();
-    nets.d = nets.optim_d.step(inputs.lr_d, d, grads);
+    nets.d = nets.optim_d.step(lr_d, d, grads);
 
     // G step: D's parameters are frozen so only G's gradients are computed.
-    let latents =
-        Tensor::<B, 2>::from_data(TensorData::new(inputs.latents_g.clone(), [n, dim]), device);
+    let latents = Tensor::<B, 2>::from_data(TensorData::new(latents_g, [n, dim]), device);
     let fakes = nets.g.forward(latents, stage, alpha);
-    let fakes = noisy(fakes, &inputs.noise_fakes_g);
+    let fakes = noisy(fakes, noise_fakes_g);
     let d_frozen = nets.d.clone().no_grad();
     let (scores, matching) = feature_matching::g_scores(
-        inputs.feature_matching,
+        feature_matching,
         &d_frozen,
         fakes,
         matching_reals,
@@ -295,7 +302,7 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     let grads = sync.sync(&nets.g, grads)?;
     let g_grad_norm = grad_norm(&nets.g, &grads, device);
     let g = nets.g.clone();
-    nets.g = nets.optim_g.step(inputs.lr_g, g, grads);
+    nets.g = nets.optim_g.step(lr_g, g, grads);
 
     Ok(PeerStepOutput {
         d_stats,
