@@ -2,14 +2,13 @@
 //! dataset, Ctrl-C and resume, and the errors a user meets on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgan_data::test_files::bomb_png;
 
-fn pgan() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgan"))
-}
+mod common;
+use common::{first_run, pgan, text};
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -26,14 +25,6 @@ fn run_err(cmd: &mut Command) -> String {
         text(&out)
     );
     text(&out)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Small images in mixed formats and sizes, one of them corrupt.
@@ -57,16 +48,6 @@ fn image_folder(dir: &Path) -> PathBuf {
 
 /// `pgan train --no-progress` of `config` on `data` into `runs`; returns its output and the one
 /// run directory it made there.
-/// The first run folder `pgan train` made under `runs` (the only one in most tests).
-fn first_run(runs: &Path) -> PathBuf {
-    std::fs::read_dir(runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-}
-
 fn train_tiny(config: &Path, data: &Path, runs: &Path) -> (String, PathBuf) {
     let out = run_ok(
         pgan()

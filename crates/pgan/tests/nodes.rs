@@ -10,17 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn pgan() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgan"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+use common::{first_run, pgan, text};
 
 /// A port nothing listens on now (the OS picks it; it is free again once the probe closes).
 fn free_port() -> u16 {
@@ -140,16 +132,6 @@ impl Drop for Cluster {
     }
 }
 
-/// The one run folder under `runs`.
-fn run_dir(runs: &Path) -> PathBuf {
-    std::fs::read_dir(runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-}
-
 /// A started `pgan` process whose output is read as it comes (a full pipe would block it).
 struct Running {
     child: Child,
@@ -255,8 +237,8 @@ fn two_nodes_train_through_a_fade_in_to_identical_weights() {
     assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
 
     let (run0, run1) = (
-        run_dir(&dir.path().join("runs0")),
-        run_dir(&dir.path().join("runs1")),
+        first_run(&dir.path().join("runs0")),
+        first_run(&dir.path().join("runs1")),
     );
     let log = std::fs::read_to_string(run0.join("log.txt")).unwrap();
     assert!(log.contains("node 0 of 2 joined"), "{log}");
@@ -332,15 +314,15 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
         assert_eq!(out_a.status.code(), Some(2), "node 0:\n{said}");
         assert!(said.contains("lost node 1 (127.0.0.1:"), "node 0:\n{said}");
         assert!(detected < Duration::from_secs(60), "took {detected:?}");
-        interrupted_at = checkpoints(&run_dir(&runs1)).len();
+        interrupted_at = checkpoints(&first_run(&runs1)).len();
         assert!(
             !text(&out_b).contains("finished at"),
             "node 1 finished before the kill"
         );
     }
     let (run0, run1) = (
-        run_dir(&dir.path().join("runs0")),
-        run_dir(&dir.path().join("runs1")),
+        first_run(&dir.path().join("runs0")),
+        first_run(&dir.path().join("runs1")),
     );
     // The latest checkpoint both nodes have (one may have written one more before it stopped).
     let names1: Vec<_> = checkpoints(&run1)
@@ -389,7 +371,7 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
         assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
     }
     let last = |run: &Path| checkpoints(run).last().unwrap().clone();
-    let reference = last(&run_dir(&straight.join("runs0")));
+    let reference = last(&first_run(&straight.join("runs0")));
     for run in [&run0, &run1] {
         let resumed = last(run);
         assert_eq!(resumed.file_name(), reference.file_name());
