@@ -19,7 +19,7 @@ import sys
 from datetime import date
 
 ALARMS = {
-    "mode-collapse": re.compile(r"alarm: mode collapse"),
+    "mode-collapse": re.compile(r"alarm: (mode collapse|SWD jumped)"),
     "vanishing-gradient": re.compile(r"alarm: generator gradient norm"),
     "divergence": re.compile(r"alarm: D\(real\) - D\(fake\)"),
 }
@@ -150,6 +150,22 @@ def main():
                 **{a: sum(a in r["alarms"] for r in runs) for a in ALARMS},
                 **{a + "_at_end": sum(a in r["alarms_at_end"] for r in runs) for a in ALARMS},
             }
+    # The same runs by how much of the data they cover, in quarters of K: the collapse alarm
+    # should fire on the runs in the lowest quarter and stay quiet in the highest.
+    alarm_by_modes = []
+    for q in range(4):
+        low, high = q * args.modes // 4, (q + 1) * args.modes // 4 - 1 if q < 3 else args.modes
+        runs = [r for v in variants for r in v["runs"]
+                if isinstance(r.get("modes_covered"), int) and low <= r["modes_covered"] <= high]
+        first = sorted(min(r["alarm_kimg"]["mode-collapse"]) for r in runs
+                       if r["alarm_kimg"].get("mode-collapse"))
+        alarm_by_modes.append({
+            "modes_covered": [low, high],
+            "runs": len(runs),
+            "collapse_alarm": sum("mode-collapse" in r["alarms"] for r in runs),
+            "collapse_alarm_at_end": sum("mode-collapse" in r["alarms_at_end"] for r in runs),
+            "first_alarm_kimg_median": first[len(first) // 2] if first else None,
+        })
     result = {
         "bench": "remedies",
         "date": date.today().isoformat(),
@@ -161,6 +177,7 @@ def main():
         "wall_seconds": args.wall_seconds,
         "outcome_rule": "collapsed: modes covered < K/2; healthy: >= 3K/4; partial: between",
         "alarm_vs_outcome": alarm_vs_outcome,
+        "alarm_by_modes": alarm_by_modes,
         "variants": variants,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -190,6 +207,14 @@ def main():
         cells = " | ".join(f"{row[a]} ({row[a + '_at_end']})" for a in ALARMS)
         print(f"| {kind} | {row['runs']} | {row['any_alarm']} ({row['any_alarm_at_end']}) | {cells} |",
               file=sys.stderr)
+    print(file=sys.stderr)
+    print("| modes covered (of %d) | runs | collapse alarm fired | still at the final evaluation | first alarm, median kimg |" % args.modes, file=sys.stderr)
+    print("|---|---|---|---|---|", file=sys.stderr)
+    for row in alarm_by_modes:
+        low, high = row["modes_covered"]
+        first = row["first_alarm_kimg_median"]
+        print(f"| {low}–{high} | {row['runs']} | {row['collapse_alarm']} | {row['collapse_alarm_at_end']} "
+              f"| {'—' if first is None else first} |", file=sys.stderr)
 
 
 if __name__ == "__main__":

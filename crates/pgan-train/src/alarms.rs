@@ -1,10 +1,12 @@
 //! Early warnings for the known GAN failure modes, computed from tick averages and evaluations:
 //! divergence/imbalance (D(real) − D(fake) exploding), vanishing generator gradients, and mode
-//! collapse (generated images more alike than real ones, or SWD jumping up).
+//! collapse (generated images more alike than real ones, or SWD jumping up), judged so that the
+//! transient loss of diversity after each new resolution does not raise it.
 
 use std::collections::BTreeMap;
 
 use pgan_spec::metrics as key;
+use serde::{Deserialize, Serialize};
 
 use crate::config::AlarmConfig;
 use crate::eval::EvalReport;
@@ -47,43 +49,148 @@ impl Alarms {
         out
     }
 
-    /// Warnings raised by an evaluation; updates the best SWD and MS-SSIM seen per resolution.
+    /// Warnings raised by an evaluation at `at`; updates `memory`.
     ///
-    /// The MS-SSIM alarm needs diversity to have *dropped*: generated pairs more alike than real
-    /// ones by `msssim_margin`, and more alike than at this resolution's most diverse evaluation
-    /// by the same margin. A generator early in a stage is always less diverse than the data;
-    /// warning about that on every fresh run would teach users to ignore the alarm.
+    /// A collapse shows as generated images more alike than real ones (their pairs' MS-SSIM
+    /// above the reals') or as SWD jumping up. Three things keep healthy runs quiet:
+    /// - evaluations during a fade-in are recorded but not judged: the output is a blend of the
+    ///   previous stage's generator and the new one, so its diversity belongs to neither;
+    /// - a freshly grown generator loses diversity for a while before it gains it back, so the
+    ///   absolute test (`msssim_gap`) waits `collapse_grace_kimg` after the fade-in ends, while
+    ///   the relative ones (diversity dropping from this stage's best by `msssim_margin`, SWD
+    ///   rising `swd_jump_factor`-fold) need a best to compare with;
+    /// - one evaluation's MS-SSIM comes from a few dozen pairs, so the reals' figure is the mean
+    ///   over every evaluation at the resolution, and the alarm fires only once
+    ///   `collapse_confirm_evals` judged evaluations in a row show a sign.
     pub fn check_eval(
         &self,
         report: &EvalReport,
-        resolution: u32,
-        best_swd: &mut BTreeMap<u32, f64>,
-        best_msssim: &mut BTreeMap<u32, f64>,
+        at: EvalPoint,
+        memory: &mut CollapseMemory,
     ) -> Vec<String> {
-        let mut out = Vec::new();
-        if let (Some(fake), Some(real)) = (report.msssim_fake, report.msssim_real) {
-            let best = best_msssim.entry(resolution).or_insert(fake);
-            let margin = self.config.msssim_margin;
-            if fake > real + margin && fake > *best + margin {
-                out.push(format!(
-                    "mode collapse suspected: generated pairs' MS-SSIM rose from {best:.3} to \
-                     {fake:.3} at {resolution}x{resolution}, real pairs {real:.3} (diversity has \
-                     dropped)"
-                ));
+        let res = at.resolution;
+        if let Some(real) = report.msssim_real {
+            memory.real_msssim.entry(res).or_default().add(real);
+        }
+        if at.fading {
+            return Vec::new();
+        }
+        let c = &self.config;
+        let mut signs = Vec::new();
+        let real = memory.real_msssim.get(&res).and_then(Mean::value);
+        if let (Some(fake), Some(real)) = (report.msssim_fake, real) {
+            let best = memory.best_msssim.get(&res).copied();
+            match best {
+                Some(best) if fake > real + c.msssim_margin && fake > best + c.msssim_margin => {
+                    signs.push(format!(
+                        "mode collapse suspected: generated pairs' MS-SSIM rose from {best:.3} to \
+                         {fake:.3} at {res}x{res}, real pairs {real:.3} (diversity has dropped)"
+                    ))
+                }
+                _ if at.kimg_since_grown >= c.collapse_grace_kimg && fake > real + c.msssim_gap => {
+                    signs.push(format!(
+                        "mode collapse suspected: generated pairs' MS-SSIM {fake:.3} is more \
+                         than {} above real pairs' {real:.3} at {res}x{res}, {:.1} kimg after \
+                         its fade-in ended (the generator is not diverse)",
+                        c.msssim_gap, at.kimg_since_grown
+                    ))
+                }
+                _ => {}
             }
-            *best = best.min(fake);
+            memory
+                .best_msssim
+                .insert(res, best.map_or(fake, |b| b.min(fake)));
         }
         if let Some(swd) = report.swd_mean {
-            let best = best_swd.entry(resolution).or_insert(swd);
-            if swd > *best * self.config.swd_jump_factor {
-                out.push(format!(
-                    "SWD jumped to {swd:.2} from a best of {best:.2} at {resolution}x{resolution}: \
-                     quality is collapsing"
+            let best = memory.best_swd.get(&res).copied();
+            if let Some(best) = best.filter(|&b| swd > b * c.swd_jump_factor) {
+                signs.push(format!(
+                    "SWD jumped to {swd:.2} from a best of {best:.2} at {res}x{res}: quality is \
+                     collapsing"
                 ));
             }
-            *best = best.min(swd);
+            memory
+                .best_swd
+                .insert(res, best.map_or(swd, |b| b.min(swd)));
         }
-        out
+        let streak = memory.suspect_evals.entry(res).or_insert(0);
+        *streak = if signs.is_empty() { 0 } else { *streak + 1 };
+        if *streak < c.collapse_confirm_evals {
+            return Vec::new();
+        }
+        let streak = *streak;
+        signs
+            .into_iter()
+            .map(|sign| format!("{sign} [{streak} evaluations in a row]"))
+            .collect()
+    }
+}
+
+/// Where in the schedule an evaluation was taken.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalPoint {
+    /// Resolution the generator was evaluated at.
+    pub resolution: u32,
+    /// Whether the newest block was still being faded in.
+    pub fading: bool,
+    /// kimg since this resolution's fade-in ended (0 while fading).
+    pub kimg_since_grown: f64,
+}
+
+/// What the collapse alarm remembers per resolution. It lives in the checkpoint, so a resumed
+/// run judges its evaluations exactly as an uninterrupted one would.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CollapseMemory {
+    /// Lowest SWD of a judged evaluation.
+    pub best_swd: BTreeMap<u32, f64>,
+    /// Lowest (most diverse) generated-pair MS-SSIM of a judged evaluation.
+    pub best_msssim: BTreeMap<u32, f64>,
+    /// Real pairs' MS-SSIM over every evaluation, fades included (the reals are the same
+    /// images, cross-faded the same way).
+    pub real_msssim: BTreeMap<u32, Mean>,
+    /// Judged evaluations in a row that showed a sign of collapse.
+    pub suspect_evals: BTreeMap<u32, u32>,
+}
+
+impl CollapseMemory {
+    /// The first non-finite figure, named, if any (for checkpoint validation).
+    pub fn non_finite(&self) -> Option<String> {
+        let maps = [
+            ("best_swd", &self.best_swd),
+            ("best_msssim", &self.best_msssim),
+        ];
+        for (name, map) in maps {
+            if let Some((res, v)) = map.iter().find(|(_, v)| !v.is_finite()) {
+                return Some(format!("{name} at {res} is {v}"));
+            }
+        }
+        self.real_msssim
+            .iter()
+            .find(|(_, m)| !m.sum.is_finite())
+            .map(|(res, m)| format!("real_msssim at {res} sums to {}", m.sum))
+    }
+}
+
+/// A running mean: sum and count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mean {
+    /// Sum of the values.
+    pub sum: f64,
+    /// How many values.
+    pub count: u32,
+}
+
+impl Mean {
+    /// Adds one value.
+    pub fn add(&mut self, value: f64) {
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// The mean, `None` before the first value.
+    pub fn value(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / f64::from(self.count))
     }
 }
 
@@ -107,65 +214,135 @@ mod tests {
         assert!(alarms.check_tick(&healthy).is_empty());
     }
 
+    fn eval(fake: f64, real: f64, swd: Option<f64>) -> EvalReport {
+        EvalReport {
+            swd_mean: swd,
+            msssim_fake: Some(fake),
+            msssim_real: Some(real),
+            ..Default::default()
+        }
+    }
+
+    fn stable(resolution: u32, kimg_since_grown: f64) -> EvalPoint {
+        EvalPoint {
+            resolution,
+            fading: false,
+            kimg_since_grown,
+        }
+    }
+
+    const FADING_16: EvalPoint = EvalPoint {
+        resolution: 16,
+        fading: true,
+        kimg_since_grown: 0.0,
+    };
+
     #[test]
-    fn collapse_is_reported_from_msssim_and_swd_jumps() {
+    fn collapse_is_reported_once_two_evaluations_in_a_row_show_it() {
         let alarms = Alarms::new(AlarmConfig::default());
-        let (mut best, mut best_msssim) = (BTreeMap::new(), BTreeMap::new());
-        let fine = EvalReport {
-            swd_mean: Some(10.0),
-            msssim_fake: Some(0.2),
-            msssim_real: Some(0.2),
-            ..Default::default()
-        };
-        assert!(alarms
-            .check_eval(&fine, 16, &mut best, &mut best_msssim)
-            .is_empty());
-        let collapsed = EvalReport {
-            swd_mean: Some(25.0),
-            msssim_fake: Some(0.9),
-            msssim_real: Some(0.2),
-            ..Default::default()
-        };
-        assert_eq!(
-            alarms
-                .check_eval(&collapsed, 16, &mut best, &mut best_msssim)
-                .len(),
-            2
+        let mut memory = CollapseMemory::default();
+        let fine = eval(0.2, 0.2, Some(10.0));
+        let collapsed = eval(0.9, 0.2, Some(25.0));
+        let at = stable(16, 10.0);
+        assert!(alarms.check_eval(&fine, at, &mut memory).is_empty());
+        // One evaluation's figures are noisy: the first bad one is held back...
+        assert!(alarms.check_eval(&collapsed, at, &mut memory).is_empty());
+        assert_eq!(memory.suspect_evals[&16], 1);
+        // ...the second in a row is reported, each sign on its own line.
+        let warnings = alarms.check_eval(&collapsed, at, &mut memory);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("rose from 0.200 to 0.900"),
+            "{warnings:?}"
         );
-        assert_eq!(best[&16], 10.0);
-        assert_eq!(best_msssim[&16], 0.2);
+        assert!(
+            warnings[0].ends_with("[2 evaluations in a row]"),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].starts_with("SWD jumped to 25.00 from a best of 10.00"));
+        assert_eq!(memory.best_swd[&16], 10.0);
+        assert_eq!(memory.best_msssim[&16], 0.2);
+        // A healthy evaluation resets the count.
+        assert!(alarms.check_eval(&fine, at, &mut memory).is_empty());
+        assert!(alarms.check_eval(&collapsed, at, &mut memory).is_empty());
     }
 
     #[test]
-    fn a_generator_that_is_not_yet_diverse_is_not_a_collapse() {
+    fn evaluations_during_a_fade_in_are_not_judged_and_set_no_best() {
         let alarms = Alarms::new(AlarmConfig::default());
-        let (mut best, mut best_msssim) = (BTreeMap::new(), BTreeMap::new());
-        let early = |fake| EvalReport {
-            msssim_fake: Some(fake),
-            msssim_real: Some(0.14),
-            ..Default::default()
-        };
-        // First evaluation at 16x16: far less diverse than the reals, but nothing has dropped.
-        assert!(alarms
-            .check_eval(&early(0.45), 16, &mut best, &mut best_msssim)
-            .is_empty());
-        // Improving, then slipping back a little: still no alarm.
-        assert!(alarms
-            .check_eval(&early(0.35), 16, &mut best, &mut best_msssim)
-            .is_empty());
-        assert!(alarms
-            .check_eval(&early(0.45), 16, &mut best, &mut best_msssim)
-            .is_empty());
-        // A new resolution starts its own memory; a real drop there is reported.
-        assert!(alarms
-            .check_eval(&early(0.30), 32, &mut best, &mut best_msssim)
-            .is_empty());
-        let warnings = alarms.check_eval(&early(0.60), 32, &mut best, &mut best_msssim);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(
-            warnings[0].contains("rose from 0.300 to 0.600"),
-            "{}",
-            warnings[0]
+        let mut memory = CollapseMemory::default();
+        // Mid fade-in the output is mostly the upsampled previous stage: diverse, low SWD.
+        for _ in 0..3 {
+            let w = alarms.check_eval(&eval(0.30, 0.20, Some(5.0)), FADING_16, &mut memory);
+            assert!(w.is_empty(), "{w:?}");
+        }
+        assert!(memory.best_msssim.is_empty() && memory.best_swd.is_empty());
+        assert_eq!(
+            memory.real_msssim[&16].count, 3,
+            "the reals' figure still counts"
         );
+        // Grown: the new layers start less diverse and worse than the blend was. Measured
+        // against the fade-in's figures that would be a drop (0.30 → 0.70, SWD x6); it is not.
+        for (fake, since) in [
+            (0.63, 0.5),
+            (0.70, 1.5),
+            (0.73, 2.5),
+            (0.60, 3.5),
+            (0.5, 4.5),
+        ] {
+            let w = alarms.check_eval(&eval(fake, 0.2, Some(30.0)), stable(16, since), &mut memory);
+            assert!(w.is_empty(), "{fake} at {since}: {w:?}");
+        }
+        assert_eq!(memory.best_msssim[&16], 0.5);
+    }
+
+    #[test]
+    fn a_generator_that_never_becomes_diverse_is_reported_after_the_grace_period() {
+        let config = AlarmConfig::default();
+        let grace = config.collapse_grace_kimg;
+        let alarms = Alarms::new(config);
+        let mut memory = CollapseMemory::default();
+        // Far less diverse than the reals from its first evaluation, but never *more* alike than
+        // at its best by the margin: only the gap test can see it, once the grace period is over.
+        let stuck = eval(0.80, 0.20, None);
+        for since in [0.0, 1.0, grace - 0.5] {
+            let w = alarms.check_eval(&stuck, stable(16, since), &mut memory);
+            assert!(w.is_empty(), "within the grace period at {since}: {w:?}");
+        }
+        assert!(alarms
+            .check_eval(&stuck, stable(16, grace), &mut memory)
+            .is_empty());
+        let w = alarms.check_eval(&stuck, stable(16, grace + 1.0), &mut memory);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("MS-SSIM 0.800 is more than 0.35 above real pairs' 0.200 at 16x16"),
+            "{}",
+            w[0]
+        );
+        // A generator as diverse as the data, give or take the gap, is left alone.
+        let mut memory = CollapseMemory::default();
+        for since in [5.0, 6.0, 7.0, 8.0] {
+            let w = alarms.check_eval(&eval(0.50, 0.20, None), stable(16, since), &mut memory);
+            assert!(w.is_empty(), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn the_reals_figure_is_the_mean_over_the_resolutions_evaluations() {
+        let alarms = Alarms::new(AlarmConfig::default());
+        let mut memory = CollapseMemory::default();
+        // The reals' estimates scatter; a low one alone would turn 0.50 into a 0.40 gap.
+        let at = stable(16, 10.0);
+        for real in [0.30, 0.10, 0.20] {
+            assert!(alarms
+                .check_eval(&eval(0.50, real, None), at, &mut memory)
+                .is_empty());
+        }
+        assert!((memory.real_msssim[&16].value().unwrap() - 0.2).abs() < 1e-12);
+        assert!(memory.real_msssim.get(&32).is_none());
+        // Each resolution keeps its own memory.
+        let w = alarms.check_eval(&eval(0.9, 0.2, None), stable(32, 0.0), &mut memory);
+        assert!(w.is_empty() && memory.best_msssim[&32] == 0.9);
+        assert_eq!(memory.best_msssim[&16], 0.5);
     }
 }

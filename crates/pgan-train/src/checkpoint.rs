@@ -22,6 +22,7 @@ use pgan_model::{Generator, ModelConfig};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::alarms::CollapseMemory;
 use crate::error::{io_err, Result, TrainError};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::nets::Nets;
@@ -76,12 +77,11 @@ pub struct TrainState {
     pub consecutive_failures: u32,
     /// Training seconds accumulated over all sessions of this run.
     pub elapsed_s: f64,
-    /// Best SWD seen per resolution (collapse alarm memory).
-    pub best_swd: BTreeMap<u32, f64>,
-    /// Lowest (most diverse) generated-pair MS-SSIM seen per resolution (collapse alarm memory;
-    /// absent in checkpoints written before it existed).
+    /// What the collapse alarm remembers per resolution. Checkpoints written before it existed
+    /// held `best_swd` and `best_msssim` that could come from fade-in evaluations; they are
+    /// ignored and the memory starts afresh.
     #[serde(default)]
-    pub best_msssim: BTreeMap<u32, f64>,
+    pub collapse: CollapseMemory,
     /// Model configuration the records were made with (JSON of `ModelConfig`).
     pub model: serde_json::Value,
     /// CRC32 of every record file, by file name.
@@ -229,13 +229,8 @@ impl TrainState {
         if !(self.elapsed_s.is_finite() && self.elapsed_s >= 0.0) {
             return Err(format!("elapsed_s {} is not a duration", self.elapsed_s));
         }
-        for (name, map) in [
-            ("best_swd", &self.best_swd),
-            ("best_msssim", &self.best_msssim),
-        ] {
-            if let Some((res, v)) = map.iter().find(|(_, v)| !v.is_finite()) {
-                return Err(format!("{name} at {res} is {v}"));
-            }
+        if let Some(problem) = self.collapse.non_finite() {
+            return Err(format!("collapse.{problem}"));
         }
         if let Some(d) = &self.dataset {
             if d.images != sampler.num_images() as u64 {
@@ -776,8 +771,10 @@ mod tests {
             cooldown_until: 0,
             consecutive_failures: 0,
             elapsed_s: 1.5,
-            best_swd: BTreeMap::from([(16, 12.5)]),
-            best_msssim: BTreeMap::new(),
+            collapse: CollapseMemory {
+                best_swd: BTreeMap::from([(16, 12.5)]),
+                ..Default::default()
+            },
             model: serde_json::to_value(pgan_model::ModelConfig::cpu_small(16)).unwrap(),
             files: BTreeMap::new(),
             dataset: None,
@@ -821,7 +818,10 @@ mod tests {
             let state = TrainState {
                 images_shown: 64 + k,
                 elapsed_s: (bits >> 11) as f64 / (1u64 << 53) as f64 * 1e5,
-                best_swd: BTreeMap::from([(16, f64::from_bits(bits >> 2))]),
+                collapse: CollapseMemory {
+                    best_swd: BTreeMap::from([(16, f64::from_bits(bits >> 2))]),
+                    ..Default::default()
+                },
                 ..a_state()
             };
             let ckpt = write_checkpoint(run.path(), &state, |_| Ok(())).unwrap();
@@ -879,6 +879,24 @@ mod tests {
             j.as_object_mut().unwrap().remove("checksum");
         });
         read_state(&ckpt).unwrap();
+    }
+
+    #[test]
+    fn the_alarm_memory_of_checkpoints_from_before_the_collapse_key_is_dropped() {
+        // Those held a best SWD and MS-SSIM per resolution that could come from fade-in
+        // evaluations, the figures the collapse alarm no longer compares with.
+        let run = tempfile::tempdir().unwrap();
+        let ckpt = write_one(run.path(), 64);
+        edit_state(&ckpt, |j| {
+            let j = j.as_object_mut().unwrap();
+            j.remove("checksum");
+            j.remove("collapse");
+            j.insert("best_swd".into(), serde_json::json!({"16": 180.5}));
+            j.insert("best_msssim".into(), serde_json::json!({"16": 0.31}));
+        });
+        let state = read_state(&ckpt).unwrap();
+        assert_eq!(state.collapse, CollapseMemory::default());
+        assert_eq!(state.images_shown, 64);
     }
 
     #[test]

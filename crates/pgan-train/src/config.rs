@@ -492,8 +492,17 @@ pub struct AlarmConfig {
     /// Warn when the generator's gradient norm averaged over a tick falls below this.
     pub min_g_grad_norm: f64,
     /// Collapse alarm: generated-pair MS-SSIM exceeds both the reals' and its own lowest value
-    /// at the same resolution by more than this.
+    /// at the same resolution by more than this (diversity has dropped).
     pub msssim_margin: f64,
+    /// Collapse alarm: generated-pair MS-SSIM exceeds the reals' by more than this once the
+    /// grace period is over (the generator never became diverse).
+    pub msssim_gap: f64,
+    /// Collapse alarm: kimg after a resolution's fade-in ends before `msssim_gap` is applied
+    /// (a freshly grown generator loses diversity for a while, then regains it).
+    pub collapse_grace_kimg: f64,
+    /// Collapse alarm: judged evaluations in a row that must show a sign before it fires (one
+    /// evaluation's MS-SSIM is an estimate from a few dozen pairs).
+    pub collapse_confirm_evals: u32,
     /// Collapse alarm: SWD rises to more than this factor of the best value seen at the same
     /// resolution.
     pub swd_jump_factor: f64,
@@ -501,12 +510,60 @@ pub struct AlarmConfig {
 
 impl Default for AlarmConfig {
     fn default() -> Self {
+        // The collapse thresholds separate the runs of `scripts/bench_remedies.sh` by their
+        // final mode count (docs/BENCHMARKS.md, "GAN remedies"): healthy runs there stay within
+        // 0.3 of the reals' MS-SSIM from ~3 kimg after the fade-in, collapsed ones sit 0.4+
+        // above it, and single evaluations scatter by ±0.05.
         Self {
             max_d_gap: 100.0,
             min_g_grad_norm: 1e-6,
             msssim_margin: 0.15,
+            msssim_gap: 0.35,
+            collapse_grace_kimg: 3.0,
+            collapse_confirm_evals: 2,
             swd_jump_factor: 2.0,
         }
+    }
+}
+
+impl AlarmConfig {
+    /// Thresholds that can fire: positive, finite, and at least one evaluation to confirm.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| {
+            Err(TrainError::Config {
+                path: None,
+                message,
+            })
+        };
+        let positive = [
+            ("max_d_gap", self.max_d_gap),
+            ("msssim_margin", self.msssim_margin),
+            ("msssim_gap", self.msssim_gap),
+        ];
+        for (name, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return bad(format!("alarms.{name} {value} must be positive"));
+            }
+        }
+        let non_negative = [
+            ("min_g_grad_norm", self.min_g_grad_norm),
+            ("collapse_grace_kimg", self.collapse_grace_kimg),
+        ];
+        for (name, value) in non_negative {
+            if !(value.is_finite() && value >= 0.0) {
+                return bad(format!("alarms.{name} {value} must be 0 or more"));
+            }
+        }
+        if !(self.swd_jump_factor.is_finite() && self.swd_jump_factor > 1.0) {
+            return bad(format!(
+                "alarms.swd_jump_factor {} must be above 1 (a factor of the best SWD)",
+                self.swd_jump_factor
+            ));
+        }
+        if self.collapse_confirm_evals == 0 {
+            return bad("alarms.collapse_confirm_evals must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -737,6 +794,7 @@ impl TrainConfig {
             return bad("loss weights must be non-negative".into());
         }
         self.validate_remedies()?;
+        self.alarms.validate()?;
         let r = &self.run;
         if r.precision == Precision::Bf16 && r.backend != BackendKind::Cuda {
             return Err(TrainError::PrecisionUnsupported {
@@ -1076,6 +1134,43 @@ mod tests {
         );
         let minimax = TrainConfig::from_toml_str("[loss]\nkind = \"minimax\"\n").unwrap();
         assert_eq!(minimax.loss.kind, LossKind::Minimax);
+    }
+
+    #[test]
+    fn alarm_thresholds_that_could_never_fire_or_always_fire_are_refused() {
+        let config = TrainConfig::from_toml_str(
+            "[alarms]\nmsssim_gap = 0.4\ncollapse_grace_kimg = 0\ncollapse_confirm_evals = 1\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.alarms.collapse_confirm_evals, 1);
+        for (edit, said) in [
+            (
+                (|c: &mut TrainConfig| c.alarms.msssim_gap = 0.0) as fn(&mut TrainConfig),
+                "alarms.msssim_gap 0 must be positive",
+            ),
+            (
+                |c| c.alarms.collapse_grace_kimg = -1.0,
+                "alarms.collapse_grace_kimg -1 must be 0 or more",
+            ),
+            (
+                |c| c.alarms.collapse_confirm_evals = 0,
+                "alarms.collapse_confirm_evals must be at least 1",
+            ),
+            (
+                |c| c.alarms.swd_jump_factor = 0.5,
+                "alarms.swd_jump_factor 0.5 must be above 1",
+            ),
+            (
+                |c| c.alarms.max_d_gap = f64::NAN,
+                "alarms.max_d_gap NaN must be positive",
+            ),
+        ] {
+            let mut config = TrainConfig::default();
+            edit(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(said), "expected '{said}' in: {err}");
+        }
     }
 
     #[test]

@@ -149,6 +149,12 @@ impl StageSchedule {
         }
     }
 
+    /// The kimg at which `stage` is fully grown: its fade-in has ended (0 for the start stage).
+    pub fn grown_at_kimg(&self, stage: usize) -> f64 {
+        let period = self.config.lod_training_kimg + self.config.lod_transition_kimg;
+        stage.saturating_sub(self.start_stage) as f64 * period
+    }
+
     /// Every phase of the run in order, with its kimg range.
     pub fn rows(&self) -> Vec<ScheduleRow> {
         let train = self.config.lod_training_kimg;
@@ -320,6 +326,34 @@ mod tests {
         assert_eq!(s.at(0).resolution, 16);
         assert_eq!(s.at(1_500).resolution, 32);
         assert_eq!(s.at(1_500).kind, PhaseKind::Fade);
+    }
+
+    #[test]
+    fn a_stage_is_grown_where_the_schedule_says_its_fade_in_ends() {
+        let s = schedule(600.0, 300.0, 64);
+        assert_eq!(s.grown_at_kimg(0), 0.0);
+        for stage in 1..=s.max_stage() {
+            let grown = s.grown_at_kimg(stage);
+            let just_before = s.at((grown * 1000.0) as u64 - 1);
+            assert_eq!(
+                (just_before.stage, just_before.kind),
+                (stage, PhaseKind::Fade)
+            );
+            let at = s.at((grown * 1000.0) as u64);
+            assert_eq!(
+                (at.stage, at.kind, at.alpha),
+                (stage, PhaseKind::Stable, 1.0)
+            );
+        }
+        let late_start = StageSchedule::new(
+            ScheduleConfig {
+                start_resolution: 16,
+                ..s.config().clone()
+            },
+            64,
+        );
+        assert_eq!(late_start.grown_at_kimg(2), 0.0);
+        assert_eq!(late_start.grown_at_kimg(3), 900.0);
     }
 
     #[test]

@@ -195,6 +195,153 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     );
 }
 
+/// 8x8 stable, fade to 16x16 (0.032–0.064 kimg), 16x16 grown to 0.160; an evaluation every tick
+/// (16 images, 8 pairs); only the collapse alarm's gap test can fire (the relative tests are
+/// set out of reach), with a gap any generator crosses now and then on noise data.
+fn alarm_config(data: &Path, out_dir: &Path, grace_kimg: f64) -> TrainConfig {
+    let mut config = tiny_config(data, out_dir);
+    let text = format!(
+        "[eval]\nevery_kimg = 0.016\nnum_images = 16\nmsssim_pairs = 8\n\
+         [alarms]\nmsssim_gap = 1e-9\nmsssim_margin = 10\nswd_jump_factor = 1e9\n\
+         collapse_grace_kimg = {grace_kimg}\ncollapse_confirm_evals = 2\n"
+    );
+    let extra = TrainConfig::from_toml_str(&text).unwrap();
+    config.eval = extra.eval;
+    config.alarms = extra.alarms;
+    config.model.resolution = 16;
+    config.schedule.start_resolution = 8;
+    config.schedule.total_kimg = 0.160;
+    config.validate().unwrap();
+    config
+}
+
+/// 24 images of uniform noise, prepared at 16x16: real pairs share no structure (MS-SSIM near
+/// 0), so an untrained generator, whose outputs share its biases, is often less diverse.
+fn noise_dataset(dir: &Path) -> std::path::PathBuf {
+    let images = dir.join("noise");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for k in 0..24 {
+        let img = image::RgbImage::from_fn(16, 16, |_, _| {
+            let mut channel = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 56) as u8
+            };
+            image::Rgb([channel(), channel(), channel()])
+        });
+        img.save(images.join(format!("{k:03}.png"))).unwrap();
+    }
+    let out = dir.join("noise.pgan");
+    pgan_data::prepare(&pgan_data::PrepareOptions::new(images, out.clone(), 16)).unwrap();
+    out
+}
+
+/// One tick of `metrics.jsonl` as the collapse alarm sees it.
+#[derive(Debug, PartialEq)]
+struct EvalTick {
+    kimg: f64,
+    fading: bool,
+    msssim_fake: Option<f64>,
+    msssim_real: Option<f64>,
+    alarms: u64,
+}
+
+fn eval_ticks(run: &Path) -> Vec<EvalTick> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| EvalTick {
+            kimg: r["kimg"].as_f64().unwrap(),
+            fading: r["phase"] == "fade",
+            msssim_fake: r["Metrics/msssim_fake"].as_f64(),
+            msssim_real: r["Metrics/msssim_real"].as_f64(),
+            alarms: r["Alarm/count"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// The alarms the documented rule raises on a run's logged figures, tick by tick, with the
+/// position taken from the row (phase) and the schedule (16x16 grown at 0.064 kimg).
+fn alarms_by_the_rule(config: &TrainConfig, ticks: &[EvalTick]) -> Vec<u64> {
+    use pgan_train::alarms::{Alarms, CollapseMemory, EvalPoint};
+    let alarms = Alarms::new(config.alarms.clone());
+    let mut memory = CollapseMemory::default();
+    ticks
+        .iter()
+        .map(|t| {
+            let report = pgan_train::eval::EvalReport {
+                msssim_fake: t.msssim_fake,
+                msssim_real: t.msssim_real,
+                ..Default::default()
+            };
+            let at = EvalPoint {
+                resolution: 16,
+                fading: t.fading,
+                kimg_since_grown: (t.kimg - 0.064).max(0.0),
+            };
+            if t.msssim_fake.is_none() {
+                return 0;
+            }
+            alarms.check_eval(&report, at, &mut memory).len() as u64
+        })
+        .collect()
+}
+
+#[test]
+fn the_collapse_alarm_judges_grown_stages_after_the_grace_period_and_resumes_its_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = noise_dataset(dir.path());
+    let mut fired = 0;
+    for grace in [0.0, 0.032] {
+        let config = alarm_config(&data, &dir.path().join(format!("a{grace}")), grace);
+        let straight = train(TrainOptions::new(config.clone())).unwrap();
+        let ticks = eval_ticks(&straight.run_dir);
+        let logged: Vec<u64> = ticks.iter().map(|t| t.alarms).collect();
+        assert_eq!(logged, alarms_by_the_rule(&config, &ticks), "{ticks:?}");
+        assert!(
+            ticks.iter().all(|t| !t.fading || t.alarms == 0),
+            "a fade-in evaluation is never judged: {ticks:?}"
+        );
+        fired += logged.iter().sum::<u64>();
+
+        // Stopped before each alarm in turn: the run of suspicious evaluations is in the
+        // checkpoint, so the resumed run raises the same alarms at the same ticks.
+        for alarm in ticks.iter().filter(|t| t.alarms > 0).take(2) {
+            let out = dir.path().join(format!("b{grace}-{}", alarm.kimg));
+            let config = alarm_config(&data, &out, grace);
+            let mut first = TrainOptions::new(config.clone());
+            first.stop_after_kimg = Some(alarm.kimg - 0.008);
+            assert!(train(first).unwrap().interrupted);
+            let mut second = TrainOptions::new(config);
+            second.resume = Some(list_run(&out));
+            let resumed = train(second).unwrap();
+            assert_eq!(
+                eval_ticks(&resumed.run_dir),
+                ticks,
+                "stopped at {}",
+                alarm.kimg
+            );
+        }
+    }
+    assert!(
+        fired > 0,
+        "the data must make the alarm fire for this test to mean anything"
+    );
+}
+
+/// The one run directory under `out`.
+fn list_run(out: &Path) -> std::path::PathBuf {
+    let mut runs: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs.pop().unwrap()
+}
+
 #[test]
 fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,11 +8,12 @@ use pgan_spec::metrics as key;
 use serde_json::{Map, Value};
 
 use super::{Tick, Trainer};
+use crate::alarms::EvalPoint;
 use crate::error::Result;
 use crate::eval::{evaluate_generator, EvalSettings};
 use crate::images::{grid, save_png, upscale_cells, HostImages};
 use crate::run_dir::SAMPLES_DIR;
-use crate::schedule::Phase;
+use crate::schedule::{Phase, PhaseKind};
 use crate::stats::peak_rss_mib;
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -133,12 +134,16 @@ impl<B: AutodiffBackend> Trainer<B> {
                 for (name, value) in report.rows() {
                     put(row, name, finite_or_null(value));
                 }
-                warnings.extend(self.alarms.check_eval(
-                    &report,
-                    phase.resolution,
-                    &mut self.state.best_swd,
-                    &mut self.state.best_msssim,
-                ));
+                let kimg = self.state.images_shown as f64 / 1000.0;
+                let at = EvalPoint {
+                    resolution: phase.resolution,
+                    fading: phase.kind == PhaseKind::Fade,
+                    kimg_since_grown: (kimg - self.schedule.grown_at_kimg(phase.stage)).max(0.0),
+                };
+                warnings.extend(
+                    self.alarms
+                        .check_eval(&report, at, &mut self.state.collapse),
+                );
             }
             Err(e) => self.log.warn(format!("evaluation skipped: {e}")),
         }
