@@ -510,10 +510,9 @@ pub struct AlarmConfig {
 
 impl Default for AlarmConfig {
     fn default() -> Self {
-        // The collapse thresholds separate the runs of `scripts/bench_remedies.sh` by their
-        // final mode count (docs/BENCHMARKS.md, "GAN remedies"): healthy runs there stay within
-        // 0.3 of the reals' MS-SSIM from ~3 kimg after the fade-in, collapsed ones sit 0.4+
-        // above it, and single evaluations scatter by ±0.05.
+        // The collapse thresholds were chosen on the logged evaluations of
+        // `scripts/bench_remedies.sh` and checked on new runs of it (docs/BENCHMARKS.md, "GAN
+        // remedies and the alarms"; how they were chosen: docs/bench-log.md).
         Self {
             max_d_gap: 100.0,
             min_g_grad_norm: 1e-6,
