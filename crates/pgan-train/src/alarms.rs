@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::AlarmConfig;
 use crate::eval::EvalReport;
-use crate::stats::TickStats;
+use crate::stats::{Mean, TickStats};
 
 /// Checks tick statistics and evaluations against the configured thresholds.
 #[derive(Clone, Debug)]
@@ -169,28 +169,6 @@ impl CollapseMemory {
             .iter()
             .find(|(_, m)| !m.sum.is_finite())
             .map(|(res, m)| format!("real_msssim at {res} sums to {}", m.sum))
-    }
-}
-
-/// A running mean: sum and count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Mean {
-    /// Sum of the values.
-    pub sum: f64,
-    /// How many values.
-    pub count: u32,
-}
-
-impl Mean {
-    /// Adds one value.
-    pub fn add(&mut self, value: f64) {
-        self.sum += value;
-        self.count += 1;
-    }
-
-    /// The mean, `None` before the first value.
-    pub fn value(&self) -> Option<f64> {
-        (self.count > 0).then(|| self.sum / f64::from(self.count))
     }
 }
 

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use pgan_spec::metrics as key;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{io_err, Result};
@@ -22,10 +23,32 @@ use crate::error::{io_err, Result};
 /// Name of the metrics file inside a run directory.
 pub use pgan_spec::metrics::METRICS_FILE;
 
-/// Running sums of the values reported during one tick.
+/// A running mean: sum and count (serialisable, for state kept in checkpoints).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mean {
+    /// Sum of the values.
+    pub sum: f64,
+    /// How many values.
+    pub count: u64,
+}
+
+impl Mean {
+    /// Adds one value.
+    pub fn add(&mut self, value: f64) {
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// The mean, `None` before the first value.
+    pub fn value(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+}
+
+/// Running means of the values reported during one tick.
 #[derive(Debug, Default)]
 pub struct TickStats {
-    sums: BTreeMap<&'static str, (f64, u64)>,
+    means: BTreeMap<&'static str, Mean>,
 }
 
 impl TickStats {
@@ -34,26 +57,20 @@ impl TickStats {
     /// non-finite, and only reports the values of ticks whose steps were all healthy.
     pub fn report(&mut self, key: &'static str, value: f64) {
         if value.is_finite() {
-            let entry = self.sums.entry(key).or_default();
-            entry.0 += value;
-            entry.1 += 1;
+            self.means.entry(key).or_default().add(value);
         }
     }
 
     /// The mean of `key` over the tick, if it was reported.
     pub fn mean(&self, key: &str) -> Option<f64> {
-        self.sums
-            .get(key)
-            .filter(|(_, n)| *n > 0)
-            .map(|(s, n)| s / *n as f64)
+        self.means.get(key).and_then(Mean::value)
     }
 
     /// Every mean, by key.
     pub fn means(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
-        self.sums
+        self.means
             .iter()
-            .filter(|(_, (_, n))| *n > 0)
-            .map(|(k, (s, n))| (*k, s / *n as f64))
+            .filter_map(|(k, m)| Some((*k, m.value()?)))
     }
 }
 
