@@ -44,6 +44,30 @@ def alarm_kimg(log):
     return fired
 
 
+def g_norm_min_ratio(folder):
+    """The lowest tick-mean generator gradient norm over the largest before it, from the run's
+    metrics.jsonl: the figure `alarms.min_g_grad_ratio` is compared with."""
+    rows = []
+    for path in sorted(os.listdir(os.path.join(folder, "runs"))):
+        metrics = os.path.join(folder, "runs", path, "metrics.jsonl")
+        if os.path.exists(metrics):
+            rows = [json.loads(l) for l in open(metrics)]
+    peak, lowest = None, None
+    for row in rows:
+        norm = row.get("Grad/G/norm")
+        if norm is None:
+            continue
+        if peak:
+            lowest = norm / peak if lowest is None else min(lowest, norm / peak)
+        peak = norm if peak is None else max(peak, norm)
+    return lowest
+
+
+def ratio_range(runs):
+    ratios = [r["g_norm_min_ratio"] for r in runs if r["g_norm_min_ratio"] is not None]
+    return [min(ratios), max(ratios)] if ratios else None
+
+
 def run_result(folder):
     report = json.load(open(os.path.join(folder, "eval.json")))
     start, end = map(float, open(os.path.join(folder, "seconds")).read().split())
@@ -64,6 +88,7 @@ def run_result(folder):
         "alarms": sorted(name for name, pattern in ALARMS.items() if pattern.search(log)),
         "alarm_lines": [l for l in log.splitlines() if "alarm:" in l],
         "alarm_kimg": alarm_kimg(log),
+        "g_norm_min_ratio": g_norm_min_ratio(folder),
     }
 
 
@@ -136,6 +161,9 @@ def main():
             "train_seconds": stats([r["train_seconds"] for r in runs]),
             "alarms_fired": {a: sum(a in r["alarms"] for r in runs) for a in fired},
             "alarms_fired_at_end": {a: sum(a in r["alarms_at_end"] for r in runs) for a in late},
+            # Per run the lowest ratio; over the seeds its range (for a failing setup the upper
+            # end is the mildest saturation the alarm has to catch).
+            "g_norm_min_ratio_range": ratio_range(runs),
             "runs": runs,
         })
     all_runs = [r for v in variants for r in v["runs"]]
@@ -187,8 +215,8 @@ def main():
         f.write("\n")
     os.replace(tmp, args.out)
 
-    print("| setup | role | modes covered (of %d) | KL to uniform | SWD ×1e3 | MS-SSIM gen | train s | alarms fired, runs (still at the final evaluation) |" % args.modes, file=sys.stderr)
-    print("|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    print("| setup | role | modes covered (of %d) | KL to uniform | SWD ×1e3 | MS-SSIM gen | train s | alarms fired, runs (still at the final evaluation) | G grad norm, lowest / peak (range over seeds) |" % args.modes, file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for v in variants:
         alarms = ", ".join(
             f"{a} {n}/{len(v['runs'])} ({v['alarms_fired_at_end'].get(a, 0)})"
@@ -196,7 +224,8 @@ def main():
         ) or "none"
         print(
             f"| {v['variant']} | {v['role']} | {fmt(v['modes_covered'], 1)} | {fmt(v['kl_to_uniform'], 2)} "
-            f"| {fmt(v['swd_x1e3'], 0)} | {fmt(v['msssim_fake'], 3)} | {fmt(v['train_seconds'], 0)} | {alarms} |",
+            f"| {fmt(v['swd_x1e3'], 0)} | {fmt(v['msssim_fake'], 3)} | {fmt(v['train_seconds'], 0)} | {alarms} "
+            f"| {'—' if v['g_norm_min_ratio_range'] is None else '{:.0e}–{:.0e}'.format(*v['g_norm_min_ratio_range'])} |",
             file=sys.stderr,
         )
     print(file=sys.stderr)

@@ -24,26 +24,45 @@ impl Alarms {
         Self { config }
     }
 
-    /// Warnings raised by one tick's averages.
-    pub fn check_tick(&self, tick: &TickStats) -> Vec<String> {
+    /// Warnings raised by one tick's averages; updates `memory`.
+    ///
+    /// Vanishing gradients are judged two ways: the generator's gradient norm below an absolute
+    /// floor (`min_g_grad_norm`), or fallen below `min_g_grad_ratio` of the largest tick average
+    /// of this run. The second does not depend on the networks' or the loss's scale: a
+    /// saturated loss shrinks the gradient by orders of magnitude from wherever it was, while
+    /// healthy runs stay within a small factor of their peak.
+    pub fn check_tick(&self, tick: &TickStats, memory: &mut GradientMemory) -> Vec<String> {
+        let c = &self.config;
         let mut out = Vec::new();
         if let (Some(real), Some(fake)) = (tick.mean(key::D_REAL), tick.mean(key::D_FAKE)) {
             let gap = real - fake;
-            if gap.abs() > self.config.max_d_gap {
+            if gap.abs() > c.max_d_gap {
                 out.push(format!(
                     "D(real) - D(fake) = {gap:.1} exceeds {}: the discriminator is overpowering \
                      the generator (divergence); lower the learning rate or raise the penalty",
-                    self.config.max_d_gap
+                    c.max_d_gap
                 ));
             }
         }
         if let Some(norm) = tick.mean(key::GRAD_G_NORM) {
-            if norm < self.config.min_g_grad_norm {
+            let peak = memory.g_norm_peak;
+            if norm < c.min_g_grad_norm {
                 out.push(format!(
                     "generator gradient norm {norm:.2e} is below {:.0e}: vanishing gradients, \
                      G has stopped learning",
-                    self.config.min_g_grad_norm
+                    c.min_g_grad_norm
                 ));
+            } else if let Some(peak) = peak.filter(|&p| norm < p * c.min_g_grad_ratio) {
+                out.push(format!(
+                    "generator gradient norm {norm:.2e} is {:.0e} of this run's peak {peak:.2e} \
+                     (below {}): vanishing gradients, G has stopped learning (D rejects the \
+                     fakes so surely that the loss saturates; wgan-gp and logistic-r1 do not)",
+                    norm / peak,
+                    c.min_g_grad_ratio
+                ));
+            }
+            if norm.is_finite() {
+                memory.g_norm_peak = Some(peak.map_or(norm, |p| p.max(norm)));
             }
         }
         out
@@ -137,6 +156,24 @@ pub struct EvalPoint {
     pub kimg_since_grown: f64,
 }
 
+/// What the vanishing-gradient alarm remembers. It lives in the checkpoint, so a resumed run
+/// compares with the same peak as an uninterrupted one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GradientMemory {
+    /// Largest tick-mean generator gradient norm of the run (finite ticks only).
+    pub g_norm_peak: Option<f64>,
+}
+
+impl GradientMemory {
+    /// The peak, named, if it is not a finite non-negative number (for checkpoint validation).
+    pub fn invalid(&self) -> Option<String> {
+        self.g_norm_peak
+            .filter(|p| !(p.is_finite() && *p >= 0.0))
+            .map(|p| format!("g_norm_peak {p} is not a gradient norm"))
+    }
+}
+
 /// What the collapse alarm remembers per resolution. It lives in the checkpoint, so a resumed
 /// run judges its evaluations exactly as an uninterrupted one would.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -176,20 +213,66 @@ impl CollapseMemory {
 mod tests {
     use super::*;
 
+    fn tick_with_g_norm(norm: f64) -> TickStats {
+        let mut tick = TickStats::default();
+        tick.report("D/real", 1.0);
+        tick.report("D/fake", -1.0);
+        tick.report("Grad/G/norm", norm);
+        tick
+    }
+
     #[test]
     fn an_exploding_gap_and_vanishing_gradients_are_reported() {
         let alarms = Alarms::new(AlarmConfig::default());
+        let mut memory = GradientMemory::default();
         let mut tick = TickStats::default();
         tick.report("D/real", 150.0);
         tick.report("D/fake", -20.0);
         tick.report("Grad/G/norm", 1e-9);
-        let w = alarms.check_tick(&tick);
+        let w = alarms.check_tick(&tick, &mut memory);
         assert_eq!(w.len(), 2, "{w:?}");
-        let mut healthy = TickStats::default();
-        healthy.report("D/real", 1.0);
-        healthy.report("D/fake", -1.0);
-        healthy.report("Grad/G/norm", 0.5);
-        assert!(alarms.check_tick(&healthy).is_empty());
+        assert!(w[1].contains("below 1e-6"), "{w:?}");
+        let mut memory = GradientMemory::default();
+        assert!(alarms
+            .check_tick(&tick_with_g_norm(0.5), &mut memory)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_gradient_fallen_far_below_the_runs_peak_is_vanishing() {
+        let alarms = Alarms::new(AlarmConfig::default());
+        let mut memory = GradientMemory::default();
+        // A healthy run's norm moves within a small factor of its peak (here down to 1/50)...
+        for norm in [2.0, 5.0, 0.1, 3.0] {
+            let w = alarms.check_tick(&tick_with_g_norm(norm), &mut memory);
+            assert!(w.is_empty(), "{norm}: {w:?}");
+        }
+        assert_eq!(memory.g_norm_peak, Some(5.0));
+        // ...a saturated loss drops it by orders of magnitude, far above the absolute floor.
+        let w = alarms.check_tick(&tick_with_g_norm(4e-3), &mut memory);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("generator gradient norm 4.00e-3 is 8e-4 of this run's peak 5.00e0"),
+            "{}",
+            w[0]
+        );
+        // Below the floor too: one warning, the absolute one.
+        let w = alarms.check_tick(&tick_with_g_norm(1e-8), &mut memory);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("is below 1e-6"), "{w:?}");
+        // A non-finite tick (rolled back by the trainer) leaves the peak alone.
+        alarms.check_tick(&tick_with_g_norm(f64::NAN), &mut memory);
+        alarms.check_tick(&tick_with_g_norm(f64::INFINITY), &mut memory);
+        assert_eq!(memory.g_norm_peak, Some(5.0));
+        assert_eq!(memory.invalid(), None);
+        // 0 turns the relative test off.
+        let off = Alarms::new(AlarmConfig {
+            min_g_grad_ratio: 0.0,
+            ..AlarmConfig::default()
+        });
+        assert!(off
+            .check_tick(&tick_with_g_norm(4e-3), &mut memory)
+            .is_empty());
     }
 
     fn eval(fake: f64, real: f64, swd: Option<f64>) -> EvalReport {

@@ -22,7 +22,7 @@ use pgan_model::{Generator, ModelConfig};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::alarms::CollapseMemory;
+use crate::alarms::{CollapseMemory, GradientMemory};
 use crate::error::{io_err, Result, TrainError};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::nets::Nets;
@@ -82,6 +82,10 @@ pub struct TrainState {
     /// ignored and the memory starts afresh.
     #[serde(default)]
     pub collapse: CollapseMemory,
+    /// What the vanishing-gradient alarm remembers (the run's peak generator gradient norm);
+    /// absent in checkpoints written before it existed, where it starts afresh.
+    #[serde(default)]
+    pub gradients: GradientMemory,
     /// Model configuration the records were made with (JSON of `ModelConfig`).
     pub model: serde_json::Value,
     /// CRC32 of every record file, by file name.
@@ -231,6 +235,9 @@ impl TrainState {
         }
         if let Some(problem) = self.collapse.non_finite() {
             return Err(format!("collapse.{problem}"));
+        }
+        if let Some(problem) = self.gradients.invalid() {
+            return Err(format!("gradients.{problem}"));
         }
         if let Some(d) = &self.dataset {
             if d.images != sampler.num_images() as u64 {
@@ -775,6 +782,9 @@ mod tests {
                 best_swd: BTreeMap::from([(16, 12.5)]),
                 ..Default::default()
             },
+            gradients: GradientMemory {
+                g_norm_peak: Some(3.25),
+            },
             model: serde_json::to_value(pgan_model::ModelConfig::cpu_small(16)).unwrap(),
             files: BTreeMap::new(),
             dataset: None,
@@ -864,6 +874,11 @@ mod tests {
             ("alpha", serde_json::json!(1.5), "alpha 1.5"),
             ("lr_multiplier", serde_json::json!(0.0), "lr_multiplier 0"),
             ("phase_index", serde_json::json!(40), "phase_index 40"),
+            (
+                "gradients",
+                serde_json::json!({"g_norm_peak": -1.0}),
+                "gradients.g_norm_peak -1 is not a gradient norm",
+            ),
         ] {
             let ckpt = write_one(run.path(), 80);
             edit_state(&ckpt, |j| {
@@ -891,11 +906,13 @@ mod tests {
             let j = j.as_object_mut().unwrap();
             j.remove("checksum");
             j.remove("collapse");
+            j.remove("gradients");
             j.insert("best_swd".into(), serde_json::json!({"16": 180.5}));
             j.insert("best_msssim".into(), serde_json::json!({"16": 0.31}));
         });
         let state = read_state(&ckpt).unwrap();
         assert_eq!(state.collapse, CollapseMemory::default());
+        assert_eq!(state.gradients, GradientMemory::default());
         assert_eq!(state.images_shown, 64);
     }
 

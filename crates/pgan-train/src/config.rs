@@ -491,6 +491,9 @@ pub struct AlarmConfig {
     pub max_d_gap: f64,
     /// Warn when the generator's gradient norm averaged over a tick falls below this.
     pub min_g_grad_norm: f64,
+    /// Warn when the generator's gradient norm averaged over a tick falls below this fraction of
+    /// its largest tick average in the run (0 turns the test off).
+    pub min_g_grad_ratio: f64,
     /// Collapse alarm: generated-pair MS-SSIM exceeds both the reals' and its own lowest value
     /// at the same resolution by more than this (diversity has dropped).
     pub msssim_margin: f64,
@@ -516,6 +519,9 @@ impl Default for AlarmConfig {
         Self {
             max_d_gap: 100.0,
             min_g_grad_norm: 1e-6,
+            // Saturated runs fell 1e-5 to 1e-22 below their peak, healthy ones never below 0.08
+            // of it (docs/BENCHMARKS.md, "GAN remedies and the alarms").
+            min_g_grad_ratio: 1e-3,
             msssim_margin: 0.15,
             msssim_gap: 0.35,
             collapse_grace_kimg: 3.0,
@@ -552,6 +558,13 @@ impl AlarmConfig {
             if !(value.is_finite() && value >= 0.0) {
                 return bad(format!("alarms.{name} {value} must be 0 or more"));
             }
+        }
+        if !(self.min_g_grad_ratio.is_finite() && (0.0..1.0).contains(&self.min_g_grad_ratio)) {
+            return bad(format!(
+                "alarms.min_g_grad_ratio {} must be 0 or more and below 1 (a fraction of the \
+                 run's peak gradient norm; 0 turns the test off)",
+                self.min_g_grad_ratio
+            ));
         }
         if !(self.swd_jump_factor.is_finite() && self.swd_jump_factor > 1.0) {
             return bad(format!(
@@ -1138,11 +1151,13 @@ mod tests {
     #[test]
     fn alarm_thresholds_that_could_never_fire_or_always_fire_are_refused() {
         let config = TrainConfig::from_toml_str(
-            "[alarms]\nmsssim_gap = 0.4\ncollapse_grace_kimg = 0\ncollapse_confirm_evals = 1\n",
+            "[alarms]\nmsssim_gap = 0.4\ncollapse_grace_kimg = 0\ncollapse_confirm_evals = 1\n\
+             min_g_grad_ratio = 0\n",
         )
         .unwrap();
         config.validate().unwrap();
         assert_eq!(config.alarms.collapse_confirm_evals, 1);
+        assert_eq!(config.alarms.min_g_grad_ratio, 0.0, "0 turns the test off");
         for (edit, said) in [
             (
                 (|c: &mut TrainConfig| c.alarms.msssim_gap = 0.0) as fn(&mut TrainConfig),
@@ -1163,6 +1178,14 @@ mod tests {
             (
                 |c| c.alarms.max_d_gap = f64::NAN,
                 "alarms.max_d_gap NaN must be positive",
+            ),
+            (
+                |c| c.alarms.min_g_grad_ratio = 1.0,
+                "alarms.min_g_grad_ratio 1 must be 0 or more and below 1",
+            ),
+            (
+                |c| c.alarms.min_g_grad_ratio = -0.1,
+                "alarms.min_g_grad_ratio -0.1 must be 0 or more and below 1",
             ),
         ] {
             let mut config = TrainConfig::default();

@@ -290,6 +290,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             consecutive_failures: 0,
             elapsed_s: 0.0,
             collapse: Default::default(),
+            gradients: Default::default(),
             model: serde_json::to_value(&model).expect("model config serialises"),
             files: Default::default(),
             dataset: Some(checkpoint::DatasetFingerprint::of(&reader)),

@@ -197,13 +197,14 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
 
 /// 8x8 stable, fade to 16x16 (0.032–0.064 kimg), 16x16 grown to 0.160; an evaluation every tick
 /// (16 images, 8 pairs); only the collapse alarm's gap test can fire (the relative tests are
-/// set out of reach), with a gap any generator crosses now and then on noise data.
+/// set out of reach, the vanishing-gradient ratio off), with a gap any generator crosses now and
+/// then on noise data.
 fn alarm_config(data: &Path, out_dir: &Path, grace_kimg: f64) -> TrainConfig {
     let mut config = tiny_config(data, out_dir);
     let text = format!(
         "[eval]\nevery_kimg = 0.016\nnum_images = 16\nmsssim_pairs = 8\n\
          [alarms]\nmsssim_gap = 1e-9\nmsssim_margin = 10\nswd_jump_factor = 1e9\n\
-         collapse_grace_kimg = {grace_kimg}\ncollapse_confirm_evals = 2\n"
+         collapse_grace_kimg = {grace_kimg}\ncollapse_confirm_evals = 2\nmin_g_grad_ratio = 0\n"
     );
     let extra = TrainConfig::from_toml_str(&text).unwrap();
     config.eval = extra.eval;
@@ -330,6 +331,83 @@ fn the_collapse_alarm_judges_grown_stages_after_the_grace_period_and_resumes_its
         fired > 0,
         "the data must make the alarm fire for this test to mean anything"
     );
+}
+
+/// One tick of `metrics.jsonl` as the vanishing-gradient alarm sees it.
+#[derive(Debug, PartialEq)]
+struct GradTick {
+    kimg: f64,
+    g_norm: f64,
+    alarms: u64,
+}
+
+fn grad_ticks(run: &Path) -> Vec<GradTick> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| GradTick {
+            kimg: r["kimg"].as_f64().unwrap(),
+            g_norm: r["Grad/G/norm"].as_f64().unwrap(),
+            alarms: r["Alarm/count"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
+
+#[test]
+fn the_vanishing_gradient_alarm_compares_with_the_runs_peak_and_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    // A ratio this close to 1 fires whenever a tick's norm is 30 % under the peak so far, so a
+    // short run has ticks on both sides; every other alarm is out of reach.
+    let config = |out: &Path| {
+        let mut config = tiny_config(&data, out);
+        config.alarms.min_g_grad_ratio = 0.7;
+        config.alarms.min_g_grad_norm = 0.0;
+        config.alarms.max_d_gap = 1e12;
+        config.validate().unwrap();
+        config
+    };
+    let straight = train(TrainOptions::new(config(&dir.path().join("a")))).unwrap();
+    let ticks = grad_ticks(&straight.run_dir);
+
+    // The rule, replayed on the logged tick means.
+    let rule = pgan_train::alarms::Alarms::new(config(dir.path()).alarms);
+    let mut memory = pgan_train::alarms::GradientMemory::default();
+    let replayed: Vec<u64> = ticks
+        .iter()
+        .map(|t| {
+            let mut stats = pgan_train::stats::TickStats::default();
+            stats.report(pgan_spec::metrics::GRAD_G_NORM, t.g_norm);
+            rule.check_tick(&stats, &mut memory).len() as u64
+        })
+        .collect();
+    let logged: Vec<u64> = ticks.iter().map(|t| t.alarms).collect();
+    assert_eq!(logged, replayed, "{ticks:?}");
+    assert_eq!(logged[0], 0, "the first tick has no peak to compare with");
+    let fired: Vec<&GradTick> = ticks.iter().filter(|t| t.alarms > 0).collect();
+    assert!(
+        !fired.is_empty() && fired.len() < ticks.len() - 1,
+        "the run must have ticks with and without the alarm: {ticks:?}"
+    );
+
+    // Stopped at the tick end before an alarm: the peak is in the checkpoint, so the resumed
+    // run raises it at the same tick (without the peak its first tick could not).
+    for alarm in fired.iter().take(2) {
+        let out = dir.path().join(format!("b-{}", alarm.kimg));
+        let mut first = TrainOptions::new(config(&out));
+        first.stop_after_kimg = Some(alarm.kimg - 0.016);
+        assert!(train(first).unwrap().interrupted);
+        let mut second = TrainOptions::new(config(&out));
+        second.resume = Some(list_run(&out));
+        let resumed = train(second).unwrap();
+        assert_eq!(
+            grad_ticks(&resumed.run_dir),
+            ticks,
+            "stopped at {}",
+            alarm.kimg - 0.016
+        );
+    }
 }
 
 /// The one run directory under `out`.

@@ -26,7 +26,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let img_per_s = self.tick.images as f64 / seconds.max(1e-9);
 
         let mut row = self.tick_row(phase, img_per_s);
-        let mut warnings = self.alarms.check_tick(&self.tick.stats);
+        let mut warnings = self
+            .alarms
+            .check_tick(&self.tick.stats, &mut self.state.gradients);
         if self.due(self.config.eval.every_kimg) {
             self.evaluate(phase, &mut row, &mut warnings);
         }
