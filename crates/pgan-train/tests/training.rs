@@ -51,6 +51,15 @@ minibatch_default = 4
     config
 }
 
+/// Every row of a run's `metrics.jsonl`.
+fn metrics_rows(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn weights(ckpt: &Path, raw: bool) -> Vec<f32> {
     let loaded = load_generator::<Flex>(ckpt, raw, &Default::default()).unwrap();
     // A deterministic probe of every weight: the generator's output on fixed latents.
@@ -75,11 +84,7 @@ fn grows_through_a_fade_and_writes_the_run_directory() {
     for file in ["config.toml", "log.txt", "metrics.jsonl", "reals.png"] {
         assert!(run.join(file).is_file(), "missing {file}");
     }
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = metrics_rows(run);
     assert_eq!(rows.len(), 8, "one row per 16-image tick");
     let phases: Vec<(u64, String)> = rows
         .iter()
@@ -168,10 +173,9 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     assert_eq!(resumed.images_shown, straight.images_shown);
     // The resumed session's ticks are in metrics.jsonl too, once each.
     let kimgs = |run: &Path| -> Vec<String> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kimg"].to_string())
+        metrics_rows(run)
+            .iter()
+            .map(|r| r["kimg"].to_string())
             .collect()
     };
     assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
@@ -250,10 +254,8 @@ struct EvalTick {
 }
 
 fn eval_ticks(run: &Path) -> Vec<EvalTick> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    metrics_rows(run)
+        .into_iter()
         .map(|r| EvalTick {
             kimg: r["kimg"].as_f64().unwrap(),
             fading: r["phase"] == "fade",
@@ -342,10 +344,8 @@ struct GradTick {
 }
 
 fn grad_ticks(run: &Path) -> Vec<GradTick> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    metrics_rows(run)
+        .into_iter()
         .map(|r| GradTick {
             kimg: r["kimg"].as_f64().unwrap(),
             g_norm: r["Grad/G/norm"].as_f64().unwrap(),
@@ -435,13 +435,12 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
     let log = std::fs::read_to_string(summary.run_dir.join("log.txt")).unwrap();
     assert!(log.contains("rolled back"), "{log}");
     // The rollback row the report marks: back to the checkpoint at 32 images, failure 1.
-    let metrics = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
-    let rollback: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let rows = metrics_rows(&summary.run_dir);
+    let rollback: Vec<&serde_json::Value> = rows
+        .iter()
         .filter(|r| r.get(pgan_spec::metrics::ROLLBACK).is_some())
         .collect();
-    assert_eq!(rollback.len(), 1, "{metrics}");
+    assert_eq!(rollback.len(), 1, "{rows:?}");
     assert_eq!(rollback[0][pgan_spec::metrics::KIMG], 0.032);
     assert_eq!(rollback[0][pgan_spec::metrics::ROLLBACK], 1);
     assert!(weights(&summary.checkpoint, true)
@@ -571,12 +570,7 @@ fn logistic_r1_trains_through_a_fade() {
     let summary = train(TrainOptions::new(config)).unwrap();
     assert_eq!(summary.images_shown, 128);
     assert_eq!(summary.rollbacks, 0);
-    let rows: Vec<serde_json::Value> =
-        std::fs::read_to_string(summary.run_dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let rows = metrics_rows(&summary.run_dir);
     assert!(rows.iter().any(|r| r["phase"] == "fade"));
     for r in &rows {
         // Softplus losses are positive; the R1 term is a squared norm.
@@ -679,9 +673,7 @@ fn a_short_run_trains_on_wgpu() {
                 .iter()
                 .all(|v| v.is_finite()));
             // The GPU runtime's memory pool is reported per tick.
-            let metrics = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
-            for line in metrics.lines() {
-                let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            for row in metrics_rows(&summary.run_dir) {
                 let reserved = row["Mem/device_reserved_mb"].as_f64();
                 let peak = row["Mem/device_peak_reserved_mb"].as_f64();
                 assert!(
@@ -878,12 +870,7 @@ fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
     assert!(parameter_values(&straight.checkpoint)
         .iter()
         .all(|v| v.is_finite()));
-    let rows: Vec<serde_json::Value> =
-        std::fs::read_to_string(straight.run_dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let rows = metrics_rows(&straight.run_dir);
     assert!(rows.iter().any(|r| r["phase"] == "fade"));
     for r in &rows {
         let loss_d = r["Loss/D"].as_f64().unwrap();
@@ -916,9 +903,7 @@ fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
     assert!(parameter_values(&minimax.checkpoint)
         .iter()
         .all(|v| v.is_finite()));
-    let rows = std::fs::read_to_string(minimax.run_dir.join("metrics.jsonl")).unwrap();
-    for line in rows.lines() {
-        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    for r in metrics_rows(&minimax.run_dir) {
         // The minimax G loss log(1 − D(G(z))) is negative.
         assert!(r["Loss/G"].as_f64().unwrap() < 0.0, "{r}");
     }
