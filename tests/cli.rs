@@ -1068,6 +1068,131 @@ fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
     assert!(sheet.is_file());
 }
 
+#[test]
+fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--resolution", "8", "--total-kimg", "0.032"],
+    ));
+    let run = first_run(&runs);
+    let eval_json = |json: &Path| {
+        let mut cmd = pgan();
+        cmd.arg("eval")
+            .arg(&run)
+            .args(["--num", "8", "--pairs", "4", "--json"])
+            .arg(json);
+        cmd
+    };
+
+    // A FIFO, a link to a device and a checkpoint's own file are refused and left as they are
+    // (a rename would have replaced the FIFO and the link, and the record in the checkpoint).
+    let fifo = dir.path().join("fifo.json");
+    mkfifo(&fifo);
+    let out = run_err(&mut eval_json(&fifo));
+    assert!(out.contains("it is a FIFO, not a regular file"), "{out}");
+    assert!(!out.contains("SWD"), "refused before measuring: {out}");
+    let full = dir.path().join("full.png");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+    let out = run_err(pgan().arg("render").arg(&run).arg("--out").arg(&full));
+    assert!(
+        out.contains("it links to /dev/full, a character device"),
+        "{out}"
+    );
+    let record = checkpoints(&run).pop().unwrap().join("generator_ema.mpk");
+    let before = std::fs::read(&record).unwrap();
+    let out = run_err(pgan().arg("export").arg(&run).arg("--out").arg(&record));
+    assert!(out.contains("that folder is a checkpoint"), "{out}");
+    assert_eq!(std::fs::read(&record).unwrap(), before);
+    {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+    // A link to a regular file is written through and stays a link.
+    let target = dir.path().join("target.json");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink("target.json", &link).unwrap();
+    run_ok(&mut eval_json(&link));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+    assert!(written["num_images"].as_u64() == Some(8), "{written}");
+
+    // The strip and its GIF cannot share a name; the latents need their own file.
+    let walk = dir.path().join("walk.gif");
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&walk)
+            .args(["--seeds", "1,2", "--interpolate", "2"]),
+    );
+    assert!(out.contains("name the strip .png"), "{out}");
+    let sheet = dir.path().join("sheet.png");
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .arg("--save-latents")
+            .arg(&sheet),
+    );
+    assert!(out.contains("give the latents their own file"), "{out}");
+    // A temp file a killed render left beside its output goes at the next write of it.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = dir.path().join(format!(".sheet.png.tmp-{dead}-1"));
+    std::fs::write(&stale, b"half a png").unwrap();
+    run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&sheet));
+    assert!(sheet.is_file() && !stale.exists());
+
+    // NaN in a config or a flag is named, before any run folder is made.
+    let nan_config = dir.path().join("nan.toml");
+    std::fs::write(&nan_config, format!("{CONFIG}[loss]\ngp_lambda = nan\n")).unwrap();
+    let fresh = dir.path().join("fresh-runs");
+    let out = run_err(&mut train_cmd(&nan_config, &data, &fresh, &[]));
+    assert!(
+        out.contains("loss.gp_lambda NaN must be a non-negative weight"),
+        "{out}"
+    );
+    let out = run_err(&mut train_cmd(
+        &config,
+        &data,
+        &fresh,
+        &["--stop-after-kimg", "nan"],
+    ));
+    assert!(out.contains("--stop-after-kimg NaN"), "{out}");
+    assert!(!fresh.exists(), "no run folder for a refused config");
+
+    // A reader that goes away ends a command quietly, not with a panic.
+    let mut child = pgan()
+        .arg("info")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && out.status.code() != Some(101),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 /// `count` 16x16 PNGs of smooth colour ramps (distinct per `variant`) in `dir/name/`.
 fn ramp_folder(dir: &Path, name: &str, count: u32, variant: u32) -> PathBuf {
     let folder = dir.join(name);

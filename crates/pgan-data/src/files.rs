@@ -1,39 +1,14 @@
-//! File-system helpers shared by `prepare` and the reader: opening only regular files (a FIFO,
-//! device or socket must never be read: opening a FIFO blocks until a writer appears, reading
-//! `/dev/zero` never ends) and asking whether a process is alive.
+//! File-system helpers shared by `prepare`, the reader and the other commands' outputs: opening
+//! only regular files (a FIFO, device or socket must never be read: opening a FIFO blocks until
+//! a writer appears, reading `/dev/zero` never ends), and the temporary files and folders an
+//! output is built in, with the removal of those a killed process left behind.
 
-use std::fs::{File, FileType, Metadata};
+use std::fs::{File, Metadata};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a non-regular file is, for messages: "a FIFO", "a character device", ...
-pub(crate) fn file_kind(ty: &FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if ty.is_fifo() {
-            return "a FIFO";
-        }
-        if ty.is_char_device() {
-            return "a character device";
-        }
-        if ty.is_block_device() {
-            return "a block device";
-        }
-        if ty.is_socket() {
-            return "a socket";
-        }
-    }
-    if ty.is_dir() {
-        "a folder"
-    } else if ty.is_symlink() {
-        "a symbolic link"
-    } else if ty.is_file() {
-        "a regular file"
-    } else {
-        "not a regular file"
-    }
-}
+pub(crate) use pgan_spec::output::kind as file_kind;
 
 /// Why [`open_regular`] failed.
 #[derive(Debug)]
@@ -68,6 +43,71 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
     Ok((file, meta))
 }
 
+/// `.<name>.tmp-<pid>` beside `output` (same folder, so the final rename stays on one
+/// filesystem); [`remove_stale_temps`] recognises it, with or without a `-<n>` suffix.
+pub fn temp_path_for(output: &Path, pid: u32) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(output.file_name().unwrap_or_default());
+    name.push(format!(".tmp-{pid}"));
+    parent_dir(output).join(name)
+}
+
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Removes the temporary files and folders that commands writing `output` left when they were
+/// killed (SIGKILL, Ctrl-C without a handler, an abort, a power cut): `.<name>.tmp-<pid>` or
+/// `.<name>.tmp-<pid>-<n>` whose process no longer exists. A live process's temp belongs to a
+/// command still running and is kept. Best effort; returns what it removed.
+pub fn remove_stale_temps(output: &Path) -> Vec<PathBuf> {
+    let Some(name) = output.file_name() else {
+        return Vec::new();
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp-");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir(parent_dir(output)) else {
+        return Vec::new();
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .as_encoded_bytes()
+            .strip_prefix(prefix)
+            .and_then(|rest| std::str::from_utf8(rest).ok())
+            .and_then(|rest| match rest.split_once('-') {
+                Some((pid, n)) if digits(n) => Some(pid),
+                Some(_) => None,
+                None => Some(rest),
+            })
+            .filter(|pid| digits(pid))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let gone = match entry.file_type() {
+            Ok(t) if t.is_file() => std::fs::remove_file(&path).is_ok(),
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
+            _ => false,
+        };
+        if gone {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Is process `pid` alive? `kill(pid, 0)` sends nothing and fails with `ESRCH` only when no
 /// such process exists (`EPERM` means it exists but belongs to someone else).
 pub(crate) fn process_alive(pid: u32) -> bool {
@@ -94,6 +134,32 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temp_files_and_folders_of_any_command_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("walk.gif");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::os::unix::process::parent_id();
+        let stale_file = dir.path().join(format!(".walk.gif.tmp-{dead}-3"));
+        let stale_folder = temp_path_for(&out, dead);
+        let running = dir.path().join(format!(".walk.gif.tmp-{live}-1"));
+        let other = dir.path().join(format!(".walk.gif.tmp-{dead}-x"));
+        let other_output = dir.path().join(format!(".walk.png.tmp-{dead}"));
+        std::fs::write(&stale_file, b"x").unwrap();
+        std::fs::create_dir_all(stale_folder.join("inner")).unwrap();
+        for keep in [&running, &other, &other_output] {
+            std::fs::write(keep, b"x").unwrap();
+        }
+        let mut removed = remove_stale_temps(&out);
+        removed.sort();
+        let mut expected = vec![stale_file, stale_folder];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(running.exists() && other.exists() && other_output.exists());
+    }
 
     #[test]
     fn only_regular_files_open() {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::files::{file_kind, process_alive};
+use crate::files::{file_kind, remove_stale_temps, temp_path_for};
 use crate::format::{self, Header, LevelEntry, Section, FORMAT_VERSION};
 use crate::ingest::{self, Fit, Target};
 use crate::manifest::{escape_name, Manifest, ManifestOptions};
@@ -257,7 +257,7 @@ pub(crate) fn prepare_with_limit(
     if cancel.load(Ordering::SeqCst) {
         return Err(interrupted());
     }
-    guard.commit(&opts.output)?;
+    guard.commit(&opts.output, opts.force)?;
 
     let elapsed = start.elapsed();
     let summary = PrepareSummary {
@@ -375,50 +375,6 @@ pub fn temp_path(output: &Path) -> PathBuf {
     temp_path_for(output, std::process::id())
 }
 
-fn temp_path_for(output: &Path, pid: u32) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(output.file_name().unwrap_or_default());
-    name.push(format!(".tmp-{pid}"));
-    parent_dir(output).join(name)
-}
-
-/// Removes the temporary files that runs for `output` left when they were killed (SIGKILL, an
-/// abort, a power cut): `.<name>.tmp-<pid>` whose process no longer exists. A live process's
-/// file is another preparation still running and is kept. Best effort; returns what it removed.
-fn remove_stale_temps(output: &Path) -> Vec<PathBuf> {
-    let Some(name) = output.file_name() else {
-        return Vec::new();
-    };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(name);
-    prefix.push(".tmp-");
-    let prefix = prefix.as_encoded_bytes();
-    let Ok(entries) = std::fs::read_dir(parent_dir(output)) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(pid) = file_name
-            .as_encoded_bytes()
-            .strip_prefix(prefix)
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|digits| digits.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && pid != std::process::id() && !process_alive(pid) {
-            let path = entry.path();
-            if std::fs::remove_file(&path).is_ok() {
-                removed.push(path);
-            }
-        }
-    }
-    removed
-}
-
 /// Path of the text report written beside `output`.
 pub fn report_path(output: &Path) -> PathBuf {
     let mut s = output.as_os_str().to_owned();
@@ -443,6 +399,42 @@ fn nothing_decodable(dir: &Path, skipped: &[(PathBuf, String)]) -> DataError {
     }
 }
 
+/// Renames `from` to `to` only if `to` does not exist, in one step: the check before the work
+/// began cannot see a file another process renamed there since.
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
+            })
+        };
+        let (from_c, to_c) = (c_path(from)?, c_path(to)?);
+        // SAFETY: two valid NUL-terminated paths, read only for the duration of the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from_c.as_ptr(),
+                libc::AT_FDCWD,
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        // A filesystem without RENAME_NOREPLACE answers EINVAL: link and unlink instead.
+        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+            return Err(err);
+        }
+    }
+    // A hard link fails if `to` exists, atomically.
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
 /// Removes the temporary file on drop unless committed.
 struct TempGuard {
     path: PathBuf,
@@ -450,10 +442,20 @@ struct TempGuard {
 }
 
 impl TempGuard {
-    fn commit(mut self, output: &Path) -> Result<()> {
-        std::fs::rename(&self.path, output).map_err(|e| DataError::OutputUnwritable {
-            path: output.to_path_buf(),
-            reason: format!("cannot rename {} into place: {e}", self.path.display()),
+    /// Moves the finished file to `output`; without `replace`, only if nothing is there by
+    /// then (another `prepare` of the same output may have finished first).
+    fn commit(mut self, output: &Path, replace: bool) -> Result<()> {
+        let moved = if replace {
+            std::fs::rename(&self.path, output)
+        } else {
+            rename_no_replace(&self.path, output)
+        };
+        moved.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => DataError::OutputExists(output.to_path_buf()),
+            _ => DataError::OutputUnwritable {
+                path: output.to_path_buf(),
+                reason: format!("cannot rename {} into place: {e}", self.path.display()),
+            },
         })?;
         self.armed = false;
         // Persist the rename itself; best effort (not all platforms can sync a folder).
@@ -1263,6 +1265,36 @@ mod tests {
             ["x.pgan", "x.pgan.report.txt", "y.pgan", "y.pgan.report.txt"],
             "no temporary file is left"
         );
+    }
+
+    #[test]
+    fn an_output_that_appeared_during_the_work_is_kept_unless_forced() {
+        // Two prepares of one output started together both pass the early check; the one that
+        // finishes second must not replace the first's file (nor report success).
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("q.pgan");
+        let finish = |bytes: &[u8], replace: bool| {
+            let tmp = dir.path().join(format!(".q.pgan.tmp-{}", bytes.len()));
+            std::fs::write(&tmp, bytes).unwrap();
+            let guard = TempGuard {
+                path: tmp.clone(),
+                armed: true,
+            };
+            let result = guard.commit(&out, replace);
+            (result, tmp)
+        };
+        let (first, _) = finish(b"first", false);
+        first.unwrap();
+        let (second, tmp) = finish(b"second!", false);
+        assert!(
+            matches!(second, Err(DataError::OutputExists(ref p)) if *p == out),
+            "{second:?}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"first");
+        assert!(!tmp.exists(), "the loser's temporary file is removed");
+        let (forced, _) = finish(b"forced!!", true);
+        forced.unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"forced!!");
     }
 
     #[test]

@@ -240,16 +240,61 @@ impl ModeSpec {
             path: path.to_path_buf(),
             source,
         })?;
-        if spec.table.len() != spec.modes || spec.resolution < MIN_RESOLUTION {
-            return Err(MetricsError::InvalidArgument(format!(
-                "{}: table has {} entries for {} modes at resolution {}",
-                path.display(),
-                spec.table.len(),
-                spec.modes,
-                spec.resolution
-            )));
-        }
+        spec.check().map_err(|problem| {
+            MetricsError::InvalidArgument(format!(
+                "{}: {problem} (not a modes.json written by `pgan synth`?)",
+                path.display()
+            ))
+        })?;
         Ok(spec)
+    }
+
+    /// What is wrong with a spec read from a file, if anything: every figure the classifier
+    /// renders from must be one `pgan synth` could have written.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.modes == 0 || self.table.len() != self.modes {
+            return Err(format!(
+                "its table has {} entries for {} modes (at least 1, one entry per mode)",
+                self.table.len(),
+                self.modes
+            ));
+        }
+        if !pgan_spec::resolution::is_supported(self.resolution)
+            || !(MIN_RESOLUTION..=MAX_RESOLUTION).contains(&self.resolution)
+        {
+            return Err(format!(
+                "resolution {} is not a power of two in {MIN_RESOLUTION}..={MAX_RESOLUTION}",
+                self.resolution
+            ));
+        }
+        if !(self.half_size.is_finite() && self.half_size > 0.0 && self.half_size <= 0.5) {
+            return Err(format!(
+                "half_size {} is not a fraction of the image in (0, 0.5]",
+                self.half_size
+            ));
+        }
+        for (name, v) in [
+            ("jitter_px", self.jitter_px),
+            ("size_jitter", self.size_jitter),
+            ("brightness_jitter", self.brightness_jitter),
+            ("pixel_noise", self.pixel_noise),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} {v} is not a non-negative number"));
+            }
+        }
+        for (index, mode) in self.table.iter().enumerate() {
+            if mode.id != index {
+                return Err(format!("table entry {index} has id {}", mode.id));
+            }
+            if !mode.centre.iter().all(|c| (0.0..=1.0).contains(c)) {
+                return Err(format!(
+                    "mode {index}'s centre {:?} is outside the image ([0, 1] per axis)",
+                    mode.centre
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Draws a within-mode variation.
@@ -393,6 +438,13 @@ pub fn render_sample<R: Rng + ?Sized>(spec: &ModeSpec, mode: usize, rng: &mut R)
     out
 }
 
+/// The most images `synth` writes (a few hundred times the largest benchmarks').
+pub const MAX_COUNT: usize = 10_000_000;
+/// The labels file `synth` writes beside the images.
+pub const LABELS_FILE: &str = "labels.json";
+/// The mode spec file `synth` writes beside the images.
+pub const MODES_FILE: &str = "modes.json";
+
 /// Writes a K-mode dataset of `count` PNGs (modes assigned round-robin, then shuffled, so every
 /// mode has `floor(count/K)` or `ceil(count/K)` images) plus `labels.json` and `modes.json` into
 /// `out_dir`, which must be absent or empty. Deterministic for a given seed.
@@ -409,38 +461,40 @@ pub fn synth(
             "count must be positive".into(),
         ));
     }
+    if count > MAX_COUNT {
+        return Err(MetricsError::InvalidArgument(format!(
+            "count {count} is above {MAX_COUNT} images"
+        )));
+    }
     if out_dir.exists() {
         let mut entries = std::fs::read_dir(out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
         if entries.next().is_some() {
             return Err(MetricsError::OutputNotEmpty(out_dir.to_path_buf()));
         }
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
-    let mut assignment: Vec<usize> = (0..count).map(|i| i % modes).collect();
-    assignment.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let digits = (count - 1).to_string().len().max(5);
-    let names: Vec<String> = (0..count).map(|i| format!("{i:0digits$}.png")).collect();
-    (0..count).into_par_iter().try_for_each(|i| {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(i as u64 + 1);
-        let bytes = render_sample(&spec, assignment[i], &mut rng);
-        let path = out_dir.join(&names[i]);
-        image::save_buffer(
-            &path,
-            &bytes,
-            resolution,
-            resolution,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|source| MetricsError::Image { path, source })
-    })?;
-    let labels: Vec<Label> = names
-        .into_iter()
-        .zip(&assignment)
-        .map(|(file, &mode)| Label { file, mode })
-        .collect();
-    let labels_path = write_json(&out_dir.join("labels.json"), &labels)?;
-    let spec_path = write_json(&out_dir.join("modes.json"), &spec)?;
+    // Built in a hidden folder beside `out_dir` and renamed when complete: an interrupted run
+    // leaves no folder of some images without their labels that `prepare` would take for a
+    // dataset (and the next run removes the hidden one).
+    if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| MetricsError::io(parent, e))?;
+    }
+    pgan_data::remove_stale_temps(out_dir);
+    let building = pgan_data::temp_path_for(out_dir, std::process::id());
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(&building).map_err(|e| MetricsError::io(&building, e))?;
+    let result = write_synth(&building, &spec, count, seed).and_then(|written| {
+        std::fs::rename(&building, out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
+        Ok(written)
+    });
+    let assignment = match result {
+        Ok(written) => written,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(e);
+        }
+    };
+    let labels_path = out_dir.join(LABELS_FILE);
+    let spec_path = out_dir.join(MODES_FILE);
     let mut per_mode = vec![0usize; modes];
     for &m in &assignment {
         per_mode[m] += 1;
@@ -456,6 +510,37 @@ pub fn synth(
         spec_path,
         labels_path,
     })
+}
+
+/// The images, `labels.json` and `modes.json` into `out_dir`; the mode of every image.
+fn write_synth(out_dir: &Path, spec: &ModeSpec, count: usize, seed: u64) -> Result<Vec<usize>> {
+    let (modes, resolution) = (spec.modes, spec.resolution);
+    let mut assignment: Vec<usize> = (0..count).map(|i| i % modes).collect();
+    assignment.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let digits = (count - 1).to_string().len().max(5);
+    let names: Vec<String> = (0..count).map(|i| format!("{i:0digits$}.png")).collect();
+    (0..count).into_par_iter().try_for_each(|i| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(i as u64 + 1);
+        let bytes = render_sample(spec, assignment[i], &mut rng);
+        let path = out_dir.join(&names[i]);
+        image::save_buffer(
+            &path,
+            &bytes,
+            resolution,
+            resolution,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|source| MetricsError::Image { path, source })
+    })?;
+    let labels: Vec<Label> = names
+        .into_iter()
+        .zip(&assignment)
+        .map(|(file, &mode)| Label { file, mode })
+        .collect();
+    write_json(&out_dir.join(LABELS_FILE), &labels)?;
+    write_json(&out_dir.join(MODES_FILE), spec)?;
+    Ok(assignment)
 }
 
 /// Reads a dataset's `labels.json`.
@@ -480,6 +565,73 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synth_builds_in_a_hidden_folder_and_removes_one_a_killed_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("synth8");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let killed = pgan_data::temp_path_for(&out, dead);
+        std::fs::create_dir_all(&killed).unwrap();
+        std::fs::write(killed.join("00000.png"), b"half").unwrap();
+        let summary = synth(&out, 4, 8, 6, 0).unwrap();
+        assert_eq!(summary.count, 6);
+        assert!(!killed.exists(), "the killed run's folder is removed");
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 8, "{names:?}");
+        assert_eq!(&names[6..], [LABELS_FILE, MODES_FILE]);
+        // Nothing else beside the output: the hidden folder it was built in is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(matches!(
+            synth(&dir.path().join("big"), 4, 8, MAX_COUNT + 1, 0),
+            Err(MetricsError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_modes_json_with_impossible_figures_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modes.json");
+        let good = ModeSpec::new(8, 16, 0).unwrap();
+        std::fs::write(&path, serde_json::to_string(&good).unwrap()).unwrap();
+        assert_eq!(ModeSpec::load(&path).unwrap(), good);
+        let cases: [(fn(&mut ModeSpec), &str); 6] = [
+            (
+                |s| s.table[2].centre = [50.0, -50.0],
+                "mode 2's centre [50.0, -50.0] is outside",
+            ),
+            (|s| s.half_size = 0.0, "half_size 0 is not a fraction"),
+            (|s| s.half_size = -1.0, "half_size -1 is not a fraction"),
+            (|s| s.table[3].id = 1, "table entry 3 has id 1"),
+            (
+                |s| s.resolution = 3,
+                "resolution 3 is not a power of two in 8..=",
+            ),
+            (
+                |s| {
+                    s.modes = 0;
+                    s.table.clear()
+                },
+                "its table has 0 entries for 0 modes",
+            ),
+        ];
+        for (edit, said) in cases {
+            let mut spec = good.clone();
+            edit(&mut spec);
+            std::fs::write(&path, serde_json::to_string(&spec).unwrap()).unwrap();
+            let err = ModeSpec::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains(said),
+                "expected '{said}' in: {err}"
+            );
+        }
+    }
 
     #[test]
     fn factors_follow_the_design() {

@@ -151,13 +151,14 @@ fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| REPORT_FILE.to_string());
-    let tmp = out.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let target = pgan_spec::output::replaceable_file(out).map_err(|e| ReportError::io(out, e))?;
+    let tmp = target.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, out)
+        fs::rename(&tmp, &target)
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);

@@ -1,6 +1,6 @@
 //! What pgan's crates agree on, in one place with no dependencies: the resolutions a dataset and
-//! a network can have ([`resolution`]), and the keys the trainer writes to a run's
-//! `metrics.jsonl` and the report reads back ([`metrics`]).
+//! a network can have ([`resolution`]), the keys the trainer writes to a run's `metrics.jsonl`
+//! and the report reads back ([`metrics`]), and what an output file may replace ([`output`]).
 //!
 //! ```
 //! use pgan_spec::{metrics, resolution};
@@ -10,4 +10,5 @@
 #![warn(missing_docs)]
 
 pub mod metrics;
+pub mod output;
 pub mod resolution;

@@ -492,11 +492,24 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
             skipped: Vec::new(),
         });
     }
-    if !path.exists() {
-        return Err(TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            message: "not found".into(),
-        });
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: "not found".into(),
+            })
+        }
+        Err(e) => return Err(io_err(path, "open")(e)),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!(
+                    "is {}: give a run directory or one of its checkpoint folders",
+                    pgan_spec::output::kind(&meta.file_type())
+                ),
+            })
+        }
+        Ok(_) => {}
     }
     let all = list_checkpoints(path)?;
     let mut skipped = Vec::new();

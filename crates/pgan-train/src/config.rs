@@ -483,6 +483,13 @@ impl EvalConfig {
     }
 }
 
+/// The widest layer (and latent) a config may ask for: 16x the paper's 512.
+pub const MAX_WIDTH: usize = 8192;
+
+/// The largest minibatch per step a config may ask for, far above any published schedule's: a
+/// larger one is a typo that would exhaust memory before the first step.
+pub const MAX_MINIBATCH: usize = 4096;
+
 /// Thresholds of the failure-mode warnings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -736,6 +743,21 @@ impl TrainConfig {
                 m.resolution
             ));
         }
+        // Sizes far beyond any published network are typos; refused before anything is
+        // allocated (the paper's largest: latent 512, fmap_base 8192, mbdisc 100 x 5).
+        for (name, value, max) in [
+            ("model.latent_dim", m.latent_dim, MAX_WIDTH),
+            ("model.fmap_base", m.fmap_base, 16 * MAX_WIDTH),
+            ("model.fmap_max", m.fmap_max, MAX_WIDTH),
+            ("model.mbdisc_kernels", m.mbdisc_kernels, MAX_WIDTH),
+            ("model.mbdisc_kernel_dim", m.mbdisc_kernel_dim, MAX_WIDTH),
+        ] {
+            if let Some(v) = value.filter(|&v| v > max) {
+                return bad(format!(
+                    "{name} {v} is above the largest pgan builds, {max}"
+                ));
+            }
+        }
         let s = &self.schedule;
         if !is_res(s.start_resolution) || s.start_resolution > m.resolution {
             return bad(format!(
@@ -756,6 +778,18 @@ impl TrainConfig {
             return bad("schedule.total_kimg must be positive".into());
         }
         let e = &self.eval;
+        if !(e.every_kimg.is_finite() && e.every_kimg >= 0.0) {
+            return bad(format!(
+                "eval.every_kimg {} must be a non-negative number (0 is off)",
+                e.every_kimg
+            ));
+        }
+        if e.every_kimg > 0.0 && e.num_images < 2 {
+            return bad(format!(
+                "eval.num_images {} must be at least 2 when eval.every_kimg is set",
+                e.num_images
+            ));
+        }
         if !(e.fid_every_kimg.is_finite() && e.fid_every_kimg >= 0.0) {
             return bad(format!(
                 "eval.fid_every_kimg {} must be a non-negative number",
@@ -777,12 +811,17 @@ impl TrainConfig {
                     ))
                 }
             }
-            if batch == 0 {
-                return bad(format!("schedule.minibatch at {key} must be at least 1"));
+            if batch == 0 || batch > MAX_MINIBATCH {
+                return bad(format!(
+                    "schedule.minibatch at {key} is {batch}: it must be in 1..={MAX_MINIBATCH}"
+                ));
             }
         }
-        if s.minibatch_default == 0 {
-            return bad("schedule.minibatch_default must be at least 1".into());
+        if s.minibatch_default == 0 || s.minibatch_default > MAX_MINIBATCH {
+            return bad(format!(
+                "schedule.minibatch_default {} must be in 1..={MAX_MINIBATCH}",
+                s.minibatch_default
+            ));
         }
         for (key, &lr) in &s.lr {
             match key.parse::<u32>() {
@@ -802,8 +841,33 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
             return bad("optim.beta1 and optim.beta2 must be in [0, 1)".into());
         }
-        if self.loss.gp_lambda < 0.0 || self.loss.r1_gamma < 0.0 || self.loss.drift_epsilon < 0.0 {
-            return bad("loss weights must be non-negative".into());
+        for (name, v) in [
+            ("loss.gp_lambda", self.loss.gp_lambda),
+            ("loss.r1_gamma", self.loss.r1_gamma),
+            ("loss.drift_epsilon", self.loss.drift_epsilon),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} {v} must be a non-negative weight"));
+            }
+        }
+        if !(self.optim.epsilon.is_finite() && self.optim.epsilon > 0.0) {
+            return bad(format!(
+                "optim.epsilon {} must be positive (Adam's denominator term)",
+                self.optim.epsilon
+            ));
+        }
+        if let Some(h) = self.ema.half_life_kimg {
+            if !(h.is_finite() && h >= 0.0) {
+                return bad(format!(
+                    "ema.half_life_kimg {h} must be a non-negative number (0: ema.beta per step)"
+                ));
+            }
+        }
+        if !(self.recovery.cooldown_kimg.is_finite() && self.recovery.cooldown_kimg >= 0.0) {
+            return bad(format!(
+                "recovery.cooldown_kimg {} must be a non-negative number",
+                self.recovery.cooldown_kimg
+            ));
         }
         self.validate_remedies()?;
         self.alarms.validate()?;

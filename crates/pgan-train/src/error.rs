@@ -114,11 +114,13 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
-    /// Writing an image failed.
-    #[error("cannot write image {}: {message}", path.display())]
+    /// Reading or writing an image failed.
+    #[error("cannot {action} image {}: {message}", path.display())]
     Image {
         /// The image file.
         path: PathBuf,
+        /// `read` or `write`.
+        action: &'static str,
         /// What went wrong.
         message: String,
     },

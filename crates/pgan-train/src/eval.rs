@@ -371,6 +371,28 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             return Ok(report);
         }
     }
+    // The generated images and, with a dataset, twice as many reals stay in memory.
+    let held = if request.data.is_some() { 3 } else { 1 };
+    crate::limits::check_images_fit(
+        held * request.num_images,
+        loaded.model.num_channels,
+        resolution,
+        "SWD, MS-SSIM and mode coverage",
+    )
+    .map_err(|message| crate::error::TrainError::Config {
+        path: None,
+        message: format!("--num {}: {message}", request.num_images),
+    })?;
+    let pairs = request.num_images.saturating_mul(request.num_images - 1) / 2;
+    if request.msssim_pairs > pairs {
+        return Err(crate::error::TrainError::Config {
+            path: None,
+            message: format!(
+                "--pairs {}: {} images make {pairs} distinct pairs",
+                request.msssim_pairs, request.num_images
+            ),
+        });
+    }
     say(&format!(
         "generating {} images at {resolution}x{resolution}",
         request.num_images
@@ -449,9 +471,17 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         }
         reals_for_modes = Some(a);
     } else {
-        let reason = "no dataset to compare with: pass --data FILE.pgan (the run's config.toml \
-                      names none that exists)";
-        report.unmeasured("swd", reason);
+        let reason = match &request.data {
+            Some(folder) => format!(
+                "{} is an image folder, which serves --fid, --kid and --pr only: SWD and \
+                 MS-SSIM compare with a .pgan dataset (pgan prepare)",
+                folder.display()
+            ),
+            None => "no dataset to compare with: pass --data FILE.pgan (the run's config.toml \
+                     names none that exists)"
+                .to_string(),
+        };
+        report.unmeasured("swd", reason.clone());
         report.unmeasured("msssim_real", reason);
     }
     if let Some(spec) = &request.modes {

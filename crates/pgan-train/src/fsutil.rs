@@ -17,18 +17,21 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}-{unique}", std::process::id()))
 }
 
-/// Writes a file through `fill`, syncs it and renames it over `path`; on any error the temp file
-/// is removed and `path` is untouched.
+/// Writes a file through `fill`, syncs it and renames it over `path` (over the file a symbolic
+/// link at `path` points to); on any error the temp file is removed and `path` is untouched.
+/// Only a regular file is ever replaced: a device, FIFO, socket or folder at `path` is an error
+/// before anything is written.
 pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let tmp = temp_beside(path);
+    let target = pgan_spec::output::replaceable_file(path)?;
+    let tmp = temp_beside(&target);
     let result = (|| {
         let mut file = File::create(&tmp)?;
         fill(&mut file)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &target)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -78,6 +81,7 @@ pub(crate) fn write_dir_atomic<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn a_failed_write_leaves_the_old_file_and_no_temp() {
@@ -88,6 +92,38 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_regular_files_are_replaced_and_links_stay_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.json");
+        std::fs::write(&target, b"old").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let err = write_atomic(&fifo, b"x").unwrap_err().to_string();
+        assert!(err.starts_with("it is a FIFO, not a regular file"), "{err}");
+        let null = dir.path().join("null");
+        std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+        assert!(write_atomic(&null, b"x").is_err());
+        assert!(std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        // Nothing was left behind: the two links, the target, the FIFO.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
     }
 
     #[test]

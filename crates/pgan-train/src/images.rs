@@ -106,6 +106,7 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
     })
     .map_err(|e| TrainError::Image {
         path: path.to_path_buf(),
+        action: "write",
         message: e.to_string(),
     })
 }
@@ -128,6 +129,7 @@ pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
     })
     .map_err(|e| TrainError::Image {
         path: path.to_path_buf(),
+        action: "write",
         message: e.to_string(),
     })
 }

@@ -592,6 +592,7 @@ pub fn folder_features<B: Backend>(
         let image = image::open(file)
             .map_err(|e| TrainError::Image {
                 path: file.clone(),
+                action: "read",
                 message: format!("cannot decode: {e}"),
             })?
             .to_rgb8();
@@ -657,6 +658,13 @@ pub fn save_features_npy(path: &Path, features: &Features) -> Result<()> {
         .map_err(io_err(path, "write features"))
 }
 
+/// Where `--save-features PREFIX` writes one set's features: `PREFIX-real.npy`, `PREFIX-fake.npy`.
+pub fn features_file(prefix: &Path, set: &str) -> PathBuf {
+    let mut name = prefix.as_os_str().to_owned();
+    name.push(format!("-{set}.npy"));
+    PathBuf::from(name)
+}
+
 impl crate::backend::BackendJob for CompareRequest {
     type Output = FeatureMetricsReport;
     fn run<B: burn::tensor::backend::AutodiffBackend>(
@@ -668,13 +676,8 @@ impl crate::backend::BackendJob for CompareRequest {
         let real = set_features(&extractor, &self.real, need, self.progress)?;
         let fake = set_features(&extractor, &self.fake, need, self.progress)?;
         if let Some(prefix) = &self.save_features {
-            let with = |suffix: &str| {
-                let mut name = prefix.as_os_str().to_owned();
-                name.push(suffix);
-                PathBuf::from(name)
-            };
-            save_features_npy(&with("-real.npy"), &real.features)?;
-            save_features_npy(&with("-fake.npy"), &fake.features)?;
+            save_features_npy(&features_file(prefix, "real"), &real.features)?;
+            save_features_npy(&features_file(prefix, "fake"), &fake.features)?;
         }
         compare(&real, &fake, self.metrics, self.seed)
     }

@@ -1,6 +1,7 @@
 //! Bounds checked before anything is allocated or drawn: the size of a rendered sheet or
-//! sample grid (checked arithmetic, one pixel limit) and the truncation ψ, whose rejection
-//! sampling never ends for ψ ≤ 0 and takes ~1/(0.8 ψ) draws per component for small ψ.
+//! sample grid (checked arithmetic, one pixel limit), the images an evaluation holds in memory
+//! against the memory there is, and the truncation ψ, whose rejection sampling never ends for
+//! ψ ≤ 0 and takes ~1/(0.8 ψ) draws per component for small ψ.
 
 /// The most pixels one rendered image (sheet, strip, timeline, sample grid) may have: 2^28
 /// (16384 x 16384), 768 MiB as 8-bit RGB.
@@ -19,6 +20,39 @@ pub fn check_truncation(psi: f32) -> Result<(), String> {
              beyond ±ψ are redrawn, so a smaller ψ never or hardly ever finishes)"
         ))
     }
+}
+
+/// Checks that `images` float32 images of `channels x side x side` fit in the memory this
+/// machine has available (`/proc/meminfo`'s MemAvailable; unchecked where it cannot be read),
+/// with `what` saying what they are for in the error.
+pub fn check_images_fit(
+    images: usize,
+    channels: usize,
+    side: u32,
+    what: &str,
+) -> Result<(), String> {
+    let bytes = (images as u128) * (channels as u128) * (side as u128).pow(2) * 4;
+    let Some(available) = available_memory_bytes() else {
+        return Ok(());
+    };
+    if bytes <= available as u128 {
+        return Ok(());
+    }
+    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+    Err(format!(
+        "{what} hold {images} images of {side}x{side} in memory, {:.1} GiB, and {:.1} GiB is \
+         available",
+        gib(bytes),
+        gib(available as u128)
+    ))
+}
+
+/// Memory available to new allocations without swapping, in bytes (Linux).
+pub fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Pixel dimensions of a grid of `rows x cols` cells.
@@ -87,6 +121,19 @@ pub fn sheet_size(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_beyond_the_available_memory_are_refused_with_the_figures() {
+        let available = available_memory_bytes().expect("Linux has /proc/meminfo");
+        check_images_fit(1024, 3, 16, "SWD").unwrap();
+        // One image more than the memory there is, at 1024x1024 RGB (12 MiB each).
+        let images = (available / (3 << 22)) as usize + 1;
+        let err = check_images_fit(images, 3, 1024, "SWD").unwrap_err();
+        assert!(
+            err.starts_with(&format!("SWD hold {images} images of 1024x1024 in memory")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sheet_sizes_match_the_grid_layout() {

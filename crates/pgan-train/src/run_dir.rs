@@ -26,6 +26,16 @@ pub const LOCK_FILE: &str = "train.lock";
 /// the listing and the creation happen under an OS lock on `out_dir` itself (no lock file among
 /// the runs), and a run folder is only ever created new (`create_dir`, never reused).
 pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
+    if let Some(meta) = std::fs::metadata(out_dir).ok().filter(|m| !m.is_dir()) {
+        return Err(TrainError::Config {
+            path: None,
+            message: format!(
+                "run.out_dir {} is {}, not a folder for run directories",
+                out_dir.display(),
+                pgan_spec::output::kind(&meta.file_type())
+            ),
+        });
+    }
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir, "create"))?;
     // Where a folder cannot be opened for locking (not Unix), `create_dir` alone still keeps
     // two runs out of one folder.
@@ -187,7 +197,11 @@ impl RunLog {
         let stamp = format_utc(secs);
         // A failing log write must not kill a multi-day run; it is reported once on stderr.
         if let Err(e) = writeln!(self.file, "{stamp} {level} {message}") {
-            eprintln!("warning: cannot write {}: {e}", self.path.display());
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: cannot write {}: {e}",
+                self.path.display()
+            );
         }
         if self.echo {
             let text = if level == "WARN" {
@@ -197,7 +211,10 @@ impl RunLog {
             };
             match &self.bar {
                 Some(bar) if !bar.is_hidden() => bar.println(text),
-                _ => eprintln!("{text}"),
+                // Not `eprintln!`, which panics when stderr is a closed pipe.
+                _ => {
+                    let _ = writeln!(std::io::stderr(), "{text}");
+                }
             }
         }
     }

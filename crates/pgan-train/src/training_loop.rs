@@ -199,14 +199,27 @@ struct Trainer<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Trainer<B> {
     fn start(options: TrainOptions, faults: Option<Faults>, device: B::Device) -> Result<Self> {
-        let config = options.config.clone();
+        let mut config = options.config.clone();
         config.validate()?;
         crate::backend::apply_precision(config.run.precision, config.run.backend)?;
         let data_path = config.data.path.clone().ok_or_else(|| TrainError::Config {
             path: None,
             message: "no dataset: set data.path in the config or pass one".into(),
         })?;
+        if options.resume.is_some() && !data_path.exists() {
+            return Err(TrainError::Dataset {
+                path: data_path,
+                message: "does not exist: it is the run's data.path (a relative one is read \
+                          from the current folder); pass --data with the dataset's path"
+                    .into(),
+            });
+        }
         let reader = PyramidReader::open(&data_path)?;
+        // The run's config.toml records where the data is from anywhere, so a resume or an
+        // eval started in another folder finds it.
+        if let Ok(absolute) = std::fs::canonicalize(&data_path) {
+            config.data.path = Some(absolute);
+        }
         if reader.resolution() < config.model.resolution {
             return Err(TrainError::DatasetBelowModel {
                 path: data_path,

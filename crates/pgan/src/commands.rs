@@ -1,6 +1,7 @@
 //! One function per subcommand: turn flags into library options (errors name the flag), call the
 //! library, print a short summary.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
-use crate::paths::{checkpoint_of, create_parent_dirs};
+use crate::paths::{check_output, checkpoint_of, prepare_output};
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
@@ -81,7 +82,7 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
         eprintln!("\ninterrupt: stopping and removing the temporary file (again to exit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
-    create_parent_dirs(&args.output, "OUTPUT")?;
+    check_output(&args.output, "OUTPUT")?;
     let summary = match pgan_data::prepare_cancellable(&options, &cancel) {
         Err(err @ pgan_data::DataError::Interrupted(_)) => {
             eprintln!("{err}");
@@ -350,6 +351,12 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut options = TrainOptions::new(config);
     options.resume = args.resume.clone();
     options.data_changed_ok = args.data_changed_ok;
+    if let Some(kimg) = args
+        .stop_after_kimg
+        .filter(|k| !(k.is_finite() && *k >= 0.0))
+    {
+        bail!("--stop-after-kimg {kimg} must be a non-negative number of kimg");
+    }
     options.stop_after_kimg = args.stop_after_kimg;
     options.interactive = true;
     let stop = options.stop.clone();
@@ -364,16 +371,22 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     })
     .context("cannot install the Ctrl-C handler")?;
     let summary = pgan_train::train(options).map_err(with_flag_hint)?;
-    println!("run directory: {}", summary.run_dir.display());
-    println!("checkpoint:    {}", summary.checkpoint.display());
+    // The run is saved; a closed stdout (SIGPIPE stays ignored while training) is no error.
+    let mut lines = vec![
+        format!("run directory: {}", summary.run_dir.display()),
+        format!("checkpoint:    {}", summary.checkpoint.display()),
+    ];
     if let Some(sample) = &summary.latest_sample {
-        println!("sample sheet:  {}", sample.display());
+        lines.push(format!("sample sheet:  {}", sample.display()));
     }
     if summary.interrupted {
-        println!(
+        lines.push(format!(
             "stopped early; continue with: pgan train --resume {}",
             summary.run_dir.display()
-        );
+        ));
+    }
+    let _ = writeln!(std::io::stdout(), "{}", lines.join("\n"));
+    if summary.interrupted {
         // 130 is the shell's code for Ctrl-C; a stop asked for with --stop-after-kimg succeeded.
         if signalled.load(Ordering::SeqCst) {
             return Ok(ExitCode::from(130));
@@ -446,7 +459,30 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             cols: args.cols,
         },
     };
-    create_parent_dirs(&args.out, "--out")?;
+    let mut outputs = vec![args.out.clone()];
+    if let RenderKind::Interpolation { gif: true, .. } = &kind {
+        let gif = args.out.with_extension("gif");
+        if gif == args.out {
+            bail!(
+                "--out {}: the strip is a PNG and its animation is written beside it as .gif; \
+                 name the strip .png (or pass --no-gif)",
+                args.out.display()
+            );
+        }
+        outputs.push(gif);
+    }
+    if let Some(latents) = &args.save_latents {
+        if outputs.contains(latents) {
+            bail!(
+                "--save-latents {} is also an image output: give the latents their own file",
+                latents.display()
+            );
+        }
+        prepare_output(latents, "--save-latents")?;
+    }
+    for out in &outputs {
+        prepare_output(out, "--out")?;
+    }
     // A timeline draws every checkpoint of the run; the others draw one.
     let source = if args.timeline {
         args.source
@@ -507,9 +543,25 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             pgan_inception::WEIGHTS_ENV
         );
     }
+    // Every cheap check before the first image is generated or read.
+    if let Some(path) = &args.json {
+        prepare_output(path, "--json")?;
+    }
+    if let Some(prefix) = &args.save_features {
+        for half in ["real", "fake"] {
+            let file = pgan_train::inception_metrics::features_file(prefix, half);
+            prepare_output(&file, "--save-features")?;
+        }
+    }
+    if let Some(modes) = &args.modes {
+        pgan_metrics::ModeSpec::load(modes).context("--modes")?;
+    }
     if let Some(fake) = &args.fake {
         if !feature_metrics.any() {
             bail!("--fake compares two image sets by --fid, --kid or --pr: give at least one");
+        }
+        if !fake.exists() {
+            bail!("--fake {}: no such file or folder", fake.display());
         }
         let real = args.data.clone().context("--fake needs --real")?;
         let request = pgan_train::inception_metrics::CompareRequest {
@@ -525,7 +577,6 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         println!("{report}");
         if let Some(path) = &args.json {
             let json = serde_json::to_string_pretty(&report)?;
-            create_parent_dirs(path, "--json")?;
             pgan_train::fsutil::write_atomic(path, json.as_bytes())
                 .with_context(|| format!("--json: cannot write {}", path.display()))?;
             println!("wrote {}", path.display());
@@ -545,6 +596,23 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             .and_then(|p| TrainConfig::from_toml_file(&p).ok())
             .and_then(|c| c.data.path),
     };
+    let swd_runs = !feature_metrics.any() || args.modes.is_some();
+    if let Some(path) = data.as_ref().filter(|p| swd_runs && p.is_file()) {
+        // SWD and MS-SSIM draw two sets of --num reals (one to compare with, one for the noise
+        // floor); from a smaller dataset images repeat, and repeated reals look alike.
+        let reader = pgan_data::PyramidReader::open(path).context("--data")?;
+        if reader.len() < 2 * args.num {
+            eprintln!(
+                "warning: {} holds {} images, fewer than the 2 x {} reals SWD and MS-SSIM draw: \
+                 reals repeat, so the real-vs-real SWD floor reads low and the reals' MS-SSIM \
+                 high; --num {} or less draws distinct ones",
+                path.display(),
+                reader.len(),
+                args.num,
+                reader.len() / 2
+            );
+        }
+    }
     let request = pgan_train::eval::EvalRequest {
         checkpoint: ckpt,
         data,
@@ -561,7 +629,6 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     println!("{report}");
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
-        create_parent_dirs(path, "--json")?;
         pgan_train::fsutil::write_atomic(path, json.as_bytes())
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
@@ -583,7 +650,7 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
 
 fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitCode> {
     let ckpt = checkpoint_of(source)?;
-    create_parent_dirs(out, "--out")?;
+    prepare_output(out, "--out")?;
     let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
     println!(
         "wrote {} ({} tensors, {} parameters, {} KiB) from {}",
@@ -598,7 +665,7 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitC
 
 fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
     if let Some(out) = &out {
-        create_parent_dirs(out, "--out")?;
+        prepare_output(out, "--out")?;
     }
     let out = out.unwrap_or_else(|| run_dir.join("report.html"));
     let summary = pgan_report::write_report(run_dir, &out)?;

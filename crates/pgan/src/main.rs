@@ -381,12 +381,28 @@ struct SynthArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let training = matches!(&cli.command, Command::Train(args) if !args.dry_run);
+    if !training {
+        end_quietly_on_a_closed_pipe();
+    }
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+/// A reader that goes away (`pgan info x | head`) ends the process quietly, as it ends any Unix
+/// filter: Rust ignores SIGPIPE, which turns the next print into a panic. Training keeps it
+/// ignored and never fails on a print (`run_dir::Log`), so a closed terminal pipe cannot cost a
+/// run its progress.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

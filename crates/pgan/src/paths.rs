@@ -1,18 +1,46 @@
-//! The two path rules every command shares: an output file's missing folders are created, and
-//! a checkpoint argument that names a run directory means its newest intact checkpoint.
+//! The path rules every command shares: an output is checked, its missing folders created and
+//! the temporary files of killed writers removed before any work is done, and a checkpoint argument that names a run directory means its
+//! newest intact checkpoint.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-/// Creates the folders above `out` that do not exist yet, so every command that writes a file
-/// (prepare, render, eval --json, export, report) treats a new folder alike. `flag` names the
-/// argument in the error.
-pub fn create_parent_dirs(out: &Path, flag: &str) -> Result<()> {
-    match out.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent)
+/// Readies `out` for a command's output before the command does any work, so every command that
+/// writes a file (render, eval --json, export, report) treats a path alike: [`check_output`],
+/// and the temporary files of earlier commands killed while writing it are removed.
+pub fn prepare_output(out: &Path, flag: &str) -> Result<()> {
+    check_output(out, flag)?;
+    if let Ok(target) = pgan_spec::output::replaceable_file(out) {
+        pgan_data::remove_stale_temps(&target);
+    }
+    Ok(())
+}
+
+/// Refuses `out` when it could not be replaced (a folder, device, FIFO or socket, also at the
+/// end of a symbolic link) or lies in a checkpoint folder (whose files the trainer wrote and
+/// checksummed), and creates the folders above it that do not exist yet. `flag` names the
+/// argument. (`prepare` removes and reports its own stale temporary files.)
+pub fn check_output(out: &Path, flag: &str) -> Result<()> {
+    let target = pgan_spec::output::replaceable_file(out)
+        .with_context(|| format!("{flag} {}", out.display()))?;
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
+    if parent
+        .unwrap_or(Path::new("."))
+        .join(pgan_train::checkpoint::STATE_FILE)
+        .is_file()
+    {
+        bail!(
+            "{flag} {}: that folder is a checkpoint (it holds {}); its files are the trainer's, \
+             write outputs elsewhere",
+            out.display(),
+            pgan_train::checkpoint::STATE_FILE
+        );
+    }
+    match parent {
+        Some(parent) => std::fs::create_dir_all(parent)
             .with_context(|| format!("{flag}: cannot create the folder {}", parent.display())),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -34,14 +62,37 @@ mod tests {
     fn missing_output_folders_are_created() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("a/b/c.json");
-        create_parent_dirs(&out, "--json").unwrap();
+        prepare_output(&out, "--json").unwrap();
         assert!(dir.path().join("a/b").is_dir());
-        create_parent_dirs(Path::new("c.json"), "--json").unwrap();
+        prepare_output(Path::new("c.json"), "--json").unwrap();
         let blocked = dir.path().join("file");
         std::fs::write(&blocked, b"x").unwrap();
-        let err = create_parent_dirs(&blocked.join("c.json"), "--out").unwrap_err();
+        let err = prepare_output(&blocked.join("c.json"), "--out").unwrap_err();
         assert!(
             format!("{err:#}").starts_with("--out: cannot create"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn outputs_that_are_not_regular_files_or_lie_in_a_checkpoint_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = prepare_output(dir.path(), "--out").unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .ends_with("it is a folder, not a regular file (pgan only replaces regular files)"),
+            "{err:#}"
+        );
+        let link = dir.path().join("full.png");
+        std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+        let err = prepare_output(&link, "--out").unwrap_err();
+        assert!(format!("{err:#}").contains("it links to /dev/full, a character device"));
+        let ckpt = dir.path().join("ckpt-000000000064");
+        std::fs::create_dir(&ckpt).unwrap();
+        std::fs::write(ckpt.join("state.json"), b"{}").unwrap();
+        let err = prepare_output(&ckpt.join("generator_ema.mpk"), "--out").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("that folder is a checkpoint"),
             "{err:#}"
         );
     }
