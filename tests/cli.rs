@@ -1193,6 +1193,111 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
     );
 }
 
+#[test]
+fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, config) = tiny_dataset_and_config(dir.path());
+    // Started from `dir` with a relative dataset path...
+    let runs = dir.path().join("runs");
+    run_ok(
+        pgan()
+            .current_dir(dir.path())
+            .args(["train", "--no-progress", "--data", "tiny.pgan", "--config"])
+            .arg(&config)
+            .arg("--out-dir")
+            .arg(&runs)
+            .args(["--resolution", "8", "--total-kimg", "0.032"]),
+    );
+    let run = first_run(&runs);
+    let recorded = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let absolute = std::fs::canonicalize(dir.path().join("tiny.pgan")).unwrap();
+    assert!(
+        recorded.contains(&format!("path = \"{}\"", absolute.display())),
+        "{recorded}"
+    );
+    // ...resumed and evaluated from another folder.
+    run_ok(resume_cmd(&run, &["--total-kimg", "0.048"]).current_dir("/"));
+    let out = run_ok(
+        pgan()
+            .current_dir("/")
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "16", "--pairs", "4"]),
+    );
+    // 20 images are fewer than 2 x 16 reals: said, not hidden.
+    assert!(
+        out.contains("holds 20 images, fewer than the 2 x 16 reals")
+            && out.contains("--num 10 or less"),
+        "{out}"
+    );
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "4", "--pairs", "7"]),
+    );
+    assert!(
+        out.contains("--pairs 7: 4 images make 6 distinct pairs"),
+        "{out}"
+    );
+
+    // A file where a run folder or an output folder belongs.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run_err(
+        pgan()
+            .arg("export")
+            .arg(&file)
+            .arg("--out")
+            .arg(dir.path().join("g.safetensors")),
+    );
+    assert!(
+        out.contains("is a regular file: give a run directory or one of its checkpoint folders"),
+        "{out}"
+    );
+    let out = run_err(&mut train_cmd(
+        &config,
+        &dir.path().join("tiny.pgan"),
+        &file,
+        &[],
+    ));
+    assert!(
+        out.contains("is a regular file, not a folder for run directories"),
+        "{out}"
+    );
+    // A modes.json whose figures no synth wrote is refused before anything is generated.
+    let modes = dir.path().join("modes.json");
+    run_ok(pgan().arg("synth").arg(dir.path().join("s")).args([
+        "--modes",
+        "4",
+        "--resolution",
+        "8",
+        "--count",
+        "4",
+    ]));
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s/modes.json")).unwrap())
+            .unwrap();
+    spec["table"][1]["centre"] = serde_json::json!([50.0, -50.0]);
+    std::fs::write(&modes, spec.to_string()).unwrap();
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "4", "--modes"])
+            .arg(&modes),
+    );
+    assert!(
+        out.contains("--modes")
+            && out.contains("mode 1's centre [50.0, -50.0] is outside the image"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("generating"),
+        "checked before any work: {out}"
+    );
+}
+
 /// `count` 16x16 PNGs of smooth colour ramps (distinct per `variant`) in `dir/name/`.
 fn ramp_folder(dir: &Path, name: &str, count: u32, variant: u32) -> PathBuf {
     let folder = dir.join(name);

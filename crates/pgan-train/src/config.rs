@@ -1109,6 +1109,67 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_values_and_sizes_no_machine_holds_are_refused_naming_the_key() {
+        let cases: [(fn(&mut TrainConfig), &str); 11] = [
+            (
+                |c| c.loss.gp_lambda = f32::NAN,
+                "loss.gp_lambda NaN must be a non-negative weight",
+            ),
+            (
+                |c| c.loss.drift_epsilon = f32::INFINITY,
+                "loss.drift_epsilon inf must be a non-negative weight",
+            ),
+            (
+                |c| c.loss.r1_gamma = f32::NAN,
+                "loss.r1_gamma NaN must be a non-negative weight",
+            ),
+            (
+                |c| c.optim.epsilon = f32::NAN,
+                "optim.epsilon NaN must be positive",
+            ),
+            (
+                |c| c.ema.half_life_kimg = Some(f64::NAN),
+                "ema.half_life_kimg NaN must be a non-negative number",
+            ),
+            (
+                |c| c.recovery.cooldown_kimg = f64::NAN,
+                "recovery.cooldown_kimg NaN must be a non-negative number",
+            ),
+            (
+                |c| c.eval.every_kimg = f64::NAN,
+                "eval.every_kimg NaN must be a non-negative number",
+            ),
+            (
+                |c| {
+                    c.eval.every_kimg = 1.0;
+                    c.eval.num_images = 0
+                },
+                "eval.num_images 0 must be at least 2",
+            ),
+            (
+                |c| c.schedule.minibatch_default = 1_000_000_000,
+                "schedule.minibatch_default 1000000000 must be in 1..=4096",
+            ),
+            (
+                |c| {
+                    c.schedule.minibatch.insert("8".into(), 5000);
+                },
+                "schedule.minibatch at 8 is 5000: it must be in 1..=4096",
+            ),
+            (
+                |c| c.model.latent_dim = Some(100_000_000),
+                "model.latent_dim 100000000 is above the largest pgan builds, 8192",
+            ),
+        ];
+        for (edit, said) in cases {
+            let mut config = TrainConfig::default();
+            edit(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(said), "expected '{said}' in: {err}");
+        }
+    }
+
+    #[test]
     fn an_mbstd_group_that_does_not_divide_a_minibatch_is_refused() {
         let mut config = TrainConfig::default();
         config.model.resolution = 16;
