@@ -1175,6 +1175,19 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
     assert!(out.contains("--stop-after-kimg NaN"), "{out}");
     assert!(!fresh.exists(), "no run folder for a refused config");
 
+    // Training whose terminal went away finishes its run all the same.
+    let mut child = train_cmd(&config, &data, &fresh, &["--total-kimg", "0.032"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let last = checkpoints(&first_run(&fresh)).pop().unwrap();
+    assert!(last.ends_with("checkpoints/ckpt-000000000032"), "{last:?}");
+
     // A reader that goes away ends a command quietly, not with a panic.
     let mut child = pgan()
         .arg("info")
