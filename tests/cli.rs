@@ -1148,6 +1148,24 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
             .arg(&sheet),
     );
     assert!(out.contains("give the latents their own file"), "{out}");
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .args(["--seeds", "1,2", "--interpolate", "1"]),
+    );
+    assert!(out.contains("--interpolate"), "{out}");
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .arg("--no-gif"),
+    );
+    assert!(out.contains("--interpolate"), "{out}");
     // A temp file a killed render left beside its output goes at the next write of it.
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();

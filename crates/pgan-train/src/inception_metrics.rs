@@ -89,7 +89,9 @@ impl std::fmt::Display for FeatureMetricsReport {
             self.num_real, self.num_fake
         )?;
         if let Some(v) = self.fid {
-            write!(f, "\nFID {v:.4}")?;
+            // Identical sets give 0 up to rounding, which may fall either side of it.
+            let shown = if v.abs() < 5e-5 { 0.0 } else { v };
+            write!(f, "\nFID {shown:.4}")?;
         }
         if let Some(v) = self.kid {
             write!(f, "\nKID x1e3 {:.4}", v * 1e3)?;

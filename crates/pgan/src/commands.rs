@@ -424,7 +424,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         None if sheet => (0..(args.rows * args.cols) as u64).collect(),
         None => (0..48).collect(),
     };
-    if let Some(steps) = args.interpolate {
+    if let Some(steps) = args.interpolate.map(|s| s as usize) {
         // As for a sheet: a strip too wide at 4x4 is too wide at any size.
         let frames = (seeds.len().saturating_sub(1))
             .saturating_mul(steps.max(2))
@@ -442,7 +442,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             args.cols
         );
     }
-    let kind = match (args.interpolate, args.timeline) {
+    let kind = match (args.interpolate.map(|s| s as usize), args.timeline) {
         (Some(_), true) => bail!("--interpolate and --timeline cannot be combined"),
         (Some(steps), false) => {
             if seeds.len() < 2 {

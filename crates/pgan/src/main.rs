@@ -266,7 +266,8 @@ struct RenderArgs {
     #[arg(long)]
     out: PathBuf,
     /// Seeds: a range `0-47` or a list `3,14,15` (default: one per sheet cell, 0-47 for
-    /// --interpolate and --timeline). More seeds than rows x cols is an error.
+    /// --interpolate and --timeline). More seeds than rows x cols is an error; fewer fill the
+    /// sheet in turn.
     #[arg(long)]
     seeds: Option<String>,
     /// Sheet rows.
@@ -279,10 +280,10 @@ struct RenderArgs {
     #[arg(long)]
     truncation: Option<f32>,
     /// Interpolate through the seeds with this many frames per pair (PNG strip + GIF).
-    #[arg(long)]
-    interpolate: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    interpolate: Option<u64>,
     /// With --interpolate: skip the GIF.
-    #[arg(long)]
+    #[arg(long, requires = "interpolate")]
     no_gif: bool,
     /// The same seeds through every checkpoint of the run, one row each.
     #[arg(long)]
