@@ -138,8 +138,12 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
         "{:<7} {:>5} {:>9} {:>19} {:>6} {:>8} {:>8} {:>10}",
         "phase", "stage", "res", "kimg", "batch", "lr", "channels", "mem (MiB)"
     );
+    let mut largest: Option<(f64, u32)> = None;
     for row in &rows {
         let mem = memory_estimate_mib(model, params, row.resolution, row.batch);
+        if largest.is_none_or(|(m, _)| mem > m) {
+            largest = Some((mem, row.resolution));
+        }
         let _ = writeln!(
             out,
             "{:<7} {:>5} {:>9} {:>19} {:>6} {:>8} {:>8} {:>10}",
@@ -169,6 +173,19 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
         thousands((config.schedule.total_kimg * 1000.0).round() as usize),
         p = kimg_decimals
     );
+    // On the CPU the estimate is host memory, which can be compared here.
+    let available = crate::limits::available_memory_bytes()
+        .filter(|_| config.run.backend == crate::config::BackendKind::Cpu);
+    if let (Some((mib, resolution)), Some(available)) = (largest, available) {
+        let available_mib = available as f64 / (1024.0 * 1024.0);
+        if mib > available_mib {
+            let _ = writeln!(
+                out,
+                "warning: the {resolution}x{resolution} stage's estimate, {mib:.0} MiB, is more \
+                 than the {available_mib:.0} MiB this machine has available: lower its minibatch"
+            );
+        }
+    }
     out
 }
 
@@ -229,6 +246,32 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(23_086_795), "23,086,795");
+    }
+
+    #[test]
+    fn a_stage_beyond_the_cpus_memory_is_named_in_the_plan() {
+        let mut config: TrainConfig = toml::from_str(
+            "[model]\npreset = \"cpu-small\"\nresolution = 16\nfmap_base = 16\nfmap_max = 8\n\
+             [schedule]\nminibatch_default = 4\n",
+        )
+        .unwrap();
+        config.run.backend = crate::config::BackendKind::Cpu;
+        let model = resolve_model(&config.model, 3).unwrap();
+        assert!(!describe(&config, &model).contains("warning"));
+        // The paper's networks at 1024x1024 with the largest minibatch: terabytes.
+        config.model.preset = ModelPreset::Paper;
+        config.model.fmap_base = None;
+        config.model.fmap_max = None;
+        config.model.resolution = 1024;
+        config.schedule.minibatch_default = crate::config::MAX_MINIBATCH;
+        config.validate().unwrap();
+        let model = resolve_model(&config.model, 3).unwrap();
+        let plan = describe(&config, &model);
+        assert!(
+            plan.contains("warning: the 1024x1024 stage's estimate")
+                && plan.contains("lower its minibatch"),
+            "{plan}"
+        );
     }
 
     #[test]
