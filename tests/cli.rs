@@ -1148,6 +1148,48 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
             .arg(&sheet),
     );
     assert!(out.contains("give the latents their own file"), "{out}");
+    let dotted = dir.path().join("sub/../sheet.png");
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&sheet)
+            .arg("--save-latents")
+            .arg(&dotted),
+    );
+    assert!(out.contains("give the latents their own file"), "{out}");
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("walk.GIF"))
+            .args(["--seeds", "1,2", "--interpolate", "2"]),
+    );
+    assert!(out.contains("name the strip .png"), "{out}");
+    let inside = checkpoints(&run).pop().unwrap().join("mine/x.png");
+    let out = run_err(pgan().arg("render").arg(&run).arg("--out").arg(&inside));
+    assert!(out.contains("that folder is a checkpoint"), "{out}");
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", &u64::MAX.to_string()]),
+    );
+    assert!(out.contains("GiB"), "a figure, not an overflow: {out}");
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "8", "--data"])
+            .arg(dir.path().join("nosuch.pgan")),
+    );
+    assert!(
+        out.contains("nosuch.pgan: no such file") && !out.contains("generating"),
+        "{out}"
+    );
     let out = run_err(
         pgan()
             .arg("render")
@@ -1174,6 +1216,24 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
     std::fs::write(&stale, b"half a png").unwrap();
     run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&sheet));
     assert!(sheet.is_file() && !stale.exists());
+
+    // An evaluation during training larger than memory is refused before the run starts.
+    let huge_eval = dir.path().join("huge-eval.toml");
+    std::fs::write(
+        &huge_eval,
+        CONFIG.replace("num_images = 16", "num_images = 100000000000"),
+    )
+    .unwrap();
+    let out = run_err(&mut train_cmd(
+        &huge_eval,
+        &data,
+        &dir.path().join("huge"),
+        &[],
+    ));
+    assert!(
+        out.contains("eval.num_images 100000000000: evaluations during training hold"),
+        "{out}"
+    );
 
     // NaN in a config or a flag is named, before any run folder is made.
     let nan_config = dir.path().join("nan.toml");

@@ -273,14 +273,15 @@ impl ModeSpec {
                 self.half_size
             ));
         }
-        for (name, v) in [
-            ("jitter_px", self.jitter_px),
-            ("size_jitter", self.size_jitter),
-            ("brightness_jitter", self.brightness_jitter),
-            ("pixel_noise", self.pixel_noise),
+        // Bounded too: the classifier's search for a shape scans ±jitter_px.
+        for (name, v, max) in [
+            ("jitter_px", self.jitter_px, self.resolution as f32),
+            ("size_jitter", self.size_jitter, 1.0),
+            ("brightness_jitter", self.brightness_jitter, 1.0),
+            ("pixel_noise", self.pixel_noise, 1.0),
         ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(format!("{name} {v} is not a non-negative number"));
+            if !(v.is_finite() && (0.0..=max).contains(&v)) {
+                return Err(format!("{name} {v} is not a number in [0, {max}]"));
             }
         }
         for (index, mode) in self.table.iter().enumerate() {
@@ -601,7 +602,7 @@ mod tests {
         let good = ModeSpec::new(8, 16, 0).unwrap();
         std::fs::write(&path, serde_json::to_string(&good).unwrap()).unwrap();
         assert_eq!(ModeSpec::load(&path).unwrap(), good);
-        let cases: [(fn(&mut ModeSpec), &str); 6] = [
+        let cases: [(fn(&mut ModeSpec), &str); 7] = [
             (
                 |s| s.table[2].centre = [50.0, -50.0],
                 "mode 2's centre [50.0, -50.0] is outside",
@@ -612,6 +613,10 @@ mod tests {
             (
                 |s| s.resolution = 3,
                 "resolution 3 is not a power of two in 8..=",
+            ),
+            (
+                |s| s.jitter_px = 1e30,
+                "jitter_px 1000000000000000000000000000000 is not a number in [0, 16]",
             ),
             (
                 |s| {

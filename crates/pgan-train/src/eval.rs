@@ -371,10 +371,25 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             return Ok(report);
         }
     }
+    if let Some(spec) = &request.modes {
+        let modes = pgan_metrics::ModeSpec::load(spec)?;
+        if modes.resolution != resolution {
+            return Err(crate::error::TrainError::Config {
+                path: None,
+                message: format!(
+                    "--modes {}: it describes {r}x{r} images and the checkpoint generates \
+                     {resolution}x{resolution}; evaluate a checkpoint of the synth dataset's \
+                     resolution",
+                    spec.display(),
+                    r = modes.resolution
+                ),
+            });
+        }
+    }
     // The generated images and, with a dataset, twice as many reals stay in memory.
-    let held = if request.data.is_some() { 3 } else { 1 };
+    let held: usize = if request.data.is_some() { 3 } else { 1 };
     crate::limits::check_images_fit(
-        held * request.num_images,
+        held.saturating_mul(request.num_images),
         loaded.model.num_channels,
         resolution,
         "SWD, MS-SSIM and mode coverage",

@@ -236,6 +236,19 @@ impl<B: AutodiffBackend> Trainer<B> {
         // A corrupt level would be trained on silently: check the ones this run reads.
         reader.verify_levels_up_to(config.model.resolution)?;
         let model = crate::plan::resolve_model(&config.model, reader.channels())?;
+        if config.eval.every_kimg > 0.0 {
+            // An evaluation holds its generated images and twice as many reals.
+            crate::limits::check_images_fit(
+                config.eval.num_images.saturating_mul(3),
+                model.num_channels,
+                model.resolution,
+                "evaluations during training",
+            )
+            .map_err(|message| TrainError::Config {
+                path: None,
+                message: format!("eval.num_images {}: {message}", config.eval.num_images),
+            })?;
+        }
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
 
         // Loaded before the run directory exists, so missing weights stop the run at once.

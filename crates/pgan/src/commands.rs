@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
-use crate::paths::{check_output, checkpoint_of, prepare_output};
+use crate::paths::{check_output, checkpoint_of, prepare_output, same_file};
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
@@ -337,6 +337,12 @@ fn orchestrator(port: u16) -> Result<ExitCode> {
 
 fn train(args: TrainArgs) -> Result<ExitCode> {
     let config = resolve_train_config(&args)?;
+    if let Some(kimg) = args
+        .stop_after_kimg
+        .filter(|k| !(k.is_finite() && *k >= 0.0))
+    {
+        bail!("--stop-after-kimg {kimg} must be a non-negative number of kimg");
+    }
     if args.dry_run {
         let data = config.data.path.as_ref().expect("checked above");
         let reader = pgan_data::PyramidReader::open(data).context("--data")?;
@@ -351,23 +357,25 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let mut options = TrainOptions::new(config);
     options.resume = args.resume.clone();
     options.data_changed_ok = args.data_changed_ok;
-    if let Some(kimg) = args
-        .stop_after_kimg
-        .filter(|k| !(k.is_finite() && *k >= 0.0))
-    {
-        bail!("--stop-after-kimg {kimg} must be a non-negative number of kimg");
-    }
     options.stop_after_kimg = args.stop_after_kimg;
     options.interactive = true;
     let stop = options.stop.clone();
     let signalled = options.stop.clone();
     // First Ctrl-C: checkpoint and exit cleanly; a second one aborts at once.
     ctrlc::set_handler(move || {
+        // Not `eprintln!`: stderr may be a closed pipe (SIGPIPE is ignored while training), and
+        // a panic here would leave the handler dead and the process deaf to signals.
         if stop.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted twice: exiting without a checkpoint");
+            let _ = writeln!(
+                std::io::stderr(),
+                "\ninterrupted twice: exiting without a checkpoint"
+            );
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: writing a checkpoint, then exiting (Ctrl-C again to abort)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "\ninterrupt: writing a checkpoint, then exiting (Ctrl-C again to abort)"
+        );
     })
     .context("cannot install the Ctrl-C handler")?;
     let summary = pgan_train::train(options).map_err(with_flag_hint)?;
@@ -462,7 +470,11 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
     let mut outputs = vec![args.out.clone()];
     if let RenderKind::Interpolation { gif: true, .. } = &kind {
         let gif = args.out.with_extension("gif");
-        if gif == args.out {
+        if args
+            .out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gif"))
+        {
             bail!(
                 "--out {}: the strip is a PNG and its animation is written beside it as .gif; \
                  name the strip .png (or pass --no-gif)",
@@ -472,7 +484,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         outputs.push(gif);
     }
     if let Some(latents) = &args.save_latents {
-        if outputs.contains(latents) {
+        if outputs.iter().any(|out| same_file(out, latents)) {
             bail!(
                 "--save-latents {} is also an image output: give the latents their own file",
                 latents.display()
@@ -587,6 +599,9 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         .source
         .as_ref()
         .context("give a checkpoint or --fake")?;
+    if let Some(data) = args.data.as_ref().filter(|d| !d.exists()) {
+        bail!("--data {}: no such file or folder", data.display());
+    }
     let ckpt = checkpoint_of(source)?;
     let data = match &args.data {
         Some(d) => Some(d.clone()),
@@ -601,7 +616,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         // SWD and MS-SSIM draw two sets of --num reals (one to compare with, one for the noise
         // floor); from a smaller dataset images repeat, and repeated reals look alike.
         let reader = pgan_data::PyramidReader::open(path).context("--data")?;
-        if reader.len() < 2 * args.num {
+        if reader.len() < args.num.saturating_mul(2) {
             eprintln!(
                 "warning: {} holds {} images, fewer than the 2 x {} reals SWD and MS-SSIM draw: \
                  reals repeat, so the real-vs-real SWD floor reads low and the reals' MS-SSIM \

@@ -25,10 +25,11 @@ pub fn check_output(out: &Path, flag: &str) -> Result<()> {
     let target = pgan_spec::output::replaceable_file(out)
         .with_context(|| format!("{flag} {}", out.display()))?;
     let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
-    if parent
-        .unwrap_or(Path::new("."))
-        .join(pgan_train::checkpoint::STATE_FILE)
-        .is_file()
+    // The folder and every folder above it (a checkpoint's subfolder is pruned with it).
+    let existing = resolved(parent.unwrap_or(Path::new(".")));
+    if existing
+        .ancestors()
+        .any(|dir| dir.join(pgan_train::checkpoint::STATE_FILE).is_file())
     {
         bail!(
             "{flag} {}: that folder is a checkpoint (it holds {}); its files are the trainer's, \
@@ -42,6 +43,41 @@ pub fn check_output(out: &Path, flag: &str) -> Result<()> {
             .with_context(|| format!("{flag}: cannot create the folder {}", parent.display())),
         None => Ok(()),
     }
+}
+
+/// `dir` with its deepest existing ancestor resolved (symlinks, `..`); the part that does not
+/// exist yet is appended as written.
+fn resolved(dir: &Path) -> PathBuf {
+    let mut tail = Vec::new();
+    let mut head = dir;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(head) {
+            return tail.iter().rev().fold(real, |path, part| path.join(part));
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(up), Some(name)) => {
+                tail.push(name.to_owned());
+                head = if up.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    up
+                };
+            }
+            _ => return dir.to_path_buf(),
+        }
+    }
+}
+
+/// Whether two output paths name one file however they are spelled (`./x`, an absolute path,
+/// a symbolic link to it).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let real = |p: &Path| {
+        let target = pgan_spec::output::replaceable_file(p).unwrap_or_else(|_| p.to_path_buf());
+        let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
+        let name = target.file_name()?.to_owned();
+        Some(resolved(dir.unwrap_or(Path::new("."))).join(name))
+    };
+    a == b || real(a).is_some_and(|a| Some(a) == real(b))
 }
 
 /// The checkpoint `source` means (a checkpoint folder, or a run directory's newest checkpoint
@@ -95,5 +131,35 @@ mod tests {
             format!("{err:#}").contains("that folder is a checkpoint"),
             "{err:#}"
         );
+        let err = prepare_output(&ckpt.join("new/sub/x.png"), "--out").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("that folder is a checkpoint"),
+            "{err:#}"
+        );
+        assert!(!ckpt.join("new").exists());
+        std::fs::create_dir(dir.path().join("other")).unwrap();
+        let dotted = dir.path().join("other/../ckpt-000000000064/x.png");
+        assert!(prepare_output(&dotted, "--out").is_err());
+        prepare_output(&dir.path().join("other/x.png"), "--out").unwrap();
+    }
+
+    #[test]
+    fn one_file_is_recognised_however_it_is_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("y.png");
+        std::fs::write(&file, b"x").unwrap();
+        let link = dir.path().join("link.png");
+        std::os::unix::fs::symlink("y.png", &link).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let dotted = dir.path().join("sub/../y.png");
+        assert!(same_file(&file, &link));
+        assert!(same_file(&file, &dotted));
+        assert!(same_file(&file, &file));
+        assert!(!same_file(&file, &dir.path().join("z.png")));
+        // Not written yet: compared by the folder that exists and the name.
+        assert!(same_file(
+            &dir.path().join("new/a.npy"),
+            &dir.path().join("sub/../new/a.npy")
+        ));
     }
 }
