@@ -1209,9 +1209,7 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
     );
     assert!(out.contains("--interpolate"), "{out}");
     // A temp file a killed render left beside its output goes at the next write of it.
-    let mut child = Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
+    let dead = pgan_data::test_files::dead_pid();
     let stale = dir.path().join(format!(".sheet.png.tmp-{dead}-1"));
     std::fs::write(&stale, b"half a png").unwrap();
     run_ok(pgan().arg("render").arg(&run).arg("--out").arg(&sheet));

@@ -139,9 +139,7 @@ mod tests {
     fn stale_temp_files_and_folders_of_any_command_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("walk.gif");
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = crate::test_files::dead_pid();
         let live = std::os::unix::process::parent_id();
         let stale_file = dir.path().join(format!(".walk.gif.tmp-{dead}-3"));
         let stale_folder = temp_path_for(&out, dead);
@@ -195,11 +193,8 @@ mod tests {
     #[test]
     fn liveness() {
         assert!(process_alive(std::process::id()));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
         // Reaped: gone (unless the pid was reused within microseconds).
-        assert!(!process_alive(pid));
+        assert!(!process_alive(crate::test_files::dead_pid()));
         assert!(!process_alive(0));
         assert!(!process_alive(u32::MAX));
     }

@@ -1,4 +1,13 @@
-//! Crafted input files shared by the tests of this crate and the CLI's end-to-end tests.
+//! Crafted input files (and a dead process id) shared by the tests of this crate, the crates
+//! above it and the CLI's end-to-end tests.
+
+/// The id of a process that has exited: what a killed writer's temp file is named after.
+pub fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
 
 /// A PNG whose header declares `w x h` pixels of `colour` (2 RGB, 6 RGBA) at `depth` bits,
 /// followed by one tiny IDAT: a decompression bomb of a few hundred bytes.

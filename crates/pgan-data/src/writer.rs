@@ -1175,12 +1175,7 @@ mod tests {
     }
 
     /// A pid that no process has: a child that has exited and been reaped.
-    fn dead_pid() -> u32 {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        pid
-    }
+    use crate::test_files::dead_pid;
 
     #[test]
     fn stale_temps_of_dead_processes_are_removed_live_ones_kept() {

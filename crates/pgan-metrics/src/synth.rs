@@ -571,9 +571,7 @@ mod tests {
     fn synth_builds_in_a_hidden_folder_and_removes_one_a_killed_run_left() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("synth8");
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = pgan_data::test_files::dead_pid();
         let killed = pgan_data::temp_path_for(&out, dead);
         std::fs::create_dir_all(&killed).unwrap();
         std::fs::write(killed.join("00000.png"), b"half").unwrap();
