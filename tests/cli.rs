@@ -46,18 +46,10 @@ fn image_folder(dir: &Path) -> PathBuf {
     images
 }
 
-/// `pgan train --no-progress` of `config` on `data` into `runs`; returns its output and the one
-/// run directory it made there.
-fn train_tiny(config: &Path, data: &Path, runs: &Path) -> (String, PathBuf) {
-    let out = run_ok(
-        pgan()
-            .args(["train", "--no-progress", "--config"])
-            .arg(config)
-            .arg("--data")
-            .arg(data)
-            .arg("--out-dir")
-            .arg(runs),
-    );
+/// `pgan train --no-progress` of `config` on `data` into `runs`, plus `extra` flags; returns its
+/// output and the one run directory it made there.
+fn train_tiny(config: &Path, data: &Path, runs: &Path, extra: &[&str]) -> (String, PathBuf) {
+    let out = run_ok(&mut train_cmd(config, data, runs, extra));
     let run = first_run(runs);
     (out, run)
 }
@@ -172,7 +164,7 @@ fn prepare_train_render_eval_report() {
         "{bad}"
     );
 
-    let (out, run) = train_tiny(&config, &data, &runs);
+    let (out, run) = train_tiny(&config, &data, &runs, &[]);
     assert!(out.contains("sample sheet"), "{out}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(
@@ -309,7 +301,7 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
     );
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"));
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"), &[]);
     let json = dir.path().join("eval.json");
     let out = run_ok(
         pgan()
@@ -759,14 +751,8 @@ fn a_requested_stop_exits_0_and_the_resumed_run_keeps_writing_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
     let runs = dir.path().join("runs");
-    let out = run_ok(&mut train_cmd(
-        &config,
-        &data,
-        &runs,
-        &["--stop-after-kimg", "0.032"],
-    ));
+    let (out, run) = train_tiny(&config, &data, &runs, &["--stop-after-kimg", "0.032"]);
     assert!(out.contains("--resume"), "tells how to continue: {out}");
-    let run = first_run(&runs);
     let before = metrics_kimg(&run);
     assert_eq!(before.last().copied(), Some(0.032), "{before:?}");
 
@@ -849,13 +835,7 @@ fn resuming_on_another_dataset_needs_data_changed_ok() {
             .args(["--resolution", "16", "--quiet", "--shuffle-seed", "3"]),
     );
     let runs = dir.path().join("runs");
-    run_ok(&mut train_cmd(
-        &config,
-        &data,
-        &runs,
-        &["--stop-after-kimg", "0.016"],
-    ));
-    let run = first_run(&runs);
+    let (_, run) = train_tiny(&config, &data, &runs, &["--stop-after-kimg", "0.016"]);
     let resume_on_other = |extra: &[&str]| {
         let mut cmd = resume_cmd(&run, &["--total-kimg", "0.032", "--data"]);
         cmd.arg(&other).args(extra);
@@ -877,7 +857,7 @@ fn corrupt_or_edited_latest_checkpoints_fall_back_to_the_newest_intact_one() {
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
     let runs = dir.path().join("runs");
-    let (_, run) = train_tiny(&config, &data, &runs);
+    let (_, run) = train_tiny(&config, &data, &runs, &[]);
     let ckpts = checkpoints(&run);
     assert_eq!(ckpts.len(), 3, "{ckpts:?}");
     // The newest: a record corrupted on disk. The one before: its state.json edited by hand.
@@ -1021,13 +1001,12 @@ fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let runs = dir.path().join("runs");
-    run_ok(&mut train_cmd(
+    let (_, run) = train_tiny(
         &config,
         &data,
         &runs,
         &["--resolution", "8", "--total-kimg", "0.032"],
-    ));
-    let run = first_run(&runs);
+    );
 
     let json = dir.path().join("new/eval/eval.json");
     let out = run_ok(
@@ -1073,13 +1052,12 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
     let runs = dir.path().join("runs");
-    run_ok(&mut train_cmd(
+    let (_, run) = train_tiny(
         &config,
         &data,
         &runs,
         &["--resolution", "8", "--total-kimg", "0.032"],
-    ));
-    let run = first_run(&runs);
+    );
     let eval_json = |json: &Path| {
         let mut cmd = pgan();
         cmd.arg("eval")
@@ -1590,7 +1568,7 @@ fn exported_generator_in_pytorch_matches_pgan_render() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
-    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"));
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"), &[]);
     let sheet = dir.path().join("sheet.png");
     let latents = dir.path().join("z.npy");
     run_ok(
@@ -2253,13 +2231,12 @@ fn two_devices_train_a_run_and_a_minibatch_that_does_not_split_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
     let runs = dir.path().join("runs");
-    run_ok(&mut train_cmd(
+    let (_, run) = train_tiny(
         &config,
         &data,
         &runs,
         &["--devices", "0,1", "--total-kimg", "0.032"],
-    ));
-    let run = first_run(&runs);
+    );
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(
         log.contains("2 peers on devices [0, 1], 2 per device"),

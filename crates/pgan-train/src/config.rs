@@ -1108,6 +1108,16 @@ mod tests {
             .contains("start_resolution"));
     }
 
+    /// Each edit of the default config is refused with an error that contains its text.
+    fn assert_each_refused(cases: &[(fn(&mut TrainConfig), &str)]) {
+        for (edit, said) in cases {
+            let mut config = TrainConfig::default();
+            edit(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(said), "expected '{said}' in: {err}");
+        }
+    }
+
     #[test]
     fn non_finite_values_and_sizes_no_machine_holds_are_refused_naming_the_key() {
         let cases: [(fn(&mut TrainConfig), &str); 11] = [
@@ -1161,12 +1171,7 @@ mod tests {
                 "model.latent_dim 100000000 is above the largest pgan builds, 8192",
             ),
         ];
-        for (edit, said) in cases {
-            let mut config = TrainConfig::default();
-            edit(&mut config);
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(said), "expected '{said}' in: {err}");
-        }
+        assert_each_refused(&cases);
     }
 
     #[test]
@@ -1283,7 +1288,7 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.alarms.collapse_confirm_evals, 1);
         assert_eq!(config.alarms.min_g_grad_ratio, 0.0, "0 turns the test off");
-        for (edit, said) in [
+        assert_each_refused(&[
             (
                 (|c: &mut TrainConfig| c.alarms.msssim_gap = 0.0) as fn(&mut TrainConfig),
                 "alarms.msssim_gap 0 must be positive",
@@ -1312,12 +1317,7 @@ mod tests {
                 |c| c.alarms.min_g_grad_ratio = -0.1,
                 "alarms.min_g_grad_ratio -0.1 must be 0 or more and below 1",
             ),
-        ] {
-            let mut config = TrainConfig::default();
-            edit(&mut config);
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(said), "expected '{said}' in: {err}");
-        }
+        ]);
     }
 
     #[test]
@@ -1332,7 +1332,7 @@ mod tests {
             "saturating".parse::<LossKind>().unwrap_err(),
             "unknown loss 'saturating' (expected wgan-gp, logistic-r1, non-saturating, minimax)"
         );
-        for (edit, said) in [
+        assert_each_refused(&[
             (
                 (|c: &mut TrainConfig| c.instance_noise.sigma = -0.1) as fn(&mut TrainConfig),
                 "instance_noise.sigma -0.1 must be a non-negative number",
@@ -1374,12 +1374,7 @@ mod tests {
                 |c| c.loss.real_label = 0.9,
                 "loss.real_label 0.9 applies to the logistic losses",
             ),
-        ] {
-            let mut config = TrainConfig::default();
-            edit(&mut config);
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(said), "expected '{said}' in: {err}");
-        }
+        ]);
         // Smoothing is allowed with every logistic loss.
         for kind in [
             LossKind::LogisticR1,

@@ -371,8 +371,12 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             return Ok(report);
         }
     }
-    if let Some(spec) = &request.modes {
-        let modes = pgan_metrics::ModeSpec::load(spec)?;
+    // Read once, checked before any image is generated, classified with at the end.
+    let mode_spec = match &request.modes {
+        Some(path) => Some((path, pgan_metrics::ModeSpec::load(path)?)),
+        None => None,
+    };
+    if let Some((spec, modes)) = &mode_spec {
         if modes.resolution != resolution {
             return Err(crate::error::TrainError::Config {
                 path: None,
@@ -499,9 +503,9 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.unmeasured("swd", reason.clone());
         report.unmeasured("msssim_real", reason);
     }
-    if let Some(spec) = &request.modes {
+    if let Some((_, spec)) = &mode_spec {
         say("classifying modes");
-        let classifier = pgan_metrics::ModeClassifier::from_spec_file(spec)?;
+        let classifier = pgan_metrics::ModeClassifier::from_spec(spec)?;
         report.modes = Some(pgan_metrics::coverage(&classifier, &fakes)?);
         if let Some(reals) = &reals_for_modes {
             report.modes_real = Some(pgan_metrics::coverage(&classifier, reals)?);

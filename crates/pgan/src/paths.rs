@@ -10,18 +10,17 @@ use anyhow::{bail, Context, Result};
 /// writes a file (render, eval --json, export, report) treats a path alike: [`check_output`],
 /// and the temporary files of earlier commands killed while writing it are removed.
 pub fn prepare_output(out: &Path, flag: &str) -> Result<()> {
-    check_output(out, flag)?;
-    if let Ok(target) = pgan_spec::output::replaceable_file(out) {
-        pgan_data::remove_stale_temps(&target);
-    }
+    let target = check_output(out, flag)?;
+    pgan_data::remove_stale_temps(&target);
     Ok(())
 }
 
 /// Refuses `out` when it could not be replaced (a folder, device, FIFO or socket, also at the
 /// end of a symbolic link) or lies in a checkpoint folder (whose files the trainer wrote and
 /// checksummed), and creates the folders above it that do not exist yet. `flag` names the
-/// argument. (`prepare` removes and reports its own stale temporary files.)
-pub fn check_output(out: &Path, flag: &str) -> Result<()> {
+/// argument; the file a write replaces (the end of a symlink chain) is returned. (`prepare`
+/// removes and reports its own stale temporary files.)
+pub fn check_output(out: &Path, flag: &str) -> Result<PathBuf> {
     let target = pgan_spec::output::replaceable_file(out)
         .with_context(|| format!("{flag} {}", out.display()))?;
     let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
@@ -38,11 +37,11 @@ pub fn check_output(out: &Path, flag: &str) -> Result<()> {
             pgan_train::checkpoint::STATE_FILE
         );
     }
-    match parent {
-        Some(parent) => std::fs::create_dir_all(parent)
-            .with_context(|| format!("{flag}: cannot create the folder {}", parent.display())),
-        None => Ok(()),
+    if let Some(parent) = parent {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{flag}: cannot create the folder {}", parent.display()))?;
     }
+    Ok(target)
 }
 
 /// `dir` with its deepest existing ancestor resolved (symlinks, `..`); the part that does not
@@ -77,7 +76,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         let name = target.file_name()?.to_owned();
         Some(resolved(dir.unwrap_or(Path::new("."))).join(name))
     };
-    a == b || real(a).is_some_and(|a| Some(a) == real(b))
+    a == b || real(a).is_some_and(|real_a| Some(real_a) == real(b))
 }
 
 /// The checkpoint `source` means (a checkpoint folder, or a run directory's newest checkpoint
