@@ -3,12 +3,13 @@
 # fusion choices to compare) against the PyTorch reference on the same GPU, per resolution, with
 # the paper networks, WGAN-GP + drift, and configs/gpu-256.toml's minibatch per resolution
 # (512x512 at that config's default, 16). Writes gpu-<date>-<gpu>.json (one row per resolution
-# and contender: batch, ms/step, img/s, ratio to PyTorch, peak memory) and a markdown table.
+# and contender: batch, ms/step, img/s, ratio to PyTorch, peak memory; and the convolution
+# parity checks) and a markdown table.
 #
 # 1. Here, on the CPU machine (Rust toolchain; ~25 min the first time, holding the build lock):
 #      scripts/gpu_check.sh --prepare
-#    builds the train_step bench with `--profile bench --features cuda,wgpu`, strips it into
-#    .gpu/bin/train_step.gz, fetches the Vulkan loader packages into .gl/ (the device image may
+#    builds the train_step and gpu_conv_parity benches with `--profile bench --features
+#    cuda,wgpu`, strips them into .gpu/bin/<name>.gz, fetches the Vulkan loader packages into .gl/ (the device image may
 #    lack them), and then proves the packed binary with a dry run (below).
 #      scripts/gpu_check.sh --dry-run [--bin PATH]
 #    runs this same script end to end on the CPU backend and wgpu on Mesa's lavapipe, at 4x4 and
@@ -35,6 +36,13 @@
 # Contenders, in priority order (the budget cuts from the end):
 #   pytorch                  scripts/torch_reference.py --device cuda (cuDNN, TF32 convolutions:
 #                            PyTorch's defaults)
+#   parity-cuda              benches/gpu_conv_parity.rs: pgan-cube's op on the paper networks'
+#                            layer shapes against an f64 host reference (value and the three
+#                            gradients), for every implicit GEMM timed below (the default one
+#                            in f32 and bf16, fused and plain; the others f32, fused). On a
+#                            machine without tensor cores the op falls back to burn's kernels, so
+#                            only this row shows that the kernels timed below compute the
+#                            convolution; a failed check marks those rows "wrong results".
 #   pgan-cuda                PGAN_GPU_CONV=implicit-gemm (pgan-cube's op), fusion on: the default
 #   pgan-cuda-bf16           the same with run.precision = "bf16" (bf16 conv inputs, f32
 #                            accumulation); its ratio is to PyTorch's f32 (TF32) row. In the dry
@@ -72,22 +80,25 @@ log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" >&2; }
 if [ "$MODE" = prepare ]; then
   set -e
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/pgan-ci-target}
-  log "building the train_step bench (profile bench, features cuda,wgpu)"
+  log "building the train_step and gpu_conv_parity benches (profile bench, features cuda,wgpu)"
   build_log=$(mktemp /tmp/pgan-gpu-build.XXXXXX)
-  exe=$(cargo bench -p pgan-train --features cuda,wgpu --bench train_step --no-run \
-          --message-format=json 2>"$build_log" \
-        | python3 -c 'import json,sys
+  exes=$(cargo bench -p pgan-train --features cuda,wgpu --bench train_step --bench gpu_conv_parity \
+           --no-run --message-format=json 2>"$build_log" \
+         | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "train_step":
-        print(m["executable"])' | tail -1)
-  [ -x "$exe" ] || { tail -n 40 "$build_log" >&2; echo "error: the build made no train_step binary (log: $build_log)" >&2; exit 1; }
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("train_step", "gpu_conv_parity"):
+        print(m["target"]["name"], m["executable"])')
   mkdir -p .gpu/bin .gpu/cache
-  strip -o .gpu/bin/train_step "$exe"
-  gzip -9 -f .gpu/bin/train_step
-  # What the packed binary was built from, reported with the device's results.
+  for name in train_step gpu_conv_parity; do
+    exe=$(echo "$exes" | awk -v n="$name" '$1 == n {print $2}' | tail -1)
+    [ -x "$exe" ] || { tail -n 40 "$build_log" >&2; echo "error: the build made no $name binary (log: $build_log)" >&2; exit 1; }
+    strip -o ".gpu/bin/$name" "$exe"
+    gzip -9 -f ".gpu/bin/$name"
+    log "packed $(du -h ".gpu/bin/$name.gz" | cut -f1) from $exe"
+  done
+  # What the packed binaries were built from, reported with the device's results.
   echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- crates benches Cargo.toml Cargo.lock || echo ' +uncommitted changes') $(date -u +%Y-%m-%dT%H:%MZ)" > .gpu/bin/build.txt
-  log "packed $(du -h .gpu/bin/train_step.gz | cut -f1) from $exe"
   if ! ls .gl/*.deb >/dev/null 2>&1; then
     # The device image may lack the Vulkan loader (see the device tool's README).
     mkdir -p .gl /tmp/amd64/partial
@@ -143,7 +154,9 @@ LOG=$OUTDIR/gpu_check.log
 exec 2> >(tee -a "$LOG" >&2)
 remaining() { echo $((BUDGET - ($(date +%s) - START))); }
 
-# The binary: the packed bench build (or --bin).
+# The binaries: the packed bench builds (or --bin for the training step; the parity check is
+# then looked for beside it).
+PARITY_BIN=""
 if [ -z "$BIN" ]; then
   if [ -f .gpu/bin/train_step.gz ]; then
     gunzip -c .gpu/bin/train_step.gz > "$WORK/train_step" && chmod +x "$WORK/train_step"
@@ -152,8 +165,15 @@ if [ -z "$BIN" ]; then
     echo "error: .gpu/bin/train_step.gz is missing: run scripts/gpu_check.sh --prepare here first (and carry .gpu)" >&2
     exit 2
   fi
+  if [ -f .gpu/bin/gpu_conv_parity.gz ]; then
+    gunzip -c .gpu/bin/gpu_conv_parity.gz > "$WORK/gpu_conv_parity" && chmod +x "$WORK/gpu_conv_parity"
+    PARITY_BIN=$WORK/gpu_conv_parity
+  fi
+else
+  PARITY_BIN=$(ls "$(dirname "$BIN")"/gpu_conv_parity* 2>/dev/null | grep -v '\.d$' | head -1)
 fi
 [ -x "$BIN" ] || { echo "error: $BIN is not an executable train_step bench binary" >&2; exit 2; }
+[ -n "$PARITY_BIN" ] || log "warning: no gpu_conv_parity binary: the parity row will be missing (rerun --prepare)"
 
 # What the machine has: GPU, driver, PyTorch (the device image ships PyTorch with CUDA in its
 # python3; nothing can be installed there).
@@ -244,16 +264,25 @@ if [ "$MODE" = dry-run ]; then
   BATCH_ENV=(PGAN_BENCH_BATCH=8)
   TORCH_BATCH=(--batch 8)
   GPU=wgpu   # lavapipe stands in for the CUDA contenders' code paths
-  DEFAULT_CONTENDERS="pytorch pgan-cpu pgan-$GPU pgan-$GPU-bf16 pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
+  PARITY_CASES=small
+  DEFAULT_CONTENDERS="pytorch parity-$GPU pgan-cpu pgan-$GPU pgan-$GPU-bf16 pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
 else
   PRESET_ARGS=(--paper)
   TORCH_NET=(--device cuda --fmap-base 8192 --fmap-max 512 --latent 512)
   BATCH_ENV=(PGAN_BENCH_MINIBATCH_FROM="$ROOT/configs/gpu-256.toml")
   TORCH_BATCH=(--minibatch-from "$ROOT/configs/gpu-256.toml")
   GPU=cuda
-  DEFAULT_CONTENDERS="pytorch pgan-cuda pgan-cuda-bf16 pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
+  PARITY_CASES=paper
+  DEFAULT_CONTENDERS="pytorch parity-cuda pgan-cuda pgan-cuda-bf16 pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
 fi
 CONTENDERS=${PGAN_GPU_CONTENDERS:-$DEFAULT_CONTENDERS}
+# The implicit GEMMs the contenders time, default first: the parity check covers each.
+PARITY_CONVS="implicit-gemm"
+for c in $CONTENDERS; do
+  case "$c" in
+    pgan-*-*-cmma|pgan-*-*-mma) rest=${c#pgan-*-}; PARITY_CONVS="$PARITY_CONVS implicit-gemm:${rest%-*}:${rest##*-}" ;;
+  esac
+done
 
 # Tags each JSON line of a contender's output and appends it to $ROWS.
 collect() {
@@ -284,6 +313,7 @@ run_contender() {
   # shared kernels (cached for the rest), the autotune one for tuning every conv shape.
   case "$name" in
     pytorch) cap=120 ;;
+    parity-*) cap=90 ;;
     pgan-cuda|pgan-cpu|pgan-wgpu) cap=200 ;;
     *) cap=120 ;;
   esac
@@ -299,6 +329,12 @@ run_contender() {
     pytorch)
       (cd "$WORK" && timeout "$cap" python3 "$ROOT/scripts/torch_reference.py" "${TORCH_NET[@]}" \
          "${TORCH_BATCH[@]}" --resolutions "$res" --steps "$STEPS" --warmup 3) > "$out" 2> "$err"
+      ;;
+    parity-*)
+      [ -n "$PARITY_BIN" ] || { log "skip $name: no gpu_conv_parity binary"; return; }
+      (cd "$WORK" && timeout "$cap" env PGAN_BENCH_BACKEND="${name#parity-}" \
+         PGAN_PARITY_CASES="$PARITY_CASES" PGAN_PARITY_CONVS="$PARITY_CONVS" \
+         "$PARITY_BIN") > "$out" 2> "$err"
       ;;
     pgan-*)
       local rest=${name#pgan-} backend conv=implicit-gemm fusion=on precision=f32
@@ -339,6 +375,11 @@ import datetime, json, re, sys
 rows_path, env_path, outdir, steps, contenders, mode = sys.argv[1:7]
 env = json.load(open(env_path))
 raw = [json.loads(l) for l in open(rows_path) if l.strip()]
+# The convolution parity checks (gpu_conv_parity) have their own section; a (backend, conv,
+# precision) with a failed check marks the timed rows that ran those kernels.
+parity = [r for r in raw if r.get("bench") == "gpu_conv_parity"]
+raw = [r for r in raw if r.get("bench") != "gpu_conv_parity"]
+parity_failed = {(r.get("backend"), r.get("conv"), r.get("precision")) for r in parity if not r.get("ok")}
 torch = {r["resolution"]: r for r in raw if r.get("contender") == "pytorch" and "resolution" in r}
 rows, notes = [], []
 for r in raw:
@@ -370,6 +411,8 @@ for r in raw:
         for k in ("backend", "conv", "fusion", "precision", "conv_gemm_passes", "conv_fallback_passes", "peak_rss_mb"):
             if k in r:
                 row[k] = r[k]
+        if (r.get("backend"), r.get("conv"), r.get("precision")) in parity_failed:
+            row["parity_failed"] = True
     if "error" in r:
         row["error"] = r["error"]
     rows.append(row)
@@ -392,6 +435,7 @@ doc = {
     "command": "bash scripts/gpu_check.sh  (run tool, carry .gpu .gl)",
     "environment": env,
     "rows": rows,
+    "conv_parity": parity,
     "notes": notes,
 }
 base = f"{outdir}/gpu-{date}-{slug}"
@@ -411,9 +455,31 @@ for r in rows:
     ratio = r.get("ratio_to_pytorch")
     passes = (f"{r['conv_gemm_passes']}/{r['conv_fallback_passes']}"
               if "conv_gemm_passes" in r else "")
-    lines.append(f"| {r['resolution']}² | {r['contender']} | {fmt(r['batch'])} | {fmt(r['ms_per_step'])} | "
+    name = r["contender"] + (" ⚠ wrong results (parity failed)" if r.get("parity_failed") else "")
+    lines.append(f"| {r['resolution']}² | {name} | {fmt(r['batch'])} | {fmt(r['ms_per_step'])} | "
                  f"{fmt(r['img_per_s'])} | {'' if ratio is None else f'{ratio:.2f}x'} | "
                  f"{fmt(r.get('peak_memory_mb'), 0)} | {passes} |")
+if parity:
+    # One line per (backend, conv, precision, fusion): checks passed and the worst errors.
+    groups = {}
+    for r in parity:
+        groups.setdefault((r.get("backend"), r.get("conv"), r.get("precision"), r.get("fusion")), []).append(r)
+    lines += ["", "Convolution parity (pgan-cube's op against an f64 host reference: value, input, "
+              "weight and bias gradients; `gpu_conv_parity`):", "",
+              "| backend | conv | precision | fusion | checks ok | worst rel. RMS | worst rel. max | passes gemm/fallback |",
+              "|---|---|---|---|---|---|---|---|"]
+    def worst(rs, key):
+        vals = [v if isinstance(v, (int, float)) else float("nan")
+                for r in rs for v in (r.get(key) or {}).values()]
+        return "—" if not vals else ("NaN" if any(v != v for v in vals) else f"{max(vals):.1e}")
+    for (backend, conv, precision, fusion), rs in groups.items():
+        ok = sum(1 for r in rs if r.get("ok"))
+        passes = f"{sum(r.get('gemm_passes', 0) for r in rs)}/{sum(r.get('fallback_passes', 0) for r in rs)}"
+        lines.append(f"| {backend} | {conv} | {precision} | {fusion} | {ok}/{len(rs)} | "
+                     f"{worst(rs, 'relative_rms')} | {worst(rs, 'relative_max')} | {passes} |")
+    for r in parity:
+        if not r.get("ok"):
+            lines.append(f"\nparity failed: {json.dumps(r)[:400]}")
 for n in notes:
     lines.append(f"\nnote: {json.dumps(n)[:400]}")
 with open(base + ".md", "w") as f:
@@ -426,10 +492,19 @@ if mode == "dry-run":
     refused = [r for r in rows if r["contender"].endswith("-bf16") and "error" in r]
     wrongly = [r for r in refused if "run.precision" not in r["error"]]
     accepted = [r for r in rows if r["contender"].endswith("-bf16") and "error" not in r]
-    bad = [r for r in rows if "error" in r and r not in refused] + notes + wrongly + accepted
-    missing = [c for c in contenders.split() if not any(r["contender"] == c for r in rows)]
-    if bad or missing:
-        sys.exit(f"dry run failed: errors {bad}, contenders without rows {missing}")
+    # A machine without PyTorch (this CPU machine) cannot run the reference; the device can.
+    no_torch = [n for n in notes if n.get("contender") == "pytorch"
+                and "No module named 'torch'" in n.get("stderr_tail", "")]
+    if no_torch:
+        print("note: PyTorch is not installed here, so the dry run has no pytorch rows")
+    bad = ([r for r in rows if "error" in r and r not in refused]
+           + [n for n in notes if n not in no_torch] + wrongly + accepted)
+    missing = [c for c in contenders.split()
+               if not any(r["contender"] == c for r in rows + parity)
+               and not (c == "pytorch" and no_torch)]
+    wrong = [r for r in parity if not r.get("ok")]
+    if bad or missing or wrong:
+        sys.exit(f"dry run failed: errors {bad}, contenders without rows {missing}, parity failures {wrong}")
 EOF
 status=$?
 log "done in $(( $(date +%s) - START ))s"

@@ -1347,12 +1347,16 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
             .unwrap();
     spec["table"][1]["centre"] = serde_json::json!([50.0, -50.0]);
     std::fs::write(&modes, spec.to_string()).unwrap();
+    // ...and before the output folders are made: a refused command leaves nothing behind.
+    let outputs = dir.path().join("not-made");
     let out = run_err(
         pgan()
             .arg("eval")
             .arg(&run)
             .args(["--num", "4", "--modes"])
-            .arg(&modes),
+            .arg(&modes)
+            .arg("--json")
+            .arg(outputs.join("eval.json")),
     );
     assert!(
         out.contains("--modes")
@@ -1362,6 +1366,31 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
     assert!(
         !out.contains("generating"),
         "checked before any work: {out}"
+    );
+    assert!(
+        !outputs.exists(),
+        "output folders made for a refused command"
+    );
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg("--fake")
+            .arg(dir.path().join("missing"))
+            .arg("--data")
+            .arg(dir.path().join("tiny.pgan"))
+            .arg("--fid")
+            .arg("--inception")
+            .arg(&modes) // any file: the weights are not read before the inputs are checked
+            .arg("--save-features")
+            .arg(outputs.join("features/set")),
+    );
+    assert!(
+        out.contains("--fake") && out.contains("no such file"),
+        "{out}"
+    );
+    assert!(
+        !outputs.exists(),
+        "output folders made for a refused command"
     );
 }
 
@@ -1540,8 +1569,10 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     );
     assert!(err.contains("--fid, --kid or --pr"), "{err}");
     // A TorchScript file that is not the Inception network.
-    let tiny_ts = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pgan-inception/testdata/tiny_torchscript.pt");
+    let tiny_ts = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../pgan-inception/testdata/tiny_torchscript.pt");
     let err = run_err(
         pgan()
             .arg("convert-inception")
@@ -1592,7 +1623,10 @@ fn exported_generator_in_pytorch_matches_pgan_render() {
     );
     let exported = dir.path().join("g_ema.safetensors");
     run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
-    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
+    let scripts = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../scripts");
     // Sheet cells sit at (2 + k·(r + 2), 2): the grid's 2-pixel gap.
     let check = r#"
 import sys

@@ -31,6 +31,8 @@ mod autodiff;
 mod fusion;
 #[cfg(feature = "gpu")]
 pub mod kernels;
+#[cfg(feature = "gpu")]
+pub mod parity;
 
 #[cfg(feature = "gpu")]
 pub use autodiff::{conv2d_same, conv2d_same_tracked, GemmConvBackend};

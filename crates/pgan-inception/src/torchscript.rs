@@ -171,11 +171,18 @@ mod tests {
     /// `tiny_torchscript.pt`: a TorchScript module made by `make_tiny_torchscript.py` (a
     /// submodule with a 2x3 weight 0..5, a bias [0.5, -0.5] and a `List[int]` attribute, a
     /// top-level 4-vector 10..13).
-    const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tiny_torchscript.pt");
+    ///
+    /// Found through cargo's run-time `CARGO_MANIFEST_DIR`, the checkout under test: a target
+    /// directory shared by several checkouts may hold a binary compiled in another one.
+    fn tiny() -> std::path::PathBuf {
+        let root = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        Path::new(&root).join("testdata/tiny_torchscript.pt")
+    }
 
     #[test]
     fn reads_every_tensor_of_a_torchscript_module_by_attribute_path() {
-        let tensors = read_torchscript_tensors(Path::new(TINY)).unwrap();
+        let tensors = read_torchscript_tensors(&tiny()).unwrap();
         let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
         assert_eq!(names, ["inner.bias", "inner.weight", "scale"]);
         assert_eq!(tensors["inner.weight"].shape, [2, 3]);
@@ -204,7 +211,7 @@ mod tests {
         );
 
         // Flip bytes inside the stored data of one tensor: the zip CRC check fails.
-        let bytes = std::fs::read(TINY).unwrap();
+        let bytes = std::fs::read(tiny()).unwrap();
         let needle = 10.0f32.to_le_bytes();
         let at = bytes
             .windows(4)

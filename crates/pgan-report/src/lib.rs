@@ -361,7 +361,11 @@ mod tests {
     fn demo_report() {
         let run = Path::new("/tmp/pgan-report-demo");
         let _ = fs::remove_dir_all(run);
-        let emoji = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/emoji");
+        let emoji = Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../../data/emoji");
         fixture::write_run(run, emoji.is_dir().then_some(emoji.as_path()));
         let s = write_report(run, &default_output_path(run)).unwrap();
         eprintln!(

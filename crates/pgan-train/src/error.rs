@@ -97,6 +97,9 @@ pub enum TrainError {
         /// The config's `model.resolution`.
         model: u32,
     },
+    /// A measurement abandoned because the run was asked to stop (Ctrl-C during training).
+    #[error("interrupted by a stop request")]
+    Interrupted,
     /// Training diverged and could not be recovered.
     #[error("training diverged: {0}")]
     Diverged(String),

@@ -2,6 +2,8 @@
 //! MS-SSIM diversity of generated and of real pairs. Used during training (small samples) and
 //! by `pgan eval`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use pgan_data::{BatchSampler, PyramidReader};
@@ -13,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::checkpoint::load_generator;
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::latents::latent_values;
 use crate::schedule::Phase;
 
@@ -28,6 +30,34 @@ pub struct EvalSettings {
     pub seed: u64,
     /// Generator minibatch.
     pub batch: usize,
+}
+
+/// How a long measurement is watched: a progress bar on stderr, and a flag that abandons it
+/// between two batches (Ctrl-C during training: the checkpoint must not wait for a FID).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watch<'a> {
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Once set, the measurement stops with [`TrainError::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
+}
+
+impl Watch<'_> {
+    /// A progress bar or not, never stopped.
+    pub fn progress(progress: bool) -> Self {
+        Watch {
+            progress,
+            stop: None,
+        }
+    }
+
+    /// `Err(Interrupted)` once the stop flag is set.
+    pub fn check(&self) -> Result<()> {
+        match self.stop {
+            Some(stop) if stop.load(Ordering::SeqCst) => Err(TrainError::Interrupted),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Results of one evaluation.
@@ -64,7 +94,7 @@ impl EvalReport {
 pub const MIN_SWD_RESOLUTION: u32 = 16;
 
 /// Evaluates `g` at the schedule position `phase` against the dataset's level at the same
-/// resolution.
+/// resolution; `watch`'s stop flag abandons it between generator batches.
 pub fn evaluate_generator<B: Backend>(
     g: &Generator<B>,
     model: &ModelConfig,
@@ -72,6 +102,7 @@ pub fn evaluate_generator<B: Backend>(
     phase: &Phase,
     settings: &EvalSettings,
     device: &B::Device,
+    watch: Watch,
 ) -> Result<EvalReport> {
     let fakes = generate(
         g,
@@ -83,7 +114,9 @@ pub fn evaluate_generator<B: Backend>(
         settings.batch,
         None,
         device,
-    );
+        watch,
+    )?;
+    watch.check()?;
     let reals = real_images(reader, phase.resolution, settings.num_images, settings.seed)?;
     let mut report = EvalReport::default();
     if phase.resolution >= MIN_SWD_RESOLUTION {
@@ -108,7 +141,7 @@ pub fn evaluate_generator<B: Backend>(
 }
 
 /// `n` generated images from seeded latents, in batches; `truncation` resamples latent
-/// components beyond ±ψ.
+/// components beyond ±ψ; `watch`'s stop flag is checked before each batch.
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
     g: &Generator<B>,
@@ -120,7 +153,8 @@ pub fn generate<B: Backend>(
     batch: usize,
     truncation: Option<f32>,
     device: &B::Device,
-) -> ImageSet {
+    watch: Watch,
+) -> Result<ImageSet> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (c, res) = (
         model.num_channels,
@@ -129,6 +163,7 @@ pub fn generate<B: Backend>(
     let mut data = Vec::with_capacity(n * c * res * res);
     let mut done = 0;
     while done < n {
+        watch.check()?;
         let b = batch.max(1).min(n - done);
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
@@ -136,13 +171,13 @@ pub fn generate<B: Backend>(
         data.extend(crate::host_read::read_f32s(images));
         done += b;
     }
-    ImageSet {
+    Ok(ImageSet {
         data,
         n,
         c,
         h: res,
         w: res,
-    }
+    })
 }
 
 /// `n` reals (without mirroring) at `resolution`, in a seeded order.
@@ -426,7 +461,8 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         64,
         request.truncation,
         device,
-    );
+        Watch::default(),
+    )?;
     let min_msssim = pgan_metrics::msssim::MIN_SIZE;
     let msssim = request.msssim_pairs > 0 && resolution as usize >= min_msssim;
     let msssim_reason = if request.msssim_pairs == 0 {

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -31,6 +32,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
 use crate::error::{io_err, Result, TrainError};
+use crate::eval::Watch;
 use crate::latents::latent_values;
 
 /// Images per Inception forward pass.
@@ -320,8 +322,9 @@ pub fn dataset_features<B: Backend>(
     reader: &PyramidReader,
     resolution: u32,
     min_images: usize,
-    progress: bool,
+    watch: Watch,
 ) -> Result<FeatureSet> {
+    let progress = watch.progress;
     if reader.len() < min_images {
         return Err(too_few(
             &format!("dataset {}", reader.path().display()),
@@ -350,6 +353,7 @@ pub fn dataset_features<B: Backend>(
     let bar = progress_bar(progress, n, &format!("inception reals {side}x{side}"));
     let mut values = Vec::with_capacity(n * FEATURE_DIM);
     for start in (0..n).step_by(INCEPTION_BATCH) {
+        watch.check()?;
         let b = INCEPTION_BATCH.min(n - start);
         values.extend(extractor.features(Images8 {
             pixels: &level[start * per..(start + b) * per],
@@ -397,8 +401,9 @@ pub fn generated_features<B: Backend>(
     seed: u64,
     truncation: Option<f32>,
     device: &B::Device,
-    progress: bool,
+    watch: Watch,
 ) -> Result<FeatureSet> {
+    let progress = watch.progress;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (c, side) = (
         model.num_channels,
@@ -408,6 +413,7 @@ pub fn generated_features<B: Backend>(
     let mut values = Vec::with_capacity(n * FEATURE_DIM);
     let mut done = 0;
     while done < n {
+        watch.check()?;
         let b = INCEPTION_BATCH.min(n - done);
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
@@ -458,7 +464,13 @@ pub fn evaluate_checkpoint<B: Backend>(
                 ),
             });
         }
-        dataset_features(&extractor, &reader, resolution, need, request.progress)?
+        dataset_features(
+            &extractor,
+            &reader,
+            resolution,
+            need,
+            Watch::progress(request.progress),
+        )?
     };
     let fake = generated_features(
         &extractor,
@@ -470,7 +482,7 @@ pub fn evaluate_checkpoint<B: Backend>(
         request.seed,
         request.truncation,
         device,
-        request.progress,
+        Watch::progress(request.progress),
     )?;
     compare(&real, &fake, request.feature_metrics, request.seed)
 }
@@ -495,7 +507,8 @@ impl<B: Backend> TrainingFid<B> {
     }
 
     /// FID of `g` at `phase` (`num_images` generated images from `seed`) against every real
-    /// image of `reader` at the phase's resolution.
+    /// image of `reader` at the phase's resolution; `stop` abandons it between two batches.
+    #[allow(clippy::too_many_arguments)]
     pub fn measure(
         &mut self,
         g: &Generator<B>,
@@ -504,10 +517,15 @@ impl<B: Backend> TrainingFid<B> {
         phase: &crate::schedule::Phase,
         seed: u64,
         device: &B::Device,
+        stop: &AtomicBool,
     ) -> Result<f64> {
         let resolution = phase.resolution;
+        let watch = Watch {
+            progress: false,
+            stop: Some(stop),
+        };
         if !self.reals.contains_key(&resolution) {
-            let set = dataset_features(&self.extractor, reader, resolution, 2, false)?;
+            let set = dataset_features(&self.extractor, reader, resolution, 2, watch)?;
             self.reals.insert(resolution, set);
         }
         let fake = generated_features(
@@ -520,7 +538,7 @@ impl<B: Backend> TrainingFid<B> {
             seed,
             None,
             device,
-            false,
+            watch,
         )?;
         Ok(frechet_distance(
             &self.reals[&resolution].stats,
@@ -628,7 +646,7 @@ pub fn set_features<B: Backend>(
             &reader,
             reader.resolution(),
             min_images,
-            progress,
+            Watch::progress(progress),
         )
     }
 }
@@ -728,7 +746,7 @@ mod tests {
             &Default::default(),
         );
         let reader = PyramidReader::open(&path).unwrap();
-        let first = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        let first = dataset_features(&extractor, &reader, 8, 2, Watch::default()).unwrap();
         let cache = cache_path(&path, 8);
         assert!(cache.is_file());
         assert_eq!(first.features.count, 2);
@@ -739,12 +757,12 @@ mod tests {
         let mut marked = first.clone();
         marked.features.values[0] = 1234.5;
         save_cache(&cache, key, &marked).unwrap();
-        let hit = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        let hit = dataset_features(&extractor, &reader, 8, 2, Watch::default()).unwrap();
         assert_eq!(hit.features.values[0], 1234.5);
         assert_eq!(hit.stats, first.stats);
 
         // The 4x4 level has its own cache.
-        let small = dataset_features(&extractor, &reader, 4, 2, false).unwrap();
+        let small = dataset_features(&extractor, &reader, 4, 2, Watch::default()).unwrap();
         assert_ne!(
             small.features.values[..FEATURE_DIM],
             first.features.values[..FEATURE_DIM]
@@ -757,7 +775,7 @@ mod tests {
         let key = cache_key(&reader, 8, extractor.weights_checksum()).unwrap();
         let why = load_cache(&cache, &key).unwrap_err();
         assert!(why.contains("stale (level_crc32"), "{why}");
-        let fresh = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        let fresh = dataset_features(&extractor, &reader, 8, 2, Watch::default()).unwrap();
         assert_ne!(fresh.features.values[0], 1234.5);
         assert_ne!(fresh.stats.mean, first.stats.mean);
         // ...and the rewritten cache now matches the new dataset.
@@ -771,7 +789,7 @@ mod tests {
 
         // A damaged cache file is recomputed, not trusted.
         std::fs::write(&cache, b"garbage").unwrap();
-        let again = dataset_features(&extractor, &reader, 8, 2, false).unwrap();
+        let again = dataset_features(&extractor, &reader, 8, 2, Watch::default()).unwrap();
         assert_eq!(again.features, fresh.features);
     }
 
@@ -788,7 +806,7 @@ mod tests {
             pr: true,
             ..Default::default()
         };
-        let err = dataset_features(&extractor, &reader, 8, pr.min_images(), false)
+        let err = dataset_features(&extractor, &reader, 8, pr.min_images(), Watch::default())
             .unwrap_err()
             .to_string();
         assert!(

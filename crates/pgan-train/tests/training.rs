@@ -448,6 +448,48 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
         .all(|v| v.is_finite()));
 }
 
+/// Ctrl-C while a tick end evaluates: the evaluation is abandoned (the checkpoint does not wait
+/// for it), the run stops at that tick with a checkpoint, and resumes to the weights of a run
+/// that was never stopped.
+#[test]
+fn a_stop_during_the_evaluation_abandons_it_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let with_eval = |out: &str| {
+        let mut config = tiny_config(&data, &dir.path().join(out));
+        config.eval.every_kimg = 0.016;
+        config.eval.num_images = 8;
+        config
+    };
+    let straight = train(TrainOptions::new(with_eval("a"))).unwrap();
+
+    let faults = Faults {
+        stop_at_evaluation: true,
+        ..Faults::default()
+    };
+    let stopped = train_with_faults(TrainOptions::new(with_eval("b")), faults).unwrap();
+    assert!(stopped.interrupted);
+    assert_eq!(stopped.images_shown, 16, "stopped at the first tick's end");
+    let log = std::fs::read_to_string(stopped.run_dir.join("log.txt")).unwrap();
+    assert!(log.contains("evaluation abandoned"), "{log}");
+    assert_eq!(
+        checkpoint::read_state(&stopped.checkpoint)
+            .unwrap()
+            .images_shown,
+        16
+    );
+
+    let mut second = TrainOptions::new(with_eval("b"));
+    second.resume = Some(stopped.run_dir.clone());
+    let resumed = train(second).unwrap();
+    assert_eq!(resumed.images_shown, straight.images_shown);
+    assert_eq!(
+        parameter_values(&resumed.checkpoint),
+        parameter_values(&straight.checkpoint),
+        "abandoning an evaluation changed the training"
+    );
+}
+
 #[test]
 fn a_stop_mid_tick_after_a_nan_rolls_back_instead_of_checkpointing_it() {
     let dir = tempfile::tempdir().unwrap();

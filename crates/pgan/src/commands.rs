@@ -555,16 +555,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             pgan_inception::WEIGHTS_ENV
         );
     }
-    // Every cheap check before the first image is generated or read.
-    if let Some(path) = &args.json {
-        prepare_output(path, "--json")?;
-    }
-    if let Some(prefix) = &args.save_features {
-        for half in ["real", "fake"] {
-            let file = pgan_train::inception_metrics::features_file(prefix, half);
-            prepare_output(&file, "--save-features")?;
-        }
-    }
+    // Every cheap check before the first image is generated or read; the outputs' folders are
+    // created only once the inputs passed theirs.
     if let Some(modes) = &args.modes {
         pgan_metrics::ModeSpec::load(modes).context("--modes")?;
     }
@@ -576,6 +568,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             bail!("--fake {}: no such file or folder", fake.display());
         }
         let real = args.data.clone().context("--fake needs --real")?;
+        prepare_eval_outputs(&args)?;
         let request = pgan_train::inception_metrics::CompareRequest {
             real,
             fake: fake.clone(),
@@ -603,6 +596,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         bail!("--data {}: no such file or folder", data.display());
     }
     let ckpt = checkpoint_of(source)?;
+    prepare_eval_outputs(&args)?;
     let data = match &args.data {
         Some(d) => Some(d.clone()),
         None => pgan_train::checkpoint::run_dir_of(&ckpt)
@@ -649,6 +643,21 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pgan eval`'s output files (`--json`, `--save-features`): refused when they could not be
+/// written, their folders created.
+fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        prepare_output(path, "--json")?;
+    }
+    if let Some(prefix) = &args.save_features {
+        for half in ["real", "fake"] {
+            let file = pgan_train::inception_metrics::features_file(prefix, half);
+            prepare_output(&file, "--save-features")?;
+        }
+    }
+    Ok(())
 }
 
 fn synth(args: SynthArgs) -> Result<ExitCode> {

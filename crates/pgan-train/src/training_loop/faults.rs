@@ -1,6 +1,6 @@
 //! Fault injection for tests: NaN in D's weights before a step (so that step's losses come out
 //! NaN) or in G_ema's after one (which no loss reads: only the tick end's weight check finds
-//! it). Not part of pgan's API: [`train_with_faults`](super::train_with_faults) is the entry;
+//! it); a stop request (Ctrl-C) arriving while the tick end evaluates. Not part of pgan's API: [`train_with_faults`](super::train_with_faults) is the entry;
 //! real runs pass no faults and pay one `None` check per step.
 
 use burn::module::Module;
@@ -17,6 +17,8 @@ pub struct Faults {
     pub nan_loss_at_steps: Vec<u64>,
     /// After these steps, G_ema's first weight is set to NaN.
     pub nan_weights_at_steps: Vec<u64>,
+    /// The run's stop flag is set as the first in-training evaluation starts.
+    pub stop_at_evaluation: bool,
 }
 
 impl Faults {
@@ -29,6 +31,12 @@ impl Faults {
     pub(crate) fn after_step<B: AutodiffBackend>(&mut self, step: u64, nets: &mut Nets<B>) {
         if take(&mut self.nan_weights_at_steps, step) {
             nets.g_ema = poison_first_parameter(nets.g_ema.clone());
+        }
+    }
+
+    pub(crate) fn before_evaluation(&mut self, stop: &std::sync::atomic::AtomicBool) {
+        if std::mem::take(&mut self.stop_at_evaluation) {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }

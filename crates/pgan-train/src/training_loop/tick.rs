@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 
 use super::{Tick, Trainer};
 use crate::alarms::EvalPoint;
-use crate::error::Result;
-use crate::eval::{evaluate_generator, EvalSettings};
+use crate::error::{Result, TrainError};
+use crate::eval::{evaluate_generator, EvalSettings, Watch};
 use crate::images::{grid, save_png, upscale_cells, HostImages};
 use crate::run_dir::SAMPLES_DIR;
 use crate::schedule::{Phase, PhaseKind};
@@ -111,13 +111,17 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// SWD and MS-SSIM diversity of G_ema on a small sample, into the row; their alarms into
-    /// `warnings`. A failed evaluation is logged and training goes on.
+    /// `warnings`. A failed evaluation is logged and training goes on; a stop request (Ctrl-C)
+    /// abandons it, so that the checkpoint that follows does not wait for it.
     fn evaluate(
         &mut self,
         phase: &Phase,
         row: &mut Map<String, Value>,
         warnings: &mut Vec<String>,
     ) {
+        if let Some(faults) = &mut self.faults {
+            faults.before_evaluation(&self.options.stop);
+        }
         let settings = EvalSettings {
             num_images: self.config.eval.num_images,
             msssim_pairs: self.config.eval.msssim_pairs,
@@ -131,6 +135,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             phase,
             &settings,
             &self.device,
+            Watch {
+                progress: false,
+                stop: Some(&self.options.stop),
+            },
         ) {
             Ok(report) => {
                 for (name, value) in report.rows() {
@@ -147,6 +155,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                         .check_eval(&report, at, &mut self.state.collapse),
                 );
             }
+            Err(TrainError::Interrupted) => self
+                .log
+                .info("evaluation abandoned for the stop request: this tick has no SWD/MS-SSIM"),
             Err(e) => self.log.warn(format!("evaluation skipped: {e}")),
         }
     }
@@ -165,8 +176,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             phase,
             seed,
             &self.device,
+            &self.options.stop,
         ) {
             Ok(value) => put(row, key::FID, finite_or_null(value)),
+            Err(TrainError::Interrupted) => self
+                .log
+                .info("FID abandoned for the stop request: this tick has no FID"),
             Err(e) => self.log.warn(format!("FID skipped: {e}")),
         }
     }
