@@ -850,6 +850,23 @@ fn resuming_on_another_dataset_needs_data_changed_ok() {
     assert!(out.contains("continuing on another dataset"), "{out}");
     // The checkpoints from now on record the new dataset: no flag needed to go on with it.
     run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.048"]));
+    // Flags a resumed run cannot honour are refused, not recorded in its config.toml.
+    let recorded = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    for flag in [
+        ["--seed", "99"],
+        ["--desc", "zzz"],
+        ["--out-dir", "elsewhere"],
+    ] {
+        let err = run_err(&mut resume_cmd(&run, &flag));
+        assert!(
+            err.contains(flag[0]) && err.contains("cannot be combined with --resume"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("config.toml")).unwrap(),
+        recorded
+    );
 }
 
 #[test]
@@ -1307,6 +1324,8 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         out.contains("--pairs 7: 4 images make 6 distinct pairs"),
         "{out}"
     );
+    // Without --pairs, a few images use the pairs they make (the default 512 needs 33).
+    run_ok(pgan().arg("eval").arg(&run).args(["--num", "4"]));
 
     // A file where a run folder or an output folder belongs.
     let file = dir.path().join("a-file");
@@ -1392,6 +1411,37 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         !outputs.exists(),
         "output folders made for a refused command"
     );
+    // An output that is one of the command's inputs is refused, the input left as it was.
+    let data = dir.path().join("tiny.pgan");
+    let before = std::fs::read(&data).unwrap();
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "4", "--pairs", "2", "--data"])
+            .arg(&data)
+            .arg("--json")
+            .arg(&data),
+    );
+    assert!(
+        out.contains("--json") && out.contains("must not replace an input"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&data).unwrap(), before);
+    let metrics = run.join("metrics.jsonl");
+    let before = std::fs::read(&metrics).unwrap();
+    let mut report = pgan();
+    report.arg("report").arg(&run).arg("--out").arg(&metrics);
+    let mut eval = pgan();
+    eval.arg("eval")
+        .arg(&run)
+        .args(["--num", "4", "--pairs", "2", "--json"])
+        .arg(&metrics);
+    for cmd in [&mut report, &mut eval] {
+        let out = run_err(cmd);
+        assert!(out.contains("a file of the run"), "{out}");
+    }
+    assert_eq!(std::fs::read(&metrics).unwrap(), before);
 }
 
 /// `count` 16x16 PNGs of smooth colour ramps (distinct per `variant`) in `dir/name/`.
@@ -1918,6 +1968,15 @@ fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
         assert_eq!(code, Some(1), "{what}:\n{out}");
         assert!(out.contains(what) && out.contains("bad.pgan"), "{out}");
     }
+    // Bytes appended after the manifest, which ends the file (docs/FORMAT.md).
+    let longer = dir.path().join("longer.pgan");
+    std::fs::write(&longer, [&good[..], b"extra\n"].concat()).unwrap();
+    let (code, out) = run_within(pgan().arg("verify").arg(&longer), 60);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("6 bytes after the manifest") && out.contains("bytes follow its data"),
+        "{out}"
+    );
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path().join("none.pgan")), 60);
     assert_eq!(code, Some(2), "{out}");
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path()), 60);

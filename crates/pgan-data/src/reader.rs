@@ -48,12 +48,15 @@ pub struct VerifyReport {
     pub path: PathBuf,
     /// Per-level results.
     pub levels: Vec<LevelCheck>,
+    /// Bytes after the manifest, which ends the file (docs/FORMAT.md): 0 in a sound file.
+    /// Only the whole-file check ([`PyramidReader::check_levels`]) counts them.
+    pub trailing_bytes: u64,
 }
 
 impl VerifyReport {
-    /// True when every level's checksum matches.
+    /// True when every level's checksum matches and nothing follows the manifest.
     pub fn ok(&self) -> bool {
-        self.levels.iter().all(LevelCheck::ok)
+        self.levels.iter().all(LevelCheck::ok) && self.trailing_bytes == 0
     }
 
     /// The first mismatch as an error, for callers that must fail on corruption.
@@ -65,6 +68,13 @@ impl VerifyReport {
                 stored: l.stored,
                 computed: l.computed,
             }),
+            None if self.trailing_bytes > 0 => Err(DataError::invalid(
+                &self.path,
+                format!(
+                    "{} bytes follow the end of its data (damaged, or appended to)",
+                    self.trailing_bytes
+                ),
+            )),
             None => Ok(self),
         }
     }
@@ -84,8 +94,22 @@ impl fmt::Display for VerifyReport {
                 l.resolution, l.stored
             )?;
         }
+        if self.trailing_bytes > 0 {
+            writeln!(
+                f,
+                "{} bytes after the manifest, which should end the file",
+                self.trailing_bytes
+            )?;
+        }
         let bad = self.levels.iter().filter(|l| !l.ok()).count();
-        if bad == 0 {
+        if bad == 0 && self.trailing_bytes > 0 {
+            write!(
+                f,
+                "{}: all {} levels ok, but the file is longer than its data",
+                self.path.display(),
+                self.levels.len()
+            )
+        } else if bad == 0 {
             write!(
                 f,
                 "{}: all {} levels ok",
@@ -235,9 +259,14 @@ impl PyramidReader {
             .map(|_| ())
     }
 
-    /// Recompute every level's CRC-32 and report each level, mismatches included.
+    /// Recompute every level's CRC-32 and report each level, mismatches included, and any
+    /// bytes after the manifest.
     pub fn check_levels(&self) -> VerifyReport {
-        self.check_levels_where(|_| true)
+        let m = self.header.manifest;
+        VerifyReport {
+            trailing_bytes: (self.map.len() as u64).saturating_sub(m.offset + m.length),
+            ..self.check_levels_where(|_| true)
+        }
     }
 
     fn check_levels_where(&self, wanted: impl Fn(u32) -> bool + Sync) -> VerifyReport {
@@ -259,6 +288,7 @@ impl PyramidReader {
         VerifyReport {
             path: self.path.clone(),
             levels,
+            trailing_bytes: 0,
         }
     }
 }

@@ -171,7 +171,7 @@ fn collect_series(ticks: &[Tick], key: &str) -> SeriesData {
         let (Some(x), Some(v)) = (t.kimg(), t.get(key)) else {
             continue;
         };
-        if v.is_finite() {
+        if plottable(x) && plottable(v) {
             runs.last_mut().expect("never empty").push((x, v));
             points += 1;
         } else {
@@ -187,6 +187,13 @@ fn collect_series(ticks: &[Tick], key: &str) -> SeriesData {
         points,
         non_finite,
     }
+}
+
+/// Whether a value can be drawn (the others are noted as non-finite): finite and within f32's
+/// range. The trainer logs f32 values; a larger one (a hand-edited or damaged file) would
+/// overflow the axis range, and the axis tick generation would never end.
+fn plottable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= f32::MAX as f64
 }
 
 /// `(min, max)` widened so that the range is never empty, plus `pad` of
@@ -252,11 +259,17 @@ pub fn draw_chart(spec: &ChartSpec, ticks: &[Tick], segments: &[Segment]) -> Res
     }
 
     // x spans the whole run (not just this series) so that charts line up.
-    let xs = ticks.iter().filter_map(Tick::kimg);
+    let xs = ticks
+        .iter()
+        .filter_map(Tick::kimg)
+        .filter(|&x| plottable(x));
     let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
         (lo.min(x), hi.max(x))
     });
-    let x_min = segments.first().map_or(x_min, |s| s.start_kimg.min(x_min));
+    let x_min = segments
+        .first()
+        .filter(|s| plottable(s.start_kimg))
+        .map_or(x_min, |s| s.start_kimg.min(x_min));
     let (x0, x1) = padded_range(x_min, x_max, 0.01);
     let (y_min, y_max) = all_points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
         (lo.min(p.1), hi.max(p.1))
@@ -517,6 +530,23 @@ mod tests {
         assert_eq!((lo, hi), (-1.0, 1.0));
         let (lo, hi) = padded_range(0.0, 10.0, 0.1);
         assert_eq!((lo, hi), (-1.0, 11.0));
+    }
+
+    #[test]
+    fn values_beyond_f32s_range_are_noted_not_drawn() {
+        let t = ticks(
+            "{\"kimg\":1,\"D/real\":0.0}\n\
+             {\"kimg\":2,\"D/real\":1.7e308}\n\
+             {\"kimg\":1e308,\"D/real\":1.0}\n\
+             {\"kimg\":3,\"D/real\":2.0}\n",
+        );
+        let s = collect_series(&t, "D/real");
+        assert_eq!(s.points, 2);
+        assert_eq!(s.non_finite.len(), 2);
+        for spec in CHARTS.iter() {
+            // Draws (or leaves out) every chart without hanging on an overflowing axis.
+            let _ = draw_chart(spec, &t, &segments(&t)).unwrap();
+        }
     }
 
     #[test]

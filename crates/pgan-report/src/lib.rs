@@ -85,6 +85,12 @@ pub fn build_report(run_dir: &Path) -> Result<Report> {
     let (charts, chart_notices) = charts::draw_all(&data.ticks, &segments)?;
 
     let mut notices = Vec::new();
+    if let Some(line) = data.torn_last_line {
+        notices.push(format!(
+            "the last line of metrics.jsonl (line {line}) is incomplete, as a run killed or out \
+             of disk while writing it leaves it, and was left out"
+        ));
+    }
     if data.ticks.is_empty() {
         notices.push(
             "no ticks yet: metrics.jsonl is empty (the trainer has not finished its first tick)"
@@ -287,6 +293,25 @@ mod tests {
         let out = dir.path().join("no/such/dir/report.html");
         let err = write_report(&run, &out).unwrap_err();
         assert!(err.to_string().contains("no/such/dir/report.html"), "{err}");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_left_out_with_a_notice() {
+        let (_dir, run) = fixture_run();
+        let mut text = fixture::metrics_jsonl();
+        // A row cut short by a crash: no closing brace, no newline.
+        text.push_str("{\"tick\":41,\"kimg\":10.25,\"Loss/D\":0.");
+        fs::write(run.join("metrics.jsonl"), text).unwrap();
+        let report = build_report(&run).unwrap();
+        assert_eq!(report.ticks, fixture::TICKS);
+        assert!(
+            report
+                .notices
+                .iter()
+                .any(|n| n.contains("line 41") && n.contains("incomplete")),
+            "{:?}",
+            report.notices
+        );
     }
 
     #[test]

@@ -330,6 +330,8 @@ pub struct RunData {
     pub sample_count: usize,
     /// `samples/timeline.png`.
     pub timeline: Option<ImageFile>,
+    /// The 1-based number of an incomplete last line of `metrics.jsonl` that was left out.
+    pub torn_last_line: Option<usize>,
 }
 
 /// File name of the growth timeline image inside `samples/`.
@@ -350,7 +352,8 @@ impl RunData {
             }
             Err(e) => return Err(ReportError::io(&metrics_path, e)),
         };
-        let ticks = parse_metrics(&metrics, &metrics_path)?;
+        let (metrics, torn_last_line) = without_torn_last_line(&metrics);
+        let ticks = parse_metrics(metrics, &metrics_path)?;
 
         let config = read_optional_text(&dir.join("config.toml"))?;
         let log = read_optional_text(&dir.join("log.txt"))?.map(|text| {
@@ -387,7 +390,26 @@ impl RunData {
             latest_sample,
             sample_count,
             timeline,
+            torn_last_line,
         })
+    }
+}
+
+/// `text` without a last line that the trainer did not finish writing (a row is appended with
+/// its newline in one write, so a last line without one that does not parse was cut short by a
+/// crash or a full disk), and that line's 1-based number.
+fn without_torn_last_line(text: &str) -> (&str, Option<usize>) {
+    if text.is_empty() || text.ends_with('\n') {
+        return (text, None);
+    }
+    let start = text.rfind('\n').map_or(0, |i| i + 1);
+    let last = text[start..].trim();
+    let parses = last.is_empty()
+        || serde_json::from_str::<serde_json::Value>(&quote_bare_non_finite(last)).is_ok();
+    if parses {
+        (text, None)
+    } else {
+        (&text[..start], Some(text[..start].lines().count() + 1))
     }
 }
 

@@ -450,11 +450,18 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
             p.is_dir()
                 && p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("ckpt-"))
+                    .is_some_and(is_checkpoint_name)
         })
         .collect();
     found.sort();
     Ok(found)
+}
+
+/// Whether `name` is one [`checkpoint_name`] writes: `ckpt-` and 12 digits. Folders a user made
+/// beside them (`ckpt-best`, `ckpt-000000000032.bak`) are neither resumed from nor pruned.
+fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix("ckpt-")
+        .is_some_and(|digits| digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A checkpoint found by [`find_checkpoint`], and the newer ones it passed over.
@@ -1037,11 +1044,20 @@ mod tests {
     }
 
     #[test]
-    fn prune_keeps_the_newest_and_removes_a_killed_writers_temp_folders() {
+    fn prune_keeps_the_newest_removes_a_killed_writers_temp_folders_and_leaves_other_folders() {
         let run = tempfile::tempdir().unwrap();
         let root = run.path().join(CHECKPOINTS_DIR);
         for images in [16, 32, 48] {
             std::fs::create_dir_all(root.join(checkpoint_name(images))).unwrap();
+        }
+        // A user's own folders beside them: never listed, never pruned.
+        let theirs = [
+            "ckpt-best",
+            "ckpt-000000000032.bak",
+            "ckpt-000000000032-backup",
+        ];
+        for name in theirs {
+            std::fs::create_dir_all(root.join(name)).unwrap();
         }
         let stale = root.join(format!(".{}.tmp-4242-0", checkpoint_name(64)));
         std::fs::create_dir_all(&stale).unwrap();
@@ -1060,6 +1076,10 @@ mod tests {
                 root.join(checkpoint_name(48))
             ]
         );
-        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left.len(), 2 + theirs.len(), "{left:?}");
+        assert!(
+            theirs.iter().all(|name| root.join(name).is_dir()),
+            "{left:?}"
+        );
     }
 }

@@ -189,6 +189,11 @@ impl RunLog {
         self.line("WARN", message.as_ref());
     }
 
+    /// The error that ended the run.
+    pub fn error(&mut self, message: impl AsRef<str>) {
+        self.line("ERROR", message.as_ref());
+    }
+
     fn line(&mut self, level: &str, message: &str) {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)

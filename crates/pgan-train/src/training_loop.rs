@@ -419,9 +419,19 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(trainer)
     }
 
+    /// [`Self::run_to_the_end`], and an error that ends the run into `log.txt` too (the report
+    /// shows the log's tail; stderr may be long gone).
+    fn run(mut self) -> Result<RunSummary> {
+        let result = self.run_to_the_end();
+        if let Err(e) = &result {
+            self.log.error(format!("training stopped by an error: {e}"));
+        }
+        result
+    }
+
     /// The loop: steps until `total_kimg` (or a stop), a tick end every `tick_kimg`, a rollback
     /// whenever a tick end finds NaN/Inf in its steps' values or in the weights.
-    fn run(mut self) -> Result<RunSummary> {
+    fn run_to_the_end(&mut self) -> Result<RunSummary> {
         let total_images = (self.config.schedule.total_kimg * 1000.0).round() as u64;
         let stop_after = self
             .options
@@ -594,6 +604,21 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         if let Some(warning) = crate::distributed::peers_changed(&mut state, &self.config) {
             self.log.warn(warning);
+        }
+        // Phase lengths changed on resume must not send a grown run back to a lower resolution
+        // (its newest layers would sit unused while it trains small again).
+        let now = self.schedule.at(state.images_shown);
+        if now.stage < state.stage {
+            let grown = crate::schedule::resolution_of(state.stage);
+            return Err(TrainError::Config {
+                path: None,
+                message: format!(
+                    "the schedule puts {} ({:.3} kimg) at {r}x{r}, below the {grown}x{grown} it                      has grown to: a resumed run cannot shrink; keep schedule.lod_training_kimg                      and lod_transition_kimg (--phase-kimg) short enough to reach                      {grown}x{grown} by then",
+                    ckpt.display(),
+                    state.images_shown as f64 / 1000.0,
+                    r = now.resolution,
+                ),
+            });
         }
         let fresh = Nets::fresh(&self.model, &self.config.optim, &self.device, None);
         self.nets = checkpoint::load_training(ckpt, fresh, &self.device)?;

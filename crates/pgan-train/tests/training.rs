@@ -448,6 +448,43 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
         .all(|v| v.is_finite()));
 }
 
+/// Longer phases on resume would put a grown run back at a lower resolution: refused, naming the
+/// keys, and the run's files are left as they were.
+#[test]
+fn a_resume_whose_schedule_would_shrink_the_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("runs"));
+    let mut first = TrainOptions::new(config.clone());
+    first.stop_after_kimg = Some(0.080);
+    let stopped = train(first).unwrap();
+    assert_eq!(
+        checkpoint::read_state(&stopped.checkpoint).unwrap().stage,
+        1
+    );
+    let metrics = std::fs::read(stopped.run_dir.join("metrics.jsonl")).unwrap();
+
+    let mut longer = config.clone();
+    longer.schedule.lod_training_kimg = 1.0;
+    longer.schedule.lod_transition_kimg = 1.0;
+    let mut options = TrainOptions::new(longer);
+    options.resume = Some(stopped.run_dir.clone());
+    let err = train(options).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot shrink") && err.contains("4x4") && err.contains("8x8"),
+        "{err}"
+    );
+    assert!(err.contains("lod_training_kimg"), "{err}");
+    assert_eq!(
+        std::fs::read(stopped.run_dir.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+    // The same schedule resumes.
+    let mut same = TrainOptions::new(config);
+    same.resume = Some(stopped.run_dir.clone());
+    assert_eq!(train(same).unwrap().images_shown, 128);
+}
+
 /// Ctrl-C while a tick end evaluates: the evaluation is abandoned (the checkpoint does not wait
 /// for it), the run stops at that tick with a checkpoint, and resumes to the weights of a run
 /// that was never stopped.
@@ -640,6 +677,20 @@ fn repeated_nans_stop_with_advice() {
     let err = train_with_faults(options, faults).unwrap_err();
     assert!(matches!(err, TrainError::Diverged(_)), "{err}");
     assert!(err.to_string().contains("learning rate"), "{err}");
+    // The error that ended the run is the last line of its log too.
+    let runs = dir.path().join("runs");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.contains("ERROR training stopped by an error") && last.contains("learning rate"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
-use crate::paths::{check_output, checkpoint_of, prepare_output, same_file};
+use crate::paths::{
+    check_output, checkpoint_of, prepare_output, refuse_inputs, run_files, same_file,
+};
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
@@ -130,10 +132,12 @@ fn verify(file: &Path) -> Result<ExitCode> {
     let report = reader.check_levels();
     println!("{report}");
     if !report.ok() {
-        eprintln!(
-            "error: {} is corrupt: a level's checksum does not match",
-            file.display()
-        );
+        let what = if report.levels.iter().all(|l| l.ok()) {
+            "bytes follow its data"
+        } else {
+            "a level's checksum does not match"
+        };
+        eprintln!("error: {} is corrupt: {what}", file.display());
         return Ok(ExitCode::from(EXIT_CORRUPT));
     }
     Ok(ExitCode::SUCCESS)
@@ -156,6 +160,26 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     };
     if args.resume.is_some() && args.config.is_some() {
         bail!("--config cannot be combined with --resume: a run continues with its own config.toml (override single values with flags)");
+    }
+    if args.resume.is_some() {
+        // Accepted, they would be recorded in config.toml without taking effect.
+        for (flag, given, why) in [
+            (
+                "--out-dir",
+                args.out_dir.is_some(),
+                "a run continues in its own folder",
+            ),
+            ("--desc", args.desc.is_some(), "a run keeps its name"),
+            (
+                "--seed",
+                args.seed.is_some(),
+                "the random state comes from the checkpoint",
+            ),
+        ] {
+            if given {
+                bail!("{flag} cannot be combined with --resume: {why}");
+            }
+        }
     }
     if let Some(v) = &args.data {
         config.data.path = Some(v.clone());
@@ -568,7 +592,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             bail!("--fake {}: no such file or folder", fake.display());
         }
         let real = args.data.clone().context("--fake needs --real")?;
-        prepare_eval_outputs(&args)?;
+        prepare_eval_outputs(&args, None)?;
         let request = pgan_train::inception_metrics::CompareRequest {
             real,
             fake: fake.clone(),
@@ -596,7 +620,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         bail!("--data {}: no such file or folder", data.display());
     }
     let ckpt = checkpoint_of(source)?;
-    prepare_eval_outputs(&args)?;
+    prepare_eval_outputs(&args, pgan_train::checkpoint::run_dir_of(&ckpt).as_deref())?;
     let data = match &args.data {
         Some(d) => Some(d.clone()),
         None => pgan_train::checkpoint::run_dir_of(&ckpt)
@@ -626,7 +650,9 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         checkpoint: ckpt,
         data,
         num_images: args.num,
-        msssim_pairs: args.pairs,
+        msssim_pairs: args
+            .pairs
+            .unwrap_or_else(|| 512.min(args.num.saturating_mul(args.num.saturating_sub(1)) / 2)),
         modes: args.modes.clone(),
         truncation: args.truncation,
         seed: args.seed,
@@ -646,14 +672,27 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 /// `pgan eval`'s output files (`--json`, `--save-features`): refused when they could not be
-/// written, their folders created.
-fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
+/// written or would replace an input (`--data`, `--modes`, `--fake`, `--inception`, the files of
+/// the checkpoint's run), their folders created.
+fn prepare_eval_outputs(args: &EvalArgs, run_dir: Option<&Path>) -> Result<()> {
+    let mut inputs: Vec<(&str, PathBuf)> = [
+        ("--data", &args.data),
+        ("--modes", &args.modes),
+        ("--fake", &args.fake),
+        ("--inception", &args.inception),
+    ]
+    .into_iter()
+    .filter_map(|(what, path)| path.clone().map(|p| (what, p)))
+    .collect();
+    inputs.extend(run_dir.map(run_files).unwrap_or_default());
     if let Some(path) = &args.json {
+        refuse_inputs(path, "--json", &inputs)?;
         prepare_output(path, "--json")?;
     }
     if let Some(prefix) = &args.save_features {
         for half in ["real", "fake"] {
             let file = pgan_train::inception_metrics::features_file(prefix, half);
+            refuse_inputs(&file, "--save-features", &inputs)?;
             prepare_output(&file, "--save-features")?;
         }
     }
@@ -689,6 +728,7 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitC
 
 fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
     if let Some(out) = &out {
+        refuse_inputs(out, "--out", &run_files(run_dir))?;
         prepare_output(out, "--out")?;
     }
     let out = out.unwrap_or_else(|| run_dir.join("report.html"));

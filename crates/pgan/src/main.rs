@@ -339,9 +339,10 @@ struct EvalArgs {
     /// ~/.cache/pgan/inception-2015-12-05.safetensors).
     #[arg(long)]
     inception: Option<PathBuf>,
-    /// Random pairs for MS-SSIM.
-    #[arg(long, default_value_t = 512)]
-    pairs: usize,
+    /// Random pairs for MS-SSIM [default: 512, or every distinct pair of --num images when
+    /// there are fewer].
+    #[arg(long)]
+    pairs: Option<usize>,
     /// Mode spec (modes.json from `pgan synth`): report mode coverage.
     #[arg(long)]
     modes: Option<PathBuf>,

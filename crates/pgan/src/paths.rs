@@ -79,6 +79,34 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     a == b || real(a).is_some_and(|real_a| Some(real_a) == real(b))
 }
 
+/// Refuses `out` when it is the same file as one of the command's `inputs` (what each is, its
+/// path): an output written there would destroy what the command read.
+pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Result<()> {
+    for (what, input) in inputs {
+        if same_file(out, input) {
+            bail!(
+                "{flag} {}: that is {what} ({}); an output must not replace an input",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The files a run directory's trainer writes and reads back: outputs must not replace them.
+pub fn run_files(run_dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    [
+        "metrics.jsonl",
+        pgan_train::run_dir::CONFIG_FILE,
+        pgan_train::run_dir::LOG_FILE,
+    ]
+    .into_iter()
+    .map(|name| ("a file of the run", run_dir.join(name)))
+    .chain([("the run's reals sheet", run_dir.join("reals.png"))])
+    .collect()
+}
+
 /// The checkpoint `source` means (a checkpoint folder, or a run directory's newest checkpoint
 /// that passes its checks); each newer one skipped as corrupt is a warning on stderr.
 pub fn checkpoint_of(source: &Path) -> Result<PathBuf> {
