@@ -1442,6 +1442,46 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         assert!(out.contains("a file of the run"), "{out}");
     }
     assert_eq!(std::fs::read(&metrics).unwrap(), before);
+    // The dataset is checked before any image is generated: one of other channels, and the
+    // run's own once it is gone (named with where it came from).
+    let gray = dir.path().join("gray.pgan");
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(dir.path().join("images"))
+            .arg(&gray)
+            .args(["--resolution", "8", "--channels", "1", "--quiet"]),
+    );
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "4", "--data"])
+            .arg(&gray),
+    );
+    assert!(
+        out.contains("--data") && out.contains("1-channel") && !out.contains("generating"),
+        "{out}"
+    );
+    let config = run.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let data_section = text.find("[data]").unwrap();
+    let line = data_section + text[data_section..].find("\npath = ").unwrap() + 1;
+    let end = line + text[line..].find('\n').unwrap();
+    let gone = dir.path().join("gone.pgan");
+    let edited = format!(
+        "{}path = {:?}{}",
+        &text[..line],
+        gone.to_str().unwrap(),
+        &text[end..]
+    );
+    std::fs::write(&config, edited).unwrap();
+    let out = run_err(pgan().arg("eval").arg(&run).args(["--num", "4"]));
+    assert!(
+        out.contains("data.path in") && out.contains("gone.pgan") && out.contains("does not exist"),
+        "{out}"
+    );
+    assert!(!out.contains("generating"), "{out}");
 }
 
 /// `count` 16x16 PNGs of smooth colour ramps (distinct per `variant`) in `dir/name/`.

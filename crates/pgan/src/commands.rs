@@ -621,20 +621,62 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     }
     let ckpt = checkpoint_of(source)?;
     prepare_eval_outputs(&args, pgan_train::checkpoint::run_dir_of(&ckpt).as_deref())?;
-    let data = match &args.data {
-        Some(d) => Some(d.clone()),
-        None => pgan_train::checkpoint::run_dir_of(&ckpt)
-            .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE))
-            .filter(|p| p.is_file())
-            .and_then(|p| TrainConfig::from_toml_file(&p).ok())
-            .and_then(|c| c.data.path),
+    // The dataset: --data, else the one the run trained on (its config.toml's data.path).
+    let run_config = pgan_train::checkpoint::run_dir_of(&ckpt)
+        .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE))
+        .filter(|p| p.is_file());
+    let data = match (&args.data, &run_config) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(config)) => match TrainConfig::from_toml_file(config) {
+            Ok(c) => c.data.path,
+            Err(e) => {
+                eprintln!("warning: no dataset from the run's config: {e:#}");
+                None
+            }
+        },
+        (None, None) => None,
     };
-    let swd_runs = !feature_metrics.any() || args.modes.is_some();
-    if let Some(path) = data.as_ref().filter(|p| swd_runs && p.is_file()) {
-        // SWD and MS-SSIM draw two sets of --num reals (one to compare with, one for the noise
-        // floor); from a smaller dataset images repeat, and repeated reals look alike.
-        let reader = pgan_data::PyramidReader::open(path).context("--data")?;
-        if reader.len() < args.num.saturating_mul(2) {
+    // Checked before any image is generated: the dataset exists and holds images the
+    // checkpoint's generator can be compared with.
+    if let Some(path) = data.as_ref().filter(|p| !p.is_dir()) {
+        let from = match (&args.data, &run_config) {
+            (None, Some(config)) => format!("data.path in {}", config.display()),
+            _ => "--data".to_string(),
+        };
+        if !path.exists() {
+            bail!(
+                "{from}: {} does not exist{}",
+                path.display(),
+                if args.data.is_none() {
+                    " (pass --data with the dataset's path)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let reader = pgan_data::PyramidReader::open(path).with_context(|| from.clone())?;
+        let state = pgan_train::checkpoint::read_state(&ckpt)?;
+        let model = pgan_train::checkpoint::model_config(&state, &ckpt)?;
+        let resolution = pgan_train::schedule::resolution_of(state.stage);
+        if reader.channels() != model.num_channels {
+            bail!(
+                "{from}: {} holds {}-channel images; the checkpoint generates {}-channel ones",
+                path.display(),
+                reader.channels(),
+                model.num_channels
+            );
+        }
+        if reader.resolution() < resolution {
+            bail!(
+                "{from}: {} is {r}x{r}, below the checkpoint's {resolution}x{resolution}",
+                path.display(),
+                r = reader.resolution()
+            );
+        }
+        let swd_runs = !feature_metrics.any() || args.modes.is_some();
+        if swd_runs && reader.len() < args.num.saturating_mul(2) {
+            // SWD and MS-SSIM draw two sets of --num reals (one to compare with, one for the
+            // noise floor); from a smaller dataset images repeat, and repeated reals look alike.
             eprintln!(
                 "warning: {} holds {} images, fewer than the 2 x {} reals SWD and MS-SSIM draw: \
                  reals repeat, so the real-vs-real SWD floor reads low and the reals' MS-SSIM \
