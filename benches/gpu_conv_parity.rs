@@ -29,7 +29,7 @@ mod gpu {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::time::Instant;
 
-    use pgan_cube::parity::{self, ConvCase, Parity, QUANTITIES};
+    use pgan_cube::parity::{self, ConvCase, Parity, Reference, QUANTITIES};
     use pgan_cube::{ConvChoice, ConvPrecision, Gemm, GemmConvBackend};
 
     /// One check on `B`, as a JSON line; false when it failed or panicked.
@@ -37,12 +37,15 @@ mod gpu {
         device: &B::Device,
         backend: &str,
         fusion: &str,
-        case: ConvCase,
+        reference: &Reference,
         gemm: Gemm,
         conv: &str,
     ) -> bool {
         let start = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| parity::check::<B>(device, case, gemm)));
+        let case = reference.case();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            parity::check_against::<B>(device, reference, gemm)
+        }));
         let mut row = serde_json::json!({
             "bench": "gpu_conv_parity",
             "backend": backend,
@@ -116,6 +119,8 @@ mod gpu {
         convs: &[String],
         precisions: &[ConvPrecision],
     ) -> bool {
+        // The host results once per case, for every kernel checked against them.
+        let references: Vec<Reference> = cases.iter().map(|&c| Reference::new(c)).collect();
         let mut all_ok = true;
         for conv in convs {
             let (algorithm, tile) = match conv.parse::<ConvChoice>() {
@@ -141,12 +146,12 @@ mod gpu {
                     tile,
                     precision,
                 };
-                for &case in cases {
-                    all_ok &= report::<Fused>(fused, backend, "on", case, gemm, conv);
+                for reference in &references {
+                    all_ok &= report::<Fused>(fused, backend, "on", reference, gemm, conv);
                 }
                 if conv == &convs[0] && precision == ConvPrecision::F32 {
-                    for &case in cases {
-                        all_ok &= report::<Plain>(plain, backend, "off", case, gemm, conv);
+                    for reference in &references {
+                        all_ok &= report::<Plain>(plain, backend, "off", reference, gemm, conv);
                     }
                 }
             }

@@ -316,18 +316,52 @@ fn to_vec<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) ->
 /// Runs `case` through [`conv2d_same_tracked`] with `gemm` on `device` and compares the value
 /// and the three gradients with the f64 reference.
 pub fn check<B: GemmConvBackend>(device: &B::Device, case: ConvCase, gemm: Gemm) -> Parity {
-    check_with_op_scale::<B>(device, case, gemm, SCALE)
+    check_against::<B>(device, &Reference::new(case), gemm)
+}
+
+/// A case's inputs and its f64 results, computed once for every kernel checked against them.
+pub struct Reference {
+    case: ConvCase,
+    inputs: Inputs,
+    expected: [Vec<f64>; 4],
+}
+
+impl Reference {
+    /// Computes `case`'s value and gradients on the host.
+    pub fn new(case: ConvCase) -> Self {
+        let inputs = Inputs::new(&case);
+        let expected = reference(&case, &inputs, SCALE as f64);
+        Reference {
+            case,
+            inputs,
+            expected,
+        }
+    }
+
+    /// The case.
+    pub fn case(&self) -> ConvCase {
+        self.case
+    }
+}
+
+/// [`check`] against a reference computed before.
+pub fn check_against<B: GemmConvBackend>(
+    device: &B::Device,
+    reference: &Reference,
+    gemm: Gemm,
+) -> Parity {
+    check_with_op_scale::<B>(device, reference, gemm, SCALE)
 }
 
 /// [`check`] with the op given `op_scale` while the reference keeps [`SCALE`]: the tests' proof
 /// that a wrong result fails the check.
 pub(crate) fn check_with_op_scale<B: GemmConvBackend>(
     device: &B::Device,
-    case: ConvCase,
+    reference: &Reference,
     gemm: Gemm,
     op_scale: f32,
 ) -> Parity {
-    let inputs = Inputs::new(&case);
+    let (case, inputs) = (reference.case, &reference.inputs);
     let ConvCase {
         batch: n,
         c_in,
@@ -369,12 +403,12 @@ pub(crate) fn check_with_op_scale<B: GemmConvBackend>(
     ];
     let after = launch_counts();
 
-    let expected = reference(&case, &inputs, SCALE as f64);
+    let expected = &reference.expected;
     let mut errors = Errors {
         relative_rms: [None; 4],
         relative_max: [None; 4],
     };
-    for (q, (got, expected)) in got.iter().zip(&expected).enumerate() {
+    for (q, (got, expected)) in got.iter().zip(expected.iter()).enumerate() {
         if q == 3 && !bias {
             continue;
         }

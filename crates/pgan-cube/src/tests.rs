@@ -91,8 +91,12 @@ fn parity_flags_a_wrong_scale() {
     let case = SMALL_CASES[0];
     let right = parity::check::<WgpuFused>(&device, case, Gemm::default());
     assert!(right.ok(), "{:?}", right.errors);
-    let wrong =
-        parity::check_with_op_scale::<WgpuFused>(&device, case, Gemm::default(), SCALE * SCALE);
+    let wrong = parity::check_with_op_scale::<WgpuFused>(
+        &device,
+        &parity::Reference::new(case),
+        Gemm::default(),
+        SCALE * SCALE,
+    );
     assert!(!wrong.ok(), "a doubled scale passed: {:?}", wrong.errors);
 }
 

@@ -14,6 +14,8 @@ use crate::error::{io_err, Result, TrainError};
 pub const CONFIG_FILE: &str = "config.toml";
 /// Name of the log inside a run directory.
 pub const LOG_FILE: &str = "log.txt";
+/// The grid of reals beside the samples, written when a run starts.
+pub const REALS_FILE: &str = "reals.png";
 /// Folder of sample grids inside a run directory.
 pub const SAMPLES_DIR: &str = "samples";
 

@@ -664,7 +664,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.config.run.sample_cols,
             2,
         );
-        save_png(&sheet, &self.run_dir.join("reals.png"))
+        save_png(&sheet, &self.run_dir.join(crate::run_dir::REALS_FILE))
     }
 }
 

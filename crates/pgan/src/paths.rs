@@ -96,15 +96,12 @@ pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Resu
 
 /// The files a run directory's trainer writes and reads back: outputs must not replace them.
 pub fn run_files(run_dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    [
-        "metrics.jsonl",
-        pgan_train::run_dir::CONFIG_FILE,
-        pgan_train::run_dir::LOG_FILE,
-    ]
-    .into_iter()
-    .map(|name| ("a file of the run", run_dir.join(name)))
-    .chain([("the run's reals sheet", run_dir.join("reals.png"))])
-    .collect()
+    use pgan_train::run_dir::{CONFIG_FILE, LOG_FILE, REALS_FILE};
+    [pgan_spec::metrics::METRICS_FILE, CONFIG_FILE, LOG_FILE]
+        .into_iter()
+        .map(|name| ("a file of the run", run_dir.join(name)))
+        .chain([("the run's reals sheet", run_dir.join(REALS_FILE))])
+        .collect()
 }
 
 /// The checkpoint `source` means (a checkpoint folder, or a run directory's newest checkpoint
