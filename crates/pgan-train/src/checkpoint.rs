@@ -17,8 +17,9 @@ use burn::record::{
     BurnRecord, FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder,
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use pgan_data::{BatchSampler, PyramidReader};
-use pgan_model::{Generator, ModelConfig};
+use pgan_model::{Discriminator, Generator, ModelConfig};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -262,19 +263,92 @@ pub fn save_module<B: Backend, M: Module<B>>(module: M, dir: &Path, stem: &str) 
     save_record::<B, _>(module.into_record(), dir, stem)
 }
 
-/// Loads `dir/stem.mpk` into `module` (which fixes the structure and ids).
-pub fn load_module<B: Backend, M: Module<B>>(
+/// Loads `dir/stem.mpk` into `module` (which fixes the structure and ids). A record made for
+/// another structure than `module`'s (a `state.json` whose model fields were changed, where no
+/// checksum guards it) is an error naming the first difference, never a panic in burn's loader
+/// or a network that fails at its first forward.
+pub fn load_module<B: Backend, M: NetworkStages<B>>(
     module: M,
     dir: &Path,
     stem: &str,
     device: &B::Device,
 ) -> Result<M> {
-    module
-        .load_file(dir.join(stem), &CheckpointRecorder::new(), device)
-        .map_err(|e| TrainError::Checkpoint {
-            path: dir.join(format!("{stem}.mpk")),
-            message: format!("cannot load: {e}"),
-        })
+    let path = dir.join(format!("{stem}.{}", record_extension()));
+    let mismatch = |message: String| TrainError::Checkpoint {
+        path: path.clone(),
+        message: format!(
+            "does not fit the model configuration in {STATE_FILE} ({message}): the state was \
+             edited or belongs to other weights"
+        ),
+    };
+    let record: M::Record = load_record::<B, _>(dir, stem, device)?;
+    let (expected, found) = (module.stage_lists(), M::record_stage_lists(&record));
+    if expected != found {
+        let resolution = |stages: usize| 4usize << stages.saturating_sub(1);
+        return Err(mismatch(format!(
+            "weights for {}x{} ({} stages, {} blocks), a {}x{} network by the configuration",
+            resolution(found[0]),
+            resolution(found[0]),
+            found[0],
+            found[1],
+            resolution(expected[0]),
+            resolution(expected[0])
+        )));
+    }
+    let before = parameter_shapes(&module);
+    let loaded = module.load_record(record);
+    let after = parameter_shapes(&loaded);
+    if let Some((k, (a, b))) = before
+        .iter()
+        .zip(&after)
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        return Err(mismatch(format!(
+            "parameter {k} is {b:?} in the weights, {a:?} by the configuration"
+        )));
+    }
+    Ok(loaded)
+}
+
+/// The lengths of a network's per-stage lists (and of its record's), which burn's loader
+/// requires to agree; the first is the number of resolution stages.
+pub trait NetworkStages<B: Backend>: Module<B> {
+    /// Lengths of this network's per-stage lists.
+    fn stage_lists(&self) -> [usize; 2];
+    /// The same for a record of this network type.
+    fn record_stage_lists(record: &Self::Record) -> [usize; 2];
+}
+
+impl<B: Backend> NetworkStages<B> for Generator<B> {
+    fn stage_lists(&self) -> [usize; 2] {
+        [self.to_rgb.len(), self.blocks.len()]
+    }
+    fn record_stage_lists(record: &Self::Record) -> [usize; 2] {
+        [record.to_rgb.len(), record.blocks.len()]
+    }
+}
+
+impl<B: Backend> NetworkStages<B> for Discriminator<B> {
+    fn stage_lists(&self) -> [usize; 2] {
+        [self.from_rgb.len(), self.blocks.len()]
+    }
+    fn record_stage_lists(record: &Self::Record) -> [usize; 2] {
+        [record.from_rgb.len(), record.blocks.len()]
+    }
+}
+
+/// The shapes of a module's float parameters in visiting order, without drawing lazy ones.
+fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
+    struct Shapes(Vec<Vec<usize>>);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            self.0.push(param.lazy_shape().dims::<D>().to_vec());
+        }
+    }
+    let mut shapes = Shapes(Vec::new());
+    module.visit(&mut shapes);
+    shapes.0
 }
 
 /// Saves any record (module or optimizer state) under `dir/stem.mpk`, byte for byte what
@@ -615,6 +689,36 @@ pub fn adopt_dataset(
 pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
     let parent = checkpoint.parent()?;
     (parent.file_name()? == CHECKPOINTS_DIR).then(|| parent.parent().map(Path::to_path_buf))?
+}
+
+/// Moves the run's checkpoints newer than `resumed` into `checkpoints/abandoned-<n>/` and
+/// returns that folder (`None` when there were none). Resuming an older checkpoint starts a new
+/// branch of the run: left in place, the old branch's newer checkpoints would be what a later
+/// resume of the run picks (jumping back onto the branch this one left), and the new branch's
+/// checkpoints would replace them one by one. Moved aside, they are neither resumed from nor
+/// pruned, and nothing the user has is deleted.
+pub fn set_aside_newer(run_dir: &Path, resumed: &Path) -> Result<Option<PathBuf>> {
+    let Some(resumed_name) = resumed.file_name() else {
+        return Ok(None);
+    };
+    let newer: Vec<PathBuf> = list_checkpoints(run_dir)?
+        .into_iter()
+        .filter(|c| c.file_name().is_some_and(|n| n > resumed_name))
+        .collect();
+    if newer.is_empty() {
+        return Ok(None);
+    }
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    let aside = (1..)
+        .map(|n| root.join(format!("abandoned-{n}")))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .expect("a free name");
+    std::fs::create_dir(&aside).map_err(io_err(&aside, "create"))?;
+    for ckpt in &newer {
+        let to = aside.join(ckpt.file_name().expect("a listed checkpoint has a name"));
+        std::fs::rename(ckpt, &to).map_err(io_err(ckpt, "move aside"))?;
+    }
+    Ok(Some(aside))
 }
 
 /// Deletes all but the newest `keep` checkpoints, and the half-written temp folders of a process
@@ -1081,5 +1185,94 @@ mod tests {
             theirs.iter().all(|name| root.join(name).is_dir()),
             "{left:?}"
         );
+    }
+
+    #[test]
+    fn resuming_an_older_checkpoint_sets_the_newer_ones_aside() {
+        let run = tempfile::tempdir().unwrap();
+        let root = run.path().join(CHECKPOINTS_DIR);
+        for images in [16, 32, 48] {
+            std::fs::create_dir_all(root.join(checkpoint_name(images))).unwrap();
+            std::fs::write(root.join(checkpoint_name(images)).join("x"), b"kept").unwrap();
+        }
+        let resumed = root.join(checkpoint_name(16));
+        let aside = set_aside_newer(run.path(), &resumed).unwrap().unwrap();
+        assert_eq!(aside, root.join("abandoned-1"));
+        assert_eq!(list_checkpoints(run.path()).unwrap(), vec![resumed.clone()]);
+        for images in [32, 48] {
+            let moved = aside.join(checkpoint_name(images)).join("x");
+            assert_eq!(std::fs::read(moved).unwrap(), b"kept");
+        }
+        // Nothing newer: nothing moved. A second branch gets its own folder.
+        assert_eq!(set_aside_newer(run.path(), &resumed).unwrap(), None);
+        std::fs::create_dir_all(root.join(checkpoint_name(64))).unwrap();
+        let second = set_aside_newer(run.path(), &resumed).unwrap().unwrap();
+        assert_eq!(second, root.join("abandoned-2"));
+        prune(run.path(), 1).unwrap();
+        assert!(aside.join(checkpoint_name(48)).is_dir() && second.is_dir());
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_the_model_configuration_are_an_error_not_a_panic() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let at = |resolution| {
+            pgan_model::ModelConfig::cpu_small(resolution)
+                .with_latent_dim(8)
+                .with_fmap_base(16)
+                .with_fmap_max(8)
+        };
+        let small = || at(8);
+        let dir = tempfile::tempdir().unwrap();
+        save_module(small().init_generator::<B>(&device), dir.path(), GENERATOR).unwrap();
+        save_module(
+            small().init_discriminator::<B>(&device),
+            dir.path(),
+            DISCRIMINATOR,
+        )
+        .unwrap();
+        load_module(
+            small().init_generator::<B>(&device),
+            dir.path(),
+            GENERATOR,
+            &device,
+        )
+        .unwrap();
+
+        let wider = small().with_fmap_max(16).with_fmap_base(32);
+        let err = load_module(
+            wider.init_generator::<B>(&device),
+            dir.path(),
+            GENERATOR,
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("does not fit the model configuration"),
+            "{err}"
+        );
+        assert!(err.contains("in the weights"), "{err}");
+        let larger = at(16);
+        for err in [
+            load_module(
+                larger.init_generator::<B>(&device),
+                dir.path(),
+                GENERATOR,
+                &device,
+            )
+            .unwrap_err(),
+            load_module(
+                larger.init_discriminator::<B>(&device),
+                dir.path(),
+                DISCRIMINATOR,
+                &device,
+            )
+            .unwrap_err(),
+        ] {
+            let err = err.to_string();
+            assert!(err.contains("weights for 8x8 (2 stages"), "{err}");
+            assert!(err.contains("a 16x16 network"), "{err}");
+        }
     }
 }

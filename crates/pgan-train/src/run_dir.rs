@@ -2,7 +2,7 @@
 //! `samples/` and `checkpoints/`, and the log that writes to both the terminal and `log.txt`.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -89,12 +89,16 @@ fn sanitize_desc(desc: &str) -> String {
         .collect()
 }
 
-/// A run directory owned by this process: an OS advisory lock (`flock`) on
-/// `RUN_DIR/train.lock`, held as long as this value lives. The OS drops it when the process
-/// ends, however it ends (kill -9 included), so a lock is never stale; the file stays behind
-/// (deleting it would let a second trainer lock a fresh file while the first holds the old one).
+/// A run directory owned by this process: OS advisory locks (`flock`) on the run folder itself
+/// and on `RUN_DIR/train.lock` (which holds the owner's pid), held as long as this value lives.
+/// The OS drops them when the process ends, however it ends (kill -9 included), so a lock is
+/// never stale. The folder's lock is the one that counts: a user who deletes `train.lock` while
+/// a trainer runs would otherwise let a second trainer lock a fresh file. The file's lock keeps
+/// out trainers that lock only the file, and it is all there is where a folder cannot be opened
+/// (not Unix).
 #[derive(Debug)]
 pub struct RunLock {
+    _folder: Option<File>,
     _file: File,
     held: bool,
 }
@@ -104,6 +108,23 @@ impl RunLock {
     /// of the process that holds it.
     pub fn acquire(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
+        let in_use = || {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            TrainError::RunInUse {
+                path: run_dir.to_path_buf(),
+                pid: owner.trim().parse().ok(),
+            }
+        };
+        let folder = File::open(run_dir).ok();
+        let mut held = false;
+        if let Some(folder) = &folder {
+            match folder.try_lock() {
+                Ok(()) => held = true,
+                Err(TryLockError::WouldBlock) => return Err(in_use()),
+                Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {}
+                Err(TryLockError::Error(e)) => return Err(io_err(run_dir, "lock")(e)),
+            }
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -112,31 +133,22 @@ impl RunLock {
             .open(&path)
             .map_err(io_err(&path, "open"))?;
         match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut owner = String::new();
-                let _ = file.read_to_string(&mut owner);
-                return Err(TrainError::RunInUse {
-                    path: run_dir.to_path_buf(),
-                    pid: owner.trim().parse().ok(),
-                });
-            }
+            Ok(()) => held = true,
+            Err(TryLockError::WouldBlock) => return Err(in_use()),
             // A filesystem without advisory locks: train unlocked (the caller says so).
-            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-                return Ok(Self {
-                    _file: file,
-                    held: false,
-                });
-            }
+            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {}
             Err(TryLockError::Error(e)) => return Err(io_err(&path, "lock")(e)),
         }
-        file.set_len(0)
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .and_then(|()| file.flush())
-            .map_err(io_err(&path, "write"))?;
+        if held {
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "{}", std::process::id()))
+                .and_then(|()| file.flush())
+                .map_err(io_err(&path, "write"))?;
+        }
         Ok(Self {
+            _folder: folder,
             _file: file,
-            held: true,
+            held,
         })
     }
 
@@ -303,6 +315,20 @@ mod tests {
         );
         drop(first);
         RunLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn deleting_the_lock_file_does_not_let_a_second_owner_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RunLock::acquire(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        let err = RunLock::acquire(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another pgan train"),
+            "{err}"
+        );
+        drop(first);
+        assert!(RunLock::acquire(dir.path()).unwrap().is_held());
     }
 
     #[test]

@@ -356,6 +356,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         match resume_from {
             Some(ckpt) => {
                 trainer.restore(&ckpt)?;
+                if let Some(aside) = checkpoint::set_aside_newer(&trainer.run_dir, &ckpt)? {
+                    trainer.log.warn(format!(
+                        "resuming {} leaves the run's newer checkpoints behind: they are moved \
+                         to {} (not resumed from, not pruned; delete them when done)",
+                        ckpt.display(),
+                        aside.display()
+                    ));
+                }
                 write_config(&trainer.run_dir, &trainer.config)?;
                 trainer.metrics.truncate_after(trainer.state.images_shown)?;
                 trainer.log.info(format!(

@@ -199,6 +199,44 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     );
 }
 
+#[test]
+fn resuming_an_older_checkpoint_sets_the_newer_ones_aside_and_the_run_goes_on_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("runs"));
+    let done = train(TrainOptions::new(config.clone())).unwrap();
+    let before = list_checkpoints(&done.run_dir).unwrap();
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    let mut branch = TrainOptions::new(config);
+    branch.resume = Some(before[1].clone());
+    branch.stop_after_kimg = Some(0.044);
+    let stopped = train(branch).unwrap();
+    assert_eq!(stopped.images_shown, 44);
+    let aside = done.run_dir.join("checkpoints/abandoned-1");
+    let moved: Vec<_> = before[2..]
+        .iter()
+        .map(|c| aside.join(c.file_name().unwrap()))
+        .collect();
+    assert!(
+        moved.iter().all(|c| c.join("state.json").is_file()),
+        "{moved:?}"
+    );
+    assert_eq!(
+        list_checkpoints(&done.run_dir).unwrap(),
+        vec![
+            before[0].clone(),
+            before[1].clone(),
+            stopped.checkpoint.clone()
+        ]
+    );
+    // The run directory now resumes the new branch, not the abandoned one's kimg 0.128.
+    let found = checkpoint::find_checkpoint(&done.run_dir).unwrap();
+    assert_eq!(found.path, stopped.checkpoint);
+    let log = std::fs::read_to_string(done.run_dir.join("log.txt")).unwrap();
+    assert!(log.contains("newer checkpoints behind"), "{log}");
+}
+
 /// 8x8 stable, fade to 16x16 (0.032–0.064 kimg), 16x16 grown to 0.160; an evaluation every tick
 /// (16 images, 8 pairs); only the collapse alarm's gap test can fire (the relative tests are
 /// set out of reach, the vanishing-gradient ratio off), with a gap any generator crosses now and
