@@ -153,6 +153,9 @@ pub(crate) fn decode(path: &Path, max_pixels: u64) -> std::result::Result<Dynami
         (&file)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("cannot read: {e}"))?;
+        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) && !jpeg_has_end(&bytes) {
+            return Err(TRUNCATED_JPEG.into());
+        }
         decode_from(std::io::Cursor::new(&bytes[..]), path, max_pixels)
     } else {
         decode_from(std::io::BufReader::new(&file), path, max_pixels)
@@ -174,6 +177,40 @@ pub(crate) fn decode(path: &Path, max_pixels: u64) -> std::result::Result<Dynami
         ));
     }
     Ok(img)
+}
+
+/// Skip reason of a JPEG that ends before its end-of-image marker.
+pub(crate) const TRUNCATED_JPEG: &str =
+    "truncated JPEG: its image data has no end-of-image marker (the file was cut short)";
+
+/// Whether a JPEG's image data is followed by its end-of-image marker (`FF D9`). The JPEG
+/// decoder fills whatever a cut-short file lacks with flat grey and reports nothing, so a
+/// half-downloaded photo would enter the dataset; libjpeg and Pillow call such a file
+/// truncated. The segments before the first scan are skipped by their lengths (an EXIF
+/// thumbnail carries markers of its own); inside the scans `FF D9` can only be the end marker
+/// (stuffing makes every other `FF` byte `FF 00` or a restart marker). Data after the marker
+/// (a motion photo's video) is allowed. Files too large to be read whole are not checked.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let has_end_after = |from: usize| {
+        bytes[from.min(bytes.len())..]
+            .windows(2)
+            .any(|w| w == [0xFF, 0xD9])
+    };
+    let mut at = 2;
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xFF {
+            break;
+        }
+        match bytes[at + 1] {
+            0xFF => at += 1,
+            0xDA => return has_end_after(at),
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => at += 2,
+            _ => at += 2 + usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+        }
+    }
+    // Segments that do not chain: the decoder judges the file; only a missing end is caught.
+    has_end_after(2)
 }
 
 /// Why a stream did not decode; `Unsupported` may still be readable another way.
@@ -527,6 +564,31 @@ pub(crate) mod tests {
         let trunc = dir.path().join("t.png");
         std::fs::write(&trunc, &png[..png.len() / 2]).unwrap();
         assert!(decode(&trunc, DEFAULT_MAX_PIXELS).is_err());
+    }
+
+    #[test]
+    fn a_cut_short_jpeg_is_refused_and_data_after_its_end_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jpeg = Vec::new();
+        photo(64, 64, 5)
+            .write_to(&mut std::io::Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        let whole = dir.path().join("whole.jpg");
+        std::fs::write(&whole, &jpeg).unwrap();
+        decode(&whole, DEFAULT_MAX_PIXELS).unwrap();
+        for keep in [jpeg.len() - 2, jpeg.len() / 2, 700] {
+            let cut = dir.path().join(format!("cut{keep}.jpg"));
+            std::fs::write(&cut, &jpeg[..keep]).unwrap();
+            assert_eq!(
+                decode(&cut, DEFAULT_MAX_PIXELS).unwrap_err(),
+                TRUNCATED_JPEG
+            );
+        }
+        let mut motion = jpeg.clone();
+        motion.extend_from_slice(b"\0\0\0\x18ftypmp42 and a video after the photo");
+        let motion_path = dir.path().join("motion.jpg");
+        std::fs::write(&motion_path, &motion).unwrap();
+        decode(&motion_path, DEFAULT_MAX_PIXELS).unwrap();
     }
 
     #[test]

@@ -736,6 +736,20 @@ impl TrainConfig {
             })
         };
         use pgan_spec::resolution::{is_supported as is_res, MAX_RESOLUTION, MIN_RESOLUTION};
+        // The run's config.toml records these paths, and TOML text is UTF-8.
+        let paths = [
+            ("run.out_dir", Some(&self.run.out_dir)),
+            ("data.path", self.data.path.as_ref()),
+        ];
+        for (key, path) in paths {
+            if let Some(path) = path.filter(|p| p.to_str().is_none()) {
+                return bad(format!(
+                    "{key} {} is not valid UTF-8, and the run's config.toml must record it: \
+                     rename it, or reach it through a link whose path is UTF-8",
+                    path.display()
+                ));
+            }
+        }
         let m = &self.model;
         if !is_res(m.resolution) {
             return bad(format!(
@@ -1402,5 +1416,22 @@ mod tests {
         // 625 steps of 16 images = 10 kimg halve the weight of the old average.
         assert!((beta.powi(625) - 0.5).abs() < 1e-9);
         assert_eq!(EmaConfig::default().beta_for_batch(16), 0.999);
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_are_refused_before_the_config_is_written() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"p\xffq.pgan"));
+        let mut config = TrainConfig::default();
+        config.data.path = Some(odd.clone());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("data.path p\u{fffd}q.pgan is not valid UTF-8"),
+            "{err}"
+        );
+        config.data.path = None;
+        config.run.out_dir = odd;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("run.out_dir"), "{err}");
     }
 }
