@@ -264,6 +264,37 @@ fn prepare_train_render_eval_report() {
             .arg(dir.path().join("x.safetensors")),
     );
     assert!(err.contains("no checkpoint"), "{err}");
+    // An existing file is replaced only with --force, and the same checkpoint always exports
+    // to the same bytes (the header's keys are sorted).
+    let err = run_err(pgan().arg("export").arg(&run).arg("--out").arg(&exported));
+    assert!(err.contains("already exists; pass --force"), "{err}");
+    run_ok(
+        pgan()
+            .arg("export")
+            .arg(&run)
+            .arg("--out")
+            .arg(&exported)
+            .arg("--force"),
+    );
+    assert_eq!(std::fs::read(&exported).unwrap(), bytes);
+    // Never over the run's own files, nor over a dataset (even with --force).
+    for (target, why) in [
+        (run.join("config.toml"), "a file of the run"),
+        (run.join("train.lock"), "a file of the run"),
+        (data.clone(), "that is a pgan dataset"),
+    ] {
+        let before = std::fs::read(&target).unwrap_or_default();
+        let err = run_err(
+            pgan()
+                .arg("export")
+                .arg(&run)
+                .arg("--out")
+                .arg(&target)
+                .arg("--force"),
+        );
+        assert!(err.contains(why), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap_or_default(), before);
+    }
 
     let out = run_ok(pgan().arg("report").arg(&run));
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();

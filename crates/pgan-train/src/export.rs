@@ -119,6 +119,10 @@ fn serialize<M: Module<Flex>>(
         .metadata(
             "pgan.weight_scale",
             "equalized learning rate: multiply each weight by gain/sqrt(fan_in) at run time",
+        )
+        .metadata(
+            "pgan.layout",
+            "convolution weights [out, in, kh, kw]; dense weights [in, out] (y = x W + b)",
         );
     // burn-store reads every weight here.
     crate::host_read::count_read();
@@ -128,6 +132,41 @@ fn serialize<M: Module<Flex>>(
     let bytes = store
         .get_bytes()
         .map_err(|e| failed(format!("cannot serialize {}: {e}", net.name())))?;
+    let bytes = with_sorted_header(&bytes).map_err(failed)?;
     let tensors = module.collect(None, None, false).len();
     Ok((bytes, tensors, module.num_params()))
+}
+
+/// The safetensors file `bytes` with its JSON header's keys (tensor names, metadata) in sorted
+/// order. burn-store writes the metadata in hash order, which differs from run to run: sorted,
+/// one checkpoint always exports to the same bytes (checksums, caches, diffs). The tensor data
+/// is left as it is; the header is padded with spaces to keep it 8-byte aligned, as the format
+/// allows.
+fn with_sorted_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    use std::collections::BTreeMap;
+    let bad = |what: &str| format!("burn-store wrote a malformed safetensors {what}");
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| bad("file"))?;
+    let header = bytes.get(8..8 + len).ok_or_else(|| bad("header length"))?;
+    let sorted: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| bad(&format!("header ({e})")))?;
+    let sorted: BTreeMap<String, serde_json::Value> = sorted
+        .into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::Object(map) => {
+                let map: BTreeMap<String, serde_json::Value> = map.into_iter().collect();
+                (key, serde_json::to_value(map).expect("a map serialises"))
+            }
+            other => (key, other),
+        })
+        .collect();
+    let mut json = serde_json::to_vec(&sorted).expect("a map serialises");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }

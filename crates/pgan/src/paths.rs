@@ -8,9 +8,16 @@ use anyhow::{bail, Context, Result};
 
 /// Readies `out` for a command's output before the command does any work, so every command that
 /// writes a file (render, eval --json, export, report) treats a path alike: [`check_output`],
-/// and the temporary files of earlier commands killed while writing it are removed.
+/// a `.pgan` dataset is never replaced, and the temporary files of earlier commands killed while writing it are removed.
 pub fn prepare_output(out: &Path, flag: &str) -> Result<()> {
     let target = check_output(out, flag)?;
+    if is_dataset(&target) {
+        bail!(
+            "{flag} {}: that is a pgan dataset; outputs do not replace datasets (remove it \
+             first if that is what you mean)",
+            out.display()
+        );
+    }
     pgan_data::remove_stale_temps(&target);
     Ok(())
 }
@@ -42,6 +49,15 @@ pub fn check_output(out: &Path, flag: &str) -> Result<PathBuf> {
             .with_context(|| format!("{flag}: cannot create the folder {}", parent.display()))?;
     }
     Ok(target)
+}
+
+/// Whether `path` is a file that starts as a `.pgan` pyramid does.
+fn is_dataset(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; pgan_data::format::MAGIC.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == pgan_data::format::MAGIC)
 }
 
 /// `dir` with its deepest existing ancestor resolved (symlinks, `..`); the part that does not
@@ -96,12 +112,17 @@ pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Resu
 
 /// The files a run directory's trainer writes and reads back: outputs must not replace them.
 pub fn run_files(run_dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    use pgan_train::run_dir::{CONFIG_FILE, LOG_FILE, REALS_FILE};
-    [pgan_spec::metrics::METRICS_FILE, CONFIG_FILE, LOG_FILE]
-        .into_iter()
-        .map(|name| ("a file of the run", run_dir.join(name)))
-        .chain([("the run's reals sheet", run_dir.join(REALS_FILE))])
-        .collect()
+    use pgan_train::run_dir::{CONFIG_FILE, LOCK_FILE, LOG_FILE, REALS_FILE};
+    [
+        pgan_spec::metrics::METRICS_FILE,
+        CONFIG_FILE,
+        LOG_FILE,
+        LOCK_FILE,
+    ]
+    .into_iter()
+    .map(|name| ("a file of the run", run_dir.join(name)))
+    .chain([("the run's reals sheet", run_dir.join(REALS_FILE))])
+    .collect()
 }
 
 /// The checkpoint `source` means (a checkpoint folder, or a run directory's newest checkpoint
