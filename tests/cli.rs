@@ -163,8 +163,46 @@ fn prepare_train_render_eval_report() {
         bad.contains("--ema-half-life-kimg must be non-negative"),
         "{bad}"
     );
+    // The dry run makes the checks of a real start: a model above the dataset's resolution,
+    // FID without its weights.
+    let bad = run_err(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .args(["--resolution", "32"]),
+    );
+    assert!(
+        bad.contains("below the config's model.resolution 32x32"),
+        "{bad}"
+    );
+    let fid_config = dir.path().join("fid.toml");
+    std::fs::write(
+        &fid_config,
+        CONFIG.replace("[eval]\n", "[eval]\nfid_every_kimg = 0.032\n"),
+    )
+    .unwrap();
+    let missing = dir.path().join("no-inception.safetensors");
+    let bad = run_err(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&fid_config)
+            .arg("--data")
+            .arg(&data)
+            .env("PGAN_INCEPTION", &missing),
+    );
+    assert!(bad.contains("inception weights not found"), "{bad}");
+    assert!(!runs.exists(), "a dry run writes nothing");
 
     let (out, run) = train_tiny(&config, &data, &runs, &[]);
+    let bad = run_err(
+        pgan()
+            .args(["train", "--dry-run", "--resume"])
+            .arg(&run)
+            .args(["--resolution", "8"]),
+    );
+    assert!(bad.contains("was made with a different model"), "{bad}");
     assert!(out.contains("sample sheet"), "{out}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(

@@ -191,6 +191,18 @@ fn cuda_driver_files_present() -> bool {
     })
 }
 
+/// Fails when `kind` is not compiled into this binary (what [`dispatch`] would say), without
+/// touching a device.
+pub fn check_compiled(kind: BackendKind) -> Result<()> {
+    if compiled_backends().contains(&kind) {
+        return Ok(());
+    }
+    #[cfg(not(all(feature = "wgpu", feature = "cuda")))]
+    return Err(not_compiled(&kind.to_string()));
+    #[cfg(all(feature = "wgpu", feature = "cuda"))]
+    unreachable!("every backend is compiled in")
+}
+
 #[cfg(not(all(feature = "wgpu", feature = "cuda")))]
 fn not_compiled(name: &str) -> TrainError {
     TrainError::Backend {

@@ -849,6 +849,23 @@ impl TrainConfig {
         if !(s.lr_default.is_finite() && s.lr_default > 0.0) {
             return bad("schedule.lr_default must be positive".into());
         }
+        // Adam runs in f32: a rate (times its network's multiplier) beyond f32's range is inf.
+        let rates =
+            s.lr.iter()
+                .map(|(k, &lr)| (format!("schedule.lr at {k}"), lr));
+        for (key, lr) in rates.chain([("schedule.lr_default".to_string(), s.lr_default)]) {
+            for (mult_key, mult) in [
+                ("optim.lr_g_mult", self.optim.lr_g_mult),
+                ("optim.lr_d_mult", self.optim.lr_d_mult),
+            ] {
+                if !((lr * mult) as f32).is_finite() {
+                    return bad(format!(
+                        "{key} {lr:e} × {mult_key} {mult:e} is beyond f32's range (the optimizer's \
+                         precision); a learning rate is a small positive number such as 0.001"
+                    ));
+                }
+            }
+        }
         if !(0.0..1.0).contains(&self.ema.beta) {
             return bad(format!("ema.beta {} must be in [0, 1)", self.ema.beta));
         }
@@ -979,6 +996,31 @@ impl TrainConfig {
         }
         if o.d_steps == 0 {
             return bad("optim.d_steps must be at least 1 (D updates per G update)".into());
+        }
+        // One step shows d_steps minibatches of reals; the schedule is judged between steps,
+        // so a step longer than a phase would train straight past it (a stage never trained).
+        let s = &self.schedule;
+        let shortest = [s.lod_training_kimg, s.lod_transition_kimg]
+            .into_iter()
+            .filter(|&kimg| kimg > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let mut resolution = s
+            .start_resolution
+            .max(pgan_spec::resolution::MIN_RESOLUTION);
+        while o.d_steps > 1 && resolution <= self.model.resolution {
+            let batch = s.batch_for(resolution) as f64;
+            let per_step = batch * f64::from(o.d_steps);
+            let phase = (shortest * 1000.0).min(s.total_kimg * 1000.0);
+            if per_step > phase && phase >= batch {
+                return bad(format!(
+                    "optim.d_steps {} × minibatch {batch} at {resolution}x{resolution} shows \
+                     {per_step} images per step, more than a {phase}-image phase of the \
+                     schedule: the step would train past the phase. Lower optim.d_steps or \
+                     lengthen schedule.lod_training_kimg / lod_transition_kimg",
+                    o.d_steps
+                ));
+            }
+            resolution *= 2;
         }
         Ok(())
     }
@@ -1376,6 +1418,19 @@ mod tests {
                 "optim.lr_d_mult -2 must be positive",
             ),
             (|c| c.optim.d_steps = 0, "optim.d_steps must be at least 1"),
+            (
+                |c| c.optim.d_steps = 100_000,
+                "optim.d_steps 100000 × minibatch 16 at 4x4 shows 1600000 images per step, \
+                 more than a 600000-image phase",
+            ),
+            (
+                |c| c.schedule.lr_default = 1e300,
+                "schedule.lr_default 1e300 × optim.lr_g_mult 1e0 is beyond f32's range",
+            ),
+            (
+                |c| c.optim.lr_d_mult = 1e42,
+                "schedule.lr_default 1e-3 × optim.lr_d_mult 1e42 is beyond f32's range",
+            ),
             (
                 |c| c.loss.feature_matching = -1.0,
                 "loss.feature_matching -1 must be a non-negative weight",

@@ -37,6 +37,7 @@ use crate::error::{io_err, Result, TrainError};
 use crate::images::{grid, save_png, upscale_cells, HostImages};
 use crate::latents::latent_values;
 use crate::nets::{params_finite, Nets};
+use crate::preflight::{check_checkpoint_model, preflight, Preflight};
 use crate::run_dir::{create_run_dir, RunLock, RunLog, CONFIG_FILE};
 use crate::schedule::{Phase, StageSchedule};
 use crate::stats::{MetricsWriter, StepValues, TickStats};
@@ -199,56 +200,12 @@ struct Trainer<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Trainer<B> {
     fn start(options: TrainOptions, faults: Option<Faults>, device: B::Device) -> Result<Self> {
-        let mut config = options.config.clone();
-        config.validate()?;
+        let Preflight {
+            config,
+            reader,
+            model,
+        } = preflight(&options)?;
         crate::backend::apply_precision(config.run.precision, config.run.backend)?;
-        let data_path = config.data.path.clone().ok_or_else(|| TrainError::Config {
-            path: None,
-            message: "no dataset: set data.path in the config or pass one".into(),
-        })?;
-        if options.resume.is_some() && !data_path.exists() {
-            return Err(TrainError::Dataset {
-                path: data_path,
-                message: "does not exist: it is the run's data.path (a relative one is read \
-                          from the current folder); pass --data with the dataset's path"
-                    .into(),
-            });
-        }
-        let reader = PyramidReader::open(&data_path)?;
-        // The run's config.toml records where the data is from anywhere, so a resume or an
-        // eval started in another folder finds it.
-        if let Ok(absolute) = std::fs::canonicalize(&data_path) {
-            config.data.path = Some(absolute);
-        }
-        if reader.resolution() < config.model.resolution {
-            return Err(TrainError::DatasetBelowModel {
-                path: data_path,
-                dataset: reader.resolution(),
-                model: config.model.resolution,
-            });
-        }
-        if reader.is_empty() {
-            return Err(TrainError::Dataset {
-                path: data_path,
-                message: "holds no images".into(),
-            });
-        }
-        // A corrupt level would be trained on silently: check the ones this run reads.
-        reader.verify_levels_up_to(config.model.resolution)?;
-        let model = crate::plan::resolve_model(&config.model, reader.channels())?;
-        if config.eval.every_kimg > 0.0 {
-            // An evaluation holds its generated images and twice as many reals.
-            crate::limits::check_images_fit(
-                config.eval.num_images.saturating_mul(3),
-                model.num_channels,
-                model.resolution,
-                "evaluations during training",
-            )
-            .map_err(|message| TrainError::Config {
-                path: None,
-                message: format!("eval.num_images {}: {message}", config.eval.num_images),
-            })?;
-        }
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
 
         // Loaded before the run directory exists, so missing weights stop the run at once.
@@ -268,7 +225,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (run_dir, resume_from) = match &options.resume {
             None => {
                 let desc = config.run.desc.clone().unwrap_or_else(|| {
-                    let stem = data_path.file_stem().unwrap_or_default().to_string_lossy();
+                    // The name as given (the config's path is resolved through links now).
+                    let given = options.config.data.path.as_deref().unwrap_or(Path::new(""));
+                    let stem = given.file_stem().unwrap_or_default().to_string_lossy();
                     format!("{stem}-{}", model.resolution)
                 });
                 (create_run_dir(&config.run.out_dir, &desc)?, None)
@@ -592,15 +551,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn restore(&mut self, ckpt: &Path) -> Result<()> {
         let mut state = checkpoint::read_state(ckpt)?;
         let made_with = checkpoint::model_config(&state, ckpt)?;
-        if made_with != self.model {
-            return Err(TrainError::Checkpoint {
-                path: ckpt.to_path_buf(),
-                message: format!(
-                    "was made with a different model than the config asks for: {}",
-                    checkpoint::model_differences(&made_with, &self.model)
-                ),
-            });
-        }
+        check_checkpoint_model(&made_with, &self.model, ckpt.to_path_buf())?;
         let (len, mirror) = (self.reader.len(), self.config.data.mirror);
         let seed = self.config.run.seed ^ state.images_shown;
         let fresh_sampler = || BatchSampler::new(len, seed, mirror);
@@ -621,7 +572,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Err(TrainError::Config {
                 path: None,
                 message: format!(
-                    "the schedule puts {} ({:.3} kimg) at {r}x{r}, below the {grown}x{grown} it                      has grown to: a resumed run cannot shrink; keep schedule.lod_training_kimg                      and lod_transition_kimg (--phase-kimg) short enough to reach                      {grown}x{grown} by then",
+                    "the schedule puts {} ({:.3} kimg) at {r}x{r}, below the {grown}x{grown} it \
+                     has grown to: a resumed run cannot shrink; keep \
+                     schedule.lod_training_kimg and lod_transition_kimg (--phase-kimg) short \
+                     enough to reach {grown}x{grown} by then",
                     ckpt.display(),
                     state.images_shown as f64 / 1000.0,
                     r = now.resolution,

@@ -373,11 +373,15 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         bail!("--stop-after-kimg {kimg} must be a non-negative number of kimg");
     }
     if args.dry_run {
-        let data = config.data.path.as_ref().expect("checked above");
-        let reader = pgan_data::PyramidReader::open(data).context("--data")?;
-        let model = pgan_train::plan::resolve_model(&config.model, reader.channels())?;
-        println!("{}", config.to_toml());
-        println!("{}", pgan_train::plan::describe(&config, &model));
+        let mut options = TrainOptions::new(config);
+        options.resume = args.resume.clone();
+        // The checks of a real start, so that a dry run that passes is a run that starts.
+        let checked = pgan_train::preflight(&options).map_err(with_flag_hint)?;
+        println!("{}", checked.config.to_toml());
+        println!(
+            "{}",
+            pgan_train::plan::describe(&checked.config, &checked.model)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if args.data_changed_ok && args.resume.is_none() {
@@ -763,13 +767,13 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
     if let Some(run_dir) = pgan_train::checkpoint::run_dir_of(&ckpt) {
         refuse_inputs(out, "--out", &run_files(&run_dir))?;
     }
+    prepare_output(out, "--out")?;
     if !force && std::fs::symlink_metadata(out).is_ok() {
         bail!(
             "--out {} already exists; pass --force to replace it",
             out.display()
         );
     }
-    prepare_output(out, "--out")?;
     let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
     println!(
         "wrote {} ({} tensors, {} parameters, {} KiB) from {}",

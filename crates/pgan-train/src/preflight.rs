@@ -1,0 +1,111 @@
+//! The checks a training run passes before it writes anything: the configuration, the backend,
+//! the dataset (present, large enough, intact), the memory an evaluation needs, the Inception
+//! weights FID needs, and for a resume the checkpoint's model. `pgan train --dry-run` runs the
+//! same function, so a dry run that passes is a run that starts.
+
+use std::path::PathBuf;
+
+use pgan_data::PyramidReader;
+use pgan_model::ModelConfig;
+
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::training_loop::TrainOptions;
+
+/// What the checks opened and resolved, for the run to start from.
+pub struct Preflight {
+    /// The configuration, with `data.path` made absolute (the run's config.toml records where
+    /// the data is from anywhere, so a resume or an eval started in another folder finds it).
+    pub config: TrainConfig,
+    /// The dataset, open.
+    pub reader: PyramidReader,
+    /// The model, with its channels taken from the dataset.
+    pub model: ModelConfig,
+}
+
+/// Runs every check that needs no device and writes nothing; see the module docs.
+pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
+    let mut config = options.config.clone();
+    config.validate()?;
+    crate::backend::check_compiled(config.run.backend)?;
+    let data_path = config.data.path.clone().ok_or_else(|| TrainError::Config {
+        path: None,
+        message: "no dataset: set data.path in the config or pass one".into(),
+    })?;
+    if options.resume.is_some() && !data_path.exists() {
+        return Err(TrainError::Dataset {
+            path: data_path,
+            message: "does not exist: it is the run's data.path (a relative one is read from \
+                      the current folder); pass --data with the dataset's path"
+                .into(),
+        });
+    }
+    let reader = PyramidReader::open(&data_path)?;
+    if let Ok(absolute) = std::fs::canonicalize(&data_path) {
+        config.data.path = Some(absolute);
+    }
+    if reader.resolution() < config.model.resolution {
+        return Err(TrainError::DatasetBelowModel {
+            path: data_path,
+            dataset: reader.resolution(),
+            model: config.model.resolution,
+        });
+    }
+    if reader.is_empty() {
+        return Err(TrainError::Dataset {
+            path: data_path,
+            message: "holds no images".into(),
+        });
+    }
+    // A corrupt level would be trained on silently: check the ones this run reads.
+    reader.verify_levels_up_to(config.model.resolution)?;
+    let model = crate::plan::resolve_model(&config.model, reader.channels())?;
+    if config.eval.every_kimg > 0.0 {
+        // An evaluation holds its generated images and twice as many reals.
+        crate::limits::check_images_fit(
+            config.eval.num_images.saturating_mul(3),
+            model.num_channels,
+            model.resolution,
+            "evaluations during training",
+        )
+        .map_err(|message| TrainError::Config {
+            path: None,
+            message: format!("eval.num_images {}: {message}", config.eval.num_images),
+        })?;
+    }
+    if config.eval.fid_enabled() {
+        let weights = pgan_inception::resolve_weights_path(None);
+        if !weights.is_file() {
+            return Err(pgan_inception::InceptionError::WeightsMissing { path: weights }.into());
+        }
+    }
+    if let Some(resume) = &options.resume {
+        let ckpt = checkpoint::resolve_checkpoint(resume)?;
+        let state = checkpoint::read_state(&ckpt)?;
+        check_checkpoint_model(&checkpoint::model_config(&state, &ckpt)?, &model, ckpt)?;
+    }
+    Ok(Preflight {
+        config,
+        reader,
+        model,
+    })
+}
+
+/// Refuses a checkpoint made with another model than `model` (resume and rollback).
+pub(crate) fn check_checkpoint_model(
+    made_with: &ModelConfig,
+    model: &ModelConfig,
+    ckpt: PathBuf,
+) -> Result<()> {
+    if made_with == model {
+        return Ok(());
+    }
+    Err(TrainError::Checkpoint {
+        path: ckpt,
+        message: format!(
+            "was made with a different model than the config asks for: {}",
+            checkpoint::model_differences(made_with, model)
+        ),
+    })
+}
