@@ -193,6 +193,40 @@ fn prepare_train_render_eval_report() {
             .env("PGAN_INCEPTION", &missing),
     );
     assert!(bad.contains("inception weights not found"), "{bad}");
+    // A key the run would not use: an error in the file, a warning when a flag caused it.
+    let r1_config = dir.path().join("r1.toml");
+    std::fs::write(&r1_config, format!("{CONFIG}[loss]\nr1_gamma = 5.0\n")).unwrap();
+    let dry = |extra: &[&str]| {
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&r1_config)
+            .arg("--data")
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let bad = dry(&[]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && stderr.contains("keys without effect")
+            && stderr.contains("loss.r1_gamma weights"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &r1_config,
+        format!("{CONFIG}[loss]\nkind = \"logistic-r1\"\nr1_gamma = 5.0\n"),
+    )
+    .unwrap();
+    let warned = dry(&["--loss", "wgan-gp"]);
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        warned.status.success()
+            && stderr.contains("warning: --config")
+            && stderr.contains("as the flags set it"),
+        "{stderr}"
+    );
     assert!(!runs.exists(), "a dry run writes nothing");
 
     let (out, run) = train_tiny(&config, &data, &runs, &[]);

@@ -350,6 +350,16 @@ impl LossKind {
     /// The config spelling of each kind, in the order the docs list them.
     pub const NAMES: [&'static str; 4] = ["wgan-gp", "logistic-r1", "non-saturating", "minimax"];
 
+    /// The config spelling of this kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::WganGp => "wgan-gp",
+            Self::LogisticR1 => "logistic-r1",
+            Self::NonSaturating => "non-saturating",
+            Self::Minimax => "minimax",
+        }
+    }
+
     /// True for the losses on D's logits (sigmoid cross-entropy), which `loss.real_label`
     /// applies to.
     pub fn is_logistic(self) -> bool {
@@ -720,6 +730,41 @@ impl TrainConfig {
             path: None,
             message: e.to_string(),
         })
+    }
+
+    /// The keys set in a config file (`text`) that this configuration does not use,
+    /// each with why: a weight of another loss's penalty, `ema.beta` beside
+    /// `ema.half_life_kimg`. Accepted silently, they would read as settings the run has.
+    pub fn keys_without_effect(&self, text: &str) -> Vec<String> {
+        let table: toml::Table = text.parse().unwrap_or_default();
+        let set = |section: &str, key: &str| {
+            table
+                .get(section)
+                .and_then(|s| s.as_table())
+                .is_some_and(|s| s.contains_key(key))
+        };
+        let kind = self.loss.kind;
+        let mut unused = Vec::new();
+        for (key, owner) in [
+            ("gp_lambda", LossKind::WganGp),
+            ("drift_epsilon", LossKind::WganGp),
+            ("r1_gamma", LossKind::LogisticR1),
+        ] {
+            if set("loss", key) && kind != owner {
+                unused.push(format!(
+                    "loss.{key} weights {}'s penalty, and loss.kind is {}",
+                    owner.name(),
+                    kind.name()
+                ));
+            }
+        }
+        if let Some(h) = self.ema.half_life_kimg.filter(|_| set("ema", "beta")) {
+            unused.push(format!(
+                "ema.beta is replaced by ema.half_life_kimg {h}, which sets the EMA's decay per \
+                 step from the minibatch"
+            ));
+        }
+        unused
     }
 
     /// The resolved config as TOML text.
@@ -1488,5 +1533,37 @@ mod tests {
         config.run.out_dir = odd;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("run.out_dir"), "{err}");
+    }
+
+    #[test]
+    fn keys_another_setting_overrides_are_named() {
+        let text = "[loss]\nkind = \"wgan-gp\"\nr1_gamma = 5.0\ngp_lambda = 10.0\n\
+                    [ema]\nbeta = 0.99\nhalf_life_kimg = 2.0\n";
+        let config = TrainConfig::from_toml_str(text).unwrap();
+        assert_eq!(
+            config.keys_without_effect(text),
+            vec![
+                "loss.r1_gamma weights logistic-r1's penalty, and loss.kind is wgan-gp".to_string(),
+                "ema.beta is replaced by ema.half_life_kimg 2, which sets the EMA's decay per \
+                 step from the minibatch"
+                    .to_string(),
+            ]
+        );
+        let mut logistic = config.clone();
+        logistic.loss.kind = LossKind::LogisticR1;
+        logistic.ema.half_life_kimg = None;
+        assert_eq!(
+            logistic.keys_without_effect(text),
+            vec!["loss.gp_lambda weights wgan-gp's penalty, and loss.kind is logistic-r1"]
+        );
+        // The shipped configs set nothing they do not use.
+        let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
+        for entry in std::fs::read_dir(configs).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config = TrainConfig::from_toml_str(&text).unwrap();
+            let unused = config.keys_without_effect(&text);
+            assert!(unused.is_empty(), "{}: {unused:?}", path.display());
+        }
     }
 }

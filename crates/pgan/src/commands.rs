@@ -343,10 +343,45 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         config.run.progress = false;
     }
     config.validate().map_err(with_flag_hint)?;
+    if let (None, Some(path)) = (&args.resume, &args.config) {
+        refuse_keys_without_effect(path, &config)?;
+    }
     if config.data.path.is_none() {
         bail!("no dataset: pass --data FILE.pgan (made by `pgan prepare`) or set data.path in the config");
     }
     Ok(config)
+}
+
+/// Keys of the --config file that the run would not use: an error when the file contradicts
+/// itself, a warning when a flag made them unused (`--loss`, `--ema-half-life-kimg`).
+fn refuse_keys_without_effect(path: &Path, config: &TrainConfig) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+    let unused = config.keys_without_effect(&text);
+    // As written, without the flags (read and checked above: a failure here is a file changed
+    // since, the next run's to see).
+    let as_written = TrainConfig::from_toml_str(&text)
+        .map(|c| c.keys_without_effect(&text))
+        .unwrap_or_default();
+    let key = |message: &String| message.split(' ').next().unwrap_or_default().to_string();
+    let (contradictions, by_flags): (Vec<String>, Vec<String>) = unused
+        .into_iter()
+        .partition(|m| as_written.iter().any(|w| key(w) == key(m)));
+    if !contradictions.is_empty() {
+        bail!(
+            "--config {}: keys without effect (remove them, or change the setting that \
+             overrides them): {}",
+            path.display(),
+            contradictions.join("; ")
+        );
+    }
+    for unused in by_flags {
+        eprintln!(
+            "warning: --config {}: {unused}, as the flags set it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// `pgan orchestrator --port P`: serves until Ctrl-C or SIGTERM.
