@@ -64,6 +64,34 @@ fn parent_dir(p: &Path) -> PathBuf {
 /// `.<name>.tmp-<pid>-<n>` whose process no longer exists. A live process's temp belongs to a
 /// command still running and is kept. Best effort; returns what it removed.
 pub fn remove_stale_temps(output: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for (path, pid) in temps_of(output) {
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let gone = match std::fs::symlink_metadata(&path).map(|m| m.file_type()) {
+            Ok(t) if t.is_file() => std::fs::remove_file(&path).is_ok(),
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
+            _ => false,
+        };
+        if gone {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// The pid of another live process writing `output` (its temporary file exists), if any.
+pub fn live_writer(output: &Path) -> Option<u32> {
+    temps_of(output)
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .find(|&pid| pid != std::process::id() && process_alive(pid))
+}
+
+/// The temporary files and folders beside `output` (`.<name>.tmp-<pid>[-<n>]`), with the pid
+/// of the process that made each.
+fn temps_of(output: &Path) -> Vec<(PathBuf, u32)> {
     let Some(name) = output.file_name() else {
         return Vec::new();
     };
@@ -75,37 +103,24 @@ pub fn remove_stale_temps(output: &Path) -> Vec<PathBuf> {
         return Vec::new();
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(pid) = file_name
-            .as_encoded_bytes()
-            .strip_prefix(prefix)
-            .and_then(|rest| std::str::from_utf8(rest).ok())
-            .and_then(|rest| match rest.split_once('-') {
-                Some((pid, n)) if digits(n) => Some(pid),
-                Some(_) => None,
-                None => Some(rest),
-            })
-            .filter(|pid| digits(pid))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || process_alive(pid) {
-            continue;
-        }
-        let path = entry.path();
-        let gone = match entry.file_type() {
-            Ok(t) if t.is_file() => std::fs::remove_file(&path).is_ok(),
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
-            _ => false,
-        };
-        if gone {
-            removed.push(path);
-        }
-    }
-    removed
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry
+                .file_name()
+                .as_encoded_bytes()
+                .strip_prefix(prefix)
+                .and_then(|rest| std::str::from_utf8(rest).ok())
+                .and_then(|rest| match rest.split_once('-') {
+                    Some((pid, n)) if digits(n) => Some(pid),
+                    Some(_) => None,
+                    None => Some(rest),
+                })
+                .filter(|pid| digits(pid))
+                .and_then(|pid| pid.parse::<u32>().ok())?;
+            Some((entry.path(), pid))
+        })
+        .collect()
 }
 
 /// Is process `pid` alive? `kill(pid, 0)` sends nothing and fails with `ESRCH` only when no

@@ -221,6 +221,15 @@ pub(crate) fn prepare_with_limit(
             }
         });
     }
+    if let Some(input) = output_among(&opts.output, &walk.images) {
+        return Err(DataError::OutputUnwritable {
+            path: opts.output.clone(),
+            reason: format!(
+                "it is one of the input images ({}); write the dataset elsewhere",
+                input.display()
+            ),
+        });
+    }
     let mut candidates = walk.images;
     if let Some(seed) = opts.shuffle_seed {
         // A shuffled candidate list restricted to the survivors is still a
@@ -237,6 +246,16 @@ pub(crate) fn prepare_with_limit(
         path: tmp_path.clone(),
         armed: true,
     };
+    // Checked with this process's temporary file in place: of two writers starting together at
+    // least one sees the other (both stop in a tie), and neither replaces the other's output.
+    if let Some(pid) = crate::files::live_writer(&opts.output) {
+        return Err(DataError::OutputUnwritable {
+            path: opts.output.clone(),
+            reason: format!(
+                "another process (pid {pid}) is writing it now; wait for it to finish or stop it"
+            ),
+        });
+    }
     let mut sink = Sink {
         file,
         limit: write_limit,
@@ -351,6 +370,17 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
             return Err(DataError::OutputExists(out.clone()));
         }
     }
+    // The report beside the output is replaced too: only an earlier prepare's report.
+    let report = report_path(out);
+    if let Ok(text) = std::fs::read(&report) {
+        if !text.is_empty() && !text.starts_with(REPORT_HEADING.as_bytes()) {
+            return Err(unwritable(format!(
+                "{} exists and is not a pgan prepare report, which prepare writes there; \
+                 move it or choose another output name",
+                report.display()
+            )));
+        }
+    }
     let parent = parent_dir(out);
     if !parent.is_dir() {
         return Err(unwritable(format!(
@@ -359,6 +389,16 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The input that is the same file as `output` (also through a link), if any: prepare would
+/// replace an image it reads, even with `--force`.
+fn output_among<'a>(output: &Path, inputs: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let out = std::fs::metadata(output).ok()?;
+    inputs.iter().find(|input| {
+        std::fs::metadata(input).is_ok_and(|m| m.dev() == out.dev() && m.ino() == out.ino())
+    })
 }
 
 fn parent_dir(p: &Path) -> PathBuf {
@@ -778,12 +818,12 @@ fn shown(path: &Path) -> String {
     escape_name(path.as_os_str().as_encoded_bytes())
 }
 
+/// How a prepare report starts (what marks a file there as one prepare may replace).
+const REPORT_HEADING: &str = "# pgan prepare report for ";
+
 fn write_report(s: &PrepareSummary) -> Result<()> {
     let mut text = String::new();
-    text.push_str(&format!(
-        "# pgan prepare report for {}\n",
-        s.output.display()
-    ));
+    text.push_str(&format!("{REPORT_HEADING}{}\n", s.output.display()));
     text.push_str(&s.to_string());
     text.push_str(&format!("\n# skipped ({})\n", s.skipped.len()));
     for (p, why) in &s.skipped {
@@ -1186,7 +1226,9 @@ mod tests {
         let live = std::os::unix::process::parent_id();
         let stale = temp_path_for(&path, dead);
         let stale_report = temp_path_for(&report_path(&path), dead);
-        let running = temp_path_for(&path, live);
+        // (A live process's temp of the output itself stops the prepare: see
+        // `inputs_a_users_file_and_another_writers_output_are_never_replaced`.)
+        let running = temp_path_for(&report_path(&path), live);
         let other = out.path().join(format!(".y.pgan.tmp-{dead}"));
         for p in [&stale, &stale_report, &running, &other] {
             std::fs::write(p, b"partial").unwrap();
@@ -1260,6 +1302,48 @@ mod tests {
             ["x.pgan", "x.pgan.report.txt", "y.pgan", "y.pgan.report.txt"],
             "no temporary file is left"
         );
+    }
+
+    #[test]
+    fn inputs_a_users_file_and_another_writers_output_are_never_replaced() {
+        let input = folder(3, &[]);
+        let image = input.path().join("img001.png");
+        let before = std::fs::read(&image).unwrap();
+        let mut opts = PrepareOptions::new(input.path(), &image, 8);
+        opts.force = true;
+        let err = prepare(&opts).unwrap_err().to_string();
+        assert!(err.contains("it is one of the input images"), "{err}");
+        let link = input.path().join("link.pgan");
+        std::os::unix::fs::symlink("img001.png", &link).unwrap();
+        opts.output = link;
+        assert!(prepare(&opts).is_err(), "a link to an input is that input");
+        assert_eq!(std::fs::read(&image).unwrap(), before);
+
+        let out = out_dir();
+        let path = out.path().join("d.pgan");
+        std::fs::write(report_path(&path), b"my notes\n").unwrap();
+        let err = prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap_err();
+        assert!(
+            err.to_string().contains("is not a pgan prepare report"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(report_path(&path)).unwrap(), b"my notes\n");
+        std::fs::remove_file(report_path(&path)).unwrap();
+        prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
+        let mut again = PrepareOptions::new(input.path(), &path, 8);
+        again.force = true;
+        prepare(&again).unwrap();
+
+        // pid 1 is alive: its temporary file marks a writer at work, kept and not raced.
+        let theirs = temp_path_for(&path, 1);
+        std::fs::write(&theirs, b"half").unwrap();
+        let err = prepare(&again).unwrap_err().to_string();
+        assert!(
+            err.contains("another process (pid 1) is writing it now"),
+            "{err}"
+        );
+        assert!(theirs.exists());
+        PyramidReader::open(&path).unwrap().verify().unwrap();
     }
 
     #[test]
