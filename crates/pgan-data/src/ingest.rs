@@ -66,17 +66,39 @@ pub fn has_image_extension(path: &Path) -> bool {
 pub(crate) struct Walk {
     /// Image files, sorted by path.
     pub images: Vec<PathBuf>,
-    /// Number of files ignored because of their extension.
-    pub ignored: usize,
+    /// What was not taken, sorted by path, with why (for the report).
+    pub ignored: Vec<(PathBuf, &'static str)>,
 }
 
-/// Recursively list image files under `dir`, sorted so that the output does
-/// not depend on directory iteration order. Symlinked folders are not
-/// followed (avoids cycles); symlinked files are.
+/// Why a file was not taken: its extension.
+pub(crate) const NOT_AN_IMAGE: &str = "not an image file extension";
+/// Why a link to a folder was not followed.
+pub(crate) const FOLDER_SEEN: &str =
+    "a link to a folder already listed (a loop or a second way in)";
+
+/// Recursively list image files under `dir`, sorted so that the output does not depend on
+/// directory iteration order. Symlinked files are taken; symlinked folders are followed once
+/// the real folders are listed (in path order, so one folder reached two ways is always listed
+/// under the same path), and a folder already listed is not entered again (no loops).
 pub(crate) fn walk(dir: &Path) -> Result<Walk> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let mut seen: std::collections::HashSet<(u64, u64)> = id(dir).into_iter().collect();
     let mut out = Walk::default();
     let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
+    let mut links: Vec<PathBuf> = Vec::new();
+    loop {
+        let Some(d) = stack.pop() else {
+            // The real folders are listed: follow the first link to a folder not seen yet.
+            links.sort();
+            links.reverse();
+            let Some(link) = links.pop() else { break };
+            match id(&link) {
+                Some(target) if seen.insert(target) => stack.push(link),
+                _ => out.ignored.push((link, FOLDER_SEEN)),
+            }
+            continue;
+        };
         let entries =
             std::fs::read_dir(&d).map_err(|e| DataError::io("cannot read folder", &d, e))?;
         for entry in entries {
@@ -86,15 +108,21 @@ pub(crate) fn walk(dir: &Path) -> Result<Walk> {
                 .file_type()
                 .map_err(|e| DataError::io("cannot stat", &path, e))?;
             if ty.is_dir() {
+                if let Some(real) = id(&path) {
+                    seen.insert(real);
+                }
                 stack.push(path);
+            } else if ty.is_symlink() && path.is_dir() {
+                links.push(path);
             } else if has_image_extension(&path) {
                 out.images.push(path);
             } else {
-                out.ignored += 1;
+                out.ignored.push((path, NOT_AN_IMAGE));
             }
         }
     }
     out.images.sort();
+    out.ignored.sort();
     Ok(out)
 }
 
@@ -440,7 +468,39 @@ pub(crate) mod tests {
             .map(PathBuf::from)
             .collect();
         assert_eq!(rel, want);
-        assert_eq!(w.ignored, 2);
+        assert_eq!(w.ignored.len(), 2);
+        assert!(w.ignored.iter().all(|(_, why)| *why == NOT_AN_IMAGE));
+    }
+
+    #[test]
+    fn linked_folders_are_followed_once_and_loops_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(real.join("sub/a.png"), b"x").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("b.png"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("elsewhere")).unwrap();
+        // A second way into a listed folder, and a loop back to the top.
+        std::os::unix::fs::symlink(&real, dir.path().join("again")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), real.join("sub/up")).unwrap();
+        let w = walk(dir.path()).unwrap();
+        let rel = |p: &PathBuf| p.strip_prefix(dir.path()).unwrap().to_path_buf();
+        assert_eq!(
+            w.images.iter().map(rel).collect::<Vec<_>>(),
+            [
+                PathBuf::from("elsewhere/b.png"),
+                PathBuf::from("real/sub/a.png")
+            ]
+        );
+        let ignored: Vec<_> = w.ignored.iter().map(|(p, why)| (rel(p), *why)).collect();
+        assert_eq!(
+            ignored,
+            [
+                (PathBuf::from("again"), FOLDER_SEEN),
+                (PathBuf::from("real/sub/up"), FOLDER_SEEN)
+            ]
+        );
     }
 
     #[test]

@@ -78,6 +78,22 @@ pub fn escape_name(bytes: &[u8]) -> String {
     out
 }
 
+/// `text` made safe to print on a terminal or in a line-based report: control characters
+/// (newline, tab, ESC, BEL, DEL, the C1 range) become `\u{NN}`, so a file name can neither
+/// break a line in two nor send escape sequences to the terminal. For display only: the
+/// manifest keeps names as [`escape_name`] writes them.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:X}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Inverse of [`escape_name`]. Lenient: a backslash that starts neither `\\` nor `\xNN` is
 /// kept as it is, so no input is an error.
 pub fn unescape_name(text: &str) -> Vec<u8> {
@@ -132,5 +148,13 @@ mod tests {
         assert_eq!(escape_name("caf\u{e9}".as_bytes()), "caf\u{e9}");
         // Lenient: stray backslashes stay.
         assert_eq!(unescape_name("a\\b\\xZZ\\x+5\\"), b"a\\b\\xZZ\\x+5\\");
+    }
+
+    #[test]
+    fn printable_names_break_no_line_and_send_no_escape() {
+        assert_eq!(printable("a\nb.png"), "a\\u{A}b.png");
+        assert_eq!(printable("x\u{1b}[2J\u{7}.png"), "x\\u{1B}[2J\\u{7}.png");
+        assert_eq!(printable("tab\there\u{9b}"), "tab\\u{9}here\\u{9B}");
+        assert_eq!(printable("café \\ 猫.png"), "café \\ 猫.png");
     }
 }

@@ -346,7 +346,7 @@ impl fmt::Display for PyramidReader {
             )?;
         }
         let o = &m.options;
-        writeln!(f, "source:      {}", m.input_dir)?;
+        writeln!(f, "source:      {}", crate::printable(&m.input_dir))?;
         writeln!(
             f,
             "prepared:    fit {}, background {:?}, min size {}, order {}",
@@ -362,13 +362,13 @@ impl fmt::Display for PyramidReader {
             m.skipped, m.upscaled
         )?;
         // Escaped names (docs/FORMAT.md) are shown as stored: readable, and exact for names
-        // that are not UTF-8 (`caf\xE9.png`).
+        // that are not UTF-8 (`caf\xE9.png`); control characters are shown as codes.
         const SHOWN: usize = 3;
         let mut files = m
             .files
             .iter()
             .take(SHOWN)
-            .cloned()
+            .map(|name| crate::printable(name))
             .collect::<Vec<_>>()
             .join(", ");
         if m.files.len() > SHOWN {

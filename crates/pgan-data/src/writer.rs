@@ -104,8 +104,8 @@ pub struct PrepareSummary {
     pub over_pixel_limit: usize,
     /// Stored images that were smaller than the resolution and upscaled (warnings).
     pub upscaled: Vec<PathBuf>,
-    /// Files ignored because their extension is not an image extension.
-    pub ignored: usize,
+    /// Files and links not taken (not an image extension, a folder reached twice), with why.
+    pub ignored: Vec<(PathBuf, &'static str)>,
     /// Wall time.
     pub elapsed: Duration,
     /// `written / elapsed`.
@@ -152,7 +152,7 @@ impl fmt::Display for PrepareSummary {
                         f,
                         "skipped {} files (the first: {}: {why})",
                         self.skipped.len(),
-                        path.display()
+                        shown(path)
                     )?
                 }
             }
@@ -165,8 +165,12 @@ impl fmt::Display for PrepareSummary {
                 self.resolution
             )?;
         }
-        if self.ignored > 0 {
-            writeln!(f, "ignored {} non-image files", self.ignored)?;
+        if !self.ignored.is_empty() {
+            writeln!(
+                f,
+                "ignored {} files and links that are not images (listed in the report)",
+                self.ignored.len()
+            )?;
         }
         if !self.removed_stale.is_empty() {
             writeln!(
@@ -212,12 +216,12 @@ pub(crate) fn prepare_with_limit(
     removed_stale.extend(remove_stale_temps(&report_path(&opts.output)));
     let walk = ingest::walk(&opts.input_dir)?;
     if walk.images.is_empty() {
-        return Err(if walk.ignored == 0 {
+        return Err(if walk.ignored.is_empty() {
             DataError::EmptyInput(opts.input_dir.clone())
         } else {
             DataError::NoImages {
                 dir: opts.input_dir.clone(),
-                ignored: walk.ignored,
+                ignored: walk.ignored.len(),
             }
         });
     }
@@ -787,7 +791,7 @@ fn build_manifest(opts: &PrepareOptions, out: &Outcome) -> Manifest {
     Manifest {
         pgan_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix,
-        input_dir: shown(&opts.input_dir),
+        input_dir: escape_name(opts.input_dir.as_os_str().as_encoded_bytes()),
         options: ManifestOptions {
             resolution: opts.resolution,
             channels: opts.channels,
@@ -813,9 +817,10 @@ fn relative_name(dir: &Path, path: &Path) -> String {
         .join("/")
 }
 
-/// A path as text for the report: [`escape_name`]d, so every name is shown and unambiguous.
+/// A path as the report and the summary show it: escaped as the manifest stores names, and
+/// with control characters as codes (one line per file, nothing sent to the terminal).
 fn shown(path: &Path) -> String {
-    escape_name(path.as_os_str().as_encoded_bytes())
+    crate::printable(&escape_name(path.as_os_str().as_encoded_bytes()))
 }
 
 /// How a prepare report starts (what marks a file there as one prepare may replace).
@@ -832,6 +837,10 @@ fn write_report(s: &PrepareSummary) -> Result<()> {
     text.push_str(&format!("\n# upscaled ({})\n", s.upscaled.len()));
     for p in &s.upscaled {
         text.push_str(&format!("{}\n", shown(p)));
+    }
+    text.push_str(&format!("\n# ignored ({})\n", s.ignored.len()));
+    for (p, why) in &s.ignored {
+        text.push_str(&format!("{}\t{why}\n", shown(p)));
     }
     write_atomic(&s.report, text.as_bytes())
         .map_err(|e| DataError::io("cannot write report", &s.report, e))
@@ -891,7 +900,7 @@ mod tests {
         let out = out_dir();
         let path = out.path().join("d.pgan");
         let s = prepare(&PrepareOptions::new(input.path(), &path, 16)).unwrap();
-        assert_eq!((s.written, s.skipped.len(), s.ignored), (5, 0, 1));
+        assert_eq!((s.written, s.skipped.len(), s.ignored.len()), (5, 0, 1));
         assert_eq!(s.bytes, std::fs::metadata(&path).unwrap().len());
         assert!(
             s.to_string().contains("wrote 5 images (16x16, 3 channels)"),
