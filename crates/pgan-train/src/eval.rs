@@ -93,6 +93,16 @@ impl EvalReport {
 /// Smallest resolution the SWD's Laplacian pyramid and 7x7 descriptors are computed at.
 pub const MIN_SWD_RESOLUTION: u32 = 16;
 
+/// The lowest resolution at which an evaluation measures anything (SWD or MS-SSIM).
+pub const MIN_EVAL_RESOLUTION: u32 = {
+    let msssim = pgan_metrics::msssim::MIN_SIZE as u32;
+    if MIN_SWD_RESOLUTION < msssim {
+        MIN_SWD_RESOLUTION
+    } else {
+        msssim
+    }
+};
+
 /// Evaluates `g` at the schedule position `phase` against the dataset's level at the same
 /// resolution; `watch`'s stop flag abandons it between generator batches.
 pub fn evaluate_generator<B: Backend>(

@@ -82,6 +82,46 @@ pub fn memory_estimate_mib(
     (weights + per_image * batch as f64) * 4.0 / (1024.0 * 1024.0)
 }
 
+/// What a run with `eval.msssim_pairs = 0` gives up.
+pub const MSSSIM_OFF: &str =
+    "eval.msssim_pairs = 0 measures no MS-SSIM, so the mode-collapse alarms cannot fire";
+
+/// When the run measures itself: SWD/MS-SSIM every `eval.every_kimg` from the resolution they
+/// need, FID every `eval.fid_every_kimg`.
+fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
+    let e = &config.eval;
+    let mut parts = Vec::new();
+    if e.every_kimg > 0.0 {
+        let from = crate::eval::MIN_EVAL_RESOLUTION;
+        if model.resolution < from {
+            parts.push(format!(
+                "SWD/MS-SSIM never (eval.every_kimg {} is set, but they need {from}x{from} and \
+                 the model stops at {1}x{1})",
+                e.every_kimg, model.resolution
+            ));
+        } else {
+            parts.push(format!(
+                "SWD/MS-SSIM every {} kimg from {from}x{from} ({} images, {} pairs)",
+                e.every_kimg, e.num_images, e.msssim_pairs
+            ));
+            if e.msssim_pairs == 0 {
+                parts.push(MSSSIM_OFF.to_string());
+            }
+        }
+    }
+    if e.fid_enabled() {
+        parts.push(format!(
+            "FID every {} kimg ({} images)",
+            e.fid_every_kimg, e.fid_num
+        ));
+    }
+    if parts.is_empty() {
+        "evaluation: off".to_string()
+    } else {
+        format!("evaluation: {}", parts.join("; "))
+    }
+}
+
 /// The plan printed by `--dry-run`: resolved schedule with widths, sizes and memory.
 pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
     let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
@@ -133,6 +173,7 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
         config.run.device
     );
     let _ = writeln!(out, "{}", describe_updates(config));
+    let _ = writeln!(out, "{}", describe_evaluation(config, model));
     let _ = writeln!(
         out,
         "{:<7} {:>5} {:>9} {:>19} {:>6} {:>8} {:>8} {:>10}",

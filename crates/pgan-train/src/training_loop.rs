@@ -188,6 +188,8 @@ struct Trainer<B: AutodiffBackend> {
     last_checkpoint: Option<PathBuf>,
     latest_sample: Option<PathBuf>,
     rollbacks: u32,
+    /// Whether the log has said that evaluations wait for a resolution they can measure.
+    told_eval_below_minimum: bool,
     /// The most bytes the GPU runtime's pool has reserved at a tick end of this process.
     peak_device_reserved: u64,
     /// Test-only fault injection ([`faults`]); `None` in every real run.
@@ -258,6 +260,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if !lock.is_held() {
             log.warn("this filesystem has no file locks: nothing stops a second trainer here");
         }
+        if config.eval.every_kimg > 0.0 && config.eval.msssim_pairs == 0 {
+            log.warn(crate::plan::MSSSIM_OFF);
+        }
 
         let nets = Nets::fresh(&model, &config.optim, &device, Some(config.run.seed));
         let state = TrainState {
@@ -307,6 +312,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_checkpoint: None,
             latest_sample: None,
             rollbacks: 0,
+            told_eval_below_minimum: false,
             peak_device_reserved: 0,
             faults,
             fid,

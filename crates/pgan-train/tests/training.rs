@@ -529,9 +529,12 @@ fn a_resume_whose_schedule_would_shrink_the_run_is_refused() {
 #[test]
 fn a_stop_during_the_evaluation_abandons_it_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let data = tiny_dataset(dir.path(), 8);
+    let data = tiny_dataset(dir.path(), 16);
+    // Evaluations measure from 16x16: the run starts there.
     let with_eval = |out: &str| {
         let mut config = tiny_config(&data, &dir.path().join(out));
+        config.model.resolution = 16;
+        config.schedule.start_resolution = 16;
         config.eval.every_kimg = 0.016;
         config.eval.num_images = 8;
         config

@@ -103,11 +103,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         row
     }
 
-    /// Whether this tick crossed a multiple of `every` kimg (never when `every` is 0).
+    /// Whether this tick crossed a multiple of `every` kimg (never when `every` is 0). Counted
+    /// in whole images: in kimg, 0.3 / 0.1 is 2.999… and that evaluation was skipped.
     fn due(&self, every: f64) -> bool {
-        let kimg = self.state.images_shown as f64 / 1000.0;
-        let tick_start_kimg = kimg - self.tick.images as f64 / 1000.0;
-        every > 0.0 && (kimg / every).floor() > (tick_start_kimg / every).floor()
+        crossed_multiple(self.state.images_shown, self.tick.images, every)
     }
 
     /// SWD and MS-SSIM diversity of G_ema on a small sample, into the row; their alarms into
@@ -121,6 +120,17 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) {
         if let Some(faults) = &mut self.faults {
             faults.before_evaluation(&self.options.stop);
+        }
+        if phase.resolution < crate::eval::MIN_EVAL_RESOLUTION {
+            if !self.told_eval_below_minimum {
+                self.told_eval_below_minimum = true;
+                self.log.info(format!(
+                    "evaluations start at {0}x{0} (SWD and MS-SSIM need it): none at {1}x{1}",
+                    crate::eval::MIN_EVAL_RESOLUTION,
+                    phase.resolution
+                ));
+            }
+            return;
         }
         let settings = EvalSettings {
             num_images: self.config.eval.num_images,
@@ -240,5 +250,37 @@ fn finite_or_null(v: f64) -> Value {
         Value::from(v)
     } else {
         Value::Null
+    }
+}
+
+/// Whether the images from `images_shown - tick_images` to `images_shown` crossed a multiple of
+/// `every_kimg` kimg (rounded to whole images; never when it is 0).
+fn crossed_multiple(images_shown: u64, tick_images: u64, every_kimg: f64) -> bool {
+    if !(every_kimg > 0.0) {
+        return false;
+    }
+    let every = ((every_kimg * 1000.0).round() as u64).max(1);
+    images_shown / every > images_shown.saturating_sub(tick_images) / every
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crossed_multiple;
+
+    #[test]
+    fn multiples_are_counted_in_whole_images() {
+        // Ticks of 52 and 48 images, an evaluation every 0.1 kimg: due at 100, 200, 300 images.
+        let ends = [52u64, 100, 152, 200, 252, 300, 352];
+        let due: Vec<u64> = ends
+            .windows(2)
+            .filter(|w| crossed_multiple(w[1], w[1] - w[0], 0.1))
+            .map(|w| w[1])
+            .collect();
+        assert_eq!(due, [100, 200, 300]);
+        assert!(!crossed_multiple(300, 48, 0.0));
+        assert!(
+            crossed_multiple(1, 1, 0.0001),
+            "below one image: every image"
+        );
     }
 }
