@@ -2511,3 +2511,50 @@ fn several_devices_without_the_collective_feature_say_how_to_get_it() {
         "{err}"
     );
 }
+
+#[test]
+fn an_interrupted_synth_leaves_nothing_and_a_link_to_a_folder_is_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    for signal in ["-INT", "-TERM"] {
+        let child = pgan()
+            .current_dir(dir.path())
+            .args(["synth", "big", "--count", "200000", "--resolution", "64"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let building = dir.path().join(format!(".big.tmp-{}", child.id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::fs::read_dir(&building).map_or(0, |d| d.count()) < 20 {
+            assert!(std::time::Instant::now() < deadline, "synth wrote nothing");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{signal}: {}", text(&out));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{signal}: {left:?}");
+    }
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink("real", &link).unwrap();
+    run_ok(
+        pgan()
+            .arg("synth")
+            .arg(&link)
+            .args(["--count", "8", "--modes", "4"]),
+    );
+    assert!(real.join("labels.json").is_file());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

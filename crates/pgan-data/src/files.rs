@@ -81,6 +81,30 @@ pub fn remove_stale_temps(output: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// Removes this process's own temporary files and folders of `output` (from a signal handler,
+/// before exiting: what an interrupted command was writing goes with it).
+pub fn remove_own_temps(output: &Path) {
+    for (path, pid) in temps_of(output) {
+        if pid != std::process::id() {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            continue;
+        }
+        // A folder other threads are still filling: renamed first, so that no new file
+        // appears in it while it is removed (the new name is still a temp of this pid).
+        let mut moved = path.clone().into_os_string();
+        moved.push("-0");
+        let moved = PathBuf::from(moved);
+        let target = if std::fs::rename(&path, &moved).is_ok() {
+            moved
+        } else {
+            path
+        };
+        let _ = std::fs::remove_dir_all(&target);
+    }
+}
+
 /// The pid of another live process writing `output` (its temporary file exists), if any.
 pub fn live_writer(output: &Path) -> Option<u32> {
     temps_of(output)

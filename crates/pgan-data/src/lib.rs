@@ -28,7 +28,7 @@ mod tiff_fallback;
 mod writer;
 
 pub use error::{DataError, Result};
-pub use files::{remove_stale_temps, temp_path_for};
+pub use files::{remove_own_temps, remove_stale_temps, temp_path_for};
 pub use format::Header;
 pub use ingest::{has_image_extension, Fit, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS};
 pub use manifest::{escape_name, printable, unescape_name, Manifest, ManifestOptions};

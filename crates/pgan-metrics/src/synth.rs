@@ -446,6 +446,21 @@ pub const LABELS_FILE: &str = "labels.json";
 /// The mode spec file `synth` writes beside the images.
 pub const MODES_FILE: &str = "modes.json";
 
+/// The folder `synth` writes for `out_dir`: `out_dir` itself, or where a symbolic link there
+/// points (the finished folder replaces the empty one it names, which a rename cannot do to
+/// a link).
+pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(out_dir) {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(out_dir).map_err(|e| {
+            MetricsError::InvalidArgument(format!(
+                "{} is a symbolic link whose target cannot be reached ({e})",
+                out_dir.display()
+            ))
+        }),
+        _ => Ok(out_dir.to_path_buf()),
+    }
+}
+
 /// Writes a K-mode dataset of `count` PNGs (modes assigned round-robin, then shuffled, so every
 /// mode has `floor(count/K)` or `ceil(count/K)` images) plus `labels.json` and `modes.json` into
 /// `out_dir`, which must be absent or empty. Deterministic for a given seed.
@@ -467,6 +482,7 @@ pub fn synth(
             "count {count} is above {MAX_COUNT} images"
         )));
     }
+    let out_dir = &resolve_out_dir(out_dir)?;
     if out_dir.exists() {
         let mut entries = std::fs::read_dir(out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
         if entries.next().is_some() {

@@ -563,6 +563,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
     for out in &outputs {
         prepare_output(out, "--out")?;
     }
+    exit_on_signal_removing_temps(outputs.iter().chain(&args.save_latents).cloned().collect())?;
     // A timeline draws every checkpoint of the run; the others draw one.
     let source = if args.timeline {
         args.source
@@ -771,28 +772,59 @@ fn prepare_eval_outputs(args: &EvalArgs, run_dir: Option<&Path>) -> Result<()> {
     .filter_map(|(what, path)| path.clone().map(|p| (what, p)))
     .collect();
     inputs.extend(run_dir.map(run_files).unwrap_or_default());
+    let mut outputs = Vec::new();
     if let Some(path) = &args.json {
         refuse_inputs(path, "--json", &inputs)?;
         prepare_output(path, "--json")?;
+        outputs.push(path.clone());
     }
     if let Some(prefix) = &args.save_features {
         for half in ["real", "fake"] {
             let file = pgan_train::inception_metrics::features_file(prefix, half);
             refuse_inputs(&file, "--save-features", &inputs)?;
             prepare_output(&file, "--save-features")?;
+            outputs.push(file);
         }
     }
-    Ok(())
+    exit_on_signal_removing_temps(outputs)
+}
+
+/// Set when [`exit_on_signal_removing_temps`]'s handler has begun: the handler ends the
+/// process, and the command (whose writes now fail) must not end it first with its own error.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a signal handler is ending the process (see [`SIGNALLED`]).
+pub fn ending_by_signal() -> bool {
+    SIGNALLED.load(Ordering::SeqCst)
+}
+
+/// On Ctrl-C or SIGTERM: remove the temporary files of what this process was writing to
+/// `outputs` and exit with 130, as `prepare` does (without a handler the signal would end the
+/// process and leave them behind).
+fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
+    ctrlc::set_handler(move || {
+        SIGNALLED.store(true, Ordering::SeqCst);
+        for out in &outputs {
+            pgan_data::remove_own_temps(out);
+            if let Ok(target) = pgan_spec::output::replaceable_file(out) {
+                pgan_data::remove_own_temps(&target);
+            }
+        }
+        // Not `eprintln!`: a closed stderr must not panic in the handler.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\ninterrupted: the output being written was removed"
+        );
+        std::process::exit(EXIT_INTERRUPTED.into());
+    })
+    .context("cannot install the Ctrl-C handler")
 }
 
 fn synth(args: SynthArgs) -> Result<ExitCode> {
-    let summary = pgan_metrics::synth(
-        &args.out_dir,
-        args.modes,
-        args.resolution,
-        args.count,
-        args.seed,
-    )?;
+    let out_dir = pgan_metrics::synth::resolve_out_dir(&args.out_dir)?;
+    exit_on_signal_removing_temps(vec![out_dir.clone()])?;
+    let summary =
+        pgan_metrics::synth(&out_dir, args.modes, args.resolution, args.count, args.seed)?;
     println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
@@ -809,6 +841,7 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
             out.display()
         );
     }
+    exit_on_signal_removing_temps(vec![out.to_path_buf()])?;
     let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
     println!(
         "wrote {} ({} tensors, {} parameters, {} KiB) from {}",
@@ -827,6 +860,7 @@ fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
         prepare_output(out, "--out")?;
     }
     let out = out.unwrap_or_else(|| run_dir.join("report.html"));
+    exit_on_signal_removing_temps(vec![out.clone()])?;
     let summary = pgan_report::write_report(run_dir, &out)?;
     println!(
         "wrote {} ({} ticks, {} charts, {} KiB)",

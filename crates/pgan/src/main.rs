@@ -390,7 +390,13 @@ fn main() -> ExitCode {
     if !training {
         end_quietly_on_a_closed_pipe();
     }
-    match commands::run(cli) {
+    let result = commands::run(cli);
+    // A signal handler is removing what the command was writing and exits with 130: the
+    // command's own failure (its files vanished) is not the outcome to report.
+    while commands::ending_by_signal() {
+        std::thread::park();
+    }
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
