@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
+/// The most kimg a schedule length may be: a trillion images, far beyond any run and within
+/// the u64 image counter.
+pub const MAX_KIMG: f64 = 1e9;
+
 /// The whole configuration of a training run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -832,6 +836,12 @@ impl TrainConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(format!("{name} {v} must be a non-negative number"));
             }
+            // Images are counted in a u64; far beyond any run (the paper's: 12,000 kimg).
+            if v > MAX_KIMG {
+                return bad(format!(
+                    "{name} {v:e} is beyond {MAX_KIMG:e} kimg, more images than any run shows"
+                ));
+            }
         }
         if s.total_kimg <= 0.0 {
             return bad("schedule.total_kimg must be positive".into());
@@ -1463,6 +1473,10 @@ mod tests {
                 "optim.lr_d_mult -2 must be positive",
             ),
             (|c| c.optim.d_steps = 0, "optim.d_steps must be at least 1"),
+            (
+                |c| c.schedule.total_kimg = 1e300,
+                "schedule.total_kimg 1e300 is beyond 1e9 kimg",
+            ),
             (
                 |c| c.optim.d_steps = 100_000,
                 "optim.d_steps 100000 × minibatch 16 at 4x4 shows 1600000 images per step, \
