@@ -77,44 +77,52 @@ pub fn sheet_size(
     min_cell_px: u32,
     gap: u32,
 ) -> Result<SheetSize, String> {
-    let too_big = |w: Option<u64>, h: Option<u64>| {
-        let show = |v: Option<u64>| v.map_or_else(|| "(overflow)".to_string(), |v| v.to_string());
-        format!(
-            "a {rows} x {cols} grid of {image_px}-pixel images upscaled to at least {min_cell_px} \
-             pixels would be {} x {} pixels, above the limit of {} megapixels; use fewer \
-             rows, columns, frames or seeds, or a smaller cell size",
-            show(w),
-            show(h),
-            MAX_SHEET_PIXELS >> 20
-        )
-    };
-    if rows == 0 || cols == 0 || image_px == 0 {
+    if image_px == 0 {
+        return Err(format!("an empty grid ({rows} x {cols} of 0-pixel images)"));
+    }
+    let factor = u64::from(min_cell_px).div_ceil(u64::from(image_px)).max(1);
+    let cell = u64::from(image_px).saturating_mul(factor);
+    grid_size(rows, cols, cell, gap).map_err(|e| {
+        format!("{e} ({image_px}-pixel images upscaled to at least {min_cell_px} pixels)")
+    })
+}
+
+/// The size of a `rows x cols` grid of `cell`-pixel cells with a `gap`-pixel border; an error
+/// when it overflows or exceeds [`MAX_SHEET_PIXELS`]. With `cell` the smallest a checkpoint
+/// could give, it refuses a grid before any checkpoint is read.
+pub fn grid_size(rows: usize, cols: usize, cell: u64, gap: u32) -> Result<SheetSize, String> {
+    if rows == 0 || cols == 0 || cell == 0 {
         return Err(format!(
-            "an empty grid ({rows} x {cols} of {image_px}-pixel images)"
+            "an empty grid ({rows} x {cols} of {cell}-pixel cells)"
         ));
     }
-    let image_px = u64::from(image_px);
-    let factor = u64::from(min_cell_px).div_ceil(image_px).max(1);
-    let cell = image_px.checked_mul(factor);
     let side = |n: usize| {
-        cell?
-            .checked_add(u64::from(gap))?
+        cell.checked_add(u64::from(gap))?
             .checked_mul(u64::try_from(n).ok()?)?
             .checked_add(u64::from(gap))
     };
     let (width, height) = (side(cols), side(rows));
-    match (cell, width, height) {
-        (Some(cell), Some(w), Some(h))
-            if w.checked_mul(h).is_some_and(|p| p <= MAX_SHEET_PIXELS) =>
-        {
+    match (u32::try_from(cell), width, height) {
+        (Ok(cell), Some(w), Some(h)) if w.checked_mul(h).is_some_and(|p| p <= MAX_SHEET_PIXELS) => {
             // Below the pixel limit every side fits in u32.
             Ok(SheetSize {
-                cell: cell as u32,
+                cell,
                 width: w as u32,
                 height: h as u32,
             })
         }
-        _ => Err(too_big(width, height)),
+        _ => {
+            let show =
+                |v: Option<u64>| v.map_or_else(|| "(overflow)".to_string(), |v| v.to_string());
+            Err(format!(
+                "a {rows} x {cols} grid of {cell}-pixel cells would be {} x {} pixels, above \
+                 the limit of {} megapixels; use fewer rows, columns, frames or seeds, or a \
+                 smaller cell size",
+                show(width),
+                show(height),
+                MAX_SHEET_PIXELS >> 20
+            ))
+        }
     }
 }
 

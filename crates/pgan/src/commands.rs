@@ -487,9 +487,9 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
     }
     let sheet = args.interpolate.is_none() && !args.timeline;
     if sheet {
-        // At the smallest image size (4x4): a grid too large for it is too large for any
-        // checkpoint, and is refused before a seed per cell is listed.
-        pgan_train::limits::sheet_size(args.rows, args.cols, 4, args.cell_px, 2)
+        // With the smallest cell any checkpoint gives: a grid too large for it is too large
+        // for every checkpoint, and is refused before a seed per cell is listed.
+        pgan_train::limits::grid_size(args.rows, args.cols, smallest_cell(args.cell_px), 2)
             .map_err(anyhow::Error::msg)
             .context("--rows/--cols/--cell-px")?;
     }
@@ -505,7 +505,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         let frames = (seeds.len().saturating_sub(1))
             .saturating_mul(steps.max(2))
             .saturating_add(1);
-        pgan_train::limits::sheet_size(1, frames, 4, args.cell_px, 2)
+        pgan_train::limits::grid_size(1, frames, smallest_cell(args.cell_px), 2)
             .map_err(anyhow::Error::msg)
             .context("--interpolate/--cell-px")?;
     }
@@ -594,6 +594,12 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The smallest cell a render at `--cell-px` can have: images are at least 4x4 and are
+/// upscaled by whole factors to at least `cell_px`.
+fn smallest_cell(cell_px: u32) -> u64 {
+    u64::from(cell_px.max(pgan_spec::resolution::MIN_RESOLUTION))
 }
 
 fn eval(args: EvalArgs) -> Result<ExitCode> {
