@@ -391,17 +391,22 @@ pub struct SynthSummary {
 
 impl fmt::Display for SynthSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (positions, colours, shapes) = self.factors;
+        let combinations = positions * colours * shapes;
+        let which = if combinations == self.modes {
+            "="
+        } else {
+            "of the"
+        };
         writeln!(
             f,
-            "wrote {} images of {}x{} to {} ({} modes = {} shapes x {} colours x {} positions, {}-{} images per mode)",
+            "wrote {} images of {}x{} to {} ({} modes {which} {shapes} shapes x {colours} \
+             colours x {positions} positions, {}-{} images per mode)",
             self.count,
             self.resolution,
             self.resolution,
             self.out_dir.display(),
             self.modes,
-            self.factors.2,
-            self.factors.1,
-            self.factors.0,
             self.min_per_mode,
             self.max_per_mode
         )?;
@@ -476,6 +481,12 @@ pub fn synth(
         return Err(MetricsError::InvalidArgument(
             "count must be positive".into(),
         ));
+    }
+    if count < modes {
+        return Err(MetricsError::InvalidArgument(format!(
+            "count {count} is below the {modes} modes: every mode needs images, or coverage \
+             cannot be measured against it"
+        )));
     }
     if count > MAX_COUNT {
         return Err(MetricsError::InvalidArgument(format!(
@@ -718,7 +729,25 @@ mod tests {
             (summary.count, summary.min_per_mode, summary.max_per_mode),
             (20, 2, 3)
         );
-        assert!(summary.to_string().contains("wrote 20 images of 16x16"));
+        assert!(
+            summary.to_string().contains("wrote 20 images of 16x16 to ")
+                && summary.to_string().contains(
+                    "(8 modes = 2 shapes x 2 colours x 2 positions, 2-3 images per mode)"
+                ),
+            "{summary}"
+        );
+        // A mode count that is not a product of the factors: drawn from their combinations.
+        let five = synth(&dir.path().join("five"), 5, 16, 10, 3).unwrap();
+        assert!(
+            five.to_string()
+                .contains("(5 modes of the 2 shapes x 2 colours x 2 positions, 2-2 images"),
+            "{five}"
+        );
+        let err = synth(&dir.path().join("few"), 8, 16, 7, 3).unwrap_err();
+        assert!(
+            err.to_string().contains("count 7 is below the 8 modes"),
+            "{err}"
+        );
         let labels = load_labels(&summary.labels_path).unwrap();
         assert_eq!(labels.len(), 20);
         assert_eq!(labels[0].file, "00000.png");
