@@ -59,3 +59,37 @@ fn wgpu_forward_matches_flex() {
         "discriminator jvp",
     );
 }
+
+/// The minibatch-stddev layer for one group per batch (`M` = 1, where a `repeat_dim` →
+/// `reshape` → `expand` chain gave zeros past the first sample on burn-cubecl) and several.
+#[test]
+fn minibatch_stddev_matches_flex_for_every_group_layout() {
+    use crate::minibatch_stddev::{minibatch_stddev, minibatch_stddev_jvp};
+    let Some(device) = wgpu_device() else {
+        return;
+    };
+    let flex = Default::default();
+    for (n, group) in [(4, 4), (8, 4), (6, 2), (4, 1)] {
+        let x = to_vec(randn::<TestBackend, 4>([n, 5, 4, 4], 7, &flex));
+        let v = to_vec(randn::<TestBackend, 4>([n, 5, 4, 4], 8, &flex));
+        let cpu = |d: &[f32]| Tensor::<TestBackend, 1>::from_floats(d, &flex).reshape([n, 5, 4, 4]);
+        let gpu = |d: &[f32]| Tensor::<Wgpu, 1>::from_floats(d, &device).reshape([n, 5, 4, 4]);
+        let what = format!("minibatch stddev, batch {n}, group {group}");
+        assert_close(
+            &to_vec(minibatch_stddev(gpu(&x), group)),
+            &to_vec(minibatch_stddev(cpu(&x), group)),
+            1e-5,
+            1e-4,
+            &what,
+        );
+        let (_, got) = minibatch_stddev_jvp(gpu(&x), gpu(&v), group);
+        let (_, expected) = minibatch_stddev_jvp(cpu(&x), cpu(&v), group);
+        assert_close(
+            &to_vec(got),
+            &to_vec(expected),
+            1e-5,
+            1e-4,
+            &format!("{what} jvp"),
+        );
+    }
+}

@@ -41,6 +41,7 @@ pub mod render;
 pub mod run_dir;
 pub mod schedule;
 pub mod stats;
+pub mod step_parity;
 pub mod training_loop;
 
 pub use backend::{compiled_backends, dispatch, BackendJob};

@@ -63,7 +63,7 @@ fn adam(o: &OptimConfig) -> FusedAdam {
 }
 
 /// Touches every parameter so lazily initialised ones draw their values now.
-fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+pub(crate) fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
     struct Touch;
     impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
