@@ -1,6 +1,7 @@
 //! The GPU convolution op (`pgan_cube`) against an f64 host reference, on the paper networks'
 //! layer shapes: value, input, weight and bias gradients, per cubek algorithm and precision
-//! (`pgan_cube::parity`). `scripts/gpu_check.sh` runs it before it times anything, so a device
+//! (`pgan_cube::parity`); then one whole training step (D loss with its penalty, G loss, every
+//! gradient) against the CPU's from the same weights (`pgan_train::step_parity`). `scripts/gpu_check.sh` runs it before it times anything, so a device
 //! run says whether the implicit-GEMM kernels it times compute the convolution.
 //!
 //! ```sh
@@ -10,8 +11,9 @@
 //! Environment: `PGAN_BENCH_BACKEND` (`cuda` or `wgpu`, default `cuda`), `PGAN_PARITY_CASES`
 //! (`paper`, default, or `small` for a software rasteriser), `PGAN_PARITY_CONVS` (a space list of
 //! `PGAN_GPU_CONV` spellings naming implicit GEMMs, default `implicit-gemm`),
-//! `PGAN_PARITY_PRECISIONS` (a space list of `f32` and `bf16` for the first conv; default both on
-//! CUDA, `f32` on wgpu; the others run f32, as the benchmark times them). Every check runs on
+//! `PGAN_PARITY_PRECISIONS` (a space list of `f32` and `bf16` for the first conv and the step;
+//! default both on CUDA, `f32` on wgpu; the other convs run f32, as the benchmark times them),
+//! `PGAN_PARITY_PARTS` (`convs`, `steps` or both, the default). Every check runs on
 //! burn's fused backend; the first conv's f32 also on the plain one. Prints one JSON line per check; exits 1 when any check fails.
 
 fn main() {
@@ -64,12 +66,7 @@ mod gpu {
                 result.ok()
             }
             Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a panic without a message".into());
-                row["error"] = why.chars().take(600).collect::<String>().into();
+                row["error"] = panic_text(panic).into();
                 row["ok"] = false.into();
                 false
             }
@@ -159,6 +156,100 @@ mod gpu {
         all_ok
     }
 
+    /// One training step on `B` against the CPU (`pgan_train::step_parity`) at each
+    /// precision, as JSON lines; false when one failed or panicked.
+    fn step_checks<B: burn::tensor::backend::AutodiffBackend>(
+        device: &B::Device,
+        backend: &str,
+        precisions: &[ConvPrecision],
+        small: bool,
+    ) -> bool {
+        use pgan_train::step_parity::{check_step, STEP_QUANTITIES};
+        // A narrow network (the CPU computes the reference) with the paper's layers, fading
+        // in 32x32; a batch of one minibatch-stddev group and one of two.
+        let (model, resolution) = if small {
+            (pgan_model::ModelConfig::cpu_small(16).with_fmap_max(32), 16)
+        } else {
+            (pgan_model::ModelConfig::cpu_small(32), 32)
+        };
+        let loss = pgan_train::config::LossConfig::default();
+        let mut all_ok = true;
+        for &precision in precisions {
+            pgan_cube::set_conv_precision(precision);
+            // TF32 rounds the convolutions' operands to 10 bits, bf16 to 7; a wrong kernel or
+            // layout is off by O(1). Lavapipe computes in plain f32.
+            let tolerance = match (backend, precision) {
+                ("wgpu", _) => 1e-3,
+                (_, ConvPrecision::F32) => 5e-2,
+                (_, ConvPrecision::Bf16) => 2e-1,
+            };
+            for batch in [4, 8] {
+                let start = Instant::now();
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    check_step::<B>(device, &model, &loss, resolution, 0.5, batch, tolerance)
+                }));
+                let mut row = serde_json::json!({
+                    "bench": "gpu_step_parity",
+                    "backend": backend,
+                    "precision": match precision {
+                        ConvPrecision::F32 => "f32",
+                        ConvPrecision::Bf16 => "bf16",
+                    },
+                    "model": "cpu-small",
+                    "fmap_max": model.fmap_max,
+                    "resolution": resolution,
+                    "batch": batch,
+                    "tolerance": tolerance,
+                });
+                let ok = match outcome {
+                    Ok(result) => {
+                        let number = |v: f64| {
+                            serde_json::Number::from_f64(v)
+                                .map(serde_json::Value::Number)
+                                .unwrap_or_else(|| "NaN".into())
+                        };
+                        let mut rms = serde_json::Map::new();
+                        let mut worst = serde_json::Map::new();
+                        for (name, e) in STEP_QUANTITIES.iter().zip(&result.errors) {
+                            rms.insert(name.to_string(), number(e.relative_rms));
+                            worst.insert(name.to_string(), number(e.worst_tensor));
+                        }
+                        row["relative_rms"] = rms.into();
+                        row["worst_tensor"] = worst.into();
+                        result.ok()
+                    }
+                    Err(panic) => {
+                        row["error"] = panic_text(panic).into();
+                        false
+                    }
+                };
+                row["ok"] = ok.into();
+                row["ms"] = (start.elapsed().as_secs_f64() * 1e3).round().into();
+                println!("{row}");
+                all_ok &= ok;
+            }
+        }
+        pgan_cube::set_conv_precision(ConvPrecision::F32);
+        all_ok
+    }
+
+    fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into())
+            .chars()
+            .take(600)
+            .collect()
+    }
+
+    /// Which checks run (`PGAN_PARITY_PARTS`).
+    struct Parts {
+        convs: bool,
+        steps: bool,
+    }
+
     pub fn run() -> i32 {
         let backend = std::env::var("PGAN_BENCH_BACKEND").unwrap_or_else(|_| "cuda".into());
         let cases: &[ConvCase] = match std::env::var("PGAN_PARITY_CASES").as_deref() {
@@ -168,6 +259,12 @@ mod gpu {
                 eprintln!("PGAN_PARITY_CASES={other:?}: expected `paper` or `small`");
                 return 2;
             }
+        };
+        let small = std::env::var("PGAN_PARITY_CASES").as_deref() == Ok("small");
+        let parts = list("PGAN_PARITY_PARTS", "convs steps");
+        let parts = Parts {
+            convs: parts.iter().any(|p| p == "convs"),
+            steps: parts.iter().any(|p| p == "steps"),
         };
         let convs = list("PGAN_PARITY_CONVS", "implicit-gemm");
         let default_precisions = if backend == "cuda" { "f32 bf16" } else { "f32" };
@@ -186,26 +283,44 @@ mod gpu {
             #[cfg(feature = "cuda")]
             "cuda" => {
                 let device = burn::backend::cuda::CudaDevice::default();
-                run_on::<pgan_cube::CudaFused, pgan_cube::CudaPlain>(
-                    &device,
-                    &device,
-                    &backend,
-                    cases,
-                    &convs,
-                    &precisions,
-                )
+                let convs_ok = !parts.convs
+                    || run_on::<pgan_cube::CudaFused, pgan_cube::CudaPlain>(
+                        &device,
+                        &device,
+                        &backend,
+                        cases,
+                        &convs,
+                        &precisions,
+                    );
+                let steps_ok = !parts.steps
+                    || step_checks::<burn::backend::Autodiff<pgan_cube::CudaFused>>(
+                        &device,
+                        &backend,
+                        &precisions,
+                        small,
+                    );
+                convs_ok && steps_ok
             }
             #[cfg(feature = "wgpu")]
             "wgpu" => {
                 let device = burn::backend::wgpu::WgpuDevice::default();
-                run_on::<pgan_cube::WgpuFused, pgan_cube::WgpuPlain>(
-                    &device,
-                    &device,
-                    &backend,
-                    cases,
-                    &convs,
-                    &precisions,
-                )
+                let convs_ok = !parts.convs
+                    || run_on::<pgan_cube::WgpuFused, pgan_cube::WgpuPlain>(
+                        &device,
+                        &device,
+                        &backend,
+                        cases,
+                        &convs,
+                        &precisions,
+                    );
+                let steps_ok = !parts.steps
+                    || step_checks::<burn::backend::Autodiff<pgan_cube::WgpuFused>>(
+                        &device,
+                        &backend,
+                        &precisions,
+                        small,
+                    );
+                convs_ok && steps_ok
             }
             other => {
                 eprintln!(

@@ -43,6 +43,10 @@
 #                            machine without tensor cores the op falls back to burn's kernels, so
 #                            only this row shows that the kernels timed below compute the
 #                            convolution; a failed check marks those rows "wrong results".
+#   step-parity-cuda         the same binary: one D step (exact penalty) and one G step of a narrow
+#                            network fading in 32x32, losses and every gradient against the CPU's
+#                            from the same weights, f32 and bf16, batches of one and two
+#                            minibatch-stddev groups; a failure marks that precision's rows.
 #   pgan-cuda                PGAN_GPU_CONV=implicit-gemm (pgan-cube's op), fusion on: the default
 #   pgan-cuda-bf16           the same with run.precision = "bf16" (bf16 conv inputs, f32
 #                            accumulation); its ratio is to PyTorch's f32 (TF32) row. In the dry
@@ -265,7 +269,7 @@ if [ "$MODE" = dry-run ]; then
   TORCH_BATCH=(--batch 8)
   GPU=wgpu   # lavapipe stands in for the CUDA contenders' code paths
   PARITY_CASES=small
-  DEFAULT_CONTENDERS="pytorch parity-$GPU pgan-cpu pgan-$GPU pgan-$GPU-bf16 pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
+  DEFAULT_CONTENDERS="pytorch parity-$GPU step-parity-$GPU pgan-cpu pgan-$GPU pgan-$GPU-bf16 pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
 else
   PRESET_ARGS=(--paper)
   TORCH_NET=(--device cuda --fmap-base 8192 --fmap-max 512 --latent 512)
@@ -273,7 +277,7 @@ else
   TORCH_BATCH=(--minibatch-from "$ROOT/configs/gpu-256.toml")
   GPU=cuda
   PARITY_CASES=paper
-  DEFAULT_CONTENDERS="pytorch parity-cuda pgan-cuda pgan-cuda-bf16 pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
+  DEFAULT_CONTENDERS="pytorch parity-cuda step-parity-cuda pgan-cuda pgan-cuda-bf16 pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
 fi
 CONTENDERS=${PGAN_GPU_CONTENDERS:-$DEFAULT_CONTENDERS}
 # The implicit GEMMs the contenders time, default first: the parity check covers each.
@@ -314,6 +318,7 @@ run_contender() {
   case "$name" in
     pytorch) cap=120 ;;
     parity-*) cap=90 ;;
+    step-parity-*) cap=120 ;;
     pgan-cuda|pgan-cpu|pgan-wgpu) cap=200 ;;
     *) cap=120 ;;
   esac
@@ -330,11 +335,13 @@ run_contender() {
       (cd "$WORK" && timeout "$cap" python3 "$ROOT/scripts/torch_reference.py" "${TORCH_NET[@]}" \
          "${TORCH_BATCH[@]}" --resolutions "$res" --steps "$STEPS" --warmup 3) > "$out" 2> "$err"
       ;;
-    parity-*)
+    parity-*|step-parity-*)
       [ -n "$PARITY_BIN" ] || { log "skip $name: no gpu_conv_parity binary"; return; }
-      (cd "$WORK" && timeout "$cap" env PGAN_BENCH_BACKEND="${name#parity-}" \
+      local parts=convs
+      [ "${name#step-}" != "$name" ] && parts=steps
+      (cd "$WORK" && timeout "$cap" env PGAN_BENCH_BACKEND="${name##*-}" \
          PGAN_PARITY_CASES="$PARITY_CASES" PGAN_PARITY_CONVS="$PARITY_CONVS" \
-         "$PARITY_BIN") > "$out" 2> "$err"
+         PGAN_PARITY_PARTS="$parts" "$PARITY_BIN") > "$out" 2> "$err"
       ;;
     pgan-*)
       local rest=${name#pgan-} backend conv=implicit-gemm fusion=on precision=f32
@@ -378,8 +385,12 @@ raw = [json.loads(l) for l in open(rows_path) if l.strip()]
 # The convolution parity checks (gpu_conv_parity) have their own section; a (backend, conv,
 # precision) with a failed check marks the timed rows that ran those kernels.
 parity = [r for r in raw if r.get("bench") == "gpu_conv_parity"]
-raw = [r for r in raw if r.get("bench") != "gpu_conv_parity"]
+# The training-step parity (gpu_step_parity): one D and G step against the CPU's; a failure
+# marks every timed row of that (backend, precision).
+steps = [r for r in raw if r.get("bench") == "gpu_step_parity"]
+raw = [r for r in raw if r.get("bench") not in ("gpu_conv_parity", "gpu_step_parity")]
 parity_failed = {(r.get("backend"), r.get("conv"), r.get("precision")) for r in parity if not r.get("ok")}
+step_failed = {(r.get("backend"), r.get("precision")) for r in steps if not r.get("ok")}
 torch = {r["resolution"]: r for r in raw if r.get("contender") == "pytorch" and "resolution" in r}
 rows, notes = [], []
 for r in raw:
@@ -411,7 +422,8 @@ for r in raw:
         for k in ("backend", "conv", "fusion", "precision", "conv_gemm_passes", "conv_fallback_passes", "peak_rss_mb"):
             if k in r:
                 row[k] = r[k]
-        if (r.get("backend"), r.get("conv"), r.get("precision")) in parity_failed:
+        if ((r.get("backend"), r.get("conv"), r.get("precision")) in parity_failed
+                or (r.get("backend"), r.get("precision")) in step_failed):
             row["parity_failed"] = True
     if "error" in r:
         row["error"] = r["error"]
@@ -436,6 +448,7 @@ doc = {
     "environment": env,
     "rows": rows,
     "conv_parity": parity,
+    "step_parity": steps,
     "notes": notes,
 }
 base = f"{outdir}/gpu-{date}-{slug}"
@@ -480,6 +493,20 @@ if parity:
     for r in parity:
         if not r.get("ok"):
             lines.append(f"\nparity failed: {json.dumps(r)[:400]}")
+if steps:
+    lines += ["", "Training-step parity (one D step with the exact penalty and one G step against "
+              "the CPU's from the same weights: relative RMS error of the losses and of all "
+              "gradients; `gpu_step_parity`):", "",
+              "| backend | precision | res | batch | ok | D loss | D grads | G loss | G grads | tolerance |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    def e(r, q):
+        v = (r.get("relative_rms") or {}).get(q)
+        return "—" if v is None else (v if isinstance(v, str) else f"{v:.1e}")
+    for r in steps:
+        status = "yes" if r.get("ok") else ("error: " + r["error"][:60] if "error" in r else "**no**")
+        lines.append(f"| {r.get('backend')} | {r.get('precision')} | {r.get('resolution')}² | "
+                     f"{r.get('batch')} | {status} | {e(r, 'd_loss')} | {e(r, 'd_grads')} | "
+                     f"{e(r, 'g_loss')} | {e(r, 'g_grads')} | {r.get('tolerance')} |")
 for n in notes:
     lines.append(f"\nnote: {json.dumps(n)[:400]}")
 with open(base + ".md", "w") as f:
@@ -500,9 +527,9 @@ if mode == "dry-run":
     bad = ([r for r in rows if "error" in r and r not in refused]
            + [n for n in notes if n not in no_torch] + wrongly + accepted)
     missing = [c for c in contenders.split()
-               if not any(r["contender"] == c for r in rows + parity)
+               if not any(r["contender"] == c for r in rows + parity + steps)
                and not (c == "pytorch" and no_torch)]
-    wrong = [r for r in parity if not r.get("ok")]
+    wrong = [r for r in parity + steps if not r.get("ok")]
     if bad or missing or wrong:
         sys.exit(f"dry run failed: errors {bad}, contenders without rows {missing}, parity failures {wrong}")
 EOF

@@ -123,13 +123,17 @@ fn prepare_train_render_eval_report() {
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let runs = dir.path().join("runs");
-    let dry = run_ok(
-        pgan()
-            .args(["train", "--dry-run", "--config"])
-            .arg(&config)
+    // `pgan train --dry-run --config CONFIG --data DATA EXTRA...`
+    let dry_run = |config: &Path, extra: &[&str]| {
+        let mut cmd = pgan();
+        cmd.args(["train", "--dry-run", "--config"])
+            .arg(config)
             .arg("--data")
-            .arg(&data),
-    );
+            .arg(&data)
+            .args(extra);
+        cmd
+    };
+    let dry = run_ok(&mut dry_run(&config, &[]));
     assert!(dry.contains("fade") && dry.contains("16x16"), "{dry}");
     assert!(
         dry.contains("parameters: G ") && dry.contains("wgan-gp (lambda 10"),
@@ -139,40 +143,19 @@ fn prepare_train_render_eval_report() {
         dry.contains("0.048 – 0.064") && dry.contains("total: 0.064 kimg (64 images shown)"),
         "{dry}"
     );
-    let ema = run_ok(
-        pgan()
-            .args(["train", "--dry-run", "--config"])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .args(["--ema-half-life-kimg", "7.5"]),
-    );
+    let ema = run_ok(&mut dry_run(&config, &["--ema-half-life-kimg", "7.5"]));
     assert!(
         ema.contains("half_life_kimg = 7.5"),
         "the flag overrides [ema]: {ema}"
     );
-    let bad = run_err(
-        pgan()
-            .args(["train", "--dry-run", "--config"])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .args(["--ema-half-life-kimg=-1"]),
-    );
+    let bad = run_err(&mut dry_run(&config, &["--ema-half-life-kimg=-1"]));
     assert!(
         bad.contains("--ema-half-life-kimg must be non-negative"),
         "{bad}"
     );
     // The dry run makes the checks of a real start: a model above the dataset's resolution,
     // FID without its weights.
-    let bad = run_err(
-        pgan()
-            .args(["train", "--dry-run", "--config"])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .args(["--resolution", "32"]),
-    );
+    let bad = run_err(&mut dry_run(&config, &["--resolution", "32"]));
     assert!(
         bad.contains("below the config's model.resolution 32x32"),
         "{bad}"
@@ -184,28 +167,12 @@ fn prepare_train_render_eval_report() {
     )
     .unwrap();
     let missing = dir.path().join("no-inception.safetensors");
-    let bad = run_err(
-        pgan()
-            .args(["train", "--dry-run", "--config"])
-            .arg(&fid_config)
-            .arg("--data")
-            .arg(&data)
-            .env("PGAN_INCEPTION", &missing),
-    );
+    let bad = run_err(dry_run(&fid_config, &[]).env("PGAN_INCEPTION", &missing));
     assert!(bad.contains("inception weights not found"), "{bad}");
     // A key the run would not use: an error in the file, a warning when a flag caused it.
     let r1_config = dir.path().join("r1.toml");
     std::fs::write(&r1_config, format!("{CONFIG}[loss]\nr1_gamma = 5.0\n")).unwrap();
-    let dry = |extra: &[&str]| {
-        pgan()
-            .args(["train", "--dry-run", "--config"])
-            .arg(&r1_config)
-            .arg("--data")
-            .arg(&data)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let dry = |extra: &[&str]| dry_run(&r1_config, extra).output().unwrap();
     let bad = dry(&[]);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(

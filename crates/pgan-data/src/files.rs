@@ -92,7 +92,8 @@ pub fn remove_own_temps(output: &Path) {
             continue;
         }
         // A folder other threads are still filling: renamed first, so that no new file
-        // appears in it while it is removed (the new name is still a temp of this pid).
+        // appears in it while it is removed (`.<name>.tmp-<pid>-0`, still a temp of this pid
+        // for a later run's clean-up should the removal fail).
         let mut moved = path.clone().into_os_string();
         moved.push("-0");
         let moved = PathBuf::from(moved);
@@ -105,12 +106,26 @@ pub fn remove_own_temps(output: &Path) {
     }
 }
 
-/// The pid of another live process writing `output` (its temporary file exists), if any.
+/// The pid of another process writing `output` now, if any: one whose temporary file is
+/// locked (`prepare` holds an OS lock on its temporary file while it writes, so a temp whose
+/// pid was reused by an unrelated process after a crash or reboot is not taken for a writer).
+/// Where the lock cannot be tested, a live pid counts.
 pub fn live_writer(output: &Path) -> Option<u32> {
     temps_of(output)
         .into_iter()
+        .filter(|&(_, pid)| pid != std::process::id())
+        .find(|(path, pid)| locked(path).unwrap_or_else(|| process_alive(*pid)))
         .map(|(_, pid)| pid)
-        .find(|&pid| pid != std::process::id() && process_alive(pid))
+}
+
+/// Whether another open file holds an OS lock on `path`; `None` when that cannot be tested.
+fn locked(path: &Path) -> Option<bool> {
+    let file = std::fs::File::open(path).ok()?;
+    match file.try_lock() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
 }
 
 /// The temporary files and folders beside `output` (`.<name>.tmp-<pid>[-<n>]`), with the pid

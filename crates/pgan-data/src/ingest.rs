@@ -108,10 +108,12 @@ pub(crate) fn walk(dir: &Path) -> Result<Walk> {
                 .file_type()
                 .map_err(|e| DataError::io("cannot stat", &path, e))?;
             if ty.is_dir() {
-                if let Some(real) = id(&path) {
-                    seen.insert(real);
+                // Inside a followed link, a real folder may be one already listed.
+                if id(&path).is_none_or(|real| seen.insert(real)) {
+                    stack.push(path);
+                } else {
+                    out.ignored.push((path, FOLDER_SEEN));
                 }
-                stack.push(path);
             } else if ty.is_symlink() && path.is_dir() {
                 links.push(path);
             } else if has_image_extension(&path) {
@@ -213,8 +215,9 @@ pub(crate) const TRUNCATED_JPEG: &str =
 
 /// Whether a JPEG's image data is followed by its end-of-image marker (`FF D9`). The JPEG
 /// decoder fills whatever a cut-short file lacks with flat grey and reports nothing, so a
-/// half-downloaded photo would enter the dataset; libjpeg and Pillow call such a file
-/// truncated. The segments before the first scan are skipped by their lengths (an EXIF
+/// half-downloaded photo would enter the dataset (libjpeg warns "premature end of JPEG file").
+/// A complete image whose writer left the marker out is refused too: it cannot be told apart,
+/// and the report names it. The segments before the first scan are skipped by their lengths (an EXIF
 /// thumbnail carries markers of its own); inside the scans `FF D9` can only be the end marker
 /// (stuffing makes every other `FF` byte `FF 00` or a restart marker). Data after the marker
 /// (a motion photo's video) is allowed. Files too large to be read whole are not checked.
@@ -484,11 +487,16 @@ pub(crate) mod tests {
         // A second way into a listed folder, and a loop back to the top.
         std::os::unix::fs::symlink(&real, dir.path().join("again")).unwrap();
         std::os::unix::fs::symlink(dir.path(), real.join("sub/up")).unwrap();
+        // A link into a folder that another link reaches too.
+        std::fs::create_dir_all(outside.path().join("year")).unwrap();
+        std::fs::write(outside.path().join("year/c.png"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("year"), dir.path().join("a-year")).unwrap();
         let w = walk(dir.path()).unwrap();
         let rel = |p: &PathBuf| p.strip_prefix(dir.path()).unwrap().to_path_buf();
         assert_eq!(
             w.images.iter().map(rel).collect::<Vec<_>>(),
             [
+                PathBuf::from("a-year/c.png"),
                 PathBuf::from("elsewhere/b.png"),
                 PathBuf::from("real/sub/a.png")
             ]
@@ -498,6 +506,7 @@ pub(crate) mod tests {
             ignored,
             [
                 (PathBuf::from("again"), FOLDER_SEEN),
+                (PathBuf::from("elsewhere/year"), FOLDER_SEEN),
                 (PathBuf::from("real/sub/up"), FOLDER_SEEN)
             ]
         );

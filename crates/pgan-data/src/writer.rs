@@ -246,6 +246,9 @@ pub(crate) fn prepare_with_limit(
         path: opts.output.clone(),
         reason: format!("cannot create temporary file {}: {e}", tmp_path.display()),
     })?;
+    // Held while it is written: what marks this process as the output's writer to another
+    // prepare (`files::live_writer`). Best effort: without locks, a live pid counts.
+    let _ = file.try_lock();
     let guard = TempGuard {
         path: tmp_path.clone(),
         armed: true,
@@ -1343,9 +1346,11 @@ mod tests {
         again.force = true;
         prepare(&again).unwrap();
 
-        // pid 1 is alive: its temporary file marks a writer at work, kept and not raced.
+        // A temporary file under a lock marks a writer at work: kept and not raced.
         let theirs = temp_path_for(&path, 1);
         std::fs::write(&theirs, b"half").unwrap();
+        let writing = File::open(&theirs).unwrap();
+        writing.try_lock().unwrap();
         let err = prepare(&again).unwrap_err().to_string();
         assert!(
             err.contains("another process (pid 1) is writing it now"),
@@ -1353,6 +1358,9 @@ mod tests {
         );
         assert!(theirs.exists());
         PyramidReader::open(&path).unwrap().verify().unwrap();
+        // Unlocked, it is a crashed writer's, whatever process has its pid now (pid 1 lives).
+        drop(writing);
+        prepare(&again).unwrap();
     }
 
     #[test]

@@ -117,8 +117,8 @@ pub fn minibatch_stddev_jvp<B: Backend>(
 
 /// `[M, 1]` per-group values → `[N, 1, H, W]`, sample `g·M + m` getting value `m`.
 ///
-/// Written as a product with ones rather than `repeat_dim` → `reshape` → `expand`: on
-/// burn-cubecl 0.21 (wgpu and CUDA) that chain returns the value for the first sample only and
+/// The copies are concatenated rather than made by `repeat_dim`: on burn-cubecl 0.21 (wgpu and
+/// CUDA) `repeat_dim` → `reshape` → `expand` returns the value for the first sample only and
 /// zeros for the rest when `M` is 1 (found by `pgan_train::step_parity`; pinned by
 /// `wgpu_parity::minibatch_stddev_matches_flex_for_every_group_layout`).
 fn broadcast_feature<B: Backend>(
@@ -126,9 +126,10 @@ fn broadcast_feature<B: Backend>(
     groups: usize,
     [n, h, w]: [usize; 3],
 ) -> Tensor<B, 4> {
-    let m = n / groups;
-    let ones = Tensor::<B, 3>::ones([groups, m, h * w], &feature.device());
-    (ones * feature.reshape([1, m, 1])).reshape([n, 1, h, w])
+    let row = feature.reshape([1, n / groups]);
+    Tensor::cat(vec![row; groups], 0)
+        .reshape([n, 1, 1, 1])
+        .expand([n, 1, h, w])
 }
 
 #[cfg(test)]

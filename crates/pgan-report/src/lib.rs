@@ -153,12 +153,14 @@ pub fn write_report(run_dir: &Path, out: &Path) -> Result<ReportSummary> {
 }
 
 fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = out
+    let target = pgan_spec::output::replaceable_file(out).map_err(|e| ReportError::io(out, e))?;
+    let file_name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| REPORT_FILE.to_string());
-    let target = pgan_spec::output::replaceable_file(out).map_err(|e| ReportError::io(out, e))?;
-    let tmp = target.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    // `.<name>.tmp-<pid>`, the name every pgan command gives its temporary files, so that the
+    // CLI's signal handler and a later run's clean-up recognise it.
+    let tmp = target.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;

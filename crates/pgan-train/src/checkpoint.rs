@@ -298,6 +298,13 @@ pub fn load_module<B: Backend, M: NetworkStages<B>>(
     let before = parameter_shapes(&module);
     let loaded = module.load_record(record);
     let after = parameter_shapes(&loaded);
+    if before.len() != after.len() {
+        return Err(mismatch(format!(
+            "{} parameters in the weights, {} by the configuration",
+            after.len(),
+            before.len()
+        )));
+    }
     if let Some((k, (a, b))) = before
         .iter()
         .zip(&after)

@@ -356,12 +356,7 @@ impl LossKind {
 
     /// The config spelling of this kind.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::WganGp => "wgan-gp",
-            Self::LogisticR1 => "logistic-r1",
-            Self::NonSaturating => "non-saturating",
-            Self::Minimax => "minimax",
-        }
+        Self::NAMES[self as usize]
     }
 
     /// True for the losses on D's logits (sigmoid cross-entropy), which `loss.real_label`
@@ -747,14 +742,32 @@ impl TrainConfig {
                 .and_then(|s| s.as_table())
                 .is_some_and(|s| s.contains_key(key))
         };
+        // A value equal to its default is no setting of the user's: a resolved config.toml
+        // (a run's, or what --dry-run prints) spells every key out.
+        let (loss, ema) = (LossConfig::default(), EmaConfig::default());
         let kind = self.loss.kind;
         let mut unused = Vec::new();
-        for (key, owner) in [
-            ("gp_lambda", LossKind::WganGp),
-            ("drift_epsilon", LossKind::WganGp),
-            ("r1_gamma", LossKind::LogisticR1),
+        for (key, owner, value, default) in [
+            (
+                "gp_lambda",
+                LossKind::WganGp,
+                self.loss.gp_lambda,
+                loss.gp_lambda,
+            ),
+            (
+                "drift_epsilon",
+                LossKind::WganGp,
+                self.loss.drift_epsilon,
+                loss.drift_epsilon,
+            ),
+            (
+                "r1_gamma",
+                LossKind::LogisticR1,
+                self.loss.r1_gamma,
+                loss.r1_gamma,
+            ),
         ] {
-            if set("loss", key) && kind != owner {
+            if set("loss", key) && kind != owner && value != default {
                 unused.push(format!(
                     "loss.{key} weights {}'s penalty, and loss.kind is {}",
                     owner.name(),
@@ -762,7 +775,8 @@ impl TrainConfig {
                 ));
             }
         }
-        if let Some(h) = self.ema.half_life_kimg.filter(|_| set("ema", "beta")) {
+        let beta_set = set("ema", "beta") && self.ema.beta != ema.beta;
+        if let Some(h) = self.ema.half_life_kimg.filter(|&h| h > 0.0 && beta_set) {
             unused.push(format!(
                 "ema.beta is replaced by ema.half_life_kimg {h}, which sets the EMA's decay per \
                  step from the minibatch"
@@ -1054,26 +1068,28 @@ impl TrainConfig {
         }
         // One step shows d_steps minibatches of reals; the schedule is judged between steps,
         // so a step longer than a phase would train straight past it (a stage never trained).
+        // The phases at each resolution: the fade into it (not at the start), its stable phase
+        // (not at the top, which runs to the end).
         let s = &self.schedule;
-        let shortest = [s.lod_training_kimg, s.lod_transition_kimg]
-            .into_iter()
-            .filter(|&kimg| kimg > 0.0)
-            .fold(f64::INFINITY, f64::min);
         let mut resolution = s
             .start_resolution
             .max(pgan_spec::resolution::MIN_RESOLUTION);
         while o.d_steps > 1 && resolution <= self.model.resolution {
             let batch = s.batch_for(resolution) as f64;
             let per_step = batch * f64::from(o.d_steps);
-            let phase = (shortest * 1000.0).min(s.total_kimg * 1000.0);
-            if per_step > phase && phase >= batch {
-                return bad(format!(
-                    "optim.d_steps {} × minibatch {batch} at {resolution}x{resolution} shows \
-                     {per_step} images per step, more than a {phase}-image phase of the \
-                     schedule: the step would train past the phase. Lower optim.d_steps or \
-                     lengthen schedule.lod_training_kimg / lod_transition_kimg",
-                    o.d_steps
-                ));
+            let fade = (resolution > s.start_resolution).then_some(s.lod_transition_kimg);
+            let stable = (resolution < self.model.resolution).then_some(s.lod_training_kimg);
+            for kimg in [fade, stable].into_iter().flatten().filter(|&k| k > 0.0) {
+                let phase = kimg * 1000.0;
+                if per_step > phase.max(batch) {
+                    return bad(format!(
+                        "optim.d_steps {} × minibatch {batch} at {resolution}x{resolution} shows \
+                         {per_step} images per step, more than a {phase}-image phase of the \
+                         schedule: the step would train past the phase. Lower optim.d_steps or \
+                         lengthen schedule.lod_training_kimg / lod_transition_kimg",
+                        o.d_steps
+                    ));
+                }
             }
             resolution *= 2;
         }
@@ -1551,7 +1567,7 @@ mod tests {
 
     #[test]
     fn keys_another_setting_overrides_are_named() {
-        let text = "[loss]\nkind = \"wgan-gp\"\nr1_gamma = 5.0\ngp_lambda = 10.0\n\
+        let text = "[loss]\nkind = \"wgan-gp\"\nr1_gamma = 5.0\ngp_lambda = 20.0\n\
                     [ema]\nbeta = 0.99\nhalf_life_kimg = 2.0\n";
         let config = TrainConfig::from_toml_str(text).unwrap();
         assert_eq!(
@@ -1570,6 +1586,15 @@ mod tests {
             logistic.keys_without_effect(text),
             vec!["loss.gp_lambda weights wgan-gp's penalty, and loss.kind is logistic-r1"]
         );
+        // Default values spelt out (a resolved config.toml) and a half-life of 0 (beta per
+        // step) are no contradiction.
+        let resolved = TrainConfig::default().to_toml();
+        assert!(TrainConfig::default()
+            .keys_without_effect(&resolved)
+            .is_empty());
+        let zero = "[ema]\nbeta = 0.99\nhalf_life_kimg = 0.0\n";
+        let config = TrainConfig::from_toml_str(zero).unwrap();
+        assert!(config.keys_without_effect(zero).is_empty());
         // The shipped configs set nothing they do not use.
         let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
         for entry in std::fs::read_dir(configs).unwrap() {

@@ -1,16 +1,18 @@
 //! The checks a training run passes before it writes anything: the configuration, the backend,
 //! the dataset (present, large enough, intact), the memory an evaluation needs, the Inception
-//! weights FID needs, and for a resume the checkpoint's model. `pgan train --dry-run` runs the
-//! same function, so a dry run that passes is a run that starts.
+//! weights FID needs, and for a resume the checkpoint: its model, its dataset, a schedule that
+//! does not shrink it. `pgan train --dry-run` runs the same function, so a dry run that passes
+//! is a run that starts (short of the device, which it does not open).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use pgan_data::PyramidReader;
+use pgan_data::{BatchSampler, PyramidReader};
 use pgan_model::ModelConfig;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
+use crate::schedule::StageSchedule;
 use crate::training_loop::TrainOptions;
 
 /// What the checks opened and resolved, for the run to start from.
@@ -82,8 +84,17 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     }
     if let Some(resume) = &options.resume {
         let ckpt = checkpoint::resolve_checkpoint(resume)?;
-        let state = checkpoint::read_state(&ckpt)?;
-        check_checkpoint_model(&checkpoint::model_config(&state, &ckpt)?, &model, ckpt)?;
+        let mut state = checkpoint::read_state(&ckpt)?;
+        check_checkpoint_model(
+            &checkpoint::model_config(&state, &ckpt)?,
+            &model,
+            ckpt.clone(),
+        )?;
+        // On a copy: the run adopts the dataset into its own state when it restores.
+        let fresh = || BatchSampler::new(reader.len(), 0, false);
+        checkpoint::adopt_dataset(&mut state, &ckpt, &reader, options.data_changed_ok, fresh)?;
+        let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
+        check_no_shrink(&schedule, &state, &ckpt)?;
     }
     Ok(Preflight {
         config,
@@ -106,6 +117,32 @@ pub(crate) fn check_checkpoint_model(
         message: format!(
             "was made with a different model than the config asks for: {}",
             checkpoint::model_differences(made_with, model)
+        ),
+    })
+}
+
+/// Refuses to resume `state` under a schedule that puts its position at a lower resolution than
+/// it has grown to (phase lengths changed on resume): its newest layers would sit unused while
+/// it trains small again.
+pub(crate) fn check_no_shrink(
+    schedule: &StageSchedule,
+    state: &TrainState,
+    ckpt: &Path,
+) -> Result<()> {
+    let now = schedule.at(state.images_shown);
+    if now.stage >= state.stage {
+        return Ok(());
+    }
+    let grown = crate::schedule::resolution_of(state.stage);
+    Err(TrainError::Config {
+        path: None,
+        message: format!(
+            "the schedule puts {} ({:.3} kimg) at {r}x{r}, below the {grown}x{grown} it has \
+             grown to: a resumed run cannot shrink; keep schedule.lod_training_kimg and \
+             lod_transition_kimg (--phase-kimg) short enough to reach {grown}x{grown} by then",
+            ckpt.display(),
+            state.images_shown as f64 / 1000.0,
+            r = now.resolution,
         ),
     })
 }

@@ -95,7 +95,7 @@ fn sanitize_desc(desc: &str) -> String {
 /// never stale. The folder's lock is the one that counts: a user who deletes `train.lock` while
 /// a trainer runs would otherwise let a second trainer lock a fresh file. The file's lock keeps
 /// out trainers that lock only the file, and it is all there is where a folder cannot be opened
-/// (not Unix).
+/// or locked (not Unix; NFS).
 #[derive(Debug)]
 pub struct RunLock {
     _folder: Option<File>,
@@ -121,8 +121,9 @@ impl RunLock {
             match folder.try_lock() {
                 Ok(()) => held = true,
                 Err(TryLockError::WouldBlock) => return Err(in_use()),
-                Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {}
-                Err(TryLockError::Error(e)) => return Err(io_err(run_dir, "lock")(e)),
+                // NFS, say, locks only files opened for writing (EBADF on a folder): the
+                // file's lock below is all there is there.
+                Err(TryLockError::Error(_)) => {}
             }
         }
         let mut file = OpenOptions::new()

@@ -570,24 +570,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(warning) = crate::distributed::peers_changed(&mut state, &self.config) {
             self.log.warn(warning);
         }
-        // Phase lengths changed on resume must not send a grown run back to a lower resolution
-        // (its newest layers would sit unused while it trains small again).
-        let now = self.schedule.at(state.images_shown);
-        if now.stage < state.stage {
-            let grown = crate::schedule::resolution_of(state.stage);
-            return Err(TrainError::Config {
-                path: None,
-                message: format!(
-                    "the schedule puts {} ({:.3} kimg) at {r}x{r}, below the {grown}x{grown} it \
-                     has grown to: a resumed run cannot shrink; keep \
-                     schedule.lod_training_kimg and lod_transition_kimg (--phase-kimg) short \
-                     enough to reach {grown}x{grown} by then",
-                    ckpt.display(),
-                    state.images_shown as f64 / 1000.0,
-                    r = now.resolution,
-                ),
-            });
-        }
+        crate::preflight::check_no_shrink(&self.schedule, &state, ckpt)?;
         let fresh = Nets::fresh(&self.model, &self.config.optim, &self.device, None);
         self.nets = checkpoint::load_training(ckpt, fresh, &self.device)?;
         self.peers.restored(ckpt)?;

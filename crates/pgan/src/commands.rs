@@ -410,6 +410,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if args.dry_run {
         let mut options = TrainOptions::new(config);
         options.resume = args.resume.clone();
+        options.data_changed_ok = args.data_changed_ok;
         // The checks of a real start, so that a dry run that passes is a run that starts.
         let checked = pgan_train::preflight(&options).map_err(with_flag_hint)?;
         println!("{}", checked.config.to_toml());
@@ -791,6 +792,9 @@ fn prepare_eval_outputs(args: &EvalArgs, run_dir: Option<&Path>) -> Result<()> {
             prepare_output(&file, "--save-features")?;
             outputs.push(file);
         }
+    }
+    if outputs.is_empty() {
+        return Ok(());
     }
     exit_on_signal_removing_temps(outputs)
 }
