@@ -387,10 +387,10 @@ raw = [json.loads(l) for l in open(rows_path) if l.strip()]
 parity = [r for r in raw if r.get("bench") == "gpu_conv_parity"]
 # The training-step parity (gpu_step_parity): one D and G step against the CPU's; a failure
 # marks every timed row of that (backend, precision).
-steps = [r for r in raw if r.get("bench") == "gpu_step_parity"]
+step_rows = [r for r in raw if r.get("bench") == "gpu_step_parity"]
 raw = [r for r in raw if r.get("bench") not in ("gpu_conv_parity", "gpu_step_parity")]
 parity_failed = {(r.get("backend"), r.get("conv"), r.get("precision")) for r in parity if not r.get("ok")}
-step_failed = {(r.get("backend"), r.get("precision")) for r in steps if not r.get("ok")}
+step_failed = {(r.get("backend"), r.get("precision")) for r in step_rows if not r.get("ok")}
 torch = {r["resolution"]: r for r in raw if r.get("contender") == "pytorch" and "resolution" in r}
 rows, notes = [], []
 for r in raw:
@@ -448,7 +448,7 @@ doc = {
     "environment": env,
     "rows": rows,
     "conv_parity": parity,
-    "step_parity": steps,
+    "step_parity": step_rows,
     "notes": notes,
 }
 base = f"{outdir}/gpu-{date}-{slug}"
@@ -493,7 +493,7 @@ if parity:
     for r in parity:
         if not r.get("ok"):
             lines.append(f"\nparity failed: {json.dumps(r)[:400]}")
-if steps:
+if step_rows:
     lines += ["", "Training-step parity (one D step with the exact penalty and one G step against "
               "the CPU's from the same weights: relative RMS error of the losses and of all "
               "gradients; `gpu_step_parity`):", "",
@@ -502,7 +502,7 @@ if steps:
     def e(r, q):
         v = (r.get("relative_rms") or {}).get(q)
         return "—" if v is None else (v if isinstance(v, str) else f"{v:.1e}")
-    for r in steps:
+    for r in step_rows:
         status = "yes" if r.get("ok") else ("error: " + r["error"][:60] if "error" in r else "**no**")
         lines.append(f"| {r.get('backend')} | {r.get('precision')} | {r.get('resolution')}² | "
                      f"{r.get('batch')} | {status} | {e(r, 'd_loss')} | {e(r, 'd_grads')} | "
@@ -527,9 +527,9 @@ if mode == "dry-run":
     bad = ([r for r in rows if "error" in r and r not in refused]
            + [n for n in notes if n not in no_torch] + wrongly + accepted)
     missing = [c for c in contenders.split()
-               if not any(r["contender"] == c for r in rows + parity + steps)
+               if not any(r["contender"] == c for r in rows + parity + step_rows)
                and not (c == "pytorch" and no_torch)]
-    wrong = [r for r in parity + steps if not r.get("ok")]
+    wrong = [r for r in parity + step_rows if not r.get("ok")]
     if bad or missing or wrong:
         sys.exit(f"dry run failed: errors {bad}, contenders without rows {missing}, parity failures {wrong}")
 EOF

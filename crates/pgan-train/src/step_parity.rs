@@ -339,5 +339,17 @@ mod tests {
         let parity =
             check_step::<Wgpu>(&device, &small(), &LossConfig::default(), 16, 0.5, 4, 1e-3);
         assert!(parity.ok(), "{parity:?}");
+        // The other minibatch layer (its own broadcasts), at 8x8 to keep lavapipe quick.
+        let discrimination = small().with_minibatch(pgan_model::Minibatch::Discrimination);
+        let parity = check_step::<Wgpu>(
+            &device,
+            &discrimination,
+            &LossConfig::default(),
+            8,
+            1.0,
+            4,
+            1e-3,
+        );
+        assert!(parity.ok(), "minibatch discrimination: {parity:?}");
     }
 }
