@@ -189,7 +189,7 @@ fn checkpoints(run: &Path) -> Vec<PathBuf> {
 }
 
 /// G's, D's and G_ema's weights in a checkpoint, as `pgan export` writes them: each file's
-/// tensor table and data bytes, without its metadata map (whose order varies). The record
+/// tensor table and data bytes, without its metadata map (which names the checkpoint). The record
 /// files themselves hold burn's parameter ids, which are random per process.
 fn weights(ckpt: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
     ["g", "d", "g-ema"]
@@ -201,7 +201,7 @@ fn weights(ckpt: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
                 .arg(ckpt)
                 .arg("--out")
                 .arg(&out)
-                .args(["--net", net])
+                .args(["--net", net, "--force"])
                 .output()
                 .unwrap();
             assert!(done.status.success(), "{}", text(&done));
