@@ -244,6 +244,27 @@ mod gpu {
             .collect()
     }
 
+    /// The checks `parts` asks for on one backend (fused and plain share a device type).
+    fn all_checks<Fused, Plain>(
+        device: &Fused::Device,
+        backend: &str,
+        parts: &Parts,
+        cases: &[ConvCase],
+        convs: &[String],
+        precisions: &[ConvPrecision],
+        small: bool,
+    ) -> bool
+    where
+        Fused: GemmConvBackend,
+        Plain: GemmConvBackend<Device = Fused::Device>,
+    {
+        let convs_ok = !parts.convs
+            || run_on::<Fused, Plain>(device, device, backend, cases, convs, precisions);
+        let steps_ok = !parts.steps
+            || step_checks::<burn::backend::Autodiff<Fused>>(device, backend, precisions, small);
+        convs_ok && steps_ok
+    }
+
     /// Which checks run (`PGAN_PARITY_PARTS`).
     struct Parts {
         convs: bool,
@@ -281,47 +302,25 @@ mod gpu {
         }
         let ok = match backend.as_str() {
             #[cfg(feature = "cuda")]
-            "cuda" => {
-                let device = burn::backend::cuda::CudaDevice::default();
-                let convs_ok = !parts.convs
-                    || run_on::<pgan_cube::CudaFused, pgan_cube::CudaPlain>(
-                        &device,
-                        &device,
-                        &backend,
-                        cases,
-                        &convs,
-                        &precisions,
-                    );
-                let steps_ok = !parts.steps
-                    || step_checks::<burn::backend::Autodiff<pgan_cube::CudaFused>>(
-                        &device,
-                        &backend,
-                        &precisions,
-                        small,
-                    );
-                convs_ok && steps_ok
-            }
+            "cuda" => all_checks::<pgan_cube::CudaFused, pgan_cube::CudaPlain>(
+                &Default::default(),
+                &backend,
+                &parts,
+                cases,
+                &convs,
+                &precisions,
+                small,
+            ),
             #[cfg(feature = "wgpu")]
-            "wgpu" => {
-                let device = burn::backend::wgpu::WgpuDevice::default();
-                let convs_ok = !parts.convs
-                    || run_on::<pgan_cube::WgpuFused, pgan_cube::WgpuPlain>(
-                        &device,
-                        &device,
-                        &backend,
-                        cases,
-                        &convs,
-                        &precisions,
-                    );
-                let steps_ok = !parts.steps
-                    || step_checks::<burn::backend::Autodiff<pgan_cube::WgpuFused>>(
-                        &device,
-                        &backend,
-                        &precisions,
-                        small,
-                    );
-                convs_ok && steps_ok
-            }
+            "wgpu" => all_checks::<pgan_cube::WgpuFused, pgan_cube::WgpuPlain>(
+                &Default::default(),
+                &backend,
+                &parts,
+                cases,
+                &convs,
+                &precisions,
+                small,
+            ),
             other => {
                 eprintln!(
                     "PGAN_BENCH_BACKEND={other:?}: not a GPU backend compiled into this binary"
