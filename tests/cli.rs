@@ -916,6 +916,13 @@ fn resuming_on_another_dataset_needs_data_changed_ok() {
         err.contains("was trained on another dataset") && err.contains("--data-changed-ok"),
         "{err}"
     );
+    // The two datasets' content CRCs, as the message gives them, differ.
+    let crcs: Vec<&str> = err
+        .split("content crc32 ")
+        .skip(1)
+        .map(|rest| &rest[..10])
+        .collect();
+    assert!(crcs.len() == 2 && crcs[0] != crcs[1], "{err}");
     let out = run_ok(&mut resume_on_other(&["--data-changed-ok"]));
     assert!(out.contains("continuing on another dataset"), "{out}");
     // The checkpoints from now on record the new dataset: no flag needed to go on with it.
@@ -1190,6 +1197,20 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
     assert!(written["num_images"].as_u64() == Some(8), "{written}");
+    // The settings that change the numbers are recorded with them, paths absolute.
+    assert_eq!(written["msssim_pairs"].as_u64(), Some(4), "{written}");
+    assert!(
+        written["seed"].is_u64() && written["truncation"].is_null(),
+        "{written}"
+    );
+    for key in ["checkpoint", "data"] {
+        assert!(
+            written[key]
+                .as_str()
+                .is_some_and(|p| Path::new(p).is_absolute()),
+            "{key}: {written}"
+        );
+    }
 
     // The strip and its GIF cannot share a name; the latents need their own file.
     let walk = dir.path().join("walk.gif");
@@ -1512,6 +1533,68 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         assert!(out.contains("a file of the run"), "{out}");
     }
     assert_eq!(std::fs::read(&metrics).unwrap(), before);
+    // Nor render, whichever output names them, nor any writer over a sample sheet.
+    let config_toml = run.join("config.toml");
+    let before_config = std::fs::read(&config_toml).unwrap();
+    let render = |out: &Path, latents: &Path| {
+        let mut cmd = pgan();
+        cmd.arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(out)
+            .args(["--seeds", "0"])
+            .arg("--save-latents")
+            .arg(latents);
+        cmd
+    };
+    let elsewhere = dir.path().join("elsewhere");
+    let sheet = run.join("samples").join("tick-000001.png");
+    for (out, latents, why) in [
+        (&config_toml, &elsewhere.join("z.npy"), "a file of the run"),
+        (
+            &elsewhere.join("x.png"),
+            &run.join("log.txt"),
+            "a file of the run",
+        ),
+        (
+            &sheet,
+            &elsewhere.join("z.npy"),
+            "in the samples folder of the run",
+        ),
+    ] {
+        let out = run_err(&mut render(out, latents));
+        assert!(out.contains(why), "{out}");
+    }
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "4", "--json"])
+            .arg(&sheet),
+    );
+    assert!(out.contains("in the samples folder of the run"), "{out}");
+    assert_eq!(std::fs::read(&config_toml).unwrap(), before_config);
+    // convert-inception checks its output as every writer does: not a dataset, not its input.
+    let tiny_ts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pgan-inception/testdata/tiny_torchscript.pt");
+    let before_data = std::fs::read(&data).unwrap();
+    let out = run_err(
+        pgan()
+            .arg("convert-inception")
+            .arg(&tiny_ts)
+            .arg("--out")
+            .arg(&data),
+    );
+    assert!(out.contains("that is a pgan dataset"), "{out}");
+    assert_eq!(std::fs::read(&data).unwrap(), before_data);
+    let out = run_err(
+        pgan()
+            .arg("convert-inception")
+            .arg(&tiny_ts)
+            .arg("--out")
+            .arg(&tiny_ts),
+    );
+    assert!(out.contains("must not replace an input"), "{out}");
     // The dataset is checked before any image is generated: one of other channels, and the
     // run's own once it is gone (named with where it came from).
     let gray = dir.path().join("gray.pgan");
@@ -1675,6 +1758,20 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let compare = |fake: &Path| compare_with(fake, &weights);
     let out = run_ok(&mut compare(&fakes));
     assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
+    // A folder is read as `pgan prepare` reads it: a link back up is not a loop that counts
+    // every image again, and a FIFO with an image's name is an error, not a wait forever.
+    std::os::unix::fs::symlink(".", fakes.join("loop")).unwrap();
+    std::os::unix::fs::symlink(".", fakes.join("loop2")).unwrap();
+    let out = run_ok(&mut compare(&fakes));
+    assert!(out.contains("4 generated"), "{out}");
+    let fifo = fakes.join("zz.png");
+    mkfifo(&fifo);
+    let err = run_err(&mut compare(&fakes));
+    assert!(
+        err.contains("zz.png") && err.contains("not a regular file (a FIFO)"),
+        "{err}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
     let out = run_ok(&mut compare(&reals));
     let same: f64 = out
         .lines()
@@ -2301,6 +2398,13 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
         )),
         "{}",
         text(&out)
+    );
+    // Printed once, however many sampler threads met the lost pages.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("changed while in use").count(),
+        1,
+        "{stderr}"
     );
     // The last checkpoint loads.
     let exported = dir.path().join("g.safetensors");

@@ -61,9 +61,9 @@ pub fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-/// Result of walking the input folder.
+/// Result of walking an image folder.
 #[derive(Debug, Default)]
-pub(crate) struct Walk {
+pub struct Walk {
     /// Image files, sorted by path.
     pub images: Vec<PathBuf>,
     /// What was not taken, sorted by path, with why (for the report).
@@ -80,7 +80,7 @@ pub(crate) const FOLDER_SEEN: &str =
 /// directory iteration order. Symlinked files are taken; symlinked folders are followed once
 /// the real folders are listed (in path order, so one folder reached two ways is always listed
 /// under the same path), and a folder already listed is not entered again (no loops).
-pub(crate) fn walk(dir: &Path) -> Result<Walk> {
+pub fn walk(dir: &Path) -> Result<Walk> {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let mut seen: std::collections::HashSet<(u64, u64)> = id(dir).into_iter().collect();
@@ -170,7 +170,7 @@ pub(crate) fn alloc_limit(max_pixels: u64) -> u64 {
 /// first: images over `max_pixels` pixels, or whose decoded buffer would exceed
 /// [`alloc_limit`], are refused before any pixel memory is allocated (decompression bombs).
 /// Only regular files are opened.
-pub(crate) fn decode(path: &Path, max_pixels: u64) -> std::result::Result<DynamicImage, String> {
+pub fn decode(path: &Path, max_pixels: u64) -> std::result::Result<DynamicImage, String> {
     let (file, meta) = open_regular(path).map_err(|e| match e {
         OpenError::NotRegular(kind) => format!("not a regular file ({kind})"),
         OpenError::Io(e) => format!("cannot read: {e}"),

@@ -30,7 +30,9 @@ mod writer;
 pub use error::{DataError, Result};
 pub use files::{remove_own_temps, remove_stale_temps, temp_path_for};
 pub use format::Header;
-pub use ingest::{has_image_extension, Fit, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS};
+pub use ingest::{
+    decode, has_image_extension, walk, Fit, Walk, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,
+};
 pub use manifest::{escape_name, printable, unescape_name, Manifest, ManifestOptions};
 pub use reader::{LevelCheck, PyramidReader, VerifyReport};
 pub use sampler::{fade_between, hwc_to_chw_f32, Batch, BatchSampler};

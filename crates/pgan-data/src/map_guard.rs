@@ -58,6 +58,8 @@ mod imp {
     /// The SIGBUS action before ours: its handler address and flags.
     static PREVIOUS_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
     static PREVIOUS_FLAGS: AtomicUsize = AtomicUsize::new(0);
+    /// Set by the first fault in a registered map (the one that writes the message).
+    static REPORTING: AtomicBool = AtomicBool::new(false);
     static INSTALL: Once = Once::new();
 
     /// Registers `[start, start + len)` with `message`; returns the slot, or None when all
@@ -127,6 +129,14 @@ mod imp {
         // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
         let addr = unsafe { (*info).si_addr() } as usize;
         if let Some((message, len)) = lookup(addr) {
+            // Several threads (the sampler's) can fault at once: the first one says why and
+            // ends the process; the others wait for that end, so the message is written once.
+            if REPORTING.swap(true, Ordering::SeqCst) {
+                loop {
+                    // SAFETY: pause(2) is async-signal-safe.
+                    unsafe { libc::pause() };
+                }
+            }
             // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer lives in a static.
             unsafe {
                 libc::write(2, message.cast(), len);

@@ -86,6 +86,17 @@ impl BatchSampler {
         }
     }
 
+    /// Whether images are mirrored at random (half of them, a fixed choice per draw).
+    pub fn mirror(&self) -> bool {
+        self.mirror
+    }
+
+    /// Turns mirroring on or off from the next draw on (a resume with another `data.mirror`);
+    /// which images are drawn does not change.
+    pub fn set_mirror(&mut self, mirror: bool) {
+        self.mirror = mirror;
+    }
+
     /// Next `batch_size` images at `resolution`. With `fade_alpha = Some(a)` the reals are
     /// cross-faded as ProGAN does during a fade-in: lerp(nearest_upsample_2x(level[res/2]), level[res], a)
     /// (a = 0 → pure lower-resolution image, a = 1 → full-resolution image).

@@ -29,6 +29,8 @@ pub mod weights;
 
 #[cfg(test)]
 mod test_utils;
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_parity;
 
 pub use error::{InceptionError, Result};
 pub use extract::{FeatureExtractor, Images8, RESIZE_MODE};

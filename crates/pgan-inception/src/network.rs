@@ -268,14 +268,23 @@ impl<B: Backend> InceptionV3<B> {
             c == 3 && h == INPUT_SIZE && w == INPUT_SIZE,
             "inception input must be [n, 3, 299, 299], got [{n}, {c}, {h}, {w}]"
         );
+        // [n, 2048, 8, 8] → the 8x8 average.
+        avg_pool2d(self.trunk(images), [8, 8], [8, 8], [0, 0], true, false)
+            .reshape([n, FEATURE_DIM])
+    }
+
+    /// The stem and the eleven blocks, on any input of at least 75x75 (the tests run every
+    /// layer on smaller images than the 299x299 that [`forward`](Self::forward) requires).
+    ///
+    /// # Shapes
+    /// `[n, 3, 299, 299]` → `[n, 2048, 8, 8]`; `[n, 3, 75, 75]` → `[n, 2048, 1, 1]`.
+    pub(crate) fn trunk(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
         let [conv, conv_1, conv_2, conv_3, conv_4] = &self.stem;
         let x = conv_2.forward(conv_1.forward(conv.forward(images)));
         let x = max_pool_3x3(x, 2, 0);
         let x = conv_4.forward(conv_3.forward(x));
         let x = max_pool_3x3(x, 2, 0);
-        let x = self.blocks.iter().fold(x, |x, block| block.forward(x));
-        // [n, 2048, 8, 8] → the 8x8 average.
-        avg_pool2d(x, [8, 8], [8, 8], [0, 0], true, false).reshape([n, FEATURE_DIM])
+        self.blocks.iter().fold(x, |x, block| block.forward(x))
     }
 }
 

@@ -45,11 +45,14 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
         path: path.to_path_buf(),
         message,
     };
-    if !path.is_file() {
-        return Err(InceptionError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(bad(
+                "not a regular file (a TorchScript .pt archive is)".into()
+            ))
+        }
+        Err(e) => return Err(InceptionError::io(path, e)),
     }
     let source = Arc::new(
         LazyDataSource::from_zip(path).map_err(|e| bad(format!("not a zip archive ({e})")))?,
@@ -89,6 +92,13 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
             return Err(bad(format!(
                 "tensor {name} is {:?}, only f32 is read",
                 snapshot.dtype
+            )));
+        }
+        // burn-store asserts (panics) on a shape without elements over a non-empty storage.
+        if snapshot.shape.num_elements() == 0 {
+            return Err(bad(format!(
+                "tensor {name} has the shape {:?}, which holds no values",
+                snapshot.shape.to_vec()
             )));
         }
         let data = snapshot
@@ -223,5 +233,57 @@ mod tests {
         std::fs::write(&path, damaged).unwrap();
         let err = read_torchscript_tensors(&path).unwrap_err().to_string();
         assert!(err.contains("damaged.pt"), "{err}");
+
+        // A folder is not "no such file".
+        let err = read_torchscript_tensors(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    /// A pickle whose first tensor has the shape (0,), its zip entry's CRC-32 made right again:
+    /// burn-store would panic reading it.
+    #[test]
+    fn a_tensor_shape_without_values_is_an_error_not_a_panic() {
+        let mut bytes = std::fs::read(tiny()).unwrap();
+        let name = b"tiny_torchscript/data.pkl";
+        let entry = |signature: &[u8], name_at: usize| {
+            (0..bytes.len() - name_at)
+                .find(|&i| {
+                    bytes[i..].starts_with(signature) && bytes[i + name_at..].starts_with(name)
+                })
+                .expect("data.pkl's zip headers")
+        };
+        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]) as usize;
+        // The local header (`PK\x03\x04`): name length at +26, extra length at +28, then the
+        // name, the extra field and the stored bytes. Their size is in the central directory's
+        // entry (`PK\x01\x02`, size at +20, name at +46): torch writes data descriptors.
+        let local = entry(b"PK\x03\x04", 30);
+        let central = entry(b"PK\x01\x02", 46);
+        let size = u32::from_le_bytes(bytes[central + 20..central + 24].try_into().unwrap());
+        let start = local + 30 + u16_at(local + 26) + u16_at(local + 28);
+        let pickle = start..start + size as usize;
+        let old_crc = crc32fast::hash(&bytes[pickle.clone()]);
+        // The shape tuple `(4,)` is `( K\x04 t` in the pickle.
+        let at = find(&bytes[pickle.clone()], b"(K\x04t").expect("a shape (4,)") + start + 2;
+        bytes[at] = 0;
+        let new_crc = crc32fast::hash(&bytes[pickle]).to_le_bytes();
+        // The CRC-32 stands in the data descriptor and in the central directory.
+        let old_crc = old_crc.to_le_bytes();
+        let places: Vec<usize> = (0..bytes.len() - 4)
+            .filter(|&i| bytes[i..i + 4] == old_crc)
+            .collect();
+        assert_eq!(places.len(), 2);
+        for i in places {
+            bytes[i..i + 4].copy_from_slice(&new_crc);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shape0.pt");
+        std::fs::write(&path, bytes).unwrap();
+        let err = read_torchscript_tensors(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("shape0.pt") && err.contains("holds no values"),
+            "{err}"
+        );
     }
 }

@@ -345,7 +345,7 @@ impl RunData {
             return Err(ReportError::MissingRunDir(dir.to_path_buf()));
         }
         let metrics_path = dir.join(pgan_spec::metrics::METRICS_FILE);
-        let metrics = match fs::read(&metrics_path) {
+        let metrics = match read_regular(&metrics_path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ReportError::MissingMetrics(metrics_path));
@@ -422,8 +422,18 @@ fn run_name(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
+/// The bytes of `path`, which must be a regular file (or a link to one): reading a FIFO or a
+/// device would wait forever or never end.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    fs::read(path)
+}
+
 fn read_optional_text(path: &Path) -> Result<Option<String>> {
-    match fs::read(path) {
+    match read_regular(path) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ReportError::io(path, e)),
@@ -453,7 +463,7 @@ fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn read_image(path: PathBuf) -> Result<ImageFile> {
-    let bytes = fs::read(&path).map_err(|e| ReportError::io(&path, e))?;
+    let bytes = read_regular(&path).map_err(|e| ReportError::io(&path, e))?;
     Ok(ImageFile { path, bytes })
 }
 
@@ -601,5 +611,23 @@ mod tests {
         let err = RunData::load(dir.path()).unwrap_err();
         assert!(matches!(err, ReportError::MissingMetrics(_)));
         assert!(err.to_string().contains("metrics.jsonl"), "{err}");
+    }
+
+    /// A FIFO in a run's place would block the report forever: it is refused, named.
+    #[test]
+    fn a_run_file_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("metrics.jsonl"), "{\"kimg\":0.1}\n").unwrap();
+        let fifo = dir.path().join("config.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = RunData::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("config.toml") && err.contains("not a regular file"),
+            "{err}"
+        );
     }
 }

@@ -36,10 +36,17 @@ impl Alarms {
         let mut out = Vec::new();
         if let (Some(real), Some(fake)) = (tick.mean(key::D_REAL), tick.mean(key::D_FAKE)) {
             let gap = real - fake;
-            if gap.abs() > c.max_d_gap {
+            if gap > c.max_d_gap {
                 out.push(format!(
                     "D(real) - D(fake) = {gap:.1} exceeds {}: the discriminator is overpowering \
                      the generator (divergence); lower the learning rate or raise the penalty",
+                    c.max_d_gap
+                ));
+            } else if gap < -c.max_d_gap {
+                out.push(format!(
+                    "D(real) - D(fake) = {gap:.1} is below -{}: the discriminator scores the \
+                     fakes far above the reals (divergence); lower the learning rate or raise \
+                     the penalty",
                     c.max_d_gap
                 ));
             }
@@ -232,10 +239,21 @@ mod tests {
         let w = alarms.check_tick(&tick, &mut memory);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[1].contains("below 1e-6"), "{w:?}");
+        assert!(w[0].contains("overpowering"), "{w:?}");
         let mut memory = GradientMemory::default();
         assert!(alarms
             .check_tick(&tick_with_g_norm(0.5), &mut memory)
             .is_empty());
+        // D scoring the fakes above the reals is the other divergence, said as such.
+        let mut tick = TickStats::default();
+        tick.report("D/real", -150.0);
+        tick.report("D/fake", 20.0);
+        let w = alarms.check_tick(&tick, &mut memory);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("-170.0 is below -100") && w[0].contains("fakes far above"),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::alarms::{CollapseMemory, GradientMemory};
 use crate::error::{io_err, Result, TrainError};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::nets::Nets;
+use crate::stats::OpenTick;
 
 /// Version of the checkpoint layout; bumped on incompatible changes.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -98,6 +99,9 @@ pub struct TrainState {
     /// Data-parallel peers the run trained with (absent: one device).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<usize>,
+    /// The tick a stop interrupted (absent when the checkpoint was written at a tick's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_tick: Option<OpenTick>,
     /// CRC-32 of `state.json`'s bytes before this member (the last one): a `state.json` edited
     /// by hand no longer matches it (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,7 +126,7 @@ impl DatasetFingerprint {
     pub fn of(reader: &PyramidReader) -> Self {
         let header = reader.header();
         Self {
-            header_crc32: crc32fast::hash(&header.to_bytes()),
+            header_crc32: header_crc32(&header.to_bytes()),
             images: header.count,
             levels: header
                 .levels
@@ -133,12 +137,45 @@ impl DatasetFingerprint {
     }
 }
 
+/// What every CRC-32 gives over bytes that end in their own CRC-32 (the "residue"): the
+/// `header_crc32` that pgan wrote before it left the header's own CRC out of the hash.
+#[cfg(test)]
+const CRC32_RESIDUE: u32 = 0x2144_df1c;
+
+/// The header's CRC-32: that of its bytes before the CRC it ends with (the value stored there).
+fn header_crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(&bytes[..bytes.len().saturating_sub(4)])
+}
+
+impl DatasetFingerprint {
+    /// The same training data as `current`: the same image count and the same pixels at every
+    /// level. The header's CRC is recorded but not compared: it covers the manifest too (the
+    /// file names, the folder the images were prepared from), which a second `prepare` of the
+    /// same images elsewhere changes and training never reads.
+    pub fn matches(&self, current: &DatasetFingerprint) -> bool {
+        self.images == current.images && self.levels == current.levels
+    }
+
+    /// One CRC-32 of what [`matches`](Self::matches) compares (for messages and for the nodes'
+    /// join check).
+    pub fn content_crc32(&self) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.images.to_le_bytes());
+        for (resolution, crc) in &self.levels {
+            hasher.update(&resolution.to_le_bytes());
+            hasher.update(&crc.to_le_bytes());
+        }
+        hasher.finalize()
+    }
+}
+
 impl std::fmt::Display for DatasetFingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} images, header crc32 {:#010x}",
-            self.images, self.header_crc32
+            "{} images, content crc32 {:#010x}",
+            self.images,
+            self.content_crc32()
         )
     }
 }
@@ -653,7 +690,7 @@ pub fn adopt_dataset(
              check that {data} is the dataset it was trained on",
             ckpt.display()
         )),
-        Some(stored) if *stored != current => {
+        Some(stored) if !stored.matches(&current) => {
             if !changed_ok {
                 return Err(TrainError::Checkpoint {
                     path: ckpt.to_path_buf(),
@@ -692,8 +729,10 @@ pub fn adopt_dataset(
     Ok(warnings)
 }
 
-/// The run directory a checkpoint folder belongs to.
+/// The run directory a checkpoint folder belongs to (an absolute path: `checkpoints/ckpt-…`
+/// given in the run folder, or `ckpt-…` given inside `checkpoints/`, names the run too).
 pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
+    let checkpoint = std::path::absolute(checkpoint).ok()?;
     let parent = checkpoint.parent()?;
     (parent.file_name()? == CHECKPOINTS_DIR).then(|| parent.parent().map(Path::to_path_buf))?
 }
@@ -920,6 +959,7 @@ mod tests {
             files: BTreeMap::new(),
             dataset: None,
             peers: None,
+            open_tick: None,
             checksum: None,
         }
     }
@@ -1192,6 +1232,54 @@ mod tests {
             theirs.iter().all(|name| root.join(name).is_dir()),
             "{left:?}"
         );
+    }
+
+    #[test]
+    fn a_fingerprint_compares_pixels_not_the_manifest() {
+        // Bytes that end in their own CRC-32, as a .pgan header does.
+        let mut bytes = b"header fields".to_vec();
+        let own = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&own.to_le_bytes());
+        assert_eq!(header_crc32(&bytes), own);
+        // Hashing the CRC along gives one constant for any header: what pgan used to store.
+        assert_eq!(crc32fast::hash(&bytes), CRC32_RESIDUE);
+        let current = DatasetFingerprint {
+            header_crc32: own,
+            images: 24,
+            levels: BTreeMap::from([(4, 1), (8, 2)]),
+        };
+        // Another header (another manifest, or the old residue): the same pixels still match.
+        let renamed = DatasetFingerprint {
+            header_crc32: CRC32_RESIDUE,
+            ..current.clone()
+        };
+        assert!(renamed.matches(&current));
+        assert_eq!(renamed.content_crc32(), current.content_crc32());
+        for other in [
+            DatasetFingerprint {
+                levels: BTreeMap::from([(4, 1), (8, 3)]),
+                ..current.clone()
+            },
+            DatasetFingerprint {
+                images: 23,
+                ..current.clone()
+            },
+        ] {
+            assert!(!other.matches(&current));
+            assert_ne!(other.content_crc32(), current.content_crc32());
+            assert_ne!(other.to_string(), current.to_string());
+        }
+    }
+
+    #[test]
+    fn a_relative_checkpoint_path_names_its_run() {
+        let here = std::env::current_dir().unwrap();
+        let ckpt = Path::new("checkpoints").join("ckpt-000000000016");
+        assert_eq!(run_dir_of(&ckpt), Some(here.clone()));
+        let run = Path::new("runs").join("00000-x").join(&ckpt);
+        assert_eq!(run_dir_of(&run), Some(here.join("runs").join("00000-x")));
+        // Tests run in the crate's folder, which is not a run's checkpoints/ folder.
+        assert_eq!(run_dir_of(Path::new("ckpt-000000000016")), None);
     }
 
     #[test]

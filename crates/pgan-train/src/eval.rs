@@ -238,7 +238,7 @@ pub struct EvalRequest {
 /// Everything `pgan eval` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct FullEvalReport {
-    /// The checkpoint measured.
+    /// The checkpoint measured (absolute).
     pub checkpoint: std::path::PathBuf,
     /// kimg at the checkpoint.
     pub kimg: f64,
@@ -246,6 +246,16 @@ pub struct FullEvalReport {
     pub resolution: u32,
     /// Generated images used.
     pub num_images: usize,
+    /// The dataset the reals came from (absolute), when one was used.
+    pub data: Option<std::path::PathBuf>,
+    /// The mode specification of the coverage measurement (absolute), when one was used.
+    pub modes_spec: Option<std::path::PathBuf>,
+    /// Latent truncation of the generated images (`None`: none).
+    pub truncation: Option<f32>,
+    /// Seed of the latents and of the reals drawn.
+    pub seed: u64,
+    /// Generated (and real) pairs the MS-SSIM averages.
+    pub msssim_pairs: usize,
     /// SWD generated vs real (×1e3, per level and mean).
     pub swd: Option<SwdReport>,
     /// SWD between two disjoint halves of the reals: the noise floor.
@@ -385,11 +395,17 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             eprintln!("{m}");
         }
     };
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let mut report = FullEvalReport {
-        checkpoint: request.checkpoint.clone(),
+        checkpoint: absolute(&request.checkpoint),
         kimg: loaded.state.images_shown as f64 / 1000.0,
         resolution,
         num_images: request.num_images,
+        data: request.data.as_deref().map(absolute),
+        modes_spec: request.modes.as_deref().map(absolute),
+        truncation: request.truncation,
+        seed: request.seed,
+        msssim_pairs: request.msssim_pairs,
         swd: None,
         swd_real_floor: None,
         msssim_fake: None,

@@ -547,31 +547,6 @@ impl<B: Backend> TrainingFid<B> {
     }
 }
 
-/// Image file extensions read from folders (those `pgan prepare` reads).
-const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
-
-/// Every image file under `dir` (recursive), sorted by path.
-fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).map_err(io_err(&folder, "read folder"))? {
-            let path = entry.map_err(io_err(&folder, "read folder"))?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Features of every image under `dir` (decoded to RGB, any size: each is resized to 299x299),
 /// in sorted path order; batches hold consecutive images of one size.
 pub fn folder_features<B: Backend>(
@@ -580,7 +555,9 @@ pub fn folder_features<B: Backend>(
     min_images: usize,
     progress: bool,
 ) -> Result<FeatureSet> {
-    let files = image_files(dir)?;
+    // The images `pgan prepare` would take from this folder (links to folders followed once,
+    // no loops), decoded as it decodes them (regular files only, EXIF orientation, size limits).
+    let files = pgan_data::walk(dir)?.images;
     if files.len() < min_images {
         return Err(too_few(
             &format!("image folder {}", dir.display()),
@@ -609,11 +586,11 @@ pub fn folder_features<B: Backend>(
         Ok(())
     };
     for file in &files {
-        let image = image::open(file)
-            .map_err(|e| TrainError::Image {
+        let image = pgan_data::decode(file, pgan_data::DEFAULT_MAX_PIXELS)
+            .map_err(|message| TrainError::Image {
                 path: file.clone(),
                 action: "read",
-                message: format!("cannot decode: {e}"),
+                message,
             })?
             .to_rgb8();
         let size = image.dimensions();

@@ -130,6 +130,23 @@ pub(crate) fn check_no_shrink(
     ckpt: &Path,
 ) -> Result<()> {
     let now = schedule.at(state.images_shown);
+    if now.stage == state.stage && now.alpha + 1e-6 < state.alpha {
+        let r = now.resolution;
+        return Err(TrainError::Config {
+            path: None,
+            message: format!(
+                "the schedule puts {} ({:.3} kimg) at fade-in α = {:.3} of {r}x{r}, before the \
+                 α = {:.3} it has reached: a resumed run cannot fade back (that blends the \
+                 lower resolution in again); keep schedule.lod_training_kimg and \
+                 lod_transition_kimg (--phase-kimg) short enough to be at α ≥ {:.3} by then",
+                ckpt.display(),
+                state.images_shown as f64 / 1000.0,
+                now.alpha,
+                state.alpha,
+                state.alpha,
+            ),
+        });
+    }
     if now.stage >= state.stage {
         return Ok(());
     }

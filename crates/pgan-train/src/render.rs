@@ -242,8 +242,17 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             let cell = request.cell_px.max(final_res);
             limits::sheet_size(ckpts.len(), cols, cell, cell, 2).map_err(TrainError::Request)?;
             let mut rows = Vec::new();
+            let mut newest = newest;
             for (ckpt, _) in &ckpts {
-                let loaded = load_generator::<B>(ckpt, request.raw_generator, device)?;
+                // A running trainer may prune a checkpoint between the listing and here.
+                let loaded = match load_generator::<B>(ckpt, request.raw_generator, device) {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        warnings.push(format!("left out of the timeline: {e}"));
+                        continue;
+                    }
+                };
+                newest = ckpt.clone();
                 let dim = loaded.model.latent_dim;
                 let latents: Vec<f32> = request
                     .seeds
@@ -259,7 +268,13 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                     image::imageops::resize(&im, cell, cell, image::imageops::FilterType::Nearest)
                 })
                 .collect();
-            save_png(&grid(&cells, ckpts.len(), cols, 2), &request.out)?;
+            if cells.is_empty() {
+                return Err(TrainError::Checkpoint {
+                    path: run_dir,
+                    message: "no checkpoint could be loaded to draw a timeline from".into(),
+                });
+            }
+            save_png(&grid(&cells, cells.len() / cols, cols, 2), &request.out)?;
             Ok(RenderOutput {
                 files: vec![request.out.clone()],
                 resolution: final_res,

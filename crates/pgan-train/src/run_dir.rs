@@ -204,12 +204,17 @@ impl RunLog {
         self.line("WARN", message.as_ref());
     }
 
-    /// The error that ended the run.
+    /// The error that ended the run, into `log.txt` only: the command that ran the training
+    /// prints it (once) as it ends.
     pub fn error(&mut self, message: impl AsRef<str>) {
-        self.line("ERROR", message.as_ref());
+        self.write_line("ERROR", message.as_ref(), false);
     }
 
     fn line(&mut self, level: &str, message: &str) {
+        self.write_line(level, message, self.echo);
+    }
+
+    fn write_line(&mut self, level: &str, message: &str, echo: bool) {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -223,7 +228,7 @@ impl RunLog {
                 self.path.display()
             );
         }
-        if self.echo {
+        if echo {
             let text = if level == "WARN" {
                 format!("warning: {message}")
             } else {

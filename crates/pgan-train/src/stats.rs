@@ -45,10 +45,12 @@ impl Mean {
     }
 }
 
-/// Running means of the values reported during one tick.
-#[derive(Debug, Default)]
+/// Running means of the values reported during one tick (serialisable: a stop's checkpoint
+/// keeps those of the tick it interrupted).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct TickStats {
-    means: BTreeMap<&'static str, Mean>,
+    means: BTreeMap<String, Mean>,
 }
 
 impl TickStats {
@@ -57,7 +59,14 @@ impl TickStats {
     /// non-finite, and only reports the values of ticks whose steps were all healthy.
     pub fn report(&mut self, key: &'static str, value: f64) {
         if value.is_finite() {
-            self.means.entry(key).or_default().add(value);
+            match self.means.get_mut(key) {
+                Some(mean) => mean.add(value),
+                None => {
+                    let mut mean = Mean::default();
+                    mean.add(value);
+                    self.means.insert(key.to_string(), mean);
+                }
+            }
         }
     }
 
@@ -67,11 +76,24 @@ impl TickStats {
     }
 
     /// Every mean, by key.
-    pub fn means(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+    pub fn means(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
         self.means
             .iter()
-            .filter_map(|(k, m)| Some((*k, m.value()?)))
+            .filter_map(|(k, m)| Some((k.as_str(), m.value()?)))
     }
+}
+
+/// The part of a tick that ran before a stop, kept in the stop's checkpoint: the resumed run
+/// finishes the tick and writes the row an uninterrupted run writes for it, not one averaged
+/// over the resumed steps only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenTick {
+    /// What the tick's steps before the stop reported.
+    pub stats: TickStats,
+    /// Images those steps trained on.
+    pub images: u64,
+    /// Seconds those steps took (for the row's speed).
+    pub seconds: f64,
 }
 
 /// What one training step measures, in the order of its values in [`StepValues`].
@@ -226,11 +248,11 @@ impl MetricsWriter {
     /// Drops the rows written after `images_shown` (see [`truncate_after`]) and appends to the
     /// rewritten file from now on: the rewrite replaces the file, and a handle to the old one
     /// would write where nobody reads.
-    pub fn truncate_after(&mut self, images_shown: u64) -> Result<()> {
+    pub fn truncate_after(&mut self, images_shown: u64, cut: Cut) -> Result<Truncated> {
         let run_dir = self.path.parent().unwrap_or(Path::new("."));
-        truncate_after(run_dir, images_shown)?;
+        let truncated = truncate_after(run_dir, images_shown, cut)?;
         *self = Self::open(run_dir)?;
-        Ok(())
+        Ok(truncated)
     }
 
     /// Writes one row.
@@ -244,25 +266,54 @@ impl MetricsWriter {
     }
 }
 
-/// Drops rows written after `images_shown` (used on resume so a run continued from an older
-/// checkpoint has no duplicated ticks).
-pub fn truncate_after(run_dir: &Path, images_shown: u64) -> Result<()> {
+/// Which rows at the cut's own position go: those a checkpoint at that position holds, or also
+/// those written after it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// A rollback: the run's rows up to the checkpoint stay, earlier rollbacks to it included.
+    Rollback,
+    /// A resume: rollbacks to the checkpoint happened after it was written, in the session the
+    /// resume replaces (which will meet them again), and go too.
+    Resume,
+}
+
+/// What [`truncate_after`] removed.
+#[derive(Debug, Default)]
+pub struct Truncated {
+    /// The rows dropped, as they were written.
+    pub dropped: Vec<String>,
+    /// Lines that were not a JSON object with a `kimg` (a line a kill cut short), dropped too.
+    pub unreadable: usize,
+}
+
+/// Drops rows written after `images_shown` (a resume or rollback goes back to a checkpoint and
+/// writes that stretch again, so it would be duplicated), and returns them.
+pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Truncated> {
     let path = run_dir.join(METRICS_FILE);
     let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
+        return Ok(Truncated::default());
     };
-    let limit = images_shown as f64 / 1000.0 + 1e-9;
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<Value>(line)
-                .ok()
-                .and_then(|v| v.get("kimg").and_then(Value::as_f64))
-                .is_some_and(|k| k <= limit)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))
+    let limit = images_shown as f64 / 1000.0;
+    let mut truncated = Truncated::default();
+    let mut kept = String::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row = serde_json::from_str::<Value>(line).ok();
+        let Some(kimg) = row.as_ref().and_then(|r| r.get(key::KIMG)?.as_f64()) else {
+            truncated.unreadable += 1;
+            continue;
+        };
+        let rollback_after = cut == Cut::Resume
+            && (kimg - limit).abs() <= 1e-9
+            && row.as_ref().is_some_and(|r| r.get(key::ROLLBACK).is_some());
+        if kimg > limit + 1e-9 || rollback_after {
+            truncated.dropped.push(line.to_string());
+        } else {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))?;
+    Ok(truncated)
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -354,12 +405,13 @@ mod tests {
             row.insert("kimg".into(), Value::from(k as f64));
             w.write(&row).unwrap();
         }
-        truncate_after(dir.path(), 2_000).unwrap();
+        truncate_after(dir.path(), 2_000, Cut::Rollback).unwrap();
         let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
         assert_eq!(text.lines().count(), 2);
 
         // Through the writer, later rows land in the rewritten file.
-        w.truncate_after(1_000).unwrap();
+        let truncated = w.truncate_after(1_000, Cut::Rollback).unwrap();
+        assert_eq!(truncated.dropped, ["{\"kimg\":2.0}"]);
         let mut row = Map::new();
         row.insert("kimg".into(), Value::from(1.5));
         w.write(&row).unwrap();
@@ -367,6 +419,30 @@ mod tests {
         assert_eq!(
             text.lines().collect::<Vec<_>>(),
             ["{\"kimg\":1.0}", "{\"kimg\":1.5}"]
+        );
+    }
+
+    #[test]
+    fn a_resume_drops_rollbacks_to_its_checkpoint_and_counts_cut_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [
+            r#"{"kimg":1.0,"Loss/D":0.5}"#,
+            r#"{"kimg":1.0,"Event/rollback":1}"#,
+            r#"{"kimg":1.5,"Loss/D":0.25}"#,
+            r#"{"kimg":1.5,"Loss"#,
+        ];
+        let path = dir.path().join(METRICS_FILE);
+        std::fs::write(&path, rows.join("\n")).unwrap();
+        // A rollback keeps the earlier rollbacks to the same checkpoint.
+        let t = truncate_after(dir.path(), 1_000, Cut::Rollback).unwrap();
+        assert_eq!((t.dropped.len(), t.unreadable), (1, 1));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        // A resume from that checkpoint replaces the session that rolled back to it.
+        let t = truncate_after(dir.path(), 1_000, Cut::Resume).unwrap();
+        assert_eq!(t.dropped, [rows[1]]);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", rows[0])
         );
     }
 }

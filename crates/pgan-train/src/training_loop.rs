@@ -38,9 +38,9 @@ use crate::images::{grid, save_png, upscale_cells, HostImages};
 use crate::latents::latent_values;
 use crate::nets::{params_finite, Nets};
 use crate::preflight::{check_checkpoint_model, preflight, Preflight};
-use crate::run_dir::{create_run_dir, RunLock, RunLog, CONFIG_FILE};
+use crate::run_dir::{create_run_dir, RunLock, RunLog, CONFIG_FILE, SAMPLES_DIR};
 use crate::schedule::{Phase, StageSchedule};
-use crate::stats::{MetricsWriter, StepValues, TickStats};
+use crate::stats::{Cut, MetricsWriter, OpenTick, StepValues, TickStats, Truncated, METRICS_FILE};
 
 #[doc(hidden)]
 pub mod faults;
@@ -285,6 +285,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             files: Default::default(),
             dataset: Some(checkpoint::DatasetFingerprint::of(&reader)),
             peers: crate::distributed::peers_to_record(&config),
+            open_tick: None,
             checksum: None,
         };
         let mut sample_rng = ChaCha8Rng::seed_from_u64(config.run.seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -321,16 +322,31 @@ impl<B: AutodiffBackend> Trainer<B> {
         match resume_from {
             Some(ckpt) => {
                 trainer.restore(&ckpt)?;
-                if let Some(aside) = checkpoint::set_aside_newer(&trainer.run_dir, &ckpt)? {
+                let aside = checkpoint::set_aside_newer(&trainer.run_dir, &ckpt)?;
+                write_config(&trainer.run_dir, &trainer.config)?;
+                let truncated = trainer
+                    .metrics
+                    .truncate_after(trainer.state.images_shown, Cut::Resume)?;
+                if let Some(aside) = aside {
+                    // The abandoned branch keeps its rows and sample sheets beside its
+                    // checkpoints: the report then shows this branch's only.
+                    set_aside_branch(&trainer.run_dir, &aside, &truncated, trainer.state.tick)?;
                     trainer.log.warn(format!(
                         "resuming {} leaves the run's newer checkpoints behind: they are moved \
-                         to {} (not resumed from, not pruned; delete them when done)",
+                         to {} with their metrics rows and sample sheets (not resumed from, not \
+                         pruned; delete them when done)",
                         ckpt.display(),
                         aside.display()
                     ));
                 }
-                write_config(&trainer.run_dir, &trainer.config)?;
-                trainer.metrics.truncate_after(trainer.state.images_shown)?;
+                if truncated.unreadable > 0 {
+                    trainer.log.warn(format!(
+                        "{}: {} unreadable line(s) dropped (a line cut short by a kill, or \
+                         edited)",
+                        trainer.run_dir.join(METRICS_FILE).display(),
+                        truncated.unreadable
+                    ));
+                }
                 trainer.log.info(format!(
                     "resumed {} at {:.3} kimg (tick {})",
                     ckpt.display(),
@@ -413,7 +429,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let bar = self.progress_bar(total_images);
         self.log.attach(bar.clone());
         let mut interrupted = false;
-        self.tick = Tick::start();
+        // Neither the set-up nor a resume's loading counts as training time.
+        self.tick.restart_clock();
 
         while self.state.images_shown < total_images {
             if self.options.stop.load(Ordering::SeqCst)
@@ -448,8 +465,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             // Every D update counts its reals as shown (official ProGAN `D_repeats`).
             let shown = phase.batch as u64 * self.config.optim.d_steps as u64;
             let images_after = self.state.images_shown + shown;
-            let tick_ends =
-                images_after >= (self.state.tick + 1) * tick_len || images_after >= total_images;
+            // A tick is `tick_kimg` from its own start, as in the official `train.py`
+            // (`cur_nimg >= tick_start_nimg + tick_kimg * 1000`): a resume with another
+            // `tick_kimg` takes the new length from the tick in progress on.
+            let tick_ends = self.tick.images + shown >= tick_len || images_after >= total_images;
             if tick_ends && !self.healthy_everywhere()? {
                 self.rollback()?;
                 continue;
@@ -484,7 +503,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             .is_some_and(|s| s.images_shown == self.state.images_shown);
         if !at_checkpoint {
             self.end_healthy_stretch();
-            self.save_checkpoint()?;
+            // A stop inside a tick: the resumed run finishes this tick's row with these steps.
+            self.state.open_tick = self.tick.open();
+            let saved = self.save_checkpoint();
+            self.state.open_tick = None;
+            saved?;
         }
         let how = if interrupted { "stopped" } else { "finished" };
         self.log.info(format!(
@@ -567,6 +590,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         {
             self.log.warn(warning);
         }
+        if state.sampler.mirror() != mirror {
+            // The checkpoint's sampler keeps its draws; only the flips follow the config.
+            state.sampler.set_mirror(mirror);
+            self.log.info(format!(
+                "data.mirror is {mirror} from here on ({} in {})",
+                !mirror,
+                ckpt.display()
+            ));
+        }
         if let Some(warning) = crate::distributed::peers_changed(&mut state, &self.config) {
             self.log.warn(warning);
         }
@@ -575,6 +607,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.nets = checkpoint::load_training(ckpt, fresh, &self.device)?;
         self.peers.restored(ckpt)?;
         self.state = state;
+        // The tick a stop interrupted goes on from its steps before the stop (a checkpoint
+        // written at a tick's end has none: a new tick starts).
+        self.tick = Tick::resumed(self.state.open_tick.take());
         Ok(())
     }
 
@@ -619,6 +654,39 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
+/// Puts an abandoned branch's metrics rows (`dropped`) and its sample sheets of ticks after
+/// `tick` into `aside`, the folder its checkpoints were moved to.
+fn set_aside_branch(run_dir: &Path, aside: &Path, dropped: &Truncated, tick: u64) -> Result<()> {
+    if !dropped.dropped.is_empty() {
+        let path = aside.join(METRICS_FILE);
+        let text: String = dropped.dropped.iter().map(|l| format!("{l}\n")).collect();
+        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io_err(&path, "write"))?;
+    }
+    let samples = run_dir.join(SAMPLES_DIR);
+    let Ok(entries) = std::fs::read_dir(&samples) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let later = name
+            .to_str()
+            .and_then(|n| {
+                n.strip_prefix("tick-")?
+                    .strip_suffix(".png")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|t| t > tick);
+        if later {
+            let to = aside.join(SAMPLES_DIR);
+            std::fs::create_dir_all(&to).map_err(io_err(&to, "create"))?;
+            let from = entry.path();
+            std::fs::rename(&from, to.join(&name)).map_err(io_err(&from, "move aside"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the resolved config as `RUN_DIR/config.toml`.
 fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
     let path = run_dir.join(CONFIG_FILE);
@@ -626,7 +694,8 @@ fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
 }
 
 /// The tick in progress: the values of its steps and its clock. A rollback drops it whole (the
-/// restored checkpoint carries the run's training time).
+/// restored checkpoint carries the run's training time, and the part of the tick before it
+/// when a stop wrote it).
 struct Tick<B: Backend> {
     /// The steps' values, on the device until the tick's end reads them.
     pub steps: StepValues<B>,
@@ -634,8 +703,10 @@ struct Tick<B: Backend> {
     pub stats: TickStats,
     /// Images trained on in this tick.
     images: u64,
-    /// Start of this tick's steps.
+    /// Start of this tick's steps in this process.
     started: Instant,
+    /// Seconds this tick's steps took before a stop (in the process that was stopped).
+    seconds_before: f64,
     /// Time from here on is added to the run's training time at the next tick end.
     session_mark: Instant,
 }
@@ -649,8 +720,40 @@ impl<B: Backend> Tick<B> {
             stats: TickStats::default(),
             images: 0,
             started: now,
+            seconds_before: 0.0,
             session_mark: now,
         }
+    }
+
+    /// The tick a stop interrupted, going on (a new tick without one).
+    pub fn resumed(open: Option<OpenTick>) -> Self {
+        let open = open.unwrap_or_default();
+        Self {
+            stats: open.stats,
+            images: open.images,
+            seconds_before: open.seconds,
+            ..Self::start()
+        }
+    }
+
+    /// What a stop's checkpoint keeps of this tick (`None` before its first step).
+    pub fn open(&self) -> Option<OpenTick> {
+        (self.images > 0).then(|| OpenTick {
+            stats: self.stats.clone(),
+            images: self.images,
+            seconds: self.seconds(),
+        })
+    }
+
+    /// Seconds this tick's steps have taken, before a stop included.
+    pub fn seconds(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Starts both clocks now (the time before does not count).
+    pub fn restart_clock(&mut self) {
+        self.started = Instant::now();
+        self.session_mark = self.started;
     }
 
     /// Counts the images of a finished step.

@@ -179,6 +179,21 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
             .collect()
     };
     assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
+    // The tick the stop cut (0.032–0.048 kimg) averages the steps before the stop too: every
+    // row is the uninterrupted run's, its clocks and memory aside.
+    let measured = |run: &Path| -> Vec<serde_json::Map<String, serde_json::Value>> {
+        metrics_rows(run)
+            .into_iter()
+            .map(|row| {
+                let mut row = row.as_object().unwrap().clone();
+                row.retain(|k, _| {
+                    !(k.starts_with("Speed/") || k.starts_with("Mem/") || k == "time_s")
+                });
+                row
+            })
+            .collect()
+    };
+    assert_eq!(measured(&resumed.run_dir), measured(&straight.run_dir));
 
     let (a, b) = (
         parameter_values(&resumed.checkpoint),
@@ -197,6 +212,52 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
         weights(&resumed.checkpoint, false),
         weights(&straight.checkpoint, false)
     );
+}
+
+#[test]
+fn a_resume_with_another_tick_length_takes_it_from_the_tick_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("b"));
+    let mut first = TrainOptions::new(config.clone());
+    first.stop_after_kimg = Some(0.044);
+    let stopped = train(first).unwrap();
+    // The tick in progress started at 0.032; from there on, ticks are 0.032 kimg long (a
+    // tick count times the new length would put the next tick end at 0.096).
+    let mut longer = config;
+    longer.run.tick_kimg = 0.032;
+    let mut second = TrainOptions::new(longer);
+    second.resume = Some(stopped.run_dir.clone());
+    let resumed = train(second).unwrap();
+    let kimgs: Vec<String> = metrics_rows(&resumed.run_dir)
+        .iter()
+        .map(|r| r["kimg"].to_string())
+        .collect();
+    assert_eq!(kimgs, ["0.016", "0.032", "0.064", "0.096", "0.128"]);
+}
+
+#[test]
+fn a_resume_with_mirroring_turned_off_stops_mirroring() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("b"));
+    assert!(config.data.mirror);
+    let mut first = TrainOptions::new(config.clone());
+    first.stop_after_kimg = Some(0.044);
+    let stopped = train(first).unwrap();
+    assert!(checkpoint::read_state(&stopped.checkpoint)
+        .unwrap()
+        .sampler
+        .mirror());
+    let mut plain = config;
+    plain.data.mirror = false;
+    let mut second = TrainOptions::new(plain);
+    second.resume = Some(stopped.run_dir.clone());
+    let resumed = train(second).unwrap();
+    let state = checkpoint::read_state(&resumed.checkpoint).unwrap();
+    assert!(!state.sampler.mirror());
+    let log = std::fs::read_to_string(resumed.run_dir.join("log.txt")).unwrap();
+    assert!(log.contains("data.mirror is false from here on"), "{log}");
 }
 
 #[test]
@@ -235,6 +296,40 @@ fn resuming_an_older_checkpoint_sets_the_newer_ones_aside_and_the_run_goes_on_fr
     assert_eq!(found.path, stopped.checkpoint);
     let log = std::fs::read_to_string(done.run_dir.join("log.txt")).unwrap();
     assert!(log.contains("newer checkpoints behind"), "{log}");
+    // The abandoned branch's rows and sample sheets went with its checkpoints.
+    let resumed_at = checkpoint::read_state(&before[1]).unwrap();
+    let abandoned_rows: Vec<f64> = std::fs::read_to_string(aside.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kimg"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        abandoned_rows.first().unwrap() * 1000.0 > resumed_at.images_shown as f64
+            && *abandoned_rows.last().unwrap() == 0.128,
+        "{abandoned_rows:?}"
+    );
+    let ticks = |dir: &Path| -> Vec<u64> {
+        let mut t: Vec<u64> = std::fs::read_dir(dir.join("samples"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_prefix("tick-")?
+                    .strip_suffix(".png")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    let last_kept = *ticks(&done.run_dir).last().unwrap();
+    assert!(last_kept <= checkpoint::read_state(&stopped.checkpoint).unwrap().tick);
+    assert!(ticks(&aside).iter().all(|&t| t > resumed_at.tick));
+    assert_eq!(ticks(&aside).last(), Some(&8));
 }
 
 /// 8x8 stable, fade to 16x16 (0.032–0.064 kimg), 16x16 grown to 0.160; an evaluation every tick
@@ -513,6 +608,16 @@ fn a_resume_whose_schedule_would_shrink_the_run_is_refused() {
         "{err}"
     );
     assert!(err.contains("lod_training_kimg"), "{err}");
+    // A longer fade-in puts the grown 8x8 (α = 1) back at α = 0.5.
+    let mut refade = config.clone();
+    refade.schedule.lod_transition_kimg = 0.096;
+    let mut options = TrainOptions::new(refade);
+    options.resume = Some(stopped.run_dir.clone());
+    let err = train(options).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot fade back") && err.contains("α = 0.500") && err.contains("8x8"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(stopped.run_dir.join("metrics.jsonl")).unwrap(),
         metrics

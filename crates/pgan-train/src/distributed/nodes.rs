@@ -220,11 +220,7 @@ impl JoinInfo {
             devices: super::local_peer_count(config) as u32,
             config_hash: config_hash(config),
             dataset_images: dataset.images as u32,
-            dataset_crc: crc32fast::hash(
-                serde_json::to_string(dataset)
-                    .expect("a fingerprint serialises")
-                    .as_bytes(),
-            ),
+            dataset_crc: dataset.content_crc32(),
             images_shown: state.images_shown,
             state_crc: state_crc(state, weights),
             address: address.to_string(),

@@ -14,10 +14,11 @@ use burn::tensor::backend::AutodiffBackend;
 use pgan_spec::metrics as key;
 use serde_json::Map;
 
-use super::{Tick, Trainer};
+use super::Trainer;
 use crate::checkpoint;
 use crate::error::{Result, TrainError};
 use crate::nets::params_finite_flag;
+use crate::stats::Cut;
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// The learning-rate multiplier now: reduced until the cooldown after a rollback ends.
@@ -112,8 +113,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.state.cooldown_until =
             self.state.images_shown + (self.config.recovery.cooldown_kimg * 1000.0) as u64;
         self.rollbacks += 1;
-        self.tick = Tick::start();
-        self.metrics.truncate_after(self.state.images_shown)?;
+        self.metrics
+            .truncate_after(self.state.images_shown, Cut::Rollback)?;
         self.log.warn(format!(
             "rolled back to {} ({:.3} kimg); learning rate x{} for {} kimg (failure {failures} of {max})",
             ckpt.display(),

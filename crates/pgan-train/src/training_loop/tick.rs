@@ -20,7 +20,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Closes the tick whose last step was just taken at `phase`, and starts the next.
     pub(super) fn end_tick(&mut self, phase: &Phase) -> Result<()> {
         // The steps' speed excludes the evaluation and outputs below; the run's time includes them.
-        let seconds = self.tick.started.elapsed().as_secs_f64();
+        let seconds = self.tick.seconds();
         self.tick.stop_clock(&mut self.state.elapsed_s);
         self.state.tick += 1;
         let img_per_s = self.tick.images as f64 / seconds.max(1e-9);
