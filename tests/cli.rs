@@ -2629,3 +2629,83 @@ fn an_interrupted_synth_leaves_nothing_and_a_link_to_a_folder_is_written_through
         .file_type()
         .is_symlink());
 }
+
+/// A render stopped while it draws or encodes leaves the earlier strip, animation and latents
+/// as they were: never a set of files from two requests (the latents new, the GIF old).
+#[test]
+fn an_interrupted_render_leaves_the_earlier_outputs_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"), &[]);
+    let out = dir.path().join("w.png");
+    let files = [
+        out.clone(),
+        out.with_extension("gif"),
+        dir.path().join("w.npy"),
+    ];
+    let render = |seeds: &str, steps: &str, cell: &str| {
+        let mut cmd = pgan();
+        cmd.arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&out)
+            .args(["--seeds", seeds, "--interpolate", steps, "--cell-px", cell])
+            .arg("--save-latents")
+            .arg(&files[2]);
+        cmd
+    };
+    run_ok(&mut render("3,4", "4", "8"));
+    let contents = || -> Vec<Vec<u8>> { files.iter().map(|f| std::fs::read(f).unwrap()).collect() };
+    let before = contents();
+    let child = render("1,2", "40", "600")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let done = child.wait_with_output().unwrap();
+    let after = contents();
+    if done.status.code() == Some(130) {
+        assert!(after == before, "an interrupted render changed its outputs");
+    } else {
+        // It finished before the signal: every file is the new request's.
+        assert!(done.status.success(), "{}", text(&done));
+        assert!(
+            after.iter().zip(&before).all(|(a, b)| a != b),
+            "a finished render left an old file"
+        );
+    }
+}
+
+/// A run whose config.toml is gone: eval says that, not that the config names no dataset.
+#[test]
+fn eval_of_a_run_without_its_config_names_the_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"), &[]);
+    std::fs::remove_file(run.join("config.toml")).unwrap();
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "4", "--pairs", "2"]),
+    );
+    assert!(
+        out.contains("has no config.toml") && out.contains("swd: no dataset to compare with"),
+        "{out}"
+    );
+    // With --data it measures.
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "4", "--pairs", "2", "--data"])
+            .arg(&data),
+    );
+    assert!(!out.contains("not measured: swd"), "{out}");
+}

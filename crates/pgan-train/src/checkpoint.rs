@@ -99,6 +99,10 @@ pub struct TrainState {
     /// Data-parallel peers the run trained with (absent: one device).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<usize>,
+    /// `run.seed` of the run (absent in checkpoints written before it was stored). The sample
+    /// grid's latents and the evaluations' seeds come from it, so a resume must keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// The tick a stop interrupted (absent when the checkpoint was written at a tick's end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_tick: Option<OpenTick>,
@@ -959,6 +963,7 @@ mod tests {
             files: BTreeMap::new(),
             dataset: None,
             peers: None,
+            seed: None,
             open_tick: None,
             checksum: None,
         }

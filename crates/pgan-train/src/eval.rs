@@ -558,9 +558,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
                  MS-SSIM compare with a .pgan dataset (pgan prepare)",
                 folder.display()
             ),
-            None => "no dataset to compare with: pass --data FILE.pgan (the run's config.toml \
-                     names none that exists)"
-                .to_string(),
+            None => "no dataset to compare with: pass --data FILE.pgan".to_string(),
         };
         report.unmeasured("swd", reason.clone());
         report.unmeasured("msssim_real", reason);

@@ -41,6 +41,11 @@ pub fn write_atomic_with(
 
 /// Writes `values` as a float32 NumPy `.npy` file of `shape`, atomically.
 pub(crate) fn write_npy_f32(path: &Path, values: &[f32], shape: &[u64]) -> io::Result<()> {
+    write_atomic(path, &npy_f32_bytes(values, shape)?)
+}
+
+/// The float32 NumPy `.npy` file of `values` in `shape`.
+pub(crate) fn npy_f32_bytes(values: &[f32], shape: &[u64]) -> io::Result<Vec<u8>> {
     use npyz::WriterBuilder;
     let mut bytes = Vec::new();
     let mut writer = npyz::WriteOptions::new()
@@ -50,7 +55,7 @@ pub(crate) fn write_npy_f32(path: &Path, values: &[f32], shape: &[u64]) -> io::R
         .begin_nd()?;
     writer.extend(values.iter().copied())?;
     writer.finish()?;
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// Writes bytes atomically.

@@ -1,8 +1,6 @@
 //! Turning generator output into viewable pictures: NCHW floats in [-1, 1] → RGB images, grids,
 //! nearest-neighbour upscaling, and atomic PNG/GIF writes.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
@@ -11,7 +9,7 @@ use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame, Rgb, RgbImage, RgbaImage};
 
 use crate::error::{Result, TrainError};
-use crate::fsutil::write_atomic_with;
+use crate::fsutil::write_atomic;
 
 /// Host copy of an image batch: NCHW floats.
 #[derive(Clone, Debug)]
@@ -97,41 +95,55 @@ pub fn upscale_cells(images: Vec<RgbImage>, min_px: u32) -> Vec<RgbImage> {
         .collect()
 }
 
-/// Writes a PNG atomically (temp file + rename).
+/// Writes a PNG atomically.
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
-    write_atomic_with(path, |file| {
-        image
-            .write_to(&mut BufWriter::new(file), image::ImageFormat::Png)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .map_err(|e| TrainError::Image {
-        path: path.to_path_buf(),
-        action: "write",
-        message: e.to_string(),
-    })
+    let bytes = png_bytes(image, path)?;
+    write_atomic(path, &bytes).map_err(|e| image_error(path, e))
+}
+
+/// The PNG file of `image` (`path` names it in errors).
+pub fn png_bytes(image: &RgbImage, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| image_error(path, e))?;
+    Ok(bytes)
 }
 
 /// Writes an endlessly looping animated GIF atomically.
 pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
-    write_atomic_with(path, |file: &mut File| {
-        let mut encoder = GifEncoder::new_with_speed(BufWriter::new(file), 10);
+    let bytes = gif_bytes(frames, delay_ms, path)?;
+    write_atomic(path, &bytes).map_err(|e| image_error(path, e))
+}
+
+/// The endlessly looping animated GIF of `frames` (`path` names it in errors).
+pub fn gif_bytes(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = GifEncoder::new_with_speed(&mut bytes, 10);
         encoder
             .set_repeat(Repeat::Infinite)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(|e| image_error(path, e))?;
         for im in frames {
             let rgba: RgbaImage = image::DynamicImage::ImageRgb8(im.clone()).to_rgba8();
             let frame = Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(delay_ms, 1));
             encoder
                 .encode_frame(frame)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                .map_err(|e| image_error(path, e))?;
         }
-        Ok(())
-    })
-    .map_err(|e| TrainError::Image {
+    }
+    Ok(bytes)
+}
+
+fn image_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Image {
         path: path.to_path_buf(),
         action: "write",
         message: e.to_string(),
-    })
+    }
 }
 
 #[cfg(test)]

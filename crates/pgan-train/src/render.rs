@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::backend::BackendJob;
 use crate::checkpoint::{self, load_generator, LoadedGenerator};
 use crate::error::{Result, TrainError};
-use crate::images::{grid, save_gif, save_png, upscale_cells, HostImages};
+use crate::images::{gif_bytes, grid, png_bytes, save_png, upscale_cells, HostImages};
 use crate::latents::{latent_for_seed, slerp};
 use crate::limits;
 
@@ -82,13 +82,32 @@ impl BackendJob for RenderRequest {
 }
 
 /// Writes `latents` (`n × dim`) as a float32 `.npy` file if the request asks for one.
-fn save_latents(request: &RenderRequest, latents: &[f32], dim: usize) -> Result<()> {
+fn add_latents(
+    request: &RenderRequest,
+    latents: &[f32],
+    dim: usize,
+    files: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<()> {
     let Some(path) = &request.save_latents else {
         return Ok(());
     };
     let shape = [(latents.len() / dim) as u64, dim as u64];
-    crate::fsutil::write_npy_f32(path, latents, &shape)
-        .map_err(crate::error::io_err(path, "write latents"))
+    let bytes = crate::fsutil::npy_f32_bytes(latents, &shape)
+        .map_err(crate::error::io_err(path, "write latents"))?;
+    files.push((path.clone(), bytes));
+    Ok(())
+}
+
+/// Writes a render's files, each atomically, once all of them are encoded: a render stopped
+/// while it draws or encodes leaves every earlier output as it was, never a set of files from
+/// two different requests.
+fn commit(files: Vec<(PathBuf, Vec<u8>)>) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        crate::fsutil::write_atomic(&path, &bytes).map_err(crate::error::io_err(&path, "write"))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// Images a render generates per forward pass: memory stays bounded however many it draws.
@@ -159,9 +178,12 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 .iter()
                 .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
                 .collect();
-            save_latents(request, &latents, dim)?;
+            let mut files = Vec::new();
+            add_latents(request, &latents, dim, &mut files)?;
             let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
-            save_png(&grid(&cells, *rows, *cols, 2), &request.out)?;
+            let sheet = png_bytes(&grid(&cells, *rows, *cols, 2), &request.out)?;
+            files.push((request.out.clone(), sheet));
+            commit(files)?;
             Ok(RenderOutput {
                 files: vec![request.out.clone()],
                 resolution: image_px(&loaded),
@@ -192,17 +214,21 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 }
             }
             latents.extend(keys.last().expect("at least one seed").iter());
-            save_latents(request, &latents, dim)?;
+            let mut files = Vec::new();
+            add_latents(request, &latents, dim, &mut files)?;
             let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
-            save_png(&grid(&cells, 1, frames, 2), &request.out)?;
-            let mut files = vec![request.out.clone()];
+            let strip = png_bytes(&grid(&cells, 1, frames, 2), &request.out)?;
+            files.push((request.out.clone(), strip));
+            let mut images = vec![request.out.clone()];
             if *gif {
                 let gif_path = request.out.with_extension("gif");
-                save_gif(&cells, 80, &gif_path)?;
-                files.push(gif_path);
+                let animation = gif_bytes(&cells, 80, &gif_path)?;
+                files.push((gif_path.clone(), animation));
+                images.push(gif_path);
             }
+            commit(files)?;
             Ok(RenderOutput {
-                files,
+                files: images,
                 resolution: image_px(&loaded),
                 checkpoint: ckpt,
                 warnings: Vec::new(),

@@ -285,6 +285,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             files: Default::default(),
             dataset: Some(checkpoint::DatasetFingerprint::of(&reader)),
             peers: crate::distributed::peers_to_record(&config),
+            seed: Some(config.run.seed),
             open_tick: None,
             checksum: None,
         };
@@ -579,6 +580,23 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// rollback), after checking that it fits the model and the dataset.
     fn restore(&mut self, ckpt: &Path) -> Result<()> {
         let mut state = checkpoint::read_state(ckpt)?;
+        match state.seed {
+            Some(seed) if seed != self.config.run.seed => {
+                return Err(TrainError::Config {
+                    path: None,
+                    message: format!(
+                        "run.seed is {} but {} was trained with seed {seed}: the sample grid \
+                         and the evaluations would change mid-run; put run.seed = {seed} back \
+                         in the run's config.toml",
+                        self.config.run.seed,
+                        ckpt.display()
+                    ),
+                })
+            }
+            Some(_) => {}
+            // Written before the seed was stored: from now on it is.
+            None => state.seed = Some(self.config.run.seed),
+        }
         let made_with = checkpoint::model_config(&state, ckpt)?;
         check_checkpoint_model(&made_with, &self.model, ckpt.to_path_buf())?;
         let (len, mirror) = (self.reader.len(), self.config.data.mirror);

@@ -237,6 +237,28 @@ fn a_resume_with_another_tick_length_takes_it_from_the_tick_in_progress() {
 }
 
 #[test]
+fn a_resume_with_another_seed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("b"));
+    let mut first = TrainOptions::new(config.clone());
+    first.stop_after_kimg = Some(0.044);
+    let stopped = train(first).unwrap();
+    let mut reseeded = config.clone();
+    reseeded.run.seed = 4;
+    let mut second = TrainOptions::new(reseeded);
+    second.resume = Some(stopped.run_dir.clone());
+    let err = train(second).unwrap_err().to_string();
+    assert!(
+        err.contains("run.seed is 4") && err.contains("trained with seed 3"),
+        "{err}"
+    );
+    let mut same = TrainOptions::new(config);
+    same.resume = Some(stopped.run_dir);
+    assert_eq!(train(same).unwrap().images_shown, 128);
+}
+
+#[test]
 fn a_resume_with_mirroring_turned_off_stops_mirroring() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);

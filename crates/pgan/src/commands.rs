@@ -680,9 +680,18 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     let ckpt = checkpoint_of(source)?;
     prepare_eval_outputs(&args)?;
     // The dataset: --data, else the one the run trained on (its config.toml's data.path).
-    let run_config = pgan_train::checkpoint::run_dir_of(&ckpt)
+    let run_dir = pgan_train::checkpoint::run_dir_of(&ckpt);
+    let run_config = run_dir
+        .as_ref()
         .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE))
         .filter(|p| p.is_file());
+    if let (None, None, Some(run)) = (&args.data, &run_config, &run_dir) {
+        eprintln!(
+            "warning: {} has no {}: the run's dataset is unknown (pass --data FILE.pgan)",
+            run.display(),
+            pgan_train::run_dir::CONFIG_FILE
+        );
+    }
     let data = match (&args.data, &run_config) {
         (Some(d), _) => Some(d.clone()),
         (None, Some(config)) => match TrainConfig::from_toml_file(config) {
