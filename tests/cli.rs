@@ -1573,6 +1573,12 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
             .arg(&sheet),
     );
     assert!(out.contains("in the samples folder of the run"), "{out}");
+    let branch = run.join("checkpoints/abandoned-1/metrics.jsonl");
+    let out = run_err(pgan().arg("report").arg(&run).arg("--out").arg(&branch));
+    assert!(
+        out.contains("in the checkpoints folder of the run"),
+        "{out}"
+    );
     assert_eq!(std::fs::read(&config_toml).unwrap(), before_config);
     // convert-inception checks its output as every writer does: not a dataset, not its input.
     let tiny_ts = Path::new(env!("CARGO_MANIFEST_DIR"))

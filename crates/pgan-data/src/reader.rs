@@ -378,7 +378,8 @@ impl fmt::Display for PyramidReader {
         write!(
             f,
             "written by:  pgan-data {} at unix time {}",
-            m.pgan_version, m.created_unix
+            crate::printable(&m.pgan_version),
+            m.created_unix
         )
     }
 }

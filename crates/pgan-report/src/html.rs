@@ -283,6 +283,16 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
 
 fn image_block(h: &mut String, img: &ImageFile, alt: &str, caption: &str) {
     let size = png_size(&img.bytes);
+    if size.is_none() {
+        // A damaged or foreign file under a PNG's name: said, not shown as a broken image.
+        let _ = writeln!(
+            h,
+            "<p class=\"empty\">{}: not a PNG image ({} bytes), not shown</p>",
+            escape(caption),
+            img.bytes.len()
+        );
+        return;
+    }
     // Small sheets (low resolutions) are scaled up with crisp pixels.
     let class = match size {
         Some((w, _)) if w < 512 => " class=\"small\"",
@@ -323,6 +333,26 @@ fn samples_section(h: &mut String, run: &RunData) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_is_not_a_png_is_named_not_embedded() {
+        let mut h = String::new();
+        let img = ImageFile {
+            path: "run/samples/tick-000008.png".into(),
+            bytes: b"hello\n".to_vec(),
+        };
+        image_block(
+            &mut h,
+            &img,
+            "latest sample sheet",
+            "samples/tick-000008.png",
+        );
+        assert!(
+            h.contains("samples/tick-000008.png: not a PNG image (6 bytes)"),
+            "{h}"
+        );
+        assert!(!h.contains("data:image/png"), "{h}");
+    }
 
     #[test]
     fn escapes_markup() {

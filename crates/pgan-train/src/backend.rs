@@ -31,6 +31,16 @@ pub fn compiled_backends() -> Vec<BackendKind> {
 pub fn dispatch<J: BackendJob>(kind: BackendKind, index: usize, job: J) -> Result<J::Output> {
     match kind {
         BackendKind::Cpu => {
+            if index != 0 {
+                // The CPU is one device (all its cores): another index is a mistake, not a choice.
+                return Err(TrainError::Backend {
+                    backend: "cpu".into(),
+                    message: format!(
+                        "device {index} does not exist: the CPU backend has one device, 0 (it \
+                         uses every core); device indices select GPUs with wgpu or cuda"
+                    ),
+                });
+            }
             type B = burn::backend::Autodiff<burn::backend::Flex>;
             job.run::<B>(Default::default())
         }
@@ -343,6 +353,11 @@ mod tests {
     #[test]
     fn cpu_is_always_available() {
         assert_eq!(dispatch(BackendKind::Cpu, 0, Sum).unwrap(), 3.0);
+        let err = dispatch(BackendKind::Cpu, 99, Sum).unwrap_err().to_string();
+        assert!(
+            err.contains("device 99 does not exist") && err.contains("one device"),
+            "{err}"
+        );
         let cpu: burn::backend::flex::FlexDevice = Default::default();
         assert_eq!(device_memory(&cpu), None, "the CPU has no device pool");
     }

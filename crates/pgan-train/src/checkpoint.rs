@@ -252,6 +252,28 @@ impl TrainState {
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(format!("alpha {} is not in [0, 1]", self.alpha));
         }
+        if let Some(open) = &self.open_tick {
+            // The tick a stop cut: some of the images shown, in at most every step taken.
+            if open.images == 0 || open.images > images {
+                return Err(format!(
+                    "open_tick.images {} is not within 1..={images} (images_shown)",
+                    open.images
+                ));
+            }
+            if !(open.seconds.is_finite() && open.seconds >= 0.0) {
+                return Err(format!(
+                    "open_tick.seconds {} is not a duration",
+                    open.seconds
+                ));
+            }
+            if !open.stats.is_plausible(self.step) {
+                return Err(
+                    "open_tick.stats holds a sum that is not finite or a count beyond the \
+                     steps taken"
+                        .into(),
+                );
+            }
+        }
         let sampler = &self.sampler;
         if sampler.num_images() == 0 {
             return Err("sampler.num_images is 0".into());
@@ -615,6 +637,9 @@ impl FoundCheckpoint {
 /// [`read_state`] (state and record checksums), so a checkpoint corrupted on disk falls back to
 /// the one before it, listed in [`FoundCheckpoint::skipped`].
 pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
+    // `.` inside a checkpoint folder, `checkpoints/ckpt-…` inside a run: the checkpoint found
+    // must name itself and its run by its last components (setting newer ones aside does).
+    let path = &absolute_path(path);
     if path.join(STATE_FILE).is_file() {
         return Ok(FoundCheckpoint {
             path: path.to_path_buf(),
@@ -736,9 +761,32 @@ pub fn adopt_dataset(
 /// The run directory a checkpoint folder belongs to (an absolute path: `checkpoints/ckpt-…`
 /// given in the run folder, or `ckpt-…` given inside `checkpoints/`, names the run too).
 pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
-    let checkpoint = std::path::absolute(checkpoint).ok()?;
+    let checkpoint = absolute_path(checkpoint);
     let parent = checkpoint.parent()?;
     (parent.file_name()? == CHECKPOINTS_DIR).then(|| parent.parent().map(Path::to_path_buf))?
+}
+
+/// Replaces a checkpoint's `state.json` with `state` (its records unchanged): a rollback
+/// records there the lowered learning rate and the failure count it continues with, so that a
+/// resume after a kill continues as the run did, not from before the rollback.
+pub fn rewrite_state(ckpt: &Path, state: &TrainState) -> Result<()> {
+    let path = ckpt.join(STATE_FILE);
+    write_atomic(&path, &state.to_json_with_checksum())
+        .map_err(io_err(&path, "write checkpoint state"))
+}
+
+/// `path` as an absolute path without `.` components, and without `..` ones where the file
+/// system can resolve them: its last components are then the names it stands for.
+fn absolute_path(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if absolute
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        std::fs::canonicalize(&absolute).unwrap_or(absolute)
+    } else {
+        absolute
+    }
 }
 
 /// Moves the run's checkpoints newer than `resumed` into `checkpoints/abandoned-<n>/` and
@@ -1055,6 +1103,25 @@ mod tests {
                 serde_json::json!({"g_norm_peak": -1.0}),
                 "gradients.g_norm_peak -1 is not a gradient norm",
             ),
+            (
+                "open_tick",
+                serde_json::json!({"stats": {}, "images": 81, "seconds": 1.0}),
+                "open_tick.images 81 is not within 1..=80",
+            ),
+            (
+                "open_tick",
+                serde_json::json!({"stats": {}, "images": 8, "seconds": -1.0}),
+                "open_tick.seconds -1 is not a duration",
+            ),
+            (
+                "open_tick",
+                serde_json::json!({
+                    "stats": {"Loss/D": {"sum_bits": f64::NAN.to_bits(), "count": 1}},
+                    "images": 8,
+                    "seconds": 1.0
+                }),
+                "open_tick.stats holds a sum that is not finite",
+            ),
         ] {
             let ckpt = write_one(run.path(), 80);
             edit_state(&ckpt, |j| {
@@ -1285,6 +1352,20 @@ mod tests {
         assert_eq!(run_dir_of(&run), Some(here.join("runs").join("00000-x")));
         // Tests run in the crate's folder, which is not a run's checkpoints/ folder.
         assert_eq!(run_dir_of(Path::new("ckpt-000000000016")), None);
+    }
+
+    #[test]
+    fn a_checkpoint_named_through_dot_or_dotdot_is_found_by_its_own_name() {
+        let run = tempfile::tempdir().unwrap();
+        let ckpt = write_one(run.path(), 16);
+        let name = ckpt.file_name().unwrap().to_owned();
+        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap();
+        for spelled in [ckpt.join("."), ckpt.join("..").join(&name)] {
+            let found = find_checkpoint(&spelled).unwrap().path;
+            assert_eq!(found.file_name(), Some(name.as_os_str()), "{spelled:?}");
+            let run_dir = run_dir_of(&found).unwrap();
+            assert_eq!(canonical(&run_dir), canonical(run.path()), "{spelled:?}");
+        }
     }
 
     #[test]

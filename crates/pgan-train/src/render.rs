@@ -258,11 +258,9 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                         path: run_dir.clone(),
                         message: "no intact checkpoints to draw a timeline from".into(),
                     })?;
-            let final_res = newest_state
-                .model
-                .get("resolution")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(4) as u32;
+            // The newest checkpoint's images are the largest the timeline draws (a run still
+            // growing has not reached its model's final resolution).
+            let final_res = crate::schedule::resolution_of(newest_state.stage);
             let cols = request.seeds.len();
             // Every row is upscaled to the same cell size so resolutions line up.
             let cell = request.cell_px.max(final_res);
@@ -273,10 +271,11 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 // A running trainer may prune a checkpoint between the listing and here.
                 let loaded = match load_generator::<B>(ckpt, request.raw_generator, device) {
                     Ok(loaded) => loaded,
-                    Err(e) => {
-                        warnings.push(format!("left out of the timeline: {e}"));
+                    Err(e) if !ckpt.exists() => {
+                        warnings.push(format!("left out of the timeline (pruned meanwhile): {e}"));
                         continue;
                     }
+                    Err(e) => return Err(e),
                 };
                 newest = ckpt.clone();
                 let dim = loaded.model.latent_dim;
@@ -297,7 +296,9 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             if cells.is_empty() {
                 return Err(TrainError::Checkpoint {
                     path: run_dir,
-                    message: "no checkpoint could be loaded to draw a timeline from".into(),
+                    message: "every checkpoint was pruned while the timeline was drawn \
+                              (by the trainer of a running run); try again"
+                        .into(),
                 });
             }
             save_png(&grid(&cells, cells.len() / cols, cols, 2), &request.out)?;

@@ -46,11 +46,55 @@ impl Mean {
 }
 
 /// Running means of the values reported during one tick (serialisable: a stop's checkpoint
-/// keeps those of the tick it interrupted).
+/// keeps those of the tick it interrupted, exactly).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(
+    into = "BTreeMap<String, ExactMean>",
+    from = "BTreeMap<String, ExactMean>"
+)]
 pub struct TickStats {
     means: BTreeMap<String, Mean>,
+}
+
+/// A [`Mean`] as `state.json` keeps it: the sum's bits, since serde_json (without its
+/// `float_roundtrip` feature) may read a decimal `f64` back one ULP off, and the resumed tick's
+/// row must be the uninterrupted run's.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct ExactMean {
+    sum_bits: u64,
+    count: u64,
+}
+
+impl From<TickStats> for BTreeMap<String, ExactMean> {
+    fn from(stats: TickStats) -> Self {
+        stats
+            .means
+            .into_iter()
+            .map(|(k, m)| {
+                let exact = ExactMean {
+                    sum_bits: m.sum.to_bits(),
+                    count: m.count,
+                };
+                (k, exact)
+            })
+            .collect()
+    }
+}
+
+impl From<BTreeMap<String, ExactMean>> for TickStats {
+    fn from(saved: BTreeMap<String, ExactMean>) -> Self {
+        let means = saved
+            .into_iter()
+            .map(|(k, e)| {
+                let mean = Mean {
+                    sum: f64::from_bits(e.sum_bits),
+                    count: e.count,
+                };
+                (k, mean)
+            })
+            .collect();
+        TickStats { means }
+    }
 }
 
 impl TickStats {
@@ -73,6 +117,14 @@ impl TickStats {
     /// The mean of `key` over the tick, if it was reported.
     pub fn mean(&self, key: &str) -> Option<f64> {
         self.means.get(key).and_then(Mean::value)
+    }
+
+    /// Whether every sum is finite and no count exceeds `steps` (a checkpoint's open tick,
+    /// checked before a resume relies on it).
+    pub fn is_plausible(&self, steps: u64) -> bool {
+        self.means
+            .values()
+            .all(|m| m.sum.is_finite() && m.count <= steps)
     }
 
     /// Every mean, by key.
@@ -272,9 +324,13 @@ impl MetricsWriter {
 pub enum Cut {
     /// A rollback: the run's rows up to the checkpoint stay, earlier rollbacks to it included.
     Rollback,
-    /// A resume: rollbacks to the checkpoint happened after it was written, in the session the
-    /// resume replaces (which will meet them again), and go too.
-    Resume,
+    /// A resume: the rollbacks to the checkpoint that its `state.json` counts (its
+    /// `consecutive_failures`: a rollback records itself there) stay; later ones, whose
+    /// session the resume replaces, go.
+    Resume {
+        /// The checkpoint's `consecutive_failures`.
+        rollbacks_kept: u32,
+    },
 }
 
 /// What [`truncate_after`] removed.
@@ -290,9 +346,21 @@ pub struct Truncated {
 /// writes that stretch again, so it would be duplicated), and returns them.
 pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Truncated> {
     let path = run_dir.join(METRICS_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    let Some((kept, truncated)) = split_after(run_dir, images_shown, cut) else {
         return Ok(Truncated::default());
     };
+    crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))?;
+    Ok(truncated)
+}
+
+/// What [`truncate_after`] would drop, without changing the file (`None`: no file).
+pub fn rows_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Option<Truncated> {
+    split_after(run_dir, images_shown, cut).map(|(_, truncated)| truncated)
+}
+
+/// The text of the rows kept and those dropped.
+fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Option<(String, Truncated)> {
+    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
     let limit = images_shown as f64 / 1000.0;
     let mut truncated = Truncated::default();
     let mut kept = String::new();
@@ -302,9 +370,13 @@ pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Tru
             truncated.unreadable += 1;
             continue;
         };
-        let rollback_after = cut == Cut::Resume
-            && (kimg - limit).abs() <= 1e-9
-            && row.as_ref().is_some_and(|r| r.get(key::ROLLBACK).is_some());
+        let rollback = row.as_ref().and_then(|r| r.get(key::ROLLBACK)?.as_u64());
+        let rollback_after = match (cut, rollback) {
+            (Cut::Resume { rollbacks_kept }, Some(n)) => {
+                (kimg - limit).abs() <= 1e-9 && n > u64::from(rollbacks_kept)
+            }
+            _ => false,
+        };
         if kimg > limit + 1e-9 || rollback_after {
             truncated.dropped.push(line.to_string());
         } else {
@@ -312,8 +384,17 @@ pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Tru
             kept.push('\n');
         }
     }
-    crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))?;
-    Ok(truncated)
+    Some((kept, truncated))
+}
+
+/// Images shown at the last tick row of `metrics.jsonl` (`None` without one).
+pub fn last_tick_images(run_dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
+    text.lines().rev().find_map(|line| {
+        let row = serde_json::from_str::<Value>(line).ok()?;
+        row.get(key::TICK)?;
+        Some((row.get(key::KIMG)?.as_f64()? * 1000.0).round() as u64)
+    })
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -327,6 +408,20 @@ pub fn peak_rss_mib() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_stats_round_trip_through_json_exactly() {
+        let mut stats = TickStats::default();
+        // Values whose decimal form serde_json reads back one ULP off without float_roundtrip.
+        for v in [0.1, 1.0 / 3.0, 2.718281828459045e-7, -123.456789012345] {
+            stats.report("Loss/D", v);
+            stats.report("Loss/G", v * 1.0000001);
+        }
+        let text = serde_json::to_string(&stats).unwrap();
+        let back: TickStats = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, stats);
+        assert!(stats.is_plausible(4) && !stats.is_plausible(3));
+    }
 
     #[test]
     fn means_skip_non_finite_values() {
@@ -437,8 +532,16 @@ mod tests {
         let t = truncate_after(dir.path(), 1_000, Cut::Rollback).unwrap();
         assert_eq!((t.dropped.len(), t.unreadable), (1, 1));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
-        // A resume from that checkpoint replaces the session that rolled back to it.
-        let t = truncate_after(dir.path(), 1_000, Cut::Resume).unwrap();
+        // A resume keeps the rollbacks the checkpoint's state counts...
+        let cut = |kept| Cut::Resume {
+            rollbacks_kept: kept,
+        };
+        let t = truncate_after(dir.path(), 1_000, cut(1)).unwrap();
+        assert!(t.dropped.is_empty());
+        // ...and drops later ones (their session is the one the resume replaces).
+        let dropped = rows_after(dir.path(), 1_000, cut(0)).unwrap().dropped;
+        assert_eq!(dropped, [rows[1]]);
+        let t = truncate_after(dir.path(), 1_000, cut(0)).unwrap();
         assert_eq!(t.dropped, [rows[1]]);
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),

@@ -40,7 +40,9 @@ use crate::nets::{params_finite, Nets};
 use crate::preflight::{check_checkpoint_model, preflight, Preflight};
 use crate::run_dir::{create_run_dir, RunLock, RunLog, CONFIG_FILE, SAMPLES_DIR};
 use crate::schedule::{Phase, StageSchedule};
-use crate::stats::{Cut, MetricsWriter, OpenTick, StepValues, TickStats, Truncated, METRICS_FILE};
+use crate::stats::{
+    self, Cut, MetricsWriter, OpenTick, StepValues, TickStats, Truncated, METRICS_FILE,
+};
 
 #[doc(hidden)]
 pub mod faults;
@@ -323,15 +325,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         match resume_from {
             Some(ckpt) => {
                 trainer.restore(&ckpt)?;
+                let shown = trainer.state.images_shown;
+                let cut = Cut::Resume {
+                    rollbacks_kept: trainer.state.consecutive_failures,
+                };
                 let aside = checkpoint::set_aside_newer(&trainer.run_dir, &ckpt)?;
                 write_config(&trainer.run_dir, &trainer.config)?;
-                let truncated = trainer
-                    .metrics
-                    .truncate_after(trainer.state.images_shown, Cut::Resume)?;
-                if let Some(aside) = aside {
+                if let Some(aside) = &aside {
                     // The abandoned branch keeps its rows and sample sheets beside its
-                    // checkpoints: the report then shows this branch's only.
-                    set_aside_branch(&trainer.run_dir, &aside, &truncated, trainer.state.tick)?;
+                    // checkpoints (saved there before metrics.jsonl drops them): the report
+                    // then shows this branch's only.
+                    let rows = stats::rows_after(&trainer.run_dir, shown, cut).unwrap_or_default();
+                    set_aside_branch(&trainer.run_dir, aside, &rows, trainer.state.tick)?;
                     trainer.log.warn(format!(
                         "resuming {} leaves the run's newer checkpoints behind: they are moved \
                          to {} with their metrics rows and sample sheets (not resumed from, not \
@@ -340,6 +345,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         aside.display()
                     ));
                 }
+                let truncated = trainer.metrics.truncate_after(shown, cut)?;
                 if truncated.unreadable > 0 {
                     trainer.log.warn(format!(
                         "{}: {} unreadable line(s) dropped (a line cut short by a kill, or \
@@ -347,6 +353,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                         trainer.run_dir.join(METRICS_FILE).display(),
                         truncated.unreadable
                     ));
+                }
+                // A stop's checkpoint written before stops kept their tick's part: the tick in
+                // progress still ends where it would have (its statistics start afresh).
+                let last_tick = stats::last_tick_images(&trainer.run_dir).unwrap_or(0);
+                if trainer.tick.images == 0 && last_tick < shown {
+                    trainer.tick.images = shown - last_tick;
                 }
                 trainer.log.info(format!(
                     "resumed {} at {:.3} kimg (tick {})",

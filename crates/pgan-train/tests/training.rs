@@ -214,6 +214,36 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     );
 }
 
+/// A stop's checkpoint from before stops kept their tick's part (no `open_tick`): the resumed
+/// run still ends its ticks where the uninterrupted run does.
+#[test]
+fn an_older_stop_checkpoint_keeps_the_tick_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let straight = train(TrainOptions::new(tiny_config(&data, &dir.path().join("a")))).unwrap();
+    let config = tiny_config(&data, &dir.path().join("b"));
+    let mut first = TrainOptions::new(config.clone());
+    first.stop_after_kimg = Some(0.044);
+    let stopped = train(first).unwrap();
+    let state_path = stopped.checkpoint.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let fields = state.as_object_mut().unwrap();
+    assert!(fields.remove("open_tick").is_some());
+    fields.remove("checksum");
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let mut second = TrainOptions::new(config);
+    second.resume = Some(stopped.run_dir.clone());
+    let resumed = train(second).unwrap();
+    let kimgs = |run: &Path| -> Vec<String> {
+        metrics_rows(run)
+            .iter()
+            .map(|r| r["kimg"].to_string())
+            .collect()
+    };
+    assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
+}
+
 #[test]
 fn a_resume_with_another_tick_length_takes_it_from_the_tick_in_progress() {
     let dir = tempfile::tempdir().unwrap();
@@ -601,6 +631,53 @@ fn a_nan_rolls_back_to_the_last_checkpoint_and_training_finishes() {
     assert!(weights(&summary.checkpoint, true)
         .iter()
         .all(|v| v.is_finite()));
+}
+
+/// A rollback writes the lowered rate and its failure count into the checkpoint it went back
+/// to: a resume from that checkpoint (after a kill, say) goes on as the run did, and keeps the
+/// rollback's row.
+#[test]
+fn a_rollback_is_recorded_in_its_checkpoint_so_a_resume_from_it_goes_on_as_the_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("runs"));
+    let faults = Faults {
+        nan_loss_at_steps: vec![10],
+        ..Faults::default()
+    };
+    let done = train_with_faults(TrainOptions::new(config.clone()), faults).unwrap();
+    assert_eq!(done.rollbacks, 1);
+    let went_back_to = done.run_dir.join("checkpoints/ckpt-000000000032");
+    let state = checkpoint::read_state(&went_back_to).unwrap();
+    assert_eq!(state.consecutive_failures, 1);
+    assert_eq!(state.lr_multiplier, config.recovery.lr_factor);
+    let measured = |run: &Path| -> Vec<serde_json::Map<String, serde_json::Value>> {
+        metrics_rows(run)
+            .into_iter()
+            .map(|row| {
+                let mut row = row.as_object().unwrap().clone();
+                row.retain(|k, _| {
+                    !(k.starts_with("Speed/") || k.starts_with("Mem/") || k == "time_s")
+                });
+                row
+            })
+            .collect()
+    };
+    let rows = measured(&done.run_dir);
+    let weights = parameter_values(&done.checkpoint);
+
+    let mut again = TrainOptions::new(config);
+    again.resume = Some(went_back_to);
+    let resumed = train(again).unwrap();
+    assert_eq!(measured(&resumed.run_dir), rows);
+    let b = parameter_values(&resumed.checkpoint);
+    assert!(
+        weights
+            .iter()
+            .zip(&b)
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "weights differ after a resume from the rolled-back-to checkpoint"
+    );
 }
 
 /// Longer phases on resume would put a grown run back at a lower resolution: refused, naming the

@@ -57,6 +57,21 @@ fn run_file(target: &Path) -> Option<String> {
     if is_run(&dir) && name == REALS_FILE {
         return Some(format!("the reals sheet of the run {}", dir.display()));
     }
+    // Anywhere below a run's checkpoints/ (an abandoned branch's rows and sheets included).
+    for folder in dir.ancestors() {
+        let named_checkpoints = folder
+            .file_name()
+            .is_some_and(|n| n == pgan_train::checkpoint::CHECKPOINTS_DIR);
+        if let Some(run) = folder
+            .parent()
+            .filter(|run| named_checkpoints && is_run(run))
+        {
+            return Some(format!(
+                "in the checkpoints folder of the run {}",
+                run.display()
+            ));
+        }
+    }
     let run = dir
         .parent()
         .filter(|_| dir.file_name().is_some_and(|n| n == SAMPLES_DIR))?;

@@ -2,8 +2,15 @@
 
 /// The seeds named by `spec`, in order.
 pub fn parse_seeds(spec: &str) -> Result<Vec<u64>, String> {
+    if spec.trim().is_empty() {
+        return Err("no seeds given".into());
+    }
     let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in spec.split(',').map(str::trim) {
+        if part.is_empty() {
+            // "1,,2" or a trailing comma: a seed left out, perhaps "1,12" mistyped.
+            return Err(format!("'{spec}' has an empty seed between commas"));
+        }
         match part.split_once('-') {
             Some((a, b)) => {
                 let a: u64 = a
@@ -46,5 +53,9 @@ mod tests {
         assert!(parse_seeds("5-2").is_err());
         assert!(parse_seeds("x").is_err());
         assert!(parse_seeds("").is_err());
+        for typo in ["1,,2", "1,2,", ","] {
+            let err = parse_seeds(typo).unwrap_err();
+            assert!(err.contains("empty seed"), "{typo}: {err}");
+        }
     }
 }

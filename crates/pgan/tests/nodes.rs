@@ -195,7 +195,10 @@ fn weights(ckpt: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
     ["g", "d", "g-ema"]
         .iter()
         .map(|net| {
-            let out = ckpt.with_extension(format!("{net}.safetensors"));
+            // Beside the run folder: nothing is written under a run's checkpoints/.
+            let run = ckpt.parent().and_then(Path::parent).unwrap();
+            let name = ckpt.file_name().unwrap().to_string_lossy();
+            let out = run.with_extension(format!("{name}.{net}.safetensors"));
             let done = pgan()
                 .arg("export")
                 .arg(ckpt)

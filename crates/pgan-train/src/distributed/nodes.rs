@@ -389,6 +389,8 @@ pub(super) fn state_crc(state: &TrainState, weights: &[f32]) -> u32 {
         "sampler": state.sampler,
         "lr_multiplier": state.lr_multiplier,
         "cooldown_until": state.cooldown_until,
+        // Where the tick in progress ends depends on it (the nodes end ticks together).
+        "open_tick_images": state.open_tick.as_ref().map(|t| t.images),
     });
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(key.to_string().as_bytes());

@@ -129,6 +129,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         row.insert(key::ROLLBACK.into(), failures.into());
         self.metrics.write(&row)?;
+        // The checkpoint now says how the run goes on from it (after the row: a kill between
+        // the two leaves a row that a resume drops, as it does every row after the state).
+        let mut state = self.state.clone();
+        state.open_tick = self.tick.open();
+        checkpoint::rewrite_state(&ckpt, &state)?;
         Ok(())
     }
 }
