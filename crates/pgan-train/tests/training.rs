@@ -60,6 +60,18 @@ fn metrics_rows(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every row of `metrics.jsonl` without its clocks and memory (what a resume must reproduce).
+fn measured_rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    metrics_rows(run)
+        .into_iter()
+        .map(|row| {
+            let mut row = row.as_object().unwrap().clone();
+            row.retain(|k, _| !(k.starts_with("Speed/") || k.starts_with("Mem/") || k == "time_s"));
+            row
+        })
+        .collect()
+}
+
 fn weights(ckpt: &Path, raw: bool) -> Vec<f32> {
     let loaded = load_generator::<Flex>(ckpt, raw, &Default::default()).unwrap();
     // A deterministic probe of every weight: the generator's output on fixed latents.
@@ -181,19 +193,10 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
     // The tick the stop cut (0.032–0.048 kimg) averages the steps before the stop too: every
     // row is the uninterrupted run's, its clocks and memory aside.
-    let measured = |run: &Path| -> Vec<serde_json::Map<String, serde_json::Value>> {
-        metrics_rows(run)
-            .into_iter()
-            .map(|row| {
-                let mut row = row.as_object().unwrap().clone();
-                row.retain(|k, _| {
-                    !(k.starts_with("Speed/") || k.starts_with("Mem/") || k == "time_s")
-                });
-                row
-            })
-            .collect()
-    };
-    assert_eq!(measured(&resumed.run_dir), measured(&straight.run_dir));
+    assert_eq!(
+        measured_rows(&resumed.run_dir),
+        measured_rows(&straight.run_dir)
+    );
 
     let (a, b) = (
         parameter_values(&resumed.checkpoint),
@@ -651,25 +654,13 @@ fn a_rollback_is_recorded_in_its_checkpoint_so_a_resume_from_it_goes_on_as_the_r
     let state = checkpoint::read_state(&went_back_to).unwrap();
     assert_eq!(state.consecutive_failures, 1);
     assert_eq!(state.lr_multiplier, config.recovery.lr_factor);
-    let measured = |run: &Path| -> Vec<serde_json::Map<String, serde_json::Value>> {
-        metrics_rows(run)
-            .into_iter()
-            .map(|row| {
-                let mut row = row.as_object().unwrap().clone();
-                row.retain(|k, _| {
-                    !(k.starts_with("Speed/") || k.starts_with("Mem/") || k == "time_s")
-                });
-                row
-            })
-            .collect()
-    };
-    let rows = measured(&done.run_dir);
+    let rows = measured_rows(&done.run_dir);
     let weights = parameter_values(&done.checkpoint);
 
     let mut again = TrainOptions::new(config);
     again.resume = Some(went_back_to);
     let resumed = train(again).unwrap();
-    assert_eq!(measured(&resumed.run_dir), rows);
+    assert_eq!(measured_rows(&resumed.run_dir), rows);
     let b = parameter_values(&resumed.checkpoint);
     assert!(
         weights
