@@ -183,8 +183,18 @@ pub fn decode(path: &Path, max_pixels: u64) -> std::result::Result<DynamicImage,
         (&file)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("cannot read: {e}"))?;
-        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) && !jpeg_has_end(&bytes) {
-            return Err(TRUNCATED_JPEG.into());
+        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            if !jpeg_has_end(&bytes) {
+                return Err(TRUNCATED_JPEG.into());
+            }
+            if let Some(n) = jpeg_components(&bytes).filter(|n| ![1, 3, 4].contains(n)) {
+                // The decoder turns other counts into noise without a word (libjpeg refuses
+                // them in its colour conversion).
+                return Err(format!(
+                    "JPEG with {n} colour components (only 1, 3 and 4 are standard: grey, YCbCr \
+                     or RGB, CMYK)"
+                ));
+            }
         }
         decode_from(std::io::Cursor::new(&bytes[..]), path, max_pixels)
     } else {
@@ -242,6 +252,29 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
     }
     // Segments that do not chain: the decoder judges the file; only a missing end is caught.
     has_end_after(2)
+}
+
+/// The component count of a JPEG's frame header (`SOFn`, from the segments before it), if
+/// the segments chain up to one.
+fn jpeg_components(bytes: &[u8]) -> Option<u8> {
+    let mut at = 2;
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xFF {
+            return None;
+        }
+        match bytes[at + 1] {
+            0xFF => at += 1,
+            0x01 | 0xD0..=0xD7 => at += 2,
+            // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC): length, precision, height,
+            // width, then the component count.
+            0xC0..=0xCF if ![0xC4, 0xC8, 0xCC].contains(&bytes[at + 1]) => {
+                return bytes.get(at + 9).copied();
+            }
+            0xDA | 0xD9 => return None,
+            _ => at += 2 + usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+        }
+    }
+    None
 }
 
 /// Why a stream did not decode; `Unsupported` may still be readable another way.
@@ -613,6 +646,35 @@ pub(crate) mod tests {
         e.extend_from_slice(&[0, 0]);
         e.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
         e
+    }
+
+    /// A grey JPEG whose frame header is patched to declare two components (a second spec
+    /// appended, the segment's length adjusted): refused, where the decoder gave noise.
+    #[test]
+    fn a_jpeg_with_two_components_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let grey = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 16 + y) as u8]));
+        let mut bytes = Vec::new();
+        grey.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
+        let good = dir.path().join("grey.jpg");
+        std::fs::write(&good, &bytes).unwrap();
+        decode(&good, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(jpeg_components(&bytes), Some(1));
+        let sof = bytes
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("a baseline frame header");
+        let length = u16::from_be_bytes([bytes[sof + 2], bytes[sof + 3]]);
+        bytes[sof + 2..sof + 4].copy_from_slice(&(length + 3).to_be_bytes());
+        bytes[sof + 9] = 2;
+        let end = sof + 2 + usize::from(length);
+        bytes.splice(end..end, [2, 0x11, 0]);
+        assert_eq!(jpeg_components(&bytes), Some(2));
+        let two = dir.path().join("two.jpg");
+        std::fs::write(&two, &bytes).unwrap();
+        let err = decode(&two, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(err.contains("JPEG with 2 colour components"), "{err}");
     }
 
     #[test]

@@ -511,7 +511,22 @@ pub fn write_checkpoint(
     write_dir_atomic(
         &path,
         |tmp| {
-            fill(tmp)?;
+            // A record that cannot be written is named where the checkpoint would have been:
+            // the temp folder it was written in is removed with the failure.
+            fill(tmp).map_err(|e| match e {
+                TrainError::Io {
+                    path: file,
+                    action,
+                    source,
+                } if file.starts_with(tmp) => TrainError::Checkpoint {
+                    path: path.clone(),
+                    message: format!(
+                        "not written (nothing of it was kept): cannot {action} {}: {source}",
+                        file.strip_prefix(tmp).unwrap_or(&file).display()
+                    ),
+                },
+                other => other,
+            })?;
             let mut state = state.clone();
             state.files = checksums(tmp)?;
             let json = state.to_json_with_checksum();
@@ -1352,6 +1367,29 @@ mod tests {
         assert_eq!(run_dir_of(&run), Some(here.join("runs").join("00000-x")));
         // Tests run in the crate's folder, which is not a run's checkpoints/ folder.
         assert_eq!(run_dir_of(Path::new("ckpt-000000000016")), None);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_written_is_named_where_the_checkpoint_would_be() {
+        let run = tempfile::tempdir().unwrap();
+        let err = write_checkpoint(run.path(), &a_state(), |tmp| {
+            Err(TrainError::Io {
+                path: tmp.join("discriminator.mpk"),
+                action: "write checkpoint record",
+                source: std::io::Error::from_raw_os_error(28),
+            })
+        })
+        .unwrap_err()
+        .to_string();
+        let name = checkpoint_name(a_state().images_shown);
+        assert!(
+            err.contains(&format!(
+                "{name}: not written (nothing of it was kept): cannot write checkpoint record \
+                 discriminator.mpk: No space left on device"
+            )) && !err.contains(".tmp-"),
+            "{err}"
+        );
+        assert!(list_checkpoints(run.path()).unwrap().is_empty());
     }
 
     #[test]
