@@ -218,18 +218,20 @@ fn prepare_train_render_eval_report() {
             .arg(&run)
             .arg("--out")
             .arg(&sheet)
-            .args([
-                "--seeds",
-                "0-3",
-                "--rows",
-                "2",
-                "--cols",
-                "2",
-                "--truncation",
-                "0.7",
-            ]),
+            .args(["--seeds", "0-3", "--rows", "2", "--cols", "2"]),
     );
     assert!(image::open(&sheet).is_ok());
+    // ProGAN's generator normalizes its latent: a truncation would change nothing, so it is
+    // refused rather than labelled on untruncated images.
+    let err = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("truncated.png"))
+            .args(["--truncation", "0.7"]),
+    );
+    assert!(err.contains("has no effect on a ProGAN generator"), "{err}");
     let interp = dir.path().join("interp.png");
     run_ok(
         pgan()
@@ -406,6 +408,61 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
             assert!((0.5..=1.5).contains(&s), "{a}");
         }
     }
+    // Greyscale images cannot be classified: refused before any image is generated.
+    let grey = dir.path().join("grey.pgan");
+    run_ok(pgan().arg("prepare").arg(&synth).arg(&grey).args([
+        "--resolution",
+        "16",
+        "--channels",
+        "1",
+        "--quiet",
+    ]));
+    let (_, grey_run) = train_tiny(&config, &grey, &dir.path().join("grey-runs"), &[]);
+    let err = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&grey_run)
+            .arg("--modes")
+            .arg(synth.join("modes.json"))
+            .args(["--num", "16", "--pairs", "8"]),
+    );
+    assert!(
+        err.contains("needs RGB images") && !err.contains("SWD"),
+        "{err}"
+    );
+    // At 8x8 the classifier mistakes squares for discs: refused, not reported.
+    let synth8 = dir.path().join("synth8");
+    run_ok(pgan().arg("synth").arg(&synth8).args([
+        "--modes",
+        "8",
+        "--resolution",
+        "8",
+        "--count",
+        "40",
+    ]));
+    let data8 = dir.path().join("synth8.pgan");
+    run_ok(
+        pgan()
+            .arg("prepare")
+            .arg(&synth8)
+            .arg(&data8)
+            .args(["--resolution", "8", "--quiet"]),
+    );
+    let (_, run8) = train_tiny(
+        &config,
+        &data8,
+        &dir.path().join("runs8"),
+        &["--resolution", "8", "--total-kimg", "0.032"],
+    );
+    let err = run_err(
+        pgan()
+            .arg("eval")
+            .arg(&run8)
+            .arg("--modes")
+            .arg(synth8.join("modes.json"))
+            .args(["--num", "16"]),
+    );
+    assert!(err.contains("mistakes most squares for discs"), "{err}");
 }
 
 #[test]
@@ -1198,7 +1255,8 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
         serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
     assert!(written["num_images"].as_u64() == Some(8), "{written}");
     // The settings that change the numbers are recorded with them, paths absolute.
-    assert_eq!(written["msssim_pairs"].as_u64(), Some(4), "{written}");
+    // An 8x8 run: no MS-SSIM was measured, so no pairs are claimed.
+    assert_eq!(written["msssim_pairs"].as_u64(), Some(0), "{written}");
     assert!(
         written["seed"].is_u64() && written["truncation"].is_null(),
         "{written}"
@@ -1741,6 +1799,19 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         assert!((0.0..=1.0).contains(&v), "{key} {v}");
     }
     assert_eq!(parsed["num_real_features"].as_u64(), Some(5));
+    // What this run did not measure is listed, not left as silent nulls.
+    let unmeasured: Vec<&str> = parsed["unmeasured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        unmeasured,
+        ["swd", "msssim_fake", "msssim_real"],
+        "{parsed}"
+    );
+    assert_eq!(parsed["msssim_pairs"].as_u64(), Some(0), "{parsed}");
     let cache = dir.path().join("reals.pgan.fid-16.safetensors");
     assert!(cache.is_file(), "real features cached beside the dataset");
 

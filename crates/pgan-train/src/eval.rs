@@ -90,6 +90,10 @@ impl EvalReport {
     }
 }
 
+/// Smallest resolution the mode classifier is trusted at: at 8x8 it labels most squares as
+/// discs (the reals of a balanced 16-mode set read square 0.56, disc 1.57 of their share).
+pub const MIN_MODES_RESOLUTION: u32 = 16;
+
 /// Smallest resolution the SWD's Laplacian pyramid and 7x7 descriptors are computed at.
 pub const MIN_SWD_RESOLUTION: u32 = 16;
 
@@ -254,7 +258,7 @@ pub struct FullEvalReport {
     pub truncation: Option<f32>,
     /// Seed of the latents and of the reals drawn.
     pub seed: u64,
-    /// Generated (and real) pairs the MS-SSIM averages.
+    /// Generated (and real) pairs the MS-SSIM averages (0 when it was not measured).
     pub msssim_pairs: usize,
     /// SWD generated vs real (×1e3, per level and mean).
     pub swd: Option<SwdReport>,
@@ -429,6 +433,12 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         // The Inception metrics stream their images; SWD and MS-SSIM hold all of them in
         // memory, which a 50k-image FID cannot afford: they run in their own `pgan eval`.
         if request.modes.is_none() {
+            let why = "measured by a `pgan eval` without --fid, --kid and --pr (those stream \
+                       their images; SWD and MS-SSIM hold all of them in memory)";
+            for metric in ["swd", "msssim_fake", "msssim_real"] {
+                report.unmeasured(metric, why.to_string());
+            }
+            report.msssim_pairs = 0;
             return Ok(report);
         }
     }
@@ -438,6 +448,30 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         None => None,
     };
     if let Some((spec, modes)) = &mode_spec {
+        if modes.resolution < MIN_MODES_RESOLUTION {
+            return Err(crate::error::TrainError::Config {
+                path: None,
+                message: format!(
+                    "--modes {}: at {r}x{r} the mode classifier mistakes most squares for discs \
+                     (its coverage of the reals themselves reads low and skewed); synthesize \
+                     and evaluate at {m}x{m} or more",
+                    spec.display(),
+                    r = modes.resolution,
+                    m = MIN_MODES_RESOLUTION
+                ),
+            });
+        }
+        if loaded.model.num_channels != 3 {
+            return Err(crate::error::TrainError::Config {
+                path: None,
+                message: format!(
+                    "--modes {}: mode classification needs RGB images; the checkpoint \
+                     generates {}-channel ones",
+                    spec.display(),
+                    loaded.model.num_channels
+                ),
+            });
+        }
         if modes.resolution != resolution {
             return Err(crate::error::TrainError::Config {
                 path: None,
@@ -501,6 +535,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     };
     if !msssim {
         report.unmeasured("msssim_fake", msssim_reason.clone());
+        report.msssim_pairs = 0;
     }
     if msssim {
         say("MS-SSIM of generated pairs");

@@ -279,7 +279,7 @@ struct RenderArgs {
     /// Sheet columns.
     #[arg(long, default_value_t = 8)]
     cols: usize,
-    /// Truncation ψ: latent components beyond ±ψ are resampled.
+    /// Refused: ProGAN's generator pixel-normalizes its latent, which undoes a truncation ψ.
     #[arg(long)]
     truncation: Option<f32>,
     /// Interpolate through the seeds with this many frames per pair (PNG strip + GIF).
@@ -349,7 +349,7 @@ struct EvalArgs {
     /// Mode spec (modes.json from `pgan synth`): report mode coverage.
     #[arg(long)]
     modes: Option<PathBuf>,
-    /// Truncation ψ for the generated images.
+    /// Refused: ProGAN's generator pixel-normalizes its latent, which undoes a truncation ψ.
     #[arg(long)]
     truncation: Option<f32>,
     /// Seed for latents and metric randomness.
