@@ -174,8 +174,9 @@ pub fn ms_ssim(a: &[f32], b: &[f32], c: usize, h: usize, w: usize) -> f64 {
     result
 }
 
-/// MS-SSIM over `pairs` random pairs of distinct images of `images` (pairs drawn with
-/// replacement from all ordered pairs `i != j`, seeded), computed in parallel.
+/// MS-SSIM over `pairs` distinct pairs of distinct images of `images`, computed in parallel:
+/// every unordered pair once when `pairs` is all of them (or more), else a seeded draw without
+/// replacement (MS-SSIM is symmetric, so `(i, j)` and `(j, i)` are one pair).
 pub fn pairwise_ms_ssim(images: &ImageSet, pairs: usize, seed: u64) -> Result<MsSsimReport> {
     images.validate()?;
     if images.n < 2 {
@@ -195,14 +196,27 @@ pub fn pairwise_ms_ssim(images: &ImageSet, pairs: usize, seed: u64) -> Result<Ms
             images.h, images.w
         )));
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let idx: Vec<(usize, usize)> = (0..pairs)
-        .map(|_| {
-            let i = rng.random_range(0..images.n);
-            let j = (i + rng.random_range(1..images.n)) % images.n;
-            (i, j)
-        })
-        .collect();
+    let n = images.n;
+    let all = n.saturating_mul(n - 1) / 2;
+    // More pairs than there are: each is measured once (the report says how many).
+    let pairs = pairs.min(all);
+    let idx: Vec<(usize, usize)> = if pairs == all {
+        (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .collect()
+    } else {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut seen = std::collections::HashSet::with_capacity(pairs);
+        let mut idx = Vec::with_capacity(pairs);
+        while idx.len() < pairs {
+            let i = rng.random_range(0..n);
+            let j = (i + rng.random_range(1..n)) % n;
+            if seen.insert((i.min(j), i.max(j))) {
+                idx.push((i, j));
+            }
+        }
+        idx
+    };
     let values: Vec<f64> = idx
         .par_iter()
         .map(|&(i, j)| {
@@ -223,6 +237,28 @@ pub fn pairwise_ms_ssim(images: &ImageSet, pairs: usize, seed: u64) -> Result<Ms
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_pair_is_measured_once() {
+        // Three images, one of them far from the two others: the mean over all three distinct
+        // pairs, each once, whatever the seed.
+        let (c, h, w) = (1, MIN_SIZE, MIN_SIZE);
+        let a = pattern(c, h, w, 0.0);
+        let b = noisy(&a, 0.05, 1);
+        let far = pattern(c, h, w, 2.5);
+        let pixels: Vec<f32> = [a.clone(), b.clone(), far.clone()].concat();
+        let set = ImageSet::new(pixels, 3, c, h, w).unwrap();
+        let pair = |x: &[f32], y: &[f32]| ms_ssim(x, y, c, h, w);
+        let want = (pair(&a, &b) + pair(&a, &far) + pair(&b, &far)) / 3.0;
+        for seed in 0..5 {
+            let got = pairwise_ms_ssim(&set, 3, seed).unwrap().mean;
+            assert!((got - want).abs() < 1e-12, "seed {seed}: {got} vs {want}");
+        }
+        // More pairs than there are: each once, and the report says so.
+        let capped = pairwise_ms_ssim(&set, 10, 0).unwrap();
+        assert_eq!(capped.pairs, 3);
+        assert!((capped.mean - want).abs() < 1e-12);
+    }
 
     fn pattern(c: usize, h: usize, w: usize, phase: f32) -> Vec<f32> {
         (0..c * h * w)

@@ -617,6 +617,9 @@ impl Default for RecoveryConfig {
     }
 }
 
+/// The longest `nodes.join_timeout_s` / `peer_timeout_s` accepted: a week.
+pub const MAX_NODE_TIMEOUT_S: f64 = 7.0 * 24.0 * 3600.0;
+
 /// Training on several machines: `count` nodes, each running `pgan train` with its own rank
 /// and its own copy of the dataset, all-reducing gradients through burn-collective once
 /// `orchestrator` (a `pgan orchestrator`) has seen them all join.
@@ -631,7 +634,7 @@ pub struct NodesConfig {
     pub orchestrator: Option<String>,
     /// `HOST:PORT` where this node serves its gradient slices to the others (burn-collective's
     /// tensor data service). Default: the address this machine reaches the orchestrator from,
-    /// port orchestrator's + 1 + rank.
+    /// port orchestrator's + 1 + 2 x rank (each node also uses the port after it).
     pub address: Option<String>,
     /// Seconds to wait for all nodes to join (and pass the join check) before giving up.
     pub join_timeout_s: f64,
@@ -683,6 +686,12 @@ impl NodesConfig {
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(format!("{name} {v} must be a positive number of seconds"));
+            }
+            // A week: longer is no timeout at all (and overflows the clock's arithmetic).
+            if v > MAX_NODE_TIMEOUT_S {
+                return bad(format!(
+                    "{name} {v} is more than {MAX_NODE_TIMEOUT_S} seconds (a week)"
+                ));
             }
         }
         if self.several() && self.orchestrator.is_none() {
@@ -1237,6 +1246,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("start_resolution"));
+    }
+
+    #[test]
+    fn node_timeouts_must_be_usable_durations() {
+        assert_each_refused(&[
+            (
+                |c| c.nodes.join_timeout_s = f64::NAN,
+                "nodes.join_timeout_s NaN",
+            ),
+            (
+                |c| c.nodes.peer_timeout_s = 0.0,
+                "positive number of seconds",
+            ),
+            (|c| c.nodes.join_timeout_s = 1e30, "(a week)"),
+            (|c| c.nodes.peer_timeout_s = 1e19, "nodes.peer_timeout_s"),
+        ]);
     }
 
     /// Each edit of the default config is refused with an error that contains its text.

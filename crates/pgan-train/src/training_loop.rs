@@ -322,50 +322,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             fid,
             peers: Peers::single(),
         };
+        let resumed = resume_from.is_some();
         match resume_from {
             Some(ckpt) => {
                 trainer.restore(&ckpt)?;
-                let shown = trainer.state.images_shown;
-                let cut = Cut::Resume {
-                    rollbacks_kept: trainer.state.consecutive_failures,
-                };
-                let aside = checkpoint::set_aside_newer(&trainer.run_dir, &ckpt)?;
-                write_config(&trainer.run_dir, &trainer.config)?;
-                if let Some(aside) = &aside {
-                    // The abandoned branch keeps its rows and sample sheets beside its
-                    // checkpoints (saved there before metrics.jsonl drops them): the report
-                    // then shows this branch's only.
-                    let rows = stats::rows_after(&trainer.run_dir, shown, cut).unwrap_or_default();
-                    set_aside_branch(&trainer.run_dir, aside, &rows, trainer.state.tick)?;
-                    trainer.log.warn(format!(
-                        "resuming {} leaves the run's newer checkpoints behind: they are moved \
-                         to {} with their metrics rows and sample sheets (not resumed from, not \
-                         pruned; delete them when done)",
-                        ckpt.display(),
-                        aside.display()
-                    ));
-                }
-                let truncated = trainer.metrics.truncate_after(shown, cut)?;
-                if truncated.unreadable > 0 {
-                    trainer.log.warn(format!(
-                        "{}: {} unreadable line(s) dropped (a line cut short by a kill, or \
-                         edited)",
-                        trainer.run_dir.join(METRICS_FILE).display(),
-                        truncated.unreadable
-                    ));
-                }
-                // A stop's checkpoint written before stops kept their tick's part: the tick in
-                // progress still ends where it would have (its statistics start afresh).
-                let last_tick = stats::last_tick_images(&trainer.run_dir).unwrap_or(0);
-                if trainer.tick.images == 0 && last_tick < shown {
-                    trainer.tick.images = shown - last_tick;
-                }
-                trainer.log.info(format!(
-                    "resumed {} at {:.3} kimg (tick {})",
-                    ckpt.display(),
-                    trainer.state.images_shown as f64 / 1000.0,
-                    trainer.state.tick
-                ));
                 trainer.last_checkpoint = Some(ckpt);
             }
             None => {
@@ -396,6 +356,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             &trainer.nets,
             &trainer.device,
         )?;
+        // Only once every node has joined (a refused join leaves the run folder as it was).
+        if resumed {
+            trainer.continue_resumed_run()?;
+        }
         if trainer.peers.count() > 1 && !trainer.config.nodes.several() {
             trainer.log.info(format!(
                 "{} peers on devices {:?}, {} per device",
@@ -570,6 +534,58 @@ impl<B: AutodiffBackend> Trainer<B> {
         let now = self.schedule.at(self.state.images_shown);
         self.state.stage = now.stage;
         self.state.alpha = now.alpha;
+    }
+
+    /// A resume's changes to the run folder, once the checkpoint is restored and the nodes (if
+    /// any) have joined: the newer checkpoints set aside with their rows and sheets, the config
+    /// recorded, `metrics.jsonl` cut back to the checkpoint.
+    fn continue_resumed_run(&mut self) -> Result<()> {
+        let ckpt = self
+            .last_checkpoint
+            .clone()
+            .expect("a resumed run starts from its checkpoint");
+        let shown = self.state.images_shown;
+        let cut = Cut::Resume {
+            rollbacks_kept: self.state.consecutive_failures,
+        };
+        let aside = checkpoint::set_aside_newer(&self.run_dir, &ckpt)?;
+        write_config(&self.run_dir, &self.config)?;
+        if let Some(aside) = &aside {
+            // The abandoned branch keeps its rows and sample sheets beside its
+            // checkpoints (saved there before metrics.jsonl drops them): the report
+            // then shows this branch's only.
+            let rows = stats::rows_after(&self.run_dir, shown, cut).unwrap_or_default();
+            set_aside_branch(&self.run_dir, aside, &rows, self.state.tick)?;
+            self.log.warn(format!(
+                "resuming {} leaves the run's newer checkpoints behind: they are moved \
+                 to {} with their metrics rows and sample sheets (not resumed from, not \
+                 pruned; delete them when done)",
+                ckpt.display(),
+                aside.display()
+            ));
+        }
+        let truncated = self.metrics.truncate_after(shown, cut)?;
+        if truncated.unreadable > 0 {
+            self.log.warn(format!(
+                "{}: {} unreadable line(s) dropped (a line cut short by a kill, or \
+                 edited)",
+                self.run_dir.join(METRICS_FILE).display(),
+                truncated.unreadable
+            ));
+        }
+        // A stop's checkpoint written before stops kept their tick's part: the tick in
+        // progress still ends where it would have (its statistics start afresh).
+        let last_tick = stats::last_tick_images(&self.run_dir).unwrap_or(0);
+        if self.tick.images == 0 && last_tick < shown {
+            self.tick.images = shown - last_tick;
+        }
+        self.log.info(format!(
+            "resumed {} at {:.3} kimg (tick {})",
+            ckpt.display(),
+            self.state.images_shown as f64 / 1000.0,
+            self.state.tick
+        ));
+        Ok(())
     }
 
     /// Writes a checkpoint of the state as it stands (refusing poisoned weights) and prunes old

@@ -394,7 +394,6 @@ fn refuse_keys_without_effect(path: &Path, config: &TrainConfig) -> Result<()> {
 fn orchestrator(port: u16) -> Result<ExitCode> {
     #[cfg(feature = "collective")]
     {
-        println!("pgan orchestrator listening on port {port} (Ctrl-C to stop)");
         pgan_train::run_orchestrator(port).context("--port")?;
         Ok(ExitCode::SUCCESS)
     }

@@ -167,7 +167,7 @@ struct TrainArgs {
     #[arg(long)]
     orchestrator: Option<String>,
     /// HOST:PORT the other nodes reach this one at (overrides nodes.address; default: this
-    /// machine's address towards the orchestrator, port orchestrator's + 1 + rank).
+    /// machine's address towards the orchestrator, port orchestrator's + 1 + 2 x rank; the port after it is used too).
     #[arg(long)]
     node_address: Option<String>,
     /// Seconds to wait for every node to join (overrides nodes.join_timeout_s).

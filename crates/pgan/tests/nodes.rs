@@ -267,6 +267,28 @@ fn two_nodes_train_through_a_fade_in_to_identical_weights() {
     let row: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(row["Peers/count"], 2.0);
     assert_eq!(row["kimg"], 0.048);
+
+    // Node 0 resumed from an older checkpoint than node 1: refused at the join, and node 0's
+    // run folder is left as it was (its newer checkpoints are not set aside, its rows kept).
+    let cluster = Cluster::start(dir.path());
+    let older = c0[2].to_string_lossy().into_owned();
+    let run1_text = run1.to_string_lossy().into_owned();
+    let a = start(cluster.node(0, &config, &["--resume", &older]));
+    let b = start(cluster.node(1, &config, &["--resume", &run1_text]));
+    for (rank, child) in [(0, a), (1, b)] {
+        let (out, _) = finish(child, Duration::from_secs(60), "a refused resume");
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
+        assert!(
+            said.contains("join check refused the run"),
+            "node {rank}:\n{said}"
+        );
+    }
+    assert_eq!(checkpoints(&run0), c0);
+    assert_eq!(
+        std::fs::read_to_string(run0.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
 }
 
 /// Node 1 is killed (SIGKILL) mid-run: node 0 stops with an error naming node 1 within the

@@ -715,11 +715,19 @@ impl Drop for Ring {
 
 /// Runs burn-collective's global orchestrator on `port` until Ctrl-C or SIGTERM.
 pub fn run_orchestrator(port: u16) -> Result<()> {
+    if port == 0 {
+        // The nodes must be told the port: one the OS picks is known to nobody.
+        return Err(TrainError::Peer {
+            peer: "orchestrator".into(),
+            message: "port 0 is not a port the nodes can be given: choose one (1-65535)".into(),
+        });
+    }
     // burn-collective only logs a failed bind and returns: check it first for a clear error.
     std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| TrainError::Peer {
         peer: "orchestrator".into(),
         message: format!("cannot listen on port {port}: {e}"),
     })?;
+    println!("pgan orchestrator listening on port {port} (Ctrl-C to stop)");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
