@@ -1175,12 +1175,7 @@ fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
     );
     let parsed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let unmeasured: Vec<&str> = parsed["unmeasured"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["metric"].as_str().unwrap())
-        .collect();
+    let unmeasured = unmeasured_metrics(&parsed);
     assert_eq!(
         unmeasured,
         ["msssim_fake", "swd", "msssim_real"],
@@ -1800,12 +1795,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     }
     assert_eq!(parsed["num_real_features"].as_u64(), Some(5));
     // What this run did not measure is listed, not left as silent nulls.
-    let unmeasured: Vec<&str> = parsed["unmeasured"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["metric"].as_str().unwrap())
-        .collect();
+    let unmeasured = unmeasured_metrics(&parsed);
     assert_eq!(
         unmeasured,
         ["swd", "msssim_fake", "msssim_real"],
@@ -1918,6 +1908,16 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         err.contains("tiny_torchscript.pt") && err.contains("net.layers"),
         "{err}"
     );
+}
+
+/// The metrics an `eval --json` file lists as not measured, in its order.
+fn unmeasured_metrics(parsed: &serde_json::Value) -> Vec<&str> {
+    parsed["unmeasured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["metric"].as_str().unwrap())
+        .collect()
 }
 
 /// `scripts/pgan_torch.py` draws what `pgan render` draws for the latents it saved. Runs when

@@ -10,7 +10,7 @@ use pgan_train::checkpoint::{self, list_checkpoints};
 use pgan_train::config::TrainConfig;
 use pgan_train::training_loop::faults::Faults;
 use pgan_train::training_loop::train_with_faults;
-use pgan_train::{train, TrainError, TrainOptions};
+use pgan_train::{train, RunSummary, TrainError, TrainOptions};
 
 mod common;
 use common::{parameter_values, tiny_dataset};
@@ -57,6 +57,22 @@ fn metrics_rows(run: &Path) -> Vec<serde_json::Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A run of `config` stopped by `--stop-after-kimg 0.044`: inside the 0.032–0.064 fade-in and
+/// inside the tick that starts at 0.032.
+fn stopped_mid_tick(config: &TrainConfig) -> RunSummary {
+    let mut first = TrainOptions::new(config.clone());
+    first.stop_after_kimg = Some(0.044);
+    train(first).unwrap()
+}
+
+/// The `kimg` of every row of `metrics.jsonl`, as written.
+fn kimgs(run: &Path) -> Vec<String> {
+    metrics_rows(run)
+        .iter()
+        .map(|r| r["kimg"].to_string())
         .collect()
 }
 
@@ -167,9 +183,7 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
 
     // Stop in the middle of the fade-in (kimg 0.044 of the 0.032–0.064 fade), then resume.
     let config = tiny_config(&data, &dir.path().join("b"));
-    let mut first = TrainOptions::new(config.clone());
-    first.stop_after_kimg = Some(0.044);
-    let stopped = train(first).unwrap();
+    let stopped = stopped_mid_tick(&config);
     assert!(stopped.interrupted);
     assert_eq!(stopped.images_shown, 44);
     let state = checkpoint::read_state(&stopped.checkpoint).unwrap();
@@ -184,12 +198,6 @@ fn a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit() {
     assert_eq!(resumed.run_dir, stopped.run_dir);
     assert_eq!(resumed.images_shown, straight.images_shown);
     // The resumed session's ticks are in metrics.jsonl too, once each.
-    let kimgs = |run: &Path| -> Vec<String> {
-        metrics_rows(run)
-            .iter()
-            .map(|r| r["kimg"].to_string())
-            .collect()
-    };
     assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
     // The tick the stop cut (0.032–0.048 kimg) averages the steps before the stop too: every
     // row is the uninterrupted run's, its clocks and memory aside.
@@ -225,9 +233,7 @@ fn an_older_stop_checkpoint_keeps_the_tick_boundaries() {
     let data = tiny_dataset(dir.path(), 8);
     let straight = train(TrainOptions::new(tiny_config(&data, &dir.path().join("a")))).unwrap();
     let config = tiny_config(&data, &dir.path().join("b"));
-    let mut first = TrainOptions::new(config.clone());
-    first.stop_after_kimg = Some(0.044);
-    let stopped = train(first).unwrap();
+    let stopped = stopped_mid_tick(&config);
     let state_path = stopped.checkpoint.join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
@@ -238,12 +244,6 @@ fn an_older_stop_checkpoint_keeps_the_tick_boundaries() {
     let mut second = TrainOptions::new(config);
     second.resume = Some(stopped.run_dir.clone());
     let resumed = train(second).unwrap();
-    let kimgs = |run: &Path| -> Vec<String> {
-        metrics_rows(run)
-            .iter()
-            .map(|r| r["kimg"].to_string())
-            .collect()
-    };
     assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
 }
 
@@ -252,9 +252,7 @@ fn a_resume_with_another_tick_length_takes_it_from_the_tick_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);
     let config = tiny_config(&data, &dir.path().join("b"));
-    let mut first = TrainOptions::new(config.clone());
-    first.stop_after_kimg = Some(0.044);
-    let stopped = train(first).unwrap();
+    let stopped = stopped_mid_tick(&config);
     // The tick in progress started at 0.032; from there on, ticks are 0.032 kimg long (a
     // tick count times the new length would put the next tick end at 0.096).
     let mut longer = config;
@@ -262,11 +260,10 @@ fn a_resume_with_another_tick_length_takes_it_from_the_tick_in_progress() {
     let mut second = TrainOptions::new(longer);
     second.resume = Some(stopped.run_dir.clone());
     let resumed = train(second).unwrap();
-    let kimgs: Vec<String> = metrics_rows(&resumed.run_dir)
-        .iter()
-        .map(|r| r["kimg"].to_string())
-        .collect();
-    assert_eq!(kimgs, ["0.016", "0.032", "0.064", "0.096", "0.128"]);
+    assert_eq!(
+        kimgs(&resumed.run_dir),
+        ["0.016", "0.032", "0.064", "0.096", "0.128"]
+    );
 }
 
 #[test]
@@ -274,9 +271,7 @@ fn a_resume_with_another_seed_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);
     let config = tiny_config(&data, &dir.path().join("b"));
-    let mut first = TrainOptions::new(config.clone());
-    first.stop_after_kimg = Some(0.044);
-    let stopped = train(first).unwrap();
+    let stopped = stopped_mid_tick(&config);
     let mut reseeded = config.clone();
     reseeded.run.seed = 4;
     let mut second = TrainOptions::new(reseeded);
@@ -297,9 +292,7 @@ fn a_resume_with_mirroring_turned_off_stops_mirroring() {
     let data = tiny_dataset(dir.path(), 8);
     let config = tiny_config(&data, &dir.path().join("b"));
     assert!(config.data.mirror);
-    let mut first = TrainOptions::new(config.clone());
-    first.stop_after_kimg = Some(0.044);
-    let stopped = train(first).unwrap();
+    let stopped = stopped_mid_tick(&config);
     assert!(checkpoint::read_state(&stopped.checkpoint)
         .unwrap()
         .sampler
@@ -1210,9 +1203,7 @@ fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
     assert!(config_toml.contains("d_steps = 2"), "{config_toml}");
 
     let config = config_for("b", LossKind::NonSaturating);
-    let mut first = TrainOptions::new(config.clone());
-    first.stop_after_kimg = Some(0.044);
-    let stopped = train(first).unwrap();
+    let stopped = stopped_mid_tick(&config);
     assert_eq!(stopped.images_shown, 48, "steps of 8 images");
     let mut second = TrainOptions::new(config);
     second.resume = Some(stopped.run_dir.clone());
