@@ -271,6 +271,10 @@ fn prepare_train_render_eval_report() {
     let parsed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(parsed["msssim_fake"].as_f64().is_some());
+    assert!(
+        parsed["units"]["swd"].as_str().unwrap().starts_with("x1e3"),
+        "{parsed}"
+    );
 
     // Export: a safetensors file whose header lists every parameter of the EMA generator.
     let exported = dir.path().join("g_ema.safetensors");
@@ -408,6 +412,54 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
             assert!((0.5..=1.5).contains(&s), "{a}");
         }
     }
+    // 64 images are enough for 8 modes; the 80 reals are too few for two disjoint draws of 64.
+    let warnings: Vec<&str> = parsed["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("holds 80 images, fewer than the 128 reals drawn")),
+        "{parsed}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("modes")), "{parsed}");
+    // Too few images for 8 modes, and reals that are not the spec's: both warned about.
+    let gradients = dir.path().join("gradients");
+    std::fs::create_dir_all(&gradients).unwrap();
+    for k in 0..24u32 {
+        image::RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([(x * 16) as u8, (y * 16) as u8, (k * 10) as u8])
+        })
+        .save(gradients.join(format!("{k}.png")))
+        .unwrap();
+    }
+    let other = dir.path().join("gradients.pgan");
+    run_ok(pgan().arg("prepare").arg(&gradients).arg(&other).args([
+        "--resolution",
+        "16",
+        "--quiet",
+    ]));
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .arg("--modes")
+            .arg(synth.join("modes.json"))
+            .arg("--data")
+            .arg(&other)
+            .args(["--num", "16", "--pairs", "8"]),
+    );
+    assert!(
+        out.contains("warning: --num 16 against 8 modes") && out.contains("use --num 35 or more"),
+        "{out}"
+    );
+    assert!(
+        out.contains("reals from") && out.contains("were recognised as modes"),
+        "{out}"
+    );
     // Greyscale images cannot be classified: refused before any image is generated.
     let grey = dir.path().join("grey.pgan");
     run_ok(pgan().arg("prepare").arg(&synth).arg(&grey).args([
@@ -1788,7 +1840,13 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let fid = parsed["fid"].as_f64().expect("fid in the JSON");
     assert!(fid.is_finite() && fid > 0.0, "{parsed}");
-    assert!(parsed["kid"].as_f64().is_some(), "{parsed}");
+    // The JSON names its units: KID raw, which the text output shows x1e3.
+    let kid = parsed["kid"].as_f64().expect("kid in the JSON");
+    assert!(out.contains(&format!("KID x1e3 {:.4}", kid * 1e3)), "{out}");
+    assert_eq!(
+        parsed["units"]["kid"],
+        "raw (the text output shows it x1e3)"
+    );
     for key in ["precision", "recall"] {
         let v = parsed[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{key} {v}");

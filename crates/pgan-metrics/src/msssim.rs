@@ -52,6 +52,26 @@ pub struct MsSsimReport {
     pub std: f64,
     /// Number of pairs measured.
     pub pairs: usize,
+    /// Pairs that scored exactly 0: a scale's mean contrast-structure term was negative and
+    /// clipped at 0 (as in the official code). Below 64x64 the coarse scales are 2x2 to 4x4
+    /// pixels, where that happens to many pairs of unrelated images, and the mean reads low.
+    #[serde(default)]
+    pub zero_pairs: usize,
+}
+
+impl MsSsimReport {
+    /// A note when more than a tenth of the pairs clipped to 0 (`what` names the images).
+    pub fn clipping_note(&self, what: &str) -> Option<String> {
+        (self.zero_pairs * 10 > self.pairs).then(|| {
+            format!(
+                "{} of {} {what} pairs have an MS-SSIM of exactly 0 (a coarse scale's \
+                 contrast-structure term clipped at 0, as in the official code, which was \
+                 used from 128x128 up): at this resolution the mean reads low; compare it only \
+                 with means at the same resolution",
+                self.zero_pairs, self.pairs
+            )
+        })
+    }
 }
 
 /// Normalised 1-D Gaussian taps: offsets `-r..=r` for odd `size`, `-r+0.5..=r-0.5` for even
@@ -231,7 +251,13 @@ pub fn pairwise_ms_ssim(images: &ImageSet, pairs: usize, seed: u64) -> Result<Ms
         .collect();
     let mean = values.iter().sum::<f64>() / pairs as f64;
     let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / pairs as f64).sqrt();
-    Ok(MsSsimReport { mean, std, pairs })
+    let zero_pairs = values.iter().filter(|&&v| v == 0.0).count();
+    Ok(MsSsimReport {
+        mean,
+        std,
+        pairs,
+        zero_pairs,
+    })
 }
 
 #[cfg(test)]
@@ -276,6 +302,25 @@ mod tests {
         img.iter()
             .map(|v| (v + amount * rng.random_range(-1.0f32..1.0)).clamp(-1.0, 1.0))
             .collect()
+    }
+
+    #[test]
+    fn pairs_clipped_to_zero_are_counted_and_noted() {
+        let (c, h, w) = (1, MIN_SIZE, MIN_SIZE);
+        let a = pattern(c, h, w, 0.0);
+        let inverted: Vec<f32> = a.iter().map(|v| -v).collect();
+        let near = noisy(&a, 0.05, 1);
+        // An image and its negative: every scale's contrast-structure term is negative.
+        assert_eq!(ms_ssim(&a, &inverted, c, h, w), 0.0);
+        let set = ImageSet::new([a.clone(), inverted, near].concat(), 3, c, h, w).unwrap();
+        let report = pairwise_ms_ssim(&set, 3, 0).unwrap();
+        assert_eq!((report.pairs, report.zero_pairs), (3, 2));
+        let note = report.clipping_note("generated").unwrap();
+        assert!(note.starts_with("2 of 3 generated pairs"), "{note}");
+        let close = ImageSet::new([a.clone(), noisy(&a, 0.05, 2)].concat(), 2, c, h, w).unwrap();
+        let report = pairwise_ms_ssim(&close, 1, 0).unwrap();
+        assert_eq!(report.zero_pairs, 0);
+        assert!(report.clipping_note("generated").is_none());
     }
 
     #[test]

@@ -97,6 +97,13 @@ pub enum TrainError {
         /// The config's `model.resolution`.
         model: u32,
     },
+    /// Ctrl-C (or SIGTERM) during a wait before training began: the join of several nodes.
+    /// The message says where and what was kept.
+    #[error("{message}")]
+    StoppedWaiting {
+        /// What was waited for, by which node.
+        message: String,
+    },
     /// A measurement abandoned because the run was asked to stop (Ctrl-C during training).
     #[error("interrupted by a stop request")]
     Interrupted,

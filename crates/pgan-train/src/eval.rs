@@ -285,6 +285,40 @@ pub struct FullEvalReport {
     pub num_real_features: Option<usize>,
     /// Each metric that could not be measured, and why.
     pub unmeasured: Vec<Unmeasured>,
+    /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
+    pub warnings: Vec<String>,
+    /// The units of the numbers above.
+    pub units: Units,
+}
+
+/// The units of an evaluation's numbers, in its JSON so that a reader need not know the text
+/// output's conventions. SWD is ×1e3, as the official ProGAN code and paper report it; KID is
+/// raw, as StyleGAN2-ADA's JSON records it (the text output prints it ×1e3); the others are
+/// raw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Units {
+    /// `swd` and `swd_real_floor` (per level and mean).
+    pub swd: &'static str,
+    /// `fid`.
+    pub fid: &'static str,
+    /// `kid`.
+    pub kid: &'static str,
+    /// `msssim_fake`, `msssim_real`.
+    pub msssim: &'static str,
+    /// `precision`, `recall`.
+    pub precision_recall: &'static str,
+}
+
+impl Default for Units {
+    fn default() -> Self {
+        Self {
+            swd: "x1e3 (sliced Wasserstein distance times 1000)",
+            fid: "raw",
+            kid: "raw (the text output shows it x1e3)",
+            msssim: "raw, 0..1",
+            precision_recall: "fraction, 0..1",
+        }
+    }
 }
 
 /// A metric `pgan eval` could not measure.
@@ -363,6 +397,9 @@ impl std::fmt::Display for FullEvalReport {
         for u in &self.unmeasured {
             writeln!(f, "not measured: {}: {}", u.metric, u.reason)?;
         }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         if let Some(num_real) = self.num_real_features {
             let features = crate::inception_metrics::FeatureMetricsReport {
                 fid: self.fid,
@@ -371,6 +408,7 @@ impl std::fmt::Display for FullEvalReport {
                 recall: self.recall,
                 num_real,
                 num_fake: self.num_images,
+                units: Units::default(),
             };
             writeln!(f, "{features}")?;
         }
@@ -422,6 +460,8 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         recall: None,
         num_real_features: None,
         unmeasured: Vec::new(),
+        warnings: Vec::new(),
+        units: Units::default(),
     };
     if request.feature_metrics.any() {
         let features = crate::inception_metrics::evaluate_checkpoint(request, &loaded, device)?;
@@ -471,6 +511,9 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
                     loaded.model.num_channels
                 ),
             });
+        }
+        if let Some(warning) = too_few_for_the_modes(request.num_images, modes.modes) {
+            report.warnings.push(warning);
         }
         if modes.resolution != resolution {
             return Err(crate::error::TrainError::Config {
@@ -539,8 +582,12 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     }
     if msssim {
         say("MS-SSIM of generated pairs");
-        report.msssim_fake =
-            Some(pairwise_ms_ssim(&fakes, request.msssim_pairs, request.seed)?.mean);
+        report.msssim_fake = Some(measured_ms_ssim(
+            &fakes,
+            request,
+            "generated",
+            &mut report.warnings,
+        )?);
     }
     let mut reals_for_modes = None;
     // SWD, MS-SSIM and modes compare with a .pgan dataset; an image folder is for the
@@ -558,6 +605,18 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         }
         // Two disjoint draws of reals: one to compare with, one for the noise floor.
         let reals = real_images(&reader, resolution, 2 * request.num_images, request.seed)?;
+        if reader.len() < 2 * request.num_images {
+            report.warnings.push(format!(
+                "{} holds {} images, fewer than the {} reals drawn (--num {} to compare with, as \
+                 many for the real-vs-real floor): the two draws share images, so the SWD floor \
+                 and the reals' MS-SSIM read low; --num {} or less keeps them apart",
+                path.display(),
+                reader.len(),
+                2 * request.num_images,
+                request.num_images,
+                reader.len() / 2
+            ));
+        }
         let (a, b) = split_half(&reals);
         if resolution >= MIN_SWD_RESOLUTION {
             let cfg = SwdConfig {
@@ -580,8 +639,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         }
         if msssim {
             say("MS-SSIM of real pairs");
-            report.msssim_real =
-                Some(pairwise_ms_ssim(&a, request.msssim_pairs, request.seed)?.mean);
+            report.msssim_real = Some(measured_ms_ssim(&a, request, "real", &mut report.warnings)?);
         } else {
             report.unmeasured("msssim_real", msssim_reason);
         }
@@ -603,7 +661,27 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         let classifier = pgan_metrics::ModeClassifier::from_spec(spec)?;
         report.modes = Some(pgan_metrics::coverage(&classifier, &fakes)?);
         if let Some(reals) = &reals_for_modes {
-            report.modes_real = Some(pgan_metrics::coverage(&classifier, reals)?);
+            let real = pgan_metrics::coverage(&classifier, reals)?;
+            if real.unrecognised * 2 > real.samples {
+                report.warnings.push(format!(
+                    "only {} of {} reals from {} were recognised as modes of --modes {}: is \
+                     that dataset the one `pgan synth` wrote with this spec? The reals' coverage \
+                     (the classifier's ceiling) means nothing otherwise",
+                    real.samples - real.unrecognised,
+                    real.samples,
+                    request
+                        .data
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display(),
+                    request
+                        .modes
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                ));
+            }
+            report.modes_real = Some(real);
         }
         let no_histogram: Vec<&str> =
             [("modes", &report.modes), ("modes_real", &report.modes_real)]
@@ -617,6 +695,41 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         }
     }
     Ok(report)
+}
+
+/// A warning when `images` are too few to show a perfect generator covering all `modes`: with
+/// `n` uniform draws the expected share of the `K` modes drawn at least once is
+/// `1 - (1 - 1/K)^n`, and below 99 % a low coverage says more about `--num` than about the
+/// generator.
+fn too_few_for_the_modes(images: usize, modes: usize) -> Option<String> {
+    if modes <= 1 {
+        return None;
+    }
+    let miss = 1.0 - 1.0 / modes as f64;
+    let expected = 1.0 - miss.powf(images as f64);
+    // The smallest n with 1 - (1 - 1/K)^n >= 0.99.
+    let enough = (0.01f64.ln() / miss.ln()).ceil() as usize;
+    (expected < 0.99).then(|| {
+        format!(
+            "--num {images} against {modes} modes: even a generator that draws every mode \
+             equally often covers only about {:.0} % of them with {images} images, by chance; \
+             use --num {enough} or more for the coverage to speak for the generator",
+            expected * 100.0
+        )
+    })
+}
+
+/// The mean MS-SSIM of `request.msssim_pairs` pairs of `images`, with a warning when many of
+/// them clipped to 0 (`what`: generated or real).
+fn measured_ms_ssim(
+    images: &ImageSet,
+    request: &EvalRequest,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<f64> {
+    let report = pairwise_ms_ssim(images, request.msssim_pairs, request.seed)?;
+    warnings.extend(report.clipping_note(what));
+    Ok(report.mean)
 }
 
 /// The first and second half of an image set.

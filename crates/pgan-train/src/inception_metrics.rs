@@ -81,6 +81,8 @@ pub struct FeatureMetricsReport {
     pub num_real: usize,
     /// Generated (compared) images measured.
     pub num_fake: usize,
+    /// The units of the numbers above (KID raw).
+    pub units: crate::eval::Units,
 }
 
 impl std::fmt::Display for FeatureMetricsReport {

@@ -204,6 +204,12 @@ impl RunLog {
         self.line("WARN", message.as_ref());
     }
 
+    /// A stop before training began (Ctrl-C during the nodes' join), into `log.txt` only: the
+    /// command prints it as it ends.
+    pub fn stopped(&mut self, message: impl AsRef<str>) {
+        self.write_line("INFO", message.as_ref(), false);
+    }
+
     /// The error that ended the run, into `log.txt` only: the command that ran the training
     /// prints it (once) as it ends.
     pub fn error(&mut self, message: impl AsRef<str>) {

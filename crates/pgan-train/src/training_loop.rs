@@ -348,14 +348,27 @@ impl<B: AutodiffBackend> Trainer<B> {
             .clone()
             .expect("a checkpoint to start from");
         let dataset = checkpoint::DatasetFingerprint::of(&trainer.reader);
-        trainer.peers = Peers::start(
+        let peers = Peers::start(
             &trainer.config,
             &trainer.model,
             &ckpt,
             &dataset,
             &trainer.nets,
             &trainer.device,
-        )?;
+            &trainer.options.stop,
+        );
+        // A failed join goes into log.txt too: the run folder exists already.
+        trainer.peers = match peers {
+            Ok(peers) => peers,
+            Err(e @ TrainError::StoppedWaiting { .. }) => {
+                trainer.log.stopped(e.to_string());
+                return Err(e);
+            }
+            Err(e) => {
+                trainer.log.error(format!("training did not start: {e}"));
+                return Err(e);
+            }
+        };
         // Only once every node has joined (a refused join leaves the run folder as it was).
         if resumed {
             trainer.continue_resumed_run()?;
@@ -409,16 +422,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Neither the set-up nor a resume's loading counts as training time.
         self.tick.restart_clock();
 
+        let wants_stop = |stop: &AtomicBool, images: u64| {
+            stop.load(Ordering::SeqCst) || stop_after.is_some_and(|s| images >= s)
+        };
         while self.state.images_shown < total_images {
-            if self.options.stop.load(Ordering::SeqCst)
-                || stop_after.is_some_and(|s| self.state.images_shown >= s)
-            {
+            let wanted_here = wants_stop(&self.options.stop, self.state.images_shown);
+            if self.peers.stop_now(wanted_here)? {
                 // The steps since the last tick end are unchecked: a NaN among them goes back to
                 // the last checkpoint (and training resumes from there up to the stop), never
                 // into the stop's checkpoint.
                 if !self.tick.steps.is_empty() && !self.healthy_everywhere()? {
                     self.rollback()?;
                     continue;
+                }
+                if !wanted_here {
+                    self.log.info(
+                        "another node asked to stop (Ctrl-C or --stop-after-kimg there): \
+                         stopping with it",
+                    );
                 }
                 interrupted = true;
                 break;
@@ -428,6 +449,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.enter_phase(&phase);
             }
 
+            // Several nodes hear of this node's wish to stop with the step's gradients.
+            let shown = phase.batch as u64 * self.config.optim.d_steps as u64;
+            self.peers.wish_to_stop(wants_stop(
+                &self.options.stop,
+                self.state.images_shown + shown,
+            ));
             // One D step and one G step on a minibatch of reals.
             if let Some(faults) = &mut self.faults {
                 faults.before_step(self.state.step, &mut self.nets);
@@ -440,7 +467,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             // a tick, in one read (a read waits for the device's queue).
             let tick_len = (self.config.run.tick_kimg * 1000.0) as u64;
             // Every D update counts its reals as shown (official ProGAN `D_repeats`).
-            let shown = phase.batch as u64 * self.config.optim.d_steps as u64;
             let images_after = self.state.images_shown + shown;
             // A tick is `tick_kimg` from its own start, as in the official `train.py`
             // (`cur_nimg >= tick_start_nimg + tick_kimg * 1000`): a resume with another

@@ -452,7 +452,15 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         );
     })
     .context("cannot install the Ctrl-C handler")?;
-    let summary = pgan_train::train(options).map_err(with_flag_hint)?;
+    let summary = match pgan_train::train(options) {
+        Ok(summary) => summary,
+        // Ctrl-C while several nodes were still joining: the shell's code for it.
+        Err(stopped @ TrainError::StoppedWaiting { .. }) => {
+            let _ = writeln!(std::io::stderr(), "{stopped}");
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(with_flag_hint(e)),
+    };
     // The run is saved; a closed stdout (SIGPIPE stays ignored while training) is no error.
     let mut lines = vec![
         format!("run directory: {}", summary.run_dir.display()),

@@ -3,7 +3,8 @@
 //! run directory. They train through a fade-in to identical weights; a node killed with
 //! SIGKILL makes the other stop within the watchdog's time naming it, and the run resumed from
 //! the nodes' common checkpoint ends where an uninterrupted run does; a node with no
-//! orchestrator gives up after its join timeout; nodes with different configs are refused.
+//! orchestrator gives up after its join timeout; nodes with different configs are refused;
+//! Ctrl-C on one node stops them all at the same step, and Ctrl-C in the join ends at once.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -406,6 +407,204 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
             resumed.display()
         );
     }
+}
+
+/// Sends SIGINT (Ctrl-C) to a running node.
+fn interrupt(run: &Running) {
+    let status = Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until a run folder under `runs` holds `n` checkpoints (the process must still run).
+fn wait_for_checkpoints(runs: &Path, n: usize, run: &mut Running) {
+    let started = Instant::now();
+    loop {
+        let written = std::fs::read_dir(runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|r| checkpoints(&r.unwrap().path()).len())
+            .unwrap_or(0);
+        if written >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} holds {written} checkpoints, not {n}",
+            runs.display()
+        );
+        assert!(
+            run.child.try_wait().unwrap().is_none(),
+            "the node ended early"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Ctrl-C on node 1 inside a tick: both nodes stop after the same step (node 1 exits 130, node
+/// 0, which was asked by node 1, with success) and write the same stop checkpoint. Resumed, they
+/// end byte-identical to an uninterrupted two-node run.
+#[test]
+fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    // Ticks of 8 steps, so that a stop lands inside one; 32 steps in all.
+    let config = dir.path().join("ticks.toml");
+    std::fs::write(
+        &config,
+        CONFIG
+            .replace("tick_kimg = 0.008", "tick_kimg = 0.032")
+            .replace("total_kimg = 0.048", "total_kimg = 0.128"),
+    )
+    .unwrap();
+    {
+        let cluster = Cluster::start(dir.path());
+        let a = start(cluster.node(0, &config, &[]));
+        let mut b = start(cluster.node(1, &config, &[]));
+        // The kimg-0 checkpoint and the first tick's.
+        wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
+        interrupt(&b);
+        let (out_b, _) = finish(b, Duration::from_secs(60), "interrupted node 1");
+        let (out_a, _) = finish(a, Duration::from_secs(60), "node 0 after node 1's Ctrl-C");
+        let (said_a, said_b) = (text(&out_a), text(&out_b));
+        assert_eq!(out_b.status.code(), Some(130), "node 1:\n{said_b}");
+        assert_eq!(out_a.status.code(), Some(0), "node 0:\n{said_a}");
+        for said in [&said_a, &said_b] {
+            assert!(said.contains("stopped early; continue with"), "{said}");
+            assert!(!said.contains("panicked"), "{said}");
+        }
+        let log = std::fs::read_to_string(first_run(&dir.path().join("runs0")).join("log.txt"));
+        assert!(
+            log.unwrap().contains("another node asked to stop"),
+            "node 0's log does not say why it stopped"
+        );
+    }
+    let (run0, run1) = (
+        first_run(&dir.path().join("runs0")),
+        first_run(&dir.path().join("runs1")),
+    );
+    let (c0, c1) = (checkpoints(&run0), checkpoints(&run1));
+    let (stop0, stop1) = (c0.last().unwrap(), c1.last().unwrap());
+    assert_eq!(stop0.file_name(), stop1.file_name(), "{c0:?}\n{c1:?}");
+    assert!(weights(stop0) == weights(stop1));
+    // Both resume from their own run folders and finish.
+    {
+        let cluster = Cluster::start(dir.path());
+        let resume = |rank: usize, run: &Path| {
+            let run = run.to_str().unwrap().to_string();
+            start(cluster.node(rank, &config, &["--resume", &run]))
+        };
+        let (a, b) = (resume(0, &run0), resume(1, &run1));
+        let (out_a, _) = finish(a, Duration::from_secs(180), "resumed node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(180), "resumed node 1");
+        assert!(
+            out_a.status.success() && out_b.status.success(),
+            "node 0:\n{}\nnode 1:\n{}",
+            text(&out_a),
+            text(&out_b)
+        );
+        assert!(!text(&out_a).contains("panicked"), "{}", text(&out_a));
+    }
+    // The same run, uninterrupted, in another folder.
+    let straight = dir.path().join("straight");
+    std::fs::create_dir_all(&straight).unwrap();
+    dataset(&straight, "node0");
+    dataset(&straight, "node1");
+    {
+        let cluster = Cluster::start(&straight);
+        let a = start(cluster.node(0, &config, &[]));
+        let b = start(cluster.node(1, &config, &[]));
+        let (out_a, _) = finish(a, Duration::from_secs(180), "straight node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(180), "straight node 1");
+        assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
+        assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
+        // A successful run's end (every node closing its connections) prints no panic.
+        for out in [&out_a, &out_b] {
+            assert!(!text(out).contains("panicked"), "{}", text(out));
+        }
+    }
+    let last = |run: &Path| checkpoints(run).last().unwrap().clone();
+    let reference = last(&first_run(&straight.join("runs0")));
+    for run in [&run0, &run1] {
+        let resumed = last(run);
+        assert_eq!(resumed.file_name(), reference.file_name());
+        assert!(
+            weights(&resumed) == weights(&reference),
+            "{} differs from the uninterrupted run",
+            resumed.display()
+        );
+    }
+}
+
+/// Ctrl-C while a node waits for the others to join ends it at once with exit 130 and says
+/// so, instead of at the join timeout.
+#[test]
+fn ctrl_c_during_the_join_wait_ends_the_node_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    // Its join timeout is 60 s; node 1 never comes.
+    let mut a = start(cluster.node(0, &config, &[]));
+    // The kimg-0 checkpoint is written before the join (and after the Ctrl-C handler).
+    wait_for_checkpoints(&dir.path().join("runs0"), 1, &mut a);
+    std::thread::sleep(Duration::from_millis(500));
+    interrupt(&a);
+    let (out, took) = finish(a, Duration::from_secs(30), "a node interrupted in its join");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{said}");
+    assert!(
+        said.contains("node 0 stopped while waiting for the other nodes"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// A node killed during the join stays registered at the orchestrator: the same node started
+/// again (same address) is refused with a message that says to restart the orchestrator, not
+/// one about `--nodes`.
+#[test]
+fn a_node_restarted_on_an_orchestrator_that_still_holds_it_is_told_to_restart_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    let address = format!("127.0.0.1:{}", free_port_pair());
+    let node0 = |runs: &str| {
+        let mut cmd = pgan();
+        cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
+            .args(["--orchestrator", &format!("127.0.0.1:{}", cluster.port)])
+            .args(["--node-address", &address, "--join-timeout", "30"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(dir.path().join("node0.pgan"))
+            .arg("--out-dir")
+            .arg(dir.path().join(runs))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        start(cmd)
+    };
+    let mut first = node0("runs-a");
+    wait_for_checkpoints(&dir.path().join("runs-a"), 1, &mut first);
+    // In the join wait (node 1 never comes): registered at the orchestrator.
+    std::thread::sleep(Duration::from_millis(1500));
+    first.child.kill().unwrap();
+    let _ = finish(first, Duration::from_secs(10), "the killed node");
+    let (out, _) = finish(
+        node0("runs-b"),
+        Duration::from_secs(60),
+        "the restarted node",
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "the orchestrator already holds a node at {address}"
+        )) && said.contains("restart `pgan orchestrator`")
+            && !said.contains("same --nodes"),
+        "{said}"
+    );
 }
 
 /// `--nodes 2` with nothing listening at the orchestrator's address: a clear error once the

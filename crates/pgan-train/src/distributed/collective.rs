@@ -3,8 +3,10 @@
 
 use std::cell::Cell;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -40,6 +42,10 @@ pub(super) struct PeerGroup<B: AutodiffBackend> {
     ring: Option<Arc<Ring>>,
     /// Peer 0's device (for the all-reduces of host values).
     device: B::Device,
+    /// Several nodes: whether this node wants to stop after the next step, and what the nodes
+    /// agreed at the last exchange (`None` before the first).
+    stop_wish: bool,
+    stop_agreed: Option<bool>,
 }
 
 impl<B: AutodiffBackend> PeerGroup<B> {
@@ -52,12 +58,13 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         dataset: &DatasetFingerprint,
         nets: &Nets<B>,
         device: &B::Device,
+        stop: &AtomicBool,
     ) -> Result<Self> {
         let local = super::local_peer_count(config);
         let first = config.nodes.rank * local;
         let total = super::peer_count(config);
         let link = if config.nodes.several() {
-            super::nodes::quiet_websocket_logs();
+            super::nodes::quiet_websocket_output();
             Some(NodeLink::of(config)?)
         } else {
             None
@@ -107,28 +114,40 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         drop(tx);
         let deadline = link.as_ref().map(|l| Instant::now() + l.join_timeout);
         for _ in 0..local {
-            let result = match deadline {
-                None => rx.recv().map_err(|_| TrainError::Peer {
+            let result = match (deadline, &link) {
+                (Some(deadline), Some(link)) => loop {
+                    // The other nodes may take long to start: a Ctrl-C is answered within
+                    // a fraction of a second, not at the join timeout.
+                    if stop.load(Ordering::SeqCst) {
+                        return Err(link.join_interrupted());
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(link.join_timed_out());
+                    }
+                    match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                        Ok(r) => break r,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => {
+                            return Err(TrainError::Peer {
+                                peer: "thread".into(),
+                                message: "a register thread panicked".into(),
+                            })
+                        }
+                    }
+                },
+                _ => rx.recv().map_err(|_| TrainError::Peer {
                     peer: "thread".into(),
                     message: "a register thread panicked".into(),
                 })?,
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(r) => r,
-                        Err(_) => {
-                            return Err(link.as_ref().expect("deadline").join_timed_out());
-                        }
-                    }
-                }
             };
             if let (Err(e), Some(link)) = (&result, &link) {
                 return Err(TrainError::Peer {
                     peer: format!("node {}", link.rank),
                     message: format!(
-                        "joining the orchestrator at {} failed ({e}): every node must start \
-                         with the same --nodes",
-                        link.orchestrator
+                        "joining the orchestrator at {} failed ({e}): {}",
+                        link.orchestrator,
+                        join_failure_hint(&e.to_string(), link)
                     ),
                 });
             }
@@ -143,6 +162,8 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             watch: None,
             ring: None,
             device: device.clone(),
+            stop_wish: false,
+            stop_agreed: None,
         };
         if let Some(link) = link {
             let watch = group.join_check(config, &link, ckpt, dataset, nets)?;
@@ -151,6 +172,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                 link.ring_port,
                 watch,
                 link.join_timeout,
+                stop,
             )?));
         }
         Ok(group)
@@ -300,6 +322,27 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         Ok(sick[0] == 0.0)
     }
 
+    /// Whether to stop before the next step (see `Peers::stop_now`): on several nodes, what
+    /// the last step's exchange agreed (at the start, before any step, one exchange of `wanted`
+    /// decides).
+    pub fn stop_now(&mut self, wanted: bool) -> Result<bool> {
+        let Some(ring) = &self.ring else {
+            return Ok(wanted);
+        };
+        if let Some(agreed) = self.stop_agreed {
+            return Ok(agreed);
+        }
+        let wishes = ring.sum(vec![if wanted { 1.0 } else { 0.0 }], "stop agreement")?;
+        let agreed = wishes[0] > 0.0;
+        self.stop_agreed = Some(agreed);
+        Ok(agreed)
+    }
+
+    /// Whether this node wants to stop after the next step (sent with its gradients).
+    pub fn wish_to_stop(&mut self, wanted: bool) {
+        self.stop_wish = wanted;
+    }
+
     /// Peers of this node, peer 0 included.
     pub fn count(&self) -> usize {
         self.replicas.len() + 1
@@ -324,13 +367,15 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             (0..count).map(|r| inputs.share(first + r, total)).collect();
         let others = shares.split_off(1);
         let own = shares.pop().expect("peer 0's share");
-        let ring = self.ring.as_deref().map(|ring| NodeRing {
+        let node_ring = self.ring.as_deref().map(|ring| NodeRing {
             ring,
             local: count,
             total,
+            stop_wish: self.stop_wish,
+            stop_seen: AtomicBool::new(false),
         });
-        let ring = ring.as_ref();
-        std::thread::scope(|s| {
+        let ring = node_ring.as_ref();
+        let outs = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .replicas
                 .iter_mut()
@@ -353,12 +398,19 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             for handle in handles {
                 outs.push(join(handle).and_then(|r| r));
             }
-            outs.into_iter().collect()
-        })
+            outs.into_iter().collect::<Result<Vec<_>>>()
+        })?;
+        if let Some(ring) = &node_ring {
+            self.stop_agreed = Some(ring.stop_seen.load(Ordering::SeqCst));
+        }
+        Ok(outs)
     }
 
-    /// Every replica loads `ckpt` (the checkpoint peer 0 just restored).
+    /// Every replica loads `ckpt` (the checkpoint peer 0 just restored). A rollback's nodes
+    /// decide again whether to stop: one that reached its `--stop-after-kimg` may be before
+    /// it now.
     pub fn load(&mut self, ckpt: &Path) -> Result<()> {
+        self.stop_agreed = None;
         for replica in &mut self.replicas {
             let fresh = Nets::fresh(&self.model, &self.optim, &replica.device, None);
             replica.nets = checkpoint::load_training(ckpt, fresh, &replica.device)?;
@@ -441,6 +493,11 @@ struct NodeRing<'a> {
     /// Peers on this node, and on all nodes.
     local: usize,
     total: usize,
+    /// This node's wish to stop after this step, sent as one more value after the gradients,
+    /// and whether any node's sum carried one (the same on every node: they all get the same
+    /// sums).
+    stop_wish: bool,
+    stop_seen: AtomicBool,
 }
 
 impl NodeRing<'_> {
@@ -470,8 +527,12 @@ impl NodeRing<'_> {
             flat
         };
         let total_sum = if local_zero {
-            let values = crate::host_read::read_f32s(node_sum);
-            let summed = self.ring.sum(values, "gradient all-reduce")?;
+            let mut values = crate::host_read::read_f32s(node_sum);
+            values.push(if self.stop_wish { 1.0 } else { 0.0 });
+            let mut summed = self.ring.sum(values, "gradient all-reduce")?;
+            if summed.pop().is_some_and(|wishes| wishes > 0.0) {
+                self.stop_seen.store(true, Ordering::SeqCst);
+            }
             Some(Tensor::<B, 1>::from_floats(summed.as_slice(), &device))
         } else {
             None
@@ -591,6 +652,29 @@ fn device_at<B: AutodiffBackend>(base: &B::Device, index: usize) -> B::Device {
     }
     id.index_id = index as u16;
     <B::Device as burn::tensor::backend::Device>::from_id(id)
+}
+
+/// What to do about a failed registration, from burn-collective's error (its orchestrator's
+/// error type is not public: its debug name is in the message).
+fn join_failure_hint(error: &str, link: &NodeLink) -> String {
+    if error.contains("DoubleRegister") {
+        format!(
+            "the orchestrator already holds a node at {} (one of an earlier run that vanished \
+             without leaving, or two nodes given the same --node-address): restart `pgan \
+             orchestrator` and start every node again",
+            link.address
+        )
+    } else if error.contains("RegisterParamsMismatch") {
+        format!(
+            "the nodes registered so far were started with another --nodes than this one's {}: \
+             every node must start with the same --nodes",
+            link.count
+        )
+    } else {
+        "is the orchestrator a `pgan orchestrator` of this version, and did every node start \
+         with the same --nodes?"
+            .to_string()
+    }
 }
 
 fn collective_error(rank: usize, what: &str, e: burn_collective::CollectiveError) -> TrainError {

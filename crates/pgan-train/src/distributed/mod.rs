@@ -27,6 +27,7 @@
 //! own peers' means), so each node can resume from its own disk.
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -79,6 +80,7 @@ impl<B: AutodiffBackend> Peers<B> {
         dataset: &DatasetFingerprint,
         nets: &Nets<B>,
         device: &B::Device,
+        stop: &AtomicBool,
     ) -> Result<Self> {
         let count = peer_count(config);
         if count <= 1 {
@@ -86,7 +88,8 @@ impl<B: AutodiffBackend> Peers<B> {
         }
         #[cfg(feature = "collective")]
         {
-            let group = collective::PeerGroup::start(config, model, ckpt, dataset, nets, device)?;
+            let group =
+                collective::PeerGroup::start(config, model, ckpt, dataset, nets, device, stop)?;
             Ok(Self {
                 group: Some(group),
                 ..Self::single()
@@ -95,7 +98,7 @@ impl<B: AutodiffBackend> Peers<B> {
         #[cfg(not(feature = "collective"))]
         {
             // Refuses several devices in this build (as `TrainConfig::validate` did).
-            let _ = (model, ckpt, dataset, nets, device);
+            let _ = (model, ckpt, dataset, nets, device, stop);
             check_batches(config)?;
             Ok(Self::single())
         }
@@ -159,6 +162,29 @@ impl<B: AutodiffBackend> Peers<B> {
             return group.total();
         }
         1
+    }
+
+    /// Whether the run stops before its next step; `wanted` is this process's wish (Ctrl-C,
+    /// `--stop-after-kimg` reached). One node decides alone. Several nodes must stop at the
+    /// same step, or one would wait in an all-reduce the others never join: every step's
+    /// gradient exchange carries each node's wish ([`Self::wish_to_stop`]), and all of them
+    /// stop at the first step end where any node wished it.
+    pub fn stop_now(&mut self, wanted: bool) -> Result<bool> {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &mut self.group {
+            return group.stop_now(wanted);
+        }
+        Ok(wanted)
+    }
+
+    /// Several nodes: whether this node wants the run to stop after the next step (sent to
+    /// the others with that step's gradients). Ignored on one node.
+    pub fn wish_to_stop(&mut self, wanted: bool) {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &mut self.group {
+            group.wish_to_stop(wanted);
+        }
+        let _ = wanted;
     }
 
     /// Whether every node's tick end found its values healthy (`healthy` is this node's

@@ -116,6 +116,17 @@ impl NodeLink {
             .with_data_service_port(self.port)
     }
 
+    /// The error of a join that Ctrl-C (or SIGTERM) ended before every node had joined.
+    pub fn join_interrupted(&self) -> TrainError {
+        TrainError::StoppedWaiting {
+            message: format!(
+                "node {} stopped while waiting for the other nodes at the orchestrator {}: \
+                 nothing was trained (a resumed run folder is as it was)",
+                self.rank, self.orchestrator
+            ),
+        }
+    }
+
     /// The error of a join that did not complete in time.
     pub fn join_timed_out(&self) -> TrainError {
         node_error(
@@ -444,17 +455,32 @@ impl Watch {
             ),
             Some(e) => format!("failed ({e})"),
         };
-        let mut gone = Vec::new();
-        let mut alive = Vec::new();
-        for (rank, address) in self.addresses.iter().enumerate() {
-            if rank == self.rank {
-                continue;
+        // A connection that failed may be a process in the middle of its exit, which closes
+        // its sockets one by one: its listener can still answer for a moment. Look again for a
+        // second before calling every node alive.
+        let patience = if how.starts_with("failed") {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = std::time::Instant::now() + patience;
+        let (gone, alive) = loop {
+            let mut gone = Vec::new();
+            let mut alive = Vec::new();
+            for (rank, address) in self.addresses.iter().enumerate() {
+                if rank == self.rank {
+                    continue;
+                }
+                match probe(address) {
+                    Ok(()) => alive.push(format!("node {rank} ({address})")),
+                    Err(e) => gone.push(format!("node {rank} ({address}): {e}")),
+                }
             }
-            match probe(address) {
-                Ok(()) => alive.push(format!("node {rank} ({address})")),
-                Err(e) => gone.push(format!("node {rank} ({address}): {e}")),
+            if !gone.is_empty() || std::time::Instant::now() >= deadline {
+                break (gone, alive);
             }
-        }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let verdict = if !gone.is_empty() {
             format!("lost {}", gone.join("; "))
         } else if !alive.is_empty() {
@@ -525,10 +551,44 @@ pub(super) fn all_reduce_watched<B: Backend>(
 
 /// burn-communication's websocket servers install a global tracing subscriber that prints
 /// every tensor transfer (INFO) on stdout unless one is installed already: install a silent
-/// one first (errors reach the user through pgan's own messages).
-pub(super) fn quiet_websocket_logs() {
+/// one first (errors reach the user through pgan's own messages); and keep its connection
+/// panics quiet.
+pub(super) fn quiet_websocket_output() {
     let silent = tracing_core::Dispatch::new(tracing_core::subscriber::NoSubscriber::default());
     let _ = tracing_core::dispatcher::set_global_default(silent);
+    quiet_connection_panics();
+}
+
+/// What burn-communication 0.21 panics with when a websocket peer goes away or cannot be
+/// reached (`data_service.rs`: the download handler's `recv` error, a failed `close`, a failed
+/// connect). Every node's exit closes its connections, so the first came at the end of every
+/// successful run too.
+const CONNECTION_PANICS: [&str; 3] = [
+    "Failed to receive message from websocket",
+    "Failed to close WebSocket stream",
+    "Failed to connect to data server at",
+];
+
+/// Keeps burn-communication's connection panics off stderr; every other panic is printed as
+/// before. Such a panic ends only the task of one connection; what it costs the run is reported
+/// by pgan: a node lost or unreachable is named by the watchdog ([`Watch::lost`]), which every
+/// exchange between nodes goes through.
+fn quiet_connection_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            if !CONNECTION_PANICS.iter().any(|m| message.starts_with(m)) {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// The tokio runtime of the gradient ring (one per process).
@@ -537,6 +597,7 @@ fn ring_runtime() -> &'static tokio::runtime::Runtime {
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name("pgan-ring")
             .enable_all()
             .build()
             .expect("a tokio runtime starts")
@@ -580,8 +641,13 @@ pub(super) struct Ring {
 impl Ring {
     /// Serves this node's slices on `port` (already checked free); `watch.addresses` are every
     /// node's ring address by rank.
-    pub fn start(port: u16, watch: Watch, join_timeout: Duration) -> Result<Self> {
-        quiet_websocket_logs();
+    pub fn start(
+        port: u16,
+        watch: Watch,
+        join_timeout: Duration,
+        interrupted: &std::sync::atomic::AtomicBool,
+    ) -> Result<Self> {
+        quiet_websocket_output();
         use burn_communication::data_service::{TensorDataServer, TensorDataService};
         use burn_communication::ProtocolServer;
         let cancel = tokio_util::sync::CancellationToken::new();
@@ -612,6 +678,15 @@ impl Ring {
         while probe(&prev_address).is_err() {
             if std::time::Instant::now() > deadline {
                 return Err(watch.lost("starting the gradient ring", None));
+            }
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(TrainError::StoppedWaiting {
+                    message: format!(
+                        "node {} stopped while waiting for the gradient ring: nothing was \
+                         trained (a resumed run folder is as it was)",
+                        watch.rank
+                    ),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -708,7 +783,13 @@ impl Ring {
 }
 
 impl Drop for Ring {
+    /// Closes this node's download connections first, so that the node before it sees its
+    /// connection end cleanly, then stops serving.
     fn drop(&mut self) {
+        let service = self.service.clone();
+        let closing = ring_runtime().spawn(async move { service.close().await });
+        let _ = ring_runtime()
+            .block_on(async move { tokio::time::timeout(Duration::from_secs(2), closing).await });
         self.cancel.cancel();
     }
 }
