@@ -36,6 +36,23 @@ export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 
 cargo test --workspace --features wgpu
 
+# The README's main job, shortened (a few hundred images of training): every command of
+# scripts/quickstart.sh and its outputs, with the pgan binary the tests above built.
+quick=$(mktemp -d)
+if ! PGAN_BIN="${CARGO_TARGET_DIR:-target}/debug/pgan" PGAN_QUICK_OUT="$quick" \
+  PGAN_QUICK_KIMG=0.4 bash scripts/quickstart.sh --no-progress > "$quick/quickstart.log" 2>&1; then
+  cat "$quick/quickstart.log" >&2
+  echo "error: scripts/quickstart.sh (the README's main job) failed" >&2
+  exit 1
+fi
+for out in sheet.png interpolation.png interpolation.gif samples/timeline.png report.html; do
+  if ! ls "$quick"/quickstart/*/"$out" >/dev/null 2>&1; then
+    echo "error: scripts/quickstart.sh wrote no $out" >&2
+    exit 1
+  fi
+done
+rm -rf "$quick"
+
 # pgan-model's tests again with the CPU kernels turned off (pgan_model::kernels): burn's generic
 # ops, as on a GPU. Reuses the test binary built above; the wgpu parity test already ran.
 model_tests=$(cargo test --workspace --features wgpu --no-run --message-format=json 2>/dev/null \

@@ -1678,6 +1678,16 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
             .arg(&sheet),
     );
     assert!(out.contains("in the samples folder of the run"), "{out}");
+    // Other names in samples/ are the user's: the timeline the report shows goes there (as the
+    // quick start writes it).
+    run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(run.join("samples/timeline.png"))
+            .args(["--seeds", "0-1", "--timeline"]),
+    );
     let branch = run.join("checkpoints/abandoned-1/metrics.jsonl");
     let out = run_err(pgan().arg("report").arg(&run).arg("--out").arg(&branch));
     assert!(

@@ -606,15 +606,23 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         // Two disjoint draws of reals: one to compare with, one for the noise floor.
         let reals = real_images(&reader, resolution, 2 * request.num_images, request.seed)?;
         if reader.len() < 2 * request.num_images {
+            // The draw is a shuffled pass over the dataset, then another: the first `--num`
+            // reals repeat only when the dataset holds fewer.
+            let repeats = if reader.len() < request.num_images {
+                ", and the reals repeat within the first draw, so their MS-SSIM reads high \
+                 (a repeated pair scores 1)"
+            } else {
+                ""
+            };
             report.warnings.push(format!(
                 "{} holds {} images, fewer than the {} reals drawn (--num {} to compare with, as \
                  many for the real-vs-real floor): the two draws share images, so the SWD floor \
-                 and the reals' MS-SSIM read low; --num {} or less keeps them apart",
+                 reads low{repeats}; --num {} or less keeps them apart",
                 path.display(),
                 reader.len(),
                 2 * request.num_images,
                 request.num_images,
-                reader.len() / 2
+                (reader.len() / 2).max(1)
             ));
         }
         let (a, b) = split_half(&reals);
@@ -712,7 +720,7 @@ fn too_few_for_the_modes(images: usize, modes: usize) -> Option<String> {
     (expected < 0.99).then(|| {
         format!(
             "--num {images} against {modes} modes: even a generator that draws every mode \
-             equally often covers only about {:.0} % of them with {images} images, by chance; \
+             equally often covers only about {:.1} % of them with {images} images, by chance; \
              use --num {enough} or more for the coverage to speak for the generator",
             expected * 100.0
         )

@@ -31,7 +31,7 @@ pub fn prepare_output(out: &Path, flag: &str) -> Result<PathBuf> {
 }
 
 /// What `target` is when it is one of a run directory's own files, whichever run (a file the
-/// trainer reads back, its log or lock, or a sheet in its `samples/` folder).
+/// trainer reads back, its log or lock, or a tick's sheet in its `samples/` folder).
 fn run_file(target: &Path) -> Option<String> {
     use pgan_train::run_dir::{CONFIG_FILE, LOCK_FILE, LOG_FILE, REALS_FILE, SAMPLES_DIR};
     let is_run = |dir: &Path| {
@@ -72,10 +72,25 @@ fn run_file(target: &Path) -> Option<String> {
             ));
         }
     }
+    // The trainer's sample sheets (`tick-NNNNNN.png`); other names there are the user's, such
+    // as `samples/timeline.png`, which `pgan report` shows and the quick start writes.
     let run = dir
         .parent()
         .filter(|_| dir.file_name().is_some_and(|n| n == SAMPLES_DIR))?;
-    is_run(run).then(|| format!("in the samples folder of the run {}", run.display()))
+    let sheet = name.to_str().is_some_and(is_tick_sheet);
+    (sheet && is_run(run)).then(|| {
+        format!(
+            "a sample sheet in the samples folder of the run {}",
+            run.display()
+        )
+    })
+}
+
+/// Whether `name` is a tick's sample sheet as the trainer names it (`tick-` digits `.png`).
+fn is_tick_sheet(name: &str) -> bool {
+    name.strip_prefix("tick-")
+        .and_then(|n| n.strip_suffix(".png"))
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Refuses `out` when it could not be replaced (a folder, device, FIFO or socket, also at the

@@ -60,6 +60,8 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         device: &B::Device,
         stop: &AtomicBool,
     ) -> Result<Self> {
+        // burn-collective's panics on a failed peer are reported as pgan's errors.
+        super::network_panics::quiet();
         let local = super::local_peer_count(config);
         let first = config.nodes.rank * local;
         let total = super::peer_count(config);
@@ -116,17 +118,19 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         for _ in 0..local {
             let result = match (deadline, &link) {
                 (Some(deadline), Some(link)) => loop {
-                    // The other nodes may take long to start: a Ctrl-C is answered within
-                    // a fraction of a second, not at the join timeout.
-                    if stop.load(Ordering::SeqCst) {
-                        return Err(link.join_interrupted());
-                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(link.join_timed_out());
                     }
                     match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                         Ok(r) => break r,
+                        // The other nodes may take long to start: a Ctrl-C is answered within
+                        // a fraction of a second, not at the join timeout. A registration that
+                        // completed is taken first (the others go on to the join check, and
+                        // the run's first stop exchange then stops them all).
+                        Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => {
+                            return Err(link.join_interrupted());
+                        }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => {
                             return Err(TrainError::Peer {

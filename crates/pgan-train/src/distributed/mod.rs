@@ -44,6 +44,8 @@ use crate::training_loop::step::{peer_step, NoSync, PeerStepOutput, StepInputs};
 #[cfg(feature = "collective")]
 mod collective;
 #[cfg(feature = "collective")]
+mod network_panics;
+#[cfg(feature = "collective")]
 mod nodes;
 #[cfg(feature = "collective")]
 pub use nodes::run_orchestrator;

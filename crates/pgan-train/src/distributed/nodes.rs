@@ -121,7 +121,9 @@ impl NodeLink {
         TrainError::StoppedWaiting {
             message: format!(
                 "node {} stopped while waiting for the other nodes at the orchestrator {}: \
-                 nothing was trained (a resumed run folder is as it was)",
+                 nothing was trained (a new run keeps only its kimg-0 checkpoint, a resumed run \
+                 folder is as it was). The orchestrator may still hold this node: restart \
+                 `pgan orchestrator` before starting the nodes again",
                 self.rank, self.orchestrator
             ),
         }
@@ -453,7 +455,10 @@ impl Watch {
                 "no answer within {:.0} s (nodes.peer_timeout_s, --peer-timeout)",
                 self.timeout.as_secs_f64()
             ),
-            Some(e) => format!("failed ({e})"),
+            Some(e) => match super::network_panics::last() {
+                Some(panic) => format!("failed ({e}; {panic})"),
+                None => format!("failed ({e})"),
+            },
         };
         // A connection that failed may be a process in the middle of its exit, which closes
         // its sockets one by one: its listener can still answer for a moment. Look again for a
@@ -485,13 +490,15 @@ impl Watch {
             format!("lost {}", gone.join("; "))
         } else if !alive.is_empty() {
             format!(
-                "{} still accept(s) connections but did not take part: hung, or stopped by \
-                 Ctrl-C",
+                "{} still accept(s) connections but did not take part: hung, or aborted (a \
+                 second Ctrl-C)",
                 alive.join(", ")
             )
         } else {
+            // The join check has not told this node the others' addresses yet.
             format!(
-                "the other nodes (orchestrator {}) are unknown",
+                "which node failed is not known before the join check completes (orchestrator \
+                 {}): a node may have stopped, or one cannot reach another's --node-address",
                 self.orchestrator
             )
         };
@@ -551,44 +558,12 @@ pub(super) fn all_reduce_watched<B: Backend>(
 
 /// burn-communication's websocket servers install a global tracing subscriber that prints
 /// every tensor transfer (INFO) on stdout unless one is installed already: install a silent
-/// one first (errors reach the user through pgan's own messages); and keep its connection
-/// panics quiet.
+/// one first (errors reach the user through pgan's own messages); and keep the network crates'
+/// panics quiet (`network_panics`).
 pub(super) fn quiet_websocket_output() {
     let silent = tracing_core::Dispatch::new(tracing_core::subscriber::NoSubscriber::default());
     let _ = tracing_core::dispatcher::set_global_default(silent);
-    quiet_connection_panics();
-}
-
-/// What burn-communication 0.21 panics with when a websocket peer goes away or cannot be
-/// reached (`data_service.rs`: the download handler's `recv` error, a failed `close`, a failed
-/// connect). Every node's exit closes its connections, so the first came at the end of every
-/// successful run too.
-const CONNECTION_PANICS: [&str; 3] = [
-    "Failed to receive message from websocket",
-    "Failed to close WebSocket stream",
-    "Failed to connect to data server at",
-];
-
-/// Keeps burn-communication's connection panics off stderr; every other panic is printed as
-/// before. Such a panic ends only the task of one connection; what it costs the run is reported
-/// by pgan: a node lost or unreachable is named by the watchdog ([`Watch::lost`]), which every
-/// exchange between nodes goes through.
-fn quiet_connection_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or_default();
-            if !CONNECTION_PANICS.iter().any(|m| message.starts_with(m)) {
-                previous(info);
-            }
-        }));
-    });
+    super::network_panics::quiet();
 }
 
 /// The tokio runtime of the gradient ring (one per process).
@@ -677,9 +652,11 @@ impl Ring {
         let deadline = std::time::Instant::now() + join_timeout;
         while probe(&prev_address).is_err() {
             if std::time::Instant::now() > deadline {
+                cancel.cancel();
                 return Err(watch.lost("starting the gradient ring", None));
             }
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                cancel.cancel();
                 return Err(TrainError::StoppedWaiting {
                     message: format!(
                         "node {} stopped while waiting for the gradient ring: nothing was \
@@ -786,10 +763,14 @@ impl Drop for Ring {
     /// Closes this node's download connections first, so that the node before it sees its
     /// connection end cleanly, then stops serving.
     fn drop(&mut self) {
-        let service = self.service.clone();
-        let closing = ring_runtime().spawn(async move { service.close().await });
-        let _ = ring_runtime()
-            .block_on(async move { tokio::time::timeout(Duration::from_secs(2), closing).await });
+        // Waited for on a channel, not with `block_on`: a drop inside an async context (a
+        // caller's own runtime) must not start a runtime.
+        let (service, (done, closed)) = (self.service.clone(), mpsc::channel());
+        ring_runtime().spawn(async move {
+            service.close().await;
+            let _ = done.send(());
+        });
+        let _ = closed.recv_timeout(Duration::from_secs(2));
         self.cancel.cancel();
     }
 }
