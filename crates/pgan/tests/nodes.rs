@@ -314,23 +314,7 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
         let mut b = start(cluster.node(1, &long, &[]));
         // Kill node 1 once it has written its third checkpoint.
         let runs1 = dir.path().join("runs1");
-        let started = Instant::now();
-        loop {
-            let enough = std::fs::read_dir(&runs1)
-                .ok()
-                .and_then(|mut d| d.next())
-                .map(|run| checkpoints(&run.unwrap().path()).len() >= 3)
-                .unwrap_or(false);
-            if enough {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "node 1 wrote no checkpoints"
-            );
-            assert!(b.child.try_wait().unwrap().is_none(), "node 1 ended early");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_for_checkpoints(&runs1, 3, &mut b);
         b.child.kill().unwrap();
         let killed = Instant::now();
         let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
@@ -366,41 +350,48 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
     assert!(interrupted_at >= 3 && names1.len() < 49, "{names1:?}");
 
     // Resume both on a fresh orchestrator (the old one is gone with its cluster).
-    {
-        let cluster = Cluster::start(dir.path());
-        let resume = |rank: usize, run: &Path| {
-            let ckpt = run.join("checkpoints").join(&name);
-            let ckpt = ckpt.to_str().unwrap().to_string();
-            start(cluster.node(rank, &long, &["--resume", &ckpt]))
-        };
-        let (a, b) = (resume(0, &run0), resume(1, &run1));
-        let (out_a, _) = finish(a, Duration::from_secs(180), "resumed node 0");
-        let (out_b, _) = finish(b, Duration::from_secs(180), "resumed node 1");
+    let [ckpt0, ckpt1] = [&run0, &run1].map(|run| {
+        let ckpt = run.join("checkpoints").join(&name);
+        ckpt.to_str().unwrap().to_string()
+    });
+    run_both_to_the_end(
+        &Cluster::start(dir.path()),
+        &long,
+        [&["--resume", &ckpt0], &["--resume", &ckpt1]],
+        "resumed",
+    );
+    end_as_an_uninterrupted_run(dir.path(), &long, [&run0, &run1]);
+}
+
+/// Runs nodes 0 and 1 (each with its `extra` arguments) until they end, which must be
+/// successfully and without a panic printed (`what` names them in failures).
+fn run_both_to_the_end(cluster: &Cluster, config: &Path, extra: [&[&str]; 2], what: &str) {
+    let a = start(cluster.node(0, config, extra[0]));
+    let b = start(cluster.node(1, config, extra[1]));
+    let (out_a, _) = finish(a, Duration::from_secs(180), &format!("{what} node 0"));
+    let (out_b, _) = finish(b, Duration::from_secs(180), &format!("{what} node 1"));
+    for (rank, out) in [(0, &out_a), (1, &out_b)] {
+        let said = text(out);
+        assert!(out.status.success(), "{what} node {rank}:\n{said}");
+        // The end of a run (every node closing its connections) prints no panic.
         assert!(
-            out_a.status.success() && out_b.status.success(),
-            "node 0:\n{}\nnode 1:\n{}",
-            text(&out_a),
-            text(&out_b)
+            !said.contains("' panicked at"),
+            "{what} node {rank}:\n{said}"
         );
     }
+}
 
-    // The same run, uninterrupted, in another folder.
-    let straight = dir.path().join("straight");
+/// Trains the same two-node run uninterrupted in `dir/straight` and checks that `runs` (node
+/// 0's and node 1's run folders) ended with its weights.
+fn end_as_an_uninterrupted_run(dir: &Path, config: &Path, runs: [&Path; 2]) {
+    let straight = dir.join("straight");
     std::fs::create_dir_all(&straight).unwrap();
     dataset(&straight, "node0");
     dataset(&straight, "node1");
-    {
-        let cluster = Cluster::start(&straight);
-        let a = start(cluster.node(0, &long, &[]));
-        let b = start(cluster.node(1, &long, &[]));
-        let (out_a, _) = finish(a, Duration::from_secs(180), "straight node 0");
-        let (out_b, _) = finish(b, Duration::from_secs(180), "straight node 1");
-        assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
-        assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
-    }
+    run_both_to_the_end(&Cluster::start(&straight), config, [&[], &[]], "straight");
     let last = |run: &Path| checkpoints(run).last().unwrap().clone();
     let reference = last(&first_run(&straight.join("runs0")));
-    for run in [&run0, &run1] {
+    for run in runs {
         let resumed = last(run);
         assert_eq!(resumed.file_name(), reference.file_name());
         assert!(
@@ -409,6 +400,20 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
             resumed.display()
         );
     }
+}
+
+/// The tiny config with ticks of 8 steps of 4 images (so that a stop can land inside one) and
+/// 32 steps in all, written into `dir`.
+fn ticks_config(dir: &Path) -> PathBuf {
+    let config = dir.join("ticks.toml");
+    std::fs::write(
+        &config,
+        CONFIG
+            .replace("tick_kimg = 0.008", "tick_kimg = 0.032")
+            .replace("total_kimg = 0.048", "total_kimg = 0.128"),
+    )
+    .unwrap();
+    config
 }
 
 /// Sends SIGINT (Ctrl-C) to a running node.
@@ -452,15 +457,7 @@ fn wait_for_checkpoints(runs: &Path, n: usize, run: &mut Running) {
 fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    // Ticks of 8 steps, so that a stop lands inside one; 32 steps in all.
-    let config = dir.path().join("ticks.toml");
-    std::fs::write(
-        &config,
-        CONFIG
-            .replace("tick_kimg = 0.008", "tick_kimg = 0.032")
-            .replace("total_kimg = 0.048", "total_kimg = 0.128"),
-    )
-    .unwrap();
+    let config = ticks_config(dir.path());
     {
         let cluster = Cluster::start(dir.path());
         let a = start(cluster.node(0, &config, &[]));
@@ -475,7 +472,7 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
         assert_eq!(out_a.status.code(), Some(0), "node 0:\n{said_a}");
         for said in [&said_a, &said_b] {
             assert!(said.contains("stopped early; continue with"), "{said}");
-            assert!(!said.contains("panicked"), "{said}");
+            assert!(!said.contains("' panicked at"), "{said}");
         }
         let log = std::fs::read_to_string(first_run(&dir.path().join("runs0")).join("log.txt"));
         assert!(
@@ -491,53 +488,15 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
     let (stop0, stop1) = (c0.last().unwrap(), c1.last().unwrap());
     assert_eq!(stop0.file_name(), stop1.file_name(), "{c0:?}\n{c1:?}");
     assert!(weights(stop0) == weights(stop1));
-    // Both resume from their own run folders and finish.
-    {
-        let cluster = Cluster::start(dir.path());
-        let resume = |rank: usize, run: &Path| {
-            let run = run.to_str().unwrap().to_string();
-            start(cluster.node(rank, &config, &["--resume", &run]))
-        };
-        let (a, b) = (resume(0, &run0), resume(1, &run1));
-        let (out_a, _) = finish(a, Duration::from_secs(180), "resumed node 0");
-        let (out_b, _) = finish(b, Duration::from_secs(180), "resumed node 1");
-        assert!(
-            out_a.status.success() && out_b.status.success(),
-            "node 0:\n{}\nnode 1:\n{}",
-            text(&out_a),
-            text(&out_b)
-        );
-        assert!(!text(&out_a).contains("panicked"), "{}", text(&out_a));
-    }
-    // The same run, uninterrupted, in another folder.
-    let straight = dir.path().join("straight");
-    std::fs::create_dir_all(&straight).unwrap();
-    dataset(&straight, "node0");
-    dataset(&straight, "node1");
-    {
-        let cluster = Cluster::start(&straight);
-        let a = start(cluster.node(0, &config, &[]));
-        let b = start(cluster.node(1, &config, &[]));
-        let (out_a, _) = finish(a, Duration::from_secs(180), "straight node 0");
-        let (out_b, _) = finish(b, Duration::from_secs(180), "straight node 1");
-        assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
-        assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
-        // A successful run's end (every node closing its connections) prints no panic.
-        for out in [&out_a, &out_b] {
-            assert!(!text(out).contains("panicked"), "{}", text(out));
-        }
-    }
-    let last = |run: &Path| checkpoints(run).last().unwrap().clone();
-    let reference = last(&first_run(&straight.join("runs0")));
-    for run in [&run0, &run1] {
-        let resumed = last(run);
-        assert_eq!(resumed.file_name(), reference.file_name());
-        assert!(
-            weights(&resumed) == weights(&reference),
-            "{} differs from the uninterrupted run",
-            resumed.display()
-        );
-    }
+    // Both resume from their own run folders and finish as an uninterrupted run does.
+    let [r0, r1] = [&run0, &run1].map(|run| run.to_str().unwrap().to_string());
+    run_both_to_the_end(
+        &Cluster::start(dir.path()),
+        &config,
+        [&["--resume", &r0], &["--resume", &r1]],
+        "resumed",
+    );
+    end_as_an_uninterrupted_run(dir.path(), &config, [&run0, &run1]);
 }
 
 /// `--stop-after-kimg` on node 1 only, inside a tick: both nodes stop at that step (exit 0),
@@ -546,15 +505,8 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
 fn a_stop_asked_by_one_node_inside_a_tick_stops_every_node_there() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
-    // Ticks of 8 steps of 4 images: 44 images is the 11th step, inside the second tick.
-    let config = dir.path().join("ticks.toml");
-    std::fs::write(
-        &config,
-        CONFIG
-            .replace("tick_kimg = 0.008", "tick_kimg = 0.032")
-            .replace("total_kimg = 0.048", "total_kimg = 0.128"),
-    )
-    .unwrap();
+    // 44 images is the 11th step, inside the second tick.
+    let config = ticks_config(dir.path());
     let cluster = Cluster::start(dir.path());
     let a = start(cluster.node(0, &config, &[]));
     let b = start(cluster.node(1, &config, &["--stop-after-kimg", "0.044"]));
