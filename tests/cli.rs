@@ -169,6 +169,11 @@ fn prepare_train_render_eval_report() {
     let missing = dir.path().join("no-inception.safetensors");
     let bad = run_err(dry_run(&fid_config, &[]).env("PGAN_INCEPTION", &missing));
     assert!(bad.contains("inception weights not found"), "{bad}");
+    // ... a CPU device that does not exist, an output folder that is a file.
+    let bad = run_err(&mut dry_run(&config, &["--device", "5"]));
+    assert!(bad.contains("device 5 does not exist"), "{bad}");
+    let bad = run_err(&mut dry_run(&config, &["--out-dir"]).arg(&fid_config));
+    assert!(bad.contains("is a regular file, not a folder"), "{bad}");
     // A key the run would not use: an error in the file, a warning when a flag caused it.
     let r1_config = dir.path().join("r1.toml");
     std::fs::write(&r1_config, format!("{CONFIG}[loss]\nr1_gamma = 5.0\n")).unwrap();
@@ -1506,7 +1511,7 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
     );
     // 20 images are fewer than 2 x 16 reals: said, not hidden.
     assert!(
-        out.contains("holds 20 images, fewer than the 2 x 16 reals")
+        out.contains("holds 20 images, fewer than the 32 reals drawn")
             && out.contains("--num 10 or less"),
         "{out}"
     );
@@ -1603,6 +1608,15 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         out.contains("--fake") && out.contains("no such file"),
         "{out}"
     );
+    // Without the reference set: named as the README teaches it, --real.
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg("--fake")
+            .arg(dir.path().join("tiny.pgan"))
+            .arg("--fid"),
+    );
+    assert!(out.contains("--fake needs --real"), "{out}");
     assert!(
         !outputs.exists(),
         "output folders made for a refused command"
@@ -1678,6 +1692,16 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
             .arg(&sheet),
     );
     assert!(out.contains("in the samples folder of the run"), "{out}");
+    // Render writes PNGs: a .jpg name is refused rather than filled with PNG bytes.
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(elsewhere.join("sheet.JPG"))
+            .args(["--seeds", "0"]),
+    );
+    assert!(out.contains("render writes PNG images"), "{out}");
     // Other names in samples/ are the user's: the timeline the report shows goes there (as the
     // quick start writes it).
     run_ok(

@@ -27,20 +27,27 @@ pub fn compiled_backends() -> Vec<BackendKind> {
     out
 }
 
+/// Refuses a device index that cannot exist without opening a device: any but 0 on the CPU,
+/// which is one device (all its cores), so another index is a mistake, not a choice. (A GPU
+/// index is checked when its driver is asked.)
+pub fn check_device_index(kind: BackendKind, index: usize) -> Result<()> {
+    if kind == BackendKind::Cpu && index != 0 {
+        return Err(TrainError::Backend {
+            backend: "cpu".into(),
+            message: format!(
+                "device {index} does not exist: the CPU backend has one device, 0 (it uses \
+                 every core); device indices select GPUs with wgpu or cuda"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Runs `job` on the backend `kind`, device `index`.
 pub fn dispatch<J: BackendJob>(kind: BackendKind, index: usize, job: J) -> Result<J::Output> {
+    check_device_index(kind, index)?;
     match kind {
         BackendKind::Cpu => {
-            if index != 0 {
-                // The CPU is one device (all its cores): another index is a mistake, not a choice.
-                return Err(TrainError::Backend {
-                    backend: "cpu".into(),
-                    message: format!(
-                        "device {index} does not exist: the CPU backend has one device, 0 (it \
-                         uses every core); device indices select GPUs with wgpu or cuda"
-                    ),
-                });
-            }
             type B = burn::backend::Autodiff<burn::backend::Flex>;
             job.run::<B>(Default::default())
         }

@@ -489,43 +489,34 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     };
     if let Some((spec, modes)) = &mode_spec {
         if modes.resolution < MIN_MODES_RESOLUTION {
-            return Err(crate::error::TrainError::Config {
-                path: None,
-                message: format!(
-                    "--modes {}: at {r}x{r} the mode classifier mistakes most squares for discs \
+            return Err(crate::error::TrainError::Request(format!(
+                "--modes {}: at {r}x{r} the mode classifier mistakes most squares for discs \
                      (its coverage of the reals themselves reads low and skewed); synthesize \
                      and evaluate at {m}x{m} or more",
-                    spec.display(),
-                    r = modes.resolution,
-                    m = MIN_MODES_RESOLUTION
-                ),
-            });
+                spec.display(),
+                r = modes.resolution,
+                m = MIN_MODES_RESOLUTION
+            )));
         }
         if loaded.model.num_channels != 3 {
-            return Err(crate::error::TrainError::Config {
-                path: None,
-                message: format!(
-                    "--modes {}: mode classification needs RGB images; the checkpoint \
+            return Err(crate::error::TrainError::Request(format!(
+                "--modes {}: mode classification needs RGB images; the checkpoint \
                      generates {}-channel ones",
-                    spec.display(),
-                    loaded.model.num_channels
-                ),
-            });
+                spec.display(),
+                loaded.model.num_channels
+            )));
         }
         if let Some(warning) = too_few_for_the_modes(request.num_images, modes.modes) {
             report.warnings.push(warning);
         }
         if modes.resolution != resolution {
-            return Err(crate::error::TrainError::Config {
-                path: None,
-                message: format!(
-                    "--modes {}: it describes {r}x{r} images and the checkpoint generates \
+            return Err(crate::error::TrainError::Request(format!(
+                "--modes {}: it describes {r}x{r} images and the checkpoint generates \
                      {resolution}x{resolution}; evaluate a checkpoint of the synth dataset's \
                      resolution",
-                    spec.display(),
-                    r = modes.resolution
-                ),
-            });
+                spec.display(),
+                r = modes.resolution
+            )));
         }
     }
     // The generated images and, with a dataset, twice as many reals stay in memory.
@@ -536,19 +527,15 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         resolution,
         "SWD, MS-SSIM and mode coverage",
     )
-    .map_err(|message| crate::error::TrainError::Config {
-        path: None,
-        message: format!("--num {}: {message}", request.num_images),
+    .map_err(|message| {
+        crate::error::TrainError::Request(format!("--num {}: {message}", request.num_images))
     })?;
     let pairs = request.num_images.saturating_mul(request.num_images - 1) / 2;
     if request.msssim_pairs > pairs {
-        return Err(crate::error::TrainError::Config {
-            path: None,
-            message: format!(
-                "--pairs {}: {} images make {pairs} distinct pairs",
-                request.msssim_pairs, request.num_images
-            ),
-        });
+        return Err(crate::error::TrainError::Request(format!(
+            "--pairs {}: {} images make {pairs} distinct pairs",
+            request.msssim_pairs, request.num_images
+        )));
     }
     say(&format!(
         "generating {} images at {resolution}x{resolution}",

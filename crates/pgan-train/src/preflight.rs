@@ -31,6 +31,10 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     let mut config = options.config.clone();
     config.validate()?;
     crate::backend::check_compiled(config.run.backend)?;
+    crate::backend::check_device_index(config.run.backend, config.run.device)?;
+    if options.resume.is_none() {
+        crate::run_dir::check_out_dir(&config.run.out_dir)?;
+    }
     let data_path = config.data.path.clone().ok_or_else(|| TrainError::Config {
         path: None,
         message: "no dataset: set data.path in the config or pass one".into(),

@@ -22,22 +22,28 @@ pub const SAMPLES_DIR: &str = "samples";
 /// Name of the lock file a trainer holds in its run directory (it holds the owner's pid).
 pub const LOCK_FILE: &str = "train.lock";
 
-/// Creates `out_dir/NNNNN-desc`, numbered one past the highest existing run.
-///
-/// Two trainers starting at once in one `out_dir` would both see the same highest number, so
-/// the listing and the creation happen under an OS lock on `out_dir` itself (no lock file among
-/// the runs), and a run folder is only ever created new (`create_dir`, never reused).
-pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
-    if let Some(meta) = std::fs::metadata(out_dir).ok().filter(|m| !m.is_dir()) {
-        return Err(TrainError::Config {
+/// Refuses an `out_dir` that exists and is not a folder (a missing one is created).
+pub fn check_out_dir(out_dir: &Path) -> Result<()> {
+    match std::fs::metadata(out_dir).ok().filter(|m| !m.is_dir()) {
+        Some(meta) => Err(TrainError::Config {
             path: None,
             message: format!(
                 "run.out_dir {} is {}, not a folder for run directories",
                 out_dir.display(),
                 pgan_spec::output::kind(&meta.file_type())
             ),
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// Creates `out_dir/NNNNN-desc`, numbered one past the highest existing run.
+///
+/// Two trainers starting at once in one `out_dir` would both see the same highest number, so
+/// the listing and the creation happen under an OS lock on `out_dir` itself (no lock file among
+/// the runs), and a run folder is only ever created new (`create_dir`, never reused).
+pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
+    check_out_dir(out_dir)?;
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir, "create"))?;
     // Where a folder cannot be opened for locking (not Unix), `create_dir` alone still keeps
     // two runs out of one folder.

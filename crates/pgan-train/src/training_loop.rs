@@ -435,11 +435,16 @@ impl<B: AutodiffBackend> Trainer<B> {
                     self.rollback()?;
                     continue;
                 }
+                // The log says why the run stopped (the terminal may be gone).
                 if !wanted_here {
                     self.log.info(
-                        "another node asked to stop (Ctrl-C or --stop-after-kimg there): \
-                         stopping with it",
+                        "another node asked to stop (Ctrl-C, SIGTERM or --stop-after-kimg \
+                         there): stopping with it",
                     );
+                } else if self.options.stop.load(Ordering::SeqCst) {
+                    self.log.info("stop asked for (Ctrl-C or SIGTERM)");
+                } else {
+                    self.log.info("--stop-after-kimg reached");
                 }
                 interrupted = true;
                 break;

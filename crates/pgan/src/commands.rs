@@ -448,7 +448,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         }
         let _ = writeln!(
             std::io::stderr(),
-            "\ninterrupt: writing a checkpoint, then exiting (Ctrl-C again to abort)"
+            "\ninterrupt: stopping, with a checkpoint once training has begun (interrupt \
+             again to abort)"
         );
     })
     .context("cannot install the Ctrl-C handler")?;
@@ -457,6 +458,16 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         // Ctrl-C while several nodes were still joining: the shell's code for it.
         Err(stopped @ TrainError::StoppedWaiting { .. }) => {
             let _ = writeln!(std::io::stderr(), "{stopped}");
+            return Ok(ExitCode::from(130));
+        }
+        // Interrupted, and the other nodes did not answer (hung, or gone): the stop is the
+        // user's, and the error says which checkpoint stands.
+        Err(lost @ TrainError::Peer { .. }) if signalled.load(Ordering::SeqCst) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {lost}\n(interrupted: no stop checkpoint could be agreed with the other \
+                 nodes)"
+            );
             return Ok(ExitCode::from(130));
         }
         Err(e) => return Err(with_flag_hint(e)),
@@ -484,6 +495,12 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Extensions of image formats other than PNG (lower case).
+const OTHER_IMAGE_EXTENSIONS: [&str; 14] = [
+    "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "avif", "ico", "tga", "qoi", "exr", "hdr",
+    "ppm",
+];
 
 fn render(args: RenderArgs) -> Result<ExitCode> {
     let backend = args
@@ -565,6 +582,16 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         }
         outputs.push(gif);
     }
+    // Every image render writes is a PNG: another format's extension would mislabel the file.
+    if let Some(ext) = args.out.extension().and_then(|e| e.to_str()) {
+        let ext = ext.to_ascii_lowercase();
+        if OTHER_IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            bail!(
+                "--out {}: render writes PNG images; name the file .png",
+                args.out.display()
+            );
+        }
+    }
     if let Some(latents) = &args.save_latents {
         if outputs.iter().any(|out| same_file(out, latents)) {
             bail!(
@@ -635,6 +662,10 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         kid: args.kid,
         pr: args.pr,
     };
+    if args.fake.is_some() && args.data.is_none() {
+        // clap's own message would name --data, not its alias --real.
+        bail!("--fake needs --real: the reference images (a .pgan file or an image folder)");
+    }
     let inception = pgan_inception::resolve_weights_path(args.inception.as_deref());
     if feature_metrics.any() && !inception.is_file() {
         bail!(
@@ -656,7 +687,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         if !fake.exists() {
             bail!("--fake {}: no such file or folder", fake.display());
         }
-        let real = args.data.clone().context("--fake needs --real")?;
+        let real = args.data.clone().expect("checked above: --fake has --real");
         prepare_eval_outputs(&args)?;
         let request = pgan_train::inception_metrics::CompareRequest {
             real,
@@ -747,20 +778,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
                 r = reader.resolution()
             );
         }
-        let swd_runs = !feature_metrics.any() || args.modes.is_some();
-        if swd_runs && reader.len() < args.num.saturating_mul(2) {
-            // SWD and MS-SSIM draw two sets of --num reals (one to compare with, one for the
-            // noise floor); from a smaller dataset images repeat, and repeated reals look alike.
-            eprintln!(
-                "warning: {} holds {} images, fewer than the 2 x {} reals SWD and MS-SSIM draw: \
-                 reals repeat, so the real-vs-real SWD floor reads low and the reals' MS-SSIM \
-                 high; --num {} or less draws distinct ones",
-                path.display(),
-                reader.len(),
-                args.num,
-                reader.len() / 2
-            );
-        }
+        // A dataset too small for two disjoint draws of --num reals is warned about in the
+        // report (its `warnings`).
     }
     let request = pgan_train::eval::EvalRequest {
         checkpoint: ckpt,

@@ -332,7 +332,7 @@ struct EvalArgs {
     #[arg(long)]
     pr: bool,
     /// Compare this image set (.pgan file or image folder) with --real instead of a checkpoint.
-    #[arg(long, requires = "data", conflicts_with = "source")]
+    #[arg(long, conflicts_with = "source")]
     fake: Option<PathBuf>,
     /// With --fake: also write both sets' Inception features as PREFIX-real.npy and
     /// PREFIX-fake.npy ([n, 2048] float32).

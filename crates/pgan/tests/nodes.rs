@@ -226,8 +226,8 @@ fn setup(dir: &Path) -> PathBuf {
     config
 }
 
-/// Two nodes train through the fade-in and end with byte-identical checkpoints (weights and
-/// Adam moments), equal to each other's at every tick.
+/// Two nodes train through the fade-in and end with checkpoints of byte-identical weights, equal
+/// to each other's at every tick.
 #[test]
 fn two_nodes_train_through_a_fade_in_to_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -500,7 +500,7 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
 }
 
 /// `--stop-after-kimg` on node 1 only, inside a tick: both nodes stop at that step (exit 0),
-/// with identical checkpoints that keep the tick's part.
+/// with checkpoints of identical weights that keep the tick's part.
 #[test]
 fn a_stop_asked_by_one_node_inside_a_tick_stops_every_node_there() {
     let dir = tempfile::tempdir().unwrap();

@@ -455,10 +455,16 @@ impl Watch {
                 "no answer within {:.0} s (nodes.peer_timeout_s, --peer-timeout)",
                 self.timeout.as_secs_f64()
             ),
-            Some(e) => match super::network_panics::last() {
-                Some(panic) => format!("failed ({e}; {panic})"),
-                None => format!("failed ({e})"),
-            },
+            Some(e) => {
+                // burn-collective's own errors (`LocalServerMissing`) say nothing of the cause:
+                // the panic behind them does (a refused connection, its address). pgan's ring
+                // names its failures itself.
+                let panic = super::network_panics::last();
+                match panic.filter(|_| !e.starts_with("node ") && !e.starts_with("the download")) {
+                    Some(panic) => format!("failed ({e}; burn-collective {panic})"),
+                    None => format!("failed ({e})"),
+                }
+            }
         };
         // A connection that failed may be a process in the middle of its exit, which closes
         // its sockets one by one: its listener can still answer for a moment. Look again for a
@@ -486,7 +492,13 @@ impl Watch {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let verdict = if !gone.is_empty() {
+        let verdict = if gone.len() > 1 {
+            format!(
+                "lost {}: a node stops when it loses another, so not every node named here \
+                 failed",
+                gone.join("; ")
+            )
+        } else if !gone.is_empty() {
             format!("lost {}", gone.join("; "))
         } else if !alive.is_empty() {
             format!(
@@ -502,12 +514,16 @@ impl Watch {
                 self.orchestrator
             )
         };
+        let next = if self.addresses.is_empty() {
+            // Still joining: nothing was trained.
+            "restart `pgan orchestrator`, then start every node again"
+        } else {
+            "its last checkpoint stays valid: restart `pgan orchestrator`, then resume every node \
+             with --resume"
+        };
         TrainError::Peer {
             peer: format!("node {}", self.rank),
-            message: format!(
-                "{what}: {how}; {verdict}. This node stops; its last checkpoint stays valid: \
-                 restart `pgan orchestrator`, then resume every node with --resume"
-            ),
+            message: format!("{what}: {how}; {verdict}. This node stops; {next}"),
         }
     }
 }
