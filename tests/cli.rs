@@ -10,6 +10,15 @@ use pgan_data::test_files::bomb_png;
 mod common;
 use common::{first_run, pgan, text};
 
+/// `pgan prepare IMAGES OUT --resolution RES --quiet`, which must succeed; its output.
+fn prepare_quietly(images: &Path, out: &Path, resolution: u32) -> String {
+    run_ok(pgan().arg("prepare").arg(images).arg(out).args([
+        "--resolution",
+        &resolution.to_string(),
+        "--quiet",
+    ]))
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
@@ -373,13 +382,7 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
     ]));
     assert!(out.contains("8 modes"), "{out}");
     let data = dir.path().join("synth.pgan");
-    run_ok(
-        pgan()
-            .arg("prepare")
-            .arg(&synth)
-            .arg(&data)
-            .args(["--resolution", "16", "--quiet"]),
-    );
+    prepare_quietly(&synth, &data, 16);
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"), &[]);
@@ -442,11 +445,7 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
         .unwrap();
     }
     let other = dir.path().join("gradients.pgan");
-    run_ok(pgan().arg("prepare").arg(&gradients).arg(&other).args([
-        "--resolution",
-        "16",
-        "--quiet",
-    ]));
+    prepare_quietly(&gradients, &other, 16);
     let out = run_ok(
         pgan()
             .arg("eval")
@@ -498,13 +497,7 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
         "40",
     ]));
     let data8 = dir.path().join("synth8.pgan");
-    run_ok(
-        pgan()
-            .arg("prepare")
-            .arg(&synth8)
-            .arg(&data8)
-            .args(["--resolution", "8", "--quiet"]),
-    );
+    prepare_quietly(&synth8, &data8, 8);
     let (_, run8) = train_tiny(
         &config,
         &data8,
@@ -1812,11 +1805,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     // Five reals keep the network's work small: the metrics compare all of them.
     let reals_dir = ramp_folder(dir.path(), "reals", 5, 0);
     let reals = dir.path().join("reals.pgan");
-    run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&reals).args([
-        "--resolution",
-        "16",
-        "--quiet",
-    ]));
+    prepare_quietly(&reals_dir, &reals, 16);
 
     // Training with FID every 0.032 kimg: missing weights stop it before the first step;
     // with them, metrics.jsonl and the report carry FID.
@@ -1961,11 +1950,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "{err}"
     );
     let small = dir.path().join("reals8.pgan");
-    run_ok(pgan().arg("prepare").arg(&reals_dir).arg(&small).args([
-        "--resolution",
-        "8",
-        "--quiet",
-    ]));
+    prepare_quietly(&reals_dir, &small, 8);
     let err = run_err(
         pgan()
             .arg("eval")
@@ -2324,13 +2309,7 @@ fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
     let images = image_folder(dir.path());
     let data = dir.path().join("v.pgan");
-    run_ok(
-        pgan()
-            .arg("prepare")
-            .arg(&images)
-            .arg(&data)
-            .args(["--resolution", "8", "--quiet"]),
-    );
+    prepare_quietly(&images, &data, 8);
     let out = run_ok(pgan().arg("verify").arg(&data));
     assert!(out.contains("all 2 levels ok"), "{out}");
     let good = std::fs::read(&data).unwrap();
@@ -2430,14 +2409,7 @@ fn prepare_removes_its_temporary_file_on_sigterm_and_sigint_and_stale_ones_at_th
     child.wait().unwrap();
     assert_eq!(names_starting(&out_dir, ".s.pgan.tmp-").len(), 1);
     let small = image_folder(dir.path());
-    let out =
-        run_ok(
-            pgan()
-                .arg("prepare")
-                .arg(&small)
-                .arg(&data)
-                .args(["--resolution", "8", "--quiet"]),
-        );
+    let out = prepare_quietly(&small, &data, 8);
     assert!(
         out.contains("removed 1 temporary files left by interrupted runs"),
         "{out}"
@@ -2452,11 +2424,7 @@ fn prepare_keeps_the_dataset_when_only_the_report_fails_and_a_stale_report_never
     // The report's name is taken by a folder: the report cannot be written.
     let data = dir.path().join("r.pgan");
     std::fs::create_dir(dir.path().join("r.pgan.report.txt")).unwrap();
-    let out = run_ok(pgan().arg("prepare").arg(&images).arg(&data).args([
-        "--resolution",
-        "8",
-        "--quiet",
-    ]));
+    let out = prepare_quietly(&images, &data, 8);
     assert!(
         out.contains("warning: the report") && out.contains("the dataset is complete"),
         "{out}"
@@ -2466,13 +2434,7 @@ fn prepare_keeps_the_dataset_when_only_the_report_fails_and_a_stale_report_never
     // An empty report left by an earlier run is replaced, never in the way.
     let data = dir.path().join("e.pgan");
     std::fs::write(dir.path().join("e.pgan.report.txt"), b"").unwrap();
-    run_ok(
-        pgan()
-            .arg("prepare")
-            .arg(&images)
-            .arg(&data)
-            .args(["--resolution", "8", "--quiet"]),
-    );
+    prepare_quietly(&images, &data, 8);
     let report = std::fs::read_to_string(dir.path().join("e.pgan.report.txt")).unwrap();
     assert!(report.contains("broken.png"), "{report}");
     assert!(names_starting(dir.path(), ".").is_empty());
@@ -2489,13 +2451,7 @@ fn info_shows_names_that_are_not_utf8_exactly() {
         .unwrap();
     img.save(images.join("plain.png")).unwrap();
     let data = dir.path().join("n.pgan");
-    run_ok(
-        pgan()
-            .arg("prepare")
-            .arg(&images)
-            .arg(&data)
-            .args(["--resolution", "8", "--quiet"]),
-    );
+    prepare_quietly(&images, &data, 8);
     let info = run_ok(pgan().arg("info").arg(&data));
     assert!(
         info.contains("files:       caf\\xE9.png, plain.png"),

@@ -491,8 +491,8 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         if modes.resolution < MIN_MODES_RESOLUTION {
             return Err(crate::error::TrainError::Request(format!(
                 "--modes {}: at {r}x{r} the mode classifier mistakes most squares for discs \
-                     (its coverage of the reals themselves reads low and skewed); synthesize \
-                     and evaluate at {m}x{m} or more",
+                 (its coverage of the reals themselves reads low and skewed); synthesize \
+                 and evaluate at {m}x{m} or more",
                 spec.display(),
                 r = modes.resolution,
                 m = MIN_MODES_RESOLUTION
@@ -501,7 +501,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         if loaded.model.num_channels != 3 {
             return Err(crate::error::TrainError::Request(format!(
                 "--modes {}: mode classification needs RGB images; the checkpoint \
-                     generates {}-channel ones",
+                 generates {}-channel ones",
                 spec.display(),
                 loaded.model.num_channels
             )));
@@ -512,8 +512,8 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         if modes.resolution != resolution {
             return Err(crate::error::TrainError::Request(format!(
                 "--modes {}: it describes {r}x{r} images and the checkpoint generates \
-                     {resolution}x{resolution}; evaluate a checkpoint of the synth dataset's \
-                     resolution",
+                 {resolution}x{resolution}; evaluate a checkpoint of the synth dataset's \
+                 resolution",
                 spec.display(),
                 r = modes.resolution
             )));

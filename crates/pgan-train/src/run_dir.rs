@@ -19,6 +19,20 @@ pub const REALS_FILE: &str = "reals.png";
 /// Folder of sample grids inside a run directory.
 pub const SAMPLES_DIR: &str = "samples";
 
+/// The file name of tick `tick`'s sample sheet in [`SAMPLES_DIR`].
+pub fn sample_sheet_name(tick: u64) -> String {
+    format!("tick-{tick:06}.png")
+}
+
+/// The tick of a sample sheet's file name (`tick-` digits `.png`), when it is one.
+pub fn sample_sheet_tick(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("tick-")?.strip_suffix(".png")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// Name of the lock file a trainer holds in its run directory (it holds the owner's pid).
 pub const LOCK_FILE: &str = "train.lock";
 

@@ -747,12 +747,7 @@ fn set_aside_branch(run_dir: &Path, aside: &Path, dropped: &Truncated, tick: u64
         let name = entry.file_name();
         let later = name
             .to_str()
-            .and_then(|n| {
-                n.strip_prefix("tick-")?
-                    .strip_suffix(".png")?
-                    .parse::<u64>()
-                    .ok()
-            })
+            .and_then(crate::run_dir::sample_sheet_tick)
             .is_some_and(|t| t > tick);
         if later {
             let to = aside.join(SAMPLES_DIR);

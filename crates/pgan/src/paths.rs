@@ -77,20 +77,16 @@ fn run_file(target: &Path) -> Option<String> {
     let run = dir
         .parent()
         .filter(|_| dir.file_name().is_some_and(|n| n == SAMPLES_DIR))?;
-    let sheet = name.to_str().is_some_and(is_tick_sheet);
+    let sheet = name
+        .to_str()
+        .and_then(pgan_train::run_dir::sample_sheet_tick)
+        .is_some();
     (sheet && is_run(run)).then(|| {
         format!(
             "a sample sheet in the samples folder of the run {}",
             run.display()
         )
     })
-}
-
-/// Whether `name` is a tick's sample sheet as the trainer names it (`tick-` digits `.png`).
-fn is_tick_sheet(name: &str) -> bool {
-    name.strip_prefix("tick-")
-        .and_then(|n| n.strip_suffix(".png"))
-        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Refuses `out` when it could not be replaced (a folder, device, FIFO or socket, also at the

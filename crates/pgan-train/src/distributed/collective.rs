@@ -114,10 +114,14 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                 })?;
         }
         drop(tx);
-        let deadline = link.as_ref().map(|l| Instant::now() + l.join_timeout);
+        let deadline = link.as_ref().map(|l| (l, Instant::now() + l.join_timeout));
+        let panicked = || TrainError::Peer {
+            peer: "thread".into(),
+            message: "a register thread panicked".into(),
+        };
         for _ in 0..local {
-            let result = match (deadline, &link) {
-                (Some(deadline), Some(link)) => loop {
+            let result = match deadline {
+                Some((link, deadline)) => loop {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(link.join_timed_out());
@@ -132,18 +136,10 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                             return Err(link.join_interrupted());
                         }
                         Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => {
-                            return Err(TrainError::Peer {
-                                peer: "thread".into(),
-                                message: "a register thread panicked".into(),
-                            })
-                        }
+                        Err(RecvTimeoutError::Disconnected) => return Err(panicked()),
                     }
                 },
-                _ => rx.recv().map_err(|_| TrainError::Peer {
-                    peer: "thread".into(),
-                    message: "a register thread panicked".into(),
-                })?,
+                None => rx.recv().map_err(|_| panicked())?,
             };
             if let (Err(e), Some(link)) = (&result, &link) {
                 return Err(TrainError::Peer {

@@ -447,6 +447,18 @@ pub(super) struct Watch {
 }
 
 impl Watch {
+    /// [`Self::lost`] for a failure inside burn-collective: its own errors
+    /// (`LocalServerMissing`) say nothing of the cause, the panic behind them does (a refused
+    /// connection and its address), so that panic's message goes into the cause. (pgan's ring
+    /// names its own failures.)
+    pub fn lost_in_burn(&self, what: &str, cause: String) -> TrainError {
+        let cause = match super::network_panics::last() {
+            Some(panic) => format!("{cause}; burn-collective {panic}"),
+            None => cause,
+        };
+        self.lost(what, Some(cause))
+    }
+
     /// The error after `what` failed (`cause`) or timed out (`cause` None): which nodes are
     /// gone, from a TCP probe of their data ports.
     pub fn lost(&self, what: &str, cause: Option<String>) -> TrainError {
@@ -455,16 +467,7 @@ impl Watch {
                 "no answer within {:.0} s (nodes.peer_timeout_s, --peer-timeout)",
                 self.timeout.as_secs_f64()
             ),
-            Some(e) => {
-                // burn-collective's own errors (`LocalServerMissing`) say nothing of the cause:
-                // the panic behind them does (a refused connection, its address). pgan's ring
-                // names its failures itself.
-                let panic = super::network_panics::last();
-                match panic.filter(|_| !e.starts_with("node ") && !e.starts_with("the download")) {
-                    Some(panic) => format!("failed ({e}; burn-collective {panic})"),
-                    None => format!("failed ({e})"),
-                }
-            }
+            Some(e) => format!("failed ({e})"),
         };
         // A connection that failed may be a process in the middle of its exit, which closes
         // its sockets one by one: its listener can still answer for a moment. Look again for a
@@ -564,10 +567,10 @@ pub(super) fn all_reduce_watched<B: Backend>(
         .map_err(|e| watch.lost(what, Some(format!("cannot start a thread: {e}"))))?;
     match rx.recv_timeout(watch.timeout) {
         Ok(Ok(reduced)) => Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced))),
-        Ok(Err(e)) => Err(watch.lost(what, Some(format!("{e:?}")))),
+        Ok(Err(e)) => Err(watch.lost_in_burn(what, format!("{e:?}"))),
         Err(mpsc::RecvTimeoutError::Timeout) => Err(watch.lost(what, None)),
         Err(mpsc::RecvTimeoutError::Disconnected) => {
-            Err(watch.lost(what, Some("the all-reduce thread panicked".into())))
+            Err(watch.lost_in_burn(what, "the all-reduce thread panicked".into()))
         }
     }
 }

@@ -234,7 +234,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let path = self
             .run_dir
             .join(SAMPLES_DIR)
-            .join(format!("tick-{:06}.png", self.state.tick));
+            .join(crate::run_dir::sample_sheet_name(self.state.tick));
         save_png(&sheet, &path)?;
         self.latest_sample = Some(path);
         Ok(())
