@@ -15,23 +15,36 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{first_run, pgan, text};
 
-/// A port nothing listens on now (the OS picks it; it is free again once the probe closes).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A port that is free with the one after it (a node listens on both).
-fn free_port_pair() -> u16 {
+/// `n` consecutive ports nothing listens on now, none handed out before by this process.
+///
+/// They come from below Linux's ephemeral range (32768-60999 by default), where the OS never
+/// picks the local end of an outgoing connection (the nodes' probes and websockets make many)
+/// nor a port for a `bind` to port 0: a port picked there could be taken between its choice
+/// and the node's bind, and a test's node would then reach another test's process. The
+/// start depends on the process id so that two test runs at once rarely share ports.
+fn free_ports(n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 600) as u16 * 20;
     loop {
-        let port = free_port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let offset = NEXT.fetch_add(n, Ordering::SeqCst);
+        let port = FIRST + (start + offset) % (SPAN - n);
+        if (port..port + n).all(|p| TcpListener::bind(("0.0.0.0", p)).is_ok()) {
             return port;
         }
     }
+}
+
+/// A free port (see [`free_ports`]).
+fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// A free port with the one after it free too (a node listens on both).
+fn free_port_pair() -> u16 {
+    free_ports(2)
 }
 
 /// 8 small images prepared at 8x8 as `dir/<name>.pgan` (each node gets its own copy).
@@ -89,12 +102,27 @@ struct Cluster {
 impl Cluster {
     fn start(dir: &Path) -> Self {
         let port = free_port();
-        let orchestrator = pgan()
+        let mut orchestrator = pgan()
             .args(["orchestrator", "--port", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Listening before any node comes (a node would otherwise wait out its join timeout
+        // for an orchestrator that failed).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = orchestrator.try_wait().unwrap() {
+                let mut said = String::new();
+                let _ =
+                    std::io::Read::read_to_string(orchestrator.stderr.as_mut().unwrap(), &mut said);
+                panic!("the orchestrator on port {port} ended ({status}): {said}");
+            }
+            assert!(Instant::now() < deadline, "no orchestrator on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut err = orchestrator.stderr.take().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
         Self {
             dir: dir.to_path_buf(),
             orchestrator,
@@ -152,6 +180,16 @@ fn start(mut cmd: Command) -> Running {
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
     Running { child, out, err }
+}
+
+/// Both nodes' exit statuses and output, for a failure's message (one node's error often
+/// names the other as the cause).
+fn both_said(outs: [&Output; 2]) -> String {
+    let mut said = String::new();
+    for (rank, out) in outs.iter().enumerate() {
+        said += &format!("--- node {rank} ({}):\n{}\n", out.status, text(out));
+    }
+    said
 }
 
 /// Waits for a process for at most `limit`; kills it and fails if it runs longer.
@@ -237,8 +275,9 @@ fn two_nodes_train_through_a_fade_in_to_identical_weights() {
     let b = start(cluster.node(1, &config, &[]));
     let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
     let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
-    assert!(out_a.status.success(), "node 0:\n{}", text(&out_a));
-    assert!(out_b.status.success(), "node 1:\n{}", text(&out_b));
+    for out in [&out_a, &out_b] {
+        assert!(out.status.success(), "{}", both_said([&out_a, &out_b]));
+    }
 
     let (run0, run1) = (
         first_run(&dir.path().join("runs0")),
@@ -372,7 +411,11 @@ fn run_both_to_the_end(cluster: &Cluster, config: &Path, extra: [&[&str]; 2], wh
     let (out_b, _) = finish(b, Duration::from_secs(180), &format!("{what} node 1"));
     for (rank, out) in [(0, &out_a), (1, &out_b)] {
         let said = text(out);
-        assert!(out.status.success(), "{what} node {rank}:\n{said}");
+        assert!(
+            out.status.success(),
+            "{what} node {rank} failed\n{}",
+            both_said([&out_a, &out_b])
+        );
         // The end of a run (every node closing its connections) prints no panic.
         assert!(
             !said.contains("' panicked at"),
@@ -468,8 +511,9 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
         let (out_b, _) = finish(b, Duration::from_secs(60), "interrupted node 1");
         let (out_a, _) = finish(a, Duration::from_secs(60), "node 0 after node 1's Ctrl-C");
         let (said_a, said_b) = (text(&out_a), text(&out_b));
-        assert_eq!(out_b.status.code(), Some(130), "node 1:\n{said_b}");
-        assert_eq!(out_a.status.code(), Some(0), "node 0:\n{said_a}");
+        let both = both_said([&out_a, &out_b]);
+        assert_eq!(out_b.status.code(), Some(130), "{both}");
+        assert_eq!(out_a.status.code(), Some(0), "{both}");
         for said in [&said_a, &said_b] {
             assert!(said.contains("stopped early; continue with"), "{said}");
             assert!(!said.contains("' panicked at"), "{said}");
@@ -513,7 +557,12 @@ fn a_stop_asked_by_one_node_inside_a_tick_stops_every_node_there() {
     let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
     let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
     for (rank, out) in [(0, &out_a), (1, &out_b)] {
-        assert_eq!(out.status.code(), Some(0), "node {rank}:\n{}", text(out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "node {rank}\n{}",
+            both_said([&out_a, &out_b])
+        );
     }
     let runs: Vec<PathBuf> = (0..2)
         .map(|r| first_run(&dir.path().join(format!("runs{r}"))))

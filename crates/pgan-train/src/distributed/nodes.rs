@@ -649,9 +649,47 @@ impl Ring {
         let server = burn_communication::websocket::WsServer::new(port)
             .route_tensor_data_service(service.clone());
         let stop = cancel.clone();
+        // `serve` binds its port on its first poll (a numeric address resolves at once) and
+        // only returns a failed bind: a port taken since `NodeLink::of` checked it (by any
+        // program, or an outgoing connection's local end) would leave this node unreachable
+        // while the others wait out their peer timeout. The first poll's outcome comes back.
+        let (bound, bind_outcome) = mpsc::channel();
         ring_runtime().spawn(async move {
-            let _ = server.serve(async move { stop.cancelled().await }).await;
+            use std::future::Future as _;
+            let mut serving = std::pin::pin!(server.serve(async move { stop.cancelled().await }));
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(serving.as_mut().poll(cx))).await;
+            match first {
+                std::task::Poll::Pending => {
+                    let _ = bound.send(Ok(()));
+                    let _ = serving.await;
+                }
+                std::task::Poll::Ready(result) => {
+                    let _ = bound.send(Err(match result {
+                        Err(e) => format!("{e:?}"),
+                        Ok(()) => "the server stopped at once".into(),
+                    }));
+                }
+            }
         });
+        let refused = match bind_outcome.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("its server did not start within 10 s".into()),
+        };
+        if let Some(why) = refused {
+            cancel.cancel();
+            return Err(TrainError::Peer {
+                peer: format!("node {}", watch.rank),
+                message: format!(
+                    "cannot listen on port {port} for the gradient ring ({why}): it was free \
+                     when the node started, so another program (or an outgoing connection) took \
+                     it since; nothing was trained. Restart `pgan orchestrator`, then start every \
+                     node again with ports outside the system's ephemeral range (Linux: \
+                     /proc/sys/net/ipv4/ip_local_port_range)"
+                ),
+            });
+        }
         // A download handler that checks for its tensor just before it is exposed misses the
         // exposure's wake-up (`get_exposed_tensor_bytes` in burn-communication's
         // data_service.rs creates its `notified()` future after releasing the lock), and two
@@ -834,6 +872,32 @@ mod tests {
             state_crc: 0x1234_5678,
             address: "10.0.0.7:7001".into(),
         }
+    }
+
+    /// A ring port another program took after the start's check ends the node with an error
+    /// naming the port, instead of a node the others wait for until their peer timeout.
+    #[test]
+    fn a_ring_port_taken_since_the_check_is_a_clear_error() {
+        let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let watch = Watch {
+            rank: 0,
+            timeout: Duration::from_secs(5),
+            // This node is the one before itself; the taken port would answer its probe.
+            addresses: vec![format!("127.0.0.1:{port}")],
+            orchestrator: "127.0.0.1:1".into(),
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let error = match Ring::start(port, watch, Duration::from_secs(5), &stop) {
+            Ok(_) => panic!("the ring started on a taken port"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains(&format!(
+                "cannot listen on port {port} for the gradient ring"
+            )),
+            "{error}"
+        );
     }
 
     #[test]
