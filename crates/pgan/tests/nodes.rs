@@ -4,7 +4,8 @@
 //! SIGKILL makes the other stop within the watchdog's time naming it, and the run resumed from
 //! the nodes' common checkpoint ends where an uninterrupted run does; a node with no
 //! orchestrator gives up after its join timeout; nodes with different configs are refused;
-//! Ctrl-C on one node stops them all at the same step, and Ctrl-C in the join ends at once.
+//! Ctrl-C on one node stops them all at the same step, and Ctrl-C in the join ends at once. In
+//! a ring of three, a killed node is named alone by both others.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -97,10 +98,17 @@ struct Cluster {
     dir: PathBuf,
     orchestrator: Child,
     port: u16,
+    nodes: usize,
 }
 
 impl Cluster {
+    /// An orchestrator for two nodes.
     fn start(dir: &Path) -> Self {
+        Self::of(dir, 2)
+    }
+
+    /// An orchestrator for `nodes` nodes.
+    fn of(dir: &Path, nodes: usize) -> Self {
         let port = free_port();
         let mut orchestrator = pgan()
             .args(["orchestrator", "--port", &port.to_string()])
@@ -127,13 +135,15 @@ impl Cluster {
             dir: dir.to_path_buf(),
             orchestrator,
             port,
+            nodes,
         }
     }
 
-    /// `pgan train` as node `rank` of 2, its dataset copy and run folder under `dir/node<rank>`.
+    /// `pgan train` as node `rank` of the cluster's, its dataset copy `dir/node<rank>.pgan` and
+    /// its run folder `dir/runs<rank>`.
     fn node(&self, rank: usize, config: &Path, extra: &[&str]) -> Command {
         let mut cmd = pgan();
-        cmd.args(["train", "--no-progress", "--nodes", "2"])
+        cmd.args(["train", "--no-progress", "--nodes", &self.nodes.to_string()])
             .args(["--node-rank", &rank.to_string()])
             .args(["--orchestrator", &format!("127.0.0.1:{}", self.port)])
             .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
@@ -185,8 +195,13 @@ fn start(mut cmd: Command) -> Running {
 /// Both nodes' exit statuses and output, for a failure's message (one node's error often
 /// names the other as the cause).
 fn both_said(outs: [&Output; 2]) -> String {
+    said_by(&[(0, outs[0]), (1, outs[1])])
+}
+
+/// The exit statuses and output of the nodes `outs` (by rank).
+fn said_by(outs: &[(usize, &Output)]) -> String {
     let mut said = String::new();
-    for (rank, out) in outs.iter().enumerate() {
+    for (rank, out) in outs {
         said += &format!("--- node {rank} ({}):\n{}\n", out.status, text(out));
     }
     said
@@ -541,6 +556,51 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
         "resumed",
     );
     end_as_an_uninterrupted_run(dir.path(), &config, [&run0, &run1]);
+}
+
+/// In a ring of three, node 1 is killed (SIGKILL) mid-run. Node 2, which receives from it,
+/// loses it; node 0, which receives from node 2, hears why node 2 stopped (or, waiting on the
+/// dead node to take its slice, finds it gone itself). Both name node 1 alone, not node 2 too.
+#[test]
+fn a_node_killed_in_a_ring_of_three_is_named_alone_by_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    dataset(dir.path(), "node2");
+    let config = dir.path().join("three.toml");
+    std::fs::write(
+        &config,
+        CONFIG
+            .replace("total_kimg = 0.048", "total_kimg = 0.384")
+            .replace("minibatch_default = 4", "minibatch_default = 6"),
+    )
+    .unwrap();
+    let cluster = Cluster::of(dir.path(), 3);
+    let a = start(cluster.node(0, &config, &[]));
+    let mut b = start(cluster.node(1, &config, &[]));
+    let c = start(cluster.node(2, &config, &[]));
+    wait_for_checkpoints(&dir.path().join("runs1"), 3, &mut b);
+    b.child.kill().unwrap();
+    let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
+    let (out_c, _) = finish(c, Duration::from_secs(90), "node 2 after node 1 was killed");
+    let (out_a, _) = finish(a, Duration::from_secs(90), "node 0 after node 1 was killed");
+    let said = said_by(&[(0, &out_a), (1, &out_b), (2, &out_c)]);
+    assert!(!text(&out_b).contains("finished at"), "{said}");
+    assert_eq!(out_c.status.code(), Some(2), "{said}");
+    assert!(text(&out_c).contains("lost node 1 (127.0.0.1:"), "{said}");
+    assert_eq!(out_a.status.code(), Some(2), "{said}");
+    let said_a = text(&out_a);
+    assert!(
+        said_a.contains("node 2 stopped because of the loss of node 1 (127.0.0.1:")
+            || said_a.contains("lost node 1 (127.0.0.1:"),
+        "{said}"
+    );
+    for out in [&out_a, &out_c] {
+        assert!(
+            !text(out).contains("not every node named here failed"),
+            "{said}"
+        );
+        assert!(!text(out).contains("' panicked at"), "{said}");
+    }
 }
 
 /// `--stop-after-kimg` on node 1 only, inside a tick: both nodes stop at that step (exit 0),

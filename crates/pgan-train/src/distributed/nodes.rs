@@ -19,9 +19,12 @@
 //!   ever (`global/node/sync.rs` waits for a sync message that never comes). pgan runs each
 //!   all-reduce on a helper thread and waits at most `nodes.peer_timeout_s`; on an error or a
 //!   timeout it probes the other nodes' data ports over TCP to name the one that is gone (a dead
-//!   process's port refuses connections; a hung one still accepts).
+//!   process's port refuses connections; a hung one still accepts). In pgan's own gradient
+//!   ring (see [`Ring`]), a node that stops because it lost another passes that on to the next
+//!   node, so that every node names the lost one.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -462,6 +465,11 @@ impl Watch {
     /// The error after `what` failed (`cause`) or timed out (`cause` None): which nodes are
     /// gone, from a TCP probe of their data ports.
     pub fn lost(&self, what: &str, cause: Option<String>) -> TrainError {
+        self.lost_surveyed(what, cause).0
+    }
+
+    /// [`Self::lost`], and the ranks it found gone (what this node tells the next one).
+    fn lost_surveyed(&self, what: &str, cause: Option<String>) -> (TrainError, Vec<usize>) {
         let how = match cause {
             None => format!(
                 "no answer within {:.0} s (nodes.peer_timeout_s, --peer-timeout)",
@@ -487,7 +495,7 @@ impl Watch {
                 }
                 match probe(address) {
                     Ok(()) => alive.push(format!("node {rank} ({address})")),
-                    Err(e) => gone.push(format!("node {rank} ({address}): {e}")),
+                    Err(e) => gone.push((rank, format!("node {rank} ({address}): {e}"))),
                 }
             }
             if !gone.is_empty() || std::time::Instant::now() >= deadline {
@@ -495,14 +503,15 @@ impl Watch {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
+        let named: Vec<&str> = gone.iter().map(|(_, n)| n.as_str()).collect();
         let verdict = if gone.len() > 1 {
             format!(
                 "lost {}: a node stops when it loses another, so not every node named here \
                  failed",
-                gone.join("; ")
+                named.join("; ")
             )
         } else if !gone.is_empty() {
-            format!("lost {}", gone.join("; "))
+            format!("lost {}", named.join("; "))
         } else if !alive.is_empty() {
             format!(
                 "{} still accept(s) connections but did not take part: hung, or aborted (a \
@@ -517,6 +526,35 @@ impl Watch {
                 self.orchestrator
             )
         };
+        let error = self.stops(format!("{what}: {how}; {verdict}"));
+        (error, gone.into_iter().map(|(rank, _)| rank).collect())
+    }
+
+    /// The error after `what` found that node `from` stopped because it had lost the nodes
+    /// `lost` (its word, passed on round the ring; empty: a node that did not answer it).
+    fn lost_by_another(&self, what: &str, from: usize, lost: &[usize]) -> TrainError {
+        let names: Vec<String> = lost
+            .iter()
+            .map(|&rank| match self.addresses.get(rank) {
+                Some(address) => format!("node {rank} ({address})"),
+                None => format!("node {rank}"),
+            })
+            .collect();
+        let why = match names.len() {
+            0 => "a node that did not answer it".to_string(), // not sent (see `tell_next`)
+            1 => format!("the loss of {}", names[0]),
+            _ => format!(
+                "the loss of {} (not every one of them need have failed)",
+                names.join(", ")
+            ),
+        };
+        self.stops(format!(
+            "{what}: node {from} stopped because of {why}, and told this node"
+        ))
+    }
+
+    /// A node's stop error: `verdict`, and what to do next.
+    fn stops(&self, verdict: String) -> TrainError {
         let next = if self.addresses.is_empty() {
             // Still joining: nothing was trained.
             "restart `pgan orchestrator`, then start every node again"
@@ -526,7 +564,7 @@ impl Watch {
         };
         TrainError::Peer {
             peer: format!("node {}", self.rank),
-            message: format!("{what}: {how}; {verdict}. This node stops; {next}"),
+            message: format!("{verdict}. This node stops; {next}"),
         }
     }
 }
@@ -736,6 +774,10 @@ impl Ring {
     }
 
     /// The sum of `values` over all nodes (`what` names the all-reduce in errors).
+    ///
+    /// A node that stops inside it tells the next node why, in place of its next slice (see
+    /// [`RingFailure::Relayed`]): in a ring of three or more, every other node then names the
+    /// node that failed, not also the neighbour that stopped because of it.
     pub fn sum(&self, mut values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
         let (n, nodes, rank) = (values.len(), self.count, self.rank);
         let per = n.div_ceil(nodes).max(1);
@@ -745,36 +787,49 @@ impl Ring {
             .next_op
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let base = op * 2 * nodes as u64;
+        // This op's transfer ids in order: the reduce-scatter's, then the all-gather's.
+        let ids: Vec<u64> = (0..nodes as u64 - 1)
+            .chain(nodes as u64..2 * nodes as u64 - 1)
+            .map(|k| base + k)
+            .collect();
+        let sent = AtomicUsize::new(0);
+        let prev_rank = (rank + nodes - 1) % nodes;
         let exchange = |send: Vec<f32>, id: u64| {
             let service = self.service.clone();
             let prev = self.prev.clone();
+            let sent = &sent;
             async move {
                 let len = send.len();
                 service
                     .expose_data(burn::tensor::TensorData::new(send, [len]), 1, id.into())
                     .await;
+                sent.fetch_add(1, Ordering::SeqCst);
                 // A download from a node that is gone panics inside burn-communication (a
                 // closed stream): on its own task, the panic is an error here.
                 let got =
                     tokio::spawn(async move { service.download_tensor(prev, id.into()).await })
                         .await
                         .map_err(|e| {
-                            format!(
-                                "the download from node {} failed: {e}",
-                                (rank + nodes - 1) % nodes
-                            )
+                            RingFailure::Failed(format!(
+                                "the download from node {prev_rank} failed: {e}"
+                            ))
                         })?;
                 let got = got.ok_or_else(|| {
-                    format!("node {} closed the connection", (rank + nodes - 1) % nodes)
+                    RingFailure::Failed(format!("node {prev_rank} closed the connection"))
                 })?;
+                if got.shape.num_dims() == 2 {
+                    let lost = got.to_vec::<f32>().unwrap_or_default();
+                    return Err(RingFailure::Relayed(
+                        lost.iter().map(|&r| r as usize).collect(),
+                    ));
+                }
                 got.to_vec::<f32>()
                     .ok()
                     .filter(|v| v.len() == len)
                     .ok_or_else(|| {
-                        format!(
-                            "node {} sent a slice of another size",
-                            (rank + nodes - 1) % nodes
-                        )
+                        RingFailure::Failed(format!(
+                            "node {prev_rank} sent a slice of another size"
+                        ))
                     })
             }
         };
@@ -784,7 +839,7 @@ impl Ring {
                 for step in 0..nodes - 1 {
                     let send = (rank + nodes - step) % nodes;
                     let recv = (rank + 2 * nodes - step - 1) % nodes;
-                    let got = exchange(slices[send].clone(), base + step as u64).await?;
+                    let got = exchange(slices[send].clone(), ids[step]).await?;
                     for (mine, theirs) in slices[recv].iter_mut().zip(got) {
                         *mine += theirs;
                     }
@@ -793,27 +848,81 @@ impl Ring {
                 for step in 0..nodes - 1 {
                     let send = (rank + 1 + nodes - step) % nodes;
                     let recv = (rank + nodes - step) % nodes;
-                    let id = base + (nodes + step) as u64;
-                    slices[recv] = exchange(slices[send].clone(), id).await?;
+                    slices[recv] = exchange(slices[send].clone(), ids[nodes - 1 + step]).await?;
                 }
                 // Until the next node has taken this node's last slice: a node that returned
                 // earlier could exit (at the run's end) before serving it.
                 while !self.service.exposed_tensors.lock().await.is_empty() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Ok::<_, String>(())
+                Ok::<_, RingFailure>(())
             })
             .await
         });
-        match result {
-            Err(_) => return Err(self.watch.lost(what, None)),
-            Ok(Err(e)) => return Err(self.watch.lost(what, Some(e))),
-            Ok(Ok(())) => {}
-        }
-        let mut out = slices.concat();
-        out.truncate(n);
-        Ok(out)
+        let (error, lost) = match result {
+            Ok(Ok(())) => {
+                let mut out = slices.concat();
+                out.truncate(n);
+                return Ok(out);
+            }
+            Err(_) => self.watch.lost_surveyed(what, None),
+            Ok(Err(RingFailure::Failed(e))) => self.watch.lost_surveyed(what, Some(e)),
+            Ok(Err(RingFailure::Relayed(lost))) => {
+                (self.watch.lost_by_another(what, prev_rank, &lost), lost)
+            }
+        };
+        self.tell_next(&ids[sent.load(Ordering::SeqCst).min(ids.len())..], &lost);
+        Err(error)
     }
+
+    /// Tells the next node that this one stops because of the nodes `lost`: a marker in place
+    /// of every slice of this op it has not sent (`ids`). Waits until the next node took one,
+    /// stopped listening, or a peer timeout passed (it may be waiting for its own timeout on
+    /// a lost node, and then reads the marker no more: its survey must still find this node
+    /// alive to name only the lost one). Not when no node was found gone (a hang: every node
+    /// times out on its own), when the next node is among the lost, or is the node before
+    /// this one (two nodes: it knows already).
+    fn tell_next(&self, ids: &[u64], lost: &[usize]) {
+        let next = (self.rank + 1) % self.count;
+        if self.count < 3 || lost.is_empty() || lost.contains(&next) || ids.is_empty() {
+            return;
+        }
+        let marker: Vec<f32> = lost.iter().map(|&r| r as f32).collect();
+        let exposed = || {
+            let service = self.service.clone();
+            ring_runtime().block_on(async move { service.exposed_tensors.lock().await.len() })
+        };
+        let before = exposed();
+        for id in ids {
+            let (service, data) = (
+                self.service.clone(),
+                burn::tensor::TensorData::new(marker.clone(), [1, marker.len()]),
+            );
+            ring_runtime()
+                .block_on(async move { service.expose_data(data, 1, (*id).into()).await });
+        }
+        let deadline = std::time::Instant::now() + self.watch.timeout;
+        let mut next_probe = std::time::Instant::now();
+        while exposed() >= before + ids.len() && std::time::Instant::now() < deadline {
+            if std::time::Instant::now() >= next_probe {
+                if probe(&self.watch.addresses[next]).is_err() {
+                    return;
+                }
+                next_probe = std::time::Instant::now() + Duration::from_millis(250);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Why a ring exchange failed.
+enum RingFailure {
+    /// A failure this node saw (a closed connection, a slice of the wrong size).
+    Failed(String),
+    /// The node before this one stopped inside the exchange because it had lost these nodes
+    /// (by rank; none: a node that did not answer it), and sent this word in place of a slice:
+    /// a slice is one-dimensional, the marker two-dimensional (`[1, lost]`).
+    Relayed(Vec<usize>),
 }
 
 impl Drop for Ring {
