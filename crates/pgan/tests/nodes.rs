@@ -16,26 +16,46 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{first_run, pgan, text};
 
-/// `n` consecutive ports nothing listens on now, none handed out before by this process.
+/// `n` (1 or 2) consecutive ports nothing listens on now, none handed out before by this
+/// process.
 ///
-/// They come from below Linux's ephemeral range (32768-60999 by default), where the OS never
-/// picks the local end of an outgoing connection (the nodes' probes and websockets make many)
-/// nor a port for a `bind` to port 0: a port picked there could be taken between its choice
-/// and the node's bind, and a test's node would then reach another test's process. The
-/// start depends on the process id so that two test runs at once rarely share ports.
+/// They come from below the OS's ephemeral range (Linux: `ip_local_port_range`, 32768-60999 by
+/// default), where the OS never picks the local end of an outgoing connection (the nodes'
+/// probes and websockets make many) nor a port for a `bind` to port 0: a port picked there
+/// could be taken between its choice and the node's bind, and a test's node would then reach
+/// another test's process. The start depends on the process id so that two test runs at once
+/// rarely share ports.
 fn free_ports(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
-    const FIRST: u16 = 20_000;
-    const SPAN: u16 = 12_000;
+    assert!(n == 1 || n == 2);
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = (std::process::id() % 600) as u16 * 20;
+    let (first, span) = ports_below_the_ephemeral_range();
+    let start = (std::process::id() % 600) as u16 * 20 % span;
     loop {
         let offset = NEXT.fetch_add(n, Ordering::SeqCst);
-        let port = FIRST + (start + offset) % (SPAN - n);
+        // Offsets never reach the span (a test process takes about a hundred ports), so
+        // wrapping cannot hand a port out twice; `span - 1` leaves room for a pair's second.
+        assert!(offset + n < span - 1, "the tests ran out of ports");
+        let port = first + (start + offset) % (span - 1);
         if (port..port + n).all(|p| TcpListener::bind(("0.0.0.0", p)).is_ok()) {
             return port;
         }
     }
+}
+
+/// The first port and the size of the range the tests take their ports from: up to 12000
+/// ports below the OS's ephemeral range (or 20000-31999 where it cannot be read).
+fn ports_below_the_ephemeral_range() -> (u16, u16) {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let first = low.saturating_sub(12_000).max(1_024);
+    assert!(
+        low >= first + 1_000,
+        "the ephemeral port range starts at {low}: too low to leave the tests ports below it"
+    );
+    (first, low - first)
 }
 
 /// A free port (see [`free_ports`]).
@@ -724,8 +744,9 @@ fn a_node_restarted_on_an_orchestrator_that_still_holds_it_is_told_to_restart_it
     panic!("the killed node never registered:\n{said}");
 }
 
-/// `--nodes 2` with nothing listening at the orchestrator's address: a clear error once the
-/// join timeout has passed, exit 2.
+/// `--nodes 2` with nothing listening at the orchestrator's address: one line saying it waits,
+/// a clear error once the join timeout has passed, exit 2, and none of burn-collective's two
+/// lines a second on stdout ("Failed to connect to ..., retrying...").
 #[test]
 fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -751,9 +772,17 @@ fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
     );
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
+    let orchestrator = format!("127.0.0.1:{port}");
     assert!(
-        said.contains("not all 2 nodes joined the orchestrator at 127.0.0.1:")
-            && said.contains("within 3 s"),
+        said.contains(&format!(
+            "node 0: waiting for the orchestrator at {orchestrator}"
+        )) && said.contains(&format!(
+            "the orchestrator at {orchestrator} accepted no connection within 3 s"
+        )),
+        "{said}"
+    );
+    assert!(
+        !said.contains("retrying") && !said.contains("Connecting to"),
         "{said}"
     );
     assert!(took >= Duration::from_secs(3), "gave up after {took:?}");

@@ -58,7 +58,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         dataset: &DatasetFingerprint,
         nets: &Nets<B>,
         device: &B::Device,
-        stop: &AtomicBool,
+        stop: &Arc<AtomicBool>,
     ) -> Result<Self> {
         // burn-collective's panics on a failed peer are reported as pgan's errors.
         super::network_panics::quiet();
@@ -93,6 +93,11 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         // `register` returns once every peer (of every node) has registered: one thread each.
         // Detached threads, waited for with a deadline: burn-collective retries an unreachable
         // orchestrator for ever.
+        let join_deadline =
+            Instant::now() + link.as_ref().map_or(Duration::ZERO, |l| l.join_timeout);
+        if let Some(link) = &link {
+            link.wait_for_orchestrator(join_deadline, stop)?;
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         for (local_rank, device) in devices.into_iter().enumerate() {
             let (tx, collective) = (tx.clone(), collective.clone());
@@ -114,7 +119,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                 })?;
         }
         drop(tx);
-        let deadline = link.as_ref().map(|l| (l, Instant::now() + l.join_timeout));
+        let deadline = link.as_ref().map(|l| (l, join_deadline));
         let panicked = || TrainError::Peer {
             peer: "thread".into(),
             message: "a register thread panicked".into(),

@@ -28,6 +28,7 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -82,7 +83,7 @@ impl<B: AutodiffBackend> Peers<B> {
         dataset: &DatasetFingerprint,
         nets: &Nets<B>,
         device: &B::Device,
-        stop: &AtomicBool,
+        stop: &Arc<AtomicBool>,
     ) -> Result<Self> {
         let count = peer_count(config);
         if count <= 1 {

@@ -23,14 +23,17 @@
 //!   ring (see [`Ring`]), a node that stops because it lost another passes that on to the next
 //!   node, so that every node names the lost one.
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use burn_communication::data_service::TensorTransferId;
 
 use crate::checkpoint::{DatasetFingerprint, TrainState};
 use crate::config::TrainConfig;
@@ -117,6 +120,47 @@ impl NodeLink {
             .with_global_address(ws(&self.orchestrator))
             .with_node_address(ws(&self.address))
             .with_data_service_port(self.port)
+    }
+
+    /// Waits until the orchestrator accepts connections (or `deadline`, or Ctrl-C), saying so
+    /// once on stderr. burn-collective would retry on its own, but it prints two lines to
+    /// stdout for every try, two tries a second (its `println!`s in `connect_with_retry`).
+    pub fn wait_for_orchestrator(&self, deadline: Instant, stop: &AtomicBool) -> Result<()> {
+        let mut said = false;
+        loop {
+            let refused = match probe(&self.orchestrator) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !said {
+                // Not `eprintln!`, which panics when stderr is a closed pipe.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "node {}: waiting for the orchestrator at {} ({refused}), up to {:.0} s",
+                    self.rank,
+                    self.orchestrator,
+                    self.join_timeout.as_secs_f64()
+                );
+                said = true;
+            }
+            if stop.load(Ordering::SeqCst) {
+                return Err(self.join_interrupted());
+            }
+            if Instant::now() >= deadline {
+                return Err(node_error(
+                    self.rank,
+                    format!(
+                        "the orchestrator at {} accepted no connection within {:.0} s \
+                         (nodes.join_timeout_s, --join-timeout; last try: {refused}): is `pgan \
+                         orchestrator --port {}` running there, and reachable from this machine?",
+                        self.orchestrator,
+                        self.join_timeout.as_secs_f64(),
+                        split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The error of a join that Ctrl-C (or SIGTERM) ended before every node had joined.
@@ -485,7 +529,7 @@ impl Watch {
         } else {
             Duration::ZERO
         };
-        let deadline = std::time::Instant::now() + patience;
+        let deadline = Instant::now() + patience;
         let (gone, alive) = loop {
             let mut gone = Vec::new();
             let mut alive = Vec::new();
@@ -498,7 +542,7 @@ impl Watch {
                     Err(e) => gone.push((rank, format!("node {rank} ({address}): {e}"))),
                 }
             }
-            if !gone.is_empty() || std::time::Instant::now() >= deadline {
+            if !gone.is_empty() || Instant::now() >= deadline {
                 break (gone, alive);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -668,6 +712,8 @@ pub(super) struct Ring {
     cancel: tokio_util::sync::CancellationToken,
     next_op: std::sync::atomic::AtomicU64,
     pub watch: Watch,
+    /// Ctrl-C or SIGTERM (ends `tell_next`'s wait).
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Ring {
@@ -677,7 +723,7 @@ impl Ring {
         port: u16,
         watch: Watch,
         join_timeout: Duration,
-        interrupted: &std::sync::atomic::AtomicBool,
+        interrupted: &Arc<AtomicBool>,
     ) -> Result<Self> {
         quiet_websocket_output();
         use burn_communication::data_service::{TensorDataServer, TensorDataService};
@@ -744,13 +790,13 @@ impl Ring {
         let prev_address = watch.addresses[(watch.rank + count - 1) % count].clone();
         // burn-communication panics when a download cannot connect: wait until the node
         // before this one serves its ring (it may still be leaving the orchestrator).
-        let deadline = std::time::Instant::now() + join_timeout;
+        let deadline = Instant::now() + join_timeout;
         while probe(&prev_address).is_err() {
-            if std::time::Instant::now() > deadline {
+            if Instant::now() > deadline {
                 cancel.cancel();
                 return Err(watch.lost("starting the gradient ring", None));
             }
-            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            if interrupted.load(Ordering::SeqCst) {
                 cancel.cancel();
                 return Err(TrainError::StoppedWaiting {
                     message: format!(
@@ -770,6 +816,7 @@ impl Ring {
             cancel,
             next_op: std::sync::atomic::AtomicU64::new(0),
             watch,
+            interrupted: interrupted.clone(),
         })
     }
 
@@ -876,39 +923,46 @@ impl Ring {
     }
 
     /// Tells the next node that this one stops because of the nodes `lost`: a marker in place
-    /// of every slice of this op it has not sent (`ids`). Waits until the next node took one,
-    /// stopped listening, or a peer timeout passed (it may be waiting for its own timeout on
-    /// a lost node, and then reads the marker no more: its survey must still find this node
-    /// alive to name only the lost one). Not when no node was found gone (a hang: every node
-    /// times out on its own), when the next node is among the lost, or is the node before
-    /// this one (two nodes: it knows already).
+    /// of every slice of this op it has not sent (`ids`). Waits until the next node took one
+    /// (and a moment more: the data service takes it before it sends it), stopped listening,
+    /// Ctrl-C, or a peer timeout and a margin passed (the next node may be waiting for its own
+    /// timeout on a lost node, and then reads the marker no more: its survey must still find
+    /// this node alive to name only the lost one). Not when no node was found gone (a hang:
+    /// every node times out on its own), when the next node is among the lost, or is the node
+    /// before this one (two nodes: it knows already).
     fn tell_next(&self, ids: &[u64], lost: &[usize]) {
         let next = (self.rank + 1) % self.count;
         if self.count < 3 || lost.is_empty() || lost.contains(&next) || ids.is_empty() {
             return;
         }
         let marker: Vec<f32> = lost.iter().map(|&r| r as f32).collect();
-        let exposed = || {
-            let service = self.service.clone();
-            ring_runtime().block_on(async move { service.exposed_tensors.lock().await.len() })
-        };
-        let before = exposed();
-        for id in ids {
+        let ids: Vec<TensorTransferId> = ids.iter().map(|&id| id.into()).collect();
+        for &id in &ids {
             let (service, data) = (
                 self.service.clone(),
                 burn::tensor::TensorData::new(marker.clone(), [1, marker.len()]),
             );
-            ring_runtime()
-                .block_on(async move { service.expose_data(data, 1, (*id).into()).await });
+            ring_runtime().block_on(async move { service.expose_data(data, 1, id).await });
         }
-        let deadline = std::time::Instant::now() + self.watch.timeout;
-        let mut next_probe = std::time::Instant::now();
-        while exposed() >= before + ids.len() && std::time::Instant::now() < deadline {
-            if std::time::Instant::now() >= next_probe {
+        let one_taken = || {
+            let (service, ids) = (self.service.clone(), &ids);
+            ring_runtime().block_on(async move {
+                let exposed = service.exposed_tensors.lock().await;
+                ids.iter().any(|id| !exposed.contains_key(id))
+            })
+        };
+        let deadline = Instant::now() + self.watch.timeout + Duration::from_secs(5);
+        let mut next_probe = Instant::now();
+        while Instant::now() < deadline && !self.interrupted.load(Ordering::SeqCst) {
+            if one_taken() {
+                std::thread::sleep(Duration::from_millis(200));
+                return;
+            }
+            if Instant::now() >= next_probe {
                 if probe(&self.watch.addresses[next]).is_err() {
                     return;
                 }
-                next_probe = std::time::Instant::now() + Duration::from_millis(250);
+                next_probe = Instant::now() + Duration::from_millis(250);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -996,7 +1050,7 @@ mod tests {
             addresses: vec![format!("127.0.0.1:{port}")],
             orchestrator: "127.0.0.1:1".into(),
         };
-        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = Arc::new(AtomicBool::new(false));
         let error = match Ring::start(port, watch, Duration::from_secs(5), &stop) {
             Ok(_) => panic!("the ring started on a taken port"),
             Err(e) => e.to_string(),
