@@ -706,8 +706,15 @@ impl NodesConfig {
             ("nodes.address", &self.address),
         ] {
             if let Some(v) = v {
-                if crate::distributed::split_host_port(v).is_none() {
-                    return bad(format!("{name} '{v}' is not HOST:PORT"));
+                match crate::distributed::split_host_port(v) {
+                    None => return bad(format!("{name} '{v}' is not HOST:PORT")),
+                    // Port 0 means "any port" to the OS: the other nodes could not be told it.
+                    Some((_, 0)) => {
+                        return bad(format!(
+                            "{name} '{v}': port 0 cannot be reached; give a port"
+                        ))
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -1261,6 +1268,24 @@ mod tests {
             ),
             (|c| c.nodes.join_timeout_s = 1e30, "(a week)"),
             (|c| c.nodes.peer_timeout_s = 1e19, "nodes.peer_timeout_s"),
+        ]);
+    }
+
+    #[test]
+    fn node_addresses_must_be_reachable_host_ports() {
+        assert_each_refused(&[
+            (
+                |c| c.nodes.address = Some("10.0.0.2".into()),
+                "nodes.address '10.0.0.2' is not HOST:PORT",
+            ),
+            (
+                |c| c.nodes.address = Some("127.0.0.1:0".into()),
+                "nodes.address '127.0.0.1:0': port 0 cannot be reached",
+            ),
+            (
+                |c| c.nodes.orchestrator = Some("ws://h:7000".into()),
+                "nodes.orchestrator 'ws://h:7000' is not HOST:PORT",
+            ),
         ]);
     }
 

@@ -788,8 +788,39 @@ fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
     assert!(took >= Duration::from_secs(3), "gave up after {took:?}");
 }
 
+/// A `--node-address` whose host does not resolve is refused at the start, naming it (it
+/// would otherwise fail inside burn-collective's join with an unwrap's message).
+#[test]
+fn a_node_address_that_does_not_resolve_is_refused_at_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let out = pgan()
+        .args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
+        .args(["--orchestrator", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--node-address",
+            &format!("no-such-host.invalid:{}", free_port_pair()),
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.path().join("node0.pgan"))
+        .arg("--out-dir")
+        .arg(dir.path().join("runs0"))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("nodes.address 'no-such-host.invalid:")
+            && said.contains("the host name does not resolve"),
+        "{said}"
+    );
+}
+
 /// Nodes whose configs differ (another learning rate) are refused at the join, on both nodes,
-/// naming the config; so are nodes with different datasets.
+/// naming the config, and leave the orchestrator (the corrected nodes then train on it); nodes
+/// with different datasets are refused too.
 #[test]
 fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
     let dir = tempfile::tempdir().unwrap();
@@ -802,10 +833,13 @@ fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
         let said = text(&out);
         assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
         assert!(
-            said.contains("join check refused the run: node 1's config (hash"),
+            said.contains("join check refused the run: node 1's config (hash")
+                && said.contains("(the orchestrator is free)"),
             "node {rank}:\n{said}"
         );
     }
+    // Both left the orchestrator when refused: the corrected nodes join on the same one.
+    run_both_to_the_end(&cluster, &config, [&[], &[]], "corrected");
 
     // Node 1's copy of the dataset holds other images.
     let other = dir.path().join("other");

@@ -266,9 +266,23 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             })?;
         let differences = super::nodes::join_differences(&nodes);
         if !differences.is_empty() {
+            // Every node got here (the all-gather completed): all of them leave the
+            // orchestrator, which is then free for the corrected run.
+            let left = self
+                .leave_orchestrator(link, self.replicas.len() + 1)
+                .is_ok();
+            let next = if left {
+                "fix it and start every node again (the orchestrator is free)"
+            } else {
+                "fix it, restart `pgan orchestrator` (it may still hold the nodes), and start \
+                 every node again"
+            };
             return Err(TrainError::Peer {
                 peer: format!("node {}", link.rank),
-                message: format!("join check refused the run: {}", differences.join("; ")),
+                message: format!(
+                    "join check refused the run: {}. {next}",
+                    differences.join("; ")
+                ),
             });
         }
         Ok(Watch {

@@ -80,6 +80,15 @@ impl NodeLink {
                 (local_ip_towards(orch_host, orch_port, n.rank)?, port)
             }
         };
+        if n.address.is_some() && (host.as_str(), port).to_socket_addrs().is_err() {
+            return Err(node_error(
+                n.rank,
+                format!(
+                    "nodes.address '{host}:{port}' (--node-address): the host name does not \
+                     resolve; give an address the other nodes reach this one at"
+                ),
+            ));
+        }
         let ring_port = port.checked_add(1).ok_or_else(|| {
             node_error(
                 n.rank,
@@ -144,7 +153,14 @@ impl NodeLink {
                 said = true;
             }
             if stop.load(Ordering::SeqCst) {
-                return Err(self.join_interrupted());
+                return Err(TrainError::StoppedWaiting {
+                    message: format!(
+                        "node {} stopped while waiting for the orchestrator at {}, which it \
+                         never reached: nothing was trained (a new run keeps only its kimg-0 \
+                         checkpoint, a resumed run folder is as it was)",
+                        self.rank, self.orchestrator
+                    ),
+                });
             }
             if Instant::now() >= deadline {
                 return Err(node_error(
@@ -558,8 +574,9 @@ impl Watch {
             format!("lost {}", named.join("; "))
         } else if !alive.is_empty() {
             format!(
-                "{} still accept(s) connections but did not take part: hung, or aborted (a \
-                 second Ctrl-C)",
+                "no node is gone ({} still accept connections): one of them is hung or was \
+                 aborted (a second Ctrl-C); the ring waits for every node, so which one cannot \
+                 be told from here",
                 alive.join(", ")
             )
         } else {
@@ -750,6 +767,7 @@ impl Ring {
                 }
                 std::task::Poll::Ready(result) => {
                     let _ = bound.send(Err(match result {
+                        Err(burn_communication::websocket::WsServerError::Io(e)) => e.to_string(),
                         Err(e) => format!("{e:?}"),
                         Ok(()) => "the server stopped at once".into(),
                     }));
