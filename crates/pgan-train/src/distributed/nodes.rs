@@ -383,55 +383,113 @@ impl JoinInfo {
     }
 }
 
-/// What differs between the nodes, against node 0, one line per difference (empty: all agree).
+/// What differs between the nodes, one line per difference (empty: all agree). Each value is
+/// compared with the one most nodes hold (node 0's on a tie), so that the odd node is the one
+/// named. A starting state that differs is reported only when config, dataset, device count
+/// and images shown agree: otherwise it follows from them.
 pub(super) fn join_differences(nodes: &[JoinInfo]) -> Vec<String> {
     let mut out = Vec::new();
-    let first = &nodes[0];
-    for (rank, n) in nodes.iter().enumerate().skip(1) {
-        if n.config_hash != first.config_hash {
+    let (odd, usual) = odd_ones(nodes, |n| n.config_hash);
+    if !odd.is_empty() {
+        out.push(format!(
+            "the config of {} differs from that of {} (hash {usual:#010x}): every node must \
+             train with the same config (only paths, device indices and the \
+             nodes.rank/address/timeouts may differ)",
+            each(&odd, |r| format!("hash {:#010x}", nodes[r].config_hash)),
+            holders(nodes, |n| n.config_hash == usual),
+        ));
+    }
+    let (odd_data, usual) = odd_ones(nodes, |n| (n.dataset_images, n.dataset_crc));
+    if !odd_data.is_empty() {
+        out.push(format!(
+            "the dataset of {} differs from that of {} ({} images, fingerprint {:#010x}): \
+             every node needs an identical copy of the .pgan file",
+            each(&odd_data, |r| format!(
+                "{} images, fingerprint {:#010x}",
+                nodes[r].dataset_images, nodes[r].dataset_crc
+            )),
+            holders(nodes, |n| (n.dataset_images, n.dataset_crc) == usual),
+            usual.0,
+            usual.1
+        ));
+    }
+    let (odd_devices, usual) = odd_ones(nodes, |n| n.devices);
+    if !odd_devices.is_empty() {
+        out.push(format!(
+            "{} train(s) on another number of devices than {} ({usual}): every node needs the \
+             same number of --devices (the minibatch is split evenly over all peers)",
+            each(&odd_devices, |r| format!("{}", nodes[r].devices)),
+            holders(nodes, |n| n.devices == usual),
+        ));
+    }
+    let (odd_images, usual) = odd_ones(nodes, |n| n.images_shown);
+    if !odd_images.is_empty() {
+        out.push(format!(
+            "{} start(s) from another checkpoint than {} (at {:.3} kimg): resume every node \
+             from the same checkpoint (pass --resume RUN_DIR/checkpoints/ckpt-... of one that \
+             every node has)",
+            each(&odd_images, |r| format!(
+                "at {:.3} kimg",
+                nodes[r].images_shown as f64 / 1000.0
+            )),
+            holders(nodes, |n| n.images_shown == usual),
+            usual as f64 / 1000.0
+        ));
+    }
+    if out.is_empty() {
+        let (odd, usual) = odd_ones(nodes, |n| n.state_crc);
+        if !odd.is_empty() {
             out.push(format!(
-                "node {rank}'s config (hash {:#010x}) differs from node 0's ({:#010x}): every \
-                 node must train with the same config (only paths, device indices and the \
-                 nodes.rank/address/timeouts may differ)",
-                n.config_hash, first.config_hash
-            ));
-        }
-        if (n.dataset_images, n.dataset_crc) != (first.dataset_images, first.dataset_crc) {
-            out.push(format!(
-                "node {rank}'s dataset ({} images, fingerprint {:#010x}) differs from node 0's \
-                 ({} images, fingerprint {:#010x}): every node needs an identical copy of the \
-                 .pgan file",
-                n.dataset_images, n.dataset_crc, first.dataset_images, first.dataset_crc
-            ));
-        }
-        if n.devices != first.devices {
-            out.push(format!(
-                "node {rank} trains on {} device(s), node 0 on {}: every node needs the same \
-                 number of --devices (the minibatch is split evenly over all peers)",
-                n.devices, first.devices
-            ));
-        }
-        if n.images_shown != first.images_shown {
-            out.push(format!(
-                "node {rank} starts from its checkpoint at {:.3} kimg, node 0 from {:.3} kimg: \
-                 resume every node from the same checkpoint (pass --resume RUN_DIR/checkpoints/\
-                 ckpt-... of one that every node has)",
-                n.images_shown as f64 / 1000.0,
-                first.images_shown as f64 / 1000.0
-            ));
-        } else if n.state_crc != first.state_crc {
-            out.push(format!(
-                "node {rank}'s starting state at {:.3} kimg (crc32 {:#010x} of its weights, \
-                 optimizer, RNG and sampler) differs from node 0's ({:#010x}): the nodes start \
-                 from different checkpoints, or this backend's weight initialisation is not \
+                "the starting state of {} at {:.3} kimg (a crc32 of weights, optimizer, RNG and \
+                 sampler) differs from that of {} ({usual:#010x}): the nodes start from \
+                 different checkpoints, or this backend's weight initialisation is not \
                  reproducible from the seed",
-                n.images_shown as f64 / 1000.0,
-                n.state_crc,
-                first.state_crc
+                each(&odd, |r| format!("{:#010x}", nodes[r].state_crc)),
+                nodes[0].images_shown as f64 / 1000.0,
+                holders(nodes, |n| n.state_crc == usual),
             ));
         }
     }
     out
+}
+
+/// The ranks whose `key` differs from the value most nodes hold (node 0's on a tie), and that
+/// value.
+fn odd_ones<T: PartialEq + Copy>(
+    nodes: &[JoinInfo],
+    key: impl Fn(&JoinInfo) -> T,
+) -> (Vec<usize>, T) {
+    let values: Vec<T> = nodes.iter().map(key).collect();
+    let count = |v: T| values.iter().filter(|&&w| w == v).count();
+    let mut usual = values[0];
+    for &v in &values[1..] {
+        if count(v) > count(usual) {
+            usual = v;
+        }
+    }
+    let odd = (0..values.len()).filter(|&r| values[r] != usual).collect();
+    (odd, usual)
+}
+
+/// "node 1 (what)", "node 1 (what), node 3 (what)": `ranks` with what each holds.
+fn each(ranks: &[usize], what: impl Fn(usize) -> String) -> String {
+    let named: Vec<String> = ranks
+        .iter()
+        .map(|&r| format!("node {r} ({})", what(r)))
+        .collect();
+    named.join(", ")
+}
+
+/// "node 0" or "nodes 0, 2": the ranks of the nodes for which `holds` is true.
+fn holders(nodes: &[JoinInfo], holds: impl Fn(&JoinInfo) -> bool) -> String {
+    let ranks: Vec<String> = (0..nodes.len())
+        .filter(|&r| holds(&nodes[r]))
+        .map(|r| r.to_string())
+        .collect();
+    match ranks.len() {
+        1 => format!("node {}", ranks[0]),
+        _ => format!("nodes {}", ranks.join(", ")),
+    }
 }
 
 /// CRC-32 of the config with what may differ between nodes blanked: paths, device indices,
@@ -441,7 +499,8 @@ pub(super) fn config_hash(config: &TrainConfig) -> u32 {
     c.run.out_dir = Default::default();
     c.run.desc = None;
     c.run.device = 0;
-    c.run.devices = vec![0; c.run.devices.len()];
+    // The device count has its own check in the join, with its own message.
+    c.run.devices = Vec::new();
     c.run.progress = true;
     c.data.path = None;
     c.nodes.rank = 0;
@@ -1093,7 +1152,8 @@ mod tests {
         assert_eq!(JoinInfo::from_gathered(&sum, 2).unwrap(), nodes);
         let diffs = join_differences(&nodes);
         assert!(
-            diffs.iter().any(|d| d.contains("node 1's config")),
+            diffs.iter().any(|d| d
+                .contains("the config of node 1 (hash 0x00000007) differs from that of node 0")),
             "{diffs:?}"
         );
         assert!(
@@ -1111,6 +1171,40 @@ mod tests {
         assert!(err.contains("2 nodes joined with --node-rank 0"), "{err}");
     }
 
+    /// Three nodes, node 0 the odd one: it is named, against the other two; a dataset that
+    /// differs is not also reported as a starting state that differs.
+    #[test]
+    fn the_join_check_names_the_odd_node_and_not_the_consequences() {
+        let mut nodes = vec![info(1, 0), info(2, 0), info(2, 0)];
+        let diffs = join_differences(&nodes);
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert!(
+            diffs[0].starts_with(
+                "the config of node 0 (hash 0x00000001) differs from that of nodes 1, 2 (hash \
+                 0x00000002)"
+            ),
+            "{diffs:?}"
+        );
+        for n in &mut nodes {
+            n.config_hash = 2;
+        }
+        nodes[2].dataset_images = 7;
+        nodes[2].state_crc ^= 1;
+        let diffs = join_differences(&nodes);
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert!(
+            diffs[0].starts_with("the dataset of node 2 (7 images"),
+            "{diffs:?}"
+        );
+        nodes[2].dataset_images = nodes[0].dataset_images;
+        let diffs = join_differences(&nodes);
+        assert!(
+            diffs[0].starts_with("the starting state of node 2 ("),
+            "{diffs:?}"
+        );
+        assert!(join_differences(&[info(2, 0), info(2, 0)]).is_empty());
+    }
+
     #[test]
     fn the_config_hash_ignores_what_may_differ_between_nodes_only() {
         let base = TrainConfig::default();
@@ -1121,6 +1215,8 @@ mod tests {
         let mut same_count = base.clone();
         same_count.run.devices = vec![0, 1];
         assert_eq!(config_hash(&other), config_hash(&same_count));
+        // The device count is checked on its own, with its own message.
+        assert_eq!(config_hash(&base), config_hash(&same_count));
         other.schedule.total_kimg += 1.0;
         assert_ne!(config_hash(&other), config_hash(&same_count));
     }
