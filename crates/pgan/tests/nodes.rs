@@ -833,8 +833,9 @@ fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
         let said = text(&out);
         assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
         assert!(
-            said.contains("join check refused the run: the config of node 1 (hash")
-                && said.contains("(the orchestrator is free)"),
+            said.contains(
+                "join check refused the run: the config differs between the nodes: node 0 (hash"
+            ) && said.contains("fix it and start every node again"),
             "node {rank}:\n{said}"
         );
     }
@@ -867,7 +868,7 @@ fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
         let said = text(&out);
         assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
         assert!(
-            said.contains("the dataset of node 1 (8 images, fingerprint"),
+            said.contains("the dataset differs between the nodes: node 0 (8 images, fingerprint"),
             "node {rank}:\n{said}"
         );
     }

@@ -272,7 +272,8 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                 .leave_orchestrator(link, self.replicas.len() + 1)
                 .is_ok();
             let next = if left {
-                "fix it and start every node again (the orchestrator is free)"
+                "fix it and start every node again (they asked the orchestrator to let them \
+                 go; should it still hold one, restart it)"
             } else {
                 "fix it, restart `pgan orchestrator` (it may still hold the nodes), and start \
                  every node again"

@@ -80,7 +80,8 @@ impl NodeLink {
                 (local_ip_towards(orch_host, orch_port, n.rank)?, port)
             }
         };
-        if n.address.is_some() && (host.as_str(), port).to_socket_addrs().is_err() {
+        // The whole HOST:PORT string: `[v6]:port` keeps its brackets in `host`.
+        if n.address.is_some() && format!("{host}:{port}").to_socket_addrs().is_err() {
             return Err(node_error(
                 n.rank,
                 format!(
@@ -383,82 +384,76 @@ impl JoinInfo {
     }
 }
 
-/// What differs between the nodes, one line per difference (empty: all agree). Each value is
-/// compared with the one most nodes hold (node 0's on a tie), so that the odd node is the one
-/// named. A starting state that differs is reported only when config, dataset, device count
-/// and images shown agree: otherwise it follows from them.
+/// What differs between the nodes, one line per difference (empty: all agree). Where most
+/// nodes agree on a value, the others are named against it; otherwise every node's value is
+/// listed. A starting state that differs is reported only when nothing else does (it usually
+/// follows from the rest).
 pub(super) fn join_differences(nodes: &[JoinInfo]) -> Vec<String> {
     let mut out = Vec::new();
-    let (odd, usual) = odd_ones(nodes, |n| n.config_hash);
-    if !odd.is_empty() {
-        out.push(format!(
-            "the config of {} differs from that of {} (hash {usual:#010x}): every node must \
-             train with the same config (only paths, device indices and the \
-             nodes.rank/address/timeouts may differ)",
-            each(&odd, |r| format!("hash {:#010x}", nodes[r].config_hash)),
-            holders(nodes, |n| n.config_hash == usual),
-        ));
-    }
-    let (odd_data, usual) = odd_ones(nodes, |n| (n.dataset_images, n.dataset_crc));
-    if !odd_data.is_empty() {
-        out.push(format!(
-            "the dataset of {} differs from that of {} ({} images, fingerprint {:#010x}): \
-             every node needs an identical copy of the .pgan file",
-            each(&odd_data, |r| format!(
-                "{} images, fingerprint {:#010x}",
-                nodes[r].dataset_images, nodes[r].dataset_crc
-            )),
-            holders(nodes, |n| (n.dataset_images, n.dataset_crc) == usual),
-            usual.0,
-            usual.1
-        ));
-    }
-    let (odd_devices, usual) = odd_ones(nodes, |n| n.devices);
-    if !odd_devices.is_empty() {
-        out.push(format!(
-            "{} train(s) on another number of devices than {} ({usual}): every node needs the \
-             same number of --devices (the minibatch is split evenly over all peers)",
-            each(&odd_devices, |r| format!("{}", nodes[r].devices)),
-            holders(nodes, |n| n.devices == usual),
-        ));
-    }
-    let (odd_images, usual) = odd_ones(nodes, |n| n.images_shown);
-    if !odd_images.is_empty() {
-        out.push(format!(
-            "{} start(s) from another checkpoint than {} (at {:.3} kimg): resume every node \
-             from the same checkpoint (pass --resume RUN_DIR/checkpoints/ckpt-... of one that \
-             every node has)",
-            each(&odd_images, |r| format!(
-                "at {:.3} kimg",
-                nodes[r].images_shown as f64 / 1000.0
-            )),
-            holders(nodes, |n| n.images_shown == usual),
-            usual as f64 / 1000.0
-        ));
-    }
+    let mut differ = |found: Option<String>, advice: &str| {
+        if let Some(found) = found {
+            out.push(format!("{found}: {advice}"));
+        }
+    };
+    differ(
+        differs(
+            nodes,
+            "the config",
+            |n| n.config_hash,
+            |h| format!("hash {h:#010x}"),
+        ),
+        "every node must train with the same config (only paths, devices and the \
+         nodes.rank/address/timeouts may differ)",
+    );
+    differ(
+        differs(
+            nodes,
+            "the dataset",
+            |n| (n.dataset_images, n.dataset_crc),
+            |(images, crc)| format!("{images} images, fingerprint {crc:#010x}"),
+        ),
+        "every node needs an identical copy of the .pgan file",
+    );
+    differ(
+        differs(nodes, "the device count", |n| n.devices, |d| d.to_string()),
+        "every node needs the same number of --devices (the minibatch is split evenly over \
+         all peers)",
+    );
+    differ(
+        differs(
+            nodes,
+            "the starting checkpoint",
+            |n| n.images_shown,
+            |i| format!("at {:.3} kimg", i as f64 / 1000.0),
+        ),
+        "resume every node from the same checkpoint (pass --resume RUN_DIR/checkpoints/\
+         ckpt-... of one that every node has)",
+    );
     if out.is_empty() {
-        let (odd, usual) = odd_ones(nodes, |n| n.state_crc);
-        if !odd.is_empty() {
+        if let Some(found) = differs(
+            nodes,
+            "the starting state (a crc32 of weights, optimizer, RNG and sampler)",
+            |n| n.state_crc,
+            |c| format!("{c:#010x}"),
+        ) {
             out.push(format!(
-                "the starting state of {} at {:.3} kimg (a crc32 of weights, optimizer, RNG and \
-                 sampler) differs from that of {} ({usual:#010x}): the nodes start from \
-                 different checkpoints, or this backend's weight initialisation is not \
-                 reproducible from the seed",
-                each(&odd, |r| format!("{:#010x}", nodes[r].state_crc)),
-                nodes[0].images_shown as f64 / 1000.0,
-                holders(nodes, |n| n.state_crc == usual),
+                "{found}: the nodes start from different checkpoints, or this backend's weight \
+                 initialisation is not reproducible from the seed"
             ));
         }
     }
     out
 }
 
-/// The ranks whose `key` differs from the value most nodes hold (node 0's on a tie), and that
-/// value.
-fn odd_ones<T: PartialEq + Copy>(
+/// `what` of the nodes whose `key` differs from the value most of them hold (more than half;
+/// on a tie in a smaller group, node 0's group first), or every node's value when no value
+/// has a majority; None when all agree.
+fn differs<T: PartialEq + Copy>(
     nodes: &[JoinInfo],
+    what: &str,
     key: impl Fn(&JoinInfo) -> T,
-) -> (Vec<usize>, T) {
+    show: impl Fn(T) -> String,
+) -> Option<String> {
     let values: Vec<T> = nodes.iter().map(key).collect();
     let count = |v: T| values.iter().filter(|&&w| w == v).count();
     let mut usual = values[0];
@@ -467,23 +462,35 @@ fn odd_ones<T: PartialEq + Copy>(
             usual = v;
         }
     }
+    if count(usual) == values.len() {
+        return None;
+    }
+    let named = |ranks: Vec<usize>| -> String {
+        let each: Vec<String> = ranks
+            .into_iter()
+            .map(|r| format!("node {r} ({})", show(values[r])))
+            .collect();
+        each.join(", ")
+    };
+    if count(usual) * 2 <= values.len() {
+        return Some(format!(
+            "{what} differs between the nodes: {}",
+            named((0..values.len()).collect())
+        ));
+    }
     let odd = (0..values.len()).filter(|&r| values[r] != usual).collect();
-    (odd, usual)
+    Some(format!(
+        "{what} of {} differs from that of {} ({})",
+        named(odd),
+        holders(&values, usual),
+        show(usual)
+    ))
 }
 
-/// "node 1 (what)", "node 1 (what), node 3 (what)": `ranks` with what each holds.
-fn each(ranks: &[usize], what: impl Fn(usize) -> String) -> String {
-    let named: Vec<String> = ranks
-        .iter()
-        .map(|&r| format!("node {r} ({})", what(r)))
-        .collect();
-    named.join(", ")
-}
-
-/// "node 0" or "nodes 0, 2": the ranks of the nodes for which `holds` is true.
-fn holders(nodes: &[JoinInfo], holds: impl Fn(&JoinInfo) -> bool) -> String {
-    let ranks: Vec<String> = (0..nodes.len())
-        .filter(|&r| holds(&nodes[r]))
+/// "node 0" or "nodes 0, 2": the ranks of the nodes whose value is `usual`.
+fn holders<T: PartialEq>(values: &[T], usual: T) -> String {
+    let ranks: Vec<String> = (0..values.len())
+        .filter(|&r| values[r] == usual)
         .map(|r| r.to_string())
         .collect();
     match ranks.len() {
@@ -631,6 +638,12 @@ impl Watch {
             )
         } else if !gone.is_empty() {
             format!("lost {}", named.join("; "))
+        } else if alive.len() == 1 {
+            format!(
+                "{} still accepts connections but did not take part: hung, or aborted (a \
+                 second Ctrl-C)",
+                alive[0]
+            )
         } else if !alive.is_empty() {
             format!(
                 "no node is gone ({} still accept connections): one of them is hung or was \
@@ -1152,8 +1165,10 @@ mod tests {
         assert_eq!(JoinInfo::from_gathered(&sum, 2).unwrap(), nodes);
         let diffs = join_differences(&nodes);
         assert!(
-            diffs.iter().any(|d| d
-                .contains("the config of node 1 (hash 0x00000007) differs from that of node 0")),
+            diffs.iter().any(|d| d.starts_with(
+                "the config differs between the nodes: node 0 (hash 0xffffffff), node 1 (hash \
+                 0x00000007)"
+            )),
             "{diffs:?}"
         );
         assert!(
@@ -1199,7 +1214,17 @@ mod tests {
         nodes[2].dataset_images = nodes[0].dataset_images;
         let diffs = join_differences(&nodes);
         assert!(
-            diffs[0].starts_with("the starting state of node 2 ("),
+            diffs[0].starts_with("the starting state (a crc32")
+                && diffs[0].contains("of node 2 (0x12345679) differs from that of nodes 0, 1"),
+            "{diffs:?}"
+        );
+        // Two nodes that disagree: neither is the odd one.
+        let diffs = join_differences(&[info(2, 0), info(2, 5_000)]);
+        assert!(
+            diffs[0].starts_with(
+                "the starting checkpoint differs between the nodes: node 0 (at 0.000 kimg), \
+                 node 1 (at 5.000 kimg)"
+            ),
             "{diffs:?}"
         );
         assert!(join_differences(&[info(2, 0), info(2, 0)]).is_empty());
