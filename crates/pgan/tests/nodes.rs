@@ -196,20 +196,57 @@ struct Running {
     child: Child,
     out: std::thread::JoinHandle<Vec<u8>>,
     err: std::thread::JoinHandle<Vec<u8>>,
+    /// What the process wrote to stderr so far.
+    err_so_far: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 fn start(mut cmd: Command) -> Running {
     let mut child = cmd.spawn().unwrap();
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>,
+                 so_far: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
         std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => so_far.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+            let bytes = so_far.lock().unwrap().clone();
             bytes
         })
     };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    Running { child, out, err }
+    let err_so_far = std::sync::Arc::default();
+    let out = drain(Box::new(child.stdout.take().unwrap()), Default::default());
+    let err = drain(
+        Box::new(child.stderr.take().unwrap()),
+        std::sync::Arc::clone(&err_so_far),
+    );
+    Running {
+        child,
+        out,
+        err,
+        err_so_far,
+    }
+}
+
+/// Waits until `run` has written `needle` to stderr; fails if it ends or `limit` passes first.
+fn wait_for_said(run: &mut Running, needle: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        if String::from_utf8_lossy(&run.err_so_far.lock().unwrap()).contains(needle) {
+            return;
+        }
+        let ended = run.child.try_wait().unwrap();
+        if ended.is_some() || started.elapsed() > limit {
+            let said = String::from_utf8_lossy(&run.err_so_far.lock().unwrap()).into_owned();
+            panic!(
+                "no '{needle}' on stderr ({ended:?} after {:?}):\n{said}",
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Both nodes' exit statuses and output, for a failure's message (one node's error often
@@ -686,6 +723,76 @@ fn ctrl_c_during_the_join_wait_ends_the_node_at_once() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
+/// An orchestrator that goes away while a node waits for the others in the join ends that
+/// node within seconds with an error saying so, not at its join timeout.
+#[test]
+fn an_orchestrator_gone_during_the_join_ends_the_waiting_node_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let mut cluster = Cluster::start(dir.path());
+    // Its join timeout is 60 s; node 1 never comes.
+    let mut a = start(cluster.node(0, &config, &[]));
+    wait_for_said(
+        &mut a,
+        "waiting for all 2 nodes to join (up to 60 s)",
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.orchestrator.kill().unwrap();
+    cluster.orchestrator.wait().unwrap();
+    let (out, took) = finish(
+        a,
+        Duration::from_secs(45),
+        "a node whose orchestrator went away",
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "the orchestrator at 127.0.0.1:{} went away before all 2 nodes joined",
+            cluster.port
+        )),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+/// A node that gave up at its join timeout stays registered at the orchestrator; a node that
+/// comes after it joins "all" nodes, then cannot reach it in the join check: its error names
+/// the gone node's address and the likely cause, not only burn-collective's panic.
+#[test]
+fn a_node_that_comes_after_another_gave_up_names_the_one_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    let address = format!("127.0.0.1:{}", free_port_pair());
+    let mut early = pgan();
+    early
+        .args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
+        .args(["--orchestrator", &format!("127.0.0.1:{}", cluster.port)])
+        .args(["--node-address", &address, "--join-timeout", "2"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.path().join("node0.pgan"))
+        .arg("--out-dir")
+        .arg(dir.path().join("runs0"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (out, _) = finish(start(early), Duration::from_secs(60), "node 0 alone");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let late = start(cluster.node(1, &config, &[]));
+    let (out, _) = finish(late, Duration::from_secs(90), "node 1 after node 0 gave up");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "the node at {address} (its --node-address) is gone"
+        )) && said.contains("gave up at the end of its own join timeout"),
+        "{said}"
+    );
+}
+
 /// A node killed during the join stays registered at the orchestrator: the same node started
 /// again (same address) is refused with a message that says to restart the orchestrator, not
 /// one about `--nodes`.
@@ -788,6 +895,59 @@ fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
     assert!(took >= Duration::from_secs(3), "gave up after {took:?}");
 }
 
+/// An `--orchestrator` address where another program listens (here an HTTP server that
+/// answers 404) is named as not an orchestrator at once, not after the join timeout, and
+/// without burn-collective's retry lines.
+#[test]
+fn a_node_pointed_at_another_program_says_so_at_once() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
+        .args(["--orchestrator", &format!("127.0.0.1:{port}")])
+        .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
+        .args(["--join-timeout", "120"])
+        .arg("--config")
+        .arg(dir.path().join("tiny.toml"))
+        .arg("--data")
+        .arg(dir.path().join("node0.pgan"))
+        .arg("--out-dir")
+        .arg(dir.path().join("runs0"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (out, took) = finish(
+        start(cmd),
+        Duration::from_secs(90),
+        "a node pointed at another program",
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "127.0.0.1:{port} (--orchestrator) accepts connections but is not a pgan \
+             orchestrator: asked over HTTP for the orchestrator's /request route, it answered \
+             `HTTP/1.1 404 Not Found`"
+        )),
+        "{said}"
+    );
+    assert!(
+        !said.contains("retrying") && !said.contains("Connecting to"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(60), "gave up after {took:?}");
+}
+
 /// A `--node-address` whose host does not resolve is refused at the start, naming it (it
 /// would otherwise fail inside burn-collective's join with an unwrap's message).
 #[test]
@@ -835,7 +995,11 @@ fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
         assert!(
             said.contains(
                 "join check refused the run: the config differs between the nodes: node 0 (hash"
-            ) && said.contains("fix it and start every node again"),
+            ) && said.contains("fix it and start every node again")
+                // The keys that differ, with each node's value, travelled in the join.
+                && said.contains("), in ")
+                && said.contains("schedule.lr_default (")
+                && said.contains("0.002 on node 1"),
             "node {rank}:\n{said}"
         );
     }

@@ -124,12 +124,26 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             peer: "thread".into(),
             message: "a register thread panicked".into(),
         };
+        // burn-collective would wait for (and retry) an orchestrator that went away until the
+        // join timeout: look for it once a second, and take two refusals in a row as gone.
+        let mut next_look = Instant::now() + Duration::from_secs(1);
+        let mut refusals = 0;
         for _ in 0..local {
             let result = match deadline {
                 Some((link, deadline)) => loop {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(link.join_timed_out());
+                    }
+                    if Instant::now() >= next_look {
+                        match link.orchestrator_refuses() {
+                            Some(why) if refusals >= 1 => {
+                                return Err(link.orchestrator_went_away(&why))
+                            }
+                            Some(_) => refusals += 1,
+                            None => refusals = 0,
+                        }
+                        next_look = Instant::now() + Duration::from_secs(1);
                     }
                     match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                         Ok(r) => break r,

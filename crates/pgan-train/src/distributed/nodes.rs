@@ -133,20 +133,62 @@ impl NodeLink {
     }
 
     /// Waits until the orchestrator accepts connections (or `deadline`, or Ctrl-C), saying so
-    /// once on stderr. burn-collective would retry on its own, but it prints two lines to
-    /// stdout for every try, two tries a second (its `println!`s in `connect_with_retry`).
+    /// once on stderr, and checks that what answers there is an orchestrator (another program
+    /// on that port is an error at once). burn-collective would retry on its own, but it
+    /// prints two lines to stdout for every try, two tries a second (its `println!`s in
+    /// `connect_with_retry`).
     pub fn wait_for_orchestrator(&self, deadline: Instant, stop: &AtomicBool) -> Result<()> {
         let mut said = false;
         loop {
+            let mut connected = false;
             let refused = match probe(&self.orchestrator) {
-                Ok(()) => return Ok(()),
+                // Something accepts connections there: ask it whether it is an orchestrator
+                // (burn-collective would otherwise retry a stranger until the join timeout).
+                Ok(()) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match greet_orchestrator(
+                        &self.orchestrator,
+                        left.clamp(GREETING_MIN, GREETING_MAX),
+                    ) {
+                        Greeting::Orchestrator => {
+                            let _ = writeln!(
+                                std::io::stderr(),
+                                "node {}: the orchestrator at {} answers; waiting for all {} \
+                                 nodes to join (up to {} s)",
+                                self.rank,
+                                self.orchestrator,
+                                self.count,
+                                self.join_timeout.as_secs_f64()
+                            );
+                            return Ok(());
+                        }
+                        Greeting::Stranger(answer) => {
+                            return Err(node_error(
+                                self.rank,
+                                format!(
+                                    "{} (--orchestrator) accepts connections but is not a pgan \
+                                     orchestrator: asked over HTTP for the orchestrator's \
+                                     /request route, it answered {answer}. Is another program \
+                                     listening on that port? Start `pgan orchestrator --port \
+                                     {}` there, or give the address it listens at",
+                                    self.orchestrator,
+                                    split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+                                ),
+                            ))
+                        }
+                        Greeting::Silent(why) => {
+                            connected = true;
+                            why
+                        }
+                    }
+                }
                 Err(e) => e,
             };
             if !said {
                 // Not `eprintln!`, which panics when stderr is a closed pipe.
                 let _ = writeln!(
                     std::io::stderr(),
-                    "node {}: waiting for the orchestrator at {} ({refused}), up to {:.0} s",
+                    "node {}: waiting for the orchestrator at {} ({refused}), up to {} s",
                     self.rank,
                     self.orchestrator,
                     self.join_timeout.as_secs_f64()
@@ -167,10 +209,15 @@ impl NodeLink {
                 return Err(node_error(
                     self.rank,
                     format!(
-                        "the orchestrator at {} accepted no connection within {:.0} s \
-                         (nodes.join_timeout_s, --join-timeout; last try: {refused}): is `pgan \
-                         orchestrator --port {}` running there, and reachable from this machine?",
+                        "the orchestrator at {} {} within {} s (nodes.join_timeout_s, \
+                         --join-timeout; last try: {refused}): is `pgan orchestrator --port {}` \
+                         running there, and reachable from this machine?",
                         self.orchestrator,
+                        if connected {
+                            "did not answer"
+                        } else {
+                            "accepted no connection"
+                        },
                         self.join_timeout.as_secs_f64(),
                         split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
                     ),
@@ -178,6 +225,38 @@ impl NodeLink {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Why the orchestrator refuses connections (it went away), or None while it takes them
+    /// (or while the network does not tell: a timeout is not taken for an answer).
+    pub fn orchestrator_refuses(&self) -> Option<String> {
+        let addrs: Vec<SocketAddr> = self.orchestrator.to_socket_addrs().ok()?.collect();
+        let mut refused = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                Ok(_) => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    refused = Some(e.to_string())
+                }
+                Err(_) => return None,
+            }
+        }
+        refused
+    }
+
+    /// The error of a join whose orchestrator went away before every node had joined.
+    pub fn orchestrator_went_away(&self, why: &str) -> TrainError {
+        node_error(
+            self.rank,
+            format!(
+                "the orchestrator at {} went away before all {} nodes joined ({why}): nothing \
+                 was trained (a new run keeps only its kimg-0 checkpoint, a resumed run folder \
+                 is as it was); start `pgan orchestrator --port {}` again, then every node",
+                self.orchestrator,
+                self.count,
+                split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+            ),
+        )
     }
 
     /// The error of a join that Ctrl-C (or SIGTERM) ended before every node had joined.
@@ -198,7 +277,7 @@ impl NodeLink {
         node_error(
             self.rank,
             format!(
-                "not all {} nodes joined the orchestrator at {} within {:.0} s \
+                "not all {} nodes joined the orchestrator at {} within {} s \
                  (nodes.join_timeout_s, --join-timeout): is `pgan orchestrator --port {}` \
                  running there and reachable, and did every node start with --nodes {} and its \
                  own --node-rank? An orchestrator that saw a run fail keeps the vanished nodes \
@@ -278,12 +357,17 @@ pub(super) struct JoinInfo {
     /// cannot be compared as bytes: they hold burn's parameter ids, random per process.)
     pub state_crc: u32,
     pub address: String,
+    /// The config as [`comparable_config`] writes it, to name the keys that differ; None
+    /// when it is longer than [`MAX_CONFIG`] (the hash still compares all of it).
+    pub config_text: Option<String>,
 }
 
 /// Values per node slot: present, devices, 3 CRCs and the image count (2 values each),
-/// images shown (4), address length and bytes.
+/// images shown (4), address length and bytes, config text length (2) and bytes (2 per
+/// value).
 const MAX_ADDRESS: usize = 64;
-const SLOT: usize = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS;
+const MAX_CONFIG: usize = 16 * 1024;
+const SLOT: usize = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS + 2 + MAX_CONFIG / 2;
 
 impl JoinInfo {
     pub fn new(
@@ -296,6 +380,7 @@ impl JoinInfo {
         Self {
             devices: super::local_peer_count(config) as u32,
             config_hash: config_hash(config),
+            config_text: Some(comparable_config(config)),
             dataset_images: dataset.images as u32,
             dataset_crc: dataset.content_crc32(),
             images_shown: state.images_shown,
@@ -331,6 +416,22 @@ impl JoinInfo {
         put(bytes.len() as u32);
         for &b in bytes {
             put(b as u32);
+        }
+        at = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS;
+        let text = self.config_text.as_deref().unwrap_or_default().as_bytes();
+        // No text, or one too long to send: a length beyond MAX_CONFIG.
+        let len = self
+            .config_text
+            .as_ref()
+            .map_or(u32::MAX, |t| t.len().min(u32::MAX as usize) as u32);
+        slot[at] = (len >> 16) as f32;
+        slot[at + 1] = (len & 0xffff) as f32;
+        at += 2;
+        if text.len() <= MAX_CONFIG {
+            for (i, pair) in text.chunks(2).enumerate() {
+                let low = pair.get(1).copied().unwrap_or(0);
+                slot[at + i] = (((pair[0] as u32) << 8) | low as u32) as f32;
+            }
         }
         v
     }
@@ -370,6 +471,19 @@ impl JoinInfo {
             }
             let len = (get() as usize).min(MAX_ADDRESS);
             let address: Vec<u8> = (0..len).map(|_| get() as u8).collect();
+            let at = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS;
+            let text_len = ((slot[at] as u32) << 16 | slot[at + 1] as u32) as usize;
+            let config_text = (text_len <= MAX_CONFIG)
+                .then(|| {
+                    let pairs = &slot[at + 2..at + 2 + text_len.div_ceil(2)];
+                    let bytes: Vec<u8> = pairs
+                        .iter()
+                        .flat_map(|&x| [(x as u32 >> 8) as u8, (x as u32 & 0xff) as u8])
+                        .take(text_len)
+                        .collect();
+                    String::from_utf8(bytes).ok()
+                })
+                .flatten();
             out.push(Self {
                 devices,
                 config_hash,
@@ -378,6 +492,7 @@ impl JoinInfo {
                 images_shown,
                 state_crc,
                 address: String::from_utf8_lossy(&address).into_owned(),
+                config_text,
             });
         }
         Ok(out)
@@ -401,7 +516,11 @@ pub(super) fn join_differences(nodes: &[JoinInfo]) -> Vec<String> {
             "the config",
             |n| n.config_hash,
             |h| format!("hash {h:#010x}"),
-        ),
+        )
+        .map(|found| match config_keys_that_differ(nodes) {
+            Some(keys) => format!("{found}, in {keys}"),
+            None => found,
+        }),
         "every node must train with the same config (only paths, devices and the \
          nodes.rank/address/timeouts may differ)",
     );
@@ -499,9 +618,93 @@ fn holders<T: PartialEq>(values: &[T], usual: T) -> String {
     }
 }
 
-/// CRC-32 of the config with what may differ between nodes blanked: paths, device indices,
-/// this node's rank, addresses and timeouts. The pgan version is hashed in too.
-pub(super) fn config_hash(config: &TrainConfig) -> u32 {
+/// The keys whose values differ between the nodes' configs, each with its values and the
+/// nodes that hold them: `train.lr (0.001 on nodes 0, 2; 0.002 on node 1)`. None when a
+/// node's config text did not travel (too long) or none differs (the hashes differ anyway:
+/// then the texts are not those the hashes were taken of).
+fn config_keys_that_differ(nodes: &[JoinInfo]) -> Option<String> {
+    let flat: Vec<std::collections::BTreeMap<String, String>> = nodes
+        .iter()
+        .map(|n| n.config_text.as_deref().and_then(flatten_toml))
+        .collect::<Option<_>>()?;
+    let keys: std::collections::BTreeSet<&String> = flat.iter().flat_map(|f| f.keys()).collect();
+    const SHOWN: usize = 8;
+    let mut named = Vec::new();
+    let mut more = 0;
+    for key in keys {
+        let values: Vec<&str> = flat
+            .iter()
+            .map(|f| f.get(key).map_or("(not set)", |v| v.as_str()))
+            .collect();
+        if values.iter().all(|v| *v == values[0]) {
+            continue;
+        }
+        if named.len() == SHOWN {
+            more += 1;
+            continue;
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for v in &values {
+            if !seen.contains(v) {
+                seen.push(v);
+            }
+        }
+        let each: Vec<String> = seen
+            .iter()
+            .map(|&v| {
+                let shown: String = if v.chars().count() > 60 {
+                    v.chars().take(57).chain("...".chars()).collect()
+                } else {
+                    v.to_string()
+                };
+                format!("{shown} on {}", holders(&values, v))
+            })
+            .collect();
+        named.push(format!("{key} ({})", each.join("; ")));
+    }
+    if named.is_empty() {
+        return None;
+    }
+    let mut out = named.join(", ");
+    if more > 0 {
+        out.push_str(&format!(
+            " and {more} more key{}",
+            if more == 1 { "" } else { "s" }
+        ));
+    }
+    Some(out)
+}
+
+/// `a.b.c = value` for every leaf of a TOML document (arrays are leaves, written inline).
+fn flatten_toml(text: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    fn walk(
+        prefix: &str,
+        table: &toml::Table,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => walk(&key, t, out),
+                leaf => {
+                    out.insert(key, leaf.to_string());
+                }
+            }
+        }
+    }
+    let table: toml::Table = text.parse().ok()?;
+    let mut out = std::collections::BTreeMap::new();
+    walk("", &table, &mut out);
+    Some(out)
+}
+
+/// The config as the nodes compare it: what may differ between nodes blanked (paths, device
+/// indices, this node's rank, addresses and timeouts), the pgan version added.
+pub(super) fn comparable_config(config: &TrainConfig) -> String {
     let mut c = config.clone();
     c.run.out_dir = Default::default();
     c.run.desc = None;
@@ -515,8 +718,17 @@ pub(super) fn config_hash(config: &TrainConfig) -> u32 {
     c.nodes.address = None;
     c.nodes.join_timeout_s = 0.0;
     c.nodes.peer_timeout_s = 0.0;
-    let text = format!("pgan {}\n{}", env!("CARGO_PKG_VERSION"), c.to_toml());
-    crc32fast::hash(text.as_bytes())
+    // A top-level key must come before the first table.
+    format!(
+        "pgan_version = \"{}\"\n{}",
+        env!("CARGO_PKG_VERSION"),
+        c.to_toml()
+    )
+}
+
+/// CRC-32 of [`comparable_config`].
+pub(super) fn config_hash(config: &TrainConfig) -> u32 {
+    crc32fast::hash(comparable_config(config).as_bytes())
 }
 
 /// CRC-32 of what continues a run from a checkpoint (see [`JoinInfo::state_crc`]), without
@@ -598,7 +810,7 @@ impl Watch {
     fn lost_surveyed(&self, what: &str, cause: Option<String>) -> (TrainError, Vec<usize>) {
         let how = match cause {
             None => format!(
-                "no answer within {:.0} s (nodes.peer_timeout_s, --peer-timeout)",
+                "no answer within {} s (nodes.peer_timeout_s, --peer-timeout)",
                 self.timeout.as_secs_f64()
             ),
             Some(e) => format!("failed ({e})"),
@@ -652,12 +864,26 @@ impl Watch {
                 alive.join(", ")
             )
         } else {
-            // The join check has not told this node the others' addresses yet.
-            format!(
-                "which node failed is not known before the join check completes (orchestrator \
-                 {}): a node may have stopped, or one cannot reach another's --node-address",
-                self.orchestrator
-            )
+            // The join check has not told this node the others' addresses yet; burn-collective's
+            // panic may name the one it could not reach.
+            match unreachable_data_server(&how).map(|a| (probe(&a), a)) {
+                Some((Err(e), address)) => format!(
+                    "the node at {address} (its --node-address) is gone ({e}): it stopped, or \
+                     gave up at the end of its own join timeout before this node joined (the \
+                     orchestrator still held it; start every node within the others' \
+                     --join-timeout)"
+                ),
+                Some((Ok(()), address)) => format!(
+                    "this node could not reach the node at {address} (its --node-address), \
+                     which still accepts connections here now: check the network between them"
+                ),
+                None => format!(
+                    "which node failed is not known before the join check completes \
+                     (orchestrator {}): a node may have stopped, or one cannot reach another's \
+                     --node-address",
+                    self.orchestrator
+                ),
+            }
         };
         let error = self.stops(format!("{what}: {how}; {verdict}"));
         (error, gone.into_iter().map(|(rank, _)| rank).collect())
@@ -702,6 +928,19 @@ impl Watch {
     }
 }
 
+/// The `host:port` of the data server that burn-collective's panic says it could not connect
+/// to ("Failed to connect to data server at Address { inner: "ws://HOST:PORT" }"), if any.
+fn unreachable_data_server(cause: &str) -> Option<String> {
+    let at = cause.find("Failed to connect to data server at")?;
+    let rest = &cause[at..];
+    let url = &rest[rest.find("ws://")? + "ws://".len()..];
+    let address: String = url
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || ".:-_[]".contains(*c))
+        .collect();
+    (!address.is_empty()).then_some(address)
+}
+
 /// Whether something listens at `host:port`.
 fn probe(address: &str) -> std::result::Result<(), String> {
     let addrs: Vec<SocketAddr> = address
@@ -716,6 +955,100 @@ fn probe(address: &str) -> std::result::Result<(), String> {
         }
     }
     Err(last)
+}
+
+/// How long a node waits for what answers at the orchestrator's address to say what it is:
+/// a loaded orchestrator answers within milliseconds; the join's deadline bounds the wait.
+const GREETING_MIN: Duration = Duration::from_secs(1);
+const GREETING_MAX: Duration = Duration::from_secs(10);
+
+/// What answered at the orchestrator's address.
+#[derive(Debug, PartialEq)]
+enum Greeting {
+    /// burn-communication's websocket router with the orchestrator's `/request` route.
+    Orchestrator,
+    /// Another program: its answer, quoted.
+    Stranger(String),
+    /// No answer (yet): why.
+    Silent(String),
+}
+
+/// Asks `address` over plain HTTP for the orchestrator's websocket route without the upgrade
+/// headers. An orchestrator's router (axum, in burn-communication) turns that down with its
+/// websocket extractor's own words, before any handler runs: the orchestrator sees no client.
+fn greet_orchestrator(address: &str, wait: Duration) -> Greeting {
+    use std::io::Read as _;
+    let connected = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))
+        .and_then(|addrs| {
+            let mut last = String::from("no address");
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, wait) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(last)
+        });
+    let mut stream = match connected {
+        Ok(s) => s,
+        Err(e) => return Greeting::Silent(e),
+    };
+    let _ = stream.set_read_timeout(Some(wait));
+    let _ = stream.set_write_timeout(Some(wait));
+    let request = format!("GET /request HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        return Greeting::Silent(format!("it took the connection but not a request: {e}"));
+    }
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while answer.len() < 4096 && started.elapsed() < wait {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if classify_greeting(&answer) == Greeting::Orchestrator {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if answer.is_empty() => {
+                return Greeting::Silent(format!(
+                    "it took the connection but sent no answer within {:.1} s ({e})",
+                    wait.as_secs_f64()
+                ))
+            }
+            Err(_) => break,
+        }
+    }
+    classify_greeting(&answer)
+}
+
+/// What an answer to [`greet_orchestrator`]'s request says about the program that sent it.
+fn classify_greeting(answer: &[u8]) -> Greeting {
+    let text = String::from_utf8_lossy(answer);
+    // axum's `WebSocketUpgradeRejection::InvalidConnectionHeader` (400, "Connection header did
+    // not include 'upgrade'"), or a later check of the same extractor.
+    let websocket_route = text.starts_with("HTTP/1.")
+        && (text.contains("did not include 'upgrade'")
+            || text.contains("did not include 'websocket'")
+            || text.contains("couldn't be upgraded"));
+    if websocket_route {
+        return Greeting::Orchestrator;
+    }
+    if answer.is_empty() {
+        return Greeting::Stranger("nothing, and closed the connection".into());
+    }
+    let first_line: String = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(80)
+        .collect();
+    Greeting::Stranger(format!("`{}`", first_line.escape_debug()))
 }
 
 /// `burn_collective::all_reduce` on a helper thread, waited for at most `watch.timeout`. A
@@ -1100,6 +1433,7 @@ pub fn run_orchestrator(port: u16) -> Result<()> {
         message: format!("cannot listen on port {port}: {e}"),
     })?;
     println!("pgan orchestrator listening on port {port} (Ctrl-C to stop)");
+    orchestrator_log();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1109,6 +1443,19 @@ pub fn run_orchestrator(port: u16) -> Result<()> {
         })?;
     runtime.block_on(burn_collective::start_global_orchestrator(port));
     Ok(())
+}
+
+/// burn-communication's log format and level for the orchestrator, installed before it
+/// installs its own (which colours its lines even into a file): colour only on a terminal.
+fn orchestrator_log() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 #[cfg(test)]
@@ -1124,6 +1471,7 @@ mod tests {
             images_shown,
             state_crc: 0x1234_5678,
             address: "10.0.0.7:7001".into(),
+            config_text: None,
         }
     }
 
@@ -1230,6 +1578,56 @@ mod tests {
         assert!(join_differences(&[info(2, 0), info(2, 0)]).is_empty());
     }
 
+    /// A config difference is named by its keys, each value with the nodes that hold it, and
+    /// the config texts travel exactly through the summed slot vectors.
+    #[test]
+    fn the_join_check_names_the_config_keys_that_differ() {
+        let base = TrainConfig::default();
+        let mut odd = base.clone();
+        odd.optim.beta1 = 0.5;
+        odd.model.fmap_max = Some(64);
+        odd.nodes.rank = 1; // may differ: not named
+        let configs = [&base, &odd, &base];
+        let nodes: Vec<JoinInfo> = configs
+            .iter()
+            .map(|c| JoinInfo {
+                config_hash: config_hash(c),
+                config_text: Some(comparable_config(c)),
+                ..info(0, 0)
+            })
+            .collect();
+        assert!(nodes[0].config_text.as_ref().unwrap().len() <= MAX_CONFIG);
+        let mut sum = vec![0.0f32; SLOT * 3];
+        for (rank, n) in nodes.iter().enumerate() {
+            for (s, x) in sum.iter_mut().zip(n.slot_vector(rank, 3)) {
+                *s += x;
+            }
+        }
+        let gathered = JoinInfo::from_gathered(&sum, 3).unwrap();
+        assert_eq!(gathered, nodes);
+        let diffs = join_differences(&gathered);
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        let hash = |c: &TrainConfig| format!("{:#010x}", config_hash(c));
+        assert!(
+            diffs[0].starts_with(&format!(
+                "the config of node 1 (hash {}) differs from that of nodes 0, 2 (hash {}), in \
+                 model.fmap_max ((not set) on nodes 0, 2; 64 on node 1), optim.beta1 (0.0 on \
+                 nodes 0, 2; 0.5 on node 1): every node must train",
+                hash(&odd),
+                hash(&base)
+            )),
+            "{diffs:?}"
+        );
+        // A text that did not travel leaves the hashes alone to tell.
+        let mut untold = gathered.clone();
+        untold[1].config_text = None;
+        let diffs = join_differences(&untold);
+        assert!(
+            diffs[0].contains("(hash 0x") && !diffs[0].contains(", in "),
+            "{diffs:?}"
+        );
+    }
+
     #[test]
     fn the_config_hash_ignores_what_may_differ_between_nodes_only() {
         let base = TrainConfig::default();
@@ -1244,5 +1642,76 @@ mod tests {
         assert_eq!(config_hash(&base), config_hash(&same_count));
         other.schedule.total_kimg += 1.0;
         assert_ne!(config_hash(&other), config_hash(&same_count));
+    }
+
+    /// A listener on 127.0.0.1 that reads a request and answers `answer` (None: stays silent
+    /// for 3 s), once.
+    fn answering(answer: Option<&'static str>) -> String {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            match answer {
+                Some(a) => {
+                    let _ = stream.write_all(a.as_bytes());
+                }
+                None => std::thread::sleep(Duration::from_secs(3)),
+            }
+        });
+        address
+    }
+
+    #[test]
+    fn the_data_server_burn_could_not_reach_is_read_from_its_panic() {
+        let cause = r#"LocalServerMissing; burn-collective panicked at burn-collective-0.21.0/src/global/node/ring.rs:159: called `Result::unwrap()` on an `Err` value: JoinError::Panic(Id(12), "Failed to connect to data server at Address { inner: \"ws://127.0.0.1:24310\" }", ...)"#;
+        assert_eq!(
+            unreachable_data_server(cause).as_deref(),
+            Some("127.0.0.1:24310")
+        );
+        assert_eq!(
+            unreachable_data_server(
+                "Failed to connect to data server at Address { inner: \"ws://[::1]:7001\" }"
+            )
+            .as_deref(),
+            Some("[::1]:7001")
+        );
+        assert_eq!(unreachable_data_server("LocalServerMissing"), None);
+    }
+
+    #[test]
+    fn what_answers_at_the_orchestrator_address_is_told_apart() {
+        // What burn-communication's router (axum 0.8) answers a GET of a websocket route
+        // without the upgrade headers.
+        let axum = "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                    content-length: 43\r\n\r\nConnection header did not include 'upgrade'";
+        assert_eq!(
+            greet_orchestrator(&answering(Some(axum)), Duration::from_secs(5)),
+            Greeting::Orchestrator
+        );
+        assert_eq!(
+            greet_orchestrator(
+                &answering(Some("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")),
+                Duration::from_secs(5)
+            ),
+            Greeting::Stranger("`HTTP/1.1 404 Not Found`".into())
+        );
+        assert_eq!(
+            greet_orchestrator(
+                &answering(Some("SSH-2.0-OpenSSH_9.2\r\n")),
+                Duration::from_secs(5)
+            ),
+            Greeting::Stranger("`SSH-2.0-OpenSSH_9.2`".into())
+        );
+        assert_eq!(
+            greet_orchestrator(&answering(Some("")), Duration::from_secs(5)),
+            Greeting::Stranger("nothing, and closed the connection".into())
+        );
+        match greet_orchestrator(&answering(None), Duration::from_millis(300)) {
+            Greeting::Silent(why) => assert!(why.contains("sent no answer"), "{why}"),
+            other => panic!("a silent listener read as {other:?}"),
+        }
     }
 }
