@@ -937,6 +937,75 @@ fn a_requested_stop_exits_0_and_the_resumed_run_keeps_writing_metrics() {
     let after = metrics_kimg(&run);
     assert!(after.len() > before.len(), "{before:?} -> {after:?}");
     assert_eq!(after.last().copied(), Some(0.064), "{after:?}");
+
+    // A total below what the run has trained is refused, the run's config left as it was.
+    let recorded = std::fs::read(run.join("config.toml")).unwrap();
+    let err = run_err(&mut resume_cmd(
+        &run,
+        &["--total-kimg", "0.048", "--loss", "logistic-r1"],
+    ));
+    assert!(
+        err.contains("schedule.total_kimg (--total-kimg) is 0.048")
+            && err.contains("at 0.064 kimg already: nothing would be trained"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), recorded);
+    assert_eq!(metrics_kimg(&run), after);
+}
+
+/// A run stopped inside what becomes its last tick, resumed with that stop as its total, ends
+/// with the rows and sample sheets of a run that went there in one go (the open tick is
+/// closed), once: a further resume adds nothing.
+#[test]
+fn a_stop_inside_the_last_tick_resumed_at_its_end_closes_the_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let (_, straight) = train_tiny(
+        &config,
+        &data,
+        &dir.path().join("straight"),
+        &["--total-kimg", "0.056"],
+    );
+    let (_, run) = train_tiny(
+        &config,
+        &data,
+        &dir.path().join("stopped"),
+        &["--total-kimg", "1", "--stop-after-kimg", "0.056"],
+    );
+    assert_eq!(metrics_kimg(&run), [0.016, 0.032, 0.048]);
+    let out = run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.056"]));
+    assert!(out.contains("finished at 0.056 kimg"), "{out}");
+    let sheets = |run: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(run.join("samples"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(metrics_kimg(&straight), [0.016, 0.032, 0.048, 0.056]);
+    assert_eq!(metrics_kimg(&run), metrics_kimg(&straight));
+    assert_eq!(sheets(&run), sheets(&straight));
+    // The closed tick's row holds the steps before the stop, where the schedule had them.
+    let last_row = |run: &Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    let (a, b) = (last_row(&run), last_row(&straight));
+    for key in [
+        "tick",
+        "stage",
+        "resolution",
+        "phase",
+        "alpha",
+        "batch",
+        "Loss/D",
+        "Loss/G",
+    ] {
+        assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+    }
+    run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.056"]));
+    assert_eq!(metrics_kimg(&run), metrics_kimg(&straight));
 }
 
 #[test]
@@ -994,7 +1063,10 @@ fn a_run_folder_has_one_trainer_and_new_runs_get_their_own_folders() {
     // The OS drops the lock with its owner, however it ends: no stale lock after kill -9.
     owner.kill().unwrap();
     owner.wait().unwrap();
-    let out = run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.016"]));
+    let out = run_ok(&mut resume_cmd(
+        &run,
+        &["--total-kimg", "1000", "--stop-after-kimg", "0.001"],
+    ));
     assert!(out.contains("checkpoint"), "{out}");
 }
 
@@ -1640,11 +1712,33 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         .arg(&run)
         .args(["--num", "4", "--pairs", "2", "--json"])
         .arg(&metrics);
-    for cmd in [&mut report, &mut eval] {
+    // prepare replaces a dataset with --force, never a run's own file.
+    let mut prepare = pgan();
+    prepare
+        .arg("prepare")
+        .arg(dir.path().join("images"))
+        .arg(&metrics)
+        .args(["--resolution", "8", "--quiet", "--force"]);
+    for cmd in [&mut report, &mut eval, &mut prepare] {
         let out = run_err(cmd);
         assert!(out.contains("a file of the run"), "{out}");
     }
     assert_eq!(std::fs::read(&metrics).unwrap(), before);
+    // A file where a folder of the output's path should be is named as such.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(file.join("sub/x.png"))
+            .args(["--seeds", "0"]),
+    );
+    assert!(
+        out.contains(&format!("{} is a file, not a folder", file.display())),
+        "{out}"
+    );
     // Nor render, whichever output names them, nor any writer over a sample sheet.
     let config_toml = run.join("config.toml");
     let before_config = std::fs::read(&config_toml).unwrap();

@@ -204,6 +204,13 @@ impl ModeSpec {
                  a .pgan dataset holds)"
             )));
         }
+        // What `modes.json` is read back with (and what `pgan prepare` and training take).
+        if !pgan_spec::resolution::is_supported(resolution) {
+            return Err(MetricsError::InvalidArgument(format!(
+                "resolution {resolution} is not a power of two (8, 16, 32, ... \
+                 {MAX_RESOLUTION}): the datasets and networks are pyramids of halvings"
+            )));
+        }
         let (np, nc, _) = factor_counts(modes);
         let table = (0..modes)
             .map(|id| {
@@ -691,6 +698,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("above the maximum 1024"));
+        // `modes.json` and the datasets take powers of two only.
+        assert!(ModeSpec::new(4, 12, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("resolution 12 is not a power of two"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The checks a training run passes before it writes anything: the configuration, the backend,
 //! the dataset (present, large enough, intact), the memory an evaluation needs, the Inception
 //! weights FID needs, and for a resume the checkpoint: its model, its dataset, a schedule that
-//! does not shrink it. `pgan train --dry-run` runs the same function, so a dry run that passes
+//! does not shrink it and a total it has not passed. `pgan train --dry-run` runs the same function, so a dry run that passes
 //! is a run that starts (short of the device, which it does not open).
 
 use std::path::{Path, PathBuf};
@@ -99,11 +99,37 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         checkpoint::adopt_dataset(&mut state, &ckpt, &reader, options.data_changed_ok, fresh)?;
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
         check_no_shrink(&schedule, &state, &ckpt)?;
+        check_total_not_passed(&config, &state, &ckpt)?;
     }
     Ok(Preflight {
         config,
         reader,
         model,
+    })
+}
+
+/// Refuses to resume `state` under a `total_kimg` below the images it has trained on: nothing
+/// would be trained, and the run's config would record a length it has already passed. (At
+/// exactly its total a resume only finishes what a stop inside the last tick left open.)
+pub(crate) fn check_total_not_passed(
+    config: &TrainConfig,
+    state: &TrainState,
+    ckpt: &Path,
+) -> Result<()> {
+    let total = (config.schedule.total_kimg * 1000.0).round() as u64;
+    if state.images_shown <= total {
+        return Ok(());
+    }
+    Err(TrainError::Config {
+        path: None,
+        message: format!(
+            "schedule.total_kimg (--total-kimg) is {}, but {} is at {:.3} kimg already: \
+             nothing would be trained; give a total above that to continue (the run folder is \
+             left as it was)",
+            config.schedule.total_kimg,
+            ckpt.display(),
+            state.images_shown as f64 / 1000.0
+        ),
     })
 }
 

@@ -500,15 +500,27 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.end_tick(&phase)?;
             }
         }
+        // A run stopped inside its last tick and resumed at its end: that tick's row, sheet and
+        // checkpoint are the ones the uninterrupted run wrote (in the loop, the last step ends
+        // its tick, so only a resumed open tick is still open here).
+        let closes_resumed_tick = !interrupted && self.tick.images > 0;
+        if closes_resumed_tick {
+            let phase = self.last_step_phase();
+            self.end_tick(&phase)?;
+        }
         self.tick.stop_clock(&mut self.state.elapsed_s);
         bar.finish_and_clear();
 
-        // Always leave a checkpoint at the point where the run stopped.
+        // Always leave a checkpoint at the point where the run stopped (not the resumed one
+        // whose tick was open: a resume of it would close the tick again).
         let at_checkpoint = self
             .last_checkpoint
             .as_ref()
             .and_then(|c| checkpoint::read_state(c).ok())
-            .is_some_and(|s| s.images_shown == self.state.images_shown);
+            .is_some_and(|s| {
+                s.images_shown == self.state.images_shown
+                    && (s.open_tick.is_none() || !closes_resumed_tick)
+            });
         if !at_checkpoint {
             self.end_healthy_stretch();
             // A stop inside a tick: the resumed run finishes this tick's row with these steps.
@@ -557,6 +569,21 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.peers.reset_optimizers(&self.config.optim);
         }
         self.state.phase_index = phase.index;
+    }
+
+    /// The phase of the step that brought the run to `images_shown` (the schedule at that
+    /// step's first image), for a tick closed without a step of this process.
+    fn last_step_phase(&self) -> crate::schedule::Phase {
+        let shown = self.state.images_shown;
+        let per_step =
+            |p: &crate::schedule::Phase| p.batch as u64 * self.config.optim.d_steps as u64;
+        let mut phase = self.schedule.at(shown.saturating_sub(1));
+        // A step that began in another phase (one with another minibatch) is found on the
+        // second look.
+        for _ in 0..2 {
+            phase = self.schedule.at(shown.saturating_sub(per_step(&phase)));
+        }
+        phase
     }
 
     /// Records where in the schedule the networks stand after `images_shown` images: the stage

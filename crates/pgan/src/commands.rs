@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
-use crate::paths::{check_output, checkpoint_of, prepare_output, refuse_inputs, same_file};
+use crate::paths::{
+    check_output, checkpoint_of, prepare_output, refuse_inputs, refuse_run_file, same_file,
+};
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
@@ -95,7 +97,9 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
         eprintln!("\ninterrupt: stopping and removing the temporary file (again to exit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
-    check_output(&args.output, "OUTPUT")?;
+    let target = check_output(&args.output, "OUTPUT")?;
+    // A dataset replaces a dataset (with --force), never a run's own file.
+    refuse_run_file(&target, &args.output, "OUTPUT")?;
     let summary = match pgan_data::prepare_cancellable(&options, &cancel) {
         Err(err @ pgan_data::DataError::Interrupted(_)) => {
             eprintln!("{err}");

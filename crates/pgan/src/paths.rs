@@ -19,15 +19,22 @@ pub fn prepare_output(out: &Path, flag: &str) -> Result<PathBuf> {
             out.display()
         );
     }
-    if let Some(what) = run_file(&target) {
+    refuse_run_file(&target, out, flag)?;
+    pgan_data::remove_stale_temps(&target);
+    Ok(target)
+}
+
+/// Refuses `target` (the file a write to `out` replaces) when it is one of a run's own files:
+/// no output replaces what a trainer wrote, `--force` or not.
+pub fn refuse_run_file(target: &Path, out: &Path, flag: &str) -> Result<()> {
+    if let Some(what) = run_file(target) {
         bail!(
             "{flag} {}: that is {what}; outputs do not replace what a trainer wrote (write \
              elsewhere)",
             out.display()
         );
     }
-    pgan_data::remove_stale_temps(&target);
-    Ok(target)
+    Ok(())
 }
 
 /// What `target` is when it is one of a run directory's own files, whichever run (a file the
@@ -112,6 +119,17 @@ pub fn check_output(out: &Path, flag: &str) -> Result<PathBuf> {
         );
     }
     if let Some(parent) = parent {
+        // `create_dir_all` reports a file in the way as "File exists", naming the folder.
+        if let Some(file) = parent
+            .ancestors()
+            .find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()))
+        {
+            bail!(
+                "{flag} {}: {} is a file, not a folder",
+                out.display(),
+                file.display()
+            );
+        }
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{flag}: cannot create the folder {}", parent.display()))?;
     }
