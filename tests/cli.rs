@@ -1006,6 +1006,35 @@ fn a_stop_inside_the_last_tick_resumed_at_its_end_closes_the_tick() {
     }
     run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.056"]));
     assert_eq!(metrics_kimg(&run), metrics_kimg(&straight));
+
+    // With checkpoints every 3 ticks the closed tick 4 writes none of its own: the stop's
+    // checkpoint is written again without its open tick (a resume would close it twice).
+    let sparse = dir.path().join("sparse.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("checkpoint_ticks = 1"));
+    std::fs::write(
+        &sparse,
+        text.replace("checkpoint_ticks = 1", "checkpoint_ticks = 3"),
+    )
+    .unwrap();
+    let (_, run) = train_tiny(
+        &sparse,
+        &data,
+        &dir.path().join("sparse"),
+        &["--total-kimg", "1", "--stop-after-kimg", "0.056"],
+    );
+    let open_tick = |run: &Path| -> serde_json::Value {
+        let state = run.join("checkpoints/ckpt-000000000056/state.json");
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+        state.get("open_tick").cloned().unwrap_or_default()
+    };
+    assert!(!open_tick(&run).is_null(), "the stop keeps its tick's part");
+    run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.056"]));
+    assert!(open_tick(&run).is_null(), "{}", open_tick(&run));
+    assert_eq!(metrics_kimg(&run), metrics_kimg(&straight));
+    run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.056"]));
+    assert_eq!(metrics_kimg(&run), metrics_kimg(&straight));
 }
 
 #[test]

@@ -149,6 +149,14 @@ impl StageSchedule {
         }
     }
 
+    /// The minibatch of the phase with index `index` (that of its resolution).
+    pub fn batch_of_phase(&self, index: usize) -> usize {
+        // Phase 0 is the start stage's stable one; each later stage has a fade (odd index)
+        // and a stable phase (even index).
+        let stage = (self.start_stage + index.div_ceil(2)).min(self.max_stage);
+        self.config.batch_for(resolution_of(stage))
+    }
+
     /// The kimg at which `stage` is fully grown: its fade-in has ended (0 for the start stage).
     pub fn grown_at_kimg(&self, stage: usize) -> f64 {
         let period = self.config.lod_training_kimg + self.config.lod_transition_kimg;
@@ -266,6 +274,22 @@ mod tests {
         let s = schedule(1.0, 1.0, 16);
         let indices: Vec<usize> = (0..6).map(|k| s.at(k * 1000 + 500).index).collect();
         assert_eq!(indices, vec![0, 1, 2, 3, 4, 4]);
+    }
+
+    #[test]
+    fn each_phase_has_its_resolutions_minibatch() {
+        let mut config = ScheduleConfig::default();
+        config.minibatch.insert("4".into(), 16);
+        config.minibatch.insert("8".into(), 8);
+        config.minibatch.insert("16".into(), 4);
+        config.lod_training_kimg = 1.0;
+        config.lod_transition_kimg = 1.0;
+        config.total_kimg = 6.0;
+        let s = StageSchedule::new(config, 16);
+        for images in (0..6_000).step_by(250) {
+            let p = s.at(images);
+            assert_eq!(s.batch_of_phase(p.index), p.batch, "at {images}: {p:?}");
+        }
     }
 
     #[test]

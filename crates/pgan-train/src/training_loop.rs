@@ -572,18 +572,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// The phase of the step that brought the run to `images_shown` (the schedule at that
-    /// step's first image), for a tick closed without a step of this process.
+    /// step's first image), for a tick closed without a step of this process. The state's
+    /// phase index is that step's (a phase is entered only by a step); its minibatch says
+    /// where the step began.
     fn last_step_phase(&self) -> crate::schedule::Phase {
-        let shown = self.state.images_shown;
-        let per_step =
-            |p: &crate::schedule::Phase| p.batch as u64 * self.config.optim.d_steps as u64;
-        let mut phase = self.schedule.at(shown.saturating_sub(1));
-        // A step that began in another phase (one with another minibatch) is found on the
-        // second look.
-        for _ in 0..2 {
-            phase = self.schedule.at(shown.saturating_sub(per_step(&phase)));
-        }
-        phase
+        let batch = self.schedule.batch_of_phase(self.state.phase_index) as u64;
+        let per_step = batch * self.config.optim.d_steps as u64;
+        self.schedule
+            .at(self.state.images_shown.saturating_sub(per_step))
     }
 
     /// Records where in the schedule the networks stand after `images_shown` images: the stage
@@ -633,7 +629,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // A stop's checkpoint written before stops kept their tick's part: the tick in
         // progress still ends where it would have (its statistics start afresh).
-        let last_tick = stats::last_tick_images(&self.run_dir).unwrap_or(0);
+        // No rows: none before the first tick's end, or none readable (then the checkpoint is
+        // taken for a tick end's: nothing is left open).
+        let last_tick = stats::last_tick_images(&self.run_dir).unwrap_or(if self.state.tick == 0 {
+            0
+        } else {
+            shown
+        });
         if self.tick.images == 0 && last_tick < shown {
             self.tick.images = shown - last_tick;
         }

@@ -125,7 +125,13 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             message: "a register thread panicked".into(),
         };
         // burn-collective would wait for (and retry) an orchestrator that went away until the
-        // join timeout: look for it once a second, and take two refusals in a row as gone.
+        // join timeout: look for it once a second, and take two refusals in a row as gone (one
+        // restarted within that is missed: it no longer holds this node, which then waits out
+        // its join timeout).
+        let orchestrator = link
+            .as_ref()
+            .map(|l| l.orchestrator_addresses())
+            .unwrap_or_default();
         let mut next_look = Instant::now() + Duration::from_secs(1);
         let mut refusals = 0;
         for _ in 0..local {
@@ -136,7 +142,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                         return Err(link.join_timed_out());
                     }
                     if Instant::now() >= next_look {
-                        match link.orchestrator_refuses() {
+                        match NodeLink::orchestrator_refuses(&orchestrator) {
                             Some(why) if refusals >= 1 => {
                                 return Err(link.orchestrator_went_away(&why))
                             }

@@ -149,16 +149,18 @@ impl NodeLink {
                     match greet_orchestrator(
                         &self.orchestrator,
                         left.clamp(GREETING_MIN, GREETING_MAX),
+                        stop,
                     ) {
                         Greeting::Orchestrator => {
+                            let left = deadline.saturating_duration_since(Instant::now());
                             let _ = writeln!(
                                 std::io::stderr(),
                                 "node {}: the orchestrator at {} answers; waiting for all {} \
-                                 nodes to join (up to {} s)",
+                                 nodes to join (up to {:.0} s more)",
                                 self.rank,
                                 self.orchestrator,
                                 self.count,
-                                self.join_timeout.as_secs_f64()
+                                left.as_secs_f64().ceil()
                             );
                             return Ok(());
                         }
@@ -172,7 +174,7 @@ impl NodeLink {
                                      listening on that port? Start `pgan orchestrator --port \
                                      {}` there, or give the address it listens at",
                                     self.orchestrator,
-                                    split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+                                    self.orchestrator_port(),
                                 ),
                             ))
                         }
@@ -191,7 +193,7 @@ impl NodeLink {
                     "node {}: waiting for the orchestrator at {} ({refused}), up to {} s",
                     self.rank,
                     self.orchestrator,
-                    self.join_timeout.as_secs_f64()
+                    seconds(self.join_timeout)
                 );
                 said = true;
             }
@@ -218,8 +220,8 @@ impl NodeLink {
                         } else {
                             "accepted no connection"
                         },
-                        self.join_timeout.as_secs_f64(),
-                        split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+                        seconds(self.join_timeout),
+                        self.orchestrator_port(),
                     ),
                 ));
             }
@@ -227,21 +229,27 @@ impl NodeLink {
         }
     }
 
-    /// Why the orchestrator refuses connections (it went away), or None while it takes them
-    /// (or while the network does not tell: a timeout is not taken for an answer).
-    pub fn orchestrator_refuses(&self) -> Option<String> {
-        let addrs: Vec<SocketAddr> = self.orchestrator.to_socket_addrs().ok()?.collect();
-        let mut refused = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
-                Ok(_) => return None,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    refused = Some(e.to_string())
-                }
-                Err(_) => return None,
-            }
+    /// The orchestrator's port, for the `pgan orchestrator --port P` of messages.
+    fn orchestrator_port(&self) -> u16 {
+        split_host_port(&self.orchestrator).map_or(0, |(_, p)| p)
+    }
+
+    /// Why the orchestrator at `addresses` (resolved once, before the join) refuses
+    /// connections: it went away. None while it takes them, or while the network does not
+    /// tell (a timeout is not taken for an answer).
+    pub fn orchestrator_refuses(addresses: &[SocketAddr]) -> Option<String> {
+        match connect_any(addresses, Duration::from_secs(1)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(e.to_string()),
+            _ => None,
         }
-        refused
+    }
+
+    /// The orchestrator's socket addresses (empty when its name no longer resolves).
+    pub fn orchestrator_addresses(&self) -> Vec<SocketAddr> {
+        self.orchestrator
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .unwrap_or_default()
     }
 
     /// The error of a join whose orchestrator went away before every node had joined.
@@ -254,7 +262,7 @@ impl NodeLink {
                  is as it was); start `pgan orchestrator --port {}` again, then every node",
                 self.orchestrator,
                 self.count,
-                split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+                self.orchestrator_port(),
             ),
         )
     }
@@ -284,8 +292,8 @@ impl NodeLink {
                  registered: restart it before a new run",
                 self.count,
                 self.orchestrator,
-                self.join_timeout.as_secs_f64(),
-                split_host_port(&self.orchestrator).map_or(0, |(_, p)| p),
+                seconds(self.join_timeout),
+                self.orchestrator_port(),
                 self.count
             ),
         )
@@ -357,17 +365,20 @@ pub(super) struct JoinInfo {
     /// cannot be compared as bytes: they hold burn's parameter ids, random per process.)
     pub state_crc: u32,
     pub address: String,
-    /// The config as [`comparable_config`] writes it, to name the keys that differ; None
-    /// when it is longer than [`MAX_CONFIG`] (the hash still compares all of it).
+    /// The config as [`comparable_config`] writes it, to name the keys that differ; None in
+    /// the gathered info of a node whose text was longer than [`MAX_CONFIG`] (the hash still
+    /// compares all of it).
     pub config_text: Option<String>,
 }
 
 /// Values per node slot: present, devices, 3 CRCs and the image count (2 values each),
-/// images shown (4), address length and bytes, config text length (2) and bytes (2 per
-/// value).
+/// images shown (4), address length and bytes, then from [`CONFIG_AT`] the config text's
+/// length (2) and bytes (2 per value). Every node must run the same pgan build: the layout
+/// (and so the vector's length) may change between versions.
 const MAX_ADDRESS: usize = 64;
 const MAX_CONFIG: usize = 16 * 1024;
-const SLOT: usize = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS + 2 + MAX_CONFIG / 2;
+const CONFIG_AT: usize = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS;
+const SLOT: usize = CONFIG_AT + 2 + MAX_CONFIG / 2;
 
 impl JoinInfo {
     pub fn new(
@@ -377,10 +388,11 @@ impl JoinInfo {
         weights: &[f32],
         address: &str,
     ) -> Self {
+        let text = comparable_config(config);
         Self {
             devices: super::local_peer_count(config) as u32,
-            config_hash: config_hash(config),
-            config_text: Some(comparable_config(config)),
+            config_hash: crc32fast::hash(text.as_bytes()),
+            config_text: Some(text),
             dataset_images: dataset.images as u32,
             dataset_crc: dataset.content_crc32(),
             images_shown: state.images_shown,
@@ -417,7 +429,7 @@ impl JoinInfo {
         for &b in bytes {
             put(b as u32);
         }
-        at = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS;
+        at = CONFIG_AT;
         let text = self.config_text.as_deref().unwrap_or_default().as_bytes();
         // No text, or one too long to send: a length beyond MAX_CONFIG.
         let len = self
@@ -471,7 +483,7 @@ impl JoinInfo {
             }
             let len = (get() as usize).min(MAX_ADDRESS);
             let address: Vec<u8> = (0..len).map(|_| get() as u8).collect();
-            let at = 2 + 4 * 2 + 4 + 1 + MAX_ADDRESS;
+            let at = CONFIG_AT;
             let text_len = ((slot[at] as u32) << 16 | slot[at + 1] as u32) as usize;
             let config_text = (text_len <= MAX_CONFIG)
                 .then(|| {
@@ -619,7 +631,7 @@ fn holders<T: PartialEq>(values: &[T], usual: T) -> String {
 }
 
 /// The keys whose values differ between the nodes' configs, each with its values and the
-/// nodes that hold them: `train.lr (0.001 on nodes 0, 2; 0.002 on node 1)`. None when a
+/// nodes that hold them: `schedule.lr_default (0.001 on nodes 0, 2; 0.002 on node 1)`. None when a
 /// node's config text did not travel (too long) or none differs (the hashes differ anyway:
 /// then the texts are not those the hashes were taken of).
 fn config_keys_that_differ(nodes: &[JoinInfo]) -> Option<String> {
@@ -726,7 +738,8 @@ pub(super) fn comparable_config(config: &TrainConfig) -> String {
     )
 }
 
-/// CRC-32 of [`comparable_config`].
+/// CRC-32 of [`comparable_config`] (as [`JoinInfo::new`] takes it).
+#[cfg(test)]
 pub(super) fn config_hash(config: &TrainConfig) -> u32 {
     crc32fast::hash(comparable_config(config).as_bytes())
 }
@@ -811,7 +824,7 @@ impl Watch {
         let how = match cause {
             None => format!(
                 "no answer within {} s (nodes.peer_timeout_s, --peer-timeout)",
-                self.timeout.as_secs_f64()
+                seconds(self.timeout)
             ),
             Some(e) => format!("failed ({e})"),
         };
@@ -875,7 +888,8 @@ impl Watch {
                 ),
                 Some((Ok(()), address)) => format!(
                     "this node could not reach the node at {address} (its --node-address), \
-                     which still accepts connections here now: check the network between them"
+                     which accepts connections now: it may have started late, or the network \
+                     between them drops connections"
                 ),
                 None => format!(
                     "which node failed is not known before the join check completes \
@@ -943,18 +957,36 @@ fn unreachable_data_server(cause: &str) -> Option<String> {
 
 /// Whether something listens at `host:port`.
 fn probe(address: &str) -> std::result::Result<(), String> {
+    connect(address, Duration::from_secs(3)).map(|_| ())
+}
+
+/// A connection to `address` (`host:port`, resolved now): the first of its addresses that
+/// accepts within `timeout` each, or the last failure's text.
+fn connect(address: &str, timeout: Duration) -> std::result::Result<TcpStream, String> {
     let addrs: Vec<SocketAddr> = address
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve: {e}"))?
         .collect();
-    let mut last = String::from("no address");
+    connect_any(&addrs, timeout).map_err(|e| e.to_string())
+}
+
+/// A connection to the first of `addrs` that accepts within `timeout` each, or the last
+/// failure.
+fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     for a in addrs {
-        match TcpStream::connect_timeout(&a, Duration::from_secs(3)) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e.to_string(),
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// A duration in seconds as a user gives it (`1.14`, not the `1.1400000000000001` of
+/// `as_secs_f64` after `from_secs_f64`): durations hold whole nanoseconds.
+fn seconds(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e9
 }
 
 /// How long a node waits for what answers at the orchestrator's address to say what it is:
@@ -976,26 +1008,14 @@ enum Greeting {
 /// Asks `address` over plain HTTP for the orchestrator's websocket route without the upgrade
 /// headers. An orchestrator's router (axum, in burn-communication) turns that down with its
 /// websocket extractor's own words, before any handler runs: the orchestrator sees no client.
-fn greet_orchestrator(address: &str, wait: Duration) -> Greeting {
+fn greet_orchestrator(address: &str, wait: Duration, stop: &AtomicBool) -> Greeting {
     use std::io::Read as _;
-    let connected = address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve: {e}"))
-        .and_then(|addrs| {
-            let mut last = String::from("no address");
-            for a in addrs {
-                match TcpStream::connect_timeout(&a, wait) {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            Err(last)
-        });
-    let mut stream = match connected {
+    let mut stream = match connect(address, wait) {
         Ok(s) => s,
         Err(e) => return Greeting::Silent(e),
     };
-    let _ = stream.set_read_timeout(Some(wait));
+    // Short reads, so that Ctrl-C is seen within a fraction of a second.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let _ = stream.set_write_timeout(Some(wait));
     let request = format!("GET /request HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     if let Err(e) = stream.write_all(request.as_bytes()) {
@@ -1004,7 +1024,7 @@ fn greet_orchestrator(address: &str, wait: Duration) -> Greeting {
     let started = Instant::now();
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
-    while answer.len() < 4096 && started.elapsed() < wait {
+    while answer.len() < 4096 && started.elapsed() < wait && !stop.load(Ordering::SeqCst) {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -1013,15 +1033,24 @@ fn greet_orchestrator(address: &str, wait: Duration) -> Greeting {
                     break;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if answer.is_empty() => {
-                return Greeting::Silent(format!(
-                    "it took the connection but sent no answer within {:.1} s ({e})",
-                    wait.as_secs_f64()
-                ))
-            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => break,
         }
+    }
+    if answer.is_empty() {
+        // Nothing yet: a tunnel or port forwarder whose far end is not up yet accepts and
+        // closes; a loaded or stopping orchestrator may be slow. Asked again until the join's
+        // deadline.
+        return Greeting::Silent(format!(
+            "it took the connection but sent no answer within {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
     }
     classify_greeting(&answer)
 }
@@ -1037,9 +1066,6 @@ fn classify_greeting(answer: &[u8]) -> Greeting {
             || text.contains("couldn't be upgraded"));
     if websocket_route {
         return Greeting::Orchestrator;
-    }
-    if answer.is_empty() {
-        return Greeting::Stranger("nothing, and closed the connection".into());
     }
     let first_line: String = text
         .lines()
@@ -1687,31 +1713,34 @@ mod tests {
         // without the upgrade headers.
         let axum = "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
                     content-length: 43\r\n\r\nConnection header did not include 'upgrade'";
+        let stop = AtomicBool::new(false);
+        let greet = |address: String, wait_ms: u64| {
+            greet_orchestrator(&address, Duration::from_millis(wait_ms), &stop)
+        };
+        assert_eq!(greet(answering(Some(axum)), 5000), Greeting::Orchestrator);
         assert_eq!(
-            greet_orchestrator(&answering(Some(axum)), Duration::from_secs(5)),
-            Greeting::Orchestrator
-        );
-        assert_eq!(
-            greet_orchestrator(
-                &answering(Some("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")),
-                Duration::from_secs(5)
+            greet(
+                answering(Some("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")),
+                5000
             ),
             Greeting::Stranger("`HTTP/1.1 404 Not Found`".into())
         );
         assert_eq!(
-            greet_orchestrator(
-                &answering(Some("SSH-2.0-OpenSSH_9.2\r\n")),
-                Duration::from_secs(5)
-            ),
+            greet(answering(Some("SSH-2.0-OpenSSH_9.2\r\n")), 5000),
             Greeting::Stranger("`SSH-2.0-OpenSSH_9.2`".into())
         );
-        assert_eq!(
-            greet_orchestrator(&answering(Some("")), Duration::from_secs(5)),
-            Greeting::Stranger("nothing, and closed the connection".into())
-        );
-        match greet_orchestrator(&answering(None), Duration::from_millis(300)) {
-            Greeting::Silent(why) => assert!(why.contains("sent no answer"), "{why}"),
-            other => panic!("a silent listener read as {other:?}"),
+        // Closed without a word (a port forwarder whose far end is not up yet) or silent:
+        // asked again later, not judged.
+        for (answer, wait_ms) in [(Some(""), 5000), (None, 300)] {
+            match greet(answering(answer), wait_ms) {
+                Greeting::Silent(why) => assert!(why.contains("sent no answer"), "{why}"),
+                other => panic!("{answer:?} read as {other:?}"),
+            }
         }
+        // Ctrl-C ends the wait on a silent listener at once.
+        stop.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        assert!(matches!(greet(answering(None), 5000), Greeting::Silent(_)));
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
