@@ -521,11 +521,16 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     }
     // The generated images and, with a dataset, twice as many reals stay in memory.
     let held: usize = if request.data.is_some() { 3 } else { 1 };
+    let what = if held == 3 {
+        "SWD, MS-SSIM and mode coverage (the generated images and twice as many reals)"
+    } else {
+        "SWD, MS-SSIM and mode coverage"
+    };
     crate::limits::check_images_fit(
         held.saturating_mul(request.num_images),
         loaded.model.num_channels,
         resolution,
-        "SWD, MS-SSIM and mode coverage",
+        what,
     )
     .map_err(|message| {
         crate::error::TrainError::Request(format!("--num {}: {message}", request.num_images))
