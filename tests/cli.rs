@@ -1646,6 +1646,19 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         out.contains("is a regular file, not a folder for run directories"),
         "{out}"
     );
+    // ...and one in an output's folder path is named as such.
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(file.join("sub/x.png"))
+            .args(["--seeds", "0"]),
+    );
+    assert!(
+        out.contains(&format!("{} is a file, not a folder", file.display())),
+        "{out}"
+    );
     // A modes.json whose figures no synth wrote is refused before anything is generated.
     let modes = dir.path().join("modes.json");
     run_ok(pgan().arg("synth").arg(dir.path().join("s")).args([
@@ -1753,21 +1766,6 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         assert!(out.contains("a file of the run"), "{out}");
     }
     assert_eq!(std::fs::read(&metrics).unwrap(), before);
-    // A file where a folder of the output's path should be is named as such.
-    let file = dir.path().join("a-file");
-    std::fs::write(&file, b"x").unwrap();
-    let out = run_err(
-        pgan()
-            .arg("render")
-            .arg(&run)
-            .arg("--out")
-            .arg(file.join("sub/x.png"))
-            .args(["--seeds", "0"]),
-    );
-    assert!(
-        out.contains(&format!("{} is a file, not a folder", file.display())),
-        "{out}"
-    );
     // Nor render, whichever output names them, nor any writer over a sample sheet.
     let config_toml = run.join("config.toml");
     let before_config = std::fs::read(&config_toml).unwrap();

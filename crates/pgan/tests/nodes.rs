@@ -191,6 +191,25 @@ impl Drop for Cluster {
     }
 }
 
+/// `pgan train` as node 0 of 2, outside any [`Cluster`]: orchestrator `127.0.0.1:<port>`, this
+/// node at `address`, the config and dataset copy of `dir` (see [`setup`]), runs into
+/// `dir/<runs>`, output piped.
+fn lone_node(dir: &Path, orchestrator_port: u16, address: &str, runs: &str) -> Command {
+    let mut cmd = pgan();
+    cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
+        .args(["--orchestrator", &format!("127.0.0.1:{orchestrator_port}")])
+        .args(["--node-address", address])
+        .arg("--config")
+        .arg(dir.join("tiny.toml"))
+        .arg("--data")
+        .arg(dir.join("node0.pgan"))
+        .arg("--out-dir")
+        .arg(dir.join(runs))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// A started `pgan` process whose output is read as it comes (a full pipe would block it).
 struct Running {
     child: Child,
@@ -766,20 +785,9 @@ fn a_node_that_comes_after_another_gave_up_names_the_one_gone() {
     let config = setup(dir.path());
     let cluster = Cluster::start(dir.path());
     let address = format!("127.0.0.1:{}", free_port_pair());
-    let mut early = pgan();
-    early
-        .args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
-        .args(["--orchestrator", &format!("127.0.0.1:{}", cluster.port)])
-        // Long enough to register under load: node 1 must find it registered, and gone.
-        .args(["--node-address", &address, "--join-timeout", "8"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data")
-        .arg(dir.path().join("node0.pgan"))
-        .arg("--out-dir")
-        .arg(dir.path().join("runs0"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut early = lone_node(dir.path(), cluster.port, &address, "runs0");
+    // Long enough to register under load: node 1 must find it registered, and gone.
+    early.args(["--join-timeout", "8"]);
     let (out, _) = finish(start(early), Duration::from_secs(60), "node 0 alone");
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
@@ -802,7 +810,7 @@ fn a_node_that_comes_after_another_gave_up_names_the_one_gone() {
 #[test]
 fn a_node_restarted_on_an_orchestrator_that_still_holds_it_is_told_to_restart_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
+    setup(dir.path());
     // Registration is not observable from outside: wait longer on each try, each on a fresh
     // orchestrator (a try whose kill came before the registration leaves the restarted node
     // registered and waiting until its join timeout).
@@ -811,18 +819,8 @@ fn a_node_restarted_on_an_orchestrator_that_still_holds_it_is_told_to_restart_it
         let cluster = Cluster::start(dir.path());
         let address = format!("127.0.0.1:{}", free_port_pair());
         let node0 = |runs: &str, timeout: &str| {
-            let mut cmd = pgan();
-            cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
-                .args(["--orchestrator", &format!("127.0.0.1:{}", cluster.port)])
-                .args(["--node-address", &address, "--join-timeout", timeout])
-                .arg("--config")
-                .arg(&config)
-                .arg("--data")
-                .arg(dir.path().join("node0.pgan"))
-                .arg("--out-dir")
-                .arg(dir.path().join(runs))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            let mut cmd = lone_node(dir.path(), cluster.port, &address, runs);
+            cmd.args(["--join-timeout", timeout]);
             start(cmd)
         };
         let first_runs = format!("runs-{attempt}-a");
@@ -862,19 +860,9 @@ fn a_node_with_no_orchestrator_gives_up_after_the_join_timeout() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let port = free_port();
-    let mut cmd = pgan();
-    cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
-        .args(["--orchestrator", &format!("127.0.0.1:{port}")])
-        .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
-        .args(["--join-timeout", "3"])
-        .arg("--config")
-        .arg(dir.path().join("tiny.toml"))
-        .arg("--data")
-        .arg(dir.path().join("node0.pgan"))
-        .arg("--out-dir")
-        .arg(dir.path().join("runs0"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let address = format!("127.0.0.1:{}", free_port_pair());
+    let mut cmd = lone_node(dir.path(), port, &address, "runs0");
+    cmd.args(["--join-timeout", "3"]);
     let (out, took) = finish(
         start(cmd),
         Duration::from_secs(60),
@@ -916,19 +904,9 @@ fn a_node_pointed_at_another_program_says_so_at_once() {
             let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
         }
     });
-    let mut cmd = pgan();
-    cmd.args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
-        .args(["--orchestrator", &format!("127.0.0.1:{port}")])
-        .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
-        .args(["--join-timeout", "120"])
-        .arg("--config")
-        .arg(dir.path().join("tiny.toml"))
-        .arg("--data")
-        .arg(dir.path().join("node0.pgan"))
-        .arg("--out-dir")
-        .arg(dir.path().join("runs0"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let address = format!("127.0.0.1:{}", free_port_pair());
+    let mut cmd = lone_node(dir.path(), port, &address, "runs0");
+    cmd.args(["--join-timeout", "120"]);
     let (out, took) = finish(
         start(cmd),
         Duration::from_secs(90),
@@ -956,20 +934,9 @@ fn a_node_pointed_at_another_program_says_so_at_once() {
 #[test]
 fn a_node_address_that_does_not_resolve_is_refused_at_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
-    let out = pgan()
-        .args(["train", "--no-progress", "--nodes", "2", "--node-rank", "0"])
-        .args(["--orchestrator", &format!("127.0.0.1:{}", free_port())])
-        .args([
-            "--node-address",
-            &format!("no-such-host.invalid:{}", free_port_pair()),
-        ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data")
-        .arg(dir.path().join("node0.pgan"))
-        .arg("--out-dir")
-        .arg(dir.path().join("runs0"))
+    setup(dir.path());
+    let address = format!("no-such-host.invalid:{}", free_port_pair());
+    let out = lone_node(dir.path(), free_port(), &address, "runs0")
         .output()
         .unwrap();
     let said = text(&out);

@@ -140,51 +140,43 @@ impl NodeLink {
     pub fn wait_for_orchestrator(&self, deadline: Instant, stop: &AtomicBool) -> Result<()> {
         let mut said = false;
         loop {
-            let mut connected = false;
-            let refused = match probe(&self.orchestrator) {
-                // Something accepts connections there: ask it whether it is an orchestrator
-                // (burn-collective would otherwise retry a stranger until the join timeout).
-                Ok(()) => {
+            // What answers there is asked whether it is an orchestrator: burn-collective
+            // would retry a stranger until the join timeout.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (connected, refused) = match greet_orchestrator(
+                &self.orchestrator,
+                left.clamp(GREETING_MIN, GREETING_MAX),
+                stop,
+            ) {
+                Greeting::Orchestrator => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match greet_orchestrator(
-                        &self.orchestrator,
-                        left.clamp(GREETING_MIN, GREETING_MAX),
-                        stop,
-                    ) {
-                        Greeting::Orchestrator => {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            let _ = writeln!(
-                                std::io::stderr(),
-                                "node {}: the orchestrator at {} answers; waiting for all {} \
-                                 nodes to join (up to {:.0} s more)",
-                                self.rank,
-                                self.orchestrator,
-                                self.count,
-                                left.as_secs_f64().ceil()
-                            );
-                            return Ok(());
-                        }
-                        Greeting::Stranger(answer) => {
-                            return Err(node_error(
-                                self.rank,
-                                format!(
-                                    "{} (--orchestrator) accepts connections but is not a pgan \
-                                     orchestrator: asked over HTTP for the orchestrator's \
-                                     /request route, it answered {answer}. Is another program \
-                                     listening on that port? Start `pgan orchestrator --port \
-                                     {}` there, or give the address it listens at",
-                                    self.orchestrator,
-                                    self.orchestrator_port(),
-                                ),
-                            ))
-                        }
-                        Greeting::Silent(why) => {
-                            connected = true;
-                            why
-                        }
-                    }
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "node {}: the orchestrator at {} answers; waiting for all {} nodes to \
+                         join (up to {:.0} s more)",
+                        self.rank,
+                        self.orchestrator,
+                        self.count,
+                        left.as_secs_f64().ceil()
+                    );
+                    return Ok(());
                 }
-                Err(e) => e,
+                Greeting::Stranger(answer) => {
+                    return Err(node_error(
+                        self.rank,
+                        format!(
+                            "{} (--orchestrator) accepts connections but is not a pgan \
+                             orchestrator: asked over HTTP for the orchestrator's /request \
+                             route, it answered {answer}. Is another program listening on that \
+                             port? Start `pgan orchestrator --port {}` there, or give the \
+                             address it listens at",
+                            self.orchestrator,
+                            self.orchestrator_port(),
+                        ),
+                    ))
+                }
+                Greeting::Silent(why) => (true, why),
+                Greeting::Unreached(why) => (false, why),
             };
             if !said {
                 // Not `eprintln!`, which panics when stderr is a closed pipe.
@@ -1001,8 +993,10 @@ enum Greeting {
     Orchestrator,
     /// Another program: its answer, quoted.
     Stranger(String),
-    /// No answer (yet): why.
+    /// A connection, but no answer (yet): why.
     Silent(String),
+    /// No connection: why.
+    Unreached(String),
 }
 
 /// Asks `address` over plain HTTP for the orchestrator's websocket route without the upgrade
@@ -1010,9 +1004,9 @@ enum Greeting {
 /// websocket extractor's own words, before any handler runs: the orchestrator sees no client.
 fn greet_orchestrator(address: &str, wait: Duration, stop: &AtomicBool) -> Greeting {
     use std::io::Read as _;
-    let mut stream = match connect(address, wait) {
+    let mut stream = match connect(address, wait.min(Duration::from_secs(3))) {
         Ok(s) => s,
-        Err(e) => return Greeting::Silent(e),
+        Err(e) => return Greeting::Unreached(e),
     };
     // Short reads, so that Ctrl-C is seen within a fraction of a second.
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
