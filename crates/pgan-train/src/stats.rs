@@ -387,14 +387,26 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Option<(String, T
     Some((kept, truncated))
 }
 
-/// Images shown at the last tick row of `metrics.jsonl` (`None` without one).
-pub fn last_tick_images(run_dir: &Path) -> Option<u64> {
+/// The last tick row of `metrics.jsonl`: its tick number and the images shown at its end
+/// (`None` without one).
+pub fn last_tick_row(run_dir: &Path) -> Option<LastTick> {
     let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
     text.lines().rev().find_map(|line| {
         let row = serde_json::from_str::<Value>(line).ok()?;
-        row.get(key::TICK)?;
-        Some((row.get(key::KIMG)?.as_f64()? * 1000.0).round() as u64)
+        Some(LastTick {
+            tick: row.get(key::TICK)?.as_u64()?,
+            images: (row.get(key::KIMG)?.as_f64()? * 1000.0).round() as u64,
+        })
     })
+}
+
+/// See [`last_tick_row`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastTick {
+    /// The row's tick number (ticks closed by its end).
+    pub tick: u64,
+    /// Images shown at the tick's end.
+    pub images: u64,
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.

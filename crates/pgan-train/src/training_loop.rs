@@ -357,9 +357,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             &trainer.device,
             &trainer.options.stop,
         );
-        // A failed join goes into log.txt too: the run folder exists already.
         trainer.peers = match peers {
             Ok(peers) => peers,
+            // A new run's folder holds nothing but its kimg-0 start: it goes, so that retries
+            // of a failed join do not leave a trail of empty runs.
+            Err(e) if !resumed => {
+                let run_dir = trainer.run_dir.clone();
+                drop(trainer);
+                remove_unstarted_run(&run_dir);
+                return Err(e);
+            }
+            // A resumed run's log keeps the failed join (the folder is otherwise as it was).
             Err(e @ TrainError::StoppedWaiting { .. }) => {
                 trainer.log.stopped(e.to_string());
                 return Err(e);
@@ -629,13 +637,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // A stop's checkpoint written before stops kept their tick's part: the tick in
         // progress still ends where it would have (its statistics start afresh).
-        // No rows: none before the first tick's end, or none readable (then the checkpoint is
-        // taken for a tick end's: nothing is left open).
-        let last_tick = stats::last_tick_images(&self.run_dir).unwrap_or(if self.state.tick == 0 {
-            0
-        } else {
-            shown
-        });
+        // No rows of the checkpoint's last tick (none before the first tick's end, or rows
+        // lost): the checkpoint is taken for a tick end's, and nothing is left open.
+        let last_row = stats::last_tick_row(&self.run_dir);
+        let last_tick = match last_row {
+            Some(row) if row.tick >= self.state.tick => row.images,
+            _ => shown,
+        };
+        if let Some(warning) = lost_rows_warning(&self.run_dir, last_row, self.state.tick) {
+            self.log.warn(warning);
+        }
         if self.tick.images == 0 && last_tick < shown {
             self.tick.images = shown - last_tick;
         }
@@ -757,6 +768,55 @@ impl<B: AutodiffBackend> Trainer<B> {
             2,
         );
         save_png(&sheet, &self.run_dir.join(crate::run_dir::REALS_FILE))
+    }
+}
+
+/// Removes the folder of a new run that never started training (its nodes did not join), and
+/// says so on stderr; a folder that cannot be removed is named instead.
+fn remove_unstarted_run(run_dir: &Path) {
+    use std::io::Write as _;
+    let said = match std::fs::remove_dir_all(run_dir) {
+        Ok(()) => format!(
+            "nothing was trained: the run folder {} made by this start is removed",
+            run_dir.display()
+        ),
+        Err(e) => format!(
+            "warning: nothing was trained, but the run folder {} made by this start could not \
+             be removed ({e}); delete it by hand",
+            run_dir.display()
+        ),
+    };
+    // Not `eprintln!`, which panics when stderr is a closed pipe.
+    let _ = writeln!(std::io::stderr(), "{said}");
+}
+
+/// What a resume says when `metrics.jsonl` lacks rows of ticks its checkpoint closed (the file
+/// deleted, restored from an older copy, or cut short): the report's curves have a gap there,
+/// and nothing can bring those rows back.
+fn lost_rows_warning(
+    run_dir: &Path,
+    last_row: Option<stats::LastTick>,
+    ticks: u64,
+) -> Option<String> {
+    let path = run_dir.join(METRICS_FILE);
+    match last_row {
+        Some(row) if row.tick >= ticks => None,
+        _ if ticks == 0 => None,
+        Some(row) => Some(format!(
+            "{}: its last tick row is tick {} ({:.3} kimg), but the checkpoint closed {ticks} \
+             ticks: the rows of ticks {} to {ticks} are lost (the curves in the report have a \
+             gap there; the run goes on from the checkpoint)",
+            path.display(),
+            row.tick,
+            row.images as f64 / 1000.0,
+            row.tick + 1,
+        )),
+        None => Some(format!(
+            "{}: no tick rows (missing or unreadable), but the checkpoint closed {ticks} ticks: \
+             the rows of ticks 1 to {ticks} are lost (the curves in the report start at this \
+             resume; the run goes on from the checkpoint)",
+            path.display(),
+        )),
     }
 }
 

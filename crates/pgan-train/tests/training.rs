@@ -247,6 +247,53 @@ fn an_older_stop_checkpoint_keeps_the_tick_boundaries() {
     assert_eq!(kimgs(&resumed.run_dir), kimgs(&straight.run_dir));
 }
 
+/// Rows lost from `metrics.jsonl` (cut back by hand, restored from an older copy, deleted):
+/// the resume says which ticks' rows are gone, and its ticks still end where the run's do.
+#[test]
+fn a_resume_with_lost_metrics_rows_says_so_and_keeps_the_tick_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let straight = train(TrainOptions::new(tiny_config(&data, &dir.path().join("a")))).unwrap();
+    let straight_kimgs = kimgs(&straight.run_dir);
+    for (name, keep_rows) in [("cut", Some(2)), ("deleted", None)] {
+        let config = tiny_config(&data, &dir.path().join(name));
+        // Ticks end every 0.016 kimg, checkpoints every 2 ticks: this stop is at tick 4's
+        // checkpoint.
+        let mut first = TrainOptions::new(config.clone());
+        first.stop_after_kimg = Some(0.064);
+        let stopped = train(first).unwrap();
+        assert_eq!(stopped.images_shown, 64);
+        let metrics = stopped.run_dir.join("metrics.jsonl");
+        match keep_rows {
+            Some(n) => {
+                let text = std::fs::read_to_string(&metrics).unwrap();
+                let kept: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+                std::fs::write(&metrics, kept).unwrap();
+            }
+            None => std::fs::remove_file(&metrics).unwrap(),
+        }
+        let mut second = TrainOptions::new(config);
+        second.resume = Some(stopped.run_dir.clone());
+        let resumed = train(second).unwrap();
+        let log = std::fs::read_to_string(resumed.run_dir.join("log.txt")).unwrap();
+        let expected = match keep_rows {
+            Some(_) => "the rows of ticks 3 to 4 are lost",
+            None => "the rows of ticks 1 to 4 are lost",
+        };
+        assert!(log.contains(expected), "{name}: no warning in {log}");
+        let resumed_kimgs = kimgs(&resumed.run_dir);
+        let after_the_gap: Vec<&String> = straight_kimgs.iter().skip(4).collect();
+        let kept_before: Vec<&String> =
+            straight_kimgs.iter().take(keep_rows.unwrap_or(0)).collect();
+        let expected_kimgs: Vec<&String> = kept_before.into_iter().chain(after_the_gap).collect();
+        assert_eq!(
+            resumed_kimgs.iter().collect::<Vec<_>>(),
+            expected_kimgs,
+            "{name}: the resumed ticks end elsewhere"
+        );
+    }
+}
+
 #[test]
 fn a_resume_with_another_tick_length_takes_it_from_the_tick_in_progress() {
     let dir = tempfile::tempdir().unwrap();

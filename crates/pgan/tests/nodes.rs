@@ -972,6 +972,16 @@ fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
                 && said.contains("0.002 on node 1"),
             "node {rank}:\n{said}"
         );
+        // Nothing was trained: the run folder the start made is gone, and it says so.
+        assert!(
+            said.contains("made by this start is removed"),
+            "node {rank}:\n{said}"
+        );
+        let runs = dir.path().join(format!("runs{rank}"));
+        let left: Vec<_> = std::fs::read_dir(&runs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "node {rank} left {left:?}");
     }
     // Both left the orchestrator when refused: the corrected nodes join on the same one.
     run_both_to_the_end(&cluster, &config, [&[], &[]], "corrected");
