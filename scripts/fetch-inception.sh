@@ -38,4 +38,4 @@ else
     cargo build --release --quiet -p pgan --manifest-path "$root/Cargo.toml"
     pgan=("${CARGO_TARGET_DIR:-$root/target}/release/pgan")
 fi
-"${pgan[@]}" convert-inception "$work/default_1.pt" --out "$OUT"
+"${pgan[@]}" convert-inception "$work/default_1.pt" --out "$OUT" --force

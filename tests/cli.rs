@@ -1094,7 +1094,7 @@ fn a_run_folder_has_one_trainer_and_new_runs_get_their_own_folders() {
     owner.wait().unwrap();
     let out = run_ok(&mut resume_cmd(
         &run,
-        &["--total-kimg", "1000", "--stop-after-kimg", "0.001"],
+        &["--total-kimg", "1000", "--stop-after-kimg", "0.017"],
     ));
     assert!(out.contains("checkpoint"), "{out}");
 }
@@ -1392,7 +1392,14 @@ fn outputs_replace_only_regular_files_outside_checkpoints_and_bad_values_fail_ea
     std::fs::write(&target, b"old").unwrap();
     let link = dir.path().join("link.json");
     std::os::unix::fs::symlink("target.json", &link).unwrap();
-    run_ok(&mut eval_json(&link));
+    // What is there may be the user's: replaced only with --force.
+    let out = run_err(&mut eval_json(&link));
+    assert!(
+        out.contains("already exists; pass --force to replace it"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    run_ok(eval_json(&link).arg("--force"));
     assert!(std::fs::symlink_metadata(&link)
         .unwrap()
         .file_type()
@@ -2897,7 +2904,8 @@ fn an_interrupted_render_leaves_the_earlier_outputs_together() {
             .arg(&out)
             .args(["--seeds", seeds, "--interpolate", steps, "--cell-px", cell])
             .arg("--save-latents")
-            .arg(&files[2]);
+            .arg(&files[2])
+            .arg("--force");
         cmd
     };
     run_ok(&mut render("3,4", "4", "8"));
@@ -2954,4 +2962,122 @@ fn eval_of_a_run_without_its_config_names_the_missing_file() {
             .arg(&data),
     );
     assert!(!out.contains("not measured: swd"), "{out}");
+}
+
+/// What a hostile run of the CLI found, refused or said: a user's file where an output goes, a
+/// stop or total that trains nothing, flags the run would not use, a name that is empty, a run
+/// that ends below its model's resolution, and checkpoint entries that are not what their names
+/// say (a folder copied in under a later name, a file).
+#[test]
+fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    let (_, run) = train_tiny(&config, &data, &runs, &["--stop-after-kimg", "0.032"]);
+
+    // A user's file is replaced only with --force.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"mine").unwrap();
+    for command in ["render", "report"] {
+        let err = run_err(pgan().arg(command).arg(&run).arg("--out").arg(&notes));
+        assert!(
+            err.contains("already exists; pass --force to replace it"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(&notes).unwrap(), b"mine");
+    run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&notes)
+            .arg("--force"),
+    );
+    assert!(std::fs::read(&notes).unwrap().starts_with(b"\x89PNG"));
+
+    // A stop at or before the resumed position, a total of less than one image.
+    let err = run_err(&mut resume_cmd(&run, &["--stop-after-kimg", "0.016"]));
+    assert!(
+        err.contains("--stop-after-kimg 0.016 is not beyond") && err.contains("not an amount more"),
+        "{err}"
+    );
+    for (extra, said) in [
+        (
+            &["--total-kimg", "0.0004"][..],
+            "schedule.total_kimg 0.0004 is less than one image (0.001 kimg)",
+        ),
+        (&["--desc", " "][..], "run.desc (--desc) is empty"),
+        (
+            &["--minibatch", "none", "--mbstd-group", "4"][..],
+            "--mbstd-group sizes the minibatch-stddev layer, and the minibatch layer is none",
+        ),
+        (
+            &["--instance-noise-kimg", "2"][..],
+            "--instance-noise-kimg anneals the instance noise, and its sigma is 0",
+        ),
+        // A value refused by the checks names the flag that set it.
+        (
+            &["--batch", "5000"][..],
+            "schedule.minibatch_default 5000 must be in 1..=4096 (set by --batch)",
+        ),
+    ] {
+        let err = run_err(&mut train_cmd(&config, &data, &runs, extra));
+        assert!(err.contains(said), "{extra:?}: {err}");
+    }
+    // The run's own config.toml is named when a resume's value is refused.
+    let run_config = run.join("config.toml");
+    let text = std::fs::read_to_string(&run_config).unwrap();
+    std::fs::write(
+        &run_config,
+        text.replace("tick_kimg = 0.016", "tick_kimg = -1.0"),
+    )
+    .unwrap();
+    let err = run_err(&mut resume_cmd(&run, &[]));
+    assert!(
+        err.contains(&format!(
+            "invalid config {}: run.tick_kimg -1",
+            run_config.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&run_config, text).unwrap();
+
+    // A run that ends before its last stage has grown says so (dry run and log).
+    let out = run_ok(&mut train_cmd(
+        &config,
+        &data,
+        &runs,
+        &["--total-kimg", "0.02", "--dry-run"],
+    ));
+    assert!(
+        out.contains(
+            "warning: schedule.total_kimg 0.02 ends the run mid-way through the \
+                      fade-in to 8x8, before it grows to 16x16"
+        ),
+        "{out}"
+    );
+
+    // A checkpoint folder copied in under a later name, and a file named as a checkpoint: both
+    // passed over with a word, and the run goes on from its real newest checkpoint.
+    let ckpts = checkpoints(&run);
+    let newest = ckpts.last().unwrap().clone();
+    let copied = run.join("checkpoints/ckpt-000000009999");
+    run_ok(Command::new("cp").arg("-a").arg(&ckpts[0]).arg(&copied));
+    std::fs::write(run.join("checkpoints/ckpt-000000099999"), b"not a folder").unwrap();
+    let out = run_ok(
+        pgan()
+            .arg("export")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("g.safetensors")),
+    );
+    assert!(
+        out.contains(&format!(
+            "{}: is named for 9999 images shown, but its state.json is at",
+            copied.display()
+        )) && out.contains("ckpt-000000099999: is a regular file, not a checkpoint folder")
+            && out.contains(&format!("from {}", newest.display())),
+        "{out}"
+    );
 }

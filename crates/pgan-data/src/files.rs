@@ -46,9 +46,8 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
 /// `.<name>.tmp-<pid>` beside `output` (same folder, so the final rename stays on one
 /// filesystem); [`remove_stale_temps`] recognises it, with or without a `-<n>` suffix.
 pub fn temp_path_for(output: &Path, pid: u32) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(output.file_name().unwrap_or_default());
-    name.push(format!(".tmp-{pid}"));
+    let mut name = pgan_spec::output::temp_prefix(output.file_name().unwrap_or_default());
+    name.push(pid.to_string());
     parent_dir(output).join(name)
 }
 
@@ -134,9 +133,7 @@ fn temps_of(output: &Path) -> Vec<(PathBuf, u32)> {
     let Some(name) = output.file_name() else {
         return Vec::new();
     };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(name);
-    prefix.push(".tmp-");
+    let prefix = pgan_spec::output::temp_prefix(name);
     let prefix = prefix.as_encoded_bytes();
     let Ok(entries) = std::fs::read_dir(parent_dir(output)) else {
         return Vec::new();

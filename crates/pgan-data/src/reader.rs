@@ -259,6 +259,14 @@ impl PyramidReader {
             .map(|_| ())
     }
 
+    /// Recompute the CRC-32 of the one level at `resolution` (what an evaluation at that
+    /// resolution reads) and fail with [`DataError::ChecksumMismatch`] on a mismatch.
+    pub fn verify_level(&self, resolution: u32) -> Result<()> {
+        self.check_levels_where(|r| r == resolution)
+            .into_result()
+            .map(|_| ())
+    }
+
     /// Recompute every level's CRC-32 and report each level, mismatches included, and any
     /// bytes after the manifest.
     pub fn check_levels(&self) -> VerifyReport {

@@ -414,11 +414,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| InceptionError::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // `.<name>.tmp-<pid>`, the name the CLI's signal handler and a later run's clean-up know.
+    let mut name = pgan_spec::output::temp_prefix(path.file_name().unwrap_or_default());
+    name.push(std::process::id().to_string());
+    let tmp = dir.join(name);
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;

@@ -156,11 +156,13 @@ fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
     let target = pgan_spec::output::replaceable_file(out).map_err(|e| ReportError::io(out, e))?;
     let file_name = target
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| REPORT_FILE.to_string());
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| REPORT_FILE.into());
     // `.<name>.tmp-<pid>`, the name every pgan command gives its temporary files, so that the
     // CLI's signal handler and a later run's clean-up recognise it.
-    let tmp = target.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let mut tmp_name = pgan_spec::output::temp_prefix(&file_name);
+    tmp_name.push(std::process::id().to_string());
+    let tmp = target.with_file_name(tmp_name);
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;

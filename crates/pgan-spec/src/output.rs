@@ -7,6 +7,46 @@ use std::fs::FileType;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// `.<name>.tmp-`, the start of the name of every temporary file or folder pgan writes an output
+/// called `name` through (then `<pid>`, maybe `-<n>`): the CLI's signal handlers and a later
+/// run's clean-up recognise them by it. A name too long to take the 6 bytes around it and a pid
+/// and counter within a file name's 255 bytes keeps its first bytes and a hash of the whole (so
+/// that outputs which differ only in their ends get their own temporaries).
+pub fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    // `.` + `.tmp-` + the pid (at most 10 digits) + `-` + a counter.
+    const ROOM: usize = 255 - 6 - 10 - 1 - 10;
+    let mut prefix = std::ffi::OsString::from(".");
+    let bytes = name.as_encoded_bytes();
+    if bytes.len() <= ROOM {
+        prefix.push(name);
+    } else {
+        // FNV-1a, 64 bits: no dependency, and only a tie-breaker.
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let kept = &bytes[..ROOM - 17];
+        // On Unix a name is bytes, and any prefix is a name; elsewhere the text is cut at a
+        // character boundary.
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            prefix.push(std::ffi::OsStr::from_bytes(kept));
+        }
+        #[cfg(not(unix))]
+        {
+            let text = name.to_string_lossy();
+            let cut = (0..=kept.len())
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            prefix.push(&text[..cut]);
+        }
+        prefix.push(format!("~{hash:016x}"));
+    }
+    prefix.push(".tmp-");
+    prefix
+}
+
 /// The path a temp-file-and-rename write of `path` renames onto: `path` itself when nothing or
 /// a regular file is there, the file at the end of a chain of symbolic links (so a link stays a
 /// link), and an error naming the kind for a folder, device, FIFO or socket.
@@ -78,6 +118,28 @@ pub fn kind(ty: &FileType) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    /// A 250-byte output name (legal) still gets a temporary name within 255 bytes, one of its
+    /// own among names that differ only at their ends; a short name keeps its plain form.
+    #[test]
+    fn temporary_names_fit_in_a_file_name() {
+        use std::ffi::OsStr;
+        let plain = temp_prefix(OsStr::new("faces.pgan"));
+        assert_eq!(plain, ".faces.pgan.tmp-");
+        let long_a = format!("{}a.pgan", "x".repeat(245));
+        let long_b = format!("{}b.pgan", "x".repeat(245));
+        let (a, b) = (
+            temp_prefix(OsStr::new(&long_a)),
+            temp_prefix(OsStr::new(&long_b)),
+        );
+        assert_ne!(a, b);
+        for prefix in [a, b] {
+            let full = format!("{}4294967295-4294967295", prefix.to_str().unwrap());
+            assert!(full.len() <= 255, "{} bytes", full.len());
+            assert!(full.starts_with(".xxxx") && full.contains(".tmp-"));
+        }
+    }
+
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {

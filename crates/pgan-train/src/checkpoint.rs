@@ -29,8 +29,12 @@ use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::nets::Nets;
 use crate::stats::OpenTick;
 
-/// Version of the checkpoint layout; bumped on incompatible changes.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Version of the checkpoint layout this pgan writes; bumped on incompatible changes, and when
+/// a check becomes one that every newer checkpoint must pass. From 2 on, `state.json` always
+/// carries its checksum and the record files' checksums.
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// The oldest layout this pgan reads: 1, from before `state.json` had to carry its checksum.
+pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 /// Name of the state file inside a checkpoint folder.
 pub const STATE_FILE: &str = "state.json";
 /// Folder of checkpoints inside a run directory.
@@ -106,10 +110,29 @@ pub struct TrainState {
     /// The tick a stop interrupted (absent when the checkpoint was written at a tick's end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_tick: Option<OpenTick>,
+    /// The measurements of the tick this checkpoint closed that a stop abandoned (absent when
+    /// none was): a resume takes them first, so that its rows and alarms are the uninterrupted
+    /// run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<AbandonedMeasures>,
     /// CRC-32 of `state.json`'s bytes before this member (the last one): a `state.json` edited
     /// by hand no longer matches it (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<u32>,
+}
+
+/// The measurements of a tick's end that a stop (Ctrl-C, SIGTERM) abandoned so as not to keep
+/// the checkpoint waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AbandonedMeasures {
+    /// The tick whose row lacks them.
+    pub tick: u64,
+    /// The phase they measure at (the tick's last step's).
+    pub phase: crate::schedule::Phase,
+    /// SWD and MS-SSIM (`eval.every_kimg`).
+    pub evaluation: bool,
+    /// FID (`eval.fid_every_kimg`).
+    pub fid: bool,
 }
 
 /// What identifies a `.pgan` dataset: the CRC-32 of its header (which holds every level's and
@@ -552,24 +575,59 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         std::fs::read(&state_path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}")))?;
     let state: TrainState =
         serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE} is corrupt: {e}")))?;
-    if state.version != CHECKPOINT_VERSION {
+    if !(OLDEST_CHECKPOINT_VERSION..=CHECKPOINT_VERSION).contains(&state.version) {
         return Err(bad(format!(
-            "written by checkpoint format {}, this pgan reads {CHECKPOINT_VERSION}",
+            "written by checkpoint format {}, this pgan reads formats \
+             {OLDEST_CHECKPOINT_VERSION} to {CHECKPOINT_VERSION}",
+            state.version
+        )));
+    }
+    // Every checkpoint of format 2 was written with both: one without them was edited.
+    if state.version >= 2 && state.checksum.is_none() {
+        return Err(bad(format!(
+            "{STATE_FILE} has no checksum, which every checkpoint of format {} is written with: \
+             it was edited; pgan does not resume from edited state",
+            state.version
+        )));
+    }
+    if state.version >= 2 && state.files.is_empty() {
+        return Err(bad(format!(
+            "{STATE_FILE} lists no record files with their checksums, which every checkpoint of \
+             format {} is written with: it was edited",
             state.version
         )));
     }
     if let Some(stored) = state.checksum {
-        let actual = checksum_before_last_member(&text);
-        if stored != actual {
+        let changed = match checksum_before_last_member(&text) {
+            Some(actual) if actual == stored => None,
+            Some(actual) => Some(format!("checksum {actual:#010x}, stored {stored:#010x}")),
+            None => Some("its layout is not the one pgan writes".to_string()),
+        };
+        if let Some(how) = changed {
             return Err(bad(format!(
-                "{STATE_FILE} was changed after it was written (checksum {actual:#010x}, \
-                 stored {stored:#010x}); pgan does not resume from edited state"
+                "{STATE_FILE} was changed after it was written ({how}); pgan does not resume \
+                 from edited state"
             )));
         }
     }
     state
         .validate()
         .map_err(|m| bad(format!("{STATE_FILE} is invalid: {m}")))?;
+    // The newest checkpoint is found by its name: a folder copied or renamed in under another
+    // position would be taken for a later one (and training from it would write over the
+    // run's real checkpoints as it passes their positions).
+    let named = checkpoint
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| is_checkpoint_name(n))
+        .and_then(|n| n["ckpt-".len()..].parse::<u64>().ok());
+    if let Some(named) = named.filter(|&n| n != state.images_shown) {
+        return Err(bad(format!(
+            "is named for {named} images shown, but its {STATE_FILE} is at {} (a checkpoint \
+             copied or renamed from elsewhere?)",
+            state.images_shown
+        )));
+    }
     let actual = checksums(checkpoint)?;
     for (name, crc) in &state.files {
         match actual.get(name) {
@@ -584,16 +642,14 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
 }
 
 /// CRC-32 of `state.json`'s `text` without its last member, the checksum (what
-/// [`TrainState::to_json_with_checksum`] hashed); 0 when there is none, which no stored checksum
-/// of a real file matches.
-fn checksum_before_last_member(text: &[u8]) -> u32 {
+/// [`TrainState::to_json_with_checksum`] hashed); `None` when the text is not laid out as pgan
+/// writes it (rewritten by another program).
+fn checksum_before_last_member(text: &[u8]) -> Option<u32> {
     const LAST: &[u8] = b",\n  \"checksum\": ";
-    let Some(cut) = text.windows(LAST.len()).rposition(|w| w == LAST) else {
-        return 0;
-    };
+    let cut = text.windows(LAST.len()).rposition(|w| w == LAST)?;
     let mut plain = text[..cut].to_vec();
     plain.extend_from_slice(b"\n}");
-    crc32fast::hash(&plain)
+    Some(crc32fast::hash(&plain))
 }
 
 /// All checkpoint folders of a run, oldest first.
@@ -621,6 +677,51 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
 fn is_checkpoint_name(name: &str) -> bool {
     name.strip_prefix("ckpt-")
         .is_some_and(|digits| digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The entries of `run_dir/checkpoints` named as checkpoints that [`list_checkpoints`] leaves
+/// out because they are not folders, with what each is.
+fn entries_named_as_checkpoints_that_are_not_folders(run_dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join(CHECKPOINTS_DIR)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, String)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            !p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_checkpoint_name)
+        })
+        .map(|p| {
+            let what = match (std::fs::symlink_metadata(&p), std::fs::metadata(&p)) {
+                (Ok(link), Err(e)) if link.file_type().is_symlink() => {
+                    format!("a symbolic link that leads to no folder ({e})")
+                }
+                (_, Ok(meta)) => pgan_spec::output::kind(&meta.file_type()).to_string(),
+                (Ok(meta), _) => pgan_spec::output::kind(&meta.file_type()).to_string(),
+                (Err(e), _) => format!("unreadable ({e})"),
+            };
+            (p, what)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The errors of the entries in `not_folders` whose names come after `chosen`'s (those a run
+/// would otherwise have used), newest first.
+fn not_folders_after(not_folders: &[(PathBuf, String)], chosen: &Path) -> Vec<TrainError> {
+    not_folders
+        .iter()
+        .rev()
+        .filter(|(p, _)| p.file_name() > chosen.file_name())
+        .map(|(p, what)| TrainError::Checkpoint {
+            path: p.clone(),
+            message: format!("is {what}, not a checkpoint folder"),
+        })
+        .collect()
 }
 
 /// A checkpoint found by [`find_checkpoint`], and the newer ones it passed over.
@@ -681,14 +782,18 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
         Ok(_) => {}
     }
     let all = list_checkpoints(path)?;
+    // Entries named as checkpoints that are not folders (a file, a link to nowhere or in a
+    // loop) are passed over too, with a word like any other checkpoint that fails its checks.
+    let not_folders = entries_named_as_checkpoints_that_are_not_folders(path);
     let mut skipped = Vec::new();
     for ckpt in all.iter().rev() {
         match read_state(ckpt) {
             Ok(_) => {
+                skipped.extend(not_folders_after(&not_folders, ckpt));
                 return Ok(FoundCheckpoint {
                     path: ckpt.clone(),
                     skipped,
-                })
+                });
             }
             Err(e) => skipped.push(e),
         }
@@ -1028,6 +1133,7 @@ mod tests {
             peers: None,
             seed: None,
             open_tick: None,
+            abandoned: None,
             checksum: None,
         }
     }
@@ -1043,6 +1149,13 @@ mod tests {
             Ok(())
         })
         .unwrap()
+    }
+
+    /// A state as a checkpoint of format 1 (from before the checksum had to be there) has it.
+    fn as_format_1(j: &mut serde_json::Value) {
+        let j = j.as_object_mut().unwrap();
+        j.remove("checksum");
+        j.insert("version".into(), serde_json::json!(1));
     }
 
     /// Rewrites a checkpoint's `state.json` through `edit`.
@@ -1073,7 +1186,11 @@ mod tests {
                 },
                 ..a_state()
             };
-            let ckpt = write_checkpoint(run.path(), &state, |_| Ok(())).unwrap();
+            let ckpt = write_checkpoint(run.path(), &state, |dir| {
+                std::fs::write(dir.join("generator_ema.mpk"), k.to_le_bytes()).unwrap();
+                Ok(())
+            })
+            .unwrap();
             let read = read_state(&ckpt).unwrap_or_else(|e| panic!("{}: {e}", state.elapsed_s));
             assert!(read.checksum.is_some());
         }
@@ -1096,7 +1213,7 @@ mod tests {
         // Without the checksum (as in a checkpoint from before it), the fields still have to
         // make sense: this position made the sampler index out of bounds.
         edit_state(&ckpt, |j| {
-            j.as_object_mut().unwrap().remove("checksum");
+            as_format_1(j);
         });
         let err = read_state(&ckpt).unwrap_err().to_string();
         assert!(
@@ -1140,16 +1257,53 @@ mod tests {
         ] {
             let ckpt = write_one(run.path(), 80);
             edit_state(&ckpt, |j| {
-                j.as_object_mut().unwrap().remove("checksum");
+                as_format_1(j);
                 j[key] = value;
             });
             let err = read_state(&ckpt).unwrap_err().to_string();
             assert!(err.contains(said), "{key}: {err}");
         }
+        // A state of this format with its checksum or record checksums removed was edited; one
+        // rewritten by another program (another layout) too.
+        for (edit, said) in [
+            (
+                "checksum",
+                "state.json has no checksum, which every checkpoint of format 2",
+            ),
+            (
+                "files",
+                "state.json lists no record files with their checksums",
+            ),
+            ("layout", "its layout is not the one pgan writes"),
+        ] {
+            let ckpt = write_one(run.path(), 88);
+            let path = ckpt.join(STATE_FILE);
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            match edit {
+                "layout" => {
+                    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+                }
+                key => {
+                    let j = json.as_object_mut().unwrap();
+                    j.remove(key);
+                    if key == "files" {
+                        // Re-signed as pgan would: only the missing record checksums give it away.
+                        j.remove("checksum");
+                        let state: TrainState = serde_json::from_value(json).unwrap();
+                        std::fs::write(&path, state.to_json_with_checksum()).unwrap();
+                    } else {
+                        std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+                    }
+                }
+            }
+            let err = read_state(&ckpt).unwrap_err().to_string();
+            assert!(err.contains(said), "{edit}: {err}");
+        }
         // An untouched state without a checksum (an older checkpoint) is accepted.
         let ckpt = write_one(run.path(), 96);
         edit_state(&ckpt, |j| {
-            j.as_object_mut().unwrap().remove("checksum");
+            as_format_1(j);
         });
         read_state(&ckpt).unwrap();
     }
@@ -1161,8 +1315,8 @@ mod tests {
         let run = tempfile::tempdir().unwrap();
         let ckpt = write_one(run.path(), 64);
         edit_state(&ckpt, |j| {
+            as_format_1(j);
             let j = j.as_object_mut().unwrap();
-            j.remove("checksum");
             j.remove("collapse");
             j.remove("gradients");
             j.insert("best_swd".into(), serde_json::json!({"16": 180.5}));

@@ -791,6 +791,36 @@ impl TrainConfig {
                 ));
             }
         }
+        let minibatch = self
+            .model
+            .minibatch
+            .unwrap_or(pgan_model::Minibatch::Stddev);
+        let layer = |m: pgan_model::Minibatch| m.to_string();
+        if set("model", "mbstd_group_size") && minibatch != pgan_model::Minibatch::Stddev {
+            unused.push(format!(
+                "model.mbstd_group_size sizes the minibatch-stddev layer, and model.minibatch is \
+                 {}",
+                layer(minibatch)
+            ));
+        }
+        for key in ["mbdisc_kernels", "mbdisc_kernel_dim"] {
+            if set("model", key) && minibatch != pgan_model::Minibatch::Discrimination {
+                unused.push(format!(
+                    "model.{key} shapes minibatch discrimination, and model.minibatch is {}",
+                    layer(minibatch)
+                ));
+            }
+        }
+        if set("instance_noise", "anneal_kimg")
+            && self.instance_noise.anneal_kimg != InstanceNoiseConfig::default().anneal_kimg
+            && self.instance_noise.sigma == 0.0
+        {
+            unused.push(
+                "instance_noise.anneal_kimg anneals the instance noise, and instance_noise.sigma \
+                 is 0 (off)"
+                    .to_string(),
+            );
+        }
         let beta_set = set("ema", "beta") && self.ema.beta != ema.beta;
         if let Some(h) = self.ema.half_life_kimg.filter(|&h| h > 0.0 && beta_set) {
             unused.push(format!(
@@ -876,6 +906,14 @@ impl TrainConfig {
         if s.total_kimg <= 0.0 {
             return bad("schedule.total_kimg must be positive".into());
         }
+        // Counted in whole images: less than half of one trains nothing.
+        if (s.total_kimg * 1000.0).round() < 1.0 {
+            return bad(format!(
+                "schedule.total_kimg {} is less than one image (0.001 kimg): nothing would be \
+                 trained",
+                s.total_kimg
+            ));
+        }
         let e = &self.eval;
         if !(e.every_kimg.is_finite() && e.every_kimg >= 0.0) {
             return bad(format!(
@@ -902,14 +940,7 @@ impl TrainConfig {
             ));
         }
         for (key, &batch) in &s.minibatch {
-            match key.parse::<u32>() {
-                Ok(r) if is_res(r) => {}
-                _ => {
-                    return bad(format!(
-                        "schedule.minibatch key '{key}' is not a resolution"
-                    ))
-                }
-            }
+            check_resolution_key("schedule.minibatch", key)?;
             if batch == 0 || batch > MAX_MINIBATCH {
                 return bad(format!(
                     "schedule.minibatch at {key} is {batch}: it must be in 1..={MAX_MINIBATCH}"
@@ -923,16 +954,18 @@ impl TrainConfig {
             ));
         }
         for (key, &lr) in &s.lr {
-            match key.parse::<u32>() {
-                Ok(r) if is_res(r) => {}
-                _ => return bad(format!("schedule.lr key '{key}' is not a resolution")),
-            }
+            check_resolution_key("schedule.lr", key)?;
             if !(lr.is_finite() && lr > 0.0) {
-                return bad(format!("schedule.lr at {key} must be positive"));
+                return bad(format!(
+                    "schedule.lr at {key} is {lr}: it must be a positive, finite number"
+                ));
             }
         }
         if !(s.lr_default.is_finite() && s.lr_default > 0.0) {
-            return bad("schedule.lr_default must be positive".into());
+            return bad(format!(
+                "schedule.lr_default {} must be a positive, finite number",
+                s.lr_default
+            ));
         }
         // Adam runs in f32: a rate (times its network's multiplier) beyond f32's range is inf.
         let rates =
@@ -1002,6 +1035,23 @@ impl TrainConfig {
         }
         if r.sample_rows == 0 || r.sample_cols == 0 {
             return bad("run.sample_rows and run.sample_cols must be at least 1".into());
+        }
+        if r.sample_ticks == 0 {
+            return bad(
+                "run.sample_ticks must be at least 1 (a sample sheet every N ticks)".into(),
+            );
+        }
+        if r.out_dir.as_os_str().is_empty() {
+            return bad(
+                "run.out_dir is empty: name the folder runs go in (\"runs\" by default)".into(),
+            );
+        }
+        if r.desc.as_deref().is_some_and(|d| d.trim().is_empty()) {
+            return bad(
+                "run.desc (--desc) is empty: give the run a name, or leave it out for \
+                        the dataset's name and resolution"
+                    .into(),
+            );
         }
         if !(self.recovery.lr_factor > 0.0 && self.recovery.lr_factor <= 1.0) {
             return bad("recovery.lr_factor must be in (0, 1]".into());
@@ -1125,13 +1175,22 @@ impl TrainConfig {
         let mut resolution = self.schedule.start_resolution;
         while resolution <= self.model.resolution {
             // Each data-parallel peer groups its own share of the minibatch.
-            let batch = self.schedule.batch_for(resolution) / crate::distributed::peer_count(self);
+            let peers = crate::distributed::peer_count(self);
+            let minibatch = self.schedule.batch_for(resolution);
+            let batch = minibatch / peers;
             let used = group.min(batch);
             if batch % used != 0 {
+                let whose = if peers > 1 {
+                    format!(
+                        "each peer's share {batch} (the minibatch {minibatch} over {peers} peers)"
+                    )
+                } else {
+                    format!("the minibatch {batch}")
+                };
                 return Err(TrainError::Config {
                     path: None,
                     message: format!(
-                        "model.mbstd_group_size {group} does not divide the minibatch {batch} \
+                        "model.mbstd_group_size {group} does not divide {whose} \
                          at {resolution}x{resolution}: the minibatch-stddev layer needs groups \
                          of equal size. Use a group size that divides every minibatch (or 0 to \
                          switch the layer off), or change the minibatch"
@@ -1142,6 +1201,23 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// A key of a per-resolution table (`schedule.minibatch`, `schedule.lr`): a supported
+/// resolution written as the schedule looks it up (`"8"`, not `"08"` or `"+8"`, which would be
+/// accepted and then never used).
+fn check_resolution_key(table: &str, key: &str) -> Result<()> {
+    let message = match key.parse::<u32>() {
+        Ok(r) if pgan_spec::resolution::is_supported(r) && r.to_string() == key => return Ok(()),
+        Ok(r) if pgan_spec::resolution::is_supported(r) => {
+            format!("{table} key '{key}' must be written as the resolution itself: '{r}'")
+        }
+        _ => format!("{table} key '{key}' is not a resolution (4, 8, 16, ... 1024)"),
+    };
+    Err(TrainError::Config {
+        path: None,
+        message,
+    })
 }
 
 #[cfg(test)]
@@ -1245,6 +1321,23 @@ mod tests {
         let mut config = TrainConfig::default();
         config.schedule.minibatch.insert("7".into(), 4);
         assert!(config.validate().unwrap_err().to_string().contains("'7'"));
+        // A key the schedule would never look up (it asks for "4") is refused, not ignored.
+        for (table, key) in [("minibatch", "04"), ("minibatch", "+4"), ("lr", "004")] {
+            let mut config = TrainConfig::default();
+            match table {
+                "minibatch" => {
+                    config.schedule.minibatch.insert(key.into(), 4);
+                }
+                _ => {
+                    config.schedule.lr.insert(key.into(), 0.5);
+                }
+            }
+            let said = config.validate().unwrap_err().to_string();
+            assert!(
+                said.contains(&format!("schedule.{table} key '{key}'")) && said.contains("'4'"),
+                "{said}"
+            );
+        }
         let mut config = TrainConfig::default();
         config.schedule.start_resolution = 1024;
         config.model.resolution = 64;
@@ -1544,6 +1637,10 @@ mod tests {
                 "schedule.total_kimg 1e300 is beyond 1e9 kimg",
             ),
             (
+                |c| c.schedule.total_kimg = 0.0004,
+                "schedule.total_kimg 0.0004 is less than one image (0.001 kimg)",
+            ),
+            (
                 |c| c.optim.d_steps = 100_000,
                 "optim.d_steps 100000 × minibatch 16 at 4x4 shows 1600000 images per step, \
                  more than a 600000-image phase",
@@ -1645,6 +1742,28 @@ mod tests {
         let zero = "[ema]\nbeta = 0.99\nhalf_life_kimg = 0.0\n";
         let config = TrainConfig::from_toml_str(zero).unwrap();
         assert!(config.keys_without_effect(zero).is_empty());
+        // The minibatch layers' shapes beside another layer, an annealing of no noise.
+        for (text, said) in [
+            (
+                "[model]\nminibatch = \"none\"\nmbstd_group_size = 8\n",
+                "model.mbstd_group_size sizes the minibatch-stddev layer, and model.minibatch is none",
+            ),
+            (
+                "[model]\nmbdisc_kernels = 7\n",
+                "model.mbdisc_kernels shapes minibatch discrimination, and model.minibatch is stddev",
+            ),
+            (
+                "[instance_noise]\nsigma = 0.0\nanneal_kimg = 5.0\n",
+                "instance_noise.anneal_kimg anneals the instance noise, and instance_noise.sigma is 0",
+            ),
+        ] {
+            let config = TrainConfig::from_toml_str(text).unwrap();
+            let unused = config.keys_without_effect(text);
+            assert!(unused.iter().any(|u| u.starts_with(said)), "{text}: {unused:?}");
+        }
+        let used = "[model]\nminibatch = \"discrimination\"\nmbdisc_kernels = 7\n";
+        let config = TrainConfig::from_toml_str(used).unwrap();
+        assert!(config.keys_without_effect(used).is_empty());
         // The shipped configs set nothing they do not use.
         let configs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
         for entry in std::fs::read_dir(configs).unwrap() {

@@ -595,6 +595,29 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
                 ),
             });
         }
+        // A level changed in place (same size) would be measured against silently.
+        say(&format!(
+            "checking the {resolution}x{resolution} level's checksum"
+        ));
+        reader.verify_level(resolution)?;
+        let current = crate::checkpoint::DatasetFingerprint::of(&reader);
+        if let Some(trained) = loaded
+            .state
+            .dataset
+            .as_ref()
+            .filter(|t| !t.matches(&current))
+        {
+            report.warnings.push(format!(
+                "{} is not the dataset the checkpoint trained on ({} images, content CRC \
+                 {:#010x}; this one: {} images, {:#010x}): the metrics compare the generator \
+                 with other reals",
+                path.display(),
+                trained.images,
+                trained.content_crc32(),
+                current.images,
+                current.content_crc32()
+            ));
+        }
         // Two disjoint draws of reals: one to compare with, one for the noise floor.
         let reals = real_images(&reader, resolution, 2 * request.num_images, request.seed)?;
         if reader.len() < 2 * request.num_images {

@@ -9,12 +9,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A temp path beside `path` (same folder, so the final rename stays on one filesystem).
 pub(crate) fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let mut name = pgan_spec::output::temp_prefix(path.file_name().unwrap_or_default());
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{unique}", std::process::id()))
+    name.push(format!("{}-{unique}", std::process::id()));
+    path.with_file_name(name)
 }
 
 /// Writes a file through `fill`, syncs it and renames it over `path` (over the file a symbolic

@@ -207,13 +207,27 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
             }
         );
     }
+    let total_images = (config.schedule.total_kimg * 1000.0).round() as u64;
+    let ends_at = schedule
+        .images_at_end(config.optim.d_steps)
+        .filter(|&end| end != total_images)
+        .map(|end| {
+            format!(
+                "; the last whole minibatch ends it at {}",
+                thousands(end as usize)
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "total: {:.p$} kimg ({} images shown)",
+        "total: {:.p$} kimg ({} images shown{ends_at})",
         config.schedule.total_kimg,
-        thousands((config.schedule.total_kimg * 1000.0).round() as usize),
+        thousands(total_images as usize),
         p = kimg_decimals
     );
+    if let Some(short) = schedule.ends_short_of_the_model() {
+        let _ = writeln!(out, "warning: {short}");
+    }
     // On the CPU the estimate is host memory, which can be compared here.
     let available = crate::limits::available_memory_bytes()
         .filter(|_| config.run.backend == crate::config::BackendKind::Cpu);

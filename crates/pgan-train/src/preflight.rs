@@ -39,12 +39,17 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         path: None,
         message: "no dataset: set data.path in the config or pass one".into(),
     })?;
-    if options.resume.is_some() && !data_path.exists() {
+    if !data_path.exists() {
+        let whose = if options.resume.is_some() {
+            "it is the run's data.path (a relative one is read from the current folder); pass \
+             --data with the dataset's path"
+        } else {
+            "it is data.path (--data, or the config's; a relative path is read from the current \
+             folder, not the config file's)"
+        };
         return Err(TrainError::Dataset {
             path: data_path,
-            message: "does not exist: it is the run's data.path (a relative one is read from \
-                      the current folder); pass --data with the dataset's path"
-                .into(),
+            message: format!("does not exist: {whose}"),
         });
     }
     let reader = PyramidReader::open(&data_path)?;
@@ -100,6 +105,9 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
         check_no_shrink(&schedule, &state, &ckpt)?;
         check_total_not_passed(&config, &state, &ckpt)?;
+        if let Some(stop) = options.stop_after_kimg {
+            check_stop_not_passed(stop, &state, &ckpt)?;
+        }
     }
     Ok(Preflight {
         config,
@@ -129,6 +137,25 @@ pub(crate) fn check_total_not_passed(
             config.schedule.total_kimg,
             ckpt.display(),
             state.images_shown as f64 / 1000.0
+        ),
+    })
+}
+
+/// Refuses a resume whose `--stop-after-kimg` is at or before where its checkpoint stands: the
+/// stop is a position in the run (kimg shown in all), not an amount more, and such a stop would
+/// train nothing.
+pub(crate) fn check_stop_not_passed(stop_kimg: f64, state: &TrainState, ckpt: &Path) -> Result<()> {
+    if (stop_kimg * 1000.0).round() as u64 > state.images_shown {
+        return Ok(());
+    }
+    let at = state.images_shown as f64 / 1000.0;
+    Err(TrainError::Config {
+        path: None,
+        message: format!(
+            "--stop-after-kimg {stop_kimg} is not beyond {}, which is at {at:.3} kimg already: \
+             the stop is a position in the run (kimg shown in all), not an amount more, so \
+             nothing would be trained; give a value above {at:.3}",
+            ckpt.display()
         ),
     })
 }

@@ -230,6 +230,11 @@ impl RunLog {
         self.write_line("INFO", message.as_ref(), false);
     }
 
+    /// An informational line into `log.txt` only (the terminal has its own context).
+    pub fn write_only(&mut self, message: impl AsRef<str>) {
+        self.write_line("INFO", message.as_ref(), false);
+    }
+
     /// The error that ended the run, into `log.txt` only: the command that ran the training
     /// prints it (once) as it ends.
     pub fn error(&mut self, message: impl AsRef<str>) {

@@ -163,6 +163,43 @@ impl StageSchedule {
         stage.saturating_sub(self.start_stage) as f64 * period
     }
 
+    /// The images shown when a run of this schedule ends: the loop takes whole steps of
+    /// `batch x d_steps` images until `total_kimg` is reached, so the last one may pass it.
+    /// `None` when that takes more steps than are worth counting here.
+    pub fn images_at_end(&self, d_steps: u32) -> Option<u64> {
+        let total = (self.config.total_kimg * 1000.0).round() as u64;
+        let mut images = 0u64;
+        for _ in 0..50_000_000u64 {
+            if images >= total {
+                return Some(images);
+            }
+            images += self.at(images).batch as u64 * u64::from(d_steps.max(1));
+        }
+        None
+    }
+
+    /// Said when the run ends before its last stage has faded in: its checkpoints, samples and
+    /// evaluations are then of a lower resolution than `model.resolution`.
+    pub fn ends_short_of_the_model(&self) -> Option<String> {
+        let grown = self.grown_at_kimg(self.max_stage);
+        let total = self.config.total_kimg;
+        if total >= grown - 1e-9 {
+            return None;
+        }
+        let end = self.at((total * 1000.0).round() as u64);
+        let top = resolution_of(self.max_stage);
+        let reached = if end.kind == PhaseKind::Fade {
+            format!("mid-way through the fade-in to {0}x{0}", end.resolution)
+        } else {
+            format!("at {0}x{0}", end.resolution)
+        };
+        Some(format!(
+            "schedule.total_kimg {total} ends the run {reached}, before it grows to \
+             {top}x{top} (model.resolution): its last checkpoint, samples and evaluations are not \
+             of {top}x{top}; {top}x{top} is fully faded in at {grown} kimg"
+        ))
+    }
+
     /// Every phase of the run in order, with its kimg range.
     pub fn rows(&self) -> Vec<ScheduleRow> {
         let train = self.config.lod_training_kimg;

@@ -289,6 +289,8 @@ impl MetricsWriter {
     /// Opens (appending) `run_dir/metrics.jsonl`.
     pub fn open(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
+        // Appending to a device or FIFO would lose every row (or block).
+        refuse_a_metrics_path_that_is_not_a_file(&path)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -305,6 +307,46 @@ impl MetricsWriter {
         let truncated = truncate_after(run_dir, images_shown, cut)?;
         *self = Self::open(run_dir)?;
         Ok(truncated)
+    }
+
+    /// Adds `entries` to the row of tick `tick` (the last one of that tick), and `alarms` to
+    /// its alarm count, rewriting the file; no such row (lost) is no error.
+    pub fn amend_tick_row(
+        &mut self,
+        tick: u64,
+        entries: Map<String, Value>,
+        alarms: usize,
+    ) -> Result<()> {
+        let run_dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let Some(text) = read_metrics(&run_dir)? else {
+            return Ok(());
+        };
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let found = lines.iter().rposition(|line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .is_some_and(|row| row.get(key::TICK).and_then(Value::as_u64) == Some(tick))
+        });
+        let Some(at) = found else {
+            return Ok(());
+        };
+        let mut row: Map<String, Value> =
+            serde_json::from_str(&lines[at]).expect("the line was read as a row");
+        row.extend(entries);
+        if alarms > 0 {
+            let before = row
+                .get(key::ALARM_COUNT)
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            row.insert(key::ALARM_COUNT.into(), (before + alarms as u64).into());
+        }
+        lines[at] = serde_json::to_string(&row).expect("a JSON map serialises");
+        let mut kept = lines.join("\n");
+        kept.push('\n');
+        crate::fsutil::write_atomic(&self.path, kept.as_bytes())
+            .map_err(io_err(&self.path, "rewrite"))?;
+        *self = Self::open(&run_dir)?;
+        Ok(())
     }
 
     /// Writes one row.
@@ -346,7 +388,7 @@ pub struct Truncated {
 /// writes that stretch again, so it would be duplicated), and returns them.
 pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Truncated> {
     let path = run_dir.join(METRICS_FILE);
-    let Some((kept, truncated)) = split_after(run_dir, images_shown, cut) else {
+    let Some((kept, truncated)) = split_after(run_dir, images_shown, cut)? else {
         return Ok(Truncated::default());
     };
     crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))?;
@@ -355,12 +397,17 @@ pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Tru
 
 /// What [`truncate_after`] would drop, without changing the file (`None`: no file).
 pub fn rows_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Option<Truncated> {
-    split_after(run_dir, images_shown, cut).map(|(_, truncated)| truncated)
+    split_after(run_dir, images_shown, cut)
+        .ok()
+        .flatten()
+        .map(|(_, truncated)| truncated)
 }
 
 /// The text of the rows kept and those dropped.
-fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Option<(String, Truncated)> {
-    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
+fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(String, Truncated)>> {
+    let Some(text) = read_metrics(run_dir)? else {
+        return Ok(None);
+    };
     let limit = images_shown as f64 / 1000.0;
     let mut truncated = Truncated::default();
     let mut kept = String::new();
@@ -384,13 +431,44 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Option<(String, T
             kept.push('\n');
         }
     }
-    Some((kept, truncated))
+    Ok(Some((kept, truncated)))
+}
+
+/// An error when `path` exists and is not a regular file.
+fn refuse_a_metrics_path_that_is_not_a_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(io_err(path, "write")(std::io::Error::other(format!(
+            "it is {}, not a regular file",
+            pgan_spec::output::kind(&meta.file_type())
+        )))),
+        _ => Ok(()),
+    }
+}
+
+/// The text of `run_dir/metrics.jsonl` (`None`: there is none). Anything but a regular file
+/// there (a device, a FIFO, also at the end of a link) is an error, not a read without end.
+fn read_metrics(run_dir: &Path) -> Result<Option<String>> {
+    let path = run_dir.join(METRICS_FILE);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path, "read")(e)),
+        Ok(meta) if !meta.is_file() => {
+            return Err(io_err(&path, "read")(std::io::Error::other(format!(
+                "it is {}, not a regular file",
+                pgan_spec::output::kind(&meta.file_type())
+            ))))
+        }
+        Ok(_) => {}
+    }
+    let bytes = std::fs::read(&path).map_err(io_err(&path, "read"))?;
+    // A line cut or garbled by a crash is reported per line by the callers, not here.
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// The last tick row of `metrics.jsonl`: its tick number and the images shown at its end
 /// (`None` without one).
 pub fn last_tick_row(run_dir: &Path) -> Option<LastTick> {
-    let text = std::fs::read_to_string(run_dir.join(METRICS_FILE)).ok()?;
+    let text = read_metrics(run_dir).ok()??;
     text.lines().rev().find_map(|line| {
         let row = serde_json::from_str::<Value>(line).ok()?;
         Some(LastTick {
@@ -419,6 +497,25 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A `metrics.jsonl` that is a device (a link to `/dev/zero`, which never ends) is an error
+    /// naming it, for the reader and the writer alike.
+    #[test]
+    fn a_metrics_file_that_is_not_a_regular_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join(METRICS_FILE)).unwrap();
+        let err = truncate_after(dir.path(), 0, Cut::Rollback)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.jsonl") && err.contains("a character device, not a regular file"),
+            "{err}"
+        );
+        let err = MetricsWriter::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(last_tick_row(dir.path()).is_none());
+    }
+
     use super::*;
 
     #[test]

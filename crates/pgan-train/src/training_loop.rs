@@ -255,7 +255,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             write_config(&run_dir, &config)?;
         }
         let mut log = RunLog::open(&run_dir, options.interactive)?;
-        log.info("");
+        // Where one session of the run starts in the log.
+        log.write_only(format!(
+            "pgan {} train (pid {}): {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            if resume_from.is_some() {
+                "resume"
+            } else {
+                "new run"
+            }
+        ));
         for warning in resume_warnings {
             log.warn(warning);
         }
@@ -264,6 +274,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         if config.eval.every_kimg > 0.0 && config.eval.msssim_pairs == 0 {
             log.warn(crate::plan::MSSSIM_OFF);
+        }
+        if let Some(short) = schedule.ends_short_of_the_model() {
+            log.warn(short);
         }
 
         let nets = Nets::fresh(&model, &config.optim, &device, Some(config.run.seed));
@@ -289,6 +302,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             peers: crate::distributed::peers_to_record(&config),
             seed: Some(config.run.seed),
             open_tick: None,
+            abandoned: None,
             checksum: None,
         };
         let mut sample_rng = ChaCha8Rng::seed_from_u64(config.run.seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -511,6 +525,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         // A run stopped inside its last tick and resumed at its end: that tick's row, sheet and
         // checkpoint are the ones the uninterrupted run wrote (in the loop, the last step ends
         // its tick, so only a resumed open tick is still open here).
+        // A stop that came during the last tick's measurements abandoned them: the run
+        // stopped (the resume measures them), it did not finish.
+        if !interrupted && self.state.abandoned.is_some() {
+            self.log
+                .info("stopped during the last tick's measurements (Ctrl-C or SIGTERM)");
+            interrupted = true;
+        }
         let closes_resumed_tick = !interrupted && self.tick.images > 0;
         if closes_resumed_tick {
             let phase = self.last_step_phase();
@@ -656,6 +677,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.state.images_shown as f64 / 1000.0,
             self.state.tick
         ));
+        if let Some(abandoned) = self.state.abandoned.take() {
+            self.measure_what_a_stop_abandoned(abandoned, &ckpt)?;
+        }
         Ok(())
     }
 

@@ -239,7 +239,9 @@ fn an_older_stop_checkpoint_keeps_the_tick_boundaries() {
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
     let fields = state.as_object_mut().unwrap();
     assert!(fields.remove("open_tick").is_some());
+    // As written by a pgan of format 1, which had no checksum.
     fields.remove("checksum");
+    fields.insert("version".into(), serde_json::json!(1));
     std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
     let mut second = TrainOptions::new(config);
     second.resume = Some(stopped.run_dir.clone());
@@ -801,6 +803,21 @@ fn a_stop_during_the_evaluation_abandons_it_and_checkpoints() {
         parameter_values(&straight.checkpoint),
         "abandoning an evaluation changed the training"
     );
+    // The resume measured what the stop abandoned: every row, the stopped tick's SWD and
+    // MS-SSIM included, is the uninterrupted run's.
+    let log = std::fs::read_to_string(resumed.run_dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains("measured what the stop abandoned at the end of tick 1"),
+        "{log}"
+    );
+    assert_eq!(
+        measured_rows(&resumed.run_dir),
+        measured_rows(&straight.run_dir)
+    );
+    assert!(checkpoint::read_state(&resumed.checkpoint)
+        .unwrap()
+        .abandoned
+        .is_none());
 }
 
 #[test]
@@ -1291,6 +1308,7 @@ fn checkpoints_from_before_the_minibatch_key_load_and_a_changed_layer_is_refused
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
     let keys = state.as_object_mut().unwrap();
     keys.remove("checksum");
+    keys.insert("version".into(), serde_json::json!(1));
     let model = keys["model"].as_object_mut().unwrap();
     for key in pgan_model::ModelConfig::KEYS_ADDED_LATER {
         assert!(model.remove(key).is_some(), "{key}");

@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
 use crate::paths::{
-    check_output, checkpoint_of, prepare_output, refuse_inputs, refuse_run_file, same_file,
+    check_output, checkpoint_of, create_folders_above, prepare_output, refuse_inputs,
+    refuse_run_file, same_file,
 };
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
@@ -32,13 +33,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             net,
             force,
         } => export(&source, net, &out, force),
-        Command::Report { run_dir, out } => report(&run_dir, out),
+        Command::Report {
+            run_dir,
+            out,
+            force,
+        } => report(&run_dir, out, force),
         Command::Orchestrator { port } => orchestrator(port),
-        Command::ConvertInception { torchscript, out } => convert_inception(&torchscript, out),
+        Command::ConvertInception {
+            torchscript,
+            out,
+            force,
+        } => convert_inception(&torchscript, out, force),
     }
 }
 
-fn convert_inception(torchscript: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+fn convert_inception(torchscript: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode> {
     let out = pgan_inception::resolve_weights_path(out.as_deref());
     refuse_inputs(
         &out,
@@ -46,7 +55,7 @@ fn convert_inception(torchscript: &Path, out: Option<PathBuf>) -> Result<ExitCod
         &[("the TorchScript file", torchscript.to_path_buf())],
     )?;
     // Written through a symbolic link, as every other output is.
-    let target = prepare_output(&out, "--out")?;
+    let target = prepare_output(&out, "--out", force)?;
     exit_on_signal_removing_temps(vec![out.clone()])?;
     let weights = pgan_inception::InceptionWeights::from_torchscript(torchscript)?;
     weights.save(
@@ -100,6 +109,7 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
     let target = check_output(&args.output, "OUTPUT")?;
     // A dataset replaces a dataset (with --force), never a run's own file.
     refuse_run_file(&target, &args.output, "OUTPUT")?;
+    create_folders_above(&target, "OUTPUT")?;
     let summary = match pgan_data::prepare_cancellable(&options, &cancel) {
         Err(err @ pgan_data::DataError::Interrupted(_)) => {
             eprintln!("{err}");
@@ -352,7 +362,17 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if args.no_progress {
         config.run.progress = false;
     }
-    config.validate().map_err(with_flag_hint)?;
+    // Flags whose setting the run would not use, as the config file's keys above.
+    let minibatch = config
+        .model
+        .minibatch
+        .unwrap_or(pgan_model::Minibatch::Stddev);
+    if args.mbstd_group.is_some() && minibatch != pgan_model::Minibatch::Stddev {
+        bail!("--mbstd-group sizes the minibatch-stddev layer, and the minibatch layer is {minibatch} (model.minibatch, --minibatch)");
+    }
+    if args.instance_noise_kimg.is_some() && config.instance_noise.sigma == 0.0 {
+        bail!("--instance-noise-kimg anneals the instance noise, and its sigma is 0 (off): give --instance-noise SIGMA too");
+    }
     if let (None, Some(path)) = (&args.resume, &args.config) {
         refuse_keys_without_effect(path, &config)?;
     }
@@ -410,16 +430,26 @@ fn orchestrator(port: u16) -> Result<ExitCode> {
 
 fn train(args: TrainArgs) -> Result<ExitCode> {
     let config = resolve_train_config(&args)?;
+    config
+        .validate()
+        .map_err(|e| name_where_it_was_set(e, &args))?;
     if let Some(kimg) = args
         .stop_after_kimg
-        .filter(|k| !(k.is_finite() && *k >= 0.0))
+        .filter(|k| !(k.is_finite() && *k > 0.0))
     {
-        bail!("--stop-after-kimg {kimg} must be a non-negative number of kimg");
+        bail!("--stop-after-kimg {kimg} must be a positive number of kimg (the run's position to stop at)");
+    }
+    if args.data_changed_ok && args.resume.is_none() {
+        bail!("--data-changed-ok only applies with --resume");
+    }
+    if args.data_changed_ok && args.data.is_none() {
+        bail!("--data-changed-ok only applies with --data (the dataset to continue on)");
     }
     if args.dry_run {
         let mut options = TrainOptions::new(config);
         options.resume = args.resume.clone();
         options.data_changed_ok = args.data_changed_ok;
+        options.stop_after_kimg = args.stop_after_kimg;
         // The checks of a real start, so that a dry run that passes is a run that starts.
         let checked = pgan_train::preflight(&options).map_err(with_flag_hint)?;
         println!("{}", checked.config.to_toml());
@@ -428,9 +458,6 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             pgan_train::plan::describe(&checked.config, &checked.model)
         );
         return Ok(ExitCode::SUCCESS);
-    }
-    if args.data_changed_ok && args.resume.is_none() {
-        bail!("--data-changed-ok only applies with --resume");
     }
     let mut options = TrainOptions::new(config);
     options.resume = args.resume.clone();
@@ -603,10 +630,10 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
                 latents.display()
             );
         }
-        prepare_output(latents, "--save-latents")?;
+        prepare_output(latents, "--save-latents", args.force)?;
     }
     for out in &outputs {
-        prepare_output(out, "--out")?;
+        prepare_output(out, "--out", args.force)?;
     }
     exit_on_signal_removing_temps(outputs.iter().chain(&args.save_latents).cloned().collect())?;
     // A timeline draws every checkpoint of the run; the others draw one.
@@ -826,14 +853,14 @@ fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
     let mut outputs = Vec::new();
     if let Some(path) = &args.json {
         refuse_inputs(path, "--json", &inputs)?;
-        prepare_output(path, "--json")?;
+        prepare_output(path, "--json", args.force)?;
         outputs.push(path.clone());
     }
     if let Some(prefix) = &args.save_features {
         for half in ["real", "fake"] {
             let file = pgan_train::inception_metrics::features_file(prefix, half);
             refuse_inputs(&file, "--save-features", &inputs)?;
-            prepare_output(&file, "--save-features")?;
+            prepare_output(&file, "--save-features", args.force)?;
             outputs.push(file);
         }
     }
@@ -885,13 +912,7 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
 
 fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) -> Result<ExitCode> {
     let ckpt = checkpoint_of(source)?;
-    prepare_output(out, "--out")?;
-    if !force && std::fs::symlink_metadata(out).is_ok() {
-        bail!(
-            "--out {} already exists; pass --force to replace it",
-            out.display()
-        );
-    }
+    prepare_output(out, "--out", force)?;
     exit_on_signal_removing_temps(vec![out.to_path_buf()])?;
     let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
     println!(
@@ -905,9 +926,9 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
     Ok(ExitCode::SUCCESS)
 }
 
-fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode> {
     if let Some(out) = &out {
-        prepare_output(out, "--out")?;
+        prepare_output(out, "--out", force)?;
     }
     let out = out.unwrap_or_else(|| run_dir.join("report.html"));
     exit_on_signal_removing_temps(vec![out.clone()])?;
@@ -926,6 +947,136 @@ fn report(run_dir: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
 }
 
 /// A library error with the flag that fixes it, where one flag does (the libraries name no flags).
+/// A config value refused by its checks, with where it came from: the flags that set the keys
+/// the message names, else the config file (for `--resume`, the run's own `config.toml`, which
+/// the user may never have opened).
+fn name_where_it_was_set(err: TrainError, args: &TrainArgs) -> anyhow::Error {
+    let TrainError::Config {
+        path: None,
+        message,
+    } = &err
+    else {
+        return with_flag_hint(err);
+    };
+    let flags: Vec<&str> = flags_and_their_keys(args)
+        .into_iter()
+        .filter(|(_, keys)| keys.iter().any(|key| message.contains(key)))
+        .map(|(flag, _)| flag)
+        .collect();
+    if !flags.is_empty() {
+        return anyhow::anyhow!("{err} (set by {})", flags.join(", "));
+    }
+    let file = match (&args.resume, &args.config) {
+        (Some(resume), _) => pgan_train::checkpoint::resolve_checkpoint(resume)
+            .ok()
+            .and_then(|ckpt| pgan_train::checkpoint::run_dir_of(&ckpt))
+            .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE)),
+        (None, config) => config.clone(),
+    };
+    match file {
+        Some(file) => TrainError::Config {
+            path: Some(file),
+            message: message.clone(),
+        }
+        .into(),
+        None => err.into(),
+    }
+}
+
+/// The train flags given on this command line, each with the config keys it sets (as the
+/// checks' messages spell them).
+fn flags_and_their_keys(args: &TrainArgs) -> Vec<(&'static str, &'static [&'static str])> {
+    let given: [(&str, bool, &[&str]); 26] = [
+        ("--data", args.data.is_some(), &["data.path"]),
+        ("--out-dir", args.out_dir.is_some(), &["run.out_dir"]),
+        ("--desc", args.desc.is_some(), &["run.desc"]),
+        ("--backend", args.backend.is_some(), &["run.backend"]),
+        (
+            "--precision",
+            args.precision.is_some(),
+            &["run.precision", "bf16"],
+        ),
+        ("--device", args.device.is_some(), &["run.device "]),
+        (
+            "--devices",
+            args.devices.is_some(),
+            &["run.devices", "peers"],
+        ),
+        ("--nodes", args.nodes.is_some(), &["nodes.count", "peers"]),
+        ("--node-rank", args.node_rank.is_some(), &["nodes.rank"]),
+        (
+            "--orchestrator",
+            args.orchestrator.is_some(),
+            &["nodes.orchestrator"],
+        ),
+        (
+            "--node-address",
+            args.node_address.is_some(),
+            &["nodes.address"],
+        ),
+        (
+            "--join-timeout",
+            args.join_timeout.is_some(),
+            &["nodes.join_timeout_s"],
+        ),
+        (
+            "--peer-timeout",
+            args.peer_timeout.is_some(),
+            &["nodes.peer_timeout_s"],
+        ),
+        (
+            "--total-kimg",
+            args.total_kimg.is_some(),
+            &["schedule.total_kimg"],
+        ),
+        (
+            "--resolution",
+            args.resolution.is_some(),
+            &["model.resolution"],
+        ),
+        (
+            "--phase-kimg",
+            args.phase_kimg.is_some(),
+            &["schedule.lod_training_kimg", "schedule.lod_transition_kimg"],
+        ),
+        (
+            "--batch",
+            args.batch.is_some(),
+            &["schedule.minibatch", "the minibatch"],
+        ),
+        ("--lr", args.lr.is_some(), &["schedule.lr"]),
+        ("--loss", args.loss.is_some(), &["loss."]),
+        ("--d-steps", args.d_steps.is_some(), &["optim.d_steps"]),
+        (
+            "--mbstd-group",
+            args.mbstd_group.is_some(),
+            &["mbstd_group_size"],
+        ),
+        (
+            "--minibatch",
+            args.minibatch.is_some(),
+            &["model.minibatch"],
+        ),
+        (
+            "--ema-half-life-kimg",
+            args.ema_half_life_kimg.is_some(),
+            &["ema."],
+        ),
+        (
+            "--eval-every-kimg",
+            args.eval_every_kimg.is_some(),
+            &["eval.every_kimg"],
+        ),
+        ("--tick-kimg", args.tick_kimg.is_some(), &["run.tick_kimg"]),
+        ("--seed", args.seed.is_some(), &["run.seed"]),
+    ];
+    given
+        .into_iter()
+        .filter(|(_, set, _)| *set)
+        .map(|(flag, _, keys)| (flag, keys))
+        .collect()
+}
+
 fn with_flag_hint(err: TrainError) -> anyhow::Error {
     let hint = match &err {
         TrainError::NoDevice { backend, .. } if backend == "wgpu" => {

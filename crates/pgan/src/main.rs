@@ -64,6 +64,9 @@ enum Command {
         /// ~/.cache/pgan/inception-2015-12-05.safetensors).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace an existing output file (without it, one is an error).
+        #[arg(long)]
+        force: bool,
     },
     /// Run the orchestrator that the nodes of a several-machine training join
     /// (`pgan train --nodes N --node-rank R --orchestrator HOST:PORT`); stops on Ctrl-C.
@@ -76,9 +79,12 @@ enum Command {
     Report {
         /// The run directory.
         run_dir: PathBuf,
-        /// Output file (default RUN_DIR/report.html).
+        /// Output file (default RUN_DIR/report.html, replaced each time).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace an existing --out file (without it, one is an error).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -245,7 +251,8 @@ struct TrainArgs {
     /// Tick length in kimg (overrides run.tick_kimg).
     #[arg(long)]
     tick_kimg: Option<f64>,
-    /// Stop with a checkpoint after this many kimg (continue later with --resume); exits 0.
+    /// Stop with a checkpoint once the run has shown this many kimg in all (a position in the
+    /// run, also with --resume: not an amount more); continue later with --resume; exits 0.
     #[arg(long)]
     stop_after_kimg: Option<f64>,
     /// With --resume and --data: continue the run on a dataset other than the one it was
@@ -307,6 +314,9 @@ struct RenderArgs {
     /// Device index.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// Replace existing output files (without it, one is an error).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -364,6 +374,9 @@ struct EvalArgs {
     /// Device index.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// Replace existing output files (without it, one is an error).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]

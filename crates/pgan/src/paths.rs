@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 /// writes a file (render, eval --json, export, report) treats a path alike: [`check_output`],
 /// a `.pgan` dataset is never replaced, and the temporary files of earlier commands killed while writing it are removed.
 /// Returns the file a write replaces (the end of a symlink chain).
-pub fn prepare_output(out: &Path, flag: &str) -> Result<PathBuf> {
+pub fn prepare_output(out: &Path, flag: &str, force: bool) -> Result<PathBuf> {
     let target = check_output(out, flag)?;
     if is_dataset(&target) {
         bail!(
@@ -20,6 +20,14 @@ pub fn prepare_output(out: &Path, flag: &str) -> Result<PathBuf> {
         );
     }
     refuse_run_file(&target, out, flag)?;
+    // Whatever is there may be the user's (notes, a source image): only --force replaces it.
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        bail!(
+            "{flag} {} already exists; pass --force to replace it",
+            out.display()
+        );
+    }
+    create_folders_above(&target, flag)?;
     pgan_data::remove_stale_temps(&target);
     Ok(target)
 }
@@ -97,8 +105,9 @@ fn run_file(target: &Path) -> Option<String> {
 }
 
 /// Refuses `out` when it could not be replaced (a folder, device, FIFO or socket, also at the
-/// end of a symbolic link) or lies in a checkpoint folder (whose files the trainer wrote and
-/// checksummed), and creates the folders above it that do not exist yet. `flag` names the
+/// end of a symbolic link), lies in a checkpoint folder (whose files the trainer wrote and
+/// checksummed) or has a file where a folder above it belongs. Creates nothing: the caller makes
+/// the missing folders ([`create_folders_above`]) once every check has passed. `flag` names the
 /// argument; the file a write replaces (the end of a symlink chain) is returned. (`prepare`
 /// removes and reports its own stale temporary files.)
 pub fn check_output(out: &Path, flag: &str) -> Result<PathBuf> {
@@ -130,10 +139,17 @@ pub fn check_output(out: &Path, flag: &str) -> Result<PathBuf> {
                 file.display()
             );
         }
+    }
+    Ok(target)
+}
+
+/// Creates the folders above `target` (an output [`check_output`] accepted) that do not exist.
+pub fn create_folders_above(target: &Path, flag: &str) -> Result<()> {
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{flag}: cannot create the folder {}", parent.display()))?;
     }
-    Ok(target)
+    Ok(())
 }
 
 /// Whether `path` is a file that starts as a `.pgan` pyramid does.
@@ -213,12 +229,12 @@ mod tests {
     fn missing_output_folders_are_created() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("a/b/c.json");
-        prepare_output(&out, "--json").unwrap();
+        prepare_output(&out, "--json", false).unwrap();
         assert!(dir.path().join("a/b").is_dir());
-        prepare_output(Path::new("c.json"), "--json").unwrap();
+        prepare_output(Path::new("c.json"), "--json", false).unwrap();
         let blocked = dir.path().join("file");
         std::fs::write(&blocked, b"x").unwrap();
-        let err = prepare_output(&blocked.join("c.json"), "--out").unwrap_err();
+        let err = prepare_output(&blocked.join("c.json"), "--out", false).unwrap_err();
         assert!(
             format!("{err:#}").ends_with(&format!("{} is a file, not a folder", blocked.display())),
             "{err:#}"
@@ -228,7 +244,7 @@ mod tests {
     #[test]
     fn outputs_that_are_not_regular_files_or_lie_in_a_checkpoint_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = prepare_output(dir.path(), "--out").unwrap_err();
+        let err = prepare_output(dir.path(), "--out", false).unwrap_err();
         assert!(
             format!("{err:#}")
                 .ends_with("it is a folder, not a regular file (pgan only replaces regular files)"),
@@ -236,17 +252,17 @@ mod tests {
         );
         let link = dir.path().join("full.png");
         std::os::unix::fs::symlink("/dev/full", &link).unwrap();
-        let err = prepare_output(&link, "--out").unwrap_err();
+        let err = prepare_output(&link, "--out", false).unwrap_err();
         assert!(format!("{err:#}").contains("it links to /dev/full, a character device"));
         let ckpt = dir.path().join("ckpt-000000000064");
         std::fs::create_dir(&ckpt).unwrap();
         std::fs::write(ckpt.join("state.json"), b"{}").unwrap();
-        let err = prepare_output(&ckpt.join("generator_ema.mpk"), "--out").unwrap_err();
+        let err = prepare_output(&ckpt.join("generator_ema.mpk"), "--out", false).unwrap_err();
         assert!(
             format!("{err:#}").contains("that folder is a checkpoint"),
             "{err:#}"
         );
-        let err = prepare_output(&ckpt.join("new/sub/x.png"), "--out").unwrap_err();
+        let err = prepare_output(&ckpt.join("new/sub/x.png"), "--out", false).unwrap_err();
         assert!(
             format!("{err:#}").contains("that folder is a checkpoint"),
             "{err:#}"
@@ -254,8 +270,34 @@ mod tests {
         assert!(!ckpt.join("new").exists());
         std::fs::create_dir(dir.path().join("other")).unwrap();
         let dotted = dir.path().join("other/../ckpt-000000000064/x.png");
-        assert!(prepare_output(&dotted, "--out").is_err());
-        prepare_output(&dir.path().join("other/x.png"), "--out").unwrap();
+        assert!(prepare_output(&dotted, "--out", false).is_err());
+        prepare_output(&dir.path().join("other/x.png"), "--out", false).unwrap();
+    }
+
+    /// An existing file (the user's notes, a source image) is replaced only with --force; an
+    /// output refused because it lies below a run's checkpoints/ makes no folder there.
+    #[test]
+    fn existing_files_are_replaced_only_with_force_and_refusals_create_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, b"mine").unwrap();
+        let err = prepare_output(&notes, "--out", false).unwrap_err();
+        assert!(
+            format!("{err:#}").ends_with("already exists; pass --force to replace it"),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read(&notes).unwrap(), b"mine");
+        prepare_output(&notes, "--out", true).unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+        std::fs::write(run.join("config.toml"), b"").unwrap();
+        let inside = run.join("checkpoints/ckpt-000000009999/a/x.png");
+        let err = prepare_output(&inside, "--out", true).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("in the checkpoints folder of the run"),
+            "{err:#}"
+        );
+        assert!(!run.join("checkpoints/ckpt-000000009999").exists());
     }
 
     #[test]

@@ -108,6 +108,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let ckpt = found.path;
         self.restore(&ckpt)?;
+        // A rollback trains the stretch after the checkpoint again, tick ends included.
+        self.state.abandoned = None;
         self.state.consecutive_failures = failures;
         self.state.lr_multiplier = multiplier;
         self.state.cooldown_until =

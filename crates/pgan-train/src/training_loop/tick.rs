@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{Tick, Trainer};
 use crate::alarms::EvalPoint;
+use crate::checkpoint::{self, AbandonedMeasures};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate_generator, EvalSettings, Watch};
 use crate::images::{grid, save_png, upscale_cells, HostImages};
@@ -165,9 +166,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                         .check_eval(&report, at, &mut self.state.collapse),
                 );
             }
-            Err(TrainError::Interrupted) => self
-                .log
-                .info("evaluation abandoned for the stop request: this tick has no SWD/MS-SSIM"),
+            Err(TrainError::Interrupted) => {
+                self.log.info(
+                    "evaluation abandoned for the stop request: `pgan train --resume` measures it",
+                );
+                self.abandoned(phase).evaluation = true;
+            }
             Err(e) => self.log.warn(format!("evaluation skipped: {e}")),
         }
     }
@@ -189,11 +193,62 @@ impl<B: AutodiffBackend> Trainer<B> {
             &self.options.stop,
         ) {
             Ok(value) => put(row, key::FID, finite_or_null(value)),
-            Err(TrainError::Interrupted) => self
-                .log
-                .info("FID abandoned for the stop request: this tick has no FID"),
+            Err(TrainError::Interrupted) => {
+                self.log
+                    .info("FID abandoned for the stop request: `pgan train --resume` measures it");
+                self.abandoned(phase).fid = true;
+            }
             Err(e) => self.log.warn(format!("FID skipped: {e}")),
         }
+    }
+
+    /// The record of this tick's measurements a stop abandoned, made on first use.
+    fn abandoned(&mut self, phase: &Phase) -> &mut AbandonedMeasures {
+        let tick = self.state.tick;
+        self.state.abandoned.get_or_insert(AbandonedMeasures {
+            tick,
+            phase: *phase,
+            evaluation: false,
+            fid: false,
+        })
+    }
+
+    /// On a resume from a checkpoint whose tick's measurements a stop abandoned: takes them now
+    /// (the networks, seeds and alarm memory are those of that tick's end), adds them to that
+    /// tick's row in `metrics.jsonl` and clears the debt in the checkpoint.
+    pub(super) fn measure_what_a_stop_abandoned(
+        &mut self,
+        abandoned: AbandonedMeasures,
+        ckpt: &std::path::Path,
+    ) -> Result<()> {
+        if abandoned.tick != self.state.tick {
+            return Ok(());
+        }
+        let phase = abandoned.phase;
+        let mut row = Map::new();
+        let mut warnings = Vec::new();
+        if abandoned.evaluation {
+            self.evaluate(&phase, &mut row, &mut warnings);
+        }
+        if abandoned.fid && self.fid.is_some() {
+            self.measure_fid(&phase, &mut row);
+        }
+        if self.state.abandoned.is_some() {
+            // Stopped again: the checkpoint still owes them.
+            return Ok(());
+        }
+        for w in &warnings {
+            self.log.warn(format!("alarm: {w}"));
+        }
+        if !row.is_empty() || !warnings.is_empty() {
+            self.metrics
+                .amend_tick_row(abandoned.tick, row, warnings.len())?;
+        }
+        self.log.info(format!(
+            "measured what the stop abandoned at the end of tick {}",
+            abandoned.tick
+        ));
+        checkpoint::rewrite_state(ckpt, &self.state)
     }
 
     /// The one line per tick in `log.txt`.
