@@ -3053,7 +3053,7 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
     assert!(
         out.contains(
             "warning: schedule.total_kimg 0.02 ends the run mid-way through the \
-                      fade-in to 8x8, before it grows to 16x16"
+                      fade-in to 8x8, before the 16x16 network"
         ),
         "{out}"
     );

@@ -164,13 +164,28 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
     } else {
         loss
     };
+    let peers = crate::distributed::peer_count(config);
+    let devices = if config.run.devices.len() > 1 {
+        format!("devices {:?}", config.run.devices)
+    } else {
+        format!("device {}", config.run.device)
+    };
+    let devices = if config.nodes.several() {
+        format!(
+            "{devices}, node {} of {}: {peers} peers, each 1/{peers} of every minibatch",
+            config.nodes.rank, config.nodes.count
+        )
+    } else if peers > 1 {
+        format!("{devices}: {peers} peers, each 1/{peers} of every minibatch")
+    } else {
+        devices
+    };
     let _ = writeln!(
         out,
-        "parameters: G {}, D {}   loss: {loss}   backend: {} (device {})",
+        "parameters: G {}, D {}   loss: {loss}   backend: {} ({devices})",
         thousands(params.0),
         thousands(params.1),
         config.run.backend,
-        config.run.device
     );
     let _ = writeln!(out, "{}", describe_updates(config));
     let _ = writeln!(out, "{}", describe_evaluation(config, model));
@@ -247,9 +262,10 @@ pub fn describe(config: &TrainConfig, model: &ModelConfig) -> String {
 /// D's minibatch layer as the dry run prints it.
 fn describe_minibatch(model: &ModelConfig) -> String {
     match model.minibatch {
-        Minibatch::Stddev if model.mbstd_enabled() => {
-            format!("stddev (group {})", model.mbstd_group_size)
-        }
+        Minibatch::Stddev if model.mbstd_enabled() => format!(
+            "stddev (groups of min({}, minibatch per peer))",
+            model.mbstd_group_size
+        ),
         Minibatch::Stddev => format!("none (stddev group {})", model.mbstd_group_size),
         Minibatch::Discrimination => format!(
             "discrimination ({} kernels x {} dims)",
@@ -384,6 +400,23 @@ mod tests {
             ),
             "{plan}"
         );
+        assert!(plan.contains("backend: cpu (device 0)"), "{plan}");
+        assert!(!plan.contains("warning:"), "{plan}");
+
+        // Several devices, a total that ends off a whole minibatch and short of 16x16.
+        config.run.devices = vec![0, 1];
+        config.schedule.total_kimg = 0.05;
+        config.schedule.minibatch.clear();
+        config.schedule.minibatch_default = 12;
+        let plan = describe(&config, &model);
+        for said in [
+            "backend: cpu (devices [0, 1]: 2 peers, each 1/2 of every minibatch)",
+            "total: 0.050 kimg (50 images shown; the last whole minibatch ends it at 60)",
+            "warning: schedule.total_kimg 0.05 ends the run mid-way through the fade-in to \
+             16x16, before the 16x16 network (model.resolution) is fully grown",
+        ] {
+            assert!(plan.contains(said), "{said}\n{plan}");
+        }
     }
 
     #[test]

@@ -194,9 +194,9 @@ impl StageSchedule {
             format!("at {0}x{0}", end.resolution)
         };
         Some(format!(
-            "schedule.total_kimg {total} ends the run {reached}, before it grows to \
-             {top}x{top} (model.resolution): its last checkpoint, samples and evaluations are not \
-             of {top}x{top}; {top}x{top} is fully faded in at {grown} kimg"
+            "schedule.total_kimg {total} ends the run {reached}, before the {top}x{top} network \
+             (model.resolution) is fully grown: its last checkpoint, samples and evaluations are \
+             not of it; it is fully faded in at {grown} kimg"
         ))
     }
 

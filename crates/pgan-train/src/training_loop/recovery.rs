@@ -95,9 +95,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             let resolution = self.schedule.at(self.state.images_shown).resolution;
             return Err(TrainError::Diverged(format!(
                 "{max} rollbacks in a row did not get past {:.3} kimg at {resolution}x{resolution}. \
-                 Try a lower learning rate (schedule.lr_default), a smaller minibatch, a larger \
+                 Try {}a lower learning rate (schedule.lr_default), a smaller minibatch, a larger \
                  loss.gp_lambda, or resume from an earlier checkpoint in {}",
                 self.state.images_shown as f64 / 1000.0,
+                self.unusual_settings_to_check(),
                 self.run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
             )));
         }
@@ -137,5 +138,37 @@ impl<B: AutodiffBackend> Trainer<B> {
         state.open_tick = self.tick.open();
         checkpoint::rewrite_state(&ckpt, &state)?;
         Ok(())
+    }
+
+    /// The remedies set away from their neutral values, for the advice of a run that keeps
+    /// diverging ("the settings you changed first, then the usual suspects").
+    fn unusual_settings_to_check(&self) -> String {
+        let o = &self.config.optim;
+        let mut set = Vec::new();
+        for (key, value) in [
+            ("optim.lr_g_mult", o.lr_g_mult),
+            ("optim.lr_d_mult", o.lr_d_mult),
+        ] {
+            if value != 1.0 {
+                set.push(format!("{key} {value}"));
+            }
+        }
+        if self.config.instance_noise.sigma > 0.0 {
+            set.push(format!(
+                "instance_noise.sigma {}",
+                self.config.instance_noise.sigma
+            ));
+        }
+        if self.config.loss.feature_matching > 0.0 {
+            set.push(format!(
+                "loss.feature_matching {}",
+                self.config.loss.feature_matching
+            ));
+        }
+        if set.is_empty() {
+            String::new()
+        } else {
+            format!("the settings this run changes ({}), then ", set.join(", "))
+        }
     }
 }
