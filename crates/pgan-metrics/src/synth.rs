@@ -243,9 +243,12 @@ impl ModeSpec {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| MetricsError::io(path, e))?;
-        let spec: ModeSpec = serde_json::from_str(&text).map_err(|source| MetricsError::Json {
-            path: path.to_path_buf(),
-            source,
+        let spec: ModeSpec = serde_json::from_str(&text).map_err(|source| {
+            MetricsError::InvalidArgument(format!(
+                "{}: {source}: not a {MODES_FILE} written by `pgan synth` (pass the \
+                 {MODES_FILE} of its folder)",
+                path.display()
+            ))
         })?;
         spec.check().map_err(|problem| {
             MetricsError::InvalidArgument(format!(
@@ -299,6 +302,18 @@ impl ModeSpec {
                 return Err(format!(
                     "mode {index}'s centre {:?} is outside the image ([0, 1] per axis)",
                     mode.centre
+                ));
+            }
+        }
+        // Two entries the classifier cannot tell apart would make one mode read as missed.
+        let mut seen = std::collections::HashMap::new();
+        for mode in &self.table {
+            let looks = (mode.shape, mode.colour, mode.quadrant);
+            if let Some(first) = seen.insert(looks, mode.id) {
+                return Err(format!(
+                    "modes {first} and {} are the same shape, colour and quadrant, which no \
+                     classifier tells apart",
+                    mode.id
                 ));
             }
         }
@@ -486,7 +501,7 @@ pub fn synth(
     let spec = ModeSpec::new(modes, resolution, seed)?;
     if count == 0 {
         return Err(MetricsError::InvalidArgument(
-            "count must be positive".into(),
+            "--count 0: a dataset needs at least one image per mode".into(),
         ));
     }
     if count < modes {
@@ -668,6 +683,25 @@ mod tests {
                 "expected '{said}' in: {err}"
             );
         }
+        // Two entries alike.
+        let mut twins = good.clone();
+        twins.table[1] = ModeParams {
+            id: 1,
+            ..twins.table[0].clone()
+        };
+        std::fs::write(&path, serde_json::to_string(&twins).unwrap()).unwrap();
+        let err = ModeSpec::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("modes 0 and 1 are the same shape, colour and quadrant"),
+            "{err}"
+        );
+        // Another JSON file (the labels beside it) is named as not a modes.json.
+        std::fs::write(&path, r#"{"000.png": 3}"#).unwrap();
+        let err = ModeSpec::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("not a modes.json written by `pgan synth`"),
+            "{err}"
+        );
     }
 
     #[test]

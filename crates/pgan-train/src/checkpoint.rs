@@ -1061,7 +1061,13 @@ pub fn model_differences(checkpoint: &ModelConfig, config: &ModelConfig) -> Stri
         .filter(|(key, value)| b.get(*key) != Some(*value))
         .map(|(key, value)| {
             let other = b.get(key).map_or("(absent)".to_string(), |v| v.to_string());
-            format!("model.{key} = {value} in the checkpoint, {other} in the config")
+            // The channels are the dataset's, not a config key.
+            let whose = if key == "num_channels" {
+                "in the dataset"
+            } else {
+                "in the config"
+            };
+            format!("model.{key} = {value} in the checkpoint, {other} {whose}")
         })
         .collect::<Vec<_>>()
         .join("; ")
