@@ -86,10 +86,9 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         })?;
     }
     if config.eval.fid_enabled() {
+        // Read whole, as the run will: a file that is not the weights stops the dry run too.
         let weights = pgan_inception::resolve_weights_path(None);
-        if !weights.is_file() {
-            return Err(pgan_inception::InceptionError::WeightsMissing { path: weights }.into());
-        }
+        pgan_inception::InceptionWeights::load(&weights)?;
     }
     if let Some(resume) = &options.resume {
         let ckpt = checkpoint::resolve_checkpoint(resume)?;
