@@ -56,9 +56,9 @@ for group in "${groups[@]}"; do
     secs=$(cat "$work/train-mbstd$group.seconds")
     run=$(ls -d "$out"/*/ | sort | tail -n 1)
     "$PGAN" eval "$run" --modes "$synth/modes.json" --num "${PGAN_EVAL_NUM:-2048}" \
-        --pairs 256 --backend "$backend" --json "$work/eval-mbstd$group.json" >&2
+        --pairs 256 --backend "$backend" --json "$work/eval-mbstd$group.json" --force >&2
     "$PGAN" render "$run" --out "$work/sheet-mbstd$group.png" --seeds 0-63 --rows 8 --cols 8 \
-        --backend "$backend" >&2
+        --backend "$backend" --force >&2
     python3 - "$work/eval-mbstd$group.json" "$group" "$backend" "$secs" <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))

@@ -25,7 +25,7 @@ fid=()
 if [ "${PGAN_FID:-0}" = 1 ]; then fid=(--fid); fi
 # SWD's real-vs-real floor needs two disjoint draws of --num reals: the emoji set's 298 images
 # allow 149 (with more, the draws share images and the floor reads low).
-"$pgan" eval "$run" --num 149 --pairs 256 --json "$run/eval-bench.json" "${fid[@]}" > /dev/null
+"$pgan" eval "$run" --num 149 --pairs 256 --json "$run/eval-bench.json" --force "${fid[@]}" > /dev/null
 python3 - "$run/eval-bench.json" "$start" "$end" "$train_s" "$(nproc)" <<'PY' | tee -a docs/bench/quickstart.jsonl
 import json, sys, datetime
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")

@@ -112,7 +112,7 @@ one_run() {
     local run
     run=$(ls -d "$dir"/runs/*/ | sort | tail -n 1)
     "$PGAN" eval "$run" --modes "$synth/modes.json" --num "${PGAN_EVAL_NUM:-256}" --pairs 64 \
-        --json "$dir/eval.json" >"$dir/eval.log" 2>&1
+        --json "$dir/eval.json" --force >"$dir/eval.log" 2>&1
     cp "$run/log.txt" "$dir/log.txt"
     echo "$flags" >"$dir/flags"
     echo "done $name seed $seed" >&2

@@ -3007,7 +3007,7 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
             &["--total-kimg", "0.0004"][..],
             "schedule.total_kimg 0.0004 is less than one image (0.001 kimg)",
         ),
-        (&["--desc", " "][..], "run.desc (--desc) is empty"),
+        (&["--desc", " "][..], "run.desc is empty"),
         (
             &["--minibatch", "none", "--mbstd-group", "4"][..],
             "--mbstd-group sizes the minibatch-stddev layer, and the minibatch layer is none",

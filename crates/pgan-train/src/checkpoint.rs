@@ -127,6 +127,9 @@ pub struct TrainState {
 pub struct AbandonedMeasures {
     /// The tick whose row lacks them.
     pub tick: u64,
+    /// Where that tick ended: only a checkpoint written there can take them (several nodes
+    /// agree on a stop one step later, when the networks have moved on).
+    pub images_shown: u64,
     /// The phase they measure at (the tick's last step's).
     pub phase: crate::schedule::Phase,
     /// SWD and MS-SSIM (`eval.every_kimg`).
@@ -218,6 +221,11 @@ impl TrainState {
     fn to_json_with_checksum(&self) -> Vec<u8> {
         let mut state = self.clone();
         state.checksum = None;
+        // Written now, with both checksums: this format (a state of format 1 rewritten, by a
+        // rollback, keeps its format while it lists no record checksums).
+        if !state.files.is_empty() {
+            state.version = CHECKPOINT_VERSION;
+        }
         let plain = serde_json::to_vec_pretty(&state).expect("state serialises");
         state.checksum = Some(crc32fast::hash(&plain));
         serde_json::to_vec_pretty(&state).expect("state serialises")
@@ -274,6 +282,26 @@ impl TrainState {
         }
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(format!("alpha {} is not in [0, 1]", self.alpha));
+        }
+        if let Some(owed) = &self.abandoned {
+            let phase = &owed.phase;
+            if owed.tick != self.tick || owed.images_shown != images {
+                return Err(format!(
+                    "abandoned measurements of tick {} at {} images, but the state is at tick {} \
+                     and {images} images",
+                    owed.tick, owed.images_shown, self.tick
+                ));
+            }
+            if !pgan_spec::resolution::is_supported(phase.resolution)
+                || phase.batch == 0
+                || phase.batch > 4096
+                || !(0.0..=1.0).contains(&phase.alpha)
+            {
+                return Err(format!(
+                    "abandoned.phase ({}x{}, batch {}, alpha {}) is not a phase of a run",
+                    phase.resolution, phase.resolution, phase.batch, phase.alpha
+                ));
+            }
         }
         if let Some(open) = &self.open_tick {
             // The tick a stop cut: some of the images shown, in at most every step taken.
@@ -590,6 +618,13 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
             state.version
         )));
     }
+    if state.version < 2 && state.abandoned.is_some() {
+        return Err(bad(format!(
+            "{STATE_FILE} of format {} holds abandoned measurements, which only format 2 \
+             records: it was edited",
+            state.version
+        )));
+    }
     if state.version >= 2 && state.files.is_empty() {
         return Err(bad(format!(
             "{STATE_FILE} lists no record files with their checksums, which every checkpoint of \
@@ -798,6 +833,16 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
             Err(e) => skipped.push(e),
         }
     }
+    // None intact: the entries that are not folders are among the reasons too.
+    skipped.extend(
+        not_folders
+            .iter()
+            .rev()
+            .map(|(p, what)| TrainError::Checkpoint {
+                path: p.clone(),
+                message: format!("is {what}, not a checkpoint folder"),
+            }),
+    );
     let message = if skipped.is_empty() {
         format!("no checkpoint in this folder (expected {CHECKPOINTS_DIR}/ckpt-*/{STATE_FILE})")
     } else {

@@ -73,7 +73,7 @@ pub struct RunConfig {
     pub checkpoint_ticks: u64,
     /// Keep this many most recent checkpoints.
     pub keep_checkpoints: usize,
-    /// Write a sample grid every this many ticks.
+    /// Write a sample grid every this many ticks (0 counts as 1).
     pub sample_ticks: u64,
     /// Sample grid rows.
     pub sample_rows: usize,
@@ -1036,23 +1036,6 @@ impl TrainConfig {
         if r.sample_rows == 0 || r.sample_cols == 0 {
             return bad("run.sample_rows and run.sample_cols must be at least 1".into());
         }
-        if r.sample_ticks == 0 {
-            return bad(
-                "run.sample_ticks must be at least 1 (a sample sheet every N ticks)".into(),
-            );
-        }
-        if r.out_dir.as_os_str().is_empty() {
-            return bad(
-                "run.out_dir is empty: name the folder runs go in (\"runs\" by default)".into(),
-            );
-        }
-        if r.desc.as_deref().is_some_and(|d| d.trim().is_empty()) {
-            return bad(
-                "run.desc (--desc) is empty: give the run a name, or leave it out for \
-                        the dataset's name and resolution"
-                    .into(),
-            );
-        }
         if !(self.recovery.lr_factor > 0.0 && self.recovery.lr_factor <= 1.0) {
             return bad("recovery.lr_factor must be in (0, 1]".into());
         }
@@ -1209,9 +1192,10 @@ impl TrainConfig {
 fn check_resolution_key(table: &str, key: &str) -> Result<()> {
     let message = match key.parse::<u32>() {
         Ok(r) if pgan_spec::resolution::is_supported(r) && r.to_string() == key => return Ok(()),
-        Ok(r) if pgan_spec::resolution::is_supported(r) => {
-            format!("{table} key '{key}' must be written as the resolution itself: '{r}'")
-        }
+        Ok(r) if pgan_spec::resolution::is_supported(r) => format!(
+            "{table} key '{key}' is never looked up (the schedule asks for '{r}'): write '{r}' \
+             to apply it, or remove it (a run that has one trained without it)"
+        ),
         _ => format!("{table} key '{key}' is not a resolution (4, 8, 16, ... 1024)"),
     };
     Err(TrainError::Config {

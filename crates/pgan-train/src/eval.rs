@@ -90,6 +90,9 @@ impl EvalReport {
     }
 }
 
+/// The largest dataset level whose checksum `pgan eval` checks before measuring against it.
+const LEVEL_CHECK_BYTES: u64 = 4 << 30;
+
 /// Smallest resolution the mode classifier is trusted at: at 8x8 it labels most squares as
 /// discs (the reals of a balanced 16-mode set read square 0.56, disc 1.57 of their share).
 pub const MIN_MODES_RESOLUTION: u32 = 16;
@@ -595,11 +598,26 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
                 ),
             });
         }
-        // A level changed in place (same size) would be measured against silently.
-        say(&format!(
-            "checking the {resolution}x{resolution} level's checksum"
-        ));
-        reader.verify_level(resolution)?;
+        // A level changed in place (same size) would be measured against silently. Its
+        // checksum covers the whole level: beyond a few GiB, reading it would cost more than
+        // the evaluation, and `pgan verify` is the tool for it.
+        let level_bytes = reader.len() as u64
+            * u64::from(resolution)
+            * u64::from(resolution)
+            * reader.channels() as u64;
+        if level_bytes <= LEVEL_CHECK_BYTES {
+            say(&format!(
+                "checking the {resolution}x{resolution} level's checksum"
+            ));
+            reader.verify_level(resolution)?;
+        } else {
+            report.warnings.push(format!(
+                "{}: the {resolution}x{resolution} level ({:.1} GiB) was read without checking \
+                 its checksum (`pgan verify` checks every level)",
+                path.display(),
+                level_bytes as f64 / (1u64 << 30) as f64
+            ));
+        }
         let current = crate::checkpoint::DatasetFingerprint::of(&reader);
         if let Some(trained) = loaded
             .state

@@ -33,6 +33,27 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     crate::backend::check_compiled(config.run.backend)?;
     crate::backend::check_device_index(config.run.backend, config.run.device)?;
     if options.resume.is_none() {
+        // Where a new run's folder goes, and its name (a resume keeps both).
+        let bad = |message: &str| TrainError::Config {
+            path: None,
+            message: message.into(),
+        };
+        if config.run.out_dir.as_os_str().is_empty() {
+            return Err(bad(
+                "run.out_dir is empty: name the folder runs go in (\"runs\" by default)",
+            ));
+        }
+        if config
+            .run
+            .desc
+            .as_deref()
+            .is_some_and(|d| d.trim().is_empty())
+        {
+            return Err(bad(
+                "run.desc is empty: give the run a name, or leave it out for the dataset's name \
+                 and resolution",
+            ));
+        }
         crate::run_dir::check_out_dir(&config.run.out_dir)?;
     }
     let data_path = config.data.path.clone().ok_or_else(|| TrainError::Config {
@@ -124,7 +145,9 @@ pub(crate) fn check_total_not_passed(
     ckpt: &Path,
 ) -> Result<()> {
     let total = (config.schedule.total_kimg * 1000.0).round() as u64;
-    if state.images_shown <= total {
+    // A run whose last step passed its total, stopped during that tick's measurements: the
+    // resume takes them and trains nothing.
+    if state.images_shown <= total || state.abandoned.is_some() {
         return Ok(());
     }
     Err(TrainError::Config {

@@ -224,13 +224,9 @@ impl RunLog {
         self.line("WARN", message.as_ref());
     }
 
-    /// A stop before training began (Ctrl-C during the nodes' join), into `log.txt` only: the
-    /// command prints it as it ends.
-    pub fn stopped(&mut self, message: impl AsRef<str>) {
-        self.write_line("INFO", message.as_ref(), false);
-    }
-
-    /// An informational line into `log.txt` only (the terminal has its own context).
+    /// An informational line into `log.txt` only: a session's first line (the terminal has its
+    /// own context), a stop before training began (Ctrl-C during the nodes' join, which the
+    /// command prints as it ends).
     pub fn write_only(&mut self, message: impl AsRef<str>) {
         self.write_line("INFO", message.as_ref(), false);
     }

@@ -332,8 +332,11 @@ impl MetricsWriter {
         };
         let mut row: Map<String, Value> =
             serde_json::from_str(&lines[at]).expect("the line was read as a row");
+        // Amended before (a kill came before the checkpoint said so): the values are the
+        // same, and the alarms are counted already.
+        let amended_before = entries.keys().any(|k| row.contains_key(k));
         row.extend(entries);
-        if alarms > 0 {
+        if alarms > 0 && !amended_before {
             let before = row
                 .get(key::ALARM_COUNT)
                 .and_then(Value::as_u64)

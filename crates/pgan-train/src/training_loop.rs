@@ -383,7 +383,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             // A resumed run's log keeps the failed join (the folder is otherwise as it was).
             Err(e @ TrainError::StoppedWaiting { .. }) => {
-                trainer.log.stopped(e.to_string());
+                trainer.log.write_only(e.to_string());
                 return Err(e);
             }
             Err(e) => {
@@ -828,12 +828,16 @@ fn lost_rows_warning(
         _ if ticks == 0 => None,
         Some(row) => Some(format!(
             "{}: its last tick row is tick {} ({:.3} kimg), but the checkpoint closed {ticks} \
-             ticks: the rows of ticks {} to {ticks} are lost (the curves in the report have a \
-             gap there; the run goes on from the checkpoint)",
+             ticks: {} lost (the curves in the report have a gap there; the run goes on from \
+             the checkpoint)",
             path.display(),
             row.tick,
             row.images as f64 / 1000.0,
-            row.tick + 1,
+            if row.tick + 1 == ticks {
+                format!("the row of tick {ticks} is")
+            } else {
+                format!("the rows of ticks {} to {ticks} are", row.tick + 1)
+            },
         )),
         None => Some(format!(
             "{}: no tick rows (missing or unreadable), but the checkpoint closed {ticks} ticks: \

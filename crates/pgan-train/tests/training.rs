@@ -820,6 +820,52 @@ fn a_stop_during_the_evaluation_abandons_it_and_checkpoints() {
         .is_none());
 }
 
+/// A stop during the last tick's evaluation, whose last step went past `total_kimg`: the run
+/// says it stopped (not finished), and the resume, which trains nothing, measures it.
+#[test]
+fn a_stop_during_the_last_evaluation_is_a_stop_and_the_resume_measures_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 16);
+    let with_eval = |out: &str| {
+        let mut config = tiny_config(&data, &dir.path().join(out));
+        config.model.resolution = 16;
+        config.schedule.start_resolution = 16;
+        // Steps of 4 images: the last ends at 128.
+        config.schedule.total_kimg = 0.126;
+        config.eval.every_kimg = 0.126;
+        config.eval.num_images = 8;
+        config
+    };
+    let straight = train(TrainOptions::new(with_eval("a"))).unwrap();
+    assert!(!straight.interrupted);
+    assert_eq!(straight.images_shown, 128);
+    let faults = Faults {
+        stop_at_evaluation: true,
+        ..Faults::default()
+    };
+    let stopped = train_with_faults(TrainOptions::new(with_eval("b")), faults).unwrap();
+    assert!(stopped.interrupted, "a stop during the last measurements");
+    assert_eq!(stopped.images_shown, 128);
+    let owed = checkpoint::read_state(&stopped.checkpoint)
+        .unwrap()
+        .abandoned
+        .expect("the checkpoint owes the evaluation");
+    assert!(owed.evaluation && owed.images_shown == 128);
+
+    let mut second = TrainOptions::new(with_eval("b"));
+    second.resume = Some(stopped.run_dir.clone());
+    let resumed = train(second).unwrap();
+    assert!(!resumed.interrupted);
+    assert_eq!(
+        measured_rows(&resumed.run_dir),
+        measured_rows(&straight.run_dir)
+    );
+    assert!(checkpoint::read_state(&resumed.checkpoint)
+        .unwrap()
+        .abandoned
+        .is_none());
+}
+
 #[test]
 fn a_stop_mid_tick_after_a_nan_rolls_back_instead_of_checkpointing_it() {
     let dir = tempfile::tempdir().unwrap();

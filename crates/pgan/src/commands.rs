@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
 use crate::paths::{
-    check_output, checkpoint_of, create_folders_above, prepare_output, refuse_inputs,
-    refuse_run_file, same_file,
+    check_output, checkpoint_of, create_folders_above, prepare_output, prepare_outputs,
+    refuse_inputs, refuse_run_file, same_file,
 };
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
@@ -48,14 +48,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn convert_inception(torchscript: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode> {
+    // Without --out: $PGAN_INCEPTION or the cache path, which the messages name as such.
+    let flag = if out.is_some() {
+        "--out"
+    } else {
+        "the weights file ($PGAN_INCEPTION or the default)"
+    };
     let out = pgan_inception::resolve_weights_path(out.as_deref());
     refuse_inputs(
         &out,
-        "--out",
+        flag,
         &[("the TorchScript file", torchscript.to_path_buf())],
     )?;
     // Written through a symbolic link, as every other output is.
-    let target = prepare_output(&out, "--out", force)?;
+    let target = prepare_output(&out, flag, force)?;
     exit_on_signal_removing_temps(vec![out.clone()])?;
     let weights = pgan_inception::InceptionWeights::from_torchscript(torchscript)?;
     weights.save(
@@ -442,16 +448,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     if args.data_changed_ok && args.resume.is_none() {
         bail!("--data-changed-ok only applies with --resume");
     }
-    if args.data_changed_ok && args.data.is_none() {
-        bail!("--data-changed-ok only applies with --data (the dataset to continue on)");
-    }
     if args.dry_run {
         let mut options = TrainOptions::new(config);
         options.resume = args.resume.clone();
         options.data_changed_ok = args.data_changed_ok;
         options.stop_after_kimg = args.stop_after_kimg;
         // The checks of a real start, so that a dry run that passes is a run that starts.
-        let checked = pgan_train::preflight(&options).map_err(with_flag_hint)?;
+        let checked =
+            pgan_train::preflight(&options).map_err(|e| name_where_it_was_set(e, &args))?;
         println!("{}", checked.config.to_toml());
         println!(
             "{}",
@@ -623,6 +627,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             );
         }
     }
+    let mut checked: Vec<(&Path, &str)> = outputs.iter().map(|o| (o.as_path(), "--out")).collect();
     if let Some(latents) = &args.save_latents {
         if outputs.iter().any(|out| same_file(out, latents)) {
             bail!(
@@ -630,11 +635,9 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
                 latents.display()
             );
         }
-        prepare_output(latents, "--save-latents", args.force)?;
+        checked.push((latents, "--save-latents"));
     }
-    for out in &outputs {
-        prepare_output(out, "--out", args.force)?;
-    }
+    prepare_outputs(&checked, args.force)?;
     exit_on_signal_removing_temps(outputs.iter().chain(&args.save_latents).cloned().collect())?;
     // A timeline draws every checkpoint of the run; the others draw one.
     let source = if args.timeline {
@@ -850,24 +853,25 @@ fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
     .into_iter()
     .filter_map(|(what, path)| path.clone().map(|p| (what, p)))
     .collect();
-    let mut outputs = Vec::new();
+    let mut outputs: Vec<(PathBuf, &str)> = Vec::new();
     if let Some(path) = &args.json {
-        refuse_inputs(path, "--json", &inputs)?;
-        prepare_output(path, "--json", args.force)?;
-        outputs.push(path.clone());
+        outputs.push((path.clone(), "--json"));
     }
     if let Some(prefix) = &args.save_features {
         for half in ["real", "fake"] {
             let file = pgan_train::inception_metrics::features_file(prefix, half);
-            refuse_inputs(&file, "--save-features", &inputs)?;
-            prepare_output(&file, "--save-features", args.force)?;
-            outputs.push(file);
+            outputs.push((file, "--save-features"));
         }
     }
     if outputs.is_empty() {
         return Ok(());
     }
-    exit_on_signal_removing_temps(outputs)
+    for (out, flag) in &outputs {
+        refuse_inputs(out, flag, &inputs)?;
+    }
+    let checked: Vec<(&Path, &str)> = outputs.iter().map(|(o, f)| (o.as_path(), *f)).collect();
+    prepare_outputs(&checked, args.force)?;
+    exit_on_signal_removing_temps(outputs.into_iter().map(|(o, _)| o).collect())
 }
 
 /// Set when [`exit_on_signal_removing_temps`]'s handler has begun: the handler ends the
@@ -946,7 +950,6 @@ fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// A library error with the flag that fixes it, where one flag does (the libraries name no flags).
 /// A config value refused by its checks, with where it came from: the flags that set the keys
 /// the message names, else the config file (for `--resume`, the run's own `config.toml`, which
 /// the user may never have opened).
@@ -986,7 +989,7 @@ fn name_where_it_was_set(err: TrainError, args: &TrainArgs) -> anyhow::Error {
 /// The train flags given on this command line, each with the config keys it sets (as the
 /// checks' messages spell them).
 fn flags_and_their_keys(args: &TrainArgs) -> Vec<(&'static str, &'static [&'static str])> {
-    let given: [(&str, bool, &[&str]); 26] = [
+    let given: [(&str, bool, &[&str]); 32] = [
         ("--data", args.data.is_some(), &["data.path"]),
         ("--out-dir", args.out_dir.is_some(), &["run.out_dir"]),
         ("--desc", args.desc.is_some(), &["run.desc"]),
@@ -1045,7 +1048,37 @@ fn flags_and_their_keys(args: &TrainArgs) -> Vec<(&'static str, &'static [&'stat
             &["schedule.minibatch", "the minibatch"],
         ),
         ("--lr", args.lr.is_some(), &["schedule.lr"]),
-        ("--loss", args.loss.is_some(), &["loss."]),
+        ("--loss", args.loss.is_some(), &["loss.kind"]),
+        (
+            "--real-label",
+            args.real_label.is_some(),
+            &["loss.real_label"],
+        ),
+        (
+            "--feature-matching",
+            args.feature_matching.is_some(),
+            &["loss.feature_matching"],
+        ),
+        (
+            "--instance-noise",
+            args.instance_noise.is_some(),
+            &["instance_noise.sigma"],
+        ),
+        (
+            "--instance-noise-kimg",
+            args.instance_noise_kimg.is_some(),
+            &["instance_noise.anneal_kimg"],
+        ),
+        (
+            "--lr-g-mult",
+            args.lr_g_mult.is_some(),
+            &["optim.lr_g_mult"],
+        ),
+        (
+            "--lr-d-mult",
+            args.lr_d_mult.is_some(),
+            &["optim.lr_d_mult"],
+        ),
         ("--d-steps", args.d_steps.is_some(), &["optim.d_steps"]),
         (
             "--mbstd-group",
@@ -1060,7 +1093,7 @@ fn flags_and_their_keys(args: &TrainArgs) -> Vec<(&'static str, &'static [&'stat
         (
             "--ema-half-life-kimg",
             args.ema_half_life_kimg.is_some(),
-            &["ema."],
+            &["ema.half_life_kimg"],
         ),
         (
             "--eval-every-kimg",
@@ -1077,6 +1110,7 @@ fn flags_and_their_keys(args: &TrainArgs) -> Vec<(&'static str, &'static [&'stat
         .collect()
 }
 
+/// A library error with the flag that fixes it, where one flag does (the libraries name no flags).
 fn with_flag_hint(err: TrainError) -> anyhow::Error {
     let hint = match &err {
         TrainError::NoDevice { backend, .. } if backend == "wgpu" => {

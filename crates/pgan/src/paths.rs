@@ -11,6 +11,26 @@ use anyhow::{bail, Context, Result};
 /// a `.pgan` dataset is never replaced, and the temporary files of earlier commands killed while writing it are removed.
 /// Returns the file a write replaces (the end of a symlink chain).
 pub fn prepare_output(out: &Path, flag: &str, force: bool) -> Result<PathBuf> {
+    let mut targets = prepare_outputs(&[(out, flag)], force)?;
+    Ok(targets.remove(0))
+}
+
+/// [`prepare_output`] for every output of one command: all are checked before any folder is
+/// made or temporary file removed, so that a refusal of the last leaves no trace of the first.
+pub fn prepare_outputs(outputs: &[(&Path, &str)], force: bool) -> Result<Vec<PathBuf>> {
+    let targets = outputs
+        .iter()
+        .map(|&(out, flag)| check_new_output(out, flag, force))
+        .collect::<Result<Vec<_>>>()?;
+    for (target, &(_, flag)) in targets.iter().zip(outputs) {
+        create_folders_above(target, flag)?;
+        pgan_data::remove_stale_temps(target);
+    }
+    Ok(targets)
+}
+
+/// The checks of [`prepare_output`], which write nothing.
+fn check_new_output(out: &Path, flag: &str, force: bool) -> Result<PathBuf> {
     let target = check_output(out, flag)?;
     if is_dataset(&target) {
         bail!(
@@ -27,8 +47,6 @@ pub fn prepare_output(out: &Path, flag: &str, force: bool) -> Result<PathBuf> {
             out.display()
         );
     }
-    create_folders_above(&target, flag)?;
-    pgan_data::remove_stale_temps(&target);
     Ok(target)
 }
 

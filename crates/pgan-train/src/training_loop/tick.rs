@@ -202,15 +202,21 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
-    /// The record of this tick's measurements a stop abandoned, made on first use.
+    /// The record of this tick's measurements a stop abandoned, made on first use (a record
+    /// of an earlier tick, whose checkpoint was never written, gives way).
     fn abandoned(&mut self, phase: &Phase) -> &mut AbandonedMeasures {
-        let tick = self.state.tick;
-        self.state.abandoned.get_or_insert(AbandonedMeasures {
-            tick,
+        let fresh = AbandonedMeasures {
+            tick: self.state.tick,
+            images_shown: self.state.images_shown,
             phase: *phase,
             evaluation: false,
             fid: false,
-        })
+        };
+        let record = self.state.abandoned.get_or_insert(fresh);
+        if record.tick != fresh.tick {
+            *record = fresh;
+        }
+        record
     }
 
     /// On a resume from a checkpoint whose tick's measurements a stop abandoned: takes them now
@@ -221,8 +227,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         abandoned: AbandonedMeasures,
         ckpt: &std::path::Path,
     ) -> Result<()> {
-        if abandoned.tick != self.state.tick {
-            return Ok(());
+        if abandoned.images_shown != self.state.images_shown {
+            // Several nodes agree on a stop with the next step's gradients: that step was
+            // taken, and the networks of the tick's end are gone.
+            self.log.warn(format!(
+                "the stop came during the measurements of tick {} and the run stopped after one \
+                 more step: its row stays without them",
+                abandoned.tick
+            ));
+            return self.clear_abandoned(ckpt);
         }
         let phase = abandoned.phase;
         let mut row = Map::new();
@@ -248,7 +261,18 @@ impl<B: AutodiffBackend> Trainer<B> {
             "measured what the stop abandoned at the end of tick {}",
             abandoned.tick
         ));
-        checkpoint::rewrite_state(ckpt, &self.state)
+        self.clear_abandoned(ckpt)
+    }
+
+    /// The checkpoint resumed from no longer owes its measurements: its `state.json` as it
+    /// stands on disk (not the resume's state, which may have adopted another dataset), with
+    /// the alarms' memory of the measurements taken and the debt removed.
+    fn clear_abandoned(&self, ckpt: &std::path::Path) -> Result<()> {
+        let mut on_disk = checkpoint::read_state(ckpt)?;
+        on_disk.abandoned = None;
+        on_disk.collapse = self.state.collapse.clone();
+        on_disk.gradients = self.state.gradients.clone();
+        checkpoint::rewrite_state(ckpt, &on_disk)
     }
 
     /// The one line per tick in `log.txt`.
