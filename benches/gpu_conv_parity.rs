@@ -186,7 +186,7 @@ mod gpu {
             for batch in [4, 8] {
                 let start = Instant::now();
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    check_step::<B>(device, &model, &loss, resolution, 0.5, batch, tolerance)
+                    check_step::<B>(device, &model, &loss, resolution, 0.5, batch, 1, tolerance)
                 }));
                 let mut row = serde_json::json!({
                     "bench": "gpu_step_parity",

@@ -1722,6 +1722,24 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         out.contains("--fake") && out.contains("no such file"),
         "{out}"
     );
+    // A folder as the features' prefix would hide them as `-real.npy` in it.
+    let out = run_err(
+        pgan()
+            .arg("eval")
+            .arg("--fake")
+            .arg(dir.path().join("tiny.pgan"))
+            .arg("--real")
+            .arg(dir.path().join("tiny.pgan"))
+            .arg("--fid")
+            .arg("--inception")
+            .arg(&modes)
+            .arg("--save-features")
+            .arg(format!("{}/", outputs.display())),
+    );
+    assert!(
+        out.contains("--save-features") && out.contains("a folder; give a file name prefix"),
+        "{out}"
+    );
     // Without the reference set: named as the README teaches it, --real.
     let out = run_err(
         pgan()
@@ -1968,6 +1986,11 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let fids = metrics.matches("\"Metrics/fid\":").count();
     assert_eq!(fids, 2, "FID at 0.032 and 0.064 kimg: {metrics}");
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(
+        log.contains("FID of 4 generated images is biased upward"),
+        "{log}"
+    );
     run_ok(pgan().arg("report").arg(&run));
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(html.contains("Fréchet Inception Distance"));
@@ -1987,6 +2010,10 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let eval = |extra: &[&str]| eval_num("4", extra);
     let out = run_ok(eval(&[]).arg("--json").arg(&json));
     assert!(out.contains("FID") && out.contains("precision"), "{out}");
+    assert!(
+        out.contains("warning: FID of 4 generated images is biased upward"),
+        "{out}"
+    );
     let parsed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let fid = parsed["fid"].as_f64().expect("fid in the JSON");
@@ -2057,6 +2084,87 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         .parse()
         .unwrap();
     assert!(same.abs() < 1e-3, "a set against itself: {out}");
+
+    // Transparent images read from a folder are composited as `pgan prepare` composited them:
+    // by default onto the background the .pgan they are compared with was prepared on, so the
+    // folder and the file made from it are one set; another colour is another set.
+    let clear = dir.path().join("clear");
+    std::fs::create_dir_all(&clear).unwrap();
+    for k in 0..4u32 {
+        image::RgbaImage::from_fn(16, 16, |x, y| {
+            image::Rgba([
+                (x * 15) as u8,
+                (y * 15 + k * 20) as u8,
+                90,
+                ((x + y) * 8) as u8,
+            ])
+        })
+        .save(clear.join(format!("{k}.png")))
+        .unwrap();
+    }
+    let clear_pgan = dir.path().join("clear.pgan");
+    run_ok(pgan().arg("prepare").arg(&clear).arg(&clear_pgan).args([
+        "--resolution",
+        "16",
+        "--quiet",
+        "--background",
+        "ff0000",
+    ]));
+    let clear_against_its_file = |extra: &[&str]| {
+        let out = run_ok(
+            pgan()
+                .args(["eval", "--fid", "--real"])
+                .arg(&clear_pgan)
+                .arg("--fake")
+                .arg(&clear)
+                .arg("--inception")
+                .arg(&weights)
+                .args(extra),
+        );
+        let fid: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("FID "))
+            .expect("FID line")
+            .trim()
+            .parse()
+            .unwrap();
+        (fid, out)
+    };
+    let (fid, out) = clear_against_its_file(&[]);
+    assert!(fid.abs() < 1e-3, "{out}");
+    assert!(
+        out.contains("compared: 4 images with transparency composited onto #ff0000"),
+        "{out}"
+    );
+    let (fid, out) = clear_against_its_file(&["--background", "000000"]);
+    assert!(
+        fid > 1.0,
+        "black under the folder, red under the file: {out}"
+    );
+    assert!(out.contains("onto #000000"), "{out}");
+    let err = run_err(
+        pgan()
+            .args(["eval", "--fid", "--background", "red", "--real"])
+            .arg(&clear_pgan)
+            .arg("--fake")
+            .arg(&clear),
+    );
+    assert!(
+        err.contains("--background") && err.contains("'red'"),
+        "{err}"
+    );
+    // Flags that shape a checkpoint's generated images mean nothing between two sets.
+    for flag in [["--num", "8"], ["--pairs", "8"], ["--truncation", "1"]] {
+        let err = run_err(
+            pgan()
+                .args(["eval", "--fid", "--real"])
+                .arg(&reals)
+                .arg("--fake")
+                .arg(&fakes)
+                .args(flag),
+        );
+        assert!(err.contains(flag[0]) && err.contains("--fake"), "{err}");
+    }
 
     // Errors: missing and corrupt weights, too few images, a dataset below the checkpoint.
     let missing = dir.path().join("nowhere.safetensors");

@@ -349,8 +349,9 @@ pub(crate) fn check_size(
     Ok(())
 }
 
-/// Convert to interleaved 8-bit RGB or luma, compositing alpha onto `bg`.
-pub(crate) fn to_channels(img: DynamicImage, channels: u8, bg: [u8; 3]) -> Vec<u8> {
+/// Convert to interleaved 8-bit RGB (`channels` 3) or luma (1), compositing alpha onto `bg`:
+/// what `pgan prepare` stores, so anything else that reads an image folder sees the same pixels.
+pub fn to_channels(img: DynamicImage, channels: u8, bg: [u8; 3]) -> Vec<u8> {
     let img = if img.color().has_alpha() {
         DynamicImage::ImageRgb8(composite(img, bg))
     } else {

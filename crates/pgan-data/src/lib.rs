@@ -31,7 +31,7 @@ pub use error::{DataError, Result};
 pub use files::{remove_own_temps, remove_stale_temps, temp_path_for};
 pub use format::Header;
 pub use ingest::{
-    decode, has_image_extension, walk, Fit, Walk, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,
+    decode, has_image_extension, to_channels, walk, Fit, Walk, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,
 };
 pub use manifest::{escape_name, printable, unescape_name, Manifest, ManifestOptions};
 pub use reader::{LevelCheck, PyramidReader, VerifyReport};

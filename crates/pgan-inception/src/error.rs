@@ -10,8 +10,10 @@ pub type Result<T> = std::result::Result<T, InceptionError>;
 pub enum InceptionError {
     /// The converted weights file does not exist.
     #[error(
-        "inception weights not found at {}: run scripts/fetch-inception.sh to download and convert them",
-        path.display()
+        "inception weights not found at {}: run scripts/fetch-inception.sh to download and convert \
+         them, or point ${} at the converted file",
+        path.display(),
+        crate::WEIGHTS_ENV
     )]
     WeightsMissing {
         /// The path looked at.

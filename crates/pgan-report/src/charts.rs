@@ -402,33 +402,36 @@ fn draw_into(
             .map_err(|e| e.to_string())?;
     }
 
-    // Resolution labels at the top, at the first segment of each resolution,
-    // skipped where they would overlap the previous label.
+    // Resolution labels at the top, at the start of each resolution, where they fit before the
+    // next resolution begins: a stage too short for its label gets none rather than one that
+    // reads as the next stage's.
     let text_style = ("sans-serif", 20)
         .into_font()
         .style(FontStyle::Bold)
         .color(&RGBColor(70, 70, 70));
-    let mut last_label_end = i32::MIN;
-    let mut prev_res = None;
+    let mut starts: Vec<(u32, f64)> = Vec::new();
     for s in segments {
-        if s.resolution == prev_res {
-            continue;
+        if let Some(r) = s.resolution {
+            if starts.last().is_none_or(|&(last, _)| last != r) {
+                starts.push((r, s.start_kimg.max(x0)));
+            }
         }
-        prev_res = s.resolution;
-        let text = match s.resolution {
-            Some(r) => format!("{r}²"),
-            None => continue,
-        };
-        let (px, _) = chart.backend_coord(&(s.start_kimg.max(x0), y1));
+    }
+    let mut last_label_end = i32::MIN;
+    for (i, &(r, start)) in starts.iter().enumerate() {
+        let text = format!("{r}²");
+        let (px, _) = chart.backend_coord(&(start, y1));
+        let next_px = starts
+            .get(i + 1)
+            .map_or(i32::MAX, |&(_, next)| chart.backend_coord(&(next, y1)).0);
         let width = 10 * text.chars().count() as i32 + 6;
-        if px < last_label_end {
+        if px < last_label_end || px.saturating_add(width) > next_px {
             continue;
         }
         last_label_end = px + width + 4;
         chart
             .draw_series(std::iter::once(
-                EmptyElement::at((s.start_kimg.max(x0), y1))
-                    + Text::new(text, (4, 4), text_style.clone()),
+                EmptyElement::at((start, y1)) + Text::new(text, (4, 4), text_style.clone()),
             ))
             .map_err(|e| e.to_string())?;
     }
@@ -650,5 +653,29 @@ mod tests {
         assert_eq!(chart.svg.matches("fill=\"#FFC400\"").count(), 2);
         assert!(chart.svg.contains("stroke=\"#C80000\""), "rollback line");
         assert_eq!(chart.rollbacks, 1);
+    }
+
+    #[test]
+    fn a_stage_too_short_for_its_label_gets_none() {
+        // 4x4 for 0.05 of 20 kimg: its label would cover the 8x8 fade's boundary.
+        let mut text = String::new();
+        for i in 1..=40 {
+            let kimg = i as f64 * 0.5;
+            let (res, phase, start) = match kimg {
+                k if k <= 0.05 => (4, "stable", 0.0),
+                k if k <= 10.0 => (8, "fade", 0.05),
+                _ => (8, "stable", 10.0),
+            };
+            text.push_str(&format!(
+                "{{\"kimg\":{kimg},\"resolution\":{res},\"phase\":\"{phase}\",\
+                 \"phase_start_kimg\":{start},\"Loss/D\":1.0}}\n"
+            ));
+        }
+        text.insert_str(0, "{\"kimg\":0.04,\"resolution\":4,\"phase\":\"stable\",\"phase_start_kimg\":0,\"Loss/D\":1.0}\n");
+        let t = ticks(&text);
+        let chart = draw_chart(&CHARTS[0], &t, &segments(&t)).unwrap().unwrap();
+        let texts = texts(&chart.svg);
+        assert!(!texts.iter().any(|t| t == "4²"), "{texts:?}");
+        assert_eq!(texts.iter().filter(|t| *t == "8²").count(), 1, "{texts:?}");
     }
 }

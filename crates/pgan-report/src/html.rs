@@ -34,9 +34,10 @@ pub fn png_data_uri(bytes: &[u8]) -> String {
     )
 }
 
-/// True for log lines the report highlights: warnings and alarms.
+/// True for log lines the report highlights: warnings (alarms among them) and errors, by the
+/// line's level rather than by words in its message.
 pub fn is_alert_line(line: &str) -> bool {
-    line.contains("WARN") || line.to_ascii_lowercase().contains("alarm")
+    matches!(crate::run::log_level(line), Some("WARN" | "ERROR"))
 }
 
 const CSS: &str = r#"
@@ -118,7 +119,7 @@ pub fn render(page: &Page<'_>) -> String {
         h.push_str("</ul></div>\n");
     }
 
-    summary_section(&mut h, page.stats);
+    summary_section(&mut h, page.stats, run.log.as_ref());
     charts_section(&mut h, page.charts, page.stats.ticks);
     samples_section(&mut h, run);
 
@@ -160,7 +161,7 @@ pub fn render(page: &Page<'_>) -> String {
     h
 }
 
-fn summary_section(h: &mut String, st: &RunStats) {
+fn summary_section(h: &mut String, st: &RunStats, log: Option<&crate::run::LogTail>) {
     h.push_str(
         "<h2 id=\"summary\">Summary</h2>\n<div class=\"tables\">\n<table class=\"summary\">\n",
     );
@@ -169,7 +170,7 @@ fn summary_section(h: &mut String, st: &RunStats) {
         .as_deref()
         .map(|p| format!(" ({p})"))
         .unwrap_or_default();
-    let rows: [(&str, String); 9] = [
+    let mut rows: Vec<(&str, String)> = vec![
         (
             "ticks",
             opt(st.last_tick, |t| format!("{t} ({} logged)", st.ticks)),
@@ -185,7 +186,7 @@ fn summary_section(h: &mut String, st: &RunStats) {
         ("peak RSS", opt(st.peak_rss_mb, |v| format!("{v:.0} MB"))),
         ("rollbacks", st.rollbacks.to_string()),
         (
-            "non-finite values",
+            "non-finite values in metrics.jsonl",
             if st.non_finite == 0 {
                 "none".to_string()
             } else {
@@ -193,6 +194,13 @@ fn summary_section(h: &mut String, st: &RunStats) {
             },
         ),
     ];
+    // A diverged run's NaN steps are rolled back before a row is written: the log tells.
+    if let Some(log) = log {
+        rows.push(("warnings in log.txt", log.warnings.to_string()));
+        if let Some(error) = &log.last_error {
+            rows.push(("last error in log.txt", error.clone()));
+        }
+    }
     for (k, v) in rows {
         let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(&v));
     }
@@ -369,9 +377,17 @@ mod tests {
 
     #[test]
     fn alert_lines() {
-        assert!(is_alert_line("2024 WARN lr too high"));
-        assert!(is_alert_line("NaN alarm: rolled back"));
-        assert!(is_alert_line("ALARM"));
+        assert!(is_alert_line(
+            "2026-12-06 02:31:08 WARN alarm: D loss spiked"
+        ));
+        assert!(is_alert_line(
+            "2026-12-06 02:31:08 ERROR training stopped: diverged"
+        ));
+        assert!(is_alert_line("[  44.8s] ERROR NaN alarm: rolled back"));
+        // By level, not by the words of an informational message.
+        assert!(!is_alert_line(
+            "2026-12-06 02:31:08 INFO alarms: none; WARN levels in this log mark them"
+        ));
         assert!(!is_alert_line("warning-free tick 3"));
     }
 

@@ -247,6 +247,9 @@ mod tests {
         assert!(h.contains("16×16 (stable)"));
         assert!(h.contains("<td>8×8</td><td>fade → stable</td>"));
         assert!(h.contains("<th>rollbacks</th><td>1</td>"));
+        // The log's warnings counted over all of it, and the error that ended a session.
+        assert!(h.contains("<th>warnings in log.txt</th><td>1</td>"), "{h}");
+        assert!(h.contains("<th>last error in log.txt</th><td>[  44.8s] ERROR NaN alarm"));
 
         // NaN noted, not drawn.
         assert!(h.contains("Grad/G/norm: 1 non-finite value(s) not drawn: line 30 (kimg 7.5)"));

@@ -224,10 +224,11 @@ pub struct Segment {
     pub phase: Option<String>,
     /// Stage index of the first tick, if logged.
     pub stage: Option<i64>,
-    /// kimg where the segment starts: the previous segment's last kimg
-    /// (ticks log the kimg reached at their end), or the first tick's kimg.
+    /// kimg where the segment starts: the schedule's start of the phase when the rows log it
+    /// (`phase_start_kimg`), else the previous segment's last kimg (ticks log the kimg reached
+    /// at their end) or the first tick's kimg.
     pub start_kimg: f64,
-    /// kimg of the segment's last tick.
+    /// kimg of the segment's last tick, or where the next segment starts.
     pub end_kimg: f64,
     /// Indices into the tick list.
     pub ticks: Range<usize>,
@@ -267,7 +268,19 @@ pub fn segments(ticks: &[Tick]) -> Vec<Segment> {
                 s.ticks.end = i + 1;
             }
             prev => {
-                let start = prev.map_or(kimg, |p| p.end_kimg.min(kimg));
+                // Where the schedule says the phase began (rows since it was logged), else the
+                // previous tick's end: the first tick of a phase began in the one before.
+                let logged = t
+                    .finite(pgan_spec::metrics::PHASE_START_KIMG)
+                    .filter(|&start| start <= kimg);
+                let start = match prev {
+                    Some(p) => {
+                        let start = logged.map_or(p.end_kimg, |s| s.max(p.start_kimg)).min(kimg);
+                        p.end_kimg = start;
+                        start
+                    }
+                    None => logged.unwrap_or(kimg),
+                };
                 out.push(Segment {
                     resolution: res,
                     phase,
@@ -308,6 +321,18 @@ pub struct LogTail {
     pub lines: Vec<String>,
     /// How many lines the whole log has.
     pub total_lines: usize,
+    /// `WARN` lines in the whole log (alarms, rollbacks, skipped evaluations).
+    pub warnings: usize,
+    /// The last `ERROR` line of the whole log (what ended a session), if any.
+    pub last_error: Option<String>,
+}
+
+/// The level of a `log.txt` line (`INFO`, `WARN`, `ERROR`): the first of those words among its
+/// first few, which hold the time stamp (`2026-12-06 02:31:08 WARN ...`).
+pub fn log_level(line: &str) -> Option<&str> {
+    line.split_whitespace()
+        .take(4)
+        .find(|w| matches!(*w, "INFO" | "WARN" | "ERROR"))
 }
 
 /// Everything the report shows, read from a run directory.
@@ -362,6 +387,12 @@ impl RunData {
             LogTail {
                 lines: all[from..].iter().map(|l| l.to_string()).collect(),
                 total_lines: all.len(),
+                warnings: all.iter().filter(|l| log_level(l) == Some("WARN")).count(),
+                last_error: all
+                    .iter()
+                    .rev()
+                    .find(|l| log_level(l) == Some("ERROR"))
+                    .map(|l| l.to_string()),
             }
         });
 
@@ -570,6 +601,28 @@ mod tests {
         assert_eq!(segs[1].ticks, 2..4);
         assert!(segs[1].is_fade() && !segs[2].is_fade());
         assert_eq!(segs[0].start_kimg, 0.5);
+    }
+
+    #[test]
+    fn segments_begin_where_the_schedule_says_their_phase_began() {
+        // Phases of 1.2 kimg, ticks of 0.5: each tick that crosses into a phase is logged
+        // with it, and the phase began during it.
+        let rows = [
+            (0.5, 4, "stable", 0.0),
+            (1.0, 4, "stable", 0.0),
+            (1.5, 8, "fade", 1.2),
+            (2.0, 8, "fade", 1.2),
+            (2.5, 8, "stable", 2.4),
+        ];
+        let mut text = String::new();
+        for (k, r, p, start) in rows {
+            text.push_str(&format!(
+                "{{\"kimg\":{k},\"resolution\":{r},\"phase\":\"{p}\",\"phase_start_kimg\":{start}}}\n"
+            ));
+        }
+        let segs = segments(&parse(&text).unwrap());
+        let bounds: Vec<(f64, f64)> = segs.iter().map(|s| (s.start_kimg, s.end_kimg)).collect();
+        assert_eq!(bounds, [(0.0, 1.2), (1.2, 2.4), (2.4, 2.5)]);
     }
 
     #[test]

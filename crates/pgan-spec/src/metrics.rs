@@ -19,6 +19,9 @@ pub const STAGE: &str = "stage";
 pub const RESOLUTION: &str = "resolution";
 /// `fade` or `stable`.
 pub const PHASE: &str = "phase";
+/// kimg at which the tick's phase began, from the schedule: the report draws the phases from
+/// it (a tick that crossed into a phase is labelled with it, and began before it).
+pub const PHASE_START_KIMG: &str = "phase_start_kimg";
 /// Fade-in weight of the newest block (1 when stable).
 pub const ALPHA: &str = "alpha";
 /// Minibatch size.
@@ -89,6 +92,7 @@ pub const EVERY_TICK: &[&str] = &[
     STAGE,
     RESOLUTION,
     PHASE,
+    PHASE_START_KIMG,
     ALPHA,
     BATCH,
     LR_G,

@@ -240,6 +240,8 @@ pub struct EvalRequest {
     pub feature_metrics: crate::inception_metrics::FeatureMetrics,
     /// The Inception weights file (used when `feature_metrics` asks for anything).
     pub inception: std::path::PathBuf,
+    /// The colour under transparent pixels when `data` is an image folder.
+    pub background: [u8; 3],
 }
 
 /// Everything `pgan eval` measured.
@@ -286,6 +288,9 @@ pub struct FullEvalReport {
     pub recall: Option<f64>,
     /// Reals behind FID/KID/precision/recall.
     pub num_real_features: Option<usize>,
+    /// Reals of an image folder read with transparency, composited onto a background.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_composited: Option<crate::inception_metrics::Composited>,
     /// Each metric that could not be measured, and why.
     pub unmeasured: Vec<Unmeasured>,
     /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
@@ -412,6 +417,8 @@ impl std::fmt::Display for FullEvalReport {
                 num_real,
                 num_fake: self.num_images,
                 units: Units::default(),
+                real_composited: self.real_composited.clone(),
+                fake_composited: None,
             };
             writeln!(f, "{features}")?;
         }
@@ -462,6 +469,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         precision: None,
         recall: None,
         num_real_features: None,
+        real_composited: None,
         unmeasured: Vec::new(),
         warnings: Vec::new(),
         units: Units::default(),
@@ -473,6 +481,14 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.precision = features.precision;
         report.recall = features.recall;
         report.num_real_features = Some(features.num_real);
+        report.real_composited = features.real_composited;
+        if request.feature_metrics.fid {
+            report
+                .warnings
+                .extend(crate::inception_metrics::small_fid_sample(
+                    request.num_images,
+                ));
+        }
         // The Inception metrics stream their images; SWD and MS-SSIM hold all of them in
         // memory, which a 50k-image FID cannot afford: they run in their own `pgan eval`.
         if request.modes.is_none() {

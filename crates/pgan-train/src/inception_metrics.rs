@@ -83,6 +83,35 @@ pub struct FeatureMetricsReport {
     pub num_fake: usize,
     /// The units of the numbers above (KID raw).
     pub units: crate::eval::Units,
+    /// Reference images read from a folder with transparency, composited onto a background.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_composited: Option<Composited>,
+    /// Compared images read from a folder with transparency, composited onto a background.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fake_composited: Option<Composited>,
+}
+
+/// Images of a folder that carried an alpha channel, composited onto one opaque colour as `pgan
+/// prepare` composites them: the same files give the same features from a folder and from the
+/// `.pgan` prepared from it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Composited {
+    /// How many images had an alpha channel.
+    pub images: usize,
+    /// The colour under them, RGB.
+    pub background: [u8; 3],
+}
+
+impl std::fmt::Display for Composited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [r, g, b] = self.background;
+        write!(
+            f,
+            "{} images with transparency composited onto #{r:02x}{g:02x}{b:02x}, as `pgan prepare` \
+             does (--background sets the colour)",
+            self.images
+        )
+    }
 }
 
 impl std::fmt::Display for FeatureMetricsReport {
@@ -102,6 +131,12 @@ impl std::fmt::Display for FeatureMetricsReport {
         }
         if let (Some(p), Some(r)) = (self.precision, self.recall) {
             write!(f, "\nprecision {p:.4}, recall {r:.4} (k = 3)")?;
+        }
+        if let Some(c) = &self.real_composited {
+            write!(f, "\nreal: {c}")?;
+        }
+        if let Some(c) = &self.fake_composited {
+            write!(f, "\ncompared: {c}")?;
         }
         Ok(())
     }
@@ -123,13 +158,19 @@ pub struct FeatureSet {
     pub features: Features,
     /// Their statistics.
     pub stats: FeatureStats,
+    /// Images read with transparency (from a folder), when there were any.
+    pub composited: Option<Composited>,
 }
 
 impl FeatureSet {
     /// Computes the statistics of `features`.
     pub fn new(features: Features) -> Result<Self> {
         let stats = FeatureStats::from_features(&features.values, FEATURE_DIM)?;
-        Ok(FeatureSet { features, stats })
+        Ok(FeatureSet {
+            features,
+            stats,
+            composited: None,
+        })
     }
 }
 
@@ -143,6 +184,8 @@ pub fn compare(
     let mut report = FeatureMetricsReport {
         num_real: real.features.count,
         num_fake: fake.features.count,
+        real_composited: real.composited.clone(),
+        fake_composited: fake.composited.clone(),
         ..Default::default()
     };
     if which.fid {
@@ -171,6 +214,19 @@ pub fn compare(
         report.recall = Some(pr.recall);
     }
     Ok(report)
+}
+
+/// What a user should know about FIDs of `num` generated images: below the features' 2048
+/// dimensions the covariance is rank-deficient and FID is biased upward, so it compares only
+/// with FIDs of as many images (published ones use 50000; Heusel et al. recommend at least 10000).
+pub fn small_fid_sample(num: usize) -> Option<String> {
+    (num < FEATURE_DIM).then(|| {
+        format!(
+            "FID of {num} generated images is biased upward (fewer than the {FEATURE_DIM} \
+             feature dimensions): compare it only with FIDs of {num} images (published ones use \
+             50000)"
+        )
+    })
 }
 
 fn too_few(what: &str, have: usize, need: usize) -> TrainError {
@@ -280,7 +336,11 @@ fn load_cache(
         cov: f64s(tensor("cov", Dtype::F64, &[d, d])?),
     };
     stats.validate().map_err(|e| e.to_string())?;
-    Ok(FeatureSet { features, stats })
+    Ok(FeatureSet {
+        features,
+        stats,
+        composited: None,
+    })
 }
 
 fn save_cache(path: &Path, key: HashMap<String, String>, set: &FeatureSet) -> Result<()> {
@@ -454,7 +514,7 @@ pub fn evaluate_checkpoint<B: Backend>(
     let resolution = crate::schedule::resolution_of(loaded.state.stage);
     let extractor = FeatureExtractor::<B>::load(&request.inception, device)?;
     let real = if data.is_dir() {
-        folder_features(&extractor, data, need, request.progress)?
+        folder_features(&extractor, data, need, request.background, request.progress)?
     } else {
         let reader = PyramidReader::open(data)?;
         if reader.resolution() < resolution {
@@ -549,12 +609,14 @@ impl<B: Backend> TrainingFid<B> {
     }
 }
 
-/// Features of every image under `dir` (decoded to RGB, any size: each is resized to 299x299),
-/// in sorted path order; batches hold consecutive images of one size.
+/// Features of every image under `dir` (decoded to RGB, transparency composited onto
+/// `background` as `pgan prepare` does, any size: each is resized to 299x299), in sorted path
+/// order; batches hold consecutive images of one size.
 pub fn folder_features<B: Backend>(
     extractor: &FeatureExtractor<B>,
     dir: &Path,
     min_images: usize,
+    background: [u8; 3],
     progress: bool,
 ) -> Result<FeatureSet> {
     // The images `pgan prepare` would take from this folder (links to folders followed once,
@@ -572,6 +634,7 @@ pub fn folder_features<B: Backend>(
     let mut batch: Vec<u8> = Vec::new();
     let mut batch_size = (0u32, 0u32);
     let mut in_batch = 0usize;
+    let mut with_alpha = 0usize;
     let mut flush = |batch: &mut Vec<u8>, in_batch: &mut usize, (w, h): (u32, u32)| -> Result<()> {
         if *in_batch > 0 {
             values.extend(extractor.features(Images8 {
@@ -588,25 +651,31 @@ pub fn folder_features<B: Backend>(
         Ok(())
     };
     for file in &files {
-        let image = pgan_data::decode(file, pgan_data::DEFAULT_MAX_PIXELS)
-            .map_err(|message| TrainError::Image {
+        let image = pgan_data::decode(file, pgan_data::DEFAULT_MAX_PIXELS).map_err(|message| {
+            TrainError::Image {
                 path: file.clone(),
                 action: "read",
                 message,
-            })?
-            .to_rgb8();
-        let size = image.dimensions();
+            }
+        })?;
+        with_alpha += usize::from(image.color().has_alpha());
+        let size = (image.width(), image.height());
         if size != batch_size || in_batch == INCEPTION_BATCH {
             flush(&mut batch, &mut in_batch, batch_size)?;
             batch_size = size;
         }
-        batch.extend_from_slice(image.as_raw());
+        batch.extend_from_slice(&pgan_data::to_channels(image, 3, background));
         in_batch += 1;
     }
     flush(&mut batch, &mut in_batch, batch_size)?;
     bar.finish_and_clear();
     let count = files.len();
-    FeatureSet::new(Features { values, count })
+    let mut set = FeatureSet::new(Features { values, count })?;
+    set.composited = (with_alpha > 0).then_some(Composited {
+        images: with_alpha,
+        background,
+    });
+    Ok(set)
 }
 
 /// A set of images to measure: a `.pgan` dataset (its top level) or a folder of images.
@@ -614,10 +683,11 @@ pub fn set_features<B: Backend>(
     extractor: &FeatureExtractor<B>,
     path: &Path,
     min_images: usize,
+    background: [u8; 3],
     progress: bool,
 ) -> Result<FeatureSet> {
     if path.is_dir() {
-        folder_features(extractor, path, min_images, progress)
+        folder_features(extractor, path, min_images, background, progress)
     } else {
         let reader = PyramidReader::open(path)?;
         dataset_features(
@@ -648,6 +718,8 @@ pub struct CompareRequest {
     /// Also write each set's features as `<prefix>-real.npy` and `<prefix>-fake.npy`
     /// (`[n, 2048]` float32, in the sets' order).
     pub save_features: Option<PathBuf>,
+    /// The colour under transparent pixels of images read from a folder.
+    pub background: [u8; 3],
 }
 
 /// Writes `features` as an `[n, 2048]` float32 `.npy` file.
@@ -672,8 +744,8 @@ impl crate::backend::BackendJob for CompareRequest {
     ) -> Result<FeatureMetricsReport> {
         let extractor = FeatureExtractor::<B::InnerBackend>::load(&self.inception, &device)?;
         let need = self.metrics.min_images();
-        let real = set_features(&extractor, &self.real, need, self.progress)?;
-        let fake = set_features(&extractor, &self.fake, need, self.progress)?;
+        let real = set_features(&extractor, &self.real, need, self.background, self.progress)?;
+        let fake = set_features(&extractor, &self.fake, need, self.background, self.progress)?;
         if let Some(prefix) = &self.save_features {
             save_features_npy(&features_file(prefix, "real"), &real.features)?;
             save_features_npy(&features_file(prefix, "fake"), &fake.features)?;

@@ -114,6 +114,9 @@ fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
             "FID every {} kimg ({} images)",
             e.fid_every_kimg, e.fid_num
         ));
+        if let Some(warning) = crate::inception_metrics::small_fid_sample(e.fid_num) {
+            parts.push(warning);
+        }
     }
     if parts.is_empty() {
         "evaluation: off".to_string()

@@ -149,6 +149,17 @@ impl StageSchedule {
         }
     }
 
+    /// The kimg at which `phase` began (a stable period first, then each fade-in).
+    pub fn phase_start_kimg(&self, phase: &Phase) -> f64 {
+        let train = self.config.lod_training_kimg;
+        let period = train + self.config.lod_transition_kimg;
+        let start = (phase.index / 2) as f64 * period;
+        match phase.kind {
+            PhaseKind::Fade => start + train,
+            PhaseKind::Stable => start,
+        }
+    }
+
     /// The minibatch of the phase with index `index` (that of its resolution).
     pub fn batch_of_phase(&self, index: usize) -> usize {
         // Phase 0 is the start stage's stable one; each later stage has a fade (odd index)
@@ -303,6 +314,18 @@ mod tests {
             assert_eq!(p.kind, PhaseKind::Fade);
             assert!(p.alpha >= last);
             last = p.alpha;
+        }
+    }
+
+    #[test]
+    fn each_phase_starts_where_the_resolved_schedule_says() {
+        let s = schedule(3.0, 2.0, 32);
+        for row in s.rows() {
+            for kimg in [row.start_kimg, (row.start_kimg + row.end_kimg) / 2.0] {
+                let phase = s.at((kimg * 1000.0).round() as u64);
+                assert_eq!((phase.kind, phase.stage), (row.kind, row.stage), "{kimg}");
+                assert_eq!(s.phase_start_kimg(&phase), row.start_kimg, "{kimg}");
+            }
         }
     }
 

@@ -351,6 +351,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                     trainer.reader.resolution(),
                     trainer.reader.resolution()
                 ));
+                if trainer.fid.is_some() {
+                    let num = trainer.config.eval.fid_num;
+                    if let Some(warning) = crate::inception_metrics::small_fid_sample(num) {
+                        trainer.log.warn(warning);
+                    }
+                }
                 trainer.save_reals_grid()?;
                 trainer.set_position();
                 // A checkpoint at kimg 0 gives the NaN rollback somewhere to go from the start.

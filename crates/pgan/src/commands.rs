@@ -696,6 +696,12 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         kid: args.kid,
         pr: args.pr,
     };
+    let background = args
+        .background
+        .as_deref()
+        .map(parse_hex_colour)
+        .transpose()
+        .context("--background")?;
     if args.fake.is_some() && args.data.is_none() {
         // clap's own message would name --data, not its alias --real.
         bail!("--fake needs --real: the reference images (a .pgan file or an image folder)");
@@ -722,6 +728,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             bail!("--fake {}: no such file or folder", fake.display());
         }
         let real = args.data.clone().expect("checked above: --fake has --real");
+        let background = folder_background(background, &[&real, fake]);
         prepare_eval_outputs(&args)?;
         let request = pgan_train::inception_metrics::CompareRequest {
             real,
@@ -731,6 +738,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             seed: args.seed,
             progress: true,
             save_features: args.save_features.clone(),
+            background,
         };
         let report = pgan_train::dispatch(backend, args.device, request)?;
         println!("{report}");
@@ -775,6 +783,20 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         },
         (None, None) => None,
     };
+    // A folder of reals reads as the run's dataset was prepared from it.
+    let run_data = match (&args.data, &run_config) {
+        (Some(_), Some(config)) => TrainConfig::from_toml_file(config)
+            .ok()
+            .and_then(|c| c.data.path),
+        _ => None,
+    };
+    let background = folder_background(
+        background,
+        &[data.as_deref(), run_data.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+    );
     // Checked before any image is generated: the dataset exists and holds images the
     // checkpoint's generator can be compared with.
     if let Some(path) = data.as_ref().filter(|p| !p.is_dir()) {
@@ -828,6 +850,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         progress: true,
         feature_metrics,
         inception,
+        background,
     };
     let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
     println!("{report}");
@@ -838,6 +861,25 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pgan prepare --background`'s default: black under transparent pixels and padding.
+pub const PREPARE_BACKGROUND: &str = "000000";
+
+/// The colour under transparent pixels of eval's image folders: `--background`, else the one
+/// the first `.pgan` among `datasets` was prepared with (a folder then reads as the file made
+/// from it does), else `pgan prepare`'s default.
+fn folder_background(flag: Option<[u8; 3]>, datasets: &[&Path]) -> [u8; 3] {
+    flag.unwrap_or_else(|| {
+        datasets
+            .iter()
+            .filter(|p| p.is_file())
+            .find_map(|p| pgan_data::PyramidReader::open(p).ok())
+            .map_or_else(
+                || parse_hex_colour(PREPARE_BACKGROUND).expect("a valid colour"),
+                |reader| reader.manifest().options.background,
+            )
+    })
 }
 
 /// `pgan eval`'s output files (`--json`, `--save-features`): refused when they could not be
@@ -858,6 +900,15 @@ fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
         outputs.push((path.clone(), "--json"));
     }
     if let Some(prefix) = &args.save_features {
+        // `out/` would write the hidden `out/-real.npy`.
+        if prefix.is_dir() || prefix.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            bail!(
+                "--save-features {}: a folder; give a file name prefix in it (e.g. {}), which \
+                 becomes PREFIX-real.npy and PREFIX-fake.npy",
+                prefix.display(),
+                prefix.join("features").display()
+            );
+        }
         for half in ["real", "fake"] {
             let file = pgan_train::inception_metrics::features_file(prefix, half);
             outputs.push((file, "--save-features"));

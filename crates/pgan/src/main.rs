@@ -104,7 +104,7 @@ struct PrepareArgs {
     #[arg(long, value_enum, default_value_t = FitArg::CenterCrop)]
     fit: FitArg,
     /// Background for transparent pixels and padding, as RRGGBB hex.
-    #[arg(long, default_value = "000000")]
+    #[arg(long, default_value = commands::PREPARE_BACKGROUND)]
     background: String,
     /// Skip images whose shorter side is below this (instead of upscaling them).
     #[arg(long)]
@@ -329,7 +329,8 @@ struct EvalArgs {
     #[arg(long, visible_alias = "real")]
     data: Option<PathBuf>,
     /// Generated images (and as many reals for SWD); the paper uses 16384, published FIDs 50000.
-    #[arg(long, default_value_t = 2048)]
+    /// With --fake every image of both sets is measured.
+    #[arg(long, default_value_t = 2048, conflicts_with = "fake")]
     num: usize,
     /// Fréchet Inception Distance against every image of the dataset (Inception weights from
     /// scripts/fetch-inception.sh).
@@ -354,14 +355,18 @@ struct EvalArgs {
     inception: Option<PathBuf>,
     /// Random pairs for MS-SSIM [default: 512, or every distinct pair of --num images when
     /// there are fewer].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fake")]
     pairs: Option<usize>,
     /// Mode spec (modes.json from `pgan synth`): report mode coverage.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fake")]
     modes: Option<PathBuf>,
     /// Refused: ProGAN's generator pixel-normalizes its latent, which undoes a truncation ψ.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fake")]
     truncation: Option<f32>,
+    /// The colour under transparent pixels of images read from a folder, as RRGGBB hex
+    /// [default: the one the .pgan compared with was prepared on, else pgan prepare's 000000].
+    #[arg(long)]
+    background: Option<String>,
     /// Seed for latents and metric randomness.
     #[arg(long, default_value_t = 123)]
     seed: u64,

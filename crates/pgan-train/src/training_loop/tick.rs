@@ -70,6 +70,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         put(&mut row, key::STAGE, phase.stage);
         put(&mut row, key::RESOLUTION, phase.resolution);
         put(&mut row, key::PHASE, phase.kind.to_string());
+        put(
+            &mut row,
+            key::PHASE_START_KIMG,
+            self.schedule.phase_start_kimg(phase),
+        );
         put(&mut row, key::ALPHA, phase.alpha as f64);
         put(&mut row, key::BATCH, phase.batch);
         let lr = phase.lr * self.lr_multiplier();
@@ -126,7 +131,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             if !self.told_eval_below_minimum {
                 self.told_eval_below_minimum = true;
                 self.log.info(format!(
-                    "evaluations start at {0}x{0} (SWD and MS-SSIM need it): none at {1}x{1}",
+                    "SWD and MS-SSIM evaluations start at {0}x{0} (they need it): none at \
+                     {1}x{1} (FID, when set, is measured at every resolution)",
                     crate::eval::MIN_EVAL_RESOLUTION,
                     phase.resolution
                 ));
