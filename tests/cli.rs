@@ -2061,6 +2061,10 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let compare = |fake: &Path| compare_with(fake, &weights);
     let out = run_ok(&mut compare(&fakes));
     assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
+    assert!(
+        out.contains("warning: FID of 4 generated images is biased upward"),
+        "{out}"
+    );
     // A folder is read as `pgan prepare` reads it: a link back up is not a loop that counts
     // every image again, and a FIFO with an image's name is an error, not a wait forever.
     std::os::unix::fs::symlink(".", fakes.join("loop")).unwrap();
@@ -2133,7 +2137,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let (fid, out) = clear_against_its_file(&[]);
     assert!(fid.abs() < 1e-3, "{out}");
     assert!(
-        out.contains("compared: 4 images with transparency composited onto #ff0000"),
+        out.contains("compared: 4 images with an alpha channel composited onto #ff0000"),
         "{out}"
     );
     let (fid, out) = clear_against_its_file(&["--background", "000000"]);
@@ -2154,7 +2158,12 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "{err}"
     );
     // Flags that shape a checkpoint's generated images mean nothing between two sets.
-    for flag in [["--num", "8"], ["--pairs", "8"], ["--truncation", "1"]] {
+    for flag in [
+        ["--num", "8"],
+        ["--pairs", "8"],
+        ["--truncation", "1"],
+        ["--modes", "modes.json"],
+    ] {
         let err = run_err(
             pgan()
                 .args(["eval", "--fid", "--real"])

@@ -423,12 +423,14 @@ fn draw_into(
         let (px, _) = chart.backend_coord(&(start, y1));
         let next_px = starts
             .get(i + 1)
-            .map_or(i32::MAX, |&(_, next)| chart.backend_coord(&(next, y1)).0);
+            .map_or(chart.backend_coord(&(x1, y1)).0, |&(_, next)| {
+                chart.backend_coord(&(next, y1)).0
+            });
         let width = 10 * text.chars().count() as i32 + 6;
         if px < last_label_end || px.saturating_add(width) > next_px {
             continue;
         }
-        last_label_end = px + width + 4;
+        last_label_end = px.saturating_add(width + 4);
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((start, y1)) + Text::new(text, (4, 4), text_style.clone()),

@@ -276,7 +276,8 @@ pub fn segments(ticks: &[Tick]) -> Vec<Segment> {
                 let start = match prev {
                     Some(p) => {
                         let start = logged.map_or(p.end_kimg, |s| s.max(p.start_kimg)).min(kimg);
-                        p.end_kimg = start;
+                        // A kimg that went backwards (rows joined by hand) moves nothing back.
+                        p.end_kimg = start.max(p.start_kimg);
                         start
                     }
                     None => logged.unwrap_or(kimg),

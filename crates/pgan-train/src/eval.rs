@@ -419,6 +419,8 @@ impl std::fmt::Display for FullEvalReport {
                 units: Units::default(),
                 real_composited: self.real_composited.clone(),
                 fake_composited: None,
+                // This report's warnings are printed above, with the others.
+                warnings: Vec::new(),
             };
             writeln!(f, "{features}")?;
         }

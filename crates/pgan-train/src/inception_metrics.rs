@@ -89,6 +89,9 @@ pub struct FeatureMetricsReport {
     /// Compared images read from a folder with transparency, composited onto a background.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fake_composited: Option<Composited>,
+    /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Images of a folder that carried an alpha channel, composited onto one opaque colour as `pgan
@@ -107,8 +110,8 @@ impl std::fmt::Display for Composited {
         let [r, g, b] = self.background;
         write!(
             f,
-            "{} images with transparency composited onto #{r:02x}{g:02x}{b:02x}, as `pgan prepare` \
-             does (--background sets the colour)",
+            "{} images with an alpha channel composited onto #{r:02x}{g:02x}{b:02x}, as `pgan \
+             prepare` does (--background sets the colour)",
             self.images
         )
     }
@@ -137,6 +140,9 @@ impl std::fmt::Display for FeatureMetricsReport {
         }
         if let Some(c) = &self.fake_composited {
             write!(f, "\ncompared: {c}")?;
+        }
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
         }
         Ok(())
     }
@@ -750,7 +756,13 @@ impl crate::backend::BackendJob for CompareRequest {
             save_features_npy(&features_file(prefix, "real"), &real.features)?;
             save_features_npy(&features_file(prefix, "fake"), &fake.features)?;
         }
-        compare(&real, &fake, self.metrics, self.seed)
+        let mut report = compare(&real, &fake, self.metrics, self.seed)?;
+        if self.metrics.fid {
+            report
+                .warnings
+                .extend(small_fid_sample(fake.features.count));
+        }
+        Ok(report)
     }
 }
 

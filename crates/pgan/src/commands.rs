@@ -728,7 +728,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             bail!("--fake {}: no such file or folder", fake.display());
         }
         let real = args.data.clone().expect("checked above: --fake has --real");
-        let background = folder_background(background, &[&real, fake]);
+        let folder_read = real.is_dir() || fake.is_dir();
+        let background = folder_background(background, folder_read, &[&real, fake]);
         prepare_eval_outputs(&args)?;
         let request = pgan_train::inception_metrics::CompareRequest {
             real,
@@ -784,14 +785,25 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         (None, None) => None,
     };
     // A folder of reals reads as the run's dataset was prepared from it.
+    let folder_read = data.as_ref().is_some_and(|d| d.is_dir());
     let run_data = match (&args.data, &run_config) {
-        (Some(_), Some(config)) => TrainConfig::from_toml_file(config)
-            .ok()
-            .and_then(|c| c.data.path),
+        (Some(_), Some(config)) if folder_read && background.is_none() => {
+            match TrainConfig::from_toml_file(config) {
+                Ok(c) => c.data.path,
+                Err(e) => {
+                    eprintln!(
+                        "warning: the run's dataset, whose background the folder's transparent \
+                         pixels would go onto, is unknown: {e:#}"
+                    );
+                    None
+                }
+            }
+        }
         _ => None,
     };
     let background = folder_background(
         background,
+        folder_read,
         &[data.as_deref(), run_data.as_deref()]
             .into_iter()
             .flatten()
@@ -866,20 +878,33 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 /// `pgan prepare --background`'s default: black under transparent pixels and padding.
 pub const PREPARE_BACKGROUND: &str = "000000";
 
-/// The colour under transparent pixels of eval's image folders: `--background`, else the one
-/// the first `.pgan` among `datasets` was prepared with (a folder then reads as the file made
-/// from it does), else `pgan prepare`'s default.
-fn folder_background(flag: Option<[u8; 3]>, datasets: &[&Path]) -> [u8; 3] {
-    flag.unwrap_or_else(|| {
-        datasets
-            .iter()
-            .filter(|p| p.is_file())
-            .find_map(|p| pgan_data::PyramidReader::open(p).ok())
-            .map_or_else(
-                || parse_hex_colour(PREPARE_BACKGROUND).expect("a valid colour"),
-                |reader| reader.manifest().options.background,
-            )
-    })
+/// The colour under transparent pixels of eval's image folders (`folder_read`: whether one is
+/// read): `--background`, else the one the first `.pgan` among `datasets` was prepared with (a
+/// folder then reads as the file made from it does), else `pgan prepare`'s default.
+fn folder_background(flag: Option<[u8; 3]>, folder_read: bool, datasets: &[&Path]) -> [u8; 3] {
+    let default = parse_hex_colour(PREPARE_BACKGROUND).expect("a valid colour");
+    if !folder_read {
+        if flag.is_some() {
+            eprintln!("note: --background applies to images read from a folder; none is read");
+        }
+        return flag.unwrap_or(default);
+    }
+    if let Some(colour) = flag {
+        return colour;
+    }
+    for path in datasets.iter().filter(|p| p.is_file()) {
+        match pgan_data::PyramidReader::open(path) {
+            Ok(reader) => return reader.manifest().options.background,
+            // The dataset's own check reports it again where it is read; here only the colour
+            // is at stake.
+            Err(e) => eprintln!(
+                "warning: the folder's transparent pixels go onto {PREPARE_BACKGROUND}: the \
+                 background {} was prepared on is unknown: {e}",
+                path.display()
+            ),
+        }
+    }
+    default
 }
 
 /// `pgan eval`'s output files (`--json`, `--save-features`): refused when they could not be
