@@ -38,4 +38,5 @@ pub use reader::{LevelCheck, PyramidReader, VerifyReport};
 pub use sampler::{fade_between, hwc_to_chw_f32, Batch, BatchSampler};
 pub use writer::{
     prepare, prepare_cancellable, report_path, temp_path, PrepareOptions, PrepareSummary,
+    DEFAULT_BACKGROUND,
 };

@@ -28,6 +28,9 @@ use crate::ingest::{self, Fit, Target};
 use crate::manifest::{escape_name, Manifest, ManifestOptions};
 use crate::pyramid::build_levels;
 
+/// The colour under transparent pixels and padding unless another is given: black.
+pub const DEFAULT_BACKGROUND: [u8; 3] = [0, 0, 0];
+
 /// Options of [`prepare`]. Build with [`PrepareOptions::new`] and adjust fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrepareOptions {
@@ -68,7 +71,7 @@ impl PrepareOptions {
             resolution,
             channels: 3,
             fit: Fit::CenterCrop,
-            background: [0, 0, 0],
+            background: DEFAULT_BACKGROUND,
             min_size: None,
             shuffle_seed: None,
             max_pixels: ingest::DEFAULT_MAX_PIXELS,

@@ -290,7 +290,7 @@ impl MetricsWriter {
     pub fn open(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
         // Appending to a device or FIFO would lose every row (or block).
-        refuse_a_metrics_path_that_is_not_a_file(&path)?;
+        metrics_file_exists(&path, "write")?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -437,31 +437,26 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(St
     Ok(Some((kept, truncated)))
 }
 
-/// An error when `path` exists and is not a regular file.
-fn refuse_a_metrics_path_that_is_not_a_file(path: &Path) -> Result<()> {
+/// Whether the metrics file `path` exists; anything but a regular file there (a device, a FIFO,
+/// also at the end of a link) is an error naming it and `action`, not a read or write without
+/// end.
+fn metrics_file_exists(path: &Path, action: &'static str) -> Result<bool> {
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => Err(io_err(path, "write")(std::io::Error::other(format!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path, action)(e)),
+        Ok(meta) if !meta.is_file() => Err(io_err(path, action)(std::io::Error::other(format!(
             "it is {}, not a regular file",
             pgan_spec::output::kind(&meta.file_type())
         )))),
-        _ => Ok(()),
+        Ok(_) => Ok(true),
     }
 }
 
-/// The text of `run_dir/metrics.jsonl` (`None`: there is none). Anything but a regular file
-/// there (a device, a FIFO, also at the end of a link) is an error, not a read without end.
+/// The text of `run_dir/metrics.jsonl` (`None`: there is none; see [`metrics_file_exists`]).
 fn read_metrics(run_dir: &Path) -> Result<Option<String>> {
     let path = run_dir.join(METRICS_FILE);
-    match std::fs::metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&path, "read")(e)),
-        Ok(meta) if !meta.is_file() => {
-            return Err(io_err(&path, "read")(std::io::Error::other(format!(
-                "it is {}, not a regular file",
-                pgan_spec::output::kind(&meta.file_type())
-            ))))
-        }
-        Ok(_) => {}
+    if !metrics_file_exists(&path, "read")? {
+        return Ok(None);
     }
     let bytes = std::fs::read(&path).map_err(io_err(&path, "read"))?;
     // A line cut or garbled by a crash is reported per line by the callers, not here.

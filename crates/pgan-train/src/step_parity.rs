@@ -354,40 +354,39 @@ mod tests {
     }
 
     #[cfg(feature = "wgpu")]
+    type Wgpu = Autodiff<pgan_cube::WgpuFused>;
+
+    /// One step of `model` on wgpu against the CPU, within 1e-3 (lavapipe computes in plain f32).
+    #[cfg(feature = "wgpu")]
+    fn on_wgpu(model: &ModelConfig, resolution: u32, alpha: f32, weights_seed: u64) -> StepParity {
+        let device = burn::backend::wgpu::WgpuDevice::default();
+        check_step::<Wgpu>(
+            &device,
+            model,
+            &LossConfig::default(),
+            resolution,
+            alpha,
+            4,
+            weights_seed,
+            1e-3,
+        )
+    }
+
+    #[cfg(feature = "wgpu")]
     #[test]
     fn a_training_step_on_wgpu_matches_the_cpu() {
-        type Wgpu = Autodiff<pgan_cube::WgpuFused>;
-        let device = burn::backend::wgpu::WgpuDevice::default();
-        let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Tensor::<Wgpu, 1>::zeros([1], &device).into_data();
-        }));
+        let probe = std::panic::catch_unwind(|| {
+            Tensor::<Wgpu, 1>::zeros([1], &Default::default()).into_data();
+        });
         if probe.is_err() && std::env::var("PGAN_REQUIRE_WGPU").is_err() {
             eprintln!("skipping: no wgpu device; set PGAN_REQUIRE_WGPU=1 to fail instead");
             return;
         }
-        let parity = check_step::<Wgpu>(
-            &device,
-            &small(),
-            &LossConfig::default(),
-            16,
-            0.5,
-            4,
-            1,
-            1e-3,
-        );
+        let parity = on_wgpu(&small(), 16, 0.5, 1);
         assert!(parity.ok(), "{parity:?}");
         // The other minibatch layer (its own broadcasts), at 8x8 to keep lavapipe quick.
         let discrimination = small().with_minibatch(pgan_model::Minibatch::Discrimination);
-        let parity = check_step::<Wgpu>(
-            &device,
-            &discrimination,
-            &LossConfig::default(),
-            8,
-            1.0,
-            4,
-            1,
-            1e-3,
-        );
+        let parity = on_wgpu(&discrimination, 8, 1.0, 1);
         assert!(parity.ok(), "minibatch discrimination: {parity:?}");
     }
 
@@ -397,19 +396,8 @@ mod tests {
     #[test]
     #[ignore = "a survey, not a check"]
     fn wgpu_step_parity_over_weights() {
-        type Wgpu = Autodiff<pgan_cube::WgpuFused>;
-        let device = burn::backend::wgpu::WgpuDevice::default();
         for seed in 1..=12 {
-            let parity = check_step::<Wgpu>(
-                &device,
-                &small(),
-                &LossConfig::default(),
-                16,
-                0.5,
-                4,
-                seed,
-                1e-3,
-            );
+            let parity = on_wgpu(&small(), 16, 0.5, seed);
             println!("seed {seed}: ok {} {:?}", parity.ok(), parity.errors);
         }
     }

@@ -88,6 +88,19 @@ fn measured_rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> 
         .collect()
 }
 
+/// A resumed run that owed measurements took them: its rows are the uninterrupted run's, and
+/// its checkpoint owes nothing more.
+fn assert_measured_as_uninterrupted(resumed: &RunSummary, straight: &RunSummary) {
+    assert_eq!(
+        measured_rows(&resumed.run_dir),
+        measured_rows(&straight.run_dir)
+    );
+    assert!(checkpoint::read_state(&resumed.checkpoint)
+        .unwrap()
+        .abandoned
+        .is_none());
+}
+
 fn weights(ckpt: &Path, raw: bool) -> Vec<f32> {
     let loaded = load_generator::<Flex>(ckpt, raw, &Default::default()).unwrap();
     // A deterministic probe of every weight: the generator's output on fixed latents.
@@ -810,14 +823,7 @@ fn a_stop_during_the_evaluation_abandons_it_and_checkpoints() {
         log.contains("measured what the stop abandoned at the end of tick 1"),
         "{log}"
     );
-    assert_eq!(
-        measured_rows(&resumed.run_dir),
-        measured_rows(&straight.run_dir)
-    );
-    assert!(checkpoint::read_state(&resumed.checkpoint)
-        .unwrap()
-        .abandoned
-        .is_none());
+    assert_measured_as_uninterrupted(&resumed, &straight);
 }
 
 /// A stop during the last tick's evaluation, whose last step went past `total_kimg`: the run
@@ -856,14 +862,7 @@ fn a_stop_during_the_last_evaluation_is_a_stop_and_the_resume_measures_it() {
     second.resume = Some(stopped.run_dir.clone());
     let resumed = train(second).unwrap();
     assert!(!resumed.interrupted);
-    assert_eq!(
-        measured_rows(&resumed.run_dir),
-        measured_rows(&straight.run_dir)
-    );
-    assert!(checkpoint::read_state(&resumed.checkpoint)
-        .unwrap()
-        .abandoned
-        .is_none());
+    assert_measured_as_uninterrupted(&resumed, &straight);
 }
 
 #[test]

@@ -773,34 +773,24 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             pgan_train::run_dir::CONFIG_FILE
         );
     }
-    let data = match (&args.data, &run_config) {
-        (Some(d), _) => Some(d.clone()),
-        (None, Some(config)) => match TrainConfig::from_toml_file(config) {
+    // Read where it is needed (at most once): as the dataset without --data, or for the
+    // background of a --data folder.
+    let run_dataset = || match &run_config {
+        Some(config) => match TrainConfig::from_toml_file(config) {
             Ok(c) => c.data.path,
             Err(e) => {
                 eprintln!("warning: no dataset from the run's config: {e:#}");
                 None
             }
         },
-        (None, None) => None,
+        None => None,
     };
+    let data = args.data.clone().or_else(run_dataset);
     // A folder of reals reads as the run's dataset was prepared from it.
     let folder_read = data.as_ref().is_some_and(|d| d.is_dir());
-    let run_data = match (&args.data, &run_config) {
-        (Some(_), Some(config)) if folder_read && background.is_none() => {
-            match TrainConfig::from_toml_file(config) {
-                Ok(c) => c.data.path,
-                Err(e) => {
-                    eprintln!(
-                        "warning: the run's dataset, whose background the folder's transparent \
-                         pixels would go onto, is unknown: {e:#}"
-                    );
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let run_data = (args.data.is_some() && folder_read && background.is_none())
+        .then(run_dataset)
+        .flatten();
     let background = folder_background(
         background,
         folder_read,
@@ -882,7 +872,7 @@ pub const PREPARE_BACKGROUND: &str = "000000";
 /// read): `--background`, else the one the first `.pgan` among `datasets` was prepared with (a
 /// folder then reads as the file made from it does), else `pgan prepare`'s default.
 fn folder_background(flag: Option<[u8; 3]>, folder_read: bool, datasets: &[&Path]) -> [u8; 3] {
-    let default = parse_hex_colour(PREPARE_BACKGROUND).expect("a valid colour");
+    let default = pgan_data::DEFAULT_BACKGROUND;
     if !folder_read {
         if flag.is_some() {
             eprintln!("note: --background applies to images read from a folder; none is read");
@@ -1229,5 +1219,9 @@ mod tests {
         assert_eq!(parse_hex_colour("000000").unwrap(), [0, 0, 0]);
         assert!(parse_hex_colour("fff").is_err());
         assert!(parse_hex_colour("gg0000").is_err());
+        assert_eq!(
+            parse_hex_colour(PREPARE_BACKGROUND).unwrap(),
+            pgan_data::DEFAULT_BACKGROUND
+        );
     }
 }
