@@ -2146,6 +2146,73 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "black under the folder, red under the file: {out}"
     );
     assert!(out.contains("onto #000000"), "{out}");
+    // A greyscale .pgan holds the luma of each composite: the folder beside it is read so too,
+    // on either side.
+    let clear_grey = dir.path().join("clear-grey.pgan");
+    run_ok(pgan().arg("prepare").arg(&clear).arg(&clear_grey).args([
+        "--resolution",
+        "16",
+        "--quiet",
+        "--background",
+        "ff0000",
+        "--channels",
+        "1",
+    ]));
+    for (real, fake, side) in [(&clear_grey, &clear, "compared"), (&clear, &clear_grey, "real")] {
+        let out = run_ok(
+            pgan()
+                .args(["eval", "--fid", "--real"])
+                .arg(real)
+                .arg("--fake")
+                .arg(fake)
+                .arg("--inception")
+                .arg(&weights),
+        );
+        let fid: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("FID "))
+            .expect("FID line")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(fid.abs() < 1e-3, "{out}");
+        assert!(
+            out.contains(&format!("note: {side}: the image folder"))
+                && out.contains("read as greyscale (luma)"),
+            "{out}"
+        );
+    }
+    // Two files of different channels or resolutions are compared, and it is said what that
+    // measures besides the images.
+    let out = run_ok(
+        pgan()
+            .args(["eval", "--fid", "--real"])
+            .arg(&clear_pgan)
+            .arg("--fake")
+            .arg(&clear_grey)
+            .arg("--inception")
+            .arg(&weights),
+    );
+    assert!(
+        out.contains("warning: the real set holds 3-channel images and the compared set 1-channel"),
+        "{out}"
+    );
+    let clear8 = dir.path().join("clear8.pgan");
+    prepare_quietly(&clear, &clear8, 8);
+    let out = run_ok(
+        pgan()
+            .args(["eval", "--fid", "--real"])
+            .arg(&clear8)
+            .arg("--fake")
+            .arg(&clear_pgan)
+            .arg("--inception")
+            .arg(&weights),
+    );
+    assert!(
+        out.contains("warning: the real set is 8x8 and the compared set 16x16"),
+        "{out}"
+    );
+    assert!(!out.contains("channel"), "{out}");
     let err = run_err(
         pgan()
             .args(["eval", "--fid", "--background", "red", "--real"])

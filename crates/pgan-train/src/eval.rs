@@ -291,6 +291,9 @@ pub struct FullEvalReport {
     /// Reals of an image folder read with transparency, composited onto a background.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_composited: Option<crate::inception_metrics::Composited>,
+    /// How the reals were read where it is not the obvious (printed as `note:` lines).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Each metric that could not be measured, and why.
     pub unmeasured: Vec<Unmeasured>,
     /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
@@ -419,6 +422,7 @@ impl std::fmt::Display for FullEvalReport {
                 units: Units::default(),
                 real_composited: self.real_composited.clone(),
                 fake_composited: None,
+                notes: self.notes.clone(),
                 // This report's warnings are printed above, with the others.
                 warnings: Vec::new(),
             };
@@ -472,6 +476,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         recall: None,
         num_real_features: None,
         real_composited: None,
+        notes: Vec::new(),
         unmeasured: Vec::new(),
         warnings: Vec::new(),
         units: Units::default(),
@@ -484,6 +489,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.recall = features.recall;
         report.num_real_features = Some(features.num_real);
         report.real_composited = features.real_composited;
+        report.notes = features.notes;
         if request.feature_metrics.fid {
             report
                 .warnings

@@ -89,6 +89,9 @@ pub struct FeatureMetricsReport {
     /// Compared images read from a folder with transparency, composited onto a background.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fake_composited: Option<Composited>,
+    /// How the sets were read where it is not the obvious (printed as `note:` lines).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -140,6 +143,9 @@ impl std::fmt::Display for FeatureMetricsReport {
         }
         if let Some(c) = &self.fake_composited {
             write!(f, "\ncompared: {c}")?;
+        }
+        for n in &self.notes {
+            write!(f, "\nnote: {n}")?;
         }
         for w in &self.warnings {
             write!(f, "\nwarning: {w}")?;
@@ -519,8 +525,17 @@ pub fn evaluate_checkpoint<B: Backend>(
     }
     let resolution = crate::schedule::resolution_of(loaded.state.stage);
     let extractor = FeatureExtractor::<B>::load(&request.inception, device)?;
+    let channels = loaded.model.num_channels;
+    let mut notes = Vec::new();
     let real = if data.is_dir() {
-        folder_features(&extractor, data, need, request.background, request.progress)?
+        if channels == 1 {
+            notes.push(luma_note("real", data, "the checkpoint's generator"));
+        }
+        let read = FolderRead {
+            channels: channels as u8,
+            background: request.background,
+        };
+        folder_features(&extractor, data, need, read, request.progress)?
     } else {
         let reader = PyramidReader::open(data)?;
         if reader.resolution() < resolution {
@@ -552,7 +567,9 @@ pub fn evaluate_checkpoint<B: Backend>(
         device,
         Watch::progress(request.progress),
     )?;
-    compare(&real, &fake, request.feature_metrics, request.seed)
+    let mut report = compare(&real, &fake, request.feature_metrics, request.seed)?;
+    report.notes = notes;
+    Ok(report)
 }
 
 /// FID during training (`eval.fid_every_kimg`, `eval.fid_num`): the network, loaded once, and
@@ -615,16 +632,20 @@ impl<B: Backend> TrainingFid<B> {
     }
 }
 
-/// Features of every image under `dir` (decoded to RGB, transparency composited onto
-/// `background` as `pgan prepare` does, any size: each is resized to 299x299), in sorted path
-/// order; batches hold consecutive images of one size.
+/// Features of every image under `dir` (decoded to `channels` 3, RGB, or 1, luma, with
+/// transparency composited onto `background` as `pgan prepare` does, any size: each is resized
+/// to 299x299), in sorted path order; batches hold consecutive images of one size.
 pub fn folder_features<B: Backend>(
     extractor: &FeatureExtractor<B>,
     dir: &Path,
     min_images: usize,
-    background: [u8; 3],
+    read: FolderRead,
     progress: bool,
 ) -> Result<FeatureSet> {
+    let FolderRead {
+        channels,
+        background,
+    } = read;
     // The images `pgan prepare` would take from this folder (links to folders followed once,
     // no loops), decoded as it decodes them (regular files only, EXIF orientation, size limits).
     let files = pgan_data::walk(dir)?.images;
@@ -648,7 +669,7 @@ pub fn folder_features<B: Backend>(
                 n: *in_batch,
                 height: h as usize,
                 width: w as usize,
-                channels: 3,
+                channels: usize::from(channels),
             })?);
             bar.inc(*in_batch as u64);
         }
@@ -670,7 +691,7 @@ pub fn folder_features<B: Backend>(
             flush(&mut batch, &mut in_batch, batch_size)?;
             batch_size = size;
         }
-        batch.extend_from_slice(&pgan_data::to_channels(image, 3, background));
+        batch.extend_from_slice(&pgan_data::to_channels(image, channels, background));
         in_batch += 1;
     }
     flush(&mut batch, &mut in_batch, batch_size)?;
@@ -684,16 +705,27 @@ pub fn folder_features<B: Backend>(
     Ok(set)
 }
 
+/// How an image folder is decoded for the Inception network: as the `.pgan` file it is compared
+/// with holds its images (`pgan prepare`'s channels and background), so that a folder and the
+/// file prepared from it give the same features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FolderRead {
+    /// 3 (RGB) or 1 (luma).
+    pub channels: u8,
+    /// The colour under transparent pixels.
+    pub background: [u8; 3],
+}
+
 /// A set of images to measure: a `.pgan` dataset (its top level) or a folder of images.
 pub fn set_features<B: Backend>(
     extractor: &FeatureExtractor<B>,
     path: &Path,
     min_images: usize,
-    background: [u8; 3],
+    read: FolderRead,
     progress: bool,
 ) -> Result<FeatureSet> {
     if path.is_dir() {
-        folder_features(extractor, path, min_images, background, progress)
+        folder_features(extractor, path, min_images, read, progress)
     } else {
         let reader = PyramidReader::open(path)?;
         dataset_features(
@@ -704,6 +736,24 @@ pub fn set_features<B: Backend>(
             Watch::progress(progress),
         )
     }
+}
+
+/// The note that a folder is read as luma (`channels` 1), to match `what`'s images.
+fn luma_note(side: &str, folder: &Path, what: &str) -> String {
+    format!(
+        "{side}: the image folder {} is read as greyscale (luma), as {what} holds 1-channel \
+         images",
+        folder.display()
+    )
+}
+
+/// Channels and resolution of the `.pgan` file at `path`; `None` for a folder.
+fn pyramid_shape(path: &Path) -> Result<Option<(usize, u32)>> {
+    if path.is_dir() {
+        return Ok(None);
+    }
+    let reader = PyramidReader::open(path)?;
+    Ok(Some((reader.channels(), reader.resolution())))
 }
 
 /// `pgan eval --real A --fake B`: two image sets compared without a checkpoint.
@@ -750,13 +800,49 @@ impl crate::backend::BackendJob for CompareRequest {
     ) -> Result<FeatureMetricsReport> {
         let extractor = FeatureExtractor::<B::InnerBackend>::load(&self.inception, &device)?;
         let need = self.metrics.min_images();
-        let real = set_features(&extractor, &self.real, need, self.background, self.progress)?;
-        let fake = set_features(&extractor, &self.fake, need, self.background, self.progress)?;
+        let real_shape = pyramid_shape(&self.real)?;
+        let fake_shape = pyramid_shape(&self.fake)?;
+        // A folder is read at the channels of the `.pgan` beside it (RGB beside another folder).
+        let read = FolderRead {
+            channels: real_shape.or(fake_shape).map_or(3, |(c, _)| c as u8),
+            background: self.background,
+        };
+        let real = set_features(&extractor, &self.real, need, read, self.progress)?;
+        let fake = set_features(&extractor, &self.fake, need, read, self.progress)?;
         if let Some(prefix) = &self.save_features {
             save_features_npy(&features_file(prefix, "real"), &real.features)?;
             save_features_npy(&features_file(prefix, "fake"), &fake.features)?;
         }
         let mut report = compare(&real, &fake, self.metrics, self.seed)?;
+        match (real_shape, fake_shape) {
+            (None, Some((1, _))) => {
+                report
+                    .notes
+                    .push(luma_note("real", &self.real, &self.fake.display().to_string()))
+            }
+            (Some((1, _)), None) => {
+                report
+                    .notes
+                    .push(luma_note("compared", &self.fake, &self.real.display().to_string()))
+            }
+            (Some((real_c, real_r)), Some((fake_c, fake_r))) => {
+                if real_c != fake_c {
+                    report.warnings.push(format!(
+                        "the real set holds {real_c}-channel images and the compared set \
+                         {fake_c}-channel ones: Inception sees the greyscale set as grey RGB, so \
+                         the metrics also measure the missing colour"
+                    ));
+                }
+                if real_r != fake_r {
+                    report.warnings.push(format!(
+                        "the real set is {real_r}x{real_r} and the compared set \
+                         {fake_r}x{fake_r}: both are resized to 299x299, so the metrics also \
+                         measure the difference in sharpness"
+                    ));
+                }
+            }
+            _ => {}
+        }
         if self.metrics.fid {
             report
                 .warnings
