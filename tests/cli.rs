@@ -565,6 +565,93 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     assert!(log.contains("resumed") && log.contains("finished"), "{log}");
 }
 
+#[test]
+fn a_dataset_written_or_replaced_while_training_is_noticed() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    // Another name for the file the run opens: still that file once another is renamed to its
+    // path.
+    let opened = dir.path().join("opened.pgan");
+    std::fs::hard_link(&data, &opened).unwrap();
+    let original = std::fs::read(&data).unwrap();
+    // In place, as `cp` over a file writes (without the truncation, whose lost pages are the
+    // map guard's case).
+    let write_at = |offset: u64, bytes: &[u8]| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&opened)
+            .unwrap();
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        file.write_all(bytes).unwrap();
+    };
+    let mut child = pgan()
+        .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out-dir")
+        .arg(&runs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = |run: &Path| std::fs::read_to_string(run.join("log.txt")).unwrap_or_default();
+    let run = wait_for_run(&runs, "a first tick", |run| {
+        std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
+    });
+    // The same bytes written again: the checksums still match, and training goes on.
+    write_at(0, &original);
+    wait_for_run(&runs, "the note of a rewrite", |run| {
+        log(run).contains("still match their checksums: training goes on")
+    });
+    // Another file renamed into its path: said once, and the run goes on with the one it opened.
+    let other = dir.path().join("other.pgan");
+    std::fs::copy(&data, &other).unwrap();
+    std::fs::rename(&other, &data).unwrap();
+    wait_for_run(&runs, "the note of a replaced file", |run| {
+        log(run).contains("replaced on disk while training")
+    });
+    // A pixel of the 4x4 level changed in place: the run stops, naming the file.
+    let level4 = {
+        let reader = pgan_data::PyramidReader::open(&opened).unwrap();
+        let level = reader
+            .header()
+            .levels
+            .iter()
+            .find(|l| l.resolution == 4)
+            .copied();
+        level.unwrap()
+    };
+    write_at(level4.offset, &[!original[level4.offset as usize]]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the run went on after its dataset changed: {}", log(&run));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("tiny.pgan")
+            && said.contains("written in place while training")
+            && said.contains("4x4")
+            && said.contains("put the original file back"),
+        "{said}"
+    );
+    let log = log(&run);
+    assert!(log.contains("training stopped by an error"), "{log}");
+    assert_eq!(
+        log.matches("replaced on disk while training").count(),
+        1,
+        "{log}"
+    );
+}
+
 /// The run directory a background `pgan train` makes in `runs`, once `ready` holds for it
 /// (polled every 5 ms, for at most 2 minutes).
 fn wait_for_run(runs: &Path, what: &str, ready: impl Fn(&Path) -> bool) -> PathBuf {
@@ -1808,7 +1895,12 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
     let elsewhere = dir.path().join("elsewhere");
     let sheet = run.join("samples").join("tick-000001.png");
     for (out, latents, why) in [
-        (&config_toml, &elsewhere.join("z.npy"), "a file of the run"),
+        // Refused before it is looked up: not a PNG's name.
+        (
+            &config_toml,
+            &elsewhere.join("z.npy"),
+            "render writes PNG images",
+        ),
         (
             &elsewhere.join("x.png"),
             &run.join("log.txt"),
@@ -1841,6 +1933,31 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
             .args(["--seeds", "0"]),
     );
     assert!(out.contains("render writes PNG images"), "{out}");
+    // So is a name without an extension, and a folder (which would have been replaced).
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(elsewhere.join("sheet"))
+            .args(["--seeds", "0"]),
+    );
+    assert!(
+        out.contains("render writes PNG images") && out.contains("sheet.png"),
+        "{out}"
+    );
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&elsewhere)
+            .args(["--seeds", "0", "--force"]),
+    );
+    assert!(out.contains("a folder; give a file name in it"), "{out}");
+    assert!(elsewhere.is_dir());
+    std::fs::remove_dir(&elsewhere).unwrap();
     // Other names in samples/ are the user's: the timeline the report shows goes there (as the
     // quick start writes it).
     run_ok(
@@ -2158,7 +2275,10 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "--channels",
         "1",
     ]));
-    for (real, fake, side) in [(&clear_grey, &clear, "compared"), (&clear, &clear_grey, "real")] {
+    for (real, fake, side) in [
+        (&clear_grey, &clear, "compared"),
+        (&clear, &clear_grey, "real"),
+    ] {
         let out = run_ok(
             pgan()
                 .args(["eval", "--fid", "--real"])

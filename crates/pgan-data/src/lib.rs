@@ -34,7 +34,7 @@ pub use ingest::{
     decode, has_image_extension, to_channels, walk, Fit, Walk, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,
 };
 pub use manifest::{escape_name, printable, unescape_name, Manifest, ManifestOptions};
-pub use reader::{LevelCheck, PyramidReader, VerifyReport};
+pub use reader::{FileStamp, LevelCheck, PyramidReader, VerifyReport};
 pub use sampler::{fade_between, hwc_to_chw_f32, Batch, BatchSampler};
 pub use writer::{
     prepare, prepare_cancellable, report_path, temp_path, PrepareOptions, PrepareSummary,

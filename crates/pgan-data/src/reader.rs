@@ -21,6 +21,52 @@ pub struct PyramidReader {
     map: Mmap,
     header: Header,
     manifest: Manifest,
+    /// The open file (the map's), for its stamp wherever its path points meanwhile.
+    file: std::fs::File,
+    /// The file as it was when opened.
+    opened: FileStamp,
+}
+
+/// Which file a path held and when it was last written: its device and inode (on Unix), its
+/// length and its modification time. Two stamps of one path differ when the file was replaced
+/// (another inode) or written to (another time or length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Device and inode; `None` where the platform does not give them.
+    id: Option<(u64, u64)>,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            Some((meta.dev(), meta.ino()))
+        };
+        #[cfg(not(unix))]
+        let id = None;
+        FileStamp {
+            id,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+
+    /// The stamp of what `path` holds now; `None` when nothing can be read there.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
+    }
+
+    /// Whether `other` is the same file (not another one renamed or copied into its place).
+    /// Where the platform gives no inode, a file of another length counts as another file.
+    pub fn same_file(&self, other: &FileStamp) -> bool {
+        match (self.id, other.id) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.len == other.len,
+        }
+    }
 }
 
 /// Checksum result for one level.
@@ -160,7 +206,26 @@ impl PyramidReader {
             map,
             header,
             manifest,
+            file,
+            opened: FileStamp::of(&meta),
         })
+    }
+
+    /// The file as it was when this reader opened it (compare with [`FileStamp::of_path`]).
+    pub fn opened_stamp(&self) -> FileStamp {
+        self.opened
+    }
+
+    /// The opened file as it is now, even when its path holds another file meanwhile.
+    pub fn stamp_now(&self) -> std::io::Result<FileStamp> {
+        self.file.metadata().map(|m| FileStamp::of(&m))
+    }
+
+    /// The header as the mapped file holds it now, parsed again: a file written in place since
+    /// it was opened shows its new bytes through the map (its length stays the mapped one).
+    pub fn header_now(&self) -> Result<Header> {
+        let prefix = &self.map[..self.map.len().min(format::header_len(MAX_LEVELS))];
+        Header::parse(prefix, self.map.len() as u64, &self.path)
     }
 
     /// The file this reader was opened from.

@@ -90,9 +90,6 @@ impl EvalReport {
     }
 }
 
-/// The largest dataset level whose checksum `pgan eval` checks before measuring against it.
-const LEVEL_CHECK_BYTES: u64 = 4 << 30;
-
 /// Smallest resolution the mode classifier is trusted at: at 8x8 it labels most squares as
 /// discs (the reals of a balanced 16-mode set read square 0.56, disc 1.57 of their share).
 pub const MIN_MODES_RESOLUTION: u32 = 16;
@@ -629,7 +626,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             * u64::from(resolution)
             * u64::from(resolution)
             * reader.channels() as u64;
-        if level_bytes <= LEVEL_CHECK_BYTES {
+        if level_bytes <= crate::limits::LEVEL_CHECK_BYTES {
             say(&format!(
                 "checking the {resolution}x{resolution} level's checksum"
             ));

@@ -815,16 +815,16 @@ impl crate::backend::BackendJob for CompareRequest {
         }
         let mut report = compare(&real, &fake, self.metrics, self.seed)?;
         match (real_shape, fake_shape) {
-            (None, Some((1, _))) => {
-                report
-                    .notes
-                    .push(luma_note("real", &self.real, &self.fake.display().to_string()))
-            }
-            (Some((1, _)), None) => {
-                report
-                    .notes
-                    .push(luma_note("compared", &self.fake, &self.real.display().to_string()))
-            }
+            (None, Some((1, _))) => report.notes.push(luma_note(
+                "real",
+                &self.real,
+                &self.fake.display().to_string(),
+            )),
+            (Some((1, _)), None) => report.notes.push(luma_note(
+                "compared",
+                &self.fake,
+                &self.real.display().to_string(),
+            )),
             (Some((real_c, real_r)), Some((fake_c, fake_r))) => {
                 if real_c != fake_c {
                     report.warnings.push(format!(

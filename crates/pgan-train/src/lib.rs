@@ -19,6 +19,7 @@ pub mod alarms;
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod dataset_watch;
 mod distributed;
 pub mod ema;
 mod error;

@@ -1,11 +1,17 @@
 //! Bounds checked before anything is allocated or drawn: the size of a rendered sheet or
 //! sample grid (checked arithmetic, one pixel limit), the images an evaluation holds in memory
-//! against the memory there is, and the truncation ψ, whose rejection sampling never ends for
+//! against the memory there is, the dataset bytes checked against their checksums on the way,
+//! and the truncation ψ, whose rejection sampling never ends for
 //! ψ ≤ 0 and takes ~1/(0.8 ψ) draws per component for small ψ.
 
 /// The most pixels one rendered image (sheet, strip, timeline, sample grid) may have: 2^28
 /// (16384 x 16384), 768 MiB as 8-bit RGB.
 pub const MAX_SHEET_PIXELS: u64 = 1 << 28;
+
+/// The most dataset bytes checked against their checksums on the way (before an evaluation,
+/// after the dataset was written to during training): beyond a few GiB, reading them would
+/// cost more than what they are checked for, and `pgan verify` is the tool for it.
+pub const LEVEL_CHECK_BYTES: u64 = 4 << 30;
 
 /// Smallest truncation ψ: about 25 normal draws per latent component at ψ = 0.05.
 pub const MIN_TRUNCATION: f32 = 0.05;

@@ -32,6 +32,7 @@ use crate::alarms::Alarms;
 use crate::backend::{dispatch, BackendJob};
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
+use crate::dataset_watch::DatasetWatch;
 use crate::distributed::Peers;
 use crate::error::{io_err, Result, TrainError};
 use crate::images::{grid, save_png, upscale_cells, HostImages};
@@ -176,6 +177,8 @@ struct Trainer<B: AutodiffBackend> {
     model: ModelConfig,
     device: B::Device,
     reader: PyramidReader,
+    /// The dataset file as the run last accepted it, looked at once a tick.
+    dataset_watch: DatasetWatch,
     schedule: StageSchedule,
     run_dir: PathBuf,
     log: RunLog,
@@ -317,6 +320,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             config,
             model,
             device,
+            dataset_watch: DatasetWatch::new(&reader),
             reader,
             schedule,
             run_dir,

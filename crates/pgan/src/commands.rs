@@ -531,12 +531,6 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Extensions of image formats other than PNG (lower case).
-const OTHER_IMAGE_EXTENSIONS: [&str; 14] = [
-    "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "avif", "ico", "tga", "qoi", "exr", "hdr",
-    "ppm",
-];
-
 fn render(args: RenderArgs) -> Result<ExitCode> {
     let backend = args
         .backend
@@ -617,15 +611,25 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         }
         outputs.push(gif);
     }
-    // Every image render writes is a PNG: another format's extension would mislabel the file.
-    if let Some(ext) = args.out.extension().and_then(|e| e.to_str()) {
-        let ext = ext.to_ascii_lowercase();
-        if OTHER_IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            bail!(
-                "--out {}: render writes PNG images; name the file .png",
-                args.out.display()
-            );
-        }
+    // Every image render writes is a PNG: another name would mislabel the file (or, without an
+    // extension, hide what it is from viewers that go by the name).
+    if args.out.is_dir() {
+        bail!(
+            "--out {}: a folder; give a file name in it, e.g. {}",
+            args.out.display(),
+            args.out.join("samples.png").display()
+        );
+    }
+    if !args
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        bail!(
+            "--out {}: render writes PNG images; name the file .png (e.g. {})",
+            args.out.display(),
+            args.out.with_extension("png").display()
+        );
     }
     let mut checked: Vec<(&Path, &str)> = outputs.iter().map(|o| (o.as_path(), "--out")).collect();
     if let Some(latents) = &args.save_latents {
