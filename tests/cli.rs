@@ -652,6 +652,71 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
     );
 }
 
+#[test]
+fn a_stop_after_the_dataset_was_written_in_place_writes_no_checkpoint_of_it() {
+    use std::io::{Seek, SeekFrom, Write};
+    // The steps are not observable from outside: a stop before the first step is a stop at
+    // the run's start (nothing read, exit 130); each try waits longer.
+    for (attempt, wait_ms) in [500u64, 2000, 8000].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, config) = tiny_dataset_and_config(dir.path());
+        let runs = dir.path().join("runs");
+        // Ticks longer than the test: the stop, not a tick end, is the first look at the file.
+        let child = pgan()
+            .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(&runs)
+            .args(["--tick-kimg", "500"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let run = wait_for_run(&runs, "the first phase", |run| {
+            std::fs::read_to_string(run.join("log.txt")).is_ok_and(|l| l.contains("phase 1"))
+        });
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        let level4 = {
+            let reader = pgan_data::PyramidReader::open(&data).unwrap();
+            let level = reader
+                .header()
+                .levels
+                .iter()
+                .find(|l| l.resolution == 4)
+                .copied();
+            level.unwrap()
+        };
+        let byte = std::fs::read(&data).unwrap()[level4.offset as usize];
+        let mut file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+        file.seek(SeekFrom::Start(level4.offset)).unwrap();
+        file.write_all(&[!byte]).unwrap();
+        drop(file);
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let said = text(&out);
+        if out.status.code() == Some(130) && attempt < 2 {
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(
+            said.contains("written in place while training") && said.contains("4x4"),
+            "{said}"
+        );
+        let names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ckpt-000000000000"], "only the run's start");
+        return;
+    }
+}
+
 /// The run directory a background `pgan train` makes in `runs`, once `ready` holds for it
 /// (polled every 5 ms, for at most 2 minutes).
 fn wait_for_run(runs: &Path, what: &str, ready: impl Fn(&Path) -> bool) -> PathBuf {
@@ -2302,6 +2367,45 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
             "{out}"
         );
     }
+    // So is a folder beside a greyscale checkpoint: its FID is the one against the file.
+    let grey_config = dir.path().join("grey.toml");
+    std::fs::write(&grey_config, CONFIG).unwrap();
+    let (_, grey_run) = train_tiny(
+        &grey_config,
+        &clear_grey,
+        &dir.path().join("grey-runs"),
+        &[],
+    );
+    let grey_fid = |real: &Path| {
+        let out = run_ok(
+            pgan()
+                .arg("eval")
+                .arg(&grey_run)
+                .args(["--fid", "--num", "4", "--real"])
+                .arg(real)
+                .arg("--inception")
+                .arg(&weights),
+        );
+        let fid: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("FID "))
+            .expect("FID line")
+            .trim()
+            .parse()
+            .unwrap();
+        (fid, out)
+    };
+    let (from_folder, out) = grey_fid(&clear);
+    assert!(
+        out.contains("note: real: the image folder")
+            && out.contains("as the checkpoint generates 1-channel images"),
+        "{out}"
+    );
+    let (from_file, _) = grey_fid(&clear_grey);
+    assert!(
+        (from_folder - from_file).abs() < 1e-6 * from_file.abs().max(1.0),
+        "{from_folder} from the folder, {from_file} from the file it was prepared into"
+    );
     // Two files of different channels or resolutions are compared, and it is said what that
     // measures besides the images.
     let out = run_ok(

@@ -10,6 +10,13 @@ use std::path::{Path, PathBuf};
 /// What a non-regular file is, for messages: "a FIFO", "a character device", ...
 pub(crate) use pgan_spec::output::kind as file_kind;
 
+/// Which file `meta` describes: its device and inode (one file reached by two paths, or a file
+/// replaced at its path, told apart).
+pub(crate) fn file_id(meta: &Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
 /// Why [`open_regular`] failed.
 #[derive(Debug)]
 pub(crate) enum OpenError {

@@ -81,8 +81,7 @@ pub(crate) const FOLDER_SEEN: &str =
 /// the real folders are listed (in path order, so one folder reached two ways is always listed
 /// under the same path), and a folder already listed is not entered again (no loops).
 pub fn walk(dir: &Path) -> Result<Walk> {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| crate::files::file_id(&m));
     let mut seen: std::collections::HashSet<(u64, u64)> = id(dir).into_iter().collect();
     let mut out = Walk::default();
     let mut stack = vec![dir.to_path_buf()];

@@ -27,28 +27,21 @@ pub struct PyramidReader {
     opened: FileStamp,
 }
 
-/// Which file a path held and when it was last written: its device and inode (on Unix), its
-/// length and its modification time. Two stamps of one path differ when the file was replaced
-/// (another inode) or written to (another time or length).
+/// Which file a path held and when it was last written: its device and inode, its length and
+/// its modification time. Two stamps of one path differ when the file was replaced (another
+/// inode) or written to (another time or length; a write within the file system's time
+/// resolution of the stamp may go unseen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStamp {
-    /// Device and inode; `None` where the platform does not give them.
-    id: Option<(u64, u64)>,
+    id: (u64, u64),
     len: u64,
     modified: Option<std::time::SystemTime>,
 }
 
 impl FileStamp {
     fn of(meta: &std::fs::Metadata) -> Self {
-        #[cfg(unix)]
-        let id = {
-            use std::os::unix::fs::MetadataExt;
-            Some((meta.dev(), meta.ino()))
-        };
-        #[cfg(not(unix))]
-        let id = None;
         FileStamp {
-            id,
+            id: crate::files::file_id(meta),
             len: meta.len(),
             modified: meta.modified().ok(),
         }
@@ -60,12 +53,8 @@ impl FileStamp {
     }
 
     /// Whether `other` is the same file (not another one renamed or copied into its place).
-    /// Where the platform gives no inode, a file of another length counts as another file.
     pub fn same_file(&self, other: &FileStamp) -> bool {
-        match (self.id, other.id) {
-            (Some(a), Some(b)) => a == b,
-            _ => self.len == other.len,
-        }
+        self.id == other.id
     }
 }
 
@@ -256,6 +245,16 @@ impl PyramidReader {
     /// Available resolutions: 4, 8, ..., `resolution()`.
     pub fn levels(&self) -> Vec<u32> {
         self.header.levels.iter().map(|l| l.resolution).collect()
+    }
+
+    /// Bytes of the levels whose resolution `levels` picks (what reading or checking them costs).
+    pub fn levels_len(&self, levels: impl Fn(u32) -> bool) -> u64 {
+        self.header
+            .levels
+            .iter()
+            .filter(|l| levels(l.resolution))
+            .map(|l| l.length)
+            .sum()
     }
 
     /// The validated header.

@@ -404,11 +404,10 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
 /// The input that is the same file as `output` (also through a link), if any: prepare would
 /// replace an image it reads, even with `--force`.
 fn output_among<'a>(output: &Path, inputs: &'a [PathBuf]) -> Option<&'a PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let out = std::fs::metadata(output).ok()?;
-    inputs.iter().find(|input| {
-        std::fs::metadata(input).is_ok_and(|m| m.dev() == out.dev() && m.ino() == out.ino())
-    })
+    let out = crate::files::file_id(&std::fs::metadata(output).ok()?);
+    inputs
+        .iter()
+        .find(|input| std::fs::metadata(input).is_ok_and(|m| crate::files::file_id(&m) == out))
 }
 
 fn parent_dir(p: &Path) -> PathBuf {

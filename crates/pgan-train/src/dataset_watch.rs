@@ -1,13 +1,18 @@
-//! Notices, once a tick, a dataset file that changed on disk while training reads it.
+//! Notices, at each tick end and before a stop's checkpoint, a dataset file that changed on disk
+//! while training reads it.
 //!
 //! Training reads the `.pgan` file through a memory map. A file replaced at its path (`pgan
-//! prepare` renames a new file into place; `mv`, `cp` to a temporary and rename) leaves the
-//! mapped one readable: the run goes on with the images it started with, and is told so once.
-//! A file written in place (`cp` over it, a tool that edits it) shows its new bytes through the
-//! map at once: the steps since then may have read a mix of two datasets, which no resume would
-//! notice in the weights. The run stops with an error naming the file, unless the header and
-//! every level it trains on still match their checksums (the same bytes written again), and a
-//! shrunk file is the map guard's (`pgan_data::map_guard`) clear exit.
+//! prepare` renames a new file into place; `mv`; a link pointed elsewhere) leaves the mapped one
+//! readable: the run goes on with the images it started with, and is told so once. A file
+//! written in place without being shortened (`dd conv=notrunc`, a tool that edits it) shows its
+//! new bytes through the map at once: the steps since then may have read a mix of two datasets,
+//! which no resume would notice in the weights. The run stops with an error naming the file,
+//! unless the header and every level the run reads still match their checksums (the same bytes
+//! written again). A shortened file (`cp` over it truncates first) is the map guard's
+//! (`pgan_data::map_guard`) clear exit. The watch goes by the file's time and length: a write
+//! within the file system's time resolution of the last look may go unseen.
+
+use std::path::PathBuf;
 
 use pgan_data::{FileStamp, PyramidReader};
 
@@ -17,29 +22,34 @@ use crate::limits::LEVEL_CHECK_BYTES;
 /// The dataset file as the run last accepted it.
 #[derive(Debug)]
 pub struct DatasetWatch {
+    /// The path a resume reads (links resolved, as `config.toml` records it).
+    path: PathBuf,
+    /// The levels the run reads: up to the model's resolution.
+    max_resolution: u32,
     accepted: FileStamp,
     replaced_told: bool,
 }
 
 impl DatasetWatch {
-    /// Watches the file `reader` opened, from the moment it opened it.
-    pub fn new(reader: &PyramidReader) -> Self {
+    /// Watches the file `reader` opened, from the moment it opened it, for a run that reads its
+    /// levels up to `max_resolution`.
+    pub fn new(reader: &PyramidReader, max_resolution: u32) -> Self {
         DatasetWatch {
+            path: std::fs::canonicalize(reader.path()).unwrap_or_else(|_| reader.path().into()),
+            max_resolution,
             accepted: reader.opened_stamp(),
             replaced_told: false,
         }
     }
 
-    /// What changed since the last look, for training at `resolution`: warnings for changes
-    /// training goes on through (none when nothing new), an error for a file whose images
-    /// changed under the run.
-    pub fn check(&mut self, reader: &PyramidReader, resolution: u32) -> Result<Vec<String>> {
-        let path = reader.path();
-        let mut warnings = Vec::new();
+    /// Looks at the file: `warn` hears of a change training goes on through (nothing when
+    /// nothing is new); a file whose images changed under the run is an error.
+    pub fn check(&mut self, reader: &PyramidReader, warn: &mut dyn FnMut(String)) -> Result<()> {
+        let path = &self.path;
         let at_path = FileStamp::of_path(path);
         if !self.replaced_told && !at_path.is_some_and(|now| now.same_file(&self.accepted)) {
             self.replaced_told = true;
-            warnings.push(format!(
+            warn(format!(
                 "{}: the dataset was removed or replaced on disk while training: this run goes \
                  on with the file it opened (readable while it is open); a resume reads what \
                  is at that path then, and refuses other images",
@@ -48,14 +58,17 @@ impl DatasetWatch {
         }
         // The opened file itself, wherever its path points now.
         let now = reader.stamp_now().map_err(|e| TrainError::Dataset {
-            path: path.to_path_buf(),
-            message: format!("cannot look at the open file: {e}"),
+            path: path.clone(),
+            message: format!(
+                "the open file can no longer be looked at ({e}): on a network file system, \
+                 another machine removed it; the run stops here (resume once the file is back)"
+            ),
         })?;
         if now == self.accepted {
-            return Ok(warnings);
+            return Ok(());
         }
         let rewritten = |what: String| TrainError::Dataset {
-            path: path.to_path_buf(),
+            path: path.clone(),
             message: format!(
                 "written in place while training: {what}. The steps since the last checkpoint \
                  may have read a mix of old and new images, so the run stops here: put the \
@@ -72,32 +85,27 @@ impl DatasetWatch {
             }
             Ok(_) => {}
         }
-        let read: u64 = reader
-            .header()
-            .levels
-            .iter()
-            .filter(|l| l.resolution <= resolution)
-            .map(|l| l.length)
-            .sum();
+        let r = self.max_resolution;
+        let read = reader.levels_len(|level| level <= r);
         self.accepted = now;
         if read > LEVEL_CHECK_BYTES {
-            warnings.push(format!(
-                "{}: the dataset was written to while training; its header is unchanged, but \
-                 its levels up to {resolution}x{resolution} ({:.1} GiB) are too large to check \
-                 at every change: `pgan verify` checks them",
+            warn(format!(
+                "{}: the dataset was written to while training; its header is unchanged, but its \
+                 levels up to {r}x{r} ({:.1} GiB) are too large to check at every change, so \
+                 training goes on unchecked: `pgan verify` checks them",
                 path.display(),
                 read as f64 / (1u64 << 30) as f64
             ));
-            return Ok(warnings);
+            return Ok(());
         }
         reader
-            .verify_levels_up_to(resolution)
+            .verify_levels_up_to(r)
             .map_err(|e| rewritten(e.to_string()))?;
-        warnings.push(format!(
+        warn(format!(
             "{}: the dataset was written to while training, but its header and its levels up to \
-             {resolution}x{resolution} still match their checksums: training goes on",
+             {r}x{r} still match their checksums: training goes on",
             path.display()
         ));
-        Ok(warnings)
+        Ok(())
     }
 }

@@ -622,10 +622,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         // A level changed in place (same size) would be measured against silently. Its
         // checksum covers the whole level: beyond a few GiB, reading it would cost more than
         // the evaluation, and `pgan verify` is the tool for it.
-        let level_bytes = reader.len() as u64
-            * u64::from(resolution)
-            * u64::from(resolution)
-            * reader.channels() as u64;
+        let level_bytes = reader.levels_len(|r| r == resolution);
         if level_bytes <= crate::limits::LEVEL_CHECK_BYTES {
             say(&format!(
                 "checking the {resolution}x{resolution} level's checksum"

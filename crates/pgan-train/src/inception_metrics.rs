@@ -529,7 +529,11 @@ pub fn evaluate_checkpoint<B: Backend>(
     let mut notes = Vec::new();
     let real = if data.is_dir() {
         if channels == 1 {
-            notes.push(luma_note("real", data, "the checkpoint's generator"));
+            notes.push(luma_note(
+                "real",
+                data,
+                "the checkpoint generates 1-channel images",
+            ));
         }
         let read = FolderRead {
             channels: channels as u8,
@@ -738,13 +742,17 @@ pub fn set_features<B: Backend>(
     }
 }
 
-/// The note that a folder is read as luma (`channels` 1), to match `what`'s images.
-fn luma_note(side: &str, folder: &Path, what: &str) -> String {
+/// The note that a folder is read as luma (`channels` 1), `because` its counterpart is grey.
+fn luma_note(side: &str, folder: &Path, because: &str) -> String {
     format!(
-        "{side}: the image folder {} is read as greyscale (luma), as {what} holds 1-channel \
-         images",
+        "{side}: the image folder {} is read as greyscale (luma), as {because}",
         folder.display()
     )
+}
+
+/// Why a folder compared with the `.pgan` file at `path` is read as luma.
+fn grey_file(path: &Path) -> String {
+    format!("{} holds 1-channel images", path.display())
 }
 
 /// Channels and resolution of the `.pgan` file at `path`; `None` for a folder.
@@ -815,16 +823,16 @@ impl crate::backend::BackendJob for CompareRequest {
         }
         let mut report = compare(&real, &fake, self.metrics, self.seed)?;
         match (real_shape, fake_shape) {
-            (None, Some((1, _))) => report.notes.push(luma_note(
-                "real",
-                &self.real,
-                &self.fake.display().to_string(),
-            )),
-            (Some((1, _)), None) => report.notes.push(luma_note(
-                "compared",
-                &self.fake,
-                &self.real.display().to_string(),
-            )),
+            (None, Some((1, _))) => {
+                report
+                    .notes
+                    .push(luma_note("real", &self.real, &grey_file(&self.fake)))
+            }
+            (Some((1, _)), None) => {
+                report
+                    .notes
+                    .push(luma_note("compared", &self.fake, &grey_file(&self.real)))
+            }
             (Some((real_c, real_r)), Some((fake_c, fake_r))) => {
                 if real_c != fake_c {
                     report.warnings.push(format!(

@@ -314,13 +314,14 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         let metrics = MetricsWriter::open(&run_dir)?;
         let alarms = Alarms::new(config.alarms.clone());
+        let dataset_watch = DatasetWatch::new(&reader, model.resolution);
         let mut trainer = Self {
             _lock: lock,
             options,
             config,
             model,
             device,
-            dataset_watch: DatasetWatch::new(&reader),
+            dataset_watch,
             reader,
             schedule,
             run_dir,
@@ -438,6 +439,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.log.error(format!("training stopped by an error: {e}"));
         }
         result
+    }
+
+    /// The dataset file as it is on disk now (see [`DatasetWatch`]): its changes logged, an
+    /// error for images that changed under the run.
+    fn look_at_dataset(&mut self) -> Result<()> {
+        let log = &mut self.log;
+        self.dataset_watch
+            .check(&self.reader, &mut |warning| log.warn(warning))
     }
 
     /// The loop: steps until `total_kimg` (or a stop), a tick end every `tick_kimg`, a rollback
@@ -561,6 +570,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     && (s.open_tick.is_none() || !closes_resumed_tick)
             });
         if !at_checkpoint {
+            // Not into a checkpoint: steps on a dataset that changed under them.
+            self.look_at_dataset()?;
             self.end_healthy_stretch();
             // A stop inside a tick: the resumed run finishes this tick's row with these steps.
             self.state.open_tick = self.tick.open();

@@ -1,6 +1,7 @@
-//! The end of a tick, in order: a look at the dataset file, the metrics row (schedule position, the tick's averages, speed,
-//! memory), the evaluation when one is due, the alarms, then the outputs: the row appended to
-//! `metrics.jsonl`, the status line, the sample grid and the checkpoint when they are due.
+//! The end of a tick, in order: a look at the dataset file, the metrics row (schedule position,
+//! the tick's averages, speed, memory), the evaluation when one is due, the alarms, then the
+//! outputs: the row appended to `metrics.jsonl`, the status line, the sample grid and the
+//! checkpoint when they are due.
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -26,9 +27,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.state.tick += 1;
         let img_per_s = self.tick.images as f64 / seconds.max(1e-9);
         // A dataset whose images changed under this tick's steps stops the run before its row.
-        for warning in self.dataset_watch.check(&self.reader, phase.resolution)? {
-            self.log.warn(warning);
-        }
+        self.look_at_dataset()?;
 
         let mut row = self.tick_row(phase, img_per_s);
         let mut warnings = self
