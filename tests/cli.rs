@@ -2401,6 +2401,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
             && out.contains("as the checkpoint generates 1-channel images"),
         "{out}"
     );
+    assert!(!out.contains("299x299"), "{out}");
     let (from_file, _) = grey_fid(&clear_grey);
     assert!(
         (from_folder - from_file).abs() < 1e-6 * from_file.abs().max(1.0),
@@ -2437,6 +2438,40 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "{out}"
     );
     assert!(!out.contains("channel"), "{out}");
+    // A folder of other sizes than the set it is compared with: measured, and remarked on.
+    let big = dir.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for k in 0..5u32 {
+        let side = if k == 0 { 16 } else { 32 };
+        image::RgbImage::from_fn(side, side, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 7 + k * 40) as u8, 90])
+        })
+        .save(big.join(format!("{k}.png")))
+        .unwrap();
+    }
+    let expected = "4 of its 5 images are not 16x16 (most often 32x32)";
+    let out = run_ok(
+        pgan()
+            .args(["eval", "--fid", "--real"])
+            .arg(&clear_pgan)
+            .arg("--fake")
+            .arg(&big)
+            .arg("--inception")
+            .arg(&weights),
+    );
+    assert!(
+        out.contains(&format!(
+            "warning: compared: {expected} and the real set is 16x16"
+        )),
+        "{out}"
+    );
+    let (_, out) = grey_fid(&big);
+    assert!(
+        out.contains(&format!(
+            "warning: real: {expected} and the generated images are 16x16"
+        )),
+        "{out}"
+    );
     let err = run_err(
         pgan()
             .args(["eval", "--fid", "--background", "red", "--real"])

@@ -487,6 +487,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.num_real_features = Some(features.num_real);
         report.real_composited = features.real_composited;
         report.notes = features.notes;
+        report.warnings.extend(features.warnings);
         if request.feature_metrics.fid {
             report
                 .warnings

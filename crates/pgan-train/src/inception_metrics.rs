@@ -172,6 +172,8 @@ pub struct FeatureSet {
     pub stats: FeatureStats,
     /// Images read with transparency (from a folder), when there were any.
     pub composited: Option<Composited>,
+    /// How many images of each size (width, height) a folder held; empty for other sets.
+    pub folder_sizes: std::collections::BTreeMap<(u32, u32), usize>,
 }
 
 impl FeatureSet {
@@ -182,6 +184,7 @@ impl FeatureSet {
             features,
             stats,
             composited: None,
+            folder_sizes: Default::default(),
         })
     }
 }
@@ -352,6 +355,7 @@ fn load_cache(
         features,
         stats,
         composited: None,
+        folder_sizes: Default::default(),
     })
 }
 
@@ -573,6 +577,12 @@ pub fn evaluate_checkpoint<B: Backend>(
     )?;
     let mut report = compare(&real, &fake, request.feature_metrics, request.seed)?;
     report.notes = notes;
+    report.warnings.extend(size_warning(
+        "real",
+        &real,
+        resolution,
+        "the generated images are",
+    ));
     Ok(report)
 }
 
@@ -666,6 +676,7 @@ pub fn folder_features<B: Backend>(
     let mut batch_size = (0u32, 0u32);
     let mut in_batch = 0usize;
     let mut with_alpha = 0usize;
+    let mut sizes = std::collections::BTreeMap::new();
     let mut flush = |batch: &mut Vec<u8>, in_batch: &mut usize, (w, h): (u32, u32)| -> Result<()> {
         if *in_batch > 0 {
             values.extend(extractor.features(Images8 {
@@ -691,6 +702,7 @@ pub fn folder_features<B: Backend>(
         })?;
         with_alpha += usize::from(image.color().has_alpha());
         let size = (image.width(), image.height());
+        *sizes.entry(size).or_insert(0) += 1;
         if size != batch_size || in_batch == INCEPTION_BATCH {
             flush(&mut batch, &mut in_batch, batch_size)?;
             batch_size = size;
@@ -706,6 +718,7 @@ pub fn folder_features<B: Backend>(
         images: with_alpha,
         background,
     });
+    set.folder_sizes = sizes;
     Ok(set)
 }
 
@@ -753,6 +766,40 @@ fn luma_note(side: &str, folder: &Path, because: &str) -> String {
 /// Why a folder compared with the `.pgan` file at `path` is read as luma.
 fn grey_file(path: &Path) -> String {
     format!("{} holds 1-channel images", path.display())
+}
+
+/// The warning for a folder (`side`) whose images are not all `resolution` square, the size of
+/// the set it is compared with (`other`): Inception resizes both to 299x299, so the metrics
+/// also measure the difference in sharpness.
+fn size_warning(side: &str, set: &FeatureSet, resolution: u32, other: &str) -> Option<String> {
+    let total: usize = set.folder_sizes.values().sum();
+    let (most, _) = set
+        .folder_sizes
+        .iter()
+        .filter(|(size, _)| **size != (resolution, resolution))
+        .max_by_key(|(_, n)| **n)?;
+    let others = total
+        - set
+            .folder_sizes
+            .get(&(resolution, resolution))
+            .unwrap_or(&0);
+    let which = if others == total {
+        "its images are".to_string()
+    } else {
+        format!("{others} of its {total} images are")
+    };
+    let shape = if set.folder_sizes.len() == 1 {
+        format!("{}x{}", most.0, most.1)
+    } else {
+        format!(
+            "not {resolution}x{resolution} (most often {}x{})",
+            most.0, most.1
+        )
+    };
+    Some(format!(
+        "{side}: {which} {shape} and {other} {resolution}x{resolution}: Inception resizes both \
+         to 299x299, so the metrics also measure the difference in sharpness"
+    ))
 }
 
 /// Channels and resolution of the `.pgan` file at `path`; `None` for a folder.
@@ -822,6 +869,19 @@ impl crate::backend::BackendJob for CompareRequest {
             save_features_npy(&features_file(prefix, "fake"), &fake.features)?;
         }
         let mut report = compare(&real, &fake, self.metrics, self.seed)?;
+        match (real_shape, fake_shape) {
+            (None, Some((_, r))) => {
+                report
+                    .warnings
+                    .extend(size_warning("real", &real, r, "the compared set is"))
+            }
+            (Some((_, r)), None) => {
+                report
+                    .warnings
+                    .extend(size_warning("compared", &fake, r, "the real set is"))
+            }
+            _ => {}
+        }
         match (real_shape, fake_shape) {
             (None, Some((1, _))) => {
                 report
