@@ -2832,6 +2832,61 @@ fn special_files_are_skipped_by_prepare_and_refused_by_readers_without_hanging()
     }
 }
 
+/// A checkpoint or run file that is not a regular file is an error naming it, not a read that
+/// waits for ever; a full disk behind stdout is an error, not a panic.
+#[test]
+fn checkpoint_files_that_are_fifos_and_a_full_stdout_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"), &[]);
+    let ckpt = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let full = pgan()
+        .arg("info")
+        .arg(&data)
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let (code, out) = (full.status.code(), text(&full));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("cannot write to standard output"), "{out}");
+    for name in ["generator_ema.mpk", "state.json"] {
+        let file = ckpt.join(name);
+        let kept = dir.path().join(format!("kept-{name}"));
+        std::fs::rename(&file, &kept).unwrap();
+        mkfifo(&file);
+        for command in ["export", "render"] {
+            let out_file = dir.path().join(format!("{command}-{name}.png"));
+            let (code, out) = run_within(
+                pgan().arg(command).arg(&ckpt).arg("--out").arg(&out_file),
+                60,
+            );
+            assert_eq!(code, Some(2), "{out}");
+            assert!(
+                out.contains(&format!("{name} is a FIFO, not a regular file"))
+                    || out.contains(&format!("{name}: it is a FIFO, not a regular file")),
+                "{out}"
+            );
+        }
+        std::fs::remove_file(&file).unwrap();
+        std::fs::rename(&kept, &file).unwrap();
+    }
+    // The run's config.toml, read by eval for the dataset: measured without it, and said why.
+    let config_toml = run.join("config.toml");
+    std::fs::remove_file(&config_toml).unwrap();
+    mkfifo(&config_toml);
+    let (code, out) = run_within(pgan().arg("eval").arg(&run).args(["--num", "4"]), 60);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("no dataset from the run's config")
+            && out.contains("it is a FIFO, not a regular file"),
+        "{out}"
+    );
+}
+
 #[test]
 fn prepare_force_replaces_regular_files_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -3419,7 +3474,7 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
     let (_, run) = train_tiny(&config, &data, &runs, &["--stop-after-kimg", "0.032"]);
 
     // A user's file is replaced only with --force.
-    let notes = dir.path().join("notes.txt");
+    let notes = dir.path().join("notes.png");
     std::fs::write(&notes, b"mine").unwrap();
     for command in ["render", "report"] {
         let err = run_err(pgan().arg(command).arg(&run).arg("--out").arg(&notes));
@@ -3438,6 +3493,17 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
             .arg("--force"),
     );
     assert!(std::fs::read(&notes).unwrap().starts_with(b"\x89PNG"));
+    // The run's own report.html is replaced without --force, but not through a link to a file
+    // of the run or a dataset.
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    for target in [run.join("metrics.jsonl"), data.clone()] {
+        std::os::unix::fs::symlink(&target, run.join("report.html")).unwrap();
+        let err = run_err(pgan().arg("report").arg(&run));
+        assert!(err.contains("the run's report.html"), "{err}");
+        std::fs::remove_file(run.join("report.html")).unwrap();
+    }
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+    run_ok(pgan().arg("verify").arg(&data));
 
     // A stop at or before the resumed position, a total of less than one image.
     let err = run_err(&mut resume_cmd(&run, &["--stop-after-kimg", "0.016"]));

@@ -599,8 +599,8 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         return Err(bad("not found (expected a checkpoint folder)".into()));
     }
     let state_path = checkpoint.join(STATE_FILE);
-    let text =
-        std::fs::read(&state_path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}")))?;
+    let text = crate::fsutil::read_regular(&state_path)
+        .map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}")))?;
     let state: TrainState =
         serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE} is corrupt: {e}")))?;
     if !(OLDEST_CHECKPOINT_VERSION..=CHECKPOINT_VERSION).contains(&state.version) {
@@ -610,12 +610,13 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
             state.version
         )));
     }
-    // Every checkpoint of format 2 was written with both: one without them was edited.
-    if state.version >= 2 && state.checksum.is_none() {
+    // Without its checksum, a state cannot be told from an edited one (a format-2 state
+    // relabelled as format 1 included): none is read.
+    if state.checksum.is_none() {
         return Err(bad(format!(
-            "{STATE_FILE} has no checksum, which every checkpoint of format {} is written with: \
-             it was edited; pgan does not resume from edited state",
-            state.version
+            "{STATE_FILE} has no checksum, which every checkpoint pgan writes carries: it was \
+             edited (or written by a pgan older than the checksum, which this pgan does not \
+             read); pgan does not resume or render from unchecked state"
         )));
     }
     if state.version < 2 && state.abandoned.is_some() {
@@ -666,7 +667,16 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
     let actual = checksums(checkpoint)?;
     for (name, crc) in &state.files {
         match actual.get(name) {
-            None => return Err(bad(format!("{name} is missing"))),
+            None => {
+                let what = match std::fs::metadata(checkpoint.join(name)) {
+                    Ok(meta) => format!(
+                        "is {}, not a regular file",
+                        pgan_spec::output::kind(&meta.file_type())
+                    ),
+                    Err(_) => "is missing".to_string(),
+                };
+                return Err(bad(format!("{name} {what}")));
+            }
             Some(c) if c != crc => {
                 return Err(bad(format!("{name} is corrupt (checksum mismatch)")));
             }
@@ -791,7 +801,8 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
     // `.` inside a checkpoint folder, `checkpoints/ckpt-…` inside a run: the checkpoint found
     // must name itself and its run by its last components (setting newer ones aside does).
     let path = &absolute_path(path);
-    if path.join(STATE_FILE).is_file() {
+    // Whatever is there (a FIFO too): reading the state says what is wrong with it.
+    if path.join(STATE_FILE).exists() {
         return Ok(FoundCheckpoint {
             path: path.to_path_buf(),
             skipped: Vec::new(),
@@ -1202,13 +1213,6 @@ mod tests {
         .unwrap()
     }
 
-    /// A state as a checkpoint of format 1 (from before the checksum had to be there) has it.
-    fn as_format_1(j: &mut serde_json::Value) {
-        let j = j.as_object_mut().unwrap();
-        j.remove("checksum");
-        j.insert("version".into(), serde_json::json!(1));
-    }
-
     /// Rewrites a checkpoint's `state.json` through `edit`.
     fn edit_state(ckpt: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
         let path = ckpt.join(STATE_FILE);
@@ -1216,6 +1220,22 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         edit(&mut json);
         std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    }
+
+    /// Rewrites a checkpoint's `state.json` through `edit` and signs it again as pgan signs a
+    /// state (whatever keys it holds): only the fields' own checks can refuse it.
+    fn edit_state_resigned(ckpt: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = ckpt.join(STATE_FILE);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("checksum");
+        edit(&mut json);
+        let mut text = serde_json::to_vec_pretty(&json).unwrap();
+        let crc = crc32fast::hash(&text);
+        assert_eq!(text.pop(), Some(b'}'));
+        assert_eq!(text.pop(), Some(b'\n'));
+        text.extend_from_slice(format!(",\n  \"checksum\": {crc}\n}}").as_bytes());
+        std::fs::write(&path, text).unwrap();
     }
 
     #[test]
@@ -1261,11 +1281,9 @@ mod tests {
             "{err}"
         );
 
-        // Without the checksum (as in a checkpoint from before it), the fields still have to
-        // make sense: this position made the sampler index out of bounds.
-        edit_state(&ckpt, |j| {
-            as_format_1(j);
-        });
+        // Signed again, the fields still have to make sense: this position made the sampler
+        // index out of bounds.
+        edit_state_resigned(&ckpt, |_| {});
         let err = read_state(&ckpt).unwrap_err().to_string();
         assert!(
             err.contains("sampler.position 257 is not below sampler.num_images 256"),
@@ -1307,8 +1325,7 @@ mod tests {
             ),
         ] {
             let ckpt = write_one(run.path(), 80);
-            edit_state(&ckpt, |j| {
-                as_format_1(j);
+            edit_state_resigned(&ckpt, |j| {
                 j[key] = value;
             });
             let err = read_state(&ckpt).unwrap_err().to_string();
@@ -1319,7 +1336,7 @@ mod tests {
         for (edit, said) in [
             (
                 "checksum",
-                "state.json has no checksum, which every checkpoint of format 2",
+                "state.json has no checksum, which every checkpoint pgan writes carries",
             ),
             (
                 "files",
@@ -1351,12 +1368,21 @@ mod tests {
             let err = read_state(&ckpt).unwrap_err().to_string();
             assert!(err.contains(said), "{edit}: {err}");
         }
-        // An untouched state without a checksum (an older checkpoint) is accepted.
+        // Nor is one relabelled as format 1 (from before the checksum was required), whose
+        // stage and alpha were edited: such a state cannot be told from an edited one.
         let ckpt = write_one(run.path(), 96);
         edit_state(&ckpt, |j| {
-            as_format_1(j);
+            let j = j.as_object_mut().unwrap();
+            j.remove("checksum");
+            j.insert("version".into(), serde_json::json!(1));
+            j.insert("alpha".into(), serde_json::json!(0.3));
         });
-        read_state(&ckpt).unwrap();
+        let err = read_state(&ckpt).unwrap_err().to_string();
+        assert!(err.contains("has no checksum"), "{err}");
+        // A format-1 state with its checksum is read.
+        let ckpt = write_one(run.path(), 104);
+        edit_state_resigned(&ckpt, |j| j["version"] = 1.into());
+        assert_eq!(read_state(&ckpt).unwrap().version, 1);
     }
 
     #[test]
@@ -1365,8 +1391,7 @@ mod tests {
         // evaluations, the figures the collapse alarm no longer compares with.
         let run = tempfile::tempdir().unwrap();
         let ckpt = write_one(run.path(), 64);
-        edit_state(&ckpt, |j| {
-            as_format_1(j);
+        edit_state_resigned(&ckpt, |j| {
             let j = j.as_object_mut().unwrap();
             j.remove("collapse");
             j.remove("gradients");

@@ -725,11 +725,17 @@ impl NodesConfig {
 impl TrainConfig {
     /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            action: "read config",
-            source,
-        })?;
+        let text = crate::fsutil::read_regular(path)
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
+                })
+            })
+            .map_err(|source| TrainError::Io {
+                path: path.to_path_buf(),
+                action: "read config",
+                source,
+            })?;
         Self::from_toml_str(&text).map_err(|e| match e {
             TrainError::Config { message, .. } => TrainError::Config {
                 path: Some(path.into()),

@@ -1,4 +1,5 @@
-//! Atomic writes: nothing the user already has is replaced by a half-written file.
+//! Atomic writes: nothing the user already has is replaced by a half-written file; and reads of
+//! files that must be regular ones (a FIFO there would block for ever).
 
 use std::fs::File;
 use std::io;
@@ -6,6 +7,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The bytes of `path`, which must be a regular file (or a link to one): reading a FIFO would
+/// wait for a writer for ever, a device might never end. Anything else is an error saying what
+/// it is.
+pub(crate) fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "it is {}, not a regular file",
+                pgan_spec::output::kind(&meta.file_type())
+            ),
+        ));
+    }
+    std::fs::read(path)
+}
 
 /// A temp path beside `path` (same folder, so the final rename stays on one filesystem).
 pub(crate) fn temp_beside(path: &Path) -> PathBuf {

