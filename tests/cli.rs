@@ -272,6 +272,48 @@ fn prepare_train_render_eval_report() {
         tl.height() > tl.width() / 3 * checkpoints.min(3) / 2,
         "one row per checkpoint"
     );
+    // A checkpoint named as the source ends the timeline there; an entry named as a checkpoint
+    // that is not a folder is left out with a word; rows and columns are the timeline's own.
+    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    ckpts.sort();
+    assert!(ckpts.len() >= 3, "{ckpts:?}");
+    let stray = run.join("checkpoints/ckpt-999999999999");
+    std::fs::write(&stray, b"not a checkpoint").unwrap();
+    let upto = dir.path().join("timeline-upto.png");
+    let out = run_ok(
+        pgan()
+            .arg("render")
+            .arg(&ckpts[1])
+            .arg("--out")
+            .arg(&upto)
+            .args(["--seeds", "0-2", "--timeline"]),
+    );
+    assert!(
+        out.contains("ckpt-999999999999 is a regular file, not a checkpoint folder"),
+        "{out}"
+    );
+    let two_rows = image::open(&upto).unwrap();
+    assert_eq!(two_rows.width(), tl.width());
+    assert!(
+        two_rows.height() < tl.height() && two_rows.height() > tl.height() / checkpoints,
+        "two of {checkpoints} rows: {out}"
+    );
+    std::fs::remove_file(&stray).unwrap();
+    let err = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("x.png"))
+            .args(["--seeds", "0-2", "--timeline", "--rows", "2"]),
+    );
+    assert!(
+        err.contains("--rows") && err.contains("--timeline"),
+        "{err}"
+    );
 
     let json = dir.path().join("eval.json");
     let out = run_ok(
@@ -1828,6 +1870,20 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         "--count",
         "4",
     ]));
+    // The empty folder a user stands in, named `.`.
+    let here = dir.path().join("here");
+    std::fs::create_dir(&here).unwrap();
+    run_ok(pgan().current_dir(&here).args([
+        "synth",
+        ".",
+        "--modes",
+        "2",
+        "--resolution",
+        "8",
+        "--count",
+        "2",
+    ]));
+    assert!(here.join("modes.json").is_file());
     let mut spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s/modes.json")).unwrap())
             .unwrap();

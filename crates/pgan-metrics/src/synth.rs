@@ -473,9 +473,9 @@ pub const LABELS_FILE: &str = "labels.json";
 /// The mode spec file `synth` writes beside the images.
 pub const MODES_FILE: &str = "modes.json";
 
-/// The folder `synth` writes for `out_dir`: `out_dir` itself, or where a symbolic link there
-/// points (the finished folder replaces the empty one it names, which a rename cannot do to
-/// a link).
+/// The folder `synth` writes for `out_dir`: `out_dir` itself (its full path for `.` and `..`),
+/// or where a symbolic link there points (the finished folder replaces the empty one it names,
+/// which a rename cannot do to a link).
 pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
     match std::fs::symlink_metadata(out_dir) {
         Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(out_dir).map_err(|e| {
@@ -484,6 +484,9 @@ pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
                 out_dir.display()
             ))
         }),
+        // `.` or `..` (the folder a user stands in) cannot be renamed onto: its full path can.
+        Ok(_) if matches!(out_dir.file_name(), None) => std::fs::canonicalize(out_dir)
+            .map_err(|e| MetricsError::InvalidArgument(format!("{}: {e}", out_dir.display()))),
         _ => Ok(out_dir.to_path_buf()),
     }
 }

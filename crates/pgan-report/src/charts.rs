@@ -141,7 +141,7 @@ pub fn draw_all(ticks: &[Tick], segments: &[Segment]) -> Result<(Vec<Chart>, Vec
         match draw_chart(spec, ticks, segments)? {
             Some(c) => charts.push(c),
             None if !spec.optional => notices.push(format!(
-                "chart '{}' left out: no finite values of {} yet",
+                "chart '{}' left out: no drawable values (finite, within the f32 range) of {} yet",
                 spec.title,
                 spec.series
                     .iter()
@@ -318,7 +318,7 @@ pub fn draw_chart(spec: &ChartSpec, ticks: &[Tick], segments: &[Segment]) -> Res
                 String::new()
             };
             format!(
-                "{key}: {} non-finite value(s) not drawn: {}{more}",
+                "{key}: {} value(s) not drawn (not finite, or beyond the f32 range): {}{more}",
                 d.non_finite.len(),
                 shown.join(", ")
             )
@@ -572,7 +572,7 @@ mod tests {
         assert!(!chart.svg.contains("NaN"));
         assert_eq!(chart.notes.len(), 2);
         assert!(
-            chart.notes[0].starts_with("Loss/D: 1 non-finite"),
+            chart.notes[0].starts_with("Loss/D: 1 value(s) not drawn (not finite"),
             "{:?}",
             chart.notes
         );
@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(charts[0].legend.len(), 1, "G loss has no values");
         // penalty, D outputs, grads, speed; optional metric charts are silent
         assert_eq!(notices.len(), 4, "{notices:?}");
-        assert!(notices.iter().all(|n| n.contains("no finite values")));
+        assert!(notices.iter().all(|n| n.contains("no drawable values")));
     }
 
     #[test]

@@ -252,7 +252,7 @@ mod tests {
         assert!(h.contains("<th>last error in log.txt</th><td>[  44.8s] ERROR NaN alarm"));
 
         // NaN noted, not drawn.
-        assert!(h.contains("Grad/G/norm: 1 non-finite value(s) not drawn: line 30 (kimg 7.5)"));
+        assert!(h.contains("Grad/G/norm: 1 value(s) not drawn (not finite, or beyond the f32 range): line 30 (kimg 7.5)"));
         assert!(report
             .notices
             .iter()

@@ -726,7 +726,9 @@ fn is_checkpoint_name(name: &str) -> bool {
 
 /// The entries of `run_dir/checkpoints` named as checkpoints that [`list_checkpoints`] leaves
 /// out because they are not folders, with what each is.
-fn entries_named_as_checkpoints_that_are_not_folders(run_dir: &Path) -> Vec<(PathBuf, String)> {
+pub(crate) fn entries_named_as_checkpoints_that_are_not_folders(
+    run_dir: &Path,
+) -> Vec<(PathBuf, String)> {
     let Ok(entries) = std::fs::read_dir(run_dir.join(CHECKPOINTS_DIR)) else {
         return Vec::new();
     };

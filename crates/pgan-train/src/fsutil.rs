@@ -55,6 +55,35 @@ pub fn write_atomic_with(
     result
 }
 
+/// Writes several files so that a failure replaces none of them: each is written and synced to
+/// a temp beside it first, and only when every one is complete are they renamed into place (a
+/// rename needs no space). On an error every temp is removed; the error names the file it was
+/// for.
+pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<(), (PathBuf, io::Error)> {
+    let mut staged: Vec<(PathBuf, PathBuf, &Path)> = Vec::with_capacity(files.len());
+    let result = (|| {
+        for (path, bytes) in files {
+            let at = |e| (path.clone(), e);
+            let target = pgan_spec::output::replaceable_file(path).map_err(at)?;
+            let tmp = temp_beside(&target);
+            staged.push((tmp.clone(), target, path));
+            let mut file = File::create(&tmp).map_err(at)?;
+            io::Write::write_all(&mut file, bytes).map_err(at)?;
+            file.sync_all().map_err(at)?;
+        }
+        for (tmp, target, path) in &staged {
+            std::fs::rename(tmp, target).map_err(|e| (path.to_path_buf(), e))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (tmp, _, _) in &staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    result
+}
+
 /// Writes `values` as a float32 NumPy `.npy` file of `shape`, atomically.
 pub(crate) fn write_npy_f32(path: &Path, values: &[f32], shape: &[u64]) -> io::Result<()> {
     write_atomic(path, &npy_f32_bytes(values, shape)?)
@@ -113,6 +142,32 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn several_files_are_replaced_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.png");
+        let b = dir.path().join("b.npy");
+        write_atomic(&a, b"old a").unwrap();
+        write_atomic(&b, b"old b").unwrap();
+        // The second file's temp cannot be made (no such folder): the first, already written
+        // to its temp, is not replaced either, and no temp is left.
+        let nowhere = dir.path().join("missing").join("c.gif");
+        let files = [
+            (a.clone(), b"new a".to_vec()),
+            (nowhere.clone(), b"new c".to_vec()),
+            (b.clone(), b"new b".to_vec()),
+        ];
+        let (at, _) = write_all_atomic(&files).unwrap_err();
+        assert_eq!(at, nowhere);
+        assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+        assert_eq!(std::fs::read(&b).unwrap(), b"old b");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        write_all_atomic(&[files[0].clone(), files[2].clone()]).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"new a");
+        assert_eq!(std::fs::read(&b).unwrap(), b"new b");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

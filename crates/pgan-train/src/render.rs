@@ -98,16 +98,13 @@ fn add_latents(
     Ok(())
 }
 
-/// Writes a render's files, each atomically, once all of them are encoded: a render stopped
-/// while it draws or encodes leaves every earlier output as it was, never a set of files from
-/// two different requests.
+/// Writes a render's files once all of them are encoded, all or none: a render stopped while
+/// it draws, encodes or writes, or a full disk, leaves every earlier output as it was, never a
+/// set of files from two different requests.
 fn commit(files: Vec<(PathBuf, Vec<u8>)>) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::with_capacity(files.len());
-    for (path, bytes) in files {
-        crate::fsutil::write_atomic(&path, &bytes).map_err(crate::error::io_err(&path, "write"))?;
-        written.push(path);
-    }
-    Ok(written)
+    crate::fsutil::write_all_atomic(&files)
+        .map_err(|(path, e)| crate::error::io_err(&path, "write")(e))?;
+    Ok(files.into_iter().map(|(path, _)| path).collect())
 }
 
 /// Images a render generates per forward pass: memory stays bounded however many it draws.
@@ -235,17 +232,32 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             })
         }
         RenderKind::Timeline => {
-            let run_dir = if request.source.join(checkpoint::CHECKPOINTS_DIR).is_dir() {
-                request.source.clone()
+            // A run: all its checkpoints. A checkpoint named as the source: its run's, up to it
+            // (named checkpoints are used as given, also as a timeline's end).
+            let (run_dir, last) = if request.source.join(checkpoint::CHECKPOINTS_DIR).is_dir() {
+                (request.source.clone(), None)
             } else {
                 let ckpt = checkpoint::resolve_checkpoint(&request.source)?;
-                checkpoint::run_dir_of(&ckpt).unwrap_or(request.source.clone())
+                let last = checkpoint::read_state(&ckpt)?.images_shown;
+                let run = checkpoint::run_dir_of(&ckpt).unwrap_or(request.source.clone());
+                (run, Some(last))
             };
-            // A checkpoint that fails its checks is left out of the timeline, with a warning.
-            let mut warnings = Vec::new();
+            // A checkpoint that fails its checks is left out of the timeline, with a warning, as
+            // is an entry named as one that is not a folder.
+            let mut warnings: Vec<String> =
+                checkpoint::entries_named_as_checkpoints_that_are_not_folders(&run_dir)
+                    .into_iter()
+                    .map(|(path, what)| {
+                        format!(
+                            "left out of the timeline: {} is {what}, not a checkpoint folder",
+                            path.display()
+                        )
+                    })
+                    .collect();
             let mut ckpts = Vec::new();
             for ckpt in checkpoint::list_checkpoints(&run_dir)? {
                 match checkpoint::read_state(&ckpt) {
+                    Ok(state) if last.is_some_and(|last| state.images_shown > last) => {}
                     Ok(state) => ckpts.push((ckpt, state)),
                     Err(e) => warnings.push(format!("left out of the timeline: {e}")),
                 }

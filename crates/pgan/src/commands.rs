@@ -979,7 +979,7 @@ fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
         // Not `eprintln!`: a closed stderr must not panic in the handler.
         let _ = writeln!(
             std::io::stderr(),
-            "\ninterrupted: the output being written was removed"
+            "\ninterrupted: its temporary files were removed, no output is half-written"
         );
         std::process::exit(EXIT_INTERRUPTED.into());
     })

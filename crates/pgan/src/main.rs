@@ -280,11 +280,11 @@ struct RenderArgs {
     /// sheet in turn.
     #[arg(long)]
     seeds: Option<String>,
-    /// Sheet rows.
-    #[arg(long, default_value_t = 6)]
+    /// Sheet rows (a timeline has one per checkpoint, a strip one).
+    #[arg(long, default_value_t = 6, conflicts_with_all = ["interpolate", "timeline"])]
     rows: usize,
-    /// Sheet columns.
-    #[arg(long, default_value_t = 8)]
+    /// Sheet columns (a timeline and a strip have one per seed or frame).
+    #[arg(long, default_value_t = 8, conflicts_with_all = ["interpolate", "timeline"])]
     cols: usize,
     /// Refused: ProGAN's generator pixel-normalizes its latent, which undoes a truncation ψ.
     #[arg(long)]
