@@ -280,8 +280,10 @@ fn prepare_train_render_eval_report() {
         .collect();
     ckpts.sort();
     assert!(ckpts.len() >= 3, "{ckpts:?}");
-    let stray = run.join("checkpoints/ckpt-999999999999");
+    let stray = run.join("checkpoints/ckpt-000000000001");
     std::fs::write(&stray, b"not a checkpoint").unwrap();
+    let beyond = run.join("checkpoints/ckpt-999999999999");
+    std::fs::write(&beyond, b"after the end").unwrap();
     let upto = dir.path().join("timeline-upto.png");
     let out = run_ok(
         pgan()
@@ -292,7 +294,8 @@ fn prepare_train_render_eval_report() {
             .args(["--seeds", "0-2", "--timeline"]),
     );
     assert!(
-        out.contains("ckpt-999999999999 is a regular file, not a checkpoint folder"),
+        out.contains("ckpt-000000000001 is a regular file, not a checkpoint folder")
+            && !out.contains("ckpt-999999999999"),
         "{out}"
     );
     let two_rows = image::open(&upto).unwrap();
@@ -302,6 +305,7 @@ fn prepare_train_render_eval_report() {
         "two of {checkpoints} rows: {out}"
     );
     std::fs::remove_file(&stray).unwrap();
+    std::fs::remove_file(&beyond).unwrap();
     let err = run_err(
         pgan()
             .arg("render")
@@ -1870,10 +1874,11 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         "--count",
         "4",
     ]));
-    // The empty folder a user stands in, named `.`.
+    // The empty folder a user stands in, named `.`: replacing it would leave the shell in a
+    // deleted folder.
     let here = dir.path().join("here");
     std::fs::create_dir(&here).unwrap();
-    run_ok(pgan().current_dir(&here).args([
+    let err = run_err(pgan().current_dir(&here).args([
         "synth",
         ".",
         "--modes",
@@ -1883,7 +1888,7 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         "--count",
         "2",
     ]));
-    assert!(here.join("modes.json").is_file());
+    assert!(err.contains("cannot be the folder you are in"), "{err}");
     let mut spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s/modes.json")).unwrap())
             .unwrap();

@@ -50,6 +50,22 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
     Ok((file, meta))
 }
 
+/// The bytes of `path`, which must be a regular file (or a link to one), read through
+/// [`open_regular`]: a FIFO or device there is an error saying what it is, never a read that
+/// waits for a writer or never ends.
+pub fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+    let (mut file, meta) = open_regular(path).map_err(|e| match e {
+        OpenError::NotRegular(kind) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {kind}, not a regular file"),
+        ),
+        OpenError::Io(e) => e,
+    })?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// `.<name>.tmp-<pid>` beside `output` (same folder, so the final rename stays on one
 /// filesystem); [`remove_stale_temps`] recognises it, with or without a `-<n>` suffix.
 pub fn temp_path_for(output: &Path, pid: u32) -> PathBuf {

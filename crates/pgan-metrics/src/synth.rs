@@ -473,8 +473,8 @@ pub const LABELS_FILE: &str = "labels.json";
 /// The mode spec file `synth` writes beside the images.
 pub const MODES_FILE: &str = "modes.json";
 
-/// The folder `synth` writes for `out_dir`: `out_dir` itself (its full path for `.` and `..`),
-/// or where a symbolic link there points (the finished folder replaces the empty one it names,
+/// The folder `synth` writes for `out_dir` (`.` and `..` refused): `out_dir` itself, or where
+/// a symbolic link there points (the finished folder replaces the empty one it names,
 /// which a rename cannot do to a link).
 pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
     match std::fs::symlink_metadata(out_dir) {
@@ -484,9 +484,13 @@ pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
                 out_dir.display()
             ))
         }),
-        // `.` or `..` (the folder a user stands in) cannot be renamed onto: its full path can.
-        Ok(_) if matches!(out_dir.file_name(), None) => std::fs::canonicalize(out_dir)
-            .map_err(|e| MetricsError::InvalidArgument(format!("{}: {e}", out_dir.display()))),
+        // The finished folder replaces the empty one: a shell standing in it would be left in
+        // a deleted folder (and `.` cannot be renamed onto at all).
+        Ok(_) if out_dir.file_name().is_none() => Err(MetricsError::InvalidArgument(format!(
+            "{}: synth replaces its output folder whole, so it cannot be the folder you are in \
+             (or above it): name a new folder, or this one from its parent",
+            out_dir.display()
+        ))),
         _ => Ok(out_dir.to_path_buf()),
     }
 }

@@ -35,6 +35,16 @@ use crate::stats::OpenTick;
 pub const CHECKPOINT_VERSION: u32 = 2;
 /// The oldest layout this pgan reads: 1, from before `state.json` had to carry its checksum.
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
+/// Keys of `state.json` that pgan has written only since states carry their checksum: a state
+/// without the checksum that holds one was edited.
+pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 6] = [
+    "dataset",
+    "peers",
+    "seed",
+    "open_tick",
+    "gradients",
+    "abandoned",
+];
 /// Name of the state file inside a checkpoint folder.
 pub const STATE_FILE: &str = "state.json";
 /// Folder of checkpoints inside a run directory.
@@ -599,7 +609,7 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         return Err(bad("not found (expected a checkpoint folder)".into()));
     }
     let state_path = checkpoint.join(STATE_FILE);
-    let text = crate::fsutil::read_regular(&state_path)
+    let text = pgan_data::read_regular_file(&state_path)
         .map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}")))?;
     let state: TrainState =
         serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE} is corrupt: {e}")))?;
@@ -610,14 +620,28 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
             state.version
         )));
     }
-    // Without its checksum, a state cannot be told from an edited one (a format-2 state
-    // relabelled as format 1 included): none is read.
-    if state.checksum.is_none() {
+    // Every checkpoint of format 2 was written with both: one without them was edited.
+    if state.version >= 2 && state.checksum.is_none() {
         return Err(bad(format!(
-            "{STATE_FILE} has no checksum, which every checkpoint pgan writes carries: it was \
-             edited (or written by a pgan older than the checksum, which this pgan does not \
-             read); pgan does not resume or render from unchecked state"
+            "{STATE_FILE} has no checksum, which every checkpoint of format {} is written with: \
+             it was edited; pgan does not resume from edited state",
+            state.version
         )));
+    }
+    // A state of format 1 without a checksum is one from before it, unless it holds what pgan
+    // wrote only with the checksum (a newer state relabelled as format 1 to pass unchecked).
+    if state.checksum.is_none() {
+        let keys: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&text).unwrap_or_default();
+        if let Some(key) = KEYS_WRITTEN_WITH_THE_CHECKSUM
+            .iter()
+            .find(|key| keys.contains_key(**key))
+        {
+            return Err(bad(format!(
+                "{STATE_FILE} has no checksum but holds `{key}`, which pgan writes only beside \
+                 one: it was edited; pgan does not resume from edited state"
+            )));
+        }
     }
     if state.version < 2 && state.abandoned.is_some() {
         return Err(bad(format!(
@@ -803,8 +827,8 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
     // `.` inside a checkpoint folder, `checkpoints/ckpt-…` inside a run: the checkpoint found
     // must name itself and its run by its last components (setting newer ones aside does).
     let path = &absolute_path(path);
-    // Whatever is there (a FIFO too): reading the state says what is wrong with it.
-    if path.join(STATE_FILE).exists() {
+    // Whatever is there (a FIFO, a link to nowhere): reading the state says what is wrong.
+    if std::fs::symlink_metadata(path.join(STATE_FILE)).is_ok() {
         return Ok(FoundCheckpoint {
             path: path.to_path_buf(),
             skipped: Vec::new(),
@@ -1215,6 +1239,17 @@ mod tests {
         .unwrap()
     }
 
+    /// A state as pgan wrote it before states carried their checksum: format 1, without the
+    /// keys written only beside the checksum.
+    fn as_format_1(j: &mut serde_json::Value) {
+        let j = j.as_object_mut().unwrap();
+        j.remove("checksum");
+        for key in KEYS_WRITTEN_WITH_THE_CHECKSUM {
+            j.remove(key);
+        }
+        j.insert("version".into(), serde_json::json!(1));
+    }
+
     /// Rewrites a checkpoint's `state.json` through `edit`.
     fn edit_state(ckpt: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
         let path = ckpt.join(STATE_FILE);
@@ -1338,7 +1373,7 @@ mod tests {
         for (edit, said) in [
             (
                 "checksum",
-                "state.json has no checksum, which every checkpoint pgan writes carries",
+                "state.json has no checksum, which every checkpoint of format 2",
             ),
             (
                 "files",
@@ -1370,8 +1405,8 @@ mod tests {
             let err = read_state(&ckpt).unwrap_err().to_string();
             assert!(err.contains(said), "{edit}: {err}");
         }
-        // Nor is one relabelled as format 1 (from before the checksum was required), whose
-        // stage and alpha were edited: such a state cannot be told from an edited one.
+        // Nor is one relabelled as format 1 (from before the checksum) whose alpha was edited:
+        // it holds what only states with a checksum hold.
         let ckpt = write_one(run.path(), 96);
         edit_state(&ckpt, |j| {
             let j = j.as_object_mut().unwrap();
@@ -1380,10 +1415,13 @@ mod tests {
             j.insert("alpha".into(), serde_json::json!(0.3));
         });
         let err = read_state(&ckpt).unwrap_err().to_string();
-        assert!(err.contains("has no checksum"), "{err}");
-        // A format-1 state with its checksum is read.
+        assert!(
+            err.contains("has no checksum but holds `gradients`"),
+            "{err}"
+        );
+        // A state from before the checksum (none of the keys written with it) is read.
         let ckpt = write_one(run.path(), 104);
-        edit_state_resigned(&ckpt, |j| j["version"] = 1.into());
+        edit_state(&ckpt, |j| as_format_1(j));
         assert_eq!(read_state(&ckpt).unwrap().version, 1);
     }
 

@@ -725,7 +725,7 @@ impl NodesConfig {
 impl TrainConfig {
     /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = crate::fsutil::read_regular(path)
+        let text = pgan_data::read_regular_file(path)
             .and_then(|bytes| {
                 String::from_utf8(bytes).map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")

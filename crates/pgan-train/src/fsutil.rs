@@ -1,5 +1,5 @@
-//! Atomic writes: nothing the user already has is replaced by a half-written file; and reads of
-//! files that must be regular ones (a FIFO there would block for ever).
+//! Atomic writes: nothing the user already has is replaced by a half-written file, and the
+//! files of one command are replaced together.
 
 use std::fs::File;
 use std::io;
@@ -7,23 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// The bytes of `path`, which must be a regular file (or a link to one): reading a FIFO would
-/// wait for a writer for ever, a device might never end. Anything else is an error saying what
-/// it is.
-pub(crate) fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "it is {}, not a regular file",
-                pgan_spec::output::kind(&meta.file_type())
-            ),
-        ));
-    }
-    std::fs::read(path)
-}
 
 /// A temp path beside `path` (same folder, so the final rename stays on one filesystem).
 pub(crate) fn temp_beside(path: &Path) -> PathBuf {
@@ -33,37 +16,40 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes a file through `fill`, syncs it and renames it over `path` (over the file a symbolic
-/// link at `path` points to); on any error the temp file is removed and `path` is untouched.
-/// Only a regular file is ever replaced: a device, FIFO, socket or folder at `path` is an error
-/// before anything is written.
-pub fn write_atomic_with(
-    path: &Path,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> io::Result<()> {
-    let target = pgan_spec::output::replaceable_file(path)?;
-    let tmp = temp_beside(&target);
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        fill(&mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &target)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Held while [`write_all_atomic`] renames its files into place: a signal handler that takes it
+/// before removing the temporary files never leaves a set half renamed.
+static RENAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits until no set of files is being renamed into place, and keeps any from starting while
+/// the guard lives (for a signal handler about to remove the temporary files and exit).
+pub fn hold_renames() -> std::sync::MutexGuard<'static, ()> {
+    RENAMING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writes several files so that a failure replaces none of them: each is written and synced to
-/// a temp beside it first, and only when every one is complete are they renamed into place (a
-/// rename needs no space). On an error every temp is removed; the error names the file it was
-/// for.
-pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<(), (PathBuf, io::Error)> {
+/// a temp beside it first (only a regular file is ever replaced, the file at the end of a link
+/// at its path; a device, FIFO, socket or folder is an error before anything is written), and only when every one is complete are they renamed into place (a
+/// rename needs no space; one refused by the system after another succeeded is the only way to
+/// a mixed set). Two paths that lead to one file are an error before anything is written. On an
+/// error every temp is removed; the error names the file it was for.
+pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Error)> {
     let mut staged: Vec<(PathBuf, PathBuf, &Path)> = Vec::with_capacity(files.len());
     let result = (|| {
+        let mut targets: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
+        for (path, _) in files {
+            let at = |e| (path.to_path_buf(), e);
+            let target = pgan_spec::output::replaceable_file(path).map_err(at)?;
+            let same = std::fs::canonicalize(&target).unwrap_or_else(|_| target.clone());
+            if let Some((_, first)) = targets.iter().find(|(t, _)| *t == same) {
+                return Err(at(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("it leads to the same file as {}", first.display()),
+                )));
+            }
+            targets.push((same, path));
+        }
         for (path, bytes) in files {
-            let at = |e| (path.clone(), e);
+            let at = |e| (path.to_path_buf(), e);
             let target = pgan_spec::output::replaceable_file(path).map_err(at)?;
             let tmp = temp_beside(&target);
             staged.push((tmp.clone(), target, path));
@@ -71,6 +57,7 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<(), (PathBuf, io
             io::Write::write_all(&mut file, bytes).map_err(at)?;
             file.sync_all().map_err(at)?;
         }
+        let _renaming = hold_renames();
         for (tmp, target, path) in &staged {
             std::fs::rename(tmp, target).map_err(|e| (path.to_path_buf(), e))?;
         }
@@ -82,11 +69,6 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<(), (PathBuf, io
         }
     }
     result
-}
-
-/// Writes `values` as a float32 NumPy `.npy` file of `shape`, atomically.
-pub(crate) fn write_npy_f32(path: &Path, values: &[f32], shape: &[u64]) -> io::Result<()> {
-    write_atomic(path, &npy_f32_bytes(values, shape)?)
 }
 
 /// The float32 NumPy `.npy` file of `values` in `shape`.
@@ -105,7 +87,7 @@ pub(crate) fn npy_f32_bytes(values: &[f32], shape: &[u64]) -> io::Result<Vec<u8>
 
 /// Writes bytes atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_with(path, |f| io::Write::write_all(f, bytes))
+    write_all_atomic(&[(path, bytes)]).map_err(|(_, e)| e)
 }
 
 /// Builds a folder through `fill` under a temp name and renames it to `path` when complete.
@@ -134,17 +116,6 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     #[test]
-    fn a_failed_write_leaves_the_old_file_and_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.txt");
-        write_atomic(&path, b"old").unwrap();
-        let err = write_atomic_with(&path, |_| Err(io::Error::other("disk full")));
-        assert!(err.is_err());
-        assert_eq!(std::fs::read(&path).unwrap(), b"old");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
     fn several_files_are_replaced_all_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.png");
@@ -154,17 +125,21 @@ mod tests {
         // The second file's temp cannot be made (no such folder): the first, already written
         // to its temp, is not replaced either, and no temp is left.
         let nowhere = dir.path().join("missing").join("c.gif");
-        let files = [
-            (a.clone(), b"new a".to_vec()),
-            (nowhere.clone(), b"new c".to_vec()),
-            (b.clone(), b"new b".to_vec()),
-        ];
+        let files: [(&Path, &[u8]); 3] = [(&a, b"new a"), (&nowhere, b"new c"), (&b, b"new b")];
         let (at, _) = write_all_atomic(&files).unwrap_err();
         assert_eq!(at, nowhere);
         assert_eq!(std::fs::read(&a).unwrap(), b"old a");
         assert_eq!(std::fs::read(&b).unwrap(), b"old b");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-        write_all_atomic(&[files[0].clone(), files[2].clone()]).unwrap();
+        // Two paths to one file (a link to the other) are refused before anything is written.
+        let link = dir.path().join("link.gif");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let (at, e) = write_all_atomic(&[(&a, b"new a"), (&link, b"gif")]).unwrap_err();
+        assert_eq!(at, link);
+        assert!(e.to_string().contains("the same file as"), "{e}");
+        assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+        std::fs::remove_file(&link).unwrap();
+        write_all_atomic(&[files[0], files[2]]).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"new a");
         assert_eq!(std::fs::read(&b).unwrap(), b"new b");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);

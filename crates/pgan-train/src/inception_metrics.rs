@@ -833,11 +833,18 @@ pub struct CompareRequest {
     pub background: [u8; 3],
 }
 
-/// Writes `features` as an `[n, 2048]` float32 `.npy` file.
-pub fn save_features_npy(path: &Path, features: &Features) -> Result<()> {
-    let shape = [features.count as u64, FEATURE_DIM as u64];
-    crate::fsutil::write_npy_f32(path, &features.values, &shape)
-        .map_err(io_err(path, "write features"))
+/// Writes each set's features as an `[n, 2048]` float32 `.npy` file at its path, both or
+/// neither.
+pub fn save_features_npy(sets: &[(&Path, &Features)]) -> Result<()> {
+    let mut files = Vec::with_capacity(sets.len());
+    for (path, features) in sets {
+        let shape = [features.count as u64, FEATURE_DIM as u64];
+        let bytes = crate::fsutil::npy_f32_bytes(&features.values, &shape)
+            .map_err(io_err(path, "write features"))?;
+        files.push((*path, bytes));
+    }
+    let refs: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    crate::fsutil::write_all_atomic(&refs).map_err(|(path, e)| io_err(&path, "write features")(e))
 }
 
 /// Where `--save-features PREFIX` writes one set's features: `PREFIX-real.npy`, `PREFIX-fake.npy`.
@@ -865,8 +872,10 @@ impl crate::backend::BackendJob for CompareRequest {
         let real = set_features(&extractor, &self.real, need, read, self.progress)?;
         let fake = set_features(&extractor, &self.fake, need, read, self.progress)?;
         if let Some(prefix) = &self.save_features {
-            save_features_npy(&features_file(prefix, "real"), &real.features)?;
-            save_features_npy(&features_file(prefix, "fake"), &fake.features)?;
+            save_features_npy(&[
+                (&features_file(prefix, "real"), &real.features),
+                (&features_file(prefix, "fake"), &fake.features),
+            ])?;
         }
         let mut report = compare(&real, &fake, self.metrics, self.seed)?;
         match (real_shape, fake_shape) {

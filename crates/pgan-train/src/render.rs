@@ -102,7 +102,11 @@ fn add_latents(
 /// it draws, encodes or writes, or a full disk, leaves every earlier output as it was, never a
 /// set of files from two different requests.
 fn commit(files: Vec<(PathBuf, Vec<u8>)>) -> Result<Vec<PathBuf>> {
-    crate::fsutil::write_all_atomic(&files)
+    let refs: Vec<(&std::path::Path, &[u8])> = files
+        .iter()
+        .map(|(path, bytes)| (path.as_path(), bytes.as_slice()))
+        .collect();
+    crate::fsutil::write_all_atomic(&refs)
         .map_err(|(path, e)| crate::error::io_err(&path, "write")(e))?;
     Ok(files.into_iter().map(|(path, _)| path).collect())
 }
@@ -238,15 +242,25 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 (request.source.clone(), None)
             } else {
                 let ckpt = checkpoint::resolve_checkpoint(&request.source)?;
-                let last = checkpoint::read_state(&ckpt)?.images_shown;
+                let state = checkpoint::read_state(&ckpt)?;
                 let run = checkpoint::run_dir_of(&ckpt).unwrap_or(request.source.clone());
-                (run, Some(last))
+                (run, Some((ckpt, state)))
+            };
+            // Checkpoints are named by position: those after the named one are not looked at.
+            let end = last
+                .as_ref()
+                .map(|(_, state)| checkpoint::checkpoint_name(state.images_shown));
+            let before_the_end = |path: &std::path::Path| {
+                end.as_ref().is_none_or(|end| {
+                    path.file_name().and_then(|n| n.to_str()) <= Some(end.as_str())
+                })
             };
             // A checkpoint that fails its checks is left out of the timeline, with a warning, as
             // is an entry named as one that is not a folder.
             let mut warnings: Vec<String> =
                 checkpoint::entries_named_as_checkpoints_that_are_not_folders(&run_dir)
                     .into_iter()
+                    .filter(|(path, _)| before_the_end(path))
                     .map(|(path, what)| {
                         format!(
                             "left out of the timeline: {} is {what}, not a checkpoint folder",
@@ -256,11 +270,22 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                     .collect();
             let mut ckpts = Vec::new();
             for ckpt in checkpoint::list_checkpoints(&run_dir)? {
+                if !before_the_end(&ckpt) {
+                    continue;
+                }
                 match checkpoint::read_state(&ckpt) {
-                    Ok(state) if last.is_some_and(|last| state.images_shown > last) => {}
                     Ok(state) => ckpts.push((ckpt, state)),
                     Err(e) => warnings.push(format!("left out of the timeline: {e}")),
                 }
+            }
+            // The named checkpoint is the last row, also where the run's listing has no place
+            // for it (another name, or no run around it).
+            if let Some((ckpt, state)) = last {
+                let same = |p: &std::path::Path| {
+                    std::fs::canonicalize(p).ok() == std::fs::canonicalize(&ckpt).ok()
+                };
+                ckpts.retain(|(p, s)| !same(p) && s.images_shown <= state.images_shown);
+                ckpts.push((ckpt, state));
             }
             let (newest, newest_state) =
                 ckpts

@@ -756,11 +756,14 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             background,
         };
         let report = pgan_train::dispatch(backend, args.device, request)?;
-        say!("{report}");
+        // The JSON first: a terminal that cannot take the text must not cost the numbers.
         if let Some(path) = &args.json {
             let json = serde_json::to_string_pretty(&report)?;
             pgan_train::fsutil::write_atomic(path, json.as_bytes())
                 .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        }
+        say!("{report}");
+        if let Some(path) = &args.json {
             say!("wrote {}", path.display());
         }
         return Ok(ExitCode::SUCCESS);
@@ -870,11 +873,14 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         background,
     };
     let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
-    say!("{report}");
+    // The JSON first: a terminal that cannot take the text must not cost the numbers.
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
         pgan_train::fsutil::write_atomic(path, json.as_bytes())
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
+    }
+    say!("{report}");
+    if let Some(path) = &args.json {
         say!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -970,6 +976,8 @@ pub fn ending_by_signal() -> bool {
 fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
     ctrlc::set_handler(move || {
         SIGNALLED.store(true, Ordering::SeqCst);
+        // A set of outputs being renamed into place is let finish: never half of it.
+        let _renames = pgan_train::fsutil::hold_renames();
         for out in &outputs {
             pgan_data::remove_own_temps(out);
             if let Ok(target) = pgan_spec::output::replaceable_file(out) {
@@ -979,7 +987,7 @@ fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
         // Not `eprintln!`: a closed stderr must not panic in the handler.
         let _ = writeln!(
             std::io::stderr(),
-            "\ninterrupted: its temporary files were removed, no output is half-written"
+            "\ninterrupted: temporary files removed, no output half-written"
         );
         std::process::exit(EXIT_INTERRUPTED.into());
     })
@@ -1021,7 +1029,11 @@ fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode>
             // The run's own report is replaced without --force; a link there is checked as an
             // --out is (it may point at the run's metrics or a dataset).
             let out = run_dir.join("report.html");
-            prepare_output(&out, "the run's report.html", true)?;
+            let link = std::fs::symlink_metadata(&out).is_ok_and(|m| m.is_symlink());
+            prepare_output(&out, "the run's report.html", true).map_err(|e| match link {
+                true => e.context("the run's report.html is a link: remove it, or pass --out"),
+                false => e,
+            })?;
             out
         }
     };

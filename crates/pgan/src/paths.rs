@@ -136,7 +136,7 @@ pub fn check_output(out: &Path, flag: &str) -> Result<PathBuf> {
     let existing = resolved(parent.unwrap_or(Path::new(".")));
     if existing
         .ancestors()
-        .any(|dir| dir.join(pgan_train::checkpoint::STATE_FILE).is_file())
+        .any(|dir| std::fs::symlink_metadata(dir.join(pgan_train::checkpoint::STATE_FILE)).is_ok())
     {
         bail!(
             "{flag} {}: that folder is a checkpoint (it holds {}); its files are the trainer's, \
