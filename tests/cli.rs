@@ -568,17 +568,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let runs = dir.path().join("runs");
 
     // A long run, interrupted once the first tick is logged.
-    let child = pgan()
-        .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out-dir")
-        .arg(&runs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_long_run(&config, &data, &runs, &[]);
     let run = wait_for_run(&runs, "a first tick", |run| {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
@@ -613,7 +603,6 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
 
 #[test]
 fn a_dataset_written_or_replaced_while_training_is_noticed() {
-    use std::io::{Seek, SeekFrom, Write};
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
     let runs = dir.path().join("runs");
@@ -622,33 +611,13 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
     let opened = dir.path().join("opened.pgan");
     std::fs::hard_link(&data, &opened).unwrap();
     let original = std::fs::read(&data).unwrap();
-    // In place, as `cp` over a file writes (without the truncation, whose lost pages are the
-    // map guard's case).
-    let write_at = |offset: u64, bytes: &[u8]| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&opened)
-            .unwrap();
-        file.seek(SeekFrom::Start(offset)).unwrap();
-        file.write_all(bytes).unwrap();
-    };
-    let mut child = pgan()
-        .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out-dir")
-        .arg(&runs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_long_run(&config, &data, &runs, &[]);
     let log = |run: &Path| std::fs::read_to_string(run.join("log.txt")).unwrap_or_default();
     let run = wait_for_run(&runs, "a first tick", |run| {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
     // The same bytes written again: the checksums still match, and training goes on.
-    write_at(0, &original);
+    write_in_place(&opened, 0, &original);
     wait_for_run(&runs, "the note of a rewrite", |run| {
         log(run).contains("still match their checksums: training goes on")
     });
@@ -660,17 +629,8 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
         log(run).contains("replaced on disk while training")
     });
     // A pixel of the 4x4 level changed in place: the run stops, naming the file.
-    let level4 = {
-        let reader = pgan_data::PyramidReader::open(&opened).unwrap();
-        let level = reader
-            .header()
-            .levels
-            .iter()
-            .find(|l| l.resolution == 4)
-            .copied();
-        level.unwrap()
-    };
-    write_at(level4.offset, &[!original[level4.offset as usize]]);
+    let at = level4_offset(&opened);
+    write_in_place(&opened, at, &[!original[at as usize]]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -700,7 +660,6 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
 
 #[test]
 fn a_stop_after_the_dataset_was_written_in_place_writes_no_checkpoint_of_it() {
-    use std::io::{Seek, SeekFrom, Write};
     // The steps are not observable from outside: a stop before the first step is a stop at
     // the run's start (nothing read, exit 130); each try waits longer.
     for (attempt, wait_ms) in [500u64, 2000, 8000].into_iter().enumerate() {
@@ -708,37 +667,14 @@ fn a_stop_after_the_dataset_was_written_in_place_writes_no_checkpoint_of_it() {
         let (data, config) = tiny_dataset_and_config(dir.path());
         let runs = dir.path().join("runs");
         // Ticks longer than the test: the stop, not a tick end, is the first look at the file.
-        let child = pgan()
-            .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out-dir")
-            .arg(&runs)
-            .args(["--tick-kimg", "500"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_long_run(&config, &data, &runs, &["--tick-kimg", "500"]);
         let run = wait_for_run(&runs, "the first phase", |run| {
             std::fs::read_to_string(run.join("log.txt")).is_ok_and(|l| l.contains("phase 1"))
         });
         std::thread::sleep(Duration::from_millis(wait_ms));
-        let level4 = {
-            let reader = pgan_data::PyramidReader::open(&data).unwrap();
-            let level = reader
-                .header()
-                .levels
-                .iter()
-                .find(|l| l.resolution == 4)
-                .copied();
-            level.unwrap()
-        };
-        let byte = std::fs::read(&data).unwrap()[level4.offset as usize];
-        let mut file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
-        file.seek(SeekFrom::Start(level4.offset)).unwrap();
-        file.write_all(&[!byte]).unwrap();
-        drop(file);
+        let at = level4_offset(&data);
+        let byte = std::fs::read(&data).unwrap()[at as usize];
+        write_in_place(&data, at, &[!byte]);
         let status = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
@@ -761,6 +697,39 @@ fn a_stop_after_the_dataset_was_written_in_place_writes_no_checkpoint_of_it() {
         assert_eq!(names, ["ckpt-000000000000"], "only the run's start");
         return;
     }
+}
+
+/// A background `pgan train` of `config` on `data` into `runs` that runs far past any test
+/// (`--total-kimg 1000`), its output captured; `extra` flags after the others.
+fn spawn_long_run(config: &Path, data: &Path, runs: &Path, extra: &[&str]) -> std::process::Child {
+    pgan()
+        .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .arg("--out-dir")
+        .arg(runs)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Writes `bytes` at `offset` of the file at `path` in place, as `dd conv=notrunc` does (no
+/// truncation first, whose lost pages are the map guard's case).
+fn write_in_place(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+/// Where the 4x4 level of the dataset at `path` starts (every run reads it).
+fn level4_offset(path: &Path) -> u64 {
+    let reader = pgan_data::PyramidReader::open(path).unwrap();
+    let level = reader.header().levels.iter().find(|l| l.resolution == 4);
+    level.unwrap().offset
 }
 
 /// The run directory a background `pgan train` makes in `runs`, once `ready` holds for it
@@ -3177,17 +3146,7 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
     let copy = dir.path().join("copy.pgan");
     std::fs::copy(&data, &copy).unwrap();
     let runs = dir.path().join("runs");
-    let child = pgan()
-        .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(&copy)
-        .arg("--out-dir")
-        .arg(&runs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_long_run(&config, &copy, &runs, &[]);
     let run = wait_for_run(&runs, "a first checkpoint", |run| {
         std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| {
             d.flatten()
