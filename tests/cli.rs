@@ -2133,6 +2133,16 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
     assert!(!out.contains("generating"), "{out}");
 }
 
+/// The FID `pgan eval` printed in `out` (its `FID ` line).
+fn fid_of(out: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("FID "))
+        .expect("FID line")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// `count` 16x16 PNGs of smooth colour ramps (distinct per `variant`) in `dir/name/`.
 fn ramp_folder(dir: &Path, name: &str, count: u32, variant: u32) -> PathBuf {
     let folder = dir.join(name);
@@ -2292,13 +2302,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     );
     std::fs::remove_file(&fifo).unwrap();
     let out = run_ok(&mut compare(&reals));
-    let same: f64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("FID "))
-        .expect("FID line")
-        .trim()
-        .parse()
-        .unwrap();
+    let same = fid_of(&out);
     assert!(same.abs() < 1e-3, "a set against itself: {out}");
 
     // Transparent images read from a folder are composited as `pgan prepare` composited them:
@@ -2337,13 +2341,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
                 .arg(&weights)
                 .args(extra),
         );
-        let fid: f64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("FID "))
-            .expect("FID line")
-            .trim()
-            .parse()
-            .unwrap();
+        let fid = fid_of(&out);
         (fid, out)
     };
     let (fid, out) = clear_against_its_file(&[]);
@@ -2383,13 +2381,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
                 .arg("--inception")
                 .arg(&weights),
         );
-        let fid: f64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("FID "))
-            .expect("FID line")
-            .trim()
-            .parse()
-            .unwrap();
+        let fid = fid_of(&out);
         assert!(fid.abs() < 1e-3, "{out}");
         assert!(
             out.contains(&format!("note: {side}: the image folder"))
@@ -2416,13 +2408,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
                 .arg("--inception")
                 .arg(&weights),
         );
-        let fid: f64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("FID "))
-            .expect("FID line")
-            .trim()
-            .parse()
-            .unwrap();
+        let fid = fid_of(&out);
         (fid, out)
     };
     let (from_folder, out) = grey_fid(&clear);
