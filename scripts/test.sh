@@ -30,6 +30,12 @@ if cargo fmt --version >/dev/null 2>&1; then
 else
   echo "note: rustfmt is not installed, formatting not checked (rustup component add rustfmt)" >&2
 fi
+# Lints: clippy's defaults, every warning an error (minutes on a fresh machine, seconds after).
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --features wgpu --all-targets -- -D warnings
+else
+  echo "note: clippy is not installed, lints not checked (rustup component add clippy)" >&2
+fi
 
 # Kernel autotuning on a software rasteriser takes minutes per shape: keep it minimal.
 export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"

@@ -181,8 +181,20 @@ fn prepare_train_render_eval_report() {
     // ... a CPU device that does not exist, an output folder that is a file.
     let bad = run_err(&mut dry_run(&config, &["--device", "5"]));
     assert!(bad.contains("device 5 does not exist"), "{bad}");
-    let bad = run_err(&mut dry_run(&config, &["--out-dir"]).arg(&fid_config));
+    let bad = run_err(dry_run(&config, &["--out-dir"]).arg(&fid_config));
     assert!(bad.contains("is a regular file, not a folder"), "{bad}");
+    let typo = dir.path().join("typo.pgan");
+    let bad = run_err(
+        pgan()
+            .args(["train", "--dry-run", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(&typo),
+    );
+    assert!(
+        bad.contains(&format!("--data {}: does not exist", typo.display())),
+        "{bad}"
+    );
     // A key the run would not use: an error in the file, a warning when a flag caused it.
     let r1_config = dir.path().join("r1.toml");
     std::fs::write(&r1_config, format!("{CONFIG}[loss]\nr1_gamma = 5.0\n")).unwrap();
@@ -2481,6 +2493,23 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         )),
         "{out}"
     );
+    // Two folders: their most common sizes are compared.
+    let out = run_ok(
+        pgan()
+            .args(["eval", "--fid", "--real"])
+            .arg(&big)
+            .arg("--fake")
+            .arg(&clear)
+            .arg("--inception")
+            .arg(&weights),
+    );
+    assert!(
+        out.contains(
+            "warning: the real set's images are most often 32x32 (4 of 5) and the compared \
+             set's 16x16"
+        ),
+        "{out}"
+    );
     let (_, out) = grey_fid(&big);
     assert!(
         out.contains(&format!(
@@ -2720,6 +2749,8 @@ fn prepare_skips_decompression_bombs_with_a_reason_in_bounded_memory() {
     // Under the pixel limit, over the decoder's memory limit: 144 MP of 16-bit RGBA (1.1 GiB).
     std::fs::write(images.join("deep.png"), bomb_png(12_000, 12_000, 6, 16)).unwrap();
     let data = dir.path().join("b.pgan");
+    // Reaped by the wait4 below, which clippy does not see.
+    #[allow(clippy::zombie_processes)]
     let mut child = pgan()
         .arg("prepare")
         .arg(&images)

@@ -72,6 +72,13 @@ pub struct Walk {
 
 /// Why a file was not taken: its extension.
 pub(crate) const NOT_AN_IMAGE: &str = "not an image file extension";
+/// Why a folder's images were not taken: it cannot be listed (permissions, an I/O error). The
+/// folder given to `prepare` itself is an error instead.
+pub(crate) const UNREADABLE_FOLDER: &str =
+    "a folder that cannot be read (permission denied or an I/O error): its images are not taken";
+/// Why an entry was not taken: its type cannot be read.
+pub(crate) const UNREADABLE_ENTRY: &str =
+    "an entry whose type cannot be read (permission denied or an I/O error)";
 /// Why a link to a folder was not followed.
 pub(crate) const FOLDER_SEEN: &str =
     "a link to a folder already listed (a loop or a second way in)";
@@ -79,7 +86,9 @@ pub(crate) const FOLDER_SEEN: &str =
 /// Recursively list image files under `dir`, sorted so that the output does not depend on
 /// directory iteration order. Symlinked files are taken; symlinked folders are followed once
 /// the real folders are listed (in path order, so one folder reached two ways is always listed
-/// under the same path), and a folder already listed is not entered again (no loops).
+/// under the same path), and a folder already listed is not entered again (no loops). A
+/// subfolder that cannot be read is listed as not taken (one restricted folder in a photo tree
+/// does not stop the rest); `dir` itself is an error.
 pub fn walk(dir: &Path) -> Result<Walk> {
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| crate::files::file_id(&m));
     let mut seen: std::collections::HashSet<(u64, u64)> = id(dir).into_iter().collect();
@@ -98,14 +107,25 @@ pub fn walk(dir: &Path) -> Result<Walk> {
             }
             continue;
         };
-        let entries =
-            std::fs::read_dir(&d).map_err(|e| DataError::io("cannot read folder", &d, e))?;
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if d == dir => return Err(DataError::io("cannot read folder", &d, e)),
+            Err(_) => {
+                out.ignored.push((d, UNREADABLE_FOLDER));
+                continue;
+            }
+        };
         for entry in entries {
-            let entry = entry.map_err(|e| DataError::io("cannot read folder", &d, e))?;
+            let Ok(entry) = entry else {
+                // The listing broke off: what it did not reach is not taken.
+                out.ignored.push((d.clone(), UNREADABLE_FOLDER));
+                break;
+            };
             let path = entry.path();
-            let ty = entry
-                .file_type()
-                .map_err(|e| DataError::io("cannot stat", &path, e))?;
+            let Ok(ty) = entry.file_type() else {
+                out.ignored.push((path, UNREADABLE_ENTRY));
+                continue;
+            };
             if ty.is_dir() {
                 // Inside a followed link, a real folder may be one already listed.
                 if id(&path).is_none_or(|real| seen.insert(real)) {

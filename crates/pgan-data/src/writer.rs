@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::files::{file_kind, remove_stale_temps, temp_path_for};
+use crate::files::{file_kind, open_regular, remove_stale_temps, temp_path_for, OpenError};
 use crate::format::{self, Header, LevelEntry, Section, FORMAT_VERSION};
 use crate::ingest::{self, Fit, Target};
 use crate::manifest::{escape_name, Manifest, ManifestOptions};
@@ -168,10 +168,28 @@ impl fmt::Display for PrepareSummary {
                 self.resolution
             )?;
         }
+        let unreadable: Vec<&PathBuf> = self
+            .ignored
+            .iter()
+            .filter(|(_, why)| *why == crate::ingest::UNREADABLE_FOLDER)
+            .map(|(path, _)| path)
+            .collect();
+        if let Some(first) = unreadable.first() {
+            let more = match unreadable.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            writeln!(
+                f,
+                "warning: the images in {}{more} are not in the dataset: the folder cannot be \
+                 read (permission denied or an I/O error; listed in the report)",
+                first.display()
+            )?;
+        }
         if !self.ignored.is_empty() {
             writeln!(
                 f,
-                "ignored {} files and links that are not images (listed in the report)",
+                "ignored {} files, links and folders (listed in the report, with why)",
                 self.ignored.len()
             )?;
         }
@@ -380,15 +398,41 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
             return Err(DataError::OutputExists(out.clone()));
         }
     }
-    // The report beside the output is replaced too: only an earlier prepare's report.
+    // The report beside the output is replaced too: only an earlier prepare's report (its
+    // first bytes are read, from a regular file only: a FIFO there would block, a link to a
+    // device never end).
     let report = report_path(out);
-    if let Ok(text) = std::fs::read(&report) {
-        if !text.is_empty() && !text.starts_with(REPORT_HEADING.as_bytes()) {
-            return Err(unwritable(format!(
-                "{} exists and is not a pgan prepare report, which prepare writes there; \
-                 move it or choose another output name",
-                report.display()
-            )));
+    let not_a_report = |what: String| {
+        unwritable(format!(
+            "{} exists and is {what}, which prepare writes there; move it or choose another \
+             output name",
+            report.display()
+        ))
+    };
+    match open_regular(&report) {
+        Ok((file, _)) => {
+            let mut head = Vec::new();
+            (&file)
+                .take(REPORT_HEADING.len() as u64)
+                .read_to_end(&mut head)
+                .map_err(|e| {
+                    not_a_report(format!("unreadable ({e}), not a pgan prepare report"))
+                })?;
+            if !head.is_empty() && head != REPORT_HEADING.as_bytes() {
+                return Err(not_a_report("not a pgan prepare report".into()));
+            }
+        }
+        // A folder is never replaced: the report's write fails, with a warning, and the
+        // dataset is kept.
+        Err(OpenError::NotRegular(_)) if report.is_dir() => {}
+        Err(OpenError::NotRegular(kind)) => {
+            return Err(not_a_report(format!("{kind}, not a pgan prepare report")))
+        }
+        Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(OpenError::Io(e)) => {
+            return Err(not_a_report(format!(
+                "unreadable ({e}), not a known pgan prepare report"
+            )))
         }
     }
     let parent = parent_dir(out);
@@ -1408,6 +1452,92 @@ mod tests {
         let e = prepare(&o).unwrap_err().to_string();
         assert!(e.contains("it is a FIFO, not a regular file"), "{e}");
         assert_eq!(leftovers(out.path()), ["p.pgan"]);
+        // A FIFO where the report goes is named, never opened for a read that waits for a
+        // writer (prepare hung there); a link to a device is not read without end.
+        let out_path = out.path().join("q.pgan");
+        let report = report_path(&out_path);
+        let c = std::ffi::CString::new(report.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = prepare(&PrepareOptions::new(input.path(), &out_path, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("q.pgan.report.txt exists and is a FIFO, not a pgan prepare report"),
+            "{e}"
+        );
+        std::fs::remove_file(&report).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &report).unwrap();
+        let e = prepare(&PrepareOptions::new(input.path(), &out_path, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a character device, not a pgan"), "{e}");
+        assert!(!out_path.exists());
+    }
+
+    /// A subfolder that cannot be listed (here: its path is longer than the system takes,
+    /// which fails for root too) is listed as not taken, and the summary warns that its
+    /// images are missing; the rest is prepared.
+    #[test]
+    fn an_unreadable_subfolder_is_reported_and_the_rest_prepared() {
+        let input = folder(2, &[]);
+        let too_deep = deep_folder(input.path());
+        let out = out_dir();
+        let path = out.path().join("d.pgan");
+        let s = prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
+        assert_eq!(s.written, 2);
+        assert!(
+            s.ignored
+                .iter()
+                .any(|(p, why)| *p == too_deep && *why == crate::ingest::UNREADABLE_FOLDER),
+            "{:?}",
+            s.ignored
+        );
+        let text = s.to_string();
+        assert!(text.contains("warning: the images in "), "{text}");
+        assert!(
+            text.contains("are not in the dataset: the folder cannot be read"),
+            "{text}"
+        );
+        let report = std::fs::read_to_string(report_path(&path)).unwrap();
+        assert!(
+            report.contains(crate::ingest::UNREADABLE_FOLDER),
+            "{report}"
+        );
+        // The folder given to prepare is still an error.
+        let e = prepare(&PrepareOptions::new(
+            &too_deep,
+            out.path().join("e.pgan"),
+            8,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cannot access input folder"), "{e:.80}");
+    }
+
+    /// Nested folders under `root` (made relative to each other, as no path to the last fits
+    /// in PATH_MAX) whose last one cannot be listed by its full path; returns that path.
+    fn deep_folder(root: &Path) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let name = "d".repeat(250);
+        let c = std::ffi::CString::new(name.as_bytes()).unwrap();
+        let root_c = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated paths; every descriptor opened is closed.
+        unsafe {
+            let mut fd = libc::open(root_c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            assert!(fd >= 0);
+            let mut path = root.to_path_buf();
+            while path.as_os_str().len() <= libc::PATH_MAX as usize {
+                assert_eq!(libc::mkdirat(fd, c.as_ptr(), 0o755), 0);
+                let next = libc::openat(fd, c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                assert!(next >= 0);
+                libc::close(fd);
+                fd = next;
+                path.push(&name);
+            }
+            libc::close(fd);
+            path
+        }
     }
 
     #[test]

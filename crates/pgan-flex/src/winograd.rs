@@ -470,7 +470,7 @@ fn forward_transformed(
                 let b0 = bias.map_or(0.0, |b| b[o]);
                 let [mut r0, mut r1, r2, r3] = sixteen!(m.channel_mut(o));
                 for b in 0..4 {
-                    at_in_place(&mut r0[b], &mut r1[b], &r2[b], &r3[b]);
+                    at_in_place(r0[b], r1[b], r2[b], r3[b]);
                 }
                 for [e0, e1, e2, e3] in [&mut r0, &mut r1] {
                     at_in_place(e0, e1, e2, e3);

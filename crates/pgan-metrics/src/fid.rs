@@ -136,7 +136,7 @@ fn psd_sqrt(m: MatRef<'_, f64>) -> Result<Mat<f64>> {
 
 /// Number of `dim`-long rows in `features`.
 pub(crate) fn count_rows(features: &[f32], dim: usize) -> Result<usize> {
-    if dim == 0 || features.len() % dim != 0 {
+    if dim == 0 || !features.len().is_multiple_of(dim) {
         return Err(MetricsError::Shape(format!(
             "{} feature values do not split into {dim}-d vectors",
             features.len()

@@ -280,7 +280,8 @@ fn attribute_shares(spec: &ModeSpec, histogram: &[usize]) -> Vec<AttributeShares
     if recognised == 0 || spec.table.len() != histogram.len() {
         return Vec::new();
     }
-    let attributes: [(&str, fn(&crate::synth::ModeParams) -> String); 3] = [
+    type Attribute = (&'static str, fn(&crate::synth::ModeParams) -> String);
+    let attributes: [Attribute; 3] = [
         ("shape", |m| format!("{:?}", m.shape).to_lowercase()),
         ("colour", |m| m.colour_name.clone()),
         ("position", |m| format!("q{}", m.quadrant)),

@@ -656,7 +656,8 @@ mod tests {
         let good = ModeSpec::new(8, 16, 0).unwrap();
         std::fs::write(&path, serde_json::to_string(&good).unwrap()).unwrap();
         assert_eq!(ModeSpec::load(&path).unwrap(), good);
-        let cases: [(fn(&mut ModeSpec), &str); 7] = [
+        type Edit = (fn(&mut ModeSpec), &'static str);
+        let cases: [Edit; 7] = [
             (
                 |s| s.table[2].centre = [50.0, -50.0],
                 "mode 2's centre [50.0, -50.0] is outside",

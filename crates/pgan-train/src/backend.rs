@@ -316,8 +316,7 @@ pub fn device_memory<D: 'static>(device: &D) -> Option<(u64, u64)> {
 /// in use rather than from the pages an earlier run left in the pool (the benchmark's
 /// per-resolution peaks).
 pub fn release_device_memory(kind: BackendKind, index: usize) {
-    #[allow(unused_variables)]
-    let index = index;
+    let _ = index; // read only by the GPU backends
     match kind {
         BackendKind::Cpu => {}
         #[cfg(feature = "wgpu")]

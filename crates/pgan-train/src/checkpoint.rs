@@ -1421,7 +1421,7 @@ mod tests {
         );
         // A state from before the checksum (none of the keys written with it) is read.
         let ckpt = write_one(run.path(), 104);
-        edit_state(&ckpt, |j| as_format_1(j));
+        edit_state(&ckpt, as_format_1);
         assert_eq!(read_state(&ckpt).unwrap().version, 1);
     }
 

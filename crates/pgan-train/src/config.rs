@@ -1168,7 +1168,7 @@ impl TrainConfig {
             let minibatch = self.schedule.batch_for(resolution);
             let batch = minibatch / peers;
             let used = group.min(batch);
-            if batch % used != 0 {
+            if !batch.is_multiple_of(used) {
                 let whose = if peers > 1 {
                     format!(
                         "each peer's share {batch} (the minibatch {minibatch} over {peers} peers)"
@@ -1373,7 +1373,10 @@ mod tests {
     }
 
     /// Each edit of the default config is refused with an error that contains its text.
-    fn assert_each_refused(cases: &[(fn(&mut TrainConfig), &str)]) {
+    /// An edit of the default config and a text its refusal must contain.
+    type RefusedEdit = (fn(&mut TrainConfig), &'static str);
+
+    fn assert_each_refused(cases: &[RefusedEdit]) {
         for (edit, said) in cases {
             let mut config = TrainConfig::default();
             edit(&mut config);
@@ -1384,7 +1387,7 @@ mod tests {
 
     #[test]
     fn non_finite_values_and_sizes_no_machine_holds_are_refused_naming_the_key() {
-        let cases: [(fn(&mut TrainConfig), &str); 11] = [
+        let cases: [RefusedEdit; 11] = [
             (
                 |c| c.loss.gp_lambda = f32::NAN,
                 "loss.gp_lambda NaN must be a non-negative weight",

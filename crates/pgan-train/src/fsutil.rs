@@ -90,6 +90,60 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_all_atomic(&[(path, bytes)]).map_err(|(_, e)| e)
 }
 
+/// Refuses what is at `path`, where pgan keeps a file of its own (a run's log, metrics, lock,
+/// config and sample sheets; a dataset's feature cache), unless it is a regular file or
+/// nothing: through a link pgan would write into whatever it points to (a dataset, the user's
+/// notes), and a FIFO or device would block the write or swallow it.
+pub(crate) fn refuse_foreign_file(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a symbolic link, and pgan writes its own files only where they are, never \
+             through a link (remove the link)",
+        )),
+        Ok(meta) if !meta.is_file() => Err(not_regular(&meta)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn not_regular(meta: &std::fs::Metadata) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "it is {}, not a regular file",
+            pgan_spec::output::kind(&meta.file_type())
+        ),
+    )
+}
+
+/// Opens one of pgan's own files at `path` with `options` (see [`refuse_foreign_file`]): the
+/// open follows no link and waits for no FIFO, and what it opened is checked again, so a file
+/// swapped in after the look is refused too.
+pub(crate) fn open_own_file(path: &Path, options: &mut std::fs::OpenOptions) -> io::Result<File> {
+    refuse_foreign_file(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| {
+        // ELOOP: a link appeared after the look.
+        refuse_foreign_file(path).err().unwrap_or(e)
+    })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok(file)
+}
+
+/// [`write_atomic`] for one of pgan's own files (see [`refuse_foreign_file`]).
+pub(crate) fn write_own_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    refuse_foreign_file(path)?;
+    write_atomic(path, bytes)
+}
+
 /// Builds a folder through `fill` under a temp name and renames it to `path` when complete.
 pub(crate) fn write_dir_atomic<E>(
     path: &Path,

@@ -101,6 +101,13 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
     write_atomic(path, &bytes).map_err(|e| image_error(path, e))
 }
 
+/// Writes a PNG of pgan's own (a run's sample sheets) atomically, never through a link (see
+/// [`crate::fsutil::refuse_foreign_file`]).
+pub fn save_own_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let bytes = png_bytes(image, path)?;
+    crate::fsutil::write_own_atomic(path, &bytes).map_err(|e| image_error(path, e))
+}
+
 /// The PNG file of `image` (`path` names it in errors).
 pub fn png_bytes(image: &RgbImage, path: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();

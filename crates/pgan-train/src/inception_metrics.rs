@@ -390,7 +390,7 @@ fn save_cache(path: &Path, key: HashMap<String, String>, set: &FeatureSet) -> Re
         action: "serialise feature cache",
         source: std::io::Error::other(e.to_string()),
     })?;
-    crate::fsutil::write_atomic(path, &bytes).map_err(io_err(path, "write feature cache"))
+    crate::fsutil::write_own_atomic(path, &bytes).map_err(io_err(path, "write feature cache"))
 }
 
 /// Features of every image of `reader`'s level at `resolution`, from the cache beside the
@@ -802,6 +802,28 @@ fn size_warning(side: &str, set: &FeatureSet, resolution: u32, other: &str) -> O
     ))
 }
 
+/// The warning for two folders whose images are most often of different sizes (see
+/// [`size_warning`]); `None` when either holds no decoded images or both agree.
+fn folders_size_warning(real: &FeatureSet, fake: &FeatureSet) -> Option<String> {
+    let describe = |set: &FeatureSet| {
+        let total: usize = set.folder_sizes.values().sum();
+        let (&(w, h), &n) = set.folder_sizes.iter().max_by_key(|(_, n)| **n)?;
+        let text = match set.folder_sizes.len() {
+            1 => format!("{w}x{h}"),
+            _ => format!("most often {w}x{h} ({n} of {total})"),
+        };
+        Some(((w, h), text))
+    };
+    let ((real_size, real_text), (fake_size, fake_text)) = (describe(real)?, describe(fake)?);
+    (real_size != fake_size).then(|| {
+        format!(
+            "the real set's images are {real_text} and the compared set's {fake_text}: \
+             Inception resizes both to 299x299, so the metrics also measure the difference in \
+             sharpness"
+        )
+    })
+}
+
 /// Channels and resolution of the `.pgan` file at `path`; `None` for a folder.
 fn pyramid_shape(path: &Path) -> Result<Option<(usize, u32)>> {
     if path.is_dir() {
@@ -902,6 +924,7 @@ impl crate::backend::BackendJob for CompareRequest {
                     .notes
                     .push(luma_note("compared", &self.fake, &grey_file(&self.real)))
             }
+            (None, None) => report.warnings.extend(folders_size_warning(&real, &fake)),
             (Some((real_c, real_r)), Some((fake_c, fake_r))) => {
                 if real_c != fake_c {
                     report.warnings.push(format!(

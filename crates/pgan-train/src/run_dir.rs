@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use indicatif::ProgressBar;
 
 use crate::error::{io_err, Result, TrainError};
+use crate::fsutil::open_own_file;
 
 /// Name of the resolved config inside a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -82,6 +83,25 @@ pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
     ))
 }
 
+/// The run's `samples/` folder, made again if it was removed; something else at its name is an
+/// error before any training (the first tick's sheet would fail after its steps).
+pub fn ensure_samples_dir(run_dir: &Path) -> Result<()> {
+    let samples = run_dir.join(SAMPLES_DIR);
+    match std::fs::metadata(&samples) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) => Err(io_err(&samples, "write sample sheets into")(
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "it is {}, not a folder (the run keeps its sample sheets there: move it away)",
+                    pgan_spec::output::kind(&meta.file_type())
+                ),
+            ),
+        )),
+        Err(_) => std::fs::create_dir(&samples).map_err(io_err(&samples, "create")),
+    }
+}
+
 fn highest_run_number(out_dir: &Path) -> Result<Option<u32>> {
     Ok(std::fs::read_dir(out_dir)
         .map_err(io_err(out_dir, "list"))?
@@ -129,7 +149,8 @@ impl RunLock {
     pub fn acquire(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
         let in_use = || {
-            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            let owner = pgan_data::read_regular_file(&path).unwrap_or_default();
+            let owner = String::from_utf8_lossy(&owner);
             TrainError::RunInUse {
                 path: run_dir.to_path_buf(),
                 pid: owner.trim().parse().ok(),
@@ -146,13 +167,16 @@ impl RunLock {
                 Err(TryLockError::Error(_)) => {}
             }
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path, "open"))?;
+        // Its pid is written into it: a link there would overwrite what it points to.
+        let mut file = open_own_file(
+            &path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
+        .map_err(io_err(&path, "open"))?;
         match file.try_lock() {
             Ok(()) => held = true,
             Err(TryLockError::WouldBlock) => return Err(in_use()),
@@ -191,10 +215,7 @@ impl RunLog {
     /// Opens `run_dir/log.txt` for appending.
     pub fn open(run_dir: &Path, echo: bool) -> Result<Self> {
         let path = run_dir.join(LOG_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let file = open_own_file(&path, OpenOptions::new().create(true).append(true))
             .map_err(io_err(&path, "open"))?;
         Ok(Self {
             path,
@@ -362,6 +383,68 @@ mod tests {
         );
         drop(first);
         assert!(RunLock::acquire(dir.path()).unwrap().is_held());
+    }
+
+    /// The run's own files are written only where they are: a link there (to a dataset, the
+    /// user's notes) is refused and its target kept, a FIFO is named (opening it for writing
+    /// waited for a reader for ever), and a file where the sample sheets go is found before
+    /// any training.
+    #[test]
+    fn the_runs_own_files_are_never_written_through_links_or_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = create_run_dir(dir.path(), "r").unwrap();
+        let precious = dir.path().join("data.pgan");
+        std::fs::write(&precious, b"the user's dataset").unwrap();
+        let fifo = |path: &Path| {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        let metrics = run.join(pgan_spec::metrics::METRICS_FILE);
+        for (name, open) in [
+            (
+                LOCK_FILE,
+                &(|run: &Path| RunLock::acquire(run).map(drop)) as &dyn Fn(&Path) -> _,
+            ),
+            (LOG_FILE, &|run: &Path| RunLog::open(run, false).map(drop)),
+            (pgan_spec::metrics::METRICS_FILE, &|run: &Path| {
+                crate::stats::MetricsWriter::open(run).map(drop)
+            }),
+        ] {
+            let path = run.join(name);
+            let _ = std::fs::remove_file(&path);
+            std::os::unix::fs::symlink(&precious, &path).unwrap();
+            let err = open(&run).unwrap_err().to_string();
+            assert!(
+                err.contains(name) && err.contains("it is a symbolic link"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read(&precious).unwrap(), b"the user's dataset");
+            std::fs::remove_file(&path).unwrap();
+            fifo(&path);
+            let err = open(&run).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("it is a FIFO"), "{err}");
+            std::fs::remove_file(&path).unwrap();
+            open(&run).unwrap();
+        }
+        // The rewrite of the metrics (a rollback) replaces no file a link points to either.
+        std::fs::remove_file(&metrics).unwrap();
+        std::os::unix::fs::symlink(&precious, &metrics).unwrap();
+        let err = crate::fsutil::write_own_atomic(&metrics, b"{}\n").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&precious).unwrap(), b"the user's dataset");
+
+        let samples = run.join(SAMPLES_DIR);
+        std::fs::remove_dir(&samples).unwrap();
+        ensure_samples_dir(&run).unwrap();
+        assert!(samples.is_dir(), "a removed samples folder is made again");
+        std::fs::remove_dir(&samples).unwrap();
+        std::fs::write(&samples, b"x").unwrap();
+        let err = ensure_samples_dir(&run).unwrap_err().to_string();
+        assert!(
+            err.contains("samples") && err.contains("a regular file, not a folder"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -289,13 +289,11 @@ impl MetricsWriter {
     /// Opens (appending) `run_dir/metrics.jsonl`.
     pub fn open(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
-        // Appending to a device or FIFO would lose every row (or block).
-        metrics_file_exists(&path, "write")?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path, "open"))?;
+        // Appending to a device or FIFO would lose every row (or block), through a link it
+        // would write into another file.
+        let file =
+            crate::fsutil::open_own_file(&path, OpenOptions::new().create(true).append(true))
+                .map_err(io_err(&path, "open"))?;
         Ok(Self { path, file })
     }
 
@@ -346,7 +344,7 @@ impl MetricsWriter {
         lines[at] = serde_json::to_string(&row).expect("a JSON map serialises");
         let mut kept = lines.join("\n");
         kept.push('\n');
-        crate::fsutil::write_atomic(&self.path, kept.as_bytes())
+        crate::fsutil::write_own_atomic(&self.path, kept.as_bytes())
             .map_err(io_err(&self.path, "rewrite"))?;
         *self = Self::open(&run_dir)?;
         Ok(())
@@ -394,7 +392,7 @@ pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Tru
     let Some((kept, truncated)) = split_after(run_dir, images_shown, cut)? else {
         return Ok(Truncated::default());
     };
-    crate::fsutil::write_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))?;
+    crate::fsutil::write_own_atomic(&path, kept.as_bytes()).map_err(io_err(&path, "rewrite"))?;
     Ok(truncated)
 }
 
@@ -495,9 +493,10 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// A `metrics.jsonl` that is a device (a link to `/dev/zero`, which never ends) is an error
-    /// naming it, for the reader and the writer alike.
+    /// naming it, for the reader and the writer alike (the writer writes through no link).
     #[test]
     fn a_metrics_file_that_is_not_a_regular_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -510,11 +509,9 @@ mod tests {
             "{err}"
         );
         let err = MetricsWriter::open(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("not a regular file"), "{err}");
+        assert!(err.contains("it is a symbolic link"), "{err}");
         assert!(last_tick_row(dir.path()).is_none());
     }
-
-    use super::*;
 
     #[test]
     fn tick_stats_round_trip_through_json_exactly() {

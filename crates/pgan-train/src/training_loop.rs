@@ -35,7 +35,7 @@ use crate::config::TrainConfig;
 use crate::dataset_watch::DatasetWatch;
 use crate::distributed::Peers;
 use crate::error::{io_err, Result, TrainError};
-use crate::images::{grid, save_png, upscale_cells, HostImages};
+use crate::images::{grid, save_own_png, upscale_cells, HostImages};
 use crate::latents::latent_values;
 use crate::nets::{params_finite, Nets};
 use crate::preflight::{check_checkpoint_model, preflight, Preflight};
@@ -258,6 +258,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             write_config(&run_dir, &config)?;
         }
         let mut log = RunLog::open(&run_dir, options.interactive)?;
+        crate::run_dir::ensure_samples_dir(&run_dir)?;
         // Where one session of the run starts in the log.
         log.write_only(format!(
             "pgan {} train (pid {}): {}",
@@ -812,7 +813,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.config.run.sample_cols,
             2,
         );
-        save_png(&sheet, &self.run_dir.join(crate::run_dir::REALS_FILE))
+        save_own_png(&sheet, &self.run_dir.join(crate::run_dir::REALS_FILE))
     }
 }
 
@@ -875,7 +876,7 @@ fn set_aside_branch(run_dir: &Path, aside: &Path, dropped: &Truncated, tick: u64
     if !dropped.dropped.is_empty() {
         let path = aside.join(METRICS_FILE);
         let text: String = dropped.dropped.iter().map(|l| format!("{l}\n")).collect();
-        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io_err(&path, "write"))?;
+        crate::fsutil::write_own_atomic(&path, text.as_bytes()).map_err(io_err(&path, "write"))?;
     }
     let samples = run_dir.join(SAMPLES_DIR);
     let Ok(entries) = std::fs::read_dir(&samples) else {
@@ -900,7 +901,8 @@ fn set_aside_branch(run_dir: &Path, aside: &Path, dropped: &Truncated, tick: u64
 /// Writes the resolved config as `RUN_DIR/config.toml`.
 fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
     let path = run_dir.join(CONFIG_FILE);
-    crate::fsutil::write_atomic(&path, config.to_toml().as_bytes()).map_err(io_err(&path, "write"))
+    crate::fsutil::write_own_atomic(&path, config.to_toml().as_bytes())
+        .map_err(io_err(&path, "write"))
 }
 
 /// The tick in progress: the values of its steps and its clock. A rollback drops it whole (the

@@ -271,7 +271,7 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         config.run.seed = v;
     }
     if let Some(v) = args.total_kimg {
-        if !(v > 0.0) {
+        if v.is_nan() || v <= 0.0 {
             bail!("--total-kimg must be positive");
         }
         config.schedule.total_kimg = v;
@@ -280,7 +280,7 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         config.model.resolution = v;
     }
     if let Some(v) = args.phase_kimg {
-        if !(v >= 0.0) {
+        if v.is_nan() || v < 0.0 {
             bail!("--phase-kimg must be non-negative");
         }
         config.schedule.lod_training_kimg = v;
@@ -294,7 +294,7 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         config.schedule.minibatch_default = v;
     }
     if let Some(v) = args.lr {
-        if !(v > 0.0) {
+        if v.is_nan() || v <= 0.0 {
             bail!("--lr must be positive");
         }
         config.schedule.lr.clear();
@@ -358,7 +358,7 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         );
     }
     if let Some(v) = args.ema_half_life_kimg {
-        if !(v >= 0.0) {
+        if v.is_nan() || v < 0.0 {
             bail!("--ema-half-life-kimg must be non-negative");
         }
         config.ema.half_life_kimg = (v > 0.0).then_some(v);
@@ -445,6 +445,14 @@ fn orchestrator(port: u16) -> Result<ExitCode> {
 }
 
 fn train(args: TrainArgs) -> Result<ExitCode> {
+    // Named as the flag, not as the config key it sets (a resume's message would point at the
+    // run's config, which the flag replaced).
+    if let Some(data) = args.data.as_ref().filter(|d| !d.exists()) {
+        bail!(
+            "--data {}: does not exist (a relative path is read from the current folder)",
+            data.display()
+        );
+    }
     let config = resolve_train_config(&args)?;
     config
         .validate()

@@ -312,7 +312,7 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
     while resolution <= config.model.resolution {
         let batch = config.schedule.batch_for(resolution);
         resolution *= 2;
-        if batch % peers != 0 {
+        if !batch.is_multiple_of(peers) {
             return Err(TrainError::Config {
                 path: None,
                 message: format!(

@@ -13,7 +13,7 @@ use crate::alarms::EvalPoint;
 use crate::checkpoint::{self, AbandonedMeasures};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate_generator, EvalSettings, Watch};
-use crate::images::{grid, save_png, upscale_cells, HostImages};
+use crate::images::{grid, save_own_png, upscale_cells, HostImages};
 use crate::run_dir::SAMPLES_DIR;
 use crate::schedule::{Phase, PhaseKind};
 use crate::stats::peak_rss_mib;
@@ -51,10 +51,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.metrics.write(&row)?;
         self.log.info(self.status_line(phase, img_per_s));
 
-        if self.state.tick % self.config.run.sample_ticks.max(1) == 0 {
+        if self
+            .state
+            .tick
+            .is_multiple_of(self.config.run.sample_ticks.max(1))
+        {
             self.save_samples(phase)?;
         }
-        if self.state.tick % self.config.run.checkpoint_ticks == 0 {
+        if self
+            .state
+            .tick
+            .is_multiple_of(self.config.run.checkpoint_ticks)
+        {
             self.end_healthy_stretch();
             self.save_checkpoint()?;
         }
@@ -280,7 +288,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut on_disk = checkpoint::read_state(ckpt)?;
         on_disk.abandoned = None;
         on_disk.collapse = self.state.collapse.clone();
-        on_disk.gradients = self.state.gradients.clone();
+        on_disk.gradients = self.state.gradients;
         checkpoint::rewrite_state(ckpt, &on_disk)
     }
 
@@ -323,7 +331,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .run_dir
             .join(SAMPLES_DIR)
             .join(crate::run_dir::sample_sheet_name(self.state.tick));
-        save_png(&sheet, &path)?;
+        save_own_png(&sheet, &path)?;
         self.latest_sample = Some(path);
         Ok(())
     }
@@ -344,7 +352,7 @@ fn finite_or_null(v: f64) -> Value {
 /// Whether the images from `images_shown - tick_images` to `images_shown` crossed a multiple of
 /// `every_kimg` kimg (rounded to whole images; never when it is 0).
 fn crossed_multiple(images_shown: u64, tick_images: u64, every_kimg: f64) -> bool {
-    if !(every_kimg > 0.0) {
+    if every_kimg.is_nan() || every_kimg <= 0.0 {
         return false;
     }
     let every = ((every_kimg * 1000.0).round() as u64).max(1);
