@@ -2510,6 +2510,23 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         ),
         "{out}"
     );
+    // A subfolder that cannot be read: an error naming it, not a smaller set measured.
+    let too_deep = pgan_data::test_files::unreadable_folder(&big);
+    let err = run_err(
+        pgan()
+            .args(["eval", "--fid", "--real"])
+            .arg(&clear_pgan)
+            .arg("--fake")
+            .arg(&big)
+            .arg("--inception")
+            .arg(&weights),
+    );
+    assert!(
+        err.contains("cannot read folder") && err.contains(&*too_deep.to_string_lossy()),
+        "{err:.200}"
+    );
+    let below = too_deep.strip_prefix(&big).unwrap().components().next();
+    std::fs::remove_dir_all(big.join(below.unwrap())).unwrap();
     let (_, out) = grey_fid(&big);
     assert!(
         out.contains(&format!(

@@ -70,6 +70,25 @@ pub struct Walk {
     pub ignored: Vec<(PathBuf, &'static str)>,
 }
 
+impl Walk {
+    /// The first folder or entry that could not be read, with the system's reason (read
+    /// again): for a command that measures every image of a folder, or finds none elsewhere.
+    pub fn unreadable_error(&self) -> Option<DataError> {
+        let (path, why) = self
+            .ignored
+            .iter()
+            .find(|(_, why)| [UNREADABLE_FOLDER, UNREADABLE_ENTRY].contains(why))?;
+        let error = match *why {
+            UNREADABLE_FOLDER => std::fs::read_dir(path)
+                .and_then(|mut entries| entries.try_for_each(|entry| entry.map(drop))),
+            _ => std::fs::symlink_metadata(path).map(drop),
+        }
+        .err()
+        .unwrap_or_else(|| std::io::Error::other("it could not be read while listing"));
+        Some(DataError::io("cannot read folder", path, error))
+    }
+}
+
 /// Why a file was not taken: its extension.
 pub(crate) const NOT_AN_IMAGE: &str = "not an image file extension";
 /// Why a folder's images were not taken: it cannot be listed (permissions, an I/O error). The

@@ -37,3 +37,29 @@ pub fn bomb_png(w: u32, h: u32, colour: u8, depth: u8) -> Vec<u8> {
     chunk(&mut png, b"IEND", &[]);
     png
 }
+
+/// A folder that cannot be listed, even by root: nested folders under `root`, made relative to
+/// each other, until the path of the last is longer than the system takes (PATH_MAX). Returns
+/// that path.
+pub fn unreadable_folder(root: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let name = "d".repeat(250);
+    let c = std::ffi::CString::new(name.as_bytes()).unwrap();
+    let root_c = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated paths; every descriptor opened is closed.
+    unsafe {
+        let mut fd = libc::open(root_c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        assert!(fd >= 0);
+        let mut path = root.to_path_buf();
+        while path.as_os_str().len() <= libc::PATH_MAX as usize {
+            assert_eq!(libc::mkdirat(fd, c.as_ptr(), 0o755), 0);
+            let next = libc::openat(fd, c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            assert!(next >= 0);
+            libc::close(fd);
+            fd = next;
+            path.push(&name);
+        }
+        libc::close(fd);
+        path
+    }
+}

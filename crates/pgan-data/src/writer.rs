@@ -237,7 +237,9 @@ pub(crate) fn prepare_with_limit(
     removed_stale.extend(remove_stale_temps(&report_path(&opts.output)));
     let walk = ingest::walk(&opts.input_dir)?;
     if walk.images.is_empty() {
-        return Err(if walk.ignored.is_empty() {
+        return Err(if let Some(unreadable) = walk.unreadable_error() {
+            unreadable
+        } else if walk.ignored.is_empty() {
             DataError::EmptyInput(opts.input_dir.clone())
         } else {
             DataError::NoImages {
@@ -1481,7 +1483,7 @@ mod tests {
     #[test]
     fn an_unreadable_subfolder_is_reported_and_the_rest_prepared() {
         let input = folder(2, &[]);
-        let too_deep = deep_folder(input.path());
+        let too_deep = crate::test_files::unreadable_folder(input.path());
         let out = out_dir();
         let path = out.path().join("d.pgan");
         let s = prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
@@ -1513,31 +1515,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("cannot access input folder"), "{e:.80}");
-    }
-
-    /// Nested folders under `root` (made relative to each other, as no path to the last fits
-    /// in PATH_MAX) whose last one cannot be listed by its full path; returns that path.
-    fn deep_folder(root: &Path) -> PathBuf {
-        use std::os::unix::ffi::OsStrExt;
-        let name = "d".repeat(250);
-        let c = std::ffi::CString::new(name.as_bytes()).unwrap();
-        let root_c = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid NUL-terminated paths; every descriptor opened is closed.
-        unsafe {
-            let mut fd = libc::open(root_c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
-            assert!(fd >= 0);
-            let mut path = root.to_path_buf();
-            while path.as_os_str().len() <= libc::PATH_MAX as usize {
-                assert_eq!(libc::mkdirat(fd, c.as_ptr(), 0o755), 0);
-                let next = libc::openat(fd, c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
-                assert!(next >= 0);
-                libc::close(fd);
-                fd = next;
-                path.push(&name);
-            }
-            libc::close(fd);
-            path
-        }
+        // A folder whose only images are in one that cannot be read: that folder is named.
+        let only = tempfile::tempdir().unwrap();
+        let too_deep = crate::test_files::unreadable_folder(only.path());
+        let e = prepare(&PrepareOptions::new(
+            only.path(),
+            out.path().join("f.pgan"),
+            8,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("cannot read folder") && e.contains(&*too_deep.to_string_lossy()),
+            "{e:.80}"
+        );
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub fn build_report(run_dir: &Path) -> Result<Report> {
     Ok(Report {
         run_name: data.name,
         html,
-        ticks: data.ticks.len(),
+        ticks: run::tick_count(&data.ticks),
         charts: charts.len(),
         notices,
     })

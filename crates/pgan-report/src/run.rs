@@ -81,6 +81,15 @@ impl Tick {
         self.text(pgan_spec::metrics::PHASE)
     }
 
+    /// Whether this row is the trainer's record of a rollback between ticks (`kimg` and
+    /// `Event/rollback`, no tick number or resolution) rather than a tick: it marks the charts
+    /// and counts as a rollback, never as a tick or a phase.
+    pub fn is_event(&self) -> bool {
+        self.get(pgan_spec::metrics::ROLLBACK).is_some()
+            && self.get(pgan_spec::metrics::TICK).is_none()
+            && self.get(pgan_spec::metrics::RESOLUTION).is_none()
+    }
+
     /// Keys whose numeric value on this line is NaN or infinite.
     pub fn non_finite_keys(&self) -> impl Iterator<Item = &str> {
         self.numbers
@@ -255,12 +264,19 @@ impl Segment {
     }
 }
 
+/// How many of `rows` are ticks (not [`Tick::is_event`] rows).
+pub fn tick_count(rows: &[Tick]) -> usize {
+    rows.iter().filter(|t| !t.is_event()).count()
+}
+
 /// Splits the ticks that have a finite `kimg` into [`Segment`]s wherever the
-/// resolution or the phase changes. Ticks without a finite kimg are skipped.
+/// resolution or the phase changes. Ticks without a finite kimg, and event rows, are skipped.
 pub fn segments(ticks: &[Tick]) -> Vec<Segment> {
     let mut out: Vec<Segment> = Vec::new();
     for (i, t) in ticks.iter().enumerate() {
-        let Some(kimg) = t.kimg() else { continue };
+        let Some(kimg) = t.kimg().filter(|_| !t.is_event()) else {
+            continue;
+        };
         let (res, phase) = (t.resolution(), t.phase().map(str::to_string));
         match out.last_mut() {
             Some(s) if s.resolution == res && s.phase == phase => {
@@ -593,13 +609,17 @@ mod tests {
             ));
         }
         text.push_str("{\"resolution\":16}\n"); // no kimg: skipped
+                                                // The trainer's rollback rows (between ticks) are neither ticks nor phases.
+        text.insert_str(0, "{\"kimg\":0,\"Event/rollback\":1}\n");
+        text.push_str("{\"kimg\":3.0,\"Event/rollback\":1}\n");
         let ticks = parse(&text).unwrap();
+        assert_eq!((ticks.len(), tick_count(&ticks)), (9, 7));
         let segs = segments(&ticks);
         let labels: Vec<String> = segs.iter().map(Segment::label).collect();
         assert_eq!(labels, ["4×4", "8×8 fade", "8×8", "16×16 fade"]);
         assert_eq!(segs[1].start_kimg, 1.0);
         assert_eq!(segs[1].end_kimg, 2.0);
-        assert_eq!(segs[1].ticks, 2..4);
+        assert_eq!(segs[1].ticks, 3..5);
         assert!(segs[1].is_fade() && !segs[2].is_fade());
         assert_eq!(segs[0].start_kimg, 0.5);
     }

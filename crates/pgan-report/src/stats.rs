@@ -96,7 +96,7 @@ pub fn compute(ticks: &[Tick], segments: &[Segment]) -> RunStats {
     };
 
     RunStats {
-        ticks: ticks.len(),
+        ticks: crate::run::tick_count(ticks),
         last_tick: latest(ticks, TICK).map(|v| v.round() as i64),
         kimg,
         resolution: ticks.iter().rev().find_map(Tick::resolution),
@@ -146,7 +146,7 @@ fn per_resolution(ticks: &[Tick], segments: &[Segment]) -> Vec<ResolutionRow> {
                 &mut rows.last_mut().expect("just pushed").1
             }
         };
-        idx.extend(s.ticks.clone());
+        idx.extend(s.ticks.clone().filter(|&i| !ticks[i].is_event()));
         let row = &mut rows.last_mut().expect("exists").0;
         if let Some(p) = &s.phase {
             if !row.phases.contains(p) {

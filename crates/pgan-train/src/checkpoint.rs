@@ -37,13 +37,14 @@ pub const CHECKPOINT_VERSION: u32 = 2;
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 /// Keys of `state.json` that pgan has written only since states carry their checksum: a state
 /// without the checksum that holds one was edited.
-pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 6] = [
+pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 7] = [
     "dataset",
     "peers",
     "seed",
     "open_tick",
     "gradients",
     "abandoned",
+    "gave_up",
 ];
 /// Name of the state file inside a checkpoint folder.
 pub const STATE_FILE: &str = "state.json";
@@ -125,6 +126,11 @@ pub struct TrainState {
     /// run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<AbandonedMeasures>,
+    /// The rollbacks in a row after which the run stopped diverging from this checkpoint
+    /// (absent when it did not): a resume from it is the user's next try, with a fresh count
+    /// at the configured learning rate, not the last rollback's reduced one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<u32>,
     /// CRC-32 of `state.json`'s bytes before this member (the last one): a `state.json` edited
     /// by hand no longer matches it (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -968,12 +974,28 @@ pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
     (parent.file_name()? == CHECKPOINTS_DIR).then(|| parent.parent().map(Path::to_path_buf))?
 }
 
+/// For a checkpoint of a branch an earlier resume set aside (`RUN/checkpoints/abandoned-N/
+/// ckpt-…`, see [`set_aside_newer`]): its run directory and the `abandoned-N` folder. Such a
+/// checkpoint is rendered and measured with its run's config, never resumed in place.
+pub fn abandoned_branch_of(checkpoint: &Path) -> Option<(PathBuf, PathBuf)> {
+    let checkpoint = absolute_path(checkpoint);
+    let branch = checkpoint.parent()?;
+    let is_branch = branch
+        .file_name()?
+        .to_str()?
+        .strip_prefix("abandoned-")
+        .is_some_and(|n| n.parse::<u32>().is_ok());
+    let root = branch.parent()?;
+    (is_branch && root.file_name()? == CHECKPOINTS_DIR)
+        .then(|| Some((root.parent()?.to_path_buf(), branch.to_path_buf())))?
+}
+
 /// Replaces a checkpoint's `state.json` with `state` (its records unchanged): a rollback
 /// records there the lowered learning rate and the failure count it continues with, so that a
 /// resume after a kill continues as the run did, not from before the rollback.
 pub fn rewrite_state(ckpt: &Path, state: &TrainState) -> Result<()> {
     let path = ckpt.join(STATE_FILE);
-    write_atomic(&path, &state.to_json_with_checksum())
+    crate::fsutil::write_own_atomic(&path, &state.to_json_with_checksum())
         .map_err(io_err(&path, "write checkpoint state"))
 }
 
@@ -996,8 +1018,14 @@ fn absolute_path(path: &Path) -> PathBuf {
 /// branch of the run: left in place, the old branch's newer checkpoints would be what a later
 /// resume of the run picks (jumping back onto the branch this one left), and the new branch's
 /// checkpoints would replace them one by one. Moved aside, they are neither resumed from nor
-/// pruned, and nothing the user has is deleted.
-pub fn set_aside_newer(run_dir: &Path, resumed: &Path) -> Result<Option<PathBuf>> {
+/// pruned, and nothing the user has is deleted. `before_moving` fills the new folder first (the
+/// branch's metrics rows and sample sheets): a failure there leaves the checkpoints where they
+/// were, so a later resume sets the branch aside again and nothing is lost.
+pub fn set_aside_newer(
+    run_dir: &Path,
+    resumed: &Path,
+    before_moving: impl FnOnce(&Path) -> Result<()>,
+) -> Result<Option<PathBuf>> {
     let Some(resumed_name) = resumed.file_name() else {
         return Ok(None);
     };
@@ -1014,6 +1042,7 @@ pub fn set_aside_newer(run_dir: &Path, resumed: &Path) -> Result<Option<PathBuf>
         .find(|p| std::fs::symlink_metadata(p).is_err())
         .expect("a free name");
     std::fs::create_dir(&aside).map_err(io_err(&aside, "create"))?;
+    before_moving(&aside)?;
     for ckpt in &newer {
         let to = aside.join(ckpt.file_name().expect("a listed checkpoint has a name"));
         std::fs::rename(ckpt, &to).map_err(io_err(ckpt, "move aside"))?;
@@ -1028,7 +1057,14 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(run_dir)?;
     let excess = all.len().saturating_sub(keep);
     for old in &all[..excess] {
-        std::fs::remove_dir_all(old).map_err(crate::error::io_err(old, "remove old checkpoint"))?;
+        // Renamed first, so that a reader (a render's timeline) finds a checkpoint whole or
+        // gone, never half removed; the temp name is one the loop below removes if a kill
+        // interrupts this.
+        let doomed = crate::fsutil::temp_beside(old);
+        std::fs::rename(old, &doomed)
+            .map_err(crate::error::io_err(old, "remove old checkpoint"))?;
+        std::fs::remove_dir_all(&doomed)
+            .map_err(crate::error::io_err(&doomed, "remove old checkpoint"))?;
     }
     let root = run_dir.join(CHECKPOINTS_DIR);
     for entry in std::fs::read_dir(&root).map_err(crate::error::io_err(&root, "list"))? {
@@ -1222,6 +1258,7 @@ mod tests {
             seed: None,
             open_tick: None,
             abandoned: None,
+            gave_up: None,
             checksum: None,
         }
     }
@@ -1637,6 +1674,16 @@ mod tests {
         assert_eq!(run_dir_of(&run), Some(here.join("runs").join("00000-x")));
         // Tests run in the crate's folder, which is not a run's checkpoints/ folder.
         assert_eq!(run_dir_of(Path::new("ckpt-000000000016")), None);
+        let set_aside = here.join("runs/00000-x/checkpoints/abandoned-2/ckpt-000000000016");
+        assert_eq!(run_dir_of(&set_aside), None);
+        assert_eq!(
+            abandoned_branch_of(&set_aside),
+            Some((
+                here.join("runs/00000-x"),
+                here.join("runs/00000-x/checkpoints/abandoned-2")
+            ))
+        );
+        assert_eq!(abandoned_branch_of(&ckpt), None);
     }
 
     #[test]
@@ -1685,7 +1732,9 @@ mod tests {
             std::fs::write(root.join(checkpoint_name(images)).join("x"), b"kept").unwrap();
         }
         let resumed = root.join(checkpoint_name(16));
-        let aside = set_aside_newer(run.path(), &resumed).unwrap().unwrap();
+        let aside = set_aside_newer(run.path(), &resumed, |_| Ok(()))
+            .unwrap()
+            .unwrap();
         assert_eq!(aside, root.join("abandoned-1"));
         assert_eq!(list_checkpoints(run.path()).unwrap(), vec![resumed.clone()]);
         for images in [32, 48] {
@@ -1693,9 +1742,14 @@ mod tests {
             assert_eq!(std::fs::read(moved).unwrap(), b"kept");
         }
         // Nothing newer: nothing moved. A second branch gets its own folder.
-        assert_eq!(set_aside_newer(run.path(), &resumed).unwrap(), None);
+        assert_eq!(
+            set_aside_newer(run.path(), &resumed, |_| Ok(())).unwrap(),
+            None
+        );
         std::fs::create_dir_all(root.join(checkpoint_name(64))).unwrap();
-        let second = set_aside_newer(run.path(), &resumed).unwrap().unwrap();
+        let second = set_aside_newer(run.path(), &resumed, |_| Ok(()))
+            .unwrap()
+            .unwrap();
         assert_eq!(second, root.join("abandoned-2"));
         prune(run.path(), 1).unwrap();
         assert!(aside.join(checkpoint_name(48)).is_dir() && second.is_dir());

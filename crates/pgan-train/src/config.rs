@@ -1372,10 +1372,10 @@ mod tests {
         ]);
     }
 
-    /// Each edit of the default config is refused with an error that contains its text.
     /// An edit of the default config and a text its refusal must contain.
     type RefusedEdit = (fn(&mut TrainConfig), &'static str);
 
+    /// Each edit of the default config is refused with an error that contains its text.
     fn assert_each_refused(cases: &[RefusedEdit]) {
         for (edit, said) in cases {
             let mut config = TrainConfig::default();

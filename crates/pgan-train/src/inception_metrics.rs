@@ -662,7 +662,12 @@ pub fn folder_features<B: Backend>(
     } = read;
     // The images `pgan prepare` would take from this folder (links to folders followed once,
     // no loops), decoded as it decodes them (regular files only, EXIF orientation, size limits).
-    let files = pgan_data::walk(dir)?.images;
+    // Every image is measured: a subfolder that cannot be read is an error, not a smaller set.
+    let walk = pgan_data::walk(dir)?;
+    if let Some(unreadable) = walk.unreadable_error() {
+        return Err(unreadable.into());
+    }
+    let files = walk.images;
     if files.len() < min_images {
         return Err(too_few(
             &format!("image folder {}", dir.display()),
@@ -803,19 +808,28 @@ fn size_warning(side: &str, set: &FeatureSet, resolution: u32, other: &str) -> O
 }
 
 /// The warning for two folders whose images are most often of different sizes (see
-/// [`size_warning`]); `None` when either holds no decoded images or both agree.
+/// [`size_warning`]); `None` when either holds no decoded images or a most common size of one
+/// is a most common size of the other.
 fn folders_size_warning(real: &FeatureSet, fake: &FeatureSet) -> Option<String> {
     let describe = |set: &FeatureSet| {
         let total: usize = set.folder_sizes.values().sum();
-        let (&(w, h), &n) = set.folder_sizes.iter().max_by_key(|(_, n)| **n)?;
+        let most = *set.folder_sizes.values().max()?;
+        let sizes: Vec<(u32, u32)> = set
+            .folder_sizes
+            .iter()
+            .filter(|(_, n)| **n == most)
+            .map(|(size, _)| *size)
+            .collect();
+        let (w, h) = sizes[0];
         let text = match set.folder_sizes.len() {
             1 => format!("{w}x{h}"),
-            _ => format!("most often {w}x{h} ({n} of {total})"),
+            _ => format!("most often {w}x{h} ({most} of {total})"),
         };
-        Some(((w, h), text))
+        Some((sizes, text))
     };
-    let ((real_size, real_text), (fake_size, fake_text)) = (describe(real)?, describe(fake)?);
-    (real_size != fake_size).then(|| {
+    let ((real_sizes, real_text), (fake_sizes, fake_text)) = (describe(real)?, describe(fake)?);
+    let shared = real_sizes.iter().any(|size| fake_sizes.contains(size));
+    (!shared).then(|| {
         format!(
             "the real set's images are {real_text} and the compared set's {fake_text}: \
              Inception resizes both to 299x299, so the metrics also measure the difference in \
@@ -911,6 +925,7 @@ impl crate::backend::BackendJob for CompareRequest {
                     .warnings
                     .extend(size_warning("compared", &fake, r, "the real set is"))
             }
+            (None, None) => report.warnings.extend(folders_size_warning(&real, &fake)),
             _ => {}
         }
         match (real_shape, fake_shape) {
@@ -924,7 +939,6 @@ impl crate::backend::BackendJob for CompareRequest {
                     .notes
                     .push(luma_note("compared", &self.fake, &grey_file(&self.real)))
             }
-            (None, None) => report.warnings.extend(folders_size_warning(&real, &fake)),
             (Some((real_c, real_r)), Some((fake_c, fake_r))) => {
                 if real_c != fake_c {
                     report.warnings.push(format!(

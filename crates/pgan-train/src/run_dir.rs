@@ -98,7 +98,10 @@ pub fn ensure_samples_dir(run_dir: &Path) -> Result<()> {
                 ),
             ),
         )),
-        Err(_) => std::fs::create_dir(&samples).map_err(io_err(&samples, "create")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(&samples).map_err(io_err(&samples, "create"))
+        }
+        Err(e) => Err(io_err(&samples, "write sample sheets into")(e)),
     }
 }
 
@@ -427,12 +430,18 @@ mod tests {
             std::fs::remove_file(&path).unwrap();
             open(&run).unwrap();
         }
-        // The rewrite of the metrics (a rollback) replaces no file a link points to either.
+        // The rewrite of the metrics (a rollback) and a sample sheet replace no file a link
+        // points to either (config.toml, state.json and the feature cache are written alike).
         std::fs::remove_file(&metrics).unwrap();
         std::os::unix::fs::symlink(&precious, &metrics).unwrap();
         let err = crate::fsutil::write_own_atomic(&metrics, b"{}\n").unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
+        let sheet = run.join(SAMPLES_DIR).join(sample_sheet_name(1));
+        std::os::unix::fs::symlink(&precious, &sheet).unwrap();
+        let err = crate::images::save_own_png(&image::RgbImage::new(2, 2), &sheet).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read(&precious).unwrap(), b"the user's dataset");
+        std::fs::remove_file(&sheet).unwrap();
 
         let samples = run.join(SAMPLES_DIR);
         std::fs::remove_dir(&samples).unwrap();

@@ -397,11 +397,8 @@ pub fn truncate_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Tru
 }
 
 /// What [`truncate_after`] would drop, without changing the file (`None`: no file).
-pub fn rows_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Option<Truncated> {
-    split_after(run_dir, images_shown, cut)
-        .ok()
-        .flatten()
-        .map(|(_, truncated)| truncated)
+pub fn rows_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<Truncated>> {
+    Ok(split_after(run_dir, images_shown, cut)?.map(|(_, truncated)| truncated))
 }
 
 /// The text of the rows kept and those dropped.
@@ -643,7 +640,10 @@ mod tests {
         let t = truncate_after(dir.path(), 1_000, cut(1)).unwrap();
         assert!(t.dropped.is_empty());
         // ...and drops later ones (their session is the one the resume replaces).
-        let dropped = rows_after(dir.path(), 1_000, cut(0)).unwrap().dropped;
+        let dropped = rows_after(dir.path(), 1_000, cut(0))
+            .unwrap()
+            .unwrap()
+            .dropped;
         assert_eq!(dropped, [rows[1]]);
         let t = truncate_after(dir.path(), 1_000, cut(0)).unwrap();
         assert_eq!(t.dropped, [rows[1]]);

@@ -307,6 +307,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             seed: Some(config.run.seed),
             open_tick: None,
             abandoned: None,
+            gave_up: None,
             checksum: None,
         };
         let mut sample_rng = ChaCha8Rng::seed_from_u64(config.run.seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -611,8 +612,17 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// A new fade or stable phase: optionally reset Adam (official `reset_opt_for_new_lod`).
     fn enter_phase(&mut self, phase: &Phase) {
+        let multiplier = self.lr_multiplier();
+        let cooldown = if multiplier < 1.0 {
+            format!(
+                " x{multiplier} after a rollback, until {:.3} kimg",
+                self.state.cooldown_until as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        };
         self.log.info(format!(
-            "phase {}: {} {}x{} (batch {}, lr {})",
+            "phase {}: {} {}x{} (batch {}, lr {}{cooldown})",
             phase.index, phase.kind, phase.resolution, phase.resolution, phase.batch, phase.lr
         ));
         if self.config.schedule.reset_optimizer {
@@ -653,14 +663,41 @@ impl<B: AutodiffBackend> Trainer<B> {
         let cut = Cut::Resume {
             rollbacks_kept: self.state.consecutive_failures,
         };
-        let aside = checkpoint::set_aside_newer(&self.run_dir, &ckpt)?;
+        if let Some(failures) = self.state.gave_up.take() {
+            self.state.consecutive_failures = 0;
+            self.state.lr_multiplier = 1.0;
+            self.state.cooldown_until = 0;
+            self.log.warn(format!(
+                "{} is where the run stopped after {failures} rollbacks in a row: this resume \
+                 starts from it again at the configured learning rate, with no rollbacks counted",
+                ckpt.display()
+            ));
+        } else if self.lr_multiplier() < 1.0 {
+            self.log.warn(format!(
+                "{} is within a rollback's cooldown: the learning rate is x{} until {:.3} kimg, \
+                 and {} of recovery.max_consecutive_failures {} rollbacks in a row are counted",
+                ckpt.display(),
+                self.state.lr_multiplier,
+                self.state.cooldown_until as f64 / 1000.0,
+                self.state.consecutive_failures,
+                self.config.recovery.max_consecutive_failures
+            ));
+        }
+        // What can be checked is checked before the folder changes: a config.toml that will
+        // not be written would otherwise stop the resume with the branch half set aside.
+        let config_path = self.run_dir.join(CONFIG_FILE);
+        crate::fsutil::refuse_foreign_file(&config_path).map_err(io_err(&config_path, "write"))?;
+        // The abandoned branch keeps its rows and sample sheets beside its checkpoints (saved
+        // there before its checkpoints move, and before metrics.jsonl drops the rows): the
+        // report then shows this branch's only.
+        let tick = self.state.tick;
+        let run_dir = self.run_dir.clone();
+        let aside = checkpoint::set_aside_newer(&self.run_dir, &ckpt, |aside| {
+            let rows = stats::rows_after(&run_dir, shown, cut)?.unwrap_or_default();
+            set_aside_branch(&run_dir, aside, &rows, tick)
+        })?;
         write_config(&self.run_dir, &self.config)?;
         if let Some(aside) = &aside {
-            // The abandoned branch keeps its rows and sample sheets beside its
-            // checkpoints (saved there before metrics.jsonl drops them): the report
-            // then shows this branch's only.
-            let rows = stats::rows_after(&self.run_dir, shown, cut).unwrap_or_default();
-            set_aside_branch(&self.run_dir, aside, &rows, self.state.tick)?;
             self.log.warn(format!(
                 "resuming {} leaves the run's newer checkpoints behind: they are moved \
                  to {} with their metrics rows and sample sheets (not resumed from, not \

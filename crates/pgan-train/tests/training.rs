@@ -382,6 +382,24 @@ fn resuming_an_older_checkpoint_sets_the_newer_ones_aside_and_the_run_goes_on_fr
     let before = list_checkpoints(&done.run_dir).unwrap();
     assert_eq!(before.len(), 5, "{before:?}");
 
+    // A resume that cannot go through (here: a link as config.toml, which it rewrites) is
+    // refused before any checkpoint, row or sheet moves.
+    let config_path = done.run_dir.join("config.toml");
+    let kept = dir.path().join("config-kept.toml");
+    std::fs::rename(&config_path, &kept).unwrap();
+    std::os::unix::fs::symlink(&kept, &config_path).unwrap();
+    let mut refused = TrainOptions::new(config.clone());
+    refused.resume = Some(before[1].clone());
+    let err = train(refused).unwrap_err().to_string();
+    assert!(
+        err.contains("config.toml") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(list_checkpoints(&done.run_dir).unwrap(), before);
+    assert!(!done.run_dir.join("checkpoints/abandoned-1").exists());
+    std::fs::remove_file(&config_path).unwrap();
+    std::fs::rename(&kept, &config_path).unwrap();
+
     let mut branch = TrainOptions::new(config);
     branch.resume = Some(before[1].clone());
     branch.stop_after_kimg = Some(0.044);
@@ -1031,6 +1049,48 @@ fn repeated_nans_stop_with_advice() {
     assert!(
         last.contains("ERROR training stopped by an error") && last.contains("learning rate"),
         "{log}"
+    );
+    // The checkpoint it gave up on says so, and a resume from it (the user's next try) trains
+    // at the configured rate with a fresh count, not the last rollback's reduced one and 2 of 2.
+    let marked: Vec<_> = list_checkpoints(&run)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| checkpoint::read_state(&c).unwrap().gave_up.map(|n| (c, n)))
+        .collect();
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    assert_eq!(marked[0].1, 2);
+    let gave_up_at = checkpoint::read_state(&marked[0].0).unwrap().images_shown as f64 / 1000.0;
+    let mut again = TrainOptions::new(tiny_config(&data, &runs));
+    again.resume = Some(run.clone());
+    let resumed = train(again).unwrap();
+    assert_eq!(resumed.rollbacks, 0);
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(
+        log.contains("is where the run stopped after 2 rollbacks in a row"),
+        "{log}"
+    );
+    let schedule = tiny_config(&data, &runs).schedule;
+    let trained: Vec<_> = metrics_rows(&run)
+        .into_iter()
+        .filter(|r| r[pgan_spec::metrics::KIMG].as_f64().unwrap() > gave_up_at)
+        .collect();
+    assert!(!trained.is_empty());
+    for row in trained
+        .iter()
+        .filter(|r| r.get(pgan_spec::metrics::LR_G).is_some())
+    {
+        let resolution = row[pgan_spec::metrics::RESOLUTION].as_u64().unwrap() as u32;
+        let lr = row[pgan_spec::metrics::LR_G].as_f64();
+        assert_eq!(lr, Some(schedule.lr_for(resolution)), "{row}");
+    }
+    let state = checkpoint::read_state(&resumed.checkpoint).unwrap();
+    assert_eq!(
+        (
+            state.consecutive_failures,
+            state.lr_multiplier,
+            state.gave_up
+        ),
+        (0, 1.0, None)
     );
 }
 

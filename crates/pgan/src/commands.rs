@@ -191,7 +191,17 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         (Some(resume), _) => {
             let ckpt = pgan_train::checkpoint::resolve_checkpoint(resume).context("--resume")?;
             let run_dir = pgan_train::checkpoint::run_dir_of(&ckpt).with_context(|| {
-                format!("--resume: {} is not inside a run directory", ckpt.display())
+                match pgan_train::checkpoint::abandoned_branch_of(&ckpt) {
+                    Some((_, branch)) => format!(
+                        "--resume: {} is in {}, a branch an earlier resume set aside, and a run \
+                         trains one branch: render or eval it as it is, or to train it on, copy \
+                         the run folder and move that branch's checkpoints back into the copy's \
+                         checkpoints/ (the newer ones of the copy out first)",
+                        ckpt.display(),
+                        branch.display()
+                    ),
+                    None => format!("--resume: {} is not inside a run directory", ckpt.display()),
+                }
             })?;
             TrainConfig::from_toml_file(&run_dir.join(pgan_train::run_dir::CONFIG_FILE))
                 .context("--resume")?
@@ -445,14 +455,6 @@ fn orchestrator(port: u16) -> Result<ExitCode> {
 }
 
 fn train(args: TrainArgs) -> Result<ExitCode> {
-    // Named as the flag, not as the config key it sets (a resume's message would point at the
-    // run's config, which the flag replaced).
-    if let Some(data) = args.data.as_ref().filter(|d| !d.exists()) {
-        bail!(
-            "--data {}: does not exist (a relative path is read from the current folder)",
-            data.display()
-        );
-    }
     let config = resolve_train_config(&args)?;
     config
         .validate()
@@ -465,6 +467,17 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     }
     if args.data_changed_ok && args.resume.is_none() {
         bail!("--data-changed-ok only applies with --resume");
+    }
+    // Named as the flag, not as the config key it sets (a resume's message would point at the
+    // run's config, which the flag replaced).
+    let missing = |d: &&PathBuf| {
+        std::fs::metadata(d).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    };
+    if let Some(data) = args.data.as_ref().filter(missing) {
+        bail!(
+            "--data {}: does not exist (a relative path is read from the current folder)",
+            data.display()
+        );
     }
     if args.dry_run {
         let mut options = TrainOptions::new(config);
@@ -786,7 +799,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     let ckpt = checkpoint_of(source)?;
     prepare_eval_outputs(&args)?;
     // The dataset: --data, else the one the run trained on (its config.toml's data.path).
-    let run_dir = pgan_train::checkpoint::run_dir_of(&ckpt);
+    let run_dir = pgan_train::checkpoint::run_dir_of(&ckpt)
+        .or_else(|| pgan_train::checkpoint::abandoned_branch_of(&ckpt).map(|(run, _)| run));
     let run_config = run_dir
         .as_ref()
         .map(|run| run.join(pgan_train::run_dir::CONFIG_FILE))

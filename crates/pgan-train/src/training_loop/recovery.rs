@@ -92,6 +92,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let multiplier = self.lr_multiplier() * self.config.recovery.lr_factor;
         let max = self.config.recovery.max_consecutive_failures;
         if failures > max {
+            self.mark_given_up(max);
             let resolution = self.schedule.at(self.state.images_shown).resolution;
             return Err(TrainError::Diverged(format!(
                 "{max} rollbacks in a row did not get past {:.3} kimg at {resolution}x{resolution}. \
@@ -111,6 +112,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.restore(&ckpt)?;
         // A rollback trains the stretch after the checkpoint again, tick ends included.
         self.state.abandoned = None;
+        // This session goes on from it: an earlier session's giving up there is history.
+        self.state.gave_up = None;
         self.state.consecutive_failures = failures;
         self.state.lr_multiplier = multiplier;
         self.state.cooldown_until =
@@ -138,6 +141,23 @@ impl<B: AutodiffBackend> Trainer<B> {
         state.open_tick = self.tick.open();
         checkpoint::rewrite_state(&ckpt, &state)?;
         Ok(())
+    }
+
+    /// Records in the checkpoint the rollbacks went back to that the run gave up there (see
+    /// `TrainState::gave_up`); a failure to is said, not fatal: the resume then goes on with
+    /// the reduced rate, as a kill's would.
+    fn mark_given_up(&mut self, failures: u32) {
+        let marked = checkpoint::find_checkpoint(&self.run_dir).and_then(|found| {
+            let mut state = checkpoint::read_state(&found.path)?;
+            state.gave_up = Some(failures);
+            checkpoint::rewrite_state(&found.path, &state)
+        });
+        if let Err(e) = marked {
+            self.log.warn(format!(
+                "cannot record in the checkpoint that the run gave up there ({e}): a resume \
+                 from it starts with the last rollback's reduced learning rate"
+            ));
+        }
     }
 
     /// The remedies set away from their neutral values, for the advice of a run that keeps
