@@ -1808,6 +1808,32 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
     // Without --pairs, a few images use the pairs they make (the default 512 needs 33).
     run_ok(pgan().arg("eval").arg(&run).args(["--num", "4"]));
 
+    // A branch from the oldest checkpoint sets the newer ones aside. One of those is measured
+    // against its run's dataset; --resume of it says what to do instead.
+    let mut ckpts: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    ckpts.sort();
+    run_ok(resume_cmd(&ckpts[0], &["--total-kimg", "0.048"]).current_dir("/"));
+    let set_aside = run
+        .join("checkpoints/abandoned-1")
+        .join(ckpts.last().unwrap().file_name().unwrap());
+    assert!(set_aside.join("state.json").is_file());
+    let out = run_ok(
+        pgan()
+            .current_dir("/")
+            .arg("eval")
+            .arg(&set_aside)
+            .args(["--num", "4"]),
+    );
+    assert!(out.contains("SWD") && !out.contains("no dataset"), "{out}");
+    let err = run_err(&mut resume_cmd(&set_aside, &[]));
+    assert!(
+        err.contains("a branch an earlier resume set aside") && err.contains("abandoned-1"),
+        "{err}"
+    );
+
     // A file where a run folder or an output folder belongs.
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();

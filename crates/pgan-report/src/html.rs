@@ -239,7 +239,7 @@ fn charts_section(h: &mut String, charts: &[Chart], ticks: usize) {
     h.push_str("<h2 id=\"charts\">Training curves</h2>\n");
     if charts.is_empty() {
         let why = if ticks == 0 {
-            "no ticks yet: metrics.jsonl has no lines"
+            "no ticks yet: metrics.jsonl holds no tick"
         } else {
             "no chartable values in metrics.jsonl"
         };

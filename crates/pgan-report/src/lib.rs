@@ -91,9 +91,10 @@ pub fn build_report(run_dir: &Path) -> Result<Report> {
              of disk while writing it leaves it, and was left out"
         ));
     }
-    if data.ticks.is_empty() {
+    if run::tick_count(&data.ticks) == 0 {
         notices.push(
-            "no ticks yet: metrics.jsonl is empty (the trainer has not finished its first tick)"
+            "no ticks yet: metrics.jsonl holds no tick (the trainer has not finished its first \
+             one)"
                 .to_string(),
         );
     } else {
@@ -360,6 +361,19 @@ mod tests {
             .iter()
             .any(|n| n.contains("no sample sheets")));
         assert!(report.html.contains("no sample sheets in samples/ yet"));
+        // A run that rolled back before its first tick's end holds only rollback rows.
+        fs::write(
+            dir.path().join("metrics.jsonl"),
+            "{\"kimg\":0,\"Event/rollback\":1}\n{\"kimg\":0,\"Event/rollback\":2}\n",
+        )
+        .unwrap();
+        let report = build_report(dir.path()).unwrap();
+        assert_eq!(report.ticks, 0);
+        assert!(
+            report.notices[0].starts_with("no ticks yet"),
+            "{:?}",
+            report.notices
+        );
     }
 
     #[test]

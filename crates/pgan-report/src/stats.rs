@@ -156,7 +156,11 @@ fn per_resolution(ticks: &[Tick], segments: &[Segment]) -> Vec<ResolutionRow> {
     }
     // Wall-clock at the end of the previous resolution, to measure each
     // resolution's duration from the time at its boundaries.
-    let mut prev_end_time: Option<f64> = ticks.first().and_then(|t| t.finite(TIME)).map(|_| 0.0);
+    let mut prev_end_time: Option<f64> = ticks
+        .iter()
+        .find(|t| !t.is_event())
+        .and_then(|t| t.finite(TIME))
+        .map(|_| 0.0);
     rows.into_iter()
         .map(|(mut row, idx)| {
             let ts = || idx.iter().map(|&i| &ticks[i]);

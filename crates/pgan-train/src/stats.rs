@@ -409,17 +409,34 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(St
     let limit = images_shown as f64 / 1000.0;
     let mut truncated = Truncated::default();
     let mut kept = String::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // The number of a rollback to the checkpoint itself (a row at its kimg).
+    let rollback_here = |line: &str| {
+        let row = serde_json::from_str::<Value>(line).ok()?;
+        let kimg = row.get(key::KIMG)?.as_f64()?;
+        ((kimg - limit).abs() <= 1e-9).then_some(())?;
+        row.get(key::ROLLBACK)?.as_u64()
+    };
+    // The rollbacks the checkpoint counts are those up to the last one numbered as it counts:
+    // the numbers start again after a resume from a checkpoint the run gave up on, so an
+    // earlier session's rows come first.
+    let last_counted = match cut {
+        Cut::Resume { rollbacks_kept } if rollbacks_kept > 0 => lines
+            .iter()
+            .rposition(|line| rollback_here(line) == Some(u64::from(rollbacks_kept))),
+        _ => None,
+    };
+    for (at, line) in lines.into_iter().enumerate() {
         let row = serde_json::from_str::<Value>(line).ok();
         let Some(kimg) = row.as_ref().and_then(|r| r.get(key::KIMG)?.as_f64()) else {
             truncated.unreadable += 1;
             continue;
         };
-        let rollback = row.as_ref().and_then(|r| r.get(key::ROLLBACK)?.as_u64());
-        let rollback_after = match (cut, rollback) {
-            (Cut::Resume { rollbacks_kept }, Some(n)) => {
-                (kimg - limit).abs() <= 1e-9 && n > u64::from(rollbacks_kept)
-            }
+        let rollback_after = match (cut, rollback_here(line)) {
+            (Cut::Resume { rollbacks_kept }, Some(n)) => match last_counted {
+                Some(last) => at > last,
+                None => n > u64::from(rollbacks_kept),
+            },
             _ => false,
         };
         if kimg > limit + 1e-9 || rollback_after {
@@ -650,6 +667,23 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             format!("{}\n", rows[0])
+        );
+        // After a resume from a checkpoint the run gave up on, the numbers start again: the
+        // earlier session's rollbacks 1 and 2 stay beside this one's 1 (the state counts 1), and
+        // a row the state does not count yet (a kill between the two) goes.
+        let rows = [
+            r#"{"kimg":1.0,"Loss/D":0.5}"#,
+            r#"{"kimg":1.0,"Event/rollback":1}"#,
+            r#"{"kimg":1.0,"Event/rollback":2}"#,
+            r#"{"kimg":1.0,"Event/rollback":1}"#,
+            r#"{"kimg":1.0,"Event/rollback":2}"#,
+        ];
+        std::fs::write(&path, rows.join("\n")).unwrap();
+        let t = truncate_after(dir.path(), 1_000, cut(1)).unwrap();
+        assert_eq!(t.dropped, [rows[4]]);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", rows[..4].join("\n"))
         );
     }
 }

@@ -737,6 +737,13 @@ fn a_rollback_is_recorded_in_its_checkpoint_so_a_resume_from_it_goes_on_as_the_r
     again.resume = Some(went_back_to);
     let resumed = train(again).unwrap();
     assert_eq!(measured_rows(&resumed.run_dir), rows);
+    let log = std::fs::read_to_string(resumed.run_dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains(
+            "ckpt-000000000032 is within a rollback's cooldown: the learning rate is x0.5"
+        ),
+        "{log}"
+    );
     let b = parameter_values(&resumed.checkpoint);
     assert!(
         weights
@@ -1048,6 +1055,10 @@ fn repeated_nans_stop_with_advice() {
     let last = log.lines().last().unwrap();
     assert!(
         last.contains("ERROR training stopped by an error") && last.contains("learning rate"),
+        "{log}"
+    );
+    assert!(
+        log.contains("after a rollback, until 10.000 kimg)"),
         "{log}"
     );
     // The checkpoint it gave up on says so, and a resume from it (the user's next try) trains

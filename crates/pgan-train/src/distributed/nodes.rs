@@ -748,6 +748,10 @@ pub(super) fn state_crc(state: &TrainState, weights: &[f32]) -> u32 {
         "sampler": state.sampler,
         "lr_multiplier": state.lr_multiplier,
         "cooldown_until": state.cooldown_until,
+        // A node whose checkpoint was not marked as given up would resume at another rate and
+        // give up at another rollback.
+        "consecutive_failures": state.consecutive_failures,
+        "gave_up": state.gave_up,
         // Where the tick in progress ends depends on it (the nodes end ticks together).
         "open_tick_images": state.open_tick.as_ref().map(|t| t.images),
     });

@@ -92,7 +92,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         let multiplier = self.lr_multiplier() * self.config.recovery.lr_factor;
         let max = self.config.recovery.max_consecutive_failures;
         if failures > max {
-            self.mark_given_up(max);
+            // With no rollback allowed there is no reduced rate to leave behind.
+            if max > 0 {
+                self.mark_given_up(max);
+            }
             let resolution = self.schedule.at(self.state.images_shown).resolution;
             return Err(TrainError::Diverged(format!(
                 "{max} rollbacks in a row did not get past {:.3} kimg at {resolution}x{resolution}. \
