@@ -1271,9 +1271,23 @@ fn a_run_folder_has_one_trainer_and_new_runs_get_their_own_folders() {
     // The OS drops the lock with its owner, however it ends: no stale lock after kill -9.
     owner.kill().unwrap();
     owner.wait().unwrap();
+    // One image past the newest checkpoint, wherever the killed trainer got to.
+    let newest = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_prefix("ckpt-")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0u64);
+    let stop = format!("{}", (newest + 1) as f64 / 1000.0);
     let out = run_ok(&mut resume_cmd(
         &run,
-        &["--total-kimg", "1000", "--stop-after-kimg", "0.017"],
+        &["--total-kimg", "1000", "--stop-after-kimg", &stop],
     ));
     assert!(out.contains("checkpoint"), "{out}");
 }
@@ -2308,16 +2322,19 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
 
     // Two image sets without a checkpoint: the dataset against a folder, then against itself.
     let fakes = ramp_folder(dir.path(), "fakes", 4, 2);
-    let compare_with = |fake: &Path, weights: &Path| {
+    // `eval --fid` of `fake` against `real`, with the Inception weights at `weights`.
+    let fid_with = |real: &Path, fake: &Path, weights: &Path| {
         let mut cmd = pgan();
         cmd.args(["eval", "--fid", "--real"])
-            .arg(&reals)
+            .arg(real)
             .arg("--fake")
             .arg(fake)
             .arg("--inception")
             .arg(weights);
         cmd
     };
+    let fid_between = |real: &Path, fake: &Path| fid_with(real, fake, &weights);
+    let compare_with = |fake: &Path, weights: &Path| fid_with(&reals, fake, weights);
     let compare = |fake: &Path| compare_with(fake, &weights);
     let out = run_ok(&mut compare(&fakes));
     assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
@@ -2369,16 +2386,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "ff0000",
     ]));
     let clear_against_its_file = |extra: &[&str]| {
-        let out = run_ok(
-            pgan()
-                .args(["eval", "--fid", "--real"])
-                .arg(&clear_pgan)
-                .arg("--fake")
-                .arg(&clear)
-                .arg("--inception")
-                .arg(&weights)
-                .args(extra),
-        );
+        let out = run_ok(fid_between(&clear_pgan, &clear).args(extra));
         let fid = fid_of(&out);
         (fid, out)
     };
@@ -2410,15 +2418,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         (&clear_grey, &clear, "compared"),
         (&clear, &clear_grey, "real"),
     ] {
-        let out = run_ok(
-            pgan()
-                .args(["eval", "--fid", "--real"])
-                .arg(real)
-                .arg("--fake")
-                .arg(fake)
-                .arg("--inception")
-                .arg(&weights),
-        );
+        let out = run_ok(&mut fid_between(real, fake));
         let fid = fid_of(&out);
         assert!(fid.abs() < 1e-3, "{out}");
         assert!(
@@ -2463,30 +2463,14 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     );
     // Two files of different channels or resolutions are compared, and it is said what that
     // measures besides the images.
-    let out = run_ok(
-        pgan()
-            .args(["eval", "--fid", "--real"])
-            .arg(&clear_pgan)
-            .arg("--fake")
-            .arg(&clear_grey)
-            .arg("--inception")
-            .arg(&weights),
-    );
+    let out = run_ok(&mut fid_between(&clear_pgan, &clear_grey));
     assert!(
         out.contains("warning: the real set holds 3-channel images and the compared set 1-channel"),
         "{out}"
     );
     let clear8 = dir.path().join("clear8.pgan");
     prepare_quietly(&clear, &clear8, 8);
-    let out = run_ok(
-        pgan()
-            .args(["eval", "--fid", "--real"])
-            .arg(&clear8)
-            .arg("--fake")
-            .arg(&clear_pgan)
-            .arg("--inception")
-            .arg(&weights),
-    );
+    let out = run_ok(&mut fid_between(&clear8, &clear_pgan));
     assert!(
         out.contains("warning: the real set is 8x8 and the compared set 16x16"),
         "{out}"
@@ -2504,15 +2488,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         .unwrap();
     }
     let expected = "4 of its 5 images are not 16x16 (most often 32x32)";
-    let out = run_ok(
-        pgan()
-            .args(["eval", "--fid", "--real"])
-            .arg(&clear_pgan)
-            .arg("--fake")
-            .arg(&big)
-            .arg("--inception")
-            .arg(&weights),
-    );
+    let out = run_ok(&mut fid_between(&clear_pgan, &big));
     assert!(
         out.contains(&format!(
             "warning: compared: {expected} and the real set is 16x16"
@@ -2520,15 +2496,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "{out}"
     );
     // Two folders: their most common sizes are compared.
-    let out = run_ok(
-        pgan()
-            .args(["eval", "--fid", "--real"])
-            .arg(&big)
-            .arg("--fake")
-            .arg(&clear)
-            .arg("--inception")
-            .arg(&weights),
-    );
+    let out = run_ok(&mut fid_between(&big, &clear));
     assert!(
         out.contains(
             "warning: the real set's images are most often 32x32 (4 of 5) and the compared \
@@ -2538,15 +2506,7 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     );
     // A subfolder that cannot be read: an error naming it, not a smaller set measured.
     let too_deep = pgan_data::test_files::unreadable_folder(&big);
-    let err = run_err(
-        pgan()
-            .args(["eval", "--fid", "--real"])
-            .arg(&clear_pgan)
-            .arg("--fake")
-            .arg(&big)
-            .arg("--inception")
-            .arg(&weights),
-    );
+    let err = run_err(&mut fid_between(&clear_pgan, &big));
     assert!(
         err.contains("cannot read folder") && err.contains(&*too_deep.to_string_lossy()),
         "{err:.200}"

@@ -78,14 +78,18 @@ impl Walk {
             .ignored
             .iter()
             .find(|(_, why)| [UNREADABLE_FOLDER, UNREADABLE_ENTRY].contains(why))?;
-        let error = match *why {
-            UNREADABLE_FOLDER => std::fs::read_dir(path)
-                .and_then(|mut entries| entries.try_for_each(|entry| entry.map(drop))),
-            _ => std::fs::symlink_metadata(path).map(drop),
-        }
-        .err()
-        .unwrap_or_else(|| std::io::Error::other("it could not be read while listing"));
-        Some(DataError::io("cannot read folder", path, error))
+        let (action, again) = match *why {
+            UNREADABLE_FOLDER => (
+                "cannot read folder",
+                std::fs::read_dir(path)
+                    .and_then(|mut entries| entries.try_for_each(|entry| entry.map(drop))),
+            ),
+            _ => ("cannot read", std::fs::symlink_metadata(path).map(drop)),
+        };
+        let error = again
+            .err()
+            .unwrap_or_else(|| std::io::Error::other("it could not be read while listing"));
+        Some(DataError::io(action, path, error))
     }
 }
 

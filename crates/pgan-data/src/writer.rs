@@ -411,15 +411,15 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
             report.display()
         ))
     };
+    let unreadable =
+        |e: io::Error| not_a_report(format!("unreadable ({e}), not a pgan prepare report"));
     match open_regular(&report) {
         Ok((file, _)) => {
             let mut head = Vec::new();
             (&file)
                 .take(REPORT_HEADING.len() as u64)
                 .read_to_end(&mut head)
-                .map_err(|e| {
-                    not_a_report(format!("unreadable ({e}), not a pgan prepare report"))
-                })?;
+                .map_err(unreadable)?;
             if !head.is_empty() && head != REPORT_HEADING.as_bytes() {
                 return Err(not_a_report("not a pgan prepare report".into()));
             }
@@ -431,11 +431,7 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
             return Err(not_a_report(format!("{kind}, not a pgan prepare report")))
         }
         Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(OpenError::Io(e)) => {
-            return Err(not_a_report(format!(
-                "unreadable ({e}), not a known pgan prepare report"
-            )))
-        }
+        Err(OpenError::Io(e)) => return Err(unreadable(e)),
     }
     let parent = parent_dir(out);
     if !parent.is_dir() {

@@ -107,7 +107,8 @@ pub(crate) fn refuse_foreign_file(path: &Path) -> io::Result<()> {
     }
 }
 
-fn not_regular(meta: &std::fs::Metadata) -> io::Error {
+/// The error for `meta`, not a regular file: "it is a FIFO, not a regular file".
+pub(crate) fn not_regular(meta: &std::fs::Metadata) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!(

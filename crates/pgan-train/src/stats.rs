@@ -456,10 +456,7 @@ fn metrics_file_exists(path: &Path, action: &'static str) -> Result<bool> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(path, action)(e)),
-        Ok(meta) if !meta.is_file() => Err(io_err(path, action)(std::io::Error::other(format!(
-            "it is {}, not a regular file",
-            pgan_spec::output::kind(&meta.file_type())
-        )))),
+        Ok(meta) if !meta.is_file() => Err(io_err(path, action)(crate::fsutil::not_regular(&meta))),
         Ok(_) => Ok(true),
     }
 }
