@@ -35,22 +35,22 @@ pub fn hold_renames() -> std::sync::MutexGuard<'static, ()> {
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Error)> {
     let mut staged: Vec<(PathBuf, PathBuf, &Path)> = Vec::with_capacity(files.len());
     let result = (|| {
-        let mut targets: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
+        // (the file a write replaces, the same canonicalized, the path given)
+        let mut targets: Vec<(PathBuf, PathBuf, &Path)> = Vec::with_capacity(files.len());
         for (path, _) in files {
             let at = |e| (path.to_path_buf(), e);
             let target = pgan_spec::output::replaceable_file(path).map_err(at)?;
             let same = std::fs::canonicalize(&target).unwrap_or_else(|_| target.clone());
-            if let Some((_, first)) = targets.iter().find(|(t, _)| *t == same) {
+            if let Some((_, _, first)) = targets.iter().find(|(_, t, _)| *t == same) {
                 return Err(at(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("it leads to the same file as {}", first.display()),
                 )));
             }
-            targets.push((same, path));
+            targets.push((target, same, path));
         }
-        for (path, bytes) in files {
+        for ((target, _, path), (_, bytes)) in targets.into_iter().zip(files) {
             let at = |e| (path.to_path_buf(), e);
-            let target = pgan_spec::output::replaceable_file(path).map_err(at)?;
             let tmp = temp_beside(&target);
             staged.push((tmp.clone(), target, path));
             let mut file = File::create(&tmp).map_err(at)?;

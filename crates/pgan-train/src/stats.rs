@@ -409,30 +409,35 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(St
     let limit = images_shown as f64 / 1000.0;
     let mut truncated = Truncated::default();
     let mut kept = String::new();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    // The number of a rollback to the checkpoint itself (a row at its kimg).
-    let rollback_here = |line: &str| {
-        let row = serde_json::from_str::<Value>(line).ok()?;
-        let kimg = row.get(key::KIMG)?.as_f64()?;
-        ((kimg - limit).abs() <= 1e-9).then_some(())?;
-        row.get(key::ROLLBACK)?.as_u64()
-    };
+    // Each line with its kimg (`None`: unreadable) and, for a rollback to the checkpoint
+    // itself (a row at its kimg), that rollback's number.
+    let lines: Vec<(&str, Option<f64>, Option<u64>)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let row = serde_json::from_str::<Value>(line).ok();
+            let kimg = row.as_ref().and_then(|r| r.get(key::KIMG)?.as_f64());
+            let rollback = kimg
+                .filter(|kimg| (kimg - limit).abs() <= 1e-9)
+                .and_then(|_| row.as_ref()?.get(key::ROLLBACK)?.as_u64());
+            (line, kimg, rollback)
+        })
+        .collect();
     // The rollbacks the checkpoint counts are those up to the last one numbered as it counts:
     // the numbers start again after a resume from a checkpoint the run gave up on, so an
     // earlier session's rows come first.
     let last_counted = match cut {
         Cut::Resume { rollbacks_kept } if rollbacks_kept > 0 => lines
             .iter()
-            .rposition(|line| rollback_here(line) == Some(u64::from(rollbacks_kept))),
+            .rposition(|(_, _, n)| *n == Some(u64::from(rollbacks_kept))),
         _ => None,
     };
-    for (at, line) in lines.into_iter().enumerate() {
-        let row = serde_json::from_str::<Value>(line).ok();
-        let Some(kimg) = row.as_ref().and_then(|r| r.get(key::KIMG)?.as_f64()) else {
+    for (at, (line, kimg, rollback)) in lines.into_iter().enumerate() {
+        let Some(kimg) = kimg else {
             truncated.unreadable += 1;
             continue;
         };
-        let rollback_after = match (cut, rollback_here(line)) {
+        let rollback_after = match (cut, rollback) {
             (Cut::Resume { rollbacks_kept }, Some(n)) => match last_counted {
                 Some(last) => at > last,
                 None => n > u64::from(rollbacks_kept),

@@ -777,17 +777,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             background,
         };
         let report = pgan_train::dispatch(backend, args.device, request)?;
-        // The JSON first: a terminal that cannot take the text must not cost the numbers.
-        if let Some(path) = &args.json {
-            let json = serde_json::to_string_pretty(&report)?;
-            pgan_train::fsutil::write_atomic(path, json.as_bytes())
-                .with_context(|| format!("--json: cannot write {}", path.display()))?;
-        }
-        say!("{report}");
-        if let Some(path) = &args.json {
-            say!("wrote {}", path.display());
-        }
-        return Ok(ExitCode::SUCCESS);
+        return json_then_print(&report, args.json.as_deref());
     }
     let source = args
         .source
@@ -895,14 +885,22 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         background,
     };
     let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
-    // The JSON first: a terminal that cannot take the text must not cost the numbers.
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        pgan_train::fsutil::write_atomic(path, json.as_bytes())
+    json_then_print(&report, args.json.as_deref())
+}
+
+/// An eval's report: written to `json` (`--json`) first, as a terminal that cannot take the
+/// text must not cost the numbers, then printed.
+fn json_then_print(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: Option<&Path>,
+) -> Result<ExitCode> {
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        pgan_train::fsutil::write_atomic(path, text.as_bytes())
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
     }
     say!("{report}");
-    if let Some(path) = &args.json {
+    if let Some(path) = json {
         say!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
