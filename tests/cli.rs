@@ -1829,11 +1829,68 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         .map(|e| e.unwrap().path())
         .collect();
     ckpts.sort();
+    // A dry run says what the branch sets aside, and moves nothing.
+    let names: Vec<String> = ckpts[1..]
+        .iter()
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let plan = run_ok(
+        pgan()
+            .args(["train", "--dry-run", "--resume"])
+            .arg(&ckpts[0])
+            .args(["--total-kimg", "0.048"]),
+    );
+    assert!(
+        plan.contains(&format!(
+            "starts a new branch: the {} newer checkpoint(s) ({})",
+            names.len(),
+            names.join(", ")
+        )) && plan.contains("abandoned-1")
+            && plan.contains("learning rate: as configured"),
+        "{plan}"
+    );
+    assert!(ckpts.iter().all(|c| c.is_dir()), "a dry run moves nothing");
     run_ok(resume_cmd(&ckpts[0], &["--total-kimg", "0.048"]).current_dir("/"));
     let set_aside = run
         .join("checkpoints/abandoned-1")
         .join(ckpts.last().unwrap().file_name().unwrap());
     assert!(set_aside.join("state.json").is_file());
+    // Its timeline is the run's up to where the branch left it, then the branch's own.
+    let timeline_rows = |source: &Path| {
+        let out = dir.path().join("branch-timeline.png");
+        let printed = run_ok(
+            pgan()
+                .arg("render")
+                .arg(source)
+                .arg("--out")
+                .arg(&out)
+                .args(["--seeds", "0-1", "--timeline", "--force"]),
+        );
+        let image = image::open(&out).unwrap();
+        // Two columns of square cells with 2-pixel gaps around them.
+        let cell = (image.width() - 6) / 2;
+        ((image.height() - 2) / (cell + 2), printed)
+    };
+    let branch = set_aside.parent().unwrap();
+    let counted = |folder: &Path, up_to: &str| {
+        std::fs::read_dir(folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ckpt-") && n.as_str() <= up_to)
+            .count() as u32
+    };
+    let point = ckpts[0].file_name().unwrap().to_string_lossy().into_owned();
+    let shared = counted(&run.join("checkpoints"), &point);
+    let own = counted(branch, "ckpt-999999999999");
+    assert!(shared >= 1 && own >= 2, "{shared} {own}");
+    assert_eq!(timeline_rows(&set_aside).0, shared + own);
+    // A branch set aside without the record (an older pgan's): its own checkpoints, said so.
+    std::fs::remove_file(branch.join("branch.json")).unwrap();
+    let (rows, printed) = timeline_rows(&set_aside);
+    assert!(
+        rows == own && printed.contains("did not record where it left the run"),
+        "{rows} {printed}"
+    );
     let out = run_ok(
         pgan()
             .current_dir("/")

@@ -729,12 +729,17 @@ fn checksum_before_last_member(text: &[u8]) -> Option<u32> {
 
 /// All checkpoint folders of a run, oldest first.
 pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let root = run_dir.join(CHECKPOINTS_DIR);
+    list_checkpoints_in(&run_dir.join(CHECKPOINTS_DIR))
+}
+
+/// The checkpoint folders directly in `root` (a run's `checkpoints/`, or a branch set aside in
+/// it), oldest first.
+pub fn list_checkpoints_in(root: &Path) -> Result<Vec<PathBuf>> {
     if !root.is_dir() {
         return Ok(Vec::new());
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map_err(crate::error::io_err(&root, "list"))?
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(crate::error::io_err(root, "list"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_dir()
@@ -1026,28 +1031,60 @@ pub fn set_aside_newer(
     resumed: &Path,
     before_moving: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<Option<PathBuf>> {
-    let Some(resumed_name) = resumed.file_name() else {
-        return Ok(None);
-    };
-    let newer: Vec<PathBuf> = list_checkpoints(run_dir)?
-        .into_iter()
-        .filter(|c| c.file_name().is_some_and(|n| n > resumed_name))
-        .collect();
+    let newer = checkpoints_newer_than(run_dir, resumed)?;
     if newer.is_empty() {
         return Ok(None);
     }
-    let root = run_dir.join(CHECKPOINTS_DIR);
-    let aside = (1..)
-        .map(|n| root.join(format!("abandoned-{n}")))
-        .find(|p| std::fs::symlink_metadata(p).is_err())
-        .expect("a free name");
+    let aside = next_abandoned_folder(run_dir);
     std::fs::create_dir(&aside).map_err(io_err(&aside, "create"))?;
+    // Where the branch left the run: its history before that is the run's (a timeline of the
+    // branch draws it).
+    let record = aside.join(BRANCH_FILE);
+    let text =
+        serde_json::json!({ "resumed_from": resumed.file_name().map(|n| n.to_string_lossy()) });
+    crate::fsutil::write_own_atomic(&record, format!("{text}\n").as_bytes())
+        .map_err(io_err(&record, "write"))?;
     before_moving(&aside)?;
     for ckpt in &newer {
         let to = aside.join(ckpt.file_name().expect("a listed checkpoint has a name"));
         std::fs::rename(ckpt, &to).map_err(io_err(ckpt, "move aside"))?;
     }
     Ok(Some(aside))
+}
+
+/// The run's checkpoints newer than `resumed` (oldest first): those a resume of `resumed` sets
+/// aside.
+pub fn checkpoints_newer_than(run_dir: &Path, resumed: &Path) -> Result<Vec<PathBuf>> {
+    let Some(resumed_name) = resumed.file_name() else {
+        return Ok(Vec::new());
+    };
+    Ok(list_checkpoints(run_dir)?
+        .into_iter()
+        .filter(|c| c.file_name().is_some_and(|n| n > resumed_name))
+        .collect())
+}
+
+/// In an `abandoned-<n>` folder: the name of the checkpoint whose resume set the branch aside,
+/// the last one the branch shares with the run (`{"resumed_from": "ckpt-…"}`).
+pub const BRANCH_FILE: &str = "branch.json";
+
+/// The checkpoint a set-aside branch left the run at (its [`BRANCH_FILE`]); `None` for a branch
+/// set aside before pgan recorded it, or a record that cannot be read.
+pub fn branch_point(branch: &Path) -> Option<String> {
+    let bytes = pgan_data::read_regular_file(&branch.join(BRANCH_FILE)).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let name = value.get("resumed_from")?.as_str()?;
+    is_checkpoint_name(name).then(|| name.to_string())
+}
+
+/// The `checkpoints/abandoned-<n>` folder the next branch set aside goes to: the first free
+/// name.
+pub fn next_abandoned_folder(run_dir: &Path) -> PathBuf {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    (1..)
+        .map(|n| root.join(format!("abandoned-{n}")))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .expect("a free name")
 }
 
 /// Deletes all but the newest `keep` checkpoints, and the half-written temp folders of a process
@@ -1224,12 +1261,12 @@ pub fn load_generator<B: Backend>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::SeedableRng;
 
     /// A plausible state after 64 images of a 16x16 run over 256 images.
-    fn a_state() -> TrainState {
+    pub(crate) fn a_state() -> TrainState {
         TrainState {
             version: CHECKPOINT_VERSION,
             images_shown: 64,

@@ -24,6 +24,122 @@ pub struct Preflight {
     pub reader: PyramidReader,
     /// The model, with its channels taken from the dataset.
     pub model: ModelConfig,
+    /// For a resume: what it starts from and what it changes in the run folder.
+    pub resume: Option<ResumePlan>,
+}
+
+/// What a resume starts from and changes, as `--dry-run` tells it before the run does.
+#[derive(Debug, Clone)]
+pub struct ResumePlan {
+    /// The checkpoint folder resumed.
+    pub checkpoint: PathBuf,
+    /// Its position in images shown.
+    pub images_shown: u64,
+    /// Its tick.
+    pub tick: u64,
+    /// The resolution it has grown to.
+    pub resolution: u32,
+    /// The fade-in of that resolution (1 once faded in).
+    pub alpha: f32,
+    /// The run's newer checkpoints, which the resume moves to `abandoned`, with their metrics
+    /// rows and sample sheets (empty when it resumes the newest).
+    pub set_aside: Vec<PathBuf>,
+    /// The `checkpoints/abandoned-<n>` folder they go to.
+    pub abandoned: PathBuf,
+    /// The learning rate it continues at.
+    pub rate: ResumeRate,
+}
+
+/// The learning rate a resumed run continues at, from its checkpoint's recovery state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ResumeRate {
+    /// The configured one.
+    Configured,
+    /// The run stopped at this checkpoint after `failures` rollbacks in a row: the resume
+    /// starts from it again at the configured rate, with no rollbacks counted.
+    AfterGivingUp {
+        /// The rollbacks in a row it gave up after.
+        failures: u32,
+    },
+    /// Within a rollback's cooldown.
+    Cooldown {
+        /// The factor on the configured rate.
+        multiplier: f64,
+        /// The images shown at which the cooldown ends.
+        until: u64,
+        /// The rollbacks in a row counted so far.
+        failures: u32,
+    },
+}
+
+impl ResumeRate {
+    /// How a resume of `state` continues (what [`crate::training_loop`] applies).
+    pub fn of(state: &TrainState) -> Self {
+        if let Some(failures) = state.gave_up {
+            Self::AfterGivingUp { failures }
+        } else if state.images_shown < state.cooldown_until && state.lr_multiplier < 1.0 {
+            Self::Cooldown {
+                multiplier: state.lr_multiplier,
+                until: state.cooldown_until,
+                failures: state.consecutive_failures,
+            }
+        } else {
+            Self::Configured
+        }
+    }
+}
+
+impl ResumePlan {
+    /// The plan as `--dry-run` prints it: one line per fact.
+    pub fn describe(&self, max_consecutive_failures: u32) -> String {
+        let r = self.resolution;
+        let mut lines = vec![format!(
+            "resume: {} at {:.3} kimg (tick {}), {r}x{r}{}",
+            self.checkpoint.display(),
+            self.images_shown as f64 / 1000.0,
+            self.tick,
+            if self.alpha < 1.0 {
+                format!(" fading in (α = {:.3})", self.alpha)
+            } else {
+                String::new()
+            }
+        )];
+        if self.set_aside.is_empty() {
+            lines.push("  it is the run's newest checkpoint: nothing is set aside".into());
+        } else {
+            let names: Vec<String> = self
+                .set_aside
+                .iter()
+                .filter_map(|c| c.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            lines.push(format!(
+                "  starts a new branch: the {} newer checkpoint(s) ({}) move to {} with their \
+                 metrics rows and sample sheets",
+                names.len(),
+                names.join(", "),
+                self.abandoned.display()
+            ));
+        }
+        lines.push(match self.rate {
+            ResumeRate::Configured => "  learning rate: as configured".into(),
+            ResumeRate::AfterGivingUp { failures } => format!(
+                "  learning rate: as configured (the run stopped here after {failures} \
+                 rollbacks in a row; none are counted on resume)"
+            ),
+            ResumeRate::Cooldown {
+                multiplier,
+                until,
+                failures,
+            } => format!(
+                "  learning rate: x{multiplier} until {:.3} kimg (a rollback's cooldown), {failures} \
+                 of recovery.max_consecutive_failures {max_consecutive_failures} rollbacks in a \
+                 row counted",
+                until as f64 / 1000.0
+            ),
+        });
+        lines.join("\n")
+    }
 }
 
 /// Runs every check that needs no device and writes nothing; see the module docs.
@@ -111,8 +227,9 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         let weights = pgan_inception::resolve_weights_path(None);
         pgan_inception::InceptionWeights::load(&weights)?;
     }
-    if let Some(resume) = &options.resume {
-        let ckpt = checkpoint::resolve_checkpoint(resume)?;
+    let mut resume = None;
+    if let Some(resume_path) = &options.resume {
+        let ckpt = checkpoint::resolve_checkpoint(resume_path)?;
         let mut state = checkpoint::read_state(&ckpt)?;
         check_checkpoint_model(
             &checkpoint::model_config(&state, &ckpt)?,
@@ -128,11 +245,26 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         if let Some(stop) = options.stop_after_kimg {
             check_stop_not_passed(stop, &state, &ckpt)?;
         }
+        let run_dir = checkpoint::run_dir_of(&ckpt).ok_or_else(|| TrainError::Checkpoint {
+            path: ckpt.clone(),
+            message: "is not inside a run directory's checkpoints/ folder".into(),
+        })?;
+        resume = Some(ResumePlan {
+            set_aside: checkpoint::checkpoints_newer_than(&run_dir, &ckpt)?,
+            abandoned: checkpoint::next_abandoned_folder(&run_dir),
+            images_shown: state.images_shown,
+            tick: state.tick,
+            resolution: crate::schedule::resolution_of(state.stage),
+            alpha: state.alpha,
+            rate: ResumeRate::of(&state),
+            checkpoint: ckpt,
+        });
     }
     Ok(Preflight {
         config,
         reader,
         model,
+        resume,
     })
 }
 
@@ -241,4 +373,72 @@ pub(crate) fn check_no_shrink(
             r = now.resolution,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rate: ResumeRate, set_aside: Vec<PathBuf>) -> String {
+        ResumePlan {
+            checkpoint: "run/checkpoints/ckpt-000000000064".into(),
+            images_shown: 64,
+            tick: 4,
+            resolution: 8,
+            alpha: 0.5,
+            set_aside,
+            abandoned: "run/checkpoints/abandoned-2".into(),
+            rate,
+        }
+        .describe(3)
+    }
+
+    #[test]
+    fn a_resume_plan_says_what_is_set_aside_and_the_rate_it_continues_at() {
+        let mut state = crate::checkpoint::tests::a_state();
+        assert_eq!(ResumeRate::of(&state), ResumeRate::Configured);
+        // Within a rollback's cooldown, and past its end.
+        state.lr_multiplier = 0.25;
+        state.cooldown_until = 1000;
+        state.consecutive_failures = 2;
+        let cooldown = ResumeRate::of(&state);
+        assert_eq!(
+            cooldown,
+            ResumeRate::Cooldown {
+                multiplier: 0.25,
+                until: 1000,
+                failures: 2
+            }
+        );
+        state.images_shown = 1000;
+        assert_eq!(ResumeRate::of(&state), ResumeRate::Configured);
+        // The mark of a run that gave up wins over the cooldown it stopped in.
+        state.images_shown = 64;
+        state.gave_up = Some(3);
+        let gave_up = ResumeRate::of(&state);
+        assert_eq!(gave_up, ResumeRate::AfterGivingUp { failures: 3 });
+
+        let text = plan(cooldown, vec![]);
+        assert!(
+            text.contains("at 0.064 kimg (tick 4), 8x8 fading in (α = 0.500)")
+                && text.contains("nothing is set aside")
+                && text.contains("x0.25 until 1.000 kimg")
+                && text.contains("2 of recovery.max_consecutive_failures 3"),
+            "{text}"
+        );
+        let text = plan(
+            gave_up,
+            vec![
+                "run/checkpoints/ckpt-000000000096".into(),
+                "run/checkpoints/ckpt-000000000128".into(),
+            ],
+        );
+        assert!(
+            text.contains(
+                "the 2 newer checkpoint(s) (ckpt-000000000096, ckpt-000000000128) move to \
+                 run/checkpoints/abandoned-2"
+            ) && text.contains("as configured (the run stopped here after 3 rollbacks"),
+            "{text}"
+        );
+    }
 }

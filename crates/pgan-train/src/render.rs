@@ -255,21 +255,63 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                     path.file_name().and_then(|n| n.to_str()) <= Some(end.as_str())
                 })
             };
+            // A checkpoint of a branch an earlier resume set aside: the run's checkpoints up to
+            // where the branch left it, then the branch's own.
+            let branch = last
+                .as_ref()
+                .and_then(|(ckpt, _)| checkpoint::abandoned_branch_of(ckpt));
+            let mut unrecorded = None;
+            let (listing, shared_up_to) = match &branch {
+                None => (checkpoint::list_checkpoints(&run_dir)?, None),
+                Some((run, folder)) => {
+                    let (shared, point) = match checkpoint::branch_point(folder) {
+                        Some(point) => (checkpoint::list_checkpoints(run)?, point),
+                        // Set aside before pgan recorded where: the branch alone.
+                        None => {
+                            unrecorded = Some(format!(
+                                "{} was set aside by an older pgan, which did not record where \
+                                 it left the run: the timeline shows the branch's own \
+                                 checkpoints only",
+                                folder.display()
+                            ));
+                            (Vec::new(), String::new())
+                        }
+                    };
+                    let shared = shared
+                        .into_iter()
+                        .filter(|c| c.file_name().and_then(|n| n.to_str()) <= Some(point.as_str()));
+                    let listing = shared
+                        .chain(checkpoint::list_checkpoints_in(folder)?)
+                        .collect();
+                    (listing, Some((run.clone(), point)))
+                }
+            };
             // A checkpoint that fails its checks is left out of the timeline, with a warning, as
             // is an entry named as one that is not a folder.
-            let mut warnings: Vec<String> =
-                checkpoint::entries_named_as_checkpoints_that_are_not_folders(&run_dir)
-                    .into_iter()
-                    .filter(|(path, _)| before_the_end(path))
-                    .map(|(path, what)| {
-                        format!(
-                            "left out of the timeline: {} is {what}, not a checkpoint folder",
-                            path.display()
-                        )
-                    })
-                    .collect();
+            let misnamed = match &shared_up_to {
+                None => checkpoint::entries_named_as_checkpoints_that_are_not_folders(&run_dir),
+                Some((run, point)) => {
+                    checkpoint::entries_named_as_checkpoints_that_are_not_folders(run)
+                        .into_iter()
+                        .filter(|(p, _)| {
+                            p.file_name().and_then(|n| n.to_str()) <= Some(point.as_str())
+                        })
+                        .collect()
+                }
+            };
+            let mut warnings: Vec<String> = misnamed
+                .into_iter()
+                .filter(|(path, _)| before_the_end(path))
+                .map(|(path, what)| {
+                    format!(
+                        "left out of the timeline: {} is {what}, not a checkpoint folder",
+                        path.display()
+                    )
+                })
+                .collect();
+            warnings.extend(unrecorded);
             let mut ckpts = Vec::new();
-            for ckpt in checkpoint::list_checkpoints(&run_dir)? {
+            for ckpt in listing {
                 if !before_the_end(&ckpt) {
                     continue;
                 }

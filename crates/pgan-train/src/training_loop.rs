@@ -38,7 +38,7 @@ use crate::error::{io_err, Result, TrainError};
 use crate::images::{grid, save_own_png, upscale_cells, HostImages};
 use crate::latents::latent_values;
 use crate::nets::{params_finite, Nets};
-use crate::preflight::{check_checkpoint_model, preflight, Preflight};
+use crate::preflight::{check_checkpoint_model, preflight, Preflight, ResumeRate};
 use crate::run_dir::{create_run_dir, RunLock, RunLog, CONFIG_FILE, SAMPLES_DIR};
 use crate::schedule::{Phase, StageSchedule};
 use crate::stats::{
@@ -211,6 +211,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             config,
             reader,
             model,
+            ..
         } = preflight(&options)?;
         crate::backend::apply_precision(config.run.precision, config.run.backend)?;
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
@@ -663,25 +664,32 @@ impl<B: AutodiffBackend> Trainer<B> {
         let cut = Cut::Resume {
             rollbacks_kept: self.state.consecutive_failures,
         };
-        if let Some(failures) = self.state.gave_up.take() {
-            self.state.consecutive_failures = 0;
-            self.state.lr_multiplier = 1.0;
-            self.state.cooldown_until = 0;
-            self.log.warn(format!(
-                "{} is where the run stopped after {failures} rollbacks in a row: this resume \
-                 starts from it again at the configured learning rate, with no rollbacks counted",
-                ckpt.display()
-            ));
-        } else if self.lr_multiplier() < 1.0 {
-            self.log.warn(format!(
-                "{} is within a rollback's cooldown: the learning rate is x{} until {:.3} kimg, \
-                 and {} of recovery.max_consecutive_failures {} rollbacks in a row are counted",
+        match ResumeRate::of(&self.state) {
+            ResumeRate::Configured => {}
+            ResumeRate::AfterGivingUp { failures } => {
+                self.state.gave_up = None;
+                self.state.consecutive_failures = 0;
+                self.state.lr_multiplier = 1.0;
+                self.state.cooldown_until = 0;
+                self.log.warn(format!(
+                    "{} is where the run stopped after {failures} rollbacks in a row: this \
+                     resume starts from it again at the configured learning rate, with no \
+                     rollbacks counted",
+                    ckpt.display()
+                ));
+            }
+            ResumeRate::Cooldown {
+                multiplier,
+                until,
+                failures,
+            } => self.log.warn(format!(
+                "{} is within a rollback's cooldown: the learning rate is x{multiplier} until \
+                 {:.3} kimg, and {failures} of recovery.max_consecutive_failures {} rollbacks in \
+                 a row are counted",
                 ckpt.display(),
-                self.state.lr_multiplier,
-                self.state.cooldown_until as f64 / 1000.0,
-                self.state.consecutive_failures,
+                until as f64 / 1000.0,
                 self.config.recovery.max_consecutive_failures
-            ));
+            )),
         }
         // What can be checked is checked before the folder changes: a config.toml that will
         // not be written would otherwise stop the resume with the branch half set aside.

@@ -492,6 +492,12 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             "{}",
             pgan_train::plan::describe(&checked.config, &checked.model)
         );
+        if let Some(resume) = &checked.resume {
+            say!(
+                "{}",
+                resume.describe(checked.config.recovery.max_consecutive_failures)
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut options = TrainOptions::new(config);
