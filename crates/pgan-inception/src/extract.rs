@@ -64,6 +64,8 @@ pub struct FeatureExtractor<B: Backend> {
     net: InceptionV3<B>,
     device: B::Device,
     weights_checksum: u32,
+    /// The weights file, when loaded from one (named when its features are not finite).
+    weights_path: Option<std::path::PathBuf>,
 }
 
 impl<B: Backend> FeatureExtractor<B> {
@@ -73,12 +75,16 @@ impl<B: Backend> FeatureExtractor<B> {
             net: InceptionV3::new(weights, device),
             device: device.clone(),
             weights_checksum: weights.checksum,
+            weights_path: None,
         }
     }
 
     /// Loads the weights file at `path` (see [`InceptionWeights::load`]).
     pub fn load(path: &std::path::Path, device: &B::Device) -> Result<Self> {
-        Ok(Self::new(&InceptionWeights::load(path)?, device))
+        Ok(Self {
+            weights_path: Some(path.to_path_buf()),
+            ..Self::new(&InceptionWeights::load(path)?, device)
+        })
     }
 
     /// CRC-32 of the weights' values (names the weights in cached statistics).
@@ -142,6 +148,19 @@ impl<B: Backend> FeatureExtractor<B> {
             .to_vec::<f32>()
             .map_err(|e| InceptionError::Input(format!("reading features back: {e:?}")))?;
         debug_assert_eq!(values.len(), n * FEATURE_DIM);
+        // The FID network's features of 8-bit images are finite: these weights are another
+        // network's (a damaged or hand-made file that still has the right shapes).
+        if values.iter().any(|v| !v.is_finite()) {
+            let message = "its features of these images are not finite (NaN or infinite): not \
+                           the FID Inception network's weights";
+            return Err(match &self.weights_path {
+                Some(path) => InceptionError::WeightsCorrupt {
+                    path: path.clone(),
+                    message: message.into(),
+                },
+                None => InceptionError::Input(format!("the inception network: {message}")),
+            });
+        }
         Ok(values)
     }
 }
@@ -211,6 +230,34 @@ mod tests {
                 assert_eq!(got[ch * side * side + i], pixels[i] as f32 / 128.0 - 1.0);
             }
         }
+    }
+
+    /// Finite weights of the right shapes whose features overflow: an error naming the file,
+    /// never NaN statistics (a FID of NaN, a cache of them).
+    #[test]
+    fn weights_whose_features_are_not_finite_are_named() {
+        let mut weights = synthetic_weights(3);
+        for spec in &crate::weights::CONV_LAYERS {
+            weights.layer_mut(spec.name).weight.fill(1e30);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.safetensors");
+        weights.save(&path, "test").unwrap();
+        let extractor = FeatureExtractor::<TestBackend>::load(&path, &Default::default()).unwrap();
+        let err = extractor
+            .features(Images8 {
+                pixels: &[7; 4 * 4 * 3],
+                n: 1,
+                height: 4,
+                width: 4,
+                channels: 3,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("odd.safetensors") && err.contains("not finite"),
+            "{err}"
+        );
     }
 
     #[test]

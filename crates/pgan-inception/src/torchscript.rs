@@ -14,12 +14,15 @@
 //! `collections.OrderedDict`, which the VM builds (here: as an empty dict) and this reader then
 //! ignores. Tensor lists (`build_tensorlist`) would hide tensors and are refused.
 //!
-//! burn-store's lazy loader fills a storage it cannot read with zeros, so before trusting the
-//! tensors every storage file is read here (the zip reader checks each entry's CRC-32) and their
-//! total size must equal the tensors' total size.
+//! burn-store's lazy loader fills a storage it cannot read with zeros (a missing key, an offset
+//! or a shape past its end), and reads a zip entry whole, whatever it inflates to. So the
+//! archive is checked here before it is trusted: the tensors' sizes (checked arithmetic, within
+//! [`MAX_TENSOR_BYTES`]) must equal the storages' declared sizes before any storage is read;
+//! each storage is read only up to its declared size (the zip reader checks its CRC-32); and
+//! every tensor's values must be one whole storage's bytes, each storage used once.
 
-use std::collections::BTreeMap;
-use std::io::BufReader;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -39,6 +42,13 @@ pub struct NamedTensor {
     pub values: Vec<f32>,
 }
 
+/// The most bytes of tensors an archive may hold: far above the FID Inception network's
+/// (about 95 MB of `f32`), far below what a crafted shape or a zip bomb would claim.
+pub const MAX_TENSOR_BYTES: u64 = 2 << 30;
+
+/// The largest module pickle read (the Inception network's is about 100 KB).
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
 /// Every `f32` tensor attribute of the TorchScript module in `path`, by attribute path.
 pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTensor>> {
     let bad = |message: String| InceptionError::TorchScript {
@@ -54,21 +64,34 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
         }
         Err(e) => return Err(InceptionError::io(path, e)),
     }
+    let file = std::fs::File::open(path).map_err(|e| InceptionError::io(path, e))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| bad(format!("not a zip archive ({e})")))?;
+    // Storages are `<archive name>/data/<key>`; the module pickle is `<archive name>/data.pkl`.
+    let mut declared = BTreeMap::new();
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| bad(format!("entry {i}: {e}")))?;
+        declared.insert(entry.name().to_owned(), entry.size());
+    }
+    let archive_name = declared
+        .keys()
+        .find_map(|key| key.split_once("/data/").map(|(name, _)| name.to_owned()))
+        .ok_or_else(|| bad("no <name>/data/ storages (not a TorchScript archive)".into()))?;
+    let storage_prefix = format!("{archive_name}/data/");
+    let storages: Vec<(String, u64)> = declared
+        .iter()
+        .filter(|(key, _)| key.starts_with(&storage_prefix))
+        .map(|(key, &size)| (key.clone(), size))
+        .collect();
+    let pickle_key = format!("{archive_name}/data.pkl");
+    let pickle = read_entry(&mut archive, &pickle_key, MAX_PICKLE_BYTES).map_err(bad)?;
+    let pickle = rename_scalar_list_builders(&pickle).map_err(bad)?;
     let source = Arc::new(
         LazyDataSource::from_zip(path).map_err(|e| bad(format!("not a zip archive ({e})")))?,
     );
-    let storage_keys = source.keys();
-    // Storages are `<archive name>/data/<key>`; the module pickle is `<archive name>/data.pkl`.
-    let archive_name = storage_keys
-        .iter()
-        .find_map(|key| key.split_once("/data/").map(|(name, _)| name.to_owned()))
-        .ok_or_else(|| bad("no <name>/data/ storages (not a TorchScript archive)".into()))?;
-    let pickle_key = format!("{archive_name}/data.pkl");
-    let pickle = source
-        .read(&pickle_key)
-        .map_err(|e| bad(format!("{pickle_key}: {e}")))?;
-    let pickle = rename_scalar_list_builders(&pickle).map_err(bad)?;
-    let root = read_pickle_with_data(&mut BufReader::new(pickle.as_slice()), source.clone())
+    let root = read_pickle_with_data(&mut BufReader::new(pickle.as_slice()), source)
         .map_err(|e| bad(format!("{pickle_key}: {e}")))?;
 
     let mut snapshots = Vec::new();
@@ -77,30 +100,57 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
         return Err(bad("the module holds no tensors".into()));
     }
 
-    // Every storage must be readable (CRC-checked) and together exactly as large as the tensors.
-    let mut storage_bytes = 0usize;
-    for key in &storage_keys {
-        storage_bytes += source
-            .read(key)
-            .map_err(|e| bad(format!("{key}: {e}")))?
-            .len();
-    }
-    let mut tensors = BTreeMap::new();
-    let mut tensor_bytes = 0usize;
-    for (name, snapshot) in snapshots {
+    // The sizes first, from the pickle's shapes and the zip's directory: nothing is read yet.
+    let mut tensor_bytes = 0u64;
+    for (name, snapshot) in &snapshots {
         if snapshot.dtype != DType::F32 {
             return Err(bad(format!(
                 "tensor {name} is {:?}, only f32 is read",
                 snapshot.dtype
             )));
         }
-        // burn-store asserts (panics) on a shape without elements over a non-empty storage.
-        if snapshot.shape.num_elements() == 0 {
-            return Err(bad(format!(
-                "tensor {name} has the shape {:?}, which holds no values",
-                snapshot.shape.to_vec()
-            )));
+        let shape = snapshot.shape.to_vec();
+        let bytes = shape
+            .iter()
+            .try_fold(4u64, |n, &d| n.checked_mul(d as u64))
+            .filter(|&n| n <= MAX_TENSOR_BYTES);
+        match bytes {
+            // burn-store asserts (panics) on a shape without elements over a non-empty storage.
+            Some(0) => {
+                return Err(bad(format!(
+                    "tensor {name} has the shape {shape:?}, which holds no values"
+                )))
+            }
+            Some(n) => tensor_bytes += n,
+            None => {
+                return Err(bad(format!(
+                    "tensor {name} has the shape {shape:?}, more than the {} GiB an archive may \
+                     hold",
+                    MAX_TENSOR_BYTES >> 30
+                )))
+            }
         }
+    }
+    let storage_bytes: u64 = storages.iter().map(|(_, size)| size).sum();
+    if tensor_bytes > MAX_TENSOR_BYTES || tensor_bytes != storage_bytes {
+        return Err(bad(format!(
+            "its {} tensors take {tensor_bytes} bytes but its {} storages hold {storage_bytes} \
+             (shared or truncated storages are not supported; at most {} GiB)",
+            snapshots.len(),
+            storages.len(),
+            MAX_TENSOR_BYTES >> 30
+        )));
+    }
+    // Each storage read up to its declared size (CRC-checked), remembered by its bytes.
+    let mut unused: HashMap<(usize, u32), usize> = HashMap::new();
+    for (key, size) in &storages {
+        let bytes = read_entry(&mut archive, key, *size).map_err(bad)?;
+        *unused
+            .entry((bytes.len(), crc32fast::hash(&bytes)))
+            .or_default() += 1;
+    }
+    let mut tensors = BTreeMap::new();
+    for (name, snapshot) in snapshots {
         let data = snapshot
             .to_data()
             .map_err(|e| bad(format!("tensor {name}: {e}")))?;
@@ -108,18 +158,60 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
         let values = data
             .to_vec::<f32>()
             .map_err(|e| bad(format!("tensor {name}: {e:?}")))?;
-        tensor_bytes += values.len() * 4;
+        // A storage burn-store could not read comes back as zeros: the values must be one whole
+        // storage's.
+        let mut hasher = crc32fast::Hasher::new();
+        for v in &values {
+            hasher.update(&v.to_le_bytes());
+        }
+        let found = unused
+            .get_mut(&(values.len() * 4, hasher.finalize()))
+            .filter(|count| **count > 0);
+        match found {
+            Some(count) => *count -= 1,
+            None => {
+                return Err(bad(format!(
+                    "tensor {name}'s values are not one whole storage of the archive (a storage \
+                     missing, or an offset or shape past its end)"
+                )))
+            }
+        }
         tensors.insert(name, NamedTensor { shape, values });
     }
-    if tensor_bytes != storage_bytes {
-        return Err(bad(format!(
-            "its {} tensors take {tensor_bytes} bytes but its {} storages hold {storage_bytes} \
-             (shared or truncated storages are not supported)",
-            tensors.len(),
-            storage_keys.len()
-        )));
-    }
     Ok(tensors)
+}
+
+/// Entry `key` of `archive`, read whole if it inflates to at most `limit` bytes and to the
+/// size its directory entry declares (the zip reader checks the CRC-32 at its end).
+fn read_entry<R: Read + std::io::Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    key: &str,
+    limit: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let entry = archive.by_name(key).map_err(|e| format!("{key}: {e}"))?;
+    let declared = entry.size();
+    if declared > limit {
+        return Err(format!(
+            "{key}: declares {declared} bytes, more than the {limit} it may hold"
+        ));
+    }
+    let mut bytes = Vec::with_capacity(declared as usize);
+    entry
+        .take(declared + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{key}: {e}"))?;
+    if bytes.len() as u64 != declared {
+        return Err(format!(
+            "{key}: inflates to {}{} bytes, not the {declared} its directory entry declares",
+            bytes.len(),
+            if bytes.len() as u64 > declared {
+                " or more"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(bytes)
 }
 
 /// TorchScript's builders of scalar-list attributes (`torch/jit/_pickle.py`).
@@ -241,49 +333,112 @@ mod tests {
         assert!(err.contains("not a regular file"), "{err}");
     }
 
-    /// A pickle whose first tensor has the shape (0,), its zip entry's CRC-32 made right again:
-    /// burn-store would panic reading it.
-    #[test]
-    fn a_tensor_shape_without_values_is_an_error_not_a_panic() {
-        let mut bytes = std::fs::read(tiny()).unwrap();
-        let name = b"tiny_torchscript/data.pkl";
-        let entry = |signature: &[u8], name_at: usize| {
-            (0..bytes.len() - name_at)
-                .find(|&i| {
-                    bytes[i..].starts_with(signature) && bytes[i + name_at..].starts_with(name)
-                })
-                .expect("data.pkl's zip headers")
-        };
-        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]) as usize;
-        // The local header (`PK\x03\x04`): name length at +26, extra length at +28, then the
-        // name, the extra field and the stored bytes. Their size is in the central directory's
-        // entry (`PK\x01\x02`, size at +20, name at +46): torch writes data descriptors.
-        let local = entry(b"PK\x03\x04", 30);
-        let central = entry(b"PK\x01\x02", 46);
-        let size = u32::from_le_bytes(bytes[central + 20..central + 24].try_into().unwrap());
-        let start = local + 30 + u16_at(local + 26) + u16_at(local + 28);
-        let pickle = start..start + size as usize;
-        let old_crc = crc32fast::hash(&bytes[pickle.clone()]);
-        // The shape tuple `(4,)` is `( K\x04 t` in the pickle.
-        let at = find(&bytes[pickle.clone()], b"(K\x04t").expect("a shape (4,)") + start + 2;
-        bytes[at] = 0;
-        let new_crc = crc32fast::hash(&bytes[pickle]).to_le_bytes();
-        // The CRC-32 stands in the data descriptor and in the central directory.
-        let old_crc = old_crc.to_le_bytes();
-        let places: Vec<usize> = (0..bytes.len() - 4)
-            .filter(|&i| bytes[i..i + 4] == old_crc)
-            .collect();
-        assert_eq!(places.len(), 2);
-        for i in places {
-            bytes[i..i + 4].copy_from_slice(&new_crc);
+    /// `tiny()` written again into `dir` as `name`, its module pickle with `from` replaced by
+    /// `to` (entries stored, CRC-32s and sizes right).
+    fn edited(dir: &Path, name: &str, from: &[u8], to: &[u8]) -> std::path::PathBuf {
+        use std::io::Write;
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(tiny()).unwrap()).unwrap();
+        let path = dir.join(name);
+        let mut out = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for i in 0..archive.len() {
+            let mut entry = archive.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            if entry.name().ends_with("/data.pkl") {
+                let at = find(&bytes, from).expect("the bytes to edit");
+                bytes.splice(at..at + from.len(), to.iter().copied());
+            }
+            out.start_file(entry.name(), stored).unwrap();
+            out.write_all(&bytes).unwrap();
         }
+        out.finish().unwrap();
+        path
+    }
+
+    /// The `scale` tensor's storage id, offset and shape `(4,)` in `tiny()`'s pickle.
+    const SCALE: &[u8] =
+        b"X\x01\x00\x00\x000q\x05X\x03\x00\x00\x00cpuq\x06K\x04tQq\x07K\x00(K\x04t";
+
+    fn scale_with(key: u8, offset: u8, shape: &[u8]) -> Vec<u8> {
+        let mut bytes = SCALE[..SCALE.len() - 4].to_vec();
+        bytes[5] = key;
+        *bytes.last_mut().unwrap() = offset;
+        bytes.push(b'(');
+        bytes.extend_from_slice(shape);
+        bytes.push(b't');
+        bytes
+    }
+
+    fn error_of(path: &Path) -> String {
+        let err = read_torchscript_tensors(path).unwrap_err().to_string();
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(err.contains(name.as_ref()), "{err}");
+        err
+    }
+
+    #[test]
+    fn the_editing_keeps_an_archive_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shape0.pt");
-        std::fs::write(&path, bytes).unwrap();
-        let err = read_torchscript_tensors(&path).unwrap_err().to_string();
+        let same = edited(dir.path(), "same.pt", SCALE, &scale_with(b'0', 0, b"K\x04"));
+        assert_eq!(
+            read_torchscript_tensors(&same).unwrap(),
+            read_torchscript_tensors(&tiny()).unwrap()
+        );
+    }
+
+    /// burn-store would panic reading a shape without values, or one whose element count
+    /// overflows; it would allocate what a shape claims.
+    #[test]
+    fn a_shape_without_values_or_beyond_the_storages_is_an_error_before_anything_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = edited(
+            dir.path(),
+            "shape0.pt",
+            SCALE,
+            &scale_with(b'0', 0, b"K\x00"),
+        );
+        assert!(error_of(&empty).contains("holds no values"));
+        let max = b"J\xff\xff\xff\x7f";
+        let overflow = edited(
+            dir.path(),
+            "overflow.pt",
+            SCALE,
+            &scale_with(b'0', 0, &[&max[..], max, max].concat()),
+        );
+        assert!(error_of(&overflow).contains("more than the 2 GiB"));
+        // 1 GiB claimed over a 16-byte storage: refused from the sizes alone.
+        let big = edited(
+            dir.path(),
+            "big.pt",
+            SCALE,
+            &scale_with(b'0', 0, b"J\x00\x00\x00\x10"),
+        );
+        let err = error_of(&big);
         assert!(
-            err.contains("shape0.pt") && err.contains("holds no values"),
+            err.contains("take 1073741856 bytes but its 3 storages hold 48"),
             "{err}"
         );
+    }
+
+    /// Sizes that balance, but burn-store would fill the values with zeros.
+    #[test]
+    fn a_tensor_not_read_from_one_whole_storage_is_an_error_not_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = edited(
+            dir.path(),
+            "missing.pt",
+            SCALE,
+            &scale_with(b'9', 0, b"K\x04"),
+        );
+        assert!(error_of(&missing).contains("tensor scale's values are not one whole storage"));
+        let past_end = edited(
+            dir.path(),
+            "offset.pt",
+            SCALE,
+            &scale_with(b'0', 2, b"K\x04"),
+        );
+        assert!(error_of(&past_end).contains("tensor scale's values are not one whole storage"));
     }
 }

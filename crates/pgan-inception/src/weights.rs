@@ -225,6 +225,12 @@ impl InceptionWeights {
             .unwrap_or_else(|| panic!("no inception layer {name}"))
     }
 
+    /// The weights of `layer`, to change (tests that make a network other than the FID one).
+    #[cfg(test)]
+    pub(crate) fn layer_mut(&mut self, name: &str) -> &mut ConvWeights {
+        self.layers.get_mut(name).expect("an inception layer")
+    }
+
     /// Builds the weights from `(name, tensor)` pairs named as in the safetensors file,
     /// checking that every layer is there with the right shapes, that nothing else is, and
     /// that every value is finite with non-negative variances.

@@ -53,4 +53,29 @@ impl MetricsError {
             source,
         }
     }
+
+    /// The error with a path inside `from` (a temporary folder, removed since) named inside
+    /// `to` instead, the output it was written for.
+    pub(crate) fn moved(self, from: &std::path::Path, to: &std::path::Path) -> Self {
+        let renamed = |path: PathBuf| match path.strip_prefix(from) {
+            Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
+            Ok(rest) => to.join(rest),
+            Err(_) => path,
+        };
+        match self {
+            MetricsError::Io { path, source } => MetricsError::Io {
+                path: renamed(path),
+                source,
+            },
+            MetricsError::Image { path, source } => MetricsError::Image {
+                path: renamed(path),
+                source,
+            },
+            MetricsError::Json { path, source } => MetricsError::Json {
+                path: renamed(path),
+                source,
+            },
+            other => other,
+        }
+    }
 }

@@ -190,24 +190,24 @@ impl ModeSpec {
     pub fn new(modes: usize, resolution: u32, seed: u64) -> Result<Self> {
         if modes == 0 || modes > MAX_MODES {
             return Err(MetricsError::InvalidArgument(format!(
-                "{modes} modes requested; the design supports 1 to {MAX_MODES} (6 shapes x 8 colours x 4 positions)"
+                "--modes {modes}: the design supports 1 to {MAX_MODES} modes (6 shapes x 8 colours x 4 positions)"
             )));
         }
         if resolution < MIN_RESOLUTION {
             return Err(MetricsError::InvalidArgument(format!(
-                "resolution {resolution} is below the minimum {MIN_RESOLUTION}"
+                "--resolution {resolution} is below the minimum {MIN_RESOLUTION}"
             )));
         }
         if resolution > MAX_RESOLUTION {
             return Err(MetricsError::InvalidArgument(format!(
-                "resolution {resolution} is above the maximum {MAX_RESOLUTION} (the largest \
+                "--resolution {resolution} is above the maximum {MAX_RESOLUTION} (the largest \
                  a .pgan dataset holds)"
             )));
         }
         // What `modes.json` is read back with (and what `pgan prepare` and training take).
         if !pgan_spec::resolution::is_supported(resolution) {
             return Err(MetricsError::InvalidArgument(format!(
-                "resolution {resolution} is not a power of two (8, 16, 32, ... \
+                "--resolution {resolution} is not a power of two (8, 16, 32, ... \
                  {MAX_RESOLUTION}): the datasets and networks are pyramids of halvings"
             )));
         }
@@ -513,16 +513,22 @@ pub fn synth(
     }
     if count < modes {
         return Err(MetricsError::InvalidArgument(format!(
-            "count {count} is below the {modes} modes: every mode needs images, or coverage \
+            "--count {count} is below the {modes} modes: every mode needs images, or coverage \
              cannot be measured against it"
         )));
     }
     if count > MAX_COUNT {
         return Err(MetricsError::InvalidArgument(format!(
-            "count {count} is above {MAX_COUNT} images"
+            "--count {count} is above {MAX_COUNT} images"
         )));
     }
     let out_dir = &resolve_out_dir(out_dir)?;
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(MetricsError::InvalidArgument(format!(
+            "{}: is a file, not a folder (synth writes a folder of images there: name a new one)",
+            out_dir.display()
+        )));
+    }
     if out_dir.exists() {
         let mut entries = std::fs::read_dir(out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
         if entries.next().is_some() {
@@ -538,16 +544,19 @@ pub fn synth(
     pgan_data::remove_stale_temps(out_dir);
     let building = pgan_data::temp_path_for(out_dir, std::process::id());
     let _ = std::fs::remove_dir_all(&building);
-    std::fs::create_dir_all(&building).map_err(|e| MetricsError::io(&building, e))?;
-    let result = write_synth(&building, &spec, count, seed).and_then(|written| {
-        std::fs::rename(&building, out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
-        Ok(written)
-    });
+    let result = std::fs::create_dir_all(&building)
+        .map_err(|e| MetricsError::io(&building, e))
+        .and_then(|()| write_synth(&building, &spec, count, seed))
+        .and_then(|written| {
+            std::fs::rename(&building, out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
+            Ok(written)
+        });
     let assignment = match result {
         Ok(written) => written,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&building);
-            return Err(e);
+            // Named as the output it was for: the hidden folder is gone.
+            return Err(e.moved(&building, out_dir));
         }
     };
     let labels_path = out_dir.join(LABELS_FILE);
@@ -735,7 +744,7 @@ mod tests {
         assert!(ModeSpec::new(4, 7, 0)
             .unwrap_err()
             .to_string()
-            .contains("below the minimum 8"));
+            .contains("--resolution 7 is below the minimum 8"));
         assert!(ModeSpec::new(4, 100_000, 0)
             .unwrap_err()
             .to_string()
@@ -799,7 +808,7 @@ mod tests {
         );
         let err = synth(&dir.path().join("few"), 8, 16, 7, 3).unwrap_err();
         assert!(
-            err.to_string().contains("count 7 is below the 8 modes"),
+            err.to_string().contains("--count 7 is below the 8 modes"),
             "{err}"
         );
         let labels = load_labels(&summary.labels_path).unwrap();
@@ -818,10 +827,34 @@ mod tests {
             std::fs::read(out.join("00007.png")).unwrap(),
             std::fs::read(out2.join("00007.png")).unwrap()
         );
-        // Refuses a non-empty directory.
+        // Refuses a non-empty directory, and a file.
         assert!(matches!(
             synth(&out, 8, 16, 20, 3),
             Err(MetricsError::OutputNotEmpty(_))
         ));
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = synth(&file, 8, 16, 20, 3).unwrap_err().to_string();
+        assert!(err.contains("a-file: is a file, not a folder"), "{err}");
+    }
+
+    /// An error inside the hidden folder a dataset is built in names the output instead (the
+    /// hidden folder is removed with the failure).
+    #[test]
+    fn a_failure_while_building_names_the_output() {
+        let (building, out) = (Path::new("runs/.syn.tmp-7"), Path::new("runs/syn"));
+        let e = MetricsError::io(
+            building.join("00002.png"),
+            std::io::ErrorKind::StorageFull.into(),
+        );
+        assert_eq!(
+            e.moved(building, out).to_string(),
+            "i/o error on runs/syn/00002.png: no storage space"
+        );
+        let e = MetricsError::io(building, std::io::ErrorKind::ReadOnlyFilesystem.into());
+        assert!(e
+            .moved(building, out)
+            .to_string()
+            .starts_with("i/o error on runs/syn: "));
     }
 }

@@ -1122,27 +1122,34 @@ impl TrainConfig {
             return bad("optim.d_steps must be at least 1 (D updates per G update)".into());
         }
         // One step shows d_steps minibatches of reals; the schedule is judged between steps,
-        // so a step longer than a phase would train straight past it (a stage never trained).
-        // The phases at each resolution: the fade into it (not at the start), its stable phase
-        // (not at the top, which runs to the end).
+        // so a step longer than a phase would train straight past it (a fade or stage never
+        // trained). The phases at each resolution: the fade into it (not at the start), its
+        // stable phase (not at the top, which runs to the end).
         let s = &self.schedule;
         let mut resolution = s
             .start_resolution
             .max(pgan_spec::resolution::MIN_RESOLUTION);
-        while o.d_steps > 1 && resolution <= self.model.resolution {
+        while resolution <= self.model.resolution {
             let batch = s.batch_for(resolution) as f64;
             let per_step = batch * f64::from(o.d_steps);
             let fade = (resolution > s.start_resolution).then_some(s.lod_transition_kimg);
             let stable = (resolution < self.model.resolution).then_some(s.lod_training_kimg);
             for kimg in [fade, stable].into_iter().flatten().filter(|&k| k > 0.0) {
                 let phase = kimg * 1000.0;
-                if per_step > phase.max(batch) {
+                if per_step > phase {
+                    let step = if o.d_steps > 1 {
+                        format!(
+                            "optim.d_steps {} × minibatch {batch} at {resolution}x{resolution} \
+                             shows {per_step} images per step,",
+                            o.d_steps
+                        )
+                    } else {
+                        format!("the minibatch {batch} at {resolution}x{resolution} is")
+                    };
                     return bad(format!(
-                        "optim.d_steps {} × minibatch {batch} at {resolution}x{resolution} shows \
-                         {per_step} images per step, more than a {phase}-image phase of the \
-                         schedule: the step would train past the phase. Lower optim.d_steps or \
-                         lengthen schedule.lod_training_kimg / lod_transition_kimg",
-                        o.d_steps
+                        "{step} more than a {phase}-image phase of the schedule: the step \
+                         would train past the phase. Lower optim.d_steps or the minibatch, or \
+                         lengthen schedule.lod_training_kimg / lod_transition_kimg"
                     ));
                 }
             }
@@ -1637,6 +1644,11 @@ mod tests {
                 |c| c.optim.d_steps = 100_000,
                 "optim.d_steps 100000 × minibatch 16 at 4x4 shows 1600000 images per step, \
                  more than a 600000-image phase",
+            ),
+            (
+                |c| c.schedule.lod_transition_kimg = 0.001,
+                "the minibatch 16 at 8x8 is more than a 1-image phase of the schedule: the \
+                 step would train past the phase",
             ),
             (
                 |c| c.schedule.lr_default = 1e300,

@@ -26,6 +26,8 @@ pub struct Preflight {
     pub model: ModelConfig,
     /// For a resume: what it starts from and what it changes in the run folder.
     pub resume: Option<ResumePlan>,
+    /// What the run should know before it starts (the log keeps them; `--dry-run` prints them).
+    pub warnings: Vec<String>,
 }
 
 /// What a resume starts from and changes, as `--dry-run` tells it before the run does.
@@ -260,11 +262,15 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             checkpoint: ckpt,
         });
     }
+    let warnings = crate::distributed::mbstd_groups_split(&config)?
+        .into_iter()
+        .collect();
     Ok(Preflight {
         config,
         reader,
         model,
         resume,
+        warnings,
     })
 }
 

@@ -211,6 +211,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             config,
             reader,
             model,
+            warnings,
             ..
         } = preflight(&options)?;
         crate::backend::apply_precision(config.run.precision, config.run.backend)?;
@@ -271,7 +272,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "new run"
             }
         ));
-        for warning in resume_warnings {
+        for warning in resume_warnings.into_iter().chain(warnings) {
             log.warn(warning);
         }
         if !lock.is_held() {
@@ -475,7 +476,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 // The steps since the last tick end are unchecked: a NaN among them goes back to
                 // the last checkpoint (and training resumes from there up to the stop), never
                 // into the stop's checkpoint.
-                if !self.tick.steps.is_empty() && !self.healthy_everywhere()? {
+                if !self.tick.steps.is_empty() && !self.tick_checks_everywhere()? {
                     self.rollback()?;
                     continue;
                 }
@@ -521,7 +522,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             // (`cur_nimg >= tick_start_nimg + tick_kimg * 1000`): a resume with another
             // `tick_kimg` takes the new length from the tick in progress on.
             let tick_ends = self.tick.images + shown >= tick_len || images_after >= total_images;
-            if tick_ends && !self.healthy_everywhere()? {
+            if tick_ends && !self.tick_checks_everywhere()? {
                 self.rollback()?;
                 continue;
             }
@@ -557,6 +558,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let closes_resumed_tick = !interrupted && self.tick.images > 0;
         if closes_resumed_tick {
             let phase = self.last_step_phase();
+            // The tick's steps were taken before the stop; a dataset changed since is seen.
+            self.look_at_dataset()?;
             self.end_tick(&phase)?;
         }
         self.tick.stop_clock(&mut self.state.elapsed_s);
@@ -605,10 +608,27 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// This tick's values are healthy here and on every other node (several nodes roll back
-    /// together or not at all).
-    fn healthy_everywhere(&mut self) -> Result<bool> {
+    /// together or not at all), and the dataset did not change under its steps here nor on
+    /// another node (an error: every node stops before a checkpoint of them).
+    fn tick_checks_everywhere(&mut self) -> Result<bool> {
+        let dataset = self.look_at_dataset();
         let healthy = self.tick_values_healthy();
-        self.peers.all_healthy(healthy)
+        let verdict = self.peers.tick_verdict(healthy, dataset.is_ok())?;
+        dataset?;
+        if let Some(rank) = verdict.data_changed_on.first() {
+            return Err(TrainError::Peer {
+                peer: format!("node {rank}"),
+                message: format!(
+                    "its dataset changed under the run (its log says how): every node stops \
+                     here, without a checkpoint of the steps since {}; resume every node once \
+                     that node's dataset is right again",
+                    self.last_checkpoint
+                        .as_ref()
+                        .map_or("the start".into(), |c| c.display().to_string())
+                ),
+            });
+        }
+        Ok(verdict.healthy)
     }
 
     /// A new fade or stable phase: optionally reset Adam (official `reset_opt_for_new_lod`).

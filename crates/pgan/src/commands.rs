@@ -498,6 +498,9 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 resume.describe(checked.config.recovery.max_consecutive_failures)
             );
         }
+        for warning in &checked.warnings {
+            eprintln!("warning: {warning}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut options = TrainOptions::new(config);
@@ -542,7 +545,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             );
             return Ok(ExitCode::from(130));
         }
-        Err(e) => return Err(with_flag_hint(e)),
+        // The checks a dry run makes come first: their errors name the flag or file too.
+        Err(e) => return Err(name_where_it_was_set(e, &args)),
     };
     // The run is saved; a closed stdout (SIGPIPE stays ignored while training) is no error.
     let mut lines = vec![
@@ -558,7 +562,18 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             summary.run_dir.display()
         ));
     }
-    let _ = writeln!(std::io::stdout(), "{}", lines.join("\n"));
+    let printed = writeln!(std::io::stdout(), "{}", lines.join("\n"));
+    if let Err(e) = &printed {
+        // A closed pipe is the reader's choice; anything else (a full disk) is said where it
+        // can be read, without failing a run that is saved.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: cannot print the run's summary ({e}); the run is saved in {}",
+                summary.run_dir.display()
+            );
+        }
+    }
     if summary.interrupted {
         // 130 is the shell's code for Ctrl-C; a stop asked for with --stop-after-kimg succeeded.
         if signalled.load(Ordering::SeqCst) {

@@ -53,7 +53,8 @@ enum Command {
         /// g-ema (the generator to sample from), g or d.
         #[arg(long, default_value = "g-ema")]
         net: pgan_train::ExportNet,
-        /// Replace the output if it is a regular file that exists.
+        /// Replace the output if it is a regular file that exists (through a symbolic link: the
+        /// file it points to).
         #[arg(long)]
         force: bool,
     },
@@ -66,7 +67,8 @@ enum Command {
         /// ~/.cache/pgan/inception-2015-12-05.safetensors).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Replace an existing output file (without it, one is an error).
+        /// Replace an existing output file (without it, one is an error; through a symbolic
+        /// link: the file it points to).
         #[arg(long)]
         force: bool,
     },
@@ -84,7 +86,8 @@ enum Command {
         /// Output file (default RUN_DIR/report.html, replaced each time).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Replace an existing --out file (without it, one is an error).
+        /// Replace an existing --out file (without it, one is an error; through a symbolic link:
+        /// the file it points to).
         #[arg(long)]
         force: bool,
     },
@@ -316,7 +319,8 @@ struct RenderArgs {
     /// Device index.
     #[arg(long, default_value_t = 0)]
     device: usize,
-    /// Replace existing output files (without it, one is an error).
+    /// Replace existing output files (without it, one is an error; through a symbolic link:
+    /// the file it points to).
     #[arg(long)]
     force: bool,
 }
@@ -381,7 +385,8 @@ struct EvalArgs {
     /// Device index.
     #[arg(long, default_value_t = 0)]
     device: usize,
-    /// Replace existing output files (without it, one is an error).
+    /// Replace existing output files (without it, one is an error; through a symbolic link:
+    /// the file it points to).
     #[arg(long)]
     force: bool,
 }

@@ -473,8 +473,7 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
         .collect();
     let common = checkpoints(&run0)
         .into_iter()
-        .filter(|p| names1.contains(&p.file_name().unwrap().to_owned()))
-        .last()
+        .rfind(|p| names1.contains(&p.file_name().unwrap().to_owned()))
         .unwrap();
     let name = common.file_name().unwrap().to_owned();
     assert!(interrupted_at >= 3 && names1.len() < 49, "{names1:?}");
@@ -717,6 +716,88 @@ fn a_stop_asked_by_one_node_inside_a_tick_stops_every_node_there() {
         assert!(!state["open_tick"].is_null(), "{state}");
     }
     assert!(weights(&stops[0]) == weights(&stops[1]));
+}
+
+/// A finished two-node run resumed on both nodes: both say so and exit 0 at once (one used to
+/// wait for the other's gradient ring until the join timeout, then blame it).
+#[test]
+fn a_finished_run_resumed_on_every_node_ends_at_once_on_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    run_both_to_the_end(&cluster, &config, [&[], &[]], "the run");
+    let resume = |rank: usize| {
+        let run = first_run(&dir.path().join(format!("runs{rank}")));
+        start(cluster.node(rank, &config, &["--resume", run.to_str().unwrap()]))
+    };
+    let (a, b) = (resume(0), resume(1));
+    let (out_a, took_a) = finish(a, Duration::from_secs(120), "node 0");
+    let (out_b, took_b) = finish(b, Duration::from_secs(120), "node 1");
+    let said = both_said([&out_a, &out_b]);
+    for out in [&out_a, &out_b] {
+        assert_eq!(out.status.code(), Some(0), "{said}");
+    }
+    // Well inside the nodes' 60-second join timeout.
+    assert!(
+        took_a < Duration::from_secs(30) && took_b < Duration::from_secs(30),
+        "{took_a:?} {took_b:?}\n{said}"
+    );
+}
+
+/// A dataset written in place on one node: that node stops naming its file, the other stops
+/// with it naming that node (not "lost node 1"), and neither writes a checkpoint of the steps
+/// after the change: both runs end at the same checkpoint.
+#[test]
+fn a_dataset_changed_on_one_node_stops_every_node_before_a_checkpoint_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    let long = ["--total-kimg", "1000"];
+    let a = start(cluster.node(0, &config, &long));
+    let mut b = start(cluster.node(1, &config, &long));
+    wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
+    let data = dir.path().join("node1.pgan");
+    let at = {
+        let reader = pgan_data::PyramidReader::open(&data).unwrap();
+        let level = reader.header().levels.iter().find(|l| l.resolution == 4);
+        level.unwrap().offset
+    };
+    {
+        use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data)
+            .unwrap();
+        let mut byte = [0u8];
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.read_exact(&mut byte).unwrap();
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.write_all(&[!byte[0]]).unwrap();
+    }
+    let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
+    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+    let said = both_said([&out_a, &out_b]);
+    assert_eq!(out_b.status.code(), Some(2), "{said}");
+    assert!(
+        text(&out_b).contains("written in place while training"),
+        "{said}"
+    );
+    assert_eq!(out_a.status.code(), Some(2), "{said}");
+    assert!(
+        text(&out_a).contains("node 1: its dataset changed under the run"),
+        "{said}"
+    );
+    let newest = |rank: usize| {
+        let run = first_run(&dir.path().join(format!("runs{rank}")));
+        checkpoints(&run)
+            .last()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(newest(0), newest(1), "{said}");
 }
 
 /// Ctrl-C while a node waits for the others to join ends it at once with exit 130 and says

@@ -193,12 +193,18 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         if let Some(link) = link {
             let watch = group.join_check(config, &link, ckpt, dataset, nets)?;
             group.leave_orchestrator(&link, local)?;
-            group.ring = Some(Arc::new(Ring::start(
-                link.ring_port,
-                watch,
-                link.join_timeout,
-                stop,
-            )?));
+            // A run at its total (every node agreed on where it stands) trains no step and
+            // exchanges nothing: without a ring, no node that finishes at once leaves another
+            // waiting for its ring until the join timeout.
+            let total = (config.schedule.total_kimg * 1000.0).round() as u64;
+            if checkpoint::read_state(ckpt)?.images_shown < total {
+                group.ring = Some(Arc::new(Ring::start(
+                    link.ring_port,
+                    watch,
+                    link.join_timeout,
+                    stop,
+                )?));
+            }
         }
         Ok(group)
     }
@@ -270,7 +276,10 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         nets: &Nets<B>,
     ) -> Result<Watch> {
         let state = checkpoint::read_state(ckpt)?;
-        let weights = super::nodes::weight_values(nets);
+        // The optimizers' state too: nodes that agree on the weights but not on Adam's moments
+        // would drift apart from the first step.
+        let mut weights = super::nodes::weight_values(nets);
+        weights.extend(super::nodes::optimizer_values(nets));
         let mine = JoinInfo::new(config, dataset, &state, &weights, &link.ring_address);
         self.watch = Some(Arc::new(Watch {
             rank: link.rank,
@@ -353,13 +362,21 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         Ok(crate::host_read::read_f32s(reduced))
     }
 
-    /// Whether every node found its tick healthy (several nodes), else `healthy`.
-    pub fn all_healthy(&mut self, healthy: bool) -> Result<bool> {
+    /// Every node's tick-end checks (several nodes), else this node's: one all-reduce of a
+    /// sickness count and a slot per rank for a dataset that changed.
+    pub fn tick_verdict(&mut self, healthy: bool, data_ok: bool) -> Result<super::TickVerdict> {
         let Some(ring) = &self.ring else {
-            return Ok(healthy);
+            return Ok(super::TickVerdict::local(healthy, data_ok));
         };
-        let sick = ring.sum(vec![if healthy { 0.0 } else { 1.0 }], "tick health check")?;
-        Ok(sick[0] == 0.0)
+        let (rank, count) = ring.rank_and_count();
+        let mut mine = vec![0.0; 1 + count];
+        mine[0] = if healthy { 0.0 } else { 1.0 };
+        mine[1 + rank] = if data_ok { 0.0 } else { 1.0 };
+        let all = ring.sum(mine, "tick checks")?;
+        Ok(super::TickVerdict {
+            healthy: all[0] == 0.0,
+            data_changed_on: (0..count).filter(|r| all[1 + r] > 0.0).collect(),
+        })
     }
 
     /// Whether to stop before the next step (see `Peers::stop_now`): on several nodes, what
@@ -550,7 +567,7 @@ impl NodeRing<'_> {
         flat: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>> {
         let rank = peer.0 as usize;
-        let local_zero = rank % self.local == 0;
+        let local_zero = rank.is_multiple_of(self.local);
         let device = flat.device();
         let float =
             |t: B::FloatTensorPrimitive| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));

@@ -51,6 +51,26 @@ mod nodes;
 #[cfg(feature = "collective")]
 pub use nodes::run_orchestrator;
 
+/// What the nodes' tick-end checks found, together.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TickVerdict {
+    /// Every node found its values finite.
+    pub healthy: bool,
+    /// The ranks of the nodes whose dataset changed under the tick (on one node: its own
+    /// check's, rank 0).
+    pub data_changed_on: Vec<usize>,
+}
+
+impl TickVerdict {
+    /// One node's own verdict.
+    pub fn local(healthy: bool, data_ok: bool) -> Self {
+        Self {
+            healthy,
+            data_changed_on: if data_ok { Vec::new() } else { vec![0] },
+        }
+    }
+}
+
 /// The peers of a run: just peer 0 (the trainer's networks) on one device, or peer 0 plus the
 /// replicas with the `collective` feature.
 pub(crate) struct Peers<B: AutodiffBackend> {
@@ -190,15 +210,17 @@ impl<B: AutodiffBackend> Peers<B> {
         let _ = wanted;
     }
 
-    /// Whether every node's tick end found its values healthy (`healthy` is this node's
-    /// verdict): a rollback on one node only would leave the nodes apart, so on several nodes
-    /// the verdicts are all-reduced and one unhealthy node rolls them all back.
-    pub fn all_healthy(&mut self, healthy: bool) -> Result<bool> {
+    /// What every node's tick end found (`healthy` and `data_ok` are this node's verdicts): a
+    /// rollback on one node only would leave the nodes apart, and a node that stops because its
+    /// dataset changed would leave the others to checkpoint the same tainted steps, so on
+    /// several nodes the verdicts are all-reduced: one unhealthy node rolls them all back, one
+    /// changed dataset stops them all.
+    pub fn tick_verdict(&mut self, healthy: bool, data_ok: bool) -> Result<TickVerdict> {
         #[cfg(feature = "collective")]
         if let Some(group) = &mut self.group {
-            return group.all_healthy(healthy);
+            return group.tick_verdict(healthy, data_ok);
         }
-        Ok(healthy)
+        Ok(TickVerdict::local(healthy, data_ok))
     }
 
     /// After peer 0 restored `ckpt` (a resume or a rollback): the replicas load it too.
@@ -259,6 +281,49 @@ pub(crate) fn peers_changed(state: &mut TrainState, config: &TrainConfig) -> Opt
              are summed change; the run will not match one continued on {was} peer(s)"
         )
     })
+}
+
+/// A warning when splitting the minibatch over the peers makes the minibatch-stddev groups
+/// smaller than one device's would be (each peer groups its own share, as the official
+/// multi-GPU code does: `min(group, share)`), the more so where a share leaves groups of one
+/// image, whose statistic is a constant: D then cannot see a batch's lack of variety there.
+pub(crate) fn mbstd_groups_split(config: &TrainConfig) -> Result<Option<String>> {
+    let peers = peer_count(config);
+    let group = crate::plan::resolve_model(&config.model, 3)?.effective_mbstd_group_size();
+    if peers <= 1 || group <= 1 {
+        return Ok(None);
+    }
+    let mut smaller = Vec::new();
+    let mut alone = Vec::new();
+    let mut resolution = config.schedule.start_resolution;
+    while resolution <= config.model.resolution {
+        let minibatch = config.schedule.batch_for(resolution);
+        let used = group.min(minibatch / peers);
+        if used < group.min(minibatch) {
+            smaller.push(format!("{used} at {resolution}x{resolution}"));
+            if used <= 1 {
+                alone.push(format!("{resolution}x{resolution}"));
+            }
+        }
+        resolution *= 2;
+    }
+    if smaller.is_empty() {
+        return Ok(None);
+    }
+    let mut message = format!(
+        "model.mbstd_group_size {group} over {peers} peers: each peer groups its own share of \
+         the minibatch, so the minibatch-stddev groups are smaller than on one device ({})",
+        smaller.join(", ")
+    );
+    if !alone.is_empty() {
+        message.push_str(&format!(
+            "; groups of one image at {} make the layer's statistic a constant, so D cannot \
+             see a lack of variety there: use fewer devices, a larger minibatch, or \
+             --mbstd-group 0 to switch the layer off knowingly",
+            alone.join(", ")
+        ));
+    }
+    Ok(Some(message))
 }
 
 /// Checks that this build can train on several peers and that the minibatch of every
@@ -352,4 +417,37 @@ fn mean_over_peers<B: AutodiffBackend>(
     out.d_stats.fake_score = mean(&|o| o.d_stats.fake_score.clone());
     out.loss_g = mean(&|o| o.loss_g.clone());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minibatch_stddev_groups_made_smaller_by_the_split_are_named() {
+        let mut config = TrainConfig::default();
+        config.model.resolution = 8;
+        config.model.mbstd_group_size = Some(8);
+        config.schedule.minibatch_default = 8;
+        config.schedule.minibatch.clear();
+        // One device: the group is the whole minibatch, as configured.
+        assert_eq!(mbstd_groups_split(&config).unwrap(), None);
+        config.run.devices = vec![0, 1];
+        let two = mbstd_groups_split(&config).unwrap().unwrap();
+        assert!(
+            two.contains("mbstd_group_size 8 over 2 peers")
+                && two.contains("(4 at 4x4, 4 at 8x8)")
+                && !two.contains("groups of one image"),
+            "{two}"
+        );
+        config.run.devices = (0..8).collect();
+        let eight = mbstd_groups_split(&config).unwrap().unwrap();
+        assert!(
+            eight.contains("groups of one image at 4x4, 8x8") && eight.contains("--mbstd-group 0"),
+            "{eight}"
+        );
+        // A group no larger than each share: nothing to say.
+        config.model.mbstd_group_size = Some(1);
+        assert_eq!(mbstd_groups_split(&config).unwrap(), None);
+    }
 }

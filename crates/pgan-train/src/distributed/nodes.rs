@@ -193,8 +193,8 @@ impl NodeLink {
                 return Err(TrainError::StoppedWaiting {
                     message: format!(
                         "node {} stopped while waiting for the orchestrator at {}, which it \
-                         never reached: nothing was trained (a new run keeps only its kimg-0 \
-                         checkpoint, a resumed run folder is as it was)",
+                         never reached: nothing was trained (a new run's folder is removed, \
+                         a resumed run folder is as it was)",
                         self.rank, self.orchestrator
                     ),
                 });
@@ -250,8 +250,8 @@ impl NodeLink {
             self.rank,
             format!(
                 "the orchestrator at {} went away before all {} nodes joined ({why}): nothing \
-                 was trained (a new run keeps only its kimg-0 checkpoint, a resumed run folder \
-                 is as it was); start `pgan orchestrator --port {}` again, then every node",
+                 was trained (a new run's folder is removed, a resumed run folder is as it \
+                 was); start `pgan orchestrator --port {}` again, then every node",
                 self.orchestrator,
                 self.count,
                 self.orchestrator_port(),
@@ -264,8 +264,8 @@ impl NodeLink {
         TrainError::StoppedWaiting {
             message: format!(
                 "node {} stopped while waiting for the other nodes at the orchestrator {}: \
-                 nothing was trained (a new run keeps only its kimg-0 checkpoint, a resumed run \
-                 folder is as it was). The orchestrator may still hold this node: restart \
+                 nothing was trained (a new run's folder is removed, a resumed run folder is \
+                 as it was). The orchestrator may still hold this node: restart \
                  `pgan orchestrator` before starting the nodes again",
                 self.rank, self.orchestrator
             ),
@@ -786,6 +786,58 @@ pub(super) fn weight_values<B: burn::tensor::backend::AutodiffBackend>(
     crate::host_read::read_f32s(Tensor::cat(c.0, 0))
 }
 
+/// Adam's state for G and D, parameter by parameter in visiting order: each parameter's step
+/// count (two `u32` halves as `f32` bits) and both moments, or one marker for a parameter not
+/// stepped yet (a stage not grown). Read in one go; for the join's checksum (the record's
+/// parameter ids differ between processes, the visiting order does not).
+pub(super) fn optimizer_values<B: burn::tensor::backend::AutodiffBackend>(
+    nets: &crate::nets::Nets<B>,
+) -> Vec<f32> {
+    use burn::module::{Module, ModuleVisitor, Param, ParamId};
+    use burn::optim::record::AdaptorRecord;
+    use burn::optim::{AdamState, Optimizer};
+    use std::collections::HashMap;
+    type Record<B> = HashMap<ParamId, AdaptorRecord<crate::adam::FusedAdam, B>>;
+    struct Collect<B: burn::tensor::backend::AutodiffBackend> {
+        record: Record<B>,
+        counts: Vec<f32>,
+        moments: Vec<Tensor<B::InnerBackend, 1>>,
+    }
+    impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for Collect<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let Some(record) = self.record.remove(&param.id) else {
+                self.counts.push(f32::from_bits(u32::MAX));
+                return;
+            };
+            let state: AdamState<B::InnerBackend, D> = record.into_state();
+            let time = state.momentum.time as u64;
+            self.counts.push(f32::from_bits(time as u32));
+            self.counts.push(f32::from_bits((time >> 32) as u32));
+            for moment in [state.momentum.moment_1, state.momentum.moment_2] {
+                let n = moment.shape().num_elements();
+                self.moments.push(moment.reshape([n]));
+            }
+        }
+    }
+    let mut g = Collect::<B> {
+        record: nets.optim_g.to_record().into_iter().collect(),
+        counts: Vec::new(),
+        moments: Vec::new(),
+    };
+    nets.g.visit(&mut g);
+    let mut d = Collect::<B> {
+        record: nets.optim_d.to_record().into_iter().collect(),
+        counts: g.counts,
+        moments: g.moments,
+    };
+    nets.d.visit(&mut d);
+    let mut values = d.counts;
+    if !d.moments.is_empty() {
+        values.extend(crate::host_read::read_f32s(Tensor::cat(d.moments, 0)));
+    }
+    values
+}
+
 /// How long a node waits in an all-reduce, and who the other nodes are (to name a lost one).
 #[derive(Clone, Debug)]
 pub(super) struct Watch {
@@ -1163,6 +1215,11 @@ pub(super) struct Ring {
 }
 
 impl Ring {
+    /// This node's rank and the number of nodes.
+    pub fn rank_and_count(&self) -> (usize, usize) {
+        (self.rank, self.count)
+    }
+
     /// Serves this node's slices on `port` (already checked free); `watch.addresses` are every
     /// node's ring address by rank.
     pub fn start(
@@ -1330,10 +1387,10 @@ impl Ring {
         let result = ring_runtime().block_on(async {
             tokio::time::timeout(self.watch.timeout, async {
                 // Reduce-scatter: after it, this node holds the sum of slice rank+1.
-                for step in 0..nodes - 1 {
+                for (step, &id) in ids[..nodes - 1].iter().enumerate() {
                     let send = (rank + nodes - step) % nodes;
                     let recv = (rank + 2 * nodes - step - 1) % nodes;
-                    let got = exchange(slices[send].clone(), ids[step]).await?;
+                    let got = exchange(slices[send].clone(), id).await?;
                     for (mine, theirs) in slices[recv].iter_mut().zip(got) {
                         *mine += theirs;
                     }
@@ -1485,6 +1542,45 @@ fn orchestrator_log() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The join's checksum covers Adam's state: one step of G's optimizer changes it, and two
+    /// processes' networks in the same state (other parameter ids) give the same values.
+    #[test]
+    fn the_optimizer_values_follow_the_moments_not_the_parameter_ids() {
+        use burn::backend::{Autodiff, Flex};
+        use burn::optim::{GradientsParams, Optimizer};
+        type Cpu = Autodiff<Flex>;
+        let model = pgan_model::ModelConfig::cpu_small(8);
+        let optim = crate::config::OptimConfig::default();
+        let device = Default::default();
+        let fresh = || crate::nets::Nets::<Cpu>::fresh(&model, &optim, &device, Some(3));
+        let stepped = || {
+            let mut nets = fresh();
+            let z = Tensor::<Cpu, 2>::ones([2, model.latent_dim], &device);
+            let loss = nets.g.forward(z, 0, 1.0).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &nets.g);
+            nets.g = nets.optim_g.step(1e-3, nets.g.clone(), grads);
+            nets
+        };
+        let (a, b) = (stepped(), stepped());
+        let before = optimizer_values(&fresh());
+        let after = optimizer_values(&a);
+        assert_ne!(
+            before.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            after.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(
+            after.len() > before.len(),
+            "the stepped parameters' moments"
+        );
+        assert_eq!(
+            after.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            optimizer_values(&b)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        );
+    }
 
     fn info(config_hash: u32, images_shown: u64) -> JoinInfo {
         JoinInfo {
