@@ -151,8 +151,9 @@ impl<B: Backend> FeatureExtractor<B> {
         // The FID network's features of 8-bit images are finite: these weights are another
         // network's (a damaged or hand-made file that still has the right shapes).
         if values.iter().any(|v| !v.is_finite()) {
-            let message = "its features of these images are not finite (NaN or infinite): not \
-                           the FID Inception network's weights";
+            let message = "its features of these images are not finite (NaN or infinite): \
+                           these are not the FID Inception network's weights (or the backend \
+                           computed them wrongly)";
             return Err(match &self.weights_path {
                 Some(path) => InceptionError::WeightsCorrupt {
                     path: path.clone(),

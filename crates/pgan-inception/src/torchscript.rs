@@ -77,8 +77,14 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
     }
     let archive_name = declared
         .keys()
-        .find_map(|key| key.split_once("/data/").map(|(name, _)| name.to_owned()))
-        .ok_or_else(|| bad("no <name>/data/ storages (not a TorchScript archive)".into()))?;
+        .find_map(|key| {
+            key.strip_suffix("/data.pkl")
+                .filter(|name| !name.is_empty() && !name.contains('/'))
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| {
+            bad("no <name>/data.pkl module pickle (not a TorchScript archive)".into())
+        })?;
     let storage_prefix = format!("{archive_name}/data/");
     let storages: Vec<(String, u64)> = declared
         .iter()
@@ -121,7 +127,7 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
                     "tensor {name} has the shape {shape:?}, which holds no values"
                 )))
             }
-            Some(n) => tensor_bytes += n,
+            Some(n) => tensor_bytes = tensor_bytes.saturating_add(n),
             None => {
                 return Err(bad(format!(
                     "tensor {name} has the shape {shape:?}, more than the {} GiB an archive may \
@@ -131,14 +137,28 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
             }
         }
     }
-    let storage_bytes: u64 = storages.iter().map(|(_, size)| size).sum();
-    if tensor_bytes > MAX_TENSOR_BYTES || tensor_bytes != storage_bytes {
+    // A zip64 entry may declare up to 2^64 - 1 bytes: summed without overflow, and the total
+    // within the limit before it is compared.
+    let limit = |what: &str| {
+        bad(format!(
+            "its {what} more than the {} GiB an archive may hold",
+            MAX_TENSOR_BYTES >> 30
+        ))
+    };
+    let storage_bytes = storages
+        .iter()
+        .try_fold(0u64, |sum, (_, size)| sum.checked_add(*size))
+        .filter(|&sum| sum <= MAX_TENSOR_BYTES)
+        .ok_or_else(|| limit(&format!("{} storages declare", storages.len())))?;
+    if tensor_bytes > MAX_TENSOR_BYTES {
+        return Err(limit(&format!("{} tensors take", snapshots.len())));
+    }
+    if tensor_bytes != storage_bytes {
         return Err(bad(format!(
             "its {} tensors take {tensor_bytes} bytes but its {} storages hold {storage_bytes} \
-             (shared or truncated storages are not supported; at most {} GiB)",
+             (shared or truncated storages are not supported)",
             snapshots.len(),
             storages.len(),
-            MAX_TENSOR_BYTES >> 30
         )));
     }
     // Each storage read up to its declared size (CRC-checked), remembered by its bytes.

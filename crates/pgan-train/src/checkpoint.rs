@@ -1038,10 +1038,12 @@ pub fn set_aside_newer(
     let aside = next_abandoned_folder(run_dir);
     std::fs::create_dir(&aside).map_err(io_err(&aside, "create"))?;
     // Where the branch left the run: its history before that is the run's (a timeline of the
-    // branch draws it).
+    // branch draws it), as long as the run holds that very checkpoint.
     let record = aside.join(BRANCH_FILE);
-    let text =
-        serde_json::json!({ "resumed_from": resumed.file_name().map(|n| n.to_string_lossy()) });
+    let text = serde_json::json!({
+        "resumed_from": resumed.file_name().map(|n| n.to_string_lossy()),
+        "files_crc": read_state(resumed).ok().map(|state| files_crc(&state)),
+    });
     crate::fsutil::write_own_atomic(&record, format!("{text}\n").as_bytes())
         .map_err(io_err(&record, "write"))?;
     before_moving(&aside)?;
@@ -1065,16 +1067,61 @@ pub fn checkpoints_newer_than(run_dir: &Path, resumed: &Path) -> Result<Vec<Path
 }
 
 /// In an `abandoned-<n>` folder: the name of the checkpoint whose resume set the branch aside,
-/// the last one the branch shares with the run (`{"resumed_from": "ckpt-…"}`).
+/// the last one the branch shares with the run, and a CRC of its record files' CRCs
+/// (`{"resumed_from": "ckpt-…", "files_crc": …}`).
 pub const BRANCH_FILE: &str = "branch.json";
 
-/// The checkpoint a set-aside branch left the run at (its [`BRANCH_FILE`]); `None` for a branch
-/// set aside before pgan recorded it, or a record that cannot be read.
-pub fn branch_point(branch: &Path) -> Option<String> {
-    let bytes = pgan_data::read_regular_file(&branch.join(BRANCH_FILE)).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let name = value.get("resumed_from")?.as_str()?;
-    is_checkpoint_name(name).then(|| name.to_string())
+/// CRC-32 of a checkpoint's record-file CRCs: names its weights and optimizer state (a
+/// rollback's rewrite of its `state.json` keeps it).
+fn files_crc(state: &TrainState) -> u32 {
+    crc32fast::hash(&serde_json::to_vec(&state.files).unwrap_or_default())
+}
+
+/// Where the past of a branch set aside in `run_dir` lies: the name of the run's checkpoint the
+/// branch left it at, when the run still holds that very checkpoint (the run's checkpoints up to
+/// it are then the branch's past); else `None`, with why where that is worth saying. A point
+/// pruned since (with all before it) says nothing: the past is gone as in any run.
+pub fn branch_history(run_dir: &Path, branch: &Path) -> (Option<String>, Option<String>) {
+    let record = branch.join(BRANCH_FILE);
+    let alone = "the timeline shows the branch's own checkpoints only";
+    let bytes = match pgan_data::read_regular_file(&record) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let why = format!(
+                "{} was set aside by an older pgan, which did not record where it left the run: \
+                 {alone}",
+                branch.display()
+            );
+            return (None, Some(why));
+        }
+        Err(e) => return (None, Some(format!("{}: {e}: {alone}", record.display()))),
+    };
+    let recorded = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            let name = v.get("resumed_from")?.as_str()?.to_string();
+            let crc = v.get("files_crc").and_then(serde_json::Value::as_u64);
+            is_checkpoint_name(&name).then_some((name, crc))
+        });
+    let Some((name, crc)) = recorded else {
+        let why = format!(
+            "{}: not a record of where the branch left the run: {alone}",
+            record.display()
+        );
+        return (None, Some(why));
+    };
+    match read_state(&run_dir.join(CHECKPOINTS_DIR).join(&name)) {
+        Ok(state) if crc.is_none_or(|c| c == u64::from(files_crc(&state))) => (Some(name), None),
+        Ok(_) => {
+            let why = format!(
+                "the run's {name} is no longer the checkpoint {} left the run at (a later \
+                 resume of an older one wrote it again): {alone}",
+                branch.display()
+            );
+            (None, Some(why))
+        }
+        Err(_) => (None, None),
+    }
 }
 
 /// The `checkpoints/abandoned-<n>` folder the next branch set aside goes to: the first free
@@ -1790,6 +1837,49 @@ pub(crate) mod tests {
         assert_eq!(second, root.join("abandoned-2"));
         prune(run.path(), 1).unwrap();
         assert!(aside.join(checkpoint_name(48)).is_dir() && second.is_dir());
+    }
+
+    #[test]
+    fn a_branch_past_is_the_runs_while_the_run_holds_the_checkpoint_it_left() {
+        let run = tempfile::tempdir().unwrap();
+        for images in [16, 32, 48] {
+            write_one(run.path(), images);
+        }
+        let resumed = run.path().join(CHECKPOINTS_DIR).join(checkpoint_name(16));
+        let aside = set_aside_newer(run.path(), &resumed, |_| Ok(()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            branch_history(run.path(), &aside),
+            (Some(checkpoint_name(16)), None)
+        );
+        // The run's 16 written again with other weights (a resume of an older checkpoint).
+        std::fs::remove_dir_all(&resumed).unwrap();
+        let state = TrainState {
+            images_shown: 16,
+            ..a_state()
+        };
+        write_checkpoint(run.path(), &state, |dir| {
+            std::fs::write(dir.join("generator_ema.mpk"), b"other weights").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let (point, why) = branch_history(run.path(), &aside);
+        assert_eq!(point, None);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("is no longer the checkpoint")),
+            "{why:?}"
+        );
+        // Pruned since: the past is gone, nothing to say. No record: said.
+        std::fs::remove_dir_all(&resumed).unwrap();
+        assert_eq!(branch_history(run.path(), &aside), (None, None));
+        std::fs::remove_file(aside.join(BRANCH_FILE)).unwrap();
+        let (_, why) = branch_history(run.path(), &aside);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("older pgan")),
+            "{why:?}"
+        );
     }
 
     #[test]

@@ -1146,10 +1146,15 @@ impl TrainConfig {
                     } else {
                         format!("the minibatch {batch} at {resolution}x{resolution} is")
                     };
+                    let lower = if o.d_steps > 1 {
+                        "optim.d_steps or the minibatch"
+                    } else {
+                        "the minibatch"
+                    };
                     return bad(format!(
                         "{step} more than a {phase}-image phase of the schedule: the step \
-                         would train past the phase. Lower optim.d_steps or the minibatch, or \
-                         lengthen schedule.lod_training_kimg / lod_transition_kimg"
+                         would train past the phase. Lower {lower}, or lengthen \
+                         schedule.lod_training_kimg / lod_transition_kimg"
                     ));
                 }
             }

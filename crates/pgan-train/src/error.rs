@@ -116,6 +116,19 @@ pub enum TrainError {
     /// The Inception network (FID, KID, precision/recall) could not be loaded or run.
     #[error(transparent)]
     Inception(#[from] pgan_inception::InceptionError),
+    /// Another node's tick-end check of its dataset failed (changed under the run, or no
+    /// longer readable): every node stops before a checkpoint of the tick's steps.
+    #[error(
+        "node {node} found its dataset changed under the run, or could not read it (its log \
+         says which): every node stops here, without a checkpoint of the steps since {since}; \
+         resume every node once that node's dataset is right again"
+    )]
+    NodeDataset {
+        /// The node's rank.
+        node: usize,
+        /// The checkpoint the nodes' runs stand at.
+        since: String,
+    },
     /// A data-parallel peer or node failed, or the collective between them did.
     #[error("peer {peer}: {message}")]
     Peer {

@@ -264,18 +264,11 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             let (listing, shared_up_to) = match &branch {
                 None => (checkpoint::list_checkpoints(&run_dir)?, None),
                 Some((run, folder)) => {
-                    let (shared, point) = match checkpoint::branch_point(folder) {
+                    let (point, why) = checkpoint::branch_history(run, folder);
+                    unrecorded = why;
+                    let (shared, point) = match point {
                         Some(point) => (checkpoint::list_checkpoints(run)?, point),
-                        // Set aside before pgan recorded where: the branch alone.
-                        None => {
-                            unrecorded = Some(format!(
-                                "{} was set aside by an older pgan, which did not record where \
-                                 it left the run: the timeline shows the branch's own \
-                                 checkpoints only",
-                                folder.display()
-                            ));
-                            (Vec::new(), String::new())
-                        }
+                        None => (Vec::new(), String::new()),
                     };
                     let shared = shared
                         .into_iter()

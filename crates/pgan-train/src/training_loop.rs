@@ -558,8 +558,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let closes_resumed_tick = !interrupted && self.tick.images > 0;
         if closes_resumed_tick {
             let phase = self.last_step_phase();
-            // The tick's steps were taken before the stop; a dataset changed since is seen.
-            self.look_at_dataset()?;
+            // Its steps were checked before the stop's checkpoint, and the dataset at the
+            // resume's start.
             self.end_tick(&phase)?;
         }
         self.tick.stop_clock(&mut self.state.elapsed_s);
@@ -576,8 +576,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                     && (s.open_tick.is_none() || !closes_resumed_tick)
             });
         if !at_checkpoint {
-            // Not into a checkpoint: steps on a dataset that changed under them.
-            self.look_at_dataset()?;
+            // The steps since the last checkpoint were checked (the dataset included) at their
+            // tick ends and at the stop, on every node together: a check here, on one node
+            // alone, would guard no step and could leave the nodes' checkpoints apart.
             self.end_healthy_stretch();
             // A stop inside a tick: the resumed run finishes this tick's row with these steps.
             self.state.open_tick = self.tick.open();
@@ -615,17 +616,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         let healthy = self.tick_values_healthy();
         let verdict = self.peers.tick_verdict(healthy, dataset.is_ok())?;
         dataset?;
-        if let Some(rank) = verdict.data_changed_on.first() {
-            return Err(TrainError::Peer {
-                peer: format!("node {rank}"),
-                message: format!(
-                    "its dataset changed under the run (its log says how): every node stops \
-                     here, without a checkpoint of the steps since {}; resume every node once \
-                     that node's dataset is right again",
-                    self.last_checkpoint
-                        .as_ref()
-                        .map_or("the start".into(), |c| c.display().to_string())
-                ),
+        if let Some(&node) = verdict.data_changed_on.first() {
+            return Err(TrainError::NodeDataset {
+                node,
+                since: self
+                    .last_checkpoint
+                    .as_ref()
+                    .map_or("the start".into(), |c| c.display().to_string()),
             });
         }
         Ok(verdict.healthy)

@@ -1132,7 +1132,7 @@ fn name_where_it_was_set(err: TrainError, args: &TrainArgs) -> anyhow::Error {
 /// The train flags given on this command line, each with the config keys it sets (as the
 /// checks' messages spell them).
 fn flags_and_their_keys(args: &TrainArgs) -> Vec<(&'static str, &'static [&'static str])> {
-    let given: [(&str, bool, &[&str]); 32] = [
+    let given: [(&str, bool, &[&str]); 33] = [
         ("--data", args.data.is_some(), &["data.path"]),
         ("--out-dir", args.out_dir.is_some(), &["run.out_dir"]),
         ("--desc", args.desc.is_some(), &["run.desc"]),
@@ -1169,6 +1169,11 @@ fn flags_and_their_keys(args: &TrainArgs) -> Vec<(&'static str, &'static [&'stat
             "--peer-timeout",
             args.peer_timeout.is_some(),
             &["nodes.peer_timeout_s"],
+        ),
+        (
+            "--stop-after-kimg",
+            args.stop_after_kimg.is_some(),
+            &["--stop-after-kimg"],
         ),
         (
             "--total-kimg",

@@ -785,7 +785,7 @@ fn a_dataset_changed_on_one_node_stops_every_node_before_a_checkpoint_of_it() {
     );
     assert_eq!(out_a.status.code(), Some(2), "{said}");
     assert!(
-        text(&out_a).contains("node 1: its dataset changed under the run"),
+        text(&out_a).contains("node 1 found its dataset changed under the run"),
         "{said}"
     );
     let newest = |rank: usize| {
