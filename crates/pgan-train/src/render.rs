@@ -256,53 +256,42 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 })
             };
             // A checkpoint of a branch an earlier resume set aside: the run's checkpoints up to
-            // where the branch left it, then the branch's own.
+            // where the branch left it (none when that past is not known), then the branch's own.
             let branch = last
                 .as_ref()
                 .and_then(|(ckpt, _)| checkpoint::abandoned_branch_of(ckpt));
-            let mut unrecorded = None;
-            let (listing, shared_up_to) = match &branch {
-                None => (checkpoint::list_checkpoints(&run_dir)?, None),
+            let (past_of, past_up_to, own, unknown_past) = match &branch {
+                None => (run_dir.clone(), None, Vec::new(), None),
                 Some((run, folder)) => {
                     let (point, why) = checkpoint::branch_history(run, folder);
-                    unrecorded = why;
-                    let (shared, point) = match point {
-                        Some(point) => (checkpoint::list_checkpoints(run)?, point),
-                        None => (Vec::new(), String::new()),
-                    };
-                    let shared = shared
-                        .into_iter()
-                        .filter(|c| c.file_name().and_then(|n| n.to_str()) <= Some(point.as_str()));
-                    let listing = shared
-                        .chain(checkpoint::list_checkpoints_in(folder)?)
-                        .collect();
-                    (listing, Some((run.clone(), point)))
+                    let own = checkpoint::list_checkpoints_in(folder)?;
+                    (run.clone(), Some(point.unwrap_or_default()), own, why)
                 }
             };
+            let in_past = |path: &Path| {
+                past_up_to.as_ref().is_none_or(|up_to| {
+                    path.file_name().and_then(|n| n.to_str()) <= Some(up_to.as_str())
+                })
+            };
+            let listing: Vec<PathBuf> = checkpoint::list_checkpoints(&past_of)?
+                .into_iter()
+                .filter(|c| in_past(c))
+                .chain(own)
+                .collect();
             // A checkpoint that fails its checks is left out of the timeline, with a warning, as
             // is an entry named as one that is not a folder.
-            let misnamed = match &shared_up_to {
-                None => checkpoint::entries_named_as_checkpoints_that_are_not_folders(&run_dir),
-                Some((run, point)) => {
-                    checkpoint::entries_named_as_checkpoints_that_are_not_folders(run)
-                        .into_iter()
-                        .filter(|(p, _)| {
-                            p.file_name().and_then(|n| n.to_str()) <= Some(point.as_str())
-                        })
-                        .collect()
-                }
-            };
-            let mut warnings: Vec<String> = misnamed
-                .into_iter()
-                .filter(|(path, _)| before_the_end(path))
-                .map(|(path, what)| {
-                    format!(
-                        "left out of the timeline: {} is {what}, not a checkpoint folder",
-                        path.display()
-                    )
-                })
-                .collect();
-            warnings.extend(unrecorded);
+            let mut warnings: Vec<String> =
+                checkpoint::entries_named_as_checkpoints_that_are_not_folders(&past_of)
+                    .into_iter()
+                    .filter(|(path, _)| in_past(path) && before_the_end(path))
+                    .map(|(path, what)| {
+                        format!(
+                            "left out of the timeline: {} is {what}, not a checkpoint folder",
+                            path.display()
+                        )
+                    })
+                    .collect();
+            warnings.extend(unknown_past);
             let mut ckpts = Vec::new();
             for ckpt in listing {
                 if !before_the_end(&ckpt) {
