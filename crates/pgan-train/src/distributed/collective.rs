@@ -16,7 +16,7 @@ use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use pgan_model::ModelConfig;
 
 use super::nodes::{all_reduce_watched, JoinInfo, NodeLink, Ring, Watch};
-use crate::checkpoint::{self, DatasetFingerprint};
+use crate::checkpoint::{self, DatasetFingerprint, TrainState};
 use crate::config::{LossConfig, OptimConfig, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::nets::Nets;
@@ -191,13 +191,14 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             stop_agreed: None,
         };
         if let Some(link) = link {
-            let watch = group.join_check(config, &link, ckpt, dataset, nets)?;
+            let state = checkpoint::read_state(ckpt)?;
+            let watch = group.join_check(config, &link, &state, dataset, nets)?;
             group.leave_orchestrator(&link, local)?;
             // A run at its total (every node agreed on where it stands) trains no step and
             // exchanges nothing: without a ring, no node that finishes at once leaves another
             // waiting for its ring until the join timeout.
             let total = (config.schedule.total_kimg * 1000.0).round() as u64;
-            if checkpoint::read_state(ckpt)?.images_shown < total {
+            if state.images_shown < total {
                 group.ring = Some(Arc::new(Ring::start(
                     link.ring_port,
                     watch,
@@ -271,16 +272,15 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         &mut self,
         config: &TrainConfig,
         link: &NodeLink,
-        ckpt: &Path,
+        state: &TrainState,
         dataset: &DatasetFingerprint,
         nets: &Nets<B>,
     ) -> Result<Watch> {
-        let state = checkpoint::read_state(ckpt)?;
         // The optimizers' state too: nodes that agree on the weights but not on Adam's moments
         // would drift apart from the first step.
         let mut weights = super::nodes::weight_values(nets);
         weights.extend(super::nodes::optimizer_values(nets));
-        let mine = JoinInfo::new(config, dataset, &state, &weights, &link.ring_address);
+        let mine = JoinInfo::new(config, dataset, state, &weights, &link.ring_address);
         self.watch = Some(Arc::new(Watch {
             rank: link.rank,
             timeout: link.join_timeout,
