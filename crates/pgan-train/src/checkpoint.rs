@@ -383,6 +383,13 @@ impl TrainState {
     }
 }
 
+/// Where the run's checkpoint at `images_shown` is (or would be) written.
+pub fn path_of(run_dir: &Path, images_shown: u64) -> PathBuf {
+    run_dir
+        .join(CHECKPOINTS_DIR)
+        .join(checkpoint_name(images_shown))
+}
+
 /// Folder name of the checkpoint taken after `images_shown` images.
 pub fn checkpoint_name(images_shown: u64) -> String {
     format!("ckpt-{images_shown:012}")
@@ -569,7 +576,7 @@ pub fn write_checkpoint(
 ) -> Result<PathBuf> {
     let root = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&root).map_err(crate::error::io_err(&root, "create"))?;
-    let path = root.join(checkpoint_name(state.images_shown));
+    let path = path_of(run_dir, state.images_shown);
     let io = |source| TrainError::Io {
         path: path.clone(),
         action: "write checkpoint",

@@ -129,6 +129,24 @@ pub enum TrainError {
         /// The checkpoint the nodes' runs stand at.
         since: String,
     },
+    /// Another node could not write its tick's outputs (its metrics row, sample sheet or
+    /// checkpoint: a full disk, a damaged run folder): every node stops at the checkpoint all
+    /// of them hold, this node's checkpoint of the tick (if it wrote one) removed.
+    #[error(
+        "node {node} could not write its outputs of the tick at {kimg:.3} kimg (its log says \
+         why): every node stops at {since}, the newest checkpoint all of them hold{removed}; \
+         resume every node from it once that node can write again"
+    )]
+    NodeOutputs {
+        /// The node's rank.
+        node: usize,
+        /// Where the run stood at the tick's end.
+        kimg: f64,
+        /// The checkpoint the nodes' runs stand at.
+        since: String,
+        /// What this node removed to stay with the others ("" when it wrote nothing).
+        removed: String,
+    },
     /// A data-parallel peer or node failed, or the collective between them did.
     #[error("peer {peer}: {message}")]
     Peer {

@@ -770,6 +770,62 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Writes a checkpoint of the state as it stands (refusing poisoned weights) and prunes old
     /// ones.
     fn save_checkpoint(&mut self) -> Result<()> {
+        self.save_checkpoint_after(Ok(()))
+    }
+
+    /// Writes a checkpoint unless the tick's other outputs failed (`outputs`), then, on several
+    /// nodes, waits for the others' outcome: one that failed stops every node at the
+    /// checkpoint all of them hold (this node's new one removed), not just itself.
+    pub(super) fn save_checkpoint_after(&mut self, outputs: Result<()>) -> Result<()> {
+        let path = checkpoint::path_of(&self.run_dir, self.state.images_shown);
+        let new = !path.exists();
+        let written = outputs.and_then(|()| self.write_checkpoint());
+        let failed = self.peers.failed_outputs(written.is_ok())?;
+        let path = written?;
+        if let Some(&node) = failed.first() {
+            let removed = if new {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => format!(" (this node's {} removed)", path.display()),
+                    Err(e) => format!(
+                        " (this node's {} could not be removed: {e}; delete it)",
+                        path.display()
+                    ),
+                }
+            } else {
+                String::new()
+            };
+            return Err(self.node_outputs_error(node, removed));
+        }
+        checkpoint::prune(&self.run_dir, self.config.run.keep_checkpoints)?;
+        self.last_checkpoint = Some(path);
+        Ok(())
+    }
+
+    /// A tick end without a checkpoint: on several nodes, the others' outputs too (one that
+    /// could not write stops them all).
+    pub(super) fn outputs_written_everywhere(&mut self, outputs: Result<()>) -> Result<()> {
+        let failed = self.peers.failed_outputs(outputs.is_ok())?;
+        outputs?;
+        match failed.first() {
+            Some(&node) => Err(self.node_outputs_error(node, String::new())),
+            None => Ok(()),
+        }
+    }
+
+    fn node_outputs_error(&self, node: usize, removed: String) -> TrainError {
+        TrainError::NodeOutputs {
+            node,
+            kimg: self.state.images_shown as f64 / 1000.0,
+            since: self
+                .last_checkpoint
+                .as_ref()
+                .map_or("the start".into(), |c| c.display().to_string()),
+            removed,
+        }
+    }
+
+    /// This node's checkpoint of where the run stands.
+    fn write_checkpoint(&self) -> Result<PathBuf> {
         // Never store poisoned weights: a NaN here means the last steps went wrong unseen.
         if !params_finite(&self.nets.g) || !params_finite(&self.nets.d) {
             return Err(TrainError::Diverged(format!(
@@ -777,10 +833,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.state.images_shown as f64 / 1000.0
             )));
         }
-        let path = checkpoint::save_training(&self.run_dir, &self.state, &self.nets)?;
-        checkpoint::prune(&self.run_dir, self.config.run.keep_checkpoints)?;
-        self.last_checkpoint = Some(path);
-        Ok(())
+        checkpoint::save_training(&self.run_dir, &self.state, &self.nets)
     }
 
     /// Restores the networks, optimizers and state of a checkpoint of this run (resume and

@@ -800,6 +800,45 @@ fn a_dataset_changed_on_one_node_stops_every_node_before_a_checkpoint_of_it() {
     assert_eq!(newest(0), newest(1), "{said}");
 }
 
+/// A node that cannot write its outputs (its samples folder made a file: a stand-in for a full
+/// disk) stops with its own error; the other stops with it, naming that node (not "lost node
+/// 1"), and removes its checkpoint of that tick: both runs end at the same checkpoint.
+#[test]
+fn a_node_that_cannot_write_its_outputs_stops_every_node_at_a_common_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    let long = ["--total-kimg", "1000"];
+    let a = start(cluster.node(0, &config, &long));
+    let mut b = start(cluster.node(1, &config, &long));
+    wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
+    let samples = first_run(&dir.path().join("runs1")).join("samples");
+    // A rename, not a removal: a sheet being written now lands in the moved folder.
+    std::fs::rename(&samples, samples.with_file_name("samples-moved")).unwrap();
+    std::fs::write(&samples, b"not a folder").unwrap();
+    let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
+    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+    let said = both_said([&out_a, &out_b]);
+    assert_eq!(out_b.status.code(), Some(2), "{said}");
+    assert!(text(&out_b).contains("samples"), "{said}");
+    assert_eq!(out_a.status.code(), Some(2), "{said}");
+    assert!(
+        text(&out_a).contains("node 1 could not write its outputs of the tick"),
+        "{said}"
+    );
+    assert!(!text(&out_a).contains("lost"), "{said}");
+    let newest = |rank: usize| {
+        let run = first_run(&dir.path().join(format!("runs{rank}")));
+        checkpoints(&run)
+            .last()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(newest(0), newest(1), "{said}");
+}
+
 /// Ctrl-C while a node waits for the others to join ends it at once with exit 130 and says
 /// so, instead of at the join timeout.
 #[test]

@@ -379,6 +379,19 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         })
     }
 
+    /// The ranks of the nodes that could not write their tick's outputs (several nodes; one
+    /// node's own failure is its own error): one all-reduce of a slot per rank.
+    pub fn failed_outputs(&mut self, written: bool) -> Result<Vec<usize>> {
+        let Some(ring) = &self.ring else {
+            return Ok(Vec::new());
+        };
+        let (rank, count) = ring.rank_and_count();
+        let mut mine = vec![0.0; count];
+        mine[rank] = if written { 0.0 } else { 1.0 };
+        let all = ring.sum(mine, "tick outputs")?;
+        Ok((0..count).filter(|&r| all[r] > 0.0).collect())
+    }
+
     /// Whether to stop before the next step (see `Peers::stop_now`): on several nodes, what
     /// the last step's exchange agreed (at the start, before any step, one exchange of `wanted`
     /// decides).

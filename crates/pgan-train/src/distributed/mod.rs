@@ -223,6 +223,19 @@ impl<B: AutodiffBackend> Peers<B> {
         Ok(TickVerdict::local(healthy, data_ok))
     }
 
+    /// The other nodes that could not write their tick's outputs (`written` is this node's
+    /// outcome): a node that stops on a full disk would otherwise leave the others to write
+    /// one more checkpoint than it did, and to report it lost without the reason. Empty on one
+    /// node.
+    pub fn failed_outputs(&mut self, written: bool) -> Result<Vec<usize>> {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &mut self.group {
+            return group.failed_outputs(written);
+        }
+        let _ = written;
+        Ok(Vec::new())
+    }
+
     /// After peer 0 restored `ckpt` (a resume or a rollback): the replicas load it too.
     pub fn restored(&mut self, ckpt: &Path) -> Result<()> {
         #[cfg(feature = "collective")]

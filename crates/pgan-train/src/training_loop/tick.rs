@@ -46,23 +46,28 @@ impl<B: AutodiffBackend> Trainer<B> {
                 bar.set_prefix(format!("⚠ {}", warnings[0]));
             }
         }
-        self.metrics.write(&row)?;
-        self.log.info(self.status_line(phase, img_per_s));
-
-        if self
-            .state
-            .tick
-            .is_multiple_of(self.config.run.sample_ticks.max(1))
-        {
-            self.save_samples(phase)?;
-        }
+        // On several nodes, one whose outputs fail (a full disk) stops them all at the same
+        // checkpoint: its failure goes to the others before it is returned.
+        let outputs = self.metrics.write(&row).and_then(|()| {
+            self.log.info(self.status_line(phase, img_per_s));
+            if self
+                .state
+                .tick
+                .is_multiple_of(self.config.run.sample_ticks.max(1))
+            {
+                self.save_samples(phase)?;
+            }
+            Ok(())
+        });
         if self
             .state
             .tick
             .is_multiple_of(self.config.run.checkpoint_ticks)
         {
             self.end_healthy_stretch();
-            self.save_checkpoint()?;
+            self.save_checkpoint_after(outputs)?;
+        } else {
+            self.outputs_written_everywhere(outputs)?;
         }
         self.tick = Tick {
             session_mark: self.tick.session_mark,
