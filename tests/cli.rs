@@ -3591,16 +3591,38 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
     );
     assert!(std::fs::read(&notes).unwrap().starts_with(b"\x89PNG"));
     // The run's own report.html is replaced without --force, but not through a link to a file
-    // of the run or a dataset.
+    // of the run or a dataset (not even with it), and neither a link to another file nor a file
+    // pgan did not write is replaced without it.
     let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
     for target in [run.join("metrics.jsonl"), data.clone()] {
         std::os::unix::fs::symlink(&target, run.join("report.html")).unwrap();
-        let err = run_err(pgan().arg("report").arg(&run));
-        assert!(err.contains("the run's report.html"), "{err}");
+        for force in [false, true] {
+            let err = run_err(pgan().arg("report").arg(&run).args(force.then_some("--force")));
+            assert!(err.contains("the run's report.html"), "{err}");
+        }
         std::fs::remove_file(run.join("report.html")).unwrap();
     }
     assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
     run_ok(pgan().arg("verify").arg(&data));
+    std::os::unix::fs::symlink(&notes, run.join("report.html")).unwrap();
+    let err = run_err(pgan().arg("report").arg(&run));
+    assert!(
+        err.contains("the run's report.html is a link (to ") && err.contains("pass --force"),
+        "{err}"
+    );
+    std::fs::remove_file(run.join("report.html")).unwrap();
+    std::fs::write(run.join("report.html"), b"my own notes").unwrap();
+    let err = run_err(pgan().arg("report").arg(&run));
+    assert!(
+        err.contains("holds something other than a pgan report"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("report.html")).unwrap(), b"my own notes");
+    run_ok(pgan().arg("report").arg(&run).arg("--force"));
+    // Now the run's own report: replaced without --force.
+    run_ok(pgan().arg("report").arg(&run));
+    assert!(pgan_report::is_pgan_report(&run.join("report.html")));
+    std::fs::remove_file(run.join("report.html")).unwrap();
 
     // A stop at or before the resumed position, a total of less than one image.
     let err = run_err(&mut resume_cmd(&run, &["--stop-after-kimg", "0.016"]));

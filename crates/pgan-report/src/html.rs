@@ -91,6 +91,10 @@ fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
     v.map_or_else(|| "—".to_string(), f)
 }
 
+/// The tag in every report's head that says pgan wrote it (`report` replaces such a file in a run
+/// folder without `--force`, nothing else).
+pub const GENERATOR_META: &str = "<meta name=\"generator\" content=\"pgan report\">";
+
 /// Renders the page.
 pub fn render(page: &Page<'_>) -> String {
     let run = page.run;
@@ -100,7 +104,7 @@ pub fn render(page: &Page<'_>) -> String {
         h,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
+         {GENERATOR_META}\n<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
         escape(&title)
     );
     let _ = writeln!(h, "<h1>{}</h1>", escape(&title));

@@ -46,6 +46,22 @@ pub fn default_output_path(run_dir: &Path) -> PathBuf {
     run_dir.join(REPORT_FILE)
 }
 
+/// Whether `path` holds a report this crate wrote: its first KiB has the generator tag (or,
+/// written before the tag, the title every report has). Reads no more than that.
+pub fn is_pgan_report(path: &Path) -> bool {
+    use std::io::Read as _;
+    let Ok((file, _)) = run::open_regular(path) else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(1024);
+    if file.take(1024).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.starts_with("<!DOCTYPE html>")
+        && (head.contains(html::GENERATOR_META) || head.contains("<title>pgan report — "))
+}
+
 /// A rendered report.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -113,13 +129,14 @@ pub fn build_report(run_dir: &Path) -> Result<Report> {
             stats.non_finite_keys.join(", ")
         ));
     }
+    notices.extend(data.cut.iter().cloned());
     if data.config.is_none() {
         notices.push("no config.toml in the run directory".to_string());
     }
     if data.log.is_none() {
         notices.push("no log.txt in the run directory".to_string());
     }
-    if data.latest_sample.is_none() {
+    if data.sample_count == 0 {
         notices.push("no sample sheets in samples/".to_string());
     }
 
@@ -293,6 +310,14 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         assert_eq!(default_output_path(&run), run.join("report.html"));
+        // What it wrote is known as a report; the file it replaced, or a page of another
+        // tool, is not.
+        assert!(is_pgan_report(&out));
+        fs::write(&out, "old").unwrap();
+        assert!(!is_pgan_report(&out));
+        fs::write(&out, "<!DOCTYPE html>\n<html><head><title>notes</title>").unwrap();
+        assert!(!is_pgan_report(&out));
+        assert!(!is_pgan_report(dir.path()));
     }
 
     #[test]

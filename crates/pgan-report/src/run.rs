@@ -33,6 +33,17 @@ use crate::error::{ReportError, Result};
 /// How many lines from the end of `log.txt` the report shows.
 pub const LOG_TAIL_LINES: usize = 50;
 
+/// The most of one `log.txt` line kept (the rest is cut): the log is read line by line, so its
+/// size does not set the report's memory, and neither does one endless line.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// The most of `config.toml` shown (pgan writes a few KiB; the rest of a bigger one is cut).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The largest sample sheet or timeline embedded in the page (base64 makes it a third larger):
+/// a bigger one is named in a notice instead.
+pub const MAX_EMBEDDED_IMAGE_BYTES: u64 = 64 << 20;
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tick {
@@ -374,6 +385,8 @@ pub struct RunData {
     pub timeline: Option<ImageFile>,
     /// The 1-based number of an incomplete last line of `metrics.jsonl` that was left out.
     pub torn_last_line: Option<usize>,
+    /// Run files read only in part or not at all for their size, said as notices.
+    pub cut: Vec<String>,
 }
 
 /// File name of the growth timeline image inside `samples/`.
@@ -397,21 +410,27 @@ impl RunData {
         let (metrics, torn_last_line) = without_torn_last_line(&metrics);
         let ticks = parse_metrics(metrics, &metrics_path)?;
 
-        let config = read_optional_text(&dir.join("config.toml"))?;
-        let log = read_optional_text(&dir.join("log.txt"))?.map(|text| {
-            let all: Vec<&str> = text.lines().collect();
-            let from = all.len().saturating_sub(LOG_TAIL_LINES);
-            LogTail {
-                lines: all[from..].iter().map(|l| l.to_string()).collect(),
-                total_lines: all.len(),
-                warnings: all.iter().filter(|l| log_level(l) == Some("WARN")).count(),
-                last_error: all
-                    .iter()
-                    .rev()
-                    .find(|l| log_level(l) == Some("ERROR"))
-                    .map(|l| l.to_string()),
+        let mut cut = Vec::new();
+        let config_path = dir.join("config.toml");
+        let config = match read_regular_head(&config_path, MAX_CONFIG_BYTES) {
+            Ok((bytes, len)) => {
+                if len > MAX_CONFIG_BYTES {
+                    cut.push(format!(
+                        "config.toml is {len} bytes: its first {} KiB are shown",
+                        MAX_CONFIG_BYTES >> 10
+                    ));
+                }
+                Some(String::from_utf8_lossy(&bytes).into_owned())
             }
-        });
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ReportError::io(&config_path, e)),
+        };
+        let log_path = dir.join("log.txt");
+        let log = match read_log_tail(&log_path) {
+            Ok(log) => Some(log),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ReportError::io(&log_path, e)),
+        };
 
         let samples_dir = dir.join("samples");
         let mut sheets = list_pngs(&samples_dir)?;
@@ -420,12 +439,12 @@ impl RunData {
                 .is_some_and(|n| n.eq_ignore_ascii_case(TIMELINE_FILE))
         });
         let timeline = match timeline_pos {
-            Some(i) => Some(read_image(sheets.remove(i))?),
+            Some(i) => read_image(sheets.remove(i), &mut cut)?,
             None => None,
         };
         let sample_count = sheets.len();
         let latest_sample = match sheets.pop() {
-            Some(p) => Some(read_image(p)?),
+            Some(p) => read_image(p, &mut cut)?,
             None => None,
         };
 
@@ -439,6 +458,7 @@ impl RunData {
             sample_count,
             timeline,
             torn_last_line,
+            cut,
         })
     }
 }
@@ -470,22 +490,82 @@ fn run_name(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-/// The bytes of `path`, which must be a regular file (or a link to one): reading a FIFO or a
-/// device would wait forever or never end.
-fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+/// `path` opened for reading, and its length; it must be a regular file (or a link to one):
+/// reading a FIFO or a device would wait forever or never end.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<(fs::File, u64)> {
     let meta = fs::metadata(path)?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    fs::read(path)
+    Ok((fs::File::open(path)?, meta.len()))
 }
 
-fn read_optional_text(path: &Path) -> Result<Option<String>> {
-    match read_regular(path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ReportError::io(path, e)),
+/// The bytes of `path` (see [`open_regular`]).
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_regular_head(path, u64::MAX).map(|(bytes, _)| bytes)
+}
+
+/// At most the first `max` bytes of `path` (see [`open_regular`]), and its length.
+pub(crate) fn read_regular_head(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::Read as _;
+    let (file, len) = open_regular(path)?;
+    let mut bytes = Vec::with_capacity(len.min(max).min(1 << 24) as usize);
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok((bytes, len))
+}
+
+/// The tail of `log.txt` and its counts, read line by line (each line cut at
+/// [`MAX_LOG_LINE_BYTES`]): memory does not grow with the log.
+fn read_log_tail(path: &Path) -> std::io::Result<LogTail> {
+    use std::io::BufRead as _;
+    let (file, _) = open_regular(path)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut tail = std::collections::VecDeque::with_capacity(LOG_TAIL_LINES);
+    let (mut total_lines, mut warnings, mut last_error) = (0, 0, None);
+    let mut line = Vec::new();
+    let mut cut = false;
+    loop {
+        let chunk = reader.fill_buf()?;
+        let end = chunk.is_empty();
+        let (piece, newline) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        let room = MAX_LOG_LINE_BYTES.saturating_sub(line.len());
+        cut |= piece.len() > room;
+        line.extend_from_slice(&piece[..piece.len().min(room)]);
+        let used = piece.len() + usize::from(newline);
+        reader.consume(used);
+        if newline || (end && !line.is_empty()) {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let mut text = String::from_utf8_lossy(&line).into_owned();
+            if std::mem::take(&mut cut) {
+                text.push_str(" …");
+            }
+            line.clear();
+            total_lines += 1;
+            match log_level(&text) {
+                Some("WARN") => warnings += 1,
+                Some("ERROR") => last_error = Some(text.clone()),
+                _ => {}
+            }
+            if tail.len() == LOG_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text);
+        }
+        if end {
+            break;
+        }
     }
+    Ok(LogTail {
+        lines: tail.into(),
+        total_lines,
+        warnings,
+        last_error,
+    })
 }
 
 /// `*.png` files directly in `dir`, sorted by file name; empty if `dir` is missing.
@@ -510,9 +590,20 @@ fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn read_image(path: PathBuf) -> Result<ImageFile> {
-    let bytes = read_regular(&path).map_err(|e| ReportError::io(&path, e))?;
-    Ok(ImageFile { path, bytes })
+/// The image at `path` to embed, or `None` with a notice in `cut` when it is too large.
+fn read_image(path: PathBuf, cut: &mut Vec<String>) -> Result<Option<ImageFile>> {
+    let (bytes, len) = read_regular_head(&path, MAX_EMBEDDED_IMAGE_BYTES + 1)
+        .map_err(|e| ReportError::io(&path, e))?;
+    if len > MAX_EMBEDDED_IMAGE_BYTES || bytes.len() as u64 > MAX_EMBEDDED_IMAGE_BYTES {
+        cut.push(format!(
+            "{} is {} MiB, more than the {} MiB a page embeds: not shown",
+            path.display(),
+            len.max(bytes.len() as u64) >> 20,
+            MAX_EMBEDDED_IMAGE_BYTES >> 20
+        ));
+        return Ok(None);
+    }
+    Ok(Some(ImageFile { path, bytes }))
 }
 
 #[cfg(test)]
@@ -672,6 +763,58 @@ mod tests {
         assert_eq!(data.sample_count, 2);
         assert_eq!(data.latest_sample.unwrap().name(), "tick-000010.png");
         assert_eq!(data.timeline.unwrap().bytes, b"timeline.png");
+    }
+
+    /// A long log, an endless line, a large config and a sheet too large to embed: the log is
+    /// read line by line with each line cut, the config and sheet in part or not at all, each
+    /// said; the counts still cover the whole log.
+    #[test]
+    fn large_run_files_are_read_in_bounded_pieces_and_said() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("big-run");
+        fs::create_dir_all(run.join("samples")).unwrap();
+        fs::write(run.join("metrics.jsonl"), "{\"kimg\":1}\n").unwrap();
+        let mut log = fs::File::create(run.join("log.txt")).unwrap();
+        writeln!(log, "2026-12-06 01:00:00 ERROR first end\r").unwrap();
+        log.write_all(&vec![b'x'; 3 * MAX_LOG_LINE_BYTES + 7]).unwrap();
+        log.write_all(b"\n").unwrap();
+        for i in 0..100 {
+            writeln!(log, "2026-12-06 01:00:01 WARN alarm {i}").unwrap();
+        }
+        // The last line has no newline (a session still writing).
+        write!(log, "2026-12-06 01:00:02 ERROR last end").unwrap();
+        drop(log);
+        let config = fs::File::create(run.join("config.toml")).unwrap();
+        config.set_len(2 * MAX_CONFIG_BYTES).unwrap();
+        let sheet = fs::File::create(run.join("samples/tick-000001.png")).unwrap();
+        sheet.set_len(MAX_EMBEDDED_IMAGE_BYTES + 1).unwrap();
+
+        let data = RunData::load(&run).unwrap();
+        let log = data.log.unwrap();
+        assert_eq!(log.total_lines, 103);
+        assert_eq!(log.warnings, 100);
+        assert_eq!(
+            log.last_error.as_deref(),
+            Some("2026-12-06 01:00:02 ERROR last end")
+        );
+        assert_eq!(log.lines.len(), LOG_TAIL_LINES);
+        assert_eq!(log.lines[0], "2026-12-06 01:00:01 WARN alarm 51");
+        assert_eq!(data.config.unwrap().len() as u64, MAX_CONFIG_BYTES);
+        assert!(data.latest_sample.is_none());
+        assert_eq!(data.sample_count, 1);
+        assert_eq!(data.cut.len(), 2, "{:?}", data.cut);
+        assert!(data.cut[0].contains("config.toml is 2097152 bytes"));
+        assert!(data.cut[1].contains("tick-000001.png is 64 MiB"));
+
+        // A log of only an endless line keeps its first bytes, marked as cut.
+        let mut log = fs::File::create(run.join("log.txt")).unwrap();
+        log.write_all(&vec![b'y'; 5 * MAX_LOG_LINE_BYTES]).unwrap();
+        drop(log);
+        let log = RunData::load(&run).unwrap().log.unwrap();
+        assert_eq!(log.total_lines, 1);
+        assert_eq!(log.lines[0].len(), MAX_LOG_LINE_BYTES + " …".len());
+        assert!(log.lines[0].ends_with("y …"));
     }
 
     #[test]

@@ -910,15 +910,24 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 /// An eval's report: written to `json` (`--json`) first, as a terminal that cannot take the
-/// text must not cost the numbers, then printed.
+/// text must not cost the numbers, then printed; a `--json` that cannot be written (a disk
+/// that filled up during the measuring) does not cost them either: they are printed, then the
+/// error.
 fn json_then_print(
     report: &(impl serde::Serialize + std::fmt::Display),
     json: Option<&Path>,
 ) -> Result<ExitCode> {
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(report)?;
-        pgan_train::fsutil::write_atomic(path, text.as_bytes())
-            .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        if let Err(e) = pgan_train::fsutil::write_atomic(path, text.as_bytes()) {
+            say!("{report}");
+            return Err(e).with_context(|| {
+                format!(
+                    "--json: cannot write {} (the report is printed above)",
+                    path.display()
+                )
+            });
+        }
     }
     say!("{report}");
     if let Some(path) = json {
@@ -1067,14 +1076,28 @@ fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode>
             out
         }
         None => {
-            // The run's own report is replaced without --force; a link there is checked as an
-            // --out is (it may point at the run's metrics or a dataset).
-            let out = run_dir.join("report.html");
-            let link = std::fs::symlink_metadata(&out).is_ok_and(|m| m.is_symlink());
-            prepare_output(&out, "the run's report.html", true).map_err(|e| match link {
-                true => e.context("the run's report.html is a link: remove it, or pass --out"),
-                false => e,
-            })?;
+            // The run's own report (one pgan wrote) is replaced without --force; anything
+            // else there, a link included (it may point at the user's file), only with it, and
+            // then as an --out is checked (never over the run's metrics or a dataset).
+            let out = pgan_report::default_output_path(run_dir);
+            let flag = "the run's report.html";
+            let meta = std::fs::symlink_metadata(&out);
+            if meta.as_ref().is_ok_and(|m| m.is_symlink()) {
+                if !force {
+                    bail!(
+                        "{flag} is a link (to {}): pass --force to write through it, or --out                          to write elsewhere",
+                        std::fs::read_link(&out)
+                            .map_or("?".into(), |t| t.display().to_string())
+                    );
+                }
+            } else if meta.is_ok() && !force && !pgan_report::is_pgan_report(&out) {
+                bail!(
+                    "{flag} ({}) holds something other than a pgan report: pass --force to \
+                     replace it, or --out to write elsewhere",
+                    out.display()
+                );
+            }
+            prepare_output(&out, flag, true)?;
             out
         }
     };
@@ -1294,6 +1317,33 @@ fn parse_hex_colour(text: &str) -> Result<[u8; 3]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `--json` that cannot be written after the measuring (the probe before it passed: a
+    /// disk that filled up) is an error that says the report was printed, not a loss of it.
+    #[test]
+    fn an_eval_report_is_printed_when_its_json_cannot_be_written() {
+        struct Report;
+        impl serde::Serialize for Report {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str("numbers")
+            }
+        }
+        impl std::fmt::Display for Report {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("numbers")
+            }
+        }
+        let err = json_then_print(&Report, Some(Path::new("/proc/pgan-eval.json"))).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("--json: cannot write /proc/pgan-eval.json (the report is printed above)"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("eval.json");
+        json_then_print(&Report, Some(&json)).unwrap();
+        assert_eq!(std::fs::read_to_string(&json).unwrap(), "\"numbers\"");
+    }
 
     #[test]
     fn hex_colours() {

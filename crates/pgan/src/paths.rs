@@ -25,8 +25,37 @@ pub fn prepare_outputs(outputs: &[(&Path, &str)], force: bool) -> Result<Vec<Pat
     for (target, &(_, flag)) in targets.iter().zip(outputs) {
         create_folders_above(target, flag)?;
         pgan_data::remove_stale_temps(target);
+        probe_writable(target, flag)?;
     }
     Ok(targets)
+}
+
+/// Creates and removes this process's temporary file beside `target` (the one its write goes
+/// through): a read-only or forbidden folder is said before the work, not after an hour of
+/// it. A disk that fills up meanwhile can still fail the write.
+fn probe_writable(target: &Path, flag: &str) -> Result<()> {
+    let temp = pgan_data::temp_path_for(target, std::process::id());
+    let folder = temp
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&temp);
+            Ok(())
+        }
+        // A temp of this very process already there is writable ground, and not ours to remove.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => bail!(
+            "{flag} {}: cannot write in {}: {e}",
+            target.display(),
+            folder.display()
+        ),
+    }
 }
 
 /// The checks of [`prepare_output`], which write nothing.
@@ -257,6 +286,21 @@ mod tests {
             format!("{err:#}").ends_with(&format!("{} is a file, not a folder", blocked.display())),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn an_output_in_a_folder_that_takes_no_file_is_refused_before_any_work() {
+        // /proc takes no new file, even from root (a chmod'ed folder would not stop root).
+        let err = prepare_output(Path::new("/proc/pgan-out.png"), "--out", false).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "--out /proc/pgan-out.png: cannot write in /proc: No such file or directory (os error 2)"
+        );
+        // A writable folder keeps no probe behind.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("sheet.png");
+        prepare_output(&out, "--out", false).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
