@@ -3597,7 +3597,12 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
     for target in [run.join("metrics.jsonl"), data.clone()] {
         std::os::unix::fs::symlink(&target, run.join("report.html")).unwrap();
         for force in [false, true] {
-            let err = run_err(pgan().arg("report").arg(&run).args(force.then_some("--force")));
+            let err = run_err(
+                pgan()
+                    .arg("report")
+                    .arg(&run)
+                    .args(force.then_some("--force")),
+            );
             assert!(err.contains("the run's report.html"), "{err}");
         }
         std::fs::remove_file(run.join("report.html")).unwrap();
@@ -3617,7 +3622,10 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
         err.contains("holds something other than a pgan report"),
         "{err}"
     );
-    assert_eq!(std::fs::read(run.join("report.html")).unwrap(), b"my own notes");
+    assert_eq!(
+        std::fs::read(run.join("report.html")).unwrap(),
+        b"my own notes"
+    );
     run_ok(pgan().arg("report").arg(&run).arg("--force"));
     // Now the run's own report: replaced without --force.
     run_ok(pgan().arg("report").arg(&run));

@@ -777,7 +777,8 @@ mod tests {
         fs::write(run.join("metrics.jsonl"), "{\"kimg\":1}\n").unwrap();
         let mut log = fs::File::create(run.join("log.txt")).unwrap();
         writeln!(log, "2026-12-06 01:00:00 ERROR first end\r").unwrap();
-        log.write_all(&vec![b'x'; 3 * MAX_LOG_LINE_BYTES + 7]).unwrap();
+        log.write_all(&vec![b'x'; 3 * MAX_LOG_LINE_BYTES + 7])
+            .unwrap();
         log.write_all(b"\n").unwrap();
         for i in 0..100 {
             writeln!(log, "2026-12-06 01:00:01 WARN alarm {i}").unwrap();

@@ -418,8 +418,12 @@ pub fn load_module<B: Backend, M: NetworkStages<B>>(
              edited or belongs to other weights"
         ),
     };
-    let record: M::Record = load_record::<B, _>(dir, stem, device)?;
-    let (expected, found) = (module.stage_lists(), M::record_stage_lists(&record));
+    let tensors = crate::record_check::tensors(&path)?;
+    let expected = module.stage_lists();
+    let found = [
+        crate::record_check::list_len(&tensors, M::RGB_LIST),
+        crate::record_check::list_len(&tensors, "blocks"),
+    ];
     if expected != found {
         let resolution = |stages: usize| 4usize << stages.saturating_sub(1);
         return Err(mismatch(format!(
@@ -432,25 +436,20 @@ pub fn load_module<B: Backend, M: NetworkStages<B>>(
             resolution(expected[0])
         )));
     }
-    let before = parameter_shapes(&module);
-    let loaded = module.load_record(record);
-    let after = parameter_shapes(&loaded);
-    if before.len() != after.len() {
-        return Err(mismatch(format!(
-            "{} parameters in the weights, {} by the configuration",
-            after.len(),
-            before.len()
-        )));
+    // Checked before burn's loader, which takes shapes as written (and panics on some).
+    if let Some(message) = crate::record_check::check_order(&tensors, &parameter_shapes(&module)) {
+        return Err(mismatch(message));
     }
-    if let Some((k, (a, b))) = before
-        .iter()
-        .zip(&after)
-        .enumerate()
-        .find(|(_, (a, b))| a != b)
-    {
-        return Err(mismatch(format!(
-            "parameter {k} is {b:?} in the weights, {a:?} by the configuration"
-        )));
+    let record: M::Record = load_checked_record::<B, _>(dir, stem, device)?;
+    let loaded = module.load_record(record);
+    // pgan never writes them (a checkpoint of NaN weights is refused): an edited file.
+    if !crate::nets::params_finite(&loaded) {
+        return Err(TrainError::Checkpoint {
+            path,
+            message: "holds non-finite weights (NaN or ±Inf), which pgan never writes: the file \
+                      was edited"
+                .into(),
+        });
     }
     Ok(loaded)
 }
@@ -458,27 +457,24 @@ pub fn load_module<B: Backend, M: NetworkStages<B>>(
 /// The lengths of a network's per-stage lists (and of its record's), which burn's loader
 /// requires to agree; the first is the number of resolution stages.
 pub trait NetworkStages<B: Backend>: Module<B> {
+    /// The field of the network's per-stage RGB layers (its records' too); `blocks` is the
+    /// other list.
+    const RGB_LIST: &'static str;
     /// Lengths of this network's per-stage lists.
     fn stage_lists(&self) -> [usize; 2];
-    /// The same for a record of this network type.
-    fn record_stage_lists(record: &Self::Record) -> [usize; 2];
 }
 
 impl<B: Backend> NetworkStages<B> for Generator<B> {
+    const RGB_LIST: &'static str = "to_rgb";
     fn stage_lists(&self) -> [usize; 2] {
         [self.to_rgb.len(), self.blocks.len()]
-    }
-    fn record_stage_lists(record: &Self::Record) -> [usize; 2] {
-        [record.to_rgb.len(), record.blocks.len()]
     }
 }
 
 impl<B: Backend> NetworkStages<B> for Discriminator<B> {
+    const RGB_LIST: &'static str = "from_rgb";
     fn stage_lists(&self) -> [usize; 2] {
         [self.from_rgb.len(), self.blocks.len()]
-    }
-    fn record_stage_lists(record: &Self::Record) -> [usize; 2] {
-        [record.from_rgb.len(), record.blocks.len()]
     }
 }
 
@@ -555,6 +551,16 @@ fn encode_record<W: Write>(writer: W, item: &impl Serialize, path: &Path) -> Res
 
 /// Loads a record saved by [`save_record`].
 pub fn load_record<B: Backend, R: Record<B>>(
+    dir: &Path,
+    stem: &str,
+    device: &B::Device,
+) -> Result<R> {
+    crate::record_check::tensors(&dir.join(format!("{stem}.{}", record_extension())))?;
+    load_checked_record(dir, stem, device)
+}
+
+/// [`load_record`] of a record whose tensors `record_check` has checked.
+fn load_checked_record<B: Backend, R: Record<B>>(
     dir: &Path,
     stem: &str,
     device: &B::Device,
@@ -1218,17 +1224,58 @@ pub(crate) fn load_training<B: AutodiffBackend>(
     fresh: Nets<B>,
     device: &B::Device,
 ) -> Result<Nets<B>> {
+    let g = load_module(fresh.g, ckpt, GENERATOR, device)?;
+    let d = load_module(fresh.d, ckpt, DISCRIMINATOR, device)?;
+    let optim_g = load_optimizer::<B, _, _>(ckpt, OPTIM_G, &g, device)?;
+    let optim_d = load_optimizer::<B, _, _>(ckpt, OPTIM_D, &d, device)?;
     Ok(Nets {
-        g: load_module(fresh.g, ckpt, GENERATOR, device)?,
-        d: load_module(fresh.d, ckpt, DISCRIMINATOR, device)?,
+        g,
+        d,
         g_ema: load_module(fresh.g_ema, ckpt, GENERATOR_EMA, device)?,
-        optim_g: fresh
-            .optim_g
-            .load_record(load_record::<B, _>(ckpt, OPTIM_G, device)?),
-        optim_d: fresh
-            .optim_d
-            .load_record(load_record::<B, _>(ckpt, OPTIM_D, device)?),
+        optim_g: fresh.optim_g.load_record(optim_g),
+        optim_d: fresh.optim_d.load_record(optim_d),
     })
+}
+
+/// The optimizer record `stem` of the loaded network `net`: every moment must belong to one of
+/// its parameters (by id) and have that parameter's shape, or a step would fail on it.
+fn load_optimizer<B: Backend, M: Module<B>, R: Record<B>>(
+    ckpt: &Path,
+    stem: &str,
+    net: &M,
+    device: &B::Device,
+) -> Result<R> {
+    struct Shapes(BTreeMap<String, Vec<usize>>);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            self.0.insert(
+                param.id.serialize(),
+                param.lazy_shape().dims::<D>().to_vec(),
+            );
+        }
+    }
+    let mut shapes = Shapes(BTreeMap::new());
+    net.visit(&mut shapes);
+    let path = ckpt.join(format!("{stem}.{}", record_extension()));
+    for tensor in crate::record_check::tensors(&path)? {
+        let id = tensor.path.first().map_or("", String::as_str);
+        let fits = shapes.0.get(id).is_some_and(|shape| *shape == tensor.shape);
+        if !fits {
+            return Err(TrainError::Checkpoint {
+                path,
+                message: format!(
+                    "damaged record: {} is {:?}, {}",
+                    tensor.path.join("."),
+                    tensor.shape,
+                    match shapes.0.get(id) {
+                        Some(shape) => format!("its parameter is {shape:?}"),
+                        None => "for a parameter the network does not have".to_string(),
+                    }
+                ),
+            });
+        }
+    }
+    load_checked_record(ckpt, stem, device)
 }
 
 /// The model configuration a checkpoint's records were made with. Keys added to

@@ -38,6 +38,7 @@ pub mod loss;
 mod nets;
 pub mod plan;
 pub mod preflight;
+mod record_check;
 pub mod render;
 pub mod run_dir;
 pub mod schedule;

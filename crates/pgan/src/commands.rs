@@ -1324,7 +1324,10 @@ mod tests {
     fn an_eval_report_is_printed_when_its_json_cannot_be_written() {
         struct Report;
         impl serde::Serialize for Report {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
                 s.serialize_str("numbers")
             }
         }
