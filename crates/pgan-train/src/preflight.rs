@@ -242,7 +242,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         let fresh = || BatchSampler::new(reader.len(), 0, false);
         checkpoint::adopt_dataset(&mut state, &ckpt, &reader, options.data_changed_ok, fresh)?;
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
-        check_no_shrink(&schedule, &state, &ckpt)?;
+        check_position(&schedule, &state, &ckpt)?;
         check_total_not_passed(&config, &state, &ckpt)?;
         if let Some(stop) = options.stop_after_kimg {
             check_stop_not_passed(stop, &state, &ckpt)?;
@@ -338,10 +338,15 @@ pub(crate) fn check_checkpoint_model(
     })
 }
 
-/// Refuses to resume `state` under a schedule that puts its position at a lower resolution than
-/// it has grown to (phase lengths changed on resume): its newest layers would sit unused while
-/// it trains small again.
-pub(crate) fn check_no_shrink(
+/// How far ahead in a fade a resume may put a checkpoint (α's float rounding, and a phase
+/// length changed by a fraction of a percent); more is a skipped part of the fade.
+const ALPHA_SKIP_TOLERANCE: f32 = 0.01;
+
+/// Refuses to resume `state` under a schedule (phase lengths changed on resume) that puts its
+/// position elsewhere than where it stands: at a lower resolution than it has grown to (its
+/// newest layers would sit unused while it trains small again), back in its fade, or ahead of
+/// it (past a fade-in it has not done, or further into one).
+pub(crate) fn check_position(
     schedule: &StageSchedule,
     state: &TrainState,
     ckpt: &Path,
@@ -361,6 +366,33 @@ pub(crate) fn check_no_shrink(
                 now.alpha,
                 state.alpha,
                 state.alpha,
+            ),
+        });
+    }
+    // Ahead: a later stage, or further into the fade than the run has come. Its new layers
+    // would start untrained without a fade, or the fade would jump.
+    let ahead = now.stage > state.stage || now.alpha > state.alpha + ALPHA_SKIP_TOLERANCE;
+    if ahead {
+        let at = |stage: usize, alpha: f32| {
+            let r = crate::schedule::resolution_of(stage);
+            if alpha < 1.0 {
+                format!("the fade-in to {r}x{r} at α = {alpha:.3}")
+            } else {
+                format!("{r}x{r}")
+            }
+        };
+        return Err(TrainError::Config {
+            path: None,
+            message: format!(
+                "the schedule puts {} ({:.3} kimg) at {}, ahead of {} where it stands: a resumed \
+                 run cannot skip a fade-in (the new layers would start untrained, or blend in at \
+                 a jump); keep schedule.lod_training_kimg and lod_transition_kimg \
+                 (--phase-kimg) long enough to be at {} by then, or start a new run",
+                ckpt.display(),
+                state.images_shown as f64 / 1000.0,
+                at(now.stage, now.alpha),
+                at(state.stage, state.alpha),
+                at(state.stage, state.alpha),
             ),
         });
     }

@@ -880,7 +880,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(warning) = crate::distributed::peers_changed(&mut state, &self.config) {
             self.log.warn(warning);
         }
-        crate::preflight::check_no_shrink(&self.schedule, &state, ckpt)?;
+        crate::preflight::check_position(&self.schedule, &state, ckpt)?;
         let fresh = Nets::fresh(&self.model, &self.config.optim, &self.device, None);
         self.nets = checkpoint::load_training(ckpt, fresh, &self.device)?;
         self.peers.restored(ckpt)?;

@@ -754,10 +754,10 @@ fn a_rollback_is_recorded_in_its_checkpoint_so_a_resume_from_it_goes_on_as_the_r
     );
 }
 
-/// Longer phases on resume would put a grown run back at a lower resolution: refused, naming the
-/// keys, and the run's files are left as they were.
+/// Longer phases on resume would put a grown run back at a lower resolution, shorter ones past a
+/// fade-in it has not done: refused, naming the keys, and the run's files are left as they were.
 #[test]
-fn a_resume_whose_schedule_would_shrink_the_run_is_refused() {
+fn a_resume_whose_schedule_would_move_the_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);
     let config = tiny_config(&data, &dir.path().join("runs"));
@@ -795,6 +795,30 @@ fn a_resume_whose_schedule_would_shrink_the_run_is_refused() {
         std::fs::read(stopped.run_dir.join("metrics.jsonl")).unwrap(),
         metrics
     );
+    // Shorter phases would put a run stopped at 4x4 past its fade-in to 8x8, or into it: both
+    // refused (the 8x8 layers would start untrained, or blend in at a jump).
+    let mut early = TrainOptions::new(config.clone());
+    early.stop_after_kimg = Some(0.024);
+    let early = train(early).unwrap();
+    for (training, transition, said) in [
+        (0.008, 0.008, "at 8x8, ahead of 4x4 where it stands"),
+        (
+            0.016,
+            0.032,
+            "at the fade-in to 8x8 at α = 0.250, ahead of 4x4 where it stands",
+        ),
+    ] {
+        let mut shorter = config.clone();
+        shorter.schedule.lod_training_kimg = training;
+        shorter.schedule.lod_transition_kimg = transition;
+        let mut options = TrainOptions::new(shorter);
+        options.resume = Some(early.run_dir.clone());
+        let err = train(options).unwrap_err().to_string();
+        assert!(
+            err.contains(said) && err.contains("cannot skip a fade-in"),
+            "{err}"
+        );
+    }
     // The same schedule resumes.
     let mut same = TrainOptions::new(config);
     same.resume = Some(stopped.run_dir.clone());
