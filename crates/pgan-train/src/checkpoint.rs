@@ -843,6 +843,9 @@ impl FoundCheckpoint {
     }
 }
 
+/// How often [`find_checkpoint`] lists a run whose checkpoints vanish as it reads them.
+const MAX_LISTINGS: usize = 5;
+
 /// Resolves a `--resume`/render/eval/export argument. A checkpoint folder is used as given (its
 /// errors are the caller's to see); a run directory means its newest checkpoint that passes
 /// [`read_state`] (state and record checksums), so a checkpoint corrupted on disk falls back to
@@ -877,23 +880,38 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
         }
         Ok(_) => {}
     }
-    let all = list_checkpoints(path)?;
-    // Entries named as checkpoints that are not folders (a file, a link to nowhere or in a
-    // loop) are passed over too, with a word like any other checkpoint that fails its checks.
-    let not_folders = entries_named_as_checkpoints_that_are_not_folders(path);
-    let mut skipped = Vec::new();
-    for ckpt in all.iter().rev() {
-        match read_state(ckpt) {
-            Ok(_) => {
-                skipped.extend(not_folders_after(&not_folders, ckpt));
-                return Ok(FoundCheckpoint {
-                    path: ckpt.clone(),
-                    skipped,
-                });
+    // A live trainer prunes its older checkpoints as it writes new ones: a checkpoint gone
+    // while it was read was pruned, not corrupt, and the run is listed again (a newer one is
+    // there).
+    let mut attempts = 0;
+    let (not_folders, mut skipped) = loop {
+        attempts += 1;
+        let all = list_checkpoints(path)?;
+        // Entries named as checkpoints that are not folders (a file, a link to nowhere or in
+        // a loop) are passed over too, with a word like any other checkpoint that fails its
+        // checks.
+        let not_folders = entries_named_as_checkpoints_that_are_not_folders(path);
+        let mut skipped = Vec::new();
+        let mut pruned = false;
+        for ckpt in all.iter().rev() {
+            match read_state(ckpt) {
+                Ok(_) => {
+                    skipped.extend(not_folders_after(&not_folders, ckpt));
+                    return Ok(FoundCheckpoint {
+                        path: ckpt.clone(),
+                        skipped,
+                    });
+                }
+                Err(_) if !ckpt.exists() => pruned = true,
+                Err(e) => skipped.push(e),
             }
-            Err(e) => skipped.push(e),
         }
-    }
+        // An empty listing too: a listing made while the newest is renamed into place and the
+        // one before renamed away for its removal can hold neither.
+        if !(pruned || all.is_empty()) || attempts == MAX_LISTINGS {
+            break (not_folders, skipped);
+        }
+    };
     // None intact: the entries that are not folders are among the reasons too.
     skipped.extend(
         not_folders
@@ -904,7 +922,20 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
                 message: format!("is {what}, not a checkpoint folder"),
             }),
     );
-    let message = if skipped.is_empty() {
+    let run_config = path.join(crate::run_dir::CONFIG_FILE);
+    let message = if skipped.is_empty() && path.file_name() == Some(CHECKPOINTS_DIR.as_ref()) {
+        format!(
+            "this is a run's {CHECKPOINTS_DIR} folder: give the run folder ({}) or one of the \
+             checkpoints in it",
+            path.parent().unwrap_or(path).display()
+        )
+    } else if skipped.is_empty() && run_config.is_file() {
+        format!(
+            "a run folder with no checkpoint: the run stopped before its first one was written; \
+             start it again as a new run (pgan train --config {})",
+            run_config.display()
+        )
+    } else if skipped.is_empty() {
         format!("no checkpoint in this folder (expected {CHECKPOINTS_DIR}/ckpt-*/{STATE_FILE})")
     } else {
         let reasons: Vec<String> = skipped.iter().map(ToString::to_string).collect();
@@ -1934,6 +1965,66 @@ pub(crate) mod tests {
             why.as_deref().is_some_and(|w| w.contains("older pgan")),
             "{why:?}"
         );
+    }
+
+    /// A run's checkpoints folder given for the run, and a run that stopped before its first
+    /// checkpoint, are said as such (not "no checkpoint in this folder").
+    #[test]
+    fn a_checkpoints_folder_and_a_run_without_checkpoints_are_named() {
+        let run = tempfile::tempdir().unwrap();
+        std::fs::write(run.path().join(crate::run_dir::CONFIG_FILE), "").unwrap();
+        let err = find_checkpoint(run.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("the run stopped before its first one was written; start it again"),
+            "{err}"
+        );
+        write_checkpoint(run.path(), &a_state(), |_| Ok(())).unwrap();
+        let folder = run.path().join(CHECKPOINTS_DIR);
+        let err = find_checkpoint(&folder).unwrap_err().to_string();
+        assert!(
+            err.contains("this is a run's checkpoints folder: give the run folder"),
+            "{err}"
+        );
+    }
+
+    /// A live trainer that keeps one checkpoint writes each new one and prunes the one before
+    /// while a reader looks for the newest: the reader always finds one, never "corrupt" or
+    /// "no checkpoint" (a checkpoint gone while it was read was pruned, and the run is listed
+    /// again).
+    #[test]
+    fn a_run_pruned_while_it_is_read_gives_its_newest_checkpoint() {
+        let run = tempfile::tempdir().unwrap();
+        let mut state = a_state();
+        let write = |state: &TrainState| {
+            write_checkpoint(run.path(), state, |dir| {
+                std::fs::write(dir.join("generator.mpk"), b"weights").map_err(|e| TrainError::Io {
+                    path: dir.to_path_buf(),
+                    action: "write",
+                    source: e,
+                })
+            })
+            .unwrap();
+            prune(run.path(), 1).unwrap();
+        };
+        write(&state);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for _ in 0..400 {
+                    state.images_shown += 1;
+                    write(&state);
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut found = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let ckpt = find_checkpoint(run.path());
+                assert!(ckpt.is_ok(), "{}", ckpt.unwrap_err());
+                assert!(ckpt.unwrap().skipped.is_empty());
+                found += 1;
+            }
+            assert!(found > 0);
+        });
     }
 
     #[test]

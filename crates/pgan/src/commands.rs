@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use pgan_train::{BackendKind, RenderKind, RenderRequest, TrainConfig, TrainError, TrainOptions};
 
 use crate::paths::{
-    check_output, checkpoint_of, create_folders_above, prepare_output, prepare_outputs,
-    refuse_inputs, refuse_run_file, same_file,
+    check_output, checkpoint_of, create_folders_above, on_checkpoint_of, prepare_output,
+    prepare_outputs, pruned_under, refuse_inputs, refuse_run_file, same_file,
 };
 use crate::seeds::parse_seeds;
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
@@ -695,23 +695,25 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
     }
     prepare_outputs(&checked, args.force)?;
     exit_on_signal_removing_temps(outputs.iter().chain(&args.save_latents).cloned().collect())?;
+    let render = |source: &Path| {
+        let request = RenderRequest {
+            source: source.to_path_buf(),
+            out: args.out.clone(),
+            seeds: seeds.clone(),
+            truncation: args.truncation,
+            raw_generator: args.raw,
+            cell_px: args.cell_px,
+            kind: kind.clone(),
+            save_latents: args.save_latents.clone(),
+        };
+        pgan_train::render(request, backend, args.device).map_err(with_flag_hint)
+    };
     // A timeline draws every checkpoint of the run; the others draw one.
-    let source = if args.timeline {
-        args.source
+    let output = if args.timeline {
+        render(&args.source)?
     } else {
-        checkpoint_of(&args.source)?
+        on_checkpoint_of(&args.source, checkpoint_of(&args.source)?, render)?
     };
-    let request = RenderRequest {
-        source,
-        out: args.out,
-        seeds,
-        truncation: args.truncation,
-        raw_generator: args.raw,
-        cell_px: args.cell_px,
-        kind,
-        save_latents: args.save_latents,
-    };
-    let output = pgan_train::render(request, backend, args.device).map_err(with_flag_hint)?;
     for warning in &output.warnings {
         eprintln!("warning: {warning}");
     }
@@ -905,7 +907,17 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         inception,
         background,
     };
-    let report = pgan_train::dispatch(backend, args.device, request).map_err(with_flag_hint)?;
+    let pruned = |e: anyhow::Error| match pruned_under(source, &request.checkpoint) {
+        true => e.context(format!(
+            "{} was pruned by its trainer while it was read (run.keep_checkpoints): run eval \
+             again",
+            request.checkpoint.display()
+        )),
+        false => e,
+    };
+    let report = pgan_train::dispatch(backend, args.device, request.clone())
+        .map_err(with_flag_hint)
+        .map_err(pruned)?;
     json_then_print(&report, args.json.as_deref())
 }
 
@@ -1057,7 +1069,9 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
     let ckpt = checkpoint_of(source)?;
     prepare_output(out, "--out", force)?;
     exit_on_signal_removing_temps(vec![out.to_path_buf()])?;
-    let summary = pgan_train::export_safetensors(&ckpt, net, out)?;
+    let summary = on_checkpoint_of(source, ckpt, |ckpt| {
+        Ok(pgan_train::export_safetensors(ckpt, net, out)?)
+    })?;
     say!(
         "wrote {} ({} tensors, {} parameters, {} KiB) from {}",
         summary.path.display(),

@@ -268,6 +268,44 @@ pub fn checkpoint_of(source: &Path) -> Result<PathBuf> {
     Ok(found.path)
 }
 
+/// Runs `work` on `ckpt`, the checkpoint `source` means ([`checkpoint_of`]); when that was a
+/// run's newest and the trainer pruned it while `work` read it (`run.keep_checkpoints`), on
+/// the run's newest again.
+pub fn on_checkpoint_of<T>(
+    source: &Path,
+    mut ckpt: PathBuf,
+    mut work: impl FnMut(&Path) -> Result<T>,
+) -> Result<T> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if attempts > 1 {
+            ckpt = checkpoint_of(source)?;
+        }
+        match work(&ckpt) {
+            Err(e) if pruned_under(source, &ckpt) => {
+                if attempts == 3 {
+                    return Err(e.context(format!(
+                        "{} was pruned by its trainer while it was read, three times over \
+                         (run.keep_checkpoints): name one of the run's checkpoints",
+                        ckpt.display()
+                    )));
+                }
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether `ckpt`, the newest checkpoint of the run folder `source`, is gone (a live trainer
+/// pruned it).
+pub fn pruned_under(source: &Path, ckpt: &Path) -> bool {
+    !ckpt.exists()
+        && source
+            .join(pgan_train::checkpoint::CHECKPOINTS_DIR)
+            .is_dir()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
