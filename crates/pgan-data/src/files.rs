@@ -103,6 +103,32 @@ pub fn remove_stale_temps(output: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// Removes every temporary file and folder in `dir` that a killed command left
+/// (`.<name>.tmp-<pid>[-<n>]` of a process that no longer exists), whatever output it was for:
+/// for a folder only pgan writes (a run's, its `samples/` and `checkpoints/`), whose outputs'
+/// names are not all known when it is cleaned. Best effort; returns what it removed.
+pub fn remove_stale_temps_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut outputs: Vec<PathBuf> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let name = name.to_str()?;
+            let (output, _) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+            Some(dir.join(output))
+        })
+        .collect();
+    outputs.sort();
+    outputs.dedup();
+    let mut removed = Vec::new();
+    for output in outputs {
+        removed.extend(remove_stale_temps(&output));
+    }
+    removed
+}
+
 /// Removes this process's own temporary files and folders of `output` (from a signal handler,
 /// before exiting: what an interrupted command was writing goes with it).
 pub fn remove_own_temps(output: &Path) {
@@ -231,6 +257,11 @@ mod tests {
         expected.sort();
         assert_eq!(removed, expected);
         assert!(running.exists() && other.exists() && other_output.exists());
+        // In a folder only pgan writes: every output's, and nothing else.
+        let mine = dir.path().join("notes.tmp-1");
+        std::fs::write(&mine, b"x").unwrap();
+        assert_eq!(remove_stale_temps_in(dir.path()), vec![other_output]);
+        assert!(running.exists() && other.exists() && mine.exists());
     }
 
     #[test]

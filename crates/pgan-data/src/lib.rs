@@ -28,7 +28,9 @@ mod tiff_fallback;
 mod writer;
 
 pub use error::{DataError, Result};
-pub use files::{read_regular_file, remove_own_temps, remove_stale_temps, temp_path_for};
+pub use files::{
+    read_regular_file, remove_own_temps, remove_stale_temps, remove_stale_temps_in, temp_path_for,
+};
 pub use format::Header;
 pub use ingest::{
     decode, has_image_extension, to_channels, walk, Fit, Walk, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,

@@ -255,6 +255,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         // Before anything is written: a second trainer in this folder stops here.
         let lock = RunLock::acquire(&run_dir)?;
+        // What a trainer killed here was writing (its temp files and folders) goes now.
+        for dir in [
+            run_dir.clone(),
+            run_dir.join(SAMPLES_DIR),
+            run_dir.join(checkpoint::CHECKPOINTS_DIR),
+        ] {
+            pgan_data::remove_stale_temps_in(&dir);
+        }
         // A resume rewrites the run's config only once its checkpoint has been accepted.
         if resume_from.is_none() {
             write_config(&run_dir, &config)?;

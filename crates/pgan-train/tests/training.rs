@@ -819,10 +819,24 @@ fn a_resume_whose_schedule_would_move_the_run_is_refused() {
             "{err}"
         );
     }
-    // The same schedule resumes.
+    // The same schedule resumes, and removes what a trainer killed here was writing (a pid
+    // above Linux's largest is no process).
+    let dead = 4_194_305;
+    let stale = [
+        format!(".metrics.jsonl.tmp-{dead}-2"),
+        format!("samples/.tick-000003.png.tmp-{dead}-7"),
+        format!("checkpoints/.ckpt-000000000016.tmp-{dead}-1"),
+    ]
+    .map(|name| stopped.run_dir.join(name));
+    std::fs::write(&stale[0], b"x").unwrap();
+    std::fs::write(&stale[1], b"x").unwrap();
+    std::fs::create_dir_all(stale[2].join("inner")).unwrap();
     let mut same = TrainOptions::new(config);
     same.resume = Some(stopped.run_dir.clone());
     assert_eq!(train(same).unwrap().images_shown, 128);
+    for path in &stale {
+        assert!(!path.exists(), "{} left", path.display());
+    }
 }
 
 /// Ctrl-C while a tick end evaluates: the evaluation is abandoned (the checkpoint does not wait
