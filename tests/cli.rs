@@ -1267,6 +1267,15 @@ fn a_run_folder_has_one_trainer_and_new_runs_get_their_own_folders() {
         config_before,
         "the refused trainer wrote into the run"
     );
+    // Its --dry-run says so too (a dry run that passes is a run that starts).
+    let err = run_err(&mut resume_cmd(&run, &["--dry-run"]));
+    assert!(
+        err.contains(&format!(
+            "is in use by another pgan train (pid {})",
+            owner.id()
+        )),
+        "{err}"
+    );
 
     // The OS drops the lock with its owner, however it ends: no stale lock after kill -9.
     owner.kill().unwrap();
@@ -3644,6 +3653,10 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
             "schedule.total_kimg 0.0004 is less than one image (0.001 kimg)",
         ),
         (&["--desc", " "][..], "run.desc is empty"),
+        (
+            &["--desc", &"x".repeat(241)][..],
+            "run.desc is 241 characters: a run folder's name takes at most 240",
+        ),
         (
             &["--minibatch", "none", "--mbstd-group", "4"][..],
             "--mbstd-group sizes the minibatch-stddev layer, and the minibatch layer is none",

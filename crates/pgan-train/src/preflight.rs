@@ -172,6 +172,19 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
                  and resolution",
             ));
         }
+        if let Some(desc) = &config.run.desc {
+            let len = desc.chars().count();
+            if len > crate::run_dir::MAX_DESC_LEN {
+                return Err(TrainError::Config {
+                    path: None,
+                    message: format!(
+                        "run.desc is {len} characters: a run folder's name takes at most {} (with \
+                         the run's number before it)",
+                        crate::run_dir::MAX_DESC_LEN
+                    ),
+                });
+            }
+        }
         crate::run_dir::check_out_dir(&config.run.out_dir)?;
     }
     let data_path = config.data.path.clone().ok_or_else(|| TrainError::Config {
@@ -251,6 +264,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             path: ckpt.clone(),
             message: "is not inside a run directory's checkpoints/ folder".into(),
         })?;
+        crate::run_dir::RunLock::check_free(&run_dir)?;
         resume = Some(ResumePlan {
             set_aside: checkpoint::checkpoints_newer_than(&run_dir, &ckpt)?,
             abandoned: checkpoint::next_abandoned_folder(&run_dir),

@@ -120,7 +120,13 @@ fn highest_run_number(out_dir: &Path) -> Result<Option<u32>> {
         .max())
 }
 
-fn sanitize_desc(desc: &str) -> String {
+/// The longest description in a run folder's name (a name takes at most 255 bytes, with the
+/// run's number before it).
+pub const MAX_DESC_LEN: usize = 240;
+
+/// `desc` as a run folder's name has it: ASCII letters, digits, `-` and `_`, other characters
+/// as `_`, cut at [`MAX_DESC_LEN`] (a description given is checked against it first).
+pub fn sanitize_desc(desc: &str) -> String {
     desc.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -129,6 +135,7 @@ fn sanitize_desc(desc: &str) -> String {
                 '_'
             }
         })
+        .take(MAX_DESC_LEN)
         .collect()
 }
 
@@ -198,6 +205,31 @@ impl RunLock {
             _file: file,
             held,
         })
+    }
+
+    /// Fails with [`TrainError::RunInUse`] when another process holds the run's lock (for a
+    /// dry run, which takes no lock and writes nothing: its lock file is not created).
+    pub fn check_free(run_dir: &Path) -> Result<()> {
+        let path = run_dir.join(LOCK_FILE);
+        let in_use = || {
+            let owner = pgan_data::read_regular_file(&path).unwrap_or_default();
+            TrainError::RunInUse {
+                path: run_dir.to_path_buf(),
+                pid: String::from_utf8_lossy(&owner).trim().parse().ok(),
+            }
+        };
+        // A lock taken here is let go when the file closes, at the end of this function.
+        let held_elsewhere = |file: Option<File>| {
+            file.is_some_and(|f| matches!(f.try_lock(), Err(TryLockError::WouldBlock)))
+        };
+        let lock_file = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_file())
+            .then(|| File::open(&path).ok())
+            .flatten();
+        if held_elsewhere(File::open(run_dir).ok()) || held_elsewhere(lock_file) {
+            return Err(in_use());
+        }
+        Ok(())
     }
 
     /// False when the filesystem has no advisory locks, so nothing keeps a second trainer out.
@@ -370,8 +402,18 @@ mod tests {
             )),
             "{err}"
         );
+        // A dry run's look: refused while it is held, free once it is not, and it creates no
+        // lock file.
+        assert!(RunLock::check_free(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("in use by another pgan train"));
         drop(first);
+        RunLock::check_free(dir.path()).unwrap();
         RunLock::acquire(dir.path()).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        RunLock::check_free(fresh.path()).unwrap();
+        assert!(!fresh.path().join(LOCK_FILE).exists());
     }
 
     #[test]
