@@ -381,8 +381,12 @@ pub enum Cut {
 pub struct Truncated {
     /// The rows dropped, as they were written.
     pub dropped: Vec<String>,
-    /// Lines that were not a JSON object with a `kimg` (a line a kill cut short), dropped too.
+    /// A last line that was not a JSON object with a `kimg` and had no newline (cut short by
+    /// a kill or a full disk): dropped. 0 or 1.
     pub unreadable: usize,
+    /// Other lines that were not rows (the user's notes, an edited row): kept where they stand,
+    /// with the rows before them (dropped with those when those are).
+    pub foreign: usize,
 }
 
 /// Drops rows written after `images_shown` (a resume or rollback goes back to a checkpoint and
@@ -411,6 +415,7 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(St
     let mut kept = String::new();
     // Each line with its kimg (`None`: unreadable) and, for a rollback to the checkpoint
     // itself (a row at its kimg), that rollback's number.
+    let torn_at_end = !text.ends_with('\n');
     let lines: Vec<(&str, Option<f64>, Option<u64>)> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -432,9 +437,22 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(St
             .rposition(|(_, _, n)| *n == Some(u64::from(rollbacks_kept))),
         _ => None,
     };
+    let count = lines.len();
+    // Whether the row before a line that is no row was kept: the line stays with it.
+    let mut keeping = true;
     for (at, (line, kimg, rollback)) in lines.into_iter().enumerate() {
         let Some(kimg) = kimg else {
-            truncated.unreadable += 1;
+            if torn_at_end && at + 1 == count {
+                truncated.unreadable += 1;
+            } else {
+                truncated.foreign += 1;
+                if keeping {
+                    kept.push_str(line);
+                    kept.push('\n');
+                } else {
+                    truncated.dropped.push(line.to_string());
+                }
+            }
             continue;
         };
         let rollback_after = match (cut, rollback) {
@@ -444,11 +462,12 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(St
             },
             _ => false,
         };
-        if kimg > limit + 1e-9 || rollback_after {
-            truncated.dropped.push(line.to_string());
-        } else {
+        keeping = !(kimg > limit + 1e-9 || rollback_after);
+        if keeping {
             kept.push_str(line);
             kept.push('\n');
+        } else {
+            truncated.dropped.push(line.to_string());
         }
     }
     Ok(Some((kept, truncated)))
@@ -634,6 +653,30 @@ mod tests {
         assert_eq!(
             text.lines().collect::<Vec<_>>(),
             ["{\"kimg\":1.0}", "{\"kimg\":1.5}"]
+        );
+    }
+
+    /// Only a last line cut short is dropped as unreadable; lines that are no rows elsewhere
+    /// (the user's notes, an edited row) stay where they stand, with the rows before them.
+    #[test]
+    fn lines_that_are_not_rows_stay_with_their_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let text = "# my notes\n{\"kimg\":1.0}\n{\"kimg\":1.5,broken}\n{\"kimg\":2.0}\n\
+                    # after\n{\"kimg\":2.5}\n{\"kimg\":3.0,\"Lo";
+        std::fs::write(&path, text).unwrap();
+        let t = truncate_after(dir.path(), 2_000, Cut::Rollback).unwrap();
+        assert_eq!((t.unreadable, t.foreign), (1, 3), "{t:?}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# my notes\n{\"kimg\":1.0}\n{\"kimg\":1.5,broken}\n{\"kimg\":2.0}\n# after\n"
+        );
+        // "# after" followed a kept row; once that row is dropped it goes with it.
+        let t = truncate_after(dir.path(), 1_000, Cut::Rollback).unwrap();
+        assert_eq!(t.dropped, ["{\"kimg\":2.0}", "# after"]);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# my notes\n{\"kimg\":1.0}\n{\"kimg\":1.5,broken}\n"
         );
     }
 

@@ -742,10 +742,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         let truncated = self.metrics.truncate_after(shown, cut)?;
         if truncated.unreadable > 0 {
             self.log.warn(format!(
-                "{}: {} unreadable line(s) dropped (a line cut short by a kill, or \
-                 edited)",
+                "{}: its last line, cut short by a kill or a full disk, dropped",
                 self.run_dir.join(METRICS_FILE).display(),
-                truncated.unreadable
+            ));
+        }
+        if truncated.foreign > 0 {
+            self.log.warn(format!(
+                "{}: {} line(s) that are not rows (notes, edited rows) kept where they stand; \
+                 `pgan report` names them",
+                self.run_dir.join(METRICS_FILE).display(),
+                truncated.foreign
             ));
         }
         // A stop's checkpoint written before stops kept their tick's part: the tick in
