@@ -742,7 +742,20 @@ fn checksum_before_last_member(text: &[u8]) -> Option<u32> {
 
 /// All checkpoint folders of a run, oldest first.
 pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    list_checkpoints_in(&run_dir.join(CHECKPOINTS_DIR))
+    let mut all = list_checkpoints_in(&run_dir.join(CHECKPOINTS_DIR))?;
+    // Those an interrupted set-aside still has to move are the branch's, not the run's.
+    let leaving: Vec<String> = unfinished_set_asides(run_dir)
+        .into_iter()
+        .flat_map(|s| s.moving)
+        .collect();
+    if !leaving.is_empty() {
+        all.retain(|c| {
+            c.file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| !leaving.iter().any(|l| l == n))
+        });
+    }
+    Ok(all)
 }
 
 /// The checkpoint folders directly in `root` (a run's `checkpoints/`, or a branch set aside in
@@ -1081,21 +1094,118 @@ pub fn set_aside_newer(
     }
     let aside = next_abandoned_folder(run_dir);
     std::fs::create_dir(&aside).map_err(io_err(&aside, "create"))?;
-    // Where the branch left the run: its history before that is the run's (a timeline of the
-    // branch draws it), as long as the run holds that very checkpoint.
-    let record = aside.join(BRANCH_FILE);
-    let text = serde_json::json!({
-        "resumed_from": resumed.file_name().map(|n| n.to_string_lossy()),
-        "files_crc": read_state(resumed).ok().map(|state| files_crc(&state)),
-    });
-    crate::fsutil::write_own_atomic(&record, format!("{text}\n").as_bytes())
-        .map_err(io_err(&record, "write"))?;
-    before_moving(&aside)?;
-    for ckpt in &newer {
-        let to = aside.join(ckpt.file_name().expect("a listed checkpoint has a name"));
-        std::fs::rename(ckpt, &to).map_err(io_err(ckpt, "move aside"))?;
-    }
+    let set_aside = SetAside {
+        folder: aside.clone(),
+        resumed_from: resumed
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        files_crc: read_state(resumed).ok().map(|state| files_crc(&state)),
+        moving: newer
+            .iter()
+            .filter_map(|c| c.file_name()?.to_str().map(str::to_string))
+            .collect(),
+    };
+    set_aside.finish(run_dir, before_moving)?;
     Ok(Some(aside))
+}
+
+/// A branch being set aside: recorded in its folder's `branch.json` (with what is still to
+/// move, `moving`) before anything moves, so that a set-aside a kill interrupted is finished by
+/// the next trainer of the run ([`unfinished_set_asides`]) and, until then, readers take its
+/// checkpoints for the branch's, not the run's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetAside {
+    /// `checkpoints/abandoned-<n>`.
+    pub folder: PathBuf,
+    /// The run's checkpoint whose resume set the branch aside (the last one both share).
+    pub resumed_from: String,
+    /// [`files_crc`] of that checkpoint, when it could be read.
+    pub files_crc: Option<u32>,
+    /// The run's checkpoints that move into the folder (empty once they have).
+    pub moving: Vec<String>,
+}
+
+impl SetAside {
+    /// Records the set-aside, fills its folder through `before_moving` (the branch's rows and
+    /// sheets: it must do nothing twice, as a finished interrupted set-aside calls it again),
+    /// moves the checkpoints still in the run, then records it done. Each step can be
+    /// repeated after a kill.
+    pub fn finish(
+        &self,
+        run_dir: &Path,
+        before_moving: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        self.record(&self.moving)?;
+        before_moving(&self.folder)?;
+        let root = run_dir.join(CHECKPOINTS_DIR);
+        for name in &self.moving {
+            let (from, to) = (root.join(name), self.folder.join(name));
+            if std::fs::symlink_metadata(&from).is_ok() {
+                std::fs::rename(&from, &to).map_err(io_err(&from, "move aside"))?;
+            }
+        }
+        self.record(&[])
+    }
+
+    fn record(&self, moving: &[String]) -> Result<()> {
+        // Where the branch left the run: its history before that is the run's (a timeline of
+        // the branch draws it), as long as the run holds that very checkpoint.
+        let mut text = serde_json::json!({
+            "resumed_from": self.resumed_from,
+            "files_crc": self.files_crc,
+        });
+        if !moving.is_empty() {
+            text["moving"] = serde_json::json!(moving);
+        }
+        let record = self.folder.join(BRANCH_FILE);
+        crate::fsutil::write_own_atomic(&record, format!("{text}\n").as_bytes())
+            .map_err(io_err(&record, "write"))
+    }
+}
+
+/// The set-asides of `run_dir` a kill interrupted (their `branch.json` still lists checkpoints
+/// to move), oldest first.
+pub fn unfinished_set_asides(run_dir: &Path) -> Vec<SetAside> {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, SetAside)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let n = name
+                .to_str()?
+                .strip_prefix("abandoned-")?
+                .parse::<u64>()
+                .ok()?;
+            let bytes = pgan_data::read_regular_file(&entry.path().join(BRANCH_FILE)).ok()?;
+            let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            let moving: Vec<String> = record
+                .get("moving")?
+                .as_array()?
+                .iter()
+                .filter_map(|m| {
+                    m.as_str()
+                        .filter(|m| is_checkpoint_name(m))
+                        .map(str::to_string)
+                })
+                .collect();
+            let set_aside = SetAside {
+                folder: entry.path(),
+                resumed_from: record.get("resumed_from")?.as_str()?.to_string(),
+                files_crc: record
+                    .get("files_crc")
+                    .and_then(serde_json::Value::as_u64)
+                    .map(|c| c as u32),
+                moving,
+            };
+            (!set_aside.moving.is_empty()).then_some((n, set_aside))
+        })
+        .collect();
+    found.sort_by_key(|(n, _)| *n);
+    found.into_iter().map(|(_, s)| s).collect()
 }
 
 /// The run's checkpoints newer than `resumed` (oldest first): those a resume of `resumed` sets

@@ -276,9 +276,21 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             checkpoint: ckpt,
         });
     }
-    let warnings = crate::distributed::mbstd_groups_split(&config)?
+    let mut warnings: Vec<String> = crate::distributed::mbstd_groups_split(&config)?
         .into_iter()
         .collect();
+    if let Some(plan) = &resume {
+        let run_dir = checkpoint::run_dir_of(&plan.checkpoint).unwrap_or_default();
+        for set_aside in checkpoint::unfinished_set_asides(&run_dir) {
+            warnings.push(format!(
+                "a resume of {} was interrupted while it set the run's newer checkpoints aside: \
+                 this one finishes that first ({} move to {})",
+                set_aside.resumed_from,
+                set_aside.moving.join(", "),
+                set_aside.folder.display()
+            ));
+        }
+    }
     Ok(Preflight {
         config,
         reader,

@@ -283,6 +283,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         for warning in resume_warnings.into_iter().chain(warnings) {
             log.warn(warning);
         }
+        finish_set_asides(&run_dir, resume_from.as_deref(), &mut log)?;
         if !lock.is_held() {
             log.warn("this filesystem has no file locks: nothing stops a second trainer here");
         }
@@ -999,10 +1000,67 @@ fn lost_rows_warning(
     }
 }
 
+/// Finishes the set-asides of `run_dir` that a kill interrupted, before this trainer takes the
+/// run's checkpoints: the branch's rows, sheets and checkpoints go where the resume that began
+/// it was putting them. `resume_from` may not be one of them.
+fn finish_set_asides(run_dir: &Path, resume_from: Option<&Path>, log: &mut RunLog) -> Result<()> {
+    for set_aside in checkpoint::unfinished_set_asides(run_dir) {
+        let named = resume_from
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str());
+        let in_run = resume_from.and_then(checkpoint::run_dir_of).is_some();
+        if let Some(name) = named.filter(|n| in_run && set_aside.moving.iter().any(|m| m == n)) {
+            return Err(TrainError::Config {
+                path: None,
+                message: format!(
+                    "{name} is being set aside into {} by an interrupted resume of {}: resume \
+                     the run to finish that, then --resume {} to train that branch on",
+                    set_aside.folder.display(),
+                    set_aside.resumed_from,
+                    set_aside.folder.join(name).display()
+                ),
+            });
+        }
+        let resumed = run_dir
+            .join(checkpoint::CHECKPOINTS_DIR)
+            .join(&set_aside.resumed_from);
+        // Its rows and sheets are found by the checkpoint it left the run at.
+        let (rows, tick) = match checkpoint::read_state(&resumed) {
+            Ok(state) => {
+                let cut = Cut::Resume {
+                    rollbacks_kept: state.consecutive_failures,
+                };
+                let rows = stats::rows_after(run_dir, state.images_shown, cut)?;
+                (rows.unwrap_or_default(), Some(state.tick))
+            }
+            Err(e) => {
+                log.warn(format!(
+                    "{}: its rows and sheets stay in the run ({e})",
+                    set_aside.folder.display()
+                ));
+                (Truncated::default(), None)
+            }
+        };
+        set_aside.finish(run_dir, |aside| match tick {
+            Some(tick) => set_aside_branch(run_dir, aside, &rows, tick),
+            None => Ok(()),
+        })?;
+        log.warn(format!(
+            "a resume of {} was interrupted while it set the run's newer checkpoints aside: \
+             finished now ({} moved to {} with their rows and sheets)",
+            set_aside.resumed_from,
+            set_aside.moving.join(", "),
+            set_aside.folder.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Puts an abandoned branch's metrics rows (`dropped`) and its sample sheets of ticks after
-/// `tick` into `aside`, the folder its checkpoints were moved to.
+/// `tick` into `aside`, the folder its checkpoints were moved to. Done again (a set-aside a
+/// kill interrupted), it writes no rows file twice and moves what is left.
 fn set_aside_branch(run_dir: &Path, aside: &Path, dropped: &Truncated, tick: u64) -> Result<()> {
-    if !dropped.dropped.is_empty() {
+    if !dropped.dropped.is_empty() && !aside.join(METRICS_FILE).exists() {
         let path = aside.join(METRICS_FILE);
         let text: String = dropped.dropped.iter().map(|l| format!("{l}\n")).collect();
         crate::fsutil::write_own_atomic(&path, text.as_bytes()).map_err(io_err(&path, "write"))?;

@@ -463,6 +463,83 @@ fn resuming_an_older_checkpoint_sets_the_newer_ones_aside_and_the_run_goes_on_fr
     assert_eq!(ticks(&aside).last(), Some(&8));
 }
 
+/// A resume killed while it set the newer checkpoints aside (its branch.json still lists what
+/// moves, one checkpoint moved, sheets not yet): readers take the run's newest to be the
+/// resumed one, not the half-moved branch's; resuming one of the branch's is refused; the next
+/// trainer of the run finishes the set-aside (checkpoints, rows, sheets) and says so.
+#[test]
+fn a_set_aside_interrupted_by_a_kill_is_finished_by_the_next_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("runs"));
+    let done = train(TrainOptions::new(config.clone())).unwrap();
+    let before = list_checkpoints(&done.run_dir).unwrap();
+    assert_eq!(before.len(), 5, "{before:?}");
+    let name = |c: &std::path::PathBuf| c.file_name().unwrap().to_string_lossy().into_owned();
+    let aside = done.run_dir.join("checkpoints/abandoned-1");
+    std::fs::create_dir(&aside).unwrap();
+    let moving: Vec<String> = before[2..].iter().map(name).collect();
+    std::fs::write(
+        aside.join("branch.json"),
+        serde_json::json!({"resumed_from": name(&before[1]), "moving": moving}).to_string(),
+    )
+    .unwrap();
+    std::fs::rename(&before[2], aside.join(name(&before[2]))).unwrap();
+
+    assert_eq!(
+        list_checkpoints(&done.run_dir).unwrap(),
+        before[..2].to_vec()
+    );
+    assert_eq!(
+        checkpoint::find_checkpoint(&done.run_dir).unwrap().path,
+        before[1]
+    );
+    let mut onto_the_branch = TrainOptions::new(config.clone());
+    onto_the_branch.resume = Some(before[4].clone());
+    let err = train(onto_the_branch).unwrap_err().to_string();
+    assert!(
+        err.contains("is being set aside into") && err.contains("by an interrupted resume"),
+        "{err}"
+    );
+
+    let mut again = TrainOptions::new(config);
+    again.resume = Some(done.run_dir.clone());
+    again.stop_after_kimg = Some(0.044);
+    // Its --dry-run says what it will finish first.
+    let plan = pgan_train::preflight(&again).unwrap();
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("this one finishes that first")),
+        "{:?}",
+        plan.warnings
+    );
+    let resumed = train(again).unwrap();
+    for c in &before[2..] {
+        assert!(aside.join(name(c)).join("state.json").is_file(), "{c:?}");
+    }
+    let record = std::fs::read_to_string(aside.join("branch.json")).unwrap();
+    assert!(!record.contains("moving"), "{record}");
+    let resumed_at = checkpoint::read_state(&before[1]).unwrap();
+    let rows = std::fs::read_to_string(aside.join("metrics.jsonl")).unwrap();
+    assert!(rows.lines().count() > 0 && rows.contains("0.128"), "{rows}");
+    let sheets: Vec<String> = std::fs::read_dir(aside.join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        sheets.contains(&"tick-000008.png".to_string()),
+        "{sheets:?}"
+    );
+    let log = std::fs::read_to_string(done.run_dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains("was interrupted while it set the run's newer checkpoints aside"),
+        "{log}"
+    );
+    assert_eq!(resumed.images_shown, 44);
+    assert!(resumed_at.images_shown < 44);
+}
+
 /// 8x8 stable, fade to 16x16 (0.032–0.064 kimg), 16x16 grown to 0.160; an evaluation every tick
 /// (16 images, 8 pairs); only the collapse alarm's gap test can fire (the relative tests are
 /// set out of reach, the vanishing-gradient ratio off), with a gap any generator crosses now and
