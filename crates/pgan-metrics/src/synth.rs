@@ -491,7 +491,21 @@ pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
              (or above it): name a new folder, or this one from its parent",
             out_dir.display()
         ))),
-        _ => Ok(out_dir.to_path_buf()),
+        _ => {
+            // Creating the folder would say only "File exists" of a file in its way.
+            if let Some(file) = out_dir
+                .ancestors()
+                .skip(1)
+                .find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()))
+            {
+                return Err(MetricsError::InvalidArgument(format!(
+                    "{}: {} is a file, not a folder",
+                    out_dir.display(),
+                    file.display()
+                )));
+            }
+            Ok(out_dir.to_path_buf())
+        }
     }
 }
 
@@ -856,5 +870,20 @@ mod tests {
             .moved(building, out)
             .to_string()
             .starts_with("i/o error on runs/syn: "));
+    }
+
+    /// An output below a file is named as such (creating it said only "File exists").
+    #[test]
+    fn an_output_below_a_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let err = synth(&file.join("sub"), 2, 8, 4, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(&format!("{} is a file, not a folder", file.display())),
+            "{err}"
+        );
     }
 }

@@ -657,7 +657,8 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         }
         // Two disjoint draws of reals: one to compare with, one for the noise floor.
         let reals = real_images(&reader, resolution, 2 * request.num_images, request.seed)?;
-        if reader.len() < 2 * request.num_images {
+        // Below it neither SWD nor MS-SSIM measures a real: no word on their draws.
+        if reader.len() < 2 * request.num_images && resolution >= MIN_EVAL_RESOLUTION {
             // The draw is a shuffled pass over the dataset, then another: the first `--num`
             // reals repeat only when the dataset holds fewer.
             let repeats = if reader.len() < request.num_images {
