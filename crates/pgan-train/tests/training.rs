@@ -1155,9 +1155,28 @@ fn repeated_nans_stop_with_advice() {
         ..Faults::default()
     };
     options.config.recovery.max_consecutive_failures = 2;
-    let err = train_with_faults(options, faults).unwrap_err();
+    let mut large_penalty = options.clone();
+    let err = train_with_faults(options, faults.clone()).unwrap_err();
     assert!(matches!(err, TrainError::Diverged(_)), "{err}");
     assert!(err.to_string().contains("learning rate"), "{err}");
+    // Only the kimg-0 checkpoint to go back to: no "earlier checkpoint" to resume.
+    assert!(
+        err.to_string()
+            .ends_with("a larger loss.gp_lambda, then start the run again"),
+        "{err}"
+    );
+    // A penalty already far above the paper's is named as a setting to check, not advised
+    // larger still.
+    large_penalty.config.loss.gp_lambda = 1e6;
+    large_penalty.config.run.out_dir = dir.path().join("runs-large");
+    let err = train_with_faults(large_penalty, faults)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Try the settings this run changes (loss.gp_lambda 1000000), then a lower"),
+        "{err}"
+    );
+    assert!(!err.contains("a larger loss.gp_lambda"), "{err}");
     // The error that ended the run is the last line of its log too.
     let runs = dir.path().join("runs");
     let run = std::fs::read_dir(&runs)

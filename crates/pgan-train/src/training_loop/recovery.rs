@@ -16,6 +16,7 @@ use serde_json::Map;
 
 use super::Trainer;
 use crate::checkpoint;
+use crate::config::LossConfig;
 use crate::error::{Result, TrainError};
 use crate::nets::params_finite_flag;
 use crate::stats::Cut;
@@ -99,11 +100,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             let resolution = self.schedule.at(self.state.images_shown).resolution;
             return Err(TrainError::Diverged(format!(
                 "{max} rollbacks in a row did not get past {:.3} kimg at {resolution}x{resolution}. \
-                 Try {}a lower learning rate (schedule.lr_default), a smaller minibatch, a larger \
-                 loss.gp_lambda, or resume from an earlier checkpoint in {}",
+                 Try {}",
                 self.state.images_shown as f64 / 1000.0,
-                self.unusual_settings_to_check(),
-                self.run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
+                self.advice(resolution)
             )));
         }
         let found = checkpoint::find_checkpoint(&self.run_dir)
@@ -163,11 +162,60 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
+    /// What to try when a run keeps diverging at `resolution`: the settings this run changed
+    /// first, then the usual suspects, each named by the key that sets it there.
+    fn advice(&self, resolution: u32) -> String {
+        let schedule = &self.config.schedule;
+        let lr_key = if schedule.lr.contains_key(&resolution.to_string()) {
+            format!("schedule.lr.\"{resolution}\"")
+        } else {
+            "schedule.lr_default".to_string()
+        };
+        let mut usual = vec![
+            format!("a lower learning rate ({lr_key})"),
+            "a smaller minibatch".to_string(),
+        ];
+        let loss = &self.config.loss;
+        if loss.kind == crate::config::LossKind::WganGp
+            && loss.gp_lambda <= LossConfig::default().gp_lambda
+        {
+            usual.push("a larger loss.gp_lambda".to_string());
+        }
+        // A checkpoint before the one the rollbacks went to (the kimg-0 one is no help).
+        let earlier = checkpoint::list_checkpoints(&self.run_dir).map_or(0, |c| c.len()) > 2;
+        let last = if earlier {
+            format!(
+                "or resume from an earlier checkpoint in {}",
+                self.run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
+            )
+        } else {
+            "then start the run again".to_string()
+        };
+        format!(
+            "{}{}, {last}",
+            self.unusual_settings_to_check(),
+            usual.join(", ")
+        )
+    }
+
     /// The remedies set away from their neutral values, for the advice of a run that keeps
     /// diverging ("the settings you changed first, then the usual suspects").
     fn unusual_settings_to_check(&self) -> String {
         let o = &self.config.optim;
         let mut set = Vec::new();
+        let (loss, neutral) = (&self.config.loss, LossConfig::default());
+        for (key, value, default) in [
+            ("loss.gp_lambda", loss.gp_lambda, neutral.gp_lambda),
+            (
+                "loss.drift_epsilon",
+                loss.drift_epsilon,
+                neutral.drift_epsilon,
+            ),
+        ] {
+            if loss.kind == crate::config::LossKind::WganGp && value != default {
+                set.push(format!("{key} {value}"));
+            }
+        }
         for (key, value) in [
             ("optim.lr_g_mult", o.lr_g_mult),
             ("optim.lr_d_mult", o.lr_d_mult),
