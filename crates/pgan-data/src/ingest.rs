@@ -353,7 +353,14 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
         }
         e => other(format!("cannot decode: {e}")),
     })?;
-    check_size(decoder.dimensions(), decoder.total_bytes(), max_pixels).map_err(other)?;
+    let deep = decoder.color_type().bytes_per_pixel() > decoder.color_type().channel_count();
+    check_size(
+        decoder.dimensions(),
+        decoder.total_bytes(),
+        deep,
+        max_pixels,
+    )
+    .map_err(other)?;
     let orientation = decoder
         .orientation()
         .map_err(|e| other(format!("cannot read orientation: {e}")))?;
@@ -367,10 +374,13 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
 pub(crate) const TOO_MANY_PIXELS: &str = "too many pixels";
 
 /// Refuses an image whose header declares more than `max_pixels` pixels, or whose decoded
-/// buffer would need more than [`alloc_limit`] bytes, before anything is allocated for it.
+/// buffer, with its 8-bit copy when it has deeper channels (`deep`: [`to_channels`] converts it
+/// while it is held), would need more than [`alloc_limit`] bytes, before anything is allocated
+/// for it.
 pub(crate) fn check_size(
     (w, h): (u32, u32),
     decoded_bytes: u64,
+    deep: bool,
     max_pixels: u64,
 ) -> std::result::Result<(), String> {
     let pixels = w as u64 * h as u64;
@@ -381,10 +391,18 @@ pub(crate) fn check_size(
         ));
     }
     let max_alloc = alloc_limit(max_pixels);
-    if decoded_bytes > max_alloc {
+    // The 8-bit copy is RGBA at most.
+    let needed = decoded_bytes.saturating_add(if deep { pixels.saturating_mul(4) } else { 0 });
+    if needed > max_alloc {
+        let converted = if deep {
+            " (decoded, and converted to 8 bits)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "too large to decode: {w}x{h} needs {} MiB, over the limit of {} MiB per image",
-            decoded_bytes >> 20,
+            "too large to decode: {w}x{h} needs {} MiB{converted}, over the limit of {} MiB per \
+             image",
+            needed >> 20,
             max_alloc >> 20
         ));
     }
@@ -407,17 +425,23 @@ pub fn to_channels(img: DynamicImage, channels: u8, bg: [u8; 3]) -> Vec<u8> {
 
 /// Straight-alpha "over" compositing onto an opaque background, rounded to nearest.
 fn composite(img: DynamicImage, bg: [u8; 3]) -> image::RgbImage {
-    // By value: an RGBA8 image is used in place instead of copied.
+    // By value: an RGBA8 image is used in place instead of copied, and its buffer takes the
+    // RGB result too (pixel k's three bytes are written at 3k, behind its four read at 4k),
+    // so compositing needs no second image in memory.
     let rgba = img.into_rgba8();
     let (w, h) = rgba.dimensions();
-    let mut out = Vec::with_capacity(w as usize * h as usize * 3);
-    for px in rgba.as_raw().chunks_exact(4) {
+    let mut buf = rgba.into_raw();
+    let pixels = buf.len() / 4;
+    for k in 0..pixels {
+        let px = [buf[4 * k], buf[4 * k + 1], buf[4 * k + 2], buf[4 * k + 3]];
         let a = px[3] as u32;
         for c in 0..3 {
-            out.push(((px[c] as u32 * a + bg[c] as u32 * (255 - a) + 127) / 255) as u8);
+            buf[3 * k + c] = ((px[c] as u32 * a + bg[c] as u32 * (255 - a) + 127) / 255) as u8;
         }
     }
-    image::RgbImage::from_raw(w, h, out).expect("buffer sized for the image")
+    buf.truncate(3 * pixels);
+    buf.shrink_to_fit();
+    image::RgbImage::from_raw(w, h, buf).expect("buffer sized for the image")
 }
 
 /// Luma of the background colour, with the same Rec. 709 weights the
@@ -784,10 +808,22 @@ pub(crate) mod tests {
         let e = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();
         assert!(
             e.starts_with(
-                "too large to decode: 12000x12000 needs 1098 MiB, over the limit of 682 MiB"
+                "too large to decode: 12000x12000 needs 1647 MiB (decoded, and converted to 8 \
+                 bits), over the limit of 682 MiB"
             ),
             "{e}"
         );
+        // 88 MP of 16-bit RGBA: 672 MiB decoded, under the limit, but its 8-bit copy is
+        // counted too (the two were held at once).
+        std::fs::write(&p, crate::test_files::bomb_png(9_400, 9_400, 6, 16)).unwrap();
+        let e = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(
+            e.starts_with("too large to decode: 9400x9400 needs 1011 MiB (decoded, and converted"),
+            "{e}"
+        );
+        // The same pixels in 8 bits decode.
+        let e = check_size((9_400, 9_400), 9_400 * 9_400 * 4, false, DEFAULT_MAX_PIXELS);
+        assert_eq!(e, Ok(()));
         // The limit is the caller's: an ordinary 40x30 image over a limit of 1000 pixels.
         photo(40, 30, 1).save(&p).unwrap();
         assert!(decode(&p, 1199)

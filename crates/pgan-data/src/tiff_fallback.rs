@@ -41,7 +41,7 @@ pub(crate) fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage, Strin
         ));
     }
     let decoded_bytes = w as u64 * h as u64 * 2 * (bits as u64 / 8);
-    check_size((w, h), decoded_bytes, max_pixels)?;
+    check_size((w, h), decoded_bytes, bits > 8, max_pixels)?;
     let mut limits = tiff::decoder::Limits::default();
     limits.decoding_buffer_size = usize::try_from(alloc_limit(max_pixels)).unwrap_or(usize::MAX);
     let mut decoder = decoder.with_limits(limits);
