@@ -726,6 +726,20 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
             Some(_) => {}
         }
     }
+    // Written before the records' checksums: what each record holds is checked instead, so
+    // that a damaged one is passed over like a corrupt one (a newer one falls back, a timeline
+    // leaves it out), not found by burn's loader later.
+    if state.files.is_empty() {
+        for name in actual
+            .keys()
+            .filter(|n| n.ends_with(&format!(".{}", record_extension())))
+        {
+            crate::record_check::tensors(&checkpoint.join(name)).map_err(|e| match e {
+                TrainError::Checkpoint { message, .. } => bad(format!("{name}: {message}")),
+                other => other,
+            })?;
+        }
+    }
     Ok(state)
 }
 
@@ -1739,6 +1753,48 @@ pub(crate) mod tests {
         let ckpt = write_one(run.path(), 104);
         edit_state(&ckpt, as_format_1);
         assert_eq!(read_state(&ckpt).unwrap().version, 1);
+    }
+
+    /// A checkpoint from before the records' checksums (format 1, no `files`) with a damaged record is
+    /// passed over as a corrupt one is, naming the record (not burn's loader's message later).
+    #[test]
+    fn a_format_1_checkpoint_with_a_damaged_record_is_passed_over() {
+        type B = burn::backend::Flex;
+        let run = tempfile::tempdir().unwrap();
+        let model = pgan_model::ModelConfig::cpu_small(8)
+            .with_latent_dim(8)
+            .with_fmap_base(16)
+            .with_fmap_max(8);
+        let write = |images| {
+            let state = TrainState {
+                images_shown: images,
+                ..a_state()
+            };
+            let ckpt = write_checkpoint(run.path(), &state, |dir| {
+                save_module(
+                    model.init_generator::<B>(&Default::default()),
+                    dir,
+                    GENERATOR_EMA,
+                )
+            })
+            .unwrap();
+            // Without the records' checksums, as the earliest states were written.
+            edit_state(&ckpt, |j| {
+                as_format_1(j);
+                j.as_object_mut().unwrap().remove("files");
+            });
+            ckpt
+        };
+        let (older, newer) = (write(64), write(96));
+        assert_eq!(read_state(&newer).unwrap().version, 1);
+        let record = newer.join(format!("{GENERATOR_EMA}.{}", record_extension()));
+        let bytes = std::fs::read(&record).unwrap();
+        std::fs::write(&record, &bytes[..bytes.len() / 2]).unwrap();
+        let err = read_state(&newer).unwrap_err().to_string();
+        assert!(err.contains("generator_ema.mpk: damaged record"), "{err}");
+        let found = find_checkpoint(run.path()).unwrap();
+        assert_eq!(found.path, older);
+        assert_eq!(found.skipped.len(), 1);
     }
 
     #[test]
