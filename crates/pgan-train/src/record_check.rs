@@ -334,7 +334,8 @@ mod tests {
         let file = dir.path().join("generator.mpk");
         let fresh = || model.init_generator::<B>(&device);
         let load = || load_module(fresh(), dir.path(), "generator", &device);
-        let edits: Vec<(Box<dyn Fn(&mut Node)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Node)>;
+        let edits: Vec<(Edit, &str)> = vec![
             (Box::new(|_| {}), ""),
             (
                 Box::new(|root| {
