@@ -813,7 +813,7 @@ pub(crate) mod tests {
             ),
             "{e}"
         );
-        // 88 MP of 16-bit RGBA: 672 MiB decoded, under the limit, but its 8-bit copy is
+        // 88 MP of 16-bit RGBA: 674 MiB decoded, under the limit, but its 8-bit copy is
         // counted too (the two were held at once).
         std::fs::write(&p, crate::test_files::bomb_png(9_400, 9_400, 6, 16)).unwrap();
         let e = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();

@@ -386,7 +386,7 @@ pub struct RunData {
     /// The 1-based number of an incomplete last line of `metrics.jsonl` that was left out.
     pub torn_last_line: Option<usize>,
     /// Run files read only in part or not at all for their size, said as notices.
-    pub cut: Vec<String>,
+    pub size_notices: Vec<String>,
 }
 
 /// File name of the growth timeline image inside `samples/`.
@@ -410,12 +410,12 @@ impl RunData {
         let (metrics, torn_last_line) = without_torn_last_line(&metrics);
         let ticks = parse_metrics(metrics, &metrics_path)?;
 
-        let mut cut = Vec::new();
+        let mut size_notices = Vec::new();
         let config_path = dir.join("config.toml");
         let config = match read_regular_head(&config_path, MAX_CONFIG_BYTES) {
             Ok((bytes, len)) => {
                 if len > MAX_CONFIG_BYTES {
-                    cut.push(format!(
+                    size_notices.push(format!(
                         "config.toml is {len} bytes: its first {} KiB are shown",
                         MAX_CONFIG_BYTES >> 10
                     ));
@@ -439,12 +439,12 @@ impl RunData {
                 .is_some_and(|n| n.eq_ignore_ascii_case(TIMELINE_FILE))
         });
         let timeline = match timeline_pos {
-            Some(i) => read_image(sheets.remove(i), &mut cut)?,
+            Some(i) => read_image(sheets.remove(i), &mut size_notices)?,
             None => None,
         };
         let sample_count = sheets.len();
         let latest_sample = match sheets.pop() {
-            Some(p) => read_image(p, &mut cut)?,
+            Some(p) => read_image(p, &mut size_notices)?,
             None => None,
         };
 
@@ -458,7 +458,7 @@ impl RunData {
             sample_count,
             timeline,
             torn_last_line,
-            cut,
+            size_notices,
         })
     }
 }
@@ -590,12 +590,13 @@ fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The image at `path` to embed, or `None` with a notice in `cut` when it is too large.
-fn read_image(path: PathBuf, cut: &mut Vec<String>) -> Result<Option<ImageFile>> {
+/// The image at `path` to embed, or `None` with a notice in `size_notices` when it is too
+/// large.
+fn read_image(path: PathBuf, size_notices: &mut Vec<String>) -> Result<Option<ImageFile>> {
     let (bytes, len) = read_regular_head(&path, MAX_EMBEDDED_IMAGE_BYTES + 1)
         .map_err(|e| ReportError::io(&path, e))?;
     if len > MAX_EMBEDDED_IMAGE_BYTES || bytes.len() as u64 > MAX_EMBEDDED_IMAGE_BYTES {
-        cut.push(format!(
+        size_notices.push(format!(
             "{} is {} MiB, more than the {} MiB a page embeds: not shown",
             path.display(),
             len.max(bytes.len() as u64) >> 20,
@@ -804,9 +805,9 @@ mod tests {
         assert_eq!(data.config.unwrap().len() as u64, MAX_CONFIG_BYTES);
         assert!(data.latest_sample.is_none());
         assert_eq!(data.sample_count, 1);
-        assert_eq!(data.cut.len(), 2, "{:?}", data.cut);
-        assert!(data.cut[0].contains("config.toml is 2097152 bytes"));
-        assert!(data.cut[1].contains("tick-000001.png is 64 MiB"));
+        assert_eq!(data.size_notices.len(), 2, "{:?}", data.size_notices);
+        assert!(data.size_notices[0].contains("config.toml is 2097152 bytes"));
+        assert!(data.size_notices[1].contains("tick-000001.png is 64 MiB"));
 
         // A log of only an endless line keeps its first bytes, marked as cut.
         let mut log = fs::File::create(run.join("log.txt")).unwrap();

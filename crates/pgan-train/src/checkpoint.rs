@@ -1120,7 +1120,7 @@ pub fn set_aside_newer(
             .filter_map(|c| c.file_name()?.to_str().map(str::to_string))
             .collect(),
     };
-    set_aside.finish(run_dir, before_moving)?;
+    set_aside.carry_out(run_dir, before_moving)?;
     Ok(Some(aside))
 }
 
@@ -1142,10 +1142,10 @@ pub struct SetAside {
 
 impl SetAside {
     /// Records the set-aside, fills its folder through `before_moving` (the branch's rows and
-    /// sheets: it must do nothing twice, as a finished interrupted set-aside calls it again),
+    /// sheets: it must do nothing twice, as finishing an interrupted set-aside calls it again),
     /// moves the checkpoints still in the run, then records it done. Each step can be
     /// repeated after a kill.
-    pub fn finish(
+    pub fn carry_out(
         &self,
         run_dir: &Path,
         before_moving: impl FnOnce(&Path) -> Result<()>,
@@ -1175,6 +1175,32 @@ impl SetAside {
         let record = self.folder.join(BRANCH_FILE);
         crate::fsutil::write_own_atomic(&record, format!("{text}\n").as_bytes())
             .map_err(io_err(&record, "write"))
+    }
+}
+
+/// Refuses to resume `ckpt` when an interrupted set-aside of its run still has to move it: it
+/// belongs to that branch (a resume of the run finishes the move; the branch is then resumed
+/// from its folder).
+pub fn refuse_leaving(ckpt: &Path) -> Result<()> {
+    let (Some(run_dir), Some(name)) = (run_dir_of(ckpt), ckpt.file_name().and_then(|n| n.to_str()))
+    else {
+        return Ok(());
+    };
+    match unfinished_set_asides(&run_dir)
+        .into_iter()
+        .find(|s| s.moving.iter().any(|m| m == name))
+    {
+        Some(set_aside) => Err(TrainError::Config {
+            path: None,
+            message: format!(
+                "{name} is being set aside into {} by an interrupted resume of {}: resume the \
+                 run to finish that, then --resume {} to train that branch on",
+                set_aside.folder.display(),
+                set_aside.resumed_from,
+                set_aside.folder.join(name).display()
+            ),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -1235,8 +1261,9 @@ pub fn checkpoints_newer_than(run_dir: &Path, resumed: &Path) -> Result<Vec<Path
 }
 
 /// In an `abandoned-<n>` folder: the name of the checkpoint whose resume set the branch aside,
-/// the last one the branch shares with the run, and a CRC of its record files' CRCs
-/// (`{"resumed_from": "ckpt-…", "files_crc": …}`).
+/// the last one the branch shares with the run, a CRC of its record files' CRCs, and while the
+/// set-aside is under way the run's checkpoints it moves there
+/// (`{"resumed_from": "ckpt-…", "files_crc": …, "moving": ["ckpt-…", …]}`).
 pub const BRANCH_FILE: &str = "branch.json";
 
 /// CRC-32 of a checkpoint's record-file CRCs: names its weights and optimizer state (a
@@ -2179,6 +2206,9 @@ pub(crate) mod tests {
                 for _ in 0..400 {
                     state.images_shown += 1;
                     write(&state);
+                    // A trainer writes checkpoints far apart; this one only seldom outruns
+                    // a reader's listing (five in a row would fail the reader).
+                    std::thread::sleep(std::time::Duration::from_micros(200));
                 }
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
             });

@@ -265,6 +265,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             message: "is not inside a run directory's checkpoints/ folder".into(),
         })?;
         crate::run_dir::RunLock::check_free(&run_dir)?;
+        checkpoint::refuse_leaving(&ckpt)?;
         resume = Some(ResumePlan {
             set_aside: checkpoint::checkpoints_newer_than(&run_dir, &ckpt)?,
             abandoned: checkpoint::next_abandoned_folder(&run_dir),
@@ -397,7 +398,8 @@ pub(crate) fn check_position(
     }
     // Ahead: a later stage, or further into the fade than the run has come. Its new layers
     // would start untrained without a fade, or the fade would jump.
-    let ahead = now.stage > state.stage || now.alpha > state.alpha + ALPHA_SKIP_TOLERANCE;
+    let ahead = now.stage > state.stage
+        || (now.stage == state.stage && now.alpha > state.alpha + ALPHA_SKIP_TOLERANCE);
     if ahead {
         let at = |stage: usize, alpha: f32| {
             let r = crate::schedule::resolution_of(stage);

@@ -218,9 +218,11 @@ impl RunLock {
                 pid: String::from_utf8_lossy(&owner).trim().parse().ok(),
             }
         };
-        // A lock taken here is let go when the file closes, at the end of this function.
+        // A shared lock: refused only by a trainer's exclusive one, and it keeps no trainer
+        // out meanwhile; let go when the file closes, at the end of this function. Where
+        // locks cannot be tested (an error), nothing can be told, as for the trainer.
         let held_elsewhere = |file: Option<File>| {
-            file.is_some_and(|f| matches!(f.try_lock(), Err(TryLockError::WouldBlock)))
+            file.is_some_and(|f| matches!(f.try_lock_shared(), Err(TryLockError::WouldBlock)))
         };
         let lock_file = std::fs::symlink_metadata(&path)
             .is_ok_and(|m| m.is_file())

@@ -384,8 +384,8 @@ pub struct Truncated {
     /// A last line that was not a JSON object with a `kimg` and had no newline (cut short by
     /// a kill or a full disk): dropped. 0 or 1.
     pub unreadable: usize,
-    /// Other lines that were not rows (the user's notes, an edited row): kept where they stand,
-    /// with the rows before them (dropped with those when those are).
+    /// Other lines that are not rows (the user's notes, an edited row) kept where they stand,
+    /// with the rows before them (those after a dropped row go with it, uncounted).
     pub foreign: usize,
 }
 
@@ -444,14 +444,12 @@ fn split_after(run_dir: &Path, images_shown: u64, cut: Cut) -> Result<Option<(St
         let Some(kimg) = kimg else {
             if torn_at_end && at + 1 == count {
                 truncated.unreadable += 1;
-            } else {
+            } else if keeping {
                 truncated.foreign += 1;
-                if keeping {
-                    kept.push_str(line);
-                    kept.push('\n');
-                } else {
-                    truncated.dropped.push(line.to_string());
-                }
+                kept.push_str(line);
+                kept.push('\n');
+            } else {
+                truncated.dropped.push(line.to_string());
             }
             continue;
         };
@@ -674,6 +672,7 @@ mod tests {
         // "# after" followed a kept row; once that row is dropped it goes with it.
         let t = truncate_after(dir.path(), 1_000, Cut::Rollback).unwrap();
         assert_eq!(t.dropped, ["{\"kimg\":2.0}", "# after"]);
+        assert_eq!(t.foreign, 2);
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "# my notes\n{\"kimg\":1.0}\n{\"kimg\":1.5,broken}\n"

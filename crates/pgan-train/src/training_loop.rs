@@ -750,7 +750,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if truncated.foreign > 0 {
             self.log.warn(format!(
                 "{}: {} line(s) that are not rows (notes, edited rows) kept where they stand; \
-                 `pgan report` names them",
+                 `pgan report` refuses the file until they are removed, naming the first",
                 self.run_dir.join(METRICS_FILE).display(),
                 truncated.foreign
             ));
@@ -1004,47 +1004,44 @@ fn lost_rows_warning(
 /// run's checkpoints: the branch's rows, sheets and checkpoints go where the resume that began
 /// it was putting them. `resume_from` may not be one of them.
 fn finish_set_asides(run_dir: &Path, resume_from: Option<&Path>, log: &mut RunLog) -> Result<()> {
+    if let Some(ckpt) = resume_from {
+        checkpoint::refuse_leaving(ckpt)?;
+    }
     for set_aside in checkpoint::unfinished_set_asides(run_dir) {
-        let named = resume_from
-            .and_then(Path::file_name)
-            .and_then(|n| n.to_str());
-        let in_run = resume_from.and_then(checkpoint::run_dir_of).is_some();
-        if let Some(name) = named.filter(|n| in_run && set_aside.moving.iter().any(|m| m == n)) {
-            return Err(TrainError::Config {
-                path: None,
-                message: format!(
-                    "{name} is being set aside into {} by an interrupted resume of {}: resume \
-                     the run to finish that, then --resume {} to train that branch on",
-                    set_aside.folder.display(),
-                    set_aside.resumed_from,
-                    set_aside.folder.join(name).display()
-                ),
-            });
-        }
         let resumed = run_dir
             .join(checkpoint::CHECKPOINTS_DIR)
             .join(&set_aside.resumed_from);
         // Its rows and sheets are found by the checkpoint it left the run at.
-        let (rows, tick) = match checkpoint::read_state(&resumed) {
+        let left_at = match checkpoint::read_state(&resumed) {
             Ok(state) => {
                 let cut = Cut::Resume {
                     rollbacks_kept: state.consecutive_failures,
                 };
                 let rows = stats::rows_after(run_dir, state.images_shown, cut)?;
-                (rows.unwrap_or_default(), Some(state.tick))
+                Some((
+                    rows.unwrap_or_default(),
+                    state.tick,
+                    state.images_shown,
+                    cut,
+                ))
             }
             Err(e) => {
                 log.warn(format!(
                     "{}: its rows and sheets stay in the run ({e})",
                     set_aside.folder.display()
                 ));
-                (Truncated::default(), None)
+                None
             }
         };
-        set_aside.finish(run_dir, |aside| match tick {
-            Some(tick) => set_aside_branch(run_dir, aside, &rows, tick),
+        set_aside.carry_out(run_dir, |aside| match &left_at {
+            Some((rows, tick, _, _)) => set_aside_branch(run_dir, aside, rows, *tick),
             None => Ok(()),
         })?;
+        // The run's rows end where the branch left it, as the interrupted resume would have
+        // cut them (a later resume of an older checkpoint would set them aside a second time).
+        if let Some((_, _, images_shown, cut)) = left_at {
+            stats::truncate_after(run_dir, images_shown, cut)?;
+        }
         log.warn(format!(
             "a resume of {} was interrupted while it set the run's newer checkpoints aside: \
              finished now ({} moved to {} with their rows and sheets)",

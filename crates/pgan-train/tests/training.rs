@@ -502,8 +502,12 @@ fn a_set_aside_interrupted_by_a_kill_is_finished_by_the_next_trainer() {
         "{err}"
     );
 
+    // The next trainer resumes the start: it finishes the interrupted set-aside first (with the
+    // run's rows cut back to where that branch left), then sets kimg 0.032 aside as a branch
+    // of its own, with only that branch's rows.
+    let resumed_at = checkpoint::read_state(&before[1]).unwrap();
     let mut again = TrainOptions::new(config);
-    again.resume = Some(done.run_dir.clone());
+    again.resume = Some(before[0].clone());
     again.stop_after_kimg = Some(0.044);
     // Its --dry-run says what it will finish first.
     let plan = pgan_train::preflight(&again).unwrap();
@@ -520,9 +524,26 @@ fn a_set_aside_interrupted_by_a_kill_is_finished_by_the_next_trainer() {
     }
     let record = std::fs::read_to_string(aside.join("branch.json")).unwrap();
     assert!(!record.contains("moving"), "{record}");
-    let resumed_at = checkpoint::read_state(&before[1]).unwrap();
     let rows = std::fs::read_to_string(aside.join("metrics.jsonl")).unwrap();
     assert!(rows.lines().count() > 0 && rows.contains("0.128"), "{rows}");
+    let second = done.run_dir.join("checkpoints/abandoned-2");
+    assert!(second.join(name(&before[1])).join("state.json").is_file());
+    let kimgs: Vec<f64> = std::fs::read_to_string(second.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kimg"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        !kimgs.is_empty()
+            && kimgs
+                .iter()
+                .all(|&k| k * 1000.0 <= resumed_at.images_shown as f64),
+        "{kimgs:?}"
+    );
     let sheets: Vec<String> = std::fs::read_dir(aside.join("samples"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -896,6 +917,17 @@ fn a_resume_whose_schedule_would_move_the_run_is_refused() {
             "{err}"
         );
     }
+    // From inside the fade (α = 0.5 at 0.048 kimg), longer phases put it back at 4x4: a
+    // shrink, said as one (not as a skipped fade, though α is higher there).
+    let mut mid_fade = TrainOptions::new(config.clone());
+    mid_fade.stop_after_kimg = Some(0.048);
+    let mid_fade = train(mid_fade).unwrap();
+    let mut longer = config.clone();
+    longer.schedule.lod_training_kimg = 1.0;
+    let mut options = TrainOptions::new(longer);
+    options.resume = Some(mid_fade.run_dir.clone());
+    let err = train(options).unwrap_err().to_string();
+    assert!(err.contains("cannot shrink"), "{err}");
     // The same schedule resumes, and removes what a trainer killed here was writing (a pid
     // above Linux's largest is no process).
     let dead = 4_194_305;

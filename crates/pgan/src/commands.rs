@@ -1099,9 +1099,9 @@ fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode>
             if meta.as_ref().is_ok_and(|m| m.is_symlink()) {
                 if !force {
                     bail!(
-                        "{flag} is a link (to {}): pass --force to write through it, or --out                          to write elsewhere",
-                        std::fs::read_link(&out)
-                            .map_or("?".into(), |t| t.display().to_string())
+                        "{flag} is a link (to {}): pass --force to write through it, or --out \
+                         to write elsewhere",
+                        std::fs::read_link(&out).map_or("?".into(), |t| t.display().to_string())
                     );
                 }
             } else if meta.is_ok() && !force && !pgan_report::is_pgan_report(&out) {

@@ -268,6 +268,10 @@ pub fn checkpoint_of(source: &Path) -> Result<PathBuf> {
     Ok(found.path)
 }
 
+/// How often [`on_checkpoint_of`] reads a run whose newest checkpoint its trainer prunes under
+/// it.
+const READS_OF_A_PRUNED_RUN: usize = 3;
+
 /// Runs `work` on `ckpt`, the checkpoint `source` means ([`checkpoint_of`]); when that was a
 /// run's newest and the trainer pruned it while `work` read it (`run.keep_checkpoints`), on
 /// the run's newest again.
@@ -284,9 +288,9 @@ pub fn on_checkpoint_of<T>(
         }
         match work(&ckpt) {
             Err(e) if pruned_under(source, &ckpt) => {
-                if attempts == 3 {
+                if attempts == READS_OF_A_PRUNED_RUN {
                     return Err(e.context(format!(
-                        "{} was pruned by its trainer while it was read, three times over \
+                        "{} was pruned by its trainer while it was read, {READS_OF_A_PRUNED_RUN} times over \
                          (run.keep_checkpoints): name one of the run's checkpoints",
                         ckpt.display()
                     )));

@@ -181,8 +181,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         {
             usual.push("a larger loss.gp_lambda".to_string());
         }
-        // A checkpoint before the one the rollbacks went to (the kimg-0 one is no help).
-        let earlier = checkpoint::list_checkpoints(&self.run_dir).map_or(0, |c| c.len()) > 2;
+        // A checkpoint before the one the rollbacks went to (the newest), other than kimg 0's
+        // (starting again is as good).
+        let earlier = checkpoint::list_checkpoints(&self.run_dir).is_ok_and(|all| {
+            let start = checkpoint::checkpoint_name(0);
+            all.iter()
+                .rev()
+                .skip(1)
+                .any(|c| c.file_name().is_some_and(|n| *n != *start))
+        });
         let last = if earlier {
             format!(
                 "or resume from an earlier checkpoint in {}",
