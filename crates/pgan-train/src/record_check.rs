@@ -330,15 +330,20 @@ mod tests {
         std::fs::write(file, rmp_serde::to_vec(&root).unwrap()).unwrap();
     }
 
+    /// An 8x8 model of 8 features: records of a few KiB.
+    fn tiny_model() -> pgan_model::ModelConfig {
+        pgan_model::ModelConfig::cpu_small(8)
+            .with_latent_dim(8)
+            .with_fmap_base(16)
+            .with_fmap_max(8)
+    }
+
     /// Edited records whose checksums would have been recomputed: each is an error naming the
     /// file and the tensor, never a panic in burn's loader or a kernel, nor wrong weights.
     #[test]
     fn records_edited_inside_are_errors_before_burn_reads_them() {
         let device = Default::default();
-        let model = pgan_model::ModelConfig::cpu_small(8)
-            .with_latent_dim(8)
-            .with_fmap_base(16)
-            .with_fmap_max(8);
+        let model = tiny_model();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("generator.mpk");
         let fresh = || model.init_generator::<B>(&device);
@@ -458,10 +463,7 @@ mod tests {
     #[test]
     fn non_finite_weights_are_refused() {
         let device = Default::default();
-        let model = pgan_model::ModelConfig::cpu_small(8)
-            .with_latent_dim(8)
-            .with_fmap_base(16)
-            .with_fmap_max(8);
+        let model = tiny_model();
         let dir = tempfile::tempdir().unwrap();
         struct Nan;
         impl burn::module::ModuleMapper<B> for Nan {

@@ -793,12 +793,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// checkpoint all of them hold (this node's new one removed), not just itself.
     pub(super) fn save_checkpoint_after(&mut self, outputs: Result<()>) -> Result<()> {
         let path = checkpoint::path_of(&self.run_dir, self.state.images_shown);
-        let new = !path.exists();
+        // Only a checkpoint this write made is removed when another node failed.
+        let made_here = !path.exists();
         let written = outputs.and_then(|()| self.write_checkpoint());
         let failed = self.peers.failed_outputs(written.is_ok())?;
         let path = written?;
         if let Some(&node) = failed.first() {
-            let removed = if new {
+            let removed = if made_here {
                 match std::fs::remove_dir_all(&path) {
                     Ok(()) => format!(" (this node's {} removed)", path.display()),
                     Err(e) => format!(

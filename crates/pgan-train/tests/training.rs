@@ -429,7 +429,37 @@ fn resuming_an_older_checkpoint_sets_the_newer_ones_aside_and_the_run_goes_on_fr
     assert!(log.contains("newer checkpoints behind"), "{log}");
     // The abandoned branch's rows and sample sheets went with its checkpoints.
     let resumed_at = checkpoint::read_state(&before[1]).unwrap();
-    let abandoned_rows: Vec<f64> = std::fs::read_to_string(aside.join("metrics.jsonl"))
+    let abandoned_rows = row_kimgs(&aside);
+    assert!(
+        abandoned_rows.first().unwrap() * 1000.0 > resumed_at.images_shown as f64
+            && *abandoned_rows.last().unwrap() == 0.128,
+        "{abandoned_rows:?}"
+    );
+    let last_kept = *sheet_ticks(&done.run_dir).last().unwrap();
+    assert!(last_kept <= checkpoint::read_state(&stopped.checkpoint).unwrap().tick);
+    assert!(sheet_ticks(&aside).iter().all(|&t| t > resumed_at.tick));
+    assert_eq!(sheet_ticks(&aside).last(), Some(&8));
+}
+
+/// The ticks of the sample sheets in `dir/samples` (a run's, or a branch set aside), in order.
+fn sheet_ticks(dir: &Path) -> Vec<u64> {
+    let mut t: Vec<u64> = std::fs::read_dir(dir.join("samples"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_prefix("tick-")?
+                .strip_suffix(".png")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+/// The kimg of every row of `dir/metrics.jsonl` (a run's, or a branch set aside).
+fn row_kimgs(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
@@ -437,30 +467,7 @@ fn resuming_an_older_checkpoint_sets_the_newer_ones_aside_and_the_run_goes_on_fr
                 .as_f64()
                 .unwrap()
         })
-        .collect();
-    assert!(
-        abandoned_rows.first().unwrap() * 1000.0 > resumed_at.images_shown as f64
-            && *abandoned_rows.last().unwrap() == 0.128,
-        "{abandoned_rows:?}"
-    );
-    let ticks = |dir: &Path| -> Vec<u64> {
-        let mut t: Vec<u64> = std::fs::read_dir(dir.join("samples"))
-            .unwrap()
-            .filter_map(|e| {
-                let name = e.unwrap().file_name().into_string().unwrap();
-                name.strip_prefix("tick-")?
-                    .strip_suffix(".png")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        t.sort();
-        t
-    };
-    let last_kept = *ticks(&done.run_dir).last().unwrap();
-    assert!(last_kept <= checkpoint::read_state(&stopped.checkpoint).unwrap().tick);
-    assert!(ticks(&aside).iter().all(|&t| t > resumed_at.tick));
-    assert_eq!(ticks(&aside).last(), Some(&8));
+        .collect()
 }
 
 /// A resume killed while it set the newer checkpoints aside (its branch.json still lists what
@@ -528,15 +535,7 @@ fn a_set_aside_interrupted_by_a_kill_is_finished_by_the_next_trainer() {
     assert!(rows.lines().count() > 0 && rows.contains("0.128"), "{rows}");
     let second = done.run_dir.join("checkpoints/abandoned-2");
     assert!(second.join(name(&before[1])).join("state.json").is_file());
-    let kimgs: Vec<f64> = std::fs::read_to_string(second.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["kimg"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let kimgs = row_kimgs(&second);
     assert!(
         !kimgs.is_empty()
             && kimgs
@@ -544,14 +543,7 @@ fn a_set_aside_interrupted_by_a_kill_is_finished_by_the_next_trainer() {
                 .all(|&k| k * 1000.0 <= resumed_at.images_shown as f64),
         "{kimgs:?}"
     );
-    let sheets: Vec<String> = std::fs::read_dir(aside.join("samples"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(
-        sheets.contains(&"tick-000008.png".to_string()),
-        "{sheets:?}"
-    );
+    assert_eq!(sheet_ticks(&aside).last(), Some(&8));
     let log = std::fs::read_to_string(done.run_dir.join("log.txt")).unwrap();
     assert!(
         log.contains("was interrupted while it set the run's newer checkpoints aside"),

@@ -318,6 +318,17 @@ fn checkpoints(run: &Path) -> Vec<PathBuf> {
     all
 }
 
+/// The name of the newest checkpoint of node `rank`'s run (under `dir/runs<rank>`).
+fn newest_checkpoint(dir: &Path, rank: usize) -> std::ffi::OsString {
+    let run = first_run(&dir.join(format!("runs{rank}")));
+    checkpoints(&run)
+        .last()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_owned()
+}
+
 /// G's, D's and G_ema's weights in a checkpoint, as `pgan export` writes them: each file's
 /// tensor table and data bytes, without its metadata map (which names the checkpoint). The record
 /// files themselves hold burn's parameter ids, which are random per process.
@@ -788,16 +799,11 @@ fn a_dataset_changed_on_one_node_stops_every_node_before_a_checkpoint_of_it() {
         text(&out_a).contains("node 1 found its dataset changed under the run"),
         "{said}"
     );
-    let newest = |rank: usize| {
-        let run = first_run(&dir.path().join(format!("runs{rank}")));
-        checkpoints(&run)
-            .last()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_owned()
-    };
-    assert_eq!(newest(0), newest(1), "{said}");
+    assert_eq!(
+        newest_checkpoint(dir.path(), 0),
+        newest_checkpoint(dir.path(), 1),
+        "{said}"
+    );
 }
 
 /// A node that cannot write its outputs (its samples folder made a file: a stand-in for a full
@@ -827,16 +833,11 @@ fn a_node_that_cannot_write_its_outputs_stops_every_node_at_a_common_checkpoint(
         "{said}"
     );
     assert!(!text(&out_a).contains("lost"), "{said}");
-    let newest = |rank: usize| {
-        let run = first_run(&dir.path().join(format!("runs{rank}")));
-        checkpoints(&run)
-            .last()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_owned()
-    };
-    assert_eq!(newest(0), newest(1), "{said}");
+    assert_eq!(
+        newest_checkpoint(dir.path(), 0),
+        newest_checkpoint(dir.path(), 1),
+        "{said}"
+    );
 }
 
 /// Ctrl-C while a node waits for the others to join ends it at once with exit 130 and says
