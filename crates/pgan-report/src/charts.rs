@@ -509,10 +509,9 @@ mod tests {
     use super::inspect::{boundary_xs, texts};
     use super::*;
     use crate::run::{parse_metrics, segments};
-    use std::path::Path;
 
     fn ticks(text: &str) -> Vec<Tick> {
-        parse_metrics(text, Path::new("m.jsonl")).unwrap()
+        parse_metrics(text).ticks
     }
 
     #[test]

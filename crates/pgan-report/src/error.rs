@@ -14,17 +14,6 @@ pub enum ReportError {
     #[error("no metrics file at {0} (is this a training run directory?)")]
     MissingMetrics(PathBuf),
 
-    /// A non-empty line of `metrics.jsonl` is not a JSON object.
-    #[error("malformed metrics line {line} in {path}: {message}")]
-    MalformedLine {
-        /// The metrics file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What the JSON parser (or the shape check) said.
-        message: String,
-    },
-
     /// Reading or writing a file failed.
     #[error("i/o error on {path}: {source}")]
     Io {
@@ -64,18 +53,6 @@ mod tests {
 
     #[test]
     fn messages_are_lowercase_and_name_the_path() {
-        let e = ReportError::MalformedLine {
-            path: "runs/a/metrics.jsonl".into(),
-            line: 7,
-            message: "expected value".into(),
-        };
-        let s = e.to_string();
-        assert!(s.starts_with("malformed"), "{s}");
-        assert!(
-            s.contains("line 7") && s.contains("runs/a/metrics.jsonl"),
-            "{s}"
-        );
-
         let e = ReportError::MissingRunDir("/nope".into());
         assert!(e.to_string().contains("/nope"));
         let e = ReportError::io("x/y", std::io::Error::other("boom"));

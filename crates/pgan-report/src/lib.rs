@@ -9,10 +9,10 @@
 //! `<svg>`, sample sheets are `data:` URIs, and there is no script.
 //!
 //! Policy for imperfect input: a missing run directory or `metrics.jsonl`
-//! and a malformed metrics line are errors ([`ReportError`]); an empty
-//! `metrics.jsonl` (no tick written yet), missing config, log or samples,
-//! and NaN/inf values all still produce a report, with notices saying what
-//! is missing.
+//! are errors ([`ReportError`]); an empty `metrics.jsonl` (no tick written
+//! yet), lines of it that are not rows, missing config, log or samples, and
+//! NaN/inf values all still produce a report, with notices saying what is
+//! missing or left out.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), pgan_report::ReportError> {
@@ -93,6 +93,24 @@ pub struct ReportSummary {
     pub notices: Vec<String>,
 }
 
+/// How many lines of `metrics.jsonl` are not rows, the first of them named.
+fn not_rows_notice(not_rows: &[run::NotARow]) -> Option<String> {
+    const NAMED: usize = 3;
+    let first = not_rows.first()?;
+    let mut named = format!("line {} ({})", first.line, first.why);
+    for n in not_rows.iter().skip(1).take(NAMED - 1) {
+        named.push_str(&format!(", line {} ({})", n.line, n.why));
+    }
+    if not_rows.len() > NAMED {
+        named.push_str(&format!(" and {} more", not_rows.len() - NAMED));
+    }
+    Some(format!(
+        "{} line(s) of metrics.jsonl are not rows (a note, a row edited by hand) and were left \
+         out: {named}",
+        not_rows.len()
+    ))
+}
+
 /// Reads `run_dir` and renders the report in memory.
 pub fn build_report(run_dir: &Path) -> Result<Report> {
     let data = RunData::load(run_dir)?;
@@ -106,6 +124,9 @@ pub fn build_report(run_dir: &Path) -> Result<Report> {
             "the last line of metrics.jsonl (line {line}) is incomplete, as a run killed or out \
              of disk while writing it leaves it, and was left out"
         ));
+    }
+    if let Some(notice) = not_rows_notice(&data.not_rows) {
+        notices.push(notice);
     }
     if run::tick_count(&data.ticks) == 0 {
         notices.push(
@@ -348,15 +369,28 @@ mod tests {
     }
 
     #[test]
-    fn malformed_line_is_an_error_naming_the_line() {
+    fn lines_that_are_not_rows_are_left_out_and_named() {
         let (_dir, run) = fixture_run();
         let mut text = fixture::metrics_jsonl();
+        text.insert_str(0, "lowered the lr here\n");
         text.push_str("{\"tick\":41,\"kimg\":10.25,\n");
+        for _ in 0..3 {
+            text.push_str("[1]\n");
+        }
         fs::write(run.join("metrics.jsonl"), text).unwrap();
-        let err = build_report(&run).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("line 41"), "{msg}");
-        assert!(msg.contains("metrics.jsonl"), "{msg}");
+        let report = build_report(&run).unwrap();
+        assert_eq!(report.ticks, fixture::TICKS);
+        let notice = report
+            .notices
+            .iter()
+            .find(|n| n.contains("not rows"))
+            .unwrap_or_else(|| panic!("{:?}", report.notices));
+        assert!(notice.starts_with("5 line(s) of metrics.jsonl"), "{notice}");
+        assert!(notice.contains("line 1 (not JSON"), "{notice}");
+        assert!(notice.contains("line 42 (not JSON (eof error"), "{notice}");
+        assert!(notice.contains("line 43 (a JSON array"), "{notice}");
+        assert!(notice.ends_with("and 2 more"), "{notice}");
+        assert!(report.html.contains("not rows"));
     }
 
     #[test]

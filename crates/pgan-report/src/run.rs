@@ -7,10 +7,11 @@
 //! # `metrics.jsonl`
 //!
 //! One flat JSON object per line (one line per tick). Blank lines are
-//! skipped; any other line that is not a JSON object is an error
-//! ([`ReportError::MalformedLine`]) naming the file and the 1-based line
-//! number: a report silently built from part of the run would be misleading.
-//! Within an object:
+//! skipped; any other line that is not a JSON object (a note the user wrote
+//! there, a row edited by hand; the trainer keeps them on resume) is left out
+//! and listed by its 1-based line number ([`NotARow`]), which the report says
+//! as a notice: a report built from part of the run without saying so would
+//! be misleading. Within an object:
 //!
 //! * numbers are kept as `f64`, booleans as `1.0`/`0.0`;
 //! * `null` is read as a non-finite value (NaN), because `serde_json`
@@ -200,38 +201,57 @@ fn quote_bare_non_finite(line: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// Parses the text of a `metrics.jsonl` file; `path` only names the file in
-/// errors.
-pub fn parse_metrics(text: &str, path: &Path) -> Result<Vec<Tick>> {
-    let mut ticks = Vec::new();
+/// A line of `metrics.jsonl` that is not a row: left out of the report, and said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotARow {
+    /// 1-based line number.
+    pub line: usize,
+    /// What it is instead (the JSON parser's words, or the kind of value).
+    pub why: String,
+}
+
+/// The rows of a `metrics.jsonl` file, and the lines that are not rows.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// One per JSON object line, in file order.
+    pub ticks: Vec<Tick>,
+    /// The non-empty lines that are not JSON objects.
+    pub not_rows: Vec<NotARow>,
+}
+
+/// Parses the text of a `metrics.jsonl` file.
+pub fn parse_metrics(text: &str) -> Metrics {
+    let mut metrics = Metrics::default();
     for (i, raw) in text.lines().enumerate() {
-        let line_no = i + 1;
         let line = raw.trim();
         if line.is_empty() {
             continue;
         }
-        let malformed = |message: String| ReportError::MalformedLine {
-            path: path.to_path_buf(),
-            line: line_no,
-            message,
-        };
-        let value: serde_json::Value = serde_json::from_str(&quote_bare_non_finite(line))
-            .map_err(|e| malformed(e.to_string()))?;
-        match value {
-            serde_json::Value::Object(obj) => ticks.push(Tick::from_object(line_no, obj)),
-            other => {
-                let kind = match other {
-                    serde_json::Value::Array(_) => "an array",
-                    serde_json::Value::String(_) => "a string",
-                    serde_json::Value::Number(_) => "a number",
-                    serde_json::Value::Bool(_) => "a boolean",
-                    _ => "null",
-                };
-                return Err(malformed(format!("expected a JSON object, found {kind}")));
+        let why = match serde_json::from_str(&quote_bare_non_finite(line)) {
+            Ok(serde_json::Value::Object(obj)) => {
+                metrics.ticks.push(Tick::from_object(i + 1, obj));
+                continue;
             }
-        }
+            Ok(other) => format!(
+                "a JSON {}, not an object",
+                match other {
+                    serde_json::Value::Array(_) => "array",
+                    serde_json::Value::String(_) => "string",
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::Bool(_) => "boolean",
+                    _ => "null",
+                }
+            ),
+            // serde's position is within the one line: its column is what says where.
+            Err(e) => format!(
+                "not JSON ({} error at column {})",
+                format!("{:?}", e.classify()).to_lowercase(),
+                e.column()
+            ),
+        };
+        metrics.not_rows.push(NotARow { line: i + 1, why });
     }
-    Ok(ticks)
+    metrics
 }
 
 /// A run of consecutive ticks with the same resolution and phase: the unit
@@ -385,6 +405,8 @@ pub struct RunData {
     pub timeline: Option<ImageFile>,
     /// The 1-based number of an incomplete last line of `metrics.jsonl` that was left out.
     pub torn_last_line: Option<usize>,
+    /// Other lines of `metrics.jsonl` that are not rows, left out.
+    pub not_rows: Vec<NotARow>,
     /// Run files read only in part or not at all for their size, said as notices.
     pub size_notices: Vec<String>,
 }
@@ -394,7 +416,7 @@ pub const TIMELINE_FILE: &str = "timeline.png";
 
 impl RunData {
     /// Reads a run directory. Fails if the directory or `metrics.jsonl` is
-    /// missing, or if a metrics line is malformed.
+    /// missing or cannot be read.
     pub fn load(dir: &Path) -> Result<RunData> {
         if !dir.is_dir() {
             return Err(ReportError::MissingRunDir(dir.to_path_buf()));
@@ -408,7 +430,7 @@ impl RunData {
             Err(e) => return Err(ReportError::io(&metrics_path, e)),
         };
         let (metrics, torn_last_line) = without_torn_last_line(&metrics);
-        let ticks = parse_metrics(metrics, &metrics_path)?;
+        let Metrics { ticks, not_rows } = parse_metrics(metrics);
 
         let mut size_notices = Vec::new();
         let config_path = dir.join("config.toml");
@@ -458,6 +480,7 @@ impl RunData {
             sample_count,
             timeline,
             torn_last_line,
+            not_rows,
             size_notices,
         })
     }
@@ -612,7 +635,9 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Tick>> {
-        parse_metrics(text, Path::new("run/metrics.jsonl"))
+        let metrics = parse_metrics(text);
+        assert_eq!(metrics.not_rows, [], "{text}");
+        Ok(metrics.ticks)
     }
 
     #[test]
@@ -668,20 +693,27 @@ mod tests {
     }
 
     #[test]
-    fn malformed_line_names_file_and_line() {
-        let err = parse("{\"tick\":1}\n{\"tick\":2}\n{\"tick\":3,\n").unwrap_err();
-        match &err {
-            ReportError::MalformedLine { line, path, .. } => {
-                assert_eq!(*line, 3);
-                assert_eq!(path, Path::new("run/metrics.jsonl"));
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(err.to_string().contains("line 3"), "{err}");
-
-        let err = parse("{}\n[1,2]\n").unwrap_err();
-        assert!(err.to_string().contains("line 2"), "{err}");
-        assert!(err.to_string().contains("found an array"), "{err}");
+    fn lines_that_are_not_rows_are_listed_and_the_rows_kept() {
+        let metrics = parse_metrics(
+            "{\"tick\":1}\nnote: lr lowered here\n\n{\"tick\":2}\n[1,2]\n{\"tick\":3,\n{\"tick\":4}\n",
+        );
+        let ticks: Vec<_> = metrics.ticks.iter().map(|t| t.get("tick")).collect();
+        assert_eq!(ticks, [Some(1.0), Some(2.0), Some(4.0)]);
+        let lines: Vec<_> = metrics.not_rows.iter().map(|n| n.line).collect();
+        assert_eq!(lines, [2, 5, 6], "{:?}", metrics.not_rows);
+        assert!(
+            metrics.not_rows[0]
+                .why
+                .starts_with("not JSON (syntax error at column "),
+            "{:?}",
+            metrics.not_rows[0]
+        );
+        assert_eq!(metrics.not_rows[1].why, "a JSON array, not an object");
+        assert!(
+            metrics.not_rows[2].why.contains("eof"),
+            "{:?}",
+            metrics.not_rows[2]
+        );
     }
 
     #[test]

@@ -231,7 +231,6 @@ pub fn format_duration(seconds: f64) -> String {
 mod tests {
     use super::*;
     use crate::run::{parse_metrics, segments};
-    use std::path::Path;
 
     #[test]
     fn summary_and_per_resolution_rows() {
@@ -241,7 +240,7 @@ mod tests {
 {\"tick\":3,\"kimg\":3,\"resolution\":8,\"stage\":1,\"phase\":\"fade\",\"Speed/img_per_s\":250,\"time_s\":8,\"Loss/D\":NaN}
 {\"tick\":4,\"kimg\":4,\"resolution\":8,\"stage\":1,\"phase\":\"stable\",\"Speed/img_per_s\":250,\"time_s\":12,\"Event/rollback\":1,\"Loss/G\":null}
 ";
-        let ticks = parse_metrics(text, Path::new("m")).unwrap();
+        let ticks = parse_metrics(text).ticks;
         let st = compute(&ticks, &segments(&ticks));
         assert_eq!(st.ticks, 4);
         assert_eq!(st.last_tick, Some(4));
@@ -278,7 +277,7 @@ mod tests {
 {\"tick\":2,\"kimg\":0.128,\"resolution\":16,\"Speed/img_per_s\":82.20,\"Speed/sec_per_kimg\":12.165}
 {\"tick\":3,\"kimg\":0.176,\"resolution\":16,\"Speed/img_per_s\":83.93,\"Speed/sec_per_kimg\":11.915}
 ";
-        let ticks = parse_metrics(text, Path::new("m")).unwrap();
+        let ticks = parse_metrics(text).ticks;
         let row = &compute(&ticks, &segments(&ticks)).per_resolution[0];
         let seconds = 64.0 / 129.08 + 64.0 / 82.20 + 48.0 / 83.93;
         let img_per_s = row.img_per_s.unwrap();

@@ -750,7 +750,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if truncated.foreign > 0 {
             self.log.warn(format!(
                 "{}: {} line(s) that are not rows (notes, edited rows) kept where they stand; \
-                 `pgan report` refuses the file until they are removed, naming the first",
+                 `pgan report` leaves them out and names them",
                 self.run_dir.join(METRICS_FILE).display(),
                 truncated.foreign
             ));
