@@ -3075,6 +3075,18 @@ fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
         out.contains("6 bytes after the manifest") && out.contains("bytes follow its data"),
         "{out}"
     );
+    // info and train read such a file (its levels are intact) and say what verify would.
+    let out = run_ok(pgan().arg("info").arg(&longer));
+    assert!(out.contains("6 bytes follow the manifest"), "{out}");
+    let out = run_ok(
+        pgan()
+            .args(["train", "--dry-run", "--resolution", "8", "--data"])
+            .arg(&longer),
+    );
+    assert!(
+        out.contains("6 bytes follow its data") && out.contains("`pgan verify` calls it corrupt"),
+        "{out}"
+    );
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path().join("none.pgan")), 60);
     assert_eq!(code, Some(2), "{out}");
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path()), 60);
@@ -3513,7 +3525,14 @@ fn an_interrupted_render_leaves_the_earlier_outputs_together() {
             .arg("--force");
         cmd
     };
-    run_ok(&mut render("3,4", "4", "8"));
+    let said = run_ok(&mut render("3,4", "4", "8"));
+    assert!(
+        said.contains(&format!(
+            "wrote {} (the latents, one per seed)",
+            files[2].display()
+        )),
+        "{said}"
+    );
     let contents = || -> Vec<Vec<u8>> { files.iter().map(|f| std::fs::read(f).unwrap()).collect() };
     let before = contents();
     let child = render("1,2", "40", "600")

@@ -334,11 +334,18 @@ impl PyramidReader {
     /// Recompute every level's CRC-32 and report each level, mismatches included, and any
     /// bytes after the manifest.
     pub fn check_levels(&self) -> VerifyReport {
-        let m = self.header.manifest;
         VerifyReport {
-            trailing_bytes: (self.map.len() as u64).saturating_sub(m.offset + m.length),
+            trailing_bytes: self.trailing_bytes(),
             ..self.check_levels_where(|_| true)
         }
+    }
+
+    /// Bytes after the manifest, where `prepare` writes none: a file appended to or copied
+    /// over a longer one ([`verify`](Self::verify) calls it corrupt; the images read as they
+    /// were written).
+    pub fn trailing_bytes(&self) -> u64 {
+        let m = self.header.manifest;
+        (self.map.len() as u64).saturating_sub(m.offset + m.length)
     }
 
     fn check_levels_where(&self, wanted: impl Fn(u32) -> bool + Sync) -> VerifyReport {
@@ -447,6 +454,14 @@ impl fmt::Display for PyramidReader {
             files.push_str(&format!(", ... ({} in all)", m.files.len()));
         }
         writeln!(f, "files:       {files}")?;
+        let trailing = self.trailing_bytes();
+        if trailing > 0 {
+            writeln!(
+                f,
+                "note:        {trailing} bytes follow the manifest, which prepare never writes \
+                 (verify calls the file corrupt)"
+            )?;
+        }
         write!(
             f,
             "written by:  pgan-data {} at unix time {}",

@@ -387,6 +387,14 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
     if out.is_dir() {
         return Err(unwritable("it is a folder".into()));
     }
+    if let Err(e) = std::fs::symlink_metadata(out) {
+        if e.kind() == io::ErrorKind::InvalidFilename {
+            // Said before the work: the final rename would fail after it.
+            return Err(unwritable(
+                "its name is longer than the file system takes (255 bytes a name, on most)".into(),
+            ));
+        }
+    }
     // The final rename replaces whatever has the output's name: only ever a regular file (a
     // device node, FIFO, socket or symlink there is something else the user has).
     if let Ok(meta) = std::fs::symlink_metadata(out) {
@@ -430,7 +438,13 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
         Err(OpenError::NotRegular(kind)) => {
             return Err(not_a_report(format!("{kind}, not a pgan prepare report")))
         }
-        Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // A report name past the file system's limit (a long output name) cannot be there: its
+        // write fails, with a warning, and the dataset is kept.
+        Err(OpenError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::InvalidFilename
+            ) => {}
         Err(OpenError::Io(e)) => return Err(unreadable(e)),
     }
     let parent = parent_dir(out);
@@ -1357,6 +1371,31 @@ mod tests {
             left,
             ["x.pgan", "x.pgan.report.txt", "y.pgan", "y.pgan.report.txt"],
             "no temporary file is left"
+        );
+        // A name the file system takes whose report's name it does not (255 bytes at most):
+        // the dataset is written, and the report's failure is a warning, not a file said to
+        // be there.
+        let long = format!("{}.pgan", "c".repeat(245));
+        let path = out.path().join(&long);
+        let s = prepare(&PrepareOptions::new(input.path(), &path, 8)).unwrap();
+        let e = s.report_error.clone().unwrap();
+        assert!(e.contains("cannot write report"), "{e}");
+        PyramidReader::open(&path).unwrap().verify().unwrap();
+        assert!(leftovers(out.path()).contains(&long));
+        // A name the file system does not take: refused before the work.
+        let longer = out.path().join(format!("{}.pgan", "c".repeat(251)));
+        let err = prepare(&PrepareOptions::new(input.path(), &longer, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("its name is longer than the file system takes"),
+            "{err}"
+        );
+        assert_eq!(
+            leftovers(out.path()).len(),
+            5,
+            "{:?}",
+            leftovers(out.path())
         );
     }
 

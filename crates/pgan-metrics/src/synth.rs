@@ -40,6 +40,9 @@ pub const MAX_MODES: usize = 192;
 pub const MAX_RESOLUTION: u32 = pgan_spec::resolution::MAX_RESOLUTION;
 /// Smallest supported resolution.
 pub const MIN_RESOLUTION: u32 = 8;
+/// Smallest resolution at which the shapes draw apart: below it a shape is 2-3 px across, so
+/// only colour and position tell modes apart, and the mode classifier is not trusted.
+pub const MIN_SHAPES_RESOLUTION: u32 = 16;
 /// Background colour (mid grey).
 pub const BACKGROUND: [u8; 3] = [128, 128, 128];
 /// The colours, in the order they are taken: the 8 corners of the RGB cube.
@@ -437,7 +440,18 @@ impl fmt::Display for SynthSummary {
             "spec {}, labels {}",
             self.spec_path.display(),
             self.labels_path.display()
-        )
+        )?;
+        if self.resolution < MIN_SHAPES_RESOLUTION && shapes > 1 {
+            write!(
+                f,
+                "\nnote: at {0}x{0} the {shapes} shapes draw alike, so only {1} of the modes \
+                 look apart (colour x position); mode coverage (`pgan eval --modes`) is measured \
+                 from {MIN_SHAPES_RESOLUTION}x{MIN_SHAPES_RESOLUTION}",
+                self.resolution,
+                (colours * positions).min(self.modes)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -795,6 +809,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn below_16x16_the_summary_says_the_shapes_draw_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = synth(&dir.path().join("s8"), 64, 8, 64, 3)
+            .unwrap()
+            .to_string();
+        assert!(
+            small.contains("note: at 8x8 the 4 shapes draw alike, so only 16 of the modes"),
+            "{small}"
+        );
+        let large = synth(&dir.path().join("s16"), 64, 16, 64, 3)
+            .unwrap()
+            .to_string();
+        assert!(!large.contains("note:"), "{large}");
+        // One shape: nothing is drawn alike.
+        let one = synth(&dir.path().join("one"), 4, 8, 4, 3)
+            .unwrap()
+            .to_string();
+        assert!(!one.contains("note:"), "{one}");
     }
 
     #[test]

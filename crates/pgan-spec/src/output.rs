@@ -54,10 +54,18 @@ pub fn replaceable_file(path: &Path) -> io::Result<PathBuf> {
     let mut target = path.to_path_buf();
     // Linux's own limit on symbolic links followed in one lookup.
     for _ in 0..40 {
-        // Nothing there, or nothing this process can see (a file where a folder should be, no
-        // permission): the write itself will say what stops it.
-        let Ok(meta) = std::fs::symlink_metadata(&target) else {
-            return Ok(target);
+        let meta = match std::fs::symlink_metadata(&target) {
+            Ok(meta) => meta,
+            // Said before any work: the write would fail only at its end, at the rename.
+            Err(e) if e.kind() == io::ErrorKind::InvalidFilename => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "its name is longer than the file system takes (255 bytes a name, on most)",
+                ))
+            }
+            // Nothing there, or nothing this process can see (a file where a folder should
+            // be, no permission): the write itself will say what stops it.
+            Err(_) => return Ok(target),
         };
         let ty = meta.file_type();
         if ty.is_file() {
@@ -154,6 +162,15 @@ mod tests {
         let dir = temp_dir("output");
         let file = dir.join("a.png");
         assert_eq!(replaceable_file(&file).unwrap(), file, "nothing there yet");
+        let longest = dir.join(format!("{}.png", "n".repeat(251)));
+        assert_eq!(replaceable_file(&longest).unwrap(), longest);
+        let err = replaceable_file(&dir.join(format!("{}.png", "n".repeat(252))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("its name is longer than the file system takes"),
+            "{err}"
+        );
         std::fs::write(&file, b"x").unwrap();
         assert_eq!(replaceable_file(&file).unwrap(), file);
         let err = replaceable_file(&dir).unwrap_err().to_string();

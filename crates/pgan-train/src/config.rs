@@ -894,6 +894,13 @@ impl TrainConfig {
                 s.start_resolution, m.resolution
             ));
         }
+        // Before the loop's non-negative check, so that 0 and -5 get one message.
+        if s.total_kimg.is_nan() || s.total_kimg <= 0.0 {
+            return bad(format!(
+                "schedule.total_kimg {} must be a positive number",
+                s.total_kimg
+            ));
+        }
         for (name, v) in [
             ("schedule.lod_training_kimg", s.lod_training_kimg),
             ("schedule.lod_transition_kimg", s.lod_transition_kimg),
@@ -908,9 +915,6 @@ impl TrainConfig {
                     "{name} {v:e} is beyond {MAX_KIMG:e} kimg, more images than any run shows"
                 ));
             }
-        }
-        if s.total_kimg <= 0.0 {
-            return bad("schedule.total_kimg must be positive".into());
         }
         // Counted in whole images: less than half of one trains nothing.
         if (s.total_kimg * 1000.0).round() < 1.0 {
@@ -1035,6 +1039,13 @@ impl TrainConfig {
         }
         if !(r.tick_kimg.is_finite() && r.tick_kimg > 0.0) {
             return bad(format!("run.tick_kimg {} must be positive", r.tick_kimg));
+        }
+        if r.tick_kimg > MAX_KIMG {
+            return bad(format!(
+                "run.tick_kimg {:e} is beyond {MAX_KIMG:e} kimg, more images than any run shows \
+                 (a tick that never ends writes no metrics and no checkpoints)",
+                r.tick_kimg
+            ));
         }
         if r.checkpoint_ticks == 0 || r.keep_checkpoints == 0 {
             return bad("run.checkpoint_ticks and run.keep_checkpoints must be at least 1".into());
@@ -1313,6 +1324,21 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_key() {
+        // One message for every total that is not positive, so that the fix of one is not
+        // refused in other words.
+        for total in [-5.0, 0.0, f64::NAN] {
+            let mut config = TrainConfig::default();
+            config.schedule.total_kimg = total;
+            let said = config.validate().unwrap_err().to_string();
+            assert!(
+                said.contains(&format!("schedule.total_kimg {total} must be a positive number")),
+                "{said}"
+            );
+        }
+        let mut config = TrainConfig::default();
+        config.run.tick_kimg = 1e300;
+        let said = config.validate().unwrap_err().to_string();
+        assert!(said.contains("run.tick_kimg 1e300 is beyond 1e9 kimg"), "{said}");
         let mut config = TrainConfig::default();
         config.model.resolution = 48;
         assert!(config

@@ -92,7 +92,7 @@ impl EvalReport {
 
 /// Smallest resolution the mode classifier is trusted at: at 8x8 it labels most squares as
 /// discs (the reals of a balanced 16-mode set read square 0.56, disc 1.57 of their share).
-pub const MIN_MODES_RESOLUTION: u32 = 16;
+pub const MIN_MODES_RESOLUTION: u32 = pgan_metrics::synth::MIN_SHAPES_RESOLUTION;
 
 /// Smallest resolution the SWD's Laplacian pyramid and 7x7 descriptors are computed at.
 pub const MIN_SWD_RESOLUTION: u32 = 16;

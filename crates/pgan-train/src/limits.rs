@@ -22,16 +22,18 @@ pub const MIN_TRUNCATION: f32 = 0.05;
 /// another label (measured on a 16x16 run: MS-SSIM of generated pairs 0.131 untruncated,
 /// 0.137 at ψ = 0.05). An out-of-range ψ is named as such first.
 pub fn check_truncation(psi: f32) -> Result<(), String> {
+    let no_effect = "it pixel-normalizes its latent before its first layer, which undoes the \
+                     truncation (the images stay as diverse as without it); leave --truncation out";
     if !(psi.is_finite() && psi >= MIN_TRUNCATION) {
+        // Said with the reason every ψ is refused, so that a usable one is not tried next.
         return Err(format!(
             "truncation {psi} must be a number of at least {MIN_TRUNCATION} (latent components \
-             beyond ±ψ are redrawn, so a smaller ψ never or hardly ever finishes)"
+             beyond ±ψ are redrawn, so a smaller ψ never or hardly ever finishes), and no ψ has \
+             an effect on a ProGAN generator: {no_effect}"
         ));
     }
     Err(format!(
-        "truncation {psi} has no effect on a ProGAN generator: it pixel-normalizes its latent \
-         before its first layer, which undoes the truncation (the images stay as diverse as \
-         without it); leave --truncation out"
+        "truncation {psi} has no effect on a ProGAN generator: {no_effect}"
     ))
 }
 
@@ -128,9 +130,9 @@ pub fn grid_size(rows: usize, cols: usize, cell: u64, gap: u32) -> Result<SheetS
             let show =
                 |v: Option<u64>| v.map_or_else(|| "(overflow)".to_string(), |v| v.to_string());
             Err(format!(
-                "a {rows} x {cols} grid of {cell}-pixel cells would be {} x {} pixels, above \
-                 the limit of {} megapixels; use fewer rows, columns, frames or seeds, or a \
-                 smaller cell size",
+                "a grid of {rows} row(s) x {cols} column(s) of {cell}-pixel cells would be {} \
+                 pixels wide and {} high, above the limit of {} megapixels; use fewer rows, \
+                 columns, frames or seeds, or a smaller cell size",
                 show(width),
                 show(height),
                 MAX_SHEET_PIXELS >> 20
@@ -188,7 +190,11 @@ mod tests {
     #[test]
     fn truncation_must_be_a_usable_number() {
         for psi in [0.0, -1.0, f32::NAN, f32::INFINITY, 0.01] {
-            assert!(check_truncation(psi).is_err(), "{psi}");
+            let err = check_truncation(psi).unwrap_err();
+            assert!(
+                err.contains("at least 0.05") && err.contains("no ψ has an effect"),
+                "{psi}: {err}"
+            );
         }
         for psi in [0.05, 0.7, 2.0] {
             let err = check_truncation(psi).unwrap_err();

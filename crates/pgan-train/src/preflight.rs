@@ -280,6 +280,16 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     let mut warnings: Vec<String> = crate::distributed::mbstd_groups_split(&config)?
         .into_iter()
         .collect();
+    let trailing = reader.trailing_bytes();
+    if trailing > 0 {
+        // The levels' checksums hold, so the images are as prepared: said, not refused.
+        warnings.push(format!(
+            "{}: {trailing} bytes follow its data, which prepare never writes (the file was \
+             appended to, or copied over a longer one; `pgan verify` calls it corrupt); its \
+             images read as prepared",
+            reader.path().display()
+        ));
+    }
     if let Some(plan) = &resume {
         let run_dir = checkpoint::run_dir_of(&plan.checkpoint).unwrap_or_default();
         for set_aside in checkpoint::unfinished_set_asides(&run_dir) {

@@ -1180,6 +1180,7 @@ fn repeated_nans_stop_with_advice() {
     };
     options.config.recovery.max_consecutive_failures = 2;
     let mut large_penalty = options.clone();
+    let mut no_rollback = options.clone();
     let err = train_with_faults(options, faults.clone()).unwrap_err();
     assert!(matches!(err, TrainError::Diverged(_)), "{err}");
     assert!(err.to_string().contains("learning rate"), "{err}");
@@ -1193,7 +1194,7 @@ fn repeated_nans_stop_with_advice() {
     // larger still.
     large_penalty.config.loss.gp_lambda = 1e6;
     large_penalty.config.run.out_dir = dir.path().join("runs-large");
-    let err = train_with_faults(large_penalty, faults)
+    let err = train_with_faults(large_penalty, faults.clone())
         .unwrap_err()
         .to_string();
     assert!(
@@ -1201,6 +1202,17 @@ fn repeated_nans_stop_with_advice() {
         "{err}"
     );
     assert!(!err.contains("a larger loss.gp_lambda"), "{err}");
+    // With no rollback allowed the first failure ends the run, said as such.
+    no_rollback.config.recovery.max_consecutive_failures = 0;
+    no_rollback.config.run.out_dir = dir.path().join("runs-none");
+    let err = train_with_faults(no_rollback, faults)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("training diverged: a non-finite value by ")
+            && err.contains("recovery.max_consecutive_failures = 0 allows no rollback. Try"),
+        "{err}"
+    );
     // The error that ended the run is the last line of its log too.
     let runs = dir.path().join("runs");
     let run = std::fs::read_dir(&runs)

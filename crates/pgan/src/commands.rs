@@ -14,7 +14,7 @@ use crate::paths::{
     check_output, checkpoint_of, create_folders_above, on_checkpoint_of, prepare_output,
     prepare_outputs, pruned_under, refuse_inputs, refuse_run_file, same_file,
 };
-use crate::seeds::parse_seeds;
+use crate::seeds::{parse_seeds, SeedsError, MAX_SEEDS};
 use crate::{Cli, Command, EvalArgs, FitArg, PrepareArgs, RenderArgs, SynthArgs, TrainArgs};
 
 /// `println!` that fails the command instead of panicking when stdout cannot be written (a
@@ -605,11 +605,19 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             .map_err(anyhow::Error::msg)
             .context("--rows/--cols/--cell-px")?;
     }
+    let cells = args.rows * args.cols;
     let seeds = match &args.seeds {
-        Some(spec) => parse_seeds(spec)
-            .map_err(anyhow::Error::msg)
-            .context("--seeds")?,
-        None if sheet => (0..(args.rows * args.cols) as u64).collect(),
+        Some(spec) => match parse_seeds(spec, if sheet { cells } else { MAX_SEEDS }) {
+            Ok(seeds) => seeds,
+            Err(SeedsError::TooMany { count, .. }) if sheet => bail!(
+                "--seeds: {count} seeds do not fit a {} x {} sheet; pass --rows and --cols with \
+                 at least as many cells, or fewer seeds",
+                args.rows,
+                args.cols
+            ),
+            Err(e) => return Err(anyhow::Error::new(e).context("--seeds")),
+        },
+        None if sheet => (0..cells as u64).collect(),
         None => (0..48).collect(),
     };
     if let Some(steps) = args.interpolate.map(|s| s as usize) {
@@ -620,15 +628,6 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         pgan_train::limits::grid_size(1, frames, smallest_cell(args.cell_px), 2)
             .map_err(anyhow::Error::msg)
             .context("--interpolate/--cell-px")?;
-    }
-    if sheet && seeds.len() > args.rows * args.cols {
-        bail!(
-            "--seeds: {} seeds do not fit a {} x {} sheet; pass --rows and --cols with at least \
-             as many cells, or fewer seeds",
-            seeds.len(),
-            args.rows,
-            args.cols
-        );
     }
     let kind = match (args.interpolate.map(|s| s as usize), args.timeline) {
         (Some(_), true) => bail!("--interpolate and --timeline cannot be combined"),
@@ -725,6 +724,9 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             output.resolution,
             output.checkpoint.display()
         );
+    }
+    if let Some(latents) = &args.save_latents {
+        say!("wrote {} (the latents, one per seed)", latents.display());
     }
     Ok(ExitCode::SUCCESS)
 }

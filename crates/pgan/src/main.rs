@@ -395,13 +395,14 @@ struct EvalArgs {
 struct SynthArgs {
     /// Output folder (created; must be empty).
     out_dir: PathBuf,
-    /// Number of modes K.
+    /// Number of modes K: 1 to 192 (6 shapes x 8 colours x 4 positions).
     #[arg(long, default_value_t = 64)]
     modes: usize,
-    /// Image resolution.
+    /// Image resolution: a power of two from 8 to 1024; below 16 the shapes draw alike, and
+    /// `eval --modes` measures from 16.
     #[arg(long, default_value_t = 32)]
     resolution: u32,
-    /// Number of images.
+    /// Number of images: at least one per mode, at most 10,000,000.
     #[arg(long, default_value_t = 6400)]
     count: usize,
     /// Seed for the within-mode variation.

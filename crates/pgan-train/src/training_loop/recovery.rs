@@ -98,10 +98,20 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.mark_given_up(max);
             }
             let resolution = self.schedule.at(self.state.images_shown).resolution;
+            let kimg = self.state.images_shown as f64 / 1000.0;
+            let what = if max == 0 {
+                format!(
+                    "a non-finite value by {kimg:.3} kimg at {resolution}x{resolution}, and \
+                     recovery.max_consecutive_failures = 0 allows no rollback"
+                )
+            } else {
+                format!(
+                    "{max} rollbacks in a row did not get past {kimg:.3} kimg at \
+                     {resolution}x{resolution}"
+                )
+            };
             return Err(TrainError::Diverged(format!(
-                "{max} rollbacks in a row did not get past {:.3} kimg at {resolution}x{resolution}. \
-                 Try {}",
-                self.state.images_shown as f64 / 1000.0,
+                "{what}. Try {}",
                 self.advice(resolution)
             )));
         }
