@@ -3075,18 +3075,28 @@ fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
         out.contains("6 bytes after the manifest") && out.contains("bytes follow its data"),
         "{out}"
     );
-    // info and train read such a file (its levels are intact) and say what verify would.
+    // info and train read such a file (its levels are intact) and say what verify would;
+    // train also says when the dataset is smaller than a minibatch.
     let out = run_ok(pgan().arg("info").arg(&longer));
     assert!(out.contains("6 bytes follow the manifest"), "{out}");
-    let out = run_ok(
-        pgan()
-            .args(["train", "--dry-run", "--resolution", "8", "--data"])
-            .arg(&longer),
-    );
+    let dry_run = |batch: &str| {
+        run_ok(
+            pgan()
+                .args(["train", "--dry-run", "--resolution", "8", "--batch", batch])
+                .arg("--data")
+                .arg(&longer),
+        )
+    };
+    let out = dry_run("32");
     assert!(
         out.contains("6 bytes follow its data") && out.contains("`pgan verify` calls it corrupt"),
         "{out}"
     );
+    assert!(
+        out.contains("longer.pgan holds 20 image(s), fewer than the minibatch of 32 at 4x4"),
+        "{out}"
+    );
+    assert!(!dry_run("16").contains("fewer than the minibatch"));
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path().join("none.pgan")), 60);
     assert_eq!(code, Some(2), "{out}");
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path()), 60);
@@ -3528,7 +3538,7 @@ fn an_interrupted_render_leaves_the_earlier_outputs_together() {
     let said = run_ok(&mut render("3,4", "4", "8"));
     assert!(
         said.contains(&format!(
-            "wrote {} (the latents, one per seed)",
+            "wrote {} (the latents, one per frame)",
             files[2].display()
         )),
         "{said}"

@@ -391,7 +391,8 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
         if e.kind() == io::ErrorKind::InvalidFilename {
             // Said before the work: the final rename would fail after it.
             return Err(unwritable(
-                "its name is longer than the file system takes (255 bytes a name, on most)".into(),
+                "its name or path is longer than the file system takes (255 bytes a name, on most)"
+                    .into(),
             ));
         }
     }
@@ -1388,7 +1389,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("its name is longer than the file system takes"),
+            err.contains("its name or path is longer than the file system"),
             "{err}"
         );
         assert_eq!(

@@ -386,8 +386,11 @@ mod tests {
             .find(|n| n.contains("not rows"))
             .unwrap_or_else(|| panic!("{:?}", report.notices));
         assert!(notice.starts_with("5 line(s) of metrics.jsonl"), "{notice}");
-        assert!(notice.contains("line 1 (not JSON"), "{notice}");
-        assert!(notice.contains("line 42 (not JSON (eof error"), "{notice}");
+        assert!(notice.contains("line 1 (not JSON: "), "{notice}");
+        assert!(
+            notice.contains("line 42 (not JSON: EOF while parsing"),
+            "{notice}"
+        );
         assert!(notice.contains("line 43 (a JSON array"), "{notice}");
         assert!(notice.ends_with("and 2 more"), "{notice}");
         assert!(report.html.contains("not rows"));

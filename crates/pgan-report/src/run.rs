@@ -228,9 +228,13 @@ pub fn parse_metrics(text: &str) -> Metrics {
             continue;
         }
         let why = match serde_json::from_str(&quote_bare_non_finite(line)) {
-            Ok(serde_json::Value::Object(obj)) => {
+            Ok(serde_json::Value::Object(obj)) if obj.contains_key(pgan_spec::metrics::KIMG) => {
                 metrics.ticks.push(Tick::from_object(i + 1, obj));
                 continue;
+            }
+            // Every row the trainer writes has one: this is a note or a row edited by hand.
+            Ok(serde_json::Value::Object(_)) => {
+                format!("a JSON object without \"{}\"", pgan_spec::metrics::KIMG)
             }
             Ok(other) => format!(
                 "a JSON {}, not an object",
@@ -243,11 +247,16 @@ pub fn parse_metrics(text: &str) -> Metrics {
                 }
             ),
             // serde's position is within the one line: its column is what says where.
-            Err(e) => format!(
-                "not JSON ({} error at column {})",
-                format!("{:?}", e.classify()).to_lowercase(),
-                e.column()
-            ),
+            Err(e) => {
+                // serde's words without its position, which is within the one line.
+                let words = e.to_string();
+                let words = words
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                format!("not JSON: {words} at column {}", e.column())
+            }
         };
         metrics.not_rows.push(NotARow { line: i + 1, why });
     }
@@ -665,7 +674,7 @@ mod tests {
     #[test]
     fn reads_every_spelling_of_non_finite() {
         let ticks = parse(
-            r#"{"a":NaN,"b":Infinity,"c":-Infinity,"d":null,"e":"nan","f":"-inf","g":"NaN in a string","h":1}"#,
+            r#"{"kimg":1,"a":NaN,"b":Infinity,"c":-Infinity,"d":null,"e":"nan","f":"-inf","g":"NaN in a string","h":1}"#,
         )
         .unwrap();
         let t = &ticks[0];
@@ -695,24 +704,24 @@ mod tests {
     #[test]
     fn lines_that_are_not_rows_are_listed_and_the_rows_kept() {
         let metrics = parse_metrics(
-            "{\"tick\":1}\nnote: lr lowered here\n\n{\"tick\":2}\n[1,2]\n{\"tick\":3,\n{\"tick\":4}\n",
+            "{\"kimg\":1}\nnote: lr lowered here\n\n{\"kimg\":2}\n[1,2]\n{\"kimg\":3,\n\
+             {\"note\":\"lr lowered\"}\n{\"kimg\":null}\n",
         );
-        let ticks: Vec<_> = metrics.ticks.iter().map(|t| t.get("tick")).collect();
-        assert_eq!(ticks, [Some(1.0), Some(2.0), Some(4.0)]);
-        let lines: Vec<_> = metrics.not_rows.iter().map(|n| n.line).collect();
-        assert_eq!(lines, [2, 5, 6], "{:?}", metrics.not_rows);
-        assert!(
-            metrics.not_rows[0]
-                .why
-                .starts_with("not JSON (syntax error at column "),
-            "{:?}",
-            metrics.not_rows[0]
-        );
-        assert_eq!(metrics.not_rows[1].why, "a JSON array, not an object");
-        assert!(
-            metrics.not_rows[2].why.contains("eof"),
-            "{:?}",
-            metrics.not_rows[2]
+        let kimgs: Vec<_> = metrics.ticks.iter().map(|t| t.line).collect();
+        assert_eq!(kimgs, [1, 4, 8], "the rows, by line; a null kimg is a row");
+        let why: Vec<_> = metrics
+            .not_rows
+            .iter()
+            .map(|n| (n.line, n.why.as_str()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (2, "not JSON: expected ident at column 2"),
+                (5, "a JSON array, not an object"),
+                (6, "not JSON: EOF while parsing a value at column 10"),
+                (7, "a JSON object without \"kimg\""),
+            ]
         );
     }
 
@@ -732,8 +741,9 @@ mod tests {
                 "{{\"kimg\":{k},\"resolution\":{r},\"phase\":\"{p}\"}}\n"
             ));
         }
-        text.push_str("{\"resolution\":16}\n"); // no kimg: skipped
-                                                // The trainer's rollback rows (between ticks) are neither ticks nor phases.
+        // A row without a finite kimg: a tick, but in no segment.
+        text.push_str("{\"resolution\":16,\"kimg\":null}\n");
+        // The trainer's rollback rows (between ticks) are neither ticks nor phases.
         text.insert_str(0, "{\"kimg\":0,\"Event/rollback\":1}\n");
         text.push_str("{\"kimg\":3.0,\"Event/rollback\":1}\n");
         let ticks = parse(&text).unwrap();

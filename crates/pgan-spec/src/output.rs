@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// that outputs which differ only in their ends get their own temporaries).
 pub fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
     // `.` + `.tmp-` + the pid (at most 10 digits) + `-` + a counter.
-    const ROOM: usize = 255 - 6 - 10 - 1 - 10;
+    const ROOM: usize = MAX_NAME_BYTES - 6 - 10 - 1 - 10;
     let mut prefix = std::ffi::OsString::from(".");
     let bytes = name.as_encoded_bytes();
     if bytes.len() <= ROOM {
@@ -47,20 +47,31 @@ pub fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
     prefix
 }
 
+/// The longest file name most file systems take (Linux's `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+
 /// The path a temp-file-and-rename write of `path` renames onto: `path` itself when nothing or
 /// a regular file is there, the file at the end of a chain of symbolic links (so a link stays a
-/// link), and an error naming the kind for a folder, device, FIFO or socket.
+/// link), and an error naming the kind for a folder, device, FIFO or socket, or saying that the
+/// name or path is too long for the file system.
 pub fn replaceable_file(path: &Path) -> io::Result<PathBuf> {
     let mut target = path.to_path_buf();
     // Linux's own limit on symbolic links followed in one lookup.
     for _ in 0..40 {
         let meta = match std::fs::symlink_metadata(&target) {
             Ok(meta) => meta,
-            // Said before any work: the write would fail only at its end, at the rename.
-            Err(e) if e.kind() == io::ErrorKind::InvalidFilename => {
+            // Said before any work: the write would fail only at its end, at the rename. (A
+            // missing folder above is reported before a long name: the name is measured too.)
+            Err(e)
+                if e.kind() == io::ErrorKind::InvalidFilename
+                    || target.file_name().is_some_and(|n| n.len() > MAX_NAME_BYTES) =>
+            {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "its name is longer than the file system takes (255 bytes a name, on most)",
+                    format!(
+                        "its name or path is longer than the file system takes ({MAX_NAME_BYTES} \
+                         bytes a name, on most)"
+                    ),
                 ))
             }
             // Nothing there, or nothing this process can see (a file where a folder should
@@ -168,9 +179,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("its name is longer than the file system takes"),
+            err.starts_with("its name or path is longer than the file system takes"),
             "{err}"
         );
+        // Also below a folder not made yet (the lookup stops at the folder).
+        let err = replaceable_file(&dir.join("new").join(format!("{}.png", "n".repeat(252))))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("its name or path is longer"), "{err}");
         std::fs::write(&file, b"x").unwrap();
         assert_eq!(replaceable_file(&file).unwrap(), file);
         let err = replaceable_file(&dir).unwrap_err().to_string();

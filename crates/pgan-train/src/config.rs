@@ -894,8 +894,8 @@ impl TrainConfig {
                 s.start_resolution, m.resolution
             ));
         }
-        // Before the loop's non-negative check, so that 0 and -5 get one message.
-        if s.total_kimg.is_nan() || s.total_kimg <= 0.0 {
+        // Before the loop's non-negative check, so that 0, -5 and inf get one message.
+        if !s.total_kimg.is_finite() || s.total_kimg <= 0.0 {
             return bad(format!(
                 "schedule.total_kimg {} must be a positive number",
                 s.total_kimg
@@ -1326,19 +1326,24 @@ mod tests {
     fn validation_names_the_bad_key() {
         // One message for every total that is not positive, so that the fix of one is not
         // refused in other words.
-        for total in [-5.0, 0.0, f64::NAN] {
+        for total in [-5.0, 0.0, f64::NAN, f64::INFINITY] {
             let mut config = TrainConfig::default();
             config.schedule.total_kimg = total;
             let said = config.validate().unwrap_err().to_string();
             assert!(
-                said.contains(&format!("schedule.total_kimg {total} must be a positive number")),
+                said.contains(&format!(
+                    "schedule.total_kimg {total} must be a positive number"
+                )),
                 "{said}"
             );
         }
         let mut config = TrainConfig::default();
         config.run.tick_kimg = 1e300;
         let said = config.validate().unwrap_err().to_string();
-        assert!(said.contains("run.tick_kimg 1e300 is beyond 1e9 kimg"), "{said}");
+        assert!(
+            said.contains("run.tick_kimg 1e300 is beyond 1e9 kimg"),
+            "{said}"
+        );
         let mut config = TrainConfig::default();
         config.model.resolution = 48;
         assert!(config

@@ -280,6 +280,23 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     let mut warnings: Vec<String> = crate::distributed::mbstd_groups_split(&config)?
         .into_iter()
         .collect();
+    // The largest minibatch the schedule trains with, and where.
+    let schedule = &config.schedule;
+    let largest = std::iter::successors(Some(schedule.start_resolution), |r| Some(r * 2))
+        .take_while(|&r| r <= config.model.resolution)
+        .map(|r| (schedule.batch_for(r), r))
+        .max_by_key(|&(batch, r)| (batch, std::cmp::Reverse(r)));
+    if let Some((batch, resolution)) = largest.filter(|&(batch, _)| reader.len() < batch) {
+        // Epochs are drawn without replacement, so a minibatch past the dataset's end repeats
+        // its images: the minibatch-stddev sees less variety than there is.
+        warnings.push(format!(
+            "{} holds {} image(s), fewer than the minibatch of {batch} at \
+             {resolution}x{resolution}: every minibatch repeats images (a GAN learns from \
+             thousands)",
+            reader.path().display(),
+            reader.len()
+        ));
+    }
     let trailing = reader.trailing_bytes();
     if trailing > 0 {
         // The levels' checksums hold, so the images are as prepared: said, not refused.

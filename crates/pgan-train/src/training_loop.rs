@@ -750,7 +750,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if truncated.foreign > 0 {
             self.log.warn(format!(
                 "{}: {} line(s) that are not rows (notes, edited rows) kept where they stand; \
-                 `pgan report` leaves them out and names them",
+                 `pgan report` leaves out those without a kimg and names them",
                 self.run_dir.join(METRICS_FILE).display(),
                 truncated.foreign
             ));

@@ -1210,7 +1210,8 @@ fn repeated_nans_stop_with_advice() {
         .to_string();
     assert!(
         err.starts_with("training diverged: a non-finite value by ")
-            && err.contains("recovery.max_consecutive_failures = 0 allows no rollback. Try"),
+            && err.contains("recovery.max_consecutive_failures = 0 allows no rollback (1 or more")
+            && err.contains("at a lower rate). Try"),
         "{err}"
     );
     // The error that ended the run is the last line of its log too.

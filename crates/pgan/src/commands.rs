@@ -282,7 +282,7 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = args.total_kimg {
         if v.is_nan() || v <= 0.0 {
-            bail!("--total-kimg must be positive");
+            bail!("--total-kimg {v} must be a positive number");
         }
         config.schedule.total_kimg = v;
     }
@@ -726,7 +726,12 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         );
     }
     if let Some(latents) = &args.save_latents {
-        say!("wrote {} (the latents, one per seed)", latents.display());
+        let which = match kind {
+            RenderKind::Sheet { .. } => "one per cell, row by row",
+            RenderKind::Interpolation { .. } => "one per frame",
+            RenderKind::Timeline => "one per seed",
+        };
+        say!("wrote {} (the latents, {which})", latents.display());
     }
     Ok(ExitCode::SUCCESS)
 }

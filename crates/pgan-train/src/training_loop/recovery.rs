@@ -102,7 +102,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             let what = if max == 0 {
                 format!(
                     "a non-finite value by {kimg:.3} kimg at {resolution}x{resolution}, and \
-                     recovery.max_consecutive_failures = 0 allows no rollback"
+                     recovery.max_consecutive_failures = 0 allows no rollback (1 or more lets the run \
+                     go back to its last checkpoint at a lower rate)"
                 )
             } else {
                 format!(
