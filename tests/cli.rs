@@ -1534,6 +1534,23 @@ fn eval_at_8x8_says_what_it_cannot_measure_and_outputs_go_into_new_folders() {
         ["msssim_fake", "swd", "msssim_real"],
         "{parsed}"
     );
+    // A dataset with bytes after its data (which verify calls corrupt) is measured against,
+    // and said.
+    let longer = dir.path().join("longer.pgan");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes.extend_from_slice(b"extra\n");
+    std::fs::write(&longer, bytes).unwrap();
+    let out = run_ok(
+        pgan()
+            .arg("eval")
+            .arg(&run)
+            .args(["--num", "8", "--pairs", "4", "--data"])
+            .arg(&longer),
+    );
+    assert!(
+        out.contains("longer.pgan: 6 bytes follow its data"),
+        "{out}"
+    );
 
     let exported = dir.path().join("new/export/g.safetensors");
     run_ok(pgan().arg("export").arg(&run).arg("--out").arg(&exported));

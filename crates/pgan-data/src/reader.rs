@@ -348,6 +348,20 @@ impl PyramidReader {
         (self.map.len() as u64).saturating_sub(m.offset + m.length)
     }
 
+    /// A warning for the readers that use the file anyway (train, eval) when bytes follow its
+    /// data: the levels' checksums hold, so the images are as prepared; said, not refused.
+    pub fn trailing_bytes_warning(&self) -> Option<String> {
+        let trailing = self.trailing_bytes();
+        (trailing > 0).then(|| {
+            format!(
+                "{}: {trailing} bytes follow its data, which prepare never writes (the file was \
+                 appended to, or copied over a longer one; `pgan verify` calls it corrupt); its \
+                 images read as prepared",
+                self.path.display()
+            )
+        })
+    }
+
     fn check_levels_where(&self, wanted: impl Fn(u32) -> bool + Sync) -> VerifyReport {
         use rayon::prelude::*;
         let levels = self

@@ -388,12 +388,8 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
         return Err(unwritable("it is a folder".into()));
     }
     if let Err(e) = std::fs::symlink_metadata(out) {
-        if e.kind() == io::ErrorKind::InvalidFilename {
-            // Said before the work: the final rename would fail after it.
-            return Err(unwritable(
-                "its name or path is longer than the file system takes (255 bytes a name, on most)"
-                    .into(),
-            ));
+        if let Some(too_long) = pgan_spec::output::too_long(out, &e) {
+            return Err(unwritable(too_long.to_string()));
         }
     }
     // The final rename replaces whatever has the output's name: only ever a regular file (a

@@ -60,23 +60,14 @@ pub fn replaceable_file(path: &Path) -> io::Result<PathBuf> {
     for _ in 0..40 {
         let meta = match std::fs::symlink_metadata(&target) {
             Ok(meta) => meta,
-            // Said before any work: the write would fail only at its end, at the rename. (A
-            // missing folder above is reported before a long name: the name is measured too.)
-            Err(e)
-                if e.kind() == io::ErrorKind::InvalidFilename
-                    || target.file_name().is_some_and(|n| n.len() > MAX_NAME_BYTES) =>
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "its name or path is longer than the file system takes ({MAX_NAME_BYTES} \
-                         bytes a name, on most)"
-                    ),
-                ))
+            Err(e) => {
+                return match too_long(&target, &e) {
+                    Some(too_long) => Err(too_long),
+                    // Nothing there, or nothing this process can see (a file where a folder
+                    // should be, no permission): the write itself will say what stops it.
+                    None => Ok(target),
+                };
             }
-            // Nothing there, or nothing this process can see (a file where a folder should
-            // be, no permission): the write itself will say what stops it.
-            Err(_) => return Ok(target),
         };
         let ty = meta.file_type();
         if ty.is_file() {
@@ -104,6 +95,23 @@ pub fn replaceable_file(path: &Path) -> io::Result<PathBuf> {
         io::ErrorKind::InvalidInput,
         "too many levels of symbolic links",
     ))
+}
+
+/// The error for an output `path` whose lookup failed with `lookup`, when the file system
+/// would refuse its name or path: said before any work, where the write would fail only at its
+/// end, at the rename. The name is measured too, since a missing folder above it is reported
+/// before a long name.
+pub fn too_long(path: &Path, lookup: &io::Error) -> Option<io::Error> {
+    let long_name = path.file_name().is_some_and(|n| n.len() > MAX_NAME_BYTES);
+    (lookup.kind() == io::ErrorKind::InvalidFilename || long_name).then(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "its name or path is longer than the file system takes ({MAX_NAME_BYTES} bytes \
+                 a name, on most)"
+            ),
+        )
+    })
 }
 
 /// What a file that is not a regular one is, for messages.

@@ -723,6 +723,14 @@ impl NodesConfig {
 }
 
 impl TrainConfig {
+    /// The resolutions the run trains at, from `schedule.start_resolution` up to the model's,
+    /// each with its minibatch.
+    pub fn trained_resolutions(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        std::iter::successors(Some(self.schedule.start_resolution), |r| r.checked_mul(2))
+            .take_while(|&r| (1..=self.model.resolution).contains(&r))
+            .map(|r| (r, self.schedule.batch_for(r)))
+    }
+
     /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = pgan_data::read_regular_file(path)
@@ -1184,11 +1192,9 @@ impl TrainConfig {
         if group <= 1 {
             return Ok(());
         }
-        let mut resolution = self.schedule.start_resolution;
-        while resolution <= self.model.resolution {
-            // Each data-parallel peer groups its own share of the minibatch.
-            let peers = crate::distributed::peer_count(self);
-            let minibatch = self.schedule.batch_for(resolution);
+        // Each data-parallel peer groups its own share of the minibatch.
+        let peers = crate::distributed::peer_count(self);
+        for (resolution, minibatch) in self.trained_resolutions() {
             let batch = minibatch / peers;
             let used = group.min(batch);
             if !batch.is_multiple_of(used) {
@@ -1209,7 +1215,6 @@ impl TrainConfig {
                     ),
                 });
             }
-            resolution *= 2;
         }
         Ok(())
     }

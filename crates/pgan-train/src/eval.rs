@@ -611,6 +611,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     // Inception metrics only.
     if let Some(path) = request.data.as_ref().filter(|p| !p.is_dir()) {
         let reader = PyramidReader::open(path)?;
+        report.warnings.extend(reader.trailing_bytes_warning());
         if reader.resolution() < resolution {
             return Err(crate::error::TrainError::Dataset {
                 path: path.clone(),

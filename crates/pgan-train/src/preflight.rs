@@ -280,13 +280,11 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     let mut warnings: Vec<String> = crate::distributed::mbstd_groups_split(&config)?
         .into_iter()
         .collect();
-    // The largest minibatch the schedule trains with, and where.
-    let schedule = &config.schedule;
-    let largest = std::iter::successors(Some(schedule.start_resolution), |r| Some(r * 2))
-        .take_while(|&r| r <= config.model.resolution)
-        .map(|r| (schedule.batch_for(r), r))
-        .max_by_key(|&(batch, r)| (batch, std::cmp::Reverse(r)));
-    if let Some((batch, resolution)) = largest.filter(|&(batch, _)| reader.len() < batch) {
+    // The largest minibatch the schedule trains with, and where (first).
+    let largest = config
+        .trained_resolutions()
+        .max_by_key(|&(resolution, batch)| (batch, std::cmp::Reverse(resolution)));
+    if let Some((resolution, batch)) = largest.filter(|&(_, batch)| reader.len() < batch) {
         // Epochs are drawn without replacement, so a minibatch past the dataset's end repeats
         // its images: the minibatch-stddev sees less variety than there is.
         warnings.push(format!(
@@ -297,16 +295,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             reader.len()
         ));
     }
-    let trailing = reader.trailing_bytes();
-    if trailing > 0 {
-        // The levels' checksums hold, so the images are as prepared: said, not refused.
-        warnings.push(format!(
-            "{}: {trailing} bytes follow its data, which prepare never writes (the file was \
-             appended to, or copied over a longer one; `pgan verify` calls it corrupt); its \
-             images read as prepared",
-            reader.path().display()
-        ));
-    }
+    warnings.extend(reader.trailing_bytes_warning());
     if let Some(plan) = &resume {
         let run_dir = checkpoint::run_dir_of(&plan.checkpoint).unwrap_or_default();
         for set_aside in checkpoint::unfinished_set_asides(&run_dir) {

@@ -308,9 +308,7 @@ pub(crate) fn mbstd_groups_split(config: &TrainConfig) -> Result<Option<String>>
     }
     let mut smaller = Vec::new();
     let mut alone = Vec::new();
-    let mut resolution = config.schedule.start_resolution;
-    while resolution <= config.model.resolution {
-        let minibatch = config.schedule.batch_for(resolution);
+    for (resolution, minibatch) in config.trained_resolutions() {
         let used = group.min(minibatch / peers);
         if used < group.min(minibatch) {
             smaller.push(format!("{used} at {resolution}x{resolution}"));
@@ -318,7 +316,6 @@ pub(crate) fn mbstd_groups_split(config: &TrainConfig) -> Result<Option<String>>
                 alone.push(format!("{resolution}x{resolution}"));
             }
         }
-        resolution *= 2;
     }
     if smaller.is_empty() {
         return Ok(None);
@@ -386,18 +383,14 @@ pub(crate) fn check_batches(config: &TrainConfig) -> Result<()> {
             message: format!("loss.feature_matching is not supported with several {what} yet"),
         });
     }
-    let mut resolution = config.schedule.start_resolution;
-    while resolution <= config.model.resolution {
-        let batch = config.schedule.batch_for(resolution);
-        resolution *= 2;
+    for (resolution, batch) in config.trained_resolutions() {
         if !batch.is_multiple_of(peers) {
             return Err(TrainError::Config {
                 path: None,
                 message: format!(
                     "the minibatch of {batch} at {resolution}x{resolution} does not divide over \
                      {over}: the global minibatch is split evenly, so make it a multiple of \
-                     {peers}",
-                    resolution = resolution / 2
+                     {peers}"
                 ),
             });
         }
