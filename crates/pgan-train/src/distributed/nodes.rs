@@ -1345,6 +1345,8 @@ impl Ring {
             .collect();
         let sent = AtomicUsize::new(0);
         let prev_rank = (rank + nodes - 1) % nodes;
+        let next_rank = (rank + 1) % nodes;
+        let next_address = self.watch.addresses[next_rank].clone();
         let exchange = |send: Vec<f32>, id: u64| {
             let service = self.service.clone();
             let prev = self.prev.clone();
@@ -1402,8 +1404,23 @@ impl Ring {
                     slices[recv] = exchange(slices[send].clone(), ids[nodes - 1 + step]).await?;
                 }
                 // Until the next node has taken this node's last slice: a node that returned
-                // earlier could exit (at the run's end) before serving it.
+                // earlier could exit (at the run's end) before serving it. Nothing else tells
+                // this node that the next one is gone (it downloads only from the node before
+                // it), so it looks: a next node killed after sending its last slice is named
+                // at once, not after the peer timeout (by which time the node after it, which
+                // had stopped because of it, may be gone too and be named with it).
+                let mut looked = Instant::now();
                 while !self.service.exposed_tensors.lock().await.is_empty() {
+                    if looked.elapsed() >= Duration::from_millis(250) {
+                        let address = next_address.clone();
+                        let gone = tokio::task::spawn_blocking(move || probe(&address).is_err());
+                        if gone.await.unwrap_or(false) {
+                            return Err(RingFailure::Failed(format!(
+                                "node {next_rank} stopped before it took this node's last slice"
+                            )));
+                        }
+                        looked = Instant::now();
+                    }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Ok::<_, RingFailure>(())
@@ -1422,21 +1439,26 @@ impl Ring {
                 (self.watch.lost_by_another(what, prev_rank, &lost), lost)
             }
         };
-        self.tell_next(&ids[sent.load(Ordering::SeqCst).min(ids.len())..], &lost);
+        // The slices of this op not sent, and the first of the next op: a next node that got
+        // every slice of this one (this node failed on its last download) finishes this op and
+        // reads the word at its next.
+        let mut unsent = ids[sent.load(Ordering::SeqCst).min(ids.len())..].to_vec();
+        unsent.push(base + 2 * nodes as u64);
+        self.tell_next(&unsent, &lost);
         Err(error)
     }
 
     /// Tells the next node that this one stops because of the nodes `lost`: a marker in place
-    /// of every slice of this op it has not sent (`ids`). Waits until the next node took one
-    /// (and a moment more: the data service takes it before it sends it), stopped listening,
-    /// Ctrl-C, or a peer timeout and a margin passed (the next node may be waiting for its own
+    /// of every slice it has not sent (`ids`: the rest of this op's, and the next op's first).
+    /// Waits until the next node took one (and a moment more: the data service takes it before
+    /// it sends it), stopped listening, Ctrl-C, or a peer timeout and a margin passed (the next node may be waiting for its own
     /// timeout on a lost node, and then reads the marker no more: its survey must still find
     /// this node alive to name only the lost one). Not when no node was found gone (a hang:
     /// every node times out on its own), when the next node is among the lost, or is the node
     /// before this one (two nodes: it knows already).
     fn tell_next(&self, ids: &[u64], lost: &[usize]) {
         let next = (self.rank + 1) % self.count;
-        if self.count < 3 || lost.is_empty() || lost.contains(&next) || ids.is_empty() {
+        if self.count < 3 || lost.is_empty() || lost.contains(&next) {
             return;
         }
         let marker: Vec<f32> = lost.iter().map(|&r| r as f32).collect();
@@ -1836,5 +1858,168 @@ mod tests {
         let started = Instant::now();
         assert!(matches!(greet(answering(None), 5000), Greeting::Silent(_)));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A port free now (the OS's pick, released).
+    fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    /// Node 1 of a ring of three, scripted: it serves `slices` under their transfer ids, takes
+    /// the ids `takes` from node 0 (the node before it), and stops serving once every one of
+    /// its slices was taken, as a killed node's listener ends.
+    fn scripted_node_1(
+        port: u16,
+        node_0: String,
+        slices: Vec<(u64, Vec<f32>)>,
+        takes: Vec<u64>,
+    ) -> std::thread::JoinHandle<()> {
+        use burn_communication::data_service::{TensorDataServer, TensorDataService};
+        use burn_communication::ProtocolServer;
+        quiet_websocket_output();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let service = Arc::new(TensorDataService::<
+            burn::backend::Flex,
+            burn_communication::websocket::WebSocket,
+        >::new(cancel.clone()));
+        let server = burn_communication::websocket::WsServer::new(port)
+            .route_tensor_data_service(service.clone());
+        let stop = cancel.clone();
+        ring_runtime().spawn(async move { server.serve(stop.cancelled_owned()).await });
+        while probe(&format!("127.0.0.1:{port}")).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::spawn(move || {
+            ring_runtime().block_on(async move {
+                for (id, slice) in slices {
+                    let len = slice.len();
+                    let data = burn::tensor::TensorData::new(slice, [len]);
+                    service.expose_data(data, 1, id.into()).await;
+                }
+                if !takes.is_empty() {
+                    let address = node_0.clone();
+                    tokio::task::spawn_blocking(move || {
+                        while probe(&address).is_err() {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    })
+                    .await
+                    .unwrap();
+                }
+                for id in takes {
+                    service
+                        .download_tensor(ws(&node_0), id.into())
+                        .await
+                        .unwrap();
+                }
+                while !service.exposed_tensors.lock().await.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                cancel.cancel();
+            })
+        })
+    }
+
+    /// A ring of three on this machine: node 1 scripted, nodes 0 and 2 real. The watch's
+    /// timeout is long, so that a node that waited it out shows in the elapsed time.
+    fn ring_of_three() -> (Vec<u16>, impl Fn(usize) -> Ring) {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let start = {
+            let ports = ports.clone();
+            move |rank: usize| {
+                let watch = Watch {
+                    rank,
+                    timeout: Duration::from_secs(30),
+                    addresses: addresses.clone(),
+                    orchestrator: "127.0.0.1:1".into(),
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                Ring::start(ports[rank], watch, Duration::from_secs(10), &stop).unwrap()
+            }
+        };
+        (ports, start)
+    }
+
+    /// Node 1 sends node 2 every slice of an all-reduce and stops before it takes node 0's
+    /// last: node 0, which downloads only from node 2, finds it gone at once while node 2 is
+    /// still there, and names node 1 alone (it waited out its peer timeout, and by then node 2
+    /// could be gone too).
+    #[test]
+    fn a_node_whose_next_node_stops_before_taking_its_last_slice_names_it_at_once() {
+        let (ports, start) = ring_of_three();
+        // Three values over three nodes: one-value slices; this op's ids are 0, 1, 3 and 4.
+        let zeros = [0, 1, 3, 4].map(|id| (id, vec![0.0])).to_vec();
+        let node_1 = scripted_node_1(ports[1], String::new(), zeros, Vec::new());
+        let (done, release) = mpsc::channel::<()>();
+        let node_2 = std::thread::spawn({
+            let ring = start(2);
+            move || {
+                let summed = ring
+                    .sum(vec![1.0; 3], "test sum")
+                    .map_err(|e| e.to_string());
+                let _ = release.recv();
+                summed
+            }
+        });
+        let ring = start(0);
+        let started = Instant::now();
+        let error = ring.sum(vec![1.0; 3], "test sum").unwrap_err().to_string();
+        let elapsed = started.elapsed();
+        drop(done);
+        node_2.join().unwrap().unwrap();
+        node_1.join().unwrap();
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}: {error}");
+        assert!(
+            error.contains(&format!(
+                "test sum: failed (node 1 stopped before it took this node's last slice); lost \
+                 node 1 (127.0.0.1:{})",
+                ports[1]
+            )),
+            "{error}"
+        );
+        assert!(!error.contains("node 2 ("), "{error}");
+    }
+
+    /// Node 2 sends node 0 every slice of an all-reduce and then finds node 1 gone (a slice of
+    /// the wrong size, then no listener): node 0 finishes the op, and at its next op hears
+    /// from node 2 why it stopped, at once, instead of waiting out its peer timeout and
+    /// finding both gone.
+    #[test]
+    fn a_node_that_finished_the_op_hears_at_its_next_why_the_node_before_it_stopped() {
+        let (ports, start) = ring_of_three();
+        let slices = vec![
+            (0, vec![0.0]),
+            (1, vec![0.0]),
+            (3, vec![0.0]),
+            (4, vec![0.0, 0.0]),
+        ];
+        let node_0 = format!("127.0.0.1:{}", ports[0]);
+        let node_1 = scripted_node_1(ports[1], node_0, slices, vec![0, 1, 3, 4]);
+        let node_2 = std::thread::spawn({
+            let ring = start(2);
+            move || ring.sum(vec![1.0; 3], "test sum").unwrap_err().to_string()
+        });
+        let ring = start(0);
+        ring.sum(vec![1.0; 3], "test sum").unwrap();
+        let started = Instant::now();
+        let error = ring.sum(vec![1.0; 3], "next sum").unwrap_err().to_string();
+        let elapsed = started.elapsed();
+        let said_2 = node_2.join().unwrap();
+        node_1.join().unwrap();
+        let node_1 = format!("node 1 (127.0.0.1:{})", ports[1]);
+        assert!(
+            said_2.contains("test sum: failed (node 1 sent a slice of another size); lost")
+                && said_2.contains(&node_1),
+            "{said_2}"
+        );
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}: {error}");
+        assert!(
+            error.contains(&format!(
+                "next sum: node 2 stopped because of the loss of {node_1}, and told this node"
+            )),
+            "{error}"
+        );
     }
 }
