@@ -136,6 +136,8 @@ mod tests {
     /// settings and with a non-zero β1.
     #[test]
     fn equals_burns_adam_bit_for_bit() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         for (beta_1, beta_2, lr) in [(0.0, 0.99, 1e-3), (0.9, 0.999, 1e-2)] {
             let initial = Net::new(7);
             let before = initial.params();
@@ -161,6 +163,8 @@ mod tests {
     /// The state is burn's: a checkpointed record of burn's optimizer continues in this one.
     #[test]
     fn continues_from_a_checkpoint_of_burns_adam() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let net = Net::new(3);
         let mut reference = burns(0.9, 0.99, 1e-5);
         let x = batch();

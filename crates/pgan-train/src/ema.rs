@@ -173,6 +173,8 @@ mod tests {
     /// the full average does, and leaves the others at their value.
     #[test]
     fn generator_ema_leaves_the_stages_not_grown_alone() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let device = Default::default();
         let config = pgan_model::ModelConfig::new(16)
             .with_latent_dim(8)

@@ -38,6 +38,8 @@ mod tests {
 
     #[test]
     fn the_loss_is_the_squared_distance_of_the_feature_means_and_its_gradient() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         // Reals' means (2, 0, 1); fakes' means (0.5, 1, 1).
         let reals = tensor(&[1.0, -1.0, 1.0, 3.0, 1.0, 1.0], 2);
         let fake_values = [0.0, 1.0, 2.0, 1.0, 2.0, 0.0, 0.5, 0.0, 1.0];

@@ -115,6 +115,8 @@ mod tests {
 
     #[test]
     fn the_discriminator_loss_is_the_cross_entropy_and_its_gradient() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let fakes: Vec<f32> = LOGITS.iter().map(|v| v * 0.5 - 1.0).collect();
         for t in [1.0f32, 0.9, 0.7] {
             let (r, f) = (logits(&LOGITS), logits(&fakes));
@@ -140,6 +142,8 @@ mod tests {
 
     #[test]
     fn label_smoothing_stops_rewarding_confidence_on_reals() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         // At a confident real logit the unsmoothed loss still pushes the logit up; the smoothed
         // one pushes it back down towards σ(l) = t.
         let confident = [6.0f32];
@@ -157,6 +161,8 @@ mod tests {
 
     #[test]
     fn generator_losses_match_their_closed_forms() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let ns = non_saturating_generator_loss(logits(&LOGITS));
         close(scalar(ns), mean(|l| -sigmoid64(l).ln(), &LOGITS));
         let mm = minimax_generator_loss(logits(&LOGITS));
@@ -168,6 +174,8 @@ mod tests {
 
     #[test]
     fn minimax_saturates_where_the_non_saturating_loss_does_not() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let n = LOGITS.len() as f64;
         let x = logits(&LOGITS);
         let g_mm = grad(minimax_generator_loss(x.clone()), &x);

@@ -193,6 +193,8 @@ mod tests {
     /// code runs them: for each loss kind, during a fade-in and at a plain stage.
     #[test]
     fn one_batch_of_reals_and_fakes_gives_the_separate_passes_loss_and_gradients() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let device = Default::default();
         let config = ModelConfig::new(16)
             .with_latent_dim(8)

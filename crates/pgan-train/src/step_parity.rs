@@ -322,6 +322,8 @@ mod tests {
 
     #[test]
     fn the_cpu_against_itself_is_exact_and_a_wrong_step_is_caught() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let loss = LossConfig::default();
         let same =
             check_step::<Autodiff<Flex>>(&Default::default(), &small(), &loss, 16, 0.5, 4, 1, 1e-6);
@@ -375,6 +377,8 @@ mod tests {
     #[cfg(feature = "wgpu")]
     #[test]
     fn a_training_step_on_wgpu_matches_the_cpu() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         let probe = std::panic::catch_unwind(|| {
             Tensor::<Wgpu, 1>::zeros([1], &Default::default()).into_data();
         });

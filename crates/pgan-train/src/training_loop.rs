@@ -104,12 +104,12 @@ pub struct RunSummary {
 
 /// Runs (or resumes) training on backend `B`.
 ///
-/// Runs in one process take turns: burn 0.21's autodiff keeps every graph in one process-global
-/// registry whose cleanup after each backward pass also visits other threads' graphs, and two
-/// trainings on different threads were measured to diverge at the bit level (the CI failure of
+/// Runs in one process take turns ([`step::process_turn`]), as the data-parallel peers of a run
+/// do within a step: burn 0.21's autodiff keeps every graph in one process-global registry whose
+/// cleanup after each backward pass also visits other threads' graphs, and two trainings on
+/// different threads were measured to diverge at the bit level (the CI failure of
 /// `a_run_stopped_and_resumed_matches_an_uninterrupted_run_bit_for_bit`, reproduced with
-/// `RAYON_NUM_THREADS=1`, so not a parallel-reduction effect). The same turn also keeps the
-/// process-global backend RNG to one run between seeding and initialisation.
+/// `RAYON_NUM_THREADS=1`, so not a parallel-reduction effect).
 pub fn train_on<B: AutodiffBackend>(
     options: TrainOptions,
     device: B::Device,
@@ -131,18 +131,12 @@ pub fn train_with_faults(options: TrainOptions, faults: Faults) -> Result<RunSum
     dispatch(kind, device, Job(options, faults))
 }
 
-/// Held by the training in progress of this process (see [`train_on`]).
-static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn train_with_faults_on<B: AutodiffBackend>(
     options: TrainOptions,
     faults: Option<Faults>,
     device: B::Device,
 ) -> Result<RunSummary> {
-    // A panic in another training poisons the lock but leaves nothing shared half-written.
-    let _turn = ONE_TRAINING_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _turn = step::process_turn();
     // Peers block in all-reduces waiting for each other: none of them runs on a rayon thread,
     // which the others' parallel loops could be waiting for.
     let one_peer = crate::distributed::peer_count(&options.config) == 1;
@@ -1217,9 +1211,7 @@ minibatch_default = 4
     /// (and the weights' finiteness) in one read.
     #[test]
     fn a_training_step_reads_nothing_back_from_the_device() {
-        let _turn = ONE_TRAINING_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _turn = step::process_turn();
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = tiny_trainer(dir.path());
         let phase = trainer.schedule.at(trainer.state.images_shown);

@@ -1,6 +1,7 @@
 //! Data-parallel training on CPU peers (threads of this process, burn-collective's local
 //! all-reduce): two peers with half the minibatch each train like one device with all of it,
-//! and a two-peer run resumes exactly.
+//! and a two-peer run resumes exactly. (`train` runs one training at a time per process, so the
+//! tests' runs never share burn-collective's registry of peers.)
 
 use std::path::Path;
 
@@ -10,17 +11,6 @@ use pgan_train::{train, TrainOptions};
 
 mod common;
 use common::{parameter_values, tiny_dataset};
-
-/// burn-collective keeps one registry of peers per process: two runs whose peers both register
-/// as 0 and 1 at once would sum each other's gradients. The tests of this file run one at a
-/// time.
-static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_run_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_RUN_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// A tiny run; `extra` is appended to the TOML (sections override nothing above them, so it
 /// only adds keys).
@@ -66,7 +56,6 @@ fn one_step_delta(run_dir: &Path) -> (Vec<f32>, Vec<f32>) {
 
 #[test]
 fn two_peers_with_half_the_batch_each_match_one_device_with_the_whole_batch() {
-    let _alone = one_run_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 4);
     // One step of 16 images at 4x4. The minibatch-stddev layer is off (it would group samples
@@ -124,7 +113,6 @@ minibatch_default = 16
 
 #[test]
 fn a_two_peer_run_stopped_and_resumed_matches_an_uninterrupted_one_bit_for_bit() {
-    let _alone = one_run_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(dir.path(), 8);
     // 4x4 stable, fade to 8x8, 8x8 stable: 16 images per phase, batch 4 (2 per peer).

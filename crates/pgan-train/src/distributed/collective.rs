@@ -20,7 +20,7 @@ use crate::checkpoint::{self, DatasetFingerprint, TrainState};
 use crate::config::{LossConfig, OptimConfig, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::nets::Nets;
-use crate::training_loop::step::{peer_step, GradSync, PeerStepOutput, StepInputs};
+use crate::training_loop::step::{peer_step, GradSync, PeerStepOutput, StepInputs, Turn};
 
 /// A replica: peer `rank`'s networks and optimizers on its device.
 struct Replica<B: AutodiffBackend> {
@@ -46,6 +46,8 @@ pub(super) struct PeerGroup<B: AutodiffBackend> {
     /// agreed at the last exchange (`None` before the first).
     stop_wish: bool,
     stop_agreed: Option<bool>,
+    /// The peers build their autodiff graphs one at a time ([`Turn`]).
+    turns: std::sync::Mutex<()>,
 }
 
 impl<B: AutodiffBackend> PeerGroup<B> {
@@ -189,6 +191,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             device: device.clone(),
             stop_wish: false,
             stop_agreed: None,
+            turns: std::sync::Mutex::new(()),
         };
         if let Some(link) = link {
             let state = checkpoint::read_state(ckpt)?;
@@ -445,6 +448,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             stop_seen: AtomicBool::new(false),
         });
         let ring = node_ring.as_ref();
+        let turns = &self.turns;
         let outs = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .replicas
@@ -459,11 +463,12 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                             loss,
                             &replica.device,
                             ring,
+                            turns,
                         )
                     })
                 })
                 .collect();
-            let out = run_peer(first, nets, own, loss, device, ring);
+            let out = run_peer(first, nets, own, loss, device, ring, turns);
             let mut outs = vec![out];
             for handle in handles {
                 outs.push(join(handle).and_then(|r| r));
@@ -519,14 +524,16 @@ fn run_peer<B: AutodiffBackend>(
     loss: &LossConfig,
     device: &B::Device,
     ring: Option<&NodeRing<'_>>,
+    turns: &std::sync::Mutex<()>,
 ) -> Result<PeerStepOutput<B>> {
     let sync = CollectiveSync {
         peer: PeerId(rank as u32),
         seconds: Cell::new(0.0),
         ring,
     };
+    let turn = Turn::of(turns);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        peer_step(nets, share, loss, device, &sync)
+        peer_step(nets, share, loss, device, &sync, &turn)
     }))
     .unwrap_or_else(|panic| {
         Err(TrainError::Peer {
@@ -540,6 +547,7 @@ fn run_peer<B: AutodiffBackend>(
             Ok(out)
         }
         Err(e) => {
+            turn.give_up();
             reset_quietly::<B>();
             Err(e)
         }

@@ -40,7 +40,7 @@ use crate::config::{LossConfig, OptimConfig, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::nets::Nets;
 use crate::stats::TickStats;
-use crate::training_loop::step::{peer_step, NoSync, PeerStepOutput, StepInputs};
+use crate::training_loop::step::{peer_step, NoSync, PeerStepOutput, StepInputs, Turn};
 
 #[cfg(feature = "collective")]
 mod collective;
@@ -152,7 +152,7 @@ impl<B: AutodiffBackend> Peers<B> {
             self.last = outs.iter().map(|o| (o.step_s, o.sync_s)).collect();
             return Ok(mean_over_peers::<B>(outs, device));
         }
-        let out = peer_step(nets, inputs, loss, device, &NoSync)?;
+        let out = peer_step(nets, inputs, loss, device, &NoSync, &Turn::alone())?;
         self.last = vec![(out.step_s, out.sync_s)];
         Ok(out)
     }

@@ -1569,6 +1569,8 @@ mod tests {
     /// processes' networks in the same state (other parameter ids) give the same values.
     #[test]
     fn the_optimizer_values_follow_the_moments_not_the_parameter_ids() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
         use burn::backend::{Autodiff, Flex};
         use burn::optim::{GradientsParams, Optimizer};
         type Cpu = Autodiff<Flex>;

@@ -25,6 +25,9 @@ use crate::stats::StepPosition;
 
 mod feature_matching;
 mod ttur;
+mod turn;
+
+pub(crate) use turn::{process_turn, Turn};
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// One D step, one G step and the EMA update, nothing read back: the losses and gradient
@@ -230,7 +233,8 @@ impl GradSync for NoSync {
 }
 
 /// One peer's D step and G step on `inputs` (its share), with the gradients made common by
-/// `sync` before each optimizer step. The EMA is the caller's (peer 0's) business.
+/// `sync` before each optimizer step. The EMA is the caller's (peer 0's) business. The step
+/// holds `turn` except while it waits in `sync` (see [`Turn`]).
 ///
 /// `inputs` is taken by value: its host vectors become the step's tensors without a copy.
 pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
@@ -239,7 +243,9 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     loss: &LossConfig,
     device: &B::Device,
     sync: &S,
+    turn: &Turn<'_>,
 ) -> Result<PeerStepOutput<B>> {
+    turn.take();
     let started = std::time::Instant::now();
     let n = inputs.batch();
     let StepInputs {
@@ -275,7 +281,9 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     let mix = Tensor::from_data(TensorData::new(mix, [n, 1, 1, 1]), device);
     let (loss_d, d_stats) = discriminator_loss(loss, &nets.d, reals, fakes, mix, stage, alpha);
     let grads = GradientsParams::from_grads(loss_d.backward(), &nets.d);
+    turn.give_up();
     let grads = sync.sync(&nets.d, grads)?;
+    turn.take();
     let d_grad_norm = grad_norm(&nets.d, &grads, device);
     let d = nets.d.clone();
     nets.d = nets.optim_d.step(lr_d, d, grads);
@@ -299,10 +307,13 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     }
     let loss_g_value = loss_g.clone().inner();
     let grads = GradientsParams::from_grads(loss_g.backward(), &nets.g);
+    turn.give_up();
     let grads = sync.sync(&nets.g, grads)?;
+    turn.take();
     let g_grad_norm = grad_norm(&nets.g, &grads, device);
     let g = nets.g.clone();
     nets.g = nets.optim_g.step(lr_g, g, grads);
+    turn.give_up();
 
     Ok(PeerStepOutput {
         d_stats,
