@@ -241,6 +241,7 @@ mod tests {
 
     #[test]
     fn gradients_match_burns_conv2d() {
+        let _turn = crate::graph_turn();
         for (n, c_in, c_out, size, k, bias) in [
             (2, 3, 5, 7, 3, true),
             (3, 4, 2, 4, 1, true),
@@ -294,6 +295,7 @@ mod tests {
 
     #[test]
     fn the_convolution_op_reuses_filters_across_passes() {
+        let _turn = crate::graph_turn();
         use crate::filter_cache::hits;
         type AB = CpuAutodiff;
         let dev = Default::default();

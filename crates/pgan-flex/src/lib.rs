@@ -24,4 +24,13 @@ mod shape;
 mod tensors;
 mod winograd;
 
+/// Tests that run backward passes take turns: burn's autodiff cleanup after a backward pass also
+/// frees graphs other threads are building (pgan-train's `training_loop/step/turn.rs`).
+#[cfg(test)]
+pub(crate) fn graph_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub use tensors::CpuAutodiff;

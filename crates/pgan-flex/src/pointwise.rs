@@ -277,6 +277,7 @@ mod tests {
 
     #[test]
     fn lrelu_matches_burns_leaky_relu() {
+        let _turn = crate::graph_turn();
         both_ways(
             [3, 5, 4, 4],
             |x| lrelu_gate_autodiff(x.clone(), x, 0.2),
@@ -291,6 +292,7 @@ mod tests {
 
     #[test]
     fn lrelu_gate_of_a_tangent_scales_by_the_slope_where_x_is_negative() {
+        let _turn = crate::graph_turn();
         let x = random([2, 3, 5, 5]);
         // The tangent's gradient is the gate applied to the output gradient; x gets none.
         both_ways(
@@ -311,6 +313,7 @@ mod tests {
 
     #[test]
     fn pixel_norm_matches_the_tensor_op_version() {
+        let _turn = crate::graph_turn();
         let eps = 1e-8;
         both_ways(
             [3, 7, 4, 2],

@@ -211,6 +211,7 @@ mod tests {
 
     #[test]
     fn upsample_matches_reshape_expand() {
+        let _turn = crate::graph_turn();
         for shape in [[2, 3, 4, 5], [1, 1, 1, 1], [3, 8, 8, 8]] {
             both_ways(shape, upsample2x_autodiff, |x| {
                 let [n, c, h, w] = x.dims();
@@ -223,6 +224,7 @@ mod tests {
 
     #[test]
     fn downsample_matches_avg_pool2d() {
+        let _turn = crate::graph_turn();
         for shape in [[2, 3, 4, 6], [1, 1, 2, 2], [3, 8, 16, 16]] {
             both_ways(shape, downsample2x_autodiff, |x| {
                 avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false)

@@ -318,6 +318,7 @@ mod tests {
     /// `Σ w·J_D(x)·v` from forward mode must equal `⟨∇x Σ w·D(x), v⟩` from reverse mode.
     #[test]
     fn jvp_matches_reverse_mode() {
+        let _turn = crate::test_utils::graph_turn();
         type AB = TestAutodiffBackend;
         let device = Default::default();
         let discrimination = tiny_config(16)

@@ -235,6 +235,7 @@ mod tests {
     /// pgan-flex's conv op and its backward).
     #[test]
     fn batched_jvp_conv_equals_two_convolutions() {
+        let _turn = crate::test_utils::graph_turn();
         type AB = TestAutodiffBackend;
         let device = Default::default();
         for (k, c_in, c_out) in [(3, 3, 4), (1, 5, 3)] {

@@ -239,6 +239,7 @@ mod tests {
     /// `Σ w·J·v` from forward mode equals `⟨∇ Σ w·y, v⟩` from reverse mode.
     #[test]
     fn jvp_matches_reverse_mode() {
+        let _turn = crate::test_utils::graph_turn();
         type AB = TestAutodiffBackend;
         let device = Default::default();
         let mbd = reseed(

@@ -351,12 +351,14 @@ mod tests {
 
     #[test]
     fn wgan_gp_parameter_gradient_matches_finite_differences() {
+        let _turn = crate::test_utils::graph_turn();
         check_parameter_gradient(Kind::WganGp(10.0), 1, 0.5, 2, 11);
         check_parameter_gradient(Kind::WganGp(10.0), 0, 1.0, 4, 12);
     }
 
     #[test]
     fn r1_parameter_gradient_matches_finite_differences() {
+        let _turn = crate::test_utils::graph_turn();
         check_parameter_gradient(Kind::R1(10.0), 1, 0.5, 2, 21);
         check_parameter_gradient(Kind::R1(1.0), 1, 1.0, 0, 22);
     }
@@ -365,6 +367,7 @@ mod tests {
     /// among the parameter tensors checked.
     #[test]
     fn penalties_through_minibatch_discrimination_match_finite_differences() {
+        let _turn = crate::test_utils::graph_turn();
         let config = tiny_config(8)
             .with_minibatch(crate::Minibatch::Discrimination)
             .with_mbdisc_kernels(3)
@@ -377,6 +380,7 @@ mod tests {
 
     #[test]
     fn surrogate_adds_to_a_discriminator_loss() {
+        let _turn = crate::test_utils::graph_turn();
         let device = Default::default();
         let d = reseed(tiny_config(8).init_discriminator::<AB>(&device), 3);
         let reals = randn::<AB, 4>([4, 3, 8, 8], 4, &device);

@@ -12,6 +12,14 @@ use crate::config::ModelConfig;
 pub type TestBackend = Flex;
 pub type TestAutodiffBackend = Autodiff<Flex>;
 
+/// Tests that run backward passes take turns: burn's autodiff cleanup after a backward pass also
+/// frees graphs other threads are building (pgan-train's `training_loop/step/turn.rs`).
+pub fn graph_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// splitmix64 + Box–Muller: reproducible normals without touching a backend RNG.
 pub struct Rng(u64);
 
