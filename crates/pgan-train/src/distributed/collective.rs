@@ -47,7 +47,7 @@ pub(super) struct PeerGroup<B: AutodiffBackend> {
     stop_wish: bool,
     stop_agreed: Option<bool>,
     /// The peers build their autodiff graphs one at a time ([`Turn`]).
-    turns: std::sync::Mutex<()>,
+    turn: std::sync::Mutex<()>,
 }
 
 impl<B: AutodiffBackend> PeerGroup<B> {
@@ -191,7 +191,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             device: device.clone(),
             stop_wish: false,
             stop_agreed: None,
-            turns: std::sync::Mutex::new(()),
+            turn: std::sync::Mutex::new(()),
         };
         if let Some(link) = link {
             let state = checkpoint::read_state(ckpt)?;
@@ -448,7 +448,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             stop_seen: AtomicBool::new(false),
         });
         let ring = node_ring.as_ref();
-        let turns = &self.turns;
+        let turn = &self.turn;
         let outs = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .replicas
@@ -463,12 +463,12 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                             loss,
                             &replica.device,
                             ring,
-                            turns,
+                            turn,
                         )
                     })
                 })
                 .collect();
-            let out = run_peer(first, nets, own, loss, device, ring, turns);
+            let out = run_peer(first, nets, own, loss, device, ring, turn);
             let mut outs = vec![out];
             for handle in handles {
                 outs.push(join(handle).and_then(|r| r));
@@ -524,14 +524,14 @@ fn run_peer<B: AutodiffBackend>(
     loss: &LossConfig,
     device: &B::Device,
     ring: Option<&NodeRing<'_>>,
-    turns: &std::sync::Mutex<()>,
+    group_turn: &std::sync::Mutex<()>,
 ) -> Result<PeerStepOutput<B>> {
     let sync = CollectiveSync {
         peer: PeerId(rank as u32),
         seconds: Cell::new(0.0),
         ring,
     };
-    let turn = Turn::of(turns);
+    let turn = Turn::of(group_turn);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         peer_step(nets, share, loss, device, &sync, &turn)
     }))

@@ -1409,17 +1409,27 @@ impl Ring {
                 // it), so it looks: a next node killed after sending its last slice is named
                 // at once, not after the peer timeout (by which time the node after it, which
                 // had stopped because of it, may be gone too and be named with it).
-                let mut looked = Instant::now();
+                // Gone means two refusals in a row with the slice still there after them: a next
+                // node that took it and ended its run meanwhile, or a refusal under load, is not
+                // taken for a loss.
+                let mut last_probe = Instant::now();
+                let mut refusals = 0;
                 while !self.service.exposed_tensors.lock().await.is_empty() {
-                    if looked.elapsed() >= Duration::from_millis(250) {
+                    if last_probe.elapsed() >= Duration::from_millis(250) {
                         let address = next_address.clone();
-                        let gone = tokio::task::spawn_blocking(move || probe(&address).is_err());
-                        if gone.await.unwrap_or(false) {
+                        let refused = tokio::task::spawn_blocking(move || probe(&address).is_err());
+                        refusals = if refused.await.unwrap_or(false) {
+                            refusals + 1
+                        } else {
+                            0
+                        };
+                        let still_there = !self.service.exposed_tensors.lock().await.is_empty();
+                        if refusals >= 2 && still_there {
                             return Err(RingFailure::Failed(format!(
                                 "node {next_rank} stopped before it took this node's last slice"
                             )));
                         }
-                        looked = Instant::now();
+                        last_probe = Instant::now();
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -1442,20 +1452,21 @@ impl Ring {
         // The slices of this op not sent, and the first of the next op: a next node that got
         // every slice of this one (this node failed on its last download) finishes this op and
         // reads the word at its next.
-        let mut unsent = ids[sent.load(Ordering::SeqCst).min(ids.len())..].to_vec();
-        unsent.push(base + 2 * nodes as u64);
-        self.tell_next(&unsent, &lost);
+        let mut marker_ids = ids[sent.load(Ordering::SeqCst).min(ids.len())..].to_vec();
+        marker_ids.push(base + 2 * nodes as u64);
+        self.tell_next(&marker_ids, &lost);
         Err(error)
     }
 
     /// Tells the next node that this one stops because of the nodes `lost`: a marker in place
-    /// of every slice it has not sent (`ids`: the rest of this op's, and the next op's first).
+    /// of every slice it has not sent (`ids`: the rest of this op's, and the next op's first,
+    /// which a next node that finished this op reads if it starts its next within the wait).
     /// Waits until the next node took one (and a moment more: the data service takes it before
-    /// it sends it), stopped listening, Ctrl-C, or a peer timeout and a margin passed (the next node may be waiting for its own
-    /// timeout on a lost node, and then reads the marker no more: its survey must still find
-    /// this node alive to name only the lost one). Not when no node was found gone (a hang:
-    /// every node times out on its own), when the next node is among the lost, or is the node
-    /// before this one (two nodes: it knows already).
+    /// it sends it), stopped listening, Ctrl-C, or a peer timeout and a margin passed (the next
+    /// node may be waiting for its own timeout on a lost node, and then reads the marker no
+    /// more: its survey must still find this node alive to name only the lost one). Not when no
+    /// node was found gone (a hang: every node times out on its own), when the next node is
+    /// among the lost, or is the node before this one (two nodes: it knows already).
     fn tell_next(&self, ids: &[u64], lost: &[usize]) {
         let next = (self.rank + 1) % self.count;
         if self.count < 3 || lost.is_empty() || lost.contains(&next) {
@@ -1862,20 +1873,25 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
-    /// A port free now (the OS's pick, released).
-    fn free_port() -> u16 {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-        listener.local_addr().unwrap().port()
+    /// Three ports free now, all different (the OS's picks, held together, then released).
+    fn free_ports() -> Vec<u16> {
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap())
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect()
     }
 
     /// Node 1 of a ring of three, scripted: it serves `slices` under their transfer ids, takes
-    /// the ids `takes` from node 0 (the node before it), and stops serving once every one of
-    /// its slices was taken, as a killed node's listener ends.
+    /// the ids `takes` from node 0 (the node before it), then serves `last`, and stops serving
+    /// once every one of its slices was taken, as a killed node's listener ends.
     fn scripted_node_1(
         port: u16,
         node_0: String,
         slices: Vec<(u64, Vec<f32>)>,
         takes: Vec<u64>,
+        last: Option<(u64, Vec<f32>)>,
     ) -> std::thread::JoinHandle<()> {
         use burn_communication::data_service::{TensorDataServer, TensorDataService};
         use burn_communication::ProtocolServer;
@@ -1915,6 +1931,11 @@ mod tests {
                         .await
                         .unwrap();
                 }
+                if let Some((id, slice)) = last {
+                    let len = slice.len();
+                    let data = burn::tensor::TensorData::new(slice, [len]);
+                    service.expose_data(data, 1, id.into()).await;
+                }
                 while !service.exposed_tensors.lock().await.is_empty() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -1926,7 +1947,7 @@ mod tests {
     /// A ring of three on this machine: node 1 scripted, nodes 0 and 2 real. The watch's
     /// timeout is long, so that a node that waited it out shows in the elapsed time.
     fn ring_of_three() -> (Vec<u16>, impl Fn(usize) -> Ring) {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports = free_ports();
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let start = {
             let ports = ports.clone();
@@ -1946,14 +1967,14 @@ mod tests {
 
     /// Node 1 sends node 2 every slice of an all-reduce and stops before it takes node 0's
     /// last: node 0, which downloads only from node 2, finds it gone at once while node 2 is
-    /// still there, and names node 1 alone (it waited out its peer timeout, and by then node 2
-    /// could be gone too).
+    /// still there, and names node 1 alone (waiting out its peer timeout instead, it could find
+    /// node 2 gone too by then).
     #[test]
     fn a_node_whose_next_node_stops_before_taking_its_last_slice_names_it_at_once() {
         let (ports, start) = ring_of_three();
         // Three values over three nodes: one-value slices; this op's ids are 0, 1, 3 and 4.
         let zeros = [0, 1, 3, 4].map(|id| (id, vec![0.0])).to_vec();
-        let node_1 = scripted_node_1(ports[1], String::new(), zeros, Vec::new());
+        let node_1 = scripted_node_1(ports[1], String::new(), zeros, Vec::new(), None);
         let (done, release) = mpsc::channel::<()>();
         let node_2 = std::thread::spawn({
             let ring = start(2);
@@ -1991,14 +2012,11 @@ mod tests {
     #[test]
     fn a_node_that_finished_the_op_hears_at_its_next_why_the_node_before_it_stopped() {
         let (ports, start) = ring_of_three();
-        let slices = vec![
-            (0, vec![0.0]),
-            (1, vec![0.0]),
-            (3, vec![0.0]),
-            (4, vec![0.0, 0.0]),
-        ];
+        // Its last slice, of the wrong size, only once it took node 0's: then it stops at once.
+        let slices = vec![(0, vec![0.0]), (1, vec![0.0]), (3, vec![0.0])];
         let node_0 = format!("127.0.0.1:{}", ports[0]);
-        let node_1 = scripted_node_1(ports[1], node_0, slices, vec![0, 1, 3, 4]);
+        let last = Some((4, vec![0.0, 0.0]));
+        let node_1 = scripted_node_1(ports[1], node_0, slices, vec![0, 1, 3, 4], last);
         let node_2 = std::thread::spawn({
             let ring = start(2);
             move || ring.sum(vec![1.0; 3], "test sum").unwrap_err().to_string()

@@ -5,13 +5,8 @@
 //! cleanup at the end of each backward pass (`GraphCleaner::cleanup_orphaned_entries` in
 //! burn-autodiff's `src/runtime/graph.rs`) frees the "unused roots" of *every* graph, whichever
 //! thread is building it: a graph that another thread is in the middle of building can lose
-//! steps, and its backward pass then misses gradient contributions. Measured on the CPU with two
-//! peers through an 8x8 fade-in (WGAN-GP): a run ended with other weights than the same run
-//! again in about one run of sixty with pgan-flex's ops and one of eight with burn's own, the
-//! first layers' gradients wrong or missing (an all-reduce then refuses the peers' shapes, and
-//! burn-collective reports `LocalServerMissing` to the other); none in 200 runs, nor in 4,000
-//! concurrent D steps, with that cleanup removed from a patched burn-autodiff, and none in 800
-//! runs with turns.
+//! steps, and its backward pass then misses gradient contributions (wrong or missing gradients
+//! of the first layers; docs/SCALING.md has the measurements).
 //!
 //! A peer holds its [`Turn`] while it builds a graph, runs a backward pass or steps its
 //! optimizer (which makes new leaves), and gives it up while it waits for the others in an
@@ -80,9 +75,9 @@ impl<'a> Turn<'a> {
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
     use burn::tensor::backend::Backend;
-    use burn::tensor::Tensor;
+    use burn::tensor::{Tensor, TensorData};
 
     use crate::config::{LossConfig, OptimConfig};
     use crate::nets::Nets;
@@ -106,6 +101,32 @@ mod tests {
         bits.0
     }
 
+    /// Every parameter's values, in visiting order.
+    fn values_of<M: Module<Cpu>>(module: &M) -> Vec<TensorData> {
+        struct Values(Vec<TensorData>);
+        impl<B: Backend> ModuleVisitor<B> for Values {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0.push(param.val().into_data());
+            }
+        }
+        let mut values = Values(Vec::new());
+        module.visit(&mut values);
+        values.0
+    }
+
+    /// Replaces every parameter's values, in visiting order, keeping it a leaf that takes
+    /// gradients.
+    struct SetValues(std::vec::IntoIter<TensorData>);
+
+    impl<B: Backend> ModuleMapper<B> for SetValues {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, old, mapper) = param.consume();
+            let values = self.0.next().expect("one value per parameter");
+            let new = Tensor::from_data(values, &old.device()).require_grad();
+            Param::from_mapped_value(id, new, mapper)
+        }
+    }
+
     /// Values in [-1, 1) from a fixed sequence.
     fn values(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed;
@@ -120,9 +141,8 @@ mod tests {
     }
 
     /// Eight peers stepping at once, taking turns, each end with the weights of the same step
-    /// taken alone, bit for bit, round after round. Without the turns (`Turn::alone()` on each
-    /// thread) a peer's first layers differed in about one round of thirty-five (six runs: first
-    /// at rounds 14 to 58).
+    /// taken alone, bit for bit, round after round. (Without the turns, `Turn::alone()` on each
+    /// thread, a peer's first layers differ within a few dozen rounds.)
     #[test]
     fn peers_stepping_at_once_in_turns_match_a_lone_step_bit_for_bit() {
         let _process = process_turn();
@@ -132,10 +152,14 @@ mod tests {
             .with_fmap_max(8);
         let optim = OptimConfig::default();
         let device = Default::default();
+        // Every peer starts from the same weights, set from values (other tests of this process
+        // may draw from the backend's RNG meanwhile).
+        let start = Nets::<Cpu>::fresh(&model, &optim, &device, None);
+        let (g_values, d_values) = (values_of(&start.g), values_of(&start.d));
         let fresh = || {
-            let nets = Nets::<Cpu>::fresh(&model, &optim, &device, Some(3));
-            // Initialised now, before another thread reseeds the backend's RNG.
-            weights(&nets);
+            let mut nets = Nets::<Cpu>::fresh(&model, &optim, &device, None);
+            nets.g = nets.g.map(&mut SetValues(g_values.clone().into_iter()));
+            nets.d = nets.d.map(&mut SetValues(d_values.clone().into_iter()));
             nets
         };
         // A fade-in to 8x8 with the paper's WGAN-GP: both from_rgb layers and the penalty.
