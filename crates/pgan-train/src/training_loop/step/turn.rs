@@ -85,22 +85,6 @@ mod tests {
 
     type Cpu = Autodiff<Flex>;
 
-    /// Every parameter of G then D, as bits.
-    fn weights(nets: &Nets<Cpu>) -> Vec<u32> {
-        struct Bits(Vec<u32>);
-        impl<B: Backend> ModuleVisitor<B> for Bits {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                let values = param.val().into_data().convert::<f32>();
-                self.0
-                    .extend(values.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
-            }
-        }
-        let mut bits = Bits(Vec::new());
-        nets.g.visit(&mut bits);
-        nets.d.visit(&mut bits);
-        bits.0
-    }
-
     /// Every parameter's values, in visiting order.
     fn values_of<M: Module<Cpu>>(module: &M) -> Vec<TensorData> {
         struct Values(Vec<TensorData>);
@@ -112,6 +96,16 @@ mod tests {
         let mut values = Values(Vec::new());
         module.visit(&mut values);
         values.0
+    }
+
+    /// Every parameter of G then D, as bits.
+    fn weights(nets: &Nets<Cpu>) -> Vec<u32> {
+        let (g, d) = (values_of(&nets.g), values_of(&nets.d));
+        g.into_iter()
+            .chain(d)
+            .flat_map(|values| values.convert::<f32>().to_vec::<f32>().unwrap())
+            .map(f32::to_bits)
+            .collect()
     }
 
     /// Replaces every parameter's values, in visiting order, keeping it a leaf that takes
