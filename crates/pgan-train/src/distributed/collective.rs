@@ -15,6 +15,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use pgan_model::ModelConfig;
 
+use super::join_relay::JoinRelay;
 use super::nodes::{all_reduce_watched, JoinInfo, NodeLink, Ring, Watch};
 use crate::checkpoint::{self, DatasetFingerprint, TrainState};
 use crate::config::{LossConfig, OptimConfig, TrainConfig};
@@ -87,9 +88,22 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         // A previous training of this process may have left peers registered.
         reset_quietly::<B>();
         let mut collective = CollectiveConfig::default().with_num_devices(local);
-        if let Some(link) = &link {
-            collective = link.collective(collective);
-        }
+        // Bound before this node registers, so that another node that reaches it first waits
+        // for burn-collective's data server instead of failing the join (`join_relay.rs`).
+        let relay = match &link {
+            Some(link) => {
+                let listener = super::join_relay::listen_for_nodes(link.rank, link.port)?;
+                let relay = JoinRelay::start(listener, link.peer_timeout).map_err(|e| {
+                    TrainError::Peer {
+                        peer: format!("node {}", link.rank),
+                        message: format!("cannot relay the join's data port {}: {e}", link.port),
+                    }
+                })?;
+                collective = link.collective(collective, relay.private_port());
+                Some(relay)
+            }
+            None => None,
+        };
         let mut devices: Vec<B::Device> = vec![device.clone()];
         devices.extend(replicas.iter().map(|r| r.device.clone()));
         // `register` returns once every peer (of every node) has registered: one thread each.
@@ -180,6 +194,20 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             }
             result?;
         }
+        if let (Some(link), Some(relay)) = (&link, &relay) {
+            relay
+                .wait_for_data_server(Duration::from_secs(10))
+                .map_err(|e| TrainError::Peer {
+                    peer: format!("node {}", link.rank),
+                    message: format!(
+                        "burn-collective's data server did not listen on port {} within 10 s \
+                         ({e}; it serves the join through this node's port {}): restart \
+                         `pgan orchestrator`, then start every node again",
+                        relay.private_port(),
+                        link.port
+                    ),
+                })?;
+        }
         let mut group = Self {
             replicas,
             model: model.clone(),
@@ -197,6 +225,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             let state = checkpoint::read_state(ckpt)?;
             let watch = group.join_check(config, &link, &state, dataset, nets)?;
             group.leave_orchestrator(&link, local)?;
+            drop(relay);
             // A run at its total (every node agreed on where it stands) trains no step and
             // exchanges nothing: without a ring, no node that finishes at once leaves another
             // waiting for its ring until the join timeout.

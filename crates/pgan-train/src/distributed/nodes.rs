@@ -96,19 +96,11 @@ impl NodeLink {
                 format!("nodes.address port {port} leaves no port after it for the gradient ring"),
             )
         })?;
-        // burn-collective (and burn-communication) bind 0.0.0.0:port inside their runtime and
-        // only log a failure there, after which the other nodes cannot reach this one: check
-        // first.
+        // burn-communication binds the ring's 0.0.0.0:port inside its runtime and only logs a
+        // failure there, after which the other nodes cannot reach this one: check first (the
+        // data port is bound by the join's relay, see `join_relay.rs`).
         for p in [port, ring_port] {
-            std::net::TcpListener::bind(("0.0.0.0", p)).map_err(|e| {
-                node_error(
-                    n.rank,
-                    format!(
-                        "cannot listen on port {p} for the other nodes ({e}): a node uses the \
-                         port of --node-address HOST:PORT and the one after it; choose free ones"
-                    ),
-                )
-            })?;
+            super::join_relay::listen_for_nodes(n.rank, p)?;
         }
         Ok(Self {
             rank: n.rank,
@@ -123,13 +115,14 @@ impl NodeLink {
         })
     }
 
-    /// `config` with this node's global parameters.
-    pub fn collective(&self, config: CollectiveConfig) -> CollectiveConfig {
+    /// `config` with this node's global parameters: the other nodes reach its data server at
+    /// `address`, where the join's relay takes their connections to `data_server_port`.
+    pub fn collective(&self, config: CollectiveConfig, data_server_port: u16) -> CollectiveConfig {
         config
             .with_num_nodes(self.count as u32)
             .with_global_address(ws(&self.orchestrator))
             .with_node_address(ws(&self.address))
-            .with_data_service_port(self.port)
+            .with_data_service_port(data_server_port)
     }
 
     /// Waits until the orchestrator accepts connections (or `deadline`, or Ctrl-C), saying so
@@ -1165,8 +1158,8 @@ pub(super) fn quiet_websocket_output() {
     super::network_panics::quiet();
 }
 
-/// The tokio runtime of the gradient ring (one per process).
-fn ring_runtime() -> &'static tokio::runtime::Runtime {
+/// The tokio runtime of the gradient ring and the join's relay (one per process).
+pub(super) fn ring_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
