@@ -88,20 +88,9 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         // A previous training of this process may have left peers registered.
         reset_quietly::<B>();
         let mut collective = CollectiveConfig::default().with_num_devices(local);
-        // Bound before this node registers, so that another node that reaches it first waits
-        // for burn-collective's data server instead of failing the join (`join_relay.rs`).
-        let relay = match &link {
-            Some(link) => {
-                let listener = super::join_relay::listen_for_nodes(link.rank, link.port)?;
-                let relay = JoinRelay::start(listener, link.peer_timeout).map_err(|e| {
-                    TrainError::Peer {
-                        peer: format!("node {}", link.rank),
-                        message: format!("cannot relay the join's data port {}: {e}", link.port),
-                    }
-                })?;
-                collective = link.collective(collective, relay.private_port());
-                Some(relay)
-            }
+        // The data port is held from here, while the node waits for the orchestrator.
+        let listener = match &link {
+            Some(link) => Some(super::join_relay::listen_for_nodes(link.rank, link.port)?),
             None => None,
         };
         let mut devices: Vec<B::Device> = vec![device.clone()];
@@ -114,6 +103,33 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         if let Some(link) = &link {
             link.wait_for_orchestrator(join_deadline, stop)?;
         }
+        // Relaying before this node registers, so that another node that reaches it first
+        // waits for burn-collective's data server instead of failing the join
+        // (`join_relay.rs`). The private port is picked only now: free ports can be taken by
+        // any outgoing connection meanwhile, such as the looks for the orchestrator above.
+        let relay = match (&link, listener) {
+            (Some(link), Some(listener)) => {
+                let relay = JoinRelay::start(listener, link.peer_timeout).map_err(|e| {
+                    TrainError::Peer {
+                        peer: format!("node {}", link.rank),
+                        message: format!("cannot relay the join's data port {}: {e}", link.port),
+                    }
+                })?;
+                if relay.private_port_taken() {
+                    return Err(TrainError::Peer {
+                        peer: format!("node {}", link.rank),
+                        message: format!(
+                            "port {}, picked for burn-collective's data server, was taken at \
+                             once by another program: start this node again",
+                            relay.private_port()
+                        ),
+                    });
+                }
+                collective = link.collective(collective, relay.private_port());
+                Some(relay)
+            }
+            _ => None,
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         for (local_rank, device) in devices.into_iter().enumerate() {
             let (tx, collective) = (tx.clone(), collective.clone());
@@ -196,16 +212,23 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         }
         if let (Some(link), Some(relay)) = (&link, &relay) {
             relay
-                .wait_for_data_server(Duration::from_secs(10))
-                .map_err(|e| TrainError::Peer {
-                    peer: format!("node {}", link.rank),
-                    message: format!(
-                        "burn-collective's data server did not listen on port {} within 10 s \
-                         ({e}; it serves the join through this node's port {}): restart \
-                         `pgan orchestrator`, then start every node again",
-                        relay.private_port(),
-                        link.port
-                    ),
+                .wait_for_data_server(Duration::from_secs(10), stop)
+                .map_err(|e| {
+                    if stop.load(Ordering::SeqCst) {
+                        return link.join_interrupted();
+                    }
+                    TrainError::Peer {
+                        peer: format!("node {}", link.rank),
+                        message: format!(
+                            "burn-collective's data server did not listen on port {} within \
+                             10 s ({e}; the other nodes reach it through this node's port {}): \
+                             another program may have taken that port since it was picked. \
+                             Restart `pgan orchestrator` (it holds the nodes), then start every \
+                             node again",
+                            relay.private_port(),
+                            link.port
+                        ),
+                    }
                 })?;
         }
         let mut group = Self {

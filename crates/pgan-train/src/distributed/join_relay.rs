@@ -12,14 +12,16 @@
 //! join check fails as it would have).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Result, TrainError};
 
-/// A running relay; it stops taking connections when dropped (the ones it took run until
-/// either end closes them).
+/// A running relay; it stops taking connections when dropped. The ones it took run on until
+/// both ends have closed them (burn's server closes its ends when the node leaves the
+/// orchestrator; the other nodes close their websockets through them as they leave).
 pub(super) struct JoinRelay {
     private_port: u16,
     stop: CancellationToken,
@@ -44,10 +46,14 @@ impl JoinRelay {
                     _ = stopped.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
-                // A failed accept (a connection reset before it was taken, or out of file
-                // descriptors) ends that connection, not the relay.
-                if let Ok((inbound, _)) = inbound {
-                    tokio::spawn(relay(inbound, private_port, patience));
+                match inbound {
+                    Ok((inbound, _)) => {
+                        tokio::spawn(relay(inbound, private_port, patience));
+                    }
+                    // A connection reset before it was taken, or no file descriptor left: that
+                    // connection is lost, not the relay, and a failure that repeats at once
+                    // must not spin the runtime the gradient ring shares.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
@@ -59,14 +65,32 @@ impl JoinRelay {
         self.private_port
     }
 
+    /// Whether something listens on the private port before burn-collective's data server was
+    /// started: another program took it since it was picked, and burn's server could not bind
+    /// it (burn-collective drops the failed bind unreported) while the relay would hand the
+    /// other nodes to that program.
+    pub fn private_port_taken(&self) -> bool {
+        std::net::TcpStream::connect_timeout(
+            &private_address(self.private_port),
+            Duration::from_millis(200),
+        )
+        .is_ok()
+    }
+
     /// Waits until burn-collective's data server listens on the private port (it is spawned
-    /// when this node's first peer registers): `Err` with why, after `patience`.
-    pub fn wait_for_data_server(&self, patience: Duration) -> std::result::Result<(), String> {
+    /// when this node's first peer registers): `Err` with why, after `patience` or when
+    /// `stop` is set.
+    pub fn wait_for_data_server(
+        &self,
+        patience: Duration,
+        stop: &AtomicBool,
+    ) -> std::result::Result<(), String> {
         let deadline = Instant::now() + patience;
         let at = private_address(self.private_port);
         loop {
             match std::net::TcpStream::connect_timeout(&at, Duration::from_secs(1)) {
                 Ok(_) => return Ok(()),
+                Err(_) if stop.load(Ordering::SeqCst) => return Err("stopped".into()),
                 Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -157,11 +181,14 @@ mod tests {
         let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         client.write_all(b"hello").unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        assert!(relay.wait_for_data_server(Duration::ZERO).is_err());
+        let go_on = AtomicBool::new(false);
+        assert!(relay.wait_for_data_server(Duration::ZERO, &go_on).is_err());
+        assert!(!relay.private_port_taken());
         echo_on(relay.private_port());
         relay
-            .wait_for_data_server(Duration::from_secs(5))
+            .wait_for_data_server(Duration::from_secs(5), &go_on)
             .expect("the server listens");
+        assert!(relay.private_port_taken());
         let mut back = [0u8; 5];
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -183,10 +210,14 @@ mod tests {
         let mut buf = [0u8; 1];
         let start = Instant::now();
         // Closed (0 bytes, or a reset), not left hanging.
-        assert!(!matches!(client.read(&mut buf), Ok(n) if n > 0));
+        match client.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the connection is still open: {other:?}"),
+        }
         assert!(start.elapsed() < Duration::from_secs(5));
-        let waited = relay.wait_for_data_server(Duration::from_millis(50));
-        assert!(waited.is_err(), "{waited:?}");
+        let waited = relay.wait_for_data_server(Duration::from_secs(60), &AtomicBool::new(true));
+        assert_eq!(waited, Err("stopped".to_string()), "a stop ends the wait");
     }
 
     #[test]

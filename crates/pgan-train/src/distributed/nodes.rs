@@ -96,9 +96,9 @@ impl NodeLink {
                 format!("nodes.address port {port} leaves no port after it for the gradient ring"),
             )
         })?;
-        // burn-communication binds the ring's 0.0.0.0:port inside its runtime and only logs a
-        // failure there, after which the other nodes cannot reach this one: check first (the
-        // data port is bound by the join's relay, see `join_relay.rs`).
+        // The ring's server binds 0.0.0.0:port inside a runtime, after the join (its bind
+        // outcome is read then, see `Ring::start`): a port taken now is an error at once. The
+        // data port is held by the join's relay (`join_relay.rs`) from before registering.
         for p in [port, ring_port] {
             super::join_relay::listen_for_nodes(n.rank, p)?;
         }
