@@ -67,6 +67,15 @@ impl NodeLink {
             .clone()
             .expect("validated: several nodes have one");
         let (orch_host, orch_port) = split_host_port(&orchestrator).expect("validated HOST:PORT");
+        refuse_ipv6_only(
+            n.rank,
+            "nodes.orchestrator",
+            "--orchestrator",
+            &orchestrator,
+        )?;
+        if let Some(address) = &n.address {
+            refuse_ipv6_only(n.rank, "nodes.address", "--node-address", address)?;
+        }
         let (host, port) = match &n.address {
             Some(a) => {
                 let (h, p) = split_host_port(a).expect("validated HOST:PORT");
@@ -298,26 +307,47 @@ fn node_error(rank: usize, message: String) -> TrainError {
     }
 }
 
+/// An error for `address` (`HOST:PORT`, the config key `key`, the flag `flag`) when it resolves
+/// to IPv6 addresses only: burn's servers (the orchestrator, every node's data service and
+/// ring, burn-communication's `WsServer::serve`) listen on `0.0.0.0`, IPv4 only, so the nodes
+/// could never reach them there. An address that does not resolve is left to the checks that
+/// name it.
+fn refuse_ipv6_only(rank: usize, key: &str, flag: &str, address: &str) -> Result<()> {
+    let Ok(resolved) = address.to_socket_addrs() else {
+        return Ok(());
+    };
+    let resolved: Vec<SocketAddr> = resolved.collect();
+    if resolved.is_empty() || resolved.iter().any(SocketAddr::is_ipv4) {
+        return Ok(());
+    }
+    let listed: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+    Err(node_error(
+        rank,
+        format!(
+            "{key} '{address}' ({flag}) is IPv6 only ({}): burn's servers (`pgan orchestrator`, \
+             and every node's data and gradient ports) listen on IPv4 only; give an IPv4 \
+             address or a host name with one",
+            listed.join(", ")
+        ),
+    ))
+}
+
 /// The address this machine reaches `host:port` from (the interface its route uses): what the
 /// other nodes, which reach the same orchestrator, can reach this node at. A UDP `connect`
-/// sends nothing; it only picks the route.
+/// sends nothing; it only picks the route. An IPv4 route: the nodes listen on IPv4 only
+/// ([`refuse_ipv6_only`]).
 fn local_ip_towards(host: &str, port: u16, rank: usize) -> Result<String> {
     let target = (host, port)
         .to_socket_addrs()
         .ok()
-        .and_then(|mut a| a.next())
+        .and_then(|mut a| a.find(SocketAddr::is_ipv4))
         .ok_or_else(|| {
             node_error(
                 rank,
                 format!("cannot resolve the orchestrator host '{host}'"),
             )
         })?;
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let socket = std::net::UdpSocket::bind(bind)
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))
         .and_then(|s| s.connect(target).map(|_| s))
         .and_then(|s| s.local_addr())
         .map_err(|e| {
@@ -329,10 +359,7 @@ fn local_ip_towards(host: &str, port: u16, rank: usize) -> Result<String> {
                 ),
             )
         })?;
-    Ok(match socket.ip() {
-        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        ip => ip.to_string(),
-    })
+    Ok(socket.ip().to_string())
 }
 
 /// What every node must agree on before training, and what names it in messages.
@@ -1625,6 +1652,39 @@ mod tests {
 
     /// A ring port another program took after the start's check ends the node with an error
     /// naming the port, instead of a node the others wait for until their peer timeout.
+    #[test]
+    fn ipv6_only_addresses_are_refused_naming_the_key_and_ipv4_is_taken() {
+        let refused = refuse_ipv6_only(1, "nodes.address", "--node-address", "[::1]:9000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("nodes.address '[::1]:9000' (--node-address) is IPv6 only (::1)")
+                && refused.contains("listen on IPv4 only"),
+            "{refused}"
+        );
+        assert!(
+            refuse_ipv6_only(0, "nodes.orchestrator", "--orchestrator", "127.0.0.1:9000").is_ok()
+        );
+        // Not resolvable: left to the checks that say so.
+        assert!(
+            refuse_ipv6_only(0, "nodes.address", "--node-address", "no-such.invalid:1").is_ok()
+        );
+
+        let mut config = TrainConfig::default();
+        config.nodes.count = 2;
+        config.nodes.orchestrator = Some("[::1]:9000".into());
+        let refused = NodeLink::of(&config).unwrap_err().to_string();
+        assert!(
+            refused.contains("nodes.orchestrator '[::1]:9000' (--orchestrator) is IPv6 only"),
+            "{refused}"
+        );
+        // The default node address is this machine's IPv4 address towards the orchestrator.
+        let port = free_ports()[0];
+        config.nodes.orchestrator = Some(format!("127.0.0.1:{}", port - 1));
+        let link = NodeLink::of(&config).unwrap();
+        assert_eq!(link.address, format!("127.0.0.1:{port}"));
+    }
+
     #[test]
     fn a_ring_port_taken_since_the_check_is_a_clear_error() {
         let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
