@@ -15,7 +15,6 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use pgan_model::ModelConfig;
 
-use super::join_relay::JoinRelay;
 use super::nodes::{all_reduce_watched, JoinInfo, NodeLink, Ring, Watch};
 use crate::checkpoint::{self, DatasetFingerprint, TrainState};
 use crate::config::{LossConfig, OptimConfig, TrainConfig};
@@ -87,12 +86,12 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         }
         // A previous training of this process may have left peers registered.
         reset_quietly::<B>();
+        // On several nodes, one more local peer than devices: the placeholder, registered last
+        // (see `placeholder_peer`).
         let mut collective = CollectiveConfig::default().with_num_devices(local);
-        // The data port is held from here, while the node waits for the orchestrator.
-        let listener = match &link {
-            Some(link) => Some(super::join_relay::listen_for_nodes(link.rank, link.port)?),
-            None => None,
-        };
+        if let Some(link) = &link {
+            collective = link.collective(collective.with_num_devices(local + 1));
+        }
         let mut devices: Vec<B::Device> = vec![device.clone()];
         devices.extend(replicas.iter().map(|r| r.device.clone()));
         // `register` returns once every peer (of every node) has registered: one thread each.
@@ -103,52 +102,34 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         if let Some(link) = &link {
             link.wait_for_orchestrator(join_deadline, stop)?;
         }
-        // Relaying before this node registers, so that another node that reaches it first
-        // waits for burn-collective's data server instead of failing the join
-        // (`join_relay.rs`). The private port is picked only now: free ports can be taken by
-        // any outgoing connection meanwhile, such as the looks for the orchestrator above.
-        let relay = match (&link, listener) {
-            (Some(link), Some(listener)) => {
-                let relay = JoinRelay::start(listener, link.peer_timeout).map_err(|e| {
-                    TrainError::Peer {
-                        peer: format!("node {}", link.rank),
-                        message: format!("cannot relay the join's data port {}: {e}", link.port),
-                    }
-                })?;
-                if relay.private_port_taken() {
-                    return Err(TrainError::Peer {
-                        peer: format!("node {}", link.rank),
-                        message: format!(
-                            "port {}, picked for burn-collective's data server, was taken at \
-                             once by another program: start this node again",
-                            relay.private_port()
-                        ),
-                    });
-                }
-                collective = link.collective(collective, relay.private_port());
-                Some(relay)
-            }
-            _ => None,
-        };
         let (tx, rx) = std::sync::mpsc::channel();
-        for (local_rank, device) in devices.into_iter().enumerate() {
+        let register = |peer: PeerId, device: B::Device| {
             let (tx, collective) = (tx.clone(), collective.clone());
-            let rank = first + local_rank;
             std::thread::Builder::new()
-                .name(format!("pgan-register-{rank}"))
+                .name(format!("pgan-register-{}", peer.0))
                 .spawn(move || {
-                    let result = burn_collective::register::<B::InnerBackend>(
-                        PeerId(rank as u32),
-                        device,
-                        collective,
-                    )
-                    .map_err(|e| collective_error(rank, "register", e));
+                    let result =
+                        burn_collective::register::<B::InnerBackend>(peer, device, collective)
+                            .map_err(|e| collective_error(peer.0 as usize, "register", e));
                     let _ = tx.send(result);
                 })
+                .map(|_| ())
                 .map_err(|e| TrainError::Peer {
-                    peer: rank.to_string(),
+                    peer: peer.0.to_string(),
                     message: format!("cannot start a thread: {e}"),
-                })?;
+                })
+        };
+        for (local_rank, device) in devices.into_iter().enumerate() {
+            register(PeerId((first + local_rank) as u32), device)?;
+        }
+        let mut registering = local;
+        if let Some(link) = &link {
+            // burn-collective spawned this node's data server when its first peer registered;
+            // the other nodes connect to it once, without a retry, as soon as the orchestrator
+            // has every node's registration, which the placeholder completes.
+            link.wait_for_data_server(stop)?;
+            register(placeholder_peer(link, total), device.clone())?;
+            registering += 1;
         }
         drop(tx);
         let deadline = link.as_ref().map(|l| (l, join_deadline));
@@ -166,7 +147,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             .unwrap_or_default();
         let mut next_look = Instant::now() + Duration::from_secs(1);
         let mut refusals = 0;
-        for _ in 0..local {
+        for _ in 0..registering {
             let result = match deadline {
                 Some((link, deadline)) => loop {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -210,27 +191,6 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             }
             result?;
         }
-        if let (Some(link), Some(relay)) = (&link, &relay) {
-            relay
-                .wait_for_data_server(Duration::from_secs(10), stop)
-                .map_err(|e| {
-                    if stop.load(Ordering::SeqCst) {
-                        return link.join_interrupted();
-                    }
-                    TrainError::Peer {
-                        peer: format!("node {}", link.rank),
-                        message: format!(
-                            "burn-collective's data server did not listen on port {} within \
-                             10 s ({e}; the other nodes reach it through this node's port {}): \
-                             another program may have taken that port since it was picked. \
-                             Restart `pgan orchestrator` (it holds the nodes), then start every \
-                             node again",
-                            relay.private_port(),
-                            link.port
-                        ),
-                    }
-                })?;
-        }
         let mut group = Self {
             replicas,
             model: model.clone(),
@@ -248,7 +208,6 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             let state = checkpoint::read_state(ckpt)?;
             let watch = group.join_check(config, &link, &state, dataset, nets)?;
             group.leave_orchestrator(&link, local)?;
-            drop(relay);
             // A run at its total (every node agreed on where it stands) trains no step and
             // exchanges nothing: without a ring, no node that finishes at once leaves another
             // waiting for its ring until the join timeout.
@@ -271,17 +230,19 @@ impl<B: AutodiffBackend> PeerGroup<B> {
     /// process: see [`Ring`]).
     fn leave_orchestrator(&self, link: &NodeLink, local: usize) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
-        for rank in self.first..self.first + local {
+        let peers: Vec<PeerId> = (self.first..self.first + local)
+            .map(|rank| PeerId(rank as u32))
+            .chain([placeholder_peer(link, self.total)])
+            .collect();
+        for &peer in &peers {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let _ = tx.send(burn_collective::finish_collective::<B::InnerBackend>(
-                    PeerId(rank as u32),
-                ));
+                let _ = tx.send(burn_collective::finish_collective::<B::InnerBackend>(peer));
             });
         }
         drop(tx);
         let deadline = Instant::now() + link.join_timeout;
-        for _ in 0..local {
+        for _ in 0..peers.len() {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -342,7 +303,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             addresses: Vec::new(),
             orchestrator: link.orchestrator.clone(),
         }));
-        let gathered = self.join_all_gather(mine.slot_vector(link.rank, link.count))?;
+        let gathered = self.join_all_gather(link, mine.slot_vector(link.rank, link.count))?;
         let nodes =
             JoinInfo::from_gathered(&gathered, link.count).map_err(|m| TrainError::Peer {
                 peer: format!("node {}", link.rank),
@@ -379,25 +340,26 @@ impl<B: AutodiffBackend> PeerGroup<B> {
     }
 
     /// The join check's all-gather: the sum over all nodes of `values` (this node's peer 0
-    /// gives them, its other peers zeros; every local peer must take part), through
-    /// burn-collective's global all-reduce.
-    fn join_all_gather(&self, values: Vec<f32>) -> Result<Vec<f32>> {
+    /// gives them, its other peers and the placeholder zeros; every local peer must take
+    /// part), through burn-collective's global all-reduce.
+    fn join_all_gather(&self, link: &NodeLink, values: Vec<f32>) -> Result<Vec<f32>> {
         let what = "join check";
         let watch = self.watch.clone().expect("several nodes have a watch");
         let n = values.len();
         let mut handles = Vec::new();
-        for replica in &self.replicas {
-            let (watch, device, rank) = (watch.clone(), replica.device.clone(), replica.rank);
+        let others = self
+            .replicas
+            .iter()
+            .map(|r| (PeerId(r.rank as u32), r.device.clone()))
+            .chain([(placeholder_peer(link, self.total), self.device.clone())]);
+        for (peer, device) in others {
+            let watch = watch.clone();
             handles.push(std::thread::spawn(move || {
                 let zeros = Tensor::<B::InnerBackend, 1>::zeros([n], &device);
-                all_reduce_watched(
-                    PeerId(rank as u32),
-                    zeros,
-                    ReduceOperation::Sum,
-                    &watch,
-                    what,
-                )
-                .map(|_| ())
+                // Peer 0's failure is the one explained (with the burn panic behind it).
+                all_reduce_watched(peer, zeros, ReduceOperation::Sum, watch.timeout)
+                    .map(|_| ())
+                    .map_err(|failure| watch.lost(what, failure))
             }));
         }
         let tensor = Tensor::<B::InnerBackend, 1>::from_floats(values.as_slice(), &self.device);
@@ -405,9 +367,9 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             PeerId(self.first as u32),
             tensor,
             ReduceOperation::Sum,
-            &watch,
-            what,
-        )?;
+            watch.timeout,
+        )
+        .map_err(|failure| watch.explain(what, failure))?;
         for handle in handles {
             handle.join().map_err(|_| TrainError::Peer {
                 peer: "thread".into(),
@@ -805,6 +767,18 @@ fn join_failure_hint(error: &str, link: &NodeLink) -> String {
          with the same --nodes?"
             .to_string()
     }
+}
+
+/// The join's placeholder: a local peer without a device of its own (it all-reduces zeros on
+/// peer 0's), registered after this node's real peers and only once burn-collective's data
+/// server listens. burn-collective spawns that server when a node's first peer registers and
+/// sends the node's registration to the orchestrator when its last one does; the other nodes
+/// connect to the server once, without a retry, as soon as the orchestrator has every node
+/// (burn-communication 0.21, `TensorDataService::get_data_stream` panics "Failed to connect to
+/// data server"). Without the placeholder a node slow to bind its server failed the others'
+/// join check. Its id follows every real peer of every node (`total + rank`).
+fn placeholder_peer(link: &NodeLink, total: usize) -> PeerId {
+    PeerId((total + link.rank) as u32)
 }
 
 fn collective_error(rank: usize, what: &str, e: burn_collective::CollectiveError) -> TrainError {

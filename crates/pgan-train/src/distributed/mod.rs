@@ -45,8 +45,6 @@ use crate::training_loop::step::{peer_step, NoSync, PeerStepOutput, StepInputs, 
 #[cfg(feature = "collective")]
 mod collective;
 #[cfg(feature = "collective")]
-mod join_relay;
-#[cfg(feature = "collective")]
 mod network_panics;
 #[cfg(feature = "collective")]
 mod nodes;

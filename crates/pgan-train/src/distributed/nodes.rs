@@ -105,11 +105,19 @@ impl NodeLink {
                 format!("nodes.address port {port} leaves no port after it for the gradient ring"),
             )
         })?;
-        // The ring's server binds 0.0.0.0:port inside a runtime, after the join (its bind
-        // outcome is read then, see `Ring::start`): a port taken now is an error at once. The
-        // data port is held by the join's relay (`join_relay.rs`) from before registering.
+        // burn-collective binds the data port inside its runtime and drops a failed bind
+        // unreported; the ring's server binds its port after the join: a port taken now is an
+        // error at once.
         for p in [port, ring_port] {
-            super::join_relay::listen_for_nodes(n.rank, p)?;
+            std::net::TcpListener::bind(("0.0.0.0", p)).map_err(|e| {
+                node_error(
+                    n.rank,
+                    format!(
+                        "cannot listen on port {p} for the other nodes ({e}): a node uses the \
+                         port of --node-address HOST:PORT and the one after it; choose free ones"
+                    ),
+                )
+            })?;
         }
         Ok(Self {
             rank: n.rank,
@@ -124,14 +132,42 @@ impl NodeLink {
         })
     }
 
-    /// `config` with this node's global parameters: the other nodes reach its data server at
-    /// `address`, where the join's relay takes their connections to `data_server_port`.
-    pub fn collective(&self, config: CollectiveConfig, data_server_port: u16) -> CollectiveConfig {
+    /// `config` with this node's global parameters.
+    pub fn collective(&self, config: CollectiveConfig) -> CollectiveConfig {
         config
             .with_num_nodes(self.count as u32)
             .with_global_address(ws(&self.orchestrator))
             .with_node_address(ws(&self.address))
-            .with_data_service_port(data_server_port)
+            .with_data_service_port(self.port)
+    }
+
+    /// Waits until burn-collective's data server listens on this node's data port (spawned on
+    /// its runtime when the node's first peer registered), or 10 s, or Ctrl-C.
+    pub fn wait_for_data_server(&self, stop: &AtomicBool) -> Result<()> {
+        let at = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let refused = match TcpStream::connect_timeout(&at, Duration::from_secs(1)) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if stop.load(Ordering::SeqCst) {
+                return Err(self.join_interrupted());
+            }
+            if Instant::now() >= deadline {
+                return Err(node_error(
+                    self.rank,
+                    format!(
+                        "burn-collective's data server did not listen on port {} within 10 s \
+                         ({refused}): another program may have taken the port since the node \
+                         started. Restart `pgan orchestrator` (it may hold the node), then \
+                         start every node again",
+                        self.port
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until the orchestrator accepts connections (or `deadline`, or Ctrl-C), saying so
@@ -869,6 +905,14 @@ pub(super) struct Watch {
 }
 
 impl Watch {
+    /// The error after `what`, an [`all_reduce_watched`], failed (`Some` cause) or timed out.
+    pub fn explain(&self, what: &str, failure: Option<String>) -> TrainError {
+        match failure {
+            Some(cause) => self.lost_in_burn(what, cause),
+            None => self.lost(what, None),
+        }
+    }
+
     /// [`Self::lost`] for a failure inside burn-collective: its own errors
     /// (`LocalServerMissing`) say nothing of the cause, the panic behind them does (a refused
     /// connection and its address), so that panic's message goes into the cause. (pgan's ring
@@ -1147,16 +1191,17 @@ fn classify_greeting(answer: &[u8]) -> Greeting {
     Greeting::Stranger(format!("`{}`", first_line.escape_debug()))
 }
 
-/// `burn_collective::all_reduce` on a helper thread, waited for at most `watch.timeout`. A
-/// call that does not return in time is left blocked on its thread (burn-collective cannot
-/// cancel it); the node stops with an error, and the process's exit ends the thread.
+/// `burn_collective::all_reduce` on a helper thread, waited for at most `timeout`. A call that
+/// does not return in time is left blocked on its thread (burn-collective cannot cancel it);
+/// the node stops with an error, and the process's exit ends the thread. `Err`: burn's error
+/// (`Some`), or no answer in time (`None`), for [`Watch::explain`] (one peer's failure only:
+/// it takes the burn panic behind it).
 pub(super) fn all_reduce_watched<B: Backend>(
     peer: PeerId,
     tensor: Tensor<B, 1>,
     op: ReduceOperation,
-    watch: &Watch,
-    what: &str,
-) -> Result<Tensor<B, 1>> {
+    timeout: Duration,
+) -> std::result::Result<Tensor<B, 1>, Option<String>> {
     let (tx, rx) = mpsc::channel();
     let primitive = tensor.into_primitive().tensor();
     std::thread::Builder::new()
@@ -1164,13 +1209,13 @@ pub(super) fn all_reduce_watched<B: Backend>(
         .spawn(move || {
             let _ = tx.send(burn_collective::all_reduce::<B>(peer, primitive, op));
         })
-        .map_err(|e| watch.lost(what, Some(format!("cannot start a thread: {e}"))))?;
-    match rx.recv_timeout(watch.timeout) {
+        .map_err(|e| Some(format!("cannot start a thread: {e}")))?;
+    match rx.recv_timeout(timeout) {
         Ok(Ok(reduced)) => Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced))),
-        Ok(Err(e)) => Err(watch.lost_in_burn(what, format!("{e:?}"))),
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(watch.lost(what, None)),
+        Ok(Err(e)) => Err(Some(format!("{e:?}"))),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(None),
         Err(mpsc::RecvTimeoutError::Disconnected) => {
-            Err(watch.lost_in_burn(what, "the all-reduce thread panicked".into()))
+            Err(Some("the all-reduce thread panicked".into()))
         }
     }
 }
@@ -1185,8 +1230,8 @@ pub(super) fn quiet_websocket_output() {
     super::network_panics::quiet();
 }
 
-/// The tokio runtime of the gradient ring and the join's relay (one per process).
-pub(super) fn ring_runtime() -> &'static tokio::runtime::Runtime {
+/// The tokio runtime of the gradient ring (one per process).
+fn ring_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -1650,8 +1695,8 @@ mod tests {
         }
     }
 
-    /// A ring port another program took after the start's check ends the node with an error
-    /// naming the port, instead of a node the others wait for until their peer timeout.
+    /// Addresses that resolve to IPv6 only are refused at the start, naming the key; the
+    /// default node address is the IPv4 one.
     #[test]
     fn ipv6_only_addresses_are_refused_naming_the_key_and_ipv4_is_taken() {
         let refused = refuse_ipv6_only(1, "nodes.address", "--node-address", "[::1]:9000")
@@ -1685,6 +1730,8 @@ mod tests {
         assert_eq!(link.address, format!("127.0.0.1:{port}"));
     }
 
+    /// A ring port another program took after the start's check ends the node with an error
+    /// naming the port, instead of a node the others wait for until their peer timeout.
     #[test]
     fn a_ring_port_taken_since_the_check_is_a_clear_error() {
         let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
