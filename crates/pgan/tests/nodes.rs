@@ -586,10 +586,12 @@ fn wait_for_checkpoints(runs: &Path, n: usize, run: &mut Running) {
             "{} holds {written} checkpoints, not {n}",
             runs.display()
         );
-        assert!(
-            run.child.try_wait().unwrap().is_none(),
-            "the node ended early"
-        );
+        if let Some(status) = run.child.try_wait().unwrap() {
+            // Give the reader thread a moment to take the last of its stderr.
+            std::thread::sleep(Duration::from_millis(200));
+            let said = String::from_utf8_lossy(&run.err_so_far.lock().unwrap()).into_owned();
+            panic!("the node ended early ({status}) with {written} of {n} checkpoints:\n{said}");
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
