@@ -933,11 +933,14 @@ impl Watch {
 
     /// [`Self::lost`], and the ranks it found gone (what this node tells the next one).
     fn lost_surveyed(&self, what: &str, cause: Option<String>) -> (TrainError, Vec<usize>) {
+        // Before the join check has gathered the addresses, the wait is the join's.
+        let key = if self.addresses.is_empty() {
+            "nodes.join_timeout_s, --join-timeout"
+        } else {
+            "nodes.peer_timeout_s, --peer-timeout"
+        };
         let how = match cause {
-            None => format!(
-                "no answer within {} s (nodes.peer_timeout_s, --peer-timeout)",
-                seconds(self.timeout)
-            ),
+            None => format!("no answer within {} s ({key})", seconds(self.timeout)),
             Some(e) => format!("failed ({e})"),
         };
         // A connection that failed may be a process in the middle of its exit, which closes
@@ -1360,10 +1363,16 @@ impl Ring {
         // burn-communication panics when a download cannot connect: wait until the node
         // before this one serves its ring (it may still be leaving the orchestrator).
         let deadline = Instant::now() + join_timeout;
-        while probe(&prev_address).is_err() {
+        while let Err(refused) = probe(&prev_address) {
             if Instant::now() > deadline {
                 cancel.cancel();
-                return Err(watch.lost("starting the gradient ring", None));
+                let prev = (watch.rank + count - 1) % count;
+                let cause = format!(
+                    "node {prev} did not listen on {prev_address} within {} s \
+                     (nodes.join_timeout_s, --join-timeout): {refused}",
+                    seconds(join_timeout)
+                );
+                return Err(watch.lost("starting the gradient ring", Some(cause)));
             }
             if interrupted.load(Ordering::SeqCst) {
                 cancel.cancel();
@@ -1728,6 +1737,34 @@ mod tests {
         config.nodes.orchestrator = Some(format!("127.0.0.1:{}", port - 1));
         let link = NodeLink::of(&config).unwrap();
         assert_eq!(link.address, format!("127.0.0.1:{port}"));
+    }
+
+    /// A timeout names the setting that bounded it: the join's before the join check has
+    /// gathered the nodes' addresses, the peers' after.
+    #[test]
+    fn a_timeout_names_the_join_or_the_peer_timeout_as_the_wait_was() {
+        let mut watch = Watch {
+            rank: 0,
+            timeout: Duration::from_secs(60),
+            addresses: Vec::new(),
+            orchestrator: "127.0.0.1:1".into(),
+        };
+        let joining = watch.lost("join check", None).to_string();
+        assert!(
+            joining.contains(
+                "join check: no answer within 60 s (nodes.join_timeout_s, --join-timeout)"
+            ),
+            "{joining}"
+        );
+        watch.timeout = Duration::from_secs(20);
+        watch.addresses = vec!["127.0.0.1:1".into(), "127.0.0.1:1".into()];
+        let training = watch.lost("gradients", None).to_string();
+        assert!(
+            training.contains(
+                "gradients: no answer within 20 s (nodes.peer_timeout_s, --peer-timeout)"
+            ),
+            "{training}"
+        );
     }
 
     /// A ring port another program took after the start's check ends the node with an error
