@@ -433,6 +433,28 @@ fn two_nodes_train_through_a_fade_in_to_identical_weights() {
     );
 }
 
+/// Nodes whose burn-collective runtime has one worker thread (one CPU) still join: there burn's
+/// local server blocks that thread until the node's registration completes, so the node cannot
+/// wait for its data server before it (the join waits 2 s for it, then goes on).
+#[test]
+fn nodes_with_one_runtime_thread_join_and_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let cluster = Cluster::start(dir.path());
+    let one_thread = |rank| {
+        let mut cmd = cluster.node(rank, &config, &[]);
+        cmd.env("TOKIO_WORKER_THREADS", "1");
+        start(cmd)
+    };
+    let (a, b) = (one_thread(0), one_thread(1));
+    let (out_a, took) = finish(a, Duration::from_secs(120), "node 0");
+    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+    for out in [&out_a, &out_b] {
+        assert!(out.status.success(), "{}", both_said([&out_a, &out_b]));
+    }
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
 /// Node 1 is killed (SIGKILL) mid-run: node 0 stops with an error naming node 1 within the
 /// peer timeout. Both resume from their latest common checkpoint on a fresh orchestrator and
 /// end byte-identical to an uninterrupted two-node run.

@@ -101,6 +101,8 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             Instant::now() + link.as_ref().map_or(Duration::ZERO, |l| l.join_timeout);
         if let Some(link) = &link {
             link.wait_for_orchestrator(join_deadline, stop)?;
+            // Free at the start, but the wait may have been long.
+            link.check_ports_free()?;
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let register = |peer: PeerId, device: B::Device| {
@@ -127,7 +129,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             // burn-collective spawned this node's data server when its first peer registered;
             // the other nodes connect to it once, without a retry, as soon as the orchestrator
             // has every node's registration, which the placeholder completes.
-            link.wait_for_data_server(stop)?;
+            link.wait_briefly_for_data_server(stop)?;
             register(placeholder_peer(link, total), device.clone())?;
             registering += 1;
         }
@@ -770,8 +772,8 @@ fn join_failure_hint(error: &str, link: &NodeLink) -> String {
 }
 
 /// The join's placeholder: a local peer without a device of its own (it all-reduces zeros on
-/// peer 0's), registered after this node's real peers and only once burn-collective's data
-/// server listens. burn-collective spawns that server when a node's first peer registers and
+/// peer 0's), registered after this node's real peers, once burn-collective's data server
+/// listens (see `NodeLink::wait_briefly_for_data_server` for the one-CPU exception). burn-collective spawns that server when a node's first peer registers and
 /// sends the node's registration to the orchestrator when its last one does; the other nodes
 /// connect to the server once, without a retry, as soon as the orchestrator has every node
 /// (burn-communication 0.21, `TensorDataService::get_data_stream` panics "Failed to connect to

@@ -17,8 +17,9 @@
 //!   inside burn-collective's runtime (a websocket read of a reset connection; the local
 //!   server's channel then closes and `all_reduce` returns `LocalServerMissing`) or waits for
 //!   ever (`global/node/sync.rs` waits for a sync message that never comes). pgan runs each
-//!   all-reduce on a helper thread and waits at most `nodes.peer_timeout_s`; on an error or a
-//!   timeout it probes the other nodes' data ports over TCP to name the one that is gone (a dead
+//!   all-reduce on a helper thread and waits at most `nodes.join_timeout_s` (the join check)
+//!   or `nodes.peer_timeout_s` (the ring); on an error or a timeout it probes the other nodes'
+//!   ring ports over TCP to name the one that is gone (a dead
 //!   process's port refuses connections; a hung one still accepts). In pgan's own gradient
 //!   ring (see [`Ring`]), a node that stops because it lost another passes that on to the next
 //!   node, so that every node names the lost one.
@@ -105,21 +106,7 @@ impl NodeLink {
                 format!("nodes.address port {port} leaves no port after it for the gradient ring"),
             )
         })?;
-        // burn-collective binds the data port inside its runtime and drops a failed bind
-        // unreported; the ring's server binds its port after the join: a port taken now is an
-        // error at once.
-        for p in [port, ring_port] {
-            std::net::TcpListener::bind(("0.0.0.0", p)).map_err(|e| {
-                node_error(
-                    n.rank,
-                    format!(
-                        "cannot listen on port {p} for the other nodes ({e}): a node uses the \
-                         port of --node-address HOST:PORT and the one after it; choose free ones"
-                    ),
-                )
-            })?;
-        }
-        Ok(Self {
+        let link = Self {
             rank: n.rank,
             count: n.count,
             orchestrator: format!("{orch_host}:{orch_port}"),
@@ -129,7 +116,9 @@ impl NodeLink {
             ring_port,
             join_timeout: Duration::from_secs_f64(n.join_timeout_s),
             peer_timeout: Duration::from_secs_f64(n.peer_timeout_s),
-        })
+        };
+        link.check_ports_free()?;
+        Ok(link)
     }
 
     /// `config` with this node's global parameters.
@@ -142,32 +131,42 @@ impl NodeLink {
     }
 
     /// Waits until burn-collective's data server listens on this node's data port (spawned on
-    /// its runtime when the node's first peer registered), or 10 s, or Ctrl-C.
-    pub fn wait_for_data_server(&self, stop: &AtomicBool) -> Result<()> {
+    /// its runtime when the node's first peer registered), for at most 2 s, or until Ctrl-C
+    /// (`Err`). After 2 s the node goes on without it, as it did before the placeholder: on a
+    /// runtime with one worker thread (one CPU) burn's local server blocks that thread in a
+    /// channel read until the node's registration completes, so the server cannot start
+    /// before it.
+    pub fn wait_briefly_for_data_server(&self, stop: &AtomicBool) -> Result<()> {
         let at = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let refused = match TcpStream::connect_timeout(&at, Duration::from_secs(1)) {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while TcpStream::connect_timeout(&at, Duration::from_millis(500)).is_err() {
             if stop.load(Ordering::SeqCst) {
                 return Err(self.join_interrupted());
             }
             if Instant::now() >= deadline {
-                return Err(node_error(
-                    self.rank,
-                    format!(
-                        "burn-collective's data server did not listen on port {} within 10 s \
-                         ({refused}): another program may have taken the port since the node \
-                         started. Restart `pgan orchestrator` (it may hold the node), then \
-                         start every node again",
-                        self.port
-                    ),
-                ));
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(())
+    }
+
+    /// Checks that this node's data port and the ring's port after it are free: burn-collective
+    /// binds the data port inside its runtime and drops a failed bind unreported, and the
+    /// ring's server binds after the join, so a port taken is an error here, at once.
+    pub fn check_ports_free(&self) -> Result<()> {
+        for p in [self.port, self.ring_port] {
+            std::net::TcpListener::bind(("0.0.0.0", p)).map_err(|e| {
+                node_error(
+                    self.rank,
+                    format!(
+                        "cannot listen on port {p} for the other nodes ({e}): a node uses the \
+                         port of --node-address HOST:PORT and the one after it; choose free ones"
+                    ),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Waits until the orchestrator accepts connections (or `deadline`, or Ctrl-C), saying so
@@ -899,7 +898,7 @@ pub(super) fn optimizer_values<B: burn::tensor::backend::AutodiffBackend>(
 pub(super) struct Watch {
     pub rank: usize,
     pub timeout: Duration,
-    /// Every node's data address by rank (empty before the join check has gathered them).
+    /// Every node's ring address by rank (empty before the join check has gathered them).
     pub addresses: Vec<String>,
     pub orchestrator: String,
 }
