@@ -1358,14 +1358,14 @@ impl Ring {
             }
         });
         let count = watch.addresses.len();
-        let prev_address = watch.addresses[(watch.rank + count - 1) % count].clone();
+        let prev = (watch.rank + count - 1) % count;
+        let prev_address = watch.addresses[prev].clone();
         // burn-communication panics when a download cannot connect: wait until the node
         // before this one serves its ring (it may still be leaving the orchestrator).
         let deadline = Instant::now() + join_timeout;
         while let Err(refused) = probe(&prev_address) {
             if Instant::now() > deadline {
                 cancel.cancel();
-                let prev = (watch.rank + count - 1) % count;
                 let cause = format!(
                     "node {prev} did not listen on {prev_address} within {} s \
                      (nodes.join_timeout_s, --join-timeout): {refused}",
