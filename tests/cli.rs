@@ -1421,6 +1421,9 @@ fn corrupt_or_edited_latest_checkpoints_fall_back_to_the_newest_intact_one() {
     );
     assert!(!err.contains("panicked"), "{err}");
 
+    // The dry run of that resume says it as the real start will.
+    let out = run_ok(&mut resume_cmd(&run, &["--dry-run"]));
+    assert!(warned(&out), "{out}");
     // Resuming the run continues from the intact one, and says so in the log.
     run_ok(&mut resume_cmd(&run, &[]));
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
@@ -2987,6 +2990,28 @@ fn checkpoint_files_that_are_fifos_and_a_full_stdout_are_errors() {
     let (code, out) = (full.status.code(), text(&full));
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("cannot write to standard output"), "{out}");
+    // The help and the version are output too; asked for where they fit, they exit 0.
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["help", "train"],
+        &["prepare", "--help"],
+    ] {
+        let full = pgan()
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let (code, out) = (full.status.code(), text(&full));
+        assert_eq!(code, Some(2), "{args:?}: {out}");
+        assert!(
+            out.contains("cannot write to standard output"),
+            "{args:?}: {out}"
+        );
+        let fits = pgan().args(args).output().unwrap();
+        assert_eq!(fits.status.code(), Some(0), "{args:?}: {}", text(&fits));
+        assert!(!fits.stdout.is_empty(), "{args:?}");
+    }
     for name in ["generator_ema.mpk", "state.json"] {
         let file = ckpt.join(name);
         let kept = dir.path().join(format!("kept-{name}"));

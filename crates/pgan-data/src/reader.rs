@@ -397,6 +397,20 @@ fn parse_manifest(map: &[u8], header: &Header, path: &Path) -> Result<Manifest> 
     }
     let manifest: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| DataError::invalid(path, format!("corrupt manifest: {e}")))?;
+    // The options it was prepared with describe the levels: a manifest that disagrees with the
+    // header (an edit that recomputed the checksum) would mislead `info` and the trainer's
+    // dataset checks.
+    let options = &manifest.options;
+    if options.resolution != header.resolution || u32::from(options.channels) != header.channels {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "the manifest says {0}x{0} with {1} channel(s) but the header says {2}x{2} with \
+                 {3}",
+                options.resolution, options.channels, header.resolution, header.channels
+            ),
+        ));
+    }
     if manifest.files.len() as u64 != header.count {
         return Err(DataError::invalid(
             path,
@@ -670,6 +684,45 @@ pub(crate) mod tests {
             sampler.next_batch(&r, res, 3, (res > 4).then_some(0.5))?;
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_manifest_that_disagrees_with_the_header_is_refused() {
+        let (_d, path) = sample_file();
+        let good = std::fs::read(&path).unwrap();
+        let header = PyramidReader::open(&path).unwrap().header().clone();
+        let (m_off, m_len) = (
+            header.manifest.offset as usize,
+            header.manifest.length as usize,
+        );
+        let hlen = format::header_len(3);
+        for (from, to, said) in [
+            (
+                &b"\"resolution\": 16"[..],
+                &b"\"resolution\": 32"[..],
+                "the manifest says 32x32 with 3 channel(s) but the header says 16x16 with 3",
+            ),
+            (
+                b"\"channels\": 3",
+                b"\"channels\": 1",
+                "the manifest says 16x16 with 1 channel(s) but the header says 16x16 with 3",
+            ),
+        ] {
+            let mut b = good.clone();
+            let at = m_off
+                + b[m_off..m_off + m_len]
+                    .windows(from.len())
+                    .position(|w| w == from)
+                    .expect("the manifest holds the field");
+            b[at..at + to.len()].copy_from_slice(to);
+            // Both checksums recomputed: only the comparison can catch it.
+            let crc = crc32fast::hash(&b[m_off..m_off + m_len]);
+            b[hlen - 12..hlen - 8].copy_from_slice(&crc.to_le_bytes());
+            let crc = crc32fast::hash(&b[..hlen - 4]);
+            b[hlen - 4..hlen].copy_from_slice(&crc.to_le_bytes());
+            let err = open_err(&b);
+            assert!(err.contains(said), "{err}");
+        }
     }
 
     /// The reader fuzzed in CI: thousands of deterministic mutations of a valid file (bit flips,

@@ -23,6 +23,7 @@
 pub mod error;
 pub mod extract;
 pub mod network;
+mod pickle_bounds;
 pub mod resize;
 pub mod torchscript;
 pub mod weights;

@@ -19,7 +19,9 @@
 //! archive is checked here before it is trusted: the tensors' sizes (checked arithmetic, within
 //! [`MAX_TENSOR_BYTES`]) must equal the storages' declared sizes before any storage is read;
 //! each storage is read only up to its declared size (the zip reader checks its CRC-32); and
-//! every tensor's values must be one whole storage's bytes, each storage used once.
+//! every tensor's values must be one whole storage's bytes, each storage used once. Before
+//! burn-store's VM builds the pickle, [`crate::pickle_bounds`] refuses one nested or copied
+//! beyond what the VM's process survives.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read};
@@ -94,6 +96,7 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTen
     let pickle_key = format!("{archive_name}/data.pkl");
     let pickle = read_entry(&mut archive, &pickle_key, MAX_PICKLE_BYTES).map_err(bad)?;
     let pickle = rename_scalar_list_builders(&pickle).map_err(bad)?;
+    crate::pickle_bounds::check(&pickle).map_err(|e| bad(format!("{pickle_key}: {e}")))?;
     let source = Arc::new(
         LazyDataSource::from_zip(path).map_err(|e| bad(format!("not a zip archive ({e})")))?,
     );
@@ -396,6 +399,30 @@ mod tests {
         let name = path.file_name().unwrap().to_string_lossy();
         assert!(err.contains(name.as_ref()), "{err}");
         err
+    }
+
+    /// burn-store's VM drops nested objects recursively and its memo copies deeply: a list
+    /// nested 200,000 deep (400 KB) aborted the process with a stack overflow.
+    #[test]
+    fn a_pickle_nested_or_copied_beyond_the_bounds_is_an_error_not_an_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nested = vec![b']'; 200_000];
+        nested.extend(std::iter::repeat_n(b'a', 199_999));
+        nested.extend_from_slice(SCALE);
+        let path = edited(dir.path(), "nested.pt", SCALE, &nested);
+        let err = error_of(&path);
+        assert!(
+            err.contains("data.pkl: its objects nest more than"),
+            "{err}"
+        );
+        let mut bomb = vec![b']', b'r', 0, 0, 1, 0];
+        for _ in 0..64 {
+            bomb.extend_from_slice(&[b'j', 0, 0, 1, 0, b'j', 0, 0, 1, 0, 0x86, b'r', 0, 0, 1, 0]);
+        }
+        bomb.extend_from_slice(SCALE);
+        let path = edited(dir.path(), "bomb.pt", SCALE, &bomb);
+        let err = error_of(&path);
+        assert!(err.contains("data.pkl: its memo copies more than"), "{err}");
     }
 
     #[test]

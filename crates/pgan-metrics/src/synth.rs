@@ -307,6 +307,23 @@ impl ModeSpec {
                     mode.centre
                 ));
             }
+            // The classifier finds a shape's quadrant and compares it with this one: a mode
+            // drawn elsewhere would always read as missed.
+            if mode.quadrant >= QUADRANT_CENTRES.len() {
+                return Err(format!(
+                    "mode {index}'s quadrant {} is not 0-3 (0 top-left, 1 top-right, 2 \
+                     bottom-left, 3 bottom-right)",
+                    mode.quadrant
+                ));
+            }
+            let [x, y] = mode.centre;
+            if (x >= 0.5) != (mode.quadrant % 2 == 1) || (y >= 0.5) != (mode.quadrant >= 2) {
+                return Err(format!(
+                    "mode {index}'s centre {:?} is not in its quadrant {} (0 top-left, 1 \
+                     top-right, 2 bottom-left, 3 bottom-right)",
+                    mode.centre, mode.quadrant
+                ));
+            }
         }
         // Two entries the classifier cannot tell apart would make one mode read as missed.
         let mut seen = std::collections::HashMap::new();
@@ -694,10 +711,21 @@ mod tests {
         std::fs::write(&path, serde_json::to_string(&good).unwrap()).unwrap();
         assert_eq!(ModeSpec::load(&path).unwrap(), good);
         type Edit = (fn(&mut ModeSpec), &'static str);
-        let cases: [Edit; 7] = [
+        let cases: [Edit; 9] = [
             (
                 |s| s.table[2].centre = [50.0, -50.0],
                 "mode 2's centre [50.0, -50.0] is outside",
+            ),
+            (
+                |s| s.table[2].quadrant = 9,
+                "mode 2's quadrant 9 is not 0-3",
+            ),
+            (
+                |s| {
+                    s.table[2].quadrant = 3;
+                    s.table[2].centre = [0.25, 0.25]
+                },
+                "mode 2's centre [0.25, 0.25] is not in its quadrant 3",
             ),
             (|s| s.half_size = 0.0, "half_size 0 is not a fraction"),
             (|s| s.half_size = -1.0, "half_size -1 is not a fraction"),

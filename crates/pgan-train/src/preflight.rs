@@ -243,8 +243,12 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         pgan_inception::InceptionWeights::load(&weights)?;
     }
     let mut resume = None;
+    // The damaged checkpoints a resume passes over, said as the real start says them.
+    let mut skipped = Vec::new();
     if let Some(resume_path) = &options.resume {
-        let ckpt = checkpoint::resolve_checkpoint(resume_path)?;
+        let found = checkpoint::find_checkpoint(resume_path)?;
+        skipped = found.warnings();
+        let ckpt = found.path;
         let mut state = checkpoint::read_state(&ckpt)?;
         check_checkpoint_model(
             &checkpoint::model_config(&state, &ckpt)?,
@@ -277,8 +281,9 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             checkpoint: ckpt,
         });
     }
-    let mut warnings: Vec<String> = crate::distributed::mbstd_groups_split(&config)?
+    let mut warnings: Vec<String> = skipped
         .into_iter()
+        .chain(crate::distributed::mbstd_groups_split(&config)?)
         .collect();
     // The largest minibatch the schedule trains with, and where (first).
     let largest = config

@@ -5,6 +5,7 @@ mod commands;
 mod paths;
 mod seeds;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -244,10 +245,11 @@ struct TrainArgs {
     /// step). Also on --resume: the average continues from its current weights.
     #[arg(long)]
     ema_half_life_kimg: Option<f64>,
-    /// Random horizontal flips of the reals.
+    /// Random horizontal flips of the reals (overrides data.mirror; of --mirror and
+    /// --no-mirror, the last one given wins, so a script's default can be overridden after it).
     #[arg(long, overrides_with = "no_mirror")]
     mirror: bool,
-    /// No flips.
+    /// No flips (overrides data.mirror).
     #[arg(long)]
     no_mirror: bool,
     /// Evaluate SWD and MS-SSIM every this many kimg (overrides eval.every_kimg; 0 = off).
@@ -411,7 +413,10 @@ struct SynthArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_or_help(err),
+    };
     let training = matches!(&cli.command, Command::Train(args) if !args.dry_run);
     if !training {
         end_quietly_on_a_closed_pipe();
@@ -428,6 +433,24 @@ fn main() -> ExitCode {
             eprintln!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+/// Prints what clap made of the command line instead of running it: a usage error on standard
+/// error (exit 2), or the help or version asked for on standard output, which, like every
+/// command's output, must be written (a redirect onto a full disk is an error, exit 2).
+fn usage_or_help(err: clap::Error) -> ExitCode {
+    let to_stdout = !err.use_stderr();
+    if to_stdout {
+        end_quietly_on_a_closed_pipe();
+    }
+    let printed = err.print().and_then(|()| std::io::stdout().flush());
+    match printed {
+        Err(io) if to_stdout => {
+            eprintln!("error: cannot write to standard output: {io}");
+            ExitCode::from(2)
+        }
+        _ => ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2)),
     }
 }
 
