@@ -125,20 +125,29 @@ def main():
     parser.add_argument("--modes", type=int, required=True)
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--wall-seconds", type=int, required=True)
+    parser.add_argument("--backend", default="cpu")
     parser.add_argument("--variants", nargs="+", required=True)
     args = parser.parse_args()
 
     variants = []
     for name in args.variants:
         role = open(os.path.join(args.work, f"{name}.role")).read().strip()
-        runs = []
+        runs, failed = [], []
         for entry in sorted(os.listdir(args.work)):
             m = re.fullmatch(re.escape(name) + r"-seed(\d+)", entry)
             if not m:
                 continue
             folder = os.path.join(args.work, entry)
+            flags = open(os.path.join(folder, "flags")).read().strip()
+            error = os.path.join(folder, "error")
+            if os.path.exists(error):
+                # Reported, and left out of the variant's figures.
+                run = {"seed": int(m.group(1)), "flags": flags, "error": open(error).read().strip()}
+                print(json.dumps({"bench": "remedies", "variant": name, **run}))
+                failed.append(run)
+                continue
             run = {"seed": int(m.group(1)), **run_result(folder)}
-            run["flags"] = open(os.path.join(folder, "flags")).read().strip()
+            run["flags"] = flags
             run["outcome"] = outcome(run)
             # Still firing at the run's final evaluation: a collapse that has not recovered, not
             # a transient one early in a stage.
@@ -152,7 +161,7 @@ def main():
         variants.append({
             "variant": name,
             "role": role,
-            "flags": runs[0]["flags"] if runs else "",
+            "flags": (runs or failed)[0]["flags"] if runs or failed else "",
             "seeds": [r["seed"] for r in runs],
             "modes_covered": stats([r["modes_covered"] for r in runs]),
             "kl_to_uniform": stats([r["kl_to_uniform"] for r in runs]),
@@ -165,6 +174,7 @@ def main():
             # end is the mildest saturation the alarm has to catch).
             "g_norm_min_ratio_range": ratio_range(runs),
             "runs": runs,
+            "failed_runs": failed,
         })
     all_runs = [r for v in variants for r in v["runs"]]
     alarm_vs_outcome = {}
@@ -198,6 +208,7 @@ def main():
         "bench": "remedies",
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "backend": args.backend,
         "modes": args.modes,
         "resolution": 16,
         "kimg": args.kimg,
@@ -218,12 +229,17 @@ def main():
     print("| setup | role | modes covered (of %d) | KL to uniform | SWD ×1e3 | MS-SSIM gen | train s | alarms fired, runs (still at the final evaluation) | G grad norm, lowest / peak (range over seeds) |" % args.modes, file=sys.stderr)
     print("|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for v in variants:
+        if not v["runs"]:
+            print(f"| {v['variant']} | {v['role']} | every run failed: {(v['failed_runs'] or [{'error': 'no runs'}])[0]['error'][:120]!r} |",
+                  file=sys.stderr)
+            continue
+        failed = f" ({len(v['failed_runs'])} runs failed)" if v["failed_runs"] else ""
         alarms = ", ".join(
             f"{a} {n}/{len(v['runs'])} ({v['alarms_fired_at_end'].get(a, 0)})"
             for a, n in v["alarms_fired"].items()
         ) or "none"
         print(
-            f"| {v['variant']} | {v['role']} | {fmt(v['modes_covered'], 1)} | {fmt(v['kl_to_uniform'], 2)} "
+            f"| {v['variant']}{failed} | {v['role']} | {fmt(v['modes_covered'], 1)} | {fmt(v['kl_to_uniform'], 2)} "
             f"| {fmt(v['swd_x1e3'], 0)} | {fmt(v['msssim_fake'], 3)} | {fmt(v['train_seconds'], 0)} | {alarms} "
             f"| {'—' if v['g_norm_min_ratio_range'] is None else '{:.0e}–{:.0e}'.format(*v['g_norm_min_ratio_range'])} |",
             file=sys.stderr,

@@ -9,10 +9,17 @@
 #   scripts/bench_remedies.sh                          # writes docs/bench/remedies.json
 #   PGAN_SEEDS="0 1 2" PGAN_KIMG=36 PGAN_VARIANTS=baseline PGAN_OUT=/tmp/b.json scripts/bench_remedies.sh
 #
-# Environment: PGAN (binary; default: the dev-profile build), PGAN_MODES (K, default 16),
+# The same script is issue 21's bf16 quality guard: on the CUDA backend the "bf16" variant (the
+# baseline with bf16 convolution inputs) runs beside the baseline (f32), and scripts/gpu_check.sh
+# compares the two over the seeds:
+#   PGAN=.../pgan PGAN_BACKEND=cuda PGAN_VARIANTS="baseline bf16" scripts/bench_remedies.sh
+#
+# Environment: PGAN (binary; default: the dev-profile build), PGAN_BACKEND (cpu|wgpu|cuda,
+# default cpu; training and evaluation), PGAN_MODES (K, default 16),
 # PGAN_KIMG (kimg per run, default 12), PGAN_SEEDS (default "0 1 2"), PGAN_JOBS (runs side by
 # side, default 3: one run keeps about two thirds of a core busy), PGAN_EVAL_NUM (generated
-# images classified, default 256), PGAN_VARIANTS (names to run, default all), PGAN_WORK
+# images classified, default 256), PGAN_VARIANTS (names to run, default all;
+# bf16 only on cuda), PGAN_WORK
 # (scratch folder), PGAN_OUT (JSON path, default docs/bench/remedies.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +28,10 @@ if [ -z "${PGAN:-}" ]; then
     cargo build -q -p pgan
     PGAN="${CARGO_TARGET_DIR:-target}/debug/pgan"
 fi
+# Each run works in its own folder (where cubecl looks for a cubecl.toml, up from there): the
+# binary's path must not depend on this one.
+case "$PGAN" in */*) PGAN="$(cd "$(dirname "$PGAN")" && pwd)/$(basename "$PGAN")" ;; esac
+backend="${PGAN_BACKEND:-cpu}"
 modes="${PGAN_MODES:-16}"
 kimg="${PGAN_KIMG:-12}"
 seeds=(${PGAN_SEEDS:-0 1 2})
@@ -28,6 +39,7 @@ jobs="${PGAN_JOBS:-3}"
 work="${PGAN_WORK:-$(mktemp -d)}"
 out_json="${PGAN_OUT:-docs/bench/remedies.json}"
 mkdir -p "$work"
+work="$(cd "$work" && pwd)"
 
 # name|role|flags: role is baseline, remedy or failing.
 variants=(
@@ -41,6 +53,11 @@ variants=(
     "minimax-no-remedy|failing|--loss minimax --minibatch none"
     "no-stddev|failing|--minibatch none"
 )
+# The baseline with bf16 convolution inputs: by default only on CUDA, the one backend that has
+# them (the others refuse the option, which the dry run of scripts/gpu_check.sh checks).
+if [ "$backend" = cuda ] || [ -n "${PGAN_VARIANTS:-}" ]; then
+    variants+=("bf16|precision|--precision bf16")
+fi
 if [ -n "${PGAN_VARIANTS:-}" ]; then
     keep=()
     for v in "${variants[@]}"; do
@@ -96,25 +113,35 @@ if [ ! -f "$synth/modes.json" ]; then
 fi
 "$PGAN" prepare "$synth" "$synth.pgan" --resolution 16 --force >&2
 
-# One run: train, evaluate, record the wall time and the flags.
+# One run: train, evaluate, record the wall time and the flags. A run that fails leaves its
+# command's last lines in `error` (the aggregate reports them) instead of stopping the others.
 one_run() {
     local name="$1" flags="$2" seed="$3"
     local dir="$work/$name-seed$seed"
     rm -rf "$dir"
     mkdir -p "$dir"
+    echo "$flags" >"$dir/flags"
+    cd "$dir"
     local start end
     start=$(date +%s.%N)
     # shellcheck disable=SC2086
-    "$PGAN" train --config "$config" --data "$synth.pgan" --out-dir "$dir/runs" --seed "$seed" \
-        --no-progress $flags >"$dir/train.log" 2>&1
+    if ! "$PGAN" train --config "$config" --data "$synth.pgan" --out-dir "$dir/runs" --seed "$seed" \
+        --backend "$backend" --no-progress $flags >"$dir/train.log" 2>&1; then
+        { echo "pgan train failed:"; tail -n 5 "$dir/train.log"; } >"$dir/error"
+        echo "failed $name seed $seed (pgan train)" >&2
+        return
+    fi
     end=$(date +%s.%N)
     echo "$start $end" >"$dir/seconds"
     local run
     run=$(ls -d "$dir"/runs/*/ | sort | tail -n 1)
-    "$PGAN" eval "$run" --modes "$synth/modes.json" --num "${PGAN_EVAL_NUM:-256}" --pairs 64 \
-        --json "$dir/eval.json" --force >"$dir/eval.log" 2>&1
     cp "$run/log.txt" "$dir/log.txt"
-    echo "$flags" >"$dir/flags"
+    if ! "$PGAN" eval "$run" --modes "$synth/modes.json" --num "${PGAN_EVAL_NUM:-256}" --pairs 64 \
+        --backend "$backend" --json "$dir/eval.json" --force >"$dir/eval.log" 2>&1; then
+        { echo "pgan eval failed:"; tail -n 5 "$dir/eval.log"; } >"$dir/error"
+        echo "failed $name seed $seed (pgan eval)" >&2
+        return
+    fi
     echo "done $name seed $seed" >&2
 }
 
@@ -138,4 +165,4 @@ wall=$(($(date +%s) - started))
 names=()
 for v in "${variants[@]}"; do names+=("${v%%|*}"); done
 python3 scripts/bench_remedies.py "$work" "$out_json" --kimg "$kimg" --modes "$modes" \
-    --jobs "$jobs" --wall-seconds "$wall" --variants "${names[@]}"
+    --jobs "$jobs" --wall-seconds "$wall" --backend "$backend" --variants "${names[@]}"

@@ -3,14 +3,16 @@
 # fusion choices to compare) against the PyTorch reference on the same GPU, per resolution, with
 # the paper networks, WGAN-GP + drift, and configs/gpu-256.toml's minibatch per resolution
 # (512x512 at that config's default, 16). Writes gpu-<date>-<gpu>.json (one row per resolution
-# and contender: batch, ms/step, img/s, ratio to PyTorch, peak memory; and the convolution
-# parity checks) and a markdown table.
+# and contender: batch, ms/step, img/s, ratio to PyTorch, peak memory; the convolution and
+# training-step parity checks; the bf16 quality guard) and a markdown table.
 #
-# 1. Here, on the CPU machine (Rust toolchain; ~25 min the first time, holding the build lock):
+# 1. Here, on the CPU machine (Rust toolchain; ~40 min the first time, holding the build lock):
 #      scripts/gpu_check.sh --prepare
-#    builds the train_step and gpu_conv_parity benches with `--profile bench --features
-#    cuda,wgpu`, strips them into .gpu/bin/<name>.gz, fetches the Vulkan loader packages into .gl/ (the device image may
-#    lack them), and then proves the packed binary with a dry run (below).
+#    builds the train_step and gpu_conv_parity benches and the pgan command line with
+#    `--profile bench --features cuda,wgpu`, strips and packs them into .gpu/bin/<name>.xz (xz
+#    packs them a third smaller than gzip: the carry limit is 64 MiB), fetches the Vulkan
+#    loader packages into .gl/ (the device image may lack them), and then proves the packed
+#    binaries with a dry run (below).
 #      scripts/gpu_check.sh --dry-run [--bin PATH]
 #    runs this same script end to end on the CPU backend and wgpu on Mesa's lavapipe, at 4x4 and
 #    8x8 with a small network, into /tmp/pgan-gpu-dry-run/ (no GPU, no time budget).
@@ -52,13 +54,21 @@
 #                            accumulation); its ratio is to PyTorch's f32 (TF32) row. In the dry
 #                            run pgan-wgpu-bf16 must be refused by the config check instead.
 #   pgan-cuda-autotune       PGAN_GPU_CONV=autotune (burn's conv2d and its autotuner)
+#   quality-cuda             the bf16 quality guard: scripts/bench_remedies.sh's baseline (16
+#                            modes at 16x16, 12 kimg, seeds 0-2 side by side) trained with the
+#                            pgan command line in f32 and in bf16; modes covered, KL and SWD per
+#                            precision, and whether bf16's are within the seeds' noise of f32's.
+#                            The dry run runs it on the CPU backend at 2.5 kimg (16x16 is
+#                            grown at 2.4), where the bf16 runs must be refused by the config
+#                            check.
 #   pgan-wgpu                wgpu on Vulkan; its WGSL compiler has no tensor-core path, so the
 #                            op's passes fall back to burn's autotuned kernels (counted in the rows)
 #   pgan-cuda-nofusion       PGAN_GPU_FUSION=off
 #   pgan-cuda-<algorithm>    other implicit-GEMM algorithms / tile kinds, 64x64 to 256x256 only
 # Environment: PGAN_GPU_BUDGET_S, PGAN_GPU_STEPS (timed steps per resolution, default 10; the
 # warm-up tick has as many), PGAN_GPU_RESOLUTIONS (default 256,128,64,32,16,8,4,512: largest
-# first so a cut budget loses the small ones), PGAN_GPU_CONTENDERS (a space list to run instead).
+# first so a cut budget loses the small ones), PGAN_GPU_CONTENDERS (a space list to run instead),
+# PGAN_GPU_QUALITY_KIMG / PGAN_GPU_QUALITY_SEEDS (the quality guard's length and seeds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -93,13 +103,22 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("train_step", "gpu_conv_parity"):
         print(m["target"]["name"], m["executable"])')
+  log "building the pgan command line (profile bench, features cuda,wgpu; the bf16 quality guard trains with it)"
+  exes="$exes
+$(cargo build --profile bench -p pgan --features cuda,wgpu --message-format=json 2>>"$build_log" \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "pgan":
+        print(m["target"]["name"], m["executable"])')"
   mkdir -p .gpu/bin .gpu/cache
-  for name in train_step gpu_conv_parity; do
+  for name in train_step gpu_conv_parity pgan; do
     exe=$(echo "$exes" | awk -v n="$name" '$1 == n {print $2}' | tail -1)
     [ -x "$exe" ] || { tail -n 40 "$build_log" >&2; echo "error: the build made no $name binary (log: $build_log)" >&2; exit 1; }
     strip -o ".gpu/bin/$name" "$exe"
-    gzip -9 -f ".gpu/bin/$name"
-    log "packed $(du -h ".gpu/bin/$name.gz" | cut -f1) from $exe"
+    xz -9e -T0 -f ".gpu/bin/$name"
+    rm -f ".gpu/bin/$name.gz"
+    log "packed $(du -h ".gpu/bin/$name.xz" | cut -f1) from $exe"
   done
   # What the packed binaries were built from, reported with the device's results.
   echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- crates benches Cargo.toml Cargo.lock || echo ' +uncommitted changes') $(date -u +%Y-%m-%dT%H:%MZ)" > .gpu/bin/build.txt
@@ -161,23 +180,36 @@ remaining() { echo $((BUDGET - ($(date +%s) - START))); }
 # The binaries: the packed bench builds (or --bin for the training step; the parity check is
 # then looked for beside it).
 PARITY_BIN=""
+PGAN_BIN=""
 if [ -z "$BIN" ]; then
-  if [ -f .gpu/bin/train_step.gz ]; then
-    gunzip -c .gpu/bin/train_step.gz > "$WORK/train_step" && chmod +x "$WORK/train_step"
+  # .gpu/bin/NAME.xz → $WORK/NAME (Python's lzma where the image has no xz).
+  unpack() {
+    [ -f ".gpu/bin/$1.xz" ] || return 1
+    if command -v xz >/dev/null; then
+      xz -dc ".gpu/bin/$1.xz" > "$WORK/$1"
+    else
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        ".gpu/bin/$1.xz" "$WORK/$1"
+    fi && chmod +x "$WORK/$1"
+  }
+  if unpack train_step; then
     BIN=$WORK/train_step
   else
-    echo "error: .gpu/bin/train_step.gz is missing: run scripts/gpu_check.sh --prepare here first (and carry .gpu)" >&2
+    echo "error: .gpu/bin/train_step.xz is missing or unreadable: run scripts/gpu_check.sh --prepare here first (and carry .gpu)" >&2
     exit 2
   fi
-  if [ -f .gpu/bin/gpu_conv_parity.gz ]; then
-    gunzip -c .gpu/bin/gpu_conv_parity.gz > "$WORK/gpu_conv_parity" && chmod +x "$WORK/gpu_conv_parity"
-    PARITY_BIN=$WORK/gpu_conv_parity
-  fi
+  unpack gpu_conv_parity && PARITY_BIN=$WORK/gpu_conv_parity
+  unpack pgan && PGAN_BIN=$WORK/pgan
 else
   PARITY_BIN=$(ls "$(dirname "$BIN")"/gpu_conv_parity* 2>/dev/null | grep -v '\.d$' | head -1)
+  # --bin names a deps/ bench binary; the pgan command line is in the profile's folder above.
+  for p in "$(dirname "$BIN")/pgan" "$(dirname "$BIN")/../pgan"; do
+    [ -x "$p" ] && { PGAN_BIN=$p; break; }
+  done
 fi
 [ -x "$BIN" ] || { echo "error: $BIN is not an executable train_step bench binary" >&2; exit 2; }
 [ -n "$PARITY_BIN" ] || log "warning: no gpu_conv_parity binary: the parity row will be missing (rerun --prepare)"
+[ -n "$PGAN_BIN" ] || log "warning: no pgan binary: the bf16 quality guard will be missing (rerun --prepare)"
 
 # What the machine has: GPU, driver, PyTorch (the device image ships PyTorch with CUDA in its
 # python3; nothing can be installed there).
@@ -269,7 +301,9 @@ if [ "$MODE" = dry-run ]; then
   TORCH_BATCH=(--batch 8)
   GPU=wgpu   # lavapipe stands in for the CUDA contenders' code paths
   PARITY_CASES=small
-  DEFAULT_CONTENDERS="pytorch parity-$GPU step-parity-$GPU pgan-cpu pgan-$GPU pgan-$GPU-bf16 pgan-$GPU-autotune pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
+  # The quality guard's plumbing on the CPU backend, which must refuse its bf16 runs.
+  DEFAULT_CONTENDERS="pytorch parity-$GPU step-parity-$GPU pgan-cpu pgan-$GPU pgan-$GPU-bf16 pgan-$GPU-autotune quality-cpu pgan-$GPU-nofusion pgan-$GPU-simple_sync_strided-mma"
+  QUALITY=(PGAN_SEEDS=0 PGAN_KIMG=2.5 PGAN_JOBS=2 PGAN_EVAL_NUM=64)
 else
   PRESET_ARGS=(--paper)
   TORCH_NET=(--device cuda --fmap-base 8192 --fmap-max 512 --latent 512)
@@ -277,7 +311,8 @@ else
   TORCH_BATCH=(--minibatch-from "$ROOT/configs/gpu-256.toml")
   GPU=cuda
   PARITY_CASES=paper
-  DEFAULT_CONTENDERS="pytorch parity-cuda step-parity-cuda pgan-cuda pgan-cuda-bf16 pgan-cuda-autotune pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
+  DEFAULT_CONTENDERS="pytorch parity-cuda step-parity-cuda pgan-cuda pgan-cuda-bf16 pgan-cuda-autotune quality-cuda pgan-wgpu pgan-cuda-nofusion pgan-cuda-simple_sync_strided-mma pgan-cuda-simple_async_cyclic-cmma pgan-cuda-specialized_tma-mma"
+  QUALITY=(PGAN_SEEDS="${PGAN_GPU_QUALITY_SEEDS:-0 1 2}" PGAN_KIMG="${PGAN_GPU_QUALITY_KIMG:-12}" PGAN_JOBS=6 PGAN_EVAL_NUM=256)
 fi
 CONTENDERS=${PGAN_GPU_CONTENDERS:-$DEFAULT_CONTENDERS}
 # The implicit GEMMs the contenders time, default first: the parity check covers each.
@@ -306,9 +341,11 @@ EOF
 }
 
 run_contender() {
-  local name=$1 left cap
+  local name=$1 left cap need=40
   left=$(remaining)
-  if [ "$left" -lt 40 ]; then
+  # The quality guard yields nothing unless its runs finish: it starts only with room for them.
+  case "$name" in quality-*) need=150 ;; esac
+  if [ "$left" -lt "$need" ]; then
     log "skip $name: ${left}s of the budget left"
     echo "{\"contender\": \"$name\", \"skipped\": \"budget\"}" >> "$ROWS"
     return
@@ -320,6 +357,7 @@ run_contender() {
     parity-*) cap=90 ;;
     step-parity-*) cap=120 ;;
     pgan-cuda|pgan-cpu|pgan-wgpu) cap=200 ;;
+    quality-*) cap=240 ;;
     *) cap=120 ;;
   esac
   [ "$MODE" = dry-run ] && cap=1800
@@ -360,6 +398,14 @@ run_contender() {
          PGAN_BENCH_PRECISION="$precision" \
          "$BIN" "${PRESET_ARGS[@]}") > "$out" 2> "$err"
       ;;
+    quality-*)
+      # f32 and bf16 side by side on the remedies benchmark's baseline (16 modes at 16x16,
+      # seeds in parallel); the runs work under $WORK, where cubecl finds cubecl.toml.
+      [ -n "$PGAN_BIN" ] || { log "skip $name: no pgan binary"; return; }
+      (cd "$WORK" && timeout "$cap" env PGAN="$PGAN_BIN" PGAN_BACKEND="${name#quality-}" \
+         PGAN_VARIANTS="baseline bf16" "${QUALITY[@]}" PGAN_WORK="$WORK/quality" \
+         PGAN_OUT="$WORK/quality.json" bash "$ROOT/scripts/bench_remedies.sh") > "$out" 2> "$err"
+      ;;
     *) log "unknown contender $name"; return ;;
   esac
   local rc=$?
@@ -388,7 +434,9 @@ parity = [r for r in raw if r.get("bench") == "gpu_conv_parity"]
 # The training-step parity (gpu_step_parity): one D and G step against the CPU's; a failure
 # marks every timed row of that (backend, precision).
 step_rows = [r for r in raw if r.get("bench") == "gpu_step_parity"]
-raw = [r for r in raw if r.get("bench") not in ("gpu_conv_parity", "gpu_step_parity")]
+# The bf16 quality guard (scripts/bench_remedies.sh's runs, one line per run).
+quality = [r for r in raw if r.get("bench") == "remedies"]
+raw = [r for r in raw if r.get("bench") not in ("gpu_conv_parity", "gpu_step_parity", "remedies")]
 parity_failed = {(r.get("backend"), r.get("conv"), r.get("precision")) for r in parity if not r.get("ok")}
 step_failed = {(r.get("backend"), r.get("precision")) for r in step_rows if not r.get("ok")}
 torch = {r["resolution"]: r for r in raw if r.get("contender") == "pytorch" and "resolution" in r}
@@ -429,6 +477,42 @@ for r in raw:
         row["error"] = r["error"]
     rows.append(row)
 rows.sort(key=lambda x: (x["resolution"], contenders.split().index(x["contender"]) if x["contender"] in contenders.split() else 99))
+def spread(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "n": len(values)}
+
+precision_quality = None
+if quality:
+    by = {}
+    for variant, precision in (("baseline", "f32"), ("bf16", "bf16")):
+        runs = [r for r in quality if r.get("variant") == variant]
+        ok = [r for r in runs if "error" not in r]
+        by[precision] = {
+            "contender": runs[0]["contender"] if runs else None,
+            "seeds": [r.get("seed") for r in ok],
+            "failed": [{"seed": r.get("seed"), "error": r["error"]} for r in runs if "error" in r],
+            "kimg": ok[0].get("kimg") if ok else None,
+            **{k: spread([r.get(k) for r in ok])
+               for k in ("modes_covered", "kl_to_uniform", "swd_x1e3", "msssim_fake", "train_seconds")},
+        }
+    # Within the seeds' noise: the difference of the means at most twice its standard error
+    # (and at least one mode, the count's own step).
+    verdict = {}
+    f, b = by["f32"], by["bf16"]
+    for k, floor in (("modes_covered", 1.0), ("swd_x1e3", 0.0), ("kl_to_uniform", 0.0)):
+        if f[k] and b[k] and f[k]["n"] > 1 and b[k]["n"] > 1:
+            diff = b[k]["mean"] - f[k]["mean"]
+            noise = 2 * (f[k]["sd"] ** 2 / f[k]["n"] + b[k]["sd"] ** 2 / b[k]["n"]) ** 0.5
+            verdict[k] = {"bf16_minus_f32": diff, "noise": max(noise, floor),
+                          "within_noise": abs(diff) <= max(noise, floor)}
+    precision_quality = {"what": "scripts/bench_remedies.sh baseline (WGAN-GP + stddev, 16 modes "
+                                 "at 16x16), f32 vs bf16 convolutions, same seeds",
+                         "f32": f, "bf16": b, "verdict": verdict}
+
 gpu = env.get("gpu") or ("cpu-dry-run" if env.get("mode") == "dry-run" else "unknown-gpu")
 slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -449,6 +533,7 @@ doc = {
     "rows": rows,
     "conv_parity": parity,
     "step_parity": step_rows,
+    "precision_quality": precision_quality,
     "notes": notes,
 }
 base = f"{outdir}/gpu-{date}-{slug}"
@@ -507,6 +592,21 @@ if step_rows:
         lines.append(f"| {r.get('backend')} | {r.get('precision')} | {r.get('resolution')}² | "
                      f"{r.get('batch')} | {status} | {e(r, 'd_loss')} | {e(r, 'd_grads')} | "
                      f"{e(r, 'g_loss')} | {e(r, 'g_grads')} | {r.get('tolerance')} |")
+if precision_quality:
+    def ms(x, nd):
+        return "—" if not x else f"{x['mean']:.{nd}f} ± {x['sd']:.{nd}f}"
+    lines += ["", f"bf16 quality guard ({precision_quality['what']}, {precision_quality['f32']['kimg'] or precision_quality['bf16']['kimg']} kimg, "
+              "mean ± sd over seeds; `scripts/bench_remedies.sh`):", "",
+              "| precision | seeds | modes covered (of 16) | KL to uniform | SWD ×1e3 | MS-SSIM gen | train s | failed runs |",
+              "|---|---|---|---|---|---|---|---|"]
+    for precision in ("f32", "bf16"):
+        q = precision_quality[precision]
+        failed = "; ".join(f"seed {x['seed']}: {x['error'].splitlines()[-1][:100]}" for x in q["failed"]) or "none"
+        lines.append(f"| {precision} | {q['seeds']} | {ms(q['modes_covered'], 1)} | {ms(q['kl_to_uniform'], 2)} | "
+                     f"{ms(q['swd_x1e3'], 0)} | {ms(q['msssim_fake'], 3)} | {ms(q['train_seconds'], 0)} | {failed} |")
+    for k, v in precision_quality["verdict"].items():
+        lines.append(f"\n{k}: bf16 − f32 = {v['bf16_minus_f32']:+.3g}, noise ±{v['noise']:.3g}: "
+                     f"{'within the noise' if v['within_noise'] else '**outside the noise**'}")
 for n in notes:
     lines.append(f"\nnote: {json.dumps(n)[:400]}")
 with open(base + ".md", "w") as f:
@@ -527,9 +627,17 @@ if mode == "dry-run":
     bad = ([r for r in rows if "error" in r and r not in refused]
            + [n for n in notes if n not in no_torch] + wrongly + accepted)
     missing = [c for c in contenders.split()
-               if not any(r["contender"] == c for r in rows + parity + step_rows)
+               if not any(r["contender"] == c for r in rows + parity + step_rows + quality)
                and not (c == "pytorch" and no_torch)]
     wrong = [r for r in parity + step_rows if not r.get("ok")]
+    # The quality guard: its f32 runs train and are measured, its bf16 runs are refused by the
+    # config check (the dry run's backend has no bf16), naming the option.
+    if precision_quality:
+        f, b = precision_quality["f32"], precision_quality["bf16"]
+        if f["failed"] or not f["modes_covered"]:
+            wrong.append({"quality_f32": f})
+        if b["seeds"] or not b["failed"] or any("run.precision" not in x["error"] for x in b["failed"]):
+            wrong.append({"quality_bf16": b})
     if bad or missing or wrong:
         sys.exit(f"dry run failed: errors {bad}, contenders without rows {missing}, parity failures {wrong}")
 EOF
