@@ -140,9 +140,12 @@ def main():
             folder = os.path.join(args.work, entry)
             flags = open(os.path.join(folder, "flags")).read().strip()
             error = os.path.join(folder, "error")
-            if os.path.exists(error):
+            if os.path.exists(error) or not os.path.exists(os.path.join(folder, "eval.json")):
                 # Reported, and left out of the variant's figures.
-                run = {"seed": int(m.group(1)), "flags": flags, "error": open(error).read().strip()}
+                why = (open(error).read().strip() if os.path.exists(error) else
+                       "the run ended without an eval.json (killed, or a step outside pgan "
+                       "train/eval failed): see its train.log and eval.log")
+                run = {"seed": int(m.group(1)), "flags": flags, "error": why}
                 print(json.dumps({"bench": "remedies", "variant": name, **run}))
                 failed.append(run)
                 continue

@@ -1428,6 +1428,8 @@ fn corrupt_or_edited_latest_checkpoints_fall_back_to_the_newest_intact_one() {
     run_ok(&mut resume_cmd(&run, &[]));
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(warned(&log), "{log}");
+    let skipped = format!("skipped checkpoint {}", ckpts[2].display());
+    assert_eq!(log.matches(&skipped).count(), 1, "said once: {log}");
 }
 
 #[test]

@@ -6,37 +6,52 @@
 //! (two bytes a level: the drop overflows the stack and aborts) or copy copies of an object
 //! until memory runs out (each `BINGET` of a twice-used object doubles it). This pass follows the
 //! VM's opcodes with only each object's nesting depth and size, and refuses a pickle whose
-//! objects nest deeper than [`MAX_DEPTH`] or whose memo copies exceed [`copy_budget`]. A real
-//! module pickle nests a few levels per submodule and memoizes objects while they are still
-//! empty, so it stays far inside both.
+//! objects nest deeper than [`MAX_DEPTH`] or whose memo copies exceed [`MAX_COPIED_BYTES`]. A
+//! real module pickle nests a few levels per submodule and memoizes objects while they are
+//! still empty, so it stays far inside both.
 //!
-//! Only the opcodes the VM accepts are followed; at any other byte, and wherever the VM would
-//! fail (a truncated argument, an empty stack, a missing mark or memo entry), the pass stops
-//! and leaves the error to the VM, which reads the same bytes in the same order.
+//! Only the opcodes the VM accepts are followed, with its marks as it has them (an ordinary
+//! object named `mark.mark`, which a `GLOBAL` can also make, the memo keep and a tuple hold). A
+//! pickle the pass cannot follow to its `STOP` (another opcode, a truncated argument, an empty
+//! stack, a missing mark or memo entry) is refused too: the VM would fail on it or, where the
+//! two disagree, build what the pass did not see.
 
 use std::collections::HashMap;
+
+use burn_store::pytorch::pickle_reader::Object;
 
 /// The deepest nesting accepted: far above a module tree's, far below what overflows a stack.
 pub(crate) const MAX_DEPTH: u32 = 512;
 
-/// How much the memo may copy (in objects, a string counting one per 16 bytes): generous for
-/// a pickle of `pickle_len` bytes that memoizes as Python's pickler does, far below a bomb's.
-pub(crate) fn copy_budget(pickle_len: usize) -> u64 {
-    (1 << 22) + 16 * pickle_len as u64
-}
+/// The most the memo may copy, in bytes of the VM's objects: far above what a module pickle
+/// copies (small objects, memoized while empty), far below a bomb's doubling.
+pub(crate) const MAX_COPIED_BYTES: u64 = 256 << 20;
 
-/// An object as the pass sees it: how deep it nests and how many objects it holds.
-#[derive(Clone, Copy, Debug, Default)]
+/// The size of one of the VM's objects, without what it owns on the heap.
+const OBJECT_BYTES: u64 = std::mem::size_of::<Object>() as u64;
+
+/// An object as the pass sees it: how deep it nests and how many bytes it holds.
+#[derive(Clone, Copy, Debug)]
 struct Extent {
     depth: u32,
     size: u64,
+    /// The VM's mark: an object like any other, except to the opcodes that pop to it.
+    mark: bool,
 }
 
 impl Extent {
     fn leaf(payload: usize) -> Self {
         Self {
             depth: 0,
-            size: 1 + payload as u64 / 16,
+            size: OBJECT_BYTES + payload as u64,
+            mark: false,
+        }
+    }
+
+    fn mark() -> Self {
+        Self {
+            mark: true,
+            ..Self::leaf(8)
         }
     }
 
@@ -45,30 +60,27 @@ impl Extent {
         Self {
             depth: self.depth.max(inner.depth.saturating_add(1)),
             size: self.size.saturating_add(inner.size),
+            mark: false,
         }
     }
 
     /// A new container of `items`.
     fn of(items: impl IntoIterator<Item = Extent>) -> Self {
-        items
-            .into_iter()
-            .fold(Self { depth: 1, size: 1 }, Self::holding)
+        let empty = Self {
+            depth: 1,
+            ..Self::leaf(0)
+        };
+        items.into_iter().fold(empty, Self::holding)
     }
-}
-
-enum Slot {
-    Mark,
-    Object(Extent),
 }
 
 /// Why the pass refuses `pickle`, or `Ok` when the VM may build it.
 pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
-    let budget = copy_budget(pickle.len());
     let mut copied = 0u64;
-    let mut stack: Vec<Slot> = Vec::new();
+    let mut stack: Vec<Extent> = Vec::new();
     let mut memo: HashMap<u32, Extent> = HashMap::new();
     let mut at = 0usize;
-    // Each `None` below is a place where the VM fails on its own.
+    // Each `None` below is a place the pass cannot follow (where the VM fails too).
     let walked = (|| -> Option<Result<(), String>> {
         loop {
             let op = *pickle.get(at)?;
@@ -78,19 +90,12 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                 at += n;
                 Some(bytes)
             };
-            let pop = |stack: &mut Vec<Slot>| match stack.pop()? {
-                Slot::Object(extent) => Some(extent),
-                Slot::Mark => None,
-            };
-            let pop_to_mark = |stack: &mut Vec<Slot>| {
-                let mark = stack.iter().rposition(|s| matches!(s, Slot::Mark))?;
-                let items: Vec<Extent> = stack
-                    .drain(mark..)
-                    .filter_map(|s| match s {
-                        Slot::Object(e) => Some(e),
-                        Slot::Mark => None,
-                    })
-                    .collect();
+            // A mark popped as a value is a small object, as in the VM.
+            let pop = |stack: &mut Vec<Extent>| stack.pop().map(|e| Extent { mark: false, ..e });
+            let pop_to_mark = |stack: &mut Vec<Extent>| {
+                let mark = stack.iter().rposition(|e| e.mark)?;
+                let items: Vec<Extent> = stack.drain(mark + 1..).collect();
+                stack.pop();
                 Some(items)
             };
             let made = match op {
@@ -99,34 +104,44 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                     take(1)?;
                     None
                 }
-                b'(' => {
-                    stack.push(Slot::Mark);
-                    None
-                }
-                // GLOBAL: module and name, each a line.
+                b'(' => Some(Extent::mark()),
+                // GLOBAL: module and name, each a line (`mark` `mark` is the VM's mark).
                 b'c' => {
                     let rest = pickle.get(at..)?;
                     let first = rest.iter().position(|&b| b == b'\n')?;
                     let second = rest[first + 1..].iter().position(|&b| b == b'\n')?;
+                    let names = (&rest[..first], &rest[first + 1..first + 1 + second]);
                     at += first + second + 2;
-                    Some(Extent::leaf(first + second))
+                    Some(if names == (&b"mark"[..], &b"mark"[..]) {
+                        Extent::mark()
+                    } else {
+                        Extent::leaf(first + second)
+                    })
                 }
                 b'I' => {
                     let line = pickle.get(at..)?.iter().position(|&b| b == b'\n')?;
                     at += line + 1;
                     Some(Extent::leaf(0))
                 }
-                b'J' => take(4).map(|_| Extent::leaf(0)),
-                b'K' => take(1).map(|_| Extent::leaf(0)),
-                b'M' => take(2).map(|_| Extent::leaf(0)),
-                b'G' => take(8).map(|_| Extent::leaf(0)),
+                // BININT, BININT1, BININT2, BINFLOAT: a number of fixed width.
+                b'J' | b'K' | b'M' | b'G' => {
+                    take(match op {
+                        b'J' => 4,
+                        b'K' => 1,
+                        b'M' => 2,
+                        _ => 8,
+                    })?;
+                    Some(Extent::leaf(0))
+                }
                 b'X' => {
                     let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-                    take(len).map(|_| Extent::leaf(len))
+                    take(len)?;
+                    Some(Extent::leaf(len))
                 }
                 b'U' | 0x8a => {
                     let len = take(1)?[0] as usize;
-                    take(len).map(|_| Extent::leaf(len))
+                    take(len)?;
+                    Some(Extent::leaf(len))
                 }
                 b'N' | 0x88 | 0x89 => Some(Extent::leaf(0)),
                 b')' | b']' | b'}' => Some(Extent::of([])),
@@ -142,11 +157,18 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                 b'R' | 0x81 => Some(Extent::of([pop(&mut stack)?, pop(&mut stack)?])),
                 // BINPERSID: a persistent id becomes a tensor (or another object).
                 b'Q' => Some(Extent::of([pop(&mut stack)?])),
-                // APPEND, BUILD: one object into the one below it.
-                b'a' | b'b' => {
+                // APPEND: one object into the list below it.
+                b'a' => {
                     let inner = pop(&mut stack)?;
                     let outer = pop(&mut stack)?;
                     Some(outer.holding(inner))
+                }
+                // BUILD: the object below and its state become a new object (into a dict, the
+                // state's items go in; counted the deeper way).
+                b'b' => {
+                    let state = pop(&mut stack)?;
+                    let object = pop(&mut stack)?;
+                    Some(Extent::of([object, state]))
                 }
                 // SETITEM: a key and a value into the dict below them.
                 b's' => {
@@ -161,17 +183,15 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                     let outer = pop(&mut stack)?;
                     Some(items.into_iter().fold(outer, Extent::holding))
                 }
-                // BINPUT, LONG_BINPUT, MEMOIZE: the memo stores a copy of the top.
+                // BINPUT, LONG_BINPUT, MEMOIZE: the memo stores a copy of the top (a mark
+                // stays a mark).
                 b'q' | b'r' | 0x94 => {
                     let index = match op {
                         b'q' => u32::from(take(1)?[0]),
                         b'r' => u32::from_le_bytes(take(4)?.try_into().ok()?),
                         _ => u32::try_from(memo.len()).ok()?,
                     };
-                    let top = match stack.last()? {
-                        Slot::Object(extent) => *extent,
-                        Slot::Mark => Extent::leaf(0),
-                    };
+                    let top = *stack.last()?;
                     copied = copied.saturating_add(top.size);
                     memo.insert(index, top);
                     None
@@ -186,13 +206,14 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                     copied = copied.saturating_add(entry.size);
                     Some(entry)
                 }
-                // An opcode the VM does not accept: it stops there.
+                // An opcode the VM does not accept.
                 _ => return None,
             };
-            if copied > budget {
+            if copied > MAX_COPIED_BYTES {
                 return Some(Err(format!(
-                    "its memo copies more than {budget} objects by byte {at} (a pickle bomb: a \
-                     module pickle copies a few small objects)"
+                    "its memo copies more than {} MiB of objects by byte {at} (a pickle bomb: \
+                     a module pickle copies a few small objects)",
+                    MAX_COPIED_BYTES >> 20
                 )));
             }
             if let Some(extent) = made {
@@ -202,11 +223,17 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                          pickle nests a few levels per submodule)"
                     )));
                 }
-                stack.push(Slot::Object(extent));
+                stack.push(extent);
             }
         }
     })();
-    walked.unwrap_or(Ok(()))
+    walked.unwrap_or_else(|| {
+        Err(format!(
+            "it cannot be followed to its end (byte {}: an opcode burn-store's reader does not \
+             know, an argument past the end, or an object missing from the stack or memo)",
+            at.saturating_sub(1)
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -243,7 +270,7 @@ mod tests {
             ops.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
         }
         let err = check(&pickle(&ops)).unwrap_err();
-        assert!(err.contains("memo copies more than"), "{err}");
+        assert!(err.contains("memo copies more than 256 MiB"), "{err}");
         // A memo used as Python's pickler uses it: a string put once and fetched often.
         let mut ops = vec![b'(', b'X', 5, 0, 0, 0];
         ops.extend_from_slice(b"hello");
@@ -256,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn what_the_vm_itself_rejects_is_left_to_it() {
+    fn what_cannot_be_followed_to_its_end_is_refused() {
         for ops in [
             &b"a"[..],            // an empty stack
             b"]e",                // no mark
@@ -264,7 +291,49 @@ mod tests {
             b"X\xff\xff\xff\xff", // a string past the end
             b"\xff",              // an opcode the VM does not know
         ] {
-            assert_eq!(check(&pickle(ops)), Ok(()), "{ops:?}");
+            let err = check(&pickle(ops)).expect_err(&format!("{ops:?} passed"));
+            assert!(
+                err.contains("cannot be followed to its end"),
+                "{ops:?}: {err}"
+            );
         }
+        assert!(check(&[0x80, 2, b']']).is_err(), "no STOP");
+    }
+
+    /// The VM's marks are objects: popped as values, made by GLOBAL or fetched from the memo,
+    /// they must not end the pass before a deep list does.
+    #[test]
+    fn marks_as_the_vm_has_them_do_not_hide_what_follows() {
+        let deep = |prefix: &[u8]| {
+            let mut ops = prefix.to_vec();
+            ops.extend(std::iter::repeat_n(b']', 1000));
+            ops.extend(std::iter::repeat_n(b'a', 999));
+            pickle(&ops)
+        };
+        for prefix in [
+            &b"(\x85"[..],      // a mark in a tuple
+            b"]((a",            // a mark appended to a list
+            b"cmark\nmark\nNl", // a mark made by GLOBAL, popped to
+            b"(q\x00h\x00Nlt",  // a mark fetched from the memo, popped to
+        ] {
+            let err = check(&deep(prefix)).unwrap_err();
+            assert!(err.contains("nest more than"), "{prefix:?}: {err}");
+        }
+        // Popped to, GLOBAL's mark and the memo's are marks, as in the VM.
+        assert_eq!(check(&pickle(b"cmark\nmark\nNNl")), Ok(()));
+        assert_eq!(check(&pickle(b"(q\x00h\x00NNlt")), Ok(()));
+    }
+
+    /// BUILD makes a new object of the one below and its state: one level deeper than both.
+    #[test]
+    fn build_nests_one_level_a_time() {
+        let mut ops = vec![b'N'];
+        for _ in 0..MAX_DEPTH {
+            ops.extend_from_slice(b"Nb");
+        }
+        assert!(check(&pickle(&ops)).is_ok());
+        ops.extend_from_slice(b"Nb");
+        let err = check(&pickle(&ops)).unwrap_err();
+        assert!(err.contains("nest more than"), "{err}");
     }
 }

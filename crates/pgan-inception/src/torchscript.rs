@@ -48,8 +48,9 @@ pub struct NamedTensor {
 /// (about 95 MB of `f32`), far below what a crafted shape or a zip bomb would claim.
 pub const MAX_TENSOR_BYTES: u64 = 2 << 30;
 
-/// The largest module pickle read (the Inception network's is about 100 KB).
-const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// The largest module pickle read (the Inception network's is about 100 KB): each of its bytes
+/// may become one of burn-store's pickle objects, so this bounds what its VM builds.
+const MAX_PICKLE_BYTES: u64 = 4 << 20;
 
 /// Every `f32` tensor attribute of the TorchScript module in `path`, by attribute path.
 pub fn read_torchscript_tensors(path: &Path) -> Result<BTreeMap<String, NamedTensor>> {

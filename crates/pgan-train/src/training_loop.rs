@@ -223,8 +223,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             None
         };
 
-        // A new run directory, or the one the checkpoint lives in.
-        let mut resume_warnings = Vec::new();
+        // A new run directory, or the one the checkpoint lives in (the damaged checkpoints it
+        // passed over are among the preflight's warnings).
         let (run_dir, resume_from) = match &options.resume {
             None => {
                 let desc = config.run.desc.clone().unwrap_or_else(|| {
@@ -236,9 +236,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 (create_run_dir(&config.run.out_dir, &desc)?, None)
             }
             Some(path) => {
-                let found = checkpoint::find_checkpoint(path)?;
-                resume_warnings = found.warnings();
-                let ckpt = found.path;
+                let ckpt = checkpoint::resolve_checkpoint(path)?;
                 let run_dir =
                     checkpoint::run_dir_of(&ckpt).ok_or_else(|| TrainError::Checkpoint {
                         path: ckpt.clone(),
@@ -274,7 +272,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "new run"
             }
         ));
-        for warning in resume_warnings.into_iter().chain(warnings) {
+        for warning in warnings {
             log.warn(warning);
         }
         finish_set_asides(&run_dir, resume_from.as_deref(), &mut log)?;
