@@ -4,11 +4,13 @@
 //! The VM builds nested values (`Object`), dropped and cloned recursively, and its memo stores
 //! and hands out deep copies. A small crafted pickle can therefore nest a list a million deep
 //! (two bytes a level: the drop overflows the stack and aborts) or copy copies of an object
-//! until memory runs out (each `BINGET` of a twice-used object doubles it). This pass follows the
+//! until memory runs out (each `BINGET` of a twice-used object doubles it; a `REDUCE` of nested
+//! `_rebuild_from_type_v2` calls clones its arguments once per level). This pass follows the
 //! VM's opcodes with only each object's nesting depth and size, and refuses a pickle whose
-//! objects nest deeper than [`MAX_DEPTH`] or whose memo copies exceed [`MAX_COPIED_BYTES`]. A
-//! real module pickle nests a few levels per submodule and memoizes objects while they are
-//! still empty, so it stays far inside both.
+//! objects nest deeper than [`MAX_DEPTH`] or whose copies (the memo's, and the VM's clones of a
+//! `REDUCE`'s arguments and a `DICT`'s items) exceed [`MAX_COPIED_BYTES`]. A real module pickle
+//! nests a few levels per submodule, memoizes objects while they are still empty and reduces
+//! small argument tuples, so it stays far inside both.
 //!
 //! Only the opcodes the VM accepts are followed, with its marks as it has them (an ordinary
 //! object named `mark.mark`, which a `GLOBAL` can also make, the memo keep and a tuple hold). A
@@ -23,8 +25,8 @@ use burn_store::pytorch::pickle_reader::Object;
 /// The deepest nesting accepted: far above a module tree's, far below what overflows a stack.
 pub(crate) const MAX_DEPTH: u32 = 512;
 
-/// The most the memo may copy, in bytes of the VM's objects: far above what a module pickle
-/// copies (small objects, memoized while empty), far below a bomb's doubling.
+/// The most the VM may copy, in bytes of its objects: far above what a module pickle copies
+/// (small objects, memoized while empty; small argument tuples), far below a bomb's.
 pub(crate) const MAX_COPIED_BYTES: u64 = 256 << 20;
 
 /// The size of one of the VM's objects, without what it owns on the heap.
@@ -145,7 +147,14 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                 }
                 b'N' | 0x88 | 0x89 => Some(Extent::leaf(0)),
                 b')' | b']' | b'}' => Some(Extent::of([])),
-                b't' | b'l' | b'd' => Some(Extent::of(pop_to_mark(&mut stack)?)),
+                b't' | b'l' => Some(Extent::of(pop_to_mark(&mut stack)?)),
+                // DICT: the VM clones the keys and values it pairs.
+                b'd' => {
+                    let items = pop_to_mark(&mut stack)?;
+                    let size = items.iter().fold(0u64, |n, e| n.saturating_add(e.size));
+                    copied = copied.saturating_add(size);
+                    Some(Extent::of(items))
+                }
                 0x85 => Some(Extent::of([pop(&mut stack)?])),
                 0x86 => Some(Extent::of([pop(&mut stack)?, pop(&mut stack)?])),
                 0x87 => Some(Extent::of([
@@ -153,8 +162,16 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
                     pop(&mut stack)?,
                     pop(&mut stack)?,
                 ])),
-                // REDUCE, NEWOBJ: a callable or class and its arguments become one object.
-                b'R' | 0x81 => Some(Extent::of([pop(&mut stack)?, pop(&mut stack)?])),
+                // REDUCE, NEWOBJ: a callable or class and its arguments become one object. The
+                // VM clones the arguments, and `_rebuild_from_type_v2` once more per level it
+                // nests: charged as copies, by their depth.
+                b'R' | 0x81 => {
+                    let args = pop(&mut stack)?;
+                    let callable = pop(&mut stack)?;
+                    let clones = u64::from(args.depth) + 2;
+                    copied = copied.saturating_add(args.size.saturating_mul(clones));
+                    Some(Extent::of([callable, args]))
+                }
                 // BINPERSID: a persistent id becomes a tensor (or another object).
                 b'Q' => Some(Extent::of([pop(&mut stack)?])),
                 // APPEND: one object into the list below it.
@@ -211,8 +228,8 @@ pub(crate) fn check(pickle: &[u8]) -> Result<(), String> {
             };
             if copied > MAX_COPIED_BYTES {
                 return Some(Err(format!(
-                    "its memo copies more than {} MiB of objects by byte {at} (a pickle bomb: \
-                     a module pickle copies a few small objects)",
+                    "it copies more than {} MiB of objects by byte {at} (a pickle bomb: a \
+                     module pickle copies a few small objects)",
                     MAX_COPIED_BYTES >> 20
                 )));
             }
@@ -270,7 +287,7 @@ mod tests {
             ops.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
         }
         let err = check(&pickle(&ops)).unwrap_err();
-        assert!(err.contains("memo copies more than 256 MiB"), "{err}");
+        assert!(err.contains("copies more than 256 MiB"), "{err}");
         // A memo used as Python's pickler uses it: a string put once and fetched often.
         let mut ops = vec![b'(', b'X', 5, 0, 0, 0];
         ops.extend_from_slice(b"hello");
@@ -322,6 +339,26 @@ mod tests {
         // Popped to, GLOBAL's mark and the memo's are marks, as in the VM.
         assert_eq!(check(&pickle(b"cmark\nmark\nNNl")), Ok(()));
         assert_eq!(check(&pickle(b"(q\x00h\x00NNlt")), Ok(()));
+    }
+
+    /// A REDUCE of nested `_rebuild_from_type_v2` calls: the VM clones the arguments once per
+    /// level, all alive at once (a 4 MiB pickle of this kind allocated about 120 GB).
+    #[test]
+    fn reduce_arguments_cloned_per_level_count_as_copies() {
+        let chain = |levels: usize, nones: usize| {
+            let mut ops = b"ctorch._tensor\n_rebuild_from_type_v2\nq\x00".to_vec();
+            ops.extend(b"h\x00".repeat(levels));
+            ops.extend_from_slice(b"ctorch._utils\n_rebuild_parameter\n(");
+            ops.extend(std::iter::repeat_n(b'N', nones));
+            ops.extend_from_slice(b"l\x85\x86");
+            ops.extend(std::iter::repeat_n(0x86u8, levels));
+            ops.push(b'R');
+            pickle(&ops)
+        };
+        let err = check(&chain(500, 100_000)).unwrap_err();
+        assert!(err.contains("copies more than 256 MiB"), "{err}");
+        // A tensor's rebuild: a few small arguments.
+        assert_eq!(check(&chain(2, 6)), Ok(()));
     }
 
     /// BUILD makes a new object of the one below and its state: one level deeper than both.

@@ -423,7 +423,7 @@ mod tests {
         bomb.extend_from_slice(SCALE);
         let path = edited(dir.path(), "bomb.pt", SCALE, &bomb);
         let err = error_of(&path);
-        assert!(err.contains("data.pkl: its memo copies more than"), "{err}");
+        assert!(err.contains("data.pkl: it copies more than"), "{err}");
     }
 
     #[test]
