@@ -98,21 +98,19 @@ if [ "$MODE" = prepare ]; then
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/pgan-ci-target}
   log "building the train_step and gpu_conv_parity benches (profile bench, features cuda,wgpu)"
   build_log=$(mktemp /tmp/pgan-gpu-build.XXXXXX)
-  exes=$(cargo bench -p pgan-train --features cuda,wgpu --bench train_step --bench gpu_conv_parity \
-           --no-run --message-format=json 2>"$build_log" \
-         | python3 -c 'import json,sys
+  # "name path" of each executable cargo's JSON messages (stdin) report.
+  executables() {
+    python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("train_step", "gpu_conv_parity"):
-        print(m["target"]["name"], m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])'
+  }
+  exes=$(cargo bench -p pgan-train --features cuda,wgpu --bench train_step --bench gpu_conv_parity \
+           --no-run --message-format=json 2>"$build_log" | executables)
   log "building the pgan command line (profile bench, features cuda,wgpu; the bf16 quality guard trains with it)"
   exes="$exes
-$(cargo build --profile bench -p pgan --features cuda,wgpu --message-format=json 2>>"$build_log" \
-    | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "pgan":
-        print(m["target"]["name"], m["executable"])')"
+$(cargo build --profile bench -p pgan --features cuda,wgpu --message-format=json 2>>"$build_log" | executables)"
   mkdir -p .gpu/bin .gpu/cache
   for name in train_step gpu_conv_parity pgan; do
     exe=$(echo "$exes" | awk -v n="$name" '$1 == n {print $2}' | tail -1)

@@ -206,7 +206,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             reader,
             model,
             warnings,
-            ..
+            resume,
         } = preflight(&options)?;
         crate::backend::apply_precision(config.run.precision, config.run.backend)?;
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
@@ -223,9 +223,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             None
         };
 
-        // A new run directory, or the one the checkpoint lives in (the damaged checkpoints it
-        // passed over are among the preflight's warnings).
-        let (run_dir, resume_from) = match &options.resume {
+        // A new run directory, or the one the checkpoint the preflight found (and checked,
+        // reading it whole) lives in; the damaged ones it passed over are among its warnings.
+        let (run_dir, resume_from) = match resume {
             None => {
                 let desc = config.run.desc.clone().unwrap_or_else(|| {
                     // The name as given (the config's path is resolved through links now).
@@ -235,14 +235,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 });
                 (create_run_dir(&config.run.out_dir, &desc)?, None)
             }
-            Some(path) => {
-                let ckpt = checkpoint::resolve_checkpoint(path)?;
-                let run_dir =
-                    checkpoint::run_dir_of(&ckpt).ok_or_else(|| TrainError::Checkpoint {
-                        path: ckpt.clone(),
+            Some(plan) => {
+                let run_dir = checkpoint::run_dir_of(&plan.checkpoint).ok_or_else(|| {
+                    TrainError::Checkpoint {
+                        path: plan.checkpoint.clone(),
                         message: "is not inside a run directory's checkpoints/ folder".into(),
-                    })?;
-                (run_dir, Some(ckpt))
+                    }
+                })?;
+                (run_dir, Some(plan.checkpoint))
             }
         };
         // Before anything is written: a second trainer in this folder stops here.
