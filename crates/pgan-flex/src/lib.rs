@@ -6,6 +6,10 @@
 //!   the weight scale applied inside the products; 3x3 kernels on even-sized images as
 //!   Winograd F(2x2, 3x3) (`winograd.rs`, filters cached per weight tensor), the rest as
 //!   per-image im2col + gemm ([`cpu_conv`]);
+//! - [`forward_conv`]: a forward-only convolution of any kernel, stride and padding, with its
+//!   bias and ReLU applied in place (Inception-v3's layers, for FID);
+//! - [`pool`]: max and average pooling of any window, stride and padding, and the channel
+//!   concatenation, forward only (Inception-v3's again);
 //! - [`pointwise`]: leaky ReLU (and its JVP's gate) and pixel norm, one parallel pass each way;
 //! - [`resample`]: nearest 2x upsampling and 2x2 average pooling, one parallel pass each way;
 //! - [`adam`]: Adam's update of one parameter in one pass, bit for bit burn's.
@@ -18,7 +22,9 @@ pub mod adam;
 pub mod conv;
 pub mod cpu_conv;
 mod filter_cache;
+pub mod forward_conv;
 pub mod pointwise;
+pub mod pool;
 pub mod resample;
 mod shape;
 mod tensors;

@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
+use pgan_model::kernels::{self, PoolReduce};
 
 use crate::weights::{ConvSpec, InceptionWeights, BN_EPSILON, CONV_LAYERS};
 
@@ -62,23 +63,42 @@ impl<B: Backend> ConvBn<B> {
     /// # Shapes
     /// `[n, in, h, w]` → `[n, out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        relu(conv2d(
+        let [stride, _] = self.options.stride;
+        match kernels::conv2d_forward(
             x,
             self.weight.clone(),
             Some(self.bias.clone()),
-            self.options.clone(),
-        ))
+            stride,
+            self.options.padding,
+            true,
+        ) {
+            Ok(y) => y,
+            Err((x, weight, bias)) => relu(conv2d(x, weight, bias, self.options.clone())),
+        }
     }
 }
 
 /// 3x3 average pool, stride 1, padding 1, dividing by the number of unpadded pixels.
 fn avg_pool_3x3<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false)
+    kernels::pool2d(x, 3, 1, 1, PoolReduce::MeanOfPixels)
+        .unwrap_or_else(|x| avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false))
 }
 
 /// 3x3 max pool with the given stride and padding.
 fn max_pool_3x3<B: Backend>(x: Tensor<B, 4>, stride: usize, padding: usize) -> Tensor<B, 4> {
-    max_pool2d(x, [3, 3], [stride; 2], [padding; 2], [1, 1], false)
+    kernels::pool2d(x, 3, stride, padding, PoolReduce::Max)
+        .unwrap_or_else(|x| max_pool2d(x, [3, 3], [stride; 2], [padding; 2], [1, 1], false))
+}
+
+/// The 8x8 average that turns the last block's `[n, 2048, 8, 8]` into the features.
+fn avg_pool_8x8<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    kernels::pool2d(x, 8, 8, 0, PoolReduce::MeanOfWindow)
+        .unwrap_or_else(|x| avg_pool2d(x, [8, 8], [8, 8], [0, 0], true, false))
+}
+
+/// The branches' outputs side by side along channels, in order.
+fn concat<B: Backend>(parts: Vec<Tensor<B, 4>>) -> Tensor<B, 4> {
+    kernels::concat_channels(parts).unwrap_or_else(|parts| Tensor::cat(parts, 1))
 }
 
 /// A chain of convolutions.
@@ -130,15 +150,12 @@ impl<B: Backend> Block<B> {
                 tower,
                 tower_1,
                 tower_2,
-            } => Tensor::cat(
-                vec![
-                    conv.forward(x.clone()),
-                    tower.forward(x.clone()),
-                    tower_1.forward(x.clone()),
-                    tower_2.forward(avg_pool_3x3(x)),
-                ],
-                1,
-            ),
+            } => concat(vec![
+                conv.forward(x.clone()),
+                tower.forward(x.clone()),
+                tower_1.forward(x.clone()),
+                tower_2.forward(avg_pool_3x3(x)),
+            ]),
             Block::Reduction {
                 conv,
                 tower,
@@ -153,7 +170,7 @@ impl<B: Backend> Block<B> {
                     parts.push(tower_1.forward(x.clone()));
                 }
                 parts.push(max_pool_3x3(x, 2, 0));
-                Tensor::cat(parts, 1)
+                concat(parts)
             }
             Block::E { convs, pool } => {
                 let [conv, tower_conv, tower_mixed_conv, tower_mixed_conv_1, tower_1_conv, tower_1_conv_1, tower_1_mixed_conv, tower_1_mixed_conv_1, tower_2_conv] =
@@ -164,17 +181,14 @@ impl<B: Backend> Block<B> {
                     EPool::Average => avg_pool_3x3(x.clone()),
                     EPool::Max => max_pool_3x3(x.clone(), 1, 1),
                 };
-                Tensor::cat(
-                    vec![
-                        conv.forward(x),
-                        tower_mixed_conv.forward(a.clone()),
-                        tower_mixed_conv_1.forward(a),
-                        tower_1_mixed_conv.forward(b.clone()),
-                        tower_1_mixed_conv_1.forward(b),
-                        tower_2_conv.forward(pooled),
-                    ],
-                    1,
-                )
+                concat(vec![
+                    conv.forward(x),
+                    tower_mixed_conv.forward(a.clone()),
+                    tower_mixed_conv_1.forward(a),
+                    tower_1_mixed_conv.forward(b.clone()),
+                    tower_1_mixed_conv_1.forward(b),
+                    tower_2_conv.forward(pooled),
+                ])
             }
         }
     }
@@ -269,8 +283,7 @@ impl<B: Backend> InceptionV3<B> {
             "inception input must be [n, 3, 299, 299], got [{n}, {c}, {h}, {w}]"
         );
         // [n, 2048, 8, 8] → the 8x8 average.
-        avg_pool2d(self.trunk(images), [8, 8], [8, 8], [0, 0], true, false)
-            .reshape([n, FEATURE_DIM])
+        avg_pool_8x8(self.trunk(images)).reshape([n, FEATURE_DIM])
     }
 
     /// The stem and the eleven blocks, on any input of at least 75x75 (the tests run every

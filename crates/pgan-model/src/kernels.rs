@@ -26,9 +26,10 @@ use burn::backend::Flex;
 use burn::optim::{AdamState, AdaptiveMomentumState};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
-use pgan_flex::{adam, conv, pointwise, resample, CpuAutodiff};
+use pgan_flex::{adam, conv, forward_conv, pointwise, pool, resample, CpuAutodiff};
 
 pub use pgan_flex::adam::AdamParams;
+pub use pgan_flex::pool::Reduce as PoolReduce;
 
 /// The environment variable that turns the CPU kernels off (any value but `0`).
 pub const GENERIC_KERNELS_ENV: &str = "PGAN_GENERIC_KERNELS";
@@ -124,6 +125,75 @@ pub fn conv2d_same<B: Backend>(
             bias.map(cast),
         ))),
         _ => Err((x, weight, bias)),
+    }
+}
+
+/// `conv(x, weight) + bias` with the given stride and zero padding on each side, then
+/// `max(·, 0)` when `relu`: a forward-only convolution of any kernel shape (Inception-v3's
+/// layers). On `Flex`, pgan-flex's per-image im2col + gemm with the bias and ReLU applied in
+/// place; elsewhere (including `Autodiff<Flex>`, which would need a backward pass) the inputs
+/// come back for burn's `conv2d`.
+///
+/// # Shapes
+/// - x: `[N, C_in, H, W]`, weight: `[C_out, C_in, kh, kw]`, bias: `[C_out]`
+/// - output: `[N, C_out, (H + 2·padding[0] − kh) / stride + 1, (W + 2·padding[1] − kw) / stride + 1]`
+pub fn conv2d_forward<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: usize,
+    padding: [usize; 2],
+    relu: bool,
+) -> Result<Tensor<B, 4>, ConvInputs<B>> {
+    match route::<B>() {
+        Route::Flex => Ok(cast(forward_conv::conv2d_flex(
+            cast(x),
+            cast(weight),
+            bias.map(cast),
+            stride,
+            padding,
+            relu,
+        ))),
+        _ => Err((x, weight, bias)),
+    }
+}
+
+/// `kernel × kernel` pooling with the given stride and padding on every side, forward only
+/// (Inception-v3's pools). On `Flex`, pgan-flex's separable kernel; elsewhere the input comes
+/// back for burn's `max_pool2d` / `avg_pool2d`.
+///
+/// # Shapes
+/// `[N, C, H, W]` → `[N, C, (H + 2·padding − kernel) / stride + 1, (W + 2·padding − kernel) / stride + 1]`
+pub fn pool2d<B: Backend>(
+    x: Tensor<B, 4>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    reduce: PoolReduce,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    match route::<B>() {
+        Route::Flex => Ok(cast(pool::pool2d_flex(
+            cast(x),
+            kernel,
+            stride,
+            padding,
+            reduce,
+        ))),
+        _ => Err(x),
+    }
+}
+
+/// Feature maps of one batch and size side by side along channels, in order, forward only. On
+/// `Flex`, one copy per image in parallel; elsewhere the parts come back for `Tensor::cat`.
+///
+/// # Shapes
+/// `[N, C_i, H, W]` each → `[N, Σ C_i, H, W]`
+pub fn concat_channels<B: Backend>(
+    parts: Vec<Tensor<B, 4>>,
+) -> Result<Tensor<B, 4>, Vec<Tensor<B, 4>>> {
+    match route::<B>() {
+        Route::Flex if !parts.is_empty() => Ok(cast(pool::concat_channels_flex(cast(parts)))),
+        _ => Err(parts),
     }
 }
 
