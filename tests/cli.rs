@@ -318,6 +318,38 @@ fn prepare_train_render_eval_report() {
     );
     std::fs::remove_file(&stray).unwrap();
     std::fs::remove_file(&beyond).unwrap();
+    // A checkpoint made with another model (copied in from another run) is left out of the
+    // timeline with a word, not drawn as one of the run's rows.
+    let mut foreign = pgan_train::checkpoint::read_state(&ckpts[1]).unwrap();
+    foreign.model["latent_dim"] = serde_json::json!(16);
+    foreign.images_shown += 1;
+    let copied = pgan_train::checkpoint::write_checkpoint(&run, &foreign, |folder| {
+        for entry in std::fs::read_dir(&ckpts[1]).unwrap() {
+            let file = entry.unwrap().path();
+            if file.extension().is_some_and(|e| e == "mpk") {
+                std::fs::copy(&file, folder.join(file.file_name().unwrap())).unwrap();
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    let out = run_ok(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(&timeline)
+            .args(["--seeds", "0-2", "--timeline", "--force"]),
+    );
+    let copied_name = copied.file_name().unwrap().to_str().unwrap();
+    assert!(
+        out.contains("left out of the timeline")
+            && out.contains(copied_name)
+            && out.contains("model.latent_dim differ"),
+        "{out}"
+    );
+    assert_eq!(image::open(&timeline).unwrap().height(), tl.height());
+    std::fs::remove_dir_all(&copied).unwrap();
     let err = run_err(
         pgan()
             .arg("render")

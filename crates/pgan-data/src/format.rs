@@ -229,6 +229,18 @@ impl Header {
         Ok(header)
     }
 
+    /// Where the last section (level or manifest, whichever lies last) ends: the file's size
+    /// when nothing follows its data.
+    pub fn data_end(&self) -> u64 {
+        self.levels
+            .iter()
+            .map(|l| (l.offset, l.length))
+            .chain([(self.manifest.offset, self.manifest.length)])
+            .map(|(offset, length)| offset.saturating_add(length))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Semantic checks: sizes agree, sections are aligned, in bounds and
     /// do not overlap the header or each other.
     fn validate(&self, file_len: u64) -> std::result::Result<(), String> {
@@ -251,7 +263,9 @@ impl Header {
                 self.resolution
             ));
         }
-        let mut prev_end = header_len(self.levels.len() as u32) as u64;
+        // (start, end, name) of every section: levels and manifest may lie in any order
+        // (docs/FORMAT.md), but each within the file, after the header, and apart.
+        let mut sections = Vec::with_capacity(self.levels.len() + 1);
         for (i, l) in self.levels.iter().enumerate() {
             let want_res = MIN_RESOLUTION << i;
             if l.resolution != want_res {
@@ -276,25 +290,32 @@ impl Header {
                     l.resolution, l.offset
                 ));
             }
-            if l.offset < prev_end {
-                return Err(format!(
-                    "corrupt header: level {0}x{0} overlaps the previous section",
-                    l.resolution
-                ));
-            }
-            prev_end = section_end(l.offset, l.length, file_len).ok_or_else(|| {
+            let end = section_end(l.offset, l.length, file_len).ok_or_else(|| {
                 format!(
                     "truncated: level {0}x{0} extends past the end of the file ({file_len} bytes)",
                     l.resolution
                 )
             })?;
+            sections.push((l.offset, end, format!("level {0}x{0}", l.resolution)));
         }
-        if self.manifest.offset < prev_end {
-            return Err("corrupt header: manifest overlaps the image data".into());
+        let manifest_end = section_end(self.manifest.offset, self.manifest.length, file_len)
+            .ok_or_else(|| {
+                format!("truncated: manifest extends past the end of the file ({file_len} bytes)")
+            })?;
+        sections.push((self.manifest.offset, manifest_end, "the manifest".into()));
+        // Empty sections (a dataset of no images has empty levels) take no room.
+        sections.retain(|(start, end, _)| end > start);
+        sections.sort();
+        let mut prev = (
+            header_len(self.levels.len() as u32) as u64,
+            "the header".to_string(),
+        );
+        for (start, end, name) in sections {
+            if start < prev.0 {
+                return Err(format!("corrupt header: {name} overlaps {}", prev.1));
+            }
+            prev = (end, name);
         }
-        section_end(self.manifest.offset, self.manifest.length, file_len).ok_or_else(|| {
-            format!("truncated: manifest extends past the end of the file ({file_len} bytes)")
-        })?;
         Ok(())
     }
 }

@@ -83,13 +83,14 @@ pub struct VerifyReport {
     pub path: PathBuf,
     /// Per-level results.
     pub levels: Vec<LevelCheck>,
-    /// Bytes after the manifest, which ends the file (docs/FORMAT.md): 0 in a sound file.
+    /// Bytes after the last section (the manifest, as prepare writes it), which ends the file
+    /// (docs/FORMAT.md): 0 in a sound file.
     /// Only the whole-file check ([`PyramidReader::check_levels`]) counts them.
     pub trailing_bytes: u64,
 }
 
 impl VerifyReport {
-    /// True when every level's checksum matches and nothing follows the manifest.
+    /// True when every level's checksum matches and nothing follows the last section.
     pub fn ok(&self) -> bool {
         self.levels.iter().all(LevelCheck::ok) && self.trailing_bytes == 0
     }
@@ -132,7 +133,7 @@ impl fmt::Display for VerifyReport {
         if self.trailing_bytes > 0 {
             writeln!(
                 f,
-                "{} bytes after the manifest, which should end the file",
+                "{} bytes after the last section (level or manifest), which should end the file",
                 self.trailing_bytes
             )?;
         }
@@ -340,12 +341,11 @@ impl PyramidReader {
         }
     }
 
-    /// Bytes after the manifest, where `prepare` writes none: a file appended to or copied
+    /// Bytes after the last section, where `prepare` writes none: a file appended to or copied
     /// over a longer one ([`verify`](Self::verify) calls it corrupt; the images read as they
     /// were written).
     pub fn trailing_bytes(&self) -> u64 {
-        let m = self.header.manifest;
-        (self.map.len() as u64).saturating_sub(m.offset + m.length)
+        (self.map.len() as u64).saturating_sub(self.header.data_end())
     }
 
     /// A warning for the readers that use the file anyway (train, eval) when bytes follow its
@@ -661,6 +661,55 @@ pub(crate) mod tests {
             assert!(e.contains("level 8x8 checksum mismatch"), "{res}: {e}");
         }
         assert!(report.to_string().contains("1 of 3 levels corrupt"));
+    }
+
+    /// docs/FORMAT.md lets a writer put the sections in any order: the manifest first and the
+    /// levels top-down is the same dataset. Overlapping sections are refused, naming both.
+    #[test]
+    fn sections_in_another_order_read_the_same_and_overlaps_are_refused() {
+        let (dir, path) = sample_file();
+        let good = std::fs::read(&path).unwrap();
+        let original = PyramidReader::open(&path).unwrap();
+        let mut header = original.header().clone();
+        let align = |v: u64| v.div_ceil(4096) * 4096;
+        let mut bytes = vec![0u8; 4096];
+        let m = header.manifest;
+        bytes.extend_from_slice(&good[m.offset as usize..][..m.length as usize]);
+        header.manifest.offset = 4096;
+        for level in header.levels.iter_mut().rev() {
+            let data = &good[level.offset as usize..][..level.length as usize];
+            bytes.resize(align(bytes.len() as u64) as usize, 0);
+            level.offset = bytes.len() as u64;
+            bytes.extend_from_slice(data);
+        }
+        let head = header.to_bytes();
+        bytes[..head.len()].copy_from_slice(&head);
+        let moved = dir.path().join("moved.pgan");
+        std::fs::write(&moved, &bytes).unwrap();
+        let r = PyramidReader::open(&moved).unwrap();
+        assert!(r.check_levels().ok(), "{}", r.check_levels());
+        for res in r.levels() {
+            assert_eq!(r.level(res).unwrap(), original.level(res).unwrap(), "{res}");
+        }
+        assert_eq!(r.trailing_bytes(), 0);
+
+        // The 4x4 level moved onto the manifest's first bytes.
+        let mut overlapping = header.clone();
+        overlapping.levels[0].offset = 4096;
+        let mut b = bytes.clone();
+        let head = overlapping.to_bytes();
+        b[..head.len()].copy_from_slice(&head);
+        let e = open_err(&b);
+        assert!(e.contains("overlaps"), "{e}");
+        assert!(
+            e.contains("level 4x4") && e.contains("the manifest"),
+            "names both sections: {e}"
+        );
+        // Bytes after the last section, whichever it is, are still reported.
+        let mut longer = bytes;
+        longer.extend_from_slice(b"extra");
+        std::fs::write(&moved, &longer).unwrap();
+        assert_eq!(PyramidReader::open(&moved).unwrap().trailing_bytes(), 5);
     }
 
     /// Everything a caller can do with an open file: the summary, every level and its last

@@ -1485,20 +1485,31 @@ pub fn model_config(state: &TrainState, ckpt: &Path) -> Result<ModelConfig> {
     serde_json::from_value(stored).map_err(|e| unreadable(e.to_string()))
 }
 
-/// Where two model configurations differ, as `key: a vs b` pairs (for the error that refuses
-/// to resume a checkpoint with another model).
-pub fn model_differences(checkpoint: &ModelConfig, config: &ModelConfig) -> String {
+/// The keys whose values differ between two model configurations: `(key, a's value, b's)`.
+pub fn differing_model_keys(
+    a: &ModelConfig,
+    b: &ModelConfig,
+) -> Vec<(String, serde_json::Value, Option<serde_json::Value>)> {
     let (a, b) = (
-        serde_json::to_value(checkpoint).expect("model config serialises"),
-        serde_json::to_value(config).expect("model config serialises"),
+        serde_json::to_value(a).expect("model config serialises"),
+        serde_json::to_value(b).expect("model config serialises"),
     );
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-        return String::new();
+        return Vec::new();
     };
     a.iter()
         .filter(|(key, value)| b.get(*key) != Some(*value))
-        .map(|(key, value)| {
-            let other = b.get(key).map_or("(absent)".to_string(), |v| v.to_string());
+        .map(|(key, value)| (key.clone(), value.clone(), b.get(key).cloned()))
+        .collect()
+}
+
+/// Where two model configurations differ, as `key: a vs b` pairs (for the error that refuses
+/// to resume a checkpoint with another model).
+pub fn model_differences(checkpoint: &ModelConfig, config: &ModelConfig) -> String {
+    differing_model_keys(checkpoint, config)
+        .into_iter()
+        .map(|(key, value, other)| {
+            let other = other.map_or("(absent)".to_string(), |v| v.to_string());
             // The channels are the dataset's, not a config key.
             let whose = if key == "num_channels" {
                 "in the dataset"

@@ -994,10 +994,25 @@ impl TrainConfig {
                 ("optim.lr_g_mult", self.optim.lr_g_mult),
                 ("optim.lr_d_mult", self.optim.lr_d_mult),
             ] {
-                if !((lr * mult) as f32).is_finite() {
+                if mult.is_nan() || mult <= 0.0 {
+                    // Not a multiplier: its own check below says so.
+                    continue;
+                }
+                let rate = (lr * mult) as f32;
+                if !rate.is_finite() {
                     return bad(format!(
                         "{key} {lr:e} × {mult_key} {mult:e} is beyond f32's range (the optimizer's \
                          precision); a learning rate is a small positive number such as 0.001"
+                    ));
+                }
+                // Zero or subnormal in f32: Adam's steps would round to nothing, and the run
+                // would train for its whole length without changing a weight.
+                if rate < f32::MIN_POSITIVE {
+                    return bad(format!(
+                        "{key} {lr:e} × {mult_key} {mult:e} is below f32's smallest normal number \
+                         ({:e}): the optimizer would change no weight; a learning rate is a small \
+                         positive number such as 0.001",
+                        f32::MIN_POSITIVE
                     ));
                 }
             }
@@ -1029,6 +1044,26 @@ impl TrainConfig {
                     "ema.half_life_kimg {h} must be a non-negative number (0: ema.beta per step)"
                 ));
             }
+        }
+        // The average is updated in f32: a decay that rounds to 1 there (the smallest step's,
+        // closest to 1) would leave G_ema at its first value for the whole run.
+        let smallest_step = s
+            .minibatch
+            .values()
+            .copied()
+            .fold(s.minibatch_default, usize::min)
+            * self.optim.d_steps.max(1) as usize;
+        let decay = self.ema.beta_for_batch(smallest_step);
+        if decay as f32 >= 1.0 {
+            let key = match self.ema.half_life_kimg {
+                Some(h) if h > 0.0 => format!("ema.half_life_kimg {h:e}"),
+                _ => format!("ema.beta {}", self.ema.beta),
+            };
+            return bad(format!(
+                "{key} gives a decay of {decay} per step of {smallest_step} images, which is 1 in \
+                 f32 (the average's precision): G_ema would never change; ProGAN's decay is \
+                 0.999 per step (a half-life of about 11 kimg at minibatch 16)"
+            ));
         }
         if !(self.recovery.cooldown_kimg.is_finite() && self.recovery.cooldown_kimg >= 0.0) {
             return bad(format!(
@@ -1698,6 +1733,38 @@ mod tests {
             (
                 |c| c.optim.lr_d_mult = 1e42,
                 "schedule.lr_default 1e-3 × optim.lr_d_mult 1e42 is beyond f32's range",
+            ),
+            (
+                |c| c.schedule.lr_default = 1e-50,
+                "schedule.lr_default 1e-50 × optim.lr_g_mult 1e0 is below f32's smallest normal \
+                 number (1.1754944e-38): the optimizer would change no weight",
+            ),
+            (
+                |c| c.optim.lr_d_mult = 1e-300,
+                "schedule.lr_default 1e-3 × optim.lr_d_mult 1e-300 is below f32's smallest",
+            ),
+            (
+                |c| {
+                    c.schedule.lr.insert("32".into(), 1e-40);
+                },
+                "schedule.lr at 32 1e-40 × optim.lr_g_mult 1e0 is below f32's smallest",
+            ),
+            (
+                |c| c.ema.half_life_kimg = Some(1e300),
+                "ema.half_life_kimg 1e300 gives a decay of 1 per step of 16 images, which is 1 \
+                 in f32 (the average's precision): G_ema would never change",
+            ),
+            (
+                |c| {
+                    c.ema.half_life_kimg = Some(1e6);
+                    c.schedule.minibatch.insert("8".into(), 2);
+                },
+                "per step of 2 images, which is 1 in f32",
+            ),
+            (
+                |c| c.ema.beta = 0.99999999,
+                "ema.beta 0.99999999 gives a decay of 0.99999999 per step of 16 images, which is \
+                 1 in f32",
             ),
             (
                 |c| c.loss.feature_matching = -1.0,

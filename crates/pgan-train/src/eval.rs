@@ -181,8 +181,9 @@ pub fn generate<B: Backend>(
         let b = batch.max(1).min(n - done);
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
-        let images = g.forward(z, stage, alpha);
-        data.extend(crate::host_read::read_f32s(images));
+        let images = crate::host_read::read_f32s(g.forward(z, stage, alpha));
+        crate::images::finite_images(&images)?;
+        data.extend(images);
         done += b;
     }
     Ok(ImageSet {
@@ -668,15 +669,22 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             } else {
                 ""
             };
+            // --num is at least 2: a dataset of fewer than 4 images has no --num that does.
+            let remedy = if reader.len() >= 4 {
+                format!("--num {} or less keeps them apart", reader.len() / 2)
+            } else {
+                "no --num keeps them apart in a dataset of fewer than 4 images (--num is at \
+                 least 2)"
+                    .to_string()
+            };
             report.warnings.push(format!(
                 "{} holds {} images, fewer than the {} reals drawn (--num {} to compare with, as \
                  many for the real-vs-real floor): the two draws share images, so the SWD floor \
-                 reads low{repeats}; --num {} or less keeps them apart",
+                 reads low{repeats}; {remedy}",
                 path.display(),
                 reader.len(),
                 2 * request.num_images,
                 request.num_images,
-                (reader.len() / 2).max(1)
             ));
         }
         let (a, b) = split_half(&reals);
@@ -813,4 +821,44 @@ fn split_half(set: &ImageSet) -> (ImageSet, ImageSet) {
         w: set.w,
     };
     (a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{Module, ModuleMapper, Param};
+
+    type B = burn::backend::Flex;
+
+    /// Weights near f32's largest value: finite (the checkpoint loader's finiteness check
+    /// passes them), with activations that overflow.
+    struct Huge;
+    impl ModuleMapper<B> for Huge {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.map(|t| t.ones_like().mul_scalar(3e38))
+        }
+    }
+
+    /// A generator whose images are not finite is refused with what is wrong (the first batch:
+    /// 2 images of 3 x 8 x 8 values), not measured as
+    /// an SWD of NaN and an MS-SSIM of 0 (nor drawn black by render, which shares the check).
+    #[test]
+    fn non_finite_images_are_refused_not_measured() {
+        let device = Default::default();
+        let model = ModelConfig::cpu_small(8)
+            .with_latent_dim(8)
+            .with_fmap_base(16)
+            .with_fmap_max(8);
+        let draw = |g: &Generator<B>| {
+            generate(g, &model, 1, 1.0, 5, 0, 2, None, &device, Watch::default())
+        };
+        let sound = model.init_generator::<B>(&device);
+        assert_eq!(draw(&sound).unwrap().n, 5);
+        let err = draw(&sound.map(&mut Huge)).unwrap_err();
+        assert!(
+            matches!(err, TrainError::NonFiniteImages { count, total: 384 } if count > 0),
+            "{err}"
+        );
+        assert!(err.to_string().contains("has diverged"), "{err}");
+    }
 }

@@ -28,6 +28,14 @@ impl HostImages {
         Self { data, shape: dims }
     }
 
+    /// [`from_tensor`](Self::from_tensor), refusing a batch with a NaN or infinite value
+    /// ([`finite_images`]).
+    pub fn from_tensor_finite<B: Backend>(images: Tensor<B, 4>) -> crate::error::Result<Self> {
+        let images = Self::from_tensor(images);
+        finite_images(&images.data)?;
+        Ok(images)
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.shape[0]
@@ -151,6 +159,20 @@ fn image_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
         action: "write",
         message: e.to_string(),
     }
+}
+
+/// `Ok` when every value a generator drew is finite. A NaN or infinity would be drawn as a
+/// black pixel and measured as a number (an SWD of NaN, an MS-SSIM of 0 that reads as perfect
+/// diversity): refused instead, whoever asks (render, eval, FID).
+pub fn finite_images(values: &[f32]) -> crate::error::Result<()> {
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(crate::error::TrainError::NonFiniteImages {
+            count,
+            total: values.len(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

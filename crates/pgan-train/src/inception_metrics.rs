@@ -496,6 +496,7 @@ pub fn generated_features<B: Backend>(
         let latents = latent_values(&mut rng, b * model.latent_dim, truncation);
         let z = Tensor::<B, 2>::from_data(TensorData::new(latents, [b, model.latent_dim]), device);
         let images = crate::host_read::read_f32s(g.forward(z, stage, alpha));
+        crate::images::finite_images(&images)?;
         let pixels = quantise_nchw(&images, b, c, side, side);
         values.extend(extractor.features(Images8 {
             pixels: &pixels,

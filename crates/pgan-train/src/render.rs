@@ -119,23 +119,22 @@ fn generate_rows<B: Backend>(
     loaded: &LoadedGenerator<B>,
     latents: &[f32],
     device: &B::Device,
-) -> Vec<image::RgbImage> {
+) -> Result<Vec<image::RgbImage>> {
     let dim = loaded.model.latent_dim;
-    latents
-        .chunks(RENDER_BATCH * dim)
-        .flat_map(|chunk| {
-            let z = Tensor::<B, 2>::from_data(
-                TensorData::new(chunk.to_vec(), [chunk.len() / dim, dim]),
-                device,
-            );
-            HostImages::from_tensor(loaded.generator.forward(
-                z,
-                loaded.state.stage,
-                loaded.state.alpha,
-            ))
-            .to_rgb_all()
-        })
-        .collect()
+    let mut rows = Vec::with_capacity(latents.len() / dim.max(1));
+    for chunk in latents.chunks(RENDER_BATCH * dim) {
+        let z = Tensor::<B, 2>::from_data(
+            TensorData::new(chunk.to_vec(), [chunk.len() / dim, dim]),
+            device,
+        );
+        let images = HostImages::from_tensor_finite(loaded.generator.forward(
+            z,
+            loaded.state.stage,
+            loaded.state.alpha,
+        ))?;
+        rows.extend(images.to_rgb_all());
+    }
+    Ok(rows)
 }
 
 /// The side of the images a loaded generator draws.
@@ -181,7 +180,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 .collect();
             let mut files = Vec::new();
             add_latents(request, &latents, dim, &mut files)?;
-            let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
+            let cells = upscale_cells(generate_rows(&loaded, &latents, device)?, size.cell);
             let sheet = png_bytes(&grid(&cells, *rows, *cols, 2), &request.out)?;
             files.push((request.out.clone(), sheet));
             commit(files)?;
@@ -217,7 +216,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             latents.extend(keys.last().expect("at least one seed").iter());
             let mut files = Vec::new();
             add_latents(request, &latents, dim, &mut files)?;
-            let cells = upscale_cells(generate_rows(&loaded, &latents, device), size.cell);
+            let cells = upscale_cells(generate_rows(&loaded, &latents, device)?, size.cell);
             let strip = png_bytes(&grid(&cells, 1, frames, 2), &request.out)?;
             files.push((request.out.clone(), strip));
             let mut images = vec![request.out.clone()];
@@ -319,6 +318,33 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                         path: run_dir.clone(),
                         message: "no intact checkpoints to draw a timeline from".into(),
                     })?;
+            // A run's checkpoints share one network: one made with another model (copied in
+            // from another run) is left out, with a warning, not drawn as one of the run's rows.
+            let newest_model = checkpoint::model_config(&newest_state, &newest).ok();
+            ckpts.retain(|(ckpt, state)| {
+                let Some(newest_model) = &newest_model else {
+                    return true;
+                };
+                let Ok(model) = checkpoint::model_config(state, ckpt) else {
+                    // Unreadable: loading it says what is wrong.
+                    return true;
+                };
+                let differences: Vec<String> =
+                    checkpoint::differing_model_keys(&model, newest_model)
+                        .into_iter()
+                        .map(|(key, _, _)| format!("model.{key}"))
+                        .collect();
+                if !differences.is_empty() {
+                    warnings.push(format!(
+                        "left out of the timeline: {} was made with another model than the \
+                         newest checkpoint {} ({} differ): it is not this run's",
+                        ckpt.display(),
+                        newest.display(),
+                        differences.join(", ")
+                    ));
+                }
+                differences.is_empty()
+            });
             // The newest checkpoint's images are the largest the timeline draws (a run still
             // growing has not reached its model's final resolution).
             let final_res = crate::schedule::resolution_of(newest_state.stage);
@@ -345,7 +371,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                     .iter()
                     .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
                     .collect();
-                rows.push(generate_rows(&loaded, &latents, device));
+                rows.push(generate_rows(&loaded, &latents, device)?);
             }
             let cells: Vec<_> = rows
                 .into_iter()

@@ -11,8 +11,8 @@ pub enum SeedsError {
     Invalid(String),
     /// It names more seeds than the caller's limit.
     TooMany {
-        /// How many it names (counted, not listed).
-        count: u64,
+        /// How many it names (counted, not listed; `0-18446744073709551615` names 2^64).
+        count: u128,
         /// The limit passed to [`parse_seeds`].
         max: usize,
     },
@@ -40,7 +40,7 @@ pub fn parse_seeds(spec: &str, max: usize) -> Result<Vec<u64>, SeedsError> {
     }
     let mut out = Vec::new();
     // Seeds named so far; past `max`, nothing more is listed.
-    let mut count: u64 = 0;
+    let mut count: u128 = 0;
     for part in spec.split(',').map(str::trim) {
         if part.is_empty() {
             // "1,,2" or a trailing comma: a seed left out, perhaps "1,12" mistyped.
@@ -54,8 +54,8 @@ pub fn parse_seeds(spec: &str, max: usize) -> Result<Vec<u64>, SeedsError> {
                 if b < a {
                     return invalid(format!("seed range '{part}' runs backwards"));
                 }
-                count = count.saturating_add(b - a).saturating_add(1);
-                if count <= max as u64 {
+                count += u128::from(b - a) + 1;
+                if count <= max as u128 {
                     out.extend(a..=b);
                 }
             }
@@ -63,14 +63,14 @@ pub fn parse_seeds(spec: &str, max: usize) -> Result<Vec<u64>, SeedsError> {
                 let Ok(seed) = part.parse() else {
                     return invalid(format!("'{part}' is not a seed"));
                 };
-                count = count.saturating_add(1);
-                if count <= max as u64 {
+                count += 1;
+                if count <= max as u128 {
                     out.push(seed);
                 }
             }
         }
     }
-    if count > max as u64 {
+    if count > max as u128 {
         return Err(SeedsError::TooMany { count, max });
     }
     Ok(out)
@@ -105,15 +105,19 @@ mod tests {
         assert_eq!(parse_seeds("0-3,7,8", 5), too_many(6));
         assert_eq!(parse_seeds("1,0-4", 5), too_many(6));
         assert_eq!(parse_seeds("0-4", 5).unwrap().len(), 5);
-        // Counted to the end, so the message says how many: u64's whole range saturates.
+        // Counted to the end, so the message says how many: u64's whole range is 2^64 seeds.
         let whole = format!("0-{}", u64::MAX);
         let err = parse(&whole).unwrap_err();
         assert_eq!(
             err,
             SeedsError::TooMany {
-                count: u64::MAX,
+                count: 1 << 64,
                 max: MAX_SEEDS
             }
+        );
+        assert!(
+            err.to_string().contains("18446744073709551616 seeds"),
+            "{err}"
         );
         // Many long ranges (1.6 billion seeds, 13 GB listed): counted, not listed.
         let many = vec!["0-99999"; 16_000].join(",");
