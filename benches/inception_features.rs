@@ -5,8 +5,10 @@
 //!
 //! `cargo bench -p pgan-inception --bench inception_features`
 //!
-//! The run measures pgan's kernels (`pgan_model::kernels`: pgan-flex's forward convolution), then
-//! runs itself again with `PGAN_GENERIC_KERNELS=1` to measure burn's own convolution, and
+//! The run measures pgan's kernels (`pgan_model::kernels`: pgan-flex's forward-only conv, pools
+//! and concatenation), then
+//! runs itself again with `PGAN_GENERIC_KERNELS=1` to measure burn's own ops (conv, pools and
+//! concatenation), and
 //! prints one JSON object per line: each row, then the ratio. Environment: `PGAN_BENCH_BATCH`
 //! (default 32, the batch `pgan eval` uses), `PGAN_BENCH_RUNS` (default 3; the median is
 //! reported).

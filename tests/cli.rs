@@ -3142,19 +3142,19 @@ fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
         assert_eq!(code, Some(1), "{what}:\n{out}");
         assert!(out.contains(what) && out.contains("bad.pgan"), "{out}");
     }
-    // Bytes appended after the manifest, which ends the file (docs/FORMAT.md).
+    // Bytes appended after the last section (the manifest), which ends the file (docs/FORMAT.md).
     let longer = dir.path().join("longer.pgan");
     std::fs::write(&longer, [&good[..], b"extra\n"].concat()).unwrap();
     let (code, out) = run_within(pgan().arg("verify").arg(&longer), 60);
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("6 bytes after the manifest") && out.contains("bytes follow its data"),
+        out.contains("6 bytes after the last section") && out.contains("bytes follow its data"),
         "{out}"
     );
     // info and train read such a file (its levels are intact) and say what verify would;
     // train also says when the dataset is smaller than a minibatch.
     let out = run_ok(pgan().arg("info").arg(&longer));
-    assert!(out.contains("6 bytes follow the manifest"), "{out}");
+    assert!(out.contains("6 bytes follow the last section"), "{out}");
     let dry_run = |batch: &str| {
         run_ok(
             pgan()

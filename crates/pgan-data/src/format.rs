@@ -236,6 +236,8 @@ impl Header {
             .iter()
             .map(|l| (l.offset, l.length))
             .chain([(self.manifest.offset, self.manifest.length)])
+            // An empty section takes no room (as in `validate`), wherever its offset points.
+            .filter(|&(_, length)| length > 0)
             .map(|(offset, length)| offset.saturating_add(length))
             .max()
             .unwrap_or(0)

@@ -333,7 +333,7 @@ impl PyramidReader {
     }
 
     /// Recompute every level's CRC-32 and report each level, mismatches included, and any
-    /// bytes after the manifest.
+    /// bytes after the last section.
     pub fn check_levels(&self) -> VerifyReport {
         VerifyReport {
             trailing_bytes: self.trailing_bytes(),
@@ -486,7 +486,7 @@ impl fmt::Display for PyramidReader {
         if trailing > 0 {
             writeln!(
                 f,
-                "note:        {trailing} bytes follow the manifest, which prepare never writes \
+                "note:        {trailing} bytes follow the last section, which prepare never writes \
                  (verify calls the file corrupt)"
             )?;
         }

@@ -76,8 +76,8 @@ fn window(o: usize, size: usize, s: &PoolShape) -> (usize, usize) {
 /// Pools every plane of `x` (`[planes, h, w]`, row-major) into `[planes, out_h, out_w]`.
 ///
 /// # Panics
-/// When `x`'s length does not match `s`, the stride is 0, or the padding is not less than the
-/// kernel (a window of padding alone has no value).
+/// When `x`'s length does not match `s`, the stride is 0, the image is empty, or the padding is
+/// not less than the kernel (a window of padding alone has no value).
 pub fn pool(s: PoolShape, x: &[f32], reduce: Reduce) -> Vec<f32> {
     assert!(s.stride >= 1, "stride 0");
     assert!(
@@ -87,6 +87,26 @@ pub fn pool(s: PoolShape, x: &[f32], reduce: Reduce) -> Vec<f32> {
         s.kernel
     );
     assert_eq!(x.len(), s.planes * s.h * s.w, "input size");
+    assert!(
+        s.h > 0 && s.w > 0,
+        "pooling an empty {}x{} image: no window holds a pixel",
+        s.h,
+        s.w
+    );
+    match reduce {
+        Reduce::Max => pool_with(s, x, reduce, f32::NEG_INFINITY, f32::max),
+        Reduce::MeanOfPixels | Reduce::MeanOfWindow => pool_with(s, x, reduce, 0.0, |a, b| a + b),
+    }
+}
+
+/// [`pool`]'s body for one reduction, `combine` inlined into both passes.
+fn pool_with(
+    s: PoolShape,
+    x: &[f32],
+    reduce: Reduce,
+    start: f32,
+    combine: impl Fn(f32, f32) -> f32 + Copy + Sync,
+) -> Vec<f32> {
     let (oh, ow) = (s.out_h(), s.out_w());
     let mut y = vec![0f32; s.planes * oh * ow];
     if y.is_empty() {
@@ -94,10 +114,6 @@ pub fn pool(s: PoolShape, x: &[f32], reduce: Reduce) -> Vec<f32> {
     }
     let columns: Vec<(usize, usize)> = (0..ow).map(|o| window(o, s.w, &s)).collect();
     let rows: Vec<(usize, usize)> = (0..oh).map(|o| window(o, s.h, &s)).collect();
-    let (start, combine): (f32, fn(f32, f32) -> f32) = match reduce {
-        Reduce::Max => (f32::NEG_INFINITY, f32::max),
-        Reduce::MeanOfPixels | Reduce::MeanOfWindow => (0.0, |a, b| a + b),
-    };
     let whole_window = 1.0 / (s.kernel * s.kernel) as f32;
     y.par_chunks_mut(oh * ow)
         .zip(x.par_chunks(s.h * s.w))

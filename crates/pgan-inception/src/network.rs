@@ -365,6 +365,37 @@ mod tests {
         assert_eq!(values(max_pool_3x3(x, 2, 0)), [12.0, 14.0, 22.0, 24.0]);
     }
 
+    /// On the CPU the layers run pgan-flex's forward-only conv, pools and concatenation;
+    /// `Autodiff<Flex>` takes burn's own ops (the kernels serve plain `Flex` only). Both
+    /// through every layer, at a size where the 1x7/7x1 layers' padding and the E blocks' pools
+    /// reach past the edges (107x107: the C blocks at 5x5, the E blocks at 2x2).
+    #[test]
+    fn pgan_flex_kernels_match_burns_ops_through_every_layer() {
+        type Burn = burn::backend::Autodiff<TestBackend>;
+        let weights = synthetic_weights(7);
+        let side = 107;
+        let values_in: Vec<f32> = (0..2 * 3 * side * side)
+            .map(|i| (i as f32 * 0.0137).sin())
+            .collect();
+        let shape = [2, 3, side, side];
+        let ours = InceptionV3::<TestBackend>::new(&weights, &Default::default())
+            .trunk(tensor(values_in.clone(), shape));
+        let theirs = InceptionV3::<Burn>::new(&weights, &Default::default()).trunk(
+            Tensor::from_data(TensorData::new(values_in, shape), &Default::default()),
+        );
+        assert_eq!(ours.dims(), [2, 2048, 2, 2]);
+        assert_eq!(ours.dims(), theirs.dims());
+        let (ours, theirs) = (values(ours), theirs.into_data().to_vec::<f32>().unwrap());
+        let scale = theirs.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (j, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "[{j}]: {a} vs {b} (scale {scale})"
+            );
+        }
+        assert!(theirs.iter().any(|v| *v > 0.0), "all features are zero");
+    }
+
     #[test]
     fn full_network_gives_2048_features_per_image_in_batch_order() {
         let weights = synthetic_weights(3);

@@ -5,8 +5,10 @@
 //! `Autodiff<Flex>` for training) it runs `pgan-flex`'s fused kernel and returns `Ok`; on every
 //! other backend it returns the inputs as `Err`, untouched, and the caller runs burn's generic
 //! tensor ops (written beside the layer: `equalized.rs`, `functional.rs`, `pixel_norm.rs`, and
-//! burn's `Adam` in `pgan-train`). A backend's kernel for one of these ops gets its branch here,
-//! not in model code.
+//! burn's `Adam` in `pgan-train`). The forward-only ops of Inception-v3 ([`conv2d_forward`],
+//! [`pool2d`], [`concat_channels`]) serve `Flex` alone: on `Autodiff<Flex>` they would need a
+//! backward pass, and their inputs come back. A backend's kernel for one of these ops gets its
+//! branch here, not in model code.
 //!
 //! The check is a `TypeId` comparison of the backend type, resolved per monomorphised function,
 //! followed by a move of the value between the two spellings of the same type ([`cast`]).

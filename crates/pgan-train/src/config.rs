@@ -1045,13 +1045,13 @@ impl TrainConfig {
                 ));
             }
         }
-        // The average is updated in f32: a decay that rounds to 1 there (the smallest step's,
-        // closest to 1) would leave G_ema at its first value for the whole run.
-        let smallest_step = s
-            .minibatch
-            .values()
-            .copied()
-            .fold(s.minibatch_default, usize::min)
+        // The average is updated in f32: with a decay that rounds to 1 there (the smallest
+        // trained step's, closest to 1) G_ema would not follow the generator.
+        let smallest_step = self
+            .trained_resolutions()
+            .map(|(_, batch)| batch)
+            .min()
+            .unwrap_or(s.minibatch_default)
             * self.optim.d_steps.max(1) as usize;
         let decay = self.ema.beta_for_batch(smallest_step);
         if decay as f32 >= 1.0 {
@@ -1061,7 +1061,7 @@ impl TrainConfig {
             };
             return bad(format!(
                 "{key} gives a decay of {decay} per step of {smallest_step} images, which is 1 in \
-                 f32 (the average's precision): G_ema would never change; ProGAN's decay is \
+                 f32 (the average's precision): G_ema would not follow the generator; ProGAN's decay is \
                  0.999 per step (a half-life of about 11 kimg at minibatch 16)"
             ));
         }
@@ -1752,7 +1752,7 @@ mod tests {
             (
                 |c| c.ema.half_life_kimg = Some(1e300),
                 "ema.half_life_kimg 1e300 gives a decay of 1 per step of 16 images, which is 1 \
-                 in f32 (the average's precision): G_ema would never change",
+                 in f32 (the average's precision): G_ema would not follow the generator",
             ),
             (
                 |c| {

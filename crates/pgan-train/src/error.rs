@@ -158,14 +158,14 @@ pub enum TrainError {
     /// A generator drew images with NaN or infinite values (finite weights whose activations
     /// overflow): nothing drawn or measured from them would mean anything.
     #[error(
-        "the generator's images hold {count} non-finite values (NaN or infinite) of {total}: its \
-         weights are finite but its activations overflow, so this generator has diverged and \
-         nothing was drawn or measured from it (an earlier checkpoint may be sound)"
+        "the generator's images hold {count} non-finite values (NaN or infinite) in a batch of \
+         {total}: its weights are finite but its activations overflow, so this generator has \
+         diverged and nothing was drawn or measured from it (an earlier checkpoint may be sound)"
     )]
     NonFiniteImages {
         /// Values that are NaN or infinite.
         count: usize,
-        /// Values drawn.
+        /// Values in the batch they were found in.
         total: usize,
     },
     /// Reading or writing an image failed.

@@ -337,7 +337,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 if !differences.is_empty() {
                     warnings.push(format!(
                         "left out of the timeline: {} was made with another model than the \
-                         newest checkpoint {} ({} differ): it is not this run's",
+                         newest checkpoint {} ({} differ), so one of them is not this run's",
                         ckpt.display(),
                         newest.display(),
                         differences.join(", ")
@@ -353,6 +353,7 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
             let cell = request.cell_px.max(final_res);
             limits::sheet_size(ckpts.len(), cols, cell, cell, 2).map_err(TrainError::Request)?;
             let mut rows = Vec::new();
+            let mut diverged = 0;
             let mut newest = newest;
             for (ckpt, _) in &ckpts {
                 // A running trainer may prune a checkpoint between the listing and here.
@@ -364,14 +365,24 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                     }
                     Err(e) => return Err(e),
                 };
-                newest = ckpt.clone();
                 let dim = loaded.model.latent_dim;
                 let latents: Vec<f32> = request
                     .seeds
                     .iter()
                     .flat_map(|&s| latent_for_seed(s, dim, request.truncation))
                     .collect();
-                rows.push(generate_rows(&loaded, &latents, device)?);
+                // A diverged checkpoint is one row of the run's history, not the end of it:
+                // left out with why, the sound ones drawn (a sheet of it is an error).
+                match generate_rows(&loaded, &latents, device) {
+                    Ok(row) => rows.push(row),
+                    Err(e @ TrainError::NonFiniteImages { .. }) => {
+                        warnings.push(format!("left out of the timeline: {}: {e}", ckpt.display()));
+                        diverged += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                newest = ckpt.clone();
             }
             let cells: Vec<_> = rows
                 .into_iter()
@@ -381,11 +392,23 @@ fn render<B: Backend>(request: &RenderRequest, device: &B::Device) -> Result<Ren
                 })
                 .collect();
             if cells.is_empty() {
+                let message = if diverged == ckpts.len() {
+                    "every checkpoint drew images that are not finite: the run's generators \
+                     diverged"
+                        .to_string()
+                } else if diverged > 0 {
+                    format!(
+                        "no checkpoint to draw: {diverged} drew images that are not finite (their \
+                         generators diverged), the others were pruned while the timeline was drawn"
+                    )
+                } else {
+                    "every checkpoint was pruned while the timeline was drawn (by the trainer \
+                     of a running run); try again"
+                        .into()
+                };
                 return Err(TrainError::Checkpoint {
                     path: run_dir,
-                    message: "every checkpoint was pruned while the timeline was drawn \
-                              (by the trainer of a running run); try again"
-                        .into(),
+                    message,
                 });
             }
             save_png(&grid(&cells, cells.len() / cols, cols, 2), &request.out)?;
