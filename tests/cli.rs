@@ -3837,3 +3837,56 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
         "{out}"
     );
 }
+
+/// From a hostile review of `eval`'s feature metrics: `--save-features` beside a checkpoint is
+/// refused (it wrote nothing); two outputs in one file, an output inside an image folder being
+/// read, and the weights found through $PGAN_INCEPTION are refused as outputs; an image 30
+/// million pixels wide and one high is measured (its resize once asked for a 36 GB matrix).
+#[test]
+fn eval_outputs_never_replace_inputs_and_odd_images_are_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("inception.safetensors");
+    pgan_inception::InceptionWeights::synthetic(3)
+        .save(&weights, "test stand-in")
+        .unwrap();
+    let reals = ramp_folder(dir.path(), "reals", 4, 0);
+    let fakes = ramp_folder(dir.path(), "fakes", 3, 2);
+    image::GrayImage::new(30_000_000, 1)
+        .save(fakes.join("wide.png"))
+        .unwrap();
+    let eval = |extra: &[&str]| {
+        let mut cmd = pgan();
+        cmd.args(["eval", "--fid", "--real"])
+            .arg(&reals)
+            .arg("--fake")
+            .arg(&fakes)
+            .env("PGAN_INCEPTION", &weights)
+            .args(extra);
+        cmd
+    };
+    let out = run_ok(&mut eval(&[]));
+    assert!(out.contains("4 generated") && out.contains("FID"), "{out}");
+
+    let err = run_err(
+        pgan()
+            .args(["eval", "no-such-run", "--fid", "--save-features"])
+            .arg(dir.path().join("f")),
+    );
+    assert!(
+        err.contains("--save-features") && err.contains("--fake"),
+        "{err}"
+    );
+    let prefix = dir.path().join("w");
+    let clash = dir.path().join("w-fake.npy");
+    let err = run_err(
+        eval(&["--save-features", prefix.to_str().unwrap()])
+            .arg("--json")
+            .arg(&clash),
+    );
+    assert!(err.contains("also --json's output"), "{err}");
+    let err = run_err(eval(&["--force", "--json"]).arg(fakes.join("00.png")));
+    assert!(err.contains("inside --fake"), "{err}");
+    let err = run_err(eval(&["--force", "--json"]).arg(&weights));
+    assert!(err.contains("that is the Inception weights"), "{err}");
+    assert!(pgan_inception::InceptionWeights::load(&weights).is_ok());
+}

@@ -66,6 +66,34 @@ pub fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// [`read_regular_file`] of a file that cannot be longer than `max` bytes: a longer one (a
+/// sparse file, a link to a huge file) is refused before anything is read, and no more than
+/// `max + 1` bytes are ever read (should it grow meanwhile).
+pub fn read_regular_file_at_most(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let (file, meta) = open_regular(path).map_err(|e| match e {
+        OpenError::NotRegular(kind) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {kind}, not a regular file"),
+        ),
+        OpenError::Io(e) => e,
+    })?;
+    let too_long = |len: u64| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is {len} bytes, more than the {max} such a file can be"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_long(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    io::Read::read_to_end(&mut io::Read::take(file, max + 1), &mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_long(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// `.<name>.tmp-<pid>` beside `output` (same folder, so the final rename stays on one
 /// filesystem); [`remove_stale_temps`] recognises it, with or without a `-<n>` suffix.
 pub fn temp_path_for(output: &Path, pid: u32) -> PathBuf {

@@ -1,12 +1,12 @@
-//! From 8-bit images to `pool3` features: the reference resize to 299x299 (two matrix products
-//! on the backend, see [`crate::resize`]), `pixel / 128 - 1`, the network.
+//! From 8-bit images to `pool3` features: the reference resize to 299x299 (on the host, image
+//! by image, see [`crate::resize`]), `pixel / 128 - 1`, the network.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{InceptionError, Result};
 use crate::network::{InceptionV3, FEATURE_DIM, INPUT_SIZE};
-use crate::resize::resize_weights;
+use crate::resize::resize_plane;
 use crate::weights::InceptionWeights;
 
 /// Name of the preprocessing, recorded with cached statistics: a change to it must not reuse
@@ -92,55 +92,40 @@ impl<B: Backend> FeatureExtractor<B> {
         self.weights_checksum
     }
 
-    /// The network's input for `images`: resized to 299x299 as the reference does (skipped
-    /// when they already are 299x299, as the reference skips it) and scaled to
-    /// `pixel / 128 - 1`.
+    /// The network's input for `images`: [`network_input`] on the backend.
     ///
     /// # Shapes
     /// `n` images → `[n, 3, 299, 299]`.
     pub fn preprocess(&self, images: Images8<'_>) -> Result<Tensor<B, 4>> {
-        images.validate()?;
-        let Images8 {
-            n,
-            height: h,
-            width: w,
-            channels: c,
-            ..
-        } = images;
-        if n == 0 {
-            return Err(InceptionError::Input("no images".into()));
-        }
-        let values: Vec<f32> = images.pixels.iter().map(|&v| v as f32).collect();
-        let x = Tensor::<B, 4>::from_data(TensorData::new(values, [n, h, w, c]), &self.device)
-            .permute([0, 3, 1, 2]);
-        let x = if c == 1 { x.repeat_dim(1, 3) } else { x };
-        let s = INPUT_SIZE;
-        let x = if h == s && w == s {
-            x
-        } else {
-            let along = |src: usize| {
-                // The [dst, src] matrix, transposed to [src, dst] for a right product.
-                let m = resize_weights(src, s);
-                Tensor::<B, 2>::from_data(TensorData::new(m, [s, src]), &self.device).transpose()
-            };
-            // Rows: [n·3·h, w] · Rxᵀ → [n·3, h, 299]; columns: the same on the transpose.
-            let x = x.reshape([n * 3 * h, w]).matmul(along(w));
-            let x = x
-                .reshape([n * 3, h, s])
-                .swap_dims(1, 2)
-                .reshape([n * 3 * s, h]);
-            let x = x.matmul(along(h));
-            x.reshape([n * 3, s, s])
-                .swap_dims(1, 2)
-                .reshape([n, 3, s, s])
-        };
-        Ok(x.sub_scalar(128.0).div_scalar(128.0))
+        let n = images.n;
+        let values = network_input(images)?;
+        Ok(Tensor::from_data(
+            TensorData::new(values, [n, 3, INPUT_SIZE, INPUT_SIZE]),
+            &self.device,
+        ))
     }
 
     /// `pool3` features of one batch of images: `n * 2048` values, image by image.
     pub fn features(&self, images: Images8<'_>) -> Result<Vec<f32>> {
         let n = images.n;
-        let x = self.preprocess(images)?;
+        self.features_of_input(network_input(images)?, n)
+    }
+
+    /// `pool3` features of `n` images already made the network's input by [`network_input`]
+    /// (`n · 3 · 299 · 299` values): callers that decode images of many sizes resize each as it
+    /// is decoded and measure them in batches.
+    pub fn features_of_input(&self, input: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let want = n * 3 * INPUT_SIZE * INPUT_SIZE;
+        if n == 0 || input.len() != want {
+            return Err(InceptionError::Input(format!(
+                "{} input values for {n} images (expected {want})",
+                input.len()
+            )));
+        }
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(input, [n, 3, INPUT_SIZE, INPUT_SIZE]),
+            &self.device,
+        );
         let features = self.net.forward(x);
         let values = features
             .into_data()
@@ -166,9 +151,55 @@ impl<B: Backend> FeatureExtractor<B> {
     }
 }
 
+/// The network's input for `images`, on the host: each image resized to 299x299 as the
+/// reference does (skipped when it already is 299x299, as the reference skips it), grey
+/// repeated to RGB, scaled to `pixel / 128 - 1`; `[n, 3, 299, 299]` values. Each image is
+/// resized alone, two source pixels per output pixel along each axis, so memory is the result
+/// and one pass's rows (at most `299 × min(height, width)` values), whatever the image's size.
+pub fn network_input(images: Images8<'_>) -> Result<Vec<f32>> {
+    images.validate()?;
+    let Images8 {
+        pixels,
+        n,
+        height: h,
+        width: w,
+        channels: c,
+    } = images;
+    if n == 0 {
+        return Err(InceptionError::Input("no images".into()));
+    }
+    let s = INPUT_SIZE;
+    let plane = s * s;
+    let mut out = vec![0f32; n * 3 * plane];
+    for (image, out) in pixels
+        .chunks_exact(h * w * c)
+        .zip(out.chunks_exact_mut(3 * plane))
+    {
+        for ch in 0..c {
+            let target = &mut out[ch * plane..][..plane];
+            let at = |y: usize, x: usize| f32::from(image[(y * w + x) * c + ch]);
+            if h == s && w == s {
+                for (i, o) in target.iter_mut().enumerate() {
+                    *o = at(i / s, i % s);
+                }
+            } else {
+                resize_plane(h, w, at, s, target);
+            }
+            target.iter_mut().for_each(|v| *v = (*v - 128.0) / 128.0);
+        }
+        if c == 1 {
+            let (grey, rest) = out.split_at_mut(plane);
+            rest[..plane].copy_from_slice(grey);
+            rest[plane..].copy_from_slice(grey);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resize::resize_weights;
     use crate::test_utils::{synthetic_weights, TestBackend};
 
     fn extractor() -> FeatureExtractor<TestBackend> {

@@ -34,7 +34,7 @@ mod test_utils;
 mod wgpu_parity;
 
 pub use error::{InceptionError, Result};
-pub use extract::{FeatureExtractor, Images8, RESIZE_MODE};
+pub use extract::{network_input, FeatureExtractor, Images8, RESIZE_MODE};
 pub use network::{InceptionV3, FEATURE_DIM, INPUT_SIZE};
 pub use weights::{
     resolve_weights_path, InceptionWeights, CONV_LAYERS, WEIGHTS_ENV, WEIGHTS_FILE_NAME,

@@ -24,6 +24,9 @@ pub const WEIGHTS_FILE_NAME: &str = "inception-2015-12-05.safetensors";
 /// The batch norm's ε in the TF graph (and in the TorchScript model).
 pub const BN_EPSILON: f64 = 0.001;
 
+/// The largest weights file read: the network's 94 layers hold about 87 MB of f32 values.
+pub const MAX_WEIGHTS_BYTES: u64 = 256 << 20;
+
 /// Where the weights are: `explicit` if given, else `$PGAN_INCEPTION`, else
 /// `~/.cache/pgan/inception-2015-12-05.safetensors`.
 pub fn resolve_weights_path(explicit: Option<&Path>) -> PathBuf {
@@ -335,19 +338,45 @@ impl InceptionWeights {
 
     /// Loads a weights file written by [`InceptionWeights::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+        let corrupt = |message: String| InceptionError::WeightsCorrupt {
+            path: path.to_path_buf(),
+            message,
+        };
+        // Looked at before it is opened: opening a FIFO would wait for a writer, and a huge
+        // (or sparse) file would be read whole.
+        match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(InceptionError::WeightsMissing {
                     path: path.to_path_buf(),
                 })
             }
             Err(e) => return Err(InceptionError::io(path, e)),
-        };
-        let corrupt = |message: String| InceptionError::WeightsCorrupt {
-            path: path.to_path_buf(),
-            message,
-        };
+            Ok(meta) if !meta.is_file() => {
+                return Err(corrupt(
+                    "not a regular file (a folder, FIFO, device or socket)".into(),
+                ))
+            }
+            Ok(meta) if meta.len() > MAX_WEIGHTS_BYTES => {
+                return Err(corrupt(format!(
+                    "{} bytes, more than the {MAX_WEIGHTS_BYTES} the FID network's weights can be \
+                     (about 87 MB)",
+                    meta.len()
+                )))
+            }
+            Ok(_) => {}
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(f, MAX_WEIGHTS_BYTES + 1),
+                    &mut bytes,
+                )
+            })
+            .map_err(|e| InceptionError::io(path, e))?;
+        if bytes.len() as u64 > MAX_WEIGHTS_BYTES {
+            return Err(corrupt(format!("more than {MAX_WEIGHTS_BYTES} bytes")));
+        }
         let file = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| corrupt(format!("not a safetensors file ({e})")))?;
         let mut tensors = BTreeMap::new();

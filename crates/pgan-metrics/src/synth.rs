@@ -245,7 +245,15 @@ impl ModeSpec {
     /// Reads a `modes.json`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| MetricsError::io(path, e))?;
+        // A spec is a few KB: a FIFO, a device or a huge file is refused before it is read.
+        let bytes = pgan_data::read_regular_file_at_most(path, MAX_SPEC_BYTES)
+            .map_err(|e| MetricsError::io(path, e))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            MetricsError::InvalidArgument(format!(
+                "{}: not UTF-8 text: not a {MODES_FILE} written by `pgan synth`",
+                path.display()
+            ))
+        })?;
         let spec: ModeSpec = serde_json::from_str(&text).map_err(|source| {
             MetricsError::InvalidArgument(format!(
                 "{}: {source}: not a {MODES_FILE} written by `pgan synth` (pass the \
@@ -503,6 +511,10 @@ pub const MAX_COUNT: usize = 10_000_000;
 pub const LABELS_FILE: &str = "labels.json";
 /// The mode spec file `synth` writes beside the images.
 pub const MODES_FILE: &str = "modes.json";
+
+/// The largest `modes.json` read: `pgan synth` writes a few KB (at most 1024 modes of a few
+/// numbers each).
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 
 /// The folder `synth` writes for `out_dir` (`.` and `..` refused): `out_dir` itself, or where
 /// a symbolic link there points (the finished folder replaces the empty one it names,

@@ -303,12 +303,26 @@ fn cache_key(
     .collect())
 }
 
+/// The cache's metadata key holding the CRC-32 of its tensors' bytes (features, mean, cov).
+const CACHE_CHECKSUM_KEY: &str = "values_crc32";
+
+/// Room for the cache's safetensors header (its JSON: names, shapes, the key's strings).
+const MAX_CACHE_HEADER_BYTES: u64 = 1 << 20;
+
 /// The cached real features if the file exists and matches `key`; why not otherwise.
 fn load_cache(
     path: &Path,
     key: &HashMap<String, String>,
 ) -> std::result::Result<FeatureSet, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    // Its size follows from the image count: a FIFO, a device or a longer file is refused
+    // before it is read (and the features recomputed).
+    let count: usize = key["count"].parse().map_err(|_| "bad count".to_owned())?;
+    let d = FEATURE_DIM as u64;
+    let most = (count as u64)
+        .saturating_mul(d * 4)
+        .saturating_add(d * 8 + d * d * 8)
+        .saturating_add(MAX_CACHE_HEADER_BYTES);
+    let bytes = pgan_data::read_regular_file_at_most(path, most).map_err(|e| e.to_string())?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("unreadable ({e})"))?;
     let stored = meta.metadata().clone().unwrap_or_default();
@@ -322,6 +336,21 @@ fn load_cache(
     }
     let file =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("unreadable ({e})"))?;
+    // The values' checksum: a flipped bit would otherwise give other metrics without a word.
+    let mut crc = crc32fast::Hasher::new();
+    for name in ["features", "mean", "cov"] {
+        crc.update(
+            file.tensor(name)
+                .map_err(|e| format!("{name}: {e}"))?
+                .data(),
+        );
+    }
+    let want = format!("{:08x}", crc.finalize());
+    match stored.get(CACHE_CHECKSUM_KEY) {
+        Some(have) if *have == want => {}
+        Some(have) => return Err(format!("damaged (checksum {have}, its values give {want})")),
+        None => return Err("written without a checksum (by an older pgan)".into()),
+    }
     let tensor = |name: &str, dtype: Dtype, shape: &[usize]| {
         let view = file.tensor(name).map_err(|e| format!("{name}: {e}"))?;
         if view.dtype() != dtype || view.shape() != shape {
@@ -329,7 +358,6 @@ fn load_cache(
         }
         Ok(view.data().to_vec())
     };
-    let count: usize = key["count"].parse().map_err(|_| "bad count".to_owned())?;
     let f32s = |b: Vec<u8>| -> Vec<f32> {
         b.chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -345,6 +373,9 @@ fn load_cache(
         values: f32s(tensor("features", Dtype::F32, &[count, d])?),
         count,
     };
+    if features.values.iter().any(|v| !v.is_finite()) {
+        return Err("damaged (features that are not finite)".into());
+    }
     let stats = FeatureStats {
         count,
         mean: f64s(tensor("mean", Dtype::F64, &[d])?),
@@ -385,6 +416,12 @@ fn save_cache(path: &Path, key: HashMap<String, String>, set: &FeatureSet) -> Re
         ("mean", view(Dtype::F64, vec![d], &mean)),
         ("cov", view(Dtype::F64, vec![d, d], &cov)),
     ];
+    let mut crc = crc32fast::Hasher::new();
+    for bytes in [&features, &mean, &cov] {
+        crc.update(bytes);
+    }
+    let mut key = key;
+    key.insert(CACHE_CHECKSUM_KEY.into(), format!("{:08x}", crc.finalize()));
     let bytes = safetensors::serialize(tensors, Some(key)).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
         action: "serialise feature cache",
@@ -412,6 +449,9 @@ pub fn dataset_features<B: Backend>(
     }
     let key = cache_key(reader, resolution, extractor.weights_checksum())?;
     let path = cache_path(reader.path(), resolution);
+    // A run killed while writing the cache (Ctrl-C without a handler, SIGKILL) left its
+    // temporary file: as large as the cache, and no other run would remove it.
+    pgan_data::remove_stale_temps(&path);
     let say = |m: String| {
         if progress {
             eprintln!("{m}");
@@ -487,6 +527,13 @@ pub fn generated_features<B: Backend>(
         model.num_channels,
         crate::schedule::resolution_of(stage) as usize,
     );
+    // The features stay in memory (4 bytes × 2048 per image): a count past what the machine
+    // has is said before hours of generating, not found by the allocator.
+    crate::limits::check_fits(
+        n as u128 * FEATURE_DIM as u128 * 4,
+        &format!("the Inception features of {n} generated images"),
+    )
+    .map_err(TrainError::Request)?;
     let bar = progress_bar(progress, n, &format!("inception generated {side}x{side}"));
     let mut values = Vec::with_capacity(n * FEATURE_DIM);
     let mut done = 0;
@@ -649,7 +696,7 @@ impl<B: Backend> TrainingFid<B> {
 
 /// Features of every image under `dir` (decoded to `channels` 3, RGB, or 1, luma, with
 /// transparency composited onto `background` as `pgan prepare` does, any size: each is resized
-/// to 299x299), in sorted path order; batches hold consecutive images of one size.
+/// to 299x299 as it is decoded), in sorted path order.
 pub fn folder_features<B: Backend>(
     extractor: &FeatureExtractor<B>,
     dir: &Path,
@@ -678,23 +725,17 @@ pub fn folder_features<B: Backend>(
     }
     let bar = progress_bar(progress, files.len(), "inception images");
     let mut values = Vec::with_capacity(files.len() * FEATURE_DIM);
-    let mut batch: Vec<u8> = Vec::new();
-    let mut batch_size = (0u32, 0u32);
+    // Each image is made the network's 299x299 input as it is decoded: a batch holds those,
+    // never the decoded images (a folder of camera photos held 32 at full size at once).
+    let mut batch: Vec<f32> = Vec::new();
     let mut in_batch = 0usize;
     let mut with_alpha = 0usize;
     let mut sizes = std::collections::BTreeMap::new();
-    let mut flush = |batch: &mut Vec<u8>, in_batch: &mut usize, (w, h): (u32, u32)| -> Result<()> {
+    let mut flush = |batch: &mut Vec<f32>, in_batch: &mut usize| -> Result<()> {
         if *in_batch > 0 {
-            values.extend(extractor.features(Images8 {
-                pixels: batch,
-                n: *in_batch,
-                height: h as usize,
-                width: w as usize,
-                channels: usize::from(channels),
-            })?);
+            values.extend(extractor.features_of_input(std::mem::take(batch), *in_batch)?);
             bar.inc(*in_batch as u64);
         }
-        batch.clear();
         *in_batch = 0;
         Ok(())
     };
@@ -709,14 +750,20 @@ pub fn folder_features<B: Backend>(
         with_alpha += usize::from(image.color().has_alpha());
         let size = (image.width(), image.height());
         *sizes.entry(size).or_insert(0) += 1;
-        if size != batch_size || in_batch == INCEPTION_BATCH {
-            flush(&mut batch, &mut in_batch, batch_size)?;
-            batch_size = size;
-        }
-        batch.extend_from_slice(&pgan_data::to_channels(image, channels, background));
+        let pixels = pgan_data::to_channels(image, channels, background);
+        batch.extend(pgan_inception::network_input(Images8 {
+            pixels: &pixels,
+            n: 1,
+            height: size.1 as usize,
+            width: size.0 as usize,
+            channels: usize::from(channels),
+        })?);
         in_batch += 1;
+        if in_batch == INCEPTION_BATCH {
+            flush(&mut batch, &mut in_batch)?;
+        }
     }
-    flush(&mut batch, &mut in_batch, batch_size)?;
+    flush(&mut batch, &mut in_batch)?;
     bar.finish_and_clear();
     let count = files.len();
     let mut set = FeatureSet::new(Features { values, count })?;
@@ -1055,6 +1102,37 @@ mod tests {
         std::fs::write(&cache, b"garbage").unwrap();
         let again = dataset_features(&extractor, &reader, 8, 2, Watch::default()).unwrap();
         assert_eq!(again.features, fresh.features);
+
+        // A flipped bit in a value (the file still parses) fails the checksum.
+        let key = cache_key(&reader, 8, extractor.weights_checksum()).unwrap();
+        let mut bytes = std::fs::read(&cache).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&cache, &bytes).unwrap();
+        let why = load_cache(&cache, &key).unwrap_err();
+        assert!(why.contains("damaged (checksum"), "{why}");
+        let again = dataset_features(&extractor, &reader, 8, 2, Watch::default()).unwrap();
+        assert_eq!(again.features, fresh.features);
+        // Longer than its image count allows (a sparse file, a link to a huge one): refused
+        // before it is read.
+        std::fs::File::options()
+            .write(true)
+            .open(&cache)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let why = load_cache(&cache, &key).unwrap_err();
+        assert!(why.contains("more than the"), "{why}");
+        // A FIFO in its place is passed over, never waited on.
+        std::fs::remove_file(&cache).unwrap();
+        if std::process::Command::new("mkfifo")
+            .arg(&cache)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let why = load_cache(&cache, &key).unwrap_err();
+            assert!(why.contains("not a regular file"), "{why}");
+        }
     }
 
     #[test]

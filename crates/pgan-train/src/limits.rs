@@ -47,6 +47,15 @@ pub fn check_images_fit(
     what: &str,
 ) -> Result<(), String> {
     let bytes = (images as u128) * (channels as u128) * (side as u128).pow(2) * 4;
+    check_fits(
+        bytes,
+        &format!("{what} hold {images} images of {side}x{side} in memory:"),
+    )
+}
+
+/// Checks that `bytes` fit in the memory this machine has available (unchecked where that
+/// cannot be read); the error starts with `what`.
+pub fn check_fits(bytes: u128, what: &str) -> Result<(), String> {
     let Some(available) = available_memory_bytes() else {
         return Ok(());
     };
@@ -55,8 +64,7 @@ pub fn check_images_fit(
     }
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     Err(format!(
-        "{what} hold {images} images of {side}x{side} in memory, {:.1} GiB, and {:.1} GiB is \
-         available",
+        "{what} {:.1} GiB, and {:.1} GiB is available",
         gib(bytes),
         gib(available as u128)
     ))

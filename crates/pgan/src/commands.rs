@@ -771,8 +771,18 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         // clap's own message would name --data, not its alias --real.
         bail!("--fake needs --real: the reference images (a .pgan file or an image folder)");
     }
+    // clap's `requires = "fake"` lets it through beside a checkpoint: said here, not ignored.
+    if let (Some(prefix), None) = (&args.save_features, &args.fake) {
+        bail!(
+            "--save-features {}: it writes the features of a comparison of two sets (--real A \
+             --fake B); with a checkpoint nothing would be written there, so leave it out or \
+             compare two sets",
+            prefix.display()
+        );
+    }
     let inception = pgan_inception::resolve_weights_path(args.inception.as_deref());
-    if feature_metrics.any() && !inception.is_file() {
+    // Something there that is not a file (a FIFO, a folder): loading it says what it is.
+    if feature_metrics.any() && !inception.exists() {
         bail!(
             "no Inception weights at {}: run scripts/fetch-inception.sh, or point --inception \
              or ${} at the converted file",
@@ -991,15 +1001,22 @@ fn folder_background(flag: Option<[u8; 3]>, folder_read: bool, datasets: &[&Path
 /// written or would replace an input (`--data`, `--modes`, `--fake`, `--inception`) or a run's
 /// files, their folders created.
 fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
-    let inputs: Vec<(&str, PathBuf)> = [
+    let mut inputs: Vec<(&str, PathBuf)> = [
         ("--data", &args.data),
         ("--modes", &args.modes),
         ("--fake", &args.fake),
-        ("--inception", &args.inception),
     ]
     .into_iter()
     .filter_map(|(what, path)| path.clone().map(|p| (what, p)))
     .collect();
+    // The weights are read whenever a feature metric is asked for, from wherever they are
+    // found ($PGAN_INCEPTION or the default path too).
+    if args.fid || args.kid || args.pr || args.inception.is_some() {
+        inputs.push((
+            "the Inception weights",
+            pgan_inception::resolve_weights_path(args.inception.as_deref()),
+        ));
+    }
     let mut outputs: Vec<(PathBuf, &str)> = Vec::new();
     if let Some(path) = &args.json {
         outputs.push((path.clone(), "--json"));
@@ -1022,8 +1039,16 @@ fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
     if outputs.is_empty() {
         return Ok(());
     }
-    for (out, flag) in &outputs {
+    for (i, (out, flag)) in outputs.iter().enumerate() {
         refuse_inputs(out, flag, &inputs)?;
+        // Two outputs in one file: the second written would replace the first.
+        if let Some((other, other_flag)) = outputs[..i].iter().find(|(o, _)| same_file(o, out)) {
+            bail!(
+                "{flag} {}: that is also {other_flag}'s output ({}); give each output its own file",
+                out.display(),
+                other.display()
+            );
+        }
     }
     let checked: Vec<(&Path, &str)> = outputs.iter().map(|(o, f)| (o.as_path(), *f)).collect();
     prepare_outputs(&checked, args.force)?;

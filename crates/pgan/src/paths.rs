@@ -244,7 +244,8 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Refuses `out` when it is the same file as one of the command's `inputs` (what each is, its
-/// path): an output written there would destroy what the command read.
+/// path), or lies inside an input that is a folder (an image folder): an output written there
+/// would destroy what the command read, or join the images it reads next time.
 pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Result<()> {
     for (what, input) in inputs {
         if same_file(out, input) {
@@ -253,6 +254,19 @@ pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Resu
                 out.display(),
                 input.display()
             );
+        }
+        if input.is_dir() {
+            let folder = resolved(input);
+            let target = pgan_spec::output::replaceable_file(out).unwrap_or_else(|_| out.into());
+            let parent = target.parent().filter(|d| !d.as_os_str().is_empty());
+            if resolved(parent.unwrap_or(Path::new("."))).starts_with(&folder) {
+                bail!(
+                    "{flag} {}: that is inside {what} ({}), whose files are read; write outputs \
+                     elsewhere",
+                    out.display(),
+                    input.display()
+                );
+            }
         }
     }
     Ok(())
