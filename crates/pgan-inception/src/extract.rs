@@ -3,6 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::error::{InceptionError, Result};
 use crate::network::{InceptionV3, FEATURE_DIM, INPUT_SIZE};
@@ -171,28 +172,29 @@ pub fn network_input(images: Images8<'_>) -> Result<Vec<f32>> {
     let s = INPUT_SIZE;
     let plane = s * s;
     let mut out = vec![0f32; n * 3 * plane];
-    for (image, out) in pixels
-        .chunks_exact(h * w * c)
-        .zip(out.chunks_exact_mut(3 * plane))
-    {
-        for ch in 0..c {
-            let target = &mut out[ch * plane..][..plane];
-            let at = |y: usize, x: usize| f32::from(image[(y * w + x) * c + ch]);
-            if h == s && w == s {
-                for (i, o) in target.iter_mut().enumerate() {
-                    *o = at(i / s, i % s);
+    // Images in parallel: on a GPU backend this is the host's share of the work.
+    let images = pixels.par_chunks_exact(h * w * c);
+    images
+        .zip(out.par_chunks_exact_mut(3 * plane))
+        .for_each(|(image, out)| {
+            for ch in 0..c {
+                let target = &mut out[ch * plane..][..plane];
+                let at = |y: usize, x: usize| f32::from(image[(y * w + x) * c + ch]);
+                if h == s && w == s {
+                    for (i, o) in target.iter_mut().enumerate() {
+                        *o = at(i / s, i % s);
+                    }
+                } else {
+                    resize_plane(h, w, at, s, target);
                 }
-            } else {
-                resize_plane(h, w, at, s, target);
+                target.iter_mut().for_each(|v| *v = (*v - 128.0) / 128.0);
             }
-            target.iter_mut().for_each(|v| *v = (*v - 128.0) / 128.0);
-        }
-        if c == 1 {
-            let (grey, rest) = out.split_at_mut(plane);
-            rest[..plane].copy_from_slice(grey);
-            rest[plane..].copy_from_slice(grey);
-        }
-    }
+            if c == 1 {
+                let (grey, rest) = out.split_at_mut(plane);
+                rest[..plane].copy_from_slice(grey);
+                rest[plane..].copy_from_slice(grey);
+            }
+        });
     Ok(out)
 }
 

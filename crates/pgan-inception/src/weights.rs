@@ -509,6 +509,28 @@ mod tests {
             "{err}"
         );
 
+        // Longer than the network's weights can be (a sparse file): refused before it is
+        // read; a FIFO is refused, not waited on.
+        let huge = dir.path().join("huge.safetensors");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_WEIGHTS_BYTES + 1)
+            .unwrap();
+        let err = InceptionWeights::load(&huge).unwrap_err().to_string();
+        assert!(
+            err.contains("more than") && err.contains("huge.safetensors"),
+            "{err}"
+        );
+        let fifo = dir.path().join("fifo.safetensors");
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let err = InceptionWeights::load(&fifo).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+
         let garbage = dir.path().join("garbage.safetensors");
         std::fs::write(&garbage, b"\x08\0\0\0\0\0\0\0{}junk").unwrap();
         let err = InceptionWeights::load(&garbage).unwrap_err().to_string();

@@ -2,7 +2,8 @@
 //!
 //! Evaluation runs the Inception network on the training backend, so a GPU run's FID, KID and
 //! precision/recall rest on the same cubecl ops as training: strided and asymmetric convs,
-//! both pools, channel concatenation, the resize's matmuls and the grey-to-RGB copy. CI runs
+//! both pools and channel concatenation (the resize and grey-to-RGB copy run on the host
+//! before the upload; the preprocessing test checks that upload and its read-back). CI runs
 //! this on lavapipe (Mesa's software Vulkan); without an adapter it prints a note and passes,
 //! unless `PGAN_REQUIRE_WGPU` is set.
 

@@ -512,8 +512,8 @@ pub const LABELS_FILE: &str = "labels.json";
 /// The mode spec file `synth` writes beside the images.
 pub const MODES_FILE: &str = "modes.json";
 
-/// The largest `modes.json` read: `pgan synth` writes a few KB (at most 1024 modes of a few
-/// numbers each).
+/// The largest `modes.json` read: `pgan synth` writes a few KB (at most [`MAX_MODES`] modes of
+/// a few numbers each).
 pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 
 /// The folder `synth` writes for `out_dir` (`.` and `..` refused): `out_dir` itself, or where
@@ -722,6 +722,17 @@ mod tests {
         let good = ModeSpec::new(8, 16, 0).unwrap();
         std::fs::write(&path, serde_json::to_string(&good).unwrap()).unwrap();
         assert_eq!(ModeSpec::load(&path).unwrap(), good);
+        // Longer than any spec (a sparse file): refused before it is read.
+        let huge = dir.path().join("huge.json");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_SPEC_BYTES + 1)
+            .unwrap();
+        let err = ModeSpec::load(&huge).unwrap_err().to_string();
+        assert!(
+            err.contains("more than") && err.contains("huge.json"),
+            "{err}"
+        );
         type Edit = (fn(&mut ModeSpec), &'static str);
         let cases: [Edit; 9] = [
             (

@@ -21,7 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgan_data::PyramidReader;
-use pgan_inception::{FeatureExtractor, Images8, FEATURE_DIM, RESIZE_MODE};
+use pgan_inception::{FeatureExtractor, Images8, FEATURE_DIM, INPUT_SIZE, RESIZE_MODE};
 use pgan_metrics::{
     frechet_distance, kernel_inception_distance, precision_recall, FeatureStats, KidConfig,
 };
@@ -303,6 +303,17 @@ fn cache_key(
     .collect())
 }
 
+/// Whether the Inception features of `n` generated images (4 bytes × 2048 each, all held)
+/// fit in the memory available: a count past it is said before hours of generating, not found
+/// by the allocator.
+fn check_features_fit(n: usize) -> Result<()> {
+    crate::limits::check_fits(
+        n as u128 * FEATURE_DIM as u128 * 4,
+        &format!("the Inception features of {n} generated images need"),
+    )
+    .map_err(TrainError::Request)
+}
+
 /// The cache's metadata key holding the CRC-32 of its tensors' bytes (features, mean, cov).
 const CACHE_CHECKSUM_KEY: &str = "values_crc32";
 
@@ -529,11 +540,7 @@ pub fn generated_features<B: Backend>(
     );
     // The features stay in memory (4 bytes × 2048 per image): a count past what the machine
     // has is said before hours of generating, not found by the allocator.
-    crate::limits::check_fits(
-        n as u128 * FEATURE_DIM as u128 * 4,
-        &format!("the Inception features of {n} generated images"),
-    )
-    .map_err(TrainError::Request)?;
+    check_features_fit(n)?;
     let bar = progress_bar(progress, n, &format!("inception generated {side}x{side}"));
     let mut values = Vec::with_capacity(n * FEATURE_DIM);
     let mut done = 0;
@@ -575,6 +582,13 @@ pub fn evaluate_checkpoint<B: Backend>(
     if request.num_images < need {
         return Err(too_few("the generated set", request.num_images, need));
     }
+    // Before the reals' features, which for an image folder are not cached and take long.
+    check_features_fit(request.num_images).map_err(|e| match e {
+        TrainError::Request(message) => {
+            TrainError::Request(format!("--num {}: {message}", request.num_images))
+        }
+        other => other,
+    })?;
     let resolution = crate::schedule::resolution_of(loaded.state.stage);
     let extractor = FeatureExtractor::<B>::load(&request.inception, device)?;
     let channels = loaded.model.num_channels;
@@ -731,9 +745,11 @@ pub fn folder_features<B: Backend>(
     let mut in_batch = 0usize;
     let mut with_alpha = 0usize;
     let mut sizes = std::collections::BTreeMap::new();
+    let batch_len = INCEPTION_BATCH * 3 * INPUT_SIZE * INPUT_SIZE;
     let mut flush = |batch: &mut Vec<f32>, in_batch: &mut usize| -> Result<()> {
         if *in_batch > 0 {
-            values.extend(extractor.features_of_input(std::mem::take(batch), *in_batch)?);
+            let full = std::mem::replace(batch, Vec::with_capacity(batch_len));
+            values.extend(extractor.features_of_input(full, *in_batch)?);
             bar.inc(*in_batch as u64);
         }
         *in_batch = 0;
@@ -1123,6 +1139,11 @@ mod tests {
             .unwrap();
         let why = load_cache(&cache, &key).unwrap_err();
         assert!(why.contains("more than the"), "{why}");
+        // A temporary file of a run killed while writing the cache is removed by the next.
+        let killed = pgan_data::temp_path_for(&cache, u32::MAX);
+        std::fs::write(&killed, b"half a cache").unwrap();
+        dataset_features(&extractor, &reader, 8, 2, Watch::default()).unwrap();
+        assert!(!killed.exists(), "{} left", killed.display());
         // A FIFO in its place is passed over, never waited on.
         std::fs::remove_file(&cache).unwrap();
         if std::process::Command::new("mkfifo")
@@ -1133,6 +1154,44 @@ mod tests {
             let why = load_cache(&cache, &key).unwrap_err();
             assert!(why.contains("not a regular file"), "{why}");
         }
+    }
+
+    /// A count of generated images whose features cannot be held is refused before the first
+    /// one is generated (it once panicked on the allocation).
+    #[test]
+    fn generated_features_past_the_memory_are_refused_before_any_work() {
+        if crate::limits::available_memory_bytes().is_none() {
+            return;
+        }
+        let device = Default::default();
+        let extractor =
+            FeatureExtractor::<B>::new(&pgan_inception::InceptionWeights::synthetic(1), &device);
+        let model = ModelConfig::cpu_small(8)
+            .with_latent_dim(8)
+            .with_fmap_base(16)
+            .with_fmap_max(8);
+        let g = model.init_generator::<B>(&device);
+        let n = 1 << 50;
+        let err = generated_features(
+            &extractor,
+            &g,
+            &model,
+            1,
+            1.0,
+            n,
+            0,
+            None,
+            &device,
+            Watch::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&format!(
+                "the Inception features of {n} generated images need"
+            )),
+            "{err}"
+        );
     }
 
     #[test]

@@ -244,8 +244,9 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Refuses `out` when it is the same file as one of the command's `inputs` (what each is, its
-/// path), or lies inside an input that is a folder (an image folder): an output written there
-/// would destroy what the command read, or join the images it reads next time.
+/// path), or is named as an image inside an input that is a folder (an image folder): an output
+/// written there would replace an image the command read, or join them next time. Other files
+/// there (`fid.json` beside the images) are never read as images.
 pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Result<()> {
     for (what, input) in inputs {
         if same_file(out, input) {
@@ -259,10 +260,12 @@ pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Resu
             let folder = resolved(input);
             let target = pgan_spec::output::replaceable_file(out).unwrap_or_else(|_| out.into());
             let parent = target.parent().filter(|d| !d.as_os_str().is_empty());
-            if resolved(parent.unwrap_or(Path::new("."))).starts_with(&folder) {
+            if pgan_data::has_image_extension(&target)
+                && resolved(parent.unwrap_or(Path::new("."))).starts_with(&folder)
+            {
                 bail!(
-                    "{flag} {}: that is inside {what} ({}), whose files are read; write outputs \
-                     elsewhere",
+                    "{flag} {}: an image inside {what} ({}), whose images are read; write \
+                     outputs elsewhere",
                     out.display(),
                     input.display()
                 );
