@@ -242,21 +242,7 @@ pub fn bias_grad(s: ConvShape, grad: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random fill in [-1, 1).
-    fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::fill;
 
     /// The convolution straight from its definition, in f64.
     fn direct(s: ConvShape, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f64> {

@@ -233,18 +233,7 @@ pub fn conv2d_flex(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fill(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::fill;
 
     /// The convolution straight from its definition, in f64.
     fn direct(

@@ -30,6 +30,22 @@ mod shape;
 mod tensors;
 mod winograd;
 
+/// A deterministic pseudo-random fill in [-1, 1), for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// Tests that run backward passes take turns: burn's autodiff cleanup after a backward pass also
 /// frees graphs other threads are building (pgan-train's `training_loop/step/turn.rs`).
 #[cfg(test)]

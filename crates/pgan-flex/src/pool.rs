@@ -223,22 +223,11 @@ pub fn concat_channels_flex(parts: Vec<Tensor<Flex, 4>>) -> Tensor<Flex, 4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fill;
     use burn::tensor::module::{avg_pool2d, max_pool2d};
 
     fn tensor(values: Vec<f32>, shape: [usize; 4]) -> Tensor<Flex, 4> {
         Tensor::from_data(TensorData::new(values, shape), &Default::default())
-    }
-
-    fn fill(len: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
     }
 
     fn assert_close(what: &str, got: Tensor<Flex, 4>, want: Tensor<Flex, 4>) {
@@ -270,7 +259,7 @@ mod tests {
             ([1, 1, 1, 1], 3, 1, 1),
         ];
         for (t, (shape, k, s, p)) in cases.into_iter().enumerate() {
-            let x = tensor(fill(shape.iter().product(), t as u32 + 1), shape);
+            let x = tensor(fill(shape.iter().product(), t as u64 + 1), shape);
             let case = format!("{shape:?} k{k} s{s} p{p}");
             assert_close(
                 &format!("max {case}"),
@@ -301,7 +290,7 @@ mod tests {
         let parts: Vec<_> = [2, 1, 3]
             .into_iter()
             .enumerate()
-            .map(|(t, c)| tensor(fill(3 * c * 4 * 5, 10 + t as u32), [3, c, 4, 5]))
+            .map(|(t, c)| tensor(fill(3 * c * 4 * 5, 10 + t as u64), [3, c, 4, 5]))
             .collect();
         assert_close(
             "concat",
