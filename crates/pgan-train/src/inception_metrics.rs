@@ -83,6 +83,9 @@ pub struct FeatureMetricsReport {
     pub num_fake: usize,
     /// The units of the numbers above (KID raw).
     pub units: crate::eval::Units,
+    /// CRC-32 of the Inception weights' values: which network measured the numbers above (the
+    /// standard FID weights' is [`pgan_inception::STANDARD_WEIGHTS_CRC32`]).
+    pub inception_weights_crc32: String,
     /// Reference images read from a folder with transparency, composited onto a background.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_composited: Option<Composited>,
@@ -174,6 +177,8 @@ pub struct FeatureSet {
     pub composited: Option<Composited>,
     /// How many images of each size (width, height) a folder held; empty for other sets.
     pub folder_sizes: std::collections::BTreeMap<(u32, u32), usize>,
+    /// The files of a folder that were not read, as a note naming their extensions.
+    pub not_read: Option<String>,
 }
 
 impl FeatureSet {
@@ -185,6 +190,7 @@ impl FeatureSet {
             stats,
             composited: None,
             folder_sizes: Default::default(),
+            not_read: None,
         })
     }
 }
@@ -201,6 +207,11 @@ pub fn compare(
         num_fake: fake.features.count,
         real_composited: real.composited.clone(),
         fake_composited: fake.composited.clone(),
+        notes: [&real.not_read, &fake.not_read]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
         ..Default::default()
     };
     if which.fid {
@@ -244,9 +255,11 @@ pub fn small_fid_sample(num: usize) -> Option<String> {
     })
 }
 
-fn too_few(what: &str, have: usize, need: usize) -> TrainError {
+/// `what` holds too few images for the metrics; `why` says what else it held, if anything.
+fn too_few(what: &str, have: usize, need: usize, why: Option<&str>) -> TrainError {
+    let why = why.map(|why| format!(" ({why})")).unwrap_or_default();
     TrainError::Metrics(pgan_metrics::MetricsError::InvalidArgument(format!(
-        "{what} has {have} images; the requested metrics need at least {need}"
+        "{what} has {have} images; the requested metrics need at least {need}{why}"
     )))
 }
 
@@ -265,11 +278,11 @@ fn progress_bar(show: bool, len: usize, label: &str) -> ProgressBar {
 
 /// Where the real features of `dataset` at `resolution` are cached.
 pub fn cache_path(dataset: &Path, resolution: u32) -> PathBuf {
-    let name = dataset
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dataset.with_file_name(format!("{name}.fid-{resolution}.safetensors"))
+    // The name's bytes as they are: two datasets whose names differ only in bytes that are
+    // not UTF-8 get two caches.
+    let mut name = dataset.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".fid-{resolution}.safetensors"));
+    dataset.with_file_name(name)
 }
 
 /// Format tag of the cache file.
@@ -398,6 +411,7 @@ fn load_cache(
         stats,
         composited: None,
         folder_sizes: Default::default(),
+        not_read: None,
     })
 }
 
@@ -456,6 +470,7 @@ pub fn dataset_features<B: Backend>(
             &format!("dataset {}", reader.path().display()),
             reader.len(),
             min_images,
+            None,
         ));
     }
     let key = cache_key(reader, resolution, extractor.weights_checksum())?;
@@ -580,7 +595,7 @@ pub fn evaluate_checkpoint<B: Backend>(
     })?;
     let need = request.feature_metrics.min_images();
     if request.num_images < need {
-        return Err(too_few("the generated set", request.num_images, need));
+        return Err(too_few("the generated set", request.num_images, need, None));
     }
     // Before the reals' features, which for an image folder are not cached and take long.
     check_features_fit(request.num_images).map_err(|e| match e {
@@ -638,7 +653,8 @@ pub fn evaluate_checkpoint<B: Backend>(
         Watch::progress(request.progress),
     )?;
     let mut report = compare(&real, &fake, request.feature_metrics, request.seed)?;
-    report.notes = notes;
+    report.notes.splice(0..0, notes);
+    name_the_weights(&mut report, &extractor);
     report.warnings.extend(size_warning(
         "real",
         &real,
@@ -646,6 +662,17 @@ pub fn evaluate_checkpoint<B: Backend>(
         "the generated images are",
     ));
     Ok(report)
+}
+
+/// Records which weights measured `report`, with a warning when they are not the standard ones.
+fn name_the_weights<B: Backend>(
+    report: &mut FeatureMetricsReport,
+    extractor: &FeatureExtractor<B>,
+) {
+    report.inception_weights_crc32 = format!("{:08x}", extractor.weights_checksum());
+    report
+        .warnings
+        .extend(extractor.nonstandard_weights_warning());
 }
 
 /// FID during training (`eval.fid_every_kimg`, `eval.fid_num`): the network, loaded once, and
@@ -665,6 +692,12 @@ impl<B: Backend> TrainingFid<B> {
             reals: HashMap::new(),
             num_images,
         })
+    }
+
+    /// Why these weights' FIDs cannot be compared with published ones, if they cannot (for the
+    /// run's log).
+    pub fn weights_warning(&self) -> Option<String> {
+        self.extractor.nonstandard_weights_warning()
     }
 
     /// FID of `g` at `phase` (`num_images` generated images from `seed`) against every real
@@ -729,12 +762,16 @@ pub fn folder_features<B: Backend>(
     if let Some(unreadable) = walk.unreadable_error() {
         return Err(unreadable.into());
     }
+    // Files of other kinds are not images to a dataset either, but a folder of `.ppm` or
+    // `.heic` files measured as its few PNGs must say so.
+    let not_read = not_read_note(dir, &walk.not_images_by_extension());
     let files = walk.images;
     if files.len() < min_images {
         return Err(too_few(
             &format!("image folder {}", dir.display()),
             files.len(),
             min_images,
+            not_read.as_deref(),
         ));
     }
     let bar = progress_bar(progress, files.len(), "inception images");
@@ -788,7 +825,30 @@ pub fn folder_features<B: Backend>(
         background,
     });
     set.folder_sizes = sizes;
+    set.not_read = not_read;
     Ok(set)
+}
+
+/// "N files under DIR were not read: ..." with a count per extension, or nothing.
+fn not_read_note(
+    dir: &Path,
+    by_extension: &std::collections::BTreeMap<String, usize>,
+) -> Option<String> {
+    let total: usize = by_extension.values().sum();
+    (total > 0).then(|| {
+        let kinds: Vec<String> = by_extension
+            .iter()
+            .map(|(ext, n)| format!("{n} {ext}"))
+            .collect();
+        format!(
+            "{total} file{} under {} {} not read, not being of an image kind pgan decodes \
+             (PNG, JPEG, GIF, BMP, WebP, TIFF): {}",
+            if total == 1 { "" } else { "s" },
+            dir.display(),
+            if total == 1 { "was" } else { "were" },
+            kinds.join(", ")
+        )
+    })
 }
 
 /// How an image folder is decoded for the Inception network: as the `.pgan` file it is compared
@@ -978,6 +1038,7 @@ impl crate::backend::BackendJob for CompareRequest {
             ])?;
         }
         let mut report = compare(&real, &fake, self.metrics, self.seed)?;
+        name_the_weights(&mut report, &extractor);
         match (real_shape, fake_shape) {
             (None, Some((_, r))) => {
                 report
@@ -1222,5 +1283,21 @@ mod tests {
             cache_path(Path::new("/d/faces.pgan"), 64),
             Path::new("/d/faces.pgan.fid-64.safetensors")
         );
+        #[cfg(unix)]
+        {
+            use std::ffi::OsStr;
+            use std::os::unix::ffi::OsStrExt;
+            let named = |bytes: &[u8]| {
+                let mut path = b"/d/".to_vec();
+                path.extend_from_slice(bytes);
+                cache_path(Path::new(OsStr::from_bytes(&path)), 8)
+            };
+            let (a, b) = (named(b"a\xff.pgan"), named(b"a\xfe.pgan"));
+            assert_ne!(
+                a, b,
+                "names differing in bytes that are not UTF-8 share a cache"
+            );
+            assert_eq!(a.as_os_str().as_bytes(), b"/d/a\xff.pgan.fid-8.safetensors");
+        }
     }
 }

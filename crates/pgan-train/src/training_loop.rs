@@ -272,7 +272,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "new run"
             }
         ));
-        for warning in warnings {
+        // Training FIDs from other weights would be read against published ones.
+        let weights_warning = fid.as_ref().and_then(|fid| fid.weights_warning());
+        for warning in warnings.into_iter().chain(weights_warning) {
             log.warn(warning);
         }
         finish_set_asides(&run_dir, resume_from.as_deref(), &mut log)?;
