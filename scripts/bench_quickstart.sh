@@ -6,7 +6,7 @@
 # appends it to docs/bench/quickstart.jsonl.
 #
 #   scripts/bench_quickstart.sh            # CPU, the quick start's own config
-#   PGAN_FID=1 scripts/bench_quickstart.sh # + FID (about 0.7 s per image on two CPU cores)
+#   PGAN_FID=1 scripts/bench_quickstart.sh # + FID (Inception features: docs/BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,7 +6,7 @@
 # and contender: batch, ms/step, img/s, ratio to PyTorch, peak memory; the convolution and
 # training-step parity checks; the bf16 quality guard) and a markdown table.
 #
-# 1. Here, on the CPU machine (Rust toolchain; ~40 min the first time, holding the build lock):
+# 1. Here, on the CPU machine (Rust toolchain; a full CUDA + wgpu build, holding the build lock):
 #      scripts/gpu_check.sh --prepare
 #    builds the train_step and gpu_conv_parity benches and the pgan command line with
 #    `--profile bench --features cuda,wgpu`, strips and packs them into .gpu/bin/<name>.xz (xz

@@ -17,8 +17,9 @@ runs="${PGAN_QUICK_OUT:-runs}"
 
 mkdir -p "$runs"
 "$pgan" prepare data/emoji "$runs/emoji.pgan" --resolution 32 --background ffffff --force
-# Training to 16x16 over 26 kimg takes about 5 minutes on two cores. PGAN_QUICK_RES=32 goes on to
-# 32x32 (a 32x32 step costs ~4x a 16x16 one on the CPU); PGAN_QUICK_KIMG sets the length.
+# Training to 16x16 over 26 kimg takes a few minutes on two cores (docs/BENCHMARKS.md).
+# PGAN_QUICK_RES=32 goes on to 32x32 (a 32x32 step costs ~4x a 16x16 one on the CPU);
+# PGAN_QUICK_KIMG sets the length.
 extra=()
 [[ -n "${PGAN_QUICK_RES:-}" ]] && extra+=(--resolution "$PGAN_QUICK_RES")
 [[ -n "${PGAN_QUICK_KIMG:-}" ]] && extra+=(--total-kimg "$PGAN_QUICK_KIMG")

@@ -236,7 +236,7 @@ def g_step(G, D, opt_g, n, latent, alpha, device, freeze_d=True):
     z = torch.randn(n, latent, device=device)
     # pgan's G step runs D without parameter gradients (burn's `no_grad()`);
     # stylegan2-ada-pytorch does the same with requires_grad_(False). Without
-    # freezing (--no-freeze-d, the comparison before 2026-12-03) PyTorch also
+    # freezing (--no-freeze-d, the earlier comparison; bench-log.md) PyTorch also
     # computes D's weight gradients here and then throws them away.
     if freeze_d:
         D.requires_grad_(False)

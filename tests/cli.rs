@@ -1365,6 +1365,9 @@ fn resuming_on_another_dataset_needs_data_changed_ok() {
         .map(|rest| &rest[..10])
         .collect();
     assert!(crcs.len() == 2 && crcs[0] != crcs[1], "{err}");
+    // The dry run says what the real start says.
+    let dry = run_ok(&mut resume_on_other(&["--data-changed-ok", "--dry-run"]));
+    assert!(dry.contains("continuing on another dataset"), "{dry}");
     let out = run_ok(&mut resume_on_other(&["--data-changed-ok"]));
     assert!(out.contains("continuing on another dataset"), "{out}");
     // The checkpoints from now on record the new dataset: no flag needed to go on with it.
@@ -3057,6 +3060,19 @@ fn checkpoint_files_that_are_fifos_and_a_full_stdout_are_errors() {
     let (code, out) = (full.status.code(), text(&full));
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("cannot write to standard output"), "{out}");
+    // Nor does a full stderr turn an error (or a failed verify) into a panic: the exit status
+    // is the command's.
+    for (args, expected) in [
+        (vec!["verify", "absent.pgan"], 2),
+        (vec!["info", "absent.pgan"], 2),
+    ] {
+        let full = pgan()
+            .args(&args)
+            .stderr(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(full.status.code(), Some(expected), "{args:?}");
+    }
     // The help and the version are output too; asked for where they fit, they exit 0.
     for args in [
         &["--help"][..],
@@ -3729,6 +3745,33 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
         );
     }
     assert_eq!(std::fs::read(&notes).unwrap(), b"mine");
+    // A command that fails after readying its output leaves none of the folders it made for it.
+    let typo = dir.path().join("typo");
+    let err = run_err(pgan().arg("report").arg(typo.join("run")));
+    assert!(
+        err.contains("run directory") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!typo.exists(), "the report made the missing run's folder");
+    let broken = dir.path().join("broken-ckpt");
+    let newest = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    std::fs::create_dir(&broken).unwrap();
+    for entry in std::fs::read_dir(&newest).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), broken.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(broken.join("generator_ema.mpk"), b"bitrot").unwrap();
+    let nested = dir.path().join("new").join("a").join("g.safetensors");
+    let err = run_err(pgan().arg("export").arg(&broken).arg("--out").arg(&nested));
+    assert!(err.contains("generator_ema.mpk is corrupt"), "{err}");
+    assert!(
+        !dir.path().join("new").exists(),
+        "export left the folders it made"
+    );
     run_ok(
         pgan()
             .arg("render")

@@ -15,7 +15,8 @@
 //! barrier, as burn's own `conv2d` is). [`conv2d_same`] and [`conv2d_same_tracked`] are the entry
 //! points; `pgan-model`'s backend dispatch picks them for the concrete types below.
 //!
-//! Without the `wgpu` or `cuda` feature the crate holds only [`ConvChoice`], the run-time choice.
+//! Without the `wgpu` or `cuda` feature the crate holds only [`choice`]: the run-time choices of
+//! kernel ([`ConvChoice`]) and operand precision ([`ConvPrecision`]).
 
 #![warn(missing_docs)]
 

@@ -50,33 +50,49 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
     Ok((file, meta))
 }
 
-/// The bytes of `path`, which must be a regular file (or a link to one), read through
-/// [`open_regular`]: a FIFO or device there is an error saying what it is, never a read that
-/// waits for a writer or never ends.
-pub fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
-    let (mut file, meta) = open_regular(path).map_err(|e| match e {
+/// [`open_regular`] with a file that is not regular as an [`io::ErrorKind::InvalidInput`] error
+/// saying what it is.
+fn open_regular_file(path: &Path) -> io::Result<(File, Metadata)> {
+    open_regular(path).map_err(|e| match e {
         OpenError::NotRegular(kind) => io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("it is {kind}, not a regular file"),
         ),
         OpenError::Io(e) => e,
-    })?;
+    })
+}
+
+/// The bytes of `path`, which must be a regular file (or a link to one), read through
+/// [`open_regular`]: a FIFO or device there is an error saying what it is, never a read that
+/// waits for a writer or never ends.
+pub fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+    let (mut file, meta) = open_regular_file(path)?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     io::Read::read_to_end(&mut file, &mut bytes)?;
     Ok(bytes)
+}
+
+/// CRC-32 of `path`, which must be a regular file (as [`read_regular_file`]), read in pieces:
+/// memory stays at one buffer however large the file.
+pub fn crc32_of_regular_file(path: &Path) -> io::Result<u32> {
+    let (mut file, _) = open_regular_file(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        match io::Read::read(&mut file, &mut buffer) {
+            Ok(0) => return Ok(hasher.finalize()),
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// [`read_regular_file`] of a file that cannot be longer than `max` bytes: a longer one (a
 /// sparse file, a link to a huge file) is refused before anything is read, and no more than
 /// `max + 1` bytes are ever read (should it grow meanwhile).
 pub fn read_regular_file_at_most(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let (file, meta) = open_regular(path).map_err(|e| match e {
-        OpenError::NotRegular(kind) => io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("it is {kind}, not a regular file"),
-        ),
-        OpenError::Io(e) => e,
-    })?;
+    let (file, meta) = open_regular_file(path)?;
     let too_long = |len: u64| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -16,8 +16,8 @@
 //! 0.10 at 128x128); a wrong colour costs at least 4/3 (colours are RGB-cube corners); a blank
 //! background image costs about 1.
 //!
-//! Cost grows with the resolution (template pixels x shifts): with the test profile (opt-level
-//! 1) about 0.3 ms per image at 32x32, 1 ms at 64x64 and 10 ms at 128x128, on one core.
+//! Cost grows with the resolution (template pixels x shifts): each doubling of the side costs
+//! about 4x the template work, times the wider shift range.
 //!
 //! Images of another size are area-resampled to the spec's resolution first
 //! ([`crate::resample::resize_area`]); they must have 3 channels.

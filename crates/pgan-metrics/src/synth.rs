@@ -534,6 +534,15 @@ pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
              (or above it): name a new folder, or this one from its parent",
             out_dir.display()
         ))),
+        // The finished folder is renamed onto the empty one, which a mount point refuses
+        // ("Device or resource busy") only after all the work: said now.
+        #[cfg(unix)]
+        Ok(meta) if is_mount_point(out_dir, &meta) => Err(MetricsError::InvalidArgument(format!(
+            "{}: synth builds its dataset beside the output folder and renames it into place, \
+                 which a mount point cannot take: name a new folder inside it (for example {})",
+            out_dir.display(),
+            out_dir.join("synth").display()
+        ))),
         _ => {
             // Creating the folder would say only "File exists" of a file in its way.
             if let Some(file) = out_dir
@@ -550,6 +559,14 @@ pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
             Ok(out_dir.to_path_buf())
         }
     }
+}
+
+/// Whether the folder `dir` (with `meta`) lies on another filesystem than its parent.
+#[cfg(unix)]
+fn is_mount_point(dir: &Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.join("..");
+    meta.is_dir() && std::fs::metadata(parent).is_ok_and(|up| up.dev() != meta.dev())
 }
 
 /// Writes a K-mode dataset of `count` PNGs (modes assigned round-robin, then shuffled, so every
@@ -906,6 +923,16 @@ mod tests {
                 .contains("(5 modes of the 2 shapes x 2 colours x 2 positions, 2-2 images"),
             "{five}"
         );
+        // A mount point (here /proc, another filesystem than /) cannot be renamed onto: refused
+        // before any work, naming a folder inside it instead.
+        #[cfg(target_os = "linux")]
+        {
+            let err = resolve_out_dir(Path::new("/proc")).unwrap_err().to_string();
+            assert!(
+                err.contains("a mount point") && err.contains("/proc/synth"),
+                "{err}"
+            );
+        }
         let err = synth(&dir.path().join("few"), 8, 16, 7, 3).unwrap_err();
         assert!(
             err.to_string().contains("--count 7 is below the 8 modes"),

@@ -405,10 +405,9 @@ pub struct RunData {
     pub log: Option<LogTail>,
     /// The parsed `metrics.jsonl`.
     pub ticks: Vec<Tick>,
-    /// The latest sample sheet (`samples/*.png` sorted by name, last one,
-    /// `timeline.png` excluded).
+    /// The latest sample sheet (`samples/tick-N.png` of the highest tick).
     pub latest_sample: Option<ImageFile>,
-    /// How many sample sheets there are.
+    /// How many sample sheets (`samples/tick-N.png`) there are.
     pub sample_count: usize,
     /// `samples/timeline.png`.
     pub timeline: Option<ImageFile>,
@@ -473,8 +472,18 @@ impl RunData {
             Some(i) => read_image(sheets.remove(i), &mut size_notices)?,
             None => None,
         };
+        // The trainer's sheets only, newest tick last: other images in `samples/` (a render's
+        // `--out`) are the user's.
+        let mut sheets: Vec<(u64, PathBuf)> = sheets
+            .into_iter()
+            .filter_map(|p| {
+                let tick = pgan_spec::run_files::sample_sheet_tick(p.file_name()?.to_str()?)?;
+                Some((tick, p))
+            })
+            .collect();
+        sheets.sort();
         let sample_count = sheets.len();
-        let latest_sample = match sheets.pop() {
+        let latest_sample = match sheets.pop().map(|(_, p)| p) {
             Some(p) => read_image(p, &mut size_notices)?,
             None => None,
         };
@@ -791,6 +800,8 @@ mod tests {
         for name in [
             "tick-000010.png",
             "tick-000002.png",
+            "tick-1000000.png",
+            "upscaled-x4.png",
             "timeline.png",
             "notes.txt",
         ] {
@@ -803,8 +814,9 @@ mod tests {
         assert_eq!(log.total_lines, 80);
         assert_eq!(log.lines.len(), LOG_TAIL_LINES);
         assert_eq!(log.lines[0], "line 31");
-        assert_eq!(data.sample_count, 2);
-        assert_eq!(data.latest_sample.unwrap().name(), "tick-000010.png");
+        // The user's image is no sheet; the highest tick is the latest, however it sorts.
+        assert_eq!(data.sample_count, 3);
+        assert_eq!(data.latest_sample.unwrap().name(), "tick-1000000.png");
         assert_eq!(data.timeline.unwrap().bytes, b"timeline.png");
     }
 

@@ -1,6 +1,7 @@
 //! What pgan's crates agree on, in one place with no dependencies: the resolutions a dataset and
 //! a network can have ([`resolution`]), the keys the trainer writes to a run's `metrics.jsonl`
-//! and the report reads back ([`metrics`]), and what an output file may replace ([`output`]).
+//! and the report reads back ([`metrics`]), the names of a run's sample sheets ([`run_files`]),
+//! and what an output file may replace ([`output`]).
 //!
 //! ```
 //! use pgan_spec::{metrics, resolution};
@@ -12,3 +13,4 @@
 pub mod metrics;
 pub mod output;
 pub mod resolution;
+pub mod run_files;

@@ -48,6 +48,12 @@ pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 7] = [
 ];
 /// Name of the state file inside a checkpoint folder.
 pub const STATE_FILE: &str = "state.json";
+
+/// The longest `state.json` read: it holds counters, seeds and the alarms' short memories (a
+/// few KiB; the sampler is its seed and position, not its draw order), so a sparse or runaway
+/// file is refused before it is read.
+const MAX_STATE_BYTES: u64 = 64 << 20;
+
 /// Folder of checkpoints inside a run directory.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 
@@ -628,7 +634,7 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
         return Err(bad("not found (expected a checkpoint folder)".into()));
     }
     let state_path = checkpoint.join(STATE_FILE);
-    let text = pgan_data::read_regular_file(&state_path)
+    let text = pgan_data::read_regular_file_at_most(&state_path, MAX_STATE_BYTES)
         .map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}")))?;
     let state: TrainState =
         serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE} is corrupt: {e}")))?;
@@ -707,34 +713,37 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
             state.images_shown
         )));
     }
-    let actual = checksums(checkpoint)?;
+    // Only the files the state lists are read (streamed: a record can be hundreds of MB); a
+    // stray file beside them is none of the checkpoint's business.
     for (name, crc) in &state.files {
-        match actual.get(name) {
-            None => {
-                let what = match std::fs::metadata(checkpoint.join(name)) {
-                    Ok(meta) => format!(
-                        "is {}, not a regular file",
-                        pgan_spec::output::kind(&meta.file_type())
-                    ),
-                    Err(_) => "is missing".to_string(),
-                };
-                return Err(bad(format!("{name} {what}")));
+        let plain = Path::new(name)
+            .file_name()
+            .is_some_and(|n| n == name.as_str());
+        if !plain || name == STATE_FILE {
+            return Err(bad(format!(
+                "{STATE_FILE} lists {name:?}, which is not a record file of the checkpoint \
+                 folder: it was edited"
+            )));
+        }
+        match pgan_data::crc32_of_regular_file(&checkpoint.join(name)) {
+            Ok(actual) if actual == *crc => {}
+            Ok(_) => return Err(bad(format!("{name} is corrupt (checksum mismatch)"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad(format!("{name} is missing")))
             }
-            Some(c) if c != crc => {
-                return Err(bad(format!("{name} is corrupt (checksum mismatch)")));
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(bad(format!("{name}: {e}")))
             }
-            Some(_) => {}
+            Err(e) => return Err(crate::error::io_err(&checkpoint.join(name), "read")(e)),
         }
     }
     // Written before the records' checksums: what each record holds is checked instead, so
     // that a damaged one is passed over like a corrupt one (a newer one falls back, a timeline
     // leaves it out), not found by burn's loader later.
     if state.files.is_empty() {
-        for name in actual
-            .keys()
-            .filter(|n| n.ends_with(&format!(".{}", record_extension())))
-        {
-            crate::record_check::tensors(&checkpoint.join(name)).map_err(|e| match e {
+        let records = record_names(checkpoint)?.into_iter();
+        for name in records.filter(|n| n.ends_with(&format!(".{}", record_extension()))) {
+            crate::record_check::tensors(&checkpoint.join(&name)).map_err(|e| match e {
                 TrainError::Checkpoint { message, .. } => bad(format!("{name}: {message}")),
                 other => other,
             })?;
@@ -1220,7 +1229,9 @@ pub fn unfinished_set_asides(run_dir: &Path) -> Vec<SetAside> {
                 .strip_prefix("abandoned-")?
                 .parse::<u64>()
                 .ok()?;
-            let bytes = pgan_data::read_regular_file(&entry.path().join(BRANCH_FILE)).ok()?;
+            let bytes =
+                pgan_data::read_regular_file_at_most(&entry.path().join(BRANCH_FILE), 1 << 20)
+                    .ok()?;
             let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
             let moving: Vec<String> = record
                 .get("moving")?
@@ -1359,8 +1370,9 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-fn checksums(dir: &Path) -> Result<BTreeMap<String, u32>> {
-    let mut sums = BTreeMap::new();
+/// The regular files of a checkpoint folder other than its state, by name.
+fn record_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(crate::error::io_err(dir, "list"))? {
         let path = entry.map_err(crate::error::io_err(dir, "list"))?.path();
         let name = path
@@ -1368,13 +1380,25 @@ fn checksums(dir: &Path) -> Result<BTreeMap<String, u32>> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        if name == STATE_FILE || !path.is_file() {
-            continue;
+        if name != STATE_FILE && path.is_file() {
+            names.push(name);
         }
-        let bytes = std::fs::read(&path).map_err(crate::error::io_err(&path, "read"))?;
-        sums.insert(name, crc32fast::hash(&bytes));
     }
-    Ok(sums)
+    names.sort();
+    Ok(names)
+}
+
+/// CRC-32 of each record file of the checkpoint folder `dir` (being written), by name.
+fn checksums(dir: &Path) -> Result<BTreeMap<String, u32>> {
+    record_names(dir)?
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let crc = pgan_data::crc32_of_regular_file(&path)
+                .map_err(crate::error::io_err(&path, "read"))?;
+            Ok((name, crc))
+        })
+        .collect()
 }
 
 /// `FileRecorder` extension of [`CheckpointRecorder`], for messages.
@@ -1884,6 +1908,33 @@ pub(crate) mod tests {
             err.contains("no intact checkpoint") && err.contains(&checkpoint_name(16)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_the_files_a_state_lists_are_read_and_they_lie_in_its_folder() {
+        let run = tempfile::tempdir().unwrap();
+        let ckpt = write_one(run.path(), 16);
+        // A stray file beside the records is not read (1 TiB, sparse: read whole, it aborted).
+        std::fs::File::create(ckpt.join("stray.bin"))
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let mut state = read_state(&ckpt).unwrap();
+        // A state that lists a path out of the folder is refused as edited (re-signed here).
+        for name in [
+            "../../../etc/passwd",
+            "sub/generator_ema.mpk",
+            STATE_FILE,
+            "..",
+        ] {
+            state.files = [(name.to_string(), 1)].into();
+            std::fs::write(ckpt.join(STATE_FILE), state.to_json_with_checksum()).unwrap();
+            let err = read_state(&ckpt).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{name:?}")) && err.contains("not a record file"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -722,6 +722,30 @@ impl NodesConfig {
     }
 }
 
+/// The longest config file read: a written one is a few kilobytes (a run's `config.toml` spells
+/// every key out in under 4 KiB); a sparse or runaway file is refused before it is read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The most characters of one line a parse error quotes (toml quotes the whole offending line,
+/// and its caret line as long).
+const MAX_QUOTED_LINE: usize = 200;
+
+/// `message` with every line longer than `max` characters cut, saying so.
+fn shorten_lines(message: &str, max: usize) -> String {
+    message
+        .lines()
+        .map(|line| match line.char_indices().nth(max) {
+            Some((cut, _)) => format!(
+                "{}... ({} more characters)",
+                &line[..cut],
+                line[cut..].chars().count()
+            ),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl TrainConfig {
     /// The resolutions the run trains at, from `schedule.start_resolution` up to the model's,
     /// each with its minibatch.
@@ -733,7 +757,7 @@ impl TrainConfig {
 
     /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = pgan_data::read_regular_file(path)
+        let text = pgan_data::read_regular_file_at_most(path, MAX_CONFIG_BYTES)
             .and_then(|bytes| {
                 String::from_utf8(bytes).map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
@@ -757,7 +781,7 @@ impl TrainConfig {
     pub fn from_toml_str(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| TrainError::Config {
             path: None,
-            message: e.to_string(),
+            message: shorten_lines(&e.to_string(), MAX_QUOTED_LINE),
         })
     }
 
@@ -834,6 +858,27 @@ impl TrainConfig {
                  is 0 (off)"
                     .to_string(),
             );
+        }
+        if !self.nodes.several() {
+            let nodes = NodesConfig::default();
+            for (key, differs) in [
+                ("orchestrator", self.nodes.orchestrator.is_some()),
+                ("address", self.nodes.address.is_some()),
+                (
+                    "join_timeout_s",
+                    self.nodes.join_timeout_s != nodes.join_timeout_s,
+                ),
+                (
+                    "peer_timeout_s",
+                    self.nodes.peer_timeout_s != nodes.peer_timeout_s,
+                ),
+            ] {
+                if set("nodes", key) && differs {
+                    unused.push(format!(
+                        "nodes.{key} sets up a run on several machines, and nodes.count is 1"
+                    ));
+                }
+            }
         }
         let beta_set = set("ema", "beta") && self.ema.beta != ema.beta;
         if let Some(h) = self.ema.half_life_kimg.filter(|&h| h > 0.0 && beta_set) {
@@ -1036,6 +1081,25 @@ impl TrainConfig {
             return bad(format!(
                 "optim.epsilon {} must be positive (Adam's denominator term)",
                 self.optim.epsilon
+            ));
+        }
+        // Subnormal: it no longer bounds a step whose second moment underflowed to zero (a
+        // run diverged at its first fade-in with 1e-45).
+        if self.optim.epsilon < f32::MIN_POSITIVE {
+            return bad(format!(
+                "optim.epsilon {:e} is below f32's smallest normal number ({:e}): it would not \
+                 bound Adam's steps where a gradient's second moment underflows; the paper uses \
+                 1e-8",
+                self.optim.epsilon,
+                f32::MIN_POSITIVE
+            ));
+        }
+        let e = &self.eval;
+        let pairs = e.num_images.saturating_mul(e.num_images.saturating_sub(1)) / 2;
+        if e.every_kimg > 0.0 && e.msssim_pairs > pairs {
+            return bad(format!(
+                "eval.msssim_pairs {}: eval.num_images {} make {pairs} distinct pairs",
+                e.msssim_pairs, e.num_images
             ));
         }
         if let Some(h) = self.ema.half_life_kimg {
@@ -1316,6 +1380,32 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_config_is_refused_unread_and_a_long_bad_line_is_quoted_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("sparse.toml");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let err = TrainConfig::from_toml_file(&sparse)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sparse.toml") && err.contains("more than the 1048576"),
+            "{err}"
+        );
+        let long = dir.path().join("long.toml");
+        std::fs::write(&long, format!("[run]\nseed = {}x\n", "1".repeat(500_000))).unwrap();
+        let err = TrainConfig::from_toml_file(&long).unwrap_err().to_string();
+        assert!(
+            err.contains("long.toml") && err.contains("more characters") && err.len() < 2000,
+            "{} characters: {}",
+            err.len(),
+            &err[..err.len().min(3000)]
+        );
+    }
+
+    #[test]
     fn the_resolved_config_round_trips_through_toml() {
         let mut config = TrainConfig::default();
         config.schedule.minibatch.insert("8".into(), 32);
@@ -1466,6 +1556,32 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(said), "expected '{said}' in: {err}");
         }
+    }
+
+    #[test]
+    fn a_subnormal_epsilon_and_more_pairs_than_the_images_make_are_refused() {
+        assert_each_refused(&[
+            (
+                |c| c.optim.epsilon = 1e-45,
+                "optim.epsilon 1e-45 is below f32's smallest normal number",
+            ),
+            (
+                |c| {
+                    c.eval.every_kimg = 1.0;
+                    c.eval.num_images = 16;
+                    c.eval.msssim_pairs = 121;
+                },
+                "eval.msssim_pairs 121: eval.num_images 16 make 120 distinct pairs",
+            ),
+        ]);
+        let mut config = TrainConfig::default();
+        (
+            config.eval.every_kimg,
+            config.eval.num_images,
+            config.eval.msssim_pairs,
+        ) = (1.0, 16, 120);
+        config.optim.epsilon = f32::MIN_POSITIVE;
+        config.validate().unwrap();
     }
 
     #[test]
@@ -1869,11 +1985,23 @@ mod tests {
                 "[instance_noise]\nsigma = 0.0\nanneal_kimg = 5.0\n",
                 "instance_noise.anneal_kimg anneals the instance noise, and instance_noise.sigma is 0",
             ),
+            (
+                "[nodes]\norchestrator = \"10.0.0.1:9000\"\n",
+                "nodes.orchestrator sets up a run on several machines, and nodes.count is 1",
+            ),
+            (
+                "[nodes]\ncount = 1\npeer_timeout_s = 10.0\n",
+                "nodes.peer_timeout_s sets up a run on several machines, and nodes.count is 1",
+            ),
         ] {
             let config = TrainConfig::from_toml_str(text).unwrap();
             let unused = config.keys_without_effect(text);
             assert!(unused.iter().any(|u| u.starts_with(said)), "{text}: {unused:?}");
         }
+        let several =
+            "[nodes]\ncount = 2\norchestrator = \"10.0.0.1:9000\"\npeer_timeout_s = 10.0\n";
+        let config = TrainConfig::from_toml_str(several).unwrap();
+        assert!(config.keys_without_effect(several).is_empty());
         let used = "[model]\nminibatch = \"discrimination\"\nmbdisc_kernels = 7\n";
         let config = TrainConfig::from_toml_str(used).unwrap();
         assert!(config.keys_without_effect(used).is_empty());

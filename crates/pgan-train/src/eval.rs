@@ -452,7 +452,9 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     let resolution = crate::schedule::resolution_of(loaded.state.stage);
     let say = |m: &str| {
         if request.progress {
-            eprintln!("{m}");
+            // Not `eprintln!`, which panics when stderr cannot be written.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "{m}");
         }
     };
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());

@@ -96,7 +96,7 @@ mod tests {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            // Test modules come last in every file (STYLE.md); their reads are the tests' own.
+            // Test modules come last in every file; their reads are the tests' own.
             let code = text.split("#[cfg(test)]").next().unwrap_or_default();
             for (i, line) in code.lines().enumerate() {
                 let reads = [

@@ -480,7 +480,9 @@ pub fn dataset_features<B: Backend>(
     pgan_data::remove_stale_temps(&path);
     let say = |m: String| {
         if progress {
-            eprintln!("{m}");
+            // Not `eprintln!`, which panics when stderr cannot be written.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "{m}");
         }
     };
     match load_cache(&path, &key) {

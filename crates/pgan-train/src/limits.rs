@@ -19,8 +19,8 @@ pub const MIN_TRUNCATION: f32 = 0.05;
 /// Checks a truncation ψ. None is usable with a ProGAN generator: its first layer
 /// pixel-normalizes the latent (Karras et al. 2018, section 4.2), which undoes redrawing the
 /// components beyond ±ψ, so a "truncated" sheet or evaluation would be an untruncated one under
-/// another label (measured on a 16x16 run: MS-SSIM of generated pairs 0.131 untruncated,
-/// 0.137 at ψ = 0.05). An out-of-range ψ is named as such first.
+/// another label (the diversity of a sheet drawn at a small ψ stays that of an untruncated one:
+/// bench-log.md). An out-of-range ψ is named as such first.
 pub fn check_truncation(psi: f32) -> Result<(), String> {
     let no_effect = "it pixel-normalizes its latent before its first layer, which undoes the \
                      truncation (the images stay as diverse as without it); leave --truncation out";

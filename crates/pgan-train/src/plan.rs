@@ -86,12 +86,31 @@ pub fn memory_estimate_mib(
 pub const MSSSIM_OFF: &str =
     "eval.msssim_pairs = 0 measures no MS-SSIM, so the mode-collapse alarms cannot fire";
 
+/// Evaluations set to come less often than the run is long: they never happen (said by
+/// `--dry-run` and at the start).
+pub fn evaluations_past_the_end(config: &TrainConfig) -> Vec<String> {
+    let (e, total) = (&config.eval, config.schedule.total_kimg);
+    [
+        ("SWD/MS-SSIM", "eval.every_kimg", e.every_kimg),
+        ("FID", "eval.fid_every_kimg", e.fid_every_kimg),
+    ]
+    .into_iter()
+    .filter(|&(_, _, every)| every > total)
+    .filter(|&(what, _, _)| what != "FID" || e.fid_enabled())
+    .map(|(what, key, every)| {
+        format!("{what} never: {key} {every} is past the run's end (schedule.total_kimg {total})")
+    })
+    .collect()
+}
+
 /// When the run measures itself: SWD/MS-SSIM every `eval.every_kimg` from the resolution they
 /// need, FID every `eval.fid_every_kimg`.
 fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
     let e = &config.eval;
+    // Those past the run's end are among the warnings.
     let mut parts = Vec::new();
-    if e.every_kimg > 0.0 {
+    let total = config.schedule.total_kimg;
+    if e.every_kimg > 0.0 && e.every_kimg <= total {
         let from = crate::eval::MIN_EVAL_RESOLUTION;
         if model.resolution < from {
             parts.push(format!(
@@ -109,7 +128,7 @@ fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
             }
         }
     }
-    if e.fid_enabled() {
+    if e.fid_enabled() && e.fid_every_kimg <= total {
         parts.push(format!(
             "FID every {} kimg ({} images)",
             e.fid_every_kimg, e.fid_num
@@ -118,7 +137,9 @@ fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
             parts.push(warning);
         }
     }
-    if parts.is_empty() {
+    if parts.is_empty() && !evaluations_past_the_end(config).is_empty() {
+        "evaluation: none within the run (see the warning)".to_string()
+    } else if parts.is_empty() {
         "evaluation: off".to_string()
     } else {
         format!("evaluation: {}", parts.join("; "))
@@ -313,6 +334,35 @@ fn thousands(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluations_less_often_than_the_run_is_long_are_said_to_never_happen() {
+        let mut config = TrainConfig::default();
+        config.schedule.total_kimg = 10.0;
+        (
+            config.eval.every_kimg,
+            config.eval.fid_every_kimg,
+            config.eval.fid_num,
+        ) = (1e30, 10.0, 0);
+        let said = evaluations_past_the_end(&config);
+        assert!(
+            said.len() == 1
+                && said[0].starts_with("SWD/MS-SSIM never: eval.every_kimg 1")
+                && said[0].ends_with("is past the run's end (schedule.total_kimg 10)"),
+            "{said:?}"
+        );
+        let model = ModelConfig::cpu_small(32);
+        assert_eq!(
+            describe_evaluation(&config, &model),
+            "evaluation: none within the run (see the warning)"
+        );
+        // FID off (fid_num 0) is not said; at the run's very end it happens.
+        config.eval.every_kimg = 10.0;
+        assert!(evaluations_past_the_end(&config).is_empty());
+        config.eval.fid_num = 8;
+        config.eval.fid_every_kimg = 11.0;
+        assert_eq!(evaluations_past_the_end(&config).len(), 1);
+    }
 
     #[test]
     fn thousands_groups_digits() {

@@ -245,11 +245,13 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     let mut resume = None;
     // The damaged checkpoints a resume passes over, said as the real start says them.
     let mut skipped = Vec::new();
+    let mut adopted = Vec::new();
     if let Some(resume_path) = &options.resume {
         let found = checkpoint::find_checkpoint(resume_path)?;
         skipped = found.warnings();
         let ckpt = found.path;
         let mut state = checkpoint::read_state(&ckpt)?;
+        check_seed(&state, config.run.seed, &ckpt)?;
         check_checkpoint_model(
             &checkpoint::model_config(&state, &ckpt)?,
             &model,
@@ -257,7 +259,9 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         )?;
         // On a copy: the run adopts the dataset into its own state when it restores.
         let fresh = || BatchSampler::new(reader.len(), 0, false);
-        checkpoint::adopt_dataset(&mut state, &ckpt, &reader, options.data_changed_ok, fresh)?;
+        // Its warnings (another dataset, a sampling order started afresh) are the real start's.
+        adopted =
+            checkpoint::adopt_dataset(&mut state, &ckpt, &reader, options.data_changed_ok, fresh)?;
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
         check_position(&schedule, &state, &ckpt)?;
         check_total_not_passed(&config, &state, &ckpt)?;
@@ -269,6 +273,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             message: "is not inside a run directory's checkpoints/ folder".into(),
         })?;
         crate::run_dir::RunLock::check_free(&run_dir)?;
+        crate::run_dir::check_run_writable(&run_dir)?;
         checkpoint::refuse_leaving(&ckpt)?;
         resume = Some(ResumePlan {
             set_aside: checkpoint::checkpoints_newer_than(&run_dir, &ckpt)?,
@@ -283,6 +288,8 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     }
     let mut warnings: Vec<String> = skipped
         .into_iter()
+        .chain(adopted)
+        .chain(crate::plan::evaluations_past_the_end(&config))
         .chain(crate::distributed::mbstd_groups_split(&config)?)
         .collect();
     // The largest minibatch the schedule trains with, and where (first).
@@ -320,6 +327,23 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         resume,
         warnings,
     })
+}
+
+/// Refuses to resume `state` under another `run.seed` than it was trained with (the sample grid
+/// and the evaluations would change mid-run); checkpoints from before the seed was stored pass.
+pub(crate) fn check_seed(state: &TrainState, seed: u64, ckpt: &Path) -> Result<()> {
+    match state.seed {
+        Some(trained) if trained != seed => Err(TrainError::Config {
+            path: None,
+            message: format!(
+                "run.seed is {seed} but {} was trained with seed {trained}: the sample grid and \
+                 the evaluations would change mid-run; put run.seed = {trained} back in the \
+                 run's config.toml",
+                ckpt.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses to resume `state` under a `total_kimg` below the images it has trained on: nothing

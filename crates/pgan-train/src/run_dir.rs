@@ -17,39 +17,71 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const LOG_FILE: &str = "log.txt";
 /// The grid of reals beside the samples, written when a run starts.
 pub const REALS_FILE: &str = "reals.png";
-/// Folder of sample grids inside a run directory.
-pub const SAMPLES_DIR: &str = "samples";
-
-/// The file name of tick `tick`'s sample sheet in [`SAMPLES_DIR`].
-pub fn sample_sheet_name(tick: u64) -> String {
-    format!("tick-{tick:06}.png")
-}
-
-/// The tick of a sample sheet's file name (`tick-` digits `.png`), when it is one.
-pub fn sample_sheet_tick(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("tick-")?.strip_suffix(".png")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
+pub use pgan_spec::run_files::{sample_sheet_name, sample_sheet_tick, SAMPLES_DIR};
 
 /// Name of the lock file a trainer holds in its run directory (it holds the owner's pid).
 pub const LOCK_FILE: &str = "train.lock";
 
-/// Refuses an `out_dir` that exists and is not a folder (a missing one is created).
+/// Refuses an `out_dir` where no run folder can be made: one that is not a folder, lies below
+/// a file, or whose nearest existing folder cannot be written (a read-only filesystem, no
+/// permission). A missing `out_dir` is created by the run.
 pub fn check_out_dir(out_dir: &Path) -> Result<()> {
-    match std::fs::metadata(out_dir).ok().filter(|m| !m.is_dir()) {
-        Some(meta) => Err(TrainError::Config {
-            path: None,
-            message: format!(
-                "run.out_dir {} is {}, not a folder for run directories",
-                out_dir.display(),
+    let refuse = |message: String| TrainError::Config {
+        path: None,
+        message: format!("run.out_dir {}: {message}", out_dir.display()),
+    };
+    let existing = out_dir
+        .ancestors()
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find_map(|a| Some((a, std::fs::metadata(a).ok()?)));
+    match existing {
+        Some((at, meta)) if !meta.is_dir() => Err(refuse(if at == out_dir {
+            format!(
+                "it is {}, not a folder for run directories",
                 pgan_spec::output::kind(&meta.file_type())
-            ),
-        }),
+            )
+        } else {
+            format!("{} is a file, not a folder", at.display())
+        })),
+        Some((at, _)) => check_writable_folder(at)
+            .map_err(|e| refuse(format!("cannot make folders in {}: {e}", at.display()))),
         None => Ok(()),
     }
+}
+
+/// Whether this process can make a folder in `dir`: one is made and removed (permissions alone
+/// do not say it for root, nor for filesystems such as /proc that take no new entries).
+fn check_writable_folder(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".pgan-probe-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => std::fs::remove_dir(&probe),
+        // A probe of this very process already there is writable ground, and not ours.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a resume writes in `run_dir`, checked as the real start would find it (for
+/// `--dry-run`): the folder writable, the run's own files regular files or absent (never a
+/// link, FIFO or folder), `samples` a folder or absent.
+pub fn check_run_writable(run_dir: &Path) -> Result<()> {
+    check_writable_folder(run_dir).map_err(io_err(run_dir, "write in"))?;
+    for name in [
+        LOCK_FILE,
+        LOG_FILE,
+        CONFIG_FILE,
+        pgan_spec::metrics::METRICS_FILE,
+    ] {
+        let path = run_dir.join(name);
+        crate::fsutil::refuse_foreign_file(&path).map_err(io_err(&path, "write"))?;
+    }
+    check_samples_dir(run_dir).map(drop)
 }
 
 /// Creates `out_dir/NNNNN-desc`, numbered one past the highest existing run.
@@ -86,9 +118,19 @@ pub fn create_run_dir(out_dir: &Path, desc: &str) -> Result<PathBuf> {
 /// The run's `samples/` folder, made again if it was removed; something else at its name is an
 /// error before any training (the first tick's sheet would fail after its steps).
 pub fn ensure_samples_dir(run_dir: &Path) -> Result<()> {
+    if check_samples_dir(run_dir)? {
+        return Ok(());
+    }
+    let samples = run_dir.join(SAMPLES_DIR);
+    std::fs::create_dir(&samples).map_err(io_err(&samples, "create"))
+}
+
+/// Whether the run's `samples` folder is there (`false`: absent); anything else there is an
+/// error.
+fn check_samples_dir(run_dir: &Path) -> Result<bool> {
     let samples = run_dir.join(SAMPLES_DIR);
     match std::fs::metadata(&samples) {
-        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_dir() => Ok(true),
         Ok(meta) => Err(io_err(&samples, "write sample sheets into")(
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -98,9 +140,7 @@ pub fn ensure_samples_dir(run_dir: &Path) -> Result<()> {
                 ),
             ),
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(&samples).map_err(io_err(&samples, "create"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(&samples, "write sample sheets into")(e)),
     }
 }
@@ -159,7 +199,7 @@ impl RunLock {
     pub fn acquire(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
         let in_use = || {
-            let owner = pgan_data::read_regular_file(&path).unwrap_or_default();
+            let owner = pgan_data::read_regular_file_at_most(&path, 4096).unwrap_or_default();
             let owner = String::from_utf8_lossy(&owner);
             TrainError::RunInUse {
                 path: run_dir.to_path_buf(),
@@ -212,7 +252,7 @@ impl RunLock {
     pub fn check_free(run_dir: &Path) -> Result<()> {
         let path = run_dir.join(LOCK_FILE);
         let in_use = || {
-            let owner = pgan_data::read_regular_file(&path).unwrap_or_default();
+            let owner = pgan_data::read_regular_file_at_most(&path, 4096).unwrap_or_default();
             TrainError::RunInUse {
                 path: run_dir.to_path_buf(),
                 pid: String::from_utf8_lossy(&owner).trim().parse().ok(),
@@ -437,6 +477,32 @@ mod tests {
     /// waited for a reader for ever), and a file where the sample sheets go is found before
     /// any training.
     #[test]
+    fn an_out_dir_where_no_run_folder_can_be_made_is_refused_before_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, b"x").unwrap();
+        let err = check_out_dir(&file).unwrap_err().to_string();
+        assert!(err.contains("not a folder for run directories"), "{err}");
+        let err = check_out_dir(&file.join("sub").join("runs"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{} is a file, not a folder", file.display())),
+            "{err}"
+        );
+        check_out_dir(&dir.path().join("new").join("runs")).unwrap();
+        check_out_dir(Path::new("relative-runs")).unwrap();
+        // /proc takes no folders, whoever asks (root included).
+        #[cfg(target_os = "linux")]
+        {
+            let err = check_out_dir(Path::new("/proc/runs"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cannot make folders in /proc"), "{err}");
+        }
+    }
+
+    #[test]
     fn the_runs_own_files_are_never_written_through_links_or_fifos() {
         let dir = tempfile::tempdir().unwrap();
         let run = create_run_dir(dir.path(), "r").unwrap();
@@ -461,11 +527,16 @@ mod tests {
             let path = run.join(name);
             let _ = std::fs::remove_file(&path);
             std::os::unix::fs::symlink(&precious, &path).unwrap();
-            let err = open(&run).unwrap_err().to_string();
-            assert!(
-                err.contains(name) && err.contains("it is a symbolic link"),
-                "{err}"
-            );
+            // A resume's dry run finds it as the real start does.
+            for err in [
+                open(&run).unwrap_err().to_string(),
+                check_run_writable(&run).unwrap_err().to_string(),
+            ] {
+                assert!(
+                    err.contains(name) && err.contains("it is a symbolic link"),
+                    "{err}"
+                );
+            }
             assert_eq!(std::fs::read(&precious).unwrap(), b"the user's dataset");
             std::fs::remove_file(&path).unwrap();
             fifo(&path);

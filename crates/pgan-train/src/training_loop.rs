@@ -850,23 +850,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// rollback), after checking that it fits the model and the dataset.
     fn restore(&mut self, ckpt: &Path) -> Result<()> {
         let mut state = checkpoint::read_state(ckpt)?;
-        match state.seed {
-            Some(seed) if seed != self.config.run.seed => {
-                return Err(TrainError::Config {
-                    path: None,
-                    message: format!(
-                        "run.seed is {} but {} was trained with seed {seed}: the sample grid \
-                         and the evaluations would change mid-run; put run.seed = {seed} back \
-                         in the run's config.toml",
-                        self.config.run.seed,
-                        ckpt.display()
-                    ),
-                })
-            }
-            Some(_) => {}
-            // Written before the seed was stored: from now on it is.
-            None => state.seed = Some(self.config.run.seed),
-        }
+        crate::preflight::check_seed(&state, self.config.run.seed, ckpt)?;
+        // Written before the seed was stored: from now on it is.
+        state.seed.get_or_insert(self.config.run.seed);
         let made_with = checkpoint::model_config(&state, ckpt)?;
         check_checkpoint_model(&made_with, &self.model, ckpt.to_path_buf())?;
         let (len, mirror) = (self.reader.len(), self.config.data.mirror);
@@ -1080,8 +1066,14 @@ fn set_aside_branch(run_dir: &Path, aside: &Path, dropped: &Truncated, tick: u64
 /// Writes the resolved config as `RUN_DIR/config.toml`.
 fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
     let path = run_dir.join(CONFIG_FILE);
-    crate::fsutil::write_own_atomic(&path, config.to_toml().as_bytes())
-        .map_err(io_err(&path, "write"))
+    let text = config.to_toml();
+    // A resume that changes nothing keeps the file as it is: the user's comments in it (its
+    // errors send users to edit it) are theirs.
+    let unchanged = TrainConfig::from_toml_file(&path).is_ok_and(|now| now.to_toml() == text);
+    if unchanged {
+        return Ok(());
+    }
+    crate::fsutil::write_own_atomic(&path, text.as_bytes()).map_err(io_err(&path, "write"))
 }
 
 /// The tick in progress: the values of its steps and its clock. A rollback drops it whole (the

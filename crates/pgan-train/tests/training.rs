@@ -341,14 +341,31 @@ fn a_resume_with_another_seed_is_refused() {
     reseeded.run.seed = 4;
     let mut second = TrainOptions::new(reseeded);
     second.resume = Some(stopped.run_dir.clone());
-    let err = train(second).unwrap_err().to_string();
-    assert!(
-        err.contains("run.seed is 4") && err.contains("trained with seed 3"),
-        "{err}"
+    // The dry run refuses it as the real start does.
+    for err in [
+        pgan_train::preflight(&second)
+            .err()
+            .expect("the dry run refuses it")
+            .to_string(),
+        train(second).unwrap_err().to_string(),
+    ] {
+        assert!(
+            err.contains("run.seed is 4") && err.contains("trained with seed 3"),
+            "{err}"
+        );
+    }
+    // A resume that changes no setting leaves the run's config.toml, the user's notes in it
+    // included, as it is.
+    let config_path = stopped.run_dir.join("config.toml");
+    let noted = format!(
+        "# resumed after the power cut\n{}",
+        std::fs::read_to_string(&config_path).unwrap()
     );
+    std::fs::write(&config_path, &noted).unwrap();
     let mut same = TrainOptions::new(config);
     same.resume = Some(stopped.run_dir);
     assert_eq!(train(same).unwrap().images_shown, 128);
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), noted);
 }
 
 #[test]
@@ -954,6 +971,8 @@ fn a_stop_during_the_evaluation_abandons_it_and_checkpoints() {
         config.schedule.start_resolution = 16;
         config.eval.every_kimg = 0.016;
         config.eval.num_images = 8;
+        // Every distinct pair of the eight.
+        config.eval.msssim_pairs = 28;
         config
     };
     let straight = train(TrainOptions::new(with_eval("a"))).unwrap();
@@ -1007,6 +1026,8 @@ fn a_stop_during_the_last_evaluation_is_a_stop_and_the_resume_measures_it() {
         config.schedule.total_kimg = 0.126;
         config.eval.every_kimg = 0.126;
         config.eval.num_images = 8;
+        // Every distinct pair of the eight.
+        config.eval.msssim_pairs = 28;
         config
     };
     let straight = train(TrainOptions::new(with_eval("a"))).unwrap();

@@ -115,10 +115,10 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             let _ = std::fs::remove_file(&temp);
-            eprintln!("\ninterrupted twice: temporary file removed, exiting");
+            tell!("\ninterrupted twice: temporary file removed, exiting");
             std::process::exit(EXIT_INTERRUPTED.into());
         }
-        eprintln!("\ninterrupt: stopping and removing the temporary file (again to exit at once)");
+        tell!("\ninterrupt: stopping and removing the temporary file (again to exit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
     let target = check_output(&args.output, "OUTPUT")?;
@@ -127,7 +127,7 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
     create_folders_above(&target, "OUTPUT")?;
     let summary = match pgan_data::prepare_cancellable(&options, &cancel) {
         Err(err @ pgan_data::DataError::Interrupted(_)) => {
-            eprintln!("{err}");
+            tell!("{err}");
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
         Err(e @ pgan_data::DataError::OutputExists(_)) => {
@@ -165,7 +165,7 @@ fn verify(file: &Path) -> Result<ExitCode> {
         Ok(reader) => reader,
         // A damaged header or manifest is corruption; a file that cannot be opened is not.
         Err(err @ pgan_data::DataError::InvalidFile { .. }) => {
-            eprintln!("error: {err}");
+            tell!("error: {err}");
             return Ok(ExitCode::from(EXIT_CORRUPT));
         }
         Err(err) => return Err(err.into()),
@@ -178,7 +178,7 @@ fn verify(file: &Path) -> Result<ExitCode> {
         } else {
             "a level's checksum does not match"
         };
-        eprintln!("error: {} is corrupt: {what}", file.display());
+        tell!("error: {} is corrupt: {what}", file.display());
         return Ok(ExitCode::from(EXIT_CORRUPT));
     }
     Ok(ExitCode::SUCCESS)
@@ -399,6 +399,17 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if args.instance_noise_kimg.is_some() && config.instance_noise.sigma == 0.0 {
         bail!("--instance-noise-kimg anneals the instance noise, and its sigma is 0 (off): give --instance-noise SIGMA too");
     }
+    if !config.nodes.several() {
+        let node_flags = [
+            ("--orchestrator", args.orchestrator.is_some()),
+            ("--node-address", args.node_address.is_some()),
+            ("--join-timeout", args.join_timeout.is_some()),
+            ("--peer-timeout", args.peer_timeout.is_some()),
+        ];
+        if let Some((flag, _)) = node_flags.iter().find(|(_, given)| *given) {
+            bail!("{flag} sets up a run on several machines, and this one runs on one (--nodes N with N > 1, or nodes.count)");
+        }
+    }
     if let (None, Some(path)) = (&args.resume, &args.config) {
         refuse_keys_without_effect(path, &config)?;
     }
@@ -411,8 +422,9 @@ fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
 /// Keys of the --config file that the run would not use: an error when the file contradicts
 /// itself, a warning when a flag made them unused (`--loss`, `--ema-half-life-kimg`).
 fn refuse_keys_without_effect(path: &Path, config: &TrainConfig) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+    let text = pgan_data::read_regular_file_at_most(path, pgan_train::config::MAX_CONFIG_BYTES)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .with_context(|| format!("--config {}", path.display()))?;
     let unused = config.keys_without_effect(&text);
     // As written, without the flags (read and checked above: a failure here is a file changed
     // since, the next run's to see).
@@ -432,7 +444,7 @@ fn refuse_keys_without_effect(path: &Path, config: &TrainConfig) -> Result<()> {
         );
     }
     for unused in by_flags {
-        eprintln!(
+        tell!(
             "warning: --config {}: {unused}, as the flags set it",
             path.display()
         );
@@ -499,7 +511,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             );
         }
         for warning in &checked.warnings {
-            eprintln!("warning: {warning}");
+            tell!("warning: {warning}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -714,7 +726,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         on_checkpoint_of(&args.source, checkpoint_of(&args.source)?, render)?
     };
     for warning in &output.warnings {
-        eprintln!("warning: {warning}");
+        tell!("warning: {warning}");
     }
     for file in &output.files {
         say!(
@@ -837,7 +849,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         // Whatever is there: reading it says what is wrong with it.
         .filter(|p| p.exists());
     if let (None, None, Some(run)) = (&args.data, &run_config, &run_dir) {
-        eprintln!(
+        tell!(
             "warning: {} has no {}: the run's dataset is unknown (pass --data FILE.pgan)",
             run.display(),
             pgan_train::run_dir::CONFIG_FILE
@@ -849,7 +861,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         Some(config) => match TrainConfig::from_toml_file(config) {
             Ok(c) => c.data.path,
             Err(e) => {
-                eprintln!("warning: no dataset from the run's config: {e:#}");
+                tell!("warning: no dataset from the run's config: {e:#}");
                 None
             }
         },
@@ -975,7 +987,7 @@ fn folder_background(flag: Option<[u8; 3]>, folder_read: bool, datasets: &[&Path
     let default = pgan_data::DEFAULT_BACKGROUND;
     if !folder_read {
         if flag.is_some() {
-            eprintln!("note: --background applies to images read from a folder; none is read");
+            tell!("note: --background applies to images read from a folder; none is read");
         }
         return flag.unwrap_or(default);
     }
@@ -987,7 +999,7 @@ fn folder_background(flag: Option<[u8; 3]>, folder_read: bool, datasets: &[&Path
             Ok(reader) => return reader.manifest().options.background,
             // The dataset's own check reports it again where it is read; here only the colour
             // is at stake.
-            Err(e) => eprintln!(
+            Err(e) => tell!(
                 "warning: the folder's transparent pixels go onto {PREPARE_BACKGROUND}: the \
                  background {} was prepared on is unknown: {e}",
                 path.display()
@@ -1116,6 +1128,10 @@ fn export(source: &Path, net: pgan_train::ExportNet, out: &Path, force: bool) ->
 }
 
 fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode> {
+    // Before any output is readied: a mistyped run is named as such.
+    if !run_dir.is_dir() {
+        return Err(pgan_report::ReportError::MissingRunDir(run_dir.to_path_buf()).into());
+    }
     let out = match out {
         Some(out) => {
             prepare_output(&out, "--out", force)?;

@@ -1,5 +1,15 @@
 //! `pgan`: the command line over the pgan library crates. Parsing and flag-level checks live
-//! here; all the work is done by `pgan-data`, `pgan-train`, `pgan-metrics` and `pgan-report`.
+//! here; all the work is done by the library crates (`pgan-data`, `pgan-model`, `pgan-train`,
+//! `pgan-metrics`, `pgan-inception` and `pgan-report`).
+
+/// `eprintln!` that never panics: a message on a stderr that cannot be written (a redirect onto a
+/// full disk, a closed pipe) is lost, and the command keeps its own exit status.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod commands;
 mod paths;
@@ -430,7 +440,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            paths::remove_created_folders();
+            tell!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
     }
@@ -447,7 +458,7 @@ fn usage_or_help(err: clap::Error) -> ExitCode {
     let printed = err.print().and_then(|()| std::io::stdout().flush());
     match printed {
         Err(io) if to_stdout => {
-            eprintln!("error: cannot write to standard output: {io}");
+            tell!("error: cannot write to standard output: {io}");
             ExitCode::from(2)
         }
         _ => ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2)),

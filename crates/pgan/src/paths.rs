@@ -193,10 +193,38 @@ pub fn check_output(out: &Path, flag: &str) -> Result<PathBuf> {
 /// Creates the folders above `target` (an output [`check_output`] accepted) that do not exist.
 pub fn create_folders_above(target: &Path, flag: &str) -> Result<()> {
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The folders that do not exist yet, outermost first, remembered so that a command
+        // that then fails (its checkpoint corrupt, its run missing) leaves none behind.
+        let missing: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|dir| {
+                !dir.as_os_str().is_empty() && std::fs::symlink_metadata(dir).is_err()
+            })
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{flag}: cannot create the folder {}", parent.display()))?;
+        CREATED_FOLDERS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(missing.into_iter().rev());
     }
     Ok(())
+}
+
+/// Folders this process created for its outputs, in the order they were made.
+static CREATED_FOLDERS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the folders [`create_folders_above`] made that are still empty, innermost first: a
+/// command that failed leaves no trace of the outputs it never wrote.
+pub fn remove_created_folders() {
+    let mut created = CREATED_FOLDERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    while let Some(dir) = created.pop() {
+        // Fails, and so keeps the folder, when anything was written into it.
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
 
 /// Whether `path` is a file that starts as a `.pgan` pyramid does.
@@ -280,7 +308,7 @@ pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Resu
 pub fn checkpoint_of(source: &Path) -> Result<PathBuf> {
     let found = pgan_train::checkpoint::find_checkpoint(source)?;
     for warning in found.warnings() {
-        eprintln!("warning: {warning}");
+        tell!("warning: {warning}");
     }
     Ok(found.path)
 }
