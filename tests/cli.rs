@@ -1367,9 +1367,17 @@ fn resuming_on_another_dataset_needs_data_changed_ok() {
     assert!(crcs.len() == 2 && crcs[0] != crcs[1], "{err}");
     // The dry run says what the real start says.
     let dry = run_ok(&mut resume_on_other(&["--data-changed-ok", "--dry-run"]));
-    assert!(dry.contains("continuing on another dataset"), "{dry}");
+    assert_eq!(
+        dry.matches("continuing on another dataset").count(),
+        1,
+        "{dry}"
+    );
     let out = run_ok(&mut resume_on_other(&["--data-changed-ok"]));
-    assert!(out.contains("continuing on another dataset"), "{out}");
+    assert_eq!(
+        out.matches("continuing on another dataset").count(),
+        1,
+        "said once: {out}"
+    );
     // The checkpoints from now on record the new dataset: no flag needed to go on with it.
     run_ok(&mut resume_cmd(&run, &["--total-kimg", "0.048"]));
     // Flags a resumed run cannot honour are refused, not recorded in its config.toml.
@@ -1884,6 +1892,19 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
     );
     assert!(
         out.contains("--pairs 7: 4 images make 6 distinct pairs"),
+        "{out}"
+    );
+    // A pair list past the memory is refused before any image is generated (it aborted).
+    let out = run_err(pgan().arg("eval").arg(&run).args([
+        "--num",
+        "3000000",
+        "--pairs",
+        "4499998500000",
+    ]));
+    assert!(
+        out.contains("--num 3000000 --pairs 4499998500000:")
+            && out.contains("the MS-SSIM pair list in memory")
+            && !out.contains("generating"),
         "{out}"
     );
     // Without --pairs, a few images use the pairs they make (the default 512 needs 33).
@@ -2513,6 +2534,15 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     for name in ["a.ppm", "b.PPM", "notes.txt"] {
         std::fs::remove_file(fakes.join(name)).unwrap();
     }
+    // A folder of such files alone: the error says what it held instead of images.
+    let others = dir.path().join("others");
+    std::fs::create_dir(&others).unwrap();
+    std::fs::write(others.join("x.heic"), b"x").unwrap();
+    let err = run_err(&mut compare(&others));
+    assert!(
+        err.contains("has 0 images") && err.contains("1 file under") && err.contains("1 .heic"),
+        "{err}"
+    );
     let out = run_ok(&mut compare(&reals));
     let same = fid_of(&out);
     assert!(same.abs() < 1e-3, "a set against itself: {out}");
@@ -3693,6 +3723,32 @@ fn an_interrupted_render_leaves_the_earlier_outputs_together() {
             "a finished render left an old file"
         );
     }
+    // The folders an interrupted render made for its output go with it.
+    let nested = dir.path().join("new").join("deep").join("w.png");
+    let child = pgan()
+        .arg("render")
+        .arg(&run)
+        .arg("--out")
+        .arg(&nested)
+        .args(["--seeds", "1,2", "--interpolate", "40", "--cell-px", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    if done.status.code() == Some(130) {
+        assert!(
+            !dir.path().join("new").exists(),
+            "the interrupted render left its folders"
+        );
+    } else {
+        assert!(nested.is_file(), "{}", text(&done));
+    }
 }
 
 /// A run whose config.toml is gone: eval says that, not that the config names no dataset.
@@ -3745,6 +3801,26 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
         );
     }
     assert_eq!(std::fs::read(&notes).unwrap(), b"mine");
+    // Multi-machine settings on a one-machine run are refused, not recorded and ignored.
+    for flag in [
+        ["--orchestrator", "10.0.0.1:9000"],
+        ["--node-address", "10.0.0.2:9001"],
+        ["--join-timeout", "5"],
+        ["--peer-timeout", "5"],
+    ] {
+        let err = run_err(
+            pgan()
+                .args(["train", "--dry-run", "--config"])
+                .arg(&config)
+                .arg("--data")
+                .arg(&data)
+                .args(flag),
+        );
+        assert!(
+            err.contains(&format!("{} sets up a run on several machines", flag[0])),
+            "{err}"
+        );
+    }
     // A command that fails after readying its output leaves none of the folders it made for it.
     let typo = dir.path().join("typo");
     let err = run_err(pgan().arg("report").arg(typo.join("run")));

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::files::{open_regular, OpenError};
+use crate::memory::{DecodeBudget, DecodePermit};
 use crate::resize::{resample, Rect};
 
 /// How a non-square image is made square.
@@ -229,6 +230,17 @@ pub(crate) fn alloc_limit(max_pixels: u64) -> u64 {
 /// [`alloc_limit`], are refused before any pixel memory is allocated (decompression bombs).
 /// Only regular files are opened.
 pub fn decode(path: &Path, max_pixels: u64) -> std::result::Result<DynamicImage, String> {
+    decode_held(path, max_pixels).map(|(image, _)| image)
+}
+
+/// [`decode`], with the [`DecodePermit`] for the image's memory (its decoded buffer and the
+/// 8-bit copies [`to_channels`] makes of it), taken from the header's size before the pixels
+/// are allocated: hold it until the image and its copies are dropped, and the decoders of all
+/// threads together stay within the process's [`DecodeBudget`].
+pub fn decode_held(
+    path: &Path,
+    max_pixels: u64,
+) -> std::result::Result<(DynamicImage, DecodePermit<'static>), String> {
     let (file, meta) = open_regular(path).map_err(|e| match e {
         OpenError::NotRegular(kind) => format!("not a regular file ({kind})"),
         OpenError::Io(e) => format!("cannot read: {e}"),
@@ -258,14 +270,18 @@ pub fn decode(path: &Path, max_pixels: u64) -> std::result::Result<DynamicImage,
     } else {
         decode_from(std::io::BufReader::new(&file), path, max_pixels)
     };
-    let img = match img {
+    let (img, permit) = match img {
         Err(Undecodable::Unsupported(reason)) if is_tiff(path) => {
             // The `image` crate refuses some TIFF layouts that common tools read (grey + alpha).
             drop(file);
-            crate::tiff_fallback::decode(path, max_pixels).map_err(|_| reason)?
+            let img = crate::tiff_fallback::decode(path, max_pixels).map_err(|_| reason)?;
+            // Counted once decoded: the fallback checks its size itself.
+            let bytes = img.as_bytes().len() as u64;
+            let pixels = u64::from(img.width()) * u64::from(img.height());
+            (img, budget(max_pixels).acquire(bytes + pixels * 4))
         }
         Err(Undecodable::Unsupported(reason) | Undecodable::Other(reason)) => return Err(reason),
-        Ok(img) => img,
+        Ok(held) => held,
     };
     if img.width() == 0 || img.height() == 0 {
         return Err(format!(
@@ -274,7 +290,13 @@ pub fn decode(path: &Path, max_pixels: u64) -> std::result::Result<DynamicImage,
             img.height()
         ));
     }
-    Ok(img)
+    Ok((img, permit))
+}
+
+/// The process's [`DecodeBudget`]: at least two images at the pixel limit, as decoded and
+/// converted, fit in it.
+fn budget(max_pixels: u64) -> &'static DecodeBudget {
+    DecodeBudget::global(alloc_limit(max_pixels).saturating_mul(4))
 }
 
 /// Skip reason of a JPEG that ends before its end-of-image marker.
@@ -349,7 +371,7 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     source: R,
     path: &Path,
     max_pixels: u64,
-) -> std::result::Result<DynamicImage, Undecodable> {
+) -> std::result::Result<(DynamicImage, DecodePermit<'static>), Undecodable> {
     let other = Undecodable::Other;
     let mut reader = ImageReader::new(source);
     if let Ok(format) = image::ImageFormat::from_path(path) {
@@ -370,20 +392,18 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
         e => other(format!("cannot decode: {e}")),
     })?;
     let deep = decoder.color_type().bytes_per_pixel() > decoder.color_type().channel_count();
-    check_size(
-        decoder.dimensions(),
-        decoder.total_bytes(),
-        deep,
-        max_pixels,
-    )
-    .map_err(other)?;
+    let (w, h) = decoder.dimensions();
+    let needed = check_size((w, h), decoder.total_bytes(), deep, max_pixels).map_err(other)?;
+    // Beside the decoded buffer, `to_channels` makes an 8-bit RGB copy (a composite first
+    // when there is alpha): 4 bytes per pixel covers both.
+    let permit = budget(max_pixels).acquire(needed + u64::from(w) * u64::from(h) * 4);
     let orientation = decoder
         .orientation()
         .map_err(|e| other(format!("cannot read orientation: {e}")))?;
     let mut img =
         DynamicImage::from_decoder(decoder).map_err(|e| other(format!("cannot decode: {e}")))?;
     img.apply_orientation(orientation);
-    Ok(img)
+    Ok((img, permit))
 }
 
 /// Start of the skip reason of an image over the pixel limit.
@@ -398,7 +418,7 @@ pub(crate) fn check_size(
     decoded_bytes: u64,
     deep: bool,
     max_pixels: u64,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<u64, String> {
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
         return Err(format!(
@@ -422,7 +442,7 @@ pub(crate) fn check_size(
             max_alloc >> 20
         ));
     }
-    Ok(())
+    Ok(needed)
 }
 
 /// Convert to interleaved 8-bit RGB (`channels` 3) or luma (1), compositing alpha onto `bg`:
@@ -469,7 +489,8 @@ fn background_luma(bg: [u8; 3]) -> u8 {
 /// Decode and fit one image to the target. Errors are human-readable reasons
 /// (the caller adds the path).
 pub(crate) fn load(path: &Path, t: &Target) -> std::result::Result<Loaded, String> {
-    let img = decode(path, t.max_pixels)?;
+    // Held until the image and its 8-bit copy are dropped, at the end.
+    let (img, _permit) = decode_held(path, t.max_pixels)?;
     let (w, h) = (img.width(), img.height());
     if let Some(min) = t.min_size {
         if w.min(h) < min {
@@ -839,7 +860,7 @@ pub(crate) mod tests {
         );
         // The same pixels in 8 bits decode.
         let e = check_size((9_400, 9_400), 9_400 * 9_400 * 4, false, DEFAULT_MAX_PIXELS);
-        assert_eq!(e, Ok(()));
+        assert_eq!(e, Ok(9_400 * 9_400 * 4));
         // The limit is the caller's: an ordinary 40x30 image over a limit of 1000 pixels.
         photo(40, 30, 1).save(&p).unwrap();
         assert!(decode(&p, 1199)
@@ -847,6 +868,12 @@ pub(crate) mod tests {
             .starts_with("too many pixels: 40x30"));
         assert!(decode(&p, 1200).is_ok());
         assert_eq!(DEFAULT_MAX_PIXELS, 178_956_970);
+        // A decoded image holds its bytes and its 8-bit copy's from the process's budget until
+        // its permit is dropped.
+        let (image, permit) = decode_held(&p, 1200).unwrap();
+        assert_eq!(permit.bytes(), 40 * 30 * 3 + 40 * 30 * 4);
+        assert!(budget(1200).in_use() >= permit.bytes());
+        drop((image, permit));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod format;
 mod ingest;
 mod manifest;
 mod map_guard;
+pub mod memory;
 pub mod pyramid;
 mod reader;
 mod resize;
@@ -34,7 +35,8 @@ pub use files::{
 };
 pub use format::Header;
 pub use ingest::{
-    decode, has_image_extension, to_channels, walk, Fit, Walk, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,
+    decode, decode_held, has_image_extension, to_channels, walk, Fit, Walk, DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
 };
 pub use manifest::{escape_name, printable, unescape_name, Manifest, ManifestOptions};
 pub use reader::{FileStamp, LevelCheck, PyramidReader, VerifyReport};

@@ -194,6 +194,10 @@ pub fn ms_ssim(a: &[f32], b: &[f32], c: usize, h: usize, w: usize) -> f64 {
     result
 }
 
+/// Bytes [`pairwise_ms_ssim`] holds per pair: its indices (16), its entry in the draw's set of
+/// pairs seen (about 20 with the table's spare room) and its value (8).
+pub const BYTES_PER_PAIR: u64 = 48;
+
 /// MS-SSIM over `pairs` distinct pairs of distinct images of `images`, computed in parallel:
 /// every unordered pair once when `pairs` is all of them (or more), else a seeded draw without
 /// replacement (MS-SSIM is symmetric, so `(i, j)` and `(j, i)` are one pair).

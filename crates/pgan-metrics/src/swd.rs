@@ -540,6 +540,16 @@ impl SwdAccumulator {
     }
 }
 
+/// Bytes [`sliced_wasserstein`] holds per image (of the larger set) at its peak, for images of
+/// `side x side` with `channels`: each pyramid level keeps `descriptors_per_image` patches of
+/// every image of both sets, and `finish` normalises copies of both (four descriptor sets); a
+/// fifth covers the per-image buffers they are gathered in.
+pub fn peak_bytes_per_image(side: usize, channels: usize, cfg: &SwdConfig) -> u64 {
+    let levels = num_levels(side, side, cfg.min_resolution) as u64;
+    let per_level = (cfg.descriptors_per_image * cfg.patch_size * cfg.patch_size * channels) as u64;
+    levels * per_level * 4 * 5
+}
+
 /// SWD (x1e3) between image sets `a` and `b`; both must have the same shape. Equivalent to
 /// accumulating `a` as set 0 and `b` as set 1 and calling [`SwdAccumulator::finish`].
 ///

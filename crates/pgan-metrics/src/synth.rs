@@ -561,12 +561,54 @@ pub fn resolve_out_dir(out_dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Whether the folder `dir` (with `meta`) lies on another filesystem than its parent.
+/// Whether the folder `dir` (with `meta`) is a mount point: on another filesystem than its
+/// parent, or (a bind mount of the same filesystem) listed in `/proc/self/mountinfo`.
 #[cfg(unix)]
 fn is_mount_point(dir: &Path, meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let parent = dir.join("..");
-    meta.is_dir() && std::fs::metadata(parent).is_ok_and(|up| up.dev() != meta.dev())
+    if !meta.is_dir() {
+        return false;
+    }
+    if std::fs::metadata(dir.join("..")).is_ok_and(|up| up.dev() != meta.dev()) {
+        return true;
+    }
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // The fifth field is the mount point, with space, tab, newline and backslash as octal
+    // escapes (`\040`).
+    mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|point| Path::new(&unescape_mountinfo(point)) == real)
+}
+
+/// A `/proc/self/mountinfo` path with its `\NNN` octal escapes decoded.
+#[cfg(unix)]
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// Writes a K-mode dataset of `count` PNGs (modes assigned round-robin, then shuffled, so every
@@ -931,6 +973,10 @@ mod tests {
             assert!(
                 err.contains("a mount point") && err.contains("/proc/synth"),
                 "{err}"
+            );
+            assert_eq!(
+                unescape_mountinfo("/mnt/my\\040disk\\134x"),
+                std::ffi::OsString::from("/mnt/my disk\\x")
             );
         }
         let err = synth(&dir.path().join("few"), 8, 16, 7, 3).unwrap_err();

@@ -1229,9 +1229,11 @@ pub fn unfinished_set_asides(run_dir: &Path) -> Vec<SetAside> {
                 .strip_prefix("abandoned-")?
                 .parse::<u64>()
                 .ok()?;
-            let bytes =
-                pgan_data::read_regular_file_at_most(&entry.path().join(BRANCH_FILE), 1 << 20)
-                    .ok()?;
+            let bytes = pgan_data::read_regular_file_at_most(
+                &entry.path().join(BRANCH_FILE),
+                MAX_BRANCH_BYTES,
+            )
+            .ok()?;
             let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
             let moving: Vec<String> = record
                 .get("moving")?
@@ -1277,6 +1279,9 @@ pub fn checkpoints_newer_than(run_dir: &Path, resumed: &Path) -> Result<Vec<Path
 /// (`{"resumed_from": "ckpt-…", "files_crc": …, "moving": ["ckpt-…", …]}`).
 pub const BRANCH_FILE: &str = "branch.json";
 
+/// The longest `branch.json` read: it names the checkpoints a resume set aside (a few KiB).
+const MAX_BRANCH_BYTES: u64 = 1 << 20;
+
 /// CRC-32 of a checkpoint's record-file CRCs: names its weights and optimizer state (a
 /// rollback's rewrite of its `state.json` keeps it).
 fn files_crc(state: &TrainState) -> u32 {
@@ -1290,7 +1295,7 @@ fn files_crc(state: &TrainState) -> u32 {
 pub fn branch_history(run_dir: &Path, branch: &Path) -> (Option<String>, Option<String>) {
     let record = branch.join(BRANCH_FILE);
     let alone = "the timeline shows the branch's own checkpoints only";
-    let bytes = match pgan_data::read_regular_file(&record) {
+    let bytes = match pgan_data::read_regular_file_at_most(&record, MAX_BRANCH_BYTES) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let why = format!(
@@ -2220,6 +2225,17 @@ pub(crate) mod tests {
             why.as_deref().is_some_and(|w| w.contains("older pgan")),
             "{why:?}"
         );
+        // A record no branch.json can be (1 TiB, sparse) is said, not read.
+        std::fs::File::create(aside.join(BRANCH_FILE))
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let (_, why) = branch_history(run.path(), &aside);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("more than the")),
+            "{why:?}"
+        );
+        assert!(unfinished_set_asides(run.path()).is_empty());
     }
 
     /// A run's checkpoints folder given for the run, and a run that stopped before its first

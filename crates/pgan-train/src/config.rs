@@ -490,6 +490,29 @@ impl EvalConfig {
     pub fn fid_enabled(&self) -> bool {
         self.fid_every_kimg > 0.0 && self.fid_num > 0
     }
+
+    /// The MS-SSIM pairs an evaluation measures: `msssim_pairs`, or every distinct pair of
+    /// `num_images` when they make fewer.
+    pub fn msssim_pairs_measured(&self) -> usize {
+        let pairs = self
+            .num_images
+            .saturating_mul(self.num_images.saturating_sub(1))
+            / 2;
+        self.msssim_pairs.min(pairs)
+    }
+
+    /// Said when `msssim_pairs` asks for more pairs than `num_images` make (a run's setting,
+    /// kept: older runs were written with the default beside few images).
+    pub fn fewer_pairs_warning(&self) -> Option<String> {
+        let measured = self.msssim_pairs_measured();
+        (self.every_kimg > 0.0 && measured < self.msssim_pairs).then(|| {
+            format!(
+                "eval.msssim_pairs {}: eval.num_images {} make {measured} distinct pairs, so \
+                 MS-SSIM measures those {measured}",
+                self.msssim_pairs, self.num_images
+            )
+        })
+    }
 }
 
 /// The widest layer (and latent) a config may ask for: 16x the paper's 512.
@@ -1094,14 +1117,7 @@ impl TrainConfig {
                 f32::MIN_POSITIVE
             ));
         }
-        let e = &self.eval;
-        let pairs = e.num_images.saturating_mul(e.num_images.saturating_sub(1)) / 2;
-        if e.every_kimg > 0.0 && e.msssim_pairs > pairs {
-            return bad(format!(
-                "eval.msssim_pairs {}: eval.num_images {} make {pairs} distinct pairs",
-                e.msssim_pairs, e.num_images
-            ));
-        }
+
         if let Some(h) = self.ema.half_life_kimg {
             if !(h.is_finite() && h >= 0.0) {
                 return bad(format!(
@@ -1559,29 +1575,35 @@ mod tests {
     }
 
     #[test]
-    fn a_subnormal_epsilon_and_more_pairs_than_the_images_make_are_refused() {
-        assert_each_refused(&[
-            (
-                |c| c.optim.epsilon = 1e-45,
-                "optim.epsilon 1e-45 is below f32's smallest normal number",
-            ),
-            (
-                |c| {
-                    c.eval.every_kimg = 1.0;
-                    c.eval.num_images = 16;
-                    c.eval.msssim_pairs = 121;
-                },
-                "eval.msssim_pairs 121: eval.num_images 16 make 120 distinct pairs",
-            ),
-        ]);
+    fn a_subnormal_epsilon_is_refused() {
+        assert_each_refused(&[(
+            |c| c.optim.epsilon = 1e-45,
+            "optim.epsilon 1e-45 is below f32's smallest normal number",
+        )]);
         let mut config = TrainConfig::default();
-        (
-            config.eval.every_kimg,
-            config.eval.num_images,
-            config.eval.msssim_pairs,
-        ) = (1.0, 16, 120);
         config.optim.epsilon = f32::MIN_POSITIVE;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn more_pairs_than_the_images_make_are_the_pairs_there_are_and_said() {
+        let mut config = TrainConfig::default();
+        (config.eval.every_kimg, config.eval.num_images) = (1.0, 8);
+        config.validate().unwrap();
+        assert_eq!(config.eval.msssim_pairs_measured(), 28);
+        assert_eq!(
+            config.eval.fewer_pairs_warning().unwrap(),
+            "eval.msssim_pairs 128: eval.num_images 8 make 28 distinct pairs, so MS-SSIM \
+             measures those 28"
+        );
+        config.eval.msssim_pairs = 28;
+        assert!(config.eval.fewer_pairs_warning().is_none());
+        config.eval.every_kimg = 0.0;
+        config.eval.msssim_pairs = 1_000;
+        assert!(
+            config.eval.fewer_pairs_warning().is_none(),
+            "no evaluations, no warning"
+        );
     }
 
     #[test]

@@ -154,6 +154,30 @@ pub fn evaluate_generator<B: Backend>(
     Ok(report)
 }
 
+/// Bytes an evaluation of `num_images` generated images holds at its peak: the images and,
+/// `with_reals`, twice as many reals and SWD's descriptors of two sets; the list of `pairs`
+/// MS-SSIM pairs.
+pub fn evaluation_bytes(
+    num_images: usize,
+    pairs: usize,
+    channels: usize,
+    resolution: u32,
+    with_reals: bool,
+) -> u128 {
+    let n = num_images as u128;
+    let images = |count: u128| count * channels as u128 * u128::from(resolution).pow(2) * 4;
+    let swd = pgan_metrics::swd::peak_bytes_per_image(
+        resolution as usize,
+        channels,
+        &SwdConfig::default(),
+    );
+    let pair_list = pairs as u128 * u128::from(pgan_metrics::msssim::BYTES_PER_PAIR);
+    match with_reals {
+        true => images(3 * n) + n * u128::from(swd) + pair_list,
+        false => images(n) + pair_list,
+    }
+}
+
 /// `n` generated images from seeded latents, in batches; `truncation` resamples latent
 /// components beyond ±ψ; `watch`'s stop flag is checked before each batch.
 #[allow(clippy::too_many_arguments)]
@@ -553,22 +577,6 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             )));
         }
     }
-    // The generated images and, with a dataset, twice as many reals stay in memory.
-    let held: usize = if request.data.is_some() { 3 } else { 1 };
-    let what = if held == 3 {
-        "SWD, MS-SSIM and mode coverage (the generated images and twice as many reals)"
-    } else {
-        "SWD, MS-SSIM and mode coverage"
-    };
-    crate::limits::check_images_fit(
-        held.saturating_mul(request.num_images),
-        loaded.model.num_channels,
-        resolution,
-        what,
-    )
-    .map_err(|message| {
-        crate::error::TrainError::Request(format!("--num {}: {message}", request.num_images))
-    })?;
     let pairs = request.num_images.saturating_mul(request.num_images - 1) / 2;
     if request.msssim_pairs > pairs {
         return Err(crate::error::TrainError::Request(format!(
@@ -576,6 +584,30 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
             request.msssim_pairs, request.num_images
         )));
     }
+    // What stays in memory, checked before any image is generated: the generated images and,
+    // with a dataset, twice as many reals and the SWD descriptors of two sets; the MS-SSIM pair
+    // list.
+    let with_reals = request.data.is_some();
+    let held = evaluation_bytes(
+        request.num_images,
+        request.msssim_pairs,
+        loaded.model.num_channels,
+        resolution,
+        with_reals,
+    );
+    let what = if with_reals {
+        "SWD, MS-SSIM and mode coverage hold the generated images, twice as many reals, SWD's \
+         descriptors and the MS-SSIM pair list in memory:"
+    } else {
+        "SWD, MS-SSIM and mode coverage hold the generated images and the MS-SSIM pair list in \
+         memory:"
+    };
+    crate::limits::check_fits(held, what).map_err(|message| {
+        crate::error::TrainError::Request(format!(
+            "--num {} --pairs {}: {message}",
+            request.num_images, request.msssim_pairs
+        ))
+    })?;
     say(&format!(
         "generating {} images at {resolution}x{resolution}",
         request.num_images
@@ -850,6 +882,24 @@ mod tests {
     /// A generator whose images are not finite is refused with what is wrong (the first batch:
     /// 2 images of 3 x 8 x 8 values), not measured as
     /// an SWD of NaN and an MS-SSIM of 0 (nor drawn black by render, which shares the check).
+    #[test]
+    fn an_evaluations_memory_counts_swd_descriptors_and_the_pair_list() {
+        // 16x16 RGB: 3 KiB per image, and one SWD level of 128 patches of 7x7x3 floats
+        // (73.5 KiB) in five copies.
+        let per_image = 3 * 16 * 16 * 4;
+        let swd = 5 * 128 * 7 * 7 * 3 * 4;
+        assert_eq!(
+            evaluation_bytes(1000, 10, 3, 16, true),
+            1000 * (3 * per_image + swd) + 10 * 48
+        );
+        assert_eq!(
+            evaluation_bytes(1000, 10, 3, 16, false),
+            1000 * per_image + 480
+        );
+        // A pair list no machine holds is counted, not allocated.
+        assert!(evaluation_bytes(100_000, 4_999_949_999, 3, 16, false) > 200 << 30);
+    }
+
     #[test]
     fn non_finite_images_are_refused_not_measured() {
         let device = Default::default();

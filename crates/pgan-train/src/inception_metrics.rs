@@ -795,13 +795,13 @@ pub fn folder_features<B: Backend>(
         Ok(())
     };
     for file in &files {
-        let image = pgan_data::decode(file, pgan_data::DEFAULT_MAX_PIXELS).map_err(|message| {
-            TrainError::Image {
+        // The permit is held until the image's 8-bit copy is resized (end of the iteration).
+        let (image, _permit) = pgan_data::decode_held(file, pgan_data::DEFAULT_MAX_PIXELS)
+            .map_err(|message| TrainError::Image {
                 path: file.clone(),
                 action: "read",
                 message,
-            }
-        })?;
+            })?;
         with_alpha += usize::from(image.color().has_alpha());
         let size = (image.width(), image.height());
         *sizes.entry(size).or_insert(0) += 1;

@@ -70,13 +70,7 @@ pub fn check_fits(bytes: u128, what: &str) -> Result<(), String> {
     ))
 }
 
-/// Memory available to new allocations without swapping, in bytes (Linux).
-pub fn available_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+pub use pgan_data::memory::available_memory_bytes;
 
 /// Pixel dimensions of a grid of `rows x cols` cells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

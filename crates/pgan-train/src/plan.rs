@@ -87,18 +87,38 @@ pub const MSSSIM_OFF: &str =
     "eval.msssim_pairs = 0 measures no MS-SSIM, so the mode-collapse alarms cannot fire";
 
 /// Evaluations set to come less often than the run is long: they never happen (said by
-/// `--dry-run` and at the start).
-pub fn evaluations_past_the_end(config: &TrainConfig) -> Vec<String> {
-    let (e, total) = (&config.eval, config.schedule.total_kimg);
+/// `--dry-run` and at the start). An evaluation comes at the tick end that crosses a multiple
+/// of its interval in whole images, and the run ends with its last whole minibatch, which may
+/// pass `total_kimg`.
+pub fn evaluations_past_the_end(config: &TrainConfig, model: &ModelConfig) -> Vec<String> {
+    let e = &config.eval;
+    let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
+    let Some(end) = schedule.images_at_end(config.optim.d_steps) else {
+        return Vec::new();
+    };
     [
-        ("SWD/MS-SSIM", "eval.every_kimg", e.every_kimg),
-        ("FID", "eval.fid_every_kimg", e.fid_every_kimg),
+        (
+            "SWD/MS-SSIM",
+            "eval.every_kimg",
+            e.every_kimg,
+            e.every_kimg > 0.0,
+        ),
+        (
+            "FID",
+            "eval.fid_every_kimg",
+            e.fid_every_kimg,
+            e.fid_enabled(),
+        ),
     ]
     .into_iter()
-    .filter(|&(_, _, every)| every > total)
-    .filter(|&(what, _, _)| what != "FID" || e.fid_enabled())
-    .map(|(what, key, every)| {
-        format!("{what} never: {key} {every} is past the run's end (schedule.total_kimg {total})")
+    .filter(|&(_, _, every, on)| on && ((every * 1000.0).round() as u64).max(1) > end)
+    .map(|(what, key, every, _)| {
+        format!(
+            "{what} never: {key} {every} is past the run's end ({} images shown, \
+             schedule.total_kimg {})",
+            thousands(end as usize),
+            config.schedule.total_kimg
+        )
     })
     .collect()
 }
@@ -108,9 +128,10 @@ pub fn evaluations_past_the_end(config: &TrainConfig) -> Vec<String> {
 fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
     let e = &config.eval;
     // Those past the run's end are among the warnings.
+    let never = evaluations_past_the_end(config, model);
+    let said = |key: &str| never.iter().any(|n| n.contains(key));
     let mut parts = Vec::new();
-    let total = config.schedule.total_kimg;
-    if e.every_kimg > 0.0 && e.every_kimg <= total {
+    if e.every_kimg > 0.0 && !said("eval.every_kimg") {
         let from = crate::eval::MIN_EVAL_RESOLUTION;
         if model.resolution < from {
             parts.push(format!(
@@ -121,14 +142,16 @@ fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
         } else {
             parts.push(format!(
                 "SWD/MS-SSIM every {} kimg from {from}x{from} ({} images, {} pairs)",
-                e.every_kimg, e.num_images, e.msssim_pairs
+                e.every_kimg,
+                e.num_images,
+                e.msssim_pairs_measured()
             ));
             if e.msssim_pairs == 0 {
                 parts.push(MSSSIM_OFF.to_string());
             }
         }
     }
-    if e.fid_enabled() && e.fid_every_kimg <= total {
+    if e.fid_enabled() && !said("eval.fid_every_kimg") {
         parts.push(format!(
             "FID every {} kimg ({} images)",
             e.fid_every_kimg, e.fid_num
@@ -137,7 +160,7 @@ fn describe_evaluation(config: &TrainConfig, model: &ModelConfig) -> String {
             parts.push(warning);
         }
     }
-    if parts.is_empty() && !evaluations_past_the_end(config).is_empty() {
+    if parts.is_empty() && !never.is_empty() {
         "evaluation: none within the run (see the warning)".to_string()
     } else if parts.is_empty() {
         "evaluation: off".to_string()
@@ -337,31 +360,36 @@ mod tests {
 
     #[test]
     fn evaluations_less_often_than_the_run_is_long_are_said_to_never_happen() {
+        let model = ModelConfig::cpu_small(16);
         let mut config = TrainConfig::default();
-        config.schedule.total_kimg = 10.0;
+        config.model.resolution = 16;
+        config.schedule.total_kimg = 0.1;
+        config.schedule.minibatch.clear();
+        config.schedule.minibatch_default = 16;
+        // 0.1 kimg in steps of 16 images ends at 112: an interval of 110 is crossed there.
         (
             config.eval.every_kimg,
             config.eval.fid_every_kimg,
             config.eval.fid_num,
-        ) = (1e30, 10.0, 0);
-        let said = evaluations_past_the_end(&config);
-        assert!(
-            said.len() == 1
-                && said[0].starts_with("SWD/MS-SSIM never: eval.every_kimg 1")
-                && said[0].ends_with("is past the run's end (schedule.total_kimg 10)"),
-            "{said:?}"
+        ) = (0.11, 0.0, 0);
+        assert!(evaluations_past_the_end(&config, &model).is_empty());
+        config.eval.every_kimg = 0.113;
+        let said = evaluations_past_the_end(&config, &model);
+        assert_eq!(
+            said,
+            ["SWD/MS-SSIM never: eval.every_kimg 0.113 is past the run's end (112 images shown, \
+              schedule.total_kimg 0.1)"]
         );
-        let model = ModelConfig::cpu_small(32);
         assert_eq!(
             describe_evaluation(&config, &model),
             "evaluation: none within the run (see the warning)"
         );
-        // FID off (fid_num 0) is not said; at the run's very end it happens.
-        config.eval.every_kimg = 10.0;
-        assert!(evaluations_past_the_end(&config).is_empty());
+        // FID off (fid_num 0) is not said.
+        config.eval.every_kimg = 0.1;
+        config.eval.fid_every_kimg = 5.0;
+        assert!(evaluations_past_the_end(&config, &model).is_empty());
         config.eval.fid_num = 8;
-        config.eval.fid_every_kimg = 11.0;
-        assert_eq!(evaluations_past_the_end(&config).len(), 1);
+        assert_eq!(evaluations_past_the_end(&config, &model).len(), 1);
     }
 
     #[test]

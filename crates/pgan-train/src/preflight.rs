@@ -35,6 +35,9 @@ pub struct Preflight {
 pub struct ResumePlan {
     /// The checkpoint folder resumed.
     pub checkpoint: PathBuf,
+    /// What the resume says of the dataset as it restores the checkpoint (another dataset, a
+    /// sampling order started afresh): the real start logs them then, `--dry-run` prints them.
+    pub dataset_warnings: Vec<String>,
     /// Its position in images shown.
     pub images_shown: u64,
     /// Its tick.
@@ -225,12 +228,25 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     reader.verify_levels_up_to(config.model.resolution)?;
     let model = crate::plan::resolve_model(&config.model, reader.channels())?;
     if config.eval.every_kimg > 0.0 {
-        // An evaluation holds its generated images and twice as many reals.
-        crate::limits::check_images_fit(
-            config.eval.num_images.saturating_mul(3),
+        // An evaluation holds its generated images, twice as many reals, their SWD
+        // descriptors and the MS-SSIM pair list.
+        let e = &config.eval;
+        let held = crate::eval::evaluation_bytes(
+            e.num_images,
+            e.msssim_pairs_measured(),
             model.num_channels,
             model.resolution,
-            "evaluations during training",
+            true,
+        );
+        crate::limits::check_fits(
+            held,
+            &format!(
+                "evaluations during training hold {} generated images of {r}x{r}, twice as \
+                 many reals, their SWD descriptors and {} MS-SSIM pairs in memory:",
+                e.num_images,
+                e.msssim_pairs_measured(),
+                r = model.resolution
+            ),
         )
         .map_err(|message| TrainError::Config {
             path: None,
@@ -245,7 +261,6 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     let mut resume = None;
     // The damaged checkpoints a resume passes over, said as the real start says them.
     let mut skipped = Vec::new();
-    let mut adopted = Vec::new();
     if let Some(resume_path) = &options.resume {
         let found = checkpoint::find_checkpoint(resume_path)?;
         skipped = found.warnings();
@@ -260,7 +275,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         // On a copy: the run adopts the dataset into its own state when it restores.
         let fresh = || BatchSampler::new(reader.len(), 0, false);
         // Its warnings (another dataset, a sampling order started afresh) are the real start's.
-        adopted =
+        let adopted =
             checkpoint::adopt_dataset(&mut state, &ckpt, &reader, options.data_changed_ok, fresh)?;
         let schedule = StageSchedule::new(config.schedule.clone(), model.resolution);
         check_position(&schedule, &state, &ckpt)?;
@@ -284,12 +299,13 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             alpha: state.alpha,
             rate: ResumeRate::of(&state),
             checkpoint: ckpt,
+            dataset_warnings: adopted,
         });
     }
     let mut warnings: Vec<String> = skipped
         .into_iter()
-        .chain(adopted)
-        .chain(crate::plan::evaluations_past_the_end(&config))
+        .chain(crate::plan::evaluations_past_the_end(&config, &model))
+        .chain(config.eval.fewer_pairs_warning())
         .chain(crate::distributed::mbstd_groups_split(&config)?)
         .collect();
     // The largest minibatch the schedule trains with, and where (first).
@@ -500,6 +516,7 @@ mod tests {
             set_aside,
             abandoned: "run/checkpoints/abandoned-2".into(),
             rate,
+            dataset_warnings: Vec::new(),
         }
         .describe(3)
     }

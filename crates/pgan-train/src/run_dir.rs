@@ -39,7 +39,21 @@ pub fn check_out_dir(out_dir: &Path) -> Result<()> {
                 a
             }
         })
-        .find_map(|a| Some((a, std::fs::metadata(a).ok()?)));
+        .find_map(|a| Some((a, std::fs::symlink_metadata(a).ok()?)));
+    // A link counts as what it points to; one that points nowhere cannot be made a folder.
+    let existing = match existing {
+        Some((at, meta)) if meta.file_type().is_symlink() => match std::fs::metadata(at) {
+            Ok(target) => Some((at, target)),
+            Err(_) => {
+                return Err(refuse(format!(
+                    "{} is a symbolic link to {}, which does not exist",
+                    at.display(),
+                    std::fs::read_link(at).map_or("?".into(), |t| t.display().to_string())
+                )))
+            }
+        },
+        other => other,
+    };
     match existing {
         Some((at, meta)) if !meta.is_dir() => Err(refuse(if at == out_dir {
             format!(
@@ -58,12 +72,20 @@ pub fn check_out_dir(out_dir: &Path) -> Result<()> {
 /// Whether this process can make a folder in `dir`: one is made and removed (permissions alone
 /// do not say it for root, nor for filesystems such as /proc that take no new entries).
 fn check_writable_folder(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".pgan-probe-{}", std::process::id()));
-    match std::fs::create_dir(&probe) {
-        Ok(()) => std::fs::remove_dir(&probe),
-        // A probe of this very process already there is writable ground, and not ours.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = dir.join(format!(".pgan-probe-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&probe) {
+            Ok(()) => {
+                // Made is the answer; a folder that takes new entries but refuses removals
+                // (append-only) keeps this empty one.
+                let _ = std::fs::remove_dir(&probe);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -472,10 +494,6 @@ mod tests {
         assert!(RunLock::acquire(dir.path()).unwrap().is_held());
     }
 
-    /// The run's own files are written only where they are: a link there (to a dataset, the
-    /// user's notes) is refused and its target kept, a FIFO is named (opening it for writing
-    /// waited for a reader for ever), and a file where the sample sheets go is found before
-    /// any training.
     #[test]
     fn an_out_dir_where_no_run_folder_can_be_made_is_refused_before_the_start() {
         let dir = tempfile::tempdir().unwrap();
@@ -491,7 +509,19 @@ mod tests {
             "{err}"
         );
         check_out_dir(&dir.path().join("new").join("runs")).unwrap();
-        check_out_dir(Path::new("relative-runs")).unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere").join("runs"), &dangling).unwrap();
+        let err = check_out_dir(&dangling.join("sub"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("which does not exist"), "{err}");
+        // The probes leave nothing behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".pgan-probe"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         // /proc takes no folders, whoever asks (root included).
         #[cfg(target_os = "linux")]
         {
@@ -502,6 +532,10 @@ mod tests {
         }
     }
 
+    /// The run's own files are written only where they are: a link there (to a dataset, the
+    /// user's notes) is refused and its target kept, a FIFO is named (opening it for writing
+    /// waited for a reader for ever), and a file where the sample sheets go is found before
+    /// any training.
     #[test]
     fn the_runs_own_files_are_never_written_through_links_or_fifos() {
         let dir = tempfile::tempdir().unwrap();
@@ -540,11 +574,27 @@ mod tests {
             assert_eq!(std::fs::read(&precious).unwrap(), b"the user's dataset");
             std::fs::remove_file(&path).unwrap();
             fifo(&path);
-            let err = open(&run).unwrap_err().to_string();
-            assert!(err.contains(name) && err.contains("it is a FIFO"), "{err}");
+            for err in [
+                open(&run).unwrap_err().to_string(),
+                check_run_writable(&run).unwrap_err().to_string(),
+            ] {
+                assert!(err.contains(name) && err.contains("it is a FIFO"), "{err}");
+            }
             std::fs::remove_file(&path).unwrap();
             open(&run).unwrap();
         }
+        check_run_writable(&run).unwrap();
+        // A file where the sample sheets go stops the dry run as it stops the start.
+        let samples = run.join(SAMPLES_DIR);
+        std::fs::remove_dir_all(&samples).ok();
+        std::fs::write(&samples, b"not a folder").unwrap();
+        let err = check_run_writable(&run).unwrap_err().to_string();
+        assert!(
+            err.contains("samples") && err.contains("not a folder"),
+            "{err}"
+        );
+        std::fs::remove_file(&samples).unwrap();
+        std::fs::create_dir(&samples).unwrap();
         // The rewrite of the metrics (a rollback) and a sample sheet replace no file a link
         // points to either (config.toml, state.json and the feature cache are written alike).
         std::fs::remove_file(&metrics).unwrap();

@@ -1069,11 +1069,32 @@ fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
     let text = config.to_toml();
     // A resume that changes nothing keeps the file as it is: the user's comments in it (its
     // errors send users to edit it) are theirs.
-    let unchanged = TrainConfig::from_toml_file(&path).is_ok_and(|now| now.to_toml() == text);
+    // It must also spell out every key this version writes: an older file's missing keys
+    // would otherwise follow a later change of their defaults.
+    let unchanged = TrainConfig::from_toml_file(&path).is_ok_and(|now| now.to_toml() == text)
+        && std::fs::read_to_string(&path).is_ok_and(|old| keys_of(&text).is_subset(&keys_of(&old)));
     if unchanged {
         return Ok(());
     }
     crate::fsutil::write_own_atomic(&path, text.as_bytes()).map_err(io_err(&path, "write"))
+}
+
+/// The `section.key` names a TOML text sets (keys of nested tables by their whole path).
+fn keys_of(text: &str) -> std::collections::BTreeSet<String> {
+    fn walk(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        for (key, value) in table {
+            let name = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) => walk(inner, &format!("{name}."), out),
+                _ => {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    walk(&text.parse().unwrap_or_default(), "", &mut keys);
+    keys
 }
 
 /// The tick in progress: the values of its steps and its clock. A rollback drops it whole (the
@@ -1232,5 +1253,32 @@ minibatch_default = 4
             assert!(mean.is_finite(), "{name} = {mean}");
         }
         assert!(stats.mean(key::GRAD_D_NORM).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_resume_that_changes_nothing_keeps_the_config_only_when_it_spells_every_key_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig::default();
+        let path = dir.path().join(CONFIG_FILE);
+        let full = format!("# the user's note\n{}", config.to_toml());
+        std::fs::write(&path, &full).unwrap();
+        write_config(dir.path(), &config).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            full,
+            "kept, note and all"
+        );
+        // An older file without a key (its default then) is written out whole.
+        let (seed_line, _) = config
+            .to_toml()
+            .lines()
+            .find(|l| l.starts_with("seed = "))
+            .map(|l| (l.to_string(), ()))
+            .unwrap();
+        let short = full.replace(&format!("{seed_line}\n"), "");
+        std::fs::write(&path, &short).unwrap();
+        write_config(dir.path(), &config).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), config.to_toml());
+        assert!(keys_of("[run]\nseed = 1\n[a.b]\nc = 2\n").contains("a.b.c"));
     }
 }

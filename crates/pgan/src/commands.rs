@@ -510,7 +510,8 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 resume.describe(checked.config.recovery.max_consecutive_failures)
             );
         }
-        for warning in &checked.warnings {
+        let resume_warnings = checked.resume.iter().flat_map(|r| &r.dataset_warnings);
+        for warning in checked.warnings.iter().chain(resume_warnings) {
             tell!("warning: {warning}");
         }
         return Ok(ExitCode::SUCCESS);
@@ -1090,6 +1091,7 @@ fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
                 pgan_data::remove_own_temps(&target);
             }
         }
+        crate::paths::remove_created_folders();
         // Not `eprintln!`: a closed stderr must not panic in the handler.
         let _ = writeln!(
             std::io::stderr(),

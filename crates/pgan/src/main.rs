@@ -438,7 +438,13 @@ fn main() -> ExitCode {
         std::thread::park();
     }
     match result {
-        Ok(code) => code,
+        Ok(code) => {
+            // An interrupted command (exit 130) leaves none of the folders it made either.
+            if code != ExitCode::SUCCESS {
+                paths::remove_created_folders();
+            }
+            code
+        }
         Err(err) => {
             paths::remove_created_folders();
             tell!("error: {}", error_chain(&err));
