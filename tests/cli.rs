@@ -1894,19 +1894,6 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         out.contains("--pairs 7: 4 images make 6 distinct pairs"),
         "{out}"
     );
-    // A pair list past the memory is refused before any image is generated (it aborted).
-    let out = run_err(pgan().arg("eval").arg(&run).args([
-        "--num",
-        "3000000",
-        "--pairs",
-        "4499998500000",
-    ]));
-    assert!(
-        out.contains("--num 3000000 --pairs 4499998500000:")
-            && out.contains("the MS-SSIM pair list in memory")
-            && !out.contains("generating"),
-        "{out}"
-    );
     // Without --pairs, a few images use the pairs they make (the default 512 needs 33).
     run_ok(pgan().arg("eval").arg(&run).args(["--num", "4"]));
 
@@ -3766,6 +3753,21 @@ fn eval_of_a_run_without_its_config_names_the_missing_file() {
     );
     assert!(
         out.contains("has no config.toml") && out.contains("swd: no dataset to compare with"),
+        "{out}"
+    );
+    // A pair list past the memory is refused before any image is generated (it aborted): the
+    // 300,000 images fit (under 1 GB at 16x16), their 4.5e10 pairs (2 TB) do not.
+    let out =
+        run_err(
+            pgan()
+                .arg("eval")
+                .arg(&run)
+                .args(["--num", "300000", "--pairs", "44999850000"]),
+        );
+    assert!(
+        out.contains("--num 300000 --pairs 44999850000:")
+            && out.contains("the MS-SSIM pair list in memory")
+            && !out.contains("generating"),
         "{out}"
     );
     // With --data it measures.

@@ -266,19 +266,23 @@ pub fn decode_held(
                 ));
             }
         }
-        decode_from(std::io::Cursor::new(&bytes[..]), path, max_pixels)
+        decode_from(
+            std::io::Cursor::new(&bytes[..]),
+            path,
+            max_pixels,
+            meta.len(),
+        )
     } else {
-        decode_from(std::io::BufReader::new(&file), path, max_pixels)
+        decode_from(std::io::BufReader::new(&file), path, max_pixels, 0)
     };
     let (img, permit) = match img {
         Err(Undecodable::Unsupported(reason)) if is_tiff(path) => {
             // The `image` crate refuses some TIFF layouts that common tools read (grey + alpha).
             drop(file);
+            // The fallback sizes the image itself: held for the most it may take (rare files).
+            let permit = budget(max_pixels).acquire(alloc_limit(max_pixels).saturating_mul(2));
             let img = crate::tiff_fallback::decode(path, max_pixels).map_err(|_| reason)?;
-            // Counted once decoded: the fallback checks its size itself.
-            let bytes = img.as_bytes().len() as u64;
-            let pixels = u64::from(img.width()) * u64::from(img.height());
-            (img, budget(max_pixels).acquire(bytes + pixels * 4))
+            (img, permit)
         }
         Err(Undecodable::Unsupported(reason) | Undecodable::Other(reason)) => return Err(reason),
         Ok(held) => held,
@@ -367,10 +371,15 @@ fn is_tiff(path: &Path) -> bool {
     image::ImageFormat::from_path(path).is_ok_and(|f| f == image::ImageFormat::Tiff)
 }
 
+/// Decodes `source` (the file at `path`, of which `held_bytes` are in memory) within the
+/// process's [`DecodeBudget`]: the permit counts the decoded buffer, its 8-bit copy, a rotated
+/// copy where EXIF asks for one, the file's bytes held, and a JPEG decoder's own copy of the file
+/// and coefficients (a progressive image keeps 2 bytes per sample of up to 4 components).
 fn decode_from<R: std::io::BufRead + std::io::Seek>(
     source: R,
     path: &Path,
     max_pixels: u64,
+    held_bytes: u64,
 ) -> std::result::Result<(DynamicImage, DecodePermit<'static>), Undecodable> {
     let other = Undecodable::Other;
     let mut reader = ImageReader::new(source);
@@ -385,6 +394,7 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_alloc);
     reader.limits(limits);
+    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let mut decoder = reader.into_decoder().map_err(|e| match e {
         image::ImageError::Unsupported(_) => {
             Undecodable::Unsupported(format!("cannot decode: {e}"))
@@ -393,17 +403,41 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     })?;
     let deep = decoder.color_type().bytes_per_pixel() > decoder.color_type().channel_count();
     let (w, h) = decoder.dimensions();
-    let needed = check_size((w, h), decoder.total_bytes(), deep, max_pixels).map_err(other)?;
-    // Beside the decoded buffer, `to_channels` makes an 8-bit RGB copy (a composite first
-    // when there is alpha): 4 bytes per pixel covers both.
-    let permit = budget(max_pixels).acquire(needed + u64::from(w) * u64::from(h) * 4);
+    let decoded = decoder.total_bytes();
+    // `needed`: the decoded buffer, and for deeper channels its 8-bit copy.
+    let needed = check_size((w, h), decoded, deep, max_pixels).map_err(other)?;
     let orientation = decoder
         .orientation()
         .map_err(|e| other(format!("cannot read orientation: {e}")))?;
+    let pixels = u64::from(w) * u64::from(h);
+    // `to_channels`' 8-bit RGB copy (a composite first when there is alpha).
+    let copy = if deep { 0 } else { pixels.saturating_mul(4) };
+    let rotated = if orientation == image::metadata::Orientation::NoTransforms {
+        0
+    } else {
+        decoded
+    };
+    let jpeg = if is_jpeg {
+        meta_len(path).saturating_add(pixels.saturating_mul(8))
+    } else {
+        0
+    };
+    let permit = budget(max_pixels).acquire(
+        needed
+            .saturating_add(copy)
+            .saturating_add(rotated)
+            .saturating_add(jpeg)
+            .saturating_add(held_bytes),
+    );
     let mut img =
         DynamicImage::from_decoder(decoder).map_err(|e| other(format!("cannot decode: {e}")))?;
     img.apply_orientation(orientation);
     Ok((img, permit))
+}
+
+/// The length of the file at `path` (0 where it cannot be read).
+fn meta_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Start of the skip reason of an image over the pixel limit.
@@ -871,7 +905,9 @@ pub(crate) mod tests {
         // A decoded image holds its bytes and its 8-bit copy's from the process's budget until
         // its permit is dropped.
         let (image, permit) = decode_held(&p, 1200).unwrap();
-        assert_eq!(permit.bytes(), 40 * 30 * 3 + 40 * 30 * 4);
+        // (The decoded RGB buffer, its 8-bit RGB copy and the file's bytes, read whole.)
+        let file = std::fs::metadata(&p).unwrap().len();
+        assert_eq!(permit.bytes(), 40 * 30 * 3 + 40 * 30 * 4 + file);
         assert!(budget(1200).in_use() >= permit.bytes());
         drop((image, permit));
     }

@@ -154,28 +154,34 @@ pub fn evaluate_generator<B: Backend>(
     Ok(report)
 }
 
-/// Bytes an evaluation of `num_images` generated images holds at its peak: the images and,
-/// `with_reals`, twice as many reals and SWD's descriptors of two sets; the list of `pairs`
-/// MS-SSIM pairs.
+/// Bytes an evaluation holds at its peak: `held_images` images of `channels x resolution²`
+/// floats, SWD's descriptors of `swd_images` images (four sets' worth per image, and their
+/// gathering buffers) and the list of `pairs` MS-SSIM pairs, each where the resolution lets it
+/// be measured.
 pub fn evaluation_bytes(
-    num_images: usize,
+    held_images: usize,
+    swd_images: usize,
     pairs: usize,
     channels: usize,
     resolution: u32,
-    with_reals: bool,
 ) -> u128 {
-    let n = num_images as u128;
-    let images = |count: u128| count * channels as u128 * u128::from(resolution).pow(2) * 4;
-    let swd = pgan_metrics::swd::peak_bytes_per_image(
-        resolution as usize,
-        channels,
-        &SwdConfig::default(),
-    );
-    let pair_list = pairs as u128 * u128::from(pgan_metrics::msssim::BYTES_PER_PAIR);
-    match with_reals {
-        true => images(3 * n) + n * u128::from(swd) + pair_list,
-        false => images(n) + pair_list,
-    }
+    let images = held_images as u128 * channels as u128 * u128::from(resolution).pow(2) * 4;
+    let swd = if resolution >= MIN_SWD_RESOLUTION {
+        let per_image = pgan_metrics::swd::peak_bytes_per_image(
+            resolution as usize,
+            channels,
+            &SwdConfig::default(),
+        );
+        swd_images as u128 * u128::from(per_image)
+    } else {
+        0
+    };
+    let pair_list = if resolution as usize >= pgan_metrics::msssim::MIN_SIZE {
+        pairs as u128 * u128::from(pgan_metrics::msssim::BYTES_PER_PAIR)
+    } else {
+        0
+    };
+    images + swd + pair_list
 }
 
 /// `n` generated images from seeded latents, in batches; `truncation` resamples latent
@@ -587,17 +593,20 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
     // What stays in memory, checked before any image is generated: the generated images and,
     // with a dataset, twice as many reals and the SWD descriptors of two sets; the MS-SSIM pair
     // list.
-    let with_reals = request.data.is_some();
+    // Reals come from a .pgan dataset only (an image folder serves the Inception metrics): at
+    // the peak the generated images, twice as many reals and their two halves split off.
+    let with_reals = request.data.as_ref().is_some_and(|p| !p.is_dir());
+    let n = request.num_images;
     let held = evaluation_bytes(
-        request.num_images,
+        if with_reals { n.saturating_mul(4) } else { n },
+        if with_reals { n } else { 0 },
         request.msssim_pairs,
         loaded.model.num_channels,
         resolution,
-        with_reals,
     );
     let what = if with_reals {
-        "SWD, MS-SSIM and mode coverage hold the generated images, twice as many reals, SWD's \
-         descriptors and the MS-SSIM pair list in memory:"
+        "SWD, MS-SSIM and mode coverage hold the generated images, three times as many reals \
+         (two draws as they are split), SWD's descriptors and the MS-SSIM pair list in memory:"
     } else {
         "SWD, MS-SSIM and mode coverage hold the generated images and the MS-SSIM pair list in \
          memory:"
@@ -727,7 +736,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
                 request.num_images,
             ));
         }
-        let (a, b) = split_half(&reals);
+        let (a, b) = split_half(reals);
         if resolution >= MIN_SWD_RESOLUTION {
             let cfg = SwdConfig {
                 seed: request.seed,
@@ -843,24 +852,25 @@ fn measured_ms_ssim(
 }
 
 /// The first and second half of an image set.
-fn split_half(set: &ImageSet) -> (ImageSet, ImageSet) {
+/// The first and second halves of `set` (an odd last image dropped), without a third copy: the
+/// second half is copied out, then the first shrinks in place.
+fn split_half(set: ImageSet) -> (ImageSet, ImageSet) {
     let half = set.n / 2;
     let per = set.c * set.h * set.w;
-    let a = ImageSet {
-        data: set.data[..half * per].to_vec(),
+    let (c, h, w) = (set.c, set.h, set.w);
+    let mut first = set.data;
+    let mut second = first.split_off(half * per);
+    second.truncate(half * per);
+    second.shrink_to_fit();
+    first.shrink_to_fit();
+    let set = |data: Vec<f32>| ImageSet {
+        data,
         n: half,
-        c: set.c,
-        h: set.h,
-        w: set.w,
+        c,
+        h,
+        w,
     };
-    let b = ImageSet {
-        data: set.data[half * per..2 * half * per].to_vec(),
-        n: half,
-        c: set.c,
-        h: set.h,
-        w: set.w,
-    };
-    (a, b)
+    (set(first), set(second))
 }
 
 #[cfg(test)]
@@ -879,9 +889,6 @@ mod tests {
         }
     }
 
-    /// A generator whose images are not finite is refused with what is wrong (the first batch:
-    /// 2 images of 3 x 8 x 8 values), not measured as
-    /// an SWD of NaN and an MS-SSIM of 0 (nor drawn black by render, which shares the check).
     #[test]
     fn an_evaluations_memory_counts_swd_descriptors_and_the_pair_list() {
         // 16x16 RGB: 3 KiB per image, and one SWD level of 128 patches of 7x7x3 floats
@@ -889,17 +896,33 @@ mod tests {
         let per_image = 3 * 16 * 16 * 4;
         let swd = 5 * 128 * 7 * 7 * 3 * 4;
         assert_eq!(
-            evaluation_bytes(1000, 10, 3, 16, true),
-            1000 * (3 * per_image + swd) + 10 * 48
+            evaluation_bytes(4000, 1000, 10, 3, 16),
+            4000 * per_image + 1000 * swd + 10 * 48
         );
-        assert_eq!(
-            evaluation_bytes(1000, 10, 3, 16, false),
-            1000 * per_image + 480
-        );
+        assert_eq!(evaluation_bytes(1000, 0, 10, 3, 16), 1000 * per_image + 480);
+        // Below 16x16 neither SWD nor MS-SSIM is measured: only the images count.
+        assert_eq!(evaluation_bytes(4000, 1000, 10, 3, 8), 4000 * 3 * 64 * 4);
         // A pair list no machine holds is counted, not allocated.
-        assert!(evaluation_bytes(100_000, 4_999_949_999, 3, 16, false) > 200 << 30);
+        assert!(evaluation_bytes(100_000, 0, 4_999_949_999, 3, 16) > 200 << 30);
     }
 
+    #[test]
+    fn halves_of_a_draw_are_its_first_and_second_images() {
+        let set = ImageSet {
+            data: (0..5 * 2).map(|v| v as f32).collect(),
+            n: 5,
+            c: 1,
+            h: 1,
+            w: 2,
+        };
+        let (a, b) = split_half(set);
+        assert_eq!((a.n, a.data), (2, vec![0.0, 1.0, 2.0, 3.0]));
+        assert_eq!((b.n, b.data), (2, vec![4.0, 5.0, 6.0, 7.0]));
+    }
+
+    /// A generator whose images are not finite is refused with what is wrong (the first batch:
+    /// 2 images of 3 x 8 x 8 values), not measured as
+    /// an SWD of NaN and an MS-SSIM of 0 (nor drawn black by render, which shares the check).
     #[test]
     fn non_finite_images_are_refused_not_measured() {
         let device = Default::default();

@@ -38,6 +38,10 @@ pub struct ResumePlan {
     /// What the resume says of the dataset as it restores the checkpoint (another dataset, a
     /// sampling order started afresh): the real start logs them then, `--dry-run` prints them.
     pub dataset_warnings: Vec<String>,
+    /// What the resume says of the run's `metrics.jsonl` as it cuts it back to the checkpoint
+    /// (a torn last line, lines that are not rows, rows lost): logged then, printed by
+    /// `--dry-run`.
+    pub metrics_warnings: Vec<String>,
     /// Its position in images shown.
     pub images_shown: u64,
     /// Its tick.
@@ -228,21 +232,21 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
     reader.verify_levels_up_to(config.model.resolution)?;
     let model = crate::plan::resolve_model(&config.model, reader.channels())?;
     if config.eval.every_kimg > 0.0 {
-        // An evaluation holds its generated images, twice as many reals, their SWD
-        // descriptors and the MS-SSIM pair list.
+        // An evaluation holds its generated images, as many reals, their SWD descriptors and
+        // the MS-SSIM pair list.
         let e = &config.eval;
         let held = crate::eval::evaluation_bytes(
+            e.num_images.saturating_mul(2),
             e.num_images,
             e.msssim_pairs_measured(),
             model.num_channels,
             model.resolution,
-            true,
         );
         crate::limits::check_fits(
             held,
             &format!(
-                "evaluations during training hold {} generated images of {r}x{r}, twice as \
-                 many reals, their SWD descriptors and {} MS-SSIM pairs in memory:",
+                "evaluations during training hold {} generated images of {r}x{r}, as many \
+                 reals, their SWD descriptors and {} MS-SSIM pairs in memory:",
                 e.num_images,
                 e.msssim_pairs_measured(),
                 r = model.resolution
@@ -289,6 +293,11 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         })?;
         crate::run_dir::RunLock::check_free(&run_dir)?;
         crate::run_dir::check_run_writable(&run_dir)?;
+        let cut = crate::stats::Cut::Resume {
+            rollbacks_kept: state.consecutive_failures,
+        };
+        let metrics_warnings =
+            crate::stats::resume_warnings(&run_dir, state.images_shown, cut, state.tick)?;
         checkpoint::refuse_leaving(&ckpt)?;
         resume = Some(ResumePlan {
             set_aside: checkpoint::checkpoints_newer_than(&run_dir, &ckpt)?,
@@ -300,6 +309,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
             rate: ResumeRate::of(&state),
             checkpoint: ckpt,
             dataset_warnings: adopted,
+            metrics_warnings,
         });
     }
     let mut warnings: Vec<String> = skipped
@@ -517,6 +527,7 @@ mod tests {
             abandoned: "run/checkpoints/abandoned-2".into(),
             rate,
             dataset_warnings: Vec::new(),
+            metrics_warnings: Vec::new(),
         }
         .describe(3)
     }

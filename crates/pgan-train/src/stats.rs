@@ -497,7 +497,11 @@ fn read_metrics(run_dir: &Path) -> Result<Option<String>> {
 /// The last tick row of `metrics.jsonl`: its tick number and the images shown at its end
 /// (`None` without one).
 pub fn last_tick_row(run_dir: &Path) -> Option<LastTick> {
-    let text = read_metrics(run_dir).ok()??;
+    last_tick_row_in(&read_metrics(run_dir).ok()??)
+}
+
+/// [`last_tick_row`] of a `metrics.jsonl` text.
+fn last_tick_row_in(text: &str) -> Option<LastTick> {
     text.lines().rev().find_map(|line| {
         let row = serde_json::from_str::<Value>(line).ok()?;
         Some(LastTick {
@@ -505,6 +509,77 @@ pub fn last_tick_row(run_dir: &Path) -> Option<LastTick> {
             images: (row.get(key::KIMG)?.as_f64()? * 1000.0).round() as u64,
         })
     })
+}
+
+/// What a resume says when `metrics.jsonl` lacks rows of ticks its checkpoint closed (the file
+/// deleted, restored from an older copy, or cut short): the report's curves have a gap there,
+/// and nothing can bring those rows back.
+pub fn lost_rows_warning(run_dir: &Path, last_row: Option<LastTick>, ticks: u64) -> Option<String> {
+    let path = run_dir.join(METRICS_FILE);
+    match last_row {
+        Some(row) if row.tick >= ticks => None,
+        _ if ticks == 0 => None,
+        Some(row) => Some(format!(
+            "{}: its last tick row is tick {} ({:.3} kimg), but the checkpoint closed {ticks} \
+             ticks: {} lost (the curves in the report have a gap there; the run goes on from \
+             the checkpoint)",
+            path.display(),
+            row.tick,
+            row.images as f64 / 1000.0,
+            if row.tick + 1 == ticks {
+                format!("the row of tick {ticks} is")
+            } else {
+                format!("the rows of ticks {} to {ticks} are", row.tick + 1)
+            },
+        )),
+        None => Some(format!(
+            "{}: no tick rows (missing or unreadable), but the checkpoint closed {ticks} ticks: \
+             the rows of ticks 1 to {ticks} are lost (the curves in the report start at this \
+             resume; the run goes on from the checkpoint)",
+            path.display(),
+        )),
+    }
+}
+
+/// What a cut of `metrics.jsonl` ([`truncate_after`]) says: a last line a kill cut short,
+/// dropped; lines that are not rows, kept.
+pub fn truncation_warnings(run_dir: &Path, truncated: &Truncated) -> Vec<String> {
+    let path = run_dir.join(METRICS_FILE);
+    let mut said = Vec::new();
+    if truncated.unreadable > 0 {
+        said.push(format!(
+            "{}: its last line, cut short by a kill or a full disk, dropped",
+            path.display(),
+        ));
+    }
+    if truncated.foreign > 0 {
+        said.push(format!(
+            "{}: {} line(s) that are not rows (notes, edited rows) kept where they stand; \
+             `pgan report` leaves out those without a kimg and names them",
+            path.display(),
+            truncated.foreign
+        ));
+    }
+    said
+}
+
+/// What a resume to a checkpoint at `images_shown` that closed `ticks` ticks will say of the
+/// run's `metrics.jsonl` (for `--dry-run`), without changing it: a torn last line, lines that
+/// are not rows, rows lost before the checkpoint.
+pub fn resume_warnings(
+    run_dir: &Path,
+    images_shown: u64,
+    cut: Cut,
+    ticks: u64,
+) -> Result<Vec<String>> {
+    let Some((kept, truncated)) = split_after(run_dir, images_shown, cut)? else {
+        return Ok(lost_rows_warning(run_dir, None, ticks)
+            .into_iter()
+            .collect());
+    };
+    let mut said = truncation_warnings(run_dir, &truncated);
+    said.extend(lost_rows_warning(run_dir, last_tick_row_in(&kept), ticks));
+    Ok(said)
 }
 
 /// See [`last_tick_row`].

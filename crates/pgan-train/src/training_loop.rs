@@ -735,19 +735,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             ));
         }
         let truncated = self.metrics.truncate_after(shown, cut)?;
-        if truncated.unreadable > 0 {
-            self.log.warn(format!(
-                "{}: its last line, cut short by a kill or a full disk, dropped",
-                self.run_dir.join(METRICS_FILE).display(),
-            ));
-        }
-        if truncated.foreign > 0 {
-            self.log.warn(format!(
-                "{}: {} line(s) that are not rows (notes, edited rows) kept where they stand; \
-                 `pgan report` leaves out those without a kimg and names them",
-                self.run_dir.join(METRICS_FILE).display(),
-                truncated.foreign
-            ));
+        for warning in stats::truncation_warnings(&self.run_dir, &truncated) {
+            self.log.warn(warning);
         }
         // A stop's checkpoint written before stops kept their tick's part: the tick in
         // progress still ends where it would have (its statistics start afresh).
@@ -758,7 +747,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             Some(row) if row.tick >= self.state.tick => row.images,
             _ => shown,
         };
-        if let Some(warning) = lost_rows_warning(&self.run_dir, last_row, self.state.tick) {
+        if let Some(warning) = stats::lost_rows_warning(&self.run_dir, last_row, self.state.tick) {
             self.log.warn(warning);
         }
         if self.tick.images == 0 && last_tick < shown {
@@ -945,40 +934,6 @@ fn remove_unstarted_run(run_dir: &Path) {
     };
     // Not `eprintln!`, which panics when stderr is a closed pipe.
     let _ = writeln!(std::io::stderr(), "{said}");
-}
-
-/// What a resume says when `metrics.jsonl` lacks rows of ticks its checkpoint closed (the file
-/// deleted, restored from an older copy, or cut short): the report's curves have a gap there,
-/// and nothing can bring those rows back.
-fn lost_rows_warning(
-    run_dir: &Path,
-    last_row: Option<stats::LastTick>,
-    ticks: u64,
-) -> Option<String> {
-    let path = run_dir.join(METRICS_FILE);
-    match last_row {
-        Some(row) if row.tick >= ticks => None,
-        _ if ticks == 0 => None,
-        Some(row) => Some(format!(
-            "{}: its last tick row is tick {} ({:.3} kimg), but the checkpoint closed {ticks} \
-             ticks: {} lost (the curves in the report have a gap there; the run goes on from \
-             the checkpoint)",
-            path.display(),
-            row.tick,
-            row.images as f64 / 1000.0,
-            if row.tick + 1 == ticks {
-                format!("the row of tick {ticks} is")
-            } else {
-                format!("the rows of ticks {} to {ticks} are", row.tick + 1)
-            },
-        )),
-        None => Some(format!(
-            "{}: no tick rows (missing or unreadable), but the checkpoint closed {ticks} ticks: \
-             the rows of ticks 1 to {ticks} are lost (the curves in the report start at this \
-             resume; the run goes on from the checkpoint)",
-            path.display(),
-        )),
-    }
 }
 
 /// Finishes the set-asides of `run_dir` that a kill interrupted, before this trainer takes the

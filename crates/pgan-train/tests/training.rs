@@ -292,13 +292,25 @@ fn a_resume_with_lost_metrics_rows_says_so_and_keeps_the_tick_boundaries() {
         }
         let mut second = TrainOptions::new(config);
         second.resume = Some(stopped.run_dir.clone());
-        let resumed = train(second).unwrap();
-        let log = std::fs::read_to_string(resumed.run_dir.join("log.txt")).unwrap();
         let expected = match keep_rows {
             Some(_) => "the rows of ticks 3 to 4 are lost",
             None => "the rows of ticks 1 to 4 are lost",
         };
+        // The dry run says it too, and changes nothing.
+        let plan = pgan_train::preflight(&second)
+            .ok()
+            .and_then(|p| p.resume)
+            .expect("a resume plan");
+        assert!(
+            plan.metrics_warnings.iter().any(|w| w.contains(expected)),
+            "{name}: {:?}",
+            plan.metrics_warnings
+        );
+        assert_eq!(metrics.exists(), keep_rows.is_some());
+        let resumed = train(second).unwrap();
+        let log = std::fs::read_to_string(resumed.run_dir.join("log.txt")).unwrap();
         assert!(log.contains(expected), "{name}: no warning in {log}");
+        assert_eq!(log.matches(expected).count(), 1, "{name}: said once: {log}");
         let resumed_kimgs = kimgs(&resumed.run_dir);
         let after_the_gap: Vec<&String> = straight_kimgs.iter().skip(4).collect();
         let kept_before: Vec<&String> =

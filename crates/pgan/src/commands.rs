@@ -510,7 +510,10 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 resume.describe(checked.config.recovery.max_consecutive_failures)
             );
         }
-        let resume_warnings = checked.resume.iter().flat_map(|r| &r.dataset_warnings);
+        let resume_warnings = checked
+            .resume
+            .iter()
+            .flat_map(|r| r.dataset_warnings.iter().chain(&r.metrics_warnings));
         for warning in checked.warnings.iter().chain(resume_warnings) {
             tell!("warning: {warning}");
         }
