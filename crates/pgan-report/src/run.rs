@@ -430,13 +430,14 @@ impl RunData {
             return Err(ReportError::MissingRunDir(dir.to_path_buf()));
         }
         let metrics_path = dir.join(pgan_spec::metrics::METRICS_FILE);
-        let metrics = match read_regular(&metrics_path) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ReportError::MissingMetrics(metrics_path));
-            }
-            Err(e) => return Err(ReportError::io(&metrics_path, e)),
-        };
+        let metrics =
+            match read_regular_at_most(&metrics_path, pgan_spec::metrics::MAX_METRICS_BYTES) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ReportError::MissingMetrics(metrics_path));
+                }
+                Err(e) => return Err(ReportError::io(&metrics_path, e)),
+            };
         let (metrics, torn_last_line) = without_torn_last_line(&metrics);
         let Metrics { ticks, not_rows } = parse_metrics(metrics);
 
@@ -542,8 +543,17 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<(fs::File, u64)> {
 }
 
 /// The bytes of `path` (see [`open_regular`]).
-fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
-    read_regular_head(path, u64::MAX).map(|(bytes, _)| bytes)
+/// The bytes of `path` (see [`open_regular`]), which may be at most `max` long: a longer one is
+/// refused before it is read.
+fn read_regular_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let (_, len) = open_regular(path)?;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is {len} bytes, more than the {max} a run's metrics can be"),
+        ));
+    }
+    read_regular_head(path, max).map(|(bytes, _)| bytes)
 }
 
 /// At most the first `max` bytes of `path` (see [`open_regular`]), and its length.
@@ -884,6 +894,16 @@ mod tests {
         let err = RunData::load(dir.path()).unwrap_err();
         assert!(matches!(err, ReportError::MissingMetrics(_)));
         assert!(err.to_string().contains("metrics.jsonl"), "{err}");
+        // One longer than any run writes (sparse, 2 GiB) is refused unread.
+        fs::File::create(dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        let err = RunData::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.jsonl") && err.contains("more than the 1073741824"),
+            "{err}"
+        );
     }
 
     /// A FIFO in a run's place would block the report forever: it is refused, named.

@@ -9,6 +9,10 @@
 /// The metrics file inside a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
+/// The longest `metrics.jsonl` read: a run writes one row of at most a few KiB per tick, so a
+/// million ticks stay below it; a sparse or runaway file is refused before it is read.
+pub const MAX_METRICS_BYTES: u64 = 1 << 30;
+
 /// Ticks completed.
 pub const TICK: &str = "tick";
 /// Thousands of real images shown to D (the x axis of every chart).

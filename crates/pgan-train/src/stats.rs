@@ -489,7 +489,8 @@ fn read_metrics(run_dir: &Path) -> Result<Option<String>> {
     if !metrics_file_exists(&path, "read")? {
         return Ok(None);
     }
-    let bytes = std::fs::read(&path).map_err(io_err(&path, "read"))?;
+    let bytes = pgan_data::read_regular_file_at_most(&path, key::MAX_METRICS_BYTES)
+        .map_err(io_err(&path, "read"))?;
     // A line cut or garbled by a crash is reported per line by the callers, not here.
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
@@ -619,6 +620,16 @@ mod tests {
         let err = MetricsWriter::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("it is a symbolic link"), "{err}");
         assert!(last_tick_row(dir.path()).is_none());
+        // Nor is one longer than any run writes (sparse, 2 GiB) read whole.
+        std::fs::remove_file(dir.path().join(METRICS_FILE)).unwrap();
+        std::fs::File::create(dir.path().join(METRICS_FILE))
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        let err = truncate_after(dir.path(), 0, Cut::Rollback)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than the 1073741824"), "{err}");
     }
 
     #[test]
