@@ -501,42 +501,6 @@ fn nothing_decodable(dir: &Path, skipped: &[(PathBuf, String)]) -> DataError {
     }
 }
 
-/// Renames `from` to `to` only if `to` does not exist, in one step: the check before the work
-/// began cannot see a file another process renamed there since.
-fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
-            })
-        };
-        let (from_c, to_c) = (c_path(from)?, c_path(to)?);
-        // SAFETY: two valid NUL-terminated paths, read only for the duration of the call.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from_c.as_ptr(),
-                libc::AT_FDCWD,
-                to_c.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        // A filesystem without RENAME_NOREPLACE answers EINVAL: link and unlink instead.
-        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
-            return Err(err);
-        }
-    }
-    // A hard link fails if `to` exists, atomically.
-    std::fs::hard_link(from, to)?;
-    std::fs::remove_file(from)
-}
-
 /// Removes the temporary file on drop unless committed.
 struct TempGuard {
     path: PathBuf,
@@ -550,7 +514,7 @@ impl TempGuard {
         let moved = if replace {
             std::fs::rename(&self.path, output)
         } else {
-            rename_no_replace(&self.path, output)
+            crate::files::rename_no_replace(&self.path, output)
         };
         moved.map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => DataError::OutputExists(output.to_path_buf()),

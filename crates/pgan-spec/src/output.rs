@@ -7,6 +7,28 @@ use std::fs::FileType;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Outputs this process found absent and was not told to replace (`--force`): a file that
+/// appears there while the command works (another program's, the user's) is not replaced.
+static EXPECTED_NEW: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that `target` was absent when this command checked it, and that nothing which
+/// appears there since may be replaced.
+pub fn expect_new(target: &Path) {
+    EXPECTED_NEW
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(target.to_path_buf());
+}
+
+/// Whether `target` was recorded by [`expect_new`].
+pub fn is_expected_new(target: &Path) -> bool {
+    EXPECTED_NEW
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|t| t == target)
+}
+
 /// `.<name>.tmp-`, the start of the name of every temporary file or folder pgan writes an output
 /// called `name` through (then `<pid>`, maybe `-<n>`): the CLI's signal handlers and a later
 /// run's clean-up recognise them by it. A name too long to take the 6 bytes around it and a pid

@@ -59,7 +59,21 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Er
         }
         let _renaming = hold_renames();
         for (tmp, target, path) in &staged {
-            std::fs::rename(tmp, target).map_err(|e| (path.to_path_buf(), e))?;
+            // An output that was absent at the command's check, and that it was not told to
+            // replace, is not replaced if a file appeared there meanwhile.
+            let renamed = if pgan_spec::output::is_expected_new(target) {
+                pgan_data::rename_no_replace(tmp, target).map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "a file appeared there while this command ran, and is kept; pass \
+                         --force to replace it",
+                    ),
+                    _ => e,
+                })
+            } else {
+                std::fs::rename(tmp, target)
+            };
+            renamed.map_err(|e| (path.to_path_buf(), e))?;
         }
         Ok(())
     })();
@@ -169,6 +183,33 @@ pub(crate) fn write_dir_atomic<E>(
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn an_output_that_appeared_during_the_work_is_kept_unless_it_may_be_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("sheet.png");
+        // The command found it absent and was not told to replace it...
+        pgan_spec::output::expect_new(&out);
+        // ...and the user saved their notes there while it worked.
+        std::fs::write(&out, b"the user's notes").unwrap();
+        let (path, err) = write_atomic(&out, b"the sheet")
+            .map_err(|e| (out.clone(), e))
+            .unwrap_err();
+        assert_eq!(path, out);
+        assert!(
+            err.to_string()
+                .contains("appeared there while this command ran"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"the user's notes");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left");
+        // An output it may replace (not recorded) is replaced.
+        let other = dir.path().join("other.png");
+        std::fs::write(&other, b"old").unwrap();
+        write_atomic(&other, b"new").unwrap();
+        assert_eq!(std::fs::read(&other).unwrap(), b"new");
+    }
 
     #[test]
     fn several_files_are_replaced_all_or_none() {

@@ -23,6 +23,9 @@ pub fn prepare_outputs(outputs: &[(&Path, &str)], force: bool) -> Result<Vec<Pat
         .map(|&(out, flag)| check_new_output(out, flag, force))
         .collect::<Result<Vec<_>>>()?;
     for (target, &(_, flag)) in targets.iter().zip(outputs) {
+        if !force && std::fs::symlink_metadata(target).is_err() {
+            pgan_spec::output::expect_new(target);
+        }
         create_folders_above(target, flag)?;
         pgan_data::remove_stale_temps(target);
         probe_writable(target, flag)?;
