@@ -281,7 +281,14 @@ pub fn decode_held(
             drop(file);
             // The fallback sizes the image itself: held for the most it may take (rare files).
             let permit = budget(max_pixels).acquire(alloc_limit(max_pixels).saturating_mul(2));
-            let img = crate::tiff_fallback::decode(path, max_pixels).map_err(|_| reason)?;
+            // Its reason where it is the image's size; else the first decoder's.
+            let img = crate::tiff_fallback::decode(path, max_pixels).map_err(|fallback| {
+                if fallback.starts_with(TOO_MANY_PIXELS) || fallback.starts_with(TOO_LARGE) {
+                    fallback
+                } else {
+                    reason
+                }
+            })?;
             (img, permit)
         }
         Err(Undecodable::Unsupported(reason) | Undecodable::Other(reason)) => return Err(reason),
@@ -392,7 +399,14 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
         .map_err(|e| other(format!("cannot read: {e}")))?;
     let max_alloc = alloc_limit(max_pixels);
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_alloc);
+    // The PNG decoder inflates metadata (an ICC profile, text) while it reads the header, before
+    // the permit: a profile of a few hundred KB could inflate to the whole limit on every
+    // thread. Its own allocations are held to what real files need: a few rows and metadata.
+    limits.max_alloc = Some(if reader.format() == Some(image::ImageFormat::Png) {
+        max_alloc.min(png_decoder_alloc(path))
+    } else {
+        max_alloc
+    });
     reader.limits(limits);
     let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let mut decoder = reader.into_decoder().map_err(|e| match e {
@@ -422,17 +436,42 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     } else {
         0
     };
-    let permit = budget(max_pixels).acquire(
-        needed
-            .saturating_add(copy)
-            .saturating_add(rotated)
-            .saturating_add(jpeg)
-            .saturating_add(held_bytes),
-    );
+    let bytes = needed
+        .saturating_add(copy)
+        .saturating_add(rotated)
+        .saturating_add(jpeg)
+        .saturating_add(held_bytes);
+    let budget = budget(max_pixels);
+    // More than the machine can hold (a --max-pixels far above the default): a skip with its
+    // reason, not an abort of the whole run at the allocation.
+    if bytes > budget.limit() {
+        return Err(other(format!(
+            "{TOO_LARGE}: {w}x{h} needs {} MiB, more than the {} MiB this process may hold for \
+             decoding (from the memory available)",
+            bytes >> 20,
+            budget.limit() >> 20
+        )));
+    }
+    let permit = budget.acquire(bytes);
     let mut img =
         DynamicImage::from_decoder(decoder).map_err(|e| other(format!("cannot decode: {e}")))?;
     img.apply_orientation(orientation);
     Ok((img, permit))
+}
+
+/// The most the PNG decoder of the file at `path` may allocate for itself (its image buffer is
+/// counted by the permit): 64 MiB for metadata, or a few of its widest possible rows (8 bytes a
+/// pixel), from the width in its header.
+fn png_decoder_alloc(path: &Path) -> u64 {
+    let mut head = [0u8; 24];
+    let width = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .ok()
+        .filter(|()| &head[12..16] == b"IHDR")
+        .map_or(0, |()| {
+            u32::from_be_bytes([head[16], head[17], head[18], head[19]])
+        });
+    (64u64 << 20).max(u64::from(width) * 8 * 4)
 }
 
 /// The length of the file at `path` (0 where it cannot be read).
@@ -442,6 +481,10 @@ fn meta_len(path: &Path) -> u64 {
 
 /// Start of the skip reason of an image over the pixel limit.
 pub(crate) const TOO_MANY_PIXELS: &str = "too many pixels";
+
+/// Start of the skip reason of an image under the pixel limit whose decoding needs more memory
+/// than the limit allows, or than the process may hold.
+pub(crate) const TOO_LARGE: &str = "too large to decode";
 
 /// Refuses an image whose header declares more than `max_pixels` pixels, or whose decoded
 /// buffer, with its 8-bit copy when it has deeper channels (`deep`: [`to_channels`] converts it
@@ -470,8 +513,7 @@ pub(crate) fn check_size(
             ""
         };
         return Err(format!(
-            "too large to decode: {w}x{h} needs {} MiB{converted}, over the limit of {} MiB per \
-             image",
+            "{TOO_LARGE}: {w}x{h} needs {} MiB{converted}, over the limit of {} MiB per image",
             needed >> 20,
             max_alloc >> 20
         ));
@@ -514,10 +556,11 @@ fn composite(img: DynamicImage, bg: [u8; 3]) -> image::RgbImage {
     image::RgbImage::from_raw(w, h, buf).expect("buffer sized for the image")
 }
 
-/// Luma of the background colour, with the same Rec. 709 weights the
-/// `image` crate uses for RGB -> luma.
+/// Luma of the background colour, as the `image` crate turns RGB into luma (the composited
+/// pixels of `--channels 1` go through it: padding must match them to the level).
 fn background_luma(bg: [u8; 3]) -> u8 {
-    ((bg[0] as u32 * 2126 + bg[1] as u32 * 7152 + bg[2] as u32 * 722) / 10000) as u8
+    let pixel = image::RgbImage::from_pixel(1, 1, image::Rgb(bg));
+    DynamicImage::ImageRgb8(pixel).into_luma8().into_raw()[0]
 }
 
 /// Decode and fit one image to the target. Errors are human-readable reasons
@@ -902,6 +945,58 @@ pub(crate) mod tests {
             .starts_with("too many pixels: 40x30"));
         assert!(decode(&p, 1200).is_ok());
         assert_eq!(DEFAULT_MAX_PIXELS, 178_956_970);
+        // A colour profile that inflates past what any real one needs: a 1x1 PNG of ~300 KB
+        // whose profile is 300 MB.
+        let mut profile = b"icc\0\0".to_vec();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..300 {
+            std::io::Write::write_all(&mut z, &zeros).unwrap();
+        }
+        profile.extend(z.finish().unwrap());
+        let chunk = |kind: &[u8; 4], data: &[u8]| {
+            let mut c = (data.len() as u32).to_be_bytes().to_vec();
+            c.extend_from_slice(kind);
+            c.extend_from_slice(data);
+            c.extend_from_slice(&crc32fast::hash(&c[4..]).to_be_bytes());
+            c
+        };
+        let mut pixels = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut pixels, &[0, 9, 9, 9]).unwrap();
+        let ihdr = [
+            &1u32.to_be_bytes()[..],
+            &1u32.to_be_bytes(),
+            &[8, 2, 0, 0, 0],
+        ]
+        .concat();
+        let bomb = [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            &chunk(b"IHDR", &ihdr),
+            &chunk(b"iCCP", &profile),
+            &chunk(b"IDAT", &pixels.finish().unwrap()),
+            &chunk(b"IEND", &[]),
+        ]
+        .concat();
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let icc = dir.path().join("icc.png");
+        std::fs::write(&icc, &bomb).unwrap();
+        // Its decoder may allocate 64 MiB for itself, so the profile is dropped there (png's
+        // bounded inflate) and the pixels decode; with the pixel limit's 682 MiB it inflated
+        // the whole profile, on every thread.
+        assert_eq!(png_decoder_alloc(&icc), 64 << 20);
+        let image = decode(&icc, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(image.to_rgb8().into_raw(), [9, 9, 9]);
+        // A --max-pixels far past the machine lets the header through, but not the memory:
+        // 400,000 x 400,000 RGB (480 GB) is skipped with why, not an abort at the allocation.
+        std::fs::write(&icc, crate::test_files::bomb_png(400_000, 400_000, 2, 8)).unwrap();
+        let e = decode(&icc, 1 << 40).unwrap_err();
+        assert!(
+            e.starts_with(TOO_LARGE) && e.contains("more than the") && e.contains("may hold"),
+            "{e}"
+        );
+        // A wide image's decoder keeps room for a few of its rows.
+        std::fs::write(&icc, crate::test_files::bomb_png(5_000_000, 1, 2, 8)).unwrap();
+        assert_eq!(png_decoder_alloc(&icc), 5_000_000 * 8 * 4);
         // A decoded image holds its bytes and its 8-bit copy's from the process's budget until
         // its permit is dropped.
         let (image, permit) = decode_held(&p, 1200).unwrap();
@@ -950,6 +1045,24 @@ pub(crate) mod tests {
             "{:?}",
             l.top
         );
+        // Over the pixel limit, it says so (not that the format is unsupported).
+        let e = decode(&p, 10).unwrap_err();
+        assert!(e.starts_with(TOO_MANY_PIXELS), "{e}");
+    }
+
+    #[test]
+    fn greyscale_padding_and_transparent_pixels_share_the_backgrounds_luma() {
+        // A fully transparent 16x8 image padded into 8x8 greyscale on ff8000: one flat level.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("clear.png");
+        RgbaImage::from_pixel(16, 8, Rgba([0, 0, 0, 0]))
+            .save(&p)
+            .unwrap();
+        let mut t = target(8, 1, Fit::Pad);
+        t.background = [0xff, 0x80, 0x00];
+        let l = load(&p, &t).unwrap();
+        assert!(l.top.iter().all(|&v| v == l.top[0]), "{:?}", l.top);
+        assert_eq!(l.top[0], 146);
     }
 
     #[test]

@@ -35,8 +35,8 @@ impl DecodeBudget {
     }
 
     /// The process's budget: half the memory available when it is first asked for, and never
-    /// less than `floor` (one image at the pixel limit must always be decodable); 8 GiB where
-    /// the available memory cannot be read.
+    /// less than `floor` (an image at the pixel limit must be decodable) unless the machine has
+    /// less; 8 GiB where the available memory cannot be read.
     pub fn global(floor: u64) -> &'static DecodeBudget {
         static BUDGET: OnceLock<DecodeBudget> = OnceLock::new();
         BUDGET.get_or_init(|| DecodeBudget::new(budget_limit(available_memory_bytes(), floor)))
@@ -68,9 +68,11 @@ impl DecodeBudget {
     }
 }
 
-/// Half of `available` (8 GiB where unknown), and never below `floor`.
+/// Half of `available` (8 GiB where unknown), and never below `floor` unless that is more than
+/// is available.
 fn budget_limit(available: Option<u64>, floor: u64) -> u64 {
-    available.map_or(8 << 30, |bytes| bytes / 2).max(floor)
+    let half = available.map_or(8 << 30, |bytes| bytes / 2);
+    half.max(available.map_or(floor, |bytes| floor.min(bytes)))
 }
 
 /// Bytes held from a [`DecodeBudget`], given back when dropped.
@@ -132,7 +134,9 @@ mod tests {
     #[test]
     fn the_budget_is_half_the_available_memory_and_never_below_one_image_at_the_limit() {
         assert_eq!(budget_limit(Some(64 << 30), 1 << 30), 32 << 30);
-        assert_eq!(budget_limit(Some(1 << 30), 1400 << 20), 1400 << 20);
+        assert_eq!(budget_limit(Some(2 << 30), 1400 << 20), 1400 << 20);
         assert_eq!(budget_limit(None, 1 << 30), 8 << 30);
+        // A floor past the machine (a huge --max-pixels) is held to what is available.
+        assert_eq!(budget_limit(Some(4 << 30), 100 << 30), 4 << 30);
     }
 }
