@@ -72,6 +72,20 @@ pub struct Walk {
 }
 
 impl Walk {
+    /// How many files were not taken for their extension, per extension (lower case, with its
+    /// dot; `(none)` for a name without one), for a command that says what it did not read.
+    pub fn not_images_by_extension(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (path, _) in self.ignored.iter().filter(|(_, why)| *why == NOT_AN_IMAGE) {
+            let ext = path.extension().map_or_else(
+                || "(none)".to_string(),
+                |e| format!(".{}", e.to_string_lossy().to_lowercase()),
+            );
+            *counts.entry(ext).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// The first folder or entry that could not be read, with the system's reason (read
     /// again): for a command that measures every image of a folder, or finds none elsewhere.
     pub fn unreadable_error(&self) -> Option<DataError> {
@@ -91,22 +105,6 @@ impl Walk {
             .err()
             .unwrap_or_else(|| std::io::Error::other("it could not be read while listing"));
         Some(DataError::io(action, path, error))
-    }
-}
-
-impl Walk {
-    /// How many files were not taken for their extension, per extension (lower case, with its
-    /// dot; `(none)` for a name without one), for a command that says what it did not read.
-    pub fn not_images_by_extension(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut counts = std::collections::BTreeMap::new();
-        for (path, _) in self.ignored.iter().filter(|(_, why)| *why == NOT_AN_IMAGE) {
-            let ext = path.extension().map_or_else(
-                || "(none)".to_string(),
-                |e| format!(".{}", e.to_string_lossy().to_lowercase()),
-            );
-            *counts.entry(ext).or_insert(0) += 1;
-        }
-        counts
     }
 }
 
