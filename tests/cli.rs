@@ -238,7 +238,7 @@ fn prepare_train_render_eval_report() {
     );
 
     let sheet = dir.path().join("sheet.png");
-    run_ok(
+    let out = run_ok(
         pgan()
             .arg("render")
             .arg(&run)
@@ -247,6 +247,8 @@ fn prepare_train_render_eval_report() {
             .args(["--seeds", "0-3", "--rows", "2", "--cols", "2"]),
     );
     assert!(image::open(&sheet).is_ok());
+    // The run's own checkpoint is its config's model: nothing to say.
+    assert!(!out.contains("warning"), "{out}");
     // ProGAN's generator normalizes its latent: a truncation would change nothing, so it is
     // refused rather than labelled on untruncated images.
     let err = run_err(
@@ -349,6 +351,20 @@ fn prepare_train_render_eval_report() {
         "{out}"
     );
     assert_eq!(image::open(&timeline).unwrap().height(), tl.height());
+    // Named alone (or as the run's newest), it is said to be foreign to the run before it is
+    // read (here its weights do not fit the model it claims, which loading then refuses).
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&copied)
+            .arg("--out")
+            .arg(dir.path().join("foreign.png")),
+    );
+    assert!(
+        out.contains("was made with another model than its run's config.toml describes")
+            && out.contains("model.latent_dim = 16 in the checkpoint, 8 in the config"),
+        "{out}"
+    );
     std::fs::remove_dir_all(&copied).unwrap();
     let err = run_err(
         pgan()

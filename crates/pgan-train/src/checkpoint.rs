@@ -1551,6 +1551,27 @@ pub fn model_differences(checkpoint: &ModelConfig, config: &ModelConfig) -> Stri
         .join("; ")
 }
 
+/// Said of a checkpoint whose model is not the one its run's `config.toml` describes (at the
+/// checkpoint's own channels, which the config does not record): one copied in from another
+/// run. `None` where they agree, or where either cannot be read (loading says why).
+pub fn foreign_to_its_run(ckpt: &Path) -> Option<String> {
+    let run_dir = run_dir_of(ckpt)?;
+    let config =
+        crate::config::TrainConfig::from_toml_file(&run_dir.join(crate::run_dir::CONFIG_FILE))
+            .ok()?;
+    let state = read_state(ckpt).ok()?;
+    let made = model_config(&state, ckpt).ok()?;
+    let run_model = crate::plan::resolve_model(&config.model, made.num_channels).ok()?;
+    let differences = model_differences(&made, &run_model);
+    (!differences.is_empty()).then(|| {
+        format!(
+            "{} was made with another model than its run's config.toml describes ({differences}): \
+             a checkpoint copied in from another run? It is used as it is",
+            ckpt.display()
+        )
+    })
+}
+
 /// A generator restored from a checkpoint, with where in the schedule it was saved.
 pub struct LoadedGenerator<B: Backend> {
     /// The network.

@@ -310,7 +310,8 @@ pub fn refuse_inputs(out: &Path, flag: &str, inputs: &[(&str, PathBuf)]) -> Resu
 /// that passes its checks); each newer one skipped as corrupt is a warning on stderr.
 pub fn checkpoint_of(source: &Path) -> Result<PathBuf> {
     let found = pgan_train::checkpoint::find_checkpoint(source)?;
-    for warning in found.warnings() {
+    let foreign = pgan_train::checkpoint::foreign_to_its_run(&found.path);
+    for warning in found.warnings().into_iter().chain(foreign) {
         tell!("warning: {warning}");
     }
     Ok(found.path)
