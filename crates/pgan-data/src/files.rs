@@ -102,6 +102,7 @@ pub fn read_regular_file_at_most(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     if meta.len() > max {
         return Err(too_long(meta.len()));
     }
+    pgan_spec::output::refuse_mostly_holes(&meta)?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     io::Read::read_to_end(&mut io::Read::take(file, max + 1), &mut bytes)?;
     if bytes.len() as u64 > max {
@@ -308,7 +309,11 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     // A hard link fails if `to` exists, atomically.
     match std::fs::hard_link(from, to) {
-        Ok(()) => std::fs::remove_file(from),
+        // Placed: a temp name left behind is the caller's clean-up, not a failed write.
+        Ok(()) => {
+            let _ = std::fs::remove_file(from);
+            Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
         // A filesystem without hard links either (FAT, some network shares): look, then
         // rename, which leaves only the moment between the two.

@@ -542,11 +542,11 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<(fs::File, u64)> {
     Ok((fs::File::open(path)?, meta.len()))
 }
 
-/// The bytes of `path` (see [`open_regular`]).
-/// The bytes of `path` (see [`open_regular`]), which may be at most `max` long: a longer one is
-/// refused before it is read.
+/// The bytes of `path` (see [`open_regular`]), which may be at most `max` long: a longer one, or
+/// a sparse one, is refused before it is read.
 fn read_regular_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let (_, len) = open_regular(path)?;
+    pgan_spec::output::refuse_mostly_holes(&fs::metadata(path)?)?;
     if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -894,16 +894,18 @@ mod tests {
         let err = RunData::load(dir.path()).unwrap_err();
         assert!(matches!(err, ReportError::MissingMetrics(_)));
         assert!(err.to_string().contains("metrics.jsonl"), "{err}");
-        // One longer than any run writes (sparse, 2 GiB) is refused unread.
-        fs::File::create(dir.path().join("metrics.jsonl"))
-            .unwrap()
-            .set_len(2 << 30)
-            .unwrap();
-        let err = RunData::load(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("metrics.jsonl") && err.contains("more than the 1073741824"),
-            "{err}"
-        );
+        // A sparse one (2 GiB of holes) and one longer than any run writes are refused unread.
+        for len in [2 << 30, (32 << 30) + 1] {
+            fs::File::create(dir.path().join("metrics.jsonl"))
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+            let err = RunData::load(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("metrics.jsonl") && err.contains("a sparse file, mostly holes"),
+                "{err}"
+            );
+        }
     }
 
     /// A FIFO in a run's place would block the report forever: it is refused, named.

@@ -9,9 +9,10 @@
 /// The metrics file inside a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
-/// The longest `metrics.jsonl` read: a run writes one row of at most a few KiB per tick, so a
-/// million ticks stay below it; a sparse or runaway file is refused before it is read.
-pub const MAX_METRICS_BYTES: u64 = 1 << 30;
+/// The longest `metrics.jsonl` read: a run writes a row of about 2 KB per tick, so ten million
+/// ticks stay below it; a runaway file is refused before it is read (and a sparse one, whose
+/// holes no writer of rows leaves, by the readers' own check).
+pub const MAX_METRICS_BYTES: u64 = 32 << 30;
 
 /// Ticks completed.
 pub const TICK: &str = "tick";

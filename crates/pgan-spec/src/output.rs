@@ -7,6 +7,30 @@ use std::fs::FileType;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Refuses a file of more than 64 MiB whose data on disk is under an eighth of its length: a
+/// sparse file (holes read as zeros), which no writer of pgan's files leaves; read, it would cost
+/// its whole length in memory for nothing.
+pub fn refuse_mostly_holes(meta: &std::fs::Metadata) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = meta.blocks().saturating_mul(512);
+        if meta.len() > 64 << 20 && on_disk < meta.len() / 8 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "it is {} bytes long but holds only {on_disk} on disk (a sparse file, mostly \
+                     holes)",
+                    meta.len()
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    Ok(())
+}
+
 /// Outputs this process found absent and was not told to replace (`--force`): a file that
 /// appears there while the command works (another program's, the user's) is not replaced.
 static EXPECTED_NEW: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());

@@ -30,8 +30,10 @@ pub fn hold_renames() -> std::sync::MutexGuard<'static, ()> {
 /// a temp beside it first (only a regular file is ever replaced, the file at the end of a link
 /// at its path; a device, FIFO, socket or folder is an error before anything is written), and only when every one is complete are they renamed into place (a
 /// rename needs no space; one refused by the system after another succeeded is the only way to
-/// a mixed set). Two paths that lead to one file are an error before anything is written. On an
-/// error every temp is removed; the error names the file it was for.
+/// a mixed set). An output the command found absent ([`pgan_spec::output::expect_new`]) is not
+/// replaced by a file that appeared there meanwhile: the set is then not placed. Two paths that
+/// lead to one file are an error before anything is written. On an error every temp is
+/// removed; the error names the file it was for.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Error)> {
     let mut staged: Vec<(PathBuf, PathBuf, &Path)> = Vec::with_capacity(files.len());
     let result = (|| {
@@ -58,22 +60,33 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Er
             file.sync_all().map_err(at)?;
         }
         let _renaming = hold_renames();
-        for (tmp, target, path) in &staged {
-            // An output that was absent at the command's check, and that it was not told to
-            // replace, is not replaced if a file appeared there meanwhile.
-            let renamed = if pgan_spec::output::is_expected_new(target) {
-                pgan_data::rename_no_replace(tmp, target).map_err(|e| match e.kind() {
+        // Outputs that were absent at the command's check (and that it was not told to
+        // replace) go first, each only if nothing appeared there meanwhile (a file, or a link
+        // to one): should one have appeared, those already placed are taken back, and nothing
+        // else is touched.
+        let (new, replaced): (Vec<_>, Vec<_>) = staged.iter().partition(|(_, target, path)| {
+            pgan_spec::output::is_expected_new(target) || pgan_spec::output::is_expected_new(path)
+        });
+        let mut placed: Vec<&Path> = Vec::new();
+        for (tmp, _, path) in new {
+            if let Err(e) = pgan_data::rename_no_replace(tmp, path) {
+                for done in placed {
+                    let _ = std::fs::remove_file(done);
+                }
+                let e = match e.kind() {
                     io::ErrorKind::AlreadyExists => io::Error::new(
                         io::ErrorKind::AlreadyExists,
                         "a file appeared there while this command ran, and is kept; pass \
                          --force to replace it",
                     ),
                     _ => e,
-                })
-            } else {
-                std::fs::rename(tmp, target)
-            };
-            renamed.map_err(|e| (path.to_path_buf(), e))?;
+                };
+                return Err((path.to_path_buf(), e));
+            }
+            placed.push(path);
+        }
+        for (tmp, target, path) in replaced {
+            std::fs::rename(tmp, target).map_err(|e| (path.to_path_buf(), e))?;
         }
         Ok(())
     })();
