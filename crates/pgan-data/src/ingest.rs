@@ -264,14 +264,23 @@ pub fn decode_held(
                 ));
             }
         }
-        decode_from(
-            std::io::Cursor::new(&bytes[..]),
-            path,
-            max_pixels,
-            meta.len(),
-        )
+        let held = Source {
+            len: meta.len(),
+            held: true,
+            head: &bytes[..bytes.len().min(HEAD_BYTES)],
+        };
+        decode_from(std::io::Cursor::new(&bytes[..]), path, max_pixels, held)
     } else {
-        decode_from(std::io::BufReader::new(&file), path, max_pixels, 0)
+        // The header's first bytes, read where they are (the stream starts at 0 still).
+        let mut head = [0u8; HEAD_BYTES];
+        #[cfg(unix)]
+        let _ = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0);
+        let streamed = Source {
+            len: meta.len(),
+            held: false,
+            head: &head,
+        };
+        decode_from(std::io::BufReader::new(&file), path, max_pixels, streamed)
     };
     let (img, permit) = match img {
         Err(Undecodable::Unsupported(reason)) if is_tiff(path) => {
@@ -376,7 +385,20 @@ fn is_tiff(path: &Path) -> bool {
     image::ImageFormat::from_path(path).is_ok_and(|f| f == image::ImageFormat::Tiff)
 }
 
-/// Decodes `source` (the file at `path`, of which `held_bytes` are in memory) within the
+/// What [`decode_from`] knows of its file without reading it again.
+struct Source<'a> {
+    /// The file's length.
+    len: u64,
+    /// Whether all of it is in memory (read whole).
+    held: bool,
+    /// Its first [`HEAD_BYTES`] bytes (fewer for a shorter file; zeros where unread).
+    head: &'a [u8],
+}
+
+/// Bytes of a file's start that hold a PNG's width (signature, IHDR length and type, width).
+const HEAD_BYTES: usize = 24;
+
+/// Decodes `source` (the file at `path`, described by `file`) within the
 /// process's [`DecodeBudget`]: the permit counts the decoded buffer, its 8-bit copy, a rotated
 /// copy where EXIF asks for one, the file's bytes held, and a JPEG decoder's own copy of the file
 /// and coefficients (a progressive image keeps 2 bytes per sample of up to 4 components).
@@ -384,7 +406,7 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     source: R,
     path: &Path,
     max_pixels: u64,
-    held_bytes: u64,
+    file: Source<'_>,
 ) -> std::result::Result<(DynamicImage, DecodePermit<'static>), Undecodable> {
     let other = Undecodable::Other;
     let mut reader = ImageReader::new(source);
@@ -401,7 +423,8 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     // the permit: a profile of a few hundred KB could inflate to the whole limit on every
     // thread. Its own allocations are held to what real files need: a few rows and metadata.
     limits.max_alloc = Some(decoder_alloc(
-        path,
+        file.head,
+        file.len,
         reader.format() == Some(image::ImageFormat::Png),
         max_alloc,
     ));
@@ -430,7 +453,7 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
         decoded
     };
     let jpeg = if is_jpeg {
-        meta_len(path).saturating_add(pixels.saturating_mul(8))
+        file.len.saturating_add(pixels.saturating_mul(8))
     } else {
         0
     };
@@ -438,7 +461,7 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
         .saturating_add(copy)
         .saturating_add(rotated)
         .saturating_add(jpeg)
-        .saturating_add(held_bytes);
+        .saturating_add(if file.held { file.len } else { 0 });
     let budget = budget(max_pixels);
     // More than the whole machine has (a --max-pixels far above the default): a skip with its
     // reason, not an abort of the run at the allocation. Anything less waits for the budget.
@@ -457,31 +480,23 @@ fn decode_from<R: std::io::BufRead + std::io::Seek>(
     Ok((img, permit))
 }
 
-/// The most the decoder of the file at `path` may allocate for itself: `max_alloc`, except for
+/// The most the decoder of a file (its first bytes `head`, its length `file_len`) may allocate
+/// for itself: `max_alloc`, except for
 /// a PNG, whose decoder inflates metadata while it reads the header (before the permit): 64 MiB,
 /// or a few of its widest possible rows (8 bytes a pixel, from the width in its header), or
 /// three times the file (its text chunks are copied once, into a buffer grown by doubling),
 /// whichever is largest. A colour profile that inflates past it is dropped by the decoder.
-fn decoder_alloc(path: &Path, png: bool, max_alloc: u64) -> u64 {
+fn decoder_alloc(head: &[u8], file_len: u64, png: bool, max_alloc: u64) -> u64 {
     if !png {
         return max_alloc;
     }
-    let mut head = [0u8; 24];
-    let width = std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .ok()
-        .filter(|()| &head[12..16] == b"IHDR")
-        .map_or(0, |()| {
-            u32::from_be_bytes([head[16], head[17], head[18], head[19]])
-        });
+    let width = match head.get(12..20) {
+        Some([b'I', b'H', b'D', b'R', w @ ..]) => u32::from_be_bytes([w[0], w[1], w[2], w[3]]),
+        _ => 0,
+    };
     let rows = u64::from(width) * 8 * 4;
-    let text = meta_len(path).saturating_mul(3);
+    let text = file_len.saturating_mul(3);
     max_alloc.min((64u64 << 20).max(rows).max(text))
-}
-
-/// The length of the file at `path` (0 where it cannot be read).
-fn meta_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Start of the skip reason of an image over the pixel limit.
@@ -989,8 +1004,9 @@ pub(crate) mod tests {
         // bounded inflate) and the pixels decode; with the pixel limit's 682 MiB it inflated
         // the whole profile, on every thread.
         let limit = alloc_limit(DEFAULT_MAX_PIXELS);
-        assert_eq!(decoder_alloc(&icc, true, limit), 64 << 20);
-        assert_eq!(decoder_alloc(&icc, false, limit), limit);
+        let (head, len) = (&bomb[..HEAD_BYTES], bomb.len() as u64);
+        assert_eq!(decoder_alloc(head, len, true, limit), 64 << 20);
+        assert_eq!(decoder_alloc(head, len, false, limit), limit);
         let image = decode(&icc, DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!(image.to_rgb8().into_raw(), [9, 9, 9]);
         // A --max-pixels far past the machine lets the header through, but not the memory:
@@ -1004,8 +1020,11 @@ pub(crate) mod tests {
             );
         }
         // A wide image's decoder keeps room for a few of its rows.
-        std::fs::write(&icc, crate::test_files::bomb_png(5_000_000, 1, 2, 8)).unwrap();
-        assert_eq!(decoder_alloc(&icc, true, u64::MAX), 5_000_000 * 8 * 4);
+        let wide = crate::test_files::bomb_png(5_000_000, 1, 2, 8);
+        assert_eq!(
+            decoder_alloc(&wide[..HEAD_BYTES], wide.len() as u64, true, u64::MAX),
+            5_000_000 * 8 * 4
+        );
         // A decoded image holds its bytes and its 8-bit copy's from the process's budget until
         // its permit is dropped.
         let (image, permit) = decode_held(&p, 1200).unwrap();
