@@ -676,6 +676,29 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
     let run = wait_for_run(&runs, "a first tick", |run| {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
+    // The run's own files removed under it: its metrics and log are written back with what
+    // they held, its sheets' folder is made again, each said, and training goes on.
+    let first_row = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(run.join("metrics.jsonl")).unwrap();
+    std::fs::remove_file(run.join("log.txt")).unwrap();
+    std::fs::remove_dir_all(run.join("samples")).unwrap();
+    wait_for_run(&runs, "the notes of the removed files", |run| {
+        let log = log(run);
+        log.contains("metrics.jsonl was removed while the run wrote it")
+            && log.contains("log.txt was removed while the run wrote it")
+            && std::fs::read_dir(run.join("samples")).is_ok_and(|mut d| d.next().is_some())
+    });
+    assert!(
+        log(&run).contains("INFO new run "),
+        "the log's first lines are back"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.starts_with(&first_row), "{metrics}");
     // The same bytes written again: the checksums still match, and training goes on.
     write_in_place(&opened, 0, &original);
     wait_for_run(&runs, "the note of a rewrite", |run| {

@@ -276,54 +276,6 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Renames `from` to `to` only if `to` does not exist, in one step: the check before the work
-/// began cannot see a file another process renamed there since.
-pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
-            })
-        };
-        let (from_c, to_c) = (c_path(from)?, c_path(to)?);
-        // SAFETY: two valid NUL-terminated paths, read only for the duration of the call.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from_c.as_ptr(),
-                libc::AT_FDCWD,
-                to_c.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        // A filesystem without RENAME_NOREPLACE answers EINVAL: link and unlink instead.
-        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
-            return Err(err);
-        }
-    }
-    // A hard link fails if `to` exists, atomically.
-    match std::fs::hard_link(from, to) {
-        // Placed: a temp name left behind is the caller's clean-up, not a failed write.
-        Ok(()) => {
-            let _ = std::fs::remove_file(from);
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
-        // A filesystem without hard links either (FAT, some network shares): look, then
-        // rename, which leaves only the moment between the two.
-        Err(_) if std::fs::symlink_metadata(to).is_ok() => {
-            Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
-        }
-        Err(_) => std::fs::rename(from, to),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

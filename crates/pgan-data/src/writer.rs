@@ -514,7 +514,7 @@ impl TempGuard {
         let moved = if replace {
             std::fs::rename(&self.path, output)
         } else {
-            crate::files::rename_no_replace(&self.path, output)
+            pgan_spec::output::rename_no_replace(&self.path, output)
         };
         moved.map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => DataError::OutputExists(output.to_path_buf()),

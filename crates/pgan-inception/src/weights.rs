@@ -447,7 +447,8 @@ impl InceptionWeights {
     }
 }
 
-/// Writes `bytes` to a temp file beside `path`, syncs it and renames it over `path`.
+/// Writes `bytes` to a temp file beside `path`, syncs it and renames it over `path` (not over a
+/// file that appeared at a new output while the command ran: [`pgan_spec::output::place`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path
@@ -463,7 +464,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        pgan_spec::output::place(&tmp, path, path)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -503,6 +504,23 @@ mod tests {
                 spec.name
             );
         }
+    }
+
+    /// Weights converted to a path found absent never replace a file that appeared there.
+    #[test]
+    fn saved_weights_never_replace_a_file_that_appeared_during_the_conversion() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        pgan_spec::output::expect_new(&path);
+        std::fs::write(&path, "the user's").unwrap();
+        let err = synthetic_weights(1).save(&path, "test").unwrap_err();
+        assert!(err.to_string().contains("appeared"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "the user's");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, &target)
+        pgan_spec::output::place(&tmp, &target, out)
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -339,6 +339,22 @@ mod tests {
         fs::write(&out, "<!DOCTYPE html>\n<html><head><title>notes</title>").unwrap();
         assert!(!is_pgan_report(&out));
         assert!(!is_pgan_report(dir.path()));
+    }
+
+    /// `--out` found absent is not written over a file that appeared there during the work.
+    #[test]
+    fn a_report_never_replaces_a_file_that_appeared_during_the_work() {
+        let (dir, run) = fixture_run();
+        let out = dir.path().join("new.html");
+        pgan_spec::output::expect_new(&out);
+        fs::write(&out, "the user's").unwrap();
+        let err = write_report(&run, &out).unwrap_err().to_string();
+        assert!(
+            err.contains("new.html") && err.contains("appeared"),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&out).unwrap(), "the user's");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no temp left");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What pgan's crates agree on, in one place with no dependencies: the resolutions a dataset and
+//! What pgan's crates agree on, in one place with no dependencies but libc: the resolutions a dataset and
 //! a network can have ([`resolution`]), the keys the trainer writes to a run's `metrics.jsonl`
 //! and the report reads back ([`metrics`]), the names of a run's sample sheets ([`run_files`]),
 //! and what an output file may replace ([`output`]).

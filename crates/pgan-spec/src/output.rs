@@ -53,6 +53,71 @@ pub fn is_expected_new(target: &Path) -> bool {
         .any(|t| t == target)
 }
 
+/// Renames a finished temporary file `tmp` into place: over `target` (the regular file a write
+/// replaces, [`replaceable_file`]), or, for an output recorded by [`expect_new`] (`given` is the
+/// path the command was given), only if nothing appeared at `given` meanwhile. A file that did
+/// is kept and the error says so.
+pub fn place(tmp: &Path, target: &Path, given: &Path) -> io::Result<()> {
+    if !(is_expected_new(target) || is_expected_new(given)) {
+        return std::fs::rename(tmp, target);
+    }
+    rename_no_replace(tmp, given).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a file appeared there while this command ran, and is kept; pass --force to replace \
+             it",
+        ),
+        _ => e,
+    })
+}
+
+/// Renames `from` to `to` only if `to` does not exist, in one step: the check before the work
+/// began cannot see a file another process renamed there since.
+pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+        };
+        let (from_c, to_c) = (c_path(from)?, c_path(to)?);
+        // SAFETY: two valid NUL-terminated paths, read only for the duration of the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from_c.as_ptr(),
+                libc::AT_FDCWD,
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        // A filesystem without RENAME_NOREPLACE answers EINVAL: link and unlink instead.
+        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+            return Err(err);
+        }
+    }
+    // A hard link fails if `to` exists, atomically.
+    match std::fs::hard_link(from, to) {
+        // Placed: a temp name left behind is the caller's clean-up, not a failed write.
+        Ok(()) => {
+            let _ = std::fs::remove_file(from);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        // A filesystem without hard links either (FAT, some network shares): look, then
+        // rename, which leaves only the moment between the two.
+        Err(_) if std::fs::symlink_metadata(to).is_ok() => {
+            Err(io::Error::from(io::ErrorKind::AlreadyExists))
+        }
+        Err(_) => std::fs::rename(from, to),
+    }
+}
+
 /// `.<name>.tmp-`, the start of the name of every temporary file or folder pgan writes an output
 /// called `name` through (then `<pid>`, maybe `-<n>`): the CLI's signal handlers and a later
 /// run's clean-up recognise them by it. A name too long to take the 6 bytes around it and a pid
@@ -220,6 +285,30 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A new output is placed only where nothing appeared meanwhile (a file that did is kept,
+    /// and the temp stays for the caller to remove); an output the command may replace is.
+    #[test]
+    fn a_new_output_never_replaces_a_file_that_appeared_meanwhile() {
+        let dir = temp_dir("place");
+        let (tmp, new, old) = (dir.join(".t"), dir.join("new.html"), dir.join("old.html"));
+        expect_new(&new);
+        std::fs::write(&tmp, "ours").unwrap();
+        std::fs::write(&new, "theirs").unwrap();
+        let err = place(&tmp, &new, &new).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert_eq!(std::fs::read_to_string(&new).unwrap(), "theirs");
+        std::fs::remove_file(&new).unwrap();
+        place(&tmp, &new, &new).unwrap();
+        assert_eq!(std::fs::read_to_string(&new).unwrap(), "ours");
+        assert!(!tmp.exists());
+        std::fs::write(&tmp, "ours").unwrap();
+        std::fs::write(&old, "theirs").unwrap();
+        place(&tmp, &old, &old).unwrap();
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "ours");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -540,10 +540,12 @@ fn encode_record<W: Write>(writer: W, item: &impl Serialize, path: &Path) -> Res
         error: None,
     };
     let encoded = rmp_serde::encode::write_named(&mut writer, item);
-    let result = match encoded {
-        Ok(()) => writer
-            .flush()
-            .map_err(io_err(path, "write checkpoint record")),
+    let result = match encoded.map(|()| writer.flush()) {
+        Ok(Ok(())) => Ok(()),
+        // The system's own error (its errno), not the bare kind `keep` handed the encoder.
+        Ok(Err(e)) => Err(io_err(path, "write checkpoint record")(
+            writer.error.take().unwrap_or(e),
+        )),
         Err(e) => Err(match writer.error.take() {
             Some(source) => io_err(path, "write checkpoint record")(source),
             None => TrainError::Checkpoint {
@@ -597,9 +599,17 @@ pub fn write_checkpoint(
     write_dir_atomic(
         &path,
         |tmp| {
-            // A record that cannot be written is named where the checkpoint would have been:
-            // the temp folder it was written in is removed with the failure.
-            fill(tmp).map_err(|e| match e {
+            let written = fill(tmp).and_then(|()| {
+                let mut state = state.clone();
+                state.files = checksums(tmp)?;
+                let json = state.to_json_with_checksum();
+                let state_path = tmp.join(STATE_FILE);
+                write_atomic(&state_path, &json)
+                    .map_err(io_err(&state_path, "write checkpoint state"))
+            });
+            // A record or state that cannot be written is named where the checkpoint would
+            // have been: the temp folder it was written in is removed with the failure.
+            written.map_err(|e| match e {
                 TrainError::Io {
                     path: file,
                     action,
@@ -612,12 +622,7 @@ pub fn write_checkpoint(
                     ),
                 },
                 other => other,
-            })?;
-            let mut state = state.clone();
-            state.files = checksums(tmp)?;
-            let json = state.to_json_with_checksum();
-            let state_path = tmp.join(STATE_FILE);
-            write_atomic(&state_path, &json).map_err(io_err(&state_path, "write checkpoint state"))
+            })
         },
         io,
     )?;
@@ -2024,6 +2029,19 @@ pub(crate) mod tests {
             "{text}"
         );
 
+        // Or at the last flush of a buffered writer: the same OS error, not its bare kind.
+        struct FullAtFlush;
+        impl Write for FullAtFlush {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(io::Error::from_raw_os_error(28))
+            }
+        }
+        let err = encode_record(FullAtFlush, &item, path).err().unwrap();
+        assert!(err.to_string().contains("(os error 28)"), "{err}");
+
         // The same through a real full device, where Linux has one.
         if Path::new("/dev/full").exists() {
             let full = tempfile::tempdir().unwrap();
@@ -2153,6 +2171,20 @@ pub(crate) mod tests {
             err.contains(&format!(
                 "{name}: not written (nothing of it was kept): cannot write checkpoint record \
                  discriminator.mpk: No space left on device"
+            )) && !err.contains(".tmp-"),
+            "{err}"
+        );
+        assert!(list_checkpoints(run.path()).unwrap().is_empty());
+        // So is a state that cannot be written (here a folder in its place).
+        let err = write_checkpoint(run.path(), &a_state(), |tmp| {
+            std::fs::create_dir(tmp.join(STATE_FILE)).map_err(io_err(tmp, "create"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&format!(
+                "{name}: not written (nothing of it was kept): cannot write checkpoint state \
+                 {STATE_FILE}: "
             )) && !err.contains(".tmp-"),
             "{err}"
         );

@@ -15,6 +15,28 @@ use crate::error::{Result, TrainError};
 /// the u64 image counter.
 pub const MAX_KIMG: f64 = 1e9;
 
+/// `value` as the f32 a key holds, or why it has none: beyond f32's range (it would read as
+/// infinity), or nonzero and below f32's smallest normal number (it would read as 0 or lose
+/// its precision, and a penalty of 1e-300 would silently be off). NaN and infinity pass, for
+/// each key's own check to name.
+pub fn to_f32(value: f64) -> std::result::Result<f32, String> {
+    if value.is_finite() && value.abs() > f64::from(f32::MAX) {
+        return Err(format!("{value:e} is beyond f32's range (±{:e})", f32::MAX));
+    }
+    if value != 0.0 && value.abs() < f64::from(f32::MIN_POSITIVE) {
+        return Err(format!(
+            "{value:e} is below f32's smallest normal number ({:e}); write 0 for none",
+            f32::MIN_POSITIVE
+        ));
+    }
+    Ok(value as f32)
+}
+
+/// Reads an f32 key through [`to_f32`], so that a value f32 cannot hold is an error at its line.
+fn f32_key<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    to_f32(f64::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
 /// The whole configuration of a training run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -307,17 +329,22 @@ pub struct LossConfig {
     /// `wgan-gp` (paper default), `logistic-r1`, `non-saturating` or `minimax`.
     pub kind: LossKind,
     /// WGAN-GP weight λ (Gulrajani et al. 2017; ProGAN uses 10).
+    #[serde(deserialize_with = "f32_key")]
     pub gp_lambda: f32,
     /// Drift penalty ε·D(real)² (ProGAN section A.1: ε = 0.001).
+    #[serde(deserialize_with = "f32_key")]
     pub drift_epsilon: f32,
     /// R1 weight γ (Mescheder et al. 2018).
+    #[serde(deserialize_with = "f32_key")]
     pub r1_gamma: f32,
     /// Target of the reals in the logistic D losses (`logistic-r1`, `non-saturating`,
     /// `minimax`); below 1 it is one-sided label smoothing (Salimans et al. 2016).
+    #[serde(deserialize_with = "f32_key")]
     pub real_label: f32,
     /// Weight of the feature-matching term added to G's loss (Salimans et al. 2016), the
     /// squared distance between the reals' and the fakes' mean features in D's last hidden
     /// layer; 0 switches it off.
+    #[serde(deserialize_with = "f32_key")]
     pub feature_matching: f32,
 }
 
@@ -399,10 +426,13 @@ pub struct InstanceNoiseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// First-moment decay.
+    #[serde(deserialize_with = "f32_key")]
     pub beta1: f32,
     /// Second-moment decay.
+    #[serde(deserialize_with = "f32_key")]
     pub beta2: f32,
     /// Denominator epsilon (burn's default is 1e-5; the paper uses 1e-8).
+    #[serde(deserialize_with = "f32_key")]
     pub epsilon: f32,
     /// The generator's learning rate is the schedule's times this (TTUR, Heusel et al. 2017).
     pub lr_g_mult: f64,
@@ -1572,6 +1602,44 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(said), "expected '{said}' in: {err}");
         }
+    }
+
+    /// A value f32 cannot hold is an error at its line, not an infinity or a 0 the key's own
+    /// check then misreports (a penalty of 1e-300 would silently be off); integers and NaN
+    /// (which the key's check names) still read.
+    #[test]
+    fn values_beyond_f32_are_refused_where_they_are_written() {
+        for (text, said) in [
+            ("[loss]\ngp_lambda = 1e300\n", "1e300 is beyond f32's range"),
+            ("[loss]\nr1_gamma = -1e39\n", "-1e39 is beyond f32's range"),
+            (
+                "[loss]\ngp_lambda = 1e-300\n",
+                "1e-300 is below f32's smallest normal number",
+            ),
+            (
+                "[optim]\nbeta2 = 1e-40\n",
+                "1e-40 is below f32's smallest normal number",
+            ),
+        ] {
+            let err = TrainConfig::from_toml_str(text).unwrap_err().to_string();
+            assert!(
+                err.contains(said) && err.contains("line 2"),
+                "{text}: {err}"
+            );
+        }
+        let config =
+            TrainConfig::from_toml_str("[loss]\ngp_lambda = 5\ndrift_epsilon = 0\n").unwrap();
+        assert_eq!(
+            (config.loss.gp_lambda, config.loss.drift_epsilon),
+            (5.0, 0.0)
+        );
+        let config = TrainConfig::from_toml_str("[loss]\ngp_lambda = nan\n").unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("loss.gp_lambda NaN"));
+        assert_eq!(to_f32(f64::from(f32::MAX)), Ok(f32::MAX));
     }
 
     #[test]

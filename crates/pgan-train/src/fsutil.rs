@@ -68,19 +68,11 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Er
             pgan_spec::output::is_expected_new(target) || pgan_spec::output::is_expected_new(path)
         });
         let mut placed: Vec<&Path> = Vec::new();
-        for (tmp, _, path) in new {
-            if let Err(e) = pgan_data::rename_no_replace(tmp, path) {
+        for (tmp, target, path) in new {
+            if let Err(e) = pgan_spec::output::place(tmp, target, path) {
                 for done in placed {
                     let _ = std::fs::remove_file(done);
                 }
-                let e = match e.kind() {
-                    io::ErrorKind::AlreadyExists => io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "a file appeared there while this command ran, and is kept; pass \
-                         --force to replace it",
-                    ),
-                    _ => e,
-                };
                 return Err((path.to_path_buf(), e));
             }
             placed.push(path);
@@ -164,6 +156,96 @@ pub(crate) fn open_own_file(path: &Path, options: &mut std::fs::OpenOptions) -> 
         return Err(not_regular(&meta));
     }
     Ok(file)
+}
+
+/// What [`reattach_appended`] did to keep an appended file at its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reattached {
+    /// The file had been removed: its contents were written back at the path from the open
+    /// handle (a removal frees nothing a process holds open), and appending goes on there.
+    WrittenBack,
+    /// Another file had taken its place (an editor's save, a rotation): appending goes on in
+    /// that one.
+    Followed,
+}
+
+impl Reattached {
+    /// The warning that says so, for `path`.
+    pub(crate) fn warning(self, path: &Path) -> String {
+        match self {
+            Reattached::WrittenBack => format!(
+                "{} was removed while the run wrote it; it was written back from the copy the run \
+                 had open, and the run goes on appending to it",
+                path.display()
+            ),
+            Reattached::Followed => format!(
+                "{} was replaced by another file while the run wrote it; the run goes on \
+                 appending to the new one",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Keeps `file`, opened from `path` for appending, the file at `path`: a file removed from under
+/// it is written back (through a temporary file, never over one that appeared meanwhile), one
+/// replaced by another regular file is followed (the new one is opened for appending; a link,
+/// FIFO or device there is an error, as at the first open). Returns what it did (`None`: the path
+/// still names the open file); on an error `file` is as it was.
+pub(crate) fn reattach_appended(path: &Path, file: &mut File) -> io::Result<Option<Reattached>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let open = file.metadata()?;
+        let what = match std::fs::symlink_metadata(path) {
+            Ok(there) if (there.dev(), there.ino()) == (open.dev(), open.ino()) => return Ok(None),
+            Ok(_) => Reattached::Followed,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_back(path, file)?;
+                Reattached::WrittenBack
+            }
+            Err(e) => return Err(e),
+        };
+        *file = open_own_file(path, std::fs::OpenOptions::new().append(true))?;
+        Ok(Some(what))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, file);
+        Ok(None)
+    }
+}
+
+/// Copies the removed file `file` was opened as (through Linux's `/proc/self/fd`, which opens
+/// a removed file for reading) back to `path`. Elsewhere it is an error: the rows are lost.
+#[cfg(unix)]
+fn write_back(path: &Path, file: &File) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut removed = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        let tmp = temp_beside(path);
+        let result = (|| {
+            let mut copy = File::create(&tmp)?;
+            io::copy(&mut removed, &mut copy)?;
+            copy.sync_all()?;
+            pgan_spec::output::rename_no_replace(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        match result {
+            // Another file appeared at the path meanwhile: followed, as a replacement is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (path, file);
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "it was removed, and this system cannot read it back from the open file",
+        ))
+    }
 }
 
 /// [`write_atomic`] for one of pgan's own files (see [`refuse_foreign_file`]).

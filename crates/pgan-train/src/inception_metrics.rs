@@ -498,11 +498,16 @@ pub fn dataset_features<B: Backend>(
     let per = side * side * c;
     let bar = progress_bar(progress, n, &format!("inception reals {side}x{side}"));
     let mut values = Vec::with_capacity(n * FEATURE_DIM);
+    // The level's checksum, taken as it is read: damaged pixels would give a wrong FID and a
+    // cache (keyed by the stored checksum) that stays wrong after the file is mended.
+    let mut crc = crc32fast::Hasher::new();
     for start in (0..n).step_by(INCEPTION_BATCH) {
         watch.check()?;
         let b = INCEPTION_BATCH.min(n - start);
+        let pixels = &level[start * per..(start + b) * per];
+        crc.update(pixels);
         values.extend(extractor.features(Images8 {
-            pixels: &level[start * per..(start + b) * per],
+            pixels,
             n: b,
             height: side,
             width: side,
@@ -511,6 +516,22 @@ pub fn dataset_features<B: Backend>(
         bar.inc(b as u64);
     }
     bar.finish_and_clear();
+    crc.update(&level[n * per..]);
+    if Some(crc.finalize())
+        != key
+            .get("level_crc32")
+            .and_then(|k| u32::from_str_radix(k, 16).ok())
+    {
+        // The reader's own check names the level and both checksums (the file may also have
+        // changed while it was read, in which case it is still not measured).
+        reader.verify_level(resolution)?;
+        return Err(TrainError::Dataset {
+            path: reader.path().to_path_buf(),
+            message: format!(
+                "the {side}x{side} level changed while its features were computed; measure again"
+            ),
+        });
+    }
     let set = FeatureSet::new(Features { values, count: n })?;
     if let Err(e) = save_cache(&path, key, &set) {
         say(format!("not caching the real features: {e}"));
@@ -1124,6 +1145,35 @@ mod tests {
         options.force = true;
         pgan_data::prepare(&options).unwrap();
         out
+    }
+
+    /// A level whose pixels no longer match its checksum is named, not measured, and no cache
+    /// is written (one keyed by the stored checksum would stay wrong after the file is mended).
+    #[test]
+    fn damaged_pixels_are_refused_and_never_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dataset(dir.path(), "d", 2, 0);
+        let at = PyramidReader::open(&path)
+            .unwrap()
+            .header()
+            .levels
+            .iter()
+            .find(|l| l.resolution == 8)
+            .unwrap()
+            .offset;
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at as usize + 5] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let extractor = FeatureExtractor::<B>::new(
+            &pgan_inception::InceptionWeights::synthetic(1),
+            &Default::default(),
+        );
+        let reader = PyramidReader::open(&path).unwrap();
+        let err = dataset_features(&extractor, &reader, 8, 2, Watch::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("d.pgan") && err.contains("checksum"), "{err}");
+        assert!(!cache_path(&path, 8).exists());
     }
 
     /// One test for the whole cache life cycle, since every miss runs the full network.

@@ -308,6 +308,8 @@ pub struct RunLog {
     file: File,
     bar: Option<ProgressBar>,
     echo: bool,
+    /// The log's path no longer names `file` and it could not be written back (said once).
+    detached: bool,
 }
 
 impl RunLog {
@@ -321,6 +323,7 @@ impl RunLog {
             file,
             bar: None,
             echo,
+            detached: false,
         })
     }
 
@@ -367,6 +370,26 @@ impl RunLog {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let stamp = format_utc(secs);
+        // A log removed or replaced while the run writes it is written back or followed (and
+        // said in it), so the session's lines are not appended to a file nobody can read.
+        let reattached = crate::fsutil::reattach_appended(&self.path, &mut self.file);
+        let said = match reattached {
+            Ok(Some(r)) => Some(r.warning(&self.path)),
+            Ok(None) => None,
+            Err(e) if !self.detached => {
+                self.detached = true;
+                Some(format!(
+                    "{} is no longer at its path and cannot be written back ({e}): this \
+                     session's log lines go to the file the run opened, which nobody can read",
+                    self.path.display()
+                ))
+            }
+            Err(_) => None,
+        };
+        if let Some(said) = said {
+            let _ = writeln!(self.file, "{stamp} WARN {said}");
+            self.print(&format!("warning: {said}"));
+        }
         // A failing log write must not kill a multi-day run; it is reported once on stderr.
         if let Err(e) = writeln!(self.file, "{stamp} {level} {message}") {
             let _ = writeln!(
@@ -381,12 +404,17 @@ impl RunLog {
             } else {
                 message.to_string()
             };
-            match &self.bar {
-                Some(bar) if !bar.is_hidden() => bar.println(text),
-                // Not `eprintln!`, which panics when stderr is a closed pipe.
-                _ => {
-                    let _ = writeln!(std::io::stderr(), "{text}");
-                }
+            self.print(&text);
+        }
+    }
+
+    /// A line on the terminal, above the progress bar if one is shown.
+    fn print(&self, text: &str) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(text),
+            // Not `eprintln!`, which panics when stderr is a closed pipe.
+            _ => {
+                let _ = writeln!(std::io::stderr(), "{text}");
             }
         }
     }
@@ -417,6 +445,29 @@ fn format_utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `log.txt` removed while the run writes it is written back with its lines, and the log
+    /// says so; one whose folder is gone is said once, and the run goes on.
+    #[test]
+    fn a_log_removed_while_written_is_written_back_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        let mut log = RunLog::open(&run, false).unwrap();
+        log.info("first");
+        std::fs::remove_file(run.join(LOG_FILE)).unwrap();
+        log.info("second");
+        let text = std::fs::read_to_string(run.join(LOG_FILE)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].ends_with("INFO first"));
+        assert!(lines[1].contains("WARN") && lines[1].contains("was removed"));
+        assert!(lines[2].ends_with("INFO second"));
+        std::fs::remove_dir_all(&run).unwrap();
+        log.info("third");
+        log.info("fourth");
+        assert!(log.detached);
+    }
 
     #[test]
     fn run_dirs_are_numbered_past_the_highest() {

@@ -350,14 +350,19 @@ impl MetricsWriter {
         Ok(())
     }
 
-    /// Writes one row.
-    pub fn write(&mut self, row: &Map<String, Value>) -> Result<()> {
+    /// Writes one row, into the file at the writer's path: one removed while the run wrote it
+    /// is written back first, one replaced is followed (see
+    /// [`crate::fsutil::reattach_appended`]). Returns the warning that says so.
+    pub fn write(&mut self, row: &Map<String, Value>) -> Result<Option<String>> {
+        let reattached = crate::fsutil::reattach_appended(&self.path, &mut self.file)
+            .map_err(io_err(&self.path, "keep writing"))?;
         let mut line = serde_json::to_string(row).expect("a JSON map serialises");
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .map_err(io_err(&self.path, "append to"))?;
-        self.file.flush().map_err(io_err(&self.path, "flush"))
+        self.file.flush().map_err(io_err(&self.path, "flush"))?;
+        Ok(reattached.map(|r| r.warning(&self.path)))
     }
 }
 
@@ -712,6 +717,44 @@ mod tests {
         }
         row.values[0] = f32::NAN;
         assert!(!row.is_healthy());
+    }
+
+    /// A `metrics.jsonl` removed while the run writes it is written back with every row, one
+    /// replaced (an editor's save) is followed; each is said once.
+    #[test]
+    fn a_metrics_file_removed_or_replaced_while_written_is_written_back_or_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let mut w = MetricsWriter::open(dir.path()).unwrap();
+        let row = |k: f64| Map::from_iter([("kimg".to_string(), Value::from(k))]);
+        assert_eq!(w.write(&row(1.0)).unwrap(), None);
+        std::fs::remove_file(&path).unwrap();
+        let said = w.write(&row(2.0)).unwrap().unwrap();
+        assert!(
+            said.contains("was removed") && said.contains("written back"),
+            "{said}"
+        );
+        assert_eq!(w.write(&row(3.0)).unwrap(), None);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"kimg\":1.0}\n{\"kimg\":2.0}\n{\"kimg\":3.0}\n");
+        let edited = dir.path().join("edited");
+        std::fs::write(&edited, "{\"kimg\":1.0}\nmy note\n").unwrap();
+        std::fs::rename(&edited, &path).unwrap();
+        let said = w.write(&row(4.0)).unwrap().unwrap();
+        assert!(said.contains("replaced by another file"), "{said}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"kimg\":1.0}\nmy note\n{\"kimg\":4.0}\n");
+        // A link put there is refused, as at the first open; nothing is written through it.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&edited, &path).unwrap();
+        let err = w.write(&row(5.0)).unwrap_err().to_string();
+        assert!(err.contains(METRICS_FILE) && err.contains("link"), "{err}");
+        assert!(!edited.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
     }
 
     #[test]

@@ -222,11 +222,11 @@ struct TrainArgs {
     loss: Option<String>,
     /// Reals' target in the logistic losses, in (0, 1]; below 1 is one-sided label smoothing
     /// (overrides loss.real_label).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_f32)]
     real_label: Option<f32>,
     /// Weight of the feature-matching term in G's loss, 0 = off (overrides
     /// loss.feature_matching).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_f32)]
     feature_matching: Option<f32>,
     /// Instance noise: σ of the Gaussian noise on D's inputs at the start, 0 = off (overrides
     /// instance_noise.sigma).
@@ -420,6 +420,13 @@ struct SynthArgs {
     /// Seed for the within-mode variation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// An f32 flag's value: a number f32 holds ([`pgan_train::config::to_f32`]), not one that
+/// would read as infinity or 0.
+fn parse_f32(text: &str) -> Result<f32, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    pgan_train::config::to_f32(value)
 }
 
 fn main() -> ExitCode {

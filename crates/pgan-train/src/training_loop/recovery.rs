@@ -147,7 +147,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             (self.state.images_shown as f64 / 1000.0).into(),
         );
         row.insert(key::ROLLBACK.into(), failures.into());
-        self.metrics.write(&row)?;
+        if let Some(warning) = self.metrics.write(&row)? {
+            self.log.warn(warning);
+        }
         // The checkpoint now says how the run goes on from it (after the row: a kill between
         // the two leaves a row that a resume drops, as it does every row after the state).
         let mut state = self.state.clone();

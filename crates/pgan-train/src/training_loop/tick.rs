@@ -48,7 +48,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // On several nodes, one whose outputs fail (a full disk) stops them all at the same
         // checkpoint: its failure goes to the others before it is returned.
-        let outputs = self.metrics.write(&row).and_then(|()| {
+        let outputs = self.metrics.write(&row).and_then(|reattached| {
+            if let Some(warning) = reattached {
+                self.log.warn(warning);
+            }
             self.log.info(self.status_line(phase, img_per_s));
             if self
                 .state
@@ -334,6 +337,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             .run_dir
             .join(SAMPLES_DIR)
             .join(crate::run_dir::sample_sheet_name(self.state.tick));
+        // A `samples` folder removed while the run goes on is made again.
+        crate::run_dir::ensure_samples_dir(&self.run_dir)?;
         save_own_png(&sheet, &path)?;
         self.latest_sample = Some(path);
         Ok(())
