@@ -2538,14 +2538,36 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     std::os::unix::fs::symlink(".", fakes.join("loop2")).unwrap();
     let out = run_ok(&mut compare(&fakes));
     assert!(out.contains("4 generated"), "{out}");
+    // Files that cannot be decoded (a FIFO, a damaged image) are left out, as `prepare` leaves
+    // them out, and named in a warning; a pixel limit leaves out the larger ones.
     let fifo = fakes.join("zz.png");
     mkfifo(&fifo);
-    let err = run_err(&mut compare(&fakes));
+    std::fs::write(fakes.join("zy.png"), b"\x89PNG\r\n\x1a\n cut short").unwrap();
+    let compared = dir.path().join("compared.json");
+    let out = run_ok(compare(&fakes).args(["--kid", "--json"]).arg(&compared));
     assert!(
-        err.contains("zz.png") && err.contains("not a regular file (a FIFO)"),
+        out.contains("4 generated")
+            && out.contains("warning: 2 of the 6 images under")
+            && out.contains("left out (the metrics measure the other 4)")
+            && out.contains("zz.png: ")
+            && out.contains("not a regular file (a FIFO)")
+            && out.contains("zy.png: "),
+        "{out}"
+    );
+    // The JSON of a comparison names both sets and KID's seed, and only its own units.
+    let parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&compared).unwrap()).unwrap();
+    assert_eq!(parsed["real"], reals.to_str().unwrap(), "{parsed}");
+    assert_eq!(parsed["fake"], fakes.to_str().unwrap(), "{parsed}");
+    assert_eq!(parsed["seed"], 123, "{parsed}");
+    assert!(parsed["units"].get("swd").is_none(), "{parsed}");
+    let err = run_err(compare(&fakes).args(["--max-pixels", "100"]));
+    assert!(
+        err.contains("has 0 images") && err.contains("too many pixels"),
         "{err}"
     );
     std::fs::remove_file(&fifo).unwrap();
+    std::fs::remove_file(fakes.join("zy.png")).unwrap();
     // Files of kinds pgan does not decode are named by extension, not passed over in silence.
     std::fs::write(fakes.join("a.ppm"), b"P6 1 1 255 \0\0\0").unwrap();
     std::fs::write(fakes.join("b.PPM"), b"P6 1 1 255 \0\0\0").unwrap();

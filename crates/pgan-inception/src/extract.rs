@@ -96,19 +96,11 @@ impl<B: Backend> FeatureExtractor<B> {
     /// Why FIDs measured with these weights cannot be compared with published ones, when they
     /// are not the standard weights ([`crate::weights::STANDARD_WEIGHTS_CRC32`]).
     pub fn nonstandard_weights_warning(&self) -> Option<String> {
-        let standard = crate::weights::STANDARD_WEIGHTS_CRC32;
-        (self.weights_checksum != standard).then(|| {
-            let file = self.weights_path.as_ref().map_or_else(
-                || "the Inception weights".to_string(),
-                |p| p.display().to_string(),
-            );
-            format!(
-                "{file}: not the standard FID Inception weights (their values' CRC-32 is {:08x}, \
-                 the standard's {standard:08x}): FID, KID and precision/recall are comparable \
-                 only with figures measured with these same weights, not with published ones",
-                self.weights_checksum
-            )
-        })
+        let file = self.weights_path.as_ref().map_or_else(
+            || "the Inception weights".to_string(),
+            |p| p.display().to_string(),
+        );
+        crate::weights::nonstandard_weights_warning(self.weights_checksum, &file)
     }
 
     /// The network's input for `images`: [`network_input`] on the backend.

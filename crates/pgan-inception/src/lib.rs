@@ -37,6 +37,6 @@ pub use error::{InceptionError, Result};
 pub use extract::{network_input, FeatureExtractor, Images8, RESIZE_MODE};
 pub use network::{InceptionV3, FEATURE_DIM, INPUT_SIZE};
 pub use weights::{
-    resolve_weights_path, InceptionWeights, CONV_LAYERS, STANDARD_WEIGHTS_CRC32, WEIGHTS_ENV,
-    WEIGHTS_FILE_NAME,
+    nonstandard_weights_warning, resolve_weights_path, InceptionWeights, CONV_LAYERS,
+    STANDARD_WEIGHTS_CRC32, WEIGHTS_ENV, WEIGHTS_FILE_NAME,
 };

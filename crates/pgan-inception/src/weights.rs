@@ -30,6 +30,19 @@ pub const BN_EPSILON: f64 = 0.001;
 /// comparable only with each other, not with published ones.
 pub const STANDARD_WEIGHTS_CRC32: u32 = 0x707f_58e7;
 
+/// Why FIDs measured with weights whose values' CRC-32 is `checksum` (read from `file`) cannot
+/// be compared with published ones, when they are not the standard weights.
+pub fn nonstandard_weights_warning(checksum: u32, file: &str) -> Option<String> {
+    (checksum != STANDARD_WEIGHTS_CRC32).then(|| {
+        format!(
+            "{file}: not the standard FID Inception weights (their values' CRC-32 is \
+             {checksum:08x}, the standard's {STANDARD_WEIGHTS_CRC32:08x}): FID, KID and \
+             precision/recall are comparable only with figures measured with these same \
+             weights, not with published ones"
+        )
+    })
+}
+
 /// The largest weights file read: the network's 94 layers hold about 87 MB of f32 values.
 pub const MAX_WEIGHTS_BYTES: u64 = 256 << 20;
 
@@ -486,6 +499,23 @@ impl InceptionWeights {
 mod tests {
     use super::*;
     use crate::test_utils::synthetic_weights;
+
+    /// Only the standard values pass without a warning (convert-inception says it at the
+    /// conversion, eval and the trainer at each use); the warning names the file and both CRCs.
+    #[test]
+    fn weights_other_than_the_standard_ones_are_named() {
+        assert_eq!(
+            nonstandard_weights_warning(STANDARD_WEIGHTS_CRC32, "w.pt"),
+            None
+        );
+        let said = nonstandard_weights_warning(0x1234_5678, "w.pt").unwrap();
+        assert!(
+            said.starts_with("w.pt: not the standard")
+                && said.contains("12345678")
+                && said.contains("707f58e7"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn save_then_load_round_trips_every_tensor() {

@@ -270,6 +270,8 @@ pub struct EvalRequest {
     pub inception: std::path::PathBuf,
     /// The colour under transparent pixels when `data` is an image folder.
     pub background: [u8; 3],
+    /// A folder's images with more pixels than this are left out (`--max-pixels`).
+    pub max_pixels: u64,
 }
 
 /// Everything `pgan eval` measured.
@@ -450,10 +452,13 @@ impl std::fmt::Display for FullEvalReport {
                 recall: self.recall,
                 num_real,
                 num_fake: self.num_images,
-                units: Units::default(),
+                units: Default::default(),
                 inception_weights_crc32: self.inception_weights_crc32.clone().unwrap_or_default(),
                 real_composited: self.real_composited.clone(),
                 fake_composited: None,
+                real: None,
+                fake: None,
+                seed: None,
                 notes: self.notes.clone(),
                 // This report's warnings are printed above, with the others.
                 warnings: Vec::new(),

@@ -81,8 +81,17 @@ pub struct FeatureMetricsReport {
     pub num_real: usize,
     /// Generated (compared) images measured.
     pub num_fake: usize,
+    /// The reference set of a comparison of two sets (`eval --real A --fake B`), absolute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real: Option<PathBuf>,
+    /// The set compared with it, absolute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fake: Option<PathBuf>,
+    /// The seed of KID's random subsets (`--seed`), when KID was measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// The units of the numbers above (KID raw).
-    pub units: crate::eval::Units,
+    pub units: FeatureUnits,
     /// CRC-32 of the Inception weights' values: which network measured the numbers above (the
     /// standard FID weights' is [`pgan_inception::STANDARD_WEIGHTS_CRC32`]).
     pub inception_weights_crc32: String,
@@ -98,6 +107,28 @@ pub struct FeatureMetricsReport {
     /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// The units of [`FeatureMetricsReport`]'s numbers.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FeatureUnits {
+    /// `fid`.
+    pub fid: &'static str,
+    /// `kid`.
+    pub kid: &'static str,
+    /// `precision`, `recall`.
+    pub precision_recall: &'static str,
+}
+
+impl Default for FeatureUnits {
+    fn default() -> Self {
+        let all = crate::eval::Units::default();
+        Self {
+            fid: all.fid,
+            kid: all.kid,
+            precision_recall: all.precision_recall,
+        }
+    }
 }
 
 /// Images of a folder that carried an alpha channel, composited onto one opaque colour as `pgan
@@ -179,6 +210,9 @@ pub struct FeatureSet {
     pub folder_sizes: std::collections::BTreeMap<(u32, u32), usize>,
     /// The files of a folder that were not read, as a note naming their extensions.
     pub not_read: Option<String>,
+    /// The images of a folder that could not be decoded and were left out, as a warning
+    /// naming them and why.
+    pub left_out: Option<String>,
 }
 
 impl FeatureSet {
@@ -191,6 +225,7 @@ impl FeatureSet {
             composited: None,
             folder_sizes: Default::default(),
             not_read: None,
+            left_out: None,
         })
     }
 }
@@ -208,6 +243,11 @@ pub fn compare(
         real_composited: real.composited.clone(),
         fake_composited: fake.composited.clone(),
         notes: [&real.not_read, &fake.not_read]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+        warnings: [&real.left_out, &fake.left_out]
             .into_iter()
             .flatten()
             .cloned()
@@ -412,6 +452,7 @@ fn load_cache(
         composited: None,
         folder_sizes: Default::default(),
         not_read: None,
+        left_out: None,
     })
 }
 
@@ -642,6 +683,7 @@ pub fn evaluate_checkpoint<B: Backend>(
         let read = FolderRead {
             channels: channels as u8,
             background: request.background,
+            max_pixels: request.max_pixels,
         };
         folder_features(&extractor, data, need, read, request.progress)?
     } else {
@@ -777,26 +819,9 @@ pub fn folder_features<B: Backend>(
     let FolderRead {
         channels,
         background,
+        max_pixels,
     } = read;
-    // The images `pgan prepare` would take from this folder (links to folders followed once,
-    // no loops), decoded as it decodes them (regular files only, EXIF orientation, size limits).
-    // Every image is measured: a subfolder that cannot be read is an error, not a smaller set.
-    let walk = pgan_data::walk(dir)?;
-    if let Some(unreadable) = walk.unreadable_error() {
-        return Err(unreadable.into());
-    }
-    // Files of other kinds are not images to a dataset either, but a folder of `.ppm` or
-    // `.heic` files measured as its few PNGs must say so.
-    let not_read = not_read_note(dir, &walk.not_images_by_extension());
-    let files = walk.images;
-    if files.len() < min_images {
-        return Err(too_few(
-            &format!("image folder {}", dir.display()),
-            files.len(),
-            min_images,
-            not_read.as_deref(),
-        ));
-    }
+    let (files, not_read) = folder_images(dir, min_images)?;
     let bar = progress_bar(progress, files.len(), "inception images");
     let mut values = Vec::with_capacity(files.len() * FEATURE_DIM);
     // Each image is made the network's 299x299 input as it is decoded: a batch holds those,
@@ -815,14 +840,20 @@ pub fn folder_features<B: Backend>(
         *in_batch = 0;
         Ok(())
     };
+    // Files that cannot be decoded (damaged, cut short, over the pixel limit) are left out, as
+    // `prepare` leaves them out, and named in a warning: one bad file of 50000 does not cost
+    // the measurement of the rest.
+    let mut left_out: Vec<(&Path, String)> = Vec::new();
     for file in &files {
         // The permit is held until the image's 8-bit copy is resized (end of the iteration).
-        let (image, _permit) = pgan_data::decode_held(file, pgan_data::DEFAULT_MAX_PIXELS)
-            .map_err(|message| TrainError::Image {
-                path: file.clone(),
-                action: "read",
-                message,
-            })?;
+        let (image, _permit) = match pgan_data::decode_held(file, max_pixels) {
+            Ok(decoded) => decoded,
+            Err(message) => {
+                left_out.push((file, message));
+                bar.inc(1);
+                continue;
+            }
+        };
         with_alpha += usize::from(image.color().has_alpha());
         let size = (image.width(), image.height());
         *sizes.entry(size).or_insert(0) += 1;
@@ -841,7 +872,16 @@ pub fn folder_features<B: Backend>(
     }
     flush(&mut batch, &mut in_batch)?;
     bar.finish_and_clear();
-    let count = files.len();
+    let count = files.len() - left_out.len();
+    let left_out = left_out_warning(dir, files.len(), &left_out);
+    if count < min_images {
+        return Err(too_few(
+            &format!("image folder {}", dir.display()),
+            count,
+            min_images,
+            left_out.as_deref(),
+        ));
+    }
     let mut set = FeatureSet::new(Features { values, count })?;
     set.composited = (with_alpha > 0).then_some(Composited {
         images: with_alpha,
@@ -849,7 +889,58 @@ pub fn folder_features<B: Backend>(
     });
     set.folder_sizes = sizes;
     set.not_read = not_read;
+    set.left_out = left_out;
     Ok(set)
+}
+
+/// "K of the N images under DIR could not be decoded and were left out: ..." naming the first
+/// few and why, or nothing.
+fn left_out_warning(dir: &Path, of: usize, left_out: &[(&Path, String)]) -> Option<String> {
+    const NAMED: usize = 3;
+    if left_out.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = left_out
+        .iter()
+        .take(NAMED)
+        .map(|(file, why)| format!("{}: {why}", file.display()))
+        .collect();
+    let more = left_out.len().saturating_sub(NAMED);
+    Some(format!(
+        "{} of the {of} images under {} could not be decoded and were left out (the metrics \
+         measure the other {}): {}{}",
+        left_out.len(),
+        dir.display(),
+        of - left_out.len(),
+        named.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// The images `pgan prepare` would take from folder `dir` (links to folders followed once, no
+/// loops), at least `min_images` of them, and the note naming the files of other kinds. A
+/// subfolder that cannot be read is an error, not a smaller set.
+fn folder_images(dir: &Path, min_images: usize) -> Result<(Vec<PathBuf>, Option<String>)> {
+    let walk = pgan_data::walk(dir)?;
+    if let Some(unreadable) = walk.unreadable_error() {
+        return Err(unreadable.into());
+    }
+    // Files of other kinds are not images to a dataset either, but a folder of `.ppm` or
+    // `.heic` files measured as its few PNGs must say so.
+    let not_read = not_read_note(dir, &walk.not_images_by_extension());
+    if walk.images.len() < min_images {
+        return Err(too_few(
+            &format!("image folder {}", dir.display()),
+            walk.images.len(),
+            min_images,
+            not_read.as_deref(),
+        ));
+    }
+    Ok((walk.images, not_read))
 }
 
 /// "N files under DIR were not read: ..." with a count per extension, or nothing.
@@ -883,6 +974,9 @@ pub struct FolderRead {
     pub channels: u8,
     /// The colour under transparent pixels.
     pub background: [u8; 3],
+    /// Images with more pixels than this (read from their header) are left out: decompression
+    /// bombs (`--max-pixels`).
+    pub max_pixels: u64,
 }
 
 /// A set of images to measure: a `.pgan` dataset (its top level) or a folder of images.
@@ -985,12 +1079,22 @@ fn folders_size_warning(real: &FeatureSet, fake: &FeatureSet) -> Option<String> 
     })
 }
 
-/// Channels and resolution of the `.pgan` file at `path`; `None` for a folder.
-fn pyramid_shape(path: &Path) -> Result<Option<(usize, u32)>> {
+/// Checks that the set at `path` holds at least `min_images` images (before either set's
+/// features are computed, which for a folder take long); a `.pgan` file's shape besides.
+fn set_shape(path: &Path, min_images: usize) -> Result<Option<(usize, u32)>> {
     if path.is_dir() {
+        folder_images(path, min_images)?;
         return Ok(None);
     }
     let reader = PyramidReader::open(path)?;
+    if reader.len() < min_images {
+        return Err(too_few(
+            &format!("dataset {}", path.display()),
+            reader.len(),
+            min_images,
+            None,
+        ));
+    }
     Ok(Some((reader.channels(), reader.resolution())))
 }
 
@@ -1014,6 +1118,8 @@ pub struct CompareRequest {
     pub save_features: Option<PathBuf>,
     /// The colour under transparent pixels of images read from a folder.
     pub background: [u8; 3],
+    /// A folder's images with more pixels than this are left out (`--max-pixels`).
+    pub max_pixels: u64,
 }
 
 /// Writes each set's features as an `[n, 2048]` float32 `.npy` file at its path, both or
@@ -1045,12 +1151,13 @@ impl crate::backend::BackendJob for CompareRequest {
     ) -> Result<FeatureMetricsReport> {
         let extractor = FeatureExtractor::<B::InnerBackend>::load(&self.inception, &device)?;
         let need = self.metrics.min_images();
-        let real_shape = pyramid_shape(&self.real)?;
-        let fake_shape = pyramid_shape(&self.fake)?;
+        let real_shape = set_shape(&self.real, need)?;
+        let fake_shape = set_shape(&self.fake, need)?;
         // A folder is read at the channels of the `.pgan` beside it (RGB beside another folder).
         let read = FolderRead {
             channels: real_shape.or(fake_shape).map_or(3, |(c, _)| c as u8),
             background: self.background,
+            max_pixels: self.max_pixels,
         };
         let real = set_features(&extractor, &self.real, need, read, self.progress)?;
         let fake = set_features(&extractor, &self.fake, need, read, self.progress)?;
@@ -1062,6 +1169,9 @@ impl crate::backend::BackendJob for CompareRequest {
         }
         let mut report = compare(&real, &fake, self.metrics, self.seed)?;
         name_the_weights(&mut report, &extractor);
+        report.real = Some(std::path::absolute(&self.real).unwrap_or(self.real.clone()));
+        report.fake = Some(std::path::absolute(&self.fake).unwrap_or(self.fake.clone()));
+        report.seed = self.metrics.kid.then_some(self.seed);
         match (real_shape, fake_shape) {
             (None, Some((_, r))) => {
                 report

