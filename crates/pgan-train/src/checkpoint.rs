@@ -37,9 +37,10 @@ pub const CHECKPOINT_VERSION: u32 = 2;
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 /// Keys of `state.json` that pgan has written only since states carry their checksum: a state
 /// without the checksum that holds one was edited.
-pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 7] = [
+pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 8] = [
     "dataset",
     "peers",
+    "nodes",
     "seed",
     "open_tick",
     "gradients",
@@ -120,6 +121,10 @@ pub struct TrainState {
     /// Data-parallel peers the run trained with (absent: one device).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<usize>,
+    /// The nodes those peers were spread over (recorded with `peers`; absent beside it in
+    /// checkpoints written before it was stored, whose layout is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
     /// `run.seed` of the run (absent in checkpoints written before it was stored). The sample
     /// grid's latents and the evaluations' seeds come from it, so a resume must keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,6 +279,14 @@ impl TrainState {
                 "tick {} is more than step {} (a tick takes at least one step)",
                 self.tick, self.step
             ));
+        }
+        if let Some(nodes) = self.nodes {
+            let peers = self.peers.unwrap_or(1);
+            if nodes == 0 || !peers.is_multiple_of(nodes) {
+                return Err(format!(
+                    "nodes {nodes} does not divide peers {peers} (each node runs as many)"
+                ));
+            }
         }
         let resolution = self
             .model
@@ -1164,7 +1177,10 @@ impl SetAside {
         run_dir: &Path,
         before_moving: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<()> {
-        self.record(&self.moving)?;
+        // A first record that cannot be written (a full disk) leaves no empty folder behind.
+        self.record(&self.moving).inspect_err(|_| {
+            let _ = std::fs::remove_dir(&self.folder);
+        })?;
         before_moving(&self.folder)?;
         let root = run_dir.join(CHECKPOINTS_DIR);
         for name in &self.moving {
@@ -1337,6 +1353,29 @@ pub fn branch_history(run_dir: &Path, branch: &Path) -> (Option<String>, Option<
             (None, Some(why))
         }
         Err(_) => (None, None),
+    }
+}
+
+/// Removes what a trainer killed while setting a branch aside left in the run's
+/// `checkpoints/abandoned-<n>` folders (temporary files of a process that no longer exists),
+/// and such a folder left empty (its `branch.json` never written). Best effort, for the next
+/// trainer of the run, which holds its lock.
+pub fn remove_stale_set_aside_files(run_dir: &Path) {
+    let root = run_dir.join(CHECKPOINTS_DIR);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_folder = entry.file_type().is_ok_and(|t| t.is_dir());
+        let name = entry.file_name();
+        if !is_folder || !name.to_str().is_some_and(|n| n.starts_with("abandoned-")) {
+            continue;
+        }
+        let folder = entry.path();
+        pgan_data::remove_stale_temps_in(&folder);
+        pgan_data::remove_stale_temps_in(&folder.join(crate::run_dir::SAMPLES_DIR));
+        // Only an empty folder goes: remove_dir refuses any other.
+        let _ = std::fs::remove_dir(&folder);
     }
 }
 
@@ -1641,6 +1680,7 @@ pub(crate) mod tests {
             files: BTreeMap::new(),
             dataset: None,
             peers: None,
+            nodes: None,
             seed: None,
             open_tick: None,
             abandoned: None,
@@ -2235,6 +2275,21 @@ pub(crate) mod tests {
         assert_eq!(second, root.join("abandoned-2"));
         prune(run.path(), 1).unwrap();
         assert!(aside.join(checkpoint_name(48)).is_dir() && second.is_dir());
+
+        // What a set-aside killed or refused at its start left: a folder with only a dead
+        // process's temporary record, an empty one. The next trainer removes both, and
+        // leaves the branches and a live process's temp alone.
+        let (killed, empty) = (root.join("abandoned-3"), root.join("abandoned-4"));
+        std::fs::create_dir(&killed).unwrap();
+        let dead = pgan_data::test_files::dead_pid();
+        std::fs::write(killed.join(format!(".{BRANCH_FILE}.tmp-{dead}-0")), b"{").unwrap();
+        std::fs::create_dir(&empty).unwrap();
+        let live = second.join(format!(".{BRANCH_FILE}.tmp-{}-0", std::process::id()));
+        std::fs::write(&live, b"{").unwrap();
+        remove_stale_set_aside_files(run.path());
+        assert!(!killed.exists() && !empty.exists());
+        assert!(live.exists() && aside.join(BRANCH_FILE).is_file());
+        assert_eq!(next_abandoned_folder(run.path()), root.join("abandoned-3"));
     }
 
     #[test]

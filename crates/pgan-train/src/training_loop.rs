@@ -255,6 +255,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         ] {
             pgan_data::remove_stale_temps_in(&dir);
         }
+        checkpoint::remove_stale_set_aside_files(&run_dir);
         // A resume rewrites the run's config only once its checkpoint has been accepted.
         if resume_from.is_none() {
             write_config(&run_dir, &config)?;
@@ -309,6 +310,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             files: Default::default(),
             dataset: Some(checkpoint::DatasetFingerprint::of(&reader)),
             peers: crate::distributed::peers_to_record(&config),
+            nodes: crate::distributed::nodes_to_record(&config),
             seed: Some(config.run.seed),
             open_tick: None,
             abandoned: None,

@@ -279,21 +279,41 @@ pub(crate) fn peers_to_record(config: &TrainConfig) -> Option<usize> {
     Some(peer_count(config)).filter(|&n| n > 1)
 }
 
+/// What a checkpoint records of the nodes: their number, beside the peers' (absent on one
+/// device).
+pub(crate) fn nodes_to_record(config: &TrainConfig) -> Option<usize> {
+    peers_to_record(config).map(|_| config.nodes.count.max(1))
+}
+
 /// A resume with another number of peers than the checkpoint was trained with is allowed:
 /// the host still draws the same global minibatches and random numbers, so what changes is
 /// which samples share a minibatch-stddev group (each peer groups its own share) and the
-/// order in which gradients are summed. Updates `state` to the new count and says so.
+/// order in which gradients are summed. So is one with the same peers spread over other nodes
+/// (4 nodes of one device, 2 of two), which changes that order only. Updates `state` to the
+/// new layout and says so.
 pub(crate) fn peers_changed(state: &mut TrainState, config: &TrainConfig) -> Option<String> {
     let (was, now) = (state.peers.unwrap_or(1), peer_count(config));
+    let was_nodes = state.nodes;
     state.peers = peers_to_record(config);
-    (was != now).then(|| {
-        format!(
+    state.nodes = nodes_to_record(config);
+    if was != now {
+        return Some(format!(
             "the checkpoint was trained on {was} peer(s) and this session runs {now}: the \
              minibatches and their order stay the same, but each peer now takes 1/{now} of \
              every minibatch, so the minibatch-stddev groups and the order in which gradients \
              are summed change; the run will not match one continued on {was} peer(s)"
-        )
-    })
+        ));
+    }
+    let now_nodes = config.nodes.count.max(1);
+    let was_nodes = was_nodes.filter(|&n| n != now_nodes)?;
+    Some(format!(
+        "the checkpoint was trained on {was_nodes} node(s) of {} device(s) and this session runs \
+         {now_nodes} of {}: the same {now} peers take the same shares of every minibatch, but \
+         the gradients are summed in another order; the run will not match one continued on \
+         the checkpoint's layout bit for bit",
+        was / was_nodes,
+        now / now_nodes
+    ))
 }
 
 /// A warning when splitting the minibatch over the peers makes the minibatch-stddev groups
@@ -428,6 +448,41 @@ fn mean_over_peers<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another peer count, or the same peers over other nodes, is said; the same layout, or
+    /// a checkpoint whose layout is unknown with the same peers, is not. The state takes the
+    /// new layout.
+    #[test]
+    fn a_resume_on_other_peers_or_another_node_layout_is_said() {
+        let mut state = crate::checkpoint::tests::a_state();
+        let mut config = TrainConfig::default();
+        (config.nodes.count, config.run.devices) = (4, vec![0]);
+        (state.peers, state.nodes) = (peers_to_record(&config), nodes_to_record(&config));
+        assert_eq!((state.peers, state.nodes), (Some(4), Some(4)));
+        assert_eq!(peers_changed(&mut state, &config), None);
+        (config.nodes.count, config.run.devices) = (2, vec![0, 1]);
+        let said = peers_changed(&mut state, &config).unwrap();
+        assert!(
+            said.contains("4 node(s) of 1 device(s) and this session runs 2 of 2"),
+            "{said}"
+        );
+        assert_eq!((state.peers, state.nodes), (Some(4), Some(2)));
+        state.nodes = None;
+        assert_eq!(peers_changed(&mut state, &config), None);
+        (config.nodes.count, config.run.devices) = (1, vec![0]);
+        let said = peers_changed(&mut state, &config).unwrap();
+        assert!(
+            said.contains("trained on 4 peer(s) and this session runs 1"),
+            "{said}"
+        );
+        assert_eq!((state.peers, state.nodes), (None, None));
+        state.nodes = Some(3);
+        state.peers = Some(4);
+        assert!(state
+            .validate()
+            .unwrap_err()
+            .contains("nodes 3 does not divide peers 4"));
+    }
 
     #[test]
     fn minibatch_stddev_groups_made_smaller_by_the_split_are_named() {
