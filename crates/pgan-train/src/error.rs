@@ -148,9 +148,9 @@ pub enum TrainError {
         removed: String,
     },
     /// A data-parallel peer or node failed, or the collective between them did.
-    #[error("peer {peer}: {message}")]
+    #[error("{peer}: {message}")]
     Peer {
-        /// Which peer or node (`1`, `node 1`, ...).
+        /// Which peer, node or part says it (`peer 1`, `node 1` for this node, `orchestrator`).
         peer: String,
         /// What went wrong.
         message: String,

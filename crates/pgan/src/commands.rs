@@ -540,6 +540,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     options.interactive = true;
     let stop = options.stop.clone();
     let signalled = options.stop.clone();
+    let several_nodes = options.config.nodes.several();
     // First Ctrl-C: checkpoint and exit cleanly; a second one aborts at once.
     ctrlc::set_handler(move || {
         // Not `eprintln!`: stderr may be a closed pipe (SIGPIPE is ignored while training), and
@@ -588,8 +589,14 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     }
     if summary.interrupted {
         lines.push(format!(
-            "stopped early; continue with: pgan train --resume {}",
-            summary.run_dir.display()
+            "stopped early; continue with: pgan train --resume {}{}",
+            summary.run_dir.display(),
+            if several_nodes {
+                " (here, and on every other node its own run folder's, with `pgan \
+                 orchestrator` running)"
+            } else {
+                ""
+            }
         ));
     }
     let printed = writeln!(std::io::stdout(), "{}", lines.join("\n"));

@@ -640,7 +640,11 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
         assert_eq!(out_b.status.code(), Some(130), "{both}");
         assert_eq!(out_a.status.code(), Some(0), "{both}");
         for said in [&said_a, &said_b] {
-            assert!(said.contains("stopped early; continue with"), "{said}");
+            assert!(
+                said.contains("stopped early; continue with")
+                    && said.contains("on every other node its own run folder's"),
+                "{said}"
+            );
             assert!(!said.contains("' panicked at"), "{said}");
         }
         let log = std::fs::read_to_string(first_run(&dir.path().join("runs0")).join("log.txt"));

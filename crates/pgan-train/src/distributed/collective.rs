@@ -117,7 +117,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
                 })
                 .map(|_| ())
                 .map_err(|e| TrainError::Peer {
-                    peer: peer.0.to_string(),
+                    peer: format!("peer {}", peer.0),
                     message: format!("cannot start a thread: {e}"),
                 })
         };
@@ -136,7 +136,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         drop(tx);
         let deadline = link.as_ref().map(|l| (l, join_deadline));
         let panicked = || TrainError::Peer {
-            peer: "thread".into(),
+            peer: "peer thread".into(),
             message: "a register thread panicked".into(),
         };
         // burn-collective would wait for (and retry) an orchestrator that went away until the
@@ -374,7 +374,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         .map_err(|failure| watch.explain(what, failure))?;
         for handle in handles {
             handle.join().map_err(|_| TrainError::Peer {
-                peer: "thread".into(),
+                peer: "peer thread".into(),
                 message: format!("a {what} thread panicked"),
             })??;
         }
@@ -553,7 +553,7 @@ fn run_peer<B: AutodiffBackend>(
     }))
     .unwrap_or_else(|panic| {
         Err(TrainError::Peer {
-            peer: rank.to_string(),
+            peer: format!("peer {rank}"),
             message: format!("panicked: {}", panic_message(&panic)),
         })
     });
@@ -785,7 +785,7 @@ fn placeholder_peer(link: &NodeLink, total: usize) -> PeerId {
 
 fn collective_error(rank: usize, what: &str, e: burn_collective::CollectiveError) -> TrainError {
     TrainError::Peer {
-        peer: rank.to_string(),
+        peer: format!("peer {rank}"),
         message: format!("{what} failed: {e:?}"),
     }
 }
@@ -793,7 +793,7 @@ fn collective_error(rank: usize, what: &str, e: burn_collective::CollectiveError
 /// A peer thread's result; a panic that escaped `run_peer` becomes an error.
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> Result<T> {
     handle.join().map_err(|panic| TrainError::Peer {
-        peer: "thread".into(),
+        peer: "peer thread".into(),
         message: format!("panicked: {}", panic_message(&panic)),
     })
 }

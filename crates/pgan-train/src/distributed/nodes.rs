@@ -1046,8 +1046,9 @@ impl Watch {
             // Still joining: nothing was trained.
             "restart `pgan orchestrator`, then start every node again"
         } else {
-            "its last checkpoint stays valid: restart `pgan orchestrator`, then resume every node \
-             with --resume"
+            "its last checkpoint stays valid. A node named lost may have stopped on an error of \
+             its own (its terminal and log.txt say why: mend that first); then restart `pgan \
+             orchestrator` and resume every node with --resume"
         };
         TrainError::Peer {
             peer: format!("node {}", self.rank),
