@@ -2265,6 +2265,33 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         out.contains("render writes PNG images") && out.contains("sheet.png"),
         "{out}"
     );
+    // A name that is all extension gets a stem in the example, not a second extension.
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(elsewhere.join(".png"))
+            .args(["--seeds", "0"]),
+    );
+    assert!(
+        out.contains("(e.g. ") && out.contains("samples.png)") && !out.contains(".png.png"),
+        "{out}"
+    );
+    // A strip's animation that is there already is named as such, not as --out.
+    std::fs::write(elsewhere.join("strip.gif"), b"mine").unwrap();
+    let out = run_err(
+        pgan()
+            .arg("render")
+            .arg(&run)
+            .arg("--out")
+            .arg(elsewhere.join("strip.png"))
+            .args(["--seeds", "0,1", "--interpolate", "2"]),
+    );
+    assert!(
+        out.contains("--out's animation (.gif beside it)") && out.contains("already exists"),
+        "{out}"
+    );
     let out = run_err(
         pgan()
             .arg("render")
@@ -2572,14 +2599,17 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     std::fs::write(fakes.join("a.ppm"), b"P6 1 1 255 \0\0\0").unwrap();
     std::fs::write(fakes.join("b.PPM"), b"P6 1 1 255 \0\0\0").unwrap();
     std::fs::write(fakes.join("notes.txt"), b"x").unwrap();
+    std::os::unix::fs::symlink("loop-b", fakes.join("loop-a")).unwrap();
+    std::os::unix::fs::symlink("loop-a", fakes.join("loop-b")).unwrap();
     let out = run_ok(&mut compare(&fakes));
     assert!(
         out.contains("note: 3 files under")
             && out.contains("were not read")
-            && out.contains(": 2 .ppm, 1 .txt"),
+            && out.contains(": 2 .ppm, 1 .txt; 2 links under")
+            && out.contains("leading nowhere"),
         "{out}"
     );
-    for name in ["a.ppm", "b.PPM", "notes.txt"] {
+    for name in ["a.ppm", "b.PPM", "notes.txt", "loop-a", "loop-b"] {
         std::fs::remove_file(fakes.join(name)).unwrap();
     }
     // A folder of such files alone: the error says what it held instead of images.

@@ -86,6 +86,14 @@ impl Walk {
         counts
     }
 
+    /// How many links were not followed because they lead nowhere (a missing target, a loop).
+    pub fn broken_links(&self) -> usize {
+        self.ignored
+            .iter()
+            .filter(|(_, why)| *why == BROKEN_LINK)
+            .count()
+    }
+
     /// The first folder or entry that could not be read, with the system's reason (read
     /// again): for a command that measures every image of a folder, or finds none elsewhere.
     pub fn unreadable_error(&self) -> Option<DataError> {
@@ -117,6 +125,9 @@ pub(crate) const UNREADABLE_FOLDER: &str =
 /// Why an entry was not taken: its type cannot be read.
 pub(crate) const UNREADABLE_ENTRY: &str =
     "an entry whose type cannot be read (permission denied or an I/O error)";
+/// Why a link was not followed: it leads nowhere.
+pub(crate) const BROKEN_LINK: &str =
+    "a link that leads nowhere (its target is missing, or links loop)";
 /// Why a link to a folder was not followed.
 pub(crate) const FOLDER_SEEN: &str =
     "a link to a folder already listed (a loop or a second way in)";
@@ -173,6 +184,12 @@ pub fn walk(dir: &Path) -> Result<Walk> {
                 }
             } else if ty.is_symlink() && path.is_dir() {
                 links.push(path);
+            } else if ty.is_symlink()
+                && !has_image_extension(&path)
+                && std::fs::metadata(&path).is_err()
+            {
+                // Named as an image, it is taken, and its read says what is wrong.
+                out.ignored.push((path, BROKEN_LINK));
             } else if has_image_extension(&path) {
                 out.images.push(path);
             } else {
@@ -725,14 +742,22 @@ pub(crate) mod tests {
         std::fs::create_dir_all(outside.path().join("year")).unwrap();
         std::fs::write(outside.path().join("year/c.png"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path().join("year"), dir.path().join("a-year")).unwrap();
+        // Links that lead nowhere: a loop of two, a missing target (taken when named as an
+        // image: its read says what is wrong).
+        std::os::unix::fs::symlink("loop-b", dir.path().join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", dir.path().join("loop-b")).unwrap();
+        std::os::unix::fs::symlink("gone.png", dir.path().join("z.png")).unwrap();
         let w = walk(dir.path()).unwrap();
+        assert_eq!(w.broken_links(), 2);
+        assert!(w.not_images_by_extension().is_empty());
         let rel = |p: &PathBuf| p.strip_prefix(dir.path()).unwrap().to_path_buf();
         assert_eq!(
             w.images.iter().map(rel).collect::<Vec<_>>(),
             [
                 PathBuf::from("a-year/c.png"),
                 PathBuf::from("elsewhere/b.png"),
-                PathBuf::from("real/sub/a.png")
+                PathBuf::from("real/sub/a.png"),
+                PathBuf::from("z.png")
             ]
         );
         let ignored: Vec<_> = w.ignored.iter().map(|(p, why)| (rel(p), *why)).collect();
@@ -741,6 +766,8 @@ pub(crate) mod tests {
             [
                 (PathBuf::from("again"), FOLDER_SEEN),
                 (PathBuf::from("elsewhere/year"), FOLDER_SEEN),
+                (PathBuf::from("loop-a"), BROKEN_LINK),
+                (PathBuf::from("loop-b"), BROKEN_LINK),
                 (PathBuf::from("real/sub/up"), FOLDER_SEEN)
             ]
         );

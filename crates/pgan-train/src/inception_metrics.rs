@@ -931,7 +931,7 @@ fn folder_images(dir: &Path, min_images: usize) -> Result<(Vec<PathBuf>, Option<
     }
     // Files of other kinds are not images to a dataset either, but a folder of `.ppm` or
     // `.heic` files measured as its few PNGs must say so.
-    let not_read = not_read_note(dir, &walk.not_images_by_extension());
+    let not_read = not_read_note(dir, &walk.not_images_by_extension(), walk.broken_links());
     if walk.images.len() < min_images {
         return Err(too_few(
             &format!("image folder {}", dir.display()),
@@ -943,13 +943,15 @@ fn folder_images(dir: &Path, min_images: usize) -> Result<(Vec<PathBuf>, Option<
     Ok((walk.images, not_read))
 }
 
-/// "N files under DIR were not read: ..." with a count per extension, or nothing.
+/// "N files under DIR were not read: ..." with a count per extension, and the links that lead
+/// nowhere, or nothing.
 fn not_read_note(
     dir: &Path,
     by_extension: &std::collections::BTreeMap<String, usize>,
+    broken_links: usize,
 ) -> Option<String> {
     let total: usize = by_extension.values().sum();
-    (total > 0).then(|| {
+    let kinds = (total > 0).then(|| {
         let kinds: Vec<String> = by_extension
             .iter()
             .map(|(ext, n)| format!("{n} {ext}"))
@@ -962,7 +964,20 @@ fn not_read_note(
             if total == 1 { "was" } else { "were" },
             kinds.join(", ")
         )
-    })
+    });
+    let links = (broken_links > 0).then(|| {
+        format!(
+            "{broken_links} link{} under {} {} not followed, leading nowhere (a missing target or \
+             a loop)",
+            if broken_links == 1 { "" } else { "s" },
+            dir.display(),
+            if broken_links == 1 { "was" } else { "were" },
+        )
+    });
+    match (kinds, links) {
+        (Some(kinds), Some(links)) => Some(format!("{kinds}; {links}")),
+        (kinds, links) => kinds.or(links),
+    }
 }
 
 /// How an image folder is decoded for the Inception network: as the `.pgan` file it is compared

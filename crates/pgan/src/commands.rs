@@ -713,13 +713,29 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"))
     {
+        // A name that is all extension (`.png`, a hidden file to the system) gets a stem.
+        let hidden = args
+            .out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.starts_with('.') && !n[1..].contains('.'));
+        let example = match hidden {
+            Some(name) => args.out.with_file_name(format!("samples{name}")),
+            None => args.out.with_extension("png"),
+        };
         bail!(
             "--out {}: render writes PNG images; name the file .png (e.g. {})",
             args.out.display(),
-            args.out.with_extension("png").display()
+            example.display()
         );
     }
-    let mut checked: Vec<(&Path, &str)> = outputs.iter().map(|o| (o.as_path(), "--out")).collect();
+    // The strip's animation is named as what it is, not as --out.
+    let flags = ["--out", "--out's animation (.gif beside it)"];
+    let mut checked: Vec<(&Path, &str)> = outputs
+        .iter()
+        .zip(flags)
+        .map(|(o, flag)| (o.as_path(), flag))
+        .collect();
     if let Some(latents) = &args.save_latents {
         if outputs.iter().any(|out| same_file(out, latents)) {
             bail!(
