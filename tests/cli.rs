@@ -677,7 +677,7 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
     // The run's own files removed under it: its metrics and log are written back with what
-    // they held, its sheets' folder is made again, each said, and training goes on.
+    // they held (each said in the log), its sheets' folder is made again, and training goes on.
     let first_row = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()

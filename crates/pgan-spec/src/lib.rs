@@ -1,7 +1,7 @@
-//! What pgan's crates agree on, in one place with no dependencies but libc: the resolutions a dataset and
-//! a network can have ([`resolution`]), the keys the trainer writes to a run's `metrics.jsonl`
-//! and the report reads back ([`metrics`]), the names of a run's sample sheets ([`run_files`]),
-//! and what an output file may replace ([`output`]).
+//! What pgan's crates agree on, in one place with no dependencies but libc: the resolutions a
+//! dataset and a network can have ([`resolution`]), the keys the trainer writes to a run's
+//! `metrics.jsonl` and the report reads back ([`metrics`]), the names of a run's sample sheets
+//! ([`run_files`]), and what an output file may replace ([`output`]).
 //!
 //! ```
 //! use pgan_spec::{metrics, resolution};

@@ -20,16 +20,18 @@ pub const MAX_KIMG: f64 = 1e9;
 /// its precision, and a penalty of 1e-300 would silently be off). NaN and infinity pass, for
 /// each key's own check to name.
 pub fn to_f32(value: f64) -> std::result::Result<f32, String> {
-    if value.is_finite() && value.abs() > f64::from(f32::MAX) {
+    // Judged by the conversion itself: f32::MAX as Rust prints it rounds to f32::MAX.
+    let single = value as f32;
+    if value.is_finite() && single.is_infinite() {
         return Err(format!("{value:e} is beyond f32's range (±{:e})", f32::MAX));
     }
-    if value != 0.0 && value.abs() < f64::from(f32::MIN_POSITIVE) {
+    if value.is_finite() && value != 0.0 && !single.is_normal() {
         return Err(format!(
             "{value:e} is below f32's smallest normal number ({:e}); write 0 for none",
             f32::MIN_POSITIVE
         ));
     }
-    Ok(value as f32)
+    Ok(single)
 }
 
 /// Reads an f32 key through [`to_f32`], so that a value f32 cannot hold is an error at its line.
@@ -1260,6 +1262,10 @@ impl TrainConfig {
                 n.sigma
             ));
         }
+        // Drawn in f32: a σ f32 cannot hold would be infinite noise, or none.
+        if let Err(why) = to_f32(n.sigma) {
+            return bad(format!("instance_noise.sigma {why}"));
+        }
         if !(n.anneal_kimg.is_finite() && n.anneal_kimg >= 0.0) {
             return bad(format!(
                 "instance_noise.anneal_kimg {} must be a non-negative number",
@@ -1640,6 +1646,7 @@ mod tests {
             .to_string()
             .contains("loss.gp_lambda NaN"));
         assert_eq!(to_f32(f64::from(f32::MAX)), Ok(f32::MAX));
+        assert_eq!(to_f32(3.4028235e38), Ok(f32::MAX), "f32::MAX as printed");
     }
 
     #[test]
@@ -1896,6 +1903,10 @@ mod tests {
             (
                 |c| c.instance_noise.sigma = f64::NAN,
                 "instance_noise.sigma NaN",
+            ),
+            (
+                |c| c.instance_noise.sigma = 1e300,
+                "instance_noise.sigma 1e300 is beyond f32's range",
             ),
             (
                 |c| c.instance_noise.sigma = 0.1,

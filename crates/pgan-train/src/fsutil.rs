@@ -200,10 +200,11 @@ pub(crate) fn reattach_appended(path: &Path, file: &mut File) -> io::Result<Opti
         let what = match std::fs::symlink_metadata(path) {
             Ok(there) if (there.dev(), there.ino()) == (open.dev(), open.ino()) => return Ok(None),
             Ok(_) => Reattached::Followed,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                write_back(path, file)?;
-                Reattached::WrittenBack
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match write_back(path, file)? {
+                true => Reattached::WrittenBack,
+                // Another file appeared at the path meanwhile: followed, as a replacement is.
+                false => Reattached::Followed,
+            },
             Err(e) => return Err(e),
         };
         *file = open_own_file(path, std::fs::OpenOptions::new().append(true))?;
@@ -217,9 +218,10 @@ pub(crate) fn reattach_appended(path: &Path, file: &mut File) -> io::Result<Opti
 }
 
 /// Copies the removed file `file` was opened as (through Linux's `/proc/self/fd`, which opens
-/// a removed file for reading) back to `path`. Elsewhere it is an error: the rows are lost.
+/// a removed file for reading) back to `path`; `false` when a file appeared there meanwhile
+/// (kept; the copy is not placed). Elsewhere it is an error: the rows are lost.
 #[cfg(unix)]
-fn write_back(path: &Path, file: &File) -> io::Result<()> {
+fn write_back(path: &Path, file: &File) -> io::Result<bool> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -233,9 +235,9 @@ fn write_back(path: &Path, file: &File) -> io::Result<()> {
         })();
         let _ = std::fs::remove_file(&tmp);
         match result {
-            // Another file appeared at the path meanwhile: followed, as a replacement is.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -246,6 +248,34 @@ fn write_back(path: &Path, file: &File) -> io::Result<()> {
             "it was removed, and this system cannot read it back from the open file",
         ))
     }
+}
+
+/// The warning, said once, that an appended file's path no longer names the open `file` and
+/// [`reattach_appended`] could not make it so (`e`): writing goes on into the open file, which
+/// is still somewhere (the run's folder was moved) or nowhere at all (removed, and not written
+/// back).
+pub(crate) fn detached_warning(path: &Path, file: &File, e: &io::Error) -> String {
+    #[cfg(unix)]
+    let elsewhere = {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().is_ok_and(|m| m.nlink() > 0)
+    };
+    #[cfg(not(unix))]
+    let elsewhere = {
+        let _ = file;
+        false
+    };
+    let goes = if elsewhere {
+        "the file the run opened is still on disk elsewhere (its folder moved?), and the run goes \
+         on writing there"
+    } else {
+        "the run goes on writing into the file it opened, which is removed: what it writes is \
+         lost when the run ends"
+    };
+    format!(
+        "{} is no longer at its path and cannot be put back ({e}); {goes}",
+        path.display()
+    )
 }
 
 /// [`write_atomic`] for one of pgan's own files (see [`refuse_foreign_file`]).

@@ -873,15 +873,35 @@ pub fn folder_features<B: Backend>(
     flush(&mut batch, &mut in_batch)?;
     bar.finish_and_clear();
     let count = files.len() - left_out.len();
-    let left_out = left_out_warning(dir, files.len(), &left_out);
     if count < min_images {
+        let undecoded = format!(
+            "{} of its {} images could not be decoded: {}",
+            left_out.len(),
+            files.len(),
+            name_left_out(&left_out)
+        );
+        let why: Vec<&str> = not_read
+            .iter()
+            .map(String::as_str)
+            .chain([undecoded.as_str()])
+            .collect();
         return Err(too_few(
             &format!("image folder {}", dir.display()),
             count,
             min_images,
-            left_out.as_deref(),
+            Some(&why.join("; ")),
         ));
     }
+    let left_out = (!left_out.is_empty()).then(|| {
+        format!(
+            "{} of the {} images under {} could not be decoded and were left out (the metrics \
+             measure the other {count}): {}",
+            left_out.len(),
+            files.len(),
+            dir.display(),
+            name_left_out(&left_out)
+        )
+    });
     let mut set = FeatureSet::new(Features { values, count })?;
     set.composited = (with_alpha > 0).then_some(Composited {
         images: with_alpha,
@@ -893,32 +913,18 @@ pub fn folder_features<B: Backend>(
     Ok(set)
 }
 
-/// "K of the N images under DIR could not be decoded and were left out: ..." naming the first
-/// few and why, or nothing.
-fn left_out_warning(dir: &Path, of: usize, left_out: &[(&Path, String)]) -> Option<String> {
+/// The first few files left out, each with why, and how many more.
+fn name_left_out(left_out: &[(&Path, String)]) -> String {
     const NAMED: usize = 3;
-    if left_out.is_empty() {
-        return None;
-    }
     let named: Vec<String> = left_out
         .iter()
         .take(NAMED)
         .map(|(file, why)| format!("{}: {why}", file.display()))
         .collect();
-    let more = left_out.len().saturating_sub(NAMED);
-    Some(format!(
-        "{} of the {of} images under {} could not be decoded and were left out (the metrics \
-         measure the other {}): {}{}",
-        left_out.len(),
-        dir.display(),
-        of - left_out.len(),
-        named.join("; "),
-        if more > 0 {
-            format!("; and {more} more")
-        } else {
-            String::new()
-        }
-    ))
+    match left_out.len().saturating_sub(NAMED) {
+        0 => named.join("; "),
+        more => format!("{}; and {more} more", named.join("; ")),
+    }
 }
 
 /// The images `pgan prepare` would take from folder `dir` (links to folders followed once, no

@@ -18,9 +18,17 @@
 //!
 //! All losses are means over the batch.
 
-use burn::tensor::activation::softplus;
+use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+
+/// `softplus(x) = log(1 + eˣ) = −log σ(−x)`, through burn's `log_sigmoid` (the log-sum-exp
+/// trick, with its own backward): burn's `softplus` computes `log(eˣ + 1)`, which overflows to
+/// infinity past a logit of about 88 (its gradient to NaN), where a confident D puts G's
+/// non-saturating loss, and a healthy run would be rolled back as diverged.
+pub(crate) fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    log_sigmoid(x.neg()).neg()
+}
 
 /// The discriminator's sigmoid cross-entropy, reals' target `real_label` (1 = no smoothing).
 ///
@@ -32,13 +40,13 @@ pub fn discriminator_loss<B: Backend>(
     fake_scores: Tensor<B, 2>,
     real_label: f32,
 ) -> Tensor<B, 1> {
-    let fake_term = softplus(fake_scores, 1.0).mean();
+    let fake_term = softplus(fake_scores).mean();
     let real_term = if real_label == 1.0 {
         // Without smoothing, exactly the expression runs before this option had.
-        softplus(real_scores.neg(), 1.0).mean()
+        softplus(real_scores.neg()).mean()
     } else {
-        let as_real = softplus(real_scores.clone().neg(), 1.0).mul_scalar(real_label);
-        let as_fake = softplus(real_scores, 1.0).mul_scalar(1.0 - real_label);
+        let as_real = softplus(real_scores.clone().neg()).mul_scalar(real_label);
+        let as_fake = softplus(real_scores).mul_scalar(1.0 - real_label);
         (as_real + as_fake).mean()
     };
     fake_term + real_term
@@ -49,7 +57,7 @@ pub fn discriminator_loss<B: Backend>(
 /// # Shapes
 /// - fake_scores: `[N, 1]` logits of D on G's images; output `[1]`
 pub fn non_saturating_generator_loss<B: Backend>(fake_scores: Tensor<B, 2>) -> Tensor<B, 1> {
-    softplus(fake_scores.neg(), 1.0).mean()
+    softplus(fake_scores.neg()).mean()
 }
 
 /// The original minimax generator loss `−softplus(l_fake)` = `log(1 − D(G(z)))`.
@@ -57,7 +65,7 @@ pub fn non_saturating_generator_loss<B: Backend>(fake_scores: Tensor<B, 2>) -> T
 /// # Shapes
 /// - fake_scores: `[N, 1]` logits of D on G's images; output `[1]`
 pub fn minimax_generator_loss<B: Backend>(fake_scores: Tensor<B, 2>) -> Tensor<B, 1> {
-    softplus(fake_scores, 1.0).mean().neg()
+    softplus(fake_scores).mean().neg()
 }
 
 #[cfg(test)]
@@ -190,5 +198,37 @@ mod tests {
         }
         // Where D rejects the fakes (l = −6), the minimax gradient is ~400x smaller.
         assert!(g_ns[0] / g_mm[0] > 300.0, "{} {}", g_ns[0], g_mm[0]);
+    }
+
+    /// Logits far past exp's range in f32 (about ±88) give finite losses and the exact
+    /// gradients σ(l) − target, as a confident D makes them; `log(eˣ + 1)` gave inf and NaN.
+    #[test]
+    fn confident_logits_give_finite_losses_and_gradients() {
+        // Builds graphs: one thread of the process at a time (training_loop/step/turn.rs).
+        let _process = crate::training_loop::step::process_turn();
+        let far = [-200.0f32, -90.0, 90.0, 200.0];
+        let n = far.len() as f64;
+        let x = logits(&far);
+        let ns = non_saturating_generator_loss(x.clone());
+        close(
+            scalar(ns.clone()),
+            mean(|l| l.abs().max(0.0) * f64::from(l < 0.0), &far),
+        );
+        let g = grad(ns, &x);
+        let x = logits(&far);
+        let mm = minimax_generator_loss(x.clone());
+        close(scalar(mm.clone()), -mean(|l| l.max(0.0), &far));
+        let g_mm = grad(mm, &x);
+        let (r, f) = (logits(&far), logits(&far));
+        let d = discriminator_loss(r.clone(), f.clone(), 0.9);
+        assert!(scalar(d.clone()).is_finite());
+        let grads = d.backward();
+        let g_real = r.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        for (i, &l) in far.iter().enumerate() {
+            let s = sigmoid64(l as f64);
+            close(g[i], -(1.0 - s) / n);
+            close(g_mm[i], -s / n);
+            close(g_real[i] as f64, (s - 0.9) / n);
+        }
     }
 }

@@ -13,7 +13,6 @@
 //! Penalties use the model crate's exact first-order method (forward-mode JVP), since burn's
 //! autodiff cannot differentiate a gradient.
 
-use burn::tensor::activation::softplus;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use pgan_model::{penalty, Discriminator};
@@ -138,7 +137,7 @@ pub fn generator_loss<B: AutodiffBackend>(
 ) -> Tensor<B, 1> {
     match config.kind {
         LossKind::WganGp => fake_scores.mean().neg(),
-        LossKind::LogisticR1 => softplus(fake_scores.neg(), 1.0).mean(),
+        LossKind::LogisticR1 => logistic::non_saturating_generator_loss(fake_scores),
         LossKind::NonSaturating => logistic::non_saturating_generator_loss(fake_scores),
         LossKind::Minimax => logistic::minimax_generator_loss(fake_scores),
     }

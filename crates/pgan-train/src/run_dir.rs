@@ -374,21 +374,21 @@ impl RunLog {
         // said in it), so the session's lines are not appended to a file nobody can read.
         let reattached = crate::fsutil::reattach_appended(&self.path, &mut self.file);
         let said = match reattached {
-            Ok(Some(r)) => Some(r.warning(&self.path)),
-            Ok(None) => None,
+            Ok(done) => {
+                self.detached &= done.is_none();
+                done.map(|r| r.warning(&self.path))
+            }
             Err(e) if !self.detached => {
                 self.detached = true;
-                Some(format!(
-                    "{} is no longer at its path and cannot be written back ({e}): this \
-                     session's log lines go to the file the run opened, which nobody can read",
-                    self.path.display()
-                ))
+                Some(crate::fsutil::detached_warning(&self.path, &self.file, &e))
             }
             Err(_) => None,
         };
         if let Some(said) = said {
             let _ = writeln!(self.file, "{stamp} WARN {said}");
-            self.print(&format!("warning: {said}"));
+            if self.echo {
+                self.print(&format!("warning: {said}"));
+            }
         }
         // A failing log write must not kill a multi-day run; it is reported once on stderr.
         if let Err(e) = writeln!(self.file, "{stamp} {level} {message}") {

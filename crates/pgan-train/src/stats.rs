@@ -283,6 +283,8 @@ impl TickStats {
 pub struct MetricsWriter {
     path: PathBuf,
     file: File,
+    /// The path no longer names `file` and it could not be put back (said once).
+    detached: bool,
 }
 
 impl MetricsWriter {
@@ -294,7 +296,11 @@ impl MetricsWriter {
         let file =
             crate::fsutil::open_own_file(&path, OpenOptions::new().create(true).append(true))
                 .map_err(io_err(&path, "open"))?;
-        Ok(Self { path, file })
+        Ok(Self {
+            path,
+            file,
+            detached: false,
+        })
     }
 
     /// Drops the rows written after `images_shown` (see [`truncate_after`]) and appends to the
@@ -352,17 +358,28 @@ impl MetricsWriter {
 
     /// Writes one row, into the file at the writer's path: one removed while the run wrote it
     /// is written back first, one replaced is followed (see
-    /// [`crate::fsutil::reattach_appended`]). Returns the warning that says so.
+    /// [`crate::fsutil::reattach_appended`]); where neither can be done (a link put there, the
+    /// run's folder moved) the row goes into the open file, and training goes on. Returns the
+    /// warning that says what happened.
     pub fn write(&mut self, row: &Map<String, Value>) -> Result<Option<String>> {
-        let reattached = crate::fsutil::reattach_appended(&self.path, &mut self.file)
-            .map_err(io_err(&self.path, "keep writing"))?;
+        let reattached = match crate::fsutil::reattach_appended(&self.path, &mut self.file) {
+            Ok(done) => {
+                self.detached &= done.is_none();
+                done.map(|r| r.warning(&self.path))
+            }
+            Err(e) if !self.detached => {
+                self.detached = true;
+                Some(crate::fsutil::detached_warning(&self.path, &self.file, &e))
+            }
+            Err(_) => None,
+        };
         let mut line = serde_json::to_string(row).expect("a JSON map serialises");
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .map_err(io_err(&self.path, "append to"))?;
         self.file.flush().map_err(io_err(&self.path, "flush"))?;
-        Ok(reattached.map(|r| r.warning(&self.path)))
+        Ok(reattached)
     }
 }
 
@@ -744,17 +761,28 @@ mod tests {
         assert!(said.contains("replaced by another file"), "{said}");
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"kimg\":1.0}\nmy note\n{\"kimg\":4.0}\n");
-        // A link put there is refused, as at the first open; nothing is written through it.
+        // A link put there is not written through: said once, and the rows go on into the
+        // file the run opened (removed: lost), while training goes on.
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(&edited, &path).unwrap();
-        let err = w.write(&row(5.0)).unwrap_err().to_string();
-        assert!(err.contains(METRICS_FILE) && err.contains("link"), "{err}");
+        let said = w.write(&row(5.0)).unwrap().unwrap();
+        assert!(
+            said.contains(METRICS_FILE) && said.contains("link") && said.contains("lost"),
+            "{said}"
+        );
+        assert_eq!(w.write(&row(6.0)).unwrap(), None);
         assert!(!edited.exists());
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
             "no temp left"
         );
+        // Taken away, the link is no longer in the way: the rows are written back, and said.
+        std::fs::remove_file(&path).unwrap();
+        let said = w.write(&row(7.0)).unwrap().unwrap();
+        assert!(said.contains("written back"), "{said}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("{\"kimg\":6.0}\n{\"kimg\":7.0}\n"), "{text}");
     }
 
     #[test]

@@ -1585,6 +1585,9 @@ fn every_remedy_on_trains_through_a_fade_and_resumes_bit_for_bit() {
         let loss_d = r["Loss/D"].as_f64().unwrap();
         assert!(loss_d.is_finite() && loss_d > 0.0, "{r}");
         assert_eq!(r["Loss/D/penalty"].as_f64(), Some(0.0), "no penalty: {r}");
+        // The rows carry each network's rate, its TTUR multiplier applied (0.5 and 2).
+        let (lr_g, lr_d) = (r["lr_g"].as_f64().unwrap(), r["lr_d"].as_f64().unwrap());
+        assert_eq!(lr_d, 4.0 * lr_g, "{r}");
     }
     let config_toml = std::fs::read_to_string(straight.run_dir.join("config.toml")).unwrap();
     assert!(config_toml.contains("d_steps = 2"), "{config_toml}");

@@ -94,9 +94,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         put(&mut row, key::ALPHA, phase.alpha as f64);
         put(&mut row, key::BATCH, phase.batch);
+        // The rates the steps take: the schedule's (lowered after a rollback) times each
+        // network's TTUR multiplier.
         let lr = phase.lr * self.lr_multiplier();
-        put(&mut row, key::LR_G, lr);
-        put(&mut row, key::LR_D, lr);
+        put(&mut row, key::LR_G, lr * self.config.optim.lr_g_mult);
+        put(&mut row, key::LR_D, lr * self.config.optim.lr_d_mult);
         for (name, mean) in self.tick.stats.means() {
             put(&mut row, name, finite_or_null(mean));
         }
