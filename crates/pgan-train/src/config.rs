@@ -832,6 +832,36 @@ impl TrainConfig {
         })
     }
 
+    /// The settings of the game a run plays (its loss, optimizer, instance noise and EMA)
+    /// that this configuration changes from `before` (the run's `config.toml`), as `key old →
+    /// new`: a resume may change them, and the run then trains on under other rules than its
+    /// rows and checkpoints so far, which is said.
+    pub fn game_changes(&self, before: &TrainConfig) -> Vec<String> {
+        const SECTIONS: [&str; 4] = ["loss", "optim", "instance_noise", "ema"];
+        let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();
+        let (old, new) = (table(before), table(self));
+        let mut changes = Vec::new();
+        for section in SECTIONS {
+            let keys = |t: &toml::Table| t.get(section).and_then(|v| v.as_table()).cloned();
+            let (Some(old), Some(new)) = (keys(&old), keys(&new)) else {
+                continue;
+            };
+            for (key, value) in &new {
+                match old.get(key) {
+                    Some(was) if was == value => {}
+                    Some(was) => changes.push(format!("{section}.{key} {was} → {value}")),
+                    None => changes.push(format!("{section}.{key} (unset) → {value}")),
+                }
+            }
+            for (key, was) in &old {
+                if !new.contains_key(key) {
+                    changes.push(format!("{section}.{key} {was} → (unset)"));
+                }
+            }
+        }
+        changes
+    }
+
     /// Parses TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| TrainError::Config {
@@ -1647,6 +1677,26 @@ mod tests {
             .contains("loss.gp_lambda NaN"));
         assert_eq!(to_f32(f64::from(f32::MAX)), Ok(f32::MAX));
         assert_eq!(to_f32(3.4028235e38), Ok(f32::MAX), "f32::MAX as printed");
+    }
+
+    /// A resume's changes to the game (loss, optimizer, noise, EMA) are named with both values;
+    /// the run's other settings, and no change, say nothing.
+    #[test]
+    fn changes_to_the_game_are_named_with_both_values() {
+        let before = TrainConfig::default();
+        let mut after = before.clone();
+        assert!(after.game_changes(&before).is_empty());
+        after.run.tick_kimg = 2.0;
+        assert!(after.game_changes(&before).is_empty());
+        after.loss.kind = LossKind::LogisticR1;
+        after.optim.lr_d_mult = 2.0;
+        assert_eq!(
+            after.game_changes(&before),
+            [
+                "loss.kind \"wgan-gp\" → \"logistic-r1\"",
+                "optim.lr_d_mult 1.0 → 2.0"
+            ]
+        );
     }
 
     #[test]

@@ -263,6 +263,8 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         pgan_inception::InceptionWeights::load(&weights)?;
     }
     let mut resume = None;
+    // What a resume changes of the run's game, said by the dry run and the start alike.
+    let mut resume_warnings = Vec::new();
     // The damaged checkpoints a resume passes over, said as the real start says them.
     let mut skipped = Vec::new();
     if let Some(resume_path) = &options.resume {
@@ -299,6 +301,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         let metrics_warnings =
             crate::stats::resume_warnings(&run_dir, state.images_shown, cut, state.tick)?;
         checkpoint::refuse_leaving(&ckpt)?;
+        resume_warnings.extend(game_changes(&config, &run_dir, &state));
         resume = Some(ResumePlan {
             set_aside: checkpoint::checkpoints_newer_than(&run_dir, &ckpt)?,
             abandoned: checkpoint::next_abandoned_folder(&run_dir),
@@ -317,6 +320,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         .chain(crate::plan::evaluations_past_the_end(&config, &model))
         .chain(config.eval.fewer_pairs_warning())
         .chain(crate::distributed::mbstd_groups_split(&config)?)
+        .chain(resume_warnings)
         .collect();
     // The largest minibatch the schedule trains with, and where (first).
     let largest = config
@@ -353,6 +357,37 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         resume,
         warnings,
     })
+}
+
+/// What a resume of `state` under `config` changes of the game the run's `config.toml` (in
+/// `run_dir`) set, and instance noise that has already annealed away at the checkpoint: allowed,
+/// and said, so that neither a changed loss nor a noise that adds nothing passes unnoticed.
+fn game_changes(config: &TrainConfig, run_dir: &Path, state: &TrainState) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let path = run_dir.join(crate::run_dir::CONFIG_FILE);
+    if let Ok(before) = TrainConfig::from_toml_file(&path) {
+        let changes = config.game_changes(&before);
+        if !changes.is_empty() {
+            warnings.push(format!(
+                "this resume trains on with other settings than {}: {}; the run's rows and \
+                 checkpoints so far are the old settings', and config.toml will record the new \
+                 ones",
+                path.display(),
+                changes.join(", ")
+            ));
+        }
+    }
+    let noise = &config.instance_noise;
+    let kimg = state.images_shown as f64 / 1000.0;
+    if noise.sigma > 0.0 && kimg >= noise.anneal_kimg {
+        warnings.push(format!(
+            "instance_noise.sigma {} adds no noise: it anneals to 0 over the run's first {} kimg \
+             (counted from the run's start), and the checkpoint is at {kimg:.3} kimg; raise \
+             instance_noise.anneal_kimg past it for noise from here",
+            noise.sigma, noise.anneal_kimg
+        ));
+    }
+    warnings
 }
 
 /// Refuses to resume `state` under another `run.seed` than it was trained with (the sample grid

@@ -1507,6 +1507,36 @@ fn the_learning_rate_multipliers_reach_each_optimizer() {
     assert_ne!(run("d-only", 0.001, 1.0, 2.0), doubled);
 }
 
+/// A resume that changes the game (here the loss, and instance noise whose anneal ended
+/// before the checkpoint) trains on, says what changed with both values, and that the noise
+/// adds nothing; the dry run says the same.
+#[test]
+fn a_resume_that_changes_the_game_says_so() {
+    use pgan_train::config::LossKind;
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("runs"));
+    let stopped = stopped_mid_tick(&config);
+    let mut changed = config.clone();
+    changed.loss.kind = LossKind::NonSaturating;
+    changed.instance_noise.sigma = 0.3;
+    changed.instance_noise.anneal_kimg = 0.01;
+    let mut options = TrainOptions::new(changed);
+    options.resume = Some(stopped.run_dir.clone());
+    let planned = pgan_train::preflight(&options).unwrap().warnings.join("\n");
+    train(options).unwrap();
+    let log = std::fs::read_to_string(stopped.run_dir.join("log.txt")).unwrap();
+    for said in [&planned, &log] {
+        assert!(
+            said.contains("this resume trains on with other settings than")
+                && said.contains("loss.kind \"wgan-gp\" → \"non-saturating\"")
+                && said.contains("instance_noise.sigma 0.0 → 0.3")
+                && said.contains("instance_noise.sigma 0.3 adds no noise"),
+            "{said}"
+        );
+    }
+}
+
 #[test]
 fn instance_noise_changes_training_and_zero_sigma_does_not() {
     let dir = tempfile::tempdir().unwrap();
