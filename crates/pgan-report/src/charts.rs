@@ -38,6 +38,10 @@ pub struct ChartSpec {
     /// Optional charts (evaluation metrics) are left out silently when none
     /// of their keys has a value; the others get a "no data" notice.
     pub optional: bool,
+    /// A series whose every value is 0 is a term the run's loss does not have (the penalties
+    /// of the logistic losses without R1, the drift of all but WGAN-GP): left out, not drawn
+    /// as a flat line that reads as a measurement.
+    pub zero_is_absent: bool,
 }
 
 /// The report's charts, in page order.
@@ -47,6 +51,7 @@ pub const CHARTS: &[ChartSpec] = &[
         y_desc: "loss",
         series: &[(key::LOSS_D, "D loss"), (key::LOSS_G, "G loss")],
         optional: false,
+        zero_is_absent: false,
     },
     ChartSpec {
         title: "Gradient penalty and drift",
@@ -56,42 +61,49 @@ pub const CHARTS: &[ChartSpec] = &[
             (key::LOSS_D_DRIFT, "drift"),
         ],
         optional: false,
+        zero_is_absent: true,
     },
     ChartSpec {
         title: "Discriminator outputs",
         y_desc: "mean D(x)",
         series: &[(key::D_REAL, "D(real)"), (key::D_FAKE, "D(fake)")],
         optional: false,
+        zero_is_absent: false,
     },
     ChartSpec {
         title: "Gradient norms",
         y_desc: "L2 norm",
         series: &[(key::GRAD_G_NORM, "G"), (key::GRAD_D_NORM, "D")],
         optional: false,
+        zero_is_absent: false,
     },
     ChartSpec {
         title: "Sliced Wasserstein distance",
         y_desc: "SWD (lower is better)",
         series: &[(key::SWD, "fake vs real")],
         optional: true,
+        zero_is_absent: false,
     },
     ChartSpec {
         title: "Fréchet Inception Distance",
         y_desc: "FID (lower is better)",
         series: &[(key::FID, "FID")],
         optional: true,
+        zero_is_absent: false,
     },
     ChartSpec {
         title: "MS-SSIM between samples",
         y_desc: "MS-SSIM",
         series: &[(key::MSSSIM_FAKE, "fake"), (key::MSSSIM_REAL, "real")],
         optional: true,
+        zero_is_absent: false,
     },
     ChartSpec {
         title: "Training speed",
         y_desc: "images / s",
         series: &[(key::IMG_PER_S, "images/s")],
         optional: false,
+        zero_is_absent: false,
     },
 ];
 
@@ -138,6 +150,18 @@ pub fn draw_all(ticks: &[Tick], segments: &[Segment]) -> Result<(Vec<Chart>, Vec
     let mut charts = Vec::new();
     let mut notices = Vec::new();
     for spec in CHARTS {
+        let absent = spec.zero_is_absent
+            && spec.series.iter().all(|(key, _)| {
+                let data = collect_series(ticks, key);
+                data.points > 0 && data.runs.iter().flatten().all(|&(_, v)| v == 0.0)
+            });
+        if absent {
+            notices.push(format!(
+                "chart '{}' left out: every value is 0 (the run's loss has no such terms)",
+                spec.title
+            ));
+            continue;
+        }
         match draw_chart(spec, ticks, segments)? {
             Some(c) => charts.push(c),
             None if !spec.optional => notices.push(format!(
@@ -252,6 +276,16 @@ pub fn draw_chart(spec: &ChartSpec, ticks: &[Tick], segments: &[Segment]) -> Res
         .series
         .iter()
         .map(|(key, _)| collect_series(ticks, key))
+        .map(|data| {
+            match spec.zero_is_absent && data.runs.iter().flatten().all(|&(_, v)| v == 0.0) {
+                true => SeriesData {
+                    runs: vec![Vec::new()],
+                    points: 0,
+                    non_finite: data.non_finite,
+                },
+                false => data,
+            }
+        })
         .collect();
     let all_points = || data.iter().flat_map(|d| d.runs.iter().flatten());
     if all_points().next().is_none() {
@@ -534,6 +568,30 @@ mod tests {
         assert_eq!((lo, hi), (-1.0, 1.0));
         let (lo, hi) = padded_range(0.0, 10.0, 0.1);
         assert_eq!((lo, hi), (-1.0, 11.0));
+    }
+
+    /// A loss without a term writes 0 for it: that series is left out of the penalty chart,
+    /// and the chart too when neither term is there, with a notice saying why.
+    #[test]
+    fn terms_the_loss_does_not_have_are_left_out() {
+        let (penalty, drift) = (key::LOSS_D_PENALTY, key::LOSS_D_DRIFT);
+        let r1 = ticks(&format!(
+            "{{\"kimg\":1,\"{penalty}\":0.5,\"{drift}\":0}}\n\
+             {{\"kimg\":2,\"{penalty}\":0.25,\"{drift}\":0}}\n"
+        ));
+        let spec = CHARTS.iter().find(|c| c.zero_is_absent).unwrap();
+        let chart = draw_chart(spec, &r1, &segments(&r1)).unwrap().unwrap();
+        let labels: Vec<&str> = chart.legend.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(labels, ["gradient penalty"]);
+        let none = ticks(&format!("{{\"kimg\":1,\"{penalty}\":0,\"{drift}\":0}}\n"));
+        let (charts, notices) = draw_all(&none, &segments(&none)).unwrap();
+        assert!(charts.iter().all(|c| c.title != spec.title));
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains(spec.title) && n.contains("every value is 0")),
+            "{notices:?}"
+        );
     }
 
     #[test]
