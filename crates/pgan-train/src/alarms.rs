@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use pgan_spec::metrics as key;
 use serde::{Deserialize, Serialize};
 
-use crate::config::AlarmConfig;
+use crate::config::{AlarmConfig, LossKind};
 use crate::eval::EvalReport;
 use crate::stats::{Mean, TickStats};
 
@@ -16,12 +16,41 @@ use crate::stats::{Mean, TickStats};
 #[derive(Clone, Debug)]
 pub struct Alarms {
     config: AlarmConfig,
+    /// The advice a divergence alarm gives: the run's loss's own knob.
+    divergence_remedy: &'static str,
+    /// What a vanishing-gradient alarm adds for a loss that saturates.
+    vanishing_remedy: &'static str,
 }
 
 impl Alarms {
-    /// Alarms with these thresholds.
+    /// Alarms with these thresholds (their advice for WGAN-GP until [`Self::for_loss`]).
     pub fn new(config: AlarmConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            divergence_remedy: "lower the learning rate or raise the penalty (loss.gp_lambda)",
+            vanishing_remedy: "",
+        }
+    }
+
+    /// The alarms' advice for the run's loss: the penalty a loss has, a penalised loss for one
+    /// without.
+    pub fn for_loss(mut self, kind: LossKind) -> Self {
+        (self.divergence_remedy, self.vanishing_remedy) = match kind {
+            LossKind::WganGp => (
+                "lower the learning rate or raise the penalty (loss.gp_lambda)",
+                "",
+            ),
+            LossKind::LogisticR1 => (
+                "lower the learning rate or raise the penalty (loss.r1_gamma)",
+                "",
+            ),
+            LossKind::NonSaturating | LossKind::Minimax => (
+                "lower the learning rate (D's alone: optim.lr_d_mult), or train with a \
+                 penalised loss (wgan-gp, logistic-r1)",
+                "; a loss that does not saturate (wgan-gp, logistic-r1) keeps it learning",
+            ),
+        };
+        self
     }
 
     /// Warnings raised by one tick's averages; updates `memory`.
@@ -39,15 +68,14 @@ impl Alarms {
             if gap > c.max_d_gap {
                 out.push(format!(
                     "D(real) - D(fake) = {gap:.1} exceeds {}: the discriminator is overpowering \
-                     the generator (divergence); lower the learning rate or raise the penalty",
-                    c.max_d_gap
+                     the generator (divergence); {}",
+                    c.max_d_gap, self.divergence_remedy
                 ));
             } else if gap < -c.max_d_gap {
                 out.push(format!(
                     "D(real) - D(fake) = {gap:.1} is below -{}: the discriminator scores the \
-                     fakes far above the reals (divergence); lower the learning rate or raise \
-                     the penalty",
-                    c.max_d_gap
+                     fakes far above the reals (divergence); {}",
+                    c.max_d_gap, self.divergence_remedy
                 ));
             }
         }
@@ -56,8 +84,8 @@ impl Alarms {
             if norm < c.min_g_grad_norm {
                 out.push(format!(
                     "generator gradient norm {norm:.2e} is below {:.0e}: vanishing gradients, \
-                     G has stopped learning",
-                    c.min_g_grad_norm
+                     G has stopped learning{}",
+                    c.min_g_grad_norm, self.vanishing_remedy
                 ));
             } else if let Some(peak) = peak.filter(|&p| norm < p * c.min_g_grad_ratio) {
                 out.push(format!(
@@ -254,6 +282,22 @@ mod tests {
             w[0].contains("-170.0 is below -100") && w[0].contains("fakes far above"),
             "{w:?}"
         );
+        // The advice is the loss's own: its penalty, or a penalised loss for one without.
+        let mut exploding = TickStats::default();
+        exploding.report("D/real", 150.0);
+        exploding.report("D/fake", -20.0);
+        exploding.report("Grad/G/norm", 1e-9);
+        for (kind, advice) in [
+            (LossKind::WganGp, "loss.gp_lambda"),
+            (LossKind::LogisticR1, "loss.r1_gamma"),
+            (LossKind::Minimax, "train with a penalised loss"),
+        ] {
+            let alarms = Alarms::new(AlarmConfig::default()).for_loss(kind);
+            let w = alarms.check_tick(&exploding, &mut GradientMemory::default());
+            assert!(w[0].contains(advice), "{kind:?}: {w:?}");
+            let saturates = w[1].contains("does not saturate");
+            assert_eq!(saturates, kind == LossKind::Minimax, "{kind:?}: {w:?}");
+        }
     }
 
     #[test]

@@ -321,6 +321,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         .chain(config.eval.fewer_pairs_warning())
         .chain(crate::distributed::mbstd_groups_split(&config)?)
         .chain(resume_warnings)
+        .chain(inverted_labels(&config))
         .collect();
     // The largest minibatch the schedule trains with, and where (first).
     let largest = config
@@ -356,6 +357,20 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         model,
         resume,
         warnings,
+    })
+}
+
+/// The warning for a reals' target below 0.5 in a logistic loss: D is then trained to call the
+/// reals fake more than real, the game turned over (one-sided label smoothing uses 0.9, Salimans
+/// et al. 2016).
+fn inverted_labels(config: &TrainConfig) -> Option<String> {
+    let target = config.loss.real_label;
+    let logistic = config.loss.kind != crate::config::LossKind::WganGp;
+    (logistic && target < 0.5).then(|| {
+        format!(
+            "loss.real_label {target:?} is below 0.5: D is trained to score the reals as fake \
+             more than as real, which turns the game over (one-sided label smoothing uses 0.9)"
+        )
     })
 }
 
@@ -565,6 +580,21 @@ mod tests {
             metrics_warnings: Vec::new(),
         }
         .describe(3)
+    }
+
+    /// A reals' target below 0.5 in a logistic loss is said; 0.9, or WGAN-GP (which has no
+    /// target), is not.
+    #[test]
+    fn a_reals_target_below_a_half_is_said_to_turn_the_game_over() {
+        use crate::config::LossKind;
+        let mut config = TrainConfig::default();
+        config.loss.real_label = 1e-6;
+        assert_eq!(inverted_labels(&config), None, "wgan-gp has no target");
+        config.loss.kind = LossKind::NonSaturating;
+        let said = inverted_labels(&config).unwrap();
+        assert!(said.contains("loss.real_label 1e-6 is below 0.5"), "{said}");
+        config.loss.real_label = 0.9;
+        assert_eq!(inverted_labels(&config), None);
     }
 
     #[test]

@@ -322,7 +322,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let sample_latents = latent_values(&mut sample_rng, sample_count * model.latent_dim, None);
 
         let metrics = MetricsWriter::open(&run_dir)?;
-        let alarms = Alarms::new(config.alarms.clone());
+        let alarms = Alarms::new(config.alarms.clone()).for_loss(config.loss.kind);
         let dataset_watch = DatasetWatch::new(&reader, model.resolution);
         let mut trainer = Self {
             _lock: lock,

@@ -1231,7 +1231,7 @@ fn repeated_nans_stop_with_advice() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("Try the settings this run changes (loss.gp_lambda 1000000), then a lower"),
+        err.contains("Try the settings this run changes (loss.gp_lambda 1000000.0), then a lower"),
         "{err}"
     );
     assert!(!err.contains("a larger loss.gp_lambda"), "{err}");

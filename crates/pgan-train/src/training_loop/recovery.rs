@@ -222,6 +222,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// diverging ("the settings you changed first, then the usual suspects").
     fn unusual_settings_to_check(&self) -> String {
         let o = &self.config.optim;
+        // Values as `{:?}` writes them: 1e30 in exponent form, not thirty-one digits.
         let mut set = Vec::new();
         let (loss, neutral) = (&self.config.loss, LossConfig::default());
         for (key, value, default) in [
@@ -233,7 +234,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             ),
         ] {
             if loss.kind == crate::config::LossKind::WganGp && value != default {
-                set.push(format!("{key} {value}"));
+                set.push(format!("{key} {value:?}"));
             }
         }
         for (key, value) in [
@@ -241,18 +242,18 @@ impl<B: AutodiffBackend> Trainer<B> {
             ("optim.lr_d_mult", o.lr_d_mult),
         ] {
             if value != 1.0 {
-                set.push(format!("{key} {value}"));
+                set.push(format!("{key} {value:?}"));
             }
         }
         if self.config.instance_noise.sigma > 0.0 {
             set.push(format!(
-                "instance_noise.sigma {}",
+                "instance_noise.sigma {:?}",
                 self.config.instance_noise.sigma
             ));
         }
         if self.config.loss.feature_matching > 0.0 {
             set.push(format!(
-                "loss.feature_matching {}",
+                "loss.feature_matching {:?}",
                 self.config.loss.feature_matching
             ));
         }
