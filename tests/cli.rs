@@ -2292,6 +2292,7 @@ fn a_run_finds_its_data_from_any_folder_and_odd_paths_and_counts_are_named() {
         out.contains("--out's animation (.gif beside it)") && out.contains("already exists"),
         "{out}"
     );
+    std::fs::remove_file(elsewhere.join("strip.gif")).unwrap();
     let out = run_err(
         pgan()
             .arg("render")
