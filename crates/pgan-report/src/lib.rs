@@ -111,14 +111,30 @@ fn not_rows_notice(not_rows: &[run::NotARow]) -> Option<String> {
     ))
 }
 
+/// The most phases the charts mark (bands, boundaries, labels in every chart): a run's schedule
+/// has at most 19, a stable and a fade phase per resolution. Rows that change phase more often
+/// are not one run's (joined or edited by hand), and marking each change would swell the page
+/// by kilobytes per row.
+const MAX_MARKED_PHASES: usize = 64;
+
 /// Reads `run_dir` and renders the report in memory.
 pub fn build_report(run_dir: &Path) -> Result<Report> {
     let data = RunData::load(run_dir)?;
     let segments = run::segments(&data.ticks);
     let stats = stats::compute(&data.ticks, &segments);
-    let (charts, chart_notices) = charts::draw_all(&data.ticks, &segments)?;
-
     let mut notices = Vec::new();
+    let marked = if segments.len() > MAX_MARKED_PHASES {
+        notices.push(format!(
+            "metrics.jsonl changes resolution or phase {} times (a run's schedule has at most \
+             19 phases): its rows are not one run's, and the charts do not mark the phases",
+            segments.len() - 1
+        ));
+        &segments[..0]
+    } else {
+        &segments[..]
+    };
+    let (charts, chart_notices) = charts::draw_all(&data.ticks, marked)?;
+
     if let Some(line) = data.torn_last_line {
         notices.push(format!(
             "the last line of metrics.jsonl (line {line}) is incomplete, as a run killed or out \
@@ -355,6 +371,33 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(&out).unwrap(), "the user's");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no temp left");
+    }
+
+    /// Rows that change resolution at every tick (not one run's) are charted without phase
+    /// marks, said once, in a page that does not grow by kilobytes per row.
+    #[test]
+    fn rows_that_change_phase_at_every_tick_are_charted_without_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("joined");
+        fs::create_dir(&run).unwrap();
+        let rows: String = (1..=4000)
+            .map(|i| {
+                let r = if i % 2 == 0 { 8 } else { 16 };
+                format!(
+                    "{{\"tick\":{i},\"kimg\":{},\"resolution\":{r},\"phase\":\"stable\",\
+                     \"Loss/D\":0.5,\"Loss/G\":0.1}}\n",
+                    i as f64 * 0.1
+                )
+            })
+            .collect();
+        fs::write(run.join("metrics.jsonl"), rows).unwrap();
+        let report = build_report(&run).unwrap();
+        assert!(
+            report.notices.iter().any(|n| n.contains("3999 times")),
+            "{:?}",
+            report.notices
+        );
+        assert!(report.html.len() < 4 << 20, "{} bytes", report.html.len());
     }
 
     #[test]
