@@ -245,6 +245,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 (run_dir, Some(plan.checkpoint))
             }
         };
+        // A new run's folder goes again if the start fails before training (a full disk, a
+        // refused join): retries would otherwise leave a trail of empty runs. Declared before
+        // everything that holds its files, it is dropped after them.
+        let unstarted = UnstartedRun(resume_from.is_none().then(|| run_dir.clone()));
         // Before anything is written: a second trainer in this folder stops here.
         let lock = RunLock::acquire(&run_dir)?;
         // What a trainer killed here was writing (its temp files and folders) goes now.
@@ -393,14 +397,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         trainer.peers = match peers {
             Ok(peers) => peers,
-            // A new run's folder holds nothing but its kimg-0 start: it goes, so that retries
-            // of a failed join do not leave a trail of empty runs.
-            Err(e) if !resumed => {
-                let run_dir = trainer.run_dir.clone();
-                drop(trainer);
-                remove_unstarted_run(&run_dir);
-                return Err(e);
-            }
+            // A new run's folder holds nothing but its kimg-0 start: `unstarted` removes it.
+            Err(e) if !resumed => return Err(e),
             // A resumed run's log keeps the failed join (the folder is otherwise as it was).
             Err(e @ TrainError::StoppedWaiting { .. }) => {
                 trainer.log.write_only(e.to_string());
@@ -437,6 +435,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 trainer.config.schedule.minibatch_default
             ));
         }
+        unstarted.started();
         Ok(trainer)
     }
 
@@ -919,8 +918,27 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-/// Removes the folder of a new run that never started training (its nodes did not join), and
-/// says so on stderr; a folder that cannot be removed is named instead.
+/// The folder of a new run until its start completes: dropped before that (the start failed, or
+/// was stopped, before any training), it is removed with what the start wrote in it.
+struct UnstartedRun(Option<PathBuf>);
+
+impl UnstartedRun {
+    /// The start completed: the folder is the run's.
+    fn started(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for UnstartedRun {
+    fn drop(&mut self) {
+        if let Some(run_dir) = self.0.take() {
+            remove_unstarted_run(&run_dir);
+        }
+    }
+}
+
+/// Removes the folder of a new run that never started training (a start that failed, its nodes
+/// that did not join), and says so on stderr; a folder that cannot be removed is named instead.
 fn remove_unstarted_run(run_dir: &Path) {
     use std::io::Write as _;
     let said = match std::fs::remove_dir_all(run_dir) {
@@ -1132,6 +1150,22 @@ impl<B: Backend> Tick<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new run's folder goes with a start that ends before training, and stays once the
+    /// start completes; a resumed run's is never touched.
+    #[test]
+    fn a_start_that_fails_before_training_leaves_no_run_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (failed, started) = (dir.path().join("00000-a"), dir.path().join("00001-a"));
+        for run in [&failed, &started] {
+            std::fs::create_dir_all(run.join("samples")).unwrap();
+            std::fs::write(run.join(CONFIG_FILE), "x").unwrap();
+        }
+        drop(UnstartedRun(Some(failed.clone())));
+        UnstartedRun(Some(started.clone())).started();
+        drop(UnstartedRun(None));
+        assert!(!failed.exists() && started.join(CONFIG_FILE).is_file());
+    }
     use burn::backend::{Autodiff, Flex};
     use pgan_spec::metrics as key;
 
