@@ -186,7 +186,7 @@ pub fn walk(dir: &Path) -> Result<Walk> {
                 links.push(path);
             } else if ty.is_symlink()
                 && !has_image_extension(&path)
-                && std::fs::metadata(&path).is_err()
+                && std::fs::metadata(&path).is_err_and(|e| leads_nowhere(&e))
             {
                 // Named as an image, it is taken, and its read says what is wrong.
                 out.ignored.push((path, BROKEN_LINK));
@@ -200,6 +200,16 @@ pub fn walk(dir: &Path) -> Result<Walk> {
     out.images.sort();
     out.ignored.sort();
     Ok(out)
+}
+
+/// Whether following a link failed because its target is missing or links loop (another error,
+/// a permission, is the entry's own).
+fn leads_nowhere(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return true;
+    }
+    e.kind() == std::io::ErrorKind::NotFound
 }
 
 /// What ingestion needs to know about the target.

@@ -31,9 +31,11 @@ pub const PHASE_START_KIMG: &str = "phase_start_kimg";
 pub const ALPHA: &str = "alpha";
 /// Minibatch size.
 pub const BATCH: &str = "batch";
-/// Generator learning rate (after a rollback's reduction).
+/// Generator learning rate: the schedule's (after a rollback's reduction) times
+/// `optim.lr_g_mult`.
 pub const LR_G: &str = "lr_g";
-/// Discriminator learning rate (after a rollback's reduction).
+/// Discriminator learning rate: the schedule's (after a rollback's reduction) times
+/// `optim.lr_d_mult`.
 pub const LR_D: &str = "lr_d";
 /// Training seconds over all sessions of the run.
 pub const TIME_S: &str = "time_s";

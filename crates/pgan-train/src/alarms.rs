@@ -44,10 +44,16 @@ impl Alarms {
                 "lower the learning rate or raise the penalty (loss.r1_gamma)",
                 "",
             ),
-            LossKind::NonSaturating | LossKind::Minimax => (
+            LossKind::NonSaturating => (
                 "lower the learning rate (D's alone: optim.lr_d_mult), or train with a \
                  penalised loss (wgan-gp, logistic-r1)",
-                "; a loss that does not saturate (wgan-gp, logistic-r1) keeps it learning",
+                "",
+            ),
+            LossKind::Minimax => (
+                "lower the learning rate (D's alone: optim.lr_d_mult), or train with a \
+                 penalised loss (wgan-gp, logistic-r1)",
+                "; a loss that does not saturate (non-saturating, wgan-gp, logistic-r1) keeps \
+                 it learning",
             ),
         };
         self
@@ -290,6 +296,7 @@ mod tests {
         for (kind, advice) in [
             (LossKind::WganGp, "loss.gp_lambda"),
             (LossKind::LogisticR1, "loss.r1_gamma"),
+            (LossKind::NonSaturating, "train with a penalised loss"),
             (LossKind::Minimax, "train with a penalised loss"),
         ] {
             let alarms = Alarms::new(AlarmConfig::default()).for_loss(kind);

@@ -380,8 +380,9 @@ fn inverted_labels(config: &TrainConfig) -> Option<String> {
 fn game_changes(config: &TrainConfig, run_dir: &Path, state: &TrainState) -> Vec<String> {
     let mut warnings = Vec::new();
     let path = run_dir.join(crate::run_dir::CONFIG_FILE);
-    if let Ok(before) = TrainConfig::from_toml_file(&path) {
-        let changes = config.game_changes(&before);
+    let before = TrainConfig::from_toml_file(&path).ok();
+    if let Some(before) = &before {
+        let changes = config.game_changes(before);
         if !changes.is_empty() {
             warnings.push(format!(
                 "this resume trains on with other settings than {}: {}; the run's rows and \
@@ -392,9 +393,12 @@ fn game_changes(config: &TrainConfig, run_dir: &Path, state: &TrainState) -> Vec
             ));
         }
     }
+    // Only noise this resume sets: a run's own anneal that ended before its checkpoint is the
+    // plan (a short anneal at the start of a long run).
     let noise = &config.instance_noise;
     let kimg = state.images_shown as f64 / 1000.0;
-    if noise.sigma > 0.0 && kimg >= noise.anneal_kimg {
+    let set_now = before.is_none_or(|b| b.instance_noise != *noise);
+    if set_now && noise.sigma > 0.0 && kimg >= noise.anneal_kimg {
         warnings.push(format!(
             "instance_noise.sigma {} adds no noise: it anneals to 0 over the run's first {} kimg \
              (counted from the run's start), and the checkpoint is at {kimg:.3} kimg; raise \

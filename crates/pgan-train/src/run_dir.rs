@@ -375,7 +375,7 @@ impl RunLog {
         let reattached = crate::fsutil::reattach_appended(&self.path, &mut self.file);
         let said = match reattached {
             Ok(done) => {
-                self.detached &= done.is_none();
+                self.detached = false;
                 done.map(|r| r.warning(&self.path))
             }
             Err(e) if !self.detached => {

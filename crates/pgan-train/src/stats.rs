@@ -364,7 +364,7 @@ impl MetricsWriter {
     pub fn write(&mut self, row: &Map<String, Value>) -> Result<Option<String>> {
         let reattached = match crate::fsutil::reattach_appended(&self.path, &mut self.file) {
             Ok(done) => {
-                self.detached &= done.is_none();
+                self.detached = false;
                 done.map(|r| r.warning(&self.path))
             }
             Err(e) if !self.detached => {

@@ -1526,6 +1526,18 @@ fn a_resume_that_changes_the_game_says_so() {
     let planned = pgan_train::preflight(&options).unwrap().warnings.join("\n");
     train(options).unwrap();
     let log = std::fs::read_to_string(stopped.run_dir.join("log.txt")).unwrap();
+    // A run's own noise whose anneal ended before its checkpoint is the plan: nothing said.
+    let mut noisy = tiny_config(&data, &dir.path().join("noisy"));
+    noisy.instance_noise.sigma = 0.3;
+    noisy.instance_noise.anneal_kimg = 0.01;
+    let stopped_noisy = stopped_mid_tick(&noisy);
+    let mut options = TrainOptions::new(noisy);
+    options.resume = Some(stopped_noisy.run_dir.clone());
+    let plain = pgan_train::preflight(&options).unwrap().warnings.join("\n");
+    assert!(
+        !plain.contains("adds no noise") && !plain.contains("other settings"),
+        "{plain}"
+    );
     for said in [&planned, &log] {
         assert!(
             said.contains("this resume trains on with other settings than")

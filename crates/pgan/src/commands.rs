@@ -720,7 +720,7 @@ fn render(args: RenderArgs) -> Result<ExitCode> {
             .and_then(|n| n.to_str())
             .filter(|n| n.starts_with('.') && !n[1..].contains('.'));
         let example = match hidden {
-            Some(name) => args.out.with_file_name(format!("samples{name}")),
+            Some(_) => args.out.with_file_name("samples.png"),
             None => args.out.with_extension("png"),
         };
         bail!(
