@@ -832,17 +832,31 @@ impl TrainConfig {
         })
     }
 
-    /// The settings of the game a run plays (its loss, optimizer, instance noise and EMA)
-    /// that this configuration changes from `before` (the run's `config.toml`), as `key old →
-    /// new`: a resume may change them, and the run then trains on under other rules than its
-    /// rows and checkpoints so far, which is said.
+    /// The settings of the game a run plays (its loss, optimizer, learning rates, instance
+    /// noise and EMA) that this configuration changes from `before` (the run's `config.toml`),
+    /// as `key old → new`: a resume may change them, and the run then trains on under other
+    /// rules than its rows and checkpoints so far, which is said.
     pub fn game_changes(&self, before: &TrainConfig) -> Vec<String> {
-        const SECTIONS: [&str; 4] = ["loss", "optim", "instance_noise", "ema"];
+        // Whole sections, or the named keys of one (the schedule's other keys are its
+        // position, which a resume checks on its own).
+        const SECTIONS: [(&str, Option<&[&str]>); 5] = [
+            ("schedule", Some(&["lr_default", "lr"])),
+            ("loss", None),
+            ("optim", None),
+            ("instance_noise", None),
+            ("ema", None),
+        ];
         let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();
         let (old, new) = (table(before), table(self));
         let mut changes = Vec::new();
-        for section in SECTIONS {
-            let keys = |t: &toml::Table| t.get(section).and_then(|v| v.as_table()).cloned();
+        for (section, only) in SECTIONS {
+            let keys = |t: &toml::Table| {
+                let mut keys = t.get(section).and_then(|v| v.as_table()).cloned()?;
+                if let Some(only) = only {
+                    keys.retain(|key, _| only.contains(&key.as_ref()));
+                }
+                Some(keys)
+            };
             let (Some(old), Some(new)) = (keys(&old), keys(&new)) else {
                 continue;
             };
@@ -1687,12 +1701,15 @@ mod tests {
         let mut after = before.clone();
         assert!(after.game_changes(&before).is_empty());
         after.run.tick_kimg = 2.0;
+        after.schedule.total_kimg = 2.0 * before.schedule.total_kimg;
         assert!(after.game_changes(&before).is_empty());
         after.loss.kind = LossKind::LogisticR1;
         after.optim.lr_d_mult = 2.0;
+        after.schedule.lr_default = 0.0005;
         assert_eq!(
             after.game_changes(&before),
             [
+                "schedule.lr_default 0.001 → 0.0005",
                 "loss.kind \"wgan-gp\" → \"logistic-r1\"",
                 "optim.lr_d_mult 1.0 → 2.0"
             ]
