@@ -250,11 +250,28 @@ fn write_back(path: &Path, file: &File) -> io::Result<bool> {
     }
 }
 
-/// The warning, said once, that an appended file's path no longer names the open `file` and
+/// [`reattach_appended`] before a write to `file`, never an error: what it did, or that it could
+/// not put the file back (said once while `detached` stays set; writing then goes on into the
+/// open file), as a warning to say.
+pub(crate) fn keep_appending(path: &Path, file: &mut File, detached: &mut bool) -> Option<String> {
+    match reattach_appended(path, file) {
+        Ok(done) => {
+            *detached = false;
+            done.map(|r| r.warning(path))
+        }
+        Err(e) if !*detached => {
+            *detached = true;
+            Some(detached_warning(path, file, &e))
+        }
+        Err(_) => None,
+    }
+}
+
+/// The warning that an appended file's path no longer names the open `file` and
 /// [`reattach_appended`] could not make it so (`e`): writing goes on into the open file, which
 /// is still somewhere (the run's folder was moved) or nowhere at all (removed, and not written
 /// back).
-pub(crate) fn detached_warning(path: &Path, file: &File, e: &io::Error) -> String {
+fn detached_warning(path: &Path, file: &File, e: &io::Error) -> String {
     #[cfg(unix)]
     let elsewhere = {
         use std::os::unix::fs::MetadataExt;

@@ -372,18 +372,7 @@ impl RunLog {
         let stamp = format_utc(secs);
         // A log removed or replaced while the run writes it is written back or followed (and
         // said in it), so the session's lines are not appended to a file nobody can read.
-        let reattached = crate::fsutil::reattach_appended(&self.path, &mut self.file);
-        let said = match reattached {
-            Ok(done) => {
-                self.detached = false;
-                done.map(|r| r.warning(&self.path))
-            }
-            Err(e) if !self.detached => {
-                self.detached = true;
-                Some(crate::fsutil::detached_warning(&self.path, &self.file, &e))
-            }
-            Err(_) => None,
-        };
+        let said = crate::fsutil::keep_appending(&self.path, &mut self.file, &mut self.detached);
         if let Some(said) = said {
             let _ = writeln!(self.file, "{stamp} WARN {said}");
             if self.echo {

@@ -362,17 +362,8 @@ impl MetricsWriter {
     /// run's folder moved) the row goes into the open file, and training goes on. Returns the
     /// warning that says what happened.
     pub fn write(&mut self, row: &Map<String, Value>) -> Result<Option<String>> {
-        let reattached = match crate::fsutil::reattach_appended(&self.path, &mut self.file) {
-            Ok(done) => {
-                self.detached = false;
-                done.map(|r| r.warning(&self.path))
-            }
-            Err(e) if !self.detached => {
-                self.detached = true;
-                Some(crate::fsutil::detached_warning(&self.path, &self.file, &e))
-            }
-            Err(_) => None,
-        };
+        let reattached =
+            crate::fsutil::keep_appending(&self.path, &mut self.file, &mut self.detached);
         let mut line = serde_json::to_string(row).expect("a JSON map serialises");
         line.push('\n');
         self.file
