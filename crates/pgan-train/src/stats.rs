@@ -314,16 +314,20 @@ impl MetricsWriter {
     }
 
     /// Adds `entries` to the row of tick `tick` (the last one of that tick), and `alarms` to
-    /// its alarm count, rewriting the file; no such row (lost) is no error.
+    /// its alarm count, rewriting the file; no such row (lost) is no error. The file is first
+    /// put back at its path if it was removed or replaced (as [`Self::write`] does), and the
+    /// warning saying so returned.
     pub fn amend_tick_row(
         &mut self,
         tick: u64,
         entries: Map<String, Value>,
         alarms: usize,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
+        let reattached =
+            crate::fsutil::keep_appending(&self.path, &mut self.file, &mut self.detached);
         let run_dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let Some(text) = read_metrics(&run_dir)? else {
-            return Ok(());
+            return Ok(reattached);
         };
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         let found = lines.iter().rposition(|line| {
@@ -332,7 +336,7 @@ impl MetricsWriter {
                 .is_some_and(|row| row.get(key::TICK).and_then(Value::as_u64) == Some(tick))
         });
         let Some(at) = found else {
-            return Ok(());
+            return Ok(reattached);
         };
         let mut row: Map<String, Value> =
             serde_json::from_str(&lines[at]).expect("the line was read as a row");
@@ -353,7 +357,7 @@ impl MetricsWriter {
         crate::fsutil::write_own_atomic(&self.path, kept.as_bytes())
             .map_err(io_err(&self.path, "rewrite"))?;
         *self = Self::open(&run_dir)?;
-        Ok(())
+        Ok(reattached)
     }
 
     /// Writes one row, into the file at the writer's path: one removed while the run wrote it

@@ -279,8 +279,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.log.warn(format!("alarm: {w}"));
         }
         if !row.is_empty() || !warnings.is_empty() {
-            self.metrics
+            let reattached = self
+                .metrics
                 .amend_tick_row(abandoned.tick, row, warnings.len())?;
+            if let Some(warning) = reattached {
+                self.log.warn(warning);
+            }
         }
         self.log.info(format!(
             "measured what the stop abandoned at the end of tick {}",
