@@ -2,7 +2,7 @@
 //! orientation, colour conversion, fitting to a square and resizing to the
 //! top-level resolution.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageReader};
@@ -302,6 +302,23 @@ pub fn decode_held(
         let mut head = [0u8; HEAD_BYTES];
         #[cfg(unix)]
         let _ = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0);
+        // The JPEG decoder reads its whole stream before it says the image's size: a file this
+        // large is sized from its frame header first (the segments before it, metadata, are at
+        // most a few MiB), so that a bomb is refused without reading it.
+        if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            let mut segments = Vec::new();
+            (&file)
+                .take(JPEG_HEADER_SCAN)
+                .read_to_end(&mut segments)
+                .map_err(|e| format!("cannot read: {e}"))?;
+            (&file)
+                .seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| format!("cannot read: {e}"))?;
+            if let Some(size) = jpeg_dimensions(&segments) {
+                let pixels = u64::from(size.0) * u64::from(size.1);
+                check_size(size, pixels.saturating_mul(4), false, max_pixels)?;
+            }
+        }
         let streamed = Source {
             len: meta.len(),
             held: false,
@@ -382,6 +399,21 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
 /// The component count of a JPEG's frame header (`SOFn`, from the segments before it), if
 /// the segments chain up to one.
 fn jpeg_components(bytes: &[u8]) -> Option<u8> {
+    jpeg_frame(bytes).map(|frame| frame[7])
+}
+
+/// The size a JPEG's frame header declares, (width, height), if the segments in `bytes` chain
+/// up to one.
+fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let frame = jpeg_frame(bytes)?;
+    let height = u16::from_be_bytes([frame[3], frame[4]]);
+    let width = u16::from_be_bytes([frame[5], frame[6]]);
+    Some((u32::from(width), u32::from(height)))
+}
+
+/// The first 8 bytes of a JPEG's frame header (`SOFn`): length, precision, height, width, then
+/// the component count, if the segments in `bytes` chain up to one.
+fn jpeg_frame(bytes: &[u8]) -> Option<&[u8]> {
     let mut at = 2;
     while at + 4 <= bytes.len() {
         if bytes[at] != 0xFF {
@@ -393,7 +425,7 @@ fn jpeg_components(bytes: &[u8]) -> Option<u8> {
             // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC): length, precision, height,
             // width, then the component count.
             0xC0..=0xCF if ![0xC4, 0xC8, 0xCC].contains(&bytes[at + 1]) => {
-                return bytes.get(at + 9).copied();
+                return bytes.get(at + 2..at + 10);
             }
             0xDA | 0xD9 => return None,
             _ => at += 2 + usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
@@ -424,6 +456,10 @@ struct Source<'a> {
 
 /// Bytes of a file's start that hold a PNG's width (signature, IHDR length and type, width).
 const HEAD_BYTES: usize = 24;
+
+/// The most of a large JPEG read to find its frame header: the segments before it (EXIF, ICC
+/// profiles, thumbnails) are 64 KiB each, and real files hold a handful.
+const JPEG_HEADER_SCAN: u64 = 16 << 20;
 
 /// Decodes `source` (the file at `path`, described by `file`) within the
 /// process's [`DecodeBudget`]: the permit counts the decoded buffer, its 8-bit copy, a rotated
@@ -884,6 +920,31 @@ pub(crate) mod tests {
         e.extend_from_slice(&[0, 0]);
         e.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
         e
+    }
+
+    /// A JPEG too large to read whole whose frame header declares more pixels than the limit
+    /// is refused from that header, before the decoder reads the file (here 300 MB, sparse).
+    #[test]
+    fn a_large_jpeg_bomb_is_refused_from_its_frame_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let grey = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 16 + y) as u8]));
+        let mut bytes = Vec::new();
+        grey.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
+        assert_eq!(jpeg_dimensions(&bytes), Some((16, 16)));
+        // The frame header patched to 60000x50000 (height, then width, after the precision).
+        let sof = (2..bytes.len() - 1)
+            .find(|&i| bytes[i] == 0xFF && bytes[i + 1] == 0xC0)
+            .unwrap();
+        bytes[sof + 5..sof + 7].copy_from_slice(&50000u16.to_be_bytes());
+        bytes[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
+        assert_eq!(jpeg_dimensions(&bytes), Some((60000, 50000)));
+        let p = dir.path().join("bomb.jpg");
+        std::fs::write(&p, &bytes).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        file.set_len(READ_WHOLE_MAX + (44 << 20)).unwrap();
+        let err = decode(&p, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(err.starts_with("too many pixels: 60000x50000"), "{err}");
     }
 
     /// A grey JPEG whose frame header is patched to declare two components (a second spec
