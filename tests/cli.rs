@@ -152,6 +152,11 @@ fn prepare_train_render_eval_report() {
         dry.contains("0.048 – 0.064") && dry.contains("total: 0.064 kimg (64 images shown)"),
         "{dry}"
     );
+    let stopping = run_ok(&mut dry_run(&config, &["--stop-after-kimg", "0.032"]));
+    assert!(
+        stopping.contains("stop: after 0.032 kimg (--stop-after-kimg)"),
+        "{stopping}"
+    );
     let ema = run_ok(&mut dry_run(&config, &["--ema-half-life-kimg", "7.5"]));
     assert!(
         ema.contains("half_life_kimg = 7.5"),
@@ -466,6 +471,17 @@ fn prepare_train_render_eval_report() {
     assert!(
         html.contains("<svg") && html.contains("data:image/png;base64"),
         "{out}"
+    );
+    // A checkpoint given for its run is named as such, with the run to give.
+    let ckpt = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("state.json").is_file())
+        .unwrap();
+    let err = run_err(pgan().arg("report").arg(&ckpt));
+    assert!(
+        err.contains("is a checkpoint: a report is of a run, so give its run directory"),
+        "{err}"
     );
 }
 

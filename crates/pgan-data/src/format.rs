@@ -175,16 +175,21 @@ impl Header {
             pos: MAGIC.len(),
         };
         let version = r.u32();
-        if version != FORMAT_VERSION {
-            return Err(bad(format!(
+        // Judged with the checksum below: a damaged version field is corruption, not a file
+        // from another version.
+        let unsupported = || {
+            format!(
                 "unsupported format version {version} (this build reads version {FORMAT_VERSION})"
-            )));
-        }
+            )
+        };
         let resolution = r.u32();
         let channels = r.u32();
         let num_levels = r.u32();
         let count = r.u64();
         if num_levels == 0 || num_levels > MAX_LEVELS {
+            if version != FORMAT_VERSION {
+                return Err(bad(unsupported()));
+            }
             return Err(bad(format!(
                 "corrupt header: {num_levels} levels (expected 1..={MAX_LEVELS})"
             )));
@@ -196,8 +201,20 @@ impl Header {
             )));
         }
         let stored_crc = u32::from_le_bytes(bytes[hlen - 4..hlen].try_into().expect("4 bytes"));
-        if crc32fast::hash(&bytes[..hlen - 4]) != stored_crc {
-            return Err(bad("corrupt header: header checksum mismatch".into()));
+        let intact = crc32fast::hash(&bytes[..hlen - 4]) == stored_crc;
+        match (intact, version == FORMAT_VERSION) {
+            (true, true) => {}
+            (true, false) => return Err(bad(unsupported())),
+            (false, true) => {
+                return Err(bad("corrupt header: header checksum mismatch".into()));
+            }
+            // Another version's header may lie otherwise: either is possible.
+            (false, false) => {
+                return Err(bad(format!(
+                    "{}, or a damaged header (its checksum does not match)",
+                    unsupported()
+                )));
+            }
         }
         let mut levels = Vec::with_capacity(num_levels as usize);
         for _ in 0..num_levels {

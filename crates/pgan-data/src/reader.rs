@@ -581,9 +581,23 @@ pub(crate) mod tests {
             let e = open_err(&good[..cut]);
             assert!(e.contains("truncated"), "cut at {cut}: {e}");
         }
+        // A version byte changed alone is a damaged header as likely as another version; one
+        // whose header checksum agrees is another version's file.
         let mut v2 = good.clone();
         v2[8] = 2;
-        assert!(open_err(&v2).contains("unsupported format version 2"));
+        let e = open_err(&v2);
+        assert!(
+            e.contains("unsupported format version 2") && e.contains("or a damaged header"),
+            "{e}"
+        );
+        let hlen = crate::format::header_len(3);
+        let crc = crc32fast::hash(&v2[..hlen - 4]);
+        v2[hlen - 4..hlen].copy_from_slice(&crc.to_le_bytes());
+        let e = open_err(&v2);
+        assert!(
+            e.contains("unsupported format version 2") && !e.contains("damaged"),
+            "{e}"
+        );
     }
 
     #[test]

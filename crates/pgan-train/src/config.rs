@@ -810,6 +810,33 @@ impl TrainConfig {
             .map(|r| (r, self.schedule.batch_for(r)))
     }
 
+    /// The warning for fade-ins of fewer steps than make a blend: α is set at each step's
+    /// start, so a fade of n steps takes α through 0, 1/n, …, and one of a step or two brings
+    /// the new layers in at a jump (the paper's fades are 600 kimg, tens of thousands of steps).
+    pub fn short_fades_warning(&self) -> Option<String> {
+        const FEWEST_STEPS: f64 = 4.0;
+        let s = &self.schedule;
+        let per_step = |batch: usize| batch as f64 * f64::from(self.optim.d_steps.max(1));
+        let short: Vec<String> = self
+            .trained_resolutions()
+            .filter(|&(resolution, _)| resolution > s.start_resolution)
+            .map(|(resolution, batch)| {
+                (resolution, s.lod_transition_kimg * 1000.0 / per_step(batch))
+            })
+            .filter(|&(_, steps)| steps < FEWEST_STEPS)
+            .map(|(resolution, steps)| format!("{} at {resolution}x{resolution}", steps.ceil()))
+            .collect();
+        (!short.is_empty() && s.lod_transition_kimg > 0.0).then(|| {
+            format!(
+                "schedule.lod_transition_kimg {:?} makes fade-ins of a few steps ({}): α is set \
+                 per step, so their new layers blend in at a jump; lengthen the fade or lower \
+                 the minibatch",
+                s.lod_transition_kimg,
+                short.join(", ")
+            )
+        })
+    }
+
     /// Reads a TOML config; unknown keys and malformed values are errors naming the file.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = pgan_data::read_regular_file_at_most(path, MAX_CONFIG_BYTES)
@@ -1714,6 +1741,24 @@ mod tests {
                 "optim.lr_d_mult 1.0 → 2.0"
             ]
         );
+    }
+
+    /// A fade of fewer than four steps is said, with its steps per resolution; the paper's,
+    /// and a fade of no length (none), are not.
+    #[test]
+    fn fades_of_a_few_steps_are_said() {
+        let mut config = TrainConfig::default();
+        assert_eq!(config.short_fades_warning(), None);
+        config.model.resolution = 16;
+        config.schedule.minibatch_default = 256;
+        config.schedule.minibatch.clear();
+        config.schedule.lod_transition_kimg = 0.256;
+        let said = config.short_fades_warning().unwrap();
+        assert!(said.contains("(1 at 8x8, 1 at 16x16)"), "{said}");
+        config.schedule.lod_transition_kimg = 1.024;
+        assert_eq!(config.short_fades_warning(), None);
+        config.schedule.lod_transition_kimg = 0.0;
+        assert_eq!(config.short_fades_warning(), None);
     }
 
     #[test]

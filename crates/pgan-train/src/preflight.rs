@@ -322,6 +322,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         .chain(crate::distributed::mbstd_groups_split(&config)?)
         .chain(resume_warnings)
         .chain(inverted_labels(&config))
+        .chain(config.short_fades_warning())
         .collect();
     // The largest minibatch the schedule trains with, and where (first).
     let largest = config

@@ -518,6 +518,12 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
             "{}",
             pgan_train::plan::describe(&checked.config, &checked.model)
         );
+        if let Some(stop) = args.stop_after_kimg {
+            say!(
+                "stop: after {stop} kimg (--stop-after-kimg), with a checkpoint; the run's \
+                 schedule above stays its own, for a resume to go on with"
+            );
+        }
         if let Some(resume) = &checked.resume {
             say!(
                 "{}",
@@ -1175,6 +1181,16 @@ fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode>
     // Before any output is readied: a mistyped run is named as such.
     if !run_dir.is_dir() {
         return Err(pgan_report::ReportError::MissingRunDir(run_dir.to_path_buf()).into());
+    }
+    // A checkpoint named for its run (as render, eval and export take one): said as such.
+    if let Some(run) = pgan_train::checkpoint::run_dir_of(run_dir)
+        .filter(|_| run_dir.join(pgan_train::checkpoint::STATE_FILE).is_file())
+    {
+        bail!(
+            "{} is a checkpoint: a report is of a run, so give its run directory ({})",
+            run_dir.display(),
+            run.display()
+        );
     }
     let out = match out {
         Some(out) => {
