@@ -880,7 +880,7 @@ impl TrainConfig {
             let keys = |t: &toml::Table| {
                 let mut keys = t.get(section).and_then(|v| v.as_table()).cloned()?;
                 if let Some(only) = only {
-                    keys.retain(|key, _| only.contains(&key.as_ref()));
+                    keys.retain(|key, _| only.contains(&key));
                 }
                 Some(keys)
             };
