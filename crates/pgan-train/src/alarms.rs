@@ -27,9 +27,10 @@ impl Alarms {
     pub fn new(config: AlarmConfig) -> Self {
         Self {
             config,
-            divergence_remedy: "lower the learning rate or raise the penalty (loss.gp_lambda)",
+            divergence_remedy: "",
             vanishing_remedy: "",
         }
+        .for_loss(LossKind::WganGp)
     }
 
     /// The alarms' advice for the run's loss: the penalty a loss has, a penalised loss for one
