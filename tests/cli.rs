@@ -1,6 +1,7 @@
 //! End-to-end runs of the `pgan` binary: prepare → train → render → eval → report on a tiny
 //! dataset, Ctrl-C and resume, and the errors a user meets on bad input.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -644,8 +645,8 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     let runs = dir.path().join("runs");
 
     // A long run, interrupted once the first tick is logged.
-    let child = spawn_long_run(&config, &data, &runs, &[]);
-    let run = wait_for_run(&runs, "a first tick", |run| {
+    let mut child = spawn_long_run(&config, &data, &runs, &[]);
+    let run = wait_for_run(&mut child, &runs, "a first tick", |run| {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
     let status = Command::new("kill")
@@ -689,7 +690,7 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
     let original = std::fs::read(&data).unwrap();
     let mut child = spawn_long_run(&config, &data, &runs, &[]);
     let log = |run: &Path| std::fs::read_to_string(run.join("log.txt")).unwrap_or_default();
-    let run = wait_for_run(&runs, "a first tick", |run| {
+    let run = wait_for_run(&mut child, &runs, "a first tick", |run| {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
     // The run's own files removed under it: its metrics and log are written back with what
@@ -702,8 +703,13 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
         .to_string();
     std::fs::remove_file(run.join("metrics.jsonl")).unwrap();
     std::fs::remove_file(run.join("log.txt")).unwrap();
-    std::fs::remove_dir_all(run.join("samples")).unwrap();
-    wait_for_run(&runs, "the notes of the removed files", |run| {
+    // The run may write a sheet into it meanwhile (a removal is not one call): tried again.
+    let mut tries = 0;
+    while let Err(e) = std::fs::remove_dir_all(run.join("samples")) {
+        tries += 1;
+        assert!(tries < 100, "cannot remove samples/: {e}");
+    }
+    wait_for_run(&mut child, &runs, "the notes of the removed files", |run| {
         let log = log(run);
         log.contains("metrics.jsonl was removed while the run wrote it")
             && log.contains("log.txt was removed while the run wrote it")
@@ -717,14 +723,14 @@ fn a_dataset_written_or_replaced_while_training_is_noticed() {
     assert!(metrics.starts_with(&first_row), "{metrics}");
     // The same bytes written again: the checksums still match, and training goes on.
     write_in_place(&opened, 0, &original);
-    wait_for_run(&runs, "the note of a rewrite", |run| {
+    wait_for_run(&mut child, &runs, "the note of a rewrite", |run| {
         log(run).contains("still match their checksums: training goes on")
     });
     // Another file renamed into its path: said once, and the run goes on with the one it opened.
     let other = dir.path().join("other.pgan");
     std::fs::copy(&data, &other).unwrap();
     std::fs::rename(&other, &data).unwrap();
-    wait_for_run(&runs, "the note of a replaced file", |run| {
+    wait_for_run(&mut child, &runs, "the note of a replaced file", |run| {
         log(run).contains("replaced on disk while training")
     });
     // A pixel of the 4x4 level changed in place: the run stops, naming the file.
@@ -766,8 +772,8 @@ fn a_stop_after_the_dataset_was_written_in_place_writes_no_checkpoint_of_it() {
         let (data, config) = tiny_dataset_and_config(dir.path());
         let runs = dir.path().join("runs");
         // Ticks longer than the test: the stop, not a tick end, is the first look at the file.
-        let child = spawn_long_run(&config, &data, &runs, &["--tick-kimg", "500"]);
-        let run = wait_for_run(&runs, "the first phase", |run| {
+        let mut child = spawn_long_run(&config, &data, &runs, &["--tick-kimg", "500"]);
+        let run = wait_for_run(&mut child, &runs, "the first phase", |run| {
             std::fs::read_to_string(run.join("log.txt")).is_ok_and(|l| l.contains("phase 1"))
         });
         std::thread::sleep(Duration::from_millis(wait_ms));
@@ -831,24 +837,76 @@ fn level4_offset(path: &Path) -> u64 {
     level.unwrap().offset
 }
 
-/// The run directory a background `pgan train` makes in `runs`, once `ready` holds for it
-/// (polled every 5 ms, for at most 2 minutes).
-fn wait_for_run(runs: &Path, what: &str, ready: impl Fn(&Path) -> bool) -> PathBuf {
+/// The run directory the background `pgan train` `child` makes in `runs`, once `ready` holds for
+/// it (polled every 5 ms, for at most 2 minutes). A run that ends first, or the timeout, fails
+/// the test with the run's log, its folder's files and, once it ended, what it printed.
+fn wait_for_run(
+    child: &mut std::process::Child,
+    runs: &Path,
+    what: &str,
+    ready: impl Fn(&Path) -> bool,
+) -> PathBuf {
     let start = Instant::now();
     loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no {what} within 2 minutes"
-        );
         let run = std::fs::read_dir(runs)
             .ok()
             .and_then(|mut d| d.next())
             .map(|e| e.unwrap().path());
-        if let Some(run) = run.filter(|run| ready(run)) {
-            return run;
+        if let Some(run) = run.as_deref().filter(|run| ready(run)) {
+            return run.to_path_buf();
+        }
+        let ended = child.try_wait().unwrap();
+        if ended.is_some() || start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            let mut printed = String::new();
+            for pipe in [
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut pipe = pipe;
+                let _ = pipe.read_to_string(&mut printed);
+            }
+            let (files, log) = match &run {
+                Some(run) => (
+                    walk_names(run),
+                    std::fs::read_to_string(run.join("log.txt")).unwrap_or_default(),
+                ),
+                None => (Vec::new(), String::new()),
+            };
+            panic!(
+                "no {what}: the run {} ({status})\nfiles: {files:?}\nlog.txt:\n{log}\nprinted:\n{printed}",
+                if ended.is_some() { "ended first" } else { "took over 2 minutes" }
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The paths of the files under `dir`, relative to it, sorted.
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(at) = todo.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            names.push(path.strip_prefix(dir).unwrap().display().to_string());
+        }
+    }
+    names.sort();
+    names
 }
 
 /// The tensor bytes of a `.safetensors` file (what follows its JSON header), which hold every
@@ -888,7 +946,7 @@ fn a_run_killed_mid_way_and_resumed_ends_bit_identical_to_an_uninterrupted_one()
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let run = wait_for_run(&killed_runs, "a third checkpoint", |run| {
+    let run = wait_for_run(&mut child, &killed_runs, "a third checkpoint", |run| {
         std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| {
             d.filter(|e| {
                 e.as_ref()
@@ -1337,7 +1395,7 @@ fn a_run_folder_has_one_trainer_and_new_runs_get_their_own_folders() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let run = wait_for_run(&long_runs, "a first tick", |run| {
+    let run = wait_for_run(&mut owner, &long_runs, "a first tick", |run| {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
     let config_before = std::fs::read(run.join("config.toml")).unwrap();
@@ -3065,7 +3123,6 @@ fn prepare_skips_decompression_bombs_with_a_reason_in_bounded_memory() {
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut out = String::new();
-    use std::io::Read;
     child
         .stdout
         .take()
@@ -3505,8 +3562,8 @@ fn a_dataset_truncated_while_training_is_a_clear_error_and_checkpoints_stay_inta
     let copy = dir.path().join("copy.pgan");
     std::fs::copy(&data, &copy).unwrap();
     let runs = dir.path().join("runs");
-    let child = spawn_long_run(&config, &copy, &runs, &[]);
-    let run = wait_for_run(&runs, "a first checkpoint", |run| {
+    let mut child = spawn_long_run(&config, &copy, &runs, &[]);
+    let run = wait_for_run(&mut child, &runs, "a first checkpoint", |run| {
         std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| {
             d.flatten()
                 .any(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))

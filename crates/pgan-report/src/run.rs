@@ -221,6 +221,8 @@ pub struct Metrics {
 
 /// Parses the text of a `metrics.jsonl` file.
 pub fn parse_metrics(text: &str) -> Metrics {
+    // A byte-order mark that an editor's save put first is not part of the first row.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut metrics = Metrics::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -688,6 +690,14 @@ mod tests {
         // blank line skipped, line numbers stay those of the file
         assert_eq!(ticks[1].line, 3);
         assert_eq!(ticks[1].resolution(), None);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_row_is_not_part_of_it() {
+        let ticks =
+            parse("\u{feff}{\"tick\":1,\"kimg\":0.5}\n{\"tick\":2,\"kimg\":1.0}\n").unwrap();
+        assert_eq!(ticks.len(), 2);
+        assert_eq!((ticks[0].line, ticks[0].kimg()), (1, Some(0.5)));
     }
 
     #[test]

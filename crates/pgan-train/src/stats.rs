@@ -508,8 +508,12 @@ fn read_metrics(run_dir: &Path) -> Result<Option<String>> {
     }
     let bytes = pgan_data::read_regular_file_at_most(&path, key::MAX_METRICS_BYTES)
         .map_err(io_err(&path, "read"))?;
-    // A line cut or garbled by a crash is reported per line by the callers, not here.
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    // A line cut or garbled by a crash is reported per line by the callers, not here; a
+    // byte-order mark an editor's save put first is not part of the first row.
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(Some(
+        text.strip_prefix('\u{feff}').unwrap_or(&text).to_string(),
+    ))
 }
 
 /// The last tick row of `metrics.jsonl`: its tick number and the images shown at its end

@@ -114,6 +114,52 @@ total_kimg = 0.048
 minibatch_default = 4
 "#;
 
+/// What a node says when burn-collective's sync missed its wake-up in the join check's
+/// all-reduce (docs/UPSTREAM.md: a race inside burn-collective, about one `nodes` suite in 50,
+/// that pgan cannot reach; the product's answer is this error and a restart).
+const JOIN_RACE: &str = "join check: no answer within";
+
+/// Runs `test`; when it fails with the [`JOIN_RACE`] error in its message, runs it once more
+/// (a restart, as the error tells a user), so that burn's race does not fail the suite. Any
+/// other failure, or the race twice, fails the test.
+fn retry_once_after_the_join_race(test: impl Fn()) {
+    let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&test)) else {
+        return;
+    };
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    if !message.contains(JOIN_RACE) {
+        std::panic::resume_unwind(panic);
+    }
+    eprintln!("burn-collective's join race (docs/UPSTREAM.md) hit this test: running it again");
+    test();
+}
+
+#[test]
+fn only_the_join_race_is_run_again_and_only_once() {
+    let calls = std::cell::Cell::new(0);
+    retry_once_after_the_join_race(|| {
+        calls.set(calls.get() + 1);
+        assert!(calls.get() > 1, "node 1: {JOIN_RACE} 60 s");
+    });
+    assert_eq!(calls.get(), 2);
+    for message in ["another failure", JOIN_RACE] {
+        calls.set(0);
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            retry_once_after_the_join_race(|| {
+                calls.set(calls.get() + 1);
+                panic!("{message}");
+            })
+        }));
+        assert!(failed.is_err());
+        let expected = if message == JOIN_RACE { 2 } else { 1 };
+        assert_eq!(calls.get(), expected, "{message}");
+    }
+}
+
 struct Cluster {
     dir: PathBuf,
     orchestrator: Child,
@@ -370,67 +416,69 @@ fn setup(dir: &Path) -> PathBuf {
 /// to each other's at every tick.
 #[test]
 fn two_nodes_train_through_a_fade_in_to_identical_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
-    let cluster = Cluster::start(dir.path());
-    let a = start(cluster.node(0, &config, &[]));
-    let b = start(cluster.node(1, &config, &[]));
-    let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
-    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
-    for out in [&out_a, &out_b] {
-        assert!(out.status.success(), "{}", both_said([&out_a, &out_b]));
-    }
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let cluster = Cluster::start(dir.path());
+        let a = start(cluster.node(0, &config, &[]));
+        let b = start(cluster.node(1, &config, &[]));
+        let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+        for out in [&out_a, &out_b] {
+            assert!(out.status.success(), "{}", both_said([&out_a, &out_b]));
+        }
 
-    let (run0, run1) = (
-        first_run(&dir.path().join("runs0")),
-        first_run(&dir.path().join("runs1")),
-    );
-    let log = std::fs::read_to_string(run0.join("log.txt")).unwrap();
-    assert!(log.contains("node 0 of 2 joined"), "{log}");
-    let (c0, c1) = (checkpoints(&run0), checkpoints(&run1));
-    // kimg 0 and six ticks of 8 images (two through the fade, kimg 0.016-0.032).
-    assert_eq!(c0.len(), 7, "{c0:?}");
-    assert_eq!(c0.len(), c1.len());
-    for (x, y) in c0.iter().zip(&c1) {
-        assert_eq!(x.file_name(), y.file_name());
-    }
-    // Mid-fade (kimg 0.024) and at the end.
-    for k in [3, 6] {
-        assert!(
-            weights(&c0[k]) == weights(&c1[k]),
-            "{} and {} differ",
-            c0[k].display(),
-            c1[k].display()
+        let (run0, run1) = (
+            first_run(&dir.path().join("runs0")),
+            first_run(&dir.path().join("runs1")),
         );
-    }
-    // Training changed the weights, and the metrics count both nodes' peers.
-    assert!(weights(&c0[0]) != weights(&c0[6]));
-    let metrics = std::fs::read_to_string(run0.join("metrics.jsonl")).unwrap();
-    let row: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
-    assert_eq!(row["Peers/count"], 2.0);
-    assert_eq!(row["kimg"], 0.048);
+        let log = std::fs::read_to_string(run0.join("log.txt")).unwrap();
+        assert!(log.contains("node 0 of 2 joined"), "{log}");
+        let (c0, c1) = (checkpoints(&run0), checkpoints(&run1));
+        // kimg 0 and six ticks of 8 images (two through the fade, kimg 0.016-0.032).
+        assert_eq!(c0.len(), 7, "{c0:?}");
+        assert_eq!(c0.len(), c1.len());
+        for (x, y) in c0.iter().zip(&c1) {
+            assert_eq!(x.file_name(), y.file_name());
+        }
+        // Mid-fade (kimg 0.024) and at the end.
+        for k in [3, 6] {
+            assert!(
+                weights(&c0[k]) == weights(&c1[k]),
+                "{} and {} differ",
+                c0[k].display(),
+                c1[k].display()
+            );
+        }
+        // Training changed the weights, and the metrics count both nodes' peers.
+        assert!(weights(&c0[0]) != weights(&c0[6]));
+        let metrics = std::fs::read_to_string(run0.join("metrics.jsonl")).unwrap();
+        let row: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+        assert_eq!(row["Peers/count"], 2.0);
+        assert_eq!(row["kimg"], 0.048);
 
-    // Node 0 resumed from an older checkpoint than node 1: refused at the join, and node 0's
-    // run folder is left as it was (its newer checkpoints are not set aside, its rows kept).
-    let cluster = Cluster::start(dir.path());
-    let older = c0[2].to_string_lossy().into_owned();
-    let run1_text = run1.to_string_lossy().into_owned();
-    let a = start(cluster.node(0, &config, &["--resume", &older]));
-    let b = start(cluster.node(1, &config, &["--resume", &run1_text]));
-    for (rank, child) in [(0, a), (1, b)] {
-        let (out, _) = finish(child, Duration::from_secs(60), "a refused resume");
-        let said = text(&out);
-        assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
-        assert!(
-            said.contains("join check refused the run"),
-            "node {rank}:\n{said}"
+        // Node 0 resumed from an older checkpoint than node 1: refused at the join, and node 0's
+        // run folder is left as it was (its newer checkpoints are not set aside, its rows kept).
+        let cluster = Cluster::start(dir.path());
+        let older = c0[2].to_string_lossy().into_owned();
+        let run1_text = run1.to_string_lossy().into_owned();
+        let a = start(cluster.node(0, &config, &["--resume", &older]));
+        let b = start(cluster.node(1, &config, &["--resume", &run1_text]));
+        for (rank, child) in [(0, a), (1, b)] {
+            let (out, _) = finish(child, Duration::from_secs(60), "a refused resume");
+            let said = text(&out);
+            assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
+            assert!(
+                said.contains("join check refused the run"),
+                "node {rank}:\n{said}"
+            );
+        }
+        assert_eq!(checkpoints(&run0), c0);
+        assert_eq!(
+            std::fs::read_to_string(run0.join("metrics.jsonl")).unwrap(),
+            metrics
         );
-    }
-    assert_eq!(checkpoints(&run0), c0);
-    assert_eq!(
-        std::fs::read_to_string(run0.join("metrics.jsonl")).unwrap(),
-        metrics
-    );
+    });
 }
 
 /// Nodes whose burn-collective runtime has one worker thread (one CPU) still join: there burn's
@@ -438,21 +486,23 @@ fn two_nodes_train_through_a_fade_in_to_identical_weights() {
 /// wait for its data server before it (the join waits 2 s for it, then goes on).
 #[test]
 fn nodes_with_one_runtime_thread_join_and_train() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
-    let cluster = Cluster::start(dir.path());
-    let one_thread = |rank| {
-        let mut cmd = cluster.node(rank, &config, &[]);
-        cmd.env("TOKIO_WORKER_THREADS", "1");
-        start(cmd)
-    };
-    let (a, b) = (one_thread(0), one_thread(1));
-    let (out_a, took) = finish(a, Duration::from_secs(120), "node 0");
-    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
-    for out in [&out_a, &out_b] {
-        assert!(out.status.success(), "{}", both_said([&out_a, &out_b]));
-    }
-    assert!(took < Duration::from_secs(60), "took {took:?}");
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let cluster = Cluster::start(dir.path());
+        let one_thread = |rank| {
+            let mut cmd = cluster.node(rank, &config, &[]);
+            cmd.env("TOKIO_WORKER_THREADS", "1");
+            start(cmd)
+        };
+        let (a, b) = (one_thread(0), one_thread(1));
+        let (out_a, took) = finish(a, Duration::from_secs(120), "node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+        for out in [&out_a, &out_b] {
+            assert!(out.status.success(), "{}", both_said([&out_a, &out_b]));
+        }
+        assert!(took < Duration::from_secs(60), "took {took:?}");
+    });
 }
 
 /// Node 1 is killed (SIGKILL) mid-run: node 0 stops with an error naming node 1 within the
@@ -460,69 +510,71 @@ fn nodes_with_one_runtime_thread_join_and_train() {
 /// end byte-identical to an uninterrupted two-node run.
 #[test]
 fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterrupted_one() {
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    // A longer run, so that the kill lands inside it: 48 ticks.
-    let long = dir.path().join("long.toml");
-    std::fs::write(
-        &long,
-        CONFIG.replace("total_kimg = 0.048", "total_kimg = 0.384"),
-    )
-    .unwrap();
-
-    let interrupted_at;
-    {
-        let cluster = Cluster::start(dir.path());
-        let a = start(cluster.node(0, &long, &[]));
-        let mut b = start(cluster.node(1, &long, &[]));
-        // Kill node 1 once it has written its third checkpoint.
-        let runs1 = dir.path().join("runs1");
-        wait_for_checkpoints(&runs1, 3, &mut b);
-        b.child.kill().unwrap();
-        let killed = Instant::now();
-        let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
-        let (out_a, _) = finish(a, Duration::from_secs(90), "node 0 after node 1 was killed");
-        let detected = killed.elapsed();
-        let said = text(&out_a);
-        assert_eq!(out_a.status.code(), Some(2), "node 0:\n{said}");
-        assert!(said.contains("lost node 1 (127.0.0.1:"), "node 0:\n{said}");
-        // burn's panics on the closed connection are in pgan's error, not printed as crashes.
-        assert!(!said.contains("' panicked at"), "node 0:\n{said}");
-        assert!(detected < Duration::from_secs(60), "took {detected:?}");
-        interrupted_at = checkpoints(&first_run(&runs1)).len();
-        assert!(
-            !text(&out_b).contains("finished at"),
-            "node 1 finished before the kill"
-        );
-    }
-    let (run0, run1) = (
-        first_run(&dir.path().join("runs0")),
-        first_run(&dir.path().join("runs1")),
-    );
-    // The latest checkpoint both nodes have (one may have written one more before it stopped).
-    let names1: Vec<_> = checkpoints(&run1)
-        .iter()
-        .map(|p| p.file_name().unwrap().to_owned())
-        .collect();
-    let common = checkpoints(&run0)
-        .into_iter()
-        .rfind(|p| names1.contains(&p.file_name().unwrap().to_owned()))
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        // A longer run, so that the kill lands inside it: 48 ticks.
+        let long = dir.path().join("long.toml");
+        std::fs::write(
+            &long,
+            CONFIG.replace("total_kimg = 0.048", "total_kimg = 0.384"),
+        )
         .unwrap();
-    let name = common.file_name().unwrap().to_owned();
-    assert!(interrupted_at >= 3 && names1.len() < 49, "{names1:?}");
 
-    // Resume both on a fresh orchestrator (the old one is gone with its cluster).
-    let [ckpt0, ckpt1] = [&run0, &run1].map(|run| {
-        let ckpt = run.join("checkpoints").join(&name);
-        ckpt.to_str().unwrap().to_string()
+        let interrupted_at;
+        {
+            let cluster = Cluster::start(dir.path());
+            let a = start(cluster.node(0, &long, &[]));
+            let mut b = start(cluster.node(1, &long, &[]));
+            // Kill node 1 once it has written its third checkpoint.
+            let runs1 = dir.path().join("runs1");
+            wait_for_checkpoints(&runs1, 3, &mut b);
+            b.child.kill().unwrap();
+            let killed = Instant::now();
+            let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
+            let (out_a, _) = finish(a, Duration::from_secs(90), "node 0 after node 1 was killed");
+            let detected = killed.elapsed();
+            let said = text(&out_a);
+            assert_eq!(out_a.status.code(), Some(2), "node 0:\n{said}");
+            assert!(said.contains("lost node 1 (127.0.0.1:"), "node 0:\n{said}");
+            // burn's panics on the closed connection are in pgan's error, not printed as crashes.
+            assert!(!said.contains("' panicked at"), "node 0:\n{said}");
+            assert!(detected < Duration::from_secs(60), "took {detected:?}");
+            interrupted_at = checkpoints(&first_run(&runs1)).len();
+            assert!(
+                !text(&out_b).contains("finished at"),
+                "node 1 finished before the kill"
+            );
+        }
+        let (run0, run1) = (
+            first_run(&dir.path().join("runs0")),
+            first_run(&dir.path().join("runs1")),
+        );
+        // The latest checkpoint both nodes have (one may have written one more before it stopped).
+        let names1: Vec<_> = checkpoints(&run1)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        let common = checkpoints(&run0)
+            .into_iter()
+            .rfind(|p| names1.contains(&p.file_name().unwrap().to_owned()))
+            .unwrap();
+        let name = common.file_name().unwrap().to_owned();
+        assert!(interrupted_at >= 3 && names1.len() < 49, "{names1:?}");
+
+        // Resume both on a fresh orchestrator (the old one is gone with its cluster).
+        let [ckpt0, ckpt1] = [&run0, &run1].map(|run| {
+            let ckpt = run.join("checkpoints").join(&name);
+            ckpt.to_str().unwrap().to_string()
+        });
+        run_both_to_the_end(
+            &Cluster::start(dir.path()),
+            &long,
+            [&["--resume", &ckpt0], &["--resume", &ckpt1]],
+            "resumed",
+        );
+        end_as_an_uninterrupted_run(dir.path(), &long, [&run0, &run1]);
     });
-    run_both_to_the_end(
-        &Cluster::start(dir.path()),
-        &long,
-        [&["--resume", &ckpt0], &["--resume", &ckpt1]],
-        "resumed",
-    );
-    end_as_an_uninterrupted_run(dir.path(), &long, [&run0, &run1]);
 }
 
 /// Runs nodes 0 and 1 (each with its `extra` arguments) until they end, which must be
@@ -623,53 +675,55 @@ fn wait_for_checkpoints(runs: &Path, n: usize, run: &mut Running) {
 /// end byte-identical to an uninterrupted two-node run.
 #[test]
 fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    let config = ticks_config(dir.path());
-    {
-        let cluster = Cluster::start(dir.path());
-        let a = start(cluster.node(0, &config, &[]));
-        let mut b = start(cluster.node(1, &config, &[]));
-        // The kimg-0 checkpoint and the first tick's.
-        wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
-        interrupt(&b);
-        let (out_b, _) = finish(b, Duration::from_secs(60), "interrupted node 1");
-        let (out_a, _) = finish(a, Duration::from_secs(60), "node 0 after node 1's Ctrl-C");
-        let (said_a, said_b) = (text(&out_a), text(&out_b));
-        let both = both_said([&out_a, &out_b]);
-        assert_eq!(out_b.status.code(), Some(130), "{both}");
-        assert_eq!(out_a.status.code(), Some(0), "{both}");
-        for said in [&said_a, &said_b] {
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        let config = ticks_config(dir.path());
+        {
+            let cluster = Cluster::start(dir.path());
+            let a = start(cluster.node(0, &config, &[]));
+            let mut b = start(cluster.node(1, &config, &[]));
+            // The kimg-0 checkpoint and the first tick's.
+            wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
+            interrupt(&b);
+            let (out_b, _) = finish(b, Duration::from_secs(60), "interrupted node 1");
+            let (out_a, _) = finish(a, Duration::from_secs(60), "node 0 after node 1's Ctrl-C");
+            let (said_a, said_b) = (text(&out_a), text(&out_b));
+            let both = both_said([&out_a, &out_b]);
+            assert_eq!(out_b.status.code(), Some(130), "{both}");
+            assert_eq!(out_a.status.code(), Some(0), "{both}");
+            for said in [&said_a, &said_b] {
+                assert!(
+                    said.contains("stopped early; continue with")
+                        && said.contains("on every other node its own run folder's"),
+                    "{said}"
+                );
+                assert!(!said.contains("' panicked at"), "{said}");
+            }
+            let log = std::fs::read_to_string(first_run(&dir.path().join("runs0")).join("log.txt"));
             assert!(
-                said.contains("stopped early; continue with")
-                    && said.contains("on every other node its own run folder's"),
-                "{said}"
+                log.unwrap().contains("another node asked to stop"),
+                "node 0's log does not say why it stopped"
             );
-            assert!(!said.contains("' panicked at"), "{said}");
         }
-        let log = std::fs::read_to_string(first_run(&dir.path().join("runs0")).join("log.txt"));
-        assert!(
-            log.unwrap().contains("another node asked to stop"),
-            "node 0's log does not say why it stopped"
+        let (run0, run1) = (
+            first_run(&dir.path().join("runs0")),
+            first_run(&dir.path().join("runs1")),
         );
-    }
-    let (run0, run1) = (
-        first_run(&dir.path().join("runs0")),
-        first_run(&dir.path().join("runs1")),
-    );
-    let (c0, c1) = (checkpoints(&run0), checkpoints(&run1));
-    let (stop0, stop1) = (c0.last().unwrap(), c1.last().unwrap());
-    assert_eq!(stop0.file_name(), stop1.file_name(), "{c0:?}\n{c1:?}");
-    assert!(weights(stop0) == weights(stop1));
-    // Both resume from their own run folders and finish as an uninterrupted run does.
-    let [r0, r1] = [&run0, &run1].map(|run| run.to_str().unwrap().to_string());
-    run_both_to_the_end(
-        &Cluster::start(dir.path()),
-        &config,
-        [&["--resume", &r0], &["--resume", &r1]],
-        "resumed",
-    );
-    end_as_an_uninterrupted_run(dir.path(), &config, [&run0, &run1]);
+        let (c0, c1) = (checkpoints(&run0), checkpoints(&run1));
+        let (stop0, stop1) = (c0.last().unwrap(), c1.last().unwrap());
+        assert_eq!(stop0.file_name(), stop1.file_name(), "{c0:?}\n{c1:?}");
+        assert!(weights(stop0) == weights(stop1));
+        // Both resume from their own run folders and finish as an uninterrupted run does.
+        let [r0, r1] = [&run0, &run1].map(|run| run.to_str().unwrap().to_string());
+        run_both_to_the_end(
+            &Cluster::start(dir.path()),
+            &config,
+            [&["--resume", &r0], &["--resume", &r1]],
+            "resumed",
+        );
+        end_as_an_uninterrupted_run(dir.path(), &config, [&run0, &run1]);
+    });
 }
 
 /// In a ring of three, node 1 is killed (SIGKILL) mid-run. Node 2, which receives from it,
@@ -677,110 +731,116 @@ fn ctrl_c_on_one_node_stops_every_node_at_the_same_step() {
 /// dead node to take its slice, finds it gone itself). Both name node 1 alone, not node 2 too.
 #[test]
 fn a_node_killed_in_a_ring_of_three_is_named_alone_by_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    dataset(dir.path(), "node2");
-    let config = dir.path().join("three.toml");
-    std::fs::write(
-        &config,
-        CONFIG
-            .replace("total_kimg = 0.048", "total_kimg = 0.384")
-            .replace("minibatch_default = 4", "minibatch_default = 6"),
-    )
-    .unwrap();
-    let cluster = Cluster::of(dir.path(), 3);
-    let a = start(cluster.node(0, &config, &[]));
-    let mut b = start(cluster.node(1, &config, &[]));
-    let c = start(cluster.node(2, &config, &[]));
-    wait_for_checkpoints(&dir.path().join("runs1"), 3, &mut b);
-    b.child.kill().unwrap();
-    let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
-    let (out_c, _) = finish(c, Duration::from_secs(90), "node 2 after node 1 was killed");
-    let (out_a, _) = finish(a, Duration::from_secs(90), "node 0 after node 1 was killed");
-    let said = said_by(&[(0, &out_a), (1, &out_b), (2, &out_c)]);
-    assert!(!text(&out_b).contains("finished at"), "{said}");
-    assert_eq!(out_c.status.code(), Some(2), "{said}");
-    assert!(text(&out_c).contains("lost node 1 (127.0.0.1:"), "{said}");
-    assert_eq!(out_a.status.code(), Some(2), "{said}");
-    let said_a = text(&out_a);
-    assert!(
-        said_a.contains("node 2 stopped because of the loss of node 1 (127.0.0.1:")
-            || said_a.contains("lost node 1 (127.0.0.1:"),
-        "{said}"
-    );
-    for out in [&out_a, &out_c] {
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        dataset(dir.path(), "node2");
+        let config = dir.path().join("three.toml");
+        std::fs::write(
+            &config,
+            CONFIG
+                .replace("total_kimg = 0.048", "total_kimg = 0.384")
+                .replace("minibatch_default = 4", "minibatch_default = 6"),
+        )
+        .unwrap();
+        let cluster = Cluster::of(dir.path(), 3);
+        let a = start(cluster.node(0, &config, &[]));
+        let mut b = start(cluster.node(1, &config, &[]));
+        let c = start(cluster.node(2, &config, &[]));
+        wait_for_checkpoints(&dir.path().join("runs1"), 3, &mut b);
+        b.child.kill().unwrap();
+        let (out_b, _) = finish(b, Duration::from_secs(30), "killed node 1");
+        let (out_c, _) = finish(c, Duration::from_secs(90), "node 2 after node 1 was killed");
+        let (out_a, _) = finish(a, Duration::from_secs(90), "node 0 after node 1 was killed");
+        let said = said_by(&[(0, &out_a), (1, &out_b), (2, &out_c)]);
+        assert!(!text(&out_b).contains("finished at"), "{said}");
+        assert_eq!(out_c.status.code(), Some(2), "{said}");
+        assert!(text(&out_c).contains("lost node 1 (127.0.0.1:"), "{said}");
+        assert_eq!(out_a.status.code(), Some(2), "{said}");
+        let said_a = text(&out_a);
         assert!(
-            !text(out).contains("not every node named here failed"),
+            said_a.contains("node 2 stopped because of the loss of node 1 (127.0.0.1:")
+                || said_a.contains("lost node 1 (127.0.0.1:"),
             "{said}"
         );
-        assert!(!text(out).contains("' panicked at"), "{said}");
-    }
+        for out in [&out_a, &out_c] {
+            assert!(
+                !text(out).contains("not every node named here failed"),
+                "{said}"
+            );
+            assert!(!text(out).contains("' panicked at"), "{said}");
+        }
+    });
 }
 
 /// `--stop-after-kimg` on node 1 only, inside a tick: both nodes stop at that step (exit 0),
 /// with checkpoints of identical weights that keep the tick's part.
 #[test]
 fn a_stop_asked_by_one_node_inside_a_tick_stops_every_node_there() {
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    // 44 images is the 11th step, inside the second tick.
-    let config = ticks_config(dir.path());
-    let cluster = Cluster::start(dir.path());
-    let a = start(cluster.node(0, &config, &[]));
-    let b = start(cluster.node(1, &config, &["--stop-after-kimg", "0.044"]));
-    let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
-    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
-    for (rank, out) in [(0, &out_a), (1, &out_b)] {
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "node {rank}\n{}",
-            both_said([&out_a, &out_b])
-        );
-    }
-    let runs: Vec<PathBuf> = (0..2)
-        .map(|r| first_run(&dir.path().join(format!("runs{r}"))))
-        .collect();
-    let log = std::fs::read_to_string(runs[0].join("log.txt")).unwrap();
-    assert!(log.contains("another node asked to stop"), "{log}");
-    let stops: Vec<PathBuf> = runs
-        .iter()
-        .map(|r| checkpoints(r).last().unwrap().clone())
-        .collect();
-    for stop in &stops {
-        assert!(stop.ends_with("ckpt-000000000044"), "{}", stop.display());
-        let state: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(stop.join("state.json")).unwrap())
-                .unwrap();
-        assert!(!state["open_tick"].is_null(), "{state}");
-    }
-    assert!(weights(&stops[0]) == weights(&stops[1]));
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        // 44 images is the 11th step, inside the second tick.
+        let config = ticks_config(dir.path());
+        let cluster = Cluster::start(dir.path());
+        let a = start(cluster.node(0, &config, &[]));
+        let b = start(cluster.node(1, &config, &["--stop-after-kimg", "0.044"]));
+        let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+        for (rank, out) in [(0, &out_a), (1, &out_b)] {
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "node {rank}\n{}",
+                both_said([&out_a, &out_b])
+            );
+        }
+        let runs: Vec<PathBuf> = (0..2)
+            .map(|r| first_run(&dir.path().join(format!("runs{r}"))))
+            .collect();
+        let log = std::fs::read_to_string(runs[0].join("log.txt")).unwrap();
+        assert!(log.contains("another node asked to stop"), "{log}");
+        let stops: Vec<PathBuf> = runs
+            .iter()
+            .map(|r| checkpoints(r).last().unwrap().clone())
+            .collect();
+        for stop in &stops {
+            assert!(stop.ends_with("ckpt-000000000044"), "{}", stop.display());
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(stop.join("state.json")).unwrap())
+                    .unwrap();
+            assert!(!state["open_tick"].is_null(), "{state}");
+        }
+        assert!(weights(&stops[0]) == weights(&stops[1]));
+    });
 }
 
 /// A finished two-node run resumed on both nodes: both say so and exit 0 at once (one used to
 /// wait for the other's gradient ring until the join timeout, then blame it).
 #[test]
 fn a_finished_run_resumed_on_every_node_ends_at_once_on_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
-    let cluster = Cluster::start(dir.path());
-    run_both_to_the_end(&cluster, &config, [&[], &[]], "the run");
-    let resume = |rank: usize| {
-        let run = first_run(&dir.path().join(format!("runs{rank}")));
-        start(cluster.node(rank, &config, &["--resume", run.to_str().unwrap()]))
-    };
-    let (a, b) = (resume(0), resume(1));
-    let (out_a, took_a) = finish(a, Duration::from_secs(120), "node 0");
-    let (out_b, took_b) = finish(b, Duration::from_secs(120), "node 1");
-    let said = both_said([&out_a, &out_b]);
-    for out in [&out_a, &out_b] {
-        assert_eq!(out.status.code(), Some(0), "{said}");
-    }
-    // Well inside the nodes' 60-second join timeout.
-    assert!(
-        took_a < Duration::from_secs(30) && took_b < Duration::from_secs(30),
-        "{took_a:?} {took_b:?}\n{said}"
-    );
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let cluster = Cluster::start(dir.path());
+        run_both_to_the_end(&cluster, &config, [&[], &[]], "the run");
+        let resume = |rank: usize| {
+            let run = first_run(&dir.path().join(format!("runs{rank}")));
+            start(cluster.node(rank, &config, &["--resume", run.to_str().unwrap()]))
+        };
+        let (a, b) = (resume(0), resume(1));
+        let (out_a, took_a) = finish(a, Duration::from_secs(120), "node 0");
+        let (out_b, took_b) = finish(b, Duration::from_secs(120), "node 1");
+        let said = both_said([&out_a, &out_b]);
+        for out in [&out_a, &out_b] {
+            assert_eq!(out.status.code(), Some(0), "{said}");
+        }
+        // Well inside the nodes' 60-second join timeout.
+        assert!(
+            took_a < Duration::from_secs(30) && took_b < Duration::from_secs(30),
+            "{took_a:?} {took_b:?}\n{said}"
+        );
+    });
 }
 
 /// A dataset written in place on one node: that node stops naming its file, the other stops
@@ -788,50 +848,52 @@ fn a_finished_run_resumed_on_every_node_ends_at_once_on_each() {
 /// after the change: both runs end at the same checkpoint.
 #[test]
 fn a_dataset_changed_on_one_node_stops_every_node_before_a_checkpoint_of_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
-    let cluster = Cluster::start(dir.path());
-    let long = ["--total-kimg", "1000"];
-    let a = start(cluster.node(0, &config, &long));
-    let mut b = start(cluster.node(1, &config, &long));
-    wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
-    let data = dir.path().join("node1.pgan");
-    let at = {
-        let reader = pgan_data::PyramidReader::open(&data).unwrap();
-        let level = reader.header().levels.iter().find(|l| l.resolution == 4);
-        level.unwrap().offset
-    };
-    {
-        use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&data)
-            .unwrap();
-        let mut byte = [0u8];
-        file.seek(SeekFrom::Start(at)).unwrap();
-        file.read_exact(&mut byte).unwrap();
-        file.seek(SeekFrom::Start(at)).unwrap();
-        file.write_all(&[!byte[0]]).unwrap();
-    }
-    let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
-    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
-    let said = both_said([&out_a, &out_b]);
-    assert_eq!(out_b.status.code(), Some(2), "{said}");
-    assert!(
-        text(&out_b).contains("written in place while training"),
-        "{said}"
-    );
-    assert_eq!(out_a.status.code(), Some(2), "{said}");
-    assert!(
-        text(&out_a).contains("node 1 found its dataset changed under the run"),
-        "{said}"
-    );
-    assert_eq!(
-        newest_checkpoint(dir.path(), 0),
-        newest_checkpoint(dir.path(), 1),
-        "{said}"
-    );
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let cluster = Cluster::start(dir.path());
+        let long = ["--total-kimg", "1000"];
+        let a = start(cluster.node(0, &config, &long));
+        let mut b = start(cluster.node(1, &config, &long));
+        wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
+        let data = dir.path().join("node1.pgan");
+        let at = {
+            let reader = pgan_data::PyramidReader::open(&data).unwrap();
+            let level = reader.header().levels.iter().find(|l| l.resolution == 4);
+            level.unwrap().offset
+        };
+        {
+            use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&data)
+                .unwrap();
+            let mut byte = [0u8];
+            file.seek(SeekFrom::Start(at)).unwrap();
+            file.read_exact(&mut byte).unwrap();
+            file.seek(SeekFrom::Start(at)).unwrap();
+            file.write_all(&[!byte[0]]).unwrap();
+        }
+        let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+        let said = both_said([&out_a, &out_b]);
+        assert_eq!(out_b.status.code(), Some(2), "{said}");
+        assert!(
+            text(&out_b).contains("written in place while training"),
+            "{said}"
+        );
+        assert_eq!(out_a.status.code(), Some(2), "{said}");
+        assert!(
+            text(&out_a).contains("node 1 found its dataset changed under the run"),
+            "{said}"
+        );
+        assert_eq!(
+            newest_checkpoint(dir.path(), 0),
+            newest_checkpoint(dir.path(), 1),
+            "{said}"
+        );
+    });
 }
 
 /// A node that cannot write its outputs (its samples folder made a file: a stand-in for a full
@@ -839,33 +901,35 @@ fn a_dataset_changed_on_one_node_stops_every_node_before_a_checkpoint_of_it() {
 /// 1"), and removes its checkpoint of that tick: both runs end at the same checkpoint.
 #[test]
 fn a_node_that_cannot_write_its_outputs_stops_every_node_at_a_common_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
-    let cluster = Cluster::start(dir.path());
-    let long = ["--total-kimg", "1000"];
-    let a = start(cluster.node(0, &config, &long));
-    let mut b = start(cluster.node(1, &config, &long));
-    wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
-    let samples = first_run(&dir.path().join("runs1")).join("samples");
-    // A rename, not a removal: a sheet being written now lands in the moved folder.
-    std::fs::rename(&samples, samples.with_file_name("samples-moved")).unwrap();
-    std::fs::write(&samples, b"not a folder").unwrap();
-    let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
-    let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
-    let said = both_said([&out_a, &out_b]);
-    assert_eq!(out_b.status.code(), Some(2), "{said}");
-    assert!(text(&out_b).contains("samples"), "{said}");
-    assert_eq!(out_a.status.code(), Some(2), "{said}");
-    assert!(
-        text(&out_a).contains("node 1 could not write its outputs of the tick"),
-        "{said}"
-    );
-    assert!(!text(&out_a).contains("lost"), "{said}");
-    assert_eq!(
-        newest_checkpoint(dir.path(), 0),
-        newest_checkpoint(dir.path(), 1),
-        "{said}"
-    );
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let cluster = Cluster::start(dir.path());
+        let long = ["--total-kimg", "1000"];
+        let a = start(cluster.node(0, &config, &long));
+        let mut b = start(cluster.node(1, &config, &long));
+        wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
+        let samples = first_run(&dir.path().join("runs1")).join("samples");
+        // A rename, not a removal: a sheet being written now lands in the moved folder.
+        std::fs::rename(&samples, samples.with_file_name("samples-moved")).unwrap();
+        std::fs::write(&samples, b"not a folder").unwrap();
+        let (out_a, _) = finish(a, Duration::from_secs(120), "node 0");
+        let (out_b, _) = finish(b, Duration::from_secs(120), "node 1");
+        let said = both_said([&out_a, &out_b]);
+        assert_eq!(out_b.status.code(), Some(2), "{said}");
+        assert!(text(&out_b).contains("samples"), "{said}");
+        assert_eq!(out_a.status.code(), Some(2), "{said}");
+        assert!(
+            text(&out_a).contains("node 1 could not write its outputs of the tick"),
+            "{said}"
+        );
+        assert!(!text(&out_a).contains("lost"), "{said}");
+        assert_eq!(
+            newest_checkpoint(dir.path(), 0),
+            newest_checkpoint(dir.path(), 1),
+            "{said}"
+        );
+    });
 }
 
 /// Ctrl-C while a node waits for the others to join ends it at once with exit 130 and says
@@ -1102,67 +1166,71 @@ fn a_node_address_that_does_not_resolve_is_refused_at_the_start() {
 /// with different datasets are refused too.
 #[test]
 fn nodes_with_different_configs_or_datasets_are_refused_at_the_join() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path());
-    let cluster = Cluster::start(dir.path());
-    let a = start(cluster.node(0, &config, &[]));
-    let b = start(cluster.node(1, &config, &["--lr", "0.002"]));
-    for (rank, child) in [(0, a), (1, b)] {
-        let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
-        let said = text(&out);
-        assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
-        assert!(
-            said.contains(
-                "join check refused the run: the config differs between the nodes: node 0 (hash"
-            ) && said.contains("fix it and start every node again")
-                // The keys that differ, with each node's value, travelled in the join.
-                && said.contains("), in ")
-                && said.contains("schedule.lr_default (")
-                && said.contains("0.002 on node 1"),
-            "node {rank}:\n{said}"
-        );
-        // Nothing was trained: the run folder the start made is gone, and it says so.
-        assert!(
-            said.contains("made by this start is removed"),
-            "node {rank}:\n{said}"
-        );
-        let runs = dir.path().join(format!("runs{rank}"));
-        let left: Vec<_> = std::fs::read_dir(&runs)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "node {rank} left {left:?}");
-    }
-    // Both left the orchestrator when refused: the corrected nodes join on the same one.
-    run_both_to_the_end(&cluster, &config, [&[], &[]], "corrected");
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path());
+        let cluster = Cluster::start(dir.path());
+        let a = start(cluster.node(0, &config, &[]));
+        let b = start(cluster.node(1, &config, &["--lr", "0.002"]));
+        for (rank, child) in [(0, a), (1, b)] {
+            let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
+            let said = text(&out);
+            assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
+            assert!(
+                said.contains(
+                    "join check refused the run: the config differs between the nodes: node 0 (hash"
+                ) && said.contains("fix it and start every node again")
+                    // The keys that differ, with each node's value, travelled in the join.
+                    && said.contains("), in ")
+                    && said.contains("schedule.lr_default (")
+                    && said.contains("0.002 on node 1"),
+                "node {rank}:\n{said}"
+            );
+            // Nothing was trained: the run folder the start made is gone, and it says so.
+            assert!(
+                said.contains("made by this start is removed"),
+                "node {rank}:\n{said}"
+            );
+            let runs = dir.path().join(format!("runs{rank}"));
+            let left: Vec<_> = std::fs::read_dir(&runs)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "node {rank} left {left:?}");
+        }
+        // Both left the orchestrator when refused: the corrected nodes join on the same one.
+        run_both_to_the_end(&cluster, &config, [&[], &[]], "corrected");
 
-    // Node 1's copy of the dataset holds other images.
-    let other = dir.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    let images = other.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for k in 0..8u32 {
-        image::RgbImage::from_fn(8, 8, |x, _| image::Rgb([(k * 7 + x) as u8, 3, 200]))
-            .save(images.join(format!("{k}.png")))
+        // Node 1's copy of the dataset holds other images.
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let images = other.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        for k in 0..8u32 {
+            image::RgbImage::from_fn(8, 8, |x, _| image::Rgb([(k * 7 + x) as u8, 3, 200]))
+                .save(images.join(format!("{k}.png")))
+                .unwrap();
+        }
+        let out = pgan()
+            .args(["prepare", "--resolution", "8", "--quiet"])
+            .arg(&images)
+            .arg(dir.path().join("node1.pgan"))
+            .arg("--force")
+            .output()
             .unwrap();
-    }
-    let out = pgan()
-        .args(["prepare", "--resolution", "8", "--quiet"])
-        .arg(&images)
-        .arg(dir.path().join("node1.pgan"))
-        .arg("--force")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let cluster = Cluster::start(dir.path());
-    let a = start(cluster.node(0, &config, &[]));
-    let b = start(cluster.node(1, &config, &[]));
-    for (rank, child) in [(0, a), (1, b)] {
-        let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
-        let said = text(&out);
-        assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
-        assert!(
-            said.contains("the dataset differs between the nodes: node 0 (8 images, fingerprint"),
-            "node {rank}:\n{said}"
-        );
-    }
+        assert!(out.status.success(), "{}", text(&out));
+        let cluster = Cluster::start(dir.path());
+        let a = start(cluster.node(0, &config, &[]));
+        let b = start(cluster.node(1, &config, &[]));
+        for (rank, child) in [(0, a), (1, b)] {
+            let (out, _) = finish(child, Duration::from_secs(60), "a refused node");
+            let said = text(&out);
+            assert_eq!(out.status.code(), Some(2), "node {rank}:\n{said}");
+            assert!(
+                said.contains(
+                    "the dataset differs between the nodes: node 0 (8 images, fingerprint"
+                ),
+                "node {rank}:\n{said}"
+            );
+        }
+    });
 }

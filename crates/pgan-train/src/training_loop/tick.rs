@@ -343,9 +343,18 @@ impl<B: AutodiffBackend> Trainer<B> {
             .run_dir
             .join(SAMPLES_DIR)
             .join(crate::run_dir::sample_sheet_name(self.state.tick));
-        // A `samples` folder removed while the run goes on is made again.
-        crate::run_dir::ensure_samples_dir(&self.run_dir)?;
-        save_own_png(&sheet, &path)?;
+        // A `samples` folder removed while the run goes on is made again, also when it goes
+        // between the look and the write (a user's `rm -r` of it is not one call).
+        let mut attempt = 1;
+        loop {
+            crate::run_dir::ensure_samples_dir(&self.run_dir)?;
+            match save_own_png(&sheet, &path) {
+                Err(_) if attempt < 5 && !crate::run_dir::samples_dir_exists(&self.run_dir) => {
+                    attempt += 1;
+                }
+                saved => break saved?,
+            }
+        }
         self.latest_sample = Some(path);
         Ok(())
     }
