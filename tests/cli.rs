@@ -662,13 +662,23 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
         text(&out)
     );
 
+    // Past wherever the stop came (a loaded machine may take a few ticks to deliver it).
+    let stopped_at: u64 = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_prefix("ckpt-")?.parse().ok()
+        })
+        .max()
+        .unwrap();
+    let total_kimg = format!("{}", (stopped_at + 32) as f64 / 1000.0);
     let out = run_ok(
         pgan()
             .args([
                 "train",
                 "--no-progress",
                 "--total-kimg",
-                "0.064",
+                &total_kimg,
                 "--resume",
             ])
             .arg(&run),
@@ -676,6 +686,54 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     assert!(out.contains("checkpoint"), "{out}");
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("resumed") && log.contains("finished"), "{log}");
+}
+
+/// An alarm raised every tick is counted in every row, and said in the log when raised and
+/// every tenth tick after, not each tick.
+#[test]
+fn a_tick_alarm_that_holds_is_counted_every_tick_and_said_every_tenth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = tiny_dataset_and_config(dir.path());
+    let config = dir.path().join("alarmed.toml");
+    // Any gap between D's scores exceeds this limit: the divergence alarm holds all run.
+    std::fs::write(&config, format!("{CONFIG}[alarms]\nmax_d_gap = 1e-9\n")).unwrap();
+    let runs = dir.path().join("runs");
+    run_ok(
+        pgan()
+            .args([
+                "train",
+                "--no-progress",
+                "--total-kimg",
+                "0.192",
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(&runs),
+    );
+    let run = first_run(&runs);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let counts: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|row| row.get("tick").is_some())
+        .map(|row| row["Alarm/count"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(counts.len(), 12, "{metrics}");
+    assert!(counts.iter().all(|&c| c >= 1), "{counts:?}");
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("alarm: D(real) - D(fake)"))
+        .collect();
+    assert_eq!(said.len(), 2, "{log}");
+    assert!(!said[0].contains("still raised"), "{log}");
+    assert!(
+        said[1].ends_with("[still raised: 10 ticks in a row]"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -693,12 +693,22 @@ pub(crate) fn fit(pixels: &[u8], w: usize, h: usize, t: &Target) -> Loaded {
             // Scaled size of each side, at least one pixel.
             let scaled = |s: usize| ((s * res + long / 2) / long).clamp(1, res);
             let (nw, nh) = (scaled(w), scaled(h));
-            let inner = resample(pixels, w, c, Rect { x: 0, y: 0, w, h }, nw, nh);
+            let mut inner = resample(pixels, w, c, Rect { x: 0, y: 0, w, h }, nw, nh);
             let fill: Vec<u8> = if c == 1 {
                 vec![background_luma(t.background)]
             } else {
                 t.background.to_vec()
             };
+            // A short side that scales below one pixel (a 1000x2 strip at 16) is still given
+            // one, blended into the background by the part of it the image covers: the strip
+            // keeps its weight instead of becoming a full-strength line.
+            let covered = (w.min(h) * res) as f64 / long as f64;
+            if covered < 1.0 {
+                for (value, bg) in inner.iter_mut().zip(fill.iter().cycle()) {
+                    let (v, b) = (f64::from(*value), f64::from(*bg));
+                    *value = (b + (v - b) * covered).round().clamp(0.0, 255.0) as u8;
+                }
+            }
             let mut top: Vec<u8> = fill.iter().copied().cycle().take(res * res * c).collect();
             let (x0, y0) = ((res - nw) / 2, (res - nh) / 2);
             for (y, row) in inner.chunks_exact(nw * c).enumerate() {
@@ -1223,6 +1233,28 @@ pub(crate) mod tests {
         assert_eq!(at(3, 7), &[0, 0, 255]);
         assert_eq!(at(3, 3), &[255, 255, 255]);
         assert!(!l.upscaled);
+    }
+
+    #[test]
+    fn a_strip_thinner_than_a_pixel_after_padding_keeps_its_weight() {
+        // 1000x2 white on black at 16: 0.032 of a pixel high, one row at 0.032 of full white
+        // (not a full-strength line); grey on blue blends towards the blue.
+        let mut t = target(16, 3, Fit::Pad);
+        let l = fit(&vec![255u8; 1000 * 2 * 3], 1000, 2, &t);
+        let row = |y: usize| &l.top[y * 16 * 3..(y + 1) * 16 * 3];
+        assert!(row(7).iter().all(|&v| v == 8), "{:?}", row(7));
+        assert!((0..16)
+            .filter(|&y| y != 7)
+            .all(|y| row(y).iter().all(|&v| v == 0)));
+        t.background = [0, 0, 255];
+        let l = fit(&vec![128u8; 3 * 400 * 3], 3, 400, &t);
+        assert_eq!(
+            &l.top[(5 * 16 + 7) * 3..(5 * 16 + 7) * 3 + 3],
+            &[15, 15, 240]
+        );
+        // A side of a pixel or more is as before.
+        let l = fit(&[255u8; 16 * 3], 16, 1, &target(16, 3, Fit::Pad));
+        assert!(l.top[7 * 16 * 3..8 * 16 * 3].iter().all(|&v| v == 255));
     }
 
     #[test]

@@ -418,6 +418,13 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
     };
     let unreadable =
         |e: io::Error| not_a_report(format!("unreadable ({e}), not a pgan prepare report"));
+    // A link there is the user's, wherever it leads (a dangling one too): the rename would
+    // replace it.
+    if std::fs::symlink_metadata(&report).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(not_a_report(
+            "a symbolic link, not a pgan prepare report (only regular files are replaced)".into(),
+        ));
+    }
     match open_regular(&report) {
         Ok((file, _)) => {
             let mut head = Vec::new();
@@ -1464,13 +1471,20 @@ mod tests {
             e.contains("q.pgan.report.txt exists and is a FIFO, not a pgan prepare report"),
             "{e}"
         );
-        std::fs::remove_file(&report).unwrap();
-        std::os::unix::fs::symlink("/dev/zero", &report).unwrap();
-        let e = prepare(&PrepareOptions::new(input.path(), &out_path, 8))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("is a character device, not a pgan"), "{e}");
-        assert!(!out_path.exists());
+        // A link, to a device or to nowhere, is the user's: refused, not read and not replaced.
+        for target in ["/dev/zero", "/nonexistent/notes.txt"] {
+            std::fs::remove_file(&report).unwrap();
+            std::os::unix::fs::symlink(target, &report).unwrap();
+            let e = prepare(&PrepareOptions::new(input.path(), &out_path, 8))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("is a symbolic link, not a pgan"),
+                "{target}: {e}"
+            );
+            assert!(!out_path.exists());
+            assert_eq!(std::fs::read_link(&report).unwrap(), Path::new(target));
+        }
     }
 
     /// A subfolder that cannot be listed (here: its path is longer than the system takes,

@@ -67,41 +67,41 @@ impl Alarms {
     /// of this run. The second does not depend on the networks' or the loss's scale: a
     /// saturated loss shrinks the gradient by orders of magnitude from wherever it was, while
     /// healthy runs stay within a small factor of their peak.
-    pub fn check_tick(&self, tick: &TickStats, memory: &mut GradientMemory) -> Vec<String> {
+    pub fn check_tick(&self, tick: &TickStats, memory: &mut GradientMemory) -> Vec<TickAlarm> {
         let c = &self.config;
         let mut out = Vec::new();
         if let (Some(real), Some(fake)) = (tick.mean(key::D_REAL), tick.mean(key::D_FAKE)) {
             let gap = real - fake;
             if gap > c.max_d_gap {
-                out.push(format!(
+                out.push(TickAlarm::divergence(format!(
                     "D(real) - D(fake) = {gap:.1} exceeds {}: the discriminator is overpowering \
                      the generator (divergence); {}",
                     c.max_d_gap, self.divergence_remedy
-                ));
+                )));
             } else if gap < -c.max_d_gap {
-                out.push(format!(
+                out.push(TickAlarm::divergence(format!(
                     "D(real) - D(fake) = {gap:.1} is below -{}: the discriminator scores the \
                      fakes far above the reals (divergence); {}",
                     c.max_d_gap, self.divergence_remedy
-                ));
+                )));
             }
         }
         if let Some(norm) = tick.mean(key::GRAD_G_NORM) {
             let peak = memory.g_norm_peak;
             if norm < c.min_g_grad_norm {
-                out.push(format!(
+                out.push(TickAlarm::vanishing(format!(
                     "generator gradient norm {norm:.2e} is below {:.0e}: vanishing gradients, \
                      G has stopped learning{}",
                     c.min_g_grad_norm, self.vanishing_remedy
-                ));
+                )));
             } else if let Some(peak) = peak.filter(|&p| norm < p * c.min_g_grad_ratio) {
-                out.push(format!(
+                out.push(TickAlarm::vanishing(format!(
                     "generator gradient norm {norm:.2e} is {:.0e} of this run's peak {peak:.2e} \
                      (below {}): vanishing gradients, G has stopped learning (D rejects the \
                      fakes so surely that the loss saturates; wgan-gp and logistic-r1 do not)",
                     norm / peak,
                     c.min_g_grad_ratio
-                ));
+                )));
             }
             if norm.is_finite() {
                 memory.g_norm_peak = Some(peak.map_or(norm, |p| p.max(norm)));
@@ -184,6 +184,105 @@ impl Alarms {
             .into_iter()
             .map(|sign| format!("{sign} [{streak} evaluations in a row]"))
             .collect()
+    }
+}
+
+/// One of the failure modes a tick's averages are judged for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TickAlarmKind {
+    /// D(real) − D(fake) beyond `max_d_gap`, either way.
+    Divergence,
+    /// The generator's gradient norm below the floor or far below its peak.
+    VanishingGradients,
+}
+
+impl TickAlarmKind {
+    fn name(self) -> &'static str {
+        match self {
+            TickAlarmKind::Divergence => "divergence",
+            TickAlarmKind::VanishingGradients => "vanishing gradients",
+        }
+    }
+}
+
+/// An alarm a tick raised: which failure mode, and what it says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TickAlarm {
+    /// The failure mode.
+    pub kind: TickAlarmKind,
+    /// What the log says (the figures, the threshold, the advice).
+    pub message: String,
+}
+
+impl TickAlarm {
+    fn divergence(message: String) -> Self {
+        Self {
+            kind: TickAlarmKind::Divergence,
+            message,
+        }
+    }
+
+    fn vanishing(message: String) -> Self {
+        Self {
+            kind: TickAlarmKind::VanishingGradients,
+            message,
+        }
+    }
+}
+
+/// How often an alarm raised tick after tick is said again in the log.
+pub const REMIND_EVERY_TICKS: u64 = 10;
+
+/// What the log says of the tick alarms: one that holds tick after tick is said when it is
+/// first raised, again every [`REMIND_EVERY_TICKS`] ticks with how long it has held, and once
+/// when it clears, so a run's log is not the same warning a thousand times (every tick's alarms
+/// are still counted in its `metrics.jsonl` row). Not in the checkpoint: a resumed session says
+/// a raised alarm afresh.
+#[derive(Debug, Default)]
+pub struct AlarmEcho {
+    /// The raised alarms, and how many ticks in a row each has been.
+    held: BTreeMap<TickAlarmKind, u64>,
+}
+
+/// A line [`AlarmEcho`] has the log say.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlarmLine {
+    /// An alarm raised (first, or a reminder).
+    Raised(String),
+    /// An alarm that held until the tick before this one.
+    Cleared(String),
+}
+
+impl AlarmEcho {
+    /// The lines for one tick's `raised` alarms.
+    pub fn lines(&mut self, raised: &[TickAlarm]) -> Vec<AlarmLine> {
+        let mut out = Vec::new();
+        let held = std::mem::take(&mut self.held);
+        for (kind, ticks) in &held {
+            if !raised.iter().any(|a| a.kind == *kind) {
+                out.push(AlarmLine::Cleared(format!(
+                    "{} alarm cleared: it held {ticks} tick{} in a row",
+                    kind.name(),
+                    if *ticks == 1 { "" } else { "s" }
+                )));
+            }
+        }
+        for alarm in raised {
+            if self.held.contains_key(&alarm.kind) {
+                continue; // one line per kind (the checks raise at most one of each)
+            }
+            let ticks = held.get(&alarm.kind).map_or(1, |t| t + 1);
+            self.held.insert(alarm.kind, ticks);
+            if ticks == 1 {
+                out.push(AlarmLine::Raised(alarm.message.clone()));
+            } else if ticks.is_multiple_of(REMIND_EVERY_TICKS) {
+                out.push(AlarmLine::Raised(format!(
+                    "{} [still raised: {ticks} ticks in a row]",
+                    alarm.message
+                )));
+            }
+        }
+        out
     }
 }
 
@@ -273,8 +372,8 @@ mod tests {
         tick.report("Grad/G/norm", 1e-9);
         let w = alarms.check_tick(&tick, &mut memory);
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[1].contains("below 1e-6"), "{w:?}");
-        assert!(w[0].contains("overpowering"), "{w:?}");
+        assert!(w[1].message.contains("below 1e-6"), "{w:?}");
+        assert!(w[0].message.contains("overpowering"), "{w:?}");
         let mut memory = GradientMemory::default();
         assert!(alarms
             .check_tick(&tick_with_g_norm(0.5), &mut memory)
@@ -286,7 +385,8 @@ mod tests {
         let w = alarms.check_tick(&tick, &mut memory);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            w[0].contains("-170.0 is below -100") && w[0].contains("fakes far above"),
+            w[0].message.contains("-170.0 is below -100")
+                && w[0].message.contains("fakes far above"),
             "{w:?}"
         );
         // The advice is the loss's own: its penalty, or a penalised loss for one without.
@@ -302,10 +402,65 @@ mod tests {
         ] {
             let alarms = Alarms::new(AlarmConfig::default()).for_loss(kind);
             let w = alarms.check_tick(&exploding, &mut GradientMemory::default());
-            assert!(w[0].contains(advice), "{kind:?}: {w:?}");
-            let saturates = w[1].contains("does not saturate");
+            assert!(w[0].message.contains(advice), "{kind:?}: {w:?}");
+            let saturates = w[1].message.contains("does not saturate");
             assert_eq!(saturates, kind == LossKind::Minimax, "{kind:?}: {w:?}");
         }
+    }
+
+    #[test]
+    fn an_alarm_that_holds_is_said_when_raised_every_tenth_tick_and_when_cleared() {
+        let alarms = Alarms::new(AlarmConfig::default());
+        let mut memory = GradientMemory::default();
+        let mut echo = AlarmEcho::default();
+        let exploding = tick_with_d(150.0, -20.0);
+        let mut said = Vec::new();
+        for tick in 1..=25u64 {
+            let raised = alarms.check_tick(&exploding, &mut memory);
+            assert_eq!(raised.len(), 1, "every tick's alarm is counted");
+            said.extend(echo.lines(&raised).into_iter().map(|l| (tick, l)));
+        }
+        let healthy = tick_with_d(1.0, -1.0);
+        said.extend(
+            echo.lines(&alarms.check_tick(&healthy, &mut memory))
+                .into_iter()
+                .map(|l| (26, l)),
+        );
+        let ticks: Vec<u64> = said.iter().map(|(t, _)| *t).collect();
+        assert_eq!(ticks, [1, 10, 20, 26], "{said:?}");
+        let AlarmLine::Raised(first) = &said[0].1 else {
+            panic!("{said:?}")
+        };
+        assert!(
+            first.contains("overpowering") && !first.contains("still"),
+            "{first}"
+        );
+        let AlarmLine::Raised(reminder) = &said[2].1 else {
+            panic!("{said:?}")
+        };
+        assert!(
+            reminder.ends_with("[still raised: 20 ticks in a row]"),
+            "{reminder}"
+        );
+        assert_eq!(
+            said[3].1,
+            AlarmLine::Cleared("divergence alarm cleared: it held 25 ticks in a row".into())
+        );
+        // Raised again later: said afresh; another kind alongside is its own.
+        let mut both = tick_with_d(150.0, -20.0);
+        both.report("Grad/G/norm", 1e-9);
+        let lines = echo.lines(&alarms.check_tick(&both, &mut memory));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines
+            .iter()
+            .all(|l| matches!(l, AlarmLine::Raised(m) if !m.contains("still"))));
+    }
+
+    fn tick_with_d(real: f64, fake: f64) -> TickStats {
+        let mut tick = TickStats::default();
+        tick.report("D/real", real);
+        tick.report("D/fake", fake);
+        tick
     }
 
     #[test]
@@ -322,14 +477,15 @@ mod tests {
         let w = alarms.check_tick(&tick_with_g_norm(4e-3), &mut memory);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            w[0].starts_with("generator gradient norm 4.00e-3 is 8e-4 of this run's peak 5.00e0"),
+            w[0].message
+                .starts_with("generator gradient norm 4.00e-3 is 8e-4 of this run's peak 5.00e0"),
             "{}",
-            w[0]
+            w[0].message
         );
         // Below the floor too: one warning, the absolute one.
         let w = alarms.check_tick(&tick_with_g_norm(1e-8), &mut memory);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("is below 1e-6"), "{w:?}");
+        assert!(w[0].message.contains("is below 1e-6"), "{w:?}");
         // A non-finite tick (rolled back by the trainer) leaves the peak alone.
         alarms.check_tick(&tick_with_g_norm(f64::NAN), &mut memory);
         alarms.check_tick(&tick_with_g_norm(f64::INFINITY), &mut memory);

@@ -153,7 +153,8 @@ pub fn gif_bytes(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<Vec<
     Ok(bytes)
 }
 
-fn image_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
+/// The error of a failed image write to `path`.
+pub(crate) fn image_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Image {
         path: path.to_path_buf(),
         action: "write",

@@ -147,11 +147,6 @@ pub fn ensure_samples_dir(run_dir: &Path) -> Result<()> {
     std::fs::create_dir(&samples).map_err(io_err(&samples, "create"))
 }
 
-/// Whether the run's `samples` folder is there now (an error reading it counts as there).
-pub(crate) fn samples_dir_exists(run_dir: &Path) -> bool {
-    check_samples_dir(run_dir).unwrap_or(true)
-}
-
 /// Whether the run's `samples` folder is there (`false`: absent); anything else there is an
 /// error.
 fn check_samples_dir(run_dir: &Path) -> Result<bool> {

@@ -28,7 +28,7 @@ use pgan_model::ModelConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::alarms::Alarms;
+use crate::alarms::{AlarmEcho, Alarms};
 use crate::backend::{dispatch, BackendJob};
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
@@ -184,6 +184,8 @@ struct Trainer<B: AutodiffBackend> {
     /// The tick in progress: its timers and the values reported so far.
     tick: Tick<B::InnerBackend>,
     alarms: Alarms,
+    /// What the log has said of the tick alarms (one held tick after tick is not said each tick).
+    alarm_echo: AlarmEcho,
     last_checkpoint: Option<PathBuf>,
     latest_sample: Option<PathBuf>,
     rollbacks: u32,
@@ -345,6 +347,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             sample_latents,
             tick: Tick::start(),
             alarms,
+            alarm_echo: AlarmEcho::default(),
             last_checkpoint: None,
             latest_sample: None,
             rollbacks: 0,

@@ -9,11 +9,11 @@ use pgan_spec::metrics as key;
 use serde_json::{Map, Value};
 
 use super::{Tick, Trainer};
-use crate::alarms::EvalPoint;
+use crate::alarms::{AlarmLine, EvalPoint};
 use crate::checkpoint::{self, AbandonedMeasures};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate_generator, EvalSettings, Watch};
-use crate::images::{grid, save_own_png, upscale_cells, HostImages};
+use crate::images::{grid, image_error, png_bytes, upscale_cells, HostImages};
 use crate::run_dir::SAMPLES_DIR;
 use crate::schedule::{Phase, PhaseKind};
 use crate::stats::peak_rss_mib;
@@ -28,22 +28,31 @@ impl<B: AutodiffBackend> Trainer<B> {
         let img_per_s = self.tick.images as f64 / seconds.max(1e-9);
 
         let mut row = self.tick_row(phase, img_per_s);
-        let mut warnings = self
+        let raised = self
             .alarms
             .check_tick(&self.tick.stats, &mut self.state.gradients);
+        // The evaluation's alarms: said whenever raised (they confirm a streak themselves).
+        let mut warnings = Vec::new();
         if self.due(self.config.eval.every_kimg) {
             self.evaluate(phase, &mut row, &mut warnings);
         }
         if self.fid.is_some() && self.due(self.config.eval.fid_every_kimg) {
             self.measure_fid(phase, &mut row);
         }
+        for line in self.alarm_echo.lines(&raised) {
+            match line {
+                AlarmLine::Raised(message) => self.log.warn(format!("alarm: {message}")),
+                AlarmLine::Cleared(message) => self.log.info(message),
+            }
+        }
         for w in &warnings {
             self.log.warn(format!("alarm: {w}"));
         }
-        if !warnings.is_empty() {
-            put(&mut row, key::ALARM_COUNT, warnings.len());
+        let mut messages = raised.iter().map(|a| &a.message).chain(&warnings);
+        if let Some(first) = messages.next() {
+            put(&mut row, key::ALARM_COUNT, raised.len() + warnings.len());
             if let Some(bar) = self.log.bar() {
-                bar.set_prefix(format!("⚠ {}", warnings[0]));
+                bar.set_prefix(format!("⚠ {first}"));
             }
         }
         // On several nodes, one whose outputs fail (a full disk) stops them all at the same
@@ -343,16 +352,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             .run_dir
             .join(SAMPLES_DIR)
             .join(crate::run_dir::sample_sheet_name(self.state.tick));
-        // A `samples` folder removed while the run goes on is made again, also when it goes
-        // between the look and the write (a user's `rm -r` of it is not one call).
+        // A `samples` folder removed while the run goes on is made again, also when it (or the
+        // sheet's temporary file in it) goes between the look and the write: a user's `rm -r`
+        // of it is not one call.
+        let bytes = png_bytes(&sheet, &path)?;
         let mut attempt = 1;
         loop {
             crate::run_dir::ensure_samples_dir(&self.run_dir)?;
-            match save_own_png(&sheet, &path) {
-                Err(_) if attempt < 5 && !crate::run_dir::samples_dir_exists(&self.run_dir) => {
-                    attempt += 1;
-                }
-                saved => break saved?,
+            match crate::fsutil::write_own_atomic(&path, &bytes) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+                written => break written.map_err(|e| image_error(&path, e))?,
             }
         }
         self.latest_sample = Some(path);
