@@ -914,6 +914,10 @@ fn wait_for_run(
             return run.to_path_buf();
         }
         let ended = child.try_wait().unwrap();
+        // A run that got there and then ended between the two looks is ready.
+        if let Some(run) = run.as_deref().filter(|run| ended.is_some() && ready(run)) {
+            return run.to_path_buf();
+        }
         if ended.is_some() || start.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
             let status = child.wait().unwrap();
@@ -3923,15 +3927,23 @@ fn an_interrupted_render_leaves_the_earlier_outputs_together() {
     assert!(status.success());
     let done = child.wait_with_output().unwrap();
     let after = contents();
-    if done.status.code() == Some(130) {
-        assert!(after == before, "an interrupted render changed its outputs");
+    let all_new = after.iter().zip(&before).all(|(a, b)| a != b);
+    if std::os::unix::process::ExitStatusExt::signal(&done.status) == Some(libc::SIGINT) {
+        // On a loaded machine the signal can come before the handler is installed.
+        assert!(
+            after == before,
+            "a render ended by the signal changed its outputs"
+        );
+    } else if done.status.code() == Some(130) {
+        // Stopped before its outputs were placed, or (the signal late) just after.
+        assert!(
+            after == before || all_new,
+            "an interrupted render mixed old and new outputs"
+        );
     } else {
         // It finished before the signal: every file is the new request's.
         assert!(done.status.success(), "{}", text(&done));
-        assert!(
-            after.iter().zip(&before).all(|(a, b)| a != b),
-            "a finished render left an old file"
-        );
+        assert!(all_new, "a finished render left an old file");
     }
     // The folders an interrupted render made for its output go with it.
     let nested = dir.path().join("new").join("deep").join("w.png");
@@ -3951,7 +3963,10 @@ fn an_interrupted_render_leaves_the_earlier_outputs_together() {
         .status()
         .unwrap();
     let done = child.wait_with_output().unwrap();
-    if done.status.code() == Some(130) {
+    // Ended by the signal itself (it came before the handler): nothing was made yet.
+    let by_signal =
+        std::os::unix::process::ExitStatusExt::signal(&done.status) == Some(libc::SIGINT);
+    if done.status.code() == Some(130) || by_signal {
         assert!(
             !dir.path().join("new").exists(),
             "the interrupted render left its folders"

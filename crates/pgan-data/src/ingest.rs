@@ -1252,6 +1252,16 @@ pub(crate) mod tests {
             &l.top[(5 * 16 + 7) * 3..(5 * 16 + 7) * 3 + 3],
             &[15, 15, 240]
         );
+        // Greyscale blends towards the background's luma (blue: 18).
+        let mut grey = target(16, 1, Fit::Pad);
+        grey.background = [0, 0, 255];
+        let l = fit(&vec![218u8; 1000 * 2], 1000, 2, &grey);
+        assert!(
+            l.top[7 * 16..8 * 16].iter().all(|&v| v == 24),
+            "{:?}",
+            l.top
+        );
+        assert!(l.top[..7 * 16].iter().all(|&v| v == 18));
         // A side of a pixel or more is as before.
         let l = fit(&[255u8; 16 * 3], 16, 1, &target(16, 3, Fit::Pad));
         assert!(l.top[7 * 16 * 3..8 * 16 * 3].iter().all(|&v| v == 255));

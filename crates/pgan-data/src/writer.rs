@@ -421,9 +421,11 @@ fn check_output(opts: &PrepareOptions) -> Result<()> {
     // A link there is the user's, wherever it leads (a dangling one too): the rename would
     // replace it.
     if std::fs::symlink_metadata(&report).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(not_a_report(
-            "a symbolic link, not a pgan prepare report (only regular files are replaced)".into(),
-        ));
+        return Err(unwritable(format!(
+            "{} is a symbolic link, and prepare writes its report there only over a regular \
+             file; move it or choose another output name",
+            report.display()
+        )));
     }
     match open_regular(&report) {
         Ok((file, _)) => {
@@ -1479,7 +1481,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains("is a symbolic link, not a pgan"),
+                e.contains("q.pgan.report.txt is a symbolic link"),
                 "{target}: {e}"
             );
             assert!(!out_path.exists());

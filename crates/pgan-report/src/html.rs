@@ -186,7 +186,16 @@ fn summary_section(h: &mut String, st: &RunStats, log: Option<&crate::run::LogTa
         ),
         ("stage", opt(st.stage, |s| s.to_string())),
         ("elapsed", opt(st.elapsed_s, format_duration)),
-        ("avg images/s", opt(st.avg_img_per_s, |v| format!("{v:.1}"))),
+        (
+            // Over the run's time, evaluations and checkpoints included, unlike the steps'
+            // speed per resolution below (the same only without a time logged).
+            if st.kimg.is_some() && st.elapsed_s.is_some_and(|t| t > 0.0) {
+                "images/s over the run (evaluations, checkpoints included)"
+            } else {
+                "images/s (mean of the ticks' steps)"
+            },
+            opt(st.avg_img_per_s, |v| format!("{v:.1}")),
+        ),
         ("peak RSS", opt(st.peak_rss_mb, |v| format!("{v:.0} MB"))),
         ("rollbacks", st.rollbacks.to_string()),
         (
@@ -214,7 +223,7 @@ fn summary_section(h: &mut String, st: &RunStats, log: Option<&crate::run::LogTa
         h.push_str(
             "<table class=\"per-res\">\n<thead><tr><th>resolution</th><th>phases</th>\
              <th class=\"num\">kimg</th><th class=\"num\">ticks</th><th class=\"num\">sec/kimg</th>\
-             <th class=\"num\">img/s</th><th class=\"num\">time</th><th class=\"num\">peak RSS</th></tr></thead>\n<tbody>\n",
+             <th class=\"num\">steps' img/s</th><th class=\"num\">time</th><th class=\"num\">peak RSS</th></tr></thead>\n<tbody>\n",
         );
         let last = st.per_resolution.len() - 1;
         for (i, r) in st.per_resolution.iter().enumerate() {
@@ -364,6 +373,28 @@ mod tests {
             "{h}"
         );
         assert!(!h.contains("data:image/png"), "{h}");
+    }
+
+    /// The run's speed and the steps' speed per resolution are not the same figure: each is
+    /// named for what it is.
+    #[test]
+    fn the_summary_names_which_speed_it_gives() {
+        let mut st = RunStats {
+            kimg: Some(4.0),
+            elapsed_s: Some(12.0),
+            avg_img_per_s: Some(333.3),
+            ..RunStats::default()
+        };
+        let mut h = String::new();
+        summary_section(&mut h, &st, None);
+        assert!(
+            h.contains("images/s over the run (evaluations, checkpoints included)</th><td>333.3"),
+            "{h}"
+        );
+        st.elapsed_s = None;
+        let mut h = String::new();
+        summary_section(&mut h, &st, None);
+        assert!(h.contains("images/s (mean of the ticks&#39; steps)"), "{h}");
     }
 
     #[test]

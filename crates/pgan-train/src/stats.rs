@@ -835,6 +835,28 @@ mod tests {
         );
     }
 
+    /// A byte-order mark an editor's save put first: the first row is a row to the trainer
+    /// (the last tick when it is the only one; kept, not a foreign line, by a rollback).
+    #[test]
+    fn a_byte_order_mark_before_the_first_row_leaves_it_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        std::fs::write(&path, "\u{feff}{\"tick\":1,\"kimg\":1.0}\n").unwrap();
+        let last = last_tick_row(dir.path()).unwrap();
+        assert_eq!((last.tick, last.images), (1, 1_000));
+        std::fs::write(
+            &path,
+            "\u{feff}{\"tick\":1,\"kimg\":1.0}\n{\"tick\":2,\"kimg\":2.0}\n",
+        )
+        .unwrap();
+        let t = truncate_after(dir.path(), 1_000, Cut::Rollback).unwrap();
+        assert_eq!((t.dropped.len(), t.foreign), (1, 0), "{t:?}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"tick\":1,\"kimg\":1.0}\n"
+        );
+    }
+
     #[test]
     fn a_resume_drops_rollbacks_to_its_checkpoint_and_counts_cut_lines() {
         let dir = tempfile::tempdir().unwrap();

@@ -123,6 +123,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let ckpt = found.path;
         self.restore(&ckpt)?;
+        // The ticks after the checkpoint are trained again: a raised alarm is said afresh, and
+        // no streak counts a tick twice.
+        self.alarm_echo = crate::alarms::AlarmEcho::default();
         // A rollback trains the stretch after the checkpoint again, tick ends included.
         self.state.abandoned = None;
         // This session goes on from it: an earlier session's giving up there is history.

@@ -360,7 +360,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         loop {
             crate::run_dir::ensure_samples_dir(&self.run_dir)?;
             match crate::fsutil::write_own_atomic(&path, &bytes) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < SHEET_TRIES => {
+                    attempt += 1
+                }
                 written => break written.map_err(|e| image_error(&path, e))?,
             }
         }
@@ -368,6 +370,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 }
+
+/// How many times a sample sheet is written when its folder or temporary file goes under the
+/// write: a removal of the folder is over in one or two; a bound, so that a folder removed
+/// again and again stops the run with the error instead of holding it.
+const SHEET_TRIES: u32 = 5;
 
 fn put(row: &mut Map<String, Value>, name: &str, value: impl Into<Value>) {
     row.insert(name.to_string(), value.into());
