@@ -698,22 +698,7 @@ fn a_tick_alarm_that_holds_is_counted_every_tick_and_said_every_tenth() {
     // Any gap between D's scores exceeds this limit: the divergence alarm holds all run.
     std::fs::write(&config, format!("{CONFIG}[alarms]\nmax_d_gap = 1e-9\n")).unwrap();
     let runs = dir.path().join("runs");
-    run_ok(
-        pgan()
-            .args([
-                "train",
-                "--no-progress",
-                "--total-kimg",
-                "0.192",
-                "--config",
-            ])
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out-dir")
-            .arg(&runs),
-    );
-    let run = first_run(&runs);
+    let (_, run) = train_tiny(&config, &data, &runs, &["--total-kimg", "0.192"]);
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let counts: Vec<u64> = metrics
         .lines()
@@ -865,18 +850,16 @@ fn a_stop_after_the_dataset_was_written_in_place_writes_no_checkpoint_of_it() {
 /// A background `pgan train` of `config` on `data` into `runs` that runs far past any test
 /// (`--total-kimg 1000`), its output captured; `extra` flags after the others.
 fn spawn_long_run(config: &Path, data: &Path, runs: &Path, extra: &[&str]) -> std::process::Child {
-    pgan()
-        .args(["train", "--no-progress", "--total-kimg", "1000", "--config"])
-        .arg(config)
-        .arg("--data")
-        .arg(data)
-        .arg("--out-dir")
-        .arg(runs)
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    train_cmd(
+        config,
+        data,
+        runs,
+        &[&["--total-kimg", "1000"], extra].concat(),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 /// Writes `bytes` at `offset` of the file at `path` in place, as `dd conv=notrunc` does (no
@@ -922,21 +905,11 @@ fn wait_for_run(
             let _ = child.kill();
             let status = child.wait().unwrap();
             let mut printed = String::new();
-            for pipe in [
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let mut pipe = pipe;
-                let _ = pipe.read_to_string(&mut printed);
+            if let Some(mut out) = child.stdout.take() {
+                let _ = out.read_to_string(&mut printed);
+            }
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut printed);
             }
             let (files, log) = match &run {
                 Some(run) => (

@@ -932,15 +932,21 @@ pub(crate) mod tests {
         e
     }
 
+    /// A 16x16 grey gradient, encoded as a JPEG.
+    fn grey_jpeg() -> Vec<u8> {
+        let grey = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 16 + y) as u8]));
+        let mut bytes = Vec::new();
+        grey.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
+        bytes
+    }
+
     /// A JPEG too large to read whole whose frame header declares more pixels than the limit
     /// is refused from that header, before the decoder reads the file (here 300 MB, sparse).
     #[test]
     fn a_large_jpeg_bomb_is_refused_from_its_frame_header() {
         let dir = tempfile::tempdir().unwrap();
-        let grey = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 16 + y) as u8]));
-        let mut bytes = Vec::new();
-        grey.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
-            .unwrap();
+        let mut bytes = grey_jpeg();
         assert_eq!(jpeg_dimensions(&bytes), Some((16, 16)));
         // The frame header patched to 60000x50000 (height, then width, after the precision).
         let sof = (2..bytes.len() - 1)
@@ -962,10 +968,7 @@ pub(crate) mod tests {
     #[test]
     fn a_jpeg_with_two_components_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let grey = image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 16 + y) as u8]));
-        let mut bytes = Vec::new();
-        grey.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
-            .unwrap();
+        let mut bytes = grey_jpeg();
         let good = dir.path().join("grey.jpg");
         std::fs::write(&good, &bytes).unwrap();
         decode(&good, DEFAULT_MAX_PIXELS).unwrap();
