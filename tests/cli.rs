@@ -102,6 +102,31 @@ num_images = 16
 msssim_pairs = 8
 "#;
 
+/// The exit code of a command stopped by `signal` (as `kill` names it): 128 + its number, as
+/// shells report it.
+fn exit_code(signal: &str) -> i32 {
+    match signal {
+        "-INT" => 130,
+        "-TERM" => 143,
+        "-HUP" => 129,
+        other => panic!("no exit code known for {other}"),
+    }
+}
+
+/// `cmd` with SIGHUP at its default action, whatever this test inherited: a job started under
+/// `nohup` ignores it, and an ignored signal stays ignored in the processes it starts (which
+/// pgan respects, as `nohup` asks).
+fn with_default_sighup(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: `signal` is async-signal-safe, so it may run between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        })
+    }
+}
+
 #[test]
 fn prepare_train_render_eval_report() {
     let dir = tempfile::tempdir().unwrap();
@@ -639,23 +664,29 @@ fn synth_train_eval_modes_reports_generated_and_real_coverage() {
 }
 
 #[test]
-fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
+fn a_stop_signal_writes_a_checkpoint_and_resume_finishes_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let (data, config) = tiny_dataset_and_config(dir.path());
     let runs = dir.path().join("runs");
 
-    // A long run, interrupted once the first tick is logged.
+    // A long run, stopped as a scheduler stops a job (SIGTERM; Ctrl-C's SIGINT takes the same
+    // way, `nodes.rs`) once the first tick is logged.
     let mut child = spawn_long_run(&config, &data, &runs, &[]);
     let run = wait_for_run(&mut child, &runs, "a first tick", |run| {
         std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1)
     });
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(exit_code("-TERM")),
+        "{}",
+        text(&out)
+    );
     assert!(
         text(&out).contains("--resume"),
         "tells how to continue: {}",
@@ -686,6 +717,41 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     assert!(out.contains("checkpoint"), "{out}");
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("resumed") && log.contains("finished"), "{log}");
+}
+
+/// A run started under `nohup` goes on when SIGHUP comes (its terminal closed), as `nohup`
+/// promises, and still stops on Ctrl-C.
+#[test]
+fn a_run_under_nohup_survives_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let runs = dir.path().join("runs");
+    let train = train_cmd(&config, &data, &runs, &["--total-kimg", "1000"]);
+    let mut child = Command::new("nohup")
+        .arg(train.get_program())
+        .args(train.get_args())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rows = |run: &Path| {
+        std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |m| m.lines().count())
+    };
+    let run = wait_for_run(&mut child, &runs, "a first tick", |run| rows(run) >= 1);
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        let sent = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(sent.success());
+    };
+    signal("-HUP");
+    let after = rows(&run);
+    wait_for_run(&mut child, &runs, "two more ticks after SIGHUP", |run| {
+        rows(run) >= after + 2
+    });
+    signal("-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(exit_code("-INT")), "{}", text(&out));
+    assert!(!text(&out).contains("interrupted twice"), "{}", text(&out));
 }
 
 /// An alarm raised every tick is counted in every row, and said in the log when raised and
@@ -3398,8 +3464,13 @@ fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
     let out = run_ok(pgan().arg("verify").arg(&data));
     assert!(out.contains("all 2 levels ok"), "{out}");
     let good = std::fs::read(&data).unwrap();
-    // A pixel of the 8x8 level (the second page after the header) and a header byte.
-    for (at, what) in [(8192 + 5, "MISMATCH"), (13, "corrupt header")] {
+    // A pixel of the 8x8 level (the second page after the header), a header byte, and a byte
+    // of the header's zero padding (no checksum covers it).
+    for (at, what) in [
+        (8192 + 5, "MISMATCH"),
+        (13, "corrupt header"),
+        (2000, "1 nonzero bytes in the header's padding"),
+    ] {
         let mut bad = good.clone();
         bad[at] ^= 0x40;
         let path = dir.path().join("bad.pgan");
@@ -3466,8 +3537,8 @@ fn prepare_removes_its_temporary_file_on_sigterm_and_sigint_and_stale_ones_at_th
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let data = out_dir.join("s.pgan");
-    for signal in ["-TERM", "-INT"] {
-        let child = pgan()
+    for signal in ["-TERM", "-INT", "-HUP"] {
+        let child = with_default_sighup(&mut pgan())
             .arg("prepare")
             .arg(&images)
             .arg(&data)
@@ -3490,7 +3561,12 @@ fn prepare_removes_its_temporary_file_on_sigterm_and_sigint_and_stale_ones_at_th
             .unwrap();
         assert!(status.success());
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(130), "{signal}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(exit_code(signal)),
+            "{signal}: {}",
+            text(&out)
+        );
         assert!(text(&out).contains("was not written"), "{}", text(&out));
         let left = std::fs::read_dir(&out_dir).unwrap().count();
         assert_eq!(left, 0, "{signal}: files left in the output folder");
@@ -3828,7 +3904,12 @@ fn an_interrupted_synth_leaves_nothing_and_a_link_to_a_folder_is_written_through
             .unwrap();
         assert!(status.success());
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(130), "{signal}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(exit_code(signal)),
+            "{signal}: {}",
+            text(&out)
+        );
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

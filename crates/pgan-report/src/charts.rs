@@ -54,11 +54,12 @@ pub const CHARTS: &[ChartSpec] = &[
         zero_is_absent: false,
     },
     ChartSpec {
-        title: "Gradient penalty and drift",
+        title: "Loss terms",
         y_desc: "loss term",
         series: &[
-            (key::LOSS_D_PENALTY, "gradient penalty"),
-            (key::LOSS_D_DRIFT, "drift"),
+            (key::LOSS_D_PENALTY, "D: gradient penalty"),
+            (key::LOSS_D_DRIFT, "D: drift"),
+            (key::LOSS_G_FEATURE_MATCHING, "G: feature matching"),
         ],
         optional: false,
         zero_is_absent: true,
@@ -150,11 +151,18 @@ pub fn draw_all(ticks: &[Tick], segments: &[Segment]) -> Result<(Vec<Chart>, Vec
     let mut charts = Vec::new();
     let mut notices = Vec::new();
     for spec in CHARTS {
-        let absent = spec.zero_is_absent
-            && spec.series.iter().all(|(key, _)| {
-                let data = collect_series(ticks, key);
-                data.points > 0 && data.runs.iter().flatten().all(|&(_, v)| v == 0.0)
-            });
+        // A series no row has (a run from before its key was written) is no term either.
+        let absent = spec.zero_is_absent && {
+            let data: Vec<SeriesData> = spec
+                .series
+                .iter()
+                .map(|(key, _)| collect_series(ticks, key))
+                .collect();
+            data.iter().any(|d| d.points > 0)
+                && data.iter().all(|d| {
+                    d.non_finite.is_empty() && d.runs.iter().flatten().all(|&(_, v)| v == 0.0)
+                })
+        };
         if absent {
             notices.push(format!(
                 "chart '{}' left out: every value is 0 (the run's loss has no such terms)",
@@ -570,8 +578,9 @@ mod tests {
         assert_eq!((lo, hi), (-1.0, 11.0));
     }
 
-    /// A loss without a term writes 0 for it: that series is left out of the penalty chart,
-    /// and the chart too when neither term is there, with a notice saying why.
+    /// A loss without a term writes 0 for it: that series is left out of the loss terms'
+    /// chart, and the chart too when no term is there (a key no row has, as in runs from
+    /// before it was written, counts as none), with a notice saying why.
     #[test]
     fn terms_the_loss_does_not_have_are_left_out() {
         let (penalty, drift) = (key::LOSS_D_PENALTY, key::LOSS_D_DRIFT);
@@ -582,7 +591,16 @@ mod tests {
         let spec = CHARTS.iter().find(|c| c.zero_is_absent).unwrap();
         let chart = draw_chart(spec, &r1, &segments(&r1)).unwrap().unwrap();
         let labels: Vec<&str> = chart.legend.iter().map(|l| l.label.as_str()).collect();
-        assert_eq!(labels, ["gradient penalty"]);
+        assert_eq!(labels, ["D: gradient penalty"]);
+        // G's feature-matching term joins D's terms when the run has it.
+        let matching = key::LOSS_G_FEATURE_MATCHING;
+        let matched = ticks(&format!(
+            "{{\"kimg\":1,\"{penalty}\":0.5,\"{drift}\":0,\"{matching}\":0.1}}\n"
+        ));
+        let chart = draw_chart(spec, &matched, &segments(&matched));
+        let chart = chart.unwrap().unwrap();
+        let labels: Vec<&str> = chart.legend.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(labels, ["D: gradient penalty", "G: feature matching"]);
         let none = ticks(&format!("{{\"kimg\":1,\"{penalty}\":0,\"{drift}\":0}}\n"));
         let (charts, notices) = draw_all(&none, &segments(&none)).unwrap();
         assert!(charts.iter().all(|c| c.title != spec.title));

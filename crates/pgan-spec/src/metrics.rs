@@ -42,12 +42,15 @@ pub const TIME_S: &str = "time_s";
 
 /// Discriminator loss, penalty and drift included.
 pub const LOSS_D: &str = "Loss/D";
-/// Generator loss.
+/// Generator loss, the feature-matching term included.
 pub const LOSS_G: &str = "Loss/G";
 /// Gradient penalty term of the D loss (WGAN-GP or R1), weighted.
 pub const LOSS_D_PENALTY: &str = "Loss/D/penalty";
 /// Drift term of the D loss (WGAN-GP's ε·D(x)²), weighted.
 pub const LOSS_D_DRIFT: &str = "Loss/D/drift";
+/// Feature-matching term of the G loss (`loss.feature_matching`, Salimans et al. 2016),
+/// weighted; 0 when it is off.
+pub const LOSS_G_FEATURE_MATCHING: &str = "Loss/G/feature_matching";
 /// Norm of D's input gradient that the penalty is taken on.
 pub const PENALTY_GRAD_NORM: &str = "Penalty/grad_norm";
 /// Mean D score of reals.
@@ -109,6 +112,7 @@ pub const EVERY_TICK: &[&str] = &[
     LOSS_G,
     LOSS_D_PENALTY,
     LOSS_D_DRIFT,
+    LOSS_G_FEATURE_MATCHING,
     PENALTY_GRAD_NORM,
     D_REAL,
     D_FAKE,

@@ -37,7 +37,7 @@ pub const CHECKPOINT_VERSION: u32 = 2;
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 /// Keys of `state.json` that pgan has written only since states carry their checksum: a state
 /// without the checksum that holds one was edited.
-pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 8] = [
+pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 9] = [
     "dataset",
     "peers",
     "nodes",
@@ -46,6 +46,7 @@ pub const KEYS_WRITTEN_WITH_THE_CHECKSUM: [&str; 8] = [
     "gradients",
     "abandoned",
     "gave_up",
+    "game",
 ];
 /// Name of the state file inside a checkpoint folder.
 pub const STATE_FILE: &str = "state.json";
@@ -142,6 +143,13 @@ pub struct TrainState {
     /// at the configured learning rate, not the last rollback's reduced one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gave_up: Option<u32>,
+    /// The game the run trains under from this checkpoint on, as TOML text
+    /// ([`crate::config::TrainConfig::game_record`]: loss, optimizer, learning rates, noise, EMA;
+    /// absent in checkpoints written before it was stored): a resume says what it changes of
+    /// it, whatever `config.toml` says now. A rollback to a checkpoint records there the game
+    /// the run goes on with from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub game: Option<String>,
     /// CRC-32 of `state.json`'s bytes before this member (the last one): a `state.json` edited
     /// by hand no longer matches it (absent in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,6 +249,13 @@ impl std::fmt::Display for DatasetFingerprint {
 const MAX_IMAGES_SHOWN: u64 = 1 << 53;
 
 impl TrainState {
+    /// The game this checkpoint records ([`Self::game`]), parsed; `None` when it records
+    /// none (or text that is not a TOML table, which a checksum-carrying state cannot hold
+    /// unless pgan wrote it).
+    pub fn recorded_game(&self) -> Option<toml::Table> {
+        self.game.as_deref()?.parse().ok()
+    }
+
     /// `state.json` as written: pretty JSON, with the checksum of everything before it as the
     /// last member. The checksum is over those bytes, not over the values read back: serde_json
     /// (without its `float_roundtrip` feature, which would rebuild all of burn) may read an `f64`
@@ -1685,8 +1700,29 @@ pub(crate) mod tests {
             open_tick: None,
             abandoned: None,
             gave_up: None,
+            game: None,
             checksum: None,
         }
+    }
+
+    /// The game a state records reads back as it was written, f32 keys and all (JSON numbers
+    /// of 17 digits came back a ULP off): a resume under the same settings changes nothing.
+    /// Written as the user wrote them, a change reads well.
+    #[test]
+    fn the_recorded_game_reads_back_exactly() {
+        let mut config = crate::config::TrainConfig::default();
+        (config.optim.beta2, config.optim.beta1) = (0.999, 0.12);
+        (config.loss.real_label, config.loss.feature_matching) = (0.97, 0.03);
+        config.schedule.lr_default = 0.0015;
+        let state = TrainState {
+            game: Some(config.game_record()),
+            ..a_state()
+        };
+        let read: TrainState = serde_json::from_slice(&state.to_json_with_checksum()).unwrap();
+        let game = read.recorded_game().unwrap();
+        assert_eq!(config.game_changes(&game), Vec::<String>::new());
+        config.optim.beta2 = 0.99;
+        assert_eq!(config.game_changes(&game), ["optim.beta2 0.999 → 0.99"]);
     }
 
     /// A checkpoint of `a_state` at `images` images, with one small record file.

@@ -801,6 +801,31 @@ fn shorten_lines(message: &str, max: usize) -> String {
         .join("\n")
 }
 
+/// The sections of a configuration that make up the game a run plays ([`TrainConfig::game`]):
+/// whole, or only the named keys (the schedule's other keys are the run's position, which a
+/// resume checks on its own).
+const GAME_SECTIONS: [(&str, Option<&[&str]>); 5] = [
+    ("schedule", Some(&["lr_default", "lr"])),
+    ("loss", None),
+    ("optim", None),
+    ("instance_noise", None),
+    ("ema", None),
+];
+
+/// Writes every float of `value` that an f32 holds exactly (the f32 keys, widened) as that
+/// f32 is written: `optim.beta2 = 0.999` reads 0.999, not 0.9990000128746033. The same value
+/// always becomes the same float, so comparisons are unchanged.
+fn as_written(value: &mut toml::Value) {
+    match value {
+        toml::Value::Float(x) if f64::from(*x as f32) == *x => {
+            *x = (*x as f32).to_string().parse().unwrap_or(*x);
+        }
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| as_written(v)),
+        toml::Value::Array(items) => items.iter_mut().for_each(as_written),
+        _ => {}
+    }
+}
+
 impl TrainConfig {
     /// The resolutions the run trains at, from `schedule.start_resolution` up to the model's,
     /// each with its minibatch.
@@ -860,43 +885,54 @@ impl TrainConfig {
     }
 
     /// The settings of the game a run plays (its loss, optimizer, learning rates, instance
-    /// noise and EMA) that this configuration changes from `before` (the run's `config.toml`),
-    /// as `key old → new`: a resume may change them, and the run then trains on under other
-    /// rules than its rows and checkpoints so far, which is said.
-    pub fn game_changes(&self, before: &TrainConfig) -> Vec<String> {
-        // Whole sections, or the named keys of one (the schedule's other keys are its
-        // position, which a resume checks on its own).
-        const SECTIONS: [(&str, Option<&[&str]>); 5] = [
-            ("schedule", Some(&["lr_default", "lr"])),
-            ("loss", None),
-            ("optim", None),
-            ("instance_noise", None),
-            ("ema", None),
-        ];
-        let table = |c: &TrainConfig| toml::Table::try_from(c).unwrap_or_default();
-        let (old, new) = (table(before), table(self));
-        let mut changes = Vec::new();
-        for (section, only) in SECTIONS {
-            let keys = |t: &toml::Table| {
-                let mut keys = t.get(section).and_then(|v| v.as_table()).cloned()?;
-                if let Some(only) = only {
-                    keys.retain(|key, _| only.contains(&key));
-                }
-                Some(keys)
-            };
-            let (Some(old), Some(new)) = (keys(&old), keys(&new)) else {
+    /// noise and EMA), as a table of their sections, for [`Self::game_changes`].
+    pub fn game(&self) -> toml::Table {
+        let all = toml::Table::try_from(self).unwrap_or_default();
+        let mut game = toml::Table::new();
+        for (section, only) in GAME_SECTIONS {
+            let Some(mut keys) = all.get(section).and_then(|v| v.as_table()).cloned() else {
                 continue;
             };
-            for (key, value) in &new {
+            if let Some(only) = only {
+                keys.retain(|key, _| only.contains(&key));
+            }
+            let mut keys = toml::Value::Table(keys);
+            as_written(&mut keys);
+            game.insert(section.into(), keys);
+        }
+        game
+    }
+
+    /// [`Self::game`] as TOML text: what a checkpoint records of the game it was trained under
+    /// (text, not JSON numbers: TOML reads every float back exactly).
+    pub fn game_record(&self) -> String {
+        toml::to_string(&self.game()).unwrap_or_default()
+    }
+
+    /// The settings of [`Self::game`] that this configuration changes from `before` (the game
+    /// a checkpoint was trained under), as `key old → new`: a resume may change them, and the
+    /// run then trains on under other rules than its rows and checkpoints so far, which is
+    /// said.
+    pub fn game_changes(&self, before: &toml::Table) -> Vec<String> {
+        fn section<'a>(game: &'a toml::Table, name: &str) -> Option<&'a toml::Table> {
+            game.get(name).and_then(|v| v.as_table())
+        }
+        let now = self.game();
+        let mut changes = Vec::new();
+        for (name, _) in GAME_SECTIONS {
+            let (Some(new), Some(old)) = (section(&now, name), section(before, name)) else {
+                continue;
+            };
+            for (key, value) in new {
                 match old.get(key) {
                     Some(was) if was == value => {}
-                    Some(was) => changes.push(format!("{section}.{key} {was} → {value}")),
-                    None => changes.push(format!("{section}.{key} (unset) → {value}")),
+                    Some(was) => changes.push(format!("{name}.{key} {was} → {value}")),
+                    None => changes.push(format!("{name}.{key} (unset) → {value}")),
                 }
             }
-            for (key, was) in &old {
+            for (key, was) in old {
                 if !new.contains_key(key) {
-                    changes.push(format!("{section}.{key} {was} → (unset)"));
+                    changes.push(format!("{name}.{key} {was} → (unset)"));
                 }
             }
         }
@@ -1724,11 +1760,12 @@ mod tests {
     /// the run's other settings, and no change, say nothing.
     #[test]
     fn changes_to_the_game_are_named_with_both_values() {
-        let before = TrainConfig::default();
-        let mut after = before.clone();
+        let config = TrainConfig::default();
+        let before = config.game();
+        let mut after = config.clone();
         assert!(after.game_changes(&before).is_empty());
         after.run.tick_kimg = 2.0;
-        after.schedule.total_kimg = 2.0 * before.schedule.total_kimg;
+        after.schedule.total_kimg = 2.0 * config.schedule.total_kimg;
         assert!(after.game_changes(&before).is_empty());
         after.loss.kind = LossKind::LogisticR1;
         after.optim.lr_d_mult = 2.0;

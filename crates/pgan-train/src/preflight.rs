@@ -301,7 +301,7 @@ pub fn preflight(options: &TrainOptions) -> Result<Preflight> {
         let metrics_warnings =
             crate::stats::resume_warnings(&run_dir, state.images_shown, cut, state.tick)?;
         checkpoint::refuse_leaving(&ckpt)?;
-        resume_warnings.extend(game_changes(&config, &run_dir, &state));
+        resume_warnings.extend(game_changes(&config, &run_dir, &ckpt, &state));
         resume = Some(ResumePlan {
             set_aside: checkpoint::checkpoints_newer_than(&run_dir, &ckpt)?,
             abandoned: checkpoint::next_abandoned_folder(&run_dir),
@@ -375,21 +375,35 @@ fn inverted_labels(config: &TrainConfig) -> Option<String> {
     })
 }
 
-/// What a resume of `state` under `config` changes of the game the run's `config.toml` (in
-/// `run_dir`) set, and instance noise that has already annealed away at the checkpoint: allowed,
-/// and said, so that neither a changed loss nor a noise that adds nothing passes unnoticed.
-fn game_changes(config: &TrainConfig, run_dir: &Path, state: &TrainState) -> Vec<String> {
+/// What a resume of `state` (from `ckpt`) under `config` changes of the game the checkpoint
+/// was trained under (for a checkpoint that does not record it, the game of the run's
+/// `config.toml` in `run_dir`), and instance noise that has already annealed away at the
+/// checkpoint: allowed, and said, so that neither a changed loss nor a noise that adds nothing
+/// passes unnoticed.
+fn game_changes(
+    config: &TrainConfig,
+    run_dir: &Path,
+    ckpt: &Path,
+    state: &TrainState,
+) -> Vec<String> {
     let mut warnings = Vec::new();
-    let path = run_dir.join(crate::run_dir::CONFIG_FILE);
-    let before = TrainConfig::from_toml_file(&path).ok();
+    let config_file = run_dir.join(crate::run_dir::CONFIG_FILE);
+    let (before, source) = match state.recorded_game() {
+        Some(game) => (Some(game), format!("{} was trained with", ckpt.display())),
+        None => (
+            TrainConfig::from_toml_file(&config_file)
+                .ok()
+                .map(|c| c.game()),
+            config_file.display().to_string(),
+        ),
+    };
     if let Some(before) = &before {
         let changes = config.game_changes(before);
         if !changes.is_empty() {
             warnings.push(format!(
-                "this resume trains on with other settings than {}: {}; the run's rows and \
-                 checkpoints so far are the old settings', and config.toml will record the new \
-                 ones",
-                path.display(),
+                "this resume trains on with other settings than {source}: {}; the run's rows \
+                 and checkpoints so far are the old settings', and config.toml will record the \
+                 new ones",
                 changes.join(", ")
             ));
         }
@@ -398,7 +412,8 @@ fn game_changes(config: &TrainConfig, run_dir: &Path, state: &TrainState) -> Vec
     // plan (a short anneal at the start of a long run).
     let noise = &config.instance_noise;
     let kimg = state.images_shown as f64 / 1000.0;
-    let set_now = before.is_none_or(|b| b.instance_noise != *noise);
+    let section = |game: &toml::Table| game.get("instance_noise").cloned();
+    let set_now = before.is_none_or(|b| section(&b) != section(&config.game()));
     if set_now && noise.sigma > 0.0 && kimg >= noise.anneal_kimg {
         warnings.push(format!(
             "instance_noise.sigma {} adds no noise: it anneals to 0 over the run's first {} kimg \

@@ -149,11 +149,12 @@ pub struct OpenTick {
 }
 
 /// What one training step measures, in the order of its values in [`StepValues`].
-pub const STEP_KEYS: [&str; 9] = [
+pub const STEP_KEYS: [&str; 10] = [
     key::LOSS_D,
     key::LOSS_G,
     key::LOSS_D_PENALTY,
     key::LOSS_D_DRIFT,
+    key::LOSS_G_FEATURE_MATCHING,
     key::PENALTY_GRAD_NORM,
     key::D_REAL,
     key::D_FAKE,
@@ -162,7 +163,7 @@ pub const STEP_KEYS: [&str; 9] = [
 ];
 
 /// The values of [`STEP_KEYS`] that must be finite for a step to count as healthy: both losses
-/// and both gradient norms (the others enter the D loss or are diagnostics of the penalty).
+/// and both gradient norms (the others are terms of those losses, or diagnostics).
 const CHECKED_KEYS: [&str; 4] = [key::LOSS_D, key::LOSS_G, key::GRAD_D_NORM, key::GRAD_G_NORM];
 
 /// Pending rows are joined into one tensor every this many steps, which bounds the number of
@@ -712,7 +713,12 @@ mod tests {
         let mut tick = TickStats::default();
         tick.report_step(&rows[0]);
         tick.report_step(&rows[1]);
-        assert_eq!(tick.mean(key::GRAD_G_NORM), Some(13.0));
+        // Step s's value at column i is 10 s + i: the two steps' mean is i + 5.
+        let column = STEP_KEYS
+            .iter()
+            .position(|k| *k == key::GRAD_G_NORM)
+            .unwrap();
+        assert_eq!(tick.mean(key::GRAD_G_NORM), Some(column as f64 + 5.0));
     }
 
     #[test]

@@ -321,6 +321,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             open_tick: None,
             abandoned: None,
             gave_up: None,
+            game: Some(config.game_record()),
             checksum: None,
         };
         let mut sample_rng = ChaCha8Rng::seed_from_u64(config.run.seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -869,6 +870,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(warning) = crate::distributed::peers_changed(&mut state, &self.config) {
             self.log.warn(warning);
         }
+        // From here on the networks train under this session's game (the preflight said what
+        // a resume changes of the checkpoint's).
+        state.game = Some(self.config.game_record());
         crate::preflight::check_position(&self.schedule, &state, ckpt)?;
         let fresh = Nets::fresh(&self.model, &self.config.optim, &self.device, None);
         self.nets = checkpoint::load_training(ckpt, fresh, &self.device)?;

@@ -1550,12 +1550,67 @@ fn a_resume_that_changes_the_game_says_so() {
     for said in [&planned, &log] {
         assert!(
             said.contains("this resume trains on with other settings than")
+                && said.contains("was trained with: ")
                 && said.contains("loss.kind \"wgan-gp\" → \"non-saturating\"")
                 && said.contains("instance_noise.sigma 0.0 → 0.3")
                 && said.contains("instance_noise.sigma 0.3 adds no noise"),
             "{said}"
         );
     }
+}
+
+/// The game a resume is compared with is the checkpoint's, not what `config.toml` says now: a
+/// change made by editing the run's own `config.toml` before the resume is said too, and a
+/// checkpoint that trained on after a change is not said to change it again. A checkpoint
+/// from before the game was recorded is compared with `config.toml`.
+#[test]
+fn a_resume_compares_the_game_with_the_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(dir.path(), 8);
+    let config = tiny_config(&data, &dir.path().join("runs"));
+    let stopped = stopped_mid_tick(&config);
+    let mut edited = config.clone();
+    edited.optim.lr_d_mult = 2.0;
+    let config_file = stopped.run_dir.join(pgan_train::run_dir::CONFIG_FILE);
+    std::fs::write(&config_file, edited.to_toml()).unwrap();
+    let resume = |config: &TrainConfig, stop_kimg: f64| {
+        let mut options = TrainOptions::new(config.clone());
+        options.resume = Some(stopped.run_dir.clone());
+        options.stop_after_kimg = Some(stop_kimg);
+        let planned = pgan_train::preflight(&options).unwrap().warnings.join("\n");
+        (planned, train(options).unwrap())
+    };
+    let (planned, resumed) = resume(&edited, 0.08);
+    assert!(
+        planned.contains(&format!(
+            "other settings than {} was trained with: optim.lr_d_mult 1.0 → 2.0",
+            stopped.checkpoint.display()
+        )),
+        "{planned}"
+    );
+    let state = checkpoint::read_state(&resumed.checkpoint).unwrap();
+    assert_eq!(
+        state.recorded_game(),
+        Some(edited.game()),
+        "the new game is recorded"
+    );
+    let (planned, _) = resume(&edited, 0.12);
+    assert!(!planned.contains("other settings"), "{planned}");
+    // A checkpoint that does not record its game: config.toml (the edited one) is the game.
+    let newest = checkpoint::find_checkpoint(&stopped.run_dir).unwrap().path;
+    let mut state = checkpoint::read_state(&newest).unwrap();
+    state.game = None;
+    checkpoint::rewrite_state(&newest, &state).unwrap();
+    let mut options = TrainOptions::new(config.clone());
+    options.resume = Some(stopped.run_dir.clone());
+    let planned = pgan_train::preflight(&options).unwrap().warnings.join("\n");
+    assert!(
+        planned.contains(&format!(
+            "other settings than {}: optim.lr_d_mult 2.0 → 1.0",
+            config_file.display()
+        )),
+        "{planned}"
+    );
 }
 
 #[test]
@@ -1584,15 +1639,31 @@ fn feature_matching_changes_the_generator_step_and_zero_weight_does_not() {
         config.schedule.total_kimg = 0.032;
         config.loss.feature_matching = weight;
         let summary = train(TrainOptions::new(config)).unwrap();
+        // The term, weighted, in every tick's row (and in Loss/G, which includes it).
+        let terms: Vec<f64> = metrics_rows(&summary.run_dir)
+            .iter()
+            .filter_map(|row| row[pgan_spec::metrics::LOSS_G_FEATURE_MATCHING].as_f64())
+            .collect();
         (
             weights(&summary.checkpoint, true),
             parameter_values(&summary.checkpoint),
+            terms,
         )
     };
     let plain = run("plain", 0.0);
     let matched = run("matched", 1.0);
     assert_ne!(matched.0, plain.0, "the term reaches G's gradient");
     assert!(matched.1.iter().all(|v| v.is_finite()));
+    assert!(
+        !plain.2.is_empty() && plain.2.iter().all(|&t| t == 0.0),
+        "{:?}",
+        plain.2
+    );
+    assert!(
+        matched.2.len() == plain.2.len() && matched.2.iter().all(|&t| t > 0.0),
+        "{:?}",
+        matched.2
+    );
 }
 
 /// Every remedy at once (non-saturating loss with label smoothing, feature matching, instance

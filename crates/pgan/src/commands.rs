@@ -126,15 +126,14 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
     let temp = pgan_data::temp_path(&args.output);
-    ctrlc::set_handler(move || {
+    crate::signals::on_stop_signal(move || {
         if flag.swap(true, Ordering::SeqCst) {
             let _ = std::fs::remove_file(&temp);
             tell!("\ninterrupted twice: temporary file removed, exiting");
-            std::process::exit(EXIT_INTERRUPTED.into());
+            std::process::exit(crate::signals::exit_code().into());
         }
         tell!("\ninterrupt: stopping and removing the temporary file (again to exit at once)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    })?;
     let target = check_output(&args.output, "OUTPUT")?;
     // A dataset replaces a dataset (with --force), never a run's own file.
     refuse_run_file(&target, &args.output, "OUTPUT")?;
@@ -142,7 +141,7 @@ fn prepare(args: PrepareArgs) -> Result<ExitCode> {
     let summary = match pgan_data::prepare_cancellable(&options, &cancel) {
         Err(err @ pgan_data::DataError::Interrupted(_)) => {
             tell!("{err}");
-            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+            return Ok(ExitCode::from(crate::signals::exit_code()));
         }
         Err(e @ pgan_data::DataError::OutputExists(_)) => {
             return Err(anyhow::anyhow!("{e}; pass --force to overwrite it"))
@@ -167,9 +166,6 @@ fn info(file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
-const EXIT_INTERRUPTED: u8 = 130;
-
 /// Exit code of `verify` for a file whose contents are damaged (README: 1 = corrupt, 2 = the
 /// file could not be read or the command line is wrong).
 const EXIT_CORRUPT: u8 = 1;
@@ -187,11 +183,17 @@ fn verify(file: &Path) -> Result<ExitCode> {
     let report = reader.check_levels();
     say!("{report}");
     if !report.ok() {
-        let what = if report.levels.iter().all(|l| l.ok()) {
-            "bytes follow its data"
-        } else {
-            "a level's checksum does not match"
-        };
+        let mut what = Vec::new();
+        if !report.levels.iter().all(|l| l.ok()) {
+            what.push("a level's checksum does not match");
+        }
+        if report.trailing_bytes > 0 {
+            what.push("bytes follow its data");
+        }
+        if report.nonzero_padding > 0 {
+            what.push("its header's padding, which prepare writes as zeros, holds other bytes");
+        }
+        let what = what.join("; ");
         tell!("error: {} is corrupt: {what}", file.display());
         return Ok(ExitCode::from(EXIT_CORRUPT));
     }
@@ -548,7 +550,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
     let signalled = options.stop.clone();
     let several_nodes = options.config.nodes.several();
     // First Ctrl-C: checkpoint and exit cleanly; a second one aborts at once.
-    ctrlc::set_handler(move || {
+    crate::signals::on_stop_signal(move || {
         // Not `eprintln!`: stderr may be a closed pipe (SIGPIPE is ignored while training), and
         // a panic here would leave the handler dead and the process deaf to signals.
         if stop.swap(true, Ordering::SeqCst) {
@@ -556,21 +558,20 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 std::io::stderr(),
                 "\ninterrupted twice: exiting without a checkpoint"
             );
-            std::process::exit(130);
+            std::process::exit(crate::signals::exit_code().into());
         }
         let _ = writeln!(
             std::io::stderr(),
             "\ninterrupt: stopping, with a checkpoint once training has begun (interrupt \
              again to abort)"
         );
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    })?;
     let summary = match pgan_train::train(options) {
         Ok(summary) => summary,
         // Ctrl-C while several nodes were still joining: the shell's code for it.
         Err(stopped @ TrainError::StoppedWaiting { .. }) => {
             let _ = writeln!(std::io::stderr(), "{stopped}");
-            return Ok(ExitCode::from(130));
+            return Ok(ExitCode::from(crate::signals::exit_code()));
         }
         // Interrupted, and the other nodes did not answer (hung, or gone): the stop is the
         // user's, and the error says which checkpoint stands.
@@ -580,7 +581,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
                 "error: {lost}\n(interrupted: no stop checkpoint could be agreed with the other \
                  nodes)"
             );
-            return Ok(ExitCode::from(130));
+            return Ok(ExitCode::from(crate::signals::exit_code()));
         }
         // The checks a dry run makes come first: their errors name the flag or file too.
         Err(e) => return Err(name_where_it_was_set(e, &args)),
@@ -618,9 +619,10 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         }
     }
     if summary.interrupted {
-        // 130 is the shell's code for Ctrl-C; a stop asked for with --stop-after-kimg succeeded.
+        // The shell's code for the signal (130 for Ctrl-C); a stop asked for with
+        // --stop-after-kimg succeeded.
         if signalled.load(Ordering::SeqCst) {
-            return Ok(ExitCode::from(130));
+            return Ok(ExitCode::from(crate::signals::exit_code()));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1126,10 +1128,10 @@ pub fn ending_by_signal() -> bool {
 }
 
 /// On Ctrl-C or SIGTERM: remove the temporary files of what this process was writing to
-/// `outputs` and exit with 130, as `prepare` does (without a handler the signal would end the
-/// process and leave them behind).
+/// `outputs` and exit with the signal's code, as `prepare` does (without a handler the signal
+/// would end the process and leave them behind).
 fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
-    ctrlc::set_handler(move || {
+    crate::signals::on_stop_signal(move || {
         SIGNALLED.store(true, Ordering::SeqCst);
         // A set of outputs being renamed into place is let finish: never half of it.
         let _renames = pgan_train::fsutil::hold_renames();
@@ -1145,9 +1147,8 @@ fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
             std::io::stderr(),
             "\ninterrupted: temporary files removed, no output half-written"
         );
-        std::process::exit(EXIT_INTERRUPTED.into());
+        std::process::exit(crate::signals::exit_code().into());
     })
-    .context("cannot install the Ctrl-C handler")
 }
 
 fn synth(args: SynthArgs) -> Result<ExitCode> {

@@ -14,6 +14,7 @@ macro_rules! tell {
 mod commands;
 mod paths;
 mod seeds;
+mod signals;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -444,14 +445,14 @@ fn main() -> ExitCode {
         end_quietly_on_a_closed_pipe();
     }
     let result = commands::run(cli);
-    // A signal handler is removing what the command was writing and exits with 130: the
-    // command's own failure (its files vanished) is not the outcome to report.
+    // A signal handler is removing what the command was writing and exits with the signal's
+    // code: the command's own failure (its files vanished) is not the outcome to report.
     while commands::ending_by_signal() {
         std::thread::park();
     }
     match result {
         Ok(code) => {
-            // An interrupted command (exit 130) leaves none of the folders it made either.
+            // An interrupted command (exit 129, 130, 143) leaves none of the folders it made either.
             if code != ExitCode::SUCCESS {
                 paths::remove_created_folders();
             }

@@ -274,15 +274,41 @@ fn lone_node(dir: &Path, orchestrator_port: u16, address: &str, runs: &str) -> C
 
 /// A started `pgan` process whose output is read as it comes (a full pipe would block it).
 struct Running {
-    child: Child,
+    child: KilledOnDrop,
     out: std::thread::JoinHandle<Vec<u8>>,
     err: std::thread::JoinHandle<Vec<u8>>,
     /// What the process wrote to stderr so far.
     err_so_far: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
+/// A node's process, killed if the test lets go of it while it still runs: a failed test, or
+/// the first attempt of one run again, leaves no node training on behind it.
+struct KilledOnDrop(Child);
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KilledOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn start(mut cmd: Command) -> Running {
-    let mut child = cmd.spawn().unwrap();
+    let mut child = KilledOnDrop(cmd.spawn().unwrap());
     let drain = |mut pipe: Box<dyn std::io::Read + Send>,
                  so_far: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
         std::thread::spawn(move || {

@@ -442,6 +442,7 @@ fn mean_over_peers<B: AutodiffBackend>(
     out.d_stats.real_score = mean(&|o| o.d_stats.real_score.clone());
     out.d_stats.fake_score = mean(&|o| o.d_stats.fake_score.clone());
     out.loss_g = mean(&|o| o.loss_g.clone());
+    out.loss_g_matching = mean(&|o| o.loss_g_matching.clone());
     out
 }
 

@@ -107,6 +107,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             out.loss_g,
             d_stats.penalty,
             d_stats.drift,
+            out.loss_g_matching,
             d_stats.penalty_grad_norm,
             d_stats.real_score,
             d_stats.fake_score,
@@ -200,7 +201,9 @@ impl StepInputs {
 #[derive(Clone, Debug)]
 pub(crate) struct PeerStepOutput<B: AutodiffBackend> {
     pub d_stats: DiscriminatorStats<B::InnerBackend>,
+    /// The G loss, and of it the weighted feature-matching term (0 when it is off).
     pub loss_g: Tensor<B::InnerBackend, 1>,
+    pub loss_g_matching: Tensor<B::InnerBackend, 1>,
     /// Norms of the gradients the optimizers applied (after the all-reduce).
     pub d_grad_norm: Tensor<B::InnerBackend, 1>,
     pub g_grad_norm: Tensor<B::InnerBackend, 1>,
@@ -302,9 +305,13 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
         alpha,
     );
     let mut loss_g = generator_loss(loss, scores);
-    if let Some(term) = matching {
-        loss_g = loss_g + term;
-    }
+    let loss_g_matching = match matching {
+        Some(term) => {
+            loss_g = loss_g + term.clone();
+            term.inner()
+        }
+        None => Tensor::zeros([1], device),
+    };
     let loss_g_value = loss_g.clone().inner();
     let grads = GradientsParams::from_grads(loss_g.backward(), &nets.g);
     turn.give_up();
@@ -318,6 +325,7 @@ pub(crate) fn peer_step<B: AutodiffBackend, S: GradSync>(
     Ok(PeerStepOutput {
         d_stats,
         loss_g: loss_g_value,
+        loss_g_matching,
         d_grad_norm,
         g_grad_norm,
         step_s: started.elapsed().as_secs_f64(),
