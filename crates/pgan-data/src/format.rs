@@ -249,15 +249,21 @@ impl Header {
     /// Where the last section (level or manifest, whichever lies last) ends: the file's size
     /// when nothing follows its data.
     pub fn data_end(&self) -> u64 {
+        self.occupied()
+            .map(|(offset, length)| offset.saturating_add(length))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Where the sections (levels and manifest) lie, as `(offset, length)`, leaving out the
+    /// empty ones: an empty section takes no room (as in `validate`), wherever its offset
+    /// points.
+    pub fn occupied(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.levels
             .iter()
             .map(|l| (l.offset, l.length))
             .chain([(self.manifest.offset, self.manifest.length)])
-            // An empty section takes no room (as in `validate`), wherever its offset points.
             .filter(|&(_, length)| length > 0)
-            .map(|(offset, length)| offset.saturating_add(length))
-            .max()
-            .unwrap_or(0)
     }
 
     /// Semantic checks: sizes agree, sections are aligned, in bounds and

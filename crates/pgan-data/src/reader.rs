@@ -377,14 +377,8 @@ impl PyramidReader {
     /// checked: a level `prepare` moved down, after skipping files, leaves its old bytes there.)
     pub fn nonzero_padding(&self) -> u64 {
         let h = &self.header;
-        let first_section = (h.levels.iter())
-            .map(|l| (l.offset, l.length))
-            .chain([(h.manifest.offset, h.manifest.length)])
-            // An empty section takes no room (as in the header's validation).
-            .filter(|&(_, length)| length > 0)
-            .map(|(offset, _)| offset)
-            .min()
-            .unwrap_or(u64::MAX);
+        let first_section = h.occupied().map(|(offset, _)| offset).min();
+        let first_section = first_section.unwrap_or(u64::MAX);
         let start = format::header_len(h.levels.len() as u32);
         let end = format::ALIGN.min(first_section).min(self.map.len() as u64) as usize;
         let padding = self.map.get(start..end).unwrap_or_default();
