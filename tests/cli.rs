@@ -20,6 +20,17 @@ fn prepare_quietly(images: &Path, out: &Path, resolution: u32) -> String {
     ]))
 }
 
+/// `cmd` (a `pgan` command) given `prepare IMAGES OUT --resolution 8 --quiet`, its output
+/// piped: for a prepare that runs beside something else (a signal, another prepare).
+fn prepare_at_8_piped<'a>(cmd: &'a mut Command, images: &Path, out: &Path) -> &'a mut Command {
+    cmd.arg("prepare")
+        .arg(images)
+        .arg(out)
+        .args(["--resolution", "8", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
@@ -717,6 +728,54 @@ fn a_stop_signal_writes_a_checkpoint_and_resume_finishes_the_run() {
     assert!(out.contains("checkpoint"), "{out}");
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("resumed") && log.contains("finished"), "{log}");
+}
+
+/// A stop signal that arrives while a command renames its outputs into place (strace delivers
+/// SIGINT at every rename): the handler waits for the renames, and then, the outputs being
+/// written, lets the command end as it would have (exit 0), rather than exit 130 as if the old
+/// files stood. Skipped, saying so, where strace cannot run (`.ci/run` installs it).
+#[test]
+fn a_stop_signal_during_the_renames_lets_the_written_outputs_stand() {
+    let strace_runs = Command::new("strace")
+        .args(["-o", "/dev/null", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !strace_runs {
+        eprintln!("skipped: strace cannot run here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = tiny_dataset_and_config(dir.path());
+    let (_, run) = train_tiny(&config, &data, &dir.path().join("runs"), &[]);
+    let with_sigint_at_renames = |args: &[&str]| {
+        let mut cmd = Command::new("strace");
+        cmd.args([
+            "-f",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=rename,renameat,renameat2",
+        ])
+        .args(["-e", "inject=rename,renameat,renameat2:signal=SIGINT"])
+        .arg(env!("CARGO_BIN_EXE_pgan"))
+        .args(args);
+        cmd.output().unwrap()
+    };
+    let run = run.to_str().unwrap();
+    for (command, out) in [("export", "g.safetensors"), ("report", "r.html")] {
+        let path = dir.path().join(out);
+        std::fs::write(&path, b"old").unwrap();
+        let path_arg = path.to_str().unwrap();
+        let done = with_sigint_at_renames(&[command, run, "--out", path_arg, "--force"]);
+        assert_eq!(done.status.code(), Some(0), "{command}: {}", text(&done));
+        assert!(
+            text(&done).contains("they are written, so the command finishes"),
+            "{command}: {}",
+            text(&done)
+        );
+        assert_ne!(std::fs::read(&path).unwrap(), b"old");
+    }
+    assert_eq!(names_starting(dir.path(), "."), Vec::<String>::new());
 }
 
 /// A run started under `nohup` goes on when SIGHUP comes (its terminal closed), as `nohup`
@@ -2746,20 +2805,39 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     let fifo = fakes.join("zz.png");
     mkfifo(&fifo);
     std::fs::write(fakes.join("zy.png"), b"\x89PNG\r\n\x1a\n cut short").unwrap();
+    for k in 0..3 {
+        std::fs::write(fakes.join(format!("zx{k}.png")), b"").unwrap();
+    }
     let compared = dir.path().join("compared.json");
     let out = run_ok(compare(&fakes).args(["--kid", "--json"]).arg(&compared));
     assert!(
         out.contains("4 generated")
-            && out.contains("warning: 2 of the 6 images under")
+            && out.contains("warning: 5 of the 9 images under")
             && out.contains("left out (the metrics measure the other 4)")
-            && out.contains("zz.png: ")
-            && out.contains("not a regular file (a FIFO)")
-            && out.contains("zy.png: "),
+            && out.contains("zx0.png: ")
+            && out.contains("and 2 more (every one, with why, in the --json report's `left_out`)"),
         "{out}"
     );
-    // The JSON of a comparison names both sets and KID's seed, and only its own units.
+    // The JSON of a comparison names both sets and KID's seed, and only its own units, and
+    // every image left out, with why.
     let parsed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&compared).unwrap()).unwrap();
+    let left_out = parsed["left_out"].as_array().unwrap();
+    assert_eq!(left_out.len(), 5, "{parsed}");
+    let named = |name: &str| {
+        left_out
+            .iter()
+            .find(|l| l["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not in {parsed}"))
+    };
+    assert_eq!(named("zy.png")["set"], "fake");
+    assert!(named("zz.png")["why"]
+        .as_str()
+        .unwrap()
+        .contains("not a regular file (a FIFO)"));
+    for k in 0..3 {
+        named(&format!("zx{k}.png"));
+    }
     assert_eq!(parsed["real"], reals.to_str().unwrap(), "{parsed}");
     assert_eq!(parsed["fake"], fakes.to_str().unwrap(), "{parsed}");
     assert_eq!(parsed["seed"], 123, "{parsed}");
@@ -2771,6 +2849,9 @@ fn eval_fid_kid_pr_against_a_dataset_and_between_two_sets() {
     );
     std::fs::remove_file(&fifo).unwrap();
     std::fs::remove_file(fakes.join("zy.png")).unwrap();
+    for k in 0..3 {
+        std::fs::remove_file(fakes.join(format!("zx{k}.png"))).unwrap();
+    }
     // Files of kinds pgan does not decode are named by extension, not passed over in silence.
     std::fs::write(fakes.join("a.ppm"), b"P6 1 1 255 \0\0\0").unwrap();
     std::fs::write(fakes.join("b.PPM"), b"P6 1 1 255 \0\0\0").unwrap();
@@ -3195,13 +3276,7 @@ fn prepare_skips_decompression_bombs_with_a_reason_in_bounded_memory() {
     let data = dir.path().join("b.pgan");
     // Reaped by the wait4 below, which clippy does not see.
     #[allow(clippy::zombie_processes)]
-    let mut child = pgan()
-        .arg("prepare")
-        .arg(&images)
-        .arg(&data)
-        .args(["--resolution", "8", "--quiet"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let mut child = prepare_at_8_piped(&mut pgan(), &images, &data)
         .spawn()
         .unwrap();
     // wait4 reaps this very child and returns its own peak memory (not the other tests').
@@ -3512,6 +3587,21 @@ fn verify_exits_1_on_corruption_and_2_when_it_cannot_read() {
     assert!(!dry_run("16").contains("fewer than the minibatch"));
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path().join("none.pgan")), 60);
     assert_eq!(code, Some(2), "{out}");
+    // A file that is not a pgan dataset at all is not a corrupt one: 2, as for info.
+    let text_file = dir.path().join("notes.pgan");
+    std::fs::write(&text_file, b"my notes\n").unwrap();
+    let empty = dir.path().join("empty.pgan");
+    std::fs::write(&empty, b"").unwrap();
+    for (path, what) in [(&text_file, "bad magic bytes"), (&empty, "empty file")] {
+        for command in ["verify", "info"] {
+            let (code, out) = run_within(pgan().arg(command).arg(path), 60);
+            assert_eq!(code, Some(2), "{command}: {out}");
+            assert!(
+                out.contains("is not a pgan dataset") && out.contains(what),
+                "{out}"
+            );
+        }
+    }
     let (code, out) = run_within(pgan().arg("verify").arg(dir.path()), 60);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("is a folder, not a regular file"), "{out}");
@@ -3538,13 +3628,7 @@ fn prepare_removes_its_temporary_file_on_sigterm_and_sigint_and_stale_ones_at_th
     std::fs::create_dir(&out_dir).unwrap();
     let data = out_dir.join("s.pgan");
     for signal in ["-TERM", "-INT", "-HUP"] {
-        let child = with_default_sighup(&mut pgan())
-            .arg("prepare")
-            .arg(&images)
-            .arg(&data)
-            .args(["--resolution", "8", "--quiet"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+        let child = prepare_at_8_piped(with_default_sighup(&mut pgan()), &images, &data)
             .spawn()
             .unwrap();
         let start = Instant::now();
@@ -3598,6 +3682,59 @@ fn prepare_removes_its_temporary_file_on_sigterm_and_sigint_and_stale_ones_at_th
         "{out}"
     );
     assert!(names_starting(&out_dir, ".s.pgan").is_empty());
+}
+
+/// Two prepares of one output started together: exactly one writes it, every time; the other
+/// names the writer (or, having come after it, the file it wrote). Neither leaves a temporary
+/// file.
+#[test]
+fn two_prepares_of_one_output_at_once_leave_exactly_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough work (a few hundred ms) that the two overlap.
+    let images = dir.path().join("many");
+    std::fs::create_dir(&images).unwrap();
+    for k in 0..300u32 {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4 + k) as u8, (y * 4) as u8, (k % 256) as u8])
+        });
+        img.save(images.join(format!("{k:03}.png"))).unwrap();
+    }
+    let data = dir.path().join("d.pgan");
+    let mut overlapped = 0;
+    for round in 0..40 {
+        let _ = std::fs::remove_file(&data);
+        let _ = std::fs::remove_file(dir.path().join("d.pgan.report.txt"));
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                prepare_at_8_piped(&mut pgan(), &images, &data)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let said = format!("round {round}:\n{}\n{}", text(&outs[0]), text(&outs[1]));
+        let winners: Vec<usize> = (0..2).filter(|&k| outs[k].status.success()).collect();
+        assert_eq!(winners.len(), 1, "{said}");
+        let (winner, loser) = (winners[0], 1 - winners[0]);
+        assert_eq!(outs[loser].status.code(), Some(2), "{said}");
+        let refused = text(&outs[loser]);
+        assert!(
+            refused.contains(&format!(
+                "another process (pid {}) is writing it now",
+                pids[winner]
+            )) || refused.contains("already exists"),
+            "{said}"
+        );
+        overlapped += usize::from(refused.contains("is writing it now"));
+        run_ok(pgan().arg("verify").arg(&data));
+    }
+    // The rounds met the case they test: two writers at work at once.
+    assert!(overlapped >= 20, "{overlapped} of 40 rounds overlapped");
+    assert_eq!(names_starting(dir.path(), ".d.pgan"), Vec::<String>::new());
 }
 
 #[test]
@@ -4193,6 +4330,16 @@ fn files_values_and_checkpoint_entries_a_user_got_wrong_are_named() {
     run_ok(pgan().arg("report").arg(&run));
     assert!(pgan_report::is_pgan_report(&run.join("report.html")));
     std::fs::remove_file(run.join("report.html")).unwrap();
+    // A folder there is said to be one: no --force replaces it, so none is suggested.
+    std::fs::create_dir(run.join("report.html")).unwrap();
+    for force in [&[][..], &["--force"][..]] {
+        let err = run_err(pgan().arg("report").arg(&run).args(force));
+        assert!(
+            err.contains("is a folder, not a regular file") && !err.contains("pass --force"),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir(run.join("report.html")).unwrap();
 
     // A stop at or before the resumed position, a total of less than one image.
     let err = run_err(&mut resume_cmd(&run, &["--stop-after-kimg", "0.016"]));
@@ -4336,5 +4483,48 @@ fn eval_outputs_never_replace_inputs_and_odd_images_are_measured() {
     run_ok(eval(&["--json"]).arg(fakes.join("fid.json")));
     let err = run_err(eval(&["--force", "--json"]).arg(&weights));
     assert!(err.contains("that is the Inception weights"), "{err}");
+    // One image is not a set: said naming the flag, before any warning about it.
+    let err = run_err(
+        pgan()
+            .args(["eval", "--fid", "--real"])
+            .arg(reals.join("00.png"))
+            .arg("--fake")
+            .arg(&fakes)
+            .env("PGAN_INCEPTION", &weights),
+    );
+    assert!(
+        err.contains("--real")
+            && err.contains("a single image; give a folder of images")
+            && !err.contains("warning"),
+        "{err}"
+    );
     assert!(pgan_inception::InceptionWeights::load(&weights).is_ok());
+
+    // A dataset file's feature cache, which the command writes before its report, is not an
+    // output either; and a dataset whose path is not UTF-8 still gets its JSON report (the path
+    // escaped), not an error after the measuring.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"r\xff.pgan"));
+    prepare_quietly(&reals, &odd, 16);
+    let compare = |json: &Path| {
+        let mut cmd = pgan();
+        cmd.args(["eval", "--fid", "--real"])
+            .arg(&odd)
+            .arg("--fake")
+            .arg(&fakes)
+            .env("PGAN_INCEPTION", &weights)
+            .arg("--json")
+            .arg(json);
+        cmd
+    };
+    let cache = pgan_train::inception_metrics::cache_path(&odd, 16);
+    let err = run_err(compare(&cache).arg("--force"));
+    assert!(
+        err.contains("that is the dataset's Inception feature cache"),
+        "{err}"
+    );
+    let json = dir.path().join("odd.json");
+    run_ok(&mut compare(&json));
+    let report = std::fs::read_to_string(&json).unwrap();
+    assert!(report.contains(r#"r\\xFF.pgan""#), "{report}");
 }

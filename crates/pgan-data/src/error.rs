@@ -82,7 +82,17 @@ pub enum DataError {
         kind: &'static str,
     },
 
-    /// A pyramid file is malformed (truncated, foreign, wrong version, corrupt).
+    /// A file that is not a pgan dataset at all: empty, or its first bytes are not pgan's
+    /// magic (another format). Not corruption of a dataset (`pgan verify` exits 2, not 1).
+    #[error("{path} is not a pgan dataset: {reason}")]
+    NotPyramid {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+
+    /// A pyramid file is malformed (truncated, wrong version, corrupt).
     #[error("invalid pyramid file {path}: {reason}")]
     InvalidFile {
         /// The pyramid file.

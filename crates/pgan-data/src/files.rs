@@ -199,6 +199,27 @@ pub fn remove_own_temps(output: &Path) {
     }
 }
 
+/// A short OS lock on the folder `output` is written in, for the moment a writer creates its
+/// temporary file and looks for other writers ([`live_writer`]): of two writers starting
+/// together, the second then sees the first's temporary file and the first does not see the
+/// second's, so exactly one goes on. Held until the returned file is dropped. `None` where the
+/// folder cannot be locked (another platform, a file system without locks on folders) or stays
+/// locked for seconds (a run folder, whose trainer locks it for its life): the writers then
+/// look without it, and two starting together may both stop (each names the other).
+pub fn lock_writers_folder(output: &Path) -> Option<std::fs::File> {
+    let folder = std::fs::File::open(parent_dir(output)).ok()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match folder.try_lock() {
+            Ok(()) => return Some(folder),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// The pid of another process writing `output` now, if any: one whose temporary file is
 /// locked (`prepare` holds an OS lock on its temporary file while it writes, so a temp whose
 /// pid was reused by an unrelated process after a crash or reboot is not taken for a writer).
@@ -255,7 +276,7 @@ fn temps_of(output: &Path) -> Vec<(PathBuf, u32)> {
 
 /// Is process `pid` alive? `kill(pid, 0)` sends nothing and fails with `ESRCH` only when no
 /// such process exists (`EPERM` means it exists but belongs to someone else).
-pub(crate) fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         let Ok(pid) = libc::pid_t::try_from(pid) else {

@@ -158,12 +158,18 @@ impl Header {
     /// is long enough). Never panics on malformed input.
     pub fn parse(bytes: &[u8], file_len: u64, path: &Path) -> Result<Header> {
         let bad = |reason: String| DataError::invalid(path, reason);
+        let foreign = |reason: &str| DataError::NotPyramid {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        };
         if file_len == 0 {
-            return Err(bad("empty file (0 bytes)".into()));
+            return Err(foreign("empty file (0 bytes)"));
         }
         let magic_len = bytes.len().min(MAGIC.len());
         if bytes[..magic_len] != MAGIC[..magic_len] {
-            return Err(bad("not a pgan pyramid file (bad magic bytes)".into()));
+            return Err(foreign(
+                "its first bytes are not a pgan pyramid's (bad magic bytes): another kind of file",
+            ));
         }
         if bytes.len() < PREFIX_LEN {
             return Err(bad(format!(

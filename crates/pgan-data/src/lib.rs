@@ -30,8 +30,8 @@ mod writer;
 
 pub use error::{DataError, Result};
 pub use files::{
-    crc32_of_regular_file, read_regular_file, read_regular_file_at_most, remove_own_temps,
-    remove_stale_temps, remove_stale_temps_in, temp_path_for,
+    crc32_of_regular_file, process_alive, read_regular_file, read_regular_file_at_most,
+    remove_own_temps, remove_stale_temps, remove_stale_temps_in, temp_path_for,
 };
 pub use format::Header;
 pub use ingest::{

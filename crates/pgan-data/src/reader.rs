@@ -207,7 +207,10 @@ impl PyramidReader {
         })?;
         let file_len = meta.len();
         if file_len == 0 {
-            return Err(DataError::invalid(&path, "empty file (0 bytes)"));
+            return Err(DataError::NotPyramid {
+                path,
+                reason: "empty file (0 bytes)".into(),
+            });
         }
         // SAFETY: the map is read-only. `prepare` never modifies a file in place (it renames
         // a new one); another program truncating the file while it is mapped makes reads of
@@ -618,7 +621,7 @@ pub(crate) mod tests {
             })
             .collect();
         assert!(open_err(&random).contains("bad magic"));
-        assert!(open_err(b"\x89PNG\r\n\x1a\n").contains("not a pgan pyramid file"));
+        assert!(open_err(b"\x89PNG\r\n\x1a\n").contains("is not a pgan dataset"));
 
         let (_d, path) = sample_file();
         let good = std::fs::read(&path).unwrap();

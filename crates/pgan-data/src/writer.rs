@@ -265,6 +265,7 @@ pub(crate) fn prepare_with_limit(
     }
 
     let tmp_path = temp_path(&opts.output);
+    let writers_folder = crate::files::lock_writers_folder(&opts.output);
     let file = File::create_new(&tmp_path).map_err(|e| DataError::OutputUnwritable {
         path: opts.output.clone(),
         reason: format!("cannot create temporary file {}: {e}", tmp_path.display()),
@@ -276,8 +277,9 @@ pub(crate) fn prepare_with_limit(
         path: tmp_path.clone(),
         armed: true,
     };
-    // Checked with this process's temporary file in place: of two writers starting together at
-    // least one sees the other (both stop in a tie), and neither replaces the other's output.
+    // Checked with this process's temporary file in place, under the folder's lock: of two
+    // writers starting together exactly one sees the other, and neither replaces the other's
+    // output.
     if let Some(pid) = crate::files::live_writer(&opts.output) {
         return Err(DataError::OutputUnwritable {
             path: opts.output.clone(),
@@ -286,6 +288,7 @@ pub(crate) fn prepare_with_limit(
             ),
         });
     }
+    drop(writers_folder);
     let mut sink = Sink {
         file,
         limit: write_limit,
@@ -882,7 +885,7 @@ fn write_report(s: &PrepareSummary) -> Result<()> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
-        let mut file = File::create(&tmp)?;
+        let mut file = pgan_spec::output::create_temp(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)

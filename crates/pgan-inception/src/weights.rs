@@ -474,10 +474,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     name.push(std::process::id().to_string());
     let tmp = dir.join(name);
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = pgan_spec::output::create_temp(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        pgan_spec::output::place(&tmp, path, path)
+        pgan_spec::output::placing(|| pgan_spec::output::place(&tmp, path, path))
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);

@@ -611,6 +611,27 @@ fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
     std::ffi::OsString::from_vec(out)
 }
 
+/// Gives `building` (and on Unix the group of everything in it) what the empty folder it
+/// replaces had, `folder`: its permission bits (a private 700, a group's setgid 2770) and its
+/// group. The group goes only where the user may give it (a group they are in; else the folder
+/// keeps theirs: this is not an error, as the files are still theirs).
+fn take_over_folder(building: &Path, folder: &std::fs::Metadata) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let gid = folder.gid();
+        let mut paths = vec![building.to_path_buf()];
+        for entry in std::fs::read_dir(building)? {
+            paths.push(entry?.path());
+        }
+        for path in &paths {
+            let _ = std::os::unix::fs::lchown(path, None, Some(gid));
+        }
+    }
+    // After the group: a change of group clears the setgid bit.
+    std::fs::set_permissions(building, folder.permissions())
+}
+
 /// Writes a K-mode dataset of `count` PNGs (modes assigned round-robin, then shuffled, so every
 /// mode has `floor(count/K)` or `ceil(count/K)` images) plus `labels.json` and `modes.json` into
 /// `out_dir`, which must be absent or empty. Deterministic for a given seed.
@@ -651,6 +672,9 @@ pub fn synth(
             return Err(MetricsError::OutputNotEmpty(out_dir.to_path_buf()));
         }
     }
+    // The empty folder the user made (private, or a group's with its setgid bit) is replaced by
+    // the finished one: that one takes its permissions and group.
+    let kept_folder = std::fs::metadata(out_dir).ok();
     // Built in a hidden folder beside `out_dir` and renamed when complete: an interrupted run
     // leaves no folder of some images without their labels that `prepare` would take for a
     // dataset (and the next run removes the hidden one).
@@ -664,6 +688,9 @@ pub fn synth(
         .map_err(|e| MetricsError::io(&building, e))
         .and_then(|()| write_synth(&building, &spec, count, seed))
         .and_then(|written| {
+            if let Some(folder) = &kept_folder {
+                take_over_folder(&building, folder).map_err(|e| MetricsError::io(out_dir, e))?;
+            }
             std::fs::rename(&building, out_dir).map_err(|e| MetricsError::io(out_dir, e))?;
             Ok(written)
         });
@@ -772,6 +799,37 @@ mod tests {
             synth(&dir.path().join("big"), 4, 8, MAX_COUNT + 1, 0),
             Err(MetricsError::InvalidArgument(_))
         ));
+    }
+
+    /// An empty folder the user made is replaced by the finished one with its permissions and
+    /// group: a private folder stays private, a group's setgid folder stays the group's.
+    #[cfg(unix)]
+    #[test]
+    fn an_empty_folder_it_fills_keeps_its_permissions_and_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        synth(&private, 2, 8, 2, 0).unwrap();
+        assert_eq!(std::fs::metadata(&private).unwrap().mode() & 0o7777, 0o700);
+
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        // Another group where this process may give one (root, as in CI); else its own.
+        let own = std::fs::metadata(&shared).unwrap().gid();
+        let group = if std::os::unix::fs::chown(&shared, None, Some(1)).is_ok() {
+            1
+        } else {
+            own
+        };
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        synth(&shared, 2, 8, 2, 0).unwrap();
+        let meta = std::fs::metadata(&shared).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o2770);
+        assert_eq!(meta.gid(), group);
+        let labels = std::fs::metadata(shared.join(LABELS_FILE)).unwrap();
+        assert_eq!(labels.gid(), group);
     }
 
     #[test]

@@ -219,11 +219,11 @@ fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
     tmp_name.push(std::process::id().to_string());
     let tmp = target.with_file_name(tmp_name);
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = pgan_spec::output::create_temp(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        pgan_spec::output::place(&tmp, &target, out)
+        pgan_spec::output::placing(|| pgan_spec::output::place(&tmp, &target, out))
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -237,6 +237,22 @@ mod fixture;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link placed at the report's temporary name is not written through.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_at_the_temporary_name_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        fs::write(&victim, b"precious").unwrap();
+        let out = dir.path().join("report.html");
+        let mut name = pgan_spec::output::temp_prefix(std::ffi::OsStr::new("report.html"));
+        name.push(std::process::id().to_string());
+        std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        write_atomic(&out, b"<html>").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(&out).unwrap(), b"<html>");
+    }
 
     fn fixture_run() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

@@ -635,7 +635,9 @@ fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
         let is_png = path
             .extension()
             .is_some_and(|x| x.eq_ignore_ascii_case("png"));
-        if is_png && path.is_file() {
+        // Not only regular files: a sheet that cannot be read (a FIFO, a link to nowhere) is a
+        // notice in the report, not silently passed over for an older one.
+        if is_png && !path.is_dir() {
             out.push(path);
         }
     }
@@ -644,10 +646,18 @@ fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The image at `path` to embed, or `None` with a notice in `size_notices` when it is too
-/// large.
+/// large or cannot be read (the report is still written, without it).
 fn read_image(path: PathBuf, size_notices: &mut Vec<String>) -> Result<Option<ImageFile>> {
-    let (bytes, len) = read_regular_head(&path, MAX_EMBEDDED_IMAGE_BYTES + 1)
-        .map_err(|e| ReportError::io(&path, e))?;
+    let (bytes, len) = match read_regular_head(&path, MAX_EMBEDDED_IMAGE_BYTES + 1) {
+        Ok(read) => read,
+        Err(e) => {
+            size_notices.push(format!(
+                "{}: cannot read it ({e}): not shown",
+                path.display()
+            ));
+            return Ok(None);
+        }
+    };
     if len > MAX_EMBEDDED_IMAGE_BYTES || bytes.len() as u64 > MAX_EMBEDDED_IMAGE_BYTES {
         size_notices.push(format!(
             "{} is {} MiB, more than the {} MiB a page embeds: not shown",
@@ -843,6 +853,33 @@ mod tests {
     /// A long log, an endless line, a large config and a sheet too large to embed: the log is
     /// read line by line with each line cut, the config and sheet in part or not at all, each
     /// said; the counts still cover the whole log.
+    #[cfg(unix)]
+    #[test]
+    fn a_latest_sheet_that_cannot_be_read_is_said_not_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        fs::create_dir_all(run.join("samples")).unwrap();
+        fs::write(run.join("metrics.jsonl"), "{\"kimg\":1}\n").unwrap();
+        fs::write(run.join("samples/tick-000001.png"), b"\x89PNG older").unwrap();
+        let fifo = run.join("samples/tick-000002.png");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::os::unix::fs::symlink("nowhere.png", run.join("samples/timeline.png")).unwrap();
+        let data = RunData::load(&run).unwrap();
+        assert!(data.latest_sample.is_none());
+        assert!(data.timeline.is_none());
+        assert_eq!(data.sample_count, 2);
+        let notices = data.size_notices.join("\n");
+        assert!(
+            notices.contains("tick-000002.png: cannot read it (")
+                && notices.contains("timeline.png: cannot read it ("),
+            "{notices}"
+        );
+    }
+
     #[test]
     fn large_run_files_are_read_in_bounded_pieces_and_said() {
         use std::io::Write as _;

@@ -71,6 +71,34 @@ pub fn place(tmp: &Path, target: &Path, given: &Path) -> io::Result<()> {
     })
 }
 
+/// Held while a set of outputs is renamed into place ([`placing`]): a signal handler that takes
+/// it ([`hold_renames`]) before removing the temporary files never leaves a set half renamed.
+static RENAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How many sets of outputs [`placing`] has put in place: a signal handler that waited in
+/// [`hold_renames`] tells by it that the command's outputs were written meanwhile.
+static SETS_PLACED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs `renames` (those of one set of outputs, each [`place`] or a rename) so that a signal
+/// handler waits for all of them, and counts the set when they succeed.
+pub fn placing<T, E>(renames: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let _renaming = hold_renames();
+    let placed = renames()?;
+    SETS_PLACED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(placed)
+}
+
+/// Waits until no set of outputs is being renamed into place, and keeps any from starting while
+/// the guard lives (for a signal handler about to remove the temporary files and exit).
+pub fn hold_renames() -> std::sync::MutexGuard<'static, ()> {
+    RENAMING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// See [`SETS_PLACED`].
+pub fn sets_placed() -> u64 {
+    SETS_PLACED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Renames `from` to `to` only if `to` does not exist, in one step: the check before the work
 /// began cannot see a file another process renamed there since.
 pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
@@ -115,6 +143,25 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
             Err(io::Error::from(io::ErrorKind::AlreadyExists))
         }
         Err(_) => std::fs::rename(from, to),
+    }
+}
+
+/// Creates the temporary file `tmp` (a name that carries this process's id, [`temp_prefix`]) for
+/// writing, never through what is already there: a link someone placed at the predictable name
+/// would otherwise have the write land in the file it points to. What is there (a leftover of
+/// a process that had this id before, or a planted link) is removed, the link itself and never
+/// what it points to, and the file created anew; a folder there, or something placed again in
+/// between, is an error.
+pub fn create_temp(tmp: &Path) -> io::Result<std::fs::File> {
+    match std::fs::File::create_new(tmp) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            if std::fs::symlink_metadata(tmp)?.is_dir() {
+                return Err(e);
+            }
+            std::fs::remove_file(tmp)?;
+            std::fs::File::create_new(tmp)
+        }
+        created => created,
     }
 }
 

@@ -972,7 +972,13 @@ pub fn find_checkpoint(path: &Path) -> Result<FoundCheckpoint> {
                     });
                 }
                 Err(_) if !ckpt.exists() => pruned = true,
-                Err(e) => skipped.push(e),
+                // The warning names the checkpoint whatever failed in it (an unreadable
+                // record's error names only the record's file).
+                Err(e @ TrainError::Checkpoint { .. }) => skipped.push(e),
+                Err(e) => skipped.push(TrainError::Checkpoint {
+                    path: ckpt.clone(),
+                    message: e.to_string(),
+                }),
             }
         }
         // An empty listing too: a listing made while the newest is renamed into place and the

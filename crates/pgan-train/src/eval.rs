@@ -278,6 +278,7 @@ pub struct EvalRequest {
 #[derive(Clone, Debug, Serialize)]
 pub struct FullEvalReport {
     /// The checkpoint measured (absolute).
+    #[serde(serialize_with = "crate::json_paths::path")]
     pub checkpoint: std::path::PathBuf,
     /// kimg at the checkpoint.
     pub kimg: f64,
@@ -286,8 +287,10 @@ pub struct FullEvalReport {
     /// Generated images used.
     pub num_images: usize,
     /// The dataset the reals came from (absolute), when one was used.
+    #[serde(serialize_with = "crate::json_paths::optional_path")]
     pub data: Option<std::path::PathBuf>,
     /// The mode specification of the coverage measurement (absolute), when one was used.
+    #[serde(serialize_with = "crate::json_paths::optional_path")]
     pub modes_spec: Option<std::path::PathBuf>,
     /// Latent truncation of the generated images (`None`: none).
     pub truncation: Option<f32>,
@@ -331,6 +334,10 @@ pub struct FullEvalReport {
     pub unmeasured: Vec<Unmeasured>,
     /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
     pub warnings: Vec<String>,
+    /// Every image of a folder of reals left out because it could not be decoded (the warning
+    /// names the first few).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<crate::inception_metrics::LeftOut>,
     /// The units of the numbers above.
     pub units: Units,
 }
@@ -462,6 +469,7 @@ impl std::fmt::Display for FullEvalReport {
                 notes: self.notes.clone(),
                 // This report's warnings are printed above, with the others.
                 warnings: Vec::new(),
+                left_out: Vec::new(),
             };
             writeln!(f, "{features}")?;
         }
@@ -519,6 +527,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         notes: Vec::new(),
         unmeasured: Vec::new(),
         warnings: Vec::new(),
+        left_out: Vec::new(),
         units: Units::default(),
     };
     if request.feature_metrics.any() {
@@ -532,6 +541,7 @@ fn run_eval<B: Backend>(request: &EvalRequest, device: &B::Device) -> Result<Ful
         report.real_composited = features.real_composited;
         report.notes = features.notes;
         report.warnings.extend(features.warnings);
+        report.left_out = features.left_out;
         if request.feature_metrics.fid {
             report
                 .warnings

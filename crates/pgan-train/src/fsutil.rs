@@ -16,16 +16,6 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Held while [`write_all_atomic`] renames its files into place: a signal handler that takes it
-/// before removing the temporary files never leaves a set half renamed.
-static RENAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Waits until no set of files is being renamed into place, and keeps any from starting while
-/// the guard lives (for a signal handler about to remove the temporary files and exit).
-pub fn hold_renames() -> std::sync::MutexGuard<'static, ()> {
-    RENAMING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Writes several files so that a failure replaces none of them: each is written and synced to
 /// a temp beside it first (only a regular file is ever replaced, the file at the end of a link
 /// at its path; a device, FIFO, socket or folder is an error before anything is written), and only when every one is complete are they renamed into place (a
@@ -55,11 +45,10 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Er
             let at = |e| (path.to_path_buf(), e);
             let tmp = temp_beside(&target);
             staged.push((tmp.clone(), target, path));
-            let mut file = File::create(&tmp).map_err(at)?;
+            let mut file = pgan_spec::output::create_temp(&tmp).map_err(at)?;
             io::Write::write_all(&mut file, bytes).map_err(at)?;
             file.sync_all().map_err(at)?;
         }
-        let _renaming = hold_renames();
         // Outputs that were absent at the command's check (and that it was not told to
         // replace) go first, each only if nothing appeared there meanwhile (a file, or a link
         // to one): should one have appeared, those already placed are taken back, and nothing
@@ -67,20 +56,22 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Er
         let (new, replaced): (Vec<_>, Vec<_>) = staged.iter().partition(|(_, target, path)| {
             pgan_spec::output::is_expected_new(target) || pgan_spec::output::is_expected_new(path)
         });
-        let mut placed: Vec<&Path> = Vec::new();
-        for (tmp, target, path) in new {
-            if let Err(e) = pgan_spec::output::place(tmp, target, path) {
-                for done in placed {
-                    let _ = std::fs::remove_file(done);
+        pgan_spec::output::placing(|| {
+            let mut placed: Vec<&Path> = Vec::new();
+            for (tmp, target, path) in new {
+                if let Err(e) = pgan_spec::output::place(tmp, target, path) {
+                    for done in placed {
+                        let _ = std::fs::remove_file(done);
+                    }
+                    return Err((path.to_path_buf(), e));
                 }
-                return Err((path.to_path_buf(), e));
+                placed.push(path);
             }
-            placed.push(path);
-        }
-        for (tmp, target, path) in replaced {
-            std::fs::rename(tmp, target).map_err(|e| (path.to_path_buf(), e))?;
-        }
-        Ok(())
+            for (tmp, target, path) in replaced {
+                std::fs::rename(tmp, target).map_err(|e| (path.to_path_buf(), e))?;
+            }
+            Ok(())
+        })
     })();
     if result.is_err() {
         for (tmp, _, _) in &staged {
@@ -228,7 +219,7 @@ fn write_back(path: &Path, file: &File) -> io::Result<bool> {
         let mut removed = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
         let tmp = temp_beside(path);
         let result = (|| {
-            let mut copy = File::create(&tmp)?;
+            let mut copy = pgan_spec::output::create_temp(&tmp)?;
             io::copy(&mut removed, &mut copy)?;
             copy.sync_all()?;
             pgan_spec::output::rename_no_replace(&tmp, path)
@@ -325,6 +316,28 @@ pub(crate) fn write_dir_atomic<E>(
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;
+
+    /// A link placed at the predictable temporary names beside an output (by anyone who can
+    /// write in its folder) is not written through: the file it points to keeps its bytes, and
+    /// the output is a file of its own.
+    #[test]
+    fn links_at_the_temporary_names_are_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = dir.path().join("sheet.png");
+        // The names the next writes here will take (other tests may take some of them first).
+        let next = COUNTER.load(Ordering::SeqCst);
+        for n in next..next + 256 {
+            let mut name = pgan_spec::output::temp_prefix(out.file_name().unwrap());
+            name.push(format!("{}-{n}", std::process::id()));
+            std::os::unix::fs::symlink(&victim, out.with_file_name(name)).unwrap();
+        }
+        write_atomic(&out, b"the sheet").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&out).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&out).unwrap(), b"the sheet");
+    }
 
     #[test]
     fn an_output_that_appeared_during_the_work_is_kept_unless_it_may_be_replaced() {

@@ -82,10 +82,16 @@ pub struct FeatureMetricsReport {
     /// Generated (compared) images measured.
     pub num_fake: usize,
     /// The reference set of a comparison of two sets (`eval --real A --fake B`), absolute.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json_paths::optional_path"
+    )]
     pub real: Option<PathBuf>,
     /// The set compared with it, absolute.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json_paths::optional_path"
+    )]
     pub fake: Option<PathBuf>,
     /// The seed of KID's random subsets (`--seed`), when KID was measured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +113,10 @@ pub struct FeatureMetricsReport {
     /// What makes a number above less trustworthy than it looks (printed as `warning:` lines).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Every image of a folder left out because it could not be decoded (the warning names
+    /// the first few).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
 }
 
 /// The units of [`FeatureMetricsReport`]'s numbers.
@@ -211,8 +221,22 @@ pub struct FeatureSet {
     /// The files of a folder that were not read, as a note naming their extensions.
     pub not_read: Option<String>,
     /// The images of a folder that could not be decoded and were left out, as a warning
-    /// naming them and why.
+    /// naming the first of them and why.
     pub left_out: Option<String>,
+    /// Every one of them, with why.
+    pub left_out_files: Vec<(PathBuf, String)>,
+}
+
+/// An image of a folder that could not be decoded and was left out of the measurement.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LeftOut {
+    /// `real` or `fake`: the set it was in.
+    pub set: &'static str,
+    /// The file.
+    #[serde(serialize_with = "crate::json_paths::path")]
+    pub path: PathBuf,
+    /// Why it could not be decoded.
+    pub why: String,
 }
 
 impl FeatureSet {
@@ -226,6 +250,7 @@ impl FeatureSet {
             folder_sizes: Default::default(),
             not_read: None,
             left_out: None,
+            left_out_files: Vec::new(),
         })
     }
 }
@@ -252,6 +277,19 @@ pub fn compare(
             .flatten()
             .cloned()
             .collect(),
+        left_out: [
+            (&real.left_out_files, "real"),
+            (&fake.left_out_files, "fake"),
+        ]
+        .into_iter()
+        .flat_map(|(files, set)| {
+            files.iter().map(move |(path, why)| LeftOut {
+                set,
+                path: path.clone(),
+                why: why.clone(),
+            })
+        })
+        .collect(),
         ..Default::default()
     };
     if which.fid {
@@ -453,6 +491,7 @@ fn load_cache(
         folder_sizes: Default::default(),
         not_read: None,
         left_out: None,
+        left_out_files: Vec::new(),
     })
 }
 
@@ -892,14 +931,23 @@ pub fn folder_features<B: Backend>(
             Some(&why.join("; ")),
         ));
     }
+    let left_out_files = left_out
+        .iter()
+        .map(|(path, why)| (path.to_path_buf(), why.clone()))
+        .collect();
     let left_out = (!left_out.is_empty()).then(|| {
         format!(
             "{} of the {} images under {} could not be decoded and were left out (the metrics \
-             measure the other {count}): {}",
+             measure the other {count}): {}{}",
             left_out.len(),
             files.len(),
             dir.display(),
-            name_left_out(&left_out)
+            name_left_out(&left_out),
+            if left_out.len() > NAMED_LEFT_OUT {
+                " (every one, with why, in the --json report's `left_out`)"
+            } else {
+                ""
+            }
         )
     });
     let mut set = FeatureSet::new(Features { values, count })?;
@@ -910,18 +958,21 @@ pub fn folder_features<B: Backend>(
     set.folder_sizes = sizes;
     set.not_read = not_read;
     set.left_out = left_out;
+    set.left_out_files = left_out_files;
     Ok(set)
 }
 
+/// How many of the files left out the warning names.
+const NAMED_LEFT_OUT: usize = 3;
+
 /// The first few files left out, each with why, and how many more.
 fn name_left_out(left_out: &[(&Path, String)]) -> String {
-    const NAMED: usize = 3;
     let named: Vec<String> = left_out
         .iter()
-        .take(NAMED)
+        .take(NAMED_LEFT_OUT)
         .map(|(file, why)| format!("{}: {why}", file.display()))
         .collect();
-    match left_out.len().saturating_sub(NAMED) {
+    match left_out.len().saturating_sub(NAMED_LEFT_OUT) {
         0 => named.join("; "),
         more => format!("{}; and {more} more", named.join("; ")),
     }

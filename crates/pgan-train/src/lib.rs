@@ -31,6 +31,7 @@ pub mod host_read;
 pub mod images;
 pub mod inception_metrics;
 pub mod instance_noise;
+mod json_paths;
 pub mod latents;
 pub mod limits;
 pub mod logistic;

@@ -215,18 +215,33 @@ pub struct RunLock {
     held: bool,
 }
 
+/// The pid the lock file `path` names, once it names a live process: a
+/// trainer that has just taken the lock writes its pid a moment later, so until then the file is
+/// empty or still names the trainer before it (gone, if it was killed). Looked at for up to a
+/// second; `None` (said "pid unknown") if no live owner shows.
+fn lock_owner(path: &Path) -> Option<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let text = pgan_data::read_regular_file_at_most(path, 4096).unwrap_or_default();
+        let named = String::from_utf8_lossy(&text).trim().parse::<u32>().ok();
+        if let Some(pid) = named.filter(|&p| pgan_data::process_alive(p)) {
+            return Some(pid);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 impl RunLock {
     /// Takes the run directory's lock, or fails with [`TrainError::RunInUse`] naming the pid
     /// of the process that holds it.
     pub fn acquire(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
-        let in_use = || {
-            let owner = pgan_data::read_regular_file_at_most(&path, 4096).unwrap_or_default();
-            let owner = String::from_utf8_lossy(&owner);
-            TrainError::RunInUse {
-                path: run_dir.to_path_buf(),
-                pid: owner.trim().parse().ok(),
-            }
+        let in_use = || TrainError::RunInUse {
+            path: run_dir.to_path_buf(),
+            pid: lock_owner(&path),
         };
         let folder = File::open(run_dir).ok();
         let mut held = false;
@@ -273,12 +288,9 @@ impl RunLock {
     /// dry run, which takes no lock and writes nothing: its lock file is not created).
     pub fn check_free(run_dir: &Path) -> Result<()> {
         let path = run_dir.join(LOCK_FILE);
-        let in_use = || {
-            let owner = pgan_data::read_regular_file_at_most(&path, 4096).unwrap_or_default();
-            TrainError::RunInUse {
-                path: run_dir.to_path_buf(),
-                pid: String::from_utf8_lossy(&owner).trim().parse().ok(),
-            }
+        let in_use = || TrainError::RunInUse {
+            path: run_dir.to_path_buf(),
+            pid: lock_owner(&path),
         };
         // A shared lock: refused only by a trainer's exclusive one, and it keeps no trainer
         // out meanwhile; let go when the file closes, at the end of this function. Where
@@ -518,6 +530,33 @@ mod tests {
         let fresh = tempfile::tempdir().unwrap();
         RunLock::check_free(fresh.path()).unwrap();
         assert!(!fresh.path().join(LOCK_FILE).exists());
+    }
+
+    /// A loser that reads the lock file before the winner wrote its pid (empty, or the pid of a
+    /// trainer gone) waits for the pid of the live owner instead of saying "pid unknown" or
+    /// naming the dead one.
+    #[test]
+    fn the_lock_owner_is_the_live_pid_written_after_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        std::fs::write(&path, format!("{dead}\n")).unwrap();
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::fs::write(&path, b"").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+            })
+        };
+        assert_eq!(lock_owner(&path), Some(std::process::id()));
+        writer.join().unwrap();
+        // Nobody live named within the wait: unknown, not the dead pid.
+        std::fs::write(&path, format!("{dead}\n")).unwrap();
+        assert_eq!(lock_owner(&path), None);
     }
 
     #[test]

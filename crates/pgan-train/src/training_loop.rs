@@ -445,10 +445,35 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// [`Self::run_to_the_end`], and an error that ends the run into `log.txt` too (the report
     /// shows the log's tail; stderr may be long gone).
+    ///
+    /// On several nodes, an error or a panic of this node's own (not one an exchange found, nor
+    /// one the nodes agreed on) is told to the other nodes, which then name it rather than a
+    /// lost node; the panic then goes on as it would have.
     fn run(mut self) -> Result<RunSummary> {
-        let result = self.run_to_the_end();
+        let several = self.config.nodes.several();
+        let result = if several {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_to_the_end())) {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic without a message");
+                    self.log
+                        .error(format!("training stopped by a panic: {what}"));
+                    self.peers.tell_failure(&format!("it panicked: {what}"));
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        } else {
+            self.run_to_the_end()
+        };
         if let Err(e) = &result {
             self.log.error(format!("training stopped by an error: {e}"));
+            if several && !matches!(e, TrainError::Peer { .. }) {
+                self.peers.tell_failure(&e.to_string());
+            }
         }
         result
     }

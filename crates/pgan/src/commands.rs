@@ -173,7 +173,8 @@ const EXIT_CORRUPT: u8 = 1;
 fn verify(file: &Path) -> Result<ExitCode> {
     let reader = match pgan_data::PyramidReader::open(file) {
         Ok(reader) => reader,
-        // A damaged header or manifest is corruption; a file that cannot be opened is not.
+        // A damaged header or manifest is corruption; a file that cannot be opened, or that is
+        // not a pgan dataset at all (empty, another format), is not.
         Err(err @ pgan_data::DataError::InvalidFile { .. }) => {
             tell!("error: {err}");
             return Ok(ExitCode::from(EXIT_CORRUPT));
@@ -864,6 +865,14 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             bail!("--fake {}: no such file or folder", fake.display());
         }
         let real = args.data.clone().expect("checked above: --fake has --real");
+        for (flag, set) in [("--real", &real), ("--fake", fake)] {
+            if set.is_file() && pgan_data::has_image_extension(set) {
+                bail!(
+                    "{flag} {}: a single image; give a folder of images or a .pgan dataset",
+                    set.display()
+                );
+            }
+        }
         let folder_read = real.is_dir() || fake.is_dir();
         let background = folder_background(background, folder_read, &[&real, fake]);
         prepare_eval_outputs(&args)?;
@@ -1079,6 +1088,19 @@ fn prepare_eval_outputs(args: &EvalArgs) -> Result<()> {
             "the Inception weights",
             pgan_inception::resolve_weights_path(args.inception.as_deref()),
         ));
+        // The real features are cached beside a dataset file at its resolution, written
+        // before the report: an output there would replace the cache this command just wrote.
+        let datasets = [&args.data, &args.fake];
+        for dataset in datasets.into_iter().flatten().filter(|d| d.is_file()) {
+            let resolutions =
+                std::iter::successors(Some(pgan_spec::resolution::MIN_RESOLUTION), |r| {
+                    (*r < pgan_spec::resolution::MAX_RESOLUTION).then_some(r * 2)
+                });
+            for resolution in resolutions {
+                let cache = pgan_train::inception_metrics::cache_path(dataset, resolution);
+                inputs.push(("the dataset's Inception feature cache", cache));
+            }
+        }
     }
     let mut outputs: Vec<(PathBuf, &str)> = Vec::new();
     if let Some(path) = &args.json {
@@ -1131,10 +1153,23 @@ pub fn ending_by_signal() -> bool {
 /// `outputs` and exit with the signal's code, as `prepare` does (without a handler the signal
 /// would end the process and leave them behind).
 fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
+    let mut finishing = false;
     crate::signals::on_stop_signal(move || {
         SIGNALLED.store(true, Ordering::SeqCst);
-        // A set of outputs being renamed into place is let finish: never half of it.
-        let _renames = pgan_train::fsutil::hold_renames();
+        // A set of outputs being renamed into place is let finish: never half of it. Then the
+        // command's outputs are written, and it ends as it would have (exit 0): a stop code
+        // would tell a script that its old files were untouched. Another signal stops it.
+        let _renames = pgan_spec::output::hold_renames();
+        if !finishing && crate::signals::outputs_placed_since_the_signal() {
+            finishing = true;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nthe stop signal came while the outputs were being put in place: they are \
+                 written, so the command finishes"
+            );
+            SIGNALLED.store(false, Ordering::SeqCst);
+            return;
+        }
         for out in &outputs {
             pgan_data::remove_own_temps(out);
             if let Ok(target) = pgan_spec::output::replaceable_file(out) {
@@ -1213,6 +1248,14 @@ fn report(run_dir: &Path, out: Option<PathBuf>, force: bool) -> Result<ExitCode>
                         std::fs::read_link(&out).map_or("?".into(), |t| t.display().to_string())
                     );
                 }
+            } else if let Some(meta) = meta.as_ref().ok().filter(|m| !m.is_file()) {
+                // No --force replaces it (only regular files are): say so, not "pass --force".
+                bail!(
+                    "{flag} ({}) is {}, not a regular file: remove it, or pass --out to write \
+                     elsewhere",
+                    out.display(),
+                    pgan_spec::output::kind(&meta.file_type())
+                );
             } else if meta.is_ok() && !force && !pgan_report::is_pgan_report(&out) {
                 bail!(
                     "{flag} ({}) holds something other than a pgan report: pass --force to \

@@ -447,8 +447,11 @@ fn main() -> ExitCode {
     let result = commands::run(cli);
     // A signal handler is removing what the command was writing and exits with the signal's
     // code: the command's own failure (its files vanished) is not the outcome to report.
+    // (Looked at again now and then: a handler that found the outputs already in place lets
+    // the command end as it would have, and says so first.)
+    signals::wait_for_the_first_handler();
     while commands::ending_by_signal() {
-        std::thread::park();
+        std::thread::park_timeout(std::time::Duration::from_millis(10));
     }
     match result {
         Ok(code) => {

@@ -2,12 +2,44 @@
 //! one place that installs what a command does on them, and the exit code a stopped command
 //! ends with, 128 + the signal's number as shells report it (130, 143, 129).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use anyhow::{Context, Result};
 
 /// The exit code of the first stopping signal this process received (0: none yet).
 static RECEIVED: AtomicU8 = AtomicU8::new(0);
+
+/// How many sets of outputs were in place ([`pgan_spec::output::sets_placed`]) when the first
+/// stopping signal arrived, taken in the signal handler itself (`u64::MAX`: none yet): the
+/// handler's thread runs later, maybe after a set the signal interrupted was renamed.
+static PLACED_AT_SIGNAL: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Whether a stopping signal arrived (set in the signal handler), and whether the first one's
+/// handler ([`on_stop_signal`]) has returned: a command that ends meanwhile waits for it
+/// ([`wait_for_the_first_handler`]), so that what the handler says is said.
+static ARRIVED: AtomicBool = AtomicBool::new(false);
+static FIRST_HANDLED: AtomicBool = AtomicBool::new(false);
+
+/// Waits (at most two seconds) until the handler of a stopping signal that arrived has returned;
+/// at once when none arrived. A handler that ends the process ends this wait with it.
+pub fn wait_for_the_first_handler() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while ARRIVED.load(Ordering::SeqCst)
+        && !FIRST_HANDLED.load(Ordering::SeqCst)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Whether a set of outputs was put in place after the first stopping signal arrived (while
+/// the handler waited for its renames): the command's outputs are then written.
+pub fn outputs_placed_since_the_signal() -> bool {
+    match PLACED_AT_SIGNAL.load(Ordering::SeqCst) {
+        u64::MAX => false,
+        at_signal => pgan_spec::output::sets_placed() > at_signal,
+    }
+}
 
 /// Exit code for a command stopped by Ctrl-C (128 + SIGINT).
 const EXIT_SIGINT: u8 = 130;
@@ -33,6 +65,7 @@ pub fn on_stop_signal(mut handler: impl FnMut() + Send + 'static) -> Result<()> 
             while let Some(code) = received() {
                 let _ = RECEIVED.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
                 handler();
+                FIRST_HANDLED.store(true, Ordering::SeqCst);
             }
         })
         .context("cannot start the signal handler's thread")?;
@@ -47,6 +80,21 @@ fn listen() -> std::io::Result<impl FnMut() -> Option<u8>> {
     let wanted = [SIGINT, SIGTERM, SIGHUP]
         .into_iter()
         .filter(|&signal| signal != SIGHUP || !ignored(signal));
+    for signal in wanted.clone() {
+        // SAFETY: the action only loads and stores atomics (async-signal-safe).
+        unsafe {
+            signal_hook::low_level::register(signal, || {
+                ARRIVED.store(true, Ordering::SeqCst);
+                let placed = pgan_spec::output::sets_placed();
+                let _ = PLACED_AT_SIGNAL.compare_exchange(
+                    u64::MAX,
+                    placed,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+            })?;
+        }
+    }
     let mut signals = signal_hook::iterator::Signals::new(wanted)?;
     Ok(move || {
         let signal = signals.forever().next()?;
@@ -72,6 +120,10 @@ fn ignored(signal: libc::c_int) -> bool {
 fn listen() -> std::io::Result<impl FnMut() -> Option<u8>> {
     let (send, receive) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
+        ARRIVED.store(true, Ordering::SeqCst);
+        let placed = pgan_spec::output::sets_placed();
+        let _ =
+            PLACED_AT_SIGNAL.compare_exchange(u64::MAX, placed, Ordering::SeqCst, Ordering::SeqCst);
         let _ = send.send(EXIT_SIGINT);
     })
     .map_err(std::io::Error::other)?;

@@ -181,6 +181,8 @@ struct Cluster {
     orchestrator: Child,
     port: u16,
     nodes: usize,
+    /// `--peer-timeout` of its nodes, in seconds.
+    peer_timeout_s: u32,
 }
 
 impl Cluster {
@@ -218,7 +220,14 @@ impl Cluster {
             orchestrator,
             port,
             nodes,
+            peer_timeout_s: 20,
         }
+    }
+
+    /// The same cluster, its nodes started with `--peer-timeout seconds`.
+    fn with_peer_timeout(mut self, seconds: u32) -> Self {
+        self.peer_timeout_s = seconds;
+        self
     }
 
     /// `pgan train` as node `rank` of the cluster's, its dataset copy `dir/node<rank>.pgan` and
@@ -229,7 +238,8 @@ impl Cluster {
             .args(["--node-rank", &rank.to_string()])
             .args(["--orchestrator", &format!("127.0.0.1:{}", self.port)])
             .args(["--node-address", &format!("127.0.0.1:{}", free_port_pair())])
-            .args(["--join-timeout", "60", "--peer-timeout", "20"])
+            .args(["--join-timeout", "60"])
+            .args(["--peer-timeout", &self.peer_timeout_s.to_string()])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -555,13 +565,8 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
     retry_once_after_the_join_race(|| {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
-        // A longer run, so that the kill lands inside it: 48 ticks.
-        let long = dir.path().join("long.toml");
-        std::fs::write(
-            &long,
-            CONFIG.replace("total_kimg = 0.048", "total_kimg = 0.384"),
-        )
-        .unwrap();
+        // A longer run, so that the kill lands inside it.
+        let long = long_config(dir.path());
 
         let interrupted_at;
         {
@@ -617,6 +622,18 @@ fn a_node_killed_mid_run_stops_the_other_and_the_resumed_run_matches_an_uninterr
         );
         end_as_an_uninterrupted_run(dir.path(), &long, [&run0, &run1]);
     });
+}
+
+/// The tiny config over 48 ticks (so that a kill or a stop lands inside the run), written into
+/// `dir`.
+fn long_config(dir: &Path) -> PathBuf {
+    let long = dir.join("long.toml");
+    std::fs::write(
+        &long,
+        CONFIG.replace("total_kimg = 0.048", "total_kimg = 0.384"),
+    )
+    .unwrap();
+    long
 }
 
 /// Runs nodes 0 and 1 (each with its `extra` arguments) until they end, which must be
@@ -678,8 +695,13 @@ fn ticks_config(dir: &Path) -> PathBuf {
 
 /// Sends SIGINT (Ctrl-C) to a running node.
 fn interrupt(run: &Running) {
+    send(run, "INT");
+}
+
+/// Sends the signal `name` (`kill -NAME`) to a running node.
+fn send(run: &Running, name: &str) {
     let status = Command::new("kill")
-        .args(["-INT", &run.child.id().to_string()])
+        .args([&format!("-{name}"), &run.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -812,6 +834,55 @@ fn a_node_killed_in_a_ring_of_three_is_named_alone_by_the_others() {
             );
             assert!(!text(out).contains("' panicked at"), "{said}");
         }
+    });
+}
+
+/// A node that stands still (SIGSTOP) longer than the peer timeout: the other gives up on it,
+/// naming it alive but absent; the stalled node, woken, finds the other gone, and says that it
+/// was itself away longer than the timeout, so the other most likely stopped because of it
+/// (not the other way round).
+#[test]
+fn a_node_stalled_past_the_peer_timeout_says_the_other_gave_up_on_it() {
+    retry_once_after_the_join_race(|| {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        let long = long_config(dir.path());
+        let timeout = 5;
+        let cluster = Cluster::start(dir.path()).with_peer_timeout(timeout);
+        let a = start(cluster.node(0, &long, &[]));
+        let mut b = start(cluster.node(1, &long, &[]));
+        wait_for_checkpoints(&dir.path().join("runs1"), 2, &mut b);
+        send(&b, "STOP");
+        let stopped = Instant::now();
+        let (out_a, _) = finish(
+            a,
+            Duration::from_secs(60),
+            "node 0 while node 1 stood still",
+        );
+        // Node 1 stands still past the timeout even if node 0 had begun waiting before the stop.
+        let away = Duration::from_secs(timeout as u64 + 2);
+        std::thread::sleep(away.saturating_sub(stopped.elapsed()));
+        send(&b, "CONT");
+        let (out_b, _) = finish(b, Duration::from_secs(60), "node 1 after it was woken");
+        let said = said_by(&[(0, &out_a), (1, &out_b)]);
+        assert_eq!(out_a.status.code(), Some(2), "{said}");
+        assert!(
+            text(&out_a).contains("node 1 (127.0.0.1:")
+                && text(&out_a).contains("still accepts connections but did not take part"),
+            "{said}"
+        );
+        assert!(
+            !text(&out_a).contains("this node itself was away"),
+            "{said}"
+        );
+        assert_eq!(out_b.status.code(), Some(2), "{said}");
+        let said_b = text(&out_b);
+        assert!(
+            said_b.contains("this node itself was away from the exchange for")
+                && said_b.contains(&format!("longer than the peer timeout ({timeout} s")),
+            "{said}"
+        );
+        assert!(!said_b.contains("' panicked at"), "{said}");
     });
 }
 

@@ -46,6 +46,9 @@ pub(super) struct PeerGroup<B: AutodiffBackend> {
     /// agreed at the last exchange (`None` before the first).
     stop_wish: bool,
     stop_agreed: Option<bool>,
+    /// An exchange told every node that one of them stops (a changed dataset, outputs not
+    /// written): each knows, so none tells the others its error.
+    failure_agreed: bool,
     /// The peers build their autodiff graphs one at a time ([`Turn`]).
     turn: std::sync::Mutex<()>,
 }
@@ -204,6 +207,7 @@ impl<B: AutodiffBackend> PeerGroup<B> {
             device: device.clone(),
             stop_wish: false,
             stop_agreed: None,
+            failure_agreed: false,
             turn: std::sync::Mutex::new(()),
         };
         if let Some(link) = link {
@@ -392,10 +396,12 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         mine[0] = if healthy { 0.0 } else { 1.0 };
         mine[1 + rank] = if data_ok { 0.0 } else { 1.0 };
         let all = ring.sum(mine, "tick checks")?;
-        Ok(super::TickVerdict {
+        let verdict = super::TickVerdict {
             healthy: all[0] == 0.0,
             data_changed_on: (0..count).filter(|r| all[1 + r] > 0.0).collect(),
-        })
+        };
+        self.failure_agreed |= !verdict.data_changed_on.is_empty();
+        Ok(verdict)
     }
 
     /// The ranks of the nodes that could not write their tick's outputs (several nodes; one
@@ -408,7 +414,9 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         let mut mine = vec![0.0; count];
         mine[rank] = if written { 0.0 } else { 1.0 };
         let all = ring.sum(mine, "tick outputs")?;
-        Ok((0..count).filter(|&r| all[r] > 0.0).collect())
+        let failed: Vec<usize> = (0..count).filter(|&r| all[r] > 0.0).collect();
+        self.failure_agreed |= !failed.is_empty();
+        Ok(failed)
     }
 
     /// Whether to stop before the next step (see `Peers::stop_now`): on several nodes, what
@@ -425,6 +433,17 @@ impl<B: AutodiffBackend> PeerGroup<B> {
         let agreed = wishes[0] > 0.0;
         self.stop_agreed = Some(agreed);
         Ok(agreed)
+    }
+
+    /// This node stops on an error of its own, `message`: the other nodes are told it (see
+    /// `Ring::tell_failure`).
+    pub fn tell_failure(&self, message: &str) {
+        if self.failure_agreed {
+            return;
+        }
+        if let Some(ring) = &self.ring {
+            ring.tell_failure(message);
+        }
     }
 
     /// Whether this node wants to stop after the next step (sent with its gradients).

@@ -236,6 +236,17 @@ impl<B: AutodiffBackend> Peers<B> {
         Ok(Vec::new())
     }
 
+    /// Several nodes: this node stops on an error of its own (`message`; not one an exchange
+    /// found, nor one the nodes agreed on): the others are told it, so that they name it instead
+    /// of a lost node. Returns once the next node took it (or cannot). Nothing on one node.
+    pub fn tell_failure(&self, message: &str) {
+        #[cfg(feature = "collective")]
+        if let Some(group) = &self.group {
+            group.tell_failure(message);
+        }
+        let _ = message;
+    }
+
     /// After peer 0 restored `ckpt` (a resume or a rollback): the replicas load it too.
     pub fn restored(&mut self, ckpt: &Path) -> Result<()> {
         #[cfg(feature = "collective")]

@@ -26,7 +26,7 @@
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -927,11 +927,18 @@ impl Watch {
     /// The error after `what` failed (`cause`) or timed out (`cause` None): which nodes are
     /// gone, from a TCP probe of their data ports.
     pub fn lost(&self, what: &str, cause: Option<String>) -> TrainError {
-        self.lost_surveyed(what, cause).0
+        self.lost_surveyed(what, cause, None).0
     }
 
     /// [`Self::lost`], and the ranks it found gone (what this node tells the next one).
-    fn lost_surveyed(&self, what: &str, cause: Option<String>) -> (TrainError, Vec<usize>) {
+    /// `own_stall`: how long this node itself was away from the ring, when that exceeded the
+    /// peer timeout (see [`Ring::sum`]): then the others may have given up on this node.
+    fn lost_surveyed(
+        &self,
+        what: &str,
+        cause: Option<String>,
+        own_stall: Option<Duration>,
+    ) -> (TrainError, Vec<usize>) {
         // Before the join check has gathered the addresses, the wait is the join's.
         let key = if self.addresses.is_empty() {
             "nodes.join_timeout_s, --join-timeout"
@@ -979,8 +986,8 @@ impl Watch {
             format!("lost {}", named.join("; "))
         } else if alive.len() == 1 {
             format!(
-                "{} still accepts connections but did not take part: hung, or aborted (a \
-                 second Ctrl-C)",
+                "{} still accepts connections but did not take part: hung, standing still (a \
+                 stopped process, a suspended machine), or aborted (a second Ctrl-C)",
                 alive[0]
             )
         } else if !alive.is_empty() {
@@ -1013,13 +1020,22 @@ impl Watch {
                 ),
             }
         };
-        let error = self.stops(format!("{what}: {how}; {verdict}"));
+        let error = self.stops(format!(
+            "{what}: {how}; {verdict}{}",
+            self.stall_note(own_stall)
+        ));
         (error, gone.into_iter().map(|(rank, _)| rank).collect())
     }
 
     /// The error after `what` found that node `from` stopped because it had lost the nodes
     /// `lost` (its word, passed on round the ring; empty: a node that did not answer it).
-    fn lost_by_another(&self, what: &str, from: usize, lost: &[usize]) -> TrainError {
+    fn lost_by_another(
+        &self,
+        what: &str,
+        from: usize,
+        lost: &[usize],
+        own_stall: Option<Duration>,
+    ) -> TrainError {
         let names: Vec<String> = lost
             .iter()
             .map(|&rank| match self.addresses.get(rank) {
@@ -1036,8 +1052,55 @@ impl Watch {
             ),
         };
         self.stops(format!(
-            "{what}: node {from} stopped because of {why}, and told this node"
+            "{what}: node {from} stopped because of {why}, and told this node{}",
+            self.stall_note(own_stall)
         ))
+    }
+
+    /// What a failure means when this node itself was away from the ring longer than the peer
+    /// timeout (`own_stall`; empty otherwise): a node waiting for it that long gives up, so the
+    /// node it finds gone most likely stopped because of this one, not the other way round.
+    fn stall_note(&self, own_stall: Option<Duration>) -> String {
+        match own_stall {
+            Some(stall) => format!(
+                "; but this node itself was away from the exchange for {:.0} s, longer than \
+                 the peer timeout ({} s, nodes.peer_timeout_s, --peer-timeout): the other nodes \
+                 give up on a node that long, so they most likely stopped because of this \
+                 node (a stopped or swapped-out process, a suspended machine, or a tick end \
+                 slower here than --peer-timeout allows)",
+                stall.as_secs_f64(),
+                seconds(self.timeout)
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// The error after `what` found that node `from` stopped and sent `word` (its own, or one
+    /// it passes on).
+    fn told_by(
+        &self,
+        what: &str,
+        from: usize,
+        word: &Word,
+        own_stall: Option<Duration>,
+    ) -> TrainError {
+        match word {
+            Word::Lost(lost) => self.lost_by_another(what, from, lost, own_stall),
+            Word::Failed { rank, message } => {
+                let node = match self.addresses.get(*rank) {
+                    Some(address) => format!("node {rank} ({address})"),
+                    None => format!("node {rank}"),
+                };
+                TrainError::Peer {
+                    peer: format!("node {}", self.rank),
+                    message: format!(
+                        "{what}: {node} stopped on an error of its own: {message}. This node \
+                         stops; its last checkpoint stays valid. Mend node {rank}'s error, then \
+                         restart `pgan orchestrator` and resume every node with --resume"
+                    ),
+                }
+            }
+        }
     }
 
     /// A node's stop error: `verdict`, and what to do next.
@@ -1276,10 +1339,71 @@ pub(super) struct Ring {
         >,
     >,
     cancel: tokio_util::sync::CancellationToken,
-    next_op: std::sync::atomic::AtomicU64,
+    next_op: AtomicU64,
     pub watch: Watch,
     /// Ctrl-C or SIGTERM (ends `tell_next`'s wait).
     interrupted: Arc<AtomicBool>,
+    /// When this node's last exchange ended (the ring's start before the first).
+    last_exchange_end: std::sync::Mutex<Instant>,
+    /// Whether this whole process stood still inside an exchange.
+    heartbeat: Arc<Heartbeat>,
+    /// An exchange failed (this node's stop was told there, if to anyone).
+    failed_in_exchange: AtomicBool,
+}
+
+/// A thread that beats every 100 ms and keeps the longest gap between two beats: a gap far
+/// longer than that is the whole process standing still (SIGSTOP, a suspended machine, swap),
+/// which nothing else inside an exchange can tell from waiting for a slow peer.
+struct Heartbeat {
+    start: Instant,
+    /// Milliseconds from `start` to the last beat.
+    last_beat_ms: AtomicU64,
+    /// The longest gap between beats since [`Self::restart`], in milliseconds.
+    longest_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    /// Starts the beating thread; it ends when `stop` is cancelled.
+    fn start(stop: tokio_util::sync::CancellationToken) -> Arc<Self> {
+        let heartbeat = Arc::new(Self {
+            start: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
+            longest_ms: AtomicU64::new(0),
+        });
+        let beating = heartbeat.clone();
+        // Without the thread the note is merely never given: not worth failing the run for.
+        let _ = std::thread::Builder::new()
+            .name("pgan-heartbeat".into())
+            .spawn(move || {
+                while !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let now = beating.now_ms();
+                    let previous = beating.last_beat_ms.swap(now, Ordering::SeqCst);
+                    beating
+                        .longest_ms
+                        .fetch_max(now.saturating_sub(previous), Ordering::SeqCst);
+                }
+            });
+        heartbeat
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Forgets the gaps so far (at an exchange's start).
+    fn restart(&self) {
+        self.longest_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// The longest standstill since [`Self::restart`], the one under way included (the beating
+    /// thread may not have run yet since the process went on).
+    fn longest(&self) -> Duration {
+        let since_last = self
+            .now_ms()
+            .saturating_sub(self.last_beat_ms.load(Ordering::SeqCst));
+        Duration::from_millis(self.longest_ms.load(Ordering::SeqCst).max(since_last))
+    }
 }
 
 impl Ring {
@@ -1391,19 +1515,36 @@ impl Ring {
             prev: ws(&prev_address),
             count,
             service,
-            cancel,
-            next_op: std::sync::atomic::AtomicU64::new(0),
+            next_op: AtomicU64::new(0),
             watch,
             interrupted: interrupted.clone(),
+            last_exchange_end: std::sync::Mutex::new(Instant::now()),
+            heartbeat: Heartbeat::start(cancel.clone()),
+            failed_in_exchange: AtomicBool::new(false),
+            cancel,
         })
     }
 
     /// The sum of `values` over all nodes (`what` names the all-reduce in errors).
     ///
     /// A node that stops inside it tells the next node why, in place of its next slice (see
-    /// [`RingFailure::Relayed`]): in a ring of three or more, every other node then names the
+    /// [`Word`]): in a ring of three or more, every other node then names the
     /// node that failed, not also the neighbour that stopped because of it.
+    ///
+    /// A failure after this node was itself away longer than the peer timeout (between two
+    /// exchanges, or standing still inside one) says so: the node it finds gone most likely
+    /// gave up waiting for this one.
     pub fn sum(&self, mut values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
+        let away_before = self
+            .last_exchange_end
+            .lock()
+            .map(|end| end.elapsed())
+            .unwrap_or_default();
+        self.heartbeat.restart();
+        let own_stall = || {
+            let away = away_before.max(self.heartbeat.longest());
+            (away > self.watch.timeout).then_some(away)
+        };
         let (n, nodes, rank) = (values.len(), self.count, self.rank);
         let per = n.div_ceil(nodes).max(1);
         values.resize(per * nodes, 0.0);
@@ -1444,11 +1585,8 @@ impl Ring {
                 let got = got.ok_or_else(|| {
                     RingFailure::Failed(format!("node {prev_rank} closed the connection"))
                 })?;
-                if got.shape.num_dims() == 2 {
-                    let lost = got.to_vec::<f32>().unwrap_or_default();
-                    return Err(RingFailure::Relayed(
-                        lost.iter().map(|&r| r as usize).collect(),
-                    ));
+                if let Some(word) = Word::read(&got) {
+                    return Err(RingFailure::Told(word));
                 }
                 got.to_vec::<f32>()
                     .ok()
@@ -1511,25 +1649,63 @@ impl Ring {
             })
             .await
         });
-        let (error, lost) = match result {
+        let (error, word) = match result {
             Ok(Ok(())) => {
+                if let Ok(mut end) = self.last_exchange_end.lock() {
+                    *end = Instant::now();
+                }
                 let mut out = slices.concat();
                 out.truncate(n);
                 return Ok(out);
             }
-            Err(_) => self.watch.lost_surveyed(what, None),
-            Ok(Err(RingFailure::Failed(e))) => self.watch.lost_surveyed(what, Some(e)),
-            Ok(Err(RingFailure::Relayed(lost))) => {
-                (self.watch.lost_by_another(what, prev_rank, &lost), lost)
+            Err(_) => {
+                let (error, lost) = self.watch.lost_surveyed(what, None, own_stall());
+                (error, Word::Lost(lost))
             }
+            Ok(Err(RingFailure::Failed(e))) => {
+                let (error, lost) = self.watch.lost_surveyed(what, Some(e), own_stall());
+                (error, Word::Lost(lost))
+            }
+            Ok(Err(RingFailure::Told(word))) => (
+                self.watch.told_by(what, prev_rank, &word, own_stall()),
+                word,
+            ),
         };
+        self.failed_in_exchange.store(true, Ordering::SeqCst);
         // The slices of this op not sent, and the first of the next op: a next node that got
         // every slice of this one (this node failed on its last download) finishes this op and
         // reads the word at its next.
         let mut marker_ids = ids[sent.load(Ordering::SeqCst).min(ids.len())..].to_vec();
         marker_ids.push(base + 2 * nodes as u64);
-        self.tell_next(&marker_ids, &lost);
+        self.tell_next(&marker_ids, &word);
         Err(error)
+    }
+
+    /// Tells the next node that this node stops on an error of its own (`message`), in place
+    /// of the first slice of the exchange it would have taken part in next, so that the other
+    /// nodes name that error rather than "lost node N" (every node passes the word on round the
+    /// ring). Nothing when this node's stop came from an exchange (its failure was told there,
+    /// or it lost another node). Returns once the next node took the word, stopped listening,
+    /// Ctrl-C, or a peer timeout and a margin passed; meanwhile it takes the first slice the
+    /// node before this one offers, so that nodes stopping on errors at once (the same error on
+    /// every node) take each other's word instead of waiting for it.
+    pub fn tell_failure(&self, message: &str) {
+        if self.failed_in_exchange.load(Ordering::SeqCst) {
+            return;
+        }
+        let first_id = self.next_op.load(Ordering::SeqCst) * 2 * self.count as u64;
+        let (service, prev) = (self.service.clone(), self.prev.clone());
+        ring_runtime().spawn(async move {
+            // On a task of its own: a download from a node gone panics inside burn-communication.
+            let _ =
+                tokio::spawn(async move { service.download_tensor(prev, first_id.into()).await })
+                    .await;
+        });
+        let word = Word::Failed {
+            rank: self.rank,
+            message: message.to_string(),
+        };
+        self.tell_next(&[first_id], &word);
     }
 
     /// Tells the next node that this one stops because of the nodes `lost`: a marker in place
@@ -1541,18 +1717,19 @@ impl Ring {
     /// more: its survey must still find this node alive to name only the lost one). Not when no
     /// node was found gone (a hang: every node times out on its own), when the next node is
     /// among the lost, or is the node before this one (two nodes: it knows already).
-    fn tell_next(&self, ids: &[u64], lost: &[usize]) {
+    fn tell_next(&self, ids: &[u64], word: &Word) {
         let next = (self.rank + 1) % self.count;
-        if self.count < 3 || lost.is_empty() || lost.contains(&next) {
+        let worth_telling = match word {
+            Word::Lost(lost) => self.count >= 3 && !lost.is_empty() && !lost.contains(&next),
+            // Round the ring back to the node that failed: everyone has heard.
+            Word::Failed { rank, .. } => *rank != next,
+        };
+        if !worth_telling {
             return;
         }
-        let marker: Vec<f32> = lost.iter().map(|&r| r as f32).collect();
         let ids: Vec<TensorTransferId> = ids.iter().map(|&id| id.into()).collect();
         for &id in &ids {
-            let (service, data) = (
-                self.service.clone(),
-                burn::tensor::TensorData::new(marker.clone(), [1, marker.len()]),
-            );
+            let (service, data) = (self.service.clone(), word.data());
             ring_runtime().block_on(async move { service.expose_data(data, 1, id).await });
         }
         let one_taken = || {
@@ -1584,10 +1761,65 @@ impl Ring {
 enum RingFailure {
     /// A failure this node saw (a closed connection, a slice of the wrong size).
     Failed(String),
-    /// The node before this one stopped inside the exchange because it had lost these nodes
-    /// (by rank; none: a node that did not answer it), and sent this word in place of a slice:
-    /// a slice is one-dimensional, the marker two-dimensional (`[1, lost]`).
-    Relayed(Vec<usize>),
+    /// The node before this one stopped and sent this word in place of a slice.
+    Told(Word),
+}
+
+/// What a node that stops sends the next node in place of its slices. A slice is
+/// one-dimensional; a word two-dimensional ([`Word::Lost`]) or three-dimensional
+/// ([`Word::Failed`]).
+#[derive(Clone, Debug, PartialEq)]
+enum Word {
+    /// It lost these nodes (by rank; none: a node that did not answer it). `[1, lost]`.
+    Lost(Vec<usize>),
+    /// Node `rank` stopped on an error of its own (not in an exchange), `message`.
+    /// `[1, 1, 1 + bytes]`: the rank, then the message's UTF-8 bytes.
+    Failed { rank: usize, message: String },
+}
+
+impl Word {
+    /// The longest message sent, in bytes (an error is a few lines).
+    const MAX_MESSAGE: usize = 4096;
+
+    fn data(&self) -> burn::tensor::TensorData {
+        use burn::tensor::TensorData;
+        match self {
+            Self::Lost(lost) => {
+                let values: Vec<f32> = lost.iter().map(|&r| r as f32).collect();
+                let len = values.len();
+                TensorData::new(values, [1, len])
+            }
+            Self::Failed { rank, message } => {
+                let mut end = message.len().min(Self::MAX_MESSAGE);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let values: Vec<f32> = std::iter::once(*rank as f32)
+                    .chain(message.as_bytes()[..end].iter().map(|&b| f32::from(b)))
+                    .collect();
+                let len = values.len();
+                TensorData::new(values, [1, 1, len])
+            }
+        }
+    }
+
+    /// The word `data` holds, or `None` for a slice.
+    fn read(data: &burn::tensor::TensorData) -> Option<Self> {
+        let values = || data.to_vec::<f32>().unwrap_or_default();
+        match data.shape.num_dims() {
+            2 => Some(Self::Lost(values().iter().map(|&r| r as usize).collect())),
+            3 => {
+                let values = values();
+                let (rank, bytes) = values.split_first()?;
+                let bytes: Vec<u8> = bytes.iter().map(|&b| b as u8).collect();
+                Some(Self::Failed {
+                    rank: *rank as usize,
+                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Drop for Ring {
@@ -1733,7 +1965,7 @@ mod tests {
             "{refused}"
         );
         // The default node address is this machine's IPv4 address towards the orchestrator.
-        let port = free_ports()[0];
+        let port = free_ports(1)[0];
         config.nodes.orchestrator = Some(format!("127.0.0.1:{}", port - 1));
         let link = NodeLink::of(&config).unwrap();
         assert_eq!(link.address, format!("127.0.0.1:{port}"));
@@ -2010,9 +2242,9 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
-    /// Three ports free now, all different (the OS's picks, held together, then released).
-    fn free_ports() -> Vec<u16> {
-        let held: Vec<std::net::TcpListener> = (0..3)
+    /// `n` ports free now, all different (the OS's picks, held together, then released).
+    fn free_ports(n: usize) -> Vec<u16> {
+        let held: Vec<std::net::TcpListener> = (0..n)
             .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap())
             .collect();
         held.iter()
@@ -2084,7 +2316,12 @@ mod tests {
     /// A ring of three on this machine: node 1 scripted, nodes 0 and 2 real. The watch's
     /// timeout is long, so that a node that waited it out shows in the elapsed time.
     fn ring_of_three() -> (Vec<u16>, impl Fn(usize) -> Ring) {
-        let ports = free_ports();
+        ring_of(3)
+    }
+
+    /// A ring of `n` on this machine (see [`ring_of_three`]).
+    fn ring_of(n: usize) -> (Vec<u16>, impl Fn(usize) -> Ring) {
+        let ports = free_ports(n);
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let start = {
             let ports = ports.clone();
@@ -2178,5 +2415,108 @@ mod tests {
             )),
             "{error}"
         );
+    }
+
+    /// Every node of a ring of `n`, started together (each waits for the one before it).
+    fn whole_ring(n: usize) -> (Vec<u16>, Vec<Ring>) {
+        let (ports, start) = ring_of(n);
+        let start = Arc::new(start);
+        let rings = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|rank| {
+                    let start = start.clone();
+                    scope.spawn(move || start(rank))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<Ring>>()
+        });
+        (ports, rings)
+    }
+
+    /// Node 1 of three stops on an error of its own between two exchanges: node 2 (after it)
+    /// and node 0 (told by node 2) name that error at once, not "lost node 1"; node 1's telling
+    /// ends once node 2 took the word.
+    #[test]
+    fn a_node_that_stops_on_an_error_of_its_own_tells_the_others_why() {
+        let (ports, rings) = whole_ring(3);
+        let sums = |rings: &[&Ring]| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = rings
+                    .iter()
+                    .map(|ring| scope.spawn(move || ring.sum(vec![1.0; 3], "test sum")))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap().map_err(|e| e.to_string()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        for summed in sums(&rings.iter().collect::<Vec<_>>()) {
+            assert_eq!(summed.unwrap(), vec![3.0; 3]);
+        }
+        let started = Instant::now();
+        let (errors, told_in) = std::thread::scope(|scope| {
+            let teller = scope.spawn(|| {
+                rings[1].tell_failure("cannot write log.txt: disk on fire");
+                started.elapsed()
+            });
+            let errors = sums(&[&rings[0], &rings[2]]);
+            (errors, teller.join().unwrap())
+        });
+        assert!(told_in < Duration::from_secs(10), "{told_in:?}");
+        for (rank, error) in [0, 2].into_iter().zip(errors) {
+            let error = error.unwrap_err();
+            assert!(
+                error.contains(&format!(
+                    "test sum: node 1 (127.0.0.1:{}) stopped on an error of its own: cannot \
+                     write log.txt: disk on fire",
+                    ports[1]
+                )),
+                "node {rank}: {error}"
+            );
+            assert!(!error.contains("lost"), "node {rank}: {error}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Both nodes of two stop on the same error at once (every node's copy of one bad input):
+    /// each takes the other's word, so neither waits out the peer timeout to tell it.
+    #[test]
+    fn nodes_that_stop_on_errors_at_once_do_not_wait_for_each_other() {
+        let (_, rings) = whole_ring(2);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for ring in &rings {
+                scope.spawn(move || ring.tell_failure("the same error"));
+            }
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A word round the ring reads back as it was sent; a slice is not a word.
+    #[test]
+    fn words_read_back_and_slices_are_not_words() {
+        let failed = Word::Failed {
+            rank: 7,
+            message: "ünïcode, and a long line".repeat(300),
+        };
+        let Some(Word::Failed { rank, message }) = Word::read(&failed.data()) else {
+            panic!("not read back");
+        };
+        assert_eq!(rank, 7);
+        // Cut at the limit, on a character boundary.
+        assert!(message.len() <= Word::MAX_MESSAGE && message.len() > Word::MAX_MESSAGE - 4);
+        assert!(message.starts_with("ünïcode, and a long line"));
+        let lost = Word::Lost(vec![0, 2]);
+        assert_eq!(Word::read(&lost.data()), Some(lost));
+        let slice = burn::tensor::TensorData::new(vec![1.0f32, 2.0], [2]);
+        assert_eq!(Word::read(&slice), None);
     }
 }
