@@ -477,7 +477,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut file = pgan_spec::output::create_temp(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        pgan_spec::output::placing(|| pgan_spec::output::place(&tmp, path, path))
+        pgan_spec::output::placing(&[path], || pgan_spec::output::place(&tmp, path, path))
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);

@@ -223,7 +223,7 @@ fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        pgan_spec::output::placing(|| pgan_spec::output::place(&tmp, &target, out))
+        pgan_spec::output::placing(&[out], || pgan_spec::output::place(&tmp, &target, out))
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);

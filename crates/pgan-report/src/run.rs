@@ -850,9 +850,9 @@ mod tests {
         assert_eq!(data.timeline.unwrap().bytes, b"timeline.png");
     }
 
-    /// A long log, an endless line, a large config and a sheet too large to embed: the log is
-    /// read line by line with each line cut, the config and sheet in part or not at all, each
-    /// said; the counts still cover the whole log.
+    /// A latest sheet and a timeline that cannot be read (a FIFO, a link to nowhere) are each
+    /// a notice naming them, and the run still loads: not an error, nor an older sheet shown
+    /// in silence.
     #[cfg(unix)]
     #[test]
     fn a_latest_sheet_that_cannot_be_read_is_said_not_passed_over() {
@@ -880,6 +880,9 @@ mod tests {
         );
     }
 
+    /// A long log, an endless line, a large config and a sheet too large to embed: the log is
+    /// read line by line with each line cut, the config and sheet in part or not at all, each
+    /// said; the counts still cover the whole log.
     #[test]
     fn large_run_files_are_read_in_bounded_pieces_and_said() {
         use std::io::Write as _;

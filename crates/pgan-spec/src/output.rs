@@ -75,16 +75,16 @@ pub fn place(tmp: &Path, target: &Path, given: &Path) -> io::Result<()> {
 /// it ([`hold_renames`]) before removing the temporary files never leaves a set half renamed.
 static RENAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// How many sets of outputs [`placing`] has put in place: a signal handler that waited in
-/// [`hold_renames`] tells by it that the command's outputs were written meanwhile.
-static SETS_PLACED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The outputs [`placing`] has put in place in this process, as their paths were given.
+static PLACED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Runs `renames` (those of one set of outputs, each [`place`] or a rename) so that a signal
-/// handler waits for all of them, and counts the set when they succeed.
-pub fn placing<T, E>(renames: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+/// Runs `renames` (those that put the outputs `given` in place, each [`place`] or a rename) so
+/// that a signal handler waits for all of them, and records the outputs when they succeed.
+pub fn placing<T, E>(given: &[&Path], renames: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     let _renaming = hold_renames();
     let placed = renames()?;
-    SETS_PLACED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut list = PLACED.lock().unwrap_or_else(|e| e.into_inner());
+    list.extend(given.iter().map(|p| p.to_path_buf()));
     Ok(placed)
 }
 
@@ -94,9 +94,12 @@ pub fn hold_renames() -> std::sync::MutexGuard<'static, ()> {
     RENAMING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// See [`SETS_PLACED`].
-pub fn sets_placed() -> u64 {
-    SETS_PLACED.load(std::sync::atomic::Ordering::SeqCst)
+/// Whether every one of `outputs` (paths as the command was given them) has been put in place
+/// by [`placing`] in this process: a command that wrote them all has done its work, and a stop
+/// signal that came meanwhile need not say otherwise.
+pub fn all_placed(outputs: &[PathBuf]) -> bool {
+    let list = PLACED.lock().unwrap_or_else(|e| e.into_inner());
+    !outputs.is_empty() && outputs.iter().all(|out| list.contains(out))
 }
 
 /// Renames `from` to `to` only if `to` does not exist, in one step: the check before the work

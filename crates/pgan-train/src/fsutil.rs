@@ -56,7 +56,8 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Er
         let (new, replaced): (Vec<_>, Vec<_>) = staged.iter().partition(|(_, target, path)| {
             pgan_spec::output::is_expected_new(target) || pgan_spec::output::is_expected_new(path)
         });
-        pgan_spec::output::placing(|| {
+        let given: Vec<&Path> = staged.iter().map(|(_, _, path)| *path).collect();
+        pgan_spec::output::placing(&given, || {
             let mut placed: Vec<&Path> = Vec::new();
             for (tmp, target, path) in new {
                 if let Err(e) = pgan_spec::output::place(tmp, target, path) {
@@ -326,9 +327,10 @@ mod tests {
         let victim = dir.path().join("victim.txt");
         std::fs::write(&victim, b"precious").unwrap();
         let out = dir.path().join("sheet.png");
-        // The names the next writes here will take (other tests may take some of them first).
+        // The names the next writes here will take (other tests may take some of them first:
+        // far more names than they write meanwhile).
         let next = COUNTER.load(Ordering::SeqCst);
-        for n in next..next + 256 {
+        for n in next..next + 4096 {
             let mut name = pgan_spec::output::temp_prefix(out.file_name().unwrap());
             name.push(format!("{}-{n}", std::process::id()));
             std::os::unix::fs::symlink(&victim, out.with_file_name(name)).unwrap();

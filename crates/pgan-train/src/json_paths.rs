@@ -1,7 +1,7 @@
 //! Paths in the JSON reports (`eval --json`): a path that is not UTF-8 is written with its odd
-//! bytes as `\xNN`, as a dataset's manifest writes file names ([`pgan_data::escape_name`]),
-//! instead of failing the whole report after the measuring (serde's own `Path` serializer
-//! refuses such a path).
+//! bytes as `\xNN` (and `\` as `\\`), as a dataset's manifest writes file names
+//! ([`pgan_data::escape_name`]), instead of failing the whole report after the measuring
+//! (serde's own `Path` serializer refuses such a path); a UTF-8 path is written as it is.
 
 use std::path::{Path, PathBuf};
 
@@ -23,8 +23,12 @@ pub fn optional_path<S: Serializer>(
     }
 }
 
+/// The path as it is when it is UTF-8, else escaped.
 fn text(path: &Path) -> String {
-    pgan_data::escape_name(path.as_os_str().as_encoded_bytes())
+    match path.to_str() {
+        Some(text) => text.to_owned(),
+        None => pgan_data::escape_name(path.as_os_str().as_encoded_bytes()),
+    }
 }
 
 #[cfg(test)]
@@ -46,13 +50,13 @@ mod tests {
         }
         let odd = std::ffi::OsStr::from_bytes(b"/runs/d\xff.pgan");
         let report = Report {
-            run: "/runs/00000-é".into(),
+            run: r"/runs/00000-é\x".into(),
             data: Some(odd.into()),
             modes: None,
         };
         assert_eq!(
             serde_json::to_string(&report).unwrap(),
-            r#"{"run":"/runs/00000-é","data":"/runs/d\\xFF.pgan","modes":null}"#
+            r#"{"run":"/runs/00000-é\\x","data":"/runs/d\\xFF.pgan","modes":null}"#
         );
     }
 }

@@ -215,10 +215,11 @@ pub struct RunLock {
     held: bool,
 }
 
-/// The pid the lock file `path` names, once it names a live process: a
-/// trainer that has just taken the lock writes its pid a moment later, so until then the file is
-/// empty or still names the trainer before it (gone, if it was killed). Looked at for up to a
-/// second; `None` (said "pid unknown") if no live owner shows.
+/// The pid the lock file `path` names, once it names a live process: a trainer that has just
+/// taken the lock writes its pid a moment later, so until then the file is empty or still
+/// names the trainer before it (gone, if it was killed). Looked at for up to a second; then
+/// the pid it names, live here or not (a trainer on another machine holding a run folder on a
+/// shared disk), or `None` (said "pid unknown").
 fn lock_owner(path: &Path) -> Option<u32> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
@@ -228,7 +229,7 @@ fn lock_owner(path: &Path) -> Option<u32> {
             return Some(pid);
         }
         if std::time::Instant::now() >= deadline {
-            return None;
+            return named;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -554,8 +555,11 @@ mod tests {
         };
         assert_eq!(lock_owner(&path), Some(std::process::id()));
         writer.join().unwrap();
-        // Nobody live named within the wait: unknown, not the dead pid.
+        // Nobody live named within the wait: the pid named (another machine's, on a shared
+        // disk), or unknown.
         std::fs::write(&path, format!("{dead}\n")).unwrap();
+        assert_eq!(lock_owner(&path), Some(dead));
+        std::fs::write(&path, b"").unwrap();
         assert_eq!(lock_owner(&path), None);
     }
 

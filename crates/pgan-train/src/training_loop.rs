@@ -471,7 +471,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         if let Err(e) = &result {
             self.log.error(format!("training stopped by an error: {e}"));
-            if several && !matches!(e, TrainError::Peer { .. }) {
+            // A loss a ring exchange found was told there (the ring knows, and tells nothing
+            // again); a step's panic on this node's devices comes as a peer error and is told.
+            if several {
                 self.peers.tell_failure(&e.to_string());
             }
         }

@@ -1160,7 +1160,7 @@ fn exit_on_signal_removing_temps(outputs: Vec<PathBuf>) -> Result<()> {
         // command's outputs are written, and it ends as it would have (exit 0): a stop code
         // would tell a script that its old files were untouched. Another signal stops it.
         let _renames = pgan_spec::output::hold_renames();
-        if !finishing && crate::signals::outputs_placed_since_the_signal() {
+        if !finishing && pgan_spec::output::all_placed(&outputs) {
             finishing = true;
             let _ = writeln!(
                 std::io::stderr(),

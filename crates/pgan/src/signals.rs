@@ -2,17 +2,12 @@
 //! one place that installs what a command does on them, and the exit code a stopped command
 //! ends with, 128 + the signal's number as shells report it (130, 143, 129).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use anyhow::{Context, Result};
 
 /// The exit code of the first stopping signal this process received (0: none yet).
 static RECEIVED: AtomicU8 = AtomicU8::new(0);
-
-/// How many sets of outputs were in place ([`pgan_spec::output::sets_placed`]) when the first
-/// stopping signal arrived, taken in the signal handler itself (`u64::MAX`: none yet): the
-/// handler's thread runs later, maybe after a set the signal interrupted was renamed.
-static PLACED_AT_SIGNAL: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Whether a stopping signal arrived (set in the signal handler), and whether the first one's
 /// handler ([`on_stop_signal`]) has returned: a command that ends meanwhile waits for it
@@ -29,15 +24,6 @@ pub fn wait_for_the_first_handler() {
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
-/// Whether a set of outputs was put in place after the first stopping signal arrived (while
-/// the handler waited for its renames): the command's outputs are then written.
-pub fn outputs_placed_since_the_signal() -> bool {
-    match PLACED_AT_SIGNAL.load(Ordering::SeqCst) {
-        u64::MAX => false,
-        at_signal => pgan_spec::output::sets_placed() > at_signal,
     }
 }
 
@@ -80,22 +66,13 @@ fn listen() -> std::io::Result<impl FnMut() -> Option<u8>> {
     let wanted = [SIGINT, SIGTERM, SIGHUP]
         .into_iter()
         .filter(|&signal| signal != SIGHUP || !ignored(signal));
-    for signal in wanted.clone() {
-        // SAFETY: the action only loads and stores atomics (async-signal-safe).
+    let mut signals = signal_hook::iterator::Signals::new(wanted.clone())?;
+    for signal in wanted {
+        // SAFETY: the action only stores an atomic (async-signal-safe).
         unsafe {
-            signal_hook::low_level::register(signal, || {
-                ARRIVED.store(true, Ordering::SeqCst);
-                let placed = pgan_spec::output::sets_placed();
-                let _ = PLACED_AT_SIGNAL.compare_exchange(
-                    u64::MAX,
-                    placed,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
-            })?;
+            signal_hook::low_level::register(signal, || ARRIVED.store(true, Ordering::SeqCst))?;
         }
     }
-    let mut signals = signal_hook::iterator::Signals::new(wanted)?;
     Ok(move || {
         let signal = signals.forever().next()?;
         Some(128 + u8::try_from(signal).unwrap_or(2))
@@ -121,9 +98,6 @@ fn listen() -> std::io::Result<impl FnMut() -> Option<u8>> {
     let (send, receive) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         ARRIVED.store(true, Ordering::SeqCst);
-        let placed = pgan_spec::output::sets_placed();
-        let _ =
-            PLACED_AT_SIGNAL.compare_exchange(u64::MAX, placed, Ordering::SeqCst, Ordering::SeqCst);
         let _ = send.send(EXIT_SIGINT);
     })
     .map_err(std::io::Error::other)?;

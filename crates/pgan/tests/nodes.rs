@@ -847,7 +847,8 @@ fn a_node_stalled_past_the_peer_timeout_says_the_other_gave_up_on_it() {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
         let long = long_config(dir.path());
-        let timeout = 5;
+        // Long enough that a loaded machine's tick end does not pass for a stall.
+        let timeout = 10;
         let cluster = Cluster::start(dir.path()).with_peer_timeout(timeout);
         let a = start(cluster.node(0, &long, &[]));
         let mut b = start(cluster.node(1, &long, &[]));

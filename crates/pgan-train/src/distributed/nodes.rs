@@ -987,7 +987,7 @@ impl Watch {
         } else if alive.len() == 1 {
             format!(
                 "{} still accepts connections but did not take part: hung, standing still (a \
-                 stopped process, a suspended machine), or aborted (a second Ctrl-C)",
+                 stopped process), or aborted (a second Ctrl-C)",
                 alive[0]
             )
         } else if !alive.is_empty() {
@@ -1066,8 +1066,8 @@ impl Watch {
                 "; but this node itself was away from the exchange for {:.0} s, longer than \
                  the peer timeout ({} s, nodes.peer_timeout_s, --peer-timeout): the other nodes \
                  give up on a node that long, so they most likely stopped because of this \
-                 node (a stopped or swapped-out process, a suspended machine, or a tick end \
-                 slower here than --peer-timeout allows)",
+                 node (a stopped or swapped-out process, or a tick end slower here than \
+                 --peer-timeout allows)",
                 stall.as_secs_f64(),
                 seconds(self.timeout)
             ),
@@ -1352,8 +1352,9 @@ pub(super) struct Ring {
 }
 
 /// A thread that beats every 100 ms and keeps the longest gap between two beats: a gap far
-/// longer than that is the whole process standing still (SIGSTOP, a suspended machine, swap),
-/// which nothing else inside an exchange can tell from waiting for a slow peer.
+/// longer than that is the whole process standing still (SIGSTOP, swap), which nothing else
+/// inside an exchange can tell from waiting for a slow peer. (A suspended machine is not seen:
+/// the monotonic clock stands still with it.)
 struct Heartbeat {
     start: Instant,
     /// Milliseconds from `start` to the last beat.
@@ -1377,11 +1378,14 @@ impl Heartbeat {
             .spawn(move || {
                 while !stop.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(100));
+                    // The gap is kept before the beat moves on: a look in between still sees
+                    // it, as the gap under way.
                     let now = beating.now_ms();
-                    let previous = beating.last_beat_ms.swap(now, Ordering::SeqCst);
+                    let previous = beating.last_beat_ms.load(Ordering::SeqCst);
                     beating
                         .longest_ms
                         .fetch_max(now.saturating_sub(previous), Ordering::SeqCst);
+                    beating.last_beat_ms.store(now, Ordering::SeqCst);
                 }
             });
         heartbeat
@@ -1651,8 +1655,17 @@ impl Ring {
         });
         let (error, word) = match result {
             Ok(Ok(())) => {
+                // A standstill inside this exchange that it survived (the others had not yet
+                // given up) counts towards the next one: the others may give up there.
+                let stood_still = self.heartbeat.longest();
+                let stood_still = if stood_still > self.watch.timeout {
+                    stood_still
+                } else {
+                    Duration::ZERO
+                };
                 if let Ok(mut end) = self.last_exchange_end.lock() {
-                    *end = Instant::now();
+                    let now = Instant::now();
+                    *end = now.checked_sub(stood_still).unwrap_or(now);
                 }
                 let mut out = slices.concat();
                 out.truncate(n);
