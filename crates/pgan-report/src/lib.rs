@@ -166,7 +166,7 @@ pub fn build_report(run_dir: &Path) -> Result<Report> {
             stats.non_finite_keys.join(", ")
         ));
     }
-    notices.extend(data.size_notices.iter().cloned());
+    notices.extend(data.file_notices.iter().cloned());
     if data.config.is_none() {
         notices.push("no config.toml in the run directory".to_string());
     }

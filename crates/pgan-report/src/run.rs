@@ -417,8 +417,9 @@ pub struct RunData {
     pub torn_last_line: Option<usize>,
     /// Other lines of `metrics.jsonl` that are not rows, left out.
     pub not_rows: Vec<NotARow>,
-    /// Run files read only in part or not at all for their size, said as notices.
-    pub size_notices: Vec<String>,
+    /// Run files read only in part (for their size) or not at all (too large to embed, or
+    /// unreadable), said as notices.
+    pub file_notices: Vec<String>,
 }
 
 /// File name of the growth timeline image inside `samples/`.
@@ -443,12 +444,12 @@ impl RunData {
         let (metrics, torn_last_line) = without_torn_last_line(&metrics);
         let Metrics { ticks, not_rows } = parse_metrics(metrics);
 
-        let mut size_notices = Vec::new();
+        let mut file_notices = Vec::new();
         let config_path = dir.join("config.toml");
         let config = match read_regular_head(&config_path, MAX_CONFIG_BYTES) {
             Ok((bytes, len)) => {
                 if len > MAX_CONFIG_BYTES {
-                    size_notices.push(format!(
+                    file_notices.push(format!(
                         "config.toml is {len} bytes: its first {} KiB are shown",
                         MAX_CONFIG_BYTES >> 10
                     ));
@@ -472,7 +473,7 @@ impl RunData {
                 .is_some_and(|n| n.eq_ignore_ascii_case(TIMELINE_FILE))
         });
         let timeline = match timeline_pos {
-            Some(i) => read_image(sheets.remove(i), &mut size_notices)?,
+            Some(i) => read_image(sheets.remove(i), &mut file_notices)?,
             None => None,
         };
         // The trainer's sheets only, newest tick last: other images in `samples/` (a render's
@@ -487,7 +488,7 @@ impl RunData {
         sheets.sort();
         let sample_count = sheets.len();
         let latest_sample = match sheets.pop().map(|(_, p)| p) {
-            Some(p) => read_image(p, &mut size_notices)?,
+            Some(p) => read_image(p, &mut file_notices)?,
             None => None,
         };
 
@@ -502,7 +503,7 @@ impl RunData {
             timeline,
             torn_last_line,
             not_rows,
-            size_notices,
+            file_notices,
         })
     }
 }
@@ -645,13 +646,13 @@ fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The image at `path` to embed, or `None` with a notice in `size_notices` when it is too
+/// The image at `path` to embed, or `None` with a notice in `file_notices` when it is too
 /// large or cannot be read (the report is still written, without it).
-fn read_image(path: PathBuf, size_notices: &mut Vec<String>) -> Result<Option<ImageFile>> {
+fn read_image(path: PathBuf, file_notices: &mut Vec<String>) -> Result<Option<ImageFile>> {
     let (bytes, len) = match read_regular_head(&path, MAX_EMBEDDED_IMAGE_BYTES + 1) {
         Ok(read) => read,
         Err(e) => {
-            size_notices.push(format!(
+            file_notices.push(format!(
                 "{}: cannot read it ({e}): not shown",
                 path.display()
             ));
@@ -659,7 +660,7 @@ fn read_image(path: PathBuf, size_notices: &mut Vec<String>) -> Result<Option<Im
         }
     };
     if len > MAX_EMBEDDED_IMAGE_BYTES || bytes.len() as u64 > MAX_EMBEDDED_IMAGE_BYTES {
-        size_notices.push(format!(
+        file_notices.push(format!(
             "{} is {} MiB, more than the {} MiB a page embeds: not shown",
             path.display(),
             len.max(bytes.len() as u64) >> 20,
@@ -872,7 +873,7 @@ mod tests {
         assert!(data.latest_sample.is_none());
         assert!(data.timeline.is_none());
         assert_eq!(data.sample_count, 2);
-        let notices = data.size_notices.join("\n");
+        let notices = data.file_notices.join("\n");
         assert!(
             notices.contains("tick-000002.png: cannot read it (")
                 && notices.contains("timeline.png: cannot read it ("),
@@ -919,9 +920,9 @@ mod tests {
         assert_eq!(data.config.unwrap().len() as u64, MAX_CONFIG_BYTES);
         assert!(data.latest_sample.is_none());
         assert_eq!(data.sample_count, 1);
-        assert_eq!(data.size_notices.len(), 2, "{:?}", data.size_notices);
-        assert!(data.size_notices[0].contains("config.toml is 2097152 bytes"));
-        assert!(data.size_notices[1].contains("tick-000001.png is 64 MiB"));
+        assert_eq!(data.file_notices.len(), 2, "{:?}", data.file_notices);
+        assert!(data.file_notices[0].contains("config.toml is 2097152 bytes"));
+        assert!(data.file_notices[1].contains("tick-000001.png is 64 MiB"));
 
         // A log of only an endless line keeps its first bytes, marked as cut.
         let mut log = fs::File::create(run.join("log.txt")).unwrap();
